@@ -1,0 +1,495 @@
+"""
+The server side of one client connection.
+
+It greets with INFO, runs the CONNECT handshake (with an optional
+authenticator and its timeout), applies each operation the parser hands it,
+and writes everything it owes the client once per read.  It guards the
+server against the client: payload and control-line limits (in the parser),
+stale connections (PING/PONG on a timer), and slow consumers: the connection
+is the streaming producer of its own transport, so it knows when the kernel
+stopped taking bytes; past C{max_pending} bytes written since then, or past
+C{write_deadline} seconds paused, it is cut off so it never slows anyone else.
+
+What it must not do: look inside messages, or know what a listener is for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo
+from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
+from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
+from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
+
+OK = b"+OK\r\n"
+PING = b"PING\r\n"
+PONG = b"PONG\r\n"
+
+STALE_CONNECTION = "Stale Connection"
+AUTHENTICATION_TIMEOUT = "Authentication Timeout"
+MAX_CONNECTIONS = "maximum connections exceeded"
+MAX_SUBSCRIPTIONS = "maximum subscriptions exceeded"
+INVALID_SUBJECT = "Invalid Subject"
+INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
+BAD_PROTOCOL = "invalid client protocol"
+NO_RESPONDERS_NEEDS_HEADERS = "no responders requires headers support"
+
+# CONNECT fields we read, with the JSON types nats-server accepts for them.
+_CONNECT_TYPES: Dict[str, tuple] = {
+    "verbose": (bool,),
+    "pedantic": (bool,),
+    "echo": (bool,),
+    "headers": (bool,),
+    "no_responders": (bool,),
+    "tls_required": (bool,),
+    "protocol": (int,),
+    "auth_token": (str,),
+    "user": (str,),
+    "pass": (str,),
+    "name": (str,),
+    "lang": (str,),
+    "version": (str,),
+    "jwt": (str,),
+    "nkey": (str,),
+    "sig": (str,),
+}
+
+
+def err(text: str) -> bytes:
+    return b"-ERR '" + text.encode("utf-8") + b"'\r\n"
+
+
+def decode_connect(arg: bytes) -> Dict[str, Any]:
+    """
+    Decode CONNECT options, defaulting as nats-server does.
+
+    @raise ValueError: not a JSON object, or a field of the wrong type.
+    """
+    options = json.loads(arg)
+    if not isinstance(options, dict):
+        raise ValueError("CONNECT options are not an object")
+    for key, types in _CONNECT_TYPES.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+            raise ValueError("CONNECT field {} has the wrong type".format(key))
+    return options
+
+
+class ClientSettings:
+    """
+    Everything a connection needs to know about the listener it came in on;
+    shared by all its connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 4222,
+        max_payload: int = 1024 * 1024,
+        max_control_line: int = 4096,
+        max_pending: int = 64 * 1024 * 1024,
+        max_connections: int = 65536,
+        max_subscriptions: int = 0,
+        ping_interval: float = 120.0,
+        ping_max: int = 2,
+        write_deadline: float = 10.0,
+        auth_timeout: float = 2.0,
+        authenticator: Optional[IAuthenticator] = None,
+        tls_required: bool = False,
+        tls_verify: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_payload = max_payload
+        self.max_control_line = max_control_line
+        self.max_pending = max_pending
+        self.max_connections = max_connections
+        self.max_subscriptions = max_subscriptions
+        self.ping_interval = ping_interval
+        self.ping_max = ping_max
+        self.write_deadline = write_deadline
+        self.auth_timeout = auth_timeout
+        self.authenticator = authenticator
+        self.tls_required = tls_required
+        self.tls_verify = tls_verify
+
+
+@implementer(IPushProducer)
+class ClientConnection(Protocol):
+    """
+    One client.  Created by the listener's factory with the broker, the
+    listener's settings and a clock (an C{IReactorTime}).
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.clock = clock
+        self._at_capacity = at_capacity
+        self.parser = ClientParser(self, settings.max_control_line, settings.max_payload)
+        self.subs: Dict[bytes, Subscription] = {}
+        self.cid = 0
+        self.out: list = []
+        self.dirty = False
+        self.closed = False
+        self.close_reason = ""
+        # CONNECT options, with nats-server's defaults.
+        self.verbose = True
+        self.pedantic = True
+        self.echo = True
+        self.headers = False
+        self.no_responders = False
+        self.protocol = 0
+        self.name = ""
+        self.lang = ""
+        self.client_version = ""
+        self.connected = False
+        self.identity: Optional[Identity] = None
+        self.permissions: Any = None
+        # Counters and liveness.
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
+        self.start = 0.0
+        self.last_activity = 0.0
+        self.pings_out = 0
+        self._last_ping_in = -1.0
+        self._ping_timer: Any = None
+        self._auth_timer: Any = None
+        self._suspended = False
+        self._paused = False
+        self._paused_bytes = 0
+        self._deadline_timer: Any = None
+        self.peer = PeerInfo("", 0)
+
+    # -- connection lifecycle ----------------------------------------------
+
+    def connectionMade(self) -> None:
+        now = self.clock.seconds()
+        self.start = self.last_activity = now
+        self.cid = self.broker.register(self)
+        address = self.transport.getPeer()
+        self.peer = PeerInfo(getattr(address, "host", ""), getattr(address, "port", 0))
+        self.transport.registerProducer(self, True)
+        self.transport.write(self.info_line())
+        if self._at_capacity:
+            self.close(MAX_CONNECTIONS, "maximum connections exceeded")
+            return
+        self.log.debug("client {cid} connected from {host}:{port}", cid=self.cid, host=self.peer.host, port=self.peer.port)
+        if self.settings.authenticator is not None:
+            self.parser.awaiting_connect = True
+            self._auth_timer = self.clock.callLater(self.settings.auth_timeout, self._auth_timed_out)
+        self._ping_timer = self.clock.callLater(self.settings.ping_interval, self._ping_due)
+
+    def info(self) -> Dict[str, Any]:
+        """The INFO this connection is greeted with, in nats-server's field order."""
+        broker, settings = self.broker, self.settings
+        info: Dict[str, Any] = {
+            "server_id": broker.server_id,
+            "server_name": broker.server_name,
+            "version": broker.version,
+            "proto": 1,
+            "go": broker.implementation,
+            "host": settings.host,
+            "port": settings.port,
+            "headers": True,
+        }
+        if settings.authenticator is not None:
+            info["auth_required"] = True
+        if settings.tls_required:
+            info["tls_required"] = True
+        if settings.tls_verify:
+            info["tls_verify"] = True
+        info["max_payload"] = settings.max_payload
+        info["client_id"] = self.cid
+        info["client_ip"] = self.peer.host
+        return info
+
+    def info_line(self) -> bytes:
+        return b"INFO " + json.dumps(self.info(), separators=(",", ":")).encode("utf-8") + b" \r\n"
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.closed:
+            self.close_reason = "client closed"
+            self._teardown()
+        self.log.debug("client {cid} closed: {why}", cid=self.cid, why=self.close_reason)
+
+    def _teardown(self) -> None:
+        self.closed = True
+        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._ping_timer = self._auth_timer = self._deadline_timer = None
+        for sub in self.subs.values():
+            self.broker.remove_subscription(sub)
+        self.subs.clear()
+        del self.out[:]
+        self.broker.unregister(self)
+
+    def close(self, error: Optional[str], why: str, abort: bool = False) -> None:
+        """
+        End the connection: send C{-ERR '<error>'} after what is already
+        owed (unless C{error} is None), then close.
+        """
+        if self.closed:
+            return
+        self.close_reason = why
+        if error is not None:
+            self.out.append(err(error))
+        if self.out and not abort:
+            self.transport.write(b"".join(self.out))
+        self._teardown()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- input --------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = self.clock.seconds()
+        try:
+            self.parser.feed(data)
+        except ProtocolViolation as violation:
+            self.close(violation.error, "protocol violation: " + violation.detail)
+        self.broker.flush()
+
+    def send(self, data: bytes) -> None:
+        """Queue C{data} for this client; written at the next flush."""
+        self.out.append(data)
+        if not self.dirty:
+            self.broker.mark_dirty(self)
+
+    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        self.in_msgs += 1
+        self.in_bytes += size
+        if self.permissions is not None and not self.permissions.may_publish(subject):
+            self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
+            return
+        if self.pedantic and not valid_literal_subject(subject):
+            self.send(err(INVALID_PUBLISH_SUBJECT))
+        if self.verbose:
+            self.send(OK)
+        if not self.broker.deliver(self, subject, reply, size, tail) and reply is not None and self.no_responders:
+            self._no_responders(reply)
+
+    def op_hpub(self, subject: bytes, reply: Optional[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        if not self.headers:
+            raise ProtocolViolation(None, "HPUB without headers support")
+        self.in_msgs += 1
+        self.in_bytes += total
+        if self.permissions is not None and not self.permissions.may_publish(subject):
+            self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
+            return
+        if self.pedantic and not valid_literal_subject(subject):
+            self.send(err(INVALID_PUBLISH_SUBJECT))
+        if self.verbose:
+            self.send(OK)
+        if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None and self.no_responders:
+            self._no_responders(reply)
+
+    def _no_responders(self, reply: bytes) -> None:
+        # Only to this client's own plain subscription on the reply subject.
+        for sub in self.broker.sublist.match(reply).plain:
+            if sub.owner is self:
+                self.send(b"HMSG %s %s 16 16\r\n%s\r\n" % (reply, sub.sid, NO_RESPONDERS_STATUS))
+                return
+
+    def op_sub(self, subject: bytes, queue: Optional[bytes], sid: bytes) -> None:
+        if self.permissions is not None and not self.permissions.may_subscribe(subject, queue):
+            self.send(err('Permissions Violation for Subscription to "%s"' % subject.decode("utf-8", "replace")))
+            return
+        limit = self.settings.max_subscriptions
+        if limit and len(self.subs) >= limit and sid not in self.subs:
+            self.send(err(MAX_SUBSCRIPTIONS))
+            return
+        if sid not in self.subs:
+            if not valid_subject(subject) or (queue is not None and not valid_subject(queue)):
+                self.send(err(INVALID_SUBJECT))
+                return
+            sub = Subscription(self, subject, queue, sid)
+            self.subs[sid] = sub
+            self.broker.add_subscription(sub)
+        if self.verbose:
+            self.send(OK)
+
+    def op_unsub(self, sid: bytes, max_msgs: int) -> None:
+        sub = self.subs.get(sid)
+        if sub is not None:
+            if max_msgs > 0 and max_msgs > sub.delivered:
+                sub.max = max_msgs
+                self.broker.limit_changed()
+            else:
+                self.remove_subscription(sub)
+        if self.verbose:
+            self.send(OK)
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        if self.subs.get(sub.sid) is sub:
+            del self.subs[sub.sid]
+            self.broker.remove_subscription(sub)
+
+    def op_ping(self) -> None:
+        self._last_ping_in = self.clock.seconds()
+        self.send(PONG)
+
+    def op_pong(self) -> None:
+        self.pings_out = 0
+
+    def op_info(self, arg: bytes) -> None:
+        try:
+            json.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad INFO from client")
+
+    def op_connect(self, arg: bytes) -> bool:
+        """
+        Apply CONNECT.  Returns True when parsing must pause until an
+        asynchronous authenticator answers.
+        """
+        try:
+            options = decode_connect(arg)
+        except ValueError as e:
+            raise ProtocolViolation(None, "bad CONNECT: {}".format(e))
+        self.verbose = options.get("verbose", True) is not False
+        self.pedantic = options.get("pedantic", True) is not False
+        self.echo = options.get("echo", True) is not False
+        self.headers = options.get("headers") is True
+        self.no_responders = options.get("no_responders") is True
+        self.protocol = options.get("protocol") or 0
+        self.name = options.get("name") or ""
+        self.lang = options.get("lang") or ""
+        self.client_version = options.get("version") or ""
+        authenticator = self.settings.authenticator
+        if authenticator is None or self.connected:
+            self._connect_accepted()
+            return False
+        d = maybeDeferred(authenticator.authenticate, options, self.peer)
+        d.addCallback(lambda result: ensureDeferred(result) if hasattr(result, "__await__") else result)
+        d.addCallbacks(self._authenticated, self._refused)
+        if self.closed:
+            raise ProtocolViolation(None, "connection refused")
+        if self.connected:
+            return False
+        self._suspended = True
+        self.transport.pauseProducing()
+        return True
+
+    def _connect_accepted(self) -> None:
+        if self.protocol not in (0, 1):
+            raise ProtocolViolation(BAD_PROTOCOL)
+        if self.no_responders and not self.headers:
+            raise ProtocolViolation(NO_RESPONDERS_NEEDS_HEADERS)
+        self.connected = True
+        if self.verbose:
+            self.send(OK)
+
+    def _authenticated(self, identity: Identity) -> None:
+        if self.closed:
+            return
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        self.identity = identity
+        self.permissions = identity.permissions
+        self.parser.awaiting_connect = False
+        resumed, self._suspended = self._suspended, False
+        try:
+            self._connect_accepted()
+            if resumed:
+                self.transport.resumeProducing()
+                self.parser.resume()
+        except ProtocolViolation as violation:
+            self.close(violation.error, "protocol violation: " + violation.detail)
+        self.broker.flush()
+
+    def _refused(self, failure: Failure) -> None:
+        if self.closed:
+            return
+        if failure.check(AuthenticationFailed):
+            why = "authentication failed: {}".format(failure.getErrorMessage())
+        else:
+            self.log.failure("authenticator failed for client {cid}", failure, cid=self.cid)
+            why = "authenticator error"
+        self.log.info("client {cid} from {host}: {why}", cid=self.cid, host=self.peer.host, why=why)
+        self.close(AUTHORIZATION_VIOLATION, why)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        self.log.info("client {cid} from {host}: authentication timeout", cid=self.cid, host=self.peer.host)
+        self.close(AUTHENTICATION_TIMEOUT, "authentication timeout")
+
+    # -- liveness -----------------------------------------------------------
+
+    def _ping_due(self) -> None:
+        interval = self.settings.ping_interval
+        self._ping_timer = self.clock.callLater(interval, self._ping_due)
+        now = self.clock.seconds()
+        # As nats-server: no PING while the client shows signs of life.
+        if now - self.last_activity < interval or now - self._last_ping_in < interval:
+            return
+        if self.pings_out + 1 > self.settings.ping_max:
+            self.close(STALE_CONNECTION, "stale connection")
+            return
+        self.pings_out += 1
+        self.send(PING)
+        self.broker.flush()
+
+    # -- output and backpressure -------------------------------------------
+
+    def flush(self) -> None:
+        out = self.out
+        if not out or self.closed:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        del out[:]
+        if self._paused:
+            self._paused_bytes += len(data)
+            if self._paused_bytes > self.settings.max_pending:
+                self._slow_consumer("pending bytes over max_pending")
+                return
+        self.transport.write(data)
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: the client is not reading fast enough."""
+        if self._paused or self.closed:
+            return
+        self._paused = True
+        self._paused_bytes = 0
+        self._deadline_timer = self.clock.callLater(self.settings.write_deadline, self._deadline_passed)
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._paused_bytes = 0
+        if self._deadline_timer is not None and self._deadline_timer.active():
+            self._deadline_timer.cancel()
+        self._deadline_timer = None
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        self._slow_consumer("write deadline exceeded")
+
+    def _slow_consumer(self, why: str) -> None:
+        self.broker.slow_consumers += 1
+        self.log.warn("slow consumer: client {cid} from {host}:{port} cut off ({why})", cid=self.cid, host=self.peer.host, port=self.peer.port, why=why)
+        self.close(None, "slow consumer: " + why, abort=True)

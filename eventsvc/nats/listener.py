@@ -1,0 +1,92 @@
+"""
+A listening endpoint for NATS clients, with its own settings and auth regime.
+
+The service listener and the gateway listener are two of these over one
+broker.  Each counts its live connections against its own limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Set
+
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from eventsvc.nats.client import ClientConnection, ClientSettings
+from eventsvc.nats.server import Broker
+
+
+class ListenError(Exception):
+    """The listener could not bind its address."""
+
+
+class _Connection(ClientConnection):
+    """A client connection that tells its factory when it goes."""
+
+    factory: "ClientFactory"
+
+    def _teardown(self) -> None:
+        self.factory.live.discard(self)
+        super()._teardown()
+
+
+class ClientFactory(Factory):
+    """Builds L{ClientConnection}s for one listener."""
+
+    noisy = False
+
+    def __init__(self, broker: Broker, settings: ClientSettings, clock: Any) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.clock = clock
+        self.live: Set[ClientConnection] = set()
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        at_capacity = len(self.live) >= self.settings.max_connections
+        proto = _Connection(self.broker, self.settings, self.clock, at_capacity)
+        proto.factory = self
+        if not at_capacity:
+            self.live.add(proto)
+        return proto
+
+
+class ListenerService(Service):
+    """
+    Listens on C{host}:C{port} while running.  When C{port} is 0 the port
+    the system chose is written back into the settings, so INFO advertises
+    the real one.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, factory: ClientFactory, host: str, port: int, reactor: Any, where: str = "") -> None:
+        self.setName(name)
+        self.factory = factory
+        self.host = host
+        self.port = port
+        self.reactor = reactor
+        self.where = where or "port"
+        self.listening: Optional[Any] = None
+
+    def startService(self) -> None:
+        try:
+            self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.host)
+        except CannotListenError as e:
+            raise ListenError(
+                "cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError)
+            )
+        address = self.listening.getHost()
+        self.factory.settings.port = address.port
+        super().startService()
+        self.log.info("{name} listening for NATS clients on {host}:{port}", name=self.name, host=address.host, port=address.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for conn in list(self.factory.live):
+            conn.close(None, "server shutting down")
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None

@@ -1,0 +1,352 @@
+"""
+The incremental parser for the NATS client protocol.
+
+It is fed whatever the transport delivers, split at any byte, and calls one
+method of its handler per complete operation.  It works on the whole buffer
+with C{bytes.find}, never byte by byte and never line by line through a
+line receiver, and it enforces the control-line and payload limits before it
+buffers more.
+
+What it must not do: know about subscriptions, permissions or the network.
+Errors that end the connection are raised as L{ProtocolViolation}; the
+handler decides everything else.
+
+Outcomes follow nats-server 2.9's byte-wise state machine: an unknown verb is
+C{-ERR 'Unknown Protocol Operation'}; wrong argument counts and bad sizes are
+a silent close; a payload not followed by CRLF is an unknown operation; and
+garbage that cannot begin any operation is refused as soon as it arrives,
+without waiting for a newline.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Protocol
+
+UNKNOWN_OPERATION = "Unknown Protocol Operation"
+MAX_CONTROL_LINE = "maximum control line exceeded"
+MAX_PAYLOAD = "Maximum Payload Violation"
+AUTHORIZATION_VIOLATION = "Authorization Violation"
+
+
+class ProtocolViolation(Exception):
+    """
+    The connection must close.  C{error} is the text to send as
+    C{-ERR '<error>'} first, or L{None} for a silent close (as nats-server
+    does for malformed arguments).
+    """
+
+    def __init__(self, error: Optional[str], detail: str = "") -> None:
+        super().__init__(error or detail or "protocol violation")
+        self.error = error
+        self.detail = detail or (error or "")
+
+
+class IClientOperations(Protocol):
+    """What a L{ClientParser} calls; implemented by the client connection."""
+
+    def op_pub(
+        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes
+    ) -> None:
+        """
+        A PUB.  C{tail} is C{b"<size>\\r\\n<payload>\\r\\n"}: the bytes that
+        follow the sid (and reply) in the MSG sent to subscribers.
+        """
+
+    def op_hpub(
+        self,
+        subject: bytes,
+        reply: Optional[bytes],
+        hdr_len: int,
+        total_len: int,
+        body: bytes,
+    ) -> None:
+        """An HPUB. C{body} is the headers, the payload and the final CRLF."""
+
+    def op_sub(self, subject: bytes, queue: Optional[bytes], sid: bytes) -> None:
+        ...
+
+    def op_unsub(self, sid: bytes, max_msgs: int) -> None:
+        ...
+
+    def op_connect(self, arg: bytes) -> bool:
+        """Returns True to suspend parsing until L{ClientParser.resume}."""
+
+    def op_info(self, arg: bytes) -> None:
+        ...
+
+    def op_ping(self) -> None:
+        ...
+
+    def op_pong(self) -> None:
+        ...
+
+
+# Operation codes.
+_PUB, _HPUB, _SUB, _UNSUB, _CONNECT, _PING, _PONG, _OK, _ERR, _INFO = range(10)
+
+# (verb, code, whether white space must follow the verb)
+_VERBS = (
+    (b"PUB", _PUB, True),
+    (b"HPUB", _HPUB, True),
+    (b"SUB", _SUB, True),
+    (b"UNSUB", _UNSUB, True),
+    (b"CONNECT", _CONNECT, False),
+    (b"PING", _PING, False),
+    (b"PONG", _PONG, False),
+    (b"+OK", _OK, False),
+    (b"-ERR", _ERR, True),
+    (b"INFO", _INFO, False),
+)
+_LONGEST_VERB = max(len(v) for v, _, _ in _VERBS)
+_SPACE = (32, 9)
+
+
+def _classify(line_head: bytes):
+    """
+    Recognise the verb at the start of C{line_head} (at least the longest
+    verb plus one byte, or everything up to the end of the line).
+
+    @return: C{(code, length of the verb)}, or L{None}.
+    """
+    head = line_head.upper()
+    for verb, code, spaced in _VERBS:
+        if head.startswith(verb):
+            n = len(verb)
+            if not spaced or (len(head) > n and head[n] in _SPACE):
+                return code, n
+    return None
+
+
+def _plausible(partial: bytes) -> bool:
+    """
+    Whether an incomplete control line could still become an operation.
+    """
+    head = partial[: _LONGEST_VERB + 1].upper()
+    for verb, _, spaced in _VERBS:
+        n = len(verb)
+        if len(head) <= n:
+            if verb.startswith(head):
+                return True
+        elif head.startswith(verb) and (not spaced or head[n] in _SPACE):
+            return True
+    return False
+
+
+def _parse_size(token: bytes) -> int:
+    """
+    A size as nats-server reads one: at most nine ASCII digits, else -1.
+    (int() alone would accept "+5", " 5" and "1_0".)
+    """
+    if len(token) > 9 or not token.isdigit():
+        return -1
+    return int(token)
+
+
+def _size(token: bytes) -> int:
+    size = _parse_size(token)
+    if size < 0:
+        raise ProtocolViolation(None, "bad size {!r}".format(token))
+    return size
+
+
+class ClientParser:
+    """
+    Parses the operations a client sends.
+
+    @ivar awaiting_connect: while true, any first operation other than
+        CONNECT is an authorization violation (set when auth is required).
+    """
+
+    def __init__(
+        self,
+        handler: IClientOperations,
+        max_control_line: int = 4096,
+        max_payload: int = 1024 * 1024,
+    ) -> None:
+        self._handler = handler
+        self.max_control_line = max_control_line
+        self.max_payload = max_payload
+        self.awaiting_connect = False
+        #: While true, bytes are kept but not parsed (see L{resume}).
+        self.suspended = False
+        # Unconsumed bytes: a partial control line, or a whole operation
+        # waiting for its payload (then _need is how many bytes it takes).
+        self._pending: List[bytes] = []
+        self._pending_len = 0
+        self._need = 0
+
+    def feed(self, data: bytes) -> None:
+        """
+        Parse C{data} and everything buffered before it.
+
+        @raise ProtocolViolation: the connection must close.  Operations
+            before the offending one have been handled.
+        """
+        if self._pending or self.suspended:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need or self.suspended:
+                return
+            buf = b"".join(self._pending)
+            del self._pending[:]
+            self._pending_len = self._need = 0
+        else:
+            buf = data
+        n = len(buf)
+        pos = 0
+        mcl = self.max_control_line
+        max_payload = self.max_payload
+        op_pub = self._handler.op_pub
+        guarded = self.awaiting_connect
+        find = buf.find
+        startswith = buf.startswith
+        while pos < n:
+            nl = find(b"\n", pos)
+            if nl < 0:
+                self._partial(buf, pos)
+                break
+            eol = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+            if not guarded and startswith(b"PUB ", pos):
+                start = pos + 4
+            else:
+                verb = _classify(buf[pos : min(eol, pos + _LONGEST_VERB + 1)])
+                if guarded and (verb is None or verb[0] != _CONNECT):
+                    raise ProtocolViolation(AUTHORIZATION_VIOLATION)
+                if verb is None:
+                    raise ProtocolViolation(UNKNOWN_OPERATION)
+                code, length = verb
+                if code != _PUB:
+                    pos = self._other(code, buf, pos, pos + length, eol, nl)
+                    if pos < 0:
+                        break
+                    guarded = self.awaiting_connect
+                    continue
+                start = pos + length
+            # PUB <subject> [reply] <#bytes>
+            if eol - start > mcl:
+                raise ProtocolViolation(MAX_CONTROL_LINE)
+            args = buf[start:eol].split()
+            if len(args) == 2:
+                subject, szb = args
+                reply = None
+            elif len(args) == 3:
+                subject, reply, szb = args
+            else:
+                raise ProtocolViolation(None, "PUB needs 2 or 3 arguments")
+            size = _size(szb)
+            if size > max_payload:
+                raise ProtocolViolation(MAX_PAYLOAD)
+            end = nl + size + 3
+            if end > n:
+                self._wait(buf, pos, end - pos)
+                break
+            if buf[end - 2] != 13 or buf[end - 1] != 10:
+                raise ProtocolViolation(UNKNOWN_OPERATION)
+            if eol != nl and 47 < buf[eol - 1] < 58:
+                # "<#bytes>\r\n<payload>\r\n" is already in the buffer.
+                tail = buf[eol - len(szb) : end]
+            else:
+                tail = szb + b"\r\n" + buf[nl + 1 : end]
+            op_pub(subject, reply, size, tail)
+            pos = end
+
+    def resume(self) -> None:
+        """Parse what arrived while suspended."""
+        self.suspended = False
+        self.feed(b"")
+
+    def _wait(self, buf: bytes, pos: int, need: int) -> None:
+        # Keep the operation from its first byte; it is parsed again, once,
+        # when all of it has arrived.
+        rest = buf[pos:]
+        self._pending.append(rest)
+        self._pending_len = len(rest)
+        self._need = need
+
+    def _partial(self, buf: bytes, pos: int) -> None:
+        rest = buf[pos:]
+        if self.awaiting_connect and rest[:1] not in (b"C", b"c"):
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION)
+        if not _plausible(rest):
+            raise ProtocolViolation(UNKNOWN_OPERATION)
+        if len(rest) > self.max_control_line + _LONGEST_VERB + 1:
+            raise ProtocolViolation(MAX_CONTROL_LINE)
+        self._pending.append(rest)
+        self._pending_len = len(rest)
+        self._need = len(rest) + 1
+
+    def _other(
+        self, code: int, buf: bytes, pos: int, start: int, eol: int, nl: int
+    ) -> int:
+        """
+        Handle every operation but PUB.  Returns the position after it, or
+        -1 when it waits for more bytes.
+        """
+        handler = self._handler
+        if code == _PING:
+            handler.op_ping()
+            return nl + 1
+        if code == _PONG:
+            handler.op_pong()
+            return nl + 1
+        if code == _OK:
+            return nl + 1
+        if eol - start > self.max_control_line:
+            raise ProtocolViolation(MAX_CONTROL_LINE)
+        if code == _SUB:
+            args = buf[start:eol].split()
+            if len(args) == 2:
+                handler.op_sub(args[0], None, args[1])
+            elif len(args) == 3:
+                handler.op_sub(args[0], args[1], args[2])
+            else:
+                raise ProtocolViolation(None, "SUB needs 2 or 3 arguments")
+            return nl + 1
+        if code == _UNSUB:
+            args = buf[start:eol].split()
+            if len(args) == 1:
+                handler.op_unsub(args[0], 0)
+            elif len(args) == 2:
+                # A bad maximum unsubscribes at once, as in nats-server.
+                handler.op_unsub(args[0], _parse_size(args[1]))
+            else:
+                raise ProtocolViolation(None, "UNSUB needs 1 or 2 arguments")
+            return nl + 1
+        if code == _CONNECT:
+            if handler.op_connect(buf[start:eol].strip(b" \t")):
+                # The handler answers asynchronously: keep the rest.
+                self.suspended = True
+                self._wait(buf, nl + 1, 0)
+                return -1
+            return nl + 1
+        if code == _HPUB:
+            return self._hpub(buf, pos, start, eol, nl)
+        if code == _INFO:
+            handler.op_info(buf[start:eol].strip(b" \t"))
+            return nl + 1
+        # -ERR from a client: nats-server closes without a word.
+        raise ProtocolViolation(None, "client sent -ERR")
+
+    def _hpub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = buf[start:eol].split()
+        if len(args) == 3:
+            subject, hdb, szb = args
+            reply = None
+        elif len(args) == 4:
+            subject, reply, hdb, szb = args
+        else:
+            raise ProtocolViolation(None, "HPUB needs 3 or 4 arguments")
+        hdr_len = _size(hdb)
+        total = _size(szb)
+        if hdr_len > total:
+            raise ProtocolViolation(None, "HPUB header size larger than total")
+        if total > self.max_payload:
+            raise ProtocolViolation(MAX_PAYLOAD)
+        end = nl + total + 3
+        if end > len(buf):
+            self._wait(buf, pos, end - pos)
+            return -1
+        if buf[end - 2] != 13 or buf[end - 1] != 10:
+            raise ProtocolViolation(UNKNOWN_OPERATION)
+        self._handler.op_hpub(subject, reply, hdr_len, total, buf[nl + 1 : end])
+        return end

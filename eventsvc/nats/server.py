@@ -1,0 +1,445 @@
+"""
+The broker: the subscription index, the connections, and message delivery.
+
+A publish is matched against the index once per subject (the index caches
+matches), turned into per-subscriber frames once per subject (cached here
+until the index changes), and appended to each subscriber's output list.
+Nothing is written until L{Broker.flush}, which the connection that received
+the publishes calls once per read, so a read carrying a thousand PUBs causes
+one write per subscriber, not a thousand.
+
+The event layer uses the broker through L{Broker.subscribe} and
+L{Broker.publish}, the same paths as a network client, and never touches a
+protocol object.  This module must not know about sockets, TLS, events or
+authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from base64 import b32encode
+from typing import Callable, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from eventsvc import __version__
+from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
+
+#: nats-server's status message for a request nobody answered.
+NO_RESPONDERS_STATUS = b"NATS/1.0 503\r\n\r\n"
+
+MessageCallback = Callable[[str, Optional[str], bytes, Optional[bytes]], None]
+
+
+def new_server_id() -> str:
+    """A random id shaped like nats-server's (56 upper-case base32 characters)."""
+    return "N" + b32encode(os.urandom(35)).decode("ascii")[:55]
+
+
+class ISubscriber:
+    """
+    What the broker needs of a connection that holds subscriptions (a
+    documentation class: client connections and routes follow it).
+
+    @ivar out: frames waiting for the next flush.
+    @ivar dirty: whether the connection is queued for the next flush.
+    @ivar echo: whether it wants its own publishes back.
+    @ivar headers: whether it negotiated headers (HMSG) support.
+    """
+
+    out: List[bytes]
+    dirty: bool
+    echo: bool
+    headers: bool
+    out_msgs: int
+    out_bytes: int
+
+    def flush(self) -> None:
+        """Write what C{out} holds."""
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        """End C{sub} (its auto-unsubscribe maximum was reached)."""
+
+
+class _Targets:
+    """
+    The delivery plan for one subject: per plain subscriber the frame prefix
+    C{b"MSG <subject> <sid> "}, and the queue groups.  C{simple} is false
+    when a plain subscriber is in-process or has an auto-unsubscribe
+    maximum, which the fast loop does not handle.
+    """
+
+    __slots__ = ("plain", "plain_subs", "queues", "simple")
+
+    def __init__(self, plain, plain_subs, queues, simple):
+        self.plain: List[Tuple[ISubscriber, bytes]] = plain
+        self.plain_subs: List[Subscription] = plain_subs
+        self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
+        self.simple: bool = simple
+
+
+class LocalSubscriber:
+    """
+    The owner of in-process subscriptions: messages are handed to a callback
+    instead of being framed for a socket.
+    """
+
+    echo = True
+    headers = True
+    dirty = False
+    out_msgs = 0
+    out_bytes = 0
+
+    def __init__(self, broker: "Broker") -> None:
+        self._broker = broker
+        self.out: List[bytes] = []
+        self.subs: Dict[Subscription, MessageCallback] = {}
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        self.subs.pop(sub, None)
+        self._broker.sublist.remove(sub)
+
+    def flush(self) -> None:
+        pass
+
+
+class LocalSubscription:
+    """An in-process subscription; C{unsubscribe()} ends it."""
+
+    def __init__(self, owner: LocalSubscriber, sub: Subscription) -> None:
+        self._owner = owner
+        self._sub = sub
+
+    def unsubscribe(self) -> None:
+        if self._sub in self._owner.subs:
+            self._owner.remove_subscription(self._sub)
+
+
+class Broker:
+    """
+    Routes messages between the connections of one server.
+
+    @ivar in_msgs: messages received (counting closed connections too).
+    """
+
+    log = Logger()
+
+    def __init__(self, server_id: Optional[str] = None, server_name: str = "") -> None:
+        self.server_id = server_id or new_server_id()
+        self.server_name = server_name or self.server_id
+        self.version = "2.9.10"
+        self.implementation = "eventsvc/{} {} {}".format(
+            __version__,
+            sys.implementation.name,
+            ".".join(map(str, sys.implementation.version[:3])),
+        )
+        self.sublist = Sublist()
+        self._targets: Dict[bytes, _Targets] = {}
+        self._genid = -1
+        self._dirty: List[ISubscriber] = []
+        self._local = LocalSubscriber(self)
+        self._random = random.Random()
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
+        self.slow_consumers = 0
+        self.clients: Dict[int, ISubscriber] = {}
+        self._next_cid = 0
+        self._local_sids = 0
+
+    # -- connections --------------------------------------------------------
+
+    def register(self, conn: ISubscriber) -> int:
+        """Add a connection; returns its id (never reused)."""
+        self._next_cid += 1
+        self.clients[self._next_cid] = conn
+        return self._next_cid
+
+    def unregister(self, conn: ISubscriber) -> None:
+        cid = getattr(conn, "cid", None)
+        if self.clients.get(cid) is conn:  # type: ignore[arg-type]
+            del self.clients[cid]  # type: ignore[arg-type]
+            self.in_msgs += conn.in_msgs  # type: ignore[attr-defined]
+            self.in_bytes += conn.in_bytes  # type: ignore[attr-defined]
+
+    def totals(self) -> Dict[str, int]:
+        """Server-wide counters, live connections included."""
+        live = list(self.clients.values())
+        return {
+            "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),  # type: ignore[attr-defined]
+            "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),  # type: ignore[attr-defined]
+            "out_msgs": self.out_msgs,
+            "out_bytes": self.out_bytes,
+            "slow_consumers": self.slow_consumers,
+            "subscriptions": self.sublist.count,
+            "connections": len(live),
+            "total_connections": self._next_cid,
+        }
+
+    # -- delivery -----------------------------------------------------------
+
+    def _plan(self, subject: bytes) -> _Targets:
+        genid = self.sublist.genid
+        if genid != self._genid:
+            self._targets.clear()
+            self._genid = genid
+        result = self.sublist.match(subject)
+        head = b"MSG " + subject + b" "
+        plain = [(s.owner, head + s.sid + b" ") for s in result.plain]
+        simple = all(
+            s.max == 0 and s.owner.__class__ is not LocalSubscriber
+            for s in result.plain
+        )
+        queues = [
+            [(s.owner, head + s.sid + b" ", s) for s in group] for group in result.queues
+        ]
+        targets = _Targets(plain, result.plain, queues, simple)
+        if len(self._targets) > 8192:
+            self._targets.clear()
+        self._targets[subject] = targets
+        return targets
+
+    def deliver(
+        self, src: ISubscriber, subject: bytes, reply: Optional[bytes], size: int, tail: bytes
+    ) -> int:
+        """
+        Deliver a PUB from C{src}: C{tail} is C{b"<size>\\r\\n<payload>\\r\\n"}.
+        Returns how many subscribers it was given to.
+        """
+        if self._genid == self.sublist.genid:
+            targets = self._targets.get(subject) or self._plan(subject)
+        else:
+            targets = self._plan(subject)
+        count = 0
+        if targets.simple:
+            no_echo = not src.echo
+            dirty = self._dirty
+            if reply is None:
+                for conn, prefix in targets.plain:
+                    if conn is src and no_echo:
+                        continue
+                    out = conn.out
+                    out.append(prefix)
+                    out.append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        dirty.append(conn)
+                    count += 1
+            else:
+                reply_sp = reply + b" "
+                for conn, prefix in targets.plain:
+                    if conn is src and no_echo:
+                        continue
+                    out = conn.out
+                    out.append(prefix)
+                    out.append(reply_sp)
+                    out.append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        dirty.append(conn)
+                    count += 1
+        else:
+            message = _Message(subject, reply, size, tail, -1, b"")
+            for sub, (conn, prefix) in zip(targets.plain_subs, targets.plain):
+                count += self._give(src, sub, conn, prefix, message)
+        if targets.queues:
+            message = _Message(subject, reply, size, tail, -1, b"")
+            count += self._deliver_queues(src, targets, message)
+        self.out_msgs += count
+        self.out_bytes += count * size
+        return count
+
+    def deliver_headers(
+        self,
+        src: ISubscriber,
+        subject: bytes,
+        reply: Optional[bytes],
+        hdr_len: int,
+        total: int,
+        body: bytes,
+    ) -> int:
+        """
+        Deliver an HPUB from C{src}: C{body} is the header block, the
+        payload and CRLF.  Subscribers that did not negotiate headers get a
+        plain MSG without them.
+        """
+        if self._genid == self.sublist.genid:
+            targets = self._targets.get(subject) or self._plan(subject)
+        else:
+            targets = self._plan(subject)
+        message = _Message(subject, reply, total, b"", hdr_len, body)
+        count = 0
+        for sub, (conn, prefix) in zip(targets.plain_subs, targets.plain):
+            count += self._give(src, sub, conn, prefix, message)
+        if targets.queues:
+            count += self._deliver_queues(src, targets, message)
+        self.out_msgs += count
+        self.out_bytes += count * total
+        return count
+
+    def _deliver_queues(self, src: ISubscriber, targets: _Targets, message: "_Message") -> int:
+        count = 0
+        for group in targets.queues:
+            n = len(group)
+            start = self._random.randrange(n) if n > 1 else 0
+            for i in range(n):
+                conn, prefix, sub = group[(start + i) % n]
+                if self._give(src, sub, conn, prefix, message):
+                    count += 1
+                    break
+        return count
+
+    def _give(
+        self,
+        src: ISubscriber,
+        sub: Subscription,
+        conn: ISubscriber,
+        prefix: bytes,
+        message: "_Message",
+    ) -> int:
+        """The general path: one message to one subscription."""
+        if conn is src and not src.echo:
+            return 0
+        if sub.max:
+            if sub.delivered >= sub.max:
+                return 0
+            sub.delivered += 1
+            if sub.delivered >= sub.max:
+                conn.remove_subscription(sub)
+        if conn.__class__ is LocalSubscriber:
+            callback = conn.subs.get(sub)
+            if callback is None:
+                return 0
+            payload, headers = message.parts()
+            try:
+                callback(
+                    message.subject.decode("utf-8", "replace"),
+                    None if message.reply is None else message.reply.decode("utf-8", "replace"),
+                    payload,
+                    headers,
+                )
+            except Exception:
+                self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+            return 1
+        conn.out.append(message.frame(prefix, conn.headers))
+        conn.out_msgs += 1
+        conn.out_bytes += message.size
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+        return 1
+
+    def flush(self) -> None:
+        """Write out everything delivered since the last flush."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for conn in dirty:
+            conn.dirty = False
+            conn.flush()
+
+    def mark_dirty(self, conn: ISubscriber) -> None:
+        """Queue C{conn} for the next flush (it appended to its own C{out})."""
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+
+    # -- subscriptions ------------------------------------------------------
+
+    def add_subscription(self, sub: Subscription) -> None:
+        self.sublist.insert(sub)
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        self.sublist.remove(sub)
+
+    def limit_changed(self) -> None:
+        """A subscription gained an auto-unsubscribe maximum: replan."""
+        self._genid = -1
+
+    # -- the in-process API -------------------------------------------------
+
+    def subscribe(
+        self, subject: str, callback: MessageCallback, queue: Optional[str] = None
+    ) -> LocalSubscription:
+        """
+        Call C{callback(subject, reply, payload, headers)} for every message
+        on C{subject} (wildcards allowed), in queue group C{queue} if given.
+        The callback runs in the reactor thread and must not block.
+        """
+        bsubject = subject.encode("utf-8")
+        if not valid_subject(bsubject):
+            raise ValueError("invalid subject {!r}".format(subject))
+        self._local_sids += 1
+        sid = str(self._local_sids).encode("ascii")
+        sub = Subscription(self._local, bsubject, queue.encode("utf-8") if queue else None, sid)
+        self._local.subs[sub] = callback
+        self.sublist.insert(sub)
+        return LocalSubscription(self._local, sub)
+
+    def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        reply: Optional[str] = None,
+        headers: Optional[bytes] = None,
+    ) -> int:
+        """
+        Publish from inside the process; returns the number of subscribers
+        reached.  C{headers} is a complete C{NATS/1.0} header block.
+        """
+        bsubject = subject.encode("utf-8")
+        if not valid_literal_subject(bsubject):
+            raise ValueError("invalid publish subject {!r}".format(subject))
+        breply = reply.encode("utf-8") if reply else None
+        self.in_msgs += 1
+        self.in_bytes += len(payload)
+        if headers:
+            body = headers + payload + b"\r\n"
+            count = self.deliver_headers(
+                self._local, bsubject, breply, len(headers), len(headers) + len(payload), body
+            )
+        else:
+            tail = b"%d\r\n%s\r\n" % (len(payload), payload)
+            count = self.deliver(self._local, bsubject, breply, len(payload), tail)
+        self.flush()
+        return count
+
+
+class _Message:
+    """A message on the general delivery path, framed lazily per kind of subscriber."""
+
+    __slots__ = ("subject", "reply", "size", "tail", "hdr_len", "body", "_plain", "_payload")
+
+    def __init__(self, subject, reply, size, tail, hdr_len, body):
+        self.subject: bytes = subject
+        self.reply: Optional[bytes] = reply
+        self.size: int = size
+        self.tail: bytes = tail
+        self.hdr_len: int = hdr_len  # -1: no headers
+        self.body: bytes = body
+        self._plain: Optional[bytes] = None
+        self._payload: Optional[bytes] = None
+
+    def frame(self, prefix: bytes, headers: bool) -> bytes:
+        reply = b"" if self.reply is None else self.reply + b" "
+        if self.hdr_len < 0:
+            return prefix + reply + self.tail
+        if headers:
+            return b"H%s%s%d %d\r\n%s" % (prefix, reply, self.hdr_len, self.size, self.body)
+        if self._plain is None:
+            self._plain = b"%d\r\n%s" % (self.size - self.hdr_len, self.body[self.hdr_len :])
+        return prefix + reply + self._plain
+
+    def parts(self) -> Tuple[bytes, Optional[bytes]]:
+        """The payload and the header block (or None)."""
+        if self.hdr_len < 0:
+            return self.tail[self.tail.index(b"\n") + 1 : -2], None
+        return self.body[self.hdr_len : -2], self.body[: self.hdr_len]

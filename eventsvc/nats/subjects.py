@@ -1,0 +1,323 @@
+"""
+Subjects: validation and the subscription index.
+
+The index is a token trie in the spirit of nats-server's sublist: each level
+maps literal tokens to child nodes and keeps separate children for the ``*``
+and ``>`` wildcards, so a match walks at most three branches per token.  A
+bounded match cache keeps the result for recently published subjects; a
+change to the index only evicts the cached subjects that the changed
+subscription matches, so churn on ``_INBOX.*`` does not wipe the cache for
+everything else.
+
+Subjects are ``bytes`` throughout, as they come off the wire.  This module
+knows nothing of connections or of the protocol: a subscription's ``owner``
+is opaque here.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+PWC = b"*"
+FWC = b">"
+_BAD_IN_TOKEN = (b" ", b"\t", b"\r", b"\n", b"\x0c")
+
+#: How many subjects the match cache keeps before it evicts the oldest.
+CACHE_SIZE = 4096
+
+
+def valid_subject(subject: bytes) -> bool:
+    """
+    Whether C{subject} may be subscribed to: non-empty tokens, no white space,
+    and C{>} only as the last token.
+    """
+    if not subject:
+        return False
+    tokens = subject.split(b".")
+    last = len(tokens) - 1
+    for i, token in enumerate(tokens):
+        if not token:
+            return False
+        if token == FWC and i != last:
+            return False
+        for bad in _BAD_IN_TOKEN:
+            if bad in token:
+                return False
+    return True
+
+
+def valid_literal_subject(subject: bytes) -> bool:
+    """
+    Whether C{subject} may be published to in pedantic mode: non-empty tokens
+    and no wildcard tokens.
+    """
+    if not subject:
+        return False
+    for token in subject.split(b"."):
+        if not token or token == PWC or token == FWC:
+            return False
+    return True
+
+
+def subject_matches(pattern: bytes, subject: bytes) -> bool:
+    """
+    Whether the subscription subject C{pattern} matches the published
+    C{subject}, by the same rules as L{Sublist.match}.
+    """
+    ptoks = pattern.split(b".")
+    stoks = subject.split(b".")
+    for i, p in enumerate(ptoks):
+        if p == FWC:
+            return len(stoks) > i
+        if i >= len(stoks):
+            return False
+        if p != PWC and p != stoks[i]:
+            return False
+    return len(ptoks) == len(stoks)
+
+
+class Subscription:
+    """
+    One subscription: who holds it (C{owner}, opaque to the index), its
+    subject, optional queue group and sid, and the auto-unsubscribe budget.
+    """
+
+    __slots__ = ("owner", "subject", "queue", "sid", "max", "delivered")
+
+    def __init__(
+        self, owner: object, subject: bytes, queue: Optional[bytes], sid: bytes
+    ) -> None:
+        self.owner = owner
+        self.subject = subject
+        self.queue = queue
+        self.sid = sid
+        #: Deliveries after which the subscription ends; 0 for no limit.
+        self.max = 0
+        self.delivered = 0
+
+    def __repr__(self) -> str:
+        return "<Subscription {!r} sid={!r} queue={!r}>".format(
+            self.subject, self.sid, self.queue
+        )
+
+
+class SublistResult:
+    """
+    The subscriptions that match one subject: every plain subscription, and
+    for each queue group the list of its members (one of which gets a
+    message).
+    """
+
+    __slots__ = ("plain", "queues")
+
+    def __init__(
+        self, plain: List[Subscription], queues: List[List[Subscription]]
+    ) -> None:
+        self.plain = plain
+        self.queues = queues
+
+
+_EMPTY = SublistResult([], [])
+
+
+class _Node:
+    __slots__ = ("level", "plain", "queues")
+
+    def __init__(self) -> None:
+        self.level: Optional[_Level] = None
+        self.plain: Dict[Subscription, None] = {}
+        self.queues: Dict[bytes, Dict[Subscription, None]] = {}
+
+    def empty(self) -> bool:
+        return not self.plain and not self.queues and (
+            self.level is None or self.level.empty()
+        )
+
+
+class _Level:
+    __slots__ = ("nodes", "pwc", "fwc")
+
+    def __init__(self) -> None:
+        self.nodes: Dict[bytes, _Node] = {}
+        self.pwc: Optional[_Node] = None
+        self.fwc: Optional[_Node] = None
+
+    def empty(self) -> bool:
+        return not self.nodes and self.pwc is None and self.fwc is None
+
+
+class Sublist:
+    """
+    The subscription index.
+
+    @ivar genid: bumped on every change, so that callers may keep their own
+        caches derived from match results and drop them when it moves.
+    """
+
+    def __init__(self, cache_size: int = CACHE_SIZE) -> None:
+        self._root = _Level()
+        self._cache: Dict[bytes, SublistResult] = {}
+        self._cache_size = cache_size
+        self.count = 0
+        self.genid = 0
+
+    def insert(self, sub: Subscription) -> None:
+        """
+        Add C{sub}.  The caller has validated its subject with
+        L{valid_subject}.
+        """
+        level = self._root
+        node: Optional[_Node] = None
+        for token in sub.subject.split(b"."):
+            if token == PWC:
+                node = level.pwc
+                if node is None:
+                    node = level.pwc = _Node()
+            elif token == FWC:
+                node = level.fwc
+                if node is None:
+                    node = level.fwc = _Node()
+            else:
+                node = level.nodes.get(token)
+                if node is None:
+                    node = level.nodes[token] = _Node()
+            if node.level is None:
+                node.level = _Level()
+            level = node.level
+        assert node is not None
+        if sub.queue is None:
+            node.plain[sub] = None
+        else:
+            node.queues.setdefault(sub.queue, {})[sub] = None
+        self.count += 1
+        self._changed(sub.subject)
+
+    def remove(self, sub: Subscription) -> bool:
+        """
+        Remove C{sub}; prune the nodes it leaves empty.  Returns whether it
+        was present.
+        """
+        path: List[tuple] = []
+        level = self._root
+        node: Optional[_Node] = None
+        for token in sub.subject.split(b"."):
+            if token == PWC:
+                node = level.pwc
+            elif token == FWC:
+                node = level.fwc
+            else:
+                node = level.nodes.get(token)
+            if node is None or node.level is None:
+                return False
+            path.append((level, token, node))
+            level = node.level
+        assert node is not None
+        if sub.queue is None:
+            if sub not in node.plain:
+                return False
+            del node.plain[sub]
+        else:
+            group = node.queues.get(sub.queue)
+            if group is None or sub not in group:
+                return False
+            del group[sub]
+            if not group:
+                del node.queues[sub.queue]
+        self.count -= 1
+        # Prune from the leaf up, so that removed subjects leave nothing behind.
+        for level, token, node in reversed(path):
+            if not node.empty():
+                break
+            if token == PWC:
+                level.pwc = None
+            elif token == FWC:
+                level.fwc = None
+            else:
+                del level.nodes[token]
+        self._changed(sub.subject)
+        return True
+
+    def _changed(self, pattern: bytes) -> None:
+        self.genid += 1
+        cache = self._cache
+        if not cache:
+            return
+        stale = [s for s in cache if subject_matches(pattern, s)]
+        for s in stale:
+            del cache[s]
+
+    def match(self, subject: bytes) -> SublistResult:
+        """
+        The subscriptions matching the literal C{subject}.  The result is
+        shared with the cache: do not mutate it.
+        """
+        result = self._cache.get(subject)
+        if result is not None:
+            return result
+        plain: List[Subscription] = []
+        groups: Dict[bytes, List[Subscription]] = {}
+        _match_level(self._root, subject.split(b"."), 0, plain, groups)
+        result = SublistResult(plain, list(groups.values())) if (
+            plain or groups
+        ) else _EMPTY
+        cache = self._cache
+        if len(cache) >= self._cache_size:
+            # Evict the oldest quarter: dicts keep insertion order.
+            for key in list(cache)[: self._cache_size // 4]:
+                del cache[key]
+        cache[subject] = result
+        return result
+
+    def all(self) -> List[Subscription]:
+        """Every subscription in the index (for monitoring and routes)."""
+        out: List[Subscription] = []
+        _collect(self._root, out)
+        return out
+
+
+def _add(node: _Node, plain: list, groups: Dict[bytes, list]) -> None:
+    if node.plain:
+        plain.extend(node.plain)
+    for name, members in node.queues.items():
+        group = groups.get(name)
+        if group is None:
+            groups[name] = list(members)
+        else:
+            group.extend(members)
+
+
+def _match_level(
+    level: _Level, tokens: List[bytes], i: int, plain: list, groups: dict
+) -> None:
+    last = len(tokens) - 1
+    while True:
+        if level.fwc is not None:
+            _add(level.fwc, plain, groups)
+        pwc = level.pwc
+        node = level.nodes.get(tokens[i])
+        if i == last:
+            if pwc is not None:
+                _add(pwc, plain, groups)
+            if node is not None:
+                _add(node, plain, groups)
+            return
+        if pwc is not None and pwc.level is not None:
+            _match_level(pwc.level, tokens, i + 1, plain, groups)
+        if node is None or node.level is None:
+            return
+        level = node.level
+        i += 1
+
+
+def _collect(level: _Level, out: List[Subscription]) -> None:
+    children = list(level.nodes.values())
+    if level.pwc is not None:
+        children.append(level.pwc)
+    if level.fwc is not None:
+        children.append(level.fwc)
+    for node in children:
+        out.extend(node.plain)
+        for members in node.queues.values():
+            out.extend(members)
+        if node.level is not None:
+            _collect(node.level, out)

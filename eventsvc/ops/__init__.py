@@ -1,0 +1,1 @@
+"""Operating eventsvc: logging now; monitoring, metrics and signals to come."""

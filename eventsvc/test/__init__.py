@@ -1,0 +1,1 @@
+"""eventsvc's tests: run them with C{trial eventsvc}."""
