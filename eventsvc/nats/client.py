@@ -157,7 +157,7 @@ class ClientConnection(Protocol):
         self.name = ""
         self.lang = ""
         self.client_version = ""
-        self.connected = False
+        self.connect_accepted = False
         self.identity: Optional[Identity] = None
         self.permissions: Any = None
         # Counters and liveness.
@@ -378,7 +378,7 @@ class ClientConnection(Protocol):
         self.lang = options.get("lang") or ""
         self.client_version = options.get("version") or ""
         authenticator = self.settings.authenticator
-        if authenticator is None or self.connected:
+        if authenticator is None or self.connect_accepted:
             self._connect_accepted()
             return False
         d = maybeDeferred(authenticator.authenticate, options, self.peer)
@@ -386,7 +386,7 @@ class ClientConnection(Protocol):
         d.addCallbacks(self._authenticated, self._refused)
         if self.closed:
             raise ProtocolViolation(None, "connection refused")
-        if self.connected:
+        if self.connect_accepted:
             return False
         self._suspended = True
         self.transport.pauseProducing()
@@ -397,7 +397,7 @@ class ClientConnection(Protocol):
             raise ProtocolViolation(BAD_PROTOCOL)
         if self.no_responders and not self.headers:
             raise ProtocolViolation(NO_RESPONDERS_NEEDS_HEADERS)
-        self.connected = True
+        self.connect_accepted = True
         if self.verbose:
             self.send(OK)
 

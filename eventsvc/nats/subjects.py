@@ -22,8 +22,10 @@ PWC = b"*"
 FWC = b">"
 _BAD_IN_TOKEN = (b" ", b"\t", b"\r", b"\n", b"\x0c")
 
-#: How many subjects the match cache keeps before it evicts the oldest.
-CACHE_SIZE = 4096
+#: How many subjects the match cache keeps before it evicts the oldest (as
+#: nats-server).  A wildcard subscription change scans the cache, so it
+#: stays small.
+CACHE_SIZE = 1024
 
 
 def valid_subject(subject: bytes) -> bool:
@@ -242,6 +244,11 @@ class Sublist:
         cache = self._cache
         if not cache:
             return
+        tokens = pattern.split(b".")
+        if PWC not in tokens and FWC not in tokens:
+            # A literal subscription matches one subject only: O(1).
+            cache.pop(pattern, None)
+            return
         stale = [s for s in cache if subject_matches(pattern, s)]
         for s in stale:
             del cache[s]
@@ -296,10 +303,11 @@ def _match_level(
         pwc = level.pwc
         node = level.nodes.get(tokens[i])
         if i == last:
-            if pwc is not None:
-                _add(pwc, plain, groups)
+            # nats-server's order: the literal match, then the '*' match.
             if node is not None:
                 _add(node, plain, groups)
+            if pwc is not None:
+                _add(pwc, plain, groups)
             return
         if pwc is not None and pwc.level is not None:
             _match_level(pwc.level, tokens, i + 1, plain, groups)

@@ -1,0 +1,70 @@
+"""
+In-memory harness for the NATS engine: a broker, a listener's factory and
+client connections over C{StringTransport}, on a fake clock.  No sockets, no
+real time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from eventsvc.nats.client import ClientConnection, ClientSettings
+from eventsvc.nats.listener import ClientFactory
+from eventsvc.nats.server import Broker
+
+
+class FakeClient:
+    """A connected client as the test sees it: what it sent, what it got."""
+
+    def __init__(self, proto: ClientConnection, transport: StringTransport) -> None:
+        self.proto = proto
+        self.transport = transport
+        self._seen = 0
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def received(self) -> bytes:
+        """Everything written to the client since the last call."""
+        value = self.transport.value()
+        new, self._seen = value[self._seen :], len(value)
+        return new
+
+    def all_received(self) -> bytes:
+        return self.transport.value()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(getattr(self.transport, "disconnected", False))
+
+
+class Harness:
+    def __init__(self, **settings: Any) -> None:
+        self.clock = Clock()
+        self.broker = Broker(server_id="NTEST")
+        self.settings = ClientSettings(**settings)
+        self.factory = ClientFactory(self.broker, self.settings, self.clock)
+        self.clients: List[FakeClient] = []
+
+    def connect(self, connect: Optional[bytes] = b'CONNECT {"verbose":false}\r\n', port: int = 40000) -> FakeClient:
+        """
+        A new client; by default it has sent a non-verbose CONNECT and its
+        INFO has been read.
+        """
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port + len(self.clients)))
+        proto.makeConnection(transport)
+        client = FakeClient(proto, transport)
+        client.received()
+        if connect:
+            client.send(connect)
+        self.clients.append(client)
+        return client

@@ -1,0 +1,551 @@
+"""
+The client protocol as a client sees it: bytes in, bytes out, over an
+in-memory transport on a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions
+from eventsvc.test.helpers import Harness
+
+
+class GreetingTests(SynchronousTestCase):
+    def test_info(self) -> None:
+        """
+        The greeting is one INFO line with nats-server's fields in its order,
+        a space before CRLF, and the client's id and address.
+        """
+        h = Harness(host="127.0.0.1", port=4222)
+        c = h.connect(connect=None)
+        line = c.all_received()
+        self.assertTrue(line.startswith(b"INFO {"))
+        self.assertTrue(line.endswith(b"} \r\n"))
+        self.assertEqual(line.count(b"\r\n"), 1)
+        info = json.loads(line[5:-3])
+        self.assertEqual(
+            list(info),
+            ["server_id", "server_name", "version", "proto", "go", "host", "port", "headers", "max_payload", "client_id", "client_ip"],
+        )
+        self.assertEqual(info["proto"], 1)
+        self.assertEqual(info["port"], 4222)
+        self.assertEqual(info["max_payload"], 1048576)
+        self.assertEqual(info["client_ip"], "127.0.0.1")
+        self.assertTrue(info["headers"])
+        # What the Habitat supervisor's client insists on.
+        for key in ("server_id", "version", "go", "host", "port"):
+            self.assertTrue(info[key], key)
+
+    def test_client_ids_increase(self) -> None:
+        h = Harness()
+        a, b = h.connect(), h.connect()
+        self.assertEqual(b.proto.cid, a.proto.cid + 1)
+
+    def test_auth_fields(self) -> None:
+        """With an authenticator, INFO says auth_required."""
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=None)
+        info = json.loads(c.all_received()[5:-3])
+        self.assertTrue(info["auth_required"])
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_defaults_verbose(self) -> None:
+        """CONNECT {} leaves verbose, pedantic and echo on: +OK answers it."""
+        h = Harness()
+        c = h.connect(connect=b"CONNECT {}\r\n")
+        self.assertEqual(c.received(), b"+OK\r\n")
+        self.assertTrue(c.proto.pedantic)
+        self.assertTrue(c.proto.echo)
+
+    def test_connect_optional(self) -> None:
+        """Without auth, operations before any CONNECT are served (verbosely)."""
+        h = Harness()
+        c = h.connect(connect=None)
+        c.send(b"SUB foo 1\r\nPUB foo 2\r\nhi\r\nPING\r\n")
+        self.assertEqual(c.received(), b"+OK\r\n+OK\r\nMSG foo 1 2\r\nhi\r\nPONG\r\n")
+
+    def test_bad_protocol(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"protocol":2}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"-ERR 'invalid client protocol'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_no_responders_needs_headers(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"no_responders":true}\r\n')
+        self.assertEqual(c.received(), b"-ERR 'no responders requires headers support'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_bad_json_silent_close(self) -> None:
+        for bad in (b"CONNECT {bad\r\n", b"CONNECT\r\n", b'CONNECT {"verbose":"yes"}\r\n', b"CONNECT {} x\r\n", b"CONNECT []\r\n"):
+            h = Harness()
+            c = h.connect(connect=bad)
+            self.assertEqual(c.received(), b"", bad)
+            self.assertTrue(c.closed, bad)
+
+
+class DeliveryTests(SynchronousTestCase):
+    def test_pub_sub(self) -> None:
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 7\r\n")
+        pub.send(b"PUB foo 5\r\nhello\r\nPUB foo reply.to 2\r\nhi\r\n")
+        self.assertEqual(sub.received(), b"MSG foo 7 5\r\nhello\r\nMSG foo 7 reply.to 2\r\nhi\r\n")
+        self.assertEqual(pub.received(), b"")
+
+    def test_payload_with_crlf(self) -> None:
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\n")
+        pub.send(b"PUB foo 12\r\nPUB x 1\r\na\r\n\r\n")
+        self.assertEqual(sub.received(), b"MSG foo 1 12\r\nPUB x 1\r\na\r\n\r\n")
+
+    def test_verbose_ok_before_delivery(self) -> None:
+        """+OK for a PUB comes before the message it delivers back."""
+        h = Harness()
+        c = h.connect(connect=b"CONNECT {}\r\n")
+        c.received()
+        c.send(b"SUB foo 1\r\nPUB foo 1\r\na\r\nUNSUB 1\r\n")
+        self.assertEqual(c.received(), b"+OK\r\n+OK\r\nMSG foo 1 1\r\na\r\n+OK\r\n")
+
+    def test_echo_false(self) -> None:
+        h = Harness()
+        a = h.connect(connect=b'CONNECT {"verbose":false,"echo":false}\r\n')
+        b = h.connect()
+        a.send(b"SUB foo 1\r\n")
+        b.send(b"SUB foo 1\r\n")
+        a.send(b"PUB foo 1\r\na\r\n")
+        self.assertEqual(a.received(), b"")
+        self.assertEqual(b.received(), b"MSG foo 1 1\r\na\r\n")
+
+    def test_every_plain_subscriber(self) -> None:
+        h = Harness()
+        subs = [h.connect() for _ in range(3)]
+        for i, s in enumerate(subs):
+            s.send(b"SUB foo.* %d\r\n" % i)
+        subs[0].send(b"SUB foo.> 9\r\n")
+        h.connect().send(b"PUB foo.bar 1\r\nx\r\n")
+        # In nats-server's order: '>' before '*'.
+        self.assertEqual(subs[0].received(), b"MSG foo.bar 9 1\r\nx\r\nMSG foo.bar 0 1\r\nx\r\n")
+        self.assertEqual(subs[1].received(), b"MSG foo.bar 1 1\r\nx\r\n")
+        self.assertEqual(subs[2].received(), b"MSG foo.bar 2 1\r\nx\r\n")
+
+    def test_wildcards(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB a.* 1\r\nSUB a.> 2\r\nSUB *.b.c 3\r\nSUB a 4\r\nSUB a* 5\r\n")
+        c.send(b"PUB a.b.c 0\r\n\r\n")
+        self.assertEqual(c.received(), b"MSG a.b.c 3 0\r\n\r\nMSG a.b.c 2 0\r\n\r\n")
+        c.send(b"PUB a.b 0\r\n\r\n")
+        self.assertEqual(c.received(), b"MSG a.b 2 0\r\n\r\nMSG a.b 1 0\r\n\r\n")
+        c.send(b"PUB a 0\r\n\r\nPUB a* 0\r\n\r\nPUB A.b 0\r\n\r\n")
+        self.assertEqual(c.received(), b"MSG a 4 0\r\n\r\nMSG a* 5 0\r\n\r\n")
+
+    def test_queue_group_one_member_each(self) -> None:
+        """Each queue group gets one copy; plain subscribers get theirs."""
+        h = Harness()
+        members = [h.connect() for _ in range(4)]
+        for i, m in enumerate(members):
+            m.send(b"SUB work %s 1\r\n" % (b"g1" if i < 2 else b"g2"))
+        plain = h.connect()
+        plain.send(b"SUB work 1\r\n")
+        pub = h.connect()
+        for _ in range(200):
+            pub.send(b"PUB work 1\r\nx\r\n")
+        counts = [m.received().count(b"MSG work 1 1\r\n") for m in members]
+        self.assertEqual(counts[0] + counts[1], 200)
+        self.assertEqual(counts[2] + counts[3], 200)
+        self.assertTrue(all(n > 50 for n in counts), counts)
+        self.assertEqual(plain.received().count(b"MSG"), 200)
+
+    def test_duplicate_sid_ignored(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB foo 1\r\nSUB foo 1\r\nPUB foo 1\r\na\r\n")
+        self.assertEqual(c.received(), b"MSG foo 1 1\r\na\r\n")
+
+    def test_auto_unsubscribe(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB foo 1\r\nUNSUB 1 2\r\n" + b"PUB foo 1\r\na\r\n" * 3)
+        self.assertEqual(c.received(), b"MSG foo 1 1\r\na\r\n" * 2)
+        self.assertEqual(h.broker.sublist.count, 0)
+
+    def test_auto_unsubscribe_counts_past_deliveries(self) -> None:
+        """A max at or below what was already delivered ends it at once."""
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB foo 1\r\nPUB foo 1\r\na\r\nPUB foo 1\r\na\r\nUNSUB 1 1\r\nPUB foo 1\r\na\r\n")
+        # Deliveries were not counted before the max was set, as in nats-server.
+        self.assertEqual(c.received().count(b"MSG"), 3)
+
+    def test_unsub_bad_max_unsubscribes(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB foo 1\r\nUNSUB 1 x\r\nPUB foo 1\r\na\r\nPING\r\n")
+        self.assertEqual(c.received(), b"PONG\r\n")
+
+    def test_unknown_sid(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b"CONNECT {}\r\n")
+        c.send(b"UNSUB 42\r\n")
+        self.assertEqual(c.received(), b"+OK\r\n+OK\r\n")
+        self.assertFalse(c.closed)
+
+    def test_unsubscribe_removes_everything(self) -> None:
+        """Closing a connection removes its subscriptions from the index."""
+        h = Harness()
+        c = h.connect()
+        c.send(b"SUB a.b.c 1\r\nSUB a.* q 2\r\nSUB > 3\r\n")
+        self.assertEqual(h.broker.sublist.count, 3)
+        c.proto.connectionLost(None)
+        self.assertEqual(h.broker.sublist.count, 0)
+        self.assertTrue(h.broker.sublist._root.empty())
+
+    def test_headers(self) -> None:
+        """HPUB reaches header-aware subscribers as HMSG, others as MSG without the headers."""
+        h = Harness()
+        hs = h.connect(connect=b'CONNECT {"verbose":false,"headers":true}\r\n')
+        plain = h.connect()
+        hs.send(b"SUB foo 1\r\n")
+        plain.send(b"SUB foo 2\r\n")
+        hs.send(b"HPUB foo r 18 20\r\nNATS/1.0\r\nA: b\r\n\r\nhi\r\n")
+        self.assertEqual(hs.received(), b"HMSG foo 1 r 18 20\r\nNATS/1.0\r\nA: b\r\n\r\nhi\r\n")
+        self.assertEqual(plain.received(), b"MSG foo 2 r 2\r\nhi\r\n")
+
+    def test_hpub_without_headers_closes(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n")
+        self.assertEqual(c.received(), b"")
+        self.assertTrue(c.closed)
+
+    def test_no_responders(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
+        c.send(b"SUB _INBOX.x.* 5\r\nPUB service _INBOX.x.1 0\r\n\r\n")
+        self.assertEqual(c.received(), b"HMSG _INBOX.x.1 5 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
+
+    def test_no_responders_not_when_answered(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
+        h.connect().send(b"SUB service 1\r\n")
+        c.send(b"SUB _INBOX.x.* 5\r\nPUB service _INBOX.x.1 0\r\n\r\n")
+        self.assertEqual(c.received(), b"")
+
+    def test_ping_pong_ok(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"PING\r\n+OK\r\nping\r\nPING\n")
+        self.assertEqual(c.received(), b"PONG\r\n" * 3)
+
+    def test_one_write_per_read(self) -> None:
+        """A read with many PUBs causes one write to each subscriber."""
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\n")
+        writes = []
+        original = sub.transport.write
+        sub.transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[method-assign]
+        pub.send(b"PUB foo 1\r\na\r\n" * 100)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(writes[0], b"MSG foo 1 1\r\na\r\n" * 100)
+
+
+class ErrorTests(SynchronousTestCase):
+    """Every error string, and whether it closes the connection."""
+
+    def assertError(self, send: bytes, expected: bytes, closes: bool, **settings) -> None:
+        h = Harness(**settings)
+        c = h.connect()
+        c.send(send)
+        self.assertEqual(c.received(), expected)
+        self.assertEqual(c.closed, closes)
+
+    def test_unknown_operation(self) -> None:
+        for bad in (b"FOO\r\n", b"\r\n", b"UNSUB\r\n", b"PUBX foo 1\r\n", b"MSG foo 1 1\r\n", b"RS+ $G foo\r\n"):
+            self.assertError(bad + b"PING\r\n", b"-ERR 'Unknown Protocol Operation'\r\n", True)
+
+    def test_unknown_operation_without_newline(self) -> None:
+        """Garbage is refused at once, not after a newline that may never come."""
+        self.assertError(b"XYZ", b"-ERR 'Unknown Protocol Operation'\r\n", True)
+
+    def test_payload_not_followed_by_crlf(self) -> None:
+        self.assertError(b"PUB foo 2\r\nhello\r\n", b"-ERR 'Unknown Protocol Operation'\r\n", True)
+
+    def test_max_payload(self) -> None:
+        self.assertError(b"PUB foo 1025\r\n", b"-ERR 'Maximum Payload Violation'\r\n", True, max_payload=1024)
+
+    def test_max_payload_hpub(self) -> None:
+        h = Harness(max_payload=1024)
+        c = h.connect(connect=b'CONNECT {"verbose":false,"headers":true}\r\n')
+        c.send(b"HPUB foo 12 2000\r\n")
+        self.assertEqual(c.received(), b"-ERR 'Maximum Payload Violation'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_max_control_line(self) -> None:
+        self.assertError(b"SUB foo " + b"a" * 5000 + b"\r\n", b"-ERR 'maximum control line exceeded'\r\n", True)
+
+    def test_max_control_line_without_newline(self) -> None:
+        """An endless control line is cut off before it is all buffered."""
+        h = Harness()
+        c = h.connect()
+        for _ in range(10):
+            c.send(b"SUB foo " + b"a" * 1000)
+            if c.closed:
+                break
+        self.assertEqual(c.received(), b"-ERR 'maximum control line exceeded'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_invalid_subject_keeps_open(self) -> None:
+        self.assertError(b"SUB foo..bar 1\r\nSUB >.a 2\r\nPING\r\n", b"-ERR 'Invalid Subject'\r\n" * 2 + b"PONG\r\n", False)
+
+    def test_invalid_publish_subject_pedantic(self) -> None:
+        """Pedantic: the error is sent, the connection stays, the message still goes (as nats-server)."""
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":true}\r\n')
+        c.send(b"SUB foo.* 1\r\nPUB foo.* 1\r\na\r\nPUB foo..x 0\r\n\r\nPING\r\n")
+        self.assertEqual(
+            c.received(),
+            b"-ERR 'Invalid Publish Subject'\r\nMSG foo.* 1 1\r\na\r\n-ERR 'Invalid Publish Subject'\r\nPONG\r\n",
+        )
+        self.assertFalse(c.closed)
+
+    def test_not_pedantic_no_error(self) -> None:
+        h = Harness()
+        c = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        c.send(b"PUB foo.* 0\r\n\r\nPING\r\n")
+        self.assertEqual(c.received(), b"PONG\r\n")
+
+    def test_silent_closes(self) -> None:
+        """Wrong argument counts and bad sizes close without a word."""
+        for bad in (
+            b"PUB foo\r\n",
+            b"PUB a b c 1\r\n",
+            b"PUB foo x\r\n",
+            b"PUB foo -1\r\n",
+            b"PUB foo +1\r\n",
+            b"PUB foo 1_0\r\n",
+            b"PUB foo 1234567890\r\n",
+            b"SUB foo\r\n",
+            b"SUB foo q 1 2\r\n",
+            b"UNSUB 1 2 3\r\n",
+            b"-ERR 'x'\r\n",
+            b"INFO {x\r\n",
+        ):
+            self.assertError(bad + b"PING\r\n", b"", True)
+
+    def test_permissions(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator(permissions=OnlyFoo()))
+        c = h.connect(connect=b'CONNECT {"verbose":false,"auth_token":"good"}\r\n')
+        c.send(b"PUB bar 1\r\na\r\nSUB bar 1\r\nSUB foo 2\r\nPUB foo 1\r\nb\r\nPING\r\n")
+        self.assertEqual(
+            c.received(),
+            b"-ERR 'Permissions Violation for Publish to \"bar\"'\r\n"
+            b"-ERR 'Permissions Violation for Subscription to \"bar\"'\r\n"
+            b"MSG foo 2 1\r\nb\r\nPONG\r\n",
+        )
+        self.assertFalse(c.closed)
+
+    def test_max_subscriptions(self) -> None:
+        self.assertError(
+            b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\nPING\r\n", b"-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n", False, max_subscriptions=2
+        )
+
+    def test_errors_after_earlier_output(self) -> None:
+        """What was owed before the error is sent before it."""
+        self.assertError(b"PING\r\nFOO\r\n", b"PONG\r\n-ERR 'Unknown Protocol Operation'\r\n", True)
+
+
+@implementer(IPermissions)
+class OnlyFoo:
+    def may_publish(self, subject: bytes) -> bool:
+        return subject == b"foo"
+
+    def may_subscribe(self, subject: bytes, queue) -> bool:
+        return subject == b"foo"
+
+
+@implementer(IAuthenticator)
+class TokenAuthenticator:
+    """Accepts auth_token "good"; "later" answers when the test says so."""
+
+    def __init__(self, permissions=None) -> None:
+        self.permissions = permissions
+        self.pending: list = []
+
+    def authenticate(self, connect, peer):
+        token = connect.get("auth_token")
+        if token == "good":
+            return succeed(Identity("good", self.permissions))
+        if token == "later":
+            d: Deferred = Deferred()
+            self.pending.append(d)
+            return d
+        if token == "boom":
+            raise RuntimeError("authenticator bug")
+        return fail(AuthenticationFailed("unknown token"))
+
+
+class AuthTests(SynchronousTestCase):
+    def test_good_token(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b'CONNECT {"auth_token":"good"}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"+OK\r\nPONG\r\n")
+        self.assertEqual(c.proto.identity.name, "good")
+
+    def test_wrong_token(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b'CONNECT {"auth_token":"bad"}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_authenticator_raises(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b'CONNECT {"auth_token":"boom"}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertTrue(c.closed)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_op_before_connect(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b"PING\r\n")
+        self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_partial_op_before_connect(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b"SU")
+        self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+
+    def test_timeout(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator(), auth_timeout=2.0)
+        c = h.connect(connect=None)
+        h.clock.advance(1.9)
+        self.assertFalse(c.closed)
+        h.clock.advance(0.2)
+        self.assertEqual(c.received(), b"-ERR 'Authentication Timeout'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_slow_authenticator_times_out(self) -> None:
+        auth = TokenAuthenticator()
+        h = Harness(authenticator=auth, auth_timeout=2.0)
+        c = h.connect(connect=b'CONNECT {"auth_token":"later"}\r\nPING\r\n')
+        h.clock.advance(2.5)
+        self.assertEqual(c.received(), b"-ERR 'Authentication Timeout'\r\n")
+        auth.pending[0].callback(Identity("late"))
+        self.assertEqual(c.received(), b"")
+
+    def test_async_authenticator_holds_later_ops(self) -> None:
+        """Operations after CONNECT wait for the authenticator's answer, in order."""
+        auth = TokenAuthenticator()
+        h = Harness(authenticator=auth)
+        c = h.connect(connect=b'CONNECT {"auth_token":"later"}\r\nSUB foo 1\r\nPUB foo 1\r\n')
+        c.send(b"a\r\nPING\r\n")
+        self.assertEqual(c.received(), b"")
+        self.assertEqual(c.transport.producerState, "paused")
+        auth.pending[0].callback(Identity("later"))
+        # +OK for CONNECT, SUB and PUB, then the delivery, then PONG.
+        self.assertEqual(c.received(), b"+OK\r\n+OK\r\n+OK\r\nMSG foo 1 1\r\na\r\nPONG\r\n")
+        self.assertEqual(c.transport.producerState, "producing")
+
+
+class LivenessTests(SynchronousTestCase):
+    def test_stale_connection(self) -> None:
+        """Unanswered PINGs past ping_max end the connection as stale."""
+        h = Harness(ping_interval=10.0, ping_max=2)
+        c = h.connect()
+        h.clock.advance(10)
+        self.assertEqual(c.received(), b"PING\r\n")
+        h.clock.advance(10)
+        self.assertEqual(c.received(), b"PING\r\n")
+        h.clock.advance(10)
+        self.assertEqual(c.received(), b"-ERR 'Stale Connection'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_pong_keeps_alive(self) -> None:
+        h = Harness(ping_interval=10.0, ping_max=2)
+        c = h.connect()
+        for _ in range(10):
+            h.clock.advance(10)
+            self.assertEqual(c.received(), b"PING\r\n")
+            # Answer, then let the activity age past the interval.
+            c.send(b"PONG\r\n")
+            h.clock.advance(0)
+        self.assertFalse(c.closed)
+
+    def test_activity_delays_ping(self) -> None:
+        """A client that talks is not pinged."""
+        h = Harness(ping_interval=10.0, ping_max=1)
+        c = h.connect()
+        for _ in range(5):
+            h.clock.advance(6)
+            c.send(b"PUB x 0\r\n\r\n")
+        self.assertEqual(c.received(), b"")
+        self.assertFalse(c.closed)
+
+    def test_timers_cancelled_on_close(self) -> None:
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=None)
+        c.proto.connectionLost(None)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class LimitTests(SynchronousTestCase):
+    def test_listener_limit(self) -> None:
+        """Past max_connections: INFO, then the error, then close."""
+        h = Harness(max_connections=2)
+        a, b = h.connect(), h.connect()
+        c = h.connect(connect=None)
+        out = c.all_received()
+        self.assertTrue(out.startswith(b"INFO {"))
+        self.assertTrue(out.endswith(b"} \r\n-ERR 'maximum connections exceeded'\r\n"))
+        self.assertTrue(c.closed)
+        self.assertFalse(a.closed or b.closed)
+        # A slot freed is a slot available.
+        a.proto.connectionLost(None)
+        d = h.connect()
+        self.assertFalse(d.closed)
+
+    def test_slow_consumer_cut_others_keep_receiving(self) -> None:
+        h = Harness(max_pending=10000)
+        slow, fast, pub = h.connect(), h.connect(), h.connect()
+        slow.send(b"SUB foo 1\r\n")
+        fast.send(b"SUB foo 1\r\n")
+        # The slow client's kernel buffer is full: its transport pauses us.
+        slow.transport.producer.pauseProducing()
+        for _ in range(20):
+            pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertTrue(slow.aborted)
+        self.assertEqual(h.broker.slow_consumers, 1)
+        self.assertEqual(fast.received().count(b"MSG foo 1 1000\r\n"), 20)
+        self.assertEqual(h.broker.sublist.count, 1)
+        self.assertFalse(pub.closed or fast.closed)
+
+    def test_paused_within_budget_survives(self) -> None:
+        h = Harness(max_pending=100000)
+        slow, pub = h.connect(), h.connect()
+        slow.send(b"SUB foo 1\r\n")
+        slow.transport.producer.pauseProducing()
+        for _ in range(20):
+            pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        slow.transport.producer.resumeProducing()
+        for _ in range(80):
+            pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertFalse(slow.closed)
+        self.assertEqual(slow.received().count(b"MSG"), 100)
+
+    def test_write_deadline(self) -> None:
+        h = Harness(write_deadline=10.0)
+        slow = h.connect()
+        slow.transport.producer.pauseProducing()
+        h.clock.advance(9)
+        self.assertFalse(slow.closed)
+        h.clock.advance(2)
+        self.assertTrue(slow.aborted)

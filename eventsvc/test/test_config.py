@@ -1,0 +1,125 @@
+"""
+The configuration patch: defaults, the seed's keys, and errors that name
+the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc import config
+from eventsvc.config import ConfigError
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_empty_patch(self) -> None:
+        c = config.parse("", "/etc/eventsvc/patch.toml")
+        self.assertEqual(c.service.event_limit, 100000)
+        self.assertEqual(c.service.listener_limit, 10000)
+        self.assertEqual(c.limits.max_payload, 1024 * 1024)
+        self.assertEqual(c.limits.max_control_line, 4096)
+        self.assertEqual(c.limits.max_pending, 64 * 1024 * 1024)
+        self.assertEqual(c.limits.ping_interval, 120.0)
+        self.assertEqual(c.limits.ping_max, 2)
+        self.assertEqual(c.limits.auth_timeout, 2.0)
+        self.assertEqual(c.log.format, "text")
+        self.assertFalse(c.tls.enabled)
+
+    def test_seed_keys(self) -> None:
+        c = config.parse(
+            """
+            [service]
+            host = "0.0.0.0"
+            port = 10132
+            event_limit = 5
+            listener_limit = 7
+            [tls]
+            cert_path = "certs/service.crt"
+            key_path = "/abs/service.key"
+            root_ca_path = "../ca.crt"
+            [log]
+            format = "json"
+            level = "debug"
+            [handlers]
+            feed = "localhost:10121"
+            cfgingest = "https://cfg.example:443/x"
+            event_feed = "http://127.0.0.1:8080"
+            """,
+            "/etc/eventsvc/patch.toml",
+        )
+        self.assertEqual((c.service.host, c.service.port, c.service.event_limit, c.service.listener_limit), ("0.0.0.0", 10132, 5, 7))
+        # Relative paths resolve against the config file's folder.
+        self.assertEqual(c.tls.cert_path, "/etc/eventsvc/certs/service.crt")
+        self.assertEqual(c.tls.key_path, "/abs/service.key")
+        self.assertEqual(c.tls.root_ca_path, "/etc/ca.crt")
+        self.assertEqual((c.log.format, c.log.level), ("json", "debug"))
+        self.assertEqual(config.handler_address(c.handlers.feed), ("https", "localhost", 10121))
+        self.assertEqual(config.handler_address(c.handlers.cfgingest), ("https", "cfg.example", 443))
+        self.assertEqual(config.handler_address(c.handlers.event_feed), ("http", "127.0.0.1", 8080))
+
+    def test_float_accepts_integer(self) -> None:
+        c = config.parse("[limits]\nping_interval = 30\n")
+        self.assertEqual(c.limits.ping_interval, 30.0)
+
+    def test_load_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[service]\nport = 4333\n")
+        c = config.load(path)
+        self.assertEqual(c.service.port, 4333)
+        self.assertEqual(c.source, path)
+
+
+class ErrorTests(SynchronousTestCase):
+    def assertConfigError(self, text: str, *fragments: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config.parse(text, "patch.toml")
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("patch.toml: "), message)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_unknown_key(self) -> None:
+        self.assertConfigError("[service]\nprot = 1\n", "[service] prot", "unknown key", "port")
+
+    def test_unknown_section(self) -> None:
+        self.assertConfigError("[sevrice]\nport = 1\n", "unknown section [sevrice]")
+
+    def test_section_not_table(self) -> None:
+        self.assertConfigError('service = "x"\n', "[service] must be a table")
+
+    def test_wrong_type(self) -> None:
+        self.assertConfigError('[service]\nport = "4222"\n', "[service] port", "must be an integer", "string")
+        self.assertConfigError("[service]\nport = true\n", "[service] port", "must be an integer", "boolean")
+        self.assertConfigError("[log]\nlevel = 3\n", "[log] level", "must be a string")
+        self.assertConfigError("[limits]\nping_interval = \"2m\"\n", "[limits] ping_interval", "must be a number")
+
+    def test_impossible_values(self) -> None:
+        self.assertConfigError("[service]\nport = 70000\n", "[service] port", "between 0 and 65535")
+        self.assertConfigError("[service]\nevent_limit = 0\n", "[service] event_limit", "at least 1")
+        self.assertConfigError("[service]\nlistener_limit = -5\n", "[service] listener_limit")
+        self.assertConfigError('[service]\nhost = ""\n', "[service] host")
+        self.assertConfigError('[log]\nformat = "xml"\n', "[log] format", "text, json", "'xml'")
+        self.assertConfigError('[log]\nlevel = "loud"\n', "[log] level")
+        self.assertConfigError('[handlers]\nfeed = "nohost"\n', "[handlers] feed", "host:port")
+        self.assertConfigError('[handlers]\nfeed = "h:notaport"\n', "[handlers] feed")
+        self.assertConfigError("[limits]\nmax_payload = 0\n", "[limits] max_payload")
+        self.assertConfigError("[limits]\nmax_payload = 2000\nmax_pending = 1000\n", "[limits] max_pending", "at least max_payload")
+        self.assertConfigError("[limits]\nping_max = 0\n", "[limits] ping_max")
+        self.assertConfigError("[limits]\nauth_timeout = 0\n", "[limits] auth_timeout", "positive")
+
+    def test_tls_keys_go_together(self) -> None:
+        self.assertConfigError('[tls]\ncert_path = "a.crt"\n', "[tls] key_path", "go together")
+
+    def test_not_toml(self) -> None:
+        self.assertConfigError("[service\nport = 1\n", "not valid TOML")
+
+    def test_missing_file(self) -> None:
+        path = os.path.join(self.mktemp(), "nope.toml")
+        with self.assertRaises(ConfigError) as caught:
+            config.load(path)
+        self.assertIn(path, str(caught.exception))
+        self.assertIn("cannot read", str(caught.exception))

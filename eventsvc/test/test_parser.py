@@ -1,0 +1,230 @@
+"""
+The parser alone: operations split at any byte, limits, and random bytes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import List, Optional
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.parser import ClientParser, ProtocolViolation
+from eventsvc.test.helpers import Harness
+
+STREAM = (
+    b'CONNECT {"verbose":false,"headers":true}\r\n'
+    b"SUB foo.* 1\r\n"
+    b"sub\tbar  q  2\r\n"
+    b"PUB foo.a 5\r\nhello\r\n"
+    b"PUB foo.b reply.x 12\r\nPUB a 1\r\nb\r\n\r\n"
+    b"pub  foo.c\t3\r\nabc\r\n"
+    b"PUB foo.d 0\r\n\r\n"
+    b"HPUB foo.e 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+    b"HPUB foo.f r 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+    b"UNSUB 1 10\r\n"
+    b"UNSUB 2\r\n"
+    b"PING\r\nPONG\r\n+OK\r\nPING\n"
+    b'INFO {"a":1}\r\n'
+)
+
+EXPECTED = [
+    ("connect", b'{"verbose":false,"headers":true}'),
+    ("sub", b"foo.*", None, b"1"),
+    ("sub", b"bar", b"q", b"2"),
+    ("pub", b"foo.a", None, 5, b"5\r\nhello\r\n"),
+    ("pub", b"foo.b", b"reply.x", 12, b"12\r\nPUB a 1\r\nb\r\n\r\n"),
+    ("pub", b"foo.c", None, 3, b"3\r\nabc\r\n"),
+    ("pub", b"foo.d", None, 0, b"0\r\n\r\n"),
+    ("hpub", b"foo.e", None, 12, 14, b"NATS/1.0\r\n\r\nhi\r\n"),
+    ("hpub", b"foo.f", b"r", 16, 16, b"NATS/1.0 503\r\n\r\n\r\n"),
+    ("unsub", b"1", 10),
+    ("unsub", b"2", 0),
+    ("ping",),
+    ("pong",),
+    ("ping",),
+    ("info", b'{"a":1}'),
+]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ops: List[tuple] = []
+
+    def op_pub(self, subject, reply, size, tail):
+        self.ops.append(("pub", subject, reply, size, tail))
+
+    def op_hpub(self, subject, reply, hdr_len, total, body):
+        self.ops.append(("hpub", subject, reply, hdr_len, total, body))
+
+    def op_sub(self, subject, queue, sid):
+        self.ops.append(("sub", subject, queue, sid))
+
+    def op_unsub(self, sid, max_msgs):
+        self.ops.append(("unsub", sid, max_msgs))
+
+    def op_connect(self, arg):
+        self.ops.append(("connect", arg))
+        return False
+
+    def op_info(self, arg):
+        self.ops.append(("info", arg))
+
+    def op_ping(self):
+        self.ops.append(("ping",))
+
+    def op_pong(self):
+        self.ops.append(("pong",))
+
+
+def parse(chunks) -> List[tuple]:
+    recorder = Recorder()
+    parser = ClientParser(recorder)
+    for chunk in chunks:
+        parser.feed(chunk)
+    return recorder.ops
+
+
+class SplitTests(SynchronousTestCase):
+    def test_one_chunk(self) -> None:
+        self.assertEqual(parse([STREAM]), EXPECTED)
+
+    def test_one_byte_at_a_time(self) -> None:
+        self.assertEqual(parse([STREAM[i : i + 1] for i in range(len(STREAM))]), EXPECTED)
+
+    def test_every_split_point(self) -> None:
+        for i in range(len(STREAM) + 1):
+            self.assertEqual(parse([STREAM[:i], STREAM[i:]]), EXPECTED, i)
+
+    def test_random_splits(self) -> None:
+        rng = random.Random(1234)
+        for _ in range(200):
+            cuts = sorted(rng.sample(range(1, len(STREAM)), 12))
+            chunks = [STREAM[a:b] for a, b in zip([0] + cuts, cuts + [len(STREAM)])]
+            self.assertEqual(parse(chunks), EXPECTED)
+
+    def test_large_payload_in_pieces(self) -> None:
+        """A payload arriving in many reads is assembled once, not re-joined per read."""
+        payload = bytes(range(256)) * 4000
+        data = b"PUB big %d\r\n%s\r\n" % (len(payload), payload)
+        recorder = Recorder()
+        parser = ClientParser(recorder, max_payload=2 * 1024 * 1024)
+        joins = 0
+        for i in range(0, len(data), 65536):
+            parser.feed(data[i : i + 65536])
+            joins += not parser._pending
+        self.assertEqual(recorder.ops, [("pub", b"big", None, len(payload), b"%d\r\n%s\r\n" % (len(payload), payload))])
+        self.assertEqual(joins, 1)
+
+    def test_violation_after_good_ops(self) -> None:
+        """Operations before a violation are handled; the violation says what to send."""
+        recorder = Recorder()
+        parser = ClientParser(recorder)
+        with self.assertRaises(ProtocolViolation) as caught:
+            parser.feed(b"PING\r\nPUB foo 3\r\nabcd\r\n")
+        self.assertEqual(recorder.ops, [("ping",)])
+        self.assertEqual(caught.exception.error, "Unknown Protocol Operation")
+
+
+# -- random and mutated bytes against a whole connection ----------------------
+
+_SERVER_LINE = re.compile(
+    rb"(INFO \{.*\} |\+OK|PING|PONG|-ERR '[^'\r\n]*'|MSG \S+ \S+( \S+)? \d+|HMSG \S+ \S+( \S+)? \d+ \d+)$"
+)
+_KEEP_OPEN = (
+    b"-ERR 'Invalid Subject'",
+    b"-ERR 'Invalid Publish Subject'",
+    b"-ERR 'maximum subscriptions exceeded'",
+)
+
+
+def _check_output(test: SynchronousTestCase, out: bytes, closed: bool) -> None:
+    """Every byte the server wrote is a well-formed server operation."""
+    pos = 0
+    errors = []
+    while pos < len(out):
+        nl = out.index(b"\r\n", pos)
+        line = out[pos:nl]
+        test.assertTrue(_SERVER_LINE.match(line), line)
+        pos = nl + 2
+        if line.startswith((b"MSG", b"HMSG")):
+            size = int(line.rsplit(b" ", 1)[1])
+            test.assertEqual(out[pos + size : pos + size + 2], b"\r\n")
+            pos += size + 2
+        if line.startswith(b"-ERR"):
+            errors.append(line)
+    for e in errors[:-1]:
+        test.assertIn(e, _KEEP_OPEN)
+    if errors and errors[-1] not in _KEEP_OPEN:
+        test.assertTrue(closed, errors[-1])
+
+
+_OPS = st.sampled_from(
+    [
+        b"CONNECT {}\r\n",
+        b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n',
+        b"SUB foo 1\r\n",
+        b"SUB foo.* q 2\r\n",
+        b"SUB > 3\r\n",
+        b"UNSUB 1 2\r\n",
+        b"UNSUB 3\r\n",
+        b"PUB foo 5\r\nhello\r\n",
+        b"PUB foo.bar r 2\r\nhi\r\n",
+        b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+        b"PING\r\n",
+        b"PONG\r\n",
+        b"+OK\r\n",
+    ]
+)
+
+
+@st.composite
+def mutated_streams(draw) -> bytes:
+    data = bytearray(b"".join(draw(st.lists(_OPS, min_size=1, max_size=12))))
+    for _ in range(draw(st.integers(0, 4))):
+        if not data:
+            break
+        i = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["flip", "delete", "insert"]))
+        if action == "flip":
+            data[i] = draw(st.integers(0, 255))
+        elif action == "delete":
+            del data[i]
+        else:
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(data)
+
+
+def _feed(test: SynchronousTestCase, data: bytes, cuts: List[int]) -> None:
+    h = Harness(max_payload=64, max_control_line=256)
+    other = h.connect()
+    other.send(b"SUB > 9\r\n")
+    c = h.connect(connect=None)
+    last = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if c.closed:
+            break
+        c.send(data[last:cut])
+        last = cut
+    _check_output(test, c.received(), c.closed)
+    _check_output(test, other.received(), other.closed)
+    # Closing frees everything, whatever state the parser was in.
+    c.proto.connectionLost(None)
+    other.proto.connectionLost(None)
+    test.assertEqual(h.broker.sublist.count, 0)
+    test.assertEqual(h.broker.clients, {})
+
+
+class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=5))
+    def test_random_bytes(self, data: bytes, cuts: List[int]) -> None:
+        _feed(self, data, cuts)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(mutated_streams(), st.lists(st.integers(0, 300), max_size=5))
+    def test_mutated_protocol(self, data: bytes, cuts: List[int]) -> None:
+        _feed(self, data, cuts)

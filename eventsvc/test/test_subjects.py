@@ -1,0 +1,144 @@
+"""
+Subject validation and the subscription index.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.subjects import (
+    Sublist,
+    Subscription,
+    subject_matches,
+    valid_literal_subject,
+    valid_subject,
+)
+
+
+def sub(subject: bytes, queue=None, owner=None, sid=b"1") -> Subscription:
+    return Subscription(owner, subject, queue, sid)
+
+
+class ValidationTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        for s in (b"foo", b"foo.bar", b"*", b">", b"foo.*.bar", b"foo.>", b"*.*", b"foo*.bar", b"a.b>", b"_INBOX.x.*"):
+            self.assertTrue(valid_subject(s), s)
+
+    def test_invalid(self) -> None:
+        for s in (b"", b".", b"foo.", b".foo", b"foo..bar", b">.foo", b"foo.>.bar", b"fo o", b"foo\t.bar", b"a.\r"):
+            self.assertFalse(valid_subject(s), s)
+
+    def test_literal(self) -> None:
+        self.assertTrue(valid_literal_subject(b"foo.bar"))
+        self.assertTrue(valid_literal_subject(b"foo*.b>"))
+        for s in (b"", b"foo.*", b"foo.>", b"*", b"foo..bar", b"foo."):
+            self.assertFalse(valid_literal_subject(s), s)
+
+    def test_matches(self) -> None:
+        cases = [
+            (b"foo", b"foo", True),
+            (b"foo", b"foo.bar", False),
+            (b"foo.*", b"foo.bar", True),
+            (b"foo.*", b"foo", False),
+            (b"foo.*", b"foo.bar.baz", False),
+            (b"foo.>", b"foo.bar.baz", True),
+            (b"foo.>", b"foo", False),
+            (b">", b"anything.at.all", True),
+            (b"*.bar", b"foo.bar", True),
+            (b"foo*", b"foox", False),
+            (b"Foo", b"foo", False),
+        ]
+        for pattern, subject, expected in cases:
+            self.assertEqual(subject_matches(pattern, subject), expected, (pattern, subject))
+
+
+class SublistTests(SynchronousTestCase):
+    def test_match_literal_and_wildcards(self) -> None:
+        sl = Sublist()
+        subs = {s: sub(s) for s in (b"a.b.c", b"a.*.c", b"a.>", b"*.b.*", b">", b"a.b", b"x.y")}
+        for s in subs.values():
+            sl.insert(s)
+        found = {s.subject for s in sl.match(b"a.b.c").plain}
+        self.assertEqual(found, {b"a.b.c", b"a.*.c", b"a.>", b"*.b.*", b">"})
+        self.assertEqual({s.subject for s in sl.match(b"a.b").plain}, {b"a.b", b"a.>", b">"})
+        self.assertEqual({s.subject for s in sl.match(b"q").plain}, {b">"})
+
+    def test_queue_groups(self) -> None:
+        sl = Sublist()
+        members = [sub(b"work.*", queue=b"g1", sid=b"%d" % i) for i in range(3)]
+        others = [sub(b"work.>", queue=b"g2", sid=b"%d" % i) for i in range(2)]
+        for s in members + others + [sub(b"work.a", queue=b"g1", sid=b"9")]:
+            sl.insert(s)
+        result = sl.match(b"work.a")
+        self.assertEqual(result.plain, [])
+        groups = sorted((len(g), {m.queue for m in g}) for g in result.queues)
+        # Members of one group from different subjects are one group.
+        self.assertEqual(groups, [(2, {b"g2"}), (4, {b"g1"})])
+
+    def test_remove_leaves_nothing(self) -> None:
+        sl = Sublist()
+        all_subs = [sub(s, queue=q) for s in (b"a.b.c", b"a.*", b"a.>", b">", b"*.*.*") for q in (None, b"q")]
+        for s in all_subs:
+            sl.insert(s)
+        self.assertEqual(sl.count, len(all_subs))
+        for s in all_subs:
+            self.assertTrue(sl.remove(s))
+        self.assertEqual(sl.count, 0)
+        self.assertTrue(sl._root.empty())
+        self.assertFalse(sl.remove(all_subs[0]))
+
+    def test_cache_invalidated_selectively(self) -> None:
+        sl = Sublist()
+        a = sub(b"a.x")
+        sl.insert(a)
+        sl.match(b"a.x")
+        sl.match(b"b.x")
+        self.assertEqual(set(sl._cache), {b"a.x", b"b.x"})
+        b = sub(b"b.*")
+        sl.insert(b)
+        # Only the subjects the new subscription matches were evicted.
+        self.assertEqual(set(sl._cache), {b"a.x"})
+        self.assertEqual(sl.match(b"b.x").plain, [b])
+        sl.remove(b)
+        self.assertEqual(sl.match(b"b.x").plain, [])
+        self.assertEqual(sl.match(b"a.x").plain, [a])
+
+    def test_cache_bounded(self) -> None:
+        sl = Sublist(cache_size=100)
+        sl.insert(sub(b">"))
+        for i in range(1000):
+            sl.match(b"s.%d" % i)
+        self.assertLessEqual(len(sl._cache), 100)
+
+    def test_genid_moves(self) -> None:
+        sl = Sublist()
+        g = sl.genid
+        s = sub(b"a")
+        sl.insert(s)
+        self.assertGreater(sl.genid, g)
+        g = sl.genid
+        sl.remove(s)
+        self.assertGreater(sl.genid, g)
+
+    def test_hundred_thousand_subscriptions(self) -> None:
+        """
+        100,000 subscriptions: inserting, matching and removing stay fast
+        and exact.  (The bound is generous: it catches quadratic behaviour,
+        not a slow machine.)
+        """
+        sl = Sublist()
+        subs = [sub(b"svc.%d.%d.events" % (i % 100, i), sid=b"%d" % i) for i in range(100000)]
+        wild = [sub(b"svc.%d.*.events" % i) for i in range(100)] + [sub(b"svc.>")]
+        started = time.perf_counter()
+        for s in subs + wild:
+            sl.insert(s)
+        for i in range(0, 100000, 7):
+            result = sl.match(b"svc.%d.%d.events" % (i % 100, i))
+            self.assertEqual(len(result.plain), 3)
+        for s in subs:
+            sl.remove(s)
+        elapsed = time.perf_counter() - started
+        self.assertEqual(sl.count, len(wild))
+        self.assertLess(elapsed, 30)
