@@ -9,6 +9,7 @@ parses protocol or formats logs; it only wires parts together.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 from twisted.application.service import MultiService
@@ -57,7 +58,12 @@ class EventService(MultiService):
         except ListenError as e:
             self.stopService()
             if self.exit_on_error:
-                raise SystemExit("eventsvc: {}".format(e))
+                # The real stderr: twistd has redirected sys.stderr into the
+                # log by now, and twist has not started logging yet.
+                stream = sys.__stderr__ or sys.stderr
+                stream.write("eventsvc: {}\n".format(e))
+                stream.flush()
+                raise SystemExit(1)
             raise
 
 

@@ -1,22 +1,27 @@
 """
 Log observers chosen by configuration: text or JSON lines, filtered by level.
 
-Code that logs uses C{twisted.logger.Logger} and never knows which format is
-in force.  The observer writes to standard output (the journal, under
-systemd).
+Code that logs uses C{twisted.logger.Logger} with structured keys and never
+knows which format is in force.  A JSON line carries the time, level,
+namespace, the formatted message and the event's own simple keys, so a log
+shipper can index them.  The observer writes to standard output (the
+journal, under systemd).
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import IO, Optional
+from datetime import datetime, timezone
+from typing import IO, Any, Dict, Optional
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    jsonFileLogObserver,
+    formatEvent,
     textFileLogObserver,
 )
 
@@ -27,15 +32,34 @@ _LEVELS = {
     "error": LogLevel.error,
     "critical": LogLevel.critical,
 }
+# Keys of Twisted's own, or of the legacy log API, that are not the event's data.
+_INTERNAL = {"format", "message", "isError", "time", "system", "why", "failure", "printed"}
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def event_as_json(event: Dict[str, Any]) -> str:
+    """One event as one line of JSON."""
+    level = event.get("log_level")
+    record: Dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(timespec="milliseconds"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in _INTERNAL and isinstance(value, _SIMPLE):
+            record.setdefault(key, value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, default=str) + "\n"
 
 
 def make_observer(format: str, level: str, stream: Optional[IO[str]] = None) -> ILogObserver:
     """An observer writing events at C{level} or above, as C{format} ("text" or "json")."""
     stream = stream if stream is not None else sys.stdout
     if format == "json":
-        inner = jsonFileLogObserver(stream, recordSeparator="")
+        inner: ILogObserver = FileLogObserver(stream, event_as_json)
     else:
         inner = textFileLogObserver(stream)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
-    return FilteringLogObserver(inner, [predicate])
-
+    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])

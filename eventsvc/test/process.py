@@ -1,0 +1,123 @@
+"""
+Real processes for integration and interop tests: eventsvc started as a
+user starts it (C{twistd -n eventsvc --config …}) and the reference
+nats-server, each on a port the system picks, on loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import List, Optional
+
+from twisted.trial.unittest import SkipTest
+
+_READY_EVENTSVC = re.compile(r"listening for NATS clients on [\d.]+:(\d+)")
+_READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+
+
+def require(program: str) -> str:
+    """
+    The path of C{program}; skip the test when it is missing, unless
+    EVENTSVC_REQUIRE_INTEROP is set (as CI sets it), where missing is a
+    failure.
+    """
+    # The interpreter's own scripts first (a virtual environment's twistd).
+    beside = os.path.join(os.path.dirname(sys.executable), program)
+    path = beside if os.access(beside, os.X_OK) else shutil.which(program)
+    if path is None:
+        message = "{} is not installed (apt-get install nats-server / pip install .)".format(program)
+        if os.environ.get("EVENTSVC_REQUIRE_INTEROP"):
+            raise AssertionError(message)
+        raise SkipTest(message)
+    return path
+
+
+class ServerProcess:
+    """A child process whose output is read until it says it is ready."""
+
+    def __init__(self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None) -> None:
+        self.argv = argv
+        self.ready = ready
+        self.env = env
+        self.lines: List[str] = []
+        self.port = 0
+        self.process: Optional[subprocess.Popen] = None
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+
+    def start(self, timeout: float = 20.0) -> int:
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise AssertionError("{} not ready after {}s:\n{}".format(self.argv, timeout, self.output()))
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError("{} exited early ({}):\n{}".format(self.argv, self.process.wait(), self.output()))
+            match = self.ready.search(line)
+            if match:
+                self.port = int(match.group(1))
+                return self.port
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def eventsvc(config_path: str) -> ServerProcess:
+    """eventsvc under twistd, in the foreground, as the README runs it."""
+    twistd = require("twistd")
+    env = dict(os.environ)
+    # The tests run from a source tree: make sure the child imports the same code.
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
+    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, env)
+
+
+def nats_server(*extra: str) -> ServerProcess:
+    """The reference server on a random loopback port."""
+    return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS)
+
+
+def write_config(path: str, text: str) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path

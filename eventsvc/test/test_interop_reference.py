@@ -1,0 +1,126 @@
+"""
+The same raw-protocol conversations against nats-server 2.9 and against
+eventsvc give the same bytes (INFO compared by its fields, not its ids).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import List, Tuple
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+
+# Each: the chunks a client sends (a short pause between chunks).
+CONVERSATIONS: List[List[bytes]] = [
+    [b"CONNECT {}\r\nSUB foo 1\r\nPUB foo 5\r\nhello\r\nPING\r\n"],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 5\r\nhello\r\nPING\r\n'],
+    [b"SUB foo 1\r\nPUB foo 2\r\nhello\r\n"],
+    [b"SUB foo..bar 1\r\nPING\r\n"],
+    [b'CONNECT {"verbose":false}\r\nPUB foo\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"pedantic":true}\r\nPUB foo.* 0\r\n\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nPUB foo 2000000\r\n'],
+    [b'CONNECT {"verbose":false}\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n'],
+    [b'CONNECT {"verbose":false,"protocol":2}\r\n'],
+    [b'CONNECT {"verbose":false,"no_responders":true}\r\n'],
+    [b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\nSUB r 1\r\nPUB x r 0\r\n\r\nPING\r\n'],
+    [b"CONNECT {bad\r\n"],
+    [b"ping foo\r\nPiNg\r\n"],
+    [b"\r\n"],
+    [b"SUB x " + b"a" * 5000 + b"\r\n"],
+    [b"-ERR 'x'\r\nPING\r\n"],
+    [b"+OK\r\nPING\r\n"],
+    [b"UNSUB 99\r\nPING\r\n"],
+    [b"UNSUB\r\nPING\r\n"],
+    [b"SUB foo q 1 2\r\nPING\r\n"],
+    [b'CONNECT {"pedantic":true}\r\nSUB foo.* 1\r\nPUB foo.* 2\r\nhi\r\nPING\r\n'],
+    [b"SUB foo 1\r\nUNSUB 1 2\r\nPUB foo 1\r\na\r\nPUB foo 1\r\nb\r\nPUB foo 1\r\nc\r\nPING\r\n"],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nUNSUB 1 x\r\nPUB foo 1\r\na\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"echo":false}\r\nSUB foo 1\r\nPUB foo 1\r\na\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nSUB foo 1\r\nPUB foo 1\r\na\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"headers":true}\r\nSUB foo 1\r\nHPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n'],
+    [b'CONNECT {"verbose":"x"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false} x\r\nPING\r\n'],
+    [b"CONNECT\r\nPING\r\n"],
+    [b"INFO {}\r\nPING\r\n"],
+    [b"PUB foo 0\r\n\r\nPING\r\n"],
+    [b"SUB >.a 1\r\nSUB a.> 2\r\nSUB * 3\r\nSUB a*b 4\r\nPING\r\n"],
+    [b"XYZ"],
+    [b"PUB foo 3\r\nabcde\r\n"],
+    [b"sub foo 1\r\npub foo 2\r\nhi\r\nPING\r\n"],
+    [b"SUB\tfoo\t 1\r\nPUB  foo   2\r\nhi\r\nPING\r\n"],
+    [b"PUB foo 1_0\r\n0123456789\r\n"],
+    [b"PUB foo 1234567890\r\n"],
+    [b"SUB foo", b" 1\r\nPU", b"B foo 2\r\nh", b"i\r\nPING\r\n"],
+    [b"PING\nPING\r\n"],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 3 \r\nabc\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 3\nabc\r\nPING\r\n'],
+    [b"SUB a.b.c 3\r\nSUB a.* 1\r\nSUB a.> 2\r\nSUB *.b.c 4\r\nSUB a.b.c 5\r\nPUB a.b.c 0\r\n\r\nPING\r\n"],
+    [b"SUB foo.* 0\r\nSUB foo.> 9\r\nSUB > 8\r\nPUB foo.bar 0\r\n\r\nPING\r\n"],
+]
+
+# INFO fields whose values differ between two servers by nature.
+_INFO_VARIES = {"server_id", "server_name", "version", "go", "port", "client_id", "host"}
+
+
+def converse(port: int, chunks: List[bytes], settle: float = 0.25) -> Tuple[dict, bytes]:
+    """Connect, read INFO, send the chunks, and collect the answer until quiet or closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        info = b""
+        while not info.endswith(b"\r\n"):
+            data = s.recv(65536)
+            if not data:
+                break
+            info += data
+        fields = json.loads(info[5:].strip())
+        for chunk in chunks:
+            s.sendall(chunk)
+            time.sleep(0.02)
+        s.settimeout(settle)
+        out = b""
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    out += b"<closed>"
+                    break
+                out += data
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            out += b"<closed>"
+        return fields, out
+
+
+class ReferenceConversationTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.reference = process.nats_server()
+        self.reference.start()
+        self.addCleanup(self.reference.stop)
+        config = process.write_config(self.mktemp(), '[service]\nhost = "127.0.0.1"\nport = 0\n')
+        self.ours = process.eventsvc(config)
+        self.ours.start()
+        self.addCleanup(self.ours.stop)
+
+    def test_same_bytes(self) -> None:
+        def run() -> List[str]:
+            differences = []
+            for chunks in CONVERSATIONS:
+                ref_info, ref_out = converse(self.reference.port, chunks)
+                our_info, our_out = converse(self.ours.port, chunks)
+                if ref_out != our_out:
+                    differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
+                strip = lambda info: {k: v for k, v in info.items() if k not in _INFO_VARIES}
+                if strip(ref_info) != strip(our_info) or list(ref_info) != list(our_info):
+                    differences.append("INFO differs:\n  nats-server: {}\n  eventsvc:    {}".format(ref_info, our_info))
+            return differences
+
+        d = threads.deferToThread(run)
+        d.addCallback(lambda differences: self.assertEqual(differences, [], "\n".join(differences)))
+        return d

@@ -1,0 +1,124 @@
+"""
+The twistd plugin, its options, and the embedding API, without real I/O.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import ILogObserver, Logger
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.components import Componentized
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc import app, config, tap
+from eventsvc.app import EventService, make_service
+from eventsvc.nats.listener import ListenError
+from eventsvc.ops.logs import make_observer
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("eventsvc", makers)
+        self.assertIs(makers["eventsvc"].options, tap.Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_config_required(self) -> None:
+        with self.assertRaises(usage.UsageError):
+            tap.Options().parseOptions([])
+
+    def test_bad_config_exits_with_one_line(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[service]\nport = 99999\n")
+        stderr = io.StringIO()
+        self.patch(tap.sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            tap.Options().parseOptions(["--config", path])
+        self.assertEqual(caught.exception.code, 78)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("[service] port", stderr.getvalue())
+        self.assertIn(path, stderr.getvalue())
+
+    def test_tls_not_yet(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[tls]\ncert_path = "a"\nkey_path = "b"\nroot_ca_path = "c"\n')
+        stderr = io.StringIO()
+        self.patch(tap.sys, "stderr", stderr)
+        with self.assertRaises(SystemExit):
+            tap.Options().parseOptions(["--config", path])
+        self.assertIn("[tls]", stderr.getvalue())
+
+
+class CompositionTests(SynchronousTestCase):
+    def test_listener_on_configured_address(self) -> None:
+        reactor = MemoryReactor()
+        service = make_service(config.parse('[service]\nhost = "127.0.0.1"\nport = 4333\nlistener_limit = 3\n'), reactor)
+        self.assertIsInstance(service, MultiService)
+        service.startService()
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (4333, "127.0.0.1"))
+        self.assertEqual(factory.settings.max_connections, 3)
+        service.stopService()
+
+    def test_embedding_api(self) -> None:
+        """The in-process publish/subscribe API reaches in-process subscribers."""
+        service = make_service(config.parse(""), MemoryReactor())
+        got = []
+        subscription = service.broker.subscribe("events.>", lambda *a: got.append(a))
+        self.assertEqual(service.broker.publish("events.x", b"payload", reply="r"), 1)
+        self.assertEqual(got, [("events.x", "r", b"payload", None)])
+        subscription.unsubscribe()
+        self.assertEqual(service.broker.publish("events.x", b"payload"), 0)
+
+    def test_port_in_use(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        class BusyReactor(MemoryReactor):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        service = make_service(config.parse(""), BusyReactor())
+        with self.assertRaises(ListenError) as caught:
+            service.startService()
+        self.assertIn("[service] host and port", str(caught.exception))
+        service = make_service(config.parse(""), BusyReactor())
+        service.exit_on_error = True
+        stderr = io.StringIO()
+        self.patch(app.sys, "__stderr__", stderr)
+        with self.assertRaises(SystemExit) as exiting:
+            service.startService()
+        self.assertEqual(exiting.exception.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("Address already in use", stderr.getvalue())
+
+    def test_log_observer_offered_to_application(self) -> None:
+        service = make_service(config.parse('[log]\nformat = "json"\n'), MemoryReactor())
+        application = Componentized()
+        application.addComponent(MultiService(), ignoreClass=True)
+        service.setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), service.log_observer)
+
+
+class LogTests(SynchronousTestCase):
+    def test_json_and_level(self) -> None:
+        out = io.StringIO()
+        observer = make_observer("json", "warn", out)
+        log = Logger(observer=observer, namespace="test")
+        log.info("quiet {x}", x=1)
+        log.warn("loud {x}", x=2)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(json.loads(lines[0])["x"], 2)
+
+    def test_text(self) -> None:
+        out = io.StringIO()
+        Logger(observer=make_observer("text", "debug", out), namespace="t").debug("hello {who}", who="you")
+        self.assertIn("hello you", out.getvalue())
