@@ -1,0 +1,39 @@
+# The README's commands.  Everything goes into a virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= dev/patch.toml
+ABS_VENV := $(abspath $(VENV))
+
+.PHONY: run test install install-test system-deps bench clean
+
+# Set up and run the service on dev/patch.toml (port 4222).
+run: install
+	$(ABS_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
+
+# Set up and run the whole test suite against the installed package.
+test: install-test system-deps
+	cd "$$(mktemp -d)" && $(ABS_VENV)/bin/trial eventsvc
+
+$(VENV)/bin/pip:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+
+# A normal (not editable) install: twistd finds the plugin only this way.
+install: $(VENV)/bin/pip
+	$(VENV)/bin/pip install -q .
+
+install-test: $(VENV)/bin/pip
+	$(VENV)/bin/pip install -q ".[test]"
+
+# nats-server (the reference server) for the interop tests, from Debian.
+system-deps:
+	@command -v nats-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; \
+	  else echo "nats-server is missing: sudo apt-get install nats-server (interop tests will be skipped)"; fi; }
+
+# Side-by-side benchmark against nats-server (not part of the tests).
+bench: install system-deps
+	$(ABS_VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
