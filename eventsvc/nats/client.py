@@ -160,6 +160,10 @@ class ClientConnection(Protocol):
         self.connect_accepted = False
         self.identity: Optional[Identity] = None
         self.permissions: Any = None
+        #: PUBs go straight from the parser to the broker (see the parser).
+        self.plain = False
+        self.publish = broker.deliver
+        self.publish_batch = broker.deliver_batch
         # Counters and liveness.
         self.in_msgs = 0
         self.in_bytes = 0
@@ -173,8 +177,11 @@ class ClientConnection(Protocol):
         self._auth_timer: Any = None
         self._suspended = False
         self._paused = False
-        self._paused_bytes = 0
+        self._held: list = []
+        self._held_bytes = 0
         self._deadline_timer: Any = None
+        self._stall_timer: Any = None
+        self._stalled_producers: list = []
         self.peer = PeerInfo("", 0)
 
     # -- connection lifecycle ----------------------------------------------
@@ -231,10 +238,13 @@ class ClientConnection(Protocol):
 
     def _teardown(self) -> None:
         self.closed = True
-        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer):
+        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._ping_timer = self._auth_timer = self._deadline_timer = None
+        self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = None
+        self._release_producers()
+        del self._held[:]
+        self._held_bytes = 0
         for sub in self.subs.values():
             self.broker.remove_subscription(sub)
         self.subs.clear()
@@ -269,7 +279,7 @@ class ClientConnection(Protocol):
             self.parser.feed(data)
         except ProtocolViolation as violation:
             self.close(violation.error, "protocol violation: " + violation.detail)
-        self.broker.flush()
+        self.broker.flush(self)
 
     def send(self, data: bytes) -> None:
         """Queue C{data} for this client; written at the next flush."""
@@ -303,6 +313,13 @@ class ClientConnection(Protocol):
         if self.verbose:
             self.send(OK)
         if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None and self.no_responders:
+            self._no_responders(reply)
+
+    def _update_plain(self) -> None:
+        self.plain = not self.verbose and not self.pedantic and self.permissions is None
+
+    def op_no_responders(self, reply: bytes) -> None:
+        if self.no_responders:
             self._no_responders(reply)
 
     def _no_responders(self, reply: bytes) -> None:
@@ -377,6 +394,7 @@ class ClientConnection(Protocol):
         self.name = options.get("name") or ""
         self.lang = options.get("lang") or ""
         self.client_version = options.get("version") or ""
+        self._update_plain()
         authenticator = self.settings.authenticator
         if authenticator is None or self.connect_accepted:
             self._connect_accepted()
@@ -409,6 +427,7 @@ class ClientConnection(Protocol):
         self._auth_timer = None
         self.identity = identity
         self.permissions = identity.permissions
+        self._update_plain()
         self.parser.awaiting_connect = False
         resumed, self._suspended = self._suspended, False
         try:
@@ -453,37 +472,97 @@ class ClientConnection(Protocol):
         self.broker.flush()
 
     # -- output and backpressure -------------------------------------------
+    #
+    # While the transport is paused (its buffer is over its high-water mark)
+    # frames are held here, so _held_bytes is what the client has not taken
+    # yet.  Each resume (Twisted resumes when its buffer is empty) hands over
+    # at most PUSH_SIZE, which keeps that figure accurate.  As in nats-server:
+    # over half of max_pending, a connection that publishes to this one is
+    # stalled for a bounded time; over max_pending, this one is cut.
 
-    def flush(self) -> None:
+    PUSH_SIZE = 256 * 1024
+
+    def flush(self) -> bool:
+        """
+        Write what C{out} holds.  Returns True when this connection is over
+        its stall mark, so its producer should pause.
+        """
         out = self.out
         if not out or self.closed:
-            return
+            return False
         data = out[0] if len(out) == 1 else b"".join(out)
         del out[:]
-        if self._paused:
-            self._paused_bytes += len(data)
-            if self._paused_bytes > self.settings.max_pending:
-                self._slow_consumer("pending bytes over max_pending")
-                return
-        self.transport.write(data)
+        if not self._paused:
+            self.transport.write(data)
+            return False
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.settings.max_pending:
+            self._slow_consumer("pending bytes over max_pending")
+            return False
+        return self._held_bytes > self.settings.max_pending // 2
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes owed to the client and not yet handed to the transport."""
+        return self._held_bytes + sum(map(len, self.out))
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: the client is not reading fast enough."""
         if self._paused or self.closed:
             return
         self._paused = True
-        self._paused_bytes = 0
         self._deadline_timer = self.clock.callLater(self.settings.write_deadline, self._deadline_passed)
 
     def resumeProducing(self) -> None:
+        """The transport's buffer is empty: hand it the next piece."""
         self._paused = False
-        self._paused_bytes = 0
         if self._deadline_timer is not None and self._deadline_timer.active():
             self._deadline_timer.cancel()
         self._deadline_timer = None
+        if self._held and not self.closed:
+            held = self._held
+            take, size = 0, 0
+            while take < len(held) and size < self.PUSH_SIZE:
+                size += len(held[take])
+                take += 1
+            data = b"".join(held[:take])
+            del held[:take]
+            self._held_bytes -= size
+            # This may pause us again at once: that is the point.
+            self.transport.write(data)
+        if self._stalled_producers and self._held_bytes <= self.settings.max_pending // 2:
+            self._release_producers()
 
     def stopProducing(self) -> None:
         pass
+
+    def stall(self, consumer: "ClientConnection") -> None:
+        """
+        Stop reading from this (publishing) connection until C{consumer}
+        drains below its stall mark, or for nats-server's stall time.
+        """
+        if self._stall_timer is not None or self.closed:
+            return
+        consumer._stalled_producers.append(self)
+        self.transport.pauseProducing()
+        self._stall_timer = self.clock.callLater(
+            stall_duration(consumer._held_bytes, consumer.settings.max_pending), self.unstall
+        )
+
+    def unstall(self) -> None:
+        timer, self._stall_timer = self._stall_timer, None
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        if not self.closed:
+            self.transport.resumeProducing()
+
+    def _release_producers(self) -> None:
+        producers, self._stalled_producers = self._stalled_producers, []
+        for producer in producers:
+            producer.unstall()
 
     def _deadline_passed(self) -> None:
         self._deadline_timer = None
@@ -493,3 +572,14 @@ class ClientConnection(Protocol):
         self.broker.slow_consumers += 1
         self.log.warn("slow consumer: client {cid} from {host}:{port} cut off ({why})", cid=self.cid, host=self.peer.host, port=self.peer.port, why=why)
         self.close(None, "slow consumer: " + why, abort=True)
+
+
+def stall_duration(pending: int, max_pending: int) -> float:
+    """How long a fast producer waits for a consumer (nats-server's rule)."""
+    if pending >= max_pending:
+        return 1.0
+    half = max_pending // 2
+    ttl = 0.1
+    if pending > half:
+        ttl += 0.1 * ((pending - half) // max(1, half // 10))
+    return ttl

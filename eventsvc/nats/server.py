@@ -56,8 +56,8 @@ class ISubscriber:
     out_msgs: int
     out_bytes: int
 
-    def flush(self) -> None:
-        """Write what C{out} holds."""
+    def flush(self) -> bool:
+        """Write what C{out} holds; True asks the producer to stall."""
 
     def remove_subscription(self, sub: Subscription) -> None:
         """End C{sub} (its auto-unsubscribe maximum was reached)."""
@@ -67,14 +67,15 @@ class _Targets:
     """
     The delivery plan for one subject: per plain subscriber the frame prefix
     C{b"MSG <subject> <sid> "}, and the queue groups.  C{simple} is false
-    when a plain subscriber is in-process or has an auto-unsubscribe
-    maximum, which the fast loop does not handle.
+    when a subscriber is in-process or has an auto-unsubscribe maximum,
+    which the fast loops do not handle.
     """
 
     __slots__ = ("plain", "plain_subs", "queues", "simple")
 
     def __init__(self, plain, plain_subs, queues, simple):
-        self.plain: List[Tuple[ISubscriber, bytes]] = plain
+        #: (subscriber, frame prefix, the subscriber's out.append)
+        self.plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = plain
         self.plain_subs: List[Subscription] = plain_subs
         self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
         self.simple: bool = simple
@@ -101,8 +102,8 @@ class LocalSubscriber:
         self.subs.pop(sub, None)
         self._broker.sublist.remove(sub)
 
-    def flush(self) -> None:
-        pass
+    def flush(self) -> bool:
+        return False
 
 
 class LocalSubscription:
@@ -121,7 +122,8 @@ class Broker:
     """
     Routes messages between the connections of one server.
 
-    @ivar in_msgs: messages received (counting closed connections too).
+    @ivar in_msgs: messages received by connections since closed and by the
+        in-process API; L{totals} adds the live connections'.
     """
 
     log = Logger()
@@ -137,7 +139,7 @@ class Broker:
         )
         self.sublist = Sublist()
         self._targets: Dict[bytes, _Targets] = {}
-        self._genid = -1
+        self.sublist.on_change = self._targets.clear
         self._dirty: List[ISubscriber] = []
         self._local = LocalSubscriber(self)
         self._random = random.Random()
@@ -164,6 +166,8 @@ class Broker:
             del self.clients[cid]  # type: ignore[arg-type]
             self.in_msgs += conn.in_msgs  # type: ignore[attr-defined]
             self.in_bytes += conn.in_bytes  # type: ignore[attr-defined]
+            self.out_msgs += conn.out_msgs
+            self.out_bytes += conn.out_bytes
 
     def totals(self) -> Dict[str, int]:
         """Server-wide counters, live connections included."""
@@ -171,8 +175,8 @@ class Broker:
         return {
             "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),  # type: ignore[attr-defined]
             "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),  # type: ignore[attr-defined]
-            "out_msgs": self.out_msgs,
-            "out_bytes": self.out_bytes,
+            "out_msgs": self.out_msgs + self._local.out_msgs + sum(c.out_msgs for c in live),
+            "out_bytes": self.out_bytes + self._local.out_bytes + sum(c.out_bytes for c in live),
             "slow_consumers": self.slow_consumers,
             "subscriptions": self.sublist.count,
             "connections": len(live),
@@ -182,20 +186,14 @@ class Broker:
     # -- delivery -----------------------------------------------------------
 
     def _plan(self, subject: bytes) -> _Targets:
-        genid = self.sublist.genid
-        if genid != self._genid:
-            self._targets.clear()
-            self._genid = genid
         result = self.sublist.match(subject)
         head = b"MSG " + subject + b" "
-        plain = [(s.owner, head + s.sid + b" ") for s in result.plain]
+        plain = [(s.owner, head + s.sid + b" ", s.owner.out.append) for s in result.plain]
+        queues = [[(s.owner, head + s.sid + b" ", s) for s in group] for group in result.queues]
         simple = all(
             s.max == 0 and s.owner.__class__ is not LocalSubscriber
-            for s in result.plain
+            for s in result.plain + [s for group in result.queues for s in group]
         )
-        queues = [
-            [(s.owner, head + s.sid + b" ", s) for s in group] for group in result.queues
-        ]
         targets = _Targets(plain, result.plain, queues, simple)
         if len(self._targets) > 8192:
             self._targets.clear()
@@ -209,52 +207,81 @@ class Broker:
         Deliver a PUB from C{src}: C{tail} is C{b"<size>\\r\\n<payload>\\r\\n"}.
         Returns how many subscribers it was given to.
         """
-        if self._genid == self.sublist.genid:
-            targets = self._targets.get(subject) or self._plan(subject)
-        else:
-            targets = self._plan(subject)
-        count = 0
+        targets = self._targets.get(subject) or self._plan(subject)
         if targets.simple:
+            plain = targets.plain
+            count = len(plain)
             no_echo = not src.echo
             dirty = self._dirty
-            if reply is None:
-                for conn, prefix in targets.plain:
-                    if conn is src and no_echo:
-                        continue
-                    out = conn.out
-                    out.append(prefix)
-                    out.append(tail)
-                    conn.out_msgs += 1
-                    conn.out_bytes += size
-                    if not conn.dirty:
-                        conn.dirty = True
-                        dirty.append(conn)
-                    count += 1
-            else:
-                reply_sp = reply + b" "
-                for conn, prefix in targets.plain:
-                    if conn is src and no_echo:
-                        continue
-                    out = conn.out
-                    out.append(prefix)
-                    out.append(reply_sp)
-                    out.append(tail)
-                    conn.out_msgs += 1
-                    conn.out_bytes += size
-                    if not conn.dirty:
-                        conn.dirty = True
-                        dirty.append(conn)
-                    count += 1
+            # With a reply: "MSG <subject> <sid> <reply> <size>\r\n..."
+            frame_tail = tail if reply is None else reply + b" " + tail
+            for conn, prefix, append in plain:
+                if conn is src and no_echo:
+                    count -= 1
+                    continue
+                append(prefix)
+                append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
         else:
+            count = 0
             message = _Message(subject, reply, size, tail, -1, b"")
-            for sub, (conn, prefix) in zip(targets.plain_subs, targets.plain):
+            for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
                 count += self._give(src, sub, conn, prefix, message)
         if targets.queues:
-            message = _Message(subject, reply, size, tail, -1, b"")
-            count += self._deliver_queues(src, targets, message)
-        self.out_msgs += count
-        self.out_bytes += count * size
+            count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""))
         return count
+
+    def deliver_batch(self, src: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
+        """
+        Deliver several PUBs to C{subject}, none with a reply subject:
+        C{tails} as for L{deliver}, C{size} the total of their payloads.
+        Each plain subscriber gets all of them in one joined frame.
+        """
+        if len(tails) == 1:
+            self.deliver(src, subject, None, size, tails[0])
+            return
+        targets = self._targets.get(subject) or self._plan(subject)
+        if not targets.simple:
+            for tail in tails:
+                self.deliver(src, subject, None, _payload_size(tail), tail)
+            return
+        k = len(tails)
+        no_echo = not src.echo
+        dirty = self._dirty
+        for conn, prefix, append in targets.plain:
+            if conn is src and no_echo:
+                continue
+            # prefix + prefix.join(tails) == prefix t1 prefix t2 ... prefix tk
+            append(prefix)
+            append(prefix.join(tails))
+            conn.out_msgs += k
+            conn.out_bytes += size
+            if not conn.dirty:
+                conn.dirty = True
+                dirty.append(conn)
+        if targets.queues:
+            rand = self._random.random
+            for group in targets.queues:
+                members = group
+                if no_echo:
+                    members = [m for m in group if m[0] is not src]
+                    if not members:
+                        continue
+                n = len(members)
+                for tail in tails:
+                    conn, prefix, _ = members[int(rand() * n)]
+                    out = conn.out
+                    out.append(prefix)
+                    out.append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += _payload_size(tail)
+                    if not conn.dirty:
+                        conn.dirty = True
+                        dirty.append(conn)
 
     def deliver_headers(
         self,
@@ -270,18 +297,13 @@ class Broker:
         payload and CRLF.  Subscribers that did not negotiate headers get a
         plain MSG without them.
         """
-        if self._genid == self.sublist.genid:
-            targets = self._targets.get(subject) or self._plan(subject)
-        else:
-            targets = self._plan(subject)
+        targets = self._targets.get(subject) or self._plan(subject)
         message = _Message(subject, reply, total, b"", hdr_len, body)
         count = 0
-        for sub, (conn, prefix) in zip(targets.plain_subs, targets.plain):
+        for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(src, sub, conn, prefix, message)
         if targets.queues:
             count += self._deliver_queues(src, targets, message)
-        self.out_msgs += count
-        self.out_bytes += count * total
         return count
 
     def _deliver_queues(self, src: ISubscriber, targets: _Targets, message: "_Message") -> int:
@@ -327,6 +349,8 @@ class Broker:
                 )
             except Exception:
                 self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+            conn.out_msgs += 1
+            conn.out_bytes += message.size
             return 1
         conn.out.append(message.frame(prefix, conn.headers))
         conn.out_msgs += 1
@@ -336,15 +360,20 @@ class Broker:
             self._dirty.append(conn)
         return 1
 
-    def flush(self) -> None:
-        """Write out everything delivered since the last flush."""
+    def flush(self, producer: Optional[ISubscriber] = None) -> None:
+        """
+        Write out everything delivered since the last flush.  C{producer}
+        is the connection whose input caused it: it is stalled when a
+        subscriber it fed is over its stall mark.
+        """
         dirty = self._dirty
         if not dirty:
             return
         self._dirty = []
         for conn in dirty:
             conn.dirty = False
-            conn.flush()
+            if conn.flush() and producer is not None and producer is not conn:
+                producer.stall(conn)  # type: ignore[attr-defined]
 
     def mark_dirty(self, conn: ISubscriber) -> None:
         """Queue C{conn} for the next flush (it appended to its own C{out})."""
@@ -362,7 +391,7 @@ class Broker:
 
     def limit_changed(self) -> None:
         """A subscription gained an auto-unsubscribe maximum: replan."""
-        self._genid = -1
+        self._targets.clear()
 
     # -- the in-process API -------------------------------------------------
 
@@ -411,6 +440,11 @@ class Broker:
             count = self.deliver(self._local, bsubject, breply, len(payload), tail)
         self.flush()
         return count
+
+
+def _payload_size(tail: bytes) -> int:
+    """The payload size of a C{b"<size>\\r\\n<payload>\\r\\n"} tail."""
+    return len(tail) - tail.index(b"\n") - 3
 
 
 class _Message:

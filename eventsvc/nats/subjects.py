@@ -16,7 +16,7 @@ is opaque here.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 PWC = b"*"
 FWC = b">"
@@ -162,6 +162,9 @@ class Sublist:
         self._cache_size = cache_size
         self.count = 0
         self.genid = 0
+        #: Called with no arguments after every change (the broker drops
+        #: what it derived from earlier matches).
+        self.on_change: Optional[Callable[[], None]] = None
 
     def insert(self, sub: Subscription) -> None:
         """
@@ -241,6 +244,8 @@ class Sublist:
 
     def _changed(self, pattern: bytes) -> None:
         self.genid += 1
+        if self.on_change is not None:
+            self.on_change()
         cache = self._cache
         if not cache:
             return

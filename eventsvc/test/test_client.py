@@ -147,6 +147,15 @@ class DeliveryTests(SynchronousTestCase):
         c.send(b"PUB a 0\r\n\r\nPUB a* 0\r\n\r\nPUB A.b 0\r\n\r\n")
         self.assertEqual(c.received(), b"MSG a 4 0\r\n\r\nMSG a* 5 0\r\n\r\n")
 
+    def test_reply_with_plain_and_queue_subscribers(self) -> None:
+        h = Harness()
+        plain, member = h.connect(), h.connect()
+        plain.send(b"SUB foo 1\r\n")
+        member.send(b"SUB foo q 2\r\n")
+        h.connect().send(b"PUB foo r 2\r\nhi\r\n")
+        self.assertEqual(plain.received(), b"MSG foo 1 r 2\r\nhi\r\n")
+        self.assertEqual(member.received(), b"MSG foo 2 r 2\r\nhi\r\n")
+
     def test_queue_group_one_member_each(self) -> None:
         """Each queue group gets one copy; plain subscribers get theirs."""
         h = Harness()
@@ -256,6 +265,91 @@ class DeliveryTests(SynchronousTestCase):
         pub.send(b"PUB foo 1\r\na\r\n" * 100)
         self.assertEqual(len(writes), 1)
         self.assertEqual(writes[0], b"MSG foo 1 1\r\na\r\n" * 100)
+
+
+class BatchTests(SynchronousTestCase):
+    """
+    Many PUBs in one read are delivered in batches: the results must be
+    exactly those of one PUB at a time.
+    """
+
+    def test_sub_after_pub_in_same_read(self) -> None:
+        h = Harness()
+        c = h.connect()
+        c.send(b"PUB foo 1\r\na\r\nPUB foo 1\r\nb\r\nSUB foo 1\r\nPUB foo 1\r\nc\r\nUNSUB 1\r\nPUB foo 1\r\nd\r\n")
+        self.assertEqual(c.received(), b"MSG foo 1 1\r\nc\r\n")
+
+    def test_order_across_subjects(self) -> None:
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB a 1\r\nSUB b 2\r\n")
+        pub.send(b"PUB a 1\r\n1\r\nPUB a 1\r\n2\r\nPUB b 1\r\n3\r\nPUB a 1\r\n4\r\nPUB a r 1\r\n5\r\nPUB a 1\r\n6\r\n")
+        self.assertEqual(
+            sub.received(),
+            b"MSG a 1 1\r\n1\r\nMSG a 1 1\r\n2\r\nMSG b 2 1\r\n3\r\nMSG a 1 1\r\n4\r\nMSG a 1 r 1\r\n5\r\nMSG a 1 1\r\n6\r\n",
+        )
+
+    def test_different_sizes_same_subject(self) -> None:
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB a 1\r\n")
+        pub.send(b"PUB a 1\r\nx\r\nPUB a 3\r\nxyz\r\nPUB  a 3\r\nabc\r\nPUB a 3\r\nxyz\r\n")
+        self.assertEqual(sub.received(), b"MSG a 1 1\r\nx\r\nMSG a 1 3\r\nxyz\r\nMSG a 1 3\r\nabc\r\nMSG a 1 3\r\nxyz\r\n")
+        self.assertEqual((pub.proto.in_msgs, pub.proto.in_bytes), (4, 10))
+        self.assertEqual((sub.proto.out_msgs, sub.proto.out_bytes), (4, 10))
+
+    def test_queue_groups_in_batch(self) -> None:
+        h = Harness()
+        members = [h.connect() for _ in range(3)]
+        for m in members:
+            m.send(b"SUB work q 1\r\n")
+        plain = h.connect()
+        plain.send(b"SUB work 2\r\n")
+        h.connect().send(b"PUB work 2\r\nhi\r\n" * 300)
+        counts = [m.received().count(b"MSG work 1 2\r\nhi\r\n") for m in members]
+        self.assertEqual(sum(counts), 300)
+        self.assertTrue(all(n > 50 for n in counts), counts)
+        self.assertEqual(plain.received(), b"MSG work 2 2\r\nhi\r\n" * 300)
+        self.assertEqual(sum(m.proto.out_bytes for m in members), 600)
+
+    def test_echo_false_in_batch(self) -> None:
+        h = Harness()
+        a = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+        b = h.connect()
+        a.send(b"SUB foo 1\r\nSUB foo q 2\r\n")
+        b.send(b"SUB foo 1\r\n")
+        a.send(b"PUB foo 1\r\nx\r\n" * 5)
+        self.assertEqual(a.received(), b"")
+        self.assertEqual(b.received(), b"MSG foo 1 1\r\nx\r\n" * 5)
+
+    def test_auto_unsubscribe_in_batch(self) -> None:
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\nUNSUB 1 3\r\nSUB foo q 2\r\nUNSUB 2 2\r\n")
+        pub.send(b"PUB foo 1\r\nx\r\n" * 10)
+        out = sub.received()
+        self.assertEqual(out.count(b"MSG foo 1 1"), 3)
+        self.assertEqual(out.count(b"MSG foo 2 1"), 2)
+        self.assertEqual(h.broker.sublist.count, 0)
+
+    def test_violation_after_batch(self) -> None:
+        """PUBs before a violation in the same read are still delivered."""
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\n")
+        pub.send(b"PUB foo 1\r\nx\r\nPUB foo 1\r\ny\r\nBOGUS\r\n")
+        self.assertEqual(sub.received(), b"MSG foo 1 1\r\nx\r\nMSG foo 1 1\r\ny\r\n")
+        self.assertTrue(pub.closed)
+
+    def test_split_inside_repeated_lines(self) -> None:
+        """The remembered control line survives reads split anywhere."""
+        h = Harness()
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\n")
+        data = b"PUB foo 3\r\nabc\r\n" * 20
+        for i in range(0, len(data), 7):
+            pub.send(data[i : i + 7])
+        self.assertEqual(sub.received(), b"MSG foo 1 3\r\nabc\r\n" * 20)
 
 
 class ErrorTests(SynchronousTestCase):
@@ -520,6 +614,8 @@ class LimitTests(SynchronousTestCase):
         fast.send(b"SUB foo 1\r\n")
         # The slow client's kernel buffer is full: its transport pauses us.
         slow.transport.producer.pauseProducing()
+        # (The publisher is stalled on the way; it is a test, so read on.)
+        pub.proto.stall = lambda consumer: None  # type: ignore[method-assign]
         for _ in range(20):
             pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
         self.assertTrue(slow.aborted)
@@ -540,6 +636,63 @@ class LimitTests(SynchronousTestCase):
             pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
         self.assertFalse(slow.closed)
         self.assertEqual(slow.received().count(b"MSG"), 100)
+
+    def test_fast_producer_stalled_until_consumer_drains(self) -> None:
+        """Past half of max_pending, the publisher stops being read until the consumer catches up."""
+        h = Harness(max_pending=10000)
+        slow, pub = h.connect(), h.connect()
+        slow.send(b"SUB foo 1\r\n")
+        slow.proto.pauseProducing()
+        for _ in range(4):
+            pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(pub.transport.producerState, "producing")
+        pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(pub.transport.producerState, "paused")
+        self.assertFalse(slow.closed)
+        # The consumer's transport drained: it takes what was held, the producer goes on.
+        slow.proto.resumeProducing()
+        self.assertEqual(slow.received().count(b"MSG foo 1 1000\r\n"), 5)
+        self.assertEqual(pub.transport.producerState, "producing")
+
+    def test_stall_is_bounded(self) -> None:
+        h = Harness(max_pending=10000)
+        slow, pub = h.connect(), h.connect()
+        slow.send(b"SUB foo 1\r\n")
+        slow.proto.pauseProducing()
+        for _ in range(6):
+            pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(pub.transport.producerState, "paused")
+        # Stalled at 5,090 pending bytes of 10,000: nats-server's minimum, 0.1 s.
+        h.clock.advance(0.09)
+        self.assertEqual(pub.transport.producerState, "paused")
+        h.clock.advance(0.02)
+        self.assertEqual(pub.transport.producerState, "producing")
+        self.assertFalse(slow.closed)
+
+    def test_stall_durations(self) -> None:
+        from eventsvc.nats.client import stall_duration
+
+        self.assertAlmostEqual(stall_duration(5100, 10000), 0.1)
+        self.assertAlmostEqual(stall_duration(7500, 10000), 0.6)
+        self.assertAlmostEqual(stall_duration(10000, 10000), 1.0)
+
+    def test_held_bytes_handed_over_in_pieces(self) -> None:
+        """Each resume hands the transport about PUSH_SIZE, so pending stays measurable."""
+        h = Harness(max_pending=64 * 1024 * 1024)
+        sub, pub = h.connect(), h.connect()
+        sub.send(b"SUB foo 1\r\n")
+        sub.proto.pauseProducing()
+        frame = b"PUB foo 10000\r\n" + b"x" * 10000 + b"\r\n"
+        for _ in range(100):
+            pub.send(frame)
+        self.assertGreater(sub.proto.pending_bytes, 1000000)
+        before = len(sub.transport.value())
+        sub.proto.resumeProducing()
+        pushed = len(sub.transport.value()) - before
+        self.assertTrue(256 * 1024 <= pushed < 256 * 1024 + 10100, pushed)
+        while sub.proto.pending_bytes:
+            sub.proto.resumeProducing()
+        self.assertEqual(sub.received().count(b"MSG foo 1 10000\r\n"), 100)
 
     def test_write_deadline(self) -> None:
         h = Harness(write_deadline=10.0)

@@ -51,8 +51,16 @@ EXPECTED = [
 
 
 class Recorder:
+    plain = False
+    in_msgs = in_bytes = 0
+
     def __init__(self) -> None:
         self.ops: List[tuple] = []
+
+    def publish(self, *args):
+        raise AssertionError("not plain")
+
+    publish_batch = publish
 
     def op_pub(self, subject, reply, size, tail):
         self.ops.append(("pub", subject, reply, size, tail))
