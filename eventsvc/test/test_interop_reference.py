@@ -67,9 +67,14 @@ CONVERSATIONS: List[List[bytes]] = [
 _INFO_VARIES = {"server_id", "server_name", "version", "go", "port", "client_id", "host"}
 
 
-def converse(port: int, chunks: List[bytes], settle: float = 0.25) -> Tuple[dict, bytes]:
-    """Connect, read INFO, send the chunks, and collect the answer until quiet or closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+def converse(port: int, chunks: List[bytes], timeout: float = 5.0) -> Tuple[dict, bytes]:
+    """
+    Connect, read INFO, send the chunks, and collect the answer until it is
+    complete: the server closed the connection, or it answered the final
+    PING (every conversation ends one of the two ways).  A short grace after
+    the PONG catches anything a server would wrongly send after it.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         info = b""
         while not info.endswith(b"\r\n"):
             data = s.recv(65536)
@@ -80,10 +85,15 @@ def converse(port: int, chunks: List[bytes], settle: float = 0.25) -> Tuple[dict
         for chunk in chunks:
             s.sendall(chunk)
             time.sleep(0.02)
-        s.settimeout(settle)
+        expects_pong = chunks[-1].endswith(b"PING\r\n")
         out = b""
+        deadline = time.monotonic() + timeout
         try:
-            while True:
+            while time.monotonic() < deadline:
+                if expects_pong and out.endswith(b"PONG\r\n"):
+                    s.settimeout(0.1)
+                    expects_pong = False
+                    deadline = time.monotonic() + 0.1
                 data = s.recv(65536)
                 if not data:
                     out += b"<closed>"
