@@ -287,33 +287,34 @@ class ClientConnection(Protocol):
         if not self.dirty:
             self.broker.mark_dirty(self)
 
-    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+    def _admit(self, subject: bytes, size: int) -> bool:
+        """
+        The checks a non-plain connection's publish goes through, in
+        nats-server's order; False when it must not be delivered.
+        """
         self.in_msgs += 1
         self.in_bytes += size
         if self.permissions is not None and not self.permissions.may_publish(subject):
             self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
-            return
+            return False
         if self.pedantic and not valid_literal_subject(subject):
+            # Reported, and still delivered, as nats-server does.
             self.send(err(INVALID_PUBLISH_SUBJECT))
         if self.verbose:
             self.send(OK)
-        if not self.broker.deliver(self, subject, reply, size, tail) and reply is not None and self.no_responders:
-            self._no_responders(reply)
+        return True
+
+    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        if self._admit(subject, size):
+            if not self.broker.deliver(self, subject, reply, size, tail) and reply is not None:
+                self.op_no_responders(reply)
 
     def op_hpub(self, subject: bytes, reply: Optional[bytes], hdr_len: int, total: int, body: bytes) -> None:
         if not self.headers:
             raise ProtocolViolation(None, "HPUB without headers support")
-        self.in_msgs += 1
-        self.in_bytes += total
-        if self.permissions is not None and not self.permissions.may_publish(subject):
-            self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
-            return
-        if self.pedantic and not valid_literal_subject(subject):
-            self.send(err(INVALID_PUBLISH_SUBJECT))
-        if self.verbose:
-            self.send(OK)
-        if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None and self.no_responders:
-            self._no_responders(reply)
+        if self._admit(subject, total):
+            if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None:
+                self.op_no_responders(reply)
 
     def _update_plain(self) -> None:
         self.plain = not self.verbose and not self.pedantic and self.permissions is None

@@ -102,14 +102,21 @@ class ServerProcess:
         return self.process.returncode
 
 
+def child_env() -> dict:
+    """
+    The environment for a child eventsvc: it imports the same eventsvc as
+    these tests, whether installed or run from a source tree.
+    """
+    env = dict(os.environ)
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def eventsvc(config_path: str) -> ServerProcess:
     """eventsvc under twistd, in the foreground, as the README runs it."""
     twistd = require("twistd")
-    env = dict(os.environ)
-    # The tests run from a source tree: make sure the child imports the same code.
-    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, env)
+    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, child_env())
 
 
 def nats_server(*extra: str) -> ServerProcess:

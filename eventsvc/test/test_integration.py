@@ -6,11 +6,9 @@ output.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 
 from twisted.trial.unittest import TestCase
 
@@ -18,10 +16,9 @@ from eventsvc.test import process
 
 
 def run(argv, timeout=60):
-    env = dict(os.environ)
-    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=process.child_env(), stdin=subprocess.DEVNULL
+    )
 
 
 class StartupErrorTests(TestCase):
@@ -95,15 +92,9 @@ class RunningTests(TestCase):
             # twist has its own log options (JSON by default when not on a terminal).
             [process.require("twist"), "--log-format", "text", "eventsvc", "--config", path],
             process._READY_EVENTSVC,
-            env=_env(),
+            env=process.child_env(),
         )
         server.start()
         self.addCleanup(server.stop)
         self.assertTrue(self.ping(server.port).startswith(b"INFO {"))
 
-
-def _env():
-    env = dict(os.environ)
-    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    return env
