@@ -22,6 +22,7 @@ from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.ops.logs import make_observer
+from eventsvc.security.tls import mutual_tls_server
 
 
 class EventService(MultiService):
@@ -79,6 +80,10 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
     broker = Broker()
     top = EventService(config, broker)
     service, limits = config.service, config.limits
+    context = None
+    if config.tls.enabled:
+        # Raises TLSFilesError naming the file and key.
+        context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
     settings = ClientSettings(
         host=service.host,
         port=service.port,
@@ -91,6 +96,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         ping_max=limits.ping_max,
         write_deadline=limits.write_deadline,
         auth_timeout=limits.auth_timeout,
+        tls=context,
+        tls_verify=context is not None,
     )
     where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
     ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from eventsvc import config as configuration
 from eventsvc.app import EventService, make_service
+from eventsvc.security.tls import TLSFilesError
 
 
 class Options(usage.Options):
@@ -30,17 +31,18 @@ class Options(usage.Options):
         except configuration.ConfigError as e:
             # One line, no usage text and no traceback: the operator's mistake
             # is in the file, not in the command line.
-            sys.stderr.write("eventsvc: {}\n".format(e))
-            raise SystemExit(78)  # EX_CONFIG
-        if self.loaded.tls.enabled:
-            sys.stderr.write(
-                "eventsvc: {}: [tls] is set, but mutual TLS is not available in this version yet;"
-                " remove [tls] to run the service listener in plaintext\n".format(self["config"])
-            )
-            raise SystemExit(78)
+            fail(str(e))
+
+
+def fail(message: str) -> None:
+    sys.stderr.write("eventsvc: {}\n".format(message))
+    raise SystemExit(78)  # EX_CONFIG
 
 
 def makeService(options: Options, reactor: Any = None) -> EventService:
-    service = make_service(options.loaded, reactor)
+    try:
+        service = make_service(options.loaded, reactor)
+    except TLSFilesError as e:
+        fail(str(e))
     service.exit_on_error = True
     return service

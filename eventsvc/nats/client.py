@@ -19,7 +19,7 @@ import json
 from typing import Any, Dict, Optional
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -107,8 +107,9 @@ class ClientSettings:
         write_deadline: float = 10.0,
         auth_timeout: float = 2.0,
         authenticator: Optional[IAuthenticator] = None,
-        tls_required: bool = False,
+        tls: Optional[Any] = None,
         tls_verify: bool = False,
+        tls_timeout: float = 2.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,11 +123,16 @@ class ClientSettings:
         self.write_deadline = write_deadline
         self.auth_timeout = auth_timeout
         self.authenticator = authenticator
-        self.tls_required = tls_required
+        #: A TLS server context factory (or connection creator): clients are
+        #: greeted in plaintext, then must upgrade to TLS on the same socket.
+        self.tls = tls
+        self.tls_required = tls is not None
+        #: Whether clients must present a certificate (said in INFO).
         self.tls_verify = tls_verify
+        self.tls_timeout = tls_timeout
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(Protocol):
     """
     One client.  Created by the listener's factory with the broker, the
@@ -176,6 +182,9 @@ class ClientConnection(Protocol):
         self._ping_timer: Any = None
         self._auth_timer: Any = None
         self._suspended = False
+        #: Set while a TLS listener waits for the client's handshake.
+        self.awaiting_handshake = False
+        self.handshake_timer: Any = None
         self._paused = False
         self._held: list = []
         self._held_bytes = 0
@@ -187,21 +196,54 @@ class ClientConnection(Protocol):
     # -- connection lifecycle ----------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.cid:
+            # Greeted in plaintext already; this transport is the TLS layer,
+            # and the session starts when its handshake completes.
+            self.transport.registerProducer(self, True)
+            return
+        if self.greet(self.transport):
+            self.transport.registerProducer(self, True)
+            self.start_session()
+
+    def greet(self, transport: Any) -> bool:
+        """
+        Register with the broker and write INFO on C{transport} (in
+        plaintext, before any TLS).  Returns False when the connection was
+        refused (the listener is full).
+        """
         now = self.clock.seconds()
         self.start = self.last_activity = now
         self.cid = self.broker.register(self)
-        address = self.transport.getPeer()
+        address = transport.getPeer()
         self.peer = PeerInfo(getattr(address, "host", ""), getattr(address, "port", 0))
-        self.transport.registerProducer(self, True)
-        self.transport.write(self.info_line())
+        transport.write(self.info_line())
         if self._at_capacity:
-            self.close(MAX_CONNECTIONS, "maximum connections exceeded")
-            return
+            transport.write(err(MAX_CONNECTIONS))
+            self.close_reason = "maximum connections exceeded"
+            self._teardown()
+            transport.loseConnection()
+            return False
         self.log.debug("client {cid} connected from {host}:{port}", cid=self.cid, host=self.peer.host, port=self.peer.port)
+        return True
+
+    def start_session(self) -> None:
+        """Start the clocks: authentication (if required) and liveness."""
+        if self.closed:
+            return
         if self.settings.authenticator is not None:
             self.parser.awaiting_connect = True
             self._auth_timer = self.clock.callLater(self.settings.auth_timeout, self._auth_timed_out)
         self._ping_timer = self.clock.callLater(self.settings.ping_interval, self._ping_due)
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: note who the peer is, then begin."""
+        self.awaiting_handshake = False
+        if self.handshake_timer is not None and self.handshake_timer.active():
+            self.handshake_timer.cancel()
+        self.handshake_timer = None
+        self.peer.certificate = self.transport.getPeerCertificate()
+        self.log.debug("client {cid} from {host}: TLS established", cid=self.cid, host=self.peer.host)
+        self.start_session()
 
     def info(self) -> Dict[str, Any]:
         """The INFO this connection is greeted with, in nats-server's field order."""
@@ -231,6 +273,12 @@ class ClientConnection(Protocol):
         return b"INFO " + json.dumps(self.info(), separators=(",", ":")).encode("utf-8") + b" \r\n"
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.awaiting_handshake:
+            self.awaiting_handshake = False
+            self.close_reason = "TLS handshake failed"
+            self.log.info(
+                "TLS handshake with {host}:{port} failed: {why}", host=self.peer.host, port=self.peer.port, why=_tls_reason(reason)
+            )
         if not self.closed:
             self.close_reason = "client closed"
             self._teardown()
@@ -238,10 +286,10 @@ class ClientConnection(Protocol):
 
     def _teardown(self) -> None:
         self.closed = True
-        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer):
+        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = None
+        self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
         self._release_producers()
         del self._held[:]
         self._held_bytes = 0
@@ -573,6 +621,16 @@ class ClientConnection(Protocol):
         self.broker.slow_consumers += 1
         self.log.warn("slow consumer: client {cid} from {host}:{port} cut off ({why})", cid=self.cid, host=self.peer.host, port=self.peer.port, why=why)
         self.close(None, "slow consumer: " + why, abort=True)
+
+
+def _tls_reason(reason: Optional[Failure]) -> str:
+    """pyOpenSSL's error list, or the failure's message, as one phrase."""
+    if reason is None:
+        return "connection lost"
+    args = getattr(reason.value, "args", None)
+    if args and isinstance(args[0], list) and args[0]:
+        return "; ".join(str(e[-1]) for e in args[0] if isinstance(e, tuple)) or str(args[0])
+    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def stall_duration(pending: int, max_pending: int) -> float:

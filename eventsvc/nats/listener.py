@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from eventsvc.nats.client import ClientConnection, ClientSettings
 from eventsvc.nats.server import Broker
+from eventsvc.nats.upgrade import InfoThenTLS
 
 
 class ListenError(Exception):
@@ -43,12 +44,14 @@ class ClientFactory(Factory):
         self.clock = clock
         self.live: Set[ClientConnection] = set()
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
+    def buildProtocol(self, addr: Any) -> Any:
         at_capacity = len(self.live) >= self.settings.max_connections
         proto = _Connection(self.broker, self.settings, self.clock, at_capacity)
         proto.factory = self
         if not at_capacity:
             self.live.add(proto)
+        if self.settings.tls is not None:
+            return InfoThenTLS(proto, self.settings.tls, self.clock, self.settings.tls_timeout)
         return proto
 
 

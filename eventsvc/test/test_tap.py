@@ -46,15 +46,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("[service] port", stderr.getvalue())
         self.assertIn(path, stderr.getvalue())
 
-    def test_tls_not_yet(self) -> None:
+    def test_tls_file_problem_one_line(self) -> None:
+        """A missing certificate stops start-up with one line naming the file and key."""
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write('[tls]\ncert_path = "a"\nkey_path = "b"\nroot_ca_path = "c"\n')
+            f.write('[tls]\ncert_path = "missing.crt"\nkey_path = "k"\nroot_ca_path = "c"\n')
         stderr = io.StringIO()
         self.patch(tap.sys, "stderr", stderr)
-        with self.assertRaises(SystemExit):
-            tap.Options().parseOptions(["--config", path])
-        self.assertIn("[tls]", stderr.getvalue())
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(options, MemoryReactor())
+        self.assertEqual(caught.exception.code, 78)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("missing.crt ([tls] cert_path): cannot read", stderr.getvalue())
 
 
 class CompositionTests(SynchronousTestCase):

@@ -1,0 +1,108 @@
+"""
+TLS contexts from files: mutual TLS for the service listener, SNI-selected
+front-end certificates for the gateway, client options for dialing.
+
+Every problem with a file (missing, unreadable, not PEM, a key that does not
+match its certificate) is a L{TLSFilesError} whose text names the file and
+the configuration key, for one clear line at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+
+class TLSFilesError(Exception):
+    """A certificate or key file cannot be used."""
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSFilesError("{} ({}): cannot read: {}".format(path, key, e.strerror or e))
+
+
+def load_certificate(path: str, key: str) -> ssl.Certificate:
+    data = _read(path, key)
+    try:
+        return ssl.Certificate.loadPEM(data)
+    except Exception as e:
+        raise TLSFilesError("{} ({}): not a PEM certificate ({})".format(path, key, _why(e)))
+
+
+def load_identity(cert_path: str, key_path: str, section: str) -> ssl.PrivateCertificate:
+    """The certificate at C{cert_path} with its private key at C{key_path}."""
+    certificate = load_certificate(cert_path, section + " cert_path")
+    key_data = _read(key_path, section + " key_path")
+    try:
+        key = ssl.KeyPair.load(key_data, crypto.FILETYPE_PEM)
+    except Exception as e:
+        raise TLSFilesError("{} ({} key_path): not a PEM private key ({})".format(key_path, section, _why(e)))
+    try:
+        return ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except Exception:
+        raise TLSFilesError(
+            "{} ({} key_path) is not the key of {} (cert_path)".format(key_path, section, cert_path)
+        )
+
+
+def _why(e: Exception) -> str:
+    return str(e) or type(e).__name__
+
+
+def mutual_tls_server(cert_path: str, key_path: str, root_ca_path: str) -> ssl.CertificateOptions:
+    """
+    Server options that require a client certificate chaining to the CA at
+    C{root_ca_path}, TLS 1.2 at least.
+    """
+    identity = load_identity(cert_path, key_path, "[tls]")
+    ca = load_certificate(root_ca_path, "[tls] root_ca_path")
+    return ssl.CertificateOptions(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        trustRoot=ssl.trustRootFromCertificates([ca]),
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def server_options(identity: ssl.PrivateCertificate) -> ssl.CertificateOptions:
+    """Server options with no client certificate, TLS 1.2 at least."""
+    return ssl.CertificateOptions(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIServerContexts:
+    """
+    Picks the certificate by the name the client asks for (SNI); a client
+    that asks for no name, or an unknown one, gets the first (default).
+    """
+
+    def __init__(self, entries: Sequence[Tuple[str, ssl.CertificateOptions]]) -> None:
+        if not entries:
+            raise ValueError("at least one certificate is needed")
+        self._default = entries[0][1].getContext()
+        self._by_name: Dict[bytes, SSL.Context] = {
+            name.lower().encode("idna"): options.getContext() for name, options in entries
+        }
+        self._default.set_tlsext_servername_callback(self._pick)
+
+    def _pick(self, connection: SSL.Connection) -> None:
+        name: Optional[bytes] = connection.get_servername()
+        if name:
+            context = self._by_name.get(name.lower())
+            if context is not None:
+                connection.set_context(context)
+
+    def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
+        return SSL.Connection(self._default, None)

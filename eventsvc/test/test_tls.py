@@ -1,0 +1,166 @@
+"""
+Mutual TLS on a listener, and SNI-selected front-end certificates, with
+real TLS in memory (TLSMemoryBIOProtocol over iosim): INFO in plaintext,
+then the upgrade on the same connection, as nats-server 2.9 does it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import ssl
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.security import certs, tls
+from eventsvc.test.tlshelpers import PKI, TLSHarness, UpgradingClient
+
+
+class MutualTLSTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki = PKI(self.mktemp())
+        self.pki.issue("service", ["localhost"])
+        self.options = tls.mutual_tls_server(
+            self.pki.path("service.crt"), self.pki.path("service.key"), self.pki.path("ca.crt")
+        )
+        self.harness = TLSHarness(self.options, tls_verify=True)
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def client_options(self, cert=None, ca=None):
+        return ssl.optionsForClientTLS(
+            "localhost",
+            trustRoot=self.pki.trust_root(ca),
+            clientCertificate=PKI.private(cert) if cert is not None else None,
+        )
+
+    def log_text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.logged)
+
+    def test_info_then_upgrade(self) -> None:
+        client = UpgradingClient(self.client_options(self.pki.issue("alice")))
+        server, pump = self.harness.connect(client)
+        info = client.info_fields()
+        self.assertTrue(info["tls_required"])
+        self.assertTrue(info["tls_verify"])
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        # The peer is known by its certificate once the handshake is done.
+        subject = server.inner.peer.certificate.get_subject()
+        self.assertEqual(subject.commonName, "alice")
+
+    def test_messages_flow_over_tls(self) -> None:
+        a = UpgradingClient(self.client_options(self.pki.issue("a")), b'CONNECT {"verbose":false}\r\nSUB x 1\r\nPING\r\n')
+        _, pump_a = self.harness.connect(a)
+        b = UpgradingClient(self.client_options(self.pki.issue("b")), b'CONNECT {"verbose":false}\r\nPUB x 5\r\nhello\r\n')
+        _, pump_b = self.harness.connect(b)
+        pump_a.flush()
+        self.assertEqual(a.app.data, b"PONG\r\nMSG x 1 5\r\nhello\r\n")
+
+    def assertRefused(self, client: UpgradingClient) -> None:
+        server, pump = self.harness.connect(client)
+        # (Under TLS 1.3 the client may think its side done before the
+        # server has checked its certificate: judge by the server.)
+        self.assertNotIn(b"PONG", client.app.data)
+        self.assertIsNotNone(client.lost)
+        self.assertEqual(self.harness.broker.clients, {})
+        self.assertIn("TLS handshake with 127.0.0.1:50000 failed", self.log_text())
+
+    def test_no_client_certificate(self) -> None:
+        self.assertRefused(UpgradingClient(self.client_options(None)))
+
+    def test_certificate_from_another_ca(self) -> None:
+        other = certs.make_ca("someone else's CA")
+        self.assertRefused(UpgradingClient(self.client_options(self.pki.issue("mallory", ca=other))))
+
+    def test_expired_certificate(self) -> None:
+        self.assertRefused(UpgradingClient(self.client_options(self.pki.expired("old"))))
+
+    def test_plaintext_after_info(self) -> None:
+        """A client that ignores tls_required is closed without a word."""
+        client = UpgradingClient(None, b"CONNECT {}\r\nPING\r\n")
+        self.harness.connect(client)
+        self.assertEqual(client.plain, b"")
+        self.assertIsNotNone(client.lost)
+
+    def test_handshake_timeout(self) -> None:
+        client = UpgradingClient(None, b"")
+        server, pump = self.harness.connect(client)
+        self.assertIsNone(client.lost)
+        self.harness.clock.advance(2.1)
+        pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertIn("timed out", self.log_text())
+        self.assertEqual(self.harness.broker.clients, {})
+
+    def test_auth_timer_starts_after_handshake(self) -> None:
+        from eventsvc.test.test_client import TokenAuthenticator
+
+        harness = TLSHarness(self.options, tls_verify=True, authenticator=TokenAuthenticator(), auth_timeout=2.0)
+        client = UpgradingClient(self.client_options(self.pki.issue("slow")), b"")
+        server, pump = harness.connect(client)
+        self.assertTrue(client.app.handshaken)
+        # Only the TLS timer ran before; now the auth timer runs.
+        harness.clock.advance(1.9)
+        pump.flush()
+        self.assertIsNone(client.lost)
+        harness.clock.advance(0.2)
+        pump.flush()
+        self.assertEqual(client.app.data, b"-ERR 'Authentication Timeout'\r\n")
+
+
+class SNITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki = PKI(self.mktemp())
+        entries = []
+        for name in ("events.example.com", "gateway.example.org"):
+            minted = self.pki.issue(name)
+            entries.append((name, tls.server_options(PKI.private(minted))))
+        self.harness = TLSHarness(tls.SNIServerContexts(entries))
+
+    def served_name(self, sni: str) -> str:
+        options = ssl.optionsForClientTLS(sni, trustRoot=self.pki.trust_root())
+        client = UpgradingClient(options)
+        self.harness.connect(client)
+        self.assertTrue(client.app.handshaken, sni)
+        return client.app.server_certificate.get_subject().commonName
+
+    def test_each_name_gets_its_certificate(self) -> None:
+        self.assertEqual(self.served_name("events.example.com"), "events.example.com")
+        self.assertEqual(self.served_name("gateway.example.org"), "gateway.example.org")
+        self.assertEqual(self.served_name("GATEWAY.example.org"), "gateway.example.org")
+
+    def test_unknown_name_gets_default(self) -> None:
+        # The client then refuses it (wrong name): the default was what was offered.
+        options = ssl.CertificateOptions(trustRoot=self.pki.trust_root(), raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        client = UpgradingClient(options)
+        self.harness.connect(client)
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(client.app.server_certificate.get_subject().commonName, "events.example.com")
+
+
+class FileErrorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki = PKI(self.mktemp())
+        self.pki.issue("service")
+        self.pki.issue("other")
+
+    def assertFileError(self, cert: str, key: str, ca: str, *fragments: str) -> None:
+        with self.assertRaises(tls.TLSFilesError) as caught:
+            tls.mutual_tls_server(self.pki.path(cert), self.pki.path(key), self.pki.path(ca))
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_missing(self) -> None:
+        self.assertFileError("nope.crt", "service.key", "ca.crt", "nope.crt", "[tls] cert_path", "cannot read")
+
+    def test_not_pem(self) -> None:
+        self.assertFileError("service.key", "service.key", "ca.crt", "[tls] cert_path", "not a PEM certificate")
+        self.assertFileError("service.crt", "service.crt", "ca.crt", "[tls] key_path", "not a PEM private key")
+        self.assertFileError("service.crt", "service.key", "service.key", "[tls] root_ca_path")
+
+    def test_key_mismatch(self) -> None:
+        self.assertFileError("service.crt", "other.key", "ca.crt", "other.key", "is not the key of", "service.crt")
