@@ -10,7 +10,7 @@ parses protocol or formats logs; it only wires parts together.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, Logger
@@ -22,7 +22,17 @@ from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.ops.logs import make_observer
-from eventsvc.security.tls import mutual_tls_server
+from eventsvc.security.auth import (
+    ChainAuthenticator,
+    HealthToken,
+    HTTPAuthenticator,
+    TokenAuthenticator,
+    UserPasswordAuthenticator,
+    load_python_authenticator,
+    read_tokens_file,
+)
+from eventsvc.security.permissions import Permissions
+from eventsvc.security.tls import SNIServerContexts, TLSFilesError, load_identity, mutual_tls_server, server_options
 
 
 class EventService(MultiService):
@@ -68,10 +78,17 @@ class EventService(MultiService):
             raise
 
 
+class StartupError(Exception):
+    """Something the configuration names cannot be used (one line, for the operator)."""
+
+
 def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
     """
     Build the service for C{config}.  C{reactor} defaults to the global one;
     pass another (or a fake) to embed or test.
+
+    @raise StartupError: a file or plug-in the configuration names cannot
+        be used; the message names the key.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -80,25 +97,98 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
     broker = Broker()
     top = EventService(config, broker)
     service, limits = config.service, config.limits
-    context = None
-    if config.tls.enabled:
-        # Raises TLSFilesError naming the file and key.
-        context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
-    settings = ClientSettings(
-        host=service.host,
-        port=service.port,
+    try:
+        context = None
+        if config.tls.enabled:
+            context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
+        settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit)
+        settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
+        where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
+        ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
+        if config.gateway.enabled:
+            _gateway(config, broker, reactor).setServiceParent(top)
+    except TLSFilesError as e:
+        raise StartupError(str(e))
+    return top
+
+
+def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
+    return ClientSettings(
         max_payload=limits.max_payload,
         max_control_line=limits.max_control_line,
         max_pending=limits.max_pending,
-        max_connections=service.listener_limit,
         max_subscriptions=limits.max_subscriptions,
         ping_interval=limits.ping_interval,
         ping_max=limits.ping_max,
         write_deadline=limits.write_deadline,
         auth_timeout=limits.auth_timeout,
-        tls=context,
-        tls_verify=context is not None,
+        **kwargs,
     )
-    where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
-    ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
-    return top
+
+
+class GatewayListener(ListenerService):
+    """The gateway's listener; it writes the health-check token while it runs."""
+
+    def __init__(self, health: HealthToken, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.health = health
+
+    def startService(self) -> None:
+        try:
+            self.health.write()
+        except OSError as e:
+            raise ListenError(
+                "cannot write the health-check token to {} ([gateway] health_token_file): {}".format(self.health.path, e.strerror)
+            )
+        super().startService()
+
+    def stopService(self) -> Any:
+        self.health.remove()
+        return super().stopService()
+
+
+def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
+    gw = config.gateway
+    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")})
+    health = HealthToken(gw.health_token_file)
+    chain: List[Any] = [health.authenticator]
+    tokens = list(gw.tokens)
+    if gw.tokens_file:
+        try:
+            tokens += read_tokens_file(gw.tokens_file)
+        except OSError as e:
+            raise StartupError("{} ([gateway] tokens_file): cannot read: {}".format(gw.tokens_file, e.strerror))
+    try:
+        if tokens:
+            chain.append(TokenAuthenticator(tokens, agents))
+    except ValueError as e:
+        raise StartupError("{} ([gateway] tokens_file): {}".format(gw.tokens_file, e))
+    if gw.users:
+        chain.append(UserPasswordAuthenticator(gw.users, agents))
+    if gw.http_auth_url:
+        from twisted.web.client import Agent
+
+        chain.append(HTTPAuthenticator(gw.http_auth_url, gw.http_auth_ttl, agents, Agent(reactor), reactor))
+    if gw.python_authenticator:
+        try:
+            chain.append(load_python_authenticator(gw.python_authenticator, agents))
+        except ValueError as e:
+            raise StartupError("[gateway] python_authenticator: {}".format(e))
+    context = None
+    if not gw.disable_frontend_tls:
+        entries = [
+            (e.server_name, server_options(load_identity(e.cert_path, e.key_path, "[gateway.frontend_tls {}]".format(e.server_name))))
+            for e in gw.frontend_tls
+        ]
+        context = SNIServerContexts(entries)
+    settings = _client_settings(
+        config.limits,
+        host=gw.host,
+        port=gw.port,
+        max_connections=gw.max_connections,
+        authenticator=ChainAuthenticator(chain),
+        tls=context,
+    )
+    settings.auth_timeout = gw.auth_timeout
+    where = "[gateway] host and port in {}".format(config.source) if config.source else "[gateway] host and port"
+    return GatewayListener(health, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import replace
 
 import toml
 
@@ -77,8 +78,47 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class FrontendTLSConfig:
+    """One front-end certificate, chosen when a client asks for C{server_name}."""
+
+    server_name: str = ""
+    cert_path: str = ""
+    key_path: str = ""
+
+
+@dataclass(frozen=True)
+class PermissionsConfig:
+    """What an authenticated agent may do (defaults: the Go gateway's, minus ">")."""
+
+    publish_allow: Tuple[str, ...] = ("habitat.event.*", "_INBOX.>")
+    publish_deny: Tuple[str, ...] = ()
+    subscribe_allow: Tuple[str, ...] = ("_INBOX.>",)
+    subscribe_deny: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 4222
+    max_connections: int = 10000
+    auth_timeout: float = 2.0
+    disable_frontend_tls: bool = False
+    frontend_tls: Tuple[FrontendTLSConfig, ...] = ()
+    tokens: Tuple[str, ...] = ()
+    tokens_file: str = ""
+    users: Dict[str, str] = field(default_factory=dict)
+    http_auth_url: str = ""
+    http_auth_ttl: float = 60.0
+    python_authenticator: str = ""
+    health_token_file: str = "gateway-health.token"
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
@@ -89,6 +129,7 @@ class Config:
 
 _SECTIONS = {
     "service": ServiceConfig,
+    "gateway": GatewayConfig,
     "tls": TLSConfig,
     "log": LogConfig,
     "handlers": HandlersConfig,
@@ -139,7 +180,30 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
     _check(config, path)
     if config.tls.enabled:
         config = _resolve_tls(config, base, path)
+    gw = config.gateway
+    config = replace(
+        config,
+        gateway=replace(
+            gw,
+            tokens_file=_resolve(base, gw.tokens_file),
+            health_token_file=_resolve(base, gw.health_token_file),
+            frontend_tls=tuple(
+                replace(e, cert_path=_resolve(base, e.cert_path), key_path=_resolve(base, e.key_path))
+                for e in gw.frontend_tls
+            ),
+        ),
+    )
     return config
+
+
+def _resolve(base: str, value: str) -> str:
+    return value if not value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
+def _valid_subject(subject: str) -> bool:
+    from eventsvc.nats.subjects import valid_subject
+
+    return valid_subject(subject.encode("utf-8"))
 
 
 def _kind(value: Any) -> str:
@@ -148,28 +212,55 @@ def _kind(value: Any) -> str:
     )
 
 
+_NESTED = {"PermissionsConfig": PermissionsConfig}
+_ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig}
+
+
 def _section(path: str, name: str, cls: type, values: Dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
     kwargs: Dict[str, Any] = {}
     for key, value in values.items():
         f = known.get(key)
+        where = "[{}] {}".format(name, key)
         if f is None:
             raise ConfigError(
                 "{}: [{}] {}: unknown key (known: {})".format(path, name, key, ", ".join(sorted(known)))
             )
-        want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
-        ok = (
-            (want is int and isinstance(value, int) and not isinstance(value, bool))
-            or (want is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-            or (want is str and isinstance(value, str))
-        )
-        if not ok:
-            raise ConfigError(
-                "{}: [{}] {}: must be {}, got {} {!r}".format(
-                    path, name, key, {int: "an integer", float: "a number", str: "a string"}[want], _kind(value), value
-                )
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind in _NESTED:
+            if not isinstance(value, dict):
+                raise ConfigError("{}: {}: must be a table, got {}".format(path, where, _kind(value)))
+            kwargs[key] = _section(path, "{}.{}".format(name, key), _NESTED[kind], value)
+        elif kind in _ARRAYS:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError("{}: {}: must be an array of tables ([[{}.{}]])".format(path, where, name, key))
+            kwargs[key] = tuple(_section(path, "[{}.{}]".format(name, key).strip("[]"), _ARRAYS[kind], v) for v in value)
+        elif kind == "Tuple[str, ...]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError("{}: {}: must be a list of strings, got {!r}".format(path, where, value))
+            kwargs[key] = tuple(value)
+        elif kind == "Dict[str, str]":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError("{}: {}: must be a table of strings".format(path, where))
+            kwargs[key] = dict(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError("{}: {}: must be true or false, got {} {!r}".format(path, where, _kind(value), value))
+            kwargs[key] = value
+        else:
+            want = {"int": int, "float": float, "str": str}[kind]
+            ok = (
+                (want is int and isinstance(value, int) and not isinstance(value, bool))
+                or (want is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+                or (want is str and isinstance(value, str))
             )
-        kwargs[key] = float(value) if want is float else value
+            if not ok:
+                raise ConfigError(
+                    "{}: {}: must be {}, got {} {!r}".format(
+                        path, where, {int: "an integer", float: "a number", str: "a string"}[want], _kind(value), value
+                    )
+                )
+            kwargs[key] = float(value) if want is float else value
     return cls(**kwargs)
 
 
@@ -197,6 +288,36 @@ def _check(config: Config, path: str) -> None:
         address = getattr(config.handlers, name)
         if address and handler_address(address) is None:
             fail("handlers", name, "must be host:port or an http:// or https:// URL, got {!r}".format(address))
+
+    gw = config.gateway
+    if gw.enabled:
+        if not 0 <= gw.port <= 65535:
+            fail("gateway", "port", "must be between 0 and 65535, got {}".format(gw.port))
+        if gw.port and gw.port == s.port and gw.host == s.host:
+            fail("gateway", "port", "is the service's port too ({}); give them different ports".format(gw.port))
+        if gw.max_connections < 1:
+            fail("gateway", "max_connections", "must be at least 1, got {}".format(gw.max_connections))
+        if not gw.auth_timeout > 0:
+            fail("gateway", "auth_timeout", "must be a positive number of seconds")
+        if not gw.http_auth_ttl >= 0:
+            fail("gateway", "http_auth_ttl", "must be 0 or more seconds")
+        if not gw.disable_frontend_tls and not gw.frontend_tls:
+            fail("gateway", "frontend_tls", "needs at least one [[gateway.frontend_tls]] entry, or disable_frontend_tls = true")
+        for i, entry in enumerate(gw.frontend_tls):
+            for key in ("server_name", "cert_path", "key_path"):
+                if not getattr(entry, key):
+                    fail("gateway.frontend_tls", key, "missing in entry {}".format(i + 1))
+        if not (gw.tokens or gw.tokens_file or gw.users or gw.http_auth_url or gw.python_authenticator):
+            fail("gateway", "tokens", "no way for agents to authenticate: set tokens, tokens_file, users, http_auth_url or python_authenticator")
+        for token in gw.tokens:
+            if token.startswith("sha256:") and (len(token) != 71 or not all(c in "0123456789abcdefABCDEF" for c in token[7:])):
+                fail("gateway", "tokens", "a sha256: entry needs 64 hex digits")
+        if gw.http_auth_url and not gw.http_auth_url.startswith(("http://", "https://")):
+            fail("gateway", "http_auth_url", "must be an http:// or https:// URL")
+        for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
+            for subject in getattr(gw.permissions, key):
+                if not _valid_subject(subject):
+                    fail("gateway.permissions", key, "{!r} is not a valid subject".format(subject))
 
     lim = config.limits
     if not 1 <= lim.max_payload <= 64 * 1024 * 1024:
@@ -246,11 +367,4 @@ def _resolve_tls(config: Config, base: str, path: str) -> Config:
                 "{}: [tls] {}: missing; cert_path, key_path and root_ca_path go together".format(path, f.name)
             )
         values[f.name] = value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
-    return Config(
-        service=config.service,
-        tls=TLSConfig(**values),
-        log=config.log,
-        handlers=config.handlers,
-        limits=config.limits,
-        source=config.source,
-    )
+    return replace(config, tls=TLSConfig(**values))

@@ -14,8 +14,7 @@ from typing import Any
 from twisted.python import usage
 
 from eventsvc import config as configuration
-from eventsvc.app import EventService, make_service
-from eventsvc.security.tls import TLSFilesError
+from eventsvc.app import EventService, StartupError, make_service
 
 
 class Options(usage.Options):
@@ -42,7 +41,7 @@ def fail(message: str) -> None:
 def makeService(options: Options, reactor: Any = None) -> EventService:
     try:
         service = make_service(options.loaded, reactor)
-    except TLSFilesError as e:
+    except StartupError as e:
         fail(str(e))
     service.exit_on_error = True
     return service

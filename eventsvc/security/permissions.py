@@ -1,0 +1,96 @@
+"""
+Publish and subscribe permissions: allow and deny lists with wildcards.
+
+A publish to a literal subject is allowed when it matches an allow pattern
+(an empty allow list allows everything) and no deny pattern.  A subscription
+subject, which may itself hold wildcards, is allowed when everything it
+could match is inside an allow pattern and it is not inside a deny pattern.
+Decisions are cached per subject, so the check on the publish path is one
+dict lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+from zope.interface import implementer
+
+from eventsvc.nats.interfaces import IPermissions
+from eventsvc.nats.subjects import FWC, PWC, subject_matches, valid_subject
+
+_CACHE_LIMIT = 4096
+
+
+def is_subset(subject: bytes, pattern: bytes) -> bool:
+    """Whether every subject C{subject} matches is also matched by C{pattern}."""
+    stoks = subject.split(b".")
+    ptoks = pattern.split(b".")
+    for i, p in enumerate(ptoks):
+        if p == FWC:
+            return len(stoks) > i
+        if i >= len(stoks):
+            return False
+        s = stoks[i]
+        if s == FWC:
+            return False
+        if p == PWC:
+            continue
+        if s != p:
+            return False
+    return len(stoks) == len(ptoks)
+
+
+def _patterns(values: Iterable[str], what: str) -> Tuple[bytes, ...]:
+    out = []
+    for value in values:
+        pattern = value.encode("utf-8")
+        if not valid_subject(pattern):
+            raise ValueError("{}: {!r} is not a valid subject".format(what, value))
+        out.append(pattern)
+    return tuple(out)
+
+
+@implementer(IPermissions)
+class Permissions:
+    def __init__(
+        self,
+        publish_allow: Sequence[str] = (),
+        publish_deny: Sequence[str] = (),
+        subscribe_allow: Sequence[str] = (),
+        subscribe_deny: Sequence[str] = (),
+    ) -> None:
+        self.publish_allow = _patterns(publish_allow, "publish_allow")
+        self.publish_deny = _patterns(publish_deny, "publish_deny")
+        self.subscribe_allow = _patterns(subscribe_allow, "subscribe_allow")
+        self.subscribe_deny = _patterns(subscribe_deny, "subscribe_deny")
+        self._publish: Dict[bytes, bool] = {}
+
+    def may_publish(self, subject: bytes) -> bool:
+        decision = self._publish.get(subject)
+        if decision is None:
+            decision = (
+                not self.publish_allow or any(subject_matches(p, subject) for p in self.publish_allow)
+            ) and not any(subject_matches(p, subject) for p in self.publish_deny)
+            if len(self._publish) >= _CACHE_LIMIT:
+                self._publish.clear()
+            self._publish[subject] = decision
+        return decision
+
+    def may_subscribe(self, subject: bytes, queue: Optional[bytes] = None) -> bool:
+        if any(is_subset(subject, p) for p in self.subscribe_deny):
+            return False
+        return not self.subscribe_allow or any(is_subset(subject, p) for p in self.subscribe_allow)
+
+    def __repr__(self) -> str:
+        return "<Permissions pub +{} -{} sub +{} -{}>".format(
+            self.publish_allow, self.publish_deny, self.subscribe_allow, self.subscribe_deny
+        )
+
+
+#: What an authenticated agent may do at the gateway by default.
+AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*", "_INBOX.>"], subscribe_allow=["_INBOX.>"])
+
+#: The health check's identity: its own subjects only.
+HEALTH_CHECK = dict(
+    publish_allow=["healthcheck.>", "_INBOX.>"], subscribe_allow=["healthcheck.>", "_INBOX.>"]
+)

@@ -1,0 +1,282 @@
+"""
+The gateway: token-authenticated clients under permissions, on the same
+broker as the service listener, in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
+
+from eventsvc import config
+from eventsvc.app import StartupError, make_service
+from eventsvc.nats.interfaces import AuthenticationFailed, PeerInfo
+from eventsvc.security.auth import HTTPAuthenticator, digest
+from eventsvc.security.permissions import AGENT_DEFAULTS, Permissions, is_subset
+from eventsvc.test import authplugins
+from eventsvc.test.helpers import FakeClient
+
+TOKEN = "agent-token-1234567890"
+
+
+def build(test: SynchronousTestCase, extra: str = "", clock=None):
+    directory = test.mktemp()
+    os.makedirs(directory)
+    path = os.path.join(directory, "patch.toml")
+    with open(path, "w") as f:
+        f.write(
+            '[service]\nport = 0\n[gateway]\nenabled = true\nport = 0\ndisable_frontend_tls = true\n'
+            'tokens = ["%s", "sha256:%s"]\n%s' % (TOKEN, digest("hashed-token").hex(), extra)
+        )
+    reactor_ = clock or MemoryReactorClock()
+    svc = make_service(config.load(path), reactor_)
+    svc.startService()
+    test.addCleanup(svc.stopService)
+    return svc, reactor_, directory
+
+
+def connect(svc, name: str, connect_line: bytes = None) -> FakeClient:
+    factory = svc.getServiceNamed(name).factory
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(transport)
+    client = FakeClient(proto, transport)
+    client.received()
+    if connect_line:
+        client.send(connect_line)
+    return client
+
+
+def token_connect(token: str) -> bytes:
+    return b'CONNECT {"verbose":false,"pedantic":false,"auth_token":"%s"}\r\n' % token.encode()
+
+
+class GatewayAuthTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def log_text(self) -> str:
+        return "\n".join(formatEvent(e) + json.dumps({k: str(v) for k, v in e.items()}) for e in self.logged)
+
+    def test_info_requires_auth(self) -> None:
+        svc, _, _ = build(self)
+        c = connect(svc, "gateway")
+        info = json.loads(c.transport.value()[5:].split(b"\r\n")[0])
+        self.assertTrue(info["auth_required"])
+
+    def test_good_tokens(self) -> None:
+        svc, _, _ = build(self)
+        for token in (TOKEN, "hashed-token"):
+            c = connect(svc, "gateway", token_connect(token) + b"PING\r\n")
+            self.assertEqual(c.received(), b"PONG\r\n")
+
+    def test_refusals(self) -> None:
+        svc, _, _ = build(self)
+        for line in (token_connect("wrong-token-xyz"), b'CONNECT {"verbose":false}\r\n', b"PING\r\n"):
+            c = connect(svc, "gateway", line + b"PING\r\n")
+            self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+            self.assertTrue(c.closed)
+        text = self.log_text()
+        self.assertIn("authentication failed", text)
+        self.assertNotIn("wrong-token-xyz", text)
+
+    def test_timeout(self) -> None:
+        svc, clock, _ = build(self)
+        c = connect(svc, "gateway")
+        clock.advance(2.1)
+        self.assertEqual(c.received(), b"-ERR 'Authentication Timeout'\r\n")
+
+    def test_default_permissions(self) -> None:
+        svc, _, _ = build(self)
+        c = connect(svc, "gateway", token_connect(TOKEN))
+        c.send(b"SUB > 1\r\nSUB habitat.> 2\r\nSUB _INBOX.abc.* 3\r\nPUB foo 0\r\n\r\nPUB habitat.event.healthcheck 0\r\n\r\nPING\r\n")
+        self.assertEqual(
+            c.received(),
+            b"-ERR 'Permissions Violation for Subscription to \">\"'\r\n"
+            b"-ERR 'Permissions Violation for Subscription to \"habitat.>\"'\r\n"
+            b"-ERR 'Permissions Violation for Publish to \"foo\"'\r\n"
+            b"PONG\r\n",
+        )
+        self.assertFalse(c.closed)
+
+    def test_gateway_to_service_and_back(self) -> None:
+        """A request published at the gateway reaches the service; the reply comes back once."""
+        svc, _, _ = build(self)
+        consumer = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB habitat.event.> automate 1\r\n')
+        agent = connect(svc, "gateway", token_connect(TOKEN))
+        agent.send(b"SUB _INBOX.a1.* 9\r\nPUB habitat.event.service_started _INBOX.a1.1 2\r\nhi\r\n")
+        self.assertEqual(consumer.received(), b"MSG habitat.event.service_started 1 _INBOX.a1.1 2\r\nhi\r\n")
+        consumer.send(b"PUB _INBOX.a1.1 2\r\nok\r\n")
+        self.assertEqual(agent.received(), b"MSG _INBOX.a1.1 9 2\r\nok\r\n")
+
+    def test_health_token(self) -> None:
+        svc, _, _ = build(self)
+        health = svc.getServiceNamed("gateway").health
+        mode = stat.S_IMODE(os.stat(health.path).st_mode)
+        self.assertEqual(mode, 0o600)
+        with open(health.path) as f:
+            token = f.read().strip()
+        c = connect(svc, "gateway", token_connect(token))
+        c.send(b"SUB healthcheck.x 1\r\nPUB healthcheck.x 1\r\na\r\nPUB habitat.event.x 0\r\n\r\nPING\r\n")
+        self.assertEqual(
+            c.received(),
+            b"MSG healthcheck.x 1 1\r\na\r\n-ERR 'Permissions Violation for Publish to \"habitat.event.x\"'\r\nPONG\r\n",
+        )
+        self.assertEqual(c.proto.identity.name.split(":")[0], "health-check")
+
+    def test_fresh_token_each_start_and_removed_at_stop(self) -> None:
+        svc, _, directory = build(self)
+        path = svc.getServiceNamed("gateway").health.path
+        with open(path) as f:
+            first = f.read()
+        svc.stopService()
+        self.assertFalse(os.path.exists(path))
+        svc2, _, _ = build(self)
+        with open(svc2.getServiceNamed("gateway").health.path) as f:
+            self.assertNotEqual(f.read(), first)
+
+    def test_users(self) -> None:
+        svc, _, _ = build(self, '[gateway.users]\nhab = "s3cret"\n')
+        ok = connect(svc, "gateway", b'CONNECT {"verbose":false,"user":"hab","pass":"s3cret"}\r\nPING\r\n')
+        self.assertEqual(ok.received(), b"PONG\r\n")
+        bad = connect(svc, "gateway", b'CONNECT {"verbose":false,"user":"hab","pass":"nope"}\r\nPING\r\n')
+        self.assertEqual(bad.received(), b"-ERR 'Authorization Violation'\r\n")
+
+    def test_tokens_file(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "tokens"), "w") as f:
+            f.write("# agents\nfile-token-1\n\nsha256:%s\n" % digest("file-token-2").hex())
+        svc, _, _ = build(self, 'tokens_file = "%s"\n' % os.path.abspath(os.path.join(directory, "tokens")))
+        for token in ("file-token-1", "file-token-2"):
+            self.assertEqual(connect(svc, "gateway", token_connect(token) + b"PING\r\n").received(), b"PONG\r\n")
+
+    def test_python_authenticator(self) -> None:
+        svc, clock, _ = build(self, 'python_authenticator = "eventsvc.test.authplugins:only_open_sesame"\n')
+        ok = connect(svc, "gateway", token_connect("open-sesame") + b"PUB foo 0\r\n\r\nPING\r\n")
+        # The plug-in's identities get the agents' default permissions.
+        self.assertEqual(ok.received(), b"-ERR 'Permissions Violation for Publish to \"foo\"'\r\nPONG\r\n")
+        self.assertEqual(ok.proto.identity.name, "sesame")
+        bad = connect(svc, "gateway", token_connect("abracadabra") + b"PING\r\n")
+        self.assertEqual(bad.received(), b"-ERR 'Authorization Violation'\r\n")
+
+    def test_python_authenticator_coroutine(self) -> None:
+        svc, _, _ = build(self, 'python_authenticator = "eventsvc.test.authplugins.coroutine_check"\n')
+        ok = connect(svc, "gateway", token_connect("async-ok") + b"PING\r\n")
+        self.assertEqual(ok.received(), b"PONG\r\n")
+        self.assertEqual(ok.proto.identity.name, "coroutine")
+
+    def test_python_authenticator_raises(self) -> None:
+        svc, _, _ = build(self, 'python_authenticator = "eventsvc.test.authplugins:broken"\n')
+        c = connect(svc, "gateway", token_connect("anything-at-all") + b"PING\r\n")
+        self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn("anything-at-all", self.log_text())
+
+    def test_python_authenticator_too_slow(self) -> None:
+        svc, clock, _ = build(self, 'python_authenticator = "eventsvc.test.authplugins:never"\n')
+        c = connect(svc, "gateway", token_connect("slow-token") + b"PING\r\n")
+        clock.advance(2.1)
+        self.assertEqual(c.received(), b"-ERR 'Authentication Timeout'\r\n")
+        self.assertTrue(c.closed)
+
+    def test_python_authenticator_missing(self) -> None:
+        with self.assertRaises(StartupError) as caught:
+            build(self, 'python_authenticator = "no.such.module:thing"\n')
+        self.assertIn("[gateway] python_authenticator", str(caught.exception))
+
+
+class PermissionTests(SynchronousTestCase):
+    def test_subset(self) -> None:
+        self.assertTrue(is_subset(b"_INBOX.abc.*", b"_INBOX.>"))
+        self.assertTrue(is_subset(b"a.b", b"a.*"))
+        self.assertFalse(is_subset(b"a.*", b"a.b"))
+        self.assertFalse(is_subset(b">", b"_INBOX.>"))
+        self.assertFalse(is_subset(b"a.>", b"a.*"))
+        self.assertTrue(is_subset(b"a.*.c", b"a.>"))
+
+    def test_allow_and_deny(self) -> None:
+        p = Permissions(publish_allow=["a.>"], publish_deny=["a.secret"], subscribe_allow=["a.>"], subscribe_deny=["a.secret.>"])
+        self.assertTrue(p.may_publish(b"a.b"))
+        self.assertFalse(p.may_publish(b"a.secret"))
+        self.assertFalse(p.may_publish(b"b"))
+        self.assertTrue(p.may_subscribe(b"a.*"))
+        self.assertFalse(p.may_subscribe(b"a.secret.x"))
+        self.assertFalse(p.may_subscribe(b">"))
+
+    def test_agent_defaults(self) -> None:
+        p = Permissions(**AGENT_DEFAULTS)
+        self.assertTrue(p.may_publish(b"habitat.event.healthcheck"))
+        self.assertFalse(p.may_publish(b"habitat.event.a.b"))
+        self.assertFalse(p.may_subscribe(b">"))
+        self.assertTrue(p.may_subscribe(b"_INBOX.x.*"))
+
+
+class Answers(resource.Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def render_POST(self, request):
+        self.asked += 1
+        token = json.loads(request.content.read())["token"]
+        request.setHeader(b"content-type", b"application/json")
+        if token == "http-good":
+            return json.dumps({"name": "agent-7", "permissions": {"publish_allow": ["x.>"]}}).encode()
+        if token == "http-broken":
+            request.setResponseCode(500)
+            return b"oops"
+        request.setResponseCode(401)
+        return b"{}"
+
+
+class HTTPAuthenticatorTests(TestCase):
+    """Against a real twisted.web server on loopback."""
+
+    def setUp(self):
+        from twisted.web.client import Agent
+
+        self.answers = Answers()
+        self.port = reactor.listenTCP(0, server.Site(self.answers), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        from twisted.web.client import HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.clock = Clock()
+        url = "http://127.0.0.1:%d/auth" % self.port.getHost().port
+        self.auth = HTTPAuthenticator(url, 60, None, Agent(reactor, pool=pool), self.clock)
+
+    @defer.inlineCallbacks
+    def test_accepts_and_caches(self):
+        peer = PeerInfo("127.0.0.1", 1)
+        identity = yield self.auth.authenticate({"auth_token": "http-good"}, peer)
+        self.assertEqual(identity.name, "http:agent-7")
+        self.assertTrue(identity.permissions.may_publish(b"x.y"))
+        self.assertFalse(identity.permissions.may_publish(b"z"))
+        again = yield defer.maybeDeferred(self.auth.authenticate, {"auth_token": "http-good"}, peer)
+        self.assertEqual(again.name, "http:agent-7")
+        self.assertEqual(self.answers.asked, 1)
+        self.clock.advance(61)
+        yield self.auth.authenticate({"auth_token": "http-good"}, peer)
+        self.assertEqual(self.answers.asked, 2)
+
+    @defer.inlineCallbacks
+    def test_refuses(self):
+        peer = PeerInfo("127.0.0.1", 1)
+        for token in ("http-bad", "http-broken"):
+            with self.assertRaises(AuthenticationFailed) as caught:
+                yield self.auth.authenticate({"auth_token": token}, peer)
+            self.assertNotIn(token, str(caught.exception))
