@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from twisted.trial.unittest import SkipTest
 
 _READY_EVENTSVC = re.compile(r"listening for NATS clients on [\d.]+:(\d+)")
+_LISTENING = re.compile(r"(\w+) listening for NATS clients on [\d.]+:(\d+)")
 _READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
 
 
@@ -43,12 +44,17 @@ def require(program: str) -> str:
 class ServerProcess:
     """A child process whose output is read until it says it is ready."""
 
-    def __init__(self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None) -> None:
+    def __init__(
+        self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None, expect: Sequence[str] = ()
+    ) -> None:
         self.argv = argv
+        self.expect = tuple(expect)
         self.ready = ready
         self.env = env
         self.lines: List[str] = []
         self.port = 0
+        #: Every "<name> listening ... :<port>" seen, by name.
+        self.ports: dict = {}
         self.process: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
 
@@ -74,9 +80,12 @@ class ServerProcess:
                 continue
             if line is None:
                 raise AssertionError("{} exited early ({}):\n{}".format(self.argv, self.process.wait(), self.output()))
+            listening = _LISTENING.search(line)
+            if listening:
+                self.ports[listening.group(1)] = int(listening.group(2))
             match = self.ready.search(line)
-            if match:
-                self.port = int(match.group(1))
+            if match and all(name in self.ports for name in self.expect):
+                self.port = self.port or int(match.group(1))
                 return self.port
 
     def _read(self) -> None:
@@ -113,10 +122,33 @@ def child_env() -> dict:
     return env
 
 
-def eventsvc(config_path: str) -> ServerProcess:
-    """eventsvc under twistd, in the foreground, as the README runs it."""
+def eventsvc(config_path: str, expect: Sequence[str] = ()) -> ServerProcess:
+    """
+    eventsvc under twistd, in the foreground, as the README runs it; ready
+    once the listeners named in C{expect} (and at least one) listen.
+    """
     twistd = require("twistd")
-    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, child_env())
+    return ServerProcess(
+        [twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, child_env(), expect
+    )
+
+
+def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+    """The eventsvc admin command, run as a user runs it."""
+    beside = os.path.join(os.path.dirname(sys.executable), "eventsvc")
+    argv = [beside] if os.access(beside, os.X_OK) else [sys.executable, "-m", "eventsvc.cli"]
+    return subprocess.run(
+        argv + list(args), capture_output=True, text=True, timeout=timeout, env=child_env(), stdin=subprocess.DEVNULL
+    )
+
+
+def free_port() -> int:
+    """A loopback port free right now (for configs that must name their port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def nats_server(*extra: str) -> ServerProcess:

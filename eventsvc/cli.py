@@ -1,0 +1,221 @@
+"""
+The C{eventsvc} admin command: subcommands that fit the configuration file.
+
+    eventsvc check-config --config patch.toml
+    eventsvc health-check --config patch.toml
+    eventsvc certs --out dev/certs
+
+Each prints one line saying what happened and exits 0 on success, 1 when
+something is unhealthy or failed, 78 for a configuration problem, 2 for a
+wrong command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import ssl
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from eventsvc import __version__, config as configuration
+
+EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+class Unhealthy(Exception):
+    pass
+
+
+def _load(path: str) -> configuration.Config:
+    try:
+        return configuration.load(path)
+    except configuration.ConfigError as e:
+        raise SystemExit(_say("eventsvc: {}".format(e), EX_CONFIG))
+
+
+def _say(line: str, code: int) -> int:
+    (sys.stdout if code == EX_OK else sys.stderr).write(line + "\n")
+    return code
+
+
+def check_config(options: argparse.Namespace) -> int:
+    """Load the configuration and everything it names, as start-up would."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from eventsvc.app import StartupError, make_service
+
+    config = _load(options.config)
+    try:
+        make_service(config, MemoryReactorClock())
+    except StartupError as e:
+        return _say("eventsvc: {}".format(e), EX_CONFIG)
+    parts = ["service on {}:{}{}".format(config.service.host, config.service.port, " (mutual TLS)" if config.tls.enabled else "")]
+    if config.gateway.enabled:
+        parts.append("gateway on {}:{}".format(config.gateway.host, config.gateway.port))
+    return _say("ok: {}: {}".format(options.config, ", ".join(parts)), EX_OK)
+
+
+class _Conn:
+    """Just enough of a NATS client for the health check."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise Unhealthy("the gateway closed the connection")
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise Unhealthy("the gateway closed the connection")
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def _local(host: str) -> str:
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def health_check(options: argparse.Namespace) -> int:
+    config = _load(options.config)
+    gw = config.gateway
+    if not gw.enabled:
+        return _say("unhealthy: [gateway] is not enabled in {}".format(options.config), EX_FAIL)
+    host, port = _local(gw.host), gw.port
+    try:
+        with open(gw.health_token_file, encoding="ascii") as f:
+            token = f.read().strip()
+    except OSError as e:
+        return _say(
+            "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
+            EX_FAIL,
+        )
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((host, port), timeout=options.timeout)
+    except OSError as e:
+        return _say("unhealthy: cannot connect to the gateway at {}:{}: {}".format(host, port, e.strerror or e), EX_FAIL)
+    try:
+        with sock:
+            conn = _Conn(sock)
+            info = conn.line()
+            if not info.startswith(b"INFO "):
+                raise Unhealthy("no INFO from {}:{}".format(host, port))
+            if json.loads(info[5:]).get("tls_required"):
+                context = ssl.create_default_context(cafile=options.ca or (config.tls.root_ca_path or None))
+                name = gw.frontend_tls[0].server_name if gw.frontend_tls else host
+                conn.sock = context.wrap_socket(sock, server_hostname=name)
+            subject = "healthcheck." + secrets.token_hex(8)
+            inbox = "_INBOX." + secrets.token_hex(8)
+            connect = {
+                "verbose": False, "pedantic": False, "auth_token": token, "name": "eventsvc-health-check",
+                "lang": "python", "version": __version__, "protocol": 1,
+            }
+            payload = secrets.token_hex(8).encode()
+            conn.sock.sendall(
+                b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n"
+                + b"SUB %s 1\r\nSUB %s 2\r\nPUB %s %s %d\r\n%s\r\n" % (subject.encode(), inbox.encode(), subject.encode(), inbox.encode(), len(payload), payload)
+            )
+            while True:
+                line = conn.line()
+                if line.startswith(b"-ERR"):
+                    raise Unhealthy("the gateway refused the health check: {}".format(line.decode("utf-8", "replace")))
+                if line == b"PING":
+                    conn.sock.sendall(b"PONG\r\n")
+                    continue
+                if not line.startswith(b"MSG "):
+                    continue
+                args = line.split()
+                body = conn.read(int(args[-1]) + 2)[:-2]
+                if args[2] == b"1":
+                    # The request reached us through the gateway: answer it.
+                    conn.sock.sendall(b"PUB %s %d\r\n%s\r\n" % (args[3], len(body), body))
+                elif args[2] == b"2":
+                    if body != payload:
+                        raise Unhealthy("the echo came back changed")
+                    break
+    except (Unhealthy, OSError, ValueError, ssl.SSLError) as e:
+        return _say("unhealthy: gateway {}:{}: {}".format(host, port, e), EX_FAIL)
+    elapsed = (time.monotonic() - started) * 1000
+    return _say("healthy: gateway {}:{} echoed a request on {} in {:.1f} ms".format(host, port, subject, elapsed), EX_OK)
+
+
+_NOTICE = b"# FAKE development certificate made by `eventsvc certs` - NOT FOR PRODUCTION\n"
+
+
+def certs(options: argparse.Namespace) -> int:
+    from eventsvc.security import certs as minting
+
+    out = options.out
+    names = [n for n in options.names.split(",") if n]
+    files = ["ca.crt", "ca.key"] + [r + ext for r in ("service", "gateway", "client") for ext in (".crt", ".key")]
+    existing = [f for f in files if os.path.exists(os.path.join(out, f))]
+    if existing and not options.force:
+        return _say("eventsvc: {} already holds {}; use --force to replace them".format(out, ", ".join(existing)), EX_FAIL)
+    try:
+        os.makedirs(out, exist_ok=True)
+        ca = minting.make_ca()
+        minted = {"ca": ca}
+        for role in ("service", "gateway", "client"):
+            minted[role] = minting.make_cert(ca, "eventsvc-" + role, names)
+        for role, m in minted.items():
+            _write(os.path.join(out, role + ".crt"), _NOTICE + m.cert_pem, 0o644)
+            _write(os.path.join(out, role + ".key"), _NOTICE + m.key_pem, 0o600)
+    except OSError as e:
+        return _say("eventsvc: cannot write certificates to {}: {}".format(out, e.strerror or e), EX_FAIL)
+    return _say("wrote a FAKE development CA and service, gateway and client certificates for {} to {}".format(", ".join(names), out), EX_OK)
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="eventsvc", description="Administer an eventsvc deployment.")
+    top.add_argument("--version", action="version", version="eventsvc " + __version__)
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    p = commands.add_parser("check-config", help="check a configuration and every file it names")
+    p.add_argument("--config", "-c", required=True, help="the TOML configuration patch")
+    p.set_defaults(run=check_config)
+    p = commands.add_parser("health-check", help="request/reply echo through the configured gateway")
+    p.add_argument("--config", "-c", required=True, help="the TOML configuration patch")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--ca", help="CA to trust for the gateway's certificate (default: [tls] root_ca_path)")
+    p.set_defaults(run=health_check)
+    p = commands.add_parser("certs", help="make a FAKE development CA and certificates")
+    p.add_argument("--out", required=True, help="folder to write them to")
+    p.add_argument("--names", default="localhost,127.0.0.1,::1", help="DNS names and IPs they are valid for")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(run=certs)
+    return top
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = parser().parse_args(argv)
+    if getattr(options, "timeout", None) is not None:
+        socket.setdefaulttimeout(options.timeout)
+    return options.run(options)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""
+The two ways in, on a real process with real TLS: the mutual-TLS service
+listener and the token-authenticated gateway, used by nats-py, by a raw
+client that behaves like the Habitat supervisor's, and by the health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+
+try:
+    import nats
+except ImportError:  # pragma: no cover
+    nats = None
+
+TOKEN = "agent-token-for-tests"
+
+
+class SecurityInteropTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        certs = os.path.join(self.dir, "certs")
+        made = process.cli("certs", "--out", certs)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.certs = certs
+        self.service_port, self.gateway_port = process.free_port(), process.free_port()
+        self.config = process.write_config(
+            os.path.join(self.dir, "patch.toml"),
+            f"""
+[service]
+host = "127.0.0.1"
+port = {self.service_port}
+[tls]
+cert_path = "certs/service.crt"
+key_path = "certs/service.key"
+root_ca_path = "certs/ca.crt"
+[gateway]
+enabled = true
+host = "127.0.0.1"
+port = {self.gateway_port}
+tokens = ["{TOKEN}"]
+[[gateway.frontend_tls]]
+server_name = "localhost"
+cert_path = "certs/gateway.crt"
+key_path = "certs/gateway.key"
+""",
+        )
+        self.server = process.eventsvc(self.config, expect=("service", "gateway"))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def service_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=os.path.join(self.certs, "ca.crt"))
+        context.load_cert_chain(os.path.join(self.certs, "client.crt"), os.path.join(self.certs, "client.key"))
+        return context
+
+    def gateway_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=os.path.join(self.certs, "ca.crt"))
+
+    def run_async(self, scenario):
+        if nats is None:
+            process.require("nats-py")
+        return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 60)))
+
+    def test_nats_py_gateway_to_service(self):
+        """nats-py publishes at the gateway; a nats-py consumer on the service gets each message once."""
+
+        async def scenario():
+            consumer = await nats.connect("tls://localhost:%d" % self.service_port, tls=self.service_context())
+            sub = await consumer.subscribe("habitat.event.>", queue="automate")
+
+            async def answer(msg):
+                await msg.respond(b"ack:" + msg.data)
+
+            await consumer.subscribe("habitat.event.healthcheck", cb=answer)
+            await consumer.flush()
+            agent = await nats.connect("tls://localhost:%d" % self.gateway_port, tls=self.gateway_context(), token=TOKEN)
+            for i in range(50):
+                await agent.publish("habitat.event.service_started", b"%d" % i)
+            got = [(await sub.next_msg(5)).data for _ in range(50)]
+            reply = await agent.request("habitat.event.healthcheck", b"ping", timeout=5)
+            extra = 0
+            try:
+                await sub.next_msg(0.3)
+                extra += 1  # the request itself, seen by the queue subscriber too
+                await sub.next_msg(0.3)
+                extra += 1
+            except nats.errors.TimeoutError:
+                pass
+            await agent.close()
+            await consumer.close()
+            return got, reply.data, extra
+
+        def check(result):
+            got, reply, extra = result
+            self.assertEqual(got, [b"%d" % i for i in range(50)])
+            self.assertEqual(reply, b"ack:ping")
+            self.assertEqual(extra, 1)
+
+        return self.run_async(scenario).addCallback(check)
+
+    def test_service_refuses_without_client_certificate(self):
+        async def scenario():
+            try:
+                nc = await nats.connect(
+                    "tls://localhost:%d" % self.service_port,
+                    tls=self.gateway_context(),
+                    allow_reconnect=False,
+                    connect_timeout=3,
+                    error_cb=_quiet,
+                )
+            except Exception as e:
+                return type(e).__name__
+            await nc.close()
+            return "connected"
+
+        return self.run_async(scenario).addCallback(lambda r: self.assertNotEqual(r, "connected"))
+
+    def test_habitat_like_client(self):
+        """
+        As the Habitat supervisor's client: read INFO, upgrade to TLS with SNI
+        on the same socket, CONNECT with verbose and wait for +OK, PING/PONG,
+        then publish; a consumer on the service gets it.
+        """
+
+        def run():
+            consumer = socket.create_connection(("127.0.0.1", self.service_port), timeout=10)
+            consumer_info = _line(consumer)
+            self.assertTrue(json.loads(consumer_info[5:])["tls_verify"])
+            consumer = self.service_context().wrap_socket(consumer, server_hostname="localhost")
+            consumer.sendall(b'CONNECT {"verbose":false}\r\nSUB habitat.event.> 1\r\nPING\r\n')
+            self.assertEqual(_line(consumer), b"PONG")
+
+            raw = socket.create_connection(("127.0.0.1", self.gateway_port), timeout=10)
+            info = json.loads(_line(raw)[5:])
+            for key in ("server_id", "version", "go", "host", "port"):
+                self.assertTrue(info[key], key)
+            self.assertGreater(info["max_payload"], 0)
+            self.assertTrue(info["tls_required"])
+            self.assertTrue(info["auth_required"])
+            tls = self.gateway_context().wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b'CONNECT {"verbose":true,"pedantic":false,"auth_token":"%s","name":"hab-sup","lang":"rust"}\r\n' % TOKEN.encode())
+            self.assertEqual(_line(tls), b"+OK")
+            tls.sendall(b"PING\r\n")
+            self.assertEqual(_line(tls), b"PONG")
+            tls.sendall(b"PUB habitat.event.healthcheck 3\r\nabc\r\n")
+            self.assertEqual(_line(tls), b"+OK")
+            self.assertEqual(_line(consumer), b"MSG habitat.event.healthcheck 1 3")
+            tls.close()
+            consumer.close()
+
+        return threads.deferToThread(run)
+
+    def test_health_check_command(self):
+        def run():
+            ok = process.cli("health-check", "--config", self.config)
+            self.assertEqual(ok.returncode, 0, ok.stderr)
+            self.assertTrue(ok.stdout.startswith("healthy: gateway 127.0.0.1:%d" % self.gateway_port), ok.stdout)
+            self.server.stop()
+            down = process.cli("health-check", "--config", self.config)
+            self.assertEqual(down.returncode, 1)
+            self.assertEqual(down.stderr.count("\n"), 1, down.stderr)
+            self.assertTrue(down.stderr.startswith("unhealthy: "), down.stderr)
+
+        return threads.deferToThread(run)
+
+    def test_check_config_command(self):
+        ok = process.cli("check-config", "--config", self.config)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertIn("(mutual TLS)", ok.stdout)
+        os.rename(os.path.join(self.certs, "gateway.key"), os.path.join(self.certs, "moved.key"))
+        bad = process.cli("check-config", "--config", self.config)
+        self.assertEqual(bad.returncode, 78)
+        self.assertEqual(bad.stderr.count("\n"), 1, bad.stderr)
+        self.assertIn("gateway.key ([gateway.frontend_tls localhost] key_path): cannot read", bad.stderr)
+
+    def test_certs_does_not_overwrite(self):
+        again = process.cli("certs", "--out", self.certs)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("--force", again.stderr)
+
+
+async def _quiet(e):
+    pass
+
+
+def _line(sock) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise AssertionError("closed after {!r}".format(data))
+        data += chunk
+    return data[:-2]
