@@ -48,9 +48,10 @@ def natsbench() -> str:
     return out
 
 
-def measure(tool: str, port: int, args: List[str]) -> Dict[str, float]:
+def measure(tool: str, port: int, args: List[str], host: str = "127.0.0.1") -> Dict[str, float]:
+    scheme = "tls" if "-ca" in args else "nats"
     result = subprocess.run(
-        [tool, "-url", "nats://127.0.0.1:%d" % port, "-timeout", "120s", *args],
+        [tool, "-url", "%s://%s:%d" % (scheme, host, port), "-timeout", "120s", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -61,15 +62,97 @@ def measure(tool: str, port: int, args: List[str]) -> Dict[str, float]:
     return {k: float(v) for k, v in figures.items()}
 
 
+def tls_setup(directory: str) -> Dict[str, str]:
+    """FAKE certificates, an eventsvc config and a nats-server config, both mutual TLS."""
+    from eventsvc.security import certs
+
+    ca = certs.make_ca()
+    files: Dict[str, str] = {}
+    for role, minted in (("ca", ca), ("server", certs.make_cert(ca, "server", ["localhost", "127.0.0.1"])),
+                         ("client", certs.make_cert(ca, "client", ["client"]))):
+        for ext, data in ((".crt", minted.cert_pem), (".key", minted.key_pem)):
+            files[role + ext] = process.write_bytes(os.path.join(directory, role + ext), data)
+    files["eventsvc"] = process.write_config(os.path.join(directory, "eventsvc.toml"), (
+        '[service]\nhost = "127.0.0.1"\nport = 0\n[tls]\ncert_path = "server.crt"\nkey_path = "server.key"\n'
+        'root_ca_path = "ca.crt"\n'))
+    files["nats-server"] = process.write_config(os.path.join(directory, "nats.conf"), (
+        'tls {{\n  cert_file: "{}"\n  key_file: "{}"\n  ca_file: "{}"\n  verify: true\n}}\n'.format(
+            files["server.crt"], files["server.key"], files["ca.crt"])))
+    return files
+
+
+def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> float:
+    """Connections per second: TCP, INFO, TLS handshake, CONNECT, PING/PONG, close."""
+    import socket
+    import ssl
+    import time
+
+    context = ssl.create_default_context(cafile=files["ca.crt"])
+    context.load_cert_chain(files["client.crt"], files["client.key"])
+    done = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.recv(4096)
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+                data = b""
+                while not data.endswith(b"PONG\r\n"):
+                    data += s.recv(4096)
+        done += 1
+    return done / (time.monotonic() - started)
+
+
+def tls_scenes(tool: str, runs: int, n: int) -> None:
+    directory = tempfile.mkdtemp()
+    files = tls_setup(directory)
+    servers = {"nats-server": process.nats_server("--config", files["nats-server"]), "eventsvc": process.eventsvc(files["eventsvc"])}
+    for server in servers.values():
+        server.start()
+    try:
+        args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n), "-ca", files["ca.crt"], "-cert", files["client.crt"], "-key", files["client.key"]]
+        for label, sample in (
+            ("mutual TLS 1:1 16 B", lambda port: measure(tool, port, args, host="localhost")["deliver_rate"]),
+            ("mutual TLS connections/s", lambda port: connection_rate(port, files)),
+        ):
+            samples: Dict[str, List[float]] = {name: [] for name in servers}
+            for _ in range(runs):
+                for name, server in servers.items():  # interleaved
+                    samples[name].append(sample(server.port))
+            report(label, samples)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def report(label: str, samples: Dict[str, List[float]]) -> None:
+    ref = statistics.median(samples["nats-server"])
+    us = statistics.median(samples["eventsvc"])
+    print("{:<26} {:>14,.0f} {:>14,.0f} {:>7.0%}".format(label, ref, us, us / ref if ref else float("nan")))
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
+    parser.add_argument("--only", choices=["plain", "tls"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "nl": 2000 if options.quick else 5000}
 
     tool = natsbench()
+    print("eventsvc on {} {}; nats-server {}".format(
+        sys.implementation.name, sys.version.split()[0],
+        subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
+    print("{:<26} {:>14} {:>14} {:>8}".format("scene", "nats-server", "eventsvc", "ratio"))
+    if options.only != "tls":
+        plain_scenes(tool, options.runs, counts)
+    if options.only != "plain":
+        tls_scenes(tool, options.runs, counts["n"])
+
+
+def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n')
     ours = process.eventsvc(config)
@@ -77,22 +160,14 @@ def main() -> None:
     for server in servers.values():
         server.start()
     try:
-        print("eventsvc on {} {}; nats-server {}".format(
-            sys.implementation.name, sys.version.split()[0],
-            subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
-        print("{:<26} {:>14} {:>14} {:>8}".format("scene", "nats-server", "eventsvc", "ratio"))
         for label, args, key in SCENES:
             args = [a.format(**counts) for a in args]
             samples: Dict[str, List[float]] = {name: [] for name in servers}
-            for _ in range(options.runs):
+            for _ in range(runs):
                 # Interleave, so that a noisy moment hurts both.
                 for name, server in servers.items():
                     samples[name].append(measure(tool, server.port, args)[key])
-            ref = statistics.median(samples["nats-server"])
-            us = statistics.median(samples["eventsvc"])
-            ratio = us / ref if ref else float("nan")
-            print("{:<26} {:>14,.0f} {:>14,.0f} {:>7.0%}".format(label, ref, us, ratio))
-            sys.stdout.flush()
+            report(label, samples)
     finally:
         for server in servers.values():
             server.stop()
