@@ -111,6 +111,38 @@ class ErrorTests(SynchronousTestCase):
         self.assertConfigError("[limits]\nping_max = 0\n", "[limits] ping_max")
         self.assertConfigError("[limits]\nauth_timeout = 0\n", "[limits] auth_timeout", "positive")
 
+    def test_gateway(self) -> None:
+        self.assertConfigError("[gateway]\nenabled = 1\n", "[gateway] enabled", "true or false")
+        self.assertConfigError('[gateway]\nenabled = true\ntokens = ["t"]\n', "[gateway] frontend_tls", "disable_frontend_tls")
+        self.assertConfigError("[gateway]\nenabled = true\ndisable_frontend_tls = true\n", "[gateway] tokens", "no way for agents")
+        self.assertConfigError('[gateway]\ntokens = "t"\n', "[gateway] tokens", "list of strings")
+        self.assertConfigError(
+            '[gateway]\nenabled = true\ndisable_frontend_tls = true\ntokens = ["sha256:abc"]\n', "[gateway] tokens", "64 hex"
+        )
+        self.assertConfigError('[[gateway.frontend_tls]]\nserver = "x"\n', "[gateway.frontend_tls] server", "unknown key")
+        self.assertConfigError(
+            '[gateway]\nenabled = true\ndisable_frontend_tls = true\ntokens = ["t"]\n[gateway.permissions]\npublish_allow = ["a..b"]\n',
+            "[gateway.permissions] publish_allow",
+            "not a valid subject",
+        )
+        self.assertConfigError(
+            '[service]\nport = 4222\nhost = "0.0.0.0"\n[gateway]\nenabled = true\ndisable_frontend_tls = true\ntokens = ["t"]\n',
+            "[gateway] port",
+            "service's port",
+        )
+
+    def test_gateway_paths_resolve(self) -> None:
+        c = config.parse(
+            '[gateway]\nenabled = true\ntokens_file = "t.txt"\n[[gateway.frontend_tls]]\nserver_name = "a"\n'
+            'cert_path = "c/a.crt"\nkey_path = "/k/a.key"\n',
+            "/etc/eventsvc/patch.toml",
+        )
+        self.assertEqual(c.gateway.tokens_file, "/etc/eventsvc/t.txt")
+        self.assertEqual(c.gateway.health_token_file, "/etc/eventsvc/gateway-health.token")
+        self.assertEqual(c.gateway.frontend_tls[0].cert_path, "/etc/eventsvc/c/a.crt")
+        self.assertEqual(c.gateway.frontend_tls[0].key_path, "/k/a.key")
+        self.assertEqual(c.gateway.permissions.subscribe_allow, ("_INBOX.>",))
+
     def test_tls_keys_go_together(self) -> None:
         self.assertConfigError('[tls]\ncert_path = "a.crt"\n', "[tls] key_path", "go together")
 
