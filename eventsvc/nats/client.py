@@ -238,9 +238,7 @@ class ClientConnection(Protocol):
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: note who the peer is, then begin."""
         self.awaiting_handshake = False
-        if self.handshake_timer is not None and self.handshake_timer.active():
-            self.handshake_timer.cancel()
-        self.handshake_timer = None
+        self.handshake_timer = _cancel(self.handshake_timer)
         self.peer.certificate = self.transport.getPeerCertificate()
         self.log.debug("client {cid} from {host}: TLS established", cid=self.cid, host=self.peer.host)
         self.start_session()
@@ -287,8 +285,7 @@ class ClientConnection(Protocol):
     def _teardown(self) -> None:
         self.closed = True
         for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
+            _cancel(timer)
         self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
         self._release_producers()
         del self._held[:]
@@ -471,9 +468,7 @@ class ClientConnection(Protocol):
     def _authenticated(self, identity: Identity) -> None:
         if self.closed:
             return
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
-        self._auth_timer = None
+        self._auth_timer = _cancel(self._auth_timer)
         self.identity = identity
         self.permissions = identity.permissions
         self._update_plain()
@@ -566,9 +561,7 @@ class ClientConnection(Protocol):
     def resumeProducing(self) -> None:
         """The transport's buffer is empty: hand it the next piece."""
         self._paused = False
-        if self._deadline_timer is not None and self._deadline_timer.active():
-            self._deadline_timer.cancel()
-        self._deadline_timer = None
+        self._deadline_timer = _cancel(self._deadline_timer)
         if self._held and not self.closed:
             held = self._held
             take, size = 0, 0
@@ -603,8 +596,7 @@ class ClientConnection(Protocol):
         timer, self._stall_timer = self._stall_timer, None
         if timer is None:
             return
-        if timer.active():
-            timer.cancel()
+        _cancel(timer)
         if not self.closed:
             self.transport.resumeProducing()
 
@@ -621,6 +613,13 @@ class ClientConnection(Protocol):
         self.broker.slow_consumers += 1
         self.log.warn("slow consumer: client {cid} from {host}:{port} cut off ({why})", cid=self.cid, host=self.peer.host, port=self.peer.port, why=why)
         self.close(None, "slow consumer: " + why, abort=True)
+
+
+def _cancel(timer: Any) -> None:
+    """Cancel a delayed call if it is still pending; returns None to store."""
+    if timer is not None and timer.active():
+        timer.cancel()
+    return None
 
 
 def _tls_reason(reason: Optional[Failure]) -> str:
