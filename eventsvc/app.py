@@ -9,15 +9,21 @@ parses protocol or formats logs; it only wires parts together.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from eventsvc import __version__
-from eventsvc.config import Config
+from eventsvc.config import HANDLER_NAMES, Config, handler_address
+from eventsvc.dotted import load_object
+from eventsvc.events.dispatch import EventDispatcher
+from eventsvc.events.handlers import CallableTarget, DeadLetters, HandlerService, HTTPTarget
+from eventsvc.events.spool import Spool
+from eventsvc.events.types import Registry
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
@@ -32,7 +38,15 @@ from eventsvc.security.auth import (
     read_tokens_file,
 )
 from eventsvc.security.permissions import Permissions
-from eventsvc.security.tls import SNIServerContexts, TLSFilesError, load_identity, mutual_tls_server, server_options
+from eventsvc.security.tls import (
+    MutualTLSPolicy,
+    SNIServerContexts,
+    TLSFilesError,
+    load_certificate,
+    load_identity,
+    mutual_tls_server,
+    server_options,
+)
 
 
 class EventService(MultiService):
@@ -52,6 +66,8 @@ class EventService(MultiService):
         super().__init__()
         self.config = config
         self.broker = broker
+        #: The event dispatcher (its counters and queue depth).
+        self.events: Any = None
         self.exit_on_error = False
         self.log_observer = make_observer(config.log.format, config.log.level)
 
@@ -107,9 +123,66 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
         if config.gateway.enabled:
             _gateway(config, broker, reactor).setServiceParent(top)
+        _events(config, broker, reactor, top)
     except TLSFilesError as e:
         raise StartupError(str(e))
     return top
+
+
+def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> None:
+    ev = config.events
+    data_dir = config.service.data_dir
+    if data_dir:
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as e:
+            raise StartupError("{} ([service] data_dir): cannot create: {}".format(data_dir, e.strerror))
+    dead_letters = DeadLetters(ev.dead_letter_file)
+    handlers: Dict[str, HandlerService] = {}
+    agent = None
+    for name in HANDLER_NAMES:
+        address = getattr(config.handlers, name)
+        if not address:
+            continue
+        if address.startswith("python:"):
+            try:
+                target: Any = CallableTarget(load_object(address[len("python:"):]), address)
+            except ValueError as e:
+                raise StartupError("[handlers] {}: {}".format(name, e))
+        else:
+            if agent is None:
+                agent = _handler_agent(config, reactor)
+            scheme, host, port = handler_address(address)  # type: ignore[misc]
+            url = address if address.startswith(("http://", "https://")) else "https://{}:{}/events".format(host, port)
+            target = HTTPTarget(url, agent, reactor, ev.delivery_timeout)
+        handler = HandlerService(
+            name, target, reactor, dead_letters,
+            concurrency=ev.handler_concurrency, retry_initial=ev.retry_initial,
+            retry_max=ev.retry_max, max_age=ev.max_age,
+        )
+        handler.setServiceParent(top)
+        handlers[name] = handler
+    spool = Spool(os.path.join(data_dir, "events.spool")) if data_dir else None
+    dispatcher = EventDispatcher(
+        broker, Registry(ev.routing), handlers, config.service.event_limit, reactor,
+        spool=spool, prefix=ev.subject_prefix, queue_group=ev.queue_group,
+    )
+    dispatcher.setServiceParent(top)
+    top.events = dispatcher
+
+
+def _handler_agent(config: Config, reactor: Any) -> Any:
+    """An HTTP client; HTTPS with the service's mutual-TLS identity when [tls] is set."""
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    if config.tls.enabled:
+        policy = MutualTLSPolicy(
+            load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
+            load_identity(config.tls.cert_path, config.tls.key_path, "[tls]"),
+        )
+        return Agent(reactor, contextFactory=policy, pool=pool)
+    return Agent(reactor, pool=pool)
 
 
 def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:

@@ -36,6 +36,8 @@ class ServiceConfig:
     event_limit: int = 100000
     #: Concurrent client connections on the service listener, at most.
     listener_limit: int = 10000
+    #: Where the event spool lives; empty: no spool (events held in memory).
+    data_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,27 @@ class HandlersConfig:
     feed: str = ""
     cfgingest: str = ""
     event_feed: str = ""
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """How typed events are taken in and delivered."""
+
+    #: Events are published on <subject_prefix>.<type>.
+    subject_prefix: str = "event"
+    #: The handlers' queue group: in a cluster each event is handled once.
+    queue_group: str = "eventsvc"
+    #: Deliveries in flight per handler, at most.
+    handler_concurrency: int = 8
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    #: Seconds after which an undeliverable event is dead-lettered; 0: retry forever.
+    max_age: float = 0.0
+    delivery_timeout: float = 30.0
+    #: JSON lines of dead-lettered events (relative to data_dir, else to the config's folder).
+    dead_letter_file: str = "dead-letters.jsonl"
+    #: Overrides of the type -> handlers routing.
+    routing: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
     source: str = ""
@@ -133,6 +157,7 @@ _SECTIONS = {
     "tls": TLSConfig,
     "log": LogConfig,
     "handlers": HandlersConfig,
+    "events": EventsConfig,
     "limits": LimitsConfig,
 }
 
@@ -181,8 +206,11 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
     if config.tls.enabled:
         config = _resolve_tls(config, base, path)
     gw = config.gateway
+    data_dir = _resolve(base, config.service.data_dir)
     config = replace(
         config,
+        service=replace(config.service, data_dir=data_dir),
+        events=replace(config.events, dead_letter_file=_resolve(data_dir or base, config.events.dead_letter_file)),
         gateway=replace(
             gw,
             tokens_file=_resolve(base, gw.tokens_file),
@@ -239,6 +267,12 @@ def _section(path: str, name: str, cls: type, values: Dict[str, Any]) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError("{}: {}: must be a list of strings, got {!r}".format(path, where, value))
             kwargs[key] = tuple(value)
+        elif kind == "Dict[str, Tuple[str, ...]]":
+            if not isinstance(value, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()
+            ):
+                raise ConfigError("{}: {}: must be a table of lists of strings".format(path, where))
+            kwargs[key] = {k: tuple(v) for k, v in value.items()}
         elif kind == "Dict[str, str]":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ConfigError("{}: {}: must be a table of strings".format(path, where))
@@ -286,8 +320,32 @@ def _check(config: Config, path: str) -> None:
 
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
-        if address and handler_address(address) is None:
-            fail("handlers", name, "must be host:port or an http:// or https:// URL, got {!r}".format(address))
+        if address and not address.startswith("python:") and handler_address(address) is None:
+            fail("handlers", name, "must be host:port, an http:// or https:// URL, or python:module:callable, got {!r}".format(address))
+
+    ev = config.events
+    from eventsvc.events.types import EVENT_TYPES
+
+    if not ev.subject_prefix or not _valid_subject(ev.subject_prefix) or "*" in ev.subject_prefix.split(".") or ">" in ev.subject_prefix.split("."):
+        fail("events", "subject_prefix", "must be a literal subject such as \"event\", got {!r}".format(ev.subject_prefix))
+    if not ev.queue_group or not _valid_subject(ev.queue_group):
+        fail("events", "queue_group", "must be a name without spaces, got {!r}".format(ev.queue_group))
+    if ev.handler_concurrency < 1:
+        fail("events", "handler_concurrency", "must be at least 1")
+    if not ev.retry_initial > 0:
+        fail("events", "retry_initial", "must be a positive number of seconds")
+    if ev.retry_max < ev.retry_initial:
+        fail("events", "retry_max", "must be at least retry_initial ({})".format(ev.retry_initial))
+    if ev.max_age < 0:
+        fail("events", "max_age", "must be 0 (retry forever) or more seconds")
+    if not ev.delivery_timeout > 0:
+        fail("events", "delivery_timeout", "must be a positive number of seconds")
+    for type_name, handlers in ev.routing.items():
+        if type_name not in EVENT_TYPES:
+            fail("events.routing", type_name, "unknown event type (known: {})".format(", ".join(EVENT_TYPES)))
+        for handler in handlers:
+            if handler not in HANDLER_NAMES:
+                fail("events.routing", type_name, "unknown handler {!r} (known: {})".format(handler, ", ".join(HANDLER_NAMES)))
 
     gw = config.gateway
     if gw.enabled:

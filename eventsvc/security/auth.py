@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import inspect
 import json
 import os
@@ -24,6 +23,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc.dotted import load_object
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions, PeerInfo
 from eventsvc.security.permissions import HEALTH_CHECK, Permissions
 
@@ -205,15 +205,7 @@ def load_python_authenticator(path: str, permissions: Optional[IPermissions]) ->
 
     @raise ValueError: it cannot be imported, or is neither.
     """
-    module_name, sep, attribute = path.partition(":")
-    if not sep:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError("{!r} is not module:attribute".format(path))
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ValueError("cannot load {!r}: {}".format(path, e))
+    target = load_object(path)
     if IAuthenticator.providedBy(target):
         return target
     if callable(target):

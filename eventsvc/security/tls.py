@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 
@@ -106,3 +107,15 @@ class SNIServerContexts:
 
     def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
         return SSL.Connection(self._default, None)
+
+
+@implementer(IPolicyForHTTPS)
+class MutualTLSPolicy:
+    """HTTPS client connections that trust C{ca} and present C{identity}."""
+
+    def __init__(self, ca: ssl.Certificate, identity: ssl.PrivateCertificate) -> None:
+        self._trust = ssl.trustRootFromCertificates([ca])
+        self._identity = identity
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> object:
+        return ssl.optionsForClientTLS(hostname.decode("idna"), trustRoot=self._trust, clientCertificate=self._identity)

@@ -1,0 +1,153 @@
+"""
+The dispatcher: takes events from the broker, checks them, bounds the queue,
+makes them durable, acknowledges, and hands them to their handlers.
+
+It subscribes to C{<prefix>.>} in a queue group, so that in a cluster each
+event is handled by one node.  A publish with a reply subject gets
+C{{"success": true, "event_id": ...}} once the event is accepted (after the
+spool's group commit when there is a spool), or C{{"success": false,
+"error": ...}} for an invalid event, an unknown type, a type with no
+configured handler, or a full queue.  Nothing here blocks: a full queue is a
+refusal, not a wait.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from eventsvc.events import types
+from eventsvc.events.handlers import Delivery, HandlerService
+from eventsvc.events.spool import Spool
+
+
+class EventDispatcher(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        broker: Any,
+        registry: types.Registry,
+        handlers: Dict[str, HandlerService],
+        event_limit: int,
+        clock: Any,
+        spool: Optional[Spool] = None,
+        prefix: str = "event",
+        queue_group: str = "eventsvc",
+    ) -> None:
+        self.setName("events")
+        self.broker = broker
+        self.registry = registry
+        self.handlers = handlers
+        self.event_limit = event_limit
+        self.clock = clock
+        self.spool = spool
+        self.prefix = prefix
+        self.queue_group = queue_group
+        self._subscription: Any = None
+        self._remaining: Dict[int, Set[str]] = {}
+        self._seq = 0
+        self._acks: List[Tuple[str, bytes]] = []
+        self._sync_call: Any = None
+        self.accepted = self.refused = 0
+        self.refused_by_reason: Dict[str, int] = {}
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet delivered (or dead-lettered) by every handler."""
+        return len(self._remaining)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.spool is not None:
+            for p in self.spool.open():
+                self._admit(p.seq, p.event_id, [h for h in p.handlers if h in self.handlers], p.body)
+        self._subscription = self.broker.subscribe(self.prefix + ".>", self._received, queue=self.queue_group)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
+        self._sync()
+        if self.spool is not None:
+            self.spool.close()
+
+    def _received(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        type_name = subject[len(self.prefix) + 1 :]
+        try:
+            event = types.parse(payload, type_name)
+        except types.EventError as e:
+            self._refuse(reply, "invalid", str(e), None)
+            return
+        event_id = event["event_id"]
+        handlers = self.registry.handlers_for(type_name)
+        missing = [h for h in handlers if h not in self.handlers]
+        if not handlers or missing:
+            self._refuse(reply, "no_handler", "no handler configured for {} ([handlers] {})".format(type_name, ", ".join(missing or ["-"])), event_id)
+            return
+        if self.pending >= self.event_limit:
+            self._refuse(reply, "queue_full", "queue full: {} events waiting ([service] event_limit)".format(self.pending), event_id)
+            return
+        if self.spool is not None:
+            seq = self.spool.accept(event_id, handlers, payload)
+        else:
+            self._seq += 1
+            seq = self._seq
+        self.accepted += 1
+        self._admit(seq, event_id, handlers, payload)
+        if reply:
+            answer = _answer(True, event_id=event_id)
+            if self.spool is None:
+                self.broker.publish(reply, answer)
+            else:
+                # Acknowledged once durable: one fsync per reactor turn.
+                self._acks.append((reply, answer))
+                if self._sync_call is None:
+                    self._sync_call = self.clock.callLater(0, self._sync)
+
+    def _admit(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes) -> None:
+        if not handlers:
+            return
+        self._remaining[seq] = set(handlers)
+        now = self.clock.seconds()
+        for name in handlers:
+            self.handlers[name].enqueue(Delivery(seq, event_id, body, now, self._finished))
+
+    def _finished(self, seq: int, handler: str) -> None:
+        remaining = self._remaining.get(seq)
+        if remaining is None:
+            return
+        remaining.discard(handler)
+        if self.spool is not None:
+            self.spool.done(seq, handler)
+            if self._sync_call is None:
+                self._sync_call = self.clock.callLater(0, self._sync)
+        if not remaining:
+            del self._remaining[seq]
+            if not self._remaining and self.spool is not None:
+                self.spool.truncate_if_idle()
+
+    def _sync(self) -> None:
+        self._sync_call = None
+        if self.spool is not None:
+            self.spool.sync()
+        acks, self._acks = self._acks, []
+        for reply, answer in acks:
+            self.broker.publish(reply, answer)
+
+    def _refuse(self, reply: Optional[str], reason: str, error: str, event_id: Optional[str]) -> None:
+        self.refused += 1
+        self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+        self.log.info("event {event_id} refused: {error}", event_id=event_id or "-", error=error)
+        if reply:
+            self.broker.publish(reply, _answer(False, error=error, event_id=event_id))
+
+
+def _answer(success: bool, **fields: Any) -> bytes:
+    body = {"success": success}
+    body.update({k: v for k, v in fields.items() if v is not None})
+    return json.dumps(body).encode("utf-8")

@@ -1,0 +1,342 @@
+"""
+The event layer in memory: validation, routing, acknowledgements, the queue
+bound, handler retries and dead letters on a fake clock, and the spool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.events import types
+from eventsvc.events.dispatch import EventDispatcher
+from eventsvc.events.handlers import (
+    CallableTarget,
+    DeadLetters,
+    Delivery,
+    DeliveryFailed,
+    HandlerService,
+    PermanentFailure,
+)
+from eventsvc.events.spool import Spool, read_records
+from eventsvc.nats.server import Broker
+from eventsvc.test.eventsamples import ALL, event, payload
+
+
+class ValidationTests(SynchronousTestCase):
+    def assertInvalid(self, body, field: str, subject_type=None) -> None:
+        with self.assertRaises(types.EventError) as caught:
+            types.validate(body, subject_type)
+        self.assertEqual(caught.exception.field, field, str(caught.exception))
+        self.assertTrue(str(caught.exception).startswith(field + ": "))
+
+    def test_every_type_valid(self) -> None:
+        for name in types.EVENT_TYPES:
+            self.assertEqual(types.parse(ALL[name], name)["type"]["name"], name)
+
+    def test_fields_named(self) -> None:
+        self.assertInvalid([], "event")
+        self.assertInvalid(dict(event("cfgingest"), event_id=""), "event_id")
+        self.assertInvalid({k: v for k, v in event("cfgingest").items() if k != "event_id"}, "event_id")
+        self.assertInvalid(dict(event("cfgingest"), type="cfgingest"), "type")
+        self.assertInvalid(dict(event("cfgingest"), type={"name": "nope"}), "type.name")
+        self.assertInvalid(dict(event("cfgingest"), type={"name": "profileUpdated"}), "type.name")
+        self.assertInvalid(event("cfgingest"), "type.name", subject_type="event_feed")
+        self.assertInvalid(dict(event("cfgingest"), producer={}), "producer.id")
+        self.assertInvalid(dict(event("cfgingest"), producer={"id": "x", "tags": "a"}), "producer.tags")
+        self.assertInvalid(dict(event("cfgingest"), published="yesterday"), "published")
+        self.assertInvalid({k: v for k, v in event("cfgingest").items() if k != "published"}, "published")
+        self.assertInvalid(dict(event("cfgingest"), actor={"id": 3}), "actor.id")
+        self.assertInvalid(dict(event("cfgingest"), target="x"), "target")
+        self.assertInvalid(dict(event("cfgingest"), data=[1]), "data")
+        self.assertInvalid(dict(event("cfgingest"), projects="p"), "projects")
+        with self.assertRaises(types.EventError) as caught:
+            types.parse(b"{not json")
+        self.assertEqual(caught.exception.field, "event")
+
+    def test_optional_fields(self) -> None:
+        minimal = {k: event("nodeTerminated")[k] for k in ("event_id", "type", "producer", "published")}
+        self.assertIs(types.validate(minimal), minimal)
+
+    def test_registry(self) -> None:
+        r = types.Registry()
+        self.assertEqual(r.handlers_for("profileUpdate"), ("event_feed",))
+        self.assertEqual(r.handlers_for("nodeTerminated"), ("cfgingest",))
+        self.assertEqual(r.handlers_for("compliance_ingest"), ("feed",))
+        r = types.Registry({"nodeTerminated": ["cfgingest", "event_feed"]})
+        self.assertEqual(r.handlers_for("nodeTerminated"), ("cfgingest", "event_feed"))
+        self.assertRaises(ValueError, types.Registry, {"nope": ["feed"]})
+
+
+class RecordingTarget:
+    """Answers as told: a list of outcomes (None: success, an exception: failure, "hold": never)."""
+
+    def __init__(self, outcomes=None) -> None:
+        self.outcomes = list(outcomes or [])
+        self.bodies = []
+        self.held = []
+
+    def deliver(self, body: bytes):
+        self.bodies.append(body)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome == "hold":
+            d = Deferred()
+            self.held.append(d)
+            return d
+        if isinstance(outcome, Exception):
+            return fail(outcome)
+        return succeed(None)
+
+    def event_ids(self):
+        return [json.loads(b)["event_id"] for b in self.bodies]
+
+
+class Setup:
+    def __init__(self, test: SynchronousTestCase, targets=None, event_limit=100, spool_path=None, **handler_options):
+        self.clock = Clock()
+        self.broker = Broker(server_id="NTEST")
+        self.targets = targets or {"feed": RecordingTarget(), "cfgingest": RecordingTarget(), "event_feed": RecordingTarget()}
+        self.dead_path = os.path.join(test.mktemp() + "-dead.jsonl")
+        self.handlers = {
+            name: HandlerService(name, target, self.clock, DeadLetters(self.dead_path), rng=random.Random(7), **handler_options)
+            for name, target in self.targets.items()
+        }
+        for h in self.handlers.values():
+            h.startService()
+        self.spool = Spool(spool_path) if spool_path else None
+        self.dispatcher = EventDispatcher(self.broker, types.Registry(), self.handlers, event_limit, self.clock, spool=self.spool)
+        self.dispatcher.startService()
+        self.acks = []
+        self.broker.subscribe("ack.*", lambda subject, reply, body, headers: self.acks.append(json.loads(body)))
+
+    def publish(self, type_name: str, body: bytes, reply: str = "ack.1") -> None:
+        self.broker.publish("event." + type_name, body, reply=reply)
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_each_type_reaches_its_handler(self) -> None:
+        s = Setup(self)
+        for name, body in ALL.items():
+            s.publish(name, body)
+        self.assertEqual(sorted(s.targets["feed"].event_ids()), ["evt-compliance_ingest"])
+        self.assertEqual(sorted(s.targets["cfgingest"].event_ids()), ["evt-cfgingest", "evt-nodeTerminated"])
+        self.assertEqual(len(s.targets["event_feed"].bodies), 7)
+        self.assertEqual([a["success"] for a in s.acks], [True] * 10)
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_ack(self) -> None:
+        s = Setup(self)
+        s.publish("cfgingest", payload("cfgingest", "e-42"))
+        self.assertEqual(s.acks, [{"success": True, "event_id": "e-42"}])
+
+    def test_invalid_event_refused(self) -> None:
+        s = Setup(self)
+        s.publish("cfgingest", payload("cfgingest", producer={"name": "x"}))
+        self.assertEqual(s.acks, [{"success": False, "error": "producer.id: required"}])
+        s.publish("bogus", payload("cfgingest"))
+        self.assertFalse(s.acks[-1]["success"])
+        self.assertIn("type.name", s.acks[-1]["error"])
+        self.assertEqual(s.dispatcher.refused, 2)
+
+    def test_unconfigured_handler_refused(self) -> None:
+        s = Setup(self, targets={"feed": RecordingTarget()})
+        s.publish("cfgingest", payload("cfgingest", "e-1"))
+        self.assertEqual(s.acks[-1]["success"], False)
+        self.assertIn("no handler configured for cfgingest", s.acks[-1]["error"])
+
+    def test_queue_full(self) -> None:
+        """Past event_limit the producer is told why, and nothing blocks."""
+        hold = RecordingTarget(["hold"] * 10)
+        s = Setup(self, targets={"cfgingest": hold}, event_limit=3)
+        for i in range(5):
+            s.publish("cfgingest", payload("cfgingest", "e-%d" % i))
+        self.assertEqual([a["success"] for a in s.acks], [True, True, True, False, False])
+        self.assertIn("queue full", s.acks[3]["error"])
+        self.assertIn("event_limit", s.acks[3]["error"])
+        self.assertEqual(s.dispatcher.refused_by_reason, {"queue_full": 2})
+        # Deliveries free room.
+        for d in hold.held:
+            d.callback(None)
+        s.publish("cfgingest", payload("cfgingest", "e-9"))
+        self.assertTrue(s.acks[-1]["success"])
+
+    def test_no_reply_still_handled(self) -> None:
+        s = Setup(self)
+        s.broker.publish("event.cfgingest", payload("cfgingest", "quiet"))
+        self.assertEqual(s.targets["cfgingest"].event_ids(), ["quiet"])
+
+
+class HandlerTests(SynchronousTestCase):
+    def test_backoff_schedule(self) -> None:
+        """Retries at doubling intervals with jitter between half and all of each step, capped."""
+        retry = DeliveryFailed("HTTP 503", retry=True)
+        target = RecordingTarget([retry] * 6)
+        s = Setup(self, targets={"cfgingest": target}, retry_initial=1.0, retry_max=8.0)
+        s.publish("cfgingest", payload("cfgingest", "e-1"))
+        handler = s.handlers["cfgingest"]
+        times = []
+        while len(target.bodies) < 7:
+            times.append(s.clock.seconds())
+            calls = s.clock.getDelayedCalls()
+            self.assertEqual(len(calls), 1)
+            s.clock.advance(calls[0].getTime() - s.clock.seconds())
+        gaps = [b - a for a, b in zip(times, times[1:] + [s.clock.seconds()])]
+        for gap, step in zip(gaps, [1, 2, 4, 8, 8, 8]):
+            self.assertTrue(step / 2 <= gap <= step, (gaps, step))
+        self.assertEqual(handler.retried, 6)
+        self.assertEqual(handler.delivered, 1)
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_dead_letter_on_client_error(self) -> None:
+        target = RecordingTarget([DeliveryFailed("HTTP 400", retry=False)])
+        s = Setup(self, targets={"cfgingest": target})
+        s.publish("cfgingest", payload("cfgingest", "bad-1"))
+        handler = s.handlers["cfgingest"]
+        self.assertEqual((handler.delivered, handler.dead_lettered, handler.retried), (0, 1, 0))
+        with open(s.dead_path) as f:
+            [record] = [json.loads(line) for line in f]
+        self.assertEqual((record["handler"], record["event_id"], record["reason"]), ("cfgingest", "bad-1", "HTTP 400"))
+        self.assertEqual(record["event"]["event_id"], "bad-1")
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_max_age(self) -> None:
+        retry = DeliveryFailed("connection refused", retry=True)
+        target = RecordingTarget([retry] * 100)
+        s = Setup(self, targets={"cfgingest": target}, retry_initial=1.0, retry_max=4.0, max_age=30.0)
+        s.publish("cfgingest", payload("cfgingest", "old-1"))
+        s.clock.pump([1.0] * 40)
+        handler = s.handlers["cfgingest"]
+        self.assertEqual(handler.dead_lettered, 1)
+        with open(s.dead_path) as f:
+            self.assertIn("max_age", f.read())
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
+    def test_concurrency_bounded(self) -> None:
+        target = RecordingTarget(["hold"] * 50)
+        s = Setup(self, targets={"cfgingest": target}, concurrency=4)
+        for i in range(20):
+            s.publish("cfgingest", payload("cfgingest", "e-%d" % i))
+        handler = s.handlers["cfgingest"]
+        self.assertEqual((handler.in_flight, len(handler.backlog)), (4, 16))
+        target.held[0].callback(None)
+        self.assertEqual((handler.in_flight, len(handler.backlog)), (4, 15))
+
+    def test_down_target_slows_nobody_else(self) -> None:
+        down = RecordingTarget([DeliveryFailed("refused", retry=True)] * 100)
+        up = RecordingTarget()
+        s = Setup(self, targets={"cfgingest": down, "event_feed": up})
+        for i in range(50):
+            s.publish("cfgingest", payload("cfgingest", "c-%d" % i))
+            s.publish("event_feed", payload("event_feed", "f-%d" % i))
+        self.assertEqual(len(up.bodies), 50)
+        self.assertEqual(s.handlers["cfgingest"].delivered, 0)
+
+    def test_callable_handlers(self) -> None:
+        seen = []
+
+        async def coroutine(event):
+            seen.append(("coroutine", event["event_id"]))
+
+        def plain(event):
+            seen.append(("plain", event["event_id"]))
+
+        def deferred(event):
+            seen.append(("deferred", event["event_id"]))
+            return succeed(1)
+
+        for fn in (coroutine, plain, deferred):
+            s = Setup(self, targets={"cfgingest": CallableTarget(fn, "python:" + fn.__name__)})
+            s.publish("cfgingest", payload("cfgingest", "x"))
+            self.assertEqual(s.handlers["cfgingest"].delivered, 1)
+        self.assertEqual([k for k, _ in seen], ["coroutine", "plain", "deferred"])
+
+    def test_callable_failures(self) -> None:
+        attempts = []
+
+        def flaky(event):
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise RuntimeError("not yet")
+
+        s = Setup(self, targets={"cfgingest": CallableTarget(flaky, "python:flaky")})
+        s.publish("cfgingest", payload("cfgingest", "x"))
+        s.clock.pump([1.0] * 10)
+        self.assertEqual((len(attempts), s.handlers["cfgingest"].delivered), (3, 1))
+
+        def refuses(event):
+            raise PermanentFailure("never")
+
+        s = Setup(self, targets={"cfgingest": CallableTarget(refuses, "python:refuses")})
+        s.publish("cfgingest", payload("cfgingest", "y"))
+        self.assertEqual(s.handlers["cfgingest"].dead_lettered, 1)
+
+
+class SpoolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def test_replay_what_is_not_done(self) -> None:
+        spool = Spool(self.path)
+        self.assertEqual(spool.open(), [])
+        a = spool.accept("a", ["feed", "event_feed"], b'{"a":1}')
+        b = spool.accept("b", ["feed"], b'{"b":1}')
+        spool.done(a, "feed")
+        spool.done(b, "feed")
+        spool.sync()
+        spool.close()
+        again = Spool(self.path)
+        [pending] = again.open()
+        self.assertEqual((pending.event_id, list(pending.handlers), pending.body), ("a", ["event_feed"], b'{"a":1}'))
+        # Sequence numbers go on where they left off; the file was compacted.
+        self.assertGreater(again.accept("c", ["feed"], b"{}"), b)
+        again.close()
+        records, _ = read_records(self.path)
+        self.assertEqual([r["event_id"] for r in records if r["k"] == "accept"], ["a", "c"])
+
+    def test_torn_tail_skipped(self) -> None:
+        spool = Spool(self.path)
+        spool.open()
+        spool.accept("a", ["feed"], b"{}")
+        spool.accept("b", ["feed"], b"{}")
+        spool.close()
+        size = os.path.getsize(self.path)
+        with open(self.path, "r+b") as f:
+            f.truncate(size - 3)
+        [pending] = Spool(self.path).open()
+        self.assertEqual(pending.event_id, "a")
+        text = "\n".join(formatEvent(e) for e in self.logged)
+        self.assertIn("corrupt or truncated tail", text)
+
+    def test_corrupt_record_skipped(self) -> None:
+        spool = Spool(self.path)
+        spool.open()
+        spool.accept("a", ["feed"], b"{}")
+        spool.close()
+        with open(self.path, "ab") as f:
+            f.write(b"\x00\x00\x00\x05\x00\x00\x00\x00hello")
+        self.assertEqual([p.event_id for p in Spool(self.path).open()], ["a"])
+
+    def test_ack_after_sync_and_redelivery_after_restart(self) -> None:
+        hold = RecordingTarget(["hold"] * 10)
+        s = Setup(self, targets={"cfgingest": hold}, spool_path=self.path)
+        s.publish("cfgingest", payload("cfgingest", "durable-1"))
+        # Not acknowledged until the group commit has run.
+        self.assertEqual(s.acks, [])
+        s.clock.advance(0)
+        self.assertEqual(s.acks, [{"success": True, "event_id": "durable-1"}])
+        # "Crash": a new dispatcher on the same spool delivers it again.
+        again = RecordingTarget()
+        s2 = Setup(self, targets={"cfgingest": again}, spool_path=self.path)
+        self.assertEqual(again.event_ids(), ["durable-1"])
+        s2.clock.advance(0)
+        s2.dispatcher.stopService()
+        self.assertEqual(Spool(self.path).open(), [])
