@@ -159,6 +159,7 @@ class HandlerService(Service):
         self.random = rng or random.Random()
         self.backlog: Deque[Delivery] = deque()
         self.in_flight = 0
+        self._attempts: Dict[Delivery, Deferred] = {}
         self.waiting: Dict[Delivery, Any] = {}
         self.delivered = self.retried = self.dead_lettered = 0
 
@@ -179,8 +180,14 @@ class HandlerService(Service):
         self.in_flight += 1
         delivery.attempts += 1
         d = maybeDeferred(self.target.deliver, delivery.body)
+        self._attempts[delivery] = d
+        d.addBoth(self._settled, delivery)
         d.addCallbacks(self._succeeded, self._failed, callbackArgs=(delivery,), errbackArgs=(delivery,))
         d.addErrback(lambda f: self.log.failure("handler {name} bookkeeping failed", f, name=self.name))
+
+    def _settled(self, result: Any, delivery: Delivery) -> Any:
+        self._attempts.pop(delivery, None)
+        return result
 
     def _succeeded(self, _: Any, delivery: Delivery) -> None:
         self.in_flight -= 1
@@ -190,6 +197,9 @@ class HandlerService(Service):
 
     def _failed(self, failure: Failure, delivery: Delivery) -> None:
         self.in_flight -= 1
+        if not self.running:
+            # Stopped mid-delivery: the event stays in the spool for next time.
+            return
         if failure.check(DeliveryFailed):
             why, retry = failure.getErrorMessage(), failure.value.retry
         else:
@@ -228,11 +238,14 @@ class HandlerService(Service):
 
     def stopService(self) -> Any:
         # What is not delivered stays in the spool (when there is one).
+        result = super().stopService()
         for call in self.waiting.values():
             if call.active():
                 call.cancel()
         self.waiting.clear()
-        return super().stopService()
+        for d in list(self._attempts.values()):
+            d.cancel()
+        return result
 
     @property
     def backlog_size(self) -> int:

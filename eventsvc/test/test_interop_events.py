@@ -1,0 +1,217 @@
+"""
+Events end to end: nats-py producers, a real eventsvc process, and HTTP
+targets (twisted.web) in this test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections import Counter, defaultdict
+from typing import Dict, List
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from eventsvc.events.dispatch import EventDispatcher
+from eventsvc.events.handlers import DeadLetters, HandlerService, HTTPTarget
+from eventsvc.events.types import EVENT_TYPES, Registry
+from eventsvc.nats.server import Broker
+from eventsvc.test import process
+from eventsvc.test.eventsamples import payload
+
+try:
+    import nats
+except ImportError:  # pragma: no cover
+    nats = None
+
+
+class Target(resource.Resource):
+    """Records POSTed events per path; answers 503 to the first C{failures} of each path."""
+
+    isLeaf = True
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.failures = failures
+        self.seen: Dict[str, List[str]] = defaultdict(list)
+        self.refused: Counter = Counter()
+
+    def render_POST(self, request):
+        path = request.path.decode()
+        if self.refused[path] < self.failures:
+            self.refused[path] += 1
+            request.setResponseCode(503)
+            return b"busy"
+        body = json.loads(request.content.read())
+        self.seen[path].append(body["event_id"])
+        return b"{}"
+
+
+@defer.inlineCallbacks
+def wait_for(condition, timeout: float = 30.0):
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("timed out waiting")
+
+
+class RecoveringTargetTests(TestCase):
+    """In-process dispatcher and handlers, real HTTP on loopback."""
+
+    @defer.inlineCallbacks
+    def test_failing_target_recovers(self):
+        target = Target(failures=5)
+        port = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = "http://127.0.0.1:%d" % port.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, pool=pool)
+        broker = Broker()
+        dead = DeadLetters(None)
+        handlers = {
+            "cfgingest": HandlerService("cfgingest", HTTPTarget(base + "/cfgingest", agent, reactor, 5), reactor, dead, retry_initial=0.02, retry_max=0.2),
+            "event_feed": HandlerService("event_feed", HTTPTarget(base + "/event_feed", agent, reactor, 5), reactor, dead, retry_initial=0.02, retry_max=0.2),
+        }
+        for h in handlers.values():
+            h.startService()
+            self.addCleanup(h.stopService)
+        dispatcher = EventDispatcher(broker, Registry(), handlers, 1000, reactor)
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        for i in range(30):
+            broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
+            broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
+        yield wait_for(lambda: len(target.seen["/cfgingest"]) == 30 and len(target.seen["/event_feed"]) == 30)
+        for path in ("/cfgingest", "/event_feed"):
+            counts = Counter(target.seen[path])
+            self.assertEqual(len(counts), 30)
+            self.assertEqual(set(counts.values()), {1}, "delivered twice: %r" % counts)
+        self.assertEqual(dispatcher.pending, 0)
+        self.assertGreaterEqual(handlers["cfgingest"].retried, 5)
+
+    @defer.inlineCallbacks
+    def test_down_target_does_not_hold_up_the_other(self):
+        target = Target()
+        port = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        dead = DeadLetters(None)
+        nowhere = "http://127.0.0.1:%d/down" % process.free_port()
+        handlers = {
+            "cfgingest": HandlerService("cfgingest", HTTPTarget(nowhere, agent, reactor, 5), reactor, dead, retry_initial=0.05),
+            "event_feed": HandlerService("event_feed", HTTPTarget("http://127.0.0.1:%d/up" % port.getHost().port, agent, reactor, 5), reactor, dead),
+        }
+        for h in handlers.values():
+            h.startService()
+            self.addCleanup(h.stopService)
+        broker = Broker()
+        dispatcher = EventDispatcher(broker, Registry(), handlers, 1000, reactor)
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        for i in range(20):
+            broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
+            broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
+        yield wait_for(lambda: len(target.seen["/up"]) == 20, timeout=10)
+        self.assertEqual(handlers["cfgingest"].delivered, 0)
+        self.assertEqual(dispatcher.pending, 20)
+
+
+class EventProcessTests(TestCase):
+    """A real eventsvc process, as deployed."""
+
+    timeout = 120
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.target_port = process.free_port()
+        self.port = process.free_port()
+
+    def start(self, event_limit: int = 100000, data_dir: bool = True) -> process.ServerProcess:
+        base = "http://127.0.0.1:%d" % self.target_port
+        config = process.write_config(
+            os.path.join(self.dir, "patch.toml"),
+            f"""
+[service]
+host = "127.0.0.1"
+port = {self.port}
+event_limit = {event_limit}
+{'data_dir = "data"' if data_dir else ''}
+[handlers]
+feed = "{base}/feed"
+cfgingest = "{base}/cfgingest"
+event_feed = "{base}/event_feed"
+[events]
+retry_initial = 0.05
+retry_max = 0.5
+""",
+        )
+        server_ = process.eventsvc(config)
+        server_.start()
+        self.addCleanup(server_.stop)
+        return server_
+
+    def serve_target(self, target: Target):
+        port = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+    def publish(self, bodies):
+        """Publish with acknowledgements, from a thread; returns the acks."""
+
+        async def scenario():
+            nc = await nats.connect("nats://127.0.0.1:%d" % self.port)
+            acks = []
+            for subject, body in bodies:
+                reply = await nc.request(subject, body, timeout=5)
+                acks.append(json.loads(reply.data))
+            await nc.close()
+            return acks
+
+        return threads.deferToThread(lambda: asyncio.run(scenario()))
+
+    @defer.inlineCallbacks
+    def test_every_type_reaches_its_handler(self):
+        target = Target()
+        self.serve_target(target)
+        self.start()
+        acks = yield self.publish([("event." + name, payload(name)) for name in EVENT_TYPES])
+        self.assertEqual([a["success"] for a in acks], [True] * 10)
+        yield wait_for(lambda: sum(len(v) for v in target.seen.values()) == 10)
+        self.assertEqual(target.seen["/feed"], ["evt-compliance_ingest"])
+        self.assertEqual(sorted(target.seen["/cfgingest"]), ["evt-cfgingest", "evt-nodeTerminated"])
+        self.assertEqual(
+            sorted(target.seen["/event_feed"]),
+            sorted("evt-" + n for n in ("event_feed", "scanJobCreated", "scanJobUpdated", "scanJobDeleted", "profileCreated", "profileUpdate", "profileDeleted")),
+        )
+
+    @defer.inlineCallbacks
+    def test_full_queue(self):
+        """The target is down: past event_limit the producer is told, and the server answers on."""
+        server_ = self.start(event_limit=5, data_dir=False)
+        acks = yield self.publish([("event.cfgingest", payload("cfgingest", "e-%d" % i)) for i in range(8)])
+        self.assertEqual([a["success"] for a in acks], [True] * 5 + [False] * 3)
+        self.assertIn("queue full", acks[-1]["error"])
+        more = yield self.publish([("event.nope", b"{}")])
+        self.assertFalse(more[0]["success"])
+        self.assertIn("queue full: 5 events waiting", server_.output())
+
+    @defer.inlineCallbacks
+    def test_crash_loses_nothing_acknowledged(self):
+        """Acknowledged with the spool on, SIGKILLed, restarted: every event is delivered."""
+        first = self.start()
+        acks = yield self.publish([("event.cfgingest", payload("cfgingest", "k-%d" % i)) for i in range(25)])
+        self.assertEqual([a["success"] for a in acks], [True] * 25)
+        first.stop(signal.SIGKILL)
+        target = Target()
+        self.serve_target(target)
+        self.start()
+        yield wait_for(lambda: len(target.seen["/cfgingest"]) >= 25)
+        self.assertEqual(sorted(set(target.seen["/cfgingest"])), sorted("k-%d" % i for i in range(25)))
