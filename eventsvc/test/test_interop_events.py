@@ -122,6 +122,40 @@ class RecoveringTargetTests(TestCase):
         self.assertEqual(dispatcher.pending, 20)
 
 
+class MutualTLSTargetTests(TestCase):
+    """host:port handlers: HTTPS with the service's identity, to a target that requires it."""
+
+    @defer.inlineCallbacks
+    def test_https_with_client_certificate(self):
+        from eventsvc.security import tls
+        from eventsvc.security.tls import MutualTLSPolicy
+        from eventsvc.test.tlshelpers import PKI
+
+        pki = PKI(self.mktemp())
+        pki.issue("localhost")
+        pki.issue("service")
+        target = Target()
+        options = tls.mutual_tls_server(pki.path("localhost.crt"), pki.path("localhost.key"), pki.path("ca.crt"))
+        port = reactor.listenSSL(0, server.Site(target), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = "https://localhost:%d/events" % port.getHost().port
+        ca = tls.load_certificate(pki.path("ca.crt"), "ca")
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        with_identity = Agent(reactor, contextFactory=MutualTLSPolicy(ca, tls.load_identity(pki.path("service.crt"), pki.path("service.key"), "[tls]")), pool=pool)
+        yield HTTPTarget(url, with_identity, reactor, 5).deliver(payload("cfgingest", "tls-1"))
+        self.assertEqual(target.seen["/events"], ["tls-1"])
+
+        from eventsvc.events.handlers import DeliveryFailed
+
+        other = PKI(self.mktemp())
+        foreign = other.issue("service")
+        wrong = Agent(reactor, contextFactory=MutualTLSPolicy(ca, PKI.private(foreign)), pool=pool)
+        with self.assertRaises(DeliveryFailed) as caught:
+            yield HTTPTarget(url, wrong, reactor, 5).deliver(payload("cfgingest", "tls-2"))
+        self.assertTrue(caught.exception.retry)
+        self.assertEqual(target.seen["/events"], ["tls-1"])
+
+
 class EventProcessTests(TestCase):
     """A real eventsvc process, as deployed."""
 
