@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import MultiService
@@ -28,6 +29,7 @@ from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.ops.logs import make_observer
+from eventsvc.ops.monitor import MonitorService
 from eventsvc.security.auth import (
     ChainAuthenticator,
     HealthToken,
@@ -68,6 +70,9 @@ class EventService(MultiService):
         self.broker = broker
         #: The event dispatcher (its counters and queue depth).
         self.events: Any = None
+        #: "starting", "running" or "stopping" (what /healthz reports).
+        self.state = "starting"
+        self.config_loaded = time.time()
         self.exit_on_error = False
         self.log_observer = make_observer(config.log.format, config.log.level)
 
@@ -82,6 +87,7 @@ class EventService(MultiService):
         self.log.info("eventsvc {version} starting (config: {source})", version=__version__, source=self.config.source or "defaults")
         try:
             super().startService()
+            self.state = "running"
         except ListenError as e:
             self.stopService()
             if self.exit_on_error:
@@ -117,13 +123,16 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         context = None
         if config.tls.enabled:
             context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
-        settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit)
+        settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service")
         settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
         where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
         ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
         if config.gateway.enabled:
             _gateway(config, broker, reactor).setServiceParent(top)
         _events(config, broker, reactor, top)
+        if config.monitor.enabled:
+            where = "[monitor] host and port in {}".format(config.source) if config.source else "[monitor] host and port"
+            MonitorService(top, config.monitor.host, config.monitor.port, reactor, where).setServiceParent(top)
     except TLSFilesError as e:
         raise StartupError(str(e))
     return top
@@ -261,6 +270,7 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         max_connections=gw.max_connections,
         authenticator=ChainAuthenticator(chain),
         tls=context,
+        name="gateway",
     )
     settings.auth_timeout = gw.auth_timeout
     where = "[gateway] host and port in {}".format(config.source) if config.source else "[gateway] host and port"

@@ -38,6 +38,8 @@ class ServiceConfig:
     listener_limit: int = 10000
     #: Where the event spool lives; empty: no spool (events held in memory).
     data_dir: str = ""
+    #: Seconds a graceful shutdown (SIGTERM) may take before it closes anyway.
+    shutdown_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,15 @@ class EventsConfig:
     dead_letter_file: str = "dead-letters.jsonl"
     #: Overrides of the type -> handlers routing.
     routing: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """nats-server's monitoring endpoints and Prometheus metrics, over HTTP."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8222
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
     source: str = ""
@@ -158,6 +170,7 @@ _SECTIONS = {
     "log": LogConfig,
     "handlers": HandlersConfig,
     "events": EventsConfig,
+    "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
 
@@ -376,6 +389,10 @@ def _check(config: Config, path: str) -> None:
             for subject in getattr(gw.permissions, key):
                 if not _valid_subject(subject):
                     fail("gateway.permissions", key, "{!r} is not a valid subject".format(subject))
+
+    mon = config.monitor
+    if mon.enabled and not 0 <= mon.port <= 65535:
+        fail("monitor", "port", "must be between 0 and 65535, got {}".format(mon.port))
 
     lim = config.limits
     if not 1 <= lim.max_payload <= 64 * 1024 * 1024:

@@ -53,6 +53,7 @@ class EventDispatcher(Service):
         self._acks: List[Tuple[str, bytes]] = []
         self._sync_call: Any = None
         self.accepted = self.refused = 0
+        self.accepted_by_type: Dict[str, int] = {}
         self.refused_by_reason: Dict[str, int] = {}
 
     @property
@@ -98,6 +99,7 @@ class EventDispatcher(Service):
             self._seq += 1
             seq = self._seq
         self.accepted += 1
+        self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
         self._admit(seq, event_id, handlers, payload)
         if reply:
             answer = _answer(True, event_id=event_id)

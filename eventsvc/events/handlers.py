@@ -11,6 +11,7 @@ to the dead-letter file.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import json
 import random
@@ -133,6 +134,27 @@ class DeadLetters:
             f.write(json.dumps(record) + "\n")
 
 
+class LatencyHistogram:
+    """Delivery latencies in cumulative buckets, as Prometheus wants them."""
+
+    BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def snapshot(self) -> "tuple[list, float]":
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.BOUNDS + (float("inf"),), self.counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return buckets, self.total
+
+
 class HandlerService(Service):
     log = Logger()
 
@@ -162,6 +184,7 @@ class HandlerService(Service):
         self._attempts: Dict[Delivery, Deferred] = {}
         self.waiting: Dict[Delivery, Any] = {}
         self.delivered = self.retried = self.dead_lettered = 0
+        self.latency = LatencyHistogram()
 
     def enqueue(self, delivery: Delivery) -> None:
         self.backlog.append(delivery)
@@ -192,6 +215,7 @@ class HandlerService(Service):
     def _succeeded(self, _: Any, delivery: Delivery) -> None:
         self.in_flight -= 1
         self.delivered += 1
+        self.latency.observe(self.clock.seconds() - delivery.accepted)
         delivery.finished(delivery.seq, self.name)
         self._pump()
 

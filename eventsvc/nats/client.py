@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -110,7 +111,10 @@ class ClientSettings:
         tls: Optional[Any] = None,
         tls_verify: bool = False,
         tls_timeout: float = 2.0,
+        name: str = "",
     ) -> None:
+        #: The listener's name ("service", "gateway"), for logs and monitoring.
+        self.name = name
         self.host = host
         self.port = port
         self.max_payload = max_payload
@@ -152,7 +156,13 @@ class ClientConnection(Protocol):
         self.out: list = []
         self.dirty = False
         self.closed = False
+        #: Why it closed, in nats-server's words ("Client Closed", ...), and ours.
         self.close_reason = ""
+        self.close_detail = ""
+        self.stopped = 0.0
+        self.rtt = 0.0
+        #: Which listener it came in on (for monitoring).
+        self.listener = getattr(settings, "name", "")
         # CONNECT options, with nats-server's defaults.
         self.verbose = True
         self.pedantic = True
@@ -219,11 +229,14 @@ class ClientConnection(Protocol):
         transport.write(self.info_line())
         if self._at_capacity:
             transport.write(err(MAX_CONNECTIONS))
-            self.close_reason = "maximum connections exceeded"
+            self.close_reason = "Maximum Connections Exceeded"
             self._teardown()
             transport.loseConnection()
             return False
-        self.log.debug("client {cid} connected from {host}:{port}", cid=self.cid, host=self.peer.host, port=self.peer.port)
+        self.log.info(
+            "client {cid} connected to {listener} from {host}:{port}",
+            cid=self.cid, listener=self.listener or "-", host=self.peer.host, port=self.peer.port,
+        )
         return True
 
     def start_session(self) -> None:
@@ -273,16 +286,24 @@ class ClientConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.awaiting_handshake:
             self.awaiting_handshake = False
-            self.close_reason = "TLS handshake failed"
+            self.close_reason, self.close_detail = "TLS Handshake Failure", _tls_reason(reason)
             self.log.info(
                 "TLS handshake with {host}:{port} failed: {why}", host=self.peer.host, port=self.peer.port, why=_tls_reason(reason)
             )
         if not self.closed:
-            self.close_reason = "client closed"
+            # As nats-server: a clean close is the client's, a reset a read error.
+            clean = reason is None or reason.check(ConnectionDone) is not None
+            self.close_reason = "Client Closed" if clean else "Read Error"
             self._teardown()
-        self.log.debug("client {cid} closed: {why}", cid=self.cid, why=self.close_reason)
 
     def _teardown(self) -> None:
+        if not self.closed and self.cid:
+            self.stopped = self.clock.seconds()
+            self.log.info(
+                "client {cid} from {host}:{port} closed: {reason}{detail}",
+                cid=self.cid, host=self.peer.host, port=self.peer.port, reason=self.close_reason or "Client Closed",
+                detail=" ({})".format(self.close_detail) if self.close_detail else "",
+            )
         self.closed = True
         for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer):
             _cancel(timer)
@@ -296,14 +317,16 @@ class ClientConnection(Protocol):
         del self.out[:]
         self.broker.unregister(self)
 
-    def close(self, error: Optional[str], why: str, abort: bool = False) -> None:
+    def close(self, error: Optional[str], reason: str, detail: str = "", abort: bool = False) -> None:
         """
         End the connection: send C{-ERR '<error>'} after what is already
-        owed (unless C{error} is None), then close.
+        owed (unless C{error} is None), then close.  C{reason} is
+        nats-server's name for it (as /connz shows), C{detail} ours.
         """
         if self.closed:
             return
-        self.close_reason = why
+        self.close_reason = reason
+        self.close_detail = detail
         if error is not None:
             self.out.append(err(error))
         if self.out and not abort:
@@ -323,7 +346,7 @@ class ClientConnection(Protocol):
         try:
             self.parser.feed(data)
         except ProtocolViolation as violation:
-            self.close(violation.error, "protocol violation: " + violation.detail)
+            self.close(violation.error, _violation_reason(violation.error), violation.detail)
         self.broker.flush(self)
 
     def send(self, data: bytes) -> None:
@@ -457,6 +480,9 @@ class ClientConnection(Protocol):
         return True
 
     def _connect_accepted(self) -> None:
+        if not self.rtt:
+            # As nats-server: from INFO sent to CONNECT received.
+            self.rtt = max(self.clock.seconds() - self.start, 0.0)
         if self.protocol not in (0, 1):
             raise ProtocolViolation(BAD_PROTOCOL)
         if self.no_responders and not self.headers:
@@ -480,7 +506,7 @@ class ClientConnection(Protocol):
                 self.transport.resumeProducing()
                 self.parser.resume()
         except ProtocolViolation as violation:
-            self.close(violation.error, "protocol violation: " + violation.detail)
+            self.close(violation.error, _violation_reason(violation.error), violation.detail)
         self.broker.flush()
 
     def _refused(self, failure: Failure) -> None:
@@ -492,12 +518,12 @@ class ClientConnection(Protocol):
             self.log.failure("authenticator failed for client {cid}", failure, cid=self.cid)
             why = "authenticator error"
         self.log.info("client {cid} from {host}: {why}", cid=self.cid, host=self.peer.host, why=why)
-        self.close(AUTHORIZATION_VIOLATION, why)
+        self.close(AUTHORIZATION_VIOLATION, "Authentication Failure", why)
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         self.log.info("client {cid} from {host}: authentication timeout", cid=self.cid, host=self.peer.host)
-        self.close(AUTHENTICATION_TIMEOUT, "authentication timeout")
+        self.close(AUTHENTICATION_TIMEOUT, "Authentication Timeout")
 
     # -- liveness -----------------------------------------------------------
 
@@ -509,7 +535,7 @@ class ClientConnection(Protocol):
         if now - self.last_activity < interval or now - self._last_ping_in < interval:
             return
         if self.pings_out + 1 > self.settings.ping_max:
-            self.close(STALE_CONNECTION, "stale connection")
+            self.close(STALE_CONNECTION, "Stale Connection")
             return
         self.pings_out += 1
         self.send(PING)
@@ -542,7 +568,7 @@ class ClientConnection(Protocol):
         self._held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes > self.settings.max_pending:
-            self._slow_consumer("pending bytes over max_pending")
+            self._slow_consumer("Slow Consumer (Pending Bytes)")
             return False
         return self._held_bytes > self.settings.max_pending // 2
 
@@ -607,12 +633,26 @@ class ClientConnection(Protocol):
 
     def _deadline_passed(self) -> None:
         self._deadline_timer = None
-        self._slow_consumer("write deadline exceeded")
+        self._slow_consumer("Slow Consumer (Write Deadline)")
 
     def _slow_consumer(self, why: str) -> None:
         self.broker.slow_consumers += 1
         self.log.warn("slow consumer: client {cid} from {host}:{port} cut off ({why})", cid=self.cid, host=self.peer.host, port=self.peer.port, why=why)
-        self.close(None, "slow consumer: " + why, abort=True)
+        self.close(None, why, abort=True)
+
+
+_VIOLATION_REASONS = {
+    "Unknown Protocol Operation": "Parse Error",
+    "maximum control line exceeded": "Maximum Control Line Exceeded",
+    "Maximum Payload Violation": "Maximum Message Payload Exceeded",
+    AUTHORIZATION_VIOLATION: "Authentication Failure",
+    BAD_PROTOCOL: "Bad Client Protocol Version",
+    NO_RESPONDERS_NEEDS_HEADERS: "No Responders Requires Headers",
+}
+
+
+def _violation_reason(error: Optional[str]) -> str:
+    return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
 
 
 def _cancel(timer: Any) -> None:

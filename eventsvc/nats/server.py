@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections import deque
 from base64 import b32encode
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -149,6 +150,8 @@ class Broker:
         self.out_bytes = 0
         self.slow_consumers = 0
         self.clients: Dict[int, ISubscriber] = {}
+        #: The most recently closed connections (for /connz?state=closed).
+        self.closed: Deque[ISubscriber] = deque(maxlen=10000)
         self._next_cid = 0
         self._local_sids = 0
 
@@ -168,6 +171,7 @@ class Broker:
             self.in_bytes += conn.in_bytes  # type: ignore[attr-defined]
             self.out_msgs += conn.out_msgs
             self.out_bytes += conn.out_bytes
+            self.closed.append(conn)
 
     def totals(self) -> Dict[str, int]:
         """Server-wide counters, live connections included."""

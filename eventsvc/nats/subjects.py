@@ -162,6 +162,8 @@ class Sublist:
         self._cache_size = cache_size
         self.count = 0
         self.genid = 0
+        # For /subsz.
+        self.inserts = self.removes = self.matches = self.cache_hits = 0
         #: Called with no arguments after every change (the broker drops
         #: what it derived from earlier matches).
         self.on_change: Optional[Callable[[], None]] = None
@@ -195,6 +197,7 @@ class Sublist:
         else:
             node.queues.setdefault(sub.queue, {})[sub] = None
         self.count += 1
+        self.inserts += 1
         self._changed(sub.subject)
 
     def remove(self, sub: Subscription) -> bool:
@@ -229,6 +232,7 @@ class Sublist:
             if not group:
                 del node.queues[sub.queue]
         self.count -= 1
+        self.removes += 1
         # Prune from the leaf up, so that removed subjects leave nothing behind.
         for level, token, node in reversed(path):
             if not node.empty():
@@ -263,8 +267,10 @@ class Sublist:
         The subscriptions matching the literal C{subject}.  The result is
         shared with the cache: do not mutate it.
         """
+        self.matches += 1
         result = self._cache.get(subject)
         if result is not None:
+            self.cache_hits += 1
             return result
         plain: List[Subscription] = []
         groups: Dict[bytes, List[Subscription]] = {}
@@ -279,6 +285,13 @@ class Sublist:
                 del cache[key]
         cache[subject] = result
         return result
+
+    def cache_stats(self) -> "tuple[int, int, float]":
+        """(cached subjects, largest fan-out, average fan-out) of the match cache."""
+        fanouts = [len(r.plain) + len(r.queues) for r in self._cache.values()]
+        if not fanouts:
+            return 0, 0, 0.0
+        return len(fanouts), max(fanouts), sum(fanouts) / len(fanouts)
 
     def all(self) -> List[Subscription]:
         """Every subscription in the index (for monitoring and routes)."""

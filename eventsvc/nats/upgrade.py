@@ -70,6 +70,6 @@ class InfoThenTLS(Protocol):
         self.inner.handshake_timer = None
         self.inner.awaiting_handshake = False
         self.log.info("TLS handshake with {host}:{port} timed out", host=self.inner.peer.host, port=self.inner.peer.port)
-        self.inner.close_reason = "TLS handshake timeout"
+        self.inner.close_reason, self.inner.close_detail = "TLS Handshake Failure", "handshake timeout"
         self.inner._teardown()
         self.transport.abortConnection()

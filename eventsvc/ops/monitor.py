@@ -1,0 +1,390 @@
+"""
+Monitoring over HTTP, as nats-server's: /healthz, /varz, /connz, /subsz,
+/routez with its field names and units (durations in nanoseconds where it
+uses them, Go duration strings for rtt/uptime/idle, RFC 3339 times), so
+nats-top, the Prometheus exporter and client test suites read them; and
+/metrics in Prometheus' text format.
+
+Everything is computed when a page is asked for: nothing here adds work to
+the message path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource as _resource
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from eventsvc.nats.listener import ListenError
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's time.Duration prints it ("539µs", "1.5ms", "2m3s")."""
+    ns = int(round(seconds * 1e9))
+    if ns == 0:
+        return "0s"
+    if ns < 1000:
+        return "%dns" % ns
+    if ns < 1000000:
+        return _trim(ns / 1e3) + "µs"
+    if ns < 1000000000:
+        return _trim(ns / 1e6) + "ms"
+    s = ns / 1e9
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = ""
+    if hours:
+        out += "%dh" % hours
+    if hours or minutes:
+        out += "%dm" % minutes
+    return out + _trim(secs) + "s"
+
+
+def _trim(value: float) -> str:
+    return ("%.9f" % value).rstrip("0").rstrip(".")
+
+
+def uptime(seconds: float) -> str:
+    """nats-server's uptime format: "1d2h3m4s", "5s"."""
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    out = ""
+    for value, unit in ((days, "d"), (hours, "h"), (minutes, "m")):
+        if value or out:
+            out += "%d%s" % (value, unit)
+    return out + "%ds" % seconds
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Monitor:
+    """Reads the running service's state into nats-server shaped dicts."""
+
+    def __init__(self, service: Any, clock: Any, http_host: str = "", http_port: int = 0) -> None:
+        self.service = service
+        self.clock = clock
+        self.http_host = http_host
+        self.http_port = http_port
+        self.requests: Dict[str, int] = {}
+        self.started = time.time()
+        self._cpu = (time.monotonic(), time.process_time())
+
+    @property
+    def broker(self) -> Any:
+        return self.service.broker
+
+    def listener_settings(self, name: str) -> Any:
+        try:
+            return self.service.getServiceNamed(name).factory.settings
+        except KeyError:
+            return None
+
+    def healthz(self) -> "tuple[int, dict]":
+        state = getattr(self.service, "state", "running")
+        if state != "running":
+            return 503, {"status": "unavailable", "error": "eventsvc is {}".format(state)}
+        return 200, {"status": "ok"}
+
+    def _cpu_percent(self) -> float:
+        now = (time.monotonic(), time.process_time())
+        wall, cpu = now[0] - self._cpu[0], now[1] - self._cpu[1]
+        self._cpu = now
+        return round(100.0 * cpu / wall, 1) if wall > 0 else 0.0
+
+    def varz(self) -> dict:
+        b, s = self.broker, self.listener_settings("service")
+        gateway = self.listener_settings("gateway")
+        totals = b.totals()
+        now = time.time()
+        info = {
+            "server_id": b.server_id,
+            "server_name": b.server_name,
+            "version": b.version,
+            "proto": 1,
+            "go": b.implementation,
+            "host": s.host,
+            "port": s.port,
+            "max_connections": s.max_connections,
+            "ping_interval": int(s.ping_interval * 1e9),
+            "ping_max": s.ping_max,
+            "http_host": self.http_host,
+            "http_port": self.http_port,
+            "http_base_path": "",
+            "https_port": 0,
+            "auth_timeout": (gateway or s).auth_timeout,
+            "max_control_line": s.max_control_line,
+            "max_payload": s.max_payload,
+            "max_pending": s.max_pending,
+            "cluster": {},
+            "gateway": {},
+            "leaf": {},
+            "mqtt": {},
+            "websocket": {},
+            "jetstream": {},
+            "tls_timeout": s.tls_timeout,
+            "write_deadline": int(s.write_deadline * 1e9),
+            "start": rfc3339(self.started),
+            "now": rfc3339(now),
+            "uptime": uptime(now - self.started),
+            "mem": rss_bytes(),
+            "cores": os.cpu_count() or 1,
+            "gomaxprocs": 1,
+            "cpu": self._cpu_percent(),
+            "connections": totals["connections"],
+            "total_connections": totals["total_connections"],
+            "routes": 0,
+            "remotes": 0,
+            "leafnodes": 0,
+            "in_msgs": totals["in_msgs"],
+            "out_msgs": totals["out_msgs"],
+            "in_bytes": totals["in_bytes"],
+            "out_bytes": totals["out_bytes"],
+            "slow_consumers": totals["slow_consumers"],
+            "subscriptions": totals["subscriptions"],
+            "http_req_stats": dict(self.requests),
+            "config_load_time": rfc3339(getattr(self.service, "config_loaded", self.started)),
+        }
+        if s.tls_required:
+            info["tls_required"] = True
+            info["tls_verify"] = s.tls_verify
+        return info
+
+    def _connection(self, c: Any, subs: bool, now: float) -> dict:
+        out = {
+            "cid": c.cid,
+            "kind": "Client",
+            "type": "nats",
+            "ip": c.peer.host,
+            "port": c.peer.port,
+            "start": rfc3339(c.start),
+            "last_activity": rfc3339(c.last_activity),
+        }
+        if c.closed:
+            out["stop"] = rfc3339(c.stopped or now)
+            out["reason"] = c.close_reason or "Client Closed"
+        end = c.stopped if c.closed and c.stopped else now
+        out.update(
+            rtt=go_duration(c.rtt),
+            uptime=uptime(end - c.start),
+            idle=uptime(end - c.last_activity),
+            pending_bytes=0 if c.closed else c.pending_bytes,
+            in_msgs=c.in_msgs,
+            out_msgs=c.out_msgs,
+            in_bytes=c.in_bytes,
+            out_bytes=c.out_bytes,
+            subscriptions=len(c.subs),
+        )
+        for key, value in (("name", c.name), ("lang", c.lang), ("version", c.client_version)):
+            if value:
+                out[key] = value
+        if c.identity is not None:
+            out["authorized_user"] = c.identity.name
+        if c.listener:
+            out["listener"] = c.listener
+        if subs and c.subs:
+            out["subscriptions_list"] = [sub.subject.decode("utf-8", "replace") for sub in c.subs.values()]
+        return out
+
+    def connz(self, args: Dict[bytes, List[bytes]]) -> dict:
+        def arg(name: str, default: str) -> str:
+            return args.get(name.encode(), [default.encode()])[0].decode()
+
+        subs = arg("subs", "0").lower() in ("1", "true", "detail")
+        offset = max(0, int(arg("offset", "0") or 0))
+        limit = max(0, int(arg("limit", "1024") or 1024))
+        state = arg("state", "open").lower()
+        now = self.clock.seconds()
+        if state == "closed":
+            conns = list(self.broker.closed)
+        elif state in ("any", "all"):
+            conns = list(self.broker.clients.values()) + list(self.broker.closed)
+        else:
+            conns = list(self.broker.clients.values())
+        conns.sort(key=lambda c: c.cid)
+        page = conns[offset : offset + limit]
+        return {
+            "server_id": self.broker.server_id,
+            "now": rfc3339(time.time()),
+            "num_connections": len(page),
+            "total": len(conns),
+            "offset": offset,
+            "limit": limit,
+            "connections": [self._connection(c, subs, now) for c in page],
+        }
+
+    def subsz(self) -> dict:
+        sl = self.broker.sublist
+        cached, max_fanout, avg_fanout = sl.cache_stats()
+        return {
+            "num_subscriptions": sl.count,
+            "num_cache": cached,
+            "num_inserts": sl.inserts,
+            "num_removes": sl.removes,
+            "num_matches": sl.matches,
+            "cache_hit_rate": round(sl.cache_hits / sl.matches, 4) if sl.matches else 0,
+            "max_fanout": max_fanout,
+            "avg_fanout": avg_fanout,
+        }
+
+    def routez(self) -> dict:
+        return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "num_routes": 0, "routes": []}
+
+
+class _JSON(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, monitor: Monitor, path: str, produce: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.path = path
+        self.produce = produce
+
+    def render_GET(self, request: Any) -> bytes:
+        self.monitor.requests[self.path] = self.monitor.requests.get(self.path, 0) + 1
+        result = self.produce(request)
+        code, body = result if isinstance(result, tuple) else (200, result)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body, indent=2).encode("utf-8") + b"\n"
+
+
+class _Metrics(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, monitor: Monitor) -> None:
+        super().__init__()
+        from prometheus_client import CollectorRegistry
+
+        self.monitor = monitor
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(MetricsCollector(monitor))
+
+    def render_GET(self, request: Any) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self.monitor.requests["/metrics"] = self.monitor.requests.get("/metrics", 0) + 1
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+class MetricsCollector:
+    """Prometheus metrics, read from the service when scraped."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        m = self.monitor
+        totals = m.broker.totals()
+        by_listener: Dict[str, int] = {}
+        for c in m.broker.clients.values():
+            by_listener[c.listener or "-"] = by_listener.get(c.listener or "-", 0) + 1
+        g = GaugeMetricFamily("eventsvc_connections", "Client connections open now", labels=["listener"])
+        for name, count in sorted(by_listener.items()):
+            g.add_metric([name], count)
+        yield g
+        yield CounterMetricFamily("eventsvc_connections_total", "Client connections accepted", value=totals["total_connections"])
+        for key, help_ in (
+            ("in_msgs", "Messages received from clients"),
+            ("out_msgs", "Messages delivered to subscribers"),
+            ("in_bytes", "Payload bytes received"),
+            ("out_bytes", "Payload bytes delivered"),
+            ("slow_consumers", "Clients cut off as slow consumers"),
+        ):
+            yield CounterMetricFamily("eventsvc_" + key, help_, value=totals[key])
+        yield GaugeMetricFamily("eventsvc_subscriptions", "Subscriptions", value=totals["subscriptions"])
+        yield GaugeMetricFamily("eventsvc_routes", "Routes to other servers", value=0)
+        events = getattr(m.service, "events", None)
+        if events is None:
+            return
+        yield GaugeMetricFamily("eventsvc_events_queued", "Events accepted and not yet delivered", value=events.pending)
+        accepted = CounterMetricFamily("eventsvc_events_accepted", "Events accepted", labels=["type"])
+        for type_name, count in sorted(events.accepted_by_type.items()):
+            accepted.add_metric([type_name], count)
+        yield accepted
+        refused = CounterMetricFamily("eventsvc_events_refused", "Events refused", labels=["reason"])
+        for reason, count in sorted(events.refused_by_reason.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        families = {
+            key: CounterMetricFamily("eventsvc_events_" + key, "Events " + key.replace("_", " ") + " by handlers", labels=["handler"])
+            for key in ("delivered", "retried", "dead_lettered")
+        }
+        backlog = GaugeMetricFamily("eventsvc_handler_backlog", "Events waiting for a handler", labels=["handler"])
+        latency = HistogramMetricFamily(
+            "eventsvc_delivery_latency_seconds", "From acceptance to delivery", labels=["handler"]
+        )
+        for name, handler in sorted(events.handlers.items()):
+            for key, family in families.items():
+                family.add_metric([name], getattr(handler, key))
+            backlog.add_metric([name], handler.backlog_size)
+            buckets, total = handler.latency.snapshot()
+            latency.add_metric([name], buckets, total)
+        yield from families.values()
+        yield backlog
+        yield latency
+
+
+class MonitorService(Service):
+    """Serves the monitoring pages on [monitor] host and port."""
+
+    log = Logger()
+
+    def __init__(self, parent_service: Any, host: str, port: int, reactor: Any, where: str) -> None:
+        self.setName("monitor")
+        self.monitor = Monitor(parent_service, reactor, host, port)
+        self.host, self.port, self.reactor, self.where = host, port, reactor, where
+        self.listening: Optional[Any] = None
+        root = resource.Resource()
+        m = self.monitor
+        for path, produce in (
+            ("healthz", lambda r: m.healthz()),
+            ("varz", lambda r: m.varz()),
+            ("connz", lambda r: m.connz(r.args)),
+            ("subsz", lambda r: m.subsz()),
+            ("routez", lambda r: m.routez()),
+        ):
+            root.putChild(path.encode(), _JSON(m, "/" + path, produce))
+        root.putChild(b"metrics", _Metrics(m))
+        self.site = server.Site(root)
+        self.site.noisy = False
+        self.site.log = lambda request: None  # one log line per scrape is noise
+
+    def startService(self) -> None:
+        try:
+            self.listening = self.reactor.listenTCP(self.port, self.site, interface=self.host)
+        except CannotListenError as e:
+            raise ListenError("cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError))
+        self.monitor.http_port = self.listening.getHost().port
+        super().startService()
+        self.log.info("monitor listening for HTTP on {host}:{port}", host=self.host, port=self.monitor.http_port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None

@@ -1,0 +1,126 @@
+"""
+The monitoring endpoints of eventsvc and of nats-server for the same scene:
+the same field names, and the same values where the scene decides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+
+# Fields of nats-server's /varz that have no meaning here (no accounts).
+VARZ_ABSENT = {"system_account"}
+# Values the scene decides.
+VARZ_SAME = (
+    "proto", "max_connections", "ping_interval", "ping_max", "auth_timeout", "max_control_line", "max_payload",
+    "max_pending", "tls_timeout", "write_deadline", "connections", "total_connections", "routes", "remotes",
+    "leafnodes", "in_msgs", "out_msgs", "in_bytes", "out_bytes", "slow_consumers", "http_base_path", "https_port",
+)
+CONN_SAME = (
+    "kind", "type", "ip", "pending_bytes", "in_msgs", "out_msgs", "in_bytes", "out_bytes", "subscriptions",
+    "name", "lang", "version", "subscriptions_list", "reason",
+)
+
+
+def scene(port: int) -> list:
+    """Two clients that stay (returned, keep them open) and one that comes and goes."""
+    a = socket.create_connection(("127.0.0.1", port))
+    a.recv(4096)
+    a.sendall(b'CONNECT {"verbose":false,"name":"alice","lang":"python","version":"1.0"}\r\nSUB foo 1\r\nSUB bar q 2\r\nPING\r\n')
+    _until(a, b"PONG\r\n")
+    b = socket.create_connection(("127.0.0.1", port))
+    b.recv(4096)
+    b.sendall(b'CONNECT {"verbose":false}\r\nPUB foo 5\r\nhello\r\nPUB bar 3\r\nabc\r\nPING\r\n')
+    _until(b, b"PONG\r\n")
+    _until(a, b"abc\r\n")
+    c = socket.create_connection(("127.0.0.1", port))
+    c.recv(4096)
+    c.sendall(b'CONNECT {"verbose":false,"name":"brief"}\r\nPING\r\n')
+    _until(c, b"PONG\r\n")
+    c.close()
+    time.sleep(0.3)
+    return [a, b]
+
+
+def _until(sock, end: bytes) -> None:
+    data = b""
+    while not data.endswith(end):
+        data += sock.recv(4096)
+
+
+def fetch(port: int, path: str) -> "tuple[int, dict]":
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+class MonitorInteropTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.nats_http = process.free_port()
+        self.reference = process.nats_server("-m", str(self.nats_http))
+        self.reference.start()
+        self.addCleanup(self.reference.stop)
+        self.http = process.free_port()
+        path = process.write_config(
+            os.path.join(self.mktemp() + ".toml"),
+            '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 65536\n[monitor]\nenabled = true\nport = %d\n' % self.http,
+        )
+        self.ours = process.eventsvc(path)
+        self.ours.start()
+        self.addCleanup(self.ours.stop)
+
+    def test_same_fields_same_values(self):
+        def run():
+            problems = []
+            open_sockets = scene(self.reference.port) + scene(self.ours.port)
+            pages = {}
+            for name, http in (("nats-server", self.nats_http), ("eventsvc", self.http)):
+                pages[name] = {p: fetch(http, p) for p in ("/varz", "/connz?subs=1", "/connz?state=closed", "/subsz", "/routez", "/healthz")}
+            ref, ours = pages["nats-server"], pages["eventsvc"]
+            for path in ref:
+                if ref[path][0] != ours[path][0]:
+                    problems.append("{}: status {} vs {}".format(path, ref[path][0], ours[path][0]))
+                missing = set(ref[path][1]) - set(ours[path][1]) - VARZ_ABSENT
+                if missing:
+                    problems.append("{}: eventsvc lacks {}".format(path, sorted(missing)))
+            rv, ov = ref["/varz"][1], ours["/varz"][1]
+            for key in VARZ_SAME:
+                if rv.get(key) != ov.get(key):
+                    problems.append("/varz {}: {!r} vs {!r}".format(key, rv.get(key), ov.get(key)))
+            for path in ("/connz?subs=1", "/connz?state=closed"):
+                rc, oc = ref[path][1]["connections"], ours[path][1]["connections"]
+                if len(rc) != len(oc):
+                    problems.append("{}: {} vs {} connections".format(path, len(rc), len(oc)))
+                for r, o in zip(rc, oc):
+                    missing = set(r) - set(o)
+                    if missing:
+                        problems.append("{} connection lacks {}".format(path, sorted(missing)))
+                    for key in CONN_SAME:
+                        if r.get(key) != o.get(key):
+                            problems.append("{} {}: {!r} vs {!r}".format(path, key, r.get(key), o.get(key)))
+                for key in ("num_connections", "total", "offset", "limit"):
+                    if ref[path][1][key] != ours[path][1][key]:
+                        problems.append("{} {}: {!r} vs {!r}".format(path, key, ref[path][1][key], ours[path][1][key]))
+            if ref["/routez"][1]["num_routes"] != ours["/routez"][1]["num_routes"]:
+                problems.append("/routez num_routes differs")
+            if ref["/healthz"][1] != ours["/healthz"][1]:
+                problems.append("/healthz differs")
+            for sock in open_sockets:
+                sock.close()
+            return problems
+
+        d = threads.deferToThread(run)
+        d.addCallback(lambda problems: self.assertEqual(problems, [], "\n".join(problems)))
+        return d

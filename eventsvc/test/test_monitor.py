@@ -1,0 +1,122 @@
+"""
+The monitoring pages and metrics, rendered in memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from eventsvc import config
+from eventsvc.app import make_service
+from eventsvc.ops.monitor import go_duration, uptime
+from eventsvc.test.eventsamples import payload
+from eventsvc.test.test_gateway import connect
+
+
+def get(svc, path: str):
+    monitor = svc.getServiceNamed("monitor")
+    name, _, query = path.lstrip("/").partition("?")
+    request = DummyRequest([b""])
+    request.args = {}
+    for pair in filter(None, query.split("&")):
+        k, _, v = pair.partition("=")
+        request.args.setdefault(k.encode(), []).append(v.encode())
+    child = monitor.site.resource.children[name.encode()]
+    body = child.render_GET(request)
+    code = request.responseCode or 200
+    if name == "metrics":
+        return code, body.decode()
+    return code, json.loads(body)
+
+
+class MonitorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.svc = make_service(
+            config.parse('[service]\nport = 0\n[monitor]\nenabled = true\nport = 0\n[handlers]\nevent_feed = "python:eventsvc.test.test_monitor:accept"\n'),
+            MemoryReactorClock(),
+        )
+        self.svc.startService()
+        self.addCleanup(self.svc.stopService)
+
+    def test_healthz(self) -> None:
+        self.assertEqual(get(self.svc, "/healthz"), (200, {"status": "ok"}))
+        self.svc.state = "stopping"
+        code, body = get(self.svc, "/healthz")
+        self.assertEqual(code, 503)
+        self.assertEqual(body["status"], "unavailable")
+
+    def test_varz_and_connz(self) -> None:
+        a = connect(self.svc, "service", b'CONNECT {"verbose":false,"name":"alice","lang":"python","version":"1.0"}\r\nSUB foo 1\r\nSUB bar q 2\r\n')
+        b = connect(self.svc, "service", b"CONNECT {}\r\nPUB foo 5\r\nhello\r\n")
+        code, varz = get(self.svc, "/varz")
+        self.assertEqual(code, 200)
+        self.assertEqual((varz["connections"], varz["total_connections"]), (2, 2))
+        self.assertEqual((varz["in_msgs"], varz["in_bytes"], varz["out_msgs"], varz["out_bytes"]), (1, 5, 1, 5))
+        self.assertEqual(varz["ping_interval"], 120 * 10**9)
+        self.assertEqual(varz["max_payload"], 1048576)
+        code, connz = get(self.svc, "/connz?subs=1")
+        self.assertEqual(connz["num_connections"], 2)
+        first = connz["connections"][0]
+        self.assertEqual((first["name"], first["lang"], first["version"]), ("alice", "python", "1.0"))
+        self.assertEqual(first["subscriptions_list"], ["foo", "bar"])
+        self.assertEqual((first["out_msgs"], first["out_bytes"], first["subscriptions"]), (1, 5, 2))
+        self.assertEqual(connz["connections"][1]["in_msgs"], 1)
+        _, page = get(self.svc, "/connz?limit=1&offset=1")
+        self.assertEqual((page["num_connections"], page["total"], page["connections"][0]["cid"]), (1, 2, b.proto.cid))
+        b.send(b"BOGUS\r\n")
+        _, closed = get(self.svc, "/connz?state=closed")
+        self.assertEqual(closed["connections"][0]["cid"], b.proto.cid)
+        self.assertEqual(closed["connections"][0]["reason"], "Parse Error")
+        self.assertIn("stop", closed["connections"][0])
+        _, varz = get(self.svc, "/varz")
+        self.assertEqual(varz["connections"], 1)
+        self.assertEqual(varz["http_req_stats"]["/varz"], 2)
+        del a
+
+    def test_subsz_routez(self) -> None:
+        connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 0\r\n\r\n')
+        _, subsz = get(self.svc, "/subsz")
+        # One client subscription, plus the event dispatcher's own.
+        self.assertEqual(subsz["num_subscriptions"], 2)
+        self.assertGreaterEqual(subsz["num_inserts"], 2)
+        _, routez = get(self.svc, "/routez")
+        self.assertEqual((routez["num_routes"], routez["routes"]), (0, []))
+
+    def test_metrics_move(self) -> None:
+        _, before = get(self.svc, "/metrics")
+        self.assertIn("eventsvc_in_msgs_total 0.0", before)
+        c = connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nPUB x 3\r\nabc\r\n')
+        self.svc.broker.publish("event.event_feed", payload("event_feed", "m-1"))
+        self.svc.broker.publish("event.nope", b"{}")
+        _, after = get(self.svc, "/metrics")
+        self.assertIn('eventsvc_connections{listener="service"} 1.0', after)
+        self.assertIn("eventsvc_in_msgs_total 3.0", after)
+        self.assertIn('eventsvc_events_accepted_total{type="event_feed"} 1.0', after)
+        self.assertIn('eventsvc_events_refused_total{reason="invalid"} 1.0', after)
+        self.assertIn('eventsvc_events_delivered_total{handler="event_feed"} 1.0', after)
+        self.assertIn('eventsvc_delivery_latency_seconds_count{handler="event_feed"} 1.0', after)
+        self.assertIn("eventsvc_events_queued 0.0", after)
+        del c
+
+
+def accept(event):
+    return None
+
+
+class FormatTests(SynchronousTestCase):
+    def test_go_durations(self) -> None:
+        self.assertEqual(go_duration(0), "0s")
+        self.assertEqual(go_duration(0.000539), "539µs")
+        self.assertEqual(go_duration(0.0015), "1.5ms")
+        self.assertEqual(go_duration(2), "2s")
+        self.assertEqual(go_duration(123.5), "2m3.5s")
+        self.assertEqual(go_duration(3723), "1h2m3s")
+
+    def test_uptime(self) -> None:
+        self.assertEqual(uptime(5), "5s")
+        self.assertEqual(uptime(3723), "1h2m3s")
+        self.assertEqual(uptime(90061), "1d1h1m1s")
