@@ -10,15 +10,20 @@ parses protocol or formats logs; it only wires parts together.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from dataclasses import fields as dataclass_fields
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from eventsvc import __version__
+from eventsvc import config as config_module
 from eventsvc.config import HANDLER_NAMES, Config, handler_address
 from eventsvc.dotted import load_object
 from eventsvc.events.dispatch import EventDispatcher
@@ -64,17 +69,19 @@ class EventService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, broker: Broker) -> None:
+    def __init__(self, config: Config, broker: Broker, reactor: Any = None) -> None:
         super().__init__()
         self.config = config
         self.broker = broker
+        self.reactor = reactor
+        #: Set by tap for twistd/twist: exit on start-up errors, handle signals.
+        self.exit_on_error = False
+        self.log_observer = make_observer(config.log.format, config.log.level)
         #: The event dispatcher (its counters and queue depth).
         self.events: Any = None
         #: "starting", "running" or "stopping" (what /healthz reports).
         self.state = "starting"
         self.config_loaded = time.time()
-        self.exit_on_error = False
-        self.log_observer = make_observer(config.log.format, config.log.level)
 
     def setServiceParent(self, parent: Any) -> None:
         # Under twistd the parent is the Application: offer it our observer,
@@ -98,6 +105,137 @@ class EventService(MultiService):
                 stream.flush()
                 raise SystemExit(1)
             raise
+        if self.exit_on_error and self.reactor is not None:
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    def stopService(self) -> Any:
+        self.state = "stopping"
+        return super().stopService()
+
+    # -- signals ------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        # Installed once the reactor runs, over the reactor's own: SIGTERM
+        # and SIGINT shut down gracefully (exit status 0), SIGHUP reloads.
+        def later(f: Any) -> Any:
+            return lambda signum, frame: self.reactor.callFromThread(f)
+
+        signal.signal(signal.SIGHUP, later(self.reload))
+        signal.signal(signal.SIGTERM, later(self.shutdown))
+        signal.signal(signal.SIGINT, later(self.shutdown))
+
+    # -- reload -------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and apply what can change while
+        running: tokens, users, authenticators and permissions, the log
+        level, handler addresses, routing and event_limit.  Anything else
+        is reported as needing a restart.  An invalid file changes nothing.
+        """
+        source = self.config.source
+        try:
+            new = config_module.load(source)
+            authenticator = None
+            gateway = self._named("gateway")
+            if gateway is not None and new.gateway.enabled:
+                authenticator = _gateway_authenticator(new, gateway.health, self.reactor)
+            agents: List[Any] = []
+            targets = {
+                name: _handler_target(name, getattr(new.handlers, name), new, self.reactor, agents)
+                for name in (self.events.handlers if self.events is not None else {})
+                if getattr(new.handlers, name)
+            }
+            registry = Registry(new.events.routing)
+        except (config_module.ConfigError, StartupError, ValueError) as e:
+            self.log.error("reload refused, the running configuration stays: {error}", error=str(e))
+            return False
+        if authenticator is not None:
+            gateway.factory.settings.authenticator = authenticator
+        self.log_observer.set_level(new.log.level)
+        if self.events is not None:
+            for name, target in targets.items():
+                self.events.handlers[name].target = target
+            self.events.registry = registry
+            self.events.event_limit = new.service.event_limit
+        restart = _needs_restart(self.config, new)
+        self.config = new
+        self.config_loaded = time.time()
+        self.log.info(
+            "configuration reloaded from {source}{restart}",
+            source=source,
+            restart="; these need a restart to change: " + ", ".join(restart) if restart else "",
+        )
+        return True
+
+    # -- graceful shutdown --------------------------------------------------
+
+    def shutdown(self) -> Any:
+        """
+        Stop taking connections, tell clients (INFO with ldm), give handlers
+        up to [service] shutdown_timeout to deliver what they hold (with a
+        spool, what is not delivered stays there), then stop: exit status 0.
+        A second signal stops at once.
+        """
+        if self.state == "stopping":
+            self.reactor.stop()
+            return None
+        self.state = "stopping"
+        timeout = self.config.service.shutdown_timeout
+        self.log.info("shutting down: no new connections, up to {timeout}s to finish", timeout=timeout)
+        return ensureDeferred(self._shutdown(timeout))
+
+    async def _shutdown(self, timeout: float) -> None:
+        deadline = self.reactor.seconds() + timeout
+        for service in self:
+            if isinstance(service, ListenerService):
+                await maybeDeferred(service.stop_accepting)
+        for conn in list(self.broker.clients.values()):
+            conn.lame_duck()  # type: ignore[attr-defined]
+        self.broker.flush()
+        handlers = list(self.events.handlers.values()) if self.events is not None else []
+        durable = self.events is not None and self.events.spool is not None
+        while self.reactor.seconds() < deadline:
+            # With a spool only what is in flight is waited for; without
+            # one, everything held is delivered or lost.
+            owed = sum(h.in_flight if durable else h.backlog_size for h in handlers)
+            if not owed:
+                break
+            await deferLater(self.reactor, 0.05, lambda: None)
+        left = sum(h.backlog_size for h in handlers)
+        if left:
+            self.log.warn(
+                "{count} events not yet delivered at shutdown: {fate}",
+                count=left, fate="kept in the spool" if durable else "lost (no [service] data_dir)",
+            )
+        self.reactor.stop()
+
+    def _named(self, name: str) -> Any:
+        try:
+            return self.getServiceNamed(name)
+        except KeyError:
+            return None
+
+
+_RELOADABLE = {
+    ("gateway", "tokens"), ("gateway", "tokens_file"), ("gateway", "users"), ("gateway", "http_auth_url"),
+    ("gateway", "http_auth_ttl"), ("gateway", "python_authenticator"), ("gateway", "permissions"),
+    ("log", "level"), ("handlers", "feed"), ("handlers", "cfgingest"), ("handlers", "event_feed"),
+    ("events", "routing"), ("service", "event_limit"),
+}
+
+
+def _needs_restart(old: Config, new: Config) -> List[str]:
+    changed = []
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "monitor", "limits"):
+        before, after = getattr(old, section), getattr(new, section)
+        for f in dataclass_fields(before):
+            if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:
+                changed.append("[{}] {}".format(section, f.name))
+    for section, key in (("handlers", n) for n in HANDLER_NAMES):
+        if bool(getattr(old.handlers, key)) != bool(getattr(new.handlers, key)):
+            changed.append("[handlers] {} (added or removed)".format(key))
+    return changed
 
 
 class StartupError(Exception):
@@ -117,7 +255,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
 
         reactor = global_reactor
     broker = Broker()
-    top = EventService(config, broker)
+    top = EventService(config, broker, reactor)
     service, limits = config.service, config.limits
     try:
         context = None
@@ -148,22 +286,12 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
             raise StartupError("{} ([service] data_dir): cannot create: {}".format(data_dir, e.strerror))
     dead_letters = DeadLetters(ev.dead_letter_file)
     handlers: Dict[str, HandlerService] = {}
-    agent = None
+    agents: List[Any] = []
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
         if not address:
             continue
-        if address.startswith("python:"):
-            try:
-                target: Any = CallableTarget(load_object(address[len("python:"):]), address)
-            except ValueError as e:
-                raise StartupError("[handlers] {}: {}".format(name, e))
-        else:
-            if agent is None:
-                agent = _handler_agent(config, reactor)
-            scheme, host, port = handler_address(address)  # type: ignore[misc]
-            url = address if address.startswith(("http://", "https://")) else "https://{}:{}/events".format(host, port)
-            target = HTTPTarget(url, agent, reactor, ev.delivery_timeout)
+        target = _handler_target(name, address, config, reactor, agents)
         handler = HandlerService(
             name, target, reactor, dead_letters,
             concurrency=ev.handler_concurrency, retry_initial=ev.retry_initial,
@@ -178,6 +306,20 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
     )
     dispatcher.setServiceParent(top)
     top.events = dispatcher
+
+
+def _handler_target(name: str, address: str, config: Config, reactor: Any, agents: List[Any]) -> Any:
+    """The delivery target for a [handlers] address (one HTTP agent shared, made on first use)."""
+    if address.startswith("python:"):
+        try:
+            return CallableTarget(load_object(address[len("python:"):]), address)
+        except ValueError as e:
+            raise StartupError("[handlers] {}: {}".format(name, e))
+    if not agents:
+        agents.append(_handler_agent(config, reactor))
+    scheme, host, port = handler_address(address)  # type: ignore[misc]
+    url = address if address.startswith(("http://", "https://")) else "https://{}:{}/events".format(host, port)
+    return HTTPTarget(url, agents[0], reactor, config.events.delivery_timeout)
 
 
 def _handler_agent(config: Config, reactor: Any) -> Any:
@@ -229,10 +371,10 @@ class GatewayListener(ListenerService):
         return super().stopService()
 
 
-def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
+def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:
+    """The gateway's authenticators in order (built at start and again on reload)."""
     gw = config.gateway
     agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")})
-    health = HealthToken(gw.health_token_file)
     chain: List[Any] = [health.authenticator]
     tokens = list(gw.tokens)
     if gw.tokens_file:
@@ -256,6 +398,13 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
             chain.append(load_python_authenticator(gw.python_authenticator, agents))
         except ValueError as e:
             raise StartupError("[gateway] python_authenticator: {}".format(e))
+    return ChainAuthenticator(chain)
+
+
+def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
+    gw = config.gateway
+    health = HealthToken(gw.health_token_file)
+    authenticator = _gateway_authenticator(config, health, reactor)
     context = None
     if not gw.disable_frontend_tls:
         entries = [
@@ -268,7 +417,7 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         host=gw.host,
         port=gw.port,
         max_connections=gw.max_connections,
-        authenticator=ChainAuthenticator(chain),
+        authenticator=authenticator,
         tls=context,
         name="gateway",
     )

@@ -4,6 +4,7 @@ The C{eventsvc} admin command: subcommands that fit the configuration file.
     eventsvc check-config --config patch.toml
     eventsvc health-check --config patch.toml
     eventsvc certs --out dev/certs
+    eventsvc publish --config patch.toml --type nodeTerminated --file event.json
 
 Each prints one line saying what happened and exits 0 on success, 1 when
 something is unhealthy or failed, 78 for a configuration problem, 2 for a
@@ -88,6 +89,64 @@ class _Conn:
 
 def _local(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _open(host: str, port: int, timeout: float, tls_context: Optional[ssl.SSLContext], server_name: str) -> _Conn:
+    """Connect, read INFO, and upgrade to TLS when the server asks for it."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    conn = _Conn(sock)
+    info = conn.line()
+    if not info.startswith(b"INFO "):
+        raise Unhealthy("no INFO from {}:{}".format(host, port))
+    if json.loads(info[5:]).get("tls_required"):
+        if tls_context is None:
+            raise Unhealthy("{}:{} requires TLS and no certificate is configured".format(host, port))
+        conn.sock = tls_context.wrap_socket(sock, server_hostname=server_name)
+    return conn
+
+
+def publish(options: argparse.Namespace) -> int:
+    """Send one event to the service listener and print its acknowledgement."""
+    import uuid
+    from datetime import datetime, timezone
+
+    config = _load(options.config)
+    try:
+        raw = sys.stdin.read() if options.file == "-" else open(options.file, encoding="utf-8").read()
+        event = json.loads(raw)
+        if not isinstance(event, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        return _say("eventsvc: {}: cannot use the event: {}".format(options.file, e), EX_FAIL)
+    event.setdefault("event_id", str(uuid.uuid4()))
+    event.setdefault("published", datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"))
+    event.setdefault("type", {"name": options.type})
+    body = json.dumps(event).encode("utf-8")
+    host, port = _local(config.service.host), config.service.port
+    context = None
+    if config.tls.enabled or options.cert:
+        context = ssl.create_default_context(cafile=options.ca or config.tls.root_ca_path or None)
+        context.load_cert_chain(options.cert or config.tls.cert_path, options.key or config.tls.key_path)
+    subject = "{}.{}".format(config.events.subject_prefix, options.type).encode()
+    inbox = ("_INBOX." + secrets.token_hex(8)).encode()
+    try:
+        conn = _open(host, port, options.timeout, context, options.server_name)
+        with conn.sock:
+            conn.sock.sendall(
+                b'CONNECT {"verbose":false,"pedantic":false,"name":"eventsvc-publish","protocol":1}\r\n'
+                + b"SUB %s 1\r\nPUB %s %s %d\r\n%s\r\n" % (inbox, subject, inbox, len(body), body)
+            )
+            while True:
+                line = conn.line()
+                if line.startswith(b"-ERR"):
+                    raise Unhealthy(line.decode("utf-8", "replace"))
+                if line.startswith(b"MSG "):
+                    answer = conn.read(int(line.split()[-1]) + 2)[:-2]
+                    break
+    except (Unhealthy, OSError, ValueError, ssl.SSLError) as e:
+        return _say("eventsvc: cannot publish to {}:{}: {}".format(host, port, e), EX_FAIL)
+    ack = json.loads(answer)
+    return _say(answer.decode("utf-8"), EX_OK if ack.get("success") else EX_FAIL)
 
 
 def health_check(options: argparse.Namespace) -> int:
@@ -202,6 +261,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     p.add_argument("--ca", help="CA to trust for the gateway's certificate (default: [tls] root_ca_path)")
     p.set_defaults(run=health_check)
+    p = commands.add_parser("publish", help="send one event and print the acknowledgement")
+    p.add_argument("--config", "-c", required=True, help="the TOML configuration patch")
+    p.add_argument("--type", required=True, help="the event type (e.g. nodeTerminated)")
+    p.add_argument("--file", default="-", help="the event as JSON (default: standard input)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--cert", help="client certificate (default: [tls] cert_path)")
+    p.add_argument("--key", help="its key (default: [tls] key_path)")
+    p.add_argument("--ca", help="CA to trust (default: [tls] root_ca_path)")
+    p.add_argument("--server-name", default="localhost", help="name to check on the server certificate")
+    p.set_defaults(run=publish)
     p = commands.add_parser("certs", help="make a FAKE development CA and certificates")
     p.add_argument("--out", required=True, help="folder to write them to")
     p.add_argument("--names", default="localhost,127.0.0.1,::1", help="DNS names and IPs they are valid for")

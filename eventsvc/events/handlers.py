@@ -274,3 +274,17 @@ class HandlerService(Service):
     @property
     def backlog_size(self) -> int:
         return len(self.backlog) + len(self.waiting) + self.in_flight
+
+
+_example_log = Logger(namespace="eventsvc.handler")
+
+
+def log_event(event: Dict[str, Any]) -> None:
+    """
+    A handler for development (C{python:eventsvc.events.handlers:log_event}):
+    it logs the event it is given.
+    """
+    _example_log.info(
+        "handled event {event_id} ({type}) from {producer}",
+        event_id=event.get("event_id"), type=event.get("type", {}).get("name"), producer=event.get("producer", {}).get("id"),
+    )

@@ -280,8 +280,15 @@ class ClientConnection(Protocol):
         info["client_ip"] = self.peer.host
         return info
 
-    def info_line(self) -> bytes:
-        return b"INFO " + json.dumps(self.info(), separators=(",", ":")).encode("utf-8") + b" \r\n"
+    def info_line(self, **extra: Any) -> bytes:
+        info = self.info()
+        info.update(extra)
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n"
+
+    def lame_duck(self) -> None:
+        """Tell a client that understands async INFO that this server is going away."""
+        if not self.closed and self.connect_accepted and self.protocol >= 1:
+            self.send(self.info_line(ldm=True))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.awaiting_handshake:

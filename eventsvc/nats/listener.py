@@ -85,11 +85,15 @@ class ListenerService(Service):
         super().startService()
         self.log.info("{name} listening for NATS clients on {host}:{port}", name=self.name, host=address.host, port=address.port)
 
-    def stopService(self) -> Any:
-        super().stopService()
-        for conn in list(self.factory.live):
-            conn.close(None, "server shutting down")
+    def stop_accepting(self) -> Any:
+        """Stop taking new connections; the open ones go on."""
         if self.listening is not None:
             listening, self.listening = self.listening, None
             return listening.stopListening()
         return None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for conn in list(self.factory.live):
+            conn.close(None, "Server Shutdown")
+        return self.stop_accepting()

@@ -15,6 +15,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any, Dict, Optional
 
+from zope.interface import implementer
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -55,11 +56,24 @@ def event_as_json(event: Dict[str, Any]) -> str:
     return json.dumps(record, default=str) + "\n"
 
 
-def make_observer(format: str, level: str, stream: Optional[IO[str]] = None) -> ILogObserver:
+@implementer(ILogObserver)
+class ConfiguredObserver:
+    """The observer [log] asks for; its level can change while running (SIGHUP)."""
+
+    def __init__(self, format: str, level: str, stream: Optional[IO[str]] = None) -> None:
+        stream = stream if stream is not None else sys.stdout
+        inner: ILogObserver = FileLogObserver(stream, event_as_json) if format == "json" else textFileLogObserver(stream)
+        self.format = format
+        self._predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+        self._observer = FilteringLogObserver(inner, [self._predicate])
+
+    def set_level(self, level: str) -> None:
+        self._predicate.defaultLogLevel = _LEVELS[level]
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        self._observer(event)
+
+
+def make_observer(format: str, level: str, stream: Optional[IO[str]] = None) -> ConfiguredObserver:
     """An observer writing events at C{level} or above, as C{format} ("text" or "json")."""
-    stream = stream if stream is not None else sys.stdout
-    if format == "json":
-        inner: ILogObserver = FileLogObserver(stream, event_as_json)
-    else:
-        inner = textFileLogObserver(stream)
-    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
+    return ConfiguredObserver(format, level, stream)

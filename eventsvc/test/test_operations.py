@@ -1,0 +1,192 @@
+"""
+Operating a real process: graceful shutdown on SIGTERM, reload on SIGHUP,
+and the publish command, with real clients connected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+
+from eventsvc.test import process
+from eventsvc.test.eventsamples import event, payload
+
+
+class SlowTarget(resource.Resource):
+    """Answers each POST after a pause, recording event ids."""
+
+    isLeaf = True
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+        self.seen = []
+
+    def render_POST(self, request):
+        body = json.loads(request.content.read())
+
+        def answer():
+            self.seen.append(body["event_id"])
+            request.write(b"{}")
+            request.finish()
+
+        reactor.callLater(self.pause, answer)
+        return server.NOT_DONE_YET
+
+
+def client(port: int, connect: bytes) -> "tuple[socket.socket, bytes]":
+    """Connect, send CONNECT and PING; returns the socket and what came back."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.recv(65536)
+    s.sendall(connect + b"PING\r\n")
+    data = b""
+    while b"PONG\r\n" not in data and b"-ERR" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return s, data
+
+
+def read_all(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class ShutdownTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sigterm_is_graceful(self):
+        target = SlowTarget(0.3)
+        listening = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        port = process.free_port()
+        config = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = %d\nshutdown_timeout = 10\n'
+            '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n[events]\nhandler_concurrency = 1\n'
+        ) % (port, listening.getHost().port))
+        proc = process.eventsvc(config)
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+
+        def scenario():
+            c, _ = client(port, b'CONNECT {"verbose":false,"protocol":1}\r\n')
+            c.sendall(b"".join(b"PUB event.event_feed %d\r\n%s\r\n" % (len(p), p) for p in [payload("event_feed", "held-%d" % i) for i in range(3)]) + b"PING\r\n")
+            time.sleep(0.2)
+            started = time.monotonic()
+            proc.process.send_signal(signal.SIGTERM)
+            code = proc.process.wait(15)
+            tail = read_all(c)
+            return code, time.monotonic() - started, tail
+
+        code, took, tail = yield threads.deferToThread(scenario)
+        self.assertEqual(code, 0)
+        self.assertLess(took, 10)
+        # The client was told: INFO with ldm, then the close.
+        self.assertIn(b'"ldm":true', tail)
+        # Held events were delivered before exit (no spool here).
+        self.assertEqual(sorted(target.seen), ["held-0", "held-1", "held-2"])
+        self.assertIn("shutting down", proc.output())
+        self.assertIn("Server Shutdown", proc.output())
+
+
+class ReloadTests(TestCase):
+    timeout = 60
+
+    def write(self, tokens, extra=""):
+        process.write_config(self.config, (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
+            'disable_frontend_tls = true\ntokens = %s\n%s'
+        ) % (self.service_port, self.gateway_port, json.dumps(tokens), extra))
+
+    @defer.inlineCallbacks
+    def test_sighup(self):
+        self.service_port, self.gateway_port = process.free_port(), process.free_port()
+        self.config = os.path.abspath(self.mktemp() + ".toml")
+        self.write(["old-token"])
+        proc = process.eventsvc(self.config, expect=("service", "gateway"))
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+
+        def connect(token):
+            return client(self.gateway_port, b'CONNECT {"verbose":false,"auth_token":"%s"}\r\n' % token.encode())
+
+        def scenario():
+            kept, first = connect("old-token")
+            assert first.endswith(b"PONG\r\n"), first
+            self.write(["new-token"], '[log]\nlevel = "debug"\n[limits]\nmax_payload = 2048\n')
+            proc.process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            refused = connect("old-token")[1]
+            accepted = connect("new-token")[1]
+            kept.sendall(b"PING\r\n")
+            still = kept.recv(100)
+            # A broken file changes nothing.
+            process.write_config(self.config, "[service]\nprot = 1\n")
+            proc.process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            after_bad = connect("new-token")[1]
+            return refused, accepted, still, after_bad
+
+        refused, accepted, still, after_bad = yield threads.deferToThread(scenario)
+        self.assertEqual(refused, b"-ERR 'Authorization Violation'\r\n")
+        self.assertEqual(accepted, b"PONG\r\n")
+        self.assertEqual(still, b"PONG\r\n")
+        self.assertEqual(after_bad, b"PONG\r\n")
+        output = proc.output()
+        self.assertIn("configuration reloaded", output)
+        self.assertIn("need a restart to change: [limits] max_payload", output)
+        self.assertIn("reload refused, the running configuration stays", output)
+        self.assertIn("[service] prot: unknown key", output)
+
+
+class PublishCommandTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.port = process.free_port()
+        self.config = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[handlers]\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
+        ) % self.port)
+        self.event = process.write_config(self.mktemp() + ".json", json.dumps({k: v for k, v in event("event_feed", "cli-1").items() if k != "type"}))
+
+    def test_publish(self):
+        proc = process.eventsvc(self.config)
+        proc.start()
+        self.addCleanup(proc.stop)
+        ok = process.cli("publish", "--config", self.config, "--type", "event_feed", "--file", self.event)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertEqual(json.loads(ok.stdout), {"success": True, "event_id": "cli-1"})
+        refused = process.cli("publish", "--config", self.config, "--type", "nodeTerminated", "--file", self.event)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("no handler configured", json.loads(refused.stderr)["error"])
+
+    def test_publish_failures(self):
+        down = process.cli("publish", "--config", self.config, "--type", "event_feed", "--file", self.event)
+        self.assertEqual(down.returncode, 1)
+        self.assertTrue(down.stderr.startswith("eventsvc: cannot publish to 127.0.0.1:%d" % self.port), down.stderr)
+        missing = process.cli("publish", "--config", self.config, "--type", "event_feed", "--file", "/nonexistent.json")
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("/nonexistent.json: cannot use the event", missing.stderr)
+        usage = process.cli("publish", "--config", self.config)
+        self.assertEqual(usage.returncode, 2)
+        self.assertIn("--type", usage.stderr)
+        helped = process.cli("publish", "--help")
+        self.assertEqual(helped.returncode, 0)
+        self.assertIn("acknowledgement", helped.stdout + process.cli("--help").stdout)
