@@ -100,7 +100,7 @@ class EventDispatcher(Service):
             seq = self._seq
         self.accepted += 1
         self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
-        self._admit(seq, event_id, handlers, payload)
+        self._admit(seq, event_id, handlers, payload, type_name)
         if reply:
             answer = _answer(True, event_id=event_id)
             if self.spool is None:
@@ -111,13 +111,19 @@ class EventDispatcher(Service):
                 if self._sync_call is None:
                     self._sync_call = self.clock.callLater(0, self._sync)
 
-    def _admit(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes) -> None:
+    def _admit(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes, type_name: str = "") -> None:
         if not handlers:
             return
+        if not type_name:
+            # Replayed from the spool: the type is in the event.
+            try:
+                type_name = json.loads(body)["type"]["name"]
+            except (ValueError, KeyError, TypeError):
+                type_name = ""
         self._remaining[seq] = set(handlers)
         now = self.clock.seconds()
         for name in handlers:
-            self.handlers[name].enqueue(Delivery(seq, event_id, body, now, self._finished))
+            self.handlers[name].enqueue(Delivery(seq, event_id, body, now, self._finished, type_name))
 
     def _finished(self, seq: int, handler: str) -> None:
         remaining = self._remaining.get(seq)

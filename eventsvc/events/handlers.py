@@ -40,11 +40,14 @@ class PermanentFailure(Exception):
 
 
 class Delivery:
-    __slots__ = ("seq", "event_id", "body", "accepted", "attempts", "finished")
+    __slots__ = ("seq", "event_id", "type_name", "body", "accepted", "attempts", "finished")
 
-    def __init__(self, seq: int, event_id: str, body: bytes, accepted: float, finished: Callable[[int, str], None]):
+    def __init__(
+        self, seq: int, event_id: str, body: bytes, accepted: float, finished: Callable[[int, str], None], type_name: str = ""
+    ):
         self.seq = seq
         self.event_id = event_id
+        self.type_name = type_name
         self.body = body
         self.accepted = accepted
         self.attempts = 0
@@ -184,6 +187,8 @@ class HandlerService(Service):
         self._attempts: Dict[Delivery, Deferred] = {}
         self.waiting: Dict[Delivery, Any] = {}
         self.delivered = self.retried = self.dead_lettered = 0
+        #: The same three counts by event type, for metrics.
+        self.by_type: Dict[str, Dict[str, int]] = {"delivered": {}, "retried": {}, "dead_lettered": {}}
         self.latency = LatencyHistogram()
 
     def enqueue(self, delivery: Delivery) -> None:
@@ -215,6 +220,7 @@ class HandlerService(Service):
     def _succeeded(self, _: Any, delivery: Delivery) -> None:
         self.in_flight -= 1
         self.delivered += 1
+        self._count("delivered", delivery)
         self.latency.observe(self.clock.seconds() - delivery.accepted)
         delivery.finished(delivery.seq, self.name)
         self._pump()
@@ -233,6 +239,7 @@ class HandlerService(Service):
         if retry and (not self.max_age or age < self.max_age):
             delay = self.backoff(delivery.attempts)
             self.retried += 1
+            self._count("retried", delivery)
             self.log.info(
                 "handler {name}: {event_id} not delivered to {target} ({why}); attempt {attempt} in {delay:.1f}s",
                 name=self.name, event_id=delivery.event_id, target=self.target, why=why,
@@ -243,6 +250,7 @@ class HandlerService(Service):
             if retry:
                 why = "{} (gave up after {:.0f}s, max_age)".format(why, age)
             self.dead_lettered += 1
+            self._count("dead_lettered", delivery)
             self.log.warn(
                 "handler {name}: {event_id} dead-lettered after {attempts} attempts: {why}",
                 name=self.name, event_id=delivery.event_id, attempts=delivery.attempts, why=why,
@@ -250,6 +258,10 @@ class HandlerService(Service):
             self.dead_letters.write(self.name, delivery, why)
             delivery.finished(delivery.seq, self.name)
         self._pump()
+
+    def _count(self, what: str, delivery: Delivery) -> None:
+        counts = self.by_type[what]
+        counts[delivery.type_name] = counts.get(delivery.type_name, 0) + 1
 
     def _retry(self, delivery: Delivery) -> None:
         del self.waiting[delivery]

@@ -330,7 +330,7 @@ class MetricsCollector:
             refused.add_metric([reason], count)
         yield refused
         families = {
-            key: CounterMetricFamily("eventsvc_events_" + key, "Events " + key.replace("_", " ") + " by handlers", labels=["handler"])
+            key: CounterMetricFamily("eventsvc_events_" + key, "Events " + key.replace("_", " ") + " by handlers", labels=["handler", "type"])
             for key in ("delivered", "retried", "dead_lettered")
         }
         backlog = GaugeMetricFamily("eventsvc_handler_backlog", "Events waiting for a handler", labels=["handler"])
@@ -339,7 +339,8 @@ class MetricsCollector:
         )
         for name, handler in sorted(events.handlers.items()):
             for key, family in families.items():
-                family.add_metric([name], getattr(handler, key))
+                for type_name, count in sorted(handler.by_type[key].items()):
+                    family.add_metric([name, type_name], count)
             backlog.add_metric([name], handler.backlog_size)
             buckets, total = handler.latency.snapshot()
             latency.add_metric([name], buckets, total)

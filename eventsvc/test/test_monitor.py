@@ -97,7 +97,7 @@ class MonitorTests(SynchronousTestCase):
         self.assertIn("eventsvc_in_msgs_total 3.0", after)
         self.assertIn('eventsvc_events_accepted_total{type="event_feed"} 1.0', after)
         self.assertIn('eventsvc_events_refused_total{reason="invalid"} 1.0', after)
-        self.assertIn('eventsvc_events_delivered_total{handler="event_feed"} 1.0', after)
+        self.assertIn('eventsvc_events_delivered_total{handler="event_feed",type="event_feed"} 1.0', after)
         self.assertIn('eventsvc_delivery_latency_seconds_count{handler="event_feed"} 1.0', after)
         self.assertIn("eventsvc_events_queued 0.0", after)
         del c
