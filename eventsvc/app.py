@@ -32,6 +32,7 @@ from eventsvc.events.spool import Spool
 from eventsvc.events.types import Registry
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
+from eventsvc.nats.route import RouteManager
 from eventsvc.nats.server import Broker
 from eventsvc.ops.logs import make_observer
 from eventsvc.ops.monitor import MonitorService
@@ -261,13 +262,17 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         context = None
         if config.tls.enabled:
             context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
-        settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service")
-        settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
-        where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
-        ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
+        if service.enabled:
+            settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service")
+            settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
+            where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
+            ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
         if config.gateway.enabled:
             _gateway(config, broker, reactor).setServiceParent(top)
-        _events(config, broker, reactor, top)
+        if service.enabled:
+            _events(config, broker, reactor, top)
+        if config.cluster.enabled:
+            _cluster(config, broker, reactor).setServiceParent(top)
         if config.monitor.enabled:
             where = "[monitor] host and port in {}".format(config.source) if config.source else "[monitor] host and port"
             MonitorService(top, config.monitor.host, config.monitor.port, reactor, where).setServiceParent(top)
@@ -334,6 +339,19 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
         )
         return Agent(reactor, contextFactory=policy, pool=pool)
     return Agent(reactor, pool=pool)
+
+
+def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
+    cl, limits = config.cluster, config.limits
+    client_urls = []
+    if config.service.enabled:
+        client_urls.append("{}:{}".format(config.service.host, config.service.port))
+    return RouteManager(
+        broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), client_urls,
+        user=cl.user, password=cl.password, max_payload=limits.max_payload,
+        max_control_line=limits.max_control_line, max_pending=limits.max_pending,
+        ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
+    )
 
 
 def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:

@@ -29,6 +29,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServiceConfig:
+    #: Run the event service (listener and event layer); false for a gateway-only process.
+    enabled: bool = True
     #: Address of the event service's NATS listener.
     host: str = "127.0.0.1"
     port: int = 10132
@@ -85,6 +87,23 @@ class EventsConfig:
     dead_letter_file: str = "dead-letters.jsonl"
     #: Overrides of the type -> handlers routing.
     routing: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Routes to other servers (eventsvc or nats-server 2.9) in a full mesh."""
+
+    enabled: bool = False
+    name: str = "eventsvc"
+    host: str = "0.0.0.0"
+    port: int = 6222
+    #: Routes to dial, as nats-route://host:port.
+    routes: Tuple[str, ...] = ()
+    #: Credentials routes must present (and that we present when dialling).
+    user: str = ""
+    password: str = ""
+    #: Whether to accept routes (a gateway-only process may only dial).
+    listen: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
@@ -170,6 +190,7 @@ _SECTIONS = {
     "log": LogConfig,
     "handlers": HandlersConfig,
     "events": EventsConfig,
+    "cluster": ClusterConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
@@ -389,6 +410,23 @@ def _check(config: Config, path: str) -> None:
             for subject in getattr(gw.permissions, key):
                 if not _valid_subject(subject):
                     fail("gateway.permissions", key, "{!r} is not a valid subject".format(subject))
+
+    cl = config.cluster
+    if cl.enabled:
+        if not 0 <= cl.port <= 65535:
+            fail("cluster", "port", "must be between 0 and 65535, got {}".format(cl.port))
+        if not cl.name or " " in cl.name:
+            fail("cluster", "name", "must be a name without spaces")
+        for url in cl.routes:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if parts.scheme != "nats-route" or not parts.hostname or not parts.port:
+                fail("cluster", "routes", "{!r} is not nats-route://host:port".format(url))
+        if not cl.listen and not cl.routes:
+            fail("cluster", "routes", "listen = false needs at least one route to dial")
+    if not config.service.enabled and not config.gateway.enabled:
+        fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 
     mon = config.monitor
     if mon.enabled and not 0 <= mon.port <= 65535:

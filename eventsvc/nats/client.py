@@ -144,6 +144,8 @@ class ClientConnection(Protocol):
     """
 
     log = Logger()
+    #: Not a route: the broker forwards what it publishes to routes.
+    route = False
 
     def __init__(self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False) -> None:
         self.broker = broker

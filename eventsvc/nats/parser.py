@@ -453,3 +453,122 @@ class ClientParser:
             raise ProtocolViolation(UNKNOWN_OPERATION)
         self._handler.op_hpub(subject, reply, hdr_len, total, buf[nl + 1 : end])
         return end
+
+
+class RouteParser:
+    """
+    Parses what a peer server sends on a route: INFO, CONNECT, RS+, RS-,
+    RMSG, HMSG, PING, PONG, +OK, -ERR.  Same rules as the client parser:
+    the whole buffer with C{find}, the payload never copied, control lines
+    bounded.  Accounts other than the global one (C{$G}) are handed over too;
+    the handler ignores them.
+    """
+
+    def __init__(self, handler: Any, max_control_line: int = 4096, max_payload: int = 64 * 1024 * 1024) -> None:
+        self._handler = handler
+        self.max_control_line = max_control_line
+        self.max_payload = max_payload
+        self._pending: List[bytes] = []
+        self._pending_len = 0
+        self._need = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need:
+                return
+            buf = b"".join(self._pending)
+            del self._pending[:]
+            self._pending_len = self._need = 0
+        else:
+            buf = data
+        n, pos, h = len(buf), 0, self._handler
+        while pos < n:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                rest = buf[pos:]
+                if len(rest) > self.max_control_line + 16:
+                    raise ProtocolViolation(MAX_CONTROL_LINE)
+                self._pending.append(rest)
+                self._pending_len, self._need = len(rest), len(rest) + 1
+                return
+            if nl - pos > self.max_control_line + 16:
+                raise ProtocolViolation(MAX_CONTROL_LINE)
+            line = buf[pos:nl].rstrip(b"\r")
+            verb, _, rest = line.partition(b" ")
+            verb = verb.upper()
+            if verb in (b"RMSG", b"HMSG"):
+                args = rest.split()
+                headers = verb == b"HMSG"
+                if len(args) < (4 if headers else 3):
+                    raise ProtocolViolation(None, "short {}".format(verb.decode()))
+                account, subject = args[0], args[1]
+                if headers:
+                    hdr_len, size = _size(args[-2]), _size(args[-1])
+                    middle = args[2:-2]
+                else:
+                    hdr_len, size = -1, _size(args[-1])
+                    middle = args[2:-1]
+                reply, queues = _route_targets(middle)
+                end = nl + size + 3
+                if end > n:
+                    rest_ = buf[pos:]
+                    self._pending.append(rest_)
+                    self._pending_len, self._need = len(rest_), end - pos
+                    return
+                if buf[end - 2] != 13 or buf[end - 1] != 10:
+                    raise ProtocolViolation(UNKNOWN_OPERATION)
+                if headers:
+                    h.op_rhmsg(account, subject, reply, queues, hdr_len, size, buf[nl + 1 : end])
+                else:
+                    h.op_rmsg(account, subject, reply, queues, size, b"%d\r\n" % size + buf[nl + 1 : end])
+                pos = end
+                continue
+            pos = nl + 1
+            if verb == b"RS+":
+                args = rest.split()
+                if len(args) == 2:
+                    h.op_rs_plus(args[0], args[1], None, 1)
+                elif len(args) >= 3:
+                    weight = _parse_size(args[3]) if len(args) > 3 else 1
+                    h.op_rs_plus(args[0], args[1], args[2], max(weight, 1))
+                else:
+                    raise ProtocolViolation(None, "short RS+")
+            elif verb == b"RS-":
+                args = rest.split()
+                if len(args) < 2:
+                    raise ProtocolViolation(None, "short RS-")
+                h.op_rs_minus(args[0], args[1], args[2] if len(args) > 2 else None)
+            elif verb == b"PING":
+                h.op_ping()
+            elif verb == b"PONG":
+                h.op_pong()
+            elif verb == b"INFO":
+                h.op_info(rest.strip())
+            elif verb == b"CONNECT":
+                h.op_connect(rest.strip())
+            elif verb == b"+OK":
+                pass
+            elif verb == b"-ERR":
+                h.op_err(rest.strip())
+            elif verb in (b"LS+", b"LS-", b"LMSG", b"A+", b"A-"):
+                raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+            else:
+                raise ProtocolViolation(UNKNOWN_OPERATION, "unknown route operation {!r}".format(verb[:16]))
+
+
+def _route_targets(middle: List[bytes]) -> "tuple[Optional[bytes], List[bytes]]":
+    """
+    What stands between the subject and the size(s) of an RMSG/HMSG:
+    nothing; a reply; C{+ reply q1 q2...}; or C{| q1 q2...}.
+    """
+    if not middle:
+        return None, []
+    if middle[0] == b"+" and len(middle) >= 2:
+        return middle[1], middle[2:]
+    if middle[0] == b"|":
+        return None, middle[1:]
+    if len(middle) == 1:
+        return middle[0], []
+    raise ProtocolViolation(None, "bad RMSG targets")

@@ -21,7 +21,7 @@ import random
 import sys
 from collections import deque
 from base64 import b32encode
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
@@ -67,19 +67,27 @@ class ISubscriber:
 class _Targets:
     """
     The delivery plan for one subject: per plain subscriber the frame prefix
-    C{b"MSG <subject> <sid> "}, and the queue groups.  C{simple} is false
-    when a subscriber is in-process or has an auto-unsubscribe maximum,
-    which the fast loops do not handle.
+    C{b"MSG <subject> <sid> "}, the queue groups, and the routes.
+    C{simple} is false when a subscriber is in-process or has an
+    auto-unsubscribe maximum, or when routes take part in a queue group:
+    the fast loops handle none of those.
     """
 
-    __slots__ = ("plain", "plain_subs", "queues", "simple")
+    __slots__ = ("plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed")
 
-    def __init__(self, plain, plain_subs, queues, simple):
+    def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=()):
         #: (subscriber, frame prefix, the subscriber's out.append)
         self.plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = plain
         self.plain_subs: List[Subscription] = plain_subs
+        #: Per group, its local members: [(member, prefix, subscription)].
         self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
+        #: Per group (same order): its name and the routes with members in it.
+        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = list(queue_info)
         self.simple: bool = simple
+        #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
+        self.route_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = list(route_plain)
+        #: Routes with plain interest that are also queue members: one RMSG each, built per message.
+        self.route_mixed: List[ISubscriber] = list(route_mixed)
 
 
 class LocalSubscriber:
@@ -88,6 +96,7 @@ class LocalSubscriber:
     instead of being framed for a socket.
     """
 
+    route = False
     echo = True
     headers = True
     dirty = False
@@ -101,7 +110,7 @@ class LocalSubscriber:
 
     def remove_subscription(self, sub: Subscription) -> None:
         self.subs.pop(sub, None)
-        self._broker.sublist.remove(sub)
+        self._broker.remove_subscription(sub)
 
     def flush(self) -> bool:
         return False
@@ -154,6 +163,9 @@ class Broker:
         self.closed: Deque[ISubscriber] = deque(maxlen=10000)
         self._next_cid = 0
         self._local_sids = 0
+        # Local interest by (subject, queue), and who wants to hear of changes (routes).
+        self._interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
+        self.interest_listeners: List[Callable[[bytes, Optional[bytes], int, int], None]] = []
 
     # -- connections --------------------------------------------------------
 
@@ -192,13 +204,24 @@ class Broker:
     def _plan(self, subject: bytes) -> _Targets:
         result = self.sublist.match(subject)
         head = b"MSG " + subject + b" "
-        plain = [(s.owner, head + s.sid + b" ", s.owner.out.append) for s in result.plain]
-        queues = [[(s.owner, head + s.sid + b" ", s) for s in group] for group in result.queues]
-        simple = all(
+        plain, plain_subs, routes_plain = [], [], {}
+        for s in result.plain:
+            if s.owner.route:
+                routes_plain[s.owner] = None  # one RMSG per route, however many subscriptions
+            else:
+                plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
+                plain_subs.append(s)
+        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.route] for group in result.queues]
+        queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.route})) for group in result.queues]
+        queue_routes = {r for _, routes in queue_info for r in routes}
+        simple = not queue_routes and all(
             s.max == 0 and s.owner.__class__ is not LocalSubscriber
-            for s in result.plain + [s for group in result.queues for s in group]
+            for s in plain_subs + [s for group in result.queues for s in group]
         )
-        targets = _Targets(plain, result.plain, queues, simple)
+        rhead = b"RMSG $G " + subject + b" "
+        route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes]
+        route_mixed = [r for r in routes_plain if r in queue_routes]
+        targets = _Targets(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info)
         if len(self._targets) > 8192:
             self._targets.clear()
         self._targets[subject] = targets
@@ -235,7 +258,19 @@ class Broker:
             message = _Message(subject, reply, size, tail, -1, b"")
             for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
                 count += self._give(src, sub, conn, prefix, message)
-        if targets.queues:
+        if src.route:
+            # One hop: what came from a route goes to local subscribers only.
+            return count
+        if targets.route_plain:
+            frame_tail = tail if reply is None else reply + b" " + tail
+            for conn, prefix, append in targets.route_plain:
+                append(prefix)
+                append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                self.mark_dirty(conn)
+                count += 1
+        if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""))
         return count
 
@@ -306,13 +341,30 @@ class Broker:
         count = 0
         for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(src, sub, conn, prefix, message)
-        if targets.queues:
+        if not src.route:
+            for conn, _, append in targets.route_plain:
+                append(message.route_frame(()))
+                conn.out_msgs += 1
+                conn.out_bytes += total
+                self.mark_dirty(conn)
+                count += 1
+        if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, message)
         return count
 
-    def _deliver_queues(self, src: ISubscriber, targets: _Targets, message: "_Message") -> int:
+    def _deliver_queues(
+        self, src: ISubscriber, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None
+    ) -> int:
+        """
+        One member per queue group, a local one when there is one (as
+        nats-server prefers); otherwise one route with members, told the
+        group's name in its RMSG.  C{only}: the groups a routed message names.
+        """
         count = 0
-        for group in targets.queues:
+        assigned: Dict[ISubscriber, List[bytes]] = {}
+        for group, (name, routes) in zip(targets.queues, targets.queue_info):
+            if only is not None and name not in only:
+                continue
             n = len(group)
             start = self._random.randrange(n) if n > 1 else 0
             for i in range(n):
@@ -320,6 +372,34 @@ class Broker:
                 if self._give(src, sub, conn, prefix, message):
                     count += 1
                     break
+            else:
+                if routes and not src.route:
+                    route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
+                    assigned.setdefault(route, []).append(name)
+        if not src.route:
+            for route in list(assigned) + [r for r in targets.route_mixed if r not in assigned]:
+                route.out.append(message.route_frame(assigned.get(route, [])))
+                route.out_msgs += 1
+                route.out_bytes += message.size
+                self.mark_dirty(route)
+                count += 1
+        return count
+
+    def deliver_routed(
+        self, route: ISubscriber, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
+        size: int, tail: bytes, hdr_len: int = -1, body: bytes = b"",
+    ) -> int:
+        """
+        A message from a route: to local plain subscribers, and to one local
+        member of each queue group it names.  Never to another route.
+        """
+        targets = self._targets.get(subject) or self._plan(subject)
+        message = _Message(subject, reply, size, tail, hdr_len, body)
+        count = 0
+        for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
+            count += self._give(route, sub, conn, prefix, message)
+        if queues and targets.queues:
+            count += self._deliver_queues(route, targets, message, only=queues)
         return count
 
     def _give(
@@ -388,10 +468,35 @@ class Broker:
     # -- subscriptions ------------------------------------------------------
 
     def add_subscription(self, sub: Subscription) -> None:
+        """A local subscription (a client's or in-process): routes hear of it."""
         self.sublist.insert(sub)
+        self._interest_changed(sub.subject, sub.queue, +1)
 
     def remove_subscription(self, sub: Subscription) -> None:
+        if self.sublist.remove(sub):
+            self._interest_changed(sub.subject, sub.queue, -1)
+
+    def add_remote_subscription(self, sub: Subscription) -> None:
+        """Interest a route told us about: not announced any further."""
+        self.sublist.insert(sub)
+
+    def remove_remote_subscription(self, sub: Subscription) -> None:
         self.sublist.remove(sub)
+
+    def _interest_changed(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
+        key = (subject, queue)
+        before = self._interest.get(key, 0)
+        after = before + delta
+        if after > 0:
+            self._interest[key] = after
+        else:
+            self._interest.pop(key, None)
+        for listener in self.interest_listeners:
+            listener(subject, queue, before, after)
+
+    def local_interest(self) -> List[Tuple[bytes, Optional[bytes], int]]:
+        """Every (subject, queue, count) of local subscriptions: what a new route is told."""
+        return [(subject, queue, n) for (subject, queue), n in self._interest.items()]
 
     def limit_changed(self) -> None:
         """A subscription gained an auto-unsubscribe maximum: replan."""
@@ -414,7 +519,7 @@ class Broker:
         sid = str(self._local_sids).encode("ascii")
         sub = Subscription(self._local, bsubject, queue.encode("utf-8") if queue else None, sid)
         self._local.subs[sub] = callback
-        self.sublist.insert(sub)
+        self.add_subscription(sub)
         return LocalSubscription(self._local, sub)
 
     def publish(
@@ -475,6 +580,16 @@ class _Message:
         if self._plain is None:
             self._plain = b"%d\r\n%s" % (self.size - self.hdr_len, self.body[self.hdr_len :])
         return prefix + reply + self._plain
+
+    def route_frame(self, queues: Sequence[bytes]) -> bytes:
+        """The whole RMSG (or HMSG) for a route, naming C{queues} if any."""
+        if queues:
+            middle = (b"+ " + self.reply + b" " if self.reply is not None else b"| ") + b" ".join(queues) + b" "
+        else:
+            middle = b"" if self.reply is None else self.reply + b" "
+        if self.hdr_len < 0:
+            return b"RMSG $G " + self.subject + b" " + middle + self.tail
+        return b"HMSG $G %s %s%d %d\r\n%s" % (self.subject, middle, self.hdr_len, self.size, self.body)
 
     def parts(self) -> Tuple[bytes, Optional[bytes]]:
         """The payload and the header block (or None)."""

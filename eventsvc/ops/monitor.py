@@ -100,10 +100,22 @@ class Monitor:
         except KeyError:
             return None
 
+    def cluster(self) -> Any:
+        try:
+            return self.service.getServiceNamed("cluster")
+        except KeyError:
+            return None
+
     def healthz(self) -> "tuple[int, dict]":
         state = getattr(self.service, "state", "running")
         if state != "running":
             return 503, {"status": "unavailable", "error": "eventsvc is {}".format(state)}
+        cluster = self.cluster()
+        if cluster is not None:
+            up = {r.solicited for r in cluster.routes.values() if r.solicited}
+            down = [url for url in cluster.configured if url not in up]
+            if down:
+                return 503, {"status": "unavailable", "error": "route down: {}".format(", ".join(down))}
         return 200, {"status": "ok"}
 
     def _cpu_percent(self) -> float:
@@ -113,8 +125,10 @@ class Monitor:
         return round(100.0 * cpu / wall, 1) if wall > 0 else 0.0
 
     def varz(self) -> dict:
-        b, s = self.broker, self.listener_settings("service")
+        b = self.broker
         gateway = self.listener_settings("gateway")
+        s = self.listener_settings("service") or gateway
+        cluster = self.cluster()
         totals = b.totals()
         now = time.time()
         info = {
@@ -136,7 +150,10 @@ class Monitor:
             "max_control_line": s.max_control_line,
             "max_payload": s.max_payload,
             "max_pending": s.max_pending,
-            "cluster": {},
+            "cluster": {} if cluster is None else {
+                "name": cluster.cluster_name, "addr": cluster.host, "cluster_port": cluster.port,
+                "urls": list(cluster.configured),
+            },
             "gateway": {},
             "leaf": {},
             "mqtt": {},
@@ -153,8 +170,8 @@ class Monitor:
             "cpu": self._cpu_percent(),
             "connections": totals["connections"],
             "total_connections": totals["total_connections"],
-            "routes": 0,
-            "remotes": 0,
+            "routes": 0 if cluster is None else len(cluster.routes),
+            "remotes": 0 if cluster is None else len(cluster.routes),
             "leafnodes": 0,
             "in_msgs": totals["in_msgs"],
             "out_msgs": totals["out_msgs"],
@@ -248,7 +265,25 @@ class Monitor:
         }
 
     def routez(self) -> dict:
-        return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "num_routes": 0, "routes": []}
+        cluster = self.cluster()
+        routes = []
+        for i, r in enumerate(sorted(cluster.routes.values(), key=lambda r: r.remote_id) if cluster else []):
+            routes.append({
+                "rid": i + 1,
+                "remote_id": r.remote_id,
+                "remote_name": r.remote_info.get("server_name", ""),
+                "did_solicit": bool(r.solicited),
+                "is_configured": bool(r.solicited) and r.solicited in cluster.configured,
+                "ip": r.host,
+                "port": r.port,
+                "pending_size": r._held_bytes,
+                "in_msgs": r.in_msgs,
+                "out_msgs": r.out_msgs,
+                "in_bytes": r.in_bytes,
+                "out_bytes": r.out_bytes,
+                "subscriptions": len(r.subs),
+            })
+        return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
 
 class _JSON(resource.Resource):
@@ -316,7 +351,8 @@ class MetricsCollector:
         ):
             yield CounterMetricFamily("eventsvc_" + key, help_, value=totals[key])
         yield GaugeMetricFamily("eventsvc_subscriptions", "Subscriptions", value=totals["subscriptions"])
-        yield GaugeMetricFamily("eventsvc_routes", "Routes to other servers", value=0)
+        cluster = m.cluster()
+        yield GaugeMetricFamily("eventsvc_routes", "Routes to other servers", value=0 if cluster is None else len(cluster.routes))
         events = getattr(m.service, "events", None)
         if events is None:
             return

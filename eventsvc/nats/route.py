@@ -1,0 +1,470 @@
+"""
+Routes: the cluster protocol of nats-server 2.9, both ways.
+
+A route joins this server to another one (eventsvc or nats-server) in a
+full mesh.  Each side tells the other its interest (C{RS+}/C{RS-}, queue
+groups with their weight), and a message goes to a route at most once, as
+C{RMSG} (or C{HMSG}) naming the queue groups it is meant for.  A message
+that came from a route never goes to another one (one hop).  The manager
+accepts routes, dials the configured ones (again and again, with backoff
+and jitter, when they drop), drops duplicates, forwards a new peer's INFO to
+the others (gossip) and dials peers it hears of (implicit routes).
+
+What it must not do: know about events, tokens or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Dict, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from eventsvc.nats.listener import ListenError
+from eventsvc.nats.parser import ProtocolViolation, RouteParser
+from eventsvc.nats.server import Broker
+from eventsvc.nats.subjects import Subscription, valid_subject
+
+GLOBAL = b"$G"
+
+
+@implementer(IPushProducer)
+class RouteConnection(Protocol):
+    """One route, dialled (C{solicited}) or accepted."""
+
+    log = Logger()
+    route = True
+    echo = True
+    headers = True
+
+    def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
+        self.manager = manager
+        self.broker: Broker = manager.broker
+        self.solicited = solicited
+        self.parser = RouteParser(self, manager.max_control_line, manager.max_payload)
+        self.remote_id = ""
+        self.remote_info: Dict[str, Any] = {}
+        self.registered = False
+        self.closed = False
+        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
+        self.out: List[bytes] = []
+        self.dirty = False
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.pings_out = 0
+        self._ping_timer: Any = None
+        self._paused = False
+        self._held: List[bytes] = []
+        self._held_bytes = 0
+        self.host, self.port = "", 0
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+        self.transport.registerProducer(self, True)
+        if self.solicited:
+            self.send(b"CONNECT " + json.dumps(self.manager.connect_options()).encode() + b"\r\n")
+        self.send(self.manager.info_line())
+        self.flush()
+        self._ping_timer = self.manager.clock.callLater(self.manager.ping_interval, self._ping_due)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.parser.feed(data)
+        except ProtocolViolation as v:
+            self.close(v.error, v.detail or v.error or "protocol violation")
+        self.broker.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.closed:
+            self._teardown("connection lost: {}".format(reason.getErrorMessage() if reason is not None else "closed"))
+
+    def close(self, error: Optional[str], why: str) -> None:
+        if self.closed:
+            return
+        if error:
+            self.out.append(b"-ERR '" + error.encode() + b"'\r\n")
+        if self.out:
+            self.transport.write(b"".join(self.out))
+        self._teardown(why)
+        self.transport.loseConnection()
+
+    def _teardown(self, why: str) -> None:
+        self.closed = True
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
+        for sub in self.subs.values():
+            self.broker.remove_remote_subscription(sub)
+        self.subs.clear()
+        del self.out[:]
+        del self._held[:]
+        self.manager.route_lost(self, why)
+
+    # -- output, bounded -------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.broker.mark_dirty(self)
+
+    def flush(self) -> bool:
+        if not self.out or self.closed:
+            return False
+        data = b"".join(self.out)
+        del self.out[:]
+        if not self._paused:
+            self.transport.write(data)
+            return False
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.manager.max_pending:
+            self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=self._held_bytes)
+            self._held_bytes = 0
+            self.close(None, "slow route")
+        return False
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._held and not self.closed:
+            data, self._held, self._held_bytes = b"".join(self._held), [], 0
+            self.transport.write(data)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def stall(self, consumer: Any) -> None:
+        pass
+
+    # -- operations ------------------------------------------------------------
+
+    def op_connect(self, arg: bytes) -> None:
+        try:
+            options = json.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad CONNECT on route")
+        if not isinstance(options, dict):
+            raise ProtocolViolation(None, "bad CONNECT on route")
+        if "lang" in options:
+            raise ProtocolViolation("attempted to connect to route port", "a client dialled the route port")
+        if not self.manager.check_credentials(options):
+            raise ProtocolViolation("Authorization Violation", "route credentials refused")
+        cluster = options.get("cluster")
+        if cluster and cluster != self.manager.cluster_name:
+            raise ProtocolViolation(None, "cluster name {!r} is not ours".format(cluster))
+
+    def op_info(self, arg: bytes) -> None:
+        try:
+            info = json.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad INFO on route")
+        server_id = info.get("server_id", "")
+        if not self.remote_id:
+            if server_id == self.broker.server_id:
+                self.close(None, "connected to ourselves")
+                return
+            if info.get("cluster") and info["cluster"] != self.manager.cluster_name:
+                self.close(None, "cluster name {!r} is not ours".format(info["cluster"]))
+                return
+            self.remote_id, self.remote_info = server_id, info
+            if not self.manager.register(self):
+                self.close(None, "duplicate route to {}".format(server_id))
+            return
+        if server_id and server_id != self.remote_id:
+            # Gossip: a server our peer knows about.
+            self.manager.heard_of(info)
+
+    def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        if account != GLOBAL or not valid_subject(subject):
+            return
+        key = (subject, queue)
+        if key in self.subs:
+            return  # a queue weight update: one entry per route is enough
+        sub = Subscription(self, subject, queue, b"")
+        self.subs[key] = sub
+        self.broker.add_remote_subscription(sub)
+
+    def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        if account != GLOBAL:
+            return
+        sub = self.subs.pop((subject, queue), None)
+        if sub is not None:
+            self.broker.remove_remote_subscription(sub)
+
+    def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        self.in_msgs += 1
+        self.in_bytes += size
+        if account == GLOBAL:
+            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+
+    def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        self.in_msgs += 1
+        self.in_bytes += total
+        if account == GLOBAL:
+            self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+
+    def op_ping(self) -> None:
+        self.send(b"PONG\r\n")
+
+    def op_pong(self) -> None:
+        self.pings_out = 0
+
+    def op_err(self, arg: bytes) -> None:
+        self.log.warn("route {peer} says: {error}", peer=self.remote_id or self.host, error=arg.decode("utf-8", "replace"))
+        self.close(None, "peer sent -ERR")
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        pass  # remote interest has no auto-unsubscribe
+
+    def _ping_due(self) -> None:
+        manager = self.manager
+        self._ping_timer = manager.clock.callLater(manager.ping_interval, self._ping_due)
+        if self.pings_out + 1 > manager.ping_max:
+            self.close("Stale Connection", "stale route")
+            return
+        self.pings_out += 1
+        self.send(b"PING\r\n")
+        self.broker.flush()
+
+
+class _Accepting(Factory):
+    noisy = False
+
+    def __init__(self, manager: "RouteManager") -> None:
+        self.manager = manager
+
+    def buildProtocol(self, addr: Any) -> RouteConnection:
+        return RouteConnection(self.manager)
+
+
+class _Dialling(ClientFactory):
+    noisy = False
+
+    def __init__(self, manager: "RouteManager", url: str) -> None:
+        self.manager = manager
+        self.url = url
+
+    def buildProtocol(self, addr: Any) -> RouteConnection:
+        return RouteConnection(self.manager, solicited=self.url)
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.manager.dial_failed(self.url, reason.getErrorMessage())
+
+
+class RouteManager(Service):
+    """The routes of one server: the cluster listener, the dialled routes, interest."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        broker: Broker,
+        reactor: Any,
+        cluster_name: str,
+        host: str,
+        port: int,
+        routes: List[str],
+        client_urls: List[str],
+        user: str = "",
+        password: str = "",
+        max_payload: int = 1024 * 1024,
+        max_control_line: int = 4096,
+        max_pending: int = 64 * 1024 * 1024,
+        ping_interval: float = 120.0,
+        ping_max: int = 2,
+        retry_initial: float = 0.5,
+        retry_max: float = 10.0,
+        accept: bool = True,
+    ) -> None:
+        self.setName("cluster")
+        self.broker = broker
+        self.clock = reactor
+        self.cluster_name = cluster_name
+        self.host, self.port = host, port
+        self.configured = list(routes)
+        self.client_urls = client_urls
+        self.user, self.password = user, password
+        self.max_payload, self.max_control_line, self.max_pending = max_payload, max_control_line, max_pending
+        self.ping_interval, self.ping_max = ping_interval, ping_max
+        self.retry_initial, self.retry_max = retry_initial, retry_max
+        self.accept = accept
+        self.routes: Dict[str, RouteConnection] = {}
+        self.listening: Any = None
+        self._attempts: Dict[str, int] = {}
+        self._dialling: Set[str] = set()
+        self._timers: Dict[str, Any] = {}
+        self.random = random.Random()
+        self.advertise = ""
+
+    # -- what we say -----------------------------------------------------------
+
+    def info(self) -> Dict[str, Any]:
+        b = self.broker
+        return {
+            "server_id": b.server_id,
+            "server_name": b.server_name,
+            "version": b.version,
+            "proto": 2,
+            "go": b.implementation,
+            "host": self.advertise_host,
+            "port": self.port,
+            "headers": True,
+            "max_payload": self.max_payload,
+            "cluster": self.cluster_name,
+            "connect_urls": self.client_urls,
+            "lnoc": True,
+        }
+
+    @property
+    def advertise_host(self) -> str:
+        return "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+
+    def info_line(self, info: Optional[Dict[str, Any]] = None) -> bytes:
+        return b"INFO " + json.dumps(info or self.info(), separators=(",", ":")).encode() + b" \r\n"
+
+    def connect_options(self) -> Dict[str, Any]:
+        options = {
+            "echo": True, "verbose": False, "pedantic": False, "tls_required": False, "headers": True,
+            "name": self.broker.server_id, "cluster": self.cluster_name, "lnoc": True,
+        }
+        if self.user:
+            options.update(user=self.user, **{"pass": self.password})
+        return options
+
+    def check_credentials(self, options: Dict[str, Any]) -> bool:
+        if not self.user:
+            return True
+        return options.get("user") == self.user and options.get("pass") == self.password
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        if self.accept:
+            try:
+                self.listening = self.clock.listenTCP(self.port, _Accepting(self), interface=self.host)
+            except CannotListenError as e:
+                raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.host, self.port, e.socketError))
+            self.port = self.listening.getHost().port
+            self.log.info("cluster {name} listening for routes on {host}:{port}", name=self.cluster_name, host=self.host, port=self.port)
+        super().startService()
+        self.broker.interest_listeners.append(self._interest)
+        for url in self.configured:
+            self.dial(url)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._interest in self.broker.interest_listeners:
+            self.broker.interest_listeners.remove(self._interest)
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for route in list(self.routes.values()):
+            route.close(None, "server shutting down")
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+    # -- dialling ----------------------------------------------------------------
+
+    def dial(self, url: str) -> None:
+        if not self.running or url in self._dialling:
+            return
+        parts = urlsplit(url if "://" in url else "nats-route://" + url)
+        if not parts.hostname or not parts.port:
+            self.log.error("route {url} is not nats-route://host:port", url=url)
+            return
+        self._dialling.add(url)
+        self.clock.connectTCP(parts.hostname, parts.port, _Dialling(self, url), timeout=5)
+
+    def dial_failed(self, url: str, why: str) -> None:
+        self._dialling.discard(url)
+        self._redial(url, why)
+
+    def _redial(self, url: str, why: str) -> None:
+        if not self.running or url not in self.configured:
+            return
+        n = self._attempts.get(url, 0)
+        self._attempts[url] = n + 1
+        delay = min(self.retry_max, self.retry_initial * (2 ** n)) * (0.5 + 0.5 * self.random.random())
+        self.log.info("route {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
+        self._timers[url] = self.clock.callLater(delay, self.dial, url)
+
+    # -- the mesh ------------------------------------------------------------------
+
+    def register(self, route: RouteConnection) -> bool:
+        """A route said who it is: keep it unless we already have one to that server."""
+        if route.solicited:
+            self._dialling.discard(route.solicited)
+            self._attempts.pop(route.solicited, None)
+        existing = self.routes.get(route.remote_id)
+        if existing is not None and existing is not route and not existing.closed:
+            return False
+        self.routes[route.remote_id] = route
+        route.registered = True
+        self.log.info(
+            "route to {peer} ({name}) up, {how}",
+            peer=route.remote_id, name=route.remote_info.get("server_name", "?"),
+            how="dialled " + route.solicited if route.solicited else "accepted from {}:{}".format(route.host, route.port),
+        )
+        # Tell it everything we are interested in.
+        lines = []
+        for subject, queue, n in self.broker.local_interest():
+            lines.append(b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s %d\r\n" % (subject, queue, n))
+        if lines:
+            route.send(b"".join(lines))
+        if not route.solicited:
+            # Gossip: tell the others about the newcomer, so they dial it.
+            info = dict(route.remote_info)
+            info["ip"] = "nats-route://{}:{}/".format(route.host, info.get("port", 0))
+            line = self.info_line(info)
+            for other in self.routes.values():
+                if other is not route:
+                    other.send(line)
+        self.broker.flush()
+        return True
+
+    def heard_of(self, info: Dict[str, Any]) -> None:
+        """An implicit route: dial a server a peer told us about, unless we know it."""
+        server_id = info.get("server_id", "")
+        if not server_id or server_id == self.broker.server_id or server_id in self.routes:
+            return
+        url = info.get("ip") or "nats-route://{}:{}/".format(info.get("host", ""), info.get("port", 0))
+        self.log.info("heard of {peer} at {url}: dialling it", peer=server_id, url=url)
+        self.dial(url)
+
+    def route_lost(self, route: RouteConnection, why: str) -> None:
+        if route.solicited:
+            self._dialling.discard(route.solicited)
+        if self.routes.get(route.remote_id) is route:
+            del self.routes[route.remote_id]
+            self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
+        if route.solicited and self.running:
+            self._redial(route.solicited, why)
+
+    def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
+        if not self.routes:
+            return
+        if queue is None:
+            if before == 0 and after > 0:
+                line = b"RS+ $G %s\r\n" % subject
+            elif after == 0:
+                line = b"RS- $G %s\r\n" % subject
+            else:
+                return
+        else:
+            line = b"RS+ $G %s %s %d\r\n" % (subject, queue, after) if after > 0 else b"RS- $G %s %s\r\n" % (subject, queue)
+        for route in self.routes.values():
+            route.send(line)

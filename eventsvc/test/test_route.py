@@ -1,0 +1,171 @@
+"""
+Routes in memory: brokers joined by iosim, clients on StringTransports, a
+fake clock.  Interest bookkeeping, delivery rules, resync, duplicates.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test.iosim import FakeTransport, connect
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.client import ClientSettings
+from eventsvc.nats.listener import ClientFactory
+from eventsvc.nats.route import RouteManager, _Accepting, _Dialling
+from eventsvc.nats.server import Broker
+from eventsvc.test.helpers import FakeClient
+
+
+class Node:
+    def __init__(self, name: str) -> None:
+        self.clock = MemoryReactorClock()
+        self.broker = Broker(server_id="N" + name)
+        self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
+        self.manager = RouteManager(self.broker, self.clock, "c1", "127.0.0.1", 0, [], [])
+        self.manager.startService()
+
+    def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        c = FakeClient(proto, transport)
+        c.received()
+        c.send(connect_line)
+        return c
+
+
+def link(dialer: Node, acceptor: Node):
+    """A route from dialer to acceptor, in memory; returns the pump."""
+    url = "nats-route://127.0.0.1:6222"
+    dialer.manager.configured.append(url)
+    client = _Dialling(dialer.manager, url).buildProtocol(None)
+    server = _Accepting(acceptor.manager).buildProtocol(None)
+    pump = connect(
+        server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
+        client, FakeTransport(client, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 6222)),
+        greet=True,
+    )
+    pump.flush()
+    return pump, client, server
+
+
+class RouteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.a, self.b = Node("A"), Node("B")
+
+    def test_handshake_and_interest(self) -> None:
+        sub = self.b.client()
+        sub.send(b"SUB foo 1\r\n")
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertEqual(set(self.a.manager.routes), {"NB"})
+        self.assertEqual(set(self.b.manager.routes), {"NA"})
+        # B told A of its interest on connect.
+        self.assertIn((b"foo", None), dialled.subs)
+        self.a.client().send(b"PUB foo 2\r\nhi\r\nPUB bar 1\r\nx\r\n")
+        pump.flush()
+        self.assertEqual(sub.received(), b"MSG foo 1 2\r\nhi\r\n")
+
+    def test_interest_follows_subscriptions(self) -> None:
+        pump, dialled, accepted = link(self.a, self.b)
+        c = self.b.client()
+        c.send(b"SUB x.* 1\r\nSUB work q 2\r\nSUB work q 3\r\n")
+        pump.flush()
+        self.assertIn((b"x.*", None), dialled.subs)
+        sent = []
+        original = accepted.transport.write
+        accepted.transport.write = lambda data: (sent.append(data), original(data))
+        c.send(b"UNSUB 2\r\n")
+        c.send(b"UNSUB 3\r\nUNSUB 1\r\n")
+        pump.flush()
+        self.assertEqual(b"".join(sent), b"RS+ $G work q 1\r\nRS- $G work q\r\nRS- $G x.*\r\n")
+        self.assertEqual(dialled.subs, {})
+
+    def test_queue_weights(self) -> None:
+        pump, dialled, accepted = link(self.a, self.b)
+        sent = []
+        original = accepted.transport.write
+        accepted.transport.write = lambda data: (sent.append(data), original(data))
+        c = self.b.client()
+        c.send(b"SUB work q 1\r\nSUB work q 2\r\n")
+        pump.flush()
+        self.assertEqual(b"".join(sent), b"RS+ $G work q 1\r\nRS+ $G work q 2\r\n")
+
+    def test_queue_prefers_local_member(self) -> None:
+        pump, _, _ = link(self.a, self.b)
+        local = self.a.client()
+        local.send(b"SUB work q 1\r\n")
+        remote = self.b.client()
+        remote.send(b"SUB work q 1\r\n")
+        pump.flush()
+        self.a.client().send(b"PUB work 1\r\nw\r\n" * 50)
+        pump.flush()
+        self.assertEqual(local.received().count(b"MSG work"), 50)
+        self.assertEqual(remote.received(), b"")
+
+    def test_queue_goes_to_route_when_no_local_member(self) -> None:
+        pump, dialled, accepted = link(self.a, self.b)
+        remote = self.b.client()
+        remote.send(b"SUB work q 1\r\nSUB work 2\r\n")
+        pump.flush()
+        sent = []
+        original = dialled.transport.write
+        dialled.transport.write = lambda data: (sent.append(data), original(data))
+        self.a.client().send(b"PUB work r 1\r\nw\r\n")
+        pump.flush()
+        # One RMSG for the plain and the queue interest together.
+        self.assertEqual(b"".join(sent), b"RMSG $G work + r q 1\r\nw\r\n")
+        self.assertEqual(remote.received().count(b"MSG work"), 2)
+
+    def test_one_hop(self) -> None:
+        c = Node("C")
+        pump_ab, _, _ = link(self.a, self.b)
+        pump_bc, _, _ = link(self.b, c)
+        far = c.client()
+        far.send(b"SUB foo 1\r\n")
+        near = self.b.client()
+        near.send(b"SUB foo 1\r\n")
+        pump_bc.flush()
+        pump_ab.flush()
+        self.a.client().send(b"PUB foo 1\r\nx\r\n")
+        pump_ab.flush()
+        pump_bc.flush()
+        self.assertEqual(near.received(), b"MSG foo 1 1\r\nx\r\n")
+        # A has no route to C, and B never forwards what came from a route.
+        self.assertEqual(far.received(), b"")
+
+    def test_resync_after_reconnect(self) -> None:
+        pump, dialled, accepted = link(self.a, self.b)
+        sub = self.b.client()
+        sub.send(b"SUB foo 1\r\n")
+        pump.flush()
+        dialled.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(self.a.manager.routes, {})
+        self.assertEqual(self.a.broker.sublist.count, 0)
+        # The dialler tries again after a backoff.
+        self.assertTrue(self.a.clock.getDelayedCalls())
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertIn((b"foo", None), dialled.subs)
+        self.a.client().send(b"PUB foo 1\r\ny\r\n")
+        pump.flush()
+        self.assertEqual(sub.received(), b"MSG foo 1 1\r\ny\r\n")
+
+    def test_duplicate_route_dropped(self) -> None:
+        link(self.a, self.b)
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertTrue(dialled.closed or accepted.closed)
+        self.assertEqual(len(self.a.manager.routes), 1)
+
+    def test_client_on_route_port(self) -> None:
+        server = _Accepting(self.b.manager).buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        server.dataReceived(b'CONNECT {"lang":"python","verbose":false}\r\n')
+        self.assertTrue(transport.value().endswith(b"-ERR 'attempted to connect to route port'\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_other_accounts_ignored(self) -> None:
+        pump, dialled, _ = link(self.a, self.b)
+        dialled.dataReceived(b"RS+ $SYS $SYS.REQ.SERVER.PING\r\nRMSG $SYS foo 1\r\nx\r\n")
+        self.assertEqual(dialled.subs, {})
