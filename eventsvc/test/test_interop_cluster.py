@@ -1,0 +1,187 @@
+"""
+Clusters with the reference server: one eventsvc node and two nats-server
+2.9 nodes in a full mesh, and the split deployment (a gateway-only process
+dialling the service's cluster port), with nats-py clients on every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from twisted.internet import defer, threads
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+
+try:
+    import nats
+except ImportError:  # pragma: no cover
+    nats = None
+
+
+def run(scenario):
+    return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 90)))
+
+
+async def mesh_round(ports, tag: str):
+    """Every node publishes to everyone; a queue group over all nodes; requests across."""
+    ncs = [await nats.connect("nats://127.0.0.1:%d" % p) for p in ports]
+    got = {i: [] for i in range(len(ncs))}
+    counts = {i: 0 for i in range(len(ncs))}
+    for i, nc in enumerate(ncs):
+        async def all_cb(msg, i=i):
+            got[i].append(msg.data)
+
+        async def work_cb(msg, i=i):
+            counts[i] += 1
+
+        async def echo(msg, i=i):
+            await msg.respond(b"from-%d" % i)
+
+        await nc.subscribe("mesh." + tag, cb=all_cb)
+        await nc.subscribe("work." + tag, queue="workers", cb=work_cb)
+        await nc.subscribe("svc.%s.%d" % (tag, i), cb=echo)
+        await nc.flush()
+    # Interest crosses the mesh.
+    for _ in range(100):
+        ok = True
+        for i, nc in enumerate(ncs):
+            for j in range(len(ncs)):
+                try:
+                    await nc.request("svc.%s.%d" % (tag, j), b"?", timeout=0.5)
+                except Exception:
+                    ok = False
+        if ok:
+            break
+        await asyncio.sleep(0.1)
+    for i, nc in enumerate(ncs):
+        await nc.publish("mesh." + tag, b"from-%d" % i)
+    for k in range(300):
+        await ncs[k % len(ncs)].publish("work." + tag, b"w")
+    replies = []
+    for i, nc in enumerate(ncs):
+        for j in range(len(ncs)):
+            replies.append((await nc.request("svc.%s.%d" % (tag, j), b"?", timeout=3)).data == b"from-%d" % j)
+    for nc in ncs:
+        await nc.flush()
+    await asyncio.sleep(0.5)
+    for nc in ncs:
+        await nc.close()
+    return got, counts, replies
+
+
+class MeshTests(TestCase):
+    timeout = 180
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.cluster_ports = [process.free_port() for _ in range(3)]
+        a, b, e = self.cluster_ports
+        self.nodes = [
+            process.nats_server("--cluster", "nats://127.0.0.1:%d" % a, "--cluster_name", "mesh", "--routes", "nats://127.0.0.1:%d" % b),
+            process.nats_server("--cluster", "nats://127.0.0.1:%d" % b, "--cluster_name", "mesh", "--routes", "nats://127.0.0.1:%d" % a),
+        ]
+        for node in self.nodes:
+            node.start()
+            self.addCleanup(node.stop)
+        self.client_port = process.free_port()
+        self.config = process.write_config(
+            os.path.abspath(self.mktemp() + ".toml"),
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
+            'port = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n' % (self.client_port, e, a),
+        )
+        self.ours = process.eventsvc(self.config, expect=("service",))
+        self.ours.start()
+        self.addCleanup(lambda: self.ours.stop())
+
+    def check(self, result):
+        got, counts, replies = result
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1", b"from-2"], (i, got))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), replies)
+
+    @defer.inlineCallbacks
+    def test_mesh_with_reference_servers(self):
+        ports = [self.nodes[0].port, self.nodes[1].port, self.client_port]
+        result = yield run(lambda: mesh_round(ports, "first"))
+        self.check(result)
+        # Restart the eventsvc node: the mesh heals (it dials A, B hears of it).
+        self.assertIn(self.ours.stop(), (0, -signal.SIGTERM))
+        self.ours = process.eventsvc(self.config, expect=("service",))
+        yield threads.deferToThread(self.ours.start)
+        result = yield run(lambda: mesh_round(ports, "second"))
+        self.check(result)
+        # Two routes up again: the one it dialled, and the one B dialled after gossip.
+        self.assertEqual(self.ours.output().count(") up, "), 2, self.ours.output())
+
+
+class SplitDeploymentTests(TestCase):
+    """The gateway on its own process, dialling the service's cluster port."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_gateway_process_to_service_process(self):
+        if nats is None:
+            process.require("nats-py")
+        service_port, cluster_port, gateway_port = process.free_port(), process.free_port(), process.free_port()
+        service_config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "events"\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (service_port, cluster_port))
+        gateway_config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
+            'disable_frontend_tls = true\ntokens = ["agent"]\n'
+            '[cluster]\nenabled = true\nname = "events"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
+        ) % (gateway_port, cluster_port))
+        service = process.eventsvc(service_config, expect=("service",))
+        service.start()
+        self.addCleanup(service.stop)
+        gateway = process.eventsvc(gateway_config, expect=("gateway",))
+        gateway.start()
+        self.addCleanup(lambda: gateway.stop())
+
+        async def publish_round(tag: str, count: int):
+            consumer = await nats.connect("nats://127.0.0.1:%d" % service_port)
+            sub = await consumer.subscribe("habitat.event.>", queue="automate")
+            await consumer.flush()
+            agent = await nats.connect("nats://127.0.0.1:%d" % gateway_port, token="agent")
+            # Wait for the interest to reach the gateway.
+            for _ in range(100):
+                await agent.publish("habitat.event.probe", b"")
+                try:
+                    await sub.next_msg(0.1)
+                    break
+                except nats.errors.TimeoutError:
+                    pass
+            while True:
+                try:
+                    await sub.next_msg(0.2)
+                except nats.errors.TimeoutError:
+                    break
+            for i in range(count):
+                await agent.publish("habitat.event.service_started", b"%s-%d" % (tag.encode(), i))
+            got = [(await sub.next_msg(5)).data for _ in range(count)]
+            try:
+                await sub.next_msg(0.5)
+                extra = True
+            except nats.errors.TimeoutError:
+                extra = False
+            await agent.close()
+            await consumer.close()
+            return got, extra
+
+        got, extra = yield run(lambda: publish_round("one", 100))
+        self.assertEqual(got, [b"one-%d" % i for i in range(100)])
+        self.assertFalse(extra, "a message arrived twice")
+        # Cut the route: restart the gateway process; delivery resumes.
+        gateway.stop()
+        gateway = process.eventsvc(gateway_config, expect=("gateway",))
+        yield threads.deferToThread(gateway.start)
+        self.addCleanup(lambda: gateway.stop())
+        got, extra = yield run(lambda: publish_round("two", 100))
+        self.assertEqual(got, [b"two-%d" % i for i in range(100)])
+        self.assertFalse(extra)
