@@ -17,6 +17,7 @@ from dataclasses import fields as dataclass_fields
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet import ssl
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
@@ -346,11 +347,21 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     client_urls = []
     if config.service.enabled:
         client_urls.append("{}:{}".format(config.service.host, config.service.port))
+    tls_server = tls_client = None
+    if cl.tls:
+        tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
+        trust = ssl.trustRootFromCertificates([load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")])
+        identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
+
+        def tls_client(name: str) -> Any:
+            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
+
     return RouteManager(
         broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), client_urls,
         user=cl.user, password=cl.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
+        tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
     )
 
 

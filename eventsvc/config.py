@@ -104,6 +104,10 @@ class ClusterConfig:
     password: str = ""
     #: Whether to accept routes (a gateway-only process may only dial).
     listen: bool = True
+    #: Routes over mutual TLS with the [tls] identity and CA (TLS first, as nats-server 2.9).
+    tls: bool = False
+    #: The name peers' certificates must carry (default: the host of each dialled route).
+    tls_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -425,6 +429,8 @@ def _check(config: Config, path: str) -> None:
                 fail("cluster", "routes", "{!r} is not nats-route://host:port".format(url))
         if not cl.listen and not cl.routes:
             fail("cluster", "routes", "listen = false needs at least one route to dial")
+        if cl.tls and not config.tls.enabled:
+            fail("cluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the routes' identity and CA)")
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 

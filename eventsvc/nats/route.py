@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -35,7 +35,7 @@ from eventsvc.nats.subjects import Subscription, valid_subject
 GLOBAL = b"$G"
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class RouteConnection(Protocol):
     """One route, dialled (C{solicited}) or accepted."""
 
@@ -75,6 +75,19 @@ class RouteConnection(Protocol):
         self.send(self.manager.info_line())
         self.flush()
         self._ping_timer = self.manager.clock.callLater(self.manager.ping_interval, self._ping_due)
+
+    def handshakeCompleted(self) -> None:
+        """TLS routes: the peer's certificate must carry the name we expect."""
+        name = self.manager.tls_name
+        if not name or self.solicited:
+            return  # dialled routes were checked by the client TLS options
+        try:
+            from service_identity.cryptography import verify_certificate_hostname
+
+            verify_certificate_hostname(self.transport.getPeerCertificate().to_cryptography(), name)
+        except Exception as e:
+            self.log.warn("route from {host}:{port} refused: its certificate is not for {name} ({why})", host=self.host, port=self.port, name=name, why=e)
+            self.close(None, "certificate name")
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
@@ -286,6 +299,9 @@ class RouteManager(Service):
         retry_initial: float = 0.5,
         retry_max: float = 10.0,
         accept: bool = True,
+        tls_server: Any = None,
+        tls_client: Any = None,
+        tls_name: str = "",
     ) -> None:
         self.setName("cluster")
         self.broker = broker
@@ -299,6 +315,12 @@ class RouteManager(Service):
         self.ping_interval, self.ping_max = ping_interval, ping_max
         self.retry_initial, self.retry_max = retry_initial, retry_max
         self.accept = accept
+        #: TLS: server options (mutual) for accepted routes, a function of the
+        #: host name giving client options for dialled ones, and the name
+        #: peers' certificates must carry.
+        self.tls_server = tls_server
+        self.tls_client = tls_client
+        self.tls_name = tls_name
         self.routes: Dict[str, RouteConnection] = {}
         self.listening: Any = None
         self._attempts: Dict[str, int] = {}
@@ -311,7 +333,7 @@ class RouteManager(Service):
 
     def info(self) -> Dict[str, Any]:
         b = self.broker
-        return {
+        info = {
             "server_id": b.server_id,
             "server_name": b.server_name,
             "version": b.version,
@@ -325,6 +347,9 @@ class RouteManager(Service):
             "connect_urls": self.client_urls,
             "lnoc": True,
         }
+        if self.tls_server is not None:
+            info.update(tls_required=True, tls_verify=True)
+        return info
 
     @property
     def advertise_host(self) -> str:
@@ -338,6 +363,7 @@ class RouteManager(Service):
             "echo": True, "verbose": False, "pedantic": False, "tls_required": False, "headers": True,
             "name": self.broker.server_id, "cluster": self.cluster_name, "lnoc": True,
         }
+        options["tls_required"] = self.tls_client is not None
         if self.user:
             options.update(user=self.user, **{"pass": self.password})
         return options
@@ -352,7 +378,10 @@ class RouteManager(Service):
     def startService(self) -> None:
         if self.accept:
             try:
-                self.listening = self.clock.listenTCP(self.port, _Accepting(self), interface=self.host)
+                if self.tls_server is not None:
+                    self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.tls_server, interface=self.host)
+                else:
+                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), interface=self.host)
             except CannotListenError as e:
                 raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.host, self.port, e.socketError))
             self.port = self.listening.getHost().port
@@ -387,7 +416,11 @@ class RouteManager(Service):
             self.log.error("route {url} is not nats-route://host:port", url=url)
             return
         self._dialling.add(url)
-        self.clock.connectTCP(parts.hostname, parts.port, _Dialling(self, url), timeout=5)
+        if self.tls_client is not None:
+            options = self.tls_client(self.tls_name or parts.hostname)
+            self.clock.connectSSL(parts.hostname, parts.port, _Dialling(self, url), options, timeout=5)
+        else:
+            self.clock.connectTCP(parts.hostname, parts.port, _Dialling(self, url), timeout=5)
 
     def dial_failed(self, url: str, why: str) -> None:
         self._dialling.discard(url)

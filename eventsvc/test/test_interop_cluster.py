@@ -185,3 +185,52 @@ class SplitDeploymentTests(TestCase):
         got, extra = yield run(lambda: publish_round("two", 100))
         self.assertEqual(got, [b"two-%d" % i for i in range(100)])
         self.assertFalse(extra)
+
+
+class TLSRouteProcessTests(TestCase):
+    """Two eventsvc processes linked by a mutual-TLS route."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_tls_route(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        made = process.cli("certs", "--out", os.path.join(directory, "certs"))
+        self.assertEqual(made.returncode, 0, made.stderr)
+        ports = [process.free_port() for _ in range(4)]
+        configs = []
+        for i in range(2):
+            configs.append(process.write_config(os.path.join(directory, "node%d.toml" % i), (
+                '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+                '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
+                '[cluster]\nenabled = true\nname = "tls"\nhost = "127.0.0.1"\nport = {cluster}\ntls = true\ntls_name = "localhost"\n{routes}'
+            ).format(client=ports[i], cluster=ports[2 + i], routes='routes = ["nats-route://127.0.0.1:%d"]\n' % ports[2] if i else "")))
+        nodes = [process.eventsvc(c, expect=("service",)) for c in configs]
+        for node in nodes:
+            yield threads.deferToThread(node.start)
+            self.addCleanup(node.stop)
+        import ssl
+
+        def context():
+            c = ssl.create_default_context(cafile=os.path.join(directory, "certs", "ca.crt"))
+            c.load_cert_chain(os.path.join(directory, "certs", "client.crt"), os.path.join(directory, "certs", "client.key"))
+            return c
+
+        async def scenario():
+            sub_nc = await nats.connect("tls://localhost:%d" % ports[0], tls=context())
+            sub = await sub_nc.subscribe("across.tls")
+            await sub_nc.flush()
+            pub_nc = await nats.connect("tls://localhost:%d" % ports[1], tls=context())
+            for _ in range(100):
+                await pub_nc.publish("across.tls", b"secret")
+                try:
+                    return (await sub.next_msg(0.1)).data
+                except nats.errors.TimeoutError:
+                    pass
+            return None
+
+        data = yield run(scenario)
+        self.assertEqual(data, b"secret")
+        self.assertIn(") up, ", nodes[0].output())

@@ -169,3 +169,70 @@ class RouteTests(SynchronousTestCase):
         pump, dialled, _ = link(self.a, self.b)
         dialled.dataReceived(b"RS+ $SYS $SYS.REQ.SERVER.PING\r\nRMSG $SYS foo 1\r\nx\r\n")
         self.assertEqual(dialled.subs, {})
+
+
+class TLSRouteTests(SynchronousTestCase):
+    """Routes over mutual TLS (TLS first, as nats-server 2.9), real TLS in memory."""
+
+    def setUp(self) -> None:
+        from eventsvc.security import tls
+        from eventsvc.test.tlshelpers import PKI
+
+        self.tls = tls
+        self.pki = PKI(self.mktemp())
+        for name in ("node-a", "node-b", "node-x"):
+            self.pki.issue(name)
+        self.a, self.b = Node("A"), Node("B")
+
+    def link(self, dialer_cert: str, acceptor_cert: str, expected: str, acceptor_expects: str = "", ca=None):
+        from twisted.internet import ssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+        from eventsvc.test.tlshelpers import PKI, _Unused
+
+        self.b.manager.tls_name = acceptor_expects
+        server_opts = self.tls.mutual_tls_server(self.pki.path(acceptor_cert + ".crt"), self.pki.path(acceptor_cert + ".key"), self.pki.path("ca.crt"))
+        minted = self.pki.issue(dialer_cert, ca=ca) if ca is not None else None
+        identity = PKI.private(minted) if minted else ssl.PrivateCertificate.loadPEM(
+            open(self.pki.path(dialer_cert + ".crt"), "rb").read() + open(self.pki.path(dialer_cert + ".key"), "rb").read()
+        )
+        client_opts = ssl.optionsForClientTLS(expected, trustRoot=self.pki.trust_root(), clientCertificate=identity)
+        url = "nats-route://%s:6222" % expected
+        self.a.manager.configured.append(url)
+        inner_client = _Dialling(self.a.manager, url).buildProtocol(None)
+        inner_server = _Accepting(self.b.manager).buildProtocol(None)
+        client = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(client_opts, True, _Unused()), inner_client)
+        server = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(server_opts, False, _Unused()), inner_server)
+        pump = connect(
+            server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
+            client, FakeTransport(client, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 6222)),
+            greet=True,
+        )
+        pump.flush()
+        return pump
+
+    def test_good_certificates(self) -> None:
+        pump = self.link("node-a", "node-b", "node-b", acceptor_expects="node-a")
+        self.assertEqual(set(self.a.manager.routes), {"NB"})
+        sub = self.b.client()
+        sub.send(b"SUB foo 1\r\n")
+        pump.flush()
+        self.a.client().send(b"PUB foo 2\r\nok\r\n")
+        pump.flush()
+        self.assertEqual(sub.received(), b"MSG foo 1 2\r\nok\r\n")
+
+    def test_foreign_ca(self) -> None:
+        from eventsvc.security import certs
+
+        self.link("stranger", "node-b", "node-b", ca=certs.make_ca("elsewhere"))
+        self.assertEqual(self.a.manager.routes, {})
+        self.assertEqual(self.b.manager.routes, {})
+
+    def test_acceptor_checks_the_name(self) -> None:
+        self.link("node-x", "node-b", "node-b", acceptor_expects="node-a")
+        self.assertEqual(self.b.manager.routes, {})
+
+    def test_dialler_checks_the_name(self) -> None:
+        # We expect node-b, but the server presents node-x's certificate.
+        self.link("node-a", "node-x", "node-b")
+        self.assertEqual(self.a.manager.routes, {})
