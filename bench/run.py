@@ -125,6 +125,34 @@ def tls_scenes(tool: str, runs: int, n: int) -> None:
             server.stop()
 
 
+def routed_scenes(tool: str, runs: int, n: int) -> None:
+    """Publisher on one node, subscriber on another, one route between them."""
+    directory = tempfile.mkdtemp()
+    p = [process.free_port() for _ in range(6)]
+    a, b = process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[0], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[1]), \
+        process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[1], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[0])
+    service = process.eventsvc(process.write_config(os.path.join(directory, "service.toml"), (
+        '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "bench"\nhost = "127.0.0.1"\nport = %d\n'
+    ) % (p[2], p[3])), expect=("service",))
+    gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway.toml"), (
+        '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
+        'tokens = ["bench"]\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
+        '[cluster]\nenabled = true\nname = "bench"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
+    ) % (p[4], p[3])), expect=("gateway",))
+    for server in (a, b, service, gateway):
+        server.start()
+    try:
+        args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n)]
+        samples: Dict[str, List[float]] = {"nats-server": [], "eventsvc": []}
+        for _ in range(runs):
+            samples["nats-server"].append(measure(tool, b.port, args + ["-puburl", "nats://127.0.0.1:%d" % a.port])["deliver_rate"])
+            samples["eventsvc"].append(measure(tool, service.port, args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"])["deliver_rate"])
+        report("routed 1:1 16 B (gw->svc)", samples)
+    finally:
+        for server in (a, b, service, gateway):
+            server.stop()
+
+
 def report(label: str, samples: Dict[str, List[float]]) -> None:
     ref = statistics.median(samples["nats-server"])
     us = statistics.median(samples["eventsvc"])
@@ -136,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
-    parser.add_argument("--only", choices=["plain", "tls"], help="run only these scenes")
+    parser.add_argument("--only", choices=["plain", "tls", "routed"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "nl": 2000 if options.quick else 5000}
@@ -146,10 +174,12 @@ def main() -> None:
         sys.implementation.name, sys.version.split()[0],
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
     print("{:<26} {:>14} {:>14} {:>8}".format("scene", "nats-server", "eventsvc", "ratio"))
-    if options.only != "tls":
+    if options.only in (None, "plain"):
         plain_scenes(tool, options.runs, counts)
-    if options.only != "plain":
+    if options.only in (None, "tls"):
         tls_scenes(tool, options.runs, counts["n"])
+    if options.only in (None, "routed"):
+        routed_scenes(tool, options.runs, counts["n"])
 
 
 def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:

@@ -521,6 +521,9 @@ class RouteParser:
                     raise ProtocolViolation(UNKNOWN_OPERATION)
                 if headers:
                     h.op_rhmsg(account, subject, reply, queues, hdr_len, size, buf[nl + 1 : end])
+                elif buf[nl - 1] == 13 and 47 < buf[nl - 2] < 58:
+                    # "<size>\r\n<payload>\r\n" is already in the buffer: no copy.
+                    h.op_rmsg(account, subject, reply, queues, size, buf[nl - 1 - len(args[-1]) : end])
                 else:
                     h.op_rmsg(account, subject, reply, queues, size, b"%d\r\n" % size + buf[nl + 1 : end])
                 pos = end

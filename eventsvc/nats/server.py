@@ -284,14 +284,16 @@ class Broker:
             self.deliver(src, subject, None, size, tails[0])
             return
         targets = self._targets.get(subject) or self._plan(subject)
-        if not targets.simple:
+        if not targets.simple or targets.route_mixed:
             for tail in tails:
                 self.deliver(src, subject, None, _payload_size(tail), tail)
             return
         k = len(tails)
         no_echo = not src.echo
         dirty = self._dirty
-        for conn, prefix, append in targets.plain:
+        # Routes with plain interest take the same joined frames ("RMSG $G <subject> ").
+        routes = targets.route_plain if not src.route else ()
+        for conn, prefix, append in targets.plain + routes if routes else targets.plain:
             if conn is src and no_echo:
                 continue
             # prefix + prefix.join(tails) == prefix t1 prefix t2 ... prefix tk
@@ -393,6 +395,14 @@ class Broker:
         A message from a route: to local plain subscribers, and to one local
         member of each queue group it names.  Never to another route.
         """
+        if hdr_len < 0:
+            # The fast loop; deliver() stops at local subscribers for a route.
+            count = self.deliver(route, subject, reply, size, tail)
+            if queues:
+                targets = self._targets.get(subject) or self._plan(subject)
+                if targets.queues:
+                    count += self._deliver_queues(route, targets, _Message(subject, reply, size, tail, -1, b""), only=queues)
+            return count
         targets = self._targets.get(subject) or self._plan(subject)
         message = _Message(subject, reply, size, tail, hdr_len, body)
         count = 0

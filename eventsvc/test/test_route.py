@@ -66,6 +66,19 @@ class RouteTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(sub.received(), b"MSG foo 1 2\r\nhi\r\n")
 
+    def test_batched_publishes_reach_routes(self) -> None:
+        """Many PUBs to one subject in one read (a batch) all cross the route."""
+        pump, _, _ = link(self.a, self.b)
+        sub = self.b.client()
+        sub.send(b"SUB foo 1\r\n")
+        local = self.a.client()
+        local.send(b"SUB foo 1\r\n")
+        pump.flush()
+        self.a.client().send(b"PUB foo 1\r\nx\r\n" * 5 + b"PUB foo r 1\r\ny\r\n")
+        pump.flush()
+        self.assertEqual(sub.received(), b"MSG foo 1 1\r\nx\r\n" * 5 + b"MSG foo 1 r 1\r\ny\r\n")
+        self.assertEqual(local.received().count(b"MSG foo"), 6)
+
     def test_interest_follows_subscriptions(self) -> None:
         pump, dialled, accepted = link(self.a, self.b)
         c = self.b.client()
