@@ -74,7 +74,10 @@ class RouteTests(SynchronousTestCase):
         local = self.a.client()
         local.send(b"SUB foo 1\r\n")
         pump.flush()
-        self.a.client().send(b"PUB foo 1\r\nx\r\n" * 5 + b"PUB foo r 1\r\ny\r\n")
+        # A plain client (not verbose, not pedantic): its PUBs are batched.
+        publisher = self.a.client(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        self.assertTrue(publisher.proto.plain)
+        publisher.send(b"PUB foo 1\r\nx\r\n" * 5 + b"PUB foo r 1\r\ny\r\n")
         pump.flush()
         self.assertEqual(sub.received(), b"MSG foo 1 1\r\nx\r\n" * 5 + b"MSG foo 1 r 1\r\ny\r\n")
         self.assertEqual(local.received().count(b"MSG foo"), 6)
