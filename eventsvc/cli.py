@@ -55,9 +55,18 @@ def check_config(options: argparse.Namespace) -> int:
         make_service(config, MemoryReactorClock())
     except StartupError as e:
         return _say("eventsvc: {}".format(e), EX_CONFIG)
-    parts = ["service on {}:{}{}".format(config.service.host, config.service.port, " (mutual TLS)" if config.tls.enabled else "")]
+    parts = []
+    if config.service.enabled:
+        parts.append("service on {}:{}{}".format(config.service.host, config.service.port, " (mutual TLS)" if config.tls.enabled else ""))
     if config.gateway.enabled:
         parts.append("gateway on {}:{}".format(config.gateway.host, config.gateway.port))
+    if config.cluster.enabled:
+        cl = config.cluster
+        parts.append("cluster {}{}{}".format(
+            cl.name,
+            " accepting routes on {}:{}".format(cl.host, cl.port) if cl.listen else "",
+            " dialling {}".format(", ".join(cl.routes)) if cl.routes else "",
+        ))
     return _say("ok: {}: {}".format(options.config, ", ".join(parts)), EX_OK)
 
 
