@@ -180,6 +180,8 @@ class ClientConnection(Protocol):
         self.permissions: Any = None
         #: PUBs go straight from the parser to the broker (see the parser).
         self.plain = False
+        #: The permissions' publish check, or None: the parser asks it on the fast path.
+        self.may_publish: Any = None
         self.publish = broker.deliver
         self.publish_batch = broker.deliver_batch
         # Counters and liveness.
@@ -394,7 +396,8 @@ class ClientConnection(Protocol):
                 self.op_no_responders(reply)
 
     def _update_plain(self) -> None:
-        self.plain = not self.verbose and not self.pedantic and self.permissions is None
+        self.plain = not self.verbose and not self.pedantic
+        self.may_publish = self.permissions.may_publish if self.permissions is not None else None
 
     def op_no_responders(self, reply: bytes) -> None:
         if self.no_responders:

@@ -45,8 +45,8 @@ class IClientOperations(Protocol):
     """
     What a L{ClientParser} calls; implemented by the client connection.
 
-    When C{plain} is true (the connection is neither verbose nor pedantic
-    and has no permissions to check) the parser hands PUBs straight to
+    When C{plain} is true (the connection is neither verbose nor pedantic)
+    the parser hands PUBs it C{may_publish} (None: no permissions) straight to
     C{publish(handler, subject, reply, size, tail)}, which returns how many
     subscribers it reached, or, for runs without a reply, to
     C{publish_batch}; it adds to C{in_msgs} and C{in_bytes} itself.
@@ -54,6 +54,7 @@ class IClientOperations(Protocol):
     """
 
     plain: bool
+    may_publish: Optional[Any]
     in_msgs: int
     in_bytes: int
 
@@ -231,6 +232,7 @@ class ClientParser:
         mcl = self.max_control_line
         sizes = self._sizes
         plain = handler.plain
+        may_publish = handler.may_publish
         publish = handler.publish
         publish_batch = handler.publish_batch
         op_pub = handler.op_pub
@@ -277,6 +279,7 @@ class ClientParser:
                             # CONNECT may have changed how PUBs are handled.
                             guarded = self.awaiting_connect
                             plain = handler.plain
+                            may_publish = handler.may_publish
                             continue
                         start = pos + length
                     # PUB <subject> [reply] <#bytes>; split() drops the CR too.
@@ -313,6 +316,13 @@ class ClientParser:
                     tail = szb + b"\r\n" + buf[nl + 1 : end]
                 pos = end
                 if plain:
+                    if may_publish is not None and not may_publish(subject):
+                        # Refused: the handler says so, in order.
+                        if batch:
+                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                            batch = []
+                        op_pub(subject, reply, size, tail)
+                        continue
                     msgs += 1
                     nbytes += size
                     if reply is None:

@@ -110,6 +110,19 @@ class GatewayAuthTests(SynchronousTestCase):
         )
         self.assertFalse(c.closed)
 
+    def test_permissions_on_the_batched_path(self) -> None:
+        """A plain agent's PUBs are batched; refused ones are reported in order, allowed ones delivered."""
+        svc, _, _ = build(self)
+        consumer = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB > 1\r\n')
+        agent = connect(svc, "gateway", token_connect(TOKEN))
+        self.assertTrue(agent.proto.plain)
+        agent.send(
+            b"PUB habitat.event.a 1\r\n1\r\n" * 3 + b"PUB secret 1\r\nx\r\n" + b"PUB habitat.event.a 1\r\n2\r\n" * 2 + b"PING\r\n"
+        )
+        self.assertEqual(agent.received(), b"-ERR 'Permissions Violation for Publish to \"secret\"'\r\nPONG\r\n")
+        self.assertEqual(consumer.received(), b"MSG habitat.event.a 1 1\r\n1\r\n" * 3 + b"MSG habitat.event.a 1 1\r\n2\r\n" * 2)
+        self.assertEqual(agent.proto.in_msgs, 6)
+
     def test_gateway_to_service_and_back(self) -> None:
         """A request published at the gateway reaches the service; the reply comes back once."""
         svc, _, _ = build(self)

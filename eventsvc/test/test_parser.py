@@ -52,6 +52,7 @@ EXPECTED = [
 
 class Recorder:
     plain = False
+    may_publish = None
     in_msgs = in_bytes = 0
 
     def __init__(self) -> None:
