@@ -493,82 +493,130 @@ class RouteParser:
             self._pending_len = self._need = 0
         else:
             buf = data
-        n, pos, h = len(buf), 0, self._handler
-        while pos < n:
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                rest = buf[pos:]
-                if len(rest) > self.max_control_line + 16:
-                    raise ProtocolViolation(MAX_CONTROL_LINE)
-                self._pending.append(rest)
-                self._pending_len, self._need = len(rest), len(rest) + 1
-                return
-            if nl - pos > self.max_control_line + 16:
-                raise ProtocolViolation(MAX_CONTROL_LINE)
-            line = buf[pos:nl].rstrip(b"\r")
-            verb, _, rest = line.partition(b" ")
-            verb = verb.upper()
-            if verb in (b"RMSG", b"HMSG"):
-                args = rest.split()
-                headers = verb == b"HMSG"
-                if len(args) < (4 if headers else 3):
-                    raise ProtocolViolation(None, "short {}".format(verb.decode()))
-                account, subject = args[0], args[1]
-                if headers:
-                    hdr_len, size = _size(args[-2]), _size(args[-1])
-                    middle = args[2:-2]
+        self._parse(buf, self._handler)
+
+    def _parse(self, buf: bytes, h: Any) -> None:
+        # As the client parser: an RMSG line identical to the previous one is
+        # not parsed again, and runs of plain RMSGs to one subject (no reply,
+        # no queue names) go to the handler as one batch.
+        n, pos = len(buf), 0
+        mcl = self.max_control_line + 16
+        find, startswith = buf.find, buf.startswith
+        last, last_nl, tail_off, size = b"\n\n", 0, -1, 0
+        account = subject = szb = b""
+        reply: Optional[bytes] = None
+        queues: List[bytes] = []
+        batch: List[bytes] = []
+        batch_subject, batch_bytes = b"", 0
+        try:
+            while pos < n:
+                if startswith(last, pos):
+                    nl = pos + last_nl
                 else:
-                    hdr_len, size = -1, _size(args[-1])
-                    middle = args[2:-1]
-                reply, queues = _route_targets(middle)
+                    nl = find(b"\n", pos)
+                    if nl < 0:
+                        rest = buf[pos:]
+                        if len(rest) > mcl:
+                            raise ProtocolViolation(MAX_CONTROL_LINE)
+                        self._keep(rest, len(rest) + 1)
+                        return
+                    if nl - pos > mcl:
+                        raise ProtocolViolation(MAX_CONTROL_LINE)
+                    if not startswith(b"RMSG ", pos):
+                        if batch:
+                            h.op_rmsg_batch(batch_subject, batch, batch_bytes)
+                            batch = []
+                        pos = self._other(buf, pos, nl, h)
+                        if pos < 0:
+                            return
+                        continue
+                    args = buf[pos + 5 : nl].split()
+                    if len(args) < 3:
+                        raise ProtocolViolation(None, "short RMSG")
+                    account, subject, szb = args[0], args[1], args[-1]
+                    size = _size(szb)
+                    reply, queues = _route_targets(args[2:-1])
+                    tail_off = nl - 1 - len(szb) - pos if buf[nl - 1] == 13 and 47 < buf[nl - 2] < 58 else -1
+                    last, last_nl = buf[pos : nl + 1], nl - pos
                 end = nl + size + 3
                 if end > n:
-                    rest_ = buf[pos:]
-                    self._pending.append(rest_)
-                    self._pending_len, self._need = len(rest_), end - pos
+                    self._keep(buf[pos:], end - pos)
                     return
                 if buf[end - 2] != 13 or buf[end - 1] != 10:
                     raise ProtocolViolation(UNKNOWN_OPERATION)
-                if headers:
-                    h.op_rhmsg(account, subject, reply, queues, hdr_len, size, buf[nl + 1 : end])
-                elif buf[nl - 1] == 13 and 47 < buf[nl - 2] < 58:
-                    # "<size>\r\n<payload>\r\n" is already in the buffer: no copy.
-                    h.op_rmsg(account, subject, reply, queues, size, buf[nl - 1 - len(args[-1]) : end])
-                else:
-                    h.op_rmsg(account, subject, reply, queues, size, b"%d\r\n" % size + buf[nl + 1 : end])
+                tail = buf[pos + tail_off : end] if tail_off >= 0 else szb + b"\r\n" + buf[nl + 1 : end]
                 pos = end
-                continue
-            pos = nl + 1
-            if verb == b"RS+":
-                args = rest.split()
-                if len(args) == 2:
-                    h.op_rs_plus(args[0], args[1], None, 1)
-                elif len(args) >= 3:
-                    weight = _parse_size(args[3]) if len(args) > 3 else 1
-                    h.op_rs_plus(args[0], args[1], args[2], max(weight, 1))
-                else:
-                    raise ProtocolViolation(None, "short RS+")
-            elif verb == b"RS-":
-                args = rest.split()
-                if len(args) < 2:
-                    raise ProtocolViolation(None, "short RS-")
-                h.op_rs_minus(args[0], args[1], args[2] if len(args) > 2 else None)
-            elif verb == b"PING":
-                h.op_ping()
-            elif verb == b"PONG":
-                h.op_pong()
-            elif verb == b"INFO":
-                h.op_info(rest.strip())
-            elif verb == b"CONNECT":
-                h.op_connect(rest.strip())
-            elif verb == b"+OK":
-                pass
-            elif verb == b"-ERR":
-                h.op_err(rest.strip())
-            elif verb in (b"LS+", b"LS-", b"LMSG", b"A+", b"A-"):
-                raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+                if reply is None and not queues and account == b"$G":
+                    if batch:
+                        if subject is batch_subject or subject == batch_subject:
+                            batch.append(tail)
+                            batch_bytes += size
+                            continue
+                        h.op_rmsg_batch(batch_subject, batch, batch_bytes)
+                    batch, batch_subject, batch_bytes = [tail], subject, size
+                    continue
+                if batch:
+                    h.op_rmsg_batch(batch_subject, batch, batch_bytes)
+                    batch = []
+                h.op_rmsg(account, subject, reply, queues, size, tail)
+        finally:
+            if batch:
+                h.op_rmsg_batch(batch_subject, batch, batch_bytes)
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        self._pending.append(rest)
+        self._pending_len, self._need = len(rest), need
+
+    def _other(self, buf: bytes, pos: int, nl: int, h: Any) -> int:
+        """Everything but RMSG; returns the next position, or -1 to wait for more."""
+        line = buf[pos:nl].rstrip(b"\r")
+        verb, _, rest = line.partition(b" ")
+        verb = verb.upper()
+        if verb == b"HMSG":
+            args = rest.split()
+            if len(args) < 4:
+                raise ProtocolViolation(None, "short HMSG")
+            hdr_len, size = _size(args[-2]), _size(args[-1])
+            reply, queues = _route_targets(args[2:-2])
+            end = nl + size + 3
+            if end > len(buf):
+                self._keep(buf[pos:], end - pos)
+                return -1
+            if buf[end - 2] != 13 or buf[end - 1] != 10:
+                raise ProtocolViolation(UNKNOWN_OPERATION)
+            h.op_rhmsg(args[0], args[1], reply, queues, hdr_len, size, buf[nl + 1 : end])
+            return end
+        if verb == b"RS+":
+            args = rest.split()
+            if len(args) == 2:
+                h.op_rs_plus(args[0], args[1], None, 1)
+            elif len(args) >= 3:
+                weight = _parse_size(args[3]) if len(args) > 3 else 1
+                h.op_rs_plus(args[0], args[1], args[2], max(weight, 1))
             else:
-                raise ProtocolViolation(UNKNOWN_OPERATION, "unknown route operation {!r}".format(verb[:16]))
+                raise ProtocolViolation(None, "short RS+")
+        elif verb == b"RS-":
+            args = rest.split()
+            if len(args) < 2:
+                raise ProtocolViolation(None, "short RS-")
+            h.op_rs_minus(args[0], args[1], args[2] if len(args) > 2 else None)
+        elif verb == b"PING":
+            h.op_ping()
+        elif verb == b"PONG":
+            h.op_pong()
+        elif verb == b"INFO":
+            h.op_info(rest.strip())
+        elif verb == b"CONNECT":
+            h.op_connect(rest.strip())
+        elif verb == b"+OK":
+            pass
+        elif verb == b"-ERR":
+            h.op_err(rest.strip())
+        elif verb in (b"LS+", b"LS-", b"LMSG", b"A+", b"A-"):
+            raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+        else:
+            raise ProtocolViolation(UNKNOWN_OPERATION, "unknown route operation {!r}".format(verb[:16]))
+        return nl + 1
 
 
 def _route_targets(middle: List[bytes]) -> "tuple[Optional[bytes], List[bytes]]":

@@ -221,6 +221,12 @@ class RouteConnection(Protocol):
         if account == GLOBAL:
             self.broker.deliver_routed(self, subject, reply, queues, size, tail)
 
+    def op_rmsg_batch(self, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Plain RMSGs to one subject (no reply, no queue names), in order."""
+        self.in_msgs += len(tails)
+        self.in_bytes += size
+        self.broker.deliver_batch(self, subject, tails, size)
+
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         self.in_msgs += 1
         self.in_bytes += total

@@ -304,7 +304,8 @@ class Broker:
             if not conn.dirty:
                 conn.dirty = True
                 dirty.append(conn)
-        if targets.queues:
+        if targets.queues and not src.route:
+            # (An RMSG without queue names reaches plain subscribers only.)
             rand = self._random.random
             for group in targets.queues:
                 members = group

@@ -252,3 +252,55 @@ class TLSRouteTests(SynchronousTestCase):
         # We expect node-b, but the server presents node-x's certificate.
         self.link("node-a", "node-x", "node-b")
         self.assertEqual(self.a.manager.routes, {})
+
+
+class RouteParserTests(SynchronousTestCase):
+    STREAM = (
+        b'INFO {"server_id":"X"}\r\nRS+ $G foo\r\nRS+ $G bar q 2\r\nRS- $G bar q\r\n'
+        b"RMSG $G foo 5\r\nhello\r\nRMSG $G foo 5\r\nworld\r\nRMSG $G bar | q 2\r\nhi\r\n"
+        b"RMSG $G foo + rep q1 q2 3\r\nabc\r\nRMSG $G foo rep 1\r\nx\r\n"
+        b"HMSG $G foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\nRMSG $SYS foo 1\r\ny\r\nPING\r\nPONG\r\n"
+    )
+
+    def parse(self, chunks):
+        from eventsvc.nats.parser import RouteParser
+
+        ops = []
+
+        class Recorder:
+            def __getattr__(self, name):
+                if name == "op_rmsg_batch":
+                    # Flatten batches, so that splitting does not change the result.
+                    return lambda subject, tails, size: ops.extend(("op_rmsg", b"$G", subject, None, [], None, t) for t in tails)
+                if name == "op_rmsg":
+                    return lambda account, subject, reply, queues, size, tail: ops.append(("op_rmsg", account, subject, reply, list(queues), None, tail))
+                return lambda *args: ops.append((name,) + args)
+
+        parser = RouteParser(Recorder())
+        for chunk in chunks:
+            parser.feed(chunk)
+        return ops
+
+    def test_split_anywhere(self) -> None:
+        whole = self.parse([self.STREAM])
+        self.assertEqual(len(whole), 13)
+        self.assertEqual(self.parse([self.STREAM[i : i + 1] for i in range(len(self.STREAM))]), whole)
+        for i in range(0, len(self.STREAM), 7):
+            self.assertEqual(self.parse([self.STREAM[:i], self.STREAM[i:]]), whole)
+
+    def test_routed_batch_reaches_plain_subscribers_only(self) -> None:
+        a, b = Node("A"), Node("B")
+        pump, dialled, accepted = link(a, b)
+        plain = b.client()
+        plain.send(b"SUB foo 1\r\n")
+        member = b.client()
+        member.send(b"SUB foo q 2\r\n")
+        pump.flush()
+        accepted.dataReceived(b"RMSG $G foo 1\r\nx\r\n" * 4)
+        b.broker.flush()
+        self.assertEqual(plain.received(), b"MSG foo 1 1\r\nx\r\n" * 4)
+        self.assertEqual(member.received(), b"")
+        accepted.dataReceived(b"RMSG $G foo | q 1\r\ny\r\n")
+        b.broker.flush()
+        self.assertEqual(member.received(), b"MSG foo 2 1\r\ny\r\n")
+        self.assertEqual(plain.received(), b"MSG foo 1 1\r\ny\r\n")
