@@ -167,6 +167,22 @@ class RouteTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(sub.received(), b"MSG foo 1 1\r\ny\r\n")
 
+    def test_slow_route_is_cut_not_buffered_forever(self) -> None:
+        self.a.manager.max_pending = 10000
+        pump, dialled, accepted = link(self.a, self.b)
+        self.b.client().send(b"SUB foo 1\r\n")
+        pump.flush()
+        # The peer stops reading: Twisted pauses the route's output.
+        dialled.pauseProducing()
+        publisher = self.a.client()
+        for _ in range(20):
+            publisher.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertTrue(dialled.closed)
+        self.assertEqual(self.a.manager.routes, {})
+        self.assertEqual(dialled._held_bytes, 0)
+        # It will be dialled again.
+        self.assertTrue(self.a.clock.getDelayedCalls())
+
     def test_duplicate_route_dropped(self) -> None:
         link(self.a, self.b)
         pump, dialled, accepted = link(self.a, self.b)
