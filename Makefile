@@ -4,7 +4,11 @@ VENV ?= .venv
 CONFIG ?= dev/patch.toml
 ABS_VENV := $(abspath $(VENV))
 
-.PHONY: run test install install-test system-deps bench clean
+PYPY ?= pypy3
+PYPY_VENV ?= .venv-pypy
+ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
+
+.PHONY: run test install install-test system-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
@@ -13,6 +17,25 @@ run: install
 # Set up and run the whole test suite against the installed package.
 test: install-test system-deps
 	cd "$$(mktemp -d)" && $(ABS_VENV)/bin/trial eventsvc
+
+# The same on PyPy (Debian's pypy3 and pypy3-venv), with constraints-pypy.txt.
+run-pypy: install-pypy
+	$(ABS_PYPY_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
+
+test-pypy: install-pypy-test system-deps
+	cd "$$(mktemp -d)" && $(ABS_PYPY_VENV)/bin/trial eventsvc
+
+$(PYPY_VENV)/bin/pip:
+	@command -v $(PYPY) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pypy3 pypy3-venv; \
+	  else echo "pypy3 is missing: sudo apt-get install pypy3 pypy3-venv"; exit 1; fi; }
+	$(PYPY) -m venv $(PYPY_VENV)
+
+install-pypy: $(PYPY_VENV)/bin/pip
+	$(PYPY_VENV)/bin/pip install -q -c constraints-pypy.txt .
+
+install-pypy-test: $(PYPY_VENV)/bin/pip
+	$(PYPY_VENV)/bin/pip install -q -c constraints-pypy.txt ".[test]"
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -36,4 +59,4 @@ bench: install system-deps
 	$(ABS_VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info
