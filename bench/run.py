@@ -31,8 +31,10 @@ SCENES = [
     # (label, natsbench arguments, figure to compare)
     ("pub/sub 1:1 16 B", ["-np", "1", "-ns", "1", "-ms", "16", "-n", "{n}"], "deliver_rate"),
     ("pub/sub 1:4 16 B", ["-np", "1", "-ns", "4", "-ms", "16", "-n", "{n}"], "deliver_rate"),
+    ("pub/sub 4:4 16 B", ["-np", "4", "-ns", "4", "-ms", "16", "-n", "{n4}"], "deliver_rate"),
     ("pub/sub 1:1 1 KiB", ["-np", "1", "-ns", "1", "-ms", "1024", "-n", "{n4}"], "deliver_rate"),
     ("pub/sub 1:4 1 KiB", ["-np", "1", "-ns", "4", "-ms", "1024", "-n", "{n4}"], "deliver_rate"),
+    ("pub/sub 4:4 1 KiB", ["-np", "4", "-ns", "4", "-ms", "1024", "-n", "{n16}"], "deliver_rate"),
     ("request/reply p50 (us)", ["-mode", "latency", "-n", "{nl}"], "p50_us"),
     ("request/reply p99 (us)", ["-mode", "latency", "-n", "{nl}"], "p99_us"),
 ]
@@ -153,6 +155,57 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
             server.stop()
 
 
+def rss(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def idle_memory(port: int, pid: int, count: int = 1000) -> float:
+    """Resident bytes per idle connection holding one subscription."""
+    import resource
+    import socket
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
+    time.sleep(0.5)
+    before = rss(pid)
+    sockets = []
+    for i in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.recv(4096)
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB idle.%d 1\r\nPING\r\n' % i)
+        sockets.append(s)
+    for s in sockets:
+        data = b""
+        while not data.endswith(b"PONG\r\n"):
+            data += s.recv(4096)
+    time.sleep(1.0)
+    after = rss(pid)
+    for s in sockets:
+        s.close()
+    return (after - before) / count
+
+
+def memory_scene(runs: int) -> None:
+    config = os.path.join(tempfile.mkdtemp(), "bench.toml")
+    process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n[log]\nlevel = "warn"\n')
+    # (The ready line is at info level: start with info, the level only matters for speed.)
+    process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n')
+    servers = {"nats-server": process.nats_server(), "eventsvc": process.eventsvc(config)}
+    for server in servers.values():
+        server.start()
+    try:
+        samples = {name: [idle_memory(server.port, server.process.pid)] for name, server in servers.items()}
+        report("idle conn memory (bytes)", samples)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def report(label: str, samples: Dict[str, List[float]]) -> None:
     ref = statistics.median(samples["nats-server"])
     us = statistics.median(samples["eventsvc"])
@@ -164,10 +217,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
-    parser.add_argument("--only", choices=["plain", "tls", "routed"], help="run only these scenes")
+    parser.add_argument("--only", choices=["plain", "tls", "routed", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
-    counts = {"n": n, "n4": n // 4, "nl": 2000 if options.quick else 5000}
+    counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000}
 
     tool = natsbench()
     print("eventsvc on {} {}; nats-server {}".format(
@@ -180,6 +233,8 @@ def main() -> None:
         tls_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "routed"):
         routed_scenes(tool, options.runs, counts["n"])
+    if options.only in (None, "memory"):
+        memory_scene(options.runs)
 
 
 def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:

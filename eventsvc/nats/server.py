@@ -293,12 +293,17 @@ class Broker:
         dirty = self._dirty
         # Routes with plain interest take the same joined frames ("RMSG $G <subject> ").
         routes = targets.route_plain if not src.route else ()
+        # Subscribers with the same prefix (same sid: most clients' first
+        # subscription is sid 1) share one joined frame: built once, not per subscriber.
+        joined: Dict[bytes, bytes] = {}
         for conn, prefix, append in targets.plain + routes if routes else targets.plain:
             if conn is src and no_echo:
                 continue
-            # prefix + prefix.join(tails) == prefix t1 prefix t2 ... prefix tk
-            append(prefix)
-            append(prefix.join(tails))
+            frames = joined.get(prefix)
+            if frames is None:
+                # prefix + prefix.join(tails) == prefix t1 prefix t2 ... prefix tk
+                frames = joined[prefix] = prefix + prefix.join(tails)
+            append(frames)
             conn.out_msgs += k
             conn.out_bytes += size
             if not conn.dirty:
