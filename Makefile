@@ -54,9 +54,9 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; \
 	  else echo "nats-server is missing: sudo apt-get install nats-server (interop tests will be skipped)"; fi; }
 
-# Side-by-side benchmark against nats-server (not part of the tests).
-bench: install system-deps
-	$(ABS_VENV)/bin/python bench/run.py
+# Side-by-side benchmark against nats-server, eventsvc on CPython and PyPy (not part of the tests).
+bench: install install-pypy system-deps
+	$(ABS_VENV)/bin/python bench/run.py --pypy $(ABS_PYPY_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info

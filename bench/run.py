@@ -108,7 +108,9 @@ def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> f
 def tls_scenes(tool: str, runs: int, n: int) -> None:
     directory = tempfile.mkdtemp()
     files = tls_setup(directory)
-    servers = {"nats-server": process.nats_server("--config", files["nats-server"]), "eventsvc": process.eventsvc(files["eventsvc"])}
+    servers = {"nats-server": process.nats_server("--config", files["nats-server"])}
+    for name, python in variants():
+        servers[name] = process.eventsvc(files["eventsvc"], python=python)
     for server in servers.values():
         server.start()
     try:
@@ -131,27 +133,34 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
     """Publisher on one node, subscriber on another, one route between them."""
     directory = tempfile.mkdtemp()
     p = [process.free_port() for _ in range(6)]
-    a, b = process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[0], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[1]), \
-        process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[1], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[0])
-    service = process.eventsvc(process.write_config(os.path.join(directory, "service.toml"), (
-        '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "bench"\nhost = "127.0.0.1"\nport = %d\n'
-    ) % (p[2], p[3])), expect=("service",))
-    gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway.toml"), (
-        '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
-        'tokens = ["bench"]\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
-        '[cluster]\nenabled = true\nname = "bench"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
-    ) % (p[4], p[3])), expect=("gateway",))
-    for server in (a, b, service, gateway):
+    a = process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[0], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[1])
+    b = process.nats_server("--cluster", "nats://127.0.0.1:%d" % p[1], "--cluster_name", "bench", "--routes", "nats://127.0.0.1:%d" % p[0])
+    pairs = {}
+    for k, (name, python) in enumerate(variants()):
+        q = [process.free_port() for _ in range(3)]
+        service = process.eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "bench"\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (q[0], q[1])), expect=("service",), python=python)
+        gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
+            '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
+            'tokens = ["bench"]\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
+            '[cluster]\nenabled = true\nname = "bench"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
+        ) % (q[2], q[1])), expect=("gateway",), python=python)
+        pairs[name] = (service, gateway)
+    everything = [a, b] + [p for pair in pairs.values() for p in pair]
+    for server in everything:
         server.start()
     try:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n)]
-        samples: Dict[str, List[float]] = {"nats-server": [], "eventsvc": []}
+        samples: Dict[str, List[float]] = {"nats-server": []}
+        samples.update({name: [] for name in pairs})
         for _ in range(runs):
             samples["nats-server"].append(measure(tool, b.port, args + ["-puburl", "nats://127.0.0.1:%d" % a.port])["deliver_rate"])
-            samples["eventsvc"].append(measure(tool, service.port, args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"])["deliver_rate"])
+            for name, (service, gateway) in pairs.items():
+                samples[name].append(measure(tool, service.port, args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"])["deliver_rate"])
         report("routed 1:1 16 B (gw->svc)", samples)
     finally:
-        for server in (a, b, service, gateway):
+        for server in everything:
             server.stop()
 
 
@@ -192,10 +201,10 @@ def idle_memory(port: int, pid: int, count: int = 1000) -> float:
 
 def memory_scene(runs: int) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
-    process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n[log]\nlevel = "warn"\n')
-    # (The ready line is at info level: start with info, the level only matters for speed.)
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n')
-    servers = {"nats-server": process.nats_server(), "eventsvc": process.eventsvc(config)}
+    servers = {"nats-server": process.nats_server()}
+    for name, python in variants():
+        servers[name] = process.eventsvc(config, python=python)
     for server in servers.values():
         server.start()
     try:
@@ -206,10 +215,21 @@ def memory_scene(runs: int) -> None:
             server.stop()
 
 
+VARIANTS: List[Tuple[str, Optional[str]]] = [("eventsvc", None)]
+
+
+def variants() -> List[Tuple[str, Optional[str]]]:
+    """("eventsvc", None) for this interpreter, plus ("eventsvc-pypy", python) with --pypy."""
+    return VARIANTS
+
+
 def report(label: str, samples: Dict[str, List[float]]) -> None:
     ref = statistics.median(samples["nats-server"])
-    us = statistics.median(samples["eventsvc"])
-    print("{:<26} {:>14,.0f} {:>14,.0f} {:>7.0%}".format(label, ref, us, us / ref if ref else float("nan")))
+    line = "{:<26} {:>12,.0f}".format(label, ref)
+    for name, _ in VARIANTS:
+        us = statistics.median(samples[name])
+        line += " {:>12,.0f} {:>6.0%}".format(us, us / ref if ref else float("nan"))
+    print(line)
     sys.stdout.flush()
 
 
@@ -217,16 +237,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
+    parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--only", choices=["plain", "tls", "routed", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000}
 
     tool = natsbench()
-    print("eventsvc on {} {}; nats-server {}".format(
-        sys.implementation.name, sys.version.split()[0],
+    VARIANTS[:] = [("eventsvc", None)] + ([("eventsvc-pypy", options.pypy)] if options.pypy else [])
+    print("eventsvc on {} {}{}; {}".format(
+        sys.implementation.name, sys.version.split()[0], " and on " + options.pypy if options.pypy else "",
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
-    print("{:<26} {:>14} {:>14} {:>8}".format("scene", "nats-server", "eventsvc", "ratio"))
+    header = "{:<26} {:>12}".format("scene", "nats-server")
+    for name, _ in VARIANTS:
+        header += " {:>12} {:>6}".format(name[:12], "ratio")
+    print(header)
     if options.only in (None, "plain"):
         plain_scenes(tool, options.runs, counts)
     if options.only in (None, "tls"):
@@ -240,8 +265,9 @@ def main() -> None:
 def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n')
-    ours = process.eventsvc(config)
-    servers = {"nats-server": process.nats_server(), "eventsvc": ours}
+    servers = {"nats-server": process.nats_server()}
+    for name, python in variants():
+        servers[name] = process.eventsvc(config, python=python)
     for server in servers.values():
         server.start()
     try:

@@ -122,12 +122,13 @@ def child_env() -> dict:
     return env
 
 
-def eventsvc(config_path: str, expect: Sequence[str] = ()) -> ServerProcess:
+def eventsvc(config_path: str, expect: Sequence[str] = (), python: Optional[str] = None) -> ServerProcess:
     """
     eventsvc under twistd, in the foreground, as the README runs it; ready
     once the listeners named in C{expect} (and at least one) listen.
+    C{python}: another interpreter (a PyPy venv's) whose twistd to use.
     """
-    twistd = require("twistd")
+    twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
     return ServerProcess(
         [twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, child_env(), expect
     )
