@@ -129,9 +129,12 @@ def eventsvc(config_path: str, expect: Sequence[str] = (), python: Optional[str]
     C{python}: another interpreter (a PyPy venv's) whose twistd to use.
     """
     twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
-    return ServerProcess(
-        [twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, child_env(), expect
-    )
+    env = child_env()
+    if python:
+        # The documented PyPy setting: major collections at 1.2x the live heap
+        # (default 1.82x), which keeps idle memory down at no measured cost.
+        env.setdefault("PYPY_GC_MAJOR_COLLECT", "1.2")
+    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, env, expect)
 
 
 def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
