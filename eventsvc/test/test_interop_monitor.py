@@ -108,6 +108,9 @@ class MonitorInteropTests(TestCase):
                     if missing:
                         problems.append("{} connection lacks {}".format(path, sorted(missing)))
                     for key in CONN_SAME:
+                        if key == "pending_bytes" and "closed" in path:
+                            # What nats-server still held when the socket closed: timing.
+                            continue
                         ref_value, our_value = r.get(key), o.get(key)
                         if key == "subscriptions_list" and ref_value and our_value:
                             # nats-server lists a connection's subscriptions from a Go map: any order.
