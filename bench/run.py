@@ -108,11 +108,7 @@ def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> f
 def tls_scenes(tool: str, runs: int, n: int) -> None:
     directory = tempfile.mkdtemp()
     files = tls_setup(directory)
-    servers = {"nats-server": process.nats_server("--config", files["nats-server"])}
-    for name, python in variants():
-        servers[name] = process.eventsvc(files["eventsvc"], python=python)
-    for server in servers.values():
-        server.start()
+    servers = start_servers(process.nats_server("--config", files["nats-server"]), files["eventsvc"])
     try:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n), "-ca", files["ca.crt"], "-cert", files["client.crt"], "-key", files["client.key"]]
         for label, sample in (
@@ -199,14 +195,20 @@ def idle_memory(port: int, pid: int, count: int = 1000) -> float:
     return (after - before) / count
 
 
-def memory_scene(runs: int) -> None:
-    config = os.path.join(tempfile.mkdtemp(), "bench.toml")
-    process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n')
-    servers = {"nats-server": process.nats_server()}
+def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, process.ServerProcess]:
+    """The reference server and eventsvc on each interpreter, on C{config}, started."""
+    servers = {"nats-server": reference}
     for name, python in variants():
         servers[name] = process.eventsvc(config, python=python)
     for server in servers.values():
         server.start()
+    return servers
+
+
+def memory_scene(runs: int) -> None:
+    config = os.path.join(tempfile.mkdtemp(), "bench.toml")
+    process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n')
+    servers = start_servers(process.nats_server(), config)
     try:
         samples = {name: [idle_memory(server.port, server.process.pid)] for name, server in servers.items()}
         report("idle conn memory (bytes)", samples)
@@ -265,11 +267,7 @@ def main() -> None:
 def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n')
-    servers = {"nats-server": process.nats_server()}
-    for name, python in variants():
-        servers[name] = process.eventsvc(config, python=python)
-    for server in servers.values():
-        server.start()
+    servers = start_servers(process.nats_server(), config)
     try:
         for label, args, key in SCENES:
             args = [a.format(**counts) for a in args]

@@ -172,7 +172,37 @@ def _size(token: bytes) -> int:
     return size
 
 
-class ClientParser:
+class _Buffered:
+    """
+    Input kept between reads: a partial control line, or a whole operation
+    waiting for its payload (C{_need}: how many bytes it takes).  Bytes are
+    gathered in a list and joined once, when enough have arrived.
+    """
+
+    _pending: List[bytes]
+    _pending_len: int
+    _need: int
+
+    def _take(self, data: bytes, hold: bool = False) -> Optional[bytes]:
+        """What to parse now (the kept bytes and C{data}), or None to wait."""
+        if not self._pending and not hold:
+            return data
+        self._pending.append(data)
+        self._pending_len += len(data)
+        if self._pending_len < self._need or hold:
+            return None
+        buf = b"".join(self._pending)
+        del self._pending[:]
+        self._pending_len = self._need = 0
+        return buf
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        self._pending.append(rest)
+        self._pending_len = len(rest)
+        self._need = need
+
+
+class ClientParser(_Buffered):
     """
     Parses the operations a client sends.
 
@@ -207,17 +237,9 @@ class ClientParser:
         @raise ProtocolViolation: the connection must close.  Operations
             before the offending one have been handled.
         """
-        if self._pending or self.suspended:
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len < self._need or self.suspended:
-                return
-            buf = b"".join(self._pending)
-            del self._pending[:]
-            self._pending_len = self._need = 0
-        else:
-            buf = data
-        self._parse(buf, self._handler)
+        buf = self._take(data, hold=self.suspended)
+        if buf is not None:
+            self._parse(buf, self._handler)
 
     def _parse(self, buf: bytes, handler: IClientOperations) -> None:
         # The hot loop.  Two shortcuts, both exact:
@@ -371,10 +393,7 @@ class ClientParser:
     def _wait(self, buf: bytes, pos: int, need: int) -> None:
         # Keep the operation from its first byte; it is parsed again, once,
         # when all of it has arrived.
-        rest = buf[pos:]
-        self._pending.append(rest)
-        self._pending_len = len(rest)
-        self._need = need
+        self._keep(buf[pos:], need)
 
     def _partial(self, buf: bytes, pos: int) -> None:
         rest = buf[pos:]
@@ -384,9 +403,7 @@ class ClientParser:
             raise ProtocolViolation(UNKNOWN_OPERATION)
         if len(rest) > self.max_control_line + _LONGEST_VERB + 1:
             raise ProtocolViolation(MAX_CONTROL_LINE)
-        self._pending.append(rest)
-        self._pending_len = len(rest)
-        self._need = len(rest) + 1
+        self._keep(rest, len(rest) + 1)
 
     def _other(
         self, code: int, buf: bytes, pos: int, start: int, eol: int, nl: int
@@ -465,7 +482,7 @@ class ClientParser:
         return end
 
 
-class RouteParser:
+class RouteParser(_Buffered):
     """
     Parses what a peer server sends on a route: INFO, CONNECT, RS+, RS-,
     RMSG, HMSG, PING, PONG, +OK, -ERR.  Same rules as the client parser:
@@ -483,17 +500,9 @@ class RouteParser:
         self._need = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pending:
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len < self._need:
-                return
-            buf = b"".join(self._pending)
-            del self._pending[:]
-            self._pending_len = self._need = 0
-        else:
-            buf = data
-        self._parse(buf, self._handler)
+        buf = self._take(data)
+        if buf is not None:
+            self._parse(buf, self._handler)
 
     def _parse(self, buf: bytes, h: Any) -> None:
         # As the client parser: an RMSG line identical to the previous one is
@@ -562,10 +571,6 @@ class RouteParser:
         finally:
             if batch:
                 h.op_rmsg_batch(batch_subject, batch, batch_bytes)
-
-    def _keep(self, rest: bytes, need: int) -> None:
-        self._pending.append(rest)
-        self._pending_len, self._need = len(rest), need
 
     def _other(self, buf: bytes, pos: int, nl: int, h: Any) -> int:
         """Everything but RMSG; returns the next position, or -1 to wait for more."""
