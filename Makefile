@@ -14,9 +14,10 @@ ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 run: install
 	$(ABS_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
-# Set up and run the whole test suite against the installed package.
+# Set up and run the whole test suite against the installed package, then mypy.
 test: install-test system-deps
 	cd "$$(mktemp -d)" && $(ABS_VENV)/bin/trial eventsvc
+	$(ABS_VENV)/bin/mypy --config-file setup.cfg eventsvc
 
 # The same on PyPy (Debian's pypy3 and pypy3-venv), with constraints-pypy.txt.
 # PYPY_GC_MAJOR_COLLECT=1.2: a tighter heap (docs/operations.md), at no measured cost.
@@ -47,7 +48,7 @@ install: $(VENV)/bin/pip
 	$(VENV)/bin/pip install -q .
 
 install-test: $(VENV)/bin/pip
-	$(VENV)/bin/pip install -q ".[test]"
+	$(VENV)/bin/pip install -q ".[test,typecheck]"
 
 # nats-server (the reference server) for the interop tests, from Debian.
 system-deps:

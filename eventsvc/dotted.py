@@ -1,9 +1,15 @@
-"""Loading an operator's Python object named C{package.module:attribute}."""
+"""
+Operators' Python objects: loading one named C{package.module:attribute},
+and taking what it returns (a value, a Deferred or a coroutine).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import inspect
+from typing import Any, cast
+
+from twisted.internet.defer import ensureDeferred
 
 
 def load_object(path: str) -> Any:
@@ -21,3 +27,10 @@ def load_object(path: str) -> Any:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as e:
         raise ValueError("cannot load {!r}: {}".format(path, e))
+
+
+def settle(result: Any) -> Any:
+    """A plug-in's result as a value or a Deferred: coroutines become Deferreds."""
+    if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
+        return ensureDeferred(cast(Any, result))
+    return result

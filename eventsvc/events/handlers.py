@@ -12,7 +12,6 @@ to the dead-letter file.
 from __future__ import annotations
 
 import bisect
-import inspect
 import json
 import random
 import time
@@ -23,6 +22,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from eventsvc.dotted import settle
 
 RETRY_CODES = {408, 425, 429}
 
@@ -103,7 +104,7 @@ class CallableTarget:
 
     def deliver(self, body: bytes) -> Deferred:
         d = maybeDeferred(self._function, json.loads(body))
-        d.addCallback(lambda r: ensureDeferred(r) if inspect.isawaitable(r) else r)
+        d.addCallback(settle)
         d.addErrback(self._classify)
         return d
 
@@ -174,6 +175,8 @@ class HandlerService(Service):
         rng: Optional[random.Random] = None,
     ) -> None:
         self.setName(name)
+        #: The handler's name (Service.name, typed as a plain str).
+        self.handler = name
         self.target = target
         self.clock = clock
         self.dead_letters = dead_letters
@@ -222,7 +225,7 @@ class HandlerService(Service):
         self.delivered += 1
         self._count("delivered", delivery)
         self.latency.observe(self.clock.seconds() - delivery.accepted)
-        delivery.finished(delivery.seq, self.name)
+        delivery.finished(delivery.seq, self.handler)
         self._pump()
 
     def _failed(self, failure: Failure, delivery: Delivery) -> None:
@@ -255,8 +258,8 @@ class HandlerService(Service):
                 "handler {name}: {event_id} dead-lettered after {attempts} attempts: {why}",
                 name=self.name, event_id=delivery.event_id, attempts=delivery.attempts, why=why,
             )
-            self.dead_letters.write(self.name, delivery, why)
-            delivery.finished(delivery.seq, self.name)
+            self.dead_letters.write(self.handler, delivery, why)
+            delivery.finished(delivery.seq, self.handler)
         self._pump()
 
     def _count(self, what: str, delivery: Delivery) -> None:

@@ -88,7 +88,7 @@ class Spool:
             if record.get("k") == "accept":
                 accepted[seq] = record
             elif record.get("k") == "done":
-                done.setdefault(seq, set()).add(record.get("handler"))
+                done.setdefault(seq, set()).add(str(record.get("handler")))
         pending = []
         for seq in sorted(accepted):
             record = accepted[seq]

@@ -15,8 +15,9 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
+import inspect
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -146,6 +147,8 @@ class ClientConnection(Protocol):
     log = Logger()
     #: Not a route: the broker forwards what it publishes to routes.
     route = False
+    #: TCP or TLS: more than ITransport says (producers, TLS, abort).
+    transport: Any
 
     def __init__(self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False) -> None:
         self.broker = broker
@@ -481,7 +484,7 @@ class ClientConnection(Protocol):
             self._connect_accepted()
             return False
         d = maybeDeferred(authenticator.authenticate, options, self.peer)
-        d.addCallback(lambda result: ensureDeferred(result) if hasattr(result, "__await__") else result)
+        d.addCallback(_settle)
         d.addCallbacks(self._authenticated, self._refused)
         if self.closed:
             raise ProtocolViolation(None, "connection refused")
@@ -667,7 +670,15 @@ def _violation_reason(error: Optional[str]) -> str:
     return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
 
 
-def _cancel(timer: Any) -> None:
+def _settle(result: Any) -> Any:
+    # An authenticator may answer with a coroutine (the engine must not import
+    # eventsvc.dotted, which is outside it, so this is its own small copy).
+    if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
+        return ensureDeferred(cast(Any, result))
+    return result
+
+
+def _cancel(timer: Any) -> Any:
     """Cancel a delayed call if it is still pending; returns None to store."""
     if timer is not None and timer.active():
         timer.cancel()

@@ -316,9 +316,8 @@ class ClientParser(_Buffered):
                         subject, reply, szb = args
                     else:
                         raise ProtocolViolation(None, "PUB needs 2 or 3 arguments")
-                    size = sizes.get(szb)
-                    if size is None:
-                        size = self._new_size(szb)
+                    known = sizes.get(szb)
+                    size = self._new_size(szb) if known is None else known
                     if buf[nl - 1] == 13 and 47 < buf[nl - 2] < 58:
                         # "<#bytes>\r\n<payload>\r\n" is already in the buffer.
                         tail_off = nl - 1 - len(szb) - pos

@@ -41,6 +41,8 @@ class RouteConnection(Protocol):
 
     log = Logger()
     route = True
+    #: TCP or TLS: more than ITransport says (producers, TLS, abort).
+    transport: Any
     echo = True
     headers = True
 

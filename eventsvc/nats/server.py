@@ -21,7 +21,7 @@ import random
 import sys
 from collections import deque
 from base64 import b32encode
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.logger import Logger
 
@@ -39,21 +39,23 @@ def new_server_id() -> str:
     return "N" + b32encode(os.urandom(35)).decode("ascii")[:55]
 
 
-class ISubscriber:
+class ISubscriber(Protocol):
     """
-    What the broker needs of a connection that holds subscriptions (a
-    documentation class: client connections and routes follow it).
+    What the broker needs of whoever holds subscriptions: client
+    connections, routes and the in-process subscriber.
 
     @ivar out: frames waiting for the next flush.
-    @ivar dirty: whether the connection is queued for the next flush.
+    @ivar dirty: whether it is queued for the next flush.
     @ivar echo: whether it wants its own publishes back.
     @ivar headers: whether it negotiated headers (HMSG) support.
+    @ivar route: whether it is a route (messages from it go no further).
     """
 
     out: List[bytes]
     dirty: bool
     echo: bool
     headers: bool
+    route: bool
     out_msgs: int
     out_bytes: int
 
@@ -204,7 +206,9 @@ class Broker:
     def _plan(self, subject: bytes) -> _Targets:
         result = self.sublist.match(subject)
         head = b"MSG " + subject + b" "
-        plain, plain_subs, routes_plain = [], [], {}
+        plain: List[Tuple[Any, bytes, Callable[[bytes], None]]] = []
+        plain_subs: List[Subscription] = []
+        routes_plain: Dict[Any, None] = {}
         for s in result.plain:
             if s.owner.route:
                 routes_plain[s.owner] = None  # one RMSG per route, however many subscriptions

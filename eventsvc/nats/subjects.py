@@ -16,7 +16,7 @@ is opaque here.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 PWC = b"*"
 FWC = b">"
@@ -87,7 +87,7 @@ class Subscription:
     __slots__ = ("owner", "subject", "queue", "sid", "max", "delivered")
 
     def __init__(
-        self, owner: object, subject: bytes, queue: Optional[bytes], sid: bytes
+        self, owner: Any, subject: bytes, queue: Optional[bytes], sid: bytes
     ) -> None:
         self.owner = owner
         self.subject = subject

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -24,20 +24,12 @@ from twisted.python.failure import Failure
 from eventsvc.nats.client import ClientConnection
 
 
-class _Unused:
-    """TLSMemoryBIOFactory wants a wrapped factory; we hand it the protocol ourselves."""
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
-
-
 class InfoThenTLS(Protocol):
     """The raw connection of a TLS listener."""
 
     log = Logger()
+    #: TCP or TLS: more than ITransport says (producers, TLS, abort).
+    transport: Any
 
     def __init__(self, inner: ClientConnection, context_factory: Any, clock: Any, timeout: float) -> None:
         self.inner = inner
@@ -50,7 +42,9 @@ class InfoThenTLS(Protocol):
     def connectionMade(self) -> None:
         if not self.inner.greet(self.transport):
             return
-        factory = TLSMemoryBIOFactory(self.context_factory, False, _Unused())
+        # The wrapped factory is only there for start/stop bookkeeping: the
+        # protocol is given to the TLS layer directly.
+        factory = TLSMemoryBIOFactory(self.context_factory, False, Factory())
         self.tls = TLSMemoryBIOProtocol(factory, self.inner)
         self.inner.awaiting_handshake = True
         self.inner.handshake_timer = self.clock.callLater(self.timeout, self._timed_out)

@@ -385,6 +385,15 @@ class MetricsCollector:
         yield latency
 
 
+class _QuietSite(server.Site):
+    """No log line per scrape: that is noise."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class MonitorService(Service):
     """Serves the monitoring pages on [monitor] host and port."""
 
@@ -406,9 +415,7 @@ class MonitorService(Service):
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))
-        self.site = server.Site(root)
-        self.site.noisy = False
-        self.site.log = lambda request: None  # one log line per scrape is noise
+        self.site = _QuietSite(root)
 
     def startService(self) -> None:
         try:

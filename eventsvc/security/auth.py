@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 import json
 import os
 import secrets
@@ -23,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from eventsvc.dotted import load_object
+from eventsvc.dotted import load_object, settle
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions, PeerInfo
 from eventsvc.security.permissions import HEALTH_CHECK, Permissions
 
@@ -185,7 +184,7 @@ class FunctionAuthenticator:
 
     def authenticate(self, connect: Dict[str, Any], peer: PeerInfo) -> Deferred:
         d = maybeDeferred(self._function, connect, peer)
-        d.addCallback(lambda r: ensureDeferred(r) if inspect.isawaitable(r) else r)
+        d.addCallback(settle)
         d.addCallback(self._identity)
         return d
 
@@ -227,9 +226,7 @@ class ChainAuthenticator:
         reasons = []
         for authenticator in self.authenticators:
             try:
-                result = authenticator.authenticate(connect, peer)
-                if inspect.isawaitable(result) and not isinstance(result, Deferred):
-                    result = ensureDeferred(result)
+                result = settle(authenticator.authenticate(connect, peer))
                 if isinstance(result, Deferred):
                     result = await result
                 return result

@@ -9,7 +9,7 @@ the configuration key, for one clear line at start-up.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -117,5 +117,5 @@ class MutualTLSPolicy:
         self._trust = ssl.trustRootFromCertificates([ca])
         self._identity = identity
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> object:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return ssl.optionsForClientTLS(hostname.decode("idna"), trustRoot=self._trust, clientCertificate=self._identity)
