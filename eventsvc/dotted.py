@@ -6,10 +6,11 @@ and taking what it returns (a value, a Deferred or a coroutine).
 from __future__ import annotations
 
 import importlib
-import inspect
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from eventsvc.nats.interfaces import settle
+
+__all__ = ["load_object", "settle"]
 
 
 def load_object(path: str) -> Any:
@@ -28,9 +29,3 @@ def load_object(path: str) -> Any:
     except (ImportError, AttributeError) as e:
         raise ValueError("cannot load {!r}: {}".format(path, e))
 
-
-def settle(result: Any) -> Any:
-    """A plug-in's result as a value or a Deferred: coroutines become Deferreds."""
-    if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
-        return ensureDeferred(cast(Any, result))
-    return result

@@ -15,19 +15,18 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
-import inspect
 import json
-from typing import Any, Dict, Optional, cast
+from typing import Any, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo
+from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo, settle
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
@@ -484,7 +483,7 @@ class ClientConnection(Protocol):
             self._connect_accepted()
             return False
         d = maybeDeferred(authenticator.authenticate, options, self.peer)
-        d.addCallback(_settle)
+        d.addCallback(settle)
         d.addCallbacks(self._authenticated, self._refused)
         if self.closed:
             raise ProtocolViolation(None, "connection refused")
@@ -668,14 +667,6 @@ _VIOLATION_REASONS = {
 
 def _violation_reason(error: Optional[str]) -> str:
     return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
-
-
-def _settle(result: Any) -> Any:
-    # An authenticator may answer with a coroutine (the engine must not import
-    # eventsvc.dotted, which is outside it, so this is its own small copy).
-    if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
-        return ensureDeferred(cast(Any, result))
-    return result
 
 
 def _cancel(timer: Any) -> Any:

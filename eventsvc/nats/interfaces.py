@@ -9,7 +9,10 @@ publish and subscribe.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import inspect
+from typing import Any, Dict, Optional, cast
+
+from twisted.internet.defer import ensureDeferred
 
 from zope.interface import Interface
 
@@ -71,3 +74,13 @@ class PeerInfo:
         self.port = port
         #: The peer's verified TLS certificate, where the listener has one.
         self.certificate = certificate
+
+
+def settle(result: Any) -> Any:
+    """
+    What a plug-in returned, as a value or a Deferred: a coroutine becomes a
+    Deferred (an authenticator or a handler may be written either way).
+    """
+    if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
+        return ensureDeferred(cast(Any, result))
+    return result
