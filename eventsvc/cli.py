@@ -21,7 +21,7 @@ import socket
 import ssl
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from eventsvc import __version__, config as configuration
 
@@ -100,17 +100,27 @@ def _local(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def _open(host: str, port: int, timeout: float, tls_context: Optional[ssl.SSLContext], server_name: str) -> _Conn:
-    """Connect, read INFO, and upgrade to TLS when the server asks for it."""
-    sock = socket.create_connection((host, port), timeout=timeout)
+def _open(host: str, port: int, timeout: float, tls: Callable[[], ssl.SSLContext], server_name: str) -> _Conn:
+    """
+    Connect, read INFO, and upgrade to TLS when the server asks for it, with
+    the context C{tls()} makes then (so a TLS problem is an error here, in
+    the caller's handling, and a plaintext server needs no certificate).
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise Unhealthy("cannot connect: {}".format(e.strerror or e))
     conn = _Conn(sock)
     info = conn.line()
     if not info.startswith(b"INFO "):
+        sock.close()
         raise Unhealthy("no INFO from {}:{}".format(host, port))
     if json.loads(info[5:]).get("tls_required"):
-        if tls_context is None:
-            raise Unhealthy("{}:{} requires TLS and no certificate is configured".format(host, port))
-        conn.sock = tls_context.wrap_socket(sock, server_hostname=server_name)
+        try:
+            conn.sock = tls().wrap_socket(sock, server_hostname=server_name)
+        except BaseException:
+            sock.close()
+            raise
     return conn
 
 
@@ -132,14 +142,18 @@ def publish(options: argparse.Namespace) -> int:
     event.setdefault("type", {"name": options.type})
     body = json.dumps(event).encode("utf-8")
     host, port = _local(config.service.host), config.service.port
-    context = None
-    if config.tls.enabled or options.cert:
+
+    def tls() -> ssl.SSLContext:
+        if not (config.tls.enabled or options.cert):
+            raise Unhealthy("the service requires TLS: set [tls] or --cert and --key")
         context = ssl.create_default_context(cafile=options.ca or config.tls.root_ca_path or None)
         context.load_cert_chain(options.cert or config.tls.cert_path, options.key or config.tls.key_path)
+        return context
+
     subject = "{}.{}".format(config.events.subject_prefix, options.type).encode()
     inbox = ("_INBOX." + secrets.token_hex(8)).encode()
     try:
-        conn = _open(host, port, options.timeout, context, options.server_name)
+        conn = _open(host, port, options.timeout, tls, options.server_name)
         with conn.sock:
             conn.sock.sendall(
                 b'CONNECT {"verbose":false,"pedantic":false,"name":"eventsvc-publish","protocol":1}\r\n'
@@ -173,20 +187,10 @@ def health_check(options: argparse.Namespace) -> int:
             EX_FAIL,
         )
     started = time.monotonic()
+    name = gw.frontend_tls[0].server_name if gw.frontend_tls else host
     try:
-        sock = socket.create_connection((host, port), timeout=options.timeout)
-    except OSError as e:
-        return _say("unhealthy: cannot connect to the gateway at {}:{}: {}".format(host, port, e.strerror or e), EX_FAIL)
-    try:
-        with sock:
-            conn = _Conn(sock)
-            info = conn.line()
-            if not info.startswith(b"INFO "):
-                raise Unhealthy("no INFO from {}:{}".format(host, port))
-            if json.loads(info[5:]).get("tls_required"):
-                context = ssl.create_default_context(cafile=options.ca or (config.tls.root_ca_path or None))
-                name = gw.frontend_tls[0].server_name if gw.frontend_tls else host
-                conn.sock = context.wrap_socket(sock, server_hostname=name)
+        conn = _open(host, port, options.timeout, lambda: ssl.create_default_context(cafile=options.ca or config.tls.root_ca_path or None), name)
+        with conn.sock:
             subject = "healthcheck." + secrets.token_hex(8)
             inbox = "_INBOX." + secrets.token_hex(8)
             connect = {

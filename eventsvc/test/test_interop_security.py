@@ -185,6 +185,21 @@ key_path = "certs/gateway.key"
         self.assertEqual(bad.stderr.count("\n"), 1, bad.stderr)
         self.assertIn("gateway.key ([gateway.frontend_tls localhost] key_path): cannot read", bad.stderr)
 
+    def test_publish_over_mutual_tls(self):
+        """publish presents the [tls] identity; a missing --cert is one line, not a traceback."""
+        event = process.write_config(os.path.join(self.dir, "event.json"), json.dumps({"producer": {"id": "p"}}))
+        sent = process.cli("publish", "--config", self.config, "--type", "event_feed", "--file", event)
+        self.assertEqual(sent.returncode, 1)
+        # It got through TLS: the service answered (no handler is configured here).
+        self.assertIn("no handler configured", json.loads(sent.stderr)["error"])
+        missing = process.cli(
+            "publish", "--config", self.config, "--type", "event_feed", "--file", event, "--cert", "/nonexistent.crt"
+        )
+        self.assertEqual(missing.returncode, 1)
+        self.assertNotIn("Traceback", missing.stderr)
+        self.assertEqual(missing.stderr.count("\n"), 1, missing.stderr)
+        self.assertIn("cannot publish to 127.0.0.1:%d" % self.service_port, missing.stderr)
+
     def test_certs_does_not_overwrite(self):
         again = process.cli("certs", "--out", self.certs)
         self.assertEqual(again.returncode, 1)
