@@ -16,7 +16,7 @@ What it must not do: look inside messages, or know what a listener is for.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.defer import maybeDeferred
@@ -136,6 +136,45 @@ class ClientSettings:
         self.tls_timeout = tls_timeout
 
 
+class HeldOutput:
+    """
+    Frames held while a transport is paused (its buffer is over its
+    high-water mark).  Twisted resumes a producer only once its buffer is
+    empty, so each resume hands over at most PUSH_SIZE: what stays here is
+    then the peer's real backlog, which is what the limits are about.
+    Client connections and routes both use it.
+    """
+
+    __slots__ = ("frames", "size")
+    PUSH_SIZE = 256 * 1024
+
+    def __init__(self) -> None:
+        self.frames: List[bytes] = []
+        self.size = 0
+
+    def hold(self, data: bytes) -> int:
+        """Keep C{data}; returns how many bytes are held now."""
+        self.frames.append(data)
+        self.size += len(data)
+        return self.size
+
+    def take(self) -> bytes:
+        """The next piece to hand to the transport (empty when nothing is held)."""
+        frames = self.frames
+        count = size = 0
+        while count < len(frames) and size < self.PUSH_SIZE:
+            size += len(frames[count])
+            count += 1
+        data = b"".join(frames[:count])
+        del frames[:count]
+        self.size -= size
+        return data
+
+    def clear(self) -> None:
+        del self.frames[:]
+        self.size = 0
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(Protocol):
     """
@@ -202,8 +241,7 @@ class ClientConnection(Protocol):
         self.awaiting_handshake = False
         self.handshake_timer: Any = None
         self._paused = False
-        self._held: list = []
-        self._held_bytes = 0
+        self._held = HeldOutput()
         self._deadline_timer: Any = None
         self._stall_timer: Any = None
         self._stalled_producers: list = []
@@ -322,8 +360,7 @@ class ClientConnection(Protocol):
             _cancel(timer)
         self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
         self._release_producers()
-        del self._held[:]
-        self._held_bytes = 0
+        self._held.clear()
         for sub in self.subs.values():
             self.broker.remove_subscription(sub)
         self.subs.clear()
@@ -557,14 +594,9 @@ class ClientConnection(Protocol):
 
     # -- output and backpressure -------------------------------------------
     #
-    # While the transport is paused (its buffer is over its high-water mark)
-    # frames are held here, so _held_bytes is what the client has not taken
-    # yet.  Each resume (Twisted resumes when its buffer is empty) hands over
-    # at most PUSH_SIZE, which keeps that figure accurate.  As in nats-server:
-    # over half of max_pending, a connection that publishes to this one is
-    # stalled for a bounded time; over max_pending, this one is cut.
-
-    PUSH_SIZE = 256 * 1024
+    # While the transport is paused, frames are held (HeldOutput).  As in
+    # nats-server: over half of max_pending, a connection that publishes to
+    # this one is stalled for a bounded time; over max_pending, this one is cut.
 
     def flush(self) -> bool:
         """
@@ -579,17 +611,16 @@ class ClientConnection(Protocol):
         if not self._paused:
             self.transport.write(data)
             return False
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes > self.settings.max_pending:
+        held = self._held.hold(data)
+        if held > self.settings.max_pending:
             self._slow_consumer("Slow Consumer (Pending Bytes)")
             return False
-        return self._held_bytes > self.settings.max_pending // 2
+        return held > self.settings.max_pending // 2
 
     @property
     def pending_bytes(self) -> int:
         """Bytes owed to the client and not yet handed to the transport."""
-        return self._held_bytes + sum(map(len, self.out))
+        return self._held.size + sum(map(len, self.out))
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: the client is not reading fast enough."""
@@ -602,18 +633,10 @@ class ClientConnection(Protocol):
         """The transport's buffer is empty: hand it the next piece."""
         self._paused = False
         self._deadline_timer = _cancel(self._deadline_timer)
-        if self._held and not self.closed:
-            held = self._held
-            take, size = 0, 0
-            while take < len(held) and size < self.PUSH_SIZE:
-                size += len(held[take])
-                take += 1
-            data = b"".join(held[:take])
-            del held[:take]
-            self._held_bytes -= size
+        if self._held.size and not self.closed:
             # This may pause us again at once: that is the point.
-            self.transport.write(data)
-        if self._stalled_producers and self._held_bytes <= self.settings.max_pending // 2:
+            self.transport.write(self._held.take())
+        if self._stalled_producers and self._held.size <= self.settings.max_pending // 2:
             self._release_producers()
 
     def stopProducing(self) -> None:
@@ -629,7 +652,7 @@ class ClientConnection(Protocol):
         consumer._stalled_producers.append(self)
         self.transport.pauseProducing()
         self._stall_timer = self.clock.callLater(
-            stall_duration(consumer._held_bytes, consumer.settings.max_pending), self.unstall
+            stall_duration(consumer._held.size, consumer.settings.max_pending), self.unstall
         )
 
     def unstall(self) -> None:

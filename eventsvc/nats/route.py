@@ -27,6 +27,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc.nats.client import HeldOutput
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.server import Broker
@@ -62,8 +63,7 @@ class RouteConnection(Protocol):
         self.pings_out = 0
         self._ping_timer: Any = None
         self._paused = False
-        self._held: List[bytes] = []
-        self._held_bytes = 0
+        self._held = HeldOutput()
         self.host, self.port = "", 0
 
     # -- connection ----------------------------------------------------------
@@ -122,7 +122,7 @@ class RouteConnection(Protocol):
             self.broker.remove_remote_subscription(sub)
         self.subs.clear()
         del self.out[:]
-        del self._held[:]
+        self._held.clear()
         self.manager.route_lost(self, why)
 
     # -- output, bounded -------------------------------------------------------
@@ -139,11 +139,9 @@ class RouteConnection(Protocol):
         if not self._paused:
             self.transport.write(data)
             return False
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes > self.manager.max_pending:
-            self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=self._held_bytes)
-            self._held_bytes = 0
+        held = self._held.hold(data)
+        if held > self.manager.max_pending:
+            self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=held)
             self.close(None, "slow route")
         return False
 
@@ -152,9 +150,13 @@ class RouteConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._held and not self.closed:
-            data, self._held, self._held_bytes = b"".join(self._held), [], 0
-            self.transport.write(data)
+        if self._held.size and not self.closed:
+            self.transport.write(self._held.take())
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes owed to the peer and not yet handed to the transport."""
+        return self._held.size + sum(map(len, self.out))
 
     def stopProducing(self) -> None:
         pass

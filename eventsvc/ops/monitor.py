@@ -276,7 +276,7 @@ class Monitor:
                 "is_configured": bool(r.solicited) and r.solicited in cluster.configured,
                 "ip": r.host,
                 "port": r.port,
-                "pending_size": r._held_bytes,
+                "pending_size": r.pending_bytes,
                 "in_msgs": r.in_msgs,
                 "out_msgs": r.out_msgs,
                 "in_bytes": r.in_bytes,

@@ -179,9 +179,26 @@ class RouteTests(SynchronousTestCase):
             publisher.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
         self.assertTrue(dialled.closed)
         self.assertEqual(self.a.manager.routes, {})
-        self.assertEqual(dialled._held_bytes, 0)
+        self.assertEqual(dialled.pending_bytes, 0)
         # It will be dialled again.
         self.assertTrue(self.a.clock.getDelayedCalls())
+
+    def test_held_route_output_handed_over_in_pieces(self) -> None:
+        """As for clients: each resume hands over about PUSH_SIZE, so held bytes stay the real backlog."""
+        pump, dialled, accepted = link(self.a, self.b)
+        self.b.client().send(b"SUB foo 1\r\n")
+        pump.flush()
+        dialled.pauseProducing()
+        publisher = self.a.client()
+        for _ in range(100):
+            publisher.send(b"PUB foo 10000\r\n" + b"x" * 10000 + b"\r\n")
+        self.assertGreater(dialled.pending_bytes, 1000000)
+        before = dialled.pending_bytes
+        written = []
+        dialled.transport.write = written.append
+        dialled.resumeProducing()
+        self.assertTrue(256 * 1024 <= len(written[0]) < 256 * 1024 + 10100, len(written[0]))
+        self.assertEqual(dialled.pending_bytes, before - len(written[0]))
 
     def test_duplicate_route_dropped(self) -> None:
         link(self.a, self.b)
