@@ -266,7 +266,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         if service.enabled:
             settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service")
             settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
-            where = "[service] host and port in {}".format(config.source) if config.source else "[service] host and port"
+            where = _where("service", config)
             ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
         if config.gateway.enabled:
             _gateway(config, broker, reactor).setServiceParent(top)
@@ -275,7 +275,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         if config.cluster.enabled:
             _cluster(config, broker, reactor).setServiceParent(top)
         if config.monitor.enabled:
-            where = "[monitor] host and port in {}".format(config.source) if config.source else "[monitor] host and port"
+            where = _where("monitor", config)
             MonitorService(top, config.monitor.host, config.monitor.port, reactor, where).setServiceParent(top)
     except TLSFilesError as e:
         raise StartupError(str(e))
@@ -365,6 +365,12 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     )
 
 
+def _where(section: str, config: Config) -> str:
+    """Which keys set a listening address, for a "cannot listen" line."""
+    keys = "[{}] host and port".format(section)
+    return "{} in {}".format(keys, config.source) if config.source else keys
+
+
 def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
     return ClientSettings(
         max_payload=limits.max_payload,
@@ -451,5 +457,5 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         name="gateway",
     )
     settings.auth_timeout = gw.auth_timeout
-    where = "[gateway] host and port in {}".format(config.source) if config.source else "[gateway] host and port"
+    where = _where("gateway", config)
     return GatewayListener(health, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)
