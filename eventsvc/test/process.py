@@ -56,6 +56,7 @@ class ServerProcess:
         #: Every "<name> listening ... :<port>" seen, by name.
         self.ports: dict = {}
         self.process: Optional[subprocess.Popen] = None
+        self._reader: Optional[threading.Thread] = None
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
 
     def start(self, timeout: float = 20.0) -> int:
@@ -67,7 +68,8 @@ class ServerProcess:
             env=self.env,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -98,6 +100,18 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_output(self, text: str, timeout: float = 10.0) -> str:
+        """
+        The output once it contains C{text}: lines reach us through a pipe
+        and a thread, after whatever the test saw the server do.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if time.monotonic() > deadline:
+                raise AssertionError("{!r} not in the output after {}s:\n{}".format(text, timeout, self.output()))
+            time.sleep(0.02)
+        return self.output()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.process is None:
             return 0
@@ -108,6 +122,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._reader is not None:
+            # The last lines are still in the pipe when the process has gone.
+            self._reader.join(5)
         return self.process.returncode
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
@@ -116,6 +117,11 @@ class MeshTests(TestCase):
         result = yield run(lambda: mesh_round(ports, "second"))
         self.check(result)
         # Two routes up again: the one it dialled, and the one B dialled after gossip.
+        self.ours.wait_output(") up, ")
+        for _ in range(100):
+            if self.ours.output().count(") up, ") >= 2:
+                break
+            time.sleep(0.05)
         self.assertEqual(self.ours.output().count(") up, "), 2, self.ours.output())
 
 
@@ -233,4 +239,4 @@ class TLSRouteProcessTests(TestCase):
 
         data = yield run(scenario)
         self.assertEqual(data, b"secret")
-        self.assertIn(") up, ", nodes[0].output())
+        nodes[0].wait_output(") up, ")
