@@ -223,6 +223,8 @@ class ClientConnection(Protocol):
         self.plain = False
         #: The permissions' publish check, or None: the parser asks it on the fast path.
         self.may_publish: Any = None
+        #: The permissions' delivery check, or None: the broker asks it per subject.
+        self.may_receive: Any = None
         self.publish = broker.deliver
         self.publish_batch = broker.deliver_batch
         # Counters and liveness.
@@ -437,6 +439,8 @@ class ClientConnection(Protocol):
     def _update_plain(self) -> None:
         self.plain = not self.verbose and not self.pedantic
         self.may_publish = self.permissions.may_publish if self.permissions is not None else None
+        # (An operator's IPermissions written before may_receive existed has none.)
+        self.may_receive = getattr(self.permissions, "may_receive", None)
 
     def op_no_responders(self, reply: bytes) -> None:
         if self.no_responders:

@@ -34,6 +34,14 @@ class IPermissions(Interface):
     def may_subscribe(subject: bytes, queue: Optional[bytes]) -> bool:
         """Whether a subscription to C{subject} (in C{queue}) is allowed."""
 
+    def may_receive(subject: bytes) -> bool:
+        """
+        Whether a message on the literal C{subject} may be delivered: a
+        wildcard subscription that was allowed may still cover subjects the
+        identity must not see (subscribe to C{>} with C{secret.>} denied).
+        The engine asks once per subject and subscriber, not per message.
+        """
+
 
 class Identity:
     """

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
@@ -42,6 +42,7 @@ class RouteConnection(Protocol):
 
     log = Logger()
     route = True
+    may_receive: Optional[Callable[[bytes], bool]] = None
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
     echo = True

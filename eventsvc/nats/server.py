@@ -49,6 +49,10 @@ class ISubscriber(Protocol):
     @ivar echo: whether it wants its own publishes back.
     @ivar headers: whether it negotiated headers (HMSG) support.
     @ivar route: whether it is a route (messages from it go no further).
+    @ivar may_receive: None, or whether a message on a subject may be
+        delivered to it (its permissions deny some subjects that a wider
+        subscription of its covers); asked once per subject, when the
+        delivery plan is made.
     """
 
     out: List[bytes]
@@ -56,6 +60,7 @@ class ISubscriber(Protocol):
     echo: bool
     headers: bool
     route: bool
+    may_receive: Optional[Callable[[bytes], bool]]
     out_msgs: int
     out_bytes: int
 
@@ -99,6 +104,7 @@ class LocalSubscriber:
     """
 
     route = False
+    may_receive: Optional[Callable[[bytes], bool]] = None
     echo = True
     headers = True
     dirty = False
@@ -205,22 +211,30 @@ class Broker:
 
     def _plan(self, subject: bytes) -> _Targets:
         result = self.sublist.match(subject)
+        subs, groups = result.plain, result.queues
+        if any(s.owner.may_receive is not None for s in subs) or any(
+            s.owner.may_receive is not None for group in groups for s in group
+        ):
+            # Subscribers denied this subject leave the plan (and so cost
+            # nothing per message); a queue group can lose all its members.
+            subs = [s for s in subs if _receives(s, subject)]
+            groups = [g for g in ([s for s in group if _receives(s, subject)] for group in groups) if g]
         head = b"MSG " + subject + b" "
         plain: List[Tuple[Any, bytes, Callable[[bytes], None]]] = []
         plain_subs: List[Subscription] = []
         routes_plain: Dict[Any, None] = {}
-        for s in result.plain:
+        for s in subs:
             if s.owner.route:
                 routes_plain[s.owner] = None  # one RMSG per route, however many subscriptions
             else:
                 plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
                 plain_subs.append(s)
-        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.route] for group in result.queues]
-        queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.route})) for group in result.queues]
+        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.route] for group in groups]
+        queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.route})) for group in groups]
         queue_routes = {r for _, routes in queue_info for r in routes}
         simple = not queue_routes and all(
             s.max == 0 and s.owner.__class__ is not LocalSubscriber
-            for s in plain_subs + [s for group in result.queues for s in group]
+            for s in plain_subs + [s for group in groups for s in group]
         )
         rhead = b"RMSG $G " + subject + b" "
         route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes]
@@ -569,6 +583,11 @@ class Broker:
             count = self.deliver(self._local, bsubject, breply, len(payload), tail)
         self.flush()
         return count
+
+
+def _receives(sub: Subscription, subject: bytes) -> bool:
+    check = sub.owner.may_receive
+    return check is None or check(subject)
 
 
 def _payload_size(tail: bytes) -> int:

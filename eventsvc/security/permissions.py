@@ -4,7 +4,9 @@ Publish and subscribe permissions: allow and deny lists with wildcards.
 A publish to a literal subject is allowed when it matches an allow pattern
 (an empty allow list allows everything) and no deny pattern.  A subscription
 subject, which may itself hold wildcards, is allowed when everything it
-could match is inside an allow pattern and it is not inside a deny pattern.
+could match is inside an allow pattern and it is not inside a deny pattern;
+a message on a subject that matches a deny pattern is not delivered, even
+to a wider subscription that was allowed (C{>} with C{secret.>} denied).
 Decisions are cached per subject, so the check on the publish path is one
 dict lookup.
 """
@@ -64,6 +66,7 @@ class Permissions:
         self.subscribe_allow = _patterns(subscribe_allow, "subscribe_allow")
         self.subscribe_deny = _patterns(subscribe_deny, "subscribe_deny")
         self._publish: Dict[bytes, bool] = {}
+        self._receive: Dict[bytes, bool] = {}
 
     def may_publish(self, subject: bytes) -> bool:
         decision = self._publish.get(subject)
@@ -80,6 +83,15 @@ class Permissions:
         if any(is_subset(subject, p) for p in self.subscribe_deny):
             return False
         return not self.subscribe_allow or any(is_subset(subject, p) for p in self.subscribe_allow)
+
+    def may_receive(self, subject: bytes) -> bool:
+        decision = self._receive.get(subject)
+        if decision is None:
+            decision = not any(subject_matches(p, subject) for p in self.subscribe_deny)
+            if len(self._receive) >= _CACHE_LIMIT:
+                self._receive.clear()
+            self._receive[subject] = decision
+        return decision
 
     def __repr__(self) -> str:
         return "<Permissions pub +{} -{} sub +{} -{}>".format(

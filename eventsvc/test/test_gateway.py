@@ -123,6 +123,30 @@ class GatewayAuthTests(SynchronousTestCase):
         self.assertEqual(consumer.received(), b"MSG habitat.event.a 1 1\r\n1\r\n" * 3 + b"MSG habitat.event.a 1 1\r\n2\r\n" * 2)
         self.assertEqual(agent.proto.in_msgs, 6)
 
+    def test_deny_filters_a_wider_subscription(self) -> None:
+        """
+        C{>} is allowed, C{secret.>} denied: the wide subscription is kept
+        but never given a denied subject, on the plain, batched, header and
+        queue paths, as nats-server filters at delivery.
+        """
+        svc, _, _ = build(self, '[gateway.permissions]\nsubscribe_allow = [">"]\nsubscribe_deny = ["secret.>"]\npublish_allow = [">"]\n')
+        agent = connect(svc, "gateway", token_connect(TOKEN)[:-3] + b',"headers":true}\r\n')
+        agent.send(b"SUB > 1\r\nSUB secret.> 2\r\nSUB *.x q 3\r\nPING\r\n")
+        self.assertEqual(agent.received(), b"-ERR 'Permissions Violation for Subscription to \"secret.>\"'\r\nPONG\r\n")
+        producer = connect(svc, "service", b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n')
+        producer.send(
+            b"PUB secret.x 1\r\na\r\n" * 3
+            + b"PUB open.x 1\r\nb\r\n" * 2
+            + b"PUB secret.x r 1\r\nc\r\n"
+            + b"HPUB secret.y 12 13\r\nNATS/1.0\r\n\r\nd\r\n"
+            + b"PUB secret 1\r\ne\r\n"
+        )
+        frames = agent.received().split(b"MSG ")
+        self.assertEqual(sorted(frames[1:]), [b"open.x 1 1\r\nb\r\n"] * 2 + [b"open.x 3 1\r\nb\r\n"] * 2 + [b"secret 1 1\r\ne\r\n"])
+        # Nobody may receive it: a request gets "no responders", not silence.
+        producer.send(b"SUB inbox 9\r\nHPUB secret.z inbox 12 12\r\nNATS/1.0\r\n\r\n\r\n")
+        self.assertIn(b"NATS/1.0 503", producer.received())
+
     def test_gateway_to_service_and_back(self) -> None:
         """A request published at the gateway reaches the service; the reply comes back once."""
         svc, _, _ = build(self)
@@ -227,6 +251,9 @@ class PermissionTests(SynchronousTestCase):
         self.assertTrue(p.may_subscribe(b"a.*"))
         self.assertFalse(p.may_subscribe(b"a.secret.x"))
         self.assertFalse(p.may_subscribe(b">"))
+        self.assertTrue(p.may_receive(b"a.b"))
+        self.assertTrue(p.may_receive(b"a.secret"))
+        self.assertFalse(p.may_receive(b"a.secret.x"))
 
     def test_agent_defaults(self) -> None:
         p = Permissions(**AGENT_DEFAULTS)
