@@ -119,7 +119,7 @@ class RecoveringTargetTests(TestCase):
         for i in range(20):
             broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
             broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
-        yield wait_for(lambda: len(target.seen["/up"]) == 20, timeout=10)
+        yield wait_for(lambda: len(target.seen["/up"]) == 20 and handlers["event_feed"].delivered == 20, timeout=10)
         self.assertEqual(handlers["cfgingest"].delivered, 0)
         self.assertEqual(dispatcher.pending, 20)
 
