@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from eventsvc import config as configuration
@@ -44,4 +45,22 @@ def makeService(options: Options, reactor: Any = None) -> EventService:
     except StartupError as e:
         fail(str(e))
     service.exit_on_error = True
+    _log_under_twist(options, service)
     return service
+
+
+def _log_under_twist(options: Options, service: EventService) -> None:
+    """
+    Under twistd, the service offers its observer to the Application.  Under
+    twist there is no Application, and twist starts logging only after this
+    call, from its own options: let [log] decide the format and the level
+    (SIGHUP can change it) and twist's C{--log-file} where the lines go.
+    """
+    parent = getattr(options, "parent", None)
+    # Only twist's options have this key (twistd's are unrelated).
+    if parent is None or "fileLogObserverFactory" not in parent:
+        return
+    parent["fileLogObserverFactory"] = service.log_observer.write_to
+    parent["logFormat"] = service.log_observer.format
+    # Everything reaches our observer, which filters by [log] level.
+    parent["logLevel"] = LogLevel.debug

@@ -61,11 +61,15 @@ class ConfiguredObserver:
     """The observer [log] asks for; its level can change while running (SIGHUP)."""
 
     def __init__(self, format: str, level: str, stream: Optional[IO[str]] = None) -> None:
-        stream = stream if stream is not None else sys.stdout
-        inner: ILogObserver = FileLogObserver(stream, event_as_json) if format == "json" else textFileLogObserver(stream)
         self.format = format
         self._predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+        self.write_to(stream if stream is not None else sys.stdout)
+
+    def write_to(self, stream: IO[str]) -> "ConfiguredObserver":
+        """Write to C{stream} from now on (twist's C{--log-file} chooses it)."""
+        inner: ILogObserver = FileLogObserver(stream, event_as_json) if self.format == "json" else textFileLogObserver(stream)
         self._observer = FilteringLogObserver(inner, [self._predicate])
+        return self
 
     def set_level(self, level: str) -> None:
         self._predicate.defaultLogLevel = _LEVELS[level]

@@ -139,12 +139,18 @@ def child_env() -> dict:
     return env
 
 
-def eventsvc(config_path: str, expect: Sequence[str] = (), python: Optional[str] = None) -> ServerProcess:
+def eventsvc(
+    config_path: str, expect: Sequence[str] = (), python: Optional[str] = None, twist: Sequence[str] = ()
+) -> ServerProcess:
     """
     eventsvc under twistd, in the foreground, as the README runs it; ready
     once the listeners named in C{expect} (and at least one) listen.
     C{python}: another interpreter (a PyPy venv's) whose twistd to use.
+    C{twist}: run under twist instead, with these twist options.
     """
+    if twist:
+        argv = [require("twist"), *twist, "eventsvc", "--config", config_path]
+        return ServerProcess(argv, _READY_EVENTSVC, child_env(), expect)
     twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
     env = child_env()
     if python:

@@ -156,6 +156,31 @@ class ReloadTests(TestCase):
         self.assertIn("[service] prot: unknown key", output)
 
 
+class TwistLoggingTests(TestCase):
+    """Under twist (as under twistd), [log] decides the format and the level."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_json_lines_at_the_configured_level(self):
+        config = process.write_config(
+            os.path.abspath(self.mktemp() + ".toml"),
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[log]\nformat = "json"\nlevel = "info"\n',
+        )
+        # twist writes Twisted's own JSON, or text, with --log-level info; ours wins.
+        proc = process.eventsvc(config, twist=["--log-format", "text", "--log-level", "error"])
+        yield threads.deferToThread(proc.start)
+        s, answer = yield threads.deferToThread(client, proc.port, b'CONNECT {"verbose":false}\r\n')
+        s.close()
+        self.assertEqual(answer, b"PONG\r\n")
+        proc.wait_output("closed: Client Closed")
+        self.assertEqual(proc.stop(), 0)
+        records = [json.loads(line) for line in proc.output().splitlines()]
+        messages = [r["message"] for r in records]
+        self.assertTrue(any("listening for NATS clients" in m for m in messages), messages)
+        self.assertEqual({r["level"] for r in records} - {"info", "warn", "error"}, set())
+
+
 class PublishCommandTests(TestCase):
     timeout = 60
 
