@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
-from eventsvc import __version__, config as configuration
+from eventsvc import __version__, config as configuration, wirejson
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -132,7 +132,7 @@ def publish(options: argparse.Namespace) -> int:
     config = _load(options.config)
     try:
         raw = sys.stdin.read() if options.file == "-" else open(options.file, encoding="utf-8").read()
-        event = json.loads(raw)
+        event = wirejson.loads(raw)
         if not isinstance(event, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:

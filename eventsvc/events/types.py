@@ -8,9 +8,10 @@ producer told C{success: false} knows what to fix.  This module does no I/O.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from eventsvc import wirejson
 
 #: The seed's spelling, "profileUpdate" included.
 EVENT_TYPES: Tuple[str, ...] = (
@@ -123,7 +124,7 @@ def validate(event: Any, subject_type: Optional[str] = None) -> Dict[str, Any]:
 def parse(payload: bytes, subject_type: Optional[str] = None) -> Dict[str, Any]:
     """Decode and validate a JSON event."""
     try:
-        event = json.loads(payload)
+        event = wirejson.loads(payload, errors="strict")
     except ValueError as e:
         raise EventError("event", "not JSON: {}".format(e))
     return validate(event, subject_type)

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from eventsvc import wirejson
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo, settle
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
@@ -75,7 +76,7 @@ def decode_connect(arg: bytes) -> Dict[str, Any]:
 
     @raise ValueError: not a JSON object, or a field of the wrong type.
     """
-    options = json.loads(arg)
+    options = wirejson.loads(arg)
     if not isinstance(options, dict):
         raise ValueError("CONNECT options are not an object")
     for key, types in _CONNECT_TYPES.items():
@@ -496,7 +497,7 @@ class ClientConnection(Protocol):
 
     def op_info(self, arg: bytes) -> None:
         try:
-            json.loads(arg)
+            wirejson.loads(arg)
         except ValueError:
             raise ProtocolViolation(None, "bad INFO from client")
 

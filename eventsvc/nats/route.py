@@ -27,6 +27,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc import wirejson
 from eventsvc.nats.client import HeldOutput
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
@@ -169,7 +170,7 @@ class RouteConnection(Protocol):
 
     def op_connect(self, arg: bytes) -> None:
         try:
-            options = json.loads(arg)
+            options = wirejson.loads(arg)
         except ValueError:
             raise ProtocolViolation(None, "bad CONNECT on route")
         if not isinstance(options, dict):
@@ -184,7 +185,7 @@ class RouteConnection(Protocol):
 
     def op_info(self, arg: bytes) -> None:
         try:
-            info = json.loads(arg)
+            info = wirejson.loads(arg)
         except ValueError:
             raise ProtocolViolation(None, "bad INFO on route")
         server_id = info.get("server_id", "")

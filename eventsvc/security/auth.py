@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc import wirejson
 from eventsvc.dotted import load_object, settle
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions, PeerInfo
 from eventsvc.security.permissions import HEALTH_CHECK, Permissions
@@ -147,7 +148,7 @@ class HTTPAuthenticator:
         if response.code != 200:
             raise AuthenticationFailed("authentication service answered {}".format(response.code))
         try:
-            answer = json.loads(data) if data.strip() else {}
+            answer = wirejson.loads(data) if data.strip() else {}
             if not isinstance(answer, dict):
                 raise ValueError("not an object")
             permissions = self._permissions

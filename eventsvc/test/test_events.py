@@ -144,6 +144,20 @@ class DispatchTests(SynchronousTestCase):
         self.assertIn("type.name", s.acks[-1]["error"])
         self.assertEqual(s.dispatcher.refused, 2)
 
+    def test_malformed_bytes_refused_with_an_answer(self) -> None:
+        """
+        Not JSON, not UTF-8: the producer is still answered.  (On PyPy 3.9
+        the JSON decoder's own message for these crashed any formatting
+        with SystemError, and no answer was sent.)
+        """
+        s = Setup(self)
+        for body in (b'{"a":\xed\xa0\x80}', b"\xe9", '{"a":\u00e9}'.encode("utf-8"), b'{"a": "\xff"}', b"{,}"):
+            s.publish("cfgingest", body)
+            self.assertFalse(s.acks[-1]["success"], body)
+            self.assertTrue(s.acks[-1]["error"].startswith("event: not "), s.acks[-1])
+        self.assertEqual(len(s.acks), 5)
+        self.assertIn("not valid JSON at line 1 column 6 (char 5, near '\\xe9}')", s.acks[2]["error"])
+
     def test_unconfigured_handler_refused(self) -> None:
         s = Setup(self, targets={"feed": RecordingTarget()})
         s.publish("cfgingest", payload("cfgingest", "e-1"))

@@ -22,6 +22,9 @@ CONVERSATIONS: List[List[bytes]] = [
     [b"SUB foo 1\r\nPUB foo 2\r\nhello\r\n"],
     [b"SUB foo..bar 1\r\nPING\r\n"],
     [b'CONNECT {"verbose":false}\r\nPUB foo\r\nPING\r\n'],
+    # Not JSON, with bytes that are not ASCII (and one not UTF-8).
+    [b'CONNECT {"verbose":\xc3\xa9}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"name":"\xed\xa0\x80"}\r\nPING\r\n'],
     [b'CONNECT {"verbose":false,"pedantic":true}\r\nPUB foo.* 0\r\n\r\nPING\r\n'],
     [b'CONNECT {"verbose":false}\r\nPUB foo 2000000\r\n'],
     [b'CONNECT {"verbose":false}\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n'],
