@@ -340,9 +340,9 @@ class ClientConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.awaiting_handshake:
             self.awaiting_handshake = False
-            self.close_reason, self.close_detail = "TLS Handshake Failure", _tls_reason(reason)
+            self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)
             self.log.info(
-                "TLS handshake with {host}:{port} failed: {why}", host=self.peer.host, port=self.peer.port, why=_tls_reason(reason)
+                "TLS handshake with {host}:{port} failed: {why}", host=self.peer.host, port=self.peer.port, why=failure_reason(reason)
             )
         if not self.closed:
             # As nats-server: a clean close is the client's, a reset a read error.
@@ -704,7 +704,7 @@ def _cancel(timer: Any) -> Any:
     return None
 
 
-def _tls_reason(reason: Optional[Failure]) -> str:
+def failure_reason(reason: Optional[Failure]) -> str:
     """pyOpenSSL's error list, or the failure's message, as one phrase."""
     if reason is None:
         return "connection lost"

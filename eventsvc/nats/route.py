@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc import wirejson
-from eventsvc.nats.client import HeldOutput
+from eventsvc.nats.client import HeldOutput, failure_reason
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.server import Broker
@@ -104,7 +104,15 @@ class RouteConnection(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.closed:
-            self._teardown("connection lost: {}".format(reason.getErrorMessage() if reason is not None else "closed"))
+            why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
+            if not self.registered and not (self.solicited and self.solicited in self.manager.configured):
+                # Never up, and no redial will say so: a refused TLS handshake
+                # (a certificate from another CA) must not pass in silence.
+                self.log.warn(
+                    "route {way} {host}:{port} failed before it was up: {why}",
+                    way="to" if self.solicited else "from", host=self.host, port=self.port, why=why,
+                )
+            self._teardown(why)
 
     def close(self, error: Optional[str], why: str) -> None:
         if self.closed:

@@ -27,8 +27,16 @@ def run(scenario):
 
 
 async def mesh_round(ports, tag: str):
-    """Every node publishes to everyone; a queue group over all nodes; requests across."""
-    ncs = [await nats.connect("nats://127.0.0.1:%d" % p) for p in ports]
+    """
+    Every node publishes to everyone; a queue group over all nodes; requests
+    across.  C{ports}: client ports, or (URL, ssl context) for TLS nodes.
+    """
+    ncs = []
+    for p in ports:
+        if isinstance(p, int):
+            ncs.append(await nats.connect("nats://127.0.0.1:%d" % p))
+        else:
+            ncs.append(await nats.connect(p[0], tls=p[1]))
     got = {i: [] for i in range(len(ncs))}
     counts = {i: 0 for i in range(len(ncs))}
     for i, nc in enumerate(ncs):
@@ -240,3 +248,77 @@ class TLSRouteProcessTests(TestCase):
         data = yield run(scenario)
         self.assertEqual(data, b"secret")
         nodes[0].wait_output(") up, ")
+
+
+class TLSMeshWithReferenceTests(TestCase):
+    """
+    Routes over mutual TLS with nats-server 2.9: it dials eventsvc, eventsvc
+    dials it, and the two nats-server nodes find each other by gossip.
+    """
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_tls_mesh(self):
+        if nats is None:
+            process.require("nats-py")
+        import ssl
+
+        directory = os.path.abspath(self.mktemp())
+        certs = os.path.join(directory, "certs")
+        made = process.cli("certs", "--out", certs)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        a, b, e = (process.free_port() for _ in range(3))
+        tls_block = (
+            'tls {{ cert_file: "{0}/service.crt", key_file: "{0}/service.key", ca_file: "{0}/ca.crt", '
+            "verify: true, timeout: 3 }}".format(certs)
+        )
+        nodes = []
+        for name, port, routes in (("a", a, ""), ("b", b, "routes: [nats-route://127.0.0.1:%d]" % e)):
+            conf = process.write_config(os.path.join(directory, name + ".conf"), (
+                "cluster {{\n  name: tlsmesh\n  listen: 127.0.0.1:{port}\n  {routes}\n  {tls}\n}}\n"
+            ).format(port=port, routes=routes, tls=tls_block))
+            nodes.append(process.nats_server("-c", conf))
+        client_port = process.free_port()
+        config = process.write_config(os.path.join(directory, "eventsvc.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+            '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
+            '[cluster]\nenabled = true\nname = "tlsmesh"\nhost = "127.0.0.1"\nport = {cluster}\ntls = true\n'
+            'tls_name = "localhost"\nroutes = ["nats-route://127.0.0.1:{a}"]\n'
+        ).format(client=client_port, cluster=e, a=a))
+        ours = process.eventsvc(config, expect=("service",))
+        # A first (eventsvc dials it), then eventsvc, then B (it dials eventsvc).
+        for proc in (nodes[0], ours, nodes[1]):
+            yield threads.deferToThread(proc.start)
+            self.addCleanup(proc.stop)
+
+        def context():
+            c = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+            c.load_cert_chain(os.path.join(certs, "client.crt"), os.path.join(certs, "client.key"))
+            return c
+
+        servers = [nodes[0].port, nodes[1].port, ("tls://localhost:%d" % client_port, context())]
+        got, counts, replies = yield run(lambda: mesh_round(servers, "tls"))
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1", b"from-2"], (i, got))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), replies)
+        # Both routes of ours are TLS: the one it dialled and the one B dialled.
+        ours.wait_output(") up, ")
+        for _ in range(100):
+            if ours.output().count(") up, ") >= 2:
+                break
+            time.sleep(0.05)
+        self.assertEqual(ours.output().count(") up, "), 2, ours.output())
+        self.assertNotIn("handshake", ours.output().lower())
+        # A node whose certificate another CA signed is refused.
+        stranger_certs = os.path.join(directory, "stranger")
+        self.assertEqual(process.cli("certs", "--out", stranger_certs).returncode, 0)
+        conf = process.write_config(os.path.join(directory, "c.conf"), (
+            "cluster {{\n  name: tlsmesh\n  listen: 127.0.0.1:{port}\n  routes: [nats-route://127.0.0.1:{e}]\n  {tls}\n}}\n"
+        ).format(port=process.free_port(), e=e, tls=tls_block.replace(certs, stranger_certs)))
+        stranger = process.nats_server("-c", conf)
+        yield threads.deferToThread(stranger.start)
+        self.addCleanup(stranger.stop)
+        yield threads.deferToThread(ours.wait_output, "failed before it was up")
+        self.assertEqual(ours.output().count(") up, "), 2, ours.output())
