@@ -70,6 +70,55 @@ def uptime(seconds: float) -> str:
     return out + "%ds" % seconds
 
 
+def _end(c: Any, now: float) -> float:
+    return c.stopped if c.closed and c.stopped else now
+
+
+#: /connz?sort=...: nats-server's options, each a key and whether it is
+#: descending (cid and start are the connection order; ties keep it).
+_CONNZ_SORT: Dict[str, "tuple[Optional[Callable[[Any, float], Any]], bool]"] = {
+    "cid": (None, False),
+    "start": (None, False),
+    "subs": (lambda c, now: len(c.subs), True),
+    "pending": (lambda c, now: 0 if c.closed else c.pending_bytes, True),
+    "msgs_to": (lambda c, now: c.out_msgs, True),
+    "msgs_from": (lambda c, now: c.in_msgs, True),
+    "bytes_to": (lambda c, now: c.out_bytes, True),
+    "bytes_from": (lambda c, now: c.in_bytes, True),
+    "last": (lambda c, now: c.last_activity, True),
+    # nats-server's "idle" orders by last activity minus start.
+    "idle": (lambda c, now: c.last_activity - c.start, True),
+    "uptime": (lambda c, now: _end(c, now) - c.start, False),
+    "stop": (lambda c, now: c.stopped, True),
+    "reason": (lambda c, now: c.close_reason or "Client Closed", False),
+}
+
+
+def arg(args: Dict[bytes, List[bytes]], name: str) -> str:
+    """A query parameter's first value, or the empty string."""
+    return args.get(name.encode(), [b""])[0].decode("utf-8", "replace")
+
+
+def arg_int(args: Dict[bytes, List[bytes]], name: str) -> int:
+    text = arg(args, name)
+    try:
+        return int(text) if text else 0
+    except ValueError:
+        raise ValueError("Error decoding int for '{}': strconv.Atoi: parsing {}: invalid syntax".format(name, json.dumps(text))) from None
+
+
+def arg_bool(args: Dict[bytes, List[bytes]], name: str) -> bool:
+    """Go's strconv.ParseBool spellings, as nats-server reads them."""
+    text = arg(args, name)
+    if text in ("", "0", "f", "F", "false", "FALSE", "False"):
+        return False
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if name == "subs" and text.lower() == "detail":
+        return True
+    raise ValueError("Error decoding boolean for '{}': strconv.ParseBool: parsing {}: invalid syntax".format(name, json.dumps(text)))
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -223,14 +272,29 @@ class Monitor:
             out["subscriptions_list"] = [sub.subject.decode("utf-8", "replace") for sub in c.subs.values()]
         return out
 
-    def connz(self, args: Dict[bytes, List[bytes]]) -> dict:
-        def arg(name: str, default: str) -> str:
-            return args.get(name.encode(), [default.encode()])[0].decode()
-
-        subs = arg("subs", "0").lower() in ("1", "true", "detail")
-        offset = max(0, int(arg("offset", "0") or 0))
-        limit = max(0, int(arg("limit", "1024") or 1024))
-        state = arg("state", "open").lower()
+    def connz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
+        """
+        nats-server's /connz: C{subs}, C{offset}, C{limit}, C{state},
+        C{cid} and C{sort} (with its orders); a parameter it would refuse
+        is refused with 400 and its message.
+        """
+        try:
+            subs = arg_bool(args, "subs")
+            offset = max(0, arg_int(args, "offset"))
+            limit = arg_int(args, "limit")
+            cid = arg_int(args, "cid")
+            state = arg(args, "state").lower() or "open"
+            if state not in ("open", "closed", "any", "all"):
+                raise ValueError("Error decoding state for {}".format(arg(args, "state")))
+            sort = arg(args, "sort") or "cid"
+            if sort not in _CONNZ_SORT:
+                raise ValueError("invalid sorting option: {}".format(sort))
+            if sort in ("stop", "reason") and state != "closed":
+                raise ValueError("sort by {} only valid on closed connections".format(sort))
+        except ValueError as e:
+            return 400, str(e)
+        if limit <= 0:
+            limit = 1024
         now = self.clock.seconds()
         if state == "closed":
             conns = list(self.broker.closed)
@@ -238,7 +302,12 @@ class Monitor:
             conns = list(self.broker.clients.values()) + list(self.broker.closed)
         else:
             conns = list(self.broker.clients.values())
+        if cid > 0:
+            conns, limit = [c for c in conns if c.cid == cid], 1
+        key, descending = _CONNZ_SORT[sort]
         conns.sort(key=lambda c: c.cid)
+        if key is not None:
+            conns.sort(key=lambda c: key(c, now), reverse=descending)
         page = conns[offset : offset + limit]
         return {
             "server_id": self.broker.server_id,
@@ -300,6 +369,10 @@ class _JSON(resource.Resource):
         result = self.produce(request)
         code, body = result if isinstance(result, tuple) else (200, result)
         request.setResponseCode(code)
+        if isinstance(body, str):
+            # A refused parameter: plain text, as nats-server answers it.
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return body.encode("utf-8")
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body, indent=2).encode("utf-8") + b"\n"
 

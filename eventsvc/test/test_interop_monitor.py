@@ -64,6 +64,21 @@ def fetch(port: int, path: str) -> "tuple[int, dict]":
         return e.code, json.load(e)
 
 
+def fetch_text(port: int, path: str) -> "tuple[int, str]":
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+# /connz orders: the scene decides them (no ties).
+SORTED = ("sort=cid", "sort=subs", "sort=msgs_to", "sort=msgs_from", "sort=bytes_to", "sort=bytes_from", "cid={second}",
+          "state=closed&sort=reason", "state=closed&sort=stop", "limit=0", "offset=5")
+# Parameters nats-server refuses, with its status and words.
+REFUSED = ("sort=bogus", "sort=stop", "sort=reason", "offset=x", "limit=1.5", "state=weird", "subs=maybe")
+
+
 class MonitorInteropTests(TestCase):
     timeout = 60
 
@@ -120,6 +135,21 @@ class MonitorInteropTests(TestCase):
                 for key in ("num_connections", "total", "offset", "limit"):
                     if ref[path][1][key] != ours[path][1][key]:
                         problems.append("{} {}: {!r} vs {!r}".format(path, key, ref[path][1][key], ours[path][1][key]))
+            # nats-server's first client id is not 1 (it has internal clients):
+            # compare positions in the scene, counted from each one's first.
+            first = {http: fetch(http, "/connz?state=any")[1]["connections"][0]["cid"] for http in (self.nats_http, self.http)}
+            for query in SORTED:
+                pages = []
+                for http in (self.nats_http, self.http):
+                    code, page = fetch(http, "/connz?" + query.format(second=first[http] + 1))
+                    pages.append((code, [c["cid"] - first[http] for c in page["connections"]], page["limit"], page["offset"]))
+                if pages[0] != pages[1]:
+                    problems.append("/connz?{}: {} vs {}".format(query, pages[0], pages[1]))
+            for query in REFUSED:
+                path = "/connz?" + query
+                r, o = fetch_text(self.nats_http, path), fetch_text(self.http, path)
+                if r != o:
+                    problems.append("{}: {!r} vs {!r}".format(path, r, o))
             if ref["/routez"][1]["num_routes"] != ours["/routez"][1]["num_routes"]:
                 problems.append("/routez num_routes differs")
             if ref["/healthz"][1] != ours["/healthz"][1]:

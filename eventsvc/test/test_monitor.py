@@ -77,6 +77,38 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(varz["http_req_stats"]["/varz"], 2)
         del a
 
+    def test_connz_orders_and_refusals(self) -> None:
+        clock = self.svc.getServiceNamed("monitor").monitor.clock
+        old = connect(self.svc, "service", b'CONNECT {"verbose":false}\r\n')
+        clock.advance(10)
+        new = connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB a 1\r\n')
+        clock.advance(5)
+        old.send(b"PING\r\n")  # old is now the most recently active
+        cids = lambda query: [c["cid"] for c in get(self.svc, "/connz?" + query)[1]["connections"]]
+        o, n = old.proto.cid, new.proto.cid
+        self.assertEqual(cids("sort=last"), [o, n])
+        self.assertEqual(cids("sort=idle"), [o, n])  # nats-server: last activity minus start, descending
+        self.assertEqual(cids("sort=uptime"), [n, o])
+        self.assertEqual(cids("sort=subs"), [n, o])
+        self.assertEqual(cids("sort=start"), [o, n])
+        self.assertEqual(cids("cid=%d" % n), [n])
+        self.assertEqual(cids("limit=1&offset=1"), [n])
+        new.send(b"BOGUS\r\n")
+        clock.advance(1)
+        old.proto.connectionLost(None)
+        self.assertEqual(cids("state=closed&sort=stop"), [o, n])  # the latest first
+        self.assertEqual(cids("state=closed&sort=reason"), [o, n])  # "Client Closed" < "Parse Error"
+        for query, message in (
+            ("sort=nope", "invalid sorting option: nope"),
+            ("sort=stop", "sort by stop only valid on closed connections"),
+            ("offset=-x", "Error decoding int for 'offset': strconv.Atoi: parsing \"-x\": invalid syntax"),
+        ):
+            monitor = self.svc.getServiceNamed("monitor")
+            request = DummyRequest([b""])
+            request.args = {k.encode(): [v.encode()] for k, v in [query.split("=")]}
+            body = monitor.site.resource.children[b"connz"].render_GET(request)
+            self.assertEqual((request.responseCode, body.decode()), (400, message))
+
     def test_subsz_routez(self) -> None:
         connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 0\r\n\r\n')
         _, subsz = get(self.svc, "/subsz")
