@@ -322,3 +322,31 @@ class TLSMeshWithReferenceTests(TestCase):
         self.addCleanup(stranger.stop)
         yield threads.deferToThread(ours.wait_output, "failed before it was up")
         self.assertEqual(ours.output().count(") up, "), 2, ours.output())
+
+
+class DynamicClusterNameTests(TestCase):
+    """A nats-server with no cluster name takes eventsvc's and joins."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_nameless_reference_node_joins(self):
+        if nats is None:
+            process.require("nats-py")
+        cluster_port, client_port = process.free_port(), process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "named"\n'
+            'host = "127.0.0.1"\nport = %d\n'
+        ) % (client_port, cluster_port))
+        ours = process.eventsvc(config, expect=("service",))
+        yield threads.deferToThread(ours.start)
+        self.addCleanup(ours.stop)
+        node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
+        yield threads.deferToThread(node.start)
+        self.addCleanup(node.stop)
+        got, counts, replies = yield run(lambda: mesh_round([node.port, client_port], "dynamic"))
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1"], (i, got))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), replies)
+        yield threads.deferToThread(node.wait_output, "Cluster name updated to named")
