@@ -31,6 +31,7 @@ from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import CallableTarget, DeadLetters, HandlerService, HTTPTarget
 from eventsvc.events.spool import Spool
 from eventsvc.events.types import Registry
+from eventsvc.nats.advertise import client_urls
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.route import RouteManager
@@ -194,6 +195,9 @@ class EventService(MultiService):
                 await maybeDeferred(service.stop_accepting)
         for conn in list(self.broker.clients.values()):
             conn.lame_duck()  # type: ignore[attr-defined]
+        cluster = self._named("cluster")
+        if cluster is not None:
+            cluster.lame_duck()
         self.broker.flush()
         handlers = list(self.events.handlers.values()) if self.events is not None else []
         durable = self.events is not None and self.events.spool is not None
@@ -264,7 +268,14 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         if config.tls.enabled:
             context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
         if service.enabled:
-            settings = _client_settings(limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service")
+            settings = _client_settings(
+                limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
+                advertise=config.cluster.enabled and not config.cluster.no_advertise,
+            )
+            if config.cluster.enabled:
+                # Our URL, as peers tell their clients (the port is known once listening).
+                advertised = config.cluster.client_advertise
+                broker.connect_urls.own = lambda: client_urls(settings.host, settings.port, advertised)
             settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
             where = _where("service", config)
             ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
@@ -344,9 +355,6 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     cl, limits = config.cluster, config.limits
-    client_urls = []
-    if config.service.enabled:
-        client_urls.append("{}:{}".format(config.service.host, config.service.port))
     tls_server = tls_client = None
     if cl.tls:
         tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
@@ -357,7 +365,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
             return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
 
     return RouteManager(
-        broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), client_urls,
+        broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), no_advertise=cl.no_advertise,
         user=cl.user, password=cl.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,

@@ -108,6 +108,11 @@ class ClusterConfig:
     tls: bool = False
     #: The name peers' certificates must carry (default: the host of each dialled route).
     tls_name: str = ""
+    #: Neither tell peers our service listener's URL nor our clients theirs.
+    no_advertise: bool = False
+    #: The host (or host:port) clients of other nodes are told for our
+    #: service listener (default: its host, or this machine's addresses).
+    client_advertise: str = ""
 
 
 @dataclass(frozen=True)
@@ -421,6 +426,10 @@ def _check(config: Config, path: str) -> None:
             fail("cluster", "port", "must be between 0 and 65535, got {}".format(cl.port))
         if not cl.name or " " in cl.name:
             fail("cluster", "name", "must be a name without spaces")
+        if cl.client_advertise:
+            _, colon, given = cl.client_advertise.rpartition(":")
+            if " " in cl.client_advertise or (colon and not cl.client_advertise.endswith("]") and not (given.isdigit() and 0 < int(given) < 65536)):
+                fail("cluster", "client_advertise", "must be host or host:port, got {!r}".format(cl.client_advertise))
         for url in cl.routes:
             from urllib.parse import urlsplit
 

@@ -113,9 +113,13 @@ class ClientSettings:
         tls_verify: bool = False,
         tls_timeout: float = 2.0,
         name: str = "",
+        advertise: bool = False,
     ) -> None:
         #: The listener's name ("service", "gateway"), for logs and monitoring.
         self.name = name
+        #: Whether its clients are told the cluster's client URLs
+        #: (connect_urls): the service listener's are, the gateway's not.
+        self.advertise = advertise
         self.host = host
         self.port = port
         self.max_payload = max_payload
@@ -325,6 +329,12 @@ class ClientConnection(Protocol):
         info["max_payload"] = settings.max_payload
         info["client_id"] = self.cid
         info["client_ip"] = self.peer.host
+        if broker.cluster_name:
+            info["cluster"] = broker.cluster_name
+        if settings.advertise:
+            urls = broker.connect_urls.current()
+            if urls:
+                info["connect_urls"] = urls
         return info
 
     def info_line(self, **extra: Any) -> bytes:
@@ -333,9 +343,23 @@ class ClientConnection(Protocol):
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n"
 
     def lame_duck(self) -> None:
-        """Tell a client that understands async INFO that this server is going away."""
+        """
+        Tell a client that understands async INFO that this server is going
+        away, and (as nats-server) where else it can go: the other nodes only.
+        """
         if not self.closed and self.connect_accepted and self.protocol >= 1:
-            self.send(self.info_line(ldm=True))
+            others = self.broker.connect_urls.others() if self.settings.advertise else []
+            info = self.info()
+            info.pop("connect_urls", None)
+            if others:
+                info["connect_urls"] = others
+            info["ldm"] = True
+            self.send(b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n")
+
+    def cluster_changed(self) -> None:
+        """The cluster's client URLs changed: an async INFO, as nats-server sends."""
+        if self.settings.advertise and not self.closed and self.connect_accepted and self.protocol >= 1:
+            self.send(self.info_line())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.awaiting_handshake:

@@ -208,9 +208,20 @@ class RouteConnection(Protocol):
             if not self.manager.register(self):
                 self.close(None, "duplicate route to {}".format(server_id))
             return
-        if server_id and server_id != self.remote_id:
+        if server_id == self.remote_id:
+            if info.get("ldm") and self.registered and not self.manager.no_advertise:
+                # The peer is going away: our clients should not go there.
+                self.manager.broker.connect_urls.remove(self.remote_urls())
+                self.remote_info = dict(self.remote_info, connect_urls=[])
+            return
+        if server_id:
             # Gossip: a server our peer knows about.
             self.manager.heard_of(info)
+
+    def remote_urls(self) -> List[str]:
+        """The client URLs the peer told us (its INFO connect_urls)."""
+        urls = self.remote_info.get("connect_urls")
+        return [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
 
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
         if account != GLOBAL or not valid_subject(subject):
@@ -308,7 +319,6 @@ class RouteManager(Service):
         host: str,
         port: int,
         routes: List[str],
-        client_urls: List[str],
         user: str = "",
         password: str = "",
         max_payload: int = 1024 * 1024,
@@ -322,6 +332,7 @@ class RouteManager(Service):
         tls_server: Any = None,
         tls_client: Any = None,
         tls_name: str = "",
+        no_advertise: bool = False,
     ) -> None:
         self.setName("cluster")
         self.broker = broker
@@ -329,7 +340,8 @@ class RouteManager(Service):
         self.cluster_name = cluster_name
         self.host, self.port = host, port
         self.configured = list(routes)
-        self.client_urls = client_urls
+        #: Neither tell peers our client URLs nor tell our clients theirs.
+        self.no_advertise = no_advertise
         self.user, self.password = user, password
         self.max_payload, self.max_control_line, self.max_pending = max_payload, max_control_line, max_pending
         self.ping_interval, self.ping_max = ping_interval, ping_max
@@ -364,9 +376,11 @@ class RouteManager(Service):
             "headers": True,
             "max_payload": self.max_payload,
             "cluster": self.cluster_name,
-            "connect_urls": self.client_urls,
-            "lnoc": True,
         }
+        urls = [] if self.no_advertise else self.broker.connect_urls.own()
+        if urls:
+            info["connect_urls"] = urls
+        info["lnoc"] = True
         if self.tls_server is not None:
             info.update(tls_required=True, tls_verify=True)
         return info
@@ -395,7 +409,17 @@ class RouteManager(Service):
 
     # -- lifecycle ---------------------------------------------------------------
 
+    def lame_duck(self) -> None:
+        """Tell every peer we are going away (route INFO with ldm), as nats-server does."""
+        info = self.info()
+        info["ldm"] = True
+        line = self.info_line(info)
+        for route in self.routes.values():
+            route.send(line)
+        self.broker.flush()
+
     def startService(self) -> None:
+        self.broker.cluster_name = self.cluster_name
         if self.accept:
             try:
                 if self.tls_server is not None:
@@ -467,6 +491,9 @@ class RouteManager(Service):
             return False
         self.routes[route.remote_id] = route
         route.registered = True
+        if not self.no_advertise:
+            # Our clients learn where else they can go.
+            self.broker.connect_urls.add(route.remote_urls())
         self.log.info(
             "route to {peer} ({name}) up, {how}",
             peer=route.remote_id, name=route.remote_info.get("server_name", "?"),
@@ -504,6 +531,8 @@ class RouteManager(Service):
         if self.routes.get(route.remote_id) is route:
             del self.routes[route.remote_id]
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
+            if not self.no_advertise:
+                self.broker.connect_urls.remove(route.remote_urls())
         if route.solicited and self.running:
             self._redial(route.solicited, why)
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequenc
 from twisted.logger import Logger
 
 from eventsvc import __version__
+from eventsvc.nats.advertise import ConnectURLs
 from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
 
 #: nats-server's status message for a request nobody answered.
@@ -174,6 +175,11 @@ class Broker:
         # Local interest by (subject, queue), and who wants to hear of changes (routes).
         self._interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
         self.interest_listeners: List[Callable[[bytes, Optional[bytes], int, int], None]] = []
+        #: The cluster's client URLs (INFO connect_urls), kept by the routes.
+        self.connect_urls = ConnectURLs()
+        self.connect_urls.on_change = self._connect_urls_changed
+        #: The cluster's name, once this server is in one (client INFO says it).
+        self.cluster_name = ""
 
     # -- connections --------------------------------------------------------
 
@@ -192,6 +198,14 @@ class Broker:
             self.out_msgs += conn.out_msgs
             self.out_bytes += conn.out_bytes
             self.closed.append(conn)
+
+    def _connect_urls_changed(self) -> None:
+        """Tell every client that understands async INFO (nats-server does)."""
+        for conn in list(self.clients.values()):
+            changed = getattr(conn, "cluster_changed", None)
+            if changed is not None:
+                changed()
+        self.flush()
 
     def totals(self) -> Dict[str, int]:
         """Server-wide counters, live connections included."""

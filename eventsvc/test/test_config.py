@@ -110,6 +110,10 @@ class ErrorTests(SynchronousTestCase):
         self.assertConfigError("[limits]\nmax_payload = 2000\nmax_pending = 1000\n", "[limits] max_pending", "at least max_payload")
         self.assertConfigError("[limits]\nping_max = 0\n", "[limits] ping_max")
         self.assertConfigError("[limits]\nauth_timeout = 0\n", "[limits] auth_timeout", "positive")
+        cluster = "[cluster]\nenabled = true\n"
+        self.assertConfigError(cluster + 'client_advertise = "h:99999"\n', "[cluster] client_advertise", "host:port")
+        self.assertConfigError(cluster + 'client_advertise = "a b"\n', "[cluster] client_advertise")
+        self.assertEqual(config.parse(cluster + 'client_advertise = "nats.example.com:4222"\n').cluster.client_advertise, "nats.example.com:4222")
 
     def test_gateway(self) -> None:
         self.assertConfigError("[gateway]\nenabled = 1\n", "[gateway] enabled", "true or false")

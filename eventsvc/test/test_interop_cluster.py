@@ -81,7 +81,9 @@ async def mesh_round(ports, tag: str):
     return got, counts, replies
 
 
-class MeshTests(TestCase):
+class ThreeNodeMesh(TestCase):
+    """Two nats-server 2.9 nodes routed to each other, and eventsvc dialling the first."""
+
     timeout = 180
 
     def setUp(self):
@@ -106,6 +108,8 @@ class MeshTests(TestCase):
         self.ours.start()
         self.addCleanup(lambda: self.ours.stop())
 
+
+class MeshTests(ThreeNodeMesh):
     def check(self, result):
         got, counts, replies = result
         for i, messages in got.items():
@@ -131,6 +135,49 @@ class MeshTests(TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual(self.ours.output().count(") up, "), 2, self.ours.output())
+
+
+def greeting(port: int) -> dict:
+    """The INFO a server greets a client with."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += s.recv(65536)
+    return json.loads(data[5:])
+
+
+class ConnectURLsWithReferenceTests(ThreeNodeMesh):
+    """Every node's clients are told every node's client URL, nats-server's and ours alike."""
+
+    @defer.inlineCallbacks
+    def test_every_node_advertises_every_node(self):
+        ports = [self.nodes[0].port, self.nodes[1].port, self.client_port]
+        expected = sorted("127.0.0.1:%d" % p for p in ports)
+
+        def wait():
+            for _ in range(200):
+                seen = [sorted(greeting(p).get("connect_urls", [])) for p in ports]
+                if all(urls == expected for urls in seen):
+                    return seen
+                time.sleep(0.05)
+            return seen
+
+        seen = yield threads.deferToThread(wait)
+        self.assertEqual(seen, [expected] * 3)
+        self.assertEqual(greeting(self.client_port)["cluster"], "mesh")
+        # A nats-py client of ours hears of the others (its reconnect pool).
+        servers = yield run(lambda: discovered(self.client_port))
+        self.assertEqual(sorted(servers), sorted("127.0.0.1:%d" % p for p in ports[:2]))
+
+
+async def discovered(port: int) -> list:
+    nc = await nats.connect("nats://127.0.0.1:%d" % port)
+    found = ["%s:%d" % (u.hostname, u.port) for u in nc.discovered_servers]
+    await nc.close()
+    return found
 
 
 class SplitDeploymentTests(TestCase):

@@ -22,7 +22,7 @@ class Node:
         self.clock = MemoryReactorClock()
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
-        self.manager = RouteManager(self.broker, self.clock, "c1", "127.0.0.1", 0, [], [])
+        self.manager = RouteManager(self.broker, self.clock, "c1", "127.0.0.1", 0, [])
         self.manager.startService()
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
@@ -337,3 +337,89 @@ class RouteParserTests(SynchronousTestCase):
         b.broker.flush()
         self.assertEqual(member.received(), b"MSG foo 2 1\r\ny\r\n")
         self.assertEqual(plain.received(), b"MSG foo 1 1\r\ny\r\n")
+
+
+def infos(data: bytes) -> list:
+    """The INFO lines in C{data}, decoded."""
+    import json
+
+    return [json.loads(line[5:]) for line in data.split(b"\r\n") if line.startswith(b"INFO ")]
+
+
+class ConnectURLTests(SynchronousTestCase):
+    """Clients are told the cluster's client URLs (connect_urls), as by nats-server."""
+
+    def setUp(self) -> None:
+        self.a, self.b = Node("A"), Node("B")
+        for node, url in ((self.a, "10.0.0.1:4222"), (self.b, "10.0.0.2:4222")):
+            node.factory.settings.advertise = True
+            node.broker.connect_urls.own = lambda url=url: [url]
+
+    def greeting(self, node: Node) -> dict:
+        proto = node.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        proto.makeConnection(transport)
+        return infos(transport.value())[0]
+
+    def test_clients_learn_the_other_node(self) -> None:
+        self.assertNotIn("connect_urls", self.greeting(self.a))  # standalone: none, as nats-server
+        modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
+        old = self.a.client()  # protocol 0: no async INFO
+        pump, dialled, accepted = link(self.a, self.b)
+        # Each side's route INFO carried its own URL.
+        self.assertEqual(dialled.remote_urls(), ["10.0.0.2:4222"])
+        self.assertEqual(accepted.remote_urls(), ["10.0.0.1:4222"])
+        self.assertEqual([i["connect_urls"] for i in infos(modern.received())], [["10.0.0.1:4222", "10.0.0.2:4222"]])
+        self.assertEqual(old.received(), b"")
+        greeting = self.greeting(self.a)
+        self.assertEqual((greeting["cluster"], greeting["connect_urls"]), ("c1", ["10.0.0.1:4222", "10.0.0.2:4222"]))
+        # B goes lame duck: A's clients stop being sent there; B's are sent to A only.
+        b_client = self.b.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
+        b_client.proto.lame_duck()
+        self.b.broker.flush()
+        self.assertEqual([(i.get("ldm"), i["connect_urls"]) for i in infos(b_client.received())], [(True, ["10.0.0.1:4222"])])
+        self.b.manager.lame_duck()
+        pump.flush()
+        self.assertEqual([i["connect_urls"] for i in infos(modern.received())], [["10.0.0.1:4222"]])
+        # The route goes (nothing more to say: B's URL already left).
+        dialled.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(self.a.manager.routes, {})
+        self.assertEqual(modern.received(), b"")
+
+    def test_route_lost_takes_its_urls(self) -> None:
+        modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
+        pump, dialled, _ = link(self.a, self.b)
+        modern.received()
+        dialled.transport.loseConnection()
+        pump.flush()
+        self.assertEqual([i["connect_urls"] for i in infos(modern.received())], [["10.0.0.1:4222"]])
+
+    def test_no_advertise(self) -> None:
+        self.a.manager.no_advertise = self.b.manager.no_advertise = True
+        modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertEqual((dialled.remote_urls(), accepted.remote_urls()), ([], []))
+        self.assertEqual(modern.received(), b"")
+
+    def test_listener_that_does_not_advertise(self) -> None:
+        """The gateway's agents are never pointed at the service listeners."""
+        self.a.factory.settings.advertise = False
+        modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
+        link(self.a, self.b)
+        self.assertEqual(modern.received(), b"")
+        self.assertNotIn("connect_urls", self.greeting(self.a))
+
+
+class ClientURLTests(SynchronousTestCase):
+    def test_urls(self) -> None:
+        from eventsvc.nats.advertise import client_urls
+
+        self.assertEqual(client_urls("10.1.2.3", 4222), ["10.1.2.3:4222"])
+        self.assertEqual(client_urls("0.0.0.0", 4222, "nats.example.com"), ["nats.example.com:4222"])
+        self.assertEqual(client_urls("0.0.0.0", 4222, "nats.example.com:443"), ["nats.example.com:443"])
+        self.assertEqual(client_urls("::1", 4222), ["[::1]:4222"])
+        self.assertEqual(client_urls("0.0.0.0", 4222, "[fd00::1]:5222"), ["[fd00::1]:5222"])
+        for url in client_urls("0.0.0.0", 4222):
+            self.assertFalse(url.startswith("127.") or url.startswith("[::1]"), url)
+            self.assertTrue(url.endswith(":4222"))
