@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import ssl
-from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -155,6 +155,9 @@ class EventService(MultiService):
             return False
         if authenticator is not None:
             gateway.factory.settings.authenticator = authenticator
+            if new.gateway != self.config.gateway or new.gateway.tokens_file:
+                # (A tokens file may have changed under the same name.)
+                self._reauthorize(gateway.factory.settings, authenticator)
         self.log_observer.set_level(new.log.level)
         if self.events is not None:
             for name, target in targets.items():
@@ -170,6 +173,32 @@ class EventService(MultiService):
             restart="; these need a restart to change: " + ", ".join(restart) if restart else "",
         )
         return True
+
+    def _reauthorize(self, settings: Any, authenticator: Any) -> Any:
+        """
+        Ask the new authenticators about every connection of the gateway, as
+        nats-server does on reload: a revoked token's client is closed, the
+        others get their new permissions now (not when they reconnect).  At
+        most 16 at a time, for authenticators that ask a service.
+        """
+        connections = [c for c in self.broker.clients.values() if getattr(c, "settings", None) is settings]
+        if not connections:
+            return None
+        limit = DeferredSemaphore(16)
+
+        def check(connection: Any) -> Any:
+            return connection.reauthorize(authenticator)
+
+        done = [limit.run(check, c) for c in connections]
+
+        def report(results: List[Any]) -> None:
+            outcomes = [r for ok, r in results if ok]
+            self.log.info(
+                "reload: {count} gateway connections checked again: {closed} closed, {subs} subscriptions removed",
+                count=len(connections), closed=sum(1 for r in outcomes if r < 0), subs=sum(r for r in outcomes if r > 0),
+            )
+
+        return DeferredList(done, consumeErrors=True).addCallback(report)
 
     # -- graceful shutdown --------------------------------------------------
 

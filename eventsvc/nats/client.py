@@ -19,7 +19,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -223,6 +223,9 @@ class ClientConnection(Protocol):
         self.client_version = ""
         self.connect_accepted = False
         self.identity: Optional[Identity] = None
+        #: The CONNECT options an authenticator accepted (kept to ask it again
+        #: when the configuration is reloaded; only where there is one).
+        self.connect_options: Optional[Dict[str, Any]] = None
         self.permissions: Any = None
         #: PUBs go straight from the parser to the broker (see the parser).
         self.plain = False
@@ -548,6 +551,7 @@ class ClientConnection(Protocol):
         if authenticator is None or self.connect_accepted:
             self._connect_accepted()
             return False
+        self.connect_options = options
         d = maybeDeferred(authenticator.authenticate, options, self.peer)
         d.addCallback(settle)
         d.addCallbacks(self._authenticated, self._refused)
@@ -599,6 +603,50 @@ class ClientConnection(Protocol):
             why = "authenticator error"
         self.log.info("client {cid} from {host}: {why}", cid=self.cid, host=self.peer.host, why=why)
         self.close(AUTHORIZATION_VIOLATION, "Authentication Failure", why)
+
+    def reauthorize(self, authenticator: IAuthenticator) -> Deferred:
+        """
+        Ask C{authenticator} again about this connection's CONNECT (the
+        configuration was reloaded), as nats-server does: refused, the client
+        is told C{Authorization Violation} and closed; accepted, the new
+        permissions apply at once and every subscription they no longer
+        allow is removed, with nats-server's error naming it.
+        Fires with how many subscriptions were removed (-1: closed).
+        """
+        if self.closed or self.connect_options is None:
+            return succeed(0)
+        d = maybeDeferred(authenticator.authenticate, self.connect_options, self.peer)
+        d.addCallback(settle)
+        d.addCallbacks(self._reauthorized, self._deauthorized)
+        return d
+
+    def _reauthorized(self, identity: Identity) -> int:
+        if self.closed:
+            return 0
+        self.identity = identity
+        self.permissions = identity.permissions
+        self._update_plain()
+        # Deliveries are planned per subject with the old may_receive.
+        self.broker.limit_changed()
+        removed = 0
+        if self.permissions is not None:
+            for sub in list(self.subs.values()):
+                if not self.permissions.may_subscribe(sub.subject, sub.queue):
+                    self.remove_subscription(sub)
+                    removed += 1
+                    subject, sid = sub.subject.decode("utf-8", "replace"), sub.sid.decode("utf-8", "replace")
+                    self.send(err('Permissions Violation for Subscription to "%s" (sid "%s")' % (subject, sid)))
+                    self.log.info(
+                        "client {cid}: removed subscription {subject} (sid {sid}): no longer allowed for {who}",
+                        cid=self.cid, subject=subject, sid=sid, who=identity.name,
+                    )
+        self.broker.flush()
+        return removed
+
+    def _deauthorized(self, failure: Failure) -> int:
+        if not self.closed:
+            self._refused(failure)
+        return -1
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None

@@ -190,6 +190,45 @@ class GatewayAuthTests(SynchronousTestCase):
         bad = connect(svc, "gateway", b'CONNECT {"verbose":false,"user":"hab","pass":"nope"}\r\nPING\r\n')
         self.assertEqual(bad.received(), b"-ERR 'Authorization Violation'\r\n")
 
+    def test_reload_applies_to_connected_agents(self) -> None:
+        """
+        As nats-server on reload: a client whose token was removed is told
+        and closed; the others keep their connection under the new
+        permissions, losing the subscriptions those no longer allow.
+        """
+        perms = '[gateway.permissions]\nsubscribe_allow = ["_INBOX.>", %s]\n'
+        svc, _, directory = build(self, perms % '"status.>"')
+        kept = connect(svc, "gateway", token_connect(TOKEN) + b"SUB status.x 2\r\nSUB _INBOX.y 3\r\nPING\r\n")
+        revoked = connect(svc, "gateway", token_connect("hashed-token") + b"PING\r\n")
+        self.assertEqual((kept.received(), revoked.received()), (b"PONG\r\n", b"PONG\r\n"))
+        untouched = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB status.x 1\r\n')
+        with open(os.path.join(directory, "patch.toml"), "w") as f:
+            f.write(
+                '[service]\nport = 0\n[gateway]\nenabled = true\nport = 0\ndisable_frontend_tls = true\n'
+                'tokens = ["%s"]\n%s' % (TOKEN, perms % "")
+            )
+        self.assertTrue(svc.reload())
+        self.assertEqual(revoked.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertTrue(revoked.closed)
+        self.assertEqual(kept.received(), b"-ERR 'Permissions Violation for Subscription to \"status.x\" (sid \"2\")'\r\n")
+        self.assertFalse(kept.closed)
+        self.assertEqual(sorted(kept.proto.subs), [b"3"])
+        # What is still allowed still arrives; the service's own client is left alone.
+        publisher = connect(svc, "service", b'CONNECT {"verbose":false}\r\nPUB status.x 1\r\na\r\nPUB _INBOX.y 1\r\nb\r\n')
+        self.assertEqual(kept.received(), b"MSG _INBOX.y 3 1\r\nb\r\n")
+        self.assertEqual(untouched.received(), b"MSG status.x 1 1\r\na\r\n")
+        del publisher
+
+    def test_reload_without_gateway_changes_leaves_agents_alone(self) -> None:
+        svc, _, directory = build(self)
+        agent = connect(svc, "gateway", token_connect(TOKEN) + b"SUB _INBOX.y 3\r\n")
+        calls = []
+        agent.proto.reauthorize = lambda authenticator: calls.append(authenticator)
+        with open(os.path.join(directory, "patch.toml"), "a") as f:
+            f.write('[log]\nlevel = "debug"\n')
+        self.assertTrue(svc.reload())
+        self.assertEqual(calls, [])
+
     def test_tokens_file(self) -> None:
         directory = self.mktemp()
         os.makedirs(directory)
