@@ -161,7 +161,7 @@ class RouteConnection(Protocol):
     def resumeProducing(self) -> None:
         self._paused = False
         if self._held.size and not self.closed:
-            self.transport.write(self._held.take())
+            self.transport.writeSequence(self._held.take())
 
     @property
     def pending_bytes(self) -> int:
