@@ -205,16 +205,31 @@ def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, pr
     return servers
 
 
+#: The PyPy setting that trades throughput for a tighter heap (docs/operations.md).
+TIGHT_GC = {"PYPY_GC_MAJOR_COLLECT": "1.2"}
+
+
 def memory_scene(runs: int) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n')
     servers = start_servers(process.nats_server(), config)
+    tight = None
+    pypy = [python for name, python in variants() if python]
+    if pypy:
+        tight = process.eventsvc(config, python=pypy[0], env=TIGHT_GC)
+        tight.start()
     try:
         samples = {name: [idle_memory(server.port, server.process.pid)] for name, server in servers.items()}
         report("idle conn memory (bytes)", samples)
+        if tight is not None:
+            ref = samples["nats-server"][0]
+            ours = idle_memory(tight.port, tight.process.pid)
+            print("{:<26} {:>12,.0f} {:>12} {:>6} {:>12,.0f} {:>6.0%}".format("  same, PyPy GC at 1.2", ref, "", "", ours, ours / ref))
     finally:
         for server in servers.values():
             server.stop()
+        if tight is not None:
+            tight.stop()
 
 
 VARIANTS: List[Tuple[str, Optional[str]]] = [("eventsvc", None)]

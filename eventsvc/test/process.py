@@ -140,24 +140,26 @@ def child_env() -> dict:
 
 
 def eventsvc(
-    config_path: str, expect: Sequence[str] = (), python: Optional[str] = None, twist: Sequence[str] = ()
+    config_path: str,
+    expect: Sequence[str] = (),
+    python: Optional[str] = None,
+    twist: Sequence[str] = (),
+    env: Optional[dict] = None,
 ) -> ServerProcess:
     """
     eventsvc under twistd, in the foreground, as the README runs it; ready
     once the listeners named in C{expect} (and at least one) listen.
     C{python}: another interpreter (a PyPy venv's) whose twistd to use.
     C{twist}: run under twist instead, with these twist options.
+    C{env}: more environment variables (PYPY_GC_MAJOR_COLLECT, say).
     """
     if twist:
         argv = [require("twist"), *twist, "eventsvc", "--config", config_path]
-        return ServerProcess(argv, _READY_EVENTSVC, child_env(), expect)
+        return ServerProcess(argv, _READY_EVENTSVC, dict(child_env(), **(env or {})), expect)
     twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
-    env = child_env()
-    if python:
-        # The documented PyPy setting: major collections at 1.2x the live heap
-        # (default 1.82x), which keeps idle memory down at no measured cost.
-        env.setdefault("PYPY_GC_MAJOR_COLLECT", "1.2")
-    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, env, expect)
+    environment = child_env()
+    environment.update(env or {})
+    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, environment, expect)
 
 
 def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
