@@ -119,7 +119,7 @@ class ReloadTests(TestCase):
     def test_sighup(self):
         self.service_port, self.gateway_port = process.free_port(), process.free_port()
         self.config = os.path.abspath(self.mktemp() + ".toml")
-        self.write(["old-token"])
+        self.write(["old-token", "stays"])
         proc = process.eventsvc(self.config, expect=("service", "gateway"))
         yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
@@ -128,30 +128,36 @@ class ReloadTests(TestCase):
             return client(self.gateway_port, b'CONNECT {"verbose":false,"auth_token":"%s"}\r\n' % token.encode())
 
         def scenario():
-            kept, first = connect("old-token")
+            kept, first = connect("stays")
             assert first.endswith(b"PONG\r\n"), first
-            self.write(["new-token"], '[log]\nlevel = "debug"\n[limits]\nmax_payload = 2048\n')
+            revoked, first = connect("old-token")
+            assert first.endswith(b"PONG\r\n"), first
+            self.write(["new-token", "stays"], '[log]\nlevel = "debug"\n[limits]\nmax_payload = 2048\n')
             proc.process.send_signal(signal.SIGHUP)
             time.sleep(1.0)
             refused = connect("old-token")[1]
             accepted = connect("new-token")[1]
             kept.sendall(b"PING\r\n")
             still = kept.recv(100)
+            # The revoked token's connection was told and closed.
+            cut = read_all(revoked)
             # A broken file changes nothing.
             process.write_config(self.config, "[service]\nprot = 1\n")
             proc.process.send_signal(signal.SIGHUP)
             time.sleep(1.0)
             after_bad = connect("new-token")[1]
-            return refused, accepted, still, after_bad
+            return refused, accepted, still, cut, after_bad
 
-        refused, accepted, still, after_bad = yield threads.deferToThread(scenario)
+        refused, accepted, still, cut, after_bad = yield threads.deferToThread(scenario)
         self.assertEqual(refused, b"-ERR 'Authorization Violation'\r\n")
         self.assertEqual(accepted, b"PONG\r\n")
         self.assertEqual(still, b"PONG\r\n")
+        self.assertEqual(cut, b"-ERR 'Authorization Violation'\r\n")
         self.assertEqual(after_bad, b"PONG\r\n")
         output = proc.output()
         self.assertIn("configuration reloaded", output)
         self.assertIn("need a restart to change: [limits] max_payload", output)
+        self.assertIn("reload: 2 gateway connections checked again: 1 closed, 0 subscriptions removed", output)
         self.assertIn("reload refused, the running configuration stays", output)
         self.assertIn("[service] prot: unknown key", output)
 
