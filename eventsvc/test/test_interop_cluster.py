@@ -22,6 +22,15 @@ except ImportError:  # pragma: no cover
     nats = None
 
 
+def client_tls(certs: str):
+    """A client context with the client certificate from C{eventsvc certs --out certs}."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+    context.load_cert_chain(os.path.join(certs, "client.crt"), os.path.join(certs, "client.key"))
+    return context
+
+
 def run(scenario):
     return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 90)))
 
@@ -272,12 +281,8 @@ class TLSRouteProcessTests(TestCase):
         for node in nodes:
             yield threads.deferToThread(node.start)
             self.addCleanup(node.stop)
-        import ssl
 
-        def context():
-            c = ssl.create_default_context(cafile=os.path.join(directory, "certs", "ca.crt"))
-            c.load_cert_chain(os.path.join(directory, "certs", "client.crt"), os.path.join(directory, "certs", "client.key"))
-            return c
+        context = lambda: client_tls(os.path.join(directory, "certs"))
 
         async def scenario():
             sub_nc = await nats.connect("tls://localhost:%d" % ports[0], tls=context())
@@ -309,8 +314,6 @@ class TLSMeshWithReferenceTests(TestCase):
     def test_tls_mesh(self):
         if nats is None:
             process.require("nats-py")
-        import ssl
-
         directory = os.path.abspath(self.mktemp())
         certs = os.path.join(directory, "certs")
         made = process.cli("certs", "--out", certs)
@@ -339,10 +342,7 @@ class TLSMeshWithReferenceTests(TestCase):
             yield threads.deferToThread(proc.start)
             self.addCleanup(proc.stop)
 
-        def context():
-            c = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
-            c.load_cert_chain(os.path.join(certs, "client.crt"), os.path.join(certs, "client.key"))
-            return c
+        context = lambda: client_tls(certs)
 
         servers = [nodes[0].port, nodes[1].port, ("tls://localhost:%d" % client_port, context())]
         got, counts, replies = yield run(lambda: mesh_round(servers, "tls"))

@@ -155,7 +155,8 @@ authorization {
 }
 """
 
-_OUR_PERMISSIONS = """
+# Both listeners on loopback, the gateway in plaintext: what our side of these tests runs.
+_GATEWAY_ON_LOOPBACK = """
 [service]
 host = "127.0.0.1"
 port = 0
@@ -164,6 +165,9 @@ enabled = true
 host = "127.0.0.1"
 port = 0
 disable_frontend_tls = true
+"""
+
+_OUR_PERMISSIONS = _GATEWAY_ON_LOOPBACK + """
 [gateway.users]
 hab = "s3cret"
 [gateway.permissions]
@@ -236,15 +240,7 @@ authorization {{
   ]
 }}
 """
-    OURS = """
-[service]
-host = "127.0.0.1"
-port = 0
-[gateway]
-enabled = true
-host = "127.0.0.1"
-port = 0
-disable_frontend_tls = true
+    OURS = _GATEWAY_ON_LOOPBACK.replace("{", "{{").replace("}", "}}") + """
 [gateway.users]
 hab = "s3cret"
 moved = "{moved}"
