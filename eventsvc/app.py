@@ -42,6 +42,7 @@ from eventsvc.security.auth import (
     ChainAuthenticator,
     HealthToken,
     HTTPAuthenticator,
+    NamedIdentities,
     TokenAuthenticator,
     UserPasswordAuthenticator,
     load_python_authenticator,
@@ -255,6 +256,7 @@ class EventService(MultiService):
 _RELOADABLE = {
     ("gateway", "tokens"), ("gateway", "tokens_file"), ("gateway", "users"), ("gateway", "http_auth_url"),
     ("gateway", "http_auth_ttl"), ("gateway", "python_authenticator"), ("gateway", "permissions"),
+    ("gateway", "identities"),
     ("log", "level"), ("handlers", "feed"), ("handlers", "cfgingest"), ("handlers", "event_feed"),
     ("events", "routing"), ("service", "event_limit"),
 }
@@ -446,8 +448,17 @@ class GatewayListener(ListenerService):
 def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:
     """The gateway's authenticators in order (built at start and again on reload)."""
     gw = config.gateway
-    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")})
+    keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
+    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
     chain: List[Any] = [health.authenticator]
+    if gw.identities:
+        # Each its own permissions; a list it does not set is the agents'.
+        chain.append(NamedIdentities([
+            (i.name, i.token, i.user, i.password, Permissions(**{
+                k: list(getattr(i, k) if getattr(i, k) is not None else getattr(gw.permissions, k)) for k in keys
+            }))
+            for i in gw.identities
+        ]))
     tokens = list(gw.tokens)
     if gw.tokens_file:
         try:

@@ -159,6 +159,24 @@ class PermissionsConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    """
+    One gateway identity ([[gateway.identities]]): its name, its credential
+    (a token, or a user and password; plain or sha256:) and the permission
+    lists it has of its own; a list it does not set is [gateway.permissions]'.
+    """
+
+    name: str = ""
+    token: str = ""
+    user: str = ""
+    password: str = ""
+    publish_allow: Optional[Tuple[str, ...]] = None
+    publish_deny: Optional[Tuple[str, ...]] = None
+    subscribe_allow: Optional[Tuple[str, ...]] = None
+    subscribe_deny: Optional[Tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     enabled: bool = False
     host: str = "0.0.0.0"
@@ -170,6 +188,7 @@ class GatewayConfig:
     tokens: Tuple[str, ...] = ()
     tokens_file: str = ""
     users: Dict[str, str] = field(default_factory=dict)
+    identities: Tuple[IdentityConfig, ...] = ()
     http_auth_url: str = ""
     http_auth_ttl: float = 60.0
     python_authenticator: str = ""
@@ -277,6 +296,11 @@ def _valid_subject(subject: str) -> bool:
     return valid_subject(subject.encode("utf-8"))
 
 
+def _valid_secret(value: str) -> bool:
+    """A plain secret, or sha256: and 64 hex digits."""
+    return not value.startswith("sha256:") or (len(value) == 71 and all(c in "0123456789abcdefABCDEF" for c in value[7:]))
+
+
 def _kind(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}.get(
         type(value), type(value).__name__
@@ -284,7 +308,7 @@ def _kind(value: Any) -> str:
 
 
 _NESTED = {"PermissionsConfig": PermissionsConfig}
-_ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig}
+_ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig, "Tuple[IdentityConfig, ...]": IdentityConfig}
 
 
 def _section(path: str, name: str, cls: type, values: Dict[str, Any]) -> Any:
@@ -306,7 +330,7 @@ def _section(path: str, name: str, cls: type, values: Dict[str, Any]) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ConfigError("{}: {}: must be an array of tables ([[{}.{}]])".format(path, where, name, key))
             kwargs[key] = tuple(_section(path, "[{}.{}]".format(name, key).strip("[]"), _ARRAYS[kind], v) for v in value)
-        elif kind == "Tuple[str, ...]":
+        elif kind in ("Tuple[str, ...]", "Optional[Tuple[str, ...]]"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError("{}: {}: must be a list of strings, got {!r}".format(path, where, value))
             kwargs[key] = tuple(value)
@@ -408,11 +432,34 @@ def _check(config: Config, path: str) -> None:
             for key in ("server_name", "cert_path", "key_path"):
                 if not getattr(entry, key):
                     fail("gateway.frontend_tls", key, "missing in entry {}".format(i + 1))
-        if not (gw.tokens or gw.tokens_file or gw.users or gw.http_auth_url or gw.python_authenticator):
-            fail("gateway", "tokens", "no way for agents to authenticate: set tokens, tokens_file, users, http_auth_url or python_authenticator")
+        if not (gw.tokens or gw.tokens_file or gw.users or gw.identities or gw.http_auth_url or gw.python_authenticator):
+            fail("gateway", "tokens", "no way for agents to authenticate: set tokens, tokens_file, users, identities, http_auth_url or python_authenticator")
         for token in gw.tokens:
-            if token.startswith("sha256:") and (len(token) != 71 or not all(c in "0123456789abcdefABCDEF" for c in token[7:])):
+            if not _valid_secret(token):
                 fail("gateway", "tokens", "a sha256: entry needs 64 hex digits")
+        names, users = set(), set(gw.users)
+        for i, ident in enumerate(gw.identities):
+            where = "entry {} ({})".format(i + 1, ident.name or "no name")
+            if not ident.name:
+                fail("gateway.identities", "name", "missing in " + where)
+            if ident.name in names:
+                fail("gateway.identities", "name", "{!r} is used twice".format(ident.name))
+            names.add(ident.name)
+            if bool(ident.token) == bool(ident.user or ident.password):
+                fail("gateway.identities", "token", "{}: give a token, or a user and password (one of the two)".format(where))
+            if ident.user and not ident.password or ident.password and not ident.user:
+                fail("gateway.identities", "user", "{}: a user needs a password, and a password a user".format(where))
+            if ident.user in users:
+                fail("gateway.identities", "user", "{}: user {!r} is listed twice (here or in [gateway.users])".format(where, ident.user))
+            if ident.user:
+                users.add(ident.user)
+            for key in ("token", "password"):
+                if not _valid_secret(getattr(ident, key)):
+                    fail("gateway.identities", key, "{}: a sha256: entry needs 64 hex digits".format(where))
+            for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
+                for subject in getattr(ident, key) or ():
+                    if not _valid_subject(subject):
+                        fail("gateway.identities", key, "{}: {!r} is not a valid subject".format(where, subject))
         if gw.http_auth_url and not gw.http_auth_url.startswith(("http://", "https://")):
             fail("gateway", "http_auth_url", "must be an http:// or https:// URL")
         for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):

@@ -98,6 +98,36 @@ class UserPasswordAuthenticator:
 
 
 @implementer(IAuthenticator)
+class NamedIdentities:
+    """
+    Identities listed one by one (C{[[gateway.identities]]}), each with its
+    own credential, a token or a user and password, and its own
+    permissions: C{entries} are (name, token, user, password, permissions),
+    the secrets plain or C{sha256:}.  Identities are named as configured.
+    """
+
+    def __init__(self, entries: Sequence[Tuple[str, str, str, str, Optional[IPermissions]]]) -> None:
+        self._tokens = [(name, stored_digest(token)) for name, token, _, _, _ in entries if token]
+        self._users = {user: (name, stored_digest(password)) for name, _, user, password, _ in entries if user}
+        self._permissions = {name: permissions for name, _, _, _, permissions in entries}
+
+    def authenticate(self, connect: Dict[str, Any], peer: PeerInfo) -> Identity:
+        token, user, password = connect.get("auth_token"), connect.get("user"), connect.get("pass")
+        if isinstance(token, str) and token:
+            name = _matches(digest(token), self._tokens)
+            if name is None:
+                raise AuthenticationFailed("unknown token")
+        elif isinstance(user, str) and isinstance(password, str):
+            name, stored = self._users.get(user, ("", digest(secrets.token_hex())))
+            # Compared even for an unknown user, so timing does not tell users apart.
+            if not hmac.compare_digest(digest(password), stored) or not name:
+                raise AuthenticationFailed("bad user or password")
+        else:
+            raise AuthenticationFailed("no token, user or password")
+        return Identity(name, self._permissions[name])
+
+
+@implementer(IAuthenticator)
 class HTTPAuthenticator:
     """
     Asks C{url} about a token: POST C{{"token": …}} as JSON.  200 with a JSON

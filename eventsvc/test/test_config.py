@@ -115,6 +115,21 @@ class ErrorTests(SynchronousTestCase):
         self.assertConfigError(cluster + 'client_advertise = "a b"\n', "[cluster] client_advertise")
         self.assertEqual(config.parse(cluster + 'client_advertise = "nats.example.com:4222"\n').cluster.client_advertise, "nats.example.com:4222")
 
+    def test_gateway_identities(self) -> None:
+        base = "[gateway]\nenabled = true\ndisable_frontend_tls = true\n"
+        parsed = config.parse(base + '[[gateway.identities]]\nname = "a"\ntoken = "t"\nsubscribe_allow = [">"]\n')
+        (ident,) = parsed.gateway.identities
+        self.assertEqual((ident.name, ident.subscribe_allow, ident.publish_allow), ("a", (">",), None))
+        entry = "[[gateway.identities]]\n"
+        self.assertConfigError(base + entry + 'token = "t"\n', "[gateway.identities] name", "missing in entry 1")
+        self.assertConfigError(base + entry + 'name = "a"\n', "[gateway.identities] token", "one of the two")
+        self.assertConfigError(base + entry + 'name = "a"\ntoken = "t"\nuser = "u"\npassword = "p"\n', "one of the two")
+        self.assertConfigError(base + entry + 'name = "a"\nuser = "u"\n', "[gateway.identities] user", "needs a password")
+        self.assertConfigError(base + (entry + 'name = "a"\ntoken = "t"\n') * 2, "[gateway.identities] name", "used twice")
+        self.assertConfigError(base + entry + 'name = "a"\ntoken = "sha256:00"\n', "[gateway.identities] token", "64 hex")
+        self.assertConfigError(base + entry + 'name = "a"\ntoken = "t"\nsubscribe_deny = ["a..b"]\n', "subscribe_deny", "not a valid subject")
+        self.assertConfigError(base + '[gateway.users]\nu = "p"\n' + entry + 'name = "a"\nuser = "u"\npassword = "p"\n', "listed twice")
+
     def test_gateway(self) -> None:
         self.assertConfigError("[gateway]\nenabled = 1\n", "[gateway] enabled", "true or false")
         self.assertConfigError('[gateway]\nenabled = true\ntokens = ["t"]\n', "[gateway] frontend_tls", "disable_frontend_tls")

@@ -229,6 +229,29 @@ class GatewayAuthTests(SynchronousTestCase):
         self.assertTrue(svc.reload())
         self.assertEqual(calls, [])
 
+    def test_identities_have_their_own_permissions(self) -> None:
+        """[[gateway.identities]]: a name, a credential, and lists of its own (the rest the agents')."""
+        svc, _, _ = build(self, (
+            '[[gateway.identities]]\nname = "automate"\ntoken = "sha256:%s"\nsubscribe_allow = ["habitat.event.>", "_INBOX.>"]\n'
+            '[[gateway.identities]]\nname = "ops"\nuser = "ops"\npassword = "pw"\npublish_allow = ["ops.>"]\n'
+        ) % digest("automate-token").hex())
+        automate = connect(svc, "gateway", token_connect("automate-token") + b"SUB habitat.event.> 1\r\nPING\r\n")
+        self.assertEqual(automate.received(), b"PONG\r\n")
+        self.assertEqual(automate.proto.identity.name, "automate")
+        ops = connect(svc, "gateway", b'CONNECT {"verbose":false,"user":"ops","pass":"pw"}\r\nPUB habitat.event.x 0\r\n\r\nPUB ops.x 0\r\n\r\nSUB habitat.> 2\r\nPING\r\n')
+        self.assertEqual(ops.received(), (
+            b"-ERR 'Permissions Violation for Publish to \"habitat.event.x\"'\r\n"
+            b"-ERR 'Permissions Violation for Subscription to \"habitat.>\"'\r\nPONG\r\n"
+        ))
+        # An agent with a plain token keeps the agents' permissions; and what
+        # automate may see, it gets.
+        agent = connect(svc, "gateway", token_connect(TOKEN) + b"PUB habitat.event.x 2\r\nhi\r\nSUB habitat.event.> 3\r\nPING\r\n")
+        self.assertEqual(agent.received(), b"-ERR 'Permissions Violation for Subscription to \"habitat.event.>\"'\r\nPONG\r\n")
+        self.assertEqual(automate.received(), b"MSG habitat.event.x 1 2\r\nhi\r\n")
+        for wrong in (token_connect("nope-token"), b'CONNECT {"verbose":false,"user":"ops","pass":"no"}\r\n'):
+            refused = connect(svc, "gateway", wrong + b"PING\r\n")
+            self.assertEqual(refused.received(), b"-ERR 'Authorization Violation'\r\n")
+
     def test_tokens_file(self) -> None:
         directory = self.mktemp()
         os.makedirs(directory)
