@@ -550,6 +550,23 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(c.transport.producerState, "producing")
 
 
+    def test_async_authenticator_with_connect_split_across_reads(self) -> None:
+        """
+        The read that completes a CONNECT also carries later operations:
+        they wait for the answer too (the kept CONNECT is parsed on its own,
+        then the rest of that read must not be).
+        """
+        for cut in range(1, 40):
+            auth = TokenAuthenticator()
+            h = Harness(authenticator=auth)
+            stream = b'CONNECT {"auth_token":"later"}\r\nSUB foo 1\r\nPUB foo 1\r\na\r\nPING\r\n'
+            c = h.connect(connect=stream[:cut])
+            c.send(stream[cut:])
+            self.assertEqual(c.received(), b"", cut)
+            auth.pending[0].callback(Identity("later"))
+            self.assertEqual(c.received(), b"+OK\r\n+OK\r\n+OK\r\nMSG foo 1 1\r\na\r\nPONG\r\n", cut)
+
+
 class LivenessTests(SynchronousTestCase):
     def test_stale_connection(self) -> None:
         """Unanswered PINGs past ping_max end the connection as stale."""
