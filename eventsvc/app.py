@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from dataclasses import fields as dataclass_fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet import ssl
@@ -397,11 +397,22 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
 
     return RouteManager(
         broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), no_advertise=cl.no_advertise,
+        imports=_route_permissions(cl.permissions.import_allow, cl.permissions.import_deny),
+        exports=_route_permissions(cl.permissions.export_allow, cl.permissions.export_deny),
         user=cl.user, password=cl.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
     )
+
+
+def _route_permissions(allow: Sequence[str], deny: Sequence[str]) -> Optional[Permissions]:
+    """One direction of [cluster.permissions]; None when it lets everything through."""
+    if not allow and not deny:
+        return None
+    # Literal subjects of messages are checked as publishes, interest (which
+    # may hold wildcards) as subscriptions: the same lists both ways.
+    return Permissions(publish_allow=allow, publish_deny=deny, subscribe_allow=allow, subscribe_deny=deny)
 
 
 def _where(section: str, config: Config) -> str:

@@ -90,6 +90,21 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class RoutePermissionsConfig:
+    """
+    What crosses this server's routes, as nats-server's cluster permissions
+    (empty allow lists: everything): import, the subjects whose messages we
+    take from peers (and whose interest we tell them); export, the subjects
+    whose messages we send them (the interest of theirs we accept).
+    """
+
+    import_allow: Tuple[str, ...] = ()
+    import_deny: Tuple[str, ...] = ()
+    export_allow: Tuple[str, ...] = ()
+    export_deny: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Routes to other servers (eventsvc or nats-server 2.9) in a full mesh."""
 
@@ -113,6 +128,7 @@ class ClusterConfig:
     #: The host (or host:port) clients of other nodes are told for our
     #: service listener (default: its host, or this machine's addresses).
     client_advertise: str = ""
+    permissions: RoutePermissionsConfig = field(default_factory=RoutePermissionsConfig)
 
 
 @dataclass(frozen=True)
@@ -307,7 +323,7 @@ def _kind(value: Any) -> str:
     )
 
 
-_NESTED = {"PermissionsConfig": PermissionsConfig}
+_NESTED = {"PermissionsConfig": PermissionsConfig, "RoutePermissionsConfig": RoutePermissionsConfig}
 _ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig, "Tuple[IdentityConfig, ...]": IdentityConfig}
 
 
@@ -485,6 +501,10 @@ def _check(config: Config, path: str) -> None:
                 fail("cluster", "routes", "{!r} is not nats-route://host:port".format(url))
         if not cl.listen and not cl.routes:
             fail("cluster", "routes", "listen = false needs at least one route to dial")
+        for key in ("import_allow", "import_deny", "export_allow", "export_deny"):
+            for subject in getattr(cl.permissions, key):
+                if not _valid_subject(subject):
+                    fail("cluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if cl.tls and not config.tls.enabled:
             fail("cluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the routes' identity and CA)")
     if not config.service.enabled and not config.gateway.enabled:

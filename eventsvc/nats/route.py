@@ -226,6 +226,12 @@ class RouteConnection(Protocol):
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
         if account != GLOBAL or not valid_subject(subject):
             return
+        exports = self.manager.exports
+        if exports is not None and not exports.may_subscribe(subject, queue):
+            # Not ours to export: as nats-server, the interest is ignored, so
+            # nothing on that subject is ever sent down this route.
+            self.log.debug("route {peer}: not exporting {subject}", peer=self.remote_id, subject=subject)
+            return
         key = (subject, queue)
         if key in self.subs:
             return  # a queue weight update: one entry per route is enough
@@ -243,20 +249,33 @@ class RouteConnection(Protocol):
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         self.in_msgs += 1
         self.in_bytes += size
-        if account == GLOBAL:
+        if account == GLOBAL and self._importable(subject):
             self.broker.deliver_routed(self, subject, reply, queues, size, tail)
 
     def op_rmsg_batch(self, subject: bytes, tails: List[bytes], size: int) -> None:
         """Plain RMSGs to one subject (no reply, no queue names), in order."""
         self.in_msgs += len(tails)
         self.in_bytes += size
-        self.broker.deliver_batch(self, subject, tails, size)
+        if self._importable(subject):
+            self.broker.deliver_batch(self, subject, tails, size)
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         self.in_msgs += 1
         self.in_bytes += total
-        if account == GLOBAL:
+        if account == GLOBAL and self._importable(subject):
             self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+
+    def _importable(self, subject: bytes) -> bool:
+        """
+        A message the peer sends on a subject we do not import is dropped
+        (we never told it of such interest; nats-server 2.9 relies on that
+        alone, we do not).
+        """
+        imports = self.manager.imports
+        if imports is None or imports.may_publish(subject):
+            return True
+        self.manager.dropped += 1
+        return False
 
     def op_ping(self) -> None:
         self.send(b"PONG\r\n")
@@ -333,6 +352,8 @@ class RouteManager(Service):
         tls_client: Any = None,
         tls_name: str = "",
         no_advertise: bool = False,
+        imports: Any = None,
+        exports: Any = None,
     ) -> None:
         self.setName("cluster")
         self.broker = broker
@@ -342,6 +363,15 @@ class RouteManager(Service):
         self.configured = list(routes)
         #: Neither tell peers our client URLs nor tell our clients theirs.
         self.no_advertise = no_advertise
+        #: Route permissions (IPermissions, or None for everything), as
+        #: nats-server's cluster permissions: C{imports} decides which of our
+        #: interest peers hear of (may_subscribe) and which of their messages
+        #: we take (may_publish); C{exports}, which of their interest we
+        #: accept, and so what we send them (may_subscribe).
+        self.imports = imports
+        self.exports = exports
+        #: Messages dropped because their subject is not imported.
+        self.dropped = 0
         self.user, self.password = user, password
         self.max_payload, self.max_control_line, self.max_pending = max_payload, max_control_line, max_pending
         self.ping_interval, self.ping_max = ping_interval, ping_max
@@ -499,9 +529,11 @@ class RouteManager(Service):
             peer=route.remote_id, name=route.remote_info.get("server_name", "?"),
             how="dialled " + route.solicited if route.solicited else "accepted from {}:{}".format(route.host, route.port),
         )
-        # Tell it everything we are interested in.
+        # Tell it everything we are interested in (and import).
         lines = []
         for subject, queue, n in self.broker.local_interest():
+            if self.imports is not None and not self.imports.may_subscribe(subject, queue):
+                continue
             lines.append(b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s %d\r\n" % (subject, queue, n))
         if lines:
             route.send(b"".join(lines))
@@ -537,7 +569,7 @@ class RouteManager(Service):
             self._redial(route.solicited, why)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
-        if not self.routes:
+        if not self.routes or (self.imports is not None and not self.imports.may_subscribe(subject, queue)):
             return
         if queue is None:
             if before == 0 and after > 0:

@@ -114,6 +114,10 @@ class ErrorTests(SynchronousTestCase):
         self.assertConfigError(cluster + 'client_advertise = "h:99999"\n', "[cluster] client_advertise", "host:port")
         self.assertConfigError(cluster + 'client_advertise = "a b"\n', "[cluster] client_advertise")
         self.assertEqual(config.parse(cluster + 'client_advertise = "nats.example.com:4222"\n').cluster.client_advertise, "nats.example.com:4222")
+        self.assertConfigError(cluster + '[cluster.permissions]\nexport_allow = ["a..b"]\n', "[cluster.permissions] export_allow", "not a valid subject")
+        self.assertConfigError(cluster + '[cluster.permissions]\nimport = ["a"]\n', "[cluster.permissions] import", "unknown key")
+        parsed = config.parse(cluster + '[cluster.permissions]\nimport_allow = ["in.>"]\n')
+        self.assertEqual((parsed.cluster.permissions.import_allow, parsed.cluster.permissions.export_allow), (("in.>",), ()))
 
     def test_gateway_identities(self) -> None:
         base = "[gateway]\nenabled = true\ndisable_frontend_tls = true\n"

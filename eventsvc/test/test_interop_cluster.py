@@ -397,3 +397,67 @@ class DynamicClusterNameTests(TestCase):
         self.assertEqual(sum(counts.values()), 300, counts)
         self.assertTrue(all(replies), replies)
         yield threads.deferToThread(node.wait_output, "Cluster name updated to named")
+
+
+class RoutePermissionsWithReferenceTests(TestCase):
+    """[cluster.permissions] against a nats-server peer: what we do not export never reaches it."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_export_and_import(self):
+        if nats is None:
+            process.require("nats-py")
+        cluster_port, client_port = process.free_port(), process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "perm"\n'
+            'host = "127.0.0.1"\nport = %d\n[cluster.permissions]\nexport_allow = ["public.>", "_INBOX.>"]\n'
+            'import_allow = ["in.>", "_INBOX.>"]\n'
+        ) % (client_port, cluster_port))
+        ours = process.eventsvc(config, expect=("service",))
+        yield threads.deferToThread(ours.start)
+        self.addCleanup(ours.stop)
+        node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--cluster_name", "perm",
+                                   "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
+        yield threads.deferToThread(node.start)
+        self.addCleanup(node.stop)
+
+        async def scenario():
+            theirs = await nats.connect("nats://127.0.0.1:%d" % node.port)
+            mine = await nats.connect("nats://127.0.0.1:%d" % client_port)
+            got_theirs, got_mine = [], []
+
+            async def keep_theirs(msg):
+                got_theirs.append(msg.subject)
+
+            async def keep_mine(msg):
+                got_mine.append(msg.subject)
+
+            for subject in ("public.x", "secret.x"):
+                await theirs.subscribe(subject, cb=keep_theirs)
+            for subject in ("in.x", "out.x"):
+                await mine.subscribe(subject, cb=keep_mine)
+            await theirs.flush()
+            await mine.flush()
+            # Until interest has crossed: a marker each way.
+            for _ in range(100):
+                await mine.publish("public.x", b"probe")
+                await theirs.publish("in.x", b"probe")
+                await asyncio.sleep(0.05)
+                if got_theirs and got_mine:
+                    break
+            del got_theirs[:], got_mine[:]
+            for subject in ("public.x", "secret.x"):
+                await mine.publish(subject, b"m")
+            for subject in ("in.x", "out.x"):
+                await theirs.publish(subject, b"t")
+            await mine.flush()
+            await theirs.flush()
+            await asyncio.sleep(0.5)
+            await theirs.close()
+            await mine.close()
+            return got_theirs, got_mine
+
+        got_theirs, got_mine = yield run(scenario)
+        self.assertEqual(got_theirs, ["public.x"])
+        self.assertEqual(got_mine, ["in.x"])

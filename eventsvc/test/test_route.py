@@ -423,3 +423,41 @@ class ClientURLTests(SynchronousTestCase):
         for url in client_urls("0.0.0.0", 4222):
             self.assertFalse(url.startswith("127.") or url.startswith("[::1]"), url)
             self.assertTrue(url.endswith(":4222"))
+
+
+class RoutePermissionTests(SynchronousTestCase):
+    """[cluster.permissions]: import and export, as nats-server's cluster permissions."""
+
+    def setUp(self) -> None:
+        from eventsvc.security.permissions import Permissions
+
+        self.a, self.b = Node("A"), Node("B")
+        self.perms = lambda allow: Permissions(publish_allow=allow, subscribe_allow=allow)
+
+    def test_export_limits_what_is_sent(self) -> None:
+        # B exports only public.>: A's interest in secret.x is ignored there.
+        self.b.manager.exports = self.perms(["public.>"])
+        sub = self.a.client()
+        sub.send(b"SUB public.x 1\r\nSUB secret.x 2\r\nSUB > 3\r\n")
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertEqual(sorted(accepted.subs), [(b"public.x", None)])
+        self.b.client().send(b"PUB public.x 1\r\na\r\nPUB secret.x 1\r\nb\r\n")
+        pump.flush()
+        # (Both of A's matching subscriptions, in the index's order; secret.x never crossed.)
+        self.assertEqual(sorted(sub.received().split(b"MSG ")[1:]), [b"public.x 1 1\r\na\r\n", b"public.x 3 1\r\na\r\n"])
+
+    def test_import_limits_interest_and_messages(self) -> None:
+        # A imports only in.>: B never hears of A's other interest, and a
+        # message B sends anyway is dropped.
+        self.a.manager.imports = self.perms(["in.>"])
+        sub = self.a.client()
+        sub.send(b"SUB in.x 1\r\nSUB other 2\r\n")
+        pump, dialled, accepted = link(self.a, self.b)
+        self.assertEqual(sorted(accepted.subs), [(b"in.x", None)])
+        sub.send(b"SUB in.y 3\r\nSUB other.y 4\r\n")
+        pump.flush()
+        self.assertEqual(sorted(accepted.subs), [(b"in.x", None), (b"in.y", None)])
+        accepted.transport.write(b"RMSG $G other 1\r\nz\r\nRMSG $G in.x 1\r\ni\r\n")
+        pump.flush()
+        self.assertEqual(sub.received(), b"MSG in.x 1 1\r\ni\r\n")
+        self.assertEqual(self.a.manager.dropped, 1)
