@@ -336,6 +336,13 @@ class Monitor:
     def routez(self) -> dict:
         cluster = self.cluster()
         routes = []
+        # The cluster's permissions, in nats-server's shape ({"allow": [...], "deny": [...]}).
+        permissions = {}
+        if cluster is not None:
+            for key, perms in (("import", cluster.imports), ("export", cluster.exports)):
+                if perms is not None:
+                    lists = {"allow": perms.subscribe_allow, "deny": perms.subscribe_deny}
+                    permissions[key] = {k: [s.decode() for s in v] for k, v in lists.items() if v}
         for i, r in enumerate(sorted(cluster.routes.values(), key=lambda r: r.remote_id) if cluster else []):
             routes.append({
                 "rid": i + 1,
@@ -345,6 +352,7 @@ class Monitor:
                 "is_configured": bool(r.solicited) and r.solicited in cluster.configured,
                 "ip": r.host,
                 "port": r.port,
+                **permissions,
                 "pending_size": r.pending_bytes,
                 "in_msgs": r.in_msgs,
                 "out_msgs": r.out_msgs,

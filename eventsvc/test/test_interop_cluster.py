@@ -408,12 +408,12 @@ class RoutePermissionsWithReferenceTests(TestCase):
     def test_export_and_import(self):
         if nats is None:
             process.require("nats-py")
-        cluster_port, client_port = process.free_port(), process.free_port()
+        cluster_port, client_port, http_port = process.free_port(), process.free_port(), process.free_port()
         config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
             '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "perm"\n'
             'host = "127.0.0.1"\nport = %d\n[cluster.permissions]\nexport_allow = ["public.>", "_INBOX.>"]\n'
-            'import_allow = ["in.>", "_INBOX.>"]\n'
-        ) % (client_port, cluster_port))
+            'import_allow = ["in.>", "_INBOX.>"]\n[monitor]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (client_port, cluster_port, http_port))
         ours = process.eventsvc(config, expect=("service",))
         yield threads.deferToThread(ours.start)
         self.addCleanup(ours.stop)
@@ -461,3 +461,10 @@ class RoutePermissionsWithReferenceTests(TestCase):
         got_theirs, got_mine = yield run(scenario)
         self.assertEqual(got_theirs, ["public.x"])
         self.assertEqual(got_mine, ["in.x"])
+        # /routez shows them in nats-server's shape.
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen("http://127.0.0.1:%d/routez" % http_port, timeout=5) as answer:
+            (route,) = json.load(answer)["routes"]
+        self.assertEqual((route["import"], route["export"]), ({"allow": ["in.>", "_INBOX.>"]}, {"allow": ["public.>", "_INBOX.>"]}))
