@@ -375,6 +375,10 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
+    # Twisted keeps 2 idle connections per host by default: with more
+    # deliveries in flight, every extra one opened (and, with TLS,
+    # handshook) a connection per event.
+    pool.maxPersistentPerHost = config.events.handler_concurrency
     if config.tls.enabled:
         policy = MutualTLSPolicy(
             load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
