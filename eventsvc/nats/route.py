@@ -67,10 +67,13 @@ class RouteConnection(Protocol):
         self._paused = False
         self._held = HeldOutput()
         self.host, self.port = "", 0
+        #: When it connected, and when it last sent anything (for /routez).
+        self.start = self.last_activity = 0.0
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
         self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
         self.transport.registerProducer(self, True)
@@ -96,6 +99,7 @@ class RouteConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_activity = self.manager.clock.seconds()
         try:
             self.parser.feed(data)
         except ProtocolViolation as v:

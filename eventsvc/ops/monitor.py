@@ -343,6 +343,7 @@ class Monitor:
                 if perms is not None:
                     lists = {"allow": perms.subscribe_allow, "deny": perms.subscribe_deny}
                     permissions[key] = {k: [s.decode() for s in v] for k, v in lists.items() if v}
+        now = self.clock.seconds()
         for i, r in enumerate(sorted(cluster.routes.values(), key=lambda r: r.remote_id) if cluster else []):
             routes.append({
                 "rid": i + 1,
@@ -352,6 +353,10 @@ class Monitor:
                 "is_configured": bool(r.solicited) and r.solicited in cluster.configured,
                 "ip": r.host,
                 "port": r.port,
+                "start": rfc3339(r.start),
+                "last_activity": rfc3339(r.last_activity),
+                "uptime": uptime(now - r.start),
+                "idle": uptime(now - r.last_activity),
                 **permissions,
                 "pending_size": r.pending_bytes,
                 "in_msgs": r.in_msgs,

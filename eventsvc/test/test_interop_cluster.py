@@ -468,3 +468,6 @@ class RoutePermissionsWithReferenceTests(TestCase):
         with urllib.request.urlopen("http://127.0.0.1:%d/routez" % http_port, timeout=5) as answer:
             (route,) = json.load(answer)["routes"]
         self.assertEqual((route["import"], route["export"]), ({"allow": ["in.>", "_INBOX.>"]}, {"allow": ["public.>", "_INBOX.>"]}))
+        for key in ("start", "last_activity", "uptime", "idle", "in_msgs", "subscriptions"):
+            self.assertIn(key, route)
+        self.assertTrue(route["start"].endswith("Z") and route["uptime"].endswith("s"), route)
