@@ -616,12 +616,16 @@ class ClientConnection(Protocol):
         is told C{Authorization Violation} and closed; accepted, the new
         permissions apply at once and every subscription they no longer
         allow is removed, with nats-server's error naming it.
+        An authenticator that fails otherwise, or does not answer within
+        the auth timeout, leaves the connection as it was (logged): a
+        reload must not cut every agent because a service is slow.
         Fires with how many subscriptions were removed (-1: closed).
         """
         if self.closed or self.connect_options is None:
             return succeed(0)
         d = maybeDeferred(authenticator.authenticate, self.connect_options, self.peer)
         d.addCallback(settle)
+        d.addTimeout(self.settings.auth_timeout, self.clock)
         d.addCallbacks(self._reauthorized, self._deauthorized)
         return d
 
@@ -649,9 +653,16 @@ class ClientConnection(Protocol):
         return removed
 
     def _deauthorized(self, failure: Failure) -> int:
-        if not self.closed:
+        if self.closed:
+            return 0
+        if failure.check(AuthenticationFailed):
             self._refused(failure)
-        return -1
+            return -1
+        self.log.warn(
+            "client {cid} from {host}: could not be checked again ({why}); it keeps its permissions",
+            cid=self.cid, host=self.peer.host, why=failure.getErrorMessage() or type(failure.value).__name__,
+        )
+        return 0
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None

@@ -466,6 +466,20 @@ class OnlyFoo:
         return subject == b"foo"
 
 
+@implementer(IPermissions)
+class SubscribeOnly:
+    """Publish anything; subscribe to these subjects only."""
+
+    def __init__(self, *subjects: bytes) -> None:
+        self.subjects = subjects
+
+    def may_publish(self, subject: bytes) -> bool:
+        return True
+
+    def may_subscribe(self, subject: bytes, queue) -> bool:
+        return subject in self.subjects
+
+
 @implementer(IAuthenticator)
 class TokenAuthenticator:
     """Accepts auth_token "good"; "later" answers when the test says so."""
@@ -565,6 +579,32 @@ class AuthTests(SynchronousTestCase):
             self.assertEqual(c.received(), b"", cut)
             auth.pending[0].callback(Identity("later"))
             self.assertEqual(c.received(), b"+OK\r\n+OK\r\n+OK\r\nMSG foo 1 1\r\na\r\nPONG\r\n", cut)
+
+
+    def test_reauthorize(self) -> None:
+        """After a reload: refused closes; an authenticator that errs or hangs changes nothing."""
+        auth = TokenAuthenticator(permissions=SubscribeOnly(b"a.x", b"b.x"))
+        h = Harness(authenticator=auth, auth_timeout=2.0)
+        c = h.connect(connect=b'CONNECT {"verbose":false,"auth_token":"good"}\r\nSUB a.x 1\r\nSUB b.x 2\r\n')
+        c.received()
+        results = []
+        # Accepted again, under narrower permissions: b.x goes, with nats-server's words.
+        narrower = TokenAuthenticator(permissions=SubscribeOnly(b"a.x"))
+        c.proto.reauthorize(narrower).addCallback(results.append)
+        self.assertEqual((results, c.received()), ([1], b"-ERR 'Permissions Violation for Subscription to \"b.x\" (sid \"2\")'\r\n"))
+        self.assertEqual(sorted(c.proto.subs), [b"1"])
+        # The authenticator fails with an error, then hangs: nothing changes.
+        c.proto.connect_options["auth_token"] = "boom"
+        c.proto.reauthorize(auth).addCallback(results.append)
+        c.proto.connect_options["auth_token"] = "later"
+        c.proto.reauthorize(auth).addCallback(results.append)
+        h.clock.advance(2.1)
+        self.assertEqual((results, c.closed), ([1, 0, 0], False))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 0)
+        # Refused: told and closed.
+        c.proto.connect_options["auth_token"] = "revoked"
+        c.proto.reauthorize(auth).addCallback(results.append)
+        self.assertEqual((results[-1], c.received(), c.closed), (-1, b"-ERR 'Authorization Violation'\r\n", True))
 
 
 class LivenessTests(SynchronousTestCase):
