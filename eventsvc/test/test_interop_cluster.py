@@ -146,6 +146,56 @@ class MeshTests(ThreeNodeMesh):
         self.assertEqual(self.ours.output().count(") up, "), 2, self.ours.output())
 
 
+class HeadersAcrossMeshTests(ThreeNodeMesh):
+    """HMSG over routes, both ways, with nats-server nodes: headers arrive intact."""
+
+    @defer.inlineCallbacks
+    def test_headers_cross_every_way(self):
+        ports = [self.nodes[0].port, self.nodes[1].port, self.client_port]
+
+        async def scenario():
+            ncs = [await nats.connect("nats://127.0.0.1:%d" % p) for p in ports]
+            got = {i: [] for i in range(3)}
+            for i, nc in enumerate(ncs):
+                async def keep(msg, i=i):
+                    got[i].append((msg.data, dict(msg.headers or {})))
+
+                async def echo(msg, i=i, nc=nc):
+                    await nc.publish(msg.reply, b"from-%d" % i, headers={"X-Answer": msg.headers.get("X-Ask", "")})
+
+                await nc.subscribe("hdr.all", cb=keep)
+                await nc.subscribe("hdr.svc.%d" % i, queue="q", cb=echo)
+                await nc.flush()
+            answers = []
+            for _ in range(100):
+                try:
+                    for i, nc in enumerate(ncs):
+                        for j in range(3):
+                            if i != j:
+                                await nc.request("hdr.svc.%d" % j, b"?", timeout=0.5, headers={"X-Ask": "%d-%d" % (i, j)})
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            for i, nc in enumerate(ncs):
+                await nc.publish("hdr.all", b"m%d" % i, headers={"X-From": str(i), "X-Text": "caf\u00e9"})
+            for i, nc in enumerate(ncs):
+                for j in range(3):
+                    reply = await nc.request("hdr.svc.%d" % j, b"?", timeout=3, headers={"X-Ask": "%d-%d" % (i, j)})
+                    answers.append((reply.data, reply.headers.get("X-Answer")))
+            for nc in ncs:
+                await nc.flush()
+            await asyncio.sleep(0.5)
+            for nc in ncs:
+                await nc.close()
+            return got, answers
+
+        got, answers = yield run(scenario)
+        expected = sorted((b"m%d" % i, {"X-From": str(i), "X-Text": "caf\u00e9"}) for i in range(3))
+        for i in range(3):
+            self.assertEqual(sorted(got[i], key=lambda m: m[0]), expected, (i, got[i]))
+        self.assertEqual(answers, [(b"from-%d" % j, "%d-%d" % (i, j)) for i in range(3) for j in range(3)])
+
+
 def greeting(port: int) -> dict:
     """The INFO a server greets a client with."""
     import json
