@@ -304,9 +304,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
                 advertise=config.cluster.enabled and not config.cluster.no_advertise,
             )
             if config.cluster.enabled:
-                # Our URL, as peers tell their clients (the port is known once listening).
-                advertised = config.cluster.client_advertise
-                broker.connect_urls.own = lambda: client_urls(settings.host, settings.port, advertised)
+                broker.connect_urls.own = _own_urls(settings, config.cluster.client_advertise)
             settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
             where = _where("service", config)
             ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
@@ -408,6 +406,26 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
     )
+
+
+def _own_urls(settings: ClientSettings, advertise: str) -> Any:
+    """
+    Our service listener's URLs, as peers tell their clients: asked for in
+    every client's INFO, so worked out once (a wildcard host means looking
+    up this machine's addresses), when the port is known, that is once
+    listening.
+    """
+    known: List[List[str]] = []
+
+    def own() -> List[str]:
+        if not known:
+            urls = client_urls(settings.host, settings.port, advertise)
+            if not settings.port:
+                return urls
+            known.append(urls)
+        return known[0]
+
+    return own
 
 
 def _route_permissions(allow: Sequence[str], deny: Sequence[str]) -> Optional[Permissions]:
