@@ -64,6 +64,19 @@ def wait_for(condition, timeout: float = 30.0):
 class RecoveringTargetTests(TestCase):
     """In-process dispatcher and handlers, real HTTP on loopback."""
 
+    def publish(self, broker: Broker, handlers: Dict[str, HandlerService], count: int) -> EventDispatcher:
+        """Start the handlers and a dispatcher; publish C{count} events of each of the two types."""
+        for h in handlers.values():
+            h.startService()
+            self.addCleanup(h.stopService)
+        dispatcher = EventDispatcher(broker, Registry(), handlers, 1000, reactor)
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        for i in range(count):
+            broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
+            broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
+        return dispatcher
+
     @defer.inlineCallbacks
     def test_failing_target_recovers(self):
         target = Target(failures=5)
@@ -78,15 +91,7 @@ class RecoveringTargetTests(TestCase):
             "cfgingest": HandlerService("cfgingest", HTTPTarget(base + "/cfgingest", agent, reactor, 5), reactor, dead, retry_initial=0.02, retry_max=0.2),
             "event_feed": HandlerService("event_feed", HTTPTarget(base + "/event_feed", agent, reactor, 5), reactor, dead, retry_initial=0.02, retry_max=0.2),
         }
-        for h in handlers.values():
-            h.startService()
-            self.addCleanup(h.stopService)
-        dispatcher = EventDispatcher(broker, Registry(), handlers, 1000, reactor)
-        dispatcher.startService()
-        self.addCleanup(dispatcher.stopService)
-        for i in range(30):
-            broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
-            broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
+        dispatcher = self.publish(broker, handlers, 30)
         # The target records an event before the handler has read its answer:
         # wait for the dispatcher too, not only for what the target saw.
         yield wait_for(lambda: len(target.seen["/cfgingest"]) == 30 and len(target.seen["/event_feed"]) == 30 and dispatcher.pending == 0)
@@ -109,16 +114,7 @@ class RecoveringTargetTests(TestCase):
             "cfgingest": HandlerService("cfgingest", HTTPTarget(nowhere, agent, reactor, 5), reactor, dead, retry_initial=0.05),
             "event_feed": HandlerService("event_feed", HTTPTarget("http://127.0.0.1:%d/up" % port.getHost().port, agent, reactor, 5), reactor, dead),
         }
-        for h in handlers.values():
-            h.startService()
-            self.addCleanup(h.stopService)
-        broker = Broker()
-        dispatcher = EventDispatcher(broker, Registry(), handlers, 1000, reactor)
-        dispatcher.startService()
-        self.addCleanup(dispatcher.stopService)
-        for i in range(20):
-            broker.publish("event.cfgingest", payload("cfgingest", "c-%d" % i))
-            broker.publish("event.event_feed", payload("event_feed", "f-%d" % i))
+        dispatcher = self.publish(Broker(), handlers, 20)
         yield wait_for(lambda: len(target.seen["/up"]) == 20 and handlers["event_feed"].delivered == 20, timeout=10)
         self.assertEqual(handlers["cfgingest"].delivered, 0)
         self.assertEqual(dispatcher.pending, 20)
