@@ -16,7 +16,7 @@ import time
 from dataclasses import fields as dataclass_fields
 from typing import Any, Dict, List, Optional, Sequence
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
@@ -27,8 +27,9 @@ from eventsvc import __version__
 from eventsvc import config as config_module
 from eventsvc.config import HANDLER_NAMES, Config, handler_address
 from eventsvc.dotted import load_object
+from eventsvc.files import FileLock, Locked
 from eventsvc.events.dispatch import EventDispatcher
-from eventsvc.events.handlers import CallableTarget, DeadLetters, HandlerService, HTTPTarget
+from eventsvc.events.handlers import CallableTarget, DeadLetters, HandlerService, HTTPTarget, NoDelayEndpoints
 from eventsvc.events.spool import Spool
 from eventsvc.events.types import Registry
 from eventsvc.nats.advertise import client_urls
@@ -298,6 +299,10 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         context = None
         if config.tls.enabled:
             context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
+        if service.enabled and service.data_dir:
+            # First of all: started before any listener or the spool, stopped
+            # (MultiService stops in reverse) after the spool is closed.
+            DataDirLock(service.data_dir).setServiceParent(top)
         if service.enabled:
             settings = _client_settings(
                 limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
@@ -382,8 +387,8 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
             load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
             load_identity(config.tls.cert_path, config.tls.key_path, "[tls]"),
         )
-        return Agent(reactor, contextFactory=policy, pool=pool)
-    return Agent(reactor, pool=pool)
+        return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor, policy), pool=pool)
+    return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor), pool=pool)
 
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
@@ -467,6 +472,11 @@ class GatewayListener(ListenerService):
     def startService(self) -> None:
         try:
             self.health.write()
+        except Locked as e:
+            raise ListenError(
+                "{} ([gateway] health_token_file) is in use by another eventsvc gateway ({}); "
+                "give each gateway its own health_token_file".format(self.health.path, _holder(e))
+            )
         except OSError as e:
             raise ListenError(
                 "cannot write the health-check token to {} ([gateway] health_token_file): {}".format(self.health.path, e.strerror)
@@ -476,6 +486,40 @@ class GatewayListener(ListenerService):
     def stopService(self) -> Any:
         self.health.remove()
         return super().stopService()
+
+
+def _holder(e: Locked) -> str:
+    return "PID {}".format(e.pid) if e.pid else "its PID unknown"
+
+
+class DataDirLock(Service):
+    """
+    Holds C{data_dir}/eventsvc.lock while the service runs: a second process
+    on the same data_dir would replace the spool the first still writes to.
+    Started before the spool is opened, stopped after it is closed.
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        self.setName("data_dir")
+        self.data_dir = data_dir
+        self.lock = FileLock(os.path.join(data_dir, "eventsvc.lock"))
+
+    def startService(self) -> None:
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self.lock.acquire()
+        except Locked as e:
+            raise ListenError(
+                "{} ([service] data_dir) is in use by another eventsvc process ({}); "
+                "stop it, or give this one its own data_dir".format(self.data_dir, _holder(e))
+            )
+        except OSError as e:
+            raise ListenError("{} ([service] data_dir): cannot lock: {}".format(self.data_dir, e.strerror))
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.lock.release()
 
 
 def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:

@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventsvc.dotted import settle
+from eventsvc.files import append_locked
+from eventsvc.nats.tcp import no_delay
 
 RETRY_CODES = {408, 425, 429}
 
@@ -91,6 +93,45 @@ class HTTPTarget:
         return self.url
 
 
+class NoDelayEndpoints:
+    """
+    Endpoints for Twisted's HTTP Agent (C{Agent.usingEndpointFactory}) whose
+    connections set TCP_NODELAY: a small POST held back by Nagle's algorithm
+    waits for the target's delayed ACK.  HTTPS goes through C{policy}.
+    """
+
+    def __init__(self, reactor: Any, policy: Any = None) -> None:
+        self._reactor = reactor
+        self._policy = policy
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        if uri.scheme == b"https":
+            policy = self._policy
+            if policy is None:
+                from twisted.web.client import BrowserLikePolicyForHTTPS
+
+                policy = self._policy = BrowserLikePolicyForHTTPS()
+            endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _NoDelayEndpoint(endpoint)
+
+
+class _NoDelayEndpoint:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect(self, factory: Any) -> Deferred:
+        return self._inner.connect(factory).addCallback(self._connected)
+
+    @staticmethod
+    def _connected(protocol: Any) -> Any:
+        no_delay(protocol.transport)
+        return protocol
+
+
 class CallableTarget:
     """
     A Python callable handler: C{f(event)} gets the decoded event and returns
@@ -134,8 +175,9 @@ class DeadLetters:
             "reason": reason,
             "event": json.loads(delivery.body),
         }
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        # Under a lock, never through a link: a dead-letter file outside
+        # data_dir may be shared by two processes.
+        append_locked(self.path, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 class LatencyHistogram:

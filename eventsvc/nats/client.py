@@ -31,6 +31,7 @@ from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Ident
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
+from eventsvc.nats.tcp import no_delay
 
 OK = b"+OK\r\n"
 PING = b"PING\r\n"
@@ -280,6 +281,7 @@ class ClientConnection(Protocol):
         plaintext, before any TLS).  Returns False when the connection was
         refused (the listener is full).
         """
+        no_delay(transport)
         now = self.clock.seconds()
         self.start = self.last_activity = now
         self.cid = self.broker.register(self)

@@ -33,6 +33,7 @@ from eventsvc.nats.listener import ListenError
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
+from eventsvc.nats.tcp import no_delay
 
 GLOBAL = b"$G"
 
@@ -73,6 +74,7 @@ class RouteConnection(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
         self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.dotted import load_object, settle
+from eventsvc.files import FileLock, write_atomic
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions, PeerInfo
 from eventsvc.security.permissions import HEALTH_CHECK, Permissions
 
@@ -276,17 +277,28 @@ class HealthToken:
         self.path = path
         self.token = secrets.token_urlsafe(32)
         self.authenticator = TokenAuthenticator([self.token], Permissions(**HEALTH_CHECK), name="health-check")
+        self._lock = FileLock(path + ".lock")
 
     def write(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """
+        Hold C{path}.lock for as long as we run (a second gateway on the same
+        file is refused: it would replace our token), then write the token
+        atomically, never through a link left at C{path}.
+
+        @raise Locked: another process holds the token file.
+        """
+        self._lock.acquire()
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.token.encode("ascii") + b"\n")
-        finally:
-            os.close(fd)
+            write_atomic(self.path, self.token.encode("ascii") + b"\n", 0o600)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def remove(self) -> None:
+        if not self._lock.held:
+            return  # not ours: another process's token
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._lock.release()

@@ -128,6 +128,14 @@ class ServerProcess:
         return self.process.returncode
 
 
+def run_until_exit(argv: Sequence[str], timeout: float = 30) -> "subprocess.CompletedProcess[str]":
+    """A child eventsvc that is expected to stop by itself (a refused start, say): its output merged."""
+    return subprocess.run(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        env=child_env(), stdin=subprocess.DEVNULL,
+    )
+
+
 def child_env() -> dict:
     """
     The environment for a child eventsvc: it imports the same eventsvc as

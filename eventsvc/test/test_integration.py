@@ -98,3 +98,47 @@ class RunningTests(TestCase):
         self.addCleanup(server.stop)
         self.assertTrue(self.ping(server.port).startswith(b"INFO {"))
 
+
+
+def _read_until(s: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    while marker not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError("closed while waiting for {!r}: {!r}".format(marker, data))
+        data += chunk
+    return data
+
+
+class LatencyTests(TestCase):
+    """Small writes are not held back by Nagle's algorithm (TCP_NODELAY)."""
+
+    timeout = 60
+
+    def test_delivery_after_pong_is_prompt(self) -> None:
+        """
+        After SUB and a PING/PONG, the next message reaches the subscriber
+        at once: with Nagle's algorithm on, it waited for the subscriber's
+        delayed ACK of the PONG (40 ms on Linux).
+        """
+        import time
+
+        path = process.write_config(self.mktemp(), '[service]\nhost = "127.0.0.1"\nport = 0\n')
+        server = process.eventsvc(path)
+        server.start()
+        self.addCleanup(server.stop)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sub, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=5) as pub:
+            sub.sendall(b'CONNECT {"verbose":false}\r\nSUB lat 1\r\nPING\r\n')
+            _read_until(sub, b"PONG\r\n")
+            pub.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+            _read_until(pub, b"PONG\r\n")
+            delays = []
+            for i in range(12):
+                sub.sendall(b"PING\r\n")
+                _read_until(sub, b"PONG\r\n")
+                started = time.perf_counter()
+                pub.sendall(b"PUB lat 2\r\nhi\r\n")
+                _read_until(sub, b"MSG lat 1 2\r\nhi\r\n")
+                delays.append(time.perf_counter() - started)
+        delays.sort()
+        self.assertLess(delays[len(delays) // 2], 0.010, ["%.1f ms" % (d * 1000) for d in delays])

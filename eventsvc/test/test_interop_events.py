@@ -247,3 +247,34 @@ retry_max = 0.5
         self.start()
         yield wait_for(lambda: len(target.seen["/cfgingest"]) >= 25)
         self.assertEqual(sorted(set(target.seen["/cfgingest"])), sorted("k-%d" % i for i in range(25)))
+
+    @defer.inlineCallbacks
+    def test_second_process_on_the_data_dir_is_refused(self):
+        """
+        A second eventsvc on the same data_dir refuses to start, naming the
+        key and the first one's PID; the first keeps its spool, so what it
+        acknowledged survives kill -9.
+        """
+        first = self.start()
+        acks = yield self.publish([("event.cfgingest", payload("cfgingest", "two-%d" % i)) for i in range(3)])
+        self.assertEqual([a["success"] for a in acks], [True] * 3)
+        second_config = process.write_config(os.path.join(self.dir, "second.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
+            '[handlers]\ncfgingest = "http://127.0.0.1:%d/cfgingest"\n'
+        ) % (process.free_port(), self.target_port))
+        second = yield threads.deferToThread(
+            process.run_until_exit, [process.require("twistd"), "-n", "--pidfile=", "eventsvc", "--config", second_config]
+        )
+        self.assertEqual(second.returncode, 1, second.stdout)
+        data_dir = os.path.join(self.dir, "data")
+        self.assertIn(
+            "eventsvc: {} ([service] data_dir) is in use by another eventsvc process (PID {})".format(data_dir, first.process.pid),
+            second.stdout,
+        )
+        self.assertNotIn("Traceback", second.stdout)
+        first.stop(signal.SIGKILL)
+        target = Target()
+        self.serve_target(target)
+        self.start()
+        yield wait_for(lambda: len(target.seen["/cfgingest"]) >= 3)
+        self.assertEqual(sorted(target.seen["/cfgingest"]), ["two-0", "two-1", "two-2"])

@@ -1,0 +1,146 @@
+"""
+Files the process owns: locks held for its life, and atomic writes.
+
+Two eventsvc processes must never share a spool, a dead-letter file or a
+health-check token: the second would replace what the first still writes
+to, and an acknowledged event would be lost.  A L{FileLock} is an
+C{fcntl.flock} on a lock file that holds the holder's PID, so the refusal
+can say who has it.  L{write_atomic} writes a whole file or nothing, and
+never through a symbolic link someone left at the path.
+
+This module knows nothing of configuration keys: callers name them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Optional
+
+
+class Locked(Exception):
+    """
+    Another process holds the lock.
+
+    @ivar pid: its PID as the lock file says it, or None when unreadable.
+    """
+
+    def __init__(self, path: str, pid: Optional[int]) -> None:
+        super().__init__("{} is held by {}".format(path, "PID {}".format(pid) if pid else "another process"))
+        self.path = path
+        self.pid = pid
+
+
+def _open_no_follow(path: str, flags: int, mode: int = 0o600) -> int:
+    """os.open that refuses a symbolic link at C{path} (ELOOP) with a clear error."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link; refusing to follow it", path)
+        raise
+
+
+class FileLock:
+    """
+    An exclusive lock on C{path}, held from L{acquire} to L{release} (or the
+    process's end: the kernel lets go of it even after C{kill -9}).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """
+        Take the lock and write our PID into it.
+
+        @raise Locked: another process holds it.
+        @raise OSError: the lock file cannot be opened.
+        """
+        if self._fd is not None:
+            return
+        fd = _open_no_follow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                text = os.read(fd, 64).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            raise Locked(self.path, int(text) if text.isdigit() else None)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go (the file stays: removing it would race a process taking it)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """
+    Replace C{path} with C{data}, whole or not at all: a temporary file made
+    with O_EXCL beside it (never through a link), fsynced, then renamed over
+    C{path}.  A symbolic link at C{path} is replaced, not followed.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = "{}.tmp-{}".format(path, os.getpid())
+    try:
+        os.unlink(temporary)  # left by a crash of a process with our PID
+    except FileNotFoundError:
+        pass
+    fd = _open_no_follow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temporary)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
+    sync_folder(folder)
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder, so that a rename or a new file in it survives a crash."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_locked(path: str, data: bytes, mode: int = 0o600) -> None:
+    """
+    Append C{data} to C{path} under an exclusive lock, never through a link:
+    two processes appending lines to one file interleave whole lines.
+    """
+    fd = _open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
