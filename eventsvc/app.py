@@ -9,7 +9,9 @@ parses protocol or formats logs; it only wires parts together.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import sys
 import time
@@ -84,9 +86,12 @@ class EventService(MultiService):
         self.log_observer = make_observer(config.log.format, config.log.level)
         #: The event dispatcher (its counters and queue depth).
         self.events: Any = None
-        #: "starting", "running" or "stopping" (what /healthz reports).
+        #: "starting", "running", "lame duck" or "stopping" (what /healthz reports).
         self.state = "starting"
         self.config_loaded = time.time()
+        self._told_lame_duck = False
+        self._random = random.Random()
+        self._health_subscription: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         # Under twistd the parent is the Application: offer it our observer,
@@ -100,6 +105,8 @@ class EventService(MultiService):
         try:
             super().startService()
             self.state = "running"
+            if self.config.gateway.enabled:
+                self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
         except ListenError as e:
             self.stopService()
             if self.exit_on_error:
@@ -115,19 +122,52 @@ class EventService(MultiService):
 
     def stopService(self) -> Any:
         self.state = "stopping"
+        if self._health_subscription is not None:
+            self._health_subscription.unsubscribe()
+            self._health_subscription = None
         return super().stopService()
+
+    # -- health -------------------------------------------------------------
+
+    def health(self) -> "tuple[bool, str]":
+        """
+        Whether this process is fit to serve, and why not: running (not
+        starting, in lame duck mode or shutting down) and every configured
+        route up.  /healthz and C{eventsvc health-check} both report this.
+        """
+        if self.state != "running":
+            return False, "eventsvc is {}".format(_STATE_WORDS.get(self.state, self.state))
+        cluster = self._named("cluster")
+        if cluster is not None:
+            up = {r.solicited for r in cluster.routes.values() if r.solicited}
+            down = [url for url in cluster.configured if url not in up]
+            if down:
+                return False, "route down: {}".format(", ".join(down))
+        return True, ""
+
+    def health_subject(self) -> str:
+        """Where the health check asks (the health-check identity may): this server's own subject."""
+        return "healthcheck.status." + self.broker.server_id
+
+    def _answer_health(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        if reply:
+            ok, why = self.health()
+            body = {"status": "ok"} if ok else {"status": "unavailable", "error": why}
+            self.broker.publish(reply, json.dumps(body).encode("utf-8"))
 
     # -- signals ------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
         # Installed once the reactor runs, over the reactor's own: SIGTERM
-        # and SIGINT shut down gracefully (exit status 0), SIGHUP reloads.
+        # and SIGINT shut down gracefully (exit status 0), SIGHUP reloads,
+        # SIGUSR2 enters lame duck mode (as nats-server).
         def later(f: Any) -> Any:
             return lambda signum, frame: self.reactor.callFromThread(f)
 
         signal.signal(signal.SIGHUP, later(self.reload))
         signal.signal(signal.SIGTERM, later(self.shutdown))
         signal.signal(signal.SIGINT, later(self.shutdown))
+        signal.signal(signal.SIGUSR2, later(self.lame_duck))
 
     # -- reload -------------------------------------------------------------
 
@@ -202,14 +242,15 @@ class EventService(MultiService):
 
         return DeferredList(done, consumeErrors=True).addCallback(report)
 
-    # -- graceful shutdown --------------------------------------------------
+    # -- graceful shutdown and lame duck ------------------------------------
 
     def shutdown(self) -> Any:
         """
         Stop taking connections, tell clients (INFO with ldm), give handlers
         up to [service] shutdown_timeout to deliver what they hold (with a
-        spool, what is not delivered stays there), then stop: exit status 0.
-        A second signal stops at once.
+        spool, what is not delivered stays there), close the clients once
+        what they are owed is written, then stop: exit status 0.  A second
+        signal stops at once.
         """
         if self.state == "stopping":
             self.reactor.stop()
@@ -219,17 +260,64 @@ class EventService(MultiService):
         self.log.info("shutting down: no new connections, up to {timeout}s to finish", timeout=timeout)
         return ensureDeferred(self._shutdown(timeout))
 
-    async def _shutdown(self, timeout: float) -> None:
-        deadline = self.reactor.seconds() + timeout
+    def lame_duck(self) -> Any:
+        """
+        nats-server's lame duck mode (SIGUSR2): stop taking connections, tell
+        clients and routes (INFO with ldm), wait [service]
+        lame_duck_grace_period, then close the clients spread over the rest
+        of lame_duck_duration, so that a fleet reconnects elsewhere over
+        time and not all at once; then shut down as on SIGTERM.
+        """
+        if self.state != "running":
+            return None
+        self.state = "lame duck"
+        return ensureDeferred(self._lame_duck())
+
+    async def _lame_duck(self) -> None:
+        s = self.config.service
+        grace, duration = s.lame_duck_grace_period, s.lame_duck_duration
+        self.log.info(
+            "entering lame duck mode: no new connections; closing clients in {grace}s, spread over {spread}s",
+            grace=grace, spread=max(duration - grace, 0.0),
+        )
+        await self._stop_accepting_and_tell()
+        await deferLater(self.reactor, grace, lambda: None)
+        clients = self._client_connections()
+        if clients and self.state == "lame duck":
+            self.log.info("lame duck: closing {count} clients", count=len(clients))
+        interval, batch = lame_duck_pace(len(clients), duration - grace)
+        for i, conn in enumerate(clients):
+            if self.state != "lame duck":
+                return  # SIGTERM came: the shutdown closes the rest
+            conn.close(None, "Server Shutdown")  # type: ignore[attr-defined]
+            if i < len(clients) - 1 and (i + 1) % batch == 0:
+                # As nats-server: a random pause of at least half the interval.
+                pause = interval * (0.5 + 0.5 * self._random.random())
+                await deferLater(self.reactor, pause, lambda: None)
+        if self.state == "lame duck":
+            self.shutdown()
+
+    async def _stop_accepting_and_tell(self) -> None:
+        """Stop every client listener, then INFO with ldm to clients and routes (once)."""
         for service in self:
             if isinstance(service, ListenerService):
                 await maybeDeferred(service.stop_accepting)
-        for conn in list(self.broker.clients.values()):
+        if self._told_lame_duck:
+            return
+        self._told_lame_duck = True
+        for conn in self._client_connections():
             conn.lame_duck()  # type: ignore[attr-defined]
         cluster = self._named("cluster")
         if cluster is not None:
             cluster.lame_duck()
         self.broker.flush()
+
+    def _client_connections(self) -> List[Any]:
+        return [c for c in self.broker.clients.values() if hasattr(c, "lame_duck")]
+
+    async def _shutdown(self, timeout: float) -> None:
+        deadline = self.reactor.seconds() + timeout
+        await self._stop_accepting_and_tell()
         handlers = list(self.events.handlers.values()) if self.events is not None else []
         durable = self.events is not None and self.events.spool is not None
         while self.reactor.seconds() < deadline:
@@ -245,6 +333,15 @@ class EventService(MultiService):
                 "{count} events not yet delivered at shutdown: {fate}",
                 count=left, fate="kept in the spool" if durable else "lost (no [service] data_dir)",
             )
+        # Close the clients ourselves, and give the kernel a moment to take
+        # what they are owed (the ldm INFO above all): stopping the reactor
+        # at once would drop bytes still in the transports' buffers.
+        closing = self._client_connections()
+        for conn in closing:
+            conn.close(None, "Server Shutdown")
+        linger = self.reactor.seconds() + min(2.0, max(deadline - self.reactor.seconds(), 0.5))
+        while any(not c.lost for c in closing) and self.reactor.seconds() < linger:
+            await deferLater(self.reactor, 0.01, lambda: None)
         self.reactor.stop()
 
     def _named(self, name: str) -> Any:
@@ -253,6 +350,8 @@ class EventService(MultiService):
         except KeyError:
             return None
 
+
+_STATE_WORDS = {"starting": "starting", "stopping": "shutting down", "lame duck": "in lame duck mode"}
 
 _RELOADABLE = {
     ("gateway", "tokens"), ("gateway", "tokens_file"), ("gateway", "users"), ("gateway", "http_auth_url"),
@@ -274,6 +373,22 @@ def _needs_restart(old: Config, new: Config) -> List[str]:
         if bool(getattr(old.handlers, key)) != bool(getattr(new.handlers, key)):
             changed.append("[handlers] {} (added or removed)".format(key))
     return changed
+
+
+def lame_duck_pace(clients: int, spread: float) -> "tuple[float, int]":
+    """
+    nats-server's pace for closing C{clients} over C{spread} seconds: the
+    pause between closes (at most 1 s), and how many close per pause (more
+    than one only when there are more clients than milliseconds).
+    """
+    if clients <= 0:
+        return 0.0, 1
+    if spread <= 0:
+        spread = 1.0
+    interval = spread / clients
+    if interval < 0.001:
+        return 0.001, max(1, int(clients / (spread * 1000)))
+    return min(interval, 1.0), 1
 
 
 class StartupError(Exception):

@@ -76,6 +76,28 @@ class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
+        #: The server's INFO.
+        self.info: dict = {}
+
+    def close(self) -> None:
+        """
+        Close as a well-behaved client does: TLS close_notify, then FIN,
+        then read to the end, so the server logs "Client Closed" rather
+        than the "Read Error" of a reset.
+        """
+        sock = self.sock
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock = sock.unwrap()
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(1.0)
+            while sock.recv(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        finally:
+            sock.close()
+            self.sock.close()
 
     def line(self) -> bytes:
         while b"\r\n" not in self.buf:
@@ -115,7 +137,8 @@ def _open(host: str, port: int, timeout: float, tls: Callable[[], ssl.SSLContext
     if not info.startswith(b"INFO "):
         sock.close()
         raise Unhealthy("no INFO from {}:{}".format(host, port))
-    if json.loads(info[5:]).get("tls_required"):
+    conn.info = json.loads(info[5:])
+    if conn.info.get("tls_required"):
         try:
             conn.sock = tls().wrap_socket(sock, server_hostname=server_name)
         except BaseException:
@@ -154,7 +177,7 @@ def publish(options: argparse.Namespace) -> int:
     inbox = ("_INBOX." + secrets.token_hex(8)).encode()
     try:
         conn = _open(host, port, options.timeout, tls, options.server_name)
-        with conn.sock:
+        try:
             conn.sock.sendall(
                 b'CONNECT {"verbose":false,"pedantic":false,"name":"eventsvc-publish","protocol":1}\r\n'
                 + b"SUB %s 1\r\nPUB %s %s %d\r\n%s\r\n" % (inbox, subject, inbox, len(body), body)
@@ -166,6 +189,8 @@ def publish(options: argparse.Namespace) -> int:
                 if line.startswith(b"MSG "):
                     answer = conn.read(int(line.split()[-1]) + 2)[:-2]
                     break
+        finally:
+            conn.close()
     except (Unhealthy, OSError, ValueError, ssl.SSLError) as e:
         return _say("eventsvc: cannot publish to {}:{}: {}".format(host, port, e), EX_FAIL)
     ack = json.loads(answer)
@@ -190,40 +215,78 @@ def health_check(options: argparse.Namespace) -> int:
     name = gw.frontend_tls[0].server_name if gw.frontend_tls else host
     try:
         conn = _open(host, port, options.timeout, lambda: ssl.create_default_context(cafile=options.ca or config.tls.root_ca_path or None), name)
-        with conn.sock:
-            subject = "healthcheck." + secrets.token_hex(8)
-            inbox = "_INBOX." + secrets.token_hex(8)
-            connect = {
-                "verbose": False, "pedantic": False, "auth_token": token, "name": "eventsvc-health-check",
-                "lang": "python", "version": __version__, "protocol": 1,
-            }
-            payload = secrets.token_hex(8).encode()
-            conn.sock.sendall(
-                b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n"
-                + b"SUB %s 1\r\nSUB %s 2\r\nPUB %s %s %d\r\n%s\r\n" % (subject.encode(), inbox.encode(), subject.encode(), inbox.encode(), len(payload), payload)
-            )
-            while True:
-                line = conn.line()
-                if line.startswith(b"-ERR"):
-                    raise Unhealthy("the gateway refused the health check: {}".format(line.decode("utf-8", "replace")))
-                if line == b"PING":
-                    conn.sock.sendall(b"PONG\r\n")
-                    continue
-                if not line.startswith(b"MSG "):
-                    continue
-                args = line.split()
-                body = conn.read(int(args[-1]) + 2)[:-2]
-                if args[2] == b"1":
-                    # The request reached us through the gateway: answer it.
-                    conn.sock.sendall(b"PUB %s %d\r\n%s\r\n" % (args[3], len(body), body))
-                elif args[2] == b"2":
-                    if body != payload:
-                        raise Unhealthy("the echo came back changed")
-                    break
+        try:
+            subject = _echo(conn, token)
+            status = _status(conn)
+        finally:
+            conn.close()
     except (Unhealthy, OSError, ValueError, ssl.SSLError) as e:
         return _say("unhealthy: gateway {}:{}: {}".format(host, port, e), EX_FAIL)
+    if status.get("status") != "ok":
+        return _say("unhealthy: gateway {}:{}: {}".format(host, port, status.get("error") or "status {!r}".format(status.get("status"))), EX_FAIL)
     elapsed = (time.monotonic() - started) * 1000
     return _say("healthy: gateway {}:{} echoed a request on {} in {:.1f} ms".format(host, port, subject, elapsed), EX_OK)
+
+
+def _echo(conn: _Conn, token: str) -> str:
+    """
+    Log in with the health-check token and answer our own request through
+    the gateway: a request/reply echo, as the Go gateway's health check.
+    Returns the subject it used.
+    """
+    subject = "healthcheck." + secrets.token_hex(8)
+    inbox = "_INBOX." + secrets.token_hex(8)
+    connect = {
+        "verbose": False, "pedantic": False, "auth_token": token, "name": "eventsvc-health-check",
+        "lang": "python", "version": __version__, "protocol": 1,
+    }
+    payload = secrets.token_hex(8).encode()
+    conn.sock.sendall(
+        b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n"
+        + b"SUB %s 1\r\nSUB %s 2\r\nPUB %s %s %d\r\n%s\r\n" % (subject.encode(), inbox.encode(), subject.encode(), inbox.encode(), len(payload), payload)
+    )
+    while True:
+        sid, reply, body = _next_message(conn)
+        if sid == b"1" and reply:
+            # The request reached us through the gateway: answer it.
+            conn.sock.sendall(b"PUB %s %d\r\n%s\r\n" % (reply, len(body), body))
+        elif sid == b"2":
+            if body != payload:
+                raise Unhealthy("the echo came back changed")
+            return subject
+
+
+def _status(conn: _Conn) -> dict:
+    """
+    Ask the server itself how it is (what /healthz says: starting, lame
+    duck, shutting down, a configured route down), on its own subject.
+    """
+    server_id = conn.info.get("server_id", "")
+    inbox = "_INBOX." + secrets.token_hex(8)
+    conn.sock.sendall(b"SUB %s 3\r\nPUB healthcheck.status.%s %s 0\r\n\r\n" % (inbox.encode(), server_id.encode(), inbox.encode()))
+    while True:
+        sid, _, body = _next_message(conn)
+        if sid == b"3":
+            answer = wirejson.loads(body)
+            if not isinstance(answer, dict):
+                raise Unhealthy("the status answer is not a JSON object")
+            return answer
+
+
+def _next_message(conn: _Conn) -> "tuple[bytes, Optional[bytes], bytes]":
+    """The next MSG's sid, reply subject and payload; answers PINGs, fails on -ERR."""
+    while True:
+        line = conn.line()
+        if line.startswith(b"-ERR"):
+            raise Unhealthy("the gateway refused the health check: {}".format(line.decode("utf-8", "replace")))
+        if line == b"PING":
+            conn.sock.sendall(b"PONG\r\n")
+            continue
+        if not line.startswith(b"MSG "):
+            continue
+        args = line.split()
+        body = conn.read(int(args[-1]) + 2)[:-2]
+        return args[2], args[3] if len(args) == 5 else None, body
 
 
 _NOTICE = b"# FAKE development certificate made by `eventsvc certs` - NOT FOR PRODUCTION\n"

@@ -42,6 +42,11 @@ class ServiceConfig:
     data_dir: str = ""
     #: Seconds a graceful shutdown (SIGTERM) may take before it closes anyway.
     shutdown_timeout: float = 10.0
+    #: Lame duck mode (SIGUSR2), as nats-server: clients are closed spread
+    #: over this many seconds, after the grace period.
+    lame_duck_duration: float = 120.0
+    #: Seconds between telling clients (INFO ldm) and closing the first.
+    lame_duck_grace_period: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +283,10 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
             )
         if not isinstance(value, dict):
             raise ConfigError("{}: [{}] must be a table, not a {}".format(path, name, _kind(value)))
+        if "enabled" in _field_names(cls) and "enabled" not in value:
+            # As nats-server: a section that is written is on, unless it
+            # says enabled = false (absent sections keep their defaults).
+            value = dict(value, enabled=True)
         sections[name] = _section(path, name, cls, value)
     config = Config(source=path, **sections)
     _check(config, path)
@@ -300,6 +309,10 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         ),
     )
     return config
+
+
+def _field_names(cls: type) -> "set[str]":
+    return {f.name for f in fields(cls)}
 
 
 def _resolve(base: str, value: str) -> str:
@@ -394,6 +407,13 @@ def _check(config: Config, path: str) -> None:
         fail("service", "event_limit", "must be at least 1, got {}".format(s.event_limit))
     if s.listener_limit < 1:
         fail("service", "listener_limit", "must be at least 1, got {}".format(s.listener_limit))
+    if not s.shutdown_timeout > 0:
+        fail("service", "shutdown_timeout", "must be a positive number of seconds, got {}".format(s.shutdown_timeout))
+    if not s.lame_duck_duration > 0:
+        fail("service", "lame_duck_duration", "must be a positive number of seconds, got {}".format(s.lame_duck_duration))
+    if not 0 <= s.lame_duck_grace_period < s.lame_duck_duration:
+        fail("service", "lame_duck_grace_period", "must be 0 or more seconds and less than lame_duck_duration ({}), got {}".format(
+            s.lame_duck_duration, s.lame_duck_grace_period))
 
     lg = config.log
     if lg.format not in LOG_FORMATS:

@@ -210,6 +210,9 @@ class ClientConnection(Protocol):
         self.out: list = []
         self.dirty = False
         self.closed = False
+        #: The transport is gone (connectionLost): everything written was
+        #: sent, or never will be.
+        self.lost = False
         #: Why it closed, in nats-server's words ("Client Closed", ...), and ours.
         self.close_reason = ""
         self.close_detail = ""
@@ -372,6 +375,7 @@ class ClientConnection(Protocol):
             self.send(self.info_line())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
         if self.awaiting_handshake:
             self.awaiting_handshake = False
             self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)

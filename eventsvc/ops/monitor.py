@@ -156,15 +156,9 @@ class Monitor:
             return None
 
     def healthz(self) -> "tuple[int, dict]":
-        state = getattr(self.service, "state", "running")
-        if state != "running":
-            return 503, {"status": "unavailable", "error": "eventsvc is {}".format(state)}
-        cluster = self.cluster()
-        if cluster is not None:
-            up = {r.solicited for r in cluster.routes.values() if r.solicited}
-            down = [url for url in cluster.configured if url not in up]
-            if down:
-                return 503, {"status": "unavailable", "error": "route down: {}".format(", ".join(down))}
+        ok, why = self.service.health()
+        if not ok:
+            return 503, {"status": "unavailable", "error": why}
         return 200, {"status": "ok"}
 
     def _cpu_percent(self) -> float:

@@ -178,3 +178,33 @@ class ErrorTests(SynchronousTestCase):
             config.load(path)
         self.assertIn(path, str(caught.exception))
         self.assertIn("cannot read", str(caught.exception))
+
+
+class SectionPresenceTests(SynchronousTestCase):
+    """A section that is written is on unless it says enabled = false, as in nats-server."""
+
+    def test_written_sections_are_on(self) -> None:
+        c = config.parse('[monitor]\nport = 8223\n[cluster]\nport = 6223\n[gateway]\ndisable_frontend_tls = true\ntokens = ["t"]\n')
+        self.assertTrue(c.monitor.enabled)
+        self.assertTrue(c.cluster.enabled)
+        self.assertTrue(c.gateway.enabled)
+
+    def test_an_empty_section_is_on(self) -> None:
+        self.assertTrue(config.parse("[monitor]\n").monitor.enabled)
+
+    def test_enabled_false_turns_it_off(self) -> None:
+        c = config.parse("[monitor]\nenabled = false\nport = 8223\n[cluster]\nenabled = false\n")
+        self.assertFalse(c.monitor.enabled)
+        self.assertFalse(c.cluster.enabled)
+
+    def test_absent_sections_keep_their_defaults(self) -> None:
+        c = config.parse('[service]\nport = 4222\n')
+        self.assertTrue(c.service.enabled)
+        self.assertFalse(c.monitor.enabled)
+        self.assertFalse(c.cluster.enabled)
+        self.assertFalse(c.gateway.enabled)
+
+    def test_a_half_written_gateway_is_checked(self) -> None:
+        # Written means on, so what it lacks is an error, not silence.
+        e = self.assertRaises(config.ConfigError, config.parse, "[gateway]\nport = 4223\n", "p.toml")
+        self.assertIn("p.toml: [gateway] frontend_tls", str(e))

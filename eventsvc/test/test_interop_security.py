@@ -11,8 +11,9 @@ import json
 import os
 import socket
 import ssl
+import time
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
 from eventsvc.test import process
@@ -167,6 +168,9 @@ key_path = "certs/gateway.key"
             ok = process.cli("health-check", "--config", self.config)
             self.assertEqual(ok.returncode, 0, ok.stderr)
             self.assertTrue(ok.stdout.startswith("healthy: gateway 127.0.0.1:%d" % self.gateway_port), ok.stdout)
+            # Closed over TLS as a client should: not a reset ("Read Error").
+            self.server.wait_output("closed: Client Closed")
+            self.assertNotIn("Read Error", self.server.output())
             self.server.stop()
             down = process.cli("health-check", "--config", self.config)
             self.assertEqual(down.returncode, 1)
@@ -218,3 +222,59 @@ def _line(sock) -> bytes:
             raise AssertionError("closed after {!r}".format(data))
         data += chunk
     return data[:-2]
+
+
+class HealthCheckRouteTests(TestCase):
+    """
+    health-check reports what /healthz reports: on a gateway-only node, a
+    configured route that is down is unhealthy, and healthy once it is up.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_route_down_then_up(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cluster_port, gateway_port = process.free_port(), process.free_port()
+        config = process.write_config(os.path.join(directory, "gateway.toml"), f"""
+[service]
+enabled = false
+[gateway]
+host = "127.0.0.1"
+port = {gateway_port}
+disable_frontend_tls = true
+tokens = ["{TOKEN}"]
+[cluster]
+name = "events"
+listen = false
+routes = ["nats-route://127.0.0.1:{cluster_port}"]
+""")
+        server = process.eventsvc(config, expect=("gateway",))
+        server.start()
+        self.addCleanup(server.stop)
+
+        def run():
+            down = process.cli("health-check", "--config", config)
+            peer = process.nats_server("--cluster", "nats://127.0.0.1:%d" % cluster_port, "--cluster_name", "events")
+            peer.start()
+            try:
+                for _ in range(60):
+                    up = process.cli("health-check", "--config", config)
+                    if up.returncode == 0:
+                        break
+                    time.sleep(0.5)
+            finally:
+                peer.stop()
+            return down, up
+
+        down, up = yield threads.deferToThread(run)
+        self.assertEqual(down.returncode, 1, down.stdout)
+        self.assertEqual(
+            down.stderr,
+            "unhealthy: gateway 127.0.0.1:%d: route down: nats-route://127.0.0.1:%d\n" % (gateway_port, cluster_port),
+        )
+        self.assertEqual(up.returncode, 0, up.stderr)
+        self.assertTrue(up.stdout.startswith("healthy: gateway 127.0.0.1:%d" % gateway_port), up.stdout)
+        # The health check closes as a client should: no read errors in the log.
+        self.assertNotIn("Read Error", server.output())

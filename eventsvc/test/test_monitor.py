@@ -47,7 +47,9 @@ class MonitorTests(SynchronousTestCase):
         self.svc.state = "stopping"
         code, body = get(self.svc, "/healthz")
         self.assertEqual(code, 503)
-        self.assertEqual(body["status"], "unavailable")
+        self.assertEqual(body, {"status": "unavailable", "error": "eventsvc is shutting down"})
+        self.svc.state = "lame duck"
+        self.assertEqual(get(self.svc, "/healthz"), (503, {"status": "unavailable", "error": "eventsvc is in lame duck mode"}))
 
     def test_varz_and_connz(self) -> None:
         a = connect(self.svc, "service", b'CONNECT {"verbose":false,"name":"alice","lang":"python","version":"1.0"}\r\nSUB foo 1\r\nSUB bar q 2\r\n')

@@ -221,3 +221,92 @@ class PublishCommandTests(TestCase):
         helped = process.cli("publish", "--help")
         self.assertEqual(helped.returncode, 0)
         self.assertIn("acknowledgement", helped.stdout + process.cli("--help").stdout)
+
+
+class LameDuckTests(TestCase):
+    """
+    A real client's lame-duck callback fires: INFO with ldm is written and
+    flushed before the server closes, on SIGTERM and on SIGUSR2.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            process.require("nats-py")
+        self.port = process.free_port()
+
+    def start(self, extra=""):
+        config = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n%s'
+        ) % (self.port, extra))
+        proc = process.eventsvc(config)
+        proc.start()
+        self.addCleanup(proc.stop)
+        return proc
+
+    def watch(self, proc, sig, clients=1):
+        """nats-py clients connect, the signal is sent; when each heard of lame duck and was closed."""
+        import asyncio
+
+        import nats
+
+        async def scenario():
+            started = time.monotonic()
+            heard, closed = [], []
+            connections = []
+            for i in range(clients):
+                def on_ldm(i=i):
+                    async def cb():
+                        heard.append((i, time.monotonic() - started))
+                    return cb
+
+                async def on_disconnect(i=i):
+                    closed.append((i, time.monotonic() - started))
+
+                connections.append(await nats.connect(
+                    "nats://127.0.0.1:%d" % self.port, lame_duck_mode_cb=on_ldm(), disconnected_cb=on_disconnect,
+                    allow_reconnect=False,
+                ))
+            await connections[0].flush()
+            started = time.monotonic()
+            proc.process.send_signal(sig)
+            for _ in range(400):
+                if len(closed) == clients:
+                    break
+                await asyncio.sleep(0.025)
+            for nc in connections:
+                if not nc.is_closed:
+                    await nc.close()
+            return heard, closed
+
+        return asyncio.run(scenario())
+
+    @defer.inlineCallbacks
+    def test_sigterm_with_nothing_pending(self):
+        proc = self.start()
+        heard, closed = yield threads.deferToThread(self.watch, proc, signal.SIGTERM)
+        self.assertEqual([i for i, _ in heard], [0])
+        self.assertEqual([i for i, _ in closed], [0])
+        self.assertLessEqual(heard[0][1], closed[0][1])
+        code = yield threads.deferToThread(proc.process.wait, 10)
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
+    def test_sigusr2_spreads_the_closes(self):
+        proc = self.start("lame_duck_duration = 2.0\nlame_duck_grace_period = 0.5\n")
+        heard, closed = yield threads.deferToThread(self.watch, proc, signal.SIGUSR2, 4)
+        self.assertEqual(sorted(i for i, _ in heard), [0, 1, 2, 3])
+        self.assertEqual(sorted(i for i, _ in closed), [0, 1, 2, 3])
+        times = sorted(t for _, t in closed)
+        # Told at once; the first closed after the grace period; the closes spread out.
+        self.assertLess(max(t for _, t in heard), 0.5)
+        self.assertGreaterEqual(times[0], 0.45)
+        self.assertGreater(times[-1] - times[0], 0.3)
+        code = yield threads.deferToThread(proc.process.wait, 10)
+        self.assertEqual(code, 0)
+        output = proc.output()
+        self.assertIn("entering lame duck mode", output)
+        self.assertIn("lame duck: closing 4 clients", output)

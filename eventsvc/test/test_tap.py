@@ -127,3 +127,22 @@ class LogTests(SynchronousTestCase):
         out = io.StringIO()
         Logger(observer=make_observer("text", "debug", out), namespace="t").debug("hello {who}", who="you")
         self.assertIn("hello you", out.getvalue())
+
+
+class LameDuckPaceTests(SynchronousTestCase):
+    """nats-server's pace for closing clients in lame duck mode."""
+
+    def test_few_clients_at_most_a_second_apart(self) -> None:
+        self.assertEqual(app.lame_duck_pace(10, 110.0), (1.0, 1))
+
+    def test_spread_evenly(self) -> None:
+        self.assertEqual(app.lame_duck_pace(4, 2.0), (0.5, 1))
+
+    def test_more_clients_than_milliseconds_close_in_batches(self) -> None:
+        self.assertEqual(app.lame_duck_pace(50000, 10.0), (0.001, 5))
+
+    def test_no_spread_left_takes_a_second(self) -> None:
+        self.assertEqual(app.lame_duck_pace(2, 0.0), (0.5, 1))
+
+    def test_no_clients(self) -> None:
+        self.assertEqual(app.lame_duck_pace(0, 110.0), (0.0, 1))
