@@ -480,7 +480,7 @@ def _handler_target(name: str, address: str, config: Config, reactor: Any, agent
         try:
             return CallableTarget(load_object(address[len("python:"):]), address)
         except ValueError as e:
-            raise StartupError("[handlers] {}: {}".format(name, e))
+            raise StartupError("{}[handlers] {}: {}".format(_in(config), name, e))
     if not agents:
         agents.append(_handler_agent(config, reactor))
     scheme, host, port = handler_address(address)  # type: ignore[misc]
@@ -555,6 +555,11 @@ def _route_permissions(allow: Sequence[str], deny: Sequence[str]) -> Optional[Pe
     # Literal subjects of messages are checked as publishes, interest (which
     # may hold wildcards) as subscriptions: the same lists both ways.
     return Permissions(publish_allow=allow, publish_deny=deny, subscribe_allow=allow, subscribe_deny=deny)
+
+
+def _in(config: Config) -> str:
+    """The configuration file, as the start of an error line naming one of its keys."""
+    return "{}: ".format(config.source) if config.source else ""
 
 
 def _where(section: str, config: Config) -> str:
@@ -672,7 +677,7 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
         try:
             chain.append(load_python_authenticator(gw.python_authenticator, agents))
         except ValueError as e:
-            raise StartupError("[gateway] python_authenticator: {}".format(e))
+            raise StartupError("{}[gateway] python_authenticator: {}".format(_in(config), e))
     return ChainAuthenticator(chain)
 
 

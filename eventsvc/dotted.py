@@ -26,6 +26,8 @@ def load_object(path: str) -> Any:
         raise ValueError("{!r} is not module:attribute".format(path))
     try:
         return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ValueError("cannot load {!r}: {}".format(path, e))
+    except Exception as e:
+        # A module that fails as it is imported (a syntax error, a missing
+        # dependency of its own) is the operator's to fix: one line.
+        raise ValueError("cannot load {!r}: {}: {}".format(path, type(e).__name__, e))
 

@@ -142,3 +142,61 @@ class LatencyTests(TestCase):
                 delays.append(time.perf_counter() - started)
         delays.sort()
         self.assertLess(delays[len(delays) // 2], 0.010, ["%.1f ms" % (d * 1000) for d in delays])
+
+
+class CheckConfigTests(TestCase):
+    """check-config as an operator runs it: what will run, and what is wrong."""
+
+    def write(self, text):
+        return process.write_config(self.mktemp() + ".toml", text)
+
+    def test_describes_every_part(self) -> None:
+        path = self.write(
+            '[service]\nhost = "127.0.0.1"\nport = 4333\ndata_dir = "data"\n'
+            '[handlers]\nfeed = "http://127.0.0.1:9/f"\ncfgingest = "python:eventsvc.events.handlers:log_event"\n'
+            'event_feed = "python:eventsvc.events.handlers:log_event"\n'
+            '[gateway]\nhost = "127.0.0.1"\nport = 4334\ndisable_frontend_tls = true\ntokens = ["t"]\n'
+            '[monitor]\nport = 8333\n[cluster]\nport = 6333\n'
+        )
+        result = process.cli("check-config", "--config", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        out = result.stdout
+        self.assertTrue(out.startswith("ok: " + path + "\n"), out)
+        for expected in (
+            "service listener on 127.0.0.1:4333: plaintext, no client certificates, no authentication",
+            "gateway listener on 127.0.0.1:4334: plaintext (disable_frontend_tls); authentication: tokens (1 listed)",
+            "monitor on http://127.0.0.1:8333/",
+            "cluster eventsvc, accepting routes on 0.0.0.0:6333, plaintext routes",
+            "spool: ",
+            "handler feed: http://127.0.0.1:9/f <- compliance_ingest",
+        ):
+            self.assertIn(expected, out)
+        self.assertNotIn("warning", out)
+
+    def test_warns_of_types_with_nowhere_to_go(self) -> None:
+        path = self.write('[service]\nport = 0\n[handlers]\nevent_feed = "python:eventsvc.events.handlers:log_event"\n')
+        result = process.cli("check-config", "--config", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(
+            "warning: {}: [handlers] cfgingest has no address, so cfgingest, nodeTerminated will be refused".format(path),
+            result.stdout,
+        )
+        self.assertIn("warning: {}: [handlers] feed has no address, so compliance_ingest will be refused".format(path), result.stdout)
+
+    def test_unimportable_handler_names_file_and_key(self) -> None:
+        path = self.write('[service]\nport = 0\n[handlers]\nfeed = "python:no_such_module_here:deliver"\n')
+        result = process.cli("check-config", "--config", path)
+        self.assertEqual(result.returncode, 78)
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+        self.assertTrue(result.stderr.startswith("eventsvc: {}: [handlers] feed: cannot load".format(path)), result.stderr)
+        self.assertIn("No module named 'no_such_module_here'", result.stderr)
+
+    def test_unimportable_authenticator_names_file_and_key(self) -> None:
+        path = self.write(
+            '[service]\nport = 0\n[gateway]\nport = 0\ndisable_frontend_tls = true\npython_authenticator = "eventsvc:nothing_here"\n'
+        )
+        result = process.cli("check-config", "--config", path)
+        self.assertEqual(result.returncode, 78)
+        self.assertTrue(
+            result.stderr.startswith("eventsvc: {}: [gateway] python_authenticator: cannot load".format(path)), result.stderr
+        )

@@ -182,7 +182,8 @@ key_path = "certs/gateway.key"
     def test_check_config_command(self):
         ok = process.cli("check-config", "--config", self.config)
         self.assertEqual(ok.returncode, 0, ok.stderr)
-        self.assertIn("(mutual TLS)", ok.stdout)
+        self.assertIn(": mutual TLS (client certificates signed by ", ok.stdout)
+        self.assertIn(": TLS by SNI (localhost); authentication: tokens (1 listed)", ok.stdout)
         os.rename(os.path.join(self.certs, "gateway.key"), os.path.join(self.certs, "moved.key"))
         bad = process.cli("check-config", "--config", self.config)
         self.assertEqual(bad.returncode, 78)
