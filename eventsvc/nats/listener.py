@@ -55,6 +55,15 @@ class ClientFactory(Factory):
         return proto
 
 
+def requirements(settings: ClientSettings) -> str:
+    """What a listener asks of its clients, for its "listening" line."""
+    parts = ["TLS" if settings.tls_required else "plaintext"]
+    if settings.tls_verify:
+        parts.append("client certificates required")
+    parts.append("authentication required" if settings.authenticator is not None else "no authentication")
+    return ", ".join(parts)
+
+
 class ListenerService(Service):
     """
     Listens on C{host}:C{port} while running.  When C{port} is 0 the port
@@ -83,7 +92,10 @@ class ListenerService(Service):
         address = self.listening.getHost()
         self.factory.settings.port = address.port
         super().startService()
-        self.log.info("{name} listening for NATS clients on {host}:{port}", name=self.name, host=address.host, port=address.port)
+        self.log.info(
+            "{name} listening for NATS clients on {host}:{port}: {requires}",
+            name=self.name, host=address.host, port=address.port, requires=requirements(self.factory.settings),
+        )
 
     def stop_accepting(self) -> Any:
         """Stop taking new connections; the open ones go on."""

@@ -530,9 +530,11 @@ class RouteManager(Service):
         if not self.no_advertise:
             # Our clients learn where else they can go.
             self.broker.connect_urls.add(route.remote_urls())
+        name = route.remote_info.get("server_name") or ""
         self.log.info(
-            "route to {peer} ({name}) up, {how}",
-            peer=route.remote_id, name=route.remote_info.get("server_name", "?"),
+            "route to {peer} up, {how}",
+            # (A server's name is its id unless it was given one: say it once.)
+            peer=route.remote_id if name in ("", route.remote_id) else "{} ({})".format(name, route.remote_id),
             how="dialled " + route.solicited if route.solicited else "accepted from {}:{}".format(route.host, route.port),
         )
         # Tell it everything we are interested in (and import).

@@ -11,6 +11,7 @@ journal, under systemd).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any, Dict, Optional
@@ -36,6 +37,25 @@ _LEVELS = {
 # Keys of Twisted's own, or of the legacy log API, that are not the event's data.
 _INTERNAL = {"format", "message", "isError", "time", "system", "why", "failure", "printed"}
 _SIMPLE = (str, int, float, bool, type(None))
+
+
+#: Twisted's own lines about its plumbing (a port opened or closed, an HTTP
+#: client factory started per connection): debug, not info.
+_PLUMBING_FORMATS = {"Starting factory {factory!r}", "Stopping factory {factory!r}"}
+_PLUMBING_LEGACY = re.compile(r"^(\S+ starting on \d+|\(\S+ Port \d+ Closed\))$")
+
+
+def demoted(event: Dict[str, Any]) -> Dict[str, Any]:
+    """C{event}, at debug level when it is one of Twisted's plumbing lines."""
+    if event.get("log_level") is not LogLevel.info:
+        return event
+    plumbing = event.get("log_format") in _PLUMBING_FORMATS
+    if not plumbing and event.get("log_namespace") == "log_legacy":
+        message = event.get("message")
+        plumbing = bool(message) and isinstance(message[0], str) and _PLUMBING_LEGACY.match(message[0]) is not None
+    if plumbing:
+        return dict(event, log_level=LogLevel.debug)
+    return event
 
 
 def event_as_json(event: Dict[str, Any]) -> str:
@@ -75,7 +95,7 @@ class ConfiguredObserver:
         self._predicate.defaultLogLevel = _LEVELS[level]
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        self._observer(event)
+        self._observer(demoted(event))
 
 
 def make_observer(format: str, level: str, stream: Optional[IO[str]] = None) -> ConfiguredObserver:

@@ -263,7 +263,9 @@ class ChainAuthenticator:
                     result = await result
                 return result
             except AuthenticationFailed as e:
-                reasons.append(str(e))
+                # Several token lists each say "unknown token": say it once.
+                if str(e) not in reasons:
+                    reasons.append(str(e))
         raise AuthenticationFailed("; ".join(reasons) or "no authenticator")
 
 

@@ -90,6 +90,16 @@ class GatewayAuthTests(SynchronousTestCase):
         text = self.log_text()
         self.assertIn("authentication failed", text)
         self.assertNotIn("wrong-token-xyz", text)
+        # The health token, the identities and the tokens each refused it: said once.
+        refusals = [formatEvent(e) for e in self.logged if "authentication failed" in formatEvent(e)]
+        self.assertIn("authentication failed: unknown token", refusals[0])
+        self.assertNotIn("unknown token; unknown token", refusals[0])
+
+    def test_listening_lines_say_what_is_required(self) -> None:
+        build(self)
+        lines = [formatEvent(e) for e in self.logged if "listening for NATS clients" in formatEvent(e)]
+        self.assertTrue(any(line.startswith("service listening") and line.endswith(": plaintext, no authentication") for line in lines), lines)
+        self.assertTrue(any(line.startswith("gateway listening") and line.endswith(": plaintext, authentication required") for line in lines), lines)
 
     def test_timeout(self) -> None:
         svc, clock, _ = build(self)

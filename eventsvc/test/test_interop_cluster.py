@@ -138,12 +138,12 @@ class MeshTests(ThreeNodeMesh):
         result = yield run(lambda: mesh_round(ports, "second"))
         self.check(result)
         # Two routes up again: the one it dialled, and the one B dialled after gossip.
-        self.ours.wait_output(") up, ")
+        self.ours.wait_output(" up, ")
         for _ in range(100):
-            if self.ours.output().count(") up, ") >= 2:
+            if self.ours.output().count(" up, ") >= 2:
                 break
             time.sleep(0.05)
-        self.assertEqual(self.ours.output().count(") up, "), 2, self.ours.output())
+        self.assertEqual(self.ours.output().count(" up, "), 2, self.ours.output())
 
 
 class HeadersAcrossMeshTests(ThreeNodeMesh):
@@ -349,7 +349,7 @@ class TLSRouteProcessTests(TestCase):
 
         data = yield run(scenario)
         self.assertEqual(data, b"secret")
-        nodes[0].wait_output(") up, ")
+        nodes[0].wait_output(" up, ")
 
 
 class TLSMeshWithReferenceTests(TestCase):
@@ -401,12 +401,12 @@ class TLSMeshWithReferenceTests(TestCase):
         self.assertEqual(sum(counts.values()), 300, counts)
         self.assertTrue(all(replies), replies)
         # Both routes of ours are TLS: the one it dialled and the one B dialled.
-        ours.wait_output(") up, ")
+        ours.wait_output(" up, ")
         for _ in range(100):
-            if ours.output().count(") up, ") >= 2:
+            if ours.output().count(" up, ") >= 2:
                 break
             time.sleep(0.05)
-        self.assertEqual(ours.output().count(") up, "), 2, ours.output())
+        self.assertEqual(ours.output().count(" up, "), 2, ours.output())
         self.assertNotIn("handshake", ours.output().lower())
         # A node whose certificate another CA signed is refused.
         stranger_certs = os.path.join(directory, "stranger")
@@ -418,7 +418,7 @@ class TLSMeshWithReferenceTests(TestCase):
         yield threads.deferToThread(stranger.start)
         self.addCleanup(stranger.stop)
         yield threads.deferToThread(ours.wait_output, "failed before it was up")
-        self.assertEqual(ours.output().count(") up, "), 2, ours.output())
+        self.assertEqual(ours.output().count(" up, "), 2, ours.output())
 
 
 class DynamicClusterNameTests(TestCase):

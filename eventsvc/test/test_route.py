@@ -66,6 +66,17 @@ class RouteTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(sub.received(), b"MSG foo 1 2\r\nhi\r\n")
 
+    def test_route_up_line_names_the_peer_once(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        link(self.a, self.b)
+        lines = [formatEvent(e) for e in logged if "up," in formatEvent(e)]
+        self.assertIn("route to NB up, dialled nats-route://127.0.0.1:6222", lines)
+        self.assertIn("route to NA up, accepted from 127.0.0.1:50000", lines)
+
     def test_batched_publishes_reach_routes(self) -> None:
         """Many PUBs to one subject in one read (a batch) all cross the route."""
         pump, _, _ = link(self.a, self.b)

@@ -146,3 +146,32 @@ class LameDuckPaceTests(SynchronousTestCase):
 
     def test_no_clients(self) -> None:
         self.assertEqual(app.lame_duck_pace(0, 110.0), (0.0, 1))
+
+
+class PlumbingLogTests(SynchronousTestCase):
+    """Twisted's lines about its own plumbing are debug, not info."""
+
+    def lines(self, level, emit):
+        out = io.StringIO()
+        emit(make_observer("text", level, out))
+        return out.getvalue()
+
+    def test_factory_and_port_lines_are_debug(self) -> None:
+        from twisted.logger import LogLevel, globalLogBeginner  # noqa: F401
+
+        def emit(observer):
+            Logger(observer=observer, namespace="twisted.web.client").info("Starting factory {factory!r}", factory="<F>")
+            Logger(observer=observer, namespace="twisted.web.client").info("Stopping factory {factory!r}", factory="<F>")
+            for text in ("ClientFactory starting on 4222", "_QuietSite starting on 8222", "(TCP Port 4222 Closed)"):
+                observer({
+                    "log_level": LogLevel.info, "log_namespace": "log_legacy", "log_format": "{log_text}",
+                    "log_text": text, "message": (text,), "log_time": 0.0, "log_system": "-",
+                })
+            Logger(observer=observer, namespace="eventsvc").info("service listening for NATS clients on 127.0.0.1:1")
+
+        quiet = self.lines("info", emit)
+        self.assertNotIn("factory", quiet)
+        self.assertNotIn("starting on", quiet)
+        self.assertNotIn("Closed", quiet)
+        self.assertIn("service listening", quiet)
+        self.assertIn("ClientFactory starting on 4222", self.lines("debug", emit))
