@@ -134,11 +134,22 @@ def sync_folder(folder: str) -> None:
 def append_locked(path: str, data: bytes, mode: int = 0o600) -> None:
     """
     Append C{data} to C{path} under an exclusive lock, never through a link:
-    two processes appending lines to one file interleave whole lines.
+    two processes appending lines to one file interleave whole lines, and a
+    process that rewrites the file under the lock loses none of them.
     """
-    fd = _open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
-    try:
+    while True:
+        fd = _open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # Whoever held the lock may have replaced the file (a replay
+        # rewrites it): then append to the new one, not the old inode.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -20,8 +20,21 @@ from eventsvc.app import EventService, StartupError, make_service
 
 class Options(usage.Options):
     synopsis = "--config PATCH.toml"
-    longdesc = "Run eventsvc with the TOML patch PATCH.toml over the built-in defaults."
+    longdesc = (
+        "Run eventsvc with the TOML patch PATCH.toml over the built-in defaults "
+        "(docs/configuration.md). A bad file stops start-up with one line and exit "
+        "status 78. Signals: SIGTERM shuts down gracefully, SIGUSR2 enters lame duck "
+        "mode, SIGHUP reloads the file."
+    )
     optParameters = [["config", "c", None, "the TOML configuration patch"]]
+
+    def getSynopsis(self) -> str:
+        parent = self.parent
+        # twist's own synopsis reads "twist [options] plugin [plugin_options]",
+        # which Twisted would put in front of ours: say it plainly instead.
+        if parent is not None and "reactorName" in parent:
+            return "Usage: twist [twist options] eventsvc " + self.synopsis
+        return super().getSynopsis()
 
     def postOptions(self) -> None:
         if not self["config"]:

@@ -24,6 +24,10 @@ from eventsvc.events.handlers import Delivery, HandlerService
 from eventsvc.events.spool import Spool
 
 
+#: Where C{eventsvc dead-letters replay} puts an event back, for one handler.
+REPLAY_PREFIX = "$EVENTSVC.replay."
+
+
 class EventDispatcher(Service):
     log = Logger()
 
@@ -48,6 +52,7 @@ class EventDispatcher(Service):
         self.prefix = prefix
         self.queue_group = queue_group
         self._subscription: Any = None
+        self._replays: Any = None
         self._remaining: Dict[int, Set[str]] = {}
         self._seq = 0
         self._acks: List[Tuple[str, bytes]] = []
@@ -67,25 +72,44 @@ class EventDispatcher(Service):
             for p in self.spool.open():
                 self._admit(p.seq, p.event_id, [h for h in p.handlers if h in self.handlers], p.body)
         self._subscription = self.broker.subscribe(self.prefix + ".>", self._received, queue=self.queue_group)
+        self._replays = self.broker.subscribe(REPLAY_PREFIX + "*", self._replayed, queue=self.queue_group)
 
     def stopService(self) -> Any:
         super().stopService()
-        if self._subscription is not None:
-            self._subscription.unsubscribe()
-            self._subscription = None
+        for subscription in (self._subscription, self._replays):
+            if subscription is not None:
+                subscription.unsubscribe()
+        self._subscription = self._replays = None
         self._sync()
         if self.spool is not None:
             self.spool.close()
 
     def _received(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
-        type_name = subject[len(self.prefix) + 1 :]
+        self._accept(subject[len(self.prefix) + 1 :], reply, payload, None)
+
+    def _replayed(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """
+        A dead-lettered event put back (C{eventsvc dead-letters replay}) for
+        the one handler named by the subject, C{$EVENTSVC.replay.<handler>}:
+        spooled and acknowledged like any event, but not given again to the
+        handlers that already had it.
+        """
+        handler = subject[len(REPLAY_PREFIX):]
+        if handler not in self.handlers:
+            self._refuse(reply, "no_handler", "no handler {!r} here ([handlers] {})".format(handler, handler), None)
+            return
+        self._accept(None, reply, payload, (handler,))
+
+    def _accept(self, subject_type: Optional[str], reply: Optional[str], payload: bytes, only: Optional[Tuple[str, ...]]) -> None:
+        """Check, bound, spool and acknowledge one event; C{only}: these handlers, not its type's."""
         try:
-            event = types.parse(payload, type_name)
+            event = types.parse(payload, subject_type)
         except types.EventError as e:
             self._refuse(reply, "invalid", str(e), None)
             return
         event_id = event["event_id"]
-        handlers = self.registry.handlers_for(type_name)
+        type_name = event["type"]["name"]
+        handlers = only if only is not None else self.registry.handlers_for(type_name)
         missing = [h for h in handlers if h not in self.handlers]
         if not handlers or missing:
             self._refuse(reply, "no_handler", "no handler configured for {} ([handlers] {})".format(type_name, ", ".join(missing or ["-"])), event_id)

@@ -108,7 +108,7 @@ class NoDelayEndpoints:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
         host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
-        endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        endpoint: Any = HostnameEndpoint(self._reactor, host, uri.port)
         if uri.scheme == b"https":
             policy = self._policy
             if policy is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set
 
@@ -32,6 +33,8 @@ class Pending(NamedTuple):
     event_id: str
     handlers: Sequence[str]
     body: bytes
+    #: When it was accepted (UNIX time; 0 for records written before it was kept).
+    accepted: float = 0.0
 
 
 def _record(body: dict) -> bytes:
@@ -68,6 +71,31 @@ def read_records(path: str, log: Optional[Logger] = None) -> "tuple[List[dict], 
     return records, pos
 
 
+def owed(records: Sequence[dict]) -> "tuple[List[Pending], int]":
+    """
+    What the records still owe: each accepted event with the handlers that
+    have not finished it, in acceptance order; and the next free sequence
+    number.
+    """
+    next_seq = 1
+    accepted: Dict[int, dict] = {}
+    done: Dict[int, Set[str]] = {}
+    for record in records:
+        seq = record.get("seq", 0)
+        next_seq = max(next_seq, seq + 1)
+        if record.get("k") == "accept":
+            accepted[seq] = record
+        elif record.get("k") == "done":
+            done.setdefault(seq, set()).add(str(record.get("handler")))
+    pending = []
+    for seq in sorted(accepted):
+        record = accepted[seq]
+        remaining = [h for h in record["handlers"] if h not in done.get(seq, ())]
+        if remaining:
+            pending.append(Pending(seq, record["event_id"], remaining, record["event"].encode("utf-8"), record.get("t", 0.0)))
+    return pending, next_seq
+
+
 class Spool:
     log = Logger()
 
@@ -80,26 +108,15 @@ class Spool:
     def open(self) -> List[Pending]:
         """Read what survives from before, compact the file, and open it for appending."""
         records, _ = read_records(self.path, self.log)
-        accepted: Dict[int, dict] = {}
-        done: Dict[int, Set[str]] = {}
-        for record in records:
-            seq = record.get("seq", 0)
-            self.next_seq = max(self.next_seq, seq + 1)
-            if record.get("k") == "accept":
-                accepted[seq] = record
-            elif record.get("k") == "done":
-                done.setdefault(seq, set()).add(str(record.get("handler")))
-        pending = []
-        for seq in sorted(accepted):
-            record = accepted[seq]
-            remaining = [h for h in record["handlers"] if h not in done.get(seq, ())]
-            if remaining:
-                pending.append(Pending(seq, record["event_id"], remaining, record["event"].encode("utf-8")))
+        pending, self.next_seq = owed(records)
         # Rewrite with what is still owed, atomically.
         temporary = self.path + ".new"
         with open(temporary, "wb") as f:
             for p in pending:
-                f.write(_record({"k": "accept", "seq": p.seq, "event_id": p.event_id, "handlers": list(p.handlers), "event": p.body.decode("utf-8")}))
+                f.write(_record({
+                    "k": "accept", "seq": p.seq, "event_id": p.event_id, "handlers": list(p.handlers),
+                    "event": p.body.decode("utf-8"), "t": p.accepted,
+                }))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
@@ -112,7 +129,10 @@ class Spool:
         """Record an accepted event; returns its sequence number.  Durable after L{sync}."""
         seq = self.next_seq
         self.next_seq += 1
-        self._write({"k": "accept", "seq": seq, "event_id": event_id, "handlers": list(handlers), "event": body.decode("utf-8")})
+        self._write({
+            "k": "accept", "seq": seq, "event_id": event_id, "handlers": list(handlers),
+            "event": body.decode("utf-8"), "t": round(time.time(), 3),
+        })
         return seq
 
     def done(self, seq: int, handler: str) -> None:

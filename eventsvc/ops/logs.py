@@ -51,7 +51,7 @@ def demoted(event: Dict[str, Any]) -> Dict[str, Any]:
         return event
     plumbing = event.get("log_format") in _PLUMBING_FORMATS
     if not plumbing and event.get("log_namespace") == "log_legacy":
-        message = event.get("message")
+        message: Any = event.get("message")
         plumbing = bool(message) and isinstance(message[0], str) and _PLUMBING_LEGACY.match(message[0]) is not None
     if plumbing:
         return dict(event, log_level=LogLevel.debug)

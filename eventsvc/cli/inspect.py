@@ -1,0 +1,157 @@
+"""
+Subcommands that read the configuration and say what it will do:
+check-config and config show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Dict, List, Sequence
+
+import toml
+
+from eventsvc import config as configuration
+from eventsvc.cli.common import EX_CONFIG, EX_OK, load, say
+
+
+def check_config(options: argparse.Namespace) -> int:
+    """
+    Load the configuration and everything it names, as start-up would, and
+    describe what will run; warn about what would refuse events.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from eventsvc.app import StartupError, make_service
+
+    config = load(options.config)
+    try:
+        make_service(config, MemoryReactorClock())
+    except StartupError as e:
+        return say("eventsvc: {}".format(e), EX_CONFIG)
+    lines = ["ok: {}".format(options.config)]
+    lines += ["  " + line for line in describe(config)]
+    lines += ["warning: " + line for line in warnings(config)]
+    return say("\n".join(lines), EX_OK)
+
+
+def describe(config: configuration.Config) -> List[str]:
+    """What a configuration will run, one line per part, as check-config prints it."""
+    out = []
+    s, tls, gw, cl = config.service, config.tls, config.gateway, config.cluster
+    if s.enabled:
+        security = (
+            "mutual TLS (client certificates signed by {})".format(tls.root_ca_path) if tls.enabled
+            else "plaintext, no client certificates, no authentication"
+        )
+        out.append("service listener on {}:{}: {}; at most {} connections".format(s.host, s.port, security, s.listener_limit))
+    if gw.enabled:
+        if gw.disable_frontend_tls:
+            front = "plaintext (disable_frontend_tls)"
+        else:
+            front = "TLS by SNI ({})".format(", ".join(e.server_name for e in gw.frontend_tls))
+        auth = []
+        if gw.tokens or gw.tokens_file:
+            auth.append("tokens ({} listed{})".format(len(gw.tokens), ", and " + gw.tokens_file if gw.tokens_file else ""))
+        if gw.users:
+            auth.append("users ({})".format(len(gw.users)))
+        if gw.identities:
+            auth.append("identities ({})".format(", ".join(i.name for i in gw.identities)))
+        if gw.http_auth_url:
+            auth.append("HTTP check at {}".format(gw.http_auth_url))
+        if gw.python_authenticator:
+            auth.append("python:{}".format(gw.python_authenticator))
+        out.append("gateway listener on {}:{}: {}; authentication: {}; at most {} connections".format(
+            gw.host, gw.port, front, ", ".join(auth), gw.max_connections))
+        p = gw.permissions
+        out.append("gateway agents may publish to {} and subscribe to {}".format(
+            _subjects(p.publish_allow, p.publish_deny), _subjects(p.subscribe_allow, p.subscribe_deny)))
+        out.append("health-check token file: {}".format(gw.health_token_file))
+    if config.monitor.enabled:
+        out.append("monitor on http://{}:{}/ (/healthz /varz /connz /subsz /routez /metrics)".format(config.monitor.host, config.monitor.port))
+    if cl.enabled:
+        parts = ["cluster {}".format(cl.name)]
+        if cl.listen:
+            parts.append("accepting routes on {}:{}".format(cl.host, cl.port))
+        if cl.routes:
+            parts.append("dialling {}".format(", ".join(cl.routes)))
+        parts.append("mutual TLS" if cl.tls else "plaintext routes")
+        if cl.user:
+            parts.append("route credentials required")
+        out.append(", ".join(parts))
+    if s.enabled:
+        if s.data_dir:
+            out.append("spool: {} (events survive a restart); dead letters: {}".format(
+                os.path.join(s.data_dir, "events.spool"), config.events.dead_letter_file))
+        else:
+            out.append("no spool ([service] data_dir unset): events are held in memory and lost on a crash; dead letters: {}".format(
+                config.events.dead_letter_file))
+        out.append("events on {}.<type> (queue group {}), at most {} waiting".format(
+            config.events.subject_prefix, config.events.queue_group, s.event_limit))
+        for name in configuration.HANDLER_NAMES:
+            address = getattr(config.handlers, name)
+            types = _routed_to(config, name)
+            out.append("handler {}: {} <- {}".format(name, address or "(no address)", ", ".join(types) or "no event types"))
+    return out
+
+
+def warnings(config: configuration.Config) -> List[str]:
+    """What will run but refuse or lose events."""
+    out: List[str] = []
+    if not config.service.enabled:
+        return out
+    path = config.source or "the configuration"
+    for name in configuration.HANDLER_NAMES:
+        types = _routed_to(config, name)
+        if types and not getattr(config.handlers, name):
+            out.append("{}: [handlers] {} has no address, so {} will be refused (set it, or route them elsewhere in [events.routing])".format(
+                path, name, ", ".join(types)))
+    return out
+
+
+def _routed_to(config: configuration.Config, handler: str) -> List[str]:
+    from eventsvc.events.types import EVENT_TYPES, Registry
+
+    registry = Registry(config.events.routing)
+    return [t for t in EVENT_TYPES if handler in registry.handlers_for(t)]
+
+
+def _subjects(allow: Sequence[str], deny: Sequence[str]) -> str:
+    text = ", ".join(allow) if allow else "anything"
+    return text + (" (except {})".format(", ".join(deny)) if deny else "")
+
+
+def config_show(options: argparse.Namespace) -> int:
+    """The effective configuration: every key, defaults filled in, secrets redacted, as TOML."""
+    config = load(options.config)
+    print("# The effective configuration of {}: defaults filled in, secrets redacted.".format(options.config))
+    print(toml.dumps(effective(config)), end="")
+    return EX_OK
+
+
+#: Keys whose values are secrets, wherever they are.
+_SECRET_KEYS = {"tokens", "token", "password"}
+REDACTED = "<redacted>"
+
+
+def effective(config: configuration.Config) -> Dict[str, Any]:
+    """C{config} as nested tables, with every secret replaced by L{REDACTED}."""
+    tree = dataclasses.asdict(config)
+    tree.pop("source", None)
+    return _redact(tree)
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key in _SECRET_KEYS and value:
+        return [REDACTED for _ in value] if isinstance(value, (list, tuple)) else REDACTED
+    if key == "users" and isinstance(value, dict):
+        return {user: REDACTED for user in value}
+    if key == "http_auth_url" and "@" in str(value):
+        scheme, _, rest = str(value).partition("://")
+        return "{}://{}@{}".format(scheme, REDACTED, rest.rpartition("@")[2])
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v) for v in value]
+    return value

@@ -1,0 +1,163 @@
+"""
+Subcommands over what eventsvc keeps on disk: the dead letters (list them,
+put them back for delivery) and the spool (what it still owes).
+
+Reading needs no running process; a replay goes through the running
+service, which spools the event again for the one handler that gave up on
+it, so the spool stays the only writer of the spool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Tuple
+
+from eventsvc.cli import wire
+from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
+from eventsvc.events.dispatch import REPLAY_PREFIX
+from eventsvc.events.spool import owed, read_records
+from eventsvc.files import write_atomic
+
+
+def _when(t: float) -> str:
+    if not t:
+        return "at an unknown time"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_dead_letters(path: str) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
+    """The file's lines, the records they hold (None for a line that is not one), and the bad line numbers."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return [], [], []
+    records: List[Any] = []
+    bad = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "event" not in record or "handler" not in record:
+                raise ValueError
+        except ValueError:
+            record = None
+            if line.strip():
+                bad.append(n)
+        records.append(record)
+    return lines, records, bad
+
+
+def dead_letters_list(options: argparse.Namespace) -> int:
+    config = load(options.config)
+    path = config.events.dead_letter_file
+    _, records, bad = read_dead_letters(path)
+    for n in bad:
+        say("eventsvc: {}: line {} is not a dead letter (skipped)".format(path, n), EX_FAIL)
+    found = [r for r in records if r is not None]
+    if not found:
+        return say("no dead letters in {}".format(path), EX_OK)
+    for r in found:
+        if options.json:
+            print(json.dumps(r))
+        else:
+            print("{}  {}  {}  {} attempts  {}".format(
+                _when(r.get("time", 0)), r.get("handler"), r.get("event_id"), r.get("attempts", "?"), r.get("reason", "")))
+    return EX_OK
+
+
+def dead_letters_replay(options: argparse.Namespace) -> int:
+    """
+    Put dead letters back for delivery, each exactly once per replay: the
+    running service spools it again for its handler and acknowledges it,
+    and only then is it taken out of the file (under the file's lock, so a
+    dead letter written meanwhile is kept).
+    """
+    config = load(options.config)
+    path = config.events.dead_letter_file
+    if not options.all and not options.id:
+        raise SystemExit(say("eventsvc: dead-letters replay needs --id ID or --all", 2))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return say("eventsvc: no dead letters in {}".format(path), EX_FAIL)
+    except OSError as e:
+        return say("eventsvc: {}: {}".format(path, e.strerror), EX_FAIL)
+    try:
+        # The service appends under this lock: nothing is written while we work.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lines, records, _ = read_dead_letters(path)
+        chosen = [i for i, r in enumerate(records) if r is not None and (options.all or r.get("event_id") in options.id)]
+        if not chosen:
+            return say("eventsvc: no dead letter in {} has {}".format(path, "an event" if options.all else "event id " + ", ".join(options.id)), EX_FAIL)
+        who = wire.identity(config, options)
+        try:
+            conn = wire.connect(who, options.timeout, "eventsvc-replay")
+        except Failed as e:
+            return say("eventsvc: cannot replay through {}: {}".format(who.where, e), EX_FAIL)
+        replayed = set()
+        failed = 0
+        try:
+            for i in chosen:
+                record = records[i]
+                body = json.dumps(record["event"]).encode("utf-8")
+                ack = wire.decode_object(wire.request(conn, REPLAY_PREFIX + str(record["handler"]), body).payload, "the acknowledgement")
+                if ack.get("success"):
+                    replayed.add(i)
+                    print("replayed {} to {}".format(record.get("event_id"), record["handler"]))
+                else:
+                    failed += 1
+                    say("eventsvc: {} not replayed: {}".format(record.get("event_id"), ack.get("error")), EX_FAIL)
+        except (Failed, OSError) as e:
+            say("eventsvc: replay through {} stopped: {}".format(who.where, e), EX_FAIL)
+            failed += 1
+        finally:
+            conn.close()
+            if replayed:
+                kept = [line for i, line in enumerate(lines) if i not in replayed]
+                write_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"), 0o600)
+    finally:
+        os.close(fd)
+    print("{} replayed, {} left in {}".format(len(replayed), len(lines) - len(replayed), path))
+    return EX_FAIL if failed else EX_OK
+
+
+def spool_stats(options: argparse.Namespace) -> int:
+    """What the spool still owes, per handler, and how old it is."""
+    config = load(options.config)
+    if not config.service.data_dir:
+        return say("eventsvc: no spool: [service] data_dir is not set in {}".format(options.config), EX_FAIL)
+    path = os.path.join(config.service.data_dir, "events.spool")
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return say("spool {}: not there yet (the service has not run with this data_dir)".format(path), EX_OK)
+    records, good = read_records(path)
+    pending, _ = owed(records)
+    now = time.time()
+    handlers: Dict[str, Dict[str, Any]] = {}
+    for p in pending:
+        for h in p.handlers:
+            entry = handlers.setdefault(h, {"owed": 0, "oldest": 0.0, "oldest_event": ""})
+            entry["owed"] += 1
+            if p.accepted and (not entry["oldest"] or p.accepted < entry["oldest"]):
+                entry["oldest"], entry["oldest_event"] = p.accepted, p.event_id
+    stats = {
+        "path": path, "bytes": size, "records": len(records), "unreadable_bytes": size - good,
+        "events_owed": len(pending), "handlers": handlers,
+    }
+    if options.json:
+        print(json.dumps(stats))
+        return EX_OK
+    print("spool {}: {} bytes on disk, {} records, {} events still owed".format(path, size, len(records), len(pending)))
+    if size - good:
+        print("  {} bytes after byte {} could not be read".format(size - good, good))
+    for name in sorted(handlers):
+        entry = handlers[name]
+        age = " (oldest {}, accepted {}, {:.0f}s ago)".format(entry["oldest_event"], _when(entry["oldest"]), now - entry["oldest"]) if entry["oldest"] else ""
+        print("  {}: {} owed{}".format(name, entry["owed"], age))
+    return EX_OK
