@@ -16,7 +16,7 @@ run: install
 
 # Set up and run the whole test suite against the installed package, then mypy.
 test: install-test system-deps
-	cd "$$(mktemp -d)" && $(ABS_VENV)/bin/trial eventsvc
+	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_VENV)/bin/trial eventsvc
 	$(ABS_VENV)/bin/mypy --config-file setup.cfg eventsvc
 
 # The same on PyPy (Debian's pypy3 and pypy3-venv), with constraints-pypy.txt.
@@ -26,7 +26,7 @@ run-pypy: install-pypy
 	$(ABS_PYPY_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
 test-pypy: install-pypy-test system-deps
-	cd "$$(mktemp -d)" && $(ABS_PYPY_VENV)/bin/trial eventsvc
+	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_PYPY_VENV)/bin/trial eventsvc
 
 $(PYPY_VENV)/bin/pip:
 	@command -v $(PYPY) >/dev/null || { \
@@ -51,11 +51,12 @@ install: $(VENV)/bin/pip
 install-test: $(VENV)/bin/pip
 	$(VENV)/bin/pip install -q ".[test,typecheck]"
 
-# nats-server (the reference server) for the interop tests, from Debian.
+# nats-server (the reference server) for the interop tests, and systemd-analyze
+# (to check dist/eventsvc.service), from Debian.
 system-deps:
-	@command -v nats-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; \
-	  else echo "nats-server is missing: sudo apt-get install nats-server (interop tests will be skipped)"; fi; }
+	@command -v nats-server >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server systemd; \
+	  else echo "nats-server or systemd is missing: sudo apt-get install nats-server systemd (those tests will be skipped)"; fi; }
 
 # Side-by-side benchmark against nats-server, eventsvc on CPython and PyPy (not part of the tests).
 bench: install install-pypy system-deps

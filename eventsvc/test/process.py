@@ -203,3 +203,19 @@ def write_bytes(path: str, data: bytes) -> str:
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+def source_tree() -> str:
+    """
+    The checkout the tests came from (for files that are not installed:
+    dist/, dev/): EVENTSVC_SOURCE (make test sets it), else the folder above
+    the package when run from a checkout.  Skips (fails under CI) otherwise.
+    """
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.environ.get("EVENTSVC_SOURCE", ""), here):
+        if candidate and os.path.isfile(os.path.join(candidate, "dist", "eventsvc.service")):
+            return candidate
+    message = "the source tree is not here (set EVENTSVC_SOURCE to the checkout)"
+    if os.environ.get("EVENTSVC_REQUIRE_INTEROP"):
+        raise AssertionError(message)
+    raise SkipTest(message)

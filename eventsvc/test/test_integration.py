@@ -200,3 +200,36 @@ class CheckConfigTests(TestCase):
         self.assertTrue(
             result.stderr.startswith("eventsvc: {}: [gateway] python_authenticator: cannot load".format(path)), result.stderr
         )
+
+
+class SystemdUnitTests(TestCase):
+    """dist/eventsvc.service, as systemd reads it, and the patch that goes with it."""
+
+    def test_unit_verifies(self) -> None:
+        import os
+
+        analyze = process.require("systemd-analyze")
+        source = process.source_tree()
+        with open(os.path.join(source, "dist", "eventsvc.service")) as f:
+            unit = f.read()
+        self.assertIn("ExecStart=/opt/eventsvc/bin/twist eventsvc --config /etc/eventsvc/patch.toml", unit)
+        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=eventsvc", "LimitNOFILE=32768", "Restart=on-failure"):
+            self.assertIn(hardening, unit)
+        # verify checks that the commands exist: point them at this environment's.
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "eventsvc.service")
+        with open(path, "w") as f:
+            f.write(unit.replace("/opt/eventsvc/bin/", os.path.dirname(process.require("twist")) + "/"))
+        result = run([analyze, "verify", path])
+        self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+
+    def test_unit_patch_loads(self) -> None:
+        import os
+
+        from eventsvc import config
+
+        loaded = config.load(os.path.join(process.source_tree(), "dist", "patch.toml"))
+        self.assertEqual(loaded.service.data_dir, "/var/lib/eventsvc")
+        self.assertEqual(loaded.gateway.health_token_file, "/run/eventsvc/gateway-health.token")
+        self.assertTrue(loaded.gateway.enabled)
