@@ -16,10 +16,9 @@ import signal
 import sys
 import time
 from dataclasses import fields as dataclass_fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import ssl
 from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
@@ -30,27 +29,11 @@ from eventsvc import config as config_module
 from eventsvc.config import HANDLER_NAMES, Config, handler_address
 from eventsvc.dotted import load_object
 from eventsvc.files import FileLock, Locked
-from eventsvc.events.dispatch import EventDispatcher
-from eventsvc.events.handlers import CallableTarget, DeadLetters, HandlerService, HTTPTarget, NoDelayEndpoints
-from eventsvc.events.spool import Spool
-from eventsvc.events.types import Registry
 from eventsvc.nats.advertise import client_urls
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
-from eventsvc.nats.route import RouteManager
 from eventsvc.nats.server import Broker
 from eventsvc.ops.logs import make_observer
-from eventsvc.ops.monitor import MonitorService
-from eventsvc.security.auth import (
-    ChainAuthenticator,
-    HealthToken,
-    HTTPAuthenticator,
-    NamedIdentities,
-    TokenAuthenticator,
-    UserPasswordAuthenticator,
-    load_python_authenticator,
-    read_tokens_file,
-)
 from eventsvc.security.permissions import Permissions
 from eventsvc.security.tls import (
     MutualTLSPolicy,
@@ -61,6 +44,10 @@ from eventsvc.security.tls import (
     mutual_tls_server,
     server_options,
 )
+
+if TYPE_CHECKING:  # imported where they are used: start-up pays only for what runs
+    from eventsvc.nats.route import RouteManager
+    from eventsvc.security.auth import ChainAuthenticator, HealthToken
 
 
 class EventService(MultiService):
@@ -191,6 +178,8 @@ class EventService(MultiService):
                 for name in (self.events.handlers if self.events is not None else {})
                 if getattr(new.handlers, name)
             }
+            from eventsvc.events.types import Registry
+
             registry = Registry(new.events.routing)
         except (config_module.ConfigError, StartupError, ValueError) as e:
             self.log.error("reload refused, the running configuration stays: {error}", error=str(e))
@@ -436,6 +425,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             _cluster(config, broker, reactor).setServiceParent(top)
         if config.monitor.enabled:
             where = _where("monitor", config)
+            from eventsvc.ops.monitor import MonitorService
+
             MonitorService(top, config.monitor.host, config.monitor.port, reactor, where).setServiceParent(top)
     except TLSFilesError as e:
         raise StartupError(str(e))
@@ -443,6 +434,11 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
 
 
 def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> None:
+    from eventsvc.events.dispatch import EventDispatcher
+    from eventsvc.events.handlers import DeadLetters, HandlerService
+    from eventsvc.events.spool import Spool
+    from eventsvc.events.types import Registry
+
     ev = config.events
     data_dir = config.service.data_dir
     if data_dir:
@@ -476,6 +472,8 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
 
 def _handler_target(name: str, address: str, config: Config, reactor: Any, agents: List[Any]) -> Any:
     """The delivery target for a [handlers] address (one HTTP agent shared, made on first use)."""
+    from eventsvc.events.handlers import CallableTarget, HTTPTarget
+
     if address.startswith("python:"):
         try:
             return CallableTarget(load_object(address[len("python:"):]), address)
@@ -492,6 +490,8 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
     """An HTTP client; HTTPS with the service's mutual-TLS identity when [tls] is set."""
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    from eventsvc.events.handlers import NoDelayEndpoints
+
     pool = HTTPConnectionPool(reactor, persistent=True)
     # Twisted keeps 2 idle connections per host by default: with more
     # deliveries in flight, every extra one opened (and, with TLS,
@@ -507,6 +507,10 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
 
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
+    from twisted.internet import ssl
+
+    from eventsvc.nats.route import RouteManager
+
     cl, limits = config.cluster, config.limits
     tls_server = tls_client = None
     if cl.tls:
@@ -644,6 +648,16 @@ class DataDirLock(Service):
 
 def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:
     """The gateway's authenticators in order (built at start and again on reload)."""
+    from eventsvc.security.auth import (
+        ChainAuthenticator,
+        HTTPAuthenticator,
+        NamedIdentities,
+        TokenAuthenticator,
+        UserPasswordAuthenticator,
+        load_python_authenticator,
+        read_tokens_file,
+    )
+
     gw = config.gateway
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
     agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
@@ -682,6 +696,8 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
 
 
 def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
+    from eventsvc.security.auth import HealthToken
+
     gw = config.gateway
     health = HealthToken(gw.health_token_file)
     authenticator = _gateway_authenticator(config, health, reactor)

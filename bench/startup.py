@@ -1,0 +1,97 @@
+"""
+Time to listening: from exec to the first INFO a client reads, for
+nats-server and for eventsvc (twistd and twist, each interpreter given), in
+one run, each server pinned to core 0 and this script on core 1.
+
+    python bench/startup.py [--runs 9] [--python /path/to/venv/bin ...]
+
+A client's reconnect loop (nats-py's tests give a restarted server about a
+second) sees exactly this.  It prints medians and ratios; it never passes
+or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, List
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_info(port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(5).startswith(b"INFO"):
+                    return True
+        except OSError:
+            time.sleep(0.002)
+    return False
+
+
+def once(argv: List[str], port: int) -> float:
+    started = time.monotonic()
+    child = subprocess.Popen(["taskset", "-c", "0", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not first_info(port, started + 30):
+            raise RuntimeError("{} never listened".format(argv))
+        return time.monotonic() - started
+    finally:
+        child.terminate()
+        child.wait()
+
+
+def median_ms(make: Callable[[int], List[str]], runs: int) -> "tuple[float, float, float]":
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        times.append(once(make(port), port) * 1000)
+    return statistics.median(times), min(times), max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--python", action="append", default=[], help="a virtual environment's bin folder with eventsvc installed (repeatable)")
+    options = parser.parse_args()
+    os.sched_setaffinity(0, {1})
+    folders = options.python or [os.path.dirname(sys.executable)]
+    scratch = tempfile.mkdtemp()
+
+    def config(port: int) -> str:
+        path = os.path.join(scratch, "p%d.toml" % port)
+        with open(path, "w") as f:
+            f.write('[service]\nhost = "127.0.0.1"\nport = %d\n[handlers]\nevent_feed = "python:eventsvc.events.handlers:log_event"\n' % port)
+        return path
+
+    nats = shutil.which("nats-server")
+    reference = median_ms(lambda port: [nats, "-a", "127.0.0.1", "-p", str(port)], options.runs) if nats else None
+    rows = []
+    if reference:
+        rows.append(("nats-server", reference))
+    for folder in folders:
+        label = os.path.basename(os.path.dirname(folder.rstrip("/")))
+        rows.append(("twistd ({})".format(label), median_ms(
+            lambda port: [os.path.join(folder, "twistd"), "-n", "--pidfile=", "eventsvc", "--config", config(port)], options.runs)))
+        rows.append(("twist ({})".format(label), median_ms(
+            lambda port: [os.path.join(folder, "twist"), "eventsvc", "--config", config(port)], options.runs)))
+    print("time from exec to the first INFO, median of {} (min-max), server on core 0".format(options.runs))
+    for name, (med, low, high) in rows:
+        ratio = " = {:.0f}x nats-server".format(med / reference[0]) if reference and name != "nats-server" else ""
+        print("  {:<28} {:7.0f} ms ({:.0f}-{:.0f}){}".format(name, med, low, high, ratio))
+
+
+if __name__ == "__main__":
+    main()
