@@ -233,3 +233,16 @@ class SystemdUnitTests(TestCase):
         self.assertEqual(loaded.service.data_dir, "/var/lib/eventsvc")
         self.assertEqual(loaded.gateway.health_token_file, "/run/eventsvc/gateway-health.token")
         self.assertTrue(loaded.gateway.enabled)
+
+
+class HelpTests(TestCase):
+    def test_twist_usage_line(self) -> None:
+        """twist's synopsis is not glued in front of ours."""
+        result = run([process.require("twist"), "eventsvc", "--help"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.splitlines()[0], "Usage: twist [twist options] eventsvc --config PATCH.toml")
+        self.assertIn("SIGUSR2 enters lame duck mode", result.stdout)
+
+    def test_twistd_usage_line(self) -> None:
+        result = run([process.require("twistd"), "eventsvc", "--help"])
+        self.assertEqual(result.stdout.splitlines()[0], "Usage: twistd [options] eventsvc --config PATCH.toml")
