@@ -461,7 +461,7 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
         )
         handler.setServiceParent(top)
         handlers[name] = handler
-    spool = Spool(os.path.join(data_dir, "events.spool")) if data_dir else None
+    spool = Spool(data_dir) if data_dir else None
     dispatcher = EventDispatcher(
         broker, Registry(ev.routing), handlers, config.service.event_limit, reactor,
         spool=spool, prefix=ev.subject_prefix, queue_group=ev.queue_group,

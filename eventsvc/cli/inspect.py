@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from typing import Any, Dict, List, Sequence
 
 import toml
@@ -82,8 +81,8 @@ def describe(config: configuration.Config) -> List[str]:
         out.append(", ".join(parts))
     if s.enabled:
         if s.data_dir:
-            out.append("spool: {} (events survive a restart); dead letters: {}".format(
-                os.path.join(s.data_dir, "events.spool"), config.events.dead_letter_file))
+            out.append("spool: {} (events-*.spool segments: events survive a restart); dead letters: {}".format(
+                s.data_dir, config.events.dead_letter_file))
         else:
             out.append("no spool ([service] data_dir unset): events are held in memory and lost on a crash; dead letters: {}".format(
                 config.events.dead_letter_file))

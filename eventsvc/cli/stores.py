@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 from eventsvc.cli import wire
 from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
 from eventsvc.events.dispatch import REPLAY_PREFIX
-from eventsvc.events.spool import owed, read_records
+from eventsvc.events.spool import owed, read_spool
 from eventsvc.files import write_atomic
 
 
@@ -131,12 +131,10 @@ def spool_stats(options: argparse.Namespace) -> int:
     config = load(options.config)
     if not config.service.data_dir:
         return say("eventsvc: no spool: [service] data_dir is not set in {}".format(options.config), EX_FAIL)
-    path = os.path.join(config.service.data_dir, "events.spool")
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return say("spool {}: not there yet (the service has not run with this data_dir)".format(path), EX_OK)
-    records, good = read_records(path)
+    path = config.service.data_dir
+    records, size, damage = read_spool(path)
+    if not size:
+        return say("spool {}: empty or not there yet (the service has not run with this data_dir)".format(path), EX_OK)
     pending, _ = owed(records)
     now = time.time()
     handlers: Dict[str, Dict[str, Any]] = {}
@@ -146,16 +144,17 @@ def spool_stats(options: argparse.Namespace) -> int:
             entry["owed"] += 1
             if p.accepted and (not entry["oldest"] or p.accepted < entry["oldest"]):
                 entry["oldest"], entry["oldest_event"] = p.accepted, p.event_id
+    unreadable = sum(d.end - d.start for _, d in damage)
     stats = {
-        "path": path, "bytes": size, "records": len(records), "unreadable_bytes": size - good,
+        "path": path, "bytes": size, "records": len(records), "unreadable_bytes": unreadable,
         "events_owed": len(pending), "handlers": handlers,
     }
     if options.json:
         print(json.dumps(stats))
         return EX_OK
     print("spool {}: {} bytes on disk, {} records, {} events still owed".format(path, size, len(records), len(pending)))
-    if size - good:
-        print("  {} bytes after byte {} could not be read".format(size - good, good))
+    for where, d in damage:
+        print("  {}: {} bytes at {}-{} could not be read{}".format(where, d.end - d.start, d.start, d.end, "" if d.inside else " (a torn tail)"))
     for name in sorted(handlers):
         entry = handlers[name]
         age = " (oldest {}, accepted {}, {:.0f}s ago)".format(entry["oldest_event"], _when(entry["oldest"]), now - entry["oldest"]) if entry["oldest"] else ""

@@ -160,8 +160,6 @@ class EventDispatcher(Service):
                 self._sync_call = self.clock.callLater(0, self._sync)
         if not remaining:
             del self._remaining[seq]
-            if not self._remaining and self.spool is not None:
-                self.spool.truncate_if_idle()
 
     def _sync(self) -> None:
         self._sync_call = None

@@ -1,31 +1,61 @@
 """
-The durable spool: an append-only file of accepted events and of their
-deliveries.
+The durable spool: segment files of accepted events and of their
+deliveries, in data_dir.
 
-Each record is a 4-byte length, a 4-byte CRC32 and a JSON body: C{accept}
-(sequence number, event id, handlers, the event) or C{done} (sequence number,
-handler).  Records are written as events arrive and made durable by
+A segment (C{events-<n>.spool}) starts with a header line and holds records:
+a 4-byte length, a 4-byte CRC32 and a JSON body, C{accept} (sequence number,
+event id, handlers, the event, the time) or C{done} (sequence number,
+handler).  Records are appended to the newest segment and made durable by
 L{Spool.sync}, which the dispatcher calls once per reactor turn before it
-acknowledges anything (group commit).  On open, whatever was accepted and not
-done by every handler is returned for delivery, and the file is rewritten
-with just that.  A torn or corrupt tail (a crash in mid-write) is cut off
-with a log line.
+acknowledges anything (group commit).  When the newest segment passes
+C{segment_size} a new one is begun; a segment that owes nothing any more is
+deleted.  Nothing is ever rewritten: compaction is deleting whole segments,
+so it never stops delivery, and damage is bounded to the segment it is in.
+
+Reading survives damage.  A record whose length or CRC does not hold is
+skipped by scanning forward, byte by byte, to the next offset where a whole
+record holds again (a length within bounds and a CRC that matches: a random
+match is a 1 in 2**32 chance), so one flipped byte costs at most the record
+it is in.  The unreadable bytes are copied aside to
+C{<segment>.damaged-<time>-<offset>} before anything can delete the segment,
+and logged with how many bytes were skipped and where.  A torn tail (a
+crash in mid-write) holds no acknowledged event and is only logged.
+
+A single C{events.spool} file from before segments is read the same way at
+start-up, what it still owes is written to a new segment and made durable,
+and only then is the old file removed.
+
+This module knows nothing of handlers or HTTP; it keeps records.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import time
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
+from eventsvc.files import sync_folder
+
 _HEADER = struct.Struct(">II")
-#: A record larger than this is taken for corruption.
-MAX_RECORD = 256 * 1024 * 1024
+#: The first line of every segment (and its format's version).
+SEGMENT_HEADER = b"EVSPOOL2\n"
+#: A record larger than this is taken for corruption: events are at most
+#: max_payload (64 MiB), and four bytes of JSON text read as a length are
+#: always larger, which makes scanning through damage cheap.
+MAX_RECORD = 64 * 1024 * 1024 + 4096
+#: A new segment is begun when the newest passes this size.
+SEGMENT_SIZE = 4 * 1024 * 1024
+#: The single file of the spool before segments.
+LEGACY_NAME = "events.spool"
+_SEGMENT = re.compile(r"^events-(\d{8})\.spool$")
+#: The number standing for the legacy file while it is read.
+LEGACY = -1
 
 
 class Pending(NamedTuple):
@@ -42,121 +72,358 @@ def _record(body: dict) -> bytes:
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
 
 
-def read_records(path: str, log: Optional[Logger] = None) -> "tuple[List[dict], int]":
-    """The good records of a spool file, and the offset where they end."""
+class Damage(NamedTuple):
+    """Bytes of a spool file that held no readable record."""
+
+    start: int
+    end: int
+    #: Whether readable records follow it (damage), or it runs to the end (a torn tail).
+    inside: bool
+
+
+class SegmentRead(NamedTuple):
+    records: List[dict]
+    damage: List[Damage]
+    size: int
+
+
+def _record_at(data: bytes, pos: int) -> Optional[Tuple[dict, int]]:
+    """The record that starts at C{pos} and where it ends, if a whole, valid one does."""
+    if pos + _HEADER.size > len(data):
+        return None
+    size, crc = _HEADER.unpack_from(data, pos)
+    end = pos + _HEADER.size + size
+    if size > MAX_RECORD or end > len(data):
+        return None
+    body = data[pos + _HEADER.size : end]
+    if zlib.crc32(body) != crc:
+        return None
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    return record, end
+
+
+def scan(data: bytes) -> Tuple[List[dict], List[Damage]]:
+    """Every readable record in C{data}, and the ranges that were not."""
     records: List[dict] = []
+    damage: List[Damage] = []
+    pos = len(SEGMENT_HEADER) if data.startswith(SEGMENT_HEADER) else 0
+    while pos < len(data):
+        found = _record_at(data, pos)
+        if found is not None:
+            records.append(found[0])
+            pos = found[1]
+            continue
+        # Resynchronise: the next offset where a whole record holds.
+        start = pos
+        pos += 1
+        while pos < len(data) and _record_at(data, pos) is None:
+            pos += 1
+        damage.append(Damage(start, pos, pos < len(data)))
+    return records, damage
+
+
+def read_segment(path: str) -> SegmentRead:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return records, 0
-    pos = 0
-    while pos < len(data):
-        if pos + _HEADER.size > len(data):
-            break
-        size, crc = _HEADER.unpack_from(data, pos)
-        body = data[pos + _HEADER.size : pos + _HEADER.size + size]
-        if size > MAX_RECORD or len(body) != size or zlib.crc32(body) != crc:
-            break
-        try:
-            records.append(json.loads(body))
-        except ValueError:
-            break
-        pos += _HEADER.size + size
-    if pos < len(data) and log is not None:
-        log.warn(
-            "spool {path}: corrupt or truncated tail at byte {offset} of {size} skipped",
-            path=path, offset=pos, size=len(data),
-        )
-    return records, pos
+        return SegmentRead([], [], 0)
+    records, damage = scan(data)
+    return SegmentRead(records, damage, len(data))
+
+
+def segment_paths(directory: str) -> List[Tuple[int, str]]:
+    """The segments in C{directory}, oldest first, as (number, path)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        m = _SEGMENT.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def _valid_accept(record: dict) -> bool:
+    handlers = record.get("handlers")
+    return (
+        isinstance(record.get("seq"), int) and isinstance(record.get("event_id"), str)
+        and isinstance(record.get("event"), str) and isinstance(handlers, list)
+        and all(isinstance(h, str) for h in handlers)
+    )
 
 
 def owed(records: Sequence[dict]) -> "tuple[List[Pending], int]":
     """
     What the records still owe: each accepted event with the handlers that
     have not finished it, in acceptance order; and the next free sequence
-    number.
+    number.  A record that reads but lacks what it needs is skipped.
     """
     next_seq = 1
     accepted: Dict[int, dict] = {}
     done: Dict[int, Set[str]] = {}
     for record in records:
-        seq = record.get("seq", 0)
+        seq = record.get("seq")
+        if not isinstance(seq, int):
+            continue
         next_seq = max(next_seq, seq + 1)
-        if record.get("k") == "accept":
+        kind = record.get("k")
+        if kind == "accept" and _valid_accept(record):
             accepted[seq] = record
-        elif record.get("k") == "done":
+        elif kind == "done":
             done.setdefault(seq, set()).add(str(record.get("handler")))
     pending = []
     for seq in sorted(accepted):
         record = accepted[seq]
         remaining = [h for h in record["handlers"] if h not in done.get(seq, ())]
         if remaining:
-            pending.append(Pending(seq, record["event_id"], remaining, record["event"].encode("utf-8"), record.get("t", 0.0)))
+            t = record.get("t", 0.0)
+            pending.append(Pending(seq, record["event_id"], remaining, record["event"].encode("utf-8"), t if isinstance(t, (int, float)) else 0.0))
     return pending, next_seq
 
 
+def read_spool(directory: str) -> Tuple[List[dict], int, List[Tuple[str, Damage]]]:
+    """Every readable record of the spool in C{directory} (legacy file first), its size, and its damage."""
+    records: List[dict] = []
+    size = 0
+    damage: List[Tuple[str, Damage]] = []
+    paths = [os.path.join(directory, LEGACY_NAME)] + [p for _, p in segment_paths(directory)]
+    for path in paths:
+        read = read_segment(path)
+        records += read.records
+        size += read.size
+        damage += [(path, d) for d in read.damage]
+    return records, size, damage
+
+
 class Spool:
+    """
+    The spool in C{directory}: L{open} once, then L{accept} and L{done} as
+    events come and go, L{sync} before acknowledging, L{close} at the end.
+    """
+
     log = Logger()
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._file: Optional[object] = None
-        self._dirty = False
+    def __init__(self, directory: str, segment_size: int = SEGMENT_SIZE) -> None:
+        self.directory = directory
+        self.segment_size = segment_size
         self.next_seq = 1
+        self._file: Optional[object] = None
+        self._active = 0
+        self._dirty = False
+        #: Per segment on disk, the sequence numbers accepted there, and of
+        #: those the ones still owed; per owed sequence number, the handlers
+        #: not done with it.
+        self._accepted_in: Dict[int, Set[int]] = {}
+        self._owed_in: Dict[int, Set[int]] = {}
+        self._segment_of: Dict[int, int] = {}
+        self._remaining: Dict[int, Set[str]] = {}
+        #: Per segment, the done records it holds for events accepted in
+        #: another segment: written again before it is deleted while that
+        #: other segment is still there, or its events would come back.
+        self._done_in: Dict[int, Set[Tuple[int, str]]] = {}
+
+    @property
+    def path(self) -> str:
+        """The segment being written."""
+        return self._segment_path(self._active)
+
+    def _segment_path(self, number: int) -> str:
+        return os.path.join(self.directory, "events-{:08d}.spool".format(number))
 
     def open(self) -> List[Pending]:
-        """Read what survives from before, compact the file, and open it for appending."""
-        records, _ = read_records(self.path, self.log)
-        pending, self.next_seq = owed(records)
-        # Rewrite with what is still owed, atomically.
-        temporary = self.path + ".new"
-        with open(temporary, "wb") as f:
-            for p in pending:
-                f.write(_record({
-                    "k": "accept", "seq": p.seq, "event_id": p.event_id, "handlers": list(p.handlers),
-                    "event": p.body.decode("utf-8"), "t": p.accepted,
-                }))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
-        self._file = open(self.path, "ab")
+        """
+        Read what survives from before (skipping and saving aside what is
+        damaged), begin a new segment, and return what is still owed.
+        Nothing read is rewritten; segments that owe nothing are deleted.
+        """
+        os.makedirs(self.directory, exist_ok=True)
+        legacy = os.path.join(self.directory, LEGACY_NAME)
+        segments = segment_paths(self.directory)
+        sources = ([(LEGACY, legacy)] if os.path.exists(legacy) else []) + segments
+        accepted_where: Dict[int, int] = {}
+        every: List[dict] = []
+        for number, path in sources:
+            read = read_segment(path)
+            self._report_damage(path, read)
+            for record in read.records:
+                if record.get("k") == "accept" and _valid_accept(record):
+                    accepted_where.setdefault(record["seq"], number)
+            every += read.records
+        pending, self.next_seq = owed(every)
+        self._begin((segments[-1][0] + 1) if segments else 1)
+        kept = {accepted_where[p.seq] for p in pending}
+        for p in pending:
+            if accepted_where[p.seq] == LEGACY:
+                # Carried over: its accept record is written here.
+                self._write_accept(p.seq, p.event_id, p.handlers, p.body, p.accepted)
+                self._note_accept(p.seq, self._active, set(p.handlers))
+        for seq, number in accepted_where.items():
+            if number in kept and number != LEGACY:
+                self._accepted_in.setdefault(number, set()).add(seq)
+        for p in pending:
+            if accepted_where[p.seq] != LEGACY:
+                self._owed_in.setdefault(accepted_where[p.seq], set()).add(p.seq)
+                self._segment_of[p.seq] = accepted_where[p.seq]
+                self._remaining[p.seq] = set(p.handlers)
+        # Done records of events in the segments that stay are written again
+        # here, so that deleting the segments that held them loses nothing.
+        carried = {
+            (record["seq"], str(record.get("handler"))) for record in every
+            if record.get("k") == "done" and accepted_where.get(record.get("seq"), LEGACY) in kept - {LEGACY}
+        }
+        for seq, handler in sorted(carried):
+            self._write_done(seq, handler)
+        self.sync()
+        if os.path.exists(legacy):
+            # What it owed is durable in the new segment now.
+            os.unlink(legacy)
+        for number, _ in segments:
+            if number not in kept:
+                self._unlink(number)
+        sync_folder(self.directory)
         if pending:
-            self.log.info("spool {path}: {count} events still to deliver", path=self.path, count=len(pending))
+            self.log.info("spool {path}: {count} events still to deliver", path=self.directory, count=len(pending))
         return pending
+
+    def _report_damage(self, path: str, read: SegmentRead) -> None:
+        for d in read.damage:
+            if not d.inside:
+                self.log.warn(
+                    "spool {path}: torn tail of {size} bytes at byte {offset} skipped (a write cut short; nothing acknowledged is in it)",
+                    path=path, size=d.end - d.start, offset=d.start,
+                )
+                continue
+            aside = "{}.damaged-{}-{}".format(path, time.strftime("%Y%m%dT%H%M%S"), d.start)
+            with open(path, "rb") as f:
+                f.seek(d.start)
+                chunk = f.read(d.end - d.start)
+            with open(aside, "wb") as f:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            self.log.error(
+                "spool {path}: {size} damaged bytes at bytes {start}-{end} skipped, copied to {aside}; "
+                "{records} readable records kept in this file",
+                path=path, size=d.end - d.start, start=d.start, end=d.end, aside=aside, records=len(read.records),
+            )
+
+    def _begin(self, number: int) -> None:
+        path = self._segment_path(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        self._file = os.fdopen(fd, "ab")
+        self._file.write(SEGMENT_HEADER)  # type: ignore[attr-defined]
+        self._active = number
+        self._dirty = True
+        sync_folder(self.directory)
+
+    def _note_accept(self, seq: int, segment: int, handlers: Set[str]) -> None:
+        self._accepted_in.setdefault(segment, set()).add(seq)
+        self._owed_in.setdefault(segment, set()).add(seq)
+        self._segment_of[seq] = segment
+        self._remaining[seq] = handlers
 
     def accept(self, event_id: str, handlers: Sequence[str], body: bytes) -> int:
         """Record an accepted event; returns its sequence number.  Durable after L{sync}."""
         seq = self.next_seq
         self.next_seq += 1
+        self._roll_if_full()
+        self._write_accept(seq, event_id, handlers, body, round(time.time(), 3))
+        self._note_accept(seq, self._active, set(handlers))
+        return seq
+
+    def _write_accept(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes, accepted: float) -> None:
         self._write({
             "k": "accept", "seq": seq, "event_id": event_id, "handlers": list(handlers),
-            "event": body.decode("utf-8"), "t": round(time.time(), 3),
+            "event": body.decode("utf-8"), "t": accepted,
         })
-        return seq
 
     def done(self, seq: int, handler: str) -> None:
         """Record that C{handler} is finished with event C{seq} (delivered or dead-lettered)."""
+        self._roll_if_full()
+        self._write_done(seq, handler)
+        remaining = self._remaining.get(seq)
+        if remaining is None:
+            return
+        remaining.discard(handler)
+        if remaining:
+            return
+        del self._remaining[seq]
+        segment = self._segment_of.pop(seq)
+        owed_here = self._owed_in.get(segment)
+        if owed_here is not None:
+            owed_here.discard(seq)
+            if not owed_here and segment != self._active:
+                self._delete_segment(segment)
+
+    def _write_done(self, seq: int, handler: str) -> None:
         self._write({"k": "done", "seq": seq, "handler": handler})
+        home = self._segment_of.get(seq)
+        if home is None:
+            home = next((n for n, seqs in self._accepted_in.items() if seq in seqs), None)
+        if home is not None and home != self._active:
+            self._done_in.setdefault(self._active, set()).add((seq, handler))
+
+    def _roll_if_full(self) -> None:
+        if self._file is not None and self._file.tell() >= self.segment_size:  # type: ignore[attr-defined]
+            # The full segment is made durable now; the next sync covers the new one.
+            self._flush_and_fsync()
+            self._file.close()  # type: ignore[attr-defined]
+            previous = self._active
+            self._begin(previous + 1)
+            if not self._owed_in.get(previous):
+                self._delete_segment(previous)
+
+    def _delete_segment(self, number: int) -> None:
+        """
+        A segment that owes nothing goes.  The done records it holds for
+        events of segments that stay are written again first (and made
+        durable), or those events would come back after a restart.
+        """
+        gone = self._accepted_in.pop(number, set())
+        self._owed_in.pop(number, None)
+        carried = sorted(
+            (seq, handler) for seq, handler in self._done_in.pop(number, set())
+            if seq not in gone and any(seq in seqs for seqs in self._accepted_in.values())
+        )
+        for seq, handler in carried:
+            self._write_done(seq, handler)
+        if carried:
+            self._flush_and_fsync()
+        self._unlink(number)
+
+    def _unlink(self, number: int) -> None:
+        try:
+            os.unlink(self._segment_path(number))
+        except FileNotFoundError:
+            pass
 
     def _write(self, record: dict) -> None:
         assert self._file is not None, "spool not open"
         self._file.write(_record(record))  # type: ignore[attr-defined]
         self._dirty = True
 
-    def sync(self) -> None:
-        """Make everything written so far durable."""
-        if self._dirty and self._file is not None:
+    def _flush_and_fsync(self) -> None:
+        if self._file is not None:
             self._file.flush()  # type: ignore[attr-defined]
             os.fsync(self._file.fileno())  # type: ignore[attr-defined]
             self._dirty = False
 
-    def truncate_if_idle(self, limit: int = 4 * 1024 * 1024) -> None:
-        """Nothing is owed: drop the history once it grows past C{limit} bytes."""
-        if self._file is not None and self._file.tell() > limit:  # type: ignore[attr-defined]
-            self.sync()
-            self._file.truncate(0)  # type: ignore[attr-defined]
-            self._file.seek(0)  # type: ignore[attr-defined]
+    def sync(self) -> None:
+        """Make everything written so far durable."""
+        if self._dirty:
+            self._flush_and_fsync()
+
+    def segments(self) -> List[int]:
+        """The segment numbers on disk (for tests and monitoring)."""
+        return [n for n, _ in segment_paths(self.directory)]
 
     def close(self) -> None:
         if self._file is not None:
