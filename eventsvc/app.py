@@ -427,7 +427,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             where = _where("monitor", config)
             from eventsvc.ops.monitor import MonitorService
 
-            MonitorService(top, config.monitor.host, config.monitor.port, reactor, where).setServiceParent(top)
+            MonitorService(top, config.monitor.host, config.monitor.port, reactor, where, config.limits.listen_backlog).setServiceParent(top)
     except TLSFilesError as e:
         raise StartupError(str(e))
     return top
@@ -528,7 +528,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         user=cl.user, password=cl.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
-        tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
+        tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name, listen_backlog=limits.listen_backlog,
     )
 
 
@@ -582,6 +582,7 @@ def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
         ping_max=limits.ping_max,
         write_deadline=limits.write_deadline,
         auth_timeout=limits.auth_timeout,
+        listen_backlog=limits.listen_backlog,
         **kwargs,
     )
 

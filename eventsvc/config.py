@@ -158,6 +158,9 @@ class LimitsConfig:
     ping_max: int = 2
     write_deadline: float = 10.0
     auth_timeout: float = 2.0
+    #: Connections the kernel may queue for each listener before they are
+    #: accepted (a reconnect storm): nats-server gets the system's, 4096.
+    listen_backlog: int = 4096
 
 
 @dataclass(frozen=True)
@@ -543,6 +546,8 @@ def _check(config: Config, path: str) -> None:
         fail("limits", "max_control_line", "must be at least 256, got {}".format(lim.max_control_line))
     if lim.max_subscriptions < 0:
         fail("limits", "max_subscriptions", "must be 0 (no limit) or more, got {}".format(lim.max_subscriptions))
+    if not 1 <= lim.listen_backlog <= 65535:
+        fail("limits", "listen_backlog", "must be between 1 and 65535, got {}".format(lim.listen_backlog))
     if lim.ping_max < 1:
         fail("limits", "ping_max", "must be at least 1, got {}".format(lim.ping_max))
     for key in ("ping_interval", "write_deadline", "auth_timeout"):

@@ -277,7 +277,8 @@ class Spool:
         # here, so that deleting the segments that held them loses nothing.
         carried = {
             (record["seq"], str(record.get("handler"))) for record in every
-            if record.get("k") == "done" and accepted_where.get(record.get("seq"), LEGACY) in kept - {LEGACY}
+            if record.get("k") == "done" and isinstance(record.get("seq"), int)
+            and accepted_where.get(record["seq"], LEGACY) in kept - {LEGACY}
         }
         for seq, handler in sorted(carried):
             self._write_done(seq, handler)

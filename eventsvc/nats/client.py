@@ -115,6 +115,8 @@ class ClientSettings:
         tls_timeout: float = 2.0,
         name: str = "",
         advertise: bool = False,
+        parse_budget: Optional[float] = 0.02,
+        listen_backlog: int = 4096,
     ) -> None:
         #: The listener's name ("service", "gateway"), for logs and monitoring.
         self.name = name
@@ -140,6 +142,12 @@ class ClientSettings:
         #: Whether clients must present a certificate (said in INFO).
         self.tls_verify = tls_verify
         self.tls_timeout = tls_timeout
+        #: Seconds of parsing one read may take before the rest waits a
+        #: reactor turn (None: no bound; see ClientParser.budget).
+        self.parse_budget = parse_budget
+        #: The listening socket's backlog (nats-server leaves the system's,
+        #: 4096 on current Linux, in force; Twisted's default is 50).
+        self.listen_backlog = listen_backlog
 
 
 class HeldOutput:
@@ -204,7 +212,7 @@ class ClientConnection(Protocol):
         self.settings = settings
         self.clock = clock
         self._at_capacity = at_capacity
-        self.parser = ClientParser(self, settings.max_control_line, settings.max_payload)
+        self.parser = ClientParser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
         self.subs: Dict[bytes, Subscription] = {}
         self.cid = 0
         self.out: list = []
@@ -264,6 +272,7 @@ class ClientConnection(Protocol):
         self._deadline_timer: Any = None
         self._stall_timer: Any = None
         self._stalled_producers: list = []
+        self._parse_call: Any = None
         self.peer = PeerInfo("", 0)
 
     # -- connection lifecycle ----------------------------------------------
@@ -397,14 +406,15 @@ class ClientConnection(Protocol):
                 detail=" ({})".format(self.close_detail) if self.close_detail else "",
             )
         self.closed = True
-        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer):
+        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer, self._parse_call):
             _cancel(timer)
         self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
+        self._parse_call = None
         self._release_producers()
         self._held.clear()
-        for sub in self.subs.values():
-            self.broker.remove_subscription(sub)
-        self.subs.clear()
+        if self.subs:
+            self.broker.remove_subscriptions(list(self.subs.values()))
+            self.subs.clear()
         del self.out[:]
         self.broker.unregister(self)
 
@@ -436,6 +446,24 @@ class ClientConnection(Protocol):
         self.last_activity = self.clock.seconds()
         try:
             self.parser.feed(data)
+        except ProtocolViolation as violation:
+            self.close(violation.error, _violation_reason(violation.error), violation.detail)
+        self.broker.flush(self)
+
+    def parse_later(self) -> None:
+        """The parser used its budget for this read: read nothing more until it has gone on."""
+        if self._parse_call is None and not self.closed:
+            self.transport.pauseProducing()
+            self._parse_call = self.clock.callLater(0, self._parse_more)
+
+    def _parse_more(self) -> None:
+        self._parse_call = None
+        if self.closed:
+            return
+        if self._stall_timer is None and not self._suspended:
+            self.transport.resumeProducing()
+        try:
+            self.parser.resume()
         except ProtocolViolation as violation:
             self.close(violation.error, _violation_reason(violation.error), violation.detail)
         self.broker.flush(self)

@@ -84,7 +84,9 @@ class ListenerService(Service):
 
     def startService(self) -> None:
         try:
-            self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.host)
+            self.listening = self.reactor.listenTCP(
+                self.port, self.factory, backlog=self.factory.settings.listen_backlog, interface=self.host
+            )
         except CannotListenError as e:
             raise ListenError(
                 "cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError)

@@ -20,6 +20,7 @@ without waiting for a newline.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any, List, Optional, Protocol
 
 UNKNOWN_OPERATION = "Unknown Protocol Operation"
@@ -93,6 +94,13 @@ class IClientOperations(Protocol):
 
     def op_connect(self, arg: bytes) -> bool:
         """Returns True to suspend parsing until L{ClientParser.resume}."""
+
+    def parse_later(self) -> None:
+        """
+        The feed used up its budget and suspended itself: arrange for
+        L{ClientParser.resume} on a later reactor turn (and read nothing more
+        meanwhile).
+        """
 
     def op_info(self, arg: bytes) -> None:
         ...
@@ -215,10 +223,15 @@ class ClientParser(_Buffered):
         handler: IClientOperations,
         max_control_line: int = 4096,
         max_payload: int = 1024 * 1024,
+        budget: Optional[float] = None,
     ) -> None:
         self._handler = handler
         self.max_control_line = max_control_line
         self.max_payload = max_payload
+        #: Seconds of work one feed may do before the rest of the input
+        #: waits for the next reactor turn (C{handler.parse_later}), so one
+        #: client's burst never holds up everyone else; None: no bound.
+        self.budget = budget
         self.awaiting_connect = False
         #: While true, bytes are kept but not parsed (see L{resume}).
         self.suspended = False
@@ -262,6 +275,10 @@ class ClientParser(_Buffered):
         find = buf.find
         startswith = buf.startswith
         msgs = nbytes = 0
+        # Every 128 operations, the time spent is checked against the budget.
+        budget = self.budget
+        ops = 0
+        started = perf_counter() if budget is not None else 0.0
         # The previous PUB line (never matches until a PUB is parsed) and
         # what it said.
         last = b"\n\n"
@@ -274,6 +291,13 @@ class ClientParser(_Buffered):
         batch_bytes = 0
         try:
             while pos < n:
+                ops += 1
+                if not ops & 127 and budget is not None and perf_counter() - started > budget:
+                    # Enough for this turn: the rest waits for the next one.
+                    self.suspended = True
+                    self._wait(buf, pos, 0)
+                    handler.parse_later()
+                    break
                 if startswith(last, pos):
                     nl = pos + last_nl
                 else:

@@ -357,6 +357,7 @@ class RouteManager(Service):
         tls_server: Any = None,
         tls_client: Any = None,
         tls_name: str = "",
+        listen_backlog: int = 4096,
         no_advertise: bool = False,
         imports: Any = None,
         exports: Any = None,
@@ -389,6 +390,7 @@ class RouteManager(Service):
         self.tls_server = tls_server
         self.tls_client = tls_client
         self.tls_name = tls_name
+        self.listen_backlog = listen_backlog
         self.routes: Dict[str, RouteConnection] = {}
         self.listening: Any = None
         self._attempts: Dict[str, int] = {}
@@ -461,7 +463,7 @@ class RouteManager(Service):
                 if self.tls_server is not None:
                     self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.tls_server, interface=self.host)
                 else:
-                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), interface=self.host)
+                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.listen_backlog, interface=self.host)
             except CannotListenError as e:
                 raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.host, self.port, e.socketError))
             self.port = self.listening.getHost().port

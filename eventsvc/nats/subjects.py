@@ -5,9 +5,10 @@ The index is a token trie in the spirit of nats-server's sublist: each level
 maps literal tokens to child nodes and keeps separate children for the ``*``
 and ``>`` wildcards, so a match walks at most three branches per token.  A
 bounded match cache keeps the result for recently published subjects; a
-change to the index only evicts the cached subjects that the changed
-subscription matches, so churn on ``_INBOX.*`` does not wipe the cache for
-everything else.
+change to a literal subscription evicts only its own subject, so churn on
+``_INBOX.<id>`` inboxes leaves the cache alone, and a change to a wildcard
+one empties the cache at once (C speed), so no change ever costs a scan of
+the cache in Python.
 
 Subjects are ``bytes`` throughout, as they come off the wire.  This module
 knows nothing of connections or of the protocol: a subscription's ``owner``
@@ -205,6 +206,29 @@ class Sublist:
         Remove C{sub}; prune the nodes it leaves empty.  Returns whether it
         was present.
         """
+        if not self._remove(sub):
+            return False
+        self._changed(sub.subject)
+        return True
+
+    def remove_many(self, subs: List[Subscription]) -> List[Subscription]:
+        """
+        Remove every one of C{subs} (a closing connection's), with one cache
+        invalidation for all of them; returns those that were present.
+        """
+        removed = [sub for sub in subs if self._remove(sub)]
+        if removed:
+            self.genid += 1
+            if self.on_change is not None:
+                self.on_change()
+            cache = self._cache
+            for sub in removed:
+                if not cache:
+                    break
+                self._evict(sub.subject)
+        return removed
+
+    def _remove(self, sub: Subscription) -> bool:
         path: List[tuple] = []
         level = self._root
         node: Optional[_Node] = None
@@ -243,24 +267,28 @@ class Sublist:
                 level.fwc = None
             else:
                 del level.nodes[token]
-        self._changed(sub.subject)
         return True
 
     def _changed(self, pattern: bytes) -> None:
         self.genid += 1
         if self.on_change is not None:
             self.on_change()
-        cache = self._cache
-        if not cache:
-            return
+        if self._cache:
+            self._evict(pattern)
+
+    def _evict(self, pattern: bytes) -> None:
+        """Drop the cached results a change to C{pattern} may have made wrong."""
         tokens = pattern.split(b".")
         if PWC not in tokens and FWC not in tokens:
             # A literal subscription matches one subject only: O(1).
-            cache.pop(pattern, None)
+            self._cache.pop(pattern, None)
             return
-        stale = [s for s in cache if subject_matches(pattern, s)]
-        for s in stale:
-            del cache[s]
+        # A wildcard may match any cached subject.  Finding which ones cost
+        # a split and a compare per entry (a disconnect of 300 deep
+        # wildcards stalled everyone for seconds); emptying the cache costs
+        # one C-level clear, and each subject is matched again once, when it
+        # is next published to.
+        self._cache.clear()
 
     def match(self, subject: bytes) -> SublistResult:
         """

@@ -479,10 +479,10 @@ class MonitorService(Service):
 
     log = Logger()
 
-    def __init__(self, parent_service: Any, host: str, port: int, reactor: Any, where: str) -> None:
+    def __init__(self, parent_service: Any, host: str, port: int, reactor: Any, where: str, backlog: int = 50) -> None:
         self.setName("monitor")
         self.monitor = Monitor(parent_service, reactor, host, port)
-        self.host, self.port, self.reactor, self.where = host, port, reactor, where
+        self.host, self.port, self.reactor, self.where, self.backlog = host, port, reactor, where, backlog
         self.listening: Optional[Any] = None
         root = resource.Resource()
         m = self.monitor
@@ -499,7 +499,7 @@ class MonitorService(Service):
 
     def startService(self) -> None:
         try:
-            self.listening = self.reactor.listenTCP(self.port, self.site, interface=self.host)
+            self.listening = self.reactor.listenTCP(self.port, self.site, backlog=self.backlog, interface=self.host)
         except CannotListenError as e:
             raise ListenError("cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError))
         self.monitor.http_port = self.listening.getHost().port

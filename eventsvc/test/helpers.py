@@ -50,6 +50,9 @@ class Harness:
     def __init__(self, **settings: Any) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
+        # No time budget unless a test asks: real time would make a big
+        # feed yield (or not) by how fast the machine is.
+        settings.setdefault("parse_budget", None)
         self.settings = ClientSettings(**settings)
         self.factory = ClientFactory(self.broker, self.settings, self.clock)
         self.clients: List[FakeClient] = []

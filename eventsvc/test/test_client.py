@@ -759,3 +759,46 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(slow.closed)
         h.clock.advance(2)
         self.assertTrue(slow.aborted)
+
+
+class ParseBudgetTests(SynchronousTestCase):
+    """One client's burst yields to others after its time budget, in order and without loss."""
+
+    def test_burst_is_finished_on_later_turns(self) -> None:
+        h = Harness(parse_budget=0.0)
+        sub = h.connect()
+        sub.send(b"SUB burst 1\r\n")
+        pub = h.connect()
+        pub.send(b"".join(b"PUB burst %d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(1000)) + b"PING\r\n")
+        first = sub.received()
+        # The first turn stopped after 127 operations (the budget is checked every 128).
+        self.assertEqual(first.count(b"MSG burst"), 127)
+        self.assertTrue(pub.proto.transport.producerState == "paused")
+        self.assertEqual(pub.received(), b"")
+        for _ in range(20):
+            h.clock.advance(0)
+        rest = sub.received()
+        got = (first + rest).split(b"\r\n")
+        payloads = [got[i + 1] for i, line in enumerate(got) if line.startswith(b"MSG burst")]
+        self.assertEqual(payloads, [b"%d" % i for i in range(1000)])
+        self.assertEqual(pub.received(), b"PONG\r\n")
+        self.assertEqual(pub.proto.transport.producerState, "producing")
+
+    def test_input_while_yielding_is_kept_in_order(self) -> None:
+        h = Harness(parse_budget=0.0)
+        c = h.connect(b'CONNECT {"verbose":false}\r\n')
+        c.send(b"".join(b"SUB s.%d %d\r\n" % (i, i) for i in range(300)))
+        c.send(b"PING\r\n")
+        self.assertEqual(c.received(), b"")
+        for _ in range(10):
+            h.clock.advance(0)
+        self.assertEqual(c.received(), b"PONG\r\n")
+        self.assertEqual(len(c.proto.subs), 300)
+
+    def test_close_while_yielding(self) -> None:
+        h = Harness(parse_budget=0.0)
+        c = h.connect()
+        c.send(b"SUB a 1\r\n" * 200 + b"BOGUS\r\n")
+        c.proto.connectionLost(None)
+        h.clock.advance(0)
+        self.assertEqual(h.clock.getDelayedCalls(), [])

@@ -89,21 +89,43 @@ class SublistTests(SynchronousTestCase):
         self.assertTrue(sl._root.empty())
         self.assertFalse(sl.remove(all_subs[0]))
 
-    def test_cache_invalidated_selectively(self) -> None:
+    def test_cache_invalidation(self) -> None:
         sl = Sublist()
         a = sub(b"a.x")
         sl.insert(a)
         sl.match(b"a.x")
         sl.match(b"b.x")
         self.assertEqual(set(sl._cache), {b"a.x", b"b.x"})
+        # A literal subscription evicts its own subject only.
+        lit = sub(b"b.x")
+        sl.insert(lit)
+        self.assertEqual(set(sl._cache), {b"a.x"})
+        sl.remove(lit)
+        sl.match(b"b.x")
+        # A wildcard one empties the cache (no Python scan of it), and every
+        # answer after it is right.
         b = sub(b"b.*")
         sl.insert(b)
-        # Only the subjects the new subscription matches were evicted.
-        self.assertEqual(set(sl._cache), {b"a.x"})
+        self.assertEqual(set(sl._cache), set())
         self.assertEqual(sl.match(b"b.x").plain, [b])
         sl.remove(b)
         self.assertEqual(sl.match(b"b.x").plain, [])
         self.assertEqual(sl.match(b"a.x").plain, [a])
+
+    def test_remove_many(self) -> None:
+        sl = Sublist()
+        subs = [sub(b"m.%d" % i) for i in range(50)] + [sub(b"m.*"), sub(b">")]
+        for s_ in subs:
+            sl.insert(s_)
+        sl.match(b"m.3")
+        changes = []
+        sl.on_change = lambda: changes.append(1)
+        removed = sl.remove_many(subs[::2] + [sub(b"not.there")])
+        self.assertEqual(removed, subs[::2])
+        self.assertEqual(len(changes), 1)
+        self.assertEqual(sl.count, len(subs) - len(removed))
+        self.assertEqual(set(sl.match(b"m.3").plain), {subs[3], subs[51]})
+        self.assertEqual(sl.match(b"m.4").plain, [subs[51]])
 
     def test_cache_bounded(self) -> None:
         sl = Sublist(cache_size=100)

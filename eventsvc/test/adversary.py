@@ -1,0 +1,217 @@
+"""
+Attacks on a running server, and a probe that measures what everyone else
+feels meanwhile: the round trip of a PING from an innocent client.
+
+Each attack is bounded in count and time and talks only to 127.0.0.1.  Used
+by test_adversarial (eventsvc against its own bounds) and usable by hand
+against nats-server for comparison:
+
+    python -m eventsvc.test.adversary 4222 deep_wildcards
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def connect(port: int, connect: bytes = b'CONNECT {"verbose":false,"pedantic":false}\r\n', timeout: float = 10) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    read_line(s)
+    s.sendall(connect)
+    return s
+
+
+def read_line(s: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError("closed after {!r}".format(data))
+        data += chunk
+    return data
+
+
+def ping(s: socket.socket) -> None:
+    """PING and wait for the PONG (skipping whatever else comes)."""
+    s.sendall(b"PING\r\n")
+    data = b""
+    while b"PONG\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+
+
+class Probe:
+    """An innocent client pinging every C{interval} seconds, noting each round trip."""
+
+    def __init__(self, port: int, interval: float = 0.01) -> None:
+        self.port = port
+        self.interval = interval
+        self.rtts: List[float] = []
+        self.errors: List[str] = []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Probe":
+        self._sock = connect(self.port)
+        ping(self._sock)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                ping(self._sock)
+            except OSError as e:
+                self.errors.append(str(e))
+                return
+            self.rtts.append(time.perf_counter() - started)
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self._sock.close()
+
+    @property
+    def worst(self) -> float:
+        return max(self.rtts) if self.rtts else float("inf")
+
+    def summary(self) -> str:
+        if not self.rtts:
+            return "no round trips ({})".format("; ".join(self.errors) or "none measured")
+        ordered = sorted(self.rtts)
+        return "{} round trips, p50 {:.1f} ms, p99 {:.1f} ms, worst {:.1f} ms".format(
+            len(ordered), ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000, ordered[-1] * 1000)
+
+
+def _deep(i: int, depth: int = 40) -> bytes:
+    # A deep wildcard subject: a.*.b.*. ... ending in >.
+    return b".".join(b"t%d" % (i % 7) if k % 2 else b"*" for k in range(depth)) + b".>"
+
+
+def deep_wildcards(port: int) -> None:
+    """300 deep wildcard SUBs, publishes to 1,100 distinct subjects, then a disconnect."""
+    attacker = connect(port)
+    attacker.sendall(b"".join(b"SUB %s %d\r\n" % (_deep(i), i) for i in range(300)))
+    ping(attacker)
+    pub = connect(port)
+    subjects = [b".".join(b"t%d" % ((i + k) % 7) for k in range(45)) for i in range(1100)]
+    pub.sendall(b"".join(b"PUB %s 1\r\nx\r\n" % s for s in subjects))
+    ping(pub)
+    attacker.close()
+    ping(pub)
+    pub.close()
+
+
+def wildcard_churn(port: int, seconds: float = 2.0) -> None:
+    """SUB and UNSUB of one deep wildcard, over and over, while another publishes to many subjects."""
+    attacker = connect(port)
+    pub = connect(port)
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        attacker.sendall(b"".join(b"SUB %s c%d\r\nUNSUB c%d\r\n" % (_deep(n + i), n + i, n + i) for i in range(50)))
+        pub.sendall(b"".join(b"PUB s.%d.x 1\r\nx\r\n" % ((n + i) % 900) for i in range(50)))
+        n += 50
+        ping(attacker)
+    attacker.close()
+    pub.close()
+
+
+def many_subs(port: int, count: int = 10000) -> None:
+    """10,000 SUBs in one write on one connection, then a disconnect."""
+    attacker = connect(port)
+    attacker.sendall(b"".join(b"SUB many.%d.x %d\r\n" % (i, i) for i in range(count)))
+    ping(attacker)
+    attacker.close()
+
+
+def long_subjects(port: int, count: int = 2000, tokens: int = 1000) -> None:
+    """PUBs to distinct 1,000-token subjects (near the control-line limit)."""
+    pub = connect(port)
+    sub = connect(port)
+    sub.sendall(b"SUB a.> 1\r\n")
+    ping(sub)
+    batch = []
+    for i in range(count):
+        subject = b"a." + b".".join(b"%d" % ((i * 31 + k) % 10) for k in range(tokens - 1))
+        batch.append(b"PUB %s 1\r\nx\r\n" % subject)
+        if len(batch) == 100:
+            pub.sendall(b"".join(batch))
+            batch = []
+    pub.sendall(b"".join(batch))
+    ping(pub)
+    pub.close()
+    sub.close()
+
+
+def connection_burst(port: int, count: int = 500) -> float:
+    """C{count} connections opened at once; returns the seconds until every one had its INFO."""
+    started = time.monotonic()
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    greeted = 0
+    for s in socks:
+        s.setblocking(True)
+        s.settimeout(30)
+        try:
+            if s.recv(5).startswith(b"INFO"):
+                greeted += 1
+        except OSError:
+            pass
+    took = time.monotonic() - started
+    for s in socks:
+        s.close()
+    if greeted != count:
+        raise AssertionError("{} of {} connections greeted".format(greeted, count))
+    return took
+
+
+def json_bomb(port: int, attempts: int = 50, depth: int = 2000) -> None:
+    """CONNECTs of deeply nested JSON, again and again."""
+    bomb = b"CONNECT " + b"[" * depth + b"]" * depth + b"\r\n"
+    for _ in range(attempts):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        read_line(s)
+        s.sendall(bomb)
+        try:
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        s.close()
+
+
+ATTACKS: Dict[str, Callable[[int], object]] = {
+    f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb)
+}
+
+
+def main() -> None:
+    port, name = int(sys.argv[1]), sys.argv[2]
+    with Probe(port) as probe:
+        started = time.monotonic()
+        result = ATTACKS[name](port)
+        took = time.monotonic() - started
+    print("{}: {:.2f}s{}; probe: {}".format(name, took, " -> {:.2f}".format(result) if isinstance(result, float) else "", probe.summary()))
+
+
+if __name__ == "__main__":
+    main()
