@@ -664,11 +664,8 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
     agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
     chain: List[Any] = [health.authenticator]
     if gw.identities:
-        # Each its own permissions; a list it does not set is the agents'.
         chain.append(NamedIdentities([
-            (i.name, i.token, i.user, i.password, Permissions(**{
-                k: list(getattr(i, k) if getattr(i, k) is not None else getattr(gw.permissions, k)) for k in keys
-            }))
+            (i.name, i.token, i.user, i.password, Permissions(**identity_permissions(i, gw.permissions)))
             for i in gw.identities
         ]))
     tokens = list(gw.tokens)
@@ -694,6 +691,28 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
         except ValueError as e:
             raise StartupError("{}[gateway] python_authenticator: {}".format(_in(config), e))
     return ChainAuthenticator(chain)
+
+
+def identity_permissions(identity: Any, agents: Any) -> Dict[str, List[str]]:
+    """
+    A named identity's lists.  Per direction (publish, subscribe) the two
+    lists go together: an identity that sets neither takes the agents'
+    pair ([gateway.permissions]), one that sets either has its own (the
+    other empty).  With private_inbox it may also subscribe to, and ask for
+    replies on, _INBOX.<name>.>.
+    """
+    out: Dict[str, List[str]] = {}
+    for direction in ("publish", "subscribe"):
+        allow, deny = direction + "_allow", direction + "_deny"
+        own = getattr(identity, allow) is not None or getattr(identity, deny) is not None
+        if direction == "subscribe" and identity.private_inbox:
+            own = True
+        source = identity if own else agents
+        out[allow] = list(getattr(source, allow) or ())
+        out[deny] = list(getattr(source, deny) or ())
+    if identity.private_inbox:
+        out["subscribe_allow"].append("_INBOX.{}.>".format(identity.name))
+    return out
 
 
 def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:

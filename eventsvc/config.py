@@ -174,12 +174,18 @@ class FrontendTLSConfig:
 
 @dataclass(frozen=True)
 class PermissionsConfig:
-    """What an authenticated agent may do (defaults: the Go gateway's, minus ">")."""
+    """
+    What an authenticated agent may do.  By default it publishes Habitat
+    events and nothing else: no subscriptions, so no one else's replies
+    (the Go gateway also gave _INBOX.> and, by mistake, >).  Each direction's
+    allow and deny lists are a pair: a patch that sets one of them gets an
+    empty other, not the default.
+    """
 
-    publish_allow: Tuple[str, ...] = ("habitat.event.*", "_INBOX.>")
+    publish_allow: Tuple[str, ...] = ("habitat.event.*",)
     publish_deny: Tuple[str, ...] = ()
-    subscribe_allow: Tuple[str, ...] = ("_INBOX.>",)
-    subscribe_deny: Tuple[str, ...] = ()
+    subscribe_allow: Tuple[str, ...] = ()
+    subscribe_deny: Tuple[str, ...] = (">",)
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,9 @@ class IdentityConfig:
     publish_deny: Optional[Tuple[str, ...]] = None
     subscribe_allow: Optional[Tuple[str, ...]] = None
     subscribe_deny: Optional[Tuple[str, ...]] = None
+    #: Its own inbox: it may subscribe to _INBOX.<name>.> (its client sets
+    #: that inbox prefix) and make requests with replies there.
+    private_inbox: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,10 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
             # says enabled = false (absent sections keep their defaults).
             value = dict(value, enabled=True)
         sections[name] = _section(path, name, cls, value)
+    if "gateway" in patch and isinstance(patch["gateway"].get("permissions"), dict):
+        sections["gateway"] = replace(
+            sections["gateway"], permissions=_pair_lists(sections["gateway"].permissions, patch["gateway"]["permissions"])
+        )
     config = Config(source=path, **sections)
     _check(config, path)
     if config.tls.enabled:
@@ -312,6 +325,20 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         ),
     )
     return config
+
+
+def _pair_lists(permissions: "PermissionsConfig", written: Mapping[str, Any]) -> "PermissionsConfig":
+    """
+    Allow and deny lists go in pairs: a patch that writes one list of a
+    direction gets an empty other one, not the default (subscribe_allow
+    = ["x.>"] must not keep the default subscribe_deny = [">"]).
+    """
+    changes: Dict[str, Tuple[str, ...]] = {}
+    for direction in ("publish", "subscribe"):
+        allow, deny = direction + "_allow", direction + "_deny"
+        if (allow in written) != (deny in written):
+            changes[deny if allow in written else allow] = ()
+    return replace(permissions, **changes)
 
 
 def _field_names(cls: type) -> "set[str]":
@@ -495,6 +522,8 @@ def _check(config: Config, path: str) -> None:
             for key in ("token", "password"):
                 if not _valid_secret(getattr(ident, key)):
                     fail("gateway.identities", key, "{}: a sha256: entry needs 64 hex digits".format(where))
+            if ident.private_inbox and any(c in ident.name for c in ".*> \t\r\n"):
+                fail("gateway.identities", "private_inbox", "{}: the name becomes the inbox _INBOX.<name>: use a name without dots, wildcards or spaces".format(where))
             for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
                 for subject in getattr(ident, key) or ():
                     if not _valid_subject(subject):

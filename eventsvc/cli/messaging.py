@@ -17,6 +17,7 @@ from typing import List, Optional
 from eventsvc import wirejson
 from eventsvc.cli import wire
 from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
+from eventsvc.security.permissions import health_inbox
 
 
 def publish(options: argparse.Namespace) -> int:
@@ -145,8 +146,10 @@ def health_check(options: argparse.Namespace) -> int:
     try:
         conn = wire.connect(who, options.timeout, "eventsvc-health-check")
         try:
-            subject = _echo(conn)
-            status = wire.decode_object(wire.request(conn, "healthcheck.status." + conn.info.get("server_id", ""), b"").payload, "the status")
+            inbox = health_inbox(token)
+            subject = _echo(conn, inbox)
+            answer = wire.request(conn, "healthcheck.status." + conn.info.get("server_id", ""), b"", inbox_prefix=inbox)
+            status = wire.decode_object(answer.payload, "the status")
         finally:
             conn.close()
     except (Failed, OSError) as e:
@@ -157,7 +160,7 @@ def health_check(options: argparse.Namespace) -> int:
     return say("healthy: gateway {}:{} echoed a request on {} in {:.1f} ms".format(host, port, subject, elapsed), EX_OK)
 
 
-def _echo(conn: wire.Connection) -> str:
+def _echo(conn: wire.Connection, inbox_prefix: str) -> str:
     """
     Answer our own request through the gateway: a request/reply echo, as
     the Go gateway's health check.  Returns the subject it used.
@@ -166,7 +169,7 @@ def _echo(conn: wire.Connection) -> str:
     payload = secrets.token_hex(8).encode()
     conn.send(b"SUB %s 1\r\nPING\r\n" % subject.encode())
     conn.pong()
-    inbox = "_INBOX." + secrets.token_hex(8)
+    inbox = inbox_prefix + "." + secrets.token_hex(8)
     conn.send(b"SUB %s 2\r\nPUB %s %s %d\r\n%s\r\n" % (inbox.encode(), subject.encode(), inbox.encode(), len(payload), payload))
     while True:
         message = conn.next_message()

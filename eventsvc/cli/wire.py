@@ -247,9 +247,9 @@ def connect(who: Identity, timeout: float, name: str) -> Connection:
     return conn
 
 
-def request(conn: Connection, subject: str, payload: bytes, headers: Optional[bytes] = None) -> Message:
+def request(conn: Connection, subject: str, payload: bytes, headers: Optional[bytes] = None, inbox_prefix: str = "_INBOX") -> Message:
     """Publish C{payload} on C{subject} with a fresh inbox for the reply, and wait for it."""
-    inbox = "_INBOX." + secrets.token_hex(11)
+    inbox = inbox_prefix + "." + secrets.token_hex(11)
     sid = b"r" + secrets.token_hex(3).encode()
     out = b"SUB %s %s\r\nUNSUB %s 1\r\n" % (inbox.encode(), sid, sid)
     if headers:

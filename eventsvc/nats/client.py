@@ -474,15 +474,24 @@ class ClientConnection(Protocol):
         if not self.dirty:
             self.broker.mark_dirty(self)
 
-    def _admit(self, subject: bytes, size: int) -> bool:
+    def _admit(self, subject: bytes, size: int, reply: Optional[bytes] = None) -> bool:
         """
         The checks a non-plain connection's publish goes through, in
         nats-server's order; False when it must not be delivered.
         """
         self.in_msgs += 1
         self.in_bytes += size
-        if self.permissions is not None and not self.permissions.may_publish(subject):
+        permissions = self.permissions
+        if permissions is not None and not permissions.may_publish(subject):
             self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
+            return False
+        if reply is not None and permissions is not None and not permissions.may_subscribe(reply, None):
+            # A reply subject it could not subscribe to can only steer
+            # someone's answer elsewhere (a forged reply): refused.  (nats-
+            # server does not check; its error has the same prefix, which
+            # clients treat as not fatal.)
+            self.send(err('Permissions Violation for Publish to "%s" with reply "%s"' % (
+                subject.decode("utf-8", "replace"), reply.decode("utf-8", "replace"))))
             return False
         if self.pedantic and not valid_literal_subject(subject):
             # Reported, and still delivered, as nats-server does.
@@ -492,14 +501,14 @@ class ClientConnection(Protocol):
         return True
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
-        if self._admit(subject, size):
+        if self._admit(subject, size, reply):
             if not self.broker.deliver(self, subject, reply, size, tail) and reply is not None:
                 self.op_no_responders(reply)
 
     def op_hpub(self, subject: bytes, reply: Optional[bytes], hdr_len: int, total: int, body: bytes) -> None:
         if not self.headers:
             raise ProtocolViolation(None, "HPUB without headers support")
-        if self._admit(subject, total):
+        if self._admit(subject, total, reply):
             if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None:
                 self.op_no_responders(reply)
 
@@ -587,9 +596,11 @@ class ClientConnection(Protocol):
         self.client_version = options.get("version") or ""
         self._update_plain()
         authenticator = self.settings.authenticator
-        if authenticator is None or self.connect_accepted:
+        if authenticator is None or (self.connect_accepted and _credentials(options) == _credentials(self.connect_options)):
             self._connect_accepted()
             return False
+        # The first CONNECT, or a later one with other credentials: they are
+        # checked (nats-server closes on a bad token in a second CONNECT).
         self.connect_options = options
         d = maybeDeferred(authenticator.authenticate, options, self.peer)
         d.addCallback(settle)
@@ -813,6 +824,12 @@ _VIOLATION_REASONS = {
     BAD_PROTOCOL: "Bad Client Protocol Version",
     NO_RESPONDERS_NEEDS_HEADERS: "No Responders Requires Headers",
 }
+
+
+def _credentials(options: Optional[Dict[str, Any]]) -> tuple:
+    if not options:
+        return ()
+    return tuple(options.get(k) for k in ("auth_token", "user", "pass", "jwt", "nkey", "sig"))
 
 
 def _violation_reason(error: Optional[str]) -> str:

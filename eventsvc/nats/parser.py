@@ -163,6 +163,11 @@ def _plausible(partial: bytes) -> bool:
     return False
 
 
+def _fields(line: bytes) -> List[bytes]:
+    """A PUB or HPUB line's arguments: split at runs of spaces and tabs only (nats-server's rule)."""
+    return [a for a in line.replace(b"\t", b" ").split(b" ") if a]
+
+
 def _parse_size(token: bytes) -> int:
     """
     A size as nats-server reads one: at most nine ASCII digits, else -1.
@@ -332,6 +337,10 @@ class ClientParser(_Buffered):
                     if nl - start > mcl and (nl - start > mcl + 1 or buf[nl - 1] != 13):
                         raise ProtocolViolation(MAX_CONTROL_LINE)
                     args = buf[start:nl].split()
+                    if find(b"\r", start, nl - 1) >= 0:
+                        # A CR inside the line is part of a token in
+                        # nats-server's PUB, not a separator.
+                        args = _fields(buf[start : nl - 1 if buf[nl - 1] == 13 else nl])
                     nargs = len(args)
                     if nargs == 2:
                         subject, szb = args
@@ -361,8 +370,9 @@ class ClientParser(_Buffered):
                     tail = szb + b"\r\n" + buf[nl + 1 : end]
                 pos = end
                 if plain:
-                    if may_publish is not None and not may_publish(subject):
-                        # Refused: the handler says so, in order.
+                    if may_publish is not None and (reply is not None or not may_publish(subject)):
+                        # Refused, or a request whose reply subject must be
+                        # checked too: the handler does it, in order.
                         if batch:
                             publish_batch(handler, batch_subject, batch, batch_bytes)
                             batch = []
@@ -481,7 +491,7 @@ class ClientParser(_Buffered):
         raise ProtocolViolation(None, "client sent -ERR")
 
     def _hpub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = _fields(buf[start:eol])
         if len(args) == 3:
             subject, hdb, szb = args
             reply = None

@@ -26,7 +26,7 @@ from eventsvc import wirejson
 from eventsvc.dotted import load_object, settle
 from eventsvc.files import FileLock, write_atomic
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, IPermissions, PeerInfo
-from eventsvc.security.permissions import HEALTH_CHECK, Permissions
+from eventsvc.security.permissions import Permissions, health_check_permissions
 
 HASHED = "sha256:"
 
@@ -272,13 +272,13 @@ class ChainAuthenticator:
 class HealthToken:
     """
     A fresh token per start, written to C{path} with mode 0600: it lets the
-    local health check use C{healthcheck.>} and C{_INBOX.>} and nothing else.
+    local health check use C{healthcheck.>} and its own inbox and nothing else.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.token = secrets.token_urlsafe(32)
-        self.authenticator = TokenAuthenticator([self.token], Permissions(**HEALTH_CHECK), name="health-check")
+        self.authenticator = TokenAuthenticator([self.token], Permissions(**health_check_permissions(self.token)), name="health-check")
         self._lock = FileLock(path + ".lock")
 
     def write(self) -> None:

@@ -13,7 +13,8 @@ dict lookup.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+import hashlib
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -99,10 +100,20 @@ class Permissions:
         )
 
 
-#: What an authenticated agent may do at the gateway by default.
-AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*", "_INBOX.>"], subscribe_allow=["_INBOX.>"])
+#: What an authenticated agent may do at the gateway by default: publish
+#: Habitat events, and nothing else (no subscriptions, so no one's replies).
+AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*"], subscribe_deny=[">"])
 
-#: The health check's identity: its own subjects only.
-HEALTH_CHECK = dict(
-    publish_allow=["healthcheck.>", "_INBOX.>"], subscribe_allow=["healthcheck.>", "_INBOX.>"]
-)
+
+def health_inbox(token: str) -> str:
+    """
+    The health check's own inbox prefix, derived from the per-start token
+    (which only the check and the gateway know): no other inbox is open to it.
+    """
+    return "_INBOX.hc" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:24]
+
+
+def health_check_permissions(token: str) -> Dict[str, List[str]]:
+    """The health check's identity: healthcheck.> and its own inbox, nothing else."""
+    inbox = health_inbox(token) + ".>"
+    return dict(publish_allow=["healthcheck.>", inbox], subscribe_allow=["healthcheck.>", inbox])

@@ -164,7 +164,25 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(c.gateway.health_token_file, "/etc/eventsvc/gateway-health.token")
         self.assertEqual(c.gateway.frontend_tls[0].cert_path, "/etc/eventsvc/c/a.crt")
         self.assertEqual(c.gateway.frontend_tls[0].key_path, "/k/a.key")
-        self.assertEqual(c.gateway.permissions.subscribe_allow, ("_INBOX.>",))
+        # Agents subscribe to nothing by default (no one's replies).
+        self.assertEqual(c.gateway.permissions.subscribe_allow, ())
+        self.assertEqual(c.gateway.permissions.subscribe_deny, (">",))
+        self.assertEqual(c.gateway.permissions.publish_allow, ("habitat.event.*",))
+
+    def test_permission_lists_go_in_pairs(self) -> None:
+        base = '[gateway]\ndisable_frontend_tls = true\ntokens = ["t"]\n[gateway.permissions]\n'
+        c = config.parse(base + 'subscribe_allow = ["status.>"]\n')
+        # Writing the allow list drops the default deny-everything, not the other way round.
+        self.assertEqual((c.gateway.permissions.subscribe_allow, c.gateway.permissions.subscribe_deny), (("status.>",), ()))
+        c = config.parse(base + 'publish_deny = ["habitat.event.secret"]\n')
+        self.assertEqual((c.gateway.permissions.publish_allow, c.gateway.permissions.publish_deny), ((), ("habitat.event.secret",)))
+        self.assertEqual(c.gateway.permissions.subscribe_deny, (">",))
+
+    def test_private_inbox_needs_a_plain_name(self) -> None:
+        self.assertConfigError(
+            '[gateway]\ndisable_frontend_tls = true\n[[gateway.identities]]\nname = "a.b"\ntoken = "t"\nprivate_inbox = true\n',
+            "[gateway.identities] private_inbox", "without dots",
+        )
 
     def test_tls_keys_go_together(self) -> None:
         self.assertConfigError('[tls]\ncert_path = "a.crt"\n', "[tls] key_path", "go together")

@@ -110,12 +110,19 @@ class GatewayAuthTests(SynchronousTestCase):
     def test_default_permissions(self) -> None:
         svc, _, _ = build(self)
         c = connect(svc, "gateway", token_connect(TOKEN))
-        c.send(b"SUB > 1\r\nSUB habitat.> 2\r\nSUB _INBOX.abc.* 3\r\nPUB foo 0\r\n\r\nPUB habitat.event.healthcheck 0\r\n\r\nPING\r\n")
+        c.send(
+            b"SUB > 1\r\nSUB habitat.> 2\r\nSUB _INBOX.abc.* 3\r\nPUB foo 0\r\n\r\n"
+            b"PUB habitat.event.x _INBOX.steer 0\r\n\r\nPUB habitat.event.healthcheck 0\r\n\r\nPING\r\n"
+        )
         self.assertEqual(
             c.received(),
             b"-ERR 'Permissions Violation for Subscription to \">\"'\r\n"
             b"-ERR 'Permissions Violation for Subscription to \"habitat.>\"'\r\n"
+            # No one's replies: agents subscribe to nothing, inboxes included.
+            b"-ERR 'Permissions Violation for Subscription to \"_INBOX.abc.*\"'\r\n"
             b"-ERR 'Permissions Violation for Publish to \"foo\"'\r\n"
+            # A reply subject it may not subscribe to would steer someone's answer.
+            b"-ERR 'Permissions Violation for Publish to \"habitat.event.x\" with reply \"_INBOX.steer\"'\r\n"
             b"PONG\r\n",
         )
         self.assertFalse(c.closed)
@@ -159,13 +166,17 @@ class GatewayAuthTests(SynchronousTestCase):
 
     def test_gateway_to_service_and_back(self) -> None:
         """A request published at the gateway reaches the service; the reply comes back once."""
-        svc, _, _ = build(self)
+        svc, _, _ = build(self, '[[gateway.identities]]\nname = "a1"\ntoken = "a1-token"\nprivate_inbox = true\n')
         consumer = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB habitat.event.> automate 1\r\n')
-        agent = connect(svc, "gateway", token_connect(TOKEN))
-        agent.send(b"SUB _INBOX.a1.* 9\r\nPUB habitat.event.service_started _INBOX.a1.1 2\r\nhi\r\n")
+        agent = connect(svc, "gateway", token_connect("a1-token"))
+        agent.send(b"SUB _INBOX.a1.* 9\r\nPUB habitat.event.service_started _INBOX.a1.1 2\r\nhi\r\nPING\r\n")
+        self.assertEqual(agent.received(), b"PONG\r\n")
         self.assertEqual(consumer.received(), b"MSG habitat.event.service_started 1 _INBOX.a1.1 2\r\nhi\r\n")
         consumer.send(b"PUB _INBOX.a1.1 2\r\nok\r\n")
         self.assertEqual(agent.received(), b"MSG _INBOX.a1.1 9 2\r\nok\r\n")
+        # Its inbox is its own: not another identity's, not the whole of _INBOX.
+        agent.send(b"SUB _INBOX.a2.* 10\r\nSUB _INBOX.> 11\r\n")
+        self.assertEqual(agent.received().count(b"Permissions Violation for Subscription"), 2)
 
     def test_health_token(self) -> None:
         svc, _, _ = build(self)
@@ -332,7 +343,8 @@ class PermissionTests(SynchronousTestCase):
         self.assertTrue(p.may_publish(b"habitat.event.healthcheck"))
         self.assertFalse(p.may_publish(b"habitat.event.a.b"))
         self.assertFalse(p.may_subscribe(b">"))
-        self.assertTrue(p.may_subscribe(b"_INBOX.x.*"))
+        self.assertFalse(p.may_subscribe(b"_INBOX.x.*"))
+        self.assertFalse(p.may_publish(b"_INBOX.x"))
 
 
 class Answers(resource.Resource):

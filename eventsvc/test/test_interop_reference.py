@@ -57,6 +57,11 @@ CONVERSATIONS: List[List[bytes]] = [
     [b"PUB foo 3\r\nabcde\r\n"],
     [b"sub foo 1\r\npub foo 2\r\nhi\r\nPING\r\n"],
     [b"SUB\tfoo\t 1\r\nPUB  foo   2\r\nhi\r\nPING\r\n"],
+    # A CR inside a PUB line is part of the subject; inside a SUB line, a separator.
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nSUB bar 2\r\nPUB foo\rbar 1\r\nx\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo\r1\r\nx\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB foo\r1\r\nPUB foo 1\r\nx\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"headers":true}\r\nSUB foo 1\r\nHPUB foo\r 12 13\r\nNATS/1.0\r\n\r\nx\r\nPING\r\n'],
     [b"PUB foo 1_0\r\n0123456789\r\n"],
     [b"PUB foo 1234567890\r\n"],
     [b"SUB foo", b" 1\r\nPU", b"B foo 2\r\nh", b"i\r\nPING\r\n"],
@@ -184,6 +189,9 @@ PERMISSION_CONVERSATIONS: List[List[bytes]] = [
     # Batched publishes, and a request nobody may receive (no responders).
     [_LOGIN + b"SUB > 1\r\n" + b"PUB secret.y 1\r\nd\r\n" * 3 + b"PUB open 1\r\ne\r\n" + b"PING\r\n"],
     [_LOGIN + b"SUB secret.* 1\r\nSUB _INBOX.x 2\r\nPUB secret.z _INBOX.x 0\r\n\r\nPING\r\n"],
+    # A second CONNECT with a bad password after login: refused and closed.
+    [_LOGIN + b'PING\r\nCONNECT {"verbose":false,"user":"hab","pass":"wrong"}\r\nPING\r\n'],
+    [_LOGIN + b'PING\r\nCONNECT {"verbose":false,"user":"hab","pass":"s3cret"}\r\nPING\r\n'],
     # A queue subscription under the same rule.
     [_LOGIN + b"SUB > g 1\r\nPUB secret.q 1\r\nf\r\nPUB open.q 1\r\ng\r\nPING\r\n"],
     # Not compared, on purpose: "SUB *.q 1" only partly overlaps secret.>, and

@@ -51,6 +51,10 @@ enabled = true
 host = "127.0.0.1"
 port = {self.gateway_port}
 tokens = ["{TOKEN}"]
+[[gateway.identities]]
+name = "requester"
+token = "requester-token"
+private_inbox = true
 [[gateway.frontend_tls]]
 server_name = "localhost"
 cert_path = "certs/gateway.crt"
@@ -90,7 +94,13 @@ key_path = "certs/gateway.key"
             for i in range(50):
                 await agent.publish("habitat.event.service_started", b"%d" % i)
             got = [(await sub.next_msg(5)).data for _ in range(50)]
-            reply = await agent.request("habitat.event.healthcheck", b"ping", timeout=5)
+            # Requests need an inbox of one's own: an identity with private_inbox.
+            requester = await nats.connect(
+                "tls://localhost:%d" % self.gateway_port, tls=self.gateway_context(), token="requester-token",
+                inbox_prefix="_INBOX.requester",
+            )
+            reply = await requester.request("habitat.event.healthcheck", b"ping", timeout=5)
+            await requester.close()
             extra = 0
             try:
                 await sub.next_msg(0.3)
