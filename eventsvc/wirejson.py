@@ -10,12 +10,47 @@ C{SystemError} (an RPython C{CheckError}).  A producer publishing a
 malformed event would then get no acknowledgement at all.  So bytes are
 decoded here first, and a decoding error is described from its position,
 never from the decoder's own message.
+
+Nesting is bounded (L{MAX_DEPTH}): a CONNECT of two thousand brackets from
+a client that has not even logged in made the decoder raise RecursionError
+out of the protocol code, with a 2 KB traceback logged per attempt.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Union
+
+#: Deepest nesting of arrays and objects accepted (events and CONNECTs
+#: need a handful).
+MAX_DEPTH = 64
+_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+
+def depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON C{text} (brackets inside strings do not count)."""
+    deepest = level = 0
+    in_string = False
+    skip = -1  # the position a backslash escapes
+    for m in _STRUCTURE.finditer(text):
+        pos, c = m.start(), m.group()
+        if pos == skip:
+            continue
+        if in_string:
+            if c == "\\":
+                skip = pos + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == "[" or c == "{":
+            level += 1
+            if level > deepest:
+                deepest = level
+        elif c == "]" or c == "}":
+            level -= 1
+    return deepest
 
 
 def loads(data: Union[bytes, str], errors: str = "replace") -> Any:
@@ -28,8 +63,13 @@ def loads(data: Union[bytes, str], errors: str = "replace") -> Any:
         plain ASCII with the position, safe to log and to send back.
     """
     text = data.decode("utf-8", errors) if isinstance(data, (bytes, bytearray)) else data
+    # Counting brackets is C-fast; only text with many of them is scanned.
+    if text.count("[") + text.count("{") > MAX_DEPTH and depth(text) > MAX_DEPTH:
+        raise ValueError("JSON nested deeper than {} levels".format(MAX_DEPTH))
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     except json.JSONDecodeError as e:
         near = text[e.pos : e.pos + 12]
         raise ValueError(

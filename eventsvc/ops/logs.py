@@ -23,6 +23,7 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     textFileLogObserver,
 )
@@ -76,6 +77,44 @@ def event_as_json(event: Dict[str, Any]) -> str:
     return json.dumps(record, default=str) + "\n"
 
 
+class RepeatLimit:
+    """
+    At most C{burst} lines of one kind (namespace and format) per C{window}
+    seconds, by the events' own times; past that they are counted, and the
+    first line of the next window says how many were left out.  A client
+    that repeats one mistake a thousand times a second must not write
+    megabytes of log.
+    """
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst = burst
+        self.window = window
+        #: kind -> [window start, lines written, lines left out]
+        self._kinds: Dict[Any, list] = {}
+
+    def __call__(self, event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The event to write (perhaps with a note of what was left out), or None."""
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.error and event.get("log_failure") is None:
+            return event  # errors are rare and matter: always written
+        key = (event.get("log_namespace"), event.get("log_format"))
+        now = event.get("log_time", 0.0)
+        state = self._kinds.get(key)
+        if state is None or now - state[0] >= self.window:
+            left_out = state[2] if state is not None else 0
+            if len(self._kinds) > 10000:
+                self._kinds.clear()
+            self._kinds[key] = [now, 1, 0]
+            if left_out and event.get("log_format"):
+                return dict(event, log_format=event["log_format"] + " ({log_left_out} more like it left out)", log_left_out=left_out)
+            return event
+        if state[1] < self.burst:
+            state[1] += 1
+            return event
+        state[2] += 1
+        return None
+
+
 @implementer(ILogObserver)
 class ConfiguredObserver:
     """The observer [log] asks for; its level can change while running (SIGHUP)."""
@@ -83,6 +122,7 @@ class ConfiguredObserver:
     def __init__(self, format: str, level: str, stream: Optional[IO[str]] = None) -> None:
         self.format = format
         self._predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+        self._repeats = RepeatLimit()
         self.write_to(stream if stream is not None else sys.stdout)
 
     def write_to(self, stream: IO[str]) -> "ConfiguredObserver":
@@ -95,7 +135,11 @@ class ConfiguredObserver:
         self._predicate.defaultLogLevel = _LEVELS[level]
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        self._observer(demoted(event))
+        event = demoted(event)
+        if not self._predicate(event) == PredicateResult.no:
+            limited = self._repeats(event)
+            if limited is not None:
+                self._observer(limited)
 
 
 def make_observer(format: str, level: str, stream: Optional[IO[str]] = None) -> ConfiguredObserver:

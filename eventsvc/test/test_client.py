@@ -802,3 +802,18 @@ class ParseBudgetTests(SynchronousTestCase):
         c.proto.connectionLost(None)
         h.clock.advance(0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class JSONBombTests(SynchronousTestCase):
+    def test_nested_connect_is_a_silent_close(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        h = Harness()
+        c = h.connect(None)
+        c.send(b"CONNECT " + b"[" * 2000 + b"]" * 2000 + b"\r\n")
+        self.assertEqual(c.received(), b"")
+        self.assertTrue(c.closed)
+        self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])

@@ -158,6 +158,11 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(len(s.acks), 5)
         self.assertIn("not valid JSON at line 1 column 6 (char 5, near '\\xe9}')", s.acks[2]["error"])
 
+    def test_nested_event_refused_with_an_answer(self) -> None:
+        s = Setup(self)
+        s.publish("cfgingest", b'{"data":' + b"[" * 3000 + b"]" * 3000 + b"}")
+        self.assertEqual(s.acks, [{"success": False, "error": "event: not JSON: JSON nested deeper than 64 levels"}])
+
     def test_unconfigured_handler_refused(self) -> None:
         s = Setup(self, targets={"feed": RecordingTarget()})
         s.publish("cfgingest", payload("cfgingest", "e-1"))

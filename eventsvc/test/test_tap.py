@@ -175,3 +175,47 @@ class PlumbingLogTests(SynchronousTestCase):
         self.assertNotIn("Closed", quiet)
         self.assertIn("service listening", quiet)
         self.assertIn("ClientFactory starting on 4222", self.lines("debug", emit))
+
+
+class RepeatedLogLineTests(SynchronousTestCase):
+    def test_a_flood_of_one_line_is_cut_and_counted(self) -> None:
+        from twisted.logger import LogLevel
+
+        out = io.StringIO()
+        observer = make_observer("text", "info", out)
+        for i in range(1000):
+            observer({"log_level": LogLevel.info, "log_namespace": "eventsvc.nats.client", "log_format": "client {cid} refused",
+                      "cid": i, "log_time": 100.0 + i * 0.001, "log_system": "-"})
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 20)
+        observer({"log_level": LogLevel.info, "log_namespace": "eventsvc.nats.client", "log_format": "client {cid} refused",
+                  "cid": 5000, "log_time": 111.0, "log_system": "-"})
+        self.assertIn("client 5000 refused (980 more like it left out)", out.getvalue().splitlines()[-1])
+
+    def test_other_lines_are_not_held_back(self) -> None:
+        from twisted.logger import LogLevel
+
+        out = io.StringIO()
+        observer = make_observer("text", "info", out)
+        for i in range(100):
+            observer({"log_level": LogLevel.info, "log_namespace": "x", "log_format": "flood", "log_time": 1.0, "log_system": "-"})
+        observer({"log_level": LogLevel.info, "log_namespace": "x", "log_format": "other", "log_time": 1.0, "log_system": "-"})
+        observer({"log_level": LogLevel.error, "log_namespace": "x", "log_format": "flood", "log_time": 1.0, "log_system": "-"})
+        self.assertEqual(out.getvalue().count("other"), 1)
+        self.assertEqual(out.getvalue().count("flood"), 21)
+
+
+class JSONDepthTests(SynchronousTestCase):
+    def test_bombs_refused_plainly(self) -> None:
+        from eventsvc import wirejson
+
+        for bomb in (b"[" * 2000 + b"]" * 2000, b'{"a":' * 100 + b"1" + b"}" * 100, b"[" * 100000):
+            e = self.assertRaises(ValueError, wirejson.loads, bomb)
+            self.assertIn("nested", str(e))
+
+    def test_wide_and_string_brackets_are_fine(self) -> None:
+        from eventsvc import wirejson
+
+        self.assertEqual(len(wirejson.loads(b"[" + b",".join([b"[1]"] * 500) + b"]")), 500)
+        self.assertEqual(wirejson.loads(b'{"s": "' + b"[" * 500 + b'"}')["s"], "[" * 500)
+        self.assertEqual(wirejson.depth('{"a": "x\\" [[[[ ", "b": []}'), 2)
