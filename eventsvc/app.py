@@ -33,6 +33,7 @@ from eventsvc.nats.advertise import client_urls
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
+from eventsvc.nats.throttle import AuthThrottle
 from eventsvc.ops.logs import make_observer
 from eventsvc.security.permissions import Permissions
 from eventsvc.security.tls import (
@@ -736,6 +737,8 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         authenticator=authenticator,
         tls=context,
         name="gateway",
+        # Failed logins per address (the gateway faces the outside).
+        auth_throttle=AuthThrottle(),
     )
     settings.auth_timeout = gw.auth_timeout
     where = _where("gateway", config)

@@ -117,6 +117,7 @@ class ClientSettings:
         advertise: bool = False,
         parse_budget: Optional[float] = 0.02,
         listen_backlog: int = 4096,
+        auth_throttle: Any = None,
     ) -> None:
         #: The listener's name ("service", "gateway"), for logs and monitoring.
         self.name = name
@@ -148,6 +149,8 @@ class ClientSettings:
         #: The listening socket's backlog (nats-server leaves the system's,
         #: 4096 on current Linux, in force; Twisted's default is 50).
         self.listen_backlog = listen_backlog
+        #: An AuthThrottle (failed logins per address), or None.
+        self.auth_throttle = auth_throttle
 
 
 class HeldOutput:
@@ -273,6 +276,7 @@ class ClientConnection(Protocol):
         self._stall_timer: Any = None
         self._stalled_producers: list = []
         self._parse_call: Any = None
+        self._throttled: Any = None
         self.peer = PeerInfo("", 0)
 
     # -- connection lifecycle ----------------------------------------------
@@ -406,8 +410,11 @@ class ClientConnection(Protocol):
                 detail=" ({})".format(self.close_detail) if self.close_detail else "",
             )
         self.closed = True
-        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer, self._parse_call):
+        if self._throttled is not None and self._throttled.active():
+            self.settings.auth_throttle.done_waiting(self.peer.host)
+        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer, self._parse_call, self._throttled):
             _cancel(timer)
+        self._throttled = None
         self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
         self._parse_call = None
         self._release_producers()
@@ -602,9 +609,16 @@ class ClientConnection(Protocol):
         # The first CONNECT, or a later one with other credentials: they are
         # checked (nats-server closes on a bad token in a second CONNECT).
         self.connect_options = options
-        d = maybeDeferred(authenticator.authenticate, options, self.peer)
-        d.addCallback(settle)
-        d.addCallbacks(self._authenticated, self._refused)
+        throttle = self.settings.auth_throttle
+        wait = throttle.admit(self.peer.host, self.clock.seconds()) if throttle is not None else 0.0
+        if wait is None:
+            self.log.info("client {cid} from {host}: too many failed logins from there; refused unchecked", cid=self.cid, host=self.peer.host)
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION, "login throttled")
+        if wait:
+            # Past the address's failure budget: the check waits.
+            self._throttled = self.clock.callLater(wait, self._check_credentials, authenticator, options, True)
+        else:
+            self._check_credentials(authenticator, options, False)
         if self.closed:
             raise ProtocolViolation(None, "connection refused")
         if self.connect_accepted:
@@ -612,6 +626,16 @@ class ClientConnection(Protocol):
         self._suspended = True
         self.transport.pauseProducing()
         return True
+
+    def _check_credentials(self, authenticator: IAuthenticator, options: Dict[str, Any], waited: bool) -> None:
+        if waited:
+            self._throttled = None
+            self.settings.auth_throttle.done_waiting(self.peer.host)
+            if self.closed:
+                return
+        d = maybeDeferred(authenticator.authenticate, options, self.peer)
+        d.addCallback(settle)
+        d.addCallbacks(self._authenticated, self._refused)
 
     def _connect_accepted(self) -> None:
         if not self.rtt:
@@ -648,6 +672,8 @@ class ClientConnection(Protocol):
             return
         if failure.check(AuthenticationFailed):
             why = "authentication failed: {}".format(failure.getErrorMessage())
+            if self.settings.auth_throttle is not None:
+                self.settings.auth_throttle.failed(self.peer.host, self.clock.seconds())
         else:
             self.log.failure("authenticator failed for client {cid}", failure, cid=self.cid)
             why = "authenticator error"

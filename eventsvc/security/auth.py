@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import secrets
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -146,7 +147,7 @@ class HTTPAuthenticator:
         self._permissions = permissions
         self._agent = agent
         self._clock = clock
-        self._cache: Dict[bytes, Tuple[float, Optional[Identity]]] = {}
+        self._cache: "OrderedDict[bytes, Tuple[float, Optional[Identity]]]" = OrderedDict()
 
     def authenticate(self, connect: Dict[str, Any], peer: PeerInfo) -> Deferred:
         token = connect.get("auth_token")
@@ -154,11 +155,13 @@ class HTTPAuthenticator:
             raise AuthenticationFailed("no token")
         key = digest(token)
         cached = self._cache.get(key)
-        now = self._clock.seconds()
-        if cached is not None and cached[0] > now:
-            if cached[1] is None:
-                raise AuthenticationFailed("token refused by the authentication service (cached)")
-            return cached[1]  # type: ignore[return-value]
+        if cached is not None:
+            if cached[0] > self._clock.seconds():
+                self._cache.move_to_end(key)
+                if cached[1] is None:
+                    raise AuthenticationFailed("token refused by the authentication service (cached)")
+                return cached[1]  # type: ignore[return-value]
+            del self._cache[key]
         return ensureDeferred(self._ask(token, key, peer))
 
     async def _ask(self, token: str, key: bytes, peer: PeerInfo) -> Identity:
@@ -174,7 +177,8 @@ class HTTPAuthenticator:
         data = await readBody(response)
         expires = self._clock.seconds() + self.ttl
         if response.code in (401, 403):
-            self._remember(key, expires, None)
+            # Refusals briefly: a token issued a moment ago works soon.
+            self._remember(key, self._clock.seconds() + min(self.ttl, REFUSAL_TTL), None)
             raise AuthenticationFailed("token refused by the authentication service")
         if response.code != 200:
             raise AuthenticationFailed("authentication service answered {}".format(response.code))
@@ -192,13 +196,20 @@ class HTTPAuthenticator:
         return identity
 
     def _remember(self, key: bytes, expires: float, identity: Optional[Identity]) -> None:
-        if len(self._cache) > 10000:
-            now = self._clock.seconds()
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        self._cache[key] = (expires, identity)
+        # A bounded LRU: past CACHE_SIZE the least recently used answer goes,
+        # one at a time (rebuilding the whole cache per new token made bad
+        # attempts four times slower at 100% CPU).
+        cache = self._cache
+        cache[key] = (expires, identity)
+        cache.move_to_end(key)
+        while len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
 
 
 _PERMISSION_KEYS = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
+#: Answers the HTTP authenticator keeps, and how long it keeps a refusal.
+CACHE_SIZE = 10000
+REFUSAL_TTL = 5.0
 
 
 @implementer(IAuthenticator)

@@ -404,3 +404,75 @@ class HTTPAuthenticatorTests(TestCase):
             with self.assertRaises(AuthenticationFailed) as caught:
                 yield self.auth.authenticate({"auth_token": token}, peer)
             self.assertNotIn(token, str(caught.exception))
+
+
+class LoginThrottleTests(SynchronousTestCase):
+    """A brute force from one address is slowed; good clients elsewhere are not."""
+
+    def test_failures_past_the_budget_wait_then_are_refused_unchecked(self) -> None:
+        svc, clock, _ = build(self)
+        for _ in range(10):
+            c = connect(svc, "gateway", token_connect("guess-guess-guess"))
+            self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+        # Over budget: the next attempts from that address wait a second...
+        waiting = [connect(svc, "gateway", token_connect("guess-guess-guess") + b"PING\r\n") for _ in range(8)]
+        self.assertEqual([w.received() for w in waiting], [b""] * 8)
+        # ...at most eight at once; more are refused without a check.
+        extra = connect(svc, "gateway", token_connect(TOKEN))
+        self.assertEqual(extra.received(), b"-ERR 'Authorization Violation'\r\n")
+        clock.advance(1.0)
+        self.assertEqual({w.received() for w in waiting}, {b"-ERR 'Authorization Violation'\r\n"})
+        # A good token from that address still gets in, a second late.
+        good = connect(svc, "gateway", token_connect(TOKEN) + b"PING\r\n")
+        self.assertEqual(good.received(), b"")
+        clock.advance(1.0)
+        self.assertEqual(good.received(), b"PONG\r\n")
+
+    def test_other_addresses_are_not_slowed(self) -> None:
+        from twisted.internet.address import IPv4Address
+
+        svc, clock, _ = build(self)
+        for _ in range(30):
+            connect(svc, "gateway", token_connect("guess-guess-guess"))
+        factory = svc.getServiceNamed("gateway").factory
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.9.9.9", 40000))
+        proto.makeConnection(transport)
+        proto.dataReceived(token_connect(TOKEN) + b"PING\r\n")
+        self.assertTrue(transport.value().endswith(b"PONG\r\n"))
+
+    def test_budget_recovers(self) -> None:
+        svc, clock, _ = build(self)
+        for _ in range(10):
+            connect(svc, "gateway", token_connect("guess-guess-guess"))
+        clock.advance(10.5)
+        c = connect(svc, "gateway", token_connect(TOKEN) + b"PING\r\n")
+        self.assertEqual(c.received(), b"PONG\r\n")
+
+
+class HTTPAuthCacheTests(SynchronousTestCase):
+    def test_bounded_lru(self) -> None:
+        from eventsvc.security import auth
+
+        clock = Clock()
+        a = HTTPAuthenticator("http://127.0.0.1:9/auth", 60.0, None, None, clock)
+        for i in range(auth.CACHE_SIZE):
+            a._remember(b"k%d" % i, 100.0, None)
+        # The oldest is used again, so it stays; the next oldest goes.
+        a._cache.move_to_end(b"k0")
+        a._remember(b"new", 100.0, None)
+        self.assertEqual(len(a._cache), auth.CACHE_SIZE)
+        self.assertIn(b"k0", a._cache)
+        self.assertNotIn(b"k1", a._cache)
+
+    def test_expired_answers_are_asked_again(self) -> None:
+        clock = Clock()
+        a = HTTPAuthenticator("http://127.0.0.1:9/auth", 60.0, None, None, clock)
+        a._remember(digest("tok"), 5.0, None)
+        self.assertRaises(AuthenticationFailed, a.authenticate, {"auth_token": "tok"}, PeerInfo("h", 1))
+        clock.advance(6)
+        asked = []
+        a._ask = lambda token, key, peer: asked.append(token) or defer.succeed(None)
+        a.authenticate({"auth_token": "tok"}, PeerInfo("h", 1))
+        self.assertEqual(asked, ["tok"])
+        self.assertNotIn(digest("tok"), a._cache)
