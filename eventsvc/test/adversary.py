@@ -199,8 +199,39 @@ def json_bomb(port: int, attempts: int = 50, depth: int = 2000) -> None:
         s.close()
 
 
+def fan_out_burst(port: int) -> None:
+    """600 wildcard subscriptions that all match, 1,100 distinct subjects published in one write, then a disconnect."""
+    attacker = connect(port)
+    attacker.sendall(b"".join(b"SUB %s %d\r\n" % (b"*." * (1 + i % 40) + b">", i) for i in range(600)))
+    ping(attacker)
+    pub = connect(port)
+    subjects = [b".".join(b"t%d" % ((i * 7 + k) % 13) for k in range(45)) for i in range(1100)]
+    pub.sendall(b"".join(b"PUB %s 1\r\nx\r\n" % s for s in subjects))
+    ping(pub)
+    attacker.close()
+    ping(pub)
+    pub.close()
+
+
+def closed_connections_page(port: int, monitor: int = 0, closed: int = 3000, fetches: int = 5) -> None:
+    """Many closed connections, then /connz?state=closed asked for all of them, again and again."""
+    import http.client
+
+    for i in range(closed):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        read_line(s)
+        s.sendall(b'CONNECT {"verbose":false,"name":"gone-%d"}\r\n' % i)
+        s.close()
+    for _ in range(fetches):
+        conn = http.client.HTTPConnection("127.0.0.1", monitor, timeout=30)
+        conn.request("GET", "/connz?state=closed&limit=10000&subs=1")
+        body = conn.getresponse().read()
+        conn.close()
+        assert body.startswith(b"{"), body[:100]
+
+
 ATTACKS: Dict[str, Callable[[int], object]] = {
-    f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb)
+    f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb, fan_out_burst)
 }
 
 
