@@ -237,3 +237,81 @@ class FuzzTests(SynchronousTestCase):
     @given(mutated_streams(), st.lists(st.integers(0, 300), max_size=5))
     def test_mutated_protocol(self, data: bytes, cuts: List[int]) -> None:
         _feed(self, data, cuts)
+
+
+# -- valid-looking operations: deep subjects, many tokens, wildcards, headers --
+
+_TOKEN = st.text(alphabet="abcXYZ019_-$", min_size=1, max_size=6).map(lambda t: t.encode())
+_LITERAL = st.lists(_TOKEN, min_size=1, max_size=80).map(b".".join)
+_PATTERN = st.tuples(
+    st.lists(st.one_of(_TOKEN, st.just(b"*")), min_size=1, max_size=40), st.booleans()
+).map(lambda p: b".".join(p[0] + ([b">"] if p[1] else [])))
+_PAYLOAD = st.binary(max_size=40)
+_HEADERS = st.lists(st.tuples(st.sampled_from([b"Trace", b"K", b"Nats-Msg-Id"]), st.binary(min_size=1, max_size=8).map(
+    lambda v: bytes(b for b in v if b not in b"\r\n") or b"v")), max_size=3)
+
+
+@st.composite
+def valid_looking(draw) -> "tuple[bytes, int]":
+    """A stream of well-formed operations, and how many messages it publishes."""
+    out = [b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n']
+    published = 0
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(["pub", "pub", "hpub", "sub", "unsub", "ping"]))
+        if kind == "pub":
+            payload = draw(_PAYLOAD)
+            reply = draw(st.one_of(st.none(), _LITERAL))
+            out.append(b"PUB %s %s%d\r\n%s\r\n" % (draw(_LITERAL), reply + b" " if reply else b"", len(payload), payload))
+            published += 1
+        elif kind == "hpub":
+            payload = draw(_PAYLOAD)
+            block = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % kv for kv in draw(_HEADERS)) + b"\r\n"
+            out.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (draw(_LITERAL), len(block), len(block) + len(payload), block, payload))
+            published += 1
+        elif kind == "sub":
+            queue = draw(st.one_of(st.none(), _TOKEN))
+            out.append(b"SUB %s %s%d\r\n" % (draw(_PATTERN), queue + b" " if queue else b"", draw(st.integers(1, 20))))
+        elif kind == "unsub":
+            out.append(b"UNSUB %d %s\r\n" % (draw(st.integers(1, 20)), b"%d" % draw(st.integers(0, 3))))
+        else:
+            out.append(b"PING\r\n")
+    return b"".join(out), published
+
+
+class ValidLookingFuzzTests(SynchronousTestCase):
+    """Well-formed streams, cut anywhere, with and without the parse budget: nothing lost, nothing malformed."""
+
+    def run_stream(self, data: bytes, published: int, cuts: List[int], budget) -> None:
+        h = Harness(parse_budget=budget)
+        watcher = h.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        watcher.send(b"SUB > 99\r\n")
+        c = h.connect(connect=None)
+        last = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            c.send(data[last:cut])
+            last = cut
+            h.clock.advance(0)
+        for _ in range(200):
+            if not h.clock.getDelayedCalls() or all(d.getTime() > h.clock.seconds() for d in h.clock.getDelayedCalls()):
+                break
+            h.clock.advance(0)
+        self.assertFalse(c.closed, c.received())
+        seen = watcher.received()
+        _check_output(self, seen, watcher.closed)
+        self.assertEqual(seen.count(b" 99 "), published)
+        _check_output(self, c.received(), c.closed)
+        c.proto.connectionLost(None)
+        watcher.proto.connectionLost(None)
+        self.assertEqual(h.broker.sublist.count, 0)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(valid_looking(), st.lists(st.integers(0, 4000), max_size=6))
+    def test_valid_looking(self, stream, cuts: List[int]) -> None:
+        self.run_stream(stream[0], stream[1], cuts, None)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(valid_looking(), st.integers(6, 20), st.lists(st.integers(0, 40000), max_size=6))
+    def test_valid_looking_yielding_every_128_operations(self, stream, repeat: int, cuts: List[int]) -> None:
+        # Long enough to pass 128 operations, so the yield path is taken.
+        connect, rest = stream[0].split(b"\r\n", 1)
+        self.run_stream(connect + b"\r\n" + rest * repeat, stream[1] * repeat, cuts, 0.0)
