@@ -82,4 +82,4 @@ class AdversarialTests(TestCase):
         return self.attack(lambda: adversary.json_bomb(self.port))
 
     def test_closed_connections_page(self):
-        return self.attack(lambda: adversary.closed_connections_page(self.port, self.monitor, closed=3000))
+        return self.attack(lambda: adversary.closed_connections_page(self.port, self.monitor, closed=10000, fetches=3))

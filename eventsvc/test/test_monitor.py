@@ -154,3 +154,31 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(uptime(5), "5s")
         self.assertEqual(uptime(3723), "1h2m3s")
         self.assertEqual(uptime(90061), "1d1h1m1s")
+
+
+class LongPageTests(SynchronousTestCase):
+    """Thousands of closed connections are written a slice per reactor turn, and the answer is whole."""
+
+    def test_closed_connections_in_slices(self) -> None:
+
+        from eventsvc.ops import monitor as monitor_module
+
+        clock = MemoryReactorClock()
+        svc = make_service(config.parse("[service]\nport = 0\n[monitor]\nport = 0\n"), clock)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        for _ in range(monitor_module.ROWS_PER_TURN * 3 + 7):
+            connect(svc, "service", b'CONNECT {"verbose":false}\r\n').proto.connectionLost(None)
+        site = svc.getServiceNamed("monitor").site
+        request = DummyRequest([b""])
+        request.args = {b"state": [b"closed"], b"limit": [b"10000"]}
+        site.resource.children[b"connz"].render_GET(request)
+        written = len(request.written)
+        self.assertFalse(request.finished)
+        while not request.finished:
+            clock.advance(0)
+        self.assertGreater(len(request.written), written)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual(body["num_connections"], monitor_module.ROWS_PER_TURN * 3 + 7)
+        self.assertEqual(len(body["connections"]), body["num_connections"])
+        self.assertEqual(body["connections"][0]["reason"], "Client Closed")
