@@ -21,6 +21,7 @@ from twisted.web import resource, server
 
 from eventsvc.test import process
 from eventsvc.test.eventsamples import event
+from eventsvc.test.test_interop_events import wait_for
 
 TOKEN = "admin-test-agent-token"
 
@@ -172,17 +173,6 @@ class Target(resource.Resource):
             return b"bad"
         self.seen.append(json.loads(request.content.read())["event_id"])
         return b"{}"
-
-
-@defer.inlineCallbacks
-def wait_for(condition, timeout=20.0):
-    from twisted.internet import task
-
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("timed out waiting")
 
 
 class StoreCommandTests(TestCase):
