@@ -280,7 +280,8 @@ class ClientParser(_Buffered):
         find = buf.find
         startswith = buf.startswith
         msgs = nbytes = 0
-        # Every 128 operations, the time spent is checked against the budget.
+        # Every 16 operations (one may fan out to hundreds of subscribers),
+        # the time spent is checked against the budget.
         budget = self.budget
         ops = 0
         started = perf_counter() if budget is not None else 0.0
@@ -297,7 +298,7 @@ class ClientParser(_Buffered):
         try:
             while pos < n:
                 ops += 1
-                if not ops & 127 and budget is not None and perf_counter() - started > budget:
+                if not ops & 15 and budget is not None and perf_counter() - started > budget:
                     # Enough for this turn: the rest waits for the next one.
                     self.suspended = True
                     self._wait(buf, pos, 0)

@@ -771,8 +771,8 @@ class ParseBudgetTests(SynchronousTestCase):
         pub = h.connect()
         pub.send(b"".join(b"PUB burst %d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(1000)) + b"PING\r\n")
         first = sub.received()
-        # The first turn stopped after 127 operations (the budget is checked every 128).
-        self.assertEqual(first.count(b"MSG burst"), 127)
+        # The first turn stopped after 15 operations (the budget is checked every 16).
+        self.assertEqual(first.count(b"MSG burst"), 15)
         self.assertTrue(pub.proto.transport.producerState == "paused")
         self.assertEqual(pub.received(), b"")
         for _ in range(20):

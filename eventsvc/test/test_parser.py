@@ -310,8 +310,8 @@ class ValidLookingFuzzTests(SynchronousTestCase):
         self.run_stream(stream[0], stream[1], cuts, None)
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(valid_looking(), st.integers(6, 20), st.lists(st.integers(0, 40000), max_size=6))
-    def test_valid_looking_yielding_every_128_operations(self, stream, repeat: int, cuts: List[int]) -> None:
-        # Long enough to pass 128 operations, so the yield path is taken.
+    @given(valid_looking(), st.integers(2, 20), st.lists(st.integers(0, 40000), max_size=6))
+    def test_valid_looking_yielding_every_16_operations(self, stream, repeat: int, cuts: List[int]) -> None:
+        # Long enough to pass 16 operations, so the yield path is taken.
         connect, rest = stream[0].split(b"\r\n", 1)
         self.run_stream(connect + b"\r\n" + rest * repeat, stream[1] * repeat, cuts, 0.0)
