@@ -230,6 +230,33 @@ def closed_connections_page(port: int, monitor: int = 0, closed: int = 3000, fet
         assert body.startswith(b"{"), body[:100]
 
 
+def tls_login_burst(port: int, ca: str, token: str, count: int = 300) -> int:
+    """C{count} clients at once, each a TLS handshake and a token login at the gateway; returns how many got in."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca)
+    done: List[int] = []
+
+    def one() -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            read_line(s)
+            t = context.wrap_socket(s, server_hostname="localhost")
+            t.sendall(b'CONNECT {"verbose":false,"auth_token":"%s"}\r\n' % token.encode())
+            ping(t)
+            t.close()
+            done.append(1)
+        except (OSError, ssl.SSLError):
+            pass
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return len(done)
+
+
 ATTACKS: Dict[str, Callable[[int], object]] = {
     f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb, fan_out_burst)
 }

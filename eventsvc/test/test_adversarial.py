@@ -20,22 +20,11 @@ from eventsvc.test import adversary, process
 PROBE_LIMIT = 0.250
 
 
-class AdversarialTests(TestCase):
-    timeout = 120
+class _Attacks:
+    """An attack, measured by an innocent client's PING round trips."""
 
-    def setUp(self) -> None:
-        # A server of its own per attack: one attack's leftovers never
-        # weigh on the next.
-        self.port, self.monitor = process.free_port(), process.free_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\nlistener_limit = 20000\n'
-            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (self.port, self.monitor))
-        self.server = process.eventsvc(config)
-        self.server.start()
-        self.addCleanup(self.server.stop)
+    timeout = 120
+    port = 0
 
     @defer.inlineCallbacks
     def attack(self, run):
@@ -59,6 +48,23 @@ class AdversarialTests(TestCase):
         yield threads.deferToThread(adversary.ping, s)
         s.close()
         return probe
+
+
+
+class AdversarialTests(_Attacks, TestCase):
+    def setUp(self) -> None:
+        # A server of its own per attack: one attack's leftovers never
+        # weigh on the next.
+        self.port, self.monitor = process.free_port(), process.free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\nlistener_limit = 20000\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (self.port, self.monitor))
+        self.server = process.eventsvc(config)
+        self.server.start()
+        self.addCleanup(self.server.stop)
 
     def test_deep_wildcards(self):
         return self.attack(lambda: adversary.deep_wildcards(self.port))
@@ -88,3 +94,29 @@ class AdversarialTests(TestCase):
 
     def test_closed_connections_page(self):
         return self.attack(lambda: adversary.closed_connections_page(self.port, self.monitor, closed=10000, fetches=3))
+
+
+class TLSLoginBurstTests(_Attacks, TestCase):
+    """Handshakes and logins at a TLS gateway do not starve anyone else."""
+
+    def setUp(self) -> None:
+        self.port, self.gateway = process.free_port(), process.free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        made = process.cli("certs", "--out", os.path.join(directory, "certs"))
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.ca = os.path.join(directory, "certs", "ca.crt")
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[gateway]\nhost = "127.0.0.1"\nport = %d\ntokens = ["burst-token"]\n'
+            '[[gateway.frontend_tls]]\nserver_name = "localhost"\ncert_path = "certs/gateway.crt"\nkey_path = "certs/gateway.key"\n'
+        ) % (self.port, self.gateway))
+        self.server = process.eventsvc(config, expect=("service", "gateway"))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def test_tls_login_burst(self):
+        got = []
+        d = self.attack(lambda: got.append(adversary.tls_login_burst(self.gateway, self.ca, "burst-token")))
+        d.addCallback(lambda _: self.assertEqual(got, [300, 300]))
+        return d
