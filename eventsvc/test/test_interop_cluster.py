@@ -32,7 +32,7 @@ def client_tls(certs: str):
 
 
 def run(scenario):
-    return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 90)))
+    return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 150)))
 
 
 async def mesh_round(ports, tag: str):
@@ -62,8 +62,11 @@ async def mesh_round(ports, tag: str):
         await nc.subscribe("work." + tag, queue="workers", cb=work_cb)
         await nc.subscribe("svc.%s.%d" % (tag, i), cb=echo)
         await nc.flush()
-    # Interest crosses the mesh.
-    for _ in range(100):
+    # Interest crosses the mesh.  A request nobody answers yet fails at once
+    # (no responders), so wait by the clock, not by a count of tries: under
+    # load a route may be dialled again after a back-off of several seconds.
+    deadline = asyncio.get_event_loop().time() + 60
+    while asyncio.get_event_loop().time() < deadline:
         ok = True
         for i, nc in enumerate(ncs):
             for j in range(len(ncs)):
