@@ -16,7 +16,7 @@ import time
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
-from eventsvc.test import process
+from eventsvc.test import adversary, process
 
 try:
     import nats
@@ -226,13 +226,8 @@ async def _quiet(e):
 
 
 def _line(sock) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise AssertionError("closed after {!r}".format(data))
-        data += chunk
-    return data[:-2]
+    """One line, without its CRLF (the adversary's reader, which raises on a close)."""
+    return adversary.read_line(sock)[:-2]
 
 
 class HealthCheckRouteTests(TestCase):
