@@ -1,99 +1,186 @@
 """
-Events per second end to end: nats-py producers publish events with
-acknowledgement, eventsvc accepts them (with and without the spool) and
-delivers them to an HTTP target (twisted.web, in this process).
+Events end to end, with eventsvc the bottleneck: Go producers (nats.go)
+publish events with acknowledgement, eventsvc accepts them and delivers
+them to a Go HTTP target.  eventsvc runs on core 0, the producers and the
+target on core 1 (taskset), and eventsvc's CPU per event is read from
+/proc/<pid>/stat.
 
-    python bench/events.py [--events 5000] [--concurrency 200]
+    python bench/events.py [--events 20000] [--python PATH ...]
 
-nats-server has no equivalent path, so this prints absolute figures: compare
-runs on the same machine only.  It never passes or fails.
+Each interpreter (default: this one, and .venv-pypy's if there is one) runs
+this checkout's code if its virtual environment is inside the checkout, and
+what it has installed otherwise (an older release's venv, for before and
+after).  It runs four scenes: with and without the spool, batch_max 1 and
+100 (an old release ignores batch_max).  A warm-up of
+a fifth of the events is run first in each scene and not counted (PyPy's
+JIT).  nats-server has no equivalent path, so the figures are absolute:
+compare runs of one machine only.  It prints figures; it never passes or
+fails.  The Go program (bench/eventbench) is built on first use from
+Debian's golang-go and golang-github-nats-io-go-nats-dev.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from twisted.internet import defer, reactor, task, threads  # noqa: E402
-from twisted.web import resource, server  # noqa: E402
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 
 from eventsvc.test import process  # noqa: E402
-from eventsvc.test.eventsamples import payload  # noqa: E402
+
+TOOL = os.path.join(HERE, "eventbench", "eventbench")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class Target(resource.Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.last = 0.0
-
-    def render_POST(self, request):
-        request.content.read()
-        self.count += 1
-        self.last = time.monotonic()
-        return b"{}"
+def eventbench() -> str:
+    if not os.access(TOOL, os.X_OK):
+        subprocess.run([os.path.join(HERE, "eventbench", "build"), TOOL], check=True)
+    return TOOL
 
 
-async def produce(port: int, events: int, concurrency: int) -> float:
-    import nats
-
-    nc = await nats.connect("nats://127.0.0.1:%d" % port)
-    bodies = [payload("event_feed", "bench-%d" % i) for i in range(events)]
-    started = time.monotonic()
-    for i in range(0, events, concurrency):
-        replies = await asyncio.gather(*(nc.request("event.event_feed", b, timeout=30) for b in bodies[i : i + concurrency]))
-        for r in replies:
-            if not json.loads(r.data)["success"]:
-                raise RuntimeError(r.data)
-    await nc.close()
-    return started
+def cpu_seconds(pid: int) -> float:
+    """User and system time of C{pid} and its threads, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-@defer.inlineCallbacks
-def scene(label: str, spool: bool, events: int, concurrency: int):
-    target = Target()
-    listening = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
-    directory = tempfile.mkdtemp()
+class Target:
+    """bench/eventbench's HTTP target, on core 1."""
+
+    def __init__(self, tool: str, ids: str = "") -> None:
+        argv = ["taskset", "-c", "1", tool, "target"] + (["-ids", ids] if ids else [])
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        m = re.match(r"LISTENING (\S+)", line)
+        if not m:
+            raise RuntimeError("target did not start: %r" % line)
+        self.address = m.group(1)
+
+    def stats(self) -> Dict[str, int]:
+        with urllib.request.urlopen("http://%s/stats" % self.address, timeout=10) as r:
+            return json.loads(r.read())
+
+    def wait(self, events: int, timeout: float) -> Dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats["events"] >= events or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def produce(tool: str, port: int, events: int, prefix: str, inflight: int, conns: int) -> Dict[str, object]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", tool, "produce", "-url", "nats://127.0.0.1:%d" % port, "-events", str(events),
+         "-inflight", str(inflight), "-conns", str(conns), "-prefix", prefix],
+        capture_output=True, text=True, timeout=600,
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout)
+
+
+def config(directory: str, port: int, target: str, spool: bool, batch_max: int, events: int) -> str:
+    return process.write_config(os.path.join(directory, "bench.toml"), (
+        '[service]\nhost = "127.0.0.1"\nport = {port}\nevent_limit = {limit}\n{spool}'
+        '[handlers]\nevent_feed = "http://{target}/events"\n'
+        '[events]\nhandler_concurrency = 8\n{batch}'
+        '[log]\nlevel = "info"\n'
+    ).format(
+        port=port, limit=events * 2, spool='data_dir = "data"\n' if spool else "", target=target,
+        # (Written only when batching, so that an older release reads the file.)
+        batch="batch_max = {}\nbatch_wait = 0.005\n".format(batch_max) if batch_max > 1 else "",
+    ))
+
+
+def scene(python: str, tool: str, spool: bool, batch_max: int, events: int, inflight: int, conns: int) -> Dict[str, float]:
+    target = Target(tool)
+    directory = tempfile.mkdtemp(prefix="eventsbench-")
     port = process.free_port()
-    config = process.write_config(os.path.join(directory, "bench.toml"), (
-        '[service]\nhost = "127.0.0.1"\nport = %d\nevent_limit = %d\n%s'
-        '[handlers]\nevent_feed = "http://127.0.0.1:%d/events"\n[events]\nhandler_concurrency = 32\n[log]\nlevel = "info"\n'
-    ) % (port, events * 2, 'data_dir = "data"\n' if spool else "", listening.getHost().port))
-    ours = process.eventsvc(config)
-    yield threads.deferToThread(ours.start)
+    twistd = os.path.join(os.path.dirname(python), "twistd")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if os.path.abspath(python).startswith(ROOT + os.sep):
+        # This checkout's own virtual environments run this checkout's code;
+        # another interpreter (an older release's venv) runs what it has installed.
+        env["PYTHONPATH"] = ROOT
+    server = process.ServerProcess(
+        ["taskset", "-c", "0", twistd, "-n", "--pidfile=", "eventsvc", "--config",
+         config(directory, port, target.address, spool, batch_max, events)],
+        re.compile(r"listening for NATS clients on [\d.]+:(\d+)"), env,
+    )
     try:
-        started = yield threads.deferToThread(lambda: asyncio.run(produce(port, events, concurrency)))
-        acked = time.monotonic()
-        while target.count < events:
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        print("{:<34} {:>10,.0f} acked/s {:>10,.0f} delivered/s".format(
-            label, events / (acked - started), events / (target.last - started)))
+        server.start()
+        assert server.process is not None
+        warm = max(events // 5, 1)
+        produce(tool, port, warm, "warm", inflight, conns)
+        target.wait(warm, 120)
+        before = target.stats()
+        cpu0, t0 = cpu_seconds(server.process.pid), time.time()
+        result = produce(tool, port, events, "bench", inflight, conns)
+        stats = target.wait(before["events"] + events, 300)
+        cpu = cpu_seconds(server.process.pid) - cpu0
+        delivered = stats["events"] - before["events"]
+        if result["acked"] != events or delivered < events:
+            print("  (short: acked {} delivered {} of {}: {})".format(result["acked"], delivered, events, result.get("error")))
+        return {
+            "acked": float(result["acked"]) / float(result["seconds"]),  # type: ignore[arg-type]
+            "delivered": delivered / (stats["last"] / 1e9 - t0),
+            "cpu_us": cpu / max(delivered, 1) * 1e6,
+            "posts": stats["posts"] - before["posts"],
+        }
     finally:
-        ours.stop()
-        yield listening.stopListening()
+        server.stop()
+        target.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-@defer.inlineCallbacks
-def main(options):
-    print("eventsvc on {} {}; {} events, {} requests in flight".format(
-        sys.implementation.name, sys.version.split()[0], options.events, options.concurrency))
-    yield scene("publish+ack -> HTTP, no spool", False, options.events, options.concurrency)
-    yield scene("publish+ack -> HTTP, spool (fsync)", True, options.events, options.concurrency)
+def interpreters(given: Optional[List[str]]) -> List[str]:
+    if given:
+        return given
+    found = [sys.executable]
+    pypy = os.path.join(ROOT, ".venv-pypy", "bin", "pypy3")
+    if os.access(pypy, os.X_OK):
+        found.append(pypy)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--inflight", type=int, default=500, help="unanswered requests per producer connection")
+    parser.add_argument("--conns", type=int, default=4, help="producer connections")
+    parser.add_argument("--python", action="append", help="an interpreter whose twistd runs eventsvc (repeatable)")
+    parser.add_argument("--batch", type=int, action="append", help="batch_max values (default 1 and 100)")
+    options = parser.parse_args()
+    tool = eventbench()
+    print("{} events per scene, {} producer connections x {} in flight; eventsvc on core 0, load and target on core 1".format(
+        options.events, options.conns, options.inflight))
+    print("{:<10} {:<6} {:>6} {:>10} {:>12} {:>14} {:>8}".format("python", "spool", "batch", "acked/s", "delivered/s", "CPU/event (us)", "POSTs"))
+    for python in interpreters(options.python):
+        name = "pypy" if "pypy" in os.path.basename(python) else "cpython"
+        for spool in (False, True):
+            for batch_max in options.batch or [1, 100]:
+                r = scene(python, tool, spool, batch_max, options.events, options.inflight, options.conns)
+                print("{:<10} {:<6} {:>6} {:>10,.0f} {:>12,.0f} {:>14.0f} {:>8}".format(
+                    name, "on" if spool else "off", batch_max, r["acked"], r["delivered"], r["cpu_us"], int(r["posts"])), flush=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=200)
-    options = parser.parse_args()
-    task.react(lambda _: main(options))
+    main()

@@ -163,7 +163,7 @@ class EventService(MultiService):
         """
         Read the configuration file again and apply what can change while
         running: tokens, users, authenticators and permissions, the log
-        level, handler addresses, routing and event_limit.  Anything else
+        level, handler addresses, routing, batching and event_limit.  Anything else
         is reported as needing a restart.  An invalid file changes nothing.
         """
         source = self.config.source
@@ -194,6 +194,8 @@ class EventService(MultiService):
         if self.events is not None:
             for name, target in targets.items():
                 self.events.handlers[name].target = target
+            for name, handler in self.events.handlers.items():
+                handler.batch_max, handler.batch_wait = new.events.batching(name)
             self.events.registry = registry
             self.events.event_limit = new.service.event_limit
         restart = _needs_restart(self.config, new)
@@ -349,7 +351,8 @@ _RELOADABLE = {
     ("gateway", "identities"),
     ("log", "level"), ("handlers", "feed"), ("handlers", "cfgingest"), ("handlers", "event_feed"),
     ("events", "routing"), ("service", "event_limit"),
-}
+    ("events", "batch_max"), ("events", "batch_wait"),
+} | {("events", name) for name in HANDLER_NAMES}
 
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
@@ -436,7 +439,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
 
 def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> None:
     from eventsvc.events.dispatch import EventDispatcher
-    from eventsvc.events.handlers import DeadLetters, HandlerService
+    from eventsvc.events.handlers import BacklogWatch, DeadLetters, HandlerService
     from eventsvc.events.spool import Spool
     from eventsvc.events.types import Registry
 
@@ -455,10 +458,11 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
         if not address:
             continue
         target = _handler_target(name, address, config, reactor, agents)
+        batch_max, batch_wait = ev.batching(name)
         handler = HandlerService(
             name, target, reactor, dead_letters,
             concurrency=ev.handler_concurrency, retry_initial=ev.retry_initial,
-            retry_max=ev.retry_max, max_age=ev.max_age,
+            retry_max=ev.retry_max, max_age=ev.max_age, batch_max=batch_max, batch_wait=batch_wait,
         )
         handler.setServiceParent(top)
         handlers[name] = handler
@@ -468,6 +472,7 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
         spool=spool, prefix=ev.subject_prefix, queue_group=ev.queue_group,
     )
     dispatcher.setServiceParent(top)
+    BacklogWatch(list(handlers.values()), reactor).setServiceParent(top)
     top.events = dispatcher
 
 

@@ -74,6 +74,19 @@ class HandlersConfig:
 
 
 @dataclass(frozen=True)
+class HandlerBatchConfig:
+    """
+    One handler's own batching ([events.feed], [events.cfgingest],
+    [events.event_feed]); what is left out is [events]'s.
+    """
+
+    #: 0: [events] batch_max.
+    batch_max: int = 0
+    #: Negative: [events] batch_wait.
+    batch_wait: float = -1.0
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     """How typed events are taken in and delivered."""
 
@@ -92,6 +105,23 @@ class EventsConfig:
     dead_letter_file: str = "dead-letters.jsonl"
     #: Overrides of the type -> handlers routing.
     routing: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    #: Events per delivery, at most: 1 is one event per POST (a JSON
+    #: object); above 1, a POST carries a JSON array of up to this many.
+    batch_max: int = 1
+    #: Seconds an event may wait for others to fill its batch.
+    batch_wait: float = 0.005
+    #: Each handler's own batch_max and batch_wait.
+    feed: HandlerBatchConfig = field(default_factory=HandlerBatchConfig)
+    cfgingest: HandlerBatchConfig = field(default_factory=HandlerBatchConfig)
+    event_feed: HandlerBatchConfig = field(default_factory=HandlerBatchConfig)
+
+    def batching(self, handler: str) -> Tuple[int, float]:
+        """C{handler}'s batch_max and batch_wait, its own where it has them."""
+        own: HandlerBatchConfig = getattr(self, handler)
+        return (
+            own.batch_max or self.batch_max,
+            own.batch_wait if own.batch_wait >= 0 else self.batch_wait,
+        )
 
 
 @dataclass(frozen=True)
@@ -366,7 +396,11 @@ def _kind(value: Any) -> str:
     )
 
 
-_NESTED = {"PermissionsConfig": PermissionsConfig, "RoutePermissionsConfig": RoutePermissionsConfig}
+_NESTED = {
+    "PermissionsConfig": PermissionsConfig,
+    "RoutePermissionsConfig": RoutePermissionsConfig,
+    "HandlerBatchConfig": HandlerBatchConfig,
+}
 _ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig, "Tuple[IdentityConfig, ...]": IdentityConfig}
 
 
@@ -473,6 +507,14 @@ def _check(config: Config, path: str) -> None:
         fail("events", "max_age", "must be 0 (retry forever) or more seconds")
     if not ev.delivery_timeout > 0:
         fail("events", "delivery_timeout", "must be a positive number of seconds")
+    for where, batch_max, batch_wait in [("events", ev.batch_max, ev.batch_wait)] + [
+        ("events." + name, getattr(ev, name).batch_max, getattr(ev, name).batch_wait) for name in HANDLER_NAMES
+    ]:
+        inherit = where != "events"
+        if not (1 <= batch_max <= 10000 or (inherit and batch_max == 0)):
+            fail(where, "batch_max", "must be between 1 and 10000{}, got {}".format(" (0: [events] batch_max)" if inherit else "", batch_max))
+        if not (0 <= batch_wait <= 60 or (inherit and batch_wait < 0)):
+            fail(where, "batch_wait", "must be between 0 and 60 seconds{}, got {}".format(" (negative: [events] batch_wait)" if inherit else "", batch_wait))
     for type_name, handlers in ev.routing.items():
         if type_name not in EVENT_TYPES:
             fail("events.routing", type_name, "unknown event type (known: {})".format(", ".join(EVENT_TYPES)))

@@ -31,6 +31,9 @@ REPLAY_PREFIX = "$EVENTSVC.replay."
 class EventDispatcher(Service):
     log = Logger()
 
+    #: Seconds a done record may wait for its fsync.
+    DONE_SYNC = 0.2
+
     def __init__(
         self,
         broker: Any,
@@ -57,6 +60,11 @@ class EventDispatcher(Service):
         self._seq = 0
         self._acks: List[Tuple[str, bytes]] = []
         self._sync_call: Any = None
+        self._done_sync: Any = None
+        #: Per event type, its handlers, or why it is refused; for the
+        #: registry and handlers it was worked out from.
+        self._routes: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {}
+        self._routes_from: Any = None
         self.accepted = self.refused = 0
         self.accepted_by_type: Dict[str, int] = {}
         self.refused_by_reason: Dict[str, int] = {}
@@ -80,6 +88,8 @@ class EventDispatcher(Service):
             if subscription is not None:
                 subscription.unsubscribe()
         self._subscription = self._replays = None
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
         self._sync()
         if self.spool is not None:
             self.spool.close()
@@ -109,12 +119,14 @@ class EventDispatcher(Service):
             return
         event_id = event["event_id"]
         type_name = event["type"]["name"]
-        handlers = only if only is not None else self.registry.handlers_for(type_name)
-        missing = [h for h in handlers if h not in self.handlers]
-        if not handlers or missing:
-            self._refuse(reply, "no_handler", "no handler configured for {} ([handlers] {})".format(type_name, ", ".join(missing or ["-"])), event_id)
+        if only is None:
+            handlers, problem = self._route(type_name)
+        else:
+            handlers, problem = only, None
+        if problem is not None:
+            self._refuse(reply, "no_handler", problem, event_id)
             return
-        if self.pending >= self.event_limit:
+        if len(self._remaining) >= self.event_limit:
             self._refuse(reply, "queue_full", "queue full: {} events waiting ([service] event_limit)".format(self.pending), event_id)
             return
         if self.spool is not None:
@@ -126,14 +138,26 @@ class EventDispatcher(Service):
         self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
         self._admit(seq, event_id, handlers, payload, type_name)
         if reply:
-            answer = _answer(True, event_id=event_id)
-            if self.spool is None:
-                self.broker.publish(reply, answer)
-            else:
-                # Acknowledged once durable: one fsync per reactor turn.
-                self._acks.append((reply, answer))
-                if self._sync_call is None:
-                    self._sync_call = self.clock.callLater(0, self._sync)
+            # Acknowledged together at the end of the reactor turn, once
+            # durable: one fsync (with a spool) and one write for all.
+            self._acks.append((reply, _accepted(event_id)))
+            if self._sync_call is None:
+                self._sync_call = self.clock.callLater(0, self._sync)
+
+    def _route(self, type_name: str) -> Tuple[Tuple[str, ...], Optional[str]]:
+        """The handlers of C{type_name}, or why its events are refused: worked out once per type."""
+        if self._routes_from != (self.registry, tuple(self.handlers)):
+            self._routes_from = (self.registry, tuple(self.handlers))
+            self._routes = {}
+        route = self._routes.get(type_name)
+        if route is None:
+            handlers = self.registry.handlers_for(type_name)
+            missing = [h for h in handlers if h not in self.handlers]
+            problem = None
+            if not handlers or missing:
+                problem = "no handler configured for {} ([handlers] {})".format(type_name, ", ".join(missing or ["-"]))
+            route = self._routes[type_name] = (handlers, problem)
+        return route
 
     def _admit(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes, type_name: str = "") -> None:
         if not handlers:
@@ -149,25 +173,37 @@ class EventDispatcher(Service):
         for name in handlers:
             self.handlers[name].enqueue(Delivery(seq, event_id, body, now, self._finished, type_name))
 
-    def _finished(self, seq: int, handler: str) -> None:
-        remaining = self._remaining.get(seq)
-        if remaining is None:
-            return
-        remaining.discard(handler)
-        if self.spool is not None:
-            self.spool.done(seq, handler)
-            if self._sync_call is None:
-                self._sync_call = self.clock.callLater(0, self._sync)
-        if not remaining:
-            del self._remaining[seq]
+    def _finished(self, seqs: Sequence[int], handler: str) -> None:
+        """C{handler} is done with these events (a batch): one spool record for all of them."""
+        ours = []
+        for seq in seqs:
+            remaining = self._remaining.get(seq)
+            if remaining is None:
+                continue
+            ours.append(seq)
+            remaining.discard(handler)
+            if not remaining:
+                del self._remaining[seq]
+        if self.spool is not None and ours:
+            self.spool.done_many(ours, handler)
+            # No one waits on a done record: it is made durable with the next
+            # acknowledgements, or within DONE_SYNC seconds.  A crash before
+            # then delivers those events again (at least once), and costs no
+            # fsync per delivery meanwhile.
+            if self._sync_call is None and self._done_sync is None:
+                self._done_sync = self.clock.callLater(self.DONE_SYNC, self._sync)
 
     def _sync(self) -> None:
         self._sync_call = None
+        if self._done_sync is not None:
+            if self._done_sync.active():
+                self._done_sync.cancel()
+            self._done_sync = None
         if self.spool is not None:
             self.spool.sync()
         acks, self._acks = self._acks, []
-        for reply, answer in acks:
-            self.broker.publish(reply, answer)
+        if acks:
+            self.broker.publish_many(acks)
 
     def _refuse(self, reply: Optional[str], reason: str, error: str, event_id: Optional[str]) -> None:
         self.refused += 1
@@ -175,6 +211,14 @@ class EventDispatcher(Service):
         self.log.info("event {event_id} refused: {error}", event_id=event_id or "-", error=error)
         if reply:
             self.broker.publish(reply, _answer(False, error=error, event_id=event_id))
+
+
+def _accepted(event_id: str) -> bytes:
+    """C{_answer(True, event_id=event_id)}, without building a dict per event."""
+    if event_id.isascii() and event_id.isprintable() and '"' not in event_id and "\\" not in event_id:
+        # Nothing to escape (the common case).
+        return b'{"success": true, "event_id": "' + event_id.encode("ascii") + b'"}'
+    return b'{"success": true, "event_id": ' + json.dumps(event_id).encode("utf-8") + b"}"
 
 
 def _answer(success: bool, **fields: Any) -> bytes:

@@ -7,6 +7,14 @@ returns) is delivered; 5xx, 408, 425, 429, timeouts and connection errors
 are retried with exponential backoff and jitter, forever or until
 C{max_age}; any other answer is dead-lettered: logged, counted and appended
 to the dead-letter file.
+
+With C{batch_max} above 1, and a target that takes batches (HTTP targets
+do; a Python callable does when it says so, L{takes_batches}), events go
+in batches of at most C{batch_max}, in acceptance order: a batch is sent
+when it is full, or when its oldest event has waited C{batch_wait}
+seconds, whichever comes first.  A batch succeeds or is retried whole; a
+permanent refusal splits it in two (and again, down to single events), so
+only the events that fail on their own are dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,12 +24,14 @@ import json
 import random
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from eventsvc.dotted import settle
 from eventsvc.files import append_locked
@@ -42,11 +52,16 @@ class PermanentFailure(Exception):
     """Raised by a Python handler: this event will never succeed; dead-letter it."""
 
 
+#: Called with the sequence numbers a handler is finished with (delivered
+#: or dead-lettered), and the handler's name.
+Finished = Callable[[Sequence[int], str], None]
+
+
 class Delivery:
     __slots__ = ("seq", "event_id", "type_name", "body", "accepted", "attempts", "finished")
 
     def __init__(
-        self, seq: int, event_id: str, body: bytes, accepted: float, finished: Callable[[int, str], None], type_name: str = ""
+        self, seq: int, event_id: str, body: bytes, accepted: float, finished: Finished, type_name: str = ""
     ):
         self.seq = seq
         self.event_id = event_id
@@ -57,8 +72,27 @@ class Delivery:
         self.finished = finished
 
 
+#: Deliveries attempted together: one event, or a batch of them in acceptance order.
+Batch = Tuple[Delivery, ...]
+
+
+def takes_batches(function: Callable[[List[Dict[str, Any]]], Any]) -> Callable[[List[Dict[str, Any]]], Any]:
+    """
+    Mark a Python handler as taking batches: with C{batch_max} above 1 it
+    is called with a list of events (at most C{batch_max}, in acceptance
+    order) instead of one event.  Returning delivers all of them; raising
+    L{PermanentFailure} splits the batch to find the events that fail on
+    their own; any other exception retries the whole batch.
+    """
+    function.takes_batches = True  # type: ignore[attr-defined]
+    return function
+
+
 class HTTPTarget:
-    """POST the event as JSON to C{url}."""
+    """
+    POST the event as JSON to C{url}; or, for a batch, one POST of a JSON
+    array of events, built by joining the bytes as they were published.
+    """
 
     def __init__(self, url: str, agent: Any, clock: Any, timeout: float) -> None:
         self.url = url
@@ -70,14 +104,14 @@ class HTTPTarget:
     def deliver(self, body: bytes) -> Deferred:
         return ensureDeferred(self._post(body))
 
-    async def _post(self, body: bytes) -> None:
-        from twisted.web.client import FileBodyProducer, readBody
-        from twisted.web.http_headers import Headers
-        from io import BytesIO
+    def deliver_batch(self, bodies: Sequence[bytes]) -> Deferred:
+        return ensureDeferred(self._post(b"[" + b",".join(bodies) + b"]"))
 
-        d = self._agent.request(
-            b"POST", self._url, Headers({b"Content-Type": [b"application/json"]}), FileBodyProducer(BytesIO(body))
-        )
+    async def _post(self, body: bytes) -> None:
+        from twisted.web.client import readBody
+        from twisted.web.http_headers import Headers
+
+        d = self._agent.request(b"POST", self._url, Headers({b"Content-Type": [b"application/json"]}), _Body(body))
         d.addTimeout(self._timeout, self._clock)
         try:
             response = await d
@@ -91,6 +125,32 @@ class HTTPTarget:
 
     def __repr__(self) -> str:
         return self.url
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A request body already in memory, written at once: Twisted's
+    FileBodyProducer reads it back through a cooperator task, a reactor
+    turn and a LoopingCall per request.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class NoDelayEndpoints:
@@ -145,6 +205,18 @@ class CallableTarget:
 
     def deliver(self, body: bytes) -> Deferred:
         d = maybeDeferred(self._function, json.loads(body))
+        d.addCallback(settle)
+        d.addErrback(self._classify)
+        return d
+
+    @property
+    def batches(self) -> bool:
+        """Whether the callable takes lists of events (L{takes_batches})."""
+        return bool(getattr(self._function, "takes_batches", False))
+
+    def deliver_batch(self, bodies: Sequence[bytes]) -> Deferred:
+        function: Callable[[Any], Any] = self._function
+        d = maybeDeferred(function, [json.loads(b) for b in bodies])
         d.addCallback(settle)
         d.addErrback(self._classify)
         return d
@@ -204,6 +276,9 @@ class LatencyHistogram:
 class HandlerService(Service):
     log = Logger()
 
+    #: How long the backlog must have grown before it is reported.
+    BACKLOG_GROWING = 60.0
+
     def __init__(
         self,
         name: str,
@@ -215,6 +290,8 @@ class HandlerService(Service):
         retry_max: float = 300.0,
         max_age: float = 0.0,
         rng: Optional[random.Random] = None,
+        batch_max: int = 1,
+        batch_wait: float = 0.0,
     ) -> None:
         self.setName(name)
         #: The handler's name (Service.name, typed as a plain str).
@@ -226,15 +303,40 @@ class HandlerService(Service):
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.max_age = max_age
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         self.random = rng or random.Random()
+        #: Events not yet attempted, in acceptance order.
         self.backlog: Deque[Delivery] = deque()
+        #: Batches to attempt before the backlog: retries that are due, and
+        #: the halves of a refused batch.
+        self.ready: Deque[Batch] = deque()
+        #: Attempts in flight (requests), and the events in them.
         self.in_flight = 0
-        self._attempts: Dict[Delivery, Deferred] = {}
-        self.waiting: Dict[Delivery, Any] = {}
+        self._in_flight_events = 0
+        self._attempts: Dict[Batch, Deferred] = {}
+        #: Batches waiting out their backoff.
+        self.waiting: Dict[Batch, Any] = {}
+        self._waiting_events = 0
+        self._ready_events = 0
+        self._batch_timer: Any = None
         self.delivered = self.retried = self.dead_lettered = 0
+        #: Requests made (one per event, or per batch).
+        self.attempts = 0
         #: The same three counts by event type, for metrics.
         self.by_type: Dict[str, Dict[str, int]] = {"delivered": {}, "retried": {}, "dead_lettered": {}}
         self.latency = LatencyHistogram()
+        #: Since when (clock seconds) the backlog has not shrunk while
+        #: growing, and what it was then; None while it is not growing.
+        self.growing_since: Optional[float] = None
+        self._growth_base = 0
+        self._last_sample = 0
+        self._reported_growth = -self.BACKLOG_GROWING
+
+    @property
+    def batching(self) -> bool:
+        """Whether events go in batches: C{batch_max} above 1 and a target that takes them."""
+        return self.batch_max > 1 and getattr(self.target, "batches", hasattr(self.target, "deliver_batch"))
 
     def enqueue(self, delivery: Delivery) -> None:
         self.backlog.append(delivery)
@@ -246,71 +348,138 @@ class HandlerService(Service):
         return ceiling * (0.5 + 0.5 * self.random.random())
 
     def _pump(self) -> None:
-        while self.running and self.backlog and self.in_flight < self.concurrency:
-            self._attempt(self.backlog.popleft())
+        while self.running and self.in_flight < self.concurrency:
+            if self.ready:
+                batch = self.ready.popleft()
+                self._ready_events -= len(batch)
+                if len(batch) > 1 and not self.batching:
+                    # The target stopped taking batches (a reload): one by one.
+                    self.ready.extendleft((d,) for d in reversed(batch))
+                    self._ready_events += len(batch)
+                    continue
+                self._attempt(batch)
+                continue
+            if not self.backlog:
+                return
+            if not self.batching:
+                self._attempt((self.backlog.popleft(),))
+                continue
+            if len(self.backlog) < self.batch_max and self.batch_wait > 0:
+                # Not full: the oldest waits for company, up to batch_wait.
+                due = self.backlog[0].accepted + self.batch_wait
+                now = self.clock.seconds()
+                if now < due:
+                    if self._batch_timer is None:
+                        self._batch_timer = self.clock.callLater(due - now, self._batch_due)
+                    return
+            take = min(self.batch_max, len(self.backlog))
+            self._attempt(tuple(self.backlog.popleft() for _ in range(take)))
 
-    def _attempt(self, delivery: Delivery) -> None:
-        self.in_flight += 1
-        delivery.attempts += 1
-        d = maybeDeferred(self.target.deliver, delivery.body)
-        self._attempts[delivery] = d
-        d.addBoth(self._settled, delivery)
-        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(delivery,), errbackArgs=(delivery,))
-        d.addErrback(lambda f: self.log.failure("handler {name} bookkeeping failed", f, name=self.name))
-
-    def _settled(self, result: Any, delivery: Delivery) -> Any:
-        self._attempts.pop(delivery, None)
-        return result
-
-    def _succeeded(self, _: Any, delivery: Delivery) -> None:
-        self.in_flight -= 1
-        self.delivered += 1
-        self._count("delivered", delivery)
-        self.latency.observe(self.clock.seconds() - delivery.accepted)
-        delivery.finished(delivery.seq, self.handler)
+    def _batch_due(self) -> None:
+        self._batch_timer = None
         self._pump()
 
-    def _failed(self, failure: Failure, delivery: Delivery) -> None:
+    def _attempt(self, batch: Batch) -> None:
+        self.in_flight += 1
+        self._in_flight_events += len(batch)
+        self.attempts += 1
+        for delivery in batch:
+            delivery.attempts += 1
+        if self.batching:
+            d = maybeDeferred(self.target.deliver_batch, [delivery.body for delivery in batch])
+        else:
+            d = maybeDeferred(self.target.deliver, batch[0].body)
+        self._attempts[batch] = d
+        d.addBoth(self._settled, batch)
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addErrback(lambda f: self.log.failure("handler {name} bookkeeping failed", f, name=self.name))
+
+    def _settled(self, result: Any, batch: Batch) -> Any:
+        self._attempts.pop(batch, None)
         self.in_flight -= 1
+        self._in_flight_events -= len(batch)
+        return result
+
+    def _succeeded(self, _: Any, batch: Batch) -> None:
+        now = self.clock.seconds()
+        self.delivered += len(batch)
+        for delivery in batch:
+            self._count("delivered", delivery)
+            self.latency.observe(now - delivery.accepted)
+        self._finish(batch)
+        self._pump()
+
+    def _finish(self, batch: Sequence[Delivery]) -> None:
+        # Every delivery of a batch comes from the same dispatcher.
+        if batch:
+            batch[0].finished([delivery.seq for delivery in batch], self.handler)
+
+    def _failed(self, failure: Failure, batch: Batch) -> None:
         if not self.running:
-            # Stopped mid-delivery: the event stays in the spool for next time.
+            # Stopped mid-delivery: the events stay in the spool for next time.
             return
         if failure.check(DeliveryFailed):
             why, retry = failure.getErrorMessage(), failure.value.retry
         else:
-            self.log.failure("handler {name}: delivery of {event_id} failed", failure, name=self.name, event_id=delivery.event_id)
+            self.log.failure("handler {name}: delivery of {event_id} failed", failure, name=self.name, event_id=batch[0].event_id)
             why, retry = "{}: {}".format(failure.type.__name__, failure.getErrorMessage()), True
-        age = self.clock.seconds() - delivery.accepted
-        if retry and (not self.max_age or age < self.max_age):
-            delay = self.backoff(delivery.attempts)
-            self.retried += 1
-            self._count("retried", delivery)
+        if not retry and len(batch) > 1:
+            # Refused for good: some event in it fails on its own.  Halve
+            # it until the ones that fail alone are found.
+            half = len(batch) // 2
             self.log.info(
-                "handler {name}: {event_id} not delivered to {target} ({why}); attempt {attempt} in {delay:.1f}s",
-                name=self.name, event_id=delivery.event_id, target=self.target, why=why,
-                attempt=delivery.attempts + 1, delay=delay,
+                "handler {name}: a batch of {size} refused by {target} ({why}); trying it in halves",
+                name=self.name, size=len(batch), target=self.target, why=why,
             )
-            self.waiting[delivery] = self.clock.callLater(delay, self._retry, delivery)
-        else:
-            if retry:
-                why = "{} (gave up after {:.0f}s, max_age)".format(why, age)
-            self.dead_lettered += 1
+            for part in (batch[half:], batch[:half]):
+                self.ready.appendleft(part)
+                self._ready_events += len(part)
+            self._pump()
+            return
+        now = self.clock.seconds()
+        expired: Sequence[Delivery] = ()
+        if retry and self.max_age:
+            expired = [d for d in batch if now - d.accepted >= self.max_age]
+            if expired:
+                batch = tuple(d for d in batch if now - d.accepted < self.max_age)
+                self._dead_letter(expired, "{} (gave up after {:.0f}s, max_age)".format(why, now - expired[0].accepted))
+        if batch and retry:
+            attempts = max(d.attempts for d in batch)
+            delay = self.backoff(attempts)
+            self.retried += len(batch)
+            for delivery in batch:
+                self._count("retried", delivery)
+            self.log.info(
+                "handler {name}: {what} not delivered to {target} ({why}); attempt {attempt} in {delay:.1f}s",
+                name=self.name, what=_describe(batch), target=self.target, why=why,
+                attempt=attempts + 1, delay=delay,
+            )
+            self.waiting[batch] = self.clock.callLater(delay, self._retry, batch)
+            self._waiting_events += len(batch)
+        elif batch:
+            self._dead_letter(batch, why)
+        self._pump()
+
+    def _dead_letter(self, batch: Sequence[Delivery], why: str) -> None:
+        self.dead_lettered += len(batch)
+        for delivery in batch:
             self._count("dead_lettered", delivery)
             self.log.warn(
                 "handler {name}: {event_id} dead-lettered after {attempts} attempts: {why}",
                 name=self.name, event_id=delivery.event_id, attempts=delivery.attempts, why=why,
             )
             self.dead_letters.write(self.handler, delivery, why)
-            delivery.finished(delivery.seq, self.handler)
-        self._pump()
+        self._finish(batch)
 
     def _count(self, what: str, delivery: Delivery) -> None:
         counts = self.by_type[what]
         counts[delivery.type_name] = counts.get(delivery.type_name, 0) + 1
 
-    def _retry(self, delivery: Delivery) -> None:
-        del self.waiting[delivery]
-        self.backlog.append(delivery)
+    def _retry(self, batch: Batch) -> None:
+        del self.waiting[batch]
+        self._waiting_events -= len(batch)
+        self.ready.append(batch)
+        self._ready_events += len(batch)
         self._pump()
 
     def startService(self) -> None:
@@ -320,17 +489,87 @@ class HandlerService(Service):
     def stopService(self) -> Any:
         # What is not delivered stays in the spool (when there is one).
         result = super().stopService()
+        if self._batch_timer is not None and self._batch_timer.active():
+            self._batch_timer.cancel()
+        self._batch_timer = None
         for call in self.waiting.values():
             if call.active():
                 call.cancel()
         self.waiting.clear()
+        self._waiting_events = 0
         for d in list(self._attempts.values()):
             d.cancel()
         return result
 
     @property
     def backlog_size(self) -> int:
-        return len(self.backlog) + len(self.waiting) + self.in_flight
+        """Events this handler has not finished: waiting, due for retry, or in flight."""
+        return len(self.backlog) + self._ready_events + self._waiting_events + self._in_flight_events
+
+    def sample_backlog(self, interval: float) -> None:
+        """
+        Look at the backlog (L{BacklogWatch} does, every C{interval}
+        seconds): it is growing while it does not shrink and is above where
+        it began to grow.  Past L{BACKLOG_GROWING} seconds that is logged,
+        once a minute while it lasts, and shown by the
+        C{eventsvc_handler_backlog_growing_seconds} metric.
+        """
+        now, size = self.clock.seconds(), self.backlog_size
+        if size < self._last_sample or size == 0:
+            if self.growing_seconds(now) >= self.BACKLOG_GROWING:
+                self.log.info("handler {name}: backlog shrinking again ({size} events)", name=self.name, size=size)
+            self.growing_since = None
+        elif size > self._last_sample and self.growing_since is None:
+            self.growing_since, self._growth_base = now - interval, self._last_sample
+        self._last_sample = size
+        growing = self.growing_seconds(now)
+        if growing >= self.BACKLOG_GROWING and now - self._reported_growth >= self.BACKLOG_GROWING:
+            self._reported_growth = now
+            self.log.warn(
+                "handler {name}: backlog growing for {seconds:.0f}s, from {base} to {size} events; "
+                "{target} is slower than events arrive (at [service] event_limit = producers are refused)",
+                name=self.name, seconds=growing, base=self._growth_base, size=size, target=self.target,
+            )
+
+    def growing_seconds(self, now: Optional[float] = None) -> float:
+        """How long the backlog has been growing (0: it is not)."""
+        if self.growing_since is None or self._last_sample <= self._growth_base:
+            return 0.0
+        return (self.clock.seconds() if now is None else now) - self.growing_since
+
+
+class BacklogWatch(Service):
+    """Looks at every handler's backlog every C{interval} seconds (L{HandlerService.sample_backlog})."""
+
+    def __init__(self, handlers: Sequence[HandlerService], clock: Any, interval: float = 5.0) -> None:
+        self.setName("backlog-watch")
+        self.handlers = handlers
+        self.clock = clock
+        self.interval = interval
+        self._loop: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet.task import LoopingCall
+
+        self._loop = LoopingCall(self.sample)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def sample(self) -> None:
+        for handler in self.handlers:
+            handler.sample_backlog(self.interval)
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+
+def _describe(batch: Sequence[Delivery]) -> str:
+    if len(batch) == 1:
+        return batch[0].event_id
+    return "a batch of {} ({} ... {})".format(len(batch), batch[0].event_id, batch[-1].event_id)
 
 
 _example_log = Logger(namespace="eventsvc.handler")

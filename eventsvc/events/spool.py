@@ -3,9 +3,13 @@ The durable spool: segment files of accepted events and of their
 deliveries, in data_dir.
 
 A segment (C{events-<n>.spool}) starts with a header line and holds records:
-a 4-byte length, a 4-byte CRC32 and a JSON body, C{accept} (sequence number,
-event id, handlers, the event, the time) or C{done} (sequence number,
-handler).  Records are appended to the newest segment and made durable by
+a 4-byte length, a 4-byte CRC32 and a body.  The body is C{accept}: a line
+of JSON (sequence number, event id, handlers, the time), a newline, and the
+event's bytes exactly as they were published (so nothing is encoded twice,
+and what is delivered after a restart is byte for byte what was accepted);
+or C{done} (the sequence numbers a
+handler finished together, a batch, and the handler; one sequence number in
+records written before batches).  Records are appended to the newest segment and made durable by
 L{Spool.sync}, which the dispatcher calls once per reactor turn before it
 acknowledges anything (group commit).  When the newest segment passes
 C{segment_size} a new one is begun; a segment that owes nothing any more is
@@ -36,15 +40,18 @@ import re
 import struct
 import time
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
 from eventsvc.files import sync_folder
 
 _HEADER = struct.Struct(">II")
-#: The first line of every segment (and its format's version).
-SEGMENT_HEADER = b"EVSPOOL2\n"
+#: The first line of every segment (and its format's version).  Version 2
+#: (whose accept records held the event as a JSON string) is still read;
+#: an older eventsvc cannot read version 3, so downgrade with an empty spool.
+SEGMENT_HEADER = b"EVSPOOL3\n"
+_HEADERS = (SEGMENT_HEADER, b"EVSPOOL2\n")
 #: A record larger than this is taken for corruption: events are at most
 #: max_payload (64 MiB), and four bytes of JSON text read as a length are
 #: always larger, which makes scanning through damage cheap.
@@ -70,6 +77,20 @@ class Pending(NamedTuple):
 def _record(body: dict) -> bytes:
     data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def _accept_record(seq: int, event_id: str, handlers: bytes, event: bytes, accepted: float) -> bytes:
+    """An accept record: its JSON line (C{handlers} already JSON), a newline, the event's own bytes."""
+    data = b'{"k":"accept","seq":%d,"event_id":%s,"handlers":%s,"t":%r}\n%s' % (
+        seq, _json_string(event_id), handlers, accepted, event,
+    )
+    return _HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def _json_string(text: str) -> bytes:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return b'"' + text.encode("ascii") + b'"'
+    return json.dumps(text).encode("ascii")
 
 
 class Damage(NamedTuple):
@@ -98,12 +119,17 @@ def _record_at(data: bytes, pos: int) -> Optional[Tuple[dict, int]]:
     body = data[pos + _HEADER.size : end]
     if zlib.crc32(body) != crc:
         return None
+    # JSON never holds a raw newline: one ends an accept record's line, and
+    # the event's bytes follow it.
+    line_end = body.find(b"\n")
     try:
-        record = json.loads(body)
+        record = json.loads(body if line_end < 0 else body[:line_end])
     except ValueError:
         return None
     if not isinstance(record, dict):
         return None
+    if line_end >= 0:
+        record["event"] = body[line_end + 1 :]
     return record, end
 
 
@@ -111,7 +137,7 @@ def scan(data: bytes) -> Tuple[List[dict], List[Damage]]:
     """Every readable record in C{data}, and the ranges that were not."""
     records: List[dict] = []
     damage: List[Damage] = []
-    pos = len(SEGMENT_HEADER) if data.startswith(SEGMENT_HEADER) else 0
+    pos = len(SEGMENT_HEADER) if data.startswith(_HEADERS) else 0
     while pos < len(data):
         found = _record_at(data, pos)
         if found is not None:
@@ -155,9 +181,19 @@ def _valid_accept(record: dict) -> bool:
     handlers = record.get("handlers")
     return (
         isinstance(record.get("seq"), int) and isinstance(record.get("event_id"), str)
-        and isinstance(record.get("event"), str) and isinstance(handlers, list)
+        and isinstance(record.get("event"), (str, bytes)) and isinstance(handlers, list)
         and all(isinstance(h, str) for h in handlers)
     )
+
+
+def done_pairs(record: dict) -> List[Tuple[int, str]]:
+    """The (sequence number, handler) pairs a C{done} record stands for."""
+    handler = str(record.get("handler"))
+    seqs = record.get("seqs")
+    if isinstance(seqs, list):
+        return [(seq, handler) for seq in seqs if isinstance(seq, int)]
+    seq = record.get("seq")
+    return [(seq, handler)] if isinstance(seq, int) else []
 
 
 def owed(records: Sequence[dict]) -> "tuple[List[Pending], int]":
@@ -170,22 +206,28 @@ def owed(records: Sequence[dict]) -> "tuple[List[Pending], int]":
     accepted: Dict[int, dict] = {}
     done: Dict[int, Set[str]] = {}
     for record in records:
-        seq = record.get("seq")
-        if not isinstance(seq, int):
-            continue
-        next_seq = max(next_seq, seq + 1)
         kind = record.get("k")
+        if kind == "done":
+            for seq, handler in done_pairs(record):
+                done.setdefault(seq, set()).add(handler)
+            continue
+        number = record.get("seq")
+        if not isinstance(number, int):
+            continue
+        next_seq = max(next_seq, number + 1)
         if kind == "accept" and _valid_accept(record):
-            accepted[seq] = record
-        elif kind == "done":
-            done.setdefault(seq, set()).add(str(record.get("handler")))
+            accepted[number] = record
     pending = []
     for seq in sorted(accepted):
         record = accepted[seq]
         remaining = [h for h in record["handlers"] if h not in done.get(seq, ())]
         if remaining:
             t = record.get("t", 0.0)
-            pending.append(Pending(seq, record["event_id"], remaining, record["event"].encode("utf-8"), t if isinstance(t, (int, float)) else 0.0))
+            event = record["event"]
+            pending.append(Pending(
+                seq, record["event_id"], remaining, event if isinstance(event, bytes) else event.encode("utf-8"),
+                t if isinstance(t, (int, float)) else 0.0,
+            ))
     return pending, next_seq
 
 
@@ -217,6 +259,8 @@ class Spool:
         self.next_seq = 1
         self._file: Optional[object] = None
         self._active = 0
+        #: Bytes in the segment being written.
+        self._size = 0
         self._dirty = False
         #: Per segment on disk, the sequence numbers accepted there, and of
         #: those the ones still owed; per owed sequence number, the handlers
@@ -229,6 +273,8 @@ class Spool:
         #: another segment: written again before it is deleted while that
         #: other segment is still there, or its events would come back.
         self._done_in: Dict[int, Set[Tuple[int, str]]] = {}
+        #: Handler lists as JSON, made once per list.
+        self._handlers_json: Dict[Tuple[str, ...], bytes] = {}
 
     @property
     def path(self) -> str:
@@ -276,12 +322,11 @@ class Spool:
         # Done records of events in the segments that stay are written again
         # here, so that deleting the segments that held them loses nothing.
         carried = {
-            (record["seq"], str(record.get("handler"))) for record in every
-            if record.get("k") == "done" and isinstance(record.get("seq"), int)
-            and accepted_where.get(record["seq"], LEGACY) in kept - {LEGACY}
+            (seq, handler) for record in every if record.get("k") == "done"
+            for seq, handler in done_pairs(record)
+            if accepted_where.get(seq, LEGACY) in kept - {LEGACY}
         }
-        for seq, handler in sorted(carried):
-            self._write_done(seq, handler)
+        self._write_done_pairs(carried)
         self.sync()
         if os.path.exists(legacy):
             # What it owed is durable in the new segment now.
@@ -321,6 +366,7 @@ class Spool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
         self._file = os.fdopen(fd, "ab")
         self._file.write(SEGMENT_HEADER)  # type: ignore[attr-defined]
+        self._size = len(SEGMENT_HEADER)
         self._active = number
         self._dirty = True
         sync_folder(self.directory)
@@ -341,39 +387,60 @@ class Spool:
         return seq
 
     def _write_accept(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes, accepted: float) -> None:
-        self._write({
-            "k": "accept", "seq": seq, "event_id": event_id, "handlers": list(handlers),
-            "event": body.decode("utf-8"), "t": accepted,
-        })
+        assert self._file is not None, "spool not open"
+        key = tuple(handlers)
+        encoded = self._handlers_json.get(key)
+        if encoded is None:
+            encoded = self._handlers_json[key] = json.dumps(list(key)).encode("utf-8")
+        record = _accept_record(seq, event_id, encoded, body, accepted)
+        self._file.write(record)  # type: ignore[attr-defined]
+        self._size += len(record)
+        self._dirty = True
 
     def done(self, seq: int, handler: str) -> None:
         """Record that C{handler} is finished with event C{seq} (delivered or dead-lettered)."""
-        self._roll_if_full()
-        self._write_done(seq, handler)
-        remaining = self._remaining.get(seq)
-        if remaining is None:
-            return
-        remaining.discard(handler)
-        if remaining:
-            return
-        del self._remaining[seq]
-        segment = self._segment_of.pop(seq)
-        owed_here = self._owed_in.get(segment)
-        if owed_here is not None:
-            owed_here.discard(seq)
-            if not owed_here and segment != self._active:
-                self._delete_segment(segment)
+        self.done_many((seq,), handler)
 
-    def _write_done(self, seq: int, handler: str) -> None:
-        self._write({"k": "done", "seq": seq, "handler": handler})
-        home = self._segment_of.get(seq)
-        if home is None:
-            home = next((n for n, seqs in self._accepted_in.items() if seq in seqs), None)
-        if home is not None and home != self._active:
-            self._done_in.setdefault(self._active, set()).add((seq, handler))
+    def done_many(self, seqs: Sequence[int], handler: str) -> None:
+        """Record that C{handler} is finished with events C{seqs} (a batch), in one record."""
+        if not seqs:
+            return
+        self._roll_if_full()
+        self._write_done(seqs, handler)
+        for seq in seqs:
+            remaining = self._remaining.get(seq)
+            if remaining is None:
+                continue
+            remaining.discard(handler)
+            if remaining:
+                continue
+            del self._remaining[seq]
+            segment = self._segment_of.pop(seq)
+            owed_here = self._owed_in.get(segment)
+            if owed_here is not None:
+                owed_here.discard(seq)
+                if not owed_here and segment != self._active:
+                    self._delete_segment(segment)
+
+    def _write_done(self, seqs: Sequence[int], handler: str) -> None:
+        self._write({"k": "done", "seqs": list(seqs), "handler": handler})
+        for seq in seqs:
+            home = self._segment_of.get(seq)
+            if home is None:
+                home = next((n for n, accepted in self._accepted_in.items() if seq in accepted), None)
+            if home is not None and home != self._active:
+                self._done_in.setdefault(self._active, set()).add((seq, handler))
+
+    def _write_done_pairs(self, pairs: Iterable[Tuple[int, str]]) -> None:
+        """Done records for these pairs, one record per handler."""
+        by_handler: Dict[str, List[int]] = {}
+        for seq, handler in sorted(pairs):
+            by_handler.setdefault(handler, []).append(seq)
+        for handler, seqs in sorted(by_handler.items()):
+            self._write_done(seqs, handler)
 
     def _roll_if_full(self) -> None:
-        if self._file is not None and self._file.tell() >= self.segment_size:  # type: ignore[attr-defined]
+        if self._file is not None and self._size >= self.segment_size:
             # The full segment is made durable now; the next sync covers the new one.
             self._flush_and_fsync()
             self._file.close()  # type: ignore[attr-defined]
@@ -394,8 +461,7 @@ class Spool:
             (seq, handler) for seq, handler in self._done_in.pop(number, set())
             if seq not in gone and any(seq in seqs for seqs in self._accepted_in.values())
         )
-        for seq, handler in carried:
-            self._write_done(seq, handler)
+        self._write_done_pairs(carried)
         if carried:
             self._flush_and_fsync()
         self._unlink(number)
@@ -408,7 +474,9 @@ class Spool:
 
     def _write(self, record: dict) -> None:
         assert self._file is not None, "spool not open"
-        self._file.write(_record(record))  # type: ignore[attr-defined]
+        data = _record(record)
+        self._file.write(data)  # type: ignore[attr-defined]
+        self._size += len(data)
         self._dirty = True
 
     def _flush_and_fsync(self) -> None:

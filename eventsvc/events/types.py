@@ -84,6 +84,13 @@ def _timestamp(value: Any, field: str) -> None:
         raise EventError(field, "must be an RFC 3339 timestamp, got {!r}".format(value))
 
 
+#: The parts of an event with an id, a type and a name, and their fields' dotted names.
+_PARTS = tuple(
+    (part, tuple((key, part + "." + key) for key in ("id", "object_type", "display_name")))
+    for part in ("actor", "object", "target")
+)
+
+
 def validate(event: Any, subject_type: Optional[str] = None) -> Dict[str, Any]:
     """
     Check an event envelope; returns it.  When it was published on
@@ -111,11 +118,11 @@ def validate(event: Any, subject_type: Optional[str] = None) -> Dict[str, Any]:
     _strings(event.get("tags"), "tags")
     _timestamp(event.get("published"), "published")
     _string(event.get("verb"), "verb")
-    for part in ("actor", "object", "target"):
+    for part, keys in _PARTS:
         value = _object(event.get(part), part)
         if value is not None:
-            for key in ("id", "object_type", "display_name"):
-                _string(value.get(key), "{}.{}".format(part, key))
+            for key, where in keys:
+                _string(value.get(key), where)
     _object(event.get("data"), "data")
     _strings(event.get("projects"), "projects")
     return event

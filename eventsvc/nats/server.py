@@ -90,12 +90,12 @@ class _Targets:
         #: Per group, its local members: [(member, prefix, subscription)].
         self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
         #: Per group (same order): its name and the routes with members in it.
-        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = list(queue_info)
+        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = queue_info
         self.simple: bool = simple
         #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
-        self.route_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = list(route_plain)
+        self.route_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = route_plain
         #: Routes with plain interest that are also queue members: one RMSG each, built per message.
-        self.route_mixed: List[ISubscriber] = list(route_mixed)
+        self.route_mixed: List[ISubscriber] = route_mixed
 
 
 class LocalSubscriber:
@@ -223,14 +223,41 @@ class Broker:
 
     # -- delivery -----------------------------------------------------------
 
-    def _plan(self, subject: bytes) -> _Targets:
-        result = self.sublist.match(subject)
+    def _plan(self, subject: bytes, keep: bool = True) -> _Targets:
+        """The delivery plan of C{subject}, kept for next time unless C{keep} is false (a subject used once)."""
+        result = self.sublist.match(subject, keep)
         subs, groups = result.plain, result.queues
+        if groups:
+            return self._plan_with_queues(subject, subs, groups, keep)
+        # Plain subscriptions only (most subjects, every reply inbox): one pass.
+        head = b"MSG " + subject + b" "
+        plain: List[Tuple[Any, bytes, Callable[[bytes], None]]] = []
+        plain_subs: List[Subscription] = []
+        routes: Dict[Any, None] = {}
+        simple = True
+        for s in subs:
+            owner = s.owner
+            if owner.may_receive is not None and not owner.may_receive(subject):
+                # Subscribers denied this subject leave the plan (and so cost nothing per message).
+                continue
+            if owner.route:
+                routes[owner] = None  # one RMSG per route, however many subscriptions
+                continue
+            plain.append((owner, head + s.sid + b" ", owner.out.append))
+            plain_subs.append(s)
+            if s.max or owner.__class__ is LocalSubscriber:
+                simple = False
+        route_plain = []
+        if routes:
+            rhead = b"RMSG $G " + subject + b" "
+            route_plain = [(r, rhead, r.out.append) for r in routes]
+        targets = _Targets(plain, plain_subs, [], simple, route_plain, [], [])
+        return self._keep(subject, targets) if keep else targets
+
+    def _plan_with_queues(self, subject: bytes, subs: Any, groups: Any, keep: bool) -> _Targets:
         if any(s.owner.may_receive is not None for s in subs) or any(
             s.owner.may_receive is not None for group in groups for s in group
         ):
-            # Subscribers denied this subject leave the plan (and so cost
-            # nothing per message); a queue group can lose all its members.
             subs = [s for s in subs if _receives(s, subject)]
             groups = [g for g in ([s for s in group if _receives(s, subject)] for group in groups) if g]
         head = b"MSG " + subject + b" "
@@ -239,7 +266,7 @@ class Broker:
         routes_plain: Dict[Any, None] = {}
         for s in subs:
             if s.owner.route:
-                routes_plain[s.owner] = None  # one RMSG per route, however many subscriptions
+                routes_plain[s.owner] = None
             else:
                 plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
                 plain_subs.append(s)
@@ -254,19 +281,25 @@ class Broker:
         route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes]
         route_mixed = [r for r in routes_plain if r in queue_routes]
         targets = _Targets(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info)
+        return self._keep(subject, targets) if keep else targets
+
+    def _keep(self, subject: bytes, targets: _Targets) -> _Targets:
         if len(self._targets) > 8192:
             self._targets.clear()
         self._targets[subject] = targets
         return targets
 
     def deliver(
-        self, src: ISubscriber, subject: bytes, reply: Optional[bytes], size: int, tail: bytes
+        self, src: ISubscriber, subject: bytes, reply: Optional[bytes], size: int, tail: bytes,
+        targets: Optional[_Targets] = None,
     ) -> int:
         """
         Deliver a PUB from C{src}: C{tail} is C{b"<size>\\r\\n<payload>\\r\\n"}.
-        Returns how many subscribers it was given to.
+        Returns how many subscribers it was given to.  C{targets}: the
+        plan, when the caller has made it.
         """
-        targets = self._targets.get(subject) or self._plan(subject)
+        if targets is None:
+            targets = self._targets.get(subject) or self._plan(subject)
         if targets.simple:
             plain = targets.plain
             count = len(plain)
@@ -416,7 +449,7 @@ class Broker:
                 if routes and not src.route:
                     route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
                     assigned.setdefault(route, []).append(name)
-        if not src.route:
+        if not src.route and (assigned or targets.route_mixed):
             for route in list(assigned) + [r for r in targets.route_mixed if r not in assigned]:
                 route.out.append(message.route_frame(assigned.get(route, [])))
                 route.out_msgs += 1
@@ -602,6 +635,30 @@ class Broker:
             count = self.deliver(self._local, bsubject, breply, len(payload), tail)
         self.flush()
         return count
+
+    def publish_many(self, messages: Sequence[Tuple[str, bytes]]) -> None:
+        """
+        Publish several (subject, payload) messages from inside the process,
+        with no reply subject or headers, and write them out together: one
+        flush, not one per message (the event service's acknowledgements of
+        one group commit).  A subject that is not a valid literal one (a
+        reply subject with a wildcard, say) is skipped and logged: it
+        cannot cost the others their messages.
+        """
+        deliver, plan, plans = self.deliver, self._plan, self._targets
+        local = self._local
+        for subject, payload in messages:
+            bsubject = subject.encode("utf-8")
+            if not valid_literal_subject(bsubject):
+                self.log.warn("in-process publish to {subject!r} skipped: not a valid literal subject", subject=subject)
+                continue
+            self.in_msgs += 1
+            self.in_bytes += len(payload)
+            # Reply inboxes are used once: their plans are not kept, where
+            # they would only push out the plans of subjects that are busy.
+            targets = plans.get(bsubject) or plan(bsubject, keep=False)
+            deliver(local, bsubject, None, len(payload), b"%d\r\n%s\r\n" % (len(payload), payload), targets)
+        self.flush()
 
 
 def _receives(sub: Subscription, subject: bytes) -> bool:

@@ -290,10 +290,12 @@ class Sublist:
         # is next published to.
         self._cache.clear()
 
-    def match(self, subject: bytes) -> SublistResult:
+    def match(self, subject: bytes, keep: bool = True) -> SublistResult:
         """
         The subscriptions matching the literal C{subject}.  The result is
-        shared with the cache: do not mutate it.
+        shared with the cache: do not mutate it.  C{keep=False}: a subject
+        used once (a reply inbox), matched without taking a place in the
+        cache.
         """
         self.matches += 1
         result = self._cache.get(subject)
@@ -306,6 +308,8 @@ class Sublist:
         result = SublistResult(plain, list(groups.values())) if (
             plain or groups
         ) else _EMPTY
+        if not keep:
+            return result
         cache = self._cache
         if len(cache) >= self._cache_size:
             # Evict the oldest quarter: dicts keep insertion order.
