@@ -326,11 +326,10 @@ class HandlerService(Service):
         #: The same three counts by event type, for metrics.
         self.by_type: Dict[str, Dict[str, int]] = {"delivered": {}, "retried": {}, "dead_lettered": {}}
         self.latency = LatencyHistogram()
-        #: Since when (clock seconds) the backlog has not shrunk while
-        #: growing, and what it was then; None while it is not growing.
+        #: Since when (clock seconds) the backlog has not shrunk, and its
+        #: sizes over the last BACKLOG_GROWING seconds: (time, size).
         self.growing_since: Optional[float] = None
-        self._growth_base = 0
-        self._last_sample = 0
+        self._samples: Deque[Tuple[float, int]] = deque()
         self._reported_growth = -self.BACKLOG_GROWING
 
     @property
@@ -360,6 +359,10 @@ class HandlerService(Service):
                 self._attempt(batch)
                 continue
             if not self.backlog:
+                return
+            if self.waiting and self.batching:
+                # Batches keep acceptance order: nothing newer starts while
+                # a batch waits for its retry.
                 return
             if not self.batching:
                 self._attempt((self.backlog.popleft(),))
@@ -509,33 +512,43 @@ class HandlerService(Service):
     def sample_backlog(self, interval: float) -> None:
         """
         Look at the backlog (L{BacklogWatch} does, every C{interval}
-        seconds): it is growing while it does not shrink and is above where
-        it began to grow.  Past L{BACKLOG_GROWING} seconds that is logged,
-        once a minute while it lasts, and shown by the
+        seconds).  It is growing when it is larger than L{BACKLOG_GROWING}
+        seconds ago and has not shrunk since.  That is logged, once a minute
+        while it lasts, and shown by the
         C{eventsvc_handler_backlog_growing_seconds} metric.
         """
         now, size = self.clock.seconds(), self.backlog_size
-        if size < self._last_sample or size == 0:
+        samples = self._samples
+        if samples and size < samples[-1][1]:
             if self.growing_seconds(now) >= self.BACKLOG_GROWING:
                 self.log.info("handler {name}: backlog shrinking again ({size} events)", name=self.name, size=size)
-            self.growing_since = None
-        elif size > self._last_sample and self.growing_since is None:
-            self.growing_since, self._growth_base = now - interval, self._last_sample
-        self._last_sample = size
+            self.growing_since = now
+        elif self.growing_since is None:
+            self.growing_since = now
+        samples.append((now, size))
+        # Keep the window, and the one sample at or before its start.
+        while len(samples) > 1 and samples[1][0] <= now - self.BACKLOG_GROWING:
+            samples.popleft()
         growing = self.growing_seconds(now)
         if growing >= self.BACKLOG_GROWING and now - self._reported_growth >= self.BACKLOG_GROWING:
             self._reported_growth = now
             self.log.warn(
                 "handler {name}: backlog growing for {seconds:.0f}s, from {base} to {size} events; "
-                "{target} is slower than events arrive (at [service] event_limit = producers are refused)",
-                name=self.name, seconds=growing, base=self._growth_base, size=size, target=self.target,
+                "{target} is slower than events arrive (at [service] event_limit producers are refused)",
+                name=self.name, seconds=growing, base=samples[0][1], size=size, target=self.target,
             )
 
     def growing_seconds(self, now: Optional[float] = None) -> float:
         """How long the backlog has been growing (0: it is not)."""
-        if self.growing_since is None or self._last_sample <= self._growth_base:
+        if now is None:
+            now = self.clock.seconds()
+        samples = self._samples
+        if self.growing_since is None or not samples:
             return 0.0
-        return (self.clock.seconds() if now is None else now) - self.growing_since
+        since, first = samples[0]
+        if since < self.growing_since or now - since < self.BACKLOG_GROWING or samples[-1][1] <= first:
+            return 0.0
+        return now - self.growing_since
 
 
 class BacklogWatch(Service):

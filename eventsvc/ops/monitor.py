@@ -491,6 +491,13 @@ class MetricsCollector:
             for key in ("delivered", "retried", "dead_lettered")
         }
         backlog = GaugeMetricFamily("eventsvc_handler_backlog", "Events waiting for a handler", labels=["handler"])
+        growing = GaugeMetricFamily(
+            "eventsvc_handler_backlog_growing_seconds",
+            "How long a handler's backlog has been growing without shrinking (0: it is not)", labels=["handler"],
+        )
+        requests = CounterMetricFamily(
+            "eventsvc_handler_requests", "Deliveries attempted by handlers (one per event, or per batch)", labels=["handler"]
+        )
         latency = HistogramMetricFamily(
             "eventsvc_delivery_latency_seconds", "From acceptance to delivery", labels=["handler"]
         )
@@ -499,10 +506,14 @@ class MetricsCollector:
                 for type_name, count in sorted(handler.by_type[key].items()):
                     family.add_metric([name, type_name], count)
             backlog.add_metric([name], handler.backlog_size)
+            growing.add_metric([name], handler.growing_seconds())
+            requests.add_metric([name], handler.attempts)
             buckets, total = handler.latency.snapshot()
             latency.add_metric([name], buckets, total)
         yield from families.values()
         yield backlog
+        yield growing
+        yield requests
         yield latency
 
 

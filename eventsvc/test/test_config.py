@@ -119,6 +119,18 @@ class ErrorTests(SynchronousTestCase):
         parsed = config.parse(cluster + '[cluster.permissions]\nimport_allow = ["in.>"]\n')
         self.assertEqual((parsed.cluster.permissions.import_allow, parsed.cluster.permissions.export_allow), (("in.>",), ()))
 
+    def test_batching(self) -> None:
+        parsed = config.parse("[events]\nbatch_max = 100\nbatch_wait = 0.01\n[events.feed]\nbatch_max = 10\n[events.cfgingest]\nbatch_wait = 0\n")
+        self.assertEqual(parsed.events.batching("feed"), (10, 0.01))
+        self.assertEqual(parsed.events.batching("cfgingest"), (100, 0.0))
+        self.assertEqual(parsed.events.batching("event_feed"), (100, 0.01))
+        self.assertEqual(config.parse("").events.batching("feed"), (1, 0.005))
+        self.assertConfigError("[events]\nbatch_max = 0\n", "[events] batch_max", "between 1 and 10000")
+        self.assertConfigError("[events]\nbatch_wait = -1\n", "[events] batch_wait", "between 0 and 60")
+        self.assertConfigError("[events.feed]\nbatch_max = -1\n", "[events.feed] batch_max", "0: [events] batch_max")
+        self.assertConfigError("[events.feed]\nbatch_size = 5\n", "[events.feed] batch_size", "unknown key")
+        self.assertConfigError("[events]\nfeed = 5\n", "[events] feed", "must be a table")
+
     def test_gateway_identities(self) -> None:
         base = "[gateway]\nenabled = true\ndisable_frontend_tls = true\n"
         parsed = config.parse(base + '[[gateway.identities]]\nname = "a"\ntoken = "t"\nsubscribe_allow = [">"]\n')

@@ -326,6 +326,48 @@ class SpoolTests(SynchronousTestCase):
         again.close()
         self.assertEqual([p.event_id for p in Spool(self.path).open()], ["a", "c"])
 
+    def test_done_for_a_batch_is_one_record(self) -> None:
+        from eventsvc.events.spool import read_spool
+
+        spool = Spool(self.path)
+        spool.open()
+        seqs = [spool.accept("e-%d" % i, ["feed", "cfgingest"], b'{"i": %d}' % i) for i in range(5)]
+        spool.done_many(seqs[:4], "feed")
+        spool.done_many(seqs[1:3], "cfgingest")
+        spool.close()
+        records, _, _ = read_spool(self.path)
+        self.assertEqual([r for r in records if r["k"] == "done"], [
+            {"k": "done", "seqs": seqs[:4], "handler": "feed"},
+            {"k": "done", "seqs": seqs[1:3], "handler": "cfgingest"},
+        ])
+        owed = {p.event_id: sorted(p.handlers) for p in Spool(self.path).open()}
+        self.assertEqual(owed, {"e-0": ["cfgingest"], "e-3": ["cfgingest"], "e-4": ["cfgingest", "feed"]})
+
+    def test_event_bytes_kept_as_published(self) -> None:
+        """The event comes back byte for byte (spacing, key order, escapes, newlines)."""
+        body = b'{ "event_id" : "x\\n\\"y",\n  "b": [1,2],   "a": "\xc3\xa9" }'
+        spool = Spool(self.path)
+        spool.open()
+        spool.accept('x\n"y', ["feed"], body)
+        spool.close()
+        [pending] = Spool(self.path).open()
+        self.assertEqual((pending.event_id, pending.body), ('x\n"y', body))
+
+    def test_version_2_segments_are_read(self) -> None:
+        from eventsvc.events.spool import _record
+
+        os.makedirs(self.path)
+        with open(os.path.join(self.path, "events-00000001.spool"), "wb") as f:
+            f.write(b"EVSPOOL2\n")
+            f.write(_record({"k": "accept", "seq": 1, "event_id": "v2-1", "handlers": ["feed"], "event": '{"a": 1}', "t": 5.0}))
+            f.write(_record({"k": "accept", "seq": 2, "event_id": "v2-2", "handlers": ["feed"], "event": "{}"}))
+            f.write(_record({"k": "done", "seq": 2, "handler": "feed"}))
+        spool = Spool(self.path)
+        [pending] = spool.open()
+        self.assertEqual((pending.event_id, pending.body, pending.accepted), ("v2-1", b'{"a": 1}', 5.0))
+        self.assertEqual(self.log_text(), "spool %s: 1 events still to deliver" % self.path)
+        spool.close()
+
     def test_torn_tail_skipped(self) -> None:
         spool = Spool(self.path)
         spool.open()
@@ -514,3 +556,241 @@ class SpoolTests(SynchronousTestCase):
         s2.clock.advance(0)
         s2.dispatcher.stopService()
         self.assertEqual(Spool(self.path).open(), [])
+
+
+class BatchTarget(RecordingTarget):
+    """A target that takes batches: C{calls} holds each attempt's event ids."""
+
+    def __init__(self, outcomes=None, refuse=()) -> None:
+        super().__init__(outcomes)
+        self.calls = []
+        #: Event ids refused for good (HTTP 400) in any batch holding them.
+        self.refuse = set(refuse)
+
+    def deliver_batch(self, bodies):
+        ids = [json.loads(b)["event_id"] for b in bodies]
+        self.calls.append(ids)
+        if self.refuse & set(ids):
+            return fail(DeliveryFailed("HTTP 400", retry=False))
+        self.bodies.extend(bodies)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome == "hold":
+            d = Deferred()
+            self.held.append(d)
+            return d
+        if isinstance(outcome, Exception):
+            del self.bodies[-len(bodies):]
+            return fail(outcome)
+        return succeed(None)
+
+
+class BatchTests(SynchronousTestCase):
+    def publish(self, s, count, start=0, type_name="cfgingest"):
+        for i in range(start, start + count):
+            s.publish(type_name, payload(type_name, "e-%d" % i), turn=False)
+
+    def test_fills_by_count(self) -> None:
+        """A full batch goes at once, before batch_wait."""
+        target = BatchTarget()
+        s = Setup(self, targets={"cfgingest": target}, batch_max=10, batch_wait=5.0)
+        self.publish(s, 25)
+        self.assertEqual([len(c) for c in target.calls], [10, 10])
+        s.clock.advance(4.9)
+        self.assertEqual(len(target.calls), 2)
+        s.clock.advance(0.1)
+        self.assertEqual([len(c) for c in target.calls], [10, 10, 5])
+        self.assertEqual(s.handlers["cfgingest"].delivered, 25)
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_fills_by_time(self) -> None:
+        """A batch that does not fill goes when its oldest event has waited batch_wait."""
+        target = BatchTarget()
+        s = Setup(self, targets={"cfgingest": target}, batch_max=100, batch_wait=0.005)
+        self.publish(s, 3)
+        s.clock.advance(0.004)
+        self.publish(s, 2, start=3)
+        self.assertEqual(target.calls, [])
+        s.clock.advance(0.001)
+        self.assertEqual(target.calls, [["e-0", "e-1", "e-2", "e-3", "e-4"]])
+        # The next one waits from its own first event.
+        self.publish(s, 1, start=5)
+        s.clock.advance(0.004)
+        self.assertEqual(len(target.calls), 1)
+        s.clock.advance(0.001)
+        self.assertEqual(target.calls[1], ["e-5"])
+
+    def test_no_wait(self) -> None:
+        """batch_wait = 0: what is there goes at once, up to batch_max."""
+        target = BatchTarget(["hold"])
+        s = Setup(self, targets={"cfgingest": target}, batch_max=4, batch_wait=0.0, concurrency=1)
+        self.publish(s, 1)
+        self.publish(s, 6, start=1)
+        self.assertEqual(target.calls, [["e-0"]])
+        target.held[0].callback(None)
+        self.assertEqual(target.calls[1:], [["e-1", "e-2", "e-3", "e-4"], ["e-5", "e-6"]])
+
+    def test_5xx_retries_the_whole_batch(self) -> None:
+        target = BatchTarget([DeliveryFailed("HTTP 503", retry=True)] * 2)
+        s = Setup(self, targets={"cfgingest": target}, batch_max=5, batch_wait=0.01, retry_initial=1.0)
+        self.publish(s, 5)
+        handler = s.handlers["cfgingest"]
+        self.assertEqual(handler.backlog_size, 5)
+        s.clock.advance(1.0)
+        s.clock.advance(2.0)
+        ids = ["e-%d" % i for i in range(5)]
+        self.assertEqual(target.calls, [ids, ids, ids])
+        self.assertEqual((handler.delivered, handler.retried, handler.dead_lettered), (5, 10, 0))
+        self.assertEqual(handler.attempts, 3)
+        self.assertEqual(handler.backlog_size, 0)
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_4xx_is_bisected_to_the_bad_event(self) -> None:
+        """Only the event that fails alone is dead-lettered; every other one is delivered."""
+        target = BatchTarget(refuse={"e-5"})
+        s = Setup(self, targets={"cfgingest": target}, batch_max=8, batch_wait=0.01)
+        self.publish(s, 8)
+        handler = s.handlers["cfgingest"]
+        self.assertEqual(target.calls, [
+            ["e-%d" % i for i in range(8)],
+            ["e-0", "e-1", "e-2", "e-3"],
+            ["e-4", "e-5", "e-6", "e-7"],
+            ["e-4", "e-5"],
+            ["e-4"],
+            ["e-5"],
+            ["e-6", "e-7"],
+        ])
+        self.assertEqual((handler.delivered, handler.dead_lettered, handler.retried), (7, 1, 0))
+        with open(s.dead_path) as f:
+            [record] = [json.loads(line) for line in f]
+        self.assertEqual((record["event_id"], record["reason"], record["attempts"]), ("e-5", "HTTP 400", 4))
+        self.assertEqual(sorted(target.event_ids()), sorted("e-%d" % i for i in range(8) if i != 5))
+        self.assertEqual(s.dispatcher.pending, 0)
+
+    def test_two_bad_events(self) -> None:
+        target = BatchTarget(refuse={"e-0", "e-9"})
+        s = Setup(self, targets={"cfgingest": target}, batch_max=10, batch_wait=0.01)
+        self.publish(s, 10)
+        handler = s.handlers["cfgingest"]
+        self.assertEqual((handler.delivered, handler.dead_lettered), (8, 2))
+        with open(s.dead_path) as f:
+            self.assertEqual(sorted(json.loads(line)["event_id"] for line in f), ["e-0", "e-9"])
+
+    def test_order_kept_per_handler(self) -> None:
+        """
+        Events reach a handler in acceptance order, across batches, retries
+        and a bisection, and each handler keeps its own order.
+        """
+        feed = BatchTarget([None, DeliveryFailed("HTTP 502", retry=True)], refuse={"c-13"})
+        other = BatchTarget()
+        s = Setup(self, targets={"cfgingest": feed, "event_feed": other}, batch_max=4, batch_wait=0.01, concurrency=1)
+        for i in range(20):
+            s.publish("cfgingest", payload("cfgingest", "c-%d" % i), turn=False)
+            s.publish("event_feed", payload("event_feed", "f-%d" % i), turn=False)
+        s.clock.pump([0.01] * 10 + [1.0] * 5)
+        self.assertEqual(feed.event_ids(), ["c-%d" % i for i in range(20) if i != 13])
+        self.assertEqual(other.event_ids(), ["f-%d" % i for i in range(20)])
+        for calls in (feed.calls, other.calls):
+            seen = [int(i.split("-")[1]) for call in calls for i in call]
+            for call in calls:
+                numbers = [int(i.split("-")[1]) for i in call]
+                self.assertEqual(numbers, sorted(numbers))
+        self.assertEqual(s.dispatcher.pending, 0)
+        self.assertTrue(seen)
+
+    def test_targets_that_do_not_take_batches_get_one_event(self) -> None:
+        target = RecordingTarget()
+        s = Setup(self, targets={"cfgingest": target}, batch_max=50, batch_wait=0.01)
+        self.publish(s, 3)
+        self.assertEqual(target.event_ids(), ["e-0", "e-1", "e-2"])
+        self.assertFalse(s.handlers["cfgingest"].batching)
+
+    def test_python_handler_that_takes_batches(self) -> None:
+        from eventsvc.events.handlers import takes_batches
+
+        seen = []
+
+        @takes_batches
+        def handle(events):
+            if any(e["event_id"] == "e-2" for e in events):
+                raise PermanentFailure("no e-2")
+            seen.append([e["event_id"] for e in events])
+
+        s = Setup(self, targets={"cfgingest": CallableTarget(handle, "python:handle")}, batch_max=4, batch_wait=0.01)
+        self.publish(s, 4)
+        self.assertEqual(seen, [["e-0", "e-1"], ["e-3"]])
+        self.assertEqual(s.handlers["cfgingest"].dead_lettered, 1)
+
+    def test_max_age_in_a_batch(self) -> None:
+        """Events past max_age are dead-lettered; the younger rest of their batch is retried."""
+        target = BatchTarget([DeliveryFailed("refused", retry=True)] * 100)
+        s = Setup(self, targets={"cfgingest": target}, batch_max=10, batch_wait=0.0, retry_initial=1.0, retry_max=2.0, max_age=10.0)
+        self.publish(s, 1)
+        s.clock.pump([1.0] * 5)
+        self.publish(s, 1, start=1)
+        s.clock.pump([1.0] * 6)
+        handler = s.handlers["cfgingest"]
+        self.assertEqual(handler.dead_lettered, 1)
+        self.assertIn(["e-1"], target.calls)
+
+
+class HTTPBatchBodyTests(SynchronousTestCase):
+    def test_joined_not_reencoded(self) -> None:
+        """A batch is one POST of a JSON array of the events' own bytes."""
+        from eventsvc.events.handlers import HTTPTarget
+
+        sent = []
+
+        class Agent:
+            def request(self, method, url, headers, body):
+                class Consumer:
+                    def write(self, data):
+                        sent.append((method, headers.getRawHeaders(b"content-type"), data))
+                body.startProducing(Consumer())
+                return Deferred()
+
+        bodies = [b'{"event_id": "a",  "x": 1}', b'{"event_id":"b"}']
+        HTTPTarget("http://t/events", Agent(), Clock(), 5).deliver_batch(bodies)
+        [(method, content_type, data)] = sent
+        self.assertEqual((method, content_type), (b"POST", [b"application/json"]))
+        self.assertEqual(data, b'[{"event_id": "a",  "x": 1},{"event_id":"b"}]')
+        self.assertEqual([e["event_id"] for e in json.loads(data)], ["a", "b"])
+
+
+class BacklogWatchTests(SynchronousTestCase):
+    def test_growing_for_a_minute_is_reported(self) -> None:
+        from eventsvc.events.handlers import BacklogWatch
+
+        logged = []
+        observer = lambda e: logged.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        target = RecordingTarget(["hold"] * 1000)
+        s = Setup(self, targets={"cfgingest": target}, concurrency=1)
+        handler = s.handlers["cfgingest"]
+        watch = BacklogWatch([handler], s.clock, interval=5.0)
+        watch.startService()
+        for step in range(14):
+            s.publish("cfgingest", payload("cfgingest", "e-%d" % step))
+            s.clock.advance(5.0)
+        self.assertGreaterEqual(handler.growing_seconds(), 60.0)
+        self.assertEqual(len([m for m in logged if "backlog growing" in m]), 1)
+        # Delivering drains it: no longer growing.
+        for d in list(target.held):
+            d.callback(None)
+        s.clock.advance(5.0)
+        self.assertEqual(handler.growing_seconds(), 0.0)
+        watch.stopService()
+
+    def test_steady_backlog_is_not_growing(self) -> None:
+        from eventsvc.events.handlers import BacklogWatch
+
+        target = RecordingTarget(["hold"] * 5)
+        s = Setup(self, targets={"cfgingest": target}, concurrency=1)
+        handler = s.handlers["cfgingest"]
+        watch = BacklogWatch([handler], s.clock)
+        watch.startService()
+        for i in range(5):
+            s.publish("cfgingest", payload("cfgingest", "e-%d" % i))
+        s.clock.pump([5.0] * 30)
+        self.assertEqual(handler.growing_seconds(), 0.0)
+        watch.stopService()
