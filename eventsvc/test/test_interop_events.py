@@ -362,3 +362,39 @@ retry_max = 0.5
         self.start()
         yield wait_for(lambda: len(target.seen["/cfgingest"]) >= 3)
         self.assertEqual(sorted(target.seen["/cfgingest"]), ["two-0", "two-1", "two-2"])
+
+
+class ExampleTargetTests(TestCase):
+    """The example targets of docs/events.md (dev/targets) take what eventsvc sends."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def check(self, name: str):
+        import subprocess
+        import sys
+
+        port = process.free_port()
+        path = os.path.join(process.source_tree(), "dev", "targets", name)
+        child = subprocess.Popen([sys.executable, path, str(port)], stdout=subprocess.PIPE, text=True, env=process.child_env())
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        target = HTTPTarget("http://127.0.0.1:%d/events" % port, Agent(reactor, pool=pool), reactor, 5)
+        for _ in range(100):
+            try:
+                yield target.deliver_batch([payload("cfgingest", "ex-1"), payload("nodeTerminated", "ex-2")])
+                break
+            except Exception:
+                yield task.deferLater(reactor, 0.1, lambda: None)
+        yield target.deliver(payload("event_feed", "ex-3"))
+        child.kill()
+        out, _ = yield threads.deferToThread(child.communicate)
+        self.assertEqual(out.split("\n")[:3], ["ex-1 cfgingest", "ex-2 nodeTerminated", "ex-3 event_feed"])
+
+    def test_standard_library(self):
+        return self.check("stdlib_target.py")
+
+    def test_twisted_web(self):
+        return self.check("twisted_target.py")

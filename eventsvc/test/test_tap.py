@@ -8,7 +8,7 @@ import io
 import json
 
 from twisted.application.service import IServiceMaker, MultiService
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -56,7 +56,7 @@ class OptionsTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["--config", path])
         with self.assertRaises(SystemExit) as caught:
-            tap.makeService(options, MemoryReactor())
+            tap.makeService(options, MemoryReactorClock())
         self.assertEqual(caught.exception.code, 78)
         self.assertEqual(stderr.getvalue().count("\n"), 1)
         self.assertIn("missing.crt ([tls] cert_path): cannot read", stderr.getvalue())
@@ -64,7 +64,7 @@ class OptionsTests(SynchronousTestCase):
 
 class CompositionTests(SynchronousTestCase):
     def test_listener_on_configured_address(self) -> None:
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         service = make_service(config.parse('[service]\nhost = "127.0.0.1"\nport = 4333\nlistener_limit = 3\n'), reactor)
         self.assertIsInstance(service, MultiService)
         service.startService()
@@ -75,7 +75,7 @@ class CompositionTests(SynchronousTestCase):
 
     def test_embedding_api(self) -> None:
         """The in-process publish/subscribe API reaches in-process subscribers."""
-        service = make_service(config.parse(""), MemoryReactor())
+        service = make_service(config.parse(""), MemoryReactorClock())
         got = []
         subscription = service.broker.subscribe("events.>", lambda *a: got.append(a))
         self.assertEqual(service.broker.publish("events.x", b"payload", reply="r"), 1)
@@ -86,7 +86,7 @@ class CompositionTests(SynchronousTestCase):
     def test_port_in_use(self) -> None:
         from twisted.internet.error import CannotListenError
 
-        class BusyReactor(MemoryReactor):
+        class BusyReactor(MemoryReactorClock):
             def listenTCP(self, port, factory, backlog=50, interface=""):
                 raise CannotListenError(interface, port, OSError(98, "Address already in use"))
 
@@ -105,7 +105,7 @@ class CompositionTests(SynchronousTestCase):
         self.assertIn("Address already in use", stderr.getvalue())
 
     def test_log_observer_offered_to_application(self) -> None:
-        service = make_service(config.parse('[log]\nformat = "json"\n'), MemoryReactor())
+        service = make_service(config.parse('[log]\nformat = "json"\n'), MemoryReactorClock())
         application = Componentized()
         application.addComponent(MultiService(), ignoreClass=True)
         service.setServiceParent(application)
