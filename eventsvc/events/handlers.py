@@ -406,9 +406,11 @@ class HandlerService(Service):
     def _succeeded(self, _: Any, batch: Batch) -> None:
         now = self.clock.seconds()
         self.delivered += len(batch)
+        counts = self.by_type["delivered"]
+        observe = self.latency.observe
         for delivery in batch:
-            self._count("delivered", delivery)
-            self.latency.observe(now - delivery.accepted)
+            counts[delivery.type_name] = counts.get(delivery.type_name, 0) + 1
+            observe(now - delivery.accepted)
         self._finish(batch)
         self._pump()
 

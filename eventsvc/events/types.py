@@ -9,6 +9,7 @@ producer told C{success: false} knows what to fix.  This module does no I/O.
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import repeat
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from eventsvc import wirejson
@@ -62,7 +63,8 @@ def _string(value: Any, field: str, required: bool = False) -> None:
 def _strings(value: Any, field: str) -> None:
     if value is None:
         return
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    # (map runs the check in C: this is on every event's path.)
+    if not isinstance(value, list) or not all(map(isinstance, value, repeat(str))):
         raise EventError(field, "must be a list of strings")
 
 

@@ -434,7 +434,7 @@ class Broker:
         group's name in its RMSG.  C{only}: the groups a routed message names.
         """
         count = 0
-        assigned: Dict[ISubscriber, List[bytes]] = {}
+        assigned: Optional[Dict[ISubscriber, List[bytes]]] = None
         for group, (name, routes) in zip(targets.queues, targets.queue_info):
             if only is not None and name not in only:
                 continue
@@ -448,8 +448,11 @@ class Broker:
             else:
                 if routes and not src.route:
                     route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
+                    if assigned is None:
+                        assigned = {}
                     assigned.setdefault(route, []).append(name)
         if not src.route and (assigned or targets.route_mixed):
+            assigned = assigned or {}
             for route in list(assigned) + [r for r in targets.route_mixed if r not in assigned]:
                 route.out.append(message.route_frame(assigned.get(route, [])))
                 route.out_msgs += 1
