@@ -40,7 +40,7 @@ import re
 import struct
 import time
 import zlib
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import BinaryIO, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
@@ -81,7 +81,7 @@ def _record(body: dict) -> bytes:
 
 def _accept_record(seq: int, event_id: str, handlers: bytes, event: bytes, accepted: float) -> bytes:
     """An accept record: its JSON line (C{handlers} already JSON), a newline, the event's own bytes."""
-    data = b'{"k":"accept","seq":%d,"event_id":%s,"handlers":%s,"t":%r}\n%s' % (
+    data = b'{"k":"accept","seq":%d,"event_id":%s,"handlers":%s,"t":%.3f}\n%s' % (
         seq, _json_string(event_id), handlers, accepted, event,
     )
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
@@ -257,7 +257,7 @@ class Spool:
         self.directory = directory
         self.segment_size = segment_size
         self.next_seq = 1
-        self._file: Optional[object] = None
+        self._file: Optional[BinaryIO] = None
         self._active = 0
         #: Bytes in the segment being written.
         self._size = 0
@@ -368,6 +368,8 @@ class Spool:
         self._file.write(SEGMENT_HEADER)  # type: ignore[attr-defined]
         self._size = len(SEGMENT_HEADER)
         self._active = number
+        self._accepted_in.setdefault(number, set())
+        self._owed_in.setdefault(number, set())
         self._dirty = True
         sync_folder(self.directory)
 
@@ -379,21 +381,30 @@ class Spool:
 
     def accept(self, event_id: str, handlers: Sequence[str], body: bytes) -> int:
         """Record an accepted event; returns its sequence number.  Durable after L{sync}."""
+        # One function, few calls: this runs for every event.
         seq = self.next_seq
-        self.next_seq += 1
-        self._roll_if_full()
-        self._write_accept(seq, event_id, handlers, body, round(time.time(), 3))
-        self._note_accept(seq, self._active, set(handlers))
+        self.next_seq = seq + 1
+        if self._size >= self.segment_size:
+            self._roll_if_full()
+        key = handlers if type(handlers) is tuple else tuple(handlers)
+        encoded = self._handlers_json.get(key)
+        if encoded is None:
+            encoded = self._handlers_json[key] = json.dumps(list(key)).encode("utf-8")
+        record = _accept_record(seq, event_id, encoded, body, time.time())
+        self._file.write(record)  # type: ignore[union-attr]
+        self._size += len(record)
+        self._dirty = True
+        segment = self._active
+        self._accepted_in[segment].add(seq)
+        self._owed_in[segment].add(seq)
+        self._segment_of[seq] = segment
+        self._remaining[seq] = set(key)
         return seq
 
     def _write_accept(self, seq: int, event_id: str, handlers: Sequence[str], body: bytes, accepted: float) -> None:
         assert self._file is not None, "spool not open"
-        key = tuple(handlers)
-        encoded = self._handlers_json.get(key)
-        if encoded is None:
-            encoded = self._handlers_json[key] = json.dumps(list(key)).encode("utf-8")
-        record = _accept_record(seq, event_id, encoded, body, accepted)
-        self._file.write(record)  # type: ignore[attr-defined]
+        record = _accept_record(seq, event_id, json.dumps(list(handlers)).encode("utf-8"), body, accepted)
+        self._file.write(record)
         self._size += len(record)
         self._dirty = True
 
@@ -475,7 +486,7 @@ class Spool:
     def _write(self, record: dict) -> None:
         assert self._file is not None, "spool not open"
         data = _record(record)
-        self._file.write(data)  # type: ignore[attr-defined]
+        self._file.write(data)
         self._size += len(data)
         self._dirty = True
 
