@@ -5,7 +5,7 @@ them to a Go HTTP target.  eventsvc runs on core 0, the producers and the
 target on core 1 (taskset), and eventsvc's CPU per event is read from
 /proc/<pid>/stat.
 
-    python bench/events.py [--events 20000] [--python PATH ...]
+    python bench/events.py [--events 20000] [--python PATH ...] [--old PATH ...]
 
 Each interpreter (default: this one, and .venv-pypy's if there is one) runs
 this checkout's code if its virtual environment is inside the checkout, and
@@ -168,17 +168,20 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=4, help="producer connections")
     parser.add_argument("--python", action="append", help="an interpreter whose twistd runs eventsvc (repeatable)")
     parser.add_argument("--batch", type=int, action="append", help="batch_max values (default 1 and 100)")
+    parser.add_argument("--old", action="append", default=[], help="an older release's interpreter: batch_max 1 only")
     options = parser.parse_args()
     tool = eventbench()
     print("{} events per scene, {} producer connections x {} in flight; eventsvc on core 0, load and target on core 1".format(
         options.events, options.conns, options.inflight))
-    print("{:<10} {:<6} {:>6} {:>10} {:>12} {:>14} {:>8}".format("python", "spool", "batch", "acked/s", "delivered/s", "CPU/event (us)", "POSTs"))
-    for python in interpreters(options.python):
-        name = "pypy" if "pypy" in os.path.basename(python) else "cpython"
+    print("{:<20} {:<6} {:>6} {:>10} {:>12} {:>14} {:>8}".format("python", "spool", "batch", "acked/s", "delivered/s", "CPU/event (us)", "POSTs"))
+    runs = [(p, options.batch or [1, 100]) for p in interpreters(options.python)] + [(p, [1]) for p in options.old]
+    for python, batches in runs:
+        # The interpreter, and its virtual environment's folder (which release).
+        name = "{} {}".format("pypy" if "pypy" in python else "cpython", os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(python)))))
         for spool in (False, True):
-            for batch_max in options.batch or [1, 100]:
+            for batch_max in batches:
                 r = scene(python, tool, spool, batch_max, options.events, options.inflight, options.conns)
-                print("{:<10} {:<6} {:>6} {:>10,.0f} {:>12,.0f} {:>14.0f} {:>8}".format(
+                print("{:<20} {:<6} {:>6} {:>10,.0f} {:>12,.0f} {:>14.0f} {:>8}".format(
                     name, "on" if spool else "off", batch_max, r["acked"], r["delivered"], r["cpu_us"], int(r["posts"])), flush=True)
 
 
