@@ -339,6 +339,10 @@ class HandlerService(Service):
 
     def enqueue(self, delivery: Delivery) -> None:
         self.backlog.append(delivery)
+        if self._batch_timer is not None and len(self.backlog) < self.batch_max:
+            # A batch is waiting for company and this does not fill it: the
+            # timer sends it.
+            return
         self._pump()
 
     def backoff(self, attempts: int) -> float:

@@ -93,6 +93,55 @@ _PARTS = tuple(
 )
 
 
+_KNOWN = frozenset(EVENT_TYPES)
+
+
+def _strings_or_none(value: Any) -> bool:
+    return value is None or (type(value) is list and all(map(isinstance, value, repeat(str))))
+
+
+def _valid(event: Any, subject_type: Optional[str]) -> bool:
+    """
+    The same checks as L{validate}, for an event that passes them, with as
+    few calls as can be: this runs for every event.  False for anything
+    else, which L{validate} then describes.
+    """
+    if type(event) is not dict:
+        return False
+    get = event.get
+    kind, producer, event_id = get("type"), get("producer"), get("event_id")
+    if type(event_id) is not str or not event_id or type(kind) is not dict or type(producer) is not dict:
+        return False
+    name = kind.get("name")
+    if type(name) is not str or name not in _KNOWN or (subject_type is not None and subject_type != name):
+        return False
+    pid, pname, ptype = producer.get("id"), producer.get("producer_name"), producer.get("producer_type")
+    if type(pid) is not str or not pid or not (pname is None or type(pname) is str) or not (ptype is None or type(ptype) is str):
+        return False
+    if not (_strings_or_none(producer.get("tags")) and _strings_or_none(get("tags")) and _strings_or_none(get("projects"))):
+        return False
+    verb, data, published = get("verb"), get("data"), get("published")
+    if not (verb is None or type(verb) is str) or not (data is None or type(data) is dict):
+        return False
+    for part in ("actor", "object", "target"):
+        value = get(part)
+        if value is None:
+            continue
+        if type(value) is not dict:
+            return False
+        for key in ("id", "object_type", "display_name"):
+            field = value.get(key)
+            if field is not None and type(field) is not str:
+                return False
+    if type(published) is not str or not published:
+        return False
+    try:
+        datetime.fromisoformat(published.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 def validate(event: Any, subject_type: Optional[str] = None) -> Dict[str, Any]:
     """
     Check an event envelope; returns it.  When it was published on
@@ -100,6 +149,13 @@ def validate(event: Any, subject_type: Optional[str] = None) -> Dict[str, Any]:
 
     @raise EventError: naming the first field that is wrong.
     """
+    if _valid(event, subject_type):
+        return event
+    return _validate(event, subject_type)
+
+
+def _validate(event: Any, subject_type: Optional[str]) -> Dict[str, Any]:
+    """L{validate}, check by check, naming the first field that is wrong."""
     if not isinstance(event, dict):
         raise EventError("event", "must be a JSON object")
     _string(event.get("event_id"), "event_id", required=True)

@@ -60,6 +60,38 @@ class ValidationTests(SynchronousTestCase):
             types.parse(b"{not json")
         self.assertEqual(caught.exception.field, "event")
 
+    def test_fast_check_agrees_with_the_full_one(self) -> None:
+        """
+        validate() passes valid events by a quick check; on thousands of
+        randomly broken events it must agree with the check-by-check one.
+        """
+        rng = random.Random(3)
+        values = [None, "", "x", 3, 1.5, True, [], ["a"], ["a", 1], {}, {"id": 3}, {"id": "i"},
+                  {"name": "cfgingest"}, {"name": "nope"}, "2026-11-28T01:02:03Z", "yesterday"]
+        keys = ["event_id", "type", "producer", "published", "verb", "tags", "projects", "data", "actor", "object", "target"]
+        inner = ["id", "name", "producer_name", "producer_type", "tags", "object_type", "display_name"]
+        passed = 0
+        for _ in range(3000):
+            e = event(rng.choice(types.EVENT_TYPES))
+            for _ in range(rng.randint(0, 3)):
+                where, key = e, rng.choice(keys)
+                if isinstance(e.get(key), dict) and rng.random() < 0.6:
+                    where, key = e[key], rng.choice(inner)
+                if rng.random() < 0.2:
+                    where.pop(key, None)
+                else:
+                    where[key] = rng.choice(values)
+            kind = e.get("type")
+            subject_type = rng.choice([None, "cfgingest", kind.get("name") if isinstance(kind, dict) else None])
+            try:
+                types._validate(e, subject_type)
+                full = True
+            except types.EventError:
+                full = False
+            self.assertEqual(types._valid(e, subject_type), full, (e, subject_type))
+            passed += full
+        self.assertGreater(passed, 300)
+
     def test_optional_fields(self) -> None:
         minimal = {k: event("nodeTerminated")[k] for k in ("event_id", "type", "producer", "published")}
         self.assertIs(types.validate(minimal), minimal)
