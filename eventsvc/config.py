@@ -12,8 +12,8 @@ certificate.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 from dataclasses import replace
 
 import toml
@@ -396,66 +396,87 @@ def _kind(value: Any) -> str:
     )
 
 
-_NESTED = {
-    "PermissionsConfig": PermissionsConfig,
-    "RoutePermissionsConfig": RoutePermissionsConfig,
-    "HandlerBatchConfig": HandlerBatchConfig,
-}
-_ARRAYS = {"Tuple[FrontendTLSConfig, ...]": FrontendTLSConfig, "Tuple[IdentityConfig, ...]": IdentityConfig}
+def _field_types(cls: type) -> Dict[str, Any]:
+    """The real types of a section's fields (annotations are strings here: postponed evaluation)."""
+    types = _TYPES.get(cls)
+    if types is None:
+        types = _TYPES[cls] = get_type_hints(cls)
+    return types
+
+
+_TYPES: Dict[type, Dict[str, Any]] = {}
+
+
+def _unwrap_optional(kind: Any) -> Any:
+    """C{Optional[X]} is read as C{X} (None is only ever a default)."""
+    if get_origin(kind) is Union:
+        args = [a for a in get_args(kind) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return kind
 
 
 def _section(path: str, name: str, cls: type, values: Dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
+    types = _field_types(cls)
     kwargs: Dict[str, Any] = {}
     for key, value in values.items():
-        f = known.get(key)
-        where = "[{}] {}".format(name, key)
-        if f is None:
+        if key not in known:
             raise ConfigError(
                 "{}: [{}] {}: unknown key (known: {})".format(path, name, key, ", ".join(sorted(known)))
             )
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if kind in _NESTED:
-            if not isinstance(value, dict):
-                raise ConfigError("{}: {}: must be a table, got {}".format(path, where, _kind(value)))
-            kwargs[key] = _section(path, "{}.{}".format(name, key), _NESTED[kind], value)
-        elif kind in _ARRAYS:
+        kwargs[key] = _value(path, name, key, _unwrap_optional(types[key]), value)
+    return cls(**kwargs)
+
+
+def _value(path: str, name: str, key: str, kind: Any, value: Any) -> Any:
+    """One key's value, checked against its field's type."""
+    where = "[{}] {}".format(name, key)
+    origin, args = get_origin(kind), get_args(kind)
+    if isinstance(kind, type) and is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError("{}: {}: must be a table, got {}".format(path, where, _kind(value)))
+        return _section(path, "{}.{}".format(name, key), kind, value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = args[0]
+        if isinstance(item, type) and is_dataclass(item):
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ConfigError("{}: {}: must be an array of tables ([[{}.{}]])".format(path, where, name, key))
-            kwargs[key] = tuple(_section(path, "[{}.{}]".format(name, key).strip("[]"), _ARRAYS[kind], v) for v in value)
-        elif kind in ("Tuple[str, ...]", "Optional[Tuple[str, ...]]"):
+            return tuple(_section(path, "{}.{}".format(name, key), item, v) for v in value)
+        if item is str:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError("{}: {}: must be a list of strings, got {!r}".format(path, where, value))
-            kwargs[key] = tuple(value)
-        elif kind == "Dict[str, Tuple[str, ...]]":
+            return tuple(value)
+    if origin is dict and args and args[0] is str:
+        inner = args[1]
+        if get_origin(inner) is tuple and get_args(inner) == (str, Ellipsis):
             if not isinstance(value, dict) or not all(
                 isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()
             ):
                 raise ConfigError("{}: {}: must be a table of lists of strings".format(path, where))
-            kwargs[key] = {k: tuple(v) for k, v in value.items()}
-        elif kind == "Dict[str, str]":
+            return {k: tuple(v) for k, v in value.items()}
+        if inner is str:
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ConfigError("{}: {}: must be a table of strings".format(path, where))
-            kwargs[key] = dict(value)
-        elif kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError("{}: {}: must be true or false, got {} {!r}".format(path, where, _kind(value), value))
-            kwargs[key] = value
-        else:
-            want = {"int": int, "float": float, "str": str}[kind]
-            ok = (
-                (want is int and isinstance(value, int) and not isinstance(value, bool))
-                or (want is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-                or (want is str and isinstance(value, str))
-            )
-            if not ok:
-                raise ConfigError(
-                    "{}: {}: must be {}, got {} {!r}".format(
-                        path, where, {int: "an integer", float: "a number", str: "a string"}[want], _kind(value), value
-                    )
+            return dict(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError("{}: {}: must be true or false, got {} {!r}".format(path, where, _kind(value), value))
+        return value
+    if kind in (int, float, str):
+        ok = (
+            (kind is int and isinstance(value, int) and not isinstance(value, bool))
+            or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (kind is str and isinstance(value, str))
+        )
+        if not ok:
+            raise ConfigError(
+                "{}: {}: must be {}, got {} {!r}".format(
+                    path, where, {int: "an integer", float: "a number", str: "a string"}[kind], _kind(value), value
                 )
-            kwargs[key] = float(value) if want is float else value
-    return cls(**kwargs)
+            )
+        return float(value) if kind is float else value
+    raise TypeError("[{}] {}: no reader for fields of type {!r}".format(name, key, kind))
 
 
 def _check(config: Config, path: str) -> None:

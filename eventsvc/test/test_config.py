@@ -6,6 +6,8 @@ the file and the key.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -238,3 +240,38 @@ class SectionPresenceTests(SynchronousTestCase):
         # Written means on, so what it lacks is an error, not silence.
         e = self.assertRaises(config.ConfigError, config.parse, "[gateway]\nport = 4223\n", "p.toml")
         self.assertIn("p.toml: [gateway] frontend_tls", str(e))
+
+
+@dataclass(frozen=True)
+class _Inner:
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Spelt as a newer codebase would: builtin generics, and a nested class no table names."""
+
+    subjects: tuple[str, ...] = ()
+    maybe: Optional[tuple[str, ...]] = None
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    inner: _Inner = field(default_factory=_Inner)
+    entries: tuple[_Inner, ...] = ()
+    ratio: float = 1.0
+
+
+class FieldTypeTests(SynchronousTestCase):
+    """Keys are read by their fields' real types, not by how the annotations are spelt."""
+
+    def test_builtin_generics_and_any_class_name(self) -> None:
+        got = config._section("<t>", "s", _Section, {
+            "subjects": ["a.b"], "maybe": ["x"], "routes": {"k": ["v"]}, "inner": {"depth": 3},
+            "entries": [{"depth": 1}, {"depth": 2}], "ratio": 2,
+        })
+        self.assertEqual(got, _Section(("a.b",), ("x",), {"k": ("v",)}, _Inner(3), (_Inner(1), _Inner(2)), 2.0))
+        self.assertIsInstance(got.ratio, float)
+        with self.assertRaises(ConfigError) as caught:
+            config._section("<t>", "s", _Section, {"entries": [{"depth": "deep"}]})
+        self.assertIn("[s.entries] depth: must be an integer", str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            config._section("<t>", "s", _Section, {"subjects": "a"})
+        self.assertIn("[s] subjects: must be a list of strings", str(caught.exception))
