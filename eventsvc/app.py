@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import sys
 import time
 from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, Logger
-from twisted.python.components import Componentized
+from twisted.logger import Logger
 
 from eventsvc import __version__
 from eventsvc import config as config_module
@@ -57,9 +54,12 @@ class EventService(MultiService):
 
     @ivar broker: the NATS broker, whose C{subscribe}/C{publish} is the
         in-process API.
-    @ivar exit_on_error: turn a failure to start (a port in use) into a
-        one-line C{SystemExit}, as a command-line program should; embedders
-        leave it false and get the L{ListenError}.
+
+    It never ends the process: a failure to start raises L{ListenError}
+    (or L{StartupError} from L{make_service}), and L{shutdown} returns a
+    Deferred that fires once everything is drained and closed.  Signals,
+    exit statuses and stopping the reactor are the process shell's
+    (L{eventsvc.runner}), for twistd and twist.
     """
 
     log = Logger()
@@ -69,8 +69,6 @@ class EventService(MultiService):
         self.config = config
         self.broker = broker
         self.reactor = reactor
-        #: Set by tap for twistd/twist: exit on start-up errors, handle signals.
-        self.exit_on_error = False
         self.log_observer = make_observer(config.log.format, config.log.level)
         #: The event dispatcher (its counters and queue depth).
         self.events: Any = None
@@ -80,13 +78,8 @@ class EventService(MultiService):
         self._told_lame_duck = False
         self._random = random.Random()
         self._health_subscription: Any = None
-
-    def setServiceParent(self, parent: Any) -> None:
-        # Under twistd the parent is the Application: offer it our observer,
-        # so that [log] format and level decide what twistd writes.
-        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, self.log_observer)
-        super().setServiceParent(parent)
+        self._shutting_down: Optional[Deferred] = None
+        self._shut_down: List[Deferred] = []
 
     def startService(self) -> None:
         self.log.info("eventsvc {version} starting (config: {source})", version=__version__, source=self.config.source or "defaults")
@@ -95,18 +88,9 @@ class EventService(MultiService):
             self.state = "running"
             if self.config.gateway.enabled:
                 self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
-        except ListenError as e:
+        except ListenError:
             self.stopService()
-            if self.exit_on_error:
-                # The real stderr: twistd has redirected sys.stderr into the
-                # log by now, and twist has not started logging yet.
-                stream = sys.__stderr__ or sys.stderr
-                stream.write("eventsvc: {}\n".format(e))
-                stream.flush()
-                raise SystemExit(1)
             raise
-        if self.exit_on_error and self.reactor is not None:
-            self.reactor.callWhenRunning(self._install_signal_handlers)
 
     def stopService(self) -> Any:
         self.state = "stopping"
@@ -142,20 +126,6 @@ class EventService(MultiService):
             ok, why = self.health()
             body = {"status": "ok"} if ok else {"status": "unavailable", "error": why}
             self.broker.publish(reply, json.dumps(body).encode("utf-8"))
-
-    # -- signals ------------------------------------------------------------
-
-    def _install_signal_handlers(self) -> None:
-        # Installed once the reactor runs, over the reactor's own: SIGTERM
-        # and SIGINT shut down gracefully (exit status 0), SIGHUP reloads,
-        # SIGUSR2 enters lame duck mode (as nats-server).
-        def later(f: Any) -> Any:
-            return lambda signum, frame: self.reactor.callFromThread(f)
-
-        signal.signal(signal.SIGHUP, later(self.reload))
-        signal.signal(signal.SIGTERM, later(self.shutdown))
-        signal.signal(signal.SIGINT, later(self.shutdown))
-        signal.signal(signal.SIGUSR2, later(self.lame_duck))
 
     # -- reload -------------------------------------------------------------
 
@@ -241,16 +211,30 @@ class EventService(MultiService):
         Stop taking connections, tell clients (INFO with ldm), give handlers
         up to [service] shutdown_timeout to deliver what they hold (with a
         spool, what is not delivered stays there), close the clients once
-        what they are owed is written, then stop: exit status 0.  A second
-        signal stops at once.
+        what they are owed is written.  Returns a Deferred that fires then
+        (the same one if a shutdown is already under way); the process shell
+        stops the reactor when it does.
         """
-        if self.state == "stopping":
-            self.reactor.stop()
-            return None
+        if self._shutting_down is not None:
+            return self._shutting_down
         self.state = "stopping"
         timeout = self.config.service.shutdown_timeout
         self.log.info("shutting down: no new connections, up to {timeout}s to finish", timeout=timeout)
-        return ensureDeferred(self._shutdown(timeout))
+        self._shutting_down = ensureDeferred(self._shutdown(timeout))
+        self._shutting_down.addBoth(self._finished_shutdown)
+        return self._shutting_down
+
+    def when_shut_down(self) -> Deferred:
+        """A Deferred that fires when a shutdown (L{shutdown}, or the end of L{lame_duck}) has finished."""
+        d: Deferred = Deferred()
+        self._shut_down.append(d)
+        return d
+
+    def _finished_shutdown(self, result: Any) -> Any:
+        waiting, self._shut_down = self._shut_down, []
+        for d in waiting:
+            d.callback(None)
+        return result
 
     def lame_duck(self) -> Any:
         """
@@ -334,7 +318,6 @@ class EventService(MultiService):
         linger = self.reactor.seconds() + min(2.0, max(deadline - self.reactor.seconds(), 0.5))
         while any(not c.lost for c in closing) and self.reactor.seconds() < linger:
             await deferLater(self.reactor, 0.01, lambda: None)
-        self.reactor.stop()
 
     def _named(self, name: str) -> Any:
         try:

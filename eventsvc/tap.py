@@ -3,7 +3,8 @@ The twistd/twist plugin's options and service maker.
 
 C{twistd -n eventsvc --config patch.toml}.  Options are checked in
 C{postOptions}; a bad configuration ends the program with one line naming
-the file, the key and the problem.  C{makeService} only composes.
+the file, the key and the problem.  C{makeService} composes the service and
+wraps it in the process shell (L{eventsvc.runner}: signals, exit statuses).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from eventsvc import config as configuration
-from eventsvc.app import EventService, StartupError, make_service
+from eventsvc.app import StartupError, make_service
+from eventsvc.runner import ProcessRunner
 
 
 class Options(usage.Options):
@@ -52,17 +54,17 @@ def fail(message: str) -> None:
     raise SystemExit(78)  # EX_CONFIG
 
 
-def makeService(options: Options, reactor: Any = None) -> EventService:
+def makeService(options: Options, reactor: Any = None) -> ProcessRunner:
     try:
         service = make_service(options.loaded, reactor)
     except StartupError as e:
         fail(str(e))
-    service.exit_on_error = True
-    _log_under_twist(options, service)
-    return service
+    runner = ProcessRunner(service)
+    _log_under_twist(options, runner)
+    return runner
 
 
-def _log_under_twist(options: Options, service: EventService) -> None:
+def _log_under_twist(options: Options, runner: ProcessRunner) -> None:
     """
     Under twistd, the service offers its observer to the Application.  Under
     twist there is no Application, and twist starts logging only after this
@@ -73,7 +75,8 @@ def _log_under_twist(options: Options, service: EventService) -> None:
     # Only twist's options have this key (twistd's are unrelated).
     if parent is None or "fileLogObserverFactory" not in parent:
         return
-    parent["fileLogObserverFactory"] = service.log_observer.write_to
-    parent["logFormat"] = service.log_observer.format
+    observer = runner.service.log_observer
+    parent["fileLogObserverFactory"] = observer.write_to
+    parent["logFormat"] = observer.format
     # Everything reaches our observer, which filters by [log] level.
     parent["logLevel"] = LogLevel.debug

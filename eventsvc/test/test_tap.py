@@ -94,22 +94,52 @@ class CompositionTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             service.startService()
         self.assertIn("[service] host and port", str(caught.exception))
-        service = make_service(config.parse(""), BusyReactor())
-        service.exit_on_error = True
+        from eventsvc import runner
+
+        shell = runner.ProcessRunner(make_service(config.parse(""), BusyReactor()))
         stderr = io.StringIO()
-        self.patch(app.sys, "__stderr__", stderr)
+        self.patch(runner.sys, "__stderr__", stderr)
         with self.assertRaises(SystemExit) as exiting:
-            service.startService()
+            shell.startService()
         self.assertEqual(exiting.exception.code, 1)
         self.assertEqual(stderr.getvalue().count("\n"), 1)
         self.assertIn("Address already in use", stderr.getvalue())
 
     def test_log_observer_offered_to_application(self) -> None:
+        from eventsvc.runner import ProcessRunner
+
         service = make_service(config.parse('[log]\nformat = "json"\n'), MemoryReactorClock())
         application = Componentized()
         application.addComponent(MultiService(), ignoreClass=True)
-        service.setServiceParent(application)
+        ProcessRunner(service).setServiceParent(application)
         self.assertIs(application.getComponent(ILogObserver), service.log_observer)
+
+    def test_embedded_service_never_ends_the_process(self) -> None:
+        """
+        Embedded, a shutdown drains and closes, and fires its Deferred; it
+        stops no reactor.  The process shell stops the reactor when it fires.
+        """
+        from eventsvc.runner import ProcessRunner
+
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        stopped = []
+        reactor.stop = lambda: stopped.append(True)
+        service = make_service(config.parse('[service]\nshutdown_timeout = 1\n'), reactor)
+        service.startService()
+        done = []
+        service.shutdown().addCallback(done.append)
+        reactor.pump([0.05] * 40)
+        self.assertEqual((len(done), stopped), (1, []))
+        service.stopService()
+
+        service = make_service(config.parse('[service]\nshutdown_timeout = 1\n'), reactor)
+        shell = ProcessRunner(service)
+        shell.startService()
+        shell.terminate()
+        reactor.pump([0.05] * 40)
+        self.assertEqual(stopped, [True])
+        shell.stopService()
 
 
 class LogTests(SynchronousTestCase):
