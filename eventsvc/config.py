@@ -18,6 +18,8 @@ from dataclasses import replace
 
 import toml
 
+from eventsvc.nats import limits
+
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
 HANDLER_NAMES = ("feed", "cfgingest", "event_feed")
@@ -179,9 +181,9 @@ class MonitorConfig:
 class LimitsConfig:
     """nats-server's limits, with its defaults and names."""
 
-    max_payload: int = 1024 * 1024
-    max_control_line: int = 4096
-    max_pending: int = 64 * 1024 * 1024
+    max_payload: int = limits.MAX_PAYLOAD
+    max_control_line: int = limits.MAX_CONTROL_LINE
+    max_pending: int = limits.MAX_PENDING
     #: Subscriptions per connection; 0 for no limit.
     max_subscriptions: int = 0
     ping_interval: float = 120.0
@@ -190,7 +192,7 @@ class LimitsConfig:
     auth_timeout: float = 2.0
     #: Connections the kernel may queue for each listener before they are
     #: accepted (a reconnect storm): nats-server gets the system's, 4096.
-    listen_backlog: int = 4096
+    listen_backlog: int = limits.LISTEN_BACKLOG
 
 
 @dataclass(frozen=True)

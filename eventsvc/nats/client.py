@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from eventsvc import wirejson
+from eventsvc.nats import limits
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo, settle
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
@@ -100,9 +101,9 @@ class ClientSettings:
         *,
         host: str = "0.0.0.0",
         port: int = 4222,
-        max_payload: int = 1024 * 1024,
-        max_control_line: int = 4096,
-        max_pending: int = 64 * 1024 * 1024,
+        max_payload: int = limits.MAX_PAYLOAD,
+        max_control_line: int = limits.MAX_CONTROL_LINE,
+        max_pending: int = limits.MAX_PENDING,
         max_connections: int = 65536,
         max_subscriptions: int = 0,
         ping_interval: float = 120.0,
@@ -116,7 +117,7 @@ class ClientSettings:
         name: str = "",
         advertise: bool = False,
         parse_budget: Optional[float] = 0.02,
-        listen_backlog: int = 4096,
+        listen_backlog: int = limits.LISTEN_BACKLOG,
         auth_throttle: Any = None,
     ) -> None:
         #: The listener's name ("service", "gateway"), for logs and monitoring.

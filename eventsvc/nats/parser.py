@@ -23,6 +23,8 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any, List, Optional, Protocol
 
+from eventsvc.nats import limits
+
 UNKNOWN_OPERATION = "Unknown Protocol Operation"
 MAX_CONTROL_LINE = "maximum control line exceeded"
 MAX_PAYLOAD = "Maximum Payload Violation"
@@ -226,8 +228,8 @@ class ClientParser(_Buffered):
     def __init__(
         self,
         handler: IClientOperations,
-        max_control_line: int = 4096,
-        max_payload: int = 1024 * 1024,
+        max_control_line: int = limits.MAX_CONTROL_LINE,
+        max_payload: int = limits.MAX_PAYLOAD,
         budget: Optional[float] = None,
     ) -> None:
         self._handler = handler
@@ -525,7 +527,7 @@ class RouteParser(_Buffered):
     the handler ignores them.
     """
 
-    def __init__(self, handler: Any, max_control_line: int = 4096, max_payload: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
         self._handler = handler
         self.max_control_line = max_control_line
         self.max_payload = max_payload

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc import wirejson
+from eventsvc.nats import limits
 from eventsvc.nats.client import HeldOutput, failure_reason
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
@@ -346,9 +347,9 @@ class RouteManager(Service):
         routes: List[str],
         user: str = "",
         password: str = "",
-        max_payload: int = 1024 * 1024,
-        max_control_line: int = 4096,
-        max_pending: int = 64 * 1024 * 1024,
+        max_payload: int = limits.MAX_PAYLOAD,
+        max_control_line: int = limits.MAX_CONTROL_LINE,
+        max_pending: int = limits.MAX_PENDING,
         ping_interval: float = 120.0,
         ping_max: int = 2,
         retry_initial: float = 0.5,
@@ -357,7 +358,7 @@ class RouteManager(Service):
         tls_server: Any = None,
         tls_client: Any = None,
         tls_name: str = "",
-        listen_backlog: int = 4096,
+        listen_backlog: int = limits.LISTEN_BACKLOG,
         no_advertise: bool = False,
         imports: Any = None,
         exports: Any = None,
