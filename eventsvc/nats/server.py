@@ -158,7 +158,7 @@ class Broker:
         )
         self.sublist = Sublist()
         self._targets: Dict[bytes, _Targets] = {}
-        self.sublist.on_change = self._targets.clear
+        self.sublist.on_change = self._forget_plans
         self._dirty: List[ISubscriber] = []
         self._local = LocalSubscriber(self)
         self._random = random.Random()
@@ -586,6 +586,13 @@ class Broker:
     def local_interest(self) -> List[Tuple[bytes, Optional[bytes], int]]:
         """Every (subject, queue, count) of local subscriptions: what a new route is told."""
         return [(subject, queue, n) for (subject, queue), n in self._interest.items()]
+
+    def _forget_plans(self, subject: Optional[bytes]) -> None:
+        """The matches of C{subject} changed (None: of any subject, a wildcard): its plan goes."""
+        if subject is None:
+            self._targets.clear()
+        else:
+            self._targets.pop(subject, None)
 
     def limit_changed(self) -> None:
         """A subscription gained an auto-unsubscribe maximum: replan."""

@@ -165,9 +165,10 @@ class Sublist:
         self.genid = 0
         # For /subsz.
         self.inserts = self.removes = self.matches = self.cache_hits = 0
-        #: Called with no arguments after every change (the broker drops
-        #: what it derived from earlier matches).
-        self.on_change: Optional[Callable[[], None]] = None
+        #: Called after every change with the subject whose matches changed,
+        #: or None when any subject's may have (a wildcard): the broker
+        #: drops what it derived from those matches, and only those.
+        self.on_change: Optional[Callable[[Optional[bytes]], None]] = None
 
     def insert(self, sub: Subscription) -> None:
         """
@@ -219,13 +220,9 @@ class Sublist:
         removed = [sub for sub in subs if self._remove(sub)]
         if removed:
             self.genid += 1
-            if self.on_change is not None:
-                self.on_change()
-            cache = self._cache
             for sub in removed:
-                if not cache:
-                    break
-                self._evict(sub.subject)
+                if not self._forget(sub.subject):
+                    break  # a wildcard: everything is forgotten already
         return removed
 
     def _remove(self, sub: Subscription) -> bool:
@@ -271,24 +268,30 @@ class Sublist:
 
     def _changed(self, pattern: bytes) -> None:
         self.genid += 1
-        if self.on_change is not None:
-            self.on_change()
-        if self._cache:
-            self._evict(pattern)
+        self._forget(pattern)
 
-    def _evict(self, pattern: bytes) -> None:
-        """Drop the cached results a change to C{pattern} may have made wrong."""
+    def _forget(self, pattern: bytes) -> bool:
+        """
+        Drop the cached results a change to C{pattern} may have made wrong,
+        here and in the broker (L{on_change}).  Returns whether the change
+        was to one literal subject only.
+        """
         tokens = pattern.split(b".")
         if PWC not in tokens and FWC not in tokens:
             # A literal subscription matches one subject only: O(1).
             self._cache.pop(pattern, None)
-            return
+            if self.on_change is not None:
+                self.on_change(pattern)
+            return True
+        if self.on_change is not None:
+            self.on_change(None)
         # A wildcard may match any cached subject.  Finding which ones cost
         # a split and a compare per entry (a disconnect of 300 deep
         # wildcards stalled everyone for seconds); emptying the cache costs
         # one C-level clear, and each subject is matched again once, when it
         # is next published to.
         self._cache.clear()
+        return False
 
     def match(self, subject: bytes, keep: bool = True) -> SublistResult:
         """

@@ -119,13 +119,40 @@ class SublistTests(SynchronousTestCase):
             sl.insert(s_)
         sl.match(b"m.3")
         changes = []
-        sl.on_change = lambda: changes.append(1)
+        sl.on_change = changes.append
         removed = sl.remove_many(subs[::2] + [sub(b"not.there")])
         self.assertEqual(removed, subs[::2])
-        self.assertEqual(len(changes), 1)
+        # Each literal subject is named, until a wildcard: then everything (None), once.
+        self.assertEqual(changes, [b"m.%d" % i for i in range(0, 50, 2)] + [None])
         self.assertEqual(sl.count, len(subs) - len(removed))
         self.assertEqual(set(sl.match(b"m.3").plain), {subs[3], subs[51]})
         self.assertEqual(sl.match(b"m.4").plain, [subs[51]])
+
+    def test_literal_changes_name_their_subject(self) -> None:
+        sl = Sublist()
+        changes = []
+        sl.on_change = changes.append
+        a, b = sub(b"a.b"), sub(b"a.*")
+        sl.insert(a)
+        sl.insert(b)
+        sl.remove(a)
+        sl.remove_many([sub(b"x")])
+        self.assertEqual(changes, [b"a.b", None, b"a.b"])
+
+    def test_broker_keeps_unrelated_plans(self) -> None:
+        """A subscription to one literal subject replans that subject only."""
+        from eventsvc.nats.server import Broker
+
+        broker = Broker(server_id="T")
+        broker.subscribe("busy.>", lambda *a: None)
+        broker.publish("busy.one", b"x")
+        plan = broker._targets[b"busy.one"]
+        other = broker.subscribe("quiet", lambda *a: None)
+        self.assertIs(broker._targets[b"busy.one"], plan)
+        other.unsubscribe()
+        self.assertIs(broker._targets[b"busy.one"], plan)
+        broker.subscribe("busy.*", lambda *a: None)
+        self.assertNotIn(b"busy.one", broker._targets)
 
     def test_cache_bounded(self) -> None:
         sl = Sublist(cache_size=100)
