@@ -98,6 +98,29 @@ class _Targets:
         self.route_mixed: List[ISubscriber] = route_mixed
 
 
+class ClosedConnection:
+    """
+    What monitoring shows of a closed client connection: its figures, not
+    the connection.  Keeping the connections themselves (their transports,
+    parsers, settings and buffers), 10,000 of them, made each full pass of
+    the garbage collector stall every client for 180 ms.
+    """
+
+    __slots__ = (
+        "cid", "peer", "start", "last_activity", "stopped", "close_reason", "rtt",
+        "in_msgs", "out_msgs", "in_bytes", "out_bytes", "name", "lang", "client_version",
+        "identity", "listener",
+    )
+    closed = True
+    pending_bytes = 0
+    #: A client's subscriptions are gone by the time it is closed.
+    subs: Tuple[Subscription, ...] = ()
+
+    def __init__(self, conn: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(conn, name, None))
+
+
 class LocalSubscriber:
     """
     The owner of in-process subscriptions: messages are handed to a callback
@@ -169,7 +192,7 @@ class Broker:
         self.slow_consumers = 0
         self.clients: Dict[int, ISubscriber] = {}
         #: The most recently closed connections (for /connz?state=closed).
-        self.closed: Deque[ISubscriber] = deque(maxlen=10000)
+        self.closed: Deque[ClosedConnection] = deque(maxlen=10000)
         self._next_cid = 0
         self._local_sids = 0
         # Local interest by (subject, queue), and who wants to hear of changes (routes).
@@ -197,7 +220,7 @@ class Broker:
             self.in_bytes += conn.in_bytes  # type: ignore[attr-defined]
             self.out_msgs += conn.out_msgs
             self.out_bytes += conn.out_bytes
-            self.closed.append(conn)
+            self.closed.append(ClosedConnection(conn))
 
     def _connect_urls_changed(self) -> None:
         """Tell every client that understands async INFO (nats-server does)."""

@@ -182,3 +182,31 @@ class LongPageTests(SynchronousTestCase):
         self.assertEqual(body["num_connections"], monitor_module.ROWS_PER_TURN * 3 + 7)
         self.assertEqual(len(body["connections"]), body["num_connections"])
         self.assertEqual(body["connections"][0]["reason"], "Client Closed")
+
+
+class ClosedConnectionTests(SynchronousTestCase):
+    def test_closed_connections_are_kept_as_figures_only(self) -> None:
+        """/connz?state=closed keeps what it shows, not the connection (which would stay alive for the collector)."""
+        import gc
+        import weakref
+
+        from eventsvc.nats.server import Broker, ClosedConnection
+
+        class Conn:
+            in_msgs = out_msgs = in_bytes = out_bytes = 3
+            name, lang, client_version, identity, listener = "n", "go", "1.0", None, "gateway"
+            start = last_activity = 1.0
+            stopped, close_reason, rtt, peer = 2.0, "Client Closed", 0.001, object()
+            held = b"x" * 1000
+
+        broker = Broker(server_id="T")
+        conn = Conn()
+        conn.cid = broker.register(conn)
+        gone = weakref.ref(conn)
+        broker.unregister(conn)
+        del conn
+        gc.collect()
+        self.assertIsNone(gone())
+        [closed] = broker.closed
+        self.assertIsInstance(closed, ClosedConnection)
+        self.assertEqual((closed.cid, closed.name, closed.in_bytes, closed.close_reason, closed.closed, closed.subs), (1, "n", 3, "Client Closed", True, ()))
