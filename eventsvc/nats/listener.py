@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from eventsvc.nats.client import ClientConnection, ClientSettings
 from eventsvc.nats.server import Broker
-from eventsvc.nats.upgrade import InfoThenTLS
+from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
 
 
 class ListenError(Exception):
@@ -43,6 +43,7 @@ class ClientFactory(Factory):
         self.settings = settings
         self.clock = clock
         self.live: Set[ClientConnection] = set()
+        self.handshakes = HandshakeBudget(clock)
 
     def buildProtocol(self, addr: Any) -> Any:
         at_capacity = len(self.live) >= self.settings.max_connections
@@ -51,7 +52,7 @@ class ClientFactory(Factory):
         if not at_capacity:
             self.live.add(proto)
         if self.settings.tls is not None:
-            return InfoThenTLS(proto, self.settings.tls, self.clock, self.settings.tls_timeout)
+            return InfoThenTLS(proto, self.settings.tls, self.clock, self.settings.tls_timeout, self.handshakes)
         return proto
 
 
