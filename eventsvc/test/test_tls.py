@@ -166,3 +166,94 @@ class FileErrorTests(SynchronousTestCase):
 
     def test_key_mismatch(self) -> None:
         self.assertFileError("service.crt", "other.key", "ca.crt", "other.key", "is not the key of", "service.crt")
+
+
+class HandshakeBudgetTests(SynchronousTestCase):
+    """Past a turn's budget, handshake bytes wait (the socket paused) for the next turn, in order."""
+
+    def test_over_budget_waits_for_the_next_turn(self) -> None:
+        from twisted.internet.task import Clock
+
+        from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
+
+        clock = Clock()
+        budget = HandshakeBudget(clock, seconds=0.02)
+        fed = []
+
+        class Inner:
+            awaiting_handshake = True
+
+        class TLS:
+            def __init__(self, name):
+                self.name = name
+
+            def dataReceived(self, data):
+                fed.append((self.name, data))
+                budget.charge(0.025)  # as if the step had cost 25 ms: a turn's whole budget
+
+        class Transport:
+            def __init__(self):
+                self.paused = 0
+
+            def pauseProducing(self):
+                self.paused += 1
+
+            def resumeProducing(self):
+                self.paused -= 1
+
+        connections = []
+        for name in "abc":
+            c = InfoThenTLS(Inner(), None, clock, 10.0, budget)
+            c.tls, c.transport = TLS(name), Transport()
+            connections.append(c)
+        a, b, c = connections
+        a.dataReceived(b"a1")   # the budget was there: it goes now, and spends the turn's budget
+        b.dataReceived(b"b1")   # budget gone: waits
+        b.dataReceived(b"b2")
+        c.dataReceived(b"c1")
+        self.assertEqual(fed, [("a", b"a1")])
+        self.assertEqual((b.transport.paused, c.transport.paused), (1, 1))
+        clock.advance(0)        # next turn: b's held bytes, together, then c waits again
+        self.assertEqual(fed[1], ("b", b"b1b2"))
+        self.assertEqual(b.transport.paused, 0)
+        clock.advance(0)
+        self.assertEqual(fed[2], ("c", b"c1"))
+        self.assertEqual(c.transport.paused, 0)
+        # After the handshake, nothing is budgeted.
+        a.inner.awaiting_handshake = False
+        for _ in range(5):
+            a.dataReceived(b"x")
+        self.assertEqual(len(fed), 8)
+
+    def test_a_lost_connection_is_not_resumed(self) -> None:
+        from twisted.internet.task import Clock
+
+        from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
+
+        clock = Clock()
+        budget = HandshakeBudget(clock, seconds=0.0)
+        fed = []
+
+        class Inner:
+            awaiting_handshake = True
+
+        class TLS:
+            def dataReceived(self, data):
+                fed.append(data)
+
+            def connectionLost(self, reason):
+                pass
+
+        class Transport:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                raise AssertionError("resumed after the connection was lost")
+
+        conn = InfoThenTLS(Inner(), None, clock, 10.0, budget)
+        conn.tls, conn.transport = TLS(), Transport()
+        conn.dataReceived(b"hello")
+        conn.connectionLost(None)
+        clock.advance(0)
+        self.assertEqual(fed, [])
