@@ -3,11 +3,25 @@ Side-by-side benchmark: nats-server and eventsvc under the same natsbench
 load, in the same run, reported as ratios (the machines are shared and
 noisy; absolute figures mean little, ratios from one run mean more).
 
-    python bench/run.py [--runs 3] [--quick]
+    python bench/run.py [--runs 3] [--quick] [--pypy .venv-pypy/bin/python]
+                        [--only plain|many|tls|routed|memory]
 
-Needs nats-server (apt-get install nats-server), natsbench (built from
-../shared/natsbench by this script if missing) and eventsvc installed in the
-running interpreter.  It prints figures; it never passes or fails.
+Each server runs pinned to core 0 (taskset) and the load generator to core 1,
+so the figures measure the server, not the two fighting over one core.
+Beside each rate is the server's CPU per message, read from /proc (user and
+system time of all its threads, over the messages delivered, or published
+where nobody subscribes): on a fixed-rate scene (the slow fleet) that is
+the figure that counts.
+
+The scenes in "many" are traffic as users send it: messages spread over
+hundreds to thousands of subjects through wildcard subscriptions, publish
+only, and a fleet of slow publishers (each read carries one PUB).  They
+use our natsbench (bench/natsbench, built by this script from Debian's Go
+packages when it is missing).
+
+Needs nats-server (apt-get install nats-server), taskset (util-linux) and
+eventsvc installed in the running interpreter.  It prints figures; it never
+passes or fails.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -39,29 +53,64 @@ SCENES = [
     ("request/reply p99 (us)", ["-mode", "latency", "-n", "{nl}"], "p99_us"),
 ]
 
+#: Traffic as users send it.  The slow fleet runs at a fixed rate (200
+#: publishers at 50 messages a second each): its rate is the same for every
+#: server, and its CPU per message is what to compare.
+MANY = [
+    ("1,000 subj, 'a.*.b' sub 1:1", ["-np", "1", "-ns", "1", "-subjects", "1000", "-sub", "pwc", "-n", "{n}"], "deliver_rate"),
+    ("1,000 subj, 'a.>' sub 1:1", ["-np", "1", "-ns", "1", "-subjects", "1000", "-sub", "fwc", "-n", "{n}"], "deliver_rate"),
+    ("1,000 subj, 'a.*.b' 4:2", ["-np", "4", "-ns", "2", "-subjects", "1000", "-sub", "pwc", "-n", "{n4}"], "deliver_rate"),
+    ("300 subj, 300 subs each 1:1", ["-np", "1", "-ns", "1", "-subjects", "300", "-sub", "exact", "-n", "{n}"], "deliver_rate"),
+    ("10,000 subj, 'a.>' 1:1 1 KiB", ["-np", "1", "-ns", "1", "-subjects", "10000", "-sub", "fwc", "-ms", "1024", "-n", "{n4}"], "deliver_rate"),
+    ("publish only, 1 subj", ["-mode", "pubonly", "-np", "1", "-n", "{n}"], "pub_rate"),
+    ("publish only, 1,000 subj", ["-mode", "pubonly", "-np", "1", "-subjects", "1000", "-n", "{n}"], "pub_rate"),
+    ("slow fleet 200x50/s, 'a.>'", ["-np", "200", "-ns", "1", "-subjects", "1000", "-sub", "fwc", "-rate", "50", "-n", "{nf}"], "deliver_rate"),
+]
+
+#: Server on core 0, load generator on core 1 (see the module's text).
+SERVER_CORE, LOAD_CORE = "0", "1"
+
 
 def natsbench() -> str:
-    path = shutil.which("natsbench")
-    if path:
-        return path
-    build = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "natsbench", "build")
-    out = os.path.join(tempfile.gettempdir(), "natsbench")
-    subprocess.run([build, out], check=True)
+    """Our natsbench (bench/natsbench), built into it when missing or older than its source."""
+    source = os.path.join(HERE, "natsbench")
+    out = os.path.join(source, "natsbench")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(os.path.join(source, "main.go")):
+        subprocess.run(["sh", os.path.join(source, "build"), out], check=True)
     return out
 
 
-def measure(tool: str, port: int, args: List[str], host: str = "127.0.0.1") -> Dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process C{pid}, all its threads, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(tool: str, servers: "List[process.ServerProcess] | process.ServerProcess", args: List[str], host: str = "127.0.0.1", port: int = 0) -> Dict[str, float]:
+    """
+    One natsbench run (on the load core) against C{servers} (the first one
+    is dialled unless C{port} says otherwise); C{cpu_us} is their CPU per
+    message in microseconds.
+    """
+    if not isinstance(servers, list):
+        servers = [servers]
     scheme = "tls" if "-ca" in args else "nats"
+    pids = [s.process.pid for s in servers if s.process is not None]
+    before = sum(map(cpu_seconds, pids))
     result = subprocess.run(
-        [tool, "-url", "%s://%s:%d" % (scheme, host, port), "-timeout", "120s", *args],
+        ["taskset", "-c", LOAD_CORE, tool, "-url", "%s://%s:%d" % (scheme, host, port or servers[0].port), "-timeout", "120s", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    figures = dict(re.findall(r"(\w+)=([\d.]+)", result.stdout))
+    spent = sum(map(cpu_seconds, pids)) - before
+    figures = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", result.stdout)}
     if result.returncode != 0 or not figures:
         raise RuntimeError("natsbench failed: {} {}".format(result.stdout, result.stderr))
-    return {k: float(v) for k, v in figures.items()}
+    messages = figures.get("delivered") or figures.get("published") or figures.get("n") or 1
+    figures["cpu_us"] = spent * 1e6 / messages
+    return figures
 
 
 def tls_setup(directory: str) -> Dict[str, str]:
@@ -83,7 +132,7 @@ def tls_setup(directory: str) -> Dict[str, str]:
     return files
 
 
-def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> float:
+def connection_rate(server: process.ServerProcess, files: Dict[str, str], seconds: float = 3.0) -> "Sample":
     """Connections per second: TCP, INFO, TLS handshake, CONNECT, PING/PONG, close."""
     import socket
     import ssl
@@ -92,9 +141,11 @@ def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> f
     context = ssl.create_default_context(cafile=files["ca.crt"])
     context.load_cert_chain(files["client.crt"], files["client.key"])
     done = 0
+    assert server.process is not None
+    cpu = cpu_seconds(server.process.pid)
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        with socket.create_connection(("127.0.0.1", port)) as raw:
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
             raw.recv(4096)
             with context.wrap_socket(raw, server_hostname="localhost") as s:
                 s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
@@ -102,7 +153,7 @@ def connection_rate(port: int, files: Dict[str, str], seconds: float = 3.0) -> f
                 while not data.endswith(b"PONG\r\n"):
                     data += s.recv(4096)
         done += 1
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), (cpu_seconds(server.process.pid) - cpu) * 1e6 / done
 
 
 def tls_scenes(tool: str, runs: int, n: int) -> None:
@@ -112,13 +163,13 @@ def tls_scenes(tool: str, runs: int, n: int) -> None:
     try:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n), "-ca", files["ca.crt"], "-cert", files["client.crt"], "-key", files["client.key"]]
         for label, sample in (
-            ("mutual TLS 1:1 16 B", lambda port: measure(tool, port, args, host="localhost")["deliver_rate"]),
-            ("mutual TLS connections/s", lambda port: connection_rate(port, files)),
+            ("mutual TLS 1:1 16 B", lambda server: rate_and_cpu(measure(tool, server, args, host="localhost"), "deliver_rate")),
+            ("mutual TLS connections/s", lambda server: connection_rate(server, files)),
         ):
-            samples: Dict[str, List[float]] = {name: [] for name in servers}
+            samples: Dict[str, List[Sample]] = {name: [] for name in servers}
             for _ in range(runs):
                 for name, server in servers.items():  # interleaved
-                    samples[name].append(sample(server.port))
+                    samples[name].append(sample(server))
             report(label, samples)
     finally:
         for server in servers.values():
@@ -145,15 +196,17 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
         pairs[name] = (service, gateway)
     everything = [a, b] + [p for pair in pairs.values() for p in pair]
     for server in everything:
-        server.start()
+        pinned(server).start()
     try:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n)]
-        samples: Dict[str, List[float]] = {"nats-server": []}
+        samples: Dict[str, List[Sample]] = {"nats-server": []}
         samples.update({name: [] for name in pairs})
         for _ in range(runs):
-            samples["nats-server"].append(measure(tool, b.port, args + ["-puburl", "nats://127.0.0.1:%d" % a.port])["deliver_rate"])
+            # Both servers of a pair on the server core; CPU is theirs together.
+            samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
             for name, (service, gateway) in pairs.items():
-                samples[name].append(measure(tool, service.port, args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"])["deliver_rate"])
+                samples[name].append(rate_and_cpu(measure(
+                    tool, [service, gateway], args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"]), "deliver_rate"))
         report("routed 1:1 16 B (gw->svc)", samples)
     finally:
         for server in everything:
@@ -201,8 +254,23 @@ def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, pr
     for name, python in variants():
         servers[name] = process.eventsvc(config, python=python)
     for server in servers.values():
-        server.start()
+        pinned(server).start()
     return servers
+
+
+def pinned(server: process.ServerProcess) -> process.ServerProcess:
+    """C{server}, to be started on the server core."""
+    if server.argv[0] != "taskset":
+        server.argv[:0] = ["taskset", "-c", SERVER_CORE]
+    return server
+
+
+#: A figure, and the server's CPU per message in microseconds (None: not measured).
+Sample = Tuple[float, Optional[float]]
+
+
+def rate_and_cpu(figures: Dict[str, float], key: str) -> Sample:
+    return figures[key], figures["cpu_us"]
 
 
 #: The PyPy setting that trades throughput for a tighter heap (docs/operations.md).
@@ -217,14 +285,14 @@ def memory_scene(runs: int) -> None:
     pypy = [python for name, python in variants() if python]
     if pypy:
         tight = process.eventsvc(config, python=pypy[0], env=TIGHT_GC)
-        tight.start()
+        pinned(tight).start()
     try:
-        samples = {name: [idle_memory(server.port, server.process.pid)] for name, server in servers.items()}
+        samples: Dict[str, List[Sample]] = {name: [(idle_memory(server.port, server.process.pid), None)] for name, server in servers.items()}
         report("idle conn memory (bytes)", samples)
         if tight is not None:
-            ref = samples["nats-server"][0]
+            ref = samples["nats-server"][0][0]
             ours = idle_memory(tight.port, tight.process.pid)
-            print("{:<26} {:>12,.0f} {:>12} {:>6} {:>12,.0f} {:>6.0%}".format("  same, PyPy GC at 1.2", ref, "", "", ours, ours / ref))
+            print("{:<30} {:>10,.0f} {:>7} {:>10} {:>6} {:>7} {:>10,.0f} {:>6.0%}".format("  same, PyPy GC at 1.2", ref, "", "", "", "", ours, ours / ref))
     finally:
         for server in servers.values():
             server.stop()
@@ -240,14 +308,31 @@ def variants() -> List[Tuple[str, Optional[str]]]:
     return VARIANTS
 
 
-def report(label: str, samples: Dict[str, List[float]]) -> None:
-    ref = statistics.median(samples["nats-server"])
-    line = "{:<26} {:>12,.0f}".format(label, ref)
+def report(label: str, samples: Dict[str, List[Sample]]) -> None:
+    """
+    One line: the reference's median figure and CPU per message, then per
+    eventsvc its figure, the ratio of figures (for latencies, lower is
+    better), its CPU per message and the ratio of CPU per message (theirs
+    over ours: above 100% means we spend less per message).
+    """
+    ref, ref_cpu = _medians(samples["nats-server"])
+    line = "{:<30} {:>10,.0f} {:>7}".format(label, ref, _us(ref_cpu))
     for name, _ in VARIANTS:
-        us = statistics.median(samples[name])
-        line += " {:>12,.0f} {:>6.0%}".format(us, us / ref if ref else float("nan"))
+        ours, cpu = _medians(samples[name])
+        line += " {:>10,.0f} {:>6.0%} {:>7} {:>6}".format(
+            ours, ours / ref if ref else float("nan"), _us(cpu),
+            "{:.0%}".format(ref_cpu / cpu) if cpu and ref_cpu else "")
     print(line)
     sys.stdout.flush()
+
+
+def _medians(samples: List[Sample]) -> "Tuple[float, Optional[float]]":
+    cpus = [c for _, c in samples if c is not None]
+    return statistics.median(v for v, _ in samples), statistics.median(cpus) if cpus else None
+
+
+def _us(cpu: Optional[float]) -> str:
+    return "" if cpu is None else "{:.2f}".format(cpu)
 
 
 def main() -> None:
@@ -255,22 +340,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
-    parser.add_argument("--only", choices=["plain", "tls", "routed", "memory"], help="run only these scenes")
+    parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
-    counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000}
+    counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000, "nf": 100 if options.quick else 200}
 
     tool = natsbench()
     VARIANTS[:] = [("eventsvc", None)] + ([("eventsvc-pypy", options.pypy)] if options.pypy else [])
     print("eventsvc on {} {}{}; {}".format(
         sys.implementation.name, sys.version.split()[0], " and on " + options.pypy if options.pypy else "",
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
-    header = "{:<26} {:>12}".format("scene", "nats-server")
+    print("server pinned to core {}, load to core {}; cpu: server CPU per message (us)".format(SERVER_CORE, LOAD_CORE))
+    header = "{:<30} {:>10} {:>7}".format("scene", "nats-server", "cpu")
     for name, _ in VARIANTS:
-        header += " {:>12} {:>6}".format(name[:12], "ratio")
+        header += " {:>10} {:>6} {:>7} {:>6}".format(name[:10], "ratio", "cpu", "ratio")
     print(header)
     if options.only in (None, "plain"):
-        plain_scenes(tool, options.runs, counts)
+        plain_scenes(tool, options.runs, counts, SCENES)
+    if options.only in (None, "many"):
+        plain_scenes(tool, options.runs, counts, MANY)
     if options.only in (None, "tls"):
         tls_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "routed"):
@@ -279,18 +367,18 @@ def main() -> None:
         memory_scene(options.runs)
 
 
-def plain_scenes(tool: str, runs: int, counts: Dict[str, int]) -> None:
+def plain_scenes(tool: str, runs: int, counts: Dict[str, int], scenes: list) -> None:
     config = os.path.join(tempfile.mkdtemp(), "bench.toml")
     process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n')
     servers = start_servers(process.nats_server(), config)
     try:
-        for label, args, key in SCENES:
+        for label, args, key in scenes:
             args = [a.format(**counts) for a in args]
-            samples: Dict[str, List[float]] = {name: [] for name in servers}
+            samples: Dict[str, List[Sample]] = {name: [] for name in servers}
             for _ in range(runs):
                 # Interleave, so that a noisy moment hurts both.
                 for name, server in servers.items():
-                    samples[name].append(measure(tool, server.port, args)[key])
+                    samples[name].append(rate_and_cpu(measure(tool, server, args), key))
             report(label, samples)
     finally:
         for server in servers.values():
