@@ -560,7 +560,7 @@ class ClientConnection(Protocol):
         if sub is not None:
             if max_msgs > 0 and max_msgs > sub.delivered:
                 sub.max = max_msgs
-                self.broker.limit_changed()
+                self.broker.limit_changed(sub.subject)
             else:
                 self.remove_subscription(sub)
         if self.verbose:

@@ -50,6 +50,9 @@ class RouteConnection(Protocol):
     transport: Any
     echo = True
     headers = True
+    #: For the framing loop: a route's messages take its plain path, unchecked.
+    plain = True
+    may_publish = None
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         self.manager = manager
@@ -253,18 +256,30 @@ class RouteConnection(Protocol):
         if sub is not None:
             self.broker.remove_remote_subscription(sub)
 
-    def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
-        self.in_msgs += 1
-        self.in_bytes += size
-        if account == GLOBAL and self._importable(subject):
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+    def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        """An RMSG in C{$G} without queue names (the framing loop counts it)."""
+        if self._importable(subject):
+            return self.broker.deliver(self, subject, reply, size, tail)
+        return 0
 
-    def op_rmsg_batch(self, subject: bytes, tails: List[bytes], size: int) -> None:
-        """Plain RMSGs to one subject (no reply, no queue names), in order."""
-        self.in_msgs += len(tails)
-        self.in_bytes += size
+    def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Such RMSGs to one subject without a reply, in order."""
         if self._importable(subject):
             self.broker.deliver_batch(self, subject, tails, size)
+
+    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        self.publish(self, subject, reply, size, tail)
+
+    def op_no_responders(self, reply: bytes) -> None:
+        pass  # the requester's server answers for its own clients
+
+    def parse_later(self) -> None:
+        pass  # routes are parsed without a budget
+
+    def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An RMSG naming queue groups, or in another account (ignored)."""
+        if account == GLOBAL and self._importable(subject):
+            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         self.in_msgs += 1

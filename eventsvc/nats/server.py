@@ -27,12 +27,17 @@ from twisted.logger import Logger
 
 from eventsvc import __version__
 from eventsvc.nats.advertise import ConnectURLs
-from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
+from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, valid_literal_subject, valid_subject
 
 #: nats-server's status message for a request nobody answered.
 NO_RESPONDERS_STATUS = b"NATS/1.0 503\r\n\r\n"
 
 MessageCallback = Callable[[str, Optional[str], bytes, Optional[bytes]], None]
+
+#: How many subjects' delivery plans are kept: enough for a fleet of ten
+#: thousand devices publishing each to its own subject (about 600 bytes a
+#: plan with one subscriber).
+PLAN_CACHE_SIZE = 16384
 
 
 def new_server_id() -> str:
@@ -180,7 +185,9 @@ class Broker:
             ".".join(map(str, sys.implementation.version[:3])),
         )
         self.sublist = Sublist()
-        self._targets: Dict[bytes, _Targets] = {}
+        #: Delivery plans by subject: read as C{_targets.get(subject)}.
+        self._plans = SubjectCache(PLAN_CACHE_SIZE)
+        self._targets: Dict[bytes, _Targets] = self._plans.entries
         self.sublist.on_change = self._forget_plans
         self._dirty: List[ISubscriber] = []
         self._local = LocalSubscriber(self)
@@ -307,9 +314,7 @@ class Broker:
         return self._keep(subject, targets) if keep else targets
 
     def _keep(self, subject: bytes, targets: _Targets) -> _Targets:
-        if len(self._targets) > 8192:
-            self._targets.clear()
-        self._targets[subject] = targets
+        self._plans.put(subject, targets)
         return targets
 
     def deliver(
@@ -610,16 +615,20 @@ class Broker:
         """Every (subject, queue, count) of local subscriptions: what a new route is told."""
         return [(subject, queue, n) for (subject, queue), n in self._interest.items()]
 
-    def _forget_plans(self, subject: Optional[bytes]) -> None:
-        """The matches of C{subject} changed (None: of any subject, a wildcard): its plan goes."""
-        if subject is None:
-            self._targets.clear()
-        else:
-            self._targets.pop(subject, None)
+    def _forget_plans(self, pattern: bytes) -> None:
+        """The subscriptions on C{pattern} changed: the plans of the subjects it may match go."""
+        self._plans.forget(pattern)
 
-    def limit_changed(self) -> None:
-        """A subscription gained an auto-unsubscribe maximum: replan."""
-        self._targets.clear()
+    def limit_changed(self, pattern: Optional[bytes] = None) -> None:
+        """
+        A subscription on C{pattern} gained an auto-unsubscribe maximum: the
+        plans it is in go.  None: a connection's permissions changed, and
+        every plan goes.
+        """
+        if pattern is None:
+            self._plans.clear()
+        else:
+            self._plans.forget(pattern)
 
     # -- the in-process API -------------------------------------------------
 

@@ -4,11 +4,15 @@ Subjects: validation and the subscription index.
 The index is a token trie in the spirit of nats-server's sublist: each level
 maps literal tokens to child nodes and keeps separate children for the ``*``
 and ``>`` wildcards, so a match walks at most three branches per token.  A
-bounded match cache keeps the result for recently published subjects; a
-change to a literal subscription evicts only its own subject, so churn on
-``_INBOX.<id>`` inboxes leaves the cache alone, and a change to a wildcard
-one empties the cache at once (C speed), so no change ever costs a scan of
-the cache in Python.
+bounded match cache (L{SubjectCache}) keeps the result for recently
+published subjects.  A change to a literal subscription evicts only its own
+subject, so churn on ``_INBOX.<id>`` inboxes leaves the cache alone; a
+change to a wildcard one whose first token is literal (``_INBOX.<id>.*``,
+``devices.*.state``) evicts only the subjects that begin with that token,
+found in an index by first token, never by a scan of the whole cache; only
+a wildcard in the first token (``>``, ``*.x``) empties the cache, at once.
+The broker keeps its delivery plans in a cache of the same kind, told of
+the same changes.
 
 Subjects are ``bytes`` throughout, as they come off the wire.  This module
 knows nothing of connections or of the protocol: a subscription's ``owner``
@@ -27,6 +31,75 @@ _BAD_IN_TOKEN = (b" ", b"\t", b"\r", b"\n", b"\x0c")
 #: nats-server).  A wildcard subscription change scans the cache, so it
 #: stays small.
 CACHE_SIZE = 1024
+
+
+class SubjectCache:
+    """
+    A bounded cache keyed by literal subject, indexed by first token, so
+    that a subscription change evicts what it may have changed and nothing
+    else.  Read it with C{entries.get(subject)} (a plain dict: the hot path
+    pays one C call); write it with L{put}.
+    """
+
+    __slots__ = ("entries", "_heads", "size")
+
+    def __init__(self, size: int) -> None:
+        self.entries: Dict[bytes, Any] = {}
+        self._heads: Dict[bytes, Dict[bytes, None]] = {}
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, subject: bytes, value: Any) -> None:
+        entries = self.entries
+        if len(entries) >= self.size:
+            # Evict the oldest quarter: dicts keep insertion order.
+            for key in list(entries)[: max(1, self.size // 4)]:
+                self._drop(key)
+        if subject not in entries:
+            head = subject.partition(b".")[0]
+            group = self._heads.get(head)
+            if group is None:
+                group = self._heads[head] = {}
+            group[subject] = None
+        entries[subject] = value
+
+    def _drop(self, subject: bytes) -> None:
+        del self.entries[subject]
+        head = subject.partition(b".")[0]
+        group = self._heads.get(head)
+        if group is not None:
+            group.pop(subject, None)
+            if not group:
+                del self._heads[head]
+
+    def forget(self, pattern: bytes) -> bool:
+        """
+        Evict what a change to the subscriptions on C{pattern} may have made
+        wrong.  Returns False when that was everything (a wildcard in the
+        first token).
+        """
+        head, dot, _ = pattern.partition(b".")
+        if head == PWC or head == FWC:
+            self.clear()
+            return False
+        if PWC not in pattern and FWC not in pattern:
+            # A literal subscription matches one subject only: O(1).
+            if pattern in self.entries:
+                self._drop(pattern)
+            return True
+        # A wildcard further on matches subjects with this first token only.
+        group = self._heads.pop(head, None)
+        if group:
+            entries = self.entries
+            for subject in group:
+                del entries[subject]
+        return True
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._heads.clear()
 
 
 def valid_subject(subject: bytes) -> bool:
@@ -159,16 +232,16 @@ class Sublist:
 
     def __init__(self, cache_size: int = CACHE_SIZE) -> None:
         self._root = _Level()
-        self._cache: Dict[bytes, SublistResult] = {}
-        self._cache_size = cache_size
+        self._cached = SubjectCache(cache_size)
+        self._cache = self._cached.entries
         self.count = 0
         self.genid = 0
         # For /subsz.
         self.inserts = self.removes = self.matches = self.cache_hits = 0
-        #: Called after every change with the subject whose matches changed,
-        #: or None when any subject's may have (a wildcard): the broker
-        #: drops what it derived from those matches, and only those.
-        self.on_change: Optional[Callable[[Optional[bytes]], None]] = None
+        #: Called after every change with the subscription's subject (a
+        #: pattern): the broker drops what it derived from the matches that
+        #: pattern may have changed, and only those (L{SubjectCache.forget}).
+        self.on_change: Optional[Callable[[bytes], None]] = None
 
     def insert(self, sub: Subscription) -> None:
         """
@@ -273,25 +346,12 @@ class Sublist:
     def _forget(self, pattern: bytes) -> bool:
         """
         Drop the cached results a change to C{pattern} may have made wrong,
-        here and in the broker (L{on_change}).  Returns whether the change
-        was to one literal subject only.
+        here and in the broker (L{on_change}).  Returns False when that was
+        everything.
         """
-        tokens = pattern.split(b".")
-        if PWC not in tokens and FWC not in tokens:
-            # A literal subscription matches one subject only: O(1).
-            self._cache.pop(pattern, None)
-            if self.on_change is not None:
-                self.on_change(pattern)
-            return True
         if self.on_change is not None:
-            self.on_change(None)
-        # A wildcard may match any cached subject.  Finding which ones cost
-        # a split and a compare per entry (a disconnect of 300 deep
-        # wildcards stalled everyone for seconds); emptying the cache costs
-        # one C-level clear, and each subject is matched again once, when it
-        # is next published to.
-        self._cache.clear()
-        return False
+            self.on_change(pattern)
+        return self._cached.forget(pattern)
 
     def match(self, subject: bytes, keep: bool = True) -> SublistResult:
         """
@@ -311,14 +371,8 @@ class Sublist:
         result = SublistResult(plain, list(groups.values())) if (
             plain or groups
         ) else _EMPTY
-        if not keep:
-            return result
-        cache = self._cache
-        if len(cache) >= self._cache_size:
-            # Evict the oldest quarter: dicts keep insertion order.
-            for key in list(cache)[: self._cache_size // 4]:
-                del cache[key]
-        cache[subject] = result
+        if keep:
+            self._cached.put(subject, result)
         return result
 
     def cache_stats(self) -> "tuple[int, int, float]":

@@ -5,6 +5,8 @@ fake clock.  Interest bookkeeping, delivery rules, resync, duplicates.
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
@@ -313,9 +315,17 @@ class RouteParserTests(SynchronousTestCase):
 
         class Recorder:
             def __getattr__(self, name):
-                if name == "op_rmsg_batch":
+                if name in ("plain",):
+                    return True
+                if name == "may_publish":
+                    return None
+                if name == "publish_batch":
                     # Flatten batches, so that splitting does not change the result.
-                    return lambda subject, tails, size: ops.extend(("op_rmsg", b"$G", subject, None, [], None, t) for t in tails)
+                    return lambda src, subject, tails, size: ops.extend(("op_rmsg", b"$G", subject, None, [], None, t) for t in tails)
+                if name == "publish":
+                    return lambda src, subject, reply, size, tail: ops.append(("op_rmsg", b"$G", subject, reply, [], None, tail)) or 1
+                if name in ("in_msgs", "in_bytes"):
+                    return 0
                 if name == "op_rmsg":
                     return lambda account, subject, reply, queues, size, tail: ops.append(("op_rmsg", account, subject, reply, list(queues), None, tail))
                 return lambda *args: ops.append((name,) + args)
@@ -472,3 +482,155 @@ class RoutePermissionTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(sub.received(), b"MSG in.x 1 1\r\ni\r\n")
         self.assertEqual(self.a.manager.dropped, 1)
+
+
+# -- the route parser, fuzzed as the client parser is (test_parser) ------------
+
+from typing import List  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from eventsvc.test.test_parser import _check_output  # noqa: E402
+
+_ROUTE_LINE = re.compile(rb"(INFO \{.*\} |PING|PONG|-ERR '[^'\r\n]*'|RS[+-] \$G \S+( \S+)*)$")
+
+_ROUTE_OPS = st.sampled_from([
+    b"RS+ $G foo\r\n",
+    b"RS+ $G foo.* q 3\r\n",
+    b"RS- $G foo\r\n",
+    b"RS- $G foo.* q\r\n",
+    b"RMSG $G foo 5\r\nhello\r\n",
+    b"RMSG $G foo.bar reply 2\r\nhi\r\n",
+    b"RMSG $G foo + reply q1 q2 1\r\nx\r\n",
+    b"RMSG $G foo | q1 0\r\n\r\n",
+    b"RMSG $SYS foo 1\r\ny\r\n",
+    b"HMSG $G foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+    b"HMSG $G foo reply 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+    b"PING\r\n",
+    b"PONG\r\n",
+    b"+OK\r\n",
+    b'INFO {"server_id":"P"}\r\n',
+])
+
+
+@st.composite
+def mutated_route_streams(draw) -> bytes:
+    data = bytearray(b"".join(draw(st.lists(_ROUTE_OPS, min_size=1, max_size=12))))
+    for _ in range(draw(st.integers(0, 4))):
+        if not data:
+            break
+        i = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["flip", "delete", "insert"]))
+        if action == "flip":
+            data[i] = draw(st.integers(0, 255))
+        elif action == "delete":
+            del data[i]
+        else:
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(data)
+
+
+_TOKEN = st.text(alphabet="abcXYZ019_-$", min_size=1, max_size=6).map(lambda t: t.encode())
+_LITERAL = st.lists(_TOKEN, min_size=1, max_size=30).map(b".".join)
+
+
+@st.composite
+def valid_route_streams(draw) -> "tuple[bytes, int]":
+    """
+    Well-formed route operations, and how many messages in $G they carry:
+    a local plain subscriber gets each of them, those naming queue groups
+    too (as from nats-server, which names the groups in the RMSG it would
+    send for the plain interest anyway).
+    """
+    out = []
+    plain = 0
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(["rmsg", "rmsg", "rmsg-q", "hmsg", "rs", "ping", "other-account"]))
+        payload = draw(st.binary(max_size=40))
+        if kind == "rmsg":
+            reply = draw(st.one_of(st.none(), _LITERAL))
+            out.append(b"RMSG $G %s %s%d\r\n%s\r\n" % (draw(_LITERAL), reply + b" " if reply else b"", len(payload), payload))
+            plain += 1
+        elif kind == "rmsg-q":
+            out.append(b"RMSG $G %s | %s %d\r\n%s\r\n" % (draw(_LITERAL), draw(_TOKEN), len(payload), payload))
+            plain += 1
+        elif kind == "hmsg":
+            block = b"NATS/1.0\r\nK: v\r\n\r\n"
+            out.append(b"HMSG $G %s %d %d\r\n%s%s\r\n" % (draw(_LITERAL), len(block), len(block) + len(payload), block, payload))
+            plain += 1
+        elif kind == "rs":
+            out.append(b"RS+ $G %s\r\n" % draw(_LITERAL))
+        elif kind == "ping":
+            out.append(b"PING\r\n")
+        else:
+            out.append(b"RMSG $OTHER %s %d\r\n%s\r\n" % (draw(_LITERAL), len(payload), payload))
+    return b"".join(out), plain
+
+
+class RouteFuzzTests(SynchronousTestCase):
+    """
+    A peer's bytes, random, mutated or well-formed and cut anywhere, on an
+    accepted route: nothing escapes the parser, everything written (to the
+    peer and to a local subscriber) is well-formed, and closing the route
+    leaves none of its interest behind.
+    """
+
+    def route(self):
+        node = Node("A")
+        watcher = node.client()
+        watcher.send(b"SUB > 9\r\n")
+        proto = _Accepting(node.manager).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
+        proto.makeConnection(transport)
+        proto.dataReceived(b'CONNECT {"verbose":false,"cluster":"c1"}\r\nINFO {"server_id":"P","cluster":"c1"}\r\n')
+        self.assertEqual(set(node.manager.routes), {"P"})
+        transport.clear()
+        return node, watcher, proto, transport
+
+    def feed(self, data: bytes, cuts: List[int]):
+        node, watcher, proto, transport = self.route()
+        last = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            if proto.closed:
+                break
+            proto.dataReceived(data[last:cut])
+            last = cut
+        seen = watcher.received()
+        closed = proto.closed
+        _check_output(self, seen, watcher.closed)
+        written = transport.value()
+        for line in written.split(b"\r\n")[:-1]:
+            self.assertTrue(_ROUTE_LINE.match(line), line)
+        proto.connectionLost(None)
+        self.assertEqual(node.manager.routes, {})
+        self.assertEqual(node.broker.sublist.count, 1)  # the watcher's own
+        return seen, closed
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=5))
+    def test_random_bytes(self, data: bytes, cuts: List[int]) -> None:
+        self.feed(data, cuts)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(mutated_route_streams(), st.lists(st.integers(0, 300), max_size=5))
+    def test_mutated_protocol(self, data: bytes, cuts: List[int]) -> None:
+        whole, _ = self.feed(data, [])
+        # However the bytes were cut, the subscriber saw the same.
+        self.assertEqual(self.feed(data, cuts)[0], whole)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(valid_route_streams(), st.lists(st.integers(0, 4000), max_size=6))
+    def test_valid_looking(self, stream, cuts: List[int]) -> None:
+        data, plain = stream
+        seen, closed = self.feed(data, cuts)
+        self.assertFalse(closed)
+        frames = 0
+        pos = 0
+        while pos < len(seen):
+            nl = seen.index(b"\r\n", pos)
+            line = seen[pos:nl].split(b" ")
+            self.assertEqual(line[2], b"9")
+            pos = nl + 2 + int(line[-1]) + 2
+            frames += 1
+        self.assertEqual(frames, plain)

@@ -102,11 +102,15 @@ class SublistTests(SynchronousTestCase):
         self.assertEqual(set(sl._cache), {b"a.x"})
         sl.remove(lit)
         sl.match(b"b.x")
-        # A wildcard one empties the cache (no Python scan of it), and every
-        # answer after it is right.
+        # A wildcard one evicts the subjects with its first token (found in
+        # an index, no scan of the cache), and every answer after it is right.
         b = sub(b"b.*")
         sl.insert(b)
+        self.assertEqual(set(sl._cache), {b"a.x"})
+        star = sub(b"*.x")
+        sl.insert(star)
         self.assertEqual(set(sl._cache), set())
+        sl.remove(star)
         self.assertEqual(sl.match(b"b.x").plain, [b])
         sl.remove(b)
         self.assertEqual(sl.match(b"b.x").plain, [])
@@ -122,8 +126,8 @@ class SublistTests(SynchronousTestCase):
         sl.on_change = changes.append
         removed = sl.remove_many(subs[::2] + [sub(b"not.there")])
         self.assertEqual(removed, subs[::2])
-        # Each literal subject is named, until a wildcard: then everything (None), once.
-        self.assertEqual(changes, [b"m.%d" % i for i in range(0, 50, 2)] + [None])
+        # Each subject is named, wildcards too: m.* evicts the m.* subjects only.
+        self.assertEqual(changes, [b"m.%d" % i for i in range(0, 50, 2)] + [b"m.*"])
         self.assertEqual(sl.count, len(subs) - len(removed))
         self.assertEqual(set(sl.match(b"m.3").plain), {subs[3], subs[51]})
         self.assertEqual(sl.match(b"m.4").plain, [subs[51]])
@@ -137,7 +141,18 @@ class SublistTests(SynchronousTestCase):
         sl.insert(b)
         sl.remove(a)
         sl.remove_many([sub(b"x")])
-        self.assertEqual(changes, [b"a.b", None, b"a.b"])
+        self.assertEqual(changes, [b"a.b", b"a.*", b"a.b"])
+
+    def test_remove_many_stops_at_a_first_token_wildcard(self) -> None:
+        """After a wildcard in the first token (everything evicted), nothing more is said."""
+        sl = Sublist()
+        subs = [sub(b"a"), sub(b">"), sub(b"b")]
+        for s_ in subs:
+            sl.insert(s_)
+        changes = []
+        sl.on_change = changes.append
+        sl.remove_many(subs)
+        self.assertEqual(changes, [b"a", b">"])
 
     def test_broker_keeps_unrelated_plans(self) -> None:
         """A subscription to one literal subject replans that subject only."""
@@ -153,6 +168,52 @@ class SublistTests(SynchronousTestCase):
         self.assertIs(broker._targets[b"busy.one"], plan)
         broker.subscribe("busy.*", lambda *a: None)
         self.assertNotIn(b"busy.one", broker._targets)
+
+    def test_broker_wildcard_changes_evict_by_first_token(self) -> None:
+        """
+        A wildcard whose first token is literal (a client's _INBOX.<id>.*)
+        replans the subjects with that first token only; a wildcard in the
+        first token replans everything.
+        """
+        from eventsvc.nats.server import Broker
+
+        broker = Broker(server_id="T")
+        broker.subscribe(">", lambda *a: None)
+        for subject in ("busy.one", "busy.two", "_INBOX.a.1", "other"):
+            broker.publish(subject, b"x")
+        plans = {s: broker._targets[s] for s in (b"busy.one", b"busy.two", b"other")}
+        inbox = broker.subscribe("_INBOX.b.*", lambda *a: None)
+        self.assertNotIn(b"_INBOX.a.1", broker._targets)
+        for subject, plan in plans.items():
+            self.assertIs(broker._targets[subject], plan)
+        inbox.unsubscribe()
+        broker.subscribe("busy.*.x", lambda *a: None)
+        self.assertNotIn(b"busy.one", broker._targets)
+        self.assertNotIn(b"busy.two", broker._targets)
+        self.assertIs(broker._targets[b"other"], plans[b"other"])
+        # Replanned, the new subscription is in the plan.
+        broker.publish("busy.one.x", b"y")
+        self.assertEqual(len(broker._targets[b"busy.one.x"].plain), 2)
+        broker.subscribe("*.z", lambda *a: None)
+        self.assertEqual(len(broker._targets), 0)
+
+    def test_plan_cache_bounded_by_eviction(self) -> None:
+        """Past its size, the oldest quarter of the plans goes, not all of them."""
+        from eventsvc.nats.server import Broker
+        from eventsvc.nats.subjects import SubjectCache
+
+        broker = Broker(server_id="T")
+        broker._plans = SubjectCache(100)
+        broker._targets = broker._plans.entries
+        broker.subscribe(">", lambda *a: None)
+        for i in range(101):
+            broker.publish("s.%d" % i, b"x")
+        self.assertEqual(len(broker._targets), 76)
+        self.assertNotIn(b"s.0", broker._targets)
+        self.assertIn(b"s.99", broker._targets)
+        self.assertIn(b"s.100", broker._targets)
+        broker.subscribe("s.*", lambda *a: None)
+        self.assertEqual(len(broker._targets), 0)
 
     def test_cache_bounded(self) -> None:
         sl = Sublist(cache_size=100)

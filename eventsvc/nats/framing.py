@@ -1,0 +1,437 @@
+"""
+The framing loop: how bytes become operations, for client and route
+connections alike.
+
+A L{Framer} is fed whatever the transport delivers, split at any byte, and
+calls its handler once per complete operation.  It works on the whole
+buffer with C{bytes.find}, never byte by byte and never line by line
+through a line receiver.  One loop owns everything the two protocols
+share:
+
+  - verb recognition, from a L{VerbTable} (case-insensitive, as
+    nats-server's byte-wise parser);
+  - the control-line limit: the arguments after the verb, without the
+    line's CR, may be at most C{max_control_line} bytes (nats-server's
+    rule), and a partial line is refused as soon as it passes that or can
+    no longer begin any operation;
+  - waiting for a payload: an operation whose payload has not all arrived
+    is kept from its first byte and parsed again, once, when it has;
+  - the message verb's fast branch (PUB for clients, RMSG for routes):
+    a control line byte-identical to the previous one is not parsed again,
+    the payload is never copied (the C{tail}, C{b"<size>\\r\\n<payload>\\r\\n"},
+    is one slice of the read), and consecutive messages to one subject
+    without a reply are handed over as one batch;
+  - a budget of seconds per feed, after which the rest waits a reactor turn.
+
+The protocols differ only in their verb tables and in how the arguments of
+each verb are read: L{eventsvc.nats.parser} holds both.
+
+What it must not do: know about subscriptions, permissions or the network.
+Errors that end the connection are raised as L{ProtocolViolation}; the
+handler decides everything else.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+UNKNOWN_OPERATION = "Unknown Protocol Operation"
+MAX_CONTROL_LINE = "maximum control line exceeded"
+MAX_PAYLOAD = "Maximum Payload Violation"
+AUTHORIZATION_VIOLATION = "Authorization Violation"
+
+_SPACE = (32, 9)
+
+
+class ProtocolViolation(Exception):
+    """
+    The connection must close.  C{error} is the text to send as
+    C{-ERR '<error>'} first, or L{None} for a silent close (as nats-server
+    does for malformed arguments).
+    """
+
+    def __init__(self, error: Optional[str], detail: str = "") -> None:
+        super().__init__(error or detail or "protocol violation")
+        self.error = error
+        self.detail = detail or (error or "")
+
+
+class Verb:
+    """
+    One entry of a verb table.
+
+    @ivar name: the verb, upper case.
+    @ivar method: the framer's method that reads its arguments, called as
+        C{method(buf, pos, start, eol, nl)}; it returns where the next
+        operation begins, or -1 when it waits for more bytes.
+    @ivar spaced: white space must follow the verb (C{PUB}, C{SUB}); a verb
+        without arguments (C{PING}) may be followed by anything up to the
+        line's end, as nats-server ignores it.
+    @ivar bounded: whether its arguments are held to the control-line limit.
+    """
+
+    __slots__ = ("name", "method", "spaced", "bounded")
+
+    def __init__(self, name: bytes, method: str, spaced: bool = True, bounded: bool = True) -> None:
+        self.name = name
+        self.method = method
+        self.spaced = spaced
+        self.bounded = bounded
+
+
+class VerbTable:
+    """The verbs of one protocol, recognised by their first bytes."""
+
+    def __init__(self, verbs: Sequence[Verb]) -> None:
+        self.verbs = tuple(verbs)
+        self.longest = max(len(v.name) for v in self.verbs)
+
+    def classify(self, head: bytes) -> Optional[Verb]:
+        """
+        The verb at the start of C{head} (at least the longest verb plus one
+        byte, or everything up to the end of the line), or L{None}.
+        """
+        head = head.upper()
+        for verb in self.verbs:
+            if head.startswith(verb.name):
+                n = len(verb.name)
+                if not verb.spaced or (len(head) > n and head[n] in _SPACE):
+                    return verb
+        return None
+
+    def plausible(self, partial: bytes) -> bool:
+        """Whether an incomplete control line could still become an operation."""
+        head = partial[: self.longest + 1].upper()
+        for verb in self.verbs:
+            n = len(verb.name)
+            if len(head) <= n:
+                if verb.name.startswith(head):
+                    return True
+            elif head.startswith(verb.name) and (not verb.spaced or head[n] in _SPACE):
+                return True
+        return False
+
+
+def fields(line: bytes) -> List[bytes]:
+    """A line's arguments split at runs of spaces and tabs only (nats-server's rule)."""
+    return [a for a in line.replace(b"\t", b" ").split(b" ") if a]
+
+
+def parse_size(token: bytes) -> int:
+    """
+    A size as nats-server reads one: at most nine ASCII digits, else -1.
+    (int() alone would accept "+5", " 5" and "1_0".)
+    """
+    if len(token) > 9 or not token.isdigit():
+        return -1
+    return int(token)
+
+
+def size_of(token: bytes) -> int:
+    """A size that must be valid, or the connection closes without a word."""
+    size = parse_size(token)
+    if size < 0:
+        raise ProtocolViolation(None, "bad size {!r}".format(token))
+    return size
+
+
+#: What the fast branch reads off a message line: subject, reply, what else
+#: the protocol says (None when nothing: the message may join a batch), and
+#: the size token.
+MessageLine = Tuple[bytes, Optional[bytes], Any, bytes]
+
+
+class Framer:
+    """
+    The framing loop.  A subclass gives the verb table, the message verb
+    (C{message_verb}, the fast branch, e.g. C{b"PUB "}), and the methods
+    the table names; L{message_line} reads a message line.
+
+    The handler (L{eventsvc.nats.parser.IFramedConnection}) is told every
+    message as C{publish_batch(handler, subject, tails, size)} (runs without
+    a reply), C{publish(handler, subject, reply, size, tail)} or, when it is
+    not C{plain} or its C{may_publish} refuses the subject, C{op_pub}; and
+    C{extra} (L{message_extra}) when the line says more than a reply.
+
+    @ivar awaiting_connect: while true, any first operation other than
+        CONNECT is an authorization violation (set when auth is required).
+    @ivar suspended: while true, bytes are kept but not parsed (see
+        L{resume}).
+    """
+
+    verbs: VerbTable
+    message_verb: bytes
+    #: Whether sizes are held to C{max_payload} (routes: no, as nats-server).
+    checks_payload = True
+
+    def __init__(
+        self,
+        handler: Any,
+        max_control_line: int,
+        max_payload: int,
+        budget: Optional[float] = None,
+    ) -> None:
+        self._handler = handler
+        self.max_control_line = max_control_line
+        self.max_payload = max_payload
+        #: Seconds of work one feed may do before the rest of the input
+        #: waits for the next reactor turn (C{handler.parse_later}), so one
+        #: connection's burst never holds up everyone else; None: no bound.
+        self.budget = budget
+        self.awaiting_connect = False
+        self.suspended = False
+        # Unconsumed bytes: a partial control line, or a whole operation
+        # waiting for its payload (then _need is how many bytes it takes).
+        self._pending: List[bytes] = []
+        self._pending_len = 0
+        self._need = 0
+        # Size tokens already seen: most publishers repeat a few sizes.
+        self._sizes: Dict[bytes, int] = {}
+        self._message_code = self.verbs.verbs[0]
+        self._methods = {verb: getattr(self, verb.method) for verb in self.verbs.verbs}
+
+    # -- input kept between reads -------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """
+        Parse C{data} and everything kept before it.
+
+        @raise ProtocolViolation: the connection must close.  Operations
+            before the offending one have been handled.
+        """
+        if self._pending or self.suspended:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need or self.suspended:
+                return
+            data = b"".join(self._pending)
+            del self._pending[:]
+            self._pending_len = self._need = 0
+        self._parse(data)
+
+    def resume(self) -> None:
+        """Parse what arrived while suspended."""
+        self.suspended = False
+        self.feed(b"")
+
+    def _wait(self, buf: bytes, pos: int, need: int) -> None:
+        """Keep the operation at C{pos} until C{need} bytes of it (0: any more) have arrived."""
+        rest = buf[pos:]
+        self._pending.append(rest)
+        self._pending_len = len(rest)
+        self._need = need
+
+    def _partial(self, buf: bytes, pos: int) -> None:
+        """A control line without its end yet: kept, unless it can only be wrong."""
+        rest = buf[pos:]
+        if self.awaiting_connect and rest[:1] not in (b"C", b"c"):
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION)
+        if not self.verbs.plausible(rest):
+            raise ProtocolViolation(UNKNOWN_OPERATION)
+        if len(rest) > self.max_control_line + self.verbs.longest + 1:
+            raise ProtocolViolation(MAX_CONTROL_LINE)
+        self._wait(buf, pos, len(rest) + 1)
+
+    def _payload_end(self, buf: bytes, pos: int, nl: int, size: int) -> int:
+        """Where an operation whose payload of C{size} bytes follows line C{nl} ends; -1: kept to wait."""
+        end = nl + size + 3
+        if end > len(buf):
+            self._wait(buf, pos, end - pos)
+            return -1
+        if buf[end - 2] != 13 or buf[end - 1] != 10:
+            raise ProtocolViolation(UNKNOWN_OPERATION)
+        return end
+
+    def _new_size(self, token: bytes) -> int:
+        size = size_of(token)
+        if self.checks_payload and size > self.max_payload:
+            raise ProtocolViolation(MAX_PAYLOAD)
+        if len(self._sizes) >= 1024:
+            self._sizes.clear()
+        self._sizes[token] = size
+        return size
+
+    # -- what subclasses give -------------------------------------------------
+
+    def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
+        """Read the arguments of a message line (C{buf[start:eol]})."""
+        raise NotImplementedError()
+
+    def message_extra(self, subject: bytes, reply: Optional[bytes], extra: Any, size: int, tail: bytes) -> None:
+        """A message whose line said more than a subject and a reply (a route's queue groups)."""
+        raise NotImplementedError()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _parse(self, buf: bytes) -> None:
+        # The hot loop.  Two shortcuts, both exact:
+        # - a message line byte-identical to the previous one is not parsed
+        #   again (publishers repeat subject and size); when lines keep
+        #   differing (traffic over many subjects), it stops looking;
+        # - consecutive messages to one subject without a reply, from a
+        #   plain connection, are handed over as one batch.  The batch is
+        #   handed over before any other operation, so order and SUB/UNSUB
+        #   timing are unchanged.
+        handler = self._handler
+        n = len(buf)
+        pos = 0
+        mcl = self.max_control_line
+        sizes = self._sizes
+        plain = handler.plain
+        may_publish = handler.may_publish
+        publish = handler.publish
+        publish_batch = handler.publish_batch
+        op_pub = handler.op_pub
+        message_line = self.message_line
+        message_code = self._message_code
+        fast = self.message_verb
+        fast_len = len(fast)
+        longest = self.verbs.longest + 1
+        classify = self.verbs.classify
+        guarded = self.awaiting_connect
+        find = buf.find
+        startswith = buf.startswith
+        msgs = nbytes = 0
+        # Every 16 operations (one may fan out to hundreds of subscribers),
+        # the time spent is checked against the budget.
+        budget = self.budget
+        ops = 0
+        started = perf_counter() if budget is not None else 0.0
+        # The previous message line (never matches until one is parsed),
+        # what it said, and whether it is worth comparing with.
+        last = b"\n\n"
+        memo = True
+        misses = 0
+        last_nl = tail_off = size = 0
+        subject = szb = b""
+        reply: Optional[bytes] = None
+        extra: Any = None
+        # The batch being gathered: its first tail alone, or a list.
+        batch: Any = None
+        batch_subject = b""
+        batch_bytes = 0
+        try:
+            while pos < n:
+                ops += 1
+                if not ops & 15 and budget is not None and perf_counter() - started > budget:
+                    # Enough for this turn: the rest waits for the next one.
+                    self.suspended = True
+                    self._wait(buf, pos, 0)
+                    handler.parse_later()
+                    break
+                if memo and startswith(last, pos):
+                    nl = pos + last_nl
+                    misses = 0
+                else:
+                    nl = find(b"\n", pos)
+                    if nl < 0:
+                        self._partial(buf, pos)
+                        break
+                    if not guarded and startswith(fast, pos):
+                        start = pos + fast_len
+                    else:
+                        eol = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+                        verb = classify(buf[pos : min(eol, pos + longest)])
+                        if guarded and (verb is None or verb.name != b"CONNECT"):
+                            raise ProtocolViolation(AUTHORIZATION_VIOLATION)
+                        if verb is None:
+                            raise ProtocolViolation(UNKNOWN_OPERATION)
+                        start = pos + len(verb.name)
+                        if verb is not message_code:
+                            if batch is not None:
+                                if batch.__class__ is bytes:
+                                    publish(handler, batch_subject, None, batch_bytes, batch)
+                                else:
+                                    publish_batch(handler, batch_subject, batch, batch_bytes)
+                                batch = None
+                            if verb.bounded and eol - start > mcl:
+                                raise ProtocolViolation(MAX_CONTROL_LINE)
+                            pos = self._methods[verb](buf, pos, start, eol, nl)
+                            if pos < 0:
+                                break
+                            # CONNECT may have changed how messages are handled.
+                            guarded = self.awaiting_connect
+                            plain = handler.plain
+                            may_publish = handler.may_publish
+                            continue
+                    eol = nl - 1 if buf[nl - 1] == 13 else nl
+                    if eol - start > mcl:
+                        raise ProtocolViolation(MAX_CONTROL_LINE)
+                    subject, reply, extra, szb = message_line(buf, start, eol)
+                    known = sizes.get(szb)
+                    size = self._new_size(szb) if known is None else known
+                    if eol < nl and 47 < buf[eol - 1] < 58:
+                        # "<#bytes>\r\n<payload>\r\n" is already in the buffer.
+                        tail_off = eol - len(szb) - pos
+                    else:
+                        tail_off = -1
+                    if memo:
+                        if misses > 16:
+                            # Lines keep differing: stop comparing (until the next read).
+                            memo = False
+                        else:
+                            misses += 1
+                            last = buf[pos : nl + 1]
+                            last_nl = nl - pos
+                end = nl + size + 3
+                if end > n:
+                    self._wait(buf, pos, end - pos)
+                    break
+                if buf[end - 2] != 13 or buf[end - 1] != 10:
+                    raise ProtocolViolation(UNKNOWN_OPERATION)
+                if tail_off >= 0:
+                    tail = buf[pos + tail_off : end]
+                else:
+                    tail = szb + b"\r\n" + buf[nl + 1 : end]
+                pos = end
+                if not plain or (may_publish is not None and (reply is not None or not may_publish(subject))):
+                    # Checked one by one: refused, or a request whose reply
+                    # subject must be checked too; the handler does it, in order.
+                    if batch is not None:
+                        if batch.__class__ is bytes:
+                            publish(handler, batch_subject, None, batch_bytes, batch)
+                        else:
+                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                        batch = None
+                    op_pub(subject, reply, size, tail)
+                    continue
+                msgs += 1
+                nbytes += size
+                if reply is None and extra is None:
+                    if batch is not None:
+                        if subject is batch_subject or subject == batch_subject:
+                            if batch.__class__ is bytes:
+                                batch = [batch, tail]
+                            else:
+                                batch.append(tail)
+                            batch_bytes += size
+                            continue
+                        if batch.__class__ is bytes:
+                            publish(handler, batch_subject, None, batch_bytes, batch)
+                        else:
+                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                    batch = tail
+                    batch_subject = subject
+                    batch_bytes = size
+                    continue
+                if batch is not None:
+                    if batch.__class__ is bytes:
+                        publish(handler, batch_subject, None, batch_bytes, batch)
+                    else:
+                        publish_batch(handler, batch_subject, batch, batch_bytes)
+                    batch = None
+                if extra is not None:
+                    self.message_extra(subject, reply, extra, size, tail)
+                elif not publish(handler, subject, reply, size, tail):
+                    handler.op_no_responders(reply)
+        finally:
+            # Whatever happens next, what was published before is delivered.
+            if batch is not None:
+                if batch.__class__ is bytes:
+                    publish(handler, batch_subject, None, batch_bytes, batch)
+                else:
+                    publish_batch(handler, batch_subject, batch, batch_bytes)
+            if msgs:
+                handler.in_msgs += msgs
+                handler.in_bytes += nbytes
