@@ -1,14 +1,16 @@
 """
-The server side of one client connection.
+The server side of one client connection: the operations a client sends,
+and the permission checks on them.
 
-It greets with INFO, runs the CONNECT handshake (with an optional
-authenticator and its timeout), applies each operation the parser hands it,
-and writes everything it owes the client once per read.  It guards the
-server against the client: payload and control-line limits (in the parser),
-stale connections (PING/PONG on a timer), and slow consumers: the connection
-is the streaming producer of its own transport, so it knows when the kernel
-stopped taking bytes; past C{max_pending} bytes written since then, or past
-C{write_deadline} seconds paused, it is cut off so it never slows anyone else.
+The connection is put together from parts, each in its own module:
+
+  - L{eventsvc.nats.parser.ClientParser}: bytes to operations (the framing
+    loop of L{eventsvc.nats.framing});
+  - L{eventsvc.nats.session.Session}: greeting, TLS, CONNECT and
+    authentication, as a state machine with the session's clocks;
+  - L{eventsvc.nats.outbound.Outbound}: output held back, slow consumers,
+    publisher stalls (the transport's producer);
+  - L{eventsvc.nats.liveness.Pinger}: PING/PONG.
 
 What it must not do: look inside messages, or know what a listener is for.
 """
@@ -16,11 +18,11 @@ What it must not do: look inside messages, or know what a listener is for.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,14 +31,19 @@ from zope.interface import implementer
 from eventsvc import wirejson
 from eventsvc.nats import limits
 from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo, settle
+from eventsvc.nats.liveness import PONG, Pinger
+from eventsvc.nats.outbound import Outbound, ReadGate
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
+from eventsvc.nats.session import HANDSHAKE, Session
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
 from eventsvc.nats.tcp import no_delay
 
 OK = b"+OK\r\n"
-PING = b"PING\r\n"
-PONG = b"PONG\r\n"
+
+#: Why a connection's reads are held (ReadGate reasons besides a stall).
+AUTHENTICATING = "authenticating"
+PARSING_LATER = "parsing later"
 
 STALE_CONNECTION = "Stale Connection"
 AUTHENTICATION_TIMEOUT = "Authentication Timeout"
@@ -154,55 +161,12 @@ class ClientSettings:
         self.auth_throttle = auth_throttle
 
 
-class HeldOutput:
-    """
-    Frames held while a transport is paused (its buffer is over its
-    high-water mark).  Twisted resumes a producer only once its buffer is
-    empty, so each resume hands over at most PUSH_SIZE: what stays here is
-    then the peer's real backlog, which is what the limits are about.
-    Client connections and routes both use it.
-    """
-
-    __slots__ = ("frames", "size")
-    PUSH_SIZE = 256 * 1024
-
-    def __init__(self) -> None:
-        self.frames: List[bytes] = []
-        self.size = 0
-
-    def hold(self, data: bytes) -> int:
-        """Keep C{data}; returns how many bytes are held now."""
-        self.frames.append(data)
-        self.size += len(data)
-        return self.size
-
-    def take(self) -> List[bytes]:
-        """
-        The next frames to hand to the transport, at least PUSH_SIZE bytes
-        of them when there are (empty when nothing is held).  A list, for
-        C{writeSequence}: the transport joins what it buffers anyway, and a
-        join here too cost PyPy's collector a large allocation per resume.
-        """
-        frames = self.frames
-        count = size = 0
-        while count < len(frames) and size < self.PUSH_SIZE:
-            size += len(frames[count])
-            count += 1
-        taken = frames[:count]
-        del frames[:count]
-        self.size -= size
-        return taken
-
-    def clear(self) -> None:
-        del self.frames[:]
-        self.size = 0
-
-
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IHandshakeListener)
 class ClientConnection(Protocol):
     """
     One client.  Created by the listener's factory with the broker, the
-    listener's settings and a clock (an C{IReactorTime}).
+    listener's settings and a clock (an C{IReactorTime}); C{on_closed} is
+    called with it once it has closed (the listener counts its live ones).
     """
 
     log = Logger()
@@ -211,16 +175,29 @@ class ClientConnection(Protocol):
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
 
-    def __init__(self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False) -> None:
+    def __init__(
+        self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False,
+        on_closed: Optional[Callable[["ClientConnection"], None]] = None,
+    ) -> None:
         self.broker = broker
         self.settings = settings
         self.clock = clock
         self._at_capacity = at_capacity
+        self._on_closed = on_closed
         self.parser = ClientParser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
+        self.session = Session(
+            clock, settings.authenticator is not None, settings.auth_timeout, settings.tls_timeout, self._timed_out
+        )
+        self.gate = ReadGate()
+        self.outbound = Outbound(clock, settings.max_pending, self._slow_consumer, settings.write_deadline, gate=self.gate)
+        #: The broker appends frames here, and flushes through the outbound part.
+        self.out = self.outbound.out
+        self.flush = self.outbound.flush
+        self.dirty = False
+        self.pinger = Pinger(clock, settings.ping_interval, settings.ping_max, self._send_now, self._stale, self._last_heard)
         self.subs: Dict[bytes, Subscription] = {}
         self.cid = 0
-        self.out: list = []
-        self.dirty = False
+        #: Closed (by either side): nothing more is read or written.
         self.closed = False
         #: The transport is gone (connectionLost): everything written was
         #: sent, or never will be.
@@ -242,7 +219,6 @@ class ClientConnection(Protocol):
         self.name = ""
         self.lang = ""
         self.client_version = ""
-        self.connect_accepted = False
         self.identity: Optional[Identity] = None
         #: The CONNECT options an authenticator accepted (kept to ask it again
         #: when the configuration is reloaded; only where there is one).
@@ -256,40 +232,36 @@ class ClientConnection(Protocol):
         self.may_receive: Any = None
         self.publish = broker.deliver
         self.publish_batch = broker.deliver_batch
-        # Counters and liveness.
+        # Counters.
         self.in_msgs = 0
         self.in_bytes = 0
         self.out_msgs = 0
         self.out_bytes = 0
         self.start = 0.0
         self.last_activity = 0.0
-        self.pings_out = 0
-        self._last_ping_in = -1.0
-        self._ping_timer: Any = None
-        self._auth_timer: Any = None
-        self._suspended = False
-        #: Set while a TLS listener waits for the client's handshake.
-        self.awaiting_handshake = False
-        self.handshake_timer: Any = None
-        self._paused = False
-        self._held = HeldOutput()
-        self._deadline_timer: Any = None
-        self._stall_timer: Any = None
-        self._stalled_producers: list = []
         self._parse_call: Any = None
         self._throttled: Any = None
         self.peer = PeerInfo("", 0)
 
+    @property
+    def connect_accepted(self) -> bool:
+        return self.session.connected
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes owed to the client and not yet handed to the transport."""
+        return self.outbound.pending_bytes
+
     # -- connection lifecycle ----------------------------------------------
 
     def connectionMade(self) -> None:
-        if self.cid:
+        if self.session.handshaking:
             # Greeted in plaintext already; this transport is the TLS layer,
             # and the session starts when its handshake completes.
-            self.transport.registerProducer(self, True)
+            self.outbound.attach(self.transport)
             return
         if self.greet(self.transport):
-            self.transport.registerProducer(self, True)
+            self.outbound.attach(self.transport)
             self.start_session()
 
     def greet(self, transport: Any) -> bool:
@@ -317,22 +289,36 @@ class ClientConnection(Protocol):
         )
         return True
 
+    def tls_begun(self) -> None:
+        """Greeted; the TLS layer now waits for the client's handshake (the upgrade says so)."""
+        self.session.tls_begun()
+
     def start_session(self) -> None:
         """Start the clocks: authentication (if required) and liveness."""
         if self.closed:
             return
-        if self.settings.authenticator is not None:
-            self.parser.awaiting_connect = True
-            self._auth_timer = self.clock.callLater(self.settings.auth_timeout, self._auth_timed_out)
-        self._ping_timer = self.clock.callLater(self.settings.ping_interval, self._ping_due)
+        self.session.start()
+        self.parser.awaiting_connect = self.session.auth_required
+        self.pinger.start()
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: note who the peer is, then begin."""
-        self.awaiting_handshake = False
-        self.handshake_timer = _cancel(self.handshake_timer)
+        if not self.session.handshaking:
+            return
         self.peer.certificate = self.transport.getPeerCertificate()
         self.log.debug("client {cid} from {host}: TLS established", cid=self.cid, host=self.peer.host)
         self.start_session()
+
+    def _timed_out(self, which: str) -> None:
+        """One of the session's clocks ran out (the session is closed already)."""
+        if which == HANDSHAKE:
+            self.log.info("TLS handshake with {host}:{port} timed out", host=self.peer.host, port=self.peer.port)
+            self.close_reason, self.close_detail = "TLS Handshake Failure", "handshake timeout"
+            self._teardown()
+            self.transport.abortConnection()
+        else:
+            self.log.info("client {cid} from {host}: authentication timeout", cid=self.cid, host=self.peer.host)
+            self.close(AUTHENTICATION_TIMEOUT, "Authentication Timeout")
 
     def info(self) -> Dict[str, Any]:
         """The INFO this connection is greeted with, in nats-server's field order."""
@@ -390,12 +376,12 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
-        if self.awaiting_handshake:
-            self.awaiting_handshake = False
+        if self.session.handshaking:
             self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)
             self.log.info(
                 "TLS handshake with {host}:{port} failed: {why}", host=self.peer.host, port=self.peer.port, why=failure_reason(reason)
             )
+            self._teardown()
         if not self.closed:
             # As nats-server: a clean close is the client's, a reset a read error.
             clean = reason is None or reason.check(ConnectionDone) is not None
@@ -403,7 +389,9 @@ class ClientConnection(Protocol):
             self._teardown()
 
     def _teardown(self) -> None:
-        if not self.closed and self.cid:
+        if self.closed:
+            return
+        if self.cid:
             self.stopped = self.clock.seconds()
             self.log.info(
                 "client {cid} from {host}:{port} closed: {reason}{detail}",
@@ -411,20 +399,19 @@ class ClientConnection(Protocol):
                 detail=" ({})".format(self.close_detail) if self.close_detail else "",
             )
         self.closed = True
+        self.session.close()
+        self.pinger.stop()
+        self.outbound.close()
         if self._throttled is not None and self._throttled.active():
             self.settings.auth_throttle.done_waiting(self.peer.host)
-        for timer in (self._ping_timer, self._auth_timer, self._deadline_timer, self._stall_timer, self.handshake_timer, self._parse_call, self._throttled):
-            _cancel(timer)
-        self._throttled = None
-        self._ping_timer = self._auth_timer = self._deadline_timer = self._stall_timer = self.handshake_timer = None
-        self._parse_call = None
-        self._release_producers()
-        self._held.clear()
+        self._throttled = _cancel(self._throttled)
+        self._parse_call = _cancel(self._parse_call)
         if self.subs:
             self.broker.remove_subscriptions(list(self.subs.values()))
             self.subs.clear()
-        del self.out[:]
         self.broker.unregister(self)
+        if self._on_closed is not None:
+            self._on_closed(self)
 
     def close(self, error: Optional[str], reason: str, detail: str = "", abort: bool = False) -> None:
         """
@@ -436,10 +423,8 @@ class ClientConnection(Protocol):
             return
         self.close_reason = reason
         self.close_detail = detail
-        if error is not None:
-            self.out.append(err(error))
-        if self.out and not abort:
-            self.transport.write(b"".join(self.out))
+        if not abort:
+            self.outbound.write_all(err(error) if error is not None else b"")
         self._teardown()
         if abort:
             self.transport.abortConnection()
@@ -461,15 +446,14 @@ class ClientConnection(Protocol):
     def parse_later(self) -> None:
         """The parser used its budget for this read: read nothing more until it has gone on."""
         if self._parse_call is None and not self.closed:
-            self.transport.pauseProducing()
+            self.gate.hold(PARSING_LATER)
             self._parse_call = self.clock.callLater(0, self._parse_more)
 
     def _parse_more(self) -> None:
         self._parse_call = None
         if self.closed:
             return
-        if self._stall_timer is None and not self._suspended:
-            self.transport.resumeProducing()
+        self.gate.release(PARSING_LATER)
         try:
             self.parser.resume()
         except ProtocolViolation as violation:
@@ -481,6 +465,10 @@ class ClientConnection(Protocol):
         self.out.append(data)
         if not self.dirty:
             self.broker.mark_dirty(self)
+
+    def stall(self, consumer: "ClientConnection") -> None:
+        """Stop reading from this (publishing) connection until C{consumer} drains, or for a while."""
+        self.outbound.stall(consumer.outbound)
 
     def _admit(self, subject: bytes, size: int, reply: Optional[bytes] = None) -> bool:
         """
@@ -507,6 +495,8 @@ class ClientConnection(Protocol):
         if self.verbose:
             self.send(OK)
         return True
+
+    # -- operations ---------------------------------------------------------
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
         if self._admit(subject, size, reply):
@@ -572,11 +562,11 @@ class ClientConnection(Protocol):
             self.broker.remove_subscription(sub)
 
     def op_ping(self) -> None:
-        self._last_ping_in = self.clock.seconds()
+        self.pinger.ping_received()
         self.send(PONG)
 
     def op_pong(self) -> None:
-        self.pings_out = 0
+        self.pinger.pong_received()
 
     def op_info(self, arg: bytes) -> None:
         try:
@@ -615,6 +605,7 @@ class ClientConnection(Protocol):
         if wait is None:
             self.log.info("client {cid} from {host}: too many failed logins from there; refused unchecked", cid=self.cid, host=self.peer.host)
             raise ProtocolViolation(AUTHORIZATION_VIOLATION, "login throttled")
+        self.session.checking()
         if wait:
             # Past the address's failure budget: the check waits.
             self._throttled = self.clock.callLater(wait, self._check_credentials, authenticator, options, True)
@@ -624,8 +615,8 @@ class ClientConnection(Protocol):
             raise ProtocolViolation(None, "connection refused")
         if self.connect_accepted:
             return False
-        self._suspended = True
-        self.transport.pauseProducing()
+        # The answer comes later: nothing more is read or parsed until then.
+        self.gate.hold(AUTHENTICATING)
         return True
 
     def _check_credentials(self, authenticator: IAuthenticator, options: Dict[str, Any], waited: bool) -> None:
@@ -646,23 +637,21 @@ class ClientConnection(Protocol):
             raise ProtocolViolation(BAD_PROTOCOL)
         if self.no_responders and not self.headers:
             raise ProtocolViolation(NO_RESPONDERS_NEEDS_HEADERS)
-        self.connect_accepted = True
+        self.session.connect_accepted()
+        self.parser.awaiting_connect = False
         if self.verbose:
             self.send(OK)
 
     def _authenticated(self, identity: Identity) -> None:
         if self.closed:
             return
-        self._auth_timer = _cancel(self._auth_timer)
         self.identity = identity
         self.permissions = identity.permissions
         self._update_plain()
-        self.parser.awaiting_connect = False
-        resumed, self._suspended = self._suspended, False
         try:
             self._connect_accepted()
-            if resumed:
-                self.transport.resumeProducing()
+            if self.gate.holding(AUTHENTICATING):
+                self.gate.release(AUTHENTICATING)
                 self.parser.resume()
         except ProtocolViolation as violation:
             self.close(violation.error, _violation_reason(violation.error), violation.detail)
@@ -736,106 +725,17 @@ class ClientConnection(Protocol):
         )
         return 0
 
-    def _auth_timed_out(self) -> None:
-        self._auth_timer = None
-        self.log.info("client {cid} from {host}: authentication timeout", cid=self.cid, host=self.peer.host)
-        self.close(AUTHENTICATION_TIMEOUT, "Authentication Timeout")
+    # -- liveness and slow consumers -------------------------------------------
 
-    # -- liveness -----------------------------------------------------------
-
-    def _ping_due(self) -> None:
-        interval = self.settings.ping_interval
-        self._ping_timer = self.clock.callLater(interval, self._ping_due)
-        now = self.clock.seconds()
-        # As nats-server: no PING while the client shows signs of life.
-        if now - self.last_activity < interval or now - self._last_ping_in < interval:
-            return
-        if self.pings_out + 1 > self.settings.ping_max:
-            self.close(STALE_CONNECTION, "Stale Connection")
-            return
-        self.pings_out += 1
-        self.send(PING)
+    def _send_now(self, data: bytes) -> None:
+        self.send(data)
         self.broker.flush()
 
-    # -- output and backpressure -------------------------------------------
-    #
-    # While the transport is paused, frames are held (HeldOutput).  As in
-    # nats-server: over half of max_pending, a connection that publishes to
-    # this one is stalled for a bounded time; over max_pending, this one is cut.
+    def _last_heard(self) -> float:
+        return self.last_activity
 
-    def flush(self) -> bool:
-        """
-        Write what C{out} holds.  Returns True when this connection is over
-        its stall mark, so its producer should pause.
-        """
-        out = self.out
-        if not out or self.closed:
-            return False
-        data = out[0] if len(out) == 1 else b"".join(out)
-        del out[:]
-        if not self._paused:
-            self.transport.write(data)
-            return False
-        held = self._held.hold(data)
-        if held > self.settings.max_pending:
-            self._slow_consumer("Slow Consumer (Pending Bytes)")
-            return False
-        return held > self.settings.max_pending // 2
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes owed to the client and not yet handed to the transport."""
-        return self._held.size + sum(map(len, self.out))
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full: the client is not reading fast enough."""
-        if self._paused or self.closed:
-            return
-        self._paused = True
-        self._deadline_timer = self.clock.callLater(self.settings.write_deadline, self._deadline_passed)
-
-    def resumeProducing(self) -> None:
-        """The transport's buffer is empty: hand it the next piece."""
-        self._paused = False
-        self._deadline_timer = _cancel(self._deadline_timer)
-        if self._held.size and not self.closed:
-            # This may pause us again at once: that is the point.
-            self.transport.writeSequence(self._held.take())
-        if self._stalled_producers and self._held.size <= self.settings.max_pending // 2:
-            self._release_producers()
-
-    def stopProducing(self) -> None:
-        pass
-
-    def stall(self, consumer: "ClientConnection") -> None:
-        """
-        Stop reading from this (publishing) connection until C{consumer}
-        drains below its stall mark, or for nats-server's stall time.
-        """
-        if self._stall_timer is not None or self.closed:
-            return
-        consumer._stalled_producers.append(self)
-        self.transport.pauseProducing()
-        self._stall_timer = self.clock.callLater(
-            stall_duration(consumer._held.size, consumer.settings.max_pending), self.unstall
-        )
-
-    def unstall(self) -> None:
-        timer, self._stall_timer = self._stall_timer, None
-        if timer is None:
-            return
-        _cancel(timer)
-        if not self.closed:
-            self.transport.resumeProducing()
-
-    def _release_producers(self) -> None:
-        producers, self._stalled_producers = self._stalled_producers, []
-        for producer in producers:
-            producer.unstall()
-
-    def _deadline_passed(self) -> None:
-        self._deadline_timer = None
-        self._slow_consumer("Slow Consumer (Write Deadline)")
+    def _stale(self) -> None:
+        self.close(STALE_CONNECTION, "Stale Connection")
 
     def _slow_consumer(self, why: str) -> None:
         self.broker.slow_consumers += 1
@@ -878,14 +778,3 @@ def failure_reason(reason: Optional[Failure]) -> str:
     if args and isinstance(args[0], list) and args[0]:
         return "; ".join(str(e[-1]) for e in args[0] if isinstance(e, tuple)) or str(args[0])
     return reason.getErrorMessage() or type(reason.value).__name__
-
-
-def stall_duration(pending: int, max_pending: int) -> float:
-    """How long a fast producer waits for a consumer (nats-server's rule)."""
-    if pending >= max_pending:
-        return 1.0
-    half = max_pending // 2
-    ttl = 0.1
-    if pending > half:
-        ttl += 0.1 * ((pending - half) // max(1, half // 10))
-    return ttl

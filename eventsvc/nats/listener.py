@@ -23,16 +23,6 @@ class ListenError(Exception):
     """The listener could not bind its address."""
 
 
-class _Connection(ClientConnection):
-    """A client connection that tells its factory when it goes."""
-
-    factory: "ClientFactory"
-
-    def _teardown(self) -> None:
-        self.factory.live.discard(self)
-        super()._teardown()
-
-
 class ClientFactory(Factory):
     """Builds L{ClientConnection}s for one listener."""
 
@@ -47,12 +37,12 @@ class ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Any:
         at_capacity = len(self.live) >= self.settings.max_connections
-        proto = _Connection(self.broker, self.settings, self.clock, at_capacity)
+        proto = ClientConnection(self.broker, self.settings, self.clock, at_capacity, on_closed=self.live.discard)
         proto.factory = self
         if not at_capacity:
             self.live.add(proto)
         if self.settings.tls is not None:
-            return InfoThenTLS(proto, self.settings.tls, self.clock, self.settings.tls_timeout, self.handshakes)
+            return InfoThenTLS(proto, self.settings.tls, self.handshakes)
         return proto
 
 

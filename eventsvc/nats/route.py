@@ -22,15 +22,17 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.nats import limits
-from eventsvc.nats.client import HeldOutput, failure_reason
+from eventsvc.nats.client import failure_reason
+from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.listener import ListenError
+from eventsvc.nats.outbound import Outbound
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
@@ -39,9 +41,14 @@ from eventsvc.nats.tcp import no_delay
 GLOBAL = b"$G"
 
 
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IHandshakeListener)
 class RouteConnection(Protocol):
-    """One route, dialled (C{solicited}) or accepted."""
+    """
+    One route, dialled (C{solicited}) or accepted.  Its parts are the
+    client connection's: the framing loop (L{RouteParser}), the outbound
+    part (cut at C{max_pending}, never stalling anyone: a route is not a
+    consumer to wait for) and the pinger.
+    """
 
     log = Logger()
     route = True
@@ -64,13 +71,12 @@ class RouteConnection(Protocol):
         self.registered = False
         self.closed = False
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
-        self.out: List[bytes] = []
+        self.outbound = Outbound(manager.clock, manager.max_pending, self._slow, stalls=False)
+        self.out = self.outbound.out
+        self.flush = self.outbound.flush
         self.dirty = False
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pings_out = 0
-        self._ping_timer: Any = None
-        self._paused = False
-        self._held = HeldOutput()
+        self.pinger = Pinger(manager.clock, manager.ping_interval, manager.ping_max, self._send_now, self._stale)
         self.host, self.port = "", 0
         #: When it connected, and when it last sent anything (for /routez).
         self.start = self.last_activity = 0.0
@@ -82,12 +88,12 @@ class RouteConnection(Protocol):
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
         self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
-        self.transport.registerProducer(self, True)
+        self.outbound.attach(self.transport)
         if self.solicited:
             self.send(b"CONNECT " + json.dumps(self.manager.connect_options()).encode() + b"\r\n")
         self.send(self.manager.info_line())
         self.flush()
-        self._ping_timer = self.manager.clock.callLater(self.manager.ping_interval, self._ping_due)
+        self.pinger.start()
 
     def handshakeCompleted(self) -> None:
         """TLS routes: the peer's certificate must carry the name we expect."""
@@ -127,62 +133,47 @@ class RouteConnection(Protocol):
     def close(self, error: Optional[str], why: str) -> None:
         if self.closed:
             return
-        if error:
-            self.out.append(b"-ERR '" + error.encode() + b"'\r\n")
-        if self.out:
-            self.transport.write(b"".join(self.out))
+        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
         self._teardown(why)
         self.transport.loseConnection()
 
     def _teardown(self, why: str) -> None:
         self.closed = True
-        if self._ping_timer is not None and self._ping_timer.active():
-            self._ping_timer.cancel()
+        self.pinger.stop()
+        self.outbound.close()
         for sub in self.subs.values():
             self.broker.remove_remote_subscription(sub)
         self.subs.clear()
-        del self.out[:]
-        self._held.clear()
         self.manager.route_lost(self, why)
 
-    # -- output, bounded -------------------------------------------------------
+    # -- output and liveness: the outbound part and the pinger ------------------
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
         self.broker.mark_dirty(self)
 
-    def flush(self) -> bool:
-        if not self.out or self.closed:
-            return False
-        data = b"".join(self.out)
-        del self.out[:]
-        if not self._paused:
-            self.transport.write(data)
-            return False
-        held = self._held.hold(data)
-        if held > self.manager.max_pending:
-            self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=held)
-            self.close(None, "slow route")
-        return False
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._held.size and not self.closed:
-            self.transport.writeSequence(self._held.take())
-
     @property
     def pending_bytes(self) -> int:
         """Bytes owed to the peer and not yet handed to the transport."""
-        return self._held.size + sum(map(len, self.out))
+        return self.outbound.pending_bytes
 
-    def stopProducing(self) -> None:
-        pass
+    @property
+    def pings_out(self) -> int:
+        return self.pinger.pings_out
 
     def stall(self, consumer: Any) -> None:
-        pass
+        pass  # a route's reads are never stalled for a slow client
+
+    def _slow(self, why: str) -> None:
+        self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=self.outbound.held_bytes)
+        self.close(None, "slow route")
+
+    def _send_now(self, data: bytes) -> None:
+        self.send(data)
+        self.broker.flush()
+
+    def _stale(self) -> None:
+        self.close("Stale Connection", "stale route")
 
     # -- operations ------------------------------------------------------------
 
@@ -300,10 +291,10 @@ class RouteConnection(Protocol):
         return False
 
     def op_ping(self) -> None:
-        self.send(b"PONG\r\n")
+        self.send(PONG)
 
     def op_pong(self) -> None:
-        self.pings_out = 0
+        self.pinger.pong_received()
 
     def op_err(self, arg: bytes) -> None:
         self.log.warn("route {peer} says: {error}", peer=self.remote_id or self.host, error=arg.decode("utf-8", "replace"))
@@ -311,16 +302,6 @@ class RouteConnection(Protocol):
 
     def remove_subscription(self, sub: Subscription) -> None:
         pass  # remote interest has no auto-unsubscribe
-
-    def _ping_due(self) -> None:
-        manager = self.manager
-        self._ping_timer = manager.clock.callLater(manager.ping_interval, self._ping_due)
-        if self.pings_out + 1 > manager.ping_max:
-            self.close("Stale Connection", "stale route")
-            return
-        self.pings_out += 1
-        self.send(b"PING\r\n")
-        self.broker.flush()
 
 
 class _Accepting(Factory):

@@ -75,17 +75,11 @@ class InfoThenTLS(Protocol):
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
 
-    def __init__(
-        self, inner: ClientConnection, context_factory: Any, clock: Any, timeout: float,
-        budget: Optional[HandshakeBudget] = None,
-    ) -> None:
+    def __init__(self, inner: ClientConnection, context_factory: Any, budget: Optional[HandshakeBudget] = None) -> None:
         self.inner = inner
         self.context_factory = context_factory
-        self.clock = clock
-        self.timeout = timeout
         self.budget = budget
         self.tls: Optional[Any] = None
-        self._timer: Any = None
         #: Handshake bytes waiting for the budget (the socket is paused meanwhile).
         self._held: List[bytes] = []
         self._gone = False
@@ -97,15 +91,15 @@ class InfoThenTLS(Protocol):
         # protocol is given to the TLS layer directly.
         factory = TLSMemoryBIOFactory(self.context_factory, False, Factory())
         self.tls = TLSMemoryBIOProtocol(factory, self.inner)
-        self.inner.awaiting_handshake = True
-        self.inner.handshake_timer = self.clock.callLater(self.timeout, self._timed_out)
+        # The session's handshake clock starts (and times the client out).
+        self.inner.tls_begun()
         self.tls.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tls is None:
             return
         budget = self.budget
-        if budget is None or not self.inner.awaiting_handshake:
+        if budget is None or not self.inner.session.handshaking:
             self.tls.dataReceived(data)
             return
         if self._held or not budget.allows():
@@ -139,11 +133,3 @@ class InfoThenTLS(Protocol):
             # The TLS layer tells the client connection why (an SSL error
             # during the handshake, or the close).
             self.tls.connectionLost(reason)
-
-    def _timed_out(self) -> None:
-        self.inner.handshake_timer = None
-        self.inner.awaiting_handshake = False
-        self.log.info("TLS handshake with {host}:{port} timed out", host=self.inner.peer.host, port=self.inner.peer.port)
-        self.inner.close_reason, self.inner.close_detail = "TLS Handshake Failure", "handshake timeout"
-        self.inner._teardown()
-        self.transport.abortConnection()

@@ -699,7 +699,7 @@ class LimitTests(SynchronousTestCase):
         h = Harness(max_pending=10000)
         slow, pub = h.connect(), h.connect()
         slow.send(b"SUB foo 1\r\n")
-        slow.proto.pauseProducing()
+        slow.transport.producer.pauseProducing()
         for _ in range(4):
             pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
         self.assertEqual(pub.transport.producerState, "producing")
@@ -707,7 +707,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(pub.transport.producerState, "paused")
         self.assertFalse(slow.closed)
         # The consumer's transport drained: it takes what was held, the producer goes on.
-        slow.proto.resumeProducing()
+        slow.transport.producer.resumeProducing()
         self.assertEqual(slow.received().count(b"MSG foo 1 1000\r\n"), 5)
         self.assertEqual(pub.transport.producerState, "producing")
 
@@ -715,7 +715,7 @@ class LimitTests(SynchronousTestCase):
         h = Harness(max_pending=10000)
         slow, pub = h.connect(), h.connect()
         slow.send(b"SUB foo 1\r\n")
-        slow.proto.pauseProducing()
+        slow.transport.producer.pauseProducing()
         for _ in range(6):
             pub.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
         self.assertEqual(pub.transport.producerState, "paused")
@@ -727,7 +727,7 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(slow.closed)
 
     def test_stall_durations(self) -> None:
-        from eventsvc.nats.client import stall_duration
+        from eventsvc.nats.outbound import stall_duration
 
         self.assertAlmostEqual(stall_duration(5100, 10000), 0.1)
         self.assertAlmostEqual(stall_duration(7500, 10000), 0.6)
@@ -738,17 +738,17 @@ class LimitTests(SynchronousTestCase):
         h = Harness(max_pending=64 * 1024 * 1024)
         sub, pub = h.connect(), h.connect()
         sub.send(b"SUB foo 1\r\n")
-        sub.proto.pauseProducing()
+        sub.transport.producer.pauseProducing()
         frame = b"PUB foo 10000\r\n" + b"x" * 10000 + b"\r\n"
         for _ in range(100):
             pub.send(frame)
         self.assertGreater(sub.proto.pending_bytes, 1000000)
         before = len(sub.transport.value())
-        sub.proto.resumeProducing()
+        sub.transport.producer.resumeProducing()
         pushed = len(sub.transport.value()) - before
         self.assertTrue(256 * 1024 <= pushed < 256 * 1024 + 10100, pushed)
         while sub.proto.pending_bytes:
-            sub.proto.resumeProducing()
+            sub.transport.producer.resumeProducing()
         self.assertEqual(sub.received().count(b"MSG foo 1 10000\r\n"), 100)
 
     def test_write_deadline(self) -> None:

@@ -62,6 +62,10 @@ CONVERSATIONS: List[List[bytes]] = [
     [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo\r1\r\nx\r\nPING\r\n'],
     [b'CONNECT {"verbose":false}\r\nSUB foo\r1\r\nPUB foo 1\r\nx\r\nPING\r\n'],
     [b'CONNECT {"verbose":false,"headers":true}\r\nSUB foo 1\r\nHPUB foo\r 12 13\r\nNATS/1.0\r\n\r\nx\r\nPING\r\n'],
+    # Control bytes other than tab, CR and LF are part of a PUB's subject
+    # (as nats-server splits its arguments), and a ">" subscriber gets them.
+    [b'CONNECT {"verbose":false}\r\nSUB > 1\r\nPUB \x0bfoo 1\r\nx\r\nPUB a\x0cb r\x0b 1\r\ny\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB > 1\r\nPUB  a\t b  1\r\nz\r\nPUB a b c 1\r\nw\r\nPING\r\n'],
     [b"PUB foo 1_0\r\n0123456789\r\n"],
     [b"PUB foo 1234567890\r\n"],
     [b"SUB foo", b" 1\r\nPU", b"B foo 2\r\nh", b"i\r\nPING\r\n"],

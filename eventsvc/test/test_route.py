@@ -186,7 +186,7 @@ class RouteTests(SynchronousTestCase):
         self.b.client().send(b"SUB foo 1\r\n")
         pump.flush()
         # The peer stops reading: Twisted pauses the route's output.
-        dialled.pauseProducing()
+        dialled.transport.producer.pauseProducing()
         publisher = self.a.client()
         for _ in range(20):
             publisher.send(b"PUB foo 1000\r\n" + b"x" * 1000 + b"\r\n")
@@ -201,7 +201,7 @@ class RouteTests(SynchronousTestCase):
         pump, dialled, accepted = link(self.a, self.b)
         self.b.client().send(b"SUB foo 1\r\n")
         pump.flush()
-        dialled.pauseProducing()
+        dialled.transport.producer.pauseProducing()
         publisher = self.a.client()
         for _ in range(100):
             publisher.send(b"PUB foo 10000\r\n" + b"x" * 10000 + b"\r\n")
@@ -209,7 +209,7 @@ class RouteTests(SynchronousTestCase):
         before = dialled.pending_bytes
         written = []
         dialled.transport.write = written.append
-        dialled.resumeProducing()
+        dialled.transport.producer.resumeProducing()
         self.assertTrue(256 * 1024 <= len(written[0]) < 256 * 1024 + 10100, len(written[0]))
         self.assertEqual(dialled.pending_bytes, before - len(written[0]))
 

@@ -180,8 +180,11 @@ class HandshakeBudgetTests(SynchronousTestCase):
         budget = HandshakeBudget(clock, seconds=0.02)
         fed = []
 
+        class Session:
+            handshaking = True
+
         class Inner:
-            awaiting_handshake = True
+            session = Session()
 
         class TLS:
             def __init__(self, name):
@@ -203,7 +206,7 @@ class HandshakeBudgetTests(SynchronousTestCase):
 
         connections = []
         for name in "abc":
-            c = InfoThenTLS(Inner(), None, clock, 10.0, budget)
+            c = InfoThenTLS(Inner(), None, budget)
             c.tls, c.transport = TLS(name), Transport()
             connections.append(c)
         a, b, c = connections
@@ -220,7 +223,8 @@ class HandshakeBudgetTests(SynchronousTestCase):
         self.assertEqual(fed[2], ("c", b"c1"))
         self.assertEqual(c.transport.paused, 0)
         # After the handshake, nothing is budgeted.
-        a.inner.awaiting_handshake = False
+        a.inner.session = Session()
+        a.inner.session.handshaking = False
         for _ in range(5):
             a.dataReceived(b"x")
         self.assertEqual(len(fed), 8)
@@ -234,8 +238,11 @@ class HandshakeBudgetTests(SynchronousTestCase):
         budget = HandshakeBudget(clock, seconds=0.0)
         fed = []
 
+        class Session:
+            handshaking = True
+
         class Inner:
-            awaiting_handshake = True
+            session = Session()
 
         class TLS:
             def dataReceived(self, data):
@@ -251,7 +258,7 @@ class HandshakeBudgetTests(SynchronousTestCase):
             def resumeProducing(self):
                 raise AssertionError("resumed after the connection was lost")
 
-        conn = InfoThenTLS(Inner(), None, clock, 10.0, budget)
+        conn = InfoThenTLS(Inner(), None, budget)
         conn.tls, conn.transport = TLS(), Transport()
         conn.dataReceived(b"hello")
         conn.connectionLost(None)

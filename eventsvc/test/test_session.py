@@ -1,0 +1,164 @@
+"""
+The connection's parts alone, on a fake clock: the session's states and
+clocks, the read gate, and the pinger.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from automat import NoTransition
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.liveness import PING, Pinger
+from eventsvc.nats.outbound import ReadGate
+from eventsvc.nats.session import AUTHENTICATION, HANDSHAKE, Session
+
+
+class SessionTests(SynchronousTestCase):
+    def session(self, auth: bool = True) -> Session:
+        self.clock = Clock()
+        self.timeouts: List[str] = []
+        return Session(self.clock, auth, auth_timeout=2.0, tls_timeout=1.0, timed_out=self.timeouts.append)
+
+    def test_plaintext_without_authentication(self) -> None:
+        s = self.session(auth=False)
+        self.assertEqual((s.state(), s.greeted), ("greeting", False))
+        s.start()
+        self.assertEqual((s.state(), s.greeted, s.connected), ("open", True, False))
+        s.connect_accepted()
+        s.connect_accepted()  # a second CONNECT changes options only
+        self.assertTrue(s.connected)
+        self.clock.advance(100)
+        self.assertEqual(self.timeouts, [])
+
+    def test_tls_then_authentication(self) -> None:
+        s = self.session()
+        s.tls_begun()
+        self.assertTrue(s.handshaking)
+        self.clock.advance(0.9)
+        s.start()
+        self.assertEqual(s.state(), "awaiting_connect")
+        # The handshake clock stopped; the authentication clock runs.
+        self.clock.advance(0.5)
+        self.assertEqual(self.timeouts, [])
+        s.checking()
+        self.assertEqual(s.state(), "authenticating")
+        s.connect_accepted()
+        self.assertEqual(s.state(), "ready")
+        self.clock.advance(10)
+        self.assertEqual(self.timeouts, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_handshake_times_out(self) -> None:
+        s = self.session()
+        s.tls_begun()
+        self.clock.advance(1.0)
+        self.assertEqual((self.timeouts, s.closed), ([HANDSHAKE], True))
+
+    def test_authentication_times_out_while_checking(self) -> None:
+        """A slow authenticator does not stretch the authentication timeout."""
+        s = self.session()
+        s.start()
+        s.checking()
+        self.clock.advance(2.0)
+        self.assertEqual((self.timeouts, s.closed), ([AUTHENTICATION], True))
+
+    def test_new_credentials_are_checked_again(self) -> None:
+        s = self.session()
+        s.start()
+        s.checking()
+        s.connect_accepted()
+        s.checking()
+        self.assertEqual(s.state(), "authenticating")
+        s.connect_accepted()
+        self.assertTrue(s.connected)
+
+    def test_close_from_anywhere_stops_the_clocks(self) -> None:
+        for steps in ([], ["tls_begun"], ["start"], ["start", "checking"], ["start", "checking", "connect_accepted"]):
+            s = self.session()
+            for step in steps:
+                getattr(s, step)()
+            s.close()
+            s.close()
+            self.assertTrue(s.closed, steps)
+            self.assertEqual(self.clock.getDelayedCalls(), [], steps)
+
+    def test_nothing_before_greeting_or_after_closing(self) -> None:
+        """Inputs out of order are programming errors, not silently ignored."""
+        s = self.session()
+        self.assertRaises(NoTransition, s.connect_accepted)
+        self.assertRaises(NoTransition, s.checking)
+        s.close()
+        self.assertRaises(NoTransition, s.start)
+        s2 = self.session(auth=True)
+        s2.start()
+        self.assertRaises(NoTransition, s2.connect_accepted)
+
+
+class ReadGateTests(SynchronousTestCase):
+    def test_paused_while_any_reason_holds(self) -> None:
+        calls = []
+
+        class Transport:
+            def pauseProducing(self):
+                calls.append("pause")
+
+            def resumeProducing(self):
+                calls.append("resume")
+
+        gate = ReadGate()
+        gate.transport = Transport()
+        gate.hold("stalled")
+        gate.hold("authenticating")
+        gate.release("stalled")
+        self.assertEqual(calls, ["pause"])
+        gate.release("not held")
+        gate.release("authenticating")
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertFalse(gate.holding("authenticating"))
+
+
+class PingerTests(SynchronousTestCase):
+    def pinger(self, last_heard=None) -> Pinger:
+        self.clock = Clock()
+        self.sent: List[bytes] = []
+        self.stale: List[bool] = []
+        p = Pinger(self.clock, 10.0, 2, self.sent.append, lambda: self.stale.append(True), last_heard)
+        p.start()
+        return p
+
+    def test_stale_after_ping_max(self) -> None:
+        self.pinger()
+        self.clock.advance(10)
+        self.clock.advance(10)
+        self.assertEqual(self.sent, [PING, PING])
+        self.clock.advance(10)
+        self.assertEqual(self.stale, [True])
+        self.clock.advance(100)
+        self.assertEqual((len(self.sent), self.stale), (2, [True]))
+
+    def test_pong_resets(self) -> None:
+        p = self.pinger()
+        for _ in range(5):
+            self.clock.advance(10)
+            p.pong_received()
+        self.assertEqual((len(self.sent), self.stale), (5, []))
+
+    def test_quiet_while_the_peer_is_active(self) -> None:
+        """As nats-server: a peer heard from within the interval is not pinged."""
+        heard = [0.0]
+        p = self.pinger(lambda: heard[0])
+        for _ in range(5):
+            heard[0] = self.clock.seconds() + 5
+            self.clock.advance(10)
+        self.assertEqual(self.sent, [])
+        self.clock.advance(5)
+        p.ping_received()  # the peer's own PING is a sign of life too
+        self.clock.advance(5)
+        self.assertEqual(self.sent, [])
+        self.clock.advance(10)
+        self.assertEqual(self.sent, [PING])
+        p.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
