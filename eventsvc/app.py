@@ -156,7 +156,7 @@ class EventService(MultiService):
             self.log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
         if authenticator is not None:
-            gateway.factory.settings.authenticator = authenticator
+            gateway.factory.state.authenticator = authenticator
             if new.gateway != self.config.gateway or new.gateway.tokens_file:
                 # (A tokens file may have changed under the same name.)
                 self._reauthorize(gateway.factory.settings, authenticator)
@@ -398,12 +398,13 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             settings = _client_settings(
                 limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
                 advertise=config.cluster.enabled and not config.cluster.no_advertise,
+                tls=context, tls_verify=context is not None,
             )
+            factory = ClientFactory(broker, settings, reactor)
             if config.cluster.enabled:
-                broker.connect_urls.own = _own_urls(settings, config.cluster.client_advertise)
-            settings.tls, settings.tls_required, settings.tls_verify = context, context is not None, context is not None
+                broker.connect_urls.own = _own_urls(settings.host, factory.state, config.cluster.client_advertise)
             where = _where("service", config)
-            ListenerService("service", ClientFactory(broker, settings, reactor), service.host, service.port, reactor, where).setServiceParent(top)
+            ListenerService("service", factory, service.host, service.port, reactor, where).setServiceParent(top)
         if config.gateway.enabled:
             _gateway(config, broker, reactor).setServiceParent(top)
         if service.enabled:
@@ -521,7 +522,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     )
 
 
-def _own_urls(settings: ClientSettings, advertise: str) -> Any:
+def _own_urls(host: str, state: Any, advertise: str) -> Any:
     """
     Our service listener's URLs, as peers tell their clients: asked for in
     every client's INFO, so worked out once (a wildcard host means looking
@@ -532,8 +533,8 @@ def _own_urls(settings: ClientSettings, advertise: str) -> Any:
 
     def own() -> List[str]:
         if not known:
-            urls = client_urls(settings.host, settings.port, advertise)
-            if not settings.port:
+            urls = client_urls(host, state.port, advertise)
+            if not state.port:
                 return urls
             known.append(urls)
         return known[0]
@@ -562,7 +563,8 @@ def _where(section: str, config: Config) -> str:
 
 
 def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
-    return ClientSettings(
+    """A listener's settings: [limits], then what is the listener's own (C{kwargs} win)."""
+    values = dict(
         max_payload=limits.max_payload,
         max_control_line=limits.max_control_line,
         max_pending=limits.max_pending,
@@ -572,8 +574,9 @@ def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
         write_deadline=limits.write_deadline,
         auth_timeout=limits.auth_timeout,
         listen_backlog=limits.listen_backlog,
-        **kwargs,
     )
+    values.update(kwargs)
+    return ClientSettings(**values)
 
 
 class GatewayListener(ListenerService):
@@ -727,7 +730,7 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         name="gateway",
         # Failed logins per address (the gateway faces the outside).
         auth_throttle=AuthThrottle(),
+        auth_timeout=gw.auth_timeout,
     )
-    settings.auth_timeout = gw.auth_timeout
     where = _where("gateway", config)
     return GatewayListener(health, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)

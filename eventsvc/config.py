@@ -186,10 +186,10 @@ class LimitsConfig:
     max_pending: int = limits.MAX_PENDING
     #: Subscriptions per connection; 0 for no limit.
     max_subscriptions: int = 0
-    ping_interval: float = 120.0
-    ping_max: int = 2
-    write_deadline: float = 10.0
-    auth_timeout: float = 2.0
+    ping_interval: float = limits.PING_INTERVAL
+    ping_max: int = limits.PING_MAX
+    write_deadline: float = limits.WRITE_DEADLINE
+    auth_timeout: float = limits.AUTH_TIMEOUT
     #: Connections the kernel may queue for each listener before they are
     #: accepted (a reconnect storm): nats-server gets the system's, 4096.
     listen_backlog: int = limits.LISTEN_BACKLOG
@@ -247,7 +247,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 4222
     max_connections: int = 10000
-    auth_timeout: float = 2.0
+    auth_timeout: float = limits.AUTH_TIMEOUT
     disable_frontend_tls: bool = False
     frontend_tls: Tuple[FrontendTLSConfig, ...] = ()
     tokens: Tuple[str, ...] = ()

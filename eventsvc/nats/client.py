@@ -18,6 +18,7 @@ What it must not do: look inside messages, or know what a listener is for.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -97,68 +98,66 @@ def decode_connect(arg: bytes) -> Dict[str, Any]:
     return options
 
 
+@dataclass(frozen=True)
 class ClientSettings:
     """
-    Everything a connection needs to know about the listener it came in on;
-    shared by all its connections.
+    Everything a connection needs to know about the listener it came in on,
+    built once from the configuration and shared by all its connections.
+    What changes while the listener runs is in L{ListenerState}.
     """
 
-    def __init__(
-        self,
-        *,
-        host: str = "0.0.0.0",
-        port: int = 4222,
-        max_payload: int = limits.MAX_PAYLOAD,
-        max_control_line: int = limits.MAX_CONTROL_LINE,
-        max_pending: int = limits.MAX_PENDING,
-        max_connections: int = 65536,
-        max_subscriptions: int = 0,
-        ping_interval: float = 120.0,
-        ping_max: int = 2,
-        write_deadline: float = 10.0,
-        auth_timeout: float = 2.0,
-        authenticator: Optional[IAuthenticator] = None,
-        tls: Optional[Any] = None,
-        tls_verify: bool = False,
-        tls_timeout: float = 2.0,
-        name: str = "",
-        advertise: bool = False,
-        parse_budget: Optional[float] = 0.02,
-        listen_backlog: int = limits.LISTEN_BACKLOG,
-        auth_throttle: Any = None,
-    ) -> None:
-        #: The listener's name ("service", "gateway"), for logs and monitoring.
-        self.name = name
-        #: Whether its clients are told the cluster's client URLs
-        #: (connect_urls): the service listener's are, the gateway's not.
-        self.advertise = advertise
-        self.host = host
-        self.port = port
-        self.max_payload = max_payload
-        self.max_control_line = max_control_line
-        self.max_pending = max_pending
-        self.max_connections = max_connections
-        self.max_subscriptions = max_subscriptions
-        self.ping_interval = ping_interval
-        self.ping_max = ping_max
-        self.write_deadline = write_deadline
-        self.auth_timeout = auth_timeout
-        self.authenticator = authenticator
-        #: A TLS server context factory (or connection creator): clients are
-        #: greeted in plaintext, then must upgrade to TLS on the same socket.
-        self.tls = tls
-        self.tls_required = tls is not None
-        #: Whether clients must present a certificate (said in INFO).
-        self.tls_verify = tls_verify
-        self.tls_timeout = tls_timeout
-        #: Seconds of parsing one read may take before the rest waits a
-        #: reactor turn (None: no bound; see ClientParser.budget).
-        self.parse_budget = parse_budget
-        #: The listening socket's backlog (nats-server leaves the system's,
-        #: 4096 on current Linux, in force; Twisted's default is 50).
-        self.listen_backlog = listen_backlog
-        #: An AuthThrottle (failed logins per address), or None.
-        self.auth_throttle = auth_throttle
+    #: The listener's name ("service", "gateway"), for logs and monitoring.
+    name: str = ""
+    #: Whether its clients are told the cluster's client URLs
+    #: (connect_urls): the service listener's are, the gateway's not.
+    advertise: bool = False
+    host: str = "0.0.0.0"
+    #: The port configured (0: any); the port bound is the state's.
+    port: int = 4222
+    max_payload: int = limits.MAX_PAYLOAD
+    max_control_line: int = limits.MAX_CONTROL_LINE
+    max_pending: int = limits.MAX_PENDING
+    max_connections: int = 65536
+    max_subscriptions: int = 0
+    ping_interval: float = limits.PING_INTERVAL
+    ping_max: int = limits.PING_MAX
+    write_deadline: float = limits.WRITE_DEADLINE
+    auth_timeout: float = limits.AUTH_TIMEOUT
+    #: The authenticator at start (None: no authentication); a reload
+    #: replaces the state's.
+    authenticator: Optional[IAuthenticator] = None
+    #: A TLS server context factory (or connection creator): clients are
+    #: greeted in plaintext, then must upgrade to TLS on the same socket.
+    tls: Optional[Any] = None
+    #: Whether clients must present a certificate (said in INFO).
+    tls_verify: bool = False
+    tls_timeout: float = limits.TLS_TIMEOUT
+    #: Seconds of parsing one read may take before the rest waits a
+    #: reactor turn (None: no bound; see Framer.budget).
+    parse_budget: Optional[float] = limits.PARSE_BUDGET
+    #: The listening socket's backlog (nats-server leaves the system's,
+    #: 4096 on current Linux, in force; Twisted's default is 50).
+    listen_backlog: int = limits.LISTEN_BACKLOG
+    #: An AuthThrottle (failed logins per address), or None.
+    auth_throttle: Any = None
+
+    @property
+    def tls_required(self) -> bool:
+        return self.tls is not None
+
+
+class ListenerState:
+    """
+    The little that changes while a listener runs, shared by its
+    connections: the port it bound (INFO says it), and the authenticator,
+    which a reload replaces.
+    """
+
+    __slots__ = ("port", "authenticator")
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.port = settings.port
+        self.authenticator: Optional[IAuthenticator] = settings.authenticator
 
 
 @implementer(IHandshakeListener)
@@ -177,16 +176,17 @@ class ClientConnection(Protocol):
 
     def __init__(
         self, broker: Broker, settings: ClientSettings, clock: Any, at_capacity: bool = False,
-        on_closed: Optional[Callable[["ClientConnection"], None]] = None,
+        on_closed: Optional[Callable[["ClientConnection"], None]] = None, state: Optional[ListenerState] = None,
     ) -> None:
         self.broker = broker
         self.settings = settings
+        self.state = state if state is not None else ListenerState(settings)
         self.clock = clock
         self._at_capacity = at_capacity
         self._on_closed = on_closed
         self.parser = ClientParser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
         self.session = Session(
-            clock, settings.authenticator is not None, settings.auth_timeout, settings.tls_timeout, self._timed_out
+            clock, self.state.authenticator is not None, settings.auth_timeout, settings.tls_timeout, self._timed_out
         )
         self.gate = ReadGate()
         self.outbound = Outbound(clock, settings.max_pending, self._slow_consumer, settings.write_deadline, gate=self.gate)
@@ -330,10 +330,10 @@ class ClientConnection(Protocol):
             "proto": 1,
             "go": broker.implementation,
             "host": settings.host,
-            "port": settings.port,
+            "port": self.state.port,
             "headers": True,
         }
-        if settings.authenticator is not None:
+        if self.state.authenticator is not None:
             info["auth_required"] = True
         if settings.tls_required:
             info["tls_required"] = True
@@ -593,7 +593,7 @@ class ClientConnection(Protocol):
         self.lang = options.get("lang") or ""
         self.client_version = options.get("version") or ""
         self._update_plain()
-        authenticator = self.settings.authenticator
+        authenticator = self.state.authenticator
         if authenticator is None or (self.connect_accepted and _credentials(options) == _credentials(self.connect_options)):
             self._connect_accepted()
             return False

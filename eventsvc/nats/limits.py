@@ -13,3 +13,15 @@ MAX_PENDING = 64 * 1024 * 1024
 #: Connections the kernel queues before they are accepted (a reconnect
 #: storm): nats-server gets the system's, 4096 on current Linux.
 LISTEN_BACKLOG = 4096
+#: Seconds between PINGs to a quiet client or route, and how many may go
+#: unanswered before it is stale.
+PING_INTERVAL = 120.0
+PING_MAX = 2
+#: Seconds a consumer's transport may stay paused before it is cut off.
+WRITE_DEADLINE = 10.0
+#: Seconds a client has to send an accepted CONNECT (where one is required),
+#: and to finish its TLS handshake.
+AUTH_TIMEOUT = 2.0
+TLS_TIMEOUT = 2.0
+#: Seconds of parsing one read may take before the rest waits a reactor turn.
+PARSE_BUDGET = 0.02

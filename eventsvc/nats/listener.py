@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from eventsvc.nats.client import ClientConnection, ClientSettings
+from eventsvc.nats.client import ClientConnection, ClientSettings, ListenerState
 from eventsvc.nats.server import Broker
 from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
 
@@ -31,13 +31,15 @@ class ClientFactory(Factory):
     def __init__(self, broker: Broker, settings: ClientSettings, clock: Any) -> None:
         self.broker = broker
         self.settings = settings
+        #: What changes while it runs (the bound port, the authenticator).
+        self.state = ListenerState(settings)
         self.clock = clock
         self.live: Set[ClientConnection] = set()
         self.handshakes = HandshakeBudget(clock)
 
     def buildProtocol(self, addr: Any) -> Any:
         at_capacity = len(self.live) >= self.settings.max_connections
-        proto = ClientConnection(self.broker, self.settings, self.clock, at_capacity, on_closed=self.live.discard)
+        proto = ClientConnection(self.broker, self.settings, self.clock, at_capacity, on_closed=self.live.discard, state=self.state)
         proto.factory = self
         if not at_capacity:
             self.live.add(proto)
@@ -46,12 +48,13 @@ class ClientFactory(Factory):
         return proto
 
 
-def requirements(settings: ClientSettings) -> str:
+def requirements(factory: ClientFactory) -> str:
     """What a listener asks of its clients, for its "listening" line."""
+    settings = factory.settings
     parts = ["TLS" if settings.tls_required else "plaintext"]
     if settings.tls_verify:
         parts.append("client certificates required")
-    parts.append("authentication required" if settings.authenticator is not None else "no authentication")
+    parts.append("authentication required" if factory.state.authenticator is not None else "no authentication")
     return ", ".join(parts)
 
 
@@ -83,11 +86,11 @@ class ListenerService(Service):
                 "cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError)
             )
         address = self.listening.getHost()
-        self.factory.settings.port = address.port
+        self.factory.state.port = address.port
         super().startService()
         self.log.info(
             "{name} listening for NATS clients on {host}:{port}: {requires}",
-            name=self.name, host=address.host, port=address.port, requires=requirements(self.factory.settings),
+            name=self.name, host=address.host, port=address.port, requires=requirements(self.factory),
         )
 
     def stop_accepting(self) -> Any:

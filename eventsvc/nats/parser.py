@@ -165,7 +165,7 @@ class ClientParser(Framer):
         return nl + 1
 
     def _sub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = split_args(buf[start:eol])
         if len(args) == 2:
             self._handler.op_sub(args[0], None, args[1])
         elif len(args) == 3:
@@ -175,7 +175,7 @@ class ClientParser(Framer):
         return nl + 1
 
     def _unsub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = split_args(buf[start:eol])
         if len(args) == 1:
             self._handler.op_unsub(args[0], 0)
         elif len(args) == 2:
@@ -283,13 +283,13 @@ class RouteParser(Framer):
         sp1 = find(b" ", start, eol)
         sp2 = find(b" ", sp1 + 1, eol) if sp1 > start else -1
         rsp = buf.rfind(b" ", start, eol)
-        if sp2 > sp1 + 1 and rsp < eol - 1 and find(b"\t", start, eol) < 0:
+        if sp2 > sp1 + 1 and rsp < eol - 1 and find(b"\t", start, eol) < 0 and find(b"\r", start, eol) < 0:
             account, subject, szb = buf[start:sp1], buf[sp1 + 1 : sp2], buf[rsp + 1 : eol]
             if sp2 == rsp:
                 return subject, None, None if account == GLOBAL else (account, []), szb
-            middle = buf[sp2 + 1 : rsp].split()
+            middle = split_args(buf[sp2 + 1 : rsp])
         else:
-            args = buf[start:eol].split()
+            args = split_args(buf[start:eol])
             if len(args) < 3:
                 raise ProtocolViolation(None, "short RMSG")
             account, subject, szb, middle = args[0], args[1], args[-1], args[2:-1]
@@ -303,7 +303,7 @@ class RouteParser(Framer):
         raise AssertionError("RMSG is the framing loop's own")
 
     def _hmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = split_args(buf[start:eol])
         if len(args) < 4:
             raise ProtocolViolation(None, "short HMSG")
         hdr_len, size = size_of(args[-2]), size_of(args[-1])
@@ -314,7 +314,7 @@ class RouteParser(Framer):
         return end
 
     def _rs_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = split_args(buf[start:eol])
         if len(args) == 2:
             self._handler.op_rs_plus(args[0], args[1], None, 1)
         elif len(args) >= 3:
@@ -325,7 +325,7 @@ class RouteParser(Framer):
         return nl + 1
 
     def _rs_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        args = buf[start:eol].split()
+        args = split_args(buf[start:eol])
         if len(args) < 2:
             raise ProtocolViolation(None, "short RS-")
         self._handler.op_rs_minus(args[0], args[1], args[2] if len(args) > 2 else None)
@@ -356,6 +356,14 @@ class RouteParser(Framer):
 
     def _unsupported(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+
+
+def split_args(line: bytes) -> List[bytes]:
+    """
+    Arguments split at spaces, tabs and CRs: nats-server's splitArg, for SUB,
+    UNSUB and every route verb (PUB's own rule keeps a CR in a token).
+    """
+    return fields(line.replace(b"\r", b" "))
 
 
 def _route_targets(middle: List[bytes]) -> Tuple[Optional[bytes], List[bytes]]:

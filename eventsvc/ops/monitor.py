@@ -143,9 +143,10 @@ class Monitor:
     def broker(self) -> Any:
         return self.service.broker
 
-    def listener_settings(self, name: str) -> Any:
+    def listener(self, name: str) -> Any:
+        """The factory of listener C{name} (its settings and state), or None."""
         try:
-            return self.service.getServiceNamed(name).factory.settings
+            return self.service.getServiceNamed(name).factory
         except KeyError:
             return None
 
@@ -169,8 +170,10 @@ class Monitor:
 
     def varz(self) -> dict:
         b = self.broker
-        gateway = self.listener_settings("gateway")
-        s = self.listener_settings("service") or gateway
+        gateway_listener = self.listener("gateway")
+        listener = self.listener("service") or gateway_listener
+        s = listener.settings
+        gateway = gateway_listener.settings if gateway_listener is not None else None
         cluster = self.cluster()
         totals = b.totals()
         now = time.time()
@@ -181,7 +184,7 @@ class Monitor:
             "proto": 1,
             "go": b.implementation,
             "host": s.host,
-            "port": s.port,
+            "port": listener.state.port,
             "max_connections": s.max_connections,
             "ping_interval": int(s.ping_interval * 1e9),
             "ping_max": s.ping_max,

@@ -66,6 +66,7 @@ CONVERSATIONS: List[List[bytes]] = [
     # (as nats-server splits its arguments), and a ">" subscriber gets them.
     [b'CONNECT {"verbose":false}\r\nSUB > 1\r\nPUB \x0bfoo 1\r\nx\r\nPUB a\x0cb r\x0b 1\r\ny\r\nPING\r\n'],
     [b'CONNECT {"verbose":false}\r\nSUB > 1\r\nPUB  a\t b  1\r\nz\r\nPUB a b c 1\r\nw\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false}\r\nSUB a\x0bb 1\r\nSUB c\x0c 2\r\nPUB a\x0bb 1\r\nx\r\nPUB c\x0c 1\r\ny\r\nUNSUB 1\x0b\r\nPING\r\n'],
     [b"PUB foo 1_0\r\n0123456789\r\n"],
     [b"PUB foo 1234567890\r\n"],
     [b"SUB foo", b" 1\r\nPU", b"B foo 2\r\nh", b"i\r\nPING\r\n"],

@@ -5,6 +5,7 @@ fake clock.  Interest bookkeeping, delivery rules, resync, duplicates.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from twisted.internet.address import IPv4Address
@@ -373,7 +374,7 @@ class ConnectURLTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.a, self.b = Node("A"), Node("B")
         for node, url in ((self.a, "10.0.0.1:4222"), (self.b, "10.0.0.2:4222")):
-            node.factory.settings.advertise = True
+            node.factory.settings = dataclasses.replace(node.factory.settings, advertise=True)
             node.broker.connect_urls.own = lambda url=url: [url]
 
     def greeting(self, node: Node) -> dict:
@@ -425,7 +426,7 @@ class ConnectURLTests(SynchronousTestCase):
 
     def test_listener_that_does_not_advertise(self) -> None:
         """The gateway's agents are never pointed at the service listeners."""
-        self.a.factory.settings.advertise = False
+        self.a.factory.settings = dataclasses.replace(self.a.factory.settings, advertise=False)
         modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
         link(self.a, self.b)
         self.assertEqual(modern.received(), b"")
