@@ -14,7 +14,7 @@ import os
 import random
 import time
 from dataclasses import fields as dataclass_fields
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, maybeDeferred
@@ -129,45 +129,28 @@ class EventService(MultiService):
 
     # -- reload -------------------------------------------------------------
 
-    def reload(self) -> bool:
+    def reload(self, new: Optional[Config] = None) -> bool:
         """
-        Read the configuration file again and apply what can change while
-        running: tokens, users, authenticators and permissions, the log
-        level, handler addresses, routing, batching and event_limit.  Anything else
-        is reported as needing a restart.  An invalid file changes nothing.
+        Apply what can change while running of C{new} (by default, the
+        configuration file read again): tokens, users, authenticators and
+        permissions, the log level, handler addresses, routing, batching and
+        event_limit.  Anything else is reported as needing a restart.  An
+        invalid configuration changes nothing.  Each service takes its own
+        part (L{IReloadable}).
         """
-        source = self.config.source
+        source = new.source if new is not None else self.config.source
         try:
-            new = config_module.load(source)
-            authenticator = None
-            gateway = self._named("gateway")
-            if gateway is not None and new.gateway.enabled:
-                authenticator = _gateway_authenticator(new, gateway.health, self.reactor)
-            agents: List[Any] = []
-            targets = {
-                name: _handler_target(name, getattr(new.handlers, name), new, self.reactor, agents)
-                for name in (self.events.handlers if self.events is not None else {})
-                if getattr(new.handlers, name)
-            }
-            from eventsvc.events.types import Registry
-
-            registry = Registry(new.events.routing)
+            if new is None:
+                new = config_module.load(source)
+            # Every service works out its part first: a bad one refuses the
+            # whole reload before anything has changed.
+            apply = [service.prepare_reload(new) for service in self if isinstance(service, IReloadable)]
         except (config_module.ConfigError, StartupError, ValueError) as e:
             self.log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
-        if authenticator is not None:
-            gateway.factory.state.authenticator = authenticator
-            if new.gateway != self.config.gateway or new.gateway.tokens_file:
-                # (A tokens file may have changed under the same name.)
-                self._reauthorize(gateway.factory.settings, authenticator)
+        for step in apply:
+            step()
         self.log_observer.set_level(new.log.level)
-        if self.events is not None:
-            for name, target in targets.items():
-                self.events.handlers[name].target = target
-            for name, handler in self.events.handlers.items():
-                handler.batch_max, handler.batch_wait = new.events.batching(name)
-            self.events.registry = registry
-            self.events.event_limit = new.service.event_limit
         restart = _needs_restart(self.config, new)
         self.config = new
         self.config_loaded = time.time()
@@ -177,32 +160,6 @@ class EventService(MultiService):
             restart="; these need a restart to change: " + ", ".join(restart) if restart else "",
         )
         return True
-
-    def _reauthorize(self, settings: Any, authenticator: Any) -> Any:
-        """
-        Ask the new authenticators about every connection of the gateway, as
-        nats-server does on reload: a revoked token's client is closed, the
-        others get their new permissions now (not when they reconnect).  At
-        most 16 at a time, for authenticators that ask a service.
-        """
-        connections = [c for c in self.broker.clients.values() if getattr(c, "settings", None) is settings]
-        if not connections:
-            return None
-        limit = DeferredSemaphore(16)
-
-        def check(connection: Any) -> Any:
-            return connection.reauthorize(authenticator)
-
-        done = [limit.run(check, c) for c in connections]
-
-        def report(results: List[Any]) -> None:
-            outcomes = [r for ok, r in results if ok]
-            self.log.info(
-                "reload: {count} gateway connections checked again: {closed} closed, {subs} subscriptions removed",
-                count=len(connections), closed=sum(1 for r in outcomes if r < 0), subs=sum(r for r in outcomes if r > 0),
-            )
-
-        return DeferredList(done, consumeErrors=True).addCallback(report)
 
     # -- graceful shutdown and lame duck ------------------------------------
 
@@ -451,9 +408,17 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
         handler.setServiceParent(top)
         handlers[name] = handler
     spool = Spool(data_dir) if data_dir else None
+    def make_targets(new: Config) -> Dict[str, Any]:
+        """The delivery targets of a new configuration, for the handlers that run."""
+        shared: List[Any] = []
+        return {
+            name: _handler_target(name, getattr(new.handlers, name), new, reactor, shared)
+            for name in handlers if getattr(new.handlers, name)
+        }
+
     dispatcher = EventDispatcher(
         broker, Registry(ev.routing), handlers, config.service.event_limit, reactor,
-        spool=spool, prefix=ev.subject_prefix, queue_group=ev.queue_group,
+        spool=spool, prefix=ev.subject_prefix, queue_group=ev.queue_group, make_targets=make_targets,
     )
     dispatcher.setServiceParent(top)
     BacklogWatch(list(handlers.values()), reactor).setServiceParent(top)
@@ -499,7 +464,7 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     from twisted.internet import ssl
 
-    from eventsvc.nats.route import RouteManager
+    from eventsvc.nats.route import RouteManager, RouteSettings
 
     cl, limits = config.cluster, config.limits
     tls_server = tls_client = None
@@ -511,15 +476,15 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         def tls_client(name: str) -> Any:
             return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
 
-    return RouteManager(
-        broker, reactor, cl.name, cl.host, cl.port, list(cl.routes), no_advertise=cl.no_advertise,
+    return RouteManager(broker, reactor, RouteSettings(
+        cluster_name=cl.name, host=cl.host, port=cl.port, routes=tuple(cl.routes), no_advertise=cl.no_advertise,
         imports=_route_permissions(cl.permissions.import_allow, cl.permissions.import_deny),
         exports=_route_permissions(cl.permissions.export_allow, cl.permissions.export_deny),
         user=cl.user, password=cl.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name, listen_backlog=limits.listen_backlog,
-    )
+    ))
 
 
 def _own_urls(host: str, state: Any, advertise: str) -> Any:
@@ -579,12 +544,71 @@ def _client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
     return ClientSettings(**values)
 
 
-class GatewayListener(ListenerService):
-    """The gateway's listener; it writes the health-check token while it runs."""
+@runtime_checkable
+class IReloadable(Protocol):
+    """
+    A service that takes what it can of a new configuration (SIGHUP).
+    C{prepare_reload} works everything out and raises (ConfigError,
+    StartupError, ValueError) on a bad configuration, changing nothing;
+    the callable it returns applies it.
+    """
 
-    def __init__(self, health: HealthToken, *args: Any, **kwargs: Any) -> None:
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        ...
+
+
+class GatewayListener(ListenerService):
+    """
+    The gateway's listener; it writes the health-check token while it runs,
+    and takes new tokens, users, authenticators and permissions on reload.
+    """
+
+    def __init__(self, health: HealthToken, gateway: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.health = health
+        #: The [gateway] section it runs with.
+        self.gateway = gateway
+
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        if not config.gateway.enabled:
+            return lambda: None  # (reported as needing a restart)
+        authenticator = _gateway_authenticator(config, self.health, self.reactor)
+        # (A tokens file may have changed under the same name.)
+        check_again = config.gateway != self.gateway or bool(config.gateway.tokens_file)
+
+        def apply() -> None:
+            self.factory.state.authenticator = authenticator
+            self.gateway = config.gateway
+            if check_again:
+                self.reauthorize(authenticator)
+
+        return apply
+
+    def reauthorize(self, authenticator: Any) -> Any:
+        """
+        Ask the new authenticators about every connection of the gateway, as
+        nats-server does on reload: a revoked token's client is closed, the
+        others get their new permissions now (not when they reconnect).  At
+        most 16 at a time, for authenticators that ask a service.
+        """
+        connections = [c for c in self.factory.live if not c.closed]
+        if not connections:
+            return None
+        limit = DeferredSemaphore(16)
+
+        def check(connection: Any) -> Any:
+            return connection.reauthorize(authenticator)
+
+        done = [limit.run(check, c) for c in connections]
+
+        def report(results: List[Any]) -> None:
+            outcomes = [r for ok, r in results if ok]
+            self.log.info(
+                "reload: {count} gateway connections checked again: {closed} closed, {subs} subscriptions removed",
+                count=len(connections), closed=sum(1 for r in outcomes if r < 0), subs=sum(r for r in outcomes if r > 0),
+            )
+
+        return DeferredList(done, consumeErrors=True).addCallback(report)
 
     def startService(self) -> None:
         try:
@@ -733,4 +757,4 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
         auth_timeout=gw.auth_timeout,
     )
     where = _where("gateway", config)
-    return GatewayListener(health, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)
+    return GatewayListener(health, gw, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)

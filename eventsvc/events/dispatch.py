@@ -14,7 +14,7 @@ refusal, not a wait.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -44,8 +44,11 @@ class EventDispatcher(Service):
         spool: Optional[Spool] = None,
         prefix: str = "event",
         queue_group: str = "eventsvc",
+        make_targets: Optional[Callable[[Any], Dict[str, Any]]] = None,
     ) -> None:
         self.setName("events")
+        #: The delivery targets a new configuration names, by handler (see prepare_reload).
+        self.make_targets = make_targets
         self.broker = broker
         self.registry = registry
         self.handlers = handlers
@@ -73,6 +76,25 @@ class EventDispatcher(Service):
     def pending(self) -> int:
         """Events accepted and not yet delivered (or dead-lettered) by every handler."""
         return len(self._remaining)
+
+    def prepare_reload(self, config: Any) -> Callable[[], None]:
+        """
+        What a new configuration changes here (handler addresses, routing,
+        batching, event_limit), worked out now (raising on a bad one) and
+        applied by the callable returned.
+        """
+        targets = self.make_targets(config) if self.make_targets is not None else {}
+        registry = types.Registry(config.events.routing)
+
+        def apply() -> None:
+            for name, target in targets.items():
+                self.handlers[name].target = target
+            for name, handler in self.handlers.items():
+                handler.batch_max, handler.batch_wait = config.events.batching(name)
+            self.registry = registry
+            self.event_limit = config.service.event_limit
+
+        return apply
 
     def startService(self) -> None:
         super().startService()

@@ -16,6 +16,7 @@ What it must not do: know about events, tokens or HTTP.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import random
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
@@ -65,18 +66,18 @@ class RouteConnection(Protocol):
         self.manager = manager
         self.broker: Broker = manager.broker
         self.solicited = solicited
-        self.parser = RouteParser(self, manager.max_control_line, manager.max_payload)
+        self.parser = RouteParser(self, manager.settings.max_control_line, manager.settings.max_payload)
         self.remote_id = ""
         self.remote_info: Dict[str, Any] = {}
         self.registered = False
         self.closed = False
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
-        self.outbound = Outbound(manager.clock, manager.max_pending, self._slow, stalls=False)
+        self.outbound = Outbound(manager.clock, manager.settings.max_pending, self._slow, stalls=False)
         self.out = self.outbound.out
         self.flush = self.outbound.flush
         self.dirty = False
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pinger = Pinger(manager.clock, manager.ping_interval, manager.ping_max, self._send_now, self._stale)
+        self.pinger = Pinger(manager.clock, manager.settings.ping_interval, manager.settings.ping_max, self._send_now, self._stale)
         self.host, self.port = "", 0
         #: When it connected, and when it last sent anything (for /routez).
         self.start = self.last_activity = 0.0
@@ -97,7 +98,7 @@ class RouteConnection(Protocol):
 
     def handshakeCompleted(self) -> None:
         """TLS routes: the peer's certificate must carry the name we expect."""
-        name = self.manager.tls_name
+        name = self.manager.settings.tls_name
         if not name or self.solicited:
             return  # dialled routes were checked by the client TLS options
         try:
@@ -189,7 +190,7 @@ class RouteConnection(Protocol):
         if not self.manager.check_credentials(options):
             raise ProtocolViolation("Authorization Violation", "route credentials refused")
         cluster = options.get("cluster")
-        if cluster and cluster != self.manager.cluster_name:
+        if cluster and cluster != self.manager.settings.cluster_name:
             raise ProtocolViolation(None, "cluster name {!r} is not ours".format(cluster))
 
     def op_info(self, arg: bytes) -> None:
@@ -202,7 +203,7 @@ class RouteConnection(Protocol):
             if server_id == self.broker.server_id:
                 self.close(None, "connected to ourselves")
                 return
-            if info.get("cluster") and info["cluster"] != self.manager.cluster_name:
+            if info.get("cluster") and info["cluster"] != self.manager.settings.cluster_name:
                 self.close(None, "cluster name {!r} is not ours".format(info["cluster"]))
                 return
             self.remote_id, self.remote_info = server_id, info
@@ -210,7 +211,7 @@ class RouteConnection(Protocol):
                 self.close(None, "duplicate route to {}".format(server_id))
             return
         if server_id == self.remote_id:
-            if info.get("ldm") and self.registered and not self.manager.no_advertise:
+            if info.get("ldm") and self.registered and not self.manager.settings.no_advertise:
                 # The peer is going away: our clients should not go there.
                 self.manager.broker.connect_urls.remove(self.remote_urls())
                 self.remote_info = dict(self.remote_info, connect_urls=[])
@@ -227,7 +228,7 @@ class RouteConnection(Protocol):
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
         if account != GLOBAL or not valid_subject(subject):
             return
-        exports = self.manager.exports
+        exports = self.manager.settings.exports
         if exports is not None and not exports.may_subscribe(subject, queue):
             # Not ours to export: as nats-server, the interest is ignored, so
             # nothing on that subject is ever sent down this route.
@@ -284,7 +285,7 @@ class RouteConnection(Protocol):
         (we never told it of such interest; nats-server 2.9 relies on that
         alone, we do not).
         """
-        imports = self.manager.imports
+        imports = self.manager.settings.imports
         if imports is None or imports.may_publish(subject):
             return True
         self.manager.dropped += 1
@@ -328,66 +329,63 @@ class _Dialling(ClientFactory):
         self.manager.dial_failed(self.url, reason.getErrorMessage())
 
 
+@dataclass(frozen=True)
+class RouteSettings:
+    """A cluster's settings, built once from [cluster] and [limits]."""
+
+    cluster_name: str
+    host: str = "0.0.0.0"
+    #: The port configured (0: any); the manager's C{port} is the one bound.
+    port: int = 6222
+    #: Routes to dial (nats-route://host:port).
+    routes: Tuple[str, ...] = ()
+    user: str = ""
+    password: str = ""
+    max_payload: int = limits.MAX_PAYLOAD
+    #: Routes' control lines are held to this too (nats-server sets no limit
+    #: on routes; we keep one for memory's sake).
+    max_control_line: int = limits.MAX_CONTROL_LINE
+    max_pending: int = limits.MAX_PENDING
+    ping_interval: float = limits.PING_INTERVAL
+    ping_max: int = limits.PING_MAX
+    retry_initial: float = 0.5
+    retry_max: float = 10.0
+    #: Whether to listen for routes, or only dial.
+    accept: bool = True
+    #: TLS: server options (mutual) for accepted routes, a function of the
+    #: host name giving client options for dialled ones, and the name
+    #: peers' certificates must carry.
+    tls_server: Any = None
+    tls_client: Any = None
+    tls_name: str = ""
+    listen_backlog: int = limits.LISTEN_BACKLOG
+    #: Neither tell peers our client URLs nor tell our clients theirs.
+    no_advertise: bool = False
+    #: Route permissions (IPermissions, or None for everything), as
+    #: nats-server's cluster permissions: C{imports} decides which of our
+    #: interest peers hear of (may_subscribe) and which of their messages
+    #: we take (may_publish); C{exports}, which of their interest we
+    #: accept, and so what we send them (may_subscribe).
+    imports: Any = None
+    exports: Any = None
+
+
 class RouteManager(Service):
     """The routes of one server: the cluster listener, the dialled routes, interest."""
 
     log = Logger()
 
-    def __init__(
-        self,
-        broker: Broker,
-        reactor: Any,
-        cluster_name: str,
-        host: str,
-        port: int,
-        routes: List[str],
-        user: str = "",
-        password: str = "",
-        max_payload: int = limits.MAX_PAYLOAD,
-        max_control_line: int = limits.MAX_CONTROL_LINE,
-        max_pending: int = limits.MAX_PENDING,
-        ping_interval: float = 120.0,
-        ping_max: int = 2,
-        retry_initial: float = 0.5,
-        retry_max: float = 10.0,
-        accept: bool = True,
-        tls_server: Any = None,
-        tls_client: Any = None,
-        tls_name: str = "",
-        listen_backlog: int = limits.LISTEN_BACKLOG,
-        no_advertise: bool = False,
-        imports: Any = None,
-        exports: Any = None,
-    ) -> None:
+    def __init__(self, broker: Broker, reactor: Any, settings: RouteSettings) -> None:
         self.setName("cluster")
         self.broker = broker
         self.clock = reactor
-        self.cluster_name = cluster_name
-        self.host, self.port = host, port
-        self.configured = list(routes)
-        #: Neither tell peers our client URLs nor tell our clients theirs.
-        self.no_advertise = no_advertise
-        #: Route permissions (IPermissions, or None for everything), as
-        #: nats-server's cluster permissions: C{imports} decides which of our
-        #: interest peers hear of (may_subscribe) and which of their messages
-        #: we take (may_publish); C{exports}, which of their interest we
-        #: accept, and so what we send them (may_subscribe).
-        self.imports = imports
-        self.exports = exports
+        self.settings = settings
+        #: The port bound once listening (settings.port until then).
+        self.port = settings.port
+        #: The routes dialled again when they drop.
+        self.configured = list(settings.routes)
         #: Messages dropped because their subject is not imported.
         self.dropped = 0
-        self.user, self.password = user, password
-        self.max_payload, self.max_control_line, self.max_pending = max_payload, max_control_line, max_pending
-        self.ping_interval, self.ping_max = ping_interval, ping_max
-        self.retry_initial, self.retry_max = retry_initial, retry_max
-        self.accept = accept
-        #: TLS: server options (mutual) for accepted routes, a function of the
-        #: host name giving client options for dialled ones, and the name
-        #: peers' certificates must carry.
-        self.tls_server = tls_server
-        self.tls_client = tls_client
-        self.tls_name = tls_name
-        self.listen_backlog = listen_backlog
         self.routes: Dict[str, RouteConnection] = {}
         self.listening: Any = None
         self._attempts: Dict[str, int] = {}
@@ -409,20 +407,20 @@ class RouteManager(Service):
             "host": self.advertise_host,
             "port": self.port,
             "headers": True,
-            "max_payload": self.max_payload,
-            "cluster": self.cluster_name,
+            "max_payload": self.settings.max_payload,
+            "cluster": self.settings.cluster_name,
         }
-        urls = [] if self.no_advertise else self.broker.connect_urls.own()
+        urls = [] if self.settings.no_advertise else self.broker.connect_urls.own()
         if urls:
             info["connect_urls"] = urls
         info["lnoc"] = True
-        if self.tls_server is not None:
+        if self.settings.tls_server is not None:
             info.update(tls_required=True, tls_verify=True)
         return info
 
     @property
     def advertise_host(self) -> str:
-        return "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info_line(self, info: Optional[Dict[str, Any]] = None) -> bytes:
         return b"INFO " + json.dumps(info or self.info(), separators=(",", ":")).encode() + b" \r\n"
@@ -430,17 +428,17 @@ class RouteManager(Service):
     def connect_options(self) -> Dict[str, Any]:
         options = {
             "echo": True, "verbose": False, "pedantic": False, "tls_required": False, "headers": True,
-            "name": self.broker.server_id, "cluster": self.cluster_name, "lnoc": True,
+            "name": self.broker.server_id, "cluster": self.settings.cluster_name, "lnoc": True,
         }
-        options["tls_required"] = self.tls_client is not None
-        if self.user:
-            options.update(user=self.user, **{"pass": self.password})
+        options["tls_required"] = self.settings.tls_client is not None
+        if self.settings.user:
+            options.update(user=self.settings.user, **{"pass": self.settings.password})
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
-        if not self.user:
+        if not self.settings.user:
             return True
-        return options.get("user") == self.user and options.get("pass") == self.password
+        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -454,17 +452,17 @@ class RouteManager(Service):
         self.broker.flush()
 
     def startService(self) -> None:
-        self.broker.cluster_name = self.cluster_name
-        if self.accept:
+        self.broker.cluster_name = self.settings.cluster_name
+        if self.settings.accept:
             try:
-                if self.tls_server is not None:
-                    self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.tls_server, interface=self.host)
+                if self.settings.tls_server is not None:
+                    self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.settings.tls_server, interface=self.settings.host)
                 else:
-                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.listen_backlog, interface=self.host)
+                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.settings.listen_backlog, interface=self.settings.host)
             except CannotListenError as e:
-                raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.host, self.port, e.socketError))
+                raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.settings.host, self.port, e.socketError))
             self.port = self.listening.getHost().port
-            self.log.info("cluster {name} listening for routes on {host}:{port}", name=self.cluster_name, host=self.host, port=self.port)
+            self.log.info("cluster {name} listening for routes on {host}:{port}", name=self.settings.cluster_name, host=self.settings.host, port=self.port)
         super().startService()
         self.broker.interest_listeners.append(self._interest)
         for url in self.configured:
@@ -495,8 +493,8 @@ class RouteManager(Service):
             self.log.error("route {url} is not nats-route://host:port", url=url)
             return
         self._dialling.add(url)
-        if self.tls_client is not None:
-            options = self.tls_client(self.tls_name or parts.hostname)
+        if self.settings.tls_client is not None:
+            options = self.settings.tls_client(self.settings.tls_name or parts.hostname)
             self.clock.connectSSL(parts.hostname, parts.port, _Dialling(self, url), options, timeout=5)
         else:
             self.clock.connectTCP(parts.hostname, parts.port, _Dialling(self, url), timeout=5)
@@ -510,7 +508,7 @@ class RouteManager(Service):
             return
         n = self._attempts.get(url, 0)
         self._attempts[url] = n + 1
-        delay = min(self.retry_max, self.retry_initial * (2 ** n)) * (0.5 + 0.5 * self.random.random())
+        delay = min(self.settings.retry_max, self.settings.retry_initial * (2 ** n)) * (0.5 + 0.5 * self.random.random())
         self.log.info("route {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
         self._timers[url] = self.clock.callLater(delay, self.dial, url)
 
@@ -526,7 +524,7 @@ class RouteManager(Service):
             return False
         self.routes[route.remote_id] = route
         route.registered = True
-        if not self.no_advertise:
+        if not self.settings.no_advertise:
             # Our clients learn where else they can go.
             self.broker.connect_urls.add(route.remote_urls())
         name = route.remote_info.get("server_name") or ""
@@ -539,7 +537,7 @@ class RouteManager(Service):
         # Tell it everything we are interested in (and import).
         lines = []
         for subject, queue, n in self.broker.local_interest():
-            if self.imports is not None and not self.imports.may_subscribe(subject, queue):
+            if self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue):
                 continue
             lines.append(b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s %d\r\n" % (subject, queue, n))
         if lines:
@@ -570,13 +568,13 @@ class RouteManager(Service):
         if self.routes.get(route.remote_id) is route:
             del self.routes[route.remote_id]
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
-            if not self.no_advertise:
+            if not self.settings.no_advertise:
                 self.broker.connect_urls.remove(route.remote_urls())
         if route.solicited and self.running:
             self._redial(route.solicited, why)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
-        if not self.routes or (self.imports is not None and not self.imports.may_subscribe(subject, queue)):
+        if not self.routes or (self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue)):
             return
         if queue is None:
             if before == 0 and after > 0:

@@ -197,7 +197,7 @@ class Monitor:
             "max_payload": s.max_payload,
             "max_pending": s.max_pending,
             "cluster": {} if cluster is None else {
-                "name": cluster.cluster_name, "addr": cluster.host, "cluster_port": cluster.port,
+                "name": cluster.settings.cluster_name, "addr": cluster.settings.host, "cluster_port": cluster.port,
                 "urls": list(cluster.configured),
             },
             "gateway": {},
@@ -343,7 +343,7 @@ class Monitor:
         # The cluster's permissions, in nats-server's shape ({"allow": [...], "deny": [...]}).
         permissions = {}
         if cluster is not None:
-            for key, perms in (("import", cluster.imports), ("export", cluster.exports)):
+            for key, perms in (("import", cluster.settings.imports), ("export", cluster.settings.exports)):
                 if perms is not None:
                     lists = {"allow": perms.subscribe_allow, "deny": perms.subscribe_deny}
                     permissions[key] = {k: [s.decode() for s in v] for k, v in lists.items() if v}

@@ -240,6 +240,36 @@ class GatewayAuthTests(SynchronousTestCase):
         self.assertEqual(untouched.received(), b"MSG status.x 1 1\r\na\r\n")
         del publisher
 
+    def test_reload_takes_a_configuration_object(self) -> None:
+        """An embedding application reloads with a Config it built, no file read."""
+        svc, _, directory = build(self)
+        new = config.parse(
+            '[service]\nport = 0\n[gateway]\nenabled = true\nport = 0\ndisable_frontend_tls = true\ntokens = ["other"]\n',
+            os.path.join(directory, "patch.toml"),
+        )
+        self.assertTrue(svc.reload(new))
+        refused = connect(svc, "gateway", token_connect(TOKEN) + b"PING\r\n")
+        self.assertEqual(refused.received(), b"-ERR 'Authorization Violation'\r\n")
+        self.assertEqual(connect(svc, "gateway", token_connect("other") + b"PING\r\n").received(), b"PONG\r\n")
+
+    def test_reload_is_all_or_nothing(self) -> None:
+        """One service refusing its part of a reload leaves every service as it was."""
+        from twisted.application.service import Service
+
+        svc, _, directory = build(self)
+
+        class Refusing(Service):
+            def prepare_reload(self, config):
+                raise ValueError("no")
+
+        Refusing().setServiceParent(svc)
+        new = config.parse(
+            '[service]\nport = 0\n[gateway]\nenabled = true\nport = 0\ndisable_frontend_tls = true\ntokens = ["other"]\n',
+            os.path.join(directory, "patch.toml"),
+        )
+        self.assertFalse(svc.reload(new))
+        self.assertEqual(connect(svc, "gateway", token_connect(TOKEN) + b"PING\r\n").received(), b"PONG\r\n")
+
     def test_reload_without_gateway_changes_leaves_agents_alone(self) -> None:
         svc, _, directory = build(self)
         agent = connect(svc, "gateway", token_connect(TOKEN) + b"SUB _INBOX.y 3\r\n")

@@ -15,18 +15,22 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.client import ClientSettings
 from eventsvc.nats.listener import ClientFactory
-from eventsvc.nats.route import RouteManager, _Accepting, _Dialling
+from eventsvc.nats.route import RouteManager, RouteSettings, _Accepting, _Dialling
 from eventsvc.nats.server import Broker
 from eventsvc.test.helpers import FakeClient
 
 
 class Node:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **settings) -> None:
         self.clock = MemoryReactorClock()
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
-        self.manager = RouteManager(self.broker, self.clock, "c1", "127.0.0.1", 0, [])
+        self.manager = RouteManager(self.broker, self.clock, RouteSettings("c1", "127.0.0.1", 0, **settings))
         self.manager.startService()
+
+    def set(self, **settings) -> None:
+        """Change the manager's settings (as a new configuration would)."""
+        self.manager.settings = dataclasses.replace(self.manager.settings, **settings)
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
         proto = self.factory.buildProtocol(None)
@@ -182,7 +186,7 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(sub.received(), b"MSG foo 1 1\r\ny\r\n")
 
     def test_slow_route_is_cut_not_buffered_forever(self) -> None:
-        self.a.manager.max_pending = 10000
+        self.a.set(max_pending=10000)
         pump, dialled, accepted = link(self.a, self.b)
         self.b.client().send(b"SUB foo 1\r\n")
         pump.flush()
@@ -253,7 +257,7 @@ class TLSRouteTests(SynchronousTestCase):
 
         from eventsvc.test.tlshelpers import PKI, _Unused
 
-        self.b.manager.tls_name = acceptor_expects
+        self.b.set(tls_name=acceptor_expects)
         server_opts = self.tls.mutual_tls_server(self.pki.path(acceptor_cert + ".crt"), self.pki.path(acceptor_cert + ".key"), self.pki.path("ca.crt"))
         minted = self.pki.issue(dialer_cert, ca=ca) if ca is not None else None
         identity = PKI.private(minted) if minted else ssl.PrivateCertificate.loadPEM(
@@ -418,7 +422,8 @@ class ConnectURLTests(SynchronousTestCase):
         self.assertEqual([i["connect_urls"] for i in infos(modern.received())], [["10.0.0.1:4222"]])
 
     def test_no_advertise(self) -> None:
-        self.a.manager.no_advertise = self.b.manager.no_advertise = True
+        self.a.set(no_advertise=True)
+        self.b.set(no_advertise=True)
         modern = self.a.client(b'CONNECT {"verbose":false,"protocol":1}\r\n')
         pump, dialled, accepted = link(self.a, self.b)
         self.assertEqual((dialled.remote_urls(), accepted.remote_urls()), ([], []))
@@ -458,7 +463,7 @@ class RoutePermissionTests(SynchronousTestCase):
 
     def test_export_limits_what_is_sent(self) -> None:
         # B exports only public.>: A's interest in secret.x is ignored there.
-        self.b.manager.exports = self.perms(["public.>"])
+        self.b.set(exports=self.perms(["public.>"]))
         sub = self.a.client()
         sub.send(b"SUB public.x 1\r\nSUB secret.x 2\r\nSUB > 3\r\n")
         pump, dialled, accepted = link(self.a, self.b)
@@ -471,7 +476,7 @@ class RoutePermissionTests(SynchronousTestCase):
     def test_import_limits_interest_and_messages(self) -> None:
         # A imports only in.>: B never hears of A's other interest, and a
         # message B sends anyway is dropped.
-        self.a.manager.imports = self.perms(["in.>"])
+        self.a.set(imports=self.perms(["in.>"]))
         sub = self.a.client()
         sub.send(b"SUB in.x 1\r\nSUB other 2\r\n")
         pump, dialled, accepted = link(self.a, self.b)
