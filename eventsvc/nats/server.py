@@ -86,7 +86,7 @@ class _Targets:
     the fast loops handle none of those.
     """
 
-    __slots__ = ("plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed")
+    __slots__ = ("plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "local")
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=()):
         #: (subscriber, frame prefix, the subscriber's out.append)
@@ -101,6 +101,9 @@ class _Targets:
         self.route_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = route_plain
         #: Routes with plain interest that are also queue members: one RMSG each, built per message.
         self.route_mixed: List[ISubscriber] = route_mixed
+        #: Whether the plain subscribers are all there is (simple, and no
+        #: route or queue group takes part): deliver() stops after them.
+        self.local: bool = simple and not queues and not route_plain and not route_mixed
 
 
 class ClosedConnection:
@@ -346,6 +349,8 @@ class Broker:
                 if not conn.dirty:
                     conn.dirty = True
                     dirty.append(conn)
+            if targets.local:
+                return count
         else:
             count = 0
             message = _Message(subject, reply, size, tail, -1, b"")
