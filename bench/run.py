@@ -61,7 +61,7 @@ MANY = [
     ("1,000 subj, 'a.>' sub 1:1", ["-np", "1", "-ns", "1", "-subjects", "1000", "-sub", "fwc", "-n", "{n}"], "deliver_rate"),
     ("1,000 subj, 'a.*.b' 4:2", ["-np", "4", "-ns", "2", "-subjects", "1000", "-sub", "pwc", "-n", "{n4}"], "deliver_rate"),
     ("300 subj, 300 subs each 1:1", ["-np", "1", "-ns", "1", "-subjects", "300", "-sub", "exact", "-n", "{n}"], "deliver_rate"),
-    ("10,000 subj, 'a.>' 1:1 1 KiB", ["-np", "1", "-ns", "1", "-subjects", "10000", "-sub", "fwc", "-ms", "1024", "-n", "{n4}"], "deliver_rate"),
+    ("10,000 subj, 'a.>' 1:1 1 KiB", ["-np", "1", "-ns", "1", "-subjects", "10000", "-sub", "fwc", "-ms", "1024", "-n", "{n}"], "deliver_rate"),
     ("publish only, 1 subj", ["-mode", "pubonly", "-np", "1", "-n", "{n}"], "pub_rate"),
     ("publish only, 1,000 subj", ["-mode", "pubonly", "-np", "1", "-subjects", "1000", "-n", "{n}"], "pub_rate"),
     ("slow fleet 200x50/s, 'a.>'", ["-np", "200", "-ns", "1", "-subjects", "1000", "-sub", "fwc", "-rate", "50", "-n", "{nf}"], "deliver_rate"),
