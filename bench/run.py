@@ -252,7 +252,10 @@ def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, pr
     """The reference server and eventsvc on each interpreter, on C{config}, started."""
     servers = {"nats-server": reference}
     for name, python in variants():
-        servers[name] = process.eventsvc(config, python=python)
+        # An "old" variant runs the release installed in that interpreter's
+        # environment, not this source tree.
+        env = {"PYTHONPATH": ""} if name in OLD else None
+        servers[name] = process.eventsvc(config, python=python, env=env)
     for server in servers.values():
         pinned(server).start()
     return servers
@@ -301,6 +304,8 @@ def memory_scene(runs: int) -> None:
 
 
 VARIANTS: List[Tuple[str, Optional[str]]] = [("eventsvc", None)]
+#: The variants that run an installed release (--old).
+OLD: List[str] = []
 
 
 def variants() -> List[Tuple[str, Optional[str]]]:
@@ -340,6 +345,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
+    parser.add_argument("--old", metavar="PYTHON", action="append",
+                        help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
     parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
@@ -347,6 +354,10 @@ def main() -> None:
 
     tool = natsbench()
     VARIANTS[:] = [("eventsvc", None)] + ([("eventsvc-pypy", options.pypy)] if options.pypy else [])
+    for python in options.old or []:
+        name = "old-" + os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(python))))
+        VARIANTS.append((name, python))
+        OLD.append(name)
     print("eventsvc on {} {}{}; {}".format(
         sys.implementation.name, sys.version.split()[0], " and on " + options.pypy if options.pypy else "",
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))

@@ -43,6 +43,9 @@ AUTHORIZATION_VIOLATION = "Authorization Violation"
 
 _SPACE = (32, 9)
 
+#: Payloads up to this size are parsed in runs (Framer._runs).
+RUN_PAYLOAD = 256
+
 
 class ProtocolViolation(Exception):
     """
@@ -191,6 +194,8 @@ class Framer:
         self._need = 0
         # Size tokens already seen: most publishers repeat a few sizes.
         self._sizes: Dict[bytes, int] = {}
+        #: The last read's message lines differed from one another (runs pay off).
+        self._differing = False
         self._message_code = self.verbs.verbs[0]
         self._methods = {verb: getattr(self, verb.method) for verb in self.verbs.verbs}
 
@@ -267,7 +272,7 @@ class Framer:
 
     # -- the loop -------------------------------------------------------------
 
-    def _runs(self, buf: bytes, started: float) -> int:
+    def _runs(self, buf: bytes, started: float, base: int = 0) -> int:
         """
         The start of a read made of plain messages, parsed in one go; returns
         where the loop goes on (0: nothing done here).
@@ -282,9 +287,16 @@ class Framer:
         else (another verb, a payload with a CRLF in it, a tab, a partial
         message at the end) stops the run, and the exact loop takes over
         there, so every outcome is the loop's own.
+
+        Runs pay off when lines differ (traffic over many subjects) and
+        payloads are small: a read whose lines repeat is the memo's (the
+        run stops after 64 repeats), and a payload over C{RUN_PAYLOAD} bytes
+        stops it (the split would copy it once more).  The loop starts a
+        run when its memo keeps missing, and a read starts with one when
+        the previous read's lines differed (C{_differing}).
         """
         handler = self._handler
-        parts = buf.split(b"\r\n")
+        parts = (buf[base:] if base else buf).split(b"\r\n")
         # The last part is what follows the last CRLF: never a whole message.
         count = len(parts) - 1
         verb = self.message_verb[:-1]
@@ -293,7 +305,8 @@ class Framer:
         publish = handler.publish
         publish_batch = handler.publish_batch
         budget = self.budget
-        pos = msgs = nbytes = 0
+        pos = base
+        msgs = nbytes = repeats = 0
         batch: Any = None
         batch_subject = b""
         batch_bytes = 0
@@ -307,7 +320,14 @@ class Framer:
                 if budget is not None and msgs and not msgs & 15 and perf_counter() - started > budget:
                     break  # the loop suspends at once, at pos
                 line = parts[i]
-                if line != last:
+                if line == last:
+                    repeats += 1
+                    if repeats > 64:
+                        # The same line again and again: the loop's memo does that better.
+                        self._differing = False
+                        break
+                else:
+                    repeats = 0
                     # (A line equal to the previous one says the same.)
                     args = line.split(b" ")
                     n = len(args)
@@ -319,6 +339,8 @@ class Framer:
                     szb = args[-1]
                     known = sizes.get(szb)
                     size = self._new_size(szb) if known is None else known
+                    if size > RUN_PAYLOAD:
+                        break  # splitting would copy every payload once more
                     subject = args[1]
                     reply = args[2] if n == 4 else None
                     last = line
@@ -394,7 +416,9 @@ class Framer:
         budget = self.budget
         started = perf_counter() if budget is not None else 0.0
         pos = ops = 0
-        if self.split_runs and plain and may_publish is None and not guarded and buf.startswith(fast):
+        runs = self.split_runs and plain and may_publish is None and not guarded
+        if runs and self._differing and buf.startswith(fast):
+            runs = False  # (one run a read)
             pos = self._runs(buf, started)
             if pos == n:
                 return
@@ -408,6 +432,7 @@ class Framer:
         last = b"\n\n"
         memo = True
         misses = 0
+        go_runs = False
         last_nl = tail_off = size = 0
         subject = szb = b""
         reply: Optional[bytes] = None
@@ -418,6 +443,18 @@ class Framer:
         batch_bytes = 0
         try:
             while pos < n:
+                if go_runs:
+                    # Lines keep differing: the rest of the read in a run.
+                    go_runs = False
+                    if batch is not None:
+                        if batch.__class__ is bytes:
+                            publish(handler, batch_subject, None, batch_bytes, batch)
+                        else:
+                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                        batch = None
+                    pos = self._runs(buf, started, pos)
+                    if pos >= n:
+                        break
                 ops += 1
                 if not ops & 15 and budget is not None and perf_counter() - started > budget:
                     # Enough for this turn: the rest waits for the next one.
@@ -473,8 +510,13 @@ class Framer:
                         tail_off = -1
                     if memo:
                         if misses > 16:
-                            # Lines keep differing: stop comparing (until the next read).
+                            # Lines keep differing: stop comparing (until the next
+                            # read), and go on in a run where runs are used.
                             memo = False
+                            self._differing = True
+                            if runs and not guarded:
+                                runs = False
+                                go_runs = True
                         else:
                             misses += 1
                             last = buf[pos : nl + 1]
