@@ -8,6 +8,8 @@ The connection is put together from parts, each in its own module:
     loop of L{eventsvc.nats.framing});
   - L{eventsvc.nats.session.Session}: greeting, TLS, CONNECT and
     authentication, as a state machine with the session's clocks;
+  - L{eventsvc.nats.login.Login}: credentials checked (throttled per
+    address), and checked again on reload;
   - L{eventsvc.nats.outbound.Outbound}: output held back, slow consumers,
     publisher stalls (the transport's producer);
   - L{eventsvc.nats.liveness.Pinger}: PING/PONG.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -31,8 +33,9 @@ from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.nats import limits
-from eventsvc.nats.interfaces import AuthenticationFailed, IAuthenticator, Identity, PeerInfo, settle
+from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.liveness import PONG, Pinger
+from eventsvc.nats.login import Login
 from eventsvc.nats.outbound import Outbound, ReadGate
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
@@ -220,9 +223,7 @@ class ClientConnection(Protocol):
         self.lang = ""
         self.client_version = ""
         self.identity: Optional[Identity] = None
-        #: The CONNECT options an authenticator accepted (kept to ask it again
-        #: when the configuration is reloaded; only where there is one).
-        self.connect_options: Optional[Dict[str, Any]] = None
+        self.login = Login(self, clock, settings.auth_throttle, settings.auth_timeout)
         self.permissions: Any = None
         #: PUBs go straight from the parser to the broker (see the parser).
         self.plain = False
@@ -240,7 +241,6 @@ class ClientConnection(Protocol):
         self.start = 0.0
         self.last_activity = 0.0
         self._parse_call: Any = None
-        self._throttled: Any = None
         self.peer = PeerInfo("", 0)
 
     @property
@@ -402,9 +402,7 @@ class ClientConnection(Protocol):
         self.session.close()
         self.pinger.stop()
         self.outbound.close()
-        if self._throttled is not None and self._throttled.active():
-            self.settings.auth_throttle.done_waiting(self.peer.host)
-        self._throttled = _cancel(self._throttled)
+        self.login.cancel()
         self._parse_call = _cancel(self._parse_call)
         if self.subs:
             self.broker.remove_subscriptions(list(self.subs.values()))
@@ -594,23 +592,13 @@ class ClientConnection(Protocol):
         self.client_version = options.get("version") or ""
         self._update_plain()
         authenticator = self.state.authenticator
-        if authenticator is None or (self.connect_accepted and _credentials(options) == _credentials(self.connect_options)):
+        if authenticator is None or not self.login.needed(authenticator, options, self.connect_accepted):
             self._connect_accepted()
             return False
         # The first CONNECT, or a later one with other credentials: they are
         # checked (nats-server closes on a bad token in a second CONNECT).
-        self.connect_options = options
-        throttle = self.settings.auth_throttle
-        wait = throttle.admit(self.peer.host, self.clock.seconds()) if throttle is not None else 0.0
-        if wait is None:
-            self.log.info("client {cid} from {host}: too many failed logins from there; refused unchecked", cid=self.cid, host=self.peer.host)
-            raise ProtocolViolation(AUTHORIZATION_VIOLATION, "login throttled")
         self.session.checking()
-        if wait:
-            # Past the address's failure budget: the check waits.
-            self._throttled = self.clock.callLater(wait, self._check_credentials, authenticator, options, True)
-        else:
-            self._check_credentials(authenticator, options, False)
+        self.login.check(authenticator, options)
         if self.closed:
             raise ProtocolViolation(None, "connection refused")
         if self.connect_accepted:
@@ -618,16 +606,6 @@ class ClientConnection(Protocol):
         # The answer comes later: nothing more is read or parsed until then.
         self.gate.hold(AUTHENTICATING)
         return True
-
-    def _check_credentials(self, authenticator: IAuthenticator, options: Dict[str, Any], waited: bool) -> None:
-        if waited:
-            self._throttled = None
-            self.settings.auth_throttle.done_waiting(self.peer.host)
-            if self.closed:
-                return
-        d = maybeDeferred(authenticator.authenticate, options, self.peer)
-        d.addCallback(settle)
-        d.addCallbacks(self._authenticated, self._refused)
 
     def _connect_accepted(self) -> None:
         if not self.rtt:
@@ -642,9 +620,14 @@ class ClientConnection(Protocol):
         if self.verbose:
             self.send(OK)
 
-    def _authenticated(self, identity: Identity) -> None:
-        if self.closed:
-            return
+    # -- what the login part tells -------------------------------------------
+
+    @property
+    def connect_options(self) -> Optional[Dict[str, Any]]:
+        """The CONNECT options an authenticator accepted (None where there is none)."""
+        return self.login.options
+
+    def logged_in(self, identity: Identity) -> None:
         self.identity = identity
         self.permissions = identity.permissions
         self._update_plain()
@@ -657,42 +640,23 @@ class ClientConnection(Protocol):
             self.close(violation.error, _violation_reason(violation.error), violation.detail)
         self.broker.flush()
 
-    def _refused(self, failure: Failure) -> None:
-        if self.closed:
-            return
-        if failure.check(AuthenticationFailed):
-            why = "authentication failed: {}".format(failure.getErrorMessage())
-            if self.settings.auth_throttle is not None:
-                self.settings.auth_throttle.failed(self.peer.host, self.clock.seconds())
-        else:
-            self.log.failure("authenticator failed for client {cid}", failure, cid=self.cid)
-            why = "authenticator error"
-        self.log.info("client {cid} from {host}: {why}", cid=self.cid, host=self.peer.host, why=why)
+    def login_refused(self, why: str) -> None:
         self.close(AUTHORIZATION_VIOLATION, "Authentication Failure", why)
 
     def reauthorize(self, authenticator: IAuthenticator) -> Deferred:
         """
-        Ask C{authenticator} again about this connection's CONNECT (the
-        configuration was reloaded), as nats-server does: refused, the client
-        is told C{Authorization Violation} and closed; accepted, the new
-        permissions apply at once and every subscription they no longer
-        allow is removed, with nats-server's error naming it.
-        An authenticator that fails otherwise, or does not answer within
-        the auth timeout, leaves the connection as it was (logged): a
-        reload must not cut every agent because a service is slow.
-        Fires with how many subscriptions were removed (-1: closed).
+        Check this connection's CONNECT again (the configuration was
+        reloaded; L{Login.check_again}).  Fires with how many subscriptions
+        were removed (-1: closed).
         """
-        if self.closed or self.connect_options is None:
-            return succeed(0)
-        d = maybeDeferred(authenticator.authenticate, self.connect_options, self.peer)
-        d.addCallback(settle)
-        d.addTimeout(self.settings.auth_timeout, self.clock)
-        d.addCallbacks(self._reauthorized, self._deauthorized)
-        return d
+        return self.login.check_again(authenticator)
 
-    def _reauthorized(self, identity: Identity) -> int:
-        if self.closed:
-            return 0
+    def identity_changed(self, identity: Identity) -> int:
+        """
+        Accepted again after a reload: the new permissions apply at once, and
+        every subscription they no longer allow is removed, with
+        nats-server's error naming it.
+        """
         self.identity = identity
         self.permissions = identity.permissions
         self._update_plain()
@@ -712,18 +676,6 @@ class ClientConnection(Protocol):
                     )
         self.broker.flush()
         return removed
-
-    def _deauthorized(self, failure: Failure) -> int:
-        if self.closed:
-            return 0
-        if failure.check(AuthenticationFailed):
-            self._refused(failure)
-            return -1
-        self.log.warn(
-            "client {cid} from {host}: could not be checked again ({why}); it keeps its permissions",
-            cid=self.cid, host=self.peer.host, why=failure.getErrorMessage() or type(failure.value).__name__,
-        )
-        return 0
 
     # -- liveness and slow consumers -------------------------------------------
 
@@ -751,12 +703,6 @@ _VIOLATION_REASONS = {
     BAD_PROTOCOL: "Bad Client Protocol Version",
     NO_RESPONDERS_NEEDS_HEADERS: "No Responders Requires Headers",
 }
-
-
-def _credentials(options: Optional[Dict[str, Any]]) -> tuple:
-    if not options:
-        return ()
-    return tuple(options.get(k) for k in ("auth_token", "user", "pass", "jwt", "nkey", "sig"))
 
 
 def _violation_reason(error: Optional[str]) -> str:

@@ -162,3 +162,100 @@ class PingerTests(SynchronousTestCase):
         self.assertEqual(self.sent, [PING])
         p.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LoginTests(SynchronousTestCase):
+    """The login part alone: an owner that records what it is told."""
+
+    def setUp(self) -> None:
+        from eventsvc.nats.interfaces import PeerInfo
+
+        self.clock = Clock()
+        self.told: List[tuple] = []
+        test = self
+
+        class Owner:
+            cid = 7
+            peer = PeerInfo("10.0.0.1", 5000)
+            closed = False
+
+            def logged_in(self, identity):
+                test.told.append(("in", identity.name))
+
+            def login_refused(self, why):
+                test.told.append(("refused", why))
+
+            def identity_changed(self, identity):
+                test.told.append(("changed", identity.name))
+                return 2
+
+        self.owner = Owner()
+
+    def authenticator(self, answers):
+        from twisted.internet.defer import Deferred
+
+        from eventsvc.nats.interfaces import AuthenticationFailed, Identity
+
+        pending: List[Deferred] = []
+
+        class Auth:
+            def authenticate(self, options, peer):
+                answer = answers.pop(0)
+                if answer == "later":
+                    d = Deferred()
+                    pending.append(d)
+                    return d
+                if answer == "bad":
+                    raise AuthenticationFailed("no such token")
+                return Identity(answer, None)
+
+        return Auth(), pending
+
+    def test_accepted_now_or_later(self) -> None:
+        from eventsvc.nats.interfaces import Identity
+        from eventsvc.nats.login import Login
+
+        auth, pending = self.authenticator(["agent", "later"])
+        login = Login(self.owner, self.clock, None, 2.0)
+        self.assertTrue(login.needed(auth, {"auth_token": "t"}, logged_in=False))
+        login.check(auth, {"auth_token": "t"})
+        self.assertEqual(self.told, [("in", "agent")])
+        # The same credentials again need no check; other ones do.
+        self.assertFalse(login.needed(auth, {"auth_token": "t", "name": "x"}, logged_in=True))
+        self.assertTrue(login.needed(auth, {"auth_token": "u"}, logged_in=True))
+        login.check(auth, {"auth_token": "u"})
+        pending[0].callback(Identity("other", None))
+        self.assertEqual(self.told[-1], ("in", "other"))
+
+    def test_throttled_refusals(self) -> None:
+        """Past the address's budget a check waits; too many waiting, refused unchecked; a gone one stops waiting."""
+        from eventsvc.nats.framing import ProtocolViolation
+        from eventsvc.nats.login import Login
+        from eventsvc.nats.throttle import AuthThrottle
+
+        throttle = AuthThrottle(budget=3, window=10.0, delay=1.0, waiting=2)
+        auth, _ = self.authenticator(["bad"] * 10)
+        login = Login(self.owner, self.clock, throttle, 2.0)
+        for _ in range(3):
+            login.check(auth, {"auth_token": "x"})
+        self.assertEqual([t[0] for t in self.told], ["refused"] * 3)
+        waiting = [Login(self.owner, self.clock, throttle, 2.0) for _ in range(2)]
+        for w in waiting:
+            w.check(auth, {"auth_token": "x"})
+        self.assertEqual(len(self.told), 3)  # both wait
+        self.assertRaises(ProtocolViolation, Login(self.owner, self.clock, throttle, 2.0).check, auth, {"auth_token": "x"})
+        waiting[0].cancel()
+        self.clock.advance(5)
+        self.assertEqual(len(self.told), 4)  # the other one was checked, and refused
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_checked_again(self) -> None:
+        from eventsvc.nats.login import Login
+
+        auth, _ = self.authenticator(["agent", "agent2", "bad"])
+        login = Login(self.owner, self.clock, None, 2.0)
+        self.assertEqual(self.successResultOf(login.check_again(auth)), 0)  # nothing checked yet
+        login.check(auth, {"auth_token": "t"})
+        self.assertEqual(self.successResultOf(login.check_again(auth)), 2)
+        self.assertEqual(self.successResultOf(login.check_again(auth)), -1)
+        self.assertEqual(self.told, [("in", "agent"), ("changed", "agent2"), ("refused", "authentication failed: no such token")])
