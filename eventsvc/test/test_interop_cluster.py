@@ -45,7 +45,7 @@ async def mesh_round(ports, tag: str):
         if isinstance(p, int):
             ncs.append(await nats.connect("nats://127.0.0.1:%d" % p))
         else:
-            ncs.append(await nats.connect(p[0], tls=p[1]))
+            ncs.append(await nats.connect(p[0], tls=p[1], tls_hostname="localhost"))
     got = {i: [] for i in range(len(ncs))}
     counts = {i: 0 for i in range(len(ncs))}
     for i, nc in enumerate(ncs):
@@ -338,20 +338,31 @@ class TLSRouteProcessTests(TestCase):
         context = lambda: client_tls(os.path.join(directory, "certs"))
 
         async def scenario():
-            sub_nc = await nats.connect("tls://localhost:%d" % ports[0], tls=context())
+            # The address, not "localhost" (which may name ::1 first); the
+            # name the certificates carry goes in tls_hostname.  A loaded
+            # machine gets ten seconds to greet, not nats-py's two.
+            options = dict(tls_hostname="localhost", connect_timeout=10)
+            sub_nc = await nats.connect("tls://127.0.0.1:%d" % ports[0], tls=context(), **options)
             sub = await sub_nc.subscribe("across.tls")
             await sub_nc.flush()
-            pub_nc = await nats.connect("tls://localhost:%d" % ports[1], tls=context())
-            for _ in range(100):
+            pub_nc = await nats.connect("tls://127.0.0.1:%d" % ports[1], tls=context(), **options)
+            data = None
+            deadline = time.monotonic() + 30  # until the route carries the interest
+            while data is None and time.monotonic() < deadline:
                 await pub_nc.publish("across.tls", b"secret")
                 try:
-                    return (await sub.next_msg(0.1)).data
+                    data = (await sub.next_msg(0.1)).data
                 except nats.errors.TimeoutError:
                     pass
-            return None
+            await pub_nc.close()
+            await sub_nc.close()
+            return data
 
-        data = yield run(scenario)
-        self.assertEqual(data, b"secret")
+        try:
+            data = yield run(scenario)
+        except BaseException as e:
+            self.fail("{!r}\nnode 0:\n{}\nnode 1:\n{}".format(e, nodes[0].output(), nodes[1].output()))
+        self.assertEqual(data, b"secret", "node 0:\n{}\nnode 1:\n{}".format(nodes[0].output(), nodes[1].output()))
         nodes[0].wait_output(" up, ")
 
 
@@ -397,7 +408,7 @@ class TLSMeshWithReferenceTests(TestCase):
 
         context = lambda: client_tls(certs)
 
-        servers = [nodes[0].port, nodes[1].port, ("tls://localhost:%d" % client_port, context())]
+        servers = [nodes[0].port, nodes[1].port, ("tls://127.0.0.1:%d" % client_port, context())]
         got, counts, replies = yield run(lambda: mesh_round(servers, "tls"))
         for i, messages in got.items():
             self.assertEqual(sorted(messages), [b"from-0", b"from-1", b"from-2"], (i, got))

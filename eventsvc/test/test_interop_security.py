@@ -82,7 +82,7 @@ key_path = "certs/gateway.key"
         """nats-py publishes at the gateway; a nats-py consumer on the service gets each message once."""
 
         async def scenario():
-            consumer = await nats.connect("tls://localhost:%d" % self.service_port, tls=self.service_context())
+            consumer = await nats.connect("tls://127.0.0.1:%d" % self.service_port, tls=self.service_context(), tls_hostname="localhost")
             sub = await consumer.subscribe("habitat.event.>", queue="automate")
 
             async def answer(msg):
@@ -90,13 +90,13 @@ key_path = "certs/gateway.key"
 
             await consumer.subscribe("habitat.event.healthcheck", cb=answer)
             await consumer.flush()
-            agent = await nats.connect("tls://localhost:%d" % self.gateway_port, tls=self.gateway_context(), token=TOKEN)
+            agent = await nats.connect("tls://127.0.0.1:%d" % self.gateway_port, tls=self.gateway_context(), token=TOKEN, tls_hostname="localhost")
             for i in range(50):
                 await agent.publish("habitat.event.service_started", b"%d" % i)
             got = [(await sub.next_msg(5)).data for _ in range(50)]
             # Requests need an inbox of one's own: an identity with private_inbox.
             requester = await nats.connect(
-                "tls://localhost:%d" % self.gateway_port, tls=self.gateway_context(), token="requester-token",
+                "tls://127.0.0.1:%d" % self.gateway_port, tls=self.gateway_context(), token="requester-token", tls_hostname="localhost",
                 inbox_prefix="_INBOX.requester",
             )
             reply = await requester.request("habitat.event.healthcheck", b"ping", timeout=5)
@@ -125,8 +125,9 @@ key_path = "certs/gateway.key"
         async def scenario():
             try:
                 nc = await nats.connect(
-                    "tls://localhost:%d" % self.service_port,
+                    "tls://127.0.0.1:%d" % self.service_port,
                     tls=self.gateway_context(),
+                    tls_hostname="localhost",
                     allow_reconnect=False,
                     connect_timeout=3,
                     error_cb=_quiet,
