@@ -27,7 +27,7 @@ from eventsvc.config import HANDLER_NAMES, Config, handler_address
 from eventsvc.dotted import load_object
 from eventsvc.files import FileLock, Locked
 from eventsvc.nats.advertise import client_urls
-from eventsvc.nats.client import ClientSettings
+from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.nats.throttle import AuthThrottle

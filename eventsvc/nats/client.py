@@ -10,6 +10,7 @@ The connection is put together from parts, each in its own module:
     authentication, as a state machine with the session's clocks;
   - L{eventsvc.nats.login.Login}: credentials checked (throttled per
     address), and checked again on reload;
+  - L{eventsvc.nats.greeting}: the INFOs it is sent, and CONNECT read;
   - L{eventsvc.nats.outbound.Outbound}: output held back, slow consumers,
     publisher stalls (the transport's producer);
   - L{eventsvc.nats.liveness.Pinger}: PING/PONG.
@@ -19,8 +20,6 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -32,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from eventsvc import wirejson
-from eventsvc.nats import limits
+from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.login import Login
@@ -40,6 +39,7 @@ from eventsvc.nats.outbound import Outbound, ReadGate
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, ClientParser, ProtocolViolation
 from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
 from eventsvc.nats.session import HANDSHAKE, Session
+from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
 from eventsvc.nats.tcp import no_delay
 
@@ -58,109 +58,8 @@ INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
 BAD_PROTOCOL = "invalid client protocol"
 NO_RESPONDERS_NEEDS_HEADERS = "no responders requires headers support"
 
-# CONNECT fields we read, with the JSON types nats-server accepts for them.
-_CONNECT_TYPES: Dict[str, tuple] = {
-    "verbose": (bool,),
-    "pedantic": (bool,),
-    "echo": (bool,),
-    "headers": (bool,),
-    "no_responders": (bool,),
-    "tls_required": (bool,),
-    "protocol": (int,),
-    "auth_token": (str,),
-    "user": (str,),
-    "pass": (str,),
-    "name": (str,),
-    "lang": (str,),
-    "version": (str,),
-    "jwt": (str,),
-    "nkey": (str,),
-    "sig": (str,),
-}
-
-
 def err(text: str) -> bytes:
     return b"-ERR '" + text.encode("utf-8") + b"'\r\n"
-
-
-def decode_connect(arg: bytes) -> Dict[str, Any]:
-    """
-    Decode CONNECT options, defaulting as nats-server does.
-
-    @raise ValueError: not a JSON object, or a field of the wrong type.
-    """
-    options = wirejson.loads(arg)
-    if not isinstance(options, dict):
-        raise ValueError("CONNECT options are not an object")
-    for key, types in _CONNECT_TYPES.items():
-        value = options.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
-            raise ValueError("CONNECT field {} has the wrong type".format(key))
-    return options
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """
-    Everything a connection needs to know about the listener it came in on,
-    built once from the configuration and shared by all its connections.
-    What changes while the listener runs is in L{ListenerState}.
-    """
-
-    #: The listener's name ("service", "gateway"), for logs and monitoring.
-    name: str = ""
-    #: Whether its clients are told the cluster's client URLs
-    #: (connect_urls): the service listener's are, the gateway's not.
-    advertise: bool = False
-    host: str = "0.0.0.0"
-    #: The port configured (0: any); the port bound is the state's.
-    port: int = 4222
-    max_payload: int = limits.MAX_PAYLOAD
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    max_connections: int = 65536
-    max_subscriptions: int = 0
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
-    write_deadline: float = limits.WRITE_DEADLINE
-    auth_timeout: float = limits.AUTH_TIMEOUT
-    #: The authenticator at start (None: no authentication); a reload
-    #: replaces the state's.
-    authenticator: Optional[IAuthenticator] = None
-    #: A TLS server context factory (or connection creator): clients are
-    #: greeted in plaintext, then must upgrade to TLS on the same socket.
-    tls: Optional[Any] = None
-    #: Whether clients must present a certificate (said in INFO).
-    tls_verify: bool = False
-    tls_timeout: float = limits.TLS_TIMEOUT
-    #: Seconds of parsing one read may take before the rest waits a
-    #: reactor turn (None: no bound; see Framer.budget).
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: The listening socket's backlog (nats-server leaves the system's,
-    #: 4096 on current Linux, in force; Twisted's default is 50).
-    listen_backlog: int = limits.LISTEN_BACKLOG
-    #: An AuthThrottle (failed logins per address), or None.
-    auth_throttle: Any = None
-
-    @property
-    def tls_required(self) -> bool:
-        return self.tls is not None
-
-
-class ListenerState:
-    """
-    The little that changes while a listener runs, shared by its
-    connections: the port it bound (INFO says it), and the authenticator,
-    which a reload replaces.
-    """
-
-    __slots__ = ("port", "authenticator")
-
-    def __init__(self, settings: ClientSettings) -> None:
-        self.port = settings.port
-        self.authenticator: Optional[IAuthenticator] = settings.authenticator
 
 
 @implementer(IHandshakeListener)
@@ -212,16 +111,9 @@ class ClientConnection(Protocol):
         self.rtt = 0.0
         #: Which listener it came in on (for monitoring).
         self.listener = getattr(settings, "name", "")
-        # CONNECT options, with nats-server's defaults.
-        self.verbose = True
-        self.pedantic = True
-        self.echo = True
-        self.headers = False
-        self.no_responders = False
-        self.protocol = 0
-        self.name = ""
-        self.lang = ""
-        self.client_version = ""
+        # CONNECT options, nats-server's defaults until CONNECT: attributes
+        # of their own, since the broker reads echo and headers per message.
+        self._take(ConnectOptions())
         self.identity: Optional[Identity] = None
         self.login = Login(self, clock, settings.auth_throttle, settings.auth_timeout)
         self.permissions: Any = None
@@ -321,39 +213,13 @@ class ClientConnection(Protocol):
             self.close(AUTHENTICATION_TIMEOUT, "Authentication Timeout")
 
     def info(self) -> Dict[str, Any]:
-        """The INFO this connection is greeted with, in nats-server's field order."""
-        broker, settings = self.broker, self.settings
-        info: Dict[str, Any] = {
-            "server_id": broker.server_id,
-            "server_name": broker.server_name,
-            "version": broker.version,
-            "proto": 1,
-            "go": broker.implementation,
-            "host": settings.host,
-            "port": self.state.port,
-            "headers": True,
-        }
-        if self.state.authenticator is not None:
-            info["auth_required"] = True
-        if settings.tls_required:
-            info["tls_required"] = True
-        if settings.tls_verify:
-            info["tls_verify"] = True
-        info["max_payload"] = settings.max_payload
-        info["client_id"] = self.cid
-        info["client_ip"] = self.peer.host
-        if broker.cluster_name:
-            info["cluster"] = broker.cluster_name
-        if settings.advertise:
-            urls = broker.connect_urls.current()
-            if urls:
-                info["connect_urls"] = urls
-        return info
+        """The INFO this connection is greeted with (L{greeting.client_info})."""
+        return client_info(self.broker, self.settings, self.state, self.cid, self.peer.host)
 
     def info_line(self, **extra: Any) -> bytes:
         info = self.info()
         info.update(extra)
-        return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n"
+        return info_line(info)
 
     def lame_duck(self) -> None:
         """
@@ -362,12 +228,7 @@ class ClientConnection(Protocol):
         """
         if not self.closed and self.connect_accepted and self.protocol >= 1:
             others = self.broker.connect_urls.others() if self.settings.advertise else []
-            info = self.info()
-            info.pop("connect_urls", None)
-            if others:
-                info["connect_urls"] = others
-            info["ldm"] = True
-            self.send(b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n")
+            self.send(info_line(lame_duck_info(self.info(), others)))
 
     def cluster_changed(self) -> None:
         """The cluster's client URLs changed: an async INFO, as nats-server sends."""
@@ -581,15 +442,7 @@ class ClientConnection(Protocol):
             options = decode_connect(arg)
         except ValueError as e:
             raise ProtocolViolation(None, "bad CONNECT: {}".format(e))
-        self.verbose = options.get("verbose", True) is not False
-        self.pedantic = options.get("pedantic", True) is not False
-        self.echo = options.get("echo", True) is not False
-        self.headers = options.get("headers") is True
-        self.no_responders = options.get("no_responders") is True
-        self.protocol = options.get("protocol") or 0
-        self.name = options.get("name") or ""
-        self.lang = options.get("lang") or ""
-        self.client_version = options.get("version") or ""
+        self._take(ConnectOptions.read(options))
         self._update_plain()
         authenticator = self.state.authenticator
         if authenticator is None or not self.login.needed(authenticator, options, self.connect_accepted):
@@ -606,6 +459,11 @@ class ClientConnection(Protocol):
         # The answer comes later: nothing more is read or parsed until then.
         self.gate.hold(AUTHENTICATING)
         return True
+
+    def _take(self, options: ConnectOptions) -> None:
+        self.verbose, self.pedantic, self.echo = options.verbose, options.pedantic, options.echo
+        self.headers, self.no_responders, self.protocol = options.headers, options.no_responders, options.protocol
+        self.name, self.lang, self.client_version = options.name, options.lang, options.version
 
     def _connect_accepted(self) -> None:
         if not self.rtt:

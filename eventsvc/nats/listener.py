@@ -14,7 +14,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from eventsvc.nats.client import ClientConnection, ClientSettings, ListenerState
+from eventsvc.nats.client import ClientConnection
+from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.server import Broker
 from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
 

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from eventsvc import wirejson
 from eventsvc.nats import limits
 from eventsvc.nats.client import failure_reason
+from eventsvc.nats.greeting import info_line
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.outbound import Outbound
@@ -423,7 +424,7 @@ class RouteManager(Service):
         return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info_line(self, info: Optional[Dict[str, Any]] = None) -> bytes:
-        return b"INFO " + json.dumps(info or self.info(), separators=(",", ":")).encode() + b" \r\n"
+        return info_line(info or self.info())
 
     def connect_options(self) -> Dict[str, Any]:
         options = {

@@ -12,7 +12,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from eventsvc.nats.client import ClientConnection, ClientSettings
+from eventsvc.nats.client import ClientConnection
+from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 

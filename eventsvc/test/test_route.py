@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.client import ClientSettings
+from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.route import RouteManager, RouteSettings, _Accepting, _Dialling
 from eventsvc.nats.server import Broker

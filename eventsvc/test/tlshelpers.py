@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test.iosim import FakeTransport, connect
 
-from eventsvc.nats.client import ClientSettings
+from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 from eventsvc.security import certs

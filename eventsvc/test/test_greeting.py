@@ -1,0 +1,86 @@
+"""
+INFO and CONNECT as data (L{eventsvc.nats.greeting}); the byte-for-byte
+comparisons with nats-server are in test_interop_protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.settings import ClientSettings, ListenerState
+
+
+class _URLs:
+    def __init__(self, urls):
+        self.urls = urls
+
+    def current(self):
+        return list(self.urls)
+
+
+def _broker(cluster="", urls=()):
+    return SimpleNamespace(
+        server_id="NID", server_name="n1", version="2.9.10", implementation="eventsvc/test",
+        cluster_name=cluster, connect_urls=_URLs(urls),
+    )
+
+
+class ClientInfoTests(SynchronousTestCase):
+    def test_field_order_and_defaults(self) -> None:
+        settings = ClientSettings(host="127.0.0.1", port=0)
+        state = ListenerState(settings)
+        state.port = 4333
+        info = client_info(_broker(), settings, state, 7, "10.0.0.9")
+        self.assertEqual(list(info), [
+            "server_id", "server_name", "version", "proto", "go", "host", "port", "headers",
+            "max_payload", "client_id", "client_ip",
+        ])
+        self.assertEqual((info["port"], info["client_id"], info["client_ip"]), (4333, 7, "10.0.0.9"))
+
+    def test_authentication_tls_cluster_and_urls(self) -> None:
+        settings = ClientSettings(tls=object(), tls_verify=True, advertise=True)
+        state = ListenerState(settings)
+        state.authenticator = object()  # type: ignore[assignment]
+        info = client_info(_broker("c1", ["10.0.0.1:4222"]), settings, state, 1, "")
+        self.assertEqual(
+            [k for k in info if k in ("auth_required", "tls_required", "tls_verify", "cluster", "connect_urls")],
+            ["auth_required", "tls_required", "tls_verify", "cluster", "connect_urls"],
+        )
+        self.assertEqual(info["connect_urls"], ["10.0.0.1:4222"])
+
+    def test_urls_only_where_advertised(self) -> None:
+        settings = ClientSettings(advertise=False)
+        info = client_info(_broker("c1", ["10.0.0.1:4222"]), settings, ListenerState(settings), 1, "")
+        self.assertNotIn("connect_urls", info)
+
+    def test_line(self) -> None:
+        self.assertEqual(info_line({"a": 1, "b": [1, 2]}), b'INFO {"a":1,"b":[1,2]} \r\n')
+
+    def test_lame_duck_names_the_others_only(self) -> None:
+        info = {"server_id": "NID", "connect_urls": ["me:4222", "other:4222"]}
+        ldm = lame_duck_info(info, ["other:4222"])
+        self.assertEqual(ldm, {"server_id": "NID", "connect_urls": ["other:4222"], "ldm": True})
+        self.assertEqual(info["connect_urls"], ["me:4222", "other:4222"], "the greeting INFO is not changed")
+        self.assertNotIn("connect_urls", lame_duck_info(info, []))
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_defaults_as_nats_server(self) -> None:
+        self.assertEqual(ConnectOptions.read({}), ConnectOptions(
+            verbose=True, pedantic=True, echo=True, headers=False, no_responders=False, protocol=0))
+
+    def test_only_an_explicit_false_turns_off(self) -> None:
+        options = ConnectOptions.read(decode_connect(json.dumps(
+            {"verbose": False, "pedantic": None, "echo": False, "headers": True, "no_responders": True,
+             "protocol": 1, "name": "n", "lang": "go", "version": "1.2"}).encode()))
+        self.assertEqual(options, ConnectOptions(
+            verbose=False, pedantic=True, echo=False, headers=True, no_responders=True, protocol=1,
+            name="n", lang="go", version="1.2"))
+
+    def test_wrong_types_refused(self) -> None:
+        for bad in (b'{"verbose":"yes"}', b'{"protocol":true}', b'{"auth_token":5}', b"[1]", b"{"):
+            self.assertRaises(ValueError, decode_connect, bad)
