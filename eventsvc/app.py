@@ -115,6 +115,11 @@ class EventService(MultiService):
             down = [url for url in cluster.configured if url not in up]
             if down:
                 return False, "route down: {}".format(", ".join(down))
+        supercluster = self._named("supercluster")
+        if supercluster is not None:
+            down = supercluster.down()
+            if down:
+                return False, "gateway down: {}".format(", ".join(down))
         return True, ""
 
     def health_subject(self) -> str:
@@ -366,8 +371,14 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             _gateway(config, broker, reactor).setServiceParent(top)
         if service.enabled:
             _events(config, broker, reactor, top)
+        routes = None
         if config.cluster.enabled:
-            _cluster(config, broker, reactor).setServiceParent(top)
+            routes = _cluster(config, broker, reactor)
+            routes.setServiceParent(top)
+        if config.supercluster.enabled:
+            gateways = _supercluster(config, broker, reactor)
+            gateways.routes = routes
+            gateways.setServiceParent(top)
         if config.monitor.enabled:
             where = _where("monitor", config)
             from eventsvc.ops.monitor import MonitorService
@@ -484,6 +495,31 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name, listen_backlog=limits.listen_backlog,
+    ))
+
+
+def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
+    from twisted.internet import ssl
+
+    from eventsvc.nats.gateway import GatewayManager, GatewaySettings
+
+    sc, limits = config.supercluster, config.limits
+    tls_server = tls_client = None
+    if sc.tls:
+        tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
+        trust = ssl.trustRootFromCertificates([load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")])
+        identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
+
+        def tls_client(name: str) -> Any:
+            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
+
+    return GatewayManager(broker, reactor, GatewaySettings(
+        name=sc.name, host=sc.host, port=sc.port, advertise=sc.advertise,
+        gateways=tuple((g.name, tuple(g.urls)) for g in sc.gateways),
+        user=sc.user, password=sc.password, max_payload=limits.max_payload,
+        max_control_line=limits.max_control_line, max_pending=limits.max_pending,
+        ping_interval=limits.ping_interval, ping_max=limits.ping_max,
+        tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name, listen_backlog=limits.listen_backlog,
     ))
 
 

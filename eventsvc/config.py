@@ -169,6 +169,40 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class RemoteGatewayConfig:
+    """One gateway to dial ([[supercluster.gateways]]): its name and its servers' URLs."""
+
+    name: str = ""
+    #: nats://host:port (or host:port) of one or more of its servers.
+    urls: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuperclusterConfig:
+    """
+    The NATS gateway protocol (nats-server's "gateway" block): this cluster
+    as one of a supercluster.  Named so to keep it apart from [gateway],
+    our external client listener.
+    """
+
+    enabled: bool = False
+    #: This cluster's gateway name (every server of the cluster gives the same).
+    name: str = ""
+    host: str = "0.0.0.0"
+    port: int = 7222
+    #: host:port the other gateways are told to dial (default: host and port).
+    advertise: str = ""
+    #: Credentials gateways must present (and that we present when dialling).
+    user: str = ""
+    password: str = ""
+    #: Gateways over mutual TLS with the [tls] identity and CA (TLS first, as nats-server 2.9).
+    tls: bool = False
+    #: The name peers' certificates must carry (default: the host of each dialled gateway).
+    tls_name: str = ""
+    gateways: Tuple[RemoteGatewayConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     """nats-server's monitoring endpoints and Prometheus metrics, over HTTP."""
 
@@ -270,6 +304,7 @@ class Config:
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    supercluster: SuperclusterConfig = field(default_factory=SuperclusterConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
@@ -284,6 +319,7 @@ _SECTIONS = {
     "handlers": HandlersConfig,
     "events": EventsConfig,
     "cluster": ClusterConfig,
+    "supercluster": SuperclusterConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
@@ -624,6 +660,40 @@ def _check(config: Config, path: str) -> None:
                     fail("cluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if cl.tls and not config.tls.enabled:
             fail("cluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the routes' identity and CA)")
+    sc = config.supercluster
+    if sc.enabled:
+        from urllib.parse import urlsplit
+
+        if not sc.name or any(c in sc.name for c in " \t\r\n"):
+            fail("supercluster", "name", "must be this cluster's gateway name, without spaces")
+        if not 0 <= sc.port <= 65535:
+            fail("supercluster", "port", "must be between 0 and 65535, got {}".format(sc.port))
+        if sc.advertise:
+            host, colon, given = sc.advertise.rpartition(":")
+            if not colon or not host or not given.isdigit() or not 0 < int(given) < 65536:
+                fail("supercluster", "advertise", "must be host:port, got {!r}".format(sc.advertise))
+        names = set()
+        for i, remote in enumerate(sc.gateways):
+            where = "[[supercluster.gateways]] #{}".format(i + 1)
+            if not remote.name or any(c in remote.name for c in " \t\r\n"):
+                fail("supercluster.gateways", "name", "{}: must be the remote cluster's gateway name, without spaces".format(where))
+            if remote.name == sc.name:
+                fail("supercluster.gateways", "name", "{}: {!r} is this cluster's own name".format(where, remote.name))
+            if remote.name in names:
+                fail("supercluster.gateways", "name", "{}: {!r} is given twice".format(where, remote.name))
+            names.add(remote.name)
+            if not remote.urls:
+                fail("supercluster.gateways", "urls", "{} ({}): needs at least one URL".format(where, remote.name))
+            for url in remote.urls:
+                parts = urlsplit(url if "://" in url else "nats://" + url)
+                try:
+                    valid = bool(parts.port) and bool(parts.hostname)
+                except ValueError:
+                    valid = False
+                if parts.scheme not in ("nats", "tls") or not valid:
+                    fail("supercluster.gateways", "urls", "{} ({}): {!r} is not nats://host:port".format(where, remote.name, url))
+        if sc.tls and not config.tls.enabled:
+            fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 

@@ -73,6 +73,7 @@ class ClientConnection(Protocol):
     log = Logger()
     #: Not a route: the broker forwards what it publishes to routes.
     route = False
+    gateway = False
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
 

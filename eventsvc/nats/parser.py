@@ -35,7 +35,7 @@ from eventsvc.nats.framing import (
 
 __all__ = [
     "AUTHORIZATION_VIOLATION", "MAX_CONTROL_LINE", "MAX_PAYLOAD", "UNKNOWN_OPERATION",
-    "ClientParser", "RouteParser", "ProtocolViolation", "IFramedConnection", "IClientOperations",
+    "ClientParser", "RouteParser", "GatewayParser", "ProtocolViolation", "IFramedConnection", "IClientOperations",
 ]
 
 GLOBAL = b"$G"
@@ -361,6 +361,43 @@ class RouteParser(Framer):
 
     def _unsupported(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+
+
+class GatewayParser(RouteParser):
+    """
+    Parses what a peer cluster sends on a gateway: the route verbs, and
+    C{A+}/C{A-} (an account's interest, whole).  Leaf-node verbs are
+    unknown operations there, as in nats-server.
+    """
+
+    verbs = VerbTable([
+        Verb(b"RMSG", "_rmsg"),
+        Verb(b"HMSG", "_hmsg"),
+        Verb(b"RS+", "_rs_plus"),
+        Verb(b"RS-", "_rs_minus"),
+        Verb(b"A+", "_a_plus"),
+        Verb(b"A-", "_a_minus"),
+        Verb(b"PING", "_ping", spaced=False, bounded=False),
+        Verb(b"PONG", "_pong", spaced=False, bounded=False),
+        Verb(b"INFO", "_info", spaced=False),
+        Verb(b"CONNECT", "_connect", spaced=False),
+        Verb(b"+OK", "_ok", spaced=False, bounded=False),
+        Verb(b"-ERR", "_err"),
+    ])
+
+    def _a_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = split_args(buf[start:eol])
+        if len(args) != 1:
+            raise ProtocolViolation(None, "A+ takes one account")
+        self._handler.op_account(args[0], True)
+        return nl + 1
+
+    def _a_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = split_args(buf[start:eol])
+        if len(args) != 1:
+            raise ProtocolViolation(None, "A- takes one account")
+        self._handler.op_account(args[0], False)
+        return nl + 1
 
 
 def split_args(line: bytes) -> List[bytes]:

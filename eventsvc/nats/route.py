@@ -41,6 +41,8 @@ from eventsvc.nats.subjects import Subscription, valid_subject
 from eventsvc.nats.tcp import no_delay
 
 GLOBAL = b"$G"
+#: The prefix of replies routed across gateways (eventsvc.nats.gateway).
+GR = b"_GR_."
 
 
 @implementer(IHandshakeListener)
@@ -54,6 +56,7 @@ class RouteConnection(Protocol):
 
     log = Logger()
     route = True
+    gateway = False
     may_receive: Optional[Callable[[bytes], bool]] = None
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
@@ -211,6 +214,13 @@ class RouteConnection(Protocol):
             if not self.manager.register(self):
                 self.close(None, "duplicate route to {}".format(server_id))
             return
+        if info.get("gateway"):
+            # A peer's news of a gateway (nats-server forwards what its
+            # gateways gossip): ours to dial, if we are in a supercluster.
+            heard_of = getattr(self.broker.gateways, "heard_of", None)
+            if heard_of is not None:
+                heard_of(info)
+            return
         if server_id == self.remote_id:
             if info.get("ldm") and self.registered and not self.manager.settings.no_advertise:
                 # The peer is going away: our clients should not go there.
@@ -252,12 +262,19 @@ class RouteConnection(Protocol):
     def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
         """An RMSG in C{$G} without queue names (the framing loop counts it)."""
         if self._importable(subject):
+            gateways = self.broker.gateways
+            if gateways is not None and (subject[:5] == GR or (reply is not None and reply[:5] == GR)):
+                return gateways.from_route(self, subject, reply, (), size, tail, -1, b"")  # type: ignore[attr-defined]
             return self.broker.deliver(self, subject, reply, size, tail)
         return 0
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
         """Such RMSGs to one subject without a reply, in order."""
         if self._importable(subject):
+            if self.broker.gateways is not None and subject[:5] == GR:
+                for tail in tails:
+                    self.publish(self, subject, None, len(tail) - tail.index(b"\n") - 3, tail)
+                return
             self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
@@ -272,13 +289,21 @@ class RouteConnection(Protocol):
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         """An RMSG naming queue groups, or in another account (ignored)."""
         if account == GLOBAL and self._importable(subject):
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+            self._routed(subject, reply, queues, size, tail, -1, b"")
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         self.in_msgs += 1
         self.in_bytes += total
         if account == GLOBAL and self._importable(subject):
-            self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+            self._routed(subject, reply, queues, total, b"", hdr_len, body)
+
+    def _routed(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes, hdr_len: int, body: bytes) -> None:
+        gateways = self.broker.gateways
+        if gateways is not None and (subject[:5] == GR or (reply is not None and reply[:5] == GR)):
+            # A reply routed across gateways: theirs to unwrap.
+            gateways.from_route(self, subject, reply, queues, size, tail, hdr_len, body)  # type: ignore[attr-defined]
+        else:
+            self.broker.deliver_routed(self, subject, reply, queues, size, tail, hdr_len, body)
 
     def _importable(self, subject: bytes) -> bool:
         """

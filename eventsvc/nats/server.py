@@ -55,6 +55,8 @@ class ISubscriber(Protocol):
     @ivar echo: whether it wants its own publishes back.
     @ivar headers: whether it negotiated headers (HMSG) support.
     @ivar route: whether it is a route (messages from it go no further).
+    @ivar gateway: whether it is a gateway from another cluster (messages
+        from it go to this cluster only, routes included).
     @ivar may_receive: None, or whether a message on a subject may be
         delivered to it (its permissions deny some subjects that a wider
         subscription of its covers); asked once per subject, when the
@@ -66,6 +68,7 @@ class ISubscriber(Protocol):
     echo: bool
     headers: bool
     route: bool
+    gateway: bool
     may_receive: Optional[Callable[[bytes], bool]]
     out_msgs: int
     out_bytes: int
@@ -75,6 +78,20 @@ class ISubscriber(Protocol):
 
     def remove_subscription(self, sub: Subscription) -> None:
         """End C{sub} (its auto-unsubscribe maximum was reached)."""
+
+
+class IGatewayForwarder(Protocol):
+    """What the broker asks of the gateways (L{eventsvc.nats.gateway.GatewayManager})."""
+
+    def forward(
+        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
+        targets: "_Targets",
+    ) -> int:
+        """
+        Offer a message (C{tail}, or with headers C{hdr_len} and C{body}) to
+        every gateway with interest in it; C{targets} is its plan here, whose
+        queue groups this cluster serves.  Returns how many gateways took it.
+        """
 
 
 class _Targets:
@@ -136,6 +153,7 @@ class LocalSubscriber:
     """
 
     route = False
+    gateway = False
     may_receive: Optional[Callable[[bytes], bool]] = None
     echo = True
     headers = True
@@ -213,6 +231,13 @@ class Broker:
         self.connect_urls.on_change = self._connect_urls_changed
         #: The cluster's name, once this server is in one (client INFO says it).
         self.cluster_name = ""
+        #: Who hears of interest that routes told us (gateways pass on the
+        #: whole cluster's): (subject, queue, +1 or -1).
+        self.remote_interest_listeners: List[Callable[[bytes, Optional[bytes], int], None]] = []
+        #: The gateways to other clusters (L{IGatewayForwarder}), when this
+        #: server is in a supercluster: every message that did not come
+        #: from a route or a gateway is offered to them.
+        self.gateways: Optional["IGatewayForwarder"] = None
 
     # -- connections --------------------------------------------------------
 
@@ -349,7 +374,7 @@ class Broker:
                 if not conn.dirty:
                     conn.dirty = True
                     dirty.append(conn)
-            if targets.local:
+            if targets.local and self.gateways is None:
                 return count
         else:
             count = 0
@@ -370,6 +395,8 @@ class Broker:
                 count += 1
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""))
+        if self.gateways is not None and not src.gateway:
+            count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
         return count
 
     def deliver_batch(self, src: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
@@ -427,6 +454,9 @@ class Broker:
                     if not conn.dirty:
                         conn.dirty = True
                         dirty.append(conn)
+        if self.gateways is not None and not src.route and not src.gateway:
+            for tail in tails:
+                self.gateways.forward(subject, None, _payload_size(tail), tail, -1, b"", targets)
 
     def deliver_headers(
         self,
@@ -456,16 +486,55 @@ class Broker:
                 count += 1
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, message)
+        if self.gateways is not None and not src.route and not src.gateway:
+            count += self.gateways.forward(subject, reply, total, b"", hdr_len, body, targets)
+        return count
+
+    def deliver_gatewayed(
+        self, gateway: ISubscriber, subject: bytes, reply: Optional[bytes], local_reply: Optional[bytes],
+        queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int = -1, body: bytes = b"",
+    ) -> int:
+        """
+        A message from another cluster: to local plain subscribers, to the
+        routes with plain interest (this cluster's other servers), and to one
+        member of each queue group it names, in this cluster.  Never to a
+        gateway.  C{local_reply} is the reply this server's subscribers see
+        (a routed reply without its C{_GR_.} prefix); routes get C{reply}.
+        """
+        targets = self._targets.get(subject) or self._plan(subject)
+        message = _Message(subject, local_reply, size, tail, hdr_len, body)
+        routed = message if local_reply is reply else _Message(subject, reply, size, tail, hdr_len, body)
+        count = 0
+        for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
+            count += self._give(gateway, sub, conn, prefix, message)
+        # Routes that are also queue members get one RMSG naming the groups
+        # they are to serve, from _deliver_queues; the others a plain one.
+        named = bool(queues and targets.queues)
+        plain_routes = [r for r, _, _ in targets.route_plain] + ([] if named else targets.route_mixed)
+        if plain_routes:
+            frame = routed.route_frame(())
+            for conn in plain_routes:
+                conn.out.append(frame)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                self.mark_dirty(conn)
+                count += 1
+        if named:
+            count += self._deliver_queues(gateway, targets, message, only=queues, routed=routed)
         return count
 
     def _deliver_queues(
-        self, src: ISubscriber, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None
+        self, src: ISubscriber, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None,
+        routed: Optional["_Message"] = None,
     ) -> int:
         """
         One member per queue group, a local one when there is one (as
         nats-server prefers); otherwise one route with members, told the
         group's name in its RMSG.  C{only}: the groups a routed message names.
+        C{routed}: the message as routes get it (default C{message}).
         """
+        if routed is None:
+            routed = message
         count = 0
         assigned: Optional[Dict[ISubscriber, List[bytes]]] = None
         for group, (name, routes) in zip(targets.queues, targets.queue_info):
@@ -487,9 +556,9 @@ class Broker:
         if not src.route and (assigned or targets.route_mixed):
             assigned = assigned or {}
             for route in list(assigned) + [r for r in targets.route_mixed if r not in assigned]:
-                route.out.append(message.route_frame(assigned.get(route, [])))
+                route.out.append(routed.route_frame(assigned.get(route, [])))
                 route.out_msgs += 1
-                route.out_bytes += message.size
+                route.out_bytes += routed.size
                 self.mark_dirty(route)
                 count += 1
         return count
@@ -599,11 +668,15 @@ class Broker:
             self._interest_changed(sub.subject, sub.queue, -1)
 
     def add_remote_subscription(self, sub: Subscription) -> None:
-        """Interest a route told us about: not announced any further."""
+        """Interest a route told us about: not announced to routes, only to gateways."""
         self.sublist.insert(sub)
+        for listener in self.remote_interest_listeners:
+            listener(sub.subject, sub.queue, 1)
 
     def remove_remote_subscription(self, sub: Subscription) -> None:
-        self.sublist.remove(sub)
+        if self.sublist.remove(sub):
+            for listener in self.remote_interest_listeners:
+                listener(sub.subject, sub.queue, -1)
 
     def _interest_changed(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
         key = (subject, queue)

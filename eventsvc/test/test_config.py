@@ -275,3 +275,41 @@ class FieldTypeTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             config._section("<t>", "s", _Section, {"subjects": "a"})
         self.assertIn("[s] subjects: must be a list of strings", str(caught.exception))
+
+
+class SuperclusterConfigTests(SynchronousTestCase):
+    """[supercluster]: the NATS gateway protocol, apart from our [gateway] listener."""
+
+    check = ErrorTests.assertConfigError
+
+    def test_read(self) -> None:
+        c = config.parse(
+            '[supercluster]\nname = "event-service"\nport = 10147\n'
+            '[[supercluster.gateways]]\nname = "event-gateway"\nurls = ["nats://127.0.0.1:10148", "10.0.0.2:10148"]\n'
+        )
+        self.assertTrue(c.supercluster.enabled)
+        self.assertEqual(c.supercluster.name, "event-service")
+        self.assertEqual(c.supercluster.port, 10147)
+        self.assertEqual(
+            c.supercluster.gateways,
+            (config.RemoteGatewayConfig("event-gateway", ("nats://127.0.0.1:10148", "10.0.0.2:10148")),),
+        )
+        self.assertFalse(c.gateway.enabled)  # (the client listener is another thing)
+
+    def test_mistakes(self) -> None:
+        check = self.check
+        check("[supercluster]\nport = 1\n", "[supercluster] name", "gateway name")
+        check('[supercluster]\nname = "a b"\n', "[supercluster] name", "without spaces")
+        check('[supercluster]\nname = "a"\nport = 70000\n', "[supercluster] port")
+        check('[supercluster]\nname = "a"\nadvertise = "nohost"\n', "[supercluster] advertise", "host:port")
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\n', "[supercluster.gateways] urls", "#1 (b)", "at least one URL")
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurls = ["http://x:1"]\n', "[supercluster.gateways] urls", "nats://host:port")
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurls = ["nats://x:port"]\n', "[supercluster.gateways] urls")
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "a"\nurls = ["x:1"]\n', "own name")
+        check(
+            '[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurls = ["x:1"]\n[[supercluster.gateways]]\nname = "b"\nurls = ["x:2"]\n',
+            "#2", "given twice",
+        )
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nurls = ["x:1"]\n', "[supercluster.gateways] name")
+        check('[supercluster]\nname = "a"\ntls = true\n', "[supercluster] tls", "[tls]")
+        check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurl = ["x:1"]\n', "unknown key", "urls")

@@ -1,0 +1,1021 @@
+"""
+Gateways: the supercluster protocol of nats-server 2.9, both ways.
+
+A gateway joins this server's cluster to another cluster (eventsvc or
+nats-server).  Each server dials one connection to every remote gateway
+(I{outbound}: our messages go out on it, the peer's interest comes back on
+it) and accepts one from every server of the remote clusters (I{inbound}:
+their messages come in on it, our cluster's interest goes out on it).
+
+Interest, as 2.9 does it:
+  - an outbound connection starts I{optimistic}: everything goes, except
+    subjects the peer said it has no interest in (C{RS-}) and accounts it
+    has none in at all (C{A-});
+  - the peer switches it to I{interest-only} (C{INFO} with C{gateway_cmd}
+    2, every C{RS+}, C{gateway_cmd} 3), after which only what it asked
+    for goes;
+  - we switch every inbound connection to interest-only as soon as it
+    registers, as 2.9 does, so we never need to send C{RS-} for a message
+    nobody here wanted.
+Queue groups are served once in the whole supercluster: in this cluster
+when any member is here, else by the first gateway with members, told the
+group's name in its C{RMSG}.
+
+Replies: a request whose reply subject one of our subscriptions made in
+the last two seconds gets the reply C{_GR_.<cluster hash>.<server
+hash>.<reply>}, so the answer comes straight back to this server whatever
+interest has or has not crossed yet.  A message arriving with such a reply
+is given to our subscribers with the plain reply, and for two seconds a
+publish to that reply goes straight back to the cluster it names.
+
+What it must not do: know about events, tokens or HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from eventsvc import wirejson
+from eventsvc.nats import limits
+from eventsvc.nats.client import failure_reason
+from eventsvc.nats.liveness import PONG, Pinger
+from eventsvc.nats.listener import ListenError
+from eventsvc.nats.outbound import Outbound
+from eventsvc.nats.parser import GatewayParser, ProtocolViolation
+from eventsvc.nats.server import Broker
+from eventsvc.nats.subjects import Sublist, Subscription, subject_matches, valid_subject
+from eventsvc.nats.tcp import no_delay
+
+GLOBAL = b"$G"
+#: Routed replies: C{_GR_.<cluster hash>.<server hash>.<reply>}.
+GR_PREFIX = b"_GR_."
+HASH_LEN = 6
+_CLUSTER_AT = len(GR_PREFIX)
+_SERVER_AT = _CLUSTER_AT + HASH_LEN + 1
+SUBJECT_AT = _SERVER_AT + HASH_LEN + 1
+#: How long a subscription counts as recent (its requests' replies are
+#: routed), and how long a routed reply is remembered: nats-server's 2 s.
+RECENT = 2.0
+#: Gateways ping at least this often, busy or not (nats-server's rule).
+MAX_PING_INTERVAL = 15.0
+#: INFO gateway_cmd values.
+CMD_GOSSIP, CMD_ALL_SUBS_START, CMD_ALL_SUBS_COMPLETE = 1, 2, 3
+OPTIMISTIC, TRANSITIONING, INTEREST_ONLY = "Optimistic", "Transitioning", "Interest-Only"
+
+_DIGITS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def gateway_hash(name: str) -> bytes:
+    """nats-server's getHashSize(name, 6): the name in a routed reply."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return bytes(_DIGITS[b % 62] for b in digest[:HASH_LEN])
+
+
+def routed(subject: bytes) -> bool:
+    """Whether C{subject} is a routed reply (C{_GR_.} with both hashes and more)."""
+    return len(subject) > SUBJECT_AT and subject[:_CLUSTER_AT] == GR_PREFIX
+
+
+def gateway_info_line(info: Dict[str, Any]) -> bytes:
+    """A gateway INFO, as nats-server writes one (no space before CRLF)."""
+    return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b"\r\n"
+
+
+def command_info(gateway: str, cmd: int, account: bytes) -> bytes:
+    """An interest-mode command, in nats-server's shape (its Info with zero values)."""
+    return gateway_info_line({
+        "server_id": "", "server_name": "", "version": "", "proto": 0, "go": "", "host": "", "port": 0,
+        "headers": False, "max_payload": 0, "gateway": gateway, "gateway_cmd": cmd,
+        "gateway_cmd_payload": base64.b64encode(account).decode("ascii"),
+    })
+
+
+class RemoteInterest:
+    """
+    What the peer of an outbound connection wants of the C{$G} account,
+    as nats-server's C{outsie}: unknown (nothing heard yet), none (C{A-}),
+    or an entry with a mode, the subjects it has no interest in
+    (optimistic) and a sublist of what it asked for.  Pure bookkeeping.
+    """
+
+    def __init__(self, owner: Any, interest_only: bool = False) -> None:
+        self.owner = owner
+        #: The peer said every account is switched to interest-only at once
+        #: (INFO gateway_iom): until it says so for an account, nothing goes.
+        self.interest_only = interest_only
+        self.state = "unknown"  # or "none" (A-), or "entry"
+        self.mode = OPTIMISTIC
+        self.ni: Set[bytes] = set()
+        self.sublist = Sublist()
+        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
+        self.queue_subs = 0
+
+    def _entry(self) -> None:
+        if self.state != "entry":
+            self.state, self.mode, self.ni = "entry", OPTIMISTIC, set()
+
+    def wants(self, subject: bytes) -> Tuple[bool, List[bytes]]:
+        """(plain interest, the queue groups with members there) for a message on C{subject}."""
+        if self.state == "none":
+            return False, []
+        if self.state == "unknown":
+            return not self.interest_only, []
+        plain = self.mode != INTEREST_ONLY and subject not in self.ni
+        result = self.sublist.match(subject)
+        if result.plain:
+            plain = True
+        return plain, [group[0].queue for group in result.queues if group and group[0].queue is not None]
+
+    def rs_plus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        if self.state == "entry":
+            use_sublist = queue is not None or self.mode != OPTIMISTIC
+        elif queue is None:
+            return
+        else:
+            self._entry()
+            use_sublist = True
+        if not use_sublist:
+            if b"*" in subject or b">" in subject:
+                self.ni = {s for s in self.ni if not subject_matches(subject, s)}
+            else:
+                self.ni.discard(subject)
+            return
+        key = (subject, queue)
+        if key in self.subs:
+            return
+        sub = Subscription(self.owner, subject, queue, b"")
+        self.subs[key] = sub
+        self.sublist.insert(sub)
+        if queue is not None:
+            self.queue_subs += 1
+
+    def rs_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        if self.state == "entry":
+            use_sublist = queue is not None or self.mode != OPTIMISTIC
+        elif queue is not None:
+            return
+        else:
+            self._entry()
+            use_sublist = False
+        if not use_sublist:
+            self.ni.add(subject)
+            return
+        sub = self.subs.pop((subject, queue), None)
+        if sub is None:
+            return
+        self.sublist.remove(sub)
+        if queue is not None:
+            self.queue_subs -= 1
+        if not self.subs and self.mode == OPTIMISTIC and not self.ni:
+            self.state = "unknown"
+
+    def account(self, interested: bool) -> None:
+        """C{A+} (True) or C{A-} (False) for the account."""
+        if interested:
+            if self.state == "none" or (self.state == "entry" and self.queue_subs == 0):
+                self._forget()
+        elif self.state == "entry" and self.queue_subs > 0:
+            self.ni = set()  # (nats-server keeps the queue members and clears the rest)
+        else:
+            self._forget()
+            self.state = "none"
+
+    def _forget(self) -> None:
+        self.state, self.mode, self.ni = "unknown", OPTIMISTIC, set()
+        for sub in self.subs.values():
+            self.sublist.remove(sub)
+        self.subs.clear()
+        self.queue_subs = 0
+
+    def start(self) -> None:
+        """The peer starts sending all its interest (gateway_cmd 2)."""
+        self._entry()
+        self.mode = TRANSITIONING
+
+    def complete(self) -> None:
+        """All its interest has been sent (gateway_cmd 3): only that goes from now on."""
+        if self.state == "entry":
+            self.ni = set()
+            self.mode = INTEREST_ONLY
+
+
+@implementer(IHandshakeListener)
+class GatewayConnection(Protocol):
+    """
+    One gateway connection, dialled (C{remote} given: it carries our
+    messages and brings back the peer's interest) or accepted (it brings
+    the peer's messages and carries our cluster's interest).  Its parts
+    are a route's: the framing loop (L{GatewayParser}), the outbound part
+    (cut at C{max_pending}, never stalling anyone) and the pinger.
+    """
+
+    log = Logger()
+    route = False
+    gateway = True
+    may_receive: Optional[Callable[[bytes], bool]] = None
+    transport: Any
+    echo = True
+    headers = True
+    plain = True
+    may_publish = None
+
+    def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
+        self.manager = manager
+        self.broker: Broker = manager.broker
+        settings = manager.settings
+        self.remote = remote
+        self.dialled = remote is not None
+        #: The remote gateway's (cluster's) name, and its hash in routed replies.
+        self.name = remote.name if remote is not None else ""
+        self.hash = remote.hash if remote is not None else b""
+        self.parser = GatewayParser(self, settings.max_control_line, settings.max_payload)
+        self.remote_id = ""
+        self.remote_info: Dict[str, Any] = {}
+        self.connect_seen = False  # accepted: its CONNECT came
+        self.registered = False
+        self.closed = False
+        self.interest = RemoteInterest(self)
+        #: Whether the peer takes HMSG (else headers are dropped, as nats-server does).
+        self.peer_headers = True
+        #: Accounts we told the peer (A-) we have no interest in.
+        self.refused_accounts: Set[bytes] = set()
+        self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
+        self.out = self.outbound.out
+        self.flush = self.outbound.flush
+        self.dirty = False
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.pinger = Pinger(
+            manager.clock, min(settings.ping_interval, MAX_PING_INTERVAL), settings.ping_max, self._send_now, self._stale,
+        )
+        self.host, self.port = "", 0
+        self.start = self.last_activity = 0.0
+        self._deadline: Any = None
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        self.start = self.last_activity = self.manager.clock.seconds()
+        peer = self.transport.getPeer()
+        self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+        self.outbound.attach(self.transport)
+        if not self.dialled:
+            self.send(self.manager.info_line())
+            self.flush()
+        self._deadline = self.manager.clock.callLater(self.manager.settings.handshake_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.registered and not self.closed:
+            self.log.warn(
+                "gateway {way} {host}:{port} did not complete its handshake in {t}s: closing it",
+                way="to" if self.dialled else "from", host=self.host, port=self.port, t=self.manager.settings.handshake_timeout,
+            )
+            self.close("Authentication Timeout", "handshake timeout")
+
+    def handshakeCompleted(self) -> None:
+        """TLS: an accepted peer's certificate must carry the name we expect."""
+        name = self.manager.settings.tls_name
+        if not name or self.dialled:
+            return  # dialled gateways were checked by the client TLS options
+        try:
+            from service_identity.cryptography import verify_certificate_hostname
+
+            verify_certificate_hostname(self.transport.getPeerCertificate().to_cryptography(), name)
+        except Exception as e:
+            self.log.warn("gateway from {host}:{port} refused: its certificate is not for {name} ({why})", host=self.host, port=self.port, name=name, why=e)
+            self.close(None, "certificate name")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = self.manager.clock.seconds()
+        try:
+            self.parser.feed(data)
+        except ProtocolViolation as v:
+            self.close(v.error, v.detail or v.error or "protocol violation")
+        self.broker.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.closed:
+            why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
+            if not self.registered:
+                self.log.warn(
+                    "gateway {way} {host}:{port} failed before it was up: {why}",
+                    way="to " + self.name if self.dialled else "from", host=self.host, port=self.port, why=why,
+                )
+            self._teardown(why)
+
+    def close(self, error: Optional[str], why: str) -> None:
+        if self.closed:
+            return
+        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
+        self._teardown(why)
+        self.transport.loseConnection()
+
+    def _teardown(self, why: str) -> None:
+        self.closed = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self.pinger.stop()
+        self.outbound.close()
+        self.manager.lost(self, why)
+
+    # -- output and liveness -----------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.broker.mark_dirty(self)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.outbound.pending_bytes
+
+    def stall(self, consumer: Any) -> None:
+        pass  # a gateway's reads are never stalled for a slow client
+
+    def _slow(self, why: str) -> None:
+        self.log.warn("gateway {name} cannot keep up ({n} bytes held): closing it", name=self.name or self.host, n=self.outbound.held_bytes)
+        self.close(None, "slow gateway")
+
+    def _send_now(self, data: bytes) -> None:
+        self.send(data)
+        self.broker.flush()
+
+    def _stale(self) -> None:
+        self.close("Stale Connection", "stale gateway")
+
+    def send_message(
+        self, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
+    ) -> None:
+        """An RMSG (or HMSG) in C{$G} to the peer, naming C{queues} if any."""
+        if queues:
+            middle = (b"+ " + reply + b" " if reply is not None else b"| ") + b" ".join(queues) + b" "
+        else:
+            middle = b"" if reply is None else reply + b" "
+        if hdr_len < 0:
+            frame = b"RMSG $G " + subject + b" " + middle + tail
+        elif self.peer_headers:
+            frame = b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body)
+        else:
+            frame = b"RMSG $G %s %s%d\r\n%s" % (subject, middle, size - hdr_len, body[hdr_len:])
+        self.out.append(frame)
+        self.out_msgs += 1
+        self.out_bytes += size
+        self.broker.mark_dirty(self)
+
+    # -- the handshake -------------------------------------------------------------
+
+    def op_connect(self, arg: bytes) -> None:
+        if self.dialled:
+            return  # (nats-server's dialled side ignores one too)
+        try:
+            options = wirejson.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad CONNECT on gateway")
+        if not isinstance(options, dict):
+            raise ProtocolViolation(None, "bad CONNECT on gateway")
+        if not options.get("gateway") or not isinstance(options.get("gateway"), str):
+            self.log.warn("{host}:{port} dialled the gateway port without being a gateway", host=self.host, port=self.port)
+            raise ProtocolViolation("attempted to connect to gateway port", "not a gateway")
+        if not self.manager.check_credentials(options):
+            self.log.warn("gateway {name} from {host}:{port} refused: wrong credentials", name=options["gateway"], host=self.host, port=self.port)
+            raise ProtocolViolation("Authorization Violation", "gateway credentials refused")
+        self.connect_seen = True
+
+    def op_info(self, arg: bytes) -> None:
+        try:
+            info = wirejson.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad INFO on gateway")
+        if not isinstance(info, dict):
+            raise ProtocolViolation(None, "bad INFO on gateway")
+        if self.dialled:
+            self._info_from_peer(info)
+        elif not self.connect_seen:
+            raise ProtocolViolation("Authorization Violation", "INFO before CONNECT on gateway")
+        elif not self.registered:
+            name = info.get("gateway")
+            if not isinstance(name, str) or not name:
+                raise ProtocolViolation(None, "gateway INFO without a gateway name")
+            if info.get("server_id") == self.broker.server_id or name == self.manager.settings.name:
+                self.close(None, "connected to ourselves")
+                return
+            self.name, self.hash = name, gateway_hash(name)
+            self.remote_id, self.remote_info = str(info.get("server_id", "")), info
+            self.manager.inbound_up(self)
+
+    def _info_from_peer(self, info: Dict[str, Any]) -> None:
+        first = not self.remote_id
+        name = info.get("gateway")
+        if not name:
+            self.log.warn("gateway {name} at {host}:{port} is not a gateway port", name=self.name, host=self.host, port=self.port)
+            self.close('Attempt to connect to gateway "{}" using wrong port'.format(self.name), "wrong port")
+            return
+        if name != self.name:
+            if not first and info.get("gateway_cmd") == CMD_GOSSIP:
+                self.manager.heard_of(info)
+                return
+            self.log.warn("gateway {name} at {host}:{port} says it is {other}: closing it", name=self.name, host=self.host, port=self.port, other=name)
+            self.close(
+                'Connection from "{}" rejected, wanted to connect to "{}", this is "{}"'.format(self.manager.settings.name, self.name, name),
+                "wrong gateway",
+            )
+            return
+        urls = info.get("gateway_urls")
+        if isinstance(urls, list):
+            self.manager.learn_urls(self.name, [u for u in urls if isinstance(u, str)])
+        if first:
+            server_id = str(info.get("server_id", ""))
+            if server_id == self.broker.server_id:
+                self.close(None, "connected to ourselves")
+                return
+            self.remote_id, self.remote_info = server_id, info
+            self.interest.interest_only = bool(info.get("gateway_iom"))
+            self.peer_headers = bool(info.get("headers"))
+            self.send(b"CONNECT " + json.dumps(self.manager.connect_options(), separators=(",", ":")).encode() + b"\r\n")
+            self.send(self.manager.info_line())
+            if not self.manager.outbound_up(self):
+                self.close(None, "duplicate gateway to {}".format(self.name))
+            return
+        cmd = info.get("gateway_cmd")
+        if cmd in (CMD_ALL_SUBS_START, CMD_ALL_SUBS_COMPLETE):
+            payload = info.get("gateway_cmd_payload")
+            try:
+                account = base64.b64decode(payload, validate=True) if isinstance(payload, str) else b""
+            except ValueError:
+                account = b""
+            if not account:
+                raise ProtocolViolation(
+                    "Account absent from receive-all-subscriptions-{} command".format("start" if cmd == CMD_ALL_SUBS_START else "complete"),
+                    "gateway command without an account",
+                )
+            if account == GLOBAL:
+                if cmd == CMD_ALL_SUBS_START:
+                    self.interest.start()
+                else:
+                    self.interest.complete()
+                    self.log.info("gateway {name}: interest-only mode", name=self.name)
+
+    # -- interest (the peer's, on a dialled connection) -------------------------------
+
+    def _outbound_only(self, verb: str) -> None:
+        if not self.dialled:
+            raise ProtocolViolation(None, "{} from gateway on inbound connection".format(verb))
+
+    def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        self._outbound_only("RS+")
+        if account == GLOBAL and valid_subject(subject):
+            self.interest.rs_plus(subject, queue)
+
+    def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        self._outbound_only("RS-")
+        if account == GLOBAL:
+            self.interest.rs_minus(subject, queue)
+
+    def op_account(self, account: bytes, interested: bool) -> None:
+        self._outbound_only("A+" if interested else "A-")
+        if account == GLOBAL:
+            self.interest.account(interested)
+
+    # -- messages (the peer's, on an accepted connection) -------------------------------
+
+    def _take(self, account: bytes, subject: bytes) -> bool:
+        if self.dialled or not self.registered:
+            return False
+        if account != GLOBAL:
+            if account not in self.refused_accounts:
+                # As nats-server: tell it once that we have nobody there.
+                self.refused_accounts.add(account)
+                self.send(b"A- " + account + b"\r\n")
+            return False
+        return True
+
+    def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        """An RMSG in C{$G} without queue names (the framing loop counts it)."""
+        if self._take(GLOBAL, subject):
+            return self.manager.received(self, subject, reply, (), size, tail, -1, b"")
+        return 0
+
+    def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
+        for tail in tails:
+            self.publish(self, subject, None, len(tail) - tail.index(b"\n") - 3, tail)
+
+    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        self.publish(self, subject, reply, size, tail)
+
+    def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        if self._take(account, subject):
+            self.manager.received(self, subject, reply, queues, size, tail, -1, b"")
+
+    def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        self.in_msgs += 1
+        self.in_bytes += total
+        if self._take(account, subject):
+            self.manager.received(self, subject, reply, queues, total, b"", hdr_len, body)
+
+    def op_no_responders(self, reply: bytes) -> None:
+        pass
+
+    def parse_later(self) -> None:
+        pass  # gateways are parsed without a budget
+
+    def op_ping(self) -> None:
+        self.send(PONG)
+
+    def op_pong(self) -> None:
+        self.pinger.pong_received()
+
+    def op_err(self, arg: bytes) -> None:
+        self.log.warn("gateway {name} says: {error}", name=self.name or self.host, error=arg.decode("utf-8", "replace"))
+        self.close(None, "peer sent -ERR")
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        pass
+
+
+class _Accepting(Factory):
+    noisy = False
+
+    def __init__(self, manager: "GatewayManager") -> None:
+        self.manager = manager
+
+    def buildProtocol(self, addr: Any) -> GatewayConnection:
+        return GatewayConnection(self.manager)
+
+
+class _Dialling(ClientFactory):
+    noisy = False
+
+    def __init__(self, manager: "GatewayManager", remote: "RemoteGateway", url: str) -> None:
+        self.manager = manager
+        self.remote = remote
+        self.url = url
+
+    def buildProtocol(self, addr: Any) -> GatewayConnection:
+        return GatewayConnection(self.manager, self.remote)
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.manager.dial_failed(self.remote, self.url, reason.getErrorMessage())
+
+
+class RemoteGateway:
+    """A gateway we dial: configured, or implicit (heard of, dialled until it fails)."""
+
+    def __init__(self, name: str, urls: Sequence[str], implicit: bool = False) -> None:
+        self.name = name
+        self.hash = gateway_hash(name)
+        self.urls: List[str] = []
+        self.implicit = implicit
+        self.attempts = 0
+        self.add(urls)
+
+    def add(self, urls: Sequence[str]) -> None:
+        for url in urls:
+            url = url if "://" in url else "nats://" + url
+            if url not in self.urls:
+                self.urls.append(url)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """A supercluster's settings, built once from [supercluster] and [limits]."""
+
+    name: str
+    host: str = "0.0.0.0"
+    #: The port configured (0: any); the manager's C{port} is the one bound.
+    port: int = 7222
+    #: The gateways to dial: (name, (url, ...)).
+    gateways: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    user: str = ""
+    password: str = ""
+    #: host:port other gateways are told to dial for this server (default: host and port).
+    advertise: str = ""
+    max_payload: int = limits.MAX_PAYLOAD
+    max_control_line: int = limits.MAX_CONTROL_LINE
+    max_pending: int = limits.MAX_PENDING
+    ping_interval: float = limits.PING_INTERVAL
+    ping_max: int = limits.PING_MAX
+    #: Seconds a gateway connection has to be up (TLS, INFO, CONNECT).
+    handshake_timeout: float = 5.0
+    retry_initial: float = 0.5
+    retry_max: float = 10.0
+    #: TLS: server options (mutual) for accepted gateways, a function of the
+    #: host name giving client options for dialled ones, and the name
+    #: peers' certificates must carry.
+    tls_server: Any = None
+    tls_client: Any = None
+    tls_name: str = ""
+    listen_backlog: int = limits.LISTEN_BACKLOG
+
+
+class _ReplySource:
+    """The source of a routed reply that reached its cluster: delivered as a client's publish is."""
+
+    route = False
+    gateway = False
+    echo = True
+    headers = True
+
+
+class GatewayManager(Service):
+    """The gateways of one server: the listener, the dialled gateways, interest, replies."""
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, reactor: Any, settings: GatewaySettings) -> None:
+        self.setName("supercluster")
+        self.broker = broker
+        self.clock = reactor
+        self.settings = settings
+        self.port = settings.port
+        self.cluster_hash = gateway_hash(settings.name)
+        self.server_hash = gateway_hash(broker.server_id)
+        self.reply_prefix = GR_PREFIX + self.cluster_hash + b"." + self.server_hash + b"."
+        self.remotes: Dict[str, RemoteGateway] = {name: RemoteGateway(name, urls) for name, urls in settings.gateways}
+        #: Registered connections: dialled by remote name, accepted ones.
+        self.outbound: Dict[str, GatewayConnection] = {}
+        self.inbound: List[GatewayConnection] = []
+        self._outbound_list: List[GatewayConnection] = []
+        #: This cluster's interest (local and routes'), as the peers are told it.
+        self.interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
+        #: Subscriptions made in the last RECENT seconds (replies to them are routed).
+        self.recent = Sublist()
+        #: Routed replies we gave our subscribers: plain reply -> (routed, until).
+        self.replies: Dict[bytes, Tuple[bytes, float]] = {}
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+        self._dialling: Set[str] = set()
+        self._timers: Dict[str, Any] = {}
+        self.random = random.Random()
+        self.listening: Any = None
+        #: The routes of this cluster (a RouteManager), for replies meant for
+        #: another server of ours; set by whoever composes the two.
+        self.routes: Any = None
+        self.source = _ReplySource()
+        #: Messages dropped: a routed reply for another cluster.
+        self.dropped = 0
+
+    # -- what we say ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.settings.advertise:
+            return self.settings.advertise
+        host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0", "::") else self.settings.host
+        return "{}:{}".format(host, self.port)
+
+    def info(self) -> Dict[str, Any]:
+        b = self.broker
+        host, _, port = self.url.rpartition(":")
+        info: Dict[str, Any] = {
+            "server_id": b.server_id,
+            "server_name": b.server_name,
+            "version": b.version,
+            "proto": 0,
+            "go": b.implementation,
+            "host": host,
+            "port": int(port) if port.isdigit() else self.port,
+            "headers": True,
+        }
+        if self.settings.user:
+            info["auth_required"] = True
+        if self.settings.tls_server is not None:
+            info.update(tls_required=True, tls_verify=True)
+        info.update(
+            max_payload=self.settings.max_payload, gateway=self.settings.name, gateway_urls=[self.url],
+            gateway_url=self.url, gateway_nrp=True, gateway_iom=True,
+        )
+        return info
+
+    def info_line(self) -> bytes:
+        return gateway_info_line(self.info())
+
+    def connect_options(self) -> Dict[str, Any]:
+        options: Dict[str, Any] = {"echo": False, "verbose": False, "pedantic": False}
+        if self.settings.user:
+            options.update(user=self.settings.user, **{"pass": self.settings.password})
+        options.update(
+            tls_required=self.settings.tls_client is not None, headers=True, name=self.broker.server_id,
+            cluster=self.broker.cluster_name, gateway=self.settings.name,
+        )
+        return options
+
+    def check_credentials(self, options: Dict[str, Any]) -> bool:
+        if not self.settings.user:
+            return True
+        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        try:
+            if self.settings.tls_server is not None:
+                self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.settings.tls_server, interface=self.settings.host)
+            else:
+                self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.settings.listen_backlog, interface=self.settings.host)
+        except CannotListenError as e:
+            raise ListenError("cannot listen on {}:{} for gateways ([supercluster] host and port): {}".format(self.settings.host, self.port, e.socketError))
+        self.port = self.listening.getHost().port
+        self.log.info("supercluster gateway {name} listening on {host}:{port}", name=self.settings.name, host=self.settings.host, port=self.port)
+        super().startService()
+        for sub in self.broker.sublist.all():
+            self._count(sub.subject, sub.queue, 1)
+        self.broker.gateways = self
+        self.broker.interest_listeners.append(self._local_interest)
+        self.broker.remote_interest_listeners.append(self._route_interest)
+        for remote in list(self.remotes.values()):
+            self.dial(remote)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.broker.gateways is self:
+            self.broker.gateways = None
+        if self._local_interest in self.broker.interest_listeners:
+            self.broker.interest_listeners.remove(self._local_interest)
+        if self._route_interest in self.broker.remote_interest_listeners:
+            self.broker.remote_interest_listeners.remove(self._route_interest)
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for conn in list(self.outbound.values()) + list(self.inbound):
+            conn.close(None, "server shutting down")
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+    # -- dialling ------------------------------------------------------------------------
+
+    def dial(self, remote: RemoteGateway) -> None:
+        if not self.running or remote.name in self._dialling or remote.name in self.outbound or not remote.urls:
+            return
+        url = remote.urls[remote.attempts % len(remote.urls)]
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.port:
+            self.log.error("gateway {name}: {url} is not host:port", name=remote.name, url=url)
+            return
+        self._dialling.add(remote.name)
+        factory = _Dialling(self, remote, url)
+        if self.settings.tls_client is not None:
+            options = self.settings.tls_client(self.settings.tls_name or parts.hostname)
+            self.clock.connectSSL(parts.hostname, parts.port, factory, options, timeout=5)
+        else:
+            self.clock.connectTCP(parts.hostname, parts.port, factory, timeout=5)
+
+    def dial_failed(self, remote: RemoteGateway, url: str, why: str) -> None:
+        self._dialling.discard(remote.name)
+        self._redial(remote, "{}: {}".format(url, why))
+
+    def _redial(self, remote: RemoteGateway, why: str) -> None:
+        if not self.running or self.remotes.get(remote.name) is not remote:
+            return
+        if remote.implicit:
+            # As nats-server: a gateway we only heard of is not chased; it
+            # dials us again when it comes back.
+            self.log.info("gateway {name}: {why}; it was implicit, not dialling it again", name=remote.name, why=why)
+            del self.remotes[remote.name]
+            return
+        n = remote.attempts
+        remote.attempts = n + 1
+        delay = min(self.settings.retry_max, self.settings.retry_initial * (2 ** min(n, 16))) * (0.5 + 0.5 * self.random.random())
+        self.log.info("gateway {name}: {why}; dialling again in {delay:.1f}s", name=remote.name, why=why, delay=delay)
+        self._timers[remote.name] = self.clock.callLater(delay, self.dial, remote)
+
+    def learn_urls(self, name: str, urls: Sequence[str]) -> None:
+        remote = self.remotes.get(name)
+        if remote is not None:
+            remote.add(urls)
+
+    def heard_of(self, info: Dict[str, Any]) -> None:
+        """Gossip or an inbound gateway we do not dial yet: an implicit gateway."""
+        name = info.get("gateway")
+        urls = info.get("gateway_urls")
+        if not isinstance(name, str) or not name or name == self.settings.name:
+            return
+        urls = [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
+        remote = self.remotes.get(name)
+        if remote is not None:
+            remote.add(urls)
+            return
+        if not urls:
+            return
+        remote = self.remotes[name] = RemoteGateway(name, urls, implicit=True)
+        self.log.info("heard of gateway {name} at {urls}: dialling it", name=name, urls=", ".join(remote.urls))
+        self.dial(remote)
+
+    # -- the links -------------------------------------------------------------------------
+
+    def _up(self, conn: GatewayConnection) -> None:
+        conn.registered = True
+        if conn._deadline is not None and conn._deadline.active():
+            conn._deadline.cancel()
+        conn._deadline = None
+        conn.pinger.start()
+
+    def outbound_up(self, conn: GatewayConnection) -> bool:
+        remote = conn.remote
+        assert remote is not None
+        self._dialling.discard(remote.name)
+        existing = self.outbound.get(remote.name)
+        if existing is not None and existing is not conn and not existing.closed:
+            return False
+        remote.attempts = 0
+        self.outbound[remote.name] = conn
+        self._outbound_list = list(self.outbound.values())
+        self._up(conn)
+        self.log.info("gateway to {name} ({peer}) up, dialled {host}:{port}", name=remote.name, peer=conn.remote_id, host=conn.host, port=conn.port)
+        self.broker.flush()
+        return True
+
+    def inbound_up(self, conn: GatewayConnection) -> None:
+        self.inbound.append(conn)
+        self._up(conn)
+        self.log.info("gateway from {name} ({peer}) up, accepted from {host}:{port}", name=conn.name, peer=conn.remote_id, host=conn.host, port=conn.port)
+        # As 2.9: our queue groups first, then the account switched to
+        # interest-only at once (every plain interest between the commands).
+        queues = [b"RS+ $G %s %s 1\r\n" % (s, q) for (s, q) in self.interest if q is not None]
+        plain = [b"RS+ $G %s\r\n" % s for (s, q) in self.interest if q is None]
+        conn.send(b"".join(queues))
+        # It may be a gateway we do not dial yet (an implicit one), and it
+        # hears of the others we know (gossip), as nats-server does.
+        self.heard_of(dict(conn.remote_info, gateway=conn.name))
+        for name, remote in self.remotes.items():
+            if name != conn.name and remote.urls:
+                conn.send(gateway_info_line({
+                    "server_id": self.broker.server_id, "gateway": name,
+                    "gateway_urls": [u.split("://", 1)[-1] for u in remote.urls], "gateway_cmd": CMD_GOSSIP,
+                }))
+        conn.send(command_info(self.settings.name, CMD_ALL_SUBS_START, GLOBAL))
+        conn.send(b"".join(plain))
+        conn.send(command_info(self.settings.name, CMD_ALL_SUBS_COMPLETE, GLOBAL))
+        self.broker.flush()
+
+    def lost(self, conn: GatewayConnection, why: str) -> None:
+        if conn.dialled:
+            remote = conn.remote
+            assert remote is not None
+            self._dialling.discard(remote.name)
+            if self.outbound.get(remote.name) is conn:
+                del self.outbound[remote.name]
+                self._outbound_list = list(self.outbound.values())
+                self.log.info("gateway to {name} down: {why}", name=remote.name, why=why)
+            self._redial(remote, why)
+        elif conn in self.inbound:
+            self.inbound.remove(conn)
+            self.log.info("gateway from {name} ({peer}) down: {why}", name=conn.name, peer=conn.remote_id, why=why)
+
+    def down(self) -> List[str]:
+        """The configured gateways without a link out."""
+        return [name for name, remote in self.remotes.items() if not remote.implicit and name not in self.outbound]
+
+    # -- our interest, told to the peers ------------------------------------------------------
+
+    def _local_interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
+        self._count(subject, queue, after - before)
+
+    def _route_interest(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
+        self._count(subject, queue, delta)
+
+    def _count(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
+        if delta > 0 and self.running:
+            sub = Subscription(self, subject, queue, b"")
+            self.recent.insert(sub)
+            self.clock.callLater(RECENT, self.recent.remove, sub)
+        key = (subject, queue)
+        before = self.interest.get(key, 0)
+        after = before + delta
+        if after > 0:
+            self.interest[key] = after
+        else:
+            self.interest.pop(key, None)
+        if (before > 0) == (after > 0) or not self.inbound:
+            return
+        if after > 0:
+            line = b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s 1\r\n" % (subject, queue)
+        else:
+            line = b"RS- $G %s\r\n" % subject if queue is None else b"RS- $G %s %s\r\n" % (subject, queue)
+        for conn in self.inbound:
+            conn.send(line)
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def forward(
+        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
+    ) -> int:
+        """The broker's hook: a message from this cluster, to the gateways that want it."""
+        outs = self._outbound_list
+        if not outs:
+            return 0
+        if self.replies:
+            known = self.replies.get(subject)
+            if known is not None:
+                if known[1] >= self.clock.seconds():
+                    subject = known[0]  # an answer to a routed request: straight back
+                else:
+                    del self.replies[subject]
+        if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
+            wanted = subject[_CLUSTER_AT : _CLUSTER_AT + HASH_LEN]
+            for conn in outs:
+                if conn.hash == wanted:
+                    conn.send_message(subject, self._reply(reply), (), size, tail, hdr_len, body)
+                    return 1
+            return 0
+        served = {name for name, _ in targets.queue_info} if targets.queue_info else set()
+        count = 0
+        mapped: Optional[bytes] = None
+        for conn in outs:
+            plain, queues = conn.interest.wants(subject)
+            if queues:
+                queues = [q for q in queues if q not in served]
+                served.update(queues)
+            if not plain and not queues:
+                continue
+            if reply is not None and mapped is None:
+                mapped = self._reply(reply)
+            conn.send_message(subject, mapped, queues, size, tail, hdr_len, body)
+            count += 1
+        return count
+
+    def _reply(self, reply: Optional[bytes]) -> Optional[bytes]:
+        """The reply as gateways get it: routed when a recent subscription here takes it."""
+        if reply is None or not self.recent.count:
+            return reply
+        found = self.recent.match(reply, False)
+        return self.reply_prefix + reply if found.plain or found.queues else reply
+
+    def strip(self, reply: Optional[bytes]) -> Optional[bytes]:
+        """A reply as our subscribers see it: a routed one loses its prefix, and is remembered."""
+        if reply is None or reply[:_CLUSTER_AT] != GR_PREFIX or not routed(reply):
+            return reply
+        plain = reply[SUBJECT_AT:]
+        self.replies[plain] = (reply, self.clock.seconds() + RECENT)
+        if not self._sweeper.running:
+            self._sweeper.start(RECENT, now=False)
+        return plain
+
+    def _sweep(self) -> None:
+        now = self.clock.seconds()
+        for plain in [p for p, (_, until) in self.replies.items() if until < now]:
+            del self.replies[plain]
+        if not self.replies:
+            self._sweeper.stop()
+
+    def received(
+        self, conn: GatewayConnection, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
+        size: int, tail: bytes, hdr_len: int, body: bytes,
+    ) -> int:
+        """A message from another cluster."""
+        if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
+            return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
+        return self.broker.deliver_gatewayed(conn, subject, reply, self.strip(reply), queues, size, tail, hdr_len, body)
+
+    def from_route(
+        self, route: Any, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
+        size: int, tail: bytes, hdr_len: int, body: bytes,
+    ) -> int:
+        """A message from a route with a routed subject or reply (a route's hook)."""
+        if routed(subject):
+            return self._routed_reply(route, subject, reply, size, tail, hdr_len, body)
+        return self.broker.deliver_routed(route, subject, self.strip(reply), queues, size, tail, hdr_len, body)
+
+    def _routed_reply(
+        self, conn: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
+    ) -> int:
+        """nats-server's handleGatewayReply: a reply routed to this cluster, perhaps to another server of it."""
+        if subject[_CLUSTER_AT : _CLUSTER_AT + HASH_LEN] != self.cluster_hash:
+            self.dropped += 1
+            return 0
+        server = subject[_SERVER_AT : _SERVER_AT + HASH_LEN]
+        if conn.gateway and server != self.server_hash and self.routes is not None:
+            for route in list(self.routes.routes.values()):
+                if gateway_hash(route.remote_id) == server:
+                    middle = b"" if reply is None else reply + b" "
+                    if hdr_len < 0:
+                        route.send(b"RMSG $G " + subject + b" " + middle + tail)
+                    else:
+                        route.send(b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body))
+                    return 1
+        plain = subject[SUBJECT_AT:]
+        local_reply = self.strip(reply)
+        if hdr_len < 0:
+            return self.broker.deliver(self.source, plain, local_reply, size, tail)  # type: ignore[arg-type]
+        return self.broker.deliver_headers(self.source, plain, local_reply, hdr_len, size, body)  # type: ignore[arg-type]

@@ -1,0 +1,162 @@
+"""
+Superclusters with the reference server: eventsvc and nats-server 2.9
+clusters joined by the NATS gateway protocol, with nats-py clients on
+every side.  Each round publishes to everyone, spreads a queue group over
+every cluster (each message must arrive once in the whole supercluster)
+and makes requests across every link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from twisted.internet import defer, threads
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+from eventsvc.test.test_interop_cluster import mesh_round, nats, run
+
+
+def reference_gateway(path: str, name: str, port: int, remotes: dict) -> process.ServerProcess:
+    """A one-server nats-server cluster called C{name}, its gateway on C{port}, dialling C{remotes}."""
+    gateways = ", ".join('{name: "%s", urls: ["nats://127.0.0.1:%d"]}' % (n, p) for n, p in remotes.items())
+    process.write_config(path, 'gateway {\n  name: "%s"\n  host: "127.0.0.1"\n  port: %d\n  gateways: [%s]\n}\n' % (name, port, gateways))
+    return process.nats_server("-c", path)
+
+
+class GatewayPair(TestCase):
+    """eventsvc cluster "ours" and nats-server cluster "theirs", each dialling the other."""
+
+    timeout = 240
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.their_gateway, self.our_gateway = process.free_port(), process.free_port()
+        self.their_config = os.path.abspath(self.mktemp() + ".conf")
+        self.theirs = reference_gateway(self.their_config, "theirs", self.their_gateway, {"ours": self.our_gateway})
+        self.theirs.start()
+        self.addCleanup(lambda: self.theirs.stop())
+        self.client_port = process.free_port()
+        self.config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n'
+        ) % (self.client_port, self.our_gateway, self.their_gateway))
+        self.ours = process.eventsvc(self.config, expect=("service",))
+        self.ours.start()
+        self.addCleanup(lambda: self.ours.stop())
+
+    def check(self, result, nodes: int = 2):
+        got, counts, replies = result
+        expected = sorted(b"from-%d" % i for i in range(nodes))
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), expected, (i, got, self.ours.output()))
+        # One delivery per message in the whole supercluster.
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), (replies, self.ours.output()))
+
+
+async def remote_queue_round(ports):
+    """
+    A queue group whose members are all on the other side of the gateway:
+    every message crosses once, and reaches one member.
+    """
+    ncs = [await nats.connect("nats://127.0.0.1:%d" % p) for p in ports]
+    counts = {0: 0, 1: 0}
+    for i, nc in enumerate(ncs):
+        for _ in range(2):
+            async def member(msg, i=i):
+                counts[i] += 1
+
+            await nc.subscribe("only.%d" % i, queue="remote", cb=member)
+        async def ready(msg, nc=nc):
+            await nc.publish(msg.reply, b"")
+
+        await nc.subscribe("ready.%d" % i, cb=ready)
+        await nc.flush()
+    for i, nc in enumerate(ncs):
+        for _ in range(100):
+            try:
+                await nc.request("ready.%d" % (1 - i), b"", timeout=0.5)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # (queue interest travels with the plain interest)
+    for i, nc in enumerate(ncs):
+        for _ in range(100):
+            await nc.publish("only.%d" % (1 - i), b"q")
+        await nc.flush()
+    await asyncio.sleep(1)
+    for nc in ncs:
+        await nc.close()
+    return counts
+
+
+class GatewayPairTests(GatewayPair):
+    @defer.inlineCallbacks
+    def test_messages_requests_and_queues_both_ways(self):
+        ports = [self.theirs.port, self.client_port]
+        result = yield run(lambda: mesh_round(ports, "first"))
+        self.check(result)
+        counts = yield run(lambda: remote_queue_round(ports))
+        self.assertEqual(counts, {0: 100, 1: 100})
+        self.ours.wait_output("gateway to theirs")
+        self.ours.wait_output("gateway from theirs")
+        self.assertIn("interest-only mode", self.ours.output())
+
+    @defer.inlineCallbacks
+    def test_link_heals_after_either_side_restarts(self):
+        ports = [self.theirs.port, self.client_port]
+        self.check((yield run(lambda: mesh_round(ports, "before"))))
+        # nats-server goes away and comes back on the same ports.
+        self.theirs.stop()
+        self.ours.wait_output("gateway to theirs down")
+        self.theirs = process.nats_server("-c", self.their_config, "-p", str(self.theirs.port))
+        yield threads.deferToThread(self.theirs.start)
+        self.check((yield run(lambda: mesh_round(ports, "theirs-restarted"))))
+        # And now ours.
+        self.assertIn(self.ours.stop(), (0, -signal.SIGTERM))
+        self.ours = process.eventsvc(self.config, expect=("service",))
+        yield threads.deferToThread(self.ours.start)
+        self.check((yield run(lambda: mesh_round(ports, "ours-restarted"))))
+
+
+class ThreeWaySuperclusterTests(TestCase):
+    """
+    eventsvc with two nats-server clusters.  eventsvc is configured with
+    only one of them and learns of the other by gossip (an implicit
+    gateway), as a new cluster joining a supercluster does.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_three_clusters(self):
+        if nats is None:
+            process.require("nats-py")
+        a_gw, b_gw, ours_gw = process.free_port(), process.free_port(), process.free_port()
+        a = reference_gateway(os.path.abspath(self.mktemp() + ".conf"), "A", a_gw, {"B": b_gw, "ours": ours_gw})
+        b = reference_gateway(os.path.abspath(self.mktemp() + ".conf"), "B", b_gw, {"A": a_gw})
+        for node in (a, b):
+            node.start()
+            self.addCleanup(node.stop)
+        client_port = process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "A"\nurls = ["nats://127.0.0.1:%d"]\n'
+        ) % (client_port, ours_gw, a_gw))
+        ours = process.eventsvc(config, expect=("service",))
+        ours.start()
+        self.addCleanup(ours.stop)
+        got, counts, replies = yield run(lambda: mesh_round([a.port, b.port, client_port], "three"))
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1", b"from-2"], (i, got, ours.output()))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), (replies, ours.output()))
+        # B was never configured here: ours dialled it after hearing of it.
+        ours.wait_output("gateway to B")
+        self.assertIn("heard of gateway B", ours.output())
