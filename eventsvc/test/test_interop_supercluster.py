@@ -160,3 +160,73 @@ class ThreeWaySuperclusterTests(TestCase):
         # B was never configured here: ours dialled it after hearing of it.
         ours.wait_output("gateway to B")
         self.assertIn("heard of gateway B", ours.output())
+
+
+class ClusterBehindGatewayTests(TestCase):
+    """
+    A two-node eventsvc cluster (routes) whose nodes both have gateways to
+    a nats-server cluster: messages from the gateway reach the other node
+    by route, replies routed to one node arrive there, and a queue group
+    over all three servers still gets each message once.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_two_node_cluster_and_a_reference_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        their_gw, gw1, gw2, route1, route2 = (process.free_port() for _ in range(5))
+        theirs = reference_gateway(os.path.abspath(self.mktemp() + ".conf"), "theirs", their_gw, {})
+        theirs.start()
+        self.addCleanup(theirs.stop)
+        nodes, ports = [], []
+        for gw, route, other in ((gw1, route1, route2), (gw2, route2, route1)):
+            port = process.free_port()
+            config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+                '[service]\nhost = "127.0.0.1"\nport = %d\n'
+                '[cluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n'
+                '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+                '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n'
+            ) % (port, route, other, gw, their_gw))
+            node = process.eventsvc(config, expect=("service",))
+            node.start()
+            self.addCleanup(node.stop)
+            nodes.append(node)
+            ports.append(port)
+        got, counts, replies = yield run(lambda: mesh_round([theirs.port] + ports, "behind"))
+        output = "\n".join(n.output() for n in nodes)
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1", b"from-2"], (i, got, output))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), (replies, output))
+        counts = yield run(lambda: remote_queue_round([theirs.port, ports[1]]))
+        self.assertEqual(counts, {0: 100, 1: 100})
+        # Fresh clients on both nodes, one request each, no second try: the
+        # reply comes back routed (its inbox's interest has not crossed
+        # yet), to whichever of our servers nats-server's link reaches, and
+        # on by route to the requester's.
+        answers = yield run(lambda: fresh_requests(theirs.port, ports))
+        self.assertEqual(answers, [b"answer"] * 6, output)
+
+
+async def fresh_requests(their_port, ports):
+    responder = await nats.connect("nats://127.0.0.1:%d" % their_port)
+
+    async def answer(msg):
+        await msg.respond(b"answer")
+
+    await responder.subscribe("fresh.svc", cb=answer)
+    await responder.flush()
+    await asyncio.sleep(0.5)
+    answers = []
+    for _ in range(3):
+        for port in ports:
+            nc = await nats.connect("nats://127.0.0.1:%d" % port)
+            try:
+                answers.append((await nc.request("fresh.svc", b"?", timeout=3)).data)
+            except Exception as e:
+                answers.append(repr(e).encode())
+            await nc.close()
+    await responder.close()
+    return answers
