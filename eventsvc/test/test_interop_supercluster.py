@@ -230,3 +230,61 @@ async def fresh_requests(their_port, ports):
             await nc.close()
     await responder.close()
     return answers
+
+
+class TLSGatewayTests(TestCase):
+    """Gateway links over mutual TLS with nats-server, and a peer from another CA refused."""
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_tls_gateways(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        certs = os.path.join(directory, "certs")
+        self.assertEqual(process.cli("certs", "--out", certs).returncode, 0)
+        their_gw, our_gw = process.free_port(), process.free_port()
+        tls_block = (
+            'tls {{ cert_file: "{0}/service.crt", key_file: "{0}/service.key", ca_file: "{0}/ca.crt", '
+            "verify: true, timeout: 3 }}".format(certs)
+        )
+
+        def reference(name: str, port: int, tls: str) -> process.ServerProcess:
+            conf = process.write_config(os.path.join(directory, name + ".conf"), (
+                'gateway {{\n  name: "{name}"\n  host: "127.0.0.1"\n  port: {port}\n'
+                '  gateways: [{{name: "ours", urls: ["nats://localhost:{ours}"]}}]\n  {tls}\n}}\n'
+            ).format(name=name, port=port, ours=our_gw, tls=tls))
+            return process.nats_server("-c", conf)
+
+        theirs = reference("theirs", their_gw, tls_block)
+        yield threads.deferToThread(theirs.start)
+        self.addCleanup(theirs.stop)
+        client_port = process.free_port()
+        config = process.write_config(os.path.join(directory, "eventsvc.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+            '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = {gw}\ntls = true\ntls_name = "localhost"\n'
+            '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:{theirs}"]\n'
+        ).format(client=client_port, gw=our_gw, theirs=their_gw))
+        ours = process.eventsvc(config, expect=("service",))
+        yield threads.deferToThread(ours.start)
+        self.addCleanup(ours.stop)
+        from eventsvc.test.test_interop_cluster import client_tls
+
+        servers = [theirs.port, ("tls://127.0.0.1:%d" % client_port, client_tls(certs))]
+        got, counts, replies = yield run(lambda: mesh_round(servers, "tls"))
+        for i, messages in got.items():
+            self.assertEqual(sorted(messages), [b"from-0", b"from-1"], (i, got, ours.output()))
+        self.assertEqual(sum(counts.values()), 300, counts)
+        self.assertTrue(all(replies), (replies, ours.output()))
+        ours.wait_output("gateway from theirs")
+        # A cluster whose certificates another CA signed dials us: refused, and said so.
+        stranger_certs = os.path.join(directory, "stranger")
+        self.assertEqual(process.cli("certs", "--out", stranger_certs).returncode, 0)
+        stranger = reference("stranger", process.free_port(), tls_block.replace(certs, stranger_certs))
+        yield threads.deferToThread(stranger.start)
+        self.addCleanup(stranger.stop)
+        yield threads.deferToThread(ours.wait_output, "gateway from 127.0.0.1")
+        self.assertIn("failed before it was up", ours.output())
+        self.assertNotIn("gateway from stranger", ours.output())
