@@ -516,6 +516,8 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
     return GatewayManager(broker, reactor, GatewaySettings(
         name=sc.name, host=sc.host, port=sc.port, advertise=sc.advertise,
         gateways=tuple((g.name, tuple(g.urls)) for g in sc.gateways),
+        imports=_route_permissions(sc.permissions.import_allow, sc.permissions.import_deny),
+        exports=_route_permissions(sc.permissions.export_allow, sc.permissions.export_deny),
         user=sc.user, password=sc.password, max_payload=limits.max_payload,
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max,

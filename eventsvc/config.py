@@ -200,6 +200,8 @@ class SuperclusterConfig:
     #: The name peers' certificates must carry (default: the host of each dialled gateway).
     tls_name: str = ""
     gateways: Tuple[RemoteGatewayConfig, ...] = ()
+    #: What crosses the gateways, as [cluster.permissions] does for routes.
+    permissions: RoutePermissionsConfig = field(default_factory=RoutePermissionsConfig)
 
 
 @dataclass(frozen=True)
@@ -692,6 +694,10 @@ def _check(config: Config, path: str) -> None:
                     valid = False
                 if parts.scheme not in ("nats", "tls") or not valid:
                     fail("supercluster.gateways", "urls", "{} ({}): {!r} is not nats://host:port".format(where, remote.name, url))
+        for key in ("import_allow", "import_deny", "export_allow", "export_deny"):
+            for subject in getattr(sc.permissions, key):
+                if not _valid_subject(subject):
+                    fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if sc.tls and not config.tls.enabled:
             fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
     if not config.service.enabled and not config.gateway.enabled:

@@ -481,6 +481,10 @@ class GatewayConnection(Protocol):
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
         self._outbound_only("RS+")
         if account == GLOBAL and valid_subject(subject):
+            exports = self.manager.settings.exports
+            if exports is not None and not exports.may_subscribe(subject, queue):
+                self.log.debug("gateway {name}: not exporting {subject}", name=self.name, subject=subject)
+                return
             self.interest.rs_plus(subject, queue)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
@@ -622,6 +626,17 @@ class GatewaySettings:
     tls_client: Any = None
     tls_name: str = ""
     listen_backlog: int = limits.LISTEN_BACKLOG
+    #: Gateway permissions (IPermissions, or None for everything), as the
+    #: cluster's: C{imports} decides which of our interest peers hear of
+    #: (may_subscribe) and which of their messages we take (may_publish);
+    #: C{exports}, which of their interest we accept and which of our
+    #: messages may go (a routed reply is judged by the reply it carries).
+    imports: Any = None
+    exports: Any = None
+
+
+def _unwrapped(subject: bytes) -> bytes:
+    return subject[SUBJECT_AT:] if routed(subject) else subject
 
 
 class _ReplySource:
@@ -668,7 +683,7 @@ class GatewayManager(Service):
         #: another server of ours; set by whoever composes the two.
         self.routes: Any = None
         self.source = _ReplySource()
-        #: Messages dropped: a routed reply for another cluster.
+        #: Messages dropped: a routed reply for another cluster, or not imported.
         self.dropped = 0
 
     # -- what we say ---------------------------------------------------------------
@@ -896,6 +911,9 @@ class GatewayManager(Service):
         self._count(subject, queue, delta)
 
     def _count(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
+        imports = self.settings.imports
+        if imports is not None and not imports.may_subscribe(subject, queue):
+            return  # not ours to ask for (nor a reply to route to)
         if delta > 0 and self.running:
             sub = Subscription(self, subject, queue, b"")
             self.recent.insert(sub)
@@ -924,6 +942,9 @@ class GatewayManager(Service):
         """The broker's hook: a message from this cluster, to the gateways that want it."""
         outs = self._outbound_list
         if not outs:
+            return 0
+        exports = self.settings.exports
+        if exports is not None and not exports.may_publish(_unwrapped(subject)):
             return 0
         if self.replies:
             known = self.replies.get(subject)
@@ -984,6 +1005,10 @@ class GatewayManager(Service):
         size: int, tail: bytes, hdr_len: int, body: bytes,
     ) -> int:
         """A message from another cluster."""
+        imports = self.settings.imports
+        if imports is not None and not imports.may_publish(_unwrapped(subject)):
+            self.dropped += 1
+            return 0
         if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
             return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
         return self.broker.deliver_gatewayed(conn, subject, reply, self.strip(reply), queues, size, tail, hdr_len, body)

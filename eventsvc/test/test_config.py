@@ -313,3 +313,24 @@ class SuperclusterConfigTests(SynchronousTestCase):
         check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nurls = ["x:1"]\n', "[supercluster.gateways] name")
         check('[supercluster]\nname = "a"\ntls = true\n', "[supercluster] tls", "[tls]")
         check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurl = ["x:1"]\n', "unknown key", "urls")
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """Every example configuration in dev/ loads and builds a service, as check-config would."""
+
+    def test_dev_configs(self) -> None:
+        import glob
+        import os
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.app import make_service
+        from eventsvc.test import process
+
+        paths = sorted(glob.glob(os.path.join(process.source_tree(), "dev", "*.toml")))
+        self.assertIn("service-supercluster.toml", [os.path.basename(p) for p in paths])
+        for path in paths:
+            c = config.load(path)
+            names = {s.name for s in make_service(c, MemoryReactorClock())}
+            if c.supercluster.enabled:
+                self.assertIn("supercluster", names, path)

@@ -243,23 +243,47 @@ async def discovered(port: int) -> list:
 
 
 class SplitDeploymentTests(TestCase):
-    """The gateway on its own process, dialling the service's cluster port."""
+    """
+    The gateway on its own process, linked to the service's: by a route
+    (dialling its cluster port), or by the NATS gateway protocol as the Go
+    programs are (event-gateway dialling event-service's gateway port).
+    """
 
     timeout = 120
 
-    @defer.inlineCallbacks
+    #: (the service's section, the gateway process's section), by link.
+    links = {
+        "route": (
+            '[cluster]\nenabled = true\nname = "events"\nhost = "127.0.0.1"\nport = {link}\n',
+            '[cluster]\nenabled = true\nname = "events"\nlisten = false\nroutes = ["nats-route://127.0.0.1:{link}"]\n',
+        ),
+        "gateway": (
+            '[supercluster]\nname = "event-service"\nhost = "127.0.0.1"\nport = {link}\n',
+            '[supercluster]\nname = "event-gateway"\nhost = "127.0.0.1"\nport = {other}\n'
+            '[[supercluster.gateways]]\nname = "event-service"\nurls = ["nats://127.0.0.1:{link}"]\n',
+        ),
+    }
+
     def test_gateway_process_to_service_process(self):
+        return self.split("route")
+
+    def test_linked_by_the_gateway_protocol(self):
+        return self.split("gateway")
+
+    @defer.inlineCallbacks
+    def split(self, link: str):
         if nats is None:
             process.require("nats-py")
         service_port, cluster_port, gateway_port = process.free_port(), process.free_port(), process.free_port()
+        ports = dict(link=cluster_port, other=process.free_port())
+        service_section, gateway_section = (text.format(**ports) for text in self.links[link])
         service_config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "events"\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (service_port, cluster_port))
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % service_port + service_section)
         gateway_config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
             '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
             'disable_frontend_tls = true\ntokens = ["agent"]\n'
-            '[cluster]\nenabled = true\nname = "events"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
-        ) % (gateway_port, cluster_port))
+        ) % gateway_port + gateway_section)
         service = process.eventsvc(service_config, expect=("service",))
         service.start()
         self.addCleanup(service.stop)

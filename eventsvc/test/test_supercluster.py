@@ -391,6 +391,47 @@ class PairTests(SynchronousTestCase):
         self.assertEqual(everything.received(), b"")
 
 
+class PermissionTests(SynchronousTestCase):
+    """[supercluster.permissions]: the split deployment's service lets in events and replies only."""
+
+    def test_imports_and_exports(self) -> None:
+        from eventsvc.security.permissions import Permissions
+
+        lists = dict(imports=("habitat.event.>", "_INBOX.>"), exports=("_INBOX.>",))
+        a = Node("A", ["B"], **{
+            k: Permissions(publish_allow=v, subscribe_allow=v) for k, v in lists.items()
+        })
+        b = Node("B", ["A"])
+        pumps = [link(a, b)[0], link(b, a)[0]]
+
+        def flush():
+            for _ in range(3):
+                for pump in pumps:
+                    pump.flush()
+
+        inside = a.client()
+        inside.send(b"SUB > 1\r\nSUB _INBOX.svc.* 2\r\nSUB habitat.event.* 3\r\n")
+        outside = b.client()
+        outside.send(b"SUB > 1\r\nSUB _INBOX.agent.* 2\r\n")
+        flush()
+        # B hears only of the interest A imports (not of ">"); A keeps only what it exports.
+        self.assertEqual(set(b.manager.outbound["A"].interest.subs), {(b"_INBOX.svc.*", None), (b"habitat.event.*", None)})
+        self.assertEqual(set(a.manager.outbound["B"].interest.subs), {(b"_INBOX.agent.*", None)})
+        a.client().send(b"PUB secret 1\r\nx\r\nPUB _INBOX.agent.1 1\r\ny\r\n")
+        b.client().send(b"PUB habitat.event.x 1\r\ne\r\nPUB internal 1\r\nz\r\n")
+        flush()
+        self.assertEqual(
+            outside.received(),
+            # (its own publishes at once, A's after the pump)
+            b"MSG habitat.event.x 1 1\r\ne\r\nMSG internal 1 1\r\nz\r\nMSG _INBOX.agent.1 1 1\r\ny\r\nMSG _INBOX.agent.1 2 1\r\ny\r\n",
+        )
+        # (and "internal", which A does not import, never arrives)
+        self.assertEqual(
+            inside.received(),
+            b"MSG secret 1 1\r\nx\r\nMSG _INBOX.agent.1 1 1\r\ny\r\nMSG habitat.event.x 1 1\r\ne\r\nMSG habitat.event.x 3 1\r\ne\r\n",
+        )
+
+
 _GATEWAY_LINE = re.compile(rb"(INFO \{.*\}|PING|PONG|-ERR '[^'\r\n]*'|A- \S+|RS[+-] \$G \S+( \S+)*)$")
 
 _INBOUND_OPS = st.sampled_from([
