@@ -264,6 +264,8 @@ class GatewayConnection(Protocol):
         self.host, self.port = "", 0
         self.start = self.last_activity = 0.0
         self._deadline: Any = None
+        #: For /gatewayz (its own numbering: gateways are not clients).
+        self.cid = manager.next_cid()
 
     # -- connection ----------------------------------------------------------
 
@@ -663,6 +665,9 @@ class GatewayManager(Service):
         self.server_hash = gateway_hash(broker.server_id)
         self.reply_prefix = GR_PREFIX + self.cluster_hash + b"." + self.server_hash + b"."
         self.remotes: Dict[str, RemoteGateway] = {name: RemoteGateway(name, urls) for name, urls in settings.gateways}
+        #: The gateways the configuration names (the others are implicit).
+        self.settings_names = {name for name, _ in settings.gateways}
+        self._cids = 0
         #: Registered connections: dialled by remote name, accepted ones.
         self.outbound: Dict[str, GatewayConnection] = {}
         self.inbound: List[GatewayConnection] = []
@@ -685,6 +690,10 @@ class GatewayManager(Service):
         self.source = _ReplySource()
         #: Messages dropped: a routed reply for another cluster, or not imported.
         self.dropped = 0
+
+    def next_cid(self) -> int:
+        self._cids += 1
+        return self._cids
 
     # -- what we say ---------------------------------------------------------------
 

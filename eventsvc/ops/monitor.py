@@ -156,6 +156,12 @@ class Monitor:
         except KeyError:
             return None
 
+    def supercluster(self) -> Any:
+        try:
+            return self.service.getServiceNamed("supercluster")
+        except KeyError:
+            return None
+
     def healthz(self) -> "tuple[int, dict]":
         ok, why = self.service.health()
         if not ok:
@@ -175,6 +181,7 @@ class Monitor:
         s = listener.settings
         gateway = gateway_listener.settings if gateway_listener is not None else None
         cluster = self.cluster()
+        supercluster = self.supercluster()
         totals = b.totals()
         now = time.time()
         info = {
@@ -200,7 +207,14 @@ class Monitor:
                 "name": cluster.settings.cluster_name, "addr": cluster.settings.host, "cluster_port": cluster.port,
                 "urls": list(cluster.configured),
             },
-            "gateway": {},
+            "gateway": {} if supercluster is None else {
+                "name": supercluster.settings.name, "host": supercluster.settings.host, "port": supercluster.port,
+                "auth_timeout": supercluster.settings.handshake_timeout, "tls_timeout": supercluster.settings.handshake_timeout,
+                "gateways": [
+                    {"name": r.name, "urls": [u.split("://", 1)[-1] for u in r.urls]}
+                    for r in sorted(supercluster.remotes.values(), key=lambda r: r.name)
+                ],
+            },
             "leaf": {},
             "mqtt": {},
             "websocket": {},
@@ -371,6 +385,47 @@ class Monitor:
             })
         return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
+    def gatewayz(self) -> dict:
+        """nats-server's /gatewayz: this cluster's gateway, its links out and in."""
+        gateways = self.supercluster()
+        if gateways is None:
+            return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "outbound_gateways": {}, "inbound_gateways": {}}
+        now = self.clock.seconds()
+
+        def link(c: Any) -> dict:
+            # (nats-server calls an inbound link configured never, an outbound one when it was.)
+            return {"configured": c.dialled and c.name in gateways.settings_names, "connection": {
+                "cid": c.cid,
+                "kind": "Gateway",
+                "ip": c.host,
+                "port": c.port,
+                "start": rfc3339(c.start),
+                "last_activity": rfc3339(c.last_activity),
+                "uptime": uptime(now - c.start),
+                "idle": uptime(now - c.last_activity),
+                "pending_bytes": c.pending_bytes,
+                "in_msgs": c.in_msgs,
+                "out_msgs": c.out_msgs,
+                "in_bytes": c.in_bytes,
+                "out_bytes": c.out_bytes,
+                "subscriptions": len(c.interest.subs) if c.dialled else 0,
+                "name": c.remote_id,
+            }}
+
+        inbound: Dict[str, list] = {}
+        for c in gateways.inbound:
+            inbound.setdefault(c.name, []).append(link(c))
+        host, _, port = gateways.url.rpartition(":")
+        return {
+            "server_id": self.broker.server_id,
+            "now": rfc3339(time.time()),
+            "name": gateways.settings.name,
+            "host": host,
+            "port": int(port) if port.isdigit() else gateways.port,
+            "outbound_gateways": {name: link(c) for name, c in sorted(gateways.outbound.items())},
+            "inbound_gateways": dict(sorted(inbound.items())),
+        }
+
 
 #: How many connections /connz describes per reactor turn.
 ROWS_PER_TURN = 250
@@ -477,6 +532,30 @@ class MetricsCollector:
         yield GaugeMetricFamily("eventsvc_subscriptions", "Subscriptions", value=totals["subscriptions"])
         cluster = m.cluster()
         yield GaugeMetricFamily("eventsvc_routes", "Routes to other servers", value=0 if cluster is None else len(cluster.routes))
+        gateways = m.supercluster()
+        if gateways is not None:
+            links = GaugeMetricFamily("eventsvc_gateway_links", "Gateway connections up, by remote gateway and direction", labels=["gateway", "direction"])
+            counters = {
+                key: CounterMetricFamily("eventsvc_gateway_" + key, help_, labels=["gateway", "direction"])
+                for key, help_ in (
+                    ("in_msgs", "Messages received on a gateway link (while it is up)"),
+                    ("out_msgs", "Messages sent on a gateway link (while it is up)"),
+                    ("in_bytes", "Payload bytes received on a gateway link"),
+                    ("out_bytes", "Payload bytes sent on a gateway link"),
+                )
+            }
+            per: Dict[Any, List[Any]] = {}
+            for c in list(gateways.outbound.values()) + list(gateways.inbound):
+                per.setdefault((c.name, "outbound" if c.dialled else "inbound"), []).append(c)
+            for name in gateways.down():
+                per.setdefault((name, "outbound"), [])
+            for labels, conns in sorted(per.items()):
+                links.add_metric(list(labels), len(conns))
+                for key, family in counters.items():
+                    family.add_metric(list(labels), sum(getattr(c, key) for c in conns))
+            yield links
+            yield from counters.values()
+            yield CounterMetricFamily("eventsvc_gateway_dropped", "Gateway messages dropped (not imported, or a reply routed to another cluster)", value=gateways.dropped)
         events = getattr(m.service, "events", None)
         if events is None:
             return
@@ -547,6 +626,7 @@ class MonitorService(Service):
             ("connz", lambda r: m.connz(r.args)),
             ("subsz", lambda r: m.subsz()),
             ("routez", lambda r: m.routez()),
+            ("gatewayz", lambda r: m.gatewayz()),
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))

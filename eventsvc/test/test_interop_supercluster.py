@@ -19,11 +19,11 @@ from eventsvc.test import process
 from eventsvc.test.test_interop_cluster import mesh_round, nats, run
 
 
-def reference_gateway(path: str, name: str, port: int, remotes: dict) -> process.ServerProcess:
+def reference_gateway(path: str, name: str, port: int, remotes: dict, *extra: str) -> process.ServerProcess:
     """A one-server nats-server cluster called C{name}, its gateway on C{port}, dialling C{remotes}."""
     gateways = ", ".join('{name: "%s", urls: ["nats://127.0.0.1:%d"]}' % (n, p) for n, p in remotes.items())
     process.write_config(path, 'gateway {\n  name: "%s"\n  host: "127.0.0.1"\n  port: %d\n  gateways: [%s]\n}\n' % (name, port, gateways))
-    return process.nats_server("-c", path)
+    return process.nats_server("-c", path, *extra)
 
 
 class GatewayPair(TestCase):
@@ -36,7 +36,8 @@ class GatewayPair(TestCase):
             process.require("nats-py")
         self.their_gateway, self.our_gateway = process.free_port(), process.free_port()
         self.their_config = os.path.abspath(self.mktemp() + ".conf")
-        self.theirs = reference_gateway(self.their_config, "theirs", self.their_gateway, {"ours": self.our_gateway})
+        self.their_http, self.our_http = process.free_port(), process.free_port()
+        self.theirs = reference_gateway(self.their_config, "theirs", self.their_gateway, {"ours": self.our_gateway}, "-m", str(self.their_http))
         self.theirs.start()
         self.addCleanup(lambda: self.theirs.stop())
         self.client_port = process.free_port()
@@ -44,7 +45,8 @@ class GatewayPair(TestCase):
             '[service]\nhost = "127.0.0.1"\nport = %d\n'
             '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
             '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n'
-        ) % (self.client_port, self.our_gateway, self.their_gateway))
+            '[monitor]\nport = %d\n'
+        ) % (self.client_port, self.our_gateway, self.their_gateway, self.our_http))
         self.ours = process.eventsvc(self.config, expect=("service",))
         self.ours.start()
         self.addCleanup(lambda: self.ours.stop())
@@ -108,13 +110,42 @@ class GatewayPairTests(GatewayPair):
         self.assertIn("interest-only mode", self.ours.output())
 
     @defer.inlineCallbacks
+    def test_gatewayz_and_varz_as_nats_servers(self):
+        from eventsvc.test.test_interop_monitor import fetch, fetch_text
+
+        yield run(lambda: mesh_round([self.theirs.port, self.client_port], "monitor"))
+        pages = {}
+        for who, http in (("theirs", self.their_http), ("ours", self.our_http)):
+            pages[who] = {path: fetch(http, path)[1] for path in ("/gatewayz", "/varz")}
+        theirs, ours = pages["theirs"]["/gatewayz"], pages["ours"]["/gatewayz"]
+        self.assertEqual(set(ours), set(theirs))
+        self.assertEqual(list(ours["outbound_gateways"]), ["theirs"])
+        self.assertEqual(list(theirs["outbound_gateways"]), ["ours"])
+        self.assertEqual(list(ours["inbound_gateways"]), ["theirs"])
+        out, their_out = ours["outbound_gateways"]["theirs"], theirs["outbound_gateways"]["ours"]
+        self.assertEqual(set(out), set(their_out))
+        self.assertTrue(out["configured"])
+        # nats-server's fields, but for its round-trip time, which we do not measure.
+        self.assertEqual(set(out["connection"]), set(their_out["connection"]) - {"rtt"})
+        self.assertEqual(out["connection"]["kind"], "Gateway")
+        self.assertGreater(out["connection"]["out_msgs"], 0)
+        inbound = ours["inbound_gateways"]["theirs"][0]
+        self.assertFalse(inbound["configured"])
+        self.assertGreater(inbound["connection"]["in_msgs"], 0)
+        self.assertEqual(set(pages["ours"]["/varz"]["gateway"]), set(pages["theirs"]["/varz"]["gateway"]))
+        self.assertEqual(pages["ours"]["/varz"]["gateway"]["gateways"][0]["name"], "theirs")
+        _, metrics = fetch_text(self.our_http, "/metrics")
+        self.assertIn('eventsvc_gateway_links{direction="outbound",gateway="theirs"} 1.0', metrics)
+        self.assertIn('eventsvc_gateway_links{direction="inbound",gateway="theirs"} 1.0', metrics)
+
+    @defer.inlineCallbacks
     def test_link_heals_after_either_side_restarts(self):
         ports = [self.theirs.port, self.client_port]
         self.check((yield run(lambda: mesh_round(ports, "before"))))
         # nats-server goes away and comes back on the same ports.
         self.theirs.stop()
         self.ours.wait_output("gateway to theirs down")
-        self.theirs = process.nats_server("-c", self.their_config, "-p", str(self.theirs.port))
+        self.theirs = process.nats_server("-c", self.their_config, "-p", str(self.theirs.port), "-m", str(self.their_http))
         yield threads.deferToThread(self.theirs.start)
         self.check((yield run(lambda: mesh_round(ports, "theirs-restarted"))))
         # And now ours.

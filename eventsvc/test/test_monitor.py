@@ -119,6 +119,8 @@ class MonitorTests(SynchronousTestCase):
         self.assertGreaterEqual(subsz["num_inserts"], 3)
         _, routez = get(self.svc, "/routez")
         self.assertEqual((routez["num_routes"], routez["routes"]), (0, []))
+        _, gatewayz = get(self.svc, "/gatewayz")
+        self.assertEqual((gatewayz["outbound_gateways"], gatewayz["inbound_gateways"]), ({}, {}))
 
     def test_metrics_move(self) -> None:
         _, before = get(self.svc, "/metrics")
