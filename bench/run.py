@@ -4,7 +4,7 @@ load, in the same run, reported as ratios (the machines are shared and
 noisy; absolute figures mean little, ratios from one run mean more).
 
     python bench/run.py [--runs 3] [--quick] [--pypy .venv-pypy/bin/python]
-                        [--only plain|many|tls|routed|memory]
+                        [--only plain|many|tls|routed|gateways|memory]
 
 Each server runs pinned to core 0 (taskset) and the load generator to core 1,
 so the figures measure the server, not the two fighting over one core.
@@ -176,6 +176,54 @@ def tls_scenes(tool: str, runs: int, n: int) -> None:
             server.stop()
 
 
+def gateway_scenes(tool: str, runs: int, n: int) -> None:
+    """
+    Publisher in one cluster, subscriber in another, one gateway link each
+    way: two nats-server clusters of one server, against eventsvc's split
+    deployment by gateway (the event gateway publishing, the service
+    subscribing), as the Go programs are linked.
+    """
+    directory = tempfile.mkdtemp()
+    ga, gb = process.free_port(), process.free_port()
+    references = []
+    for name, port, other, remote in (("a", ga, gb, "b"), ("b", gb, ga, "a")):
+        conf = process.write_config(os.path.join(directory, name + ".conf"), (
+            'gateway {{ name: "{name}", host: "127.0.0.1", port: {port}, gateways: [{{name: "{remote}", urls: ["nats://127.0.0.1:{other}"]}}] }}\n'
+        ).format(name=name, port=port, other=other, remote=remote))
+        references.append(process.nats_server("-c", conf))
+    a, b = references
+    pairs = {}
+    for k, (name, python) in enumerate(variants()):
+        q = [process.free_port() for _ in range(4)]
+        service = process.eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[supercluster]\nname = "event-service"\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (q[0], q[1])), expect=("service",), python=python)
+        gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
+            '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
+            'tokens = ["bench"]\nhealth_token_file = "gateway%d-health.token"\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
+            '[supercluster]\nname = "event-gateway"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "event-service"\nurls = ["nats://127.0.0.1:%d"]\n'
+        ) % (q[2], k, q[3], q[1])), expect=("gateway",), python=python)
+        pairs[name] = (service, gateway)
+    everything = [a, b] + [p for pair in pairs.values() for p in pair]
+    for server in everything:
+        pinned(server).start()
+    try:
+        for label, size, count in (("gateway 1:1 16 B (gw->svc)", "16", n), ("gateway 1:1 1 KiB (gw->svc)", "1024", max(n // 4, 1))):
+            args = ["-np", "1", "-ns", "1", "-ms", size, "-n", str(count)]
+            samples: Dict[str, List[Sample]] = {"nats-server": []}
+            samples.update({name: [] for name in pairs})
+            for _ in range(runs):
+                samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
+                for name, (service, gateway) in pairs.items():
+                    samples[name].append(rate_and_cpu(measure(
+                        tool, [service, gateway], args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"]), "deliver_rate"))
+            report(label, samples)
+    finally:
+        for server in everything:
+            server.stop()
+
+
 def routed_scenes(tool: str, runs: int, n: int) -> None:
     """Publisher on one node, subscriber on another, one route between them."""
     directory = tempfile.mkdtemp()
@@ -190,9 +238,9 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
         ) % (q[0], q[1])), expect=("service",), python=python)
         gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
             '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
-            'tokens = ["bench"]\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
+            'tokens = ["bench"]\nhealth_token_file = "gateway%d-health.token"\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
             '[cluster]\nenabled = true\nname = "bench"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
-        ) % (q[2], q[1])), expect=("gateway",), python=python)
+        ) % (q[2], k, q[1])), expect=("gateway",), python=python)
         pairs[name] = (service, gateway)
     everything = [a, b] + [p for pair in pairs.values() for p in pair]
     for server in everything:
@@ -347,7 +395,7 @@ def main() -> None:
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--old", metavar="PYTHON", action="append",
                         help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
-    parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "memory"], help="run only these scenes")
+    parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "gateways", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000, "nf": 100 if options.quick else 200}
@@ -374,6 +422,8 @@ def main() -> None:
         tls_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "routed"):
         routed_scenes(tool, options.runs, counts["n"])
+    if options.only in (None, "gateways"):
+        gateway_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "memory"):
         memory_scene(options.runs)
 

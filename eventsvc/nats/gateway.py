@@ -56,8 +56,8 @@ from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.outbound import Outbound
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
-from eventsvc.nats.server import Broker
-from eventsvc.nats.subjects import Sublist, Subscription, subject_matches, valid_subject
+from eventsvc.nats.server import PLAN_CACHE_SIZE, Broker
+from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
 from eventsvc.nats.tcp import no_delay
 
 GLOBAL = b"$G"
@@ -75,6 +75,9 @@ MAX_PING_INTERVAL = 15.0
 #: INFO gateway_cmd values.
 CMD_GOSSIP, CMD_ALL_SUBS_START, CMD_ALL_SUBS_COMPLETE = 1, 2, 3
 OPTIMISTIC, TRANSITIONING, INTEREST_ONLY = "Optimistic", "Transitioning", "Interest-Only"
+
+#: A gateway plan saying "take the general path".
+GENERAL = object()
 
 _DIGITS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -112,8 +115,10 @@ class RemoteInterest:
     (optimistic) and a sublist of what it asked for.  Pure bookkeeping.
     """
 
-    def __init__(self, owner: Any, interest_only: bool = False) -> None:
+    def __init__(self, owner: Any, interest_only: bool = False, changed: Optional[Callable[[Optional[bytes]], None]] = None) -> None:
         self.owner = owner
+        #: Told what changed: the subject or pattern, or None for anything.
+        self.changed: Callable[[Optional[bytes]], None] = changed or (lambda pattern: None)
         #: The peer said every account is switched to interest-only at once
         #: (INFO gateway_iom): until it says so for an account, nothing goes.
         self.interest_only = interest_only
@@ -127,6 +132,7 @@ class RemoteInterest:
     def _entry(self) -> None:
         if self.state != "entry":
             self.state, self.mode, self.ni = "entry", OPTIMISTIC, set()
+            self.changed(None)
 
     def wants(self, subject: bytes) -> Tuple[bool, List[bytes]]:
         """(plain interest, the queue groups with members there) for a message on C{subject}."""
@@ -153,6 +159,7 @@ class RemoteInterest:
                 self.ni = {s for s in self.ni if not subject_matches(subject, s)}
             else:
                 self.ni.discard(subject)
+            self.changed(subject)
             return
         key = (subject, queue)
         if key in self.subs:
@@ -162,6 +169,7 @@ class RemoteInterest:
         self.sublist.insert(sub)
         if queue is not None:
             self.queue_subs += 1
+        self.changed(subject)
 
     def rs_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
         if self.state == "entry":
@@ -173,6 +181,7 @@ class RemoteInterest:
             use_sublist = False
         if not use_sublist:
             self.ni.add(subject)
+            self.changed(subject)
             return
         sub = self.subs.pop((subject, queue), None)
         if sub is None:
@@ -180,8 +189,10 @@ class RemoteInterest:
         self.sublist.remove(sub)
         if queue is not None:
             self.queue_subs -= 1
+        self.changed(subject)
         if not self.subs and self.mode == OPTIMISTIC and not self.ni:
             self.state = "unknown"
+            self.changed(None)
 
     def account(self, interested: bool) -> None:
         """C{A+} (True) or C{A-} (False) for the account."""
@@ -193,8 +204,10 @@ class RemoteInterest:
         else:
             self._forget()
             self.state = "none"
+        self.changed(None)
 
     def _forget(self) -> None:
+        self.changed(None)
         self.state, self.mode, self.ni = "unknown", OPTIMISTIC, set()
         for sub in self.subs.values():
             self.sublist.remove(sub)
@@ -205,12 +218,14 @@ class RemoteInterest:
         """The peer starts sending all its interest (gateway_cmd 2)."""
         self._entry()
         self.mode = TRANSITIONING
+        self.changed(None)
 
     def complete(self) -> None:
         """All its interest has been sent (gateway_cmd 3): only that goes from now on."""
         if self.state == "entry":
             self.ni = set()
             self.mode = INTEREST_ONLY
+            self.changed(None)
 
 
 @implementer(IHandshakeListener)
@@ -248,7 +263,7 @@ class GatewayConnection(Protocol):
         self.connect_seen = False  # accepted: its CONNECT came
         self.registered = False
         self.closed = False
-        self.interest = RemoteInterest(self)
+        self.interest = RemoteInterest(self, changed=manager.forget_plans)
         #: Whether the peer takes HMSG (else headers are dropped, as nats-server does).
         self.peer_headers = True
         #: Accounts we told the peer (A-) we have no interest in.
@@ -449,6 +464,7 @@ class GatewayConnection(Protocol):
                 return
             self.remote_id, self.remote_info = server_id, info
             self.interest.interest_only = bool(info.get("gateway_iom"))
+            self.manager.forget_plans(None)
             self.peer_headers = bool(info.get("headers"))
             self.send(b"CONNECT " + json.dumps(self.manager.connect_options(), separators=(",", ":")).encode() + b"\r\n")
             self.send(self.manager.info_line())
@@ -519,8 +535,9 @@ class GatewayConnection(Protocol):
         return 0
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
-        for tail in tails:
-            self.publish(self, subject, None, len(tail) - tail.index(b"\n") - 3, tail)
+        """Such RMSGs to one subject without a reply, in order."""
+        if self._take(GLOBAL, subject):
+            self.manager.received_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
         self.publish(self, subject, reply, size, tail)
@@ -688,8 +705,21 @@ class GatewayManager(Service):
         #: another server of ours; set by whoever composes the two.
         self.routes: Any = None
         self.source = _ReplySource()
+        #: Per subject, the gateways a message goes to and their frames'
+        #: start (C{RMSG $G <subject> }), or GENERAL when queue groups or a
+        #: routed subject need the general path; kept until the interest
+        #: it was made from changes.
+        self._plans = SubjectCache(PLAN_CACHE_SIZE)
+        self._plan_entries = self._plans.entries
         #: Messages dropped: a routed reply for another cluster, or not imported.
         self.dropped = 0
+
+    def forget_plans(self, pattern: Optional[bytes]) -> None:
+        """A peer's interest on C{pattern} changed (None: in a way that may touch any subject)."""
+        if pattern is None:
+            self._plans.clear()
+        else:
+            self._plans.forget(pattern)
 
     def next_cid(self) -> int:
         self._cids += 1
@@ -865,6 +895,7 @@ class GatewayManager(Service):
         remote.attempts = 0
         self.outbound[remote.name] = conn
         self._outbound_list = list(self.outbound.values())
+        self._plans.clear()
         self._up(conn)
         self.log.info("gateway to {name} ({peer}) up, dialled {host}:{port}", name=remote.name, peer=conn.remote_id, host=conn.host, port=conn.port)
         self.broker.flush()
@@ -901,6 +932,7 @@ class GatewayManager(Service):
             if self.outbound.get(remote.name) is conn:
                 del self.outbound[remote.name]
                 self._outbound_list = list(self.outbound.values())
+                self._plans.clear()
                 self.log.info("gateway to {name} down: {why}", name=remote.name, why=why)
             self._redial(remote, why)
         elif conn in self.inbound:
@@ -945,13 +977,72 @@ class GatewayManager(Service):
 
     # -- messages -------------------------------------------------------------------------------
 
+    def _plan(self, subject: bytes) -> Any:
+        plan: Any = []
+        exports = self.settings.exports
+        if exports is not None and not exports.may_publish(_unwrapped(subject)):
+            pass  # nothing goes
+        elif subject[:_CLUSTER_AT] == GR_PREFIX:
+            plan = GENERAL
+        else:
+            head = b"RMSG $G " + subject + b" "
+            for conn in self._outbound_list:
+                plain, queues = conn.interest.wants(subject)
+                if queues:
+                    plan = GENERAL
+                    break
+                if plain:
+                    plan.append((conn, head))
+        self._plans.put(subject, plan)
+        return plan
+
     def forward(
         self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
     ) -> int:
         """The broker's hook: a message from this cluster, to the gateways that want it."""
-        outs = self._outbound_list
-        if not outs:
+        if not self._outbound_list:
             return 0
+        if not (self.replies and subject in self.replies):
+            plan = self._plan_entries.get(subject)
+            if plan is None:
+                plan = self._plan(subject)
+            if plan is not GENERAL and hdr_len < 0:
+                # The usual case: plain interest only, one frame per gateway.
+                frame_tail = tail if reply is None else self._reply(reply) + b" " + tail  # type: ignore[operator]
+                for conn, head in plan:
+                    conn.out.append(head)
+                    conn.out.append(frame_tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        self.broker.mark_dirty(conn)
+                return len(plan)
+        return self._forward(subject, reply, size, tail, hdr_len, body, targets)
+
+    def forward_batch(self, subject: bytes, tails: List[bytes], size: int, targets: Any) -> None:
+        """Several messages to one subject, no reply: one joined frame per gateway when it can."""
+        if not self._outbound_list:
+            return
+        plan = None if self.replies and subject in self.replies else self._plan_entries.get(subject)
+        if plan is None and not (self.replies and subject in self.replies):
+            plan = self._plan(subject)
+        if plan is None or plan is GENERAL:
+            for tail in tails:
+                self._forward(subject, None, len(tail) - tail.index(b"\n") - 3, tail, -1, b"", targets)
+            return
+        k = len(tails)
+        for conn, head in plan:
+            conn.out.append(head + head.join(tails))
+            conn.out_msgs += k
+            conn.out_bytes += size
+            if not conn.dirty:
+                self.broker.mark_dirty(conn)
+
+    def _forward(
+        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
+    ) -> int:
+        """The general path: queue groups, routed replies and subjects, headers."""
+        outs = self._outbound_list
         exports = self.settings.exports
         if exports is not None and not exports.may_publish(_unwrapped(subject)):
             return 0
@@ -1008,6 +1099,15 @@ class GatewayManager(Service):
             del self.replies[plain]
         if not self.replies:
             self._sweeper.stop()
+
+    def received_batch(self, conn: GatewayConnection, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Several plain messages from another cluster to one subject, no reply."""
+        imports = self.settings.imports
+        if subject[:_CLUSTER_AT] == GR_PREFIX or (imports is not None and not imports.may_publish(subject)):
+            for tail in tails:
+                self.received(conn, subject, None, (), len(tail) - tail.index(b"\n") - 3, tail, -1, b"")
+            return
+        self.broker.deliver_gatewayed_batch(conn, subject, tails, size)
 
     def received(
         self, conn: GatewayConnection, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],

@@ -93,6 +93,9 @@ class IGatewayForwarder(Protocol):
         queue groups this cluster serves.  Returns how many gateways took it.
         """
 
+    def forward_batch(self, subject: bytes, tails: List[bytes], size: int, targets: "_Targets") -> None:
+        """The same for several messages to one subject without a reply (C{size}: their payloads' total)."""
+
 
 class _Targets:
     """
@@ -455,8 +458,7 @@ class Broker:
                         conn.dirty = True
                         dirty.append(conn)
         if self.gateways is not None and not src.route and not src.gateway:
-            for tail in tails:
-                self.gateways.forward(subject, None, _payload_size(tail), tail, -1, b"", targets)
+            self.gateways.forward_batch(subject, tails, size, targets)
 
     def deliver_headers(
         self,
@@ -502,6 +504,10 @@ class Broker:
         (a routed reply without its C{_GR_.} prefix); routes get C{reply}.
         """
         targets = self._targets.get(subject) or self._plan(subject)
+        if hdr_len < 0 and local_reply is reply and targets.simple and not targets.queues and not targets.route_mixed:
+            # Plain subscribers and routes only: the fast loop (which hands
+            # nothing from a gateway to a gateway).
+            return self.deliver(gateway, subject, reply, size, tail, targets)
         message = _Message(subject, local_reply, size, tail, hdr_len, body)
         routed = message if local_reply is reply else _Message(subject, reply, size, tail, hdr_len, body)
         count = 0
@@ -522,6 +528,15 @@ class Broker:
         if named:
             count += self._deliver_queues(gateway, targets, message, only=queues, routed=routed)
         return count
+
+    def deliver_gatewayed_batch(self, gateway: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Several messages from another cluster to one subject, no reply and no queue names."""
+        targets = self._targets.get(subject) or self._plan(subject)
+        if targets.simple and not targets.queues and not targets.route_mixed:
+            self.deliver_batch(gateway, subject, tails, size)
+            return
+        for tail in tails:
+            self.deliver_gatewayed(gateway, subject, None, None, (), _payload_size(tail), tail)
 
     def _deliver_queues(
         self, src: ISubscriber, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None,

@@ -276,6 +276,31 @@ class DialledHandshakeTests(SynchronousTestCase):
         self.assertTrue(node.manager.remotes["C"].implicit)
         self.assertEqual(node.clock.tcpClients[-1][:2], ("127.0.0.1", 7444))
 
+    def test_optimistic_peer_and_its_negative_interest(self) -> None:
+        """An older peer (no gateway_iom): everything goes until it says RS- or A-; plans follow."""
+        node = Node("A", ["B"])
+        proto, transport = self.dialled(node)
+        proto.dataReceived(b'INFO {"server_id":"NB","gateway":"B","headers":true}\r\n')
+        transport.clear()
+        publisher = node.client()
+        publisher.send(b"PUB foo 1\r\nx\r\nPUB foo 1\r\ny\r\nPUB bar 1\r\nz\r\n")
+        self.assertEqual(transport.value(), b"RMSG $G foo 1\r\nx\r\nRMSG $G foo 1\r\ny\r\nRMSG $G bar 1\r\nz\r\n")
+        proto.dataReceived(b"RS- $G foo\r\n")
+        transport.clear()
+        publisher.send(b"PUB foo 1\r\nx\r\nPUB bar 1\r\nz\r\n")
+        self.assertEqual(transport.value(), b"RMSG $G bar 1\r\nz\r\n")
+        proto.dataReceived(b"RS+ $G foo\r\n")  # (an RS+ clears it)
+        transport.clear()
+        publisher.send(b"PUB foo 1\r\nx\r\n")
+        self.assertEqual(transport.value(), b"RMSG $G foo 1\r\nx\r\n")
+        proto.dataReceived(b"A- $G\r\n")
+        transport.clear()
+        publisher.send(b"PUB foo 1\r\nx\r\nPUB bar 1\r\nz\r\n")
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"A+ $G\r\n")
+        publisher.send(b"PUB bar 1\r\nz\r\n")
+        self.assertEqual(transport.value(), b"RMSG $G bar 1\r\nz\r\n")
+
     def test_command_without_account(self) -> None:
         proto, transport = self.dialled(Node("A", ["B"]))
         proto.dataReceived(b'INFO {"server_id":"NB","gateway":"B"}\r\n')
