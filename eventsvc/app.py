@@ -302,7 +302,7 @@ _RELOADABLE = {
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "monitor", "limits"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "monitor", "limits"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:

@@ -934,7 +934,8 @@ class GatewayManager(Service):
                 self._outbound_list = list(self.outbound.values())
                 self._plans.clear()
                 self.log.info("gateway to {name} down: {why}", name=remote.name, why=why)
-            self._redial(remote, why)
+            if remote.name not in self.outbound:
+                self._redial(remote, why)  # (not when it was a duplicate of a link that is up)
         elif conn in self.inbound:
             self.inbound.remove(conn)
             self.log.info("gateway from {name} ({peer}) down: {why}", name=conn.name, peer=conn.remote_id, why=why)
