@@ -752,10 +752,40 @@ class GatewayManager(Service):
         if self.settings.tls_server is not None:
             info.update(tls_required=True, tls_verify=True)
         info.update(
-            max_payload=self.settings.max_payload, gateway=self.settings.name, gateway_urls=[self.url],
+            max_payload=self.settings.max_payload, gateway=self.settings.name, gateway_urls=self.cluster_urls(),
             gateway_url=self.url, gateway_nrp=True, gateway_iom=True,
         )
         return info
+
+    def cluster_urls(self) -> List[str]:
+        """Our gateway URL and those of the servers our routes reach (their route INFO's gateway_url)."""
+        urls = [self.url]
+        for route in list(self.routes.routes.values()) if self.routes is not None else ():
+            url = route.remote_info.get("gateway_url")
+            if isinstance(url, str) and url and url not in urls:
+                urls.append(url)
+        return urls
+
+    def gossip_line(self, name: str, urls: Sequence[str]) -> bytes:
+        """What our routes are told of a gateway we reach, as nats-server's forwardNewGatewayToLocalCluster."""
+        return gateway_info_line({
+            "server_id": "GW" + self.broker.server_id, "server_name": self.broker.server_name, "gateway": name,
+            "gateway_urls": [u.split("://", 1)[-1] for u in urls], "gateway_cmd": CMD_GOSSIP,
+        })
+
+    def route_up(self, route: Any) -> None:
+        """
+        A route came up (the route manager's hook): its server hears of
+        the gateways we reach, and the gateways of its gateway URL.
+        """
+        lines = [self.gossip_line(name, self.remotes[name].urls) for name in self.outbound if name in self.remotes]
+        if lines:
+            route.send(b"".join(lines))
+        url = route.remote_info.get("gateway_url")
+        if isinstance(url, str) and url:
+            line = self.info_line()
+            for conn in self.inbound:
+                conn.send(line)
 
     def info_line(self) -> bytes:
         return gateway_info_line(self.info())
@@ -898,6 +928,11 @@ class GatewayManager(Service):
         self._plans.clear()
         self._up(conn)
         self.log.info("gateway to {name} ({peer}) up, dialled {host}:{port}", name=remote.name, peer=conn.remote_id, host=conn.host, port=conn.port)
+        if self.routes is not None:
+            # The other servers of our cluster dial it too (implicitly).
+            line = self.gossip_line(remote.name, remote.urls)
+            for route in list(self.routes.routes.values()):
+                route.send(line)
         self.broker.flush()
         return True
 

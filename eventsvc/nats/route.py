@@ -439,6 +439,10 @@ class RouteManager(Service):
         urls = [] if self.settings.no_advertise else self.broker.connect_urls.own()
         if urls:
             info["connect_urls"] = urls
+        gateways = self.broker.gateways
+        if gateways is not None:
+            # (so the cluster's gateways learn every server's gateway URL)
+            info["gateway_url"] = gateways.url  # type: ignore[attr-defined]
         info["lnoc"] = True
         if self.settings.tls_server is not None:
             info.update(tls_required=True, tls_verify=True)
@@ -568,6 +572,9 @@ class RouteManager(Service):
             lines.append(b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s %d\r\n" % (subject, queue, n))
         if lines:
             route.send(b"".join(lines))
+        gateways = self.broker.gateways
+        if gateways is not None:
+            gateways.route_up(route)  # type: ignore[attr-defined]
         if not route.solicited:
             # Gossip: tell the others about the newcomer, so they dial it.
             info = dict(route.remote_info)

@@ -203,8 +203,15 @@ class ClusterBehindGatewayTests(TestCase):
 
     timeout = 240
 
-    @defer.inlineCallbacks
     def test_two_node_cluster_and_a_reference_cluster(self):
+        return self.cluster_behind((True, True))
+
+    def test_only_one_node_knows_the_other_cluster(self):
+        """The second node learns the gateway from the first by route (gossip), as nats-server's do."""
+        return self.cluster_behind((True, False))
+
+    @defer.inlineCallbacks
+    def cluster_behind(self, configured):
         if nats is None:
             process.require("nats-py")
         their_gw, gw1, gw2, route1, route2 = (process.free_port() for _ in range(5))
@@ -212,14 +219,15 @@ class ClusterBehindGatewayTests(TestCase):
         theirs.start()
         self.addCleanup(theirs.stop)
         nodes, ports = [], []
-        for gw, route, other in ((gw1, route1, route2), (gw2, route2, route1)):
+        for gw, route, other, knows in ((gw1, route1, route2, configured[0]), (gw2, route2, route1, configured[1])):
             port = process.free_port()
             config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
                 '[service]\nhost = "127.0.0.1"\nport = %d\n'
                 '[cluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n'
                 '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
-                '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n'
-            ) % (port, route, other, gw, their_gw))
+            ) % (port, route, other, gw) + (
+                '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n' % their_gw if knows else ""
+            ))
             node = process.eventsvc(config, expect=("service",))
             node.start()
             self.addCleanup(node.stop)
