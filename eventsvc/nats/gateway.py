@@ -42,23 +42,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from eventsvc import wirejson
-from eventsvc.nats import limits
-from eventsvc.nats.client import failure_reason
-from eventsvc.nats.liveness import PONG, Pinger
-from eventsvc.nats.listener import ListenError
-from eventsvc.nats.outbound import Outbound
+from eventsvc.nats import limits, peer
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
+from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import PLAN_CACHE_SIZE, Broker
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
-from eventsvc.nats.tcp import no_delay
 
 GLOBAL = b"$G"
 #: Routed replies: C{_GR_.<cluster hash>.<server hash>.<reply>}.
@@ -228,68 +221,46 @@ class RemoteInterest:
             self.changed(None)
 
 
-@implementer(IHandshakeListener)
-class GatewayConnection(Protocol):
+class GatewayConnection(PeerConnection):
     """
     One gateway connection, dialled (C{remote} given: it carries our
     messages and brings back the peer's interest) or accepted (it brings
-    the peer's messages and carries our cluster's interest).  Its parts
-    are a route's: the framing loop (L{GatewayParser}), the outbound part
-    (cut at C{max_pending}, never stalling anyone) and the pinger.
+    the peer's messages and carries our cluster's interest): a
+    L{PeerConnection} speaking the gateway protocol (L{GatewayParser}).
     """
 
-    log = Logger()
-    route = False
+    kind = "gateway"
     gateway = True
-    may_receive: Optional[Callable[[bytes], bool]] = None
-    transport: Any
-    echo = True
-    headers = True
-    plain = True
-    may_publish = None
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
-        self.manager = manager
-        self.broker: Broker = manager.broker
         settings = manager.settings
+        super().__init__(manager, min(settings.ping_interval, MAX_PING_INTERVAL))
+        self.parser = GatewayParser(self, settings.max_control_line, settings.max_payload)
         self.remote = remote
-        self.dialled = remote is not None
         #: The remote gateway's (cluster's) name, and its hash in routed replies.
         self.name = remote.name if remote is not None else ""
         self.hash = remote.hash if remote is not None else b""
-        self.parser = GatewayParser(self, settings.max_control_line, settings.max_payload)
-        self.remote_id = ""
-        self.remote_info: Dict[str, Any] = {}
         self.connect_seen = False  # accepted: its CONNECT came
-        self.registered = False
-        self.closed = False
         self.interest = RemoteInterest(self, changed=manager.forget_plans)
         #: Whether the peer takes HMSG (else headers are dropped, as nats-server does).
         self.peer_headers = True
         #: Accounts we told the peer (A-) we have no interest in.
         self.refused_accounts: Set[bytes] = set()
-        self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
-        self.out = self.outbound.out
-        self.flush = self.outbound.flush
-        self.dirty = False
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pinger = Pinger(
-            manager.clock, min(settings.ping_interval, MAX_PING_INTERVAL), settings.ping_max, self._send_now, self._stale,
-        )
-        self.host, self.port = "", 0
-        self.start = self.last_activity = 0.0
         self._deadline: Any = None
         #: For /gatewayz (its own numbering: gateways are not clients).
         self.cid = manager.next_cid()
 
+    @property
+    def dialled(self) -> bool:
+        return self.remote is not None
+
+    def describe(self) -> str:
+        return self.name or self.host
+
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        no_delay(self.transport)
-        self.start = self.last_activity = self.manager.clock.seconds()
-        peer = self.transport.getPeer()
-        self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
-        self.outbound.attach(self.transport)
+        super().connectionMade()
         if not self.dialled:
             self.send(self.manager.info_line())
             self.flush()
@@ -304,78 +275,13 @@ class GatewayConnection(Protocol):
             )
             self.close("Authentication Timeout", "handshake timeout")
 
-    def handshakeCompleted(self) -> None:
-        """TLS: an accepted peer's certificate must carry the name we expect."""
-        name = self.manager.settings.tls_name
-        if not name or self.dialled:
-            return  # dialled gateways were checked by the client TLS options
-        try:
-            from service_identity.cryptography import verify_certificate_hostname
-
-            verify_certificate_hostname(self.transport.getPeerCertificate().to_cryptography(), name)
-        except Exception as e:
-            self.log.warn("gateway from {host}:{port} refused: its certificate is not for {name} ({why})", host=self.host, port=self.port, name=name, why=e)
-            self.close(None, "certificate name")
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.last_activity = self.manager.clock.seconds()
-        try:
-            self.parser.feed(data)
-        except ProtocolViolation as v:
-            self.close(v.error, v.detail or v.error or "protocol violation")
-        self.broker.flush()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.closed:
-            why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
-            if not self.registered:
-                self.log.warn(
-                    "gateway {way} {host}:{port} failed before it was up: {why}",
-                    way="to " + self.name if self.dialled else "from", host=self.host, port=self.port, why=why,
-                )
-            self._teardown(why)
-
-    def close(self, error: Optional[str], why: str) -> None:
-        if self.closed:
-            return
-        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
-        self._teardown(why)
-        self.transport.loseConnection()
-
-    def _teardown(self, why: str) -> None:
-        self.closed = True
+    def lost(self, why: str) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        self.pinger.stop()
-        self.outbound.close()
         self.manager.lost(self, why)
 
-    # -- output and liveness -----------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        self.out.append(data)
-        self.broker.mark_dirty(self)
-
-    @property
-    def pending_bytes(self) -> int:
-        return self.outbound.pending_bytes
-
-    def stall(self, consumer: Any) -> None:
-        pass  # a gateway's reads are never stalled for a slow client
-
-    def _slow(self, why: str) -> None:
-        self.log.warn("gateway {name} cannot keep up ({n} bytes held): closing it", name=self.name or self.host, n=self.outbound.held_bytes)
-        self.close(None, "slow gateway")
-
-    def _send_now(self, data: bytes) -> None:
-        self.send(data)
-        self.broker.flush()
-
-    def _stale(self) -> None:
-        self.close("Stale Connection", "stale gateway")
+    # -- output ------------------------------------------------------------------
 
     def send_message(
         self, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
@@ -551,25 +457,6 @@ class GatewayConnection(Protocol):
         self.in_bytes += total
         if self._take(account, subject):
             self.manager.received(self, subject, reply, queues, total, b"", hdr_len, body)
-
-    def op_no_responders(self, reply: bytes) -> None:
-        pass
-
-    def parse_later(self) -> None:
-        pass  # gateways are parsed without a budget
-
-    def op_ping(self) -> None:
-        self.send(PONG)
-
-    def op_pong(self) -> None:
-        self.pinger.pong_received()
-
-    def op_err(self, arg: bytes) -> None:
-        self.log.warn("gateway {name} says: {error}", name=self.name or self.host, error=arg.decode("utf-8", "replace"))
-        self.close(None, "peer sent -ERR")
-
-    def remove_subscription(self, sub: Subscription) -> None:
-        pass
 
 
 class _Accepting(Factory):
@@ -808,13 +695,7 @@ class GatewayManager(Service):
     # -- lifecycle ---------------------------------------------------------------------
 
     def startService(self) -> None:
-        try:
-            if self.settings.tls_server is not None:
-                self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.settings.tls_server, interface=self.settings.host)
-            else:
-                self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.settings.listen_backlog, interface=self.settings.host)
-        except CannotListenError as e:
-            raise ListenError("cannot listen on {}:{} for gateways ([supercluster] host and port): {}".format(self.settings.host, self.port, e.socketError))
+        self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "gateways ([supercluster] host and port)")
         self.port = self.listening.getHost().port
         self.log.info("supercluster gateway {name} listening on {host}:{port}", name=self.settings.name, host=self.settings.host, port=self.port)
         super().startService()
@@ -859,11 +740,7 @@ class GatewayManager(Service):
             return
         self._dialling.add(remote.name)
         factory = _Dialling(self, remote, url)
-        if self.settings.tls_client is not None:
-            options = self.settings.tls_client(self.settings.tls_name or parts.hostname)
-            self.clock.connectSSL(parts.hostname, parts.port, factory, options, timeout=5)
-        else:
-            self.clock.connectTCP(parts.hostname, parts.port, factory, timeout=5)
+        peer.dial(self.clock, parts.hostname, parts.port, factory, self.settings)
 
     def dial_failed(self, remote: RemoteGateway, url: str, why: str) -> None:
         self._dialling.discard(remote.name)
@@ -880,7 +757,7 @@ class GatewayManager(Service):
             return
         n = remote.attempts
         remote.attempts = n + 1
-        delay = min(self.settings.retry_max, self.settings.retry_initial * (2 ** min(n, 16))) * (0.5 + 0.5 * self.random.random())
+        delay = peer.backoff(self.settings, n, self.random.random)
         self.log.info("gateway {name}: {why}; dialling again in {delay:.1f}s", name=remote.name, why=why, delay=delay)
         self._timers[remote.name] = self.clock.callLater(delay, self.dial, remote)
 

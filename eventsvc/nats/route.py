@@ -18,167 +18,65 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 import random
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from eventsvc import wirejson
-from eventsvc.nats import limits
-from eventsvc.nats.client import failure_reason
+from eventsvc.nats import limits, peer
 from eventsvc.nats.greeting import info_line
-from eventsvc.nats.liveness import PONG, Pinger
-from eventsvc.nats.listener import ListenError
-from eventsvc.nats.outbound import Outbound
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
+from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
-from eventsvc.nats.tcp import no_delay
 
 GLOBAL = b"$G"
 #: The prefix of replies routed across gateways (eventsvc.nats.gateway).
 GR = b"_GR_."
 
 
-@implementer(IHandshakeListener)
-class RouteConnection(Protocol):
+class RouteConnection(PeerConnection):
     """
-    One route, dialled (C{solicited}) or accepted.  Its parts are the
-    client connection's: the framing loop (L{RouteParser}), the outbound
-    part (cut at C{max_pending}, never stalling anyone: a route is not a
-    consumer to wait for) and the pinger.
+    One route, dialled (C{solicited}) or accepted: a L{PeerConnection}
+    speaking the route protocol (L{RouteParser}).
     """
 
-    log = Logger()
+    kind = "route"
     route = True
-    gateway = False
-    may_receive: Optional[Callable[[bytes], bool]] = None
-    #: TCP or TLS: more than ITransport says (producers, TLS, abort).
-    transport: Any
-    echo = True
-    headers = True
-    #: For the framing loop: a route's messages take its plain path, unchecked.
-    plain = True
-    may_publish = None
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
-        self.manager = manager
-        self.broker: Broker = manager.broker
+        settings = manager.settings
+        super().__init__(manager, settings.ping_interval)
+        self.parser = RouteParser(self, settings.max_control_line, settings.max_payload)
         self.solicited = solicited
-        self.parser = RouteParser(self, manager.settings.max_control_line, manager.settings.max_payload)
-        self.remote_id = ""
-        self.remote_info: Dict[str, Any] = {}
-        self.registered = False
-        self.closed = False
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
-        self.outbound = Outbound(manager.clock, manager.settings.max_pending, self._slow, stalls=False)
-        self.out = self.outbound.out
-        self.flush = self.outbound.flush
-        self.dirty = False
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pinger = Pinger(manager.clock, manager.settings.ping_interval, manager.settings.ping_max, self._send_now, self._stale)
-        self.host, self.port = "", 0
-        #: When it connected, and when it last sent anything (for /routez).
-        self.start = self.last_activity = 0.0
+
+    @property
+    def dialled(self) -> bool:
+        return bool(self.solicited)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        no_delay(self.transport)
-        self.start = self.last_activity = self.manager.clock.seconds()
-        peer = self.transport.getPeer()
-        self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
-        self.outbound.attach(self.transport)
+        super().connectionMade()
         if self.solicited:
             self.send(b"CONNECT " + json.dumps(self.manager.connect_options()).encode() + b"\r\n")
         self.send(self.manager.info_line())
         self.flush()
         self.pinger.start()
 
-    def handshakeCompleted(self) -> None:
-        """TLS routes: the peer's certificate must carry the name we expect."""
-        name = self.manager.settings.tls_name
-        if not name or self.solicited:
-            return  # dialled routes were checked by the client TLS options
-        try:
-            from service_identity.cryptography import verify_certificate_hostname
+    def warn_unregistered(self) -> bool:
+        # A configured route that fails is redialled, and that says why.
+        return not (self.solicited and self.solicited in self.manager.configured)
 
-            verify_certificate_hostname(self.transport.getPeerCertificate().to_cryptography(), name)
-        except Exception as e:
-            self.log.warn("route from {host}:{port} refused: its certificate is not for {name} ({why})", host=self.host, port=self.port, name=name, why=e)
-            self.close(None, "certificate name")
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.last_activity = self.manager.clock.seconds()
-        try:
-            self.parser.feed(data)
-        except ProtocolViolation as v:
-            self.close(v.error, v.detail or v.error or "protocol violation")
-        self.broker.flush()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.closed:
-            why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
-            if not self.registered and not (self.solicited and self.solicited in self.manager.configured):
-                # Never up, and no redial will say so: a refused TLS handshake
-                # (a certificate from another CA) must not pass in silence.
-                self.log.warn(
-                    "route {way} {host}:{port} failed before it was up: {why}",
-                    way="to" if self.solicited else "from", host=self.host, port=self.port, why=why,
-                )
-            self._teardown(why)
-
-    def close(self, error: Optional[str], why: str) -> None:
-        if self.closed:
-            return
-        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
-        self._teardown(why)
-        self.transport.loseConnection()
-
-    def _teardown(self, why: str) -> None:
-        self.closed = True
-        self.pinger.stop()
-        self.outbound.close()
+    def lost(self, why: str) -> None:
         for sub in self.subs.values():
             self.broker.remove_remote_subscription(sub)
         self.subs.clear()
         self.manager.route_lost(self, why)
-
-    # -- output and liveness: the outbound part and the pinger ------------------
-
-    def send(self, data: bytes) -> None:
-        self.out.append(data)
-        self.broker.mark_dirty(self)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes owed to the peer and not yet handed to the transport."""
-        return self.outbound.pending_bytes
-
-    @property
-    def pings_out(self) -> int:
-        return self.pinger.pings_out
-
-    def stall(self, consumer: Any) -> None:
-        pass  # a route's reads are never stalled for a slow client
-
-    def _slow(self, why: str) -> None:
-        self.log.warn("route to {peer} cannot keep up ({n} bytes held): closing it", peer=self.remote_id or self.host, n=self.outbound.held_bytes)
-        self.close(None, "slow route")
-
-    def _send_now(self, data: bytes) -> None:
-        self.send(data)
-        self.broker.flush()
-
-    def _stale(self) -> None:
-        self.close("Stale Connection", "stale route")
 
     # -- operations ------------------------------------------------------------
 
@@ -280,12 +178,6 @@ class RouteConnection(Protocol):
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
         self.publish(self, subject, reply, size, tail)
 
-    def op_no_responders(self, reply: bytes) -> None:
-        pass  # the requester's server answers for its own clients
-
-    def parse_later(self) -> None:
-        pass  # routes are parsed without a budget
-
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         """An RMSG naming queue groups, or in another account (ignored)."""
         if account == GLOBAL and self._importable(subject):
@@ -316,19 +208,6 @@ class RouteConnection(Protocol):
             return True
         self.manager.dropped += 1
         return False
-
-    def op_ping(self) -> None:
-        self.send(PONG)
-
-    def op_pong(self) -> None:
-        self.pinger.pong_received()
-
-    def op_err(self, arg: bytes) -> None:
-        self.log.warn("route {peer} says: {error}", peer=self.remote_id or self.host, error=arg.decode("utf-8", "replace"))
-        self.close(None, "peer sent -ERR")
-
-    def remove_subscription(self, sub: Subscription) -> None:
-        pass  # remote interest has no auto-unsubscribe
 
 
 class _Accepting(Factory):
@@ -484,13 +363,7 @@ class RouteManager(Service):
     def startService(self) -> None:
         self.broker.cluster_name = self.settings.cluster_name
         if self.settings.accept:
-            try:
-                if self.settings.tls_server is not None:
-                    self.listening = self.clock.listenSSL(self.port, _Accepting(self), self.settings.tls_server, interface=self.settings.host)
-                else:
-                    self.listening = self.clock.listenTCP(self.port, _Accepting(self), backlog=self.settings.listen_backlog, interface=self.settings.host)
-            except CannotListenError as e:
-                raise ListenError("cannot listen on {}:{} for routes ([cluster] host and port): {}".format(self.settings.host, self.port, e.socketError))
+            self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "routes ([cluster] host and port)")
             self.port = self.listening.getHost().port
             self.log.info("cluster {name} listening for routes on {host}:{port}", name=self.settings.cluster_name, host=self.settings.host, port=self.port)
         super().startService()
@@ -523,11 +396,7 @@ class RouteManager(Service):
             self.log.error("route {url} is not nats-route://host:port", url=url)
             return
         self._dialling.add(url)
-        if self.settings.tls_client is not None:
-            options = self.settings.tls_client(self.settings.tls_name or parts.hostname)
-            self.clock.connectSSL(parts.hostname, parts.port, _Dialling(self, url), options, timeout=5)
-        else:
-            self.clock.connectTCP(parts.hostname, parts.port, _Dialling(self, url), timeout=5)
+        peer.dial(self.clock, parts.hostname, parts.port, _Dialling(self, url), self.settings)
 
     def dial_failed(self, url: str, why: str) -> None:
         self._dialling.discard(url)
@@ -538,7 +407,7 @@ class RouteManager(Service):
             return
         n = self._attempts.get(url, 0)
         self._attempts[url] = n + 1
-        delay = min(self.settings.retry_max, self.settings.retry_initial * (2 ** n)) * (0.5 + 0.5 * self.random.random())
+        delay = peer.backoff(self.settings, n, self.random.random)
         self.log.info("route {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
         self._timers[url] = self.clock.callLater(delay, self.dial, url)
 

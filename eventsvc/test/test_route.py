@@ -640,3 +640,14 @@ class RouteFuzzTests(SynchronousTestCase):
             pos = nl + 2 + int(line[-1]) + 2
             frames += 1
         self.assertEqual(frames, plain)
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_long_outages_keep_redialling(self) -> None:
+        """After thousands of failures the delay is still retry_max, jittered (2**n once overflowed a float)."""
+        from eventsvc.nats.peer import backoff
+
+        settings = RouteSettings("c1", retry_initial=0.5, retry_max=10.0)
+        self.assertEqual(backoff(settings, 0, lambda: 1.0), 0.5)
+        self.assertEqual(backoff(settings, 2, lambda: 0.0), 1.0)
+        self.assertEqual(backoff(settings, 5000, lambda: 1.0), 10.0)

@@ -1,0 +1,237 @@
+"""
+A link to another server: what a route and a gateway connection share.
+
+Both are put together from the client connection's parts: a framing loop
+(a verb table's parser), the outbound part (cut off at C{max_pending},
+never stalling anyone: a peer is not a consumer to wait for) and the pinger
+(every interval, busy or not).  This module holds that plumbing once; the
+protocols (L{eventsvc.nats.route}, L{eventsvc.nats.gateway}) hold only
+their handshakes, interest and messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from eventsvc.nats.client import failure_reason
+from eventsvc.nats.listener import ListenError
+from eventsvc.nats.liveness import PONG, Pinger
+from eventsvc.nats.outbound import Outbound
+from eventsvc.nats.parser import ProtocolViolation
+from eventsvc.nats.server import Broker
+from eventsvc.nats.subjects import Subscription
+from eventsvc.nats.tcp import no_delay
+
+
+@implementer(IHandshakeListener)
+class PeerConnection(Protocol):
+    """
+    One link to a peer server, dialled or accepted.  A subclass names its
+    C{kind} ("route", "gateway") for the log, says whether it was
+    C{dialled}, and implements the operations its parser calls and
+    L{lost} (what its manager must hear when it ends).
+
+    @ivar manager: the subclass's manager: C{broker}, C{clock} and
+        C{settings} (C{max_pending}, C{ping_max}, C{tls_name}).
+    """
+
+    log = Logger()
+    kind = "peer"
+    route = False
+    gateway = False
+    may_receive: Optional[Callable[[bytes], bool]] = None
+    #: TCP or TLS: more than ITransport says (producers, TLS, abort).
+    transport: Any
+    echo = True
+    headers = True
+    #: For the framing loop: a peer's messages take its plain path, unchecked.
+    plain = True
+    may_publish = None
+
+    #: The framing loop with the protocol's verb table (set by the subclass).
+    parser: Any
+
+    def __init__(self, manager: Any, ping_interval: float) -> None:
+        self.manager = manager
+        self.broker: Broker = manager.broker
+        settings = manager.settings
+        self.remote_id = ""
+        self.remote_info: Dict[str, Any] = {}
+        self.registered = False
+        self.closed = False
+        self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
+        self.out = self.outbound.out
+        self.flush = self.outbound.flush
+        self.dirty = False
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.pinger = Pinger(manager.clock, ping_interval, settings.ping_max, self._send_now, self._stale)
+        self.host, self.port = "", 0
+        #: When it connected, and when it last sent anything (monitoring).
+        self.start = self.last_activity = 0.0
+
+    @property
+    def dialled(self) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The peer, for the log."""
+        return self.remote_id or self.host
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        self.start = self.last_activity = self.manager.clock.seconds()
+        peer = self.transport.getPeer()
+        self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+        self.outbound.attach(self.transport)
+
+    def handshakeCompleted(self) -> None:
+        """TLS: an accepted peer's certificate must carry the name we expect."""
+        name = self.manager.settings.tls_name
+        if not name or self.dialled:
+            return  # dialled peers were checked by the client TLS options
+        try:
+            from service_identity.cryptography import verify_certificate_hostname
+
+            verify_certificate_hostname(self.transport.getPeerCertificate().to_cryptography(), name)
+        except Exception as e:
+            self.log.warn(
+                "{kind} from {host}:{port} refused: its certificate is not for {name} ({why})",
+                kind=self.kind, host=self.host, port=self.port, name=name, why=e,
+            )
+            self.close(None, "certificate name")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = self.manager.clock.seconds()
+        try:
+            self.parser.feed(data)
+        except ProtocolViolation as v:
+            self.close(v.error, v.detail or v.error or "protocol violation")
+        self.broker.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.closed:
+            why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
+            if not self.registered and self.warn_unregistered():
+                # Never up: a refused TLS handshake (a certificate from
+                # another CA) must not pass in silence.
+                self.log.warn(
+                    "{kind} {way} {host}:{port} failed before it was up: {why}",
+                    kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, why=why,
+                )
+            self._teardown(why)
+
+    def warn_unregistered(self) -> bool:
+        """Whether a link lost before it was up is worth a warning (no redial will say so)."""
+        return True
+
+    def close(self, error: Optional[str], why: str) -> None:
+        if self.closed:
+            return
+        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
+        self._teardown(why)
+        self.transport.loseConnection()
+
+    def _teardown(self, why: str) -> None:
+        self.closed = True
+        self.pinger.stop()
+        self.outbound.close()
+        self.lost(why)
+
+    def lost(self, why: str) -> None:
+        """It has ended: tell the manager (and let go of its interest)."""
+        raise NotImplementedError
+
+    # -- output and liveness: the outbound part and the pinger ------------------
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.broker.mark_dirty(self)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes owed to the peer and not yet handed to the transport."""
+        return self.outbound.pending_bytes
+
+    @property
+    def pings_out(self) -> int:
+        return self.pinger.pings_out
+
+    def stall(self, consumer: Any) -> None:
+        pass  # a peer's reads are never stalled for a slow client
+
+    def _slow(self, why: str) -> None:
+        self.log.warn(
+            "{kind} to {peer} cannot keep up ({n} bytes held): closing it",
+            kind=self.kind, peer=self.describe(), n=self.outbound.held_bytes,
+        )
+        self.close(None, "slow " + self.kind)
+
+    def _send_now(self, data: bytes) -> None:
+        self.send(data)
+        self.broker.flush()
+
+    def _stale(self) -> None:
+        self.close("Stale Connection", "stale " + self.kind)
+
+    # -- what every peer protocol answers the same way ----------------------------
+
+    def op_ping(self) -> None:
+        self.send(PONG)
+
+    def op_pong(self) -> None:
+        self.pinger.pong_received()
+
+    def op_err(self, arg: bytes) -> None:
+        self.log.warn("{kind} {peer} says: {error}", kind=self.kind, peer=self.describe(), error=arg.decode("utf-8", "replace"))
+        self.close(None, "peer sent -ERR")
+
+    def op_no_responders(self, reply: bytes) -> None:
+        pass  # the requester's server answers for its own clients
+
+    def parse_later(self) -> None:
+        pass  # peers are parsed without a budget
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        pass  # remote interest has no auto-unsubscribe
+
+
+def listen(clock: Any, port: int, factory: Any, settings: Any, what: str) -> Any:
+    """
+    Listen for peers on C{settings.host} and C{port}, over TLS when
+    C{settings.tls_server} is set (TLS first, as nats-server 2.9).
+
+    @param what: the configuration that set the address, for the error.
+    @raise ListenError: the address cannot be bound.
+    """
+    try:
+        if settings.tls_server is not None:
+            return clock.listenSSL(port, factory, settings.tls_server, interface=settings.host)
+        return clock.listenTCP(port, factory, backlog=settings.listen_backlog, interface=settings.host)
+    except CannotListenError as e:
+        raise ListenError("cannot listen on {}:{} for {}: {}".format(settings.host, port, what, e.socketError))
+
+
+def dial(clock: Any, host: str, port: int, factory: Any, settings: Any) -> None:
+    """Dial a peer, over TLS (checking C{settings.tls_name}, or the host) when C{settings.tls_client} is set."""
+    if settings.tls_client is not None:
+        clock.connectSSL(host, port, factory, settings.tls_client(settings.tls_name or host), timeout=5)
+    else:
+        clock.connectTCP(host, port, factory, timeout=5)
+
+
+def backoff(settings: Any, attempt: int, random: Callable[[], float]) -> float:
+    """
+    Seconds before dialling again after C{attempt} failures: doubling from
+    C{retry_initial} up to C{retry_max}, with jitter (half to all of it).
+    """
+    return min(settings.retry_max, settings.retry_initial * (2 ** min(attempt, 30))) * (0.5 + 0.5 * random())
