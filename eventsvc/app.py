@@ -472,21 +472,29 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
     return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor), pool=pool)
 
 
-def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
+def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
+    """
+    Mutual TLS for links to other servers (routes, gateways) with the [tls]
+    identity and CA: the server context, and client options by the name
+    the peer's certificate must carry.
+    """
     from twisted.internet import ssl
 
+    tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
+    trust = ssl.trustRootFromCertificates([load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")])
+    identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
+
+    def tls_client(name: str) -> Any:
+        return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
+
+    return tls_server, tls_client
+
+
+def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
     from eventsvc.nats.route import RouteManager, RouteSettings
 
     cl, limits = config.cluster, config.limits
-    tls_server = tls_client = None
-    if cl.tls:
-        tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
-        trust = ssl.trustRootFromCertificates([load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")])
-        identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
-
-        def tls_client(name: str) -> Any:
-            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
-
+    tls_server, tls_client = _peer_tls(config) if cl.tls else (None, None)
     return RouteManager(broker, reactor, RouteSettings(
         cluster_name=cl.name, host=cl.host, port=cl.port, routes=tuple(cl.routes), no_advertise=cl.no_advertise,
         imports=_route_permissions(cl.permissions.import_allow, cl.permissions.import_deny),
@@ -499,20 +507,10 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
 
 
 def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
-    from twisted.internet import ssl
-
     from eventsvc.nats.gateway import GatewayManager, GatewaySettings
 
     sc, limits = config.supercluster, config.limits
-    tls_server = tls_client = None
-    if sc.tls:
-        tls_server = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
-        trust = ssl.trustRootFromCertificates([load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")])
-        identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
-
-        def tls_client(name: str) -> Any:
-            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
-
+    tls_server, tls_client = _peer_tls(config) if sc.tls else (None, None)
     return GatewayManager(broker, reactor, GatewaySettings(
         name=sc.name, host=sc.host, port=sc.port, advertise=sc.advertise,
         gateways=tuple((g.name, tuple(g.urls)) for g in sc.gateways),

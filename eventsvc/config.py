@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 from dataclasses import replace
 
 import toml
@@ -419,6 +419,11 @@ def _resolve(base: str, value: str) -> str:
     return value if not value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
 
 
+def _link_subjects(permissions: "RoutePermissionsConfig") -> List[Tuple[str, str]]:
+    """Every (key, subject) of a link's import/export lists ([cluster] or [supercluster] permissions)."""
+    return [(key, subject) for key in ("import_allow", "import_deny", "export_allow", "export_deny") for subject in getattr(permissions, key)]
+
+
 def _valid_subject(subject: str) -> bool:
     from eventsvc.nats.subjects import valid_subject
 
@@ -656,10 +661,9 @@ def _check(config: Config, path: str) -> None:
                 fail("cluster", "routes", "{!r} is not nats-route://host:port".format(url))
         if not cl.listen and not cl.routes:
             fail("cluster", "routes", "listen = false needs at least one route to dial")
-        for key in ("import_allow", "import_deny", "export_allow", "export_deny"):
-            for subject in getattr(cl.permissions, key):
-                if not _valid_subject(subject):
-                    fail("cluster.permissions", key, "{!r} is not a valid subject".format(subject))
+        for key, subject in _link_subjects(cl.permissions):
+            if not _valid_subject(subject):
+                fail("cluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if cl.tls and not config.tls.enabled:
             fail("cluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the routes' identity and CA)")
     sc = config.supercluster
@@ -694,10 +698,9 @@ def _check(config: Config, path: str) -> None:
                     valid = False
                 if parts.scheme not in ("nats", "tls") or not valid:
                     fail("supercluster.gateways", "urls", "{} ({}): {!r} is not nats://host:port".format(where, remote.name, url))
-        for key in ("import_allow", "import_deny", "export_allow", "export_deny"):
-            for subject in getattr(sc.permissions, key):
-                if not _valid_subject(subject):
-                    fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
+        for key, subject in _link_subjects(sc.permissions):
+            if not _valid_subject(subject):
+                fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if sc.tls and not config.tls.enabled:
             fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
     if not config.service.enabled and not config.gateway.enabled:
