@@ -252,7 +252,9 @@ class IRouteOperations(IFramedConnection, Protocol):
 class RouteParser(Framer):
     """
     Parses what a peer server sends on a route: INFO, CONNECT, RS+, RS-,
-    RMSG, HMSG, PING, PONG, +OK, -ERR.  Messages in the global account
+    RMSG, HMSG, PING, PONG, +OK, -ERR, and LS+, LS-, LMSG (a peer's leaf
+    nodes' interest and messages with their origin cluster, as nats-server
+    sends them to a route that says C{lnoc}, as ours do).  Messages in the global account
     (C{$G}) without queue names take the loop's plain path, as a client's
     PUBs do; the others go to C{op_rmsg}, where accounts other than C{$G}
     are ignored.  Payload sizes are not held to C{max_payload} (nats-server
@@ -264,9 +266,11 @@ class RouteParser(Framer):
         Verb(b"HMSG", "_hmsg"),
         Verb(b"RS+", "_rs_plus"),
         Verb(b"RS-", "_rs_minus"),
-        Verb(b"LS+", "_unsupported"),
-        Verb(b"LS-", "_unsupported"),
-        Verb(b"LMSG", "_unsupported"),
+        # A leaf node's interest and messages, with the cluster they came
+        # from (nats-server sends these to a route that says "lnoc").
+        Verb(b"LS+", "_ls_plus"),
+        Verb(b"LS-", "_rs_minus"),
+        Verb(b"LMSG", "_lmsg"),
         Verb(b"A+", "_unsupported"),
         Verb(b"A-", "_unsupported"),
         Verb(b"PING", "_ping", spaced=False, bounded=False),
@@ -329,6 +333,41 @@ class RouteParser(Framer):
             raise ProtocolViolation(None, "short RS+")
         return nl + 1
 
+    def _ls_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        # LS+ <origin cluster> <account> <subject> [<queue> <weight>]: RS+
+        # with the leaf's cluster first (which we have no leaf to keep it from).
+        args = split_args(buf[start:eol])
+        if len(args) == 3:
+            self._handler.op_rs_plus(args[1], args[2], None, 1)
+        elif len(args) == 5:
+            self._handler.op_rs_plus(args[1], args[2], args[3], max(parse_size(args[4]), 1))
+        else:
+            raise ProtocolViolation(None, "bad LS+")
+        return nl + 1
+
+    def _lmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        # LMSG <origin> <account> <subject> [targets] <header size> <size>:
+        # an HMSG with the leaf's cluster first, its header size 0 when
+        # the message has no headers.
+        args = split_args(buf[start:eol])
+        if len(args) < 5:
+            raise ProtocolViolation(None, "short LMSG")
+        hdr_len, size = size_of(args[-2]), size_of(args[-1])
+        if hdr_len > size:
+            raise ProtocolViolation(None, "LMSG header size larger than its size")
+        reply, queues = _route_targets(args[3:-2])
+        end = self._payload_end(buf, pos, nl, size)
+        if end >= 0:
+            body = buf[nl + 1 : end]
+            if hdr_len:
+                self._handler.op_rhmsg(args[1], args[2], reply, queues, hdr_len, size, body)
+            else:
+                handler = self._handler
+                handler.in_msgs += 1
+                handler.in_bytes += size
+                handler.op_rmsg(args[1], args[2], reply, queues, size, b"%d\r\n%s" % (size, body))
+        return end
+
     def _rs_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])
         if len(args) < 2:
@@ -360,7 +399,7 @@ class RouteParser(Framer):
         return nl + 1
 
     def _unsupported(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        raise ProtocolViolation(UNKNOWN_OPERATION, "leaf node and account operations are not supported")
+        raise ProtocolViolation(UNKNOWN_OPERATION, "account operations are not supported on routes")
 
 
 class GatewayParser(RouteParser):

@@ -559,3 +559,85 @@ class RoutePermissionsWithReferenceTests(TestCase):
         for key in ("start", "last_activity", "uptime", "idle", "in_msgs", "subscriptions"):
             self.assertIn(key, route)
         self.assertTrue(route["start"].endswith("Z") and route["uptime"].endswith("s"), route)
+
+
+class LeafOriginOverRouteTests(TestCase):
+    """
+    A nats-server peer with a leaf node from a named cluster: nats-server
+    tells a route that says C{lnoc} of that leaf's interest as
+    C{LS+ <origin> $G <subject>} and forwards its messages as
+    C{LMSG <origin> $G <subject> <hdr> <size>}.  We say C{lnoc}, so we must
+    read both (we closed the route with an unknown operation before).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_leaf_interest_and_messages_cross_the_route(self):
+        if nats is None:
+            process.require("nats-py")
+        cluster_port, client_port, leaf_port = process.free_port(), process.free_port(), process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "hub"\n'
+            'host = "127.0.0.1"\nport = %d\n'
+        ) % (client_port, cluster_port))
+        ours = process.eventsvc(config, expect=("service",))
+        yield threads.deferToThread(ours.start)
+        self.addCleanup(ours.stop)
+        hub_conf = process.write_config(os.path.abspath(self.mktemp() + ".conf"), (
+            'cluster { name: hub, listen: "127.0.0.1:%d", routes: ["nats-route://127.0.0.1:%d"] }\n'
+            'leafnodes { listen: "127.0.0.1:%d" }\n'
+        ) % (process.free_port(), cluster_port, leaf_port))
+        hub = process.nats_server("-c", hub_conf)
+        yield threads.deferToThread(hub.start)
+        self.addCleanup(hub.stop)
+        edge_conf = process.write_config(os.path.abspath(self.mktemp() + ".conf"), (
+            'cluster { name: edge, listen: "127.0.0.1:%d" }\n'
+            'leafnodes { remotes: [ { url: "nats-leaf://127.0.0.1:%d" } ] }\n'
+        ) % (process.free_port(), leaf_port))
+        edge = process.nats_server("-c", edge_conf)
+        yield threads.deferToThread(edge.start)
+        self.addCleanup(edge.stop)
+
+        async def scenario():
+            leaf = await nats.connect("nats://127.0.0.1:%d" % edge.port)
+            mine = await nats.connect("nats://127.0.0.1:%d" % client_port)
+            at_leaf, at_mine = [], []
+
+            async def keep_leaf(msg):
+                at_leaf.append((msg.subject, msg.data, msg.headers))
+
+            async def keep_mine(msg):
+                at_mine.append((msg.subject, msg.data, msg.headers))
+
+            async def answer(msg):
+                await msg.respond(b"from the leaf")
+
+            await leaf.subscribe("to.leaf", cb=keep_leaf)
+            await leaf.subscribe("svc.leaf", cb=answer)
+            await mine.subscribe("to.us", cb=keep_mine)
+            await leaf.flush()
+            await mine.flush()
+            for _ in range(200):
+                await mine.publish("to.leaf", b"probe")
+                await leaf.publish("to.us", b"probe")
+                await asyncio.sleep(0.05)
+                if at_leaf and at_mine:
+                    break
+            del at_leaf[:], at_mine[:]
+            await mine.publish("to.leaf", b"plain")
+            await leaf.publish("to.us", b"plain")
+            await leaf.publish("to.us", b"with", headers={"k": "v"})
+            reply = await mine.request("svc.leaf", b"?", timeout=3)
+            await mine.flush()
+            await leaf.flush()
+            await asyncio.sleep(0.5)
+            await leaf.close()
+            await mine.close()
+            return at_leaf, at_mine, reply.data
+
+        at_leaf, at_mine, reply = yield run(scenario)
+        self.assertEqual(at_leaf, [("to.leaf", b"plain", None)])
+        self.assertEqual(at_mine, [("to.us", b"plain", None), ("to.us", b"with", {"k": "v"})])
+        self.assertEqual(reply, b"from the leaf")
+        self.assertNotIn("Unknown Protocol", ours.output())

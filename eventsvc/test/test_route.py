@@ -364,6 +364,41 @@ class RouteParserTests(SynchronousTestCase):
         self.assertEqual(member.received(), b"MSG foo 2 1\r\ny\r\n")
         self.assertEqual(plain.received(), b"MSG foo 1 1\r\ny\r\n")
 
+    def test_leaf_origin_interest_and_messages(self) -> None:
+        """
+        What nats-server sends a route that says "lnoc" for a leaf node of
+        a named cluster: LS+ with the origin first, LS- as RS-, and LMSG
+        with the origin and a header size (0 without headers).
+        """
+        a, b = Node("A"), Node("B")
+        pump, dialled, accepted = link(a, b)
+        plain, member = b.client(), b.client()
+        plain.send(b"SUB foo 1\r\n")
+        member.send(b"SUB foo q 2\r\n")
+        pump.flush()
+        accepted.dataReceived(b"LS+ edge $G leaf.x\r\nLS+ edge $G leaf.q work 3\r\n")
+        self.assertEqual(
+            sorted((s.subject, s.queue) for s in b.broker.sublist.all() if s.owner is accepted),
+            [(b"leaf.q", b"work"), (b"leaf.x", None)],
+        )
+        accepted.dataReceived(
+            b"LMSG edge $G foo 0 2\r\nhi\r\nLMSG edge $G foo rep 0 1\r\nx\r\n"
+            b"LMSG edge $G foo | q 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+        )
+        b.broker.flush()
+        # (These clients did not ask for headers: they get the payload alone.)
+        self.assertEqual(plain.received(), b"MSG foo 1 2\r\nhi\r\nMSG foo 1 rep 1\r\nx\r\nMSG foo 1 2\r\nhi\r\n")
+        self.assertEqual(member.received(), b"MSG foo 2 2\r\nhi\r\n")
+        self.assertEqual(accepted.in_msgs, 3)
+        accepted.dataReceived(b"LS- $G leaf.x\r\nLS- $G leaf.q work\r\n")
+        self.assertEqual([s for s in b.broker.sublist.all() if s.owner is accepted], [])
+        self.assertFalse(accepted.closed)
+        for bad in (b"LS+ edge $G\r\n", b"LMSG edge $G foo 3 2\r\nhi\r\n"):
+            a, b = Node("A"), Node("B")
+            pump, dialled, accepted = link(a, b)
+            accepted.dataReceived(bad)
+            self.assertTrue(accepted.closed, bad)
+
 
 def infos(data: bytes) -> list:
     """The INFO lines in C{data}, decoded."""
@@ -513,6 +548,11 @@ _ROUTE_OPS = st.sampled_from([
     b"RMSG $SYS foo 1\r\ny\r\n",
     b"HMSG $G foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
     b"HMSG $G foo reply 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+    b"LS+ edge $G foo\r\n",
+    b"LS+ edge $G foo.* q 3\r\n",
+    b"LS- $G foo\r\n",
+    b"LMSG edge $G foo 0 2\r\nhi\r\n",
+    b"LMSG edge $G foo + reply q 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
     b"PING\r\n",
     b"PONG\r\n",
     b"+OK\r\n",
@@ -552,7 +592,7 @@ def valid_route_streams(draw) -> "tuple[bytes, int]":
     out = []
     plain = 0
     for _ in range(draw(st.integers(1, 25))):
-        kind = draw(st.sampled_from(["rmsg", "rmsg", "rmsg-q", "hmsg", "rs", "ping", "other-account"]))
+        kind = draw(st.sampled_from(["rmsg", "rmsg", "rmsg-q", "hmsg", "lmsg", "lmsg-h", "rs", "ls", "ping", "other-account"]))
         payload = draw(st.binary(max_size=40))
         if kind == "rmsg":
             reply = draw(st.one_of(st.none(), _LITERAL))
@@ -565,8 +605,17 @@ def valid_route_streams(draw) -> "tuple[bytes, int]":
             block = b"NATS/1.0\r\nK: v\r\n\r\n"
             out.append(b"HMSG $G %s %d %d\r\n%s%s\r\n" % (draw(_LITERAL), len(block), len(block) + len(payload), block, payload))
             plain += 1
+        elif kind == "lmsg":
+            out.append(b"LMSG edge $G %s 0 %d\r\n%s\r\n" % (draw(_LITERAL), len(payload), payload))
+            plain += 1
+        elif kind == "lmsg-h":
+            block = b"NATS/1.0\r\nK: v\r\n\r\n"
+            out.append(b"LMSG edge $G %s | %s %d %d\r\n%s%s\r\n" % (draw(_LITERAL), draw(_TOKEN), len(block), len(block) + len(payload), block, payload))
+            plain += 1
         elif kind == "rs":
             out.append(b"RS+ $G %s\r\n" % draw(_LITERAL))
+        elif kind == "ls":
+            out.append(b"LS+ edge $G %s\r\n" % draw(_LITERAL))
         elif kind == "ping":
             out.append(b"PING\r\n")
         else:
