@@ -20,6 +20,7 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -301,7 +302,7 @@ class ClientConnection(Protocol):
             self.parser.feed(data)
         except ProtocolViolation as violation:
             self.close(violation.error, _violation_reason(violation.error), violation.detail)
-        self.broker.flush(self)
+        self._flush()
 
     def parse_later(self) -> None:
         """The parser used its budget for this read: read nothing more until it has gone on."""
@@ -318,7 +319,22 @@ class ClientConnection(Protocol):
             self.parser.resume()
         except ProtocolViolation as violation:
             self.close(violation.error, _violation_reason(violation.error), violation.detail)
-        self.broker.flush(self)
+        self._flush()
+
+    def _flush(self) -> None:
+        """
+        Write out what this read delivered.  When the parser stopped at its
+        budget (the rest waits a turn), the writing is counted against the
+        next turn's budget: one burst's turns stay within the budget, the
+        writing to its consumers included.
+        """
+        parser = self.parser
+        if parser.suspended:
+            started = perf_counter()
+            self.broker.flush(self)
+            parser.debt = perf_counter() - started
+        else:
+            self.broker.flush(self)
 
     def send(self, data: bytes) -> None:
         """Queue C{data} for this client; written at the next flush."""

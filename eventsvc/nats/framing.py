@@ -185,6 +185,11 @@ class Framer:
         #: waits for the next reactor turn (C{handler.parse_later}), so one
         #: connection's burst never holds up everyone else; None: no bound.
         self.budget = budget
+        #: Seconds of the next feed's budget already spent on the work the
+        #: last one caused after it returned (writing out what it
+        #: delivered): a burst fanned out to a consumer costs as much to
+        #: write as to parse, and both hold up everyone else.
+        self.debt = 0.0
         self.awaiting_connect = False
         self.suspended = False
         # Unconsumed bytes: a partial control line, or a whole operation
@@ -419,7 +424,8 @@ class Framer:
         # Every 16 operations (one may fan out to hundreds of subscribers),
         # the time spent is checked against the budget.
         budget = self.budget
-        started = perf_counter() if budget is not None else 0.0
+        started = perf_counter() - self.debt if budget is not None else 0.0
+        self.debt = 0.0
         pos = ops = 0
         runs = self.split_runs and plain and may_publish is None and not guarded
         if runs and self._differing and buf.startswith(fast):

@@ -24,4 +24,4 @@ WRITE_DEADLINE = 10.0
 AUTH_TIMEOUT = 2.0
 TLS_TIMEOUT = 2.0
 #: Seconds of parsing one read may take before the rest waits a reactor turn.
-PARSE_BUDGET = 0.02
+PARSE_BUDGET = 0.01

@@ -784,6 +784,36 @@ class ParseBudgetTests(SynchronousTestCase):
         self.assertEqual(pub.received(), b"PONG\r\n")
         self.assertEqual(pub.proto.transport.producerState, "producing")
 
+    def test_writing_a_turn_out_counts_against_the_next_turn(self) -> None:
+        """
+        When a turn stopped at the budget, the time its flush took (writing
+        what it delivered: a fan-out costs as much to write as to parse)
+        is taken from the next turn's budget.
+        """
+        from eventsvc.nats import client
+
+        h = Harness(parse_budget=3600.0)
+        sub = h.connect()
+        sub.send(b"SUB burst 1\r\n")
+        pub = h.connect()
+        # The clock of the flush's measure: every flush takes two hours.
+        ticks = iter(range(0, 10 ** 6, 7200))
+        self.patch(client, "perf_counter", lambda: next(ticks))
+        parser = pub.proto.parser
+        parser.suspended = True  # (as after a turn that used its budget)
+        pub.proto._flush()
+        self.assertEqual(parser.debt, 7200)
+        parser.suspended = False
+        # With two hours of the budget's one gone, the next turn stops at its first check.
+        pub.send(b"".join(b"PUB burst 1\r\nx\r\n" for _ in range(100)))
+        self.assertEqual(sub.received().count(b"MSG burst"), 15)
+        self.assertEqual(parser.debt, 7200)  # and its own flush is counted again
+        # Flushes outside a budget-stopped turn cost the next turn nothing.
+        parser.debt = 0.0
+        parser.suspended = False
+        pub.proto._flush()
+        self.assertEqual(parser.debt, 0.0)
+
     def test_input_while_yielding_is_kept_in_order(self) -> None:
         h = Harness(parse_budget=0.0)
         c = h.connect(b'CONNECT {"verbose":false}\r\n')
