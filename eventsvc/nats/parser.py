@@ -315,34 +315,51 @@ class RouteParser(Framer):
         args = split_args(buf[start:eol])
         if len(args) < 4:
             raise ProtocolViolation(None, "short HMSG")
+        return self._routed_with_headers(args, buf, pos, nl)
+
+    def _routed_with_headers(self, args: List[bytes], buf: bytes, pos: int, nl: int, plain_if_none: bool = False) -> int:
+        """
+        C{<account> <subject> [targets] <header size> <size>} and its
+        payload: HMSG's arguments, and LMSG's after its origin.  With
+        C{plain_if_none}, a header size of 0 means no headers (LMSG's
+        rule): the message is a plain one.
+        """
         hdr_len, size = size_of(args[-2]), size_of(args[-1])
         reply, queues = _route_targets(args[2:-2])
         end = self._payload_end(buf, pos, nl, size)
         if end >= 0:
-            self._handler.op_rhmsg(args[0], args[1], reply, queues, hdr_len, size, buf[nl + 1 : end])
+            body = buf[nl + 1 : end]
+            handler = self._handler
+            if hdr_len or not plain_if_none:
+                handler.op_rhmsg(args[0], args[1], reply, queues, hdr_len, size, body)
+            else:
+                handler.in_msgs += 1
+                handler.in_bytes += size
+                handler.op_rmsg(args[0], args[1], reply, queues, size, b"%d\r\n%s" % (size, body))
         return end
 
     def _rs_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])
+        if len(args) < 2:
+            raise ProtocolViolation(None, "short RS+")
+        self._interest(args)
+        return nl + 1
+
+    def _interest(self, args: List[bytes]) -> None:
+        """C{<account> <subject> [<queue> [<weight>]]}: RS+'s arguments, and LS+'s after its origin."""
         if len(args) == 2:
             self._handler.op_rs_plus(args[0], args[1], None, 1)
-        elif len(args) >= 3:
+        else:
             weight = parse_size(args[3]) if len(args) > 3 else 1
             self._handler.op_rs_plus(args[0], args[1], args[2], max(weight, 1))
-        else:
-            raise ProtocolViolation(None, "short RS+")
-        return nl + 1
 
     def _ls_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         # LS+ <origin cluster> <account> <subject> [<queue> <weight>]: RS+
         # with the leaf's cluster first (which we have no leaf to keep it from).
         args = split_args(buf[start:eol])
-        if len(args) == 3:
-            self._handler.op_rs_plus(args[1], args[2], None, 1)
-        elif len(args) == 5:
-            self._handler.op_rs_plus(args[1], args[2], args[3], max(parse_size(args[4]), 1))
-        else:
+        if len(args) not in (3, 5):
             raise ProtocolViolation(None, "bad LS+")
+        self._interest(args[1:])
         return nl + 1
 
     def _lmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
@@ -352,21 +369,9 @@ class RouteParser(Framer):
         args = split_args(buf[start:eol])
         if len(args) < 5:
             raise ProtocolViolation(None, "short LMSG")
-        hdr_len, size = size_of(args[-2]), size_of(args[-1])
-        if hdr_len > size:
+        if size_of(args[-2]) > size_of(args[-1]):
             raise ProtocolViolation(None, "LMSG header size larger than its size")
-        reply, queues = _route_targets(args[3:-2])
-        end = self._payload_end(buf, pos, nl, size)
-        if end >= 0:
-            body = buf[nl + 1 : end]
-            if hdr_len:
-                self._handler.op_rhmsg(args[1], args[2], reply, queues, hdr_len, size, body)
-            else:
-                handler = self._handler
-                handler.in_msgs += 1
-                handler.in_bytes += size
-                handler.op_rmsg(args[1], args[2], reply, queues, size, b"%d\r\n%s" % (size, body))
-        return end
+        return self._routed_with_headers(args[1:], buf, pos, nl, plain_if_none=True)
 
     def _rs_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])
