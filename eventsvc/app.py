@@ -120,6 +120,11 @@ class EventService(MultiService):
             down = supercluster.down()
             if down:
                 return False, "gateway down: {}".format(", ".join(down))
+        leafnodes = self._named("leafnodes")
+        if leafnodes is not None:
+            down = leafnodes.down()
+            if down:
+                return False, "leaf node remote down: {}".format(", ".join(down))
         return True, ""
 
     def health_subject(self) -> str:
@@ -302,7 +307,7 @@ _RELOADABLE = {
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "monitor", "limits"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "monitor", "limits"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:
@@ -379,6 +384,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             gateways = _supercluster(config, broker, reactor)
             gateways.routes = routes
             gateways.setServiceParent(top)
+        if config.leafnodes.enabled:
+            _leafnodes(config, broker, reactor).setServiceParent(top)
         if config.monitor.enabled:
             where = _where("monitor", config)
             from eventsvc.ops.monitor import MonitorService
@@ -520,6 +527,22 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max,
         tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name, listen_backlog=limits.listen_backlog,
+    ))
+
+
+def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
+    from eventsvc.nats.leaf import LeafManager, LeafSettings
+
+    ln, limits = config.leafnodes, config.limits
+    remotes = tuple(
+        (((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password)
+        for r in ln.remotes
+    )
+    return LeafManager(broker, reactor, LeafSettings(
+        host=ln.host, port=ln.port, accept=ln.listen, user=ln.user, password=ln.password, token=ln.token,
+        remotes=remotes, max_payload=limits.max_payload, max_control_line=limits.max_control_line,
+        max_pending=limits.max_pending, ping_interval=limits.ping_interval, ping_max=limits.ping_max,
+        listen_backlog=limits.listen_backlog,
     ))
 
 

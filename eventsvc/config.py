@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 from dataclasses import replace
 
 import toml
@@ -205,6 +205,41 @@ class SuperclusterConfig:
 
 
 @dataclass(frozen=True)
+class RemoteLeafConfig:
+    """One hub to dial ([[leafnodes.remotes]]), as nats-server's leafnodes remotes."""
+
+    #: nats-leaf://[user:password@]host:port of the hub.
+    url: str = ""
+    #: Or several of the hub cluster's servers, tried in turn.
+    urls: Tuple[str, ...] = ()
+    #: Credentials to present (a URL's own user and password come first).
+    user: str = ""
+    password: str = ""
+    #: A token, presented as the CONNECT user (as nats-server's
+    #: nats-leaf://TOKEN@host sends it): what an eventsvc hub's token checks.
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class LeafnodesConfig:
+    """
+    nats-server's leaf nodes (its "leafnodes" block): accept leaf nodes
+    (this server as their hub), and dial hubs (this server as a spoke).
+    """
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 7422
+    #: Whether to accept leaf nodes (a spoke may only dial its hubs).
+    listen: bool = True
+    #: Credentials leaf nodes must present: a user and password, or a token.
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    remotes: Tuple[RemoteLeafConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     """nats-server's monitoring endpoints and Prometheus metrics, over HTTP."""
 
@@ -307,6 +342,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     supercluster: SuperclusterConfig = field(default_factory=SuperclusterConfig)
+    leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
@@ -322,6 +358,7 @@ _SECTIONS = {
     "events": EventsConfig,
     "cluster": ClusterConfig,
     "supercluster": SuperclusterConfig,
+    "leafnodes": LeafnodesConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
@@ -524,6 +561,38 @@ def _value(path: str, name: str, key: str, kind: Any, value: Any) -> Any:
     raise TypeError("[{}] {}: no reader for fields of type {!r}".format(name, key, kind))
 
 
+def _check_leafnodes(ln: "LeafnodesConfig", fail: Callable[[str, str, str], None]) -> None:
+    from urllib.parse import urlsplit
+
+    if not ln.enabled:
+        return
+    if not 0 <= ln.port <= 65535:
+        fail("leafnodes", "port", "must be between 0 and 65535, got {}".format(ln.port))
+    if ln.token and ln.user:
+        fail("leafnodes", "token", "give a token or a user and password, not both")
+    if ln.user and not ln.password:
+        fail("leafnodes", "password", "a user needs a password")
+    if not ln.listen and not ln.remotes:
+        fail("leafnodes", "remotes", "listen = false needs at least one [[leafnodes.remotes]] to dial")
+    for i, remote in enumerate(ln.remotes):
+        where = "[[leafnodes.remotes]] #{}".format(i + 1)
+        urls = ((remote.url,) if remote.url else ()) + tuple(remote.urls)
+        if not urls:
+            fail("leafnodes.remotes", "url", "{}: needs a url (nats-leaf://host:port) or urls".format(where))
+        if remote.token and remote.user:
+            fail("leafnodes.remotes", "token", "{}: give a token or a user and password, not both".format(where))
+        for url in urls:
+            parts = urlsplit(url)
+            try:
+                valid = bool(parts.port) and bool(parts.hostname)
+            except ValueError:
+                valid = False
+            if parts.scheme in ("tls", "ws", "wss"):
+                fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over TLS or WebSocket are not supported yet".format(where, url))
+            if parts.scheme not in ("nats-leaf", "nats") or not valid:
+                fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port".format(where, url))
+
+
 def _check(config: Config, path: str) -> None:
     def fail(section: str, key: str, problem: str) -> None:
         raise ConfigError("{}: [{}] {}: {}".format(path, section, key, problem))
@@ -703,6 +772,7 @@ def _check(config: Config, path: str) -> None:
                 fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if sc.tls and not config.tls.enabled:
             fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
+    _check_leafnodes(config.leafnodes, fail)
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 

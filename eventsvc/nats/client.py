@@ -75,6 +75,7 @@ class ClientConnection(Protocol):
     #: Not a route: the broker forwards what it publishes to routes.
     route = False
     gateway = False
+    leaf = False
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
 

@@ -550,6 +550,7 @@ class _ReplySource:
 
     route = False
     gateway = False
+    leaf = False
     echo = True
     headers = True
 

@@ -35,7 +35,7 @@ from eventsvc.nats.framing import (
 
 __all__ = [
     "AUTHORIZATION_VIOLATION", "MAX_CONTROL_LINE", "MAX_PAYLOAD", "UNKNOWN_OPERATION",
-    "ClientParser", "RouteParser", "GatewayParser", "ProtocolViolation", "IFramedConnection", "IClientOperations",
+    "ClientParser", "RouteParser", "GatewayParser", "LeafParser", "ProtocolViolation", "IFramedConnection", "IClientOperations",
 ]
 
 GLOBAL = b"$G"
@@ -441,6 +441,142 @@ class GatewayParser(RouteParser):
         if len(args) != 1:
             raise ProtocolViolation(None, "A- takes one account")
         self._handler.op_account(args[0], False)
+        return nl + 1
+
+
+class ILeafOperations(IFramedConnection, Protocol):
+    """What the leaf-node verbs ask of a leaf connection (besides the loop's plain path)."""
+
+    def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An LMSG naming queue groups."""
+
+    def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """A message with headers (HMSG without an account)."""
+
+    def op_ls_plus(self, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        """Interest, with a queue group's weight (its member count)."""
+
+    def op_ls_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """Interest gone."""
+
+    def op_connect(self, arg: bytes) -> Any:
+        """The leaf's CONNECT (its JSON)."""
+
+    def op_err(self, arg: bytes) -> None:
+        """The other side's -ERR."""
+
+
+class LeafParser(Framer):
+    """
+    Parses what the other side of a leaf-node link sends (nats-server
+    2.9's leafnode protocol, either way): INFO, CONNECT, LS+, LS-, LMSG,
+    HMSG, PING, PONG, +OK, -ERR.  There is no account on the wire (a leaf
+    link is bound to one, C{$G}):
+
+        LS+ <subject> [<queue> <weight>]
+        LS- <subject> [<queue>]
+        LMSG <subject> [reply | + reply q1 q2... | | q1 q2...] <size>
+        HMSG <subject> [the same] <header size> <size>
+
+    An LMSG without queue names takes the loop's plain path, as a PUB does;
+    one with names goes to C{op_lmsg}.  As on routes, payload sizes are
+    not held to C{max_payload} (nats-server trusts an authenticated leaf
+    there, and a leaf's own clients were held to its limit); control
+    lines are.
+    """
+
+    verbs = VerbTable([
+        Verb(b"LMSG", "_lmsg"),
+        Verb(b"HMSG", "_hmsg"),
+        Verb(b"LS+", "_ls_plus"),
+        Verb(b"LS-", "_ls_minus"),
+        Verb(b"PING", "_ping", spaced=False, bounded=False),
+        Verb(b"PONG", "_pong", spaced=False, bounded=False),
+        Verb(b"INFO", "_info", spaced=False),
+        Verb(b"CONNECT", "_connect", spaced=False),
+        Verb(b"+OK", "_ok", spaced=False, bounded=False),
+        Verb(b"-ERR", "_err"),
+    ])
+    message_verb = b"LMSG "
+    checks_payload = False
+
+    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
+        super().__init__(handler, max_control_line, max_payload)
+
+    def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
+        find = buf.find
+        sp = find(b" ", start, eol)
+        rsp = buf.rfind(b" ", start, eol)
+        if sp > start and rsp < eol - 1 and find(b"\t", start, eol) < 0 and find(b"\r", start, eol) < 0:
+            subject, szb = buf[start:sp], buf[rsp + 1 : eol]
+            if sp == rsp:
+                return subject, None, None, szb
+            middle = split_args(buf[sp + 1 : rsp])
+        else:
+            args = split_args(buf[start:eol])
+            if len(args) < 2:
+                raise ProtocolViolation(None, "short LMSG")
+            subject, szb, middle = args[0], args[-1], args[1:-1]
+        reply, queues = _route_targets(middle)
+        return subject, reply, queues or None, szb
+
+    def message_extra(self, subject: bytes, reply: Optional[bytes], extra: List[bytes], size: int, tail: bytes) -> None:
+        self._handler.op_lmsg(subject, reply, extra, size, tail)
+
+    def _lmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        raise AssertionError("LMSG is the framing loop's own")
+
+    def _hmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = split_args(buf[start:eol])
+        if len(args) < 3:
+            raise ProtocolViolation(None, "short HMSG")
+        hdr_len, size = size_of(args[-2]), size_of(args[-1])
+        if hdr_len > size:
+            raise ProtocolViolation(None, "HMSG header size larger than its size")
+        reply, queues = _route_targets(args[1:-2])
+        end = self._payload_end(buf, pos, nl, size)
+        if end >= 0:
+            self._handler.op_lhmsg(args[0], reply, queues, hdr_len, size, buf[nl + 1 : end])
+        return end
+
+    def _ls_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = split_args(buf[start:eol])
+        if len(args) == 1:
+            self._handler.op_ls_plus(args[0], None, 1)
+        elif len(args) == 3:
+            self._handler.op_ls_plus(args[0], args[1], max(parse_size(args[2]), 1))
+        else:
+            raise ProtocolViolation(None, "bad LS+")
+        return nl + 1
+
+    def _ls_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        args = split_args(buf[start:eol])
+        if len(args) not in (1, 2):
+            raise ProtocolViolation(None, "bad LS-")
+        self._handler.op_ls_minus(args[0], args[1] if len(args) > 1 else None)
+        return nl + 1
+
+    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_ping()
+        return nl + 1
+
+    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_pong()
+        return nl + 1
+
+    def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_info(buf[start:eol].strip())
+        return nl + 1
+
+    def _connect(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_connect(buf[start:eol].strip())
+        return nl + 1
+
+    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        return nl + 1
+
+    def _err(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_err(buf[start:eol].strip())
         return nl + 1
 
 

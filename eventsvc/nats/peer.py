@@ -45,6 +45,7 @@ class PeerConnection(Protocol):
     kind = "peer"
     route = False
     gateway = False
+    leaf = False
     may_receive: Optional[Callable[[bytes], bool]] = None
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any

@@ -46,6 +46,7 @@ class RouteConnection(PeerConnection):
 
     kind = "route"
     route = True
+    frame_head = b"RMSG $G "
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         settings = manager.settings

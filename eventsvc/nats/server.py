@@ -57,6 +57,13 @@ class ISubscriber(Protocol):
     @ivar route: whether it is a route (messages from it go no further).
     @ivar gateway: whether it is a gateway from another cluster (messages
         from it go to this cluster only, routes included).
+    @ivar leaf: whether it is a leaf-node connection (L{eventsvc.nats.leaf}):
+        a remote owner like a route, framed C{LMSG}, that gets messages
+        from routes too.  A leaf we dialled (an uplink to a hub) is also a
+        C{route}: what it sends goes no further than a route's would.
+    @ivar frame_head: a remote owner's frame verb (C{b"RMSG $G "},
+        C{b"LMSG "}); its messages are one frame per owner, naming queue
+        groups, not one per subscription.
     @ivar may_receive: None, or whether a message on a subject may be
         delivered to it (its permissions deny some subjects that a wider
         subscription of its covers); asked once per subject, when the
@@ -69,6 +76,7 @@ class ISubscriber(Protocol):
     headers: bool
     route: bool
     gateway: bool
+    leaf: bool
     may_receive: Optional[Callable[[bytes], bool]]
     out_msgs: int
     out_bytes: int
@@ -106,24 +114,29 @@ class _Targets:
     the fast loops handle none of those.
     """
 
-    __slots__ = ("plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "local")
+    __slots__ = (
+        "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
+    )
 
-    def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=()):
+    def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
         #: (subscriber, frame prefix, the subscriber's out.append)
         self.plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = plain
         self.plain_subs: List[Subscription] = plain_subs
         #: Per group, its local members: [(member, prefix, subscription)].
         self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
-        #: Per group (same order): its name and the routes with members in it.
+        #: Per group (same order): its name and the routes and leafs with members in it.
         self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = queue_info
         self.simple: bool = simple
         #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
         self.route_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = route_plain
-        #: Routes with plain interest that are also queue members: one RMSG each, built per message.
+        #: Routes and leafs with plain interest that are also queue members:
+        #: one frame each, naming the groups given to it, built per message.
         self.route_mixed: List[ISubscriber] = route_mixed
+        #: Leafs with plain interest only: (leaf, b"LMSG <subject> ", append).
+        self.leaf_plain: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]] = leaf_plain
         #: Whether the plain subscribers are all there is (simple, and no
-        #: route or queue group takes part): deliver() stops after them.
-        self.local: bool = simple and not queues and not route_plain and not route_mixed
+        #: route, leaf or queue group takes part): deliver() stops after them.
+        self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
 
 
 class ClosedConnection:
@@ -157,6 +170,7 @@ class LocalSubscriber:
 
     route = False
     gateway = False
+    leaf = False
     may_receive: Optional[Callable[[bytes], bool]] = None
     echo = True
     headers = True
@@ -237,6 +251,9 @@ class Broker:
         #: Who hears of interest that routes told us (gateways pass on the
         #: whole cluster's): (subject, queue, +1 or -1).
         self.remote_interest_listeners: List[Callable[[bytes, Optional[bytes], int], None]] = []
+        #: Who hears of every subscription in the index, whoever owns it
+        #: (the leaf nodes, which are told interest per owner): (sub, +1 or -1).
+        self.subscription_listeners: List[Callable[[Subscription, int], None]] = []
         #: The gateways to other clusters (L{IGatewayForwarder}), when this
         #: server is in a supercluster: every message that did not come
         #: from a route or a gateway is offered to them.
@@ -295,11 +312,15 @@ class Broker:
         plain: List[Tuple[Any, bytes, Callable[[bytes], None]]] = []
         plain_subs: List[Subscription] = []
         routes: Dict[Any, None] = {}
+        leafs: Dict[Any, None] = {}
         simple = True
         for s in subs:
             owner = s.owner
             if owner.may_receive is not None and not owner.may_receive(subject):
                 # Subscribers denied this subject leave the plan (and so cost nothing per message).
+                continue
+            if owner.leaf:
+                leafs[owner] = None  # one LMSG per leaf
                 continue
             if owner.route:
                 routes[owner] = None  # one RMSG per route, however many subscriptions
@@ -312,7 +333,11 @@ class Broker:
         if routes:
             rhead = b"RMSG $G " + subject + b" "
             route_plain = [(r, rhead, r.out.append) for r in routes]
-        targets = _Targets(plain, plain_subs, [], simple, route_plain, [], [])
+        leaf_plain = []
+        if leafs:
+            lhead = b"LMSG " + subject + b" "
+            leaf_plain = [(r, lhead, r.out.append) for r in leafs]
+        targets = _Targets(plain, plain_subs, [], simple, route_plain, [], [], leaf_plain)
         return self._keep(subject, targets) if keep else targets
 
     def _plan_with_queues(self, subject: bytes, subs: Any, groups: Any, keep: bool) -> _Targets:
@@ -326,22 +351,24 @@ class Broker:
         plain_subs: List[Subscription] = []
         routes_plain: Dict[Any, None] = {}
         for s in subs:
-            if s.owner.route:
+            if s.owner.route or s.owner.leaf:
                 routes_plain[s.owner] = None
             else:
                 plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
                 plain_subs.append(s)
-        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.route] for group in groups]
-        queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.route})) for group in groups]
+        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not _remote(s.owner)] for group in groups]
+        queue_info = [(group[0].queue, list({s.owner: None for s in group if _remote(s.owner)})) for group in groups]
         queue_routes = {r for _, routes in queue_info for r in routes}
         simple = not queue_routes and all(
             s.max == 0 and s.owner.__class__ is not LocalSubscriber
             for s in plain_subs + [s for group in groups for s in group]
         )
         rhead = b"RMSG $G " + subject + b" "
-        route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes]
+        lhead = b"LMSG " + subject + b" "
+        route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes and not r.leaf]
+        leaf_plain = [(r, lhead, r.out.append) for r in routes_plain if r not in queue_routes and r.leaf]
         route_mixed = [r for r in routes_plain if r in queue_routes]
-        targets = _Targets(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info)
+        targets = _Targets(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info, leaf_plain)
         return self._keep(subject, targets) if keep else targets
 
     def _keep(self, subject: bytes, targets: _Targets) -> _Targets:
@@ -384,8 +411,13 @@ class Broker:
             message = _Message(subject, reply, size, tail, -1, b"")
             for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
                 count += self._give(src, sub, conn, prefix, message)
+        if targets.leaf_plain:
+            count += self._to_leafs(src, targets.leaf_plain, tail if reply is None else reply + b" " + tail, size)
         if src.route:
-            # One hop: what came from a route goes to local subscribers only.
+            # One hop: what came from a route (or a hub) goes to local
+            # subscribers and leafs only.
+            if targets.route_mixed:
+                count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""), only=())
             return count
         if targets.route_plain:
             frame_tail = tail if reply is None else reply + b" " + tail
@@ -397,9 +429,40 @@ class Broker:
                 self.mark_dirty(conn)
                 count += 1
         if targets.queues or targets.route_mixed:
-            count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""))
+            # A leaf's message without queue names is for plain subscribers
+            # only: its side chose the groups' members.
+            message = _Message(subject, reply, size, tail, -1, b"")
+            count += self._deliver_queues(src, targets, message, only=() if src.leaf else None)
         if self.gateways is not None and not src.gateway:
             count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
+        return count
+
+    def _to_leafs(self, src: ISubscriber, leafs: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]], frame_tail: bytes, size: int) -> int:
+        """A message's C{LMSG} to each leaf with plain interest that C{src}'s message may reach."""
+        count = 0
+        check = src.route or src.leaf
+        for conn, prefix, append in leafs:
+            if check and not _reaches(src, conn):
+                continue
+            append(prefix)
+            append(frame_tail)
+            conn.out_msgs += 1
+            conn.out_bytes += size
+            self.mark_dirty(conn)
+            count += 1
+        return count
+
+    def _plain_remotes(self, src: ISubscriber, targets: _Targets, message: "_Message") -> int:
+        """A message's frame to each route and leaf with plain interest only that C{src}'s message may reach."""
+        count = 0
+        remotes = targets.route_plain + targets.leaf_plain if targets.leaf_plain else targets.route_plain
+        for conn, _, append in remotes:
+            if _reaches(src, conn):
+                append(message.route_frame((), conn.frame_head))  # type: ignore[attr-defined]
+                conn.out_msgs += 1
+                conn.out_bytes += message.size
+                self.mark_dirty(conn)
+                count += 1
         return count
 
     def deliver_batch(self, src: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
@@ -419,8 +482,11 @@ class Broker:
         k = len(tails)
         no_echo = not src.echo
         dirty = self._dirty
-        # Routes with plain interest take the same joined frames ("RMSG $G <subject> ").
-        routes = targets.route_plain if not src.route else ()
+        # Routes and leafs with plain interest take the same joined frames
+        # ("RMSG $G <subject> ", "LMSG <subject> ").
+        routes = targets.route_plain if not src.route else []
+        if targets.leaf_plain:
+            routes = routes + [leaf for leaf in targets.leaf_plain if _reaches(src, leaf[0])]
         # Subscribers with the same prefix (same sid: most clients' first
         # subscription is sid 1) share one joined frame: built once, not per subscriber.
         joined: Dict[bytes, bytes] = {}
@@ -437,8 +503,8 @@ class Broker:
             if not conn.dirty:
                 conn.dirty = True
                 dirty.append(conn)
-        if targets.queues and not src.route:
-            # (An RMSG without queue names reaches plain subscribers only.)
+        if targets.queues and not src.route and not src.leaf:
+            # (An RMSG or LMSG without queue names reaches plain subscribers only.)
             rand = self._random.random
             for group in targets.queues:
                 members = group
@@ -479,13 +545,7 @@ class Broker:
         count = 0
         for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(src, sub, conn, prefix, message)
-        if not src.route:
-            for conn, _, append in targets.route_plain:
-                append(message.route_frame(()))
-                conn.out_msgs += 1
-                conn.out_bytes += total
-                self.mark_dirty(conn)
-                count += 1
+        count += self._plain_remotes(src, targets, message)
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, message)
         if self.gateways is not None and not src.route and not src.gateway:
@@ -516,11 +576,10 @@ class Broker:
         # Routes that are also queue members get one RMSG naming the groups
         # they are to serve, from _deliver_queues; the others a plain one.
         named = bool(queues and targets.queues)
-        plain_routes = [r for r, _, _ in targets.route_plain] + ([] if named else targets.route_mixed)
+        plain_routes = [r for r, _, _ in targets.route_plain + targets.leaf_plain] + ([] if named else targets.route_mixed)
         if plain_routes:
-            frame = routed.route_frame(())
             for conn in plain_routes:
-                conn.out.append(frame)
+                conn.out.append(routed.route_frame((), conn.frame_head))  # type: ignore[attr-defined]
                 conn.out_msgs += 1
                 conn.out_bytes += size
                 self.mark_dirty(conn)
@@ -544,8 +603,10 @@ class Broker:
     ) -> int:
         """
         One member per queue group, a local one when there is one (as
-        nats-server prefers); otherwise one route with members, told the
-        group's name in its RMSG.  C{only}: the groups a routed message names.
+        nats-server prefers); otherwise one route or leaf with members, told
+        the group's name in its RMSG (LMSG).  The routes and leafs with
+        plain interest that are members too get one frame each, naming the
+        groups they were given.  C{only}: the groups a routed message names.
         C{routed}: the message as routes get it (default C{message}).
         """
         if routed is None:
@@ -563,15 +624,20 @@ class Broker:
                     count += 1
                     break
             else:
-                if routes and not src.route:
+                if routes and (src.route or src.leaf):
+                    # From a route, only a leaf member (the route's server
+                    # had its own turn); never back where it came from.
+                    routes = [r for r in routes if r is not src and (r.leaf or src.leaf)]
+                if routes:
                     route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
                     if assigned is None:
                         assigned = {}
                     assigned.setdefault(route, []).append(name)
-        if not src.route and (assigned or targets.route_mixed):
+        if assigned or targets.route_mixed:
             assigned = assigned or {}
-            for route in list(assigned) + [r for r in targets.route_mixed if r not in assigned]:
-                route.out.append(routed.route_frame(assigned.get(route, [])))
+            mixed = [r for r in targets.route_mixed if r not in assigned and _reaches(src, r)]
+            for route in list(assigned) + mixed:
+                route.out.append(routed.route_frame(assigned.get(route, []), route.frame_head))  # type: ignore[attr-defined]
                 route.out_msgs += 1
                 route.out_bytes += routed.size
                 self.mark_dirty(route)
@@ -583,24 +649,31 @@ class Broker:
         size: int, tail: bytes, hdr_len: int = -1, body: bytes = b"",
     ) -> int:
         """
-        A message from a route: to local plain subscribers, and to one local
-        member of each queue group it names.  Never to another route.
+        A message from a route or a leaf: to local plain subscribers, to
+        leafs, and to one member of each queue group it names.  From a
+        route (or a hub), never to a route; from a leaf we are the hub of,
+        to routes and gateways as a client's.
         """
         if hdr_len < 0:
-            # The fast loop; deliver() stops at local subscribers for a route.
-            count = self.deliver(route, subject, reply, size, tail)
-            if queues:
-                targets = self._targets.get(subject) or self._plan(subject)
+            if not queues:
+                return self.deliver(route, subject, reply, size, tail)
+            targets = self._targets.get(subject) or self._plan(subject)
+            if not targets.route_mixed:
+                # The fast loop for the plain subscribers.
+                count = self.deliver(route, subject, reply, size, tail, targets)
                 if targets.queues:
                     count += self._deliver_queues(route, targets, _Message(subject, reply, size, tail, -1, b""), only=queues)
-            return count
+                return count
         targets = self._targets.get(subject) or self._plan(subject)
         message = _Message(subject, reply, size, tail, hdr_len, body)
         count = 0
         for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(route, sub, conn, prefix, message)
-        if queues and targets.queues:
+        count += self._plain_remotes(route, targets, message)
+        if targets.queues or targets.route_mixed:
             count += self._deliver_queues(route, targets, message, only=queues)
+        if self.gateways is not None and not route.route and not route.gateway:
+            count += self.gateways.forward(subject, reply, size, tail, hdr_len, body, targets)
         return count
 
     def _give(
@@ -669,29 +742,45 @@ class Broker:
     # -- subscriptions ------------------------------------------------------
 
     def add_subscription(self, sub: Subscription) -> None:
-        """A local subscription (a client's or in-process): routes hear of it."""
+        """A local subscription (a client's, in-process, a leaf's): routes hear of it."""
         self.sublist.insert(sub)
         self._interest_changed(sub.subject, sub.queue, +1)
+        for listener in self.subscription_listeners:
+            listener(sub, 1)
 
     def remove_subscription(self, sub: Subscription) -> None:
         if self.sublist.remove(sub):
             self._interest_changed(sub.subject, sub.queue, -1)
+            for listener in self.subscription_listeners:
+                listener(sub, -1)
 
     def remove_subscriptions(self, subs: List[Subscription]) -> None:
         """Several local subscriptions at once (a closing connection's): one index change."""
         for sub in self.sublist.remove_many(subs):
             self._interest_changed(sub.subject, sub.queue, -1)
+            for listener in self.subscription_listeners:
+                listener(sub, -1)
 
-    def add_remote_subscription(self, sub: Subscription) -> None:
-        """Interest a route told us about: not announced to routes, only to gateways."""
+    def add_remote_subscription(self, sub: Subscription, gateways: bool = True) -> None:
+        """
+        Interest a route (or a hub) told us about: not announced to routes;
+        to gateways unless C{gateways} is false (a hub's interest is its
+        cluster's, not ours to offer).
+        """
         self.sublist.insert(sub)
-        for listener in self.remote_interest_listeners:
-            listener(sub.subject, sub.queue, 1)
-
-    def remove_remote_subscription(self, sub: Subscription) -> None:
-        if self.sublist.remove(sub):
+        if gateways:
             for listener in self.remote_interest_listeners:
-                listener(sub.subject, sub.queue, -1)
+                listener(sub.subject, sub.queue, 1)
+        for subscribed in self.subscription_listeners:
+            subscribed(sub, 1)
+
+    def remove_remote_subscription(self, sub: Subscription, gateways: bool = True) -> None:
+        if self.sublist.remove(sub):
+            if gateways:
+                for listener in self.remote_interest_listeners:
+                    listener(sub.subject, sub.queue, -1)
+            for subscribed in self.subscription_listeners:
+                subscribed(sub, -1)
 
     def _interest_changed(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
         key = (subject, queue)
@@ -796,6 +885,29 @@ class Broker:
         self.flush()
 
 
+def _remote(owner: Any) -> bool:
+    """Whether a subscription's owner is another server (a route or a leaf): one frame per owner."""
+    return owner.route or owner.leaf
+
+
+def _reaches(src: Any, remote: Any) -> bool:
+    """
+    Whether a message from C{src} goes on to C{remote}, a route or a leaf
+    with interest in it (nats-server's processMsgResults): a route gets
+    nothing that came from a route or a hub (one hop); a leaf gets
+    everything but its own messages, those of a leaf of its own cluster,
+    and, when it is our hub, those from routes (their servers have their
+    own links to it).
+    """
+    if remote is src:
+        return False
+    if remote.leaf:
+        if src.leaf and remote.remote_cluster and remote.remote_cluster == src.remote_cluster:
+            return False
+        return not (src.route and not src.leaf and remote.route)
+    return not src.route
+
+
 def _receives(sub: Subscription, subject: bytes) -> bool:
     check = sub.owner.may_receive
     return check is None or check(subject)
@@ -831,15 +943,18 @@ class _Message:
             self._plain = b"%d\r\n%s" % (self.size - self.hdr_len, self.body[self.hdr_len :])
         return prefix + reply + self._plain
 
-    def route_frame(self, queues: Sequence[bytes]) -> bytes:
-        """The whole RMSG (or HMSG) for a route, naming C{queues} if any."""
+    def route_frame(self, queues: Sequence[bytes], head: bytes = b"RMSG $G ") -> bytes:
+        """
+        The whole RMSG (or HMSG) for a route, naming C{queues} if any;
+        C{head} C{b"LMSG "} for a leaf.
+        """
         if queues:
             middle = (b"+ " + self.reply + b" " if self.reply is not None else b"| ") + b" ".join(queues) + b" "
         else:
             middle = b"" if self.reply is None else self.reply + b" "
         if self.hdr_len < 0:
-            return b"RMSG $G " + self.subject + b" " + middle + self.tail
-        return b"HMSG $G %s %s%d %d\r\n%s" % (self.subject, middle, self.hdr_len, self.size, self.body)
+            return head + self.subject + b" " + middle + self.tail
+        return b"H%s%s %s%d %d\r\n%s" % (head[1:], self.subject, middle, self.hdr_len, self.size, self.body)
 
     def parts(self) -> Tuple[bytes, Optional[bytes]]:
         """The payload and the header block (or None)."""

@@ -1,0 +1,593 @@
+"""
+Leaf nodes: nats-server 2.9's leafnode protocol, as hub and as spoke.
+
+A leaf link joins a server to a hub it dials (a I{remote}: we are its
+spoke, the link is our I{uplink}) or a spoke that dialled us (we are its
+hub, the link is a I{downleaf}).  Each side tells the other its interest
+(C{LS+}/C{LS-}, queue groups with their member count), per link: a
+downleaf is told every subscription this server knows of but its own; an
+uplink only those of our clients and our downleafs (the hub hears of our
+cluster's other servers from their own uplinks).  Messages cross as
+C{LMSG} (or C{HMSG}) without an account, naming the queue groups they are
+meant for.  The broker's delivery rules for leafs are in
+L{eventsvc.nats.server} (C{_reaches}); this module holds the handshake,
+interest and loop detection: each server subscribes its leafs to its own
+C{$LDS.<id>} subject, and a link that brings that interest back is a loop,
+closed with nats-server's error (the spoke waits 30 s before dialling again).
+
+What it must not do: know about events, tokens of the event gateway, or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple
+from urllib.parse import unquote, urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.protocol import ClientFactory, Factory
+from twisted.logger import Logger
+
+from eventsvc import wirejson
+from eventsvc.nats import limits, peer
+from eventsvc.nats.greeting import info_line
+from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
+from eventsvc.nats.peer import PeerConnection
+from eventsvc.nats.server import Broker
+from eventsvc.nats.subjects import Subscription, valid_subject
+
+#: The prefix of the loop-detection subjects (nats-server's).
+LDS_PREFIX = b"$LDS."
+#: How long a spoke waits before dialling again after a loop or a cluster
+#: name clash (nats-server's leafNodeReconnectDelayAfterLoopDetected).
+LOOP_DELAY = 30.0
+LOOP_ERROR = 'Loop detected for leafnode account="$G". Delaying attempt to reconnect for 30s'
+SAME_CLUSTER_ERROR = "remote leafnode has same cluster name"
+
+_NUID = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def loop_subject() -> bytes:
+    """A fresh C{$LDS.<nuid>} subject (22 base-62 characters, as nats-server's nuid)."""
+    return LDS_PREFIX + "".join(_NUID[b % 62] for b in os.urandom(22)).encode("ascii")
+
+
+def interest_key(sub: Subscription) -> bytes:
+    """How interest is keyed on a leaf link: C{subject} or C{subject queue}."""
+    return sub.subject if sub.queue is None else sub.subject + b" " + sub.queue
+
+
+def interest_line(key: bytes, n: int) -> bytes:
+    """C{LS+ key} (with the count when C{key} names a queue group), or C{LS- key} when C{n} is 0."""
+    if n <= 0:
+        return b"LS- " + key + b"\r\n"
+    if b" " in key:
+        return b"LS+ %s %d\r\n" % (key, n)
+    return b"LS+ " + key + b"\r\n"
+
+
+class LeafConnection(PeerConnection):
+    """
+    One leaf link: dialled (C{remote} given, an uplink to a hub) or
+    accepted (a downleaf).  An uplink is also a C{route} for the broker:
+    what it brings goes to our clients and downleafs, never on to a route
+    or a gateway.  A downleaf is a source like a client (its messages go to
+    routes and gateways too), but never gets its own messages back.
+    """
+
+    kind = "leaf"
+    leaf = True
+    echo = False
+    frame_head = b"LMSG "
+
+    def __init__(self, manager: "LeafManager", remote: Optional["RemoteLeaf"] = None) -> None:
+        settings = manager.settings
+        super().__init__(manager, settings.ping_interval)
+        self.parser = LeafParser(self, settings.max_control_line, settings.max_payload)
+        self.remote = remote
+        self.route = remote is not None
+        #: The other side's interest: one subscription per (subject, queue).
+        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
+        #: What we told the other side: interest key -> count (nats-server's smap).
+        self.smap: Dict[bytes, int] = {}
+        #: The other side's server name and cluster (its subscriptions' origin).
+        self.remote_name = ""
+        self.remote_cluster = ""
+        #: The handshake is done: interest and messages may flow.
+        self.up = False
+        self.cid = manager.next_cid()
+        self._deadline: Any = None
+
+    @property
+    def dialled(self) -> bool:
+        return self.remote is not None
+
+    def describe(self) -> str:
+        return self.remote_name or self.remote_id or "{}:{}".format(self.host, self.port)
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.dialled:
+            self.send(self.manager.info_line(self))
+            self.flush()
+        self._deadline = self.manager.clock.callLater(self.manager.settings.handshake_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.up and not self.closed:
+            self.log.warn(
+                "leaf node {way} {host}:{port} did not complete its handshake in {t}s: closing it",
+                way="to" if self.dialled else "from", host=self.host, port=self.port, t=self.manager.settings.handshake_timeout,
+            )
+            self.close("Authentication Timeout", "handshake timeout")
+
+    def warn_unregistered(self) -> bool:
+        # A remote that fails is dialled again, and that says why.
+        return not self.dialled
+
+    def lost(self, why: str) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        subs = list(self.subs.values())
+        self.subs.clear()
+        if self.route:
+            for sub in subs:
+                self.broker.remove_remote_subscription(sub, gateways=False)
+        elif subs:
+            self.broker.remove_subscriptions(subs)
+        self.manager.leaf_lost(self, why)
+
+    # -- the handshake ---------------------------------------------------------------
+
+    def op_info(self, arg: bytes) -> None:
+        try:
+            info = wirejson.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad INFO on leaf node link")
+        if not isinstance(info, dict):
+            raise ProtocolViolation(None, "bad INFO on leaf node link")
+        remote = self.remote
+        if remote is None:
+            return  # a spoke has nothing to tell us by INFO
+        if not self.remote_id:
+            if not info.get("client_id") or not isinstance(info.get("leafnode_urls"), list):
+                # (A client, route or gateway port answers without these.)
+                self.log.warn("leaf node remote {url}: that is not a leaf node port", url=remote.url)
+                self.close(None, "attempted to connect to wrong port")
+                return
+            if info.get("server_id") == self.broker.server_id:
+                self.close(None, "connected to ourselves")
+                return
+            if info.get("tls_required"):
+                self.log.warn("leaf node remote {url} requires TLS, which eventsvc's leaf links do not speak yet", url=remote.url)
+                self.close(None, "hub requires TLS")
+                return
+            self.remote_id = str(info.get("server_id", ""))
+            self.remote_info = info
+            self.remote_name = str(info.get("server_name") or self.remote_id)
+            self.remote_cluster = str(info.get("cluster") or "")
+            self.headers = bool(info.get("headers"))
+            options = self.manager.connect_options(remote)
+            self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
+            if not info.get("info_on_connect"):
+                self._bound()  # (an older hub says nothing more)
+            return
+        if info.get("connect_info") and not self.up:
+            self._bound()
+
+    def op_connect(self, arg: bytes) -> None:
+        if self.dialled or self.up:
+            return
+        try:
+            options = wirejson.loads(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad CONNECT on leaf node link")
+        if not isinstance(options, dict):
+            raise ProtocolViolation(None, "bad CONNECT on leaf node link")
+        if "lang" in options:
+            self.log.warn("{host}:{port}: a client dialled the leaf node port", host=self.host, port=self.port)
+            raise ProtocolViolation("attempted to connect to leaf node port", "a client dialled the leaf node port")
+        if options.get("gateway"):
+            raise ProtocolViolation(
+                "Rejecting connection from gateway {!r} on the leafnode port".format(options["gateway"]), "a gateway dialled the leaf node port",
+            )
+        if not self.manager.check_credentials(options):
+            self.log.warn("leaf node from {host}:{port} refused: wrong credentials", host=self.host, port=self.port)
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION, "leaf node credentials refused")
+        cluster = options.get("cluster") or ""
+        if cluster and cluster == self.broker.cluster_name:
+            self.log.warn("leaf node from {host}:{port} refused: its cluster is ours ({name})", host=self.host, port=self.port, name=cluster)
+            raise ProtocolViolation(SAME_CLUSTER_ERROR, "leaf node of our own cluster")
+        if options.get("is_hub"):
+            # (It would make us its spoke: not supported.)
+            raise ProtocolViolation(None, "a hub dialled us as its spoke")
+        self.remote_id = str(options.get("server_id") or "")
+        self.remote_name = str(options.get("name") or self.remote_id)
+        self.remote_cluster = str(cluster) if isinstance(cluster, str) else ""
+        self.remote_info = options
+        self.headers = bool(options.get("headers"))
+        info = self.manager.info(self)
+        info.update(connect_info=True, remote_account="$G")
+        self.send(info_line(info))
+        self._bound()
+
+    def _bound(self) -> None:
+        """The handshake is done: register, and tell the other side our interest."""
+        self.up = self.registered = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self.pinger.start()
+        self.manager.leaf_up(self)
+
+    # -- interest ------------------------------------------------------------------
+
+    def _bound_only(self, verb: str) -> None:
+        if not self.up:
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION, "{} before the leaf node handshake".format(verb))
+
+    def op_ls_plus(self, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        self._bound_only("LS+")
+        if subject == self.manager.lds:
+            self.manager.loop_detected(self)
+            return
+        if not valid_subject(subject):
+            return
+        key = (subject, queue)
+        if key in self.subs:
+            return  # a queue weight update: one entry per link is enough
+        sub = Subscription(self, subject, queue, b"")
+        self.subs[key] = sub
+        if self.route:
+            self.broker.add_remote_subscription(sub, gateways=False)
+        else:
+            self.broker.add_subscription(sub)
+
+    def op_ls_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        self._bound_only("LS-")
+        sub = self.subs.pop((subject, queue), None)
+        if sub is None:
+            return
+        if self.route:
+            self.broker.remove_remote_subscription(sub, gateways=False)
+        else:
+            self.broker.remove_subscription(sub)
+
+    def tell(self, sub: Subscription, delta: int) -> None:
+        """Another owner's subscription came or went: the other side hears when its count for the key changes as it must."""
+        key = interest_key(sub)
+        n = self.smap.get(key, 0)
+        update = sub.queue is not None or n == 0 or n + delta <= 0
+        n += delta
+        if n > 0:
+            self.smap[key] = n
+        else:
+            self.smap.pop(key, None)
+        if update:
+            self.send(interest_line(key, max(n, 0)))
+
+    # -- messages ------------------------------------------------------------------
+
+    def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        """An LMSG without queue names (the framing loop counts it)."""
+        self._bound_only("LMSG")
+        return self.broker.deliver(self, subject, reply, size, tail)
+
+    def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
+        self._bound_only("LMSG")
+        self.broker.deliver_batch(self, subject, tails, size)
+
+    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        self.publish(self, subject, reply, size, tail)
+
+    def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        self._bound_only("LMSG")
+        self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+
+    def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        self._bound_only("HMSG")
+        self.in_msgs += 1
+        self.in_bytes += total
+        self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+
+    def op_err(self, arg: bytes) -> None:
+        text = arg.decode("utf-8", "replace")
+        if self.dialled and ("Loop detected" in text or SAME_CLUSTER_ERROR in text):
+            self.manager.delay(self.remote, LOOP_DELAY)
+        super().op_err(arg)
+
+
+class _Accepting(Factory):
+    noisy = False
+
+    def __init__(self, manager: "LeafManager") -> None:
+        self.manager = manager
+
+    def buildProtocol(self, addr: Any) -> LeafConnection:
+        return LeafConnection(self.manager)
+
+
+class _Dialling(ClientFactory):
+    noisy = False
+
+    def __init__(self, manager: "LeafManager", remote: "RemoteLeaf") -> None:
+        self.manager = manager
+        self.remote = remote
+
+    def buildProtocol(self, addr: Any) -> LeafConnection:
+        return LeafConnection(self.manager, self.remote)
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.manager.dial_failed(self.remote, reason.getErrorMessage())
+
+
+class RemoteLeaf:
+    """A hub to dial ([[leafnodes.remotes]]): its URLs, tried in turn, and our credentials."""
+
+    def __init__(self, urls: Tuple[str, ...], user: str = "", password: str = "") -> None:
+        self.urls = urls
+        self.user, self.password = user, password
+        self.index = 0
+        self.attempts = 0
+        #: Not before this (a loop or a cluster name clash was reported).
+        self.not_before = 0.0
+        self.conn: Optional[LeafConnection] = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.index % len(self.urls)]
+
+    def credentials(self) -> Tuple[str, str]:
+        """The URL's user and password if it has them, else the configured ones."""
+        parts = urlsplit(self.url)
+        if parts.username:
+            return unquote(parts.username), unquote(parts.password or "")
+        return self.user, self.password
+
+
+@dataclass(frozen=True)
+class LeafSettings:
+    """The leaf nodes' settings, built once from [leafnodes] and [limits]."""
+
+    host: str = "0.0.0.0"
+    port: int = 7422
+    #: Whether to accept leaf nodes (a spoke may only dial).
+    accept: bool = True
+    #: Credentials leafs must present: a user and password, or a token
+    #: (presented as the CONNECT user, as nats-server's nats-leaf://TOKEN@host sends it).
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    #: Hubs to dial: (urls, user, password).
+    remotes: Tuple[Tuple[Tuple[str, ...], str, str], ...] = ()
+    max_payload: int = limits.MAX_PAYLOAD
+    max_control_line: int = limits.MAX_CONTROL_LINE
+    max_pending: int = limits.MAX_PENDING
+    ping_interval: float = limits.PING_INTERVAL
+    ping_max: int = limits.PING_MAX
+    #: Redial: 1 s at first (nats-server's reconnect interval), doubling up to this.
+    retry_initial: float = 1.0
+    retry_max: float = 10.0
+    handshake_timeout: float = 2.0
+    listen_backlog: int = limits.LISTEN_BACKLOG
+    #: TLS is not spoken on leaf links yet (peer.listen and peer.dial ask).
+    tls_server: Any = None
+    tls_client: Any = None
+    tls_name: str = ""
+
+
+class LeafManager(Service):
+    """The leaf links of one server: the leaf node listener, the remotes dialled, interest per link."""
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, reactor: Any, settings: LeafSettings) -> None:
+        self.setName("leafnodes")
+        self.broker = broker
+        self.clock = reactor
+        self.settings = settings
+        self.port = settings.port
+        self.remotes = [RemoteLeaf(urls, user, password) for urls, user, password in settings.remotes]
+        #: Every link whose handshake is done, by connection id.
+        self.leafs: Dict[int, LeafConnection] = {}
+        #: Our loop-detection subject: a link that brings it back is a loop.
+        self.lds = loop_subject()
+        self.listening: Any = None
+        self.random = random.Random()
+        self._timers: Dict[int, Any] = {}
+        self._dialling: Set[int] = set()
+        self._cids = 0
+        #: Links refused or closed for a loop (for /varz-like counts and the log).
+        self.loops = 0
+
+    def next_cid(self) -> int:
+        self._cids += 1
+        return self._cids
+
+    # -- what we say -----------------------------------------------------------
+
+    @property
+    def advertise_host(self) -> str:
+        return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
+
+    def info(self, conn: LeafConnection) -> Dict[str, Any]:
+        """The hub's INFO for C{conn}, in nats-server's field order."""
+        b = self.broker
+        info: Dict[str, Any] = {
+            "server_id": b.server_id,
+            "server_name": b.server_name,
+            "version": b.version,
+            "proto": 1,
+            "go": b.implementation,
+            "host": self.advertise_host,
+            "port": self.port,
+            "headers": True,
+            "auth_required": True,
+            "max_payload": self.settings.max_payload,
+            "client_id": conn.cid,
+            "nonce": "".join(_NUID[c % 62] for c in os.urandom(11)),
+            "info_on_connect": True,
+            "leafnode_urls": ["{}:{}".format(self.advertise_host, self.port)],
+        }
+        if b.cluster_name:
+            info["cluster"] = b.cluster_name
+        return info
+
+    def info_line(self, conn: LeafConnection) -> bytes:
+        return info_line(self.info(conn))
+
+    def connect_options(self, remote: RemoteLeaf) -> Dict[str, Any]:
+        """A spoke's CONNECT, as nats-server's sendLeafConnect."""
+        options: Dict[str, Any] = {
+            "version": self.broker.version, "tls_required": False, "server_id": self.broker.server_id,
+            "name": self.broker.server_name, "headers": True,
+        }
+        if self.broker.cluster_name:
+            options["cluster"] = self.broker.cluster_name
+        user, password = remote.credentials()
+        if user:
+            options["user"] = user
+            if password:
+                options["pass"] = password
+        return options
+
+    def check_credentials(self, options: Dict[str, Any]) -> bool:
+        s = self.settings
+        if s.token:
+            return options.get("user") == s.token and not options.get("pass")
+        if s.user:
+            return options.get("user") == s.user and options.get("pass") == s.password
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        if self.settings.accept:
+            self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "leaf nodes ([leafnodes] host and port)")
+            self.port = self.listening.getHost().port
+            self.log.info("listening for leaf nodes on {host}:{port}", host=self.settings.host, port=self.port)
+        super().startService()
+        self.broker.subscription_listeners.append(self._subscription)
+        for remote in self.remotes:
+            self.dial(remote)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._subscription in self.broker.subscription_listeners:
+            self.broker.subscription_listeners.remove(self._subscription)
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for conn in list(self.leafs.values()) + [r.conn for r in self.remotes if r.conn is not None]:
+            conn.close(None, "server shutting down")
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+    # -- dialling ----------------------------------------------------------------
+
+    def dial(self, remote: RemoteLeaf) -> None:
+        key = id(remote)
+        self._timers.pop(key, None)
+        if not self.running or key in self._dialling or remote.conn is not None:
+            return
+        parts = urlsplit(remote.url)
+        self._dialling.add(key)
+        peer.dial(self.clock, parts.hostname or "", parts.port or 7422, _Dialling(self, remote), self.settings)
+
+    def dial_failed(self, remote: RemoteLeaf, why: str) -> None:
+        self._dialling.discard(id(remote))
+        self._redial(remote, why)
+
+    def delay(self, remote: Optional[RemoteLeaf], seconds: float) -> None:
+        """Dial C{remote} again no sooner than C{seconds} from now."""
+        if remote is not None:
+            remote.not_before = self.clock.seconds() + seconds
+
+    def _redial(self, remote: RemoteLeaf, why: str) -> None:
+        if not self.running:
+            return
+        delay = peer.backoff(self.settings, remote.attempts, self.random.random)
+        remote.attempts += 1
+        delay = max(delay, remote.not_before - self.clock.seconds())
+        url = remote.url
+        if len(remote.urls) > 1:
+            remote.index += 1  # the next of the hub's URLs
+        self.log.info("leaf node remote {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
+        self._timers[id(remote)] = self.clock.callLater(delay, self.dial, remote)
+
+    # -- links ------------------------------------------------------------------------
+
+    def leaf_up(self, conn: LeafConnection) -> None:
+        if conn.remote is not None:
+            self._dialling.discard(id(conn.remote))
+            conn.remote.attempts = 0
+            conn.remote.conn = conn
+        self.leafs[conn.cid] = conn
+        self.log.info(
+            "leaf node {how} {name} up ({host}:{port})",
+            how="hub" if conn.dialled else "spoke", name=conn.describe(), host=conn.host, port=conn.port,
+        )
+        # Tell it everything it is to hear of, and our loop-detection subject.
+        smap: Dict[bytes, int] = {}
+        for sub in self.broker.sublist.all():
+            if self._tells(conn, sub):
+                key = interest_key(sub)
+                smap[key] = smap.get(key, 0) + 1
+        smap[self.lds] = 1
+        conn.smap = smap
+        conn.send(b"".join(interest_line(key, n) for key, n in smap.items()))
+        self.broker.flush()
+
+    def leaf_lost(self, conn: LeafConnection, why: str) -> None:
+        remote = conn.remote
+        if remote is not None:
+            self._dialling.discard(id(remote))
+            if remote.conn is conn:
+                remote.conn = None
+        if self.leafs.get(conn.cid) is conn:
+            del self.leafs[conn.cid]
+            self.log.info("leaf node {name} down: {why}", name=conn.describe(), why=why)
+        if remote is not None and self.running:
+            self._redial(remote, why)
+
+    def loop_detected(self, conn: LeafConnection) -> None:
+        """A link brought our own loop-detection subject back."""
+        self.loops += 1
+        self.log.error("leaf node {name}: {error}", name=conn.describe(), error=LOOP_ERROR)
+        self.delay(conn.remote, LOOP_DELAY)
+        conn.close(LOOP_ERROR, "leaf node loop")
+
+    def _tells(self, conn: LeafConnection, sub: Subscription) -> bool:
+        """
+        Whether C{conn} hears of C{sub}: never its own; an uplink only our
+        clients' and downleafs'; a downleaf everything but a leaf of its
+        own cluster's (bar loop detection's).
+        """
+        owner = sub.owner
+        if owner is conn:
+            return False
+        if conn.route:
+            return not owner.route
+        if owner.leaf and conn.remote_cluster and owner.remote_cluster == conn.remote_cluster:
+            return sub.subject.startswith(LDS_PREFIX)
+        return True
+
+    def _subscription(self, sub: Subscription, delta: int) -> None:
+        for conn in self.leafs.values():
+            if self._tells(conn, sub):
+                conn.tell(sub, delta)
+
+    # -- monitoring ---------------------------------------------------------------------
+
+    def down(self) -> List[str]:
+        """The remotes without a link up (for /healthz)."""
+        return [r.url for r in self.remotes if r.conn is None]
