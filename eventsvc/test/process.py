@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from twisted.trial.unittest import SkipTest
 
@@ -191,6 +191,18 @@ def free_port() -> int:
 def nats_server(*extra: str) -> ServerProcess:
     """The reference server on a random loopback port."""
     return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS)
+
+
+def started(test: Any, server: ServerProcess) -> Any:
+    """
+    Start C{server} in a thread (start waits until it is ready): a Deferred
+    of its port.  Once up, it is stopped when C{test} ends.
+    """
+    from twisted.internet import threads
+
+    d = threads.deferToThread(server.start)
+    d.addCallback(lambda port: test.addCleanup(server.stop) or port)
+    return d
 
 
 def write_config(path: str, text: str) -> str:

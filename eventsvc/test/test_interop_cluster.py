@@ -35,13 +35,6 @@ def run(scenario):
     return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 150)))
 
 
-def started(test: TestCase, server: process.ServerProcess):
-    """Start C{server} in a thread (start waits until it is ready); once up, it is stopped when C{test} ends."""
-    d = threads.deferToThread(server.start)
-    d.addCallback(lambda port: test.addCleanup(server.stop) or port)
-    return d
-
-
 async def mesh_round(ports, tag: str):
     """
     Every node publishes to everyone; a queue group over all nodes; requests
@@ -334,7 +327,7 @@ class SplitDeploymentTests(TestCase):
         # Cut the route: restart the gateway process; delivery resumes.
         gateway.stop()
         gateway = process.eventsvc(gateway_config, expect=("gateway",))
-        yield started(self, gateway)
+        yield process.started(self, gateway)
         got, extra = yield run(lambda: publish_round("two", 100))
         self.assertEqual(got, [b"two-%d" % i for i in range(100)])
         self.assertFalse(extra)
@@ -362,7 +355,7 @@ class TLSRouteProcessTests(TestCase):
             ).format(client=ports[i], cluster=ports[2 + i], routes='routes = ["nats-route://127.0.0.1:%d"]\n' % ports[2] if i else "")))
         nodes = [process.eventsvc(c, expect=("service",)) for c in configs]
         for node in nodes:
-            yield started(self, node)
+            yield process.started(self, node)
 
         context = lambda: client_tls(os.path.join(directory, "certs"))
 
@@ -432,7 +425,7 @@ class TLSMeshWithReferenceTests(TestCase):
         ours = process.eventsvc(config, expect=("service",))
         # A first (eventsvc dials it), then eventsvc, then B (it dials eventsvc).
         for proc in (nodes[0], ours, nodes[1]):
-            yield started(self, proc)
+            yield process.started(self, proc)
 
         context = lambda: client_tls(certs)
 
@@ -457,7 +450,7 @@ class TLSMeshWithReferenceTests(TestCase):
             "cluster {{\n  name: tlsmesh\n  listen: 127.0.0.1:{port}\n  routes: [nats-route://127.0.0.1:{e}]\n  {tls}\n}}\n"
         ).format(port=process.free_port(), e=e, tls=tls_block.replace(certs, stranger_certs)))
         stranger = process.nats_server("-c", conf)
-        yield started(self, stranger)
+        yield process.started(self, stranger)
         yield threads.deferToThread(ours.wait_output, "failed before it was up")
         self.assertEqual(ours.output().count(" up, "), 2, ours.output())
 
@@ -477,9 +470,9 @@ class DynamicClusterNameTests(TestCase):
             'host = "127.0.0.1"\nport = %d\n'
         ) % (client_port, cluster_port))
         ours = process.eventsvc(config, expect=("service",))
-        yield started(self, ours)
+        yield process.started(self, ours)
         node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
-        yield started(self, node)
+        yield process.started(self, node)
         got, counts, replies = yield run(lambda: mesh_round([node.port, client_port], "dynamic"))
         for i, messages in got.items():
             self.assertEqual(sorted(messages), [b"from-0", b"from-1"], (i, got))
@@ -504,10 +497,10 @@ class RoutePermissionsWithReferenceTests(TestCase):
             'import_allow = ["in.>", "_INBOX.>"]\n[monitor]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
         ) % (client_port, cluster_port, http_port))
         ours = process.eventsvc(config, expect=("service",))
-        yield started(self, ours)
+        yield process.started(self, ours)
         node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--cluster_name", "perm",
                                    "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
-        yield started(self, node)
+        yield process.started(self, node)
 
         async def scenario():
             theirs = await nats.connect("nats://127.0.0.1:%d" % node.port)
@@ -581,19 +574,19 @@ class LeafOriginOverRouteTests(TestCase):
             'host = "127.0.0.1"\nport = %d\n'
         ) % (client_port, cluster_port))
         ours = process.eventsvc(config, expect=("service",))
-        yield started(self, ours)
+        yield process.started(self, ours)
         hub_conf = process.write_config(os.path.abspath(self.mktemp() + ".conf"), (
             'cluster { name: hub, listen: "127.0.0.1:%d", routes: ["nats-route://127.0.0.1:%d"] }\n'
             'leafnodes { listen: "127.0.0.1:%d" }\n'
         ) % (process.free_port(), cluster_port, leaf_port))
         hub = process.nats_server("-c", hub_conf)
-        yield started(self, hub)
+        yield process.started(self, hub)
         edge_conf = process.write_config(os.path.abspath(self.mktemp() + ".conf"), (
             'cluster { name: edge, listen: "127.0.0.1:%d" }\n'
             'leafnodes { remotes: [ { url: "nats-leaf://127.0.0.1:%d" } ] }\n'
         ) % (process.free_port(), leaf_port))
         edge = process.nats_server("-c", edge_conf)
-        yield started(self, edge)
+        yield process.started(self, edge)
 
         async def scenario():
             leaf = await nats.connect("nats://127.0.0.1:%d" % edge.port)

@@ -297,8 +297,7 @@ class TLSGatewayTests(TestCase):
             return process.nats_server("-c", conf)
 
         theirs = reference("theirs", their_gw, tls_block)
-        yield threads.deferToThread(theirs.start)
-        self.addCleanup(theirs.stop)
+        yield process.started(self, theirs)
         client_port = process.free_port()
         config = process.write_config(os.path.join(directory, "eventsvc.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
@@ -307,8 +306,7 @@ class TLSGatewayTests(TestCase):
             '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:{theirs}"]\n'
         ).format(client=client_port, gw=our_gw, theirs=their_gw))
         ours = process.eventsvc(config, expect=("service",))
-        yield threads.deferToThread(ours.start)
-        self.addCleanup(ours.stop)
+        yield process.started(self, ours)
         from eventsvc.test.test_interop_cluster import client_tls
 
         servers = [theirs.port, ("tls://127.0.0.1:%d" % client_port, client_tls(certs))]
@@ -322,8 +320,7 @@ class TLSGatewayTests(TestCase):
         stranger_certs = os.path.join(directory, "stranger")
         self.assertEqual(process.cli("certs", "--out", stranger_certs).returncode, 0)
         stranger = reference("stranger", process.free_port(), tls_block.replace(certs, stranger_certs))
-        yield threads.deferToThread(stranger.start)
-        self.addCleanup(stranger.stop)
+        yield process.started(self, stranger)
         yield threads.deferToThread(ours.wait_output, "gateway from 127.0.0.1")
         self.assertIn("failed before it was up", ours.output())
         self.assertNotIn("gateway from stranger", ours.output())

@@ -392,8 +392,9 @@ class RoutedDeliveryTests(SynchronousTestCase):
         x, y, top = Node("X", cluster="edge"), Node("Y", cluster="edge"), Node("T")
         rpump, _, _ = route_link(y, x)
         pump, uplink, downleaf = leaf(x, top)
-        tc = top.client()
+        tc, xc = top.client(), x.client()
         tc.send(b"SUB up 1\r\n")
+        xc.send(b"SUB up 1\r\n")  # (so that Y sends X what it publishes on "up")
         for _ in range(3):
             pump.flush()
             rpump.flush()
@@ -403,6 +404,7 @@ class RoutedDeliveryTests(SynchronousTestCase):
         for _ in range(3):
             rpump.flush()
             pump.flush()
+        self.assertEqual(sorted(xc.received().split(b"MSG ")[1:]), [b"up 1 1\r\nx\r\n", b"up 1 1\r\ny\r\n"])
         self.assertEqual(tc.received(), b"MSG up 1 1\r\ny\r\n")
 
     def test_hub_messages_stay_off_the_spokes_routes(self) -> None:

@@ -1,0 +1,288 @@
+"""
+Leaf nodes with the reference server: eventsvc as the hub of nats-server
+spokes (one alone, and two of one cluster), eventsvc as a spoke of a
+nats-server hub, and a loop of the two; nats-py clients on every side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+from eventsvc.test.test_interop_cluster import run
+
+try:
+    import nats
+except ImportError:  # pragma: no cover
+    nats = None
+
+
+async def until_answered(nc, subject: str, seconds: float = 45) -> None:
+    """Wait by the clock until a request on C{subject} is answered (interest crossed)."""
+    deadline = asyncio.get_event_loop().time() + seconds
+    while True:
+        try:
+            await nc.request(subject, b"?", timeout=0.5)
+            return
+        except Exception:
+            if asyncio.get_event_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def leaf_round(hub_port: int, spoke_port: int, tag: str) -> dict:
+    """
+    Clients on both sides: messages, a message with headers and requests
+    both ways; a queue group with members on both sides (each message once,
+    local members first), and groups whose members are all on the far side.
+    """
+    hub = await nats.connect("nats://127.0.0.1:%d" % hub_port)
+    spoke = await nats.connect("nats://127.0.0.1:%d" % spoke_port)
+    result: dict = {"hub": [], "spoke": [], "work": {"hub": 0, "spoke": 0}, "far": {"hub": 0, "spoke": 0}}
+
+    def keeper(side):
+        async def keep(msg):
+            result[side].append((msg.subject, msg.data, dict(msg.headers or {})))
+        return keep
+
+    def counter(key, side):
+        async def count(msg):
+            result[key][side] += 1
+        return count
+
+    def answer(side, nc):
+        async def respond(msg):
+            await nc.publish(msg.reply, b"from-" + side.encode(), headers={"X-Side": side})
+        return respond
+
+    for side, nc, other in (("hub", hub, "spoke"), ("spoke", spoke, "hub")):
+        await nc.subscribe("to.%s.%s" % (side, tag), cb=keeper(side))
+        await nc.subscribe("svc.%s.%s" % (side, tag), cb=answer(side, nc))
+        await nc.subscribe("work.%s" % tag, queue="w", cb=counter("work", side))
+        # Members of "far.<side>" only on <side>: the other side's messages cross for them.
+        await nc.subscribe("far.%s.%s" % (side, tag), queue="f", cb=counter("far", side))
+        await nc.flush()
+    await until_answered(hub, "svc.spoke.%s" % tag)
+    await until_answered(spoke, "svc.hub.%s" % tag)
+    await hub.publish("to.spoke.%s" % tag, b"down", headers={"X-Way": "down"})
+    await spoke.publish("to.hub.%s" % tag, b"up")
+    answers = []
+    for nc, side in ((hub, "spoke"), (spoke, "hub")):
+        reply = await nc.request("svc.%s.%s" % (side, tag), b"?", timeout=3)
+        answers.append((reply.data, reply.headers.get("X-Side")))
+    for i in range(100):
+        await (hub if i % 2 else spoke).publish("work.%s" % tag, b"w")
+        await hub.publish("far.spoke.%s" % tag, b"f")
+        await spoke.publish("far.hub.%s" % tag, b"f")
+    await hub.flush()
+    await spoke.flush()
+    await asyncio.sleep(0.7)
+    result["answers"] = answers
+    await hub.close()
+    await spoke.close()
+    return result
+
+
+class _Checks:
+    def check(self, result, tag: str) -> None:
+        self.assertEqual(result["spoke"], [("to.spoke." + tag, b"down", {"X-Way": "down"})])
+        self.assertEqual(result["hub"], [("to.hub." + tag, b"up", {})])
+        self.assertEqual(result["answers"], [(b"from-spoke", "spoke"), (b"from-hub", "hub")])
+        # Local members first: each side served its own fifty, and nothing twice.
+        self.assertEqual(result["work"], {"hub": 50, "spoke": 50})
+        self.assertEqual(result["far"], {"hub": 100, "spoke": 100})
+
+
+class EventsvcHubTests(_Checks, TestCase):
+    """A nats-server spoke dialling an eventsvc hub."""
+
+    timeout = 150
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.leaf_port = process.free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.config = process.write_config(os.path.join(directory, "hub.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\nuser = "spoke"\npassword = "s3cret"\n'
+        ).format(client=process.free_port(), leaf=self.leaf_port))
+        self.spoke_config = process.write_config(os.path.join(directory, "spoke.conf"), (
+            'leafnodes {{ remotes [ {{ url: "nats-leaf://spoke:s3cret@127.0.0.1:{leaf}" }} ] }}\n'
+        ).format(leaf=self.leaf_port))
+
+    @defer.inlineCallbacks
+    def test_nats_server_spoke(self):
+        hub = process.eventsvc(self.config, expect=("service",))
+        hub_port = yield process.started(self, hub)
+        spoke = process.nats_server("-c", self.spoke_config)
+        spoke_port = yield process.started(self, spoke)
+        self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "first"))), "first")
+        hub.wait_output("leaf node spoke")
+        # The spoke goes away: its interest goes with it; it comes back and all is as before.
+        spoke.stop()
+        hub.wait_output("leaf node {} down".format(hub.output().split("leaf node spoke ")[1].split(" ")[0]))
+        spoke = process.nats_server("-c", self.spoke_config)
+        spoke_port = yield process.started(self, spoke)
+        self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "spoke-restarted"))), "spoke-restarted")
+        # And the hub: the spoke dials it again.
+        self.assertIn(hub.stop(), (0, -signal.SIGTERM))
+        hub = process.eventsvc(self.config, expect=("service",))
+        hub_port = yield process.started(self, hub)
+        self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "hub-restarted"))), "hub-restarted")
+
+    @defer.inlineCallbacks
+    def test_wrong_password_refused(self):
+        hub = process.eventsvc(self.config, expect=("service",))
+        yield process.started(self, hub)
+        bad = process.write_config(self.spoke_config + ".bad", open(self.spoke_config).read().replace("s3cret", "wrong"))
+        spoke = process.nats_server("-c", bad)
+        yield process.started(self, spoke)
+        hub.wait_output("refused: wrong credentials")
+        self.assertNotIn("leaf node spoke", hub.output())
+
+
+class EventsvcSpokeTests(_Checks, TestCase):
+    """eventsvc dialling a nats-server hub."""
+
+    timeout = 150
+
+    @defer.inlineCallbacks
+    def test_eventsvc_spoke(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        leaf_port = process.free_port()
+        hub_config = process.write_config(os.path.join(directory, "hub.conf"), "leafnodes { port: %d }\n" % leaf_port)
+        config = process.write_config(os.path.join(directory, "spoke.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+            '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{leaf}"\n'
+        ).format(client=process.free_port(), leaf=leaf_port))
+        hub = process.nats_server("-c", hub_config)
+        hub_port = yield process.started(self, hub)
+        spoke = process.eventsvc(config, expect=("service",))
+        spoke_port = yield process.started(self, spoke)
+        self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "first"))), "first")
+        spoke.wait_output("leaf node hub")
+        # The hub restarts on the same leaf port: the spoke dials it again.
+        hub.stop()
+        spoke.wait_output("down:")
+        hub = process.nats_server("-c", hub_config)
+        hub_port = yield process.started(self, hub)
+        self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "hub-restarted"))), "hub-restarted")
+
+
+class ClusteredSpokesTests(TestCase):
+    """
+    A nats-server cluster "edge" of two servers, each a leaf of one eventsvc
+    hub: nothing arrives twice (the hub keeps each spoke's interest and
+    messages from the other, which has them by its route), and a queue
+    group on the edge gets each of the hub's messages once.
+    """
+
+    timeout = 150
+
+    @defer.inlineCallbacks
+    def test_two_spokes_of_one_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        leaf_port = process.free_port()
+        config = process.write_config(os.path.join(directory, "hub.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
+        ).format(client=process.free_port(), leaf=leaf_port))
+        hub = process.eventsvc(config, expect=("service",))
+        hub_port = yield process.started(self, hub)
+        routes = [process.free_port(), process.free_port()]
+        edge_ports = []
+        for i, port in enumerate(routes):
+            conf = process.write_config(os.path.join(directory, "edge%d.conf" % i), (
+                'cluster {{ name: "edge", listen: "127.0.0.1:{me}", routes: ["nats-route://127.0.0.1:{other}"] }}\n'
+                'leafnodes {{ remotes [ {{ url: "nats-leaf://127.0.0.1:{leaf}" }} ] }}\n'
+            ).format(me=port, other=routes[1 - i], leaf=leaf_port))
+            edge_ports.append((yield process.started(self, process.nats_server("-c", conf))))
+
+        async def scenario():
+            h = await nats.connect("nats://127.0.0.1:%d" % hub_port)
+            e = [await nats.connect("nats://127.0.0.1:%d" % p) for p in edge_ports]
+            got = {"hub": [], "e0": [], "e1": []}
+            queue = {"e0": 0, "e1": 0}
+            for name, nc in (("hub", h), ("e0", e[0]), ("e1", e[1])):
+                async def keep(msg, name=name):
+                    got[name].append(msg.data)
+
+                async def echo(msg, name=name, nc=nc):
+                    await nc.publish(msg.reply, name.encode())
+
+                await nc.subscribe("all", cb=keep)
+                await nc.subscribe("svc." + name, cb=echo)
+                if name != "hub":
+                    async def work(msg, name=name):
+                        queue[name] += 1
+
+                    await nc.subscribe("edge.work", queue="w", cb=work)
+                await nc.flush()
+            for nc in (h, e[0], e[1]):
+                for target in ("hub", "e0", "e1"):
+                    await until_answered(nc, "svc." + target)
+            await h.publish("all", b"from-hub")
+            await e[0].publish("all", b"from-e0")
+            await e[1].publish("all", b"from-e1")
+            for _ in range(100):
+                await h.publish("edge.work", b"w")
+            for nc in (h, e[0], e[1]):
+                await nc.flush()
+            await asyncio.sleep(0.7)
+            for nc in (h, e[0], e[1]):
+                await nc.close()
+            return got, queue
+
+        got, queue = yield run(scenario)
+        expected = [b"from-e0", b"from-e1", b"from-hub"]
+        for name in got:
+            self.assertEqual(sorted(got[name]), expected, (name, got, hub.output()))
+        self.assertEqual(sum(queue.values()), 100, queue)
+
+
+class LoopTests(TestCase):
+    """eventsvc and nats-server each a leaf of the other: the loop is found and said, as nats-server says it."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_loop_detected(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ours, theirs = process.free_port(), process.free_port()
+        config = process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {ours}\n'
+            '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{theirs}"\n'
+        ).format(client=process.free_port(), ours=ours, theirs=theirs))
+        conf = process.write_config(os.path.join(directory, "theirs.conf"), (
+            'leafnodes {{ listen: "127.0.0.1:{theirs}", remotes [ {{ url: "nats-leaf://127.0.0.1:{ours}" }} ] }}\n'
+        ).format(ours=ours, theirs=theirs))
+        node = process.nats_server("-c", conf)
+        yield process.started(self, node)
+        server = process.eventsvc(config, expect=("service",))
+        yield process.started(self, server)
+
+        def seen() -> bool:
+            for _ in range(300):
+                if "Loop detected" in server.output() or "Loop detected" in node.output():
+                    return True
+                import time
+
+                time.sleep(0.05)
+            return False
+
+        from twisted.internet import threads
+
+        self.assertTrue((yield threads.deferToThread(seen)), server.output() + node.output())
