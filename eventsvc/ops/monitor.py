@@ -162,6 +162,12 @@ class Monitor:
         except KeyError:
             return None
 
+    def leafnodes(self) -> Any:
+        try:
+            return self.service.getServiceNamed("leafnodes")
+        except KeyError:
+            return None
+
     def healthz(self) -> "tuple[int, dict]":
         ok, why = self.service.health()
         if not ok:
@@ -182,6 +188,7 @@ class Monitor:
         gateway = gateway_listener.settings if gateway_listener is not None else None
         cluster = self.cluster()
         supercluster = self.supercluster()
+        leafs = self.leafnodes()
         totals = b.totals()
         now = time.time()
         info = {
@@ -215,7 +222,7 @@ class Monitor:
                     for r in sorted(supercluster.remotes.values(), key=lambda r: r.name)
                 ],
             },
-            "leaf": {},
+            "leaf": {} if leafs is None else _leaf_varz(leafs),
             "mqtt": {},
             "websocket": {},
             "jetstream": {},
@@ -232,7 +239,7 @@ class Monitor:
             "total_connections": totals["total_connections"],
             "routes": 0 if cluster is None else len(cluster.routes),
             "remotes": 0 if cluster is None else len(cluster.routes),
-            "leafnodes": 0,
+            "leafnodes": 0 if leafs is None else len(leafs.leafs),
             "in_msgs": totals["in_msgs"],
             "out_msgs": totals["out_msgs"],
             "in_bytes": totals["in_bytes"],
@@ -427,6 +434,47 @@ class Monitor:
         }
 
 
+    def leafz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
+        """nats-server's /leafz: every leaf link up (C{subs=1}: with the subjects the other side is subscribed to)."""
+        leafs = self.leafnodes()
+        links = [] if leafs is None else sorted(leafs.leafs.values(), key=lambda c: c.cid)
+        try:
+            subs = arg_bool(args, "subs")
+        except ValueError as e:
+            return 400, str(e)
+        rows = []
+        for c in links:
+            row = {
+                "account": "$G",
+                "ip": c.host,
+                "port": c.port,
+                "in_msgs": c.in_msgs,
+                "out_msgs": c.out_msgs,
+                "in_bytes": c.in_bytes,
+                "out_bytes": c.out_bytes,
+                "subscriptions": len(c.subs),
+            }
+            if subs and c.subs:
+                row["subscriptions_list"] = sorted(
+                    (subject if queue is None else subject + b" " + queue).decode("utf-8", "replace") for subject, queue in c.subs
+                )
+            rows.append(row)
+        return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "leafnodes": len(rows), "leafs": rows}
+
+
+def _leaf_varz(leafs: Any) -> dict:
+    """varz's "leaf", as nats-server's: the listener (when accepting) and the remotes."""
+    s = leafs.settings
+    leaf: Dict[str, Any] = {}
+    if s.accept:
+        leaf.update(host=s.host, port=leafs.port, auth_timeout=s.handshake_timeout, tls_timeout=s.handshake_timeout)
+    if leafs.remotes:
+        leaf["remotes"] = [
+            {"local_account": "$G", "urls": [u.split("://", 1)[-1].rpartition("@")[2] for u in r.urls]} for r in leafs.remotes
+        ]
+    return leaf
+
+
 #: How many connections /connz describes per reactor turn.
 ROWS_PER_TURN = 250
 _ROWS_MARK = "\x00rows\x00"
@@ -556,6 +604,9 @@ class MetricsCollector:
             yield links
             yield from counters.values()
             yield CounterMetricFamily("eventsvc_gateway_dropped", "Gateway messages dropped (not imported, or a reply routed to another cluster)", value=gateways.dropped)
+        leafs = m.leafnodes()
+        if leafs is not None:
+            yield from _leaf_metrics(leafs)
         events = getattr(m.service, "events", None)
         if events is None:
             return
@@ -599,6 +650,35 @@ class MetricsCollector:
         yield latency
 
 
+def _leaf_metrics(leafs: Any) -> Any:
+    """Leaf links up, and each link's counters, by the other side's server name and who dialled."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["leafnode", "direction"]
+    links = GaugeMetricFamily("eventsvc_leafnode_links", "Leaf node links up, by remote server and direction", labels=labels)
+    counters = {
+        key: CounterMetricFamily("eventsvc_leafnode_" + key, help_, labels=labels)
+        for key, help_ in (
+            ("in_msgs", "Messages received on a leaf node link (while it is up)"),
+            ("out_msgs", "Messages sent on a leaf node link (while it is up)"),
+            ("in_bytes", "Payload bytes received on a leaf node link"),
+            ("out_bytes", "Payload bytes sent on a leaf node link"),
+        )
+    }
+    per: Dict[Any, List[Any]] = {}
+    for c in leafs.leafs.values():
+        per.setdefault((c.describe(), "outbound" if c.dialled else "inbound"), []).append(c)
+    for url in leafs.down():
+        per.setdefault((url, "outbound"), [])
+    for key, conns in sorted(per.items()):
+        links.add_metric(list(key), len(conns))
+        for name, family in counters.items():
+            family.add_metric(list(key), sum(getattr(c, name) for c in conns))
+    yield links
+    yield from counters.values()
+    yield CounterMetricFamily("eventsvc_leafnode_loops", "Leaf node links closed for a loop", value=leafs.loops)
+
+
 class _QuietSite(server.Site):
     """No log line per scrape: that is noise."""
 
@@ -627,6 +707,7 @@ class MonitorService(Service):
             ("subsz", lambda r: m.subsz()),
             ("routez", lambda r: m.routez()),
             ("gatewayz", lambda r: m.gatewayz()),
+            ("leafz", lambda r: m.leafz(r.args)),
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))

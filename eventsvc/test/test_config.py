@@ -315,6 +315,37 @@ class SuperclusterConfigTests(SynchronousTestCase):
         check('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurl = ["x:1"]\n', "unknown key", "urls")
 
 
+class LeafnodesConfigTests(SynchronousTestCase):
+    """[leafnodes] and [[leafnodes.remotes]], as nats-server's leafnodes block."""
+
+    check = ErrorTests.assertConfigError
+
+    def test_read(self) -> None:
+        c = config.parse(
+            '[leafnodes]\nport = 7422\nuser = "spoke"\npassword = "pw"\n'
+            '[[leafnodes.remotes]]\nurl = "nats-leaf://hub.example:7422"\ntoken = "t"\n'
+            '[[leafnodes.remotes]]\nurls = ["nats-leaf://a:7422", "nats-leaf://u:p@b:7422"]\n'
+        )
+        self.assertTrue(c.leafnodes.enabled and c.leafnodes.listen)
+        self.assertEqual((c.leafnodes.user, c.leafnodes.password), ("spoke", "pw"))
+        self.assertEqual(c.leafnodes.remotes[0], config.RemoteLeafConfig(url="nats-leaf://hub.example:7422", token="t"))
+        self.assertEqual(c.leafnodes.remotes[1].urls, ("nats-leaf://a:7422", "nats-leaf://u:p@b:7422"))
+        self.assertFalse(config.parse('[service]\nport = 4222\n').leafnodes.enabled)
+
+    def test_mistakes(self) -> None:
+        check = self.check
+        check("[leafnodes]\nport = 70000\n", "[leafnodes] port")
+        check('[leafnodes]\nuser = "u"\n', "[leafnodes] password", "needs a password")
+        check('[leafnodes]\nuser = "u"\npassword = "p"\ntoken = "t"\n', "[leafnodes] token", "not both")
+        check("[leafnodes]\nlisten = false\n", "[leafnodes] remotes", "at least one")
+        check("[leafnodes]\n[[leafnodes.remotes]]\nuser = \"u\"\n", "[leafnodes.remotes] url", "#1", "needs a url")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "http://x:1"\n', "[leafnodes.remotes] url", "nats-leaf://host:port")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x"\n', "[leafnodes.remotes] url", "nats-leaf://host:port")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "tls://x:1"\n', "[leafnodes.remotes] url", "not supported yet")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ntoken = "t"\nuser = "u"\n', "[leafnodes.remotes] token", "not both")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "a.creds"\n', "unknown key")
+
+
 class ExampleConfigTests(SynchronousTestCase):
     """Every example configuration in dev/ loads and builds a service, as check-config would."""
 
@@ -329,8 +360,11 @@ class ExampleConfigTests(SynchronousTestCase):
 
         paths = sorted(glob.glob(os.path.join(process.source_tree(), "dev", "*.toml")))
         self.assertIn("service-supercluster.toml", [os.path.basename(p) for p in paths])
+        self.assertIn("edge-leafnodes.toml", [os.path.basename(p) for p in paths])
         for path in paths:
             c = config.load(path)
             names = {s.name for s in make_service(c, MemoryReactorClock())}
             if c.supercluster.enabled:
                 self.assertIn("supercluster", names, path)
+            if c.leafnodes.enabled:
+                self.assertIn("leafnodes", names, path)

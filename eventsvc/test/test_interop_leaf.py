@@ -88,6 +88,19 @@ async def leaf_round(hub_port: int, spoke_port: int, tag: str) -> dict:
     return result
 
 
+def get_json(port: int, path: str) -> dict:
+    import json
+
+    return json.loads(get_text(port, path))
+
+
+def get_text(port: int, path: str) -> str:
+    from urllib.request import urlopen
+
+    with urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        return r.read().decode("utf-8")
+
+
 class _Checks:
     def check(self, result, tag: str) -> None:
         self.assertEqual(result["spoke"], [("to.spoke." + tag, b"down", {"X-Way": "down"})])
@@ -106,13 +119,14 @@ class EventsvcHubTests(_Checks, TestCase):
     def setUp(self):
         if nats is None:
             process.require("nats-py")
-        self.leaf_port = process.free_port()
+        self.leaf_port, self.http_port = process.free_port(), process.free_port()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.config = process.write_config(os.path.join(directory, "hub.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\nuser = "spoke"\npassword = "s3cret"\n'
-        ).format(client=process.free_port(), leaf=self.leaf_port))
+            '[monitor]\nhost = "127.0.0.1"\nport = {http}\n'
+        ).format(client=process.free_port(), leaf=self.leaf_port, http=self.http_port))
         self.spoke_config = process.write_config(os.path.join(directory, "spoke.conf"), (
             'leafnodes {{ remotes [ {{ url: "nats-leaf://spoke:s3cret@127.0.0.1:{leaf}" }} ] }}\n'
         ).format(leaf=self.leaf_port))
@@ -121,10 +135,22 @@ class EventsvcHubTests(_Checks, TestCase):
     def test_nats_server_spoke(self):
         hub = process.eventsvc(self.config, expect=("service",))
         hub_port = yield process.started(self, hub)
-        spoke = process.nats_server("-c", self.spoke_config)
+        their_http = process.free_port()
+        spoke = process.nats_server("-c", self.spoke_config, "-m", str(their_http))
         spoke_port = yield process.started(self, spoke)
         self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "first"))), "first")
         hub.wait_output("leaf node spoke")
+        # Monitoring: /leafz in nats-server's shape (its own page of the same link), /varz, /metrics.
+        our_http = self.http_port
+        ours, theirs = get_json(our_http, "/leafz?subs=1"), get_json(their_http, "/leafz?subs=1")
+        self.assertEqual(ours["leafnodes"], 1)
+        self.assertEqual(set(ours["leafs"][0]), set(theirs["leafs"][0]) - {"rtt"})
+        self.assertIn("$LDS.", " ".join(ours["leafs"][0]["subscriptions_list"]))
+        self.assertGreaterEqual(ours["leafs"][0]["in_msgs"], 100)
+        varz = get_json(our_http, "/varz")
+        self.assertEqual((varz["leafnodes"], varz["leaf"]["port"]), (1, self.leaf_port))
+        metrics = get_text(our_http, "/metrics")
+        self.assertRegex(metrics, r'eventsvc_leafnode_links\{direction="inbound",leafnode="[^"]+"\} 1\.0')
         # The spoke goes away: its interest goes with it; it comes back and all is as before.
         spoke.stop()
         hub.wait_output("leaf node {} down".format(hub.output().split("leaf node spoke ")[1].split(" ")[0]))
