@@ -4,7 +4,7 @@ load, in the same run, reported as ratios (the machines are shared and
 noisy; absolute figures mean little, ratios from one run mean more).
 
     python bench/run.py [--runs 3] [--quick] [--pypy .venv-pypy/bin/python]
-                        [--only plain|many|tls|routed|gateways|memory]
+                        [--only plain|many|tls|routed|gateways|leafs|memory]
 
 Each server runs pinned to core 0 (taskset) and the load generator to core 1,
 so the figures measure the server, not the two fighting over one core.
@@ -224,6 +224,51 @@ def gateway_scenes(tool: str, runs: int, n: int) -> None:
             server.stop()
 
 
+def leaf_scenes(tool: str, runs: int, n: int) -> None:
+    """
+    A hub and a spoke, one leaf link: a nats-server hub with a nats-server
+    spoke, against an eventsvc hub with an eventsvc spoke; publisher on one
+    side, subscriber on the other, each way.
+    """
+    directory = tempfile.mkdtemp()
+    ref_port = process.free_port()
+    hub_conf = process.write_config(os.path.join(directory, "hub.conf"), "leafnodes { listen: \"127.0.0.1:%d\" }\n" % ref_port)
+    spoke_conf = process.write_config(os.path.join(directory, "spoke.conf"), (
+        'leafnodes { remotes [ { url: "nats-leaf://127.0.0.1:%d" } ] }\n') % ref_port)
+    reference = (process.nats_server("-c", hub_conf), process.nats_server("-c", spoke_conf))
+    pairs = {"nats-server": reference}
+    for k, (name, python) in enumerate(variants()):
+        q = [process.free_port() for _ in range(3)]
+        hub = process.eventsvc(process.write_config(os.path.join(directory, "hub%d.toml" % k), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[leafnodes]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (q[0], q[1])), expect=("service",), python=python)
+        spoke = process.eventsvc(process.write_config(os.path.join(directory, "spoke%d.toml" % k), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[leafnodes]\nlisten = false\n'
+            '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:%d"\n'
+        ) % (q[2], q[1])), expect=("service",), python=python)
+        pairs[name] = (hub, spoke)
+    everything = [p for pair in pairs.values() for p in pair]
+    for server in everything:
+        pinned(server).start()
+    try:
+        for label, size, count, up in (
+            ("leaf 1:1 16 B (spoke->hub)", "16", n, True),
+            ("leaf 1:1 16 B (hub->spoke)", "16", n, False),
+            ("leaf 1:1 1 KiB (spoke->hub)", "1024", max(n // 4, 1), True),
+        ):
+            args = ["-np", "1", "-ns", "1", "-ms", size, "-n", str(count)]
+            samples: Dict[str, List[Sample]] = {name: [] for name in pairs}
+            for _ in range(runs):
+                for name, (hub, spoke) in pairs.items():
+                    subscriber, publisher = (hub, spoke) if up else (spoke, hub)
+                    samples[name].append(rate_and_cpu(measure(
+                        tool, [subscriber, publisher], args + ["-puburl", "nats://127.0.0.1:%d" % publisher.port]), "deliver_rate"))
+            report(label, samples)
+    finally:
+        for server in everything:
+            server.stop()
+
+
 def routed_scenes(tool: str, runs: int, n: int) -> None:
     """Publisher on one node, subscriber on another, one route between them."""
     directory = tempfile.mkdtemp()
@@ -395,7 +440,7 @@ def main() -> None:
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--old", metavar="PYTHON", action="append",
                         help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
-    parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "gateways", "memory"], help="run only these scenes")
+    parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "gateways", "leafs", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000, "nf": 100 if options.quick else 200}
@@ -424,6 +469,8 @@ def main() -> None:
         routed_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "gateways"):
         gateway_scenes(tool, options.runs, counts["n"])
+    if options.only in (None, "leafs"):
+        leaf_scenes(tool, options.runs, counts["n"])
     if options.only in (None, "memory"):
         memory_scene(options.runs)
 
