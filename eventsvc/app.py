@@ -535,11 +535,14 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
 
     ln, limits = config.leafnodes, config.limits
     remotes = tuple(
-        (((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password)
+        (((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name)
         for r in ln.remotes
     )
+    # (TLS after INFO: the contexts are used by the leaf links, not the listener.)
+    tls_accept, tls_dial = _peer_tls(config) if config.tls.enabled else (None, None)
     return LeafManager(broker, reactor, LeafSettings(
         host=ln.host, port=ln.port, accept=ln.listen, user=ln.user, password=ln.password, token=ln.token,
+        tls_accept=tls_accept if ln.tls else None, tls_dial=tls_dial, tls_name=ln.tls_name,
         remotes=remotes, max_payload=limits.max_payload, max_control_line=limits.max_control_line,
         max_pending=limits.max_pending, ping_interval=limits.ping_interval, ping_max=limits.ping_max,
         listen_backlog=limits.listen_backlog,

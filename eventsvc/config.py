@@ -218,6 +218,11 @@ class RemoteLeafConfig:
     #: A token, presented as the CONNECT user (as nats-server's
     #: nats-leaf://TOKEN@host sends it): what an eventsvc hub's token checks.
     token: str = ""
+    #: TLS with the [tls] identity and CA (also implied by tls:// URLs, and
+    #: done whenever the hub asks for it and [tls] is given).
+    tls: bool = False
+    #: The name the hub's certificate must carry (default: the host dialled).
+    tls_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,11 @@ class LeafnodesConfig:
     user: str = ""
     password: str = ""
     token: str = ""
+    #: Spokes must speak TLS, after INFO as 2.9's leaf links, with a
+    #: certificate from the [tls] CA (and the [tls] identity is ours).
+    tls: bool = False
+    #: The name spokes' certificates must carry ("": any the CA signed).
+    tls_name: str = ""
     remotes: Tuple[RemoteLeafConfig, ...] = ()
 
 
@@ -561,11 +571,13 @@ def _value(path: str, name: str, key: str, kind: Any, value: Any) -> Any:
     raise TypeError("[{}] {}: no reader for fields of type {!r}".format(name, key, kind))
 
 
-def _check_leafnodes(ln: "LeafnodesConfig", fail: Callable[[str, str, str], None]) -> None:
+def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str, str], None]) -> None:
     from urllib.parse import urlsplit
 
     if not ln.enabled:
         return
+    if ln.tls and not tls:
+        fail("leafnodes", "tls", "needs [tls] cert_path, key_path and root_ca_path (our identity and the spokes' CA)")
     if not 0 <= ln.port <= 65535:
         fail("leafnodes", "port", "must be between 0 and 65535, got {}".format(ln.port))
     if ln.token and ln.user:
@@ -587,10 +599,12 @@ def _check_leafnodes(ln: "LeafnodesConfig", fail: Callable[[str, str, str], None
                 valid = bool(parts.port) and bool(parts.hostname)
             except ValueError:
                 valid = False
-            if parts.scheme in ("tls", "ws", "wss"):
-                fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over TLS or WebSocket are not supported yet".format(where, url))
-            if parts.scheme not in ("nats-leaf", "nats") or not valid:
-                fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port".format(where, url))
+            if parts.scheme in ("ws", "wss"):
+                fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over WebSocket are not supported yet".format(where, url))
+            if parts.scheme not in ("nats-leaf", "nats", "tls") or not valid:
+                fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port (or tls://host:port)".format(where, url))
+            if (remote.tls or parts.scheme == "tls") and not tls:
+                fail("leafnodes.remotes", "tls", "{}: TLS needs [tls] cert_path, key_path and root_ca_path (our identity and the hub's CA)".format(where))
 
 
 def _check(config: Config, path: str) -> None:
@@ -772,7 +786,7 @@ def _check(config: Config, path: str) -> None:
                 fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if sc.tls and not config.tls.enabled:
             fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
-    _check_leafnodes(config.leafnodes, fail)
+    _check_leafnodes(config.leafnodes, config.tls.enabled, fail)
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 

@@ -115,6 +115,11 @@ class LeafConnection(PeerConnection):
         if not self.dialled:
             self.send(self.manager.info_line(self))
             self.flush()
+            tls = self.manager.settings.tls_accept
+            if tls is not None:
+                # INFO in plaintext, then TLS on the same socket (2.9's leaf
+                # links): what the spoke writes next is its handshake.
+                self.transport.startTLS(tls)
         self._deadline = self.manager.clock.callLater(self.manager.settings.handshake_timeout, self._too_slow)
 
     def _too_slow(self) -> None:
@@ -164,16 +169,27 @@ class LeafConnection(PeerConnection):
             if info.get("server_id") == self.broker.server_id:
                 self.close(None, "connected to ourselves")
                 return
-            if info.get("tls_required"):
-                self.log.warn("leaf node remote {url} requires TLS, which eventsvc's leaf links do not speak yet", url=remote.url)
-                self.close(None, "hub requires TLS")
-                return
+            tls = self.manager.settings.tls_dial
+            if info.get("tls_required") or remote.tls:
+                if tls is None:
+                    self.log.warn("leaf node remote {url} requires TLS: give [tls] and tls = true for it", url=remote.url)
+                    self.close(None, "hub requires TLS")
+                    return
+                if not info.get("tls_required"):
+                    self.log.warn("leaf node remote {url} does not speak TLS: not sending it our credentials", url=remote.url)
+                    self.close(None, "hub without TLS")
+                    return
+                # The hub's certificate must carry its name (tls_name, or the host dialled).
+                self.transport.startTLS(tls(remote.tls_name or urlsplit(remote.url).hostname or self.host))
+                secure = True
+            else:
+                secure = False
             self.remote_id = str(info.get("server_id", ""))
             self.remote_info = info
             self.remote_name = str(info.get("server_name") or self.remote_id)
             self.remote_cluster = str(info.get("cluster") or "")
             self.headers = bool(info.get("headers"))
-            options = self.manager.connect_options(remote)
+            options = self.manager.connect_options(remote, secure)
             self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
             if not info.get("info_on_connect"):
                 self._bound()  # (an older hub says nothing more)
@@ -330,9 +346,12 @@ class _Dialling(ClientFactory):
 class RemoteLeaf:
     """A hub to dial ([[leafnodes.remotes]]): its URLs, tried in turn, and our credentials."""
 
-    def __init__(self, urls: Tuple[str, ...], user: str = "", password: str = "") -> None:
+    def __init__(self, urls: Tuple[str, ...], user: str = "", password: str = "", tls: bool = False, tls_name: str = "") -> None:
         self.urls = urls
         self.user, self.password = user, password
+        #: Whether the link must be TLS (a tls:// URL, or tls = true).
+        self.tls = tls or any(u.startswith("tls://") for u in urls)
+        self.tls_name = tls_name
         self.index = 0
         self.attempts = 0
         #: Not before this (a loop or a cluster name clash was reported).
@@ -364,8 +383,8 @@ class LeafSettings:
     user: str = ""
     password: str = ""
     token: str = ""
-    #: Hubs to dial: (urls, user, password).
-    remotes: Tuple[Tuple[Tuple[str, ...], str, str], ...] = ()
+    #: Hubs to dial: (urls, user, password, tls, tls_name).
+    remotes: Tuple[Tuple[Tuple[str, ...], str, str, bool, str], ...] = ()
     max_payload: int = limits.MAX_PAYLOAD
     max_control_line: int = limits.MAX_CONTROL_LINE
     max_pending: int = limits.MAX_PENDING
@@ -376,10 +395,16 @@ class LeafSettings:
     retry_max: float = 10.0
     handshake_timeout: float = 2.0
     listen_backlog: int = limits.LISTEN_BACKLOG
-    #: TLS is not spoken on leaf links yet (peer.listen and peer.dial ask).
+    #: TLS after INFO, as 2.9's leaf links: the server context spokes must
+    #: handshake with (mutual), and a function of the name the hub's
+    #: certificate must carry giving client options; C{tls_name}, the name
+    #: accepted spokes' certificates must carry ("" for any the CA signed).
+    tls_accept: Any = None
+    tls_dial: Any = None
+    tls_name: str = ""
+    #: (Always None: peer.listen and peer.dial would make them TLS first.)
     tls_server: Any = None
     tls_client: Any = None
-    tls_name: str = ""
 
 
 class LeafManager(Service):
@@ -393,7 +418,7 @@ class LeafManager(Service):
         self.clock = reactor
         self.settings = settings
         self.port = settings.port
-        self.remotes = [RemoteLeaf(urls, user, password) for urls, user, password in settings.remotes]
+        self.remotes = [RemoteLeaf(*remote) for remote in settings.remotes]
         #: Every link whose handshake is done, by connection id.
         self.leafs: Dict[int, LeafConnection] = {}
         #: Our loop-detection subject: a link that brings it back is a loop.
@@ -429,12 +454,16 @@ class LeafManager(Service):
             "port": self.port,
             "headers": True,
             "auth_required": True,
+        }
+        if self.settings.tls_accept is not None:
+            info.update(tls_required=True, tls_verify=True)
+        info.update({
             "max_payload": self.settings.max_payload,
             "client_id": conn.cid,
             "nonce": "".join(_NUID[c % 62] for c in os.urandom(11)),
             "info_on_connect": True,
             "leafnode_urls": ["{}:{}".format(self.advertise_host, self.port)],
-        }
+        })
         if b.cluster_name:
             info["cluster"] = b.cluster_name
         return info
@@ -442,10 +471,10 @@ class LeafManager(Service):
     def info_line(self, conn: LeafConnection) -> bytes:
         return info_line(self.info(conn))
 
-    def connect_options(self, remote: RemoteLeaf) -> Dict[str, Any]:
+    def connect_options(self, remote: RemoteLeaf, tls: bool = False) -> Dict[str, Any]:
         """A spoke's CONNECT, as nats-server's sendLeafConnect."""
         options: Dict[str, Any] = {
-            "version": self.broker.version, "tls_required": False, "server_id": self.broker.server_id,
+            "version": self.broker.version, "tls_required": tls, "server_id": self.broker.server_id,
             "name": self.broker.server_name, "headers": True,
         }
         if self.broker.cluster_name:

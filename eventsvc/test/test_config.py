@@ -341,7 +341,10 @@ class LeafnodesConfigTests(SynchronousTestCase):
         check("[leafnodes]\n[[leafnodes.remotes]]\nuser = \"u\"\n", "[leafnodes.remotes] url", "#1", "needs a url")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "http://x:1"\n', "[leafnodes.remotes] url", "nats-leaf://host:port")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x"\n', "[leafnodes.remotes] url", "nats-leaf://host:port")
-        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "tls://x:1"\n', "[leafnodes.remotes] url", "not supported yet")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "tls://x:1"\n', "[leafnodes.remotes] tls", "#1", "needs [tls]")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ntls = true\n', "[leafnodes.remotes] tls", "needs [tls]")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "ws://x:1"\n', "[leafnodes.remotes] url", "WebSocket", "not supported yet")
+        check('[leafnodes]\ntls = true\n', "[leafnodes] tls", "needs [tls]")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ntoken = "t"\nuser = "u"\n', "[leafnodes.remotes] token", "not both")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "a.creds"\n', "unknown key")
 

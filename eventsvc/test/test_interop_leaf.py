@@ -205,6 +205,108 @@ class EventsvcSpokeTests(_Checks, TestCase):
         self.check((yield run(lambda: leaf_round(hub_port, spoke_port, "hub-restarted"))), "hub-restarted")
 
 
+class TLSLeafTests(TestCase):
+    """
+    Leaf links over mutual TLS (INFO in plaintext, then TLS, as 2.9), both
+    ways with nats-server; a spoke whose certificate another CA signed is
+    refused and logged.
+    """
+
+    timeout = 150
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.directory = os.path.abspath(self.mktemp())
+        self.certs = os.path.join(self.directory, "certs")
+        self.assertEqual(process.cli("certs", "--out", self.certs).returncode, 0)
+        self.tls_section = (
+            '[tls]\ncert_path = "{0}/service.crt"\nkey_path = "{0}/service.key"\nroot_ca_path = "{0}/ca.crt"\n'
+        ).format(self.certs)
+
+    def reference_tls(self, certs: str) -> str:
+        return 'tls {{ cert_file: "{0}/service.crt", key_file: "{0}/service.key", ca_file: "{0}/ca.crt", verify: true }}'.format(certs)
+
+    @defer.inlineCallbacks
+    def test_nats_server_spoke_over_tls(self):
+        leaf_port = process.free_port()
+        config = process.write_config(os.path.join(self.directory, "hub.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n{tls}'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\ntls = true\n'
+        ).format(client=process.free_port(), leaf=leaf_port, tls=self.tls_section))
+        hub = process.eventsvc(config, expect=("service",))
+        yield process.started(self, hub)
+        spoke_conf = process.write_config(os.path.join(self.directory, "spoke.conf"), (
+            'leafnodes {{ remotes [ {{ url: "tls://localhost:{leaf}", {tls} }} ] }}\n'
+        ).format(leaf=leaf_port, tls=self.reference_tls(self.certs)))
+        spoke = process.nats_server("-c", spoke_conf)
+        yield process.started(self, spoke)
+        # (The service listener is mutual TLS too: the hub's clients present certificates.)
+        from eventsvc.test.test_interop_cluster import client_tls
+
+        result = yield run(lambda: tls_round(hub.port, client_tls(self.certs), spoke.port))
+        self.assertEqual(result, [b"up", b"down"])
+        # A spoke from another CA: the handshake fails, and the hub says so.
+        stranger = os.path.join(self.directory, "stranger")
+        self.assertEqual(process.cli("certs", "--out", stranger).returncode, 0)
+        bad_conf = process.write_config(os.path.join(self.directory, "stranger.conf"), (
+            'leafnodes {{ remotes [ {{ url: "tls://localhost:{leaf}", {tls} }} ] }}\n'
+        ).format(leaf=leaf_port, tls=self.reference_tls(stranger)))
+        yield process.started(self, process.nats_server("-c", bad_conf))
+        from twisted.internet import threads
+
+        yield threads.deferToThread(hub.wait_output, "failed before it was up")
+        self.assertEqual(hub.output().count("leaf node spoke"), 1, hub.output())
+
+    @defer.inlineCallbacks
+    def test_eventsvc_spoke_over_tls(self):
+        leaf_port = process.free_port()
+        hub_conf = process.write_config(os.path.join(self.directory, "hub.conf"), (
+            "leafnodes {{ port: {leaf}, {tls} }}\n"
+        ).format(leaf=leaf_port, tls=self.reference_tls(self.certs)))
+        hub = process.nats_server("-c", hub_conf)
+        yield process.started(self, hub)
+        config = process.write_config(os.path.join(self.directory, "spoke.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n{tls}[leafnodes]\nlisten = false\n'
+            '[[leafnodes.remotes]]\nurl = "tls://127.0.0.1:{leaf}"\ntls_name = "localhost"\n'
+        ).format(client=process.free_port(), leaf=leaf_port, tls=self.tls_section))
+        spoke = process.eventsvc(config, expect=("service",))
+        yield process.started(self, spoke)
+        from eventsvc.test.test_interop_cluster import client_tls
+
+        result = yield run(lambda: tls_round(spoke.port, client_tls(self.certs), hub.port, hub_side=False))
+        self.assertEqual(result, [b"up", b"down"])
+
+
+async def tls_round(ours: int, context, theirs: int, hub_side: bool = True) -> list:
+    """A message each way between a TLS client of ours and a plain client of theirs."""
+    mine = await nats.connect("tls://127.0.0.1:%d" % ours, tls=context, tls_hostname="localhost")
+    other = await nats.connect("nats://127.0.0.1:%d" % theirs)
+    got = []
+
+    async def keep(msg):
+        got.append(msg.data)
+
+    async def answer(msg):
+        await msg.respond(b"ok")
+
+    await mine.subscribe("t.mine", cb=keep)
+    await other.subscribe("t.other", cb=keep)
+    await other.subscribe("t.svc", cb=answer)
+    await mine.flush()
+    await other.flush()
+    await until_answered(mine, "t.svc")
+    await other.publish("t.mine", b"up")
+    await other.flush()
+    await asyncio.sleep(0.3)
+    await mine.publish("t.other", b"down")
+    await mine.flush()
+    await asyncio.sleep(0.5)
+    await mine.close()
+    await other.close()
+    return got
+
+
 class ClusteredSpokesTests(TestCase):
     """
     A nats-server cluster "edge" of two servers, each a leaf of one eventsvc

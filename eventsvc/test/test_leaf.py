@@ -137,6 +137,42 @@ class HandshakeTests(SynchronousTestCase):
         pump, uplink, downleaf = leaf(spoke, hub, "t0ken")
         self.assertTrue(downleaf.up)
 
+    def test_tls_after_info(self) -> None:
+        """A TLS hub says so in INFO and both sides start TLS there; the spoke's CONNECT (and credentials) go after it."""
+
+        class Context:
+            def __init__(self, name: str = "") -> None:
+                self.name = name
+
+            def iosimVerify(self, other) -> bool:
+                return True
+
+        names = []
+        spoke = Node("S", tls_dial=lambda name: names.append(name) or Context(name))
+        hub = Node("H", tls_accept=Context(), user="leaf", password="pw")
+        pump, uplink, downleaf = leaf(spoke, hub, "leaf", "pw")
+        self.assertTrue(uplink.up and downleaf.up)
+        self.assertTrue(json.loads(hub.leafs.info_line(downleaf)[5:])["tls_required"])
+        self.assertEqual(names, ["127.0.0.1"])
+        self.assertTrue(downleaf.remote_info["tls_required"])
+        # A spoke without TLS cannot join a TLS hub, and says why.
+        plain = Node("P")
+        pump, uplink, downleaf = leaf(plain, hub, "leaf", "pw")
+        self.assertTrue(uplink.closed)
+        self.assertFalse(downleaf.up)
+
+    def test_tls_remote_keeps_credentials_from_a_plain_hub(self) -> None:
+        from eventsvc.nats.leaf import RemoteLeaf
+
+        spoke = Node("S", tls_dial=lambda name: object())
+        remote = RemoteLeaf(("tls://127.0.0.1:7422",), "leaf", "pw")
+        proto = _Dialling(spoke.leafs, remote).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7422))
+        proto.makeConnection(transport)
+        proto.dataReceived(Node("H").leafs.info_line(proto))
+        self.assertTrue(proto.closed)
+        self.assertNotIn(b"CONNECT", transport.value())
+
     def accepted(self, hub: Node):
         proto = _Accepting(hub.leafs).buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
