@@ -93,9 +93,11 @@ class LeafConnection(PeerConnection):
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
         #: What we told the other side: interest key -> count (nats-server's smap).
         self.smap: Dict[bytes, int] = {}
-        #: The other side's server name and cluster (its subscriptions' origin).
+        #: The other side's server name and cluster, and that cluster as the
+        #: origin of its subscriptions and messages (b"": none).
         self.remote_name = ""
         self.remote_cluster = ""
+        self.cluster_origin = b""
         #: The handshake is done: interest and messages may flow.
         self.up = False
         self.cid = manager.next_cid()
@@ -188,6 +190,7 @@ class LeafConnection(PeerConnection):
             self.remote_info = info
             self.remote_name = str(info.get("server_name") or self.remote_id)
             self.remote_cluster = str(info.get("cluster") or "")
+            self.cluster_origin = self.remote_cluster.encode("utf-8")
             self.headers = bool(info.get("headers"))
             options = self.manager.connect_options(remote, secure)
             self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
@@ -226,6 +229,7 @@ class LeafConnection(PeerConnection):
         self.remote_id = str(options.get("server_id") or "")
         self.remote_name = str(options.get("name") or self.remote_id)
         self.remote_cluster = str(cluster) if isinstance(cluster, str) else ""
+        self.cluster_origin = self.remote_cluster.encode("utf-8")
         self.remote_info = options
         self.headers = bool(options.get("headers"))
         info = self.manager.info(self)
@@ -259,6 +263,7 @@ class LeafConnection(PeerConnection):
         if key in self.subs:
             return  # a queue weight update: one entry per link is enough
         sub = Subscription(self, subject, queue, b"")
+        sub.origin = self.cluster_origin or None
         self.subs[key] = sub
         if self.route:
             self.broker.add_remote_subscription(sub, gateways=False)
@@ -598,15 +603,17 @@ class LeafManager(Service):
     def _tells(self, conn: LeafConnection, sub: Subscription) -> bool:
         """
         Whether C{conn} hears of C{sub}: never its own; an uplink only our
-        clients' and downleafs'; a downleaf everything but a leaf of its
-        own cluster's (bar loop detection's).
+        clients' and downleafs'; a downleaf everything but what a leaf of
+        its own cluster subscribed to, here or behind a route (bar loop
+        detection's).
         """
         owner = sub.owner
         if owner is conn:
             return False
         if conn.route:
             return not owner.route
-        if owner.leaf and conn.remote_cluster and owner.remote_cluster == conn.remote_cluster:
+        if sub.origin and sub.origin == conn.cluster_origin:
+            # (A leaf of its cluster's, here or behind a route.)
             return sub.subject.startswith(LDS_PREFIX)
         return True
 

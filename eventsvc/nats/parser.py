@@ -325,6 +325,9 @@ class RouteParser(Framer):
         rule): the message is a plain one.
         """
         hdr_len, size = size_of(args[-2]), size_of(args[-1])
+        if hdr_len > size:
+            # (nats-server refuses it too; we would hand it on to clients.)
+            raise ProtocolViolation(None, "header size larger than the size")
         reply, queues = _route_targets(args[2:-2])
         end = self._payload_end(buf, pos, nl, size)
         if end >= 0:
@@ -345,21 +348,21 @@ class RouteParser(Framer):
         self._interest(args)
         return nl + 1
 
-    def _interest(self, args: List[bytes]) -> None:
-        """C{<account> <subject> [<queue> [<weight>]]}: RS+'s arguments, and LS+'s after its origin."""
+    def _interest(self, args: List[bytes], *origin: bytes) -> None:
+        """C{<account> <subject> [<queue> [<weight>]]}: RS+'s arguments, and LS+'s after its origin (given)."""
         if len(args) == 2:
-            self._handler.op_rs_plus(args[0], args[1], None, 1)
+            self._handler.op_rs_plus(args[0], args[1], None, 1, *origin)
         else:
             weight = parse_size(args[3]) if len(args) > 3 else 1
-            self._handler.op_rs_plus(args[0], args[1], args[2], max(weight, 1))
+            self._handler.op_rs_plus(args[0], args[1], args[2], max(weight, 1), *origin)
 
     def _ls_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         # LS+ <origin cluster> <account> <subject> [<queue> <weight>]: RS+
-        # with the leaf's cluster first (which we have no leaf to keep it from).
+        # with the leaf's cluster first (kept from that cluster's leaf links).
         args = split_args(buf[start:eol])
         if len(args) not in (3, 5):
             raise ProtocolViolation(None, "bad LS+")
-        self._interest(args[1:])
+        self._interest(args[1:], args[0])
         return nl + 1
 
     def _lmsg(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
@@ -369,9 +372,12 @@ class RouteParser(Framer):
         args = split_args(buf[start:eol])
         if len(args) < 5:
             raise ProtocolViolation(None, "short LMSG")
-        if size_of(args[-2]) > size_of(args[-1]):
-            raise ProtocolViolation(None, "LMSG header size larger than its size")
-        return self._routed_with_headers(args[1:], buf, pos, nl, plain_if_none=True)
+        handler = self._handler
+        handler.message_origin = args[0]
+        try:
+            return self._routed_with_headers(args[1:], buf, pos, nl, plain_if_none=True)
+        finally:
+            handler.message_origin = None
 
     def _rs_minus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])

@@ -47,6 +47,9 @@ class RouteConnection(PeerConnection):
     kind = "route"
     route = True
     frame_head = b"RMSG $G "
+    #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
+    #: keeps the message from that cluster's links).
+    message_origin: Optional[bytes] = None
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         settings = manager.settings
@@ -135,7 +138,12 @@ class RouteConnection(PeerConnection):
         urls = self.remote_info.get("connect_urls")
         return [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
 
-    def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+    @property
+    def lnoc(self) -> bool:
+        """Whether the peer reads leaf origins (LS+ <origin>, LMSG <origin>), as nats-server 2.9 and we do."""
+        return bool(self.remote_info.get("lnoc"))
+
+    def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int, origin: Optional[bytes] = None) -> None:
         if account != GLOBAL or not valid_subject(subject):
             return
         exports = self.manager.settings.exports
@@ -148,6 +156,7 @@ class RouteConnection(PeerConnection):
         if key in self.subs:
             return  # a queue weight update: one entry per route is enough
         sub = Subscription(self, subject, queue, b"")
+        sub.origin = origin
         self.subs[key] = sub
         self.broker.add_remote_subscription(sub)
 
@@ -439,7 +448,7 @@ class RouteManager(Service):
         for subject, queue, n in self.broker.local_interest():
             if self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue):
                 continue
-            lines.append(b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s %d\r\n" % (subject, queue, n))
+            lines.append(self._interest_line(route, subject, queue, n, n))
         if lines:
             route.send(b"".join(lines))
         gateways = self.broker.gateways
@@ -479,14 +488,22 @@ class RouteManager(Service):
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
         if not self.routes or (self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue)):
             return
-        if queue is None:
-            if before == 0 and after > 0:
-                line = b"RS+ $G %s\r\n" % subject
-            elif after == 0:
-                line = b"RS- $G %s\r\n" % subject
-            else:
-                return
-        else:
-            line = b"RS+ $G %s %s %d\r\n" % (subject, queue, after) if after > 0 else b"RS- $G %s %s\r\n" % (subject, queue)
+        if queue is None and not (before == 0 and after > 0) and after != 0:
+            return  # a plain subject is told once
         for route in self.routes.values():
-            route.send(line)
+            route.send(self._interest_line(route, subject, queue, before, after))
+
+    def _interest_line(self, route: RouteConnection, subject: bytes, queue: Optional[bytes], before: int, after: int) -> bytes:
+        """
+        C{RS+}/C{RS-} for local interest; C{LS+ <origin>}/C{LS-} when a leaf
+        of a named cluster made it and the peer reads origins (so that it
+        keeps it from its own links to that cluster).
+        """
+        origin = self.broker.interest_origin(subject, queue) if route.lnoc else None
+        if after <= 0:
+            verb = b"LS- $G " if origin else b"RS- $G "
+            return verb + subject + (b"\r\n" if queue is None else b" " + queue + b"\r\n")
+        head = b"LS+ " + origin + b" $G " if origin else b"RS+ $G "
+        if queue is None:
+            return head + subject + b"\r\n"
+        return head + b"%s %s %d\r\n" % (subject, queue, after)

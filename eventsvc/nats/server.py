@@ -242,6 +242,7 @@ class Broker:
         self._local_sids = 0
         # Local interest by (subject, queue), and who wants to hear of changes (routes).
         self._interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
+        self._interest_origins: Dict[Tuple[bytes, Optional[bytes]], bytes] = {}
         self.interest_listeners: List[Callable[[bytes, Optional[bytes], int, int], None]] = []
         #: The cluster's client URLs (INFO connect_urls), kept by the routes.
         self.connect_urls = ConnectURLs()
@@ -419,7 +420,11 @@ class Broker:
             if targets.route_mixed:
                 count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""), only=())
             return count
-        if targets.route_plain:
+        if targets.route_plain and src.leaf and src.cluster_origin:  # type: ignore[attr-defined]
+            # A leaf's message of a named cluster: LMSG <origin>, so that
+            # the other servers keep it from that cluster's other links.
+            count += self._plain_remotes(src, _Targets([], [], [], True, targets.route_plain), _Message(subject, reply, size, tail, -1, b""))
+        elif targets.route_plain:
             frame_tail = tail if reply is None else reply + b" " + tail
             for conn, prefix, append in targets.route_plain:
                 append(prefix)
@@ -456,9 +461,10 @@ class Broker:
         """A message's frame to each route and leaf with plain interest only that C{src}'s message may reach."""
         count = 0
         remotes = targets.route_plain + targets.leaf_plain if targets.leaf_plain else targets.route_plain
+        origin = src.cluster_origin if src.leaf else None  # type: ignore[attr-defined]
         for conn, _, append in remotes:
             if _reaches(src, conn):
-                append(message.route_frame((), conn.frame_head))  # type: ignore[attr-defined]
+                append(message.route_frame((), conn.frame_head, None if conn.leaf else origin))  # type: ignore[attr-defined]
                 conn.out_msgs += 1
                 conn.out_bytes += message.size
                 self.mark_dirty(conn)
@@ -485,6 +491,10 @@ class Broker:
         # Routes and leafs with plain interest take the same joined frames
         # ("RMSG $G <subject> ", "LMSG <subject> ").
         routes = targets.route_plain if not src.route else []
+        if routes and src.leaf and src.cluster_origin:  # type: ignore[attr-defined]
+            for tail in tails:
+                self.deliver(src, subject, None, _payload_size(tail), tail, targets)
+            return
         if targets.leaf_plain:
             routes = routes + [leaf for leaf in targets.leaf_plain if _reaches(src, leaf[0])]
         # Subscribers with the same prefix (same sid: most clients' first
@@ -636,8 +646,10 @@ class Broker:
         if assigned or targets.route_mixed:
             assigned = assigned or {}
             mixed = [r for r in targets.route_mixed if r not in assigned and _reaches(src, r)]
+            origin = src.cluster_origin if src.leaf else None  # type: ignore[attr-defined]
             for route in list(assigned) + mixed:
-                route.out.append(routed.route_frame(assigned.get(route, []), route.frame_head))  # type: ignore[attr-defined]
+                frame = routed.route_frame(assigned.get(route, []), route.frame_head, None if route.leaf else origin)  # type: ignore[attr-defined]
+                route.out.append(frame)
                 route.out_msgs += 1
                 route.out_bytes += routed.size
                 self.mark_dirty(route)
@@ -744,7 +756,7 @@ class Broker:
     def add_subscription(self, sub: Subscription) -> None:
         """A local subscription (a client's, in-process, a leaf's): routes hear of it."""
         self.sublist.insert(sub)
-        self._interest_changed(sub.subject, sub.queue, +1)
+        self._interest_changed(sub.subject, sub.queue, +1, sub.origin)
         for listener in self.subscription_listeners:
             listener(sub, 1)
 
@@ -782,16 +794,29 @@ class Broker:
             for subscribed in self.subscription_listeners:
                 subscribed(sub, -1)
 
-    def _interest_changed(self, subject: bytes, queue: Optional[bytes], delta: int) -> None:
+    def _interest_changed(self, subject: bytes, queue: Optional[bytes], delta: int, origin: Optional[bytes] = None) -> None:
         key = (subject, queue)
         before = self._interest.get(key, 0)
         after = before + delta
         if after > 0:
             self._interest[key] = after
+            if before == 0 and origin:
+                self._interest_origins[key] = origin
         else:
             self._interest.pop(key, None)
         for listener in self.interest_listeners:
             listener(subject, queue, before, after)
+        if after <= 0:
+            # (After the listeners: a route's LS- needs it.)
+            self._interest_origins.pop(key, None)
+
+    def interest_origin(self, subject: bytes, queue: Optional[bytes]) -> Optional[bytes]:
+        """
+        The leaf cluster whose subscription first made this local interest
+        (routes say it, as C{LS+ <origin>}, so that the cluster's other leaf
+        links are not told of it), or None.
+        """
+        return self._interest_origins.get((subject, queue))
 
     def local_interest(self) -> List[Tuple[bytes, Optional[bytes], int]]:
         """Every (subject, queue, count) of local subscriptions: what a new route is told."""
@@ -897,14 +922,21 @@ def _reaches(src: Any, remote: Any) -> bool:
     nothing that came from a route or a hub (one hop); a leaf gets
     everything but its own messages, those of a leaf of its own cluster,
     and, when it is our hub, those from routes (their servers have their
-    own links to it).
+    own links to it).  A message's cluster is its leaf's (C{cluster_origin}),
+    or the origin a route's C{LMSG} gave (C{message_origin}).
     """
     if remote is src:
         return False
     if remote.leaf:
-        if src.leaf and remote.remote_cluster and remote.remote_cluster == src.remote_cluster:
-            return False
-        return not (src.route and not src.leaf and remote.route)
+        if src.leaf:
+            origin = src.cluster_origin
+        elif src.route:
+            if remote.route:
+                return False
+            origin = src.message_origin  # (an LMSG <origin> the route is delivering)
+        else:
+            return True
+        return not (origin and origin == remote.cluster_origin)
     return not src.route
 
 
@@ -943,15 +975,21 @@ class _Message:
             self._plain = b"%d\r\n%s" % (self.size - self.hdr_len, self.body[self.hdr_len :])
         return prefix + reply + self._plain
 
-    def route_frame(self, queues: Sequence[bytes], head: bytes = b"RMSG $G ") -> bytes:
+    def route_frame(self, queues: Sequence[bytes], head: bytes = b"RMSG $G ", origin: Optional[bytes] = None) -> bytes:
         """
         The whole RMSG (or HMSG) for a route, naming C{queues} if any;
-        C{head} C{b"LMSG "} for a leaf.
+        C{head} C{b"LMSG "} for a leaf.  With C{origin} (a message from a
+        leaf of that cluster, to a route): C{LMSG <origin> $G ...} with its
+        header size, as nats-server sends a route that says lnoc.
         """
         if queues:
             middle = (b"+ " + self.reply + b" " if self.reply is not None else b"| ") + b" ".join(queues) + b" "
         else:
             middle = b"" if self.reply is None else self.reply + b" "
+        if origin:
+            if self.hdr_len < 0:
+                return b"LMSG " + origin + b" $G " + self.subject + b" " + middle + b"0 " + self.tail
+            return b"LMSG %s $G %s %s%d %d\r\n%s" % (origin, self.subject, middle, self.hdr_len, self.size, self.body)
         if self.hdr_len < 0:
             return head + self.subject + b" " + middle + self.tail
         return b"H%s%s %s%d %d\r\n%s" % (head[1:], self.subject, middle, self.hdr_len, self.size, self.body)

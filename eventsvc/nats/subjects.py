@@ -161,7 +161,7 @@ class Subscription:
     subject, optional queue group and sid, and the auto-unsubscribe budget.
     """
 
-    __slots__ = ("owner", "subject", "queue", "sid", "max", "delivered")
+    __slots__ = ("owner", "subject", "queue", "sid", "max", "delivered", "origin")
 
     def __init__(
         self, owner: Any, subject: bytes, queue: Optional[bytes], sid: bytes
@@ -173,6 +173,9 @@ class Subscription:
         #: Deliveries after which the subscription ends; 0 for no limit.
         self.max = 0
         self.delivered = 0
+        #: The cluster a leaf node's subscription came from (None for any
+        #: other): kept from that cluster's other leaf links.
+        self.origin: Optional[bytes] = None
 
     def __repr__(self) -> str:
         return "<Subscription {!r} sid={!r} queue={!r}>".format(

@@ -380,6 +380,87 @@ class ClusteredSpokesTests(TestCase):
         self.assertEqual(sum(queue.values()), 100, queue)
 
 
+class EdgeClusterOnHubClusterTests(TestCase):
+    """
+    A nats-server edge cluster whose two servers are leafs of different
+    servers of a mixed hub cluster (E1 -> eventsvc H1, E2 -> nats-server
+    H2; E1-E2 and H1-H2 routed): each hub server tells the other which
+    cluster a leaf's interest and messages came from (LS+/LMSG <origin>), in
+    both directions between eventsvc and nats-server, so nothing crosses
+    into the edge twice and a queue group on the edge is served once.
+    """
+
+    timeout = 150
+
+    @defer.inlineCallbacks
+    def test_mixed_hub_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        h1_route, h2_route, h1_leaf, h2_leaf = (process.free_port() for _ in range(4))
+        e_routes = [process.free_port(), process.free_port()]
+        h1 = process.eventsvc(process.write_config(os.path.join(directory, "h1.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+            '[cluster]\nname = "core"\nhost = "127.0.0.1"\nport = {route}\nroutes = ["nats-route://127.0.0.1:{other}"]\n'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
+        ).format(client=process.free_port(), route=h1_route, other=h2_route, leaf=h1_leaf)), expect=("service",))
+        h2_conf = process.write_config(os.path.join(directory, "h2.conf"), (
+            'cluster {{ name: "core", listen: "127.0.0.1:{route}", routes: ["nats-route://127.0.0.1:{other}"] }}\n'
+            'leafnodes {{ listen: "127.0.0.1:{leaf}" }}\n'
+        ).format(route=h2_route, other=h1_route, leaf=h2_leaf))
+        ports = {"h1": (yield process.started(self, h1)), "h2": (yield process.started(self, process.nats_server("-c", h2_conf)))}
+        for i, hub_leaf in enumerate((h1_leaf, h2_leaf)):
+            conf = process.write_config(os.path.join(directory, "e%d.conf" % i), (
+                'cluster {{ name: "edge", listen: "127.0.0.1:{me}", routes: ["nats-route://127.0.0.1:{other}"] }}\n'
+                'leafnodes {{ remotes [ {{ url: "nats-leaf://127.0.0.1:{leaf}" }} ] }}\n'
+            ).format(me=e_routes[i], other=e_routes[1 - i], leaf=hub_leaf))
+            ports["e%d" % (i + 1)] = yield process.started(self, process.nats_server("-c", conf))
+
+        async def scenario():
+            ncs = {name: await nats.connect("nats://127.0.0.1:%d" % port) for name, port in ports.items()}
+            got = {name: [] for name in ncs}
+            served = {"e1": 0, "e2": 0}
+            for name, nc in ncs.items():
+                async def keep(msg, name=name):
+                    got[name].append(msg.data)
+
+                async def echo(msg, name=name, nc=nc):
+                    await nc.publish(msg.reply, name.encode())
+
+                await nc.subscribe("all", cb=keep)
+                await nc.subscribe("svc." + name, cb=echo)
+                if name in served:
+                    async def work(msg, name=name):
+                        served[name] += 1
+
+                    await nc.subscribe("edge.work", queue="w", cb=work)
+                await nc.flush()
+            for nc in ncs.values():
+                for target in ncs:
+                    await until_answered(nc, "svc." + target)
+            answers = []
+            for nc in ncs.values():
+                for target in ncs:
+                    answers.append((await nc.request("svc." + target, b"?", timeout=3)).data.decode())
+            for name, nc in ncs.items():
+                await nc.publish("all", name.encode())
+            for k in range(100):
+                await ncs["h1" if k % 2 else "h2"].publish("edge.work", b"w")
+            for nc in ncs.values():
+                await nc.flush()
+            await asyncio.sleep(1.0)
+            for nc in ncs.values():
+                await nc.close()
+            return got, served, answers
+
+        got, served, answers = yield run(scenario)
+        for name in got:
+            self.assertEqual(sorted(got[name]), [b"e1", b"e2", b"h1", b"h2"], (name, got))
+        self.assertEqual(sum(served.values()), 100, served)
+        self.assertEqual(answers, [t for _ in range(4) for t in ("h1", "h2", "e1", "e2")])
+
+
 class LoopTests(TestCase):
     """eventsvc and nats-server each a leaf of the other: the loop is found and said, as nats-server says it."""
 

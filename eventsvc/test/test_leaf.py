@@ -707,3 +707,64 @@ class LeafFuzzTests(SynchronousTestCase):
             pos = nl + 2 + int(line[-1]) + 2
             frames += 1
         self.assertEqual(frames, count)
+
+
+class OriginTests(SynchronousTestCase):
+    """
+    An edge cluster whose servers are leafs of different servers of a hub
+    cluster (E1 -> H1, E2 -> H2; E1 and E2 routed, H1 and H2 routed): the
+    hub servers tell each other which leaf cluster an interest or a
+    message came from (LS+ <origin>, LMSG <origin>), and keep it from that
+    cluster's other link, so nothing crosses back into the edge twice.
+    """
+
+    def setUp(self) -> None:
+        self.h1, self.h2 = Node("H1", cluster="core"), Node("H2", cluster="core")
+        self.e1, self.e2 = Node("E1", cluster="edge"), Node("E2", cluster="edge")
+        self.pumps = [route_link(self.h2, self.h1)[0], route_link(self.e2, self.e1)[0]]
+        pump, self.up1, self.down1 = leaf(self.e1, self.h1)
+        self.pumps.append(pump)
+        pump, self.up2, self.down2 = leaf(self.e2, self.h2)
+        self.pumps.append(pump)
+        self.settle()
+
+    def settle(self) -> None:
+        for _ in range(4):
+            for pump in self.pumps:
+                pump.flush()
+
+    def route_subs(self, node: Node) -> dict:
+        (route,) = node.manager.routes.values()
+        return route.subs
+
+    def test_interest_carries_its_origin(self) -> None:
+        self.e1.client().send(b"SUB foo 1\r\n")
+        self.settle()
+        self.assertEqual(self.route_subs(self.h2)[(b"foo", None)].origin, b"edge")
+        self.assertNotIn((b"foo", None), self.up2.subs)  # E2 has E1's interest by its route
+
+    def test_a_leaf_message_is_kept_from_its_clusters_other_link(self) -> None:
+        hub_client, edge_client = self.h2.client(), self.e2.client()
+        hub_client.send(b"SUB qux 1\r\n")
+        self.settle()
+        edge_client.send(b"SUB qux 1\r\n")
+        self.settle()
+        self.assertIn((b"qux", None), self.up1.subs)
+        (h1_route,) = self.h1.manager.routes.values()
+        self.e1.client().send(b"PUB qux 2\r\nhi\r\nPUB qux 1\r\nx\r\nPUB qux 1\r\ny\r\n")
+        self.settle()
+        self.assertEqual(hub_client.received(), b"MSG qux 1 2\r\nhi\r\nMSG qux 1 1\r\nx\r\nMSG qux 1 1\r\ny\r\n")
+        # Once, by the edge's own route, not again through the hub.
+        self.assertEqual(edge_client.received(), b"MSG qux 1 2\r\nhi\r\nMSG qux 1 1\r\nx\r\nMSG qux 1 1\r\ny\r\n")
+
+    def test_everyone_hears_everyone_once(self) -> None:
+        clients = {name: node.client() for name, node in (("h1", self.h1), ("h2", self.h2), ("e1", self.e1), ("e2", self.e2))}
+        for c in clients.values():
+            c.send(b"SUB all 1\r\n")
+            self.settle()
+        for name, c in clients.items():
+            c.send(b"PUB all %d\r\n%s\r\n" % (len(name), name.encode()))
+            self.settle()
+        for name, c in clients.items():
+            got = sorted(c.received().split(b"MSG all 1 2\r\n")[1:])
+            self.assertEqual(got, [b"e1\r\n", b"e2\r\n", b"h1\r\n", b"h2\r\n"], name)

@@ -393,7 +393,7 @@ class RouteParserTests(SynchronousTestCase):
         accepted.dataReceived(b"LS- $G leaf.x\r\nLS- $G leaf.q work\r\n")
         self.assertEqual([s for s in b.broker.sublist.all() if s.owner is accepted], [])
         self.assertFalse(accepted.closed)
-        for bad in (b"LS+ edge $G\r\n", b"LMSG edge $G foo 3 2\r\nhi\r\n"):
+        for bad in (b"LS+ edge $G\r\n", b"LMSG edge $G foo 3 2\r\nhi\r\n", b"HMSG $G foo 3 2\r\nhi\r\n"):
             a, b = Node("A"), Node("B")
             pump, dialled, accepted = link(a, b)
             accepted.dataReceived(bad)
