@@ -249,7 +249,53 @@ class IRouteOperations(IFramedConnection, Protocol):
         ...
 
 
-class RouteParser(Framer):
+#: The control verbs of every server-to-server protocol, read the same way (L{_PeerControl}).
+PEER_CONTROL_VERBS = [
+    Verb(b"PING", "_ping", spaced=False, bounded=False),
+    Verb(b"PONG", "_pong", spaced=False, bounded=False),
+    Verb(b"INFO", "_info", spaced=False),
+    Verb(b"CONNECT", "_connect", spaced=False),
+    Verb(b"+OK", "_ok", spaced=False, bounded=False),
+    Verb(b"-ERR", "_err"),
+]
+
+
+class _PeerControl:
+    """
+    What every server-to-server protocol (routes, gateways, leaf links)
+    reads the same way: its control verbs, and the limits' defaults.
+    """
+
+    _handler: Any
+
+    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
+        super().__init__(handler, max_control_line, max_payload)  # type: ignore[call-arg]
+
+    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_ping()
+        return nl + 1
+
+    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_pong()
+        return nl + 1
+
+    def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_info(buf[start:eol].strip())
+        return nl + 1
+
+    def _connect(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_connect(buf[start:eol].strip())
+        return nl + 1
+
+    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        return nl + 1
+
+    def _err(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_err(buf[start:eol].strip())
+        return nl + 1
+
+
+class RouteParser(_PeerControl, Framer):
     """
     Parses what a peer server sends on a route: INFO, CONNECT, RS+, RS-,
     RMSG, HMSG, PING, PONG, +OK, -ERR, and LS+, LS-, LMSG (a peer's leaf
@@ -273,18 +319,9 @@ class RouteParser(Framer):
         Verb(b"LMSG", "_lmsg"),
         Verb(b"A+", "_unsupported"),
         Verb(b"A-", "_unsupported"),
-        Verb(b"PING", "_ping", spaced=False, bounded=False),
-        Verb(b"PONG", "_pong", spaced=False, bounded=False),
-        Verb(b"INFO", "_info", spaced=False),
-        Verb(b"CONNECT", "_connect", spaced=False),
-        Verb(b"+OK", "_ok", spaced=False, bounded=False),
-        Verb(b"-ERR", "_err"),
-    ])
+    ] + PEER_CONTROL_VERBS)
     message_verb = b"RMSG "
     checks_payload = False
-
-    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
-        super().__init__(handler, max_control_line, max_payload)
 
     def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
         # RMSG <account> <subject> [reply | + reply q1 q2... | | q1 q2...] <size>
@@ -386,29 +423,6 @@ class RouteParser(Framer):
         self._handler.op_rs_minus(args[0], args[1], args[2] if len(args) > 2 else None)
         return nl + 1
 
-    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_ping()
-        return nl + 1
-
-    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_pong()
-        return nl + 1
-
-    def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_info(buf[start:eol].strip())
-        return nl + 1
-
-    def _connect(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_connect(buf[start:eol].strip())
-        return nl + 1
-
-    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        return nl + 1
-
-    def _err(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_err(buf[start:eol].strip())
-        return nl + 1
-
     def _unsupported(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         raise ProtocolViolation(UNKNOWN_OPERATION, "account operations are not supported on routes")
 
@@ -427,13 +441,7 @@ class GatewayParser(RouteParser):
         Verb(b"RS-", "_rs_minus"),
         Verb(b"A+", "_a_plus"),
         Verb(b"A-", "_a_minus"),
-        Verb(b"PING", "_ping", spaced=False, bounded=False),
-        Verb(b"PONG", "_pong", spaced=False, bounded=False),
-        Verb(b"INFO", "_info", spaced=False),
-        Verb(b"CONNECT", "_connect", spaced=False),
-        Verb(b"+OK", "_ok", spaced=False, bounded=False),
-        Verb(b"-ERR", "_err"),
-    ])
+    ] + PEER_CONTROL_VERBS)
 
     def _a_plus(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])
@@ -472,7 +480,7 @@ class ILeafOperations(IFramedConnection, Protocol):
         """The other side's -ERR."""
 
 
-class LeafParser(Framer):
+class LeafParser(_PeerControl, Framer):
     """
     Parses what the other side of a leaf-node link sends (nats-server
     2.9's leafnode protocol, either way): INFO, CONNECT, LS+, LS-, LMSG,
@@ -496,18 +504,9 @@ class LeafParser(Framer):
         Verb(b"HMSG", "_hmsg"),
         Verb(b"LS+", "_ls_plus"),
         Verb(b"LS-", "_ls_minus"),
-        Verb(b"PING", "_ping", spaced=False, bounded=False),
-        Verb(b"PONG", "_pong", spaced=False, bounded=False),
-        Verb(b"INFO", "_info", spaced=False),
-        Verb(b"CONNECT", "_connect", spaced=False),
-        Verb(b"+OK", "_ok", spaced=False, bounded=False),
-        Verb(b"-ERR", "_err"),
-    ])
+    ] + PEER_CONTROL_VERBS)
     message_verb = b"LMSG "
     checks_payload = False
-
-    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
-        super().__init__(handler, max_control_line, max_payload)
 
     def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
         find = buf.find
@@ -560,29 +559,6 @@ class LeafParser(Framer):
         if len(args) not in (1, 2):
             raise ProtocolViolation(None, "bad LS-")
         self._handler.op_ls_minus(args[0], args[1] if len(args) > 1 else None)
-        return nl + 1
-
-    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_ping()
-        return nl + 1
-
-    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_pong()
-        return nl + 1
-
-    def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_info(buf[start:eol].strip())
-        return nl + 1
-
-    def _connect(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_connect(buf[start:eol].strip())
-        return nl + 1
-
-    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        return nl + 1
-
-    def _err(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_err(buf[start:eol].strip())
         return nl + 1
 
 

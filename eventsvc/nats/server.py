@@ -413,7 +413,7 @@ class Broker:
             for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
                 count += self._give(src, sub, conn, prefix, message)
         if targets.leaf_plain:
-            count += self._to_leafs(src, targets.leaf_plain, tail if reply is None else reply + b" " + tail, size)
+            count += self._to_remotes(src, targets.leaf_plain, tail if reply is None else reply + b" " + tail, size)
         if src.route:
             # One hop: what came from a route (or a hub) goes to local
             # subscribers and leafs only.
@@ -425,14 +425,7 @@ class Broker:
             # the other servers keep it from that cluster's other links.
             count += self._plain_remotes(src, _Targets([], [], [], True, targets.route_plain), _Message(subject, reply, size, tail, -1, b""))
         elif targets.route_plain:
-            frame_tail = tail if reply is None else reply + b" " + tail
-            for conn, prefix, append in targets.route_plain:
-                append(prefix)
-                append(frame_tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                self.mark_dirty(conn)
-                count += 1
+            count += self._to_remotes(src, targets.route_plain, tail if reply is None else reply + b" " + tail, size)
         if targets.queues or targets.route_mixed:
             # A leaf's message without queue names is for plain subscribers
             # only: its side chose the groups' members.
@@ -442,11 +435,11 @@ class Broker:
             count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
         return count
 
-    def _to_leafs(self, src: ISubscriber, leafs: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]], frame_tail: bytes, size: int) -> int:
-        """A message's C{LMSG} to each leaf with plain interest that C{src}'s message may reach."""
+    def _to_remotes(self, src: ISubscriber, remotes: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]], frame_tail: bytes, size: int) -> int:
+        """A message's C{RMSG} (C{LMSG}) to each route (leaf) with plain interest that C{src}'s message may reach."""
         count = 0
         check = src.route or src.leaf
-        for conn, prefix, append in leafs:
+        for conn, prefix, append in remotes:
             if check and not _reaches(src, conn):
                 continue
             append(prefix)

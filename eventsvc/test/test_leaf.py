@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +24,8 @@ from eventsvc.nats.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.test.helpers import FakeClient
-from eventsvc.test.test_parser import _check_output
+from eventsvc.test.test_parser import mutated_streams_of
+from eventsvc.test.test_route import count_frames, feed_peer
 from eventsvc.test.test_route import link as route_link
 
 
@@ -594,21 +595,8 @@ _LEAF_OPS = st.sampled_from([
 _LEAF_LINE = re.compile(rb"(INFO \{.*\} |PING|PONG|-ERR '[^'\r\n]*'|LS[+-] \S+( \S+)*)$")
 
 
-@st.composite
-def mutated_leaf_streams(draw) -> bytes:
-    data = bytearray(b"".join(draw(st.lists(_LEAF_OPS, min_size=1, max_size=12))))
-    for _ in range(draw(st.integers(0, 4))):
-        if not data:
-            break
-        i = draw(st.integers(0, len(data) - 1))
-        action = draw(st.sampled_from(["flip", "delete", "insert"]))
-        if action == "flip":
-            data[i] = draw(st.integers(0, 255))
-        elif action == "delete":
-            del data[i]
-        else:
-            data[i:i] = draw(st.binary(min_size=1, max_size=4))
-    return bytes(data)
+def mutated_leaf_streams() -> Any:
+    return mutated_streams_of(_LEAF_OPS)
 
 
 _TOKEN = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=6).map(lambda t: t.encode())
@@ -665,18 +653,7 @@ class LeafFuzzTests(SynchronousTestCase):
 
     def feed(self, data: bytes, cuts: List[int]):
         node, watcher, proto, transport = self.downleaf()
-        last = 0
-        for cut in sorted(set(cuts)) + [len(data)]:
-            if proto.closed:
-                break
-            proto.dataReceived(data[last:cut])
-            last = cut
-        seen = watcher.received()
-        closed = proto.closed
-        _check_output(self, seen, watcher.closed)
-        for line in transport.value().split(b"\r\n")[:-1]:
-            self.assertTrue(_LEAF_LINE.match(line), line)
-        proto.connectionLost(None)
+        seen, closed = feed_peer(self, proto, transport, watcher, data, cuts, _LEAF_LINE)
         self.assertEqual(node.leafs.leafs, {})
         self.assertEqual(node.broker.sublist.count, 1)  # the watcher's own
         return seen, closed
@@ -698,15 +675,7 @@ class LeafFuzzTests(SynchronousTestCase):
         data, count = stream
         seen, closed = self.feed(data, cuts)
         self.assertFalse(closed)
-        frames = 0
-        pos = 0
-        while pos < len(seen):
-            nl = seen.index(b"\r\n", pos)
-            line = seen[pos:nl].split(b" ")
-            self.assertEqual(line[2], b"9")
-            pos = nl + 2 + int(line[-1]) + 2
-            frames += 1
-        self.assertEqual(frames, count)
+        self.assertEqual(count_frames(self, seen, b"9"), count)
 
 
 class OriginTests(SynchronousTestCase):

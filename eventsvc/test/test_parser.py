@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -194,21 +194,33 @@ _OPS = st.sampled_from(
 )
 
 
-@st.composite
-def mutated_streams(draw) -> bytes:
-    data = bytearray(b"".join(draw(st.lists(_OPS, min_size=1, max_size=12))))
-    for _ in range(draw(st.integers(0, 4))):
-        if not data:
-            break
-        i = draw(st.integers(0, len(data) - 1))
-        action = draw(st.sampled_from(["flip", "delete", "insert"]))
-        if action == "flip":
-            data[i] = draw(st.integers(0, 255))
-        elif action == "delete":
-            del data[i]
-        else:
-            data[i:i] = draw(st.binary(min_size=1, max_size=4))
-    return bytes(data)
+def mutated_streams_of(ops: Any) -> Any:
+    """
+    A strategy: up to twelve of C{ops} (a strategy of whole operations)
+    joined, then up to four bytes flipped, deleted or inserted.
+    """
+
+    @st.composite
+    def mutated(draw: Any) -> bytes:
+        data = bytearray(b"".join(draw(st.lists(ops, min_size=1, max_size=12))))
+        for _ in range(draw(st.integers(0, 4))):
+            if not data:
+                break
+            i = draw(st.integers(0, len(data) - 1))
+            action = draw(st.sampled_from(["flip", "delete", "insert"]))
+            if action == "flip":
+                data[i] = draw(st.integers(0, 255))
+            elif action == "delete":
+                del data[i]
+            else:
+                data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        return bytes(data)
+
+    return mutated()
+
+
+def mutated_streams() -> Any:
+    return mutated_streams_of(_OPS)
 
 
 def _feed(test: SynchronousTestCase, data: bytes, cuts: List[int]) -> None:

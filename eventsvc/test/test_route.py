@@ -527,12 +527,12 @@ class RoutePermissionTests(SynchronousTestCase):
 
 # -- the route parser, fuzzed as the client parser is (test_parser) ------------
 
-from typing import List  # noqa: E402
+from typing import Any, List  # noqa: E402
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from eventsvc.test.test_parser import _check_output  # noqa: E402
+from eventsvc.test.test_parser import _check_output, mutated_streams_of  # noqa: E402
 
 _ROUTE_LINE = re.compile(rb"(INFO \{.*\} |PING|PONG|-ERR '[^'\r\n]*'|RS[+-] \$G \S+( \S+)*)$")
 
@@ -560,21 +560,8 @@ _ROUTE_OPS = st.sampled_from([
 ])
 
 
-@st.composite
-def mutated_route_streams(draw) -> bytes:
-    data = bytearray(b"".join(draw(st.lists(_ROUTE_OPS, min_size=1, max_size=12))))
-    for _ in range(draw(st.integers(0, 4))):
-        if not data:
-            break
-        i = draw(st.integers(0, len(data) - 1))
-        action = draw(st.sampled_from(["flip", "delete", "insert"]))
-        if action == "flip":
-            data[i] = draw(st.integers(0, 255))
-        elif action == "delete":
-            del data[i]
-        else:
-            data[i:i] = draw(st.binary(min_size=1, max_size=4))
-    return bytes(data)
+def mutated_route_streams() -> Any:
+    return mutated_streams_of(_ROUTE_OPS)
 
 
 _TOKEN = st.text(alphabet="abcXYZ019_-$", min_size=1, max_size=6).map(lambda t: t.encode())
@@ -623,6 +610,40 @@ def valid_route_streams(draw) -> "tuple[bytes, int]":
     return b"".join(out), plain
 
 
+def feed_peer(test: SynchronousTestCase, proto: Any, transport: Any, watcher: Any, data: bytes, cuts: List[int], lines: Any):
+    """
+    Feed a peer link C{data}, cut at C{cuts}, until it closes: what the
+    local C{watcher} saw must be well-formed, and every line written to the
+    peer match C{lines}; then the link ends.  Returns (what the watcher
+    saw, whether the link closed).
+    """
+    last = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if proto.closed:
+            break
+        proto.dataReceived(data[last:cut])
+        last = cut
+    seen = watcher.received()
+    closed = proto.closed
+    _check_output(test, seen, watcher.closed)
+    for line in transport.value().split(b"\r\n")[:-1]:
+        test.assertTrue(lines.match(line), line)
+    proto.connectionLost(None)
+    return seen, closed
+
+
+def count_frames(test: SynchronousTestCase, seen: bytes, sid: bytes) -> int:
+    """How many MSG/HMSG frames C{seen} holds, each for C{sid}."""
+    frames = pos = 0
+    while pos < len(seen):
+        nl = seen.index(b"\r\n", pos)
+        line = seen[pos:nl].split(b" ")
+        test.assertEqual(line[2], sid)
+        pos = nl + 2 + int(line[-1]) + 2
+        frames += 1
+    return frames
+
+
 class RouteFuzzTests(SynchronousTestCase):
     """
     A peer's bytes, random, mutated or well-formed and cut anywhere, on an
@@ -645,19 +666,7 @@ class RouteFuzzTests(SynchronousTestCase):
 
     def feed(self, data: bytes, cuts: List[int]):
         node, watcher, proto, transport = self.route()
-        last = 0
-        for cut in sorted(set(cuts)) + [len(data)]:
-            if proto.closed:
-                break
-            proto.dataReceived(data[last:cut])
-            last = cut
-        seen = watcher.received()
-        closed = proto.closed
-        _check_output(self, seen, watcher.closed)
-        written = transport.value()
-        for line in written.split(b"\r\n")[:-1]:
-            self.assertTrue(_ROUTE_LINE.match(line), line)
-        proto.connectionLost(None)
+        seen, closed = feed_peer(self, proto, transport, watcher, data, cuts, _ROUTE_LINE)
         self.assertEqual(node.manager.routes, {})
         self.assertEqual(node.broker.sublist.count, 1)  # the watcher's own
         return seen, closed
@@ -680,15 +689,7 @@ class RouteFuzzTests(SynchronousTestCase):
         data, plain = stream
         seen, closed = self.feed(data, cuts)
         self.assertFalse(closed)
-        frames = 0
-        pos = 0
-        while pos < len(seen):
-            nl = seen.index(b"\r\n", pos)
-            line = seen[pos:nl].split(b" ")
-            self.assertEqual(line[2], b"9")
-            pos = nl + 2 + int(line[-1]) + 2
-            frames += 1
-        self.assertEqual(frames, plain)
+        self.assertEqual(count_frames(self, seen, b"9"), plain)
 
 
 class BackoffTests(SynchronousTestCase):
