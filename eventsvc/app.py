@@ -535,7 +535,10 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
 
     ln, limits = config.leafnodes, config.limits
     remotes = tuple(
-        (((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name)
+        (
+            ((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
+            tuple(r.deny_imports), _route_permissions((), r.deny_imports), _route_permissions((), r.deny_exports),
+        )
         for r in ln.remotes
     )
     # (TLS after INFO: the contexts are used by the leaf links, not the listener.)
@@ -543,6 +546,7 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     return LeafManager(broker, reactor, LeafSettings(
         host=ln.host, port=ln.port, accept=ln.listen, user=ln.user, password=ln.password, token=ln.token,
         tls_accept=tls_accept if ln.tls else None, tls_dial=tls_dial, tls_name=ln.tls_name,
+        denied=lambda subjects: _route_permissions((), subjects),
         remotes=remotes, max_payload=limits.max_payload, max_control_line=limits.max_control_line,
         max_pending=limits.max_pending, ping_interval=limits.ping_interval, ping_max=limits.ping_max,
         listen_backlog=limits.listen_backlog,

@@ -223,6 +223,11 @@ class RemoteLeafConfig:
     tls: bool = False
     #: The name the hub's certificate must carry (default: the host dialled).
     tls_name: str = ""
+    #: Subjects not to take from the hub (our interest in them is not told,
+    #: and the hub is asked not to send them), as nats-server's.
+    deny_imports: Tuple[str, ...] = ()
+    #: Subjects not to send the hub.
+    deny_exports: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -603,6 +608,10 @@ def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str,
                 fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over WebSocket are not supported yet".format(where, url))
             if parts.scheme not in ("nats-leaf", "nats", "tls") or not valid:
                 fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port (or tls://host:port)".format(where, url))
+            for key, subjects in (("deny_imports", remote.deny_imports), ("deny_exports", remote.deny_exports)):
+                for subject in subjects:
+                    if not _valid_subject(subject):
+                        fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
             if (remote.tls or parts.scheme == "tls") and not tls:
                 fail("leafnodes.remotes", "tls", "{}: TLS needs [tls] cert_path, key_path and root_ca_path (our identity and the hub's CA)".format(where))
 

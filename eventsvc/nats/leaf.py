@@ -89,6 +89,12 @@ class LeafConnection(PeerConnection):
         self.parser = LeafParser(self, settings.max_control_line, settings.max_payload)
         self.remote = remote
         self.route = remote is not None
+        #: Subjects the other side is not to get (its deny_pub, or our deny_exports).
+        self.imports: Any = None
+        if remote is not None:
+            self.imports = remote.imports
+            if remote.exports is not None:
+                self.may_receive = remote.exports.may_publish
         #: The other side's interest: one subscription per (subject, queue).
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
         #: What we told the other side: interest key -> count (nats-server's smap).
@@ -232,6 +238,14 @@ class LeafConnection(PeerConnection):
         self.cluster_origin = self.remote_cluster.encode("utf-8")
         self.remote_info = options
         self.headers = bool(options.get("headers"))
+        deny = options.get("deny_pub")
+        denied = self.manager.settings.denied
+        if isinstance(deny, list) and deny and denied is not None:
+            # What the spoke does not import: not sent it, as nats-server does.
+            try:
+                self.may_receive = denied([s for s in deny if isinstance(s, str)]).may_publish
+            except ValueError:
+                raise ProtocolViolation(None, "bad deny_pub in leaf CONNECT")
         info = self.manager.info(self)
         info.update(connect_info=True, remote_account="$G")
         self.send(info_line(info))
@@ -298,10 +312,14 @@ class LeafConnection(PeerConnection):
     def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
         """An LMSG without queue names (the framing loop counts it)."""
         self._bound_only("LMSG")
+        if self.imports is not None and not self.imports.may_publish(subject):
+            return 0  # (a subject we do not import: dropped)
         return self.broker.deliver(self, subject, reply, size, tail)
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
         self._bound_only("LMSG")
+        if self.imports is not None and not self.imports.may_publish(subject):
+            return
         self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
@@ -309,13 +327,15 @@ class LeafConnection(PeerConnection):
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         self._bound_only("LMSG")
-        self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+        if self.imports is None or self.imports.may_publish(subject):
+            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         self._bound_only("HMSG")
         self.in_msgs += 1
         self.in_bytes += total
-        self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+        if self.imports is None or self.imports.may_publish(subject):
+            self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
 
     def op_err(self, arg: bytes) -> None:
         text = arg.decode("utf-8", "replace")
@@ -351,8 +371,15 @@ class _Dialling(ClientFactory):
 class RemoteLeaf:
     """A hub to dial ([[leafnodes.remotes]]): its URLs, tried in turn, and our credentials."""
 
-    def __init__(self, urls: Tuple[str, ...], user: str = "", password: str = "", tls: bool = False, tls_name: str = "") -> None:
+    def __init__(
+        self, urls: Tuple[str, ...], user: str = "", password: str = "", tls: bool = False, tls_name: str = "",
+        deny_imports: Tuple[str, ...] = (), imports: Any = None, exports: Any = None,
+    ) -> None:
         self.urls = urls
+        #: What not to take from the hub (its subjects, and IPermissions over
+        #: them), and what not to send it (IPermissions): None lets all through.
+        self.deny_imports = deny_imports
+        self.imports, self.exports = imports, exports
         self.user, self.password = user, password
         #: Whether the link must be TLS (a tls:// URL, or tls = true).
         self.tls = tls or any(u.startswith("tls://") for u in urls)
@@ -388,8 +415,12 @@ class LeafSettings:
     user: str = ""
     password: str = ""
     token: str = ""
-    #: Hubs to dial: (urls, user, password, tls, tls_name).
-    remotes: Tuple[Tuple[Tuple[str, ...], str, str, bool, str], ...] = ()
+    #: Hubs to dial: (urls, user, password, tls, tls_name, deny_imports,
+    #: imports, exports), as RemoteLeaf takes them.
+    remotes: Tuple[Tuple[Any, ...], ...] = ()
+    #: IPermissions denying the given subjects, or None for none (a
+    #: spoke's deny_pub: what it asked us not to send it).
+    denied: Any = None
     max_payload: int = limits.MAX_PAYLOAD
     max_control_line: int = limits.MAX_CONTROL_LINE
     max_pending: int = limits.MAX_PENDING
@@ -489,6 +520,9 @@ class LeafManager(Service):
             options["user"] = user
             if password:
                 options["pass"] = password
+        if remote.deny_imports:
+            # (The hub is asked not to send them: nats-server's deny_pub.)
+            options["deny_pub"] = list(remote.deny_imports)
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
@@ -611,6 +645,8 @@ class LeafManager(Service):
         if owner is conn:
             return False
         if conn.route:
+            if conn.imports is not None and not conn.imports.may_subscribe(sub.subject, sub.queue):
+                return False  # (interest in what we do not import: not asked for)
             return not owner.route
         if sub.origin and sub.origin == conn.cluster_origin:
             # (A leaf of its cluster's, here or behind a route.)

@@ -307,6 +307,75 @@ async def tls_round(ours: int, context, theirs: int, hub_side: bool = True) -> l
     return got
 
 
+class DenyTests(TestCase):
+    """
+    deny_imports and deny_exports on a remote, both ways with nats-server:
+    an eventsvc spoke of a nats-server hub, and a nats-server spoke of an
+    eventsvc hub (which honours the deny_pub its CONNECT carries).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_deny_lists_both_ways(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        their_leaf, our_leaf = process.free_port(), process.free_port()
+        hub = process.nats_server("-c", process.write_config(os.path.join(directory, "hub.conf"), "leafnodes { port: %d }\n" % their_leaf))
+        their_hub = yield process.started(self, hub)
+        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
+            '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{theirs}"\n'
+            'deny_imports = ["private.>"]\ndeny_exports = ["secret.>"]\n'
+        ).format(client=process.free_port(), leaf=our_leaf, theirs=their_leaf)), expect=("service",))
+        our_port = yield process.started(self, ours)
+        spoke = process.nats_server("-c", process.write_config(os.path.join(directory, "spoke.conf"), (
+            'leafnodes {{ remotes [ {{ url: "nats-leaf://127.0.0.1:{leaf}", deny_imports: ["mine.>"] }} ] }}\n'
+        ).format(leaf=our_leaf)))
+        their_spoke = yield process.started(self, spoke)
+
+        async def scenario():
+            top = await nats.connect("nats://127.0.0.1:%d" % their_hub)
+            mid = await nats.connect("nats://127.0.0.1:%d" % our_port)
+            edge = await nats.connect("nats://127.0.0.1:%d" % their_spoke)
+            got = {"top": [], "mid": [], "edge": []}
+            for name, nc in (("top", top), ("mid", mid), ("edge", edge)):
+                async def keep(msg, name=name):
+                    got[name].append(msg.subject)
+
+                await nc.subscribe(">", cb=keep)
+
+                async def echo(msg, nc=nc):
+                    await nc.publish(msg.reply, b"ok")
+
+                await nc.subscribe("svc." + name, cb=echo)
+                await nc.flush()
+            for nc in (top, mid, edge):
+                for target in ("top", "mid", "edge"):
+                    await until_answered(nc, "svc." + target)
+            await asyncio.sleep(0.3)
+            for name in got:
+                del got[name][:]
+            await top.publish("private.a", b"")   # not imported by our spoke
+            await top.publish("public.a", b"")
+            await mid.publish("secret.b", b"")    # not exported to the hub
+            await mid.publish("mine.b", b"")      # not imported by their spoke
+            await mid.publish("public.b", b"")
+            for nc in (top, mid, edge):
+                await nc.flush()
+            await asyncio.sleep(0.7)
+            for nc in (top, mid, edge):
+                await nc.close()
+            return {name: sorted(s for s in subjects if not s.startswith(("svc.", "_INBOX."))) for name, subjects in got.items()}
+
+        got = yield run(scenario)
+        self.assertEqual(got["top"], ["mine.b", "private.a", "public.a", "public.b"])  # (its own private.a, by echo)
+        self.assertEqual(got["mid"], ["mine.b", "public.a", "public.b", "secret.b"])
+        self.assertEqual(got["edge"], ["public.a", "public.b", "secret.b"])
+
+
 class ClusteredSpokesTests(TestCase):
     """
     A nats-server cluster "edge" of two servers, each a leaf of one eventsvc

@@ -58,11 +58,11 @@ class Node:
         return c
 
 
-def leaf(spoke: Node, hub: Node, user: str = "", password: str = ""):
+def leaf(spoke: Node, hub: Node, user: str = "", password: str = "", remote=None):
     """A leaf link from C{spoke} to C{hub}, in memory: (pump, the spoke's uplink, the hub's downleaf)."""
     from eventsvc.nats.leaf import RemoteLeaf
 
-    remote = RemoteLeaf(("nats-leaf://127.0.0.1:7422",), user, password)
+    remote = remote or RemoteLeaf(("nats-leaf://127.0.0.1:7422",), user, password)
     spoke.leafs.remotes.append(remote)
     uplink = _Dialling(spoke.leafs, remote).buildProtocol(None)
     downleaf = _Accepting(hub.leafs).buildProtocol(None)
@@ -676,6 +676,43 @@ class LeafFuzzTests(SynchronousTestCase):
         seen, closed = self.feed(data, cuts)
         self.assertFalse(closed)
         self.assertEqual(count_frames(self, seen, b"9"), count)
+
+
+class DenyTests(SynchronousTestCase):
+    """A remote's deny_imports and deny_exports (nats-server's): what a spoke will not take from its hub, or send it."""
+
+    def test_deny_imports_and_exports(self) -> None:
+        from eventsvc.nats.leaf import RemoteLeaf
+        from eventsvc.security.permissions import Permissions
+
+        def deny(*subjects):
+            return Permissions(publish_deny=subjects, subscribe_deny=subjects)
+
+        spoke, hub = Node("S"), Node("H", denied=lambda subjects: Permissions(publish_deny=subjects))
+        remote = RemoteLeaf(
+            ("nats-leaf://127.0.0.1:7422",), deny_imports=("private.>",), imports=deny("private.>"), exports=deny("secret.>"),
+        )
+        sc, hc = spoke.client(), hub.client()
+        sc.send(b"SUB private.x 1\r\nSUB > 2\r\n")
+        hc.send(b"SUB secret.x 1\r\nSUB public.x 2\r\n")
+        pump, uplink, downleaf = leaf(spoke, hub, remote=remote)
+        self.assertEqual(downleaf.remote_info["deny_pub"], ["private.>"])
+        # The hub is not told of interest in what the spoke does not import...
+        self.assertNotIn((b"private.x", None), downleaf.subs)
+        self.assertIn((b">", None), downleaf.subs)
+        # ...and what it does not import is not sent down, even for ">".
+        hub.client().send(b"PUB private.x 1\r\nh\r\nPUB public.y 1\r\nk\r\n")
+        pump.flush()
+        self.assertEqual(sc.received(), b"MSG public.y 2 1\r\nk\r\n")
+        # A hub that sends it anyway (nats-server's may not know deny_pub): dropped.
+        uplink.dataReceived(b"LMSG private.z 1\r\nz\r\nLMSG private.z | q 1\r\nz\r\n")
+        spoke.broker.flush()
+        self.assertEqual(sc.received(), b"")
+        # What the spoke does not export is not sent up, though the hub wants it.
+        self.assertIn((b"secret.x", None), uplink.subs)
+        spoke.client().send(b"PUB secret.x 1\r\ns\r\nPUB public.x 1\r\np\r\n")
+        pump.flush()
+        self.assertEqual(hc.received(), b"MSG public.x 2 1\r\np\r\n")
 
 
 class OriginTests(SynchronousTestCase):
