@@ -251,12 +251,15 @@ def leaf_scenes(tool: str, runs: int, n: int) -> None:
     for server in everything:
         pinned(server).start()
     try:
-        for label, size, count, up in (
-            ("leaf 1:1 16 B (spoke->hub)", "16", n, True),
-            ("leaf 1:1 16 B (hub->spoke)", "16", n, False),
-            ("leaf 1:1 1 KiB (spoke->hub)", "1024", max(n // 4, 1), True),
+        for label, extra, count, up in (
+            ("leaf 1:1 16 B (spoke->hub)", ["-ms", "16"], n, True),
+            ("leaf 1:1 16 B (hub->spoke)", ["-ms", "16"], n, False),
+            ("leaf 1:1 1 KiB (spoke->hub)", ["-ms", "1024"], max(n // 4, 1), True),
+            # Traffic as users send it: many subjects, a wildcard subscriber.
+            ("leaf 1k subj 'a.>' 1:1 s->h", ["-subjects", "1000", "-sub", "fwc"], n, True),
+            ("leaf 1k subj 'a.*.b' 4:2 h->s", ["-np", "4", "-ns", "2", "-subjects", "1000", "-sub", "pwc"], max(n // 4, 1), False),
         ):
-            args = ["-np", "1", "-ns", "1", "-ms", size, "-n", str(count)]
+            args = ["-np", "1", "-ns", "1"] + extra + ["-n", str(count)]
             samples: Dict[str, List[Sample]] = {name: [] for name in pairs}
             for _ in range(runs):
                 for name, (hub, spoke) in pairs.items():
