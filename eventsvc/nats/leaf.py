@@ -46,6 +46,7 @@ LDS_PREFIX = b"$LDS."
 LOOP_DELAY = 30.0
 LOOP_ERROR = 'Loop detected for leafnode account="$G". Delaying attempt to reconnect for 30s'
 SAME_CLUSTER_ERROR = "remote leafnode has same cluster name"
+DUPLICATE_ERROR = "Duplicate Remote LeafNode Connection"
 
 _NUID = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -599,6 +600,14 @@ class LeafManager(Service):
             self._dialling.discard(id(conn.remote))
             conn.remote.attempts = 0
             conn.remote.conn = conn
+        elif conn.remote_name:
+            # The same spoke again (it lost its link before we noticed, a
+            # kill -9 or a cut cable): the old link is stale, and its
+            # interest would have messages sent into the void. As nats-server.
+            for old in list(self.leafs.values()):
+                if not old.dialled and (old.remote_name, old.remote_cluster) == (conn.remote_name, conn.remote_cluster):
+                    self.log.warn("leaf node {name}: a new link from it replaces the old one", name=conn.describe())
+                    old.close(DUPLICATE_ERROR, "replaced by a new link from the same server")
         self.leafs[conn.cid] = conn
         self.log.info(
             "leaf node {how} {name} up ({host}:{port})",

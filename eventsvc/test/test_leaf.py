@@ -218,6 +218,28 @@ class HandshakeTests(SynchronousTestCase):
         self.assertNotIn(b"CONNECT", transport.value())
         self.assertEqual(len(spoke.clock.getDelayedCalls()), 1)
 
+    def test_the_same_spoke_again_replaces_its_stale_link(self) -> None:
+        """A spoke that dials again before the hub saw its link die (kill -9): the old link goes, with its interest."""
+        spoke, hub = Node("S"), Node("H")
+        spoke.client().send(b"SUB foo 1\r\n")
+        pump, uplink, stale = leaf(spoke, hub)
+        errors = []
+        uplink.op_err = errors.append
+        # (The spoke's process is gone; the hub hears nothing.)
+        spoke2 = Node("S")
+        spoke2.client().send(b"SUB bar 1\r\n")
+        pump2, uplink2, fresh = leaf(spoke2, hub)
+        self.assertTrue(stale.closed)
+        self.assertFalse(fresh.closed)
+        # nats-server's words, to the old link (should anyone still be there).
+        pump.flush()
+        self.assertEqual(errors, [b"'Duplicate Remote LeafNode Connection'"])
+        self.assertEqual(list(hub.leafs.leafs.values()), [fresh])
+        self.assertEqual(sorted(s.subject for s in hub.broker.sublist.all()), sorted([b"bar", spoke2.leafs.lds]))
+        # Another server's spoke is not a duplicate.
+        pump3, uplink3, other = leaf(Node("T"), hub)
+        self.assertFalse(fresh.closed or other.closed)
+
     def test_lost_link_takes_its_interest_and_redials(self) -> None:
         spoke, hub = Node("S"), Node("H")
         spoke.client().send(b"SUB foo 1\r\n")
