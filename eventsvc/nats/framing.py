@@ -168,8 +168,12 @@ class Framer:
     #: Whether sizes are held to C{max_payload} (routes: no, as nats-server).
     checks_payload = True
     #: Whether a read may begin with L{_runs}: message lines of the form
-    #: C{<verb> <subject> [reply] <size>}, split in one go (clients' PUBs).
+    #: C{<verb> <subject> [reply] <size>}, split in one go (clients' PUBs,
+    #: a leaf link's LMSGs).
     split_runs = False
+    #: What may not be taken for a reply in a run (a leaf's C{|}: queue
+    #: names follow, or none do): the loop reads such a line.
+    not_replies: Tuple[bytes, ...] = ()
 
     def __init__(
         self,
@@ -310,6 +314,7 @@ class Framer:
         publish = handler.publish
         publish_batch = handler.publish_batch
         budget = self.budget
+        not_replies = self.not_replies
         pos = base
         msgs = nbytes = repeats = 0
         batch: Any = None
@@ -344,7 +349,8 @@ class Framer:
                     # (line.find, not "in": on CPython 3.11 "b'\t' in line"
                     # costs four times a find.)
                     if (n != 3 and n != 4) or args[0] != verb or b"" in args or len(line) > mcl or (
-                            not clean and (line.find(b"\t") >= 0 or line.find(b"\n") >= 0)):
+                            not clean and (line.find(b"\t") >= 0 or line.find(b"\n") >= 0)) or (
+                            n == 4 and not_replies and args[2] in not_replies):
                         break
                     szb = args[-1]
                     known = sizes.get(szb)

@@ -507,6 +507,10 @@ class LeafParser(_PeerControl, Framer):
     ] + PEER_CONTROL_VERBS)
     message_verb = b"LMSG "
     checks_payload = False
+    # (LMSG <subject> [reply] <size> is a PUB's shape: runs of them are split
+    # in one go on CPython, as a client's PUBs are.)
+    split_runs = sys.implementation.name == "cpython"
+    not_replies = (b"|",)
 
     def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
         find = buf.find

@@ -614,6 +614,61 @@ _LEAF_OPS = st.sampled_from([
     b'INFO {"server_id":"P"}\r\n',
 ])
 
+class LeafRunTests(SynchronousTestCase):
+    """On CPython a read of plain LMSGs is split in one go (Framer._runs): every outcome must be the loop's own."""
+
+    OPS = [
+        b"LMSG foo 5\r\nhello\r\n", b"LMSG foo 5\r\nhello\r\n", b"LMSG foo.bar 2\r\nhi\r\n", b"LMSG foo r 3\r\nabc\r\n",
+        b"LMSG foo | 1\r\nx\r\n", b"LMSG foo | q 1\r\nx\r\n", b"LMSG foo + 1\r\nx\r\n", b"LMSG foo + r q 1\r\nx\r\n",
+        b"LMSG foo 4\r\na\r\nb\r\n", b"LMSG foo\t1\r\nx\r\n", b"LMSG foo 300\r\n" + b"x" * 300 + b"\r\n",
+        b"HMSG foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n", b"LS+ foo\r\n", b"PING\r\n", b"\r\n",
+    ]
+
+    def parse(self, data: bytes, cuts: List[int], split_runs: bool) -> list:
+        from eventsvc.nats.parser import LeafParser, ProtocolViolation
+
+        ops: list = []
+
+        class Recorder:
+            plain = True
+            may_publish = None
+            in_msgs = in_bytes = 0
+
+            def publish(self, src, subject, reply, size, tail):
+                ops.append(("pub", subject, reply, tail))
+                return 1
+
+            def publish_batch(self, src, subject, tails, size):
+                ops.extend(("pub", subject, None, t) for t in tails)
+
+            def __getattr__(self, name):
+                return lambda *args: ops.append((name,) + args)
+
+        recorder = Recorder()
+        parser = LeafParser(recorder)
+        parser.split_runs = split_runs
+        last = 0
+        try:
+            for cut in sorted(set(cuts)) + [len(data)]:
+                parser.feed(data[last:cut])
+                last = cut
+        except ProtocolViolation as v:
+            ops.append(("violation", v.error))
+        ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+        return ops
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from(OPS), min_size=1, max_size=20), st.lists(st.integers(0, 600), max_size=5))
+    def test_same_as_the_loop(self, ops, cuts) -> None:
+        data = b"".join(ops)
+        self.assertEqual(self.parse(data, cuts, True), self.parse(data, cuts, False))
+
+    def test_a_pipe_is_not_a_reply(self) -> None:
+        self.assertEqual(self.parse(b"LMSG a 1\r\nx\r\nLMSG b | 1\r\ny\r\n", [], True)[:2], [
+            ("pub", b"a", None, b"1\r\nx\r\n"), ("pub", b"b", None, b"1\r\ny\r\n"),
+        ])
+
+
 _LEAF_LINE = re.compile(rb"(INFO \{.*\} |PING|PONG|-ERR '[^'\r\n]*'|LS[+-] \S+( \S+)*)$")
 
 
