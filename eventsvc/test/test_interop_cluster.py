@@ -262,6 +262,10 @@ class SplitDeploymentTests(TestCase):
             '[supercluster]\nname = "event-gateway"\nhost = "127.0.0.1"\nport = {other}\n'
             '[[supercluster.gateways]]\nname = "event-service"\nurls = ["nats://127.0.0.1:{link}"]\n',
         ),
+        "leaf": (
+            '[leafnodes]\nhost = "127.0.0.1"\nport = {link}\n',
+            '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{link}"\n',
+        ),
     }
 
     def test_gateway_process_to_service_process(self):
@@ -269,6 +273,10 @@ class SplitDeploymentTests(TestCase):
 
     def test_linked_by_the_gateway_protocol(self):
         return self.split("gateway")
+
+    def test_linked_as_a_leaf_node(self):
+        """The gateway process as a leaf node (spoke) of the service process."""
+        return self.split("leaf")
 
     @defer.inlineCallbacks
     def split(self, link: str):
