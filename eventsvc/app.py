@@ -533,14 +533,20 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
 def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     from eventsvc.nats.leaf import LeafManager, LeafSettings
 
+    from eventsvc.security.creds import CredentialsError, nonce_signer
+
     ln, limits = config.leafnodes, config.limits
-    remotes = tuple(
-        (
-            ((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
-            tuple(r.deny_imports), _route_permissions((), r.deny_imports), _route_permissions((), r.deny_exports),
+    try:
+        remotes = tuple(
+            (
+                ((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
+                tuple(r.deny_imports), _route_permissions((), r.deny_imports), _route_permissions((), r.deny_exports),
+                nonce_signer(r.credentials) if r.credentials else None,
+            )
+            for r in ln.remotes
         )
-        for r in ln.remotes
-    )
+    except CredentialsError as e:
+        raise StartupError("[[leafnodes.remotes]] credentials: {}".format(e))
     # (TLS after INFO: the contexts are used by the leaf links, not the listener.)
     tls_accept, tls_dial = _peer_tls(config) if config.tls.enabled else (None, None)
     return LeafManager(broker, reactor, LeafSettings(

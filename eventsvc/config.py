@@ -218,6 +218,9 @@ class RemoteLeafConfig:
     #: A token, presented as the CONNECT user (as nats-server's
     #: nats-leaf://TOKEN@host sends it): what an eventsvc hub's token checks.
     token: str = ""
+    #: A NATS credentials file (.creds: a user JWT and its nkey seed), for a
+    #: hub in operator mode: the hub's nonce is signed with the seed.
+    credentials: str = ""
     #: TLS with the [tls] identity and CA (also implied by tls:// URLs, and
     #: done whenever the hub asks for it and [tls] is given).
     tls: bool = False
@@ -432,6 +435,10 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         config = _resolve_tls(config, base, path)
     gw = config.gateway
     data_dir = _resolve(base, config.service.data_dir)
+    if config.leafnodes.remotes:
+        config = replace(config, leafnodes=replace(config.leafnodes, remotes=tuple(
+            replace(r, credentials=_resolve(base, r.credentials)) for r in config.leafnodes.remotes
+        )))
     config = replace(
         config,
         service=replace(config.service, data_dir=data_dir),
@@ -598,6 +605,8 @@ def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str,
             fail("leafnodes.remotes", "url", "{}: needs a url (nats-leaf://host:port) or urls".format(where))
         if remote.token and remote.user:
             fail("leafnodes.remotes", "token", "{}: give a token or a user and password, not both".format(where))
+        if remote.credentials and (remote.token or remote.user):
+            fail("leafnodes.remotes", "credentials", "{}: give credentials, a token, or a user and password: one of them".format(where))
         for url in urls:
             parts = urlsplit(url)
             try:

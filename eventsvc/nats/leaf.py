@@ -199,7 +199,14 @@ class LeafConnection(PeerConnection):
             self.remote_cluster = str(info.get("cluster") or "")
             self.cluster_origin = self.remote_cluster.encode("utf-8")
             self.headers = bool(info.get("headers"))
-            options = self.manager.connect_options(remote, secure)
+            nonce = info.get("nonce")
+            try:
+                options = self.manager.connect_options(remote, secure, nonce.encode("utf-8") if isinstance(nonce, str) else b"")
+            except Exception as e:
+                # (A credentials file gone bad since start-up: said, and dialled again.)
+                self.log.error("leaf node remote {url}: cannot sign in: {why}", url=remote.url, why=e)
+                self.close(None, "credentials: {}".format(e))
+                return
             self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
             if not info.get("info_on_connect"):
                 self._bound()  # (an older hub says nothing more)
@@ -374,9 +381,12 @@ class RemoteLeaf:
 
     def __init__(
         self, urls: Tuple[str, ...], user: str = "", password: str = "", tls: bool = False, tls_name: str = "",
-        deny_imports: Tuple[str, ...] = (), imports: Any = None, exports: Any = None,
+        deny_imports: Tuple[str, ...] = (), imports: Any = None, exports: Any = None, signer: Any = None,
     ) -> None:
         self.urls = urls
+        #: None, or a function of the hub's nonce giving (user JWT,
+        #: signature): credentials for a hub in operator mode.
+        self.signer = signer
         #: What not to take from the hub (its subjects, and IPermissions over
         #: them), and what not to send it (IPermissions): None lets all through.
         self.deny_imports = deny_imports
@@ -417,7 +427,7 @@ class LeafSettings:
     password: str = ""
     token: str = ""
     #: Hubs to dial: (urls, user, password, tls, tls_name, deny_imports,
-    #: imports, exports), as RemoteLeaf takes them.
+    #: imports, exports, signer), as RemoteLeaf takes them.
     remotes: Tuple[Tuple[Any, ...], ...] = ()
     #: IPermissions denying the given subjects, or None for none (a
     #: spoke's deny_pub: what it asked us not to send it).
@@ -508,7 +518,7 @@ class LeafManager(Service):
     def info_line(self, conn: LeafConnection) -> bytes:
         return info_line(self.info(conn))
 
-    def connect_options(self, remote: RemoteLeaf, tls: bool = False) -> Dict[str, Any]:
+    def connect_options(self, remote: RemoteLeaf, tls: bool = False, nonce: bytes = b"") -> Dict[str, Any]:
         """A spoke's CONNECT, as nats-server's sendLeafConnect."""
         options: Dict[str, Any] = {
             "version": self.broker.version, "tls_required": tls, "server_id": self.broker.server_id,
@@ -517,7 +527,10 @@ class LeafManager(Service):
         if self.broker.cluster_name:
             options["cluster"] = self.broker.cluster_name
         user, password = remote.credentials()
-        if user:
+        if remote.signer is not None:
+            # Credentials first, as nats-server: the JWT, and the nonce signed.
+            options["jwt"], options["sig"] = remote.signer(nonce)
+        elif user:
             options["user"] = user
             if password:
                 options["pass"] = password

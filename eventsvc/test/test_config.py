@@ -346,7 +346,14 @@ class LeafnodesConfigTests(SynchronousTestCase):
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "ws://x:1"\n', "[leafnodes.remotes] url", "WebSocket", "not supported yet")
         check('[leafnodes]\ntls = true\n', "[leafnodes] tls", "needs [tls]")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ntoken = "t"\nuser = "u"\n', "[leafnodes.remotes] token", "not both")
-        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "a.creds"\n', "unknown key")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "a.creds"\nuser = "u"\n', "[leafnodes.remotes] credentials", "one of them")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\nseed = "SU"\n', "unknown key")
+
+    def test_credentials_path_is_the_files(self) -> None:
+        import os
+
+        c = config.parse('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "edge.creds"\n', "/etc/eventsvc/patch.toml")
+        self.assertEqual(c.leafnodes.remotes[0].credentials, os.path.normpath("/etc/eventsvc/edge.creds"))
 
 
 class ExampleConfigTests(SynchronousTestCase):

@@ -307,6 +307,110 @@ async def tls_round(ours: int, context, theirs: int, hub_side: bool = True) -> l
     return got
 
 
+def operator_client(port: int, creds: str):
+    """A client socket of an operator-mode nats-server, signed in with C{creds}, subscribed to "to.top"."""
+    import json
+    import socket
+
+    from eventsvc.security.creds import nonce_signer
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += s.recv(65536)
+    nonce = json.loads(data[5:])["nonce"].encode()
+    jwt, sig = nonce_signer(creds)(nonce)
+    connect = {"verbose": False, "pedantic": False, "jwt": jwt, "sig": sig, "protocol": 1, "lang": "test", "version": "0"}
+    s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nSUB to.top 1\r\nPING\r\n")
+    if not received(s, b"PONG\r\n"):
+        raise AssertionError("the operator-mode hub did not take our credentials")
+    return s
+
+
+def received(s, wanted: bytes, seconds: float = 0.3) -> bool:
+    """Whether C{wanted} arrives on socket C{s} within C{seconds} (other bytes are skipped)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    data = b""
+    while time.monotonic() < deadline:
+        s.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+        if wanted in data:
+            return True
+    return wanted in data
+
+
+class CredentialsTests(TestCase):
+    """eventsvc as a spoke of a nats-server hub in operator mode, signing in with a .creds file; a mismatched one refused."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_operator_mode_hub(self):
+        if nats is None:
+            process.require("nats-py")
+        from eventsvc.test import leafcreds
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = leafcreds.write(directory)
+        leaf_port = process.free_port()
+        hub = process.nats_server("-c", process.write_config(os.path.join(directory, "hub.conf"), leafcreds.hub_config(leaf_port, files["op.jwt"])))
+        hub_port = yield process.started(self, hub)
+
+        def spoke_config(name: str, creds: str) -> str:
+            return process.write_config(os.path.join(directory, name + ".toml"), (
+                '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nlisten = false\n'
+                '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{leaf}"\ncredentials = "{creds}"\n'
+            ).format(client=process.free_port(), leaf=leaf_port, creds=os.path.basename(creds)))
+
+        spoke = process.eventsvc(spoke_config("spoke", files["user.creds"]), expect=("service",))
+        spoke_port = yield process.started(self, spoke)
+
+        # (nats-py signs in with credentials only with the nkeys package;
+        # the hub's client here is a socket signing with our own signer.)
+        top = operator_client(hub_port, files["user.creds"])
+        self.addCleanup(top.close)
+
+        async def scenario():
+            edge = await nats.connect("nats://127.0.0.1:%d" % spoke_port)
+            sub = await edge.subscribe("to.edge")
+            await edge.flush()
+            loop = asyncio.get_event_loop()
+            down = up = False
+            deadline = loop.time() + 45
+            while not (down and up) and loop.time() < deadline:
+                if not down:
+                    await loop.run_in_executor(None, top.sendall, b"PUB to.edge 4\r\ndown\r\n")
+                    try:
+                        down = (await sub.next_msg(0.2)).data == b"down"
+                    except nats.errors.TimeoutError:
+                        pass
+                if not up:
+                    await edge.publish("to.top", b"up")
+                    await edge.flush()
+                    up = await loop.run_in_executor(None, received, top, b"MSG to.top 1 2\r\nup\r\n")
+            await edge.close()
+            return [down, up]
+
+        self.assertEqual((yield run(scenario)), [True, True])
+        # A seed that does not match the JWT: the hub refuses it, and we say so.
+        bad = process.eventsvc(spoke_config("bad", files["bad.creds"]), expect=("service",))
+        yield process.started(self, bad)
+        from twisted.internet import threads
+
+        yield threads.deferToThread(bad.wait_output, "Authorization Violation")
+        self.assertNotIn("leaf node hub", bad.output())
+
+
 class DenyTests(TestCase):
     """
     deny_imports and deny_exports on a remote, both ways with nats-server:
