@@ -788,6 +788,7 @@ class GatewayManager(Service):
 
     def _up(self, conn: GatewayConnection) -> None:
         conn.registered = True
+        conn.first_ping()
         if conn._deadline is not None and conn._deadline.active():
             conn._deadline.cancel()
         conn._deadline = None

@@ -267,6 +267,7 @@ class LeafConnection(PeerConnection):
         self._deadline = None
         self.pinger.start()
         self.manager.leaf_up(self)
+        self.first_ping()
 
     # -- interest ------------------------------------------------------------------
 

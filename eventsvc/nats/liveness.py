@@ -20,7 +20,10 @@ class Pinger:
     @ivar pings_out: PINGs sent and not answered.
     """
 
-    __slots__ = ("clock", "interval", "ping_max", "_send", "_stale", "_last_heard", "pings_out", "last_ping_in", "_timer")
+    __slots__ = (
+        "clock", "interval", "ping_max", "_send", "_stale", "_last_heard", "pings_out", "last_ping_in", "_timer",
+        "rtt", "_sent_at",
+    )
 
     def __init__(
         self,
@@ -42,6 +45,9 @@ class Pinger:
         self.pings_out = 0
         self.last_ping_in = -1.0
         self._timer: Any = None
+        #: Seconds from our last answered PING to its PONG (0: none answered yet).
+        self.rtt = 0.0
+        self._sent_at = -1.0
 
     def start(self) -> None:
         if self._timer is None:
@@ -54,6 +60,15 @@ class Pinger:
 
     def pong_received(self) -> None:
         self.pings_out = 0
+        if self._sent_at >= 0:
+            self.rtt = max(self.clock.seconds() - self._sent_at, 0.0)
+            self._sent_at = -1.0
+
+    def ping_now(self) -> None:
+        """A PING at once (a link just up, to know its round trip, as nats-server's first PING)."""
+        self.pings_out += 1
+        self._sent_at = self.clock.seconds()
+        self._send(PING)
 
     def ping_received(self) -> None:
         """The peer pinged us: it is alive (and is answered by the connection)."""
@@ -72,4 +87,6 @@ class Pinger:
             self._stale()
             return
         self.pings_out += 1
+        if self._sent_at < 0:
+            self._sent_at = self.clock.seconds()
         self._send(PING)

@@ -75,6 +75,7 @@ class PeerConnection(Protocol):
         self.host, self.port = "", 0
         #: When it connected, and when it last sent anything (monitoring).
         self.start = self.last_activity = 0.0
+        self._first_ping: Any = None
 
     @property
     def dialled(self) -> bool:
@@ -144,6 +145,8 @@ class PeerConnection(Protocol):
 
     def _teardown(self, why: str) -> None:
         self.closed = True
+        if self._first_ping is not None and self._first_ping.active():
+            self._first_ping.cancel()
         self.pinger.stop()
         self.outbound.close()
         self.lost(why)
@@ -166,6 +169,24 @@ class PeerConnection(Protocol):
     @property
     def pings_out(self) -> int:
         return self.pinger.pings_out
+
+    def first_ping(self) -> None:
+        """
+        The link is up: a PING once this turn's handshake output is out, so
+        that its round trip is known from the start (nats-server's first
+        PING), not only after the first ping interval.
+        """
+        def ping() -> None:
+            self._first_ping = None
+            if not self.closed:
+                self.pinger.ping_now()
+
+        self._first_ping = self.manager.clock.callLater(0, ping)
+
+    @property
+    def rtt(self) -> float:
+        """Seconds from a PING to its PONG, last measured (0: not yet)."""
+        return self.pinger.rtt
 
     def stall(self, consumer: Any) -> None:
         pass  # a peer's reads are never stalled for a slow client

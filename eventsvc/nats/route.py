@@ -433,6 +433,7 @@ class RouteManager(Service):
             return False
         self.routes[route.remote_id] = route
         route.registered = True
+        route.first_ping()
         if not self.settings.no_advertise:
             # Our clients learn where else they can go.
             self.broker.connect_urls.add(route.remote_urls())

@@ -144,7 +144,8 @@ class EventsvcHubTests(_Checks, TestCase):
         our_http = self.http_port
         ours, theirs = get_json(our_http, "/leafz?subs=1"), get_json(their_http, "/leafz?subs=1")
         self.assertEqual(ours["leafnodes"], 1)
-        self.assertEqual(set(ours["leafs"][0]), set(theirs["leafs"][0]) - {"rtt"})
+        self.assertEqual(set(ours["leafs"][0]), set(theirs["leafs"][0]))
+        self.assertRegex(ours["leafs"][0]["rtt"], r"^[\d.]+(µs|ms|s)$")
         self.assertIn("$LDS.", " ".join(ours["leafs"][0]["subscriptions_list"]))
         self.assertGreaterEqual(ours["leafs"][0]["in_msgs"], 100)
         varz = get_json(our_http, "/varz")

@@ -116,6 +116,20 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(interest(downleaf), [(spoke.leafs.lds, None)])
         self.assertEqual(spoke.leafs.down(), [])
 
+    def test_round_trip_measured_from_the_start(self) -> None:
+        """Each side PINGs once the link is up (nats-server's first PING): /leafz has the round trip at once."""
+        spoke, hub = Node("S"), Node("H")
+        pump, uplink, downleaf = leaf(spoke, hub)
+        self.assertEqual((uplink.rtt, downleaf.rtt), (0.0, 0.0))
+        spoke.clock.advance(0)
+        hub.clock.advance(0)
+        spoke.clock.advance(0.004)
+        hub.clock.advance(0.002)
+        pump.flush()
+        self.assertAlmostEqual(uplink.rtt, 0.004)
+        self.assertAlmostEqual(downleaf.rtt, 0.002)
+        self.assertEqual((uplink.pings_out, downleaf.pings_out), (0, 0))
+
     def test_spoke_presents_credentials(self) -> None:
         spoke, hub = Node("S"), Node("H", user="leaf", password="s3cret")
         pump, uplink, downleaf = leaf(spoke, hub, "leaf", "s3cret")
