@@ -37,8 +37,9 @@ import base64
 import hashlib
 import json
 import random
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
@@ -579,8 +580,12 @@ class GatewayManager(Service):
         self._outbound_list: List[GatewayConnection] = []
         #: This cluster's interest (local and routes'), as the peers are told it.
         self.interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
-        #: Subscriptions made in the last RECENT seconds (replies to them are routed).
+        #: Subscriptions made in the last RECENT seconds (replies to them are
+        #: routed), and when each stops being recent, oldest first: one timer
+        #: for them all (a burst of 10,000 subscriptions is not 10,000 timers).
         self.recent = Sublist()
+        self._recent_until: Deque[Tuple[float, Subscription]] = deque()
+        self._recent_timer: Any = None
         #: Routed replies we gave our subscribers: plain reply -> (routed, until).
         self.replies: Dict[bytes, Tuple[bytes, float]] = {}
         self._sweeper = LoopingCall(self._sweep)
@@ -722,6 +727,9 @@ class GatewayManager(Service):
         self._timers.clear()
         if self._sweeper.running:
             self._sweeper.stop()
+        if self._recent_timer is not None and self._recent_timer.active():
+            self._recent_timer.cancel()
+        self._recent_timer = None
         for conn in list(self.outbound.values()) + list(self.inbound):
             conn.close(None, "server shutting down")
         if self.listening is not None:
@@ -873,7 +881,9 @@ class GatewayManager(Service):
         if delta > 0 and self.running:
             sub = Subscription(self, subject, queue, b"")
             self.recent.insert(sub)
-            self.clock.callLater(RECENT, self.recent.remove, sub)
+            self._recent_until.append((self.clock.seconds() + RECENT, sub))
+            if self._recent_timer is None:
+                self._recent_timer = self.clock.callLater(RECENT, self._no_longer_recent)
         key = (subject, queue)
         before = self.interest.get(key, 0)
         after = before + delta
@@ -1007,6 +1017,15 @@ class GatewayManager(Service):
         if not self._sweeper.running:
             self._sweeper.start(RECENT, now=False)
         return plain
+
+    def _no_longer_recent(self) -> None:
+        """The subscriptions made RECENT seconds ago or more leave the recent ones."""
+        self._recent_timer = None
+        now, until = self.clock.seconds(), self._recent_until
+        while until and until[0][0] <= now:
+            self.recent.remove(until.popleft()[1])
+        if until:
+            self._recent_timer = self.clock.callLater(until[0][0] - now, self._no_longer_recent)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()

@@ -406,6 +406,27 @@ class PairTests(SynchronousTestCase):
         self.assertEqual(responder.received(), b"MSG svc 1 _INBOX.r.2 1\r\n?\r\n")
         self.assertNotIn(b"_INBOX.r.2", b.manager.replies)
 
+    def test_recent_subscriptions_share_one_timer(self) -> None:
+        """A burst of subscriptions is recent for two seconds each, with one timer among them, not one each."""
+        a, b, flush = pair()
+        c = a.client()
+
+        def expiries() -> int:
+            return sum(1 for call in a.clock.getDelayedCalls() if "recent" in repr(call))
+
+        c.send(b"".join(b"SUB burst.%d %d\r\n" % (i, i) for i in range(1000)))
+        for _ in range(20):
+            a.clock.advance(0)  # (the parse budget may leave some for the next turns)
+        self.assertEqual(a.manager.recent.count, 1000)
+        self.assertEqual(expiries(), 1)
+        a.clock.advance(1)
+        c.send(b"SUB late 2000\r\n")
+        a.clock.advance(1)
+        self.assertEqual(a.manager.recent.count, 1)  # only the late one is still recent
+        a.clock.advance(1)
+        self.assertEqual(a.manager.recent.count, 0)
+        self.assertEqual(expiries(), 0)
+
     def test_replies_routed_to_another_cluster_are_dropped(self) -> None:
         a, b, flush = pair()
         everything = b.client()
