@@ -138,6 +138,10 @@ class _Targets:
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
 
+    def plain_remotes(self) -> List[ISubscriber]:
+        """The routes and leafs with plain interest only (each gets one frame)."""
+        return [r for r, _, _ in self.route_plain] + [r for r, _, _ in self.leaf_plain]
+
 
 class ClosedConnection:
     """
@@ -352,7 +356,7 @@ class Broker:
         plain_subs: List[Subscription] = []
         routes_plain: Dict[Any, None] = {}
         for s in subs:
-            if s.owner.route or s.owner.leaf:
+            if _remote(s.owner):
                 routes_plain[s.owner] = None
             else:
                 plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
@@ -423,7 +427,7 @@ class Broker:
         if targets.route_plain and src.leaf and src.cluster_origin:  # type: ignore[attr-defined]
             # A leaf's message of a named cluster: LMSG <origin>, so that
             # the other servers keep it from that cluster's other links.
-            count += self._plain_remotes(src, _Targets([], [], [], True, targets.route_plain), _Message(subject, reply, size, tail, -1, b""))
+            count += self._plain_remotes(src, _Message(subject, reply, size, tail, -1, b""), [r for r, _, _ in targets.route_plain])
         elif targets.route_plain:
             count += self._to_remotes(src, targets.route_plain, tail if reply is None else reply + b" " + tail, size)
         if targets.queues or targets.route_mixed:
@@ -450,14 +454,12 @@ class Broker:
             count += 1
         return count
 
-    def _plain_remotes(self, src: ISubscriber, targets: _Targets, message: "_Message") -> int:
-        """A message's frame to each route and leaf with plain interest only that C{src}'s message may reach."""
+    def _plain_remotes(self, src: ISubscriber, message: "_Message", remotes: List[ISubscriber]) -> int:
+        """A message's frame, naming no queue group, to each of C{remotes} (routes, leafs) that C{src}'s message may reach."""
         count = 0
-        remotes = targets.route_plain + targets.leaf_plain if targets.leaf_plain else targets.route_plain
-        origin = src.cluster_origin if src.leaf else None  # type: ignore[attr-defined]
-        for conn, _, append in remotes:
+        for conn in remotes:
             if _reaches(src, conn):
-                append(message.route_frame((), conn.frame_head, None if conn.leaf else origin))  # type: ignore[attr-defined]
+                conn.out.append(_remote_frame(src, conn, message, ()))
                 conn.out_msgs += 1
                 conn.out_bytes += message.size
                 self.mark_dirty(conn)
@@ -548,7 +550,7 @@ class Broker:
         count = 0
         for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(src, sub, conn, prefix, message)
-        count += self._plain_remotes(src, targets, message)
+        count += self._plain_remotes(src, message, targets.plain_remotes())
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, message)
         if self.gateways is not None and not src.route and not src.gateway:
@@ -579,14 +581,7 @@ class Broker:
         # Routes that are also queue members get one RMSG naming the groups
         # they are to serve, from _deliver_queues; the others a plain one.
         named = bool(queues and targets.queues)
-        plain_routes = [r for r, _, _ in targets.route_plain + targets.leaf_plain] + ([] if named else targets.route_mixed)
-        if plain_routes:
-            for conn in plain_routes:
-                conn.out.append(routed.route_frame((), conn.frame_head))  # type: ignore[attr-defined]
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                self.mark_dirty(conn)
-                count += 1
+        count += self._plain_remotes(gateway, routed, targets.plain_remotes() + ([] if named else targets.route_mixed))
         if named:
             count += self._deliver_queues(gateway, targets, message, only=queues, routed=routed)
         return count
@@ -639,10 +634,8 @@ class Broker:
         if assigned or targets.route_mixed:
             assigned = assigned or {}
             mixed = [r for r in targets.route_mixed if r not in assigned and _reaches(src, r)]
-            origin = src.cluster_origin if src.leaf else None  # type: ignore[attr-defined]
             for route in list(assigned) + mixed:
-                frame = routed.route_frame(assigned.get(route, []), route.frame_head, None if route.leaf else origin)  # type: ignore[attr-defined]
-                route.out.append(frame)
+                route.out.append(_remote_frame(src, route, routed, assigned.get(route, [])))
                 route.out_msgs += 1
                 route.out_bytes += routed.size
                 self.mark_dirty(route)
@@ -674,7 +667,7 @@ class Broker:
         count = 0
         for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
             count += self._give(route, sub, conn, prefix, message)
-        count += self._plain_remotes(route, targets, message)
+        count += self._plain_remotes(route, message, targets.plain_remotes())
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(route, targets, message, only=queues)
         if self.gateways is not None and not route.route and not route.gateway:
@@ -931,6 +924,16 @@ def _reaches(src: Any, remote: Any) -> bool:
             return True
         return not (origin and origin == remote.cluster_origin)
     return not src.route
+
+
+def _remote_frame(src: Any, remote: Any, message: "_Message", queues: Sequence[bytes]) -> bytes:
+    """
+    C{message} as C{remote} (a route or a leaf) gets it from C{src}, naming
+    C{queues}: in the remote's verb, and to a route with the leaf cluster
+    it came from when a leaf of a named cluster sent it.
+    """
+    origin = src.cluster_origin if src.leaf and not remote.leaf else None
+    return message.route_frame(queues, remote.frame_head, origin)
 
 
 def _receives(sub: Subscription, subject: bytes) -> bool:
