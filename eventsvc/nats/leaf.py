@@ -90,7 +90,9 @@ class LeafConnection(PeerConnection):
         self.parser = LeafParser(self, settings.max_control_line, settings.max_payload)
         self.remote = remote
         self.route = remote is not None
-        #: Subjects the other side is not to get (its deny_pub, or our deny_exports).
+        #: What we take from the hub (IPermissions over our deny_imports;
+        #: None: everything).  What the other side is not to get (our
+        #: deny_exports, a spoke's deny_pub) is its may_receive.
         self.imports: Any = None
         if remote is not None:
             self.imports = remote.imports
@@ -193,12 +195,7 @@ class LeafConnection(PeerConnection):
                 secure = True
             else:
                 secure = False
-            self.remote_id = str(info.get("server_id", ""))
-            self.remote_info = info
-            self.remote_name = str(info.get("server_name") or self.remote_id)
-            self.remote_cluster = str(info.get("cluster") or "")
-            self.cluster_origin = self.remote_cluster.encode("utf-8")
-            self.headers = bool(info.get("headers"))
+            self._met(info, info.get("server_id"), info.get("server_name"), info.get("cluster"))
             nonce = info.get("nonce")
             try:
                 options = self.manager.connect_options(remote, secure, nonce.encode("utf-8") if isinstance(nonce, str) else b"")
@@ -240,12 +237,7 @@ class LeafConnection(PeerConnection):
         if options.get("is_hub"):
             # (It would make us its spoke: not supported.)
             raise ProtocolViolation(None, "a hub dialled us as its spoke")
-        self.remote_id = str(options.get("server_id") or "")
-        self.remote_name = str(options.get("name") or self.remote_id)
-        self.remote_cluster = str(cluster) if isinstance(cluster, str) else ""
-        self.cluster_origin = self.remote_cluster.encode("utf-8")
-        self.remote_info = options
-        self.headers = bool(options.get("headers"))
+        self._met(options, options.get("server_id"), options.get("name"), cluster)
         deny = options.get("deny_pub")
         denied = self.manager.settings.denied
         if isinstance(deny, list) and deny and denied is not None:
@@ -258,6 +250,15 @@ class LeafConnection(PeerConnection):
         info.update(connect_info=True, remote_account="$G")
         self.send(info_line(info))
         self._bound()
+
+    def _met(self, said: Dict[str, Any], server_id: Any, name: Any, cluster: Any) -> None:
+        """Who the other side is, from its INFO (a hub) or CONNECT (a spoke)."""
+        self.remote_info = said
+        self.remote_id = str(server_id or "")
+        self.remote_name = str(name or self.remote_id)
+        self.remote_cluster = cluster if isinstance(cluster, str) else ""
+        self.cluster_origin = self.remote_cluster.encode("utf-8")
+        self.headers = bool(said.get("headers"))
 
     def _bound(self) -> None:
         """The handshake is done: register, and tell the other side our interest."""
@@ -318,32 +319,31 @@ class LeafConnection(PeerConnection):
 
     # -- messages ------------------------------------------------------------------
 
+    def _takes(self, verb: str, subject: bytes) -> bool:
+        """Whether a message on C{subject} is delivered: the link must be up, and a subject we do not import is dropped."""
+        self._bound_only(verb)
+        return self.imports is None or self.imports.may_publish(subject)
+
     def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
         """An LMSG without queue names (the framing loop counts it)."""
-        self._bound_only("LMSG")
-        if self.imports is not None and not self.imports.may_publish(subject):
-            return 0  # (a subject we do not import: dropped)
-        return self.broker.deliver(self, subject, reply, size, tail)
+        return self.broker.deliver(self, subject, reply, size, tail) if self._takes("LMSG", subject) else 0
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
-        self._bound_only("LMSG")
-        if self.imports is not None and not self.imports.may_publish(subject):
-            return
-        self.broker.deliver_batch(self, subject, tails, size)
+        if self._takes("LMSG", subject):
+            self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
         self.publish(self, subject, reply, size, tail)
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
-        self._bound_only("LMSG")
-        if self.imports is None or self.imports.may_publish(subject):
+        if self._takes("LMSG", subject):
             self.broker.deliver_routed(self, subject, reply, queues, size, tail)
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
-        self._bound_only("HMSG")
+        takes = self._takes("HMSG", subject)
         self.in_msgs += 1
         self.in_bytes += total
-        if self.imports is None or self.imports.may_publish(subject):
+        if takes:
             self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
 
     def op_err(self, arg: bytes) -> None:
@@ -428,10 +428,10 @@ class LeafSettings:
     password: str = ""
     token: str = ""
     #: Hubs to dial: (urls, user, password, tls, tls_name, deny_imports,
-    #: imports, exports, signer), as RemoteLeaf takes them.
+    #: deny_exports, signer).
     remotes: Tuple[Tuple[Any, ...], ...] = ()
-    #: IPermissions denying the given subjects, or None for none (a
-    #: spoke's deny_pub: what it asked us not to send it).
+    #: IPermissions denying the given subjects (a remote's deny lists, a
+    #: spoke's deny_pub), or None when none are given.
     denied: Any = None
     max_payload: int = limits.MAX_PAYLOAD
     max_control_line: int = limits.MAX_CONTROL_LINE
@@ -466,7 +466,7 @@ class LeafManager(Service):
         self.clock = reactor
         self.settings = settings
         self.port = settings.port
-        self.remotes = [RemoteLeaf(*remote) for remote in settings.remotes]
+        self.remotes = [self._remote(*remote) for remote in settings.remotes]
         #: Every link whose handshake is done, by connection id.
         self.leafs: Dict[int, LeafConnection] = {}
         #: Our loop-detection subject: a link that brings it back is a loop.
@@ -478,6 +478,15 @@ class LeafManager(Service):
         self._cids = 0
         #: Links refused or closed for a loop (for /varz-like counts and the log).
         self.loops = 0
+
+    def _remote(
+        self, urls: Tuple[str, ...], user: str, password: str, tls: bool, tls_name: str,
+        deny_imports: Tuple[str, ...], deny_exports: Tuple[str, ...], signer: Any,
+    ) -> RemoteLeaf:
+        def denied(subjects: Tuple[str, ...]) -> Any:
+            return self.settings.denied(subjects) if subjects and self.settings.denied is not None else None
+
+        return RemoteLeaf(urls, user, password, tls, tls_name, deny_imports, denied(deny_imports), denied(deny_exports), signer)
 
     def next_cid(self) -> int:
         self._cids += 1
@@ -568,7 +577,7 @@ class LeafManager(Service):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        for conn in list(self.leafs.values()) + [r.conn for r in self.remotes if r.conn is not None]:
+        for conn in list(self.leafs.values()):  # (a remote's link is one of them once up)
             conn.close(None, "server shutting down")
         if self.listening is not None:
             listening, self.listening = self.listening, None
