@@ -105,7 +105,24 @@ class IClientOperations(IFramedConnection, Protocol):
         """Returns True to suspend parsing until L{ClientParser.resume}."""
 
 
-class ClientParser(Framer):
+class _Liveness:
+    """PING, PONG and +OK: read the same way on every protocol."""
+
+    _handler: Any
+
+    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_ping()
+        return nl + 1
+
+    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        self._handler.op_pong()
+        return nl + 1
+
+    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
+        return nl + 1
+
+
+class ClientParser(_Liveness, Framer):
     """Parses the operations a client sends."""
 
     verbs = VerbTable([
@@ -157,17 +174,6 @@ class ClientParser(Framer):
 
     def _pub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         raise AssertionError("PUB is the framing loop's own")
-
-    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_ping()
-        return nl + 1
-
-    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_pong()
-        return nl + 1
-
-    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        return nl + 1
 
     def _sub(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         args = split_args(buf[start:eol])
@@ -260,24 +266,14 @@ PEER_CONTROL_VERBS = [
 ]
 
 
-class _PeerControl:
+class _PeerControl(_Liveness):
     """
     What every server-to-server protocol (routes, gateways, leaf links)
     reads the same way: its control verbs, and the limits' defaults.
     """
 
-    _handler: Any
-
     def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
         super().__init__(handler, max_control_line, max_payload)  # type: ignore[call-arg]
-
-    def _ping(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_ping()
-        return nl + 1
-
-    def _pong(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
-        self._handler.op_pong()
-        return nl + 1
 
     def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         self._handler.op_info(buf[start:eol].strip())
@@ -285,9 +281,6 @@ class _PeerControl:
 
     def _connect(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         self._handler.op_connect(buf[start:eol].strip())
-        return nl + 1
-
-    def _ok(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         return nl + 1
 
     def _err(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
