@@ -829,8 +829,8 @@ class GatewayManager(Service):
         self.log.info("gateway from {name} ({peer}) up, accepted from {host}:{port}", name=conn.name, peer=conn.remote_id, host=conn.host, port=conn.port)
         # As 2.9: our queue groups first, then the account switched to
         # interest-only at once (every plain interest between the commands).
-        queues = [b"RS+ $G %s %s 1\r\n" % (s, q) for (s, q) in self.interest if q is not None]
-        plain = [b"RS+ $G %s\r\n" % s for (s, q) in self.interest if q is None]
+        queues = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is not None]
+        plain = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is None]
         conn.send(b"".join(queues))
         # It may be a gateway we do not dial yet (an implicit one), and it
         # hears of the others we know (gossip), as nats-server does.
@@ -893,10 +893,7 @@ class GatewayManager(Service):
             self.interest.pop(key, None)
         if (before > 0) == (after > 0) or not self.inbound:
             return
-        if after > 0:
-            line = b"RS+ $G %s\r\n" % subject if queue is None else b"RS+ $G %s %s 1\r\n" % (subject, queue)
-        else:
-            line = b"RS- $G %s\r\n" % subject if queue is None else b"RS- $G %s %s\r\n" % (subject, queue)
+        line = peer.rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
         for conn in self.inbound:
             conn.send(line)
 

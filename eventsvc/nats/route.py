@@ -449,7 +449,8 @@ class RouteManager(Service):
         for subject, queue, n in self.broker.local_interest():
             if self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue):
                 continue
-            lines.append(self._interest_line(route, subject, queue, n, n))
+            origin = self.broker.interest_origin(subject, queue) if route.lnoc else None
+            lines.append(peer.rs_line(subject, queue, n, origin))
         if lines:
             route.send(b"".join(lines))
         gateways = self.broker.gateways
@@ -491,20 +492,8 @@ class RouteManager(Service):
             return
         if queue is None and not (before == 0 and after > 0) and after != 0:
             return  # a plain subject is told once
+        origin = self.broker.interest_origin(subject, queue)
+        line = peer.rs_line(subject, queue, after)
+        leafed = peer.rs_line(subject, queue, after, origin) if origin else line
         for route in self.routes.values():
-            route.send(self._interest_line(route, subject, queue, before, after))
-
-    def _interest_line(self, route: RouteConnection, subject: bytes, queue: Optional[bytes], before: int, after: int) -> bytes:
-        """
-        C{RS+}/C{RS-} for local interest; C{LS+ <origin>}/C{LS-} when a leaf
-        of a named cluster made it and the peer reads origins (so that it
-        keeps it from its own links to that cluster).
-        """
-        origin = self.broker.interest_origin(subject, queue) if route.lnoc else None
-        if after <= 0:
-            verb = b"LS- $G " if origin else b"RS- $G "
-            return verb + subject + (b"\r\n" if queue is None else b" " + queue + b"\r\n")
-        head = b"LS+ " + origin + b" $G " if origin else b"RS+ $G "
-        if queue is None:
-            return head + subject + b"\r\n"
-        return head + b"%s %s %d\r\n" % (subject, queue, after)
+            route.send(leafed if route.lnoc else line)
