@@ -539,7 +539,7 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     try:
         remotes = tuple(
             (
-                ((r.url,) if r.url else ()) + tuple(r.urls), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
+                r.all_urls(), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
                 tuple(r.deny_imports), tuple(r.deny_exports), nonce_signer(r.credentials) if r.credentials else None,
             )
             for r in ln.remotes

@@ -232,6 +232,10 @@ class RemoteLeafConfig:
     #: Subjects not to send the hub.
     deny_exports: Tuple[str, ...] = ()
 
+    def all_urls(self) -> Tuple[str, ...]:
+        """C{url} and C{urls}, in that order."""
+        return ((self.url,) if self.url else ()) + tuple(self.urls)
+
 
 @dataclass(frozen=True)
 class LeafnodesConfig:
@@ -600,7 +604,7 @@ def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str,
         fail("leafnodes", "remotes", "listen = false needs at least one [[leafnodes.remotes]] to dial")
     for i, remote in enumerate(ln.remotes):
         where = "[[leafnodes.remotes]] #{}".format(i + 1)
-        urls = ((remote.url,) if remote.url else ()) + tuple(remote.urls)
+        urls = remote.all_urls()
         if not urls:
             fail("leafnodes.remotes", "url", "{}: needs a url (nats-leaf://host:port) or urls".format(where))
         if remote.token and remote.user:
@@ -617,12 +621,12 @@ def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str,
                 fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over WebSocket are not supported yet".format(where, url))
             if parts.scheme not in ("nats-leaf", "nats", "tls") or not valid:
                 fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port (or tls://host:port)".format(where, url))
-            for key, subjects in (("deny_imports", remote.deny_imports), ("deny_exports", remote.deny_exports)):
-                for subject in subjects:
-                    if not _valid_subject(subject):
-                        fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
             if (remote.tls or parts.scheme == "tls") and not tls:
                 fail("leafnodes.remotes", "tls", "{}: TLS needs [tls] cert_path, key_path and root_ca_path (our identity and the hub's CA)".format(where))
+        for key, subjects in (("deny_imports", remote.deny_imports), ("deny_exports", remote.deny_exports)):
+            for subject in subjects:
+                if not _valid_subject(subject):
+                    fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
 
 
 def _check(config: Config, path: str) -> None:

@@ -143,30 +143,26 @@ class Monitor:
     def broker(self) -> Any:
         return self.service.broker
 
+    def _named(self, name: str) -> Any:
+        """The running service's child service C{name}, or None."""
+        try:
+            return self.service.getServiceNamed(name)
+        except KeyError:
+            return None
+
     def listener(self, name: str) -> Any:
         """The factory of listener C{name} (its settings and state), or None."""
-        try:
-            return self.service.getServiceNamed(name).factory
-        except KeyError:
-            return None
+        listener = self._named(name)
+        return None if listener is None else listener.factory
 
     def cluster(self) -> Any:
-        try:
-            return self.service.getServiceNamed("cluster")
-        except KeyError:
-            return None
+        return self._named("cluster")
 
     def supercluster(self) -> Any:
-        try:
-            return self.service.getServiceNamed("supercluster")
-        except KeyError:
-            return None
+        return self._named("supercluster")
 
     def leafnodes(self) -> Any:
-        try:
-            return self.service.getServiceNamed("leafnodes")
-        except KeyError:
-            return None
+        return self._named("leafnodes")
 
     def healthz(self) -> "tuple[int, dict]":
         ok, why = self.service.health()

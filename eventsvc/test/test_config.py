@@ -348,6 +348,8 @@ class LeafnodesConfigTests(SynchronousTestCase):
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ntoken = "t"\nuser = "u"\n', "[leafnodes.remotes] token", "not both")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\ncredentials = "a.creds"\nuser = "u"\n', "[leafnodes.remotes] credentials", "one of them")
         check('[leafnodes]\n[[leafnodes.remotes]]\nurl = "nats-leaf://x:1"\nseed = "SU"\n', "unknown key")
+        check('[leafnodes]\n[[leafnodes.remotes]]\nurls = ["nats-leaf://x:1", "nats-leaf://y:1"]\ndeny_imports = ["a..b"]\n',
+              "[leafnodes.remotes] deny_imports", "#1", "'a..b' is not a valid subject")
 
     def test_credentials_path_is_the_files(self) -> None:
         import os
