@@ -247,7 +247,6 @@ class GatewayConnection(PeerConnection):
         self.peer_headers = True
         #: Accounts we told the peer (A-) we have no interest in.
         self.refused_accounts: Set[bytes] = set()
-        self._deadline: Any = None
         #: For /gatewayz (its own numbering: gateways are not clients).
         self.cid = manager.next_cid()
 
@@ -265,21 +264,9 @@ class GatewayConnection(PeerConnection):
         if not self.dialled:
             self.send(self.manager.info_line())
             self.flush()
-        self._deadline = self.manager.clock.callLater(self.manager.settings.handshake_timeout, self._too_slow)
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        if not self.registered and not self.closed:
-            self.log.warn(
-                "gateway {way} {host}:{port} did not complete its handshake in {t}s: closing it",
-                way="to" if self.dialled else "from", host=self.host, port=self.port, t=self.manager.settings.handshake_timeout,
-            )
-            self.close("Authentication Timeout", "handshake timeout")
+        self.start_handshake_clock()
 
     def lost(self, why: str) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
         self.manager.lost(self, why)
 
     # -- output ------------------------------------------------------------------
@@ -797,9 +784,7 @@ class GatewayManager(Service):
     def _up(self, conn: GatewayConnection) -> None:
         conn.registered = True
         conn.first_ping()
-        if conn._deadline is not None and conn._deadline.active():
-            conn._deadline.cancel()
-        conn._deadline = None
+        conn.handshake_done()
         conn.pinger.start()
 
     def outbound_up(self, conn: GatewayConnection) -> bool:

@@ -79,7 +79,7 @@ class LeafConnection(PeerConnection):
     routes and gateways too), but never gets its own messages back.
     """
 
-    kind = "leaf"
+    kind = "leaf node"
     leaf = True
     echo = False
     frame_head = b"LMSG "
@@ -110,7 +110,6 @@ class LeafConnection(PeerConnection):
         #: The handshake is done: interest and messages may flow.
         self.up = False
         self.cid = manager.next_cid()
-        self._deadline: Any = None
 
     @property
     def dialled(self) -> bool:
@@ -131,25 +130,13 @@ class LeafConnection(PeerConnection):
                 # INFO in plaintext, then TLS on the same socket (2.9's leaf
                 # links): what the spoke writes next is its handshake.
                 self.transport.startTLS(tls)
-        self._deadline = self.manager.clock.callLater(self.manager.settings.handshake_timeout, self._too_slow)
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        if not self.up and not self.closed:
-            self.log.warn(
-                "leaf node {way} {host}:{port} did not complete its handshake in {t}s: closing it",
-                way="to" if self.dialled else "from", host=self.host, port=self.port, t=self.manager.settings.handshake_timeout,
-            )
-            self.close("Authentication Timeout", "handshake timeout")
+        self.start_handshake_clock()
 
     def warn_unregistered(self) -> bool:
         # A remote that fails is dialled again, and that says why.
         return not self.dialled
 
     def lost(self, why: str) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
         subs = list(self.subs.values())
         self.subs.clear()
         if self.route:
@@ -263,9 +250,7 @@ class LeafConnection(PeerConnection):
     def _bound(self) -> None:
         """The handshake is done: register, and tell the other side our interest."""
         self.up = self.registered = True
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self.handshake_done()
         self.pinger.start()
         self.manager.leaf_up(self)
         self.first_ping()

@@ -76,6 +76,7 @@ class PeerConnection(Protocol):
         #: When it connected, and when it last sent anything (monitoring).
         self.start = self.last_activity = 0.0
         self._first_ping: Any = None
+        self._handshake_clock: Any = None
 
     @property
     def dialled(self) -> bool:
@@ -143,8 +144,28 @@ class PeerConnection(Protocol):
         self._teardown(why)
         self.transport.loseConnection()
 
+    def start_handshake_clock(self) -> None:
+        """The handshake must be done (L{handshake_done}) within the settings' C{handshake_timeout}, or the link closes."""
+        timeout = self.manager.settings.handshake_timeout
+        self._handshake_clock = self.manager.clock.callLater(timeout, self._too_slow, timeout)
+
+    def handshake_done(self) -> None:
+        clock, self._handshake_clock = self._handshake_clock, None
+        if clock is not None and clock.active():
+            clock.cancel()
+
+    def _too_slow(self, timeout: float) -> None:
+        self._handshake_clock = None
+        if not self.registered and not self.closed:
+            self.log.warn(
+                "{kind} {way} {host}:{port} did not complete its handshake in {t}s: closing it",
+                kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, t=timeout,
+            )
+            self.close("Authentication Timeout", "handshake timeout")
+
     def _teardown(self, why: str) -> None:
         self.closed = True
+        self.handshake_done()
         if self._first_ping is not None and self._first_ping.active():
             self._first_ping.cancel()
         self.pinger.stop()
