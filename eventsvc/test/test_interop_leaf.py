@@ -22,6 +22,13 @@ except ImportError:  # pragma: no cover
     nats = None
 
 
+def scratch(test: TestCase) -> str:
+    """A fresh directory for C{test}'s configurations and files."""
+    directory = os.path.abspath(test.mktemp())
+    os.makedirs(directory)
+    return directory
+
+
 async def until_answered(nc, subject: str, seconds: float = 45) -> None:
     """Wait by the clock until a request on C{subject} is answered (interest crossed)."""
     deadline = asyncio.get_event_loop().time() + seconds
@@ -120,8 +127,7 @@ class EventsvcHubTests(_Checks, TestCase):
         if nats is None:
             process.require("nats-py")
         self.leaf_port, self.http_port = process.free_port(), process.free_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         self.config = process.write_config(os.path.join(directory, "hub.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\nuser = "spoke"\npassword = "s3cret"\n'
@@ -184,8 +190,7 @@ class EventsvcSpokeTests(_Checks, TestCase):
     def test_eventsvc_spoke(self):
         if nats is None:
             process.require("nats-py")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         leaf_port = process.free_port()
         hub_config = process.write_config(os.path.join(directory, "hub.conf"), "leafnodes { port: %d }\n" % leaf_port)
         config = process.write_config(os.path.join(directory, "spoke.toml"), (
@@ -218,7 +223,7 @@ class TLSLeafTests(TestCase):
     def setUp(self):
         if nats is None:
             process.require("nats-py")
-        self.directory = os.path.abspath(self.mktemp())
+        self.directory = scratch(self)
         self.certs = os.path.join(self.directory, "certs")
         self.assertEqual(process.cli("certs", "--out", self.certs).returncode, 0)
         self.tls_section = (
@@ -360,8 +365,7 @@ class CredentialsTests(TestCase):
             process.require("nats-py")
         from eventsvc.test import leafcreds
 
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         files = leafcreds.write(directory)
         leaf_port = process.free_port()
         hub = process.nats_server("-c", process.write_config(os.path.join(directory, "hub.conf"), leafcreds.hub_config(leaf_port, files["op.jwt"])))
@@ -425,8 +429,7 @@ class DenyTests(TestCase):
     def test_deny_lists_both_ways(self):
         if nats is None:
             process.require("nats-py")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         their_leaf, our_leaf = process.free_port(), process.free_port()
         hub = process.nats_server("-c", process.write_config(os.path.join(directory, "hub.conf"), "leafnodes { port: %d }\n" % their_leaf))
         their_hub = yield process.started(self, hub)
@@ -495,8 +498,7 @@ class ClusteredSpokesTests(TestCase):
     def test_two_spokes_of_one_cluster(self):
         if nats is None:
             process.require("nats-py")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         leaf_port = process.free_port()
         config = process.write_config(os.path.join(directory, "hub.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
@@ -570,8 +572,7 @@ class EdgeClusterOnHubClusterTests(TestCase):
     def test_mixed_hub_cluster(self):
         if nats is None:
             process.require("nats-py")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         h1_route, h2_route, h1_leaf, h2_leaf = (process.free_port() for _ in range(4))
         e_routes = [process.free_port(), process.free_port()]
         h1 = process.eventsvc(process.write_config(os.path.join(directory, "h1.toml"), (
@@ -642,8 +643,7 @@ class LoopTests(TestCase):
 
     @defer.inlineCallbacks
     def test_loop_detected(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch(self)
         ours, theirs = process.free_port(), process.free_port()
         config = process.write_config(os.path.join(directory, "ours.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {ours}\n'
