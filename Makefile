@@ -8,14 +8,14 @@ PYPY ?= pypy3
 PYPY_VENV ?= .venv-pypy
 ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 
-.PHONY: run test install install-test system-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
+.PHONY: run test install install-test system-deps js-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
 	$(ABS_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
 # Set up and run the whole test suite against the installed package, then mypy.
-test: install-test system-deps
+test: install-test system-deps js-deps
 	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_VENV)/bin/trial eventsvc
 	$(ABS_VENV)/bin/mypy --config-file setup.cfg eventsvc
 
@@ -25,7 +25,7 @@ test: install-test system-deps
 run-pypy: install-pypy
 	$(ABS_PYPY_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
-test-pypy: install-pypy-test system-deps
+test-pypy: install-pypy-test system-deps js-deps
 	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_PYPY_VENV)/bin/trial eventsvc
 
 $(PYPY_VENV)/bin/pip:
@@ -58,9 +58,16 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server systemd; \
 	  else echo "nats-server or systemd is missing: sudo apt-get install nats-server systemd (those tests will be skipped)"; fi; }
 
+# nats.js for the WebSocket interop tests (interop/js/package-lock.json), with Node's npm.
+js-deps: interop/js/node_modules/.package-lock.json
+
+interop/js/node_modules/.package-lock.json: interop/js/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: apt-get install nodejs npm (the nats.js interop tests will be skipped)"; exit 0; }; \
+	  npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
+
 # Side-by-side benchmark against nats-server, eventsvc on CPython and PyPy (not part of the tests).
 bench: install install-pypy system-deps
 	$(ABS_VENV)/bin/python bench/run.py --pypy $(ABS_PYPY_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info
+	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info interop/js/node_modules

@@ -299,6 +299,9 @@ _RELOADABLE = {
     ("gateway", "tokens"), ("gateway", "tokens_file"), ("gateway", "users"), ("gateway", "http_auth_url"),
     ("gateway", "http_auth_ttl"), ("gateway", "python_authenticator"), ("gateway", "permissions"),
     ("gateway", "identities"),
+    ("websocket", "tokens"), ("websocket", "tokens_file"), ("websocket", "users"), ("websocket", "http_auth_url"),
+    ("websocket", "http_auth_ttl"), ("websocket", "python_authenticator"), ("websocket", "permissions"),
+    ("websocket", "identities"),
     ("log", "level"), ("handlers", "feed"), ("handlers", "cfgingest"), ("handlers", "event_feed"),
     ("events", "routing"), ("service", "event_limit"),
     ("events", "batch_max"), ("events", "batch_wait"),
@@ -307,7 +310,7 @@ _RELOADABLE = {
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "monitor", "limits"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "monitor", "limits"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:
@@ -386,6 +389,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             gateways.setServiceParent(top)
         if config.leafnodes.enabled:
             _leafnodes(config, broker, reactor).setServiceParent(top)
+        if config.websocket.enabled:
+            _websocket(config, broker, reactor).setServiceParent(top)
         if config.monitor.enabled:
             where = _where("monitor", config)
             from eventsvc.ops.monitor import MonitorService
@@ -628,28 +633,32 @@ class IReloadable(Protocol):
         ...
 
 
-class GatewayListener(ListenerService):
+class AuthenticatedListener(ListenerService):
     """
-    The gateway's listener; it writes the health-check token while it runs,
-    and takes new tokens, users, authenticators and permissions on reload.
+    A listener whose clients log in with the gateway's keys (C{section}:
+    [gateway] or [websocket]); it takes new tokens, users, authenticators
+    and permissions on reload.
     """
 
-    def __init__(self, health: HealthToken, gateway: Any, *args: Any, **kwargs: Any) -> None:
+    section = "gateway"
+    health: Optional[HealthToken] = None
+
+    def __init__(self, current: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.health = health
-        #: The [gateway] section it runs with.
-        self.gateway = gateway
+        #: The section it runs with.
+        self.current = current
 
     def prepare_reload(self, config: Config) -> Callable[[], None]:
-        if not config.gateway.enabled:
+        new = getattr(config, self.section)
+        if not new.enabled:
             return lambda: None  # (reported as needing a restart)
-        authenticator = _gateway_authenticator(config, self.health, self.reactor)
+        authenticator = _listener_authenticator(config, self.section, self.health, self.reactor)
         # (A tokens file may have changed under the same name.)
-        check_again = config.gateway != self.gateway or bool(config.gateway.tokens_file)
+        check_again = new != self.current or bool(new.tokens_file)
 
         def apply() -> None:
             self.factory.state.authenticator = authenticator
-            self.gateway = config.gateway
+            self.current = new
             if check_again:
                 self.reauthorize(authenticator)
 
@@ -657,10 +666,10 @@ class GatewayListener(ListenerService):
 
     def reauthorize(self, authenticator: Any) -> Any:
         """
-        Ask the new authenticators about every connection of the gateway, as
-        nats-server does on reload: a revoked token's client is closed, the
-        others get their new permissions now (not when they reconnect).  At
-        most 16 at a time, for authenticators that ask a service.
+        Ask the new authenticators about every connection, as nats-server
+        does on reload: a revoked token's client is closed, the others get
+        their new permissions now (not when they reconnect).  At most 16 at
+        a time, for authenticators that ask a service.
         """
         connections = [c for c in self.factory.live if not c.closed]
         if not connections:
@@ -675,11 +684,20 @@ class GatewayListener(ListenerService):
         def report(results: List[Any]) -> None:
             outcomes = [r for ok, r in results if ok]
             self.log.info(
-                "reload: {count} gateway connections checked again: {closed} closed, {subs} subscriptions removed",
-                count=len(connections), closed=sum(1 for r in outcomes if r < 0), subs=sum(r for r in outcomes if r > 0),
+                "reload: {count} {section} connections checked again: {closed} closed, {subs} subscriptions removed",
+                count=len(connections), section=self.section, closed=sum(1 for r in outcomes if r < 0),
+                subs=sum(r for r in outcomes if r > 0),
             )
 
         return DeferredList(done, consumeErrors=True).addCallback(report)
+
+
+class GatewayListener(AuthenticatedListener):
+    """The gateway's listener; it writes the health-check token while it runs."""
+
+    def __init__(self, health: HealthToken, gateway: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(gateway, *args, **kwargs)
+        self.health: HealthToken = health
 
     def startService(self) -> None:
         try:
@@ -736,6 +754,15 @@ class DataDirLock(Service):
 
 def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:
     """The gateway's authenticators in order (built at start and again on reload)."""
+    return _listener_authenticator(config, "gateway", health, reactor)
+
+
+def _listener_authenticator(config: Config, name: str, health: Optional[HealthToken], reactor: Any) -> ChainAuthenticator:
+    """
+    The authenticators of a client listener with the gateway's keys
+    ([gateway], [websocket]) in order: the health token (the gateway's
+    only), named identities, tokens, users, an HTTP check, Python.
+    """
     from eventsvc.security.auth import (
         ChainAuthenticator,
         HTTPAuthenticator,
@@ -746,10 +773,10 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
         read_tokens_file,
     )
 
-    gw = config.gateway
+    gw = getattr(config, name)
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
     agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
-    chain: List[Any] = [health.authenticator]
+    chain: List[Any] = [health.authenticator] if health is not None else []
     if gw.identities:
         chain.append(NamedIdentities([
             (i.name, i.token, i.user, i.password, Permissions(**identity_permissions(i, gw.permissions)))
@@ -760,12 +787,12 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
         try:
             tokens += read_tokens_file(gw.tokens_file)
         except OSError as e:
-            raise StartupError("{} ([gateway] tokens_file): cannot read: {}".format(gw.tokens_file, e.strerror))
+            raise StartupError("{} ([{}] tokens_file): cannot read: {}".format(gw.tokens_file, name, e.strerror))
     try:
         if tokens:
             chain.append(TokenAuthenticator(tokens, agents))
     except ValueError as e:
-        raise StartupError("{} ([gateway] tokens_file): {}".format(gw.tokens_file, e))
+        raise StartupError("{} ([{}] tokens_file): {}".format(gw.tokens_file, name, e))
     if gw.users:
         chain.append(UserPasswordAuthenticator(gw.users, agents))
     if gw.http_auth_url:
@@ -776,7 +803,7 @@ def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) ->
         try:
             chain.append(load_python_authenticator(gw.python_authenticator, agents))
         except ValueError as e:
-            raise StartupError("{}[gateway] python_authenticator: {}".format(_in(config), e))
+            raise StartupError("{}[{}] python_authenticator: {}".format(_in(config), name, e))
     return ChainAuthenticator(chain)
 
 
@@ -829,3 +856,33 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
     )
     where = _where("gateway", config)
     return GatewayListener(health, gw, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)
+
+
+class WebSocketListener(AuthenticatedListener):
+    """The [websocket] listener: NATS over WebSocket for browsers."""
+
+    section = "websocket"
+
+
+def _websocket(config: Config, broker: Broker, reactor: Any) -> WebSocketListener:
+    from eventsvc.nats.websocket import OriginPolicy, websocket_wire
+
+    ws = config.websocket
+    context = None
+    if not ws.no_tls:
+        context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"))
+    settings = _client_settings(
+        config.limits,
+        host=ws.host,
+        port=ws.port,
+        max_connections=ws.max_connections,
+        authenticator=_listener_authenticator(config, "websocket", None, reactor),
+        name="websocket",
+        auth_throttle=AuthThrottle(),
+        auth_timeout=ws.auth_timeout,
+    )
+    clients = ClientFactory(broker, settings, reactor)
+    wire = websocket_wire(
+        clients, OriginPolicy.from_urls(ws.same_origin, ws.allowed_origins), ws.compression, ws.handshake_timeout, context, reactor
+    )
+    return WebSocketListener(ws, "websocket", clients, ws.host, ws.port, reactor, _where("websocket", config), wire=wire)

@@ -355,6 +355,56 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class WebSocketConfig:
+    """
+    NATS over WebSocket, for browsers (nats-server's websocket block).  TLS
+    is under the WebSocket (wss://), from cert_path and key_path, unless
+    no_tls.  Clients authenticate as at the gateway, with the same keys.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    no_tls: bool = False
+    cert_path: str = ""
+    key_path: str = ""
+    #: Refuse pages whose Origin is not this listener's own host and port.
+    same_origin: bool = False
+    #: Pages allowed to connect ("https://console.example.com"); empty: any.
+    allowed_origins: Tuple[str, ...] = ()
+    #: permessage-deflate, when the client offers it.
+    compression: bool = False
+    #: Seconds a connection has to finish the HTTP upgrade.
+    handshake_timeout: float = 2.0
+    max_connections: int = 10000
+    auth_timeout: float = limits.AUTH_TIMEOUT
+    tokens: Tuple[str, ...] = ()
+    tokens_file: str = ""
+    users: Dict[str, str] = field(default_factory=dict)
+    identities: Tuple[IdentityConfig, ...] = ()
+    http_auth_url: str = ""
+    http_auth_ttl: float = 60.0
+    python_authenticator: str = ""
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """
+    The live console page, served by the monitor at /.  It connects to the
+    [websocket] listener as one of its identities (a read-only one: the
+    page can do only what that identity's permissions allow).
+    """
+
+    enabled: bool = False
+    #: The name of a [[websocket.identities]] entry.
+    identity: str = "console"
+    #: Where the page connects ("" : ws:// or wss:// to the page's own host
+    #: and the [websocket] port).
+    websocket_url: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -365,6 +415,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     supercluster: SuperclusterConfig = field(default_factory=SuperclusterConfig)
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
@@ -381,6 +433,8 @@ _SECTIONS = {
     "cluster": ClusterConfig,
     "supercluster": SuperclusterConfig,
     "leafnodes": LeafnodesConfig,
+    "websocket": WebSocketConfig,
+    "console": ConsoleConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
@@ -429,10 +483,9 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
             # says enabled = false (absent sections keep their defaults).
             value = dict(value, enabled=True)
         sections[name] = _section(path, name, cls, value)
-    if "gateway" in patch and isinstance(patch["gateway"].get("permissions"), dict):
-        sections["gateway"] = replace(
-            sections["gateway"], permissions=_pair_lists(sections["gateway"].permissions, patch["gateway"]["permissions"])
-        )
+    for name in ("gateway", "websocket"):
+        if name in patch and isinstance(patch[name].get("permissions"), dict):
+            sections[name] = replace(sections[name], permissions=_pair_lists(sections[name].permissions, patch[name]["permissions"]))
     config = Config(source=path, **sections)
     _check(config, path)
     if config.tls.enabled:
@@ -443,9 +496,14 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         config = replace(config, leafnodes=replace(config.leafnodes, remotes=tuple(
             replace(r, credentials=_resolve(base, r.credentials)) for r in config.leafnodes.remotes
         )))
+    ws = config.websocket
     config = replace(
         config,
         service=replace(config.service, data_dir=data_dir),
+        websocket=replace(
+            ws, tokens_file=_resolve(base, ws.tokens_file),
+            cert_path=_resolve(base, ws.cert_path), key_path=_resolve(base, ws.key_path),
+        ),
         events=replace(config.events, dead_letter_file=_resolve(data_dir or base, config.events.dead_letter_file)),
         gateway=replace(
             gw,
@@ -629,6 +687,89 @@ def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str,
                     fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
 
 
+def _check_auth(name: str, sec: Any, fail: Callable[[str, str, str], None]) -> None:
+    """The authentication keys a client listener shares ([gateway], [websocket])."""
+    if not (sec.tokens or sec.tokens_file or sec.users or sec.identities or sec.http_auth_url or sec.python_authenticator):
+        fail(name, "tokens", "no way for {} to authenticate: set tokens".format("agents" if name == "gateway" else "clients") + ", tokens_file, users, identities, http_auth_url or python_authenticator")
+    for token in sec.tokens:
+        if not _valid_secret(token):
+            fail(name, "tokens", "a sha256: entry needs 64 hex digits")
+    names, users = set(), set(sec.users)
+    for i, ident in enumerate(sec.identities):
+        where = "entry {} ({})".format(i + 1, ident.name or "no name")
+        if not ident.name:
+            fail(name + ".identities", "name", "missing in " + where)
+        if ident.name in names:
+            fail(name + ".identities", "name", "{!r} is used twice".format(ident.name))
+        names.add(ident.name)
+        if bool(ident.token) == bool(ident.user or ident.password):
+            fail(name + ".identities", "token", "{}: give a token, or a user and password (one of the two)".format(where))
+        if ident.user and not ident.password or ident.password and not ident.user:
+            fail(name + ".identities", "user", "{}: a user needs a password, and a password a user".format(where))
+        if ident.user in users:
+            fail(name + ".identities", "user", "{}: user {!r} is listed twice (here or in [{}.users])".format(where, ident.user, name))
+        if ident.user:
+            users.add(ident.user)
+        for key in ("token", "password"):
+            if not _valid_secret(getattr(ident, key)):
+                fail(name + ".identities", key, "{}: a sha256: entry needs 64 hex digits".format(where))
+        if ident.private_inbox and any(c in ident.name for c in ".*> \t\r\n"):
+            fail(name + ".identities", "private_inbox", "{}: the name becomes the inbox _INBOX.<name>: use a name without dots, wildcards or spaces".format(where))
+        for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
+            for subject in getattr(ident, key) or ():
+                if not _valid_subject(subject):
+                    fail(name + ".identities", key, "{}: {!r} is not a valid subject".format(where, subject))
+    if sec.http_auth_url and not sec.http_auth_url.startswith(("http://", "https://")):
+        fail(name, "http_auth_url", "must be an http:// or https:// URL")
+    for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
+        for subject in getattr(sec.permissions, key):
+            if not _valid_subject(subject):
+                fail(name + ".permissions", key, "{!r} is not a valid subject".format(subject))
+
+
+def _check_websocket(config: Config, fail: Callable[[str, str, str], None]) -> None:
+    ws = config.websocket
+    if ws.enabled:
+        if not 0 <= ws.port <= 65535:
+            fail("websocket", "port", "must be between 0 and 65535, got {}".format(ws.port))
+        for section in ("service", "gateway", "monitor"):
+            other = getattr(config, section)
+            same_host = other.host == ws.host or "0.0.0.0" in (other.host, ws.host)
+            if getattr(other, "enabled", True) and ws.port and other.port == ws.port and same_host:
+                fail("websocket", "port", "is the {} port too ({}); give them different ports".format(section, ws.port))
+        if ws.no_tls and (ws.cert_path or ws.key_path):
+            fail("websocket", "no_tls", "is true, and cert_path or key_path is set: choose one")
+        if not ws.no_tls and not (ws.cert_path and ws.key_path):
+            fail("websocket", "cert_path", "a WebSocket listener needs TLS (cert_path and key_path), or no_tls = true (as nats-server)")
+        for origin in ws.allowed_origins:
+            from eventsvc.nats.websocket import origin_of
+
+            try:
+                origin_of(origin)
+            except ValueError as e:
+                fail("websocket", "allowed_origins", str(e))
+        if not ws.handshake_timeout > 0:
+            fail("websocket", "handshake_timeout", "must be a positive number of seconds")
+        if ws.max_connections < 1:
+            fail("websocket", "max_connections", "must be at least 1, got {}".format(ws.max_connections))
+        if not ws.auth_timeout > 0:
+            fail("websocket", "auth_timeout", "must be a positive number of seconds")
+        _check_auth("websocket", ws, fail)
+    co = config.console
+    if co.enabled:
+        if not config.monitor.enabled:
+            fail("console", "enabled", "the console is served by the monitor: add a [monitor] section")
+        if not ws.enabled:
+            fail("console", "enabled", "the console talks NATS over WebSocket: add a [websocket] section")
+        identity = next((i for i in ws.identities if i.name == co.identity), None)
+        if identity is None:
+            fail("console", "identity", "{!r} is not a [[websocket.identities]] name (the console connects as it)".format(co.identity))
+        elif (identity.token or identity.password).startswith("sha256:"):
+            fail("console", "identity", "{!r} has a sha256: secret: the page needs the secret itself to log in".format(co.identity))
+        if co.websocket_url and not co.websocket_url.startswith(("ws://", "wss://")):
+            fail("console", "websocket_url", "must be a ws:// or wss:// URL, got {!r}".format(co.websocket_url))
+
+
 def _check(config: Config, path: str) -> None:
     def fail(section: str, key: str, problem: str) -> None:
         raise ConfigError("{}: [{}] {}: {}".format(path, section, key, problem))
@@ -711,42 +852,7 @@ def _check(config: Config, path: str) -> None:
             for key in ("server_name", "cert_path", "key_path"):
                 if not getattr(entry, key):
                     fail("gateway.frontend_tls", key, "missing in entry {}".format(i + 1))
-        if not (gw.tokens or gw.tokens_file or gw.users or gw.identities or gw.http_auth_url or gw.python_authenticator):
-            fail("gateway", "tokens", "no way for agents to authenticate: set tokens, tokens_file, users, identities, http_auth_url or python_authenticator")
-        for token in gw.tokens:
-            if not _valid_secret(token):
-                fail("gateway", "tokens", "a sha256: entry needs 64 hex digits")
-        names, users = set(), set(gw.users)
-        for i, ident in enumerate(gw.identities):
-            where = "entry {} ({})".format(i + 1, ident.name or "no name")
-            if not ident.name:
-                fail("gateway.identities", "name", "missing in " + where)
-            if ident.name in names:
-                fail("gateway.identities", "name", "{!r} is used twice".format(ident.name))
-            names.add(ident.name)
-            if bool(ident.token) == bool(ident.user or ident.password):
-                fail("gateway.identities", "token", "{}: give a token, or a user and password (one of the two)".format(where))
-            if ident.user and not ident.password or ident.password and not ident.user:
-                fail("gateway.identities", "user", "{}: a user needs a password, and a password a user".format(where))
-            if ident.user in users:
-                fail("gateway.identities", "user", "{}: user {!r} is listed twice (here or in [gateway.users])".format(where, ident.user))
-            if ident.user:
-                users.add(ident.user)
-            for key in ("token", "password"):
-                if not _valid_secret(getattr(ident, key)):
-                    fail("gateway.identities", key, "{}: a sha256: entry needs 64 hex digits".format(where))
-            if ident.private_inbox and any(c in ident.name for c in ".*> \t\r\n"):
-                fail("gateway.identities", "private_inbox", "{}: the name becomes the inbox _INBOX.<name>: use a name without dots, wildcards or spaces".format(where))
-            for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
-                for subject in getattr(ident, key) or ():
-                    if not _valid_subject(subject):
-                        fail("gateway.identities", key, "{}: {!r} is not a valid subject".format(where, subject))
-        if gw.http_auth_url and not gw.http_auth_url.startswith(("http://", "https://")):
-            fail("gateway", "http_auth_url", "must be an http:// or https:// URL")
-        for key in ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny"):
-            for subject in getattr(gw.permissions, key):
-                if not _valid_subject(subject):
-                    fail("gateway.permissions", key, "{!r} is not a valid subject".format(subject))
+        _check_auth("gateway", gw, fail)
 
     cl = config.cluster
     if cl.enabled:
@@ -811,6 +917,8 @@ def _check(config: Config, path: str) -> None:
     _check_leafnodes(config.leafnodes, config.tls.enabled, fail)
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
+
+    _check_websocket(config, fail)
 
     mon = config.monitor
     if mon.enabled and not 0 <= mon.port <= 65535:

@@ -76,6 +76,8 @@ class ClientConnection(Protocol):
     route = False
     gateway = False
     leaf = False
+    #: Whether it came over a WebSocket (L{eventsvc.nats.websocket}).
+    websocket = False
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
 
@@ -572,7 +574,7 @@ class ClientConnection(Protocol):
 
 
 _VIOLATION_REASONS = {
-    "Unknown Protocol Operation": "Parse Error",
+    "Unknown Protocol Operation": "Protocol Violation",
     "maximum control line exceeded": "Maximum Control Line Exceeded",
     "Maximum Payload Violation": "Maximum Message Payload Exceeded",
     AUTHORIZATION_VIOLATION: "Authentication Failure",

@@ -49,10 +49,10 @@ class ClientFactory(Factory):
         return proto
 
 
-def requirements(factory: ClientFactory) -> str:
+def requirements(factory: ClientFactory, wire: Any = None) -> str:
     """What a listener asks of its clients, for its "listening" line."""
     settings = factory.settings
-    parts = ["TLS" if settings.tls_required else "plaintext"]
+    parts = [getattr(wire, "description", "") or ("TLS" if settings.tls_required else "plaintext")]
     if settings.tls_verify:
         parts.append("client certificates required")
     parts.append("authentication required" if factory.state.authenticator is not None else "no authentication")
@@ -68,9 +68,14 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, name: str, factory: ClientFactory, host: str, port: int, reactor: Any, where: str = "") -> None:
+    def __init__(
+        self, name: str, factory: ClientFactory, host: str, port: int, reactor: Any, where: str = "", wire: Any = None,
+    ) -> None:
         self.setName(name)
         self.factory = factory
+        #: What the socket is listened with: the client factory itself, or
+        #: a layer over it (the WebSocket upgrade, TLS under it).
+        self.wire = wire if wire is not None else factory
         self.host = host
         self.port = port
         self.reactor = reactor
@@ -80,7 +85,7 @@ class ListenerService(Service):
     def startService(self) -> None:
         try:
             self.listening = self.reactor.listenTCP(
-                self.port, self.factory, backlog=self.factory.settings.listen_backlog, interface=self.host
+                self.port, self.wire, backlog=self.factory.settings.listen_backlog, interface=self.host
             )
         except CannotListenError as e:
             raise ListenError(
@@ -91,7 +96,7 @@ class ListenerService(Service):
         super().startService()
         self.log.info(
             "{name} listening for NATS clients on {host}:{port}: {requires}",
-            name=self.name, host=address.host, port=address.port, requires=requirements(self.factory),
+            name=self.name, host=address.host, port=address.port, requires=requirements(self.factory, self.wire),
         )
 
     def stop_accepting(self) -> Any:

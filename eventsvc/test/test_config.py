@@ -358,6 +358,55 @@ class LeafnodesConfigTests(SynchronousTestCase):
         self.assertEqual(c.leafnodes.remotes[0].credentials, os.path.normpath("/etc/eventsvc/edge.creds"))
 
 
+class WebSocketConfigTests(SynchronousTestCase):
+    """[websocket] (nats-server's websocket block, with the gateway's authentication keys) and [console]."""
+
+    check = ErrorTests.assertConfigError
+    OPEN = '[websocket]\nno_tls = true\ntokens = ["t"]\n'
+    CONSOLE = (
+        '[websocket]\nno_tls = true\n[[websocket.identities]]\nname = "console"\ntoken = "c"\n'
+        'subscribe_allow = [">"]\npublish_deny = [">"]\n[monitor]\n'
+    )
+
+    def test_read(self) -> None:
+        c = config.parse(
+            '[websocket]\nport = 9090\ncert_path = "ws.crt"\nkey_path = "ws.key"\nsame_origin = true\n'
+            'allowed_origins = ["https://a.example"]\ncompression = true\ntokens = ["t"]\n'
+            '[websocket.permissions]\nsubscribe_allow = ["app.>"]\n',
+            "/etc/eventsvc/patch.toml",
+        )
+        ws = c.websocket
+        self.assertTrue(ws.enabled and ws.same_origin and ws.compression)
+        self.assertEqual((ws.host, ws.port), ("127.0.0.1", 9090))
+        self.assertEqual((ws.cert_path, ws.key_path), ("/etc/eventsvc/ws.crt", "/etc/eventsvc/ws.key"))
+        self.assertEqual(ws.allowed_origins, ("https://a.example",))
+        # A written list replaces its pair: subscribe_deny no longer has the default ">".
+        self.assertEqual((ws.permissions.subscribe_allow, ws.permissions.subscribe_deny), (("app.>",), ()))
+        self.assertFalse(config.parse("[service]\n").websocket.enabled)
+        self.assertFalse(config.parse("[service]\n").console.enabled)
+
+    def test_mistakes(self) -> None:
+        check = self.check
+        check('[websocket]\ntokens = ["t"]\n', "[websocket] cert_path", "no_tls = true")
+        check('[websocket]\nno_tls = true\ncert_path = "a"\ntokens = ["t"]\n', "[websocket] no_tls", "choose one")
+        check("[websocket]\nno_tls = true\n", "[websocket] tokens", "no way for clients to authenticate")
+        check(self.OPEN + "port = 70000\n", "[websocket] port")
+        check(self.OPEN + "port = 10132\n", "[websocket] port", "service port")
+        check(self.OPEN + 'allowed_origins = ["console.example"]\n', "[websocket] allowed_origins", "not an http")
+        check(self.OPEN + "handshake_timeout = 0\n", "[websocket] handshake_timeout")
+        check('[websocket]\nno_tls = true\n[[websocket.identities]]\nname = "x"\n', "[websocket.identities] token", "one of the two")
+        check(self.OPEN + "[console]\n", "[console] enabled", "[monitor]")
+        check("[monitor]\n[console]\n", "[console] enabled", "[websocket]")
+        check(self.OPEN + "[monitor]\n[console]\n", "[console] identity", "'console' is not a [[websocket.identities]] name")
+        check(self.CONSOLE + '[console]\nwebsocket_url = "http://x"\n', "[console] websocket_url", "ws://")
+        check(self.CONSOLE.replace('token = "c"', 'token = "sha256:' + "0" * 64 + '"') + "[console]\n",
+              "[console] identity", "the secret itself")
+
+    def test_console(self) -> None:
+        c = config.parse(self.CONSOLE + "[console]\n")
+        self.assertEqual((c.console.enabled, c.console.identity, c.console.websocket_url), (True, "console", ""))
+
+
 class ExampleConfigTests(SynchronousTestCase):
     """Every example configuration in dev/ loads and builds a service, as check-config would."""
 

@@ -72,7 +72,7 @@ class MonitorTests(SynchronousTestCase):
         b.send(b"BOGUS\r\n")
         _, closed = get(self.svc, "/connz?state=closed")
         self.assertEqual(closed["connections"][0]["cid"], b.proto.cid)
-        self.assertEqual(closed["connections"][0]["reason"], "Parse Error")
+        self.assertEqual(closed["connections"][0]["reason"], "Protocol Violation")
         self.assertIn("stop", closed["connections"][0])
         _, varz = get(self.svc, "/varz")
         self.assertEqual(varz["connections"], 1)
@@ -99,7 +99,7 @@ class MonitorTests(SynchronousTestCase):
         clock.advance(1)
         old.proto.connectionLost(None)
         self.assertEqual(cids("state=closed&sort=stop"), [o, n])  # the latest first
-        self.assertEqual(cids("state=closed&sort=reason"), [o, n])  # "Client Closed" < "Parse Error"
+        self.assertEqual(cids("state=closed&sort=reason"), [o, n])  # "Client Closed" < "Protocol Violation"
         for query, message in (
             ("sort=nope", "invalid sorting option: nope"),
             ("sort=stop", "sort by stop only valid on closed connections"),

@@ -1,0 +1,266 @@
+"""
+NATS over WebSocket (L{eventsvc.nats.websocket}) on memory transports and a
+fake clock: the upgrade, origin checks, frames in and out, the limits of
+the client connection, and the close codes nats-server uses.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from eventsvc.nats.listener import ClientFactory
+from eventsvc.nats.server import Broker
+from eventsvc.nats.settings import ClientSettings
+from eventsvc.nats.websocket import CLOSE_TIMEOUT, OriginPolicy, origin_of, websocket_wire
+from eventsvc.security.auth import TokenAuthenticator
+from eventsvc.security.permissions import Permissions
+from eventsvc.test import wsframes
+
+HOST = "127.0.0.1:8080"
+
+
+class SocketTransport(StringTransport):
+    """Like a TCP transport, unregistering when no producer is registered is harmless (autobahn does it on every drop)."""
+
+    def unregisterProducer(self) -> None:
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
+class Peer:
+    """One WebSocket connection to the listener, on a StringTransport."""
+
+    def __init__(self, test: "Harness", origin: str = "", deflate: bool = False, port: int = 50000) -> None:
+        self.test = test
+        self.transport = SocketTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.proto = test.wire.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(wsframes.upgrade_request(HOST, origin=origin, deflate=deflate))
+        self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.transport.clear()
+        self.pending = rest
+
+    @property
+    def status(self) -> int:
+        return int(self.response.split(b" ", 2)[1])
+
+    def send(self, payload: bytes, pieces: int = 1) -> None:
+        """One binary message, in C{pieces} frames (a fragmented message), each a write of its own."""
+        size = max(1, -(-len(payload) // pieces))
+        chunks = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+        for i, chunk in enumerate(chunks):
+            opcode = wsframes.BINARY if i == 0 else 0
+            self.proto.dataReceived(wsframes.frame(chunk, opcode=opcode, fin=i == len(chunks) - 1))
+
+    def frames(self):
+        data = self.pending + self.transport.value()
+        self.transport.clear()
+        frames, self.pending = wsframes.read_frames(data)
+        return frames
+
+    def text(self) -> bytes:
+        return wsframes.payloads(self.frames())
+
+
+class Harness(TestCase):
+    def setUp(self) -> None:
+        self.build()
+
+    def build(self, origins: OriginPolicy = OriginPolicy(), compression: bool = False, **settings) -> None:
+        self.clock = Clock()
+        self.broker = Broker()
+        settings.setdefault("name", "websocket")
+        self.clients = ClientFactory(self.broker, ClientSettings(**settings), self.clock)
+        self.wire = websocket_wire(self.clients, origins, compression, 2.0, None, self.clock)
+
+    def open(self, **kwargs) -> Peer:
+        peer = Peer(self, **kwargs)
+        self.assertEqual(peer.status, 101, peer.response)
+        return peer
+
+
+class WebSocketTests(Harness):
+    def test_info_first_in_a_binary_frame(self) -> None:
+        """After the upgrade the server's first message is INFO, alone in one binary frame, as nats-server sends it."""
+        peer = self.open()
+        frames = peer.frames()
+        self.assertEqual(len(frames), 1)
+        opcode, fin, rsv1, payload = frames[0]
+        self.assertEqual((opcode, fin, rsv1), (wsframes.BINARY, True, False))
+        self.assertTrue(payload.startswith(b"INFO {") and payload.endswith(b"\r\n"))
+        self.assertNotIn(b"Server:", peer.response)
+        self.assertEqual(len(self.clients.live), 1)
+
+    def test_pub_sub_across_frames(self) -> None:
+        """A message split across frames (and an operation split across them) is parsed as one stream."""
+        peer = self.open()
+        peer.frames()
+        peer.send(b'CONNECT {"verbose":false}\r\nSUB a.b 1\r\nPUB a.b 11\r\nhello world\r\nPING\r\n', pieces=7)
+        self.assertEqual(peer.text(), b"MSG a.b 1 11\r\nhello world\r\nPONG\r\n")
+
+    def test_text_frames_too(self) -> None:
+        """nats-server reads text frames as it reads binary ones; so do we."""
+        peer = self.open()
+        peer.frames()
+        peer.proto.dataReceived(wsframes.frame(b"PING\r\n", opcode=wsframes.TEXT))
+        self.assertEqual(peer.text(), b"PONG\r\n")
+
+    def test_tcp_and_websocket_clients_meet(self) -> None:
+        """The WebSocket client is a client of the same broker: what it publishes reaches the others' subscriptions."""
+        a, b = self.open(), self.open(port=50001)
+        a.frames(), b.frames()
+        a.send(b"CONNECT {\"verbose\":false}\r\nSUB news 7\r\nPING\r\n")
+        self.assertEqual(a.text(), b"PONG\r\n")
+        b.send(b"CONNECT {\"verbose\":false}\r\nPUB news 2\r\nhi\r\n")
+        self.assertEqual(a.text(), b"MSG news 7 2\r\nhi\r\n")
+
+    def test_parse_error_closes_with_protocol_error(self) -> None:
+        """-ERR first, then a close frame with 1002 and nats-server's reason; the socket goes after CLOSE_TIMEOUT."""
+        peer = self.open()
+        peer.frames()
+        peer.send(b"BOGUS\r\n")
+        frames = peer.frames()
+        self.assertEqual(frames[0][3], b"-ERR 'Unknown Protocol Operation'\r\n")
+        self.assertEqual(frames[1], (wsframes.CLOSE, True, False, b"\x03\xeaProtocol Violation"))
+        self.assertFalse(peer.transport.disconnecting)
+        self.clock.advance(CLOSE_TIMEOUT)
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertEqual(self.clients.live, set())
+
+    def test_max_payload(self) -> None:
+        """Over max_payload: nats-server's error, then close code 1009."""
+        self.build(max_payload=16)
+        peer = self.open()
+        peer.frames()
+        peer.send(b"PUB a 17\r\n" + b"x" * 17 + b"\r\n")
+        frames = peer.frames()
+        self.assertEqual(frames[0][3], b"-ERR 'Maximum Payload Violation'\r\n")
+        self.assertEqual(frames[1][3][:2], b"\x03\xf1")
+
+    def test_authentication(self) -> None:
+        """The listener's authenticator and permissions apply: a wrong token is refused (1008), a right one gets its rights."""
+        readonly = Permissions(publish_deny=[">"], subscribe_allow=[">"])
+        self.build(authenticator=TokenAuthenticator(["watch"], readonly))
+        bad = self.open()
+        bad.frames()
+        bad.send(b'CONNECT {"auth_token":"nope"}\r\n')
+        frames = bad.frames()
+        self.assertEqual(frames[0][3], b"-ERR 'Authorization Violation'\r\n")
+        self.assertEqual(frames[1][3], b"\x03\xf0Authentication Failure")
+        good = self.open(port=50002)
+        good.frames()
+        good.send(b'CONNECT {"auth_token":"watch","verbose":false}\r\nSUB > 1\r\nPUB x 1\r\ny\r\nPING\r\n')
+        self.assertEqual(good.text(), b"-ERR 'Permissions Violation for Publish to \"x\"'\r\nPONG\r\n")
+
+    def test_authentication_timeout(self) -> None:
+        """No CONNECT within auth_timeout: closed with 1008, as on the other listeners."""
+        self.build(authenticator=TokenAuthenticator(["t"], None), auth_timeout=1.0)
+        peer = self.open()
+        peer.frames()
+        self.clock.advance(1.0)
+        frames = peer.frames()
+        self.assertEqual(frames[0][3], b"-ERR 'Authentication Timeout'\r\n")
+        self.assertEqual(frames[1][3], b"\x03\xf0Authentication Timeout")
+
+    def test_stale_connection(self) -> None:
+        """PINGs unanswered: stale, closed with 1006 as nats-server does."""
+        self.build(ping_interval=1.0, ping_max=2)
+        peer = self.open()
+        peer.frames()
+        peer.send(b'CONNECT {"verbose":false}\r\n')
+        for _ in range(3):
+            self.clock.advance(1.0)
+        text = peer.frames()
+        self.assertEqual(wsframes.payloads(text), b"PING\r\nPING\r\n-ERR 'Stale Connection'\r\n")
+        self.assertEqual(text[-1][3], b"\x03\xeeStale Connection")
+
+    def test_upgrade_timeout(self) -> None:
+        """A connection that never finishes the HTTP upgrade is dropped after handshake_timeout, and never counted."""
+        transport = SocketTransport()
+        proto = self.wire.buildProtocol(None)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        self.clock.advance(2.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.clients.live, set())
+
+    def test_not_an_upgrade(self) -> None:
+        """A plain GET gets an HTTP error, not a page."""
+        transport = SocketTransport()
+        proto = self.wire.buildProtocol(None)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 4"), transport.value()[:80])
+
+    def test_connection_lost_unregisters(self) -> None:
+        """The socket gone: the client leaves the broker and the listener's live set, its subscriptions removed."""
+        peer = self.open()
+        peer.send(b"SUB a 1\r\n")
+        self.assertTrue(self.broker.sublist.match(b"a").plain)
+        peer.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clients.live, set())
+        self.assertFalse(self.broker.sublist.match(b"a").plain)
+
+    def test_server_shutdown(self) -> None:
+        """Closed by the server going away: 1001."""
+        peer = self.open()
+        peer.frames()
+        (client,) = self.clients.live
+        client.close(None, "Server Shutdown")
+        self.assertEqual(peer.frames()[-1][3], b"\x03\xe9Server Shutdown")
+
+    def test_compression(self) -> None:
+        """With compression on, an offer is answered without context takeover, and long messages are deflated."""
+        self.build(compression=True)
+        peer = self.open(deflate=True)
+        self.assertIn(b"permessage-deflate", peer.response)
+        self.assertIn(b"server_no_context_takeover", peer.response)
+        info = peer.frames()
+        self.assertTrue(info[0][2], "INFO is longer than the threshold: deflated")
+        peer.send(b'CONNECT {"verbose":false}\r\nSUB a 1\r\nPUB a 100\r\n' + b"z" * 100 + b"\r\nPING\r\n")
+        frames = peer.frames()
+        self.assertEqual(wsframes.payloads(frames), b"MSG a 1 100\r\n" + b"z" * 100 + b"\r\n" + b"PONG\r\n")
+        self.assertTrue(frames[0][2])
+
+    def test_compression_off(self) -> None:
+        """Without compression, an offer is declined: no extension in the answer."""
+        peer = self.open(deflate=True)
+        self.assertNotIn(b"permessage-deflate", peer.response)
+
+
+class OriginTests(Harness):
+    def test_any_origin_by_default(self) -> None:
+        self.assertEqual(Peer(self, origin="http://anywhere.example").status, 101)
+
+    def test_allowed_origins(self) -> None:
+        """Only the listed origins (scheme, host and port) get in; others get 403, and nothing is counted."""
+        self.build(origins=OriginPolicy.from_urls(False, ("https://console.example.com", "http://127.0.0.1:8222")))
+        self.assertEqual(Peer(self, origin="https://console.example.com").status, 101)
+        self.assertEqual(Peer(self, origin="https://console.example.com:443").status, 101)
+        self.assertEqual(Peer(self, origin="http://127.0.0.1:8222").status, 101)
+        for origin in ("http://console.example.com", "https://evil.example", "http://127.0.0.1:9999"):
+            peer = Peer(self, origin=origin)
+            self.assertEqual(peer.status, 403, origin)
+        self.assertEqual(len(self.clients.live), 3)
+
+    def test_no_origin_header(self) -> None:
+        """Not from a browser (no Origin): let through, as RFC 6455 and nats-server have it."""
+        self.build(origins=OriginPolicy.from_urls(True, ("https://console.example.com",)))
+        self.assertEqual(Peer(self).status, 101)
+
+    def test_same_origin(self) -> None:
+        """same_origin: the page must come from the listener's own host and port."""
+        self.build(origins=OriginPolicy.from_urls(True, ()))
+        self.assertEqual(Peer(self, origin="http://" + HOST).status, 101)
+        self.assertEqual(Peer(self, origin="http://127.0.0.1:8222").status, 403)
+
+    def test_origin_of(self) -> None:
+        self.assertEqual(origin_of("https://A.example"), ("https", "a.example", 443))
+        self.assertEqual(origin_of("http://a.example:81"), ("http", "a.example", 81))
+        for bad in ("a.example", "ftp://a.example", "http://"):
+            self.assertRaises(ValueError, origin_of, bad)
