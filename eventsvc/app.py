@@ -395,7 +395,9 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             where = _where("monitor", config)
             from eventsvc.ops.monitor import MonitorService
 
-            MonitorService(top, config.monitor.host, config.monitor.port, reactor, where, config.limits.listen_backlog).setServiceParent(top)
+            MonitorService(
+                top, config.monitor.host, config.monitor.port, reactor, where, config.limits.listen_backlog, _console(config),
+            ).setServiceParent(top)
     except TLSFilesError as e:
         raise StartupError(str(e))
     return top
@@ -886,3 +888,24 @@ def _websocket(config: Config, broker: Broker, reactor: Any) -> WebSocketListene
         clients, OriginPolicy.from_urls(ws.same_origin, ws.allowed_origins), ws.compression, ws.handshake_timeout, context, reactor
     )
     return WebSocketListener(ws, "websocket", clients, ws.host, ws.port, reactor, _where("websocket", config), wire=wire)
+
+
+def _console(config: Config) -> Any:
+    """The console's settings ([console], its [[websocket.identities]] entry), or None when it is off."""
+    if not config.console.enabled:
+        return None
+    from eventsvc.nats.websocket import origin_of
+    from eventsvc.ops.console import ConsoleSettings
+
+    ws = config.websocket
+    identity = next(i for i in ws.identities if i.name == config.console.identity)
+    credentials = {"auth_token": identity.token} if identity.token else {"user": identity.user, "pass": identity.password}
+    return ConsoleSettings(
+        identity=identity.name,
+        credentials=credentials,
+        permissions=Permissions(**identity_permissions(identity, ws.permissions)),
+        websocket_url=config.console.websocket_url,
+        websocket_secure=not ws.no_tls,
+        dead_letter_file=config.events.dead_letter_file if config.service.enabled else "",
+        hosts=tuple(origin_of(o)[1] for o in ws.allowed_origins),
+    )

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Tuple
 
 from eventsvc.cli import wire
 from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
+from eventsvc.events.deadletters import read_dead_letters
 from eventsvc.events.dispatch import REPLAY_PREFIX
 from eventsvc.events.spool import owed, read_spool
 from eventsvc.files import write_atomic
@@ -28,28 +29,6 @@ def _when(t: float) -> str:
     if not t:
         return "at an unknown time"
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def read_dead_letters(path: str) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
-    """The file's lines, the records they hold (None for a line that is not one), and the bad line numbers."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return [], [], []
-    records: List[Any] = []
-    bad = []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "event" not in record or "handler" not in record:
-                raise ValueError
-        except ValueError:
-            record = None
-            if line.strip():
-                bad.append(n)
-        records.append(record)
-    return lines, records, bad
 
 
 def dead_letters_list(options: argparse.Namespace) -> int:

@@ -164,6 +164,34 @@ class Monitor:
     def leafnodes(self) -> Any:
         return self._named("leafnodes")
 
+    def eventz(self) -> dict:
+        """
+        The typed events' counters (eventsvc's own; /metrics has the same
+        as Prometheus series): accepted and refused, and per handler what it
+        delivered, retried and dead-lettered by type, its backlog and its
+        delivery-latency histogram (cumulative buckets, seconds).
+        """
+        events = getattr(self.service, "events", None)
+        out: Dict[str, Any] = {"server_id": self.broker.server_id, "now": rfc3339(time.time())}
+        if events is None:
+            return dict(out, enabled=False)
+        handlers = {}
+        for name, handler in sorted(events.handlers.items()):
+            buckets, total = handler.latency.snapshot()
+            handlers[name] = dict(
+                {key: dict(sorted(counts.items())) for key, counts in handler.by_type.items()},
+                backlog=handler.backlog_size,
+                backlog_growing_seconds=handler.growing_seconds(),
+                requests=handler.attempts,
+                latency={"buckets": buckets, "sum": total, "count": buckets[-1][1] if buckets else 0},
+            )
+        return dict(
+            out, enabled=True, queued=events.pending, accepted=events.accepted,
+            accepted_by_type=dict(sorted(events.accepted_by_type.items())),
+            refused=events.refused, refused_by_reason=dict(sorted(events.refused_by_reason.items())),
+            handlers=handlers,
+        )
+
     def healthz(self) -> "tuple[int, dict]":
         ok, why = self.service.health()
         if not ok:
@@ -254,7 +282,8 @@ class Monitor:
         out = {
             "cid": c.cid,
             "kind": "Client",
-            "type": "nats",
+            # (nats-server's clientTypeString)
+            "type": "websocket" if c.websocket else "nats",
             "ip": c.peer.host,
             "port": c.peer.port,
             "start": rfc3339(c.start),
@@ -692,7 +721,9 @@ class MonitorService(Service):
 
     log = Logger()
 
-    def __init__(self, parent_service: Any, host: str, port: int, reactor: Any, where: str, backlog: int = 50) -> None:
+    def __init__(
+        self, parent_service: Any, host: str, port: int, reactor: Any, where: str, backlog: int = 50, console: Any = None,
+    ) -> None:
         self.setName("monitor")
         self.monitor = Monitor(parent_service, reactor, host, port)
         self.host, self.port, self.reactor, self.where, self.backlog = host, port, reactor, where, backlog
@@ -707,9 +738,14 @@ class MonitorService(Service):
             ("routez", lambda r: m.routez()),
             ("gatewayz", lambda r: m.gatewayz()),
             ("leafz", lambda r: m.leafz(r.args)),
+            ("eventz", lambda r: m.eventz()),
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))
+        if console is not None:
+            from eventsvc.ops.console import add_console
+
+            add_console(root, m, console)
         self.site = _QuietSite(root)
 
     def startService(self) -> None:

@@ -78,9 +78,9 @@ def inflate(payload: bytes) -> bytes:
 class RawClient:
     """A blocking WebSocket client on a real socket, for interop tests."""
 
-    def __init__(self, port: int, origin: str = "", deflate: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.sock.sendall(upgrade_request("127.0.0.1:{}".format(port), origin=origin, deflate=deflate))
+    def __init__(self, port: int, origin: str = "", deflate: bool = False, path: str = "/", timeout: float = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.sendall(upgrade_request("127.0.0.1:{}".format(port), path=path, origin=origin, deflate=deflate))
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(4096)

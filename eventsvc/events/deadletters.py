@@ -1,0 +1,32 @@
+"""
+Reading the dead-letter file ([events] dead_letter_file): one JSON object
+per line, written by L{eventsvc.events.handlers.DeadLetters}.  Read by the
+admin command (C{eventsvc dead-letters}) and by the console.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Tuple
+
+
+def read_dead_letters(path: str) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
+    """The file's lines, the records they hold (None for a line that is not one), and the bad line numbers."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return [], [], []
+    records: List[Any] = []
+    bad = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "event" not in record or "handler" not in record:
+                raise ValueError
+        except ValueError:
+            record = None
+            if line.strip():
+                bad.append(n)
+        records.append(record)
+    return lines, records, bad

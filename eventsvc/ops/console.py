@@ -1,0 +1,312 @@
+"""
+The live console, on the monitor's listener: the page at /, its files under
+/console/, what the page needs to connect (/console.json), and the dead
+letters (/deadletterz, and POST /deadletterz/replay).
+
+The page speaks NATS over the [websocket] listener as the console identity
+([console] identity), and can do there only what that identity's
+permissions allow.  Replaying a dead letter is a publish to
+C{$EVENTSVC.replay.<handler>}: it is refused unless the console identity
+may publish there.
+
+What keeps the console safe to leave on:
+  - the monitor binds to loopback unless told otherwise;
+  - /console.json (it holds the identity's secret) and the replay answer
+    only to a Host the operator named: an IP address, localhost, the
+    monitor's host, or a host of [websocket] allowed_origins.  A page on
+    another site that rebinds its name to 127.0.0.1 is refused;
+  - a replay must be a POST with the header C{X-Eventsvc-Console}, which a
+    page on another origin cannot send without CORS, which is never
+    granted; an Origin header, when present, must be the monitor's own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server, static
+
+from eventsvc.events.deadletters import read_dead_letters
+from eventsvc.events.dispatch import REPLAY_PREFIX
+from eventsvc.files import write_atomic
+
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "console", "static")
+#: Dead letters listed at most (the newest).
+LIST_LIMIT = 200
+#: Seconds a replay waits for the event service's acknowledgement.
+REPLAY_TIMEOUT = 5.0
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """What the console is given by the configuration ([console], [websocket])."""
+
+    identity: str
+    #: The CONNECT keys it logs in with: auth_token, or user and pass.
+    credentials: Dict[str, str]
+    #: The identity's permissions (an IPermissions).
+    permissions: Any
+    #: Where the page connects; "" for the page's own host and the listener's port.
+    websocket_url: str = ""
+    websocket_secure: bool = False
+    dead_letter_file: str = ""
+    #: Host names (besides IP addresses and localhost) the console answers under.
+    hosts: Tuple[str, ...] = field(default_factory=tuple)
+
+    def may_replay(self, handler: str) -> bool:
+        return bool(self.permissions is None or self.permissions.may_publish((REPLAY_PREFIX + handler).encode("utf-8")))
+
+
+def add_console(root: Any, monitor: Any, settings: ConsoleSettings) -> None:
+    """Put the console's resources on the monitor's root."""
+    root.putChild(b"", _Page(os.path.join(STATIC, "index.html")))
+    root.putChild(b"console", _Files(STATIC))
+    root.putChild(b"console.json", _ConsoleJSON(monitor, settings))
+    dead = _DeadLetterz(monitor, settings)
+    dead.putChild(b"replay", _Replay(monitor, settings))
+    root.putChild(b"deadletterz", dead)
+
+
+def trusted_host(request: Any, settings: ConsoleSettings, monitor_host: str) -> bool:
+    """
+    Whether the request names a host the operator chose (see the module
+    docstring): what defeats DNS rebinding.
+    """
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    name = urlsplit("//" + host).hostname or ""
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in ("localhost", monitor_host) or name in settings.hosts
+
+
+def _json(request: Any, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, indent=2).encode("utf-8") + b"\n"
+
+
+class _Files(static.File):
+    """The page's files; no folder listings."""
+
+    def directoryListing(self) -> Any:
+        return resource.NoResource()
+
+
+class _Page(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        # The page runs only its own scripts, and talks only to this monitor
+        # and to WebSockets (the NATS listener).
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+        )
+        request.setHeader(b"x-frame-options", b"DENY")
+        with open(self.path, "rb") as f:
+            return f.read()
+
+
+class _ConsoleJSON(resource.Resource):
+    """What the page needs to connect: the WebSocket URL and the identity's credentials."""
+
+    isLeaf = True
+
+    def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.settings = settings
+
+    def render_GET(self, request: Any) -> bytes:
+        s = self.settings
+        if not trusted_host(request, s, self.monitor.http_host):
+            return _json(request, 403, {"error": "the console answers only under an IP address, localhost or a configured host"})
+        websocket = self.monitor.listener("websocket")
+        return _json(request, 200, {
+            "identity": s.identity,
+            "websocket_url": s.websocket_url,
+            "websocket_port": websocket.state.port if websocket is not None else 0,
+            "websocket_scheme": "wss" if s.websocket_secure else "ws",
+            "credentials": s.credentials,
+            "server_name": self.monitor.broker.server_name if hasattr(self.monitor.broker, "server_name") else "",
+        })
+
+
+class _DeadLetterz(resource.Resource):
+    """GET: the newest dead letters (at most LIST_LIMIT), without their bodies, and whether each may be replayed."""
+
+    def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.settings = settings
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path == b"":
+            return self
+        return resource.NoResource()
+
+    def render_GET(self, request: Any) -> bytes:
+        path = self.settings.dead_letter_file
+        _, records, bad = read_dead_letters(path) if path else ([], [], [])
+        found = [r for r in records if r is not None]
+        rows = [{
+            "time": r.get("time"), "handler": r.get("handler"), "event_id": r.get("event_id"),
+            "type": (r.get("event") or {}).get("type", {}).get("name") if isinstance(r.get("event"), dict) else None,
+            "attempts": r.get("attempts"), "reason": r.get("reason"),
+            "replayable": self.settings.may_replay(str(r.get("handler"))),
+        } for r in found[-LIST_LIMIT:]]
+        rows.reverse()
+        return _json(request, 200, {"file": path, "total": len(found), "unreadable_lines": bad, "dead_letters": rows})
+
+
+class _Replay(resource.Resource):
+    """
+    POST {"event_id": "..."}: put that dead letter back for its handler, as
+    C{eventsvc dead-letters replay --id} does (through the event service's
+    replay subject, then out of the file under its lock).
+    """
+
+    isLeaf = True
+
+    def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.settings = settings
+
+    def render_POST(self, request: Any) -> Any:
+        s = self.settings
+        if not trusted_host(request, s, self.monitor.http_host):
+            return _json(request, 403, {"error": "untrusted Host"})
+        if not request.getHeader(b"x-eventsvc-console"):
+            return _json(request, 403, {"error": "a replay needs the X-Eventsvc-Console header (sent by the console page)"})
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        if origin and urlsplit(origin).netloc != (request.getHeader(b"host") or b"").decode("latin-1"):
+            return _json(request, 403, {"error": "a replay must come from the console's own page"})
+        try:
+            event_id = json.loads(request.content.read() or b"{}")["event_id"]
+            if not isinstance(event_id, str) or not event_id:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return _json(request, 400, {"error": 'send {"event_id": "..."}'})
+        if not s.dead_letter_file:
+            return _json(request, 404, {"error": "no dead-letter file ([events] dead_letter_file)"})
+        d = replay(self.monitor.broker, self.monitor.clock, s, event_id)
+
+        def answer(result: Tuple[int, Dict[str, Any]]) -> None:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(_json(request, *result))
+                request.finish()
+
+        d.addCallback(answer)
+        d.addErrback(lambda f: answer((500, {"error": f.getErrorMessage()})))
+        return server.NOT_DONE_YET
+
+
+def replay(broker: Any, clock: Any, settings: ConsoleSettings, event_id: str) -> Deferred:
+    """
+    Replay the dead letters with C{event_id}, each once: the file is locked
+    while the event service acknowledges, and only what it accepted is taken
+    out.  Fires with (HTTP code, answer).
+    """
+    path = settings.dead_letter_file
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return _now(404, {"error": "no dead letters"})
+    except OSError as e:
+        return _now(500, {"error": "{}: {}".format(path, e.strerror)})
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return _now(409, {"error": "the dead-letter file is busy (a replay is under way)"})
+    lines, records, _ = read_dead_letters(path)
+    chosen = [i for i, r in enumerate(records) if r is not None and r.get("event_id") == event_id]
+    if not chosen:
+        os.close(fd)
+        return _now(404, {"error": "no dead letter has event id {}".format(event_id)})
+    refused = [records[i]["handler"] for i in chosen if not settings.may_replay(str(records[i]["handler"]))]
+    if refused:
+        os.close(fd)
+        return _now(403, {"error": "the console identity {!r} may not publish to {}".format(
+            settings.identity, ", ".join(REPLAY_PREFIX + str(h) for h in refused))})
+    done: Deferred = Deferred()
+    replayed: List[int] = []
+    errors: List[str] = []
+    waiting = set(chosen)
+
+    def finish() -> None:
+        if done.called:
+            return
+        try:
+            if replayed:
+                kept = [line for i, line in enumerate(lines) if i not in replayed]
+                write_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"), 0o600)
+        finally:
+            os.close(fd)
+        for sub in subs:
+            sub.unsubscribe()
+        if timer.active():
+            timer.cancel()
+        log.info("console: replayed {count} dead letter(s) of {event_id}", count=len(replayed), event_id=event_id)
+        code = 200 if replayed and not errors else 502
+        done.callback((code, {"event_id": event_id, "replayed": len(replayed), "errors": errors}))
+
+    def timed_out() -> None:
+        errors.append("no acknowledgement in {}s".format(REPLAY_TIMEOUT))
+        finish()
+
+    subs: List[Any] = []
+    timer = clock.callLater(REPLAY_TIMEOUT, timed_out)
+    for i in chosen:
+        inbox = "_INBOX.console.{}".format(uuid.uuid4().hex)
+
+        def acked(subject: str, reply: Any, payload: bytes, headers: Any, i: int = i) -> None:
+            try:
+                ack = json.loads(payload)
+            except ValueError:
+                ack = {"success": False, "error": "not JSON"}
+            if ack.get("success"):
+                replayed.append(i)
+            else:
+                errors.append(str(ack.get("error")))
+            waiting.discard(i)
+            if not waiting:
+                finish()
+
+        subs.append(broker.subscribe(inbox, acked))
+        record = records[i]
+        if not broker.publish(REPLAY_PREFIX + str(record["handler"]), json.dumps(record["event"]).encode("utf-8"), reply=inbox):
+            errors.append("no event service answers on {}".format(REPLAY_PREFIX + str(record["handler"])))
+            waiting.discard(i)
+    if not waiting:
+        finish()
+    return done
+
+
+def _now(code: int, body: Dict[str, Any]) -> Deferred:
+    d: Deferred = Deferred()
+    d.callback((code, body))
+    return d
