@@ -51,12 +51,12 @@ install: $(VENV)/bin/pip
 install-test: $(VENV)/bin/pip
 	$(VENV)/bin/pip install -q ".[test,typecheck]"
 
-# nats-server (the reference server) for the interop tests, and systemd-analyze
-# (to check dist/eventsvc.service), from Debian.
+# nats-server (the reference server) for the interop tests, systemd-analyze (to
+# check dist/eventsvc.service) and Chromium (the console's browser test), from Debian.
 system-deps:
-	@command -v nats-server >/dev/null && command -v systemd-analyze >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server systemd; \
-	  else echo "nats-server or systemd is missing: sudo apt-get install nats-server systemd (those tests will be skipped)"; fi; }
+	@command -v nats-server >/dev/null && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server systemd chromium; \
+	  else echo "nats-server, systemd or chromium is missing: sudo apt-get install nats-server systemd chromium (those tests will be skipped)"; fi; }
 
 # nats.js for the WebSocket interop tests (interop/js/package-lock.json), with Node's npm.
 js-deps: interop/js/node_modules/.package-lock.json

@@ -103,7 +103,9 @@ def _json(request: Any, code: int, body: Any) -> bytes:
 
 
 class _Files(static.File):
-    """The page's files; no folder listings."""
+    """The page's files; no folder listings, no index page."""
+
+    indexNames: List[str] = []
 
     def directoryListing(self) -> Any:
         return resource.NoResource()
