@@ -154,7 +154,7 @@ class ClosedConnection:
     __slots__ = (
         "cid", "peer", "start", "last_activity", "stopped", "close_reason", "rtt",
         "in_msgs", "out_msgs", "in_bytes", "out_bytes", "name", "lang", "client_version",
-        "identity", "listener",
+        "identity", "listener", "websocket",
     )
     closed = True
     pending_bytes = 0

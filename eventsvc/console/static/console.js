@@ -156,14 +156,14 @@ async function showDeadLetters() {
     const dz = await getJSON("/deadletterz");
     $("dead-status").textContent = dz.total ? dz.total + " in " + dz.file + (dz.total > dz.dead_letters.length ? " (newest " + dz.dead_letters.length + " shown)" : "") : "None.";
     fill("dead", dz.dead_letters, (row, d) => {
-      cell(row, d.time ? new Date(d.time * 1000).toISOString().replace("T", " ").slice(0, 19) : "");
-      cell(row, d.handler); cell(row, d.event_id); cell(row, d.type); cell(row, d.attempts, "n"); cell(row, d.reason);
       const button = document.createElement("button");
       button.textContent = "Replay";
       button.disabled = !d.replayable;
       button.title = d.replayable ? "Put it back for " + d.handler : "the console identity may not publish to $EVENTSVC.replay." + d.handler;
       button.onclick = () => replay(d.event_id, button);
       row.insertCell().appendChild(button);
+      cell(row, d.time ? new Date(d.time * 1000).toISOString().replace("T", " ").slice(0, 19) : "");
+      cell(row, d.handler); cell(row, d.event_id); cell(row, d.type); cell(row, d.attempts, "n"); cell(row, d.reason);
     });
   } catch (e) {
     $("dead-status").textContent = String(e.message || e);
