@@ -179,6 +179,22 @@ class WebSocketTests(Harness):
         self.assertEqual(wsframes.payloads(text), b"PING\r\nPING\r\n-ERR 'Stale Connection'\r\n")
         self.assertEqual(text[-1][3], b"\x03\xeeStale Connection")
 
+    def test_slow_consumer(self) -> None:
+        """A subscriber whose socket stopped draining is cut off past max_pending, as on TCP; the publisher goes on."""
+        self.build(max_pending=4096, max_payload=2048)
+        slow, fast = self.open(), self.open(port=50001)
+        slow.frames(), fast.frames()
+        slow.send(b'CONNECT {"verbose":false}\r\nSUB big 1\r\n')
+        slow.transport.producer.pauseProducing()  # (the kernel's buffer is full)
+        fast.send(b'CONNECT {"verbose":false}\r\n')
+        for _ in range(4):
+            fast.send(b"PUB big 2000\r\n" + b"x" * 2000 + b"\r\n")
+        self.assertTrue(slow.transport.disconnecting)
+        self.assertEqual(self.broker.slow_consumers, 1)
+        self.assertEqual(len(self.clients.live), 1)
+        fast.send(b"PING\r\n")
+        self.assertEqual(fast.text(), b"PONG\r\n")
+
     def test_upgrade_timeout(self) -> None:
         """A connection that never finishes the HTTP upgrade is dropped after handshake_timeout, and never counted."""
         transport = SocketTransport()
