@@ -335,14 +335,12 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-    enabled: bool = False
-    host: str = "0.0.0.0"
-    port: int = 4222
-    max_connections: int = 10000
-    auth_timeout: float = limits.AUTH_TIMEOUT
-    disable_frontend_tls: bool = False
-    frontend_tls: Tuple[FrontendTLSConfig, ...] = ()
+class ListenerAuthConfig:
+    """
+    How a client listener's clients log in ([gateway], [websocket]): the
+    same keys, checked by one function and built into one chain.
+    """
+
     tokens: Tuple[str, ...] = ()
     tokens_file: str = ""
     users: Dict[str, str] = field(default_factory=dict)
@@ -350,12 +348,23 @@ class GatewayConfig:
     http_auth_url: str = ""
     http_auth_ttl: float = 60.0
     python_authenticator: str = ""
-    health_token_file: str = "gateway-health.token"
     permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
 
 
 @dataclass(frozen=True)
-class WebSocketConfig:
+class GatewayConfig(ListenerAuthConfig):
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 4222
+    max_connections: int = 10000
+    auth_timeout: float = limits.AUTH_TIMEOUT
+    disable_frontend_tls: bool = False
+    frontend_tls: Tuple[FrontendTLSConfig, ...] = ()
+    health_token_file: str = "gateway-health.token"
+
+
+@dataclass(frozen=True)
+class WebSocketConfig(ListenerAuthConfig):
     """
     NATS over WebSocket, for browsers (nats-server's websocket block).  TLS
     is under the WebSocket (wss://), from cert_path and key_path, unless
@@ -378,14 +387,6 @@ class WebSocketConfig:
     handshake_timeout: float = 2.0
     max_connections: int = 10000
     auth_timeout: float = limits.AUTH_TIMEOUT
-    tokens: Tuple[str, ...] = ()
-    tokens_file: str = ""
-    users: Dict[str, str] = field(default_factory=dict)
-    identities: Tuple[IdentityConfig, ...] = ()
-    http_auth_url: str = ""
-    http_auth_ttl: float = 60.0
-    python_authenticator: str = ""
-    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
 
 
 @dataclass(frozen=True)

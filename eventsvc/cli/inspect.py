@@ -50,25 +50,27 @@ def describe(config: configuration.Config) -> List[str]:
             front = "plaintext (disable_frontend_tls)"
         else:
             front = "TLS by SNI ({})".format(", ".join(e.server_name for e in gw.frontend_tls))
-        auth = []
-        if gw.tokens or gw.tokens_file:
-            auth.append("tokens ({} listed{})".format(len(gw.tokens), ", and " + gw.tokens_file if gw.tokens_file else ""))
-        if gw.users:
-            auth.append("users ({})".format(len(gw.users)))
-        if gw.identities:
-            auth.append("identities ({})".format(", ".join(i.name for i in gw.identities)))
-        if gw.http_auth_url:
-            auth.append("HTTP check at {}".format(gw.http_auth_url))
-        if gw.python_authenticator:
-            auth.append("python:{}".format(gw.python_authenticator))
+        auth = _logins(gw)
         out.append("gateway listener on {}:{}: {}; authentication: {}; at most {} connections".format(
             gw.host, gw.port, front, ", ".join(auth), gw.max_connections))
         p = gw.permissions
         out.append("gateway agents may publish to {} and subscribe to {}".format(
             _subjects(p.publish_allow, p.publish_deny), _subjects(p.subscribe_allow, p.subscribe_deny)))
         out.append("health-check token file: {}".format(gw.health_token_file))
+    ws = config.websocket
+    if ws.enabled:
+        origins = "pages from {}".format(", ".join(ws.allowed_origins)) if ws.allowed_origins else "pages from any origin"
+        if ws.same_origin:
+            origins += " (same origin only)"
+        out.append("websocket listener on {}:{}: {}; authentication: {}; {}; at most {} connections".format(
+            ws.host, ws.port, "plaintext ws:// (no_tls)" if ws.no_tls else "TLS wss:// ({})".format(ws.cert_path),
+            ", ".join(_logins(ws)), origins, ws.max_connections))
     if config.monitor.enabled:
-        out.append("monitor on http://{}:{}/ (/healthz /varz /connz /subsz /routez /metrics)".format(config.monitor.host, config.monitor.port))
+        out.append("monitor on http://{}:{}/ (/healthz /varz /connz /subsz /routez /gatewayz /leafz /eventz /metrics)".format(
+            config.monitor.host, config.monitor.port))
+    if config.console.enabled:
+        out.append("console on http://{}:{}/, connecting as websocket identity {!r}".format(
+            config.monitor.host, config.monitor.port, config.console.identity))
     if cl.enabled:
         parts = ["cluster {}".format(cl.name)]
         if cl.listen:
@@ -132,6 +134,22 @@ def config_show(options: argparse.Namespace) -> int:
 #: Keys whose values are secrets, wherever they are.
 _SECRET_KEYS = {"tokens", "token", "password"}
 REDACTED = "<redacted>"
+
+
+def _logins(sec: Any) -> List[str]:
+    """How a listener's clients may log in, for its line."""
+    auth = []
+    if sec.tokens or sec.tokens_file:
+        auth.append("tokens ({} listed{})".format(len(sec.tokens), ", and " + sec.tokens_file if sec.tokens_file else ""))
+    if sec.users:
+        auth.append("users ({})".format(len(sec.users)))
+    if sec.identities:
+        auth.append("identities ({})".format(", ".join(i.name for i in sec.identities)))
+    if sec.http_auth_url:
+        auth.append("HTTP check at {}".format(sec.http_auth_url))
+    if sec.python_authenticator:
+        auth.append("python:{}".format(sec.python_authenticator))
+    return auth
 
 
 def effective(config: configuration.Config) -> Dict[str, Any]:
