@@ -872,7 +872,7 @@ def _websocket(config: Config, broker: Broker, reactor: Any) -> WebSocketListene
     ws = config.websocket
     context = None
     if not ws.no_tls:
-        context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"))
+        context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"), alpn=(b"http/1.1",))
     settings = _client_settings(
         config.limits,
         host=ws.host,

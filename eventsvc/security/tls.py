@@ -73,12 +73,18 @@ def mutual_tls_server(cert_path: str, key_path: str, root_ca_path: str) -> ssl.C
     )
 
 
-def server_options(identity: ssl.PrivateCertificate) -> ssl.CertificateOptions:
-    """Server options with no client certificate, TLS 1.2 at least."""
+def server_options(identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ()) -> ssl.CertificateOptions:
+    """
+    Server options with no client certificate, TLS 1.2 at least.  C{alpn}:
+    the protocols offered over ALPN (a WebSocket listener's C{http/1.1}:
+    browsers always ask, and Twisted 26.10 fails the handshake with an
+    internal-error alert when nothing overlaps).
+    """
     return ssl.CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=list(alpn) or None,
     )
 
 

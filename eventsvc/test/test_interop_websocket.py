@@ -32,11 +32,13 @@ def js_dir() -> str:
     return path
 
 
-def run_script(port: int, token: str = TOKEN) -> dict:
+def run_script(port: int, token: str = TOKEN, url: str = "", ca: str = "") -> dict:
+    """The nats.js script against C{url} (ws://127.0.0.1:C{port}); C{ca}: a CA file Node trusts too (wss://)."""
     node = process.require("node")
+    env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca) if ca else None
     done = subprocess.run(
-        [node, "--experimental-websocket", "--no-warnings", "wsinterop.mjs", "ws://127.0.0.1:{}".format(port), token],
-        cwd=js_dir(), capture_output=True, text=True, timeout=60,
+        [node, "--experimental-websocket", "--no-warnings", "wsinterop.mjs", url or "ws://127.0.0.1:{}".format(port), token],
+        cwd=js_dir(), capture_output=True, text=True, timeout=60, env=env,
     )
     if done.returncode != 0:
         raise AssertionError("nats.js script failed ({}):\n{}{}".format(done.returncode, done.stdout, done.stderr))
@@ -174,3 +176,56 @@ class ConsoleIdentityTests(TestCase):
 
         got = await threads.deferToThread(scene)
         self.assertEqual(got, b"-ERR 'Permissions Violation for Publish to \"news\"'\r\nPONG\r\n")
+
+
+class SecureWebSocketTests(TestCase):
+    """wss://: TLS under the WebSocket, from [websocket] cert_path and key_path (the FAKE dev certificates)."""
+
+    timeout = 120
+
+    async def test_wss(self) -> None:
+        import ssl
+
+        certs = os.path.join(process.source_tree(), "dev", "certs")
+        path = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[websocket]\nport = 0\ncert_path = "{certs}/gateway.crt"\nkey_path = "{certs}/gateway.key"\ntokens = ["{token}"]\n'
+            '[websocket.permissions]\npublish_allow = [">"]\nsubscribe_allow = [">"]\n'
+        ).format(certs=certs, token=TOKEN))
+        server = process.eventsvc(path, expect=("websocket",))
+        await process.started(self, server)
+        port = server.ports["websocket"]
+        self.assertIn("WebSocket over TLS (wss://)", server.output())
+
+        def raw() -> "tuple[int, bytes, str]":
+            context = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+            # As a browser does (with nothing in common, Twisted fails the handshake).
+            context.set_alpn_protocols(["http/1.1"])
+            client = RawClient(port, tls=context)
+            try:
+                return client.status, payloads(client.frames(until=b"\r\n")), client.sock.selected_alpn_protocol()
+            finally:
+                client.close()
+
+        status, info, alpn = await threads.deferToThread(raw)
+        self.assertEqual((status, alpn), (101, "http/1.1"))
+        self.assertTrue(info.startswith(b"INFO {") and b"tls_required" not in info, info)
+
+        def plaintext() -> bytes:
+            # Plain HTTP to a TLS port: no upgrade, nothing in clear.
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(wsframes.upgrade_request("127.0.0.1:{}".format(port)))
+                try:
+                    return sock.recv(4096)
+                except OSError:
+                    return b""
+
+        self.assertNotIn(b"101 Switching", await threads.deferToThread(plaintext))
+        js_dir()
+        ours = await threads.deferToThread(
+            run_script, port, TOKEN, "wss://127.0.0.1:{}".format(port), os.path.join(certs, "ca.crt")
+        )
+        self.assertEqual(ours["big"], {"length": 1048576, "same": True})
+        self.assertEqual(ours["request"], "echo:ping")

@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 import zlib
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
 
@@ -78,8 +78,13 @@ def inflate(payload: bytes) -> bytes:
 class RawClient:
     """A blocking WebSocket client on a real socket, for interop tests."""
 
-    def __init__(self, port: int, origin: str = "", deflate: bool = False, path: str = "/", timeout: float = 5) -> None:
+    def __init__(
+        self, port: int, origin: str = "", deflate: bool = False, path: str = "/", timeout: float = 5, tls: Any = None,
+    ) -> None:
+        """C{tls}: an C{ssl.SSLContext} for wss:// (the server's name is taken to be localhost)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.sock.sendall(upgrade_request("127.0.0.1:{}".format(port), path=path, origin=origin, deflate=deflate))
         head = b""
         while b"\r\n\r\n" not in head:
