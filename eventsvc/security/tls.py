@@ -65,27 +65,47 @@ def mutual_tls_server(cert_path: str, key_path: str, root_ca_path: str) -> ssl.C
     """
     identity = load_identity(cert_path, key_path, "[tls]")
     ca = load_certificate(root_ca_path, "[tls] root_ca_path")
-    return ssl.CertificateOptions(
+    return _alpn_optional(ssl.CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         trustRoot=ssl.trustRootFromCertificates([ca]),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
+    ))
 
 
 def server_options(identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ()) -> ssl.CertificateOptions:
     """
     Server options with no client certificate, TLS 1.2 at least.  C{alpn}:
-    the protocols offered over ALPN (a WebSocket listener's C{http/1.1}:
-    browsers always ask, and Twisted 26.10 fails the handshake with an
-    internal-error alert when nothing overlaps).
+    the protocols chosen over ALPN when the client offers one of them (a
+    WebSocket listener's C{http/1.1}, which browsers ask for).
     """
-    return ssl.CertificateOptions(
+    return _alpn_optional(ssl.CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        acceptableProtocols=list(alpn) or None,
-    )
+    ), alpn)
+
+
+def _alpn_optional(options: ssl.CertificateOptions, acceptable: Sequence[bytes] = ()) -> ssl.CertificateOptions:
+    """
+    ALPN as nats-server (Go's crypto/tls) does it: one of C{acceptable} if
+    the client offers it, else the handshake goes on with no protocol.
+    Twisted's own callback (installed on every context since 24.x) fails
+    the handshake with an internal-error alert when nothing overlaps, so a
+    client that offers ALPN (every browser, some NATS clients) could not
+    connect at all.  The context is made here, once, and shared by every
+    connection, so the callback set on it is the one used.
+    """
+    wanted = tuple(acceptable)
+
+    def select(connection: SSL.Connection, offered: Sequence[bytes]) -> Any:
+        for protocol in wanted:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    options.getContext().set_alpn_select_callback(select)
+    return options
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -50,6 +50,17 @@ class MutualTLSTests(SynchronousTestCase):
         subject = server.inner.peer.certificate.get_subject()
         self.assertEqual(subject.commonName, "alice")
 
+    def test_client_offering_alpn(self) -> None:
+        """A client that offers ALPN the server does not speak is served without a protocol, as nats-server does."""
+        options = ssl.optionsForClientTLS(
+            "localhost", trustRoot=self.pki.trust_root(), clientCertificate=PKI.private(self.pki.issue("alpn")),
+            acceptableProtocols=[b"h2", b"nats"],
+        )
+        client = UpgradingClient(options)
+        self.harness.connect(client)
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+
     def test_messages_flow_over_tls(self) -> None:
         a = UpgradingClient(self.client_options(self.pki.issue("a")), b'CONNECT {"verbose":false}\r\nSUB x 1\r\nPING\r\n')
         _, pump_a = self.harness.connect(a)
@@ -132,6 +143,13 @@ class SNITests(SynchronousTestCase):
         self.assertEqual(self.served_name("events.example.com"), "events.example.com")
         self.assertEqual(self.served_name("gateway.example.org"), "gateway.example.org")
         self.assertEqual(self.served_name("GATEWAY.example.org"), "gateway.example.org")
+
+    def test_client_offering_alpn(self) -> None:
+        """The gateway's TLS too: a client offering ALPN (h2, say) is served, with no protocol chosen."""
+        options = ssl.optionsForClientTLS("events.example.com", trustRoot=self.pki.trust_root(), acceptableProtocols=[b"h2"])
+        client = UpgradingClient(options)
+        self.harness.connect(client)
+        self.assertTrue(client.app.handshaken)
 
     def test_unknown_name_gets_default(self) -> None:
         # The client then refuses it (wrong name): the default was what was offered.
