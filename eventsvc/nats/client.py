@@ -43,6 +43,7 @@ from eventsvc.nats.session import HANDSHAKE, Session
 from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
 from eventsvc.nats.tcp import no_delay
+from eventsvc.nats.timers import cancel
 
 OK = b"+OK\r\n"
 
@@ -269,7 +270,7 @@ class ClientConnection(Protocol):
         self.pinger.stop()
         self.outbound.close()
         self.login.cancel()
-        self._parse_call = _cancel(self._parse_call)
+        self._parse_call = cancel(self._parse_call)
         if self.subs:
             self.broker.remove_subscriptions(list(self.subs.values()))
             self.subs.clear()
@@ -586,12 +587,6 @@ _VIOLATION_REASONS = {
 def _violation_reason(error: Optional[str]) -> str:
     return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
 
-
-def _cancel(timer: Any) -> Any:
-    """Cancel a delayed call if it is still pending; returns None to store."""
-    if timer is not None and timer.active():
-        timer.cancel()
-    return None
 
 
 def failure_reason(reason: Optional[Failure]) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from eventsvc.nats.timers import cancel
+
 PING = b"PING\r\n"
 PONG = b"PONG\r\n"
 
@@ -54,9 +56,7 @@ class Pinger:
             self._timer = self.clock.callLater(self.interval, self._due)
 
     def stop(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._timer = cancel(self._timer)
 
     def pong_received(self) -> None:
         self.pings_out = 0

@@ -32,6 +32,8 @@ from typing import Any, Callable, List, Optional, Set
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from eventsvc.nats.timers import cancel
+
 
 class HeldOutput:
     """
@@ -196,7 +198,7 @@ class Outbound:
     def resumeProducing(self) -> None:
         """The transport's buffer is empty: hand it the next piece."""
         self.paused = False
-        self._deadline_timer = _cancel(self._deadline_timer)
+        self._deadline_timer = cancel(self._deadline_timer)
         if self._held.size and not self.closed:
             # This may pause us again at once: that is the point.
             self.transport.writeSequence(self._held.take())
@@ -231,7 +233,7 @@ class Outbound:
         timer, self._stall_timer = self._stall_timer, None
         if timer is None:
             return
-        _cancel(timer)
+        cancel(timer)
         if not self.closed:
             self.gate.release(STALLED)
 
@@ -243,8 +245,8 @@ class Outbound:
     def close(self) -> None:
         """The connection is gone: nothing more is written, and nobody waits for it."""
         self.closed = True
-        self._deadline_timer = _cancel(self._deadline_timer)
-        self._stall_timer = _cancel(self._stall_timer)
+        self._deadline_timer = cancel(self._deadline_timer)
+        self._stall_timer = cancel(self._stall_timer)
         self._release_producers()
         self._held.clear()
         del self.out[:]
@@ -259,10 +261,3 @@ def stall_duration(pending: int, max_pending: int) -> float:
     if pending > half:
         ttl += 0.1 * ((pending - half) // max(1, half // 10))
     return ttl
-
-
-def _cancel(timer: Any) -> Any:
-    """Cancel a delayed call if it is still pending; returns None to store."""
-    if timer is not None and timer.active():
-        timer.cancel()
-    return None

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 from automat import MethodicalMachine
 
+from eventsvc.nats.timers import cancel
+
 HANDSHAKE = "handshake"
 AUTHENTICATION = "authentication"
 
@@ -156,7 +158,7 @@ class Session:
 
     @_machine.output()
     def _stop_handshake_clock(self) -> None:
-        self._handshake_timer = _cancel(self._handshake_timer)
+        self._handshake_timer = cancel(self._handshake_timer)
 
     @_machine.output()
     def _start_auth_clock(self) -> None:
@@ -164,8 +166,8 @@ class Session:
 
     @_machine.output()
     def _stop_clocks(self) -> None:
-        self._handshake_timer = _cancel(self._handshake_timer)
-        self._auth_timer = _cancel(self._auth_timer)
+        self._handshake_timer = cancel(self._handshake_timer)
+        self._auth_timer = cancel(self._auth_timer)
 
     @_machine.output()
     def _tell_timed_out(self, which: str) -> None:
@@ -189,9 +191,3 @@ class Session:
         _state.upon(close, enter=_closed, outputs=[_stop_clocks])
     _closed.upon(close, enter=_closed, outputs=[])
     del _state
-
-
-def _cancel(timer: Any) -> Any:
-    if timer is not None and timer.active():
-        timer.cancel()
-    return None

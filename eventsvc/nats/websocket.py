@@ -38,6 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from eventsvc.nats.client import ClientConnection
+from eventsvc.nats.timers import cancel
 
 #: Close codes by nats-server's reason (client.go's ClosedState strings),
 #: as its wsEnqueueCloseMessage chooses them.
@@ -236,7 +237,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        self._timer = _cancel(self._timer)
+        self._timer = cancel(self._timer)
         self._compress = self._perMessageCompress is not None
         client = self.factory.clients.buildProtocol(self.transport.getPeer())
         client.websocket = True
@@ -268,7 +269,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
             self.transport.loseConnection()
             return
         self.sendCloseFrame(code=CLOSE_CODES.get(reason, INTERNAL_ERROR), reasonUtf8=reason.encode("utf-8")[:120])
-        self._timer = _cancel(self._timer)
+        self._timer = cancel(self._timer)
         self._timer = self.factory.clock.callLater(CLOSE_TIMEOUT, self.transport.loseConnection)
 
     def drop(self) -> None:
@@ -277,7 +278,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
     # -- the end --------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._timer = _cancel(self._timer)
+        self._timer = cancel(self._timer)
         super().connectionLost(reason)
         client, self.client = self.client, None
         if client is not None:
@@ -341,9 +342,3 @@ def websocket_wire(
     wrapped.noisy = False
     wrapped.description = factory.description  # type: ignore[attr-defined]
     return wrapped
-
-
-def _cancel(timer: Any) -> Any:
-    if timer is not None and timer.active():
-        timer.cancel()
-    return None
