@@ -323,10 +323,6 @@ class WebSocketFactory(WebSocketServerFactory):
             perMessageCompressionAccept=_accept_deflate if compression else (lambda offers: None),
         )
 
-    @property
-    def live(self) -> Any:
-        return self.clients.live
-
 
 def websocket_wire(
     clients: Any, origins: OriginPolicy, compression: bool, handshake_timeout: float, tls: Any, reactor: Any,

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from eventsvc.events.deadletters import read_dead_letters
 from eventsvc.events.dispatch import REPLAY_PREFIX
 from eventsvc.files import write_atomic
+from eventsvc.nats.timers import cancel
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "console", "static")
 #: Dead letters listed at most (the newest).
@@ -131,15 +132,19 @@ class _Page(resource.Resource):
             return f.read()
 
 
-class _ConsoleJSON(resource.Resource):
-    """What the page needs to connect: the WebSocket URL and the identity's credentials."""
-
-    isLeaf = True
+class _ConsoleResource(resource.Resource):
+    """A console resource: it reads the running service through the monitor, and is told the console's settings."""
 
     def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
         super().__init__()
         self.monitor = monitor
         self.settings = settings
+
+
+class _ConsoleJSON(_ConsoleResource):
+    """What the page needs to connect: the WebSocket URL and the identity's credentials."""
+
+    isLeaf = True
 
     def render_GET(self, request: Any) -> bytes:
         s = self.settings
@@ -152,17 +157,12 @@ class _ConsoleJSON(resource.Resource):
             "websocket_port": websocket.state.port if websocket is not None else 0,
             "websocket_scheme": "wss" if s.websocket_secure else "ws",
             "credentials": s.credentials,
-            "server_name": self.monitor.broker.server_name if hasattr(self.monitor.broker, "server_name") else "",
+            "server_name": self.monitor.broker.server_name,
         })
 
 
-class _DeadLetterz(resource.Resource):
+class _DeadLetterz(_ConsoleResource):
     """GET: the newest dead letters (at most LIST_LIMIT), without their bodies, and whether each may be replayed."""
-
-    def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
-        super().__init__()
-        self.monitor = monitor
-        self.settings = settings
 
     def getChild(self, path: bytes, request: Any) -> Any:
         if path == b"":
@@ -183,7 +183,7 @@ class _DeadLetterz(resource.Resource):
         return _json(request, 200, {"file": path, "total": len(found), "unreadable_lines": bad, "dead_letters": rows})
 
 
-class _Replay(resource.Resource):
+class _Replay(_ConsoleResource):
     """
     POST {"event_id": "..."}: put that dead letter back for its handler, as
     C{eventsvc dead-letters replay --id} does (through the event service's
@@ -191,11 +191,6 @@ class _Replay(resource.Resource):
     """
 
     isLeaf = True
-
-    def __init__(self, monitor: Any, settings: ConsoleSettings) -> None:
-        super().__init__()
-        self.monitor = monitor
-        self.settings = settings
 
     def render_POST(self, request: Any) -> Any:
         s = self.settings
@@ -236,24 +231,24 @@ def replay(broker: Any, clock: Any, settings: ConsoleSettings, event_id: str) ->
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return _now(404, {"error": "no dead letters"})
+        return succeed((404, {"error": "no dead letters"}))
     except OSError as e:
-        return _now(500, {"error": "{}: {}".format(path, e.strerror)})
+        return succeed((500, {"error": "{}: {}".format(path, e.strerror)}))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        return _now(409, {"error": "the dead-letter file is busy (a replay is under way)"})
+        return succeed((409, {"error": "the dead-letter file is busy (a replay is under way)"}))
     lines, records, _ = read_dead_letters(path)
     chosen = [i for i, r in enumerate(records) if r is not None and r.get("event_id") == event_id]
     if not chosen:
         os.close(fd)
-        return _now(404, {"error": "no dead letter has event id {}".format(event_id)})
+        return succeed((404, {"error": "no dead letter has event id {}".format(event_id)}))
     refused = [records[i]["handler"] for i in chosen if not settings.may_replay(str(records[i]["handler"]))]
     if refused:
         os.close(fd)
-        return _now(403, {"error": "the console identity {!r} may not publish to {}".format(
-            settings.identity, ", ".join(REPLAY_PREFIX + str(h) for h in refused))})
+        return succeed((403, {"error": "the console identity {!r} may not publish to {}".format(
+            settings.identity, ", ".join(REPLAY_PREFIX + str(h) for h in refused))}))
     done: Deferred = Deferred()
     replayed: List[int] = []
     errors: List[str] = []
@@ -270,8 +265,7 @@ def replay(broker: Any, clock: Any, settings: ConsoleSettings, event_id: str) ->
             os.close(fd)
         for sub in subs:
             sub.unsubscribe()
-        if timer.active():
-            timer.cancel()
+        cancel(timer)
         log.info("console: replayed {count} dead letter(s) of {event_id}", count=len(replayed), event_id=event_id)
         code = 200 if replayed and not errors else 502
         done.callback((code, {"event_id": event_id, "replayed": len(replayed), "errors": errors}))
@@ -306,9 +300,3 @@ def replay(broker: Any, clock: Any, settings: ConsoleSettings, event_id: str) ->
     if not waiting:
         finish()
     return done
-
-
-def _now(code: int, body: Dict[str, Any]) -> Deferred:
-    d: Deferred = Deferred()
-    d.callback((code, body))
-    return d
