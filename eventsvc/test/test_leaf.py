@@ -24,7 +24,7 @@ from eventsvc.nats.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.test.helpers import FakeClient
-from eventsvc.test.test_parser import mutated_streams_of
+from eventsvc.test.test_parser import mutated_streams_of, pieces
 from eventsvc.test.test_route import count_frames, feed_peer
 from eventsvc.test.test_route import link as route_link
 
@@ -661,11 +661,9 @@ class LeafRunTests(SynchronousTestCase):
         recorder = Recorder()
         parser = LeafParser(recorder)
         parser.split_runs = split_runs
-        last = 0
         try:
-            for cut in sorted(set(cuts)) + [len(data)]:
-                parser.feed(data[last:cut])
-                last = cut
+            for piece in pieces(data, cuts):
+                parser.feed(piece)
         except ProtocolViolation as v:
             ops.append(("violation", v.error))
         ops.append(("counted", recorder.in_msgs, recorder.in_bytes))

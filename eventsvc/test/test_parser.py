@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -154,6 +154,14 @@ _KEEP_OPEN = (
 )
 
 
+def pieces(data: bytes, cuts: List[int]) -> Iterator[bytes]:
+    """C{data} cut at C{cuts} (any order, repeats allowed), the last piece running to its end."""
+    last = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        yield data[last:cut]
+        last = cut
+
+
 def _check_output(test: SynchronousTestCase, out: bytes, closed: bool) -> None:
     """Every byte the server wrote is a well-formed server operation."""
     pos = 0
@@ -228,12 +236,10 @@ def _feed(test: SynchronousTestCase, data: bytes, cuts: List[int]) -> None:
     other = h.connect()
     other.send(b"SUB > 9\r\n")
     c = h.connect(connect=None)
-    last = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for piece in pieces(data, cuts):
         if c.closed:
             break
-        c.send(data[last:cut])
-        last = cut
+        c.send(piece)
     _check_output(test, c.received(), c.closed)
     _check_output(test, other.received(), other.closed)
     # Closing frees everything, whatever state the parser was in.
@@ -302,10 +308,8 @@ class ValidLookingFuzzTests(SynchronousTestCase):
         watcher = h.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
         watcher.send(b"SUB > 99\r\n")
         c = h.connect(connect=None)
-        last = 0
-        for cut in sorted(set(cuts)) + [len(data)]:
-            c.send(data[last:cut])
-            last = cut
+        for piece in pieces(data, cuts):
+            c.send(piece)
             h.clock.advance(0)
         for _ in range(200):
             if not h.clock.getDelayedCalls() or all(d.getTime() > h.clock.seconds() for d in h.clock.getDelayedCalls()):
@@ -357,11 +361,9 @@ def _parse_plain(data: bytes, cuts: List[int], split_runs: bool, budget=None) ->
     parser = ClientParser(recorder, max_payload=64, max_control_line=64, budget=budget)
     parser.split_runs = split_runs
     recorder.parse_later = lambda: None  # type: ignore[attr-defined]
-    last = 0
     try:
-        for cut in sorted(set(cuts)) + [len(data)]:
-            parser.feed(data[last:cut])
-            last = cut
+        for piece in pieces(data, cuts):
+            parser.feed(piece)
             while parser.suspended:
                 parser.resume()
     except ProtocolViolation as v:

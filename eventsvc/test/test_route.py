@@ -532,7 +532,7 @@ from typing import Any, List  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from eventsvc.test.test_parser import _check_output, mutated_streams_of  # noqa: E402
+from eventsvc.test.test_parser import _check_output, mutated_streams_of, pieces  # noqa: E402
 
 _ROUTE_LINE = re.compile(rb"(INFO \{.*\} |PING|PONG|-ERR '[^'\r\n]*'|RS[+-] \$G \S+( \S+)*)$")
 
@@ -610,6 +610,14 @@ def valid_route_streams(draw) -> "tuple[bytes, int]":
     return b"".join(out), plain
 
 
+def feed_cut(proto: Any, data: bytes, cuts: List[int]) -> None:
+    """Hand a link C{data} in pieces cut at C{cuts}, stopping once it has closed."""
+    for piece in pieces(data, cuts):
+        if proto.closed:
+            break
+        proto.dataReceived(piece)
+
+
 def feed_peer(test: SynchronousTestCase, proto: Any, transport: Any, watcher: Any, data: bytes, cuts: List[int], lines: Any):
     """
     Feed a peer link C{data}, cut at C{cuts}, until it closes: what the
@@ -617,12 +625,7 @@ def feed_peer(test: SynchronousTestCase, proto: Any, transport: Any, watcher: An
     peer match C{lines}; then the link ends.  Returns (what the watcher
     saw, whether the link closed).
     """
-    last = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        if proto.closed:
-            break
-        proto.dataReceived(data[last:cut])
-        last = cut
+    feed_cut(proto, data, cuts)
     seen = watcher.received()
     closed = proto.closed
     _check_output(test, seen, watcher.closed)

@@ -28,7 +28,7 @@ from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.test.helpers import FakeClient
 from eventsvc.test.test_parser import _check_output
-from eventsvc.test.test_route import mutated_route_streams
+from eventsvc.test.test_route import feed_cut, mutated_route_streams
 
 
 class Node:
@@ -526,12 +526,7 @@ class GatewayFuzzTests(SynchronousTestCase):
 
     def feed(self, make, data: bytes, cuts: List[int]) -> bytes:
         node, watcher, proto, transport = make()
-        last = 0
-        for cut in sorted(set(cuts)) + [len(data)]:
-            if proto.closed:
-                break
-            proto.dataReceived(data[last:cut])
-            last = cut
+        feed_cut(proto, data, cuts)
         seen = watcher.received()
         _check_output(self, seen, watcher.closed)
         for line in transport.value().split(b"\r\n")[:-1]:
