@@ -867,7 +867,8 @@ class WebSocketListener(AuthenticatedListener):
 
 
 def _websocket(config: Config, broker: Broker, reactor: Any) -> WebSocketListener:
-    from eventsvc.nats.websocket import OriginPolicy, websocket_wire
+    from eventsvc.nats.origins import OriginPolicy
+    from eventsvc.nats.websocket import websocket_wire
 
     ws = config.websocket
     context = None
@@ -894,7 +895,7 @@ def _console(config: Config) -> Any:
     """The console's settings ([console], its [[websocket.identities]] entry), or None when it is off."""
     if not config.console.enabled:
         return None
-    from eventsvc.nats.websocket import origin_of
+    from eventsvc.nats.origins import origin_of
     from eventsvc.ops.console import ConsoleSettings
 
     ws = config.websocket

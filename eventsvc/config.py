@@ -743,7 +743,7 @@ def _check_websocket(config: Config, fail: Callable[[str, str, str], None]) -> N
         if not ws.no_tls and not (ws.cert_path and ws.key_path):
             fail("websocket", "cert_path", "a WebSocket listener needs TLS (cert_path and key_path), or no_tls = true (as nats-server)")
         for origin in ws.allowed_origins:
-            from eventsvc.nats.websocket import origin_of
+            from eventsvc.nats.origins import origin_of
 
             try:
                 origin_of(origin)

@@ -12,8 +12,8 @@ every listener shares:
     the client connection sees a transport like any other: what it writes
     goes out as one binary message per write, and each frame's payload is
     fed to its parser as it arrives (a message is never gathered whole);
-  - L{OriginPolicy} is nats-server's origin check (C{same_origin},
-    C{allowed_origins}), made at the upgrade: a refused origin gets 403;
+  - L{OriginPolicy} (L{eventsvc.nats.origins}) is nats-server's origin
+    check, made at the upgrade: a refused origin gets 403;
   - L{WebSocketFactory} builds them for one listener, over the listener's
     L{ClientFactory} (its limits, its authenticator, its live set).
 
@@ -25,9 +25,7 @@ closing handshake timers are switched off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
@@ -38,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from eventsvc.nats.client import ClientConnection
+from eventsvc.nats.origins import OriginPolicy
 from eventsvc.nats.timers import cancel
 
 #: Close codes by nats-server's reason (client.go's ClosedState strings),
@@ -67,62 +66,6 @@ CLOSE_CODES = {
 COMPRESS_THRESHOLD = 64
 #: Seconds the peer has to answer our close frame before the socket is dropped.
 CLOSE_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True)
-class OriginPolicy:
-    """
-    Which web pages may open a connection (nats-server's checkOrigin).  With
-    neither C{same_origin} nor C{allowed_origins}, any; a request without an
-    Origin header (not from a browser) is always let through, as RFC 6455
-    section 1.6 and nats-server have it.
-    """
-
-    same_origin: bool = False
-    #: (scheme, host, port) triples: "https://console.example.com" is
-    #: ("https", "console.example.com", 443).
-    allowed: Tuple[Tuple[str, str, int], ...] = ()
-
-    @classmethod
-    def from_urls(cls, same_origin: bool, urls: Tuple[str, ...]) -> "OriginPolicy":
-        """@raise ValueError: one of C{urls} is not an http(s) origin."""
-        return cls(same_origin, tuple(origin_of(url) for url in urls))
-
-    def refusal(self, origin: str, host: str, secure: bool) -> Optional[str]:
-        """Why a request from page C{origin} to C{host} (its Host header) is refused; None if it is not."""
-        if not origin or not (self.same_origin or self.allowed):
-            return None
-        try:
-            theirs = origin_of(origin)
-        except ValueError as e:
-            return str(e)
-        if self.same_origin:
-            try:
-                ours = _host_port(host, secure)
-            except ValueError as e:
-                return "bad Host header: {}".format(e)
-            if theirs[1:] != ours:
-                return "not same origin"
-        if self.allowed and theirs not in self.allowed:
-            return "not in the allowed list"
-        return None
-
-
-def origin_of(url: str) -> Tuple[str, str, int]:
-    """An origin as (scheme, host, port), the port filled in from the scheme."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("{!r} is not an http:// or https:// origin".format(url))
-    host, port = _host_port(parts.netloc, parts.scheme == "https")
-    return parts.scheme, host, port
-
-
-def _host_port(netloc: str, secure: bool) -> Tuple[str, int]:
-    parts = urlsplit("//" + netloc)
-    port = parts.port  # (raises ValueError when it is not a number)
-    if not parts.hostname:
-        raise ValueError("no host in {!r}".format(netloc))
-    return parts.hostname.lower(), port if port is not None else (443 if secure else 80)
 
 
 def _accept_deflate(offers: Any) -> Any:
@@ -170,10 +113,6 @@ class MessageTransport:
 
     def getHost(self) -> Any:
         return self.transport.getHost()
-
-    def getPeerCertificate(self) -> Any:
-        getter = getattr(self.transport, "getPeerCertificate", None)
-        return getter() if getter is not None else None
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)

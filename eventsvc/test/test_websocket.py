@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
-from eventsvc.nats.websocket import CLOSE_TIMEOUT, OriginPolicy, origin_of, websocket_wire
+from eventsvc.nats.origins import OriginPolicy, origin_of
+from eventsvc.nats.websocket import CLOSE_TIMEOUT, websocket_wire
 from eventsvc.security.auth import TokenAuthenticator
 from eventsvc.security.permissions import Permissions
 from eventsvc.test import wsframes
