@@ -296,16 +296,13 @@ class EventService(MultiService):
 _STATE_WORDS = {"starting": "starting", "stopping": "shutting down", "lame duck": "in lame duck mode"}
 
 _RELOADABLE = {
-    ("gateway", "tokens"), ("gateway", "tokens_file"), ("gateway", "users"), ("gateway", "http_auth_url"),
-    ("gateway", "http_auth_ttl"), ("gateway", "python_authenticator"), ("gateway", "permissions"),
-    ("gateway", "identities"),
-    ("websocket", "tokens"), ("websocket", "tokens_file"), ("websocket", "users"), ("websocket", "http_auth_url"),
-    ("websocket", "http_auth_ttl"), ("websocket", "python_authenticator"), ("websocket", "permissions"),
-    ("websocket", "identities"),
     ("log", "level"), ("handlers", "feed"), ("handlers", "cfgingest"), ("handlers", "event_feed"),
     ("events", "routing"), ("service", "event_limit"),
     ("events", "batch_max"), ("events", "batch_wait"),
-} | {("events", name) for name in HANDLER_NAMES}
+} | {("events", name) for name in HANDLER_NAMES} | {
+    # How clients log in, on both listeners that share those keys (AuthenticatedListener).
+    (section, f.name) for section in ("gateway", "websocket") for f in dataclass_fields(config_module.ListenerAuthConfig)
+}
 
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
@@ -754,11 +751,6 @@ class DataDirLock(Service):
         self.lock.release()
 
 
-def _gateway_authenticator(config: Config, health: HealthToken, reactor: Any) -> ChainAuthenticator:
-    """The gateway's authenticators in order (built at start and again on reload)."""
-    return _listener_authenticator(config, "gateway", health, reactor)
-
-
 def _listener_authenticator(config: Config, name: str, health: Optional[HealthToken], reactor: Any) -> ChainAuthenticator:
     """
     The authenticators of a client listener with the gateway's keys
@@ -836,7 +828,7 @@ def _gateway(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
 
     gw = config.gateway
     health = HealthToken(gw.health_token_file)
-    authenticator = _gateway_authenticator(config, health, reactor)
+    authenticator = _listener_authenticator(config, "gateway", health, reactor)
     context = None
     if not gw.disable_frontend_tls:
         entries = [
