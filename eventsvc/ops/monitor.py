@@ -183,7 +183,7 @@ class Monitor:
                 backlog=handler.backlog_size,
                 backlog_growing_seconds=handler.growing_seconds(),
                 requests=handler.attempts,
-                latency={"buckets": buckets, "sum": total, "count": buckets[-1][1] if buckets else 0},
+                latency={"buckets": buckets, "sum": total, "count": buckets[-1][1]},  # (the last bucket is +Inf: all of them)
             )
         return dict(
             out, enabled=True, queued=events.pending, accepted=events.accepted,
