@@ -83,6 +83,10 @@ class EventService(MultiService):
 
     def startService(self) -> None:
         self.log.info("eventsvc {version} starting (config: {source})", version=__version__, source=self.config.source or "defaults")
+        if self.config.service.enabled:
+            self.log.info("{where}", where=config_module.where_events_are_kept(self.config))
+        for warning in config_module.warnings(self.config):
+            self.log.warn("{warning}", warning=warning)
         try:
             super().startService()
             self.state = "running"
@@ -125,6 +129,15 @@ class EventService(MultiService):
             down = leafnodes.down()
             if down:
                 return False, "leaf node remote down: {}".format(", ".join(down))
+        down_after = self.config.events.down_after
+        if self.events is not None and down_after:
+            now = self.reactor.seconds()
+            down = [
+                "{} ({}) for {:.0f}s: {}".format(name, h.target, h.down_for(now), h.last_error)
+                for name, h in sorted(self.events.handlers.items()) if h.down_for(now) >= down_after
+            ]
+            if down:
+                return False, "handler down: {}".format("; ".join(down))
         return True, ""
 
     def health_subject(self) -> str:
@@ -408,11 +421,6 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
 
     ev = config.events
     data_dir = config.service.data_dir
-    if data_dir:
-        try:
-            os.makedirs(data_dir, exist_ok=True)
-        except OSError as e:
-            raise StartupError("{} ([service] data_dir): cannot create: {}".format(data_dir, e.strerror))
     dead_letters = DeadLetters(ev.dead_letter_file)
     handlers: Dict[str, HandlerService] = {}
     agents: List[Any] = []
@@ -736,6 +744,9 @@ class DataDirLock(Service):
     def startService(self) -> None:
         try:
             os.makedirs(self.data_dir, exist_ok=True)
+        except OSError as e:
+            raise ListenError("{} ([service] data_dir): cannot create: {}".format(self.data_dir, e.strerror))
+        try:
             self.lock.acquire()
         except Locked as e:
             raise ListenError(

@@ -40,7 +40,11 @@ class ServiceConfig:
     event_limit: int = 100000
     #: Concurrent client connections on the service listener, at most.
     listener_limit: int = 10000
-    #: Where the event spool lives; empty: no spool (events held in memory).
+    #: Where events are kept (the spool), with the dead letters and the
+    #: runtime files (the lock, the gateway's health-check token).  Not
+    #: written: the state directory, L{default_state_directory}.  Empty
+    #: (C{data_dir = ""}): events are held in memory only, and lost at a
+    #: crash or a shutdown with a target down.
     data_dir: str = ""
     #: Seconds a graceful shutdown (SIGTERM) may take before it closes anyway.
     shutdown_timeout: float = 10.0
@@ -100,8 +104,15 @@ class EventsConfig:
     handler_concurrency: int = 8
     retry_initial: float = 1.0
     retry_max: float = 300.0
-    #: Seconds after which an undeliverable event is dead-lettered; 0: retry forever.
-    max_age: float = 0.0
+    #: Seconds after which an undeliverable event is dead-lettered (it can
+    #: be replayed from there); 0: retry forever.  A day: an outage of a
+    #: night or a weekend's morning is ridden out, and a target that is
+    #: gone for good does not hold events, and the disk, for ever.
+    max_age: float = 86400.0
+    #: Seconds a handler's target may fail without a success before the
+    #: handler counts as down: /healthz and health-check then report it.
+    #: 0: never (only the logs say it).
+    down_after: float = 300.0
     delivery_timeout: float = 30.0
     #: JSON lines of dead-lettered events (relative to data_dir, else to the config's folder).
     dead_letter_file: str = "dead-letters.jsonl"
@@ -492,7 +503,11 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
     if config.tls.enabled:
         config = _resolve_tls(config, base, path)
     gw = config.gateway
-    data_dir = _resolve(base, config.service.data_dir)
+    written = patch.get("service")
+    if isinstance(written, dict) and "data_dir" in written:
+        data_dir = _resolve(base, config.service.data_dir)
+    else:
+        data_dir = default_state_directory(path)
     if config.leafnodes.remotes:
         config = replace(config, leafnodes=replace(config.leafnodes, remotes=tuple(
             replace(r, credentials=_resolve(base, r.credentials)) for r in config.leafnodes.remotes
@@ -509,7 +524,7 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         gateway=replace(
             gw,
             tokens_file=_resolve(base, gw.tokens_file),
-            health_token_file=_resolve(base, gw.health_token_file),
+            health_token_file=_resolve(data_dir or base, gw.health_token_file),
             frontend_tls=tuple(
                 replace(e, cert_path=_resolve(base, e.cert_path), key_path=_resolve(base, e.key_path))
                 for e in gw.frontend_tls
@@ -517,6 +532,69 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
         ),
     )
     return config
+
+
+def warnings(config: Config) -> List[str]:
+    """
+    What will run but may refuse or lose events, or does not mean what it
+    seems to: C{check-config} prints these, and start-up logs them.
+    """
+    out: List[str] = []
+    if not config.service.enabled:
+        return out
+    path = config.source or "the configuration"
+    if not config.service.data_dir:
+        out.append(
+            "{}: [service] data_dir is empty, so events are kept in memory only: every event acknowledged and not yet "
+            "delivered is lost if the process crashes, or stops while a target is down (remove the key to keep them "
+            "in the state directory, or name a folder)".format(path)
+        )
+    from eventsvc.events.types import Registry
+
+    registry = Registry(config.events.routing)
+    for name in HANDLER_NAMES:
+        types = registry.routed_to(name)
+        address = getattr(config.handlers, name)
+        if types and not address:
+            out.append("{}: [handlers] {} has no address, so {} will be refused (set it, or route them elsewhere in [events.routing])".format(
+                path, name, ", ".join(types)))
+        if address and not address.startswith(("python:", "http://", "https://")):
+            _, host, port = handler_address(address)  # type: ignore[misc]
+            trust = "with the [tls] identity" if config.tls.enabled else "trusting the system's CAs (no [tls])"
+            out.append(
+                "{}: [handlers] {} = {!r} means POST https://{}:{}/events, {}; write that URL to say so. In Chef "
+                "Automate this key named a gRPC HandleEvent service, which does not take these POSTs: see \"Coming "
+                "from Chef Automate\" in docs/events.md".format(path, name, address, host, port, trust)
+            )
+    return out
+
+
+def where_events_are_kept(config: Config) -> str:
+    """One line for check-config and the start-up log: where events are kept, and what that promises."""
+    if not config.service.data_dir:
+        return "events are kept in memory only ([service] data_dir = \"\"): lost at a crash"
+    return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
+
+
+def default_state_directory(path: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """
+    Where events and runtime files are kept when C{[service] data_dir} is
+    not written: systemd's C{$STATE_DIRECTORY} (the unit's
+    C{StateDirectory=}; its first entry when it names several), else a
+    folder beside the configuration file named after it
+    (C{/etc/eventsvc/patch.toml} -> C{/etc/eventsvc/patch.state}), so that
+    two configurations in one folder never share a spool.  A configuration
+    read from no file has no folder to be beside: "" (memory only, and
+    start-up warns) unless C{$STATE_DIRECTORY} is set.
+    """
+    environ = os.environ if environ is None else environ
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return os.path.abspath(state)
+    if not path or path.startswith("<"):
+        return ""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(path)), stem + ".state")
 
 
 def _pair_lists(permissions: "PermissionsConfig", written: Mapping[str, Any]) -> "PermissionsConfig":
@@ -800,8 +878,17 @@ def _check(config: Config, path: str) -> None:
 
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
-        if address and not address.startswith("python:") and handler_address(address) is None:
-            fail("handlers", name, "must be host:port, an http:// or https:// URL, or python:module:callable, got {!r}".format(address))
+        if address and not address.startswith("python:"):
+            parts = handler_address(address)
+            if parts is None:
+                fail("handlers", name, "must be host:port, an http:// or https:// URL, or python:module:callable, got {!r}".format(address))
+            elif parts[1] in _ANY_ADDRESS:
+                fail("handlers", name, (
+                    "{!r} names no host to deliver to ({} is where a server listens, on every interface); write the "
+                    "target's own address, such as https://feed.example.internal:10121/events. Coming from Chef "
+                    "Automate, where this key named a gRPC HandleEvent service: see \"Coming from Chef Automate\" in "
+                    "docs/events.md"
+                ).format(address, parts[1]))
 
     ev = config.events
     from eventsvc.events.types import EVENT_TYPES
@@ -818,6 +905,8 @@ def _check(config: Config, path: str) -> None:
         fail("events", "retry_max", "must be at least retry_initial ({})".format(ev.retry_initial))
     if ev.max_age < 0:
         fail("events", "max_age", "must be 0 (retry forever) or more seconds")
+    if ev.down_after < 0:
+        fail("events", "down_after", "must be 0 (never reported) or more seconds, got {}".format(ev.down_after))
     if not ev.delivery_timeout > 0:
         fail("events", "delivery_timeout", "must be a positive number of seconds")
     for where, batch_max, batch_wait in [("events", ev.batch_max, ev.batch_wait)] + [
@@ -941,6 +1030,10 @@ def _check(config: Config, path: str) -> None:
     for key in ("ping_interval", "write_deadline", "auth_timeout"):
         if not getattr(lim, key) > 0:
             fail("limits", key, "must be a positive number of seconds, got {}".format(getattr(lim, key)))
+
+
+#: Host names that mean "every interface" to a server, and no one host to a client.
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 def handler_address(address: str) -> Optional[Tuple[str, str, int]]:

@@ -31,7 +31,7 @@ def check_config(options: argparse.Namespace) -> int:
         return say("eventsvc: {}".format(e), EX_CONFIG)
     lines = ["ok: {}".format(options.config)]
     lines += ["  " + line for line in describe(config)]
-    lines += ["warning: " + line for line in warnings(config)]
+    lines += ["warning: " + line for line in configuration.warnings(config)]
     return say("\n".join(lines), EX_OK)
 
 
@@ -82,12 +82,14 @@ def describe(config: configuration.Config) -> List[str]:
             parts.append("route credentials required")
         out.append(", ".join(parts))
     if s.enabled:
-        if s.data_dir:
-            out.append("spool: {} (events-*.spool segments: events survive a restart); dead letters: {}".format(
-                s.data_dir, config.events.dead_letter_file))
-        else:
-            out.append("no spool ([service] data_dir unset): events are held in memory and lost on a crash; dead letters: {}".format(
-                config.events.dead_letter_file))
+        out.append(configuration.where_events_are_kept(config) + "; dead letters: {}".format(config.events.dead_letter_file))
+        ev = config.events
+        out.append("{}; {}".format(
+            "an event its target has not taken within {:g}s is dead-lettered ([events] max_age)".format(ev.max_age)
+            if ev.max_age else "an event its target refuses for now is retried for ever ([events] max_age = 0)",
+            "a handler whose target fails for {:g}s makes /healthz and health-check fail ([events] down_after)".format(ev.down_after)
+            if ev.down_after else "a failing target shows only in the logs and metrics ([events] down_after = 0)",
+        ))
         out.append("events on {}.<type> (queue group {}), at most {} waiting".format(
             config.events.subject_prefix, config.events.queue_group, s.event_limit))
         for name in configuration.HANDLER_NAMES:
@@ -97,25 +99,10 @@ def describe(config: configuration.Config) -> List[str]:
     return out
 
 
-def warnings(config: configuration.Config) -> List[str]:
-    """What will run but refuse or lose events."""
-    out: List[str] = []
-    if not config.service.enabled:
-        return out
-    path = config.source or "the configuration"
-    for name in configuration.HANDLER_NAMES:
-        types = _routed_to(config, name)
-        if types and not getattr(config.handlers, name):
-            out.append("{}: [handlers] {} has no address, so {} will be refused (set it, or route them elsewhere in [events.routing])".format(
-                path, name, ", ".join(types)))
-    return out
-
-
 def _routed_to(config: configuration.Config, handler: str) -> List[str]:
-    from eventsvc.events.types import EVENT_TYPES, Registry
+    from eventsvc.events.types import Registry
 
-    registry = Registry(config.events.routing)
-    return [t for t in EVENT_TYPES if handler in registry.handlers_for(t)]
+    return Registry(config.events.routing).routed_to(handler)
 
 
 def _subjects(allow: Sequence[str], deny: Sequence[str]) -> str:

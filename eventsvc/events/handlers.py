@@ -278,6 +278,8 @@ class HandlerService(Service):
 
     #: How long the backlog must have grown before it is reported.
     BACKLOG_GROWING = 60.0
+    #: Seconds between two reports of a target that stays down.
+    DOWN_REPORT = 60.0
 
     def __init__(
         self,
@@ -331,6 +333,13 @@ class HandlerService(Service):
         self.growing_since: Optional[float] = None
         self._samples: Deque[Tuple[float, int]] = deque()
         self._reported_growth = -self.BACKLOG_GROWING
+        #: Since when (clock seconds) the target has failed with no success
+        #: since (None: it is taking events), why it last failed, and how
+        #: many attempts failed meanwhile.
+        self.down_since: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.failed_attempts = 0
+        self._reported_down = 0.0
 
     @property
     def batching(self) -> bool:
@@ -409,6 +418,13 @@ class HandlerService(Service):
 
     def _succeeded(self, _: Any, batch: Batch) -> None:
         now = self.clock.seconds()
+        if self.down_since is not None:
+            self.log.warn(
+                "handler {name}: {target} is taking events again, after {seconds:.0f}s and {attempts} failed attempts",
+                name=self.name, target=self.target, seconds=now - self.down_since, attempts=self.failed_attempts,
+            )
+            self.down_since = self.last_error = None
+            self.failed_attempts = 0
         self.delivered += len(batch)
         counts = self.by_type["delivered"]
         observe = self.latency.observe
@@ -452,12 +468,16 @@ class HandlerService(Service):
             if expired:
                 batch = tuple(d for d in batch if now - d.accepted < self.max_age)
                 self._dead_letter(expired, "{} (gave up after {:.0f}s, max_age)".format(why, now - expired[0].accepted))
+        if retry:
+            self._target_failed(now, why)
         if batch and retry:
             attempts = max(d.attempts for d in batch)
             delay = self.backoff(attempts)
             self.retried += len(batch)
             for delivery in batch:
                 self._count("retried", delivery)
+            # The first failure is a warning (_target_failed); each retry
+            # after it is routine, and summed up once a minute (report_down).
             self.log.info(
                 "handler {name}: {what} not delivered to {target} ({why}); attempt {attempt} in {delay:.1f}s",
                 name=self.name, what=_describe(batch), target=self.target, why=why,
@@ -468,6 +488,44 @@ class HandlerService(Service):
         elif batch:
             self._dead_letter(batch, why)
         self._pump()
+
+    def _target_failed(self, now: float, why: str) -> None:
+        """An attempt failed in a way a retry may mend: the target may be down."""
+        self.failed_attempts += 1
+        self.last_error = why
+        if self.down_since is None:
+            self.down_since = self._reported_down = now
+            self.log.warn(
+                "handler {name}: {target} is failing ({why}); its events are kept and retried{until}",
+                name=self.name, target=self.target, why=why,
+                until=" for up to {:g}s each ([events] max_age), then dead-lettered".format(self.max_age) if self.max_age else " for ever",
+            )
+
+    def down_for(self, now: Optional[float] = None) -> float:
+        """Seconds the target has been failing with no success since (0: it is not)."""
+        if self.down_since is None:
+            return 0.0
+        return (self.clock.seconds() if now is None else now) - self.down_since
+
+    def oldest_accepted(self) -> Optional[float]:
+        """When the oldest event this handler has not finished was accepted (clock seconds), if any."""
+        batches = list(self.ready) + list(self.waiting) + list(self._attempts)
+        if self.backlog:
+            batches.append((self.backlog[0],))
+        return min((d.accepted for batch in batches for d in batch), default=None)
+
+    def report_down(self, now: float) -> None:
+        """While the target stays down, say so once a minute: attempts, the oldest event, the depth."""
+        if self.down_since is None or now - self._reported_down < self.DOWN_REPORT:
+            return
+        self._reported_down = now
+        oldest = self.oldest_accepted()
+        self.log.warn(
+            "handler {name}: {target} down for {seconds:.0f}s: {attempts} attempts failed, the last with {why}; "
+            "{depth} events waiting, the oldest accepted {age:.0f}s ago",
+            name=self.name, target=self.target, seconds=now - self.down_since, attempts=self.failed_attempts,
+            why=self.last_error, depth=self.backlog_size, age=0.0 if oldest is None else now - oldest,
+        )
 
     def _dead_letter(self, batch: Sequence[Delivery], why: str) -> None:
         self.dead_lettered += len(batch)
@@ -558,7 +616,11 @@ class HandlerService(Service):
 
 
 class BacklogWatch(Service):
-    """Looks at every handler's backlog every C{interval} seconds (L{HandlerService.sample_backlog})."""
+    """
+    Looks at every handler every C{interval} seconds: its backlog
+    (L{HandlerService.sample_backlog}) and a target that stays down
+    (L{HandlerService.report_down}).
+    """
 
     def __init__(self, handlers: Sequence[HandlerService], clock: Any, interval: float = 5.0) -> None:
         self.setName("backlog-watch")
@@ -576,8 +638,10 @@ class BacklogWatch(Service):
         self._loop.start(self.interval, now=False)
 
     def sample(self) -> None:
+        now = self.clock.seconds()
         for handler in self.handlers:
             handler.sample_backlog(self.interval)
+            handler.report_down(now)
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:

@@ -208,5 +208,9 @@ class Registry:
     def handlers_for(self, type_name: str) -> Tuple[str, ...]:
         return self.routes.get(type_name, ())
 
+    def routed_to(self, handler: str) -> List[str]:
+        """The event types that go to C{handler}, in the order of L{EVENT_TYPES}."""
+        return [t for t in EVENT_TYPES if handler in self.handlers_for(t)]
+
     def handler_names(self) -> List[str]:
         return sorted({h for hs in self.routes.values() for h in hs})

@@ -183,6 +183,11 @@ class Monitor:
                 backlog=handler.backlog_size,
                 backlog_growing_seconds=handler.growing_seconds(),
                 requests=handler.attempts,
+                # Failing with no success since; /healthz waits [events] down_after.
+                down=handler.down_since is not None,
+                down_since=None if handler.down_since is None else rfc3339(time.time() - handler.down_for()),
+                last_error=handler.last_error,
+                failed_attempts=handler.failed_attempts,
                 latency={"buckets": buckets, "sum": total, "count": buckets[-1][1]},  # (the last bucket is +Inf: all of them)
             )
         return dict(
@@ -656,6 +661,10 @@ class MetricsCollector:
             "eventsvc_handler_backlog_growing_seconds",
             "How long a handler's backlog has been growing without shrinking (0: it is not)", labels=["handler"],
         )
+        down = GaugeMetricFamily(
+            "eventsvc_handler_down_seconds",
+            "How long a handler's target has failed with no success since (0: it is taking events)", labels=["handler"],
+        )
         requests = CounterMetricFamily(
             "eventsvc_handler_requests", "Deliveries attempted by handlers (one per event, or per batch)", labels=["handler"]
         )
@@ -668,12 +677,14 @@ class MetricsCollector:
                     family.add_metric([name, type_name], count)
             backlog.add_metric([name], handler.backlog_size)
             growing.add_metric([name], handler.growing_seconds())
+            down.add_metric([name], handler.down_for())
             requests.add_metric([name], handler.attempts)
             buckets, total = handler.latency.snapshot()
             latency.add_metric([name], buckets, total)
         yield from families.values()
         yield backlog
         yield growing
+        yield down
         yield requests
         yield latency
 

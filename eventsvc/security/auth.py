@@ -300,6 +300,9 @@ class HealthToken:
 
         @raise Locked: another process holds the token file.
         """
+        # Its folder is the state directory by default, which a gateway-only
+        # process (no spool to make it) may be the first to use.
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         self._lock.acquire()
         try:
             write_atomic(self.path, self.token.encode("ascii") + b"\n", 0o600)

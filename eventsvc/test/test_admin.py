@@ -262,7 +262,7 @@ class StoreCommandTests(TestCase):
         self.assertGreater(stats["bytes"], 0)
 
     def test_spool_stats_without_a_spool(self):
-        config = process.write_config(self.mktemp() + ".toml", "[service]\nport = 0\n")
+        config = process.write_config(self.mktemp() + ".toml", '[service]\nport = 0\ndata_dir = ""\n')
         result = process.cli("spool", "stats", "--config", config)
         self.assertEqual(result.returncode, 1)
         self.assertIn("no spool: [service] data_dir is not set", result.stderr)

@@ -74,6 +74,72 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(c.source, path)
 
 
+class StateDirectoryTests(SynchronousTestCase):
+    """Events are kept unless the operator opts out, and where is chosen as operators expect."""
+
+    def setUp(self) -> None:
+        self.patch(config.os, "environ", {})
+
+    def test_beside_the_config_file_by_default(self) -> None:
+        c = config.parse("", "/etc/eventsvc/patch.toml")
+        self.assertEqual(c.service.data_dir, "/etc/eventsvc/patch.state")
+        # Dead letters and runtime files live there too.
+        self.assertEqual(c.events.dead_letter_file, "/etc/eventsvc/patch.state/dead-letters.jsonl")
+        self.assertEqual([w for w in config.warnings(c) if "data_dir" in w], [])
+        self.assertIn("events are kept in /etc/eventsvc/patch.state", config.where_events_are_kept(c))
+
+    def test_two_configs_in_one_folder_never_share_it(self) -> None:
+        self.assertNotEqual(
+            config.parse("", "/srv/gateway.toml").service.data_dir, config.parse("", "/srv/service.toml").service.data_dir
+        )
+
+    def test_systemd_state_directory(self) -> None:
+        self.patch(config.os, "environ", {"STATE_DIRECTORY": "/var/lib/eventsvc:/var/lib/other"})
+        self.assertEqual(config.parse("", "/etc/eventsvc/patch.toml").service.data_dir, "/var/lib/eventsvc")
+        # Written, the key wins.
+        c = config.parse('[service]\ndata_dir = "spool"\n', "/etc/eventsvc/patch.toml")
+        self.assertEqual(c.service.data_dir, "/etc/eventsvc/spool")
+
+    def test_memory_only_is_a_choice_with_a_warning(self) -> None:
+        c = config.parse('[service]\ndata_dir = ""\n', "/etc/eventsvc/patch.toml")
+        self.assertEqual(c.service.data_dir, "")
+        [warning] = [w for w in config.warnings(c) if "data_dir" in w]
+        self.assertIn("events are kept in memory only", warning)
+        self.assertIn("lost if the process crashes", warning)
+        self.assertIn("memory only", config.where_events_are_kept(c))
+        # Dead letters, with no state directory, stay beside the configuration.
+        self.assertEqual(c.events.dead_letter_file, "/etc/eventsvc/dead-letters.jsonl")
+
+    def test_no_file_no_folder(self) -> None:
+        """A configuration read from no file has nothing to be beside: memory, and it is said."""
+        c = config.parse("")
+        self.assertEqual(c.service.data_dir, "")
+        self.assertEqual(len([w for w in config.warnings(c) if "memory only" in w]), 1)
+
+
+class HandlerAddressTests(SynchronousTestCase):
+    """Chef Automate's handler addresses: what they would mean here is said, or refused when it cannot work."""
+
+    def assertRefused(self, address: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config.parse('[handlers]\nfeed = "%s"\n' % address, "patch.toml")
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("patch.toml: [handlers] feed: "), message)
+        self.assertIn("names no host to deliver to", message)
+        self.assertIn("Coming from Chef Automate", message)
+
+    def test_any_address_refused(self) -> None:
+        for address in ("0.0.0.0:10121", "[::]:10121", "https://0.0.0.0:10121/events"):
+            self.assertRefused(address)
+
+    def test_bare_host_port_is_said_to_be_https(self) -> None:
+        c = config.parse('[handlers]\nfeed = "feed.internal:10121"\nevent_feed = "https://f.internal/e"\n', "/etc/p.toml")
+        [warning] = [w for w in config.warnings(c) if "[handlers] feed =" in w]
+        self.assertIn("[handlers] feed = 'feed.internal:10121' means POST https://feed.internal:10121/events", warning)
+        self.assertIn("trusting the system's CAs (no [tls])", warning)
+        self.assertIn("gRPC HandleEvent", warning)
+
+
 class ErrorTests(SynchronousTestCase):
     def assertConfigError(self, text: str, *fragments: str) -> None:
         with self.assertRaises(ConfigError) as caught:
@@ -175,7 +241,8 @@ class ErrorTests(SynchronousTestCase):
             "/etc/eventsvc/patch.toml",
         )
         self.assertEqual(c.gateway.tokens_file, "/etc/eventsvc/t.txt")
-        self.assertEqual(c.gateway.health_token_file, "/etc/eventsvc/gateway-health.token")
+        # A runtime file: in the state directory, not beside the configuration.
+        self.assertEqual(c.gateway.health_token_file, "/etc/eventsvc/patch.state/gateway-health.token")
         self.assertEqual(c.gateway.frontend_tls[0].cert_path, "/etc/eventsvc/c/a.crt")
         self.assertEqual(c.gateway.frontend_tls[0].key_path, "/k/a.key")
         # Agents subscribe to nothing by default (no one's replies).

@@ -826,3 +826,77 @@ class BacklogWatchTests(SynchronousTestCase):
         s.clock.pump([5.0] * 30)
         self.assertEqual(handler.growing_seconds(), 0.0)
         watch.stopService()
+
+
+class TargetDownTests(SynchronousTestCase):
+    """A target that stays down is loud: a warning at once, then a summary once a minute."""
+
+    def setUp(self) -> None:
+        from eventsvc.events.handlers import BacklogWatch
+
+        self.logged = []
+        observer = lambda e: self.logged.append((e.get("log_level").name, formatEvent(e)))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.refused = DeliveryFailed("ConnectionRefusedError: Connection was refused by other side", retry=True)
+        self.target = RecordingTarget([self.refused] * 1000)
+        self.s = Setup(self, targets={"cfgingest": self.target}, retry_initial=1.0, retry_max=10.0)
+        self.handler = self.s.handlers["cfgingest"]
+        self.watch = BacklogWatch([self.handler], self.s.clock, interval=5.0)
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+
+    def warnings(self, text: str):
+        return [m for level, m in self.logged if level == "warn" and text in m]
+
+    def test_first_failure_warns_then_a_summary_a_minute(self) -> None:
+        self.s.publish("cfgingest", payload("cfgingest", "e-1"))
+        self.s.publish("cfgingest", payload("cfgingest", "e-2"))
+        [first] = self.warnings("is failing")
+        self.assertIn("ConnectionRefusedError", first)
+        # Setup's handlers keep HandlerService's own max_age, 0: for ever.
+        self.assertIn("its events are kept and retried for ever", first)
+        self.assertTrue(self.handler.down_since is not None)
+        self.assertEqual(self.handler.last_error, "ConnectionRefusedError: Connection was refused by other side")
+        # Retries are routine (info); a summary comes once a minute.
+        self.s.clock.pump([1.0] * 185)
+        summaries = self.warnings("down for")
+        self.assertEqual(len(summaries), 3, summaries)
+        self.assertRegex(summaries[0], r"down for 60s: \d+ attempts failed, the last with ConnectionRefusedError")
+        self.assertIn("2 events waiting, the oldest accepted 60s ago", summaries[0])
+        self.assertEqual(len(self.warnings("is failing")), 1)
+        self.assertEqual(self.handler.down_for(), 185.0)
+
+    def test_recovery_is_said_and_clears_the_state(self) -> None:
+        self.s.publish("cfgingest", payload("cfgingest", "e-1"))
+        self.s.clock.pump([1.0] * 30)
+        self.target.outcomes = []
+        self.s.clock.pump([1.0] * 30)
+        self.assertEqual(self.handler.delivered, 1)
+        [back] = self.warnings("is taking events again")
+        self.assertRegex(back, r"after \d+s and \d+ failed attempts")
+        self.assertIsNone(self.handler.down_since)
+        self.assertIsNone(self.handler.last_error)
+        self.assertEqual(self.handler.down_for(), 0.0)
+
+    def test_a_refusal_for_good_is_not_down(self) -> None:
+        """A target that answers 400 is up: it refuses that event, which is dead-lettered."""
+        self.target.outcomes = [DeliveryFailed("HTTP 400", retry=False)]
+        self.s.publish("cfgingest", payload("cfgingest", "bad-1"))
+        self.assertEqual(self.handler.dead_lettered, 1)
+        self.assertIsNone(self.handler.down_since)
+        self.assertEqual(self.warnings("is failing"), [])
+
+    def test_max_age_default_dead_letters_within_a_day(self) -> None:
+        from eventsvc.config import EventsConfig
+
+        self.assertEqual(EventsConfig().max_age, 86400.0)
+        s = Setup(self, targets={"feed": RecordingTarget([self.refused] * 10000)}, retry_initial=1.0,
+                  retry_max=300.0, max_age=EventsConfig().max_age)
+        s.publish("compliance_ingest", payload("compliance_ingest", "old-1"))
+        s.clock.pump([300.0] * (86400 // 300 + 2))
+        self.assertEqual(s.handlers["feed"].dead_lettered, 1)
+        with open(s.dead_path) as f:
+            [record] = [json.loads(line) for line in f]
+        self.assertIn("gave up after", record["reason"])
+        self.assertEqual(s.dispatcher.pending, 0)

@@ -78,7 +78,7 @@ class ShutdownTests(TestCase):
         self.addCleanup(listening.stopListening)
         port = process.free_port()
         config = process.write_config(self.mktemp() + ".toml", (
-            '[service]\nhost = "127.0.0.1"\nport = %d\nshutdown_timeout = 10\n'
+            '[service]\nhost = "127.0.0.1"\nport = %d\nshutdown_timeout = 10\ndata_dir = ""\n'
             '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n[events]\nhandler_concurrency = 1\n'
         ) % (port, listening.getHost().port))
         proc = process.eventsvc(config)
@@ -104,6 +104,97 @@ class ShutdownTests(TestCase):
         self.assertEqual(sorted(target.seen), ["held-0", "held-1", "held-2"])
         self.assertIn("shutting down", proc.output())
         self.assertIn("Server Shutdown", proc.output())
+
+
+def request_events(port: int, ids: "list[str]") -> "list[dict]":
+    """Publish each event as a request, as a producer does, and return the acknowledgements."""
+    c, _ = client(port, b'CONNECT {"verbose":false,"protocol":1}\r\n')
+    c.settimeout(10)
+    c.sendall(b"SUB _INBOX.acks.* 1\r\n" + b"".join(
+        b"PUB event.event_feed _INBOX.acks.%d %d\r\n%s\r\n" % (i, len(p), p)
+        for i, p in enumerate(payload("event_feed", event_id) for event_id in ids)
+    ))
+    data = b""
+    while data.count(b"MSG ") < len(ids):
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    return [json.loads(line) for line in data.split(b"\r\n") if line.startswith(b"{")]
+
+
+class DurableByDefaultTests(TestCase):
+    """
+    An acknowledgement is a promise in the default configuration: no
+    data_dir written, a target that is down, SIGTERM, a restart.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_sigterm_with_the_target_down_loses_nothing(self):
+        port, monitor, target_port = process.free_port(), process.free_port(), process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp()) + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[monitor]\nport = %d\n'
+            '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n'
+            '[events]\nretry_initial = 0.2\nretry_max = 0.5\ndown_after = 1\n'
+        ) % (port, monitor, target_port))
+        state = config[:-len(".toml")] + ".state"
+        proc = process.eventsvc(config)
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+        ids = ["kept-%d" % i for i in range(5)]
+        acks = yield threads.deferToThread(request_events, port, ids)
+        self.assertEqual(sorted(a["event_id"] for a in acks), ids)
+        self.assertTrue(all(a["success"] for a in acks), acks)
+        # Start-up said where events are kept; the dead target was a warning at once.
+        output = yield threads.deferToThread(proc.wait_output, "is failing")
+        self.assertIn("events are kept in {} (the spool".format(state), output)
+        self.assertRegex(output, r"#warn\].*handler event_feed: http://127.0.0.1:%d/e is failing \(" % target_port)
+        # Down past [events] down_after: /healthz says so, naming the handler.
+        time.sleep(1.2)
+        health = yield threads.deferToThread(http_get, monitor, "/healthz")
+        self.assertEqual(health[0], 503)
+        self.assertIn("handler down: event_feed (http://127.0.0.1:%d/e) for " % target_port, health[1]["error"])
+        self.assertEqual(proc.stop(), 0)
+        self.assertIn("5 events not yet delivered at shutdown: kept in the spool", proc.output())
+
+        target = SlowTarget(0)
+        listening = reactor.listenTCP(target_port, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        again = process.eventsvc(config)
+        yield threads.deferToThread(again.start)
+        self.addCleanup(again.stop)
+        deadline = time.monotonic() + 20
+        while len(target.seen) < len(ids) and time.monotonic() < deadline:
+            yield threads.deferToThread(time.sleep, 0.1)
+        self.assertEqual(sorted(target.seen), ids)
+        health = yield threads.deferToThread(http_get, monitor, "/healthz")
+        self.assertEqual(health, (200, {"status": "ok"}))
+
+    @defer.inlineCallbacks
+    def test_memory_only_is_warned_at_start_up(self):
+        config = process.write_config(os.path.abspath(self.mktemp()) + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = ""\n'
+            '[handlers]\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
+        ))
+        proc = process.eventsvc(config)
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+        output = proc.wait_output("memory only")
+        self.assertRegex(output, r"#warn\].*\[service\] data_dir is empty, so events are kept in memory only")
+
+
+def http_get(port: int, path: str) -> "tuple[int, dict]":
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 class ReloadTests(TestCase):
