@@ -80,6 +80,6 @@ clean:
 PROTOS := $(wildcard eventsvc/grpc/protos/*.proto)
 protos: $(VENV)/bin/pip
 	$(VENV)/bin/pip install -q ".[protos]"
-	rm -f eventsvc/grpc/generated/*_pb2*.py
+	rm -f eventsvc/grpc/generated/*_pb2*.py eventsvc/grpc/generated/*_pb2.pyi
 	$(ABS_VENV)/bin/python -m grpc_tools.protoc -Ieventsvc/grpc/generated=eventsvc/grpc/protos \
-	  --python_out=. --grpc_python_out=. $(patsubst eventsvc/grpc/protos/%,eventsvc/grpc/generated/%,$(PROTOS))
+	  --python_out=. --pyi_out=. --grpc_python_out=. $(patsubst eventsvc/grpc/protos/%,eventsvc/grpc/generated/%,$(PROTOS))
