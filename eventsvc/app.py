@@ -86,7 +86,9 @@ class EventService(MultiService):
         if self.config.service.enabled:
             self.log.info("{where}", where=config_module.where_events_are_kept(self.config))
         for warning in config_module.warnings(self.config):
-            self.log.warn("{warning}", warning=warning)
+            # (Not warning=: a log event with a "warning" key is taken for a
+            # Python warning by trial's observer, and by Twisted's own.)
+            self.log.warn("{text}", text=warning)
         try:
             super().startService()
             self.state = "running"
@@ -426,6 +428,8 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
     dead_letters = DeadLetters(ev.dead_letter_file)
     handlers: Dict[str, HandlerService] = {}
     agents: List[Any] = []
+    # Stopped after the handlers (a MultiService stops in reverse order).
+    _TargetConnections(handlers).setServiceParent(top)
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
         if not address:
@@ -455,6 +459,21 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
     dispatcher.setServiceParent(top)
     BacklogWatch(list(handlers.values()), reactor).setServiceParent(top)
     top.events = dispatcher
+
+
+class _TargetConnections(Service):
+    """At a stop, once the handlers have stopped, close what their targets keep open (gRPC connections)."""
+
+    def __init__(self, handlers: Dict[str, Any]) -> None:
+        self.setName("target-connections")
+        self.handlers = handlers
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for handler in self.handlers.values():
+            close = getattr(handler.target, "close", None)
+            if close is not None:
+                close()
 
 
 def _handler_target(name: str, address: str, config: Config, reactor: Any, agents: List[Any]) -> Any:

@@ -318,6 +318,8 @@ def _error_name(code: Any) -> str:
 
 
 class _ConnectionFactory(Factory):
+    noisy = False
+
     def __init__(self, channel: "Channel") -> None:
         self.channel = channel
 

@@ -347,6 +347,8 @@ def _done(value: bytes) -> Deferred:
 
 
 class _ServerFactory(Factory):
+    noisy = False
+
     def __init__(self, methods: Dict[str, Method], max_message: int) -> None:
         self.methods = methods
         self.max_message = max_message
