@@ -301,6 +301,38 @@ class GRPCInteropTests(TestCase):
         self.assertTrue(any("is failing (gRPC TLS handshake with localhost:{} failed".format(port) in line for line in self.logged),
                         self.logged[-10:])
 
+    @defer.inlineCallbacks
+    def test_automates_patch_as_docs_mend_it_reaches_automates_services(self):
+        """docs/events.md's patch and its mended [handlers], against services whose certificates carry only their names."""
+        from eventsvc.test.test_automate import automate_patches
+
+        patch, mended = automate_patches()
+        ports = {}
+        for key, service, port in (("feed", "compliance-service", "10121"), ("cfgingest", "ingest-service", "10122"),
+                                   ("event_feed", "event-feed-service", "10134")):
+            self.pki.issue(service, names=[service])
+            ports[port] = str(self.start_grpc_server(cert=service))
+        certs = os.path.join(self.folder, "certs")
+        for ours, theirs in (("eventsvc.crt", "event-service.crt"), ("eventsvc.key", "event-service.key"),
+                             ("ca.crt", "Chef_Automate_FAKE_Dev.crt")):
+            self.pki.write(theirs, self.read(ours))
+        for automate, ours in ports.items():
+            mended = mended.replace(":" + automate + '"', ":" + ours + '"')
+        text = patch.split("[handlers]")[0].replace("port = 10132", "port = 0") + mended.replace("port = 10133", "port = 0")
+        self.svc = make_service(config.parse(text, os.path.join(self.folder, "patch.toml")), reactor)
+        self.svc.startService()
+        self.addCleanup(self.svc.stopService)
+        stub = self.publisher()
+        for type_name in ("event_feed", "cfgingest", "nodeTerminated", "compliance_ingest"):
+            msg = to_message(event(type_name, event_id="automate-" + type_name))
+            response = yield threads.deferToThread(stub.Publish, event_pb2.PublishRequest(msg=msg), timeout=10)
+            self.assertTrue(response.success)
+        yield self.wait_for(lambda: len(self.recorders["event_feed"].received()) == 1 and len(self.recorders["cfgingest"].received()) == 2)
+        self.assertEqual([m.event_id for m in self.recorders["event_feed"].received()], ["automate-event_feed"])
+        feed = self.svc.getServiceNamed("feed")
+        yield self.wait_for(lambda: feed.dead_lettered == 1)
+        self.assertEqual(len([line for line in self.logged if "answers UNIMPLEMENTED" in line]), 1)
+
     # -- the Publish API -----------------------------------------------------
 
     @defer.inlineCallbacks
