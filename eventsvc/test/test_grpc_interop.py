@@ -193,6 +193,30 @@ class GRPCInteropTests(TestCase):
         sub.unsubscribe()
         return answers[0]
 
+    def nats_subscriber(self, subscribed: threading.Event) -> Any:
+        """In a thread: a nats-py client over mutual TLS on the service listener, subscribed to event.>; the first message."""
+        import asyncio
+        import ssl
+
+        import nats
+
+        context = ssl.create_default_context(cafile=self.pki.path("ca.crt"))
+        context.load_cert_chain(self.pki.path("producer.crt"), self.pki.path("producer.key"))
+        port = self.svc.getServiceNamed("service").listening.getHost().port
+
+        async def scenario() -> Any:
+            nc = await nats.connect("tls://localhost:{}".format(port), tls=context, allow_reconnect=False)
+            try:
+                sub = await nc.subscribe("event.>")
+                await nc.flush()
+                subscribed.set()
+                msg = await sub.next_msg(timeout=20)
+                return msg.subject, msg.data
+            finally:
+                await nc.close()
+
+        return asyncio.run(scenario())
+
     def publisher(self, cert: str = "producer") -> Any:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.read("ca.crt"), private_key=self.read(cert + ".key"), certificate_chain=self.read(cert + ".crt"),
@@ -342,15 +366,17 @@ class GRPCInteropTests(TestCase):
         self.addCleanup(listening.stopListening)
         self.start_eventsvc('event_feed = "http://127.0.0.1:{}/events"\n'.format(listening.getHost().port))
         self.addCleanup(self.svc.getServiceNamed("event_feed").target._agent._pool.closeCachedConnections)
-        seen: List[bytes] = []
-        self.svc.broker.subscribe("event.>", lambda s, r, p, h: seen.append(p))
+        subscribed = threading.Event()
+        seen = threads.deferToThread(self.nats_subscriber, subscribed)
+        yield self.wait_for(subscribed.is_set)
         stub = self.publisher()
         msg = to_message(event("profileUpdate", event_id="from-grpc", data={"n": 1}))
         response = yield threads.deferToThread(stub.Publish, event_pb2.PublishRequest(msg=msg), timeout=10)
         self.assertTrue(response.success)
         yield self.wait_for(lambda: bool(site_resource.events))
         self.assertEqual(json.loads(site_resource.events[0]), event("profileUpdate", event_id="from-grpc", data={"n": 1}))
-        self.assertEqual([json.loads(p)["event_id"] for p in seen], ["from-grpc"])
+        subject, body = yield seen
+        self.assertEqual((subject, json.loads(body)["event_id"]), ("event.profileUpdate", "from-grpc"))
         # The other calls answer as Automate's do.
         for call, request in ((stub.Subscribe, event_pb2.SubscribeRequest()), (stub.Start, event_pb2.StartRequest()),
                               (stub.Stop, event_pb2.StopRequest())):
