@@ -340,10 +340,16 @@ class _ConnectionFactory(Factory):
 class Channel:
     """
     At most one connection to one target, dialled through C{endpoint} when
-    a call needs it; calls made while it is being dialled wait for it.
+    a call needs it; calls made while it is being dialled wait for it.  A
+    connection that has carried no call for L{IDLE} seconds is closed (the
+    next call dials again), so a target replaced by a reload, or one that
+    gets no events for a long time, holds no socket.
     """
 
     log = Logger()
+
+    #: Seconds without a call after which the connection is closed.
+    IDLE = 300.0
 
     def __init__(self, endpoint: Any, authority: str, clock: Any, max_message: int = wire.MAX_MESSAGE) -> None:
         self.endpoint = endpoint
@@ -355,9 +361,12 @@ class Channel:
         self._waiting: List[_Queued] = []
         #: Connections dialled, for the logs and tests.
         self.dialled = 0
+        self._last_call = 0.0
+        self._idle_check: Any = None
 
     def call(self, path: str, request: bytes, timeout: float) -> Deferred:
         """A unary call on the connection, dialled first if there is none."""
+        self._last_call = self.clock.seconds()
         connection = self.connection
         if connection is not None and connection.state == "open":
             return connection.call(path, request, timeout)
@@ -375,6 +384,8 @@ class Channel:
     def _connected(self, protocol: ClientConnection) -> None:
         self._dialling = None
         self.connection = protocol
+        if self._idle_check is None:
+            self._idle_check = self.clock.callLater(self.IDLE, self._close_if_idle)
         waiting, self._waiting = self._waiting, []
         for path, request, timeout, d in waiting:
             protocol.call(path, request, timeout).chainDeferred(d)
@@ -386,9 +397,24 @@ class Channel:
         for _, _, _, d in waiting:
             d.errback(TransportError(why))
 
+    def _close_if_idle(self) -> None:
+        self._idle_check = None
+        connection = self.connection
+        if connection is None:
+            return
+        quiet = self.clock.seconds() - self._last_call
+        if quiet >= self.IDLE and not connection.busy:
+            self.log.debug("gRPC connection to {authority} idle for {quiet:.0f}s: closed", authority=self.authority, quiet=quiet)
+            connection.transport.loseConnection()
+            return
+        self._idle_check = self.clock.callLater(max(self.IDLE - quiet, 1.0), self._close_if_idle)
+
     def _connection_lost(self, protocol: ClientConnection) -> None:
         if self.connection is protocol:
             self.connection = None
+            if self._idle_check is not None and self._idle_check.active():
+                self._idle_check.cancel()
+            self._idle_check = None
 
     def close(self) -> None:
         """Drop the connection (calls in flight fail); the next call dials again."""

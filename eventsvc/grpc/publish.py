@@ -40,7 +40,9 @@ from eventsvc.grpc import wire
 from eventsvc.grpc.convert import to_event
 from eventsvc.grpc.generated import event_pb2
 from eventsvc.grpc.wire import GRPCError
+from eventsvc.nats import limits
 from eventsvc.nats.tcp import no_delay
+from eventsvc.nats.timers import cancel
 
 #: A unary method: the request message in, a Deferred (or value) of the response message out.
 Method = Callable[[bytes], Any]
@@ -63,9 +65,13 @@ class ServerConnection(Protocol):
     log = Logger()
     transport: Any
 
-    def __init__(self, methods: Dict[str, Method], max_message: int = wire.MAX_MESSAGE) -> None:
+    def __init__(self, methods: Dict[str, Method], max_message: int = wire.MAX_MESSAGE, clock: Any = None,
+                 handshake_timeout: float = limits.TLS_TIMEOUT) -> None:
         self.methods = methods
         self.max_message = max_message
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self._handshake_deadline: Any = None
         self.handshaken = False
         self._h2 = H2Connection(H2Configuration(
             client_side=False, header_encoding=None,
@@ -82,11 +88,21 @@ class ServerConnection(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        if self.clock is not None and _is_tls(self.transport):
+            # A client that never finishes its handshake holds a socket for nothing.
+            self._handshake_deadline = self.clock.callLater(self.handshake_timeout, self._handshake_too_slow)
         self._h2.initiate_connection()
         self._flush()
 
+    def _handshake_too_slow(self) -> None:
+        self._handshake_deadline = None
+        self.log.info("gRPC client {peer}: no TLS handshake in {seconds:g}s; closed", peer=_peer(self.transport),
+                      seconds=self.handshake_timeout)
+        self.transport.abortConnection()
+
     def handshakeCompleted(self) -> None:
         self.handshaken = True
+        self._handshake_deadline = cancel(self._handshake_deadline)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -203,6 +219,7 @@ class ServerConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
+        self._handshake_deadline = cancel(self._handshake_deadline)
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             if stream.answering is not None:
@@ -356,12 +373,13 @@ def _done(value: bytes) -> Deferred:
 class _ServerFactory(Factory):
     noisy = False
 
-    def __init__(self, methods: Dict[str, Method], max_message: int) -> None:
+    def __init__(self, methods: Dict[str, Method], max_message: int, clock: Any) -> None:
         self.methods = methods
         self.max_message = max_message
+        self.clock = clock
 
     def buildProtocol(self, addr: Any) -> ServerConnection:
-        protocol = ServerConnection(self.methods, self.max_message)
+        protocol = ServerConnection(self.methods, self.max_message, self.clock)
         protocol.factory = self
         return protocol
 
@@ -388,7 +406,7 @@ class GRPCListener(Service):
 
         from eventsvc.nats.listener import ListenError
 
-        factory = TLSMemoryBIOFactory(self.tls, False, _ServerFactory(self.api.methods(), self.max_message))
+        factory = TLSMemoryBIOFactory(self.tls, False, _ServerFactory(self.api.methods(), self.max_message, self.reactor))
         try:
             self.listening = self.reactor.listenTCP(self.port, factory, interface=self.host)
         except CannotListenError as e:

@@ -194,6 +194,88 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(len(self.slow), 3)
 
 
+class MemoryEndpoint:
+    """Connects a channel's connection to a new server connection in memory (iosim); or fails."""
+
+    def __init__(self, methods: dict, fail: bool = False) -> None:
+        self.methods = methods
+        self.fail = fail
+        self.pumps: list = []
+
+    def connect(self, factory):
+        from twisted.internet.defer import fail, succeed
+        from twisted.internet.error import ConnectionRefusedError
+
+        if self.fail:
+            return fail(ConnectionRefusedError("refused"))
+        client = factory.buildProtocol(None)
+        server = ServerConnection(self.methods)
+        self.pumps.append(connect(server, FakeTransport(server, True), client, FakeTransport(client, False)))
+        return succeed(client)
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+class ChannelTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = MemoryEndpoint({"/t.S/Echo": _echo})
+        self.channel = Channel(self.endpoint, "target:1", self.clock)
+
+    def test_one_connection_for_many_calls_closed_when_idle_and_dialled_again(self) -> None:
+        calls = [self.channel.call("/t.S/Echo", b"%d" % i, 5) for i in range(5)]
+        self.endpoint.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], [b"echo:%d" % i for i in range(5)])
+        self.assertEqual(self.channel.dialled, 1)
+        connection = self.channel.connection
+        self.clock.advance(Channel.IDLE - 1)
+        # A call keeps it open for another IDLE seconds.
+        d = self.channel.call("/t.S/Echo", b"x", 5)
+        self.endpoint.flush()
+        self.successResultOf(d)
+        self.clock.advance(Channel.IDLE - 1)
+        self.assertFalse(connection.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(connection.transport.disconnecting)
+        self.endpoint.flush()
+        self.assertIsNone(self.channel.connection)
+        d = self.channel.call("/t.S/Echo", b"again", 5)
+        self.endpoint.flush()
+        self.assertEqual(self.successResultOf(d), b"echo:again")
+        self.assertEqual(self.channel.dialled, 2)
+
+    def test_no_connection_is_a_transport_error(self) -> None:
+        channel = Channel(MemoryEndpoint({}, fail=True), "target:1", self.clock)
+        error = self.failureResultOf(channel.call("/t.S/Echo", b"", 5), TransportError).value
+        self.assertEqual(error.message, "cannot connect to target:1: ConnectionRefusedError: Connection was refused by other side: refused.")
+
+
+class HandshakeDeadlineTests(SynchronousTestCase):
+    def test_a_client_that_never_handshakes_is_cut_off(self) -> None:
+        from twisted.internet.testing import StringTransport
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from eventsvc.grpc.publish import _ServerFactory
+        from eventsvc.security import certs
+        from twisted.internet import ssl
+
+        ca = certs.make_ca()
+        minted = certs.make_cert(ca, "s", ["s"])
+        identity = ssl.PrivateCertificate.loadPEM(minted.cert_pem + minted.key_pem)
+        options = ssl.CertificateOptions(privateKey=identity.privateKey.original, certificate=identity.original)
+        clock = Clock()
+        factory = TLSMemoryBIOFactory(options, False, _ServerFactory({}, 1000, clock))
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        clock.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+
 class FakeChannel:
     def __init__(self) -> None:
         self.calls: list = []
