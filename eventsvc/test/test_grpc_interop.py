@@ -119,7 +119,9 @@ class HTTPTarget(resource.Resource):
         return b"{}"
 
 
-class GRPCInteropTests(TestCase):
+class Fixture(TestCase):
+    """Certificates, grpcio servers playing Automate's services, eventsvc in this process, and waiting."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -232,6 +234,8 @@ class GRPCInteropTests(TestCase):
         self.addCleanup(channel.close)
         return event_pb2_grpc.EventServiceStub(channel)
 
+
+class GRPCInteropTests(Fixture):
     # -- HandleEvent targets ------------------------------------------------
 
     @defer.inlineCallbacks
@@ -424,3 +428,59 @@ def _call_error(call: Callable[..., Any], request: Any) -> Any:
     except grpc.RpcError as e:
         return e
     raise AssertionError("the call succeeded")
+
+
+class RealProcessTests(Fixture):
+    """
+    eventsvc as a user runs it (twistd, a patch file), between a grpcio
+    publisher and grpcio Automate services in this process.  L{python} is
+    the interpreter whose twistd runs eventsvc: this one, or PyPy's.
+    """
+
+    timeout = 120
+    python: Optional[str] = None
+
+    @defer.inlineCallbacks
+    def test_published_events_reach_automates_services(self):
+        helper = self
+        target = helper.start_grpc_server()
+        api = process.free_port()
+        folder = helper.folder
+        path = process.write_config(os.path.join(folder, "patch.toml"), (
+            '[service]\nport = 0\n'
+            '[tls]\ncert_path = "certs/eventsvc.crt"\nkey_path = "certs/eventsvc.key"\nroot_ca_path = "certs/ca.crt"\n'
+            '[grpc]\nport = {api}\n'
+            '[handlers]\nevent_feed = "grpc://localhost:{target}"\ncfgingest = "grpc://localhost:{target}"\n'
+        ).format(api=api, target=target))
+        # The checkout's code, on PyPy too (not the CPython venv's site-packages).
+        env = {"PYTHONPATH": process.source_tree()} if self.python else None
+        server = process.eventsvc(path, expect=("service",), python=self.python, env=env)
+        yield process.started(self, server)
+        yield threads.deferToThread(server.wait_output, "grpc listening for Chef Automate's EventService (Publish) on 127.0.0.1:{}".format(api))
+        credentials = grpc.ssl_channel_credentials(helper.read("ca.crt"), helper.read("producer.key"), helper.read("producer.crt"))
+
+        def publish_all() -> List[bool]:
+            with grpc.secure_channel("localhost:{}".format(api), credentials) as channel:
+                stub = event_pb2_grpc.EventServiceStub(channel)
+                futures = [stub.Publish.future(event_pb2.PublishRequest(msg=to_message(event(
+                    "scanJobUpdated" if i % 2 else "nodeTerminated", event_id="p-{}".format(i)))), timeout=30) for i in range(200)]
+                return [f.result().success for f in futures]
+
+        answers = yield threads.deferToThread(publish_all)
+        self.assertEqual(answers, [True] * 200)
+        yield helper.wait_for(lambda: len(helper.recorders["event_feed"].received()) == 100
+                              and len(helper.recorders["cfgingest"].received()) == 100, 60)
+        received = helper.recorders["event_feed"].received() + helper.recorders["cfgingest"].received()
+        self.assertEqual(sorted(m.event_id for m in received), sorted("p-{}".format(i) for i in range(200)))
+        self.assertEqual(server.stop(), 0)
+
+
+class PyPyProcessTests(RealProcessTests):
+    """The same with eventsvc on PyPy (the checkout's .venv-pypy, from make install-pypy-test): h2 and protobuf there."""
+
+    def setUp(self) -> None:
+        pypy = os.path.join(process.source_tree(), ".venv-pypy", "bin", "pypy3")
+        if not os.access(pypy, os.X_OK):
+            raise SkipTest("no PyPy virtual environment in the checkout (make install-pypy-test)")
+        self.python = pypy
+        super().setUp()
