@@ -146,7 +146,12 @@ class ClientConnection(Protocol):
             self._drain("its stream ids are used up")
             d.errback(TransportError("no stream left on the connection to {} (a new one is dialled)".format(self.authority)))
             return
-        self._h2.send_headers(stream_id, wire.request_headers(self.authority, path, timeout))
+        try:
+            self._h2.send_headers(stream_id, wire.request_headers(self.authority, path, timeout))
+        except H2Error as e:
+            self._drain("h2 refused a new stream ({})".format(e))
+            d.errback(TransportError("the connection to {} takes no new call: {}".format(self.authority, e)))
+            return
         call = self._calls[stream_id] = _Call(d, wire.frame(request), self.max_message)
         call.timer = self.clock.callLater(timeout, self._timed_out, stream_id, timeout)
         self._send_pending(stream_id, call)

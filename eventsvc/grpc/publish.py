@@ -19,7 +19,7 @@ Automate's does; a client refused at the handshake is logged.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from h2 import events as h2events
 from h2.config import H2Configuration
@@ -88,6 +88,9 @@ class ServerConnection(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.live.add(self)
         if self.clock is not None and _is_tls(self.transport):
             # A client that never finishes its handshake holds a socket for nothing.
             self._handshake_deadline = self.clock.callLater(self.handshake_timeout, self._handshake_too_slow)
@@ -121,7 +124,10 @@ class ServerConnection(Protocol):
             headers = dict(wire.decode_headers(event.headers))
             path = headers.get(":path", "")
             if headers.get(":method") != "POST" or not headers.get("content-type", "").startswith("application/grpc"):
-                self._h2.send_headers(event.stream_id, [(":status", "415")], end_stream=True)
+                try:
+                    self._h2.send_headers(event.stream_id, [(":status", "415")], end_stream=True)
+                except H2Error:
+                    pass
                 return
             if path not in self.methods:
                 self._status(event.stream_id, wire.UNIMPLEMENTED, "unknown method {}".format(path))
@@ -219,6 +225,9 @@ class ServerConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.lost(self)
         self._handshake_deadline = cancel(self._handshake_deadline)
         streams, self._streams = self._streams, {}
         for stream in streams.values():
@@ -377,6 +386,27 @@ class _ServerFactory(Factory):
         self.methods = methods
         self.max_message = max_message
         self.clock = clock
+        #: Connections open now.
+        self.live: Set[ServerConnection] = set()
+        self._all_lost: List[Deferred] = []
+
+    def lost(self, connection: ServerConnection) -> None:
+        self.live.discard(connection)
+        if not self.live:
+            waiting, self._all_lost = self._all_lost, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self) -> Deferred:
+        """Close every connection; fires once they are all gone."""
+        d: Deferred = Deferred()
+        if not self.live:
+            d.callback(None)
+            return d
+        self._all_lost.append(d)
+        for connection in list(self.live):
+            connection.transport.loseConnection()
+        return d
 
     def buildProtocol(self, addr: Any) -> ServerConnection:
         protocol = ServerConnection(self.methods, self.max_message, self.clock)
@@ -399,6 +429,7 @@ class GRPCListener(Service):
         self.where = where
         self.max_message = max_message
         self.listening: Any = None
+        self.connections: Optional[_ServerFactory] = None
 
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
@@ -406,7 +437,8 @@ class GRPCListener(Service):
 
         from eventsvc.nats.listener import ListenError
 
-        factory = TLSMemoryBIOFactory(self.tls, False, _ServerFactory(self.api.methods(), self.max_message, self.reactor))
+        self.connections = _ServerFactory(self.api.methods(), self.max_message, self.reactor)
+        factory = TLSMemoryBIOFactory(self.tls, False, self.connections)
         try:
             self.listening = self.reactor.listenTCP(self.port, factory, interface=self.host)
         except CannotListenError as e:
@@ -420,9 +452,21 @@ class GRPCListener(Service):
         )
 
     def stopService(self) -> Any:
+        from twisted.internet.defer import DeferredList
+
         super().stopService()
         self.api.stop()
+        waits = []
         if self.listening is not None:
             port, self.listening = self.listening, None
-            return port.stopListening()
-        return None
+            waits.append(port.stopListening())
+        if self.connections is not None:
+            # Publish calls in flight were just answered UNAVAILABLE; the
+            # clients redial the next start.
+            connections = self.connections
+            closed = connections.close_all()
+            closed.addTimeout(2.0, self.reactor)
+            # A client that does not finish the TLS goodbye is cut off.
+            closed.addErrback(lambda _: [c.transport.abortConnection() for c in list(connections.live)] and None)
+            waits.append(closed)
+        return DeferredList([d for d in waits if d is not None])
