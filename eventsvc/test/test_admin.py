@@ -14,7 +14,11 @@ import sys
 import threading
 import time
 
-import toml
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -280,7 +284,8 @@ class ConfigShowTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         for secret in ("super-secret-token", "alice-password", "identity-secret", "route-secret", "user:pw"):
             self.assertNotIn(secret, result.stdout)
-        shown = toml.loads(result.stdout)
+        # Strict TOML 1.0: what config show writes, the service reads.
+        shown = tomllib.loads(result.stdout)
         self.assertEqual(shown["gateway"]["port"], 4999)
         self.assertEqual(shown["gateway"]["tokens"], ["<redacted>"])
         self.assertEqual(shown["gateway"]["users"], {"alice": "<redacted>"})
