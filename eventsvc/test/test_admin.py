@@ -146,6 +146,9 @@ class MessagingCommandTests(TestCase):
             return denied, wrong
 
         denied, wrong = yield threads.deferToThread(run)
+        # check-config says what the refusal below then shows.
+        said = process.cli("check-config", "--config", self.config)
+        self.assertIn("\n  gateway agents may publish to habitat.event.* and subscribe to nothing\n", said.stdout)
         self.assertEqual(denied.returncode, 1)
         self.assertEqual(
             denied.stderr,
