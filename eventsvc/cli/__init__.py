@@ -98,15 +98,16 @@ def parser() -> argparse.ArgumentParser:
                  ["eventsvc config show --config patch.toml"], _lazy("inspect", "config_show"))
     _config(p)
 
-    p = _command(commands, "health-check", "request/reply echo through the gateway, and the server's own health",
-                 "Log in to the gateway with the per-start health-check token, answer a request of our own through it, "
-                 "then ask the server how it is: what /healthz says (starting, lame duck, shutting down, a configured "
-                 "route down). For systemd, load balancers and monitoring.",
+    p = _command(commands, "health-check", "request/reply echo through the node's listener, and the server's own health",
+                 "Log in to the gateway with the per-start health-check token (or, on a node without [gateway], to the "
+                 "service listener with the service's mutual-TLS identity, [tls] or --cert and --key), answer a request "
+                 "of our own through it, then ask the server how it is: what /healthz says (starting, lame duck, "
+                 "shutting down, a configured route down). For systemd, load balancers and monitoring.",
                  ["eventsvc health-check --config patch.toml", "eventsvc health-check --config patch.toml --ca ca.crt --timeout 2"],
                  _lazy("messaging", "health_check"))
     _config(p)
     _timeout(p)
-    p.add_argument("--ca", help="CA to trust for the gateway's certificate (default: [tls] root_ca_path)")
+    _service_identity(p)
 
     p = _command(commands, "publish", "send one event and print the acknowledgement",
                  "Publish one event on <subject_prefix>.<type> at the service listener (with the [tls] identity) and "

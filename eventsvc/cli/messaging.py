@@ -127,37 +127,47 @@ def print_message(n: int, message: wire.Message) -> None:
 
 
 def health_check(options: argparse.Namespace) -> int:
-    """A request/reply echo through the gateway, then the server's own health."""
+    """
+    A request/reply echo, then the server's own health: through the gateway
+    with the per-start health-check token when this node runs one, else
+    through the service listener with the service's mutual-TLS identity.
+    """
     config = load(options.config)
     gw = config.gateway
-    if not gw.enabled:
-        return say("unhealthy: [gateway] is not enabled in {}".format(options.config), EX_FAIL)
-    host, port = wire.local(gw.host), gw.port
-    try:
-        with open(gw.health_token_file, encoding="ascii") as f:
-            token = f.read().strip()
-    except OSError as e:
-        return say(
-            "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
-            EX_FAIL,
-        )
+    if gw.enabled:
+        try:
+            with open(gw.health_token_file, encoding="ascii") as f:
+                token = f.read().strip()
+        except OSError as e:
+            return say(
+                "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
+                EX_FAIL,
+            )
+        who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), gateway=True)
+        # The token's identity may use only this inbox.
+        inbox = health_inbox(token)
+    elif config.service.enabled:
+        who = wire.identity(config, options)
+        inbox = "_INBOX.hc" + secrets.token_hex(12)
+    else:
+        return say("unhealthy: neither [service] nor [gateway] runs in {}".format(options.config), EX_FAIL)
     started = time.monotonic()
-    who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), gateway=True)
     try:
         conn = wire.connect(who, options.timeout, "eventsvc-health-check")
         try:
-            inbox = health_inbox(token)
             subject = _echo(conn, inbox)
             answer = wire.request(conn, "healthcheck.status." + conn.info.get("server_id", ""), b"", inbox_prefix=inbox)
-            status = wire.decode_object(answer.payload, "the status")
         finally:
             conn.close()
+        if answer.status == "503":
+            raise Failed("nothing answers the health question (an eventsvc older than this command?)")
+        status = wire.decode_object(answer.payload, "the status")
     except (Failed, OSError) as e:
         return say("unhealthy: {}: {}".format(who.where, e), EX_FAIL)
     if status.get("status") != "ok":
         return say("unhealthy: {}: {}".format(who.where, status.get("error") or "status {!r}".format(status.get("status"))), EX_FAIL)
     elapsed = (time.monotonic() - started) * 1000
-    return say("healthy: gateway {}:{} echoed a request on {} in {:.1f} ms".format(host, port, subject, elapsed), EX_OK)
+    return say("healthy: {} echoed a request on {} in {:.1f} ms".format(who.where, subject, elapsed), EX_OK)
 
 
 def _echo(conn: wire.Connection, inbox_prefix: str) -> str:
