@@ -14,15 +14,18 @@ import uuid
 from datetime import datetime, timezone
 from typing import List, Optional
 
-from eventsvc import wirejson
+from eventsvc import config as configuration, wirejson
 from eventsvc.cli import wire
-from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
+from eventsvc.cli.common import EX_FAIL, EX_OK, EX_USAGE, Failed, load, routed_to, say
 from eventsvc.security.permissions import health_inbox
 
 
 def publish(options: argparse.Namespace) -> int:
     """Send one event to the service listener and print its acknowledgement."""
     config = load(options.config)
+    mixed_up = _handler_not_type(config, options.type)
+    if mixed_up:
+        return say("eventsvc: {}".format(mixed_up), EX_USAGE)
     try:
         raw = sys.stdin.read() if options.file == "-" else open(options.file, encoding="utf-8").read()
         event = wirejson.loads(raw)
@@ -46,6 +49,23 @@ def publish(options: argparse.Namespace) -> int:
     except (Failed, OSError) as e:
         return say("eventsvc: cannot publish to {}:{}: {}".format(who.host, who.port, e), EX_FAIL)
     return say(answer.payload.decode("utf-8"), EX_OK if ack.get("success") else EX_FAIL)
+
+
+def _handler_not_type(config: configuration.Config, name: str) -> str:
+    """
+    Why C{name} is a [handlers] key given where an event type belongs, with
+    the types that would reach that handler, or "" (C{cfgingest} is both).
+    """
+    from eventsvc.events.types import EVENT_TYPES
+
+    if name in EVENT_TYPES or name not in configuration.HANDLER_NAMES:
+        return ""
+    types = routed_to(config, name)
+    if not types:
+        return "--type {}: {} is a [handlers] key, not an event type, and no event type is routed to it in {}".format(
+            name, name, config.source)
+    return "--type {}: {} is a [handlers] key, not an event type; did you mean an event type of this handler: {}".format(
+        name, name, ", ".join(types))
 
 
 def sub(options: argparse.Namespace) -> int:
