@@ -456,7 +456,8 @@ def load(path: str) -> Config:
         key that is unknown, of the wrong type or out of range.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark some Windows editors write is not a syntax error.
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError("{}: cannot read the configuration: {}".format(path, e.strerror or e))

@@ -431,6 +431,13 @@ class CommandLineMistakeTests(TestCase):
         self.assertTrue(result.stderr.startswith("eventsvc: {}: line 2, column ".format(unterminated)), result.stderr)
         self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
 
+    def test_byte_order_mark(self):
+        """A file saved with a byte-order mark (some Windows editors) reads as without one."""
+        config = process.write_bytes(self.mktemp() + ".toml", b"\xef\xbb\xbf[service]\nport = 4333\n")
+        result = process.cli("config", "show", "--config", config)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(tomllib.loads(result.stdout)["service"]["port"], 4333)
+
     def test_toml_syntax_error_at_start_up(self):
         """twistd says the same line and exits, before anything listens."""
         config = self.write('[service]\nport = 0\nhost = \n')
