@@ -90,8 +90,9 @@ class EventService(MultiService):
         try:
             super().startService()
             self.state = "running"
-            if self.config.gateway.enabled:
-                self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
+            # Asked through the gateway (the health-check token) or, on a node
+            # without one, through the service listener (its certificate).
+            self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
         except ListenError:
             self.stopService()
             raise
