@@ -189,6 +189,8 @@ class NATSOverWebSocket(WebSocketServerProtocol):
         self._held: Set[str] = set()
         #: The close code and text of a failure autobahn found (see _fail_connection).
         self._failure: Optional[Tuple[int, str]] = None
+        #: The socket is gone (connectionLost).
+        self._lost = False
 
     # -- the upgrade ------------------------------------------------------------
 
@@ -334,6 +336,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
         self._held.add(why)
 
     def release(self, why: str) -> None:
+        """C{why} no longer holds: the socket is read again once nothing else does."""
         if why not in self._held:
             return
         self._held.discard(why)
@@ -375,7 +378,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
         self.data = b""  # autobahn's unread input
         if self.state != self.STATE_CLOSED:
             self.dropConnection(abort=False)
-        if self._timer is None:
+        if self._timer is None and not self._lost:
             self._timer = self.factory.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _fail_connection(self, code: int = GOING_AWAY, reason: str = "going away") -> None:
@@ -408,6 +411,7 @@ class NATSOverWebSocket(WebSocketServerProtocol):
     # -- the end --------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
         self._timer = cancel(self._timer)
         self._turn = cancel(self._turn)
         self._backlog.clear()

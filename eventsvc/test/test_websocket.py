@@ -383,6 +383,23 @@ class InflateTests(Harness):
         self.turns(peer)
         self.assertEqual(peer.text(), b"MSG each.alone 1 3\r\nabc\r\nMSG each.alone 1 6\r\nabcabc\r\nMSG each.alone 1 3\r\nabc\r\n")
 
+    def test_nothing_inflated_while_the_client_holds_its_reads(self) -> None:
+        """A client that holds its reads (a stalled publisher) is handed no inflated data until it reads again; then all of it, in order."""
+        peer = self.open(deflate=True)
+        peer.send(b'CONNECT {"verbose":false}\r\nSUB held 1\r\n')
+        peer.frames()
+        client = peer.proto.client
+        client.gate.hold("test")
+        self.send_deflated(peer, b"PUB held 2\r\nhi\r\nPING\r\n")
+        peer.send(b"PUB held 5\r\nafter\r\n")
+        self.turns(peer)
+        self.assertEqual(peer.frames(), [])
+        self.assertEqual(client.in_msgs, 0)
+        client.gate.release("test")
+        self.turns(peer)
+        self.assertEqual(peer.text(), b"MSG held 1 2\r\nhi\r\nPONG\r\nMSG held 1 5\r\nafter\r\n")
+        self.assertEqual(peer.transport.producerState, "producing")
+
     def test_bomb_cut_at_the_cap(self) -> None:
         """1 MB of deflate inflating far past max_pending: cut with 1009 at the cap, over several turns, while another client is served."""
         peer = self.open(deflate=True)
