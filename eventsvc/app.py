@@ -86,7 +86,7 @@ class EventService(MultiService):
         if self.config.service.enabled:
             self.log.info("{where}", where=config_module.where_events_are_kept(self.config))
         for warning in config_module.warnings(self.config):
-            self.log.warn("{warning}", warning=warning)
+            self.log.warn("{problem}", problem=warning)
         try:
             super().startService()
             self.state = "running"

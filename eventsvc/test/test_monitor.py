@@ -132,7 +132,8 @@ class MonitorTests(SynchronousTestCase):
             "server_id", "now", "num_subscriptions", "num_cache", "num_inserts", "num_removes", "num_matches",
             "cache_hit_rate", "max_fanout", "avg_fanout", "total", "offset", "limit", "subscriptions_list",
         ])
-        self.assertEqual((subsz["total"], subsz["offset"], subsz["limit"]), (4, 0, 1024))
+        # Ours two, the event service's two and the health question's one.
+        self.assertEqual((subsz["total"], subsz["offset"], subsz["limit"]), (5, 0, 1024))
         mine = [s for s in subsz["subscriptions_list"] if s["cid"] == c.proto.cid]
         self.assertEqual(sorted(mine, key=lambda s: s["sid"]), [
             {"account": "$G", "subject": "foo.bar", "sid": "1", "msgs": 0, "cid": c.proto.cid},
@@ -147,7 +148,7 @@ class MonitorTests(SynchronousTestCase):
         # Nothing on the page, another account, or no subs: the figures alone.
         for query in ("/subsz?subs=1&test=nothing.here", "/subsz?subs=1&acc=$SYS", "/subsz", "/subsz?subs=0"):
             self.assertNotIn("subscriptions_list", get(self.svc, query)[1], query)
-            self.assertEqual(get(self.svc, query)[1]["num_subscriptions"], 4, query)
+            self.assertEqual(get(self.svc, query)[1]["num_subscriptions"], 5, query)
         for query, message in (
             ("subs=detail", "Error decoding boolean for 'subs': strconv.ParseBool: parsing \"detail\": invalid syntax"),
             ("test=foo.*", "invalid test subject, must be valid publish subject: foo.*"),
@@ -248,8 +249,8 @@ class LongSubscriptionListTests(SynchronousTestCase):
         count = monitor_module.ROWS_PER_TURN * 4 + 3
         connect(svc, "service", b'CONNECT {"verbose":false}\r\n' + b"".join(b"SUB many.%d %d\r\n" % (i, i) for i in range(count)))
         clock.advance(0)  # (the parser's later turns)
-        everyone = svc.broker.sublist.count  # (and the event service's two)
-        self.assertEqual(everyone, count + 2)
+        everyone = svc.broker.sublist.count  # (and the event service's two, and the health question)
+        self.assertEqual(everyone, count + 3)
         request = DummyRequest([b""])
         request.args = {b"subs": [b"1"], b"limit": [b"100000"]}
         svc.getServiceNamed("monitor").site.resource.children[b"subsz"].render_GET(request)
