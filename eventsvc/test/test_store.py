@@ -385,3 +385,32 @@ class DispatcherOnAFullDisk(SynchronousTestCase):
         self.assertEqual(s2.spool.state, "ok")
         s2.publish("cfgingest", payload("cfgingest", "new"), reply="ack.new")
         self.assertEqual(s2.acks[-1], {"success": True, "event_id": "new"})
+
+
+class DeadLettersOnAFullDisk(SynchronousTestCase):
+    def test_dead_letter_that_cannot_be_written_is_kept_and_written_later(self) -> None:
+        """A refused event is finished only once its dead letter is written: never lost, never sent again."""
+        from eventsvc.events.handlers import DeliveryFailed
+
+        target = RecordingTarget([DeliveryFailed("HTTP 400", retry=False)])
+        s = Setup(self, targets={"cfgingest": target})
+        handler = s.handlers["cfgingest"]
+        real = handler.dead_letters.write
+        failures = [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))] * 2
+
+        def write(*args):
+            if failures:
+                raise failures.pop()
+            real(*args)
+
+        handler.dead_letters.write = write  # type: ignore[method-assign]
+        s.publish("cfgingest", payload("cfgingest", "bad-1"))
+        self.assertEqual((handler.dead_lettered, handler.backlog_size, s.dispatcher.pending), (0, 1, 1))
+        s.clock.advance(handler.retry_max)
+        self.assertEqual((handler.dead_lettered, handler.backlog_size, s.dispatcher.pending), (0, 1, 1))
+        s.clock.advance(handler.retry_max)
+        self.assertEqual((handler.dead_lettered, handler.backlog_size, s.dispatcher.pending), (1, 0, 0))
+        with open(s.dead_path) as f:
+            self.assertEqual([json.loads(line)["event_id"] for line in f], ["bad-1"])
+        # Sent once: the dead letter was retried, not the delivery.
+        self.assertEqual(target.event_ids(), ["bad-1"])
