@@ -414,3 +414,18 @@ class DeadLettersOnAFullDisk(SynchronousTestCase):
             self.assertEqual([json.loads(line)["event_id"] for line in f], ["bad-1"])
         # Sent once: the dead letter was retried, not the delivery.
         self.assertEqual(target.event_ids(), ["bad-1"])
+
+
+class UnreadableSpool(SynchronousTestCase):
+    def test_one_line_not_a_traceback(self) -> None:
+        """A spool that cannot even be read stops the start with one line naming data_dir (ListenError, as a port in use)."""
+        from eventsvc.nats.listener import ListenError
+
+        path = self.mktemp()
+        os.makedirs(os.path.join(path, "events-00000001.spool"))
+        with self.assertRaises(ListenError) as caught:
+            Setup(self, spool_path=path)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith(path + ": cannot read the spool: "), message)
+        self.assertTrue(message.endswith(" ([service] data_dir)"), message)
+        self.assertNotIn("\n", message)
