@@ -31,6 +31,7 @@ from eventsvc.events import types
 from eventsvc.events.handlers import Delivery, HandlerService
 from eventsvc.events.spool import Spool, StoreError
 from eventsvc.nats.listener import ListenError
+from eventsvc.nats.timers import cancel
 
 
 #: Where C{eventsvc dead-letters replay} puts an event back, for one handler.
@@ -130,10 +131,7 @@ class EventDispatcher(Service):
             if subscription is not None:
                 subscription.unsubscribe()
         self._subscription = self._replays = None
-        for call in (self._sync_call, self._store_retry):
-            if call is not None and call.active():
-                call.cancel()
-        self._store_retry = None
+        self._sync_call, self._store_retry = cancel(self._sync_call), cancel(self._store_retry)
         self._sync()
         if self.spool is not None:
             self.spool.close()
@@ -247,11 +245,8 @@ class EventDispatcher(Service):
                 self._done_sync = self.clock.callLater(self.DONE_SYNC, self._sync)
 
     def _sync(self) -> None:
-        self._sync_call = None
-        if self._done_sync is not None:
-            if self._done_sync.active():
-                self._done_sync.cancel()
-            self._done_sync = None
+        # Whichever timer runs it, this sync serves the others too.
+        self._sync_call, self._done_sync = cancel(self._sync_call), cancel(self._done_sync)
         if self.spool is not None:
             lost = set(self.spool.sync())
             unsynced, self._unsynced = self._unsynced, {}
