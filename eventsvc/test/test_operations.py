@@ -313,7 +313,11 @@ class LameDuckTests(TestCase):
 
 
 class FlakyTarget(resource.Resource):
-    """Answers 503 while C{down}, else 200; records every event id it took (duplicates included)."""
+    """
+    Answers 503 while C{down}, else 200; records every event id it took
+    (duplicates included), and counts the attempts it refused (retries,
+    not duplicates).
+    """
 
     isLeaf = True
 
@@ -321,9 +325,11 @@ class FlakyTarget(resource.Resource):
         super().__init__()
         self.down = True
         self.seen = []
+        self.refused = 0
 
     def render_POST(self, request):
         if self.down:
+            self.refused += 1
             request.setResponseCode(503)
             return b"down"
         self.seen.append(json.loads(request.content.read())["event_id"])
@@ -465,9 +471,9 @@ class FullDiskTests(TestCase):
         self.assertEqual([a["success"] for _, a, _ in again], [True] * 100)
         print("\nfull disk (2 MiB tmpfs, target 503): {} published, {} acknowledged, {} refused (store full), "
               "{} unanswered, {} answered within 1 s (slowest {:.3f} s); after recovery {} deliveries of the {} "
-              "acknowledged ({} duplicates); {} of 100 accepted after the drain".format(
+              "acknowledged ({} duplicates; {} attempts answered 503 before); {} of 100 accepted after the drain".format(
                   len(results), len(acked), len(refused), len(unanswered), within, slowest,
-                  deliveries, len(acked), duplicates, sum(1 for _, a, _ in again if a["success"])))
+                  deliveries, len(acked), duplicates, self.target.refused, sum(1 for _, a, _ in again if a["success"])))
 
         # A restart on a full disk: the target is down again, events wait
         # in the spool, and a file fills what is left.
