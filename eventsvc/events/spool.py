@@ -12,8 +12,8 @@ handler finished together, a batch, and the handler; one sequence number in
 records written before batches).  Records are appended to the newest segment and made durable by
 L{Spool.sync}, which the dispatcher calls once per reactor turn before it
 acknowledges anything (group commit).  When the newest segment passes
-C{segment_size} a new one is begun; a segment that owes nothing any more is
-deleted.  Nothing is ever rewritten: compaction is deleting whole segments,
+C{segment_size} (an eighth of a disk smaller than 32 MiB) a new one is begun;
+a segment that owes nothing any more is deleted.  Nothing is ever rewritten: compaction is deleting whole segments,
 so it never stops delivery, and damage is bounded to the segment it is in.
 
 Reading survives damage.  A record whose length or CRC does not hold is
@@ -69,8 +69,10 @@ _HEADERS = (SEGMENT_HEADER, b"EVSPOOL2\n")
 #: max_payload (64 MiB), and four bytes of JSON text read as a length are
 #: always larger, which makes scanning through damage cheap.
 MAX_RECORD = 64 * 1024 * 1024 + 4096
-#: A new segment is begun when the newest passes this size.
+#: A new segment is begun when the newest passes this size (or an eighth of a
+#: smaller disk, at least L{MIN_SEGMENT}: space comes back a segment at a time).
 SEGMENT_SIZE = 4 * 1024 * 1024
+MIN_SEGMENT = 64 * 1024
 #: The single file of the spool before segments.
 LEGACY_NAME = "events.spool"
 _SEGMENT = re.compile(r"^events-(\d{8})\.spool$")
@@ -413,6 +415,12 @@ class Spool:
                     accepted_where.setdefault(record["seq"], number)
             every += read.records
         pending, self.next_seq = owed(every)
+        try:
+            total = self.disk.space(self.directory)[1]
+        except OSError:
+            total = 0
+        if total:
+            self.segment_size = min(self.segment_size, max(total // 8, MIN_SEGMENT))
         self._next_number = (segments[-1][0] + 1) if segments else 1
         self._active = self._next_number
         for number, _, _ in reads:

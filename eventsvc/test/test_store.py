@@ -179,6 +179,28 @@ class SpoolOnAFullDisk(SynchronousTestCase):
         spool.close()
         self.assertEqual([p.event_id for p in Spool(self.path).open()], ["again"])
 
+    def test_a_small_disk_with_a_steady_flow_never_fills(self) -> None:
+        """
+        Segments are an eighth of a small disk: with one event always
+        owed (a steady flow, delivered a step behind), segments that owe
+        nothing go and the disk never fills (one 4 MiB segment would).
+        """
+        self.disk.capacity = 200 * 1024
+        spool = Spool(self.path, disk=self.disk)
+        spool.open()
+        self.assertEqual(spool.segment_size, 64 * 1024)
+        previous = None
+        for i in range(2000):
+            seq = spool.accept("e-%d" % i, ["feed"], BODY)
+            if previous is not None:
+                spool.done(previous, "feed")
+            self.assertEqual(spool.sync(), [])
+            previous = seq
+        self.assertEqual(spool.state, "ok")
+        self.assertLess(self.disk.used(), 3 * 64 * 1024)
+        spool.close()
+        self.assertEqual([p.event_id for p in Spool(self.path).open()], ["e-1999"])
+
     def test_read_only_and_io_errors_are_states(self) -> None:
         for code, state, reason in [
             (errno.EROFS, "read-only", "store_read_only"),
