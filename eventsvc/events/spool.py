@@ -53,7 +53,7 @@ import re
 import struct
 import time
 import zlib
-from typing import BinaryIO, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 

@@ -404,7 +404,7 @@ class FullDiskTests(TestCase):
 
         async def scenario():
             nc = await nats.connect("nats://127.0.0.1:%d" % self.port)
-            results = []
+            results: list = []
 
             async def one(i):
                 event_id = "fd-%d" % i
@@ -422,9 +422,7 @@ class FullDiskTests(TestCase):
             await nc.close()
             return results
 
-        import asyncio as _asyncio
-
-        return _asyncio.run(scenario())
+        return asyncio.run(scenario())
 
     def wait(self, condition, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
