@@ -486,6 +486,10 @@ class Spool:
                     os.fsync(f.fileno())
             except OSError as e:
                 # (A full disk: the damaged segment itself stays while it owes anything.)
+                try:
+                    os.unlink(aside)
+                except OSError:
+                    pass
                 self.log.error(
                     "spool {path}: {size} damaged bytes at bytes {start}-{end} skipped; could not copy them aside: {error}",
                     path=path, size=d.end - d.start, start=d.start, end=d.end, error=e.strerror or e,
@@ -501,9 +505,14 @@ class Spool:
 
     def _begin(self) -> None:
         """Begin a new segment (its header written now)."""
-        number = self._next_number
-        path = self._segment_path(number)
-        fd = self.disk.create(path)
+        while True:
+            number = self._next_number
+            try:
+                fd = self.disk.create(self._segment_path(number))
+                break
+            except FileExistsError:
+                # (Left by a deletion that failed: never written to again.)
+                self._next_number = number + 1
         self._next_number = number + 1
         try:
             self.disk.write(fd, SEGMENT_HEADER)
@@ -746,15 +755,17 @@ class Spool:
         self._delete(number)
 
     def _delete(self, number: int) -> None:
-        for seq in self._accepted_in.pop(number, set()):
+        gone = self._accepted_in.pop(number, set())
+        for seq in gone:
             self._segment_of.pop(seq, None)
             self._remaining.pop(seq, None)
         self._owed_in.pop(number, None)
         self._done_in.pop(number, None)
         self._retiring.discard(number)
         self._unlink(number)
-        # Done pairs for events that were only in it are not needed any more.
-        self._held = self._needed(self._held)
+        if self._held and gone:
+            # Done pairs for events that were in it are not needed any more.
+            self._held = {pair for pair in self._held if pair[0] not in gone}
 
     def _reclaim(self) -> None:
         """A store that cannot be written reclaims the segment it writes as soon as that owes nothing."""
