@@ -795,10 +795,11 @@ class Spool:
                 self._buffer += _record({"k": "done", "seqs": seqs, "handler": handler})
                 self._unsynced_done += [(seq, handler) for seq in seqs]
             written, self._held = self._held, set()
+            target = self._active if self._fd is not None else self._next_number
             for seq, handler in written:
                 home = self._home(seq)
-                if home is not None and home != self._active:
-                    self._done_in.setdefault(self._active if self._fd is not None else self._next_number, set()).add((seq, handler))
+                if home is not None and home != target:
+                    self._done_in.setdefault(target, set()).add((seq, handler))
         if self._buffer or self._dirty or (self.state != "ok" and not self._held and self._room(0)):
             try:
                 self._sync_point()

@@ -233,6 +233,33 @@ class SpoolOnAFullDisk(SynchronousTestCase):
             spool.close()
             self.assertEqual([p.seq for p in Spool(path).open()], [after], code)
 
+    def test_a_held_done_mark_survives_its_new_segment_going(self) -> None:
+        """
+        A done mark held while the store failed is written to the next
+        segment; when that one owes nothing and goes, the mark is written
+        again first, as any done record for an event of another segment.
+        """
+        spool = Spool(self.path, segment_size=600, disk=self.disk)
+        spool.open()
+        x = spool.accept("x", ["feed", "cfgingest"], BODY)
+        spool.sync()
+        self.disk.error = errno.EIO
+        refused = spool.accept("refused", ["feed"], BODY)
+        self.assertEqual(spool.sync(), [refused])
+        spool.done(x, "feed")
+        self.assertEqual(spool.held, 1)
+        self.disk.error = None
+        spool.sync()
+        self.assertEqual((spool.state, spool.held), ("ok", 0))
+        w = spool.accept("w", ["feed"], BODY)
+        spool.sync()
+        spool.done(w, "feed")
+        # Past segment_size: the segment with the mark (and w, done) rolls and goes.
+        spool.accept("v", ["feed"], BODY)
+        spool.sync()
+        spool.close()
+        self.assertEqual({p.event_id: list(p.handlers) for p in Spool(self.path).open()}, {"x": ["cfgingest"], "v": ["feed"]})
+
     def test_opening_on_a_full_disk_serves_read_only(self) -> None:
         spool = Spool(self.path, segment_size=4000)
         spool.open()
@@ -307,12 +334,17 @@ class SpoolOnAFullDisk(SynchronousTestCase):
                     model.update((s, h) for s, h in unsynced.items() if s not in lost)
                     unsynced = {}
                     spool.close()
+                    # Closed writable, with no done mark held: nothing may come back.
+                    exact = spool.state == "ok" and not spool.held
                     disk.error = None
                     spool = Spool(path, segment_size=size, disk=disk)
                     owed = spool.open()
                     got = {p.seq: set(p.handlers) for p in owed}
                     for seq, handlers in model.items():
                         self.assertLessEqual(handlers, got.get(seq, set()), (run, step, seq))
+                    if exact:
+                        self.assertEqual(got, model, (run, step))
+                        seen["exact"] += 1
                     self.assertFalse(refused & {p.event_id for p in owed}, (run, step))
                     # (Sequence numbers go on from the segments left: keyed afresh.)
                     ids = {p.seq: p.event_id for p in owed}
@@ -322,7 +354,7 @@ class SpoolOnAFullDisk(SynchronousTestCase):
             spool.close()
             seen["refused"] += len(refused)
         # (The walk went through every state.)
-        self.assertGreater(min(seen[k] for k in ("ok", "full", "read-only", "restarts", "refused")), 10, seen)
+        self.assertGreater(min(seen[k] for k in ("ok", "full", "read-only", "restarts", "refused", "exact")), 10, seen)
 
 
 class DispatcherOnAFullDisk(SynchronousTestCase):
