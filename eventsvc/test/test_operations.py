@@ -480,6 +480,7 @@ class FullDiskTests(TestCase):
         waiting = yield threads.deferToThread(self.publish, 20000, 50)
         kept = [i for i, a, _ in waiting if a and a["success"]]
         self.assertEqual(len(kept), 50)
+        self.assertNotIn("Traceback", proc.output())
         proc.stop()
         with open(os.path.join(self.data, "filler"), "wb") as filler:
             try:
