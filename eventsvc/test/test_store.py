@@ -402,6 +402,24 @@ class DispatcherOnAFullDisk(SynchronousTestCase):
         s.dispatcher.stopService()
         self.assertEqual([p.event_id for p in Spool(self.path).open()], [])
 
+    def test_turns_of_many_events_filling_the_disk(self) -> None:
+        """Forty events a turn, the disk filling in one of them: each has one answer, and only the acknowledged are delivered."""
+        target = RecordingTarget(["hold"] * 10000)
+        s = Setup(self, targets={"feed": target}, spool_path=self.path, disk=self.disk, concurrency=1000)
+        for turn in range(5):
+            for i in range(40):
+                n = turn * 40 + i
+                s.publish("compliance_ingest", payload("compliance_ingest", "ev-%d" % n, data={"pad": "p" * 300}),
+                          reply="ack.%d" % n, turn=False)
+            s.clock.advance(0)
+        self.assertEqual(sorted(a["event_id"] for a in s.acks), sorted("ev-%d" % n for n in range(200)))
+        acked = [a["event_id"] for a in s.acks if a["success"]]
+        self.assertTrue(0 < len(acked) < 200, len(acked))
+        self.assertEqual(sorted(target.event_ids()), sorted(acked))
+        self.assertEqual(s.dispatcher.accepted + s.dispatcher.refused, 200)
+        s.dispatcher.stopService()
+        self.assertEqual(sorted(p.event_id for p in Spool(self.path).open()), sorted(acked))
+
     def test_a_turn_whose_sync_fails_is_refused_not_acknowledged(self) -> None:
         target = RecordingTarget()
         s = Setup(self, targets={"cfgingest": target}, spool_path=self.path, disk=self.disk)
