@@ -110,10 +110,15 @@ class EventService(MultiService):
         """
         Whether this process is fit to serve, and why not: running (not
         starting, in lame duck mode or shutting down) and every configured
-        route up.  /healthz and C{eventsvc health-check} both report this.
+        route up, and the event store taking writes.  /healthz and C{eventsvc
+        health-check} both report this.
         """
         if self.state != "running":
             return False, "eventsvc is {}".format(_STATE_WORDS.get(self.state, self.state))
+        store = self.events.store if self.events is not None else None
+        if store is not None and store["state"] != "ok":
+            # ("store full: no space left on device in <data_dir>"): delivering, not accepting.
+            return False, store["error"]
         cluster = self._named("cluster")
         if cluster is not None:
             up = {r.solicited for r in cluster.routes.values() if r.solicited}

@@ -196,12 +196,14 @@ class Monitor:
         The typed events' counters (eventsvc's own; /metrics has the same
         as Prometheus series): accepted and refused, and per handler what it
         delivered, retried and dead-lettered by type, its backlog and its
-        delivery-latency histogram (cumulative buckets, seconds).
+        delivery-latency histogram (cumulative buckets, seconds); and the
+        store: C{{"kind": "file"|"memory", "path", "state": "ok"|"full"|"read-only",
+        "error"}}.
         """
         events = getattr(self.service, "events", None)
         out: Dict[str, Any] = {"server_id": self.broker.server_id, "now": rfc3339(time.time())}
         if events is None:
-            return dict(out, enabled=False)
+            return dict(out, enabled=False, store={"kind": "memory", "path": None, "state": "ok", "error": None})
         handlers = {}
         for name, handler in sorted(events.handlers.items()):
             buckets, total = handler.latency.snapshot()
@@ -221,7 +223,7 @@ class Monitor:
             out, enabled=True, queued=events.pending, accepted=events.accepted,
             accepted_by_type=dict(sorted(events.accepted_by_type.items())),
             refused=events.refused, refused_by_reason=dict(sorted(events.refused_by_reason.items())),
-            handlers=handlers,
+            handlers=handlers, store=events.store,
         )
 
     def healthz(self) -> "tuple[int, dict]":
