@@ -86,14 +86,13 @@ class EventService(MultiService):
         if self.config.service.enabled:
             self.log.info("{where}", where=config_module.where_events_are_kept(self.config))
         for warning in config_module.warnings(self.config):
-            # (Not warning=: a log event with a "warning" key is taken for a
-            # Python warning by trial's observer, and by Twisted's own.)
-            self.log.warn("{text}", text=warning)
+            self.log.warn("{problem}", problem=warning)
         try:
             super().startService()
             self.state = "running"
-            if self.config.gateway.enabled:
-                self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
+            # Asked through the gateway (the health-check token) or, on a node
+            # without one, through the service listener (its certificate).
+            self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
         except ListenError:
             self.stopService()
             raise
@@ -111,10 +110,15 @@ class EventService(MultiService):
         """
         Whether this process is fit to serve, and why not: running (not
         starting, in lame duck mode or shutting down) and every configured
-        route up.  /healthz and C{eventsvc health-check} both report this.
+        route up, and the event store taking writes.  /healthz and C{eventsvc
+        health-check} both report this.
         """
         if self.state != "running":
             return False, "eventsvc is {}".format(_STATE_WORDS.get(self.state, self.state))
+        store = self.events.store if self.events is not None else None
+        if store is not None and store["state"] != "ok":
+            # ("store full: no space left on device in <data_dir>"): delivering, not accepting.
+            return False, store["error"]
         cluster = self._named("cluster")
         if cluster is not None:
             up = {r.solicited for r in cluster.routes.values() if r.solicited}

@@ -12,13 +12,20 @@ certificate.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 from dataclasses import replace
 
-import toml
-
 from eventsvc.nats import limits
+
+# The standard library's TOML 1.0 reader (tomli, the same code, before 3.11):
+# its errors say where and what ("Invalid value (at line 3, column 8)").
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover (PyPy 3.9)
+    import tomli as tomllib
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
@@ -480,7 +487,8 @@ def load(path: str) -> Config:
         key that is unknown, of the wrong type or out of range.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark some Windows editors write is not a syntax error.
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError("{}: cannot read the configuration: {}".format(path, e.strerror or e))
@@ -492,10 +500,34 @@ def load(path: str) -> Config:
 def parse(text: str, path: str = "<config>") -> Config:
     """Like L{load}, from text; relative paths resolve against C{path}'s folder."""
     try:
-        patch = toml.loads(text)
-    except (toml.TomlDecodeError, IndexError, ValueError, TypeError) as e:
-        raise ConfigError("{}: not valid TOML: {}".format(path, e))
+        patch = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(toml_error(path, text, e))
     return from_mapping(patch, path)
+
+
+_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+_KEY_TUPLE = re.compile(r"\(((?:'[^']*'(?:, )?)+),?\)")
+
+
+def toml_error(path: str, text: str, error: Exception) -> str:
+    """
+    One line for a TOML syntax error, as for the semantic ones: the file,
+    the line and column, what is wrong, and the line itself.
+    """
+    message = str(error)
+    where = _WHERE.search(message)
+    message = message[: where.start()] if where else message
+    # "Cannot declare ('a', 'b') twice": name the table as it is written.
+    message = _KEY_TUPLE.sub(lambda m: ".".join(re.findall(r"'([^']*)'", m.group(1))), message)
+    message = message[:1].lower() + message[1:]
+    if where and where.group(1):
+        number, column = int(where.group(1)), int(where.group(2))
+        lines = text.splitlines()
+        shown = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+        return "{}: line {}, column {}: not valid TOML: {}{}".format(
+            path, number, column, message, ": {}".format(shown) if shown else "")
+    return "{}: not valid TOML: {}{}".format(path, message, " at the end of the file" if where else "")
 
 
 def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:

@@ -77,8 +77,13 @@ class FileLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % os.getpid())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % os.getpid())
+        except OSError:
+            # A full disk: the lock is held all the same; only the PID that
+            # a refused second process would name is missing.
+            pass
         self._fd = fd
 
     def release(self) -> None:

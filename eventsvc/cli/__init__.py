@@ -98,15 +98,16 @@ def parser() -> argparse.ArgumentParser:
                  ["eventsvc config show --config patch.toml"], _lazy("inspect", "config_show"))
     _config(p)
 
-    p = _command(commands, "health-check", "request/reply echo through the gateway, and the server's own health",
-                 "Log in to the gateway with the per-start health-check token, answer a request of our own through it, "
-                 "then ask the server how it is: what /healthz says (starting, lame duck, shutting down, a configured "
-                 "route down). For systemd, load balancers and monitoring.",
+    p = _command(commands, "health-check", "request/reply echo through the node's listener, and the server's own health",
+                 "Log in to the gateway with the per-start health-check token (or, on a node without [gateway], to the "
+                 "service listener with the service's mutual-TLS identity, [tls] or --cert and --key), answer a request "
+                 "of our own through it, then ask the server how it is: what /healthz says (starting, lame duck, "
+                 "shutting down, a configured route down). For systemd, load balancers and monitoring.",
                  ["eventsvc health-check --config patch.toml", "eventsvc health-check --config patch.toml --ca ca.crt --timeout 2"],
                  _lazy("messaging", "health_check"))
     _config(p)
     _timeout(p)
-    p.add_argument("--ca", help="CA to trust for the gateway's certificate (default: [tls] root_ca_path)")
+    _service_identity(p)
 
     p = _command(commands, "publish", "send one event and print the acknowledgement",
                  "Publish one event on <subject_prefix>.<type> at the service listener (with the [tls] identity) and "
@@ -152,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
                  ["eventsvc dead-letters list --config patch.toml", "eventsvc dead-letters list --config patch.toml --json"],
                  _lazy("stores", "dead_letters_list"))
     _config(p)
-    p.add_argument("--json", action="store_true", help="the records as JSON lines")
+    p.add_argument("--json", action="store_true", help="one JSON object per record and line, nothing else (no lines when there are none)")
     p = _command(dead_commands, "replay", "put dead letters back for delivery",
                  "Hand dead letters back to the running service, for the handler that gave up on each: it spools and "
                  "acknowledges each one, and only then is it taken out of the file, so each is put back exactly once.",
@@ -179,11 +180,17 @@ def parser() -> argparse.ArgumentParser:
     p = _command(commands, "certs", "make a FAKE development CA and certificates",
                  "Write a FAKE development CA and service, gateway and client certificates: for trying eventsvc out, "
                  "never for production.",
-                 ["eventsvc certs --out dev/certs", "eventsvc certs --out /tmp/c --names localhost,node1.example --force"],
+                 ["eventsvc certs --out dev/certs", "eventsvc certs --out /tmp/c --names localhost,node1.example --force",
+                  "eventsvc certs --out /tmp/automate --ca-cert root_ca.crt   # Automate's [tls] names: service.crt, "
+                  "service.key, root_ca.crt"],
                  _lazy("certs", "certs"))
     p.add_argument("--out", required=True, help="folder to write them to")
     p.add_argument("--names", default="localhost,127.0.0.1,::1", help="DNS names and IPs they are valid for")
     p.add_argument("--force", action="store_true", help="replace existing files")
+    for role, what in (("ca", "the CA"), ("service", "the service's"), ("gateway", "the gateway's front-end"), ("client", "a client's")):
+        p.add_argument("--{}-cert".format(role), metavar="FILE",
+                       help="{} certificate, in --out unless absolute (default {}.crt)".format(what, role))
+        p.add_argument("--{}-key".format(role), metavar="FILE", help="its key (default {}.key)".format(role))
     return top
 
 

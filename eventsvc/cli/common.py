@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import List
 
 from eventsvc import config as configuration
 
@@ -27,3 +28,10 @@ def say(line: str, code: int) -> int:
     """Print C{line} (to standard error unless C{code} is success) and return C{code}."""
     (sys.stdout if code == EX_OK else sys.stderr).write(line + "\n")
     return code
+
+
+def routed_to(config: configuration.Config, handler: str) -> List[str]:
+    """The event types C{config} routes to the handler named C{handler} ([handlers] key)."""
+    from eventsvc.events.types import Registry
+
+    return Registry(config.events.routing).routed_to(handler)

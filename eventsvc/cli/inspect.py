@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence
 import toml
 
 from eventsvc import config as configuration
-from eventsvc.cli.common import EX_CONFIG, EX_OK, load, say
+from eventsvc.cli.common import EX_CONFIG, EX_OK, load, routed_to, say
 
 
 def check_config(options: argparse.Namespace) -> int:
@@ -53,9 +53,7 @@ def describe(config: configuration.Config) -> List[str]:
         auth = _logins(gw)
         out.append("gateway listener on {}:{}: {}; authentication: {}; at most {} connections".format(
             gw.host, gw.port, front, ", ".join(auth), gw.max_connections))
-        p = gw.permissions
-        out.append("gateway agents may publish to {} and subscribe to {}".format(
-            _subjects(p.publish_allow, p.publish_deny), _subjects(p.subscribe_allow, p.subscribe_deny)))
+        out += _may(gw, "gateway agents", "gateway identity")
         out.append("health-check token file: {}".format(gw.health_token_file))
     ws = config.websocket
     if ws.enabled:
@@ -65,6 +63,7 @@ def describe(config: configuration.Config) -> List[str]:
         out.append("websocket listener on {}:{}: {}; authentication: {}; {}; at most {} connections".format(
             ws.host, ws.port, "plaintext ws:// (no_tls)" if ws.no_tls else "TLS wss:// ({})".format(ws.cert_path),
             ", ".join(_logins(ws)), origins, ws.max_connections))
+        out += _may(ws, "websocket clients", "websocket identity")
     if config.monitor.enabled:
         out.append("monitor on http://{}:{}/ (/healthz /varz /connz /subsz /routez /gatewayz /leafz /eventz /metrics)".format(
             config.monitor.host, config.monitor.port))
@@ -94,20 +93,65 @@ def describe(config: configuration.Config) -> List[str]:
             config.events.subject_prefix, config.events.queue_group, s.event_limit))
         for name in configuration.HANDLER_NAMES:
             address = getattr(config.handlers, name)
-            types = _routed_to(config, name)
+            types = routed_to(config, name)
             out.append("handler {}: {} <- {}".format(name, address or "(no address)", ", ".join(types) or "no event types"))
     return out
 
 
-def _routed_to(config: configuration.Config, handler: str) -> List[str]:
-    from eventsvc.events.types import Registry
+def _may(sec: Any, clients: str, identity: str) -> List[str]:
+    """
+    What a listener's clients may do, one line for those logging in with
+    its tokens, users or authenticators and one per named identity, read
+    from the very L{Permissions} the service builds (defaults and paired
+    lists applied), so the text cannot drift from what a client meets.
+    """
+    from eventsvc.app import identity_permissions
+    from eventsvc.security.permissions import Permissions
 
-    return Registry(config.events.routing).routed_to(handler)
+    keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
+    out = ["{} may {}".format(clients, _reach(Permissions(**{k: list(getattr(sec.permissions, k)) for k in keys})))]
+    for i in sec.identities:
+        out.append("{} {} may {}".format(identity, i.name, _reach(Permissions(**identity_permissions(i, sec.permissions)))))
+    return out
 
 
-def _subjects(allow: Sequence[str], deny: Sequence[str]) -> str:
-    text = ", ".join(allow) if allow else "anything"
-    return text + (" (except {})".format(", ".join(deny)) if deny else "")
+def _reach(permissions: Any) -> str:
+    """"publish to X and subscribe to Y" for one set of permissions."""
+    return "publish to {} and subscribe to {}".format(
+        _subjects(permissions.publish_allow, permissions.publish_deny),
+        _subjects(permissions.subscribe_allow, permissions.subscribe_deny),
+    )
+
+
+def _subjects(allow: Sequence[bytes], deny: Sequence[bytes]) -> str:
+    """
+    One direction in words, as L{Permissions} decides it: an empty allow
+    list is everything; an allowed pattern wholly inside a denied one
+    allows nothing; a denied pattern is named only where it cuts into
+    what is allowed.
+    """
+    from eventsvc.security.permissions import is_subset
+
+    allowed = [a for a in (allow or (b">",)) if not any(is_subset(a, d) for d in deny)]
+    if not allowed:
+        return "nothing"
+    text = "anything" if allowed == [b">"] else ", ".join(a.decode("utf-8") for a in allowed)
+    cuts = [d.decode("utf-8") for d in deny if any(_overlap(a, d) for a in allowed)]
+    return text + (" (except {})".format(", ".join(cuts)) if cuts else "")
+
+
+def _overlap(a: bytes, b: bytes) -> bool:
+    """Whether some subject matches both patterns."""
+    at, bt = a.split(b"."), b.split(b".")
+    for i in range(max(len(at), len(bt))):
+        if i >= len(at) or i >= len(bt):
+            return False
+        x, y = at[i], bt[i]
+        if x == b">" or y == b">":
+            return True
+        if x != y and b"*" not in (x, y):
+            return False
+    return True
 
 
 def config_show(options: argparse.Namespace) -> int:

@@ -14,15 +14,18 @@ import uuid
 from datetime import datetime, timezone
 from typing import List, Optional
 
-from eventsvc import wirejson
+from eventsvc import config as configuration, wirejson
 from eventsvc.cli import wire
-from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
+from eventsvc.cli.common import EX_FAIL, EX_OK, EX_USAGE, Failed, load, routed_to, say
 from eventsvc.security.permissions import health_inbox
 
 
 def publish(options: argparse.Namespace) -> int:
     """Send one event to the service listener and print its acknowledgement."""
     config = load(options.config)
+    mixed_up = _handler_not_type(config, options.type)
+    if mixed_up:
+        return say("eventsvc: {}".format(mixed_up), EX_USAGE)
     try:
         raw = sys.stdin.read() if options.file == "-" else open(options.file, encoding="utf-8").read()
         event = wirejson.loads(raw)
@@ -46,6 +49,23 @@ def publish(options: argparse.Namespace) -> int:
     except (Failed, OSError) as e:
         return say("eventsvc: cannot publish to {}:{}: {}".format(who.host, who.port, e), EX_FAIL)
     return say(answer.payload.decode("utf-8"), EX_OK if ack.get("success") else EX_FAIL)
+
+
+def _handler_not_type(config: configuration.Config, name: str) -> str:
+    """
+    Why C{name} is a [handlers] key given where an event type belongs, with
+    the types that would reach that handler, or "" (C{cfgingest} is both).
+    """
+    from eventsvc.events.types import EVENT_TYPES
+
+    if name in EVENT_TYPES or name not in configuration.HANDLER_NAMES:
+        return ""
+    types = routed_to(config, name)
+    if not types:
+        return "--type {}: {} is a [handlers] key, not an event type, and no event type is routed to it in {}".format(
+            name, name, config.source)
+    return "--type {}: {} is a [handlers] key, not an event type; did you mean an event type of this handler: {}".format(
+        name, name, ", ".join(types))
 
 
 def sub(options: argparse.Namespace) -> int:
@@ -127,37 +147,47 @@ def print_message(n: int, message: wire.Message) -> None:
 
 
 def health_check(options: argparse.Namespace) -> int:
-    """A request/reply echo through the gateway, then the server's own health."""
+    """
+    A request/reply echo, then the server's own health: through the gateway
+    with the per-start health-check token when this node runs one, else
+    through the service listener with the service's mutual-TLS identity.
+    """
     config = load(options.config)
     gw = config.gateway
-    if not gw.enabled:
-        return say("unhealthy: [gateway] is not enabled in {}".format(options.config), EX_FAIL)
-    host, port = wire.local(gw.host), gw.port
-    try:
-        with open(gw.health_token_file, encoding="ascii") as f:
-            token = f.read().strip()
-    except OSError as e:
-        return say(
-            "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
-            EX_FAIL,
-        )
+    if gw.enabled:
+        try:
+            with open(gw.health_token_file, encoding="ascii") as f:
+                token = f.read().strip()
+        except OSError as e:
+            return say(
+                "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
+                EX_FAIL,
+            )
+        who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), gateway=True)
+        # The token's identity may use only this inbox.
+        inbox = health_inbox(token)
+    elif config.service.enabled:
+        who = wire.identity(config, options)
+        inbox = "_INBOX.hc" + secrets.token_hex(12)
+    else:
+        return say("unhealthy: neither [service] nor [gateway] runs in {}".format(options.config), EX_FAIL)
     started = time.monotonic()
-    who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), gateway=True)
     try:
         conn = wire.connect(who, options.timeout, "eventsvc-health-check")
         try:
-            inbox = health_inbox(token)
             subject = _echo(conn, inbox)
             answer = wire.request(conn, "healthcheck.status." + conn.info.get("server_id", ""), b"", inbox_prefix=inbox)
-            status = wire.decode_object(answer.payload, "the status")
         finally:
             conn.close()
+        if answer.status == "503":
+            raise Failed("nothing answers the health question (an eventsvc older than this command?)")
+        status = wire.decode_object(answer.payload, "the status")
     except (Failed, OSError) as e:
         return say("unhealthy: {}: {}".format(who.where, e), EX_FAIL)
     if status.get("status") != "ok":
         return say("unhealthy: {}: {}".format(who.where, status.get("error") or "status {!r}".format(status.get("status"))), EX_FAIL)
     elapsed = (time.monotonic() - started) * 1000
-    return say("healthy: gateway {}:{} echoed a request on {} in {:.1f} ms".format(host, port, subject, elapsed), EX_OK)
+    return say("healthy: {} echoed a request on {} in {:.1f} ms".format(who.where, subject, elapsed), EX_OK)
 
 
 def _echo(conn: wire.Connection, inbox_prefix: str) -> str:

@@ -32,14 +32,21 @@ def _when(t: float) -> str:
 
 
 def dead_letters_list(options: argparse.Namespace) -> int:
+    """
+    One line per dead letter; with --json one JSON object per line and
+    nothing else on standard output (no lines when there are none).
+    """
     config = load(options.config)
     path = config.events.dead_letter_file
-    _, records, bad = read_dead_letters(path)
+    try:
+        _, records, bad = read_dead_letters(path)
+    except OSError as e:
+        return say("eventsvc: cannot read the dead letters in {}: {}".format(path, e.strerror or e), EX_FAIL)
     for n in bad:
         say("eventsvc: {}: line {} is not a dead letter (skipped)".format(path, n), EX_FAIL)
     found = [r for r in records if r is not None]
     if not found:
-        return say("no dead letters in {}".format(path), EX_OK)
+        return EX_OK if options.json else say("no dead letters in {}".format(path), EX_OK)
     for r in found:
         if options.json:
             print(json.dumps(r))
@@ -63,7 +70,9 @@ def dead_letters_replay(options: argparse.Namespace) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return say("eventsvc: no dead letters in {}".format(path), EX_FAIL)
+        if options.all:
+            return say("nothing to replay: no dead letters in {}".format(path), EX_OK)
+        return say("eventsvc: no dead letter in {} has event id {}".format(path, ", ".join(options.id)), EX_FAIL)
     except OSError as e:
         return say("eventsvc: {}: {}".format(path, e.strerror), EX_FAIL)
     try:
@@ -71,8 +80,11 @@ def dead_letters_replay(options: argparse.Namespace) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lines, records, _ = read_dead_letters(path)
         chosen = [i for i, r in enumerate(records) if r is not None and (options.all or r.get("event_id") in options.id)]
+        if not chosen and options.all:
+            # Nothing asked for is missing: an empty list replayed is done.
+            return say("nothing to replay: no dead letters in {}".format(path), EX_OK)
         if not chosen:
-            return say("eventsvc: no dead letter in {} has {}".format(path, "an event" if options.all else "event id " + ", ".join(options.id)), EX_FAIL)
+            return say("eventsvc: no dead letter in {} has event id {}".format(path, ", ".join(options.id)), EX_FAIL)
         who = wire.identity(config, options)
         try:
             conn = wire.connect(who, options.timeout, "eventsvc-replay")
@@ -106,14 +118,27 @@ def dead_letters_replay(options: argparse.Namespace) -> int:
 
 
 def spool_stats(options: argparse.Namespace) -> int:
-    """What the spool still owes, per handler, and how old it is."""
+    """
+    What the spool still owes, per handler, and how old it is.  With
+    --json, standard output is one JSON object whenever the answer is one
+    (a spool not made yet owes nothing); a refusal is a line on standard
+    error and a non-zero exit, as for every subcommand.
+    """
     config = load(options.config)
-    if not config.service.data_dir:
-        return say("eventsvc: no spool: [service] data_dir is not set in {}".format(options.config), EX_FAIL)
+    if not config.service.enabled:
+        return say("eventsvc: no event service runs here ([service] enabled = false in {}): no spool to inspect".format(options.config), EX_FAIL)
     path = config.service.data_dir
-    records, size, damage = read_spool(path)
-    if not size:
-        return say("spool {}: empty or not there yet (the service has not run with this data_dir)".format(path), EX_OK)
+    if not path:
+        return say('eventsvc: events are kept in memory only ([service] data_dir = "" in {}): no spool to inspect'.format(options.config), EX_FAIL)
+    if not os.path.exists(path):
+        if options.json:
+            print(json.dumps(_stats(path, 0, 0, 0, 0, {}, exists=False)))
+            return EX_OK
+        return say("no spool yet at {} (the service has not run with this state directory): nothing owed".format(path), EX_OK)
+    try:
+        records, size, damage = read_spool(path)
+    except OSError as e:
+        return say("eventsvc: cannot read the spool in {}: {}".format(path, e.strerror or e), EX_FAIL)
     pending, _ = owed(records)
     now = time.time()
     handlers: Dict[str, Dict[str, Any]] = {}
@@ -124,10 +149,7 @@ def spool_stats(options: argparse.Namespace) -> int:
             if p.accepted and (not entry["oldest"] or p.accepted < entry["oldest"]):
                 entry["oldest"], entry["oldest_event"] = p.accepted, p.event_id
     unreadable = sum(d.end - d.start for _, d in damage)
-    stats = {
-        "path": path, "bytes": size, "records": len(records), "unreadable_bytes": unreadable,
-        "events_owed": len(pending), "handlers": handlers,
-    }
+    stats = _stats(path, size, len(records), unreadable, len(pending), handlers)
     if options.json:
         print(json.dumps(stats))
         return EX_OK
@@ -139,3 +161,11 @@ def spool_stats(options: argparse.Namespace) -> int:
         age = " (oldest {}, accepted {}, {:.0f}s ago)".format(entry["oldest_event"], _when(entry["oldest"]), now - entry["oldest"]) if entry["oldest"] else ""
         print("  {}: {} owed{}".format(name, entry["owed"], age))
     return EX_OK
+
+
+def _stats(path: str, size: int, records: int, unreadable: int, events_owed: int, handlers: Dict[str, Any], exists: bool = True) -> Dict[str, Any]:
+    """spool stats --json: one object, the same keys whether or not the spool exists yet."""
+    return {
+        "path": path, "exists": exists, "bytes": size, "records": records, "unreadable_bytes": unreadable,
+        "events_owed": events_owed, "handlers": handlers,
+    }

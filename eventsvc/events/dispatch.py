@@ -7,8 +7,16 @@ event is handled by one node.  A publish with a reply subject gets
 C{{"success": true, "event_id": ...}} once the event is accepted (after the
 spool's group commit when there is a spool), or C{{"success": false,
 "error": ...}} for an invalid event, an unknown type, a type with no
-configured handler, or a full queue.  Nothing here blocks: a full queue is a
-refusal, not a wait.
+configured handler, a full queue, or a store that cannot keep it (a full
+disk).  Nothing here blocks: a full queue or a full disk is a refusal, not
+a wait.
+
+With a spool, an event is handed to its handlers, counted and acknowledged
+only once its record is durable (at the end of the reactor turn it came
+in); one the store could not keep is refused then and forgotten.  A full
+store keeps delivering what it holds, and is tried again every
+L{EventDispatcher.STORE_RETRY} seconds (and on every publish) until it
+takes writes again.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from twisted.logger import Logger
 
 from eventsvc.events import types
 from eventsvc.events.handlers import Delivery, HandlerService
-from eventsvc.events.spool import Spool
+from eventsvc.events.spool import Spool, StoreError
+from eventsvc.nats.listener import ListenError
+from eventsvc.nats.timers import cancel
 
 
 #: Where C{eventsvc dead-letters replay} puts an event back, for one handler.
@@ -33,6 +43,8 @@ class EventDispatcher(Service):
 
     #: Seconds a done record may wait for its fsync.
     DONE_SYNC = 0.2
+    #: Seconds between tries of a store that cannot be written (held done marks, room again).
+    STORE_RETRY = 1.0
 
     def __init__(
         self,
@@ -62,8 +74,12 @@ class EventDispatcher(Service):
         self._remaining: Dict[int, Set[str]] = {}
         self._seq = 0
         self._acks: List[Tuple[str, bytes]] = []
+        #: Accepted into the spool this turn, not yet durable: per sequence
+        #: number, (event id, handlers, bytes, type, reply subject).
+        self._unsynced: Dict[int, Tuple[str, Tuple[str, ...], bytes, str, Optional[str]]] = {}
         self._sync_call: Any = None
         self._done_sync: Any = None
+        self._store_retry: Any = None
         #: Per event type, its handlers, or why it is refused; for the
         #: registry and handlers it was worked out from.
         self._routes: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {}
@@ -99,8 +115,13 @@ class EventDispatcher(Service):
     def startService(self) -> None:
         super().startService()
         if self.spool is not None:
-            for p in self.spool.open():
+            try:
+                owed = self.spool.open()
+            except StoreError as e:
+                raise ListenError("{} ([service] data_dir)".format(e))
+            for p in owed:
                 self._admit(p.seq, p.event_id, [h for h in p.handlers if h in self.handlers], p.body)
+            self._watch_store()
         self._subscription = self.broker.subscribe(self.prefix + ".>", self._received, queue=self.queue_group)
         self._replays = self.broker.subscribe(REPLAY_PREFIX + "*", self._replayed, queue=self.queue_group)
 
@@ -110,8 +131,7 @@ class EventDispatcher(Service):
             if subscription is not None:
                 subscription.unsubscribe()
         self._subscription = self._replays = None
-        if self._sync_call is not None and self._sync_call.active():
-            self._sync_call.cancel()
+        self._sync_call, self._store_retry = cancel(self._sync_call), cancel(self._store_retry)
         self._sync()
         if self.spool is not None:
             self.spool.close()
@@ -148,20 +168,29 @@ class EventDispatcher(Service):
         if problem is not None:
             self._refuse(reply, "no_handler", problem, event_id)
             return
-        if len(self._remaining) >= self.event_limit:
+        if len(self._remaining) + len(self._unsynced) >= self.event_limit:
             self._refuse(reply, "queue_full", "queue full: {} events waiting ([service] event_limit)".format(self.pending), event_id)
             return
         if self.spool is not None:
-            seq = self.spool.accept(event_id, handlers, payload)
-        else:
-            self._seq += 1
-            seq = self._seq
+            try:
+                seq = self.spool.accept(event_id, handlers, payload)
+            except StoreError as e:
+                self._refuse(reply, e.reason, str(e), event_id)
+                self._watch_store()
+                return
+            # Handed on and acknowledged at the end of the turn, once durable.
+            self._unsynced[seq] = (event_id, handlers, payload, type_name, reply)
+            if self._sync_call is None:
+                self._sync_call = self.clock.callLater(0, self._sync)
+            return
+        self._seq += 1
+        seq = self._seq
         self.accepted += 1
         self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
         self._admit(seq, event_id, handlers, payload, type_name)
         if reply:
-            # Acknowledged together at the end of the reactor turn, once
-            # durable: one fsync (with a spool) and one write for all.
+            # Acknowledged together at the end of the reactor turn: one
+            # write for all.
             self._acks.append((reply, _accepted(event_id)))
             if self._sync_call is None:
                 self._sync_call = self.clock.callLater(0, self._sync)
@@ -216,16 +245,46 @@ class EventDispatcher(Service):
                 self._done_sync = self.clock.callLater(self.DONE_SYNC, self._sync)
 
     def _sync(self) -> None:
-        self._sync_call = None
-        if self._done_sync is not None:
-            if self._done_sync.active():
-                self._done_sync.cancel()
-            self._done_sync = None
+        # Whichever timer runs it, this sync serves the others too.
+        self._sync_call, self._done_sync = cancel(self._sync_call), cancel(self._done_sync)
         if self.spool is not None:
-            self.spool.sync()
+            lost = set(self.spool.sync())
+            unsynced, self._unsynced = self._unsynced, {}
+            for seq, (event_id, handlers, payload, type_name, reply) in unsynced.items():
+                if seq in lost:
+                    # Never acknowledged, never delivered: the publisher is told.
+                    error = self.spool.error or "store failed"
+                    self._refuse(reply, "store_full" if self.spool.state == "full" else "store_read_only", error, event_id)
+                    continue
+                self.accepted += 1
+                self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
+                self._admit(seq, event_id, handlers, payload, type_name)
+                if reply:
+                    self._acks.append((reply, _accepted(event_id)))
+            self._watch_store()
         acks, self._acks = self._acks, []
         if acks:
             self.broker.publish_many(acks)
+
+    def _watch_store(self) -> None:
+        """While the store cannot be written (or holds done marks), try it again every STORE_RETRY seconds."""
+        spool = self.spool
+        if spool is None or not self.running or (spool.state == "ok" and not spool.held):
+            return
+        if self._store_retry is None or not self._store_retry.active():
+            self._store_retry = self.clock.callLater(self.STORE_RETRY, self._retry_store)
+
+    def _retry_store(self) -> None:
+        self._store_retry = None
+        self._sync()
+
+    @property
+    def store(self) -> Dict[str, Any]:
+        """Where accepted events are kept, and whether it takes writes: /eventz's "store"."""
+        spool = self.spool
+        if spool is None:
+            return {"kind": "memory", "path": None, "state": "ok", "error": None}
+        return {"kind": "file", "path": spool.directory, "state": spool.state, "error": spool.error}
 
     def _refuse(self, reply: Optional[str], reason: str, error: str, event_id: Optional[str]) -> None:
         self.refused += 1

@@ -528,15 +528,36 @@ class HandlerService(Service):
         )
 
     def _dead_letter(self, batch: Sequence[Delivery], why: str) -> None:
-        self.dead_lettered += len(batch)
+        written: List[Delivery] = []
         for delivery in batch:
+            try:
+                self.dead_letters.write(self.handler, delivery, why)
+            except OSError as e:
+                # A full disk: the event is not finished until its dead
+                # letter is written; that is tried again, not the delivery.
+                left = tuple(d for d in batch if d not in written)
+                delay = self.backoff(max(d.attempts for d in left))
+                self.log.error(
+                    "handler {name}: cannot write the dead letter of {what} to {path} ({error}); "
+                    "kept, trying again in {delay:.1f}s",
+                    name=self.name, what=_describe(left), path=self.dead_letters.path, error=e.strerror or e, delay=delay,
+                )
+                self.waiting[left] = self.clock.callLater(delay, self._dead_letter_again, left, why)
+                self._waiting_events += len(left)
+                break
+            written.append(delivery)
+            self.dead_lettered += 1
             self._count("dead_lettered", delivery)
             self.log.warn(
                 "handler {name}: {event_id} dead-lettered after {attempts} attempts: {why}",
                 name=self.name, event_id=delivery.event_id, attempts=delivery.attempts, why=why,
             )
-            self.dead_letters.write(self.handler, delivery, why)
-        self._finish(batch)
+        self._finish(written)
+
+    def _dead_letter_again(self, batch: Batch, why: str) -> None:
+        del self.waiting[batch]
+        self._waiting_events -= len(batch)
+        self._dead_letter(batch, why)
 
     def _count(self, what: str, delivery: Delivery) -> None:
         counts = self.by_type[what]

@@ -258,6 +258,9 @@ def _is_tls(transport: Any) -> bool:
 #: How a refusal from the dispatcher maps to a status, by the start of its error text.
 _REFUSALS: Tuple[Tuple[str, int], ...] = (
     ("queue full", wire.RESOURCE_EXHAUSTED),
+    # The spool's disk is full: room comes back as events are delivered.
+    ("store full", wire.RESOURCE_EXHAUSTED),
+    ("store read-only", wire.UNAVAILABLE),
     ("no handler", wire.FAILED_PRECONDITION),
 )
 

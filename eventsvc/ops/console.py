@@ -11,8 +11,9 @@ may publish there.
 
 What keeps the console safe to leave on:
   - the monitor binds to loopback unless told otherwise;
-  - /console.json (it holds the identity's secret) and the replay answer
-    only to a Host the operator named: an IP address, localhost, the
+  - /console.json (it holds the identity's secret), /deadletterz (event
+    ids, handlers and why each failed) and the replay answer only to a
+    Host the operator named: an IP address, localhost, the
     monitor's host, or a host of [websocket] allowed_origins.  A page on
     another site that rebinds its name to 127.0.0.1 is refused;
   - a replay must be a POST with the header C{X-Eventsvc-Console}, which a
@@ -45,6 +46,8 @@ STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 LIST_LIMIT = 200
 #: Seconds a replay waits for the event service's acknowledgement.
 REPLAY_TIMEOUT = 5.0
+#: What a request under a Host the operator did not name is told.
+UNTRUSTED_HOST = "the console answers only under an IP address, localhost or a configured host"
 
 log = Logger()
 
@@ -149,7 +152,7 @@ class _ConsoleJSON(_ConsoleResource):
     def render_GET(self, request: Any) -> bytes:
         s = self.settings
         if not trusted_host(request, s, self.monitor.http_host):
-            return _json(request, 403, {"error": "the console answers only under an IP address, localhost or a configured host"})
+            return _json(request, 403, {"error": UNTRUSTED_HOST})
         websocket = self.monitor.listener("websocket")
         return _json(request, 200, {
             "identity": s.identity,
@@ -170,6 +173,10 @@ class _DeadLetterz(_ConsoleResource):
         return resource.NoResource()
 
     def render_GET(self, request: Any) -> bytes:
+        if not trusted_host(request, self.settings, self.monitor.http_host):
+            # What failed and why is for the operator, not for a page that
+            # rebound its DNS name to this monitor.
+            return _json(request, 403, {"error": UNTRUSTED_HOST})
         path = self.settings.dead_letter_file
         _, records, bad = read_dead_letters(path) if path else ([], [], [])
         found = [r for r in records if r is not None]
@@ -195,7 +202,7 @@ class _Replay(_ConsoleResource):
     def render_POST(self, request: Any) -> Any:
         s = self.settings
         if not trusted_host(request, s, self.monitor.http_host):
-            return _json(request, 403, {"error": "untrusted Host"})
+            return _json(request, 403, {"error": UNTRUSTED_HOST})
         if not request.getHeader(b"x-eventsvc-console"):
             return _json(request, 403, {"error": "a replay needs the X-Eventsvc-Console header (sent by the console page)"})
         origin = (request.getHeader(b"origin") or b"").decode("latin-1")

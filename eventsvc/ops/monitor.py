@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from eventsvc.nats.listener import ListenError
+from eventsvc.nats.subjects import subject_matches, valid_literal_subject
 
 
 def rfc3339(t: float) -> str:
@@ -114,9 +115,35 @@ def arg_bool(args: Dict[bytes, List[bytes]], name: str) -> bool:
         return False
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
-    if name == "subs" and text.lower() == "detail":
-        return True
     raise ValueError("Error decoding boolean for '{}': strconv.ParseBool: parsing {}: invalid syntax".format(name, json.dumps(text)))
+
+
+def arg_subs(args: Dict[bytes, List[bytes]]) -> "tuple[bool, bool]":
+    """
+    /connz's (and /routez's) C{subs}: (listed, in detail), as nats-server's
+    decodeSubs reads it: C{detail} in any case, else a boolean.
+    """
+    if arg(args, "subs").lower() == "detail":
+        return True, True
+    return arg_bool(args, "subs"), False
+
+
+def sub_detail(sub: Any, cid: int) -> dict:
+    """A subscription as nats-server's SubDetail (its omitempty fields left out when empty)."""
+    out: Dict[str, Any] = {"subject": sub.subject.decode("utf-8", "replace")}
+    if sub.queue:
+        out["qgroup"] = sub.queue.decode("utf-8", "replace")
+    # (msgs: what the broker counts, the deliveries of a subscription with
+    # an auto-unsubscribe max; nats-server counts every subscription's.)
+    out.update(sid=sub.sid.decode("utf-8", "replace"), msgs=sub.delivered)
+    if sub.max:
+        out["max"] = sub.max
+    out["cid"] = cid
+    return out
+
+
+#: The one account there is (nats-server's global account): every subscription's.
+GLOBAL_ACCOUNT = "$G"
 
 
 def rss_bytes() -> int:
@@ -169,12 +196,14 @@ class Monitor:
         The typed events' counters (eventsvc's own; /metrics has the same
         as Prometheus series): accepted and refused, and per handler what it
         delivered, retried and dead-lettered by type, its backlog and its
-        delivery-latency histogram (cumulative buckets, seconds).
+        delivery-latency histogram (cumulative buckets, seconds); and the
+        store: C{{"kind": "file"|"memory", "path", "state": "ok"|"full"|"read-only",
+        "error"}}.
         """
         events = getattr(self.service, "events", None)
         out: Dict[str, Any] = {"server_id": self.broker.server_id, "now": rfc3339(time.time())}
         if events is None:
-            return dict(out, enabled=False)
+            return dict(out, enabled=False, store={"kind": "memory", "path": None, "state": "ok", "error": None})
         handlers = {}
         for name, handler in sorted(events.handlers.items()):
             buckets, total = handler.latency.snapshot()
@@ -194,7 +223,7 @@ class Monitor:
             out, enabled=True, queued=events.pending, accepted=events.accepted,
             accepted_by_type=dict(sorted(events.accepted_by_type.items())),
             refused=events.refused, refused_by_reason=dict(sorted(events.refused_by_reason.items())),
-            handlers=handlers,
+            handlers=handlers, store=events.store,
         )
 
     def healthz(self) -> "tuple[int, dict]":
@@ -283,7 +312,7 @@ class Monitor:
             info["tls_verify"] = s.tls_verify
         return info
 
-    def _connection(self, c: Any, subs: bool, now: float) -> dict:
+    def _connection(self, c: Any, subs: bool, now: float, detail: bool = False) -> dict:
         out = {
             "cid": c.cid,
             "kind": "Client",
@@ -316,18 +345,21 @@ class Monitor:
             out["authorized_user"] = c.identity.name
         if c.listener:
             out["listener"] = c.listener
-        if subs and c.subs:
+        if detail and c.subs:
+            out["subscriptions_list_detail"] = [sub_detail(sub, c.cid) for sub in c.subs.values()]
+        elif subs and c.subs:
             out["subscriptions_list"] = [sub.subject.decode("utf-8", "replace") for sub in c.subs.values()]
         return out
 
     def connz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
         """
-        nats-server's /connz: C{subs}, C{offset}, C{limit}, C{state},
+        nats-server's /connz: C{subs} (C{1}: the subjects, C{detail}: each
+        subscription as /subsz lists it), C{offset}, C{limit}, C{state},
         C{cid} and C{sort} (with its orders); a parameter it would refuse
         is refused with 400 and its message.
         """
         try:
-            subs = arg_bool(args, "subs")
+            subs, detail = arg_subs(args)
             offset = max(0, arg_int(args, "offset"))
             limit = arg_int(args, "limit")
             cid = arg_int(args, "cid")
@@ -361,9 +393,9 @@ class Monitor:
             # Thousands of them (closed connections, say) are described and
             # written a slice per reactor turn: one request must not stall
             # every client for the 400 ms that 10,000 take at once.
-            connections: Any = Rows(page, lambda c: self._connection(c, subs, now))
+            connections: Any = Rows(page, lambda c: self._connection(c, subs, now, detail))
         else:
-            connections = [self._connection(c, subs, now) for c in page]
+            connections = [self._connection(c, subs, now, detail) for c in page]
         return {
             "server_id": self.broker.server_id,
             "now": rfc3339(time.time()),
@@ -374,10 +406,28 @@ class Monitor:
             "connections": connections,
         }
 
-    def subsz(self) -> dict:
+    def subsz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
+        """
+        nats-server's /subsz: the index's figures; with C{subs=1} also the
+        subscriptions of this server's clients (and its own, in-process
+        ones; not what routes, gateways and leaf links bring), each as
+        nats-server's SubDetail, C{offset}/C{limit} at a time (1024 by
+        default), those matching the subject C{test} only, of account
+        C{acc} only.  As nats-server: C{total} is the length of the page,
+        and a page with no subscription answers with the figures alone.
+        """
+        try:
+            subs = arg_bool(args, "subs")
+            offset = max(0, arg_int(args, "offset"))
+            limit = arg_int(args, "limit")
+        except ValueError as e:
+            return 400, str(e)
+        test = arg(args, "test")
+        if test and not valid_literal_subject(test.encode("utf-8")):
+            return 400, "invalid test subject, must be valid publish subject: {}".format(test)
         sl = self.broker.sublist
         cached, max_fanout, avg_fanout = sl.cache_stats()
-        return {
+        figures = {
             "num_subscriptions": sl.count,
             "num_cache": cached,
             "num_inserts": sl.inserts,
@@ -387,6 +437,30 @@ class Monitor:
             "max_fanout": max_fanout,
             "avg_fanout": avg_fanout,
         }
+        if not subs or arg(args, "acc") not in ("", GLOBAL_ACCOUNT):
+            return figures
+        if limit <= 0:
+            limit = 1024
+        local = [sub for sub in sl.all() if not _from_a_link(sub.owner)]
+        if test:
+            subject = test.encode("utf-8")
+            local = [sub for sub in local if subject_matches(sub.subject, subject)]
+        page = local[offset : offset + limit]
+        if not page:
+            return figures
+
+        def describe(sub: Any) -> dict:
+            return dict(account=GLOBAL_ACCOUNT, **sub_detail(sub, getattr(sub.owner, "cid", 0)))
+
+        return dict(
+            {"server_id": self.broker.server_id, "now": rfc3339(time.time())},
+            **figures,
+            total=len(page),
+            offset=offset,
+            limit=limit,
+            # 100,000 of them are written a slice per reactor turn, as /connz's rows.
+            subscriptions_list=Rows(page, describe) if len(page) > ROWS_PER_TURN else [describe(sub) for sub in page],
+        )
 
     def routez(self) -> dict:
         cluster = self.cluster()
@@ -493,6 +567,11 @@ class Monitor:
                 )
             rows.append(row)
         return {"server_id": self.broker.server_id, "now": rfc3339(time.time()), "leafnodes": len(rows), "leafs": rows}
+
+
+def _from_a_link(owner: Any) -> bool:
+    """Whether a subscription is a route's, a gateway's or a leaf link's (nats-server's localSubs leaves those out)."""
+    return bool(getattr(owner, "route", False) or getattr(owner, "gateway", False) or getattr(owner, "leaf", False))
 
 
 def _leaf_varz(leafs: Any) -> dict:
@@ -745,7 +824,7 @@ class MonitorService(Service):
             ("healthz", lambda r: m.healthz()),
             ("varz", lambda r: m.varz()),
             ("connz", lambda r: m.connz(r.args)),
-            ("subsz", lambda r: m.subsz()),
+            ("subsz", lambda r: m.subsz(r.args)),
             ("routez", lambda r: m.routez()),
             ("gatewayz", lambda r: m.gatewayz()),
             ("leafz", lambda r: m.leafz(r.args)),

@@ -257,18 +257,187 @@ def tls_login_burst(port: int, ca: str, token: str, count: int = 300) -> int:
     return len(done)
 
 
+# -- WebSocket (issue 26): a close we begin must close; a frame too big is
+# refused at its header; a deflate bomb is cut without holding anyone up.
+# Each takes the WebSocket listener's port.
+
+#: What the deflate bomb inflates to: operations that parse (a bomb of zeros
+#: is refused by the parser at its first slice, which tests nothing).
+BOMB_UNIT = b"PUB bomb 0\r\n\r\n"
+_bombs: Dict[int, bytes] = {}
+#: The token the WebSocket attackers log in with (a listener needs some way to
+#: authenticate; a server without authentication ignores it).
+WS_TOKEN = "FAKE-adversary-token"
+
+
+def deflate_bomb(size: int = 1 << 30) -> bytes:
+    """A permessage-deflate message of about 2 MB inflating to C{size} bytes of BOMB_UNIT (built once per size)."""
+    import zlib
+
+    if size not in _bombs:
+        block = BOMB_UNIT * ((1 << 20) // len(BOMB_UNIT))
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        # A full flush starts each block afresh: every block compresses to
+        # the same bytes, so one is compressed and repeated.
+        one = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+        _bombs[size] = one * (size // len(block))
+    return _bombs[size]
+
+
+def _ws_client(port: int, name: str, deflate: bool = False) -> "object":
+    from eventsvc.test.wsframes import RawClient
+
+    client = RawClient(port, deflate=deflate)
+    if client.status != 101:
+        raise AssertionError("WebSocket upgrade refused: {!r}".format(client.response))
+    client.send(b'CONNECT {"verbose":false,"name":"%s","auth_token":"%s"}\r\nPING\r\n' % (name.encode(), WS_TOKEN.encode()))
+    client.frames(until=b"PONG\r\n")
+    return client
+
+
+def _connz_names(monitor: int) -> List[str]:
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", monitor, timeout=10)
+    conn.request("GET", "/connz?limit=100000")
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    return [c.get("name", "") for c in body["connections"]]
+
+
+def _until_gone(sock: socket.socket, started: float, limit: float) -> Optional[float]:
+    """Read (and never answer) until the server lets the socket go; the seconds it took, or None if it held on past C{limit}."""
+    while True:
+        left = started + limit - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except socket.timeout:
+            return None
+        except OSError:  # reset
+            return time.monotonic() - started
+
+
+def ws_protocol_errors(port: int, monitor: int, count: int = 20, limit: float = 5.0) -> float:
+    """
+    C{count} WebSockets each sending an unmasked frame and never answering
+    the close frame: returns the longest one was held (its socket open or
+    listed in /connz); C{limit} when one outlived it.
+    """
+    from eventsvc.test.wsframes import frame
+
+    worst = 0.0
+    for i in range(count):
+        name = "ws-unmasked-{}".format(i)
+        client = _ws_client(port, name)
+        started = time.monotonic()
+        client.sock.sendall(frame(b"PING\r\n", mask=None))  # type: ignore[attr-defined]
+        took = _until_gone(client.sock, started, limit)  # type: ignore[attr-defined]
+        while took is not None and name in _connz_names(monitor):
+            if time.monotonic() - started > limit:
+                took = None
+                break
+            time.sleep(0.01)
+        client.close()  # type: ignore[attr-defined]
+        worst = max(worst, limit if took is None else time.monotonic() - started)
+    return worst
+
+
+def ws_huge_header(port: int, seconds: float = 3.0) -> "tuple[int, float]":
+    """
+    A frame header declaring 2^62 bytes, then random data as fast as the
+    server takes it, for up to C{seconds}: returns (bytes sent after the
+    header, seconds until the server let the socket go, or C{seconds}).
+    """
+    import os
+
+    from eventsvc.test.wsframes import header
+
+    client = _ws_client(port, "ws-huge-header")
+    sock = client.sock  # type: ignore[attr-defined]
+    started = time.monotonic()
+    sock.sendall(header(2 ** 62))
+    junk = os.urandom(65536)
+    sent = 0
+    sock.settimeout(0.2)
+    gone = False
+    while time.monotonic() - started < seconds:
+        try:
+            sent += sock.send(junk)
+        except socket.timeout:
+            continue  # not read: is it closed?
+        except OSError:  # reset, broken pipe: let go
+            gone = True
+            break
+    took = time.monotonic() - started
+    client.close()  # type: ignore[attr-defined]
+    return sent, took if gone else seconds
+
+
+def ws_deflate_bomb(port: int, size: int = 1 << 30) -> "tuple[int, float]":
+    """
+    One compressed message of about 2 MB inflating to C{size} (1 GiB) of
+    valid operations: returns (the close code, seconds until the close frame).
+    """
+    import struct
+
+    from eventsvc.test.wsframes import CLOSE, frame, read_frames
+
+    bomb = deflate_bomb(size)
+    client = _ws_client(port, "ws-deflate-bomb", deflate=True)
+    if b"permessage-deflate" not in client.response:  # type: ignore[attr-defined]
+        raise AssertionError("compression not offered")
+    started = time.monotonic()
+    sock = client.sock  # type: ignore[attr-defined]
+    sock.sendall(frame(bomb, rsv1=True))
+    # Frames until the close frame (what comes before it is not looked at).
+    buffer, code = client.buffer, 0  # type: ignore[attr-defined]
+    sock.settimeout(30)
+    while not code:
+        frames, buffer = read_frames(buffer)
+        closes = [payload for opcode, _, _, payload in frames if opcode == CLOSE]
+        if closes:
+            code = struct.unpack("!H", closes[0][:2])[0]
+            break
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        buffer += chunk
+    took = time.monotonic() - started
+    client.close()  # type: ignore[attr-defined]
+    return code, took
+
+
 ATTACKS: Dict[str, Callable[[int], object]] = {
     f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb, fan_out_burst)
 }
 
 
+#: Attacks on a WebSocket listener: python -m eventsvc.test.adversary <NATS port> <name> <WebSocket port> [<monitor port>]
+WS_ATTACKS: Dict[str, Callable[..., object]] = {
+    "ws_protocol_errors": lambda ws, monitor: ws_protocol_errors(ws, monitor),
+    "ws_huge_header": lambda ws, monitor: ws_huge_header(ws),
+    "ws_deflate_bomb": lambda ws, monitor: ws_deflate_bomb(ws),
+}
+
+
 def main() -> None:
     port, name = int(sys.argv[1]), sys.argv[2]
+    if name == "ws_deflate_bomb":
+        deflate_bomb()  # built before the probe starts
     with Probe(port) as probe:
         started = time.monotonic()
-        result = ATTACKS[name](port)
+        if name in WS_ATTACKS:
+            result = WS_ATTACKS[name](int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+        else:
+            result = ATTACKS[name](port)
         took = time.monotonic() - started
-    print("{}: {:.2f}s{}; probe: {}".format(name, took, " -> {:.2f}".format(result) if isinstance(result, float) else "", probe.summary()))
+    shown = " -> {:.2f}".format(result) if isinstance(result, float) else " -> {}".format(result) if result is not None else ""
+    print("{}: {:.2f}s{}; probe: {}".format(name, took, shown, probe.summary()))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """
 The admin command's operator tools as a user runs them (subprocesses)
-against a real eventsvc process: sub, request, dead letters, spool stats,
-config show, and the help every subcommand gives.
+against a real eventsvc process: sub, request, health-check, dead letters,
+spool stats, publish, certs, check-config and config show, TOML syntax
+errors, and the help every subcommand gives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import sys
 import threading
 import time
 
-import toml
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -142,6 +147,9 @@ class MessagingCommandTests(TestCase):
             return denied, wrong
 
         denied, wrong = yield threads.deferToThread(run)
+        # check-config says what the refusal below then shows.
+        said = process.cli("check-config", "--config", self.config)
+        self.assertIn("\n  gateway agents may publish to habitat.event.* and subscribe to nothing\n", said.stdout)
         self.assertEqual(denied.returncode, 1)
         self.assertEqual(
             denied.stderr,
@@ -210,6 +218,9 @@ class StoreCommandTests(TestCase):
         lines = listed.stdout.splitlines()
         self.assertEqual(len(lines), 2, lines)
         self.assertIn("  event_feed  dl-1  1 attempts  HTTP 400", lines[0])
+        as_json = yield threads.deferToThread(process.cli, "dead-letters", "list", "--config", config, "--json")
+        self.assertEqual([json.loads(line)["event_id"] for line in as_json.stdout.splitlines()], ["dl-1", "dl-2"])
+        dead = os.path.join(directory, "data", "dead-letters.jsonl")
 
         target.fixed = True
         one = yield threads.deferToThread(process.cli, "dead-letters", "replay", "--config", config, "--id", "dl-1")
@@ -222,13 +233,17 @@ class StoreCommandTests(TestCase):
         self.assertEqual(everything.returncode, 0, everything.stderr)
         yield wait_for(lambda: sorted(target.seen) == ["dl-1", "dl-2"])
         again = yield threads.deferToThread(process.cli, "dead-letters", "replay", "--config", config, "--all")
-        self.assertEqual(again.returncode, 1)
-        self.assertIn("no dead letter in", again.stderr)
+        self.assertEqual((again.returncode, again.stdout, again.stderr), (0, "nothing to replay: no dead letters in {}\n".format(dead), ""))
+        gone = yield threads.deferToThread(process.cli, "dead-letters", "replay", "--config", config, "--id", "dl-1")
+        self.assertEqual((gone.returncode, gone.stderr), (1, "eventsvc: no dead letter in {} has event id dl-1\n".format(dead)))
         # Exactly once each: nothing more arrives.
         yield threads.deferToThread(time.sleep, 0.5)
         self.assertEqual(sorted(target.seen), ["dl-1", "dl-2"])
         empty = yield threads.deferToThread(process.cli, "dead-letters", "list", "--config", config)
-        self.assertIn("no dead letters in", empty.stdout)
+        self.assertEqual(empty.stdout, "no dead letters in {}\n".format(dead))
+        # --json: JSON lines and nothing else, so none at all here.
+        empty = yield threads.deferToThread(process.cli, "dead-letters", "list", "--config", config, "--json")
+        self.assertEqual((empty.returncode, empty.stdout, empty.stderr), (0, "", ""))
 
     @defer.inlineCallbacks
     def test_spool_stats(self):
@@ -261,11 +276,240 @@ class StoreCommandTests(TestCase):
         self.assertEqual(set(stats["handlers"]), {"cfgingest"})
         self.assertGreater(stats["bytes"], 0)
 
-    def test_spool_stats_without_a_spool(self):
+    def test_spool_stats_memory_only(self):
         config = process.write_config(self.mktemp() + ".toml", '[service]\nport = 0\ndata_dir = ""\n')
-        result = process.cli("spool", "stats", "--config", config)
+        for extra in ((), ("--json",)):
+            result = process.cli("spool", "stats", "--config", config, *extra)
+            self.assertEqual((result.returncode, result.stdout), (1, ""))
+            self.assertEqual(
+                result.stderr,
+                'eventsvc: events are kept in memory only ([service] data_dir = "" in {}): no spool to inspect\n'.format(config),
+            )
+
+    def test_spool_stats_before_the_first_start(self):
+        """A state directory the service has not made yet owes nothing, and says so (as JSON too)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = process.write_config(os.path.join(directory, "patch.toml"), '[service]\nport = 0\ndata_dir = "patch.state"\n')
+        state = os.path.join(directory, "patch.state")
+        text = process.cli("spool", "stats", "--config", config)
+        self.assertEqual((text.returncode, text.stderr), (0, ""))
+        self.assertEqual(text.stdout, "no spool yet at {} (the service has not run with this state directory): nothing owed\n".format(state))
+        as_json = process.cli("spool", "stats", "--config", config, "--json")
+        self.assertEqual(as_json.returncode, 0, as_json.stderr)
+        self.assertEqual(json.loads(as_json.stdout), {
+            "path": state, "exists": False, "bytes": 0, "records": 0, "unreadable_bytes": 0, "events_owed": 0, "handlers": {},
+        })
+        os.makedirs(state)
+        made = json.loads(process.cli("spool", "stats", "--config", config, "--json").stdout)
+        self.assertEqual((made["exists"], made["events_owed"]), (True, 0))
+        self.assertEqual(
+            process.cli("spool", "stats", "--config", config).stdout, "spool {}: 0 bytes on disk, 0 records, 0 events still owed\n".format(state)
+        )
+
+    def test_every_json_option_prints_json(self):
+        """Every subcommand that takes --json, in the states where it used to print text."""
+        parser_text = subprocess.run(
+            cli_argv("--help"), capture_output=True, text=True, env=process.child_env(),
+        ).stdout
+        self.assertIn("dead-letters", parser_text)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = process.write_config(os.path.join(directory, "patch.toml"), '[service]\nport = 0\ndata_dir = "state"\n')
+        commands = [["dead-letters", "list"], ["spool", "stats"]]
+        self.assertEqual(sorted(" ".join(c) for c in commands), sorted(_commands_with("--json")))
+        for command in commands:
+            result = process.cli(*command, "--config", config, "--json")
+            self.assertEqual(result.returncode, 0, (command, result.stderr))
+            for line in result.stdout.splitlines():
+                self.assertIsInstance(json.loads(line), dict, command)
+
+
+def _commands_with(option: str):
+    """Every subcommand (as "group sub") whose --help lists C{option}."""
+    found = []
+    for command in (
+        ["check-config"], ["config", "show"], ["health-check"], ["publish"], ["sub"], ["request"],
+        ["dead-letters", "list"], ["dead-letters", "replay"], ["spool", "stats"], ["certs"],
+    ):
+        if option + " " in process.cli(*command, "--help").stdout:
+            found.append(" ".join(command))
+    return found
+
+
+class HealthCheckServiceOnlyTests(TestCase):
+    """health-check on a node without [gateway]: the service listener, with the service's mutual-TLS identity."""
+
+    timeout = 90
+
+    def test_service_listener_with_mutual_tls(self):
+        directory = os.path.abspath(self.mktemp())
+        made = process.cli("certs", "--out", os.path.join(directory, "certs"))
+        self.assertEqual(made.returncode, 0, made.stderr)
+        port = process.free_port()
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
+        ) % port)
+        server = process.eventsvc(config)
+
+        def run():
+            server.start()
+            try:
+                healthy = process.cli("health-check", "--config", config)
+                # Without a client certificate the service does not let us in.
+                stranger = process.cli("health-check", "--config", config, "--cert", os.path.join(directory, "certs", "ca.crt"),
+                                       "--key", os.path.join(directory, "certs", "ca.key"))
+            finally:
+                server.stop()
+            return healthy, stranger, process.cli("health-check", "--config", config)
+
+        def check(results):
+            healthy, stranger, down = results
+            self.assertEqual(healthy.returncode, 0, healthy.stderr)
+            self.assertRegex(
+                healthy.stdout, r"^healthy: service 127\.0\.0\.1:%d echoed a request on healthcheck\.[0-9a-f]{16} in [0-9.]+ ms\n$" % port
+            )
+            self.assertEqual(stranger.returncode, 1)
+            self.assertTrue(stranger.stderr.startswith("unhealthy: service 127.0.0.1:%d: " % port), stranger.stderr)
+            self.assertEqual(down.returncode, 1)
+            self.assertTrue(down.stderr.startswith("unhealthy: service 127.0.0.1:%d: cannot connect: " % port), down.stderr)
+            self.assertEqual(down.stderr.count("\n"), 1, down.stderr)
+
+        return threads.deferToThread(run).addCallback(check)
+
+
+class CommandLineMistakeTests(TestCase):
+    """Mistakes a user makes on the command line or in the file, each told in one line (no server needed)."""
+
+    def write(self, text):
+        return process.write_config(self.mktemp() + ".toml", text)
+
+    def test_publish_handler_key_as_type(self):
+        config = self.write("[service]\nport = 1\n")
+        result = process.cli("publish", "--config", config, "--type", "feed", "--file", os.devnull)
+        self.assertEqual((result.returncode, result.stdout), (2, ""))
+        self.assertEqual(
+            result.stderr,
+            "eventsvc: --type feed: feed is a [handlers] key, not an event type; did you mean an event type of this handler: compliance_ingest\n",
+        )
+        routed = self.write('[service]\nport = 1\n[events.routing]\nnodeTerminated = ["event_feed"]\n')
+        empty = process.write_config(self.mktemp() + ".json", "{}")
+        result = process.cli("publish", "--config", routed, "--type", "event_feed", "--file", empty)
+        # event_feed is both a handler and an event type: it is published (here: nobody listens).
         self.assertEqual(result.returncode, 1)
-        self.assertIn("no spool: [service] data_dir is not set", result.stderr)
+        self.assertIn("cannot publish to 127.0.0.1:1", result.stderr)
+        result = process.cli("publish", "--config", routed, "--type", "cfgingest", "--file", empty)
+        self.assertIn("cannot publish to 127.0.0.1:1", result.stderr)
+
+    def test_publish_handler_with_nothing_routed(self):
+        config = self.write('[service]\nport = 1\n[events.routing]\ncompliance_ingest = ["cfgingest"]\n')
+        result = process.cli("publish", "--config", config, "--type", "feed", "--file", os.devnull)
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(
+            result.stderr,
+            "eventsvc: --type feed: feed is a [handlers] key, not an event type, and no event type is routed to it in {}\n".format(config),
+        )
+
+    def test_toml_syntax_error_names_the_line(self):
+        """The issue's own example: the old reader said "Key group not on a line by itself. (line 1 column 1 char 0)"."""
+        config = self.write('# eventsvc\n[service] port = 4222\n')
+        for command in (["check-config"], ["config", "show"], ["spool", "stats"]):
+            result = process.cli(*command, "--config", config)
+            self.assertEqual((result.returncode, result.stdout), (78, ""), command)
+            self.assertEqual(
+                result.stderr,
+                "eventsvc: {}: line 2, column 11: not valid TOML: expected newline or end of document after a statement: "
+                "[service] port = 4222\n".format(config),
+            )
+        twice = self.write('[service]\nport = 1\n\n[service]\nhost = "x"\n')
+        result = process.cli("check-config", "--config", twice)
+        self.assertEqual(result.stderr, "eventsvc: {}: line 4, column 9: not valid TOML: cannot declare service twice: [service]\n".format(twice))
+        unterminated = self.write('[service]\nhost = "127.0.0.1\n')
+        result = process.cli("check-config", "--config", unterminated)
+        self.assertEqual(result.returncode, 78)
+        self.assertTrue(result.stderr.startswith("eventsvc: {}: line 2, column ".format(unterminated)), result.stderr)
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+
+    def test_byte_order_mark(self):
+        """A file saved with a byte-order mark (some Windows editors) reads as without one."""
+        config = process.write_bytes(self.mktemp() + ".toml", b"\xef\xbb\xbf[service]\nport = 4333\n")
+        result = process.cli("config", "show", "--config", config)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(tomllib.loads(result.stdout)["service"]["port"], 4333)
+
+    def test_toml_syntax_error_at_start_up(self):
+        """twistd says the same line and exits, before anything listens."""
+        config = self.write('[service]\nport = 0\nhost = \n')
+        result = process.run_until_exit([process.require("twistd"), "-n", "--pidfile=", "eventsvc", "--config", config])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("{}: line 3, column 8: not valid TOML: invalid value: host =".format(config), result.stdout)
+        self.assertNotIn("Traceback", result.stdout)
+
+
+class CheckConfigPermissionTests(TestCase):
+    """check-config's permission lines come from the permissions the service builds."""
+
+    def test_identities_and_listeners(self):
+        config = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nport = 0\n'
+            '[gateway]\nport = 0\ndisable_frontend_tls = true\ntokens = ["t"]\n'
+            '[gateway.permissions]\nsubscribe_allow = ["metrics.>", "habitat.>"]\n'
+            'subscribe_deny = ["metrics.secret.>", "other.x", "habitat.event.*"]\n'
+            '[[gateway.identities]]\nname = "requester"\ntoken = "r"\nprivate_inbox = true\n'
+            '[[gateway.identities]]\nname = "mute"\ntoken = "m"\npublish_deny = [">"]\n'
+            '[websocket]\nport = 0\nno_tls = true\ntokens = ["w"]\n[websocket.permissions]\npublish_allow = []\n'
+        ))
+        result = process.cli("check-config", "--config", config)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        for expected in (
+            # other.x cuts into nothing allowed: not named.
+            "gateway agents may publish to habitat.event.* and subscribe to metrics.>, habitat.> (except metrics.secret.>, habitat.event.*)",
+            # private_inbox: its own subscribe lists (empty) and its inbox.
+            "gateway identity requester may publish to habitat.event.* and subscribe to _INBOX.requester.>",
+            # publish_deny alone: an empty publish_allow, which is everything, all denied.
+            "gateway identity mute may publish to nothing and subscribe to metrics.>, habitat.> (except metrics.secret.>, habitat.event.*)",
+            "websocket clients may publish to anything and subscribe to nothing",
+        ):
+            self.assertIn(expected, lines)
+
+
+class CertsTests(TestCase):
+    def test_automate_file_names(self):
+        """certs writes Automate's names, and a [tls] section naming them loads."""
+        directory = os.path.abspath(self.mktemp())
+        out = os.path.join(directory, "config")
+        made = process.cli("certs", "--out", out, "--ca-cert", "root_ca.crt", "--gateway-cert", "localhost.crt", "--gateway-key", "localhost.key")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(
+            sorted(os.listdir(out)),
+            ["ca.key", "client.crt", "client.key", "localhost.crt", "localhost.key", "root_ca.crt", "service.crt", "service.key"],
+        )
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nport = 0\n[tls]\ncert_path = "config/service.crt"\nkey_path = "config/service.key"\n'
+            'root_ca_path = "config/root_ca.crt"\n'
+            '[gateway]\nport = 0\ntokens = ["t"]\n[[gateway.frontend_tls]]\nserver_name = "localhost"\n'
+            'cert_path = "config/localhost.crt"\nkey_path = "config/localhost.key"\n'
+        ))
+        checked = process.cli("check-config", "--config", config)
+        self.assertEqual(checked.returncode, 0, checked.stderr)
+        again = process.cli("certs", "--out", out, "--ca-cert", "root_ca.crt")
+        self.assertEqual(again.returncode, 1)
+        self.assertIn(os.path.join(out, "root_ca.crt"), again.stderr)
+        clash = process.cli("certs", "--out", out, "--force", "--service-key", "service.crt")
+        self.assertEqual(clash.returncode, 2)
+        self.assertEqual(
+            clash.stderr,
+            "eventsvc: certs would write {} twice: give each certificate and key its own name\n".format(os.path.join(out, "service.crt")),
+        )
+
+    def test_default_names(self):
+        out = os.path.abspath(self.mktemp())
+        made = process.cli("certs", "--out", out)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertTrue(made.stdout.endswith(" to {}\n".format(out)), made.stdout)
+        self.assertEqual(sorted(os.listdir(out)), sorted(r + e for r in ("ca", "service", "gateway", "client") for e in (".crt", ".key")))
 
 
 class ConfigShowTests(TestCase):
@@ -280,7 +524,8 @@ class ConfigShowTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         for secret in ("super-secret-token", "alice-password", "identity-secret", "route-secret", "user:pw"):
             self.assertNotIn(secret, result.stdout)
-        shown = toml.loads(result.stdout)
+        # Strict TOML 1.0: what config show writes, the service reads.
+        shown = tomllib.loads(result.stdout)
         self.assertEqual(shown["gateway"]["port"], 4999)
         self.assertEqual(shown["gateway"]["tokens"], ["<redacted>"])
         self.assertEqual(shown["gateway"]["users"], {"alice": "<redacted>"})

@@ -129,3 +129,52 @@ class TLSLoginBurstTests(_Attacks, TestCase):
         d = self.attack(lambda: got.append(adversary.tls_login_burst(self.gateway, self.ca, "burst-token")), limit)
         d.addCallback(lambda _: self.assertEqual(got, [300, 300]))
         return d
+
+
+class WebSocketAttackTests(_Attacks, TestCase):
+    """
+    Issue 26: a WebSocket closed by us is gone (its socket and its /connz
+    entry) within 2 s, a 2^62-byte frame header is refused at once, and a
+    deflate bomb is cut without holding up the other clients.
+    """
+
+    def setUp(self) -> None:
+        self.port, self.ws, self.monitor = process.free_port(), process.free_port(), process.free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[websocket]\nhost = "127.0.0.1"\nport = %d\nno_tls = true\ncompression = true\ntokens = ["%s"]\n'
+            '[websocket.permissions]\npublish_allow = [">"]\nsubscribe_allow = [">"]\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (self.port, self.ws, adversary.WS_TOKEN, self.monitor))
+        self.server = process.eventsvc(config, expect=("service", "websocket"))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def test_protocol_error_closes(self):
+        """Unmasked frames, their close frames never answered: each socket gone, and gone from /connz, within 2 s."""
+        worst = []
+        d = self.attack(lambda: worst.append(adversary.ws_protocol_errors(self.ws, self.monitor, count=10)))
+        d.addCallback(lambda _: self.assertLess(max(worst), 2.0))
+        return d
+
+    def test_huge_frame_header(self):
+        """A header declaring 2^62 bytes, then random data: the socket is let go at once; the server reads no more than the kernel buffers hold."""
+        got = []
+        d = self.attack(lambda: got.append(adversary.ws_huge_header(self.ws)))
+
+        def check(_):
+            for sent, took in got:
+                self.assertLess(took, 2.0)
+                self.assertLess(sent, 16 * 1024 * 1024)
+
+        return d.addCallback(check)
+
+    def test_deflate_bomb(self):
+        """2 MB inflating to 1 GiB: closed with 1009 at the message cap, inflated in slices while everyone else is served."""
+        got = []
+        d = threads.deferToThread(adversary.deflate_bomb)  # (built before the probe starts)
+        d.addCallback(lambda _: self.attack(lambda: got.append(adversary.ws_deflate_bomb(self.ws))))
+        d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009, 1009]))
+        return d

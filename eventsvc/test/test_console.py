@@ -112,6 +112,18 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(answer["dead_letters"][0]["type"], "event_feed")
         self.assertNotIn("event", answer["dead_letters"][0])
 
+    def test_dead_letters_host_rule(self) -> None:
+        """The dead letters answer under the console's Host rule: a rebound DNS name gets 403 and no event id; /connz and /varz do not ask."""
+        for host in ("localhost:8222", "[::1]:8222", "ops.example.com", "127.0.0.1"):
+            self.assertEqual(request(self.svc, "/deadletterz", host=host)[0], 200, host)
+        for host in ("evil.example:8222", "evil.example", ""):
+            code, body, _ = request(self.svc, "/deadletterz", host=host)
+            self.assertEqual(code, 403, host)
+            self.assertNotIn(b"evt-", body)
+            self.assertIn("configured host", json.loads(body)["error"])
+        for path in ("/connz", "/varz"):
+            self.assertEqual(request(self.svc, path, host="evil.example")[0], 200, path)
+
     def replay(self, event_id: str = "evt-1", **headers):
         headers.setdefault("x-eventsvc-console", "replay")
         code, body, _ = request(self.svc, "/deadletterz/replay", b"POST", headers=headers, body=json.dumps({"event_id": event_id}).encode())

@@ -130,7 +130,7 @@ class RecordingTarget:
 
 
 class Setup:
-    def __init__(self, test: SynchronousTestCase, targets=None, event_limit=100, spool_path=None, **handler_options):
+    def __init__(self, test: SynchronousTestCase, targets=None, event_limit=100, spool_path=None, disk=None, **handler_options):
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets or {"feed": RecordingTarget(), "cfgingest": RecordingTarget(), "event_feed": RecordingTarget()}
@@ -141,7 +141,7 @@ class Setup:
         }
         for h in self.handlers.values():
             h.startService()
-        self.spool = Spool(spool_path) if spool_path else None
+        self.spool = Spool(spool_path, disk=disk) if spool_path else None
         self.dispatcher = EventDispatcher(self.broker, types.Registry(), self.handlers, event_limit, self.clock, spool=self.spool)
         self.dispatcher.startService()
         self.acks = []

@@ -395,6 +395,17 @@ class PublishTests(SynchronousTestCase):
         self.assertEqual(error.code, wire.RESOURCE_EXHAUSTED)
         self.assertIn("queue full", error.message)
 
+    def test_a_full_disk_is_resource_exhausted(self) -> None:
+        # The dispatcher's refusal of a spool that cannot write, as the spool words it.
+        answers = {"store full: no space left on device in /d": wire.RESOURCE_EXHAUSTED,
+                   "store read-only: read-only file system in /d": wire.UNAVAILABLE}
+        for error, code in answers.items():
+            d = self.publish(to_message(event("event_feed")))
+            [reply] = list(self.api._waiting)
+            self.broker.publish(reply, json.dumps({"success": False, "error": error}).encode())
+            failure = self.failureResultOf(d, GRPCError).value
+            self.assertEqual((failure.code, failure.message), (code, error))
+
     def test_a_type_with_no_handler_is_failed_precondition(self) -> None:
         d = self.publish(to_message(event("compliance_ingest")))
         error = self.failureResultOf(d, GRPCError).value

@@ -79,6 +79,19 @@ SORTED = ("sort=cid", "sort=subs", "sort=msgs_to", "sort=msgs_from", "sort=bytes
 REFUSED = ("sort=bogus", "sort=stop", "sort=reason", "offset=x", "limit=1.5", "state=weird", "subs=maybe")
 
 
+# What the scene's subscriptions look like on both (cid apart, compared by
+# position). msgs apart: nats-server counts every subscription's messages,
+# eventsvc only those of a subscription with an auto-unsubscribe max (its
+# delivery path does not touch the subscription otherwise).
+SUB_SAME = ("account", "subject", "qgroup", "sid", "max")
+
+
+def scene_subs(listed: list, first_cid: int, scene_subjects: "tuple[str, ...]" = ("foo", "bar")) -> list:
+    """The scene's subscriptions in a list (not the servers' own), cid counted from the scene's first, in subject order."""
+    rows = [dict(row, cid=row["cid"] - first_cid) for row in listed if row["subject"] in scene_subjects]
+    return sorted(rows, key=lambda row: row["subject"])
+
+
 class MonitorInteropTests(TestCase):
     timeout = 60
 
@@ -154,6 +167,63 @@ class MonitorInteropTests(TestCase):
                 problems.append("/routez num_routes differs")
             if ref["/healthz"][1] != ours["/healthz"][1]:
                 problems.append("/healthz differs")
+            for sock in open_sockets:
+                sock.close()
+            return problems
+
+        d = threads.deferToThread(run)
+        d.addCallback(lambda problems: self.assertEqual(problems, [], "\n".join(problems)))
+        return d
+
+    def test_subscription_lists(self):
+        """/subsz?subs=1 (with test, offset and limit) and /connz?subs=detail: nats-server's shapes, and its values where the scene decides them."""
+
+        def run():
+            problems = []
+            open_sockets = scene(self.reference.port) + scene(self.ours.port)
+            first = {http: fetch(http, "/connz?state=any")[1]["connections"][0]["cid"] for http in (self.nats_http, self.http)}
+            ref, ours = ({path: fetch(http, path) for path in (
+                "/subsz?subs=1", "/subsz?subs=1&test=foo", "/subsz?subs=1&test=nothing", "/subsz?subs=1&offset=1&limit=2",
+                "/connz?subs=detail", "/connz?subs=Detail",
+            )} for http in (self.nats_http, self.http))
+            for path in ref:
+                (rcode, rbody), (ocode, obody) = ref[path], ours[path]
+                if rcode != ocode:
+                    problems.append("{}: status {} vs {}".format(path, rcode, ocode))
+                if list(rbody) != list(obody):
+                    problems.append("{}: keys {} vs {}".format(path, list(rbody), list(obody)))
+            for path in ("/subsz?subs=1", "/subsz?subs=1&test=foo"):
+                rows = [scene_subs(side[path][1].get("subscriptions_list", []), first[http])
+                        for side, http in ((ref, self.nats_http), (ours, self.http))]
+                if [sorted(r) for r in rows[0]] != [sorted(o) for o in rows[1]]:
+                    problems.append("{}: fields {} vs {}".format(path, rows[0], rows[1]))
+                for r, o in zip(*rows):
+                    for key in SUB_SAME + ("cid",):
+                        if r.get(key) != o.get(key):
+                            problems.append("{} {} {}: {!r} vs {!r}".format(path, r["subject"], key, r.get(key), o.get(key)))
+                if len(rows[0]) != len(rows[1]) or not rows[0]:
+                    problems.append("{}: {} vs {} of the scene's subscriptions".format(path, len(rows[0]), len(rows[1])))
+            page = "/subsz?subs=1&offset=1&limit=2"
+            for key in ("total", "offset", "limit"):
+                if ref[page][1].get(key) != ours[page][1].get(key):
+                    problems.append("{} {}: {!r} vs {!r}".format(page, key, ref[page][1].get(key), ours[page][1].get(key)))
+            for path in ("/connz?subs=detail", "/connz?subs=Detail"):
+                for r, o in zip(ref[path][1]["connections"], ours[path][1]["connections"]):
+                    if ("subscriptions_list" in r, "subscriptions_list_detail" in r) != ("subscriptions_list" in o, "subscriptions_list_detail" in o):
+                        problems.append("{}: lists {} vs {}".format(path, sorted(r), sorted(o)))
+                    rows = [scene_subs([dict(row, account="") for row in c.get("subscriptions_list_detail", [])], first[http])
+                            for c, http in ((r, self.nats_http), (o, self.http))]
+                    if [sorted(x) for x in rows[0]] != [sorted(x) for x in rows[1]]:
+                        problems.append("{}: fields {} vs {}".format(path, rows[0], rows[1]))
+                    for a, b in zip(*rows):
+                        for key in SUB_SAME + ("cid",):
+                            if a.get(key) != b.get(key):
+                                problems.append("{} {} {}: {!r} vs {!r}".format(path, a["subject"], key, a.get(key), b.get(key)))
+            for query in ("subs=detail", "subs=2", "test=foo.*", "test=", "limit=x"):
+                path = "/subsz?" + query
+                r, o = fetch_text(self.nats_http, path), fetch_text(self.http, path)
+                if r[0] != o[0] or (r[0] != 200 and r != o):
+                    problems.append("{}: {!r} vs {!r}".format(path, r, o))
             for sock in open_sockets:
                 sock.close()
             return problems

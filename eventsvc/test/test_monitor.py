@@ -114,13 +114,64 @@ class MonitorTests(SynchronousTestCase):
     def test_subsz_routez(self) -> None:
         connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nPUB foo 0\r\n\r\n')
         _, subsz = get(self.svc, "/subsz")
-        # One client subscription, plus the event dispatcher's two (events, replays).
-        self.assertEqual(subsz["num_subscriptions"], 3)
-        self.assertGreaterEqual(subsz["num_inserts"], 3)
+        # One client subscription, plus the event dispatcher's two (events, replays)
+        # and the health question health-check asks (healthcheck.status.<server_id>).
+        self.assertEqual(subsz["num_subscriptions"], 4)
+        self.assertGreaterEqual(subsz["num_inserts"], 4)
         _, routez = get(self.svc, "/routez")
         self.assertEqual((routez["num_routes"], routez["routes"]), (0, []))
         _, gatewayz = get(self.svc, "/gatewayz")
         self.assertEqual((gatewayz["outbound_gateways"], gatewayz["inbound_gateways"]), ({}, {}))
+
+    def test_subsz_list(self) -> None:
+        """/subsz?subs=1 lists the subscriptions as nats-server does: its keys in its order, SubDetail objects, the page's length as total."""
+        c = connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB foo.bar 1\r\nSUB foo.* q1 2\r\nUNSUB 2 5\r\nPUB foo.bar 2\r\nhi\r\n')
+        code, subsz = get(self.svc, "/subsz?subs=1")
+        self.assertEqual(code, 200)
+        self.assertEqual(list(subsz), [
+            "server_id", "now", "num_subscriptions", "num_cache", "num_inserts", "num_removes", "num_matches",
+            "cache_hit_rate", "max_fanout", "avg_fanout", "total", "offset", "limit", "subscriptions_list",
+        ])
+        # Ours two, the event service's two and the health question's one.
+        self.assertEqual((subsz["total"], subsz["offset"], subsz["limit"]), (5, 0, 1024))
+        mine = [s for s in subsz["subscriptions_list"] if s["cid"] == c.proto.cid]
+        self.assertEqual(sorted(mine, key=lambda s: s["sid"]), [
+            {"account": "$G", "subject": "foo.bar", "sid": "1", "msgs": 0, "cid": c.proto.cid},
+            {"account": "$G", "subject": "foo.*", "qgroup": "q1", "sid": "2", "msgs": 1, "max": 5, "cid": c.proto.cid},
+        ])
+        # The event service's own (in-process) subscriptions are listed too, as nats-server lists its system ones.
+        self.assertEqual(len(subsz["subscriptions_list"]), subsz["num_subscriptions"])
+        _, tested = get(self.svc, "/subsz?subs=1&test=foo.bar")
+        self.assertEqual([s["subject"] for s in tested["subscriptions_list"]], ["foo.bar", "foo.*"])
+        _, page = get(self.svc, "/subsz?subs=1&offset=1&limit=2")
+        self.assertEqual((page["total"], page["offset"], page["limit"], len(page["subscriptions_list"])), (2, 1, 2, 2))
+        # Nothing on the page, another account, or no subs: the figures alone.
+        for query in ("/subsz?subs=1&test=nothing.here", "/subsz?subs=1&acc=$SYS", "/subsz", "/subsz?subs=0"):
+            self.assertNotIn("subscriptions_list", get(self.svc, query)[1], query)
+            self.assertEqual(get(self.svc, query)[1]["num_subscriptions"], 5, query)
+        for query, message in (
+            ("subs=detail", "Error decoding boolean for 'subs': strconv.ParseBool: parsing \"detail\": invalid syntax"),
+            ("test=foo.*", "invalid test subject, must be valid publish subject: foo.*"),
+            ("limit=x", "Error decoding int for 'limit': strconv.Atoi: parsing \"x\": invalid syntax"),
+        ):
+            request = DummyRequest([b""])
+            request.args = {k.encode(): [v.encode()] for k, v in [query.split("=")]}
+            body = self.svc.getServiceNamed("monitor").site.resource.children[b"subsz"].render_GET(request)
+            self.assertEqual((request.responseCode, body.decode()), (400, message))
+
+    def test_connz_subs_detail(self) -> None:
+        """/connz?subs=detail: each connection's subscriptions as nats-server's SubDetail (no account); subs=1 the subjects."""
+        c = connect(self.svc, "service", b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nSUB bar q 2\r\nUNSUB 2 3\r\n')
+        _, connz = get(self.svc, "/connz?subs=detail")
+        (row,) = connz["connections"]
+        self.assertNotIn("subscriptions_list", row)
+        self.assertEqual(row["subscriptions_list_detail"], [
+            {"subject": "foo", "sid": "1", "msgs": 0, "cid": c.proto.cid},
+            {"subject": "bar", "qgroup": "q", "sid": "2", "msgs": 0, "max": 3, "cid": c.proto.cid},
+        ])
+        self.assertEqual(get(self.svc, "/connz?subs=DETAIL")[1]["connections"], connz["connections"])
+        (row,) = get(self.svc, "/connz?subs=1")[1]["connections"]
+        self.assertEqual((row["subscriptions_list"], "subscriptions_list_detail" in row), (["foo", "bar"], False))
 
     def test_metrics_move(self) -> None:
         _, before = get(self.svc, "/metrics")
@@ -184,6 +235,31 @@ class LongPageTests(SynchronousTestCase):
         self.assertEqual(body["num_connections"], monitor_module.ROWS_PER_TURN * 3 + 7)
         self.assertEqual(len(body["connections"]), body["num_connections"])
         self.assertEqual(body["connections"][0]["reason"], "Client Closed")
+
+
+class LongSubscriptionListTests(SynchronousTestCase):
+    def test_subscriptions_in_slices(self) -> None:
+        """/subsz?subs=1 with thousands of subscriptions is written a slice per reactor turn, and the answer is whole."""
+        from eventsvc.ops import monitor as monitor_module
+
+        clock = MemoryReactorClock()
+        svc = make_service(config.parse("[service]\nport = 0\n[monitor]\nport = 0\n"), clock)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        count = monitor_module.ROWS_PER_TURN * 4 + 3
+        connect(svc, "service", b'CONNECT {"verbose":false}\r\n' + b"".join(b"SUB many.%d %d\r\n" % (i, i) for i in range(count)))
+        clock.advance(0)  # (the parser's later turns)
+        everyone = svc.broker.sublist.count  # (and the event service's two, and the health question)
+        self.assertEqual(everyone, count + 3)
+        request = DummyRequest([b""])
+        request.args = {b"subs": [b"1"], b"limit": [b"100000"]}
+        svc.getServiceNamed("monitor").site.resource.children[b"subsz"].render_GET(request)
+        self.assertFalse(request.finished)
+        while not request.finished:
+            clock.advance(0)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual((body["total"], len(body["subscriptions_list"])), (everyone, everyone))
+        self.assertLessEqual({"many.%d" % i for i in range(count)}, {s["subject"] for s in body["subscriptions_list"]})
 
 
 class ClosedConnectionTests(SynchronousTestCase):

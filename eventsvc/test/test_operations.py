@@ -12,7 +12,7 @@ import socket
 import time
 
 from twisted.internet import defer, reactor, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource, server
 
 from eventsvc.test import process
@@ -401,3 +401,197 @@ class LameDuckTests(TestCase):
         output = proc.output()
         self.assertIn("entering lame duck mode", output)
         self.assertIn("lame duck: closing 4 clients", output)
+
+
+class FlakyTarget(resource.Resource):
+    """
+    Answers 503 while C{down}, else 200; records every event id it took
+    (duplicates included), and counts the attempts it refused (retries,
+    not duplicates).
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.seen = []
+        self.refused = 0
+
+    def render_POST(self, request):
+        if self.down:
+            self.refused += 1
+            request.setResponseCode(503)
+            return b"down"
+        self.seen.append(json.loads(request.content.read())["event_id"])
+        return b"{}"
+
+
+def _get(url: str) -> "tuple[int, dict]":
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class FullDiskTests(TestCase):
+    """
+    Issue 26: data_dir on a 2 MiB tmpfs, the target answering 503, a real
+    twistd.  Every publish is answered within a second (refused, saying
+    why, once the disk is full); once the target recovers every
+    acknowledged event is delivered with few duplicates, space comes back
+    and publishing is accepted again; a restart on a full disk serves
+    read-only.  Needs root to mount the tmpfs (CI runs as root).
+    """
+
+    timeout = 240
+
+    def setUp(self):
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            process.require("nats-py")
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a 2 MiB tmpfs needs root (CI runs these tests as root)")
+        import subprocess
+
+        self.dir = os.path.abspath(self.mktemp())
+        self.data = os.path.join(self.dir, "data")
+        os.makedirs(self.data)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", self.data], capture_output=True, text=True)
+        if mounted.returncode:
+            raise SkipTest("cannot mount a tmpfs here: " + mounted.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", self.data])
+        self.target = FlakyTarget()
+        listening = reactor.listenTCP(0, server.Site(self.target), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.config = process.write_config(os.path.join(self.dir, "eventsvc.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "%s"\nevent_limit = 100000\n'
+            '[handlers]\nfeed = "http://127.0.0.1:%d/feed"\n'
+            '[events]\nretry_initial = 0.05\nretry_max = 0.5\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
+        ) % (self.data, listening.getHost().port))
+
+    def start(self) -> process.ServerProcess:
+        """Start eventsvc; C{self.port} and C{self.monitor} are its ports."""
+        import re
+
+        proc = process.eventsvc(self.config)
+        self.port = proc.start()
+        self.addCleanup(proc.stop)
+        found = re.search(r"monitor listening for HTTP on [\d.]+:(\d+)", proc.wait_output("monitor listening for HTTP"))
+        self.monitor = "http://127.0.0.1:%s" % found.group(1)
+        return proc
+
+    def publish(self, first: int, count: int) -> "list":
+        """Publish C{count} events (50 at a time): per event, (id, answer or None, seconds to the answer)."""
+        import asyncio
+
+        import nats
+
+        async def scenario():
+            nc = await nats.connect("nats://127.0.0.1:%d" % self.port)
+            results: list = []
+
+            async def one(i):
+                event_id = "fd-%d" % i
+                body = payload("compliance_ingest", event_id, data={"pad": "p" * 1500})
+                started = time.monotonic()
+                try:
+                    reply = await nc.request("event.compliance_ingest", body, timeout=5)
+                    answer = json.loads(reply.data)
+                except Exception:
+                    answer = None
+                results.append((event_id, answer, time.monotonic() - started))
+
+            for start in range(first, first + count, 50):
+                await asyncio.gather(*(one(i) for i in range(start, min(start + 50, first + count))))
+            await nc.close()
+            return results
+
+        return asyncio.run(scenario())
+
+    def wait(self, condition, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting")
+            time.sleep(0.1)
+
+    @defer.inlineCallbacks
+    def test_full_disk_is_a_state(self):
+        proc = yield threads.deferToThread(self.start)
+        results = yield threads.deferToThread(self.publish, 0, 1500)
+        acked = [i for i, answer, _ in results if answer and answer["success"]]
+        refused = [answer for _, answer, _ in results if answer and not answer["success"]]
+        unanswered = [i for i, answer, _ in results if answer is None]
+        slowest = max(took for _, _, took in results)
+        within = sum(1 for _, answer, took in results if answer is not None and took <= 1.0)
+        self.assertEqual(unanswered, [])
+        self.assertEqual(within, len(results), "slowest answer: %.2fs" % slowest)
+        self.assertGreater(len(acked), 100)
+        self.assertGreater(len(refused), 100)
+        self.assertTrue(refused[0]["error"].startswith("store full: no space left on device in " + self.data), refused[0])
+        code, health = yield threads.deferToThread(_get, self.monitor + "/healthz")
+        self.assertEqual(code, 503)
+        self.assertIn("store full", health["error"])
+        _, eventz = yield threads.deferToThread(_get, self.monitor + "/eventz")
+        self.assertEqual(eventz["store"], {
+            "kind": "file", "path": self.data, "state": "full", "error": "store full: no space left on device in " + self.data,
+        })
+        self.assertEqual(eventz["refused_by_reason"], {"store_full": len(refused)})
+
+        # The target recovers: every acknowledged event is delivered, few twice.
+        self.target.down = False
+        yield threads.deferToThread(self.wait, lambda: set(acked) <= set(self.target.seen))
+        yield threads.deferToThread(time.sleep, 3)
+        deliveries = len(self.target.seen)
+        duplicates = deliveries - len(set(self.target.seen))
+        self.assertLessEqual(duplicates, len(acked) // 10)
+        self.assertEqual(set(self.target.seen), set(acked))
+
+        # Space came back by itself: healthy, and publishing is accepted again.
+        yield threads.deferToThread(self.wait, lambda: _get(self.monitor + "/healthz")[0] == 200, 10)
+        again = yield threads.deferToThread(self.publish, 10000, 100)
+        self.assertEqual([a["success"] for _, a, _ in again], [True] * 100)
+        print("\nfull disk (2 MiB tmpfs, target 503): {} published, {} acknowledged, {} refused (store full), "
+              "{} unanswered, {} answered within 1 s (slowest {:.3f} s); after recovery {} deliveries of the {} "
+              "acknowledged ({} duplicates; {} attempts answered 503 before); {} of 100 accepted after the drain".format(
+                  len(results), len(acked), len(refused), len(unanswered), within, slowest,
+                  deliveries, len(acked), duplicates, self.target.refused, sum(1 for _, a, _ in again if a["success"])))
+
+        # A restart on a full disk: the target is down again, events wait
+        # in the spool, and a file fills what is left.
+        self.target.down = True
+        self.target.seen = []
+        waiting = yield threads.deferToThread(self.publish, 20000, 50)
+        kept = [i for i, a, _ in waiting if a and a["success"]]
+        self.assertEqual(len(kept), 50)
+        self.assertNotIn("Traceback", proc.output())
+        proc.stop()
+        with open(os.path.join(self.data, "filler"), "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"f" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        proc = yield threads.deferToThread(self.start)
+        yield threads.deferToThread(proc.wait_output, "serving read-only")
+        code, health = yield threads.deferToThread(_get, self.monitor + "/healthz")
+        self.assertEqual((code, health["error"].split(":")[0]), (503, "store full"))
+        self.assertNotIn("Traceback", proc.output())
+        # It serves: refuses new events with why, delivers those it holds.
+        refused_now = yield threads.deferToThread(self.publish, 30000, 5)
+        self.assertEqual([a["success"] for _, a, _ in refused_now], [False] * 5)
+        self.assertIn("store full", refused_now[0][1]["error"])
+        self.target.down = False
+        yield threads.deferToThread(self.wait, lambda: set(kept) <= set(self.target.seen))
+        os.unlink(os.path.join(self.data, "filler"))
+        yield threads.deferToThread(self.wait, lambda: _get(self.monitor + "/healthz")[0] == 200, 10)
+        last = yield threads.deferToThread(self.publish, 40000, 5)
+        self.assertEqual([a["success"] for _, a, _ in last], [True] * 5)

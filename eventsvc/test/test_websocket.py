@@ -84,6 +84,28 @@ class Harness(TestCase):
         self.assertEqual(peer.status, 101, peer.response)
         return peer
 
+    def assertClosedByUs(self, peer: Peer, reason: str) -> None:
+        """
+        What a close we begin must look like: the socket let go at once
+        (written out, then closed), the client gone from the broker (/connz)
+        and the listener's count with nats-server's reason, nothing more read,
+        and the socket aborted CLOSE_TIMEOUT later if it has not gone.
+        """
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertFalse(peer.transport.disconnected, "not aborted yet: what is owed is being written")
+        client = peer.proto.client
+        self.assertNotIn(client, self.clients.live)
+        self.assertNotIn(client.cid, self.broker.clients)  # (what /connz lists)
+        (closed,) = [c for c in self.broker.closed if c.cid == client.cid]
+        self.assertEqual(closed.close_reason, reason)
+        peer.proto.dataReceived(wsframes.frame(b"PING\r\n"))
+        self.assertEqual(peer.frames(), [], "nothing is read after our close")
+        self.clock.advance(CLOSE_TIMEOUT)
+        self.assertTrue(peer.transport.disconnected, "aborted: the peer did not let the socket go")
+        peer.proto.connectionLost(Failure(ConnectionDone()))
+        mine = (peer.proto, peer.transport, client, client.pinger)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if getattr(c.func, "__self__", None) in mine], [])
+
 
 class WebSocketTests(Harness):
     def test_info_first_in_a_binary_frame(self) -> None:
@@ -121,20 +143,17 @@ class WebSocketTests(Harness):
         self.assertEqual(a.text(), b"MSG news 7 2\r\nhi\r\n")
 
     def test_parse_error_closes_with_protocol_error(self) -> None:
-        """-ERR first, then a close frame with 1002 and nats-server's reason; the socket goes after CLOSE_TIMEOUT."""
+        """-ERR first, then a close frame with 1002 and nats-server's reason; the socket is let go at once, aborted after CLOSE_TIMEOUT."""
         peer = self.open()
         peer.frames()
         peer.send(b"BOGUS\r\n")
         frames = peer.frames()
         self.assertEqual(frames[0][3], b"-ERR 'Unknown Protocol Operation'\r\n")
         self.assertEqual(frames[1], (wsframes.CLOSE, True, False, b"\x03\xeaProtocol Violation"))
-        self.assertFalse(peer.transport.disconnecting)
-        self.clock.advance(CLOSE_TIMEOUT)
-        self.assertTrue(peer.transport.disconnecting)
-        self.assertEqual(self.clients.live, set())
+        self.assertClosedByUs(peer, "Protocol Violation")
 
     def test_max_payload(self) -> None:
-        """Over max_payload: nats-server's error, then close code 1009."""
+        """Over max_payload: nats-server's error, then close code 1009, and the socket goes."""
         self.build(max_payload=16)
         peer = self.open()
         peer.frames()
@@ -142,6 +161,7 @@ class WebSocketTests(Harness):
         frames = peer.frames()
         self.assertEqual(frames[0][3], b"-ERR 'Maximum Payload Violation'\r\n")
         self.assertEqual(frames[1][3][:2], b"\x03\xf1")
+        self.assertClosedByUs(peer, "Maximum Message Payload Exceeded")
 
     def test_authentication(self) -> None:
         """The listener's authenticator and permissions apply: a wrong token is refused (1008), a right one gets its rights."""
@@ -153,6 +173,7 @@ class WebSocketTests(Harness):
         frames = bad.frames()
         self.assertEqual(frames[0][3], b"-ERR 'Authorization Violation'\r\n")
         self.assertEqual(frames[1][3], b"\x03\xf0Authentication Failure")
+        self.assertTrue(bad.transport.disconnecting)
         good = self.open(port=50002)
         good.frames()
         good.send(b'CONNECT {"auth_token":"watch","verbose":false}\r\nSUB > 1\r\nPUB x 1\r\ny\r\nPING\r\n')
@@ -167,6 +188,7 @@ class WebSocketTests(Harness):
         frames = peer.frames()
         self.assertEqual(frames[0][3], b"-ERR 'Authentication Timeout'\r\n")
         self.assertEqual(frames[1][3], b"\x03\xf0Authentication Timeout")
+        self.assertClosedByUs(peer, "Authentication Timeout")
 
     def test_stale_connection(self) -> None:
         """PINGs unanswered: stale, closed with 1006 as nats-server does."""
@@ -230,6 +252,7 @@ class WebSocketTests(Harness):
         (client,) = self.clients.live
         client.close(None, "Server Shutdown")
         self.assertEqual(peer.frames()[-1][3], b"\x03\xe9Server Shutdown")
+        self.assertClosedByUs(peer, "Server Shutdown")
 
     def test_compression(self) -> None:
         """With compression on, an offer is answered without context takeover, and long messages are deflated."""
@@ -248,6 +271,166 @@ class WebSocketTests(Harness):
         """Without compression, an offer is declined: no extension in the answer."""
         peer = self.open(deflate=True)
         self.assertNotIn(b"permessage-deflate", peer.response)
+
+
+class ClosesMeanClosedTests(Harness):
+    """Issue 26: a WebSocket we close is closed, whatever its peer does next."""
+
+    def test_unmasked_frame(self) -> None:
+        """A client frame without a mask: close 1002 with what was wrong, the socket let go at once, gone from /connz."""
+        peer = self.open()
+        peer.frames()
+        peer.proto.dataReceived(wsframes.frame(b"PING\r\n", mask=None))
+        (close,) = peer.frames()
+        self.assertEqual(close[:3], (wsframes.CLOSE, True, False))
+        self.assertEqual(close[3], b"\x03\xeaunmasked client-to-server frame")
+        self.assertClosedByUs(peer, "Protocol Violation")
+
+    def test_huge_declared_frame_refused_at_its_header(self) -> None:
+        """A header declaring 2^62 bytes: refused (1009) before any of its payload is read, the rest never read."""
+        peer = self.open()
+        peer.frames()
+        peer.proto.dataReceived(wsframes.header(2 ** 62) + b"\x00" * 5000)
+        (close,) = peer.frames()
+        self.assertEqual(close[3][:2], b"\x03\xf1")
+        self.assertIn(b"exceeds payload limit", close[3])
+        self.assertEqual(peer.proto.data, b"", "the payload that came with the header is dropped, not read")
+        self.assertClosedByUs(peer, "Maximum Message Payload Exceeded")
+
+    def test_declared_length_over_the_cap(self) -> None:
+        """The cap is max_pending: a frame just over it is refused at its header; a message within it passes."""
+        self.build(max_pending=64 * 1024)
+        peer = self.open()
+        peer.frames()
+        peer.send(b'CONNECT {"verbose":false}\r\nPUB a 40000\r\n' + b"x" * 40000 + b"\r\nPING\r\n")
+        self.assertEqual(peer.text(), b"PONG\r\n")
+        peer.proto.dataReceived(wsframes.header(64 * 1024 + 1))
+        self.assertEqual(peer.frames()[0][3][:2], b"\x03\xf1")
+        self.assertClosedByUs(peer, "Maximum Message Payload Exceeded")
+
+    def test_close_frame_answered_and_dropped(self) -> None:
+        """The peer closing first: answered, the socket let go, the client gone as Client Closed."""
+        peer = self.open()
+        peer.frames()
+        peer.proto.dataReceived(wsframes.frame(b"\x03\xe8bye", opcode=wsframes.CLOSE))
+        self.assertEqual(peer.frames()[0][0], wsframes.CLOSE)
+        self.assertTrue(peer.transport.disconnecting)
+        peer.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.broker.clients, {})
+        self.assertEqual(self.broker.closed[-1].close_reason, "Client Closed")
+
+
+#: What a deflate bomb inflates to: operations that parse (a bomb of zeros
+#: would be refused by the parser at once, which tests nothing here).
+BOMB_UNIT = b"PUB bomb 0\r\n\r\n"
+
+
+class InflateTests(Harness):
+    """Compressed messages are inflated a slice at a time, under the parse budget, and a bomb is cut."""
+
+    def setUp(self) -> None:
+        self.build(compression=True, max_pending=1024 * 1024)
+        # A budget no slice fits in: one slice per reactor turn, whatever the machine's speed.
+        self.wire.inflate_budget = 1e-9
+
+    def send_deflated(self, peer: Peer, payload: bytes) -> None:
+        peer.proto.dataReceived(wsframes.frame(wsframes.deflate(payload), rsv1=True))
+
+    def turn(self) -> bool:
+        """
+        One reactor turn: the calls due now, not those they schedule for
+        the next turn (Clock.advance(0) would run those too).  False when
+        none was due.
+        """
+        now = self.clock.seconds()
+        due = [call for call in self.clock.getDelayedCalls() if call.getTime() <= now]
+        for call in due:
+            if call.active():
+                self.clock.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+        return bool(due)
+
+    def turns(self, peer: Peer, most: int = 1000) -> int:
+        """Reactor turns until nothing more is due for C{peer}'s input, or it is closed."""
+        n = 0
+        while n < most and not peer.transport.disconnecting and self.turn():
+            n += 1
+        return n
+
+    def test_compressed_message_in_slices(self) -> None:
+        """A message inflating to 800 KB (under the cap) is inflated over several turns; what follows it waits its turn; all of it arrives, in order."""
+        peer = self.open(deflate=True)
+        peer.frames()
+        ops = b'CONNECT {"verbose":false}\r\nSUB x 1\r\n' + BOMB_UNIT * 50000 + b"PUB x 5\r\nfirst\r\n"
+        self.send_deflated(peer, ops)
+        self.assertEqual(peer.transport.producerState, "paused", "the socket is not read while a message inflates")
+        peer.send(b"PUB x 6\r\nsecond\r\nPING\r\n")
+        self.assertEqual(wsframes.payloads(peer.frames()), b"")
+        self.assertGreater(self.turns(peer), 5)
+        self.assertEqual(peer.text(), b"MSG x 1 5\r\nfirst\r\nMSG x 1 6\r\nsecond\r\nPONG\r\n")
+        self.assertEqual(peer.transport.producerState, "producing")
+        self.assertFalse(peer.transport.disconnecting)
+
+    def test_messages_inflate_each_alone(self) -> None:
+        """The client is asked to compress each message alone (as nats-server asks): message after message inflates from a fresh start."""
+        peer = self.open(deflate=True)
+        self.assertIn(b"client_no_context_takeover", peer.response)
+        peer.frames()
+        self.send_deflated(peer, b'CONNECT {"verbose":false}\r\nSUB each.alone 1\r\n')
+        for body in (b"abc", b"abcabc", b"abc"):
+            self.send_deflated(peer, b"PUB each.alone %d\r\n%s\r\n" % (len(body), body))
+        self.turns(peer)
+        self.assertEqual(peer.text(), b"MSG each.alone 1 3\r\nabc\r\nMSG each.alone 1 6\r\nabcabc\r\nMSG each.alone 1 3\r\nabc\r\n")
+
+    def test_nothing_inflated_while_the_client_holds_its_reads(self) -> None:
+        """A client that holds its reads (a stalled publisher) is handed no inflated data until it reads again; then all of it, in order."""
+        peer = self.open(deflate=True)
+        peer.send(b'CONNECT {"verbose":false}\r\nSUB held 1\r\n')
+        peer.frames()
+        client = peer.proto.client
+        client.gate.hold("test")
+        self.send_deflated(peer, b"PUB held 2\r\nhi\r\nPING\r\n")
+        peer.send(b"PUB held 5\r\nafter\r\n")
+        self.turns(peer)
+        self.assertEqual(peer.frames(), [])
+        self.assertEqual(client.in_msgs, 0)
+        client.gate.release("test")
+        self.turns(peer)
+        self.assertEqual(peer.text(), b"MSG held 1 2\r\nhi\r\nPONG\r\nMSG held 1 5\r\nafter\r\n")
+        self.assertEqual(peer.transport.producerState, "producing")
+
+    def test_bomb_cut_at_the_cap(self) -> None:
+        """1 MB of deflate inflating far past max_pending: cut with 1009 at the cap, over several turns, while another client is served."""
+        peer = self.open(deflate=True)
+        peer.send(b'CONNECT {"verbose":false}\r\n')
+        peer.frames()
+        other = self.open(port=50001)
+        other.frames()
+        bomb = wsframes.deflate(BOMB_UNIT * (16 * 1024 * 1024 // len(BOMB_UNIT)))
+        self.assertLess(len(bomb), 200 * 1024)
+        peer.proto.dataReceived(wsframes.frame(bomb, rsv1=True))
+        self.assertFalse(peer.transport.disconnecting, "one slice per turn: not inflated in one go")
+        other.send(b"PING\r\n")
+        self.assertEqual(other.text(), b"PONG\r\n")
+        turns = self.turns(peer)
+        self.assertGreaterEqual(turns, 10)
+        self.assertLessEqual(turns, 40, "cut at the cap (1 MiB, 16 slices), not at the end of 16 MiB")
+        close = peer.frames()[-1]
+        self.assertEqual(close[0], wsframes.CLOSE)
+        self.assertEqual(close[3], b"\x03\xf1a compressed message inflates past the limit of 1048576 bytes")
+        self.assertClosedByUs(peer, "Maximum Message Payload Exceeded")
+        self.assertFalse(other.transport.disconnecting)
+
+    def test_not_deflate(self) -> None:
+        """Compressed data that does not inflate: 1007, and the socket goes."""
+        peer = self.open(deflate=True)
+        peer.frames()
+        peer.proto.dataReceived(wsframes.frame(b"\xff\xff\xff\xff not deflate", rsv1=True))
+        self.turns(peer)
+        close = peer.frames()[-1]
+        self.assertEqual(close[3][:2], b"\x03\xef")
+        self.assertClosedByUs(peer, "Protocol Violation")
 
 
 class OriginTests(Harness):

@@ -33,18 +33,37 @@ def upgrade_request(host: str, path: str = "/", origin: str = "", deflate: bool 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
-def frame(payload: bytes, opcode: int = BINARY, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
-    """One masked client frame."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+def header(length: int, opcode: int = BINARY, fin: bool = True, rsv1: bool = False, mask: Optional[bytes] = b"\x01\x02\x03\x04") -> bytes:
+    """A client frame's header declaring C{length} bytes of payload (masked unless C{mask} is None)."""
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
+    bit = 0x80 if mask is not None else 0
+    if length < 126:
+        head += bytes([bit | length])
+    elif length < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", length)
     else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
+        head += bytes([bit | 127]) + struct.pack("!Q", length)
+    return head + (mask or b"")
+
+
+def frame(
+    payload: bytes, opcode: int = BINARY, fin: bool = True, mask: Optional[bytes] = b"\x01\x02\x03\x04", rsv1: bool = False,
+) -> bytes:
+    """One client frame: masked, unless C{mask} is None (which a server must refuse)."""
+    if mask is None:
+        return header(len(payload), opcode, fin, rsv1, None) + payload
+    n = len(payload)
+    key = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big") if n else b""
+    return header(n, opcode, fin, rsv1, mask) + masked
+
+
+def deflate(payload: bytes) -> bytes:
+    """A permessage-deflate message's payload (RFC 7692 7.2.1: raw deflate, sync flush, its tail stripped)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
 
 
 def read_frames(data: bytes) -> Tuple[List[Frame], bytes]:
