@@ -79,9 +79,11 @@ class ClientConnection(Protocol):
     """
     One HTTP/2 connection to a gRPC server, carrying unary calls.
 
-    Its life, in C{state}: C{"open"} takes calls; C{"draining"} (the server
-    said GOAWAY, or the stream ids ran out) finishes the calls it has and
-    takes no new ones; C{"closed"} is gone.  Only this class sets it.
+    Its life, in C{state}: C{"open"} takes calls; C{"draining"} (the
+    stream ids ran out) finishes the calls it has and takes no new ones;
+    C{"closed"} is gone (lost, a protocol error, or a GOAWAY, after which
+    h2 takes no frame, so every call in flight fails and is retried).
+    Only this class sets it.
     Calls beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS wait here, in
     order, for a stream.
     """
@@ -220,7 +222,7 @@ class ClientConnection(Protocol):
         for event in events:
             self._event(event)
         self._flush()
-        if self.state == "draining" and not self._calls:
+        if self.state != "open" and not self._calls:
             self.transport.loseConnection()
 
     def _event(self, event: Any) -> None:
@@ -259,12 +261,13 @@ class ClientConnection(Protocol):
         elif isinstance(event, h2events.RemoteSettingsChanged):
             self._start_queued()
         elif isinstance(event, h2events.ConnectionTerminated):
-            last = event.last_stream_id if event.last_stream_id is not None else 0
+            # h2 closes its side of the connection on a GOAWAY and takes no
+            # frame after it, so even the calls the server says it took
+            # (up to last_stream_id) can get no answer here: all of them
+            # fail, to be retried (a call the server finished is then
+            # delivered twice: at least once), and the next call dials anew.
             self._drain("the server said GOAWAY ({})".format(_error_name(event.error_code)))
-            for stream_id in [s for s in self._calls if s > last]:
-                unseen = self._forget(stream_id)
-                if unseen is not None:
-                    unseen.deferred.errback(TransportError("{} closed the connection before taking the call (GOAWAY)".format(self.authority)))
+            self._fail_all("{} closed the connection (GOAWAY, {})".format(self.authority, _error_name(event.error_code)))
 
     def _answered(self, call: _Call) -> None:
         code, message = wire.status_of(call.headers, call.trailers)

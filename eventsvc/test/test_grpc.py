@@ -177,7 +177,41 @@ class ConnectionTests(SynchronousTestCase):
         self.pump.flush()
         self.assertIsInstance(self.failureResultOf(d, TransportError).value, TransportError)
         self.assertEqual(self.client.state, "closed")
+        self.assertTrue(self.client.transport.disconnecting)
         self.failureResultOf(self.client.call("/t.S/Echo", b"", 5), TransportError)
+
+    def test_goaway_fails_every_call_as_a_transport_error_and_closes(self) -> None:
+        """
+        h2 takes no frame after a GOAWAY, so the calls the server said it
+        took fail too (retried: at least once), and the connection closes.
+        """
+        calls = [self.client.call("/t.S/Slow", b"", 5) for _ in range(2)]
+        self.pump.flush()
+        # As a grpc-go server going away gracefully says it (h2's own
+        # GOAWAY closes the server's side at once, so the frame is made here).
+        from hyperframe.frame import GoAwayFrame
+
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 1
+        self.client.dataReceived(goaway.serialize())
+        self.pump.flush()
+        for d in calls:
+            self.assertIn("target:1 closed the connection (GOAWAY, NO_ERROR)", self.failureResultOf(d, TransportError).value.message)
+        self.assertEqual(self.client.state, "closed")
+        self.failureResultOf(self.client.call("/t.S/Echo", b"", 5), TransportError)
+
+    def test_a_refused_stream_is_a_transport_error_and_other_resets_are_statuses(self) -> None:
+        from h2.errors import ErrorCodes
+
+        refused = self.client.call("/t.S/Slow", b"", 5)
+        calm = self.client.call("/t.S/Slow", b"", 5)
+        self.pump.flush()
+        self.server._h2.reset_stream(1, ErrorCodes.REFUSED_STREAM)
+        self.server._h2.reset_stream(3, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.server._flush()
+        self.pump.flush()
+        self.assertIn("reset the stream (REFUSED_STREAM)", self.failureResultOf(refused, TransportError).value.message)
+        self.assertEqual(self.failureResultOf(calm, GRPCError).value.code, wire.RESOURCE_EXHAUSTED)
 
     def test_calls_beyond_the_servers_stream_limit_wait_their_turn(self) -> None:
         from h2.settings import SettingCodes
