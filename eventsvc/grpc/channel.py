@@ -266,7 +266,8 @@ class ClientConnection(Protocol):
             # (up to last_stream_id) can get no answer here: all of them
             # fail, to be retried (a call the server finished is then
             # delivered twice: at least once), and the next call dials anew.
-            self._drain("the server said GOAWAY ({})".format(_error_name(event.error_code)))
+            self.log.info("gRPC connection to {authority}: the server said GOAWAY ({code}); {calls} calls to retry",
+                          authority=self.authority, code=_error_name(event.error_code), calls=self.busy)
             self._fail_all("{} closed the connection (GOAWAY, {})".format(self.authority, _error_name(event.error_code)))
 
     def _answered(self, call: _Call) -> None:
