@@ -8,7 +8,7 @@ PYPY ?= pypy3
 PYPY_VENV ?= .venv-pypy
 ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 
-.PHONY: run test install install-test system-deps js-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
+.PHONY: protos run test install install-test system-deps js-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
@@ -71,3 +71,15 @@ bench: install install-pypy system-deps
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info interop/js/node_modules
+
+# Regenerate eventsvc/grpc/generated/ from eventsvc/grpc/protos/ (Automate's protos, copied).
+# The generated modules are committed, so users need no protoc; never edit them by hand.
+# The protos import each other as eventsvc/grpc/generated/<name>.proto (the -I mapping below),
+# so the generated code imports eventsvc.grpc.generated.<name>_pb2.  grpcio-tools 1.75 writes
+# protobuf 6.31 gencode, which the newest protobuf PyPy 3.9 can install (6.33) still runs.
+PROTOS := $(wildcard eventsvc/grpc/protos/*.proto)
+protos: $(VENV)/bin/pip
+	$(VENV)/bin/pip install -q ".[protos]"
+	rm -f eventsvc/grpc/generated/*_pb2*.py eventsvc/grpc/generated/*_pb2.pyi
+	$(ABS_VENV)/bin/python -m grpc_tools.protoc -Ieventsvc/grpc/generated=eventsvc/grpc/protos \
+	  --python_out=. --pyi_out=. --grpc_python_out=. $(patsubst eventsvc/grpc/protos/%,eventsvc/grpc/generated/%,$(PROTOS))

@@ -326,7 +326,7 @@ _RELOADABLE = {
 
 def _needs_restart(old: Config, new: Config) -> List[str]:
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "monitor", "limits"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "grpc", "monitor", "limits"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:
@@ -395,6 +395,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             _gateway(config, broker, reactor).setServiceParent(top)
         if service.enabled:
             _events(config, broker, reactor, top)
+        if config.grpc.enabled:
+            _grpc(config, broker, reactor).setServiceParent(top)
         routes = None
         if config.cluster.enabled:
             routes = _cluster(config, broker, reactor)
@@ -430,6 +432,8 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
     dead_letters = DeadLetters(ev.dead_letter_file)
     handlers: Dict[str, HandlerService] = {}
     agents: List[Any] = []
+    # Stopped after the handlers (a MultiService stops in reverse order).
+    _TargetConnections(handlers).setServiceParent(top)
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
         if not address:
@@ -461,6 +465,21 @@ def _events(config: Config, broker: Broker, reactor: Any, top: EventService) -> 
     top.events = dispatcher
 
 
+class _TargetConnections(Service):
+    """At a stop, once the handlers have stopped, close what their targets keep open (gRPC connections)."""
+
+    def __init__(self, handlers: Dict[str, Any]) -> None:
+        self.setName("target-connections")
+        self.handlers = handlers
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for handler in self.handlers.values():
+            close = getattr(handler.target, "close", None)
+            if close is not None:
+                close()
+
+
 def _handler_target(name: str, address: str, config: Config, reactor: Any, agents: List[Any]) -> Any:
     """The delivery target for a [handlers] address (one HTTP agent shared, made on first use)."""
     from eventsvc.events.handlers import CallableTarget, HTTPTarget
@@ -470,6 +489,12 @@ def _handler_target(name: str, address: str, config: Config, reactor: Any, agent
             return CallableTarget(load_object(address[len("python:"):]), address)
         except ValueError as e:
             raise StartupError("{}[handlers] {}: {}".format(_in(config), name, e))
+    if address.startswith("grpc://"):
+        from eventsvc.grpc.target import grpc_target
+
+        _, host, port = handler_address(address)  # type: ignore[misc]
+        _, tls_client = _peer_tls(config, alpn=(b"h2",))
+        return grpc_target(name, host, port, getattr(config.events, name).tls_name, reactor, tls_client, config.events.delivery_timeout)
     if not agents:
         agents.append(_handler_agent(config, reactor))
     scheme, host, port = handler_address(address)  # type: ignore[misc]
@@ -497,11 +522,11 @@ def _handler_agent(config: Config, reactor: Any) -> Any:
     return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor), pool=pool)
 
 
-def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
+def _peer_tls(config: Config, alpn: Sequence[bytes] = ()) -> "tuple[Any, Callable[[str], Any]]":
     """
-    Mutual TLS for links to other servers (routes, gateways) with the [tls]
-    identity and CA: the server context, and client options by the name
-    the peer's certificate must carry.
+    Mutual TLS for links to other servers (routes, gateways, gRPC targets)
+    with the [tls] identity and CA: the server context, and client options
+    by the name the peer's certificate must carry (offering C{alpn}).
     """
     from twisted.internet import ssl
 
@@ -510,9 +535,31 @@ def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
     identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
 
     def tls_client(name: str) -> Any:
+        if alpn:
+            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity, acceptableProtocols=list(alpn))
         return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
 
     return tls_server, tls_client
+
+
+def _grpc(config: Config, broker: Broker, reactor: Any) -> Any:
+    """The [grpc] listener: Chef Automate's EventService API, mutual TLS with the [tls] identity, h2 by ALPN."""
+    from twisted.internet import ssl
+
+    from eventsvc.grpc.publish import EventAPI, GRPCListener
+
+    identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
+    ca = load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")
+    # Twisted's own ALPN choice: a client that offers ALPN without h2 is not
+    # a gRPC client, and its handshake fails.
+    options = ssl.CertificateOptions(
+        privateKey=identity.privateKey.original, certificate=identity.original,
+        trustRoot=ssl.trustRootFromCertificates([ca]), raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=[b"h2"],
+    )
+    api = EventAPI(broker, reactor, config.events.subject_prefix, config.events.delivery_timeout)
+    return GRPCListener(api, config.grpc.host, config.grpc.port, options, reactor, _where("grpc", config),
+                        max_message=config.limits.max_payload + 65536)
 
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:

@@ -97,6 +97,10 @@ class HandlerBatchConfig:
     batch_max: int = 0
     #: Negative: [events] batch_wait.
     batch_wait: float = -1.0
+    #: For a grpc:// target: the name its certificate must carry (as
+    #: Automate's Go client checks the service's name, such as
+    #: "event-feed-service"); "": the host in the address.
+    tls_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -424,6 +428,20 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class GRPCConfig:
+    """
+    Chef Automate's gRPC EventService API (Publish, Subscribe, Start,
+    Stop), over mutual TLS with the [tls] identity; on when written.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    #: Automate's event service serves it on 10132, which is [service]
+    #: port (NATS) here.
+    port: int = 10133
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -436,6 +454,7 @@ class Config:
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    grpc: GRPCConfig = field(default_factory=GRPCConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The file this came from ("" for the defaults).
@@ -454,6 +473,7 @@ _SECTIONS = {
     "leafnodes": LeafnodesConfig,
     "websocket": WebSocketConfig,
     "console": ConsoleConfig,
+    "grpc": GRPCConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
 }
@@ -590,13 +610,14 @@ def warnings(config: Config) -> List[str]:
         if types and not address:
             out.append("{}: [handlers] {} has no address, so {} will be refused (set it, or route them elsewhere in [events.routing])".format(
                 path, name, ", ".join(types)))
-        if address and not address.startswith(("python:", "http://", "https://")):
+        if address and not address.startswith(("python:", "http://", "https://", "grpc://")):
             _, host, port = handler_address(address)  # type: ignore[misc]
             trust = "with the [tls] identity" if config.tls.enabled else "trusting the system's CAs (no [tls])"
             out.append(
                 "{}: [handlers] {} = {!r} means POST https://{}:{}/events, {}; write that URL to say so. In Chef "
-                "Automate this key named a gRPC HandleEvent service, which does not take these POSTs: see \"Coming "
-                "from Chef Automate\" in docs/events.md".format(path, name, address, host, port, trust)
+                "Automate this key named a gRPC HandleEvent service, which does not take these POSTs: for that write "
+                "grpc://{}:{} (see \"Coming from Chef Automate\" in docs/events.md)".format(
+                    path, name, address, host, port, trust, host, port)
             )
     return out
 
@@ -911,16 +932,23 @@ def _check(config: Config, path: str) -> None:
     for name in HANDLER_NAMES:
         address = getattr(config.handlers, name)
         if address and not address.startswith("python:"):
-            parts = handler_address(address)
-            if parts is None:
-                fail("handlers", name, "must be host:port, an http:// or https:// URL, or python:module:callable, got {!r}".format(address))
-            elif parts[1] in _ANY_ADDRESS:
+            target = handler_address(address)
+            if target is None:
+                fail("handlers", name, "must be host:port, an http:// or https:// URL, grpc://host:port, or python:module:callable, got {!r}".format(address))
+            elif target[1] in _ANY_ADDRESS:
                 fail("handlers", name, (
                     "{!r} names no host to deliver to ({} is where a server listens, on every interface); write the "
-                    "target's own address, such as https://feed.example.internal:10121/events. Coming from Chef "
-                    "Automate, where this key named a gRPC HandleEvent service: see \"Coming from Chef Automate\" in "
-                    "docs/events.md"
-                ).format(address, parts[1]))
+                    "target's own address: grpc://<host>:{} for a Chef Automate service's HandleEvent (see \"Coming "
+                    "from Chef Automate\" in docs/events.md), or an https:// URL for an HTTP target"
+                ).format(address, target[1], target[2]))
+            elif target[0] == "grpc" and not config.tls.enabled:
+                fail("handlers", name, (
+                    "{!r} is a gRPC target, called over mutual TLS with the [tls] identity (as Chef Automate's services "
+                    "require): set [tls] cert_path, key_path and root_ca_path"
+                ).format(address))
+        if getattr(config.events, name).tls_name and not address.startswith("grpc://"):
+            fail("events." + name, "tls_name", "names the certificate of a grpc:// target, and [handlers] {} is {!r}".format(
+                name, address))
 
     ev = config.events
     from eventsvc.events.types import EVENT_TYPES
@@ -1042,6 +1070,22 @@ def _check(config: Config, path: str) -> None:
 
     _check_websocket(config, fail)
 
+    rpc = config.grpc
+    if rpc.enabled:
+        if not config.service.enabled:
+            fail("grpc", "enabled", "the gRPC API publishes to the event service: it needs [service] enabled")
+        if not rpc.host:
+            fail("grpc", "host", "must not be empty (use 0.0.0.0 for every interface)")
+        if not 0 <= rpc.port <= 65535:
+            fail("grpc", "port", "must be between 0 and 65535, got {}".format(rpc.port))
+        for section in ("service", "gateway", "websocket", "monitor"):
+            other = getattr(config, section)
+            if rpc.port and getattr(other, "enabled", True) and other.port == rpc.port and other.host == rpc.host:
+                fail("grpc", "port", "is the {} port too ({}); give them different ports".format(section, rpc.port))
+        if not config.tls.enabled:
+            fail("grpc", "enabled", "the gRPC API uses mutual TLS, as Chef Automate's does: set [tls] cert_path, key_path "
+                 "and root_ca_path (its identity, and the CA of the clients' certificates)")
+
     mon = config.monitor
     if mon.enabled and not 0 <= mon.port <= 65535:
         fail("monitor", "port", "must be between 0 and 65535, got {}".format(mon.port))
@@ -1071,9 +1115,15 @@ _ANY_ADDRESS = ("0.0.0.0", "::", "")
 def handler_address(address: str) -> Optional[Tuple[str, str, int]]:
     """
     Split a handler address into (scheme, host, port): C{host:port} means
-    HTTPS; an explicit C{http://} or C{https://} URL is used as given.
-    Returns None when it is neither.
+    HTTPS; an explicit C{http://} or C{https://} URL is used as given;
+    C{grpc://host:port} (a port, and nothing after it) is a gRPC target.
+    Returns None when it is none of these.
     """
+    if address.startswith("grpc://"):
+        host, sep, port = address[len("grpc://"):].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            return None
+        return "grpc", host.strip("[]"), int(port)
     scheme = "https"
     rest = address
     for prefix in ("http://", "https://"):

@@ -30,9 +30,8 @@ class AutomatePatchTests(TestCase):
         [line] = result.stderr.strip().splitlines()
         self.assertEqual(line, (
             "eventsvc: {}: [handlers] feed: '0.0.0.0:10121' names no host to deliver to (0.0.0.0 is where a server listens, "
-            "on every interface); write the target's own address, such as https://feed.example.internal:10121/events. "
-            "Coming from Chef Automate, where this key named a gRPC HandleEvent service: see \"Coming from Chef "
-            "Automate\" in docs/events.md"
+            "on every interface); write the target's own address: grpc://<host>:10121 for a Chef Automate service's "
+            "HandleEvent (see \"Coming from Chef Automate\" in docs/events.md), or an https:// URL for an HTTP target"
         ).format(path))
 
     def test_the_mended_patch_runs(self):
@@ -50,4 +49,6 @@ class AutomatePatchTests(TestCase):
         result = process.cli("check-config", "--config", path)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("events are kept in {}".format(os.path.join(folder, "patch.state")), result.stdout)
-        self.assertIn("handler feed: https://compliance.internal:10121/events", result.stdout)
+        self.assertIn("handler feed: grpc://127.0.0.1:10121", result.stdout)
+        self.assertIn("handler event_feed: grpc://127.0.0.1:10134", result.stdout)
+        self.assertNotIn("warning", result.stdout + result.stderr)
