@@ -291,7 +291,7 @@ class EventDispatcher(Service):
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
         self.log.info("event {event_id} refused: {error}", event_id=event_id or "-", error=error)
         if reply:
-            self.broker.publish(reply, _answer(False, error=error, event_id=event_id))
+            self.broker.publish(reply, _answer(False, error=error, event_id=event_id, reason=reason))
 
 
 def _accepted(event_id: str) -> bytes:

@@ -255,14 +255,15 @@ def _is_tls(transport: Any) -> bool:
     return isinstance(transport, TLSMemoryBIOProtocol)
 
 
-#: How a refusal from the dispatcher maps to a status, by the start of its error text.
-_REFUSALS: Tuple[Tuple[str, int], ...] = (
-    ("queue full", wire.RESOURCE_EXHAUSTED),
+#: How a refusal from the dispatcher maps to a status, by its C{reason}
+#: (anything else, "invalid" above all, is INVALID_ARGUMENT).
+_REFUSALS: Dict[str, int] = {
+    "queue_full": wire.RESOURCE_EXHAUSTED,
     # The spool's disk is full: room comes back as events are delivered.
-    ("store full", wire.RESOURCE_EXHAUSTED),
-    ("store read-only", wire.UNAVAILABLE),
-    ("no handler", wire.FAILED_PRECONDITION),
-)
+    "store_full": wire.RESOURCE_EXHAUSTED,
+    "store_read_only": wire.UNAVAILABLE,
+    "no_handler": wire.FAILED_PRECONDITION,
+}
 
 SERVICE = "chef.automate.domain.event.api.EventService"
 
@@ -371,8 +372,10 @@ class EventAPI:
             d.callback(event_pb2.PublishResponse(success=True).SerializeToString())
             return
         self.refused += 1
-        error = str(answer.get("error", "refused")) if isinstance(answer, dict) else "refused"
-        code = next((c for start, c in _REFUSALS if error.startswith(start)), wire.INVALID_ARGUMENT)
+        if not isinstance(answer, dict):
+            answer = {}
+        error = str(answer.get("error", "refused"))
+        code = _REFUSALS.get(str(answer.get("reason")), wire.INVALID_ARGUMENT)
         d.errback(GRPCError(code, error))
 
 

@@ -173,7 +173,7 @@ class DispatchTests(SynchronousTestCase):
     def test_invalid_event_refused(self) -> None:
         s = Setup(self)
         s.publish("cfgingest", payload("cfgingest", producer={"name": "x"}))
-        self.assertEqual(s.acks, [{"success": False, "error": "producer.id: required"}])
+        self.assertEqual(s.acks, [{"success": False, "error": "producer.id: required", "reason": "invalid"}])
         s.publish("bogus", payload("cfgingest"))
         self.assertFalse(s.acks[-1]["success"])
         self.assertIn("type.name", s.acks[-1]["error"])
@@ -196,7 +196,7 @@ class DispatchTests(SynchronousTestCase):
     def test_nested_event_refused_with_an_answer(self) -> None:
         s = Setup(self)
         s.publish("cfgingest", b'{"data":' + b"[" * 3000 + b"]" * 3000 + b"}")
-        self.assertEqual(s.acks, [{"success": False, "error": "event: not JSON: JSON nested deeper than 64 levels"}])
+        self.assertEqual(s.acks, [{"success": False, "error": "event: not JSON: JSON nested deeper than 64 levels", "reason": "invalid"}])
 
     def test_unconfigured_handler_refused(self) -> None:
         s = Setup(self, targets={"feed": RecordingTarget()})

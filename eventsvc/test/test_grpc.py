@@ -430,13 +430,13 @@ class PublishTests(SynchronousTestCase):
         self.assertIn("queue full", error.message)
 
     def test_a_full_disk_is_resource_exhausted(self) -> None:
-        # The dispatcher's refusal of a spool that cannot write, as the spool words it.
-        answers = {"store full: no space left on device in /d": wire.RESOURCE_EXHAUSTED,
-                   "store read-only: read-only file system in /d": wire.UNAVAILABLE}
-        for error, code in answers.items():
+        # The dispatcher's refusal of a spool that cannot write: its reason, and the spool's words.
+        answers = {("store_full", "store full: no space left on device in /d"): wire.RESOURCE_EXHAUSTED,
+                   ("store_read_only", "store read-only: read-only file system in /d"): wire.UNAVAILABLE}
+        for (reason, error), code in answers.items():
             d = self.publish(to_message(event("event_feed")))
             [reply] = list(self.api._waiting)
-            self.broker.publish(reply, json.dumps({"success": False, "error": error}).encode())
+            self.broker.publish(reply, json.dumps({"success": False, "error": error, "reason": reason}).encode())
             failure = self.failureResultOf(d, GRPCError).value
             self.assertEqual((failure.code, failure.message), (code, error))
 
