@@ -1,7 +1,8 @@
 """
 The live console, on the monitor's listener: the page at /, its files under
-/console/, what the page needs to connect (/console.json), and the dead
-letters (/deadletterz, and POST /deadletterz/replay).
+/console/, the last hour of per-second figures (/console/history.json, so
+the charts open full), what the page needs to connect (/console.json), and
+the dead letters (/deadletterz, and POST /deadletterz/replay).
 
 The page speaks NATS over the [websocket] listener as the console identity
 ([console] identity), and can do there only what that identity's
@@ -27,11 +28,13 @@ import ipaddress
 import json
 import os
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
@@ -45,6 +48,9 @@ STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 LIST_LIMIT = 200
 #: Seconds a replay waits for the event service's acknowledgement.
 REPLAY_TIMEOUT = 5.0
+#: Samples the history keeps: an hour of one a second.
+HISTORY_SIZE = 3600
+HISTORY_INTERVAL = 1.0
 
 log = Logger()
 
@@ -69,14 +75,85 @@ class ConsoleSettings:
         return bool(self.permissions is None or self.permissions.may_publish((REPLAY_PREFIX + handler).encode("utf-8")))
 
 
-def add_console(root: Any, monitor: Any, settings: ConsoleSettings) -> None:
-    """Put the console's resources on the monitor's root."""
+def add_console(root: Any, monitor: Any, settings: ConsoleSettings) -> "History":
+    """
+    Put the console's resources on the monitor's root.  The history they
+    serve is returned: the monitor starts and stops it with its listener.
+    """
+    history = History(monitor)
     root.putChild(b"", _Page(os.path.join(STATIC, "index.html")))
-    root.putChild(b"console", _Files(STATIC))
+    files = _Files(STATIC)
+    files.putChild(b"history.json", _History(history))
+    root.putChild(b"console", files)
     root.putChild(b"console.json", _ConsoleJSON(monitor, settings))
     dead = _DeadLetterz(monitor, settings)
     dead.putChild(b"replay", _Replay(monitor, settings))
     root.putChild(b"deadletterz", dead)
+    return history
+
+
+class History:
+    """
+    The last hour of per-second figures, from the moment the service
+    started: what the console's charts draw when the page opens.
+
+    One sample a second on the reactor's clock reads the counters the
+    monitor already keeps (what /varz and /eventz read) and keeps their
+    change per second; nothing is added to the message path.  A sample is a
+    tuple: the time, then L{COLUMNS}.
+    """
+
+    #: Rates (per second) of the server's counters, then the events', then gauges.
+    COLUMNS = ("in_msgs", "out_msgs", "in_bytes", "out_bytes", "accepted", "refused", "queued", "connections")
+    #: How many of COLUMNS are rates of a counter (the rest are read as they are).
+    RATES = 6
+
+    def __init__(self, monitor: Any, size: int = HISTORY_SIZE, interval: float = HISTORY_INTERVAL) -> None:
+        self.monitor = monitor
+        self.interval = interval
+        self.samples: Deque[Tuple[float, ...]] = deque(maxlen=size)
+        self._last: Optional[Tuple[float, Tuple[int, ...]]] = None
+        self._loop = LoopingCall(self.sample)
+        self._loop.clock = monitor.clock
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _read(self) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        totals = self.monitor.broker.totals()
+        events = getattr(self.monitor.service, "events", None)
+        counters = (
+            totals["in_msgs"], totals["out_msgs"], totals["in_bytes"], totals["out_bytes"],
+            events.accepted if events is not None else 0, events.refused if events is not None else 0,
+        )
+        return counters, (events.pending if events is not None else 0, totals["connections"])
+
+    def sample(self) -> None:
+        """Keep one sample: each counter's change per second since the last, and the gauges now."""
+        now = self.monitor.clock.seconds()
+        counters, gauges = self._read()
+        if self._last is not None:
+            then, before = self._last
+            # (A late turn of the reactor makes a longer second, not a spike.)
+            elapsed = max(now - then, 1e-3)
+            rates = tuple(round((c - b) / elapsed, 2) for c, b in zip(counters, before))
+            self.samples.append((round(now, 3),) + rates + gauges)
+        self._last = (now, counters)
+
+    def since(self, after: float = 0.0) -> Dict[str, Any]:
+        """The samples later than C{after}, a list per column (as a chart takes them)."""
+        rows = [row for row in self.samples if row[0] > after] if after else list(self.samples)
+        columns = ("t",) + self.COLUMNS
+        return {
+            "interval": self.interval,
+            "size": self.samples.maxlen,
+            "columns": {name: [row[i] for row in rows] for i, name in enumerate(columns)},
+        }
 
 
 def trusted_host(request: Any, settings: ConsoleSettings, monitor_host: str) -> bool:
@@ -130,6 +207,27 @@ class _Page(resource.Resource):
         request.setHeader(b"x-frame-options", b"DENY")
         with open(self.path, "rb") as f:
             return f.read()
+
+
+class _History(resource.Resource):
+    """GET /console/history.json[?since=T]: the history's samples (after time T)."""
+
+    isLeaf = True
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+
+    def render_GET(self, request: Any) -> bytes:
+        text = (request.args.get(b"since") or [b"0"])[0].decode("latin-1")
+        try:
+            after = float(text or 0)
+        except ValueError:
+            return _json(request, 400, {"error": "since is a time in seconds since the epoch, not {!r}".format(text)})
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        # Compact: an hour of samples is some 30,000 numbers.
+        return json.dumps(self.history.since(after), separators=(",", ":")).encode("utf-8")
 
 
 class _ConsoleResource(resource.Resource):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from urllib.parse import parse_qs
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -43,9 +44,11 @@ port = 0
 
 def request(svc, path: str, method: bytes = b"GET", host: str = "127.0.0.1:8222", headers=None, body: bytes = b""):
     monitor = svc.getServiceNamed("monitor")
+    path, _, query = path.partition("?")
     req = DummyRequest([part.encode() for part in path.lstrip("/").split("/")])
     req.method = method
-    req.uri = path.encode()
+    req.uri = (path + ("?" + query if query else "")).encode()
+    req.args = parse_qs(query.encode(), keep_blank_values=True)
     req.requestHeaders.setRawHeaders(b"host", [host.encode()])
     for name, value in (headers or {}).items():
         req.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
