@@ -28,9 +28,10 @@ import ipaddress
 import json
 import os
 import uuid
-from collections import deque
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
@@ -99,22 +100,25 @@ class History:
 
     One sample a second on the reactor's clock reads the counters the
     monitor already keeps (what /varz and /eventz read) and keeps their
-    change per second; nothing is added to the message path.  A sample is a
-    tuple: the time, then L{COLUMNS}.
+    change per second; nothing is added to the message path.  The samples
+    are kept a column each (the time, then L{COLUMNS}), in arrays of
+    doubles: an hour is some 300 kB.
     """
 
     #: Rates (per second) of the server's counters, then the events', then gauges.
     COLUMNS = ("in_msgs", "out_msgs", "in_bytes", "out_bytes", "accepted", "refused", "queued", "connections")
-    #: How many of COLUMNS are rates of a counter (the rest are read as they are).
-    RATES = 6
 
     def __init__(self, monitor: Any, size: int = HISTORY_SIZE, interval: float = HISTORY_INTERVAL) -> None:
         self.monitor = monitor
+        self.size = size
         self.interval = interval
-        self.samples: Deque[Tuple[float, ...]] = deque(maxlen=size)
+        self.columns: Dict[str, "array[float]"] = {name: array("d") for name in ("t",) + self.COLUMNS}
         self._last: Optional[Tuple[float, Tuple[int, ...]]] = None
         self._loop = LoopingCall(self.sample)
         self._loop.clock = monitor.clock
+
+    def __len__(self) -> int:
+        return len(self.columns["t"])
 
     def start(self) -> None:
         if not self._loop.running:
@@ -141,18 +145,24 @@ class History:
             then, before = self._last
             # (A late turn of the reactor makes a longer second, not a spike.)
             elapsed = max(now - then, 1e-3)
-            rates = tuple(round((c - b) / elapsed, 2) for c, b in zip(counters, before))
-            self.samples.append((round(now, 3),) + rates + gauges)
+            row = (round(now, 3),) + tuple(round((c - b) / elapsed, 2) for c, b in zip(counters, before)) + gauges
+            for column, value in zip(self.columns.values(), row):
+                column.append(value)
+            # Trimmed a minute at a time, not a sample at a time (each trim moves the whole array).
+            if len(self) >= self.size + 60:
+                for column in self.columns.values():
+                    del column[: len(column) - self.size]
         self._last = (now, counters)
 
     def since(self, after: float = 0.0) -> Dict[str, Any]:
-        """The samples later than C{after}, a list per column (as a chart takes them)."""
-        rows = [row for row in self.samples if row[0] > after] if after else list(self.samples)
-        columns = ("t",) + self.COLUMNS
+        """The samples (of the last L{size}) later than C{after}, a list per column (as a chart takes them)."""
+        first = max(bisect_right(self.columns["t"], after), len(self) - self.size)
         return {
             "interval": self.interval,
-            "size": self.samples.maxlen,
-            "columns": {name: [row[i] for row in rows] for i, name in enumerate(columns)},
+            "size": self.size,
+            "columns": {
+                name: [int(v) if v.is_integer() else v for v in column[first:]] for name, column in self.columns.items()
+            },
         }
 
 

@@ -116,7 +116,7 @@ async function refresh() {
   try {
     const results = await Promise.allSettled([
       getJSON("/varz").then(showVarz),
-      getJSON(connzPath()).then(showConns),
+      loadConns(),
       getJSON("/eventz").then(showEvents),
       loadHistory(),
       showLinks(),
@@ -155,8 +155,17 @@ const CONN_COLUMNS = [
 ];
 const conns = { state: "open", rows: [], total: 0, sort: { key: "cid", up: true } };
 
+// /connz's orders for the columns it can sort by: with more connections than the
+// page asks for, the server picks the top ones by the column the page sorts on.
+const CONNZ_SORT = {
+  cid: "cid", subscriptions: "subs", in_msgs: "msgs_from", out_msgs: "msgs_to", in_bytes: "bytes_from",
+  out_bytes: "bytes_to", pending_bytes: "pending", uptime: "uptime", stop: "stop", reason: "reason",
+};
+const CONNZ_LIMIT = 1000;
+
 function connzPath() {
-  return "/connz?state=" + conns.state + "&limit=1000" + (conns.state === "closed" ? "&sort=stop" : "&sort=cid");
+  const sort = CONNZ_SORT[conns.sort.key] || (conns.state === "closed" ? "stop" : "cid");
+  return "/connz?state=" + conns.state + "&limit=" + CONNZ_LIMIT + "&sort=" + sort;
 }
 
 function connColumns() {
@@ -187,6 +196,13 @@ function sortConns(key) {
   // A second click turns the order round; a new column starts with its biggest (numbers) or A first.
   conns.sort = conns.sort.key === key ? { key, up: !conns.sort.up } : { key, up: !col.num };
   renderConns();
+  if (conns.total > conns.rows.length) loadConns().catch(() => {});
+}
+
+function loadConns() {
+  const state = conns.state;
+  // (An answer for the other tab, come late, is not drawn.)
+  return getJSON(connzPath()).then((connz) => { if (state === conns.state) showConns(connz); });
 }
 
 function showConns(connz) {
@@ -228,7 +244,7 @@ function connTab(state) {
     $("conns-" + s).setAttribute("aria-selected", String(s === state));
   }
   renderConns();
-  getJSON(connzPath()).then(showConns).catch(() => {});
+  loadConns().catch(() => {});
 }
 
 // -- events ----------------------------------------------------------------------
