@@ -297,7 +297,7 @@ function showEvents(ev) {
   $("events-queued").textContent = fmt(ev.queued);
   const reasons = Object.entries(ev.refused_by_reason || {}).sort((a, b) => b[1] - a[1]);
   $("refusals").hidden = reasons.length === 0;
-  fill("refusals", reasons, (row, [reason, n]) => { cell(row, reason.replace(/_/g, " "), "reason"); cell(row, fmt(n), "n"); });
+  fill("refusals", reasons, (row, [reason, n]) => { cell(row, reason, "reason"); cell(row, fmt(n), "n"); });
   const rows = [];
   for (const [name, h] of Object.entries(ev.handlers)) {
     const types = new Set([...Object.keys(h.delivered), ...Object.keys(h.retried), ...Object.keys(h.dead_lettered)]);
