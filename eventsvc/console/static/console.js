@@ -22,7 +22,8 @@ function fill(tableId, rows, render) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  // (An answer that never comes must not stop the page's next rounds.)
+  const response = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(10000) });
   if (!response.ok) throw new Error(path + ": HTTP " + response.status);
   return response.json();
 }
@@ -33,9 +34,12 @@ const history = { t: [] };
 let historySize = HISTORY_SIZE;
 let charts = null;
 
+function chartWidth() {
+  return Math.max(320, Math.floor(($("chart-msgs").parentElement.clientWidth - 32) / 3));
+}
+
 function makeCharts() {
-  const box = $("chart-msgs").parentElement;
-  const width = Math.max(320, Math.floor((box.clientWidth - 32) / 3));
+  const width = chartWidth();
   // Two lines that are often equal (in = out with one subscriber per message):
   // "in" is a shaded area under a solid line, "out" a dashed line of another
   // colour on top, so one never hides the other; the legend shows the latest
@@ -443,6 +447,9 @@ async function start() {
 
 start().catch((e) => { $("ws-state").textContent = String(e.message || e); $("ws-state").className = "state bad"; });
 $("window").onchange = drawHistory;
+window.addEventListener("resize", () => {
+  if (charts) for (const chart of Object.values(charts)) chart.setSize({ width: chartWidth(), height: 190 });
+});
 $("conns-open").onclick = () => connTab("open");
 $("conns-closed").onclick = () => connTab("closed");
 $("conns-filter").oninput = renderConns;
