@@ -2,8 +2,9 @@
 Monitoring over HTTP, as nats-server's: /healthz, /varz, /connz, /subsz,
 /routez with its field names and units (durations in nanoseconds where it
 uses them, Go duration strings for rtt/uptime/idle, RFC 3339 times), so
-nats-top, the Prometheus exporter and client test suites read them; and
-/metrics in Prometheus' text format.
+nats-top, the Prometheus exporter and client test suites read them;
+/metrics in Prometheus' text format; and at / an index of them, as
+nats-server's (the console's page instead, when [console] is on).
 
 Everything is computed when a page is asked for: nothing here adds work to
 the message path.
