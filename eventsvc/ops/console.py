@@ -1,7 +1,8 @@
 """
 The live console, on the monitor's listener: the page at /, its files under
-/console/, what the page needs to connect (/console.json), and the dead
-letters (/deadletterz, and POST /deadletterz/replay).
+/console/, the last hour of per-second figures (/console/history.json, so
+the charts open full), what the page needs to connect (/console.json), and
+the dead letters (/deadletterz, and POST /deadletterz/replay).
 
 The page speaks NATS over the [websocket] listener as the console identity
 ([console] identity), and can do there only what that identity's
@@ -28,11 +29,14 @@ import ipaddress
 import json
 import os
 import uuid
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
@@ -48,6 +52,9 @@ LIST_LIMIT = 200
 REPLAY_TIMEOUT = 5.0
 #: What a request under a Host the operator did not name is told.
 UNTRUSTED_HOST = "the console answers only under an IP address, localhost or a configured host"
+#: Samples the history keeps: an hour of one a second.
+HISTORY_SIZE = 3600
+HISTORY_INTERVAL = 1.0
 
 log = Logger()
 
@@ -72,14 +79,94 @@ class ConsoleSettings:
         return bool(self.permissions is None or self.permissions.may_publish((REPLAY_PREFIX + handler).encode("utf-8")))
 
 
-def add_console(root: Any, monitor: Any, settings: ConsoleSettings) -> None:
-    """Put the console's resources on the monitor's root."""
+def add_console(root: Any, monitor: Any, settings: ConsoleSettings) -> "History":
+    """
+    Put the console's resources on the monitor's root.  The history they
+    serve is returned: the monitor starts and stops it with its listener.
+    """
+    history = History(monitor)
     root.putChild(b"", _Page(os.path.join(STATIC, "index.html")))
-    root.putChild(b"console", _Files(STATIC))
+    files = _Files(STATIC)
+    files.putChild(b"history.json", _History(history))
+    root.putChild(b"console", files)
     root.putChild(b"console.json", _ConsoleJSON(monitor, settings))
     dead = _DeadLetterz(monitor, settings)
     dead.putChild(b"replay", _Replay(monitor, settings))
     root.putChild(b"deadletterz", dead)
+    return history
+
+
+class History:
+    """
+    The last hour of per-second figures, from the moment the service
+    started: what the console's charts draw when the page opens.
+
+    One sample a second on the reactor's clock reads the counters the
+    monitor already keeps (what /varz and /eventz read) and keeps their
+    change per second; nothing is added to the message path.  The samples
+    are kept a column each (the time, then L{COLUMNS}), in arrays of
+    doubles: an hour is some 300 kB.
+    """
+
+    #: Rates (per second) of the server's counters, then the events', then gauges.
+    COLUMNS = ("in_msgs", "out_msgs", "in_bytes", "out_bytes", "accepted", "refused", "queued", "connections")
+
+    def __init__(self, monitor: Any, size: int = HISTORY_SIZE, interval: float = HISTORY_INTERVAL) -> None:
+        self.monitor = monitor
+        self.size = size
+        self.interval = interval
+        self.columns: Dict[str, "array[float]"] = {name: array("d") for name in ("t",) + self.COLUMNS}
+        self._last: Optional[Tuple[float, Tuple[int, ...]]] = None
+        self._loop = LoopingCall(self.sample)
+        self._loop.clock = monitor.clock
+
+    def __len__(self) -> int:
+        return len(self.columns["t"])
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _read(self) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        totals = self.monitor.broker.totals()
+        events = getattr(self.monitor.service, "events", None)
+        counters = (
+            totals["in_msgs"], totals["out_msgs"], totals["in_bytes"], totals["out_bytes"],
+            events.accepted if events is not None else 0, events.refused if events is not None else 0,
+        )
+        return counters, (events.pending if events is not None else 0, totals["connections"])
+
+    def sample(self) -> None:
+        """Keep one sample: each counter's change per second since the last, and the gauges now."""
+        now = self.monitor.clock.seconds()
+        counters, gauges = self._read()
+        if self._last is not None:
+            then, before = self._last
+            # (A late turn of the reactor makes a longer second, not a spike.)
+            elapsed = max(now - then, 1e-3)
+            row = (round(now, 3),) + tuple(round((c - b) / elapsed, 2) for c, b in zip(counters, before)) + gauges
+            for column, value in zip(self.columns.values(), row):
+                column.append(value)
+            # Trimmed a minute at a time, not a sample at a time (each trim moves the whole array).
+            if len(self) >= self.size + 60:
+                for column in self.columns.values():
+                    del column[: len(column) - self.size]
+        self._last = (now, counters)
+
+    def since(self, after: float = 0.0) -> Dict[str, Any]:
+        """The samples (of the last L{size}) later than C{after}, a list per column (as a chart takes them)."""
+        first = max(bisect_right(self.columns["t"], after), len(self) - self.size)
+        return {
+            "interval": self.interval,
+            "size": self.size,
+            "columns": {
+                name: [int(v) if v.is_integer() else v for v in column[first:]] for name, column in self.columns.items()
+            },
+        }
 
 
 def trusted_host(request: Any, settings: ConsoleSettings, monitor_host: str) -> bool:
@@ -133,6 +220,27 @@ class _Page(resource.Resource):
         request.setHeader(b"x-frame-options", b"DENY")
         with open(self.path, "rb") as f:
             return f.read()
+
+
+class _History(resource.Resource):
+    """GET /console/history.json[?since=T]: the history's samples (after time T)."""
+
+    isLeaf = True
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+
+    def render_GET(self, request: Any) -> bytes:
+        text = (request.args.get(b"since") or [b"0"])[0].decode("latin-1")
+        try:
+            after = float(text or 0)
+        except ValueError:
+            return _json(request, 400, {"error": "since is a time in seconds since the epoch, not {!r}".format(text)})
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        # Compact: an hour of samples is some 30,000 numbers.
+        return json.dumps(self.history.since(after), separators=(",", ":")).encode("utf-8")
 
 
 class _ConsoleResource(resource.Resource):

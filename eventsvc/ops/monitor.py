@@ -2,8 +2,9 @@
 Monitoring over HTTP, as nats-server's: /healthz, /varz, /connz, /subsz,
 /routez with its field names and units (durations in nanoseconds where it
 uses them, Go duration strings for rtt/uptime/idle, RFC 3339 times), so
-nats-top, the Prometheus exporter and client test suites read them; and
-/metrics in Prometheus' text format.
+nats-top, the Prometheus exporter and client test suites read them;
+/metrics in Prometheus' text format; and at / an index of them, as
+nats-server's (the console's page instead, when [console] is on).
 
 Everything is computed when a page is asked for: nothing here adds work to
 the message path.
@@ -11,6 +12,7 @@ the message path.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import resource as _resource
@@ -797,6 +799,82 @@ def _leaf_metrics(leafs: Any) -> Any:
     yield CounterMetricFamily("eventsvc_leafnode_loops", "Leaf node links closed for a loop", value=leafs.loops)
 
 
+#: The index's names for the endpoints it lists, in its order (nats-server's
+#: names where it has the endpoint); an endpoint not named here is listed
+#: after them under its path.
+_INDEX = (
+    ("varz", "General"),
+    ("connz", "Connections"),
+    ("subsz", "Subscriptions"),
+    ("routez", "Routes"),
+    ("leafz", "LeafNodes"),
+    ("gatewayz", "Gateways"),
+    ("healthz", "Health Probe"),
+    ("eventz", "Events"),
+    ("deadletterz", "Dead letters"),
+    ("metrics", "Prometheus metrics"),
+)
+
+
+class _Index(resource.Resource):
+    """
+    The monitor's / when the console is off: its endpoints, listed as
+    nats-server's monitor lists its own, read from the root at each request
+    so that an endpoint added to it is listed.
+    """
+
+    isLeaf = True
+
+    def __init__(self, monitor: Monitor, root: resource.Resource) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.root = root
+
+    def endpoints(self) -> List["tuple[str, str]"]:
+        """(path, name) of each endpoint on the root."""
+        mounted = {name.decode("ascii", "replace") for name in self.root.children if name}
+        known = [(path, name) for path, name in _INDEX if path in mounted]
+        named = {path for path, _ in _INDEX}
+        return known + [(path, path) for path in sorted(mounted - named)]
+
+    def render_GET(self, request: Any) -> bytes:
+        self.monitor.requests["/"] = self.monitor.requests.get("/", 0) + 1
+        b = self.monitor.broker
+        links = "\n".join(
+            '  <li><a href="./{0}">{1}</a> <code>/{0}</code></li>'.format(html.escape(path), html.escape(name)) for path, name in self.endpoints()
+        )
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        return """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>eventsvc monitor</title>
+<style>
+  body {{ font-family: system-ui, sans-serif; margin-left: 32px; color: #223; }}
+  ul {{ list-style: none; padding: 0; }}
+  li {{ padding-bottom: 6px; }}
+  a {{ display: inline-block; min-width: 12em; color: #48485c; text-decoration: none; }}
+  a:hover {{ font-weight: 600; color: #3b32ca; }}
+  code {{ color: #777; }}
+  .version {{ color: #555; }}
+</style>
+</head>
+<body>
+<h1>eventsvc monitor</h1>
+<p class="version">{implementation} &middot; NATS protocol of nats-server {version} &middot; server {name}</p>
+<ul>
+{links}
+</ul>
+<p>Each endpoint answers JSON (<code>/metrics</code>: Prometheus' text format), in nats-server's shapes where it has them.
+The live console is served here when <code>[console]</code> is configured (docs/operations.md).</p>
+</body>
+</html>
+""".format(
+            implementation=html.escape(b.implementation), version=html.escape(b.version), name=html.escape(b.server_name), links=links,
+        ).encode("utf-8")
+
+
 class _QuietSite(server.Site):
     """No log line per scrape: that is noise."""
 
@@ -832,10 +910,13 @@ class MonitorService(Service):
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))
+        root.putChild(b"", _Index(m, root))
+        #: The console's history of per-second figures (None without [console]).
+        self.history: Any = None
         if console is not None:
             from eventsvc.ops.console import add_console
 
-            add_console(root, m, console)
+            self.history = add_console(root, m, console)
         self.site = _QuietSite(root)
 
     def startService(self) -> None:
@@ -844,11 +925,15 @@ class MonitorService(Service):
         except CannotListenError as e:
             raise ListenError("cannot listen on {}:{} (set by {}): {}".format(self.host, self.port, self.where, e.socketError))
         self.monitor.http_port = self.listening.getHost().port
+        if self.history is not None:
+            self.history.start()
         super().startService()
         self.log.info("monitor listening for HTTP on {host}:{port}", host=self.host, port=self.monitor.http_port)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self.history is not None:
+            self.history.stop()
         if self.listening is not None:
             listening, self.listening = self.listening, None
             return listening.stopListening()

@@ -85,6 +85,22 @@ class Browser:
             raise AssertionError("{}: {}".format(expression, result["exceptionDetails"]))
         return result["result"].get("value")
 
+    def click(self, selector: str) -> None:
+        """Click the element C{selector} (a CSS selector) names."""
+        self.evaluate("document.querySelector({}).click(); 1".format(json.dumps(selector)))
+
+    def type(self, selector: str, text: str) -> None:
+        """Put C{text} in the input C{selector} names, as typing it would (an input event)."""
+        self.evaluate(
+            "(() => {{ const e = document.querySelector({}); e.value = {}; e.dispatchEvent(new Event('input')); return 1; }})()".format(
+                json.dumps(selector), json.dumps(text)
+            )
+        )
+
+    def text(self, selector: str) -> str:
+        """The text the element C{selector} names shows."""
+        return self.evaluate("document.querySelector({}).innerText".format(json.dumps(selector)))
+
     def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
         """Evaluate C{expression} until it is true; its last value otherwise fails the test."""
         deadline = time.monotonic() + timeout

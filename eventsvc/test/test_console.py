@@ -1,7 +1,8 @@
 """
 The console's resources on the monitor (L{eventsvc.ops.console}), rendered
-in memory: what the page is given, the Host and origin checks, the dead
-letters and their replay through the event service, and /eventz.
+in memory: what the page is given, the history it draws, the Host and
+origin checks, the dead letters and their replay through the event service,
+and /eventz; and the monitor's index at / when the console is off.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+from urllib.parse import parse_qs
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
+from twisted.web.resource import Resource
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from eventsvc import config
+from eventsvc import __version__, config
 from eventsvc.app import make_service
-from eventsvc.test.eventsamples import event
+from eventsvc.ops.console import HISTORY_SIZE
+from eventsvc.test.eventsamples import event, payload
+from eventsvc.test.test_gateway import connect
 
 CONFIG = """
 [service]
@@ -43,9 +49,11 @@ port = 0
 
 def request(svc, path: str, method: bytes = b"GET", host: str = "127.0.0.1:8222", headers=None, body: bytes = b""):
     monitor = svc.getServiceNamed("monitor")
+    path, _, query = path.partition("?")
     req = DummyRequest([part.encode() for part in path.lstrip("/").split("/")])
     req.method = method
-    req.uri = path.encode()
+    req.uri = (path + ("?" + query if query else "")).encode()
+    req.args = parse_qs(query.encode(), keep_blank_values=True)
     req.requestHeaders.setRawHeaders(b"host", [host.encode()])
     for name, value in (headers or {}).items():
         req.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
@@ -176,11 +184,106 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(latency["buckets"][-1][0], "+Inf")
 
 
+    def history(self, query: str = "") -> dict:
+        code, body, req = request(self.svc, "/console/history.json" + query)
+        self.assertEqual((code, req.responseHeaders.getRawHeaders(b"content-type")), (200, [b"application/json"]))
+        return json.loads(body)
+
+    def test_history_from_start(self) -> None:
+        """
+        One sample a second from the moment the service started, on its
+        clock: messages and bytes in and out per second, events accepted and
+        refused per second, and what is queued and connected then.
+        """
+        self.assertEqual(self.history()["columns"]["t"], [])  # (a rate needs two readings)
+        start = self.reactor.seconds()
+        self.reactor.advance(1)
+        self.reactor.advance(1)
+        watcher = connect(self.svc, "service", b"CONNECT {}\r\nSUB orders.> 1\r\n")
+        producer = connect(self.svc, "service", b"CONNECT {}\r\n" + b"PUB orders.eu 5\r\nhello\r\n" * 4)
+        event_feed = payload("event_feed", "evt-history")
+        producer.send(b"PUB event.event_feed _INBOX.a %d\r\n%s\r\nPUB event.event_feed _INBOX.b 8\r\nnot json\r\n" % (len(event_feed), event_feed))
+        self.reactor.advance(0.5)
+        self.reactor.advance(0.5)
+        answer = self.history()
+        self.assertEqual((answer["interval"], answer["size"]), (1.0, HISTORY_SIZE))
+        columns = answer["columns"]
+        self.assertEqual(columns["t"], [start + 1, start + 2, start + 3])
+        # All that traffic came in that third second: its rates are /varz's counters.
+        varz = json.loads(request(self.svc, "/varz")[1])
+        for key in ("in_msgs", "in_bytes", "out_msgs", "out_bytes"):
+            self.assertEqual(columns[key], [0, 0, varz[key]], key)
+        # (In: four on orders.eu, two events, and the service's two answers; out: four to the watcher and the answers.)
+        self.assertEqual((varz["in_msgs"], varz["out_msgs"]), (8, 6))
+        self.assertEqual((columns["accepted"][-1], columns["refused"][-1]), (1, 1))
+        self.assertEqual(columns["connections"], [0, 0, 2])
+        self.assertEqual(len(columns["queued"]), 3)
+        # The page asks for what it has not got yet.
+        later = self.history("?since={}".format(start + 2))["columns"]
+        self.assertEqual((later["t"], later["in_msgs"]), ([start + 3], [8]))
+        self.reactor.advance(1)
+        self.reactor.advance(1)
+        self.assertEqual(self.history("?since={}".format(start + 3))["columns"]["in_msgs"], [0, 0])
+        # A late turn of the reactor gives one sample over the longer time, not a spike.
+        producer.send(b"PUB orders.eu 5\r\nhello\r\n" * 4)
+        self.reactor.advance(2)
+        later = self.history("?since={}".format(start + 5))["columns"]
+        self.assertEqual((later["t"], later["in_msgs"]), ([start + 7], [2]))
+        del watcher
+
+    def test_history_keeps_an_hour(self) -> None:
+        """The ring keeps the last HISTORY_SIZE seconds (and not many more in memory), and stops with the service."""
+        history = self.svc.getServiceNamed("monitor").history
+        for _ in range(HISTORY_SIZE + 100):
+            self.reactor.advance(1)
+            self.assertLess(len(history), HISTORY_SIZE + 60)
+        t = self.history()["columns"]["t"]
+        self.assertEqual((len(t), t[0], t[-1]), (HISTORY_SIZE, 101, HISTORY_SIZE + 100))
+        self.assertEqual(self.history("?since=3650")["columns"]["t"], list(range(3651, HISTORY_SIZE + 101)))
+        self.svc.stopService()
+        self.reactor.advance(10)
+        self.assertEqual(self.history()["columns"]["t"][-1], HISTORY_SIZE + 100)
+
+    def test_history_refuses_a_bad_since(self) -> None:
+        code, body, _ = request(self.svc, "/console/history.json?since=yesterday")
+        self.assertEqual((code, json.loads(body)), (400, {"error": "since is a time in seconds since the epoch, not 'yesterday'"}))
+
+
 class ConsoleOffTests(SynchronousTestCase):
-    def test_off_unless_configured(self) -> None:
-        """Without [console] the monitor serves no page, no credentials and no replay."""
-        svc = make_service(config.parse("[service]\nport = 0\n[monitor]\nport = 0\n"), MemoryReactorClock())
+    def start(self, extra: str = "") -> object:
+        svc = make_service(config.parse("[service]\nport = 0\n[monitor]\nport = 0\n" + extra), MemoryReactorClock())
         svc.startService()
         self.addCleanup(svc.stopService)
-        for path in ("/", "/console.json", "/deadletterz", "/console/console.js"):
+        return svc
+
+    def test_off_unless_configured(self) -> None:
+        """Without [console] the monitor serves no page, no credentials, no replay and no history."""
+        svc = self.start()
+        for path in ("/console.json", "/deadletterz", "/console/console.js", "/console/history.json"):
             self.assertEqual(request(svc, path)[0], 404, path)
+        self.assertIsNone(svc.getServiceNamed("monitor").history)
+
+    def test_index(self) -> None:
+        """
+        / lists the monitor's endpoints, as nats-server's monitor does: each
+        a link, with nats-server's names where it has the endpoint, and ours.
+        """
+        svc = self.start('[handlers]\nevent_feed = "python:eventsvc.test.test_monitor:accept"\n')
+        code, body, req = request(svc, "/")
+        self.assertEqual((code, req.responseHeaders.getRawHeaders(b"content-type")), (200, [b"text/html; charset=utf-8"]))
+        page = body.decode("utf-8")
+        self.assertIn("<title>eventsvc monitor</title>", page)
+        links = re.findall(r'<a href="\./(\w+)">([^<]+)</a>', page)
+        self.assertEqual(links, [
+            ("varz", "General"), ("connz", "Connections"), ("subsz", "Subscriptions"), ("routez", "Routes"),
+            ("leafz", "LeafNodes"), ("gatewayz", "Gateways"), ("healthz", "Health Probe"), ("eventz", "Events"),
+            ("metrics", "Prometheus metrics"),
+        ])
+        self.assertIn("NATS protocol of nats-server 2.9.10", page)
+        self.assertIn("eventsvc/" + __version__, page)
+        # Each is served.
+        for path, _ in links:
+            self.assertEqual(request(svc, "/" + path)[0], 200, path)
+        # An endpoint the monitor gains is listed too, under its path.
+        svc.getServiceNamed("monitor").site.resource.putChild(b"jsz", Resource())
+        self.assertIn('<a href="./jsz">jsz</a>', request(svc, "/")[1].decode())

@@ -3,9 +3,16 @@ The live console in a real browser: headless Chromium (Debian's) opens the
 page a running eventsvc serves, the page connects over NATS-over-WebSocket
 as the console identity, shows a message nats-py publishes in its live
 tail, and its event counters move when an event is accepted.  A subject the
-identity may not watch is refused in the page.  The screenshot is kept:
-$EVENTSVC_ARTEFACTS/console.png when that is set, else in the test's
-temporary folder.
+identity may not watch is refused in the page.
+
+What an operator who keeps it open sees: charts full of what happened
+before the page was opened, the connections at once (sorted, filtered, the
+closed ones on their tab), why events were refused, the version, the tail
+cleared when its subject changes, and a handler red when /eventz says it is
+down (the page is given an /eventz the test controls).
+
+The screenshots are kept: $EVENTSVC_ARTEFACTS/console.png and
+console-operator.png when that is set, else in the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
+from typing import Any, Coroutine
 
 from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
+from eventsvc import __version__
 from eventsvc.test import eventsamples, process
 from eventsvc.test.browser import Browser
 
@@ -46,7 +57,7 @@ no_tls = true
 [[websocket.identities]]
 name = "console"
 token = "FAKE-console-token"
-subscribe_allow = ["console.>", "event.>"]
+subscribe_allow = ["console.>", "event.>", "orders.>"]
 publish_deny = [">"]
 
 [monitor]
@@ -56,10 +67,72 @@ port = 0
 identity = "console"
 """
 
+class Clients:
+    """nats-py clients that stay connected while the browser looks: their own asyncio loop, in a thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.connections: list = []
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), self.loop).result(timeout + 5)
+
+    def connect(self, url: str, name: str) -> Any:
+        nc = self.run(nats.connect(url, name=name, allow_reconnect=False))
+        self.connections.append(nc)
+        return nc
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for nc in self.connections:
+                if not nc.is_closed:
+                    await nc.close()
+
+        try:
+            self.run(close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+#: The /eventz the page is given in the operator's test: the real one, with
+#: what the test says about handler "feed" and the store.
+FAKE_EVENTZ = """
+window.fetch = ((real) => async (path, options) => {
+  const response = await real(path, options);
+  if (path !== "/eventz" || !window.eventzChanges) return response;
+  const eventz = await response.json();
+  Object.assign(eventz.handlers.feed, window.eventzChanges.feed);
+  eventz.store = window.eventzChanges.store;
+  return new Response(JSON.stringify(eventz), { status: 200, headers: { "content-type": "application/json" } });
+})(window.fetch);
+1
+"""
+
+#: The texts of a column of the connections table, by its heading.
+COLUMN = """
+(() => {{
+  const headings = [...document.querySelectorAll('#conns thead th')].map((th) => th.textContent);
+  const i = headings.indexOf({});
+  return [...document.querySelectorAll('#conns tbody tr')].map((row) => row.cells[i].textContent);
+}})()
+"""
+
+
+def keep(shot: str, name: str) -> None:
+    artefacts = os.environ.get("EVENTSVC_ARTEFACTS")
+    if artefacts:
+        os.makedirs(artefacts, exist_ok=True)
+        shutil.copy(shot, os.path.join(artefacts, name))
+
+
 class ConsoleInBrowserTests(TestCase):
     timeout = 180
 
-    async def test_live_tail_and_counters(self) -> None:
+    async def start_console(self) -> Any:
+        """A running eventsvc with the console, and a browser; (browser, monitor port, NATS URL, folder)."""
         if nats is None:
             process.require("nats-py (pip install nats-py)")
         browser = Browser()  # (skips, or fails under CI, without chromium)
@@ -69,10 +142,113 @@ class ConsoleInBrowserTests(TestCase):
         await process.started(self, server)
         output = await threads.deferToThread(server.wait_output, "monitor listening for HTTP")
         monitor = int(_MONITOR.search(output).group(1))
-        nats_url = "nats://127.0.0.1:{}".format(server.ports["service"])
-
         await threads.deferToThread(browser.start)
         self.addCleanup(browser.stop)
+        return browser, monitor, "nats://127.0.0.1:{}".format(server.ports["service"]), folder
+
+    async def test_what_an_operator_sees(self) -> None:
+        browser, monitor, nats_url, folder = await self.start_console()
+        clients = Clients()
+        self.addCleanup(clients.stop)
+
+        def before_the_page() -> None:
+            alpha, bravo, charlie = (clients.connect(nats_url, name) for name in ("alpha", "bravo", "charlie"))
+            clients.run(alpha.subscribe("orders.>"))
+
+            async def traffic() -> dict:
+                for i in range(50):
+                    await bravo.publish("orders.eu", b"order %d" % i)
+                await bravo.flush()
+                ack = await charlie.request("event.event_feed", b"not json", timeout=10)
+                await charlie.close()
+                return json.loads(ack.data)
+
+            ack = clients.run(traffic())
+            self.assertFalse(ack["success"], ack)
+            time.sleep(3)  # (so that it is a second or more in the past)
+
+        await threads.deferToThread(before_the_page)
+
+        def look() -> str:
+            browser.go("http://127.0.0.1:{}/".format(monitor))
+            # The charts open with what happened before the page was opened: the
+            # 50 messages in are in the history.
+            browser.wait_for("typeof charts !== 'undefined' && charts !== null && charts.msgs.data[0].length >= 3"
+                             " && Math.max(...charts.msgs.data[1]) > 0 && Math.max(...charts.events.data[2]) > 0", timeout=5)
+            # The connections at once, as many as the header counts.
+            browser.wait_for("document.querySelectorAll('#conns tbody tr').length === 3"
+                             " && document.getElementById('connections').textContent === '3'", timeout=5)
+            self.assertEqual(browser.evaluate(COLUMN.format('"name"')), ["alpha", "bravo", "eventsvc console"])
+            # Sorted by a click on a heading, the other way by a second; numbers biggest first.
+            browser.click("#conns th[data-key=name]")
+            self.assertEqual(browser.evaluate(COLUMN.format('"name"')), ["alpha", "bravo", "eventsvc console"])
+            browser.click("#conns th[data-key=name]")
+            self.assertEqual(browser.evaluate(COLUMN.format('"name"')), ["eventsvc console", "bravo", "alpha"])
+            browser.click("#conns th[data-key=in_msgs]")
+            self.assertEqual(browser.evaluate(COLUMN.format('"msgs in"'))[0], "50")
+            self.assertEqual(browser.evaluate(COLUMN.format('"name"'))[0], "bravo")
+            # Filtered as one types.
+            browser.type("#conns-filter", "brav")
+            self.assertEqual(browser.evaluate(COLUMN.format('"name"')), ["bravo"])
+            self.assertEqual(browser.text("#conns-count"), "1 of 3 open connections shown")
+            browser.type("#conns-filter", "")
+            # The closed ones on their tab, with why they closed.
+            browser.click("#conns-closed")
+            browser.wait_for("document.querySelector('#conns tbody').innerText.includes('charlie')")
+            self.assertIn("Client Closed", browser.evaluate(COLUMN.format('"reason"')))
+            self.assertNotIn("alpha", browser.evaluate(COLUMN.format('"name"')))
+            browser.click("#conns-open")
+            browser.wait_for("document.querySelectorAll('#conns tbody tr').length === 3")
+            # Why events were refused.
+            browser.wait_for("!document.getElementById('refusals').hidden")
+            self.assertEqual(browser.text("#refusals tbody"), "invalid\t1")
+            self.assertEqual(browser.text("#events-refused"), "1")
+            # The version.
+            self.assertIn("eventsvc {} (".format(__version__), browser.text("#version"))
+            self.assertIn("NATS 2.9.10", browser.text("#version"))
+            # The tail: what it watched, then cleared for another subject.
+            browser.wait_for("document.getElementById('ws-state').textContent === 'connected'")
+            browser.type("#tail-subject", "orders.>")
+            browser.click("#tail-start")
+            return browser.wait_for("document.getElementById('tail-status').textContent")
+
+        self.assertEqual(await threads.deferToThread(look), "Watching orders.>.")
+
+        def down() -> str:
+            bravo = clients.connections[1]
+            deadline = time.monotonic() + 20
+            # (The page's SUB is in flight: publish until the tail shows it.)
+            while not browser.evaluate("document.getElementById('tail-rows').rows.length > 0"):
+                self.assertLess(time.monotonic(), deadline, "the tail showed nothing")
+                clients.run(bravo.publish("orders.us", b"for the tail"))
+                time.sleep(0.2)
+            self.assertEqual(browser.evaluate("document.getElementById('tail-rows').rows[0].cells[1].textContent"), "orders.us")
+            browser.type("#tail-subject", "event.>")
+            self.assertEqual(browser.evaluate("document.getElementById('tail-start').click(); document.getElementById('tail-rows').rows.length"), 0)
+            # A handler /eventz says is down is red, with since when and why;
+            # events kept in memory only are a warning.
+            browser.evaluate(FAKE_EVENTZ)
+            browser.evaluate("window.eventzChanges = {feed: {down: true, down_since: '2026-12-06T10:00:00Z', last_error: 'connection refused'},"
+                             " store: {kind: 'memory', path: null, state: 'ok', error: null}}; 1")
+            browser.wait_for("document.querySelector('#events-handlers tr.down') !== null")
+            rows = browser.evaluate("[...document.querySelectorAll('#events-handlers tbody tr')].map((r) => [r.cells[0].textContent, r.cells[1].textContent, r.className])")
+            self.assertEqual([r for r in rows if r[2] == "down"], [["feed", "down since 2026-12-06 10:00:00: connection refused", "down"]])
+            self.assertEqual(len(rows), 3)
+            self.assertEqual(browser.evaluate("getComputedStyle(document.querySelector('#events-handlers td.down')).color"), "rgb(198, 40, 40)")
+            browser.wait_for("!document.getElementById('store').hidden")
+            self.assertEqual(browser.evaluate("document.getElementById('store').className"), "store warn")
+            self.assertIn("Events kept in memory only", browser.text("#store"))
+            # A store that cannot be written is red, with its error.
+            browser.evaluate("window.eventzChanges.store = {kind: 'file', path: '/var/lib/eventsvc', state: 'read-only', error: 'Read-only file system'}; 1")
+            browser.wait_for("document.getElementById('store').className === 'store bad'")
+            self.assertEqual(browser.text("#store"), "Events kept in /var/lib/eventsvc · store read-only: Read-only file system")
+            return browser.screenshot(os.path.join(folder, "console-operator.png"))
+
+        shot = await threads.deferToThread(down)
+        keep(shot, "console-operator.png")
+
+    async def test_live_tail_and_counters(self) -> None:
+        browser, monitor, nats_url, folder = await self.start_console()
 
         def open_console() -> None:
             browser.go("http://127.0.0.1:{}/".format(monitor))
@@ -112,9 +288,6 @@ class ConsoleInBrowserTests(TestCase):
         shot = await threads.deferToThread(watch)
         with open(shot, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
-        artefacts = os.environ.get("EVENTSVC_ARTEFACTS")
-        if artefacts:
-            os.makedirs(artefacts, exist_ok=True)
-            shutil.copy(shot, os.path.join(artefacts, "console.png"))
+        keep(shot, "console.png")
         rows = await threads.deferToThread(browser.evaluate, "document.getElementById('tail-rows').rows[0].cells[1].textContent")
         self.assertEqual(rows, "console.demo")

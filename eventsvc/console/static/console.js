@@ -1,10 +1,12 @@
-// The console page: polls the monitor's JSON once a second, draws the rates, and
+// The console page: reads the monitor's JSON once a second (each panel on its own,
+// so one slow or failing endpoint leaves the others drawn), draws the history the
+// server keeps (/console/history.json: the last hour, one sample a second), and
 // tails a subject over NATS (ConsoleNats, as the console identity).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const POINTS = 120; // two minutes of one-second samples
 const fmt = (n) => (n === undefined || n === null ? "-" : Number(n).toLocaleString("en"));
+const rate = (n) => (n === undefined || n === null ? "-" : Number(n).toLocaleString("en", { maximumFractionDigits: n < 10 ? 1 : 0 }));
 
 function cell(row, text, cls) {
   const td = row.insertCell();
@@ -20,73 +22,271 @@ function fill(tableId, rows, render) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  // (An answer that never comes must not stop the page's next rounds.)
+  const response = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(10000) });
   if (!response.ok) throw new Error(path + ": HTTP " + response.status);
   return response.json();
 }
 
-// -- rates ---------------------------------------------------------------------
-const series = { t: [], inMsgs: [], outMsgs: [], inBytes: [], outBytes: [] };
-let last = null;
+// -- history: the server's samples, drawn over the chosen window ---------------------
+const HISTORY_SIZE = 3600;
+const history = { t: [] };
+let historySize = HISTORY_SIZE;
 let charts = null;
 
+function chartWidth() {
+  return Math.max(320, Math.floor(($("chart-msgs").parentElement.clientWidth - 32) / 3));
+}
+
 function makeCharts() {
-  const width = Math.max(320, Math.floor(($("chart-msgs").parentElement.clientWidth - 24) / 2));
-  const opts = (title, unit) => ({
-    title, width, height: 180,
+  const width = chartWidth();
+  // Two lines that are often equal (in = out with one subscriber per message):
+  // "in" is a shaded area under a solid line, "out" a dashed line of another
+  // colour on top, so one never hides the other; the legend shows the latest
+  // value of each.
+  const pair = (title, unit, a, b) => ({
+    title, width, height: 190,
     scales: { x: { time: true } },
-    series: [{}, { label: "in " + unit, stroke: "#2b7bb9", width: 2 }, { label: "out " + unit, stroke: "#d2691e", width: 2 }],
-    axes: [{}, { size: 60 }],
+    series: [
+      {},
+      { label: a, stroke: "#2b7bb9", width: 2, fill: "rgba(43,123,185,0.18)", value: (u, v) => rate(v) + " " + unit, points: { show: false } },
+      { label: b, stroke: "#c2410c", width: 2, dash: [7, 5], value: (u, v) => rate(v) + " " + unit, points: { show: false } },
+    ],
+    axes: [{}, { size: 64 }],
   });
+  const events = {
+    title: "events", width, height: 190,
+    scales: { x: { time: true }, n: {} },
+    series: [
+      {},
+      { label: "accepted", stroke: "#2e7d32", width: 3, value: (u, v) => rate(v) + "/s", points: { show: false } },
+      { label: "refused", stroke: "#d32f2f", width: 1.5, dash: [6, 4], value: (u, v) => rate(v) + "/s", points: { show: false } },
+      { label: "queued", stroke: "#777", width: 1, scale: "n", value: (u, v) => fmt(v), points: { show: false } },
+    ],
+    axes: [{}, { size: 52 }, { scale: "n", side: 1, grid: { show: false }, size: 52 }],
+  };
   return {
-    msgs: new uPlot(opts("messages per second", "msgs/s"), [[], [], []], $("chart-msgs")),
-    bytes: new uPlot(opts("bytes per second", "B/s"), [[], [], []], $("chart-bytes")),
+    msgs: new uPlot(pair("messages per second", "msgs/s", "in", "out"), [[], [], []], $("chart-msgs")),
+    bytes: new uPlot(pair("bytes per second", "B/s", "in", "out"), [[], [], []], $("chart-bytes")),
+    events: new uPlot(events, [[], [], [], []], $("chart-events")),
   };
 }
 
-function sample(varz) {
-  const now = Date.now() / 1000;
-  if (last) {
-    const dt = Math.max(now - last.now, 0.001);
-    const push = (key, value) => { series[key].push(value); if (series[key].length > POINTS) series[key].shift(); };
-    push("t", now);
-    push("inMsgs", (varz.in_msgs - last.in_msgs) / dt);
-    push("outMsgs", (varz.out_msgs - last.out_msgs) / dt);
-    push("inBytes", (varz.in_bytes - last.in_bytes) / dt);
-    push("outBytes", (varz.out_bytes - last.out_bytes) / dt);
-    if (typeof uPlot !== "undefined") {
-      charts = charts || makeCharts();
-      charts.msgs.setData([series.t, series.inMsgs, series.outMsgs]);
-      charts.bytes.setData([series.t, series.inBytes, series.outBytes]);
-    }
+async function loadHistory() {
+  const last = history.t.length ? history.t[history.t.length - 1] : 0;
+  const h = await getJSON("/console/history.json" + (last ? "?since=" + last : ""));
+  historySize = h.size || HISTORY_SIZE;
+  for (const [name, values] of Object.entries(h.columns)) {
+    history[name] = (history[name] || []).concat(values);
+    if (history[name].length > historySize) history[name] = history[name].slice(-historySize);
   }
-  last = { now, in_msgs: varz.in_msgs, out_msgs: varz.out_msgs, in_bytes: varz.in_bytes, out_bytes: varz.out_bytes };
+  drawHistory();
 }
 
-// -- the monitor's JSON ----------------------------------------------------------
+function drawHistory() {
+  if (typeof uPlot === "undefined" || !history.t.length) return;
+  charts = charts || makeCharts();
+  const t = history.t;
+  const from = t[t.length - 1] - Number($("window").value);
+  let first = 0;
+  while (first < t.length && t[first] <= from) first++;
+  const cut = (name) => history[name].slice(first);
+  const set = (chart, names) => {
+    chart.setData([cut("t"), ...names.map(cut)]);
+    chart.setLegend({ idx: chart.data[0].length - 1 }); // the latest values, until the pointer is on the chart
+  };
+  set(charts.msgs, ["in_msgs", "out_msgs"]);
+  set(charts.bytes, ["in_bytes", "out_bytes"]);
+  set(charts.events, ["accepted", "refused", "queued"]);
+}
+
+// -- the monitor's JSON: every panel at once, each on its own ----------------------
+function showVarz(varz) {
+  const [, version, runtime] = /^eventsvc\/(\S+)\s*(.*)$/.exec(varz.go || "") || [null, varz.go, ""];
+  $("version").textContent = "eventsvc " + version + (runtime ? " (" + runtime + ")" : "") + " · NATS " + varz.version;
+  $("server").textContent = (varz.server_name || varz.server_id) + " · up " + varz.uptime;
+  $("in-msgs").textContent = fmt(varz.in_msgs);
+  $("out-msgs").textContent = fmt(varz.out_msgs);
+  $("connections").textContent = fmt(varz.connections);
+  $("subscriptions").textContent = fmt(varz.subscriptions);
+  $("slow-consumers").textContent = fmt(varz.slow_consumers);
+}
+
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return; // (a slow monitor: never two rounds at once)
+  refreshing = true;
   try {
-    const varz = await getJSON("/varz");
-    $("server").textContent = (varz.server_name || varz.server_id) + " · NATS protocol of nats-server " + varz.version + " · up " + varz.uptime;
-    $("in-msgs").textContent = fmt(varz.in_msgs);
-    $("out-msgs").textContent = fmt(varz.out_msgs);
-    $("connections").textContent = fmt(varz.connections);
-    $("subscriptions").textContent = fmt(varz.subscriptions);
-    $("slow-consumers").textContent = fmt(varz.slow_consumers);
-    sample(varz);
-    const [connz, events] = await Promise.all([getJSON("/connz?limit=50&sort=cid"), getJSON("/eventz")]);
-    fill("conns", connz.connections || [], (row, c) => {
-      cell(row, c.cid); cell(row, c.type); cell(row, c.ip + ":" + c.port); cell(row, c.name);
-      cell(row, [c.lang, c.version].filter((x) => x).join(" ")); cell(row, c.subscriptions, "n");
-      cell(row, fmt(c.in_msgs), "n"); cell(row, fmt(c.out_msgs), "n"); cell(row, fmt(c.pending_bytes), "n"); cell(row, c.uptime);
-    });
-    showEvents(events);
-    await showLinks();
-    $("monitor-state").textContent = "ok";
-    $("monitor-state").className = "state ok";
-  } catch (e) {
-    $("monitor-state").textContent = String(e.message || e);
-    $("monitor-state").className = "state bad";
+    const results = await Promise.allSettled([
+      getJSON("/varz").then(showVarz),
+      loadConns(),
+      getJSON("/eventz").then(showEvents),
+      loadHistory(),
+      showLinks(),
+    ]);
+    const failed = results.find((r) => r.status === "rejected");
+    $("monitor-state").textContent = failed ? String(failed.reason.message || failed.reason) : "ok";
+    $("monitor-state").className = "state " + (failed ? "bad" : "ok");
+  } finally {
+    refreshing = false;
+  }
+}
+
+// -- connections: open or closed, sorted and filtered here ------------------------
+const seconds = (text) => {
+  // nats-server's uptime ("1d2h3m4s") in seconds, to sort by.
+  let total = 0;
+  for (const [, n, unit] of String(text || "").matchAll(/(\d+)([dhms])/g)) total += Number(n) * { d: 86400, h: 3600, m: 60, s: 1 }[unit];
+  return total;
+};
+const CONN_COLUMNS = [
+  { key: "cid", label: "cid", num: true },
+  { key: "type", label: "type" },
+  { key: "from", label: "from", value: (c) => c.ip + ":" + c.port },
+  { key: "name", label: "name" },
+  { key: "user", label: "user", value: (c) => c.authorized_user },
+  { key: "client", label: "client", value: (c) => [c.lang, c.version].filter((x) => x).join(" ") },
+  { key: "subscriptions", label: "subs", num: true },
+  { key: "in_msgs", label: "msgs in", num: true },
+  { key: "out_msgs", label: "msgs out", num: true },
+  { key: "in_bytes", label: "bytes in", num: true },
+  { key: "out_bytes", label: "bytes out", num: true },
+  { key: "pending_bytes", label: "pending", num: true, open: true },
+  { key: "uptime", label: "uptime", sort: (c) => seconds(c.uptime) },
+  { key: "stop", label: "closed at", closed: true, value: (c) => (c.stop ? c.stop.slice(11, 19) : "") },
+  { key: "reason", label: "reason", closed: true },
+];
+const conns = { state: "open", rows: [], total: 0, sort: { key: "cid", up: true } };
+
+// /connz's orders for the columns it can sort by: with more connections than the
+// page asks for, the server picks the top ones by the column the page sorts on.
+const CONNZ_SORT = {
+  cid: "cid", subscriptions: "subs", in_msgs: "msgs_from", out_msgs: "msgs_to", in_bytes: "bytes_from",
+  out_bytes: "bytes_to", pending_bytes: "pending", uptime: "uptime", stop: "stop", reason: "reason",
+};
+const CONNZ_LIMIT = 1000;
+
+function connzPath() {
+  const sort = CONNZ_SORT[conns.sort.key] || (conns.state === "closed" ? "stop" : "cid");
+  return "/connz?state=" + conns.state + "&limit=" + CONNZ_LIMIT + "&sort=" + sort;
+}
+
+function connColumns() {
+  return CONN_COLUMNS.filter((col) => (conns.state === "closed" ? !col.open : !col.closed));
+}
+
+const connValue = (col, c) => (col.value ? col.value(c) : c[col.key]);
+
+function connHeader() {
+  const row = $("conns").tHead.rows[0];
+  row.replaceChildren();
+  for (const col of connColumns()) {
+    const th = document.createElement("th");
+    th.textContent = col.label;
+    th.dataset.key = col.key;
+    th.className = "sortable" + (col.num ? " n" : "");
+    if (conns.sort.key === col.key) {
+      th.className += conns.sort.up ? " up" : " down";
+      th.setAttribute("aria-sort", conns.sort.up ? "ascending" : "descending");
+    }
+    th.onclick = () => sortConns(col.key);
+    row.appendChild(th);
+  }
+}
+
+function sortConns(key) {
+  const col = CONN_COLUMNS.find((c) => c.key === key);
+  // A second click turns the order round; a new column starts with its biggest (numbers) or A first.
+  conns.sort = conns.sort.key === key ? { key, up: !conns.sort.up } : { key, up: !col.num };
+  renderConns();
+  if (conns.total > conns.rows.length) loadConns().catch(() => {});
+}
+
+function loadConns() {
+  const state = conns.state;
+  // (An answer for the other tab, come late, is not drawn.)
+  return getJSON(connzPath()).then((connz) => { if (state === conns.state) showConns(connz); });
+}
+
+function showConns(connz) {
+  conns.rows = connz.connections || [];
+  conns.total = connz.total;
+  renderConns();
+}
+
+function renderConns() {
+  const columns = connColumns();
+  const col = CONN_COLUMNS.find((c) => c.key === conns.sort.key) || columns[0];
+  const key = col.sort || ((c) => connValue(col, c));
+  const words = $("conns-filter").value.trim().toLowerCase().split(/\s+/).filter((w) => w);
+  const text = (c) => columns.map((k) => connValue(k, c)).join(" ").toLowerCase();
+  const shown = conns.rows.filter((c) => words.every((w) => text(c).includes(w)));
+  shown.sort((a, b) => {
+    const x = key(a), y = key(b);
+    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x ?? "").localeCompare(String(y ?? ""), "en", { numeric: true });
+    return (conns.sort.up ? order : -order) || a.cid - b.cid;
+  });
+  connHeader();
+  fill("conns", shown, (row, c) => {
+    for (const k of columns) {
+      const v = connValue(k, c);
+      cell(row, k.num && k.key !== "cid" ? fmt(v) : v, k.num ? "n" : "");
+    }
+  });
+  const what = conns.state === "closed" ? "closed connections kept" : "open connections";
+  $("conns-count").textContent = shown.length === conns.total ? fmt(conns.total) + " " + what
+    : fmt(shown.length) + " of " + fmt(conns.total) + " " + what + " shown";
+}
+
+function connTab(state) {
+  conns.state = state;
+  conns.rows = [];
+  conns.sort = state === "closed" ? { key: "stop", up: false } : { key: "cid", up: true };
+  for (const s of ["open", "closed"]) {
+    $("conns-" + s).classList.toggle("on", s === state);
+    $("conns-" + s).setAttribute("aria-selected", String(s === state));
+  }
+  renderConns();
+  loadConns().catch(() => {});
+}
+
+// -- events ----------------------------------------------------------------------
+function showStore(store) {
+  // (/eventz "store": absent on a server that does not say.)
+  const p = $("store");
+  p.hidden = !store;
+  if (!store) return;
+  let text, level;
+  if (store.kind === "memory") {
+    text = "Events kept in memory only: those not yet delivered are lost if the service stops.";
+    level = "warn";
+  } else {
+    text = "Events kept in " + (store.path || "a file");
+    level = "ok";
+  }
+  if (store.state && store.state !== "ok") {
+    text += " · store " + store.state + (store.error ? ": " + store.error : "");
+    level = store.state === "full" ? "warn" : "bad";
+  } else if (store.error) {
+    text += " · " + store.error;
+  }
+  p.textContent = text;
+  p.className = "store " + level;
+  p.dataset.state = store.state || "";
+}
+
+function handlerState(row, h) {
+  const td = row.insertCell();
+  if (h.down) {
+    row.className = "down";
+    td.className = "down";
+    const since = h.down_since ? " since " + new Date(h.down_since).toISOString().replace("T", " ").slice(0, 19) : "";
+    td.textContent = "down" + since + (h.last_error ? ": " + h.last_error : "");
+    td.title = td.textContent;
+  } else {
+    td.textContent = h.down === false ? "up" : "";
+    if (h.last_error) td.title = "last error: " + h.last_error;
   }
 }
 
@@ -95,9 +295,13 @@ function showEvents(ev) {
     $("events-accepted").textContent = "(the event service is off here)";
     return;
   }
+  showStore(ev.store);
   $("events-accepted").textContent = fmt(ev.accepted);
   $("events-refused").textContent = fmt(ev.refused);
   $("events-queued").textContent = fmt(ev.queued);
+  const reasons = Object.entries(ev.refused_by_reason || {}).sort((a, b) => b[1] - a[1]);
+  $("refusals").hidden = reasons.length === 0;
+  fill("refusals", reasons, (row, [reason, n]) => { cell(row, reason, "reason"); cell(row, fmt(n), "n"); });
   const rows = [];
   for (const [name, h] of Object.entries(ev.handlers)) {
     const types = new Set([...Object.keys(h.delivered), ...Object.keys(h.retried), ...Object.keys(h.dead_lettered)]);
@@ -108,7 +312,9 @@ function showEvents(ev) {
   }
   fill("events-types", rows, (row, r) => r.forEach((v, i) => cell(row, typeof v === "number" ? fmt(v) : v, i > 1 ? "n" : "")));
   fill("events-handlers", Object.entries(ev.handlers), (row, [name, h]) => {
-    cell(row, name); cell(row, fmt(h.backlog) + (h.backlog_growing_seconds ? " (growing " + Math.round(h.backlog_growing_seconds) + "s)" : ""), "n");
+    cell(row, name);
+    handlerState(row, h);
+    cell(row, fmt(h.backlog) + (h.backlog_growing_seconds ? " (growing " + Math.round(h.backlog_growing_seconds) + "s)" : ""), "n");
     cell(row, fmt(h.requests), "n");
     row.insertCell().appendChild(histogram(h.latency));
   });
@@ -202,11 +408,16 @@ function tailMessage(sid, subject, reply, headers, payload) {
   while (body.rows.length > TAIL_ROWS) body.deleteRow(-1);
 }
 
+let tailSubject = null;
+
 function startTail(event) {
   event.preventDefault();
   const subject = $("tail-subject").value.trim();
   if (!subject || /\s/.test(subject)) return;
   stopTail();
+  // Rows of another subject would read as matches of this one.
+  if (subject !== tailSubject) $("tail-rows").replaceChildren();
+  tailSubject = subject;
   tailSid = nats.subscribe(subject);
   $("tail-status").textContent = "Watching " + subject + ".";
   $("tail-stop").disabled = false;
@@ -235,6 +446,14 @@ async function start() {
 }
 
 start().catch((e) => { $("ws-state").textContent = String(e.message || e); $("ws-state").className = "state bad"; });
+$("window").onchange = drawHistory;
+window.addEventListener("resize", () => {
+  if (charts) for (const chart of Object.values(charts)) chart.setSize({ width: chartWidth(), height: 190 });
+});
+$("conns-open").onclick = () => connTab("open");
+$("conns-closed").onclick = () => connTab("closed");
+$("conns-filter").oninput = renderConns;
+connHeader();
 refresh();
 showDeadLetters();
 setInterval(refresh, 1000);
