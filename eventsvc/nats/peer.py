@@ -15,10 +15,21 @@ L{PeerConnection.keeps_interest}), and a closed link's interest is let go
 of in slices across turns (L{PeerConnection.let_go}): neither a flood of
 C{RS+} nor the end of a link that held a million entries holds the reactor
 for longer than a turn's budget.
+
+On CPython one more thing would: the cyclic garbage collector.  Every
+time the objects that survive grow by a quarter, it walks all of them at
+once, and a link's interest is some seven of them an entry: with 200,000
+entries one walk took 370 ms, several times over during a flood.  So a
+link whose interest grows by L{FREEZE_STEP} entries moves what the process
+holds into the collector's permanent generation (C{gc.freeze}), where it is
+still freed by reference counting (entries let go of are) but not walked;
+when such a link's interest has all gone, it is handed back
+(C{gc.unfreeze}).  PyPy's collector is incremental and has neither.
 """
 
 from __future__ import annotations
 
+import gc
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional
 
@@ -43,6 +54,12 @@ from eventsvc.nats.tcp import no_delay
 MAX_SUBSCRIPTIONS = "maximum subscriptions exceeded"
 #: Subscriptions of a closed link let go of between two looks at the clock.
 LET_GO_SLICE = 256
+#: Entries a link's interest grows by before what the process holds is moved
+#: out of the cyclic collector's way (CPython: some 140,000 objects, a walk
+#: of a few tens of milliseconds).
+FREEZE_STEP = 20000
+_freeze: Optional[Callable[[], None]] = getattr(gc, "freeze", None)
+_unfreeze: Optional[Callable[[], None]] = getattr(gc, "unfreeze", None)
 
 
 @implementer(IHandshakeListener)
@@ -102,6 +119,8 @@ class PeerConnection(Protocol):
         self.start = self.last_activity = 0.0
         self._first_ping: Any = None
         self._handshake_clock: Any = None
+        #: The size of the peer's interest when it last froze the heap (0: never).
+        self._frozen_at = 0
 
     @property
     def dialled(self) -> bool:
@@ -235,6 +254,9 @@ class PeerConnection(Protocol):
                 kind=self.kind, peer=self.describe(), cap=cap,
             )
             raise ProtocolViolation(MAX_SUBSCRIPTIONS, "over max_link_subscriptions ({})".format(cap))
+        if held >= self._frozen_at + FREEZE_STEP and _freeze is not None:
+            self._frozen_at = held
+            _freeze()
         return True
 
     def let_go(self, subs: List[Subscription], remove: Callable[[List[Subscription]], None]) -> None:
@@ -253,6 +275,11 @@ class PeerConnection(Protocol):
             if subs and budget is not None and perf_counter() - started > budget:
                 self.manager.clock.callLater(0, self.let_go, subs, remove)
                 break
+        else:
+            if self._frozen_at and _unfreeze is not None:
+                # (What was frozen while it grew is the collector's again.)
+                self._frozen_at = 0
+                _unfreeze()
         # (Other links hear of what went: RS-, LS-.)
         self.broker.flush()
 

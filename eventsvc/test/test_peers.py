@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats import gateway, leaf, limits, route
+from eventsvc.nats import gateway, leaf, limits, peer, route
 from eventsvc.nats.peer import LET_GO_SLICE
 from eventsvc.test import test_leaf, test_route, test_supercluster
 
@@ -228,3 +228,46 @@ class LetGoTests(SynchronousTestCase):
         self.assertEqual(spoke_transport.value().count(b"LS- flood."), LET_GO_SLICE)
         node.clock.advance(0)
         self.assertEqual(spoke_transport.value().count(b"LS- flood."), 600)
+
+
+class CollectorTests(SynchronousTestCase):
+    """
+    On CPython a link's growing interest is moved out of the cyclic
+    collector's way (gc.freeze) every FREEZE_STEP entries, and handed back
+    (gc.unfreeze) once a closed link's interest has all gone.
+    """
+
+    def setUp(self) -> None:
+        self.calls: List[str] = []
+        self.patch(peer, "FREEZE_STEP", 100)
+        self.patch(peer, "_freeze", lambda: self.calls.append("freeze"))
+        self.patch(peer, "_unfreeze", lambda: self.calls.append("unfreeze"))
+
+    def test_frozen_as_it_grows_and_handed_back_when_gone(self) -> None:
+        for kind, make in KINDS:
+            del self.calls[:]
+            link = make()
+            link.send(250)
+            link.clock.advance(0)
+            self.assertEqual(self.calls, ["freeze", "freeze"], kind)
+            # Entries that go and come again below the high mark: nothing more.
+            link.proto.dataReceived(b"".join(b"RS- $G flood.%d.x\r\nRS+ $G flood.%d.x\r\n" % (i, i) for i in range(200, 250))
+                                    if kind == "route" else b"")
+            self.assertEqual(self.calls, ["freeze", "freeze"], kind)
+
+    def test_handed_back_once_a_closed_links_interest_has_gone(self) -> None:
+        for kind, make in KINDS[:2]:
+            del self.calls[:]
+            link = make(parse_budget=0.0)
+            link.send(600)
+            link.clock.advance(0)
+            link.proto.connectionLost(None)
+            self.assertEqual(self.calls, ["freeze"] * 6, kind)  # (some of it is still there)
+            link.clock.advance(0)
+            self.assertEqual(self.calls, ["freeze"] * 6 + ["unfreeze"], kind)
+
+    def test_a_small_link_never_freezes(self) -> None:
+        link = a_route()
+        link.send(99)
+        link.proto.connectionLost(None)
+        self.assertEqual(self.calls, [])
