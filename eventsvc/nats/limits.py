@@ -29,5 +29,5 @@ PARSE_BUDGET = 0.01
 #: or leaf link may hold; past it the link closes.  nats-server has no cap: this
 #: one is far above what a real peer sends (a route carries one entry per
 #: distinct subject and queue of the whole other server, a leaf link those of
-#: one spoke) and stops a flood before it has taken a few gigabytes.
+#: one spoke) and stops a flood at about 1.3 GB (docs/configuration.md).
 MAX_LINK_SUBSCRIPTIONS = 1000000
