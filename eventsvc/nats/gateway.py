@@ -272,6 +272,8 @@ class GatewayConnection(PeerConnection):
 
     def lost(self, why: str) -> None:
         self.manager.lost(self, why)
+        # (Its RemoteInterest goes with it, by the cyclic collector.)
+        self.interest_gone()
 
     # -- output ------------------------------------------------------------------
 

@@ -276,12 +276,15 @@ class PeerConnection(Protocol):
                 self.manager.clock.callLater(0, self.let_go, subs, remove)
                 break
         else:
-            if self._frozen_at and _unfreeze is not None:
-                # (What was frozen while it grew is the collector's again.)
-                self._frozen_at = 0
-                _unfreeze()
+            self.interest_gone()
         # (Other links hear of what went: RS-, LS-.)
         self.broker.flush()
+
+    def interest_gone(self) -> None:
+        """All of a closed link's interest has gone: what was frozen while it grew is the collector's again."""
+        if self._frozen_at and _unfreeze is not None:
+            self._frozen_at = 0
+            _unfreeze()
 
     # -- output and liveness: the outbound part and the pinger ------------------
 

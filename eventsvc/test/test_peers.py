@@ -266,6 +266,13 @@ class CollectorTests(SynchronousTestCase):
             link.clock.advance(0)
             self.assertEqual(self.calls, ["freeze"] * 6 + ["unfreeze"], kind)
 
+    def test_a_gateway_hands_back_when_it_closes(self) -> None:
+        """(A gateway's interest is its own index, which goes with the connection.)"""
+        link = a_gateway()
+        link.send(250)
+        link.proto.connectionLost(None)
+        self.assertEqual(self.calls, ["freeze", "freeze", "unfreeze"])
+
     def test_a_small_link_never_freezes(self) -> None:
         link = a_route()
         link.send(99)
