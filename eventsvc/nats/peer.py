@@ -1,7 +1,8 @@
 """
-A link to another server: what a route and a gateway connection share.
+A link to another server: what a route, a gateway and a leaf connection
+share.
 
-Both are put together from the client connection's parts: a framing loop
+All are put together from the client connection's parts: a framing loop
 (a verb table's parser) read within the same per-turn budget as a client's
 (L{eventsvc.nats.framing.ReadTurns}: a trusted peer can send a million
 lines too), the outbound part (cut off at C{max_pending}, never stalling
