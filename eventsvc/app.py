@@ -575,6 +575,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name, listen_backlog=limits.listen_backlog,
+        max_link_subscriptions=limits.max_link_subscriptions,
     ))
 
 
@@ -592,6 +593,7 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
         max_control_line=limits.max_control_line, max_pending=limits.max_pending,
         ping_interval=limits.ping_interval, ping_max=limits.ping_max,
         tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name, listen_backlog=limits.listen_backlog,
+        max_link_subscriptions=limits.max_link_subscriptions,
     ))
 
 
@@ -619,7 +621,7 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
         denied=lambda subjects: _route_permissions((), subjects),
         remotes=remotes, max_payload=limits.max_payload, max_control_line=limits.max_control_line,
         max_pending=limits.max_pending, ping_interval=limits.ping_interval, ping_max=limits.ping_max,
-        listen_backlog=limits.listen_backlog,
+        listen_backlog=limits.listen_backlog, max_link_subscriptions=limits.max_link_subscriptions,
     ))
 
 

@@ -301,6 +301,9 @@ class LimitsConfig:
     max_pending: int = limits.MAX_PENDING
     #: Subscriptions per connection; 0 for no limit.
     max_subscriptions: int = 0
+    #: Entries of a peer's interest per route, gateway or leaf link; 0 for
+    #: no cap (docs/configuration.md says why this default).
+    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
     ping_interval: float = limits.PING_INTERVAL
     ping_max: int = limits.PING_MAX
     write_deadline: float = limits.WRITE_DEADLINE
@@ -1099,6 +1102,8 @@ def _check(config: Config, path: str) -> None:
         fail("limits", "max_control_line", "must be at least 256, got {}".format(lim.max_control_line))
     if lim.max_subscriptions < 0:
         fail("limits", "max_subscriptions", "must be 0 (no limit) or more, got {}".format(lim.max_subscriptions))
+    if lim.max_link_subscriptions < 0:
+        fail("limits", "max_link_subscriptions", "must be 0 (no cap) or more, got {}".format(lim.max_link_subscriptions))
     if not 1 <= lim.listen_backlog <= 65535:
         fail("limits", "listen_backlog", "must be between 1 and 65535, got {}".format(lim.listen_backlog))
     if lim.ping_max < 1:

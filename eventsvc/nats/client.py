@@ -20,7 +20,6 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -32,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from eventsvc import wirejson
+from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.liveness import PONG, Pinger
@@ -43,13 +43,11 @@ from eventsvc.nats.session import HANDSHAKE, Session
 from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
 from eventsvc.nats.tcp import no_delay
-from eventsvc.nats.timers import cancel
 
 OK = b"+OK\r\n"
 
 #: Why a connection's reads are held (ReadGate reasons besides a stall).
 AUTHENTICATING = "authenticating"
-PARSING_LATER = "parsing later"
 
 STALE_CONNECTION = "Stale Connection"
 AUTHENTICATION_TIMEOUT = "Authentication Timeout"
@@ -97,6 +95,8 @@ class ClientConnection(Protocol):
             clock, self.state.authenticator is not None, settings.auth_timeout, settings.tls_timeout, self._timed_out
         )
         self.gate = ReadGate()
+        #: Reads parsed within the budget, the rest on later turns.
+        self.turns = ReadTurns(self.parser, clock, self.gate, self._violated, lambda: self.broker.flush(self))
         self.outbound = Outbound(clock, settings.max_pending, self._slow_consumer, settings.write_deadline, gate=self.gate)
         #: The broker appends frames here, and flushes through the outbound part.
         self.out = self.outbound.out
@@ -138,7 +138,6 @@ class ClientConnection(Protocol):
         self.out_bytes = 0
         self.start = 0.0
         self.last_activity = 0.0
-        self._parse_call: Any = None
         self.peer = PeerInfo("", 0)
 
     @property
@@ -270,7 +269,7 @@ class ClientConnection(Protocol):
         self.pinger.stop()
         self.outbound.close()
         self.login.cancel()
-        self._parse_call = cancel(self._parse_call)
+        self.turns.stop()
         if self.subs:
             self.broker.remove_subscriptions(list(self.subs.values()))
             self.subs.clear()
@@ -302,43 +301,15 @@ class ClientConnection(Protocol):
         if self.closed:
             return
         self.last_activity = self.clock.seconds()
-        try:
-            self.parser.feed(data)
-        except ProtocolViolation as violation:
-            self.close(violation.error, _violation_reason(violation.error), violation.detail)
-        self._flush()
+        self.turns.feed(data)
 
     def parse_later(self) -> None:
         """The parser used its budget for this read: read nothing more until it has gone on."""
-        if self._parse_call is None and not self.closed:
-            self.gate.hold(PARSING_LATER)
-            self._parse_call = self.clock.callLater(0, self._parse_more)
+        if not self.closed:
+            self.turns.later()
 
-    def _parse_more(self) -> None:
-        self._parse_call = None
-        if self.closed:
-            return
-        self.gate.release(PARSING_LATER)
-        try:
-            self.parser.resume()
-        except ProtocolViolation as violation:
-            self.close(violation.error, _violation_reason(violation.error), violation.detail)
-        self._flush()
-
-    def _flush(self) -> None:
-        """
-        Write out what this read delivered.  When the parser stopped at its
-        budget (the rest waits a turn), the writing is counted against the
-        next turn's budget: one burst's turns stay within the budget, the
-        writing to its consumers included.
-        """
-        parser = self.parser
-        if parser.suspended:
-            started = perf_counter()
-            self.broker.flush(self)
-            parser.debt = perf_counter() - started
-        else:
-            self.broker.flush(self)
+    def _violated(self, violation: ProtocolViolation) -> None:
+        self.close(violation.error, _violation_reason(violation.error), violation.detail)
 
     def send(self, data: bytes) -> None:
         """Queue C{data} for this client; written at the next flush."""

@@ -23,6 +23,10 @@ share:
     without a reply are handed over as one batch;
   - a budget of seconds per feed, after which the rest waits a reactor turn.
 
+How the rest waits is L{ReadTurns}: one copy for every connection kind,
+clients and server links (routes, gateways, leaf nodes) alike, since a
+trusted peer can send a million lines as well as a client can.
+
 The protocols differ only in their verb tables and in how the arguments of
 each verb are read: L{eventsvc.nats.parser} holds both.
 
@@ -34,7 +38,9 @@ handler decides everything else.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from eventsvc.nats.timers import cancel
 
 UNKNOWN_OPERATION = "Unknown Protocol Operation"
 MAX_CONTROL_LINE = "maximum control line exceeded"
@@ -45,6 +51,9 @@ _SPACE = (32, 9)
 
 #: Payloads up to this size are parsed in runs (Framer._runs).
 RUN_PAYLOAD = 256
+#: Why a connection's reads are held while the rest of a read waits for a
+#: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
+PARSING_LATER = "parsing later"
 
 
 class ProtocolViolation(Exception):
@@ -599,3 +608,75 @@ class Framer:
             if msgs:
                 handler.in_msgs += msgs
                 handler.in_bytes += nbytes
+
+
+class ReadTurns:
+    """
+    A connection's reads, parsed within the framing loop's budget: the one
+    copy of how a burst is spread over reactor turns, for clients and
+    server links alike.
+
+    The connection hands every read to L{feed}, and its C{parse_later}
+    (what the framer calls once it has used its budget) to L{later}.  Then
+    its transport is not read (its read gate holds L{PARSING_LATER}) until
+    the rest has been parsed on the next turn, within the budget again, and
+    so on; everyone else is served in between.  After each turn what it
+    delivered is written out (C{write_out}), and while the rest waits that
+    writing counts against the next turn's budget (L{Framer.debt}): a
+    burst fanned out to consumers costs as much to write as to parse.
+
+    @ivar violated: called with the L{ProtocolViolation} that ends the
+        connection (it closes it, saying why as its kind says it).
+    """
+
+    __slots__ = ("framer", "clock", "gate", "violated", "write_out", "_call")
+
+    def __init__(
+        self, framer: Framer, clock: Any, gate: Any,
+        violated: Callable[[ProtocolViolation], None], write_out: Callable[[], Any],
+    ) -> None:
+        self.framer = framer
+        self.clock = clock
+        self.gate = gate
+        self.violated = violated
+        self.write_out = write_out
+        self._call: Any = None
+
+    def feed(self, data: bytes) -> None:
+        """A read: parsed within this turn's budget, and what it delivered written out."""
+        self._turn(self.framer.feed, data)
+
+    def later(self) -> None:
+        """The framer used its budget: read nothing more until the rest has been parsed, from the next turn on."""
+        if self._call is None:
+            self.gate.hold(PARSING_LATER)
+            self._call = self.clock.callLater(0, self._go_on)
+
+    def stop(self) -> None:
+        """The connection has closed: nothing more is parsed."""
+        self._call = cancel(self._call)
+
+    def _go_on(self) -> None:
+        self._call = None
+        self.gate.release(PARSING_LATER)
+        self._turn(self.framer.resume)
+
+    def _turn(self, parse: Callable[..., None], *data: bytes) -> None:
+        try:
+            parse(*data)
+        except ProtocolViolation as violation:
+            self.violated(violation)
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Write out what the turn delivered; while the rest of a read waits,
+        the writing is taken from the next turn's budget.
+        """
+        framer = self.framer
+        if framer.suspended:
+            started = perf_counter()
+            self.write_out()
+            framer.debt = perf_counter() - started
+        else:
+            self.write_out()

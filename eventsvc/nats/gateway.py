@@ -200,12 +200,17 @@ class RemoteInterest:
             self.state = "none"
         self.changed(None)
 
+    @property
+    def held(self) -> int:
+        """How many entries it keeps: subscriptions, and subjects of no interest (what the cap per link counts)."""
+        return len(self.subs) + len(self.ni)
+
     def _forget(self) -> None:
         self.changed(None)
         self.state, self.mode, self.ni = "unknown", OPTIMISTIC, set()
-        for sub in self.subs.values():
-            self.sublist.remove(sub)
-        self.subs.clear()
+        # (A new index, not a million removals in one turn.)
+        self.sublist = Sublist()
+        self.subs = {}
         self.queue_subs = 0
 
     def start(self) -> None:
@@ -235,8 +240,7 @@ class GatewayConnection(PeerConnection):
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, min(settings.ping_interval, MAX_PING_INTERVAL))
-        self.parser = GatewayParser(self, settings.max_control_line, settings.max_payload)
+        super().__init__(manager, min(settings.ping_interval, MAX_PING_INTERVAL), GatewayParser)
         self.remote = remote
         #: The remote gateway's (cluster's) name, and its hash in routed replies.
         self.name = remote.name if remote is not None else ""
@@ -268,6 +272,8 @@ class GatewayConnection(PeerConnection):
 
     def lost(self, why: str) -> None:
         self.manager.lost(self, why)
+        # (Its RemoteInterest goes with it, by the cyclic collector.)
+        self.interest_gone()
 
     # -- output ------------------------------------------------------------------
 
@@ -398,11 +404,14 @@ class GatewayConnection(PeerConnection):
                 self.log.debug("gateway {name}: not exporting {subject}", name=self.name, subject=subject)
                 return
             self.interest.rs_plus(subject, queue)
+            self.keeps_interest(self.interest.held)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
         self._outbound_only("RS-")
         if account == GLOBAL:
+            # (In optimistic mode an RS- is kept: the subjects of no interest count too.)
             self.interest.rs_minus(subject, queue)
+            self.keeps_interest(self.interest.held)
 
     def op_account(self, account: bytes, interested: bool) -> None:
         self._outbound_only("A+" if interested else "A-")
@@ -527,6 +536,12 @@ class GatewaySettings:
     #: messages may go (a routed reply is judged by the reply it carries).
     imports: Any = None
     exports: Any = None
+    #: Seconds of parsing one read may take before the rest waits a
+    #: reactor turn (None: no bound; see Framer.budget), as for clients.
+    parse_budget: Optional[float] = limits.PARSE_BUDGET
+    #: Entries of the peer's interest one link may hold (0: no cap): its
+    #: subscriptions, and the subjects it said it has no interest in.
+    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
 
 
 def _unwrapped(subject: bytes) -> bytes:

@@ -86,8 +86,7 @@ class LeafConnection(PeerConnection):
 
     def __init__(self, manager: "LeafManager", remote: Optional["RemoteLeaf"] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, settings.ping_interval)
-        self.parser = LeafParser(self, settings.max_control_line, settings.max_payload)
+        super().__init__(manager, settings.ping_interval, LeafParser)
         self.remote = remote
         self.route = remote is not None
         #: What we take from the hub (IPermissions over our deny_imports;
@@ -139,12 +138,12 @@ class LeafConnection(PeerConnection):
     def lost(self, why: str) -> None:
         subs = list(self.subs.values())
         self.subs.clear()
-        if self.route:
-            for sub in subs:
-                self.broker.remove_remote_subscription(sub, gateways=False)
-        elif subs:
-            self.broker.remove_subscriptions(subs)
+        self.let_go(subs, self._remove_remote if self.route else self.broker.remove_subscriptions)
         self.manager.leaf_lost(self, why)
+
+    def _remove_remote(self, subs: List[Subscription]) -> None:
+        for sub in subs:
+            self.broker.remove_remote_subscription(sub, gateways=False)
 
     # -- the handshake ---------------------------------------------------------------
 
@@ -271,6 +270,8 @@ class LeafConnection(PeerConnection):
         key = (subject, queue)
         if key in self.subs:
             return  # a queue weight update: one entry per link is enough
+        if not self.keeps_interest(len(self.subs) + 1):
+            return
         sub = Subscription(self, subject, queue, b"")
         sub.origin = self.cluster_origin or None
         self.subs[key] = sub
@@ -438,6 +439,11 @@ class LeafSettings:
     #: (Always None: peer.listen and peer.dial would make them TLS first.)
     tls_server: Any = None
     tls_client: Any = None
+    #: Seconds of parsing one read may take before the rest waits a
+    #: reactor turn (None: no bound; see Framer.budget), as for clients.
+    parse_budget: Optional[float] = limits.PARSE_BUDGET
+    #: Entries of the peer's interest one link may hold (0: no cap).
+    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
 
 
 class LeafManager(Service):

@@ -25,3 +25,9 @@ AUTH_TIMEOUT = 2.0
 TLS_TIMEOUT = 2.0
 #: Seconds of parsing one read may take before the rest waits a reactor turn.
 PARSE_BUDGET = 0.01
+#: Entries of a peer's interest (subject and queue pairs) one route, gateway
+#: or leaf link may hold; past it the link closes.  nats-server has no cap: this
+#: one is far above what a real peer sends (a route carries one entry per
+#: distinct subject and queue of the whole other server, a leaf link those of
+#: one spoke) and stops a flood at about 1.3 GB (docs/configuration.md).
+MAX_LINK_SUBSCRIPTIONS = 1000000

@@ -269,11 +269,15 @@ PEER_CONTROL_VERBS = [
 class _PeerControl(_Liveness):
     """
     What every server-to-server protocol (routes, gateways, leaf links)
-    reads the same way: its control verbs, and the limits' defaults.
+    reads the same way: its control verbs, and the limits' defaults (and
+    no budget unless given: its connection gives the settings').
     """
 
-    def __init__(self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD) -> None:
-        super().__init__(handler, max_control_line, max_payload)  # type: ignore[call-arg]
+    def __init__(
+        self, handler: Any, max_control_line: int = limits.MAX_CONTROL_LINE, max_payload: int = limits.MAX_PAYLOAD,
+        budget: Optional[float] = None,
+    ) -> None:
+        super().__init__(handler, max_control_line, max_payload, budget)  # type: ignore[call-arg]
 
     def _info(self, buf: bytes, pos: int, start: int, eol: int, nl: int) -> int:
         self._handler.op_info(buf[start:eol].strip())

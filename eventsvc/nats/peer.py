@@ -1,17 +1,38 @@
 """
-A link to another server: what a route and a gateway connection share.
+A link to another server: what a route, a gateway and a leaf connection
+share.
 
-Both are put together from the client connection's parts: a framing loop
-(a verb table's parser), the outbound part (cut off at C{max_pending},
-never stalling anyone: a peer is not a consumer to wait for) and the pinger
-(every interval, busy or not).  This module holds that plumbing once; the
-protocols (L{eventsvc.nats.route}, L{eventsvc.nats.gateway}) hold only
-their handshakes, interest and messages.
+All are put together from the client connection's parts: a framing loop
+(a verb table's parser) read within the same per-turn budget as a client's
+(L{eventsvc.nats.framing.ReadTurns}: a trusted peer can send a million
+lines too), the outbound part (cut off at C{max_pending}, never stalling
+anyone: a peer is not a consumer to wait for) and the pinger (every
+interval, busy or not).  This module holds that plumbing once; the
+protocols (L{eventsvc.nats.route}, L{eventsvc.nats.gateway},
+L{eventsvc.nats.leaf}) hold only their handshakes, interest and messages.
+
+A peer's interest is held to a cap per link (C{max_link_subscriptions},
+L{PeerConnection.keeps_interest}), and a closed link's interest is let go
+of in slices across turns (L{PeerConnection.let_go}): neither a flood of
+C{RS+} nor the end of a link that held a million entries holds the reactor
+for longer than a turn's budget.
+
+On CPython one more thing would: the cyclic garbage collector.  Every
+time the objects that survive grow by a quarter, it walks all of them at
+once, and a link's interest is some seven of them an entry: with 200,000
+entries one walk took 370 ms, several times over during a flood.  So a
+link whose interest grows by L{FREEZE_STEP} entries moves what the process
+holds into the collector's permanent generation (C{gc.freeze}), where it is
+still freed by reference counting (entries let go of are) but not walked;
+when such a link's interest has all gone, it is handed back
+(C{gc.unfreeze}).  PyPy's collector is incremental and has neither.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import gc
+from time import perf_counter
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
@@ -20,6 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc.nats.client import failure_reason
+from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.outbound import Outbound
@@ -27,6 +49,18 @@ from eventsvc.nats.parser import ProtocolViolation
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription
 from eventsvc.nats.tcp import no_delay
+
+#: What a peer past its link's cap is told before the close (nats-server's
+#: words for a client past max_subscriptions).
+MAX_SUBSCRIPTIONS = "maximum subscriptions exceeded"
+#: Subscriptions of a closed link let go of between two looks at the clock.
+LET_GO_SLICE = 256
+#: Entries a link's interest grows by before what the process holds is moved
+#: out of the cyclic collector's way (CPython: some 140,000 objects, a walk
+#: of a few tens of milliseconds).
+FREEZE_STEP = 20000
+_freeze: Optional[Callable[[], None]] = getattr(gc, "freeze", None)
+_unfreeze: Optional[Callable[[], None]] = getattr(gc, "unfreeze", None)
 
 
 @implementer(IHandshakeListener)
@@ -38,7 +72,9 @@ class PeerConnection(Protocol):
     L{lost} (what its manager must hear when it ends).
 
     @ivar manager: the subclass's manager: C{broker}, C{clock} and
-        C{settings} (C{max_pending}, C{ping_max}, C{tls_name}).
+        C{settings} (C{max_pending}, C{ping_max}, C{tls_name},
+        C{max_control_line}, C{max_payload}, C{parse_budget},
+        C{max_link_subscriptions}).
     """
 
     log = Logger()
@@ -55,10 +91,14 @@ class PeerConnection(Protocol):
     plain = True
     may_publish = None
 
-    #: The framing loop with the protocol's verb table (set by the subclass).
+    #: The framing loop with the protocol's verb table.
     parser: Any
 
-    def __init__(self, manager: Any, ping_interval: float) -> None:
+    def __init__(self, manager: Any, ping_interval: float, parser: Callable[..., Any]) -> None:
+        """
+        @param parser: the protocol's framer class, made with the settings'
+            limits and budget.
+        """
         self.manager = manager
         self.broker: Broker = manager.broker
         settings = manager.settings
@@ -68,8 +108,11 @@ class PeerConnection(Protocol):
         self.closed = False
         self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
         self.out = self.outbound.out
-        self.flush = self.outbound.flush
+        self.flush: Callable[[], bool] = self.outbound.flush
         self.dirty = False
+        self.parser = parser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
+        #: Reads parsed within the budget, the rest on later turns (as a client's).
+        self.turns = ReadTurns(self.parser, manager.clock, self.outbound.gate, self._violated, self.broker.flush)
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
         self.pinger = Pinger(manager.clock, ping_interval, settings.ping_max, self._send_now, self._stale)
         self.host, self.port = "", 0
@@ -77,6 +120,8 @@ class PeerConnection(Protocol):
         self.start = self.last_activity = 0.0
         self._first_ping: Any = None
         self._handshake_clock: Any = None
+        #: The size of the peer's interest when it last froze the heap (0: never).
+        self._frozen_at = 0
 
     @property
     def dialled(self) -> bool:
@@ -115,11 +160,15 @@ class PeerConnection(Protocol):
         if self.closed:
             return
         self.last_activity = self.manager.clock.seconds()
-        try:
-            self.parser.feed(data)
-        except ProtocolViolation as v:
-            self.close(v.error, v.detail or v.error or "protocol violation")
-        self.broker.flush()
+        self.turns.feed(data)
+
+    def parse_later(self) -> None:
+        """The parser used its budget for this read: the rest waits for the next turns (L{ReadTurns})."""
+        if not self.closed:
+            self.turns.later()
+
+    def _violated(self, v: ProtocolViolation) -> None:
+        self.close(v.error, v.detail or v.error or "protocol violation")
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.closed:
@@ -165,6 +214,9 @@ class PeerConnection(Protocol):
 
     def _teardown(self, why: str) -> None:
         self.closed = True
+        self.turns.stop()
+        # Interest being let go of (let_go) may still be delivered to: dropped.
+        self.flush = self._dropped
         self.handshake_done()
         if self._first_ping is not None and self._first_ping.active():
             self._first_ping.cancel()
@@ -175,6 +227,65 @@ class PeerConnection(Protocol):
     def lost(self, why: str) -> None:
         """It has ended: tell the manager (and let go of its interest)."""
         raise NotImplementedError
+
+    def _dropped(self) -> bool:
+        del self.out[:]
+        return False
+
+    # -- the peer's interest: capped, and let go of in slices ----------------------
+
+    def keeps_interest(self, held: int) -> bool:
+        """
+        Whether the link may keep the peer's interest at C{held} entries
+        (subject and queue pairs, or what the protocol keeps instead): not
+        once it has closed (the rest of a read is still parsed, and its
+        interest was let go of), nor past the settings'
+        C{max_link_subscriptions} (0: no cap).
+
+        @raise ProtocolViolation: past the cap: the link closes, with
+            L{MAX_SUBSCRIPTIONS}, and says why in the log.
+        """
+        if self.closed:
+            return False
+        cap = self.manager.settings.max_link_subscriptions
+        if cap and held > cap:
+            self.log.warn(
+                "{kind} {peer}: its interest passed {cap} subscriptions (the cap per link, [limits] "
+                "max_link_subscriptions): closing it",
+                kind=self.kind, peer=self.describe(), cap=cap,
+            )
+            raise ProtocolViolation(MAX_SUBSCRIPTIONS, "over max_link_subscriptions ({})".format(cap))
+        if held >= self._frozen_at + FREEZE_STEP and _freeze is not None:
+            self._frozen_at = held
+            _freeze()
+        return True
+
+    def let_go(self, subs: List[Subscription], remove: Callable[[List[Subscription]], None]) -> None:
+        """
+        Remove a closed link's interest, C{subs}, with C{remove} (a few at
+        a time): as much as one turn's budget (the settings'
+        C{parse_budget}) allows now, the rest on later reactor turns, so
+        that letting go of a million entries never holds the reactor.  What
+        is delivered to them meanwhile is dropped (the link is closed).
+        """
+        budget = self.manager.settings.parse_budget
+        started = perf_counter()
+        while subs:
+            remove(subs[-LET_GO_SLICE:])
+            del subs[-LET_GO_SLICE:]
+            if subs and budget is not None and perf_counter() - started > budget:
+                self.manager.clock.callLater(0, self.let_go, subs, remove)
+                break
+        else:
+            self.interest_gone()
+        # (Other links hear of what went: RS-, LS-.)
+        self.broker.flush()
+
+    def interest_gone(self) -> None:
+        """All of a closed link's interest has gone: what was frozen while it grew is the collector's again."""
+        if self._frozen_at and _unfreeze is not None:
+            self._frozen_at = 0
+            _unfreeze()
 
     # -- output and liveness: the outbound part and the pinger ------------------
 
@@ -240,9 +351,6 @@ class PeerConnection(Protocol):
 
     def op_no_responders(self, reply: bytes) -> None:
         pass  # the requester's server answers for its own clients
-
-    def parse_later(self) -> None:
-        pass  # peers are parsed without a budget
 
     def remove_subscription(self, sub: Subscription) -> None:
         pass  # remote interest has no auto-unsubscribe

@@ -53,8 +53,7 @@ class RouteConnection(PeerConnection):
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, settings.ping_interval)
-        self.parser = RouteParser(self, settings.max_control_line, settings.max_payload)
+        super().__init__(manager, settings.ping_interval, RouteParser)
         self.solicited = solicited
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
@@ -77,10 +76,14 @@ class RouteConnection(PeerConnection):
         return not (self.solicited and self.solicited in self.manager.configured)
 
     def lost(self, why: str) -> None:
-        for sub in self.subs.values():
-            self.broker.remove_remote_subscription(sub)
+        subs = list(self.subs.values())
         self.subs.clear()
+        self.let_go(subs, self._remove)
         self.manager.route_lost(self, why)
+
+    def _remove(self, subs: List[Subscription]) -> None:
+        for sub in subs:
+            self.broker.remove_remote_subscription(sub)
 
     # -- operations ------------------------------------------------------------
 
@@ -155,6 +158,8 @@ class RouteConnection(PeerConnection):
         key = (subject, queue)
         if key in self.subs:
             return  # a queue weight update: one entry per route is enough
+        if not self.keeps_interest(len(self.subs) + 1):
+            return
         sub = Subscription(self, subject, queue, b"")
         sub.origin = origin
         self.subs[key] = sub
@@ -283,6 +288,11 @@ class RouteSettings:
     #: accept, and so what we send them (may_subscribe).
     imports: Any = None
     exports: Any = None
+    #: Seconds of parsing one read may take before the rest waits a
+    #: reactor turn (None: no bound; see Framer.budget), as for clients.
+    parse_budget: Optional[float] = limits.PARSE_BUDGET
+    #: Entries of the peer's interest one link may hold (0: no cap).
+    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
 
 
 class RouteManager(Service):

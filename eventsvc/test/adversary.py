@@ -7,6 +7,7 @@ by test_adversarial (eventsvc against its own bounds) and usable by hand
 against nats-server for comparison:
 
     python -m eventsvc.test.adversary 4222 deep_wildcards
+    python -m eventsvc.test.adversary 4222 route_flood 6222 8222
 """
 
 from __future__ import annotations
@@ -412,8 +413,76 @@ def ws_deflate_bomb(port: int, size: int = 1 << 30) -> "tuple[int, float]":
     return code, took
 
 
-ATTACKS: Dict[str, Callable[[int], object]] = {
-    f.__name__: f for f in (deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb, fan_out_burst)
+def subscriptions(monitor: int) -> int:
+    """The server's subscription count, from its /subsz (nats-server's too)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", monitor, timeout=30)
+    conn.request("GET", "/subsz")
+    count = json.loads(conn.getresponse().read())["num_subscriptions"]
+    conn.close()
+    return int(count)
+
+
+def settle(monitor: int, at_most: int, seconds: float = 30.0) -> None:
+    """Wait until the server holds at most C{at_most} subscriptions (a closed link's interest is gone)."""
+    deadline = time.monotonic() + seconds
+    while subscriptions(monitor) > at_most:
+        if time.monotonic() > deadline:
+            raise AssertionError("still {} subscriptions after {}s".format(subscriptions(monitor), seconds))
+        time.sleep(0.05)
+
+
+def _flood(s: socket.socket, lines: Callable[[int], bytes], count: int, chunk: int = 2000) -> None:
+    """C{count} interest lines as fast as the socket takes them, then a PING answered once all are read."""
+    for first in range(0, count, chunk):
+        s.sendall(b"".join(lines(i) for i in range(first, min(first + chunk, count))))
+    ping(s)
+
+
+def route_flood(port: int, cluster_port: int, monitor: int = 0, count: int = 200000, cluster: str = "eventsvc") -> None:
+    """
+    A route peer that passed the handshake (no credentials configured)
+    sends C{count} distinct C{RS+ $G flood.N.x}, then goes; with a monitor
+    port, until its interest is gone from the server.
+    """
+    before = subscriptions(monitor) if monitor else 0
+    s = socket.create_connection(("127.0.0.1", cluster_port), timeout=60)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    read_line(s)  # the server's INFO
+    s.sendall(
+        b'CONNECT {"echo":false,"verbose":false,"pedantic":false,"headers":true,"name":"FLOODER","cluster":"%s"}\r\n'
+        b'INFO {"server_id":"FLOODER","server_name":"flooder","cluster":"%s","proto":2,"headers":true}\r\n'
+        % (cluster.encode(), cluster.encode()))
+    _flood(s, lambda i: b"RS+ $G flood.%d.x\r\n" % i, count)
+    s.close()
+    if monitor:
+        settle(monitor, before)
+
+
+def leaf_flood(port: int, leaf_port: int, monitor: int = 0, count: int = 200000) -> None:
+    """
+    A leaf node that passed the handshake (no credentials configured)
+    sends C{count} distinct C{LS+ flood.N.x}, then goes; with a monitor
+    port, until its interest is gone from the server.
+    """
+    before = subscriptions(monitor) if monitor else 0
+    s = socket.create_connection(("127.0.0.1", leaf_port), timeout=60)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    read_line(s)  # the hub's INFO
+    s.sendall(b'CONNECT {"server_id":"FLOODER","name":"flooder","headers":true}\r\n')
+    _flood(s, lambda i: b"LS+ flood.%d.x\r\n" % i, count)
+    s.close()
+    if monitor:
+        settle(monitor, before)
+
+
+ATTACKS: Dict[str, Callable[..., object]] = {
+    f.__name__: f for f in (
+        deep_wildcards, wildcard_churn, many_subs, long_subjects, connection_burst, json_bomb, fan_out_burst,
+        route_flood, leaf_flood,
+    )
 }
 
 
@@ -426,15 +495,17 @@ WS_ATTACKS: Dict[str, Callable[..., object]] = {
 
 
 def main() -> None:
-    port, name = int(sys.argv[1]), sys.argv[2]
+    # (route_flood and leaf_flood take the peer port, and a monitor port,
+    # next; the WebSocket attacks the WebSocket port and a monitor port.)
+    port, name, more = int(sys.argv[1]), sys.argv[2], [int(a) for a in sys.argv[3:]]
     if name == "ws_deflate_bomb":
         deflate_bomb()  # built before the probe starts
     with Probe(port) as probe:
         started = time.monotonic()
         if name in WS_ATTACKS:
-            result = WS_ATTACKS[name](int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+            result = WS_ATTACKS[name](more[0], more[1] if len(more) > 1 else 0)
         else:
-            result = ATTACKS[name](port)
+            result = ATTACKS[name](port, *more)
         took = time.monotonic() - started
     shown = " -> {:.2f}".format(result) if isinstance(result, float) else " -> {}".format(result) if result is not None else ""
     print("{}: {:.2f}s{}; probe: {}".format(name, took, shown, probe.summary()))

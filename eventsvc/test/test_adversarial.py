@@ -178,3 +178,57 @@ class WebSocketAttackTests(_Attacks, TestCase):
         d.addCallback(lambda _: self.attack(lambda: got.append(adversary.ws_deflate_bomb(self.ws))))
         d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009, 1009]))
         return d
+
+
+class PeerFloodTests(_Attacks, TestCase):
+    """
+    A route or leaf peer that passed its handshake (no credentials
+    configured) floods interest: links are read within the clients' budget
+    per turn, a closed link's interest goes in slices, and a link past its
+    cap ([limits] max_link_subscriptions) is closed.
+    """
+
+    #: Distinct subjects a flood sends (issue 26: 200,000).
+    COUNT = 200000
+
+    def start(self, limits: str = "") -> None:
+        self.port, self.cluster, self.leafnodes, self.monitor = (process.free_port() for _ in range(4))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[cluster]\nname = "eventsvc"\nhost = "127.0.0.1"\nport = %d\n'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = %d\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (self.port, self.cluster, self.leafnodes, self.monitor) + limits)
+        self.server = process.eventsvc(config)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.server.wait_output("listening for leaf nodes")
+
+    def test_route_flood(self):
+        self.start()
+        # (Until the flooder's interest has gone again: letting go of it is measured too.)
+        return self.attack(lambda: adversary.route_flood(self.port, self.cluster, self.monitor, self.COUNT))
+
+    def test_leaf_flood(self):
+        self.start()
+        return self.attack(lambda: adversary.leaf_flood(self.port, self.leafnodes, self.monitor, self.COUNT))
+
+    @defer.inlineCallbacks
+    def test_a_peer_over_the_cap_is_closed(self):
+        self.start("[limits]\nmax_link_subscriptions = 1000\n")
+        before = yield threads.deferToThread(adversary.subscriptions, self.monitor)
+        for kind, flood, port in (("route", adversary.route_flood, self.cluster), ("leaf node", adversary.leaf_flood, self.leafnodes)):
+            # The flooder's PING after its 2,000 lines is never answered: the link closed at the 1,001st.
+            yield self.assertFailure(threads.deferToThread(flood, self.port, port, 0, 2000), OSError)
+            yield threads.deferToThread(
+                self.server.wait_output,
+                "{} {}: its interest passed 1000 subscriptions (the cap per link, [limits] max_link_subscriptions): "
+                "closing it".format(kind, "FLOODER" if kind == "route" else "flooder"),
+            )
+            # And nothing of it stays.
+            yield threads.deferToThread(adversary.settle, self.monitor, before, 10)
+        s = yield threads.deferToThread(adversary.connect, self.port)
+        yield threads.deferToThread(adversary.ping, s)
+        s.close()

@@ -790,18 +790,25 @@ class ParseBudgetTests(SynchronousTestCase):
         what it delivered: a fan-out costs as much to write as to parse)
         is taken from the next turn's budget.
         """
-        from eventsvc.nats import client
+        from eventsvc.nats import framing
 
         h = Harness(parse_budget=3600.0)
         sub = h.connect()
         sub.send(b"SUB burst 1\r\n")
         pub = h.connect()
-        # The clock of the flush's measure: every flush takes two hours.
-        ticks = iter(range(0, 10 ** 6, 7200))
-        self.patch(client, "perf_counter", lambda: next(ticks))
+        # The loop's clock moves only while a turn is written out: every flush takes two hours.
+        now = [0.0]
+        self.patch(framing, "perf_counter", lambda: now[0])
+        write_out = pub.proto.turns.write_out
+
+        def slow_write_out() -> None:
+            now[0] += 7200
+            write_out()
+
+        pub.proto.turns.write_out = slow_write_out
         parser = pub.proto.parser
         parser.suspended = True  # (as after a turn that used its budget)
-        pub.proto._flush()
+        pub.proto.turns.flush()
         self.assertEqual(parser.debt, 7200)
         parser.suspended = False
         # With two hours of the budget's one gone, the next turn stops at its first check.
@@ -811,7 +818,7 @@ class ParseBudgetTests(SynchronousTestCase):
         # Flushes outside a budget-stopped turn cost the next turn nothing.
         parser.debt = 0.0
         parser.suspended = False
-        pub.proto._flush()
+        pub.proto.turns.flush()
         self.assertEqual(parser.debt, 0.0)
 
     def test_input_while_yielding_is_kept_in_order(self) -> None:

@@ -141,6 +141,11 @@ class HandlerAddressTests(SynchronousTestCase):
 
 
 class ErrorTests(SynchronousTestCase):
+    def test_max_link_subscriptions(self) -> None:
+        self.assertEqual(config.parse("").limits.max_link_subscriptions, 1000000)
+        self.assertEqual(config.parse("[limits]\nmax_link_subscriptions = 0\n").limits.max_link_subscriptions, 0)
+        self.assertConfigError("[limits]\nmax_link_subscriptions = -1\n", "[limits] max_link_subscriptions", "0 (no cap) or more")
+
     def assertConfigError(self, text: str, *fragments: str) -> None:
         with self.assertRaises(ConfigError) as caught:
             config.parse(text, "patch.toml")

@@ -511,10 +511,16 @@ class LoopTests(SynchronousTestCase):
         for _ in range(4):
             p1.flush()
             p2.flush()
-        # (Each side sees its own subject come back, on both links.)
-        self.assertTrue(all(c.closed for c in (a_up, b_down, b_up, a_down)))
-        self.assertGreaterEqual(a.leafs.loops, 1)
-        self.assertGreaterEqual(b.leafs.loops, 1)
+        # A sees its own subject come back from its spoke B: that link
+        # closes, which breaks the loop; A stays B's spoke.
+        self.assertTrue(b_up.closed and a_down.closed)
+        self.assertFalse(a_up.closed or b_down.closed)
+        self.assertEqual(a.leafs.loops, 1)
+        # What came after the loop in the same read (B's own $LDS) was not
+        # kept for the closed link (it would have stayed for ever, and
+        # taken B's subject back to B as a second loop).
+        for node in (a, b):
+            self.assertEqual([s.subject for s in node.broker.sublist.all() if s.owner.closed], [])
         # The side that saw the loop sent nats-server's error; the dialler waits 30 s.
         waits = [c.getTime() - clock.seconds() for node in (a, b) for clock in (node.clock,) for c in clock.getDelayedCalls()]
         self.assertTrue(any(w >= 30 for w in waits), waits)
