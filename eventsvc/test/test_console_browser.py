@@ -8,8 +8,8 @@ identity may not watch is refused in the page.
 What an operator who keeps it open sees: charts full of what happened
 before the page was opened, the connections at once (sorted, filtered, the
 closed ones on their tab), why events were refused, the version, the tail
-cleared when its subject changes, and a handler red when /eventz says it is
-down (the page is given an /eventz the test controls).
+cleared when its subject changes, a handler red when its target is really
+down, and the store's state (given to the page).
 
 The screenshots are kept: $EVENTSVC_ARTEFACTS/console.png and
 console-operator.png when that is set, else in the test's temporary folder.
@@ -46,7 +46,8 @@ host = "127.0.0.1"
 port = 0
 
 [handlers]
-feed = "python:eventsvc.events.handlers:log_event"
+# A target nothing listens at (the test fills in the port): down, for real.
+feed = "http://127.0.0.1:{closed}/events"
 cfgingest = "python:eventsvc.events.handlers:log_event"
 event_feed = "python:eventsvc.events.handlers:log_event"
 
@@ -98,13 +99,12 @@ class Clients:
 
 
 #: The /eventz the page is given in the operator's test: the real one, with
-#: what the test says about handler "feed" and the store.
+#: the store's state the test says.
 FAKE_EVENTZ = """
 window.fetch = ((real) => async (path, options) => {
   const response = await real(path, options);
   if (path !== "/eventz" || !window.eventzChanges) return response;
   const eventz = await response.json();
-  Object.assign(eventz.handlers.feed, window.eventzChanges.feed);
   eventz.store = window.eventzChanges.store;
   return new Response(JSON.stringify(eventz), { status: 200, headers: { "content-type": "application/json" } });
 })(window.fetch);
@@ -138,7 +138,7 @@ class ConsoleInBrowserTests(TestCase):
         browser = Browser()  # (skips, or fails under CI, without chromium)
         folder = self.mktemp()
         os.makedirs(folder)
-        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG), expect=("service", "websocket"))
+        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG.replace("{closed}", str(process.free_port()))), expect=("service", "websocket"))
         await process.started(self, server)
         output = await threads.deferToThread(server.wait_output, "monitor listening for HTTP")
         monitor = int(_MONITOR.search(output).group(1))
@@ -160,11 +160,14 @@ class ConsoleInBrowserTests(TestCase):
                     await bravo.publish("orders.eu", b"order %d" % i)
                 await bravo.flush()
                 ack = await charlie.request("event.event_feed", b"not json", timeout=10)
+                # Kept, and then its handler's target refuses it: feed is down.
+                kept = await charlie.request("event.compliance_ingest", eventsamples.payload("compliance_ingest", "for-feed"), timeout=10)
                 await charlie.close()
-                return json.loads(ack.data)
+                return json.loads(ack.data), json.loads(kept.data)
 
-            ack = clients.run(traffic())
+            ack, kept = clients.run(traffic())
             self.assertFalse(ack["success"], ack)
+            self.assertTrue(kept["success"], kept)
             time.sleep(3)  # (so that it is a second or more in the past)
 
         await threads.deferToThread(before_the_page)
@@ -225,18 +228,20 @@ class ConsoleInBrowserTests(TestCase):
             self.assertEqual(browser.evaluate("document.getElementById('tail-rows').rows[0].cells[1].textContent"), "orders.us")
             browser.type("#tail-subject", "event.>")
             self.assertEqual(browser.evaluate("document.getElementById('tail-start').click(); document.getElementById('tail-rows').rows.length"), 0)
-            # A handler /eventz says is down is red, with since when and why;
-            # events kept in memory only are a warning.
-            browser.evaluate(FAKE_EVENTZ)
-            browser.evaluate("window.eventzChanges = {feed: {down: true, down_since: '2026-12-06T10:00:00Z', last_error: 'connection refused'},"
-                             " store: {kind: 'memory', path: null, state: 'ok', error: null}}; 1")
+            # A handler whose target is down (the server's /eventz says so) is
+            # red, with since when and why.
             browser.wait_for("document.querySelector('#events-handlers tr.down') !== null")
             rows = browser.evaluate("[...document.querySelectorAll('#events-handlers tbody tr')].map((r) => [r.cells[0].textContent, r.cells[1].textContent, r.className])")
-            self.assertEqual([r for r in rows if r[2] == "down"], [["feed", "down since 2026-12-06 10:00:00: connection refused", "down"]])
+            [down] = [r for r in rows if r[2] == "down"]
+            self.assertEqual(down[0], "feed")
+            self.assertRegex(down[1], r"^down since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: ConnectionRefusedError")
             self.assertEqual(len(rows), 3)
             self.assertEqual(browser.evaluate("getComputedStyle(document.querySelector('#events-handlers td.down')).color"), "rgb(198, 40, 40)")
-            browser.wait_for("!document.getElementById('store').hidden")
-            self.assertEqual(browser.evaluate("document.getElementById('store').className"), "store warn")
+            # The store's states are given to the page (a full or read-only disk
+            # is test_operations' and test_store's): memory only is a warning.
+            browser.evaluate(FAKE_EVENTZ)
+            browser.evaluate("window.eventzChanges = {store: {kind: 'memory', path: null, state: 'ok', error: null}}; 1")
+            browser.wait_for("document.getElementById('store').className === 'store warn'")
             self.assertIn("Events kept in memory only", browser.text("#store"))
             # A store that cannot be written is red, with its error.
             browser.evaluate("window.eventzChanges.store = {kind: 'file', path: '/var/lib/eventsvc', state: 'read-only', error: 'Read-only file system'}; 1")
