@@ -632,6 +632,17 @@ def where_events_are_kept(config: Config) -> str:
     return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
 
 
+def in_file(config: Config) -> str:
+    """The configuration file, as the start of an error line naming one of its keys ("" without a file)."""
+    return "{}: ".format(config.source) if config.source else ""
+
+
+def address_keys(section: str, config: Config) -> str:
+    """Which keys set C{section}'s listening address, for a "cannot listen" line."""
+    keys = "[{}] host and port".format(section)
+    return "{} in {}".format(keys, config.source) if config.source else keys
+
+
 def default_state_directory(path: str, environ: Optional[Mapping[str, str]] = None) -> str:
     """
     Where events and runtime files are kept when C{[service] data_dir} is
