@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from eventsvc.config import Config, address_keys
-from eventsvc.listeners import console_settings, gateway_listener, service_listener, websocket_listener
+from eventsvc.listeners import agent_listener, console_settings, service_listener, websocket_listener
 from eventsvc.nats.server import Broker
 from eventsvc.security.permissions import Permissions
 from eventsvc.security.tls import TLSFilesError, mutual_tls_server, peer_tls
@@ -56,7 +56,7 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
         if service.enabled:
             service_listener(config, broker, reactor, context).setServiceParent(top)
         if config.gateway.enabled:
-            gateway_listener(config, broker, reactor).setServiceParent(top)
+            agent_listener(config, broker, reactor).setServiceParent(top)
         if service.enabled:
             add_events(config, broker, reactor, top)
         if config.grpc.enabled:

@@ -2,8 +2,8 @@
 The client listeners and how their clients log in.
 
 The [service] listener (agents and services inside, mutual TLS), the
-[gateway] listener (agents outside: tokens, users, named identities, the
-health-check token) and the [websocket] listener (browsers) are built
+agent listener ([gateway]: agents outside, with tokens, users, named
+identities, the health-check token) and the [websocket] listener (browsers) are built
 here, with the chain of authenticators that [gateway] and [websocket]
 share and take again on reload (L{AuthenticatedListener}).  The console's
 login ([console] identity) is worked out here too.  L{eventsvc.app}
@@ -88,8 +88,8 @@ def client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
 
 class AuthenticatedListener(ListenerService):
     """
-    A listener whose clients log in with the gateway's keys (C{section}:
-    [gateway] or [websocket]); it takes new tokens, users, authenticators
+    A listener whose clients log in with the keys [gateway] and [websocket]
+    share (C{section} names which); it takes new tokens, users, authenticators
     and permissions on reload.
     """
 
@@ -145,11 +145,19 @@ class AuthenticatedListener(ListenerService):
         return DeferredList(done, consumeErrors=True).addCallback(report)
 
 
-class GatewayListener(AuthenticatedListener):
-    """The gateway's listener; it writes the health-check token while it runs."""
+class AgentListener(AuthenticatedListener):
+    """
+    The agent listener ([gateway]): agents from outside log in with tokens,
+    users or named identities; it writes the health-check token while it
+    runs.  (Not nats-server's gateways: those are [supercluster].)
+    """
 
-    def __init__(self, health: HealthToken, gateway: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(gateway, *args, **kwargs)
+    def __init__(self, health: HealthToken, section: Any, *args: Any, **kwargs: Any) -> None:
+        """
+        @param health: the health-check token it writes and takes.
+        @param section: the [gateway] section it runs with.
+        """
+        super().__init__(section, *args, **kwargs)
         self.health: HealthToken = health
 
     def startService(self) -> None:
@@ -174,9 +182,9 @@ class GatewayListener(AuthenticatedListener):
 
 def listener_authenticator(config: Config, name: str, health: Optional[HealthToken], reactor: Any) -> ChainAuthenticator:
     """
-    The authenticators of a client listener with the gateway's keys
-    ([gateway], [websocket]) in order: the health token (the gateway's
-    only), named identities, tokens, users, an HTTP check, Python.
+    The authenticators of a client listener with the shared login keys
+    ([gateway], [websocket]) in order: the health token (the agent
+    listener's only), named identities, tokens, users, an HTTP check, Python.
     """
     from eventsvc.security.auth import (
         ChainAuthenticator,
@@ -244,7 +252,8 @@ def identity_permissions(identity: Any, agents: Any) -> Dict[str, List[str]]:
     return out
 
 
-def gateway_listener(config: Config, broker: Broker, reactor: Any) -> GatewayListener:
+def agent_listener(config: Config, broker: Broker, reactor: Any) -> AgentListener:
+    """The agent listener for [gateway], with its front-end TLS (by SNI), logins and health token."""
     from eventsvc.security.auth import HealthToken
 
     gw = config.gateway
@@ -265,12 +274,12 @@ def gateway_listener(config: Config, broker: Broker, reactor: Any) -> GatewayLis
         authenticator=authenticator,
         tls=context,
         name="gateway",
-        # Failed logins per address (the gateway faces the outside).
+        # Failed logins per address (the agent listener faces the outside).
         auth_throttle=AuthThrottle(),
         auth_timeout=gw.auth_timeout,
     )
     where = address_keys("gateway", config)
-    return GatewayListener(health, gw, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)
+    return AgentListener(health, gw, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)
 
 
 class WebSocketListener(AuthenticatedListener):

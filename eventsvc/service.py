@@ -77,7 +77,7 @@ class EventService(MultiService):
         try:
             super().startService()
             self.state = "running"
-            # Asked through the gateway (the health-check token) or, on a node
+            # Asked through the agent listener (the health-check token) or, on a node
             # without one, through the service listener (its certificate).
             self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)
         except ListenError:

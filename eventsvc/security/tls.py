@@ -1,6 +1,7 @@
 """
 TLS contexts from files: mutual TLS for the service listener, SNI-selected
-front-end certificates for the gateway, client options for dialing.
+front-end certificates for the agent listener ([gateway]), client options
+for dialing.
 
 Every problem with a file (missing, unreadable, not PEM, a key that does not
 match its certificate) is a L{TLSFilesError} whose text names the file and
