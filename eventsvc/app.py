@@ -13,7 +13,7 @@ L{eventsvc.targets}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 from eventsvc.config import Config, address_keys
 from eventsvc.listeners import agent_listener, console_settings, service_listener, websocket_listener
@@ -125,6 +125,30 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
     ))
 
 
+class LeafRemote(NamedTuple):
+    """
+    One [[leafnodes.remotes]] entry as the leaf manager takes it: a hub to
+    dial and our credentials there.  (A tuple still, in LeafManager's
+    argument order: nats/leaf.py unpacks it.)
+    """
+
+    #: The hub's URLs, tried in turn.
+    urls: Tuple[str, ...]
+    #: The CONNECT user: the user, or a token (as nats-leaf://TOKEN@host sends it).
+    user: str
+    password: str
+    #: Whether the link must be TLS (tls = true; a tls:// URL says so too).
+    tls: bool
+    #: The name the hub's certificate must carry.
+    tls_name: str
+    #: Subjects not taken from the hub, and not sent to it.
+    deny_imports: Tuple[str, ...]
+    deny_exports: Tuple[str, ...]
+    #: None, or a function of the hub's nonce giving (user JWT, signature):
+    #: a .creds file's credentials, for a hub in operator mode.
+    signer: Optional[Callable[[bytes], Tuple[str, str]]]
+
+
 def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     from eventsvc.nats.leaf import LeafManager, LeafSettings
 
@@ -133,9 +157,10 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     ln, limits = config.leafnodes, config.limits
     try:
         remotes = tuple(
-            (
-                r.all_urls(), r.token or r.user, "" if r.token else r.password, r.tls, r.tls_name,
-                tuple(r.deny_imports), tuple(r.deny_exports), nonce_signer(r.credentials) if r.credentials else None,
+            LeafRemote(
+                urls=r.all_urls(), user=r.token or r.user, password="" if r.token else r.password, tls=r.tls,
+                tls_name=r.tls_name, deny_imports=tuple(r.deny_imports), deny_exports=tuple(r.deny_exports),
+                signer=nonce_signer(r.credentials) if r.credentials else None,
             )
             for r in ln.remotes
         )
