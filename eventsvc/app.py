@@ -178,7 +178,6 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
     ))
 
 
-
 def _route_permissions(allow: Sequence[str], deny: Sequence[str]) -> Optional[Permissions]:
     """One direction of [cluster.permissions]; None when it lets everything through."""
     if not allow and not deny:

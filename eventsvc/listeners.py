@@ -102,6 +102,13 @@ class AuthenticatedListener(ListenerService):
         self.current = current
 
     def prepare_reload(self, config: Config) -> Callable[[], None]:
+        """
+        The new authenticators for C{config}'s section (L{IReloadable}); once
+        applied, every connection is asked about again when the section or
+        its tokens file may have changed.
+
+        @raise StartupError: a tokens file or plug-in cannot be used.
+        """
         new = getattr(config, self.section)
         if not new.enabled:
             return lambda: None  # (reported as needing a restart)
@@ -161,6 +168,12 @@ class AgentListener(AuthenticatedListener):
         self.health: HealthToken = health
 
     def startService(self) -> None:
+        """
+        Write the health-check token, then listen.
+
+        @raise ListenError: the token file is another process's, or cannot
+            be written.
+        """
         try:
             self.health.write()
         except Locked as e:
@@ -175,9 +188,9 @@ class AgentListener(AuthenticatedListener):
         super().startService()
 
     def stopService(self) -> Any:
+        """Remove the health-check token and stop listening."""
         self.health.remove()
         return super().stopService()
-
 
 
 def listener_authenticator(config: Config, name: str, health: Optional[HealthToken], reactor: Any) -> ChainAuthenticator:
@@ -289,6 +302,7 @@ class WebSocketListener(AuthenticatedListener):
 
 
 def websocket_listener(config: Config, broker: Broker, reactor: Any) -> WebSocketListener:
+    """The [websocket] listener: its TLS (ALPN http/1.1), origin policy, compression and logins."""
     from eventsvc.nats.origins import OriginPolicy
     from eventsvc.nats.websocket import websocket_wire
 

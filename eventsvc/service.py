@@ -69,6 +69,13 @@ class EventService(MultiService):
         self._shut_down: List[Deferred] = []
 
     def startService(self) -> None:
+        """
+        Log what runs and what the configuration warns of, start every part
+        in order, and answer the health check.
+
+        @raise ListenError: a part cannot start (an address in use, a
+            locked file); what had started is stopped again.
+        """
         self.log.info("eventsvc {version} starting (config: {source})", version=__version__, source=self.config.source or "defaults")
         if self.config.service.enabled:
             self.log.info("{where}", where=config_module.where_events_are_kept(self.config))
@@ -85,6 +92,7 @@ class EventService(MultiService):
             raise
 
     def stopService(self) -> Any:
+        """Stop answering the health check and stop every part (in reverse order); a Deferred."""
         self.state = "stopping"
         if self._health_subscription is not None:
             self._health_subscription.unsubscribe()
@@ -345,7 +353,6 @@ class StartupError(Exception):
     """Something the configuration names cannot be used (one line, for the operator)."""
 
 
-
 @runtime_checkable
 class IReloadable(Protocol):
     """
@@ -356,8 +363,14 @@ class IReloadable(Protocol):
     """
 
     def prepare_reload(self, config: Config) -> Callable[[], None]:
-        ...
+        """
+        Work out this service's share of C{config}.
 
+        @return: a callable that applies it (and cannot fail).
+        @raise ValueError: (or ConfigError, StartupError) C{config} cannot be
+            applied; nothing has changed.
+        """
+        ...
 
 
 class DataDirLock(Service):
@@ -377,6 +390,12 @@ class DataDirLock(Service):
         self.lock = FileLock(os.path.join(data_dir, "eventsvc.lock"))
 
     def startService(self) -> None:
+        """
+        Create the data_dir if need be and take its lock.
+
+        @raise ListenError: it cannot be created or locked, or another
+            process holds it (the line names that process).
+        """
         try:
             os.makedirs(self.data_dir, exist_ok=True)
         except OSError as e:
@@ -393,6 +412,7 @@ class DataDirLock(Service):
         super().startService()
 
     def stopService(self) -> Any:
+        """Let the lock go (the spool, stopped before, no longer writes)."""
         super().stopService()
         self.lock.release()
 

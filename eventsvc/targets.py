@@ -78,6 +78,7 @@ class TargetConnections(Service):
         self.handlers = handlers
 
     def stopService(self) -> Any:
+        """Close every target that keeps connections open (those with a C{close})."""
         super().stopService()
         for handler in self.handlers.values():
             close = getattr(handler.target, "close", None)
