@@ -632,6 +632,17 @@ def where_events_are_kept(config: Config) -> str:
     return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
 
 
+def in_file(config: Config) -> str:
+    """The configuration file, as the start of an error line naming one of its keys ("" without a file)."""
+    return "{}: ".format(config.source) if config.source else ""
+
+
+def address_keys(section: str, config: Config) -> str:
+    """Which keys set C{section}'s listening address, for a "cannot listen" line."""
+    keys = "[{}] host and port".format(section)
+    return "{} in {}".format(keys, config.source) if config.source else keys
+
+
 def default_state_directory(path: str, environ: Optional[Mapping[str, str]] = None) -> str:
     """
     Where events and runtime files are kept when C{[service] data_dir} is
@@ -780,49 +791,124 @@ def _value(path: str, name: str, key: str, kind: Any, value: Any) -> Any:
     raise TypeError("[{}] {}: no reader for fields of type {!r}".format(name, key, kind))
 
 
-def _check_leafnodes(ln: "LeafnodesConfig", tls: bool, fail: Callable[[str, str, str], None]) -> None:
-    from urllib.parse import urlsplit
-
-    if not ln.enabled:
-        return
-    if ln.tls and not tls:
-        fail("leafnodes", "tls", "needs [tls] cert_path, key_path and root_ca_path (our identity and the spokes' CA)")
-    if not 0 <= ln.port <= 65535:
-        fail("leafnodes", "port", "must be between 0 and 65535, got {}".format(ln.port))
-    if ln.token and ln.user:
-        fail("leafnodes", "token", "give a token or a user and password, not both")
-    if ln.user and not ln.password:
-        fail("leafnodes", "password", "a user needs a password")
-    if not ln.listen and not ln.remotes:
-        fail("leafnodes", "remotes", "listen = false needs at least one [[leafnodes.remotes]] to dial")
-    for i, remote in enumerate(ln.remotes):
-        where = "[[leafnodes.remotes]] #{}".format(i + 1)
-        urls = remote.all_urls()
-        if not urls:
-            fail("leafnodes.remotes", "url", "{}: needs a url (nats-leaf://host:port) or urls".format(where))
-        if remote.token and remote.user:
-            fail("leafnodes.remotes", "token", "{}: give a token or a user and password, not both".format(where))
-        if remote.credentials and (remote.token or remote.user):
-            fail("leafnodes.remotes", "credentials", "{}: give credentials, a token, or a user and password: one of them".format(where))
-        for url in urls:
-            parts = urlsplit(url)
-            try:
-                valid = bool(parts.port) and bool(parts.hostname)
-            except ValueError:
-                valid = False
-            if parts.scheme in ("ws", "wss"):
-                fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over WebSocket are not supported yet".format(where, url))
-            if parts.scheme not in ("nats-leaf", "nats", "tls") or not valid:
-                fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port (or tls://host:port)".format(where, url))
-            if (remote.tls or parts.scheme == "tls") and not tls:
-                fail("leafnodes.remotes", "tls", "{}: TLS needs [tls] cert_path, key_path and root_ca_path (our identity and the hub's CA)".format(where))
-        for key, subjects in (("deny_imports", remote.deny_imports), ("deny_exports", remote.deny_exports)):
-            for subject in subjects:
-                if not _valid_subject(subject):
-                    fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
+#: How a checker reports a problem: fail(section, key, problem) raises ConfigError.
+_Fail = Callable[[str, str, str], None]
 
 
-def _check_auth(name: str, sec: Any, fail: Callable[[str, str, str], None]) -> None:
+def _check_service(config: Config, fail: _Fail) -> None:
+    """[service]: its address, limits and shutdown timings."""
+    s = config.service
+    if not s.host:
+        fail("service", "host", "must not be empty (use 0.0.0.0 for every interface)")
+    if not 0 <= s.port <= 65535:
+        fail("service", "port", "must be between 0 and 65535, got {}".format(s.port))
+    if s.event_limit < 1:
+        fail("service", "event_limit", "must be at least 1, got {}".format(s.event_limit))
+    if s.listener_limit < 1:
+        fail("service", "listener_limit", "must be at least 1, got {}".format(s.listener_limit))
+    if not s.shutdown_timeout > 0:
+        fail("service", "shutdown_timeout", "must be a positive number of seconds, got {}".format(s.shutdown_timeout))
+    if not s.lame_duck_duration > 0:
+        fail("service", "lame_duck_duration", "must be a positive number of seconds, got {}".format(s.lame_duck_duration))
+    if not 0 <= s.lame_duck_grace_period < s.lame_duck_duration:
+        fail("service", "lame_duck_grace_period", "must be 0 or more seconds and less than lame_duck_duration ({}), got {}".format(
+            s.lame_duck_duration, s.lame_duck_grace_period))
+
+
+def _check_log(config: Config, fail: _Fail) -> None:
+    """[log]: format and level."""
+    lg = config.log
+    if lg.format not in LOG_FORMATS:
+        fail("log", "format", "must be one of {}, got {!r}".format(", ".join(LOG_FORMATS), lg.format))
+    if lg.level not in LOG_LEVELS:
+        fail("log", "level", "must be one of {}, got {!r}".format(", ".join(LOG_LEVELS), lg.level))
+
+
+def _check_handlers(config: Config, fail: _Fail) -> None:
+    """[handlers]: every address is one we can deliver to ([events.<name>] tls_name only for grpc://)."""
+    for name in HANDLER_NAMES:
+        address = getattr(config.handlers, name)
+        if address and not address.startswith("python:"):
+            target = handler_address(address)
+            if target is None:
+                fail("handlers", name, "must be host:port, an http:// or https:// URL, grpc://host:port, or python:module:callable, got {!r}".format(address))
+            elif target[1] in _ANY_ADDRESS:
+                fail("handlers", name, (
+                    "{!r} names no host to deliver to ({} is where a server listens, on every interface); write the "
+                    "target's own address: grpc://<host>:{} for a Chef Automate service's HandleEvent (see \"Coming "
+                    "from Chef Automate\" in docs/events.md), or an https:// URL for an HTTP target"
+                ).format(address, target[1], target[2]))
+            elif target[0] == "grpc" and not config.tls.enabled:
+                fail("handlers", name, (
+                    "{!r} is a gRPC target, called over mutual TLS with the [tls] identity (as Chef Automate's services "
+                    "require): set [tls] cert_path, key_path and root_ca_path"
+                ).format(address))
+        if getattr(config.events, name).tls_name and not address.startswith("grpc://"):
+            fail("events." + name, "tls_name", "names the certificate of a grpc:// target, and [handlers] {} is {!r}".format(
+                name, address))
+
+
+def _check_events(config: Config, fail: _Fail) -> None:
+    """[events]: subjects, retries, batching (also per handler) and routing."""
+    from eventsvc.events.types import EVENT_TYPES
+
+    ev = config.events
+    if not ev.subject_prefix or not _valid_subject(ev.subject_prefix) or "*" in ev.subject_prefix.split(".") or ">" in ev.subject_prefix.split("."):
+        fail("events", "subject_prefix", "must be a literal subject such as \"event\", got {!r}".format(ev.subject_prefix))
+    if not ev.queue_group or not _valid_subject(ev.queue_group):
+        fail("events", "queue_group", "must be a name without spaces, got {!r}".format(ev.queue_group))
+    if ev.handler_concurrency < 1:
+        fail("events", "handler_concurrency", "must be at least 1")
+    if not ev.retry_initial > 0:
+        fail("events", "retry_initial", "must be a positive number of seconds")
+    if ev.retry_max < ev.retry_initial:
+        fail("events", "retry_max", "must be at least retry_initial ({})".format(ev.retry_initial))
+    if ev.max_age < 0:
+        fail("events", "max_age", "must be 0 (retry forever) or more seconds")
+    if ev.down_after < 0:
+        fail("events", "down_after", "must be 0 (never reported) or more seconds, got {}".format(ev.down_after))
+    if not ev.delivery_timeout > 0:
+        fail("events", "delivery_timeout", "must be a positive number of seconds")
+    for where, batch_max, batch_wait in [("events", ev.batch_max, ev.batch_wait)] + [
+        ("events." + name, getattr(ev, name).batch_max, getattr(ev, name).batch_wait) for name in HANDLER_NAMES
+    ]:
+        inherit = where != "events"
+        if not (1 <= batch_max <= 10000 or (inherit and batch_max == 0)):
+            fail(where, "batch_max", "must be between 1 and 10000{}, got {}".format(" (0: [events] batch_max)" if inherit else "", batch_max))
+        if not (0 <= batch_wait <= 60 or (inherit and batch_wait < 0)):
+            fail(where, "batch_wait", "must be between 0 and 60 seconds{}, got {}".format(" (negative: [events] batch_wait)" if inherit else "", batch_wait))
+    for type_name, handlers in ev.routing.items():
+        if type_name not in EVENT_TYPES:
+            fail("events.routing", type_name, "unknown event type (known: {})".format(", ".join(EVENT_TYPES)))
+        for handler in handlers:
+            if handler not in HANDLER_NAMES:
+                fail("events.routing", type_name, "unknown handler {!r} (known: {})".format(handler, ", ".join(HANDLER_NAMES)))
+
+
+def _check_gateway(config: Config, fail: _Fail) -> None:
+    """[gateway], the agents' listener: its address, front-end TLS and logins."""
+    s, gw = config.service, config.gateway
+    if gw.enabled:
+        if not 0 <= gw.port <= 65535:
+            fail("gateway", "port", "must be between 0 and 65535, got {}".format(gw.port))
+        if gw.port and gw.port == s.port and gw.host == s.host:
+            fail("gateway", "port", "is the service's port too ({}); give them different ports".format(gw.port))
+        if gw.max_connections < 1:
+            fail("gateway", "max_connections", "must be at least 1, got {}".format(gw.max_connections))
+        if not gw.auth_timeout > 0:
+            fail("gateway", "auth_timeout", "must be a positive number of seconds")
+        if not gw.http_auth_ttl >= 0:
+            fail("gateway", "http_auth_ttl", "must be 0 or more seconds")
+        if not gw.disable_frontend_tls and not gw.frontend_tls:
+            fail("gateway", "frontend_tls", "needs at least one [[gateway.frontend_tls]] entry, or disable_frontend_tls = true")
+        for i, entry in enumerate(gw.frontend_tls):
+            for key in ("server_name", "cert_path", "key_path"):
+                if not getattr(entry, key):
+                    fail("gateway.frontend_tls", key, "missing in entry {}".format(i + 1))
+        _check_auth("gateway", gw, fail)
+
+
+def _check_auth(name: str, sec: Any, fail: _Fail) -> None:
     """The authentication keys a client listener shares ([gateway], [websocket])."""
     if not (sec.tokens or sec.tokens_file or sec.users or sec.identities or sec.http_auth_url or sec.python_authenticator):
         fail(name, "tokens", "no way for {} to authenticate: set tokens".format("agents" if name == "gateway" else "clients") + ", tokens_file, users, identities, http_auth_url or python_authenticator")
@@ -862,151 +948,8 @@ def _check_auth(name: str, sec: Any, fail: Callable[[str, str, str], None]) -> N
                 fail(name + ".permissions", key, "{!r} is not a valid subject".format(subject))
 
 
-def _check_websocket(config: Config, fail: Callable[[str, str, str], None]) -> None:
-    ws = config.websocket
-    if ws.enabled:
-        if not 0 <= ws.port <= 65535:
-            fail("websocket", "port", "must be between 0 and 65535, got {}".format(ws.port))
-        for section in ("service", "gateway", "monitor"):
-            other = getattr(config, section)
-            same_host = other.host == ws.host or "0.0.0.0" in (other.host, ws.host)
-            if getattr(other, "enabled", True) and ws.port and other.port == ws.port and same_host:
-                fail("websocket", "port", "is the {} port too ({}); give them different ports".format(section, ws.port))
-        if ws.no_tls and (ws.cert_path or ws.key_path):
-            fail("websocket", "no_tls", "is true, and cert_path or key_path is set: choose one")
-        if not ws.no_tls and not (ws.cert_path and ws.key_path):
-            fail("websocket", "cert_path", "a WebSocket listener needs TLS (cert_path and key_path), or no_tls = true (as nats-server)")
-        for origin in ws.allowed_origins:
-            from eventsvc.nats.origins import origin_of
-
-            try:
-                origin_of(origin)
-            except ValueError as e:
-                fail("websocket", "allowed_origins", str(e))
-        if not ws.handshake_timeout > 0:
-            fail("websocket", "handshake_timeout", "must be a positive number of seconds")
-        if ws.max_connections < 1:
-            fail("websocket", "max_connections", "must be at least 1, got {}".format(ws.max_connections))
-        if not ws.auth_timeout > 0:
-            fail("websocket", "auth_timeout", "must be a positive number of seconds")
-        _check_auth("websocket", ws, fail)
-    co = config.console
-    if co.enabled:
-        if not config.monitor.enabled:
-            fail("console", "enabled", "the console is served by the monitor: add a [monitor] section")
-        if not ws.enabled:
-            fail("console", "enabled", "the console talks NATS over WebSocket: add a [websocket] section")
-        identity = next((i for i in ws.identities if i.name == co.identity), None)
-        if identity is None:
-            fail("console", "identity", "{!r} is not a [[websocket.identities]] name (the console connects as it)".format(co.identity))
-        elif (identity.token or identity.password).startswith("sha256:"):
-            fail("console", "identity", "{!r} has a sha256: secret: the page needs the secret itself to log in".format(co.identity))
-        if co.websocket_url and not co.websocket_url.startswith(("ws://", "wss://")):
-            fail("console", "websocket_url", "must be a ws:// or wss:// URL, got {!r}".format(co.websocket_url))
-
-
-def _check(config: Config, path: str) -> None:
-    def fail(section: str, key: str, problem: str) -> None:
-        raise ConfigError("{}: [{}] {}: {}".format(path, section, key, problem))
-
-    s = config.service
-    if not s.host:
-        fail("service", "host", "must not be empty (use 0.0.0.0 for every interface)")
-    if not 0 <= s.port <= 65535:
-        fail("service", "port", "must be between 0 and 65535, got {}".format(s.port))
-    if s.event_limit < 1:
-        fail("service", "event_limit", "must be at least 1, got {}".format(s.event_limit))
-    if s.listener_limit < 1:
-        fail("service", "listener_limit", "must be at least 1, got {}".format(s.listener_limit))
-    if not s.shutdown_timeout > 0:
-        fail("service", "shutdown_timeout", "must be a positive number of seconds, got {}".format(s.shutdown_timeout))
-    if not s.lame_duck_duration > 0:
-        fail("service", "lame_duck_duration", "must be a positive number of seconds, got {}".format(s.lame_duck_duration))
-    if not 0 <= s.lame_duck_grace_period < s.lame_duck_duration:
-        fail("service", "lame_duck_grace_period", "must be 0 or more seconds and less than lame_duck_duration ({}), got {}".format(
-            s.lame_duck_duration, s.lame_duck_grace_period))
-
-    lg = config.log
-    if lg.format not in LOG_FORMATS:
-        fail("log", "format", "must be one of {}, got {!r}".format(", ".join(LOG_FORMATS), lg.format))
-    if lg.level not in LOG_LEVELS:
-        fail("log", "level", "must be one of {}, got {!r}".format(", ".join(LOG_LEVELS), lg.level))
-
-    for name in HANDLER_NAMES:
-        address = getattr(config.handlers, name)
-        if address and not address.startswith("python:"):
-            target = handler_address(address)
-            if target is None:
-                fail("handlers", name, "must be host:port, an http:// or https:// URL, grpc://host:port, or python:module:callable, got {!r}".format(address))
-            elif target[1] in _ANY_ADDRESS:
-                fail("handlers", name, (
-                    "{!r} names no host to deliver to ({} is where a server listens, on every interface); write the "
-                    "target's own address: grpc://<host>:{} for a Chef Automate service's HandleEvent (see \"Coming "
-                    "from Chef Automate\" in docs/events.md), or an https:// URL for an HTTP target"
-                ).format(address, target[1], target[2]))
-            elif target[0] == "grpc" and not config.tls.enabled:
-                fail("handlers", name, (
-                    "{!r} is a gRPC target, called over mutual TLS with the [tls] identity (as Chef Automate's services "
-                    "require): set [tls] cert_path, key_path and root_ca_path"
-                ).format(address))
-        if getattr(config.events, name).tls_name and not address.startswith("grpc://"):
-            fail("events." + name, "tls_name", "names the certificate of a grpc:// target, and [handlers] {} is {!r}".format(
-                name, address))
-
-    ev = config.events
-    from eventsvc.events.types import EVENT_TYPES
-
-    if not ev.subject_prefix or not _valid_subject(ev.subject_prefix) or "*" in ev.subject_prefix.split(".") or ">" in ev.subject_prefix.split("."):
-        fail("events", "subject_prefix", "must be a literal subject such as \"event\", got {!r}".format(ev.subject_prefix))
-    if not ev.queue_group or not _valid_subject(ev.queue_group):
-        fail("events", "queue_group", "must be a name without spaces, got {!r}".format(ev.queue_group))
-    if ev.handler_concurrency < 1:
-        fail("events", "handler_concurrency", "must be at least 1")
-    if not ev.retry_initial > 0:
-        fail("events", "retry_initial", "must be a positive number of seconds")
-    if ev.retry_max < ev.retry_initial:
-        fail("events", "retry_max", "must be at least retry_initial ({})".format(ev.retry_initial))
-    if ev.max_age < 0:
-        fail("events", "max_age", "must be 0 (retry forever) or more seconds")
-    if ev.down_after < 0:
-        fail("events", "down_after", "must be 0 (never reported) or more seconds, got {}".format(ev.down_after))
-    if not ev.delivery_timeout > 0:
-        fail("events", "delivery_timeout", "must be a positive number of seconds")
-    for where, batch_max, batch_wait in [("events", ev.batch_max, ev.batch_wait)] + [
-        ("events." + name, getattr(ev, name).batch_max, getattr(ev, name).batch_wait) for name in HANDLER_NAMES
-    ]:
-        inherit = where != "events"
-        if not (1 <= batch_max <= 10000 or (inherit and batch_max == 0)):
-            fail(where, "batch_max", "must be between 1 and 10000{}, got {}".format(" (0: [events] batch_max)" if inherit else "", batch_max))
-        if not (0 <= batch_wait <= 60 or (inherit and batch_wait < 0)):
-            fail(where, "batch_wait", "must be between 0 and 60 seconds{}, got {}".format(" (negative: [events] batch_wait)" if inherit else "", batch_wait))
-    for type_name, handlers in ev.routing.items():
-        if type_name not in EVENT_TYPES:
-            fail("events.routing", type_name, "unknown event type (known: {})".format(", ".join(EVENT_TYPES)))
-        for handler in handlers:
-            if handler not in HANDLER_NAMES:
-                fail("events.routing", type_name, "unknown handler {!r} (known: {})".format(handler, ", ".join(HANDLER_NAMES)))
-
-    gw = config.gateway
-    if gw.enabled:
-        if not 0 <= gw.port <= 65535:
-            fail("gateway", "port", "must be between 0 and 65535, got {}".format(gw.port))
-        if gw.port and gw.port == s.port and gw.host == s.host:
-            fail("gateway", "port", "is the service's port too ({}); give them different ports".format(gw.port))
-        if gw.max_connections < 1:
-            fail("gateway", "max_connections", "must be at least 1, got {}".format(gw.max_connections))
-        if not gw.auth_timeout > 0:
-            fail("gateway", "auth_timeout", "must be a positive number of seconds")
-        if not gw.http_auth_ttl >= 0:
-            fail("gateway", "http_auth_ttl", "must be 0 or more seconds")
-        if not gw.disable_frontend_tls and not gw.frontend_tls:
-            fail("gateway", "frontend_tls", "needs at least one [[gateway.frontend_tls]] entry, or disable_frontend_tls = true")
-        for i, entry in enumerate(gw.frontend_tls):
-            for key in ("server_name", "cert_path", "key_path"):
-                if not getattr(entry, key):
-                    fail("gateway.frontend_tls", key, "missing in entry {}".format(i + 1))
-        _check_auth("gateway", gw, fail)
-
+def _check_cluster(config: Config, fail: _Fail) -> None:
+    """[cluster]: name, routes, advertised address, permissions, TLS."""
     cl = config.cluster
     if cl.enabled:
         if not 0 <= cl.port <= 65535:
@@ -1030,6 +973,10 @@ def _check(config: Config, path: str) -> None:
                 fail("cluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if cl.tls and not config.tls.enabled:
             fail("cluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the routes' identity and CA)")
+
+
+def _check_supercluster(config: Config, fail: _Fail) -> None:
+    """[supercluster]: our gateway name, the remote gateways, permissions, TLS."""
     sc = config.supercluster
     if sc.enabled:
         from urllib.parse import urlsplit
@@ -1067,12 +1014,108 @@ def _check(config: Config, path: str) -> None:
                 fail("supercluster.permissions", key, "{!r} is not a valid subject".format(subject))
         if sc.tls and not config.tls.enabled:
             fail("supercluster", "tls", "needs [tls] cert_path, key_path and root_ca_path (the gateways' identity and CA)")
-    _check_leafnodes(config.leafnodes, config.tls.enabled, fail)
+
+
+def _check_leafnodes(config: Config, fail: _Fail) -> None:
+    """[leafnodes]: the listener's credentials, and every remote's URLs, credentials and deny lists."""
+    from urllib.parse import urlsplit
+
+    ln, tls = config.leafnodes, config.tls.enabled
+    if not ln.enabled:
+        return
+    if ln.tls and not tls:
+        fail("leafnodes", "tls", "needs [tls] cert_path, key_path and root_ca_path (our identity and the spokes' CA)")
+    if not 0 <= ln.port <= 65535:
+        fail("leafnodes", "port", "must be between 0 and 65535, got {}".format(ln.port))
+    if ln.token and ln.user:
+        fail("leafnodes", "token", "give a token or a user and password, not both")
+    if ln.user and not ln.password:
+        fail("leafnodes", "password", "a user needs a password")
+    if not ln.listen and not ln.remotes:
+        fail("leafnodes", "remotes", "listen = false needs at least one [[leafnodes.remotes]] to dial")
+    for i, remote in enumerate(ln.remotes):
+        where = "[[leafnodes.remotes]] #{}".format(i + 1)
+        urls = remote.all_urls()
+        if not urls:
+            fail("leafnodes.remotes", "url", "{}: needs a url (nats-leaf://host:port) or urls".format(where))
+        if remote.token and remote.user:
+            fail("leafnodes.remotes", "token", "{}: give a token or a user and password, not both".format(where))
+        if remote.credentials and (remote.token or remote.user):
+            fail("leafnodes.remotes", "credentials", "{}: give credentials, a token, or a user and password: one of them".format(where))
+        for url in urls:
+            parts = urlsplit(url)
+            try:
+                valid = bool(parts.port) and bool(parts.hostname)
+            except ValueError:
+                valid = False
+            if parts.scheme in ("ws", "wss"):
+                fail("leafnodes.remotes", "url", "{}: {!r}: leaf links over WebSocket are not supported yet".format(where, url))
+            if parts.scheme not in ("nats-leaf", "nats", "tls") or not valid:
+                fail("leafnodes.remotes", "url", "{}: {!r} is not nats-leaf://host:port (or tls://host:port)".format(where, url))
+            if (remote.tls or parts.scheme == "tls") and not tls:
+                fail("leafnodes.remotes", "tls", "{}: TLS needs [tls] cert_path, key_path and root_ca_path (our identity and the hub's CA)".format(where))
+        for key, subjects in (("deny_imports", remote.deny_imports), ("deny_exports", remote.deny_exports)):
+            for subject in subjects:
+                if not _valid_subject(subject):
+                    fail("leafnodes.remotes", key, "{}: {!r} is not a valid subject".format(where, subject))
+
+
+def _check_something_to_run(config: Config, fail: _Fail) -> None:
+    """With [service] off, [gateway] must be on."""
     if not config.service.enabled and not config.gateway.enabled:
         fail("service", "enabled", "with the service off, [gateway] must be enabled (or there is nothing to run)")
 
-    _check_websocket(config, fail)
 
+def _check_websocket(config: Config, fail: _Fail) -> None:
+    """[websocket]: its port (not another listener's), TLS, origins, timeouts and logins."""
+    ws = config.websocket
+    if ws.enabled:
+        if not 0 <= ws.port <= 65535:
+            fail("websocket", "port", "must be between 0 and 65535, got {}".format(ws.port))
+        for section in ("service", "gateway", "monitor"):
+            other = getattr(config, section)
+            same_host = other.host == ws.host or "0.0.0.0" in (other.host, ws.host)
+            if getattr(other, "enabled", True) and ws.port and other.port == ws.port and same_host:
+                fail("websocket", "port", "is the {} port too ({}); give them different ports".format(section, ws.port))
+        if ws.no_tls and (ws.cert_path or ws.key_path):
+            fail("websocket", "no_tls", "is true, and cert_path or key_path is set: choose one")
+        if not ws.no_tls and not (ws.cert_path and ws.key_path):
+            fail("websocket", "cert_path", "a WebSocket listener needs TLS (cert_path and key_path), or no_tls = true (as nats-server)")
+        for origin in ws.allowed_origins:
+            from eventsvc.nats.origins import origin_of
+
+            try:
+                origin_of(origin)
+            except ValueError as e:
+                fail("websocket", "allowed_origins", str(e))
+        if not ws.handshake_timeout > 0:
+            fail("websocket", "handshake_timeout", "must be a positive number of seconds")
+        if ws.max_connections < 1:
+            fail("websocket", "max_connections", "must be at least 1, got {}".format(ws.max_connections))
+        if not ws.auth_timeout > 0:
+            fail("websocket", "auth_timeout", "must be a positive number of seconds")
+        _check_auth("websocket", ws, fail)
+
+
+def _check_console(config: Config, fail: _Fail) -> None:
+    """[console]: needs the monitor and the WebSocket listener, and an identity it can log in as."""
+    ws, co = config.websocket, config.console
+    if co.enabled:
+        if not config.monitor.enabled:
+            fail("console", "enabled", "the console is served by the monitor: add a [monitor] section")
+        if not ws.enabled:
+            fail("console", "enabled", "the console talks NATS over WebSocket: add a [websocket] section")
+        identity = next((i for i in ws.identities if i.name == co.identity), None)
+        if identity is None:
+            fail("console", "identity", "{!r} is not a [[websocket.identities]] name (the console connects as it)".format(co.identity))
+        elif (identity.token or identity.password).startswith("sha256:"):
+            fail("console", "identity", "{!r} has a sha256: secret: the page needs the secret itself to log in".format(co.identity))
+        if co.websocket_url and not co.websocket_url.startswith(("ws://", "wss://")):
+            fail("console", "websocket_url", "must be a ws:// or wss:// URL, got {!r}".format(co.websocket_url))
+
+
+def _check_grpc(config: Config, fail: _Fail) -> None:
+    """[grpc]: needs the service and [tls], and a port of its own."""
     rpc = config.grpc
     if rpc.enabled:
         if not config.service.enabled:
@@ -1089,10 +1132,16 @@ def _check(config: Config, path: str) -> None:
             fail("grpc", "enabled", "the gRPC API uses mutual TLS, as Chef Automate's does: set [tls] cert_path, key_path "
                  "and root_ca_path (its identity, and the CA of the clients' certificates)")
 
+
+def _check_monitor(config: Config, fail: _Fail) -> None:
+    """[monitor]: its port."""
     mon = config.monitor
     if mon.enabled and not 0 <= mon.port <= 65535:
         fail("monitor", "port", "must be between 0 and 65535, got {}".format(mon.port))
 
+
+def _check_limits(config: Config, fail: _Fail) -> None:
+    """[limits]: every limit in its range."""
     lim = config.limits
     if not 1 <= lim.max_payload <= 64 * 1024 * 1024:
         fail("limits", "max_payload", "must be between 1 and 67108864 (64 MiB), got {}".format(lim.max_payload))
@@ -1111,6 +1160,28 @@ def _check(config: Config, path: str) -> None:
     for key in ("ping_interval", "write_deadline", "auth_timeout"):
         if not getattr(lim, key) > 0:
             fail("limits", key, "must be a positive number of seconds, got {}".format(getattr(lim, key)))
+
+
+#: Every section's checker, in the order their errors are reported (the first one wins).
+_CHECKS: Tuple[Callable[[Config, _Fail], None], ...] = (
+    _check_service, _check_log, _check_handlers, _check_events, _check_gateway, _check_cluster,
+    _check_supercluster, _check_leafnodes, _check_something_to_run, _check_websocket, _check_console,
+    _check_grpc, _check_monitor, _check_limits,
+)
+
+
+def _check(config: Config, path: str) -> None:
+    """
+    Check C{config} (read from C{path}) section by section.
+
+    @raise ConfigError: at the first problem, naming the file, the section
+        and the key ("<path>: [section] key: problem").
+    """
+    def fail(section: str, key: str, problem: str) -> None:
+        raise ConfigError("{}: [{}] {}: {}".format(path, section, key, problem))
+
+    for check in _CHECKS:
+        check(config, fail)
 
 
 #: Host names that mean "every interface" to a server, and no one host to a client.

@@ -31,6 +31,11 @@ class Locked(Exception):
         self.path = path
         self.pid = pid
 
+    @property
+    def holder(self) -> str:
+        """Who holds the lock, for an error line: "PID 123", or "its PID unknown"."""
+        return "PID {}".format(self.pid) if self.pid else "its PID unknown"
+
 
 def _open_no_follow(path: str, flags: int, mode: int = 0o600) -> int:
     """os.open that refuses a symbolic link at C{path} (ELOOP) with a clear error."""

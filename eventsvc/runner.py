@@ -25,7 +25,7 @@ from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from eventsvc.app import EventService
+from eventsvc.service import EventService
 from eventsvc.nats.listener import ListenError
 
 

@@ -105,7 +105,7 @@ def _may(sec: Any, clients: str, identity: str) -> List[str]:
     from the very L{Permissions} the service builds (defaults and paired
     lists applied), so the text cannot drift from what a client meets.
     """
-    from eventsvc.app import identity_permissions
+    from eventsvc.listeners import identity_permissions
     from eventsvc.security.permissions import Permissions
 
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")

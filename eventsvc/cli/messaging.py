@@ -71,7 +71,7 @@ def _handler_not_type(config: configuration.Config, name: str) -> str:
 def sub(options: argparse.Namespace) -> int:
     """Print the messages on a subject, with their headers, as they arrive."""
     config = load(options.config)
-    who = wire.identity(config, options, gateway=options.gateway)
+    who = wire.identity(config, options, agent_listener=options.gateway)
     try:
         conn = wire.connect(who, options.timeout, "eventsvc-sub")
     except Failed as e:
@@ -104,7 +104,7 @@ def sub(options: argparse.Namespace) -> int:
 def request(options: argparse.Namespace) -> int:
     """Send a request and print the reply."""
     config = load(options.config)
-    who = wire.identity(config, options, gateway=options.gateway)
+    who = wire.identity(config, options, agent_listener=options.gateway)
     headers = _headers(options.header)
     try:
         conn = wire.connect(who, options.timeout, "eventsvc-request")
@@ -148,9 +148,10 @@ def print_message(n: int, message: wire.Message) -> None:
 
 def health_check(options: argparse.Namespace) -> int:
     """
-    A request/reply echo, then the server's own health: through the gateway
-    with the per-start health-check token when this node runs one, else
-    through the service listener with the service's mutual-TLS identity.
+    A request/reply echo, then the server's own health: through the agent
+    listener ([gateway]) with the per-start health-check token when this
+    node runs one, else through the service listener with the service's
+    mutual-TLS identity.
     """
     config = load(options.config)
     gw = config.gateway
@@ -163,7 +164,7 @@ def health_check(options: argparse.Namespace) -> int:
                 "unhealthy: cannot read the health-check token {} ({}); is the gateway running?".format(gw.health_token_file, e.strerror),
                 EX_FAIL,
             )
-        who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), gateway=True)
+        who = wire.identity(config, argparse.Namespace(token=token, ca=options.ca), agent_listener=True)
         # The token's identity may use only this inbox.
         inbox = health_inbox(token)
     elif config.service.enabled:
@@ -192,8 +193,8 @@ def health_check(options: argparse.Namespace) -> int:
 
 def _echo(conn: wire.Connection, inbox_prefix: str) -> str:
     """
-    Answer our own request through the gateway: a request/reply echo, as
-    the Go gateway's health check.  Returns the subject it used.
+    Answer our own request through the agent listener ([gateway]): a
+    request/reply echo, as the Go gateway's health check.  Returns the subject it used.
     """
     subject = "healthcheck." + secrets.token_hex(8)
     payload = secrets.token_hex(8).encode()
@@ -204,7 +205,7 @@ def _echo(conn: wire.Connection, inbox_prefix: str) -> str:
     while True:
         message = conn.next_message()
         if message.sid == b"1" and message.reply:
-            # The request reached us through the gateway: answer it.
+            # The request reached us through the agent listener: answer it.
             conn.send(b"PUB %s %d\r\n%s\r\n" % (message.reply.encode(), len(message.payload), message.payload))
         elif message.sid == b"2":
             if message.payload != payload:

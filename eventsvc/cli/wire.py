@@ -192,14 +192,15 @@ class Identity(NamedTuple):
     token: str
 
 
-def identity(config: configuration.Config, options: Any, gateway: bool = False) -> Identity:
+def identity(config: configuration.Config, options: Any, agent_listener: bool = False) -> Identity:
     """
     The configuration's own identity: the service listener with the [tls]
-    certificate (or --cert/--key), or, with C{gateway} (or no service in this
-    process), the gateway with --token or the first plain [gateway] token.
+    certificate (or --cert/--key), or, with C{agent_listener} (--gateway, or
+    no service in this process), the agent listener ([gateway]) with --token
+    or the first plain [gateway] token.
     """
     ca = getattr(options, "ca", None)
-    if gateway or not config.service.enabled:
+    if agent_listener or not config.service.enabled:
         gw = config.gateway
         if not gw.enabled:
             raise Failed("neither [service] nor [gateway] runs in {}".format(config.source))

@@ -242,10 +242,10 @@ class Monitor:
 
     def varz(self) -> dict:
         b = self.broker
-        gateway_listener = self.listener("gateway")
-        listener = self.listener("service") or gateway_listener
+        agent_listener = self.listener("gateway")
+        listener = self.listener("service") or agent_listener
         s = listener.settings
-        gateway = gateway_listener.settings if gateway_listener is not None else None
+        agents = agent_listener.settings if agent_listener is not None else None
         cluster = self.cluster()
         supercluster = self.supercluster()
         leafs = self.leafnodes()
@@ -266,7 +266,7 @@ class Monitor:
             "http_port": self.http_port,
             "http_base_path": "",
             "https_port": 0,
-            "auth_timeout": (gateway or s).auth_timeout,
+            "auth_timeout": (agents or s).auth_timeout,
             "max_control_line": s.max_control_line,
             "max_payload": s.max_payload,
             "max_pending": s.max_pending,

@@ -1,5 +1,7 @@
 """
-Authenticators for the gateway: they answer a CONNECT with an L{Identity}.
+Authenticators for the client listeners that take logins (the agent
+listener, [gateway], and [websocket]): they answer a CONNECT with an
+L{Identity}.
 
 Built in: tokens (listed in the config or in a file, plain or stored as
 C{sha256:<hex>}), user and password (nats-server style), an HTTP(S)
@@ -294,14 +296,14 @@ class HealthToken:
 
     def write(self) -> None:
         """
-        Hold C{path}.lock for as long as we run (a second gateway on the same
-        file is refused: it would replace our token), then write the token
+        Hold C{path}.lock for as long as we run (a second agent listener on the
+        same file is refused: it would replace our token), then write the token
         atomically, never through a link left at C{path}.
 
         @raise Locked: another process holds the token file.
         """
-        # Its folder is the state directory by default, which a gateway-only
-        # process (no spool to make it) may be the first to use.
+        # Its folder is the state directory by default, which a process with
+        # only the agent listener (no spool to make it) may be the first to use.
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         self._lock.acquire()
         try:

@@ -100,7 +100,7 @@ class Permissions:
         )
 
 
-#: What an authenticated agent may do at the gateway by default: publish
+#: What an authenticated agent may do on the agent listener ([gateway]) by default: publish
 #: Habitat events, and nothing else (no subscriptions, so no one's replies).
 AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*"], subscribe_deny=[">"])
 
@@ -108,7 +108,7 @@ AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*"], subscribe_deny=[">"])
 def health_inbox(token: str) -> str:
     """
     The health check's own inbox prefix, derived from the per-start token
-    (which only the check and the gateway know): no other inbox is open to it.
+    (which only the check and the agent listener know): no other inbox is open to it.
     """
     return "_INBOX.hc" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:24]
 

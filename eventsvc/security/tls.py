@@ -1,6 +1,7 @@
 """
 TLS contexts from files: mutual TLS for the service listener, SNI-selected
-front-end certificates for the gateway, client options for dialing.
+front-end certificates for the agent listener ([gateway]), client options
+for dialing.
 
 Every problem with a file (missing, unreadable, not PEM, a key that does not
 match its certificate) is a L{TLSFilesError} whose text names the file and
@@ -9,7 +10,7 @@ the configuration key, for one clear line at start-up.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -71,6 +72,26 @@ def mutual_tls_server(cert_path: str, key_path: str, root_ca_path: str) -> ssl.C
         trustRoot=ssl.trustRootFromCertificates([ca]),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     ))
+
+
+def peer_tls(cert_path: str, key_path: str, root_ca_path: str, alpn: Sequence[bytes] = ()) -> "Tuple[ssl.CertificateOptions, Callable[[str], Any]]":
+    """
+    Mutual TLS for links to other servers (routes, gateways, leaf nodes,
+    gRPC targets) with the [tls] identity and CA.
+
+    @return: the server context, and a function of the name the peer's
+        certificate must carry giving client options (offering C{alpn}).
+    """
+    tls_server = mutual_tls_server(cert_path, key_path, root_ca_path)
+    trust = ssl.trustRootFromCertificates([load_certificate(root_ca_path, "[tls] root_ca_path")])
+    identity = load_identity(cert_path, key_path, "[tls]")
+
+    def tls_client(name: str) -> Any:
+        if alpn:
+            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity, acceptableProtocols=list(alpn))
+        return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
+
+    return tls_server, tls_client
 
 
 def server_options(identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ()) -> ssl.CertificateOptions:

@@ -24,7 +24,7 @@ from eventsvc import __version__, config
 from eventsvc.app import make_service
 from eventsvc.ops.console import HISTORY_SIZE
 from eventsvc.test.eventsamples import event, payload
-from eventsvc.test.test_gateway import connect
+from eventsvc.test.test_agents import connect
 
 CONFIG = """
 [service]

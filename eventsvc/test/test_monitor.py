@@ -14,7 +14,7 @@ from eventsvc import config
 from eventsvc.app import make_service
 from eventsvc.ops.monitor import go_duration, uptime
 from eventsvc.test.eventsamples import payload
-from eventsvc.test.test_gateway import connect
+from eventsvc.test.test_agents import connect
 
 
 def get(svc, path: str):

@@ -563,8 +563,8 @@ class GatewayFuzzTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def test_changes_need_a_restart_and_say_so(self) -> None:
         from eventsvc import config
-        from eventsvc.app import _needs_restart
+        from eventsvc.service import needs_restart
 
         old = config.parse('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurls = ["x:1"]\n')
         new = config.parse('[supercluster]\nname = "a"\n[[supercluster.gateways]]\nname = "b"\nurls = ["x:2"]\n[cluster]\nport = 7000\n')
-        self.assertEqual(_needs_restart(old, new), ["[cluster] enabled", "[cluster] port", "[supercluster] gateways"])
+        self.assertEqual(needs_restart(old, new), ["[cluster] enabled", "[cluster] port", "[supercluster] gateways"])

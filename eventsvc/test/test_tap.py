@@ -15,10 +15,11 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc import app, config, tap
+from eventsvc import config, tap
 from eventsvc.app import EventService, make_service
 from eventsvc.nats.listener import ListenError
 from eventsvc.ops.logs import make_observer
+from eventsvc.service import lame_duck_pace
 
 
 class PluginTests(SynchronousTestCase):
@@ -163,19 +164,19 @@ class LameDuckPaceTests(SynchronousTestCase):
     """nats-server's pace for closing clients in lame duck mode."""
 
     def test_few_clients_at_most_a_second_apart(self) -> None:
-        self.assertEqual(app.lame_duck_pace(10, 110.0), (1.0, 1))
+        self.assertEqual(lame_duck_pace(10, 110.0), (1.0, 1))
 
     def test_spread_evenly(self) -> None:
-        self.assertEqual(app.lame_duck_pace(4, 2.0), (0.5, 1))
+        self.assertEqual(lame_duck_pace(4, 2.0), (0.5, 1))
 
     def test_more_clients_than_milliseconds_close_in_batches(self) -> None:
-        self.assertEqual(app.lame_duck_pace(50000, 10.0), (0.001, 5))
+        self.assertEqual(lame_duck_pace(50000, 10.0), (0.001, 5))
 
     def test_no_spread_left_takes_a_second(self) -> None:
-        self.assertEqual(app.lame_duck_pace(2, 0.0), (0.5, 1))
+        self.assertEqual(lame_duck_pace(2, 0.0), (0.5, 1))
 
     def test_no_clients(self) -> None:
-        self.assertEqual(app.lame_duck_pace(0, 110.0), (0.0, 1))
+        self.assertEqual(lame_duck_pace(0, 110.0), (0.0, 1))
 
 
 class PlumbingLogTests(SynchronousTestCase):

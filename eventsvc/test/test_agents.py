@@ -1,6 +1,7 @@
 """
-The gateway: token-authenticated clients under permissions, on the same
-broker as the service listener, in memory.
+The agent listener ([gateway]): token-authenticated clients under
+permissions, on the same broker as the service listener, in memory.
+(nats-server's gateways, [supercluster], are test_supercluster's.)
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def token_connect(token: str) -> bytes:
     return b'CONNECT {"verbose":false,"pedantic":false,"auth_token":"%s"}\r\n' % token.encode()
 
 
-class GatewayAuthTests(SynchronousTestCase):
+class AgentAuthTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.logged = []
         globalLogPublisher.addObserver(self.logged.append)
@@ -164,8 +165,8 @@ class GatewayAuthTests(SynchronousTestCase):
         producer.send(b"SUB inbox 9\r\nHPUB secret.z inbox 12 12\r\nNATS/1.0\r\n\r\n\r\n")
         self.assertIn(b"NATS/1.0 503", producer.received())
 
-    def test_gateway_to_service_and_back(self) -> None:
-        """A request published at the gateway reaches the service; the reply comes back once."""
+    def test_agent_listener_to_service_and_back(self) -> None:
+        """A request published at the agent listener reaches the service; the reply comes back once."""
         svc, _, _ = build(self, '[[gateway.identities]]\nname = "a1"\ntoken = "a1-token"\nprivate_inbox = true\n')
         consumer = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB habitat.event.> automate 1\r\n')
         agent = connect(svc, "gateway", token_connect("a1-token"))
