@@ -34,6 +34,7 @@ from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.login import Login
 from eventsvc.nats.outbound import Outbound, ReadGate
@@ -71,11 +72,13 @@ class ClientConnection(Protocol):
     """
 
     log = Logger()
-    #: Not a route: the broker forwards what it publishes to routes.
-    route = False
-    gateway = False
-    leaf = False
-    #: Whether it came over a WebSocket (L{eventsvc.nats.websocket}).
+    kind = Kind.CLIENT
+    #: A client names no leaf cluster, and its frames are MSG, not a link's.
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
+    frame_head = b""
+    #: Whether it came over a WebSocket (L{eventsvc.nats.websocket}): its
+    #: transport, not its kind (a WebSocket client is a client).
     websocket = False
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any

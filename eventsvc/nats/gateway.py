@@ -49,6 +49,7 @@ from twisted.logger import Logger
 
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import PLAN_CACHE_SIZE, Broker
@@ -235,8 +236,7 @@ class GatewayConnection(PeerConnection):
     L{PeerConnection} speaking the gateway protocol (L{GatewayParser}).
     """
 
-    kind = "gateway"
-    gateway = True
+    kind = Kind.GATEWAY
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
         settings = manager.settings
@@ -551,9 +551,10 @@ def _unwrapped(subject: bytes) -> bytes:
 class _ReplySource:
     """The source of a routed reply that reached its cluster: delivered as a client's publish is."""
 
-    route = False
-    gateway = False
-    leaf = False
+    kind = Kind.CLIENT
+    cid = 0
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
     echo = True
     headers = True
 
@@ -1070,7 +1071,7 @@ class GatewayManager(Service):
             self.dropped += 1
             return 0
         server = subject[_SERVER_AT : _SERVER_AT + HASH_LEN]
-        if conn.gateway and server != self.server_hash and self.routes is not None:
+        if conn.kind is Kind.GATEWAY and server != self.server_hash and self.routes is not None:
             for route in list(self.routes.routes.values()):
                 if gateway_hash(route.remote_id) == server:
                     middle = b"" if reply is None else reply + b" "
@@ -1082,5 +1083,5 @@ class GatewayManager(Service):
         plain = subject[SUBJECT_AT:]
         local_reply = self.strip(reply)
         if hdr_len < 0:
-            return self.broker.deliver(self.source, plain, local_reply, size, tail)  # type: ignore[arg-type]
-        return self.broker.deliver_headers(self.source, plain, local_reply, hdr_len, size, body)  # type: ignore[arg-type]
+            return self.broker.deliver(self.source, plain, local_reply, size, tail)
+        return self.broker.deliver_headers(self.source, plain, local_reply, hdr_len, size, body)

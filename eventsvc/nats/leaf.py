@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
 from eventsvc.nats.greeting import info_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import Broker
@@ -79,8 +80,7 @@ class LeafConnection(PeerConnection):
     routes and gateways too), but never gets its own messages back.
     """
 
-    kind = "leaf node"
-    leaf = True
+    kind = Kind.LEAF
     echo = False
     frame_head = b"LMSG "
 
@@ -88,7 +88,9 @@ class LeafConnection(PeerConnection):
         settings = manager.settings
         super().__init__(manager, settings.ping_interval, LeafParser)
         self.remote = remote
-        self.route = remote is not None
+        if remote is not None:
+            #: An uplink: what our hub brings goes to our clients and leafs only.
+            self.kind = Kind.HUB
         #: What we take from the hub (IPermissions over our deny_imports;
         #: None: everything).  What the other side is not to get (our
         #: deny_exports, a spoke's deny_pub) is its may_receive.
@@ -138,7 +140,7 @@ class LeafConnection(PeerConnection):
     def lost(self, why: str) -> None:
         subs = list(self.subs.values())
         self.subs.clear()
-        self.let_go(subs, self._remove_remote if self.route else self.broker.remove_subscriptions)
+        self.let_go(subs, self._remove_remote if self.kind is Kind.HUB else self.broker.remove_subscriptions)
         self.manager.leaf_lost(self, why)
 
     def _remove_remote(self, subs: List[Subscription]) -> None:
@@ -275,7 +277,7 @@ class LeafConnection(PeerConnection):
         sub = Subscription(self, subject, queue, b"")
         sub.origin = self.cluster_origin or None
         self.subs[key] = sub
-        if self.route:
+        if self.kind is Kind.HUB:
             self.broker.add_remote_subscription(sub, gateways=False)
         else:
             self.broker.add_subscription(sub)
@@ -285,7 +287,7 @@ class LeafConnection(PeerConnection):
         sub = self.subs.pop((subject, queue), None)
         if sub is None:
             return
-        if self.route:
+        if self.kind is Kind.HUB:
             self.broker.remove_remote_subscription(sub, gateways=False)
         else:
             self.broker.remove_subscription(sub)
@@ -667,10 +669,10 @@ class LeafManager(Service):
         owner = sub.owner
         if owner is conn:
             return False
-        if conn.route:
+        if conn.kind is Kind.HUB:
             if conn.imports is not None and not conn.imports.may_subscribe(sub.subject, sub.queue):
                 return False  # (interest in what we do not import: not asked for)
-            return not owner.route
+            return not owner.kind.one_hop
         if sub.origin and sub.origin == conn.cluster_origin:
             # (A leaf of its cluster's, here or behind a route.)
             return sub.subject.startswith(LDS_PREFIX)

@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from eventsvc.nats.client import failure_reason
 from eventsvc.nats.framing import ReadTurns
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.outbound import Outbound
@@ -78,10 +79,13 @@ class PeerConnection(Protocol):
     """
 
     log = Logger()
-    kind = "peer"
-    route = False
-    gateway = False
-    leaf = False
+    #: The subclass's L{Kind}; its C{label} names the link in the log.
+    kind: Kind
+    #: Gateways and leafs number themselves for monitoring; routes do not.
+    cid = 0
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
+    frame_head = b""
     may_receive: Optional[Callable[[bytes], bool]] = None
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
@@ -328,14 +332,14 @@ class PeerConnection(Protocol):
             "{kind} to {peer} cannot keep up ({n} bytes held): closing it",
             kind=self.kind, peer=self.describe(), n=self.outbound.held_bytes,
         )
-        self.close(None, "slow " + self.kind)
+        self.close(None, "slow " + self.kind.label)
 
     def _send_now(self, data: bytes) -> None:
         self.send(data)
         self.broker.flush()
 
     def _stale(self) -> None:
-        self.close("Stale Connection", "stale " + self.kind)
+        self.close("Stale Connection", "stale " + self.kind.label)
 
     # -- what every peer protocol answers the same way ----------------------------
 

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
 from eventsvc.nats.greeting import info_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import Broker
@@ -44,8 +45,7 @@ class RouteConnection(PeerConnection):
     speaking the route protocol (L{RouteParser}).
     """
 
-    kind = "route"
-    route = True
+    kind = Kind.ROUTE
     frame_head = b"RMSG $G "
     #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
     #: keeps the message from that cluster's links).

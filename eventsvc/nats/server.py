@@ -27,6 +27,8 @@ from twisted.logger import Logger
 
 from eventsvc import __version__
 from eventsvc.nats.advertise import ConnectURLs
+from eventsvc.nats.interfaces import ISource, ISubscriber
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, valid_literal_subject, valid_subject
 
 #: nats-server's status message for a request nobody answered.
@@ -43,49 +45,6 @@ PLAN_CACHE_SIZE = 16384
 def new_server_id() -> str:
     """A random id shaped like nats-server's (56 upper-case base32 characters)."""
     return "N" + b32encode(os.urandom(35)).decode("ascii")[:55]
-
-
-class ISubscriber(Protocol):
-    """
-    What the broker needs of whoever holds subscriptions: client
-    connections, routes and the in-process subscriber.
-
-    @ivar out: frames waiting for the next flush.
-    @ivar dirty: whether it is queued for the next flush.
-    @ivar echo: whether it wants its own publishes back.
-    @ivar headers: whether it negotiated headers (HMSG) support.
-    @ivar route: whether it is a route (messages from it go no further).
-    @ivar gateway: whether it is a gateway from another cluster (messages
-        from it go to this cluster only, routes included).
-    @ivar leaf: whether it is a leaf-node connection (L{eventsvc.nats.leaf}):
-        a remote owner like a route, framed C{LMSG}, that gets messages
-        from routes too.  A leaf we dialled (an uplink to a hub) is also a
-        C{route}: what it sends goes no further than a route's would.
-    @ivar frame_head: a remote owner's frame verb (C{b"RMSG $G "},
-        C{b"LMSG "}); its messages are one frame per owner, naming queue
-        groups, not one per subscription.
-    @ivar may_receive: None, or whether a message on a subject may be
-        delivered to it (its permissions deny some subjects that a wider
-        subscription of its covers); asked once per subject, when the
-        delivery plan is made.
-    """
-
-    out: List[bytes]
-    dirty: bool
-    echo: bool
-    headers: bool
-    route: bool
-    gateway: bool
-    leaf: bool
-    may_receive: Optional[Callable[[bytes], bool]]
-    out_msgs: int
-    out_bytes: int
-
-    def flush(self) -> bool:
-        """Write what C{out} holds; True asks the producer to stall."""
-
-    def remove_subscription(self, sub: Subscription) -> None:
-        """End C{sub} (its auto-unsubscribe maximum was reached)."""
 
 
 class IGatewayForwarder(Protocol):
@@ -172,13 +131,17 @@ class LocalSubscriber:
     instead of being framed for a socket.
     """
 
-    route = False
-    gateway = False
-    leaf = False
+    kind = Kind.IN_PROCESS
+    cid = 0
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
+    frame_head = b""
     may_receive: Optional[Callable[[bytes], bool]] = None
     echo = True
     headers = True
     dirty = False
+    in_msgs = 0
+    in_bytes = 0
     out_msgs = 0
     out_bytes = 0
 
@@ -193,6 +156,9 @@ class LocalSubscriber:
 
     def flush(self) -> bool:
         return False
+
+    def stall(self, consumer: Any) -> None:
+        """Nothing to stall: the in-process API does not read."""
 
 
 class LocalSubscription:
@@ -273,11 +239,11 @@ class Broker:
         return self._next_cid
 
     def unregister(self, conn: ISubscriber) -> None:
-        cid = getattr(conn, "cid", None)
-        if self.clients.get(cid) is conn:  # type: ignore[arg-type]
-            del self.clients[cid]  # type: ignore[arg-type]
-            self.in_msgs += conn.in_msgs  # type: ignore[attr-defined]
-            self.in_bytes += conn.in_bytes  # type: ignore[attr-defined]
+        cid = conn.cid
+        if self.clients.get(cid) is conn:
+            del self.clients[cid]
+            self.in_msgs += conn.in_msgs
+            self.in_bytes += conn.in_bytes
             self.out_msgs += conn.out_msgs
             self.out_bytes += conn.out_bytes
             self.closed.append(ClosedConnection(conn))
@@ -294,8 +260,8 @@ class Broker:
         """Server-wide counters, live connections included."""
         live = list(self.clients.values())
         return {
-            "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),  # type: ignore[attr-defined]
-            "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),  # type: ignore[attr-defined]
+            "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),
+            "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),
             "out_msgs": self.out_msgs + self._local.out_msgs + sum(c.out_msgs for c in live),
             "out_bytes": self.out_bytes + self._local.out_bytes + sum(c.out_bytes for c in live),
             "slow_consumers": self.slow_consumers,
@@ -324,10 +290,11 @@ class Broker:
             if owner.may_receive is not None and not owner.may_receive(subject):
                 # Subscribers denied this subject leave the plan (and so cost nothing per message).
                 continue
-            if owner.leaf:
+            kind = owner.kind
+            if kind.leaf:
                 leafs[owner] = None  # one LMSG per leaf
                 continue
-            if owner.route:
+            if kind.remote:
                 routes[owner] = None  # one RMSG per route, however many subscriptions
                 continue
             plain.append((owner, head + s.sid + b" ", owner.out.append))
@@ -356,13 +323,13 @@ class Broker:
         plain_subs: List[Subscription] = []
         routes_plain: Dict[Any, None] = {}
         for s in subs:
-            if _remote(s.owner):
+            if s.owner.kind.remote:
                 routes_plain[s.owner] = None
             else:
                 plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
                 plain_subs.append(s)
-        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not _remote(s.owner)] for group in groups]
-        queue_info = [(group[0].queue, list({s.owner: None for s in group if _remote(s.owner)})) for group in groups]
+        queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.kind.remote] for group in groups]
+        queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.kind.remote})) for group in groups]
         queue_routes = {r for _, routes in queue_info for r in routes}
         simple = not queue_routes and all(
             s.max == 0 and s.owner.__class__ is not LocalSubscriber
@@ -370,8 +337,8 @@ class Broker:
         )
         rhead = b"RMSG $G " + subject + b" "
         lhead = b"LMSG " + subject + b" "
-        route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes and not r.leaf]
-        leaf_plain = [(r, lhead, r.out.append) for r in routes_plain if r not in queue_routes and r.leaf]
+        route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes and not r.kind.leaf]
+        leaf_plain = [(r, lhead, r.out.append) for r in routes_plain if r not in queue_routes and r.kind.leaf]
         route_mixed = [r for r in routes_plain if r in queue_routes]
         targets = _Targets(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info, leaf_plain)
         return self._keep(subject, targets) if keep else targets
@@ -381,7 +348,7 @@ class Broker:
         return targets
 
     def deliver(
-        self, src: ISubscriber, subject: bytes, reply: Optional[bytes], size: int, tail: bytes,
+        self, src: ISource, subject: bytes, reply: Optional[bytes], size: int, tail: bytes,
         targets: Optional[_Targets] = None,
     ) -> int:
         """
@@ -418,13 +385,13 @@ class Broker:
                 count += self._give(src, sub, conn, prefix, message)
         if targets.leaf_plain:
             count += self._to_remotes(src, targets.leaf_plain, tail if reply is None else reply + b" " + tail, size)
-        if src.route:
+        if src.kind.one_hop:
             # One hop: what came from a route (or a hub) goes to local
             # subscribers and leafs only.
             if targets.route_mixed:
                 count += self._deliver_queues(src, targets, _Message(subject, reply, size, tail, -1, b""), only=())
             return count
-        if targets.route_plain and src.leaf and src.cluster_origin:  # type: ignore[attr-defined]
+        if targets.route_plain and src.kind.leaf and src.cluster_origin:
             # A leaf's message of a named cluster: LMSG <origin>, so that
             # the other servers keep it from that cluster's other links.
             count += self._plain_remotes(src, _Message(subject, reply, size, tail, -1, b""), [r for r, _, _ in targets.route_plain])
@@ -434,15 +401,15 @@ class Broker:
             # A leaf's message without queue names is for plain subscribers
             # only: its side chose the groups' members.
             message = _Message(subject, reply, size, tail, -1, b"")
-            count += self._deliver_queues(src, targets, message, only=() if src.leaf else None)
-        if self.gateways is not None and not src.gateway:
+            count += self._deliver_queues(src, targets, message, only=() if src.kind.leaf else None)
+        if self.gateways is not None and src.kind.to_gateways:
             count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
         return count
 
-    def _to_remotes(self, src: ISubscriber, remotes: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]], frame_tail: bytes, size: int) -> int:
+    def _to_remotes(self, src: ISource, remotes: List[Tuple[ISubscriber, bytes, Callable[[bytes], None]]], frame_tail: bytes, size: int) -> int:
         """A message's C{RMSG} (C{LMSG}) to each route (leaf) with plain interest that C{src}'s message may reach."""
         count = 0
-        check = src.route or src.leaf
+        check = src.kind.remote
         for conn, prefix, append in remotes:
             if check and not _reaches(src, conn):
                 continue
@@ -454,7 +421,7 @@ class Broker:
             count += 1
         return count
 
-    def _plain_remotes(self, src: ISubscriber, message: "_Message", remotes: List[ISubscriber]) -> int:
+    def _plain_remotes(self, src: ISource, message: "_Message", remotes: List[ISubscriber]) -> int:
         """A message's frame, naming no queue group, to each of C{remotes} (routes, leafs) that C{src}'s message may reach."""
         count = 0
         for conn in remotes:
@@ -466,7 +433,7 @@ class Broker:
                 count += 1
         return count
 
-    def deliver_batch(self, src: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
+    def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """
         Deliver several PUBs to C{subject}, none with a reply subject:
         C{tails} as for L{deliver}, C{size} the total of their payloads.
@@ -485,8 +452,8 @@ class Broker:
         dirty = self._dirty
         # Routes and leafs with plain interest take the same joined frames
         # ("RMSG $G <subject> ", "LMSG <subject> ").
-        routes = targets.route_plain if not src.route else []
-        if routes and src.leaf and src.cluster_origin:  # type: ignore[attr-defined]
+        routes = targets.route_plain if not src.kind.one_hop else []
+        if routes and src.kind.leaf and src.cluster_origin:
             for tail in tails:
                 self.deliver(src, subject, None, _payload_size(tail), tail, targets)
             return
@@ -508,7 +475,7 @@ class Broker:
             if not conn.dirty:
                 conn.dirty = True
                 dirty.append(conn)
-        if targets.queues and not src.route and not src.leaf:
+        if targets.queues and not src.kind.remote:
             # (An RMSG or LMSG without queue names reaches plain subscribers only.)
             rand = self._random.random
             for group in targets.queues:
@@ -528,12 +495,12 @@ class Broker:
                     if not conn.dirty:
                         conn.dirty = True
                         dirty.append(conn)
-        if self.gateways is not None and not src.route and not src.gateway:
+        if self.gateways is not None and src.kind.to_gateways:
             self.gateways.forward_batch(subject, tails, size, targets)
 
     def deliver_headers(
         self,
-        src: ISubscriber,
+        src: ISource,
         subject: bytes,
         reply: Optional[bytes],
         hdr_len: int,
@@ -553,12 +520,12 @@ class Broker:
         count += self._plain_remotes(src, message, targets.plain_remotes())
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(src, targets, message)
-        if self.gateways is not None and not src.route and not src.gateway:
+        if self.gateways is not None and src.kind.to_gateways:
             count += self.gateways.forward(subject, reply, total, b"", hdr_len, body, targets)
         return count
 
     def deliver_gatewayed(
-        self, gateway: ISubscriber, subject: bytes, reply: Optional[bytes], local_reply: Optional[bytes],
+        self, gateway: ISource, subject: bytes, reply: Optional[bytes], local_reply: Optional[bytes],
         queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int = -1, body: bytes = b"",
     ) -> int:
         """
@@ -586,7 +553,7 @@ class Broker:
             count += self._deliver_queues(gateway, targets, message, only=queues, routed=routed)
         return count
 
-    def deliver_gatewayed_batch(self, gateway: ISubscriber, subject: bytes, tails: List[bytes], size: int) -> None:
+    def deliver_gatewayed_batch(self, gateway: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """Several messages from another cluster to one subject, no reply and no queue names."""
         targets = self._targets.get(subject) or self._plan(subject)
         if targets.simple and not targets.queues and not targets.route_mixed:
@@ -596,7 +563,7 @@ class Broker:
             self.deliver_gatewayed(gateway, subject, None, None, (), _payload_size(tail), tail)
 
     def _deliver_queues(
-        self, src: ISubscriber, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None,
+        self, src: ISource, targets: _Targets, message: "_Message", only: Optional[Sequence[bytes]] = None,
         routed: Optional["_Message"] = None,
     ) -> int:
         """
@@ -622,10 +589,10 @@ class Broker:
                     count += 1
                     break
             else:
-                if routes and (src.route or src.leaf):
+                if routes and src.kind.remote:
                     # From a route, only a leaf member (the route's server
                     # had its own turn); never back where it came from.
-                    routes = [r for r in routes if r is not src and (r.leaf or src.leaf)]
+                    routes = [r for r in routes if r is not src and (r.kind.leaf or src.kind.leaf)]
                 if routes:
                     route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
                     if assigned is None:
@@ -643,7 +610,7 @@ class Broker:
         return count
 
     def deliver_routed(
-        self, route: ISubscriber, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
+        self, route: ISource, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
         size: int, tail: bytes, hdr_len: int = -1, body: bytes = b"",
     ) -> int:
         """
@@ -670,13 +637,13 @@ class Broker:
         count += self._plain_remotes(route, message, targets.plain_remotes())
         if targets.queues or targets.route_mixed:
             count += self._deliver_queues(route, targets, message, only=queues)
-        if self.gateways is not None and not route.route and not route.gateway:
+        if self.gateways is not None and route.kind.to_gateways:
             count += self.gateways.forward(subject, reply, size, tail, hdr_len, body, targets)
         return count
 
     def _give(
         self,
-        src: ISubscriber,
+        src: ISource,
         sub: Subscription,
         conn: ISubscriber,
         prefix: bytes,
@@ -729,7 +696,7 @@ class Broker:
         for conn in dirty:
             conn.dirty = False
             if conn.flush() and producer is not None and producer is not conn:
-                producer.stall(conn)  # type: ignore[attr-defined]
+                producer.stall(conn)
 
     def mark_dirty(self, conn: ISubscriber) -> None:
         """Queue C{conn} for the next flush (it appended to its own C{out})."""
@@ -896,11 +863,6 @@ class Broker:
         self.flush()
 
 
-def _remote(owner: Any) -> bool:
-    """Whether a subscription's owner is another server (a route or a leaf): one frame per owner."""
-    return owner.route or owner.leaf
-
-
 def _reaches(src: Any, remote: Any) -> bool:
     """
     Whether a message from C{src} goes on to C{remote}, a route or a leaf
@@ -913,17 +875,17 @@ def _reaches(src: Any, remote: Any) -> bool:
     """
     if remote is src:
         return False
-    if remote.leaf:
-        if src.leaf:
+    if remote.kind.leaf:
+        if src.kind.leaf:
             origin = src.cluster_origin
-        elif src.route:
-            if remote.route:
+        elif src.kind is Kind.ROUTE:
+            if remote.kind is Kind.HUB:
                 return False
             origin = src.message_origin  # (an LMSG <origin> the route is delivering)
         else:
             return True
         return not (origin and origin == remote.cluster_origin)
-    return not src.route
+    return not src.kind.one_hop
 
 
 def _remote_frame(src: Any, remote: Any, message: "_Message", queues: Sequence[bytes]) -> bytes:
@@ -932,7 +894,7 @@ def _remote_frame(src: Any, remote: Any, message: "_Message", queues: Sequence[b
     C{queues}: in the remote's verb, and to a route with the leaf cluster
     it came from when a leaf of a named cluster sent it.
     """
-    origin = src.cluster_origin if src.leaf and not remote.leaf else None
+    origin = src.cluster_origin if src.kind.leaf and not remote.kind.leaf else None
     return message.route_frame(queues, remote.frame_head, origin)
 
 
