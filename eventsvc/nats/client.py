@@ -361,7 +361,7 @@ class ClientConnection(Protocol):
         if not self.headers:
             raise ProtocolViolation(None, "HPUB without headers support")
         if self._admit(subject, total, reply):
-            if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None:
+            if not self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body) and reply is not None:
                 self.op_no_responders(reply)
 
     def _update_plain(self) -> None:

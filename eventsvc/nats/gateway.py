@@ -52,7 +52,8 @@ from eventsvc.nats import limits, peer
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
-from eventsvc.nats.server import PLAN_CACHE_SIZE, Broker
+from eventsvc.nats.delivery import PLAN_CACHE_SIZE
+from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
 
 GLOBAL = b"$G"
@@ -1039,7 +1040,7 @@ class GatewayManager(Service):
             for tail in tails:
                 self.received(conn, subject, None, (), len(tail) - tail.index(b"\n") - 3, tail, -1, b"")
             return
-        self.broker.deliver_gatewayed_batch(conn, subject, tails, size)
+        self.broker.deliver_batch(conn, subject, tails, size)
 
     def received(
         self, conn: GatewayConnection, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
@@ -1052,7 +1053,9 @@ class GatewayManager(Service):
             return 0
         if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
             return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_gatewayed(conn, subject, reply, self.strip(reply), queues, size, tail, hdr_len, body)
+        return self.broker.deliver_message(
+            conn, subject, self.strip(reply), size, tail, hdr_len, body, queues, routed_reply=reply
+        )
 
     def from_route(
         self, route: Any, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
@@ -1061,7 +1064,7 @@ class GatewayManager(Service):
         """A message from a route with a routed subject or reply (a route's hook)."""
         if routed(subject):
             return self._routed_reply(route, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_routed(route, subject, self.strip(reply), queues, size, tail, hdr_len, body)
+        return self.broker.deliver_message(route, subject, self.strip(reply), size, tail, hdr_len, body, queues)
 
     def _routed_reply(
         self, conn: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
@@ -1084,4 +1087,4 @@ class GatewayManager(Service):
         local_reply = self.strip(reply)
         if hdr_len < 0:
             return self.broker.deliver(self.source, plain, local_reply, size, tail)
-        return self.broker.deliver_headers(self.source, plain, local_reply, hdr_len, size, body)
+        return self.broker.deliver_message(self.source, plain, local_reply, size, b"", hdr_len, body)

@@ -10,7 +10,7 @@ uplink only those of our clients and our downleafs (the hub hears of our
 cluster's other servers from their own uplinks).  Messages cross as
 C{LMSG} (or C{HMSG}) without an account, naming the queue groups they are
 meant for.  The broker's delivery rules for leafs are in
-L{eventsvc.nats.server} (C{_reaches}); this module holds the handshake,
+L{eventsvc.nats.delivery} (C{reaches}); this module holds the handshake,
 interest and loop detection: each server subscribes its leafs to its own
 C{$LDS.<id>} subject, and a link that brings that interest back is a loop,
 closed with nats-server's error (the spoke waits 30 s before dialling again).
@@ -325,14 +325,14 @@ class LeafConnection(PeerConnection):
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         if self._takes("LMSG", subject):
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+            self.broker.deliver(self, subject, reply, size, tail, queues=queues)
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         takes = self._takes("HMSG", subject)
         self.in_msgs += 1
         self.in_bytes += total
         if takes:
-            self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+            self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
 
     def op_err(self, arg: bytes) -> None:
         text = arg.decode("utf-8", "replace")

@@ -210,7 +210,7 @@ class RouteConnection(PeerConnection):
             # A reply routed across gateways: theirs to unwrap.
             gateways.from_route(self, subject, reply, queues, size, tail, hdr_len, body)  # type: ignore[attr-defined]
         else:
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail, hdr_len, body)
+            self.broker.deliver_message(self, subject, reply, size, tail, hdr_len, body, queues)
 
     def _importable(self, subject: bytes) -> bool:
         """
