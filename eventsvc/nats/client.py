@@ -32,7 +32,8 @@ from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
-from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.frames import info_line, no_responders
+from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
@@ -378,7 +379,7 @@ class ClientConnection(Protocol):
         # Only to this client's own plain subscription on the reply subject.
         for sub in self.broker.sublist.match(reply).plain:
             if sub.owner is self:
-                self.send(b"HMSG %s %s 16 16\r\n%s\r\n" % (reply, sub.sid, NO_RESPONDERS_STATUS))
+                self.send(no_responders(reply, sub.sid, NO_RESPONDERS_STATUS))
                 return
 
     def op_sub(self, subject: bytes, queue: Optional[bytes], sid: bytes) -> None:

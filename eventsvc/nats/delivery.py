@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 from twisted.logger import Logger
 
+from eventsvc.nats.frames import Message, lmsg_head, msg_head, rmsg_head
 from eventsvc.nats.interfaces import ISource, ISubscriber
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription
@@ -180,7 +181,7 @@ def plan(subject: bytes, subs: Sequence[Subscription], groups: Sequence[Sequence
     if groups:
         return _plan_with_queues(subject, subs, groups)
     # Plain subscriptions only (most subjects, every reply inbox): one pass.
-    head = b"MSG " + subject + b" "
+    head = msg_head(subject)
     plain: List[Target] = []
     plain_subs: List[Subscription] = []
     routes: Dict[Any, None] = {}
@@ -204,11 +205,11 @@ def plan(subject: bytes, subs: Sequence[Subscription], groups: Sequence[Sequence
             simple = False
     route_plain = []
     if routes:
-        rhead = b"RMSG $G " + subject + b" "
+        rhead = rmsg_head(subject)
         route_plain = [(r, rhead, r.out.append) for r in routes]
     leaf_plain = []
     if leafs:
-        lhead = b"LMSG " + subject + b" "
+        lhead = lmsg_head(subject)
         leaf_plain = [(r, lhead, r.out.append) for r in leafs]
     return Plan(plain, plain_subs, [], simple, route_plain, [], [], leaf_plain)
 
@@ -219,7 +220,7 @@ def _plan_with_queues(subject: bytes, subs: Any, groups: Any) -> Plan:
     ):
         subs = [s for s in subs if _receives(s, subject)]
         groups = [g for g in ([s for s in group if _receives(s, subject)] for group in groups) if g]
-    head = b"MSG " + subject + b" "
+    head = msg_head(subject)
     plain: List[Target] = []
     plain_subs: List[Subscription] = []
     routes_plain: Dict[Any, None] = {}
@@ -236,8 +237,8 @@ def _plan_with_queues(subject: bytes, subs: Any, groups: Any) -> Plan:
         s.max == 0 and s.owner.kind is not Kind.IN_PROCESS
         for s in plain_subs + [s for group in groups for s in group]
     )
-    rhead = b"RMSG $G " + subject + b" "
-    lhead = b"LMSG " + subject + b" "
+    rhead = rmsg_head(subject)
+    lhead = lmsg_head(subject)
     route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes and not r.kind.leaf]
     leaf_plain = [(r, lhead, r.out.append) for r in routes_plain if r not in queue_routes and r.kind.leaf]
     route_mixed = [r for r in routes_plain if r in queue_routes]
@@ -578,55 +579,3 @@ class Delivery:
 def _payload_size(tail: bytes) -> int:
     """The payload size of a C{b"<size>\\r\\n<payload>\\r\\n"} tail."""
     return len(tail) - tail.index(b"\n") - 3
-
-
-class Message:
-    """A message on the general delivery path, framed lazily per kind of subscriber."""
-
-    __slots__ = ("subject", "reply", "size", "tail", "hdr_len", "body", "_plain", "_payload")
-
-    def __init__(self, subject, reply, size, tail, hdr_len, body):
-        self.subject: bytes = subject
-        self.reply: Optional[bytes] = reply
-        self.size: int = size
-        self.tail: bytes = tail
-        self.hdr_len: int = hdr_len  # -1: no headers
-        self.body: bytes = body
-        self._plain: Optional[bytes] = None
-        self._payload: Optional[bytes] = None
-
-    def frame(self, prefix: bytes, headers: bool) -> bytes:
-        """The message to a local subscriber whose frame starts C{prefix}; without its headers unless C{headers}."""
-        reply = b"" if self.reply is None else self.reply + b" "
-        if self.hdr_len < 0:
-            return prefix + reply + self.tail
-        if headers:
-            return b"H%s%s%d %d\r\n%s" % (prefix, reply, self.hdr_len, self.size, self.body)
-        if self._plain is None:
-            self._plain = b"%d\r\n%s" % (self.size - self.hdr_len, self.body[self.hdr_len :])
-        return prefix + reply + self._plain
-
-    def route_frame(self, queues: Sequence[bytes], head: bytes = b"RMSG $G ", origin: Optional[bytes] = None) -> bytes:
-        """
-        The whole RMSG (or HMSG) for a route, naming C{queues} if any;
-        C{head} C{b"LMSG "} for a leaf.  With C{origin} (a message from a
-        leaf of that cluster, to a route): C{LMSG <origin> $G ...} with its
-        header size, as nats-server sends a route that says lnoc.
-        """
-        if queues:
-            middle = (b"+ " + self.reply + b" " if self.reply is not None else b"| ") + b" ".join(queues) + b" "
-        else:
-            middle = b"" if self.reply is None else self.reply + b" "
-        if origin:
-            if self.hdr_len < 0:
-                return b"LMSG " + origin + b" $G " + self.subject + b" " + middle + b"0 " + self.tail
-            return b"LMSG %s $G %s %s%d %d\r\n%s" % (origin, self.subject, middle, self.hdr_len, self.size, self.body)
-        if self.hdr_len < 0:
-            return head + self.subject + b" " + middle + self.tail
-        return b"H%s%s %s%d %d\r\n%s" % (head[1:], self.subject, middle, self.hdr_len, self.size, self.body)
-
-    def parts(self) -> Tuple[bytes, Optional[bytes]]:
-        """The payload and the header block (or None)."""
-        if self.hdr_len < 0:
-            return self.tail[self.tail.index(b"\n") + 1 : -2], None
-        return self.body[self.hdr_len : -2], self.body[: self.hdr_len]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from twisted.logger import Logger
 
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
+from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
@@ -87,11 +87,6 @@ def gateway_hash(name: str) -> bytes:
 def routed(subject: bytes) -> bool:
     """Whether C{subject} is a routed reply (C{_GR_.} with both hashes and more)."""
     return len(subject) > SUBJECT_AT and subject[:_CLUSTER_AT] == GR_PREFIX
-
-
-def gateway_info_line(info: Dict[str, Any]) -> bytes:
-    """A gateway INFO, as nats-server writes one (no space before CRLF)."""
-    return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b"\r\n"
 
 
 def command_info(gateway: str, cmd: int, account: bytes) -> bytes:
@@ -282,17 +277,7 @@ class GatewayConnection(PeerConnection):
         self, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
     ) -> None:
         """An RMSG (or HMSG) in C{$G} to the peer, naming C{queues} if any."""
-        if queues:
-            middle = (b"+ " + reply + b" " if reply is not None else b"| ") + b" ".join(queues) + b" "
-        else:
-            middle = b"" if reply is None else reply + b" "
-        if hdr_len < 0:
-            frame = b"RMSG $G " + subject + b" " + middle + tail
-        elif self.peer_headers:
-            frame = b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body)
-        else:
-            frame = b"RMSG $G %s %s%d\r\n%s" % (subject, middle, size - hdr_len, body[hdr_len:])
-        self.out.append(frame)
+        self.out.append(link_message(RMSG, subject, reply, queues, size, tail, hdr_len, body, headers=self.peer_headers))
         self.out_msgs += 1
         self.out_bytes += size
         self.broker.mark_dirty(self)
@@ -367,7 +352,7 @@ class GatewayConnection(PeerConnection):
             self.interest.interest_only = bool(info.get("gateway_iom"))
             self.manager.forget_plans(None)
             self.peer_headers = bool(info.get("headers"))
-            self.send(b"CONNECT " + json.dumps(self.manager.connect_options(), separators=(",", ":")).encode() + b"\r\n")
+            self.send(connect_line(self.manager.connect_options()))
             self.send(self.manager.info_line())
             if not self.manager.outbound_up(self):
                 self.close(None, "duplicate gateway to {}".format(self.name))
@@ -428,7 +413,7 @@ class GatewayConnection(PeerConnection):
             if account not in self.refused_accounts:
                 # As nats-server: tell it once that we have nobody there.
                 self.refused_accounts.add(account)
-                self.send(b"A- " + account + b"\r\n")
+                self.send(account_line(account, False))
             return False
         return True
 
@@ -831,8 +816,8 @@ class GatewayManager(Service):
         self.log.info("gateway from {name} ({peer}) up, accepted from {host}:{port}", name=conn.name, peer=conn.remote_id, host=conn.host, port=conn.port)
         # As 2.9: our queue groups first, then the account switched to
         # interest-only at once (every plain interest between the commands).
-        queues = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is not None]
-        plain = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is None]
+        queues = [rs_line(s, q, 1) for (s, q) in self.interest if q is not None]
+        plain = [rs_line(s, q, 1) for (s, q) in self.interest if q is None]
         conn.send(b"".join(queues))
         # It may be a gateway we do not dial yet (an implicit one), and it
         # hears of the others we know (gossip), as nats-server does.
@@ -895,7 +880,7 @@ class GatewayManager(Service):
             self.interest.pop(key, None)
         if (before > 0) == (after > 0) or not self.inbound:
             return
-        line = peer.rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
+        line = rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
         for conn in self.inbound:
             conn.send(line)
 
@@ -909,7 +894,7 @@ class GatewayManager(Service):
         elif subject[:_CLUSTER_AT] == GR_PREFIX:
             plan = GENERAL
         else:
-            head = b"RMSG $G " + subject + b" "
+            head = rmsg_head(subject)
             for conn in self._outbound_list:
                 plain, queues = conn.interest.wants(subject)
                 if queues:
@@ -1077,11 +1062,7 @@ class GatewayManager(Service):
         if conn.kind is Kind.GATEWAY and server != self.server_hash and self.routes is not None:
             for route in list(self.routes.routes.values()):
                 if gateway_hash(route.remote_id) == server:
-                    middle = b"" if reply is None else reply + b" "
-                    if hdr_len < 0:
-                        route.send(b"RMSG $G " + subject + b" " + middle + tail)
-                    else:
-                        route.send(b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body))
+                    route.send(link_message(RMSG, subject, reply, (), size, tail, hdr_len, body))
                     return 1
         plain = subject[SUBJECT_AT:]
         local_reply = self.strip(reply)

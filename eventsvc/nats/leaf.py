@@ -20,7 +20,6 @@ What it must not do: know about events, tokens of the event gateway, or HTTP.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from twisted.logger import Logger
 
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
-from eventsvc.nats.greeting import info_line
+from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
@@ -62,15 +61,6 @@ def interest_key(sub: Subscription) -> bytes:
     return sub.subject if sub.queue is None else sub.subject + b" " + sub.queue
 
 
-def interest_line(key: bytes, n: int) -> bytes:
-    """C{LS+ key} (with the count when C{key} names a queue group), or C{LS- key} when C{n} is 0."""
-    if n <= 0:
-        return b"LS- " + key + b"\r\n"
-    if b" " in key:
-        return b"LS+ %s %d\r\n" % (key, n)
-    return b"LS+ " + key + b"\r\n"
-
-
 class LeafConnection(PeerConnection):
     """
     One leaf link: dialled (C{remote} given, an uplink to a hub) or
@@ -82,7 +72,7 @@ class LeafConnection(PeerConnection):
 
     kind = Kind.LEAF
     echo = False
-    frame_head = b"LMSG "
+    frame_head = LMSG
 
     def __init__(self, manager: "LeafManager", remote: Optional["RemoteLeaf"] = None) -> None:
         settings = manager.settings
@@ -192,7 +182,7 @@ class LeafConnection(PeerConnection):
                 self.log.error("leaf node remote {url}: cannot sign in: {why}", url=remote.url, why=e)
                 self.close(None, "credentials: {}".format(e))
                 return
-            self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
+            self.send(connect_line(options))
             if not info.get("info_on_connect"):
                 self._bound()  # (an older hub says nothing more)
             return
@@ -303,7 +293,7 @@ class LeafConnection(PeerConnection):
         else:
             self.smap.pop(key, None)
         if update:
-            self.send(interest_line(key, max(n, 0)))
+            self.send(ls_line(key, max(n, 0)))
 
     # -- messages ------------------------------------------------------------------
 
@@ -637,7 +627,7 @@ class LeafManager(Service):
                 smap[key] = smap.get(key, 0) + 1
         smap[self.lds] = 1
         conn.smap = smap
-        conn.send(b"".join(interest_line(key, n) for key, n in smap.items()))
+        conn.send(b"".join(ls_line(key, n) for key, n in smap.items()))
         self.broker.flush()
 
     def leaf_lost(self, conn: LeafConnection, why: str) -> None:

@@ -360,23 +360,6 @@ class PeerConnection(Protocol):
         pass  # remote interest has no auto-unsubscribe
 
 
-def rs_line(subject: bytes, queue: Optional[bytes], count: int, origin: Optional[bytes] = None) -> bytes:
-    """
-    Interest on a route or a gateway (in C{$G}): C{RS+} (with a queue
-    group's count) or, when C{count} is 0, C{RS-}; with
-    C{origin} (a leaf of that cluster made the interest, and the peer reads
-    origins), C{LS+ <origin>}/C{LS-}, so that the peer keeps it from its own
-    links to that cluster.
-    """
-    if count <= 0:
-        verb = b"LS- $G " if origin else b"RS- $G "
-        return verb + subject + (b"\r\n" if queue is None else b" " + queue + b"\r\n")
-    head = b"LS+ " + origin + b" $G " if origin else b"RS+ $G "
-    if queue is None:
-        return head + subject + b"\r\n"
-    return head + b"%s %s %d\r\n" % (subject, queue, count)
-
-
 def listen(clock: Any, port: int, factory: Any, settings: Any, what: str) -> Any:
     """
     Listen for peers on C{settings.host} and C{port}, over TLS when

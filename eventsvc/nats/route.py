@@ -15,7 +15,6 @@ What it must not do: know about events, tokens or HTTP.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 import random
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -27,7 +26,7 @@ from twisted.logger import Logger
 
 from eventsvc import wirejson
 from eventsvc.nats import limits, peer
-from eventsvc.nats.greeting import info_line
+from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.peer import PeerConnection
@@ -46,7 +45,7 @@ class RouteConnection(PeerConnection):
     """
 
     kind = Kind.ROUTE
-    frame_head = b"RMSG $G "
+    frame_head = RMSG
     #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
     #: keeps the message from that cluster's links).
     message_origin: Optional[bytes] = None
@@ -66,7 +65,7 @@ class RouteConnection(PeerConnection):
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.solicited:
-            self.send(b"CONNECT " + json.dumps(self.manager.connect_options()).encode() + b"\r\n")
+            self.send(connect_line(self.manager.connect_options(), compact=False))
         self.send(self.manager.info_line())
         self.flush()
         self.pinger.start()
@@ -460,7 +459,7 @@ class RouteManager(Service):
             if self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue):
                 continue
             origin = self.broker.interest_origin(subject, queue) if route.lnoc else None
-            lines.append(peer.rs_line(subject, queue, n, origin))
+            lines.append(rs_line(subject, queue, n, origin))
         if lines:
             route.send(b"".join(lines))
         gateways = self.broker.gateways
@@ -503,7 +502,7 @@ class RouteManager(Service):
         if queue is None and not (before == 0 and after > 0) and after != 0:
             return  # a plain subject is told once
         origin = self.broker.interest_origin(subject, queue)
-        line = peer.rs_line(subject, queue, after)
-        leafed = peer.rs_line(subject, queue, after, origin) if origin else line
+        line = rs_line(subject, queue, after)
+        leafed = rs_line(subject, queue, after, origin) if origin else line
         for route in self.routes.values():
             route.send(leafed if route.lnoc else line)

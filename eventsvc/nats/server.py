@@ -22,7 +22,8 @@ from twisted.logger import Logger
 
 from eventsvc import __version__
 from eventsvc.nats.advertise import ConnectURLs
-from eventsvc.nats.delivery import Delivery, Message
+from eventsvc.nats.delivery import Delivery
+from eventsvc.nats.frames import Message
 from eventsvc.nats.interfaces import ISource, ISubscriber
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
