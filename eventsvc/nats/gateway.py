@@ -47,7 +47,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
+from eventsvc.nats import limits, peer, timers
 from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
@@ -711,14 +711,11 @@ class GatewayManager(Service):
         if self._route_interest in self.broker.remote_interest_listeners:
             self.broker.remote_interest_listeners.remove(self._route_interest)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         if self._sweeper.running:
             self._sweeper.stop()
-        if self._recent_timer is not None and self._recent_timer.active():
-            self._recent_timer.cancel()
-        self._recent_timer = None
+        self._recent_timer = timers.cancel(self._recent_timer)
         for conn in list(self.outbound.values()) + list(self.inbound):
             conn.close(None, "server shutting down")
         if self.listening is not None:

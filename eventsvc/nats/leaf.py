@@ -31,7 +31,7 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
+from eventsvc.nats import limits, peer, timers
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
@@ -557,8 +557,7 @@ class LeafManager(Service):
         if self._subscription in self.broker.subscription_listeners:
             self.broker.subscription_listeners.remove(self._subscription)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         for conn in list(self.leafs.values()):  # (a remote's link is one of them once up)
             conn.close(None, "server shutting down")

@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc.nats.client import failure_reason
+from eventsvc.nats import timers
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.listener import ListenError
@@ -203,9 +204,7 @@ class PeerConnection(Protocol):
         self._handshake_clock = self.manager.clock.callLater(timeout, self._too_slow, timeout)
 
     def handshake_done(self) -> None:
-        clock, self._handshake_clock = self._handshake_clock, None
-        if clock is not None and clock.active():
-            clock.cancel()
+        self._handshake_clock = timers.cancel(self._handshake_clock)
 
     def _too_slow(self, timeout: float) -> None:
         self._handshake_clock = None
@@ -222,8 +221,7 @@ class PeerConnection(Protocol):
         # Interest being let go of (let_go) may still be delivered to: dropped.
         self.flush = self._dropped
         self.handshake_done()
-        if self._first_ping is not None and self._first_ping.active():
-            self._first_ping.cancel()
+        self._first_ping = timers.cancel(self._first_ping)
         self.pinger.stop()
         self.outbound.close()
         self.lost(why)

@@ -25,7 +25,7 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
+from eventsvc.nats import limits, peer, timers
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
@@ -395,8 +395,7 @@ class RouteManager(Service):
         if self._interest in self.broker.interest_listeners:
             self.broker.interest_listeners.remove(self._interest)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         for route in list(self.routes.values()):
             route.close(None, "server shutting down")

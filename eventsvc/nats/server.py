@@ -89,10 +89,12 @@ class LocalSubscriber:
         self.subs: Dict[Subscription, MessageCallback] = {}
 
     def remove_subscription(self, sub: Subscription) -> None:
+        """End C{sub}: its callback is forgotten and the index lets it go."""
         self.subs.pop(sub, None)
         self._broker.remove_subscription(sub)
 
     def flush(self) -> bool:
+        """Nothing to write: callbacks were called as messages came."""
         return False
 
     def hand(self, sub: Subscription, message: Message) -> int:
@@ -126,6 +128,7 @@ class LocalSubscription:
         self._sub = sub
 
     def unsubscribe(self) -> None:
+        """End the subscription (once; later calls do nothing)."""
         if self._sub in self._owner.subs:
             self._owner.remove_subscription(self._sub)
 
@@ -187,6 +190,7 @@ class Broker(Delivery):
         return self._next_cid
 
     def unregister(self, conn: ISubscriber) -> None:
+        """A connection closed: its figures join the server's, and /connz keeps them among the closed."""
         cid = conn.cid
         if self.clients.get(cid) is conn:
             del self.clients[cid]
@@ -228,6 +232,7 @@ class Broker(Delivery):
             listener(sub, 1)
 
     def remove_subscription(self, sub: Subscription) -> None:
+        """End a local subscription: routes hear of it, and whoever listens for subscriptions."""
         if self.sublist.remove(sub):
             self._interest_changed(sub.subject, sub.queue, -1)
             for listener in self.subscription_listeners:
@@ -254,6 +259,7 @@ class Broker(Delivery):
             subscribed(sub, 1)
 
     def remove_remote_subscription(self, sub: Subscription, gateways: bool = True) -> None:
+        """End interest a route (or a hub) told us about: as L{add_remote_subscription}, the other way."""
         if self.sublist.remove(sub):
             if gateways:
                 for listener in self.remote_interest_listeners:
