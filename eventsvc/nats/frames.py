@@ -31,6 +31,11 @@ def gateway_info_line(info: Dict[str, Any]) -> bytes:
     return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b"\r\n"
 
 
+def err_line(text: str) -> bytes:
+    """C{-ERR '<text>'}: what a client or a peer is told of an error."""
+    return b"-ERR '" + text.encode("utf-8") + b"'\r\n"
+
+
 def connect_line(options: Dict[str, Any], compact: bool = True) -> bytes:
     """A C{CONNECT} to a peer (a route's is written as nats-server's Go did once, with spaces: C{compact} false)."""
     separators = (",", ":") if compact else None

@@ -138,6 +138,7 @@ class RemoteInterest:
         return plain, [group[0].queue for group in result.queues if group and group[0].queue is not None]
 
     def rs_plus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS+} from the peer: interest where the mode keeps it (a queue group's always; a plain subject's in interest-only mode, or it ends a no-interest entry)."""
         if self.state == "entry":
             use_sublist = queue is not None or self.mode != OPTIMISTIC
         elif queue is None:
@@ -163,6 +164,7 @@ class RemoteInterest:
         self.changed(subject)
 
     def rs_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} from the peer: no interest in a subject (optimistic mode), or interest that ends (interest-only mode, queue groups)."""
         if self.state == "entry":
             use_sublist = queue is not None or self.mode != OPTIMISTIC
         elif queue is not None:
@@ -252,14 +254,17 @@ class GatewayConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the gateway (it carries our messages)."""
         return self.remote is not None
 
     def describe(self) -> str:
+        """The remote gateway's name for the log, or its host."""
         return self.name or self.host
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The connection is up: an accepted one sends INFO; the handshake clock starts."""
         super().connectionMade()
         if not self.dialled:
             self.send(self.manager.info_line())
@@ -267,6 +272,7 @@ class GatewayConnection(PeerConnection):
         self.start_handshake_clock()
 
     def lost(self, why: str) -> None:
+        """The connection ended: the manager hears of it, and the peer's interest goes."""
         self.manager.lost(self, why)
         # (Its RemoteInterest goes with it, by the cyclic collector.)
         self.interest_gone()
@@ -285,6 +291,7 @@ class GatewayConnection(PeerConnection):
     # -- the handshake -------------------------------------------------------------
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} on an accepted gateway: it must be a gateway, with our credentials."""
         if self.dialled:
             return  # (nats-server's dialled side ignores one too)
         try:
@@ -302,6 +309,7 @@ class GatewayConnection(PeerConnection):
         self.connect_seen = True
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO}: the peer's (registering the connection), or an interest-mode command or gossip."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -383,6 +391,7 @@ class GatewayConnection(PeerConnection):
             raise ProtocolViolation(None, "{} from gateway on inbound connection".format(verb))
 
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        """C{RS+} on a dialled gateway: the peer's interest (unless we do not export it)."""
         self._outbound_only("RS+")
         if account == GLOBAL and valid_subject(subject):
             exports = self.manager.settings.exports
@@ -393,6 +402,7 @@ class GatewayConnection(PeerConnection):
             self.keeps_interest(self.interest.held)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} on a dialled gateway: no interest (optimistic mode) or interest that ends."""
         self._outbound_only("RS-")
         if account == GLOBAL:
             # (In optimistic mode an RS- is kept: the subjects of no interest count too.)
@@ -400,6 +410,7 @@ class GatewayConnection(PeerConnection):
             self.keeps_interest(self.interest.held)
 
     def op_account(self, account: bytes, interested: bool) -> None:
+        """C{A+}/C{A-} on a dialled gateway: the peer's interest in the whole account."""
         self._outbound_only("A+" if interested else "A-")
         if account == GLOBAL:
             self.interest.account(interested)
@@ -429,13 +440,16 @@ class GatewayConnection(PeerConnection):
             self.manager.received_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """A message without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An RMSG from another cluster, naming queue groups or not."""
         if self._take(account, subject):
             self.manager.received(self, subject, reply, queues, size, tail, -1, b"")
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """An HMSG (with headers) from another cluster."""
         self.in_msgs += 1
         self.in_bytes += total
         if self._take(account, subject):
@@ -449,6 +463,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> GatewayConnection:
+        """A gateway that dialled us."""
         return GatewayConnection(self.manager)
 
 
@@ -461,9 +476,11 @@ class _Dialling(ClientFactory):
         self.url = url
 
     def buildProtocol(self, addr: Any) -> GatewayConnection:
+        """The connection we dialled to C{remote}."""
         return GatewayConnection(self.manager, self.remote)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.remote, self.url, reason.getErrorMessage())
 
 
@@ -479,6 +496,7 @@ class RemoteGateway:
         self.add(urls)
 
     def add(self, urls: Sequence[str]) -> None:
+        """URLs heard of for this gateway (gossip, INFO), kept once each."""
         for url in urls:
             url = url if "://" in url else "nats://" + url
             if url not in self.urls:
@@ -604,6 +622,7 @@ class GatewayManager(Service):
             self._plans.forget(pattern)
 
     def next_cid(self) -> int:
+        """A new gateway connection id (for /gatewayz; gateways are numbered apart from clients)."""
         self._cids += 1
         return self._cids
 
@@ -611,12 +630,14 @@ class GatewayManager(Service):
 
     @property
     def url(self) -> str:
+        """Our gateway URL (host:port), as the peers are told it."""
         if self.settings.advertise:
             return self.settings.advertise
         host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0", "::") else self.settings.host
         return "{}:{}".format(host, self.port)
 
     def info(self) -> Dict[str, Any]:
+        """Our gateway INFO: who we are, our cluster's name and gateway URLs."""
         b = self.broker
         host, _, port = self.url.rpartition(":")
         info: Dict[str, Any] = {
@@ -670,9 +691,11 @@ class GatewayManager(Service):
                 conn.send(line)
 
     def info_line(self) -> bytes:
+        """Our gateway INFO, as a line."""
         return gateway_info_line(self.info())
 
     def connect_options(self) -> Dict[str, Any]:
+        """What our CONNECT on a gateway we dial says."""
         options: Dict[str, Any] = {"echo": False, "verbose": False, "pedantic": False}
         if self.settings.user:
             options.update(user=self.settings.user, **{"pass": self.settings.password})
@@ -683,6 +706,7 @@ class GatewayManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a peer's CONNECT carries the supercluster's credentials (any, when it has none)."""
         if not self.settings.user:
             return True
         return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
@@ -690,6 +714,7 @@ class GatewayManager(Service):
     # -- lifecycle ---------------------------------------------------------------------
 
     def startService(self) -> None:
+        """Listen for gateways, count the interest already here, offer ourselves to the broker and dial the remotes."""
         self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "gateways ([supercluster] host and port)")
         self.port = self.listening.getHost().port
         self.log.info("supercluster gateway {name} listening on {host}:{port}", name=self.settings.name, host=self.settings.host, port=self.port)
@@ -703,6 +728,7 @@ class GatewayManager(Service):
             self.dial(remote)
 
     def stopService(self) -> Any:
+        """Stop redialling and sweeping, close every gateway connection and stop listening."""
         super().stopService()
         if self.broker.gateways is self:
             self.broker.gateways = None
@@ -726,6 +752,7 @@ class GatewayManager(Service):
     # -- dialling ------------------------------------------------------------------------
 
     def dial(self, remote: RemoteGateway) -> None:
+        """Dial C{remote} (its URLs in turn) unless a dial is under way or its connection is up."""
         if not self.running or remote.name in self._dialling or remote.name in self.outbound or not remote.urls:
             return
         url = remote.urls[remote.attempts % len(remote.urls)]
@@ -738,6 +765,7 @@ class GatewayManager(Service):
         peer.dial(self.clock, parts.hostname, parts.port, factory, self.settings)
 
     def dial_failed(self, remote: RemoteGateway, url: str, why: str) -> None:
+        """A dial to C{remote} at C{url} failed: dial again later (an implicit one is forgotten after a while)."""
         self._dialling.discard(remote.name)
         self._redial(remote, "{}: {}".format(url, why))
 
@@ -757,6 +785,7 @@ class GatewayManager(Service):
         self._timers[remote.name] = self.clock.callLater(delay, self.dial, remote)
 
     def learn_urls(self, name: str, urls: Sequence[str]) -> None:
+        """URLs heard of for the gateway C{name}, if we know it."""
         remote = self.remotes.get(name)
         if remote is not None:
             remote.add(urls)
@@ -787,6 +816,7 @@ class GatewayManager(Service):
         conn.pinger.start()
 
     def outbound_up(self, conn: GatewayConnection) -> bool:
+        """A dialled connection is up: registered unless one to that gateway already is (False: close this one)."""
         remote = conn.remote
         assert remote is not None
         self._dialling.discard(remote.name)
@@ -808,6 +838,7 @@ class GatewayManager(Service):
         return True
 
     def inbound_up(self, conn: GatewayConnection) -> None:
+        """An accepted connection is up: it is told this cluster's interest."""
         self.inbound.append(conn)
         self._up(conn)
         self.log.info("gateway from {name} ({peer}) up, accepted from {host}:{port}", name=conn.name, peer=conn.remote_id, host=conn.host, port=conn.port)
@@ -831,6 +862,7 @@ class GatewayManager(Service):
         self.broker.flush()
 
     def lost(self, conn: GatewayConnection, why: str) -> None:
+        """A connection ended: forget it and, when we dialled it, dial again."""
         if conn.dialled:
             remote = conn.remote
             assert remote is not None

@@ -104,14 +104,17 @@ class LeafConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the link (an uplink to our hub)."""
         return self.remote is not None
 
     def describe(self) -> str:
+        """The other side's name for the log: its server name, its id, or its address."""
         return self.remote_name or self.remote_id or "{}:{}".format(self.host, self.port)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The link is up: an accepted one sends INFO (and starts TLS when the listener has it); the handshake clock starts."""
         super().connectionMade()
         if not self.dialled:
             self.send(self.manager.info_line(self))
@@ -125,9 +128,11 @@ class LeafConnection(PeerConnection):
 
     def warn_unregistered(self) -> bool:
         # A remote that fails is dialled again, and that says why.
+        """Whether a link that ends before it was up warns: an accepted one (a remote is dialled again, and that says why)."""
         return not self.dialled
 
     def lost(self, why: str) -> None:
+        """The link ended: its interest is let go of in slices, and the manager hears of it."""
         subs = list(self.subs.values())
         self.subs.clear()
         self.let_go(subs, self._remove_remote if self.kind is Kind.HUB else self.broker.remove_subscriptions)
@@ -140,6 +145,7 @@ class LeafConnection(PeerConnection):
     # -- the handshake ---------------------------------------------------------------
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO} from the other side: on an uplink the hub's (we answer CONNECT), later ones update it."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -190,6 +196,7 @@ class LeafConnection(PeerConnection):
             self._bound()
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} from a spoke: its credentials and cluster checked; the link is up."""
         if self.dialled or self.up:
             return
         try:
@@ -253,6 +260,7 @@ class LeafConnection(PeerConnection):
             raise ProtocolViolation(AUTHORIZATION_VIOLATION, "{} before the leaf node handshake".format(verb))
 
     def op_ls_plus(self, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        """C{LS+}: the other side's interest (our own loop-detection subject coming back is a loop)."""
         self._bound_only("LS+")
         if subject == self.manager.lds:
             self.manager.loop_detected(self)
@@ -273,6 +281,7 @@ class LeafConnection(PeerConnection):
             self.broker.add_subscription(sub)
 
     def op_ls_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{LS-}: the other side's interest ends."""
         self._bound_only("LS-")
         sub = self.subs.pop((subject, queue), None)
         if sub is None:
@@ -307,17 +316,21 @@ class LeafConnection(PeerConnection):
         return self.broker.deliver(self, subject, reply, size, tail) if self._takes("LMSG", subject) else 0
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Several LMSGs to one subject without a reply or queue names, in order."""
         if self._takes("LMSG", subject):
             self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """An LMSG without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An LMSG naming queue groups: one member of each named group here."""
         if self._takes("LMSG", subject):
             self.broker.deliver(self, subject, reply, size, tail, queues=queues)
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """An HMSG (with headers), naming queue groups or not."""
         takes = self._takes("HMSG", subject)
         self.in_msgs += 1
         self.in_bytes += total
@@ -325,6 +338,7 @@ class LeafConnection(PeerConnection):
             self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
 
     def op_err(self, arg: bytes) -> None:
+        """C{-ERR} from the other side: a loop or same-cluster error delays our next dial; the link closes."""
         text = arg.decode("utf-8", "replace")
         if self.dialled and ("Loop detected" in text or SAME_CLUSTER_ERROR in text):
             self.manager.delay(self.remote, LOOP_DELAY)
@@ -338,6 +352,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> LeafConnection:
+        """A leaf node that dialled us."""
         return LeafConnection(self.manager)
 
 
@@ -349,9 +364,11 @@ class _Dialling(ClientFactory):
         self.remote = remote
 
     def buildProtocol(self, addr: Any) -> LeafConnection:
+        """Our uplink to C{remote}'s hub."""
         return LeafConnection(self.manager, self.remote)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.remote, reason.getErrorMessage())
 
 
@@ -382,6 +399,7 @@ class RemoteLeaf:
 
     @property
     def url(self) -> str:
+        """The URL the next dial uses (the remote's URLs in turn)."""
         return self.urls[self.index % len(self.urls)]
 
     def credentials(self) -> Tuple[str, str]:
@@ -472,6 +490,7 @@ class LeafManager(Service):
         return RemoteLeaf(urls, user, password, tls, tls_name, deny_imports, denied(deny_imports), denied(deny_exports), signer)
 
     def next_cid(self) -> int:
+        """A new leaf link id (for /leafz; leaf links are numbered apart from clients)."""
         self._cids += 1
         return self._cids
 
@@ -479,6 +498,7 @@ class LeafManager(Service):
 
     @property
     def advertise_host(self) -> str:
+        """The host our leaf listener is advertised as (127.0.0.1 when we listen on every address)."""
         return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info(self, conn: LeafConnection) -> Dict[str, Any]:
@@ -509,6 +529,7 @@ class LeafManager(Service):
         return info
 
     def info_line(self, conn: LeafConnection) -> bytes:
+        """Our INFO to C{conn}, as a line."""
         return info_line(self.info(conn))
 
     def connect_options(self, remote: RemoteLeaf, tls: bool = False, nonce: bytes = b"") -> Dict[str, Any]:
@@ -533,6 +554,7 @@ class LeafManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a spoke's CONNECT carries the listener's token or user and password (any, when it has none)."""
         s = self.settings
         if s.token:
             return options.get("user") == s.token and not options.get("pass")
@@ -543,6 +565,7 @@ class LeafManager(Service):
     # -- lifecycle ---------------------------------------------------------------
 
     def startService(self) -> None:
+        """Listen for leaf nodes (when accepting), dial the remotes, and hear of every subscription."""
         if self.settings.accept:
             self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "leaf nodes ([leafnodes] host and port)")
             self.port = self.listening.getHost().port
@@ -553,6 +576,7 @@ class LeafManager(Service):
             self.dial(remote)
 
     def stopService(self) -> Any:
+        """Stop redialling and close every leaf link."""
         super().stopService()
         if self._subscription in self.broker.subscription_listeners:
             self.broker.subscription_listeners.remove(self._subscription)
@@ -569,6 +593,7 @@ class LeafManager(Service):
     # -- dialling ----------------------------------------------------------------
 
     def dial(self, remote: RemoteLeaf) -> None:
+        """Dial C{remote} unless a dial is under way or its link is up."""
         key = id(remote)
         self._timers.pop(key, None)
         if not self.running or key in self._dialling or remote.conn is not None:
@@ -578,6 +603,7 @@ class LeafManager(Service):
         peer.dial(self.clock, parts.hostname or "", parts.port or 7422, _Dialling(self, remote), self.settings)
 
     def dial_failed(self, remote: RemoteLeaf, why: str) -> None:
+        """A dial to C{remote} failed: dial again later, with backoff."""
         self._dialling.discard(id(remote))
         self._redial(remote, why)
 
@@ -601,6 +627,7 @@ class LeafManager(Service):
     # -- links ------------------------------------------------------------------------
 
     def leaf_up(self, conn: LeafConnection) -> None:
+        """A link finished its handshake: it is registered (a spoke's older link closed) and told our interest."""
         if conn.remote is not None:
             self._dialling.discard(id(conn.remote))
             conn.remote.attempts = 0
@@ -630,6 +657,7 @@ class LeafManager(Service):
         self.broker.flush()
 
     def leaf_lost(self, conn: LeafConnection, why: str) -> None:
+        """A link ended: forget it and, when it was an uplink, dial again."""
         remote = conn.remote
         if remote is not None:
             self._dialling.discard(id(remote))

@@ -43,6 +43,7 @@ from zope.interface import implementer
 from eventsvc.nats.client import failure_reason
 from eventsvc.nats import timers
 from eventsvc.nats.framing import ReadTurns
+from eventsvc.nats.frames import err_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.liveness import PONG, Pinger
@@ -130,6 +131,7 @@ class PeerConnection(Protocol):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the link (else the peer dialled us)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -139,6 +141,7 @@ class PeerConnection(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The link is up: TCP_NODELAY, the clocks, the peer's address, and the output attached."""
         no_delay(self.transport)
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
@@ -162,6 +165,7 @@ class PeerConnection(Protocol):
             self.close(None, "certificate name")
 
     def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer, parsed within the per-turn budget (L{ReadTurns})."""
         if self.closed:
             return
         self.last_activity = self.manager.clock.seconds()
@@ -176,6 +180,7 @@ class PeerConnection(Protocol):
         self.close(v.error, v.detail or v.error or "protocol violation")
 
     def connectionLost(self, reason: Any = None) -> None:
+        """The transport closed: the link ends, saying why (loudly when it was never up)."""
         if not self.closed:
             why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
             if not self.registered and self.warn_unregistered():
@@ -192,9 +197,10 @@ class PeerConnection(Protocol):
         return True
 
     def close(self, error: Optional[str], why: str) -> None:
+        """End the link: C{-ERR 'error'} after what is already queued (none when C{error} is None), logged as C{why}."""
         if self.closed:
             return
-        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
+        self.outbound.write_all(err_line(error) if error else b"")
         self._teardown(why)
         self.transport.loseConnection()
 
@@ -204,6 +210,7 @@ class PeerConnection(Protocol):
         self._handshake_clock = self.manager.clock.callLater(timeout, self._too_slow, timeout)
 
     def handshake_done(self) -> None:
+        """The handshake finished in time: its clock stops."""
         self._handshake_clock = timers.cancel(self._handshake_clock)
 
     def _too_slow(self, timeout: float) -> None:
@@ -292,6 +299,7 @@ class PeerConnection(Protocol):
     # -- output and liveness: the outbound part and the pinger ------------------
 
     def send(self, data: bytes) -> None:
+        """Queue C{data} (whole lines) for the next flush."""
         self.out.append(data)
         self.broker.mark_dirty(self)
 
@@ -302,6 +310,7 @@ class PeerConnection(Protocol):
 
     @property
     def pings_out(self) -> int:
+        """PINGs sent that no PONG answered yet (for monitoring)."""
         return self.pinger.pings_out
 
     def first_ping(self) -> None:
@@ -323,6 +332,7 @@ class PeerConnection(Protocol):
         return self.pinger.rtt
 
     def stall(self, consumer: Any) -> None:
+        """Never stalled: a peer's reads do not wait for a slow client (a slow peer is cut off instead)."""
         pass  # a peer's reads are never stalled for a slow client
 
     def _slow(self, why: str) -> None:
@@ -342,19 +352,24 @@ class PeerConnection(Protocol):
     # -- what every peer protocol answers the same way ----------------------------
 
     def op_ping(self) -> None:
+        """C{PING}: answered C{PONG}."""
         self.send(PONG)
 
     def op_pong(self) -> None:
+        """C{PONG}: the peer is alive."""
         self.pinger.pong_received()
 
     def op_err(self, arg: bytes) -> None:
+        """C{-ERR} from the peer: logged, and the link closes."""
         self.log.warn("{kind} {peer} says: {error}", kind=self.kind, peer=self.describe(), error=arg.decode("utf-8", "replace"))
         self.close(None, "peer sent -ERR")
 
     def op_no_responders(self, reply: bytes) -> None:
+        """Nothing to do: the requester's server answers for its own clients."""
         pass  # the requester's server answers for its own clients
 
     def remove_subscription(self, sub: Subscription) -> None:
+        """Nothing to do: a peer's interest has no auto-unsubscribe maximum."""
         pass  # remote interest has no auto-unsubscribe
 
 

@@ -58,11 +58,13 @@ class RouteConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the route (it was solicited)."""
         return bool(self.solicited)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The route is up: a dialled one sends CONNECT, both send INFO, and pinging starts."""
         super().connectionMade()
         if self.solicited:
             self.send(connect_line(self.manager.connect_options(), compact=False))
@@ -72,9 +74,11 @@ class RouteConnection(PeerConnection):
 
     def warn_unregistered(self) -> bool:
         # A configured route that fails is redialled, and that says why.
+        """Whether a route that ends before it was up warns: not a configured one, whose redial says why."""
         return not (self.solicited and self.solicited in self.manager.configured)
 
     def lost(self, why: str) -> None:
+        """The route ended: its interest is let go of in slices, and the manager hears of it."""
         subs = list(self.subs.values())
         self.subs.clear()
         self.let_go(subs, self._remove)
@@ -87,6 +91,7 @@ class RouteConnection(PeerConnection):
     # -- operations ------------------------------------------------------------
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} from the peer: its credentials checked against the cluster's."""
         try:
             options = wirejson.loads(arg)
         except ValueError:
@@ -102,6 +107,7 @@ class RouteConnection(PeerConnection):
             raise ProtocolViolation(None, "cluster name {!r} is not ours".format(cluster))
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO} from the peer: the first registers the route (or closes a duplicate), later ones update what it advertises."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -146,6 +152,7 @@ class RouteConnection(PeerConnection):
         return bool(self.remote_info.get("lnoc"))
 
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int, origin: Optional[bytes] = None) -> None:
+        """C{RS+} (or C{LS+ origin}): the peer's interest in C{$G}, unless we do not export it."""
         if account != GLOBAL or not valid_subject(subject):
             return
         exports = self.manager.settings.exports
@@ -165,6 +172,7 @@ class RouteConnection(PeerConnection):
         self.broker.add_remote_subscription(sub)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} (or C{LS-}): the peer's interest ends."""
         if account != GLOBAL:
             return
         sub = self.subs.pop((subject, queue), None)
@@ -190,6 +198,7 @@ class RouteConnection(PeerConnection):
             self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """A message without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
@@ -198,6 +207,7 @@ class RouteConnection(PeerConnection):
             self._routed(subject, reply, queues, size, tail, -1, b"")
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """C{HMSG $G}: a message with headers, naming queue groups or not."""
         self.in_msgs += 1
         self.in_bytes += total
         if account == GLOBAL and self._importable(subject):
@@ -231,6 +241,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> RouteConnection:
+        """A route that dialled us."""
         return RouteConnection(self.manager)
 
 
@@ -242,9 +253,11 @@ class _Dialling(ClientFactory):
         self.url = url
 
     def buildProtocol(self, addr: Any) -> RouteConnection:
+        """The route we dialled to C{url}."""
         return RouteConnection(self.manager, solicited=self.url)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.url, reason.getErrorMessage())
 
 
@@ -321,6 +334,7 @@ class RouteManager(Service):
     # -- what we say -----------------------------------------------------------
 
     def info(self) -> Dict[str, Any]:
+        """Our route INFO: who we are, our cluster, our client URLs and, in a supercluster, our gateway URL."""
         b = self.broker
         info = {
             "server_id": b.server_id,
@@ -348,12 +362,15 @@ class RouteManager(Service):
 
     @property
     def advertise_host(self) -> str:
+        """The host our routes are told to dial (127.0.0.1 when we listen on every address)."""
         return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info_line(self, info: Optional[Dict[str, Any]] = None) -> bytes:
+        """C{info} (default: L{info}) as an INFO line."""
         return info_line(info or self.info())
 
     def connect_options(self) -> Dict[str, Any]:
+        """What our CONNECT on a route we dial says (credentials when the cluster has some)."""
         options = {
             "echo": True, "verbose": False, "pedantic": False, "tls_required": False, "headers": True,
             "name": self.broker.server_id, "cluster": self.settings.cluster_name, "lnoc": True,
@@ -364,6 +381,7 @@ class RouteManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a peer's CONNECT carries the cluster's credentials (any, when it has none)."""
         if not self.settings.user:
             return True
         return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
@@ -380,6 +398,7 @@ class RouteManager(Service):
         self.broker.flush()
 
     def startService(self) -> None:
+        """Listen for routes (when accepting), then dial the configured ones."""
         self.broker.cluster_name = self.settings.cluster_name
         if self.settings.accept:
             self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "routes ([cluster] host and port)")
@@ -391,6 +410,7 @@ class RouteManager(Service):
             self.dial(url)
 
     def stopService(self) -> Any:
+        """Stop redialling and close every route."""
         super().stopService()
         if self._interest in self.broker.interest_listeners:
             self.broker.interest_listeners.remove(self._interest)
@@ -407,6 +427,7 @@ class RouteManager(Service):
     # -- dialling ----------------------------------------------------------------
 
     def dial(self, url: str) -> None:
+        """Dial C{url} (a configured or gossiped route), unless a dial to it is under way."""
         if not self.running or url in self._dialling:
             return
         parts = urlsplit(url if "://" in url else "nats-route://" + url)
@@ -417,6 +438,7 @@ class RouteManager(Service):
         peer.dial(self.clock, parts.hostname, parts.port, _Dialling(self, url), self.settings)
 
     def dial_failed(self, url: str, why: str) -> None:
+        """A dial to C{url} failed: dial again later (configured routes, with backoff)."""
         self._dialling.discard(url)
         self._redial(url, why)
 
@@ -485,6 +507,7 @@ class RouteManager(Service):
         self.dial(url)
 
     def route_lost(self, route: RouteConnection, why: str) -> None:
+        """A route ended: forget it, its client URLs and, when we dialled it, dial again."""
         if route.solicited:
             self._dialling.discard(route.solicited)
         if self.routes.get(route.remote_id) is route:
