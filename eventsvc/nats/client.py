@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
+from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.frames import err_line, info_line, no_responders
 from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
@@ -575,13 +576,3 @@ _VIOLATION_REASONS = {
 def _violation_reason(error: Optional[str]) -> str:
     return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
 
-
-
-def failure_reason(reason: Optional[Failure]) -> str:
-    """pyOpenSSL's error list, or the failure's message, as one phrase."""
-    if reason is None:
-        return "connection lost"
-    args = getattr(reason.value, "args", None)
-    if args and isinstance(args[0], list) and args[0]:
-        return "; ".join(str(e[-1]) for e in args[0] if isinstance(e, tuple)) or str(args[0])
-    return reason.getErrorMessage() or type(reason.value).__name__

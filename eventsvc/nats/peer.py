@@ -40,12 +40,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from eventsvc.nats.client import failure_reason
 from eventsvc.nats import timers
+from eventsvc.nats.errors import ListenError, failure_reason
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.frames import err_line
 from eventsvc.nats.kinds import Kind
-from eventsvc.nats.listener import ListenError
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.outbound import Outbound
 from eventsvc.nats.parser import ProtocolViolation
