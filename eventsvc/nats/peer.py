@@ -159,7 +159,7 @@ class PeerConnection(Protocol):
         except Exception as e:
             self.log.warn(
                 "{kind} from {host}:{port} refused: its certificate is not for {name} ({why})",
-                kind=self.kind, host=self.host, port=self.port, name=name, why=e,
+                kind=self.kind.label, host=self.host, port=self.port, name=name, why=e,
             )
             self.close(None, "certificate name")
 
@@ -187,7 +187,7 @@ class PeerConnection(Protocol):
                 # another CA) must not pass in silence.
                 self.log.warn(
                     "{kind} {way} {host}:{port} failed before it was up: {why}",
-                    kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, why=why,
+                    kind=self.kind.label, way="to" if self.dialled else "from", host=self.host, port=self.port, why=why,
                 )
             self._teardown(why)
 
@@ -217,7 +217,7 @@ class PeerConnection(Protocol):
         if not self.registered and not self.closed:
             self.log.warn(
                 "{kind} {way} {host}:{port} did not complete its handshake in {t}s: closing it",
-                kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, t=timeout,
+                kind=self.kind.label, way="to" if self.dialled else "from", host=self.host, port=self.port, t=timeout,
             )
             self.close("Authentication Timeout", "handshake timeout")
 
@@ -260,7 +260,7 @@ class PeerConnection(Protocol):
             self.log.warn(
                 "{kind} {peer}: its interest passed {cap} subscriptions (the cap per link, [limits] "
                 "max_link_subscriptions): closing it",
-                kind=self.kind, peer=self.describe(), cap=cap,
+                kind=self.kind.label, peer=self.describe(), cap=cap,
             )
             raise ProtocolViolation(MAX_SUBSCRIPTIONS, "over max_link_subscriptions ({})".format(cap))
         if held >= self._frozen_at + FREEZE_STEP and _freeze is not None:
@@ -337,7 +337,7 @@ class PeerConnection(Protocol):
     def _slow(self, why: str) -> None:
         self.log.warn(
             "{kind} to {peer} cannot keep up ({n} bytes held): closing it",
-            kind=self.kind, peer=self.describe(), n=self.outbound.held_bytes,
+            kind=self.kind.label, peer=self.describe(), n=self.outbound.held_bytes,
         )
         self.close(None, "slow " + self.kind.label)
 
@@ -360,7 +360,7 @@ class PeerConnection(Protocol):
 
     def op_err(self, arg: bytes) -> None:
         """C{-ERR} from the peer: logged, and the link closes."""
-        self.log.warn("{kind} {peer} says: {error}", kind=self.kind, peer=self.describe(), error=arg.decode("utf-8", "replace"))
+        self.log.warn("{kind} {peer} says: {error}", kind=self.kind.label, peer=self.describe(), error=arg.decode("utf-8", "replace"))
         self.close(None, "peer sent -ERR")
 
     def op_no_responders(self, reply: bytes) -> None:
