@@ -351,7 +351,11 @@ def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, pr
         # An "old" variant runs the release installed in that interpreter's
         # environment, not this source tree.
         env = {"PYTHONPATH": ""} if name in OLD else None
-        servers[name] = process.eventsvc(config, python=python, env=env)
+        # Each in a folder of its own: the spool beside the config
+        # ([service] data_dir's default) is one process's at a time.
+        own = os.path.join(tempfile.mkdtemp(), os.path.basename(config))
+        shutil.copyfile(config, own)
+        servers[name] = process.eventsvc(own, python=python, env=env)
     for server in servers.values():
         pinned(server).start()
     return servers

@@ -32,8 +32,11 @@ from zope.interface import implementer
 
 from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
-from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.errors import failure_reason
+from eventsvc.nats.frames import err_line, info_line, no_responders
+from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.login import Login
 from eventsvc.nats.outbound import Outbound, ReadGate
@@ -58,9 +61,6 @@ INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
 BAD_PROTOCOL = "invalid client protocol"
 NO_RESPONDERS_NEEDS_HEADERS = "no responders requires headers support"
 
-def err(text: str) -> bytes:
-    return b"-ERR '" + text.encode("utf-8") + b"'\r\n"
-
 
 @implementer(IHandshakeListener)
 class ClientConnection(Protocol):
@@ -71,11 +71,13 @@ class ClientConnection(Protocol):
     """
 
     log = Logger()
-    #: Not a route: the broker forwards what it publishes to routes.
-    route = False
-    gateway = False
-    leaf = False
-    #: Whether it came over a WebSocket (L{eventsvc.nats.websocket}).
+    kind = Kind.CLIENT
+    #: A client names no leaf cluster, and its frames are MSG, not a link's.
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
+    frame_head = b""
+    #: Whether it came over a WebSocket (L{eventsvc.nats.websocket}): its
+    #: transport, not its kind (a WebSocket client is a client).
     websocket = False
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
@@ -142,6 +144,7 @@ class ClientConnection(Protocol):
 
     @property
     def connect_accepted(self) -> bool:
+        """Whether the client's CONNECT was accepted (it is logged in)."""
         return self.session.connected
 
     @property
@@ -152,6 +155,7 @@ class ClientConnection(Protocol):
     # -- connection lifecycle ----------------------------------------------
 
     def connectionMade(self) -> None:
+        """The socket is up (or, after a plaintext greeting, its TLS layer): the client is greeted with INFO, or refused when the listener is full."""
         if self.session.handshaking:
             # Greeted in plaintext already; this transport is the TLS layer,
             # and the session starts when its handshake completes.
@@ -175,7 +179,7 @@ class ClientConnection(Protocol):
         self.peer = PeerInfo(getattr(address, "host", ""), getattr(address, "port", 0))
         transport.write(self.info_line())
         if self._at_capacity:
-            transport.write(err(MAX_CONNECTIONS))
+            transport.write(err_line(MAX_CONNECTIONS))
             self.close_reason = "Maximum Connections Exceeded"
             self._teardown()
             transport.loseConnection()
@@ -222,6 +226,7 @@ class ClientConnection(Protocol):
         return client_info(self.broker, self.settings, self.state, self.cid, self.peer.host)
 
     def info_line(self, **extra: Any) -> bytes:
+        """Our INFO to this client, with C{extra} fields, as a line."""
         info = self.info()
         info.update(extra)
         return info_line(info)
@@ -241,6 +246,7 @@ class ClientConnection(Protocol):
             self.send(self.info_line())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """The socket closed: the connection ends, its subscriptions go, and monitoring keeps its figures."""
         self.lost = True
         if self.session.handshaking:
             self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)
@@ -288,7 +294,7 @@ class ClientConnection(Protocol):
         self.close_reason = reason
         self.close_detail = detail
         if not abort:
-            self.outbound.write_all(err(error) if error is not None else b"")
+            self.outbound.write_all(err_line(error) if error is not None else b"")
         self._teardown()
         if abort:
             self.transport.abortConnection()
@@ -298,6 +304,7 @@ class ClientConnection(Protocol):
     # -- input --------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        """Bytes from the client, parsed within the per-turn budget (L{ReadTurns})."""
         if self.closed:
             return
         self.last_activity = self.clock.seconds()
@@ -330,19 +337,19 @@ class ClientConnection(Protocol):
         self.in_bytes += size
         permissions = self.permissions
         if permissions is not None and not permissions.may_publish(subject):
-            self.send(err('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
+            self.send(err_line('Permissions Violation for Publish to "%s"' % subject.decode("utf-8", "replace")))
             return False
         if reply is not None and permissions is not None and not permissions.may_subscribe(reply, None):
             # A reply subject it could not subscribe to can only steer
             # someone's answer elsewhere (a forged reply): refused.  (nats-
             # server does not check; its error has the same prefix, which
             # clients treat as not fatal.)
-            self.send(err('Permissions Violation for Publish to "%s" with reply "%s"' % (
+            self.send(err_line('Permissions Violation for Publish to "%s" with reply "%s"' % (
                 subject.decode("utf-8", "replace"), reply.decode("utf-8", "replace"))))
             return False
         if self.pedantic and not valid_literal_subject(subject):
             # Reported, and still delivered, as nats-server does.
-            self.send(err(INVALID_PUBLISH_SUBJECT))
+            self.send(err_line(INVALID_PUBLISH_SUBJECT))
         if self.verbose:
             self.send(OK)
         return True
@@ -350,15 +357,17 @@ class ClientConnection(Protocol):
     # -- operations ---------------------------------------------------------
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """C{PUB}, checked (permissions, subject, size) and delivered; a request nobody hears may be told so."""
         if self._admit(subject, size, reply):
             if not self.broker.deliver(self, subject, reply, size, tail) and reply is not None:
                 self.op_no_responders(reply)
 
     def op_hpub(self, subject: bytes, reply: Optional[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """C{HPUB} (headers negotiated only), checked and delivered as L{op_pub}."""
         if not self.headers:
             raise ProtocolViolation(None, "HPUB without headers support")
         if self._admit(subject, total, reply):
-            if not self.broker.deliver_headers(self, subject, reply, hdr_len, total, body) and reply is not None:
+            if not self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body) and reply is not None:
                 self.op_no_responders(reply)
 
     def _update_plain(self) -> None:
@@ -368,6 +377,7 @@ class ClientConnection(Protocol):
         self.may_receive = getattr(self.permissions, "may_receive", None)
 
     def op_no_responders(self, reply: bytes) -> None:
+        """A request reached nobody: a client that asked for it gets the 503 status message."""
         if self.no_responders:
             self._no_responders(reply)
 
@@ -375,20 +385,21 @@ class ClientConnection(Protocol):
         # Only to this client's own plain subscription on the reply subject.
         for sub in self.broker.sublist.match(reply).plain:
             if sub.owner is self:
-                self.send(b"HMSG %s %s 16 16\r\n%s\r\n" % (reply, sub.sid, NO_RESPONDERS_STATUS))
+                self.send(no_responders(reply, sub.sid, NO_RESPONDERS_STATUS))
                 return
 
     def op_sub(self, subject: bytes, queue: Optional[bytes], sid: bytes) -> None:
+        """C{SUB}, checked (permissions, the subscription cap, the subject) and added to the index."""
         if self.permissions is not None and not self.permissions.may_subscribe(subject, queue):
-            self.send(err('Permissions Violation for Subscription to "%s"' % subject.decode("utf-8", "replace")))
+            self.send(err_line('Permissions Violation for Subscription to "%s"' % subject.decode("utf-8", "replace")))
             return
         limit = self.settings.max_subscriptions
         if limit and len(self.subs) >= limit and sid not in self.subs:
-            self.send(err(MAX_SUBSCRIPTIONS))
+            self.send(err_line(MAX_SUBSCRIPTIONS))
             return
         if sid not in self.subs:
             if not valid_subject(subject) or (queue is not None and not valid_subject(queue)):
-                self.send(err(INVALID_SUBJECT))
+                self.send(err_line(INVALID_SUBJECT))
                 return
             sub = Subscription(self, subject, queue, sid)
             self.subs[sid] = sub
@@ -397,6 +408,7 @@ class ClientConnection(Protocol):
             self.send(OK)
 
     def op_unsub(self, sid: bytes, max_msgs: int) -> None:
+        """C{UNSUB}: now, or after C{max_msgs} deliveries in all."""
         sub = self.subs.get(sid)
         if sub is not None:
             if max_msgs > 0 and max_msgs > sub.delivered:
@@ -408,18 +420,22 @@ class ClientConnection(Protocol):
             self.send(OK)
 
     def remove_subscription(self, sub: Subscription) -> None:
+        """End C{sub} (its auto-unsubscribe maximum was reached)."""
         if self.subs.get(sub.sid) is sub:
             del self.subs[sub.sid]
             self.broker.remove_subscription(sub)
 
     def op_ping(self) -> None:
+        """C{PING}: answered C{PONG}."""
         self.pinger.ping_received()
         self.send(PONG)
 
     def op_pong(self) -> None:
+        """C{PONG}: the client is alive."""
         self.pinger.pong_received()
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO} from a client: checked to be JSON, otherwise ignored (as nats-server)."""
         try:
             wirejson.loads(arg)
         except ValueError:
@@ -478,6 +494,7 @@ class ClientConnection(Protocol):
         return self.login.options
 
     def logged_in(self, identity: Identity) -> None:
+        """The authenticator accepted the CONNECT as C{identity}: its permissions apply from now on."""
         self.identity = identity
         self.permissions = identity.permissions
         self._update_plain()
@@ -491,6 +508,7 @@ class ClientConnection(Protocol):
         self.broker.flush()
 
     def login_refused(self, why: str) -> None:
+        """The authenticator refused the CONNECT: C{Authorization Violation}, and the connection closes."""
         self.close(AUTHORIZATION_VIOLATION, "Authentication Failure", why)
 
     def reauthorize(self, authenticator: IAuthenticator) -> Deferred:
@@ -519,7 +537,7 @@ class ClientConnection(Protocol):
                     self.remove_subscription(sub)
                     removed += 1
                     subject, sid = sub.subject.decode("utf-8", "replace"), sub.sid.decode("utf-8", "replace")
-                    self.send(err('Permissions Violation for Subscription to "%s" (sid "%s")' % (subject, sid)))
+                    self.send(err_line('Permissions Violation for Subscription to "%s" (sid "%s")' % (subject, sid)))
                     self.log.info(
                         "client {cid}: removed subscription {subject} (sid {sid}): no longer allowed for {who}",
                         cid=self.cid, subject=subject, sid=sid, who=identity.name,
@@ -558,13 +576,3 @@ _VIOLATION_REASONS = {
 def _violation_reason(error: Optional[str]) -> str:
     return _VIOLATION_REASONS.get(error or "", "Protocol Violation")
 
-
-
-def failure_reason(reason: Optional[Failure]) -> str:
-    """pyOpenSSL's error list, or the failure's message, as one phrase."""
-    if reason is None:
-        return "connection lost"
-    args = getattr(reason.value, "args", None)
-    if args and isinstance(args[0], list) and args[0]:
-        return "; ".join(str(e[-1]) for e in args[0] if isinstance(e, tuple)) or str(args[0])
-    return reason.getErrorMessage() or type(reason.value).__name__

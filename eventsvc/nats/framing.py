@@ -1,11 +1,11 @@
 """
-The framing loop: how bytes become operations, for client and route
-connections alike.
+The framing loop: how bytes become operations, for every kind of
+connection alike (clients, routes, gateways, leaf links; L{kinds.Kind}).
 
 A L{Framer} is fed whatever the transport delivers, split at any byte, and
 calls its handler once per complete operation.  It works on the whole
 buffer with C{bytes.find}, never byte by byte and never line by line
-through a line receiver.  One loop owns everything the two protocols
+through a line receiver.  One loop owns everything the four protocols
 share:
 
   - verb recognition, from a L{VerbTable} (case-insensitive, as
@@ -16,7 +16,8 @@ share:
     no longer begin any operation;
   - waiting for a payload: an operation whose payload has not all arrived
     is kept from its first byte and parsed again, once, when it has;
-  - the message verb's fast branch (PUB for clients, RMSG for routes):
+  - the message verb's fast branch (PUB for clients, RMSG for routes and
+    gateways, LMSG for leaf links):
     a control line byte-identical to the previous one is not parsed again,
     the payload is never copied (the C{tail}, C{b"<size>\\r\\n<payload>\\r\\n"},
     is one slice of the read), and consecutive messages to one subject

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -48,10 +47,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
+from eventsvc.nats import limits, peer, timers
+from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
-from eventsvc.nats.server import PLAN_CACHE_SIZE, Broker
+from eventsvc.nats.delivery import PLAN_CACHE_SIZE
+from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
 
 GLOBAL = b"$G"
@@ -85,11 +87,6 @@ def gateway_hash(name: str) -> bytes:
 def routed(subject: bytes) -> bool:
     """Whether C{subject} is a routed reply (C{_GR_.} with both hashes and more)."""
     return len(subject) > SUBJECT_AT and subject[:_CLUSTER_AT] == GR_PREFIX
-
-
-def gateway_info_line(info: Dict[str, Any]) -> bytes:
-    """A gateway INFO, as nats-server writes one (no space before CRLF)."""
-    return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b"\r\n"
 
 
 def command_info(gateway: str, cmd: int, account: bytes) -> bytes:
@@ -141,6 +138,7 @@ class RemoteInterest:
         return plain, [group[0].queue for group in result.queues if group and group[0].queue is not None]
 
     def rs_plus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS+} from the peer: interest where the mode keeps it (a queue group's always; a plain subject's in interest-only mode, or it ends a no-interest entry)."""
         if self.state == "entry":
             use_sublist = queue is not None or self.mode != OPTIMISTIC
         elif queue is None:
@@ -166,6 +164,7 @@ class RemoteInterest:
         self.changed(subject)
 
     def rs_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} from the peer: no interest in a subject (optimistic mode), or interest that ends (interest-only mode, queue groups)."""
         if self.state == "entry":
             use_sublist = queue is not None or self.mode != OPTIMISTIC
         elif queue is not None:
@@ -235,8 +234,7 @@ class GatewayConnection(PeerConnection):
     L{PeerConnection} speaking the gateway protocol (L{GatewayParser}).
     """
 
-    kind = "gateway"
-    gateway = True
+    kind = Kind.GATEWAY
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
         settings = manager.settings
@@ -256,14 +254,17 @@ class GatewayConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the gateway (it carries our messages)."""
         return self.remote is not None
 
     def describe(self) -> str:
+        """The remote gateway's name for the log, or its host."""
         return self.name or self.host
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The connection is up: an accepted one sends INFO; the handshake clock starts."""
         super().connectionMade()
         if not self.dialled:
             self.send(self.manager.info_line())
@@ -271,6 +272,7 @@ class GatewayConnection(PeerConnection):
         self.start_handshake_clock()
 
     def lost(self, why: str) -> None:
+        """The connection ended: the manager hears of it, and the peer's interest goes."""
         self.manager.lost(self, why)
         # (Its RemoteInterest goes with it, by the cyclic collector.)
         self.interest_gone()
@@ -281,17 +283,7 @@ class GatewayConnection(PeerConnection):
         self, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
     ) -> None:
         """An RMSG (or HMSG) in C{$G} to the peer, naming C{queues} if any."""
-        if queues:
-            middle = (b"+ " + reply + b" " if reply is not None else b"| ") + b" ".join(queues) + b" "
-        else:
-            middle = b"" if reply is None else reply + b" "
-        if hdr_len < 0:
-            frame = b"RMSG $G " + subject + b" " + middle + tail
-        elif self.peer_headers:
-            frame = b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body)
-        else:
-            frame = b"RMSG $G %s %s%d\r\n%s" % (subject, middle, size - hdr_len, body[hdr_len:])
-        self.out.append(frame)
+        self.out.append(link_message(RMSG, subject, reply, queues, size, tail, hdr_len, body, headers=self.peer_headers))
         self.out_msgs += 1
         self.out_bytes += size
         self.broker.mark_dirty(self)
@@ -299,6 +291,7 @@ class GatewayConnection(PeerConnection):
     # -- the handshake -------------------------------------------------------------
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} on an accepted gateway: it must be a gateway, with our credentials."""
         if self.dialled:
             return  # (nats-server's dialled side ignores one too)
         try:
@@ -316,6 +309,7 @@ class GatewayConnection(PeerConnection):
         self.connect_seen = True
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO}: the peer's (registering the connection), or an interest-mode command or gossip."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -366,7 +360,7 @@ class GatewayConnection(PeerConnection):
             self.interest.interest_only = bool(info.get("gateway_iom"))
             self.manager.forget_plans(None)
             self.peer_headers = bool(info.get("headers"))
-            self.send(b"CONNECT " + json.dumps(self.manager.connect_options(), separators=(",", ":")).encode() + b"\r\n")
+            self.send(connect_line(self.manager.connect_options()))
             self.send(self.manager.info_line())
             if not self.manager.outbound_up(self):
                 self.close(None, "duplicate gateway to {}".format(self.name))
@@ -397,6 +391,7 @@ class GatewayConnection(PeerConnection):
             raise ProtocolViolation(None, "{} from gateway on inbound connection".format(verb))
 
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        """C{RS+} on a dialled gateway: the peer's interest (unless we do not export it)."""
         self._outbound_only("RS+")
         if account == GLOBAL and valid_subject(subject):
             exports = self.manager.settings.exports
@@ -407,6 +402,7 @@ class GatewayConnection(PeerConnection):
             self.keeps_interest(self.interest.held)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} on a dialled gateway: no interest (optimistic mode) or interest that ends."""
         self._outbound_only("RS-")
         if account == GLOBAL:
             # (In optimistic mode an RS- is kept: the subjects of no interest count too.)
@@ -414,6 +410,7 @@ class GatewayConnection(PeerConnection):
             self.keeps_interest(self.interest.held)
 
     def op_account(self, account: bytes, interested: bool) -> None:
+        """C{A+}/C{A-} on a dialled gateway: the peer's interest in the whole account."""
         self._outbound_only("A+" if interested else "A-")
         if account == GLOBAL:
             self.interest.account(interested)
@@ -427,7 +424,7 @@ class GatewayConnection(PeerConnection):
             if account not in self.refused_accounts:
                 # As nats-server: tell it once that we have nobody there.
                 self.refused_accounts.add(account)
-                self.send(b"A- " + account + b"\r\n")
+                self.send(account_line(account, False))
             return False
         return True
 
@@ -443,13 +440,16 @@ class GatewayConnection(PeerConnection):
             self.manager.received_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """A message without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An RMSG from another cluster, naming queue groups or not."""
         if self._take(account, subject):
             self.manager.received(self, subject, reply, queues, size, tail, -1, b"")
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """An HMSG (with headers) from another cluster."""
         self.in_msgs += 1
         self.in_bytes += total
         if self._take(account, subject):
@@ -463,6 +463,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> GatewayConnection:
+        """A gateway that dialled us."""
         return GatewayConnection(self.manager)
 
 
@@ -475,9 +476,11 @@ class _Dialling(ClientFactory):
         self.url = url
 
     def buildProtocol(self, addr: Any) -> GatewayConnection:
+        """The connection we dialled to C{remote}."""
         return GatewayConnection(self.manager, self.remote)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.remote, self.url, reason.getErrorMessage())
 
 
@@ -493,6 +496,7 @@ class RemoteGateway:
         self.add(urls)
 
     def add(self, urls: Sequence[str]) -> None:
+        """URLs heard of for this gateway (gossip, INFO), kept once each."""
         for url in urls:
             url = url if "://" in url else "nats://" + url
             if url not in self.urls:
@@ -551,9 +555,10 @@ def _unwrapped(subject: bytes) -> bytes:
 class _ReplySource:
     """The source of a routed reply that reached its cluster: delivered as a client's publish is."""
 
-    route = False
-    gateway = False
-    leaf = False
+    kind = Kind.CLIENT
+    cid = 0
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
     echo = True
     headers = True
 
@@ -617,6 +622,7 @@ class GatewayManager(Service):
             self._plans.forget(pattern)
 
     def next_cid(self) -> int:
+        """A new gateway connection id (for /gatewayz; gateways are numbered apart from clients)."""
         self._cids += 1
         return self._cids
 
@@ -624,12 +630,14 @@ class GatewayManager(Service):
 
     @property
     def url(self) -> str:
+        """Our gateway URL (host:port), as the peers are told it."""
         if self.settings.advertise:
             return self.settings.advertise
         host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0", "::") else self.settings.host
         return "{}:{}".format(host, self.port)
 
     def info(self) -> Dict[str, Any]:
+        """Our gateway INFO: who we are, our cluster's name and gateway URLs."""
         b = self.broker
         host, _, port = self.url.rpartition(":")
         info: Dict[str, Any] = {
@@ -683,9 +691,11 @@ class GatewayManager(Service):
                 conn.send(line)
 
     def info_line(self) -> bytes:
+        """Our gateway INFO, as a line."""
         return gateway_info_line(self.info())
 
     def connect_options(self) -> Dict[str, Any]:
+        """What our CONNECT on a gateway we dial says."""
         options: Dict[str, Any] = {"echo": False, "verbose": False, "pedantic": False}
         if self.settings.user:
             options.update(user=self.settings.user, **{"pass": self.settings.password})
@@ -696,6 +706,7 @@ class GatewayManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a peer's CONNECT carries the supercluster's credentials (any, when it has none)."""
         if not self.settings.user:
             return True
         return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
@@ -703,6 +714,7 @@ class GatewayManager(Service):
     # -- lifecycle ---------------------------------------------------------------------
 
     def startService(self) -> None:
+        """Listen for gateways, count the interest already here, offer ourselves to the broker and dial the remotes."""
         self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "gateways ([supercluster] host and port)")
         self.port = self.listening.getHost().port
         self.log.info("supercluster gateway {name} listening on {host}:{port}", name=self.settings.name, host=self.settings.host, port=self.port)
@@ -716,6 +728,7 @@ class GatewayManager(Service):
             self.dial(remote)
 
     def stopService(self) -> Any:
+        """Stop redialling and sweeping, close every gateway connection and stop listening."""
         super().stopService()
         if self.broker.gateways is self:
             self.broker.gateways = None
@@ -724,14 +737,11 @@ class GatewayManager(Service):
         if self._route_interest in self.broker.remote_interest_listeners:
             self.broker.remote_interest_listeners.remove(self._route_interest)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         if self._sweeper.running:
             self._sweeper.stop()
-        if self._recent_timer is not None and self._recent_timer.active():
-            self._recent_timer.cancel()
-        self._recent_timer = None
+        self._recent_timer = timers.cancel(self._recent_timer)
         for conn in list(self.outbound.values()) + list(self.inbound):
             conn.close(None, "server shutting down")
         if self.listening is not None:
@@ -742,6 +752,7 @@ class GatewayManager(Service):
     # -- dialling ------------------------------------------------------------------------
 
     def dial(self, remote: RemoteGateway) -> None:
+        """Dial C{remote} (its URLs in turn) unless a dial is under way or its connection is up."""
         if not self.running or remote.name in self._dialling or remote.name in self.outbound or not remote.urls:
             return
         url = remote.urls[remote.attempts % len(remote.urls)]
@@ -754,6 +765,7 @@ class GatewayManager(Service):
         peer.dial(self.clock, parts.hostname, parts.port, factory, self.settings)
 
     def dial_failed(self, remote: RemoteGateway, url: str, why: str) -> None:
+        """A dial to C{remote} at C{url} failed: dial again later (an implicit one is forgotten after a while)."""
         self._dialling.discard(remote.name)
         self._redial(remote, "{}: {}".format(url, why))
 
@@ -773,6 +785,7 @@ class GatewayManager(Service):
         self._timers[remote.name] = self.clock.callLater(delay, self.dial, remote)
 
     def learn_urls(self, name: str, urls: Sequence[str]) -> None:
+        """URLs heard of for the gateway C{name}, if we know it."""
         remote = self.remotes.get(name)
         if remote is not None:
             remote.add(urls)
@@ -803,6 +816,7 @@ class GatewayManager(Service):
         conn.pinger.start()
 
     def outbound_up(self, conn: GatewayConnection) -> bool:
+        """A dialled connection is up: registered unless one to that gateway already is (False: close this one)."""
         remote = conn.remote
         assert remote is not None
         self._dialling.discard(remote.name)
@@ -824,13 +838,14 @@ class GatewayManager(Service):
         return True
 
     def inbound_up(self, conn: GatewayConnection) -> None:
+        """An accepted connection is up: it is told this cluster's interest."""
         self.inbound.append(conn)
         self._up(conn)
         self.log.info("gateway from {name} ({peer}) up, accepted from {host}:{port}", name=conn.name, peer=conn.remote_id, host=conn.host, port=conn.port)
         # As 2.9: our queue groups first, then the account switched to
         # interest-only at once (every plain interest between the commands).
-        queues = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is not None]
-        plain = [peer.rs_line(s, q, 1) for (s, q) in self.interest if q is None]
+        queues = [rs_line(s, q, 1) for (s, q) in self.interest if q is not None]
+        plain = [rs_line(s, q, 1) for (s, q) in self.interest if q is None]
         conn.send(b"".join(queues))
         # It may be a gateway we do not dial yet (an implicit one), and it
         # hears of the others we know (gossip), as nats-server does.
@@ -847,6 +862,7 @@ class GatewayManager(Service):
         self.broker.flush()
 
     def lost(self, conn: GatewayConnection, why: str) -> None:
+        """A connection ended: forget it and, when we dialled it, dial again."""
         if conn.dialled:
             remote = conn.remote
             assert remote is not None
@@ -893,7 +909,7 @@ class GatewayManager(Service):
             self.interest.pop(key, None)
         if (before > 0) == (after > 0) or not self.inbound:
             return
-        line = peer.rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
+        line = rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
         for conn in self.inbound:
             conn.send(line)
 
@@ -907,7 +923,7 @@ class GatewayManager(Service):
         elif subject[:_CLUSTER_AT] == GR_PREFIX:
             plan = GENERAL
         else:
-            head = b"RMSG $G " + subject + b" "
+            head = rmsg_head(subject)
             for conn in self._outbound_list:
                 plain, queues = conn.interest.wants(subject)
                 if queues:
@@ -1038,7 +1054,7 @@ class GatewayManager(Service):
             for tail in tails:
                 self.received(conn, subject, None, (), len(tail) - tail.index(b"\n") - 3, tail, -1, b"")
             return
-        self.broker.deliver_gatewayed_batch(conn, subject, tails, size)
+        self.broker.deliver_batch(conn, subject, tails, size)
 
     def received(
         self, conn: GatewayConnection, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
@@ -1051,7 +1067,9 @@ class GatewayManager(Service):
             return 0
         if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
             return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_gatewayed(conn, subject, reply, self.strip(reply), queues, size, tail, hdr_len, body)
+        return self.broker.deliver_message(
+            conn, subject, self.strip(reply), size, tail, hdr_len, body, queues, routed_reply=reply
+        )
 
     def from_route(
         self, route: Any, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
@@ -1060,7 +1078,7 @@ class GatewayManager(Service):
         """A message from a route with a routed subject or reply (a route's hook)."""
         if routed(subject):
             return self._routed_reply(route, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_routed(route, subject, self.strip(reply), queues, size, tail, hdr_len, body)
+        return self.broker.deliver_message(route, subject, self.strip(reply), size, tail, hdr_len, body, queues)
 
     def _routed_reply(
         self, conn: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
@@ -1070,17 +1088,13 @@ class GatewayManager(Service):
             self.dropped += 1
             return 0
         server = subject[_SERVER_AT : _SERVER_AT + HASH_LEN]
-        if conn.gateway and server != self.server_hash and self.routes is not None:
+        if conn.kind is Kind.GATEWAY and server != self.server_hash and self.routes is not None:
             for route in list(self.routes.routes.values()):
                 if gateway_hash(route.remote_id) == server:
-                    middle = b"" if reply is None else reply + b" "
-                    if hdr_len < 0:
-                        route.send(b"RMSG $G " + subject + b" " + middle + tail)
-                    else:
-                        route.send(b"HMSG $G %s %s%d %d\r\n%s" % (subject, middle, hdr_len, size, body))
+                    route.send(link_message(RMSG, subject, reply, (), size, tail, hdr_len, body))
                     return 1
         plain = subject[SUBJECT_AT:]
         local_reply = self.strip(reply)
         if hdr_len < 0:
-            return self.broker.deliver(self.source, plain, local_reply, size, tail)  # type: ignore[arg-type]
-        return self.broker.deliver_headers(self.source, plain, local_reply, hdr_len, size, body)  # type: ignore[arg-type]
+            return self.broker.deliver(self.source, plain, local_reply, size, tail)
+        return self.broker.deliver_message(self.source, plain, local_reply, size, b"", hdr_len, body)

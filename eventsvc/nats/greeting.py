@@ -10,11 +10,13 @@ Nothing here holds state or does I/O: the connection asks, and writes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from eventsvc import wirejson
+from eventsvc.nats.frames import info_line
+
+__all__ = ["ConnectOptions", "client_info", "decode_connect", "info_line", "lame_duck_info"]
 
 #: CONNECT fields we read, with the JSON types nats-server accepts for them.
 CONNECT_TYPES: Dict[str, tuple] = {
@@ -36,10 +38,6 @@ CONNECT_TYPES: Dict[str, tuple] = {
     "sig": (str,),
 }
 
-
-def info_line(info: Dict[str, Any]) -> bytes:
-    """An INFO control line, encoded as nats-server encodes it (compact, then a space)."""
-    return b"INFO " + json.dumps(info, separators=(",", ":")).encode("utf-8") + b" \r\n"
 
 
 def client_info(broker: Any, settings: Any, state: Any, cid: int, client_ip: str) -> Dict[str, Any]:

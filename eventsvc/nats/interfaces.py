@@ -10,11 +10,15 @@ publish and subscribe.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, cast
 
 from twisted.internet.defer import ensureDeferred
 
 from zope.interface import Interface
+
+if TYPE_CHECKING:  # pragma: no cover
+    from eventsvc.nats.kinds import Kind
+    from eventsvc.nats.subjects import Subscription
 
 
 class AuthenticationFailed(Exception):
@@ -92,3 +96,60 @@ def settle(result: Any) -> Any:
     if inspect.isawaitable(result) and not hasattr(result, "addCallbacks"):
         return ensureDeferred(cast(Any, result))
     return result
+
+
+class ISource(Protocol):
+    """
+    What the broker asks of where a message comes from: a client, a link,
+    the in-process API, or a gateway's routed reply.
+
+    @ivar kind: its L{Kind}, all the delivery rule asks of who it is.
+    @ivar echo: whether it wants its own publishes back.
+    @ivar cluster_origin: a leaf link's leaf cluster (C{b""}: none).
+    @ivar message_origin: the leaf cluster a route's C{LMSG} being
+        delivered names (None: none).
+    """
+
+    kind: "Kind"
+    echo: bool
+    cluster_origin: bytes
+    message_origin: Optional[bytes]
+
+
+class ISubscriber(ISource, Protocol):
+    """
+    What the broker may ask of whoever holds subscriptions: client
+    connections, routes, leaf links and the in-process subscriber.
+
+    @ivar cid: its connection id (0: none, a link or the in-process subscriber).
+    @ivar out: frames waiting for the next flush.
+    @ivar dirty: whether it is queued for the next flush.
+    @ivar headers: whether it negotiated headers (HMSG) support.
+    @ivar frame_head: a remote owner's frame verb (C{b"RMSG $G "},
+        C{b"LMSG "}); its messages are one frame per owner, naming queue
+        groups, not one per subscription.
+    @ivar may_receive: None, or whether a message on a subject may be
+        delivered to it (its permissions deny some subjects that a wider
+        subscription of its covers); asked once per subject, when the
+        delivery plan is made.
+    """
+
+    cid: int
+    out: List[bytes]
+    dirty: bool
+    headers: bool
+    frame_head: bytes
+    may_receive: Optional[Callable[[bytes], bool]]
+    in_msgs: int
+    in_bytes: int
+    out_msgs: int
+    out_bytes: int
+
+    def flush(self) -> bool:
+        """Write what C{out} holds; True asks the producer to stall."""
+
+    def stall(self, consumer: Any) -> None:
+        """Stop reading for a while: C{consumer}, which it fed, is over its stall mark."""
+
+    def remove_subscription(self, sub: "Subscription") -> None:
+        """End C{sub} (its auto-unsubscribe maximum was reached)."""

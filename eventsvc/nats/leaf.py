@@ -10,7 +10,7 @@ uplink only those of our clients and our downleafs (the hub hears of our
 cluster's other servers from their own uplinks).  Messages cross as
 C{LMSG} (or C{HMSG}) without an account, naming the queue groups they are
 meant for.  The broker's delivery rules for leafs are in
-L{eventsvc.nats.server} (C{_reaches}); this module holds the handshake,
+L{eventsvc.nats.delivery} (C{reaches}); this module holds the handshake,
 interest and loop detection: each server subscribes its leafs to its own
 C{$LDS.<id>} subject, and a link that brings that interest back is a loop,
 closed with nats-server's error (the spoke waits 30 s before dialling again).
@@ -20,7 +20,6 @@ What it must not do: know about events, tokens of the event gateway, or HTTP.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
-from eventsvc.nats.greeting import info_line
+from eventsvc.nats import limits, peer, timers
+from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import Broker
@@ -61,15 +61,6 @@ def interest_key(sub: Subscription) -> bytes:
     return sub.subject if sub.queue is None else sub.subject + b" " + sub.queue
 
 
-def interest_line(key: bytes, n: int) -> bytes:
-    """C{LS+ key} (with the count when C{key} names a queue group), or C{LS- key} when C{n} is 0."""
-    if n <= 0:
-        return b"LS- " + key + b"\r\n"
-    if b" " in key:
-        return b"LS+ %s %d\r\n" % (key, n)
-    return b"LS+ " + key + b"\r\n"
-
-
 class LeafConnection(PeerConnection):
     """
     One leaf link: dialled (C{remote} given, an uplink to a hub) or
@@ -79,16 +70,17 @@ class LeafConnection(PeerConnection):
     routes and gateways too), but never gets its own messages back.
     """
 
-    kind = "leaf node"
-    leaf = True
+    kind = Kind.LEAF
     echo = False
-    frame_head = b"LMSG "
+    frame_head = LMSG
 
     def __init__(self, manager: "LeafManager", remote: Optional["RemoteLeaf"] = None) -> None:
         settings = manager.settings
         super().__init__(manager, settings.ping_interval, LeafParser)
         self.remote = remote
-        self.route = remote is not None
+        if remote is not None:
+            #: An uplink: what our hub brings goes to our clients and leafs only.
+            self.kind = Kind.HUB
         #: What we take from the hub (IPermissions over our deny_imports;
         #: None: everything).  What the other side is not to get (our
         #: deny_exports, a spoke's deny_pub) is its may_receive.
@@ -112,14 +104,17 @@ class LeafConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the link (an uplink to our hub)."""
         return self.remote is not None
 
     def describe(self) -> str:
+        """The other side's name for the log: its server name, its id, or its address."""
         return self.remote_name or self.remote_id or "{}:{}".format(self.host, self.port)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The link is up: an accepted one sends INFO (and starts TLS when the listener has it); the handshake clock starts."""
         super().connectionMade()
         if not self.dialled:
             self.send(self.manager.info_line(self))
@@ -133,12 +128,14 @@ class LeafConnection(PeerConnection):
 
     def warn_unregistered(self) -> bool:
         # A remote that fails is dialled again, and that says why.
+        """Whether a link that ends before it was up warns: an accepted one (a remote is dialled again, and that says why)."""
         return not self.dialled
 
     def lost(self, why: str) -> None:
+        """The link ended: its interest is let go of in slices, and the manager hears of it."""
         subs = list(self.subs.values())
         self.subs.clear()
-        self.let_go(subs, self._remove_remote if self.route else self.broker.remove_subscriptions)
+        self.let_go(subs, self._remove_remote if self.kind is Kind.HUB else self.broker.remove_subscriptions)
         self.manager.leaf_lost(self, why)
 
     def _remove_remote(self, subs: List[Subscription]) -> None:
@@ -148,6 +145,7 @@ class LeafConnection(PeerConnection):
     # -- the handshake ---------------------------------------------------------------
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO} from the other side: on an uplink the hub's (we answer CONNECT), later ones update it."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -190,7 +188,7 @@ class LeafConnection(PeerConnection):
                 self.log.error("leaf node remote {url}: cannot sign in: {why}", url=remote.url, why=e)
                 self.close(None, "credentials: {}".format(e))
                 return
-            self.send(b"CONNECT " + json.dumps(options, separators=(",", ":")).encode("utf-8") + b"\r\n")
+            self.send(connect_line(options))
             if not info.get("info_on_connect"):
                 self._bound()  # (an older hub says nothing more)
             return
@@ -198,6 +196,7 @@ class LeafConnection(PeerConnection):
             self._bound()
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} from a spoke: its credentials and cluster checked; the link is up."""
         if self.dialled or self.up:
             return
         try:
@@ -261,6 +260,7 @@ class LeafConnection(PeerConnection):
             raise ProtocolViolation(AUTHORIZATION_VIOLATION, "{} before the leaf node handshake".format(verb))
 
     def op_ls_plus(self, subject: bytes, queue: Optional[bytes], weight: int) -> None:
+        """C{LS+}: the other side's interest (our own loop-detection subject coming back is a loop)."""
         self._bound_only("LS+")
         if subject == self.manager.lds:
             self.manager.loop_detected(self)
@@ -275,17 +275,18 @@ class LeafConnection(PeerConnection):
         sub = Subscription(self, subject, queue, b"")
         sub.origin = self.cluster_origin or None
         self.subs[key] = sub
-        if self.route:
+        if self.kind is Kind.HUB:
             self.broker.add_remote_subscription(sub, gateways=False)
         else:
             self.broker.add_subscription(sub)
 
     def op_ls_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{LS-}: the other side's interest ends."""
         self._bound_only("LS-")
         sub = self.subs.pop((subject, queue), None)
         if sub is None:
             return
-        if self.route:
+        if self.kind is Kind.HUB:
             self.broker.remove_remote_subscription(sub, gateways=False)
         else:
             self.broker.remove_subscription(sub)
@@ -301,7 +302,7 @@ class LeafConnection(PeerConnection):
         else:
             self.smap.pop(key, None)
         if update:
-            self.send(interest_line(key, max(n, 0)))
+            self.send(ls_line(key, max(n, 0)))
 
     # -- messages ------------------------------------------------------------------
 
@@ -315,24 +316,29 @@ class LeafConnection(PeerConnection):
         return self.broker.deliver(self, subject, reply, size, tail) if self._takes("LMSG", subject) else 0
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
+        """Several LMSGs to one subject without a reply or queue names, in order."""
         if self._takes("LMSG", subject):
             self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """An LMSG without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
+        """An LMSG naming queue groups: one member of each named group here."""
         if self._takes("LMSG", subject):
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail)
+            self.broker.deliver(self, subject, reply, size, tail, queues=queues)
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """An HMSG (with headers), naming queue groups or not."""
         takes = self._takes("HMSG", subject)
         self.in_msgs += 1
         self.in_bytes += total
         if takes:
-            self.broker.deliver_routed(self, subject, reply, queues, total, b"", hdr_len, body)
+            self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
 
     def op_err(self, arg: bytes) -> None:
+        """C{-ERR} from the other side: a loop or same-cluster error delays our next dial; the link closes."""
         text = arg.decode("utf-8", "replace")
         if self.dialled and ("Loop detected" in text or SAME_CLUSTER_ERROR in text):
             self.manager.delay(self.remote, LOOP_DELAY)
@@ -346,6 +352,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> LeafConnection:
+        """A leaf node that dialled us."""
         return LeafConnection(self.manager)
 
 
@@ -357,9 +364,11 @@ class _Dialling(ClientFactory):
         self.remote = remote
 
     def buildProtocol(self, addr: Any) -> LeafConnection:
+        """Our uplink to C{remote}'s hub."""
         return LeafConnection(self.manager, self.remote)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.remote, reason.getErrorMessage())
 
 
@@ -390,6 +399,7 @@ class RemoteLeaf:
 
     @property
     def url(self) -> str:
+        """The URL the next dial uses (the remote's URLs in turn)."""
         return self.urls[self.index % len(self.urls)]
 
     def credentials(self) -> Tuple[str, str]:
@@ -480,6 +490,7 @@ class LeafManager(Service):
         return RemoteLeaf(urls, user, password, tls, tls_name, deny_imports, denied(deny_imports), denied(deny_exports), signer)
 
     def next_cid(self) -> int:
+        """A new leaf link id (for /leafz; leaf links are numbered apart from clients)."""
         self._cids += 1
         return self._cids
 
@@ -487,6 +498,7 @@ class LeafManager(Service):
 
     @property
     def advertise_host(self) -> str:
+        """The host our leaf listener is advertised as (127.0.0.1 when we listen on every address)."""
         return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info(self, conn: LeafConnection) -> Dict[str, Any]:
@@ -517,6 +529,7 @@ class LeafManager(Service):
         return info
 
     def info_line(self, conn: LeafConnection) -> bytes:
+        """Our INFO to C{conn}, as a line."""
         return info_line(self.info(conn))
 
     def connect_options(self, remote: RemoteLeaf, tls: bool = False, nonce: bytes = b"") -> Dict[str, Any]:
@@ -541,6 +554,7 @@ class LeafManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a spoke's CONNECT carries the listener's token or user and password (any, when it has none)."""
         s = self.settings
         if s.token:
             return options.get("user") == s.token and not options.get("pass")
@@ -551,6 +565,7 @@ class LeafManager(Service):
     # -- lifecycle ---------------------------------------------------------------
 
     def startService(self) -> None:
+        """Listen for leaf nodes (when accepting), dial the remotes, and hear of every subscription."""
         if self.settings.accept:
             self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "leaf nodes ([leafnodes] host and port)")
             self.port = self.listening.getHost().port
@@ -561,12 +576,12 @@ class LeafManager(Service):
             self.dial(remote)
 
     def stopService(self) -> Any:
+        """Stop redialling and close every leaf link."""
         super().stopService()
         if self._subscription in self.broker.subscription_listeners:
             self.broker.subscription_listeners.remove(self._subscription)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         for conn in list(self.leafs.values()):  # (a remote's link is one of them once up)
             conn.close(None, "server shutting down")
@@ -578,6 +593,7 @@ class LeafManager(Service):
     # -- dialling ----------------------------------------------------------------
 
     def dial(self, remote: RemoteLeaf) -> None:
+        """Dial C{remote} unless a dial is under way or its link is up."""
         key = id(remote)
         self._timers.pop(key, None)
         if not self.running or key in self._dialling or remote.conn is not None:
@@ -587,6 +603,7 @@ class LeafManager(Service):
         peer.dial(self.clock, parts.hostname or "", parts.port or 7422, _Dialling(self, remote), self.settings)
 
     def dial_failed(self, remote: RemoteLeaf, why: str) -> None:
+        """A dial to C{remote} failed: dial again later, with backoff."""
         self._dialling.discard(id(remote))
         self._redial(remote, why)
 
@@ -610,6 +627,7 @@ class LeafManager(Service):
     # -- links ------------------------------------------------------------------------
 
     def leaf_up(self, conn: LeafConnection) -> None:
+        """A link finished its handshake: it is registered (a spoke's older link closed) and told our interest."""
         if conn.remote is not None:
             self._dialling.discard(id(conn.remote))
             conn.remote.attempts = 0
@@ -635,10 +653,11 @@ class LeafManager(Service):
                 smap[key] = smap.get(key, 0) + 1
         smap[self.lds] = 1
         conn.smap = smap
-        conn.send(b"".join(interest_line(key, n) for key, n in smap.items()))
+        conn.send(b"".join(ls_line(key, n) for key, n in smap.items()))
         self.broker.flush()
 
     def leaf_lost(self, conn: LeafConnection, why: str) -> None:
+        """A link ended: forget it and, when it was an uplink, dial again."""
         remote = conn.remote
         if remote is not None:
             self._dialling.discard(id(remote))
@@ -667,10 +686,10 @@ class LeafManager(Service):
         owner = sub.owner
         if owner is conn:
             return False
-        if conn.route:
+        if conn.kind is Kind.HUB:
             if conn.imports is not None and not conn.imports.may_subscribe(sub.subject, sub.queue):
                 return False  # (interest in what we do not import: not asked for)
-            return not owner.route
+            return not owner.kind.one_hop
         if sub.origin and sub.origin == conn.cluster_origin:
             # (A leaf of its cluster's, here or behind a route.)
             return sub.subject.startswith(LDS_PREFIX)

@@ -15,13 +15,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from eventsvc.nats.client import ClientConnection
+from eventsvc.nats.errors import ListenError as ListenError  # (where the service and the tests look for it)
 from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.server import Broker
 from eventsvc.nats.upgrade import HandshakeBudget, InfoThenTLS
-
-
-class ListenError(Exception):
-    """The listener could not bind its address."""
 
 
 class ClientFactory(Factory):

@@ -1,7 +1,9 @@
 """
-The two protocols a connection speaks, as verb tables over the one framing
+The four protocols a connection speaks, as verb tables over the one framing
 loop (L{eventsvc.nats.framing.Framer}): what a client sends
-(L{ClientParser}) and what a peer server sends on a route (L{RouteParser}).
+(L{ClientParser}), what a peer server sends on a route (L{RouteParser}), on
+a gateway (L{GatewayParser}) and on a leaf link (L{LeafParser}).  What we
+write back is L{eventsvc.nats.frames}'.
 
 Each verb names the method that reads its arguments; the loop does the
 rest (limits, payloads, the fast message branch, batching).  Outcomes

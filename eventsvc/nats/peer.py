@@ -40,9 +40,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from eventsvc.nats.client import failure_reason
+from eventsvc.nats import timers
+from eventsvc.nats.errors import ListenError, failure_reason
 from eventsvc.nats.framing import ReadTurns
-from eventsvc.nats.listener import ListenError
+from eventsvc.nats.frames import err_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.outbound import Outbound
 from eventsvc.nats.parser import ProtocolViolation
@@ -78,10 +80,13 @@ class PeerConnection(Protocol):
     """
 
     log = Logger()
-    kind = "peer"
-    route = False
-    gateway = False
-    leaf = False
+    #: The subclass's L{Kind}; its C{label} names the link in the log.
+    kind: Kind
+    #: Gateways and leafs number themselves for monitoring; routes do not.
+    cid = 0
+    cluster_origin = b""
+    message_origin: Optional[bytes] = None
+    frame_head = b""
     may_receive: Optional[Callable[[bytes], bool]] = None
     #: TCP or TLS: more than ITransport says (producers, TLS, abort).
     transport: Any
@@ -125,6 +130,7 @@ class PeerConnection(Protocol):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the link (else the peer dialled us)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -134,6 +140,7 @@ class PeerConnection(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The link is up: TCP_NODELAY, the clocks, the peer's address, and the output attached."""
         no_delay(self.transport)
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
@@ -152,11 +159,12 @@ class PeerConnection(Protocol):
         except Exception as e:
             self.log.warn(
                 "{kind} from {host}:{port} refused: its certificate is not for {name} ({why})",
-                kind=self.kind, host=self.host, port=self.port, name=name, why=e,
+                kind=self.kind.label, host=self.host, port=self.port, name=name, why=e,
             )
             self.close(None, "certificate name")
 
     def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer, parsed within the per-turn budget (L{ReadTurns})."""
         if self.closed:
             return
         self.last_activity = self.manager.clock.seconds()
@@ -171,6 +179,7 @@ class PeerConnection(Protocol):
         self.close(v.error, v.detail or v.error or "protocol violation")
 
     def connectionLost(self, reason: Any = None) -> None:
+        """The transport closed: the link ends, saying why (loudly when it was never up)."""
         if not self.closed:
             why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
             if not self.registered and self.warn_unregistered():
@@ -178,7 +187,7 @@ class PeerConnection(Protocol):
                 # another CA) must not pass in silence.
                 self.log.warn(
                     "{kind} {way} {host}:{port} failed before it was up: {why}",
-                    kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, why=why,
+                    kind=self.kind.label, way="to" if self.dialled else "from", host=self.host, port=self.port, why=why,
                 )
             self._teardown(why)
 
@@ -187,9 +196,10 @@ class PeerConnection(Protocol):
         return True
 
     def close(self, error: Optional[str], why: str) -> None:
+        """End the link: C{-ERR 'error'} after what is already queued (none when C{error} is None), logged as C{why}."""
         if self.closed:
             return
-        self.outbound.write_all(b"-ERR '" + error.encode() + b"'\r\n" if error else b"")
+        self.outbound.write_all(err_line(error) if error else b"")
         self._teardown(why)
         self.transport.loseConnection()
 
@@ -199,16 +209,15 @@ class PeerConnection(Protocol):
         self._handshake_clock = self.manager.clock.callLater(timeout, self._too_slow, timeout)
 
     def handshake_done(self) -> None:
-        clock, self._handshake_clock = self._handshake_clock, None
-        if clock is not None and clock.active():
-            clock.cancel()
+        """The handshake finished in time: its clock stops."""
+        self._handshake_clock = timers.cancel(self._handshake_clock)
 
     def _too_slow(self, timeout: float) -> None:
         self._handshake_clock = None
         if not self.registered and not self.closed:
             self.log.warn(
                 "{kind} {way} {host}:{port} did not complete its handshake in {t}s: closing it",
-                kind=self.kind, way="to" if self.dialled else "from", host=self.host, port=self.port, t=timeout,
+                kind=self.kind.label, way="to" if self.dialled else "from", host=self.host, port=self.port, t=timeout,
             )
             self.close("Authentication Timeout", "handshake timeout")
 
@@ -218,8 +227,7 @@ class PeerConnection(Protocol):
         # Interest being let go of (let_go) may still be delivered to: dropped.
         self.flush = self._dropped
         self.handshake_done()
-        if self._first_ping is not None and self._first_ping.active():
-            self._first_ping.cancel()
+        self._first_ping = timers.cancel(self._first_ping)
         self.pinger.stop()
         self.outbound.close()
         self.lost(why)
@@ -252,7 +260,7 @@ class PeerConnection(Protocol):
             self.log.warn(
                 "{kind} {peer}: its interest passed {cap} subscriptions (the cap per link, [limits] "
                 "max_link_subscriptions): closing it",
-                kind=self.kind, peer=self.describe(), cap=cap,
+                kind=self.kind.label, peer=self.describe(), cap=cap,
             )
             raise ProtocolViolation(MAX_SUBSCRIPTIONS, "over max_link_subscriptions ({})".format(cap))
         if held >= self._frozen_at + FREEZE_STEP and _freeze is not None:
@@ -290,6 +298,7 @@ class PeerConnection(Protocol):
     # -- output and liveness: the outbound part and the pinger ------------------
 
     def send(self, data: bytes) -> None:
+        """Queue C{data} (whole lines) for the next flush."""
         self.out.append(data)
         self.broker.mark_dirty(self)
 
@@ -300,6 +309,7 @@ class PeerConnection(Protocol):
 
     @property
     def pings_out(self) -> int:
+        """PINGs sent that no PONG answered yet (for monitoring)."""
         return self.pinger.pings_out
 
     def first_ping(self) -> None:
@@ -321,56 +331,45 @@ class PeerConnection(Protocol):
         return self.pinger.rtt
 
     def stall(self, consumer: Any) -> None:
+        """Never stalled: a peer's reads do not wait for a slow client (a slow peer is cut off instead)."""
         pass  # a peer's reads are never stalled for a slow client
 
     def _slow(self, why: str) -> None:
         self.log.warn(
             "{kind} to {peer} cannot keep up ({n} bytes held): closing it",
-            kind=self.kind, peer=self.describe(), n=self.outbound.held_bytes,
+            kind=self.kind.label, peer=self.describe(), n=self.outbound.held_bytes,
         )
-        self.close(None, "slow " + self.kind)
+        self.close(None, "slow " + self.kind.label)
 
     def _send_now(self, data: bytes) -> None:
         self.send(data)
         self.broker.flush()
 
     def _stale(self) -> None:
-        self.close("Stale Connection", "stale " + self.kind)
+        self.close("Stale Connection", "stale " + self.kind.label)
 
     # -- what every peer protocol answers the same way ----------------------------
 
     def op_ping(self) -> None:
+        """C{PING}: answered C{PONG}."""
         self.send(PONG)
 
     def op_pong(self) -> None:
+        """C{PONG}: the peer is alive."""
         self.pinger.pong_received()
 
     def op_err(self, arg: bytes) -> None:
-        self.log.warn("{kind} {peer} says: {error}", kind=self.kind, peer=self.describe(), error=arg.decode("utf-8", "replace"))
+        """C{-ERR} from the peer: logged, and the link closes."""
+        self.log.warn("{kind} {peer} says: {error}", kind=self.kind.label, peer=self.describe(), error=arg.decode("utf-8", "replace"))
         self.close(None, "peer sent -ERR")
 
     def op_no_responders(self, reply: bytes) -> None:
+        """Nothing to do: the requester's server answers for its own clients."""
         pass  # the requester's server answers for its own clients
 
     def remove_subscription(self, sub: Subscription) -> None:
+        """Nothing to do: a peer's interest has no auto-unsubscribe maximum."""
         pass  # remote interest has no auto-unsubscribe
-
-
-def rs_line(subject: bytes, queue: Optional[bytes], count: int, origin: Optional[bytes] = None) -> bytes:
-    """
-    Interest on a route or a gateway (in C{$G}): C{RS+} (with a queue
-    group's count) or, when C{count} is 0, C{RS-}; with
-    C{origin} (a leaf of that cluster made the interest, and the peer reads
-    origins), C{LS+ <origin>}/C{LS-}, so that the peer keeps it from its own
-    links to that cluster.
-    """
-    if count <= 0:
-        verb = b"LS- $G " if origin else b"RS- $G "
-        return verb + subject + (b"\r\n" if queue is None else b" " + queue + b"\r\n")
-    head = b"LS+ " + origin + b" $G " if origin else b"RS+ $G "
-    if queue is None:
-        return head + subject + b"\r\n"
-    return head + b"%s %s %d\r\n" % (subject, queue, count)
 
 
 def listen(clock: Any, port: int, factory: Any, settings: Any, what: str) -> Any:

@@ -15,7 +15,6 @@ What it must not do: know about events, tokens or HTTP.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 import random
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -26,8 +25,9 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer
-from eventsvc.nats.greeting import info_line
+from eventsvc.nats import limits, peer, timers
+from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
+from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.peer import PeerConnection
 from eventsvc.nats.server import Broker
@@ -44,9 +44,8 @@ class RouteConnection(PeerConnection):
     speaking the route protocol (L{RouteParser}).
     """
 
-    kind = "route"
-    route = True
-    frame_head = b"RMSG $G "
+    kind = Kind.ROUTE
+    frame_head = RMSG
     #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
     #: keeps the message from that cluster's links).
     message_origin: Optional[bytes] = None
@@ -59,23 +58,27 @@ class RouteConnection(PeerConnection):
 
     @property
     def dialled(self) -> bool:
+        """Whether we dialled the route (it was solicited)."""
         return bool(self.solicited)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """The route is up: a dialled one sends CONNECT, both send INFO, and pinging starts."""
         super().connectionMade()
         if self.solicited:
-            self.send(b"CONNECT " + json.dumps(self.manager.connect_options()).encode() + b"\r\n")
+            self.send(connect_line(self.manager.connect_options(), compact=False))
         self.send(self.manager.info_line())
         self.flush()
         self.pinger.start()
 
     def warn_unregistered(self) -> bool:
         # A configured route that fails is redialled, and that says why.
+        """Whether a route that ends before it was up warns: not a configured one, whose redial says why."""
         return not (self.solicited and self.solicited in self.manager.configured)
 
     def lost(self, why: str) -> None:
+        """The route ended: its interest is let go of in slices, and the manager hears of it."""
         subs = list(self.subs.values())
         self.subs.clear()
         self.let_go(subs, self._remove)
@@ -88,6 +91,7 @@ class RouteConnection(PeerConnection):
     # -- operations ------------------------------------------------------------
 
     def op_connect(self, arg: bytes) -> None:
+        """C{CONNECT} from the peer: its credentials checked against the cluster's."""
         try:
             options = wirejson.loads(arg)
         except ValueError:
@@ -103,6 +107,7 @@ class RouteConnection(PeerConnection):
             raise ProtocolViolation(None, "cluster name {!r} is not ours".format(cluster))
 
     def op_info(self, arg: bytes) -> None:
+        """C{INFO} from the peer: the first registers the route (or closes a duplicate), later ones update what it advertises."""
         try:
             info = wirejson.loads(arg)
         except ValueError:
@@ -147,6 +152,7 @@ class RouteConnection(PeerConnection):
         return bool(self.remote_info.get("lnoc"))
 
     def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int, origin: Optional[bytes] = None) -> None:
+        """C{RS+} (or C{LS+ origin}): the peer's interest in C{$G}, unless we do not export it."""
         if account != GLOBAL or not valid_subject(subject):
             return
         exports = self.manager.settings.exports
@@ -166,6 +172,7 @@ class RouteConnection(PeerConnection):
         self.broker.add_remote_subscription(sub)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
+        """C{RS-} (or C{LS-}): the peer's interest ends."""
         if account != GLOBAL:
             return
         sub = self.subs.pop((subject, queue), None)
@@ -191,6 +198,7 @@ class RouteConnection(PeerConnection):
             self.broker.deliver_batch(self, subject, tails, size)
 
     def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
+        """A message without queue names (what the framing loop's fast branch hands over)."""
         self.publish(self, subject, reply, size, tail)
 
     def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
@@ -199,6 +207,7 @@ class RouteConnection(PeerConnection):
             self._routed(subject, reply, queues, size, tail, -1, b"")
 
     def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
+        """C{HMSG $G}: a message with headers, naming queue groups or not."""
         self.in_msgs += 1
         self.in_bytes += total
         if account == GLOBAL and self._importable(subject):
@@ -210,7 +219,7 @@ class RouteConnection(PeerConnection):
             # A reply routed across gateways: theirs to unwrap.
             gateways.from_route(self, subject, reply, queues, size, tail, hdr_len, body)  # type: ignore[attr-defined]
         else:
-            self.broker.deliver_routed(self, subject, reply, queues, size, tail, hdr_len, body)
+            self.broker.deliver_message(self, subject, reply, size, tail, hdr_len, body, queues)
 
     def _importable(self, subject: bytes) -> bool:
         """
@@ -232,6 +241,7 @@ class _Accepting(Factory):
         self.manager = manager
 
     def buildProtocol(self, addr: Any) -> RouteConnection:
+        """A route that dialled us."""
         return RouteConnection(self.manager)
 
 
@@ -243,9 +253,11 @@ class _Dialling(ClientFactory):
         self.url = url
 
     def buildProtocol(self, addr: Any) -> RouteConnection:
+        """The route we dialled to C{url}."""
         return RouteConnection(self.manager, solicited=self.url)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        """The dial failed: the manager dials again later."""
         self.manager.dial_failed(self.url, reason.getErrorMessage())
 
 
@@ -322,6 +334,7 @@ class RouteManager(Service):
     # -- what we say -----------------------------------------------------------
 
     def info(self) -> Dict[str, Any]:
+        """Our route INFO: who we are, our cluster, our client URLs and, in a supercluster, our gateway URL."""
         b = self.broker
         info = {
             "server_id": b.server_id,
@@ -349,12 +362,15 @@ class RouteManager(Service):
 
     @property
     def advertise_host(self) -> str:
+        """The host our routes are told to dial (127.0.0.1 when we listen on every address)."""
         return "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
 
     def info_line(self, info: Optional[Dict[str, Any]] = None) -> bytes:
+        """C{info} (default: L{info}) as an INFO line."""
         return info_line(info or self.info())
 
     def connect_options(self) -> Dict[str, Any]:
+        """What our CONNECT on a route we dial says (credentials when the cluster has some)."""
         options = {
             "echo": True, "verbose": False, "pedantic": False, "tls_required": False, "headers": True,
             "name": self.broker.server_id, "cluster": self.settings.cluster_name, "lnoc": True,
@@ -365,6 +381,7 @@ class RouteManager(Service):
         return options
 
     def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a peer's CONNECT carries the cluster's credentials (any, when it has none)."""
         if not self.settings.user:
             return True
         return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
@@ -381,6 +398,7 @@ class RouteManager(Service):
         self.broker.flush()
 
     def startService(self) -> None:
+        """Listen for routes (when accepting), then dial the configured ones."""
         self.broker.cluster_name = self.settings.cluster_name
         if self.settings.accept:
             self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "routes ([cluster] host and port)")
@@ -392,12 +410,12 @@ class RouteManager(Service):
             self.dial(url)
 
     def stopService(self) -> Any:
+        """Stop redialling and close every route."""
         super().stopService()
         if self._interest in self.broker.interest_listeners:
             self.broker.interest_listeners.remove(self._interest)
         for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+            timers.cancel(timer)
         self._timers.clear()
         for route in list(self.routes.values()):
             route.close(None, "server shutting down")
@@ -409,6 +427,7 @@ class RouteManager(Service):
     # -- dialling ----------------------------------------------------------------
 
     def dial(self, url: str) -> None:
+        """Dial C{url} (a configured or gossiped route), unless a dial to it is under way."""
         if not self.running or url in self._dialling:
             return
         parts = urlsplit(url if "://" in url else "nats-route://" + url)
@@ -419,6 +438,7 @@ class RouteManager(Service):
         peer.dial(self.clock, parts.hostname, parts.port, _Dialling(self, url), self.settings)
 
     def dial_failed(self, url: str, why: str) -> None:
+        """A dial to C{url} failed: dial again later (configured routes, with backoff)."""
         self._dialling.discard(url)
         self._redial(url, why)
 
@@ -460,7 +480,7 @@ class RouteManager(Service):
             if self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue):
                 continue
             origin = self.broker.interest_origin(subject, queue) if route.lnoc else None
-            lines.append(peer.rs_line(subject, queue, n, origin))
+            lines.append(rs_line(subject, queue, n, origin))
         if lines:
             route.send(b"".join(lines))
         gateways = self.broker.gateways
@@ -487,6 +507,7 @@ class RouteManager(Service):
         self.dial(url)
 
     def route_lost(self, route: RouteConnection, why: str) -> None:
+        """A route ended: forget it, its client URLs and, when we dialled it, dial again."""
         if route.solicited:
             self._dialling.discard(route.solicited)
         if self.routes.get(route.remote_id) is route:
@@ -503,7 +524,7 @@ class RouteManager(Service):
         if queue is None and not (before == 0 and after > 0) and after != 0:
             return  # a plain subject is told once
         origin = self.broker.interest_origin(subject, queue)
-        line = peer.rs_line(subject, queue, after)
-        leafed = peer.rs_line(subject, queue, after, origin) if origin else line
+        line = rs_line(subject, queue, after)
+        leafed = rs_line(subject, queue, after, origin) if origin else line
         for route in self.routes.values():
             route.send(leafed if route.lnoc else line)

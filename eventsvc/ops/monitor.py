@@ -573,7 +573,7 @@ class Monitor:
 
 def _from_a_link(owner: Any) -> bool:
     """Whether a subscription is a route's, a gateway's or a leaf link's (nats-server's localSubs leaves those out)."""
-    return bool(getattr(owner, "route", False) or getattr(owner, "gateway", False) or getattr(owner, "leaf", False))
+    return owner.kind.link
 
 
 def _leaf_varz(leafs: Any) -> dict:

@@ -1,0 +1,581 @@
+"""
+Who gets a message: the delivery plans, and the one rule.
+
+A publish is matched against the subscription index once per subject (the
+index caches matches) and turned into a L{Plan}: per plain subscriber its
+frame prefix, the queue groups, and the remote owners (routes and leafs)
+with interest, one frame each.  Plans are kept by subject until the index
+changes.  Frames are appended to each subscriber's output list; nothing is
+written until L{Delivery.flush}, which the connection that received the
+publishes calls once per read, so a read carrying a thousand PUBs causes one
+write per subscriber, not a thousand.
+
+Which of a plan's targets a message reaches depends on where it came from,
+as in nats-server's C{processMsgResults}, keyed on the source's L{Kind}
+and the leaf cluster the message came from:
+
+  - local subscribers get everything (bar a client's own messages when it
+    asked for no echo);
+  - a route gets nothing that came from a route or from our hub (one hop);
+  - a leaf gets everything but its own messages, those of a leaf of its own
+    cluster and, when it is our hub, those from routes (L{reaches});
+  - a client's (or the in-process API's) message picks one member of every
+    queue group; a link's message serves only the groups it names
+    (L{groups_served}), and a route or a leaf member may take a group only
+    as L{takes_group} says;
+  - gateways are offered what came from a client, the in-process API or a
+    leaf we are the hub of (L{Kind.to_gateways}).
+
+L{Delivery.deliver} and L{Delivery.deliver_batch} are the fast paths for
+messages without headers; L{Delivery.deliver_message} is the general one.
+All three ask the same questions of the kinds.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, cast
+
+from twisted.logger import Logger
+
+from eventsvc.nats.frames import Message, lmsg_head, msg_head, rmsg_head
+from eventsvc.nats.interfaces import ISource, ISubscriber
+from eventsvc.nats.kinds import Kind
+from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription
+
+#: How many subjects' delivery plans are kept: enough for a fleet of ten
+#: thousand devices publishing each to its own subject (about 600 bytes a
+#: plan with one subscriber).
+PLAN_CACHE_SIZE = 16384
+
+#: A plain target: (subscriber, frame prefix, the subscriber's out.append).
+Target = Tuple[ISubscriber, bytes, Callable[[bytes], None]]
+
+
+class IGatewayForwarder(Protocol):
+    """What the broker asks of the gateways (L{eventsvc.nats.gateway.GatewayManager})."""
+
+    def forward(
+        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
+        targets: "Plan",
+    ) -> int:
+        """
+        Offer a message (C{tail}, or with headers C{hdr_len} and C{body}) to
+        every gateway with interest in it; C{targets} is its plan here, whose
+        queue groups this cluster serves.  Returns how many gateways took it.
+        """
+
+    def forward_batch(self, subject: bytes, tails: List[bytes], size: int, targets: "Plan") -> None:
+        """The same for several messages to one subject without a reply (C{size}: their payloads' total)."""
+
+
+class Plan:
+    """
+    The delivery plan for one subject: per plain subscriber the frame prefix
+    C{b"MSG <subject> <sid> "}, the queue groups, and the routes and leafs.
+    C{simple} is false when a subscriber is in-process or has an
+    auto-unsubscribe maximum, or when routes take part in a queue group:
+    the fast loops handle none of those.
+    """
+
+    __slots__ = (
+        "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
+    )
+
+    def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
+        #: (subscriber, frame prefix, the subscriber's out.append)
+        self.plain: List[Target] = plain
+        self.plain_subs: List[Subscription] = plain_subs
+        #: Per group, its local members: [(member, prefix, subscription)].
+        self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
+        #: Per group (same order): its name and the routes and leafs with members in it.
+        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = queue_info
+        self.simple: bool = simple
+        #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
+        self.route_plain: List[Target] = route_plain
+        #: Routes and leafs with plain interest that are also queue members:
+        #: one frame each, naming the groups given to it, built per message.
+        self.route_mixed: List[ISubscriber] = route_mixed
+        #: Leafs with plain interest only: (leaf, b"LMSG <subject> ", append).
+        self.leaf_plain: List[Target] = leaf_plain
+        #: Whether the plain subscribers are all there is (simple, and no
+        #: route, leaf or queue group takes part): deliver() stops after them.
+        self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+
+    def plain_remotes(self) -> List[ISubscriber]:
+        """The routes and leafs with plain interest only (each gets one frame)."""
+        return [r for r, _, _ in self.route_plain] + [r for r, _, _ in self.leaf_plain]
+
+
+# -- the rule -------------------------------------------------------------------
+
+
+def reaches(src: ISource, remote: ISubscriber) -> bool:
+    """
+    Whether a message from C{src} goes on to C{remote}, a route or a leaf
+    with plain interest in it (nats-server's processMsgResults): a route
+    gets nothing that came from a route or a hub (one hop); a leaf gets
+    everything but its own messages, those of a leaf of its own cluster,
+    and, when it is our hub, those from routes (their servers have their
+    own links to it).  A message's cluster is its leaf's (C{cluster_origin}),
+    or the origin a route's C{LMSG} gave (C{message_origin}).
+    """
+    if remote is src:
+        return False
+    if remote.kind.leaf:
+        kind = src.kind
+        if kind.leaf:
+            origin: Optional[bytes] = src.cluster_origin
+        elif kind is Kind.ROUTE:
+            if remote.kind is Kind.HUB:
+                return False
+            origin = src.message_origin  # (an LMSG <origin> the route is delivering)
+        else:
+            return True
+        return not (origin and origin == remote.cluster_origin)
+    return not src.kind.one_hop
+
+
+def groups_served(src: ISource, named: Sequence[bytes]) -> Optional[Sequence[bytes]]:
+    """
+    The queue groups a message from C{src} picks a member of: a client's
+    (or the in-process API's) every group (None); a link's only those its
+    frame C{named} (its side chose the other groups' members).
+    """
+    return named if src.kind.link else None
+
+
+def takes_group(src: ISource, member: ISubscriber) -> bool:
+    """
+    Whether C{member}, a route or leaf with members in a queue group that
+    has none here, may be given the group for C{src}'s message: never the
+    link it came from; from a route or a leaf, only a leaf (the route's
+    server had its own turn) unless the message came from a leaf.
+    """
+    if member is src:
+        return False
+    kind = src.kind
+    return not kind.remote or member.kind.leaf or kind.leaf
+
+
+def remote_frame(src: ISource, remote: ISubscriber, message: "Message", queues: Sequence[bytes]) -> bytes:
+    """
+    C{message} as C{remote} (a route or a leaf) gets it from C{src}, naming
+    C{queues}: in the remote's verb, and to a route with the leaf cluster
+    it came from when a leaf of a named cluster sent it.
+    """
+    origin = src.cluster_origin if src.kind.leaf and not remote.kind.leaf else None
+    return message.route_frame(queues, remote.frame_head, origin)
+
+
+# -- plans ----------------------------------------------------------------------
+
+
+def _receives(sub: Subscription, subject: bytes) -> bool:
+    check = sub.owner.may_receive
+    return check is None or check(subject)
+
+
+def plan(subject: bytes, subs: Sequence[Subscription], groups: Sequence[Sequence[Subscription]]) -> Plan:
+    """The delivery plan of C{subject} for the index's match: its plain subscriptions and queue groups."""
+    if groups:
+        return _plan_with_queues(subject, subs, groups)
+    # Plain subscriptions only (most subjects, every reply inbox): one pass.
+    head = msg_head(subject)
+    plain: List[Target] = []
+    plain_subs: List[Subscription] = []
+    routes: Dict[Any, None] = {}
+    leafs: Dict[Any, None] = {}
+    simple = True
+    for s in subs:
+        owner = s.owner
+        if owner.may_receive is not None and not owner.may_receive(subject):
+            # Subscribers denied this subject leave the plan (and so cost nothing per message).
+            continue
+        kind = owner.kind
+        if kind.leaf:
+            leafs[owner] = None  # one LMSG per leaf
+            continue
+        if kind.remote:
+            routes[owner] = None  # one RMSG per route, however many subscriptions
+            continue
+        plain.append((owner, head + s.sid + b" ", owner.out.append))
+        plain_subs.append(s)
+        if s.max or kind is Kind.IN_PROCESS:
+            simple = False
+    route_plain = []
+    if routes:
+        rhead = rmsg_head(subject)
+        route_plain = [(r, rhead, r.out.append) for r in routes]
+    leaf_plain = []
+    if leafs:
+        lhead = lmsg_head(subject)
+        leaf_plain = [(r, lhead, r.out.append) for r in leafs]
+    return Plan(plain, plain_subs, [], simple, route_plain, [], [], leaf_plain)
+
+
+def _plan_with_queues(subject: bytes, subs: Any, groups: Any) -> Plan:
+    if any(s.owner.may_receive is not None for s in subs) or any(
+        s.owner.may_receive is not None for group in groups for s in group
+    ):
+        subs = [s for s in subs if _receives(s, subject)]
+        groups = [g for g in ([s for s in group if _receives(s, subject)] for group in groups) if g]
+    head = msg_head(subject)
+    plain: List[Target] = []
+    plain_subs: List[Subscription] = []
+    routes_plain: Dict[Any, None] = {}
+    for s in subs:
+        if s.owner.kind.remote:
+            routes_plain[s.owner] = None
+        else:
+            plain.append((s.owner, head + s.sid + b" ", s.owner.out.append))
+            plain_subs.append(s)
+    queues = [[(s.owner, head + s.sid + b" ", s) for s in group if not s.owner.kind.remote] for group in groups]
+    queue_info = [(group[0].queue, list({s.owner: None for s in group if s.owner.kind.remote})) for group in groups]
+    queue_routes = {r for _, routes in queue_info for r in routes}
+    simple = not queue_routes and all(
+        s.max == 0 and s.owner.kind is not Kind.IN_PROCESS
+        for s in plain_subs + [s for group in groups for s in group]
+    )
+    rhead = rmsg_head(subject)
+    lhead = lmsg_head(subject)
+    route_plain = [(r, rhead, r.out.append) for r in routes_plain if r not in queue_routes and not r.kind.leaf]
+    leaf_plain = [(r, lhead, r.out.append) for r in routes_plain if r not in queue_routes and r.kind.leaf]
+    route_mixed = [r for r in routes_plain if r in queue_routes]
+    return Plan(plain, plain_subs, queues, simple, route_plain, route_mixed, queue_info, leaf_plain)
+
+
+# -- delivery -------------------------------------------------------------------
+
+#: deliver_message's C{routed_reply} when links see the reply local subscribers see.
+_SAME: Any = object()
+
+
+class Delivery:
+    """
+    The broker's delivery half: plans by subject, the subscribers with
+    frames waiting, and the paths every message takes.
+
+    @ivar gateways: the gateways to other clusters (L{IGatewayForwarder}),
+        when this server is in a supercluster.
+    """
+
+    log = Logger()
+
+    def __init__(self, sublist: Sublist) -> None:
+        self.sublist = sublist
+        #: Delivery plans by subject: read as C{_targets.get(subject)}.
+        self._plans = SubjectCache(PLAN_CACHE_SIZE)
+        self._targets: Dict[bytes, Plan] = self._plans.entries
+        sublist.on_change = self._forget_plans
+        self._dirty: List[ISubscriber] = []
+        self._random = random.Random()
+        self.gateways: Optional[IGatewayForwarder] = None
+
+    # -- plans ---------------------------------------------------------------------
+
+    def _plan(self, subject: bytes, keep: bool = True) -> Plan:
+        """The delivery plan of C{subject}, kept for next time unless C{keep} is false (a subject used once)."""
+        result = self.sublist.match(subject, keep)
+        targets = plan(subject, result.plain, result.queues)
+        if keep:
+            self._plans.put(subject, targets)
+        return targets
+
+    def _forget_plans(self, pattern: bytes) -> None:
+        """The subscriptions on C{pattern} changed: the plans of the subjects it may match go."""
+        self._plans.forget(pattern)
+
+    def limit_changed(self, pattern: Optional[bytes] = None) -> None:
+        """
+        A subscription on C{pattern} gained an auto-unsubscribe maximum: the
+        plans it is in go.  None: a connection's permissions changed, and
+        every plan goes.
+        """
+        if pattern is None:
+            self._plans.clear()
+        else:
+            self._plans.forget(pattern)
+
+    # -- the fast paths ------------------------------------------------------------
+
+    def deliver(
+        self, src: ISource, subject: bytes, reply: Optional[bytes], size: int, tail: bytes,
+        targets: Optional[Plan] = None, queues: Sequence[bytes] = (),
+    ) -> int:
+        """
+        Deliver a message without headers from C{src}: C{tail} is
+        C{b"<size>\\r\\n<payload>\\r\\n"}; C{queues} the queue groups a
+        link's frame named.  Returns how many subscribers it was given to.
+        C{targets}: the plan, when the caller has made it.
+        """
+        if targets is None:
+            targets = self._targets.get(subject) or self._plan(subject)
+        if not targets.simple:
+            message = Message(subject, reply, size, tail, -1, b"")
+            return self._general(src, targets, message, message, queues)
+        plain = targets.plain
+        count = len(plain)
+        no_echo = not src.echo
+        dirty = self._dirty
+        # With a reply: "MSG <subject> <sid> <reply> <size>\r\n..."
+        frame_tail = tail if reply is None else reply + b" " + tail
+        for conn, prefix, append in plain:
+            if conn is src and no_echo:
+                count -= 1
+                continue
+            append(prefix)
+            append(frame_tail)
+            conn.out_msgs += 1
+            conn.out_bytes += size
+            if not conn.dirty:
+                conn.dirty = True
+                dirty.append(conn)
+        if targets.local and self.gateways is None:
+            return count
+        if targets.leaf_plain:
+            count += self._to_remotes(src, targets.leaf_plain, frame_tail, size)
+        if targets.route_plain and not src.kind.one_hop:
+            if src.kind.leaf and src.cluster_origin:
+                # A leaf's message of a named cluster: LMSG <origin>, so that
+                # the other servers keep it from that cluster's other links.
+                message = Message(subject, reply, size, tail, -1, b"")
+                count += self._plain_remotes(src, message, [r for r, _, _ in targets.route_plain])
+            else:
+                count += self._to_remotes(src, targets.route_plain, frame_tail, size)
+        if targets.queues or targets.route_mixed or (self.gateways is not None and src.kind.to_gateways):
+            count += self._onward(src, targets, None, subject, reply, size, tail, -1, b"", queues)
+        return count
+
+    def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
+        """
+        Deliver several messages to C{subject}, none with a reply subject or
+        queue names: C{tails} as for L{deliver}, C{size} the total of their
+        payloads.  Each plain subscriber gets all of them in one joined frame.
+        """
+        if len(tails) == 1:
+            self.deliver(src, subject, None, size, tails[0])
+            return
+        targets = self._targets.get(subject) or self._plan(subject)
+        kind = src.kind
+        if not targets.simple or (targets.route_plain and kind.leaf and src.cluster_origin and not kind.one_hop):
+            for tail in tails:
+                self.deliver(src, subject, None, _payload_size(tail), tail, targets)
+            return
+        k = len(tails)
+        no_echo = not src.echo
+        dirty = self._dirty
+        # Routes and leafs with plain interest take the same joined frames
+        # ("RMSG $G <subject> ", "LMSG <subject> ").
+        remotes = targets.route_plain if not kind.one_hop else []
+        if targets.leaf_plain:
+            remotes = remotes + [leaf for leaf in targets.leaf_plain if reaches(src, leaf[0])]
+        # Subscribers with the same prefix (same sid: most clients' first
+        # subscription is sid 1) share one joined frame: built once, not per subscriber.
+        joined: Dict[bytes, bytes] = {}
+        for conn, prefix, append in targets.plain + remotes if remotes else targets.plain:
+            if conn is src and no_echo:
+                continue
+            frames = joined.get(prefix)
+            if frames is None:
+                # prefix + prefix.join(tails) == prefix t1 prefix t2 ... prefix tk
+                frames = joined[prefix] = prefix + prefix.join(tails)
+            append(frames)
+            conn.out_msgs += k
+            conn.out_bytes += size
+            if not conn.dirty:
+                conn.dirty = True
+                dirty.append(conn)
+        if targets.queues and groups_served(src, ()) is None:
+            rand = self._random.random
+            for group in targets.queues:
+                members = group
+                if no_echo:
+                    members = [m for m in group if m[0] is not src]
+                    if not members:
+                        continue
+                n = len(members)
+                for tail in tails:
+                    conn, prefix, _ = members[int(rand() * n)]
+                    out = conn.out
+                    out.append(prefix)
+                    out.append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += _payload_size(tail)
+                    if not conn.dirty:
+                        conn.dirty = True
+                        dirty.append(conn)
+        if self.gateways is not None and kind.to_gateways:
+            self.gateways.forward_batch(subject, tails, size, targets)
+
+    def _to_remotes(self, src: ISource, remotes: List[Target], frame_tail: bytes, size: int) -> int:
+        """A message's C{RMSG} (C{LMSG}) to each route (leaf) with plain interest that C{src}'s message L{reaches}."""
+        count = 0
+        check = src.kind.remote
+        for conn, prefix, append in remotes:
+            if check and not reaches(src, conn):
+                continue
+            append(prefix)
+            append(frame_tail)
+            conn.out_msgs += 1
+            conn.out_bytes += size
+            self.mark_dirty(conn)
+            count += 1
+        return count
+
+    # -- the general path ----------------------------------------------------------
+
+    def deliver_message(
+        self, src: ISource, subject: bytes, reply: Optional[bytes], size: int, tail: bytes,
+        hdr_len: int = -1, body: bytes = b"", queues: Sequence[bytes] = (), routed_reply: Any = _SAME,
+    ) -> int:
+        """
+        Deliver any message from C{src}: C{tail} as for L{deliver}, or with
+        headers (C{hdr_len} >= 0) C{body}, the header block, the payload
+        and CRLF, and C{size} their total.  C{queues}: the groups a link's
+        frame named.  C{routed_reply}: the reply routes and leafs see when
+        it is not C{reply} (a gateway's routed reply, which this server's
+        subscribers see without its C{_GR_.} prefix).  Subscribers that did
+        not negotiate headers get a plain MSG without them.
+        """
+        targets = self._targets.get(subject) or self._plan(subject)
+        same = routed_reply is _SAME or routed_reply is reply
+        if hdr_len < 0 and same:
+            return self.deliver(src, subject, reply, size, tail, targets, queues)
+        message = Message(subject, reply, size, tail, hdr_len, body)
+        routed = message if same else Message(subject, routed_reply, size, tail, hdr_len, body)
+        return self._general(src, targets, message, routed, queues)
+
+    def _general(self, src: ISource, targets: Plan, message: "Message", routed: "Message", queues: Sequence[bytes]) -> int:
+        """Every target of C{targets} that the rule lets C{src}'s message reach; C{routed}: the message as links get it."""
+        count = 0
+        give = self._give
+        for sub, (conn, prefix, _) in zip(targets.plain_subs, targets.plain):
+            count += give(src, sub, conn, prefix, message)
+        count += self._plain_remotes(src, routed, targets.plain_remotes())
+        return count + self._onward(
+            src, targets, message, message.subject, routed.reply, message.size, message.tail, message.hdr_len,
+            message.body, queues, routed,
+        )
+
+    def _onward(
+        self, src: ISource, targets: Plan, message: Optional["Message"], subject: bytes, reply: Optional[bytes],
+        size: int, tail: bytes, hdr_len: int, body: bytes, queues: Sequence[bytes], routed: Optional["Message"] = None,
+    ) -> int:
+        """The queue groups that C{src}'s message serves, and the gateways when its kind offers them."""
+        count = 0
+        if targets.route_mixed or targets.queues:
+            only = groups_served(src, queues)
+            if only is None or only or targets.route_mixed:
+                if message is None:
+                    message = routed = Message(subject, reply, size, tail, hdr_len, body)
+                count += self._deliver_queues(src, targets, message, only, routed)
+        if self.gateways is not None and src.kind.to_gateways:
+            count += self.gateways.forward(subject, reply, size, tail, hdr_len, body, targets)
+        return count
+
+    def _plain_remotes(self, src: ISource, message: "Message", remotes: List[ISubscriber]) -> int:
+        """A message's frame, naming no queue group, to each of C{remotes} (routes, leafs) that C{src}'s message L{reaches}."""
+        count = 0
+        for conn in remotes:
+            if reaches(src, conn):
+                conn.out.append(remote_frame(src, conn, message, ()))
+                conn.out_msgs += 1
+                conn.out_bytes += message.size
+                self.mark_dirty(conn)
+                count += 1
+        return count
+
+    def _deliver_queues(
+        self, src: ISource, targets: Plan, message: "Message", only: Optional[Sequence[bytes]] = None,
+        routed: Optional["Message"] = None,
+    ) -> int:
+        """
+        One member per queue group, a local one when there is one (as
+        nats-server prefers); otherwise one route or leaf with members that
+        L{takes_group}, told the group's name in its RMSG (LMSG).  The routes
+        and leafs with plain interest that are members too get one frame
+        each, naming the groups they were given.  C{only}: the groups a
+        link's message names.  C{routed}: the message as routes get it
+        (default C{message}).
+        """
+        if routed is None:
+            routed = message
+        count = 0
+        assigned: Optional[Dict[ISubscriber, List[bytes]]] = None
+        for group, (name, routes) in zip(targets.queues, targets.queue_info):
+            if only is not None and name not in only:
+                continue
+            n = len(group)
+            start = self._random.randrange(n) if n > 1 else 0
+            for i in range(n):
+                conn, prefix, sub = group[(start + i) % n]
+                if self._give(src, sub, conn, prefix, message):
+                    count += 1
+                    break
+            else:
+                if routes:
+                    routes = [r for r in routes if takes_group(src, r)]
+                if routes:
+                    route = routes[self._random.randrange(len(routes))] if len(routes) > 1 else routes[0]
+                    if assigned is None:
+                        assigned = {}
+                    assigned.setdefault(route, []).append(name)
+        if assigned or targets.route_mixed:
+            assigned = assigned or {}
+            mixed = [r for r in targets.route_mixed if r not in assigned and reaches(src, r)]
+            for route in list(assigned) + mixed:
+                route.out.append(remote_frame(src, route, routed, assigned.get(route, [])))
+                route.out_msgs += 1
+                route.out_bytes += routed.size
+                self.mark_dirty(route)
+                count += 1
+        return count
+
+    def _give(self, src: ISource, sub: Subscription, conn: ISubscriber, prefix: bytes, message: "Message") -> int:
+        """The general path: one message to one subscription."""
+        if conn is src and not src.echo:
+            return 0
+        if sub.max:
+            if sub.delivered >= sub.max:
+                return 0
+            sub.delivered += 1
+            if sub.delivered >= sub.max:
+                conn.remove_subscription(sub)
+        if conn.kind is Kind.IN_PROCESS:
+            return cast(Any, conn).hand(sub, message)
+        conn.out.append(message.frame(prefix, conn.headers))
+        conn.out_msgs += 1
+        conn.out_bytes += message.size
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+        return 1
+
+    # -- writing -------------------------------------------------------------------
+
+    def flush(self, producer: Optional[ISubscriber] = None) -> None:
+        """
+        Write out everything delivered since the last flush.  C{producer}
+        is the connection whose input caused it: it is stalled when a
+        subscriber it fed is over its stall mark.
+        """
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for conn in dirty:
+            conn.dirty = False
+            if conn.flush() and producer is not None and producer is not conn:
+                producer.stall(conn)
+
+    def mark_dirty(self, conn: ISubscriber) -> None:
+        """Queue C{conn} for the next flush (it appended to its own C{out})."""
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+
+
+def _payload_size(tail: bytes) -> int:
+    """The payload size of a C{b"<size>\\r\\n<payload>\\r\\n"} tail."""
+    return len(tail) - tail.index(b"\n") - 3

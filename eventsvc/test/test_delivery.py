@@ -1,0 +1,179 @@
+"""
+The one delivery rule (L{eventsvc.nats.delivery}): from each kind of
+source, which clients, routes, leafs and hubs a message reaches, and the
+frame each is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.nats.kinds import Kind
+from eventsvc.nats.server import Broker
+from eventsvc.nats.subjects import Subscription
+
+TAIL = b"2\r\nhi\r\n"
+
+
+class Conn:
+    """A connection of a kind, as the broker sees one: what it is sent piles up in C{out}."""
+
+    def __init__(self, kind: Kind, origin: bytes = b"") -> None:
+        self.kind = kind
+        self.cluster_origin = origin
+        self.message_origin: Optional[bytes] = None
+        self.frame_head = {Kind.ROUTE: b"RMSG $G ", Kind.LEAF: b"LMSG ", Kind.HUB: b"LMSG "}.get(kind, b"")
+        self.out: List[bytes] = []
+        self.dirty = False
+        self.echo = kind is not Kind.LEAF and kind is not Kind.HUB
+        self.headers = True
+        self.may_receive = None
+        self.cid = 0
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+
+    def flush(self) -> bool:
+        return False
+
+    def stall(self, consumer: object) -> None:
+        pass
+
+    def remove_subscription(self, sub: Subscription) -> None:
+        pass
+
+    def sent(self) -> bytes:
+        return b"".join(self.out)
+
+
+class Forwarder:
+    """Gateways, as the broker sees them: what they were offered."""
+
+    def __init__(self) -> None:
+        self.offered: List[bytes] = []
+
+    def forward(self, subject, reply, size, tail, hdr_len, body, targets) -> int:
+        self.offered.append(subject)
+        return 1
+
+    def forward_batch(self, subject, tails, size, targets) -> None:
+        self.offered.extend([subject] * len(tails))
+
+
+def interested(broker: Broker, conn: Conn, subject: bytes = b"s", queue: Optional[bytes] = None) -> None:
+    sub = Subscription(conn, subject, queue, b"1" if conn.kind is Kind.CLIENT else b"")
+    if conn.kind.remote:
+        broker.add_remote_subscription(sub)
+    else:
+        broker.add_subscription(sub)
+
+
+class RuleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.gateways = Forwarder()
+        self.broker.gateways = self.gateways
+        self.to: Dict[str, Conn] = {
+            "client": Conn(Kind.CLIENT),
+            "route": Conn(Kind.ROUTE),
+            "leaf E": Conn(Kind.LEAF, b"E"),
+            "leaf F": Conn(Kind.LEAF, b"F"),
+            "hub": Conn(Kind.HUB, b"H"),
+        }
+        for conn in self.to.values():
+            interested(self.broker, conn)
+
+    def reached(self, src: Conn, batch: bool = False) -> Dict[str, bytes]:
+        if batch:
+            self.broker.deliver_batch(src, b"s", [TAIL, TAIL], 4)
+        else:
+            self.broker.deliver(src, b"s", None, 2, TAIL)
+        return {name: conn.sent() for name, conn in self.to.items() if conn.out}
+
+    def test_from_a_client_everyone_and_the_gateways(self) -> None:
+        self.assertEqual(self.reached(Conn(Kind.CLIENT)), {
+            "client": b"MSG s 1 " + TAIL, "route": b"RMSG $G s " + TAIL,
+            "leaf E": b"LMSG s " + TAIL, "leaf F": b"LMSG s " + TAIL, "hub": b"LMSG s " + TAIL,
+        })
+        self.assertEqual(self.gateways.offered, [b"s"])
+
+    def test_from_a_route_one_hop(self) -> None:
+        """No other route, not our hub (its servers have their own links to it), no gateway."""
+        self.assertEqual(self.reached(Conn(Kind.ROUTE)), {
+            "client": b"MSG s 1 " + TAIL, "leaf E": b"LMSG s " + TAIL, "leaf F": b"LMSG s " + TAIL,
+        })
+        self.assertEqual(self.gateways.offered, [])
+
+    def test_from_a_route_carrying_a_leaf_clusters_message(self) -> None:
+        route = Conn(Kind.ROUTE)
+        route.message_origin = b"E"
+        self.assertEqual(set(self.reached(route)), {"client", "leaf F"})
+
+    def test_from_our_hub_one_hop(self) -> None:
+        self.assertEqual(self.reached(self.to["hub"]), {
+            "client": b"MSG s 1 " + TAIL, "leaf E": b"LMSG s " + TAIL, "leaf F": b"LMSG s " + TAIL,
+        })
+        self.assertEqual(self.gateways.offered, [])
+
+    def test_from_a_leaf_not_to_its_own_cluster_and_with_its_origin_to_routes(self) -> None:
+        self.assertEqual(self.reached(Conn(Kind.LEAF, b"E")), {
+            "client": b"MSG s 1 " + TAIL, "route": b"LMSG E $G s 0 " + TAIL,
+            "leaf F": b"LMSG s " + TAIL, "hub": b"LMSG s " + TAIL,
+        })
+        self.assertEqual(self.gateways.offered, [b"s"])
+
+    def test_from_a_gateway_this_cluster_only(self) -> None:
+        self.assertEqual(set(self.reached(Conn(Kind.GATEWAY))), {"client", "route", "leaf E", "leaf F", "hub"})
+        self.assertEqual(self.gateways.offered, [])
+
+    def test_a_leaf_never_gets_its_own_message_back(self) -> None:
+        self.assertNotIn("leaf F", self.reached(self.to["leaf F"]))
+
+    def test_the_general_path_by_the_same_rule(self) -> None:
+        """With an in-process subscriber the plan is not simple: the general path reaches whom the fast one does."""
+        for kind, origin in ((Kind.CLIENT, b""), (Kind.ROUTE, b""), (Kind.HUB, b"H"), (Kind.LEAF, b"E"), (Kind.GATEWAY, b"")):
+            self.setUp()
+            fast = self.reached(Conn(kind, origin))
+            offered = list(self.gateways.offered)
+            self.setUp()
+            got: List[str] = []
+            self.broker.subscribe("s", lambda subject, reply, payload, headers: got.append(subject))
+            self.assertEqual(self.reached(Conn(kind, origin)), fast, kind)
+            self.assertEqual((got, self.gateways.offered), (["s"], offered), kind)
+
+    def test_batches_go_by_the_same_rule(self) -> None:
+        for kind, origin in ((Kind.CLIENT, b""), (Kind.ROUTE, b""), (Kind.HUB, b"H"), (Kind.LEAF, b"E"), (Kind.GATEWAY, b"")):
+            self.setUp()
+            one = self.reached(Conn(kind, origin))
+            offered = list(self.gateways.offered)
+            self.setUp()
+            two = self.reached(Conn(kind, origin), batch=True)
+            self.assertEqual(two, {name: frames * 2 for name, frames in one.items()}, kind)
+            self.assertEqual(self.gateways.offered, offered * 2, kind)
+
+
+class QueueRuleTests(SynchronousTestCase):
+    """A group with no member here: one link that has members takes it, by the rule."""
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.route, self.leaf = Conn(Kind.ROUTE), Conn(Kind.LEAF, b"E")
+        interested(self.broker, self.route, queue=b"q")
+        interested(self.broker, self.leaf, queue=b"q")
+
+    def test_a_clients_message_goes_to_one_of_them_naming_the_group(self) -> None:
+        for _ in range(20):
+            self.broker.deliver(Conn(Kind.CLIENT), b"s", None, 2, TAIL)
+        sent = self.route.out + self.leaf.out
+        self.assertEqual(len(sent), 20)
+        self.assertEqual(set(sent), {b"RMSG $G s | q " + TAIL, b"LMSG s | q " + TAIL})
+
+    def test_a_routes_message_only_to_the_leaf(self) -> None:
+        for _ in range(20):
+            self.broker.deliver(Conn(Kind.ROUTE), b"s", None, 2, TAIL, queues=[b"q"])
+        self.assertEqual((len(self.leaf.out), self.route.out), (20, []))
+
+    def test_a_links_message_serves_only_the_groups_it_names(self) -> None:
+        self.broker.deliver(Conn(Kind.LEAF, b"F"), b"s", None, 2, TAIL)
+        self.broker.deliver(Conn(Kind.GATEWAY), b"s", None, 2, TAIL, queues=[b"other"])
+        self.assertEqual(self.route.out + self.leaf.out, [])
