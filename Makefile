@@ -35,9 +35,11 @@ $(PYPY_VENV)/bin/pip:
 	$(PYPY) -m venv $(PYPY_VENV)
 
 install-pypy: $(PYPY_VENV)/bin/pip
+	rm -rf build
 	$(PYPY_VENV)/bin/pip install -q -c constraints-pypy.txt .
 
 install-pypy-test: $(PYPY_VENV)/bin/pip
+	rm -rf build
 	$(PYPY_VENV)/bin/pip install -q -c constraints-pypy.txt ".[test]"
 
 $(VENV)/bin/pip:
@@ -45,10 +47,14 @@ $(VENV)/bin/pip:
 	$(VENV)/bin/pip install -q --upgrade pip
 
 # A normal (not editable) install: twistd finds the plugin only this way.
+# setuptools builds in ./build and reuses what it finds there: a module
+# removed from the tree (test_gateway.py, renamed) would be installed again.
 install: $(VENV)/bin/pip
+	rm -rf build
 	$(VENV)/bin/pip install -q .
 
 install-test: $(VENV)/bin/pip
+	rm -rf build
 	$(VENV)/bin/pip install -q ".[test,typecheck]"
 
 # nats-server (the reference server) for the interop tests, systemd-analyze (to
