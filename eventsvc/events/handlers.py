@@ -340,6 +340,8 @@ class HandlerService(Service):
         self.last_error: Optional[str] = None
         self.failed_attempts = 0
         self._reported_down = 0.0
+        #: When a failure was last said at warning level.
+        self._failing_said: Optional[float] = None
 
     @property
     def batching(self) -> bool:
@@ -419,7 +421,8 @@ class HandlerService(Service):
     def _succeeded(self, _: Any, batch: Batch) -> None:
         now = self.clock.seconds()
         if self.down_since is not None:
-            self.log.warn(
+            # Said at the level its failure was said (see _target_failed).
+            (self.log.warn if self._failing_said == self.down_since else self.log.info)(
                 "handler {name}: {target} is taking events again, after {seconds:.0f}s and {attempts} failed attempts",
                 name=self.name, target=self.target, seconds=now - self.down_since, attempts=self.failed_attempts,
             )
@@ -495,7 +498,13 @@ class HandlerService(Service):
         self.last_error = why
         if self.down_since is None:
             self.down_since = self._reported_down = now
-            self.log.warn(
+            # A warning, unless one was given within DOWN_REPORT seconds: a
+            # flaky target (a failure after each success, say) would
+            # otherwise warn at every failure.  Then it is info.
+            warn = self._failing_said is None or now - self._failing_said >= self.DOWN_REPORT
+            if warn:
+                self._failing_said = now
+            (self.log.warn if warn else self.log.info)(
                 "handler {name}: {target} is failing ({why}); its events are kept and retried{until}",
                 name=self.name, target=self.target, why=why,
                 until=" for up to {:g}s each ([events] max_age), then dead-lettered".format(self.max_age) if self.max_age else " for ever",

@@ -879,6 +879,18 @@ class TargetDownTests(SynchronousTestCase):
         self.assertIsNone(self.handler.last_error)
         self.assertEqual(self.handler.down_for(), 0.0)
 
+    def test_a_flaky_target_warns_once_a_minute(self) -> None:
+        """A failure after every success: one warning (and its recovery) a minute, the rest at info."""
+        self.target.outcomes = [self.refused, None] * 100
+        for i in range(60):
+            self.s.publish("cfgingest", payload("cfgingest", "e-%d" % i))
+            self.s.clock.pump([1.0] * 2)
+        self.assertGreater(self.handler.delivered, 50)
+        self.assertEqual(len(self.warnings("is failing")), 2)
+        self.assertEqual(len(self.warnings("is taking events again")), 2)
+        failing = [m for level, m in self.logged if "is failing" in m]
+        self.assertGreater(len(failing), 50)
+
     def test_a_refusal_for_good_is_not_down(self) -> None:
         """A target that answers 400 is up: it refuses that event, which is dead-lettered."""
         self.target.outcomes = [DeliveryFailed("HTTP 400", retry=False)]
