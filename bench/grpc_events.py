@@ -36,14 +36,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from eventsvc.test import process  # noqa: E402
+# The events bench measures CPU and finds interpreters the same way (bench/ is
+# on the path when a bench script runs).
+from events import cpu_seconds, interpreters  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def mint(directory: str) -> None:
@@ -264,15 +261,6 @@ def scene(python: str, certs: str, kind: str, batch_max: int, events: int, infli
         target.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
-
-def interpreters(given: Optional[List[str]]) -> List[str]:
-    if given:
-        return given
-    found = [sys.executable]
-    pypy = os.path.join(ROOT, ".venv-pypy", "bin", "pypy3")
-    if os.access(pypy, os.X_OK):
-        found.append(pypy)
-    return found
 
 
 def main() -> None:
