@@ -1,0 +1,330 @@
+"""
+The memory store: a stream's messages and a consumer's state in dicts,
+gone when the process ends (C{storage: memory}).  It is also the model the
+file store is tested against, so it stays plain.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+from eventsvc.jetstream.store import (
+    EMPTY_CONSUMER_STATE,
+    ConsumerState,
+    LimitReached,
+    RemovedCallback,
+    StoreFull,
+    StoredMessage,
+    StoreLimits,
+    StoreState,
+)
+from eventsvc.nats.subjects import subject_matches
+
+
+def message_size(subject: str, headers: Optional[bytes], data: bytes) -> int:
+    """
+    What a message counts against C{max_bytes}: nats-server's
+    C{memStoreMsgSize} (subject, headers, payload and 16 bytes of
+    sequence and time).
+    """
+    return len(subject) + (len(headers) if headers else 0) + len(data) + 16
+
+
+def _matches(subject_filter: Optional[str], subject: str) -> bool:
+    if not subject_filter or subject_filter == ">" or subject_filter == subject:
+        return True
+    if "*" not in subject_filter and ">" not in subject_filter:
+        return False
+    return subject_matches(subject_filter.encode("utf-8"), subject.encode("utf-8"))
+
+
+class MemoryStore:
+    """A L{eventsvc.jetstream.store.MessageStore} in memory."""
+
+    def __init__(self, limits: StoreLimits = StoreLimits(), max_store: int = -1) -> None:
+        """
+        @param max_store: C{max_memory_store} left for this stream in
+            bytes (-1: no limit); past it L{store} raises L{StoreFull}.
+        """
+        self._limits = limits
+        self._max_store = max_store
+        self._msgs: Dict[int, StoredMessage] = {}
+        self._by_subject: Dict[str, Dict[int, None]] = {}
+        self._first = 1
+        self._last = 0
+        self._last_ts = 0
+        self._bytes = 0
+        self._removed: Optional[RemovedCallback] = None
+
+    # -- writing ------------------------------------------------------------
+
+    def set_limits(self, limits: StoreLimits) -> None:
+        self._limits = limits
+        self._enforce()
+
+    def on_removed(self, callback: Optional[RemovedCallback]) -> None:
+        self._removed = callback
+
+    def store(self, subject: str, headers: Optional[bytes], data: bytes, ts: int) -> int:
+        size = message_size(subject, headers, data)
+        limits = self._limits
+        if self._max_store >= 0 and self._bytes + size > self._max_store:
+            raise StoreFull("insufficient resources")
+        if limits.discard_new:
+            if limits.max_msgs > 0 and len(self._msgs) >= limits.max_msgs:
+                raise LimitReached("maximum messages exceeded")
+            if limits.max_bytes > 0 and self._bytes + size > limits.max_bytes:
+                raise LimitReached("maximum bytes exceeded")
+            if (
+                limits.discard_new_per_subject
+                and limits.max_msgs_per_subject > 0
+                and len(self._by_subject.get(subject, ())) >= limits.max_msgs_per_subject
+            ):
+                raise LimitReached("maximum messages per subject exceeded")
+        self._last += 1
+        seq = self._last
+        if not self._msgs:
+            self._first = seq
+        self._msgs[seq] = StoredMessage(subject, seq, headers or None, data, ts)
+        self._by_subject.setdefault(subject, {})[seq] = None
+        self._bytes += size
+        self._last_ts = ts
+        self._enforce(subject)
+        return seq
+
+    def _enforce(self, subject: Optional[str] = None) -> None:
+        limits = self._limits
+        per = limits.max_msgs_per_subject
+        if per > 0:
+            subjects = [subject] if subject is not None else list(self._by_subject)
+            for name in subjects:
+                seqs = self._by_subject.get(name)
+                while seqs is not None and len(seqs) > per:
+                    self._remove(next(iter(seqs)), True)
+                    seqs = self._by_subject.get(name)
+        if not limits.discard_new:
+            while limits.max_msgs > 0 and len(self._msgs) > limits.max_msgs:
+                self._remove(self._first_seq(), True)
+            while limits.max_bytes > 0 and self._bytes > limits.max_bytes:
+                self._remove(self._first_seq(), True)
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def skip(self, seq: int) -> None:
+        if not self._msgs and seq > self._last:
+            self._last = seq - 1
+            self._first = seq
+
+    def remove(self, seq: int, erase: bool = False) -> bool:
+        return self._remove(seq, False)
+
+    def _remove(self, seq: int, by_limit: bool) -> bool:
+        message = self._msgs.pop(seq, None)
+        if message is None:
+            return False
+        seqs = self._by_subject[message.subject]
+        del seqs[seq]
+        if not seqs:
+            del self._by_subject[message.subject]
+        self._bytes -= message_size(message.subject, message.headers, message.data)
+        if seq == self._first:
+            self._first = self._first_seq() if self._msgs else self._last + 1
+        if by_limit and self._removed is not None:
+            self._removed(seq, message.subject)
+        return True
+
+    def _first_seq(self) -> int:
+        if not self._msgs:
+            return self._last + 1
+        seq = self._first
+        while seq not in self._msgs:
+            seq += 1
+        self._first = seq
+        return seq
+
+    def purge(self, subject: Optional[str] = None, seq: int = 0, keep: int = 0) -> int:
+        if not subject and not seq and not keep:
+            count = len(self._msgs)
+            self._msgs.clear()
+            self._by_subject.clear()
+            self._bytes = 0
+            self._first = self._last + 1
+            return count
+        if seq and not subject and not keep and not self._msgs:
+            self.skip(seq)
+            return 0
+        victims: List[int] = []
+        if keep:
+            if subject:
+                names = [s for s in self._by_subject if _matches(subject, s)]
+                seqs = sorted(n for name in names for n in self._by_subject[name])
+            else:
+                seqs = list(self._msgs)
+            victims = seqs[: max(0, len(seqs) - keep)]
+            if seq:
+                victims = [n for n in victims if n < seq]
+        else:
+            for n, message in self._msgs.items():
+                if seq and n >= seq:
+                    break
+                if _matches(subject, message.subject):
+                    victims.append(n)
+        for n in victims:
+            self._remove(n, False)
+        if seq and not subject and not self._msgs and seq > self._last:
+            self.skip(seq)
+        return len(victims)
+
+    def expire(self, now: int) -> int:
+        max_age = self._limits.max_age
+        if max_age <= 0:
+            return 0
+        count = 0
+        while self._msgs:
+            first = self._msgs[self._first_seq()]
+            if now - first.ts < max_age:
+                break
+            self._remove(first.seq, True)
+            count += 1
+        return count
+
+    def next_expiry(self) -> Optional[int]:
+        if self._limits.max_age <= 0 or not self._msgs:
+            return None
+        return self._msgs[self._first_seq()].ts + self._limits.max_age
+
+    # -- reading ------------------------------------------------------------
+
+    def load(self, seq: int) -> Optional[StoredMessage]:
+        return self._msgs.get(seq)
+
+    def _from(self, start: int) -> Iterator[StoredMessage]:
+        msgs = self._msgs
+        for seq in range(max(start, self._first), self._last + 1):
+            message = msgs.get(seq)
+            if message is not None:
+                yield message
+
+    def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
+            seqs = self._by_subject.get(subject_filter)
+            if not seqs:
+                return None
+            for seq in seqs:
+                if seq >= start:
+                    return self._msgs[seq]
+            return None
+        for message in self._from(start):
+            if _matches(subject_filter, message.subject):
+                return message
+        return None
+
+    def load_last(self, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        best = 0
+        for name, seqs in self._by_subject.items():
+            if _matches(subject_filter, name):
+                best = max(best, next(reversed(seqs)))
+        return self._msgs.get(best)
+
+    def state(self) -> StoreState:
+        if not self._msgs:
+            return StoreState(0, 0, self._last + 1 if self._last else 0, 0, self._last, self._last_ts if self._last else 0, 0, 0)
+        first = self._msgs[self._first_seq()]
+        return StoreState(
+            len(self._msgs),
+            self._bytes,
+            first.seq,
+            first.ts,
+            self._last,
+            self._last_ts,
+            self._last - first.seq + 1 - len(self._msgs),
+            len(self._by_subject),
+        )
+
+    def subjects(self, subject_filter: Optional[str] = None) -> Dict[str, int]:
+        return {name: len(seqs) for name, seqs in self._by_subject.items() if _matches(subject_filter, name)}
+
+    def num_pending(self, start: int, subject_filter: Optional[str] = None, last_per_subject: bool = False) -> int:
+        if last_per_subject:
+            return sum(
+                1
+                for name, seqs in self._by_subject.items()
+                if _matches(subject_filter, name) and next(reversed(seqs)) >= start
+            )
+        if not subject_filter or subject_filter == ">":
+            return sum(1 for seq in self._msgs if seq >= start)
+        return sum(
+            1
+            for name, seqs in self._by_subject.items()
+            if _matches(subject_filter, name)
+            for seq in seqs
+            if seq >= start
+        )
+
+    def deleted(self) -> List[int]:
+        if not self._msgs:
+            return []
+        return [seq for seq in range(self._first_seq(), self._last + 1) if seq not in self._msgs]
+
+    def close(self) -> None:
+        """Nothing to write."""
+
+    def destroy(self) -> None:
+        self._msgs.clear()
+        self._by_subject.clear()
+        self._bytes = 0
+
+
+class MemoryConsumerStore:
+    """A L{eventsvc.jetstream.store.ConsumerStore} in memory."""
+
+    def __init__(self, state: ConsumerState = EMPTY_CONSUMER_STATE) -> None:
+        self._state = ConsumerState(
+            state.delivered_consumer,
+            state.delivered_stream,
+            state.ack_floor_consumer,
+            state.ack_floor_stream,
+            dict(state.pending),
+            dict(state.redelivered),
+        )
+
+    def load(self) -> ConsumerState:
+        state = self._state
+        return state._replace(pending=dict(state.pending), redelivered=dict(state.redelivered))
+
+    def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
+        state = self._state
+        state.pending[stream_seq] = (consumer_seq, ts)
+        if delivery_count > 1:
+            state.redelivered[stream_seq] = delivery_count
+        self._state = state._replace(
+            delivered_consumer=max(consumer_seq, state.delivered_consumer),
+            delivered_stream=max(stream_seq, state.delivered_stream),
+        )
+
+    def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
+        state = self._state
+        for seq in acked:
+            state.pending.pop(seq, None)
+            state.redelivered.pop(seq, None)
+        if floor_stream > state.ack_floor_stream:
+            for seq in [n for n in state.pending if n <= floor_stream]:
+                del state.pending[seq]
+                state.redelivered.pop(seq, None)
+        self._state = state._replace(
+            ack_floor_consumer=max(floor_consumer, state.ack_floor_consumer),
+            ack_floor_stream=max(floor_stream, state.ack_floor_stream),
+        )
+
+    def update(self, state: ConsumerState) -> None:
+        self.__init__(state)  # type: ignore[misc]
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def close(self) -> None:
+        """Nothing to write."""
+
+    def destroy(self) -> None:
+        self._state = EMPTY_CONSUMER_STATE
