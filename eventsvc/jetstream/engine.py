@@ -80,12 +80,11 @@ class JetStream:
             self._lock.acquire()
             self._restore()
         broker = self.broker
-        self._subscriptions = [
-            broker.subscribe("$JS.API.>", self._api),
-            broker.subscribe("$JS.ACK.>", self._ack),
-        ]
+        self._subscriptions = [broker.subscribe(pattern, self._api) for pattern in api_patterns("$JS.API.")]
+        self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
         if self.settings.domain:
-            self._subscriptions.append(broker.subscribe("$JS.{}.API.>".format(self.settings.domain), self._domain_api))
+            self._subscriptions.extend(
+                broker.subscribe(pattern, self._domain_api) for pattern in api_patterns("$JS.{}.API.".format(self.settings.domain)))
         self.running = True
         self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
                       where=self.settings.store_dir or "memory only")
@@ -299,6 +298,21 @@ class JetStream:
         consumer = stream.consumers.get(tokens[3]) if stream is not None else None
         if consumer is not None:
             consumer.ack(subject, reply, payload)
+
+
+def api_patterns(prefix: str) -> List[str]:
+    """
+    The subjects the API subscribes to: one per first token of its verbs
+    (C{$JS.API.STREAM.>}, C{$JS.API.INFO}...), not C{$JS.API.>}, so that
+    a direct get for a stream that has none (C{$JS.API.DIRECT.GET.NOPE})
+    finds no subscriber and its requester gets "no responders", as from
+    nats-server.
+    """
+    patterns = set()
+    for verb in api.ROUTES:
+        first, _, rest = verb.partition(".")
+        patterns.add(prefix + first + (".>" if rest else ""))
+    return sorted(patterns)
 
 
 def replicas_error() -> errors.ApiError:

@@ -415,11 +415,14 @@ class Stream:
             subscription.unsubscribe()
         self._direct = []
         if self.config["allow_direct"]:
-            prefix = "$JS.API.DIRECT.GET." + self.name
-            self._direct = [
-                broker.subscribe(prefix, self._direct_get, queue="_sys_"),
-                broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
-            ]
+            prefixes = ["$JS.API.DIRECT.GET." + self.name]
+            if self.engine.settings.domain:
+                prefixes.append("$JS.{}.API.DIRECT.GET.{}".format(self.engine.settings.domain, self.name))
+            for prefix in prefixes:
+                self._direct += [
+                    broker.subscribe(prefix, self._direct_get, queue="_sys_"),
+                    broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
+                ]
 
     def _unsubscribe(self) -> None:
         for subscription in self._subscriptions + self._direct:
@@ -773,7 +776,8 @@ class Stream:
             return
         if payload:
             return self._direct_status(reply, "408 Bad Request")
-        key = subject.split(".", 5)[5] if subject.count(".") >= 5 else ""
+        skip = 5 if subject.startswith("$JS.API.") else 6
+        key = subject.split(".", skip)[skip] if subject.count(".") >= skip else ""
         if not key:
             return self._direct_status(reply, "408 Bad Request")
         self._direct_answer(reply, self.get(last_by_subject=key))

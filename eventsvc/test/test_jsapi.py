@@ -179,8 +179,11 @@ class ReferenceBytesTests(TestCase):
                          b'{"type":"io.nats.jetstream.api.v1.stream_msg_delete_response","error":{"code":500,"err_code":10057,"description":"message delete not permitted"}}')
 
     def test_direct_get_only_when_allowed(self) -> None:
+        """Without allow_direct (or without the stream) no one listens: the requester gets no responders."""
         self.api.ask("$JS.API.STREAM.CREATE.S", b'{"name":"S"}')
         self.api.ask("S")
+        self.assertEqual(self.api.broker.publish("$JS.API.DIRECT.GET.S", b'{"seq":1}', "_R.x"), 0)
+        self.assertEqual(self.api.broker.publish("$JS.API.DIRECT.GET.NOPE.subject", b"", "_R.x"), 0)
         self.assertIsNone(self.api.ask("$JS.API.DIRECT.GET.S", b'{"seq":1}'))
 
     def test_unknown_verbs_and_arity_get_no_answer(self) -> None:
@@ -202,8 +205,10 @@ class ReferenceBytesTests(TestCase):
         api = Api(JetStreamSettings(domain="hub"))
         info = json.loads(api.ask("$JS.hub.API.INFO"))
         self.assertEqual((info["type"], info["domain"]), (TYPE + "account_info_response", "hub"))
-        api.ask("$JS.hub.API.STREAM.CREATE.S", b'{"name":"S"}')
+        api.ask("$JS.hub.API.STREAM.CREATE.S", b'{"name":"S","allow_direct":true}')
         self.assertEqual(json.loads(api.ask("$JS.API.STREAM.INFO.S"))["domain"], "hub")
+        api.ask("S", b"hello")
+        self.assertEqual(api.ask_with_headers("$JS.hub.API.DIRECT.GET.S.S")[1], b"hello")
 
 
 class ConfigTests(TestCase):
