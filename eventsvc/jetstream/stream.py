@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -133,8 +134,97 @@ def decode_config(payload: bytes) -> Dict[str, Any]:
             raise errors.INVALID_J_S_O_N_ERR()
         elif kind == _SUBJECTS and not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
             raise errors.INVALID_J_S_O_N_ERR()
+        elif name == "republish":
+            value = _decode_republish(value)
         config[name] = value
     return config
+
+
+def _decode_republish(value: Any) -> Dict[str, Any]:
+    """RePublish {src, dest, headers_only} as Go reads it."""
+    if not isinstance(value, dict):
+        raise errors.INVALID_J_S_O_N_ERR()
+    out: Dict[str, Any] = {}
+    for key, kind in (("src", str), ("dest", str), ("headers_only", bool)):
+        given = value.get(key)
+        if given is None:
+            given = kind()
+        if not isinstance(given, kind):
+            raise errors.INVALID_J_S_O_N_ERR()
+        out[key] = given
+    return out
+
+
+def republish_json(republish: Dict[str, Any]) -> Dict[str, Any]:
+    """RePublish as nats-server writes it (src and headers_only omitted when empty)."""
+    out: Dict[str, Any] = {}
+    if republish.get("src"):
+        out["src"] = republish["src"]
+    out["dest"] = republish.get("dest", "")
+    if republish.get("headers_only"):
+        out["headers_only"] = True
+    return out
+
+
+_PLACEHOLDER = re.compile(r"^(?:\$(\d+)|\{\{\s*wildcard\s*\(\s*(\d+)\s*\)\s*\}\})$")
+
+
+class SubjectTransform:
+    """
+    nats-server's subject transform for republish (its C{newTransform}):
+    each C{*} of C{src} is named in C{dest} as C{$N} or C{{{wildcard(N)}}},
+    a trailing C{>} carries over; C{dest} has no C{*} of its own.
+    """
+
+    def __init__(self, src: str, dest: str) -> None:
+        """@raise ValueError: the pair is not a transform nats-server accepts."""
+        if not _valid_subject(src) or not _valid_subject(dest):
+            raise ValueError("invalid subject")
+        self.src = src.split(".")
+        self.dest = dest.split(".")
+        self.src_pattern = src
+        if "*" in self.dest or (self.src[-1] == ">") != (self.dest[-1] == ">"):
+            raise ValueError("wildcards do not match")
+        stars = [i for i, token in enumerate(self.src) if token == "*"]
+        self.plan: List[Tuple[str, Any]] = []
+        used = set()
+        for token in self.dest:
+            match = _PLACEHOLDER.match(token)
+            if token == ">":
+                self.plan.append((">", None))
+            elif match:
+                n = int(match.group(1) or match.group(2))
+                if not 1 <= n <= len(stars):
+                    raise ValueError("wildcard index out of range")
+                used.add(n)
+                self.plan.append(("*", stars[n - 1]))
+            elif token.startswith("{{"):
+                raise ValueError("unsupported mapping function")
+            else:
+                self.plan.append(("", token))
+        if len(used) < len(stars):
+            raise ValueError("not all wildcards are used")
+
+    def match(self, subject: str) -> Optional[str]:
+        """C{subject} transformed, or None if C{src} does not match it."""
+        if not _subject_matches(self.src_pattern, subject):
+            return None
+        tokens = subject.split(".")
+        out = []
+        for kind, value in self.plan:
+            if kind == ">":
+                out.append(".".join(tokens[len(self.src) - 1:]))
+            elif kind == "*":
+                out.append(tokens[value])
+            else:
+                out.append(value)
+        return ".".join(out)
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    from eventsvc.nats.subjects import subject_matches
+
+    return subject_matches(pattern.encode("utf-8"), subject.encode("utf-8"))
 
 
 def subjects_collide(a: str, b: str) -> bool:
@@ -228,8 +318,6 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["mirror"] or cfg["sources"]:
         # Refused rather than ignored: a stream that says it mirrors and does not is a lie.
         raise _invalid("stream mirrors and sources are not supported by eventsvc yet")
-    if cfg["republish"]:
-        raise _invalid("stream republish is not supported by eventsvc yet")
     subjects = cfg["subjects"]
     if not subjects:
         cfg["subjects"] = [name]
@@ -247,6 +335,17 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
             for other in subjects:
                 if other != subject and subjects_collide(other, subject):
                     raise _invalid("subject {} overlaps with {}".format(json.dumps(subject), json.dumps(other)))
+    republish = cfg["republish"]
+    if republish:
+        republish = cfg["republish"] = dict(republish, src=republish["src"] or ">")
+        if not any(subjects_collide(republish["src"], subject) for subject in cfg["subjects"]):
+            raise _invalid("stream configuration for republish source is not valid subset of subjects")
+        if any(subjects_collide(republish["dest"], subject) for subject in cfg["subjects"]):
+            raise _invalid("stream configuration for republish destination forms a cycle")
+        try:
+            SubjectTransform(republish["src"], republish["dest"])
+        except ValueError:
+            raise _invalid("stream configuration for republish not valid")
     return cfg
 
 
@@ -277,6 +376,8 @@ def check_update(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
         raise _invalid("stream configuration update can not cancel deny message deletes")
     if not cfg["deny_purge"] and old["deny_purge"]:
         raise _invalid("stream configuration update can not cancel deny purge")
+    if (cfg["republish"] or None) != (old["republish"] or None):
+        raise _invalid("stream configuration update can not change RePublish")
     if cfg["sealed"]:
         cfg.update(max_age=0, discard="new", deny_delete=True, deny_purge=True, allow_rollup_hdrs=False)
     return cfg
@@ -286,11 +387,13 @@ def config_json(config: Dict[str, Any]) -> Dict[str, Any]:
     """The StreamConfig as nats-server writes it (its order, omitempty fields left out)."""
     out: Dict[str, Any] = {}
     for name, kind in FIELDS:
-        value = config.get(name)
+        value: Any = config.get(name)
         if name in _OMIT_EMPTY and not value:
             continue
         if value is None:
             value = _ZERO[kind] if not isinstance(kind, tuple) else ""
+        if name == "republish":
+            value = republish_json(value)
         out[name] = value
     return out
 
@@ -390,6 +493,9 @@ class Stream:
         self._last_msg_id = ""
         self._closed = False
         self._pub_ack_prefix = self._ack_prefix()
+        self._republish: Optional[SubjectTransform] = None
+        if config["republish"]:
+            self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
 
     # -- life ---------------------------------------------------------------
@@ -613,6 +719,11 @@ class Stream:
             self._remember(msg_id, seq, now)
             self._ack(reply, seq)
             return seq
+        target = self._republish.match(subject) if self._republish is not None else None
+        last_on_subject = 0
+        if target is not None:
+            previous = self.store.load_last(subject)
+            last_on_subject = previous.seq if previous is not None else 0
         seq = self._store(subject, headers, payload, now, reply)
         if seq is None:
             return None
@@ -621,6 +732,8 @@ class Stream:
             self._purge(subject, 0, 1)
         elif rollup == "all":
             self._purge(None, 0, 1)
+        if target is not None:
+            self._republish_message(target, subject, seq, last_on_subject, headers, payload)
         if reply and not config["no_ack"]:
             self.store.when_durable(lambda: self._ack(reply, seq))
         for consumer in list(self.consumers.values()):
@@ -628,6 +741,19 @@ class Stream:
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
+
+    def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
+        """The stored message again on C{target}, with nats-server's republish headers."""
+        only = bool(self.config["republish"].get("headers_only"))
+        extra = "Nats-Stream: {}\r\nNats-Subject: {}\r\nNats-Sequence: {}\r\nNats-Last-Sequence: {}\r\n".format(
+            _go_header_value(self.name), subject, seq, last)
+        if only:
+            extra += "Nats-Msg-Size: {}\r\n".format(len(payload))
+        if headers and len(headers) > 4:
+            block = headers[:-2] + extra.encode("utf-8") + b"\r\n"
+        else:
+            block = b"NATS/1.0\r\n" + extra.encode("utf-8") + b"\r\n"
+        self.engine.broker.publish(target, b"" if only else payload, headers=block)
 
     def _store(self, subject: str, headers: Optional[bytes], payload: bytes, now: int, reply: Optional[str]) -> Optional[int]:
         try:

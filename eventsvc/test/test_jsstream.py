@@ -424,3 +424,38 @@ class StoreDirTests(TestCase):
         Harness(JetStreamSettings(store_dir=folder))
         other = JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock())
         self.assertRaises(Locked, other.start)
+
+
+class RepublishTests(TestCase):
+    def test_republished_with_headers(self) -> None:
+        h = Harness()
+        h.create(name="S", subjects=["s.>"], republish={"src": "s.*", "dest": "out.$1"})
+        got: List[Tuple[str, Optional[bytes], bytes]] = []
+        h.broker.subscribe("out.>", lambda s, r, p, hd: got.append((s, hd, p)))
+        h.ack("s.a", b"one")
+        h.ack("s.a", b"two", b"NATS/1.0\r\nX: y\r\n\r\n")
+        self.assertEqual(got, [
+            ("out.a", b"NATS/1.0\r\nNats-Stream: S\r\nNats-Subject: s.a\r\nNats-Sequence: 1\r\nNats-Last-Sequence: 0\r\n\r\n", b"one"),
+            ("out.a", b"NATS/1.0\r\nX: y\r\nNats-Stream: S\r\nNats-Subject: s.a\r\nNats-Sequence: 2\r\nNats-Last-Sequence: 1\r\n\r\n", b"two"),
+        ])
+        self.assertEqual(stream_module.config_json(h.js.streams["S"].config)["republish"], {"src": "s.*", "dest": "out.$1"})
+
+    def test_headers_only(self) -> None:
+        h = Harness()
+        h.create(name="S", subjects=["s.>"], republish={"dest": "out.>", "headers_only": True})
+        got: List[Tuple[str, Optional[bytes], bytes]] = []
+        h.broker.subscribe("out.>", lambda s, r, p, hd: got.append((s, hd, p)))
+        h.ack("s.a.b", b"12345")
+        self.assertEqual(got, [("out.s.a.b", b"NATS/1.0\r\nNats-Stream: S\r\nNats-Subject: s.a.b\r\nNats-Sequence: 1\r\n"
+                                b"Nats-Last-Sequence: 0\r\nNats-Msg-Size: 5\r\n\r\n", b"")])
+
+    def test_refused(self) -> None:
+        h = Harness()
+        for republish, text in [
+            ({"src": "x.>", "dest": "out.>"}, "stream configuration for republish source is not valid subset of subjects"),
+            ({"dest": "s.>"}, "stream configuration for republish destination forms a cycle"),
+            ({"src": "s.*", "dest": "out"}, "stream configuration for republish not valid"),
+        ]:
+            with self.assertRaises(ApiError) as e:
+                h.create(name="S", subjects=["s.>"], republish=republish)
+            self.assertEqual(e.exception.description, text)
