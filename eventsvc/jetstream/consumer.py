@@ -257,6 +257,11 @@ def as_json(config: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def full_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Every field of a config, those L{as_json} left out at their zero values (a config read back from a file)."""
+    return {name: config.get(name, _ZERO[kind]) for name, kind, _ in _FIELDS}
+
+
 def is_durable(config: Dict[str, Any]) -> bool:
     """A durable consumer has a C{durable_name} (2.9: the others are ephemerals, named or not)."""
     return bool(config.get("durable_name"))
@@ -525,7 +530,7 @@ class Consumer:
     def __init__(self, stream: "Stream", name: str, config: Dict[str, Any], store: ConsumerStore, created: int) -> None:
         self.stream = stream
         self.name = name
-        self.config = config
+        self.config = config = full_config(config)
         self.store = store
         self.created = created
         engine = stream.engine
@@ -579,6 +584,8 @@ class Consumer:
         self._maxpb = FLOW_CONTROL_MAX_PENDING // 16 if config.get("flow_control") else 0
         self._fcid = ""
         self._fcsz = 0
+        if self.push:
+            self.active = self.broker.has_interest(config["deliver_subject"])
         state = store.load()
         if state != EMPTY_CONSUMER_STATE:
             self._apply_state(state)
@@ -669,7 +676,6 @@ class Consumer:
         if self.push:
             self._listener = self._subscription_changed
             self.broker.subscription_listeners.append(self._listener)
-            self.active = self.broker.has_interest(self.config["deliver_subject"])
             if not self.active:
                 self._arm_inactive()
             if self.config.get("idle_heartbeat"):

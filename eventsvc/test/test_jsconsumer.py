@@ -9,12 +9,12 @@ JS.md gives a consumer.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.jetstream import errors
+from eventsvc.jetstream import consumer_api, errors
 from eventsvc.jetstream.consumer import (
     Consumer,
     as_json,
@@ -771,3 +771,151 @@ class InfoTests(ConsumerTestCase):
              "num_redelivered", "num_waiting", "num_pending"],
         )
         self.assertEqual(info["created"], rfc3339(BASE))
+
+
+class Request(NamedTuple):
+    """As api.py's Request (JS.md)."""
+
+    subject: str
+    args: List[str]
+    reply: Optional[str]
+    payload: bytes
+    headers: Optional[bytes]
+
+
+class ApiTests(ConsumerTestCase):
+    """consumer_api's handlers, answered as api.py answers them (JS.md)."""
+
+    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
+        kind, handler = consumer_api.ROUTES[verb]
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
+        try:
+            answer = handler(self.engine, request)
+        except ApiError as e:
+            return {"type": kind, "error": e.as_json()}
+        if answer is None:
+            return None
+        return {"type": kind, **answer}
+
+    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
+        assert answer is not None
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"]
+
+    def test_durable_create_as_nats_server(self) -> None:
+        """The answer to a durable create, byte for byte as nats-server 2.9.10's (bar the time)."""
+        self.publish(3)
+        answer = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        self.assertEqual(
+            json.dumps(answer, separators=(",", ":")),
+            '{"type":"io.nats.jetstream.api.v1.consumer_create_response","stream_name":"ORDERS","name":"D",'
+            '"created":"%s","config":{"durable_name":"D","deliver_policy":"all","ack_policy":"explicit",'
+            '"ack_wait":30000000000,"max_deliver":-1,"replay_policy":"instant","max_waiting":512,"max_ack_pending":1000,'
+            '"num_replicas":0},"delivered":{"consumer_seq":0,"stream_seq":0},"ack_floor":{"consumer_seq":0,"stream_seq":0},'
+            '"num_ack_pending":0,"num_redelivered":0,"num_waiting":0,"num_pending":3}' % rfc3339(BASE),
+        )
+        self.assertIn("D", self.stream.consumers)
+
+    def test_ephemeral_create(self) -> None:
+        answer = self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}})
+        assert answer is not None
+        self.assertEqual(len(answer["name"]), 8)
+        self.assertNotIn("name", answer["config"])
+        self.assertEqual(answer["config"]["inactive_threshold"], 5 * SECOND)
+        self.assertEqual(list(self.stream.consumers), [answer["name"]])
+
+    def test_named_create_with_filter(self) -> None:
+        answer = self.request(
+            "CONSUMER.CREATE", ["ORDERS", "N", "orders", "new"],
+            {"stream_name": "ORDERS", "config": {"durable_name": "N", "ack_policy": "explicit", "filter_subject": "orders.new"}},
+        )
+        assert answer is not None
+        self.assertEqual((answer["name"], answer["config"]["name"], answer["config"]["durable_name"]), ("N", "N", "N"))
+        mismatch = self.request(
+            "CONSUMER.CREATE", ["ORDERS", "M", "orders", "new"],
+            {"stream_name": "ORDERS", "config": {"ack_policy": "explicit", "filter_subject": "orders.old"}},
+        )
+        self.assertEqual(self.error(mismatch), (400, 10131, "Consumer create request did not match filtered subject from create subject"))
+
+    def test_create_refusals(self) -> None:
+        body = {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}}
+        self.assertEqual(self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body))[1], 10018)
+        self.assertEqual(
+            self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "E"}}))[1],
+            10017,
+        )
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["OTHER"], body))[:2], (400, 10056))
+        self.assertEqual(
+            self.error(self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"durable_name": "X"}}))[1], 10020,
+        )
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["ORDERS"], b"{nope"))[:2], (400, 10025))
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["NOPE"], {"stream_name": "NOPE", "config": {}}))[:2], (404, 10059))
+        self.assertEqual(
+            self.error(self.request("CONSUMER.CREATE", ["ORDERS", "a/b"], {"stream_name": "ORDERS", "config": {}}))[1], 10127,
+        )
+        self.assertEqual(self.stream.consumers, {})
+
+    def test_create_again(self) -> None:
+        """The same config again: its info; what may change changes; what may not is refused."""
+        body = {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}}
+        first = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)
+        self.assertEqual(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body), first)
+        body["config"]["ack_policy"] = "all"  # type: ignore[index]
+        self.assertEqual(
+            self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)), (500, 10012, "ack policy can not be updated"),
+        )
+        body["config"] = {"durable_name": "D", "ack_policy": "explicit", "max_ack_pending": 5}
+        answer = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)
+        assert answer is not None
+        self.assertEqual(answer["config"]["max_ack_pending"], 5)
+        self.assertEqual(self.stream.consumers["D"].config["max_ack_pending"], 5)
+
+    def test_info_delete(self) -> None:
+        self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        info = self.request("CONSUMER.INFO", ["ORDERS", "D"])
+        assert info is not None
+        self.assertEqual((info["type"], info["name"]), ("io.nats.jetstream.api.v1.consumer_info_response", "D"))
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["ORDERS", "D"], b'{"x":1}'))[1], 10038)
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["ORDERS", "X"]))[:2], (404, 10014))
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["NOPE", "D"]))[:2], (404, 10059))
+        box = self.pull(self.stream.consumers["D"], {"batch": 1, "expires": SECOND})
+        self.assertEqual(
+            self.request("CONSUMER.DELETE", ["ORDERS", "D"]),
+            {"type": "io.nats.jetstream.api.v1.consumer_delete_response", "success": True},
+        )
+        self.assertEqual(box.statuses(), ["409 Consumer Deleted"])
+        self.assertEqual(self.error(self.request("CONSUMER.DELETE", ["ORDERS", "D"]))[:2], (404, 10014))
+
+    def test_names_and_list(self) -> None:
+        for name in ("c", "a", "b"):
+            self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", name], {"stream_name": "ORDERS", "config": {"durable_name": name}})
+        self.assertEqual(
+            self.request("CONSUMER.NAMES", ["ORDERS"]),
+            {"type": "io.nats.jetstream.api.v1.consumer_names_response", "total": 3, "offset": 0, "limit": 1024, "consumers": ["a", "b", "c"]},
+        )
+        listed = self.request("CONSUMER.LIST", ["ORDERS"], {"offset": 1})
+        assert listed is not None
+        self.assertEqual((listed["total"], listed["offset"], listed["limit"]), (3, 1, 256))
+        self.assertEqual([c["name"] for c in listed["consumers"]], ["b", "c"])
+        self.assertEqual(self.error(self.request("CONSUMER.NAMES", ["ORDERS"], b"[1]"))[1], 10025)
+        self.assertEqual(self.error(self.request("CONSUMER.LIST", ["NOPE"]))[1], 10059)
+
+    def test_msg_next(self) -> None:
+        self.publish(2)
+        self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        box = Inbox(self.broker, "_INBOX.n")
+        self.assertIsNone(self.request("CONSUMER.MSG.NEXT", ["ORDERS", "D"], b"2", "_INBOX.n"))
+        self.assertEqual(box.data(), [b"m1", b"m2"])
+        self.assertIsNone(self.request("CONSUMER.MSG.NEXT", ["ORDERS", "X"], b"2", "_INBOX.n"))
+        self.assertEqual(box.take(), [])
+
+    def test_push_create_bound(self) -> None:
+        """A push consumer whose deliver subject is listened to says push_bound, and delivers."""
+        self.publish(1)
+        box = Inbox(self.broker, "deliver.x")
+        answer = self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"deliver_subject": "deliver.x"}})
+        assert answer is not None
+        self.assertTrue(answer["push_bound"])
+        self.assertEqual(answer["delivered"]["consumer_seq"], 0)
+        self.assertEqual(box.data(), [b"m1"])
