@@ -23,7 +23,7 @@ from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.throttle import AuthThrottle
-from eventsvc.security.permissions import Permissions
+from eventsvc.security.permissions import Permissions, fence_jetstream
 from eventsvc.security.tls import SNIServerContexts, load_identity, server_options
 from eventsvc.service import StartupError
 
@@ -216,11 +216,11 @@ def listener_authenticator(config: Config, name: str, health: Optional[HealthTok
 
     gw = getattr(config, name)
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
-    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
+    agents = Permissions(**fence_jetstream({k: list(getattr(gw.permissions, k)) for k in keys}))
     chain: List[Any] = [health.authenticator] if health is not None else []
     if gw.identities:
         chain.append(NamedIdentities([
-            (i.name, i.token, i.user, i.password, Permissions(**identity_permissions(i, gw.permissions)))
+            (i.name, i.token, i.user, i.password, Permissions(**fence_jetstream(identity_permissions(i, gw.permissions))))
             for i in gw.identities
         ]))
     tokens = list(gw.tokens)
@@ -347,7 +347,7 @@ def console_settings(config: Config) -> Any:
     return ConsoleSettings(
         identity=identity.name,
         credentials=credentials,
-        permissions=Permissions(**identity_permissions(identity, ws.permissions)),
+        permissions=Permissions(**fence_jetstream(identity_permissions(identity, ws.permissions))),
         websocket_url=config.console.websocket_url,
         websocket_secure=not ws.no_tls,
         dead_letter_file=config.events.dead_letter_file if config.service.enabled else "",

@@ -290,14 +290,13 @@ ERROR_TAILS: Dict[str, Dict[str, Any]] = {
 #: wait): a request without a reply is still passed on.
 SELF_ANSWERED = {"CONSUMER.MSG.NEXT"}
 
-try:  # The consumers' verbs (J-consumers); absent until that part lands.
-    from eventsvc.jetstream import consumer_api  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover (depends on the tree)
-    consumer_api = None
-else:  # pragma: no cover
-    ROUTES.update(consumer_api.ROUTES)
-    ARITY.update(getattr(consumer_api, "ARITY", {}))
-    ERROR_TAILS.update(getattr(consumer_api, "ERROR_TAILS", {}))
+# The consumers' verbs live beside the consumers (consumer_api.py), which
+# imports this module's Request: merged in once both are defined.
+from eventsvc.jetstream import consumer_api  # noqa: E402
+
+ROUTES.update(consumer_api.ROUTES)
+ARITY.update(getattr(consumer_api, "ARITY", {}))
+ERROR_TAILS.update(getattr(consumer_api, "ERROR_TAILS", {}))
 
 
 def find_route(rest: str) -> Optional[Tuple[str, List[str]]]:
