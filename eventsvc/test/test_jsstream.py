@@ -459,3 +459,22 @@ class RepublishTests(TestCase):
             with self.assertRaises(ApiError) as e:
                 h.create(name="S", subjects=["s.>"], republish=republish)
             self.assertEqual(e.exception.description, text)
+
+
+class ConsumerRestoreTests(TestCase):
+    def test_durable_consumer_comes_back(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="S", subjects=["s.>"])
+        answer = h.publish("$JS.API.CONSUMER.DURABLE.CREATE.S.d",
+                           b'{"stream_name":"S","config":{"durable_name":"d","ack_policy":"explicit","filter_subject":"s.a"}}')
+        self.assertNotIn("error", json.loads(answer or b"{}"))
+        h.js.stop()
+        self.assertTrue(os.path.exists(os.path.join(folder, "streams", "S", "consumers", "d", "meta.json")))
+        again = Harness(JetStreamSettings(store_dir=folder))
+        consumer = again.js.streams["S"].consumers["d"]
+        self.assertEqual((consumer.config["filter_subject"], consumer.config["ack_policy"]), ("s.a", "explicit"))
+        info = json.loads(again.publish("$JS.API.CONSUMER.INFO.S.d", b"") or b"{}")
+        self.assertEqual(info["name"], "d")
+        again.publish("$JS.API.CONSUMER.DELETE.S.d", b"")
+        self.assertFalse(os.path.exists(os.path.join(folder, "streams", "S", "consumers", "d")))
