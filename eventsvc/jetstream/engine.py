@@ -57,6 +57,8 @@ class JetStream:
         self.streams: Dict[str, Stream] = {}
         self.api_total = 0
         self.api_errors = 0
+        #: Bytes held per storage ("memory", "file"), as the streams account them.
+        self._usage: Dict[str, int] = {"memory": 0, "file": 0}
         self._subscriptions: List[Any] = []
         self._lock: Optional[FileLock] = None
         self.running = False
@@ -244,9 +246,13 @@ class JetStream:
         self.streams.pop(stream.name, None)
         stream.delete()
 
+    def account(self, storage: str, delta: int) -> None:
+        """A stream of C{storage} holds C{delta} bytes more (or fewer): kept so that a publish's check is cheap."""
+        self._usage[storage] = self._usage.get(storage, 0) + delta
+
     def usage(self, storage: str) -> int:
         """Bytes the streams of C{storage} ("memory" or "file") hold."""
-        return sum(s.store.state().bytes for s in self.streams.values() if s.config["storage"] == storage)
+        return self._usage.get(storage, 0)
 
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""

@@ -36,7 +36,7 @@ from eventsvc.jetstream.store import (
     StoreLimits,
     StoreUnavailable,
 )
-from eventsvc.jetstream.wire import header, rfc3339
+from eventsvc.jetstream.wire import header, parse_headers, rfc3339
 
 if TYPE_CHECKING:
     from eventsvc.jetstream.engine import JetStream
@@ -492,6 +492,8 @@ class Stream:
         self._expiry_at: Optional[int] = None
         self._last_msg_id = ""
         self._closed = False
+        #: The store's bytes as last told to the engine (its usage sum).
+        self._bytes = 0
         self._pub_ack_prefix = self._ack_prefix()
         self._republish: Optional[SubjectTransform] = None
         if config["republish"]:
@@ -500,8 +502,16 @@ class Stream:
 
     # -- life ---------------------------------------------------------------
 
+    def account(self) -> None:
+        """Tell the engine how many bytes the store holds now (after anything that stores or removes)."""
+        now = self.store.state().bytes
+        if now != self._bytes:
+            self.engine.account(self.config["storage"], now - self._bytes)
+            self._bytes = now
+
     def start(self) -> None:
         """Subscribe to the subjects (and the direct get), rebuild the dedupe window, arm the timers."""
+        self.account()
         self._subscribe()
         self._rebuild_dedupe()
         self._schedule_expiry()
@@ -548,6 +558,7 @@ class Stream:
         for consumer in list(self.consumers.values()):
             consumer.stop()
         self.store.close()
+        self._forget_usage()
 
     def delete(self) -> None:
         """The stream is deleted: its consumers, its messages and its files go."""
@@ -557,8 +568,14 @@ class Stream:
             consumer.delete()
         self.consumers.clear()
         self.store.destroy()
+        self._forget_usage()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _forget_usage(self) -> None:
+        if self._bytes:
+            self.engine.account(self.config["storage"], -self._bytes)
+            self._bytes = 0
 
     def save(self) -> None:
         """Write the stream's metadata (config and created) atomically, if it has a directory."""
@@ -571,7 +588,12 @@ class Stream:
     def update(self, config: Dict[str, Any]) -> None:
         """Take a new configuration (checked by L{check_update} and the engine's limits)."""
         self.config = config
+        before = self.store.state()
         self.store.set_limits(store_limits(config))
+        self.account()
+        if self.store.state() != before:
+            for consumer in list(self.consumers.values()):
+                consumer.purged()
         self.save()
         self._subscribe()
         self._schedule_expiry()
@@ -619,6 +641,7 @@ class Stream:
             if any(c.needs(seq, message.subject) for c in self.consumers.values()):
                 return
         if self.store.remove(seq):
+            self.account()
             self._schedule_expiry()
 
     def _removed_by_store(self, seq: int, subject: str) -> None:
@@ -660,19 +683,25 @@ class Stream:
             return None
         msg_id = ""
         rollup = ""
-        if headers:
-            expected = header(headers, "Nats-Expected-Stream")
+        if headers and b"Nats-" in headers:
+            values = parse_headers(headers)[1]
+
+            def header_value(name: str) -> Optional[str]:
+                found = values.get(name)
+                return found[0] if found else None
+
+            expected = header_value("Nats-Expected-Stream")
             if expected and expected != self.name:
                 self._nak(reply, errors.STREAM_NOT_MATCH_ERR())
                 return None
-            msg_id = header(headers, "Nats-Msg-Id") or ""
+            msg_id = header_value("Nats-Msg-Id") or ""
             if msg_id:
                 self._expire_dedupe()
                 seq = self._dedupe.find(msg_id)
                 if seq is not None:
                     self._ack(reply, seq, duplicate=True)
                     return None
-            text = header(headers, "Nats-Expected-Last-Subject-Sequence")
+            text = header_value("Nats-Expected-Last-Subject-Sequence")
             if text is not None:
                 wanted = _parse_uint(text)
                 last = self.store.load_last(subject)
@@ -680,18 +709,18 @@ class Stream:
                 if wanted is None or found != wanted:
                     self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=found))
                     return None
-            text = header(headers, "Nats-Expected-Last-Sequence")
+            text = header_value("Nats-Expected-Last-Sequence")
             if text is not None:
                 wanted = _parse_uint(text)
                 last_seq = self.store.state().last_seq
                 if wanted is None or wanted != last_seq:
                     self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=last_seq))
                     return None
-            expected_id = header(headers, "Nats-Expected-Last-Msg-Id")
+            expected_id = header_value("Nats-Expected-Last-Msg-Id")
             if expected_id and expected_id != self._last_msg_id:
                 self._nak(reply, errors.STREAM_WRONG_LAST_MSG_I_D_ERR_F(id=self._last_msg_id))
                 return None
-            rollup = header(headers, "Nats-Rollup") or ""
+            rollup = header_value("Nats-Rollup") or ""
             if rollup:
                 if not config["allow_rollup_hdrs"] or config["deny_purge"]:
                     self._nak(reply, errors.STREAM_ROLLUP_FAILED_F(err="rollup not permitted"))
@@ -716,6 +745,7 @@ class Stream:
             if seq is None:
                 return None
             self.store.remove(seq)
+            self.account()
             self._remember(msg_id, seq, now)
             self._ack(reply, seq)
             return seq
@@ -732,6 +762,7 @@ class Stream:
             self._purge(subject, 0, 1)
         elif rollup == "all":
             self._purge(None, 0, 1)
+        self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
         if reply and not config["no_ack"]:
@@ -833,12 +864,14 @@ class Stream:
         self._expiry_timer = None
         self._expiry_at = None
         self.store.expire(self.engine.now())
+        self.account()
         self._schedule_expiry()
 
     # -- purge, delete, get ----------------------------------------------------
 
     def _purge(self, subject: Optional[str], seq: int, keep: int) -> int:
         count = self.store.purge(subject or None, seq, keep)
+        self.account()
         if count:
             for consumer in list(self.consumers.values()):
                 consumer.purged()
@@ -861,6 +894,7 @@ class Stream:
             raise errors.STREAM_MSG_DELETE_FAILED_F(err="message delete not permitted")
         if not self.store.remove(seq, erase):
             raise errors.STREAM_MSG_DELETE_FAILED_F(err="no message found")
+        self.account()
         for consumer in list(self.consumers.values()):
             consumer.purged()
         self._schedule_expiry()

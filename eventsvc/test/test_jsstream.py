@@ -478,3 +478,24 @@ class ConsumerRestoreTests(TestCase):
         self.assertEqual(info["name"], "d")
         again.publish("$JS.API.CONSUMER.DELETE.S.d", b"")
         self.assertFalse(os.path.exists(os.path.join(folder, "streams", "S", "consumers", "d")))
+
+
+class UsageTests(TestCase):
+    def test_usage_follows_the_stores(self) -> None:
+        """The engine's per-storage byte count (what limits check) follows stores, purges, ages and deletes."""
+        h = Harness()
+        s = h.create(name="S", subjects=["s.>"], storage="memory", max_msgs=2, max_age=SECOND)
+        t = h.create(name="T", subjects=["t.>"])
+        for _ in range(3):
+            h.ack("s.a", b"x" * 10)
+        h.ack("t.a", b"y")
+        self.assertEqual((h.js.usage("memory"), h.js.usage("file")), (s.store.state().bytes, t.store.state().bytes))
+        self.assertEqual(h.js.usage("memory"), 2 * (3 + 10 + 16))
+        h.advance(2)
+        self.assertEqual(h.js.usage("memory"), 0)
+        h.ack("s.a")
+        h.publish("$JS.API.STREAM.PURGE.S", b"")
+        self.assertEqual(h.js.usage("memory"), 0)
+        h.publish("$JS.API.STREAM.DELETE.T", b"")
+        self.assertEqual(h.js.usage("file"), 0)
+        self.assertEqual(json.loads(h.publish("$JS.API.INFO", b"") or b"{}")["storage"], 0)
