@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from eventsvc.files import FileLock, Locked
 from eventsvc.jetstream import api, errors
+from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
 from eventsvc.jetstream.wire import now_ns
 
@@ -115,7 +116,7 @@ class JetStream:
     def _open(self, config: Dict[str, Any], created: int) -> Stream:
         directory = self._stream_directory(config["name"])
         msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
-        store = open_store(config, msgs, self.settings.sync_interval == 0, self.settings.sync_interval)
+        store = open_store(config, msgs, self.clock, self.settings.sync_interval)
         return Stream(self, config, store, created, directory)
 
     def _restore(self) -> None:
@@ -135,7 +136,11 @@ class JetStream:
                 self.log.error("stream {name} not restored: {meta} cannot be read ({error}); it is left as it is",
                                name=name, meta=meta, error=e)
                 continue
-            stream = self._open(config, created)
+            try:
+                stream = self._open(config, created)
+            except StoreError as e:
+                self.log.error("stream {name} not restored: its store cannot be opened ({error})", name=name, error=e)
+                continue
             self.streams[stream.name] = stream
             stream.start()
             self.restore_consumers(stream)
@@ -222,7 +227,11 @@ class JetStream:
             raise errors.STREAM_NAME_EXIST_ERR()
         self._check_reservation(config)
         self._check_overlap(config)
-        stream = self._open(config, self.now())
+        try:
+            stream = self._open(config, self.now())
+        except StoreError as e:
+            self.log.error("stream {name}: its store cannot be made ({error})", name=config["name"], error=e)
+            raise errors.STREAM_CREATE_ERR_F(err="error creating store for stream")
         try:
             stream.save()
         except OSError as e:

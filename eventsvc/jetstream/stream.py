@@ -410,23 +410,51 @@ def store_limits(config: Dict[str, Any]) -> StoreLimits:
     )
 
 
-def open_store(config: Dict[str, Any], directory: Optional[str], sync_always: bool = False, sync_interval: float = 120.0) -> MessageStore:
+def _file_stores() -> Any:
+    """eventsvc.jetstream.filestore, or None in a tree without it (file streams are then kept in memory)."""
+    import importlib
+
+    try:
+        return importlib.import_module("eventsvc.jetstream.filestore")
+    except ImportError:  # pragma: no cover (depends on the tree)
+        return None
+
+
+def _sync(sync_interval: float) -> Any:
+    """[jetstream] sync_interval as the file stores take it: seconds, or "always" (0)."""
+    return "always" if sync_interval <= 0 else sync_interval
+
+
+def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0) -> MessageStore:
     """
-    The store for a stream: its one factory, so that the file store takes
-    over C{storage: file} streams by changing this function alone.
+    The store for a stream: the file store for C{storage: file} with a
+    folder, else the memory store.  The one place a stream's store is
+    chosen.
 
     @param directory: the stream's C{msgs/} folder (file streams with a
         store_dir), or None.
+    @raise StoreUnavailable: the folder cannot be used.
     """
-    # Until eventsvc.jetstream.filestore lands (J-store), file streams are
-    # kept in memory too: they lose their messages at a restart (their
-    # configuration and consumers are kept).
-    return MemoryStore(store_limits(config))
+    limits = store_limits(config)
+    filestore = _file_stores()
+    if directory is None or config["storage"] != "file" or filestore is None:
+        return MemoryStore(limits)
+    from twisted.python.filepath import FilePath
+
+    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval))
+    return store
 
 
-def open_consumer_store(stream_config: Dict[str, Any], directory: Optional[str]) -> ConsumerStore:
-    """A consumer's state store, beside its stream's (the same switch as L{open_store})."""
-    return MemoryConsumerStore()
+def open_consumer_store(stream_config: Dict[str, Any], directory: Optional[str], clock: Any = None,
+                        sync_interval: float = 120.0) -> ConsumerStore:
+    """A consumer's state store, beside its stream's (file streams with a folder keep it in C{state/})."""
+    filestore = _file_stores()
+    if directory is None or stream_config["storage"] != "file" or filestore is None:
+        return MemoryConsumerStore()
+    from twisted.python.filepath import FilePath
+
+    store: ConsumerStore = filestore.FileConsumerStore(FilePath(directory), clock, _sync(sync_interval))
+    return store
 
 
 def _go_header_value(value: str) -> str:
@@ -616,7 +644,7 @@ class Stream:
             body = {"name": name, "config": config, "created": created}
             write_atomic(os.path.join(directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
         state = os.path.join(directory, "state") if directory is not None and self.config["storage"] == "file" else None
-        return open_consumer_store(self.config, state)
+        return open_consumer_store(self.config, state, self.engine.clock, self.engine.settings.sync_interval)
 
     def attach(self, consumer: Any) -> None:
         """A consumer is ready: it is told of every message stored from now on."""
