@@ -17,7 +17,7 @@ import socket
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import task, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from eventsvc import config as config_module
 from eventsvc.config import ConfigError
@@ -524,3 +524,46 @@ class NatsPyTests(TestCase):
         d.addCallback(lambda started: in_thread(look, started[1]))
         d.addCallback(self.assertEqual, (7, ["kept.>"]))
         return d
+
+    def test_messages_survive_sigterm(self) -> None:
+        """A file stream's messages, its dedupe window and a durable consumer's place outlive a SIGTERM and a restart."""
+        import importlib.util
+
+        if importlib.util.find_spec("eventsvc.jetstream.filestore") is None:
+            raise SkipTest("no file store in this tree (file streams are kept in memory)")
+
+        async def fill(url: str) -> None:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="DISK", subjects=["disk.>"])
+            for i in range(20):
+                await js.publish("disk.%d" % (i % 3), b"m%d" % i, headers={"Nats-Msg-Id": "id%d" % i})
+            sub = await js.pull_subscribe("disk.>", "worker")
+            for msg in await sub.fetch(5, timeout=5):
+                await msg.ack_sync()
+            await nc.close()
+
+        async def look(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            info = await js.stream_info("DISK")
+            again = await js.publish("disk.0", b"m0", headers={"Nats-Msg-Id": "id0"})
+            sub = await js.pull_subscribe("disk.>", "worker")
+            first = (await sub.fetch(1, timeout=5))[0]
+            last = await js.get_msg("DISK", 20)
+            await nc.close()
+            return (info.state.messages, info.state.last_seq, again.seq, bool(again.duplicate),
+                    first.metadata.sequence.stream, last.data)
+
+        d = self.start()
+
+        def first(started: Any) -> Any:
+            server, url = started
+            return in_thread(fill, url).addCallback(lambda _: threads.deferToThread(server.stop))
+
+        d.addCallback(first)
+        d.addCallback(lambda _: self.start())
+        d.addCallback(lambda started: in_thread(look, started[1]))
+        d.addCallback(self.assertEqual, (20, 20, 1, True, 6, b"m19"))
+        return d
+
