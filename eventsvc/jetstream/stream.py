@@ -15,6 +15,7 @@ here.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.store import (
     ConsumerStore,
+    StoreError,
     LimitReached,
     MessageStore,
     StoredMessage,
@@ -523,6 +525,9 @@ class Stream:
         #: The store's bytes as last told to the engine (its usage sum).
         self._bytes = 0
         self._pub_ack_prefix = self._ack_prefix()
+        #: Whether the store's when_durable takes an errback (the file
+        #: store's extension of the contract: a failed write is reported).
+        self._errback = "errback" in inspect.signature(store.when_durable).parameters
         self._republish: Optional[SubjectTransform] = None
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
@@ -793,13 +798,39 @@ class Stream:
         self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
-        if reply and not config["no_ack"]:
-            self.store.when_durable(lambda: self._ack(reply, seq))
+        answer = bool(reply) and not config["no_ack"]
+        if answer or msg_id:
+            self._when_durable(seq, reply if answer else None, msg_id)
         for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
+
+    def _when_durable(self, seq: int, reply: Optional[str], msg_id: str) -> None:
+        """PubAck C{seq} once the store has it durable; if its write fails, refuse it and forget its id."""
+        def durable() -> None:
+            if reply:
+                self._ack(reply, seq)
+
+        def lost(error: StoreError) -> None:
+            self.log.warn("stream {stream}: message {seq} was not written ({error}); not acknowledged",
+                          stream=self.name, seq=seq, error=error)
+            if msg_id and self._dedupe.find(msg_id) == seq:
+                # Its publisher will send it again, with the same id.
+                del self._dedupe.ids[msg_id]
+            self.account()
+            for consumer in list(self.consumers.values()):
+                consumer.purged()
+            if isinstance(error, StoreFull):
+                self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
+            else:
+                self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(error) or "store write failed"))
+
+        if self._errback:
+            self.store.when_durable(durable, lost)  # type: ignore[call-arg]
+        else:
+            self.store.when_durable(durable)
 
     def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
         """The stored message again on C{target}, with nats-server's republish headers."""

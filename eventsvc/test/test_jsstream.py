@@ -311,6 +311,28 @@ class DurableAckTests(TestCase):
         self.assertEqual(h.replies[-1][1], b'{"stream":"S", "seq":1}')
 
 
+    def test_failed_write_is_refused_and_forgotten(self) -> None:
+        """A store that reports a failed write: no PubAck, the error instead, and the id may be sent again."""
+        from eventsvc.jetstream.store import StoreError, StoreUnavailable
+
+        failing = [True]
+
+        class FailingStore(MemoryStore):
+            def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
+                if failing[0] and errback is not None:
+                    errback(StoreUnavailable("disk failed"))
+                else:
+                    callback()
+
+        self.patch(engine_module, "open_store", lambda config, *a: FailingStore(stream_module.store_limits(config)))
+        h = Harness()
+        h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.publish("s.a", headers=hdrs(Nats_Msg_Id="m1")),
+                         b'{"error":{"code":503,"err_code":10077,"description":"disk failed"},"stream":"S","seq":0}')
+        failing[0] = False
+        self.assertEqual(h.ack("s.a", headers=hdrs(Nats_Msg_Id="m1")), {"stream": "S", "seq": 2})
+
+
 class ConfigTests(TestCase):
     def config(self, **given: Any) -> Dict[str, Any]:
         return check_config(decode_config(json.dumps(given).encode()))
