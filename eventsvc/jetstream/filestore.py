@@ -8,7 +8,8 @@ CRC32 of its body and the body, whose first byte says what it is: C{M} a
 message (sequence, time, subject, headers, payload), C{D} deletions (ranges
 of sequences), C{H} the last sequence and its time (at the start of each
 segment and after a skip, so that a store whose messages are all gone still
-knows where it was), C{E} an erased message (overwritten in place).  A new
+knows where it was), C{E} an erased message (overwritten in place by its
+sequence, its time and zeros).  A new
 segment is begun when the one written passes C{segment_size}; a segment
 none of whose messages is left is deleted (the newest excepted: it says
 where the sequence is).  Deletions live in the segment written when they
@@ -94,6 +95,8 @@ DEFAULT_SYNC_INTERVAL = 120.0
 RETRY_INTERVAL = 1.0
 #: A full store tries again once this much room is free (or a sixteenth of a smaller disk).
 RESERVE = 64 * 1024
+#: How much a read of a message brings in (the messages after it, for the next reads).
+READ_AHEAD = 32 * 1024
 #: A consumer's log is folded into its snapshot past this size (and four times the snapshot's).
 COMPACT_SIZE = 1024 * 1024
 _SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
@@ -158,7 +161,7 @@ def _record_end(data: Union[bytes, bytearray, memoryview], pos: int, segment: bo
     if kind == 0x48:  # H
         return end if size == _MARK.size else -1
     if kind == 0x45:  # E
-        return end
+        return end if size >= _MARK.size else -1
     return -1
 
 
@@ -256,6 +259,8 @@ class _WriteState:
         self._sync_call: Optional[IDelayedCall] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._closed = False
+        #: Whether new writes are refused (closed, or the disk cannot take them).
+        self._refusing = False
 
     def _schedule_flush(self) -> None:
         if self._flush_call is None and not self._closed:
@@ -290,6 +295,7 @@ class _WriteState:
                 path=self._path, why=why, retry=RETRY_INTERVAL,
             )
         self.health, self.error = state, why
+        self._refusing = self.health != "ok" or self._closed
         refusal = self._refusal()
         waiters, self._waiters = self._waiters, []
         for _, errback in waiters:
@@ -318,6 +324,7 @@ class _WriteState:
         if self.health != "ok":
             self.log.info("file store {path}: writable again ({error} is over)", path=self._path, error=self.error)
         self.health, self.error = "ok", None
+        self._refusing = self.health != "ok" or self._closed
 
     def _schedule_sync(self) -> None:
         if self._sync_every is not None and self._sync_call is None and not self._closed:
@@ -390,12 +397,16 @@ class FileStore(_WriteState):
         self._dirty = False
         self._folder_dirty = False
         self._buffer = bytearray()
-        #: Messages in the buffer (lost if its write fails).
-        self._buffered: List[int] = []
+        #: The first sequence not written yet (those after it are lost if the write fails).
+        self._unwritten = 1
+        #: Whether limits remove old messages.
+        self._limited = False
         #: Deletions to write, as ranges; and those of the buffer (held again if its write fails).
         self._deletions: List[Tuple[int, int]] = []
         self._buffered_deletions: List[Tuple[int, int]] = []
         self._mark = False
+        #: The last read: segment number, offset, bytes.
+        self._cache: Tuple[int, int, bytes] = (0, 0, b"")
         #: Segment files to delete once the deletions carried out of them are written.
         self._unlinks: List[str] = []
         try:
@@ -404,7 +415,8 @@ class FileStore(_WriteState):
         except OSError as e:
             raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
         # (Limits lowered while it was closed, or deletions lost with a torn tail.)
-        self._enforce()
+        self.set_limits(limits)
+        self._unwritten = self._last + 1
 
     # -- opening ------------------------------------------------------------
 
@@ -451,7 +463,7 @@ class FileStore(_WriteState):
                         if not segment.min_seq or low < segment.min_seq:
                             segment.foreign = True
                         self._drop_range(low, high)
-                elif kind == 0x48:
+                elif kind == 0x48 or kind == 0x45:
                     _, seq, ts = _MARK.unpack_from(data, start + 8)
                     if seq >= self._last:
                         self._last, self._last_ts = seq, ts
@@ -488,13 +500,15 @@ class FileStore(_WriteState):
 
     def set_limits(self, limits: StoreLimits) -> None:
         self._limits = limits
+        self._limited = limits.max_msgs_per_subject > 0 or limits.max_msgs > 0 or limits.max_bytes > 0
         self._enforce()
 
     def on_removed(self, callback: Optional[RemovedCallback]) -> None:
         self._removed = callback
 
     def store(self, subject: str, headers: Optional[bytes], data: bytes, ts: int) -> int:
-        if self.health != "ok" or self._closed:
+        # One function, few calls and lookups: this runs for every message.
+        if self._refusing:
             if self._closed:
                 raise StoreUnavailable("store closed: {}".format(self._path))
             raise self._refusal()
@@ -537,7 +551,6 @@ class FileStore(_WriteState):
         if hlen:
             buffer += headers  # type: ignore[arg-type]
         buffer += data
-        self._buffered.append(seq)
         self._last = seq
         self._last_ts = ts
         if not self._index:
@@ -557,7 +570,7 @@ class FileStore(_WriteState):
             self._schedule_flush()
         if len(buffer) >= FLUSH_SIZE and not self._write():
             raise self._refusal()
-        if limits.max_msgs_per_subject > 0 or limits.max_msgs > 0 or limits.max_bytes > 0:
+        if self._limited:
             self._enforce(subject)
         return seq
 
@@ -625,7 +638,8 @@ class FileStore(_WriteState):
             self._schedule_sync()
         self._size += len(self._buffer)
         self._buffer = bytearray()
-        del self._buffered[:], self._buffered_deletions[:]
+        self._unwritten = self._last + 1
+        del self._buffered_deletions[:]
         self._written()
         if self._unlinks:
             unlinks, self._unlinks = self._unlinks, []
@@ -674,7 +688,9 @@ class FileStore(_WriteState):
                 os.close(fd)
             except OSError:
                 pass
-        lost, self._buffered = self._buffered, []
+        index, number = self._index, active.number if active is not None else -1
+        lost = [seq for seq in range(self._unwritten, self._last + 1) if seq in index and index[seq][0] == number]
+        self._unwritten = self._last + 1
         self._deletions = self._buffered_deletions + self._deletions
         self._buffered_deletions = []
         self._buffer = bytearray()
@@ -723,6 +739,7 @@ class FileStore(_WriteState):
                 # as such; the disk under it is failing.
                 self.log.error("file store {path}: fsync failed: {error}", path=self._path, error=e.strerror or e)
                 self.health, self.error = "unavailable", "fsync failed: {}".format(e.strerror or e)
+                self._refusing = self.health != "ok" or self._closed
                 self._schedule_retry()
                 self._dirty = False
                 return
@@ -799,7 +816,7 @@ class FileStore(_WriteState):
         L{StoreFull}/L{StoreUnavailable} if that write failed (the messages
         stored since the last write are gone then).
         """
-        if self._buffer or self._buffered or self._ready:
+        if self._buffer or self._ready:
             self._waiters.append((callback, errback))
             self._schedule_flush()
         else:
@@ -823,7 +840,8 @@ class FileStore(_WriteState):
         if entry is None:
             return
         number, offset, length = entry[0], entry[1], entry[2]
-        body = b"E" + bytes(length - 9)
+        # (Its sequence and time stay: the last message erased is still where the sequence is.)
+        body = _MARK.pack(b"E", seq, entry[4]) + bytes(length - 8 - _MARK.size)
         record = _record(body)
         active = self._active
         if active is not None and number == active.number and offset >= self._size:
@@ -833,6 +851,7 @@ class FileStore(_WriteState):
         segment = self._segments.get(number)
         if segment is None:
             return
+        self._cache = (0, 0, b"")
         try:
             fd = os.open(segment.path, os.O_WRONLY)
             try:
@@ -933,16 +952,25 @@ class FileStore(_WriteState):
             at = offset - self._size
             data: Union[bytes, bytearray] = self._buffer[at : at + length]
         else:
-            segment = self._segments[number]
-            try:
-                if segment.reader is None:
-                    segment.reader = os.open(segment.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                data = os.pread(segment.reader, length, offset)
-            except OSError as e:
-                self.log.error("file store {path}: cannot read message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
-                return None
-            if _record_end(data, 0) != length:
-                self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=segment.path, seq=seq, offset=offset)
+            # Consumers read in order: one read brings the next messages too.
+            cache = self._cache
+            if cache[0] == number and cache[1] <= offset and offset + length <= cache[1] + len(cache[2]):
+                at = offset - cache[1]
+                data = cache[2][at : at + length]
+            else:
+                segment = self._segments[number]
+                try:
+                    if segment.reader is None:
+                        segment.reader = os.open(segment.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    chunk = os.pread(segment.reader, max(length, READ_AHEAD), offset)
+                except OSError as e:
+                    self.log.error("file store {path}: cannot read message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
+                    return None
+                self._cache = (number, offset, chunk)
+                data = chunk[:length]
+            size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
+            if size != length - 8 or zlib.crc32(memoryview(data)[8:]) != crc:
+                self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
         _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
         p = 8 + _MESSAGE.size + slen
@@ -1026,6 +1054,7 @@ class FileStore(_WriteState):
             self._sync()
         self._call_ready()
         self._closed = True
+        self._refusing = True
         self._cancel_timers()
         if self._fd is not None:
             os.close(self._fd)
@@ -1050,6 +1079,7 @@ class FileStore(_WriteState):
     def abandon(self) -> None:
         """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
         self._closed = True
+        self._refusing = True
         self._cancel_timers()
         if self._fd is not None:
             os.close(self._fd)
@@ -1355,6 +1385,7 @@ class FileConsumerStore(_WriteState):
             self.log.error("consumer store {path}: closed with its last changes unwritten: {error}", path=self._path, error=self.error)
         self._call_ready()
         self._closed = True
+        self._refusing = True
         self._cancel_timers()
         if self._fd is not None:
             os.close(self._fd)
@@ -1376,6 +1407,7 @@ class FileConsumerStore(_WriteState):
     def abandon(self) -> None:
         """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
         self._closed = True
+        self._refusing = True
         self._cancel_timers()
         if self._fd is not None:
             os.close(self._fd)
