@@ -15,7 +15,6 @@ here.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -525,9 +524,6 @@ class Stream:
         #: The store's bytes as last told to the engine (its usage sum).
         self._bytes = 0
         self._pub_ack_prefix = self._ack_prefix()
-        #: Whether the store's when_durable takes an errback (the file
-        #: store's extension of the contract: a failed write is reported).
-        self._errback = "errback" in inspect.signature(store.when_durable).parameters
         self._republish: Optional[SubjectTransform] = None
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
@@ -827,10 +823,7 @@ class Stream:
             else:
                 self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(error) or "store write failed"))
 
-        if self._errback:
-            self.store.when_durable(durable, lost)  # type: ignore[call-arg]
-        else:
-            self.store.when_durable(durable)
+        self.store.when_durable(durable, lost)
 
     def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
         """The stored message again on C{target}, with nats-server's republish headers."""

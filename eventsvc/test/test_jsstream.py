@@ -298,7 +298,7 @@ class DurableAckTests(TestCase):
         waiting: List[Callable[[], None]] = []
 
         class SlowStore(MemoryStore):
-            def when_durable(self, callback: Callable[[], None]) -> None:
+            def when_durable(self, callback: Callable[[], None], errback: Any = None) -> None:
                 waiting.append(callback)
 
         self.patch(stream_module, "open_store", lambda config, *a: SlowStore(stream_module.store_limits(config)))
@@ -521,3 +521,43 @@ class UsageTests(TestCase):
         h.publish("$JS.API.STREAM.DELETE.T", b"")
         self.assertEqual(h.js.usage("file"), 0)
         self.assertEqual(json.loads(h.publish("$JS.API.INFO", b"") or b"{}")["storage"], 0)
+
+
+class ServiceTests(TestCase):
+    def test_unusable_store_dir_is_one_line(self) -> None:
+        from eventsvc.jetstream.engine import JetStreamService
+        from eventsvc.nats.errors import ListenError
+
+        folder = self.mktemp()
+        with open(folder, "w") as f:
+            f.write("a file, not a folder")
+        service = JetStreamService(JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock()))
+        with self.assertRaises(ListenError) as e:
+            service.startService()
+        self.assertRegex(str(e.exception), r"^.* \(\[jetstream\] store_dir\): cannot be used: ")
+
+    def test_store_dir_in_use_names_the_holder(self) -> None:
+        from eventsvc.jetstream.engine import JetStreamService
+        from eventsvc.nats.errors import ListenError
+
+        folder = self.mktemp()
+        Harness(JetStreamSettings(store_dir=folder))
+        service = JetStreamService(JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock()))
+        with self.assertRaises(ListenError) as e:
+            service.startService()
+        self.assertIn("([jetstream] store_dir) is in use by another eventsvc process (PID %d)" % os.getpid(), str(e.exception))
+
+    def test_stop_closes_stores(self) -> None:
+        closed: List[str] = []
+
+        class ClosingStore(MemoryStore):
+            def close(self) -> None:
+                closed.append("closed")
+
+        self.patch(engine_module, "open_store", lambda config, *a: ClosingStore(stream_module.store_limits(config)))
+        h = Harness()
+        h.create(name="A")
+        h.create(name="B")
+        h.js.stop()
+        self.assertEqual(closed, ["closed", "closed"])
+        self.assertIsNone(h.publish("A"))
