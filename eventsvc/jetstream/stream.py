@@ -882,16 +882,22 @@ class Stream:
         state = self.store.state()
         if not state.msgs:
             return
-        seq = state.first_seq
-        while True:
-            message = self.store.load_next(seq)
+        # Backwards from the last message, as far as the window goes: a
+        # long stream is not read whole at start.
+        inside: List[StoredMessage] = []
+        seq = state.last_seq
+        while seq >= state.first_seq:
+            message = self.store.load(seq)
+            seq -= 1
             if message is None:
+                continue
+            if now - message.ts >= window:
                 break
-            if now - message.ts < window:
-                msg_id = header(message.headers, "Nats-Msg-Id") if message.headers else None
-                if msg_id:
-                    self._remember(msg_id, message.seq, message.ts)
-            seq = message.seq + 1
+            inside.append(message)
+        for message in reversed(inside):
+            msg_id = header(message.headers, "Nats-Msg-Id") if message.headers else None
+            if msg_id:
+                self._remember(msg_id, message.seq, message.ts)
         last = self.store.load(state.last_seq)
         if last is not None and last.headers:
             self._last_msg_id = header(last.headers, "Nats-Msg-Id") or ""

@@ -54,11 +54,11 @@ class FakeConsumer:
 class Harness:
     """A JetStream over a Broker in memory, with a fake clock, and a client's view of replies."""
 
-    def __init__(self, settings: JetStreamSettings = JetStreamSettings()) -> None:
+    def __init__(self, settings: JetStreamSettings = JetStreamSettings(), start: int = T0) -> None:
         self.broker = Broker()
         self.clock = task.Clock()
-        self.clock.advance(T0 / SECOND)
-        self.time = T0
+        self.clock.advance(start / SECOND)
+        self.time = start
         self.js = JetStream(self.broker, settings, self.clock, now=lambda: self.time)
         self.js.start()
         self.replies: List[Tuple[Optional[bytes], bytes]] = []
@@ -561,3 +561,34 @@ class ServiceTests(TestCase):
         h.js.stop()
         self.assertEqual(closed, ["closed", "closed"])
         self.assertIsNone(h.publish("A"))
+
+
+class FileStreamTests(TestCase):
+    """Streams over the file store (a real folder, the fake clock for its group commit)."""
+
+    def publish(self, h: Harness, subject: str, msg_id: str) -> Dict[str, Any]:
+        before = len(h.replies)
+        h.broker.publish(subject, b"x", "_R.f", hdrs(Nats_Msg_Id=msg_id))
+        h.clock.advance(0)
+        self.assertEqual(len(h.replies), before + 1)
+        return json.loads(h.replies[-1][1])
+
+    def test_pub_ack_after_the_write_and_dedupe_rebuilt(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="F", subjects=["f.>"], duplicate_window=10 * SECOND)
+        self.assertEqual(type(h.js.streams["F"].store).__name__, "FileStore")
+        before = len(h.replies)
+        h.broker.publish("f.a", b"x", "_R.f", hdrs(Nats_Msg_Id="old"))
+        self.assertEqual(len(h.replies), before, "acknowledged before the write")
+        h.clock.advance(0)
+        self.assertEqual(json.loads(h.replies[-1][1]), {"stream": "F", "seq": 1})
+        h.advance(20)
+        self.assertEqual(self.publish(h, "f.a", "new"), {"stream": "F", "seq": 2})
+        h.js.stop()
+        # Restarted a second later: "new" is inside the window, "old" is not.
+        again = Harness(JetStreamSettings(store_dir=folder), start=h.time + SECOND)
+        self.assertEqual(again.js.streams["F"].store.state().msgs, 2)
+        self.assertEqual(self.publish(again, "f.a", "new"), {"stream": "F", "seq": 2, "duplicate": True})
+        self.assertEqual(self.publish(again, "f.a", "old"), {"stream": "F", "seq": 3})
+        again.js.stop()
