@@ -268,6 +268,18 @@ class JetStream:
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
         return limit >= 0 and self.usage(storage) >= limit
 
+    def answer(self, reply: str, payload: bytes, headers: Optional[bytes] = None) -> None:
+        """
+        Publish an answer (a PubAck, an API answer, a direct get) to a
+        client's reply subject.  A reply subject the broker refuses (a
+        wildcard in it) gets nothing: the request was done all the same,
+        and the store calling back with a PubAck must not see an error.
+        """
+        try:
+            self.broker.publish(reply, payload, headers=headers)
+        except ValueError:
+            self.log.debug("no answer to the invalid reply subject {reply!r}", reply=reply)
+
     def count_api(self, failed: bool) -> None:
         """One API request answered (an error too, if C{failed})."""
         self.api_total += 1

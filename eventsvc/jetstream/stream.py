@@ -718,12 +718,12 @@ class Stream:
     def _nak(self, reply: Optional[str], error: ApiError) -> None:
         if reply and not self.config["no_ack"]:
             body = {"error": error.as_json(), "stream": self.name, "seq": 0}
-            self.engine.broker.publish(reply, dumps(body))
+            self.engine.answer(reply, dumps(body))
 
     def _ack(self, reply: Optional[str], seq: int, duplicate: bool = False) -> None:
         if reply and not self.config["no_ack"]:
             tail = b',"duplicate": true}' if duplicate else b"}"
-            self.engine.broker.publish(reply, self._pub_ack_prefix + str(seq).encode("ascii") + tail)
+            self.engine.answer(reply, self._pub_ack_prefix + str(seq).encode("ascii") + tail)
 
     def process(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> Optional[int]:
         """
@@ -1026,7 +1026,7 @@ class Stream:
         self._direct_answer(reply, self.get(last_by_subject=key))
 
     def _direct_status(self, reply: str, status: str) -> None:
-        self.engine.broker.publish(reply, b"", headers=("NATS/1.0 " + status + "\r\n\r\n").encode("ascii"))
+        self.engine.answer(reply, b"", ("NATS/1.0 " + status + "\r\n\r\n").encode("ascii"))
 
     def _direct_answer(self, reply: str, message: Optional[StoredMessage]) -> None:
         if message is None:
@@ -1037,7 +1037,7 @@ class Stream:
             block = message.headers[:-2] + extra.encode("utf-8")
         else:
             block = b"NATS/1.0\r\n" + extra.encode("utf-8")
-        self.engine.broker.publish(reply, message.data, headers=block)
+        self.engine.answer(reply, message.data, block)
 
     # -- info -----------------------------------------------------------------
 

@@ -149,6 +149,13 @@ class LimitsTests(TestCase):
         self.assertEqual(s.store.load(1).data, b"quiet")
         self.assertEqual(self.h.replies, [])
 
+    def test_an_invalid_reply_subject_gets_nothing(self) -> None:
+        """The message is stored; its PubAck has nowhere to go; nothing is logged as a failure."""
+        s = self.h.create(name="S", subjects=["s.>"])
+        self.h.broker.publish("s.a", b"x", "bad.*")
+        self.h.broker.publish("$JS.API.STREAM.INFO.S", b"", "bad.>")
+        self.assertEqual(s.store.state().msgs, 1)
+
     def test_account_limit_refuses_publish(self) -> None:
         h = Harness(JetStreamSettings(max_file_store=100))
         h.create(name="S", subjects=["s.>"])
