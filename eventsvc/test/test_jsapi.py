@@ -244,6 +244,15 @@ class ConfigTests(TestCase):
                 self.parse("[jetstream]\n" + text + "\n")
             self.assertRegex(str(e.exception), r"^/.*patch\.toml: " + expected)
 
+    def test_check_config_says_where_streams_are_kept(self) -> None:
+        from eventsvc.cli.inspect import describe
+
+        c = self.parse('[jetstream]\nstore_dir = "js"\nmax_memory_store = "1K"\ndomain = "hub"\n')
+        line = [l for l in describe(c) if l.startswith("JetStream")]
+        self.assertEqual(line, ["JetStream: streams kept in {}; memory streams at most 1024 bytes, file streams at most 75% of the "
+                                "disk free at start; domain hub; sync every 2m".format(c.jetstream.store_dir)])
+        self.assertEqual([l for l in describe(self.parse("")) if l.startswith("JetStream")], [])
+
     def test_info_says_jetstream(self) -> None:
         broker = Broker()
 
