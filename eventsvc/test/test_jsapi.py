@@ -253,6 +253,15 @@ class ConfigTests(TestCase):
                                 "disk free at start; domain hub; sync every 2m".format(c.jetstream.store_dir)])
         self.assertEqual([l for l in describe(self.parse("")) if l.startswith("JetStream")], [])
 
+    def test_warnings(self) -> None:
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
+        alone = config_module.from_mapping({"jetstream": {}}, "<none>")
+        self.assertEqual(alone.jetstream.store_dir, "")
+        self.assertIn("[jetstream] has no store_dir", "\n".join(config_module.warnings(alone)))
+        clustered = self.parse('[jetstream]\n[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n')
+        self.assertIn("[jetstream] with [cluster]", "\n".join(config_module.warnings(clustered)))
+        self.assertNotIn("[jetstream]", "\n".join(config_module.warnings(self.parse("[jetstream]\n"))))
+
     def test_info_says_jetstream(self) -> None:
         broker = Broker()
 
