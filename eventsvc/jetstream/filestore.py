@@ -115,17 +115,26 @@ def file_message_size(subject: str, headers: Optional[bytes], data: bytes) -> in
     return 22 + len(subject) + 4 + len(headers) + len(data) + 8
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def parse_sync_interval(value: SyncInterval) -> Optional[float]:
     """
     C{sync_interval} as seconds, or None for C{"always"} (an fsync before
-    every acknowledgement).
+    every acknowledgement): C{"always"}, a number of seconds, or a
+    duration as nats-server writes it (C{"2m"}, C{"10s"}, C{"500ms"}).
 
-    @raise ValueError: neither C{"always"} nor a positive number of seconds.
+    @raise ValueError: none of these, or not above zero.
     """
     if isinstance(value, str):
-        if value.strip().lower() == "always":
+        text = value.strip().lower()
+        if text == "always":
             return None
-        raise ValueError("sync_interval must be \"always\" or a number of seconds, not {!r}".format(value))
+        m = _DURATION.match(text)
+        if m is None or float(m.group(1)) <= 0:
+            raise ValueError("sync_interval must be \"always\", a number of seconds or a duration such as \"2m\", not {!r}".format(value))
+        return float(m.group(1)) * _UNITS[m.group(2)]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError("sync_interval must be \"always\" or a positive number of seconds, not {!r}".format(value))
     return float(value)
@@ -481,8 +490,11 @@ class FileStore(_WriteState):
         self._next_number = (numbers[-1] + 1) if numbers else 1
         for segment in list(self._segments.values()):
             if not segment.live and segment.number != numbers[-1]:
-                self._drop_segment(segment)
-        if self._deletions:
+                # (After a new segment says where the sequence is: the
+                # newest may be one a crash left empty.)
+                self._drop_segment(segment, defer=True)
+        if self._unlinks:
+            self._mark = True
             self._schedule_flush()
 
     def _drop_range(self, low: int, high: int) -> None:
@@ -1064,8 +1076,9 @@ class FileStore(_WriteState):
 
     def destroy(self) -> None:
         self.close()
-        for segment in list(self._segments.values()):
-            self._unlink(segment.path)
+        for name in os.listdir(self._path):
+            if _SEGMENT_NAME.match(name):
+                self._unlink(os.path.join(self._path, name))
         self._segments.clear()
         self._index.clear()
         self._by_subject.clear()

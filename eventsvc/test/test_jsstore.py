@@ -255,6 +255,20 @@ class FileStoreTests(Base):
         self.assertEqual(again.state()[:6], (0, 0, 101, 0, 100, 1099))
         self.assertEqual(again.store("a", None, b"", 1), 101)
 
+    def test_empty_newest_segment(self) -> None:
+        """A crash right after a segment was made (empty): the sequence survives two restarts."""
+        store = self.open()
+        self.fill(store, 5)
+        store.purge()
+        store.close()
+        number = int(segments(self.path)[-1][5:13]) + 1
+        self.path.child("msgs-{:08d}.seg".format(number)).setContent(b"")
+        again = self.open()
+        self.assertEqual(again.state().last_seq, 5)
+        self.clock.advance(0)
+        again.abandon()
+        self.assertEqual(self.open().store("a", None, b"", 1), 6)
+
     def test_skip(self) -> None:
         """A purge with seq on an empty stream moves the next sequence, for good."""
         store = self.open()
@@ -345,7 +359,9 @@ class FileStoreTests(Base):
     def test_bad_sync_interval(self) -> None:
         self.assertEqual(parse_sync_interval("always"), None)
         self.assertEqual(parse_sync_interval(2), 2.0)
-        for bad in ("sometimes", 0, -1, True):
+        self.assertEqual(parse_sync_interval("2m"), 120.0)
+        self.assertEqual(parse_sync_interval("500ms"), 0.5)
+        for bad in ("sometimes", "0s", "2 days", 0, -1, True):
             self.assertRaises(ValueError, parse_sync_interval, bad)
 
     def test_destroy(self) -> None:
