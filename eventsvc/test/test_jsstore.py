@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from eventsvc.files import Disk
 from eventsvc.jetstream import filestore
@@ -455,8 +455,48 @@ class FullDiskTests(Base):
         self.assertEqual(sorted(messages(again, 45)), list(range(30, 41)))
 
 
-class Crash(Exception):
-    pass
+class RealFullDiskTests(SynchronousTestCase):
+    """The file store on a real 512 KiB tmpfs (needs root to mount it, as CI has)."""
+
+    def test_full_tmpfs(self) -> None:
+        import subprocess
+
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a tmpfs needs root (CI runs these tests as root)")
+        path = FilePath(os.path.abspath(self.mktemp()))
+        path.makedirs()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", path.path], capture_output=True, text=True)
+        if mounted.returncode:
+            raise SkipTest("cannot mount a tmpfs here: " + mounted.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", path.path])
+        clock = Clock()
+        store = FileStore(path, clock=clock, segment_size=64 * 1024)
+        self.addCleanup(store.abandon)
+        acknowledged: List[int] = []
+        refused: List[StoreError] = []
+        seq = 0
+        while not refused and seq < 10000:
+            for _ in range(10):
+                seq = store.store("a", None, b"%08d" % seq + b"x" * 992, 1)
+                store.when_durable(lambda seq=seq: acknowledged.append(seq), refused.append)  # type: ignore[misc]
+            clock.advance(0)
+        self.assertIsInstance(refused[0], StoreFull)
+        self.assertIn("no space left on device", str(refused[0]))
+        self.assertRaises(StoreFull, store.store, "a", None, b"", 1)
+        self.assertGreater(len(acknowledged), 300)
+        for n in acknowledged:
+            self.assertEqual(store.load(n).data[:8], b"%08d" % (n - 1))  # type: ignore[union-attr]
+        # Acknowledgements from the front make room; the store takes messages again.
+        for n in acknowledged[:200]:
+            store.remove(n)
+        clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(store.health, "ok")
+        new = store.store("a", None, b"after", 2)
+        clock.advance(0)
+        store.close()
+        again = FileStore(path, clock=clock, segment_size=64 * 1024)
+        self.addCleanup(again.abandon)
+        self.assertEqual(sorted(messages(again, new)), acknowledged[200:] + [new])
 
 
 SUBJECTS = ["a", "b", "a.x", "a.y", "b.x"]
