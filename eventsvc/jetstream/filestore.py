@@ -281,7 +281,11 @@ class _WriteState:
     def _call_ready(self) -> None:
         ready, self._ready = self._ready, []
         for callback, _ in ready:
-            callback()
+            try:
+                callback()
+            except Exception:
+                # (One waiter's bug must not keep the others' answers back.)
+                self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
@@ -309,7 +313,10 @@ class _WriteState:
         waiters, self._waiters = self._waiters, []
         for _, errback in waiters:
             if errback is not None:
-                errback(refusal)
+                try:
+                    errback(refusal)
+                except Exception:
+                    self.log.failure("file store {path}: a when_durable errback failed", path=self._path)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -825,8 +832,12 @@ class FileStore(_WriteState):
         L{StoreFull}/L{StoreUnavailable} if that write failed (the messages
         stored since the last write are gone then).
         """
-        if self._buffer or self._ready:
+        if self._buffer:
             self._waiters.append((callback, errback))
+            self._schedule_flush()
+        elif self._ready:
+            # (Nothing of its is unwritten; it only keeps its turn.)
+            self._ready.append((callback, errback))
             self._schedule_flush()
         else:
             callback()
