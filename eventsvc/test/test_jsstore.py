@@ -618,6 +618,46 @@ class StoreMachine(RuleBasedStateMachine):
             self.assertEqual((m.subject, m.data), (subject, body), "torn batch")
             self.model.store(subject, hdr, body, ts)
 
+    @rule(data=st.data(), code=st.sampled_from([errno.ENOSPC, errno.EIO]))
+    def disk_fails(self, data: st.DataObject, code: int) -> None:
+        """
+        A write fails: the messages stored since the last write are lost
+        (never acknowledged), the deletions since are written once the
+        disk is back, and nothing written before is lost.
+        """
+        self.clock.advance(0)
+        last = self.model.state().last_seq
+        for seq in data.draw(st.lists(st.integers(1, last + 1), max_size=3)):
+            self.assertEqual(self.store.remove(seq), self.model.remove(seq), "remove")
+        stored = []
+        for i in range(data.draw(st.integers(0, 3))):
+            try:
+                stored.append(self.model.store("a.x", None, b"lost%d" % i, self.now))
+            except LimitReached:
+                self.assertRaises(LimitReached, self.store.store, "a.x", None, b"lost%d" % i, self.now)
+                continue
+            self.assertEqual(self.store.store("a.x", None, b"lost%d" % i, self.now), stored[-1], "store")
+        refused: List[StoreError] = []
+        self.store.when_durable(lambda: None, refused.append)
+        self.disk.error = code
+        self.clock.advance(0)
+        for seq in stored:
+            self.model.remove(seq)
+        if stored:
+            self.assertEqual(len(refused), 1, "errback")
+            self.assertRaises(StoreError, self.store.store, "b", None, b"", self.now)
+        self.disk.error = None
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(self.store.health, "ok", "recovered")
+
+    @staticmethod
+    def assertRaises(kind: type, f: object, *args: object) -> None:
+        try:
+            f(*args)  # type: ignore[operator]
+        except kind:
+            return
+        raise AssertionError("{} not raised".format(kind.__name__))
+
     @invariant()
     def same(self) -> None:
         model, store = self.model, self.store
