@@ -1000,15 +1000,24 @@ class FileStore(_WriteState):
         return StoredMessage(entry[3], seq, headers, bytes(data[p + hlen :]), ts)
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        index = self._index
         if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
             seqs = self._by_subject.get(subject_filter)
             if not seqs:
                 return None
-            for seq in seqs:
-                if seq >= start:
+            if next(iter(seqs)) >= start:
+                return self.load(next(iter(seqs)))
+            if next(reversed(seqs)) < start:
+                return None
+            if len(seqs) < 64:
+                return self.load(next(seq for seq in seqs if seq >= start))
+            # Many messages on it: walking on from start finds the next one
+            # sooner than walking its list from the front.
+            for seq in range(start, self._last + 1):
+                entry = index.get(seq)
+                if entry is not None and entry[3] == subject_filter:
                     return self.load(seq)
             return None
-        index = self._index
         everything = not subject_filter or subject_filter == ">"
         for seq in range(max(start, self._first), self._last + 1):
             entry = index.get(seq)

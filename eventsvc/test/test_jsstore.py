@@ -315,6 +315,20 @@ class FileStoreTests(Base):
         self.assertEqual(messages(again, 3), {2: ("a", None, b"public", 2)})
         self.assertEqual([e for e in events if e["log_level"].name in ("warn", "error")], [])
 
+    def test_load_next_on_a_busy_subject(self) -> None:
+        """load_next with a subject that has many messages: as the memory store's, from every start."""
+        store, model = self.open(), MemoryStore(size=file_message_size)
+        for i in range(300):
+            subject = "busy" if i % 5 else "rare"
+            for s in (store, model):
+                s.store(subject, None, b"%d" % i, i)
+        for seq in range(1, 301, 7):
+            store.remove(seq)
+            model.remove(seq)
+        for start in range(0, 303):
+            for subject in ("busy", "rare"):
+                self.assertEqual(store.load_next(start, subject), model.load_next(start, subject))
+
     def test_limits(self) -> None:
         """Limits as the memory store's: discard new refuses with nats-server's text; ages expire."""
         store = self.open(limits=StoreLimits(max_msgs=2, discard_new=True))
