@@ -370,7 +370,7 @@ class FileStore(_WriteState):
 
     def __init__(
         self,
-        directory: FilePath,
+        directory: Union[FilePath, str],
         limits: StoreLimits = StoreLimits(),
         clock: Optional[IReactorTime] = None,
         max_store: int = -1,
@@ -392,6 +392,8 @@ class FileStore(_WriteState):
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if isinstance(directory, str):
+            directory = FilePath(directory)
         super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
         self._directory = directory
         self._limits = limits
@@ -1169,7 +1171,7 @@ class FileConsumerStore(_WriteState):
 
     def __init__(
         self,
-        directory: FilePath,
+        directory: Union[FilePath, str],
         clock: Optional[IReactorTime] = None,
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         compact_size: int = COMPACT_SIZE,
@@ -1182,6 +1184,8 @@ class FileConsumerStore(_WriteState):
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if isinstance(directory, str):
+            directory = FilePath(directory)
         super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
         self._directory = directory
         self._snapshot = os.path.join(directory.path, "consumer.snap")

@@ -665,7 +665,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.assertEqual(self.store.health, "ok", "recovered")
 
     @staticmethod
-    def assertRaises(kind: type, f: object, *args: object) -> None:
+    def assertRaises(kind: "type[BaseException]", f: object, *args: object) -> None:
         try:
             f(*args)  # type: ignore[operator]
         except kind:
