@@ -48,7 +48,7 @@ import os
 import re
 import struct
 import zlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -57,7 +57,6 @@ from twisted.python.filepath import FilePath
 from eventsvc.files import FULL_ERRNOS, Disk, sync_folder, write_atomic
 from eventsvc.jetstream.memstore import MemoryConsumerStore, _matches
 from eventsvc.jetstream.store import (
-    EMPTY_CONSUMER_STATE,
     ConsumerState,
     LimitReached,
     RemovedCallback,
