@@ -413,6 +413,8 @@ class FileStore(_WriteState):
         self._size = 0
         self._dirty = False
         self._folder_dirty = False
+        #: Segments written to since the last fsync, closed since.
+        self._unsynced: List[str] = []
         self._buffer = bytearray()
         #: The first sequence not written yet (those after it are lost if the write fails).
         self._unwritten = 1
@@ -601,7 +603,10 @@ class FileStore(_WriteState):
         if self._fd is not None:
             self._write_or_raise()
             if self._dirty:
-                self._sync()
+                # (fsynced with the rest at the next sync_interval, not now:
+                # an 8 MiB fsync would hold the reactor up.)
+                self._unsynced.append(self._active.path)  # type: ignore[union-attr]
+                self._dirty = False
             os.close(self._fd)
             self._fd = None
         previous = self._segments[max(self._segments)] if self._segments else None
@@ -748,6 +753,21 @@ class FileStore(_WriteState):
         self._sync()
 
     def _sync(self) -> None:
+        unsynced, self._unsynced = self._unsynced, []
+        for path in unsynced:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue  # (deleted since)
+            except OSError as e:
+                self.log.error("file store {path}: cannot open a segment to fsync it: {error}", path=path, error=e.strerror or e)
+                continue
+            try:
+                self._disk.fsync(fd)
+            except OSError as e:
+                self.log.error("file store {path}: fsync failed: {error}", path=path, error=e.strerror or e)
+            finally:
+                os.close(fd)
         if self._dirty and self._fd is not None:
             try:
                 self._disk.fsync(self._fd)

@@ -359,7 +359,7 @@ class FileStoreTests(Base):
 
     def test_sync_interval(self) -> None:
         """A sync_interval of N seconds: acknowledged once written; fsynced within N seconds."""
-        store = self.open(sync_interval=30)
+        store = self.open(sync_interval=30, segment_size=2048)
         seen: List[int] = []
         store.store("a", None, b"", 1)
         store.when_durable(lambda: seen.append(self.disk.fsyncs))
@@ -369,6 +369,14 @@ class FileStoreTests(Base):
         self.assertEqual(self.disk.fsyncs, 1)
         self.clock.advance(60)
         self.assertEqual(self.disk.fsyncs, 1)  # nothing new to sync
+        # A segment closed full is fsynced at the next interval too, not at once.
+        store.store("a", None, b"x" * 3000, 2)
+        self.clock.advance(0)
+        store.store("a", None, b"x" * 3000, 3)
+        self.clock.advance(0)
+        self.assertEqual(self.disk.fsyncs, 1)
+        self.clock.advance(30)
+        self.assertEqual(self.disk.fsyncs, 3)
 
     def test_bad_sync_interval(self) -> None:
         self.assertEqual(parse_sync_interval("always"), None)
