@@ -643,15 +643,18 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), code=st.sampled_from([errno.ENOSPC, errno.EIO]))
     def disk_fails(self, data: st.DataObject, code: int) -> None:
         """
-        A write fails: the messages stored since the last write are lost
-        (never acknowledged), the deletions since are written once the
-        disk is back, and nothing written before is lost.
+        A write fails: the messages it held are lost and told so (errback,
+        never acknowledged; those written before, when a segment was full,
+        are kept and acknowledged), the deletions since are written once
+        the disk is back, and nothing written before is lost.
         """
         self.clock.advance(0)
         last = self.model.state().last_seq
         for seq in data.draw(st.lists(st.integers(1, last + 1), max_size=3)):
             self.assertEqual(self.store.remove(seq), self.model.remove(seq), "remove")
         stored = []
+        kept: List[int] = []
+        lost: List[int] = []
         for i in range(data.draw(st.integers(0, 3))):
             try:
                 stored.append(self.model.store("a.x", None, b"lost%d" % i, self.now))
@@ -659,14 +662,16 @@ class StoreMachine(RuleBasedStateMachine):
                 self.assertRaises(LimitReached, self.store.store, "a.x", None, b"lost%d" % i, self.now)
                 continue
             self.assertEqual(self.store.store("a.x", None, b"lost%d" % i, self.now), stored[-1], "store")
-        refused: List[StoreError] = []
-        self.store.when_durable(lambda: None, refused.append)
+            self.store.when_durable(
+                lambda seq=stored[-1]: kept.append(seq),  # type: ignore[misc]
+                lambda error, seq=stored[-1]: lost.append(seq),  # type: ignore[misc]
+            )
         self.disk.error = code
         self.clock.advance(0)
-        for seq in stored:
+        self.assertEqual(sorted(kept + lost), stored, "each told once")
+        for seq in lost:
             self.model.remove(seq)
-        if stored:
-            self.assertEqual(len(refused), 1, "errback")
+        if lost:
             self.assertRaises(StoreError, self.store.store, "b", None, b"", self.now)
         self.disk.error = None
         self.clock.advance(filestore.RETRY_INTERVAL)
