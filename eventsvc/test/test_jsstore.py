@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import shutil
+import struct
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
@@ -812,6 +813,25 @@ class ConsumerStoreTests(SynchronousTestCase):
             self.assertIn(found.load(), states)
             found.abandon()
             log.setContent(content)
+
+    def test_flipped_byte(self) -> None:
+        """A flipped byte in the log costs the update it is in; the rest is replayed, with a warning."""
+        store = self.open()
+        store.update_delivered(1, 10, 1, 100)
+        store.update_delivered(2, 11, 1, 101)
+        store.update_delivered(3, 12, 1, 102)
+        self.clock.advance(0)
+        store.abandon()
+        log = self.path.child("consumer.log")
+        data = bytearray(log.getContent())
+        data[data.find(struct.pack("<QQ", 2, 11)) + 3] ^= 0x10
+        log.setContent(bytes(data))
+        with capturedLogs() as events:
+            state = self.open().load()
+        self.assertEqual(state, ConsumerState(3, 12, 0, 0, {10: (1, 100), 12: (3, 102)}, {}))
+        warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(log.path, warnings[0])
 
     def test_failing_disk(self) -> None:
         """A write that fails: errback, state kept in memory, written when the disk is back."""
