@@ -48,6 +48,7 @@ import os
 import re
 import struct
 import zlib
+from sys import intern
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -462,7 +463,7 @@ class FileStore(_WriteState):
                 if kind == 0x4D:
                     _, seq, ts, slen, hlen = _MESSAGE.unpack_from(data, start + 8)
                     p = start + 8 + _MESSAGE.size
-                    subject = data[p : p + slen].decode("utf-8", "replace")
+                    subject = intern(data[p : p + slen].decode("utf-8", "replace"))
                     if hlen:
                         size = 22 + len(subject) + 4 + hlen + (end - p - slen - hlen) + 8
                     else:
@@ -558,6 +559,8 @@ class FileStore(_WriteState):
                 self._fail(e)
                 raise self._refusal()
         seq = self._last + 1
+        # (One copy of each subject for the whole index, not one per message.)
+        subject = intern(subject)
         encoded = subject.encode("utf-8")
         hlen = len(headers) if headers else 0
         # One body and one CRC call (PyPy's zlib calls cost more than the copy).
