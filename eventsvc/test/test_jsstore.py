@@ -478,6 +478,53 @@ class FullDiskTests(Base):
         self.assertEqual(sorted(messages(again, 45)), list(range(30, 41)))
 
 
+#: A writer for L{KillTests}: stores forever, printing each acknowledged sequence.
+WRITER = """
+import sys
+from twisted.internet.task import Clock
+from eventsvc.jetstream.filestore import FileStore
+clock = Clock()
+store = FileStore(sys.argv[1], clock=clock, segment_size=64 * 1024)
+out = sys.stdout
+while True:
+    for _ in range(50):
+        seq = store.store("k.%d" % (store.state().last_seq % 5), None, b"%d:" % (store.state().last_seq + 1) + b"p" * 300, 1)
+    store.when_durable(lambda seq=seq: (out.write("%d\\n" % seq), out.flush()))
+    clock.advance(0)
+"""
+
+
+class KillTests(SynchronousTestCase):
+    """kill -9 of a real process in the middle of its writes: every acknowledged message is there."""
+
+    def test_kill_9(self) -> None:
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        path = os.path.abspath(self.mktemp())
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, path], stdout=subprocess.PIPE)
+        acknowledged = 0
+        deadline = time.monotonic() + 30
+        assert writer.stdout is not None
+        while acknowledged < 2000 and time.monotonic() < deadline:
+            line = writer.stdout.readline()
+            if not line:
+                break
+            acknowledged = int(line)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        self.assertGreaterEqual(acknowledged, 2000, "the writer stopped early")
+        store = FileStore(path, clock=Clock())
+        self.addCleanup(store.close)
+        self.assertGreaterEqual(store.state().last_seq, acknowledged)
+        for seq in range(1, acknowledged + 1):
+            message = store.load(seq)
+            assert message is not None, seq
+            self.assertEqual(message.data.split(b":")[0], b"%d" % seq)
+
+
 class RealFullDiskTests(SynchronousTestCase):
     """The file store on a real 512 KiB tmpfs (needs root to mount it, as CI has)."""
 
