@@ -251,6 +251,9 @@ class _WriteState:
     """
 
     log = Logger()
+    #: Whether what a failed write held is written later (a consumer's
+    #: state) or gone (a stream's messages).
+    _keeps_unwritten = False
 
     def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk]) -> None:
         self._path = path
@@ -311,6 +314,10 @@ class _WriteState:
         self._refusing = self.health != "ok" or self._closed
         refusal = self._refusal()
         waiters, self._waiters = self._waiters, []
+        if self._keeps_unwritten:
+            # (What they wait for is written later: those that cannot be
+            # told of the failure are called then.)
+            self._waiters = [waiter for waiter in waiters if waiter[1] is None]
         for _, errback in waiters:
             if errback is not None:
                 try:
@@ -854,7 +861,8 @@ class FileStore(_WriteState):
         Call C{callback} once everything stored so far is written (and
         fsynced with C{sync_interval="always"}); or C{errback} with
         L{StoreFull}/L{StoreUnavailable} if that write failed (the messages
-        stored since the last write are gone then).
+        stored since the last write are gone then; without an errback,
+        nothing is called).
         """
         if self._buffer:
             self._waiters.append((callback, errback))
@@ -1191,6 +1199,8 @@ class FileConsumerStore(_WriteState):
     in memory stays, and so does the store's answer to L{load}.
     """
 
+    _keeps_unwritten = True
+
     def __init__(
         self,
         directory: Union[FilePath, str],
@@ -1330,7 +1340,8 @@ class FileConsumerStore(_WriteState):
         """
         As L{FileStore.when_durable}: C{errback} learns of a write that
         failed (the state stays in memory and is written when the disk
-        takes it again, but it was not durable when asked).
+        takes it again, but it was not durable when asked); without an
+        errback, C{callback} is called once it is written.
         """
         if self.health != "ok" and errback is not None:
             errback(self._refusal())

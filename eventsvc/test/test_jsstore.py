@@ -889,12 +889,17 @@ class ConsumerStoreTests(SynchronousTestCase):
         store.update_acks(1, 10, [10])
         failures: List[StoreError] = []
         store.when_durable(lambda: self.fail("durable"), failures.append)
+        later: List[bool] = []
+        store.when_durable(lambda: later.append(True))  # (no errback: called once it is written)
         self.clock.advance(0)
         self.assertIsInstance(failures[0], StoreUnavailable)
         self.assertEqual(store.load().ack_floor_stream, 10)
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(later, [])
         self.disk.error = None
         self.clock.advance(filestore.RETRY_INTERVAL)
         self.assertEqual(store.health, "ok")
+        self.assertEqual(later, [True])
         store.abandon()
         self.assertEqual(self.open().load(), ConsumerState(1, 10, 1, 10, {}, {}))
 
