@@ -144,6 +144,7 @@ class JetStream:
             self.streams[stream.name] = stream
             stream.start()
             self.restore_consumers(stream)
+        self._link_sources()
 
     def restore_consumers(self, stream: Stream) -> None:
         """
@@ -227,6 +228,7 @@ class JetStream:
             raise errors.STREAM_NAME_EXIST_ERR()
         self._check_reservation(config)
         self._check_overlap(config)
+        self._check_sources(config)
         try:
             stream = self._open(config, self.now())
         except StoreError as e:
@@ -239,6 +241,7 @@ class JetStream:
             raise errors.STREAM_CREATE_ERR_F(err="error creating store for stream: {}".format(e.strerror or e))
         self.streams[stream.name] = stream
         stream.start()
+        self._link_sources()
         return stream
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
@@ -248,7 +251,43 @@ class JetStream:
             raise replicas_error()
         self._check_reservation(new, besides=stream.name)
         self._check_overlap(new, besides=stream.name)
+        self._check_sources(new)
         stream.update(new)
+        self._link_sources()
+
+    def _check_sources(self, config: Dict[str, Any]) -> None:
+        """nats-server's checks of a stream's sources that need the other streams: sizes, filters, cycles."""
+        from eventsvc.jetstream.stream import subjects_collide
+
+        sources = config["sources"] or []
+        for source in sources:
+            origin = self.streams.get(source["name"])
+            if origin is None:
+                continue
+            if config["max_msg_size"] > 0 and origin.config["max_msg_size"] > 0 and config["max_msg_size"] < origin.config["max_msg_size"]:
+                raise errors.SOURCE_MAX_MESSAGE_SIZE_TOO_BIG_ERR()
+            wanted = source["filter_subject"]
+            if wanted and origin.config["subjects"] and not any(subjects_collide(own, wanted) for own in origin.config["subjects"]):
+                raise errors.STREAM_INVALID_CONFIG_F(err="source '{}' filter subject '{}' does not overlap with any origin stream subject".format(
+                    source["name"], wanted))
+        # nats-server's walk: a source already visited is a cycle.
+        visited = set()
+        todo = [config]
+        while todo:
+            current = todo.pop(0)
+            visited.add(current["name"])
+            for source in current["sources"] or ():
+                if source["name"] in visited:
+                    raise errors.STREAM_INVALID_CONFIG_F(err="detected cycle")
+                origin = self.streams.get(source["name"])
+                if origin is not None:
+                    todo.append(origin.config)
+
+    def _link_sources(self) -> None:
+        """Every stream follows those of its sources that exist (after a create, an update, a restart)."""
+        for stream in list(self.streams.values()):
+            if stream.config["sources"] or stream.sources:
+                stream.link_sources()
 
     def delete_stream(self, stream: Stream) -> None:
         """STREAM.DELETE: the stream, its consumers and its files."""

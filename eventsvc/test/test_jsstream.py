@@ -20,6 +20,7 @@ from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryStore
 from eventsvc.jetstream.stream import check_config, check_update, decode_config
+from eventsvc.jetstream.wire import header
 from eventsvc.nats.server import Broker
 
 T0 = 1_700_000_000_123_456_789
@@ -613,3 +614,65 @@ class FileStreamTests(TestCase):
         self.assertEqual(self.publish(again, "f.a", "new"), {"stream": "F", "seq": 2, "duplicate": True})
         self.assertEqual(self.publish(again, "f.a", "old"), {"stream": "F", "seq": 3})
         again.js.stop()
+
+
+class SourceTests(TestCase):
+    def test_sourced_stream_copies_and_follows(self) -> None:
+        h = Harness()
+        h.create(name="ORIGIN", subjects=["o.>"])
+        h.ack("o.a", b"1")
+        h.advance(1)
+        h.ack("o.b", b"2", hdrs(X="y"))
+        dest = h.create(name="DEST", sources=[{"name": "ORIGIN", "opt_start_time": stream_module.rfc3339(T0 + SECOND // 2)}])
+        self.assertEqual((dest.config["subjects"], dest.store.state().msgs), ([], 0))
+        h.clock.advance(0)
+        self.assertEqual(dest.store.state().msgs, 1)
+        h.ack("o.c", b"3")
+        copies = [dest.store.load(seq) for seq in (1, 2)]
+        self.assertEqual([(m.subject, m.data, m.headers) for m in copies], [
+            ("o.b", b"2", b"NATS/1.0\r\nX: y\r\nNats-Stream-Source: ORIGIN 2\r\n\r\n"),
+            ("o.c", b"3", b"NATS/1.0\r\nNats-Stream-Source: ORIGIN 3\r\n\r\n"),
+        ])
+        info = json.loads(h.publish("$JS.API.STREAM.INFO.DEST", b"") or b"{}")
+        self.assertEqual(info["config"]["sources"], [{"name": "ORIGIN", "opt_start_time": stream_module.rfc3339(T0 + SECOND // 2)}])
+        self.assertEqual(info["sources"], [{"name": "ORIGIN", "lag": 0, "active": 0}])
+        self.assertNotIn("subjects", info["config"])
+
+    def test_filter_and_resume_after_restart(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="ORIGIN", subjects=["o.>"])
+        dest = h.create(name="DEST", sources=[{"name": "ORIGIN", "filter_subject": "o.keep"}])
+        h.clock.advance(0)
+        for subject, data in (("o.keep", b"1"), ("o.drop", b"2"), ("o.keep", b"3")):
+            h.publish(subject, data, reply=False)
+        h.clock.advance(0)
+        self.assertEqual([dest.store.load(n).data for n in (1, 2)], [b"1", b"3"])
+        h.js.stop()
+        again = Harness(JetStreamSettings(store_dir=folder))
+        again.clock.advance(0)
+        again.publish("o.keep", b"4", reply=False)
+        again.clock.advance(0)
+        dest = again.js.streams["DEST"]
+        state = dest.store.state()
+        self.assertEqual((state.msgs, dest.store.load(3).data), (3, b"4"))
+        self.assertEqual(header(dest.store.load(3).headers, "Nats-Stream-Source"), "ORIGIN 4")
+        again.js.stop()
+
+    def test_refusals(self) -> None:
+        h = Harness()
+        h.create(name="A", subjects=["a.>"], max_msg_size=100)
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", sources=[{"name": "A", "filter_subject": "b.x"}])
+        self.assertEqual(e.exception.description, "source 'A' filter subject 'b.x' does not overlap with any origin stream subject")
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", max_msg_size=10, sources=[{"name": "A"}])
+        self.assertEqual(e.exception.err_code, 10046)
+        h.create(name="B", sources=[{"name": "A"}])
+        with self.assertRaises(ApiError) as e:
+            h.js.update_stream(h.js.streams["A"], check_config(decode_config(
+                b'{"name":"A","subjects":["a.>"],"max_msg_size":100,"sources":[{"name":"B"}]}')))
+        self.assertEqual(e.exception.description, "detected cycle")
+        with self.assertRaises(ApiError) as e:
+            h.create(name="M", mirror={"name": "A"})
+        self.assertEqual(e.exception.description, "stream mirrors are not supported by eventsvc yet")
