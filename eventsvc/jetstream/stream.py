@@ -1,16 +1,16 @@
 """
 One stream's rules over its store, as nats-server 2.9 keeps them: the
 configuration (defaults, checks, what an update may change), the publish
-path (dedupe window, expectations, rollups, limits, retention, the PubAck
-sent only once the store says the message is durable), purges, deletes,
-and the direct get.
+path (dedupe window, expectations, rollups, limits, retention, republish,
+the PubAck sent only once the store says the message is durable), purges,
+deletes, the direct get, and sources from the server's other streams.
 
 A stream meets the broker only through its in-process API (it subscribes
 to its subjects and publishes PubAcks and direct-get answers), and its
-consumers only through the calls of docs in C{JS.md}: C{stored},
-C{purged}, C{needs}, C{stop}, C{delete}.  It knows nothing of the
-C{$JS.API} subjects: L{eventsvc.jetstream.api} turns requests into calls
-here.
+consumers only through the calls the consumers' contract names:
+C{stored}, C{purged}, C{needs}, C{stop}, C{delete}.  It knows nothing of
+the C{$JS.API} subjects: L{eventsvc.jetstream.api} turns requests into
+calls here.
 """
 
 from __future__ import annotations
