@@ -540,6 +540,10 @@ class Consumer:
         self.closed = False
         self._filter: Optional[str] = None
         self._filter_wild = False
+        #: The filter as the store is asked: None when it takes every
+        #: subject of the stream (clients filter on a stream's only subject,
+        #: and a store serves "everything" fastest).
+        self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
         self._reply_format = self._ack_prefix + "%d.%d.%d.%d.%d"
@@ -596,6 +600,11 @@ class Consumer:
     def _set_filter(self) -> None:
         self._filter = self.config.get("filter_subject") or None
         self._filter_wild = self._filter is not None and _has_wildcard(self._filter)
+        subjects = self.stream.config.get("subjects") or []
+        wanted = self._filter
+        if wanted is not None and subjects and all(subject_is_subset(subject, wanted) for subject in subjects):
+            wanted = None
+        self._store_filter = wanted
 
     @property
     def push(self) -> bool:
@@ -779,7 +788,7 @@ class Consumer:
         """How many messages are left to deliver (nats-server's C{numPending}), counted once and then kept."""
         if self._npc is None:
             self._npc = self.stream.store.num_pending(
-                self.sseq, self._filter, self.config["deliver_policy"] == "last_per_subject"
+                self.sseq, self._store_filter, self.config["deliver_policy"] == "last_per_subject"
             )
         return self._npc
 
@@ -828,7 +837,11 @@ class Consumer:
             if not self._lss:
                 self._lss = None
                 self.sseq = max(self.sseq, self._lss_resume + 1)
-        message = store.load_next(seq, self._filter)
+        message = store.load_next(seq, self._store_filter)
+        if self._filter is not None and self._store_filter is None:
+            # The stream's subjects may have changed since the filter was judged.
+            while message is not None and not self.matches(message.subject):
+                message = store.load_next(message.seq + 1, self._store_filter)
         if message is None:
             last = store.state().last_seq
             if last + 1 > self.sseq:

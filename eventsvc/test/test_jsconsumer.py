@@ -927,3 +927,16 @@ class ApiTests(ConsumerTestCase):
         self.assertTrue(answer["push_bound"])
         self.assertEqual(answer["delivered"]["consumer_seq"], 0)
         self.assertEqual(box.data(), [b"m1"])
+
+
+class StoreFilterTests(ConsumerTestCase):
+    def test_filter_on_the_only_subject(self) -> None:
+        """A filter that takes every subject of the stream asks the store for everything, and still filters if the stream grows."""
+        stream = FakeStream(self.engine, "ONE", ("one",))
+        consumer = self.consumer(stream, durable_name="D", ack_policy="explicit", filter_subject="one")
+        self.assertIsNone(consumer._store_filter)
+        stream.publish("one", b"1")
+        stream.config["subjects"] = ["one", "two"]
+        stream.publish("two", b"2")
+        stream.publish("one", b"3")
+        self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}).data()[:-1], [b"1", b"3"])
