@@ -26,6 +26,7 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.wire import parse_headers, rfc3339
 from eventsvc.nats.server import Broker
+from eventsvc.test.helpers import Harness
 
 BASE = 1_800_000_000 * 1_000_000_000
 SECOND = 1_000_000_000
@@ -35,9 +36,9 @@ MS = 1_000_000
 class FakeEngine:
     """The engine's part a consumer uses, and its ack routing."""
 
-    def __init__(self) -> None:
-        self.clock = Clock()
-        self.broker = Broker(server_name="test")
+    def __init__(self, broker: Optional[Broker] = None, clock: Optional[Clock] = None) -> None:
+        self.clock = clock or Clock()
+        self.broker = broker or Broker(server_name="test")
         self.streams: Dict[str, "FakeStream"] = {}
         self.broker.subscribe("$JS.ACK.>", self._ack)
 
@@ -940,3 +941,51 @@ class StoreFilterTests(ConsumerTestCase):
         stream.publish("two", b"2")
         stream.publish("one", b"3")
         self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}).data()[:-1], [b"1", b"3"])
+
+
+class WireTests(SynchronousTestCase):
+    """What a real client connection reads: the frames of deliveries, and its acks taken."""
+
+    def setUp(self) -> None:
+        self.harness = Harness()
+        self.engine = FakeEngine(self.harness.broker, self.harness.clock)
+        self.stream = FakeStream(self.engine)
+        self.client = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+
+    def test_push_frames_and_ack(self) -> None:
+        """HMSG/MSG on the stream's subject to the deliver subject's sid, the ack reply, and an ack that counts."""
+        self.client.send(b"SUB deliver.w 7\r\nPING\r\n")
+        self.assertEqual(self.client.received(), b"PONG\r\n")
+        config = check_config(self.stream, {"durable_name": "W", "ack_policy": "explicit", "deliver_subject": "deliver.w"})
+        consumer = Consumer(self.stream, "W", config, MemoryConsumerStore(), self.engine.now())
+        self.stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        self.stream.publish("orders.new", b"hello", b"NATS/1.0\r\nA: b\r\n\r\n")
+        self.stream.publish("orders.old", b"bye")
+        self.assertEqual(
+            self.client.received(),
+            b"HMSG orders.new 7 $JS.ACK.ORDERS.W.1.1.1.%d.0 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\n"
+            b"MSG orders.old 7 $JS.ACK.ORDERS.W.1.2.2.%d.0 3\r\nbye\r\n" % (BASE, BASE),
+        )
+        self.client.send(b"PUB $JS.ACK.ORDERS.W.1.1.1.%d.0 _INBOX.a 4\r\n+ACK\r\n" % BASE)
+        self.assertEqual(consumer.info()["num_ack_pending"], 1)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+
+    def test_pull_frames(self) -> None:
+        """A pull request's inbox gets the messages and the status lines as HMSGs with no payload."""
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        config = check_config(self.stream, {"durable_name": "P", "ack_policy": "explicit"})
+        consumer = Consumer(self.stream, "P", config, MemoryConsumerStore(), self.engine.now())
+        self.stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        self.stream.publish("orders.new", b"x")
+        consumer.next_request("_INBOX.p.1", b'{"batch": 2, "no_wait": true}')
+        self.assertEqual(
+            self.client.received(),
+            b"MSG orders.new 3 $JS.ACK.ORDERS.P.1.1.1.%d.0 1\r\nx\r\n"
+            b"HMSG _INBOX.p.1 3 81 81\r\nNATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n\r\n"
+            % BASE,
+        )
