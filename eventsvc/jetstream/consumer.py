@@ -476,6 +476,22 @@ class NextRequest:
         self.interest = True
 
 
+def go_json_error(text: bytes, error: ValueError) -> str:
+    """Go's words for bad JSON (what nats-server puts after C{400 Bad Request - }), as near as Python's error tells."""
+    position = getattr(error, "pos", None)
+    if position is None or position >= len(text):
+        return "unexpected end of JSON input"
+    before = text[:position].rstrip()
+    looking = "object key string" if before.endswith((b"{", b",")) and b"{" in before else "beginning of value"
+    if looking == "object key string":
+        return "invalid character %s looking for beginning of object key string" % _go_quote(text[position:position + 1])
+    return "invalid character %s looking for beginning of value" % _go_quote(text[position:position + 1])
+
+
+def _go_quote(char: bytes) -> str:
+    return "'%s'" % char.decode("utf-8", "replace")
+
+
 def parse_next_request(payload: bytes, now: int) -> Tuple[int, int, int, bool, int]:
     """
     A C{MSG.NEXT} payload (nats-server's C{nextReqFromMsg}): empty is one
@@ -490,7 +506,7 @@ def parse_next_request(payload: bytes, now: int) -> Tuple[int, int, int, bool, i
         try:
             request = json.loads(text)
         except ValueError as e:
-            raise ValueError(str(e))
+            raise ValueError(go_json_error(text, e))
         if not isinstance(request, dict):
             raise ValueError("invalid request")
         values = []

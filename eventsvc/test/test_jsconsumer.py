@@ -386,9 +386,13 @@ class PullTests(ConsumerTestCase):
         self.assertEqual(box.statuses(), ["400 Bad Request - heartbeat value too large"])
 
     def test_bad_request(self) -> None:
+        """Bad JSON: 400 with Go's words, as nats-server writes them."""
         consumer = self.consumer(durable_name="D", ack_policy="explicit")
-        box = self.pull(consumer, b"{nope")
-        self.assertTrue(box.statuses()[0].startswith("400 Bad Request - "))
+        self.assertEqual(self.pull(consumer, b"{").statuses(), ["400 Bad Request - unexpected end of JSON input"])
+        self.assertEqual(
+            self.pull(consumer, b"{nope", "_INBOX.2").statuses(),
+            ["400 Bad Request - invalid character 'n' looking for beginning of object key string"],
+        )
 
     def test_max_waiting(self) -> None:
         consumer = self.consumer(durable_name="D", ack_policy="explicit", max_waiting=2)
