@@ -2,17 +2,25 @@
 JetStream consumers (L{eventsvc.jetstream.consumer}): what a client
 subscribed to a deliver subject or a pull inbox receives, and what an
 acknowledgement does, against a real in-memory L{Broker}, a memory store
-and a fake clock.  The stream is a small stand-in with the attributes
-JS.md gives a consumer.
+and a fake clock (the stream is a small stand-in with the attributes
+JS.md gives a consumer); then nats-py's pull and push consumers against a
+real twistd, and the same consumer requests sent to nats-server -js and to
+eventsvc with equal answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import socket
+import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from twisted.internet import threads
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventsvc.jetstream import consumer_api, errors
 from eventsvc.jetstream.consumer import (
@@ -26,7 +34,14 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.wire import parse_headers, rfc3339
 from eventsvc.nats.server import Broker
+from eventsvc.test import process
 from eventsvc.test.helpers import Harness
+
+try:
+    import nats
+    import nats.js.api
+except ImportError:  # pragma: no cover
+    nats = None
 
 BASE = 1_800_000_000 * 1_000_000_000
 SECOND = 1_000_000_000
@@ -993,3 +1008,314 @@ class WireTests(SynchronousTestCase):
             b"HMSG _INBOX.p.1 3 81 81\r\nNATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n\r\n"
             % BASE,
         )
+
+
+def in_thread(scenario: Any, *args: Any) -> Any:
+    return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(*args), 90)))
+
+
+class NatsPyTests(TestCase):
+    """nats-py's consumers against a real eventsvc process, as a user runs both."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        if nats is None:
+            process.require("nats-py (pip install nats-py)")
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.config = process.write_config(
+            os.path.join(self.folder, "c.toml"), '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\n'
+        )
+
+    def start(self) -> Any:
+        server = process.eventsvc(self.config)
+        return process.started(self, server).addCallback(lambda port: (server, "nats://127.0.0.1:%d" % port))
+
+    def run_scenario(self, scenario: Any) -> Any:
+        d = self.start()
+        d.addCallback(lambda started: in_thread(scenario, started[1]))
+        return d
+
+    def test_pull_fetch_and_ack(self) -> None:
+        """pull_subscribe, fetch 100 and ack each, then the rest; the consumer's info says all is acked."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+            for i in range(150):
+                await js.publish("orders.%d" % (i % 3), b"m%d" % i)
+            sub = await js.pull_subscribe("orders.>", durable="P")
+            got = []
+            for _ in range(2):
+                msgs = await sub.fetch(100, timeout=5)
+                for msg in msgs:
+                    got.append((msg.subject, msg.data, msg.metadata.sequence.stream))
+                    await msg.ack()
+            await nc.flush()
+            info = await js.consumer_info("ORDERS", "P")
+            await nc.close()
+            return got, (info.num_ack_pending, info.ack_floor.stream_seq, info.delivered.stream_seq, info.num_pending)
+
+        def check(result: Any) -> None:
+            got, counts = result
+            self.assertEqual(got, [("orders.%d" % (i % 3), b"m%d" % i, i + 1) for i in range(150)])
+            self.assertEqual(counts, (0, 150, 150, 0))
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_push_queue(self) -> None:
+        """Two push subscribers in one queue group share the messages, each once."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="JOBS", subjects=["jobs.>"])
+            seen: List[List[bytes]] = [[], []]
+            done = asyncio.Event()
+
+            def handler(i: int) -> Any:
+                async def cb(msg: Any) -> None:
+                    seen[i].append(msg.data)
+                    await msg.ack()
+                    if len(seen[0]) + len(seen[1]) >= 40:
+                        done.set()
+                return cb
+
+            await js.subscribe("jobs.>", queue="workers", durable="workers", cb=handler(0), manual_ack=True)
+            await js.subscribe("jobs.>", queue="workers", durable="workers", cb=handler(1), manual_ack=True)
+            for i in range(40):
+                await js.publish("jobs.x", b"%d" % i)
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.3)
+            await nc.close()
+            return seen
+
+        def check(seen: List[List[bytes]]) -> None:
+            self.assertEqual(sorted(seen[0] + seen[1], key=int), [b"%d" % i for i in range(40)])
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_nak_term_and_ack_wait(self) -> None:
+        """nak: delivered again at once; term: never again; no ack: again after ack_wait."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="WORK", subjects=["work"])
+            for i in range(3):
+                await js.publish("work", b"w%d" % i)
+            sub = await js.pull_subscribe(
+                "work", durable="W", config=nats.js.api.ConsumerConfig(ack_wait=1, ack_policy="explicit"),
+            )
+            out = []
+            (m,) = await sub.fetch(1, timeout=5)
+            await m.nak()
+            (m,) = await sub.fetch(1, timeout=5)
+            out.append(("nak", m.data, m.metadata.num_delivered))
+            await m.term()
+            (m,) = await sub.fetch(1, timeout=5)
+            out.append(("next", m.data, m.metadata.num_delivered))
+            await asyncio.sleep(1.5)
+            msgs = await sub.fetch(2, timeout=5)
+            out.extend(("after ack_wait", m.data, m.metadata.num_delivered) for m in msgs)
+            for m in msgs:
+                await m.ack_sync()
+            try:
+                await sub.fetch(1, timeout=1.5)
+                left = True
+            except nats.errors.TimeoutError:
+                left = False
+            await nc.close()
+            return out, left
+
+        def check(result: Any) -> None:
+            out, left = result
+            self.assertEqual(out, [("nak", b"w0", 2), ("next", b"w1", 1), ("after ack_wait", b"w1", 2), ("after ack_wait", b"w2", 1)])
+            self.assertFalse(left)
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_durable_survives_a_restart(self) -> None:
+        """A durable resumes after a restart: what was acked is not delivered again, what was not is."""
+        async def first(url: str) -> None:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="KEPT", subjects=["kept"])
+            for i in range(4):
+                await js.publish("kept", b"k%d" % i)
+            sub = await js.pull_subscribe("kept", durable="D", config=nats.js.api.ConsumerConfig(ack_wait=1))
+            msgs = await sub.fetch(2, timeout=5)
+            await msgs[0].ack_sync()
+            await nc.close()
+
+        async def second(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            sub = await js.pull_subscribe("kept", durable="D")
+            await asyncio.sleep(1.2)
+            msgs = await sub.fetch(5, timeout=3)
+            await nc.close()
+            return sorted(m.data for m in msgs)
+
+        d = self.start()
+
+        def stop_after(started: Any) -> Any:
+            server, url = started
+            return in_thread(first, url).addCallback(lambda _: threads.deferToThread(server.stop))
+
+        d.addCallback(stop_after)
+        d.addCallback(lambda _: self.start())
+        d.addCallback(lambda started: in_thread(second, started[1]))
+        d.addCallback(self.assertEqual, [b"k1", b"k2", b"k3"])
+        return d
+
+
+class ConsumerWire:
+    """A NATS client on a socket that keeps every message an exchange brings, in order (for byte comparisons)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+        self._line()
+        self.sock.sendall(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\nSUB _R.> 1\r\nPING\r\n')
+        while self._line() != b"PONG":
+            pass
+        self.n = 0
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("closed")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _body(self, n: int) -> bytes:
+        while len(self.buffer) < n + 2:
+            self.buffer += self.sock.recv(65536)
+        data, self.buffer = self.buffer[:n], self.buffer[n + 2:]
+        return data
+
+    def exchange(self, subject: str, payload: bytes = b"", reply: Optional[str] = None, wait: float = 0.0) -> List[Tuple[bytes, bytes, bytes, bytes]]:
+        """Publish, then (after C{wait} seconds) PING: every message that came before the PONG, as (subject, reply, headers, payload)."""
+        if reply is None:
+            self.n += 1
+            reply = "_R.%d" % self.n
+        self.sock.sendall(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload))
+        if wait:
+            time.sleep(wait)
+        self.sock.sendall(b"PING\r\n")
+        got = []
+        while True:
+            parts = self._line().split(b" ")
+            if parts[0] == b"PONG":
+                return got
+            if parts[0] == b"MSG":
+                got.append((parts[1], parts[3] if len(parts) == 5 else b"", b"", self._body(int(parts[-1]))))
+            elif parts[0] == b"HMSG":
+                data = self._body(int(parts[-1]))
+                got.append((parts[1], parts[3] if len(parts) == 6 else b"", data[:int(parts[-2])], data[int(parts[-2]):]))
+
+
+_CONSUMER_TIMES = re.compile(rb'("(?:created|last_active)":")[^"]*(")')
+_ACK_TS = re.compile(rb"^(\$JS\.ACK\.[^.]+\.[^.]+\.\d+\.\d+\.\d+\.)\d+(\.\d+)$")
+
+
+def _clean(message: Tuple[bytes, bytes, bytes, bytes]) -> Tuple[bytes, bytes, bytes, bytes]:
+    subject, reply, headers, payload = message
+    if subject.startswith(b"_R."):
+        subject = b"_R"
+    return (subject, _ACK_TS.sub(rb"\1T\2", reply), headers, _CONSUMER_TIMES.sub(rb"\1T\2", payload))
+
+
+def consumer_sequence(port: int) -> List[Any]:
+    """Consumer requests, pulls and acks, as one client would send them; the answers normalized (times)."""
+    wire = ConsumerWire(port)
+    out: List[Any] = []
+
+    def do(subject: str, body: Any = b"", reply: Optional[str] = None, wait: float = 0.0) -> List[Tuple[bytes, bytes, bytes, bytes]]:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        got = wire.exchange(subject, payload, reply, wait)
+        out.append((_ACK_TS.sub(rb"\1T\2", subject.encode()), [_clean(m) for m in got]))
+        return got
+
+    try:
+        do("$JS.API.STREAM.CREATE.C", {"name": "C", "subjects": ["c.>"], "storage": "memory"})
+        for subject, data in (("c.a", b"one"), ("c.b", b"two"), ("c.a", b"three")):
+            do(subject, data)
+        durable = {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "explicit"}}
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", durable)
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", durable)
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "all"}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "explicit", "max_ack_pending": 20}})
+        do("$JS.API.CONSUMER.CREATE.C.N", {"stream_name": "C", "config": {"ack_policy": "explicit", "filter_subject": "c.a"}})
+        do("$JS.API.CONSUMER.CREATE.C.F.c.b", {"stream_name": "C", "config": {"filter_subject": "c.a"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"durable_name": "X"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "Y", "config": {}})
+        do("$JS.API.CONSUMER.CREATE.C", b"{")
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"deliver_policy": "by_start_sequence"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"deliver_policy": "last_per_subject"}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "c.x"}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "p.x", "idle_heartbeat": 50000000}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "p.x", "flow_control": True}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"idle_heartbeat": 1000000000}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"filter_subject": "zzz"}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"ack_policy": "explicit", "backoff": [1000000000, 2000000000], "max_deliver": 2}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.B", {"stream_name": "C", "config": {
+            "durable_name": "B", "ack_policy": "explicit", "backoff": [1000000000, 2000000000], "max_deliver": 5,
+            "headers_only": True, "description": "d", "sample_freq": "50%", "max_batch": 10, "max_expires": 1000000000,
+            "max_bytes": 1000, "deliver_policy": "by_start_time", "opt_start_time": "2020-01-01T00:00:00.5+01:00"}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.PP", {"stream_name": "C", "config": {"durable_name": "PP", "deliver_subject": "pp.x", "deliver_group": "g"}})
+        do("$JS.API.CONSUMER.INFO.C.D")
+        do("$JS.API.CONSUMER.INFO.C.NOPE")
+        do("$JS.API.CONSUMER.INFO.NOPE.D")
+        do("$JS.API.CONSUMER.INFO.C.D", b'{"x":1}')
+        do("$JS.API.CONSUMER.NAMES.C")
+        do("$JS.API.CONSUMER.NAMES.NOPE")
+        do("$JS.API.CONSUMER.LIST.C", {"offset": 2})
+        first = do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 2}, "_R.pull1", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 5, "no_wait": True}, "_R.pull2", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 5, "no_wait": True}, "_R.pull3", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", b"{", "_R.pull4", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 11}, "_R.pull5", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.PP", b"", "_R.pull6", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 1, "expires": 100000000, "idle_heartbeat": 60000000}, "_R.pull7", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 1, "max_bytes": 2000}, "_R.pull8", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 3, "max_bytes": 100}, "_R.pull9", wait=0.2)
+        do(first[0][1].decode(), b"+ACK", "_R.ack1")
+        do(first[1][1].decode(), b"-NAK", "_R.ack2")
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 1}, "_R.pull10", wait=0.2)
+        do("$JS.API.CONSUMER.INFO.C.D")
+        do("$JS.API.CONSUMER.DELETE.C.N", b"{}")
+        do("$JS.API.CONSUMER.DELETE.C.N")
+        do("$JS.API.CONSUMER.DELETE.C.D", b"x")
+        do("$JS.API.STREAM.DELETE.C")
+    finally:
+        wire.sock.close()
+    return out
+
+
+class AgainstReferenceTests(TestCase):
+    """The same consumer requests to nats-server -js and to eventsvc: the same messages back, times aside."""
+
+    timeout = 120
+
+    def test_same_answers(self) -> None:
+        reference = process.nats_server("-js", "-sd", os.path.abspath(self.mktemp()))
+        config = process.write_config(os.path.abspath(self.mktemp()), '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\n')
+        ours = process.eventsvc(config)
+
+        def compare(ports: List[int]) -> Any:
+            return threads.deferToThread(lambda: (consumer_sequence(ports[0]), consumer_sequence(ports[1])))
+
+        def check(results: Tuple[List[Any], List[Any]]) -> None:
+            theirs, mine = results
+            self.assertEqual(len(mine), len(theirs))
+            for a, b in zip(theirs, mine):
+                self.assertEqual(b, a)
+
+        d = process.started(self, reference)
+        d.addCallback(lambda port: process.started(self, ours).addCallback(lambda mine: [port, mine]))
+        d.addCallback(compare)
+        d.addCallback(check)
+        return d
