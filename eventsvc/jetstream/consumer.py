@@ -48,6 +48,9 @@ MAX_ACK_PENDING_DEFAULT = 1000
 WAIT_QUEUE_DEFAULT_MAX = 512
 MAX_NAME_LEN = 255
 MAX_DESCRIPTION_LEN = 4 * 1024
+#: A pull request takes no message in its last moments (at most this, a
+#: tenth of its expires at most): the client has given up or is about to.
+EXPIRY_MARGIN = 2 * MILLISECOND
 #: Flow control: bytes a push consumer may have outstanding at most
 #: (C{JsFlowControlMaxPending}); it starts at a sixteenth and doubles with
 #: every answered request.
@@ -991,6 +994,14 @@ class Consumer:
         genid = self.broker.sublist.genid
         while waiting:
             request = waiting[0]
+            if request.expires and now >= request.expires - min(EXPIRY_MARGIN, (request.expires - request.received) // 10):
+                # Over, or nearly: clients give up at expires (nats-py asks
+                # for 100 us less than it waits), and a message taken in the
+                # last instant would reach a fetch that has returned, to be
+                # found by the next one as if it were its own.
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                waiting.popleft()
+                continue
             if request.b > 0:
                 if size <= request.b:
                     request.b -= size
@@ -1000,21 +1011,20 @@ class Consumer:
                     self._status(request.reply, "409 Message Size Exceeds MaxBytes", request.n, request.b)
                     waiting.popleft()
                     continue
-            if not request.expires or now < request.expires:
-                if request.genid != genid:
-                    request.interest = self.broker.has_interest(request.reply)
-                    request.genid = genid
-                if request.interest:
-                    request.d += 1
-                    request.n -= 1
-                    if request.n <= 0:
-                        waiting.popleft()
-                    else:
-                        if len(waiting) > 1:
-                            waiting.rotate(-1)
-                        if request.hb:
-                            request.hbt = now + request.hb
-                    return request
+            if request.genid != genid:
+                request.interest = self.broker.has_interest(request.reply)
+                request.genid = genid
+            if request.interest:
+                request.d += 1
+                request.n -= 1
+                if request.n <= 0:
+                    waiting.popleft()
+                else:
+                    if len(waiting) > 1:
+                        waiting.rotate(-1)
+                    if request.hb:
+                        request.hbt = now + request.hb
+                return request
             waiting.popleft()
         return None
 

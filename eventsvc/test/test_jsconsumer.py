@@ -1319,3 +1319,21 @@ class AgainstReferenceTests(TestCase):
         d.addCallback(compare)
         d.addCallback(check)
         return d
+
+
+class ExpiryMarginTests(ConsumerTestCase):
+    def test_no_message_in_the_last_moment(self) -> None:
+        """A message stored in a pull request's last 2 ms is not given to it (its client has given up): 408, and the next request gets it."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND})
+        self.clock.advance(0.999)
+        self.publish(1)
+        self.assertEqual(box.statuses(), ["408 Request Timeout"])
+        self.assertEqual(self.pull(consumer, {"batch": 1}, "_INBOX.2").data(), [b"m1"])
+
+    def test_message_before_the_margin(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND})
+        self.clock.advance(0.99)
+        self.publish(1)
+        self.assertEqual(box.data(), [b"m1"])
