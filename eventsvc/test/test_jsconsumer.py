@@ -1337,3 +1337,32 @@ class ExpiryMarginTests(ConsumerTestCase):
         self.clock.advance(0.99)
         self.publish(1)
         self.assertEqual(box.data(), [b"m1"])
+
+
+class PurgeTests(ConsumerTestCase):
+    def test_purge_moves_floors(self) -> None:
+        """After a purge of everything the consumer starts past it: delivered and ack floor at the last sequence."""
+        self.publish(4)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        self.pull(consumer, {"batch": 2}).take()
+        self.stream.store.purge()
+        consumer.purged()
+        info = consumer.info()
+        self.assertEqual(
+            (info["delivered"]["stream_seq"], info["ack_floor"]["stream_seq"], info["num_ack_pending"], info["num_pending"]),
+            (4, 4, 0, 0),
+        )
+        self.publish(1)
+        self.assertEqual(self.pull(consumer, {"batch": 2, "no_wait": True}, "_INBOX.2").data()[:-1], [b"m1"])
+
+    def test_one_removed(self) -> None:
+        """purged(seq, subject): a message removed (a limit, a delete) leaves pending and the count, at no cost per message."""
+        self.publish(3)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        self.pull(consumer, {"batch": 1}).take()
+        self.assertEqual((consumer.info()["num_ack_pending"], consumer.info()["num_pending"]), (1, 2))
+        for seq in (1, 3):
+            self.stream.store.remove(seq)
+            consumer.purged(seq, "orders.new")
+        self.assertEqual((consumer.info()["num_ack_pending"], consumer.info()["num_pending"]), (0, 1))
+        self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}, "_INBOX.2").data()[:-1], [b"m2"])
