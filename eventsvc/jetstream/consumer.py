@@ -1421,6 +1421,7 @@ class Consumer:
             stream=self.stream.name, consumer=self.name, threshold=go_duration(threshold),
         )
         self.delete()
+        self.release_interest()
         if self.stream.consumers.get(self.name) is self:
             self.stream.detach(self.name)
 
@@ -1542,6 +1543,20 @@ class Consumer:
         self._close()
         self.waiting.clear()
         self.store.close()
+
+    def release_interest(self) -> None:
+        """
+        Deleted while its stream lives (by request, or inactive): on an
+        interest stream, what only this consumer still needed goes, as
+        nats-server's consumer delete removes it.  Each message is offered
+        to the stream as acknowledged; a deleted consumer needs nothing,
+        so the stream keeps only what another consumer needs.
+        """
+        if self._retention != "interest":
+            return
+        state = self.stream.store.state()
+        for seq in range(max(self.asflr + 1, state.first_seq), state.last_seq + 1):
+            self.stream.ack_message(seq)
 
     def delete(self) -> None:
         """Deleted (by request, with its stream, or inactive): waiting pulls hear 409 Consumer Deleted; the state goes."""

@@ -98,7 +98,12 @@ class FakeStream:
 
     def ack_message(self, seq: int) -> None:
         self.acked.append(seq)
-        if self.config["retention"] == "workqueue":
+        retention = self.config["retention"]
+        if retention == "interest":
+            message = self.store.load(seq)
+            if message is None or any(c.needs(seq, message.subject) for c in self.consumers.values()):
+                return
+        if retention != "limits":
             self.store.remove(seq)
 
     def publish(self, subject: str, data: bytes = b"", headers: Optional[bytes] = None) -> int:
@@ -130,6 +135,16 @@ class Inbox:
         return [parse_headers(m[3])[0] for m in self.take()]
 
 
+class Request(NamedTuple):
+    """As api.py's Request (JS.md)."""
+
+    subject: str
+    args: List[str]
+    reply: Optional[str]
+    payload: bytes
+    headers: Optional[bytes]
+
+
 class ConsumerTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.engine = FakeEngine()
@@ -156,6 +171,23 @@ class ConsumerTestCase(SynchronousTestCase):
         payload = request if isinstance(request, bytes) else json.dumps(request).encode()
         consumer.next_request(inbox, payload)
         return box
+
+    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
+        kind, handler = consumer_api.ROUTES[verb]
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
+        try:
+            answer = handler(self.engine, request)
+        except ApiError as e:
+            return {"type": kind, "error": e.as_json(), **consumer_api.ERROR_TAILS.get(verb, {})}
+        if answer is None:
+            return None
+        return {"type": kind, **answer}
+
+    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
+        assert answer is not None
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"]
 
     def ack(self, reply: Optional[str], body: bytes = b"+ACK", answer: Optional[str] = None) -> None:
         assert reply is not None
@@ -793,35 +825,8 @@ class InfoTests(ConsumerTestCase):
         self.assertEqual(info["created"], rfc3339(BASE))
 
 
-class Request(NamedTuple):
-    """As api.py's Request (JS.md)."""
-
-    subject: str
-    args: List[str]
-    reply: Optional[str]
-    payload: bytes
-    headers: Optional[bytes]
-
-
 class ApiTests(ConsumerTestCase):
     """consumer_api's handlers, answered as api.py answers them (JS.md)."""
-
-    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
-        kind, handler = consumer_api.ROUTES[verb]
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
-        try:
-            answer = handler(self.engine, request)
-        except ApiError as e:
-            return {"type": kind, "error": e.as_json(), **consumer_api.ERROR_TAILS.get(verb, {})}
-        if answer is None:
-            return None
-        return {"type": kind, **answer}
-
-    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
-        assert answer is not None
-        error = answer["error"]
-        return error["code"], error["err_code"], error["description"]
 
     def test_durable_create_as_nats_server(self) -> None:
         """The answer to a durable create, byte for byte as nats-server 2.9.10's (bar the time)."""
@@ -1366,3 +1371,35 @@ class PurgeTests(ConsumerTestCase):
             consumer.purged(seq, "orders.new")
         self.assertEqual((consumer.info()["num_ack_pending"], consumer.info()["num_pending"]), (0, 1))
         self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}, "_INBOX.2").data()[:-1], [b"m2"])
+
+
+class InterestTests(ConsumerTestCase):
+    def test_ack_by_all(self) -> None:
+        """On an interest stream a message goes once every consumer that wants it has acked it."""
+        stream = FakeStream(self.engine, "I", ("i.>",), retention="interest")
+        a = self.consumer(stream, durable_name="A", ack_policy="explicit")
+        b = self.consumer(stream, durable_name="B", ack_policy="explicit", filter_subject="i.b")
+        stream.publish("i.a", b"1")
+        stream.publish("i.b", b"2")
+        (m1, m2) = [m for m in self.pull(a, {"batch": 2}).take()]
+        self.ack(m1[1])
+        self.assertIsNone(stream.store.load(1))
+        self.ack(m2[1])
+        self.assertIsNotNone(stream.store.load(2))
+        (m2b,) = self.pull(b, {"batch": 1}, "_INBOX.2").take()
+        self.ack(m2b[1])
+        self.assertIsNone(stream.store.load(2))
+
+    def test_delete_releases(self) -> None:
+        """Deleting a consumer of an interest stream drops what only it still needed, keeps what another needs."""
+        stream = FakeStream(self.engine, "I", ("i.>",), retention="interest")
+        a = self.consumer(stream, durable_name="A", ack_policy="explicit")
+        self.consumer(stream, durable_name="B", ack_policy="explicit", filter_subject="i.b")
+        stream.publish("i.a", b"1")
+        stream.publish("i.b", b"2")
+        answer = self.request("CONSUMER.DELETE", ["I", "A"])
+        assert answer is not None
+        self.assertTrue(answer["success"])
+        self.assertTrue(a.closed)
+        self.assertIsNone(stream.store.load(1))
+        self.assertIsNotNone(stream.store.load(2))
