@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from eventsvc.nats.listener import ListenError
+from eventsvc.ops import jsz as js_ops
 from eventsvc.nats.subjects import subject_matches, valid_literal_subject
 
 
@@ -285,7 +286,7 @@ class Monitor:
             "leaf": {} if leafs is None else _leaf_varz(leafs),
             "mqtt": {},
             "websocket": {},
-            "jetstream": {},
+            "jetstream": js_ops.varz_jetstream(self.service),
             "tls_timeout": s.tls_timeout,
             "write_deadline": int(s.write_deadline * 1e9),
             "start": rfc3339(self.started),
@@ -463,6 +464,10 @@ class Monitor:
             # 100,000 of them are written a slice per reactor turn, as /connz's rows.
             subscriptions_list=Rows(page, describe) if len(page) > ROWS_PER_TURN else [describe(sub) for sub in page],
         )
+
+    def jsz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
+        """nats-server's /jsz (L{eventsvc.ops.jsz.jsz})."""
+        return js_ops.jsz(self.service, self.broker.server_id, args)
 
     def routez(self) -> dict:
         cluster = self.cluster()
@@ -721,6 +726,7 @@ class MetricsCollector:
         leafs = m.leafnodes()
         if leafs is not None:
             yield from _leaf_metrics(leafs)
+        yield from js_ops.metrics(m.service)
         events = getattr(m.service, "events", None)
         if events is None:
             return
@@ -804,6 +810,7 @@ def _leaf_metrics(leafs: Any) -> Any:
 #: after them under its path.
 _INDEX = (
     ("varz", "General"),
+    ("jsz", "JetStream"),
     ("connz", "Connections"),
     ("subsz", "Subscriptions"),
     ("routez", "Routes"),
@@ -907,6 +914,7 @@ class MonitorService(Service):
             ("gatewayz", lambda r: m.gatewayz()),
             ("leafz", lambda r: m.leafz(r.args)),
             ("eventz", lambda r: m.eventz()),
+            ("jsz", lambda r: m.jsz(r.args)),
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))
