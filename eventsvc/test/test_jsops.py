@@ -9,16 +9,19 @@ compared with what nats-server 2.9.10 answered.
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
+from twisted.internet import defer, threads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventsvc import config
 from eventsvc.app import make_service
 from eventsvc.jetstream.memstore import MemoryStore
+from eventsvc.test import process
 from eventsvc.test.test_monitor import get
 
 SECOND = 1_000_000_000
@@ -372,3 +375,271 @@ class HealthTests(SynchronousTestCase):
         mem = self.engine.streams["MEM"].store
         mem.disk_state, mem.disk_error = "read-only", None  # type: ignore[attr-defined]
         self.assertEqual(get(self.svc, "/healthz")[1]["error"], "JetStream stream MEM store read-only")
+
+
+# -- the stream and consumer commands ---------------------------------------------------
+
+#: nats-server 2.9.10's STREAM.LIST and CONSUMER.LIST items for the streams above (nats-py made them).
+REFERENCE_STREAM_INFO = json.loads("""{"config":{"name":"ORDERS","subjects":["orders.>"],"retention":"limits",
+"max_consumers":-1,"max_msgs":-1,"max_bytes":-1,"max_age":3600000000000,"max_msgs_per_subject":-1,"max_msg_size":-1,
+"discard":"old","storage":"file","num_replicas":1,"duplicate_window":60000000000,"allow_direct":false,"mirror_direct":false,
+"sealed":false,"deny_delete":false,"deny_purge":false,"allow_rollup_hdrs":false},"created":"2026-12-06T22:18:15.093431471Z",
+"state":{"messages":5,"bytes":235,"first_seq":1,"first_ts":"2026-12-06T22:18:15.09623779Z","last_seq":5,
+"last_ts":"2026-12-06T22:18:15.097672875Z","num_subjects":1,"consumer_count":2}}""")
+REFERENCE_EMPTY_STREAM_INFO = json.loads("""{"config":{"name":"MEM","subjects":["mem"],"retention":"limits",
+"max_consumers":-1,"max_msgs":-1,"max_bytes":1048576,"max_age":0,"max_msgs_per_subject":-1,"max_msg_size":-1,"discard":"old",
+"storage":"memory","num_replicas":1,"duplicate_window":120000000000,"allow_direct":true,"mirror_direct":false,"sealed":false,
+"deny_delete":true,"deny_purge":false,"allow_rollup_hdrs":true},"created":"2026-12-06T22:18:15.095690117Z",
+"state":{"messages":0,"bytes":0,"first_seq":0,"first_ts":"0001-01-01T00:00:00Z","last_seq":0,
+"last_ts":"0001-01-01T00:00:00Z","consumer_count":0}}""")
+REFERENCE_PUSH_CONSUMER = json.loads("""{"stream_name":"ORDERS","name":"push","created":"2026-12-06T22:18:15.1Z",
+"config":{"durable_name":"push","deliver_policy":"by_start_sequence","opt_start_seq":3,"ack_policy":"explicit",
+"ack_wait":30000000000,"max_deliver":5,"backoff":[1000000000,5000000000],"filter_subject":"orders.new",
+"replay_policy":"instant","max_ack_pending":1000,"deliver_subject":"dl","deliver_group":"g","flow_control":true,
+"idle_heartbeat":5000000000,"num_replicas":0},"delivered":{"consumer_seq":0,"stream_seq":0},
+"ack_floor":{"consumer_seq":0,"stream_seq":0},"num_ack_pending":0,"num_redelivered":0,"num_waiting":0,"num_pending":3,
+"push_bound":true}""")
+
+
+class CommandOutputTests(SynchronousTestCase):
+    """What the commands print for nats-server's own answers."""
+
+    def test_stream_table(self) -> None:
+        from eventsvc.cli.jetstream import stream_table
+
+        self.assertEqual(stream_table([REFERENCE_STREAM_INFO, REFERENCE_EMPTY_STREAM_INFO]), (
+            "STREAM  STORAGE  SUBJECTS  MESSAGES  BYTES  CONSUMERS  LAST MESSAGE\n"
+            "MEM     memory   mem              0    0 B          0  never\n"
+            "ORDERS  file     orders.>         5  235 B          2  2026-12-06 22:18:15 UTC\n"
+        ))
+
+    def test_stream_text(self) -> None:
+        from eventsvc.cli.jetstream import stream_text
+
+        self.assertEqual(stream_text(REFERENCE_STREAM_INFO), (
+            "Stream ORDERS, created 2026-12-06 22:18:15 UTC\n"
+            "\n"
+            "Configuration:\n"
+            "              subjects: orders.>\n"
+            "               storage: file\n"
+            "             retention: limits\n"
+            "              replicas: 1\n"
+            "               discard: old\n"
+            "      duplicate window: 1m0s\n"
+            "          max messages: unlimited\n"
+            "             max bytes: unlimited\n"
+            "               max age: 1h0m0s\n"
+            "  max msgs per subject: unlimited\n"
+            "      max message size: unlimited\n"
+            "         max consumers: unlimited\n"
+            "\n"
+            "State:\n"
+            "   messages: 5\n"
+            "      bytes: 235 B\n"
+            "      first: #1 at 2026-12-06 22:18:15 UTC\n"
+            "       last: #5 at 2026-12-06 22:18:15 UTC\n"
+            "   subjects: 1\n"
+            "    deleted: 0\n"
+            "  consumers: 2\n"
+        ))
+        text = stream_text(REFERENCE_EMPTY_STREAM_INFO)
+        self.assertIn("\n             max bytes: 1.0 MiB\n", text)
+        self.assertIn("\n               options: deny delete, rollups allowed, direct get\n", text)
+        self.assertIn("\n      first: #0 at never\n", text)
+
+    def test_consumer_table_and_text(self) -> None:
+        from eventsvc.cli.jetstream import consumer_table, consumer_text
+
+        pull = REFERENCE_JSZ["account_details"][0]["stream_detail"][0]["consumer_detail"][0]
+        self.assertEqual(consumer_table([REFERENCE_PUSH_CONSUMER, pull]), (
+            "CONSUMER  KIND          ACK       PENDING  ACK PENDING  REDELIVERED  WAITING  LAST DELIVERY\n"
+            "proc      durable pull  explicit        3            1            0        0  2026-12-06 22:13:14 UTC\n"
+            "push      durable push  explicit        3            0            0        0  never\n"
+        ))
+        self.assertEqual(consumer_text(REFERENCE_PUSH_CONSUMER), (
+            "Consumer push of stream ORDERS, created 2026-12-06 22:18:15 UTC\n"
+            "\n"
+            "Configuration:\n"
+            "             kind: durable push\n"
+            "  deliver subject: dl (group g)\n"
+            "   filter subject: orders.new\n"
+            "   deliver policy: by_start_sequence from #3\n"
+            "       ack policy: explicit\n"
+            "         ack wait: 30s\n"
+            "      max deliver: 5\n"
+            "  max ack pending: 1,000\n"
+            "    replay policy: instant\n"
+            "          backoff: 1s, 5s\n"
+            "   idle heartbeat: 5s\n"
+            "          options: flow control\n"
+            "\n"
+            "State:\n"
+            "  last delivered: consumer #0 stream #0 at never\n"
+            "       ack floor: consumer #0 stream #0 at never\n"
+            "         pending: 3\n"
+            "     ack pending: 0\n"
+            "     redelivered: 0\n"
+            "   waiting pulls: 0\n"
+        ))
+        self.assertIn("\n      max waiting: 512\n", consumer_text(pull))
+
+    def test_sizes_and_durations(self) -> None:
+        from eventsvc.cli.jetstream import duration, size
+
+        self.assertEqual([size(n) for n in (0, 1023, 1024, 1536, 5 << 20, 3 << 40)], ["0 B", "1,023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 TiB"])
+        self.assertEqual(
+            [duration(n) for n in (0, 500_000_000, 30 * SECOND, 120 * SECOND, 3600 * SECOND, 90_500_000_000)],
+            ["0s", "500ms", "30s", "2m0s", "1h0m0s", "1m30.5s"],
+        )
+
+    def test_listing_reads_every_page(self) -> None:
+        """STREAM.LIST answers 256 at a time: the command asks from each offset until it has the total."""
+        from eventsvc.cli import jetstream, wire
+
+        asked: List[Any] = []
+
+        def request(conn: Any, subject: str, payload: bytes, headers: Any = None, inbox_prefix: str = "_INBOX") -> wire.Message:
+            body = json.loads(payload) if payload else {}
+            asked.append((subject, body))
+            offset = body.get("offset", 0)
+            streams = [{"config": {"name": "S%03d" % i}} for i in range(offset, min(offset + 256, 600))]
+            answer = {"type": "io.nats.jetstream.api.v1.stream_list_response", "total": 600, "offset": offset, "limit": 256, "streams": streams}
+            return wire.Message("_INBOX.x", b"1", None, None, json.dumps(answer).encode())
+
+        self.patch(wire, "request", request)
+        items = jetstream.paged(None, "$JS.hub.API", "STREAM.LIST", "streams")  # type: ignore[arg-type]
+        self.assertEqual([i["config"]["name"] for i in items], ["S%03d" % i for i in range(600)])
+        self.assertEqual(asked, [("$JS.hub.API.STREAM.LIST", {}), ("$JS.hub.API.STREAM.LIST", {"offset": 256}),
+                                 ("$JS.hub.API.STREAM.LIST", {"offset": 512})])
+
+    def test_api_errors_and_no_responders(self) -> None:
+        from eventsvc.cli import jetstream, wire
+        from eventsvc.cli.common import Failed
+
+        answers = [
+            wire.Message("_INBOX.x", b"1", None, b"NATS/1.0 503\r\n\r\n", b""),
+            wire.Message("_INBOX.x", b"1", None, None, b'{"type":"io.nats.jetstream.api.v1.stream_info_response","error":'
+                         b'{"code":404,"err_code":10059,"description":"stream not found"},"total":0,"offset":0,"limit":0}'),
+            wire.Message("_INBOX.x", b"1", None, None, b"<html>"),
+        ]
+        self.patch(wire, "request", lambda *a, **k: answers.pop(0))
+        for message in (
+            "JetStream is not enabled on that server (no responders on $JS.API.STREAM.INFO.NOPE)",
+            "stream not found (404, err_code 10059, on $JS.API.STREAM.INFO.NOPE)",
+        ):
+            error = self.assertRaises(Failed, jetstream.ask, None, "$JS.API", "STREAM.INFO.NOPE")
+            self.assertEqual(str(error), message)
+        self.assertTrue(str(self.assertRaises(Failed, jetstream.ask, None, "$JS.API", "INFO")).startswith("the answer to $JS.API.INFO is not JSON"))
+
+
+def api(port: int, subject: str, body: Any = None) -> Dict[str, Any]:
+    """One request to a server's JetStream API (or a publish awaiting its PubAck), as a plain client sends it."""
+    from eventsvc.cli import wire
+
+    conn = wire.open_connection("127.0.0.1", port, 10, lambda: None, "localhost")  # type: ignore[arg-type, return-value]
+    try:
+        wire.login(conn, "test")
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
+        return json.loads(wire.request(conn, subject, payload).payload)
+    finally:
+        conn.close()
+
+
+def without_times(text: str) -> str:
+    import re
+
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "<time>", text)
+
+
+class CommandProcessTests(TestCase):
+    """The commands as a user runs them, against a real server."""
+
+    timeout = 90
+
+    def config_for(self, port: int) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        return process.write_config(os.path.join(directory, "patch.toml"), '[service]\nhost = "127.0.0.1"\nport = %d\n' % port)
+
+    @defer.inlineCallbacks
+    def test_jetstream_off(self) -> Any:
+        """An eventsvc without [jetstream]: one line that says so, exit 1."""
+        server = process.eventsvc(self.config_for(process.free_port()), expect=("service",))
+        port = yield process.started(self, server)
+        config = self.config_for(port)
+        for command in (["stream", "ls"], ["stream", "info", "ORDERS"], ["consumer", "ls", "ORDERS"], ["consumer", "info", "ORDERS", "c"]):
+            result = yield threads.deferToThread(process.cli, *command, "--config", config)
+            subject = "$JS.API." + {"ls": "STREAM.LIST", "info": "STREAM.INFO.ORDERS"}[command[1]] if command[0] == "stream" else (
+                "$JS.API.CONSUMER.LIST.ORDERS" if command[1] == "ls" else "$JS.API.CONSUMER.INFO.ORDERS.c")
+            self.assertEqual((result.returncode, result.stdout), (1, ""), command)
+            self.assertEqual(
+                result.stderr,
+                "eventsvc: service 127.0.0.1:{}: JetStream is not enabled on that server (no responders on {})\n".format(port, subject),
+            )
+
+    @defer.inlineCallbacks
+    def test_against_nats_server(self) -> Any:
+        """The commands speak the API as any client does: nats-server 2.9 answers them as eventsvc does."""
+        store = os.path.abspath(self.mktemp())
+        port = yield process.started(self, process.nats_server("-js", "-sd", store))
+        yield self.check_commands(port)
+
+    @defer.inlineCallbacks
+    def check_commands(self, port: int) -> Any:
+        """Two streams and two consumers made through the API, then listed and described by the commands."""
+
+        def make() -> None:
+            for name, config in (
+                ("ORDERS", {"name": "ORDERS", "subjects": ["orders.>"], "max_age": 3600 * SECOND}),
+                ("MEM", {"name": "MEM", "subjects": ["mem"], "storage": "memory", "max_bytes": 1 << 20}),
+            ):
+                self.assertNotIn("error", api(port, "$JS.API.STREAM.CREATE." + name, config))
+            for i in range(5):
+                self.assertEqual(api(port, "orders.new", b"hello %d" % i)["seq"], i + 1)
+            self.assertNotIn("error", api(port, "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.proc", {
+                "stream_name": "ORDERS", "config": {"durable_name": "proc", "ack_policy": "explicit"}}))
+            self.assertNotIn("error", api(port, "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.push", {
+                "stream_name": "ORDERS", "config": {"durable_name": "push", "ack_policy": "explicit", "deliver_subject": "dl"}}))
+
+        yield threads.deferToThread(make)
+        config = self.config_for(port)
+        run = lambda *args: threads.deferToThread(process.cli, *args, "--config", config)  # noqa: E731
+        ls = yield run("stream", "ls")
+        self.assertEqual((ls.returncode, ls.stderr), (0, ""))
+        self.assertEqual(without_times(ls.stdout), (
+            "STREAM  STORAGE  SUBJECTS  MESSAGES  BYTES  CONSUMERS  LAST MESSAGE\n"
+            "MEM     memory   mem              0    0 B          0  never\n"
+            # (5 messages of 47 bytes as the file store counts them: 22 + subject + payload + 8)
+            "ORDERS  file     orders.>         5  235 B          2  <time>\n"
+        ))
+        info = yield run("stream", "info", "ORDERS")
+        self.assertEqual(info.returncode, 0, info.stderr)
+        self.assertIn("\n               max age: 1h0m0s\n", info.stdout)
+        self.assertIn("\n   messages: 5\n", info.stdout)
+        self.assertIn("\n  consumers: 2\n", info.stdout)
+        listed = yield run("stream", "ls", "--json")
+        self.assertEqual([json.loads(line)["config"]["name"] for line in listed.stdout.splitlines()], ["MEM", "ORDERS"])
+        as_json = yield run("stream", "info", "--json", "MEM")
+        self.assertEqual(json.loads(as_json.stdout)["config"]["max_bytes"], 1 << 20)
+        consumers = yield run("consumer", "ls", "ORDERS")
+        self.assertEqual(without_times(consumers.stdout), (
+            "CONSUMER  KIND          ACK       PENDING  ACK PENDING  REDELIVERED  WAITING  LAST DELIVERY\n"
+            "proc      durable pull  explicit        5            0            0        0  never\n"
+            "push      durable push  explicit        5            0            0        0  never\n"
+        ))
+        lines = yield run("consumer", "ls", "--json", "ORDERS")
+        self.assertEqual([json.loads(line)["name"] for line in lines.stdout.splitlines()], ["proc", "push"])
+        consumer = yield run("consumer", "info", "ORDERS", "proc")
+        self.assertTrue(consumer.stdout.startswith("Consumer proc of stream ORDERS, created "), consumer.stdout)
+        self.assertIn("\n         pending: 5\n", consumer.stdout)
+        for args, error in (
+            (("stream", "info", "NOPE"), "stream not found (404, err_code 10059, on $JS.API.STREAM.INFO.NOPE)"),
+            (("consumer", "ls", "NOPE"), "stream not found (404, err_code 10059, on $JS.API.CONSUMER.LIST.NOPE)"),
+            (("consumer", "info", "ORDERS", "nope"), "consumer not found (404, err_code 10014, on $JS.API.CONSUMER.INFO.ORDERS.nope)"),
+            (("stream", "ls", "--domain", "elsewhere"),
+             "JetStream is not enabled on that server (no responders on $JS.elsewhere.API.STREAM.LIST)"),
+        ):
+            result = yield run(*args)
+            self.assertEqual((result.returncode, result.stderr), (1, "eventsvc: service 127.0.0.1:{}: {}\n".format(port, error)), args)
+        bad = yield run("stream", "info", "A.B")
+        self.assertEqual((bad.returncode, bad.stderr), (2, "eventsvc: 'A.B' is not a stream name (no spaces, '.', '*' or '>')\n"))
