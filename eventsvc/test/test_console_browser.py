@@ -265,6 +265,10 @@ class ConsoleInBrowserTests(TestCase):
             browser.evaluate("document.getElementById('tail-subject').value = 'console.>'; document.getElementById('tail-start').click(); 1")
             browser.wait_for("document.getElementById('tail-status').textContent === 'Watching console.>.'")
             self.assertEqual(browser.evaluate("document.getElementById('events-accepted').textContent"), "0")
+            # Without [jetstream], its section says so and lists nothing.
+            browser.wait_for("document.getElementById('jetstream').dataset.state === 'off'")
+            self.assertEqual(browser.text("#js-summary"), "JetStream is off on this server (no [jetstream] section).")
+            self.assertEqual(browser.evaluate("getComputedStyle(document.getElementById('js-streams')).display"), "none")
 
         await threads.deferToThread(open_console)
 
