@@ -25,7 +25,7 @@ ACCOUNT = "$G"
 #: reserving uint64(-1) (its limits are -1, cast); /jsz readers expect it.
 UNLIMITED_RESERVATION = 2**64 - 1
 
-#: The states a store's C{disk_state} takes (the spool's words): only "ok" writes.
+#: A store's C{health} when it writes.
 STORE_OK = "ok"
 
 
@@ -217,23 +217,34 @@ def stream_detail(stream: Any, state: StoreState, leader: str, options: JszOptio
     return out
 
 
+def _health(store: Any) -> str:
+    """
+    A store's C{health}: "ok", "full" (no space, or over quota) or
+    "unavailable" (any other write failure), as the file stores say; a store
+    that does not say (memory) is always "ok".
+    """
+    return str(getattr(store, "health", STORE_OK))
+
+
 def store_trouble(service: Any) -> Optional[str]:
     """
-    Why a JetStream store cannot take messages now (full, read-only or
-    failing), as one line naming the stream, or None when every one can.
-    A store says so by its C{disk_state} ("ok", "full" or "read-only", the
-    spool's words) and C{disk_error}; a store without them (memory) is
-    always writable.
+    Why JetStream stores cannot write now (full, or failing), as one line
+    naming each stream or consumer with its store's C{error}, or None when
+    every one can.  A stream's refuses new messages then; a consumer's
+    keeps its acks and deliveries in memory until it can write them.
     """
     engine = engine_of(service)
     if engine is None:
         return None
     troubles = []
     for stream in streams_of(engine):
-        state = getattr(stream.store, "disk_state", STORE_OK)
-        if state != STORE_OK:
-            error = getattr(stream.store, "disk_error", None)
-            troubles.append("JetStream stream {} store {}{}".format(stream.name, state, ": " + str(error) if error else ""))
+        stores = [("stream " + stream.name, stream.store)]
+        stores += [("consumer {} > {}".format(stream.name, c.name), getattr(c, "store", None)) for c in consumers_of(stream)]
+        for what, store in stores:
+            health = _health(store)
+            if health != STORE_OK:
+                error = getattr(store, "error", None)
+                troubles.append("JetStream {} store {}{}".format(what, health, ": " + str(error) if error else ""))
     return "; ".join(troubles) or None
 
 
@@ -287,7 +298,7 @@ def metrics(service: Any) -> Iterable[Any]:
         for key, value in (
             ("messages", state.msgs), ("bytes", state.bytes), ("first_seq", state.first_seq), ("last_seq", state.last_seq),
             ("consumers", len(stream.consumers)),
-            ("writable", int(getattr(stream.store, "disk_state", STORE_OK) == STORE_OK)),
+            ("writable", int(_health(stream.store) == STORE_OK)),
         ):
             per_stream[key].add_metric(stream_labels, value)
         for consumer in consumers_of(stream):

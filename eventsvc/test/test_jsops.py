@@ -357,24 +357,26 @@ class HealthTests(SynchronousTestCase):
         self.engine = self.svc.jetstream = FakeEngine()
         orders_and_mem(self.engine)
 
-    def test_full_and_read_only_stores(self) -> None:
+    def test_full_and_failing_stores(self) -> None:
         self.assertEqual(get(self.svc, "/healthz"), (200, {"status": "ok"}))
         orders = self.engine.streams["ORDERS"].store
-        orders.disk_state, orders.disk_error = "full", "no space left on device in /var/lib/eventsvc/jetstream"  # type: ignore[attr-defined]
-        self.assertEqual(get(self.svc, "/healthz"), (503, {
-            "status": "unavailable",
-            "error": "JetStream stream ORDERS store full: no space left on device in /var/lib/eventsvc/jetstream",
-        }))
+        orders.health, orders.error = "full", "no space left on device in /var/lib/eventsvc/jetstream"  # type: ignore[attr-defined]
+        full = "JetStream stream ORDERS store full: no space left on device in /var/lib/eventsvc/jetstream"
+        self.assertEqual(get(self.svc, "/healthz"), (503, {"status": "unavailable", "error": full}))
         self.assertIn('\neventsvc_jetstream_stream_writable{storage="file",stream="ORDERS"} 0.0\n', get(self.svc, "/metrics")[1])
+        # The health question over NATS (eventsvc health-check) says the same.
         answers: List[bytes] = []
         self.svc.broker.subscribe("answer", lambda subject, reply, payload, headers: answers.append(payload))
         self.svc.broker.publish(self.svc.health_subject(), b"", reply="answer")
-        self.assertEqual(json.loads(answers[0])["error"], "JetStream stream ORDERS store full: no space left on device in /var/lib/eventsvc/jetstream")
-        orders.disk_state = "ok"  # type: ignore[attr-defined]
+        self.assertEqual(json.loads(answers[0]), {"status": "unavailable", "error": full})
+        # A consumer's store too, each named.
+        proc = self.engine.streams["ORDERS"].consumers["proc"]
+        proc.store = SimpleNamespace(health="unavailable", error="input/output error in /var/lib/eventsvc/jetstream")  # type: ignore[attr-defined]
+        self.assertEqual(get(self.svc, "/healthz")[1]["error"], full + "; JetStream consumer ORDERS > proc store unavailable: "
+                         "input/output error in /var/lib/eventsvc/jetstream")
+        orders.health = proc.store.health = "ok"  # type: ignore[attr-defined]
         self.assertEqual(get(self.svc, "/healthz"), (200, {"status": "ok"}))
-        mem = self.engine.streams["MEM"].store
-        mem.disk_state, mem.disk_error = "read-only", None  # type: ignore[attr-defined]
-        self.assertEqual(get(self.svc, "/healthz")[1]["error"], "JetStream stream MEM store read-only")
+        self.assertIn('\neventsvc_jetstream_stream_writable{storage="file",stream="ORDERS"} 1.0\n', get(self.svc, "/metrics")[1])
 
 
 # -- the stream and consumer commands ---------------------------------------------------
