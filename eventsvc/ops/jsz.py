@@ -5,18 +5,17 @@ object of /varz, the Prometheus series per stream and per consumer, and
 what /healthz says of a store that cannot write.
 
 Everything is read from the running engine when a page is asked for
-(C{engine.streams}, each stream's C{store.state()} and each consumer's
-C{info()}); nothing here adds work to the message path, and nothing here
+(C{engine.streams}, each stream's C{store.state()} and C{info()}, and
+each consumer's C{info()}); nothing here adds work to the message path, and nothing here
 changes a stream.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from eventsvc.jetstream.store import StoreState
-from eventsvc.jetstream.wire import rfc3339 as rfc3339_ns
+from eventsvc.jetstream.wire import now_ns, rfc3339 as rfc3339_ns
 
 #: The one account there is (nats-server's global account).
 ACCOUNT = "$G"
@@ -102,24 +101,6 @@ def stats_json(engine: Any, memory: int, storage: int, reserved: int = 0, accoun
     }
 
 
-def state_json(state: StoreState, consumers: int) -> Dict[str, Any]:
-    """A stream's C{StreamState} as STREAM.INFO and /jsz write it (its omitempty fields left out when empty)."""
-    out: Dict[str, Any] = {
-        "messages": state.msgs,
-        "bytes": state.bytes,
-        "first_seq": state.first_seq,
-        "first_ts": rfc3339_ns(state.first_ts),
-        "last_seq": state.last_seq,
-        "last_ts": rfc3339_ns(state.last_ts),
-    }
-    if state.num_subjects:
-        out["num_subjects"] = state.num_subjects
-    if state.num_deleted:
-        out["num_deleted"] = state.num_deleted
-    out["consumer_count"] = consumers
-    return out
-
-
 def varz_jetstream(service: Any) -> Dict[str, Any]:
     """/varz's C{jetstream}: C{{}} when off, as nats-server; else its config and stats."""
     engine = engine_of(service)
@@ -162,7 +143,7 @@ def jsz(service: Any, server_id: str, args: Dict[bytes, List[bytes]]) -> "Dict[s
         options = JszOptions(args)
     except ValueError as e:
         return 400, str(e)
-    out: Dict[str, Any] = {"server_id": server_id, "now": rfc3339_ns(time.time_ns())}
+    out: Dict[str, Any] = {"server_id": server_id, "now": rfc3339_ns(now_ns())}
     engine = engine_of(service)
     if engine is None:
         out.update(disabled=True, config={"max_memory": 0, "max_storage": 0})
@@ -189,30 +170,34 @@ def jsz(service: Any, server_id: str, args: Dict[bytes, List[bytes]]) -> "Dict[s
         account: Dict[str, Any] = dict({"name": ACCOUNT, "id": ACCOUNT}, **detail)
         if options.streams:
             account["stream_detail"] = [
-                stream_detail(stream, states[stream.name], server_id, options) for stream in streams
+                stream_detail(stream, server_id, options) for stream in streams
             ]
         out["account_details"] = [account]
     return out
 
 
-def stream_detail(stream: Any, state: StoreState, leader: str, options: JszOptions) -> Dict[str, Any]:
-    """nats-server's C{StreamDetail} of one stream."""
+def stream_detail(stream: Any, leader: str, options: JszOptions) -> Dict[str, Any]:
+    """
+    nats-server's C{StreamDetail} of one stream: its config and state as
+    STREAM.INFO gives them (C{stream.info()}), and its consumers' info.
+    """
+    info = stream.info(domain=False)
     out: Dict[str, Any] = {
         "name": stream.name,
-        "created": rfc3339_ns(stream.created),
+        "created": info["created"],
         # (one node: it leads every stream)
         "cluster": {"leader": leader},
     }
     if options.config:
-        out["config"] = stream.config
-    out["state"] = state_json(state, len(stream.consumers))
+        out["config"] = info["config"]
+    out["state"] = info["state"]
     if options.consumers and stream.consumers:
         infos = []
         for consumer in consumers_of(stream):
-            info = dict(consumer.info())
+            consumer_info = dict(consumer.info())
             if not options.config:
-                info.pop("config", None)
-            infos.append(info)
+                consumer_info.pop("config", None)
+            infos.append(consumer_info)
         out["consumer_detail"] = infos
     return out
 

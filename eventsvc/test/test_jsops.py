@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from eventsvc import config
 from eventsvc.app import make_service
 from eventsvc.jetstream.memstore import MemoryStore
+from eventsvc.jetstream.wire import rfc3339
 from eventsvc.test import process
 from eventsvc.test.test_monitor import get
 
@@ -118,7 +119,7 @@ class FakeConsumer:
 
 
 class FakeStream:
-    """A stream as JS.md gives it: name, config, created, store, consumers."""
+    """A stream as JS.md gives it: name, config, created, store, consumers, and its StreamInfo."""
 
     def __init__(self, name: str, config: Dict[str, Any], created: int) -> None:
         self.name = name
@@ -126,6 +127,17 @@ class FakeStream:
         self.created = created
         self.store = MemoryStore()
         self.consumers: Dict[str, FakeConsumer] = {}
+
+    def info(self, domain: bool = True) -> Dict[str, Any]:
+        state = self.store.state()
+        state_json: Dict[str, Any] = {
+            "messages": state.msgs, "bytes": state.bytes, "first_seq": state.first_seq, "first_ts": rfc3339(state.first_ts),
+            "last_seq": state.last_seq, "last_ts": rfc3339(state.last_ts),
+        }
+        if state.num_subjects:
+            state_json["num_subjects"] = state.num_subjects
+        state_json["consumer_count"] = len(self.consumers)
+        return {"config": self.config, "created": rfc3339(self.created), "state": state_json}
 
 
 class FakeEngine:
@@ -645,3 +657,4 @@ class CommandProcessTests(TestCase):
             self.assertEqual((result.returncode, result.stderr), (1, "eventsvc: service 127.0.0.1:{}: {}\n".format(port, error)), args)
         bad = yield run("stream", "info", "A.B")
         self.assertEqual((bad.returncode, bad.stderr), (2, "eventsvc: 'A.B' is not a stream name (no spaces, '.', '*' or '>')\n"))
+
