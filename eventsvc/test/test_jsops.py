@@ -599,6 +599,15 @@ class CommandProcessTests(TestCase):
         yield self.check_commands(port)
 
     @defer.inlineCallbacks
+    def test_against_eventsvc(self) -> Any:
+        """The same commands, the same answers, against eventsvc with [jetstream]."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        config = process.write_config(os.path.join(folder, "patch.toml"), '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[jetstream]\n')
+        port = yield process.started(self, process.eventsvc(config, expect=("service",)))
+        yield self.check_commands(port)
+
+    @defer.inlineCallbacks
     def check_commands(self, port: int) -> Any:
         """Two streams and two consumers made through the API, then listed and described by the commands."""
 
@@ -620,12 +629,14 @@ class CommandProcessTests(TestCase):
         run = lambda *args: threads.deferToThread(process.cli, *args, "--config", config)  # noqa: E731
         ls = yield run("stream", "ls")
         self.assertEqual((ls.returncode, ls.stderr), (0, ""))
+        # (5 messages of 47 bytes as nats-server's file store counts them, 22 + subject + payload + 8;
+        # what the server says, whatever its store counts)
+        stored = yield threads.deferToThread(api, port, "$JS.API.STREAM.INFO.ORDERS")
         self.assertEqual(without_times(ls.stdout), (
             "STREAM  STORAGE  SUBJECTS  MESSAGES  BYTES  CONSUMERS  LAST MESSAGE\n"
             "MEM     memory   mem              0    0 B          0  never\n"
-            # (5 messages of 47 bytes as the file store counts them: 22 + subject + payload + 8)
-            "ORDERS  file     orders.>         5  235 B          2  <time>\n"
-        ))
+            "ORDERS  file     orders.>         5  {:3d} B          2  <time>\n"
+        ).format(stored["state"]["bytes"]))
         info = yield run("stream", "info", "ORDERS")
         self.assertEqual(info.returncode, 0, info.stderr)
         self.assertIn("\n               max age: 1h0m0s\n", info.stdout)
@@ -657,4 +668,95 @@ class CommandProcessTests(TestCase):
             self.assertEqual((result.returncode, result.stderr), (1, "eventsvc: service 127.0.0.1:{}: {}\n".format(port, error)), args)
         bad = yield run("stream", "info", "A.B")
         self.assertEqual((bad.returncode, bad.stderr), (2, "eventsvc: 'A.B' is not a stream name (no spaces, '.', '*' or '>')\n"))
+
+
+def make_orders_and_mem(port: int) -> None:
+    """
+    Through the API, as a client: ORDERS (file) with 5 messages and a durable
+    pull consumer given 2 and acked 1, MEM (memory) with 1 message.
+    """
+    from eventsvc.cli import wire
+
+    for name, stream_config in (
+        ("ORDERS", {"name": "ORDERS", "subjects": ["orders.>"]}),
+        ("MEM", {"name": "MEM", "subjects": ["mem"], "storage": "memory"}),
+    ):
+        answer = api(port, "$JS.API.STREAM.CREATE." + name, stream_config)
+        assert "error" not in answer, answer
+    for i in range(5):
+        assert api(port, "orders.new", b"hello %d" % i)["seq"] == i + 1
+    assert api(port, "mem", b"x")["seq"] == 1
+    answer = api(port, "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.proc", {
+        "stream_name": "ORDERS", "config": {"durable_name": "proc", "ack_policy": "explicit"}})
+    assert "error" not in answer, answer
+    conn = wire.open_connection("127.0.0.1", port, 10, lambda: None, "localhost")  # type: ignore[arg-type, return-value]
+    try:
+        wire.login(conn, "test")
+        conn.send(b"SUB _INBOX.pull 1\r\nPUB $JS.API.CONSUMER.MSG.NEXT.ORDERS.proc _INBOX.pull 11\r\n{\"batch\":2}\r\n")
+        first, second = conn.next_message(), conn.next_message()
+        assert (first.payload, second.payload) == (b"hello 0", b"hello 1"), (first, second)
+        assert first.reply is not None
+        # The ack with a reply: answered once it is kept.
+        wire.request(conn, first.reply, b"+ACK")
+    finally:
+        conn.close()
+
+
+def http_json(port: int, path: str) -> Any:
+    from urllib.request import urlopen
+
+    with urlopen("http://127.0.0.1:{}{}".format(port, path), timeout=10) as response:
+        return json.loads(response.read())
+
+
+class AgainstNatsServerTests(TestCase):
+    """The same streams and consumer in nats-server -js and in eventsvc: /jsz and /varz's jetstream alike."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_jsz_and_varz_as_nats_server(self) -> Any:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        reference_monitor = process.free_port()
+        reference = yield process.started(self, process.nats_server("-js", "-sd", os.path.join(folder, "ref"), "-m", str(reference_monitor)))
+        monitor = process.free_port()
+        ours = process.eventsvc(process.write_config(os.path.join(folder, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = %d\n[jetstream]\n'
+        ) % monitor), expect=("service",))
+        port = yield process.started(self, ours)
+
+        def both() -> Any:
+            pages = []
+            for nats_port, http_port in ((reference, reference_monitor), (port, monitor)):
+                make_orders_and_mem(nats_port)
+                pages.append((http_json(http_port, "/jsz?consumers=1&config=1"), http_json(http_port, "/varz")["jetstream"],
+                              http_json(http_port, "/jsz")))
+            return pages
+
+        (theirs, their_varz, their_totals), (mine, my_varz, my_totals) = yield threads.deferToThread(both)
+        by_name = lambda jsz: {d["name"]: d for d in jsz["account_details"][0]["stream_detail"]}  # noqa: E731
+        self.assertEqual(sorted(by_name(mine)), ["MEM", "ORDERS"])
+        for name in ("MEM", "ORDERS"):
+            self.assertEqual(shape(by_name(mine)[name]), shape(by_name(theirs)[name]), name)
+            self.assertEqual(by_name(mine)[name]["config"], by_name(theirs)[name]["config"], name)
+            state, their_state = (dict(by_name(j)[name]["state"]) for j in (mine, theirs))
+            for key in ("first_ts", "last_ts", "bytes"):
+                state.pop(key), their_state.pop(key)
+            self.assertEqual(state, their_state, name)
+        consumer, their_consumer = (by_name(j)["ORDERS"]["consumer_detail"][0] for j in (mine, theirs))
+        self.assertEqual(shape(consumer), shape(their_consumer))
+        for key in ("config", "num_ack_pending", "num_redelivered", "num_waiting", "num_pending"):
+            self.assertEqual(consumer[key], their_consumer[key], key)
+        for key in ("consumer_seq", "stream_seq"):
+            self.assertEqual((consumer["delivered"][key], consumer["ack_floor"][key]),
+                             (their_consumer["delivered"][key], their_consumer["ack_floor"][key]), key)
+        self.assertEqual(shape(dict(mine, account_details=[])), shape(dict(theirs, account_details=[])))
+        self.assertEqual(shape(my_totals), shape(their_totals))
+        for key in ("streams", "consumers", "messages", "accounts", "ha_assets", "reserved_memory", "reserved_storage"):
+            self.assertEqual(my_totals[key], their_totals[key], key)
+        self.assertEqual(shape(my_varz), shape(their_varz))
+        self.assertEqual(my_varz["stats"]["memory"], my_totals["memory"])
+        # (API counts: nats-server counted 5 requests, its consumer info included; the same here)
+        self.assertEqual(my_totals["api"], their_totals["api"])
 
