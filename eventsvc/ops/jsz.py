@@ -168,7 +168,8 @@ def jsz(service: Any, server_id: str, args: Dict[bytes, List[bytes]]) -> "Dict[s
     if listed:
         detail = stats_json(engine, memory, storage, reserved=UNLIMITED_RESERVATION, accounts=0)
         account: Dict[str, Any] = dict({"name": ACCOUNT, "id": ACCOUNT}, **detail)
-        if options.streams:
+        if options.streams and streams:
+            # (omitted when empty, as nats-server's omitempty does)
             account["stream_detail"] = [
                 stream_detail(stream, server_id, options) for stream in streams
             ]

@@ -391,6 +391,58 @@ class HealthTests(SynchronousTestCase):
         self.assertIn('\neventsvc_jetstream_stream_writable{storage="file",stream="ORDERS"} 1.0\n', get(self.svc, "/metrics")[1])
 
 
+class RealEngineTests(SynchronousTestCase):
+    """The same pages over the real engine in memory: streams and a consumer made through the in-process API."""
+
+    def setUp(self) -> None:
+        store = os.path.abspath(self.mktemp())
+        self.svc = make_service(config.parse(
+            '[service]\nport = 0\n[monitor]\nenabled = true\nport = 0\n[jetstream]\nstore_dir = "%s"\n' % store), MemoryReactorClock())
+        self.svc.startService()
+        self.addCleanup(self.svc.stopService)
+        self.answers: List[bytes] = []
+        self.svc.broker.subscribe("_INBOX.test.>", lambda subject, reply, payload, headers: self.answers.append(payload))
+
+    def request(self, subject: str, body: Any = b"") -> Any:
+        self.svc.broker.publish(subject, body if isinstance(body, bytes) else json.dumps(body).encode(), reply="_INBOX.test.1")
+        return json.loads(self.answers.pop())
+
+    def test_pages_follow_the_engine(self) -> None:
+        self.assertNotIn("error", self.request("$JS.API.STREAM.CREATE.EVENTS", {"name": "EVENTS", "subjects": ["ev.>"], "storage": "memory"}))
+        for i in range(3):
+            self.assertEqual(self.request("ev.a", b"event %d" % i)["seq"], i + 1)
+        self.assertNotIn("error", self.request("$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.worker", {
+            "stream_name": "EVENTS", "config": {"durable_name": "worker", "ack_policy": "explicit"}}))
+        # One message pulled and not acked.
+        self.svc.broker.publish("$JS.API.CONSUMER.MSG.NEXT.EVENTS.worker", b'{"batch":1}', reply="_INBOX.test.pull")
+        self.assertEqual(self.answers.pop(), b"event 0")
+        _, body = get(self.svc, "/jsz?consumers=1")
+        self.assertEqual((body["streams"], body["consumers"], body["messages"], body["memory"], body["storage"]), (1, 1, 3, 3 * 27, 0))
+        (detail,) = body["account_details"][0]["stream_detail"]
+        self.assertEqual((detail["name"], detail["state"]["messages"], detail["state"]["consumer_count"]), ("EVENTS", 3, 1))
+        self.assertNotIn("config", detail)
+        (consumer,) = detail["consumer_detail"]
+        self.assertEqual(
+            (consumer["name"], consumer["num_pending"], consumer["num_ack_pending"], consumer["delivered"]["stream_seq"]), ("worker", 2, 1, 1),
+        )
+        self.assertNotIn("config", consumer)
+        self.assertEqual(get(self.svc, "/jsz?consumers=1&config=1")[1]["account_details"][0]["stream_detail"][0]["config"]["storage"], "memory")
+        _, text = get(self.svc, "/metrics")
+        for line in (
+            'eventsvc_jetstream_stream_messages{storage="memory",stream="EVENTS"} 3.0',
+            'eventsvc_jetstream_consumer_num_pending{consumer="worker",stream="EVENTS"} 2.0',
+            'eventsvc_jetstream_consumer_num_ack_pending{consumer="worker",stream="EVENTS"} 1.0',
+            "eventsvc_jetstream_api_requests_total {}.0".format(self.svc.jetstream.api_total),
+        ):
+            self.assertIn("\n" + line + "\n", text, line)
+        self.assertEqual(get(self.svc, "/varz")[1]["jetstream"]["stats"]["memory"], 3 * 27)
+        self.assertEqual(get(self.svc, "/healthz"), (200, {"status": "ok"}))
+        # Deleted: gone from every page.
+        self.assertEqual(self.request("$JS.API.STREAM.DELETE.EVENTS")["success"], True)
+        self.assertNotIn("stream_detail", get(self.svc, "/jsz?streams=1")[1]["account_details"][0])
+        self.assertNotIn('stream="EVENTS"', get(self.svc, "/metrics")[1])
+
+
 # -- the stream and consumer commands ---------------------------------------------------
 
 #: nats-server 2.9.10's STREAM.LIST and CONSUMER.LIST items for the streams above (nats-py made them).
