@@ -292,6 +292,37 @@ class JszTests(SynchronousTestCase):
             body = monitor.site.resource.children[b"jsz"].render_GET(request)
             self.assertEqual((request.responseCode, body.decode()), (400, message))
 
+    def test_many_streams_in_slices(self) -> None:
+        """Hundreds of streams in detail are written a slice per reactor turn, and the answer is whole and in order."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from eventsvc.ops.jsz import DETAILS_PER_TURN
+
+        engine = self.on()
+        # Each with a consumer: DETAILS_PER_TURN / 2 streams a turn.
+        count = DETAILS_PER_TURN + 3
+        info = REFERENCE_JSZ["account_details"][0]["stream_detail"][0]["consumer_detail"][0]
+        for i in range(count):
+            stream = engine.add("S%04d" % i, "memory", ["s%d" % i], [b"x"], T0)
+            stream.consumers["c"] = FakeConsumer("c", dict(info, stream_name=stream.name, name="c"))
+        monitor = self.svc.getServiceNamed("monitor")
+        request = DummyRequest([b""])
+        request.args = {b"consumers": [b"1"], b"config": [b"1"]}
+        monitor.site.resource.children[b"jsz"].render_GET(request)
+        # The head and the first 50 now, then 50 and 3 in later turns.
+        self.assertFalse(request.finished)
+        self.assertEqual(len(request.written), 2)
+        while not request.finished:
+            monitor.monitor.clock.advance(0)
+        self.assertEqual(len(request.written), 5)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual(body["streams"], count)
+        details = body["account_details"][0]["stream_detail"]
+        self.assertEqual([d["name"] for d in details], ["S%04d" % i for i in range(count)])
+        self.assertEqual(details[-1]["config"]["name"], "S%04d" % (count - 1))
+        self.assertEqual(details[-1]["consumer_detail"][0]["stream_name"], "S%04d" % (count - 1))
+        self.assertEqual(body["account_details"][0]["api"], {"total": 0, "errors": 0})
+
     def test_varz_jetstream(self) -> None:
         """/varz's jetstream: nats-server's config and stats objects."""
         engine = self.on(FakeEngine(store_dir=None))
