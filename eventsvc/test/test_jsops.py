@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
@@ -808,6 +809,7 @@ class AgainstNatsServerTests(TestCase):
             '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = %d\n[jetstream]\n'
         ) % monitor), expect=("service",))
         port = yield process.started(self, ours)
+        yield threads.deferToThread(ours.wait_output, "monitor listening for HTTP")
 
         def both() -> Any:
             pages = []
@@ -843,3 +845,81 @@ class AgainstNatsServerTests(TestCase):
         # (API counts: nats-server counted 5 requests, its consumer info included; the same here)
         self.assertEqual(my_totals["api"], their_totals["api"])
 
+
+
+class FullDiskTests(TestCase):
+    """
+    A real eventsvc whose store_dir is a 20 MiB tmpfs (needs root to mount
+    it, as CI has): more than two of the file store's 8 MiB segments, so
+    that a purge frees whole ones.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_healthz_says_the_store_is_full_until_there_is_room(self) -> Any:
+        import subprocess
+
+        from twisted.trial.unittest import SkipTest
+
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a tmpfs needs root (CI runs these tests as root)")
+        folder = os.path.abspath(self.mktemp())
+        store = os.path.join(folder, "js")
+        os.makedirs(store)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", store], capture_output=True, text=True)
+        if mounted.returncode:
+            raise SkipTest("cannot mount a tmpfs here: " + mounted.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", store])
+        monitor = process.free_port()
+        config = process.write_config(os.path.join(folder, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = %d\n'
+            '[jetstream]\nstore_dir = "js"\nmax_file_store = "1G"\n'
+        ) % monitor)
+        server = process.eventsvc(config, expect=("service",))
+        port = yield process.started(self, server)
+        yield threads.deferToThread(server.wait_output, "monitor listening for HTTP")
+
+        def fill() -> Any:
+            from urllib.error import HTTPError
+            from urllib.request import urlopen
+
+            def healthz() -> Any:
+                try:
+                    with urlopen("http://127.0.0.1:%d/healthz" % monitor, timeout=10) as response:
+                        return response.status, json.loads(response.read())
+                except HTTPError as e:
+                    return e.code, json.loads(e.read())
+
+            before = healthz()
+            self.assertNotIn("error", api(port, "$JS.API.STREAM.CREATE.ORDERS", {"name": "ORDERS", "subjects": ["orders.>"]}))
+            refused = None
+            for i in range(1000):
+                try:
+                    answer = api(port, "orders.new", b"%04d" % i + b"x" * (64 * 1024))
+                except OSError:
+                    # (the publish whose write failed is not acknowledged, and
+                    # not answered either: the stream gives when_durable no errback)
+                    continue
+                if "error" in answer:
+                    refused = answer
+                    break
+            full = healthz()
+            metrics = urlopen("http://127.0.0.1:%d/metrics" % monitor, timeout=10).read().decode()
+            # A purge makes room; within the store's retry (a second) it writes again.
+            purged = api(port, "$JS.API.STREAM.PURGE.ORDERS")
+            deadline = time.monotonic() + 20
+            while healthz()[0] != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return before, refused, full, metrics, purged, healthz(), api(port, "orders.new", b"after")
+
+        before, refused, full, metrics, purged, after, accepted = yield threads.deferToThread(fill)
+        self.assertEqual(before, (200, {"status": "ok"}))
+        self.assertEqual(refused and refused["error"], {"code": 503, "err_code": 10023, "description": "insufficient resources"})
+        self.assertEqual(full[0], 503)
+        self.assertEqual(full[1]["status"], "unavailable")
+        self.assertTrue(full[1]["error"].startswith("JetStream stream ORDERS store full: no space left on device in " + store), full)
+        self.assertIn('\neventsvc_jetstream_stream_writable{storage="file",stream="ORDERS"} 0.0\n', metrics)
+        self.assertTrue(purged["success"], purged)
+        self.assertEqual(after, (200, {"status": "ok"}))
+        self.assertNotIn("error", accepted)
