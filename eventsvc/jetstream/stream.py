@@ -732,34 +732,14 @@ class Stream:
     def detach(self, name: str) -> None:
         """
         Forget a consumer (its C{delete} removed its store; its folder goes
-        here).  On an interest stream, what no remaining consumer needs
-        goes too (nats-server's cleanupNoInterestMessages).
+        here).  On an interest stream the consumer has already let go of
+        what only it needed (its C{release_interest}).
         """
         if self.consumers.pop(name, None) is None or self._closed:
             return
         directory = self.consumer_directory(name)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-        if self.config["retention"] == "interest":
-            self._drop_unwanted()
-
-    def _drop_unwanted(self) -> None:
-        if not self.consumers:
-            self._purge(None, 0, 0)
-            return
-        unwanted = []
-        message = self.store.load_next(self.store.state().first_seq)
-        while message is not None:
-            if not any(c.needs(message.seq, message.subject) for c in self.consumers.values()):
-                unwanted.append(message.seq)
-            message = self.store.load_next(message.seq + 1)
-        for seq in unwanted:
-            self.store.remove(seq)
-        if unwanted:
-            self.account()
-            for consumer in list(self.consumers.values()):
-                consumer.purged()
-            self._schedule_expiry()
 
     def ack_message(self, seq: int) -> None:
         """A consumer acknowledged C{seq}: workqueue removes it, interest when no one else needs it."""

@@ -293,20 +293,6 @@ class RetentionTests(TestCase):
         state = s.store.state()
         self.assertEqual((state.msgs, state.last_seq), (1, 3))
 
-    def test_interest_drops_what_no_remaining_consumer_needs(self) -> None:
-        s = self.h.create(name="S", subjects=["s.>"], retention="interest")
-        one, two = FakeConsumer("one"), FakeConsumer("two")
-        s.attach(one)
-        s.attach(two)
-        for _ in range(3):
-            self.h.ack("s.a")
-        one.acked.update({1, 2})
-        s.detach("two")
-        self.assertEqual([m is not None for m in map(s.store.load, (1, 2, 3))], [False, False, True])
-        self.assertEqual(one.calls[-1], ("purged",))
-        s.detach("one")
-        self.assertEqual(s.store.state().msgs, 0)
-
     def test_limits_keeps_acked(self) -> None:
         s = self.h.create(name="S", subjects=["s.>"])
         self.h.ack("s.a")
