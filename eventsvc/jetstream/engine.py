@@ -314,6 +314,12 @@ class JetStream:
         wildcard in it) gets nothing: the request was done all the same,
         and the store calling back with a PubAck must not see an error.
         """
+        if headers is None:
+            # As the event service's acks: a reply inbox is used once, so
+            # its delivery plan is not cached (where it would push out
+            # the plans of busy subjects); an invalid one is skipped.
+            self.broker.publish_many([(reply, payload)])
+            return
         try:
             self.broker.publish(reply, payload, headers=headers)
         except ValueError:
