@@ -302,6 +302,11 @@ class JetStream:
         """Bytes the streams of C{storage} ("memory" or "file") hold."""
         return self._usage.get(storage, 0)
 
+    def near_limit(self, storage: str, room: int) -> bool:
+        """Whether C{storage} has less than C{room} bytes left before its limit (streams then count every message)."""
+        limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
+        return limit >= 0 and self.usage(storage) + room >= limit
+
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
@@ -333,6 +338,8 @@ class JetStream:
 
     def account_info(self) -> Dict[str, Any]:
         """The account's usage, limits and API counters (JetStreamAccountStats)."""
+        for stream in self.streams.values():
+            stream.account()
         consumers = sum(len(s.consumers) for s in self.streams.values())
         info: Dict[str, Any] = {
             "memory": self.usage("memory"),

@@ -570,8 +570,10 @@ class Stream:
         self._expiry_at: Optional[int] = None
         self._last_msg_id = ""
         self._closed = False
-        #: The store's bytes as last told to the engine (its usage sum).
+        #: The store's bytes as last told to the engine (its usage sum),
+        #: and the messages stored since.
         self._bytes = 0
+        self._unaccounted = 0
         self._pub_ack_prefix = self._ack_prefix()
         self._republish: Optional[SubjectTransform] = None
         if config["republish"]:
@@ -582,6 +584,7 @@ class Stream:
 
     def account(self) -> None:
         """Tell the engine how many bytes the store holds now (after anything that stores or removes)."""
+        self._unaccounted = 0
         now = self.store.state().bytes
         if now != self._bytes:
             self.engine.account(self.config["storage"], now - self._bytes)
@@ -874,7 +877,12 @@ class Stream:
             self._purge(subject, 0, 1)
         elif rollup == "all":
             self._purge(None, 0, 1)
-        self.account()
+        # Counting the store's bytes costs a state(); it is done every 64
+        # messages while the account has room for 64 more of this size
+        # (so the count can never lag past the limit), after each one nearer.
+        self._unaccounted += 1
+        if self._unaccounted >= 64 or self.engine.near_limit(config["storage"], 64 * (size + 64)):
+            self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
         answer = bool(reply) and not config["no_ack"]

@@ -166,6 +166,16 @@ class LimitsTests(TestCase):
             b'{"error":{"code":503,"err_code":10023,"description":"insufficient resources"},"stream":"S","seq":0}',
         )
 
+    def test_account_limit_is_exact_near_the_limit(self) -> None:
+        """Far from the limit the count may lag; near it each message counts, so no publish passes it."""
+        h = Harness(JetStreamSettings(max_memory_store=100_000))
+        h.create(name="S", subjects=["s.>"], storage="memory")
+        accepted = 0
+        while "error" not in h.ack("s.a", b"x" * 500):
+            accepted += 1
+        self.assertEqual(accepted, 100_000 // (500 + 3 + 16) + 1)
+        self.assertLess(h.js.streams["S"].store.state().bytes - 100_000, 500 + 3 + 16)
+
     def test_account_limit_refuses_max_bytes_reservation(self) -> None:
         h = Harness(JetStreamSettings(max_memory_store=1000))
         h.create(name="A", storage="memory", max_bytes=600)
@@ -519,6 +529,7 @@ class UsageTests(TestCase):
         for _ in range(3):
             h.ack("s.a", b"x" * 10)
         h.ack("t.a", b"y")
+        h.js.account_info()  # (counted every 64 messages far from the limit; INFO counts now)
         self.assertEqual((h.js.usage("memory"), h.js.usage("file")), (s.store.state().bytes, t.store.state().bytes))
         self.assertEqual(h.js.usage("memory"), 2 * (3 + 10 + 16))
         h.advance(2)
