@@ -24,7 +24,7 @@ from eventsvc.service import DataDirLock, EventService, StartupError
 from eventsvc.targets import add_events, grpc_listener
 
 if TYPE_CHECKING:  # imported where they are used: start-up pays only for what runs
-    from eventsvc.nats.route import RouteManager
+    from eventsvc.nats.links.route import RouteManager
 
 #: What this module offers an embedding application (and the process shell).
 __all__ = ["make_service", "EventService", "StartupError"]
@@ -91,7 +91,7 @@ def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
 
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
-    from eventsvc.nats.route import RouteManager, RouteSettings
+    from eventsvc.nats.links.route import RouteManager, RouteSettings
 
     cl, limits = config.cluster, config.limits
     tls_server, tls_client = _peer_tls(config) if cl.tls else (None, None)
@@ -108,7 +108,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
 
 
 def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
-    from eventsvc.nats.gateway import GatewayManager, GatewaySettings
+    from eventsvc.nats.links.gateway import GatewayManager, GatewaySettings
 
     sc, limits = config.supercluster, config.limits
     tls_server, tls_client = _peer_tls(config) if sc.tls else (None, None)
@@ -150,7 +150,7 @@ class LeafRemote(NamedTuple):
 
 
 def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
-    from eventsvc.nats.leaf import LeafManager, LeafSettings
+    from eventsvc.nats.links.leaf import LeafManager, LeafSettings
 
     from eventsvc.security.creds import CredentialsError, nonce_signer
 

@@ -16,8 +16,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats import gateway, leaf, limits, peer, route
-from eventsvc.nats.peer import LET_GO_SLICE
+from eventsvc.nats import limits
+from eventsvc.nats.links import connection as peer, gateway, leaf, route
+from eventsvc.nats.links.connection import LET_GO_SLICE
 from eventsvc.test import test_leaf, test_route, test_supercluster
 
 

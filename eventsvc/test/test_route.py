@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
-from eventsvc.nats.route import RouteManager, RouteSettings, _Accepting, _Dialling
+from eventsvc.nats.links.route import RouteManager, RouteSettings, _Accepting, _Dialling
 from eventsvc.nats.server import Broker
 from eventsvc.test.helpers import FakeClient
 
@@ -707,7 +707,7 @@ class RouteFuzzTests(SynchronousTestCase):
 class BackoffTests(SynchronousTestCase):
     def test_long_outages_keep_redialling(self) -> None:
         """After thousands of failures the delay is still retry_max, jittered (2**n once overflowed a float)."""
-        from eventsvc.nats.peer import backoff
+        from eventsvc.nats.links.connection import backoff
 
         settings = RouteSettings("c1", retry_initial=0.5, retry_max=10.0)
         self.assertEqual(backoff(settings, 0, lambda: 1.0), 0.5)

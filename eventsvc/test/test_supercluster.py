@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.gateway import (
+from eventsvc.nats.links.gateway import (
     CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, INTEREST_ONLY, TRANSITIONING, GatewayManager, GatewaySettings,
     RemoteInterest, _Accepting, _Dialling, gateway_hash,
 )

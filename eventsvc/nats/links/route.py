@@ -25,16 +25,17 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer, timers
+from eventsvc.nats import limits, timers
+from eventsvc.nats.links import connection as peer
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
-from eventsvc.nats.peer import PeerConnection
+from eventsvc.nats.links.connection import PeerConnection
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
 
 GLOBAL = b"$G"
-#: The prefix of replies routed across gateways (eventsvc.nats.gateway).
+#: The prefix of replies routed across gateways (eventsvc.nats.links.gateway).
 GR = b"_GR_."
 
 

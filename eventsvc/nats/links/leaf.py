@@ -31,11 +31,12 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer, timers
+from eventsvc.nats import limits, timers
+from eventsvc.nats.links import connection as peer
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
-from eventsvc.nats.peer import PeerConnection
+from eventsvc.nats.links.connection import PeerConnection
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
 

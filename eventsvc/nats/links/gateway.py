@@ -47,11 +47,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from eventsvc import wirejson
-from eventsvc.nats import limits, peer, timers
+from eventsvc.nats import limits, timers
+from eventsvc.nats.links import connection as peer
 from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
-from eventsvc.nats.peer import PeerConnection
+from eventsvc.nats.links.connection import PeerConnection
 from eventsvc.nats.delivery import PLAN_CACHE_SIZE
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject

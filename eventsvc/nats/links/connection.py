@@ -8,8 +8,8 @@ All are put together from the client connection's parts: a framing loop
 lines too), the outbound part (cut off at C{max_pending}, never stalling
 anyone: a peer is not a consumer to wait for) and the pinger (every
 interval, busy or not).  This module holds that plumbing once; the
-protocols (L{eventsvc.nats.route}, L{eventsvc.nats.gateway},
-L{eventsvc.nats.leaf}) hold only their handshakes, interest and messages.
+protocols (L{eventsvc.nats.links.route}, L{eventsvc.nats.links.gateway},
+L{eventsvc.nats.links.leaf}) hold only their handshakes, interest and messages.
 
 A peer's interest is held to a cap per link (C{max_link_subscriptions},
 L{PeerConnection.keeps_interest}), and a closed link's interest is let go
