@@ -72,3 +72,25 @@ class Harness:
             client.send(connect)
         self.clients.append(client)
         return client
+
+
+def dial_in_memory(clock: Any, target: Any) -> Any:
+    """
+    Answer, in memory, the dial a link manager (L{eventsvc.nats.links.manager})
+    has under way to C{target}, waiting on C{clock} for its redial if need
+    be: (the protocol the reactor would run, the link's connection).  The
+    first is what to connect (iosim) or give a transport; Twisted's endpoint
+    and ClientService wrap our connection in it, and hear through it that
+    the link is up and when it ends.  (A MemoryReactor keeps each dial's
+    factory; the endpoint's wrapper keeps ours as C{_wrappedFactory}.)
+    """
+    for _ in range(1000):
+        for entry in reversed(clock.tcpClients):
+            factory = entry[2]
+            ours = getattr(factory, "_wrappedFactory", factory)
+            if getattr(ours, "target", None) is target and not getattr(factory, "answered", False):
+                factory.answered = True
+                outer = factory.buildProtocol(None)
+                return outer, target.connection
+        clock.advance(0.1)
+    raise AssertionError("no dial to {}".format(target.label()))

@@ -34,14 +34,13 @@ import gc
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional
 
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventsvc.nats import timers
-from eventsvc.nats.errors import ListenError, failure_reason
+from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.frames import err_line
 from eventsvc.nats.kinds import Kind
@@ -371,34 +370,3 @@ class PeerConnection(Protocol):
         """Nothing to do: a peer's interest has no auto-unsubscribe maximum."""
         pass  # remote interest has no auto-unsubscribe
 
-
-def listen(clock: Any, port: int, factory: Any, settings: Any, what: str) -> Any:
-    """
-    Listen for peers on C{settings.host} and C{port}, over TLS when
-    C{settings.tls_server} is set (TLS first, as nats-server 2.9).
-
-    @param what: the configuration that set the address, for the error.
-    @raise ListenError: the address cannot be bound.
-    """
-    try:
-        if settings.tls_server is not None:
-            return clock.listenSSL(port, factory, settings.tls_server, interface=settings.host)
-        return clock.listenTCP(port, factory, backlog=settings.listen_backlog, interface=settings.host)
-    except CannotListenError as e:
-        raise ListenError("cannot listen on {}:{} for {}: {}".format(settings.host, port, what, e.socketError))
-
-
-def dial(clock: Any, host: str, port: int, factory: Any, settings: Any) -> None:
-    """Dial a peer, over TLS (checking C{settings.tls_name}, or the host) when C{settings.tls_client} is set."""
-    if settings.tls_client is not None:
-        clock.connectSSL(host, port, factory, settings.tls_client(settings.tls_name or host), timeout=5)
-    else:
-        clock.connectTCP(host, port, factory, timeout=5)
-
-
-def backoff(settings: Any, attempt: int, random: Callable[[], float]) -> float:
-    """
-    Seconds before dialling again after C{attempt} failures: doubling from
-    C{retry_initial} up to C{retry_max}, with jitter (half to all of it).
-    """
-    return min(settings.retry_max, settings.retry_initial * (2 ** min(attempt, 30))) * (0.5 + 0.5 * random())

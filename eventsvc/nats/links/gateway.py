@@ -35,24 +35,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
-from urllib.parse import urlsplit
 
-from twisted.application.service import Service
-from twisted.internet.protocol import ClientFactory, Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from eventsvc import wirejson
 from eventsvc.nats import limits, timers
-from eventsvc.nats.links import connection as peer
 from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import GatewayParser, ProtocolViolation
 from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
 from eventsvc.nats.delivery import PLAN_CACHE_SIZE
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
@@ -457,43 +452,15 @@ class GatewayConnection(PeerConnection):
             self.manager.received(self, subject, reply, queues, total, b"", hdr_len, body)
 
 
-class _Accepting(Factory):
-    noisy = False
-
-    def __init__(self, manager: "GatewayManager") -> None:
-        self.manager = manager
-
-    def buildProtocol(self, addr: Any) -> GatewayConnection:
-        """A gateway that dialled us."""
-        return GatewayConnection(self.manager)
-
-
-class _Dialling(ClientFactory):
-    noisy = False
-
-    def __init__(self, manager: "GatewayManager", remote: "RemoteGateway", url: str) -> None:
-        self.manager = manager
-        self.remote = remote
-        self.url = url
-
-    def buildProtocol(self, addr: Any) -> GatewayConnection:
-        """The connection we dialled to C{remote}."""
-        return GatewayConnection(self.manager, self.remote)
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        """The dial failed: the manager dials again later."""
-        self.manager.dial_failed(self.remote, self.url, reason.getErrorMessage())
-
-
-class RemoteGateway:
+class RemoteGateway(DialTarget):
     """A gateway we dial: configured, or implicit (heard of, dialled until it fails)."""
 
     def __init__(self, name: str, urls: Sequence[str], implicit: bool = False) -> None:
+        super().__init__()
         self.name = name
         self.hash = gateway_hash(name)
         self.urls: List[str] = []
         self.implicit = implicit
-        self.attempts = 0
         self.add(urls)
 
     def add(self, urls: Sequence[str]) -> None:
@@ -502,6 +469,19 @@ class RemoteGateway:
             url = url if "://" in url else "nats://" + url
             if url not in self.urls:
                 self.urls.append(url)
+
+    @property
+    def url(self) -> str:
+        """The URL the next dial uses: its URLs in turn, one more at each failure."""
+        return self.urls[self.attempts % len(self.urls)] if self.urls else ""
+
+    def address(self) -> Tuple[str, int]:
+        """The host and port of the next dial."""
+        return host_port(self.url, "nats")
+
+    def label(self) -> str:
+        """C{gateway <name>}, for the log."""
+        return "gateway " + self.name
 
 
 @dataclass(frozen=True)
@@ -564,17 +544,13 @@ class _ReplySource:
     headers = True
 
 
-class GatewayManager(Service):
+class GatewayManager(LinkManager):
     """The gateways of one server: the listener, the dialled gateways, interest, replies."""
 
-    log = Logger()
+    listen_what = "gateways ([supercluster] host and port)"
 
     def __init__(self, broker: Broker, reactor: Any, settings: GatewaySettings) -> None:
-        self.setName("supercluster")
-        self.broker = broker
-        self.clock = reactor
-        self.settings = settings
-        self.port = settings.port
+        super().__init__(broker, reactor, settings, "supercluster")
         self.cluster_hash = gateway_hash(settings.name)
         self.server_hash = gateway_hash(broker.server_id)
         self.reply_prefix = GR_PREFIX + self.cluster_hash + b"." + self.server_hash + b"."
@@ -598,10 +574,6 @@ class GatewayManager(Service):
         self.replies: Dict[bytes, Tuple[bytes, float]] = {}
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
-        self._dialling: Set[str] = set()
-        self._timers: Dict[str, Any] = {}
-        self.random = random.Random()
-        self.listening: Any = None
         #: The routes of this cluster (a RouteManager), for replies meant for
         #: another server of ours; set by whoever composes the two.
         self.routes: Any = None
@@ -614,6 +586,8 @@ class GatewayManager(Service):
         self._plan_entries = self._plans.entries
         #: Messages dropped: a routed reply for another cluster, or not imported.
         self.dropped = 0
+        for remote in list(self.remotes.values()):
+            self.dial(remote)
 
     def forget_plans(self, pattern: Optional[bytes]) -> None:
         """A peer's interest on C{pattern} changed (None: in a way that may touch any subject)."""
@@ -716,74 +690,60 @@ class GatewayManager(Service):
 
     def startService(self) -> None:
         """Listen for gateways, count the interest already here, offer ourselves to the broker and dial the remotes."""
-        self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "gateways ([supercluster] host and port)")
-        self.port = self.listening.getHost().port
+        self.listen()
         self.log.info("supercluster gateway {name} listening on {host}:{port}", name=self.settings.name, host=self.settings.host, port=self.port)
-        super().startService()
         for sub in self.broker.sublist.all():
             self._count(sub.subject, sub.queue, 1)
         self.broker.gateways = self
         self.broker.interest_listeners.append(self._local_interest)
         self.broker.remote_interest_listeners.append(self._route_interest)
-        for remote in list(self.remotes.values()):
-            self.dial(remote)
+        super().startService()
 
     def stopService(self) -> Any:
         """Stop redialling and sweeping, close every gateway connection and stop listening."""
-        super().stopService()
         if self.broker.gateways is self:
             self.broker.gateways = None
         if self._local_interest in self.broker.interest_listeners:
             self.broker.interest_listeners.remove(self._local_interest)
         if self._route_interest in self.broker.remote_interest_listeners:
             self.broker.remote_interest_listeners.remove(self._route_interest)
-        for timer in self._timers.values():
-            timers.cancel(timer)
-        self._timers.clear()
         if self._sweeper.running:
             self._sweeper.stop()
         self._recent_timer = timers.cancel(self._recent_timer)
-        for conn in list(self.outbound.values()) + list(self.inbound):
-            conn.close(None, "server shutting down")
-        if self.listening is not None:
-            listening, self.listening = self.listening, None
-            return listening.stopListening()
-        return None
+        return self.stop_links(list(self.outbound.values()) + list(self.inbound))
 
     # -- dialling ------------------------------------------------------------------------
 
+    def accepted(self) -> GatewayConnection:
+        """A gateway that dialled us."""
+        return GatewayConnection(self)
+
+    def dialled(self, target: DialTarget) -> GatewayConnection:
+        """The connection we dialled to C{target} (a L{RemoteGateway})."""
+        assert isinstance(target, RemoteGateway)
+        return GatewayConnection(self, target)
+
     def dial(self, remote: RemoteGateway) -> None:
-        """Dial C{remote} (its URLs in turn) unless a dial is under way or its connection is up."""
-        if not self.running or remote.name in self._dialling or remote.name in self.outbound or not remote.urls:
-            return
-        url = remote.urls[remote.attempts % len(remote.urls)]
-        parts = urlsplit(url)
-        if not parts.hostname or not parts.port:
-            self.log.error("gateway {name}: {url} is not host:port", name=remote.name, url=url)
-            return
-        self._dialling.add(remote.name)
-        factory = _Dialling(self, remote, url)
-        peer.dial(self.clock, parts.hostname, parts.port, factory, self.settings)
+        """Keep dialling C{remote} (its URLs in turn) until a link is up, and whenever it drops."""
+        if remote.urls:
+            self.keep_dialling(remote)
 
-    def dial_failed(self, remote: RemoteGateway, url: str, why: str) -> None:
-        """A dial to C{remote} at C{url} failed: dial again later (an implicit one is forgotten after a while)."""
-        self._dialling.discard(remote.name)
-        self._redial(remote, "{}: {}".format(url, why))
+    def dial_failed(self, target: DialTarget, url: str, why: str) -> None:
+        """A dial to C{target} at C{url} failed: the log will name the URL."""
+        super().dial_failed(target, url, "{}: {}".format(url, why))
 
-    def _redial(self, remote: RemoteGateway, why: str) -> None:
-        if not self.running or self.remotes.get(remote.name) is not remote:
-            return
-        if remote.implicit:
+    def redial_delay(self, target: DialTarget) -> Optional[float]:
+        """The backoff, or None for a gateway we only heard of (or forgot)."""
+        assert isinstance(target, RemoteGateway)
+        if self.remotes.get(target.name) is not target:
+            return None
+        if target.implicit:
             # As nats-server: a gateway we only heard of is not chased; it
             # dials us again when it comes back.
-            self.log.info("gateway {name}: {why}; it was implicit, not dialling it again", name=remote.name, why=why)
-            del self.remotes[remote.name]
-            return
-        n = remote.attempts
-        remote.attempts = n + 1
-        delay = peer.backoff(self.settings, n, self.random.random)
-        self.log.info("gateway {name}: {why}; dialling again in {delay:.1f}s", name=remote.name, why=why, delay=delay)
-        self._timers[remote.name] = self.clock.callLater(delay, self.dial, remote)
+            self.log.info("gateway {name}: {why}; it was implicit, not dialling it again", name=target.name, why=target.why)
+            del self.remotes[target.name]
+            return None
+        return super().redial_delay(target)
 
     def learn_urls(self, name: str, urls: Sequence[str]) -> None:
         """URLs heard of for the gateway C{name}, if we know it."""
@@ -820,11 +780,10 @@ class GatewayManager(Service):
         """A dialled connection is up: registered unless one to that gateway already is (False: close this one)."""
         remote = conn.remote
         assert remote is not None
-        self._dialling.discard(remote.name)
         existing = self.outbound.get(remote.name)
         if existing is not None and existing is not conn and not existing.closed:
             return False
-        remote.attempts = 0
+        remote.up()
         self.outbound[remote.name] = conn
         self._outbound_list = list(self.outbound.values())
         self._plans.clear()
@@ -867,14 +826,12 @@ class GatewayManager(Service):
         if conn.dialled:
             remote = conn.remote
             assert remote is not None
-            self._dialling.discard(remote.name)
+            remote.why = why  # (its service dials again, and says why)
             if self.outbound.get(remote.name) is conn:
                 del self.outbound[remote.name]
                 self._outbound_list = list(self.outbound.values())
                 self._plans.clear()
                 self.log.info("gateway to {name} down: {why}", name=remote.name, why=why)
-            if remote.name not in self.outbound:
-                self._redial(remote, why)  # (not when it was a duplicate of a link that is up)
         elif conn in self.inbound:
             self.inbound.remove(conn)
             self.log.info("gateway from {name} ({peer}) down: {why}", name=conn.name, peer=conn.remote_id, why=why)

@@ -21,22 +21,17 @@ What it must not do: know about events, tokens of the event gateway, or HTTP.
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from twisted.application.service import Service
-from twisted.internet.protocol import ClientFactory, Factory
-from twisted.logger import Logger
-
 from eventsvc import wirejson
-from eventsvc.nats import limits, timers
-from eventsvc.nats.links import connection as peer
+from eventsvc.nats import limits
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
 
@@ -346,40 +341,14 @@ class LeafConnection(PeerConnection):
         super().op_err(arg)
 
 
-class _Accepting(Factory):
-    noisy = False
-
-    def __init__(self, manager: "LeafManager") -> None:
-        self.manager = manager
-
-    def buildProtocol(self, addr: Any) -> LeafConnection:
-        """A leaf node that dialled us."""
-        return LeafConnection(self.manager)
-
-
-class _Dialling(ClientFactory):
-    noisy = False
-
-    def __init__(self, manager: "LeafManager", remote: "RemoteLeaf") -> None:
-        self.manager = manager
-        self.remote = remote
-
-    def buildProtocol(self, addr: Any) -> LeafConnection:
-        """Our uplink to C{remote}'s hub."""
-        return LeafConnection(self.manager, self.remote)
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        """The dial failed: the manager dials again later."""
-        self.manager.dial_failed(self.remote, reason.getErrorMessage())
-
-
-class RemoteLeaf:
+class RemoteLeaf(DialTarget):
     """A hub to dial ([[leafnodes.remotes]]): its URLs, tried in turn, and our credentials."""
 
     def __init__(
         self, urls: Tuple[str, ...], user: str = "", password: str = "", tls: bool = False, tls_name: str = "",
         deny_imports: Tuple[str, ...] = (), imports: Any = None, exports: Any = None, signer: Any = None,
     ) -> None:
+        super().__init__()
         self.urls = urls
         #: None, or a function of the hub's nonce giving (user JWT,
         #: signature): credentials for a hub in operator mode.
@@ -393,15 +362,26 @@ class RemoteLeaf:
         self.tls = tls or any(u.startswith("tls://") for u in urls)
         self.tls_name = tls_name
         self.index = 0
-        self.attempts = 0
-        #: Not before this (a loop or a cluster name clash was reported).
-        self.not_before = 0.0
+        #: Its link, while up.
         self.conn: Optional[LeafConnection] = None
 
     @property
     def url(self) -> str:
         """The URL the next dial uses (the remote's URLs in turn)."""
         return self.urls[self.index % len(self.urls)]
+
+    def address(self) -> Tuple[str, int]:
+        """The hub's host and port (7422 when the URL has none)."""
+        return host_port(self.url, "nats-leaf", 7422)
+
+    def label(self) -> str:
+        """C{leaf node remote <url>}, for the log."""
+        return "leaf node remote " + self.url
+
+    def failed(self) -> None:
+        """A dial or link failed: the next dial tries the hub's next URL."""
+        if len(self.urls) > 1:
+            self.index += 1
 
     def credentials(self) -> Tuple[str, str]:
         """The URL's user and password if it has them, else the configured ones."""
@@ -447,7 +427,7 @@ class LeafSettings:
     tls_accept: Any = None
     tls_dial: Any = None
     tls_name: str = ""
-    #: (Always None: peer.listen and peer.dial would make them TLS first.)
+    #: (Always None: the manager would listen and dial with TLS first.)
     tls_server: Any = None
     tls_client: Any = None
     #: Seconds of parsing one read may take before the rest waits a
@@ -457,29 +437,37 @@ class LeafSettings:
     max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
 
 
-class LeafManager(Service):
+class LeafManager(LinkManager):
     """The leaf links of one server: the leaf node listener, the remotes dialled, interest per link."""
 
-    log = Logger()
+    listen_what = "leaf nodes ([leafnodes] host and port)"
 
     def __init__(self, broker: Broker, reactor: Any, settings: LeafSettings) -> None:
-        self.setName("leafnodes")
-        self.broker = broker
-        self.clock = reactor
-        self.settings = settings
-        self.port = settings.port
-        self.remotes = [self._remote(*remote) for remote in settings.remotes]
+        super().__init__(broker, reactor, settings, "leafnodes")
+        self.remotes: List[RemoteLeaf] = []
         #: Every link whose handshake is done, by connection id.
         self.leafs: Dict[int, LeafConnection] = {}
         #: Our loop-detection subject: a link that brings it back is a loop.
         self.lds = loop_subject()
-        self.listening: Any = None
-        self.random = random.Random()
-        self._timers: Dict[int, Any] = {}
-        self._dialling: Set[int] = set()
         self._cids = 0
         #: Links refused or closed for a loop (for /varz-like counts and the log).
         self.loops = 0
+        for remote in settings.remotes:
+            self.add_remote(self._remote(*remote))
+
+    def add_remote(self, remote: RemoteLeaf) -> None:
+        """A hub to keep a link to: dialled (now, when running) and again whenever the link drops."""
+        self.remotes.append(remote)
+        self.keep_dialling(remote)
+
+    def accepted(self) -> LeafConnection:
+        """A leaf node that dialled us."""
+        return LeafConnection(self)
+
+    def dialled(self, target: DialTarget) -> LeafConnection:
+        """Our uplink to C{target}'s hub (a L{RemoteLeaf})."""
+        assert isinstance(target, RemoteLeaf)
+        return LeafConnection(self, target)
 
     def _remote(
         self, urls: Tuple[str, ...], user: str, password: str, tls: bool, tls_name: str,
@@ -568,70 +556,31 @@ class LeafManager(Service):
     def startService(self) -> None:
         """Listen for leaf nodes (when accepting), dial the remotes, and hear of every subscription."""
         if self.settings.accept:
-            self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "leaf nodes ([leafnodes] host and port)")
-            self.port = self.listening.getHost().port
+            self.listen()
             self.log.info("listening for leaf nodes on {host}:{port}", host=self.settings.host, port=self.port)
-        super().startService()
         self.broker.subscription_listeners.append(self._subscription)
-        for remote in self.remotes:
-            self.dial(remote)
+        super().startService()
 
     def stopService(self) -> Any:
         """Stop redialling and close every leaf link."""
-        super().stopService()
         if self._subscription in self.broker.subscription_listeners:
             self.broker.subscription_listeners.remove(self._subscription)
-        for timer in self._timers.values():
-            timers.cancel(timer)
-        self._timers.clear()
-        for conn in list(self.leafs.values()):  # (a remote's link is one of them once up)
-            conn.close(None, "server shutting down")
-        if self.listening is not None:
-            listening, self.listening = self.listening, None
-            return listening.stopListening()
-        return None
+        # (A remote's link is one of the leafs once up.)
+        return self.stop_links(list(self.leafs.values()))
 
     # -- dialling ----------------------------------------------------------------
-
-    def dial(self, remote: RemoteLeaf) -> None:
-        """Dial C{remote} unless a dial is under way or its link is up."""
-        key = id(remote)
-        self._timers.pop(key, None)
-        if not self.running or key in self._dialling or remote.conn is not None:
-            return
-        parts = urlsplit(remote.url)
-        self._dialling.add(key)
-        peer.dial(self.clock, parts.hostname or "", parts.port or 7422, _Dialling(self, remote), self.settings)
-
-    def dial_failed(self, remote: RemoteLeaf, why: str) -> None:
-        """A dial to C{remote} failed: dial again later, with backoff."""
-        self._dialling.discard(id(remote))
-        self._redial(remote, why)
 
     def delay(self, remote: Optional[RemoteLeaf], seconds: float) -> None:
         """Dial C{remote} again no sooner than C{seconds} from now."""
         if remote is not None:
             remote.not_before = self.clock.seconds() + seconds
 
-    def _redial(self, remote: RemoteLeaf, why: str) -> None:
-        if not self.running:
-            return
-        delay = peer.backoff(self.settings, remote.attempts, self.random.random)
-        remote.attempts += 1
-        delay = max(delay, remote.not_before - self.clock.seconds())
-        url = remote.url
-        if len(remote.urls) > 1:
-            remote.index += 1  # the next of the hub's URLs
-        self.log.info("leaf node remote {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
-        self._timers[id(remote)] = self.clock.callLater(delay, self.dial, remote)
-
     # -- links ------------------------------------------------------------------------
 
     def leaf_up(self, conn: LeafConnection) -> None:
         """A link finished its handshake: it is registered (a spoke's older link closed) and told our interest."""
         if conn.remote is not None:
-            self._dialling.discard(id(conn.remote))
-            conn.remote.attempts = 0
+            conn.remote.up()
             conn.remote.conn = conn
         elif conn.remote_name:
             # The same spoke again (it lost its link before we noticed, a
@@ -661,14 +610,12 @@ class LeafManager(Service):
         """A link ended: forget it and, when it was an uplink, dial again."""
         remote = conn.remote
         if remote is not None:
-            self._dialling.discard(id(remote))
+            remote.why = why  # (its service dials again, and says why)
             if remote.conn is conn:
                 remote.conn = None
         if self.leafs.get(conn.cid) is conn:
             del self.leafs[conn.cid]
             self.log.info("leaf node {name} down: {why}", name=conn.describe(), why=why)
-        if remote is not None and self.running:
-            self._redial(remote, why)
 
     def loop_detected(self, conn: LeafConnection) -> None:
         """A link brought our own loop-detection subject back."""
