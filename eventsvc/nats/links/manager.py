@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -310,15 +310,18 @@ class LinkManager(Service):
     def stop_links(self, connections: List[Any]) -> Any:
         """
         Close C{connections} (telling nothing: we are shutting down), stop
-        dialling and listening; a Deferred that fires when all have.
+        dialling and listening; a Deferred that fires when the listener
+        has stopped (not when every link has closed: a peer that never
+        answers a TLS close must not hold the process).
         """
         super().stopService()
         for conn in connections:
             conn.close(None, "server shutting down")
-        waits = [target.service.stopService() for target in self.kept if target.service is not None and target.service.running]
+        for target in self.kept:
+            if target.service is not None and target.service.running:
+                target.service.stopService()
         if self.listening is not None:
             listening, self.listening = self.listening, None
-            waits.append(listening.stopListening())
-        waits = [w for w in waits if isinstance(w, Deferred)]
-        return gatherResults(waits) if waits else None
+            return listening.stopListening()
+        return None
 
