@@ -19,10 +19,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.links.gateway import (
-    CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, INTEREST_ONLY, TRANSITIONING, GatewayManager, GatewaySettings,
-    RemoteInterest, gateway_hash,
+from eventsvc.nats.links.gateway import GatewayManager, GatewaySettings
+from eventsvc.nats.links.interest_modes import (
+    CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, INTEREST_ONLY, TRANSITIONING, RemoteInterest,
 )
+from eventsvc.nats.links.replies import gateway_hash
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings

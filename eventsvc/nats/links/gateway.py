@@ -21,468 +21,33 @@ Queue groups are served once in the whole supercluster: in this cluster
 when any member is here, else by the first gateway with members, told the
 group's name in its C{RMSG}.
 
-Replies: a request whose reply subject one of our subscriptions made in
-the last two seconds gets the reply C{_GR_.<cluster hash>.<server
-hash>.<reply>}, so the answer comes straight back to this server whatever
-interest has or has not crossed yet.  A message arriving with such a reply
-is given to our subscribers with the plain reply, and for two seconds a
-publish to that reply goes straight back to the cluster it names.
+Replies to requests cross as C{_GR_.<cluster hash>.<server hash>.<reply>}
+(L{eventsvc.nats.links.replies}), so the answer comes straight back.
+
+This module is the manager: dialling and accepting, the handshakes' end,
+this cluster's interest told to the peers, and which gateways a message
+goes to.  The connection is L{eventsvc.nats.links.gateway_connection}, the
+peer's interest modes L{eventsvc.nats.links.interest_modes}, the reply
+mapping L{eventsvc.nats.links.replies}.
 
 What it must not do: know about events, tokens or HTTP.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.task import LoopingCall
-
-from eventsvc import wirejson
-from eventsvc.nats import limits, timers
-from eventsvc.nats.frames import RMSG, account_line, connect_line, gateway_info_line, link_message, rmsg_head, rs_line
-from eventsvc.nats.kinds import Kind
-from eventsvc.nats.parser import GatewayParser, ProtocolViolation
-from eventsvc.nats.links.connection import PeerConnection
-from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
+from eventsvc.nats import limits
 from eventsvc.nats.delivery import PLAN_CACHE_SIZE
+from eventsvc.nats.frames import gateway_info_line, rs_line
+from eventsvc.nats.links.gateway_connection import GLOBAL, GatewayConnection, RemoteGateway
+from eventsvc.nats.links.gateway_messages import GatewayMessages, ReplySource
+from eventsvc.nats.links.interest_modes import CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, CMD_GOSSIP, command_info
+from eventsvc.nats.links.manager import DialTarget, LinkManager
+from eventsvc.nats.links.replies import ReplyMap
 from eventsvc.nats.server import Broker
-from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription, subject_matches, valid_subject
-
-GLOBAL = b"$G"
-#: Routed replies: C{_GR_.<cluster hash>.<server hash>.<reply>}.
-GR_PREFIX = b"_GR_."
-HASH_LEN = 6
-_CLUSTER_AT = len(GR_PREFIX)
-_SERVER_AT = _CLUSTER_AT + HASH_LEN + 1
-SUBJECT_AT = _SERVER_AT + HASH_LEN + 1
-#: How long a subscription counts as recent (its requests' replies are
-#: routed), and how long a routed reply is remembered: nats-server's 2 s.
-RECENT = 2.0
-#: Gateways ping at least this often, busy or not (nats-server's rule).
-MAX_PING_INTERVAL = 15.0
-#: INFO gateway_cmd values.
-CMD_GOSSIP, CMD_ALL_SUBS_START, CMD_ALL_SUBS_COMPLETE = 1, 2, 3
-OPTIMISTIC, TRANSITIONING, INTEREST_ONLY = "Optimistic", "Transitioning", "Interest-Only"
-
-#: A gateway plan saying "take the general path".
-GENERAL = object()
-
-_DIGITS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def gateway_hash(name: str) -> bytes:
-    """nats-server's getHashSize(name, 6): the name in a routed reply."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return bytes(_DIGITS[b % 62] for b in digest[:HASH_LEN])
-
-
-def routed(subject: bytes) -> bool:
-    """Whether C{subject} is a routed reply (C{_GR_.} with both hashes and more)."""
-    return len(subject) > SUBJECT_AT and subject[:_CLUSTER_AT] == GR_PREFIX
-
-
-def command_info(gateway: str, cmd: int, account: bytes) -> bytes:
-    """An interest-mode command, in nats-server's shape (its Info with zero values)."""
-    return gateway_info_line({
-        "server_id": "", "server_name": "", "version": "", "proto": 0, "go": "", "host": "", "port": 0,
-        "headers": False, "max_payload": 0, "gateway": gateway, "gateway_cmd": cmd,
-        "gateway_cmd_payload": base64.b64encode(account).decode("ascii"),
-    })
-
-
-class RemoteInterest:
-    """
-    What the peer of an outbound connection wants of the C{$G} account,
-    as nats-server's C{outsie}: unknown (nothing heard yet), none (C{A-}),
-    or an entry with a mode, the subjects it has no interest in
-    (optimistic) and a sublist of what it asked for.  Pure bookkeeping.
-    """
-
-    def __init__(self, owner: Any, interest_only: bool = False, changed: Optional[Callable[[Optional[bytes]], None]] = None) -> None:
-        self.owner = owner
-        #: Told what changed: the subject or pattern, or None for anything.
-        self.changed: Callable[[Optional[bytes]], None] = changed or (lambda pattern: None)
-        #: The peer said every account is switched to interest-only at once
-        #: (INFO gateway_iom): until it says so for an account, nothing goes.
-        self.interest_only = interest_only
-        self.state = "unknown"  # or "none" (A-), or "entry"
-        self.mode = OPTIMISTIC
-        self.ni: Set[bytes] = set()
-        self.sublist = Sublist()
-        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
-        self.queue_subs = 0
-
-    def _entry(self) -> None:
-        if self.state != "entry":
-            self.state, self.mode, self.ni = "entry", OPTIMISTIC, set()
-            self.changed(None)
-
-    def wants(self, subject: bytes) -> Tuple[bool, List[bytes]]:
-        """(plain interest, the queue groups with members there) for a message on C{subject}."""
-        if self.state == "none":
-            return False, []
-        if self.state == "unknown":
-            return not self.interest_only, []
-        plain = self.mode != INTEREST_ONLY and subject not in self.ni
-        result = self.sublist.match(subject)
-        if result.plain:
-            plain = True
-        return plain, [group[0].queue for group in result.queues if group and group[0].queue is not None]
-
-    def rs_plus(self, subject: bytes, queue: Optional[bytes]) -> None:
-        """C{RS+} from the peer: interest where the mode keeps it (a queue group's always; a plain subject's in interest-only mode, or it ends a no-interest entry)."""
-        if self.state == "entry":
-            use_sublist = queue is not None or self.mode != OPTIMISTIC
-        elif queue is None:
-            return
-        else:
-            self._entry()
-            use_sublist = True
-        if not use_sublist:
-            if b"*" in subject or b">" in subject:
-                self.ni = {s for s in self.ni if not subject_matches(subject, s)}
-            else:
-                self.ni.discard(subject)
-            self.changed(subject)
-            return
-        key = (subject, queue)
-        if key in self.subs:
-            return
-        sub = Subscription(self.owner, subject, queue, b"")
-        self.subs[key] = sub
-        self.sublist.insert(sub)
-        if queue is not None:
-            self.queue_subs += 1
-        self.changed(subject)
-
-    def rs_minus(self, subject: bytes, queue: Optional[bytes]) -> None:
-        """C{RS-} from the peer: no interest in a subject (optimistic mode), or interest that ends (interest-only mode, queue groups)."""
-        if self.state == "entry":
-            use_sublist = queue is not None or self.mode != OPTIMISTIC
-        elif queue is not None:
-            return
-        else:
-            self._entry()
-            use_sublist = False
-        if not use_sublist:
-            self.ni.add(subject)
-            self.changed(subject)
-            return
-        sub = self.subs.pop((subject, queue), None)
-        if sub is None:
-            return
-        self.sublist.remove(sub)
-        if queue is not None:
-            self.queue_subs -= 1
-        self.changed(subject)
-        if not self.subs and self.mode == OPTIMISTIC and not self.ni:
-            self.state = "unknown"
-            self.changed(None)
-
-    def account(self, interested: bool) -> None:
-        """C{A+} (True) or C{A-} (False) for the account."""
-        if interested:
-            if self.state == "none" or (self.state == "entry" and self.queue_subs == 0):
-                self._forget()
-        elif self.state == "entry" and self.queue_subs > 0:
-            self.ni = set()  # (nats-server keeps the queue members and clears the rest)
-        else:
-            self._forget()
-            self.state = "none"
-        self.changed(None)
-
-    @property
-    def held(self) -> int:
-        """How many entries it keeps: subscriptions, and subjects of no interest (what the cap per link counts)."""
-        return len(self.subs) + len(self.ni)
-
-    def _forget(self) -> None:
-        self.changed(None)
-        self.state, self.mode, self.ni = "unknown", OPTIMISTIC, set()
-        # (A new index, not a million removals in one turn.)
-        self.sublist = Sublist()
-        self.subs = {}
-        self.queue_subs = 0
-
-    def start(self) -> None:
-        """The peer starts sending all its interest (gateway_cmd 2)."""
-        self._entry()
-        self.mode = TRANSITIONING
-        self.changed(None)
-
-    def complete(self) -> None:
-        """All its interest has been sent (gateway_cmd 3): only that goes from now on."""
-        if self.state == "entry":
-            self.ni = set()
-            self.mode = INTEREST_ONLY
-            self.changed(None)
-
-
-class GatewayConnection(PeerConnection):
-    """
-    One gateway connection, dialled (C{remote} given: it carries our
-    messages and brings back the peer's interest) or accepted (it brings
-    the peer's messages and carries our cluster's interest): a
-    L{PeerConnection} speaking the gateway protocol (L{GatewayParser}).
-    """
-
-    kind = Kind.GATEWAY
-
-    def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
-        settings = manager.settings
-        super().__init__(manager, min(settings.ping_interval, MAX_PING_INTERVAL), GatewayParser)
-        self.remote = remote
-        #: The remote gateway's (cluster's) name, and its hash in routed replies.
-        self.name = remote.name if remote is not None else ""
-        self.hash = remote.hash if remote is not None else b""
-        self.connect_seen = False  # accepted: its CONNECT came
-        self.interest = RemoteInterest(self, changed=manager.forget_plans)
-        #: Whether the peer takes HMSG (else headers are dropped, as nats-server does).
-        self.peer_headers = True
-        #: Accounts we told the peer (A-) we have no interest in.
-        self.refused_accounts: Set[bytes] = set()
-        #: For /gatewayz (its own numbering: gateways are not clients).
-        self.cid = manager.next_cid()
-
-    @property
-    def dialled(self) -> bool:
-        """Whether we dialled the gateway (it carries our messages)."""
-        return self.remote is not None
-
-    def describe(self) -> str:
-        """The remote gateway's name for the log, or its host."""
-        return self.name or self.host
-
-    # -- connection ----------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        """The connection is up: an accepted one sends INFO; the handshake clock starts."""
-        super().connectionMade()
-        if not self.dialled:
-            self.send(self.manager.info_line())
-            self.flush()
-        self.start_handshake_clock()
-
-    def lost(self, why: str) -> None:
-        """The connection ended: the manager hears of it, and the peer's interest goes."""
-        self.manager.lost(self, why)
-        # (Its RemoteInterest goes with it, by the cyclic collector.)
-        self.interest_gone()
-
-    # -- output ------------------------------------------------------------------
-
-    def send_message(
-        self, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
-    ) -> None:
-        """An RMSG (or HMSG) in C{$G} to the peer, naming C{queues} if any."""
-        self.out.append(link_message(RMSG, subject, reply, queues, size, tail, hdr_len, body, headers=self.peer_headers))
-        self.out_msgs += 1
-        self.out_bytes += size
-        self.broker.mark_dirty(self)
-
-    # -- the handshake -------------------------------------------------------------
-
-    def op_connect(self, arg: bytes) -> None:
-        """C{CONNECT} on an accepted gateway: it must be a gateway, with our credentials."""
-        if self.dialled:
-            return  # (nats-server's dialled side ignores one too)
-        try:
-            options = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad CONNECT on gateway")
-        if not isinstance(options, dict):
-            raise ProtocolViolation(None, "bad CONNECT on gateway")
-        if not options.get("gateway") or not isinstance(options.get("gateway"), str):
-            self.log.warn("{host}:{port} dialled the gateway port without being a gateway", host=self.host, port=self.port)
-            raise ProtocolViolation("attempted to connect to gateway port", "not a gateway")
-        if not self.manager.check_credentials(options):
-            self.log.warn("gateway {name} from {host}:{port} refused: wrong credentials", name=options["gateway"], host=self.host, port=self.port)
-            raise ProtocolViolation("Authorization Violation", "gateway credentials refused")
-        self.connect_seen = True
-
-    def op_info(self, arg: bytes) -> None:
-        """C{INFO}: the peer's (registering the connection), or an interest-mode command or gossip."""
-        try:
-            info = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad INFO on gateway")
-        if not isinstance(info, dict):
-            raise ProtocolViolation(None, "bad INFO on gateway")
-        if self.dialled:
-            self._info_from_peer(info)
-        elif not self.connect_seen:
-            raise ProtocolViolation("Authorization Violation", "INFO before CONNECT on gateway")
-        elif not self.registered:
-            name = info.get("gateway")
-            if not isinstance(name, str) or not name:
-                raise ProtocolViolation(None, "gateway INFO without a gateway name")
-            if info.get("server_id") == self.broker.server_id or name == self.manager.settings.name:
-                self.close(None, "connected to ourselves")
-                return
-            self.name, self.hash = name, gateway_hash(name)
-            self.remote_id, self.remote_info = str(info.get("server_id", "")), info
-            self.manager.inbound_up(self)
-
-    def _info_from_peer(self, info: Dict[str, Any]) -> None:
-        first = not self.remote_id
-        name = info.get("gateway")
-        if not name:
-            self.log.warn("gateway {name} at {host}:{port} is not a gateway port", name=self.name, host=self.host, port=self.port)
-            self.close('Attempt to connect to gateway "{}" using wrong port'.format(self.name), "wrong port")
-            return
-        if name != self.name:
-            if not first and info.get("gateway_cmd") == CMD_GOSSIP:
-                self.manager.heard_of(info)
-                return
-            self.log.warn("gateway {name} at {host}:{port} says it is {other}: closing it", name=self.name, host=self.host, port=self.port, other=name)
-            self.close(
-                'Connection from "{}" rejected, wanted to connect to "{}", this is "{}"'.format(self.manager.settings.name, self.name, name),
-                "wrong gateway",
-            )
-            return
-        urls = info.get("gateway_urls")
-        if isinstance(urls, list):
-            self.manager.learn_urls(self.name, [u for u in urls if isinstance(u, str)])
-        if first:
-            server_id = str(info.get("server_id", ""))
-            if server_id == self.broker.server_id:
-                self.close(None, "connected to ourselves")
-                return
-            self.remote_id, self.remote_info = server_id, info
-            self.interest.interest_only = bool(info.get("gateway_iom"))
-            self.manager.forget_plans(None)
-            self.peer_headers = bool(info.get("headers"))
-            self.send(connect_line(self.manager.connect_options()))
-            self.send(self.manager.info_line())
-            if not self.manager.outbound_up(self):
-                self.close(None, "duplicate gateway to {}".format(self.name))
-            return
-        cmd = info.get("gateway_cmd")
-        if cmd in (CMD_ALL_SUBS_START, CMD_ALL_SUBS_COMPLETE):
-            payload = info.get("gateway_cmd_payload")
-            try:
-                account = base64.b64decode(payload, validate=True) if isinstance(payload, str) else b""
-            except ValueError:
-                account = b""
-            if not account:
-                raise ProtocolViolation(
-                    "Account absent from receive-all-subscriptions-{} command".format("start" if cmd == CMD_ALL_SUBS_START else "complete"),
-                    "gateway command without an account",
-                )
-            if account == GLOBAL:
-                if cmd == CMD_ALL_SUBS_START:
-                    self.interest.start()
-                else:
-                    self.interest.complete()
-                    self.log.info("gateway {name}: interest-only mode", name=self.name)
-
-    # -- interest (the peer's, on a dialled connection) -------------------------------
-
-    def _outbound_only(self, verb: str) -> None:
-        if not self.dialled:
-            raise ProtocolViolation(None, "{} from gateway on inbound connection".format(verb))
-
-    def op_rs_plus(self, account: bytes, subject: bytes, queue: Optional[bytes], weight: int) -> None:
-        """C{RS+} on a dialled gateway: the peer's interest (unless we do not export it)."""
-        self._outbound_only("RS+")
-        if account == GLOBAL and valid_subject(subject):
-            exports = self.manager.settings.exports
-            if exports is not None and not exports.may_subscribe(subject, queue):
-                self.log.debug("gateway {name}: not exporting {subject}", name=self.name, subject=subject)
-                return
-            self.interest.rs_plus(subject, queue)
-            self.keeps_interest(self.interest.held)
-
-    def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
-        """C{RS-} on a dialled gateway: no interest (optimistic mode) or interest that ends."""
-        self._outbound_only("RS-")
-        if account == GLOBAL:
-            # (In optimistic mode an RS- is kept: the subjects of no interest count too.)
-            self.interest.rs_minus(subject, queue)
-            self.keeps_interest(self.interest.held)
-
-    def op_account(self, account: bytes, interested: bool) -> None:
-        """C{A+}/C{A-} on a dialled gateway: the peer's interest in the whole account."""
-        self._outbound_only("A+" if interested else "A-")
-        if account == GLOBAL:
-            self.interest.account(interested)
-
-    # -- messages (the peer's, on an accepted connection) -------------------------------
-
-    def _take(self, account: bytes, subject: bytes) -> bool:
-        if self.dialled or not self.registered:
-            return False
-        if account != GLOBAL:
-            if account not in self.refused_accounts:
-                # As nats-server: tell it once that we have nobody there.
-                self.refused_accounts.add(account)
-                self.send(account_line(account, False))
-            return False
-        return True
-
-    def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
-        """An RMSG in C{$G} without queue names (the framing loop counts it)."""
-        if self._take(GLOBAL, subject):
-            return self.manager.received(self, subject, reply, (), size, tail, -1, b"")
-        return 0
-
-    def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
-        """Such RMSGs to one subject without a reply, in order."""
-        if self._take(GLOBAL, subject):
-            self.manager.received_batch(self, subject, tails, size)
-
-    def op_pub(self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> None:
-        """A message without queue names (what the framing loop's fast branch hands over)."""
-        self.publish(self, subject, reply, size, tail)
-
-    def op_rmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
-        """An RMSG from another cluster, naming queue groups or not."""
-        if self._take(account, subject):
-            self.manager.received(self, subject, reply, queues, size, tail, -1, b"")
-
-    def op_rhmsg(self, account: bytes, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
-        """An HMSG (with headers) from another cluster."""
-        self.in_msgs += 1
-        self.in_bytes += total
-        if self._take(account, subject):
-            self.manager.received(self, subject, reply, queues, total, b"", hdr_len, body)
-
-
-class RemoteGateway(DialTarget):
-    """A gateway we dial: configured, or implicit (heard of, dialled until it fails)."""
-
-    def __init__(self, name: str, urls: Sequence[str], implicit: bool = False) -> None:
-        super().__init__()
-        self.name = name
-        self.hash = gateway_hash(name)
-        self.urls: List[str] = []
-        self.implicit = implicit
-        self.add(urls)
-
-    def add(self, urls: Sequence[str]) -> None:
-        """URLs heard of for this gateway (gossip, INFO), kept once each."""
-        for url in urls:
-            url = url if "://" in url else "nats://" + url
-            if url not in self.urls:
-                self.urls.append(url)
-
-    @property
-    def url(self) -> str:
-        """The URL the next dial uses: its URLs in turn, one more at each failure."""
-        return self.urls[self.attempts % len(self.urls)] if self.urls else ""
-
-    def address(self) -> Tuple[str, int]:
-        """The host and port of the next dial."""
-        return host_port(self.url, "nats")
-
-    def label(self) -> str:
-        """C{gateway <name>}, for the log."""
-        return "gateway " + self.name
-
+from eventsvc.nats.subjects import SubjectCache
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -529,31 +94,20 @@ class GatewaySettings:
     max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
 
 
-def _unwrapped(subject: bytes) -> bytes:
-    return subject[SUBJECT_AT:] if routed(subject) else subject
-
-
-class _ReplySource:
-    """The source of a routed reply that reached its cluster: delivered as a client's publish is."""
-
-    kind = Kind.CLIENT
-    cid = 0
-    cluster_origin = b""
-    message_origin: Optional[bytes] = None
-    echo = True
-    headers = True
-
-
-class GatewayManager(LinkManager):
+class GatewayManager(GatewayMessages, LinkManager):
     """The gateways of one server: the listener, the dialled gateways, interest, replies."""
 
     listen_what = "gateways ([supercluster] host and port)"
 
     def __init__(self, broker: Broker, reactor: Any, settings: GatewaySettings) -> None:
         super().__init__(broker, reactor, settings, "supercluster")
-        self.cluster_hash = gateway_hash(settings.name)
-        self.server_hash = gateway_hash(broker.server_id)
-        self.reply_prefix = GR_PREFIX + self.cluster_hash + b"." + self.server_hash + b"."
+        #: The reply mapping (C{_GR_}): recent subscriptions, routed replies.
+        self.reply_map = ReplyMap(reactor, settings.name, broker.server_id)
+        self.cluster_hash, self.server_hash = self.reply_map.cluster_hash, self.reply_map.server_hash
+        self.reply_prefix = self.reply_map.prefix
+        #: (The map's own, for the forwarding paths: no lookup per message.)
+        self.recent, self.replies = self.reply_map.recent, self.reply_map.replies
+        self._reply, self.strip = self.reply_map.outgoing, self.reply_map.strip
         self.remotes: Dict[str, RemoteGateway] = {name: RemoteGateway(name, urls) for name, urls in settings.gateways}
         #: The gateways the configuration names (the others are implicit).
         self.settings_names = {name for name, _ in settings.gateways}
@@ -564,20 +118,10 @@ class GatewayManager(LinkManager):
         self._outbound_list: List[GatewayConnection] = []
         #: This cluster's interest (local and routes'), as the peers are told it.
         self.interest: Dict[Tuple[bytes, Optional[bytes]], int] = {}
-        #: Subscriptions made in the last RECENT seconds (replies to them are
-        #: routed), and when each stops being recent, oldest first: one timer
-        #: for them all (a burst of 10,000 subscriptions is not 10,000 timers).
-        self.recent = Sublist()
-        self._recent_until: Deque[Tuple[float, Subscription]] = deque()
-        self._recent_timer: Any = None
-        #: Routed replies we gave our subscribers: plain reply -> (routed, until).
-        self.replies: Dict[bytes, Tuple[bytes, float]] = {}
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = reactor
         #: The routes of this cluster (a RouteManager), for replies meant for
         #: another server of ours; set by whoever composes the two.
         self.routes: Any = None
-        self.source = _ReplySource()
+        self.source = ReplySource()
         #: Per subject, the gateways a message goes to and their frames'
         #: start (C{RMSG $G <subject> }), or GENERAL when queue groups or a
         #: routed subject need the general path; kept until the interest
@@ -707,9 +251,7 @@ class GatewayManager(LinkManager):
             self.broker.interest_listeners.remove(self._local_interest)
         if self._route_interest in self.broker.remote_interest_listeners:
             self.broker.remote_interest_listeners.remove(self._route_interest)
-        if self._sweeper.running:
-            self._sweeper.stop()
-        self._recent_timer = timers.cancel(self._recent_timer)
+        self.reply_map.stop()
         return self.stop_links(list(self.outbound.values()) + list(self.inbound))
 
     # -- dialling ------------------------------------------------------------------------
@@ -853,11 +395,7 @@ class GatewayManager(LinkManager):
         if imports is not None and not imports.may_subscribe(subject, queue):
             return  # not ours to ask for (nor a reply to route to)
         if delta > 0 and self.running:
-            sub = Subscription(self, subject, queue, b"")
-            self.recent.insert(sub)
-            self._recent_until.append((self.clock.seconds() + RECENT, sub))
-            if self._recent_timer is None:
-                self._recent_timer = self.clock.callLater(RECENT, self._no_longer_recent)
+            self.reply_map.subscribed(self, subject, queue)
         key = (subject, queue)
         before = self.interest.get(key, 0)
         after = before + delta
@@ -870,189 +408,3 @@ class GatewayManager(LinkManager):
         line = rs_line(subject, queue, 1 if after > 0 else 0)  # (a gateway's queue weight is always 1)
         for conn in self.inbound:
             conn.send(line)
-
-    # -- messages -------------------------------------------------------------------------------
-
-    def _plan(self, subject: bytes) -> Any:
-        plan: Any = []
-        exports = self.settings.exports
-        if exports is not None and not exports.may_publish(_unwrapped(subject)):
-            pass  # nothing goes
-        elif subject[:_CLUSTER_AT] == GR_PREFIX:
-            plan = GENERAL
-        else:
-            head = rmsg_head(subject)
-            for conn in self._outbound_list:
-                plain, queues = conn.interest.wants(subject)
-                if queues:
-                    plan = GENERAL
-                    break
-                if plain:
-                    plan.append((conn, head))
-        self._plans.put(subject, plan)
-        return plan
-
-    def forward(
-        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
-    ) -> int:
-        """The broker's hook: a message from this cluster, to the gateways that want it."""
-        if not self._outbound_list:
-            return 0
-        if not (self.replies and subject in self.replies):
-            plan = self._plan_entries.get(subject)
-            if plan is None:
-                plan = self._plan(subject)
-            if plan is not GENERAL and hdr_len < 0:
-                # The usual case: plain interest only, one frame per gateway.
-                frame_tail = tail if reply is None else self._reply(reply) + b" " + tail  # type: ignore[operator]
-                for conn, head in plan:
-                    conn.out.append(head)
-                    conn.out.append(frame_tail)
-                    conn.out_msgs += 1
-                    conn.out_bytes += size
-                    if not conn.dirty:
-                        self.broker.mark_dirty(conn)
-                return len(plan)
-        return self._forward(subject, reply, size, tail, hdr_len, body, targets)
-
-    def forward_batch(self, subject: bytes, tails: List[bytes], size: int, targets: Any) -> None:
-        """Several messages to one subject, no reply: one joined frame per gateway when it can."""
-        if not self._outbound_list:
-            return
-        plan = None if self.replies and subject in self.replies else self._plan_entries.get(subject)
-        if plan is None and not (self.replies and subject in self.replies):
-            plan = self._plan(subject)
-        if plan is None or plan is GENERAL:
-            for tail in tails:
-                self._forward(subject, None, len(tail) - tail.index(b"\n") - 3, tail, -1, b"", targets)
-            return
-        k = len(tails)
-        for conn, head in plan:
-            conn.out.append(head + head.join(tails))
-            conn.out_msgs += k
-            conn.out_bytes += size
-            if not conn.dirty:
-                self.broker.mark_dirty(conn)
-
-    def _forward(
-        self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
-    ) -> int:
-        """The general path: queue groups, routed replies and subjects, headers."""
-        outs = self._outbound_list
-        exports = self.settings.exports
-        if exports is not None and not exports.may_publish(_unwrapped(subject)):
-            return 0
-        if self.replies:
-            known = self.replies.get(subject)
-            if known is not None:
-                if known[1] >= self.clock.seconds():
-                    subject = known[0]  # an answer to a routed request: straight back
-                else:
-                    del self.replies[subject]
-        if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
-            wanted = subject[_CLUSTER_AT : _CLUSTER_AT + HASH_LEN]
-            for conn in outs:
-                if conn.hash == wanted:
-                    conn.send_message(subject, self._reply(reply), (), size, tail, hdr_len, body)
-                    return 1
-            return 0
-        served = {name for name, _ in targets.queue_info} if targets.queue_info else set()
-        count = 0
-        mapped: Optional[bytes] = None
-        for conn in outs:
-            plain, queues = conn.interest.wants(subject)
-            if queues:
-                queues = [q for q in queues if q not in served]
-                served.update(queues)
-            if not plain and not queues:
-                continue
-            if reply is not None and mapped is None:
-                mapped = self._reply(reply)
-            conn.send_message(subject, mapped, queues, size, tail, hdr_len, body)
-            count += 1
-        return count
-
-    def _reply(self, reply: Optional[bytes]) -> Optional[bytes]:
-        """The reply as gateways get it: routed when a recent subscription here takes it."""
-        if reply is None or not self.recent.count:
-            return reply
-        found = self.recent.match(reply, False)
-        return self.reply_prefix + reply if found.plain or found.queues else reply
-
-    def strip(self, reply: Optional[bytes]) -> Optional[bytes]:
-        """A reply as our subscribers see it: a routed one loses its prefix, and is remembered."""
-        if reply is None or reply[:_CLUSTER_AT] != GR_PREFIX or not routed(reply):
-            return reply
-        plain = reply[SUBJECT_AT:]
-        self.replies[plain] = (reply, self.clock.seconds() + RECENT)
-        if not self._sweeper.running:
-            self._sweeper.start(RECENT, now=False)
-        return plain
-
-    def _no_longer_recent(self) -> None:
-        """The subscriptions made RECENT seconds ago or more leave the recent ones."""
-        self._recent_timer = None
-        now, until = self.clock.seconds(), self._recent_until
-        while until and until[0][0] <= now:
-            self.recent.remove(until.popleft()[1])
-        if until:
-            self._recent_timer = self.clock.callLater(until[0][0] - now, self._no_longer_recent)
-
-    def _sweep(self) -> None:
-        now = self.clock.seconds()
-        for plain in [p for p, (_, until) in self.replies.items() if until < now]:
-            del self.replies[plain]
-        if not self.replies:
-            self._sweeper.stop()
-
-    def received_batch(self, conn: GatewayConnection, subject: bytes, tails: List[bytes], size: int) -> None:
-        """Several plain messages from another cluster to one subject, no reply."""
-        imports = self.settings.imports
-        if subject[:_CLUSTER_AT] == GR_PREFIX or (imports is not None and not imports.may_publish(subject)):
-            for tail in tails:
-                self.received(conn, subject, None, (), len(tail) - tail.index(b"\n") - 3, tail, -1, b"")
-            return
-        self.broker.deliver_batch(conn, subject, tails, size)
-
-    def received(
-        self, conn: GatewayConnection, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
-        size: int, tail: bytes, hdr_len: int, body: bytes,
-    ) -> int:
-        """A message from another cluster."""
-        imports = self.settings.imports
-        if imports is not None and not imports.may_publish(_unwrapped(subject)):
-            self.dropped += 1
-            return 0
-        if subject[:_CLUSTER_AT] == GR_PREFIX and routed(subject):
-            return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_message(
-            conn, subject, self.strip(reply), size, tail, hdr_len, body, queues, routed_reply=reply
-        )
-
-    def from_route(
-        self, route: Any, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes],
-        size: int, tail: bytes, hdr_len: int, body: bytes,
-    ) -> int:
-        """A message from a route with a routed subject or reply (a route's hook)."""
-        if routed(subject):
-            return self._routed_reply(route, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_message(route, subject, self.strip(reply), size, tail, hdr_len, body, queues)
-
-    def _routed_reply(
-        self, conn: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
-    ) -> int:
-        """nats-server's handleGatewayReply: a reply routed to this cluster, perhaps to another server of it."""
-        if subject[_CLUSTER_AT : _CLUSTER_AT + HASH_LEN] != self.cluster_hash:
-            self.dropped += 1
-            return 0
-        server = subject[_SERVER_AT : _SERVER_AT + HASH_LEN]
-        if conn.kind is Kind.GATEWAY and server != self.server_hash and self.routes is not None:
-            for route in list(self.routes.routes.values()):
-                if gateway_hash(route.remote_id) == server:
-                    route.send(link_message(RMSG, subject, reply, (), size, tail, hdr_len, body))
-                    return 1
-        plain = subject[SUBJECT_AT:]
-        local_reply = self.strip(reply)
-        if hdr_len < 0:
-            return self.broker.deliver(self.source, plain, local_reply, size, tail)
-        return self.broker.deliver_message(self.source, plain, local_reply, size, b"", hdr_len, body)

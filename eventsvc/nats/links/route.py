@@ -25,12 +25,11 @@ from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.links.connection import PeerConnection
 from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
+from eventsvc.nats.links.replies import GR_PREFIX as GR
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
 
 GLOBAL = b"$G"
-#: The prefix of replies routed across gateways (eventsvc.nats.links.gateway).
-GR = b"_GR_."
 
 
 class RouteConnection(PeerConnection):
