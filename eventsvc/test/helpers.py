@@ -54,7 +54,7 @@ class Harness:
         # No time budget unless a test asks: real time would make a big
         # feed yield (or not) by how fast the machine is.
         settings.setdefault("parse_budget", None)
-        self.settings = ClientSettings(**settings)
+        self.settings = with_limits(ClientSettings, **settings)
         self.factory = ClientFactory(self.broker, self.settings, self.clock)
         self.clients: List[FakeClient] = []
 
@@ -94,3 +94,23 @@ def dial_in_memory(clock: Any, target: Any) -> Any:
                 return outer, target.connection
         clock.advance(0.1)
     raise AssertionError("no dial to {}".format(target.label()))
+
+
+def with_limits(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    """C{cls(*args, **kwargs)}, a settings class, with the [limits] keys among C{kwargs} gathered into its L{Limits}."""
+    from dataclasses import fields
+
+    from eventsvc.nats.limits import Limits
+
+    names = {f.name for f in fields(Limits)}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    return cls(*args, limits=Limits(**given), **kwargs)
+
+
+def replace_settings(settings: Any, **kwargs: Any) -> Any:
+    """C{settings} with C{kwargs} changed, the [limits] keys among them in its L{Limits}."""
+    from dataclasses import fields, replace
+
+    names = {f.name for f in fields(settings.limits)}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    return replace(settings, limits=replace(settings.limits, **given), **kwargs)

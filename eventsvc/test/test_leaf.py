@@ -23,7 +23,7 @@ from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.links.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
-from eventsvc.test.helpers import FakeClient, dial_in_memory
+from eventsvc.test.helpers import FakeClient, dial_in_memory, with_limits
 from eventsvc.test.test_parser import mutated_streams_of, pieces
 from eventsvc.test.test_route import count_frames, feed_peer
 from eventsvc.test.test_route import link as route_link
@@ -40,7 +40,7 @@ class Node:
         if cluster:
             self.routes = RouteManager(self.broker, self.clock, RouteSettings(cluster, "127.0.0.1", 0))
             self.routes.startService()
-        self.leafs = LeafManager(self.broker, self.clock, LeafSettings(host="127.0.0.1", port=0, **settings))
+        self.leafs = LeafManager(self.broker, self.clock, with_limits(LeafSettings, host="127.0.0.1", port=0, **settings))
         self.leafs.startService()
 
     @property

@@ -172,7 +172,7 @@ class CapTests(SynchronousTestCase):
     def test_the_default_cap(self) -> None:
         self.assertEqual(limits.MAX_LINK_SUBSCRIPTIONS, 1000000)
         for kind, make in KINDS:
-            self.assertEqual(make().proto.manager.settings.max_link_subscriptions, 1000000, kind)
+            self.assertEqual(make().proto.manager.settings.limits.max_link_subscriptions, 1000000, kind)
 
     def test_no_cap(self) -> None:
         link = a_route(max_link_subscriptions=0)

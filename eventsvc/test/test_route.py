@@ -17,7 +17,7 @@ from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.links.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
-from eventsvc.test.helpers import FakeClient, dial_in_memory
+from eventsvc.test.helpers import FakeClient, dial_in_memory, replace_settings, with_limits
 
 
 class Node:
@@ -25,12 +25,12 @@ class Node:
         self.clock = MemoryReactorClock()
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
-        self.manager = RouteManager(self.broker, self.clock, RouteSettings("c1", "127.0.0.1", 0, **settings))
+        self.manager = RouteManager(self.broker, self.clock, with_limits(RouteSettings, "c1", "127.0.0.1", 0, **settings))
         self.manager.startService()
 
     def set(self, **settings) -> None:
         """Change the manager's settings (as a new configuration would)."""
-        self.manager.settings = dataclasses.replace(self.manager.settings, **settings)
+        self.manager.settings = replace_settings(self.manager.settings, **settings)
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
         proto = self.factory.buildProtocol(None)

@@ -27,7 +27,7 @@ from eventsvc.nats.links.replies import gateway_hash
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
-from eventsvc.test.helpers import FakeClient, dial_in_memory
+from eventsvc.test.helpers import FakeClient, dial_in_memory, with_limits
 from eventsvc.test.test_parser import _check_output
 from eventsvc.test.test_route import feed_cut, mutated_route_streams
 
@@ -40,7 +40,7 @@ class Node:
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
         gateways = tuple((r, ("nats://127.0.0.1:7222",)) for r in remotes)
-        self.manager = GatewayManager(self.broker, self.clock, GatewaySettings(name, "127.0.0.1", 0, gateways=gateways, **settings))
+        self.manager = GatewayManager(self.broker, self.clock, with_limits(GatewaySettings, name, "127.0.0.1", 0, gateways=gateways, **settings))
         self.manager.startService()
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:

@@ -73,9 +73,8 @@ class PeerConnection(Protocol):
     L{lost} (what its manager must hear when it ends).
 
     @ivar manager: the subclass's manager: C{broker}, C{clock} and
-        C{settings} (C{max_pending}, C{ping_max}, C{tls_name},
-        C{max_control_line}, C{max_payload}, C{parse_budget},
-        C{max_link_subscriptions}).
+        C{settings} (C{limits}, C{tls_name}, C{parse_budget},
+        C{handshake_timeout}).
     """
 
     log = Logger()
@@ -110,15 +109,15 @@ class PeerConnection(Protocol):
         self.remote_info: Dict[str, Any] = {}
         self.registered = False
         self.closed = False
-        self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
+        self.outbound = Outbound(manager.clock, settings.limits.max_pending, self._slow, stalls=False)
         self.out = self.outbound.out
         self.flush: Callable[[], bool] = self.outbound.flush
         self.dirty = False
-        self.parser = parser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
+        self.parser = parser(self, settings.limits.max_control_line, settings.limits.max_payload, settings.parse_budget)
         #: Reads parsed within the budget, the rest on later turns (as a client's).
         self.turns = ReadTurns(self.parser, manager.clock, self.outbound.gate, self._violated, self.broker.flush)
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pinger = Pinger(manager.clock, ping_interval, settings.ping_max, self._send_now, self._stale)
+        self.pinger = Pinger(manager.clock, ping_interval, settings.limits.ping_max, self._send_now, self._stale)
         self.host, self.port = "", 0
         #: When it connected, and when it last sent anything (monitoring).
         self.start = self.last_activity = 0.0
@@ -254,7 +253,7 @@ class PeerConnection(Protocol):
         """
         if self.closed:
             return False
-        cap = self.manager.settings.max_link_subscriptions
+        cap = self.manager.settings.limits.max_link_subscriptions
         if cap and held > cap:
             self.log.warn(
                 "{kind} {peer}: its interest passed {cap} subscriptions (the cap per link, [limits] "

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from eventsvc.nats import limits
+from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.delivery import PLAN_CACHE_SIZE
 from eventsvc.nats.frames import gateway_info_line, rs_line
 from eventsvc.nats.links.gateway_connection import GLOBAL, GatewayConnection, RemoteGateway
@@ -63,11 +63,12 @@ class GatewaySettings:
     password: str = ""
     #: host:port other gateways are told to dial for this server (default: host and port).
     advertise: str = ""
-    max_payload: int = limits.MAX_PAYLOAD
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
+    #: [limits] as the links run with them (max_payload, max_control_line:
+    #: nats-server sets none on links, we keep one for memory's sake;
+    #: max_pending, ping_interval, ping_max, listen_backlog,
+    #: max_link_subscriptions: the entries of a peer's interest one link
+    #: may hold, 0 for no cap).
+    limits: Limits = Limits()
     #: Seconds a gateway connection has to be up (TLS, INFO, CONNECT).
     handshake_timeout: float = 5.0
     retry_initial: float = 0.5
@@ -78,7 +79,6 @@ class GatewaySettings:
     tls_server: Any = None
     tls_client: Any = None
     tls_name: str = ""
-    listen_backlog: int = limits.LISTEN_BACKLOG
     #: Gateway permissions (IPermissions, or None for everything), as the
     #: cluster's: C{imports} decides which of our interest peers hear of
     #: (may_subscribe) and which of their messages we take (may_publish);
@@ -88,10 +88,7 @@ class GatewaySettings:
     exports: Any = None
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: Entries of the peer's interest one link may hold (0: no cap): its
-    #: subscriptions, and the subjects it said it has no interest in.
-    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
+    parse_budget: Optional[float] = PARSE_BUDGET
 
 
 class GatewayManager(GatewayMessages, LinkManager):
@@ -174,7 +171,7 @@ class GatewayManager(GatewayMessages, LinkManager):
         if self.settings.tls_server is not None:
             info.update(tls_required=True, tls_verify=True)
         info.update(
-            max_payload=self.settings.max_payload, gateway=self.settings.name, gateway_urls=self.cluster_urls(),
+            max_payload=self.settings.limits.max_payload, gateway=self.settings.name, gateway_urls=self.cluster_urls(),
             gateway_url=self.url, gateway_nrp=True, gateway_iom=True,
         )
         return info

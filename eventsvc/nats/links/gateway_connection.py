@@ -46,7 +46,7 @@ class GatewayConnection(PeerConnection):
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, min(settings.ping_interval, MAX_PING_INTERVAL), GatewayParser)
+        super().__init__(manager, min(settings.limits.ping_interval, MAX_PING_INTERVAL), GatewayParser)
         self.remote = remote
         #: The remote gateway's (cluster's) name, and its hash in routed replies.
         self.name = remote.name if remote is not None else ""

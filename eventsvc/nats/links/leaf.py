@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from eventsvc import wirejson
-from eventsvc.nats import limits
+from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
@@ -72,7 +72,7 @@ class LeafConnection(PeerConnection):
 
     def __init__(self, manager: "LeafManager", remote: Optional["RemoteLeaf"] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, settings.ping_interval, LeafParser)
+        super().__init__(manager, settings.limits.ping_interval, LeafParser)
         self.remote = remote
         if remote is not None:
             #: An uplink: what our hub brings goes to our clients and leafs only.
@@ -392,6 +392,30 @@ class RemoteLeaf(DialTarget):
 
 
 @dataclass(frozen=True)
+class LeafRemote:
+    """
+    One [[leafnodes.remotes]] entry, as the leaf manager takes it: a hub to
+    dial and our credentials there.
+    """
+
+    #: The hub's URLs, tried in turn.
+    urls: Tuple[str, ...]
+    #: The CONNECT user: the user, or a token (as nats-leaf://TOKEN@host sends it).
+    user: str = ""
+    password: str = ""
+    #: Whether the link must be TLS (tls = true; a tls:// URL says so too).
+    tls: bool = False
+    #: The name the hub's certificate must carry.
+    tls_name: str = ""
+    #: Subjects not taken from the hub, and not sent to it.
+    deny_imports: Tuple[str, ...] = ()
+    deny_exports: Tuple[str, ...] = ()
+    #: None, or a function of the hub's nonce giving (user JWT, signature):
+    #: a .creds file's credentials, for a hub in operator mode.
+    signer: Optional[Callable[[bytes], Tuple[str, str]]] = None
+
+
+@dataclass(frozen=True)
 class LeafSettings:
     """The leaf nodes' settings, built once from [leafnodes] and [limits]."""
 
@@ -404,22 +428,21 @@ class LeafSettings:
     user: str = ""
     password: str = ""
     token: str = ""
-    #: Hubs to dial: (urls, user, password, tls, tls_name, deny_imports,
-    #: deny_exports, signer).
-    remotes: Tuple[Tuple[Any, ...], ...] = ()
+    #: Hubs to dial ([[leafnodes.remotes]]).
+    remotes: Tuple["LeafRemote", ...] = ()
     #: IPermissions denying the given subjects (a remote's deny lists, a
     #: spoke's deny_pub), or None when none are given.
     denied: Any = None
-    max_payload: int = limits.MAX_PAYLOAD
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
+    #: [limits] as the links run with them (max_payload, max_control_line:
+    #: nats-server sets none on links, we keep one for memory's sake;
+    #: max_pending, ping_interval, ping_max, listen_backlog,
+    #: max_link_subscriptions: the entries of a peer's interest one link
+    #: may hold, 0 for no cap).
+    limits: Limits = Limits()
     #: Redial: 1 s at first (nats-server's reconnect interval), doubling up to this.
     retry_initial: float = 1.0
     retry_max: float = 10.0
     handshake_timeout: float = 2.0
-    listen_backlog: int = limits.LISTEN_BACKLOG
     #: TLS after INFO, as 2.9's leaf links: the server context spokes must
     #: handshake with (mutual), and a function of the name the hub's
     #: certificate must carry giving client options; C{tls_name}, the name
@@ -432,9 +455,7 @@ class LeafSettings:
     tls_client: Any = None
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: Entries of the peer's interest one link may hold (0: no cap).
-    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
+    parse_budget: Optional[float] = PARSE_BUDGET
 
 
 class LeafManager(LinkManager):
@@ -453,7 +474,7 @@ class LeafManager(LinkManager):
         #: Links refused or closed for a loop (for /varz-like counts and the log).
         self.loops = 0
         for remote in settings.remotes:
-            self.add_remote(self._remote(*remote))
+            self.add_remote(self._remote(remote))
 
     def add_remote(self, remote: RemoteLeaf) -> None:
         """A hub to keep a link to: dialled (now, when running) and again whenever the link drops."""
@@ -469,14 +490,14 @@ class LeafManager(LinkManager):
         assert isinstance(target, RemoteLeaf)
         return LeafConnection(self, target)
 
-    def _remote(
-        self, urls: Tuple[str, ...], user: str, password: str, tls: bool, tls_name: str,
-        deny_imports: Tuple[str, ...], deny_exports: Tuple[str, ...], signer: Any,
-    ) -> RemoteLeaf:
+    def _remote(self, r: "LeafRemote") -> RemoteLeaf:
+        """The hub C{r} as we dial it: its deny lists made permissions."""
         def denied(subjects: Tuple[str, ...]) -> Any:
             return self.settings.denied(subjects) if subjects and self.settings.denied is not None else None
 
-        return RemoteLeaf(urls, user, password, tls, tls_name, deny_imports, denied(deny_imports), denied(deny_exports), signer)
+        return RemoteLeaf(
+            r.urls, r.user, r.password, r.tls, r.tls_name, r.deny_imports, denied(r.deny_imports), denied(r.deny_exports), r.signer,
+        )
 
     def next_cid(self) -> int:
         """A new leaf link id (for /leafz; leaf links are numbered apart from clients)."""
@@ -507,7 +528,7 @@ class LeafManager(LinkManager):
         if self.settings.tls_accept is not None:
             info.update(tls_required=True, tls_verify=True)
         info.update({
-            "max_payload": self.settings.max_payload,
+            "max_payload": self.settings.limits.max_payload,
             "client_id": conn.cid,
             "nonce": "".join(_NUID[c % 62] for c in os.urandom(11)),
             "info_on_connect": True,

@@ -187,7 +187,7 @@ class LinkManager(Service):
     A subclass sets C{kind_label} and C{listen_what}, builds connections
     (L{accepted}, L{dialled}), and may refine L{redial_delay}.
 
-    @ivar settings: C{host}, C{port}, C{accept}, C{listen_backlog},
+    @ivar settings: C{host}, C{port}, C{accept}, C{limits},
         C{tls_server}, C{tls_client}, C{tls_name}, C{retry_initial},
         C{retry_max}, and what the connections read.
     @ivar port: the port bound once listening (C{settings.port} until then).
@@ -242,7 +242,7 @@ class LinkManager(Service):
             if s.tls_server is not None:
                 self.listening = self.clock.listenSSL(self.port, factory, s.tls_server, interface=s.host)
             else:
-                self.listening = self.clock.listenTCP(self.port, factory, backlog=s.listen_backlog, interface=s.host)
+                self.listening = self.clock.listenTCP(self.port, factory, backlog=s.limits.listen_backlog, interface=s.host)
         except CannotListenError as e:
             raise ListenError("cannot listen on {}:{} for {}: {}".format(s.host, self.port, self.listen_what, e.socketError))
         self.port = self.listening.getHost().port

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from eventsvc import wirejson
-from eventsvc.nats import limits
+from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
@@ -46,7 +46,7 @@ class RouteConnection(PeerConnection):
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, settings.ping_interval, RouteParser)
+        super().__init__(manager, settings.limits.ping_interval, RouteParser)
         self.solicited = solicited
         self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
@@ -261,13 +261,12 @@ class RouteSettings:
     routes: Tuple[str, ...] = ()
     user: str = ""
     password: str = ""
-    max_payload: int = limits.MAX_PAYLOAD
-    #: Routes' control lines are held to this too (nats-server sets no limit
-    #: on routes; we keep one for memory's sake).
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
+    #: [limits] as the links run with them (max_payload, max_control_line:
+    #: nats-server sets none on links, we keep one for memory's sake;
+    #: max_pending, ping_interval, ping_max, listen_backlog,
+    #: max_link_subscriptions: the entries of a peer's interest one link
+    #: may hold, 0 for no cap).
+    limits: Limits = Limits()
     retry_initial: float = 0.5
     retry_max: float = 10.0
     #: Whether to listen for routes, or only dial.
@@ -278,7 +277,6 @@ class RouteSettings:
     tls_server: Any = None
     tls_client: Any = None
     tls_name: str = ""
-    listen_backlog: int = limits.LISTEN_BACKLOG
     #: Neither tell peers our client URLs nor tell our clients theirs.
     no_advertise: bool = False
     #: Route permissions (IPermissions, or None for everything), as
@@ -290,9 +288,7 @@ class RouteSettings:
     exports: Any = None
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: Entries of the peer's interest one link may hold (0: no cap).
-    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
+    parse_budget: Optional[float] = PARSE_BUDGET
 
 
 class RouteManager(LinkManager):
@@ -343,7 +339,7 @@ class RouteManager(LinkManager):
             "host": self.advertise_host,
             "port": self.port,
             "headers": True,
-            "max_payload": self.settings.max_payload,
+            "max_payload": self.settings.limits.max_payload,
             "cluster": self.settings.cluster_name,
         }
         urls = [] if self.settings.no_advertise else self.broker.connect_urls.own()
