@@ -39,6 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc import wirejson
 from eventsvc.nats import timers
 from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.framing import ReadTurns
@@ -96,6 +97,8 @@ class PeerConnection(Protocol):
 
     #: The framing loop with the protocol's verb table.
     parser: Any
+    #: The link as a bad INFO or CONNECT names it ("route", "leaf node link").
+    speaks = ""
 
     def __init__(self, manager: Any, ping_interval: float, parser: Callable[..., Any]) -> None:
         """
@@ -347,6 +350,21 @@ class PeerConnection(Protocol):
         self.close("Stale Connection", "stale " + self.kind.label)
 
     # -- what every peer protocol answers the same way ----------------------------
+
+    def json_object(self, arg: bytes, verb: str) -> Dict[str, Any]:
+        """
+        The JSON object an C{INFO} or C{CONNECT} (C{verb}) carries.
+
+        @raise ProtocolViolation: not a JSON object (C{bad <verb> on
+            <speaks>}): the link closes.
+        """
+        try:
+            value = wirejson.loads(arg)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ProtocolViolation(None, "bad {} on {}".format(verb, self.speaks))
+        return value
 
     def op_ping(self) -> None:
         """C{PING}: answered C{PONG}."""

@@ -221,12 +221,6 @@ class GatewayManager(GatewayMessages, LinkManager):
         )
         return options
 
-    def check_credentials(self, options: Dict[str, Any]) -> bool:
-        """Whether a peer's CONNECT carries the supercluster's credentials (any, when it has none)."""
-        if not self.settings.user:
-            return True
-        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
-
     # -- lifecycle ---------------------------------------------------------------------
 
     def startService(self) -> None:

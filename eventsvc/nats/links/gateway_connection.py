@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from eventsvc import wirejson
 from eventsvc.nats.frames import RMSG, account_line, connect_line, link_message
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.links.connection import PeerConnection
@@ -43,6 +42,7 @@ class GatewayConnection(PeerConnection):
     """
 
     kind = Kind.GATEWAY
+    speaks = "gateway"
 
     def __init__(self, manager: "GatewayManager", remote: Optional["RemoteGateway"] = None) -> None:
         settings = manager.settings
@@ -102,12 +102,7 @@ class GatewayConnection(PeerConnection):
         """C{CONNECT} on an accepted gateway: it must be a gateway, with our credentials."""
         if self.dialled:
             return  # (nats-server's dialled side ignores one too)
-        try:
-            options = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad CONNECT on gateway")
-        if not isinstance(options, dict):
-            raise ProtocolViolation(None, "bad CONNECT on gateway")
+        options = self.json_object(arg, "CONNECT")
         if not options.get("gateway") or not isinstance(options.get("gateway"), str):
             self.log.warn("{host}:{port} dialled the gateway port without being a gateway", host=self.host, port=self.port)
             raise ProtocolViolation("attempted to connect to gateway port", "not a gateway")
@@ -118,12 +113,7 @@ class GatewayConnection(PeerConnection):
 
     def op_info(self, arg: bytes) -> None:
         """C{INFO}: the peer's (registering the connection), or an interest-mode command or gossip."""
-        try:
-            info = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad INFO on gateway")
-        if not isinstance(info, dict):
-            raise ProtocolViolation(None, "bad INFO on gateway")
+        info = self.json_object(arg, "INFO")
         if self.dialled:
             self._info_from_peer(info)
         elif not self.connect_seen:

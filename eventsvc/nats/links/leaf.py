@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from eventsvc import wirejson
 from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
@@ -67,6 +66,7 @@ class LeafConnection(PeerConnection):
     """
 
     kind = Kind.LEAF
+    speaks = "leaf node link"
     echo = False
     frame_head = LMSG
 
@@ -142,12 +142,7 @@ class LeafConnection(PeerConnection):
 
     def op_info(self, arg: bytes) -> None:
         """C{INFO} from the other side: on an uplink the hub's (we answer CONNECT), later ones update it."""
-        try:
-            info = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad INFO on leaf node link")
-        if not isinstance(info, dict):
-            raise ProtocolViolation(None, "bad INFO on leaf node link")
+        info = self.json_object(arg, "INFO")
         remote = self.remote
         if remote is None:
             return  # a spoke has nothing to tell us by INFO
@@ -195,12 +190,7 @@ class LeafConnection(PeerConnection):
         """C{CONNECT} from a spoke: its credentials and cluster checked; the link is up."""
         if self.dialled or self.up:
             return
-        try:
-            options = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad CONNECT on leaf node link")
-        if not isinstance(options, dict):
-            raise ProtocolViolation(None, "bad CONNECT on leaf node link")
+        options = self.json_object(arg, "CONNECT")
         if "lang" in options:
             self.log.warn("{host}:{port}: a client dialled the leaf node port", host=self.host, port=self.port)
             raise ProtocolViolation("attempted to connect to leaf node port", "a client dialled the leaf node port")

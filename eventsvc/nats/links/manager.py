@@ -24,7 +24,7 @@ means to them; this module knows nothing of any protocol.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -226,6 +226,12 @@ class LinkManager(Service):
         """
         delay = backoff(self.settings, target.attempts, self.random.random)
         return max(delay, target.not_before - self.clock.seconds())
+
+    def check_credentials(self, options: Dict[str, Any]) -> bool:
+        """Whether a peer's CONNECT carries the settings' C{user} and C{password} (any, when there are none)."""
+        if not self.settings.user:
+            return True
+        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
 
     # -- listening ------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from eventsvc import wirejson
 from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
@@ -39,6 +38,7 @@ class RouteConnection(PeerConnection):
     """
 
     kind = Kind.ROUTE
+    speaks = "route"
     frame_head = RMSG
     #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
     #: keeps the message from that cluster's links).
@@ -86,12 +86,7 @@ class RouteConnection(PeerConnection):
 
     def op_connect(self, arg: bytes) -> None:
         """C{CONNECT} from the peer: its credentials checked against the cluster's."""
-        try:
-            options = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad CONNECT on route")
-        if not isinstance(options, dict):
-            raise ProtocolViolation(None, "bad CONNECT on route")
+        options = self.json_object(arg, "CONNECT")
         if "lang" in options:
             raise ProtocolViolation("attempted to connect to route port", "a client dialled the route port")
         if not self.manager.check_credentials(options):
@@ -102,10 +97,7 @@ class RouteConnection(PeerConnection):
 
     def op_info(self, arg: bytes) -> None:
         """C{INFO} from the peer: the first registers the route (or closes a duplicate), later ones update what it advertises."""
-        try:
-            info = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad INFO on route")
+        info = self.json_object(arg, "INFO")
         server_id = info.get("server_id", "")
         if not self.remote_id:
             if server_id == self.broker.server_id:
@@ -373,12 +365,6 @@ class RouteManager(LinkManager):
         if self.settings.user:
             options.update(user=self.settings.user, **{"pass": self.settings.password})
         return options
-
-    def check_credentials(self, options: Dict[str, Any]) -> bool:
-        """Whether a peer's CONNECT carries the cluster's credentials (any, when it has none)."""
-        if not self.settings.user:
-            return True
-        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
 
     # -- lifecycle ---------------------------------------------------------------
 
