@@ -34,7 +34,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -151,6 +151,22 @@ class _TargetEndpoint:
         return "<{}>".format(self.target.label())
 
 
+@implementer(ILogObserver)
+def _unheard(event: Dict[str, Any]) -> None:
+    """A log observer that keeps nothing."""
+
+
+class _Redialling(ClientService):
+    """
+    Twisted's C{ClientService}, whose own log line for each retry ("Scheduling
+    retry 3 to connect ...") is left out: L{LinkManager} logs the redial
+    itself, with the reason, and counts failures since the link was last up
+    rather than since TCP last connected, so the two would disagree.
+    """
+
+    _log = Logger(observer=_unheard)
+
+
 class _Accepting(Factory):
     """The listener's factory: a connection for each peer that dials us."""
 
@@ -259,7 +275,7 @@ class LinkManager(Service):
         """Dial C{target} (now, when running) and again whenever its link drops or a dial fails."""
         if target.service is not None:
             return
-        target.service = ClientService(
+        target.service = _Redialling(
             _TargetEndpoint(self, target), _Dialling(self, target),
             retryPolicy=lambda failures: self._retry(target), clock=self.clock,
         )
