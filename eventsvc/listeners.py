@@ -25,7 +25,7 @@ from eventsvc.nats.server import Broker
 from eventsvc.nats.limits import Limits
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.throttle import AuthThrottle
-from eventsvc.security.permissions import Permissions
+from eventsvc.security.permissions import Permissions, fence_jetstream
 from eventsvc.security.tls import SNIServerContexts, load_identity, server_options
 from eventsvc.service import StartupError
 
@@ -41,7 +41,7 @@ def service_listener(config: Config, broker: Broker, reactor: Any, tls: Any) -> 
     """
     service = config.service
     settings = client_settings(
-        config.limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
+        config.limits, config.jetstream, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
         advertise=config.cluster.enabled and not config.cluster.no_advertise,
         tls=tls, tls_verify=tls is not None,
     )
@@ -71,10 +71,18 @@ def own_urls(host: str, state: Any, advertise: str) -> Any:
     return own
 
 
-def client_settings(limits: Limits, auth_timeout: Optional[float] = None, **kwargs: Any) -> ClientSettings:
-    """A listener's settings: [limits] (with its own C{auth_timeout}, when it has one), and what is the listener's own."""
+def client_settings(
+    limits: Limits, jetstream: Any = None, auth_timeout: Optional[float] = None, **kwargs: Any,
+) -> ClientSettings:
+    """
+    A listener's settings: [limits] (with its own C{auth_timeout}, when it
+    has one), and what is the listener's own; C{jetstream}, the [jetstream]
+    section, for INFO.
+    """
     if auth_timeout is not None:
         limits = replace(limits, auth_timeout=auth_timeout)
+    if jetstream is not None and jetstream.enabled:
+        kwargs.update(jetstream=True, jetstream_domain=jetstream.domain)
     return ClientSettings(limits=limits, **kwargs)
 
 
@@ -203,11 +211,11 @@ def listener_authenticator(config: Config, name: str, health: Optional[HealthTok
 
     gw = getattr(config, name)
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
-    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
+    agents = Permissions(**fence_jetstream({k: list(getattr(gw.permissions, k)) for k in keys}))
     chain: List[Any] = [health.authenticator] if health is not None else []
     if gw.identities:
         chain.append(NamedIdentities([
-            (i.name, i.token, i.user, i.password, Permissions(**identity_permissions(i, gw.permissions)))
+            (i.name, i.token, i.user, i.password, Permissions(**fence_jetstream(identity_permissions(i, gw.permissions))))
             for i in gw.identities
         ]))
     tokens = list(gw.tokens)
@@ -273,6 +281,7 @@ def agent_listener(config: Config, broker: Broker, reactor: Any) -> AgentListene
         context = SNIServerContexts(entries)
     settings = client_settings(
         config.limits,
+        config.jetstream,
         host=gw.host,
         port=gw.port,
         max_connections=gw.max_connections,
@@ -304,6 +313,7 @@ def websocket_listener(config: Config, broker: Broker, reactor: Any) -> WebSocke
         context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"), alpn=(b"http/1.1",))
     settings = client_settings(
         config.limits,
+        config.jetstream,
         host=ws.host,
         port=ws.port,
         max_connections=ws.max_connections,
@@ -332,7 +342,7 @@ def console_settings(config: Config) -> Any:
     return ConsoleSettings(
         identity=identity.name,
         credentials=credentials,
-        permissions=Permissions(**identity_permissions(identity, ws.permissions)),
+        permissions=Permissions(**fence_jetstream(identity_permissions(identity, ws.permissions))),
         websocket_url=config.console.websocket_url,
         websocket_secure=not ws.no_tls,
         dead_letter_file=config.events.dead_letter_file if config.service.enabled else "",

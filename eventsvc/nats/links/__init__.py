@@ -2,10 +2,19 @@
 Links to other servers: the three server-to-server protocols of
 nats-server 2.9 (routes, gateways, leaf nodes) and what they share.
 
-L{connection} is the link both ends speak through (framing, output,
-liveness, the peer's interest capped and let go of); L{manager} listens,
-dials and redials; L{route}, L{gateway} and L{leaf} hold each protocol's
-handshake, interest and messages.  Everything here stands on the core of
-L{eventsvc.nats} (the broker, the parsers, the frames) and nothing in the
-core imports it.
+  - L{manager}: how a link is kept up (listening, dialling, redialling on
+    Twisted's C{ClientService} with C{backoffPolicy}), one C{LinkManager}
+    for all three;
+  - L{connection}: C{PeerConnection}, what every link speaks through
+    (framing under the clients' budget, output, liveness, the peer's
+    interest capped and let go of);
+  - L{route}: the cluster protocol;
+  - L{gateway}: the supercluster's manager, with L{gateway_connection} (one
+    connection), L{interest_modes} (what a peer wants, optimistic or
+    interest-only), L{replies} (the C{_GR_} reply mapping) and
+    L{gateway_messages} (what crosses, both ways);
+  - L{leaf}: the leafnode protocol, as hub and as spoke.
+
+Everything here stands on the core of L{eventsvc.nats} (the broker, the
+parsers, the frames), and nothing in the core imports it.
 """
