@@ -119,3 +119,19 @@ class GatewayRedialTests(SynchronousTestCase):
         self.assertNotIn("C", manager.remotes)
         clock.advance(60)
         self.assertEqual([c[1] for c in clock.tcpClients].count(7444), 1)
+
+    def test_a_url_that_cannot_be_dialled_is_said_once(self) -> None:
+        """A gateway URL without a port (from gossip, say): one error line, no redial, nothing dialled."""
+        logged: List[str] = []
+        observe = lambda event: logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        clock = MemoryReactorClock()
+        manager = GatewayManager(Broker(server_id="NA"), clock, GatewaySettings("A", "127.0.0.1", 0, gateways=(("B", ("127.0.0.1",)),)))
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        clock.advance(0)
+        clock.advance(60)
+        self.assertEqual(clock.tcpClients, [])
+        self.assertEqual(redials(clock), [])
+        self.assertEqual([line for line in logged if "gateway B" in line], ["gateway B: nats://127.0.0.1 is not host:port"])

@@ -283,15 +283,6 @@ class LinkManager(Service):
         if self.running:
             target.service.startService()
 
-    def stop_dialling(self, target: DialTarget) -> Any:
-        """Dial C{target} no more (its link, if up, is closed)."""
-        service, target.service = target.service, None
-        if target in self.kept:
-            self.kept.remove(target)
-        if service is not None and service.running:
-            return service.stopService()
-        return None
-
     def dial_once(self, target: DialTarget) -> None:
         """Dial C{target} once: a failure is logged (L{dial_failed}), and not tried again."""
         _TargetEndpoint(self, target).connect(_Dialling(self, target)).addErrback(lambda f: None)
@@ -303,19 +294,26 @@ class LinkManager(Service):
     def bad_url(self, target: DialTarget, url: str) -> None:
         """C{target}'s URL cannot be dialled: said, and it is dialled no more."""
         self.log.error("{target}: {url} is not host:port", target=target.label(), url=url)
-        self.clock.callLater(0, self.stop_dialling, target)
+        self._forget(target)
+
+    def _forget(self, target: DialTarget) -> None:
+        """Dial C{target} no more, from within its service's own turn (the service stops on the next)."""
+        if target in self.kept:
+            self.kept.remove(target)
+        service, target.service = target.service, None
+        if service is not None:
+            self.clock.callLater(0, service.stopService)
 
     def _retry(self, target: DialTarget) -> float:
         """C{ClientService}'s retry policy for C{target}: our delay, said in the log."""
-        if not self.running:
-            return 0.0  # (the service is being stopped too)
+        if not self.running or target not in self.kept:
+            return 0.0  # (the service is being stopped)
         delay = self.redial_delay(target)
         label = target.label()
         target.attempts += 1
         target.failed()
         if delay is None:
-            # (Stopped on the next turn: this is the service's own transition.)
-            self.clock.callLater(0, self.stop_dialling, target)
+            self._forget(target)
             return 0.0
         self.log.info("{target}: {why}; dialling again in {delay:.1f}s", target=label, why=target.why, delay=delay)
         return delay
