@@ -18,7 +18,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.links.leaf import LOOP_ERROR, LeafManager, LeafSettings
+from eventsvc.nats.links.leaf import LeafManager, LeafSettings
+from eventsvc.nats.links.leaf_connection import LOOP_ERROR
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.links.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
@@ -60,7 +61,7 @@ class Node:
 
 def leaf(spoke: Node, hub: Node, user: str = "", password: str = "", remote=None):
     """A leaf link from C{spoke} to C{hub}, in memory: (pump, the spoke's uplink, the hub's downleaf)."""
-    from eventsvc.nats.links.leaf import RemoteLeaf
+    from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
     remote = remote or RemoteLeaf(("nats-leaf://127.0.0.1:7422",), user, password)
     spoke.leafs.add_remote(remote)
@@ -177,7 +178,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertFalse(downleaf.up)
 
     def test_tls_remote_keeps_credentials_from_a_plain_hub(self) -> None:
-        from eventsvc.nats.links.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
         spoke = Node("S", tls_dial=lambda name: object())
         remote = RemoteLeaf(("tls://127.0.0.1:7422",), "leaf", "pw")
@@ -220,7 +221,7 @@ class HandshakeTests(SynchronousTestCase):
     def test_wrong_port(self) -> None:
         """A spoke that reaches a client port (an INFO without client_id or leafnode_urls) closes, and dials again."""
         spoke = Node("S")
-        from eventsvc.nats.links.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
         remote = RemoteLeaf(("nats-leaf://127.0.0.1:4222",))
         spoke.leafs.add_remote(remote)
@@ -782,7 +783,7 @@ class DenyTests(SynchronousTestCase):
     """A remote's deny_imports and deny_exports (nats-server's): what a spoke will not take from its hub, or send it."""
 
     def test_deny_imports_and_exports(self) -> None:
-        from eventsvc.nats.links.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
         from eventsvc.security.permissions import Permissions
 
         def deny(*subjects):

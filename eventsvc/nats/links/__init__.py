@@ -13,7 +13,8 @@ nats-server 2.9 (routes, gateways, leaf nodes) and what they share.
     connection), L{interest_modes} (what a peer wants, optimistic or
     interest-only), L{replies} (the C{_GR_} reply mapping) and
     L{gateway_messages} (what crosses, both ways);
-  - L{leaf}: the leafnode protocol, as hub and as spoke.
+  - L{leaf}: the leafnode protocol's manager, as hub and as spoke, with
+    L{leaf_connection} (one leaf link, and the hubs we dial).
 
 Everything here stands on the core of L{eventsvc.nats} (the broker, the
 parsers, the frames), and nothing in the core imports it.
