@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import gc
 from time import perf_counter
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
@@ -128,6 +128,9 @@ class PeerConnection(Protocol):
         self._handshake_clock: Any = None
         #: The size of the peer's interest when it last froze the heap (0: never).
         self._frozen_at = 0
+        #: The peer's interest, one subscription per (subject, queue), for the
+        #: protocols that keep it so (routes, leafs; a gateway keeps modes).
+        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
     @property
     def dialled(self) -> bool:
@@ -268,6 +271,21 @@ class PeerConnection(Protocol):
             self._frozen_at = held
             _freeze()
         return True
+
+    def new_interest(self, subject: bytes, queue: Optional[bytes], origin: Optional[bytes]) -> Optional[Subscription]:
+        """
+        The peer's interest in C{subject} (and C{queue}), kept once per
+        link: its new subscription (coming from C{origin}, a leaf cluster,
+        or None), or None when it is held already (a queue weight update)
+        or the link may not keep it (L{keeps_interest}).
+        """
+        key = (subject, queue)
+        if key in self.subs or not self.keeps_interest(len(self.subs) + 1):
+            return None
+        sub = Subscription(self, subject, queue, b"")
+        sub.origin = origin
+        self.subs[key] = sub
+        return sub
 
     def let_go(self, subs: List[Subscription], remove: Callable[[List[Subscription]], None]) -> None:
         """

@@ -77,8 +77,6 @@ class LeafConnection(PeerConnection):
             self.imports = remote.imports
             if remote.exports is not None:
                 self.may_receive = remote.exports.may_publish
-        #: The other side's interest: one subscription per (subject, queue).
-        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
         #: What we told the other side: interest key -> count (nats-server's smap).
         self.smap: Dict[bytes, int] = {}
         #: The other side's server name and cluster, and that cluster as the
@@ -245,14 +243,9 @@ class LeafConnection(PeerConnection):
             return
         if not valid_subject(subject):
             return
-        key = (subject, queue)
-        if key in self.subs:
-            return  # a queue weight update: one entry per link is enough
-        if not self.keeps_interest(len(self.subs) + 1):
+        sub = self.new_interest(subject, queue, self.cluster_origin or None)
+        if sub is None:
             return
-        sub = Subscription(self, subject, queue, b"")
-        sub.origin = self.cluster_origin or None
-        self.subs[key] = sub
         if self.kind is Kind.HUB:
             self.broker.add_remote_subscription(sub, gateways=False)
         else:

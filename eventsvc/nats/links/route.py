@@ -48,7 +48,6 @@ class RouteConnection(PeerConnection):
         settings = manager.settings
         super().__init__(manager, settings.limits.ping_interval, RouteParser)
         self.solicited = solicited
-        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
     @property
     def dialled(self) -> bool:
@@ -147,15 +146,9 @@ class RouteConnection(PeerConnection):
             # nothing on that subject is ever sent down this route.
             self.log.debug("route {peer}: not exporting {subject}", peer=self.remote_id, subject=subject)
             return
-        key = (subject, queue)
-        if key in self.subs:
-            return  # a queue weight update: one entry per route is enough
-        if not self.keeps_interest(len(self.subs) + 1):
-            return
-        sub = Subscription(self, subject, queue, b"")
-        sub.origin = origin
-        self.subs[key] = sub
-        self.broker.add_remote_subscription(sub)
+        sub = self.new_interest(subject, queue, origin)
+        if sub is not None:
+            self.broker.add_remote_subscription(sub)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
         """C{RS-} (or C{LS-}): the peer's interest ends."""
