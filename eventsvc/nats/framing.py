@@ -52,6 +52,11 @@ _SPACE = (32, 9)
 
 #: Payloads up to this size are parsed in runs (Framer._runs).
 RUN_PAYLOAD = 256
+#: How many message lines without a reply runs keep, read (for all
+#: connections: a line is only ever read the same way).  Enough for ten
+#: thousand subjects, each with a size or two; about 200 bytes a line.
+MESSAGE_LINES = 16384
+_MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int]] = {}
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
@@ -336,24 +341,38 @@ class Framer:
         # neither anywhere (each LF is a CRLF's), no line needs the check:
         # one scan of the read instead of two finds a message.
         clean = buf.find(b"\t", base) < 0 and buf.count(b"\n", base) == count
+        lines = _MESSAGE_LINES
+        # A line read by a connection with a larger max_payload may be too
+        # large here: the loop says so.
+        limit = min(RUN_PAYLOAD, self.max_payload) if self.checks_payload else RUN_PAYLOAD
         try:
-            last: Any = None  # (never equal to a line)
-            subject = szb = b""
+            last: Any = None  # (never a line's)
+            subject = b""
             reply: Optional[bytes] = None
-            size = 0
+            size = cut = 0
             while i + 1 < count:
                 if budget is not None and msgs and not msgs & 15 and perf_counter() - started > budget:
                     break  # the loop suspends at once, at pos
                 line = parts[i]
-                if line == last:
-                    repeats += 1
-                    if repeats > 64:
-                        # The same line again and again: the loop's memo does that better.
-                        self._differing = False
-                        break
+                known_line = lines.get(line)
+                if known_line is not None:
+                    # Read before, by this or another connection: its
+                    # subject (the same object, its hash kept), its size,
+                    # and where its size begins.
+                    if known_line is last:
+                        repeats += 1
+                        if repeats > 64:
+                            # The same line again and again: the loop's memo does that better.
+                            self._differing = False
+                            break
+                    else:
+                        repeats = 0
+                        subject, size, cut = last = known_line
+                        reply = None
+                        if size > limit or len(line) > mcl:
+                            break
                 else:
                     repeats = 0
-                    # (A line equal to the previous one says the same.)
                     args = line.split(b" ")
                     n = len(args)
                     # (line.find, not "in": on CPython 3.11 "b'\t' in line"
@@ -368,13 +387,22 @@ class Framer:
                     if size > RUN_PAYLOAD:
                         break  # splitting would copy every payload once more
                     subject = args[1]
-                    reply = args[2] if n == 4 else None
-                    last = line
+                    cut = len(line) - len(szb)
+                    if n == 4:
+                        reply = args[2]
+                        last = None
+                    else:
+                        # Lines without a reply come again (a reply inbox is
+                        # used once): kept, as many as MESSAGE_LINES.
+                        reply = None
+                        if len(lines) >= MESSAGE_LINES:
+                            lines.clear()
+                        lines[line] = last = (subject, size, cut)
                 payload = parts[i + 1]
                 if len(payload) != size:
                     break  # a CRLF inside the payload, or not all of it yet
                 i += 2
-                start = pos + len(line) - len(szb)
+                start = pos + cut
                 pos += len(line) + size + 4
                 msgs += 1
                 nbytes += size
@@ -645,7 +673,17 @@ class ReadTurns:
 
     def feed(self, data: bytes) -> None:
         """A read: parsed within this turn's budget, and what it delivered written out."""
-        self._turn(self.framer.feed, data)
+        # (Written out here, not through _turn: a fleet of slow publishers
+        # makes a read of every message, and each call here costs them.)
+        framer = self.framer
+        try:
+            framer.feed(data)
+        except ProtocolViolation as violation:
+            self.violated(violation)
+        if framer.suspended:
+            self.flush()
+        else:
+            self.write_out()
 
     def later(self) -> None:
         """The framer used its budget: read nothing more until the rest has been parsed, from the next turn on."""
@@ -660,11 +698,8 @@ class ReadTurns:
     def _go_on(self) -> None:
         self._call = None
         self.gate.release(PARSING_LATER)
-        self._turn(self.framer.resume)
-
-    def _turn(self, parse: Callable[..., None], *data: bytes) -> None:
         try:
-            parse(*data)
+            self.framer.resume()
         except ProtocolViolation as violation:
             self.violated(violation)
         self.flush()
