@@ -135,6 +135,7 @@ class ClientConnection(Protocol):
         self.may_receive: Any = None
         self.publish = broker.deliver
         self.publish_batch = broker.deliver_batch
+        self.publish_run = broker.deliver_run
         # Counters.
         self.in_msgs = 0
         self.in_bytes = 0

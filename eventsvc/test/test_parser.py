@@ -432,10 +432,10 @@ class SplitRunTests(SynchronousTestCase):
 
     def test_lines_read_elsewhere_are_held_to_this_connections_limits(self) -> None:
         """
-        A message line one connection's run has read (and keeps, for every
+        A message line one connection has read (and keeps, for every
         connection) is held to the limits of the connection that sends it
         next: a larger payload or a longer line than it allows is refused,
-        as the loop refuses it.
+        in a run as by the loop.
         """
         line = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
         data = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line * 3
@@ -446,10 +446,12 @@ class SplitRunTests(SynchronousTestCase):
         self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
         for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
                               ({"max_control_line": 32}, "maximum control line exceeded")):
-            tight = PlainRecorder()
-            parser = ClientParser(tight, **limits)
-            parser.split_runs = True
-            with self.assertRaises(ProtocolViolation) as caught:
-                parser.feed(data)
-            self.assertEqual(caught.exception.error, error)
-            self.assertEqual(len(tight.ops), 20)
+            # In a run (after lines that differ), and alone (the loop's).
+            for read, before in ((data, 20), (line, 0)):
+                tight = PlainRecorder()
+                parser = ClientParser(tight, **limits)
+                parser.split_runs = True
+                with self.assertRaises(ProtocolViolation) as caught:
+                    parser.feed(read)
+                self.assertEqual(caught.exception.error, error)
+                self.assertEqual(len(tight.ops), before)
