@@ -461,13 +461,12 @@ class Framer:
         may_publish = handler.may_publish
         publish = handler.publish
         publish_batch = handler.publish_batch
-        op_pub = handler.op_pub
-        message_line = self.message_line
+        # (op_pub, message_line and the verb table's classify are looked up
+        # where they are used: a bound method a read is a cost for a fleet
+        # of publishers whose every read is one PUB.)
         message_code = self._message_code
         fast = self.message_verb
         fast_len = len(fast)
-        longest = self.verbs.longest + 1
-        classify = self.verbs.classify
         guarded = self.awaiting_connect
         # Every 16 operations (one may fan out to hundreds of subscribers),
         # the time spent is checked against the budget.
@@ -539,7 +538,8 @@ class Framer:
                         start = pos + fast_len
                     else:
                         eol = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-                        verb = classify(buf[pos : min(eol, pos + longest)])
+                        verbs = self.verbs
+                        verb = verbs.classify(buf[pos : min(eol, pos + verbs.longest + 1)])
                         if guarded and (verb is None or verb.name != b"CONNECT"):
                             raise ProtocolViolation(AUTHORIZATION_VIOLATION)
                         if verb is None:
@@ -575,7 +575,7 @@ class Framer:
                         subject, size, tail_off, _ = known_line
                         reply = extra = None
                     else:
-                        subject, reply, extra, szb = message_line(buf, start, eol)
+                        subject, reply, extra, szb = self.message_line(buf, start, eol)
                         known = sizes.get(szb)
                         size = self._new_size(szb) if known is None else known
                         if eol < nl and 47 < buf[eol - 1] < 58:
@@ -621,7 +621,7 @@ class Framer:
                         else:
                             publish_batch(handler, batch_subject, batch, batch_bytes)
                         batch = None
-                    op_pub(subject, reply, size, tail)
+                    handler.op_pub(subject, reply, size, tail)
                     continue
                 msgs += 1
                 nbytes += size
