@@ -176,6 +176,20 @@ def slow_fleet(messages: int) -> Any:
     return run, lambda: sub.transport.given
 
 
+def requests(messages: int) -> Any:
+    """Requests with a reply inbox each (used once), one a read, to a responder on 10 subjects."""
+    world = World()
+    responder = world.connect(b"svc.*")
+    requester = world.connect(b"_INBOX.r.*")
+    order = [(requester, b"PUB svc.%d _INBOX.r.%d %d\r\n%s\r\n" % (j % 10, j, len(PAYLOAD), PAYLOAD)) for j in range(messages)]
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: responder.transport.given
+
+
 SCENES: Dict[str, Scene] = {
     "many-fwc": many_fwc,
     "many-pwc": many_pwc,
@@ -184,6 +198,7 @@ SCENES: Dict[str, Scene] = {
     "10k-1KiB": kib_10000,
     "one-subject": one_subject,
     "slow-fleet": slow_fleet,
+    "requests": requests,
 }
 
 
