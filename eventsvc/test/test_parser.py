@@ -455,3 +455,22 @@ class SplitRunTests(SynchronousTestCase):
                     parser.feed(read)
                 self.assertEqual(caught.exception.error, error)
                 self.assertEqual(len(tight.ops), before)
+
+    def test_only_lines_a_run_would_split_are_kept(self) -> None:
+        """
+        A line the loop reads but a run would not split (PUB then a tab) is
+        not kept: kept, it would be taken by a run held to the run's count
+        of the line's length, not the loop's, and let through a line one
+        byte over a tighter connection's limit.
+        """
+        line = b"PUB\t" + b"s" * 18 + b" 1\r\nx\r\n"
+        loose = PlainRecorder()
+        ClientParser(loose).feed(line * 2)
+        self.assertEqual(loose.ops[-1], ("pub", b"s" * 18, None, 1, b"1\r\nx\r\n"))
+        tight = PlainRecorder()
+        parser = ClientParser(tight, max_control_line=20)
+        parser.split_runs = True
+        with self.assertRaises(ProtocolViolation) as caught:
+            parser.feed(b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line)
+        self.assertEqual(caught.exception.error, "maximum control line exceeded")
+        self.assertEqual(len(tight.ops), 20)
