@@ -488,7 +488,7 @@ class Framer:
         # where the protocol's lines are those runs read; held to this
         # connection's max_payload.
         lines = _MESSAGE_LINES if self.split_runs else None
-        max_size = self.max_payload if self.checks_payload else RUN_PAYLOAD
+        max_size = self.max_payload if self.checks_payload else 1 << 62
         key = b""
         msgs = nbytes = 0
         # The previous message line (never matches until one is parsed),
