@@ -619,6 +619,12 @@ def warnings(config: Config) -> List[str]:
             "only: every stream, message and consumer is lost when the process stops (name a folder in "
             "[jetstream] store_dir)".format(path)
         )
+    if config.jetstream.enabled and config.cluster.enabled:
+        out.append(
+            "{}: [jetstream] with [cluster]: this node's streams are its own (there is no clustered JetStream), and "
+            "its $JS.API is answered for the whole cluster through the routes; give [jetstream] to one node of the "
+            "cluster, or two nodes will both create each stream and both answer".format(path)
+        )
     if not config.service.enabled:
         return out
     if not config.service.data_dir:
