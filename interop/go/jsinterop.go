@@ -26,7 +26,7 @@ type result = map[string]interface{}
 func publish(js nats.JetStreamContext, prefix string) (result, error) {
 	stream := strings.ToUpper(prefix) + "_PUB"
 	if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{prefix + ".pub.>"}}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AddStream: %w", err)
 	}
 	acks := [][]interface{}{}
 	for _, p := range []struct{ data, id string }{{"one", ""}, {"two", "id-1"}, {"two", "id-1"}, {"three", ""}} {
@@ -36,7 +36,7 @@ func publish(js nats.JetStreamContext, prefix string) (result, error) {
 		}
 		ack, err := js.Publish(prefix+".pub.a", []byte(p.data), opts...)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Publish: %w", err)
 		}
 		if ack.Stream != stream {
 			return nil, fmt.Errorf("puback names stream %q", ack.Stream)
@@ -45,7 +45,7 @@ func publish(js nats.JetStreamContext, prefix string) (result, error) {
 	}
 	info, err := js.StreamInfo(stream)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("StreamInfo: %w", err)
 	}
 	return result{"acks": acks, "messages": info.State.Msgs}, nil
 }
@@ -53,23 +53,23 @@ func publish(js nats.JetStreamContext, prefix string) (result, error) {
 func pull(js nats.JetStreamContext, prefix string) (result, error) {
 	stream := strings.ToUpper(prefix) + "_PULL"
 	if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{prefix + ".pull.>"}}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AddStream: %w", err)
 	}
 	for i := 0; i < 25; i++ {
 		if _, err := js.Publish(prefix+".pull.job", []byte(fmt.Sprintf("m%d", i))); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Publish: %w", err)
 		}
 	}
 	sub, err := js.PullSubscribe(prefix+".pull.>", "worker", nats.BindStream(stream), nats.AckExplicit())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("PullSubscribe: %w", err)
 	}
 	batches := []int{}
 	inOrder, n := true, 0
 	for b := 0; b < 3; b++ {
 		msgs, err := sub.Fetch(10, nats.MaxWait(5*time.Second))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Fetch: %w", err)
 		}
 		batches = append(batches, len(msgs))
 		for _, m := range msgs {
@@ -78,13 +78,13 @@ func pull(js nats.JetStreamContext, prefix string) (result, error) {
 			}
 			n++
 			if err := m.AckSync(); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("AckSync: %w", err)
 			}
 		}
 	}
 	info, err := js.ConsumerInfo(stream, "worker")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ConsumerInfo: %w", err)
 	}
 	return result{"batches": batches, "in_order": inOrder && n == 25, "num_ack_pending": info.NumAckPending,
 		"num_pending": info.NumPending, "delivered": info.Delivered.Stream, "ack_floor": info.AckFloor.Stream}, nil
@@ -93,7 +93,7 @@ func pull(js nats.JetStreamContext, prefix string) (result, error) {
 func queue(js nats.JetStreamContext, prefix string) (result, error) {
 	stream := strings.ToUpper(prefix) + "_QUEUE"
 	if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{prefix + ".queue.>"}}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AddStream: %w", err)
 	}
 	var mu sync.Mutex
 	got := map[string][]string{"one": {}, "two": {}}
@@ -110,12 +110,12 @@ func queue(js nats.JetStreamContext, prefix string) (result, error) {
 	}
 	for _, name := range []string{"one", "two"} {
 		if _, err := js.QueueSubscribe(prefix+".queue.>", "workers", member(name), nats.Durable("workers"), nats.BindStream(stream)); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("QueueSubscribe: %w", err)
 		}
 	}
 	for i := 0; i < 50; i++ {
 		if _, err := js.Publish(prefix+".queue.job", []byte(fmt.Sprintf("q%d", i))); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Publish: %w", err)
 		}
 	}
 	select {
@@ -138,53 +138,53 @@ func queue(js nats.JetStreamContext, prefix string) (result, error) {
 func acks(js nats.JetStreamContext, prefix string) (result, error) {
 	stream := strings.ToUpper(prefix) + "_ACKS"
 	if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{prefix + ".acks.>"}}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AddStream: %w", err)
 	}
 	for _, w := range []string{"a", "b", "c"} {
 		if _, err := js.Publish(prefix+".acks.x", []byte(w)); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Publish: %w", err)
 		}
 	}
 	sub, err := js.PullSubscribe(prefix+".acks.>", "acker", nats.BindStream(stream), nats.AckExplicit(), nats.AckWait(30*time.Second))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("PullSubscribe: %w", err)
 	}
 	first, err := sub.Fetch(3, nats.MaxWait(5*time.Second))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Fetch: %w", err)
 	}
 	if len(first) != 3 {
 		return nil, fmt.Errorf("first fetch gave %d messages", len(first))
 	}
 	if err := first[0].Nak(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Nak: %w", err)
 	}
 	if err := first[1].Term(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Term: %w", err)
 	}
 	if err := first[2].AckSync(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AckSync: %w", err)
 	}
 	again, err := sub.Fetch(3, nats.MaxWait(2*time.Second))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Fetch: %w", err)
 	}
 	againOut := [][]interface{}{}
 	for _, m := range again {
 		meta, err := m.Metadata()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Metadata: %w", err)
 		}
 		againOut = append(againOut, []interface{}{string(m.Data), meta.NumDelivered})
 		if err := m.AckSync(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("AckSync: %w", err)
 		}
 	}
 	left := 0
 	if more, err := sub.Fetch(1, nats.MaxWait(time.Second)); err == nil {
 		left = len(more)
 	} else if err != nats.ErrTimeout {
-		return nil, err
+		return nil, fmt.Errorf("Fetch: %w", err)
 	}
 	firstOut := []string{}
 	for _, m := range first {
@@ -196,14 +196,14 @@ func acks(js nats.JetStreamContext, prefix string) (result, error) {
 func redelivery(js nats.JetStreamContext, prefix string) (result, error) {
 	stream := strings.ToUpper(prefix) + "_REDO"
 	if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{prefix + ".redo.>"}}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("AddStream: %w", err)
 	}
 	if _, err := js.Publish(prefix+".redo.x", []byte("x")); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Publish: %w", err)
 	}
 	sub, err := js.PullSubscribe(prefix+".redo.>", "slow", nats.BindStream(stream), nats.AckExplicit(), nats.AckWait(time.Second))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("PullSubscribe: %w", err)
 	}
 	out := result{}
 	for i, name := range []string{"first", "second"} {
@@ -212,16 +212,16 @@ func redelivery(js nats.JetStreamContext, prefix string) (result, error) {
 		}
 		msgs, err := sub.Fetch(1, nats.MaxWait(5*time.Second))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Fetch: %w", err)
 		}
 		meta, err := msgs[0].Metadata()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Metadata: %w", err)
 		}
 		out[name] = []interface{}{string(msgs[0].Data), meta.NumDelivered}
 		if i == 1 {
 			if err := msgs[0].AckSync(); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("AckSync: %w", err)
 			}
 		}
 	}
@@ -231,31 +231,31 @@ func redelivery(js nats.JetStreamContext, prefix string) (result, error) {
 func kv(js nats.JetStreamContext, prefix string) (result, error) {
 	bucket, err := js.CreateKeyValue(&nats.KeyValueConfig{Bucket: strings.ToUpper(prefix) + "_CFG", History: 5})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("CreateKeyValue: %w", err)
 	}
 	watcher, err := bucket.WatchAll()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("WatchAll: %w", err)
 	}
 	defer watcher.Stop()
 	revisions := []uint64{}
 	for _, kv := range [][2]string{{"color", "red"}, {"color", "blue"}, {"size", "L"}} {
 		rev, err := bucket.Put(kv[0], []byte(kv[1]))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("Put: %w", err)
 		}
 		revisions = append(revisions, rev)
 	}
 	entry, err := bucket.Get("color")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Get: %w", err)
 	}
 	history, err := bucket.History("color")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("History: %w", err)
 	}
 	if err := bucket.Delete("size"); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("Delete: %w", err)
 	}
 	watched := [][]string{}
 	timeout := time.After(5 * time.Second)

@@ -149,7 +149,9 @@ try {
   const jsm = await jetstreamManager(nc, { timeout: 5000 });
   out.result = await scenes[scene](nc, js, jsm);
 } catch (e) {
-  out.error = String((e && e.message) || e);
+  // Where in this script it failed: the step a reader looks for first.
+  const where = ((e && e.stack) || "").split("\n").find((l) => l.includes("jsinterop.mjs")) || "";
+  out.error = String((e && e.message) || e) + (where ? " (" + where.trim().replace(/^at /, "") + ")" : "");
 }
 console.log(JSON.stringify(out));
 if (nc) await nc.close();
