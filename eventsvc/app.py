@@ -13,6 +13,7 @@ L{eventsvc.targets}.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 from eventsvc.config import Config, address_keys
@@ -53,6 +54,14 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
             # First of all: started before any listener or the spool, stopped
             # (MultiService stops in reverse) after the spool is closed.
             DataDirLock(service.data_dir).setServiceParent(top)
+        if config.jetstream.enabled:
+            # Started before the listeners and stopped after them (a
+            # MultiService stops in reverse): no message arrives for a
+            # stream whose store is closing.
+            from eventsvc.jetstream.engine import JetStreamService
+
+            top.jetstream = jetstream(config, broker, reactor)
+            JetStreamService(top.jetstream).setServiceParent(top)
         if service.enabled:
             service_listener(config, broker, reactor, context).setServiceParent(top)
         if config.gateway.enabled:
@@ -83,6 +92,37 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
     except TLSFilesError as e:
         raise StartupError(str(e))
     return top
+
+
+def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
+    """
+    [jetstream] as the engine's settings: the sizes left to the machine
+    (-1) are nats-server's, 75% of the memory and of the disk free under
+    store_dir (256 MiB and 1 TiB when they cannot be read).
+    """
+    from eventsvc.config import parse_duration
+    from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+
+    js = config.jetstream
+    max_memory = js.max_memory_store
+    if max_memory < 0:
+        try:
+            max_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 * 3
+        except (ValueError, OSError, AttributeError):
+            max_memory = 256 * 1024 * 1024
+    max_file = js.max_file_store
+    if max_file < 0:
+        folder = js.store_dir or os.getcwd()
+        while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        try:
+            fs = os.statvfs(folder)
+            max_file = fs.f_bavail * fs.f_frsize // 4 * 3
+        except OSError:
+            max_file = 1024 ** 4
+    interval = 0.0 if js.sync_interval == "always" else (parse_duration(js.sync_interval) or 120.0)
+    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval)
+    return JetStream(broker, settings, reactor)
 
 
 def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":

@@ -445,6 +445,31 @@ class GRPCConfig:
 
 
 @dataclass(frozen=True)
+class JetStreamConfig:
+    """
+    nats-server's JetStream on this server (streams, consumers, the
+    $JS.API); on when written.
+    """
+
+    enabled: bool = False
+    #: Where streams and consumers are kept (relative to the configuration
+    #: file's folder); "" (not written): <state directory>/jetstream,
+    #: the folder [service] data_dir defaults to.
+    store_dir: str = ""
+    #: Bytes all memory streams may hold ("1G", "512M" or a number); -1:
+    #: 75% of the machine's memory, as nats-server.
+    max_memory_store: int = -1
+    #: Bytes all file streams may hold; -1: 75% of the disk space free
+    #: under store_dir at start, as nats-server.
+    max_file_store: int = -1
+    #: The JetStream domain ("": none): the API is also $JS.<domain>.API.>.
+    domain: str = ""
+    #: How often the file store syncs to the disk ("2m", "30s"), or
+    #: "always" (after every write).
+    sync_interval: str = "2m"
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -460,6 +485,7 @@ class Config:
     grpc: GRPCConfig = field(default_factory=GRPCConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
     #: The file this came from ("" for the defaults).
     source: str = ""
 
@@ -479,6 +505,7 @@ _SECTIONS = {
     "grpc": GRPCConfig,
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
+    "jetstream": JetStreamConfig,
 }
 
 
@@ -549,6 +576,8 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
             # As nats-server: a section that is written is on, unless it
             # says enabled = false (absent sections keep their defaults).
             value = dict(value, enabled=True)
+        if name == "jetstream":
+            value = _jetstream_sizes(path, value)
         sections[name] = _section(path, name, cls, value)
     for name in ("gateway", "websocket"):
         if name in patch and isinstance(patch[name].get("permissions"), dict):
@@ -568,6 +597,10 @@ def from_mapping(patch: Mapping[str, Any], path: str = "<config>") -> Config:
             replace(r, credentials=_resolve(base, r.credentials)) for r in config.leafnodes.remotes
         )))
     ws = config.websocket
+    js = config.jetstream
+    if js.enabled:
+        store_dir = _resolve(base, js.store_dir) if js.store_dir else (os.path.join(data_dir, "jetstream") if data_dir else "")
+        config = replace(config, jetstream=replace(js, store_dir=store_dir))
     config = replace(
         config,
         service=replace(config.service, data_dir=data_dir),
@@ -595,9 +628,15 @@ def warnings(config: Config) -> List[str]:
     seems to: C{check-config} prints these, and start-up logs them.
     """
     out: List[str] = []
+    path = config.source or "the configuration"
+    if config.jetstream.enabled and not config.jetstream.store_dir:
+        out.append(
+            "{}: [jetstream] has no store_dir (and there is no state directory), so streams are kept in memory "
+            "only: every stream, message and consumer is lost when the process stops (name a folder in "
+            "[jetstream] store_dir)".format(path)
+        )
     if not config.service.enabled:
         return out
-    path = config.source or "the configuration"
     if not config.service.data_dir:
         out.append(
             "{}: [service] data_dir is empty, so events are kept in memory only: every event acknowledged and not yet "
@@ -623,6 +662,45 @@ def warnings(config: Config) -> List[str]:
                     path, name, address, host, port, trust, host, port)
             )
     return out
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3,
+               "t": 1024 ** 4, "tb": 1024 ** 4}
+_SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+
+
+def parse_size(value: Any) -> Optional[int]:
+    """A size as nats-server reads one (C{1073741824}, C{"1G"}, C{"512MB"}; 1024-based), or None if it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        return None
+    match = _SIZE.match(value)
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_duration(text: str) -> Optional[float]:
+    """Seconds of a duration such as C{"2m"}, C{"30s"}, C{"500ms"}, C{"1h"}, or None."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _jetstream_sizes(path: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    """[jetstream]'s sizes, written as numbers or as "1G", read into bytes."""
+    values = dict(values)
+    for key in ("max_memory_store", "max_file_store"):
+        if key in values:
+            size = parse_size(values[key])
+            if size is None:
+                raise ConfigError("{}: [jetstream] {}: must be a size in bytes, such as 1073741824 or \"1G\" "
+                                  "(K, M, G, T: 1024-based), got {!r}".format(path, key, values[key]))
+            values[key] = size
+    return values
 
 
 def where_events_are_kept(config: Config) -> str:
@@ -1162,11 +1240,25 @@ def _check_limits(config: Config, fail: _Fail) -> None:
             fail("limits", key, "must be a positive number of seconds, got {}".format(getattr(lim, key)))
 
 
+def _check_jetstream(config: Config, fail: _Fail) -> None:
+    """[jetstream]: sizes, the domain and the sync interval."""
+    js = config.jetstream
+    if not js.enabled:
+        return
+    for key in ("max_memory_store", "max_file_store"):
+        if getattr(js, key) < -1:
+            fail("jetstream", key, "must be a size in bytes (or -1: 75% of the memory or disk, as nats-server), got {}".format(getattr(js, key)))
+    if js.domain and (any(c in js.domain for c in " \t\r\n.*>") or not js.domain.isprintable()):
+        fail("jetstream", "domain", "must be one subject token (no spaces, '.', '*' or '>'), got {!r}".format(js.domain))
+    if js.sync_interval != "always" and (parse_duration(js.sync_interval) or 0) <= 0:
+        fail("jetstream", "sync_interval", "must be a duration such as \"2m\" or \"30s\", or \"always\", got {!r}".format(js.sync_interval))
+
+
 #: Every section's checker, in the order their errors are reported (the first one wins).
 _CHECKS: Tuple[Callable[[Config, _Fail], None], ...] = (
     _check_service, _check_log, _check_handlers, _check_events, _check_gateway, _check_cluster,
     _check_supercluster, _check_leafnodes, _check_something_to_run, _check_websocket, _check_console,
-    _check_grpc, _check_monitor, _check_limits,
+    _check_grpc, _check_monitor, _check_limits, _check_jetstream,
 )
 
 

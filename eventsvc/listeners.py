@@ -23,7 +23,7 @@ from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.throttle import AuthThrottle
-from eventsvc.security.permissions import Permissions
+from eventsvc.security.permissions import Permissions, fence_jetstream
 from eventsvc.security.tls import SNIServerContexts, load_identity, server_options
 from eventsvc.service import StartupError
 
@@ -39,7 +39,7 @@ def service_listener(config: Config, broker: Broker, reactor: Any, tls: Any) -> 
     """
     service = config.service
     settings = client_settings(
-        config.limits, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
+        config.limits, config.jetstream, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
         advertise=config.cluster.enabled and not config.cluster.no_advertise,
         tls=tls, tls_verify=tls is not None,
     )
@@ -69,8 +69,11 @@ def own_urls(host: str, state: Any, advertise: str) -> Any:
     return own
 
 
-def client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
-    """A listener's settings: [limits], then what is the listener's own (C{kwargs} win)."""
+def client_settings(limits: Any, jetstream: Any = None, **kwargs: Any) -> ClientSettings:
+    """
+    A listener's settings: [limits], then what is the listener's own
+    (C{kwargs} win); C{jetstream}, the [jetstream] section, for INFO.
+    """
     values = dict(
         max_payload=limits.max_payload,
         max_control_line=limits.max_control_line,
@@ -82,6 +85,8 @@ def client_settings(limits: Any, **kwargs: Any) -> ClientSettings:
         auth_timeout=limits.auth_timeout,
         listen_backlog=limits.listen_backlog,
     )
+    if jetstream is not None and jetstream.enabled:
+        values.update(jetstream=True, jetstream_domain=jetstream.domain)
     values.update(kwargs)
     return ClientSettings(**values)
 
@@ -211,11 +216,11 @@ def listener_authenticator(config: Config, name: str, health: Optional[HealthTok
 
     gw = getattr(config, name)
     keys = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
-    agents = Permissions(**{k: list(getattr(gw.permissions, k)) for k in keys})
+    agents = Permissions(**fence_jetstream({k: list(getattr(gw.permissions, k)) for k in keys}))
     chain: List[Any] = [health.authenticator] if health is not None else []
     if gw.identities:
         chain.append(NamedIdentities([
-            (i.name, i.token, i.user, i.password, Permissions(**identity_permissions(i, gw.permissions)))
+            (i.name, i.token, i.user, i.password, Permissions(**fence_jetstream(identity_permissions(i, gw.permissions))))
             for i in gw.identities
         ]))
     tokens = list(gw.tokens)
@@ -281,6 +286,7 @@ def agent_listener(config: Config, broker: Broker, reactor: Any) -> AgentListene
         context = SNIServerContexts(entries)
     settings = client_settings(
         config.limits,
+        config.jetstream,
         host=gw.host,
         port=gw.port,
         max_connections=gw.max_connections,
@@ -312,6 +318,7 @@ def websocket_listener(config: Config, broker: Broker, reactor: Any) -> WebSocke
         context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"), alpn=(b"http/1.1",))
     settings = client_settings(
         config.limits,
+        config.jetstream,
         host=ws.host,
         port=ws.port,
         max_connections=ws.max_connections,
@@ -340,7 +347,7 @@ def console_settings(config: Config) -> Any:
     return ConsoleSettings(
         identity=identity.name,
         credentials=credentials,
-        permissions=Permissions(**identity_permissions(identity, ws.permissions)),
+        permissions=Permissions(**fence_jetstream(identity_permissions(identity, ws.permissions))),
         websocket_url=config.console.websocket_url,
         websocket_secure=not ws.no_tls,
         dead_letter_file=config.events.dead_letter_file if config.service.enabled else "",

@@ -59,6 +59,8 @@ class EventService(MultiService):
         self.log_observer = make_observer(config.log.format, config.log.level)
         #: The event dispatcher (its counters and queue depth).
         self.events: Any = None
+        #: The JetStream engine ([jetstream]), or None.
+        self.jetstream: Any = None
         #: "starting", "running", "lame duck" or "stopping" (what /healthz reports).
         self.state = "starting"
         self.config_loaded = time.time()
@@ -322,7 +324,7 @@ _RELOADABLE = {
 def needs_restart(old: Config, new: Config) -> List[str]:
     """The keys that differ between C{old} and C{new} and take effect only after a restart ("[section] key")."""
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "grpc", "monitor", "limits"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "grpc", "monitor", "limits", "jetstream"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:

@@ -63,10 +63,14 @@ def client_info(broker: Any, settings: Any, state: Any, cid: int, client_ip: str
     if settings.tls_verify:
         info["tls_verify"] = True
     info["max_payload"] = settings.max_payload
+    if settings.jetstream:
+        info["jetstream"] = True
     info["client_id"] = cid
     info["client_ip"] = client_ip
     if broker.cluster_name:
         info["cluster"] = broker.cluster_name
+    if settings.jetstream_domain:
+        info["domain"] = settings.jetstream_domain
     if settings.advertise:
         urls = broker.connect_urls.current()
         if urls:

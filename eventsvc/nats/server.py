@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from eventsvc import __version__
 from eventsvc.nats.advertise import ConnectURLs
-from eventsvc.nats.delivery import Delivery
+from eventsvc.nats.delivery import Delivery, Plan, plan
 from eventsvc.nats.frames import Message
 from eventsvc.nats.interfaces import ISource, ISubscriber
 from eventsvc.nats.kinds import Kind
@@ -180,6 +180,9 @@ class Broker(Delivery):
         #: Who hears of every subscription in the index, whoever owns it
         #: (the leaf nodes, which are told interest per owner): (sub, +1 or -1).
         self.subscription_listeners: List[Callable[[Subscription, int], None]] = []
+        # deliver_as's plans by (deliver subject, shown subject), for one index generation.
+        self._deliver_plans: Dict[Tuple[bytes, bytes], Plan] = {}
+        self._deliver_plans_genid = -1
 
     # -- connections --------------------------------------------------------
 
@@ -366,3 +369,43 @@ class Broker(Delivery):
             targets = plans.get(bsubject) or plan(bsubject, keep=False)
             deliver(local, bsubject, None, len(payload), b"%d\r\n%s\r\n" % (len(payload), payload), targets)
         self.flush()
+
+    def has_interest(self, subject: str) -> bool:
+        """Whether anyone (a client, a link, the in-process API) subscribes to the literal C{subject}."""
+        result = self.sublist.match(subject.encode("utf-8"), keep=False)
+        return bool(result.plain or result.queues)
+
+    def deliver_as(
+        self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,
+        headers: Optional[bytes] = None, flush: bool = True,
+    ) -> int:
+        """
+        Publish from inside the process to the subscribers of
+        C{deliver_subject}, who see the message on C{subject}: JetStream's
+        deliveries, which carry the stream message's subject to a consumer's
+        deliver subject or a pull request's inbox (nats-server's
+        C{pa.deliver}).  Returns the number of subscribers reached.
+        C{flush=False}: the caller delivers several and calls L{flush} once.
+        """
+        if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
+            self._deliver_plans.clear()
+            self._deliver_plans_genid = self.sublist.genid
+        bsubject = subject.encode("utf-8")
+        key = (deliver_subject.encode("utf-8"), bsubject)
+        targets = self._deliver_plans.get(key)
+        if targets is None:
+            result = self.sublist.match(key[0], keep=False)
+            targets = self._deliver_plans[key] = plan(bsubject, result.plain, result.queues)
+        breply = reply.encode("utf-8") if reply else None
+        self.in_msgs += 1
+        self.in_bytes += len(payload)
+        if headers:
+            body = headers + payload + b"\r\n"
+            message = Message(bsubject, breply, len(headers) + len(payload), b"", len(headers), body)
+            count = self._general(self._local, targets, message, message, ())
+        else:
+            tail = b"%d\r\n%s\r\n" % (len(payload), payload)
+            count = self.deliver(self._local, bsubject, breply, len(payload), tail, targets)
+        if flush:
+            self.flush()
+        return count

@@ -56,6 +56,10 @@ class ClientSettings:
     listen_backlog: int = limits.LISTEN_BACKLOG
     #: An AuthThrottle (failed logins per address), or None.
     auth_throttle: Any = None
+    #: Whether JetStream runs ([jetstream]): said in INFO, as nats-server
+    #: does, so that clients know the $JS.API is answered; and its domain.
+    jetstream: bool = False
+    jetstream_domain: str = ""
 
     @property
     def tls_required(self) -> bool:

@@ -100,6 +100,30 @@ class Permissions:
         )
 
 
+#: The subject spaces of JetStream: its API and acks, key-value buckets and
+#: object stores.  A listener for agents opens none of them through a wide
+#: allow (C{>}): see L{fence_jetstream}.
+JETSTREAM_SPACES = ("$JS", "$KV", "$O")
+
+
+def fence_jetstream(lists: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """
+    C{lists} (the four allow and deny lists) with C{$JS.>}, C{$KV.>} and
+    C{$O.>} denied in each direction whose allow list does not name that
+    space itself (a pattern starting C{$JS.}, say).  An agent listener's
+    users get no stream, consumer or bucket unless the operator wrote one
+    in: C{publish_allow = [">"]} is not read as "and administer JetStream".
+    """
+    out = {name: list(values) for name, values in lists.items()}
+    for direction in ("publish", "subscribe"):
+        allow = out.setdefault(direction + "_allow", [])
+        deny = out.setdefault(direction + "_deny", [])
+        for space in JETSTREAM_SPACES:
+            if not any(pattern.split(".", 1)[0] == space for pattern in allow):
+                deny.append(space + ".>")
+    return out
+
+
 #: What an authenticated agent may do on the agent listener ([gateway]) by default: publish
 #: Habitat events, and nothing else (no subscriptions, so no one's replies).
 AGENT_DEFAULTS = dict(publish_allow=["habitat.event.*"], subscribe_deny=[">"])

@@ -165,6 +165,34 @@ class AgentAuthTests(SynchronousTestCase):
         producer.send(b"SUB inbox 9\r\nHPUB secret.z inbox 12 12\r\nNATS/1.0\r\n\r\n\r\n")
         self.assertIn(b"NATS/1.0 503", producer.received())
 
+    def test_jetstream_is_fenced_unless_named(self) -> None:
+        """
+        An agent allowed C{>} still may not touch C{$JS}, C{$KV} or C{$O}
+        (publish or subscribe): the API request gets nats-server's
+        permission error and reaches no one.  An operator who names a
+        JetStream subject in an allow list opens that space.
+        """
+        svc, _, _ = build(self, '[gateway.permissions]\nsubscribe_allow = [">"]\npublish_allow = [">"]\n')
+        api = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB $JS.API.> 1\r\n')
+        agent = connect(svc, "gateway", token_connect(TOKEN))
+        agent.send(
+            b"PUB $JS.API.STREAM.DELETE.orders 0\r\n\r\nPUB $KV.cfg.k 1\r\nv\r\n"
+            b"SUB $O.> 1\r\nPUB open.x 0\r\n\r\nPING\r\n"
+        )
+        self.assertEqual(
+            agent.received(),
+            b"-ERR 'Permissions Violation for Publish to \"$JS.API.STREAM.DELETE.orders\"'\r\n"
+            b"-ERR 'Permissions Violation for Publish to \"$KV.cfg.k\"'\r\n"
+            b"-ERR 'Permissions Violation for Subscription to \"$O.>\"'\r\nPONG\r\n",
+        )
+        self.assertEqual(api.received(), b"")
+        svc, _, _ = build(self, '[gateway.permissions]\npublish_allow = ["$JS.API.STREAM.INFO.*"]\n')
+        api = connect(svc, "service", b'CONNECT {"verbose":false}\r\nSUB $JS.API.> 1\r\n')
+        agent = connect(svc, "gateway", token_connect(TOKEN))
+        agent.send(b"PUB $JS.API.STREAM.INFO.orders 0\r\n\r\nPING\r\n")
+        self.assertEqual(agent.received(), b"PONG\r\n")
+        self.assertEqual(api.received(), b"MSG $JS.API.STREAM.INFO.orders 1 0\r\n\r\n")
+
     def test_agent_listener_to_service_and_back(self) -> None:
         """A request published at the agent listener reaches the service; the reply comes back once."""
         svc, _, _ = build(self, '[[gateway.identities]]\nname = "a1"\ntoken = "a1-token"\nprivate_inbox = true\n')

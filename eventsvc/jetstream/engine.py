@@ -1,0 +1,342 @@
+"""
+The JetStream of one server: its streams, their files under store_dir,
+the account's limits and API counters, the C{$JS.API.>} and C{$JS.ACK.>}
+subscriptions, and the start and stop that restore and close it all.
+
+It meets the broker only through the in-process API (subscribe, publish);
+nothing in L{eventsvc.nats} knows of it but the INFO flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from eventsvc.files import FileLock, Locked
+from eventsvc.jetstream import api, errors
+from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
+from eventsvc.jetstream.wire import now_ns
+
+#: Bytes a stream without max_bytes reserves: nats-server's checkBytesLimits counts it as 1.
+_UNLIMITED_RESERVATION = 1
+
+
+class JetStreamSettings(NamedTuple):
+    """What [jetstream] says, resolved."""
+
+    #: Where streams and consumers are kept (store_dir/streams/...); None: memory only, nothing kept.
+    store_dir: Optional[str] = None
+    #: Bytes all memory streams may hold, and all file streams (-1: no limit).
+    max_memory_store: int = -1
+    max_file_store: int = -1
+    #: The JetStream domain ("": none).
+    domain: str = ""
+    #: Seconds between file store syncs; 0: sync every write ("always").
+    sync_interval: float = 120.0
+
+
+class JetStream:
+    """
+    The streams of one server.
+
+    @ivar streams: by name.
+    @ivar clock: the reactor (or a task.Clock) for every timer.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Any, settings: JetStreamSettings, clock: Any, now: Optional[Callable[[], int]] = None) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.clock = clock
+        self._now = now or now_ns
+        self.streams: Dict[str, Stream] = {}
+        self.api_total = 0
+        self.api_errors = 0
+        self._subscriptions: List[Any] = []
+        self._lock: Optional[FileLock] = None
+        self.running = False
+
+    def now(self) -> int:
+        """The time in nanoseconds since the epoch (tests pass a fake)."""
+        return self._now()
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Take store_dir's lock, restore the streams (then their consumers)
+        and answer the API.
+
+        @raise OSError: store_dir cannot be created or locked (L{Locked}).
+        """
+        if self.settings.store_dir:
+            os.makedirs(os.path.join(self.settings.store_dir, "streams"), exist_ok=True)
+            self._lock = FileLock(os.path.join(self.settings.store_dir, "eventsvc.lock"))
+            self._lock.acquire()
+            self._restore()
+        broker = self.broker
+        self._subscriptions = [
+            broker.subscribe("$JS.API.>", self._api),
+            broker.subscribe("$JS.ACK.>", self._ack),
+        ]
+        if self.settings.domain:
+            self._subscriptions.append(broker.subscribe("$JS.{}.API.>".format(self.settings.domain), self._domain_api))
+        self.running = True
+        self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
+                      where=self.settings.store_dir or "memory only")
+
+    def stop(self) -> None:
+        """Stop answering, stop every stream (its store writes what it buffers) and let store_dir go."""
+        self.running = False
+        for subscription in self._subscriptions:
+            subscription.unsubscribe()
+        self._subscriptions = []
+        for stream in list(self.streams.values()):
+            try:
+                stream.stop()
+            except Exception:
+                self.log.failure("stream {stream} did not close cleanly", stream=stream.name)
+        self.streams.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _stream_directory(self, name: str) -> Optional[str]:
+        if not self.settings.store_dir:
+            return None
+        return os.path.join(self.settings.store_dir, "streams", name)
+
+    def _open(self, config: Dict[str, Any], created: int) -> Stream:
+        directory = self._stream_directory(config["name"])
+        msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
+        store = open_store(config, msgs, self.settings.sync_interval == 0, self.settings.sync_interval)
+        return Stream(self, config, store, created, directory)
+
+    def _restore(self) -> None:
+        """Every stream under store_dir/streams, then its consumers."""
+        assert self.settings.store_dir
+        root = os.path.join(self.settings.store_dir, "streams")
+        for name in sorted(os.listdir(root)):
+            meta = os.path.join(root, name, "meta.json")
+            try:
+                with open(meta, "rb") as f:
+                    saved = json.loads(f.read())
+                config = check_config(decode_config(json.dumps(saved["config"]).encode("utf-8")))
+                created = int(saved["created"])
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError, errors.ApiError) as e:
+                self.log.error("stream {name} not restored: {meta} cannot be read ({error}); it is left as it is",
+                               name=name, meta=meta, error=e)
+                continue
+            stream = self._open(config, created)
+            self.streams[stream.name] = stream
+            stream.start()
+            self.restore_consumers(stream)
+
+    def restore_consumers(self, stream: Stream) -> None:
+        """
+        The consumers kept under the stream's consumers/ folder, made again
+        with L{eventsvc.jetstream.consumer.Consumer} (the hook J-consumers'
+        part fills: until consumer.py is there, consumers are not restored
+        and their folders are left untouched).
+        """
+        if stream.directory is None:
+            return
+        folder = os.path.join(stream.directory, "consumers")
+        if not os.path.isdir(folder):
+            return
+        try:
+            from eventsvc.jetstream.consumer import Consumer  # type: ignore[attr-defined]
+        except ImportError:
+            self.log.warn("stream {stream}: consumers are kept but cannot be restored (no consumer support in this build)",
+                          stream=stream.name)
+            return
+        for name in sorted(os.listdir(folder)):
+            meta = os.path.join(folder, name, "meta.json")
+            try:
+                with open(meta, "rb") as f:
+                    saved = json.loads(f.read())
+                config, created = saved["config"], int(saved["created"])
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                self.log.error("consumer {stream} > {name} not restored: {meta} cannot be read ({error})",
+                               stream=stream.name, name=name, meta=meta, error=e)
+                continue
+            store = stream.new_consumer_store(name, config, created)
+            consumer = Consumer(stream, name, config, store, created)
+            stream.attach(consumer)
+            consumer.start()
+
+    # -- the API's operations ---------------------------------------------------
+
+    def _reserved(self, storage: str, besides: str = "") -> int:
+        return sum(
+            s.config["max_bytes"] for s in self.streams.values()
+            if s.config["storage"] == storage and s.config["max_bytes"] > 0 and s.name != besides
+        )
+
+    def _check_reservation(self, config: Dict[str, Any], besides: str = "") -> None:
+        """nats-server's checkBytesLimits against the server's max_memory_store / max_file_store."""
+        storage = config["storage"] or "file"
+        limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
+        if limit < 0:
+            return
+        wanted = config["max_bytes"] if config["max_bytes"] > 0 else _UNLIMITED_RESERVATION
+        if self._reserved(storage, besides) + wanted > limit:
+            raise errors.MEMORY_RESOURCES_EXCEEDED_ERR() if storage == "memory" else errors.STORAGE_RESOURCES_EXCEEDED_ERR()
+
+    def _check_overlap(self, config: Dict[str, Any], besides: str = "") -> None:
+        from eventsvc.jetstream.stream import subjects_collide
+
+        for stream in self.streams.values():
+            if stream.name == besides:
+                continue
+            for own in stream.config["subjects"]:
+                if any(subjects_collide(subject, own) for subject in config["subjects"]):
+                    raise errors.STREAM_SUBJECT_OVERLAP_ERR()
+
+    def add_stream(self, raw: Dict[str, Any]) -> Stream:
+        """
+        STREAM.CREATE with a decoded configuration: checked, reserved,
+        made, saved and started; the same configuration again is the
+        stream there already.
+
+        @raise ApiError: as nats-server refuses it.
+        """
+        self._check_reservation(raw)
+        config = check_config(raw)
+        if config["num_replicas"] > 1:
+            raise replicas_error()
+        existing = self.streams.get(config["name"])
+        if existing is not None:
+            if existing.config == config:
+                return existing
+            raise errors.STREAM_NAME_EXIST_ERR()
+        self._check_reservation(config)
+        self._check_overlap(config)
+        stream = self._open(config, self.now())
+        try:
+            stream.save()
+        except OSError as e:
+            stream.store.destroy()
+            raise errors.STREAM_CREATE_ERR_F(err="error creating store for stream: {}".format(e.strerror or e))
+        self.streams[stream.name] = stream
+        stream.start()
+        return stream
+
+    def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
+        """STREAM.UPDATE with a checked configuration.  @raise ApiError: refused."""
+        new = check_update(stream.config, config)
+        if new["num_replicas"] > 1:
+            raise replicas_error()
+        self._check_reservation(new, besides=stream.name)
+        self._check_overlap(new, besides=stream.name)
+        stream.update(new)
+
+    def delete_stream(self, stream: Stream) -> None:
+        """STREAM.DELETE: the stream, its consumers and its files."""
+        self.streams.pop(stream.name, None)
+        stream.delete()
+
+    def usage(self, storage: str) -> int:
+        """Bytes the streams of C{storage} ("memory" or "file") hold."""
+        return sum(s.store.state().bytes for s in self.streams.values() if s.config["storage"] == storage)
+
+    def limits_exceeded(self, storage: str) -> bool:
+        """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""
+        limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
+        return limit >= 0 and self.usage(storage) >= limit
+
+    def count_api(self, failed: bool) -> None:
+        """One API request answered (an error too, if C{failed})."""
+        self.api_total += 1
+        if failed:
+            self.api_errors += 1
+
+    def account_info(self) -> Dict[str, Any]:
+        """The account's usage, limits and API counters (JetStreamAccountStats)."""
+        consumers = sum(len(s.consumers) for s in self.streams.values())
+        info: Dict[str, Any] = {
+            "memory": self.usage("memory"),
+            "storage": self.usage("file"),
+            "streams": len(self.streams),
+            "consumers": consumers,
+            "limits": {
+                "max_memory": -1, "max_storage": -1, "max_streams": -1, "max_consumers": -1,
+                "max_ack_pending": -1, "memory_max_stream_bytes": -1, "storage_max_stream_bytes": -1,
+                "max_bytes_required": False,
+            },
+        }
+        if self.settings.domain:
+            info["domain"] = self.settings.domain
+        info["api"] = {"total": self.api_total, "errors": self.api_errors}
+        return info
+
+    # -- subscriptions ----------------------------------------------------------
+
+    def _api(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        api.dispatch(self, subject, reply, payload, headers)
+
+    def _domain_api(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """$JS.<domain>.API.> is $JS.API.> (nats-server imports one into the other)."""
+        rest = subject.split(".", 3)[3] if subject.count(".") >= 3 else ""
+        if rest:
+            self.broker.publish("$JS.API." + rest, payload, reply, headers)
+
+    def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """$JS.ACK.<stream>.<consumer>.…: to that consumer (an unknown one is ignored, as nats-server)."""
+        tokens = subject.split(".", 4)
+        if len(tokens) < 4:
+            return
+        stream = self.streams.get(tokens[2])
+        consumer = stream.consumers.get(tokens[3]) if stream is not None else None
+        if consumer is not None:
+            consumer.ack(subject, reply, payload)
+
+
+def replicas_error() -> errors.ApiError:
+    """num_replicas > 1: nats-server's error, saying where replication is to be had."""
+    error = errors.STREAM_REPLICAS_NOT_SUPPORTED_ERR()
+    error.description += (
+        " (eventsvc keeps one copy of a stream: to replicate it, link this server as a leaf node to a "
+        "nats-server JetStream cluster and create the stream there)"
+    )
+    return error
+
+
+class JetStreamService(Service):
+    """L{JetStream} as a service: started after the broker exists, stopped before the listeners close."""
+
+    def __init__(self, jetstream: JetStream) -> None:
+        self.setName("jetstream")
+        self.jetstream = jetstream
+
+    def startService(self) -> None:
+        """
+        Start JetStream.
+
+        @raise ListenError: store_dir cannot be used (the line names it).
+        """
+        from eventsvc.nats.errors import ListenError
+
+        where = self.jetstream.settings.store_dir
+        try:
+            self.jetstream.start()
+        except Locked as e:
+            raise ListenError("{} ([jetstream] store_dir) is in use by another eventsvc process ({}); "
+                              "stop it, or give this one its own store_dir".format(where, e.holder))
+        except OSError as e:
+            raise ListenError("{} ([jetstream] store_dir): cannot be used: {}".format(where, e.strerror or e))
+        super().startService()
+
+    def stopService(self) -> Any:
+        """Stop JetStream: every store closed, buffered writes on the disk."""
+        super().stopService()
+        self.jetstream.stop()

@@ -1,0 +1,846 @@
+"""
+One stream's rules over its store, as nats-server 2.9 keeps them: the
+configuration (defaults, checks, what an update may change), the publish
+path (dedupe window, expectations, rollups, limits, retention, the PubAck
+sent only once the store says the message is durable), purges, deletes,
+and the direct get.
+
+A stream meets the broker only through its in-process API (it subscribes
+to its subjects and publishes PubAcks and direct-get answers), and its
+consumers only through the calls of docs in C{JS.md}: C{stored},
+C{purged}, C{needs}, C{stop}, C{delete}.  It knows nothing of the
+C{$JS.API} subjects: L{eventsvc.jetstream.api} turns requests into calls
+here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from eventsvc.files import write_atomic
+from eventsvc.jetstream import errors
+from eventsvc.jetstream.errors import ApiError
+from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
+from eventsvc.jetstream.store import (
+    ConsumerStore,
+    LimitReached,
+    MessageStore,
+    StoredMessage,
+    StoreFull,
+    StoreLimits,
+    StoreUnavailable,
+)
+from eventsvc.jetstream.wire import header, rfc3339
+
+if TYPE_CHECKING:
+    from eventsvc.jetstream.engine import JetStream
+
+#: nats-server's JSMaxNameLen and JSMaxDescriptionLen.
+MAX_NAME_LEN = 255
+MAX_DESCRIPTION_LEN = 4 * 1024
+#: StreamDefaultDuplicatesWindow: two minutes, in nanoseconds.
+DEFAULT_DUPLICATE_WINDOW = 120 * 1_000_000_000
+#: A hundred milliseconds: the smallest max_age and duplicate_window.
+MIN_WINDOW = 100 * 1_000_000
+#: StreamMaxReplicas.
+MAX_REPLICAS = 5
+MAX_INT32 = 2 ** 31 - 1
+MAX_INT64 = 2 ** 63 - 1
+
+_INT = "int"
+_STR = "str"
+_BOOL = "bool"
+_SUBJECTS = "subjects"
+_ANY = "any"
+
+#: StreamConfig's fields in nats-server's order, with their JSON kind;
+#: enumerations carry their allowed values.
+FIELDS: Tuple[Tuple[str, Any], ...] = (
+    ("name", _STR),
+    ("description", _STR),
+    ("subjects", _SUBJECTS),
+    ("retention", ("limits", "interest", "workqueue")),
+    ("max_consumers", _INT),
+    ("max_msgs", _INT),
+    ("max_bytes", _INT),
+    ("max_age", _INT),
+    ("max_msgs_per_subject", _INT),
+    ("max_msg_size", _INT),
+    ("discard", ("old", "new")),
+    ("storage", ("file", "memory")),
+    ("num_replicas", _INT),
+    ("no_ack", _BOOL),
+    ("template_owner", _STR),
+    ("duplicate_window", _INT),
+    ("placement", _ANY),
+    ("mirror", _ANY),
+    ("sources", _ANY),
+    ("republish", _ANY),
+    ("allow_direct", _BOOL),
+    ("mirror_direct", _BOOL),
+    ("discard_new_per_subject", _BOOL),
+    ("sealed", _BOOL),
+    ("deny_delete", _BOOL),
+    ("deny_purge", _BOOL),
+    ("allow_rollup_hdrs", _BOOL),
+)
+
+#: Written only when not empty/zero (Go's omitempty).
+_OMIT_EMPTY = {
+    "description", "subjects", "max_msg_size", "no_ack", "template_owner", "duplicate_window",
+    "placement", "mirror", "sources", "republish", "discard_new_per_subject",
+}
+_ZERO: Dict[Any, Any] = {_INT: 0, _STR: "", _BOOL: False, _SUBJECTS: None, _ANY: None}
+
+
+def decode_config(payload: bytes) -> Dict[str, Any]:
+    """
+    A StreamConfig request as Go's C{json.Unmarshal} reads it: unknown keys
+    are ignored, a known key of the wrong type (or an unknown enumeration
+    value, or a number out of range) is not JSON of the struct.
+
+    @raise ApiError: C{INVALID_J_S_O_N_ERR}.
+    """
+    try:
+        raw = json.loads(payload.decode("utf-8")) if payload.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise errors.INVALID_J_S_O_N_ERR()
+    if raw is None and payload.strip() == b"null":
+        raw = {}
+    if not isinstance(raw, dict):
+        raise errors.INVALID_J_S_O_N_ERR()
+    config: Dict[str, Any] = {}
+    for name, kind in FIELDS:
+        value = raw.get(name)
+        if value is None:
+            value = _ZERO[kind] if not isinstance(kind, tuple) else ""
+        elif isinstance(kind, tuple):
+            if value not in kind:
+                raise errors.INVALID_J_S_O_N_ERR()
+        elif kind == _INT:
+            if not isinstance(value, int) or isinstance(value, bool) or not -MAX_INT64 - 1 <= value <= MAX_INT64:
+                raise errors.INVALID_J_S_O_N_ERR()
+            if name == "max_msg_size" and not -MAX_INT32 - 1 <= value <= MAX_INT32:
+                raise errors.INVALID_J_S_O_N_ERR()
+        elif kind == _STR and not isinstance(value, str):
+            raise errors.INVALID_J_S_O_N_ERR()
+        elif kind == _BOOL and not isinstance(value, bool):
+            raise errors.INVALID_J_S_O_N_ERR()
+        elif kind == _SUBJECTS and not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+            raise errors.INVALID_J_S_O_N_ERR()
+        config[name] = value
+    return config
+
+
+def subjects_collide(a: str, b: str) -> bool:
+    """Whether some literal subject matches both C{a} and C{b} (nats-server's SubjectsCollide)."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(ta) == len(tb)
+
+
+def subject_is_subset(subject: str, of: str) -> bool:
+    """Whether every subject C{subject} matches is matched by C{of} (subjectIsSubsetMatch)."""
+    ts, to = subject.split("."), of.split(".")
+    for i, t in enumerate(to):
+        if t == ">":
+            return True
+        if i >= len(ts):
+            return False
+        s = ts[i]
+        if s == ">":
+            return False
+        if t != "*" and s != t:
+            return False
+        if t == "*" and s == ">":
+            return False
+    return len(ts) == len(to)
+
+
+def _valid_subject(subject: str) -> bool:
+    if not subject or any(c in subject for c in " \t\r\n"):
+        return False
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if not token or (">" in token and (token != ">" or i != len(tokens) - 1)) or ("*" in token and token != "*"):
+            return False
+    return True
+
+
+def _invalid(text: str) -> ApiError:
+    return errors.STREAM_INVALID_CONFIG_F(err=text)
+
+
+def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    nats-server's C{checkStreamCfg}: C{config} (from L{decode_config})
+    with the defaults filled in, or the error nats-server gives.
+
+    @raise ApiError: the configuration is refused.
+    """
+    cfg = dict(config)
+    name = cfg["name"]
+    if not name or any(c in name for c in " \t\r\n\f.*>"):
+        raise _invalid("stream name is required and can not contain '.', '*', '>'")
+    if len(name) > MAX_NAME_LEN:
+        raise _invalid("stream name is too long, maximum allowed is {}".format(MAX_NAME_LEN))
+    if len(cfg["description"]) > MAX_DESCRIPTION_LEN:
+        raise _invalid("stream description is too long, maximum allowed is {}".format(MAX_DESCRIPTION_LEN))
+    cfg["retention"] = cfg["retention"] or "limits"
+    cfg["discard"] = cfg["discard"] or "old"
+    cfg["storage"] = cfg["storage"] or "file"
+    if cfg["num_replicas"] == 0:
+        cfg["num_replicas"] = 1
+    if cfg["num_replicas"] > MAX_REPLICAS:
+        raise _invalid("maximum replicas is {}".format(MAX_REPLICAS))
+    if cfg["num_replicas"] < 0:
+        raise errors.REPLICAS_COUNT_CANNOT_BE_NEGATIVE()
+    for key in ("max_msgs", "max_msgs_per_subject", "max_bytes", "max_msg_size", "max_consumers"):
+        if cfg[key] == 0:
+            cfg[key] = -1
+    if cfg["duplicate_window"] == 0 and not cfg["mirror"]:
+        window = DEFAULT_DUPLICATE_WINDOW
+        cfg["duplicate_window"] = cfg["max_age"] if cfg["max_age"] != 0 and cfg["max_age"] < window else window
+    if 0 < cfg["max_age"] < MIN_WINDOW:
+        raise _invalid("max age needs to be >= 100ms")
+    if cfg["duplicate_window"] < 0:
+        raise _invalid("duplicates window can not be negative")
+    if cfg["max_age"] != 0 and cfg["duplicate_window"] > cfg["max_age"]:
+        raise _invalid("duplicates window can not be larger then max age")
+    if 0 < cfg["duplicate_window"] < MIN_WINDOW:
+        raise _invalid("duplicates window needs to be >= 100ms")
+    if cfg["deny_purge"] and cfg["allow_rollup_hdrs"]:
+        raise _invalid("roll-ups require the purge permission")
+    if cfg["discard_new_per_subject"]:
+        if cfg["discard"] != "new":
+            raise _invalid("discard new per subject requires discard new policy to be set")
+        if cfg["max_msgs_per_subject"] <= 0:
+            raise _invalid("discard new per subject requires max msgs per subject > 0")
+    if cfg["mirror"] or cfg["sources"]:
+        # Refused rather than ignored: a stream that says it mirrors and does not is a lie.
+        raise _invalid("stream mirrors and sources are not supported by eventsvc yet")
+    if cfg["republish"]:
+        raise _invalid("stream republish is not supported by eventsvc yet")
+    subjects = cfg["subjects"]
+    if not subjects:
+        cfg["subjects"] = [name]
+    else:
+        seen = set()
+        for subject in subjects:
+            if subject in seen:
+                raise _invalid("duplicate subjects detected")
+            if subject_is_subset(subject, "$JS.API.>"):
+                raise _invalid("subjects overlap with jetstream api")
+            if not _valid_subject(subject):
+                raise _invalid("invalid subject")
+            seen.add(subject)
+        for subject in subjects:
+            for other in subjects:
+                if other != subject and subjects_collide(other, subject):
+                    raise _invalid("subject {} overlaps with {}".format(json.dumps(subject), json.dumps(other)))
+    return cfg
+
+
+def check_update(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    nats-server's C{configUpdateCheck} (without the limits, which are the
+    engine's): C{new} (already through L{check_config}) if it may replace
+    C{old}.
+
+    @raise ApiError: the update is refused.
+    """
+    cfg = dict(new)
+    if cfg["name"] != old["name"]:
+        raise _invalid("stream configuration name must match original")
+    if cfg["max_consumers"] != old["max_consumers"]:
+        raise _invalid("stream configuration update can not change MaxConsumers")
+    if cfg["storage"] != old["storage"]:
+        raise _invalid("stream configuration update can not change storage type")
+    if cfg["retention"] != old["retention"]:
+        raise _invalid("stream configuration update can not change retention policy")
+    if old["template_owner"]:
+        raise _invalid("stream configuration update not allowed on template owned stream")
+    if cfg["template_owner"]:
+        raise _invalid("stream configuration update can not be owned by a template")
+    if not cfg["sealed"] and old["sealed"]:
+        raise _invalid("stream configuration update can not unseal a sealed stream")
+    if not cfg["deny_delete"] and old["deny_delete"]:
+        raise _invalid("stream configuration update can not cancel deny message deletes")
+    if not cfg["deny_purge"] and old["deny_purge"]:
+        raise _invalid("stream configuration update can not cancel deny purge")
+    if cfg["sealed"]:
+        cfg.update(max_age=0, discard="new", deny_delete=True, deny_purge=True, allow_rollup_hdrs=False)
+    return cfg
+
+
+def config_json(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The StreamConfig as nats-server writes it (its order, omitempty fields left out)."""
+    out: Dict[str, Any] = {}
+    for name, kind in FIELDS:
+        value = config.get(name)
+        if name in _OMIT_EMPTY and not value:
+            continue
+        if value is None:
+            value = _ZERO[kind] if not isinstance(kind, tuple) else ""
+        out[name] = value
+    return out
+
+
+def store_limits(config: Dict[str, Any]) -> StoreLimits:
+    """The limits a store enforces itself, from a normalized configuration."""
+    return StoreLimits(
+        max_msgs=config["max_msgs"],
+        max_bytes=config["max_bytes"],
+        max_age=config["max_age"],
+        max_msgs_per_subject=config["max_msgs_per_subject"],
+        discard_new=config["discard"] == "new",
+        discard_new_per_subject=config["discard_new_per_subject"],
+    )
+
+
+def open_store(config: Dict[str, Any], directory: Optional[str], sync_always: bool = False, sync_interval: float = 120.0) -> MessageStore:
+    """
+    The store for a stream: its one factory, so that the file store takes
+    over C{storage: file} streams by changing this function alone.
+
+    @param directory: the stream's C{msgs/} folder (file streams with a
+        store_dir), or None.
+    """
+    # Until eventsvc.jetstream.filestore lands (J-store), file streams are
+    # kept in memory too: they lose their messages at a restart (their
+    # configuration and consumers are kept).
+    return MemoryStore(store_limits(config))
+
+
+def open_consumer_store(stream_config: Dict[str, Any], directory: Optional[str]) -> ConsumerStore:
+    """A consumer's state store, beside its stream's (the same switch as L{open_store})."""
+    return MemoryConsumerStore()
+
+
+def _go_header_value(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
+
+
+class _Dedupe:
+    """The duplicate window: Nats-Msg-Id -> (seq, ts ns), oldest first."""
+
+    def __init__(self) -> None:
+        self.ids: Dict[str, Tuple[int, int]] = {}
+
+    def find(self, msg_id: str) -> Optional[int]:
+        entry = self.ids.get(msg_id)
+        return entry[0] if entry is not None else None
+
+    def add(self, msg_id: str, seq: int, ts: int) -> None:
+        self.ids.pop(msg_id, None)
+        self.ids[msg_id] = (seq, ts)
+
+    def expire(self, now: int, window: int) -> Optional[int]:
+        """Forget the ids older than C{window}; when the next one expires (ns), or None."""
+        ids = self.ids
+        while ids:
+            msg_id, (_, ts) = next(iter(ids.items()))
+            if now - ts >= window:
+                del ids[msg_id]
+            else:
+                return ts + window
+        return None
+
+
+class Stream:
+    """
+    One stream: its configuration, its store, its consumers, and the
+    subscriptions that feed it.
+
+    @ivar config: the normalized StreamConfig (as STREAM.INFO echoes it).
+    @ivar consumers: its consumers by name (L{attach}, L{detach}).
+    """
+
+    log = Logger()
+
+    def __init__(self, engine: "JetStream", config: Dict[str, Any], store: MessageStore, created: int,
+                 directory: Optional[str] = None) -> None:
+        """
+        @param directory: store_dir/streams/<name>, where its metadata and
+            its consumers' are kept; None for a JetStream without a
+            store_dir.
+        """
+        self.engine = engine
+        self.name: str = config["name"]
+        self.config = config
+        self.store = store
+        self.created = created
+        self.directory = directory
+        self.consumers: Dict[str, Any] = {}
+        self._subscriptions: List[Any] = []
+        self._direct: List[Any] = []
+        self._dedupe = _Dedupe()
+        self._dedupe_timer: Any = None
+        self._expiry_timer: Any = None
+        self._expiry_at: Optional[int] = None
+        self._last_msg_id = ""
+        self._closed = False
+        self._pub_ack_prefix = self._ack_prefix()
+        store.on_removed(self._removed_by_store)
+
+    # -- life ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to the subjects (and the direct get), rebuild the dedupe window, arm the timers."""
+        self._subscribe()
+        self._rebuild_dedupe()
+        self._schedule_expiry()
+
+    def _ack_prefix(self) -> bytes:
+        domain = self.engine.settings.domain
+        if domain:
+            return ('{"stream":%s, "domain":%s, "seq":' % (json.dumps(self.name), json.dumps(domain))).encode("utf-8")
+        return ('{"stream":%s, "seq":' % json.dumps(self.name)).encode("utf-8")
+
+    def _subscribe(self) -> None:
+        broker = self.engine.broker
+        for subscription in self._subscriptions:
+            subscription.unsubscribe()
+        self._subscriptions = [broker.subscribe(subject, self._publish) for subject in self.config["subjects"]]
+        for subscription in self._direct:
+            subscription.unsubscribe()
+        self._direct = []
+        if self.config["allow_direct"]:
+            prefix = "$JS.API.DIRECT.GET." + self.name
+            self._direct = [
+                broker.subscribe(prefix, self._direct_get, queue="_sys_"),
+                broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
+            ]
+
+    def _unsubscribe(self) -> None:
+        for subscription in self._subscriptions + self._direct:
+            subscription.unsubscribe()
+        self._subscriptions, self._direct = [], []
+        for timer in (self._dedupe_timer, self._expiry_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._dedupe_timer = self._expiry_timer = None
+
+    def stop(self) -> None:
+        """Shut down: stop the consumers, close the store (what is buffered is written)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unsubscribe()
+        for consumer in list(self.consumers.values()):
+            consumer.stop()
+        self.store.close()
+
+    def delete(self) -> None:
+        """The stream is deleted: its consumers, its messages and its files go."""
+        self._closed = True
+        self._unsubscribe()
+        for consumer in list(self.consumers.values()):
+            consumer.delete()
+        self.consumers.clear()
+        self.store.destroy()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def save(self) -> None:
+        """Write the stream's metadata (config and created) atomically, if it has a directory."""
+        if self.directory is None:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        body = {"config": config_json(self.config), "created": self.created}
+        write_atomic(os.path.join(self.directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
+
+    def update(self, config: Dict[str, Any]) -> None:
+        """Take a new configuration (checked by L{check_update} and the engine's limits)."""
+        self.config = config
+        self.store.set_limits(store_limits(config))
+        self.save()
+        self._subscribe()
+        self._schedule_expiry()
+        if self._dedupe_timer is not None and self._dedupe_timer.active():
+            self._dedupe_timer.cancel()
+        self._dedupe_timer = None
+        self._expire_dedupe()
+
+    # -- consumers ----------------------------------------------------------
+
+    def consumer_directory(self, name: str) -> Optional[str]:
+        """store_dir/streams/<stream>/consumers/<name>, or None without a store_dir."""
+        return os.path.join(self.directory, "consumers", name) if self.directory is not None else None
+
+    def new_consumer_store(self, name: str, config: Dict[str, Any], created: int) -> ConsumerStore:
+        """Persist a consumer's config and created time (with a store_dir) and give its state store."""
+        directory = self.consumer_directory(name)
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+            body = {"name": name, "config": config, "created": created}
+            write_atomic(os.path.join(directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        state = os.path.join(directory, "state") if directory is not None and self.config["storage"] == "file" else None
+        return open_consumer_store(self.config, state)
+
+    def attach(self, consumer: Any) -> None:
+        """A consumer is ready: it is told of every message stored from now on."""
+        self.consumers[consumer.name] = consumer
+
+    def detach(self, name: str) -> None:
+        """Forget a consumer (its C{delete} removed its store; its folder goes here)."""
+        self.consumers.pop(name, None)
+        directory = self.consumer_directory(name)
+        if directory is not None and not self._closed:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def ack_message(self, seq: int) -> None:
+        """A consumer acknowledged C{seq}: workqueue removes it, interest when no one else needs it."""
+        retention = self.config["retention"]
+        if retention == "limits":
+            return
+        if retention == "interest":
+            message = self.store.load(seq)
+            if message is None:
+                return
+            if any(c.needs(seq, message.subject) for c in self.consumers.values()):
+                return
+        if self.store.remove(seq):
+            self._schedule_expiry()
+
+    def _removed_by_store(self, seq: int, subject: str) -> None:
+        """The store dropped a message (limits, age): consumers recount."""
+        for consumer in list(self.consumers.values()):
+            consumer.purged()
+
+    # -- publishing -----------------------------------------------------------
+
+    def _publish(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """A message on one of the stream's subjects (the broker's callback)."""
+        if self._closed:
+            return
+        try:
+            self.process(subject, reply, payload, headers)
+        except Exception:
+            self.log.failure("stream {stream}: a message on {subject} was not stored", stream=self.name, subject=subject)
+            self._nak(reply, errors.STREAM_STORE_FAILED_F(err="internal error"))
+
+    def _nak(self, reply: Optional[str], error: ApiError) -> None:
+        if reply and not self.config["no_ack"]:
+            body = {"error": error.as_json(), "stream": self.name, "seq": 0}
+            self.engine.broker.publish(reply, dumps(body))
+
+    def _ack(self, reply: Optional[str], seq: int, duplicate: bool = False) -> None:
+        if reply and not self.config["no_ack"]:
+            tail = b',"duplicate": true}' if duplicate else b"}"
+            self.engine.broker.publish(reply, self._pub_ack_prefix + str(seq).encode("ascii") + tail)
+
+    def process(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> Optional[int]:
+        """
+        nats-server's C{processJetStreamMsg}: check the message, store it,
+        and answer C{reply} (a PubAck once the store says it is durable,
+        or the error).  Returns the sequence, or None if not stored.
+        """
+        config = self.config
+        if config["sealed"]:
+            self._nak(reply, errors.STREAM_SEALED_ERR())
+            return None
+        msg_id = ""
+        rollup = ""
+        if headers:
+            expected = header(headers, "Nats-Expected-Stream")
+            if expected and expected != self.name:
+                self._nak(reply, errors.STREAM_NOT_MATCH_ERR())
+                return None
+            msg_id = header(headers, "Nats-Msg-Id") or ""
+            if msg_id:
+                self._expire_dedupe()
+                seq = self._dedupe.find(msg_id)
+                if seq is not None:
+                    self._ack(reply, seq, duplicate=True)
+                    return None
+            text = header(headers, "Nats-Expected-Last-Subject-Sequence")
+            if text is not None:
+                wanted = _parse_uint(text)
+                last = self.store.load_last(subject)
+                found = last.seq if last is not None else 0
+                if wanted is None or found != wanted:
+                    self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=found))
+                    return None
+            text = header(headers, "Nats-Expected-Last-Sequence")
+            if text is not None:
+                wanted = _parse_uint(text)
+                last_seq = self.store.state().last_seq
+                if wanted is None or wanted != last_seq:
+                    self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=last_seq))
+                    return None
+            expected_id = header(headers, "Nats-Expected-Last-Msg-Id")
+            if expected_id and expected_id != self._last_msg_id:
+                self._nak(reply, errors.STREAM_WRONG_LAST_MSG_I_D_ERR_F(id=self._last_msg_id))
+                return None
+            rollup = header(headers, "Nats-Rollup") or ""
+            if rollup:
+                if not config["allow_rollup_hdrs"] or config["deny_purge"]:
+                    self._nak(reply, errors.STREAM_ROLLUP_FAILED_F(err="rollup not permitted"))
+                    return None
+                if rollup not in ("sub", "all"):
+                    # nats-server drops it with no answer.
+                    return None
+        size = (len(headers) if headers else 0) + len(payload)
+        if config["max_msg_size"] >= 0 and size > config["max_msg_size"]:
+            self._nak(reply, errors.STREAM_MESSAGE_EXCEEDS_MAXIMUM_ERR())
+            return None
+        if headers and len(headers) > 65535:
+            self._nak(reply, errors.STREAM_HEADER_EXCEEDS_MAXIMUM_ERR())
+            return None
+        if self.engine.limits_exceeded(config["storage"]):
+            self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
+            return None
+        now = self.engine.now()
+        if config["retention"] == "interest" and not self._interested(subject):
+            # No consumer would ever see it: nats-server skips the sequence.
+            seq = self._store(subject, headers, payload, now, reply)
+            if seq is None:
+                return None
+            self.store.remove(seq)
+            self._remember(msg_id, seq, now)
+            self._ack(reply, seq)
+            return seq
+        seq = self._store(subject, headers, payload, now, reply)
+        if seq is None:
+            return None
+        self._remember(msg_id, seq, now)
+        if rollup == "sub":
+            self._purge(subject, 0, 1)
+        elif rollup == "all":
+            self._purge(None, 0, 1)
+        if reply and not config["no_ack"]:
+            self.store.when_durable(lambda: self._ack(reply, seq))
+        for consumer in list(self.consumers.values()):
+            consumer.stored(seq, subject)
+        if self._expiry_at is None and config["max_age"] > 0:
+            self._schedule_expiry()
+        return seq
+
+    def _store(self, subject: str, headers: Optional[bytes], payload: bytes, now: int, reply: Optional[str]) -> Optional[int]:
+        try:
+            return self.store.store(subject, headers, payload, now)
+        except StoreFull:
+            self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
+        except (LimitReached, StoreUnavailable) as e:
+            self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(e)))
+        return None
+
+    def _interested(self, subject: str) -> bool:
+        for consumer in self.consumers.values():
+            wanted = (getattr(consumer, "config", None) or {}).get("filter_subject") or ""
+            if not wanted or subject_is_subset(subject, wanted):
+                return True
+        return False
+
+    def _remember(self, msg_id: str, seq: int, now: int) -> None:
+        self._last_msg_id = msg_id
+        if msg_id and self.config["duplicate_window"] > 0:
+            self._dedupe.add(msg_id, seq, now)
+            if self._dedupe_timer is None:
+                self._dedupe_timer = self.engine.clock.callLater(
+                    self.config["duplicate_window"] / 1e9, self._dedupe_tick)
+
+    def _dedupe_tick(self) -> None:
+        self._dedupe_timer = None
+        self._expire_dedupe()
+
+    def _expire_dedupe(self) -> None:
+        """Forget the ids past the window; the timer is armed for the next one."""
+        next_at = self._dedupe.expire(self.engine.now(), self.config["duplicate_window"])
+        if next_at is not None and self._dedupe_timer is None:
+            delay = max(0.05, (next_at - self.engine.now()) / 1e9)
+            self._dedupe_timer = self.engine.clock.callLater(delay, self._dedupe_tick)
+
+    def _rebuild_dedupe(self) -> None:
+        """After a restart: the ids of the messages still inside the window (nats-server's rebuildDedupe)."""
+        window = self.config["duplicate_window"]
+        if window <= 0:
+            return
+        now = self.engine.now()
+        state = self.store.state()
+        if not state.msgs:
+            return
+        seq = state.first_seq
+        while True:
+            message = self.store.load_next(seq)
+            if message is None:
+                break
+            if now - message.ts < window:
+                msg_id = header(message.headers, "Nats-Msg-Id") if message.headers else None
+                if msg_id:
+                    self._remember(msg_id, message.seq, message.ts)
+            seq = message.seq + 1
+        last = self.store.load(state.last_seq)
+        if last is not None and last.headers:
+            self._last_msg_id = header(last.headers, "Nats-Msg-Id") or ""
+
+    # -- age ----------------------------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        if self._closed:
+            return
+        when = self.store.next_expiry()
+        if when == self._expiry_at and self._expiry_timer is not None:
+            return
+        if self._expiry_timer is not None and self._expiry_timer.active():
+            self._expiry_timer.cancel()
+        self._expiry_timer = None
+        self._expiry_at = when
+        if when is not None:
+            delay = max(0.0, (when - self.engine.now()) / 1e9)
+            self._expiry_timer = self.engine.clock.callLater(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        self._expiry_at = None
+        self.store.expire(self.engine.now())
+        self._schedule_expiry()
+
+    # -- purge, delete, get ----------------------------------------------------
+
+    def _purge(self, subject: Optional[str], seq: int, keep: int) -> int:
+        count = self.store.purge(subject or None, seq, keep)
+        if count:
+            for consumer in list(self.consumers.values()):
+                consumer.purged()
+            self._schedule_expiry()
+        return count
+
+    def purge(self, subject: Optional[str] = None, seq: int = 0, keep: int = 0) -> int:
+        """STREAM.PURGE: how many messages went.  @raise ApiError: sealed or deny_purge."""
+        if self.config["sealed"]:
+            raise errors.STREAM_SEALED_ERR()
+        if self.config["deny_purge"]:
+            raise errors.STREAM_PURGE_FAILED_F(err="stream purge not permitted")
+        return self._purge(subject, seq, keep)
+
+    def delete_message(self, seq: int, erase: bool = True) -> None:
+        """STREAM.MSG.DELETE.  @raise ApiError: sealed, deny_delete, or no such message."""
+        if self.config["sealed"]:
+            raise errors.STREAM_SEALED_ERR()
+        if self.config["deny_delete"]:
+            raise errors.STREAM_MSG_DELETE_FAILED_F(err="message delete not permitted")
+        if not self.store.remove(seq, erase):
+            raise errors.STREAM_MSG_DELETE_FAILED_F(err="no message found")
+        for consumer in list(self.consumers.values()):
+            consumer.purged()
+        self._schedule_expiry()
+
+    def get(self, seq: int = 0, last_by_subject: str = "", next_by_subject: str = "") -> Optional[StoredMessage]:
+        """A message by sequence, last for a subject, or next at seq for a subject (nats-server's order)."""
+        if seq > 0 and not next_by_subject:
+            return self.store.load(seq)
+        if next_by_subject:
+            return self.store.load_next(seq, next_by_subject)
+        return self.store.load_last(last_by_subject)
+
+    def _direct_get(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """$JS.API.DIRECT.GET.<stream> with {seq | last_by_subj | next_by_subj}."""
+        if not reply:
+            return
+        if not payload:
+            return self._direct_status(reply, "408 Empty Request")
+        try:
+            request = json.loads(payload.decode("utf-8"))
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            seq = request.get("seq") or 0
+            last = request.get("last_by_subj") or ""
+            after = request.get("next_by_subj") or ""
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(last, str) or not isinstance(after, str):
+                raise ValueError("bad types")
+        except (ValueError, UnicodeDecodeError):
+            return self._direct_status(reply, "408 Malformed Request")
+        if not seq and not last and not after:
+            return self._direct_status(reply, "408 Empty Request")
+        if (seq and last) or (last and after):
+            return self._direct_status(reply, "408 Bad Request")
+        self._direct_answer(reply, self.get(seq, last, after))
+
+    def _direct_get_last(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """$JS.API.DIRECT.GET.<stream>.<subject>: the last message on that subject."""
+        if not reply:
+            return
+        if payload:
+            return self._direct_status(reply, "408 Bad Request")
+        key = subject.split(".", 5)[5] if subject.count(".") >= 5 else ""
+        if not key:
+            return self._direct_status(reply, "408 Bad Request")
+        self._direct_answer(reply, self.get(last_by_subject=key))
+
+    def _direct_status(self, reply: str, status: str) -> None:
+        self.engine.broker.publish(reply, b"", headers=("NATS/1.0 " + status + "\r\n\r\n").encode("ascii"))
+
+    def _direct_answer(self, reply: str, message: Optional[StoredMessage]) -> None:
+        if message is None:
+            return self._direct_status(reply, "404 Message Not Found")
+        extra = "Nats-Stream: {}\r\nNats-Subject: {}\r\nNats-Sequence: {}\r\nNats-Time-Stamp: {}\r\n\r\n".format(
+            _go_header_value(self.name), _go_header_value(message.subject), message.seq, rfc3339(message.ts))
+        if message.headers and len(message.headers) > 4:
+            block = message.headers[:-2] + extra.encode("utf-8")
+        else:
+            block = b"NATS/1.0\r\n" + extra.encode("utf-8")
+        self.engine.broker.publish(reply, message.data, headers=block)
+
+    # -- info -----------------------------------------------------------------
+
+    def state_json(self, subjects: Optional[Dict[str, int]] = None, deleted_details: bool = False) -> Dict[str, Any]:
+        """StreamState as nats-server writes it (with C{subjects}: their counts, as asked for)."""
+        state = self.store.state()
+        out: Dict[str, Any] = {
+            "messages": state.msgs,
+            "bytes": state.bytes,
+            "first_seq": state.first_seq,
+            "first_ts": rfc3339(state.first_ts),
+            "last_seq": state.last_seq,
+            "last_ts": rfc3339(state.last_ts),
+        }
+        if state.num_subjects:
+            out["num_subjects"] = state.num_subjects
+        if subjects:
+            out["subjects"] = subjects
+        if state.num_deleted:
+            out["num_deleted"] = state.num_deleted
+        if deleted_details and state.num_deleted:
+            out["deleted"] = self.store.deleted()
+        out["consumer_count"] = len(self.consumers)
+        return out
+
+    def info(self, domain: bool = True, subjects: Optional[Dict[str, int]] = None, deleted_details: bool = False) -> Dict[str, Any]:
+        """StreamInfo: config, created, state (and domain when the engine has one and C{domain})."""
+        out: Dict[str, Any] = {
+            "config": config_json(self.config),
+            "created": rfc3339(self.created),
+            "state": self.state_json(subjects, deleted_details),
+        }
+        if domain and self.engine.settings.domain:
+            out["domain"] = self.engine.settings.domain
+        return out
+
+
+def _parse_uint(text: str) -> Optional[int]:
+    """A header's unsigned number (nats-server's parseInt64 of the value), or None if it is not one."""
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def dumps(value: Any) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, with <, > and & escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("utf-8")
+
+
+__all__ = [
+    "Stream", "check_config", "check_update", "config_json", "decode_config", "dumps", "open_store",
+    "open_consumer_store", "store_limits", "subjects_collide", "subject_is_subset",
+]

@@ -1,0 +1,921 @@
+"""
+JetStream consumers (L{eventsvc.jetstream.consumer}): what a client
+subscribed to a deliver subject or a pull inbox receives, and what an
+acknowledgement does, against a real in-memory L{Broker}, a memory store
+and a fake clock.  The stream is a small stand-in with the attributes
+JS.md gives a consumer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.jetstream import consumer_api, errors
+from eventsvc.jetstream.consumer import (
+    Consumer,
+    as_json,
+    check_config,
+    go_duration,
+    parse_go_duration,
+)
+from eventsvc.jetstream.errors import ApiError
+from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
+from eventsvc.jetstream.wire import parse_headers, rfc3339
+from eventsvc.nats.server import Broker
+
+BASE = 1_800_000_000 * 1_000_000_000
+SECOND = 1_000_000_000
+MS = 1_000_000
+
+
+class FakeEngine:
+    """The engine's part a consumer uses, and its ack routing."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.broker = Broker(server_name="test")
+        self.streams: Dict[str, "FakeStream"] = {}
+        self.broker.subscribe("$JS.ACK.>", self._ack)
+
+    def now(self) -> int:
+        return BASE + int(round(self.clock.seconds() * SECOND))
+
+    def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        tokens = subject.split(".")
+        stream = self.streams.get(tokens[2])
+        consumer = stream.consumers.get(tokens[3]) if stream else None
+        if consumer is not None:
+            consumer.ack(subject, reply, payload)
+
+
+class FakeStream:
+    """A stream as far as a consumer sees it: a memory store, its config, its consumers."""
+
+    def __init__(self, engine: FakeEngine, name: str = "ORDERS", subjects: Tuple[str, ...] = ("orders.>",),
+                 retention: str = "limits", max_consumers: int = -1) -> None:
+        self.engine = engine
+        self.name = name
+        self.config: Dict[str, Any] = {
+            "name": name, "subjects": list(subjects), "retention": retention,
+            "max_consumers": max_consumers, "num_replicas": 1,
+        }
+        self.store = MemoryStore()
+        self.created = engine.now()
+        self.consumers: Dict[str, Consumer] = {}
+        self.consumer_stores: Dict[str, MemoryConsumerStore] = {}
+        self.acked: List[int] = []
+        engine.streams[name] = self
+
+    def new_consumer_store(self, name: str, config: dict, created: int) -> MemoryConsumerStore:
+        store = self.consumer_stores[name] = MemoryConsumerStore()
+        return store
+
+    def attach(self, consumer: Consumer) -> None:
+        self.consumers[consumer.name] = consumer
+
+    def detach(self, name: str) -> None:
+        self.consumers.pop(name, None)
+
+    def ack_message(self, seq: int) -> None:
+        self.acked.append(seq)
+        if self.config["retention"] == "workqueue":
+            self.store.remove(seq)
+
+    def publish(self, subject: str, data: bytes = b"", headers: Optional[bytes] = None) -> int:
+        seq = self.store.store(subject, headers, data, self.engine.now())
+        for consumer in list(self.consumers.values()):
+            consumer.stored(seq, subject)
+        return seq
+
+
+class Inbox:
+    """An in-process subscriber: what a client on C{subject} would receive."""
+
+    def __init__(self, broker: Broker, subject: str, queue: Optional[str] = None) -> None:
+        self.messages: List[Tuple[str, Optional[str], bytes, Optional[bytes]]] = []
+        self.subject = subject
+        self.sub = broker.subscribe(subject, self._got, queue)
+
+    def _got(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        self.messages.append((subject, reply, payload, headers))
+
+    def take(self) -> List[Tuple[str, Optional[str], bytes, Optional[bytes]]]:
+        out, self.messages = self.messages, []
+        return out
+
+    def data(self) -> List[bytes]:
+        return [m[2] for m in self.take()]
+
+    def statuses(self) -> List[str]:
+        return [parse_headers(m[3])[0] for m in self.take()]
+
+
+class ConsumerTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.engine = FakeEngine()
+        self.broker = self.engine.broker
+        self.clock = self.engine.clock
+        self.stream = FakeStream(self.engine)
+
+    def publish(self, n: int, subject: str = "orders.new", stream: Optional[FakeStream] = None) -> List[int]:
+        stream = stream or self.stream
+        return [stream.publish(subject, b"m%d" % i) for i in range(1, n + 1)]
+
+    def consumer(self, stream: Optional[FakeStream] = None, **raw: Any) -> Consumer:
+        stream = stream or self.stream
+        config = check_config(stream, raw)
+        name = config.get("durable_name") or config.get("name") or "EPH"
+        consumer = Consumer(stream, name, config, stream.new_consumer_store(name, config, self.engine.now()), self.engine.now())
+        stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        return consumer
+
+    def pull(self, consumer: Consumer, request: Any = b"", inbox: str = "_INBOX.1") -> Inbox:
+        box = Inbox(self.broker, inbox)
+        payload = request if isinstance(request, bytes) else json.dumps(request).encode()
+        consumer.next_request(inbox, payload)
+        return box
+
+    def ack(self, reply: Optional[str], body: bytes = b"+ACK", answer: Optional[str] = None) -> None:
+        assert reply is not None
+        self.broker.publish(reply, body, answer)
+
+
+class ConfigTests(ConsumerTestCase):
+    """check_config: nats-server's defaults, words and order."""
+
+    def test_durable_pull_defaults(self) -> None:
+        """A durable pull consumer's config reads as nats-server 2.9.10 writes it, byte for byte."""
+        config = check_config(self.stream, {"durable_name": "D", "ack_policy": "explicit"})
+        self.assertEqual(
+            json.dumps(as_json(config), separators=(",", ":")),
+            '{"durable_name":"D","deliver_policy":"all","ack_policy":"explicit","ack_wait":30000000000,'
+            '"max_deliver":-1,"replay_policy":"instant","max_waiting":512,"max_ack_pending":1000,"num_replicas":0}',
+        )
+
+    def test_named_push_ephemeral(self) -> None:
+        """The 2.9 create subject's name becomes C{name}; an ephemeral gets inactive_threshold 5s."""
+        config = check_config(
+            self.stream,
+            {"ack_policy": "explicit", "deliver_subject": "dd", "idle_heartbeat": SECOND, "flow_control": True},
+            "N",
+        )
+        self.assertEqual(
+            json.dumps(as_json(config), separators=(",", ":")),
+            '{"name":"N","deliver_policy":"all","ack_policy":"explicit","ack_wait":30000000000,"max_deliver":-1,'
+            '"replay_policy":"instant","max_ack_pending":1000,"idle_heartbeat":1000000000,"flow_control":true,'
+            '"deliver_subject":"dd","inactive_threshold":5000000000,"num_replicas":0}',
+        )
+
+    def test_backoff_sets_ack_wait(self) -> None:
+        config = check_config(self.stream, {"durable_name": "D", "ack_policy": "explicit", "backoff": [SECOND, 2 * SECOND], "max_deliver": 3})
+        self.assertEqual(config["ack_wait"], SECOND)
+
+    def assertRefused(self, kind: Any, raw: Any, stream: Optional[FakeStream] = None, description: Optional[str] = None) -> None:
+        with self.assertRaises(ApiError) as caught:
+            check_config(stream or self.stream, raw)
+        self.assertEqual(caught.exception.err_code, kind.err_code, caught.exception.description)
+        if description is not None:
+            self.assertEqual(caught.exception.description, description)
+
+    def test_refusals(self) -> None:
+        """Each bad config gets nats-server's error, by code and words."""
+        self.assertRefused(errors.INVALID_J_S_O_N_ERR, {"ack_policy": "bogus"})
+        self.assertRefused(errors.INVALID_J_S_O_N_ERR, {"ack_wait": "5s"})
+        self.assertRefused(errors.INVALID_J_S_O_N_ERR, ["not", "an", "object"])
+        self.assertRefused(
+            errors.CONSUMER_INVALID_POLICY_ERR_F, {"ack_policy": "explicit", "deliver_policy": "by_start_sequence"},
+            description="consumer delivery policy is deliver by start sequence, but optional start sequence is not set",
+        )
+        self.assertRefused(
+            errors.CONSUMER_INVALID_POLICY_ERR_F, {"deliver_policy": "all", "opt_start_seq": 4},
+            description="consumer delivery policy is deliver all, but optional start sequence is also set",
+        )
+        self.assertRefused(errors.CONSUMER_INVALID_POLICY_ERR_F, {"deliver_policy": "by_start_time"})
+        self.assertRefused(errors.CONSUMER_INVALID_POLICY_ERR_F, {"deliver_policy": "last_per_subject"})
+        self.assertRefused(errors.CONSUMER_MAX_DELIVER_BACKOFF_ERR, {"ack_policy": "explicit", "backoff": [SECOND, SECOND], "max_deliver": 2})
+        self.assertRefused(errors.CONSUMER_FILTER_NOT_SUBSET_ERR, {"filter_subject": "payments.>"})
+        self.assertRefused(errors.CONSUMER_H_B_REQUIRES_PUSH_ERR, {"idle_heartbeat": SECOND})
+        self.assertRefused(errors.CONSUMER_F_C_REQUIRES_PUSH_ERR, {"flow_control": True})
+        self.assertRefused(errors.CONSUMER_WITH_FLOW_CONTROL_NEEDS_HEARTBEATS, {"deliver_subject": "d", "flow_control": True})
+        self.assertRefused(errors.CONSUMER_SMALL_HEARTBEAT_ERR, {"deliver_subject": "d", "idle_heartbeat": 50 * MS})
+        self.assertRefused(errors.CONSUMER_DELIVER_CYCLE_ERR, {"deliver_subject": "orders.x"})
+        self.assertRefused(errors.CONSUMER_DELIVER_TO_WILDCARDS_ERR, {"deliver_subject": "d.*"})
+        self.assertRefused(errors.CONSUMER_PUSH_MAX_WAITING_ERR, {"deliver_subject": "d", "max_waiting": 4})
+        self.assertRefused(errors.CONSUMER_MAX_PENDING_ACK_POLICY_REQUIRED_ERR, {"deliver_subject": "d", "max_ack_pending": 4})
+        self.assertRefused(errors.CONSUMER_MAX_WAITING_NEGATIVE_ERR, {"max_waiting": -1})
+        self.assertRefused(errors.CONSUMER_BAD_DURABLE_NAME_ERR, {"durable_name": "a.b"})
+        self.assertRefused(errors.CONSUMER_NAME_TOO_LONG_ERR_F, {"durable_name": "x" * 256})
+        self.assertRefused(errors.CONSUMER_CREATE_DURABLE_AND_NAME_MISMATCH, {"durable_name": "a", "name": "b"})
+        self.assertRefused(errors.CONSUMER_REPLICAS_EXCEEDS_STREAM, {"num_replicas": 3})
+
+    def test_wildcard_filter_wider_than_a_subject(self) -> None:
+        """A wildcard filter that covers one of the stream's subjects is accepted (nats-server's validFilteredSubject)."""
+        stream = FakeStream(self.engine, "S2", ("orders.new",))
+        self.assertEqual(check_config(stream, {"filter_subject": "orders.*"})["filter_subject"], "orders.*")
+
+    def test_max_consumers(self) -> None:
+        stream = FakeStream(self.engine, "S2", ("s2.>",), max_consumers=1)
+        self.consumer(stream, durable_name="A")
+        self.assertRefused(errors.MAXIMUM_CONSUMERS_LIMIT_ERR, {"durable_name": "B"}, stream)
+        # The existing one may still be "created" again (an update).
+        self.assertEqual(check_config(stream, {"durable_name": "A"})["durable_name"], "A")
+
+    def test_workqueue_rules(self) -> None:
+        stream = FakeStream(self.engine, "WQ", ("wq.>",), retention="workqueue")
+        self.assertRefused(errors.CONSUMER_PULL_REQUIRES_ACK_ERR, {"durable_name": "A"}, stream)
+        self.assertRefused(errors.CONSUMER_W_Q_REQUIRES_EXPLICIT_ACK_ERR, {"durable_name": "A", "ack_policy": "all"}, stream)
+        self.assertRefused(errors.CONSUMER_W_Q_CONSUMER_NOT_DELIVER_ALL_ERR, {"durable_name": "A", "ack_policy": "explicit", "deliver_policy": "new"}, stream)
+        self.consumer(stream, durable_name="A", ack_policy="explicit", filter_subject="wq.a.>")
+        self.assertRefused(errors.CONSUMER_W_Q_MULTIPLE_UNFILTERED_ERR, {"durable_name": "B", "ack_policy": "explicit"}, stream)
+        self.assertRefused(errors.CONSUMER_W_Q_CONSUMER_NOT_UNIQUE_ERR, {"durable_name": "B", "ack_policy": "explicit", "filter_subject": "wq.a.b"}, stream)
+        check_config(stream, {"durable_name": "B", "ack_policy": "explicit", "filter_subject": "wq.b.>"})
+
+    def test_go_durations(self) -> None:
+        self.assertEqual(parse_go_duration("1.5s"), 1500 * MS)
+        self.assertEqual(parse_go_duration("2m30s"), 150 * SECOND)
+        self.assertEqual(parse_go_duration("250ms"), 250 * MS)
+        self.assertRaises(ValueError, parse_go_duration, "5 parsecs")
+        self.assertEqual(go_duration(90 * SECOND), "1m30s")
+        self.assertEqual(go_duration(1500 * MS), "1.5s")
+        self.assertEqual(go_duration(250 * MS), "250ms")
+
+
+class DeliverPolicyTests(ConsumerTestCase):
+    """Where a new consumer starts."""
+
+    def setUp(self) -> None:
+        ConsumerTestCase.setUp(self)
+        self.stream.publish("orders.a", b"a1")
+        self.clock.advance(10)
+        self.stream.publish("orders.b", b"b1")
+        self.stream.publish("orders.a", b"a2")
+        self.clock.advance(10)
+        self.stream.publish("orders.b", b"b2")
+
+    def first_batch(self, **raw: Any) -> List[bytes]:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", **raw)
+        return self.pull(consumer, {"batch": 10, "no_wait": True}).data()[:-1]
+
+    def test_all(self) -> None:
+        self.assertEqual(self.first_batch(), [b"a1", b"b1", b"a2", b"b2"])
+
+    def test_last(self) -> None:
+        self.assertEqual(self.first_batch(deliver_policy="last"), [b"b2"])
+
+    def test_last_filtered(self) -> None:
+        self.assertEqual(self.first_batch(deliver_policy="last", filter_subject="orders.a"), [b"a2"])
+
+    def test_new(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", deliver_policy="new")
+        box = self.pull(consumer, {"batch": 2, "expires": SECOND})
+        self.stream.publish("orders.c", b"c1")
+        self.assertEqual(box.data(), [b"c1"])
+
+    def test_by_start_sequence(self) -> None:
+        self.assertEqual(self.first_batch(deliver_policy="by_start_sequence", opt_start_seq=3), [b"a2", b"b2"])
+
+    def test_by_start_time(self) -> None:
+        start = rfc3339(BASE + 5 * SECOND)
+        self.assertEqual(self.first_batch(deliver_policy="by_start_time", opt_start_time=start), [b"b1", b"a2", b"b2"])
+
+    def test_last_per_subject(self) -> None:
+        """The last of each subject first, then whatever comes next."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", deliver_policy="last_per_subject", filter_subject="orders.*")
+        self.assertEqual(self.pull(consumer, {"batch": 10, "no_wait": True}).data()[:-1], [b"a2", b"b2"])
+        box = self.pull(consumer, {"batch": 10, "expires": SECOND}, "_INBOX.2")
+        self.stream.publish("orders.a", b"a3")
+        self.assertEqual(box.data(), [b"a3"])
+
+    def test_filter(self) -> None:
+        self.assertEqual(self.first_batch(filter_subject="orders.b"), [b"b1", b"b2"])
+
+
+class PullTests(ConsumerTestCase):
+    """MSG.NEXT: what the requester's inbox receives."""
+
+    def test_batch(self) -> None:
+        """A batch goes to the inbox on the stream's subjects, with stored headers and the 2.9 ack reply."""
+        self.stream.publish("orders.new", b"one", b"NATS/1.0\r\nH: 1\r\n\r\n")
+        self.clock.advance(1)
+        self.stream.publish("orders.old", b"two")
+        self.stream.publish("orders.new", b"three")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 2})
+        got = box.take()
+        self.assertEqual(
+            [(s, r, p) for s, r, p, _ in got],
+            [
+                ("orders.new", "$JS.ACK.ORDERS.D.1.1.1.%d.2" % BASE, b"one"),
+                ("orders.old", "$JS.ACK.ORDERS.D.1.2.2.%d.1" % (BASE + SECOND), b"two"),
+            ],
+        )
+        self.assertEqual(got[0][3], b"NATS/1.0\r\nH: 1\r\n\r\n")
+        self.assertIsNone(got[1][3])
+        info = consumer.info()
+        self.assertEqual(info["delivered"], {"consumer_seq": 2, "stream_seq": 2, "last_active": rfc3339(BASE + SECOND)})
+        self.assertEqual((info["num_ack_pending"], info["num_pending"], info["num_waiting"]), (2, 1, 0))
+
+    def test_number_and_empty_payloads(self) -> None:
+        """A bare number is a batch; an empty payload asks for one."""
+        self.publish(5)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        self.assertEqual(self.pull(consumer, b"3").data(), [b"m1", b"m2", b"m3"])
+        self.assertEqual(self.pull(consumer, b"", "_INBOX.2").data(), [b"m4"])
+
+    def test_hundred(self) -> None:
+        """A pull of 100 is 100 messages, and the pending counts run down to 0."""
+        self.publish(100)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        got = self.pull(consumer, {"batch": 100}).take()
+        self.assertEqual(len(got), 100)
+        self.assertEqual([m[1].rsplit(".", 1)[1] for m in got[-2:]], ["1", "0"])  # type: ignore[union-attr]
+
+    def test_waits_for_messages(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 2, "expires": 5 * SECOND})
+        self.assertEqual(box.take(), [])
+        self.assertEqual(consumer.info()["num_waiting"], 1)
+        self.publish(3)
+        self.assertEqual(box.data(), [b"m1", b"m2"])
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_expires(self) -> None:
+        """After expires: 408 Request Timeout with what is still owed."""
+        self.publish(1)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 5, "expires": 200 * MS})
+        self.assertEqual(box.data(), [b"m1"])
+        self.clock.advance(0.2)
+        (status,) = box.take()
+        self.assertEqual(status[3], b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 4\r\nNats-Pending-Bytes: 0\r\n\r\n")
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_no_wait(self) -> None:
+        """no_wait with nothing: 404 No Messages; with some: those, then 408."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 5, "no_wait": True})
+        self.assertEqual(box.take()[0][3], b"NATS/1.0 404 No Messages\r\n\r\n")
+        self.publish(2)
+        box = self.pull(consumer, {"batch": 5, "no_wait": True}, "_INBOX.2")
+        got = box.take()
+        self.assertEqual([m[2] for m in got[:2]], [b"m1", b"m2"])
+        self.assertEqual(parse_headers(got[2][3])[0], "408 Request Timeout")
+
+    def test_idle_heartbeat(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 5, "expires": 200 * MS, "idle_heartbeat": 50 * MS})
+        for _ in range(3):
+            self.clock.advance(0.05)
+        self.assertEqual(
+            [m[3] for m in box.take()],
+            [b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\n\r\n"] * 3,
+        )
+        self.clock.advance(0.05)
+        self.assertEqual(box.statuses(), ["408 Request Timeout"])
+
+    def test_heartbeat_too_large(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 5, "expires": 100 * MS, "idle_heartbeat": 60 * MS})
+        self.assertEqual(box.statuses(), ["400 Bad Request - heartbeat value too large"])
+
+    def test_bad_request(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, b"{nope")
+        self.assertTrue(box.statuses()[0].startswith("400 Bad Request - "))
+
+    def test_max_waiting(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", max_waiting=2)
+        boxes = [self.pull(consumer, {"batch": 1, "expires": SECOND}, "_INBOX.%d" % i) for i in range(3)]
+        self.assertEqual(boxes[2].statuses(), ["409 Exceeded MaxWaiting"])
+        self.assertEqual(consumer.info()["num_waiting"], 2)
+
+    def test_max_batch_and_expires(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", max_batch=10, max_expires=SECOND)
+        self.assertEqual(self.pull(consumer, {"batch": 11}).statuses(), ["409 Exceeded MaxRequestBatch of 10"])
+        self.assertEqual(self.pull(consumer, {"batch": 1, "expires": 2 * SECOND}, "_INBOX.2").statuses(), ["409 Exceeded MaxRequestExpires of 1s"])
+
+    def test_max_bytes(self) -> None:
+        """A message bigger than what the request has left ends it: 409 Message Size Exceeds MaxBytes."""
+        self.stream.publish("orders.new", b"x" * 10)
+        self.stream.publish("orders.new", b"y" * 500)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 5, "max_bytes": 200, "expires": SECOND})
+        got = box.take()
+        self.assertEqual(got[0][2], b"x" * 10)
+        self.assertEqual(parse_headers(got[1][3])[0], "409 Message Size Exceeds MaxBytes")
+        # The big one was not lost: the next request gets it.
+        self.assertEqual(self.pull(consumer, {"batch": 1}, "_INBOX.2").data(), [b"y" * 500])
+
+    def test_no_interest_dropped(self) -> None:
+        """A request whose inbox nobody listens to any more gets nothing; the message goes to the next."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        gone = self.pull(consumer, {"batch": 1, "expires": SECOND}, "_INBOX.gone")
+        gone.sub.unsubscribe()
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND}, "_INBOX.2")
+        self.publish(1)
+        self.assertEqual(box.data(), [b"m1"])
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_deleted(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND})
+        consumer.delete()
+        self.assertEqual(box.statuses(), ["409 Consumer Deleted"])
+
+    def test_push_consumer_refuses(self) -> None:
+        consumer = self.consumer(durable_name="P", deliver_subject="deliver.p")
+        self.assertEqual(self.pull(consumer, b"1").statuses(), ["409 Consumer is push based"])
+
+    def test_inactive_threshold(self) -> None:
+        """A pull consumer nobody asks for inactive_threshold is deleted; asking keeps it."""
+        consumer = self.consumer(name="E", ack_policy="explicit", inactive_threshold=2 * SECOND)
+        self.clock.advance(1.5)
+        self.pull(consumer, {"batch": 1, "no_wait": True})
+        self.clock.advance(1.5)
+        self.assertIn("E", self.stream.consumers)
+        self.clock.advance(1)
+        self.assertNotIn("E", self.stream.consumers)
+        self.assertTrue(consumer.closed)
+
+
+class AckTests(ConsumerTestCase):
+    """What each kind of acknowledgement does, sent as a client sends it."""
+
+    def setUp(self) -> None:
+        ConsumerTestCase.setUp(self)
+        self.publish(3)
+
+    def fetch(self, consumer: Consumer, n: int = 1, inbox: str = "_INBOX.f") -> List[Tuple[str, Optional[str], bytes, Optional[bytes]]]:
+        box = self.pull(consumer, {"batch": n, "no_wait": True}, inbox)
+        box.sub.unsubscribe()
+        return [m for m in box.take() if m[3] is None or not parse_headers(m[3])[0]]
+
+    def test_ack_moves_floor(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        got = self.fetch(consumer, 3)
+        self.ack(got[1][1])
+        info = consumer.info()
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (0, 2))
+        self.ack(got[0][1], b"")
+        info = consumer.info()
+        self.assertEqual(info["ack_floor"], {"consumer_seq": 2, "stream_seq": 2, "last_active": rfc3339(BASE)})
+        self.ack(got[2][1])
+        self.assertEqual(consumer.info()["num_ack_pending"], 0)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 3)
+
+    def test_ack_sync(self) -> None:
+        """An ack with a reply is answered (empty) once kept."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        (msg,) = self.fetch(consumer)
+        box = Inbox(self.broker, "_INBOX.ack")
+        self.ack(msg[1], b"+ACK", "_INBOX.ack")
+        self.assertEqual(box.take(), [("_INBOX.ack", None, b"", None)])
+
+    def test_ack_wait_redelivers(self) -> None:
+        """Unacked past ack_wait: delivered again, the count in the reply 2."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", ack_wait=2 * SECOND)
+        self.assertEqual(len(self.fetch(consumer, 3)), 3)
+        box = self.pull(consumer, {"batch": 1, "expires": 10 * SECOND}, "_INBOX.3")
+        self.clock.advance(1.9)
+        self.assertEqual(box.take(), [])
+        self.clock.advance(0.2)
+        (again,) = box.take()
+        self.assertEqual(again[2], b"m1")
+        self.assertTrue(again[1].startswith("$JS.ACK.ORDERS.D.2.1.4."))  # type: ignore[union-attr]
+        self.assertEqual(consumer.info()["num_redelivered"], 1)
+        # One timer for the consumer, however many are outstanding.
+        self.assertEqual(len([c for c in self.clock.getDelayedCalls() if c.func == consumer._check_pending]), 1)
+
+    def test_nak(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        (msg,) = self.fetch(consumer)
+        self.ack(msg[1], b"-NAK")
+        (again,) = self.fetch(consumer, 1, "_INBOX.2")
+        self.assertEqual(again[2], b"m1")
+        self.assertTrue(again[1].startswith("$JS.ACK.ORDERS.D.2.1.2."))  # type: ignore[union-attr]
+
+    def test_nak_delay(self) -> None:
+        """-NAK {"delay": ns} (or a Go duration): redelivered only after the delay."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        m1, m2 = self.fetch(consumer, 2)
+        self.ack(m1[1], b'-NAK {"delay": 3000000000}')
+        self.ack(m2[1], b"-NAK 1s")
+        box = self.pull(consumer, {"batch": 3, "expires": 60 * SECOND}, "_INBOX.2")
+        self.assertEqual(box.data(), [b"m3"])
+        self.clock.advance(1.1)
+        self.assertEqual(box.data(), [b"m2"])
+        self.clock.advance(2)
+        self.assertEqual(box.data(), [b"m1"])
+
+    def test_progress(self) -> None:
+        """+WPI: ack_wait starts again."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", ack_wait=2 * SECOND)
+        msg, m2, m3 = self.fetch(consumer, 3)
+        self.ack(m2[1])
+        self.ack(m3[1])
+        box = self.pull(consumer, {"batch": 1, "expires": 60 * SECOND}, "_INBOX.4")
+        self.clock.advance(1.5)
+        self.ack(msg[1], b"+WPI")
+        self.clock.advance(1.5)
+        self.assertEqual(box.take(), [])
+        self.clock.advance(1)
+        self.assertEqual(box.data(), [b"m1"])
+
+    def test_term(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", ack_wait=SECOND)
+        (msg,) = self.fetch(consumer)
+        self.ack(msg[1], b"+TERM")
+        box = self.pull(consumer, {"batch": 5, "expires": 60 * SECOND}, "_INBOX.2")
+        self.clock.advance(5)
+        data = box.data()
+        self.assertEqual(data[:2], [b"m2", b"m3"])
+        self.assertNotIn(b"m1", data)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+
+    def test_next(self) -> None:
+        """+NXT acks and asks for more, the reply being the inbox."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        (msg,) = self.fetch(consumer)
+        box = Inbox(self.broker, "_INBOX.nxt")
+        self.ack(msg[1], b"+NXT {\"batch\": 2}", "_INBOX.nxt")
+        self.assertEqual(box.data(), [b"m2", b"m3"])
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+
+    def test_ack_all(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="all")
+        got = self.fetch(consumer, 3)
+        self.ack(got[1][1])
+        info = consumer.info()
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (2, 1))
+
+    def test_ack_none(self) -> None:
+        consumer = self.consumer(durable_name="D")
+        self.fetch(consumer, 3)
+        info = consumer.info()
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (3, 0))
+
+    def test_backoff(self) -> None:
+        """Redelivery after backoff[0], then backoff[1], and the last step after that."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", backoff=[SECOND, 3 * SECOND], max_deliver=5)
+        self.fetch(consumer)
+        times = [0.0]
+        box = self.pull(consumer, {"batch": 10, "expires": 60 * SECOND}, "_INBOX.2")
+        got = box.take()
+        self.ack(got[0][1])
+        self.ack(got[1][1])
+        for _ in range(1200):
+            self.clock.advance(0.01)
+            for m in box.take():
+                self.assertEqual(m[2], b"m1")
+                times.append(self.clock.seconds())
+        # Delivered 5 times (max_deliver): 1 s, then 3 s (the last step) between them.
+        gaps = [round(b - a, 1) for a, b in zip(times, times[1:])]
+        self.assertEqual(gaps, [1.0, 3.0, 3.0, 3.0])
+
+    def test_max_deliver(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", ack_wait=SECOND, max_deliver=2, filter_subject="orders.new")
+        self.fetch(consumer)
+        box = self.pull(consumer, {"batch": 10, "expires": 60 * SECOND}, "_INBOX.2")
+        box.take()
+        self.clock.advance(1.1)
+        self.assertEqual(box.data(), [b"m1", b"m2", b"m3"])
+        self.clock.advance(10)
+        self.assertEqual(box.take(), [])
+
+    def test_max_ack_pending(self) -> None:
+        """At max_ack_pending deliveries stop until an ack makes room."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", max_ack_pending=2)
+        box = self.pull(consumer, {"batch": 3, "expires": 60 * SECOND}, "_INBOX.2")
+        got = box.take()
+        self.assertEqual([m[2] for m in got], [b"m1", b"m2"])
+        self.ack(got[0][1])
+        self.assertEqual(box.data(), [b"m3"])
+
+    def test_workqueue(self) -> None:
+        """A workqueue stream is told of each ack, and the message leaves it."""
+        stream = FakeStream(self.engine, "WQ", ("wq.>",), retention="workqueue")
+        self.publish(2, "wq.job", stream)
+        consumer = self.consumer(stream, durable_name="W", ack_policy="explicit")
+        got = self.fetch(consumer, 2)
+        self.ack(got[0][1])
+        self.assertEqual(stream.acked, [1])
+        self.assertIsNone(stream.store.load(1))
+        self.assertFalse(consumer.needs(1, "wq.job"))
+        self.assertTrue(consumer.needs(2, "wq.job"))
+
+    def test_interest_needs(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", filter_subject="orders.new")
+        self.assertTrue(consumer.needs(1, "orders.new"))
+        self.assertFalse(consumer.needs(1, "orders.other"))
+        (msg,) = self.fetch(consumer)
+        self.ack(msg[1])
+        self.assertFalse(consumer.needs(1, "orders.new"))
+
+
+class PushTests(ConsumerTestCase):
+    def test_delivers_with_interest(self) -> None:
+        """Deliveries go to the deliver subject, as the stream's subjects, only while someone listens."""
+        self.publish(2)
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", deliver_subject="deliver.p")
+        self.assertNotIn("push_bound", consumer.info())
+        box = Inbox(self.broker, "deliver.p")
+        self.clock.advance(0)
+        self.assertEqual([(m[0], m[2]) for m in box.take()], [("orders.new", b"m1"), ("orders.new", b"m2")])
+        self.assertTrue(consumer.info()["push_bound"])
+        self.stream.publish("orders.x", b"m3")
+        self.assertEqual(box.data(), [b"m3"])
+
+    def test_deliver_group(self) -> None:
+        self.publish(10)
+        a = Inbox(self.broker, "deliver.q", "workers")
+        b = Inbox(self.broker, "deliver.q", "workers")
+        self.consumer(durable_name="Q", ack_policy="explicit", deliver_subject="deliver.q", deliver_group="workers")
+        self.assertEqual(len(a.messages) + len(b.messages), 10)
+
+    def test_idle_heartbeat(self) -> None:
+        box = Inbox(self.broker, "deliver.h")
+        self.consumer(durable_name="H", ack_policy="explicit", deliver_subject="deliver.h", idle_heartbeat=SECOND)
+        self.publish(1)
+        self.assertEqual(box.data(), [b"m1"])
+        self.clock.advance(0.5)
+        self.assertEqual(box.take(), [])
+        self.clock.advance(0.6)
+        self.assertEqual(
+            box.take(),
+            [("deliver.h", None, b"", b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 1\r\nNats-Last-Stream: 1\r\n\r\n")],
+        )
+
+    def test_flow_control(self) -> None:
+        """Past half the window a FlowControl Request; past the window nothing until it is answered."""
+        box = Inbox(self.broker, "deliver.f")
+        consumer = self.consumer(durable_name="F", ack_policy="none", deliver_subject="deliver.f", idle_heartbeat=SECOND, flow_control=True)
+        consumer._maxpb = 200
+        for i in range(10):
+            self.stream.publish("orders.new", b"x" * 50)
+        got = box.take()
+        requests = [m for m in got if m[3] and b"FlowControl" in m[3]]
+        self.assertEqual(len(requests), 1)
+        self.assertEqual(requests[0][3], b"NATS/1.0 100 FlowControl Request\r\n\r\n")
+        self.assertTrue(requests[0][1].startswith("$JS.FC.ORDERS.F."))  # type: ignore[union-attr]
+        sent = len(got) - 1
+        self.assertLess(sent, 10)
+        self.clock.advance(1.1)
+        (hb,) = box.take()
+        self.assertIn(b"Nats-Consumer-Stalled: " + requests[0][1].encode(), hb[3])  # type: ignore[union-attr,operator]
+        answer: Optional[str] = requests[0][1]
+        while answer:
+            self.broker.publish(answer, b"")
+            answer = None
+            for m in box.take():
+                if m[3] is None:
+                    sent += 1
+                elif b"FlowControl" in m[3]:
+                    answer = m[1]
+        self.assertEqual(sent, 10)
+
+    def test_headers_only(self) -> None:
+        box = Inbox(self.broker, "deliver.ho")
+        self.consumer(durable_name="HO", deliver_subject="deliver.ho", headers_only=True)
+        self.stream.publish("orders.new", b"12345", b"NATS/1.0\r\nA: b\r\n\r\n")
+        self.stream.publish("orders.new", b"123")
+        self.assertEqual(
+            [(m[2], m[3]) for m in box.take()],
+            [(b"", b"NATS/1.0\r\nA: b\r\nNats-Msg-Size: 5\r\n\r\n"), (b"", b"NATS/1.0\r\nNats-Msg-Size: 3\r\n\r\n")],
+        )
+
+    def test_inactive_threshold(self) -> None:
+        """An ephemeral push consumer nobody listens to goes after inactive_threshold (5 s by default)."""
+        box = Inbox(self.broker, "deliver.e")
+        consumer = self.consumer(deliver_subject="deliver.e")
+        box.sub.unsubscribe()
+        self.clock.advance(0)
+        self.clock.advance(4.9)
+        self.assertFalse(consumer.closed)
+        box = Inbox(self.broker, "deliver.e")
+        self.clock.advance(0)
+        self.clock.advance(10)
+        self.assertFalse(consumer.closed)
+        box.sub.unsubscribe()
+        self.clock.advance(0)
+        self.clock.advance(5)
+        self.assertTrue(consumer.closed)
+        self.assertNotIn(consumer.name, self.stream.consumers)
+
+    def test_redelivery_to_push(self) -> None:
+        box = Inbox(self.broker, "deliver.r")
+        self.consumer(durable_name="R", ack_policy="explicit", deliver_subject="deliver.r", ack_wait=SECOND)
+        self.publish(2)
+        first = box.take()
+        self.ack(first[0][1])
+        self.clock.advance(1.1)
+        (again,) = box.take()
+        self.assertEqual(again[2], b"m2")
+        self.assertTrue(again[1].startswith("$JS.ACK.ORDERS.R.2.2.3."))  # type: ignore[union-attr]
+
+
+class RestartTests(ConsumerTestCase):
+    def test_resumes(self) -> None:
+        """A consumer made again from its store resumes: unacked redelivered, acked never."""
+        self.publish(4)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", ack_wait=2 * SECOND)
+        box = self.pull(consumer, {"batch": 3})
+        got = box.take()
+        self.ack(got[0][1])
+        self.ack(got[2][1])
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+        consumer.stop()
+        self.stream.consumers.clear()
+        store = self.stream.consumer_stores["D"]
+        again = Consumer(self.stream, "D", consumer.config, store, consumer.created)
+        self.stream.attach(again)
+        again.start()
+        self.addCleanup(again.stop)
+        info = again.info()
+        self.assertEqual((info["delivered"]["stream_seq"], info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (3, 1, 1))
+        box = self.pull(again, {"batch": 5, "expires": 60 * SECOND}, "_INBOX.2")
+        (m4,) = box.take()
+        self.assertEqual(m4[2], b"m4")
+        self.ack(m4[1])
+        self.clock.advance(2.1)
+        got = box.take()
+        self.assertEqual([m[2] for m in got], [b"m2"])
+        self.assertTrue(got[0][1].startswith("$JS.ACK.ORDERS.D.2.2.5."))  # type: ignore[union-attr]
+
+    def test_new_start_kept(self) -> None:
+        """deliver_policy new: the starting point is kept, so a restart does not skip what came meanwhile."""
+        self.publish(2)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", deliver_policy="new")
+        consumer.stop()
+        self.stream.consumers.clear()
+        self.publish(1, "orders.later")
+        again = Consumer(self.stream, "D", consumer.config, self.stream.consumer_stores["D"], consumer.created)
+        self.stream.attach(again)
+        again.start()
+        self.addCleanup(again.stop)
+        self.assertEqual(self.pull(again, {"batch": 5, "no_wait": True}).data()[:-1], [b"m1"])
+
+
+class InfoTests(ConsumerTestCase):
+    def test_fields_in_order(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        info = consumer.info()
+        self.assertEqual(
+            list(info),
+            ["stream_name", "name", "created", "config", "delivered", "ack_floor", "num_ack_pending",
+             "num_redelivered", "num_waiting", "num_pending"],
+        )
+        self.assertEqual(info["created"], rfc3339(BASE))
+
+
+class Request(NamedTuple):
+    """As api.py's Request (JS.md)."""
+
+    subject: str
+    args: List[str]
+    reply: Optional[str]
+    payload: bytes
+    headers: Optional[bytes]
+
+
+class ApiTests(ConsumerTestCase):
+    """consumer_api's handlers, answered as api.py answers them (JS.md)."""
+
+    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
+        kind, handler = consumer_api.ROUTES[verb]
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
+        try:
+            answer = handler(self.engine, request)
+        except ApiError as e:
+            return {"type": kind, "error": e.as_json()}
+        if answer is None:
+            return None
+        return {"type": kind, **answer}
+
+    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
+        assert answer is not None
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"]
+
+    def test_durable_create_as_nats_server(self) -> None:
+        """The answer to a durable create, byte for byte as nats-server 2.9.10's (bar the time)."""
+        self.publish(3)
+        answer = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        self.assertEqual(
+            json.dumps(answer, separators=(",", ":")),
+            '{"type":"io.nats.jetstream.api.v1.consumer_create_response","stream_name":"ORDERS","name":"D",'
+            '"created":"%s","config":{"durable_name":"D","deliver_policy":"all","ack_policy":"explicit",'
+            '"ack_wait":30000000000,"max_deliver":-1,"replay_policy":"instant","max_waiting":512,"max_ack_pending":1000,'
+            '"num_replicas":0},"delivered":{"consumer_seq":0,"stream_seq":0},"ack_floor":{"consumer_seq":0,"stream_seq":0},'
+            '"num_ack_pending":0,"num_redelivered":0,"num_waiting":0,"num_pending":3}' % rfc3339(BASE),
+        )
+        self.assertIn("D", self.stream.consumers)
+
+    def test_ephemeral_create(self) -> None:
+        answer = self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}})
+        assert answer is not None
+        self.assertEqual(len(answer["name"]), 8)
+        self.assertNotIn("name", answer["config"])
+        self.assertEqual(answer["config"]["inactive_threshold"], 5 * SECOND)
+        self.assertEqual(list(self.stream.consumers), [answer["name"]])
+
+    def test_named_create_with_filter(self) -> None:
+        answer = self.request(
+            "CONSUMER.CREATE", ["ORDERS", "N", "orders", "new"],
+            {"stream_name": "ORDERS", "config": {"durable_name": "N", "ack_policy": "explicit", "filter_subject": "orders.new"}},
+        )
+        assert answer is not None
+        self.assertEqual((answer["name"], answer["config"]["name"], answer["config"]["durable_name"]), ("N", "N", "N"))
+        mismatch = self.request(
+            "CONSUMER.CREATE", ["ORDERS", "M", "orders", "new"],
+            {"stream_name": "ORDERS", "config": {"ack_policy": "explicit", "filter_subject": "orders.old"}},
+        )
+        self.assertEqual(self.error(mismatch), (400, 10131, "Consumer create request did not match filtered subject from create subject"))
+
+    def test_create_refusals(self) -> None:
+        body = {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}}
+        self.assertEqual(self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body))[1], 10018)
+        self.assertEqual(
+            self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "E"}}))[1],
+            10017,
+        )
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["OTHER"], body))[:2], (400, 10056))
+        self.assertEqual(
+            self.error(self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"durable_name": "X"}}))[1], 10020,
+        )
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["ORDERS"], b"{nope"))[:2], (400, 10025))
+        self.assertEqual(self.error(self.request("CONSUMER.CREATE", ["NOPE"], {"stream_name": "NOPE", "config": {}}))[:2], (404, 10059))
+        self.assertEqual(
+            self.error(self.request("CONSUMER.CREATE", ["ORDERS", "a/b"], {"stream_name": "ORDERS", "config": {}}))[1], 10127,
+        )
+        self.assertEqual(self.stream.consumers, {})
+
+    def test_create_again(self) -> None:
+        """The same config again: its info; what may change changes; what may not is refused."""
+        body = {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}}
+        first = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)
+        self.assertEqual(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body), first)
+        body["config"]["ack_policy"] = "all"  # type: ignore[index]
+        self.assertEqual(
+            self.error(self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)), (500, 10012, "ack policy can not be updated"),
+        )
+        body["config"] = {"durable_name": "D", "ack_policy": "explicit", "max_ack_pending": 5}
+        answer = self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], body)
+        assert answer is not None
+        self.assertEqual(answer["config"]["max_ack_pending"], 5)
+        self.assertEqual(self.stream.consumers["D"].config["max_ack_pending"], 5)
+
+    def test_info_delete(self) -> None:
+        self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        info = self.request("CONSUMER.INFO", ["ORDERS", "D"])
+        assert info is not None
+        self.assertEqual((info["type"], info["name"]), ("io.nats.jetstream.api.v1.consumer_info_response", "D"))
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["ORDERS", "D"], b'{"x":1}'))[1], 10038)
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["ORDERS", "X"]))[:2], (404, 10014))
+        self.assertEqual(self.error(self.request("CONSUMER.INFO", ["NOPE", "D"]))[:2], (404, 10059))
+        box = self.pull(self.stream.consumers["D"], {"batch": 1, "expires": SECOND})
+        self.assertEqual(
+            self.request("CONSUMER.DELETE", ["ORDERS", "D"]),
+            {"type": "io.nats.jetstream.api.v1.consumer_delete_response", "success": True},
+        )
+        self.assertEqual(box.statuses(), ["409 Consumer Deleted"])
+        self.assertEqual(self.error(self.request("CONSUMER.DELETE", ["ORDERS", "D"]))[:2], (404, 10014))
+
+    def test_names_and_list(self) -> None:
+        for name in ("c", "a", "b"):
+            self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", name], {"stream_name": "ORDERS", "config": {"durable_name": name}})
+        self.assertEqual(
+            self.request("CONSUMER.NAMES", ["ORDERS"]),
+            {"type": "io.nats.jetstream.api.v1.consumer_names_response", "total": 3, "offset": 0, "limit": 1024, "consumers": ["a", "b", "c"]},
+        )
+        listed = self.request("CONSUMER.LIST", ["ORDERS"], {"offset": 1})
+        assert listed is not None
+        self.assertEqual((listed["total"], listed["offset"], listed["limit"]), (3, 1, 256))
+        self.assertEqual([c["name"] for c in listed["consumers"]], ["b", "c"])
+        self.assertEqual(self.error(self.request("CONSUMER.NAMES", ["ORDERS"], b"[1]"))[1], 10025)
+        self.assertEqual(self.error(self.request("CONSUMER.LIST", ["NOPE"]))[1], 10059)
+
+    def test_msg_next(self) -> None:
+        self.publish(2)
+        self.request("CONSUMER.DURABLE.CREATE", ["ORDERS", "D"], {"stream_name": "ORDERS", "config": {"durable_name": "D", "ack_policy": "explicit"}})
+        box = Inbox(self.broker, "_INBOX.n")
+        self.assertIsNone(self.request("CONSUMER.MSG.NEXT", ["ORDERS", "D"], b"2", "_INBOX.n"))
+        self.assertEqual(box.data(), [b"m1", b"m2"])
+        self.assertIsNone(self.request("CONSUMER.MSG.NEXT", ["ORDERS", "X"], b"2", "_INBOX.n"))
+        self.assertEqual(box.take(), [])
+
+    def test_push_create_bound(self) -> None:
+        """A push consumer whose deliver subject is listened to says push_bound, and delivers."""
+        self.publish(1)
+        box = Inbox(self.broker, "deliver.x")
+        answer = self.request("CONSUMER.CREATE", ["ORDERS"], {"stream_name": "ORDERS", "config": {"deliver_subject": "deliver.x"}})
+        assert answer is not None
+        self.assertTrue(answer["push_bound"])
+        self.assertEqual(answer["delivered"]["consumer_seq"], 0)
+        self.assertEqual(box.data(), [b"m1"])

@@ -1,0 +1,426 @@
+"""
+Streams (eventsvc.jetstream.stream) over the memory store, driven through
+a real Broker in memory and a task.Clock: limits, the dedupe window, the
+publish expectations, rollups, retention with a fake consumer, ages, the
+PubAck's timing, and the metadata kept in store_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet import task
+from twisted.trial.unittest import TestCase
+
+from eventsvc.jetstream import engine as engine_module
+from eventsvc.jetstream import stream as stream_module
+from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+from eventsvc.jetstream.errors import ApiError
+from eventsvc.jetstream.memstore import MemoryStore
+from eventsvc.jetstream.stream import check_config, check_update, decode_config
+from eventsvc.nats.server import Broker
+
+T0 = 1_700_000_000_123_456_789
+SECOND = 1_000_000_000
+
+
+class FakeConsumer:
+    """What a stream asks of a consumer (JS.md), recorded."""
+
+    def __init__(self, name: str, filter_subject: str = "") -> None:
+        self.name = name
+        self.config = {"filter_subject": filter_subject}
+        self.calls: List[Any] = []
+        self.acked: set = set()
+
+    def stored(self, seq: int, subject: str) -> None:
+        self.calls.append(("stored", seq, subject))
+
+    def purged(self) -> None:
+        self.calls.append(("purged",))
+
+    def needs(self, seq: int, subject: str) -> bool:
+        return seq not in self.acked
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+    def delete(self) -> None:
+        self.calls.append(("delete",))
+
+
+class Harness:
+    """A JetStream over a Broker in memory, with a fake clock, and a client's view of replies."""
+
+    def __init__(self, settings: JetStreamSettings = JetStreamSettings()) -> None:
+        self.broker = Broker()
+        self.clock = task.Clock()
+        self.clock.advance(T0 / SECOND)
+        self.time = T0
+        self.js = JetStream(self.broker, settings, self.clock, now=lambda: self.time)
+        self.js.start()
+        self.replies: List[Tuple[Optional[bytes], bytes]] = []
+        self.broker.subscribe("_R.>", lambda s, r, p, h: self.replies.append((h, p)))
+        self.n = 0
+
+    def advance(self, seconds: float) -> None:
+        self.time += int(seconds * SECOND)
+        self.clock.advance(seconds)
+
+    def publish(self, subject: str, payload: bytes = b"x", headers: Optional[bytes] = None, reply: bool = True) -> Optional[bytes]:
+        """Publish as a client would; the answer's payload (None: no answer)."""
+        self.n += 1
+        before = len(self.replies)
+        self.broker.publish(subject, payload, "_R.%d" % self.n if reply else None, headers)
+        return self.replies[-1][1] if len(self.replies) > before else None
+
+    def ack(self, subject: str, payload: bytes = b"x", headers: Optional[bytes] = None) -> Dict[str, Any]:
+        answer = self.publish(subject, payload, headers)
+        assert answer is not None, "no answer"
+        return json.loads(answer)
+
+    def create(self, **config: Any) -> stream_module.Stream:
+        return self.js.add_stream(decode_config(json.dumps(config).encode()))
+
+
+def hdrs(**values: str) -> bytes:
+    return ("NATS/1.0\r\n" + "".join("{}: {}\r\n".format(k.replace("_", "-"), v) for k, v in values.items()) + "\r\n").encode()
+
+
+class LimitsTests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+
+    def test_max_msgs_discard_old(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], max_msgs=3)
+        for i in range(5):
+            self.assertEqual(self.h.ack("s.a", b"%d" % i), {"stream": "S", "seq": i + 1})
+        state = s.store.state()
+        self.assertEqual((state.msgs, state.first_seq, state.last_seq), (3, 3, 5))
+
+    def test_max_msgs_discard_new(self) -> None:
+        self.h.create(name="S", subjects=["s.>"], max_msgs=2, discard="new")
+        self.h.ack("s.a")
+        self.h.ack("s.a")
+        self.assertEqual(
+            self.h.publish("s.a"),
+            b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}',
+        )
+
+    def test_max_msgs_per_subject(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], max_msgs_per_subject=1)
+        self.h.ack("s.a", b"1")
+        self.h.ack("s.b", b"2")
+        self.h.ack("s.a", b"3")
+        self.assertEqual(s.store.subjects(), {"s.a": 1, "s.b": 1})
+        self.assertEqual(s.store.load_last("s.a").data, b"3")
+
+    def test_discard_new_per_subject(self) -> None:
+        self.h.create(name="S", subjects=["s.>"], max_msgs_per_subject=1, discard="new", discard_new_per_subject=True)
+        self.h.ack("s.a")
+        self.assertEqual(self.h.ack("s.a")["error"]["description"], "maximum messages per subject exceeded")
+        self.assertEqual(self.h.ack("s.b"), {"stream": "S", "seq": 2})
+
+    def test_max_msg_size(self) -> None:
+        self.h.create(name="S", subjects=["s.>"], max_msg_size=4)
+        self.assertEqual(self.h.ack("s.a", b"1234"), {"stream": "S", "seq": 1})
+        self.assertEqual(
+            self.h.publish("s.a", b"12345"),
+            b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},"stream":"S","seq":0}',
+        )
+
+    def test_max_age_expires_on_the_timer(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], max_age=2 * SECOND)
+        self.h.ack("s.a")
+        self.h.advance(1)
+        self.h.ack("s.b")
+        self.h.advance(1.01)
+        self.assertIsNone(s.store.load(1))
+        self.assertIsNotNone(s.store.load(2))
+        self.h.advance(1)
+        self.assertEqual(s.store.state().msgs, 0)
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_a_publish_without_reply_is_stored_unanswered(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"])
+        self.assertIsNone(self.h.publish("s.a", b"quiet", reply=False))
+        self.assertEqual(s.store.load(1).data, b"quiet")
+        self.assertEqual(self.h.replies, [])
+
+    def test_account_limit_refuses_publish(self) -> None:
+        h = Harness(JetStreamSettings(max_file_store=100))
+        h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.ack("s.a", b"x" * 100), {"stream": "S", "seq": 1})
+        self.assertEqual(
+            h.publish("s.a"),
+            b'{"error":{"code":503,"err_code":10023,"description":"insufficient resources"},"stream":"S","seq":0}',
+        )
+
+    def test_account_limit_refuses_max_bytes_reservation(self) -> None:
+        h = Harness(JetStreamSettings(max_memory_store=1000))
+        h.create(name="A", storage="memory", max_bytes=600)
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", storage="memory", max_bytes=600)
+        self.assertEqual(e.exception.as_json(), {"code": 500, "err_code": 10028, "description": "insufficient memory resources available"})
+        h.create(name="C", storage="memory", max_bytes=400)
+
+
+class DedupeTests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.h.create(name="S", subjects=["s.>"], duplicate_window=10 * SECOND)
+
+    def test_duplicate_within_the_window(self) -> None:
+        self.assertEqual(self.h.publish("s.a", headers=hdrs(Nats_Msg_Id="m1")), b'{"stream":"S", "seq":1}')
+        self.assertEqual(self.h.publish("s.a", headers=hdrs(Nats_Msg_Id="m1")), b'{"stream":"S", "seq":1,"duplicate": true}')
+        self.assertEqual(self.h.js.streams["S"].store.state().msgs, 1)
+
+    def test_forgotten_after_the_window(self) -> None:
+        self.h.ack("s.a", headers=hdrs(Nats_Msg_Id="m1"))
+        self.h.advance(10)
+        self.assertEqual(self.h.ack("s.a", headers=hdrs(Nats_Msg_Id="m1")), {"stream": "S", "seq": 2})
+        self.h.advance(30)
+        self.assertEqual(self.h.js.streams["S"]._dedupe.ids, {})
+
+    def test_domain_in_pub_ack(self) -> None:
+        h = Harness(JetStreamSettings(domain="hub"))
+        h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.publish("s.a"), b'{"stream":"S", "domain":"hub", "seq":1}')
+
+
+class ExpectationTests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.h.create(name="S", subjects=["s.>"])
+        self.h.ack("s.a", headers=hdrs(Nats_Msg_Id="first"))
+
+    def error(self, **headers: str) -> bytes:
+        answer = self.h.publish("s.b", headers=hdrs(**headers))
+        assert answer is not None
+        return answer
+
+    def test_expected_stream(self) -> None:
+        self.assertEqual(self.error(Nats_Expected_Stream="NOPE"),
+                         b'{"error":{"code":400,"err_code":10060,"description":"expected stream does not match"},"stream":"S","seq":0}')
+        self.assertEqual(json.loads(self.error(Nats_Expected_Stream="S")), {"stream": "S", "seq": 2})
+
+    def test_expected_last_sequence(self) -> None:
+        self.assertEqual(self.error(Nats_Expected_Last_Sequence="7"),
+                         b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"},"stream":"S","seq":0}')
+        self.assertEqual(json.loads(self.error(Nats_Expected_Last_Sequence="1")), {"stream": "S", "seq": 2})
+
+    def test_expected_last_subject_sequence(self) -> None:
+        self.assertEqual(json.loads(self.error(Nats_Expected_Last_Subject_Sequence="3"))["error"]["description"], "wrong last sequence: 0")
+        self.assertEqual(json.loads(self.error(Nats_Expected_Last_Subject_Sequence="0")), {"stream": "S", "seq": 2})
+        self.assertEqual(json.loads(self.error(Nats_Expected_Last_Subject_Sequence="2")), {"stream": "S", "seq": 3})
+
+    def test_expected_last_msg_id(self) -> None:
+        self.assertEqual(self.error(Nats_Expected_Last_Msg_Id="zz"),
+                         b'{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID: first"},"stream":"S","seq":0}')
+        self.assertEqual(json.loads(self.error(Nats_Expected_Last_Msg_Id="first")), {"stream": "S", "seq": 2})
+
+
+class RollupTests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+
+    def test_rollup_not_permitted(self) -> None:
+        self.h.create(name="S", subjects=["s.>"])
+        self.assertEqual(self.h.publish("s.a", headers=hdrs(Nats_Rollup="sub")),
+                         b'{"error":{"code":500,"err_code":10111,"description":"rollup not permitted"},"stream":"S","seq":0}')
+
+    def test_rollup_subject_and_all(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], allow_rollup_hdrs=True)
+        for subject in ("s.a", "s.a", "s.b"):
+            self.h.ack(subject)
+        self.assertEqual(self.h.ack("s.a", b"last", hdrs(Nats_Rollup="sub")), {"stream": "S", "seq": 4})
+        self.assertEqual(s.store.subjects(), {"s.a": 1, "s.b": 1})
+        self.h.ack("s.c", b"all", hdrs(Nats_Rollup="all"))
+        self.assertEqual(s.store.state().msgs, 1)
+        self.assertEqual(s.store.load(5).data, b"all")
+
+
+class RetentionTests(TestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+
+    def test_consumers_are_told(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], allow_rollup_hdrs=True)
+        c = FakeConsumer("c")
+        s.attach(c)
+        self.h.ack("s.a")
+        self.h.publish("$JS.API.STREAM.PURGE.S", b"")
+        self.assertEqual(c.calls, [("stored", 1, "s.a"), ("purged",)])
+        self.h.publish("$JS.API.STREAM.DELETE.S", b"")
+        self.assertEqual(c.calls[-1], ("delete",))
+
+    def test_workqueue_removes_on_ack(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], retention="workqueue")
+        s.attach(FakeConsumer("c"))
+        self.h.ack("s.a")
+        s.ack_message(1)
+        self.assertEqual(s.store.state().msgs, 0)
+
+    def test_interest_removes_when_no_one_needs_it(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], retention="interest")
+        one, two = FakeConsumer("one"), FakeConsumer("two")
+        s.attach(one)
+        s.attach(two)
+        self.h.ack("s.a")
+        one.acked.add(1)
+        s.ack_message(1)
+        self.assertEqual(s.store.state().msgs, 1)
+        two.acked.add(1)
+        s.ack_message(1)
+        self.assertEqual(s.store.state().msgs, 0)
+
+    def test_interest_without_consumers_keeps_nothing(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"], retention="interest")
+        self.assertEqual(self.h.ack("s.a"), {"stream": "S", "seq": 1})
+        s.attach(FakeConsumer("only-b", filter_subject="s.b"))
+        self.assertEqual(self.h.ack("s.a"), {"stream": "S", "seq": 2})
+        self.assertEqual(self.h.ack("s.b"), {"stream": "S", "seq": 3})
+        state = s.store.state()
+        self.assertEqual((state.msgs, state.last_seq), (1, 3))
+
+    def test_limits_keeps_acked(self) -> None:
+        s = self.h.create(name="S", subjects=["s.>"])
+        self.h.ack("s.a")
+        s.ack_message(1)
+        self.assertEqual(s.store.state().msgs, 1)
+
+
+class DurableAckTests(TestCase):
+    def test_pub_ack_waits_for_the_store(self) -> None:
+        """The PubAck is sent from when_durable, not when store() returns."""
+        waiting: List[Callable[[], None]] = []
+
+        class SlowStore(MemoryStore):
+            def when_durable(self, callback: Callable[[], None]) -> None:
+                waiting.append(callback)
+
+        self.patch(stream_module, "open_store", lambda config, *a: SlowStore(stream_module.store_limits(config)))
+        self.patch(engine_module, "open_store", lambda config, *a: SlowStore(stream_module.store_limits(config)))
+        h = Harness()
+        h.create(name="S", subjects=["s.>"])
+        self.assertIsNone(h.publish("s.a"))
+        self.assertEqual(len(waiting), 1)
+        waiting.pop()()
+        self.assertEqual(h.replies[-1][1], b'{"stream":"S", "seq":1}')
+
+
+class ConfigTests(TestCase):
+    def config(self, **given: Any) -> Dict[str, Any]:
+        return check_config(decode_config(json.dumps(given).encode()))
+
+    def test_defaults(self) -> None:
+        c = self.config(name="S")
+        self.assertEqual(stream_module.config_json(c), {
+            "name": "S", "subjects": ["S"], "retention": "limits", "max_consumers": -1, "max_msgs": -1,
+            "max_bytes": -1, "max_age": 0, "max_msgs_per_subject": -1, "max_msg_size": -1, "discard": "old",
+            "storage": "file", "num_replicas": 1, "duplicate_window": 120 * SECOND, "allow_direct": False,
+            "mirror_direct": False, "sealed": False, "deny_delete": False, "deny_purge": False, "allow_rollup_hdrs": False,
+        })
+        self.assertEqual(self.config(name="S", max_age=SECOND)["duplicate_window"], SECOND)
+
+    def test_refusals(self) -> None:
+        for given, text in [
+            ({"name": "a b"}, "stream name is required and can not contain '.', '*', '>'"),
+            ({"name": "S", "max_age": 1000}, "max age needs to be >= 100ms"),
+            ({"name": "S", "subjects": ["a", "a"]}, "duplicate subjects detected"),
+            ({"name": "S", "subjects": ["a.>", "a.b"]}, 'subject "a.>" overlaps with "a.b"'),
+            ({"name": "S", "subjects": ["$JS.API.x"]}, "subjects overlap with jetstream api"),
+            ({"name": "S", "deny_purge": True, "allow_rollup_hdrs": True}, "roll-ups require the purge permission"),
+            ({"name": "S", "discard_new_per_subject": True}, "discard new per subject requires discard new policy to be set"),
+            ({"name": "S", "subjects": ["a..b"]}, "invalid subject"),
+        ]:
+            with self.assertRaises(ApiError) as e:
+                self.config(**given)
+            self.assertEqual(e.exception.description, text)
+        for bad in (b'{"name":"S","max_msgs":"a"}', b'{"name":"S","retention":"bogus"}', b"[]", b"", b"{"):
+            with self.assertRaises(ApiError) as e:
+                decode_config(bad)
+            self.assertEqual(e.exception.err_code, 10025)
+
+    def test_update_rules(self) -> None:
+        old = self.config(name="S", deny_delete=True)
+        for given, text in [
+            ({"name": "S", "storage": "memory", "deny_delete": True}, "stream configuration update can not change storage type"),
+            ({"name": "S", "retention": "workqueue", "deny_delete": True}, "stream configuration update can not change retention policy"),
+            ({"name": "S", "max_consumers": 3, "deny_delete": True}, "stream configuration update can not change MaxConsumers"),
+            ({"name": "S"}, "stream configuration update can not cancel deny message deletes"),
+        ]:
+            with self.assertRaises(ApiError) as e:
+                check_update(old, self.config(**given))
+            self.assertEqual(e.exception.description, text)
+        sealed = check_update(old, self.config(name="S", deny_delete=True, sealed=True, max_age=5 * SECOND))
+        self.assertEqual((sealed["max_age"], sealed["deny_purge"], sealed["discard"]), (0, True, "new"))
+
+    def test_sealed_stream_refuses_messages_and_purges(self) -> None:
+        h = Harness()
+        s = h.create(name="S", subjects=["s.>"])
+        h.js.update_stream(s, self.config(name="S", subjects=["s.>"], sealed=True))
+        self.assertEqual(h.publish("s.a"),
+                         b'{"error":{"code":400,"err_code":10109,"description":"invalid operation on sealed stream"},"stream":"S","seq":0}')
+        with self.assertRaises(ApiError):
+            s.purge()
+
+    def test_update_resubscribes(self) -> None:
+        h = Harness()
+        s = h.create(name="S", subjects=["s.a"])
+        h.js.update_stream(s, self.config(name="S", subjects=["s.b"]))
+        self.assertIsNone(h.publish("s.a"))
+        self.assertEqual(h.ack("s.b"), {"stream": "S", "seq": 1})
+
+    def test_overlap_and_replicas(self) -> None:
+        h = Harness()
+        h.create(name="A", subjects=["a.>"])
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", subjects=["a.b"])
+        self.assertEqual(e.exception.err_code, 10065)
+        with self.assertRaises(ApiError) as e:
+            h.create(name="C", num_replicas=3)
+        self.assertEqual((e.exception.code, e.exception.err_code), (500, 10074))
+        self.assertIn("replicas > 1 not supported in non-clustered mode", e.exception.description)
+        self.assertIn("leaf node to a nats-server JetStream cluster", e.exception.description)
+
+
+class StoreDirTests(TestCase):
+    def test_streams_come_back(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="S", subjects=["s.>"], max_msgs=5, storage="memory")
+        created = h.js.streams["S"].created
+        h.js.stop()
+        self.assertTrue(os.path.exists(os.path.join(folder, "streams", "S", "meta.json")))
+        again = Harness(JetStreamSettings(store_dir=folder))
+        s = again.js.streams["S"]
+        self.assertEqual((s.config["max_msgs"], s.config["storage"], s.created), (5, "memory", created))
+        self.assertEqual(again.ack("s.x"), {"stream": "S", "seq": 1})
+
+    def test_deleted_stream_leaves_no_files(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="S")
+        h.publish("$JS.API.STREAM.DELETE.S", b"")
+        self.assertEqual(os.listdir(os.path.join(folder, "streams")), [])
+
+    def test_unreadable_meta_is_skipped(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(os.path.join(folder, "streams", "BAD"))
+        with open(os.path.join(folder, "streams", "BAD", "meta.json"), "w") as f:
+            f.write("{not json")
+        h = Harness(JetStreamSettings(store_dir=folder))
+        self.assertEqual(h.js.streams, {})
+        self.assertTrue(os.path.exists(os.path.join(folder, "streams", "BAD", "meta.json")))
+        self.flushLoggedErrors()
+
+    def test_second_engine_on_the_same_store_dir_is_refused(self) -> None:
+        from eventsvc.files import Locked
+
+        folder = self.mktemp()
+        Harness(JetStreamSettings(store_dir=folder))
+        other = JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock())
+        self.assertRaises(Locked, other.start)
