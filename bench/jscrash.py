@@ -201,10 +201,11 @@ def drill_round(python: Optional[str], messages: int) -> str:
             start = time.monotonic()
             while time.monotonic() - start < delay and len(ledger.published) < messages:
                 await asyncio.sleep(0.05)
+            at = time.monotonic() - start
             await asyncio.get_running_loop().run_in_executor(None, server.kill)
             killed.set()
             await work
-            return time.monotonic() - start
+            return at
 
         at = asyncio.run(publish_and_kill())
         server.start()
