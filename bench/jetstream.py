@@ -78,7 +78,7 @@ def start(name: str, python: Optional[str], directory: str) -> process.ServerPro
         server = process.ServerProcess(argv, _READY_NATS)
     else:
         config = process.write_config(os.path.join(directory, "bench.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = {}\n[jetstream]\nstore_dir = "{}"\n[log]\nlevel = "warn"\n'
+            '[service]\nhost = "127.0.0.1"\nport = {}\n[jetstream]\nstore_dir = "{}"\n'
         ).format(port, os.path.join(directory, "store")))
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
