@@ -8,6 +8,10 @@ C{fcntl.flock} on a lock file that holds the holder's PID, so the refusal
 can say who has it.  L{write_atomic} writes a whole file or nothing, and
 never through a symbolic link someone left at the path.
 
+L{Disk} holds the few writing operations of an append-only store (the
+event spool, JetStream's file store) so that a test can put a full or
+failing disk in their place.
+
 This module knows nothing of configuration keys: callers name them.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 
 class Locked(Exception):
@@ -99,11 +103,13 @@ class FileLock:
             os.close(fd)
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o600, disk: Optional["Disk"] = None) -> None:
     """
     Replace C{path} with C{data}, whole or not at all: a temporary file made
     with O_EXCL beside it (never through a link), fsynced, then renamed over
     C{path}.  A symbolic link at C{path} is replaced, not followed.
+
+    @param disk: writes and fsyncs through it (a test's failing disk).
     """
     folder = os.path.dirname(os.path.abspath(path))
     temporary = "{}.tmp-{}".format(path, os.getpid())
@@ -114,10 +120,14 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     fd = _open_no_follow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if disk is not None:
+            disk.write(fd, data)
+            disk.fsync(fd)
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(temporary)
@@ -165,3 +175,34 @@ def append_locked(path: str, data: bytes, mode: int = 0o600) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+#: Write failures that space can mend; any other is a store that cannot be written.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class Disk:
+    """
+    The few writing operations of an append-only store, in one place, so
+    that a test can put a full or failing disk in their place.  Reading is
+    not here: a store that cannot be read is not one to serve from.
+    """
+
+    def create(self, path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def space(self, directory: str) -> Tuple[int, int]:
+        """Bytes free for us in C{directory}, and the size of its file system."""
+        st = os.statvfs(directory)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize

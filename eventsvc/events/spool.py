@@ -46,7 +46,6 @@ This module knows nothing of handlers or HTTP; it keeps records.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -57,7 +56,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 
 from twisted.logger import Logger
 
-from eventsvc.files import sync_folder
+from eventsvc.files import FULL_ERRNOS as _FULL
+from eventsvc.files import Disk, sync_folder
 
 _HEADER = struct.Struct(">II")
 #: The first line of every segment (and its format's version).  Version 2
@@ -273,41 +273,12 @@ class StoreError(Exception):
         self.reason = reason
 
 
-#: Write failures that space can mend; any other is a store that cannot be written.
-_FULL = {errno.ENOSPC, errno.EDQUOT}
 #: A full store takes events again once this much room is free beyond the
 #: record (or a sixteenth of a smaller disk): a full disk is not refilled by
 #: the first publisher, leaving no room for the done records that free it.
 RESERVE = 64 * 1024
 #: Records are written to the segment once this many bytes wait (and at every sync).
 FLUSH = 64 * 1024
-
-
-class Disk:
-    """
-    The few writing operations of the spool, in one place, so that a test
-    can put a full or failing disk in their place.  Reading is not here:
-    a spool that cannot be read is not one to serve from.
-    """
-
-    def create(self, path: str) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
-
-    def write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def truncate(self, fd: int, size: int) -> None:
-        os.ftruncate(fd, size)
-
-    def space(self, directory: str) -> Tuple[int, int]:
-        """Bytes free for us in C{directory}, and the size of its file system."""
-        st = os.statvfs(directory)
-        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 class Spool:

@@ -538,10 +538,9 @@ class Consumer:
         self.clock = engine.clock
         self.now: Callable[[], int] = engine.now
         self.closed = False
-        self._filter: Optional[str] = config.get("filter_subject") or None
-        self._filter_wild = bool(self._filter) and _has_wildcard(self._filter or "")
-        if self._filter is not None and self._filter == ">":
-            self._filter_wild = True
+        self._filter: Optional[str] = None
+        self._filter_wild = False
+        self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
         self._reply_format = self._ack_prefix + "%d.%d.%d.%d.%d"
         self._retention = stream.config.get("retention", "limits")
@@ -593,6 +592,10 @@ class Consumer:
             self._select_start()
 
     # -- set-up --------------------------------------------------------------------
+
+    def _set_filter(self) -> None:
+        self._filter = self.config.get("filter_subject") or None
+        self._filter_wild = self._filter is not None and _has_wildcard(self._filter)
 
     @property
     def push(self) -> bool:
@@ -1456,6 +1459,10 @@ class Consumer:
         if old == config:
             return
         self.config = config
+        if config["filter_subject"] != old["filter_subject"]:
+            # 2.9 lets the filter change: what is left to deliver is counted again.
+            self._set_filter()
+            self._npc = None
         if config.get("deliver_subject") != old.get("deliver_subject"):
             # Everything outstanding goes to the new subject.
             for seq in sorted(self.pending):

@@ -122,7 +122,9 @@ def _create(js: Any, request: Any, durable: bool) -> Dict[str, Any]:
         raise errors.STREAM_MISMATCH_ERR()
     subject_stream = args[0]
     consumer_name = args[1] if len(args) > 1 else ""
-    filter_subject = ".".join(args[2:])
+    # nats-server takes a filter from the subject only when it has two
+    # tokens or more (CREATE.<stream>.<name>.<one token> has none).
+    filter_subject = ".".join(args[2:]) if len(args) > 3 else ""
     if durable and len(args) != 2:
         raise errors.CONSUMER_DURABLE_NAME_NOT_IN_SUBJECT_ERR()
     if subject_stream != stream_name:
@@ -237,4 +239,17 @@ ROUTES: Dict[str, Tuple[str, Handler]] = {
     "CONSUMER.NAMES": (_T + "consumer_names_response", consumer_names),
     "CONSUMER.LIST": (_T + "consumer_list_response", consumer_list),
     "CONSUMER.MSG.NEXT": ("", consumer_next),
+}
+
+#: How many tokens follow each verb (nats-server's subscriptions: INFO.*.*,
+#: NAMES.*, ...); CONSUMER.CREATE takes one or more.
+ARITY: Dict[str, int] = {
+    "CONSUMER.DURABLE.CREATE": 2, "CONSUMER.INFO": 2, "CONSUMER.DELETE": 2,
+    "CONSUMER.NAMES": 1, "CONSUMER.LIST": 1, "CONSUMER.MSG.NEXT": 2,
+}
+
+#: What follows C{error} in an error answer (the Go structs' fields without omitempty).
+ERROR_TAILS: Dict[str, Dict[str, Any]] = {
+    "CONSUMER.NAMES": {"total": 0, "offset": 0, "limit": 0, "consumers": []},
+    "CONSUMER.LIST": {"total": 0, "offset": 0, "limit": 0, "consumers": []},
 }

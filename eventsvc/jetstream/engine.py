@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from eventsvc.files import FileLock, Locked
 from eventsvc.jetstream import api, errors
+from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
 from eventsvc.jetstream.wire import now_ns
 
@@ -57,6 +58,8 @@ class JetStream:
         self.streams: Dict[str, Stream] = {}
         self.api_total = 0
         self.api_errors = 0
+        #: Bytes held per storage ("memory", "file"), as the streams account them.
+        self._usage: Dict[str, int] = {"memory": 0, "file": 0}
         self._subscriptions: List[Any] = []
         self._lock: Optional[FileLock] = None
         self.running = False
@@ -80,12 +83,11 @@ class JetStream:
             self._lock.acquire()
             self._restore()
         broker = self.broker
-        self._subscriptions = [
-            broker.subscribe("$JS.API.>", self._api),
-            broker.subscribe("$JS.ACK.>", self._ack),
-        ]
+        self._subscriptions = [broker.subscribe(pattern, self._api) for pattern in api_patterns("$JS.API.")]
+        self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
         if self.settings.domain:
-            self._subscriptions.append(broker.subscribe("$JS.{}.API.>".format(self.settings.domain), self._domain_api))
+            self._subscriptions.extend(
+                broker.subscribe(pattern, self._domain_api) for pattern in api_patterns("$JS.{}.API.".format(self.settings.domain)))
         self.running = True
         self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
                       where=self.settings.store_dir or "memory only")
@@ -114,7 +116,7 @@ class JetStream:
     def _open(self, config: Dict[str, Any], created: int) -> Stream:
         directory = self._stream_directory(config["name"])
         msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
-        store = open_store(config, msgs, self.settings.sync_interval == 0, self.settings.sync_interval)
+        store = open_store(config, msgs, self.clock, self.settings.sync_interval)
         return Stream(self, config, store, created, directory)
 
     def _restore(self) -> None:
@@ -134,7 +136,11 @@ class JetStream:
                 self.log.error("stream {name} not restored: {meta} cannot be read ({error}); it is left as it is",
                                name=name, meta=meta, error=e)
                 continue
-            stream = self._open(config, created)
+            try:
+                stream = self._open(config, created)
+            except StoreError as e:
+                self.log.error("stream {name} not restored: its store cannot be opened ({error})", name=name, error=e)
+                continue
             self.streams[stream.name] = stream
             stream.start()
             self.restore_consumers(stream)
@@ -221,7 +227,11 @@ class JetStream:
             raise errors.STREAM_NAME_EXIST_ERR()
         self._check_reservation(config)
         self._check_overlap(config)
-        stream = self._open(config, self.now())
+        try:
+            stream = self._open(config, self.now())
+        except StoreError as e:
+            self.log.error("stream {name}: its store cannot be made ({error})", name=config["name"], error=e)
+            raise errors.STREAM_CREATE_ERR_F(err="error creating store for stream")
         try:
             stream.save()
         except OSError as e:
@@ -245,9 +255,13 @@ class JetStream:
         self.streams.pop(stream.name, None)
         stream.delete()
 
+    def account(self, storage: str, delta: int) -> None:
+        """A stream of C{storage} holds C{delta} bytes more (or fewer): kept so that a publish's check is cheap."""
+        self._usage[storage] = self._usage.get(storage, 0) + delta
+
     def usage(self, storage: str) -> int:
         """Bytes the streams of C{storage} ("memory" or "file") hold."""
-        return sum(s.store.state().bytes for s in self.streams.values() if s.config["storage"] == storage)
+        return self._usage.get(storage, 0)
 
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""
@@ -299,6 +313,21 @@ class JetStream:
         consumer = stream.consumers.get(tokens[3]) if stream is not None else None
         if consumer is not None:
             consumer.ack(subject, reply, payload)
+
+
+def api_patterns(prefix: str) -> List[str]:
+    """
+    The subjects the API subscribes to: one per first token of its verbs
+    (C{$JS.API.STREAM.>}, C{$JS.API.INFO}...), not C{$JS.API.>}, so that
+    a direct get for a stream that has none (C{$JS.API.DIRECT.GET.NOPE})
+    finds no subscriber and its requester gets "no responders", as from
+    nats-server.
+    """
+    patterns = set()
+    for verb in api.ROUTES:
+        first, _, rest = verb.partition(".")
+        patterns.add(prefix + first + (".>" if rest else ""))
+    return sorted(patterns)
 
 
 def replicas_error() -> errors.ApiError:

@@ -13,6 +13,7 @@ from eventsvc.jetstream.store import (
     ConsumerState,
     LimitReached,
     RemovedCallback,
+    StoreError,
     StoreFull,
     StoredMessage,
     StoreLimits,
@@ -41,11 +42,19 @@ def _matches(subject_filter: Optional[str], subject: str) -> bool:
 class MemoryStore:
     """A L{eventsvc.jetstream.store.MessageStore} in memory."""
 
-    def __init__(self, limits: StoreLimits = StoreLimits(), max_store: int = -1) -> None:
+    def __init__(
+        self,
+        limits: StoreLimits = StoreLimits(),
+        max_store: int = -1,
+        size: Callable[[str, Optional[bytes], bytes], int] = message_size,
+    ) -> None:
         """
         @param max_store: C{max_memory_store} left for this stream in
             bytes (-1: no limit); past it L{store} raises L{StoreFull}.
+        @param size: what a message counts against C{max_bytes} (the file
+            store's tests give L{eventsvc.jetstream.filestore.file_message_size}).
         """
+        self._size = size
         self._limits = limits
         self._max_store = max_store
         self._msgs: Dict[int, StoredMessage] = {}
@@ -66,7 +75,7 @@ class MemoryStore:
         self._removed = callback
 
     def store(self, subject: str, headers: Optional[bytes], data: bytes, ts: int) -> int:
-        size = message_size(subject, headers, data)
+        size = self._size(subject, headers, data)
         limits = self._limits
         if self._max_store >= 0 and self._bytes + size > self._max_store:
             raise StoreFull("insufficient resources")
@@ -108,7 +117,7 @@ class MemoryStore:
             while limits.max_bytes > 0 and self._bytes > limits.max_bytes:
                 self._remove(self._first_seq(), True)
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
         callback()
 
     def skip(self, seq: int) -> None:
@@ -127,7 +136,7 @@ class MemoryStore:
         del seqs[seq]
         if not seqs:
             del self._by_subject[message.subject]
-        self._bytes -= message_size(message.subject, message.headers, message.data)
+        self._bytes -= self._size(message.subject, message.headers, message.data)
         if seq == self._first:
             self._first = self._first_seq() if self._msgs else self._last + 1
         if by_limit and self._removed is not None:
@@ -320,7 +329,7 @@ class MemoryConsumerStore:
     def update(self, state: ConsumerState) -> None:
         self.__init__(state)  # type: ignore[misc]
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
         callback()
 
     def close(self) -> None:

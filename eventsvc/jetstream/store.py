@@ -107,11 +107,14 @@ class MessageStore(Protocol):
         L{StoreUnavailable} or L{LimitReached}, having stored nothing.
         """
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[["StoreError"], None]] = None) -> None:
         """
         Call C{callback} once everything stored so far is as durable as
         the sync policy promises (written to the OS; fsynced when asked).
         It may be called before this returns (the memory store does).
+        If the write fails, C{errback} is called instead, with
+        L{StoreFull} or L{StoreUnavailable}: the messages stored since
+        the last write are gone and must not be acknowledged.
         """
 
     def skip(self, seq: int) -> None:
@@ -206,8 +209,12 @@ class ConsumerStore(Protocol):
     def update(self, state: ConsumerState) -> None:
         """Replace the whole state (a purge moved the floors, a reset)."""
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """As L{MessageStore.when_durable}, for the state saved so far."""
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[["StoreError"], None]] = None) -> None:
+        """
+        As L{MessageStore.when_durable}, for the state saved so far (the
+        state stays in memory after a failed write and is written later,
+        but C{errback} is told it was not durable when asked).
+        """
 
     def close(self) -> None:
         """Write what is buffered."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -35,7 +36,7 @@ from eventsvc.jetstream.store import (
     StoreLimits,
     StoreUnavailable,
 )
-from eventsvc.jetstream.wire import header, rfc3339
+from eventsvc.jetstream.wire import header, parse_headers, rfc3339
 
 if TYPE_CHECKING:
     from eventsvc.jetstream.engine import JetStream
@@ -133,8 +134,97 @@ def decode_config(payload: bytes) -> Dict[str, Any]:
             raise errors.INVALID_J_S_O_N_ERR()
         elif kind == _SUBJECTS and not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
             raise errors.INVALID_J_S_O_N_ERR()
+        elif name == "republish":
+            value = _decode_republish(value)
         config[name] = value
     return config
+
+
+def _decode_republish(value: Any) -> Dict[str, Any]:
+    """RePublish {src, dest, headers_only} as Go reads it."""
+    if not isinstance(value, dict):
+        raise errors.INVALID_J_S_O_N_ERR()
+    out: Dict[str, Any] = {}
+    for key, kind in (("src", str), ("dest", str), ("headers_only", bool)):
+        given = value.get(key)
+        if given is None:
+            given = kind()
+        if not isinstance(given, kind):
+            raise errors.INVALID_J_S_O_N_ERR()
+        out[key] = given
+    return out
+
+
+def republish_json(republish: Dict[str, Any]) -> Dict[str, Any]:
+    """RePublish as nats-server writes it (src and headers_only omitted when empty)."""
+    out: Dict[str, Any] = {}
+    if republish.get("src"):
+        out["src"] = republish["src"]
+    out["dest"] = republish.get("dest", "")
+    if republish.get("headers_only"):
+        out["headers_only"] = True
+    return out
+
+
+_PLACEHOLDER = re.compile(r"^(?:\$(\d+)|\{\{\s*wildcard\s*\(\s*(\d+)\s*\)\s*\}\})$")
+
+
+class SubjectTransform:
+    """
+    nats-server's subject transform for republish (its C{newTransform}):
+    each C{*} of C{src} is named in C{dest} as C{$N} or C{{{wildcard(N)}}},
+    a trailing C{>} carries over; C{dest} has no C{*} of its own.
+    """
+
+    def __init__(self, src: str, dest: str) -> None:
+        """@raise ValueError: the pair is not a transform nats-server accepts."""
+        if not _valid_subject(src) or not _valid_subject(dest):
+            raise ValueError("invalid subject")
+        self.src = src.split(".")
+        self.dest = dest.split(".")
+        self.src_pattern = src
+        if "*" in self.dest or (self.src[-1] == ">") != (self.dest[-1] == ">"):
+            raise ValueError("wildcards do not match")
+        stars = [i for i, token in enumerate(self.src) if token == "*"]
+        self.plan: List[Tuple[str, Any]] = []
+        used = set()
+        for token in self.dest:
+            match = _PLACEHOLDER.match(token)
+            if token == ">":
+                self.plan.append((">", None))
+            elif match:
+                n = int(match.group(1) or match.group(2))
+                if not 1 <= n <= len(stars):
+                    raise ValueError("wildcard index out of range")
+                used.add(n)
+                self.plan.append(("*", stars[n - 1]))
+            elif token.startswith("{{"):
+                raise ValueError("unsupported mapping function")
+            else:
+                self.plan.append(("", token))
+        if len(used) < len(stars):
+            raise ValueError("not all wildcards are used")
+
+    def match(self, subject: str) -> Optional[str]:
+        """C{subject} transformed, or None if C{src} does not match it."""
+        if not _subject_matches(self.src_pattern, subject):
+            return None
+        tokens = subject.split(".")
+        out = []
+        for kind, value in self.plan:
+            if kind == ">":
+                out.append(".".join(tokens[len(self.src) - 1:]))
+            elif kind == "*":
+                out.append(tokens[value])
+            else:
+                out.append(value)
+        return ".".join(out)
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    from eventsvc.nats.subjects import subject_matches
+
+    return subject_matches(pattern.encode("utf-8"), subject.encode("utf-8"))
 
 
 def subjects_collide(a: str, b: str) -> bool:
@@ -228,8 +318,6 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["mirror"] or cfg["sources"]:
         # Refused rather than ignored: a stream that says it mirrors and does not is a lie.
         raise _invalid("stream mirrors and sources are not supported by eventsvc yet")
-    if cfg["republish"]:
-        raise _invalid("stream republish is not supported by eventsvc yet")
     subjects = cfg["subjects"]
     if not subjects:
         cfg["subjects"] = [name]
@@ -247,6 +335,17 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
             for other in subjects:
                 if other != subject and subjects_collide(other, subject):
                     raise _invalid("subject {} overlaps with {}".format(json.dumps(subject), json.dumps(other)))
+    republish = cfg["republish"]
+    if republish:
+        republish = cfg["republish"] = dict(republish, src=republish["src"] or ">")
+        if not any(subjects_collide(republish["src"], subject) for subject in cfg["subjects"]):
+            raise _invalid("stream configuration for republish source is not valid subset of subjects")
+        if any(subjects_collide(republish["dest"], subject) for subject in cfg["subjects"]):
+            raise _invalid("stream configuration for republish destination forms a cycle")
+        try:
+            SubjectTransform(republish["src"], republish["dest"])
+        except ValueError:
+            raise _invalid("stream configuration for republish not valid")
     return cfg
 
 
@@ -277,6 +376,8 @@ def check_update(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
         raise _invalid("stream configuration update can not cancel deny message deletes")
     if not cfg["deny_purge"] and old["deny_purge"]:
         raise _invalid("stream configuration update can not cancel deny purge")
+    if (cfg["republish"] or None) != (old["republish"] or None):
+        raise _invalid("stream configuration update can not change RePublish")
     if cfg["sealed"]:
         cfg.update(max_age=0, discard="new", deny_delete=True, deny_purge=True, allow_rollup_hdrs=False)
     return cfg
@@ -286,11 +387,13 @@ def config_json(config: Dict[str, Any]) -> Dict[str, Any]:
     """The StreamConfig as nats-server writes it (its order, omitempty fields left out)."""
     out: Dict[str, Any] = {}
     for name, kind in FIELDS:
-        value = config.get(name)
+        value: Any = config.get(name)
         if name in _OMIT_EMPTY and not value:
             continue
         if value is None:
             value = _ZERO[kind] if not isinstance(kind, tuple) else ""
+        if name == "republish":
+            value = republish_json(value)
         out[name] = value
     return out
 
@@ -307,23 +410,51 @@ def store_limits(config: Dict[str, Any]) -> StoreLimits:
     )
 
 
-def open_store(config: Dict[str, Any], directory: Optional[str], sync_always: bool = False, sync_interval: float = 120.0) -> MessageStore:
+def _file_stores() -> Any:
+    """eventsvc.jetstream.filestore, or None in a tree without it (file streams are then kept in memory)."""
+    import importlib
+
+    try:
+        return importlib.import_module("eventsvc.jetstream.filestore")
+    except ImportError:  # pragma: no cover (depends on the tree)
+        return None
+
+
+def _sync(sync_interval: float) -> Any:
+    """[jetstream] sync_interval as the file stores take it: seconds, or "always" (0)."""
+    return "always" if sync_interval <= 0 else sync_interval
+
+
+def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0) -> MessageStore:
     """
-    The store for a stream: its one factory, so that the file store takes
-    over C{storage: file} streams by changing this function alone.
+    The store for a stream: the file store for C{storage: file} with a
+    folder, else the memory store.  The one place a stream's store is
+    chosen.
 
     @param directory: the stream's C{msgs/} folder (file streams with a
         store_dir), or None.
+    @raise StoreUnavailable: the folder cannot be used.
     """
-    # Until eventsvc.jetstream.filestore lands (J-store), file streams are
-    # kept in memory too: they lose their messages at a restart (their
-    # configuration and consumers are kept).
-    return MemoryStore(store_limits(config))
+    limits = store_limits(config)
+    filestore = _file_stores()
+    if directory is None or config["storage"] != "file" or filestore is None:
+        return MemoryStore(limits)
+    from twisted.python.filepath import FilePath
+
+    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval))
+    return store
 
 
-def open_consumer_store(stream_config: Dict[str, Any], directory: Optional[str]) -> ConsumerStore:
-    """A consumer's state store, beside its stream's (the same switch as L{open_store})."""
-    return MemoryConsumerStore()
+def open_consumer_store(stream_config: Dict[str, Any], directory: Optional[str], clock: Any = None,
+                        sync_interval: float = 120.0) -> ConsumerStore:
+    """A consumer's state store, beside its stream's (file streams with a folder keep it in C{state/})."""
+    filestore = _file_stores()
+    if directory is None or stream_config["storage"] != "file" or filestore is None:
+        return MemoryConsumerStore()
+    from twisted.python.filepath import FilePath
+
+    store: ConsumerStore = filestore.FileConsumerStore(FilePath(directory), clock, _sync(sync_interval))
+    return store
 
 
 def _go_header_value(value: str) -> str:
@@ -389,13 +520,26 @@ class Stream:
         self._expiry_at: Optional[int] = None
         self._last_msg_id = ""
         self._closed = False
+        #: The store's bytes as last told to the engine (its usage sum).
+        self._bytes = 0
         self._pub_ack_prefix = self._ack_prefix()
+        self._republish: Optional[SubjectTransform] = None
+        if config["republish"]:
+            self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
 
     # -- life ---------------------------------------------------------------
 
+    def account(self) -> None:
+        """Tell the engine how many bytes the store holds now (after anything that stores or removes)."""
+        now = self.store.state().bytes
+        if now != self._bytes:
+            self.engine.account(self.config["storage"], now - self._bytes)
+            self._bytes = now
+
     def start(self) -> None:
         """Subscribe to the subjects (and the direct get), rebuild the dedupe window, arm the timers."""
+        self.account()
         self._subscribe()
         self._rebuild_dedupe()
         self._schedule_expiry()
@@ -415,11 +559,14 @@ class Stream:
             subscription.unsubscribe()
         self._direct = []
         if self.config["allow_direct"]:
-            prefix = "$JS.API.DIRECT.GET." + self.name
-            self._direct = [
-                broker.subscribe(prefix, self._direct_get, queue="_sys_"),
-                broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
-            ]
+            prefixes = ["$JS.API.DIRECT.GET." + self.name]
+            if self.engine.settings.domain:
+                prefixes.append("$JS.{}.API.DIRECT.GET.{}".format(self.engine.settings.domain, self.name))
+            for prefix in prefixes:
+                self._direct += [
+                    broker.subscribe(prefix, self._direct_get, queue="_sys_"),
+                    broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
+                ]
 
     def _unsubscribe(self) -> None:
         for subscription in self._subscriptions + self._direct:
@@ -439,6 +586,7 @@ class Stream:
         for consumer in list(self.consumers.values()):
             consumer.stop()
         self.store.close()
+        self._forget_usage()
 
     def delete(self) -> None:
         """The stream is deleted: its consumers, its messages and its files go."""
@@ -448,8 +596,14 @@ class Stream:
             consumer.delete()
         self.consumers.clear()
         self.store.destroy()
+        self._forget_usage()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _forget_usage(self) -> None:
+        if self._bytes:
+            self.engine.account(self.config["storage"], -self._bytes)
+            self._bytes = 0
 
     def save(self) -> None:
         """Write the stream's metadata (config and created) atomically, if it has a directory."""
@@ -462,7 +616,12 @@ class Stream:
     def update(self, config: Dict[str, Any]) -> None:
         """Take a new configuration (checked by L{check_update} and the engine's limits)."""
         self.config = config
+        before = self.store.state()
         self.store.set_limits(store_limits(config))
+        self.account()
+        if self.store.state() != before:
+            for consumer in list(self.consumers.values()):
+                consumer.purged()
         self.save()
         self._subscribe()
         self._schedule_expiry()
@@ -485,7 +644,7 @@ class Stream:
             body = {"name": name, "config": config, "created": created}
             write_atomic(os.path.join(directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
         state = os.path.join(directory, "state") if directory is not None and self.config["storage"] == "file" else None
-        return open_consumer_store(self.config, state)
+        return open_consumer_store(self.config, state, self.engine.clock, self.engine.settings.sync_interval)
 
     def attach(self, consumer: Any) -> None:
         """A consumer is ready: it is told of every message stored from now on."""
@@ -510,6 +669,7 @@ class Stream:
             if any(c.needs(seq, message.subject) for c in self.consumers.values()):
                 return
         if self.store.remove(seq):
+            self.account()
             self._schedule_expiry()
 
     def _removed_by_store(self, seq: int, subject: str) -> None:
@@ -551,19 +711,25 @@ class Stream:
             return None
         msg_id = ""
         rollup = ""
-        if headers:
-            expected = header(headers, "Nats-Expected-Stream")
+        if headers and b"Nats-" in headers:
+            values = parse_headers(headers)[1]
+
+            def header_value(name: str) -> Optional[str]:
+                found = values.get(name)
+                return found[0] if found else None
+
+            expected = header_value("Nats-Expected-Stream")
             if expected and expected != self.name:
                 self._nak(reply, errors.STREAM_NOT_MATCH_ERR())
                 return None
-            msg_id = header(headers, "Nats-Msg-Id") or ""
+            msg_id = header_value("Nats-Msg-Id") or ""
             if msg_id:
                 self._expire_dedupe()
                 seq = self._dedupe.find(msg_id)
                 if seq is not None:
                     self._ack(reply, seq, duplicate=True)
                     return None
-            text = header(headers, "Nats-Expected-Last-Subject-Sequence")
+            text = header_value("Nats-Expected-Last-Subject-Sequence")
             if text is not None:
                 wanted = _parse_uint(text)
                 last = self.store.load_last(subject)
@@ -571,18 +737,18 @@ class Stream:
                 if wanted is None or found != wanted:
                     self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=found))
                     return None
-            text = header(headers, "Nats-Expected-Last-Sequence")
+            text = header_value("Nats-Expected-Last-Sequence")
             if text is not None:
                 wanted = _parse_uint(text)
                 last_seq = self.store.state().last_seq
                 if wanted is None or wanted != last_seq:
                     self._nak(reply, errors.STREAM_WRONG_LAST_SEQUENCE_ERR_F(seq=last_seq))
                     return None
-            expected_id = header(headers, "Nats-Expected-Last-Msg-Id")
+            expected_id = header_value("Nats-Expected-Last-Msg-Id")
             if expected_id and expected_id != self._last_msg_id:
                 self._nak(reply, errors.STREAM_WRONG_LAST_MSG_I_D_ERR_F(id=self._last_msg_id))
                 return None
-            rollup = header(headers, "Nats-Rollup") or ""
+            rollup = header_value("Nats-Rollup") or ""
             if rollup:
                 if not config["allow_rollup_hdrs"] or config["deny_purge"]:
                     self._nak(reply, errors.STREAM_ROLLUP_FAILED_F(err="rollup not permitted"))
@@ -607,9 +773,15 @@ class Stream:
             if seq is None:
                 return None
             self.store.remove(seq)
+            self.account()
             self._remember(msg_id, seq, now)
             self._ack(reply, seq)
             return seq
+        target = self._republish.match(subject) if self._republish is not None else None
+        last_on_subject = 0
+        if target is not None:
+            previous = self.store.load_last(subject)
+            last_on_subject = previous.seq if previous is not None else 0
         seq = self._store(subject, headers, payload, now, reply)
         if seq is None:
             return None
@@ -618,6 +790,9 @@ class Stream:
             self._purge(subject, 0, 1)
         elif rollup == "all":
             self._purge(None, 0, 1)
+        self.account()
+        if target is not None:
+            self._republish_message(target, subject, seq, last_on_subject, headers, payload)
         if reply and not config["no_ack"]:
             self.store.when_durable(lambda: self._ack(reply, seq))
         for consumer in list(self.consumers.values()):
@@ -625,6 +800,19 @@ class Stream:
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
+
+    def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
+        """The stored message again on C{target}, with nats-server's republish headers."""
+        only = bool(self.config["republish"].get("headers_only"))
+        extra = "Nats-Stream: {}\r\nNats-Subject: {}\r\nNats-Sequence: {}\r\nNats-Last-Sequence: {}\r\n".format(
+            _go_header_value(self.name), subject, seq, last)
+        if only:
+            extra += "Nats-Msg-Size: {}\r\n".format(len(payload))
+        if headers and len(headers) > 4:
+            block = headers[:-2] + extra.encode("utf-8") + b"\r\n"
+        else:
+            block = b"NATS/1.0\r\n" + extra.encode("utf-8") + b"\r\n"
+        self.engine.broker.publish(target, b"" if only else payload, headers=block)
 
     def _store(self, subject: str, headers: Optional[bytes], payload: bytes, now: int, reply: Optional[str]) -> Optional[int]:
         try:
@@ -704,12 +892,14 @@ class Stream:
         self._expiry_timer = None
         self._expiry_at = None
         self.store.expire(self.engine.now())
+        self.account()
         self._schedule_expiry()
 
     # -- purge, delete, get ----------------------------------------------------
 
     def _purge(self, subject: Optional[str], seq: int, keep: int) -> int:
         count = self.store.purge(subject or None, seq, keep)
+        self.account()
         if count:
             for consumer in list(self.consumers.values()):
                 consumer.purged()
@@ -732,6 +922,7 @@ class Stream:
             raise errors.STREAM_MSG_DELETE_FAILED_F(err="message delete not permitted")
         if not self.store.remove(seq, erase):
             raise errors.STREAM_MSG_DELETE_FAILED_F(err="no message found")
+        self.account()
         for consumer in list(self.consumers.values()):
             consumer.purged()
         self._schedule_expiry()
@@ -773,7 +964,8 @@ class Stream:
             return
         if payload:
             return self._direct_status(reply, "408 Bad Request")
-        key = subject.split(".", 5)[5] if subject.count(".") >= 5 else ""
+        skip = 5 if subject.startswith("$JS.API.") else 6
+        key = subject.split(".", skip)[skip] if subject.count(".") >= skip else ""
         if not key:
             return self._direct_status(reply, "408 Bad Request")
         self._direct_answer(reply, self.get(last_by_subject=key))

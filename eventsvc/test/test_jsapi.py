@@ -17,7 +17,7 @@ import socket
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import task, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from eventsvc import config as config_module
 from eventsvc.config import ConfigError
@@ -179,8 +179,11 @@ class ReferenceBytesTests(TestCase):
                          b'{"type":"io.nats.jetstream.api.v1.stream_msg_delete_response","error":{"code":500,"err_code":10057,"description":"message delete not permitted"}}')
 
     def test_direct_get_only_when_allowed(self) -> None:
+        """Without allow_direct (or without the stream) no one listens: the requester gets no responders."""
         self.api.ask("$JS.API.STREAM.CREATE.S", b'{"name":"S"}')
         self.api.ask("S")
+        self.assertEqual(self.api.broker.publish("$JS.API.DIRECT.GET.S", b'{"seq":1}', "_R.x"), 0)
+        self.assertEqual(self.api.broker.publish("$JS.API.DIRECT.GET.NOPE.subject", b"", "_R.x"), 0)
         self.assertIsNone(self.api.ask("$JS.API.DIRECT.GET.S", b'{"seq":1}'))
 
     def test_unknown_verbs_and_arity_get_no_answer(self) -> None:
@@ -202,8 +205,10 @@ class ReferenceBytesTests(TestCase):
         api = Api(JetStreamSettings(domain="hub"))
         info = json.loads(api.ask("$JS.hub.API.INFO"))
         self.assertEqual((info["type"], info["domain"]), (TYPE + "account_info_response", "hub"))
-        api.ask("$JS.hub.API.STREAM.CREATE.S", b'{"name":"S"}')
+        api.ask("$JS.hub.API.STREAM.CREATE.S", b'{"name":"S","allow_direct":true}')
         self.assertEqual(json.loads(api.ask("$JS.API.STREAM.INFO.S"))["domain"], "hub")
+        api.ask("S", b"hello")
+        self.assertEqual(api.ask_with_headers("$JS.hub.API.DIRECT.GET.S.S")[1], b"hello")
 
 
 class ConfigTests(TestCase):
@@ -343,6 +348,47 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("$JS.API.STREAM.BOGUS", b"", None),
     ("$JS.API.STREAM.DELETE.ORDERS", b"", None),
     ("$JS.API.INFO", b"", None),
+    # Retention, deleted details, the message-get forms, paging and filters, update refusals, limits.
+    ("$JS.API.STREAM.CREATE.A", b'{"name":"A","subjects":["a.*"],"retention":"interest"}', None),
+    ("a.x", b"1", None),
+    ("$JS.API.STREAM.INFO.A", b"", None),
+    ("$JS.API.STREAM.CREATE.W", b'{"name":"W","subjects":["w.>"],"retention":"workqueue","max_msgs_per_subject":2}', None),
+    ("w.x", b"1", None), ("w.x", b"2", None), ("w.x", b"3", None), ("w.y", b"3", None),
+    ("$JS.API.STREAM.INFO.W", b'{"deleted_details":true,"subjects_filter":"w.*"}', None),
+    ("$JS.API.STREAM.MSG.DELETE.W", b'{"seq":3}', None),
+    ("$JS.API.STREAM.INFO.W", b'{"deleted_details":true}', None),
+    ("$JS.API.STREAM.MSG.GET.W", b'{"seq":1,"next_by_subj":"w.y"}', None),
+    ("$JS.API.STREAM.MSG.GET.W", b'{"next_by_subj":"w.*"}', None),
+    ("$JS.API.STREAM.MSG.GET.W", b'{"seq":1,"last_by_subj":"w.y"}', None),
+    ("$JS.API.STREAM.MSG.GET.W", b'{"seq":-1}', None),
+    ("$JS.API.STREAM.MSG.GET.NOPE", b'{"seq":1}', None),
+    ("$JS.API.STREAM.MSG.DELETE.W", b"", None),
+    ("$JS.API.STREAM.PURGE.W", b'{"keep":1}', None),
+    ("$JS.API.STREAM.PURGE.W", b'{"seq":100}', None),
+    ("$JS.API.STREAM.INFO.W", b"", None),
+    ("$JS.API.STREAM.NAMES", b'{"offset":1}', None),
+    ("$JS.API.STREAM.NAMES", b'{"subject":"zzz"}', None),
+    ("$JS.API.STREAM.NAMES", b'{"offset":"x"}', None),
+    ("$JS.API.STREAM.LIST", b'{"subject":"w.x"}', None),
+    ("$JS.API.STREAM.UPDATE.W", b'{"name":"W","subjects":["a.x"],"retention":"workqueue"}', None),
+    ("$JS.API.STREAM.UPDATE.W", b'{"name":"W","subjects":["w.>"],"retention":"workqueue","max_consumers":5}', None),
+    ("$JS.API.STREAM.UPDATE.W", b"not json", None),
+    ("$JS.API.STREAM.UPDATE.W", b'{"name":"Q"}', None),
+    ("$JS.API.STREAM.CREATE.N", b'{"name":"N","no_ack":true}', None),
+    ("N", b"x", None),
+    ("$JS.API.STREAM.CREATE.D", b'{"name":"D","description":"hi","max_age":1000000000,"max_msg_size":10,"deny_purge":true}', None),
+    ("$JS.API.STREAM.PURGE.D", b"", None),
+    ("D", b"x" * 11, None),
+    ("$JS.API.STREAM.CREATE.D2", b'{"name":"D2","max_age":1000000000,"duplicate_window":2000000000}', None),
+    ("$JS.API.STREAM.CREATE.P", b'{"name":"P/x"}', None),
+    ("$JS.API.STREAM.CREATE.E", b'{"name":"E","subjects":["e"]}', None),
+    ("$JS.API.STREAM.CREATE.E", b'{"name":"E","subjects":["e"]}', None),
+    ("$JS.API.STREAM.CREATE.R", b'{"name":"R","subjects":["r.>"],"republish":{"dest":"rr.>"}}', None),
+    ("$JS.API.STREAM.INFO.R", b"", None),
+    ("$JS.API.STREAM.UPDATE.D", b'{"name":"D","description":"hi","max_age":1000000000,"max_msg_size":10,"deny_purge":true,"sealed":true}', None),
+    ("D", b"x", None),
+    ("$JS.API.STREAM.MSG.DELETE.D", b'{"seq":1}', None),
+    ("$JS.API.INFO", b"", None),
 ]
 
 _TIMES = re.compile(rb'("(?:created|first_ts|last_ts|time)":")[^"]*(")|(Nats-Time-Stamp: )[^\r]*')
@@ -478,3 +524,46 @@ class NatsPyTests(TestCase):
         d.addCallback(lambda started: in_thread(look, started[1]))
         d.addCallback(self.assertEqual, (7, ["kept.>"]))
         return d
+
+    def test_messages_survive_sigterm(self) -> None:
+        """A file stream's messages, its dedupe window and a durable consumer's place outlive a SIGTERM and a restart."""
+        import importlib.util
+
+        if importlib.util.find_spec("eventsvc.jetstream.filestore") is None:
+            raise SkipTest("no file store in this tree (file streams are kept in memory)")
+
+        async def fill(url: str) -> None:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="DISK", subjects=["disk.>"])
+            for i in range(20):
+                await js.publish("disk.%d" % (i % 3), b"m%d" % i, headers={"Nats-Msg-Id": "id%d" % i})
+            sub = await js.pull_subscribe("disk.>", "worker")
+            for msg in await sub.fetch(5, timeout=5):
+                await msg.ack_sync()
+            await nc.close()
+
+        async def look(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            info = await js.stream_info("DISK")
+            again = await js.publish("disk.0", b"m0", headers={"Nats-Msg-Id": "id0"})
+            sub = await js.pull_subscribe("disk.>", "worker")
+            first = (await sub.fetch(1, timeout=5))[0]
+            last = await js.get_msg("DISK", 20)
+            await nc.close()
+            return (info.state.messages, info.state.last_seq, again.seq, bool(again.duplicate),
+                    first.metadata.sequence.stream, last.data)
+
+        d = self.start()
+
+        def first(started: Any) -> Any:
+            server, url = started
+            return in_thread(fill, url).addCallback(lambda _: threads.deferToThread(server.stop))
+
+        d.addCallback(first)
+        d.addCallback(lambda _: self.start())
+        d.addCallback(lambda started: in_thread(look, started[1]))
+        d.addCallback(self.assertEqual, (20, 20, 1, True, 6, b"m19"))
+        return d
+

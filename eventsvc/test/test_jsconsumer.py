@@ -793,7 +793,7 @@ class ApiTests(ConsumerTestCase):
         try:
             answer = handler(self.engine, request)
         except ApiError as e:
-            return {"type": kind, "error": e.as_json()}
+            return {"type": kind, "error": e.as_json(), **consumer_api.ERROR_TAILS.get(verb, {})}
         if answer is None:
             return None
         return {"type": kind, **answer}
@@ -837,6 +837,10 @@ class ApiTests(ConsumerTestCase):
             {"stream_name": "ORDERS", "config": {"ack_policy": "explicit", "filter_subject": "orders.old"}},
         )
         self.assertEqual(self.error(mismatch), (400, 10131, "Consumer create request did not match filtered subject from create subject"))
+        # A one-token tail is no filter to nats-server.
+        answer = self.request("CONSUMER.CREATE", ["ORDERS", "O", "x"], {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}})
+        assert answer is not None
+        self.assertEqual(answer["name"], "O")
 
     def test_create_refusals(self) -> None:
         body = {"stream_name": "ORDERS", "config": {"ack_policy": "explicit"}}
@@ -899,7 +903,11 @@ class ApiTests(ConsumerTestCase):
         self.assertEqual((listed["total"], listed["offset"], listed["limit"]), (3, 1, 256))
         self.assertEqual([c["name"] for c in listed["consumers"]], ["b", "c"])
         self.assertEqual(self.error(self.request("CONSUMER.NAMES", ["ORDERS"], b"[1]"))[1], 10025)
-        self.assertEqual(self.error(self.request("CONSUMER.LIST", ["NOPE"]))[1], 10059)
+        self.assertEqual(
+            json.dumps(self.request("CONSUMER.LIST", ["NOPE"]), separators=(",", ":")),
+            '{"type":"io.nats.jetstream.api.v1.consumer_list_response","error":{"code":404,"err_code":10059,'
+            '"description":"stream not found"},"total":0,"offset":0,"limit":0,"consumers":[]}',
+        )
 
     def test_msg_next(self) -> None:
         self.publish(2)

@@ -424,3 +424,78 @@ class StoreDirTests(TestCase):
         Harness(JetStreamSettings(store_dir=folder))
         other = JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock())
         self.assertRaises(Locked, other.start)
+
+
+class RepublishTests(TestCase):
+    def test_republished_with_headers(self) -> None:
+        h = Harness()
+        h.create(name="S", subjects=["s.>"], republish={"src": "s.*", "dest": "out.$1"})
+        got: List[Tuple[str, Optional[bytes], bytes]] = []
+        h.broker.subscribe("out.>", lambda s, r, p, hd: got.append((s, hd, p)))
+        h.ack("s.a", b"one")
+        h.ack("s.a", b"two", b"NATS/1.0\r\nX: y\r\n\r\n")
+        self.assertEqual(got, [
+            ("out.a", b"NATS/1.0\r\nNats-Stream: S\r\nNats-Subject: s.a\r\nNats-Sequence: 1\r\nNats-Last-Sequence: 0\r\n\r\n", b"one"),
+            ("out.a", b"NATS/1.0\r\nX: y\r\nNats-Stream: S\r\nNats-Subject: s.a\r\nNats-Sequence: 2\r\nNats-Last-Sequence: 1\r\n\r\n", b"two"),
+        ])
+        self.assertEqual(stream_module.config_json(h.js.streams["S"].config)["republish"], {"src": "s.*", "dest": "out.$1"})
+
+    def test_headers_only(self) -> None:
+        h = Harness()
+        h.create(name="S", subjects=["s.>"], republish={"dest": "out.>", "headers_only": True})
+        got: List[Tuple[str, Optional[bytes], bytes]] = []
+        h.broker.subscribe("out.>", lambda s, r, p, hd: got.append((s, hd, p)))
+        h.ack("s.a.b", b"12345")
+        self.assertEqual(got, [("out.s.a.b", b"NATS/1.0\r\nNats-Stream: S\r\nNats-Subject: s.a.b\r\nNats-Sequence: 1\r\n"
+                                b"Nats-Last-Sequence: 0\r\nNats-Msg-Size: 5\r\n\r\n", b"")])
+
+    def test_refused(self) -> None:
+        h = Harness()
+        for republish, text in [
+            ({"src": "x.>", "dest": "out.>"}, "stream configuration for republish source is not valid subset of subjects"),
+            ({"dest": "s.>"}, "stream configuration for republish destination forms a cycle"),
+            ({"src": "s.*", "dest": "out"}, "stream configuration for republish not valid"),
+        ]:
+            with self.assertRaises(ApiError) as e:
+                h.create(name="S", subjects=["s.>"], republish=republish)
+            self.assertEqual(e.exception.description, text)
+
+
+class ConsumerRestoreTests(TestCase):
+    def test_durable_consumer_comes_back(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="S", subjects=["s.>"])
+        answer = h.publish("$JS.API.CONSUMER.DURABLE.CREATE.S.d",
+                           b'{"stream_name":"S","config":{"durable_name":"d","ack_policy":"explicit","filter_subject":"s.a"}}')
+        self.assertNotIn("error", json.loads(answer or b"{}"))
+        h.js.stop()
+        self.assertTrue(os.path.exists(os.path.join(folder, "streams", "S", "consumers", "d", "meta.json")))
+        again = Harness(JetStreamSettings(store_dir=folder))
+        consumer = again.js.streams["S"].consumers["d"]
+        self.assertEqual((consumer.config["filter_subject"], consumer.config["ack_policy"]), ("s.a", "explicit"))
+        info = json.loads(again.publish("$JS.API.CONSUMER.INFO.S.d", b"") or b"{}")
+        self.assertEqual(info["name"], "d")
+        again.publish("$JS.API.CONSUMER.DELETE.S.d", b"")
+        self.assertFalse(os.path.exists(os.path.join(folder, "streams", "S", "consumers", "d")))
+
+
+class UsageTests(TestCase):
+    def test_usage_follows_the_stores(self) -> None:
+        """The engine's per-storage byte count (what limits check) follows stores, purges, ages and deletes."""
+        h = Harness()
+        s = h.create(name="S", subjects=["s.>"], storage="memory", max_msgs=2, max_age=SECOND)
+        t = h.create(name="T", subjects=["t.>"])
+        for _ in range(3):
+            h.ack("s.a", b"x" * 10)
+        h.ack("t.a", b"y")
+        self.assertEqual((h.js.usage("memory"), h.js.usage("file")), (s.store.state().bytes, t.store.state().bytes))
+        self.assertEqual(h.js.usage("memory"), 2 * (3 + 10 + 16))
+        h.advance(2)
+        self.assertEqual(h.js.usage("memory"), 0)
+        h.ack("s.a")
+        h.publish("$JS.API.STREAM.PURGE.S", b"")
+        self.assertEqual(h.js.usage("memory"), 0)
+        h.publish("$JS.API.STREAM.DELETE.T", b"")
+        self.assertEqual(h.js.usage("file"), 0)
+        self.assertEqual(json.loads(h.publish("$JS.API.INFO", b"") or b"{}")["storage"], 0)

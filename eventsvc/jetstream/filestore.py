@@ -1,0 +1,1414 @@
+"""
+The file store: a stream's messages in segment files, and a consumer's
+state in a snapshot and a log (C{storage: file}).
+
+A stream's directory holds segments C{msgs-<n>.seg}: a magic line, then
+records appended and never rewritten.  A record is a 4-byte length, the
+CRC32 of its body and the body, whose first byte says what it is: C{M} a
+message (sequence, time, subject, headers, payload), C{D} deletions (ranges
+of sequences), C{H} the last sequence and its time (at the start of each
+segment and after a skip, so that a store whose messages are all gone still
+knows where it was), C{E} an erased message (overwritten in place by its
+sequence, its time and zeros).  A new
+segment is begun when the one written passes C{segment_size}; a segment
+none of whose messages is left is deleted (the newest excepted: it says
+where the sequence is).  Deletions live in the segment written when they
+were made; before a segment that holds deletions of older, still present
+segments is deleted, those are written again to the newest.
+
+The index (sequence to segment, offset and length; subject and time) is in
+memory and is rebuilt at open by reading every segment.  A record whose
+length or CRC does not hold is skipped by scanning forward to the next
+offset where a whole record holds, so a torn tail (kill -9 or a power loss
+in mid-write) or a flipped byte costs only the records it touches; one
+warning per file says what was skipped.
+
+Writes are grouped: L{FileStore.store} appends to a buffer that is written
+once per reactor turn (or when it passes L{FLUSH_SIZE}), and
+L{FileStore.when_durable} callbacks run after that write; with
+C{sync_interval="always"} after an fsync too, otherwise the segments are
+fsynced every C{sync_interval} seconds.  A write that fails (a full disk,
+a read-only or failing one) is cut off the segment again: the messages it
+held are lost and their C{when_durable} errbacks say so (they were never
+acknowledged), what was written before stays, and the store refuses new
+messages (L{StoreFull}, L{StoreUnavailable}) until a retry every
+L{RETRY_INTERVAL} seconds can write again.  Reading goes on all the while.
+
+A consumer's state is a snapshot (C{consumer.snap}, replaced atomically)
+and a log of deliveries and acknowledgements appended with the same group
+commit (C{consumer.log}), folded into a new snapshot when it grows.
+
+This module knows nothing of streams, consumers' rules or the API: it
+keeps what it is given, as L{eventsvc.jetstream.store} defines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from eventsvc.files import FULL_ERRNOS, Disk, sync_folder, write_atomic
+from eventsvc.jetstream.memstore import MemoryConsumerStore, _matches
+from eventsvc.jetstream.store import (
+    EMPTY_CONSUMER_STATE,
+    ConsumerState,
+    LimitReached,
+    RemovedCallback,
+    StoreError,
+    StoreFull,
+    StoredMessage,
+    StoreLimits,
+    StoreState,
+    StoreUnavailable,
+)
+
+#: The first bytes of every message segment (and its format's version).
+MAGIC = b"EVJSMSG1"
+#: The first bytes of a consumer's snapshot.
+SNAPSHOT_MAGIC = b"EVJSCON1"
+_RECORD = struct.Struct("<II")
+_MESSAGE = struct.Struct("<cQqHI")
+_RANGE = struct.Struct("<QQ")
+_MARK = struct.Struct("<cQq")
+_DELIVERED = struct.Struct("<cQQQq")
+_ACKS = struct.Struct("<cQQ")
+_SEQ = struct.Struct("<Q")
+_STATE = struct.Struct("<cQQQQQII")
+_PENDING = struct.Struct("<QQq")
+_REDELIVERED = struct.Struct("<QQ")
+#: A record longer than this is taken for damage (payloads are at most 64 MiB).
+MAX_RECORD = 64 * 1024 * 1024 + 64 * 1024
+#: A new segment is begun when the one written passes this size.
+SEGMENT_SIZE = 8 * 1024 * 1024
+#: The buffer is written at once (not at the end of the turn) past this size.
+FLUSH_SIZE = 1024 * 1024
+#: nats-server's default C{sync_interval}: an fsync every two minutes.
+DEFAULT_SYNC_INTERVAL = 120.0
+#: How often a store that could not write tries again (seconds).
+RETRY_INTERVAL = 1.0
+#: A full store tries again once this much room is free (or a sixteenth of a smaller disk).
+RESERVE = 64 * 1024
+#: How much a read of a message brings in (the messages after it, for the next reads).
+READ_AHEAD = 32 * 1024
+#: A consumer's log is folded into its snapshot past this size (and four times the snapshot's).
+COMPACT_SIZE = 1024 * 1024
+_SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
+
+SyncInterval = Union[str, float]
+
+
+def file_message_size(subject: str, headers: Optional[bytes], data: bytes) -> int:
+    """
+    What a message counts against C{max_bytes} and C{max_file_store} in the
+    file store: nats-server's C{fileStoreMsgSize} (a record of length,
+    sequence, time, subject, headers and payload, and an 8-byte hash).
+    """
+    if not headers:
+        return 22 + len(subject) + len(data) + 8
+    return 22 + len(subject) + 4 + len(headers) + len(data) + 8
+
+
+def parse_sync_interval(value: SyncInterval) -> Optional[float]:
+    """
+    C{sync_interval} as seconds, or None for C{"always"} (an fsync before
+    every acknowledgement).
+
+    @raise ValueError: neither C{"always"} nor a positive number of seconds.
+    """
+    if isinstance(value, str):
+        if value.strip().lower() == "always":
+            return None
+        raise ValueError("sync_interval must be \"always\" or a number of seconds, not {!r}".format(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("sync_interval must be \"always\" or a positive number of seconds, not {!r}".format(value))
+    return float(value)
+
+
+def _record(body: bytes) -> bytes:
+    return _RECORD.pack(len(body), zlib.crc32(body)) + body
+
+
+def _record_end(data: Union[bytes, bytearray, memoryview], pos: int, segment: bool = True) -> int:
+    """
+    Where the whole, valid record at C{pos} ends, or -1 if none holds there
+    (a message segment's records, or with C{segment} false a consumer log's).
+    """
+    if pos + 9 > len(data):
+        return -1
+    size, crc = _RECORD.unpack_from(data, pos)
+    end = pos + 8 + size
+    if size == 0 or size > MAX_RECORD or end > len(data):
+        return -1
+    if zlib.crc32(memoryview(data)[pos + 8 : end]) != crc:
+        return -1
+    kind = data[pos + 8]
+    if not segment:
+        return end if kind in b"GDAS" else -1
+    if kind == 0x4D:  # M
+        if size < _MESSAGE.size:
+            return -1
+        _, _, _, slen, hlen = _MESSAGE.unpack_from(data, pos + 8)
+        return end if _MESSAGE.size + slen + hlen <= size else -1
+    if kind == 0x44:  # D
+        return end if (size - 1) % _RANGE.size == 0 else -1
+    if kind == 0x48:  # H
+        return end if size == _MARK.size else -1
+    if kind == 0x45:  # E
+        return end if size >= _MARK.size else -1
+    return -1
+
+
+def _scan(data: bytes, magic: bytes, segment: bool = True) -> Iterator[Tuple[int, int]]:
+    """
+    (start, end) of every readable record in C{data}; an unreadable stretch
+    is given as (start, -end).
+    """
+    pos = len(magic) if magic and data.startswith(magic) else 0
+    n = len(data)
+    while pos < n:
+        end = _record_end(data, pos, segment)
+        if end > 0:
+            yield pos, end
+            pos = end
+            continue
+        start = pos
+        pos += 1
+        while pos < n and _record_end(data, pos, segment) < 0:
+            pos += 1
+        yield start, -pos
+
+
+def _ranges(seqs: Iterable[int]) -> List[Tuple[int, int]]:
+    """Sorted sequences as inclusive (first, last) ranges."""
+    out: List[Tuple[int, int]] = []
+    for seq in seqs:
+        if out and out[-1][1] + 1 == seq:
+            out[-1] = (out[-1][0], seq)
+        else:
+            out.append((seq, seq))
+    return out
+
+
+def _describe(damage: List[Tuple[int, int]], size: int) -> str:
+    parts = []
+    for start, end in damage:
+        what = "a torn tail" if end == size else "damaged bytes"
+        parts.append("{} at {}-{} ({} bytes)".format(what, start, end, end - start))
+    return ", ".join(parts)
+
+
+class _Segment:
+    """What the index knows of one segment file."""
+
+    __slots__ = ("number", "path", "live", "min_seq", "max_seq", "foreign", "reader")
+
+    def __init__(self, number: int, path: str) -> None:
+        self.number = number
+        self.path = path
+        #: Messages of the index in it.
+        self.live = 0
+        #: The first and last sequence of the messages written to it (0: none).
+        self.min_seq = 0
+        self.max_seq = 0
+        #: Whether it holds deletions of sequences written before it.
+        self.foreign = False
+        self.reader: Optional[int] = None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            try:
+                os.close(self.reader)
+            except OSError:
+                pass
+            self.reader = None
+
+
+#: An index entry: segment number, offset, record length, subject, time, size.
+_Entry = Tuple[int, int, int, str, int, int]
+_Waiter = Tuple[Callable[[], None], Optional[Callable[[StoreError], None]]]
+
+
+class _WriteState:
+    """
+    What the two file stores share about writing: the sync policy, the
+    state after a failed write (ok, full, unavailable), and the waiters.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk]) -> None:
+        self._path = path
+        self._clock = clock
+        self._disk = disk or Disk()
+        self._sync_every = parse_sync_interval(sync_interval)
+        #: "ok", "full" (no space) or "unavailable" (any other write failure).
+        self.health = "ok"
+        #: Why the store cannot write, for errors and logs.
+        self.error: Optional[str] = None
+        #: Waiting for the buffer's write; and written, to be called at the end of the turn.
+        self._waiters: List[_Waiter] = []
+        self._ready: List[_Waiter] = []
+        self._flush_call: Optional[IDelayedCall] = None
+        self._sync_call: Optional[IDelayedCall] = None
+        self._retry_call: Optional[IDelayedCall] = None
+        self._closed = False
+        #: Whether new writes are refused (closed, or the disk cannot take them).
+        self._refusing = False
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None and not self._closed:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        raise NotImplementedError()
+
+    def _call_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for callback, _ in ready:
+            callback()
+
+    def _written(self) -> None:
+        """The buffer was written: its waiters are ready."""
+        if self._waiters:
+            self._ready += self._waiters
+            self._waiters = []
+
+    def _refusal(self) -> StoreError:
+        if self.health == "full":
+            return StoreFull("insufficient resources: {}".format(self.error))
+        return StoreUnavailable("store unavailable: {}".format(self.error))
+
+    def _failed(self, error: OSError) -> None:
+        """A write failed: the store's state, the log line, the waiters' errbacks, the retry."""
+        state = "full" if error.errno in FULL_ERRNOS else "unavailable"
+        why = "{} in {}".format((error.strerror or str(error)).lower(), self._path)
+        if (self.health, self.error) != (state, why):
+            self.log.error(
+                "file store {path}: cannot write ({why}); refusing new writes, reading on, trying again every {retry}s",
+                path=self._path, why=why, retry=RETRY_INTERVAL,
+            )
+        self.health, self.error = state, why
+        self._refusing = self.health != "ok" or self._closed
+        refusal = self._refusal()
+        waiters, self._waiters = self._waiters, []
+        for _, errback in waiters:
+            if errback is not None:
+                errback(refusal)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_call is None and not self._closed:
+            self._retry_call = self._clock.callLater(RETRY_INTERVAL, self._retry)
+
+    def _retry(self) -> None:
+        raise NotImplementedError()
+
+    def _room(self) -> bool:
+        """Whether a retry is worth it: always, unless the disk was full and still is."""
+        if self.health != "full":
+            return True
+        try:
+            free, total = self._disk.space(self._path)
+        except OSError:
+            return False
+        return free >= min(RESERVE, total // 16)
+
+    def _recovered(self) -> None:
+        if self.health != "ok":
+            self.log.info("file store {path}: writable again ({error} is over)", path=self._path, error=self.error)
+        self.health, self.error = "ok", None
+        self._refusing = self.health != "ok" or self._closed
+
+    def _schedule_sync(self) -> None:
+        if self._sync_every is not None and self._sync_call is None and not self._closed:
+            self._sync_call = self._clock.callLater(self._sync_every, self._periodic_sync)
+
+    def _periodic_sync(self) -> None:
+        raise NotImplementedError()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_flush_call", "_sync_call", "_retry_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+
+class FileStore(_WriteState):
+    """
+    A L{eventsvc.jetstream.store.MessageStore} in segment files under
+    C{directory}.
+
+    L{when_durable} takes an errback besides the callback (an extension
+    of the contract): it is called with L{StoreFull} or L{StoreUnavailable}
+    when the write that held the messages failed; they are gone, and must
+    not be acknowledged.
+    """
+
+    def __init__(
+        self,
+        directory: FilePath,
+        limits: StoreLimits = StoreLimits(),
+        clock: Optional[IReactorTime] = None,
+        max_store: int = -1,
+        sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
+        segment_size: int = SEGMENT_SIZE,
+        disk: Optional[Disk] = None,
+    ) -> None:
+        """
+        Open the store in C{directory} (made if missing), reading what is
+        there.
+
+        @param clock: for the group commit, fsyncs and retries (the reactor).
+        @param max_store: C{max_file_store} left for this stream in bytes
+            (-1: no limit); past it L{store} raises L{StoreFull}.
+        @param sync_interval: C{"always"}, or seconds between fsyncs.
+        @param disk: the writing operations (tests put a failing disk here).
+        @raise StoreUnavailable: the directory cannot be read.
+        @raise ValueError: a bad C{sync_interval}.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        self._directory = directory
+        self._limits = limits
+        self._max_store = max_store
+        self._segment_size = segment_size
+        self._index: Dict[int, _Entry] = {}
+        self._by_subject: Dict[str, Dict[int, None]] = {}
+        self._first = 1
+        self._last = 0
+        self._last_ts = 0
+        self._bytes = 0
+        self._removed: Optional[RemovedCallback] = None
+        self._segments: Dict[int, _Segment] = {}
+        self._next_number = 1
+        #: The segment being written, its write fd, and the bytes written to it.
+        self._active: Optional[_Segment] = None
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._dirty = False
+        self._folder_dirty = False
+        self._buffer = bytearray()
+        #: The first sequence not written yet (those after it are lost if the write fails).
+        self._unwritten = 1
+        #: Whether limits remove old messages.
+        self._limited = False
+        #: Deletions to write, as ranges; and those of the buffer (held again if its write fails).
+        self._deletions: List[Tuple[int, int]] = []
+        self._buffered_deletions: List[Tuple[int, int]] = []
+        self._mark = False
+        #: The last read: segment number, offset, bytes.
+        self._cache: Tuple[int, int, bytes] = (0, 0, b"")
+        #: Segment files to delete once the deletions carried out of them are written.
+        self._unlinks: List[str] = []
+        try:
+            os.makedirs(directory.path, exist_ok=True)
+            self._read()
+        except OSError as e:
+            raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
+        # (Limits lowered while it was closed, or deletions lost with a torn tail.)
+        self.set_limits(limits)
+        self._unwritten = self._last + 1
+
+    # -- opening ------------------------------------------------------------
+
+    def _segment_path(self, number: int) -> str:
+        return os.path.join(self._path, "msgs-{:08d}.seg".format(number))
+
+    def _read(self) -> None:
+        numbers = sorted(int(m.group(1)) for m in map(_SEGMENT_NAME.match, os.listdir(self._path)) if m)
+        index = self._index
+        for number in numbers:
+            segment = _Segment(number, self._segment_path(number))
+            self._segments[number] = segment
+            with open(segment.path, "rb") as f:
+                data = f.read()
+            damage = []
+            records = 0
+            for start, end in _scan(data, MAGIC):
+                if end < 0:
+                    damage.append((start, -end))
+                    continue
+                records += 1
+                kind = data[start + 8]
+                if kind == 0x4D:
+                    _, seq, ts, slen, hlen = _MESSAGE.unpack_from(data, start + 8)
+                    p = start + 8 + _MESSAGE.size
+                    subject = data[p : p + slen].decode("utf-8", "replace")
+                    if hlen:
+                        size = 22 + len(subject) + 4 + hlen + (end - p - slen - hlen) + 8
+                    else:
+                        size = 22 + len(subject) + (end - p - slen) + 8
+                    old = index.get(seq)
+                    if old is not None:
+                        self._segments[old[0]].live -= 1
+                    index[seq] = (number, start, end - start, subject, ts, size)
+                    segment.live += 1
+                    if not segment.min_seq:
+                        segment.min_seq = seq
+                    segment.max_seq = max(segment.max_seq, seq)
+                    if seq >= self._last:
+                        self._last, self._last_ts = seq, ts
+                elif kind == 0x44:
+                    for i in range(start + 9, end, _RANGE.size):
+                        low, high = _RANGE.unpack_from(data, i)
+                        if not segment.min_seq or low < segment.min_seq:
+                            segment.foreign = True
+                        self._drop_range(low, high)
+                elif kind == 0x48 or kind == 0x45:
+                    _, seq, ts = _MARK.unpack_from(data, start + 8)
+                    if seq >= self._last:
+                        self._last, self._last_ts = seq, ts
+            if damage:
+                self.log.warn(
+                    "file store {path}: skipped {what}; the {count} readable records of this file are kept",
+                    path=segment.path, what=_describe(damage, len(data)), count=records,
+                )
+        for seq in sorted(index):
+            entry = index[seq]
+            self._by_subject.setdefault(entry[3], {})[seq] = None
+            self._bytes += entry[5]
+        self._first = min(index) if index else self._last + 1
+        self._next_number = (numbers[-1] + 1) if numbers else 1
+        for segment in list(self._segments.values()):
+            if not segment.live and segment.number != numbers[-1]:
+                self._drop_segment(segment)
+        if self._deletions:
+            self._schedule_flush()
+
+    def _drop_range(self, low: int, high: int) -> None:
+        """While reading: the messages from C{low} to C{high} were deleted."""
+        index = self._index
+        if high - low < len(index):
+            seqs: Iterable[int] = range(low, high + 1)
+        else:
+            seqs = [seq for seq in index if low <= seq <= high]
+        for seq in seqs:
+            entry = index.pop(seq, None)
+            if entry is not None:
+                self._segments[entry[0]].live -= 1
+
+    # -- writing ------------------------------------------------------------
+
+    def set_limits(self, limits: StoreLimits) -> None:
+        self._limits = limits
+        self._limited = limits.max_msgs_per_subject > 0 or limits.max_msgs > 0 or limits.max_bytes > 0
+        self._enforce()
+
+    def on_removed(self, callback: Optional[RemovedCallback]) -> None:
+        self._removed = callback
+
+    def store(self, subject: str, headers: Optional[bytes], data: bytes, ts: int) -> int:
+        # One function, few calls and lookups: this runs for every message.
+        if self._refusing:
+            if self._closed:
+                raise StoreUnavailable("store closed: {}".format(self._path))
+            raise self._refusal()
+        size = 22 + len(subject) + 4 + len(headers) + len(data) + 8 if headers else 22 + len(subject) + len(data) + 8
+        limits = self._limits
+        if self._max_store >= 0 and self._bytes + size > self._max_store:
+            raise StoreFull("insufficient resources")
+        if limits.discard_new:
+            if limits.max_msgs > 0 and len(self._index) >= limits.max_msgs:
+                raise LimitReached("maximum messages exceeded")
+            if limits.max_bytes > 0 and self._bytes + size > limits.max_bytes:
+                raise LimitReached("maximum bytes exceeded")
+            if (
+                limits.discard_new_per_subject
+                and limits.max_msgs_per_subject > 0
+                and len(self._by_subject.get(subject, ())) >= limits.max_msgs_per_subject
+            ):
+                raise LimitReached("maximum messages per subject exceeded")
+        active = self._active
+        if active is None or self._size + len(self._buffer) >= self._segment_size:
+            try:
+                active = self._begin()
+            except OSError as e:
+                self._fail(e)
+                raise self._refusal()
+        seq = self._last + 1
+        encoded = subject.encode("utf-8")
+        hlen = len(headers) if headers else 0
+        head = _MESSAGE.pack(b"M", seq, ts, len(encoded), hlen)
+        crc = zlib.crc32(encoded, zlib.crc32(head))
+        if hlen:
+            crc = zlib.crc32(headers, crc)  # type: ignore[arg-type]
+        crc = zlib.crc32(data, crc)
+        length = _MESSAGE.size + len(encoded) + hlen + len(data)
+        buffer = self._buffer
+        offset = self._size + len(buffer)
+        buffer += _RECORD.pack(length, crc)
+        buffer += head
+        buffer += encoded
+        if hlen:
+            buffer += headers  # type: ignore[arg-type]
+        buffer += data
+        self._last = seq
+        self._last_ts = ts
+        if not self._index:
+            self._first = seq
+        self._index[seq] = (active.number, offset, length + 8, subject, ts, size)
+        seqs = self._by_subject.get(subject)
+        if seqs is None:
+            self._by_subject[subject] = {seq: None}
+        else:
+            seqs[seq] = None
+        self._bytes += size
+        active.live += 1
+        active.max_seq = seq
+        if not active.min_seq:
+            active.min_seq = seq
+        if self._flush_call is None:
+            self._schedule_flush()
+        if len(buffer) >= FLUSH_SIZE and not self._write():
+            raise self._refusal()
+        if self._limited:
+            self._enforce(subject)
+        return seq
+
+    def _begin(self) -> _Segment:
+        """
+        Begin a new segment (the one written is full, or none is open):
+        what is buffered is written to the old one first.
+
+        @raise OSError: the disk cannot take it.
+        """
+        if self._fd is not None:
+            self._write_or_raise()
+            if self._dirty:
+                self._sync()
+            os.close(self._fd)
+            self._fd = None
+        previous = self._segments[max(self._segments)] if self._segments else None
+        while True:
+            number = self._next_number
+            self._next_number += 1
+            path = self._segment_path(number)
+            try:
+                fd = self._disk.create(path)
+                break
+            except FileExistsError:
+                continue
+        segment = _Segment(number, path)
+        self._segments[number] = segment
+        self._active, self._fd, self._size = segment, fd, 0
+        self._buffer += MAGIC
+        self._buffer += _record(_MARK.pack(b"H", self._last, self._last_ts))
+        self._folder_dirty = True
+        self._schedule_flush()
+        if previous is not None and not previous.live:
+            # (Once the new segment is written: until then it says where the sequence is.)
+            self._drop_segment(previous, defer=True)
+        return segment
+
+    def _write_or_raise(self) -> None:
+        """Write the buffer (and the deletions waiting) to the segment; OSError if it cannot."""
+        if self._deletions:
+            active = self._active
+            assert active is not None
+            ranges, self._deletions = self._deletions, []
+            for i in range(0, len(ranges), 4096):
+                part = ranges[i : i + 4096]
+                self._buffer += _record(b"D" + b"".join(_RANGE.pack(low, high) for low, high in part))
+                if not active.min_seq or part[0][0] < active.min_seq:
+                    active.foreign = True
+            self._buffered_deletions += ranges
+        if self._mark:
+            self._buffer += _record(_MARK.pack(b"H", self._last, self._last_ts))
+            self._mark = False
+        if not self._buffer:
+            self._written()
+            return
+        self._disk.write(self._fd, self._buffer)  # type: ignore[arg-type]
+        if self._sync_every is None:
+            self._disk.fsync(self._fd)  # type: ignore[arg-type]
+            if self._folder_dirty:
+                sync_folder(self._path)
+                self._folder_dirty = False
+        else:
+            self._dirty = True
+            self._schedule_sync()
+        self._size += len(self._buffer)
+        self._buffer = bytearray()
+        self._unwritten = self._last + 1
+        del self._buffered_deletions[:]
+        self._written()
+        if self._unlinks:
+            unlinks, self._unlinks = self._unlinks, []
+            for path in unlinks:
+                self._unlink(path)
+
+    def _write(self) -> bool:
+        """Write what waits, if the store can; whether it did."""
+        if self.health != "ok":
+            return False
+        if self._fd is None and (self._deletions or self._mark or self._buffer):
+            try:
+                self._begin()
+            except OSError as e:
+                self._fail(e)
+                return False
+        if self._fd is None:
+            self._written()
+            return True
+        try:
+            self._write_or_raise()
+        except OSError as e:
+            self._fail(e)
+            return False
+        return True
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._write()
+        self._call_ready()
+
+    def _fail(self, error: OSError) -> None:
+        """
+        A write failed: cut the segment back to what was written before and
+        close it (nothing is appended after a record cut short); the
+        messages of the buffer are lost, its deletions held.
+        """
+        active, fd = self._active, self._fd
+        self._active = self._fd = None
+        if fd is not None:
+            try:
+                self._disk.truncate(fd, self._size)
+            except OSError:
+                pass  # (the reader skips a torn tail)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        index, number = self._index, active.number if active is not None else -1
+        lost = [seq for seq in range(self._unwritten, self._last + 1) if seq in index and index[seq][0] == number]
+        self._unwritten = self._last + 1
+        self._deletions = self._buffered_deletions + self._deletions
+        self._buffered_deletions = []
+        self._buffer = bytearray()
+        self._mark = True
+        for seq in lost:
+            self._remove(seq, True, False)
+        if active is not None and self._size == 0:
+            # It holds nothing (not even the magic): it must not stay the newest.
+            self._segments.pop(active.number, None)
+            active.close()
+            self._unlink(active.path)
+        self._size = 0
+        self._failed(error)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self._closed or self.health == "ok":
+            return
+        if not self._room():
+            self._schedule_retry()
+            return
+        # A write and an fsync that succeed say the store is back.
+        self._mark = True
+        try:
+            if self._fd is None:
+                self._begin()
+            self._write_or_raise()
+            self._disk.fsync(self._fd)  # type: ignore[arg-type]
+        except OSError as e:
+            self._fail(e)
+            return
+        self._dirty = False
+        self._recovered()
+        self._call_ready()
+
+    def _periodic_sync(self) -> None:
+        self._sync_call = None
+        self._sync()
+
+    def _sync(self) -> None:
+        if self._dirty and self._fd is not None:
+            try:
+                self._disk.fsync(self._fd)
+            except OSError as e:
+                # What was written is in the OS's hands and was acknowledged
+                # as such; the disk under it is failing.
+                self.log.error("file store {path}: fsync failed: {error}", path=self._path, error=e.strerror or e)
+                self.health, self.error = "unavailable", "fsync failed: {}".format(e.strerror or e)
+                self._refusing = self.health != "ok" or self._closed
+                self._schedule_retry()
+                self._dirty = False
+                return
+            self._dirty = False
+        if self._folder_dirty:
+            sync_folder(self._path)
+            self._folder_dirty = False
+
+    def _delete(self, seq: int) -> None:
+        deletions = self._deletions
+        if deletions and deletions[-1][1] + 1 == seq:
+            deletions[-1] = (deletions[-1][0], seq)
+        else:
+            deletions.append((seq, seq))
+        if self._flush_call is None:
+            self._schedule_flush()
+
+    def _drop_segment(self, segment: _Segment, defer: bool = False) -> None:
+        """
+        C{segment} holds no message any more: delete it; when it holds
+        deletions of older segments that are still there, those are
+        written again first, and the file goes after that write (so too
+        with C{defer}).
+        """
+        del self._segments[segment.number]
+        segment.close()
+        carried: List[int] = []
+        if segment.foreign:
+            index = self._index
+            for other in self._segments.values():
+                if other.number >= segment.number or not other.min_seq:
+                    continue
+                number = other.number
+                carried += (
+                    seq for seq in range(other.min_seq, other.max_seq + 1)
+                    if seq not in index or index[seq][0] != number
+                )
+        if carried or defer:
+            carried.sort()
+            self._deletions += _ranges(carried)
+            self._unlinks.append(segment.path)
+            self._schedule_flush()
+        else:
+            self._unlink(segment.path)
+
+    def _unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self.log.error("file store {path}: cannot delete a segment with no messages left: {error}", path=path, error=e.strerror or e)
+
+    def _enforce(self, subject: Optional[str] = None) -> None:
+        limits = self._limits
+        per = limits.max_msgs_per_subject
+        if per > 0:
+            subjects = [subject] if subject is not None else list(self._by_subject)
+            for name in subjects:
+                seqs = self._by_subject.get(name)
+                while seqs is not None and len(seqs) > per:
+                    self._remove(next(iter(seqs)), True)
+                    seqs = self._by_subject.get(name)
+        if not limits.discard_new:
+            while limits.max_msgs > 0 and len(self._index) > limits.max_msgs:
+                self._remove(self._first_seq(), True)
+            while limits.max_bytes > 0 and self._bytes > limits.max_bytes:
+                self._remove(self._first_seq(), True)
+
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
+        """
+        Call C{callback} once everything stored so far is written (and
+        fsynced with C{sync_interval="always"}); or C{errback} with
+        L{StoreFull}/L{StoreUnavailable} if that write failed (the messages
+        stored since the last write are gone then).
+        """
+        if self._buffer or self._ready:
+            self._waiters.append((callback, errback))
+            self._schedule_flush()
+        else:
+            callback()
+
+    def skip(self, seq: int) -> None:
+        if not self._index and seq > self._last:
+            self._last = seq - 1
+            self._first = seq
+            self._mark = True
+            self._schedule_flush()
+
+    def remove(self, seq: int, erase: bool = False) -> bool:
+        if erase:
+            self._erase(seq)
+        return self._remove(seq, False)
+
+    def _erase(self, seq: int) -> None:
+        """Overwrite the message's record with an erased one of the same length."""
+        entry = self._index.get(seq)
+        if entry is None:
+            return
+        number, offset, length = entry[0], entry[1], entry[2]
+        # (Its sequence and time stay: the last message erased is still where the sequence is.)
+        body = _MARK.pack(b"E", seq, entry[4]) + bytes(length - 8 - _MARK.size)
+        record = _record(body)
+        active = self._active
+        if active is not None and number == active.number and offset >= self._size:
+            at = offset - self._size
+            self._buffer[at : at + length] = record
+            return
+        segment = self._segments.get(number)
+        if segment is None:
+            return
+        self._cache = (0, 0, b"")
+        try:
+            fd = os.open(segment.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, record, offset)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.error("file store {path}: cannot erase message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
+
+    def _remove(self, seq: int, by_limit: bool, record: bool = True) -> bool:
+        entry = self._index.pop(seq, None)
+        if entry is None:
+            return False
+        subject = entry[3]
+        seqs = self._by_subject[subject]
+        del seqs[seq]
+        if not seqs:
+            del self._by_subject[subject]
+        self._bytes -= entry[5]
+        if seq == self._first:
+            self._first = self._first_seq() if self._index else self._last + 1
+        segment = self._segments.get(entry[0])
+        if segment is not None:
+            segment.live -= 1
+            if not segment.live and segment is not self._active and segment.number != max(self._segments):
+                self._drop_segment(segment)
+        if record:
+            self._delete(seq)
+        if by_limit and self._removed is not None:
+            self._removed(seq, subject)
+        return True
+
+    def _first_seq(self) -> int:
+        if not self._index:
+            return self._last + 1
+        seq = self._first
+        index = self._index
+        while seq not in index:
+            seq += 1
+        self._first = seq
+        return seq
+
+    def purge(self, subject: Optional[str] = None, seq: int = 0, keep: int = 0) -> int:
+        if not subject and not seq and not keep:
+            victims: List[int] = sorted(self._index)
+        elif seq and not subject and not keep and not self._index:
+            self.skip(seq)
+            return 0
+        elif keep:
+            if subject:
+                names = [s for s in self._by_subject if _matches(subject, s)]
+                seqs = sorted(n for name in names for n in self._by_subject[name])
+            else:
+                seqs = sorted(self._index)
+            victims = seqs[: max(0, len(seqs) - keep)]
+            if seq:
+                victims = [n for n in victims if n < seq]
+        else:
+            victims = []
+            for n in sorted(self._index):
+                if seq and n >= seq:
+                    break
+                if _matches(subject, self._index[n][3]):
+                    victims.append(n)
+        for n in victims:
+            self._remove(n, False)
+        if seq and not subject and not self._index and seq > self._last:
+            self.skip(seq)
+        return len(victims)
+
+    def expire(self, now: int) -> int:
+        max_age = self._limits.max_age
+        if max_age <= 0:
+            return 0
+        count = 0
+        while self._index:
+            first = self._first_seq()
+            if now - self._index[first][4] < max_age:
+                break
+            self._remove(first, True)
+            count += 1
+        return count
+
+    def next_expiry(self) -> Optional[int]:
+        if self._limits.max_age <= 0 or not self._index:
+            return None
+        return self._index[self._first_seq()][4] + self._limits.max_age
+
+    # -- reading ------------------------------------------------------------
+
+    def load(self, seq: int) -> Optional[StoredMessage]:
+        entry = self._index.get(seq)
+        if entry is None:
+            return None
+        number, offset, length = entry[0], entry[1], entry[2]
+        active = self._active
+        if active is not None and number == active.number and offset >= self._size:
+            at = offset - self._size
+            data: Union[bytes, bytearray] = self._buffer[at : at + length]
+        else:
+            # Consumers read in order: one read brings the next messages too.
+            cache = self._cache
+            if cache[0] == number and cache[1] <= offset and offset + length <= cache[1] + len(cache[2]):
+                at = offset - cache[1]
+                data = cache[2][at : at + length]
+            else:
+                segment = self._segments[number]
+                try:
+                    if segment.reader is None:
+                        segment.reader = os.open(segment.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    chunk = os.pread(segment.reader, max(length, READ_AHEAD), offset)
+                except OSError as e:
+                    self.log.error("file store {path}: cannot read message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
+                    return None
+                self._cache = (number, offset, chunk)
+                data = chunk[:length]
+            size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
+            if size != length - 8 or zlib.crc32(memoryview(data)[8:]) != crc:
+                self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
+                return None
+        _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
+        p = 8 + _MESSAGE.size + slen
+        headers = bytes(data[p : p + hlen]) if hlen else None
+        return StoredMessage(entry[3], seq, headers, bytes(data[p + hlen :]), ts)
+
+    def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
+            seqs = self._by_subject.get(subject_filter)
+            if not seqs:
+                return None
+            for seq in seqs:
+                if seq >= start:
+                    return self.load(seq)
+            return None
+        index = self._index
+        everything = not subject_filter or subject_filter == ">"
+        for seq in range(max(start, self._first), self._last + 1):
+            entry = index.get(seq)
+            if entry is not None and (everything or _matches(subject_filter, entry[3])):
+                return self.load(seq)
+        return None
+
+    def load_last(self, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        best = 0
+        for name, seqs in self._by_subject.items():
+            if _matches(subject_filter, name):
+                best = max(best, next(reversed(seqs)))
+        return self.load(best) if best else None
+
+    def state(self) -> StoreState:
+        if not self._index:
+            return StoreState(0, 0, self._last + 1 if self._last else 0, 0, self._last, self._last_ts if self._last else 0, 0, 0)
+        first = self._first_seq()
+        return StoreState(
+            len(self._index),
+            self._bytes,
+            first,
+            self._index[first][4],
+            self._last,
+            self._last_ts,
+            self._last - first + 1 - len(self._index),
+            len(self._by_subject),
+        )
+
+    def subjects(self, subject_filter: Optional[str] = None) -> Dict[str, int]:
+        return {name: len(seqs) for name, seqs in self._by_subject.items() if _matches(subject_filter, name)}
+
+    def num_pending(self, start: int, subject_filter: Optional[str] = None, last_per_subject: bool = False) -> int:
+        if last_per_subject:
+            return sum(
+                1
+                for name, seqs in self._by_subject.items()
+                if _matches(subject_filter, name) and next(reversed(seqs)) >= start
+            )
+        if not subject_filter or subject_filter == ">":
+            if start <= self._first:
+                return len(self._index)
+            return sum(1 for seq in self._index if seq >= start)
+        return sum(
+            1
+            for name, seqs in self._by_subject.items()
+            if _matches(subject_filter, name)
+            for seq in seqs
+            if seq >= start
+        )
+
+    def deleted(self) -> List[int]:
+        if not self._index:
+            return []
+        return [seq for seq in range(self._first_seq(), self._last + 1) if seq not in self._index]
+
+    # -- the end ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write what is buffered, fsync, and let the files go."""
+        if self._closed:
+            return
+        self._write()
+        if self.health == "ok":
+            self._sync()
+        self._call_ready()
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._active = None
+        for segment in self._segments.values():
+            segment.close()
+
+    def destroy(self) -> None:
+        self.close()
+        for segment in list(self._segments.values()):
+            self._unlink(segment.path)
+        self._segments.clear()
+        self._index.clear()
+        self._by_subject.clear()
+        self._bytes = 0
+        try:
+            os.rmdir(self._path)
+        except OSError:
+            pass  # (the stream's own files are still in it)
+
+    def abandon(self) -> None:
+        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for segment in self._segments.values():
+            segment.close()
+
+
+def _state_body(state: ConsumerState, generation: int) -> bytes:
+    parts = [
+        _STATE.pack(
+            b"S", generation, state.delivered_consumer, state.delivered_stream,
+            state.ack_floor_consumer, state.ack_floor_stream, len(state.pending), len(state.redelivered),
+        )
+    ]
+    parts += [_PENDING.pack(seq, cseq, ts) for seq, (cseq, ts) in sorted(state.pending.items())]
+    parts += [_REDELIVERED.pack(seq, count) for seq, count in sorted(state.redelivered.items())]
+    return b"".join(parts)
+
+
+def _parse_state(body: bytes) -> Tuple[int, ConsumerState]:
+    """The generation and state of an C{S} record (ValueError if it does not add up)."""
+    if len(body) < _STATE.size:
+        raise ValueError("short state record")
+    _, generation, dc, ds, fc, fs, npending, nredelivered = _STATE.unpack_from(body, 0)
+    if len(body) != _STATE.size + npending * _PENDING.size + nredelivered * _REDELIVERED.size:
+        raise ValueError("state record of the wrong length")
+    pending: Dict[int, Tuple[int, int]] = {}
+    pos = _STATE.size
+    for _ in range(npending):
+        seq, cseq, ts = _PENDING.unpack_from(body, pos)
+        pending[seq] = (cseq, ts)
+        pos += _PENDING.size
+    redelivered: Dict[int, int] = {}
+    for _ in range(nredelivered):
+        seq, count = _REDELIVERED.unpack_from(body, pos)
+        redelivered[seq] = count
+        pos += _REDELIVERED.size
+    return generation, ConsumerState(dc, ds, fc, fs, pending, redelivered)
+
+
+class FileConsumerStore(_WriteState):
+    """
+    A L{eventsvc.jetstream.store.ConsumerStore} in C{directory}: a snapshot
+    (C{consumer.snap}, replaced atomically, with a generation number) and
+    a log (C{consumer.log}, whose first record names the generation it
+    follows; a log of another generation is stale and ignored).  Updates
+    are applied in memory at once and appended to the log with the group
+    commit; L{when_durable} callbacks run once they are written.  When the
+    log passes C{compact_size} (and four times the snapshot) a new
+    snapshot is written and the log begun again.  A write that fails is
+    retried (as a new snapshot) every L{RETRY_INTERVAL} seconds; the state
+    in memory stays, and so does the store's answer to L{load}.
+    """
+
+    def __init__(
+        self,
+        directory: FilePath,
+        clock: Optional[IReactorTime] = None,
+        sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
+        compact_size: int = COMPACT_SIZE,
+        disk: Optional[Disk] = None,
+    ) -> None:
+        """
+        Open (or begin) the state kept in C{directory}.
+
+        @raise StoreUnavailable: it cannot be read.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        self._directory = directory
+        self._snapshot = os.path.join(directory.path, "consumer.snap")
+        self._logpath = os.path.join(directory.path, "consumer.log")
+        self._compact_size = compact_size
+        self._memory = MemoryConsumerStore()
+        self._generation = 0
+        self._snapshot_size = 0
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._dirty = False
+        self._buffer = bytearray()
+        try:
+            os.makedirs(directory.path, exist_ok=True)
+            replayed = self._read()
+        except OSError as e:
+            raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
+        if replayed or self._fd is None:
+            try:
+                self._compact()
+            except OSError as e:
+                self._fail(e)
+
+    def _read(self) -> bool:
+        """Read the snapshot and replay the log; whether the log had records to fold in."""
+        try:
+            with open(self._snapshot, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        for start, end in _scan(data, SNAPSHOT_MAGIC, False):
+            if end < 0:
+                self.log.warn("consumer store {path}: the snapshot is damaged at bytes {start}-{end}; starting from the log", path=self._snapshot, start=start, end=-end)
+                continue
+            try:
+                self._generation, state = _parse_state(data[start + 8 : end])
+            except ValueError:
+                continue
+            self._memory.update(state)
+            self._snapshot_size = len(data)
+        try:
+            with open(self._logpath, "rb") as f:
+                log = f.read()
+        except FileNotFoundError:
+            return False
+        generation = None
+        replayed = 0
+        damage = []
+        for start, end in _scan(log, b"", False):
+            if end < 0:
+                damage.append((start, -end))
+                continue
+            body = log[start + 8 : end]
+            kind = body[:1]
+            if generation is None:
+                if kind == b"G" and len(body) == 9:
+                    generation = _SEQ.unpack_from(body, 1)[0]
+                    if generation != self._generation:
+                        self.log.info("consumer store {path}: stale log of generation {old} ignored", path=self._logpath, old=generation)
+                        return True
+                    continue
+                generation = -1
+            replayed += 1
+            self._apply(body)
+        if damage:
+            self.log.warn(
+                "consumer store {path}: skipped {what}; {count} readable records replayed",
+                path=self._logpath, what=_describe(damage, len(log)), count=replayed,
+            )
+        if not replayed and not damage and generation == self._generation:
+            self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+            self._size = len(log)
+            return False
+        return True
+
+    def _apply(self, body: bytes) -> None:
+        kind = body[:1]
+        try:
+            if kind == b"D" and len(body) == _DELIVERED.size:
+                _, cseq, sseq, count, ts = _DELIVERED.unpack(body)
+                self._memory.update_delivered(cseq, sseq, count, ts)
+            elif kind == b"A" and (len(body) - _ACKS.size) % 8 == 0:
+                _, fc, fs = _ACKS.unpack_from(body, 0)
+                acked = [_SEQ.unpack_from(body, p)[0] for p in range(_ACKS.size, len(body), 8)]
+                self._memory.update_acks(fc, fs, acked)
+            elif kind == b"S":
+                self._memory.update(_parse_state(body)[1])
+        except (ValueError, struct.error):
+            pass
+
+    # -- the state ----------------------------------------------------------
+
+    def load(self) -> ConsumerState:
+        return self._memory.load()
+
+    def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
+        self._memory.update_delivered(consumer_seq, stream_seq, delivery_count, ts)
+        self._append(_DELIVERED.pack(b"D", consumer_seq, stream_seq, delivery_count, ts))
+
+    def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
+        acked = list(acked)
+        self._memory.update_acks(floor_consumer, floor_stream, acked)
+        self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
+
+    def update(self, state: ConsumerState) -> None:
+        self._memory.update(state)
+        self._append(_state_body(self._memory.load(), self._generation))
+
+    def _append(self, body: bytes) -> None:
+        if self._closed:
+            raise StoreUnavailable("consumer store closed: {}".format(self._path))
+        self._buffer += _RECORD.pack(len(body), zlib.crc32(body))
+        self._buffer += body
+        if self.health == "ok":
+            self._schedule_flush()
+
+    # -- writing ------------------------------------------------------------
+
+    def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
+        """
+        As L{FileStore.when_durable}: C{errback} learns of a write that
+        failed (the state stays in memory and is written when the disk
+        takes it again, but it was not durable when asked).
+        """
+        if self.health != "ok" and errback is not None:
+            errback(self._refusal())
+        elif self._buffer or self._ready or self.health != "ok":
+            self._waiters.append((callback, errback))
+            self._schedule_flush()
+        else:
+            callback()
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self.health == "ok":
+            try:
+                self._write_or_raise()
+            except OSError as e:
+                self._fail(e)
+        self._call_ready()
+
+    def _write_or_raise(self) -> None:
+        if self._fd is None:
+            self._compact()
+            return
+        if self._buffer:
+            self._disk.write(self._fd, self._buffer)  # type: ignore[arg-type]
+            if self._sync_every is None:
+                self._disk.fsync(self._fd)
+            else:
+                self._dirty = True
+                self._schedule_sync()
+            self._size += len(self._buffer)
+            self._buffer = bytearray()
+        self._written()
+        if self._size > max(self._compact_size, 4 * self._snapshot_size):
+            self._compact()
+
+    def _compact(self) -> None:
+        """
+        Write the whole state as a new snapshot (atomically, fsynced), then
+        begin a new log that follows it.  A crash in between leaves a log of
+        the old generation, which the snapshot already holds: it is ignored.
+
+        @raise OSError: the disk cannot take it.
+        """
+        generation = self._generation + 1
+        snapshot = SNAPSHOT_MAGIC + _record(_state_body(self._memory.load(), generation))
+        write_atomic(self._snapshot, snapshot, disk=self._disk)
+        self._generation = generation
+        self._snapshot_size = len(snapshot)
+        self._buffer = bytearray()
+        self._written()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        write_atomic(self._logpath, _record(b"G" + _SEQ.pack(generation)), disk=self._disk)
+        self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        self._size = os.fstat(self._fd).st_size
+        self._dirty = False
+
+    def _fail(self, error: OSError) -> None:
+        """The log cannot be written: close it; the retry writes a new snapshot (the state is in memory)."""
+        if self._fd is not None:
+            try:
+                self._disk.truncate(self._fd, self._size)
+            except OSError:
+                pass
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        self._failed(error)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self._closed or self.health == "ok":
+            return
+        if not self._room():
+            self._schedule_retry()
+            return
+        try:
+            self._compact()
+        except OSError as e:
+            self._fail(e)
+            return
+        self._recovered()
+        self._call_ready()
+
+    def _periodic_sync(self) -> None:
+        self._sync_call = None
+        if self._dirty and self._fd is not None:
+            try:
+                self._disk.fsync(self._fd)
+            except OSError as e:
+                self._fail(e)
+                return
+            self._dirty = False
+
+    def close(self) -> None:
+        """Write what is buffered (and fsync it)."""
+        if self._closed:
+            return
+        try:
+            if self.health != "ok":
+                self._compact()
+            self._write_or_raise()
+            if self._dirty and self._fd is not None:
+                self._disk.fsync(self._fd)
+        except OSError as e:
+            self._fail(e)
+            self.log.error("consumer store {path}: closed with its last changes unwritten: {error}", path=self._path, error=self.error)
+        self._call_ready()
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def destroy(self) -> None:
+        self.close()
+        for path in (self._snapshot, self._logpath):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._memory = MemoryConsumerStore()
+        try:
+            os.rmdir(self._path)
+        except OSError:
+            pass
+
+    def abandon(self) -> None:
+        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
