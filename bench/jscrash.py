@@ -151,13 +151,14 @@ async def before_kill(url: str, messages: int, ledger: Ledger, killed: asyncio.E
         pass
 
 
-async def after_restart(url: str) -> Dict[str, List[int]]:
+async def after_restart(url: str) -> Dict[str, list]:
     """What the stream holds, and what the durable consumer delivers (acking each), once nothing more comes."""
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     nc = await nats.connect(url)
     js = nc.jetstream(timeout=10)
+    began = time.monotonic()
     info = await js.stream_info(STREAM)
     stored: List[int] = []
     reader = await js.pull_subscribe(SUBJECT, stream=STREAM, config=ConsumerConfig(
@@ -167,6 +168,7 @@ async def after_restart(url: str) -> Dict[str, List[int]]:
             stored += [int(m.data) for m in await reader.fetch(1000, timeout=2)]
         except Exception:
             break
+    read = time.monotonic() - began
     durable = await js.pull_subscribe(SUBJECT, durable=DURABLE, stream=STREAM)
     again: List[int] = []
     quiet_since = time.monotonic()
@@ -182,7 +184,7 @@ async def after_restart(url: str) -> Dict[str, List[int]]:
             await msg.ack()
     await nc.flush()
     await nc.close()
-    return {"stored": stored, "again": again}
+    return {"stored": stored, "again": again, "seconds": [read, time.monotonic() - began - read]}
 
 
 def drill_round(python: Optional[str], messages: int) -> str:
@@ -208,7 +210,9 @@ def drill_round(python: Optional[str], messages: int) -> str:
             return at
 
         at = asyncio.run(publish_and_kill())
+        restart = time.monotonic()
         server.start()
+        restart = time.monotonic() - restart
         seen = asyncio.run(after_restart(url))
     finally:
         server.stop()
@@ -221,10 +225,12 @@ def drill_round(python: Optional[str], messages: int) -> str:
     not_redelivered = (stored - ledger.acked - ledger.acking) - again
     duplicates = len(seen["stored"]) - len(stored)
     return ("killed at {:.1f}s: {:,} PubAcks, {:,} acks confirmed ({:,} + {:,} in flight); stored {:,} "
-            "(dup {:,}); redelivered {:,}: LOST {:,}  REDELIVERED-ACKED {:,}  NOT-REDELIVERED {:,}{}").format(
+            "(dup {:,}); redelivered {:,}: LOST {:,}  REDELIVERED-ACKED {:,}  NOT-REDELIVERED {:,}{}; "
+            "restart {:.1f}s, read {:.1f}s, redelivery {:.1f}s").format(
         at, len(ledger.published), len(ledger.acked), len(ledger.publishing), len(ledger.acking), len(stored),
         duplicates, len(again), len(lost), len(redelivered_acked), len(not_redelivered),
-        "" if not redelivered_acked else "  (e.g. {})".format(sorted(redelivered_acked)[:5]))
+        "" if not redelivered_acked else "  (e.g. {})".format(sorted(redelivered_acked)[:5]),
+        restart, *seen["seconds"])
 
 
 def main() -> None:
