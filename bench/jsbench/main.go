@@ -77,7 +77,9 @@ func run(url, mode string, n int, stream string, window, batch, size int, storag
 		}
 	case "async":
 		for i := 0; i < n; i++ {
-			if _, err := js.PublishAsync(subject, payload); err != nil {
+			// The window full, wait for room as long as a request may
+			// (nats.go gives up after 200 ms by default).
+			if _, err := js.PublishAsync(subject, payload, nats.StallWait(10*time.Second)); err != nil {
 				return count, time.Since(start).Seconds(), err
 			}
 		}
