@@ -441,16 +441,31 @@ class RouteManager(LinkManager):
         gateways = self.broker.gateways
         if gateways is not None:
             gateways.route_up(route)  # type: ignore[attr-defined]
-        if not route.solicited:
-            # Gossip: tell the others about the newcomer, so they dial it.
-            info = dict(route.remote_info)
-            info["ip"] = "nats-route://{}:{}/".format(route.host, info.get("port", 0))
-            line = self.info_line(info)
-            for other in self.routes.values():
-                if other is not route:
-                    other.send(line)
+        if len(self.routes) > 1:
+            self._forward(route)
         self.broker.flush()
         return True
+
+    def _forward(self, route: RouteConnection) -> None:
+        """
+        Gossip: tell our other routes of C{route}'s peer (its INFO, with
+        where to dial it as C{ip}), so they dial it (an implicit route).
+
+        As nats-server 2.9 (forwardNewRouteInfoToKnownServers), for every
+        route that registers, accepted I{or dialled}: were a dialled one
+        left out, a peer whose accepted route registered before it would
+        never hear of the one we dialled, and the mesh would stay open.
+        The C{ip} is the peer's own (its cluster advertise), else its
+        address on this connection and the cluster port it told us.
+        """
+        info = dict(route.remote_info)
+        info.pop("nonce", None)
+        if not isinstance(info.get("ip"), str) or not info["ip"]:
+            info["ip"] = "nats-route://{}:{}/".format(route.host, info.get("port", 0))
+        line = self.info_line(info)
+        for other in self.routes.values():
+            if other is not route:
+                other.send(line)
 
     def heard_of(self, info: Dict[str, Any]) -> None:
         """An implicit route: dial a server a peer told us about, unless we know it."""
