@@ -581,6 +581,46 @@ class ImplicitRouteTests(SynchronousTestCase):
         self.assertEqual((info["server_id"], info["ip"], info["port"]), ("NA", "nats-route://127.0.0.1:7001/", 7001))
         self.assertNotIn("nonce", info)
 
+    def test_crossed_duplicates_dial_again(self) -> None:
+        """
+        Two servers that heard of each other dial each other at once, and
+        each registers its own dial first, so each drops the route the
+        other kept: both routes end, and each dials the other again (as
+        nats-server's route retry), so the two end with one route.
+        """
+        mesh = Mesh("A", "B")
+        a, b = mesh.nodes["A"], mesh.nodes["B"]
+        a.manager.dial(mesh.url("B") + "/")
+        b.manager.dial(mesh.url("A") + "/")
+        a_to_b, b_to_a = mesh.answer()
+        # Each dialler hears the other's INFO first (and registers its own dial).
+        for pump in (a_to_b, b_to_a):
+            pump.client.dataReceived(pump.serverIO.getOutBuffer())
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        # Then each acceptor hears the dialler, before any close crosses the wire: both are duplicates.
+        for pump in (a_to_b, b_to_a):
+            pump.server.dataReceived(pump.clientIO.getOutBuffer())
+        mesh.settle()
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        sub = b.client()
+        sub.send(b"SUB news 1\r\n")
+        mesh.settle()
+        a.client().send(b"PUB news 2\r\nhi\r\n")
+        mesh.settle()
+        self.assertEqual(sub.received(), b"MSG news 1 2\r\nhi\r\n")
+
+    def test_a_configured_route_is_not_dialled_again_when_gossiped(self) -> None:
+        """A server told of a peer it is configured to dial leaves that to its configured route."""
+        mesh = Mesh("A", "B")
+        a = mesh.nodes["A"]
+        a.manager.add_route(mesh.url("B"))
+        a.clock.advance(0.1)
+        dials = len(a.clock.tcpClients)
+        a.manager.heard_of({"server_id": "NB", "host": "127.0.0.1", "port": 7002, "ip": "nats-route://127.0.0.1:7002/"})
+        self.assertEqual(len(a.clock.tcpClients), dials)
+        a.manager.heard_of({"server_id": "NC", "host": "127.0.0.1", "port": 7003, "ip": "nats-route://127.0.0.1:7003/"})
+        self.assertEqual(a.clock.tcpClients[-1][:2], ("127.0.0.1", 7003))
+
 
 class ClientURLTests(SynchronousTestCase):
     def test_urls(self) -> None:

@@ -48,6 +48,10 @@ class RouteConnection(PeerConnection):
         settings = manager.settings
         super().__init__(manager, settings.limits.ping_interval, RouteParser)
         self.solicited = solicited
+        #: A duplicate of this route was dropped: if it ends, dial its peer
+        #: again (nats-server's C{route.retry}: when two servers dial each
+        #: other and each keeps the other connection, both are closed).
+        self.retry = False
 
     @property
     def dialled(self) -> bool:
@@ -415,6 +419,7 @@ class RouteManager(LinkManager):
                 target.up()
         existing = self.routes.get(route.remote_id)
         if existing is not None and existing is not route and not existing.closed:
+            existing.retry = True
             return False
         self.routes[route.remote_id] = route
         route.registered = True
@@ -468,13 +473,28 @@ class RouteManager(LinkManager):
                 other.send(line)
 
     def heard_of(self, info: Dict[str, Any]) -> None:
-        """An implicit route: dial a server a peer told us about, unless we know it."""
+        """
+        An implicit route: dial a server a peer told us about (at its
+        C{ip}), unless it is us, we have a route to it, or it is one of
+        our configured routes (dialled already, and again when it drops),
+        as nats-server's processImplicitRoute.
+        """
         server_id = info.get("server_id", "")
         if not server_id or server_id == self.broker.server_id or server_id in self.routes:
             return
         url = info.get("ip") or "nats-route://{}:{}/".format(info.get("host", ""), info.get("port", 0))
+        if self._configured("{}:{}".format(info.get("host", ""), info.get("port", 0))) or self._configured(url):
+            return
         self.log.info("heard of {peer} at {url}: dialling it", peer=server_id, url=url)
         self.dial(url)
+
+    def _configured(self, url: str) -> bool:
+        """Whether C{url} names the host and port of a configured route."""
+        try:
+            address = host_port(url, "nats-route")
+        except ValueError:
+            return False
+        return any(target.address() == address for target in self.targets.values())
 
     def route_lost(self, route: RouteConnection, why: str) -> None:
         """A route ended: forget it, its client URLs and, when we dialled it, dial again."""
@@ -488,6 +508,19 @@ class RouteManager(LinkManager):
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
             if not self.settings.no_advertise:
                 self.broker.connect_urls.remove(route.remote_urls())
+            if route.retry and not (route.solicited and route.solicited in self.targets):
+                # Its duplicate was dropped here, so the peer may have
+                # dropped this one for ours: dial it again, after a random
+                # pause of up to 0.1s (as nats-server's reConnectToRoute),
+                # so that two servers doing the same do not cross again.
+                url = route.solicited or "nats-route://{}:{}/".format(route.host, route.remote_info.get("port", 0))
+                self.clock.callLater(0.1 * self.random.random(), self._redial, route.remote_id, url)
+
+    def _redial(self, server_id: str, url: str) -> None:
+        """Dial C{url} again (an implicit route lost to crossed duplicates), unless its server is back."""
+        if server_id not in self.routes:
+            self.log.info("route to {peer} lost to a duplicate: dialling {url} again", peer=server_id, url=url)
+            self.dial(url)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
         if not self.routes or (self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue)):
