@@ -621,6 +621,36 @@ class ImplicitRouteTests(SynchronousTestCase):
         a.manager.heard_of({"server_id": "NC", "host": "127.0.0.1", "port": 7003, "ip": "nats-route://127.0.0.1:7003/"})
         self.assertEqual(a.clock.tcpClients[-1][:2], ("127.0.0.1", 7003))
 
+    def test_configured_both_ways(self) -> None:
+        """
+        Two servers configured to dial each other keep one route: the dial
+        that finds the other already connected is not made again (it was,
+        every half second, each time dropped as a duplicate) until that
+        route ends; then it is, at once.
+        """
+        mesh = Mesh("A", "B")
+        a, b = mesh.nodes["A"], mesh.nodes["B"]
+        a_to_b, b_to_a = mesh.link("A", "B"), mesh.link("B", "A")
+        a_to_b.flush()
+        b_to_a.flush()  # a duplicate on both ends
+        for _ in range(30):
+            mesh.settle()
+            for node in (a, b):
+                node.clock.advance(1)
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        self.assertEqual((len(a.clock.tcpClients), len(b.clock.tcpClients)), (1, 1))
+        # The route A dialled ends: B dials A now, and messages cross again.
+        a.manager.routes["NB"].close(None, "gone")
+        mesh.settle()
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        self.assertEqual(len(b.clock.tcpClients), 2)
+        sub = a.client()
+        sub.send(b"SUB news 1\r\n")
+        mesh.settle()
+        b.client().send(b"PUB news 2\r\nhi\r\n")
+        mesh.settle()
+        self.assertEqual(sub.received(), b"MSG news 1 2\r\nhi\r\n")
+
 
 class ClientURLTests(SynchronousTestCase):
     def test_urls(self) -> None:

@@ -223,6 +223,9 @@ class RouteTarget(DialTarget):
     def __init__(self, url: str) -> None:
         super().__init__()
         self._url = url
+        #: The server this route's dial found connected by another route
+        #: (its dial was a duplicate): not dialled again until that ends.
+        self.parked_on = ""
 
     @property
     def url(self) -> str:
@@ -403,6 +406,14 @@ class RouteManager(LinkManager):
         self._dialling.add(url)
         self.dial_once(RouteTarget(url))
 
+    def redial_delay(self, target: DialTarget) -> Optional[float]:
+        """The backoff, or None (dial it no more for now) for a configured route whose server another route connects."""
+        if isinstance(target, RouteTarget) and target.parked_on:
+            if target.parked_on in self.routes:
+                return None
+            target.parked_on = ""
+        return super().redial_delay(target)
+
     def dial_failed(self, target: DialTarget, url: str, why: str) -> None:
         """A dial to C{url} failed: a configured route is dialled again later (with backoff), a gossiped one not."""
         super().dial_failed(target, url, why)
@@ -412,14 +423,20 @@ class RouteManager(LinkManager):
 
     def register(self, route: RouteConnection) -> bool:
         """A route said who it is: keep it unless we already have one to that server."""
+        target = self.targets.get(route.solicited) if route.solicited else None
         if route.solicited:
             self._dialling.discard(route.solicited)
-            target = self.targets.get(route.solicited)
             if target is not None:
                 target.up()
         existing = self.routes.get(route.remote_id)
         if existing is not None and existing is not route and not existing.closed:
             existing.retry = True
+            if target is not None:
+                # As nats-server (which does not reconnect a solicited
+                # route to a server it is connected to): dialled again
+                # when the route we keep ends, not every half second.
+                target.parked_on = route.remote_id
+                self.log.info("{target}: {peer} is connected by another route; dialling it again when that ends", target=target.label(), peer=route.remote_id)
             return False
         self.routes[route.remote_id] = route
         route.registered = True
@@ -508,7 +525,11 @@ class RouteManager(LinkManager):
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
             if not self.settings.no_advertise:
                 self.broker.connect_urls.remove(route.remote_urls())
-            if route.retry and not (route.solicited and route.solicited in self.targets):
+            parked = [t for t in self.targets.values() if t.parked_on == route.remote_id]
+            for target in parked:
+                target.parked_on = ""
+                self.keep_dialling(target)  # (again, if it stopped: see redial_delay)
+            if route.retry and not parked and not (route.solicited and route.solicited in self.targets):
                 # Its duplicate was dropped here, so the peer may have
                 # dropped this one for ours: dial it again, after a random
                 # pause of up to 0.1s (as nats-server's reConnectToRoute),
