@@ -529,7 +529,7 @@ class RouteManager(LinkManager):
             for target in parked:
                 target.parked_on = ""
                 self.keep_dialling(target)  # (again, if it stopped: see redial_delay)
-            if route.retry and not parked and not (route.solicited and route.solicited in self.targets):
+            if self.running and route.retry and not parked and not (route.solicited and route.solicited in self.targets):
                 # Its duplicate was dropped here, so the peer may have
                 # dropped this one for ours: dial it again, after a random
                 # pause of up to 0.1s (as nats-server's reConnectToRoute),
@@ -538,9 +538,9 @@ class RouteManager(LinkManager):
                 self.clock.callLater(0.1 * self.random.random(), self._redial, route.remote_id, url)
 
     def _redial(self, server_id: str, url: str) -> None:
-        """Dial C{url} again (an implicit route lost to crossed duplicates), unless its server is back."""
+        """Dial C{url} once more (an implicit route that had a duplicate dropped), unless its server is back."""
         if server_id not in self.routes:
-            self.log.info("route to {peer} lost to a duplicate: dialling {url} again", peer=server_id, url=url)
+            self.log.info("route to {peer} had a duplicate dropped: dialling {url} once more", peer=server_id, url=url)
             self.dial(url)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
