@@ -473,6 +473,185 @@ class ConnectURLTests(SynchronousTestCase):
         self.assertNotIn("connect_urls", self.greeting(self.a))
 
 
+class Mesh:
+    """
+    Nodes whose dials (configured or heard of by gossip) are answered in
+    memory, each link by its own iosim pump, so a test says in which order
+    the links' handshakes complete.
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.nodes = {}
+        for i, name in enumerate(names):
+            node = self.nodes[name] = Node(name)
+            node.manager.port = 7001 + i  # (what its route INFO tells, and where gossip points)
+        self.pumps = []
+
+    def url(self, name: str) -> str:
+        """Where C{name} is dialled."""
+        return "nats-route://127.0.0.1:{}".format(self.nodes[name].manager.port)
+
+    def answer(self) -> list:
+        """Connect every dial under way, exchanging no byte yet: the new links' pumps."""
+        new = []
+        for node in self.nodes.values():
+            node.clock.advance(0.1)  # (a ClientService dials on the next turn)
+            for host, port, factory in [entry[:3] for entry in node.clock.tcpClients]:
+                if getattr(factory, "answered", False):
+                    continue
+                factory.answered = True
+                acceptor = next(n for n in self.nodes.values() if n.manager.port == port)
+                outer, server = factory.buildProtocol(None), acceptor.manager.accepted()
+                new.append(connect(
+                    server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000 + len(self.pumps) + len(new))),
+                    outer, FakeTransport(outer, False, peerAddress=IPv4Address("TCP", host, port)),
+                    greet=False,
+                ))
+        self.pumps.extend(new)
+        return new
+
+    def link(self, dialer: str, acceptor: str):
+        """A configured route from C{dialer} to C{acceptor}, connected but no handshake yet: its pump."""
+        self.nodes[dialer].manager.add_route(self.url(acceptor))
+        [pump] = self.answer()
+        return pump
+
+    def settle(self) -> None:
+        """Exchange everything and answer every dial, until nothing new is dialled."""
+        for _ in range(10):
+            for pump in self.pumps:
+                pump.flush()
+            if not self.answer():
+                return
+        raise AssertionError("the mesh keeps dialling")
+
+
+class ImplicitRouteTests(SynchronousTestCase):
+    """
+    A mesh of three forms whatever order its routes come up in, as with
+    nats-server 2.9 (route.go: processRouteInfo, forwardNewRouteInfoToKnownServers,
+    processImplicitRoute): a server that registers a route, accepted or
+    dialled, forwards that peer's INFO (with C{ip}) to its other routes, and
+    a server told of one it has no route to dials it.
+    """
+
+    def check_mesh(self, links: list, order: tuple) -> None:
+        mesh = Mesh("A", "B", "E")
+        pumps = [mesh.link(dialer, acceptor) for dialer, acceptor in links]
+        for i in order:
+            pumps[i].flush()  # this link's handshake is done: both ends register it
+        mesh.settle()
+        for name, node in mesh.nodes.items():
+            self.assertEqual(sorted(node.manager.routes), sorted("N" + other for other in mesh.nodes if other != name), (name, links, order))
+        # What a user sees: a message crosses between the two that were not configured to meet.
+        ends = [name for name in mesh.nodes if sum(name in link for link in links) == 1]
+        sub = mesh.nodes[ends[0]].client()
+        sub.send(b"SUB news 1\r\n")
+        mesh.settle()
+        mesh.nodes[ends[1]].client().send(b"PUB news 5\r\nhello\r\n")
+        mesh.settle()
+        self.assertEqual(sub.received(), b"MSG news 1 5\r\nhello\r\n", (links, order))
+
+    def test_chain(self) -> None:
+        """E dials A and B dials E (the interop test's mesh): B's route may come up on E before E's own to A."""
+        for order in ((0, 1), (1, 0)):
+            self.check_mesh([("E", "A"), ("B", "E")], order)
+
+    def test_one_seed_dialled(self) -> None:
+        """A and B both dial E."""
+        for order in ((0, 1), (1, 0)):
+            self.check_mesh([("A", "E"), ("B", "E")], order)
+
+    def test_seed_dials_both(self) -> None:
+        """E dials A and B."""
+        for order in ((0, 1), (1, 0)):
+            self.check_mesh([("E", "A"), ("E", "B")], order)
+
+    def test_forwarded_info_names_where_to_dial(self) -> None:
+        """The INFO forwarded for a dialled route carries its C{ip} (its address and cluster port) and no nonce."""
+        mesh = Mesh("A", "B", "E")
+        accepted, dialled = mesh.link("B", "E"), mesh.link("E", "A")
+        accepted.flush()
+        sent = []
+        to_b = mesh.nodes["E"].manager.routes["NB"]
+        original = to_b.transport.write
+        to_b.transport.write = lambda data: (sent.append(data), original(data))
+        dialled.flush()
+        [info] = infos(b"".join(sent))
+        self.assertEqual((info["server_id"], info["ip"], info["port"]), ("NA", "nats-route://127.0.0.1:7001/", 7001))
+        self.assertNotIn("nonce", info)
+
+    def test_crossed_duplicates_dial_again(self) -> None:
+        """
+        Two servers that heard of each other dial each other at once, and
+        each registers its own dial first, so each drops the route the
+        other kept: both routes end, and each dials the other again (as
+        nats-server's route retry), so the two end with one route.
+        """
+        mesh = Mesh("A", "B")
+        a, b = mesh.nodes["A"], mesh.nodes["B"]
+        a.manager.dial(mesh.url("B") + "/")
+        b.manager.dial(mesh.url("A") + "/")
+        a_to_b, b_to_a = mesh.answer()
+        # Each dialler hears the other's INFO first (and registers its own dial).
+        for pump in (a_to_b, b_to_a):
+            pump.client.dataReceived(pump.serverIO.getOutBuffer())
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        # Then each acceptor hears the dialler, before any close crosses the wire: both are duplicates.
+        for pump in (a_to_b, b_to_a):
+            pump.server.dataReceived(pump.clientIO.getOutBuffer())
+        mesh.settle()
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        sub = b.client()
+        sub.send(b"SUB news 1\r\n")
+        mesh.settle()
+        a.client().send(b"PUB news 2\r\nhi\r\n")
+        mesh.settle()
+        self.assertEqual(sub.received(), b"MSG news 1 2\r\nhi\r\n")
+
+    def test_a_configured_route_is_not_dialled_again_when_gossiped(self) -> None:
+        """A server told of a peer it is configured to dial leaves that to its configured route."""
+        mesh = Mesh("A", "B")
+        a = mesh.nodes["A"]
+        a.manager.add_route(mesh.url("B"))
+        a.clock.advance(0.1)
+        dials = len(a.clock.tcpClients)
+        a.manager.heard_of({"server_id": "NB", "host": "127.0.0.1", "port": 7002, "ip": "nats-route://127.0.0.1:7002/"})
+        self.assertEqual(len(a.clock.tcpClients), dials)
+        a.manager.heard_of({"server_id": "NC", "host": "127.0.0.1", "port": 7003, "ip": "nats-route://127.0.0.1:7003/"})
+        self.assertEqual(a.clock.tcpClients[-1][:2], ("127.0.0.1", 7003))
+
+    def test_configured_both_ways(self) -> None:
+        """
+        Two servers configured to dial each other keep one route: the dial
+        that finds the other already connected is not made again (it was,
+        every half second, each time dropped as a duplicate) until that
+        route ends; then it is, at once.
+        """
+        mesh = Mesh("A", "B")
+        a, b = mesh.nodes["A"], mesh.nodes["B"]
+        a_to_b, b_to_a = mesh.link("A", "B"), mesh.link("B", "A")
+        a_to_b.flush()
+        b_to_a.flush()  # a duplicate on both ends
+        for _ in range(30):
+            mesh.settle()
+            for node in (a, b):
+                node.clock.advance(1)
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        self.assertEqual((len(a.clock.tcpClients), len(b.clock.tcpClients)), (1, 1))
+        # The route A dialled ends: B dials A now, and messages cross again.
+        a.manager.routes["NB"].close(None, "gone")
+        mesh.settle()
+        self.assertEqual((list(a.manager.routes), list(b.manager.routes)), (["NB"], ["NA"]))
+        self.assertEqual(len(b.clock.tcpClients), 2)
+        sub = a.client()
+        sub.send(b"SUB news 1\r\n")
+        mesh.settle()
+        b.client().send(b"PUB news 2\r\nhi\r\n")
+        mesh.settle()
+        self.assertEqual(sub.received(), b"MSG news 1 2\r\nhi\r\n")
+
+
 class ClientURLTests(SynchronousTestCase):
     def test_urls(self) -> None:
         from eventsvc.nats.advertise import client_urls

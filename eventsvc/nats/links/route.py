@@ -48,6 +48,10 @@ class RouteConnection(PeerConnection):
         settings = manager.settings
         super().__init__(manager, settings.limits.ping_interval, RouteParser)
         self.solicited = solicited
+        #: A duplicate of this route was dropped: if it ends, dial its peer
+        #: again (nats-server's C{route.retry}: when two servers dial each
+        #: other and each keeps the other connection, both are closed).
+        self.retry = False
 
     @property
     def dialled(self) -> bool:
@@ -219,6 +223,9 @@ class RouteTarget(DialTarget):
     def __init__(self, url: str) -> None:
         super().__init__()
         self._url = url
+        #: The server this route's dial found connected by another route
+        #: (its dial was a duplicate): not dialled again until that ends.
+        self.parked_on = ""
 
     @property
     def url(self) -> str:
@@ -399,6 +406,14 @@ class RouteManager(LinkManager):
         self._dialling.add(url)
         self.dial_once(RouteTarget(url))
 
+    def redial_delay(self, target: DialTarget) -> Optional[float]:
+        """The backoff, or None (dial it no more for now) for a configured route whose server another route connects."""
+        if isinstance(target, RouteTarget) and target.parked_on:
+            if target.parked_on in self.routes:
+                return None
+            target.parked_on = ""
+        return super().redial_delay(target)
+
     def dial_failed(self, target: DialTarget, url: str, why: str) -> None:
         """A dial to C{url} failed: a configured route is dialled again later (with backoff), a gossiped one not."""
         super().dial_failed(target, url, why)
@@ -408,13 +423,20 @@ class RouteManager(LinkManager):
 
     def register(self, route: RouteConnection) -> bool:
         """A route said who it is: keep it unless we already have one to that server."""
+        target = self.targets.get(route.solicited) if route.solicited else None
         if route.solicited:
             self._dialling.discard(route.solicited)
-            target = self.targets.get(route.solicited)
             if target is not None:
                 target.up()
         existing = self.routes.get(route.remote_id)
         if existing is not None and existing is not route and not existing.closed:
+            existing.retry = True
+            if target is not None:
+                # As nats-server (which does not reconnect a solicited
+                # route to a server it is connected to): dialled again
+                # when the route we keep ends, not every half second.
+                target.parked_on = route.remote_id
+                self.log.info("{target}: {peer} is connected by another route; dialling it again when that ends", target=target.label(), peer=route.remote_id)
             return False
         self.routes[route.remote_id] = route
         route.registered = True
@@ -441,25 +463,55 @@ class RouteManager(LinkManager):
         gateways = self.broker.gateways
         if gateways is not None:
             gateways.route_up(route)  # type: ignore[attr-defined]
-        if not route.solicited:
-            # Gossip: tell the others about the newcomer, so they dial it.
-            info = dict(route.remote_info)
-            info["ip"] = "nats-route://{}:{}/".format(route.host, info.get("port", 0))
-            line = self.info_line(info)
-            for other in self.routes.values():
-                if other is not route:
-                    other.send(line)
+        if len(self.routes) > 1:
+            self._forward(route)
         self.broker.flush()
         return True
 
+    def _forward(self, route: RouteConnection) -> None:
+        """
+        Gossip: tell our other routes of C{route}'s peer (its INFO, with
+        where to dial it as C{ip}), so they dial it (an implicit route).
+
+        As nats-server 2.9 (forwardNewRouteInfoToKnownServers), for every
+        route that registers, accepted I{or dialled}: were a dialled one
+        left out, a peer whose accepted route registered before it would
+        never hear of the one we dialled, and the mesh would stay open.
+        The C{ip} is the peer's own (its cluster advertise), else its
+        address on this connection and the cluster port it told us.
+        """
+        info = dict(route.remote_info)
+        info.pop("nonce", None)
+        if not isinstance(info.get("ip"), str) or not info["ip"]:
+            info["ip"] = "nats-route://{}:{}/".format(route.host, info.get("port", 0))
+        line = self.info_line(info)
+        for other in self.routes.values():
+            if other is not route:
+                other.send(line)
+
     def heard_of(self, info: Dict[str, Any]) -> None:
-        """An implicit route: dial a server a peer told us about, unless we know it."""
+        """
+        An implicit route: dial a server a peer told us about (at its
+        C{ip}), unless it is us, we have a route to it, or it is one of
+        our configured routes (dialled already, and again when it drops),
+        as nats-server's processImplicitRoute.
+        """
         server_id = info.get("server_id", "")
         if not server_id or server_id == self.broker.server_id or server_id in self.routes:
             return
         url = info.get("ip") or "nats-route://{}:{}/".format(info.get("host", ""), info.get("port", 0))
+        if self._configured("{}:{}".format(info.get("host", ""), info.get("port", 0))) or self._configured(url):
+            return
         self.log.info("heard of {peer} at {url}: dialling it", peer=server_id, url=url)
         self.dial(url)
+
+    def _configured(self, url: str) -> bool:
+        """Whether C{url} names the host and port of a configured route."""
+        try:
+            address = host_port(url, "nats-route")
+        except ValueError:
+            return False
+        return any(target.address() == address for target in self.targets.values())
 
     def route_lost(self, route: RouteConnection, why: str) -> None:
         """A route ended: forget it, its client URLs and, when we dialled it, dial again."""
@@ -473,6 +525,23 @@ class RouteManager(LinkManager):
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
             if not self.settings.no_advertise:
                 self.broker.connect_urls.remove(route.remote_urls())
+            parked = [t for t in self.targets.values() if t.parked_on == route.remote_id]
+            for target in parked:
+                target.parked_on = ""
+                self.keep_dialling(target)  # (again, if it stopped: see redial_delay)
+            if self.running and route.retry and not parked and not (route.solicited and route.solicited in self.targets):
+                # Its duplicate was dropped here, so the peer may have
+                # dropped this one for ours: dial it again, after a random
+                # pause of up to 0.1s (as nats-server's reConnectToRoute),
+                # so that two servers doing the same do not cross again.
+                url = route.solicited or "nats-route://{}:{}/".format(route.host, route.remote_info.get("port", 0))
+                self.clock.callLater(0.1 * self.random.random(), self._redial, route.remote_id, url)
+
+    def _redial(self, server_id: str, url: str) -> None:
+        """Dial C{url} once more (an implicit route that had a duplicate dropped), unless its server is back."""
+        if server_id not in self.routes:
+            self.log.info("route to {peer} had a duplicate dropped: dialling {url} once more", peer=server_id, url=url)
+            self.dial(url)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
         if not self.routes or (self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue)):
