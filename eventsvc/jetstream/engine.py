@@ -17,7 +17,8 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from eventsvc.files import FileLock, Locked
-from eventsvc.jetstream import api, errors
+from eventsvc.jetstream import api, errors, limits
+from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
 from eventsvc.jetstream.wire import now_ns
@@ -38,6 +39,8 @@ class JetStreamSettings(NamedTuple):
     domain: str = ""
     #: Seconds between file store syncs; 0: sync every write ("always").
     sync_interval: float = 120.0
+    #: The account's limits ([jetstream] max_streams...).
+    limits: AccountLimits = AccountLimits()
 
 
 class JetStream:
@@ -217,8 +220,10 @@ class JetStream:
 
         @raise ApiError: as nats-server refuses it.
         """
+        limits.check_new_stream(self.settings.limits, raw, len(self.streams))
         self._check_reservation(raw)
         config = check_config(raw)
+        limits.check_max_bytes(self.settings.limits, config)
         if config["num_replicas"] > 1:
             raise replicas_error()
         existing = self.streams.get(config["name"])
@@ -246,6 +251,7 @@ class JetStream:
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
         """STREAM.UPDATE with a checked configuration.  @raise ApiError: refused."""
+        limits.check_max_bytes(self.settings.limits, config)
         new = check_update(stream.config, config)
         if new["num_replicas"] > 1:
             raise replicas_error()
@@ -346,11 +352,7 @@ class JetStream:
             "storage": self.usage("file"),
             "streams": len(self.streams),
             "consumers": consumers,
-            "limits": {
-                "max_memory": -1, "max_storage": -1, "max_streams": -1, "max_consumers": -1,
-                "max_ack_pending": -1, "memory_max_stream_bytes": -1, "storage_max_stream_bytes": -1,
-                "max_bytes_required": False,
-            },
+            "limits": self.settings.limits.as_json(),
         }
         if self.settings.domain:
             info["domain"] = self.settings.domain
