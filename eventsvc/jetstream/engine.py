@@ -311,7 +311,8 @@ class JetStream:
     def near_limit(self, storage: str, room: int) -> bool:
         """Whether C{storage} has less than C{room} bytes left before its limit (streams then count every message)."""
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
-        return limit >= 0 and self.usage(storage) + room >= limit
+        cap = limits.stream_bytes_cap(self.settings.limits, storage)
+        return (limit >= 0 and self.usage(storage) + room >= limit) or (cap > 0 and self.usage(storage) + room >= cap)
 
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""

@@ -78,6 +78,11 @@ def check_max_bytes(limits: AccountLimits, config: Dict[str, Any]) -> None:
         raise errors.STREAM_MAX_STREAM_BYTES_EXCEEDED()
 
 
+def stream_bytes_cap(limits: AccountLimits, storage: str) -> int:
+    """memory_max_stream_bytes or storage_max_stream_bytes, for C{storage} ("memory" or "file")."""
+    return limits.memory_max_stream_bytes if storage == "memory" else limits.storage_max_stream_bytes
+
+
 def default_max_ack_pending(limits: AccountLimits, default: int) -> int:
     """The max_ack_pending of a consumer that acks and says none: C{default}, or the account's if smaller."""
     if 0 < limits.max_ack_pending < default:

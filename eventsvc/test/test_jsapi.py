@@ -307,6 +307,22 @@ class AccountLimitsTests(TestCase):
             "consumer_create_response", 400, 10121, "consumer max ack pending exceeds system limit of 100"))
         self.assertEqual(set(self.api.js.streams["x"].consumers), {"d1"})
 
+    def test_publish_past_the_cap_is_refused(self) -> None:
+        """As nats-server: the account's whole usage is compared with the per-stream cap."""
+        api = Api(JetStreamSettings(store_dir=os.path.abspath(self.mktemp()), limits=AccountLimits(storage_max_stream_bytes=150)))
+        self.addCleanup(api.js.stop)
+        api.ask("$JS.API.STREAM.CREATE.x", b'{"name":"x","subjects":["x"]}')
+        # As the file store counts them (22 + subject + payload + 8): 81, then 81 more would be
+        # 162 > 150: refused; 41 more is 122; 32 more would be 154.  nats-server stores a refused
+        # message, looks and takes it back: its sequence is used (seq 3, 2 deleted), as here.
+        refused = b'{"error":{"code":400,"err_code":10002,"description":"resource limits exceeded for account"},"stream":"x","seq":0}'
+        # (A file store's PubAck waits for its write: only the refusals are answered at once.)
+        answers = [api.ask("x", payload) for payload in (b"a" * 50, b"a" * 50, b"a" * 10, b"a")]
+        self.assertEqual(answers, [None, refused, None, refused])
+        self.assertEqual(json.loads(api.ask("$JS.API.INFO"))["storage"], 122)
+        state = json.loads(api.ask("$JS.API.STREAM.INFO.x"))["state"]
+        self.assertEqual((state["messages"], state["bytes"], state["first_seq"], state["last_seq"], state["num_deleted"]), (2, 122, 1, 4, 2))
+
     def test_no_limits_written(self) -> None:
         """0 and -1 are no limit, as in nats-server."""
         api = Api(JetStreamSettings(limits=AccountLimits(max_streams=0, max_consumers=0, max_ack_pending=0,
