@@ -330,6 +330,13 @@ def dispatch(engine: "JetStream", subject: str, reply: Optional[str], payload: b
         answer = {"error": e.as_json()}
         answer.update(ERROR_TAILS.get(verb, {}))
         failed = True
+    except RecursionError:
+        # JSON nested deeper than Python's decoder goes (about a thousand
+        # levels; Go's stops at ten thousand): invalid JSON, as nats-server
+        # answers a request too deep for it, not an internal error.
+        answer = {"error": errors.INVALID_J_S_O_N_ERR().as_json()}
+        answer.update(ERROR_TAILS.get(verb, {}))
+        failed = True
     except Exception:
         log.failure("JetStream API request on {subject} failed", subject=subject)
         answer = {"error": errors.STREAM_GENERAL_ERROR_F(err="internal error").as_json()}

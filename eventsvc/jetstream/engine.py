@@ -25,6 +25,9 @@ from eventsvc.jetstream.wire import now_ns
 #: Bytes a stream without max_bytes reserves: nats-server's checkBytesLimits counts it as 1.
 _UNLIMITED_RESERVATION = 1
 
+#: The lock file in store_dir that one process holds while it runs.
+LOCK_FILE = "jetstream.lock"
+
 
 class JetStreamSettings(NamedTuple):
     """What [jetstream] says, resolved."""
@@ -79,7 +82,9 @@ class JetStream:
         """
         if self.settings.store_dir:
             os.makedirs(os.path.join(self.settings.store_dir, "streams"), exist_ok=True)
-            self._lock = FileLock(os.path.join(self.settings.store_dir, "eventsvc.lock"))
+            # Not eventsvc.lock: that is [service] data_dir's, and a store_dir
+            # that is the data_dir would lock this process out by itself.
+            self._lock = FileLock(os.path.join(self.settings.store_dir, LOCK_FILE))
             self._lock.acquire()
             self._restore()
         broker = self.broker
