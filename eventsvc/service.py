@@ -107,7 +107,7 @@ class EventService(MultiService):
         """
         Whether this process is fit to serve, and why not: running (not
         starting, in lame duck mode or shutting down) and every configured
-        route up, and the event store taking writes.  /healthz and C{eventsvc
+        route up, and the event store and JetStream's stores taking writes.  /healthz and C{eventsvc
         health-check} both report this.
         """
         if self.state != "running":
@@ -116,6 +116,10 @@ class EventService(MultiService):
         if store is not None and store["state"] != "ok":
             # ("store full: no space left on device in <data_dir>"): delivering, not accepting.
             return False, store["error"]
+        refused = self.jetstream.health() if self.jetstream is not None else None
+        if refused:
+            # ("JetStream store full (stream F): no space left on device in …"): reading on, refusing publishes.
+            return False, refused
         cluster = self._named("cluster")
         if cluster is not None:
             up = {r.solicited for r in cluster.routes.values() if r.solicited}

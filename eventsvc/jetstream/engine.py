@@ -273,6 +273,20 @@ class JetStream:
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
         return limit >= 0 and self.usage(storage) >= limit
 
+    def health(self) -> Optional[str]:
+        """
+        Why JetStream cannot take writes, for /healthz: the first stream
+        whose store refuses them (a full disk, a failing one), or None.
+        The stream still delivers and reads meanwhile.
+        """
+        for name in sorted(self.streams):
+            store = self.streams[name].store
+            state = getattr(store, "health", "ok")
+            if state != "ok":
+                what = "store full" if state == "full" else "store cannot write"
+                return "JetStream {} (stream {}): {}".format(what, name, getattr(store, "error", None) or state)
+        return None
+
     def count_api(self, failed: bool) -> None:
         """One API request answered (an error too, if C{failed})."""
         self.api_total += 1

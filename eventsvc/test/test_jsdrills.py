@@ -309,3 +309,115 @@ class HostileRequestTests(TestCase):
         "defect: stream.py check_config compares every subject with every other (subjects_collide, quadratic: "
         "2,000 subjects hold the reactor ~5 s, 100,000 for hours); only pairs with a wildcard can collide "
         "once duplicates are refused, and engine._check_overlap is quadratic across streams too")
+
+
+# -- drill 6: a redelivery storm --------------------------------------------------
+
+
+class RedeliveryStormTests(TestCase):
+    """
+    ack_wait 1 ms, max_deliver -1 and thousands of messages never acked:
+    the reactor must get back to its other clients between redeliveries.
+    Measured on a real twistd (5,000 messages, push consumer, nats-py):
+    PING round trips p50 164 ms, p99 411 ms, 73,000 deliveries in 10 s;
+    nats-server -js: p50 18-27 ms, p99 113-120 ms, 1,000,000 deliveries.
+    """
+
+    def test_each_reactor_turn_has_a_budget(self) -> None:
+        api = Api()
+        api.stream("S", subjects=["s.>"])
+        for i in range(5000):
+            api.broker.publish("s.x", b"x" * 100)
+        got = api.listen("deliver.s")
+        api.durable("S", "storm", deliver_subject="deliver.s", ack_policy="explicit", ack_wait=1_000_000,
+                    max_deliver=-1, max_ack_pending=10_000)
+        run_timers(api.clock, 0)
+        first = len(got)
+        self.assertGreater(first, 0)
+        largest = 0
+        for i in range(20):
+            before = len(got)
+            started = time.monotonic()
+            call = min(api.clock.getDelayedCalls(), key=lambda c: c.getTime())
+            run_timers(api.clock, max(call.getTime() - api.clock.seconds(), 0), limit=1)
+            largest = max(largest, len(got) - before)
+            self.assertLess(time.monotonic() - started, 0.1, "one timer call held the reactor")
+        self.assertGreater(len(got), first, "nothing was redelivered")
+        self.assertLessEqual(largest, 1000, "one timer call redelivered {} messages".format(largest))
+
+    test_each_reactor_turn_has_a_budget.skip = (  # type: ignore[attr-defined]
+        "defect: consumer.py _check_pending queues every expired message and _deliver sends the whole redelivery "
+        "queue in one reactor turn (5,000 messages, ~150 ms), with no per-turn budget and no callLater(0) for the rest")
+
+
+# -- drill 4: a full disk under store_dir ------------------------------------------------
+
+
+class FullDiskTests(TestCase):
+    """
+    Measured on a real twistd with store_dir on a 2 MiB tmpfs (max_file_store
+    "1G" so that the disk, not the limit, is what fills): 827 PubAcks, then
+    refusals {"code":503,"err_code":10023,"description":"insufficient
+    resources"} as nats-server's; the store writable again within a second
+    of room coming back (49 of the next 50 acked); after a restart all 876
+    acknowledged messages there.  Two defects, below.
+    """
+
+    def setUp(self) -> None:
+        from eventsvc.test.test_jsstore import FakeDisk
+
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.api = Api(JetStreamSettings(store_dir=self.folder))
+        self.addCleanup(self.api.js.stop)
+        self.api.ask("$JS.API.STREAM.CREATE.F", {"name": "F", "subjects": ["f.>"]})
+        store = self.api.js.streams["F"].store
+        self.disk = FakeDisk(self.folder)
+        store._disk = self.disk  # type: ignore[attr-defined]
+
+    def test_the_publish_whose_write_fails_is_answered(self) -> None:
+        """
+        The publisher whose message was in the write that hit ENOSPC got no
+        answer at all (nats-py: TimeoutError after 5 s), where the next ones
+        get 503 insufficient resources.
+        """
+        import errno
+
+        got = self.api.listen("_P.>")
+        self.api.broker.publish("f.x", b"1", "_P.1")
+        run_timers(self.api.clock, 0.01)
+        self.assertEqual(json.loads(got[0][2]), {"stream": "F", "seq": 1})
+        self.disk.error = errno.ENOSPC
+        self.api.broker.publish("f.x", b"2", "_P.2")
+        run_timers(self.api.clock, 0.01)
+        answers = {s: json.loads(p) for s, h, p in got}
+        self.assertEqual(answers.get("_P.2", {}).get("error"),
+                         {"code": 503, "err_code": 10023, "description": "insufficient resources"})
+
+    test_the_publish_whose_write_fails_is_answered.skip = (  # type: ignore[attr-defined]
+        "defect: stream.py process_publish calls store.when_durable(lambda: self._ack(reply, seq)) with no errback, "
+        "so the publish in the failed write is never answered (the store's errback exists for this)")
+
+    def test_health_says_so_and_recovers(self) -> None:
+        """
+        /healthz said "ok" all through a full disk (service.health asked the
+        event store only); it now names the stream whose store refuses
+        writes, and is well again once the store writes.
+        """
+        import errno
+
+        got = self.api.listen("_P.>")
+        self.assertIsNone(self.api.js.health())
+        self.disk.error = errno.ENOSPC
+        self.api.broker.publish("f.x", b"lost", "_P.1")
+        run_timers(self.api.clock, 0.01)
+        reason = self.api.js.health()
+        self.assertRegex(reason or "", r"^JetStream store full \(stream F\): ")
+        self.api.broker.publish("f.x", b"refused", "_P.2")
+        self.assertEqual(json.loads(got[-1][2])["error"]["err_code"], 10023)
+        self.disk.error = None
+        run_timers(self.api.clock, 1.5)
+        self.assertIsNone(self.api.js.health())
+        self.api.broker.publish("f.x", b"3", "_P.3")
+        run_timers(self.api.clock, 0.01)
+        self.assertEqual(json.loads(got[-1][2]), {"stream": "F", "seq": 1})
