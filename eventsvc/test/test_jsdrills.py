@@ -140,6 +140,47 @@ class StoreDirLockTests(TestCase):
         self.engine(self.folder).start()
 
 
+class StoreDirProcessTests(TestCase):
+    """Two real twistd processes on one store_dir: the second exits with one line, the first serves on."""
+
+    timeout = 60
+
+    def test_second_process_exits_with_one_line(self) -> Any:
+        import subprocess
+
+        from twisted.internet import threads
+
+        from eventsvc.test import process
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        store = os.path.join(folder, "js")
+        configs = [
+            process.write_config(os.path.join(folder, "%s.toml" % name), (
+                '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "%s"\n[jetstream]\nstore_dir = "%s"\n'
+            ) % (os.path.join(folder, name), store))
+            for name in ("a", "b")
+        ]
+        first = process.eventsvc(configs[0])
+
+        def second(port: int) -> Any:
+            argv = [process.require("twistd"), "-n", "--pidfile=", "eventsvc", "--config", configs[1]]
+            return threads.deferToThread(subprocess.run, argv, capture_output=True, text=True, timeout=40,
+                                         env=process.child_env(), stdin=subprocess.DEVNULL)
+
+        def check(done: "subprocess.CompletedProcess[str]") -> None:
+            self.assertNotEqual(done.returncode, 0)
+            lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("eventsvc: ")]
+            self.assertEqual(len(lines), 1, done.stdout + done.stderr)
+            assert first.process is not None
+            self.assertEqual(lines[0], "eventsvc: {} ([jetstream] store_dir) is in use by another eventsvc process "
+                                       "(PID {}); stop it, or give this one its own store_dir".format(store, first.process.pid))
+            self.assertIsNone(first.process.poll())
+            self.assertFalse(os.path.exists(os.path.join(folder, "b", "jetstream")))
+
+        return process.started(self, first).addCallback(second).addCallback(check)
+
+
 # -- drill 3: a [jetstream] section half written -------------------------------------------
 
 
