@@ -349,7 +349,12 @@ class JetStream:
         stream = self.streams.get(tokens[2])
         consumer = stream.consumers.get(tokens[3]) if stream is not None else None
         if consumer is not None:
-            consumer.ack(subject, reply, payload)
+            try:
+                consumer.ack(subject, reply, payload)
+            except RecursionError:
+                # "+NXT" with JSON nested past the decoder's depth: dropped, as
+                # nats-server drops an ack it cannot read (no traceback per message).
+                pass
 
 
 def _has_wildcard(subject: str) -> bool:

@@ -242,6 +242,19 @@ class HostileRequestTests(TestCase):
                                  {"code": 400, "err_code": 10025, "description": "invalid JSON"}, verb)
         self.assertEqual(self.flushLoggedErrors(RecursionError), [])
 
+    def test_deeply_nested_pull_request_and_ack(self) -> None:
+        """MSG.NEXT answers a 400 status, as its other bad requests; a +NXT ack is dropped; no traceback either way."""
+        api = self.api
+        api.stream("L", subjects=["l.>"])
+        api.durable("L", "d", ack_policy="explicit")
+        got = api.listen("_N.x")
+        api.broker.publish("$JS.API.CONSUMER.MSG.NEXT.L.d", b'{"a":' * 5000, "_N.x")
+        self.assertEqual(got, [("_N.x", b"NATS/1.0 400 Bad Request - exceeded max depth\r\n\r\n", b"")])
+        api.broker.publish("$JS.ACK.L.d.1.1.1.1.0", b"+NXT " + b'{"a":' * 5000, "_N.x")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(self.flushLoggedErrors(RecursionError), [])
+        self.assertEqual(api.ask("$JS.API.CONSUMER.INFO.L.d")["num_waiting"], 0)
+
     def test_purge_with_keep_and_seq(self) -> None:
         self.api.stream("L", subjects=["l.>"])
         for i in range(5):
