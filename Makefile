@@ -8,14 +8,14 @@ PYPY ?= pypy3
 PYPY_VENV ?= .venv-pypy
 ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 
-.PHONY: protos run test install install-test system-deps js-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
+.PHONY: protos run test install install-test system-deps js-deps go-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
 	$(ABS_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
 # Set up and run the whole test suite against the installed package, then mypy.
-test: install-test system-deps js-deps
+test: install-test system-deps js-deps go-deps
 	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_VENV)/bin/trial eventsvc
 	$(ABS_VENV)/bin/mypy --config-file setup.cfg eventsvc
 
@@ -25,7 +25,7 @@ test: install-test system-deps js-deps
 run-pypy: install-pypy
 	$(ABS_PYPY_VENV)/bin/twistd -n --pidfile= eventsvc --config $(CONFIG)
 
-test-pypy: install-pypy-test system-deps js-deps
+test-pypy: install-pypy-test system-deps js-deps go-deps
 	cd "$$(mktemp -d)" && EVENTSVC_SOURCE=$(CURDIR) $(ABS_PYPY_VENV)/bin/trial eventsvc
 
 $(PYPY_VENV)/bin/pip:
@@ -64,7 +64,16 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server systemd chromium; \
 	  else echo "nats-server, systemd or chromium is missing: sudo apt-get install nats-server systemd chromium (those tests will be skipped)"; fi; }
 
-# nats.js for the WebSocket interop tests (interop/js/package-lock.json), with Node's npm.
+# nats.go's JetStream scenes (eventsvc/test/test_interop_jetstream.py), built from
+# Debian's golang-github-nats-io-go-nats-dev 1.22.1 sources (no module proxy).
+go-deps: interop/go/jsinterop
+
+interop/go/jsinterop: interop/go/jsinterop.go
+	@command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || { \
+	  echo "go or nats.go is missing: apt-get install golang-go golang-github-nats-io-go-nats-dev (the nats.go interop tests will be skipped)"; exit 0; }; \
+	  interop/go/build
+
+# nats.js for the WebSocket and JetStream interop tests (interop/js/package-lock.json), with Node's npm.
 js-deps: interop/js/node_modules/.package-lock.json
 
 interop/js/node_modules/.package-lock.json: interop/js/package-lock.json
@@ -76,7 +85,7 @@ bench: install install-pypy system-deps
 	$(ABS_VENV)/bin/python bench/run.py --pypy $(ABS_PYPY_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info interop/js/node_modules
+	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info interop/js/node_modules interop/go/jsinterop
 
 # Regenerate eventsvc/grpc/generated/ from eventsvc/grpc/protos/ (Automate's protos, copied).
 # The generated modules are committed, so users need no protoc; never edit them by hand.

@@ -455,7 +455,12 @@ def main() -> None:
     tool = natsbench()
     VARIANTS[:] = [("eventsvc", None)] + ([("eventsvc-pypy", options.pypy)] if options.pypy else [])
     for python in options.old or []:
-        name = "old-" + os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(python))))
+        # Named after the tree its venv is in (<tree>/.venv/bin/python): two
+        # trees' venvs are both ".venv", and a name they shared kept one column.
+        venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+        name = "old-" + os.path.basename(os.path.dirname(venv) if os.path.basename(venv).startswith(".venv") else venv)
+        while name in OLD:
+            name += "'"
         VARIANTS.append((name, python))
         OLD.append(name)
     print("eventsvc on {} {}{}; {}".format(

@@ -14,7 +14,7 @@ L{eventsvc.targets}.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from eventsvc.config import Config, address_keys
 from eventsvc.listeners import agent_listener, console_settings, service_listener, websocket_listener
@@ -25,7 +25,7 @@ from eventsvc.service import DataDirLock, EventService, StartupError
 from eventsvc.targets import add_events, grpc_listener
 
 if TYPE_CHECKING:  # imported where they are used: start-up pays only for what runs
-    from eventsvc.nats.route import RouteManager
+    from eventsvc.nats.links.route import RouteManager
 
 #: What this module offers an embedding application (and the process shell).
 __all__ = ["make_service", "EventService", "StartupError"]
@@ -131,70 +131,40 @@ def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
 
 
 def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
-    from eventsvc.nats.route import RouteManager, RouteSettings
+    from eventsvc.nats.links.route import RouteManager, RouteSettings
 
-    cl, limits = config.cluster, config.limits
+    cl = config.cluster
     tls_server, tls_client = _peer_tls(config) if cl.tls else (None, None)
     return RouteManager(broker, reactor, RouteSettings(
         cluster_name=cl.name, host=cl.host, port=cl.port, routes=tuple(cl.routes), no_advertise=cl.no_advertise,
         imports=_route_permissions(cl.permissions.import_allow, cl.permissions.import_deny),
         exports=_route_permissions(cl.permissions.export_allow, cl.permissions.export_deny),
-        user=cl.user, password=cl.password, max_payload=limits.max_payload,
-        max_control_line=limits.max_control_line, max_pending=limits.max_pending,
-        ping_interval=limits.ping_interval, ping_max=limits.ping_max, accept=cl.listen,
-        tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name, listen_backlog=limits.listen_backlog,
-        max_link_subscriptions=limits.max_link_subscriptions,
+        user=cl.user, password=cl.password, limits=config.limits, accept=cl.listen,
+        tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
     ))
 
 
 def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
-    from eventsvc.nats.gateway import GatewayManager, GatewaySettings
+    from eventsvc.nats.links.gateway import GatewayManager, GatewaySettings
 
-    sc, limits = config.supercluster, config.limits
+    sc = config.supercluster
     tls_server, tls_client = _peer_tls(config) if sc.tls else (None, None)
     return GatewayManager(broker, reactor, GatewaySettings(
         name=sc.name, host=sc.host, port=sc.port, advertise=sc.advertise,
         gateways=tuple((g.name, tuple(g.urls)) for g in sc.gateways),
         imports=_route_permissions(sc.permissions.import_allow, sc.permissions.import_deny),
         exports=_route_permissions(sc.permissions.export_allow, sc.permissions.export_deny),
-        user=sc.user, password=sc.password, max_payload=limits.max_payload,
-        max_control_line=limits.max_control_line, max_pending=limits.max_pending,
-        ping_interval=limits.ping_interval, ping_max=limits.ping_max,
-        tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name, listen_backlog=limits.listen_backlog,
-        max_link_subscriptions=limits.max_link_subscriptions,
+        user=sc.user, password=sc.password, limits=config.limits,
+        tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name,
     ))
 
 
-class LeafRemote(NamedTuple):
-    """
-    One [[leafnodes.remotes]] entry as the leaf manager takes it: a hub to
-    dial and our credentials there.  (A tuple still, in LeafManager's
-    argument order: nats/leaf.py unpacks it.)
-    """
-
-    #: The hub's URLs, tried in turn.
-    urls: Tuple[str, ...]
-    #: The CONNECT user: the user, or a token (as nats-leaf://TOKEN@host sends it).
-    user: str
-    password: str
-    #: Whether the link must be TLS (tls = true; a tls:// URL says so too).
-    tls: bool
-    #: The name the hub's certificate must carry.
-    tls_name: str
-    #: Subjects not taken from the hub, and not sent to it.
-    deny_imports: Tuple[str, ...]
-    deny_exports: Tuple[str, ...]
-    #: None, or a function of the hub's nonce giving (user JWT, signature):
-    #: a .creds file's credentials, for a hub in operator mode.
-    signer: Optional[Callable[[bytes], Tuple[str, str]]]
-
-
 def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
-    from eventsvc.nats.leaf import LeafManager, LeafSettings
+    from eventsvc.nats.links.leaf import LeafManager, LeafRemote, LeafSettings
 
     from eventsvc.security.creds import CredentialsError, nonce_signer
 
-    ln, limits = config.leafnodes, config.limits
+    ln = config.leafnodes
     try:
         remotes = tuple(
             LeafRemote(
@@ -212,9 +182,7 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
         host=ln.host, port=ln.port, accept=ln.listen, user=ln.user, password=ln.password, token=ln.token,
         tls_accept=tls_accept if ln.tls else None, tls_dial=tls_dial, tls_name=ln.tls_name,
         denied=lambda subjects: _route_permissions((), subjects),
-        remotes=remotes, max_payload=limits.max_payload, max_control_line=limits.max_control_line,
-        max_pending=limits.max_pending, ping_interval=limits.ping_interval, ping_max=limits.ping_max,
-        listen_backlog=limits.listen_backlog, max_link_subscriptions=limits.max_link_subscriptions,
+        remotes=remotes, limits=config.limits,
     ))
 
 

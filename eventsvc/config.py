@@ -292,25 +292,9 @@ class MonitorConfig:
     port: int = 8222
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
-    """nats-server's limits, with its defaults and names."""
-
-    max_payload: int = limits.MAX_PAYLOAD
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    #: Subscriptions per connection; 0 for no limit.
-    max_subscriptions: int = 0
-    #: Entries of a peer's interest per route, gateway or leaf link; 0 for
-    #: no cap (docs/configuration.md says why this default).
-    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
-    write_deadline: float = limits.WRITE_DEADLINE
-    auth_timeout: float = limits.AUTH_TIMEOUT
-    #: Connections the kernel may queue for each listener before they are
-    #: accepted (a reconnect storm): nats-server gets the system's, 4096.
-    listen_backlog: int = limits.LISTEN_BACKLOG
+#: [limits]: the engine's own object (L{eventsvc.nats.limits.Limits}), read
+#: as it is and held by every listener's and link manager's settings.
+LimitsConfig = limits.Limits
 
 
 @dataclass(frozen=True)
@@ -634,6 +618,12 @@ def warnings(config: Config) -> List[str]:
             "{}: [jetstream] has no store_dir (and there is no state directory), so streams are kept in memory "
             "only: every stream, message and consumer is lost when the process stops (name a folder in "
             "[jetstream] store_dir)".format(path)
+        )
+    if config.jetstream.enabled and config.cluster.enabled:
+        out.append(
+            "{}: [jetstream] with [cluster]: this node's streams are its own (there is no clustered JetStream), and "
+            "its $JS.API is answered for the whole cluster through the routes; give [jetstream] to one node of the "
+            "cluster, or two nodes will both create each stream and both answer".format(path)
         )
     if not config.service.enabled:
         return out

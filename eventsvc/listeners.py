@@ -12,6 +12,7 @@ composes them; nothing here imports it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from twisted.internet.defer import DeferredList, DeferredSemaphore
@@ -21,6 +22,7 @@ from eventsvc.files import Locked
 from eventsvc.nats.advertise import client_urls
 from eventsvc.nats.listener import ClientFactory, ListenError, ListenerService
 from eventsvc.nats.server import Broker
+from eventsvc.nats.limits import Limits
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.throttle import AuthThrottle
 from eventsvc.security.permissions import Permissions, fence_jetstream
@@ -69,26 +71,19 @@ def own_urls(host: str, state: Any, advertise: str) -> Any:
     return own
 
 
-def client_settings(limits: Any, jetstream: Any = None, **kwargs: Any) -> ClientSettings:
+def client_settings(
+    limits: Limits, jetstream: Any = None, auth_timeout: Optional[float] = None, **kwargs: Any,
+) -> ClientSettings:
     """
-    A listener's settings: [limits], then what is the listener's own
-    (C{kwargs} win); C{jetstream}, the [jetstream] section, for INFO.
+    A listener's settings: [limits] (with its own C{auth_timeout}, when it
+    has one), and what is the listener's own; C{jetstream}, the [jetstream]
+    section, for INFO.
     """
-    values = dict(
-        max_payload=limits.max_payload,
-        max_control_line=limits.max_control_line,
-        max_pending=limits.max_pending,
-        max_subscriptions=limits.max_subscriptions,
-        ping_interval=limits.ping_interval,
-        ping_max=limits.ping_max,
-        write_deadline=limits.write_deadline,
-        auth_timeout=limits.auth_timeout,
-        listen_backlog=limits.listen_backlog,
-    )
+    if auth_timeout is not None:
+        limits = replace(limits, auth_timeout=auth_timeout)
     if jetstream is not None and jetstream.enabled:
-        values.update(jetstream=True, jetstream_domain=jetstream.domain)
-    values.update(kwargs)
-    return ClientSettings(**values)
+        kwargs.update(jetstream=True, jetstream_domain=jetstream.domain)
+    return ClientSettings(limits=limits, **kwargs)
 
 
 class AuthenticatedListener(ListenerService):

@@ -32,6 +32,7 @@ from eventsvc.config import HANDLER_NAMES, Config
 from eventsvc.files import FileLock, Locked
 from eventsvc.nats.listener import ListenError, ListenerService
 from eventsvc.nats.server import Broker
+from eventsvc.ops.jsz import store_trouble as jetstream_store_trouble
 from eventsvc.ops.logs import make_observer
 
 
@@ -106,9 +107,9 @@ class EventService(MultiService):
     def health(self) -> "tuple[bool, str]":
         """
         Whether this process is fit to serve, and why not: running (not
-        starting, in lame duck mode or shutting down) and every configured
-        route up, and the event store and JetStream's stores taking writes.  /healthz and C{eventsvc
-        health-check} both report this.
+        starting, in lame duck mode or shutting down), every configured
+        route up, and the event store and every JetStream store taking
+        writes.  /healthz and C{eventsvc health-check} both report this.
         """
         if self.state != "running":
             return False, "eventsvc is {}".format(_STATE_WORDS.get(self.state, self.state))
@@ -116,10 +117,10 @@ class EventService(MultiService):
         if store is not None and store["state"] != "ok":
             # ("store full: no space left on device in <data_dir>"): delivering, not accepting.
             return False, store["error"]
-        refused = self.jetstream.health() if self.jetstream is not None else None
-        if refused:
-            # ("JetStream store full (stream F): no space left on device in …"): reading on, refusing publishes.
-            return False, refused
+        trouble = jetstream_store_trouble(self)
+        if trouble is not None:
+            # ("JetStream stream ORDERS store full: ..."): publishes to it are refused.
+            return False, trouble
         cluster = self._named("cluster")
         if cluster is not None:
             up = {r.solicited for r in cluster.routes.values() if r.solicited}

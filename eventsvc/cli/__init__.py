@@ -10,6 +10,8 @@ The C{eventsvc} admin command: subcommands that fit the configuration file.
     eventsvc dead-letters list --config patch.toml
     eventsvc dead-letters replay --config patch.toml --all
     eventsvc spool stats --config patch.toml
+    eventsvc stream ls --config patch.toml
+    eventsvc consumer info --config patch.toml ORDERS processor
     eventsvc certs --out dev/certs
 
 Each says what happened in a line and exits 0 on success, 1 when something
@@ -177,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     _config(p)
     p.add_argument("--json", action="store_true", help="the figures as one JSON object")
 
+    _jetstream(commands)
+
     p = _command(commands, "certs", "make a FAKE development CA and certificates",
                  "Write a FAKE development CA and service, gateway and client certificates: for trying eventsvc out, "
                  "never for production.",
@@ -192,6 +196,54 @@ def parser() -> argparse.ArgumentParser:
                        help="{} certificate, in --out unless absolute (default {}.crt)".format(what, role))
         p.add_argument("--{}-key".format(role), metavar="FILE", help="its key (default {}.key)".format(role))
     return top
+
+
+def _jetstream(commands: Any) -> None:
+    """C{stream ls|info} and C{consumer ls|info}: JetStream read through its API, as any client reads it."""
+
+    def options(p: argparse.ArgumentParser) -> None:
+        _client(p)
+        p.add_argument("--domain", help="the JetStream domain to ask ($JS.<domain>.API; default: the server's own)")
+        p.add_argument("--json", action="store_true", help="the API's answers as JSON (listings: one object a line)")
+
+    stream = commands.add_parser("stream", help="JetStream streams: list them, or describe one",
+                                 description="JetStream's streams, asked through $JS.API as any NATS client asks.")
+    stream_commands = stream.add_subparsers(dest="stream_command", metavar="SUBCOMMAND")
+    stream_commands.required = True
+    p = _command(stream_commands, "ls", "one line per stream: storage, subjects, messages, bytes, consumers",
+                 "List the streams (STREAM.LIST, every page): each one's storage, subjects, messages, bytes, consumers "
+                 "and when its last message came.",
+                 ["eventsvc stream ls --config patch.toml", "eventsvc stream ls --config patch.toml --json"],
+                 _lazy("jetstream", "stream_ls"))
+    options(p)
+    p = _command(stream_commands, "info", "a stream's configuration and state",
+                 "Describe one stream (STREAM.INFO): its configuration (subjects, retention, limits) and its state "
+                 "(messages, bytes, first and last, consumers).",
+                 ["eventsvc stream info --config patch.toml ORDERS", "eventsvc stream info --config patch.toml --json ORDERS"],
+                 _lazy("jetstream", "stream_info"))
+    p.add_argument("stream", help="the stream's name")
+    options(p)
+
+    consumer = commands.add_parser("consumer", help="JetStream consumers: list a stream's, or describe one",
+                                   description="JetStream's consumers, asked through $JS.API as any NATS client asks.")
+    consumer_commands = consumer.add_subparsers(dest="consumer_command", metavar="SUBCOMMAND")
+    consumer_commands.required = True
+    p = _command(consumer_commands, "ls", "one line per consumer of a stream: kind, pending, acks, redeliveries",
+                 "List a stream's consumers (CONSUMER.LIST, every page): each one's kind (durable or ephemeral, pull or "
+                 "push), ack policy, messages pending, awaiting an ack and redelivered, pulls waiting, last delivery.",
+                 ["eventsvc consumer ls --config patch.toml ORDERS", "eventsvc consumer ls --config patch.toml --json ORDERS"],
+                 _lazy("jetstream", "consumer_ls"))
+    p.add_argument("stream", help="the stream's name")
+    options(p)
+    p = _command(consumer_commands, "info", "a consumer's configuration and state",
+                 "Describe one consumer (CONSUMER.INFO): its configuration (delivery, acks, limits) and its state "
+                 "(last delivery, ack floor, pending, redelivered).",
+                 ["eventsvc consumer info --config patch.toml ORDERS processor",
+                  "eventsvc consumer info --config patch.toml --json ORDERS processor"],
+                 _lazy("jetstream", "consumer_info"))
+    p.add_argument("stream", help="the stream's name")
+    p.add_argument("consumer", help="the consumer's name")
+    options(p)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -80,6 +80,14 @@ def describe(config: configuration.Config) -> List[str]:
         if cl.user:
             parts.append("route credentials required")
         out.append(", ".join(parts))
+    js = config.jetstream
+    if js.enabled:
+        memory = "{} bytes".format(js.max_memory_store) if js.max_memory_store >= 0 else "75% of the memory"
+        disk = "{} bytes".format(js.max_file_store) if js.max_file_store >= 0 else "75% of the disk free at start"
+        out.append("JetStream: streams kept in {}; memory streams at most {}, file streams at most {}{}; sync {}".format(
+            js.store_dir or "memory only (no store_dir, no state directory)", memory, disk,
+            "; domain {}".format(js.domain) if js.domain else "",
+            "after every write" if js.sync_interval == "always" else "every {}".format(js.sync_interval)))
     if s.enabled:
         out.append(configuration.where_events_are_kept(config) + "; dead letters: {}".format(config.events.dead_letter_file))
         ev = config.events

@@ -357,7 +357,7 @@ def dispatch(engine: "JetStream", subject: str, reply: Optional[str], payload: b
     if failed or verb != "STREAM.MSG.GET":
         engine.count_api(failed)
     if reply:
-        engine.broker.publish(reply, body)
+        engine.answer(reply, body)
 
 
 __all__ = ["Request", "Handler", "ROUTES", "ARITY", "ERROR_TAILS", "dispatch", "find_route", "config_json"]

@@ -48,6 +48,9 @@ MAX_ACK_PENDING_DEFAULT = 1000
 WAIT_QUEUE_DEFAULT_MAX = 512
 MAX_NAME_LEN = 255
 MAX_DESCRIPTION_LEN = 4 * 1024
+#: A pull request takes no message in its last moments (at most this, a
+#: tenth of its expires at most): the client has given up or is about to.
+EXPIRY_MARGIN = 2 * MILLISECOND
 #: Flow control: bytes a push consumer may have outstanding at most
 #: (C{JsFlowControlMaxPending}); it starts at a sixteenth and doubles with
 #: every answered request.
@@ -476,6 +479,22 @@ class NextRequest:
         self.interest = True
 
 
+def go_json_error(text: bytes, error: ValueError) -> str:
+    """Go's words for bad JSON (what nats-server puts after C{400 Bad Request - }), as near as Python's error tells."""
+    position = getattr(error, "pos", None)
+    if position is None or position >= len(text):
+        return "unexpected end of JSON input"
+    before = text[:position].rstrip()
+    looking = "object key string" if before.endswith((b"{", b",")) and b"{" in before else "beginning of value"
+    if looking == "object key string":
+        return "invalid character %s looking for beginning of object key string" % _go_quote(text[position:position + 1])
+    return "invalid character %s looking for beginning of value" % _go_quote(text[position:position + 1])
+
+
+def _go_quote(char: bytes) -> str:
+    return "'%s'" % char.decode("utf-8", "replace")
+
+
 def parse_next_request(payload: bytes, now: int) -> Tuple[int, int, int, bool, int]:
     """
     A C{MSG.NEXT} payload (nats-server's C{nextReqFromMsg}): empty is one
@@ -490,7 +509,7 @@ def parse_next_request(payload: bytes, now: int) -> Tuple[int, int, int, bool, i
         try:
             request = json.loads(text)
         except ValueError as e:
-            raise ValueError(str(e))
+            raise ValueError(go_json_error(text, e))
         if not isinstance(request, dict):
             raise ValueError("invalid request")
         values = []
@@ -540,6 +559,10 @@ class Consumer:
         self.closed = False
         self._filter: Optional[str] = None
         self._filter_wild = False
+        #: The filter as the store is asked: None when it takes every
+        #: subject of the stream (clients filter on a stream's only subject,
+        #: and a store serves "everything" fastest).
+        self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
         self._reply_format = self._ack_prefix + "%d.%d.%d.%d.%d"
@@ -596,6 +619,11 @@ class Consumer:
     def _set_filter(self) -> None:
         self._filter = self.config.get("filter_subject") or None
         self._filter_wild = self._filter is not None and _has_wildcard(self._filter)
+        subjects = self.stream.config.get("subjects") or []
+        wanted = self._filter
+        if wanted is not None and subjects and all(subject_is_subset(subject, wanted) for subject in subjects):
+            wanted = None
+        self._store_filter = wanted
 
     @property
     def push(self) -> bool:
@@ -779,7 +807,7 @@ class Consumer:
         """How many messages are left to deliver (nats-server's C{numPending}), counted once and then kept."""
         if self._npc is None:
             self._npc = self.stream.store.num_pending(
-                self.sseq, self._filter, self.config["deliver_policy"] == "last_per_subject"
+                self.sseq, self._store_filter, self.config["deliver_policy"] == "last_per_subject"
             )
         return self._npc
 
@@ -828,7 +856,11 @@ class Consumer:
             if not self._lss:
                 self._lss = None
                 self.sseq = max(self.sseq, self._lss_resume + 1)
-        message = store.load_next(seq, self._filter)
+        message = store.load_next(seq, self._store_filter)
+        if self._filter is not None and self._store_filter is None:
+            # The stream's subjects may have changed since the filter was judged.
+            while message is not None and not self.matches(message.subject):
+                message = store.load_next(message.seq + 1, self._store_filter)
         if message is None:
             last = store.state().last_seq
             if last + 1 > self.sseq:
@@ -962,6 +994,14 @@ class Consumer:
         genid = self.broker.sublist.genid
         while waiting:
             request = waiting[0]
+            if request.expires and now >= request.expires - min(EXPIRY_MARGIN, (request.expires - request.received) // 10):
+                # Over, or nearly: clients give up at expires (nats-py asks
+                # for 100 us less than it waits), and a message taken in the
+                # last instant would reach a fetch that has returned, to be
+                # found by the next one as if it were its own.
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                waiting.popleft()
+                continue
             if request.b > 0:
                 if size <= request.b:
                     request.b -= size
@@ -971,21 +1011,20 @@ class Consumer:
                     self._status(request.reply, "409 Message Size Exceeds MaxBytes", request.n, request.b)
                     waiting.popleft()
                     continue
-            if not request.expires or now < request.expires:
-                if request.genid != genid:
-                    request.interest = self.broker.has_interest(request.reply)
-                    request.genid = genid
-                if request.interest:
-                    request.d += 1
-                    request.n -= 1
-                    if request.n <= 0:
-                        waiting.popleft()
-                    else:
-                        if len(waiting) > 1:
-                            waiting.rotate(-1)
-                        if request.hb:
-                            request.hbt = now + request.hb
-                    return request
+            if request.genid != genid:
+                request.interest = self.broker.has_interest(request.reply)
+                request.genid = genid
+            if request.interest:
+                request.d += 1
+                request.n -= 1
+                if request.n <= 0:
+                    waiting.popleft()
+                else:
+                    if len(waiting) > 1:
+                        waiting.rotate(-1)
+                    if request.hb:
+                        request.hbt = now + request.hb
+                return request
             waiting.popleft()
         return None
 
@@ -1382,6 +1421,7 @@ class Consumer:
             stream=self.stream.name, consumer=self.name, threshold=go_duration(threshold),
         )
         self.delete()
+        self.release_interest()
         if self.stream.consumers.get(self.name) is self:
             self.stream.detach(self.name)
 
@@ -1503,6 +1543,20 @@ class Consumer:
         self._close()
         self.waiting.clear()
         self.store.close()
+
+    def release_interest(self) -> None:
+        """
+        Deleted while its stream lives (by request, or inactive): on an
+        interest stream, what only this consumer still needed goes, as
+        nats-server's consumer delete removes it.  Each message is offered
+        to the stream as acknowledged; a deleted consumer needs nothing,
+        so the stream keeps only what another consumer needs.
+        """
+        if self._retention != "interest":
+            return
+        state = self.stream.store.state()
+        for seq in range(max(self.asflr + 1, state.first_seq), state.last_seq + 1):
+            self.stream.ack_message(seq)
 
     def delete(self) -> None:
         """Deleted (by request, with its stream, or inactive): waiting pulls hear 409 Consumer Deleted; the state goes."""

@@ -187,6 +187,7 @@ def consumer_delete(js: Any, request: Any) -> Dict[str, Any]:
     stream, name = _stream_and_consumer(js, request)
     consumer = _consumer(stream, name)
     consumer.delete()
+    consumer.release_interest()
     stream.detach(name)
     return {"success": True}
 

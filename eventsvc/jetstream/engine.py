@@ -149,6 +149,7 @@ class JetStream:
             self.streams[stream.name] = stream
             stream.start()
             self.restore_consumers(stream)
+        self._link_sources()
 
     def restore_consumers(self, stream: Stream) -> None:
         """
@@ -250,6 +251,7 @@ class JetStream:
             raise errors.STREAM_NAME_EXIST_ERR()
         self._check_reservation(config)
         self._check_overlap(config)
+        self._check_sources(config)
         try:
             stream = self._open(config, self.now())
         except StoreError as e:
@@ -262,6 +264,7 @@ class JetStream:
             raise errors.STREAM_CREATE_ERR_F(err="error creating store for stream: {}".format(e.strerror or e))
         self.streams[stream.name] = stream
         stream.start()
+        self._link_sources()
         return stream
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
@@ -271,7 +274,43 @@ class JetStream:
             raise replicas_error()
         self._check_reservation(new, besides=stream.name)
         self._check_overlap(new, besides=stream.name)
+        self._check_sources(new)
         stream.update(new)
+        self._link_sources()
+
+    def _check_sources(self, config: Dict[str, Any]) -> None:
+        """nats-server's checks of a stream's sources that need the other streams: sizes, filters, cycles."""
+        from eventsvc.jetstream.stream import subjects_collide
+
+        sources = config["sources"] or []
+        for source in sources:
+            origin = self.streams.get(source["name"])
+            if origin is None:
+                continue
+            if config["max_msg_size"] > 0 and origin.config["max_msg_size"] > 0 and config["max_msg_size"] < origin.config["max_msg_size"]:
+                raise errors.SOURCE_MAX_MESSAGE_SIZE_TOO_BIG_ERR()
+            wanted = source["filter_subject"]
+            if wanted and origin.config["subjects"] and not any(subjects_collide(own, wanted) for own in origin.config["subjects"]):
+                raise errors.STREAM_INVALID_CONFIG_F(err="source '{}' filter subject '{}' does not overlap with any origin stream subject".format(
+                    source["name"], wanted))
+        # nats-server's walk: a source already visited is a cycle.
+        visited = set()
+        todo = [config]
+        while todo:
+            current = todo.pop(0)
+            visited.add(current["name"])
+            for source in current["sources"] or ():
+                if source["name"] in visited:
+                    raise errors.STREAM_INVALID_CONFIG_F(err="detected cycle")
+                origin = self.streams.get(source["name"])
+                if origin is not None:
+                    todo.append(origin.config)
+
+    def _link_sources(self) -> None:
+        """Every stream follows those of its sources that exist (after a create, an update, a restart)."""
+        for stream in list(self.streams.values()):
+            if stream.config["sources"] or stream.sources:
+                stream.link_sources()
 
     def delete_stream(self, stream: Stream) -> None:
         """STREAM.DELETE: the stream, its consumers and its files."""
@@ -286,24 +325,33 @@ class JetStream:
         """Bytes the streams of C{storage} ("memory" or "file") hold."""
         return self._usage.get(storage, 0)
 
+    def near_limit(self, storage: str, room: int) -> bool:
+        """Whether C{storage} has less than C{room} bytes left before its limit (streams then count every message)."""
+        limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
+        return limit >= 0 and self.usage(storage) + room >= limit
+
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
         return limit >= 0 and self.usage(storage) >= limit
 
-    def health(self) -> Optional[str]:
+    def answer(self, reply: str, payload: bytes, headers: Optional[bytes] = None) -> None:
         """
-        Why JetStream cannot take writes, for /healthz: the first stream
-        whose store refuses them (a full disk, a failing one), or None.
-        The stream still delivers and reads meanwhile.
+        Publish an answer (a PubAck, an API answer, a direct get) to a
+        client's reply subject.  A reply subject the broker refuses (a
+        wildcard in it) gets nothing: the request was done all the same,
+        and the store calling back with a PubAck must not see an error.
         """
-        for name in sorted(self.streams):
-            store = self.streams[name].store
-            state = getattr(store, "health", "ok")
-            if state != "ok":
-                what = "store full" if state == "full" else "store cannot write"
-                return "JetStream {} (stream {}): {}".format(what, name, getattr(store, "error", None) or state)
-        return None
+        if headers is None:
+            # As the event service's acks: a reply inbox is used once, so
+            # its delivery plan is not cached (where it would push out
+            # the plans of busy subjects); an invalid one is skipped.
+            self.broker.publish_many([(reply, payload)])
+            return
+        try:
+            self.broker.publish(reply, payload, headers=headers)
+        except ValueError:
+            self.log.debug("no answer to the invalid reply subject {reply!r}", reply=reply)
 
     def count_api(self, failed: bool) -> None:
         """One API request answered (an error too, if C{failed})."""
@@ -313,6 +361,8 @@ class JetStream:
 
     def account_info(self) -> Dict[str, Any]:
         """The account's usage, limits and API counters (JetStreamAccountStats)."""
+        for stream in self.streams.values():
+            stream.account()
         consumers = sum(len(s.consumers) for s in self.streams.values())
         info: Dict[str, Any] = {
             "memory": self.usage("memory"),
@@ -367,8 +417,9 @@ def api_patterns(prefix: str) -> List[str]:
     The subjects the API subscribes to: one per first token of its verbs
     (C{$JS.API.STREAM.>}, C{$JS.API.INFO}...), not C{$JS.API.>}, so that
     a direct get for a stream that has none (C{$JS.API.DIRECT.GET.NOPE})
-    finds no subscriber and its requester gets "no responders", as from
-    nats-server.
+    finds no subscriber and its requester gets "no responders" at once, as
+    from later nats-servers (nats-py's suite expects it; 2.9.10 lets such a
+    request time out).
     """
     patterns = set()
     for verb in api.ROUTES:

@@ -48,7 +48,8 @@ import os
 import re
 import struct
 import zlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from sys import intern
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -57,7 +58,6 @@ from twisted.python.filepath import FilePath
 from eventsvc.files import FULL_ERRNOS, Disk, sync_folder, write_atomic
 from eventsvc.jetstream.memstore import MemoryConsumerStore, _matches
 from eventsvc.jetstream.store import (
-    EMPTY_CONSUMER_STATE,
     ConsumerState,
     LimitReached,
     RemovedCallback,
@@ -115,17 +115,26 @@ def file_message_size(subject: str, headers: Optional[bytes], data: bytes) -> in
     return 22 + len(subject) + 4 + len(headers) + len(data) + 8
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def parse_sync_interval(value: SyncInterval) -> Optional[float]:
     """
     C{sync_interval} as seconds, or None for C{"always"} (an fsync before
-    every acknowledgement).
+    every acknowledgement): C{"always"}, a number of seconds, or a
+    duration as nats-server writes it (C{"2m"}, C{"10s"}, C{"500ms"}).
 
-    @raise ValueError: neither C{"always"} nor a positive number of seconds.
+    @raise ValueError: none of these, or not above zero.
     """
     if isinstance(value, str):
-        if value.strip().lower() == "always":
+        text = value.strip().lower()
+        if text == "always":
             return None
-        raise ValueError("sync_interval must be \"always\" or a number of seconds, not {!r}".format(value))
+        m = _DURATION.match(text)
+        if m is None or float(m.group(1)) <= 0:
+            raise ValueError("sync_interval must be \"always\", a number of seconds or a duration such as \"2m\", not {!r}".format(value))
+        return float(m.group(1)) * _UNITS[m.group(2)]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError("sync_interval must be \"always\" or a positive number of seconds, not {!r}".format(value))
     return float(value)
@@ -242,6 +251,9 @@ class _WriteState:
     """
 
     log = Logger()
+    #: Whether what a failed write held is written later (a consumer's
+    #: state) or gone (a stream's messages).
+    _keeps_unwritten = False
 
     def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk]) -> None:
         self._path = path
@@ -272,7 +284,11 @@ class _WriteState:
     def _call_ready(self) -> None:
         ready, self._ready = self._ready, []
         for callback, _ in ready:
-            callback()
+            try:
+                callback()
+            except Exception:
+                # (One waiter's bug must not keep the others' answers back.)
+                self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
@@ -298,9 +314,16 @@ class _WriteState:
         self._refusing = self.health != "ok" or self._closed
         refusal = self._refusal()
         waiters, self._waiters = self._waiters, []
+        if self._keeps_unwritten:
+            # (What they wait for is written later: those that cannot be
+            # told of the failure are called then.)
+            self._waiters = [waiter for waiter in waiters if waiter[1] is None]
         for _, errback in waiters:
             if errback is not None:
-                errback(refusal)
+                try:
+                    errback(refusal)
+                except Exception:
+                    self.log.failure("file store {path}: a when_durable errback failed", path=self._path)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -354,7 +377,7 @@ class FileStore(_WriteState):
 
     def __init__(
         self,
-        directory: FilePath,
+        directory: Union[FilePath, str],
         limits: StoreLimits = StoreLimits(),
         clock: Optional[IReactorTime] = None,
         max_store: int = -1,
@@ -376,6 +399,8 @@ class FileStore(_WriteState):
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if isinstance(directory, str):
+            directory = FilePath(directory)
         super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
         self._directory = directory
         self._limits = limits
@@ -396,6 +421,8 @@ class FileStore(_WriteState):
         self._size = 0
         self._dirty = False
         self._folder_dirty = False
+        #: Segments written to since the last fsync, closed since.
+        self._unsynced: List[str] = []
         self._buffer = bytearray()
         #: The first sequence not written yet (those after it are lost if the write fails).
         self._unwritten = 1
@@ -407,6 +434,7 @@ class FileStore(_WriteState):
         self._mark = False
         #: The last read: segment number, offset, bytes.
         self._cache: Tuple[int, int, bytes] = (0, 0, b"")
+        self._loaded = 0
         #: Segment files to delete once the deletions carried out of them are written.
         self._unlinks: List[str] = []
         try:
@@ -442,7 +470,7 @@ class FileStore(_WriteState):
                 if kind == 0x4D:
                     _, seq, ts, slen, hlen = _MESSAGE.unpack_from(data, start + 8)
                     p = start + 8 + _MESSAGE.size
-                    subject = data[p : p + slen].decode("utf-8", "replace")
+                    subject = intern(data[p : p + slen].decode("utf-8", "replace"))
                     if hlen:
                         size = 22 + len(subject) + 4 + hlen + (end - p - slen - hlen) + 8
                     else:
@@ -480,8 +508,11 @@ class FileStore(_WriteState):
         self._next_number = (numbers[-1] + 1) if numbers else 1
         for segment in list(self._segments.values()):
             if not segment.live and segment.number != numbers[-1]:
-                self._drop_segment(segment)
-        if self._deletions:
+                # (After a new segment says where the sequence is: the
+                # newest may be one a crash left empty.)
+                self._drop_segment(segment, defer=True)
+        if self._unlinks:
+            self._mark = True
             self._schedule_flush()
 
     def _drop_range(self, low: int, high: int) -> None:
@@ -535,22 +566,20 @@ class FileStore(_WriteState):
                 self._fail(e)
                 raise self._refusal()
         seq = self._last + 1
+        # (One copy of each subject for the whole index, not one per message.)
+        subject = intern(subject)
         encoded = subject.encode("utf-8")
         hlen = len(headers) if headers else 0
-        head = _MESSAGE.pack(b"M", seq, ts, len(encoded), hlen)
-        crc = zlib.crc32(encoded, zlib.crc32(head))
+        # One body and one CRC call (PyPy's zlib calls cost more than the copy).
         if hlen:
-            crc = zlib.crc32(headers, crc)  # type: ignore[arg-type]
-        crc = zlib.crc32(data, crc)
-        length = _MESSAGE.size + len(encoded) + hlen + len(data)
+            body = _MESSAGE.pack(b"M", seq, ts, len(encoded), hlen) + encoded + headers + data  # type: ignore[operator]
+        else:
+            body = _MESSAGE.pack(b"M", seq, ts, len(encoded), 0) + encoded + data
+        length = len(body)
         buffer = self._buffer
         offset = self._size + len(buffer)
-        buffer += _RECORD.pack(length, crc)
-        buffer += head
-        buffer += encoded
-        if hlen:
-            buffer += headers  # type: ignore[arg-type]
-        buffer += data
+        buffer += _RECORD.pack(length, zlib.crc32(body))
+        buffer += body
         self._last = seq
         self._last_ts = ts
         if not self._index:
@@ -584,7 +613,10 @@ class FileStore(_WriteState):
         if self._fd is not None:
             self._write_or_raise()
             if self._dirty:
-                self._sync()
+                # (fsynced with the rest at the next sync_interval, not now:
+                # an 8 MiB fsync would hold the reactor up.)
+                self._unsynced.append(self._active.path)  # type: ignore[union-attr]
+                self._dirty = False
             os.close(self._fd)
             self._fd = None
         previous = self._segments[max(self._segments)] if self._segments else None
@@ -731,6 +763,21 @@ class FileStore(_WriteState):
         self._sync()
 
     def _sync(self) -> None:
+        unsynced, self._unsynced = self._unsynced, []
+        for path in unsynced:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                continue  # (deleted since)
+            except OSError as e:
+                self.log.error("file store {path}: cannot open a segment to fsync it: {error}", path=path, error=e.strerror or e)
+                continue
+            try:
+                self._disk.fsync(fd)
+            except OSError as e:
+                self.log.error("file store {path}: fsync failed: {error}", path=path, error=e.strerror or e)
+            finally:
+                os.close(fd)
         if self._dirty and self._fd is not None:
             try:
                 self._disk.fsync(self._fd)
@@ -814,10 +861,15 @@ class FileStore(_WriteState):
         Call C{callback} once everything stored so far is written (and
         fsynced with C{sync_interval="always"}); or C{errback} with
         L{StoreFull}/L{StoreUnavailable} if that write failed (the messages
-        stored since the last write are gone then).
+        stored since the last write are gone then; without an errback,
+        nothing is called).
         """
-        if self._buffer or self._ready:
+        if self._buffer:
             self._waiters.append((callback, errback))
+            self._schedule_flush()
+        elif self._ready:
+            # (Nothing of its is unwritten; it only keeps its turn.)
+            self._ready.append((callback, errback))
             self._schedule_flush()
         else:
             callback()
@@ -952,7 +1004,7 @@ class FileStore(_WriteState):
             at = offset - self._size
             data: Union[bytes, bytearray] = self._buffer[at : at + length]
         else:
-            # Consumers read in order: one read brings the next messages too.
+            # Consumers read in order: then one read brings the next messages too.
             cache = self._cache
             if cache[0] == number and cache[1] <= offset and offset + length <= cache[1] + len(cache[2]):
                 at = offset - cache[1]
@@ -962,12 +1014,14 @@ class FileStore(_WriteState):
                 try:
                     if segment.reader is None:
                         segment.reader = os.open(segment.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                    chunk = os.pread(segment.reader, max(length, READ_AHEAD), offset)
+                    ahead = READ_AHEAD if seq == self._loaded + 1 else length
+                    chunk = os.pread(segment.reader, max(length, ahead), offset)
                 except OSError as e:
                     self.log.error("file store {path}: cannot read message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
                     return None
                 self._cache = (number, offset, chunk)
                 data = chunk[:length]
+            self._loaded = seq
             size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
             if size != length - 8 or zlib.crc32(memoryview(data)[8:]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
@@ -978,15 +1032,24 @@ class FileStore(_WriteState):
         return StoredMessage(entry[3], seq, headers, bytes(data[p + hlen :]), ts)
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        index = self._index
         if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
             seqs = self._by_subject.get(subject_filter)
             if not seqs:
                 return None
-            for seq in seqs:
-                if seq >= start:
+            if next(iter(seqs)) >= start:
+                return self.load(next(iter(seqs)))
+            if next(reversed(seqs)) < start:
+                return None
+            if len(seqs) < 64:
+                return self.load(next(seq for seq in seqs if seq >= start))
+            # Many messages on it: walking on from start finds the next one
+            # sooner than walking its list from the front.
+            for seq in range(start, self._last + 1):
+                entry = index.get(seq)
+                if entry is not None and entry[3] == subject_filter:
                     return self.load(seq)
             return None
-        index = self._index
         everything = not subject_filter or subject_filter == ">"
         for seq in range(max(start, self._first), self._last + 1):
             entry = index.get(seq)
@@ -1065,8 +1128,9 @@ class FileStore(_WriteState):
 
     def destroy(self) -> None:
         self.close()
-        for segment in list(self._segments.values()):
-            self._unlink(segment.path)
+        for name in os.listdir(self._path):
+            if _SEGMENT_NAME.match(name):
+                self._unlink(os.path.join(self._path, name))
         self._segments.clear()
         self._index.clear()
         self._by_subject.clear()
@@ -1135,9 +1199,11 @@ class FileConsumerStore(_WriteState):
     in memory stays, and so does the store's answer to L{load}.
     """
 
+    _keeps_unwritten = True
+
     def __init__(
         self,
-        directory: FilePath,
+        directory: Union[FilePath, str],
         clock: Optional[IReactorTime] = None,
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         compact_size: int = COMPACT_SIZE,
@@ -1150,6 +1216,8 @@ class FileConsumerStore(_WriteState):
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if isinstance(directory, str):
+            directory = FilePath(directory)
         super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
         self._directory = directory
         self._snapshot = os.path.join(directory.path, "consumer.snap")
@@ -1272,7 +1340,8 @@ class FileConsumerStore(_WriteState):
         """
         As L{FileStore.when_durable}: C{errback} learns of a write that
         failed (the state stays in memory and is written when the disk
-        takes it again, but it was not durable when asked).
+        takes it again, but it was not durable when asked); without an
+        errback, C{callback} is called once it is written.
         """
         if self.health != "ok" and errback is not None:
             errback(self._refusal())

@@ -317,8 +317,16 @@ class MemoryConsumerStore:
         for seq in acked:
             state.pending.pop(seq, None)
             state.redelivered.pop(seq, None)
-        if floor_stream > state.ack_floor_stream:
-            for seq in [n for n in state.pending if n <= floor_stream]:
+        if floor_stream > state.ack_floor_stream and state.pending:
+            # Pending is in delivery order, which is stream order (a
+            # redelivery keeps its place): what is under the floor is at
+            # the front, so an ack costs what it removes, not all pending.
+            below = []
+            for seq in state.pending:
+                if seq > floor_stream:
+                    break
+                below.append(seq)
+            for seq in below:
                 del state.pending[seq]
                 state.redelivered.pop(seq, None)
         self._state = state._replace(

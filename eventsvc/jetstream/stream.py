@@ -1,16 +1,16 @@
 """
 One stream's rules over its store, as nats-server 2.9 keeps them: the
 configuration (defaults, checks, what an update may change), the publish
-path (dedupe window, expectations, rollups, limits, retention, the PubAck
-sent only once the store says the message is durable), purges, deletes,
-and the direct get.
+path (dedupe window, expectations, rollups, limits, retention, republish,
+the PubAck sent only once the store says the message is durable), purges,
+deletes, the direct get, and sources from the server's other streams.
 
 A stream meets the broker only through its in-process API (it subscribes
 to its subjects and publishes PubAcks and direct-get answers), and its
-consumers only through the calls of docs in C{JS.md}: C{stored},
-C{purged}, C{needs}, C{stop}, C{delete}.  It knows nothing of the
-C{$JS.API} subjects: L{eventsvc.jetstream.api} turns requests into calls
-here.
+consumers only through the calls the consumers' contract names:
+C{stored}, C{purged}, C{needs}, C{stop}, C{delete}.  It knows nothing of
+the C{$JS.API} subjects: L{eventsvc.jetstream.api} turns requests into
+calls here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.store import (
     ConsumerStore,
+    StoreError,
     LimitReached,
     MessageStore,
     StoredMessage,
@@ -36,7 +37,7 @@ from eventsvc.jetstream.store import (
     StoreLimits,
     StoreUnavailable,
 )
-from eventsvc.jetstream.wire import header, parse_headers, rfc3339
+from eventsvc.jetstream.wire import header, parse_headers, parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     from eventsvc.jetstream.engine import JetStream
@@ -136,6 +137,8 @@ def decode_config(payload: bytes) -> Dict[str, Any]:
             raise errors.INVALID_J_S_O_N_ERR()
         elif name == "republish":
             value = _decode_republish(value)
+        elif name == "sources":
+            value = _decode_sources(value)
         config[name] = value
     return config
 
@@ -152,6 +155,44 @@ def _decode_republish(value: Any) -> Dict[str, Any]:
         if not isinstance(given, kind):
             raise errors.INVALID_J_S_O_N_ERR()
         out[key] = given
+    return out
+
+
+def _decode_sources(value: Any) -> List[Dict[str, Any]]:
+    """StreamSource list as Go reads it: {name, opt_start_seq, opt_start_time, filter_subject, external}."""
+    if not isinstance(value, list):
+        raise errors.INVALID_J_S_O_N_ERR()
+    out = []
+    for item in value:
+        if item is None:
+            continue
+        if not isinstance(item, dict):
+            raise errors.INVALID_J_S_O_N_ERR()
+        name = item.get("name") or ""
+        start_seq = item.get("opt_start_seq") or 0
+        start_time = item.get("opt_start_time") or ""
+        filter_subject = item.get("filter_subject") or ""
+        external = item.get("external")
+        if (not isinstance(name, str) or not isinstance(filter_subject, str) or not isinstance(start_time, str)
+                or not isinstance(start_seq, int) or isinstance(start_seq, bool) or start_seq < 0
+                or not (external is None or isinstance(external, dict))):
+            raise errors.INVALID_J_S_O_N_ERR()
+        if start_time:
+            try:
+                start_time = rfc3339(parse_rfc3339(start_time))
+            except ValueError:
+                raise errors.INVALID_J_S_O_N_ERR()
+        out.append({"name": name, "opt_start_seq": start_seq, "opt_start_time": start_time,
+                    "filter_subject": filter_subject, "external": external})
+    return out
+
+
+def source_json(source: Dict[str, Any]) -> Dict[str, Any]:
+    """A StreamSource as nats-server writes it (empty fields left out)."""
+    out: Dict[str, Any] = {"name": source["name"]}
+    for key in ("opt_start_seq", "opt_start_time", "filter_subject", "external"):
+        if source.get(key):
+            out[key] = source[key]
     return out
 
 
@@ -315,12 +356,15 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
             raise _invalid("discard new per subject requires discard new policy to be set")
         if cfg["max_msgs_per_subject"] <= 0:
             raise _invalid("discard new per subject requires max msgs per subject > 0")
-    if cfg["mirror"] or cfg["sources"]:
+    if cfg["mirror"]:
         # Refused rather than ignored: a stream that says it mirrors and does not is a lie.
-        raise _invalid("stream mirrors and sources are not supported by eventsvc yet")
+        raise _invalid("stream mirrors are not supported by eventsvc yet")
+    for source in cfg["sources"] or ():
+        if source["external"]:
+            raise _invalid("stream sources in another account or domain are not supported by eventsvc yet")
     subjects = cfg["subjects"]
     if not subjects:
-        cfg["subjects"] = [name]
+        cfg["subjects"] = [] if cfg["sources"] else [name]
     else:
         seen = set()
         for subject in subjects:
@@ -394,6 +438,8 @@ def config_json(config: Dict[str, Any]) -> Dict[str, Any]:
             value = _ZERO[kind] if not isinstance(kind, tuple) else ""
         if name == "republish":
             value = republish_json(value)
+        elif name == "sources":
+            value = [source_json(source) for source in value]
         out[name] = value
     return out
 
@@ -512,6 +558,10 @@ class Stream:
         self.created = created
         self.directory = directory
         self.consumers: Dict[str, Any] = {}
+        #: The streams that source from this one (their L{SourceLink}s), told of each message stored.
+        self.followers: List["SourceLink"] = []
+        #: This stream's own sources, by origin stream name.
+        self.sources: Dict[str, "SourceLink"] = {}
         self._subscriptions: List[Any] = []
         self._direct: List[Any] = []
         self._dedupe = _Dedupe()
@@ -520,8 +570,10 @@ class Stream:
         self._expiry_at: Optional[int] = None
         self._last_msg_id = ""
         self._closed = False
-        #: The store's bytes as last told to the engine (its usage sum).
+        #: The store's bytes as last told to the engine (its usage sum),
+        #: and the messages stored since.
         self._bytes = 0
+        self._unaccounted = 0
         self._pub_ack_prefix = self._ack_prefix()
         self._republish: Optional[SubjectTransform] = None
         if config["republish"]:
@@ -532,6 +584,7 @@ class Stream:
 
     def account(self) -> None:
         """Tell the engine how many bytes the store holds now (after anything that stores or removes)."""
+        self._unaccounted = 0
         now = self.store.state().bytes
         if now != self._bytes:
             self.engine.account(self.config["storage"], now - self._bytes)
@@ -583,6 +636,7 @@ class Stream:
             return
         self._closed = True
         self._unsubscribe()
+        self.unlink_sources()
         for consumer in list(self.consumers.values()):
             consumer.stop()
         self.store.close()
@@ -592,6 +646,9 @@ class Stream:
         """The stream is deleted: its consumers, its messages and its files go."""
         self._closed = True
         self._unsubscribe()
+        self.unlink_sources()
+        for follower in list(self.followers):
+            follower.origin_gone()
         for consumer in list(self.consumers.values()):
             consumer.delete()
         self.consumers.clear()
@@ -630,6 +687,31 @@ class Stream:
         self._dedupe_timer = None
         self._expire_dedupe()
 
+    # -- sources ------------------------------------------------------------
+
+    def link_sources(self) -> None:
+        """Follow every configured source whose stream exists (again after a create or a restart)."""
+        wanted = {source["name"]: source for source in self.config["sources"] or ()}
+        for name in list(self.sources):
+            if name not in wanted or self.sources[name].config != wanted[name]:
+                self.sources.pop(name).unlink()
+        for name, source in wanted.items():
+            link = self.sources.get(name)
+            if link is None:
+                link = self.sources[name] = SourceLink(self, source)
+            if link.origin is None:
+                origin = self.engine.streams.get(name)
+                if origin is not None and origin is not self:
+                    link.link(origin)
+
+    def unlink_sources(self) -> None:
+        for link in self.sources.values():
+            link.unlink()
+
+    def sources_json(self) -> List[Dict[str, Any]]:
+        """StreamSourceInfo of each source: name, lag, active (ns since its last message; -1: none yet)."""
+        return [link.info() for link in self.sources.values()]
+
     # -- consumers ----------------------------------------------------------
 
     def consumer_directory(self, name: str) -> Optional[str]:
@@ -651,10 +733,15 @@ class Stream:
         self.consumers[consumer.name] = consumer
 
     def detach(self, name: str) -> None:
-        """Forget a consumer (its C{delete} removed its store; its folder goes here)."""
-        self.consumers.pop(name, None)
+        """
+        Forget a consumer (its C{delete} removed its store; its folder goes
+        here).  On an interest stream the consumer has already let go of
+        what only it needed (its C{release_interest}).
+        """
+        if self.consumers.pop(name, None) is None or self._closed:
+            return
         directory = self.consumer_directory(name)
-        if directory is not None and not self._closed:
+        if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
 
     def ack_message(self, seq: int) -> None:
@@ -673,9 +760,14 @@ class Stream:
             self._schedule_expiry()
 
     def _removed_by_store(self, seq: int, subject: str) -> None:
-        """The store dropped a message (limits, age): consumers recount."""
+        """
+        The store dropped a message (limits, age): each consumer accounts
+        for that one message, which costs nothing per message; a full
+        recount here made every publish past max_msgs scan the stream
+        (3,900 publishes/s against 60,000 with 20,000 messages kept).
+        """
         for consumer in list(self.consumers.values()):
-            consumer.purged()
+            consumer.purged(seq, subject)
 
     # -- publishing -----------------------------------------------------------
 
@@ -692,12 +784,12 @@ class Stream:
     def _nak(self, reply: Optional[str], error: ApiError) -> None:
         if reply and not self.config["no_ack"]:
             body = {"error": error.as_json(), "stream": self.name, "seq": 0}
-            self.engine.broker.publish(reply, dumps(body))
+            self.engine.answer(reply, dumps(body))
 
     def _ack(self, reply: Optional[str], seq: int, duplicate: bool = False) -> None:
         if reply and not self.config["no_ack"]:
             tail = b',"duplicate": true}' if duplicate else b"}"
-            self.engine.broker.publish(reply, self._pub_ack_prefix + str(seq).encode("ascii") + tail)
+            self.engine.answer(reply, self._pub_ack_prefix + str(seq).encode("ascii") + tail)
 
     def process(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> Optional[int]:
         """
@@ -790,16 +882,46 @@ class Stream:
             self._purge(subject, 0, 1)
         elif rollup == "all":
             self._purge(None, 0, 1)
-        self.account()
+        # Counting the store's bytes costs a state(); it is done every 64
+        # messages while the account has room for 64 more of this size
+        # (so the count can never lag past the limit), after each one nearer.
+        self._unaccounted += 1
+        if self._unaccounted >= 64 or self.engine.near_limit(config["storage"], 64 * (size + 64)):
+            self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
-        if reply and not config["no_ack"]:
-            self.store.when_durable(lambda: self._ack(reply, seq))
+        answer = bool(reply) and not config["no_ack"]
+        if answer or msg_id:
+            self._when_durable(seq, reply if answer else None, msg_id)
         for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
+        for follower in list(self.followers):
+            follower.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
+
+    def _when_durable(self, seq: int, reply: Optional[str], msg_id: str) -> None:
+        """PubAck C{seq} once the store has it durable; if its write fails, refuse it and forget its id."""
+        def durable() -> None:
+            if reply:
+                self._ack(reply, seq)
+
+        def lost(error: StoreError) -> None:
+            self.log.warn("stream {stream}: message {seq} was not written ({error}); not acknowledged",
+                          stream=self.name, seq=seq, error=error)
+            if msg_id and self._dedupe.find(msg_id) == seq:
+                # Its publisher will send it again, with the same id.
+                del self._dedupe.ids[msg_id]
+            self.account()
+            for consumer in list(self.consumers.values()):
+                consumer.purged()
+            if isinstance(error, StoreFull):
+                self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
+            else:
+                self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(error) or "store write failed"))
+
+        self.store.when_durable(durable, lost)
 
     def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
         """The stored message again on C{target}, with nats-server's republish headers."""
@@ -858,16 +980,22 @@ class Stream:
         state = self.store.state()
         if not state.msgs:
             return
-        seq = state.first_seq
-        while True:
-            message = self.store.load_next(seq)
+        # Backwards from the last message, as far as the window goes: a
+        # long stream is not read whole at start.
+        inside: List[StoredMessage] = []
+        seq = state.last_seq
+        while seq >= state.first_seq:
+            message = self.store.load(seq)
+            seq -= 1
             if message is None:
+                continue
+            if now - message.ts >= window:
                 break
-            if now - message.ts < window:
-                msg_id = header(message.headers, "Nats-Msg-Id") if message.headers else None
-                if msg_id:
-                    self._remember(msg_id, message.seq, message.ts)
-            seq = message.seq + 1
+            inside.append(message)
+        for message in reversed(inside):
+            msg_id = header(message.headers, "Nats-Msg-Id") if message.headers else None
+            if msg_id:
+                self._remember(msg_id, message.seq, message.ts)
         last = self.store.load(state.last_seq)
         if last is not None and last.headers:
             self._last_msg_id = header(last.headers, "Nats-Msg-Id") or ""
@@ -971,7 +1099,7 @@ class Stream:
         self._direct_answer(reply, self.get(last_by_subject=key))
 
     def _direct_status(self, reply: str, status: str) -> None:
-        self.engine.broker.publish(reply, b"", headers=("NATS/1.0 " + status + "\r\n\r\n").encode("ascii"))
+        self.engine.answer(reply, b"", ("NATS/1.0 " + status + "\r\n\r\n").encode("ascii"))
 
     def _direct_answer(self, reply: str, message: Optional[StoredMessage]) -> None:
         if message is None:
@@ -982,7 +1110,7 @@ class Stream:
             block = message.headers[:-2] + extra.encode("utf-8")
         else:
             block = b"NATS/1.0\r\n" + extra.encode("utf-8")
-        self.engine.broker.publish(reply, message.data, headers=block)
+        self.engine.answer(reply, message.data, block)
 
     # -- info -----------------------------------------------------------------
 
@@ -1017,7 +1145,125 @@ class Stream:
         }
         if domain and self.engine.settings.domain:
             out["domain"] = self.engine.settings.domain
+        if domain and self.sources:
+            out["sources"] = self.sources_json()
         return out
+
+
+class SourceLink:
+    """
+    One source of a stream, from a stream of this server: what it missed
+    is copied at once, then each new message as the origin stores it,
+    with C{Nats-Stream-Source: <origin> <seq>} added (nats-server's header,
+    by which the copy resumes after a restart).
+    """
+
+    def __init__(self, stream: Stream, config: Dict[str, Any]) -> None:
+        self.stream = stream
+        self.config = config
+        self.name: str = config["name"]
+        self.filter: str = config["filter_subject"] or ""
+        self.origin: Optional[Stream] = None
+        #: The origin's next sequence to copy.
+        self.next = 0
+        #: When (ns) it was linked or a message last came from it (0: never).
+        self.last = 0
+        self._call: Any = None
+
+    def link(self, origin: Stream) -> None:
+        """Start following C{origin}: resume after the last copy, or where the source config says."""
+        self.origin = origin
+        origin.followers.append(self)
+        self.next = self._resume_at(origin)
+        self.last = self.stream.engine.now()
+        # The copying begins on the next turn, as nats-server's source
+        # consumer does: a create is answered with the stream as made.
+        self._call = self.stream.engine.clock.callLater(0, self._catch_up)
+
+    def unlink(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self.origin is not None and self in self.origin.followers:
+            self.origin.followers.remove(self)
+        self.origin = None
+
+    def origin_gone(self) -> None:
+        """The origin was deleted: wait for a stream of that name again."""
+        self.origin = None
+
+    def _resume_at(self, origin: Stream) -> int:
+        own = self.stream.store
+        state = own.state()
+        seq = state.last_seq
+        prefix = self.name + " "
+        while seq >= state.first_seq and seq > 0:
+            message = own.load(seq)
+            seq -= 1
+            if message is None or not message.headers:
+                continue
+            value = header(message.headers, "Nats-Stream-Source")
+            if value and value.startswith(prefix) and value[len(prefix):].isdigit():
+                return int(value[len(prefix):]) + 1
+        if self.config["opt_start_seq"]:
+            return self.config["opt_start_seq"]
+        first = origin.store.state().first_seq or 1
+        if self.config["opt_start_time"]:
+            since = parse_rfc3339(self.config["opt_start_time"])
+            message = origin.store.load_next(first)
+            while message is not None and message.ts < since:
+                message = origin.store.load_next(message.seq + 1)
+            return message.seq if message is not None else origin.store.state().last_seq + 1
+        return first
+
+    def _catch_up(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        origin = self.origin
+        while origin is not None:
+            message = origin.store.load_next(self.next, self.filter or None)
+            if message is None:
+                self.next = max(self.next, origin.store.state().last_seq + 1)
+                return
+            self._copy(message)
+
+    def stored(self, seq: int, subject: str) -> None:
+        """The origin stored C{seq}: copy it (and anything skipped before it)."""
+        if seq < self.next or self.stream._closed:
+            return
+        if seq > self.next:
+            self._catch_up()
+            return
+        message = self.origin.store.load(seq) if self.origin is not None else None
+        if message is None or (self.filter and not _subject_matches(self.filter, message.subject)):
+            self.next = seq + 1
+            return
+        self._copy(message)
+
+    def _copy(self, message: StoredMessage) -> None:
+        self.next = message.seq + 1
+        self.last = self.stream.engine.now()
+        value = "{} {}".format(self.name, message.seq)
+        headers = message.headers
+        if headers and len(headers) > 4:
+            if b"Nats-Stream-Source:" in headers:
+                status, values = parse_headers(headers)
+                kept = [(k, v) for k, vs in values.items() if k != "Nats-Stream-Source" for v in vs]
+                headers = ("NATS/1.0" + (" " + status if status else "") + "\r\n" +
+                           "".join("{}: {}\r\n".format(k, v) for k, v in kept) + "\r\n").encode("utf-8")
+            block = headers[:-2] + "Nats-Stream-Source: {}\r\n\r\n".format(value).encode("utf-8")
+        else:
+            block = "NATS/1.0\r\nNats-Stream-Source: {}\r\n\r\n".format(value).encode("utf-8")
+        self.stream.process(message.subject, None, message.data, block)
+
+    def info(self) -> Dict[str, Any]:
+        """StreamSourceInfo."""
+        lag = 0
+        if self.origin is not None:
+            lag = max(0, self.origin.store.state().last_seq - self.next + 1)
+        active = self.stream.engine.now() - self.last if self.last else -1
+        return {"name": self.name, "lag": lag, "active": active}
 
 
 def _parse_uint(text: str) -> Optional[int]:

@@ -20,6 +20,7 @@ What it must not do: look inside messages, or know what a listener is for.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -98,7 +99,8 @@ class ClientConnection(Protocol):
         )
         self.gate = ReadGate()
         #: Reads parsed within the budget, the rest on later turns.
-        self.turns = ReadTurns(self.parser, clock, self.gate, self._violated, lambda: self.broker.flush(self))
+        # (A partial, not a lambda: one Python call fewer per read.)
+        self.turns = ReadTurns(self.parser, clock, self.gate, self._violated, partial(broker.flush, self))
         self.outbound = Outbound(clock, settings.max_pending, self._slow_consumer, settings.write_deadline, gate=self.gate)
         #: The broker appends frames here, and flushes through the outbound part.
         self.out = self.outbound.out
@@ -133,6 +135,7 @@ class ClientConnection(Protocol):
         self.may_receive: Any = None
         self.publish = broker.deliver
         self.publish_batch = broker.deliver_batch
+        self.publish_run = broker.deliver_run
         # Counters.
         self.in_msgs = 0
         self.in_bytes = 0

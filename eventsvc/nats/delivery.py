@@ -53,7 +53,7 @@ Target = Tuple[ISubscriber, bytes, Callable[[bytes], None]]
 
 
 class IGatewayForwarder(Protocol):
-    """What the broker asks of the gateways (L{eventsvc.nats.gateway.GatewayManager})."""
+    """What the broker asks of the gateways (L{eventsvc.nats.links.gateway.GatewayManager})."""
 
     def forward(
         self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
@@ -346,6 +346,46 @@ class Delivery:
         if targets.queues or targets.route_mixed or (self.gateways is not None and src.kind.to_gateways):
             count += self._onward(src, targets, None, subject, reply, size, tail, -1, b"", queues)
         return count
+
+    def deliver_run(self, src: ISource, run: Sequence[Tuple[bytes, int, Any]]) -> None:
+        """
+        Deliver, in order, messages from C{src} without a reply, headers or
+        queue names that came together (in one read): each C{(subject,
+        size, tail)} as for L{deliver}, or C{(subject, size, tails)} as for
+        L{deliver_batch}.  A message whose plan is local subscribers only
+        is framed here; any other goes through L{deliver}, and so the rule.
+
+        Traffic over many subjects makes every message a run of its own
+        subject: handed over here, a read's messages cost one call in all,
+        not one each (on CPython a call is a tenth of a message's cost).
+        """
+        plans = self._targets
+        plan = self._plan
+        no_echo = not src.echo
+        local = self.gateways is None
+        dirty = self._dirty
+        for subject, size, tail in run:
+            if tail.__class__ is not bytes:
+                self.deliver_batch(src, subject, tail, size)
+                dirty = self._dirty  # (an in-process subscriber may have flushed)
+                continue
+            targets = plans.get(subject) or plan(subject)
+            if not (local and targets.local):
+                self.deliver(src, subject, None, size, tail, targets)
+                dirty = self._dirty
+                continue
+            # (deliver()'s loop, without a reply: written out here, since
+            # a call a message is what this method saves.)
+            for conn, prefix, append in targets.plain:
+                if conn is src and no_echo:
+                    continue
+                append(prefix)
+                append(tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
 
     def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """

@@ -52,6 +52,15 @@ _SPACE = (32, 9)
 
 #: Payloads up to this size are parsed in runs (Framer._runs).
 RUN_PAYLOAD = 256
+#: How many message lines (C{PUB <subject> <size>}, C{LMSG ...}: no reply,
+#: no queue names) are kept read, for every connection: a line is only ever
+#: read the same way, and a subject's traffic repeats its line.  Runs and
+#: the loop both look a line up before reading it; a line kept gives its
+#: subject (the same object each time, so its hash is kept too), its size,
+#: where its size begins and the whole message's length.  Enough for ten
+#: thousand subjects with a size or two each; about 200 bytes a line.
+MESSAGE_LINES = 16384
+_MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int, int]] = {}
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
@@ -165,7 +174,10 @@ class Framer:
     message as C{publish_batch(handler, subject, tails, size)} (runs without
     a reply), C{publish(handler, subject, reply, size, tail)} or, when it is
     not C{plain} or its C{may_publish} refuses the subject, C{op_pub}; and
-    C{extra} (L{message_extra}) when the line says more than a reply.
+    C{extra} (L{message_extra}) when the line says more than a reply.  A
+    split run (L{_runs}) hands its messages without a reply over together,
+    as C{publish_run(handler, run)} when the handler has it (a list of
+    C{(subject, size, tail)}), else one by one (L{_publish_each}).
 
     @ivar awaiting_connect: while true, any first operation other than
         CONNECT is an authorization violation (set when auth is required).
@@ -291,6 +303,17 @@ class Framer:
 
     # -- the loop -------------------------------------------------------------
 
+    def _publish_each(self, handler: Any, run: List[Tuple[bytes, int, Any]]) -> None:
+        """
+        How a run is handed to a handler without C{publish_run} (a link,
+        which checks each message): message by message, a batch as one.
+        """
+        for subject, size, tail in run:
+            if tail.__class__ is bytes:
+                handler.publish(handler, subject, None, size, tail)
+            else:
+                handler.publish_batch(handler, subject, tail, size)
+
     def _runs(self, buf: bytes, started: float, base: int = 0) -> int:
         """
         The start of a read made of plain messages, parsed in one go; returns
@@ -317,49 +340,67 @@ class Framer:
         handler = self._handler
         parts = (buf[base:] if base else buf).split(b"\r\n")
         # The last part is what follows the last CRLF: never a whole message.
-        count = len(parts) - 1
+        del parts[-1]
         verb = self.message_verb[:-1]
         mcl = self.max_control_line + len(verb) + 1
         sizes = self._sizes
         publish = handler.publish
-        publish_batch = handler.publish_batch
+        publish_run = getattr(handler, "publish_run", None) or self._publish_each
         budget = self.budget
         not_replies = self.not_replies
         pos = base
         msgs = nbytes = repeats = 0
-        batch: Any = None
-        batch_subject = b""
-        batch_bytes = 0
-        i = 0
+        # The messages without a reply read since the last hand-over.
+        run: List[Tuple[bytes, int, bytes]] = []
         # A tab or a bare LF in a control line must go to the loop (it
-        # separates, or ends, as nats-server reads it).  When the read has
-        # neither anywhere (each LF is a CRLF's), no line needs the check:
-        # one scan of the read instead of two finds a message.
-        clean = buf.find(b"\t", base) < 0 and buf.count(b"\n", base) == count
+        # separates, or ends, as nats-server reads it).  A line read before
+        # has neither; a new one is looked at for both, unless the read has
+        # no tab anywhere (one scan of the read instead of a find a line).
+        tabs = buf.find(b"\t", base) >= 0
+        lines = _MESSAGE_LINES
+        # A line read by a connection with a larger max_payload may be too
+        # large here: the loop says so.
+        limit = min(RUN_PAYLOAD, self.max_payload) if self.checks_payload else RUN_PAYLOAD
+        # (A line and the part after it, with no index to keep.)
+        pairs = iter(parts)
         try:
-            last: Any = None  # (never equal to a line)
-            subject = szb = b""
+            last: Any = None  # (never a line's)
+            subject = b""
             reply: Optional[bytes] = None
-            size = 0
-            while i + 1 < count:
-                if budget is not None and msgs and not msgs & 15 and perf_counter() - started > budget:
-                    break  # the loop suspends at once, at pos
-                line = parts[i]
-                if line == last:
-                    repeats += 1
-                    if repeats > 64:
-                        # The same line again and again: the loop's memo does that better.
-                        self._differing = False
-                        break
+            size = cut = step = 0
+            for line, payload in zip(pairs, pairs):
+                if budget is not None and msgs and not msgs & 15:
+                    if run:
+                        # (Delivered now, so that the time checked is theirs too.)
+                        handed, run = run, []
+                        publish_run(handler, handed)
+                    if perf_counter() - started > budget:
+                        break  # the loop suspends at once, at pos
+                known_line = lines.get(line)
+                if known_line is not None:
+                    # Read before, by this or another connection: its
+                    # subject (the same object, its hash kept), its size,
+                    # where its size begins and the whole message's length.
+                    if known_line is last:
+                        repeats += 1
+                        if repeats > 64:
+                            # The same line again and again: the loop's memo does that better.
+                            self._differing = False
+                            break
+                    else:
+                        repeats = 0
+                        subject, size, cut, step = last = known_line
+                        reply = None
+                        if size > limit or len(line) > mcl:
+                            break
                 else:
                     repeats = 0
-                    # (A line equal to the previous one says the same.)
                     args = line.split(b" ")
                     n = len(args)
                     # (line.find, not "in": on CPython 3.11 "b'\t' in line"
                     # costs four times a find.)
                     if (n != 3 and n != 4) or args[0] != verb or b"" in args or len(line) > mcl or (
-                            not clean and (line.find(b"\t") >= 0 or line.find(b"\n") >= 0)) or (
+                            line.find(b"\n") >= 0 or (tabs and line.find(b"\t") >= 0)) or (
                             n == 4 and not_replies and args[2] in not_replies):
                         break
                     szb = args[-1]
@@ -368,45 +409,36 @@ class Framer:
                     if size > RUN_PAYLOAD:
                         break  # splitting would copy every payload once more
                     subject = args[1]
-                    reply = args[2] if n == 4 else None
-                    last = line
-                payload = parts[i + 1]
+                    cut = len(line) - len(szb)
+                    step = len(line) + size + 4
+                    if n == 4:
+                        reply = args[2]
+                        last = None
+                    else:
+                        # Lines without a reply come again (a reply inbox is
+                        # used once): kept, as many as MESSAGE_LINES.
+                        reply = None
+                        if len(lines) >= MESSAGE_LINES:
+                            lines.clear()
+                        lines[line] = last = (subject, size, cut, step)
                 if len(payload) != size:
                     break  # a CRLF inside the payload, or not all of it yet
-                i += 2
-                start = pos + len(line) - len(szb)
-                pos += len(line) + size + 4
+                start = pos + cut
+                pos += step
                 msgs += 1
                 nbytes += size
                 if reply is None:
-                    if batch is not None:
-                        if subject == batch_subject:
-                            if batch.__class__ is bytes:
-                                batch = [batch, buf[start:pos]]
-                            else:
-                                batch.append(buf[start:pos])
-                            batch_bytes += size
-                            continue
-                        if batch.__class__ is bytes:
-                            publish(handler, batch_subject, None, batch_bytes, batch)
-                        else:
-                            publish_batch(handler, batch_subject, batch, batch_bytes)
-                    batch, batch_subject, batch_bytes = buf[start:pos], subject, size
+                    run.append((subject, size, buf[start:pos]))
                 else:
-                    if batch is not None:
-                        if batch.__class__ is bytes:
-                            publish(handler, batch_subject, None, batch_bytes, batch)
-                        else:
-                            publish_batch(handler, batch_subject, batch, batch_bytes)
-                        batch = None
+                    if run:
+                        handed, run = run, []
+                        publish_run(handler, handed)
                     if not publish(handler, subject, reply, size, buf[start:pos]):
                         handler.op_no_responders(reply)
         finally:
-            if batch is not None:
-                if batch.__class__ is bytes:
-                    publish(handler, batch_subject, None, batch_bytes, batch)
-                else:
-                    publish_batch(handler, batch_subject, batch, batch_bytes)
+            # Whatever happens next, what was read before is delivered.
+            if run:
+                publish_run(handler, run)
             if msgs:
                 handler.in_msgs += msgs
                 handler.in_bytes += nbytes
@@ -429,13 +461,12 @@ class Framer:
         may_publish = handler.may_publish
         publish = handler.publish
         publish_batch = handler.publish_batch
-        op_pub = handler.op_pub
-        message_line = self.message_line
+        # (op_pub, message_line and the verb table's classify are looked up
+        # where they are used: a bound method a read is a cost for a fleet
+        # of publishers whose every read is one PUB.)
         message_code = self._message_code
         fast = self.message_verb
         fast_len = len(fast)
-        longest = self.verbs.longest + 1
-        classify = self.verbs.classify
         guarded = self.awaiting_connect
         # Every 16 operations (one may fan out to hundreds of subscribers),
         # the time spent is checked against the budget.
@@ -453,6 +484,12 @@ class Framer:
                 ops = 15  # after a run, the budget is checked at once
         find = buf.find
         startswith = buf.startswith
+        # Message lines read before, by any connection (L{_MESSAGE_LINES}),
+        # where the protocol's lines are those runs read; held to this
+        # connection's max_payload.
+        lines = _MESSAGE_LINES if self.split_runs else None
+        max_size = self.max_payload if self.checks_payload else 1 << 62
+        key = b""
         msgs = nbytes = 0
         # The previous message line (never matches until one is parsed),
         # what it said, and whether it is worth comparing with.
@@ -501,7 +538,8 @@ class Framer:
                         start = pos + fast_len
                     else:
                         eol = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-                        verb = classify(buf[pos : min(eol, pos + longest)])
+                        verbs = self.verbs
+                        verb = verbs.classify(buf[pos : min(eol, pos + verbs.longest + 1)])
                         if guarded and (verb is None or verb.name != b"CONNECT"):
                             raise ProtocolViolation(AUTHORIZATION_VIOLATION)
                         if verb is None:
@@ -527,14 +565,29 @@ class Framer:
                     eol = nl - 1 if buf[nl - 1] == 13 else nl
                     if eol - start > mcl:
                         raise ProtocolViolation(MAX_CONTROL_LINE)
-                    subject, reply, extra, szb = message_line(buf, start, eol)
-                    known = sizes.get(szb)
-                    size = self._new_size(szb) if known is None else known
-                    if eol < nl and 47 < buf[eol - 1] < 58:
-                        # "<#bytes>\r\n<payload>\r\n" is already in the buffer.
-                        tail_off = eol - len(szb) - pos
+                    if lines is not None and eol < nl:
+                        key = buf[pos:eol]
+                        known_line = lines.get(key)
                     else:
-                        tail_off = -1
+                        known_line = None
+                    if known_line is not None and known_line[1] <= max_size:
+                        # Read before (a line without a reply, ending in its size).
+                        subject, size, tail_off, _ = known_line
+                        reply = extra = None
+                    else:
+                        subject, reply, extra, szb = self.message_line(buf, start, eol)
+                        known = sizes.get(szb)
+                        size = self._new_size(szb) if known is None else known
+                        if eol < nl and 47 < buf[eol - 1] < 58:
+                            # "<#bytes>\r\n<payload>\r\n" is already in the buffer.
+                            tail_off = eol - len(szb) - pos
+                            if lines is not None and reply is None and extra is None and startswith(fast, pos):
+                                # (Not "pub", not "PUB<tab>": runs read only what they split.)
+                                if len(lines) >= MESSAGE_LINES:
+                                    lines.clear()
+                                lines[key] = (subject, size, tail_off, eol - pos + size + 4)
+                        else:
+                            tail_off = -1
                     if memo:
                         if misses > 16:
                             # Lines keep differing: stop comparing (until the next
@@ -568,7 +621,7 @@ class Framer:
                         else:
                             publish_batch(handler, batch_subject, batch, batch_bytes)
                         batch = None
-                    op_pub(subject, reply, size, tail)
+                    handler.op_pub(subject, reply, size, tail)
                     continue
                 msgs += 1
                 nbytes += size
@@ -645,7 +698,17 @@ class ReadTurns:
 
     def feed(self, data: bytes) -> None:
         """A read: parsed within this turn's budget, and what it delivered written out."""
-        self._turn(self.framer.feed, data)
+        # (Written out here, not through _turn: a fleet of slow publishers
+        # makes a read of every message, and each call here costs them.)
+        framer = self.framer
+        try:
+            framer.feed(data)
+        except ProtocolViolation as violation:
+            self.violated(violation)
+        if framer.suspended:
+            self.flush()
+        else:
+            self.write_out()
 
     def later(self) -> None:
         """The framer used its budget: read nothing more until the rest has been parsed, from the next turn on."""
@@ -660,11 +723,8 @@ class ReadTurns:
     def _go_on(self) -> None:
         self._call = None
         self.gate.release(PARSING_LATER)
-        self._turn(self.framer.resume)
-
-    def _turn(self, parse: Callable[..., None], *data: bytes) -> None:
         try:
-            parse(*data)
+            self.framer.resume()
         except ProtocolViolation as violation:
             self.violated(violation)
         self.flush()

@@ -52,7 +52,11 @@ class IFramedConnection(Protocol):
     permissions) straight to C{publish(handler, subject, reply, size,
     tail)}, which returns how many subscribers it reached, or, for runs
     without a reply, to C{publish_batch}; it adds to C{in_msgs} and
-    C{in_bytes} itself.  Otherwise it calls C{op_pub}.
+    C{in_bytes} itself.  Otherwise it calls C{op_pub}.  A connection may
+    also take a read's messages without a reply in one call,
+    C{publish_run(handler, run)} (L{eventsvc.nats.delivery.Delivery.deliver_run}):
+    a client's are delivered so; a link, which checks each message, is
+    handed them one by one.
     """
 
     plain: bool

@@ -1,8 +1,8 @@
 """
 The settings of a client listener, shared by its connections: what is
-fixed when it is built from the configuration (L{ClientSettings}, frozen),
-and the little that changes while it runs (L{ListenerState}).  Every
-default comes from L{eventsvc.nats.limits}.
+fixed when it is built from the configuration (L{ClientSettings}, frozen, holding the
+[limits] it runs with as one L{Limits}), and the little that changes while
+it runs (L{ListenerState}).  Every default comes from L{eventsvc.nats.limits}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from eventsvc.nats import limits
+from eventsvc.nats.limits import PARSE_BUDGET, TLS_TIMEOUT, Limits
 from eventsvc.nats.interfaces import IAuthenticator
 
 
@@ -30,15 +30,9 @@ class ClientSettings:
     host: str = "0.0.0.0"
     #: The port configured (0: any); the port bound is the state's.
     port: int = 4222
-    max_payload: int = limits.MAX_PAYLOAD
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
+    #: [limits], as this listener runs with them (its own auth_timeout, if it has one).
+    limits: Limits = Limits()
     max_connections: int = 65536
-    max_subscriptions: int = 0
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
-    write_deadline: float = limits.WRITE_DEADLINE
-    auth_timeout: float = limits.AUTH_TIMEOUT
     #: The authenticator at start (None: no authentication); a reload
     #: replaces the state's.
     authenticator: Optional[IAuthenticator] = None
@@ -47,13 +41,10 @@ class ClientSettings:
     tls: Optional[Any] = None
     #: Whether clients must present a certificate (said in INFO).
     tls_verify: bool = False
-    tls_timeout: float = limits.TLS_TIMEOUT
+    tls_timeout: float = TLS_TIMEOUT
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget).
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: The listening socket's backlog (nats-server leaves the system's,
-    #: 4096 on current Linux, in force; Twisted's default is 50).
-    listen_backlog: int = limits.LISTEN_BACKLOG
+    parse_budget: Optional[float] = PARSE_BUDGET
     #: An AuthThrottle (failed logins per address), or None.
     auth_throttle: Any = None
     #: Whether JetStream runs ([jetstream]): said in INFO, as nats-server
@@ -63,7 +54,55 @@ class ClientSettings:
 
     @property
     def tls_required(self) -> bool:
+        """Whether clients must upgrade to TLS (said in INFO)."""
         return self.tls is not None
+
+    # What the connections read, from the limits (client.py reads them here).
+
+    @property
+    def max_payload(self) -> int:
+        """[limits] max_payload."""
+        return self.limits.max_payload
+
+    @property
+    def max_control_line(self) -> int:
+        """[limits] max_control_line."""
+        return self.limits.max_control_line
+
+    @property
+    def max_pending(self) -> int:
+        """[limits] max_pending."""
+        return self.limits.max_pending
+
+    @property
+    def max_subscriptions(self) -> int:
+        """[limits] max_subscriptions (0: no limit)."""
+        return self.limits.max_subscriptions
+
+    @property
+    def ping_interval(self) -> float:
+        """[limits] ping_interval."""
+        return self.limits.ping_interval
+
+    @property
+    def ping_max(self) -> int:
+        """[limits] ping_max."""
+        return self.limits.ping_max
+
+    @property
+    def write_deadline(self) -> float:
+        """[limits] write_deadline."""
+        return self.limits.write_deadline
+
+    @property
+    def auth_timeout(self) -> float:
+        """The listener's auth_timeout ([limits], or its own section's)."""
+        return self.limits.auth_timeout
+
+    @property
+    def listen_backlog(self) -> int:
+        """[limits] listen_backlog: the listening socket's backlog (nats-server leaves the system's, 4096 on current Linux)."""
+        return self.limits.listen_backlog
 
 
 class ListenerState:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from eventsvc.nats.listener import ListenError
+from eventsvc.ops import jsz as js_ops
 from eventsvc.nats.subjects import subject_matches, valid_literal_subject
 
 
@@ -285,7 +286,7 @@ class Monitor:
             "leaf": {} if leafs is None else _leaf_varz(leafs),
             "mqtt": {},
             "websocket": {},
-            "jetstream": {},
+            "jetstream": js_ops.varz_jetstream(self.service),
             "tls_timeout": s.tls_timeout,
             "write_deadline": int(s.write_deadline * 1e9),
             "start": rfc3339(self.started),
@@ -464,6 +465,10 @@ class Monitor:
             subscriptions_list=Rows(page, describe) if len(page) > ROWS_PER_TURN else [describe(sub) for sub in page],
         )
 
+    def jsz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
+        """nats-server's /jsz (L{eventsvc.ops.jsz.jsz})."""
+        return js_ops.jsz(self.service, self.broker.server_id, args)
+
     def routez(self) -> dict:
         cluster = self.cluster()
         routes = []
@@ -595,11 +600,33 @@ _ROWS_MARK = "\x00rows\x00"
 
 
 class Rows:
-    """A long list in a monitoring answer, described and written a slice per reactor turn."""
+    """
+    A long list in a monitoring answer, described and written a slice per
+    reactor turn (C{per_turn} items; fewer for items that cost more to
+    describe).  An answer holds one, at any depth.
+    """
 
-    def __init__(self, items: List[Any], render: Callable[[Any], dict]) -> None:
+    def __init__(self, items: List[Any], render: Callable[[Any], dict], per_turn: int = 0) -> None:
         self.items = items
         self.render = render
+        self.per_turn = per_turn or ROWS_PER_TURN
+
+
+def _take_rows(value: Any) -> "tuple[Any, Optional[Rows]]":
+    """C{value} with its first L{Rows} (depth first) replaced by the mark, and that Rows (or None)."""
+    if isinstance(value, Rows):
+        return _ROWS_MARK, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            replaced, rows = _take_rows(item)
+            if rows is not None:
+                return dict(value, **{key: replaced}), rows
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            replaced, rows = _take_rows(item)
+            if rows is not None:
+                return value[:i] + [replaced] + value[i + 1 :], rows
+    return value, None
 
 
 class _JSON(resource.Resource):
@@ -621,11 +648,10 @@ class _JSON(resource.Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return body.encode("utf-8")
         request.setHeader(b"content-type", b"application/json")
-        rows = [(k, v) for k, v in body.items() if isinstance(v, Rows)]
-        if not rows:
+        marked, value = _take_rows(body)
+        if value is None:
             return json.dumps(body, indent=2).encode("utf-8") + b"\n"
-        key, value = rows[0]
-        head, _, tail = json.dumps(dict(body, **{key: _ROWS_MARK}), indent=2).partition(json.dumps(_ROWS_MARK))
+        head, _, tail = json.dumps(marked, indent=2).partition(json.dumps(_ROWS_MARK))
         request.write(head.encode("utf-8") + b"[")
         self._write_rows(request, value, 0, tail.encode("utf-8") + b"\n")
         request.notifyFinish().addErrback(lambda _: None)
@@ -634,7 +660,7 @@ class _JSON(resource.Resource):
     def _write_rows(self, request: Any, rows: "Rows", start: int, tail: bytes) -> None:
         if getattr(request, "_disconnected", False):
             return  # the client went away: stop describing
-        chunk = rows.items[start : start + ROWS_PER_TURN]
+        chunk = rows.items[start : start + rows.per_turn]
         text = ",".join(json.dumps(rows.render(item), indent=2) for item in chunk)
         request.write(((",\n" if start else "\n") + text).encode("utf-8") if chunk else b"")
         start += len(chunk)
@@ -721,6 +747,7 @@ class MetricsCollector:
         leafs = m.leafnodes()
         if leafs is not None:
             yield from _leaf_metrics(leafs)
+        yield from js_ops.metrics(m.service)
         events = getattr(m.service, "events", None)
         if events is None:
             return
@@ -804,6 +831,7 @@ def _leaf_metrics(leafs: Any) -> Any:
 #: after them under its path.
 _INDEX = (
     ("varz", "General"),
+    ("jsz", "JetStream"),
     ("connz", "Connections"),
     ("subsz", "Subscriptions"),
     ("routez", "Routes"),
@@ -907,6 +935,7 @@ class MonitorService(Service):
             ("gatewayz", lambda r: m.gatewayz()),
             ("leafz", lambda r: m.leafz(r.args)),
             ("eventz", lambda r: m.eventz()),
+            ("jsz", lambda r: m.jsz(r.args)),
         ):
             root.putChild(path.encode(), _JSON(m, "/" + path, produce))
         root.putChild(b"metrics", _Metrics(m))

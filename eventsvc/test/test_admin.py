@@ -317,7 +317,9 @@ class StoreCommandTests(TestCase):
         os.makedirs(directory)
         config = process.write_config(os.path.join(directory, "patch.toml"), '[service]\nport = 0\ndata_dir = "state"\n')
         commands = [["dead-letters", "list"], ["spool", "stats"]]
-        self.assertEqual(sorted(" ".join(c) for c in commands), sorted(_commands_with("--json")))
+        # (JetStream's need a server: test_jsops runs them with --json against one)
+        servers = ["stream ls", "stream info", "consumer ls", "consumer info"]
+        self.assertEqual(sorted([" ".join(c) for c in commands] + servers), sorted(_commands_with("--json")))
         for command in commands:
             result = process.cli(*command, "--config", config, "--json")
             self.assertEqual(result.returncode, 0, (command, result.stderr))
@@ -331,6 +333,7 @@ def _commands_with(option: str):
     for command in (
         ["check-config"], ["config", "show"], ["health-check"], ["publish"], ["sub"], ["request"],
         ["dead-letters", "list"], ["dead-letters", "replay"], ["spool", "stats"], ["certs"],
+        ["stream", "ls"], ["stream", "info"], ["consumer", "ls"], ["consumer", "info"],
     ):
         if option + " " in process.cli(*command, "--help").stdout:
             found.append(" ".join(command))
@@ -546,6 +549,7 @@ class HelpTests(TestCase):
         for command in (
             ["check-config"], ["config", "show"], ["health-check"], ["publish"], ["sub"], ["request"],
             ["dead-letters", "list"], ["dead-letters", "replay"], ["spool", "stats"], ["certs"],
+            ["stream", "ls"], ["stream", "info"], ["consumer", "ls"], ["consumer", "info"],
         ):
             result = process.cli(*command, "--help")
             self.assertEqual(result.returncode, 0, command)

@@ -275,7 +275,7 @@ class ConsoleOffTests(SynchronousTestCase):
         self.assertIn("<title>eventsvc monitor</title>", page)
         links = re.findall(r'<a href="\./(\w+)">([^<]+)</a>', page)
         self.assertEqual(links, [
-            ("varz", "General"), ("connz", "Connections"), ("subsz", "Subscriptions"), ("routez", "Routes"),
+            ("varz", "General"), ("jsz", "JetStream"), ("connz", "Connections"), ("subsz", "Subscriptions"), ("routez", "Routes"),
             ("leafz", "LeafNodes"), ("gatewayz", "Gateways"), ("healthz", "Health Probe"), ("eventz", "Events"),
             ("metrics", "Prometheus metrics"),
         ])
@@ -285,5 +285,5 @@ class ConsoleOffTests(SynchronousTestCase):
         for path, _ in links:
             self.assertEqual(request(svc, "/" + path)[0], 200, path)
         # An endpoint the monitor gains is listed too, under its path.
-        svc.getServiceNamed("monitor").site.resource.putChild(b"jsz", Resource())
-        self.assertIn('<a href="./jsz">jsz</a>', request(svc, "/")[1].decode())
+        svc.getServiceNamed("monitor").site.resource.putChild(b"accountz", Resource())
+        self.assertIn('<a href="./accountz">accountz</a>', request(svc, "/")[1].decode())

@@ -131,14 +131,17 @@ def keep(shot: str, name: str) -> None:
 class ConsoleInBrowserTests(TestCase):
     timeout = 180
 
-    async def start_console(self) -> Any:
-        """A running eventsvc with the console, and a browser; (browser, monitor port, NATS URL, folder)."""
+    async def start_console(self, extra: str = "") -> Any:
+        """
+        A running eventsvc with the console (and the C{extra} sections), and a
+        browser; (browser, monitor port, NATS URL, folder).
+        """
         if nats is None:
             process.require("nats-py (pip install nats-py)")
         browser = Browser()  # (skips, or fails under CI, without chromium)
         folder = self.mktemp()
         os.makedirs(folder)
-        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG.replace("{closed}", str(process.free_port()))), expect=("service", "websocket"))
+        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG.replace("{closed}", str(process.free_port())) + extra), expect=("service", "websocket"))
         await process.started(self, server)
         output = await threads.deferToThread(server.wait_output, "monitor listening for HTTP")
         monitor = int(_MONITOR.search(output).group(1))
@@ -252,6 +255,32 @@ class ConsoleInBrowserTests(TestCase):
         shot = await threads.deferToThread(down)
         keep(shot, "console-operator.png")
 
+    async def test_jetstream_streams_and_consumers(self) -> None:
+        """Streams and a consumer made through the API are listed, with the usage and the API's counts."""
+        from eventsvc.test.test_jsops import make_orders_and_mem
+
+        browser, monitor, nats_url, folder = await self.start_console("[jetstream]\nstore_dir = \"js\"\n")
+        await threads.deferToThread(make_orders_and_mem, int(nats_url.rpartition(":")[2]))
+
+        def look() -> str:
+            browser.go("http://127.0.0.1:{}/".format(monitor))
+            browser.wait_for("document.querySelectorAll('#js-streams tbody tr').length === 2")
+            self.assertEqual(browser.evaluate("document.getElementById('jetstream').dataset.state"), "on")
+            rows = browser.evaluate("[...document.querySelectorAll('#js-streams tbody tr')].map((r) => [...r.cells].map((c) => c.textContent))")
+            self.assertEqual([r[:8] for r in rows], [
+                ["MEM", "memory", "mem", "1", "20 B", "1", "1", "0"],
+                ["ORDERS", "file", "orders.>", "5", rows[1][4], "1", "5", "1"],
+            ])
+            self.assertRegex(rows[1][8], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+            consumers = browser.evaluate("[...document.querySelectorAll('#js-consumers tbody tr')].map((r) => [...r.cells].map((c) => c.textContent))")
+            self.assertEqual([c[:10] for c in consumers], [["ORDERS", "proc", "durable pull", "explicit", "3", "1", "0", "0", "2", "1"]])
+            summary = browser.text("#js-summary")
+            self.assertTrue(summary.startswith("2 streams · 1 consumers · 6 messages · "), summary)
+            self.assertRegex(summary, r" · API \d+ requests, 0 errors$")
+            return browser.screenshot(os.path.join(folder, "console-jetstream.png"))
+
+        keep(await threads.deferToThread(look), "console-jetstream.png")
+
     async def test_live_tail_and_counters(self) -> None:
         browser, monitor, nats_url, folder = await self.start_console()
 
@@ -265,6 +294,10 @@ class ConsoleInBrowserTests(TestCase):
             browser.evaluate("document.getElementById('tail-subject').value = 'console.>'; document.getElementById('tail-start').click(); 1")
             browser.wait_for("document.getElementById('tail-status').textContent === 'Watching console.>.'")
             self.assertEqual(browser.evaluate("document.getElementById('events-accepted').textContent"), "0")
+            # Without [jetstream], its section says so and lists nothing.
+            browser.wait_for("document.getElementById('jetstream').dataset.state === 'off'")
+            self.assertEqual(browser.text("#js-summary"), "JetStream is off on this server (no [jetstream] section).")
+            self.assertEqual(browser.evaluate("getComputedStyle(document.getElementById('js-streams')).display"), "none")
 
         await threads.deferToThread(open_console)
 

@@ -83,8 +83,11 @@ class RuleTests(SynchronousTestCase):
         for conn in self.to.values():
             interested(self.broker, conn)
 
-    def reached(self, src: Conn, batch: bool = False) -> Dict[str, bytes]:
-        if batch:
+    def reached(self, src: Conn, batch: bool = False, run: bool = False) -> Dict[str, bytes]:
+        if run:
+            # A read's messages handed over together: one, then two to the same subject.
+            self.broker.deliver_run(src, [(b"s", 2, TAIL), (b"s", 4, [TAIL, TAIL])])
+        elif batch:
             self.broker.deliver_batch(src, b"s", [TAIL, TAIL], 4)
         else:
             self.broker.deliver(src, b"s", None, 2, TAIL)
@@ -141,15 +144,51 @@ class RuleTests(SynchronousTestCase):
             self.assertEqual(self.reached(Conn(kind, origin)), fast, kind)
             self.assertEqual((got, self.gateways.offered), (["s"], offered), kind)
 
-    def test_batches_go_by_the_same_rule(self) -> None:
+    def test_batches_and_runs_go_by_the_same_rule(self) -> None:
+        """A batch, and a run (a read's messages handed over together), reach whom their messages one by one would."""
         for kind, origin in ((Kind.CLIENT, b""), (Kind.ROUTE, b""), (Kind.HUB, b"H"), (Kind.LEAF, b"E"), (Kind.GATEWAY, b"")):
-            self.setUp()
-            one = self.reached(Conn(kind, origin))
-            offered = list(self.gateways.offered)
-            self.setUp()
-            two = self.reached(Conn(kind, origin), batch=True)
-            self.assertEqual(two, {name: frames * 2 for name, frames in one.items()}, kind)
-            self.assertEqual(self.gateways.offered, offered * 2, kind)
+            for times, how in ((2, {"batch": True}), (3, {"run": True})):
+                self.setUp()
+                one = self.reached(Conn(kind, origin))
+                offered = list(self.gateways.offered)
+                self.setUp()
+                many = self.reached(Conn(kind, origin), **how)
+                self.assertEqual(many, {name: frames * times for name, frames in one.items()}, (kind, how))
+                self.assertEqual(self.gateways.offered, offered * times, (kind, how))
+
+
+class RunTests(SynchronousTestCase):
+    """A client's read of messages to many subjects, handed over as one run (L{Delivery.deliver_run})."""
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.client, self.other = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        for conn in (self.client, self.other):
+            self.broker.add_subscription(Subscription(conn, b"a.>", None, b"1"))
+
+    def test_in_order_to_every_local_subscriber(self) -> None:
+        self.broker.deliver_run(self.client, [(b"a.%d" % i, 2, TAIL) for i in range(3)] + [(b"a.0", 4, [TAIL, TAIL])])
+        frames = b"MSG a.0 1 " + TAIL + b"MSG a.1 1 " + TAIL + b"MSG a.2 1 " + TAIL + (b"MSG a.0 1 " + TAIL) * 2
+        self.assertEqual((self.client.sent(), self.other.sent()), (frames, frames))
+        self.assertEqual((self.other.out_msgs, self.other.out_bytes), (5, 10))
+        self.client.echo = False
+        del self.other.out[:]
+        self.broker.deliver_run(self.client, [(b"a.1", 2, TAIL)])
+        self.assertEqual(self.other.sent(), b"MSG a.1 1 " + TAIL)
+        self.assertEqual(self.client.sent(), frames)
+
+    def test_a_subscriber_in_process_that_publishes_leaves_no_frame_behind(self) -> None:
+        """
+        An in-process callback that publishes writes out what is waiting,
+        mid-run: what the run frames after it is written at the next flush,
+        not left behind.
+        """
+        self.broker.subscribe("a.1", lambda subject, reply, payload, headers: self.broker.publish("b", b"x"))
+        self.broker.deliver_run(self.client, [(b"a.0", 2, TAIL), (b"a.1", 2, TAIL), (b"a.2", 2, TAIL)])
+        self.broker.flush()
+        self.assertTrue(self.other.sent().endswith(b"MSG a.2 1 " + TAIL))
+        self.assertFalse(self.other.dirty)
+        self.assertEqual(self.broker._dirty, [])
 
 
 class QueueRuleTests(SynchronousTestCase):

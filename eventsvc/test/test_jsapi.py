@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import task, threads
@@ -244,6 +245,24 @@ class ConfigTests(TestCase):
                 self.parse("[jetstream]\n" + text + "\n")
             self.assertRegex(str(e.exception), r"^/.*patch\.toml: " + expected)
 
+    def test_check_config_says_where_streams_are_kept(self) -> None:
+        from eventsvc.cli.inspect import describe
+
+        c = self.parse('[jetstream]\nstore_dir = "js"\nmax_memory_store = "1K"\ndomain = "hub"\n')
+        line = [l for l in describe(c) if l.startswith("JetStream")]
+        self.assertEqual(line, ["JetStream: streams kept in {}; memory streams at most 1024 bytes, file streams at most 75% of the "
+                                "disk free at start; domain hub; sync every 2m".format(c.jetstream.store_dir)])
+        self.assertEqual([l for l in describe(self.parse("")) if l.startswith("JetStream")], [])
+
+    def test_warnings(self) -> None:
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
+        alone = config_module.from_mapping({"jetstream": {}}, "<none>")
+        self.assertEqual(alone.jetstream.store_dir, "")
+        self.assertIn("[jetstream] has no store_dir", "\n".join(config_module.warnings(alone)))
+        clustered = self.parse('[jetstream]\n[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n')
+        self.assertIn("[jetstream] with [cluster]", "\n".join(config_module.warnings(clustered)))
+        self.assertNotIn("[jetstream]", "\n".join(config_module.warnings(self.parse("[jetstream]\n"))))
+
     def test_info_says_jetstream(self) -> None:
         broker = Broker()
 
@@ -389,11 +408,22 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("D", b"x", None),
     ("$JS.API.STREAM.MSG.DELETE.D", b'{"seq":1}', None),
     ("$JS.API.INFO", b"", None),
+    # Sources (from streams of the same server): the config, the copy with Nats-Stream-Source, the refusals.
+    ("$JS.API.STREAM.CREATE.O", b'{"name":"O","subjects":["o.>"]}', None),
+    ("o.a", b"1", None),
+    ("o.b", b"2", b"NATS/1.0\r\nX: y\r\n\r\n"),
+    ("$JS.API.STREAM.CREATE.SRC", b'{"name":"SRC","sources":[{"name":"O","opt_start_seq":2}]}', None),
+    ("$JS.API.STREAM.CREATE.SRC2", b'{"name":"SRC2","sources":[{"name":"O","filter_subject":"x.y"}]}', None),
+    ("$JS.API.STREAM.CREATE.SRC3", b'{"name":"SRC3","sources":[{"name":"NOPE"}]}', None),
+    ("o.c", b"3", None),
+    ("", b"", None),  # a pause: nats-server copies through a consumer of its own, a moment later
+    ("$JS.API.STREAM.INFO.SRC", b"", None),
+    ("$JS.API.STREAM.MSG.GET.SRC", b'{"seq":2}', None),
 ]
 
 _TIMES = re.compile(rb'("(?:created|first_ts|last_ts|time)":")[^"]*(")|(Nats-Time-Stamp: )[^\r]*')
 #: What the stores count differently (nats-server's file store has its own record sizes).
-_SIZES = re.compile(rb'("(?:bytes|memory|storage)":)\d+')
+_SIZES = re.compile(rb'("(?:bytes|memory|storage|active)":)-?\d+')
 
 
 def normalized(answer: Optional[Tuple[Optional[bytes], bytes]]) -> Any:
@@ -409,7 +439,14 @@ def normalized(answer: Optional[Tuple[Optional[bytes], bytes]]) -> Any:
 def run_sequence(port: int) -> List[Any]:
     client = RawClient(port)
     try:
-        return [normalized(client.request(subject, payload, headers)) for subject, payload, headers in SEQUENCE]
+        answers = []
+        for subject, payload, headers in SEQUENCE:
+            if not subject:
+                time.sleep(0.5)
+                answers.append(None)
+                continue
+            answers.append(normalized(client.request(subject, payload, headers)))
+        return answers
     finally:
         client.sock.close()
 

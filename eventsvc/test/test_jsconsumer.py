@@ -2,17 +2,25 @@
 JetStream consumers (L{eventsvc.jetstream.consumer}): what a client
 subscribed to a deliver subject or a pull inbox receives, and what an
 acknowledgement does, against a real in-memory L{Broker}, a memory store
-and a fake clock.  The stream is a small stand-in with the attributes
-JS.md gives a consumer.
+and a fake clock (the stream is a small stand-in with the attributes
+JS.md gives a consumer); then nats-py's pull and push consumers against a
+real twistd, and the same consumer requests sent to nats-server -js and to
+eventsvc with equal answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import socket
+import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from twisted.internet import threads
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventsvc.jetstream import consumer_api, errors
 from eventsvc.jetstream.consumer import (
@@ -26,6 +34,14 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.wire import parse_headers, rfc3339
 from eventsvc.nats.server import Broker
+from eventsvc.test import process
+from eventsvc.test.helpers import Harness
+
+try:
+    import nats
+    import nats.js.api
+except ImportError:  # pragma: no cover
+    nats = None
 
 BASE = 1_800_000_000 * 1_000_000_000
 SECOND = 1_000_000_000
@@ -35,9 +51,9 @@ MS = 1_000_000
 class FakeEngine:
     """The engine's part a consumer uses, and its ack routing."""
 
-    def __init__(self) -> None:
-        self.clock = Clock()
-        self.broker = Broker(server_name="test")
+    def __init__(self, broker: Optional[Broker] = None, clock: Optional[Clock] = None) -> None:
+        self.clock = clock or Clock()
+        self.broker = broker or Broker(server_name="test")
         self.streams: Dict[str, "FakeStream"] = {}
         self.broker.subscribe("$JS.ACK.>", self._ack)
 
@@ -82,7 +98,12 @@ class FakeStream:
 
     def ack_message(self, seq: int) -> None:
         self.acked.append(seq)
-        if self.config["retention"] == "workqueue":
+        retention = self.config["retention"]
+        if retention == "interest":
+            message = self.store.load(seq)
+            if message is None or any(c.needs(seq, message.subject) for c in self.consumers.values()):
+                return
+        if retention != "limits":
             self.store.remove(seq)
 
     def publish(self, subject: str, data: bytes = b"", headers: Optional[bytes] = None) -> int:
@@ -114,6 +135,16 @@ class Inbox:
         return [parse_headers(m[3])[0] for m in self.take()]
 
 
+class Request(NamedTuple):
+    """As api.py's Request (JS.md)."""
+
+    subject: str
+    args: List[str]
+    reply: Optional[str]
+    payload: bytes
+    headers: Optional[bytes]
+
+
 class ConsumerTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.engine = FakeEngine()
@@ -140,6 +171,23 @@ class ConsumerTestCase(SynchronousTestCase):
         payload = request if isinstance(request, bytes) else json.dumps(request).encode()
         consumer.next_request(inbox, payload)
         return box
+
+    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
+        kind, handler = consumer_api.ROUTES[verb]
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
+        try:
+            answer = handler(self.engine, request)
+        except ApiError as e:
+            return {"type": kind, "error": e.as_json(), **consumer_api.ERROR_TAILS.get(verb, {})}
+        if answer is None:
+            return None
+        return {"type": kind, **answer}
+
+    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
+        assert answer is not None
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"]
 
     def ack(self, reply: Optional[str], body: bytes = b"+ACK", answer: Optional[str] = None) -> None:
         assert reply is not None
@@ -385,9 +433,13 @@ class PullTests(ConsumerTestCase):
         self.assertEqual(box.statuses(), ["400 Bad Request - heartbeat value too large"])
 
     def test_bad_request(self) -> None:
+        """Bad JSON: 400 with Go's words, as nats-server writes them."""
         consumer = self.consumer(durable_name="D", ack_policy="explicit")
-        box = self.pull(consumer, b"{nope")
-        self.assertTrue(box.statuses()[0].startswith("400 Bad Request - "))
+        self.assertEqual(self.pull(consumer, b"{").statuses(), ["400 Bad Request - unexpected end of JSON input"])
+        self.assertEqual(
+            self.pull(consumer, b"{nope", "_INBOX.2").statuses(),
+            ["400 Bad Request - invalid character 'n' looking for beginning of object key string"],
+        )
 
     def test_max_waiting(self) -> None:
         consumer = self.consumer(durable_name="D", ack_policy="explicit", max_waiting=2)
@@ -773,35 +825,8 @@ class InfoTests(ConsumerTestCase):
         self.assertEqual(info["created"], rfc3339(BASE))
 
 
-class Request(NamedTuple):
-    """As api.py's Request (JS.md)."""
-
-    subject: str
-    args: List[str]
-    reply: Optional[str]
-    payload: bytes
-    headers: Optional[bytes]
-
-
 class ApiTests(ConsumerTestCase):
     """consumer_api's handlers, answered as api.py answers them (JS.md)."""
-
-    def request(self, verb: str, args: List[str], body: Any = b"", reply: Optional[str] = "_INBOX.api") -> Optional[Dict[str, Any]]:
-        kind, handler = consumer_api.ROUTES[verb]
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = Request("$JS.API.%s.%s" % (verb, ".".join(args)), args, reply, payload, None)
-        try:
-            answer = handler(self.engine, request)
-        except ApiError as e:
-            return {"type": kind, "error": e.as_json(), **consumer_api.ERROR_TAILS.get(verb, {})}
-        if answer is None:
-            return None
-        return {"type": kind, **answer}
-
-    def error(self, answer: Optional[Dict[str, Any]]) -> Tuple[int, int, str]:
-        assert answer is not None
-        error = answer["error"]
-        return error["code"], error["err_code"], error["description"]
 
     def test_durable_create_as_nats_server(self) -> None:
         """The answer to a durable create, byte for byte as nats-server 2.9.10's (bar the time)."""
@@ -927,3 +952,454 @@ class ApiTests(ConsumerTestCase):
         self.assertTrue(answer["push_bound"])
         self.assertEqual(answer["delivered"]["consumer_seq"], 0)
         self.assertEqual(box.data(), [b"m1"])
+
+
+class StoreFilterTests(ConsumerTestCase):
+    def test_filter_on_the_only_subject(self) -> None:
+        """A filter that takes every subject of the stream asks the store for everything, and still filters if the stream grows."""
+        stream = FakeStream(self.engine, "ONE", ("one",))
+        consumer = self.consumer(stream, durable_name="D", ack_policy="explicit", filter_subject="one")
+        self.assertIsNone(consumer._store_filter)
+        stream.publish("one", b"1")
+        stream.config["subjects"] = ["one", "two"]
+        stream.publish("two", b"2")
+        stream.publish("one", b"3")
+        self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}).data()[:-1], [b"1", b"3"])
+
+
+class WireTests(SynchronousTestCase):
+    """What a real client connection reads: the frames of deliveries, and its acks taken."""
+
+    def setUp(self) -> None:
+        self.harness = Harness()
+        self.engine = FakeEngine(self.harness.broker, self.harness.clock)
+        self.stream = FakeStream(self.engine)
+        self.client = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+
+    def test_push_frames_and_ack(self) -> None:
+        """HMSG/MSG on the stream's subject to the deliver subject's sid, the ack reply, and an ack that counts."""
+        self.client.send(b"SUB deliver.w 7\r\nPING\r\n")
+        self.assertEqual(self.client.received(), b"PONG\r\n")
+        config = check_config(self.stream, {"durable_name": "W", "ack_policy": "explicit", "deliver_subject": "deliver.w"})
+        consumer = Consumer(self.stream, "W", config, MemoryConsumerStore(), self.engine.now())
+        self.stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        self.stream.publish("orders.new", b"hello", b"NATS/1.0\r\nA: b\r\n\r\n")
+        self.stream.publish("orders.old", b"bye")
+        self.assertEqual(
+            self.client.received(),
+            b"HMSG orders.new 7 $JS.ACK.ORDERS.W.1.1.1.%d.0 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\n"
+            b"MSG orders.old 7 $JS.ACK.ORDERS.W.1.2.2.%d.0 3\r\nbye\r\n" % (BASE, BASE),
+        )
+        self.client.send(b"PUB $JS.ACK.ORDERS.W.1.1.1.%d.0 _INBOX.a 4\r\n+ACK\r\n" % BASE)
+        self.assertEqual(consumer.info()["num_ack_pending"], 1)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+
+    def test_pull_frames(self) -> None:
+        """A pull request's inbox gets the messages and the status lines as HMSGs with no payload."""
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        config = check_config(self.stream, {"durable_name": "P", "ack_policy": "explicit"})
+        consumer = Consumer(self.stream, "P", config, MemoryConsumerStore(), self.engine.now())
+        self.stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        self.stream.publish("orders.new", b"x")
+        consumer.next_request("_INBOX.p.1", b'{"batch": 2, "no_wait": true}')
+        self.assertEqual(
+            self.client.received(),
+            b"MSG orders.new 3 $JS.ACK.ORDERS.P.1.1.1.%d.0 1\r\nx\r\n"
+            b"HMSG _INBOX.p.1 3 81 81\r\nNATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n\r\n"
+            % BASE,
+        )
+
+
+def in_thread(scenario: Any, *args: Any) -> Any:
+    return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(*args), 90)))
+
+
+class NatsPyTests(TestCase):
+    """nats-py's consumers against a real eventsvc process, as a user runs both."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        if nats is None:
+            process.require("nats-py (pip install nats-py)")
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.config = process.write_config(
+            os.path.join(self.folder, "c.toml"), '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\n'
+        )
+
+    def start(self) -> Any:
+        server = process.eventsvc(self.config)
+        return process.started(self, server).addCallback(lambda port: (server, "nats://127.0.0.1:%d" % port))
+
+    def run_scenario(self, scenario: Any) -> Any:
+        d = self.start()
+        d.addCallback(lambda started: in_thread(scenario, started[1]))
+        return d
+
+    def test_pull_fetch_and_ack(self) -> None:
+        """pull_subscribe, fetch 100 and ack each, then the rest; the consumer's info says all is acked."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="ORDERS", subjects=["orders.>"])
+            for i in range(150):
+                await js.publish("orders.%d" % (i % 3), b"m%d" % i)
+            sub = await js.pull_subscribe("orders.>", durable="P")
+            got = []
+            for _ in range(2):
+                msgs = await sub.fetch(100, timeout=5)
+                for msg in msgs:
+                    got.append((msg.subject, msg.data, msg.metadata.sequence.stream))
+                    await msg.ack()
+            await nc.flush()
+            info = await js.consumer_info("ORDERS", "P")
+            await nc.close()
+            return got, (info.num_ack_pending, info.ack_floor.stream_seq, info.delivered.stream_seq, info.num_pending)
+
+        def check(result: Any) -> None:
+            got, counts = result
+            self.assertEqual(got, [("orders.%d" % (i % 3), b"m%d" % i, i + 1) for i in range(150)])
+            self.assertEqual(counts, (0, 150, 150, 0))
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_push_queue(self) -> None:
+        """Two push subscribers in one queue group share the messages, each once."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="JOBS", subjects=["jobs.>"])
+            seen: List[List[bytes]] = [[], []]
+            done = asyncio.Event()
+
+            def handler(i: int) -> Any:
+                async def cb(msg: Any) -> None:
+                    seen[i].append(msg.data)
+                    await msg.ack()
+                    if len(seen[0]) + len(seen[1]) >= 40:
+                        done.set()
+                return cb
+
+            await js.subscribe("jobs.>", queue="workers", durable="workers", cb=handler(0), manual_ack=True)
+            await js.subscribe("jobs.>", queue="workers", durable="workers", cb=handler(1), manual_ack=True)
+            for i in range(40):
+                await js.publish("jobs.x", b"%d" % i)
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.3)
+            await nc.close()
+            return seen
+
+        def check(seen: List[List[bytes]]) -> None:
+            self.assertEqual(sorted(seen[0] + seen[1], key=int), [b"%d" % i for i in range(40)])
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_nak_term_and_ack_wait(self) -> None:
+        """nak: delivered again at once; term: never again; no ack: again after ack_wait."""
+        async def scenario(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="WORK", subjects=["work"])
+            for i in range(3):
+                await js.publish("work", b"w%d" % i)
+            sub = await js.pull_subscribe(
+                "work", durable="W", config=nats.js.api.ConsumerConfig(ack_wait=1, ack_policy="explicit"),
+            )
+            out = []
+            (m,) = await sub.fetch(1, timeout=5)
+            await m.nak()
+            (m,) = await sub.fetch(1, timeout=5)
+            out.append(("nak", m.data, m.metadata.num_delivered))
+            await m.term()
+            (m,) = await sub.fetch(1, timeout=5)
+            out.append(("next", m.data, m.metadata.num_delivered))
+            await asyncio.sleep(1.5)
+            msgs = await sub.fetch(2, timeout=5)
+            out.extend(("after ack_wait", m.data, m.metadata.num_delivered) for m in msgs)
+            for m in msgs:
+                await m.ack_sync()
+            try:
+                await sub.fetch(1, timeout=1.5)
+                left = True
+            except nats.errors.TimeoutError:
+                left = False
+            await nc.close()
+            return out, left
+
+        def check(result: Any) -> None:
+            out, left = result
+            self.assertEqual(out, [("nak", b"w0", 2), ("next", b"w1", 1), ("after ack_wait", b"w1", 2), ("after ack_wait", b"w2", 1)])
+            self.assertFalse(left)
+
+        return self.run_scenario(scenario).addCallback(check)
+
+    def test_durable_survives_a_restart(self) -> None:
+        """A durable resumes after a restart: what was acked is not delivered again, what was not is."""
+        async def first(url: str) -> None:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.add_stream(name="KEPT", subjects=["kept"])
+            for i in range(4):
+                await js.publish("kept", b"k%d" % i)
+            sub = await js.pull_subscribe("kept", durable="D", config=nats.js.api.ConsumerConfig(ack_wait=1))
+            msgs = await sub.fetch(2, timeout=5)
+            await msgs[0].ack_sync()
+            await nc.close()
+
+        async def second(url: str) -> Any:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            sub = await js.pull_subscribe("kept", durable="D")
+            await asyncio.sleep(1.2)
+            msgs = await sub.fetch(5, timeout=3)
+            await nc.close()
+            return sorted(m.data for m in msgs)
+
+        d = self.start()
+
+        def stop_after(started: Any) -> Any:
+            server, url = started
+            return in_thread(first, url).addCallback(lambda _: threads.deferToThread(server.stop))
+
+        d.addCallback(stop_after)
+        d.addCallback(lambda _: self.start())
+        d.addCallback(lambda started: in_thread(second, started[1]))
+        d.addCallback(self.assertEqual, [b"k1", b"k2", b"k3"])
+        return d
+
+
+class ConsumerWire:
+    """A NATS client on a socket that keeps every message an exchange brings, in order (for byte comparisons)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+        self._line()
+        self.sock.sendall(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\nSUB _R.> 1\r\nPING\r\n')
+        while self._line() != b"PONG":
+            pass
+        self.n = 0
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("closed")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _body(self, n: int) -> bytes:
+        while len(self.buffer) < n + 2:
+            self.buffer += self.sock.recv(65536)
+        data, self.buffer = self.buffer[:n], self.buffer[n + 2:]
+        return data
+
+    def exchange(self, subject: str, payload: bytes = b"", reply: Optional[str] = None, wait: float = 0.0) -> List[Tuple[bytes, bytes, bytes, bytes]]:
+        """Publish, then (after C{wait} seconds) PING: every message that came before the PONG, as (subject, reply, headers, payload)."""
+        if reply is None:
+            self.n += 1
+            reply = "_R.%d" % self.n
+        self.sock.sendall(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload))
+        if wait:
+            time.sleep(wait)
+        self.sock.sendall(b"PING\r\n")
+        got = []
+        while True:
+            parts = self._line().split(b" ")
+            if parts[0] == b"PONG":
+                return got
+            if parts[0] == b"MSG":
+                got.append((parts[1], parts[3] if len(parts) == 5 else b"", b"", self._body(int(parts[-1]))))
+            elif parts[0] == b"HMSG":
+                data = self._body(int(parts[-1]))
+                got.append((parts[1], parts[3] if len(parts) == 6 else b"", data[:int(parts[-2])], data[int(parts[-2]):]))
+
+
+_CONSUMER_TIMES = re.compile(rb'("(?:created|last_active)":")[^"]*(")')
+_ACK_TS = re.compile(rb"^(\$JS\.ACK\.[^.]+\.[^.]+\.\d+\.\d+\.\d+\.)\d+(\.\d+)$")
+
+
+def _clean(message: Tuple[bytes, bytes, bytes, bytes]) -> Tuple[bytes, bytes, bytes, bytes]:
+    subject, reply, headers, payload = message
+    if subject.startswith(b"_R."):
+        subject = b"_R"
+    return (subject, _ACK_TS.sub(rb"\1T\2", reply), headers, _CONSUMER_TIMES.sub(rb"\1T\2", payload))
+
+
+def consumer_sequence(port: int) -> List[Any]:
+    """Consumer requests, pulls and acks, as one client would send them; the answers normalized (times)."""
+    wire = ConsumerWire(port)
+    out: List[Any] = []
+
+    def do(subject: str, body: Any = b"", reply: Optional[str] = None, wait: float = 0.0) -> List[Tuple[bytes, bytes, bytes, bytes]]:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        got = wire.exchange(subject, payload, reply, wait)
+        out.append((_ACK_TS.sub(rb"\1T\2", subject.encode()), [_clean(m) for m in got]))
+        return got
+
+    try:
+        do("$JS.API.STREAM.CREATE.C", {"name": "C", "subjects": ["c.>"], "storage": "memory"})
+        for subject, data in (("c.a", b"one"), ("c.b", b"two"), ("c.a", b"three")):
+            do(subject, data)
+        durable = {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "explicit"}}
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", durable)
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", durable)
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "all"}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.D", {"stream_name": "C", "config": {"durable_name": "D", "ack_policy": "explicit", "max_ack_pending": 20}})
+        do("$JS.API.CONSUMER.CREATE.C.N", {"stream_name": "C", "config": {"ack_policy": "explicit", "filter_subject": "c.a"}})
+        do("$JS.API.CONSUMER.CREATE.C.F.c.b", {"stream_name": "C", "config": {"filter_subject": "c.a"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"durable_name": "X"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "Y", "config": {}})
+        do("$JS.API.CONSUMER.CREATE.C", b"{")
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"deliver_policy": "by_start_sequence"}})
+        do("$JS.API.CONSUMER.CREATE.C", {"stream_name": "C", "config": {"deliver_policy": "last_per_subject"}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "c.x"}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "p.x", "idle_heartbeat": 50000000}})
+        do("$JS.API.CONSUMER.CREATE.C.P", {"stream_name": "C", "config": {"deliver_subject": "p.x", "flow_control": True}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"idle_heartbeat": 1000000000}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"filter_subject": "zzz"}})
+        do("$JS.API.CONSUMER.CREATE.C.Q", {"stream_name": "C", "config": {"ack_policy": "explicit", "backoff": [1000000000, 2000000000], "max_deliver": 2}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.B", {"stream_name": "C", "config": {
+            "durable_name": "B", "ack_policy": "explicit", "backoff": [1000000000, 2000000000], "max_deliver": 5,
+            "headers_only": True, "description": "d", "sample_freq": "50%", "max_batch": 10, "max_expires": 1000000000,
+            "max_bytes": 1000, "deliver_policy": "by_start_time", "opt_start_time": "2020-01-01T00:00:00.5+01:00"}})
+        do("$JS.API.CONSUMER.DURABLE.CREATE.C.PP", {"stream_name": "C", "config": {"durable_name": "PP", "deliver_subject": "pp.x", "deliver_group": "g"}})
+        do("$JS.API.CONSUMER.INFO.C.D")
+        do("$JS.API.CONSUMER.INFO.C.NOPE")
+        do("$JS.API.CONSUMER.INFO.NOPE.D")
+        do("$JS.API.CONSUMER.INFO.C.D", b'{"x":1}')
+        do("$JS.API.CONSUMER.NAMES.C")
+        do("$JS.API.CONSUMER.NAMES.NOPE")
+        do("$JS.API.CONSUMER.LIST.C", {"offset": 2})
+        first = do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 2}, "_R.pull1", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 5, "no_wait": True}, "_R.pull2", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 5, "no_wait": True}, "_R.pull3", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", b"{", "_R.pull4", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 11}, "_R.pull5", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.PP", b"", "_R.pull6", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 1, "expires": 100000000, "idle_heartbeat": 60000000}, "_R.pull7", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 1, "max_bytes": 2000}, "_R.pull8", wait=0.2)
+        do("$JS.API.CONSUMER.MSG.NEXT.C.B", {"batch": 3, "max_bytes": 100}, "_R.pull9", wait=0.2)
+        do(first[0][1].decode(), b"+ACK", "_R.ack1")
+        do(first[1][1].decode(), b"-NAK", "_R.ack2")
+        do("$JS.API.CONSUMER.MSG.NEXT.C.D", {"batch": 1}, "_R.pull10", wait=0.2)
+        do("$JS.API.CONSUMER.INFO.C.D")
+        do("$JS.API.CONSUMER.DELETE.C.N", b"{}")
+        do("$JS.API.CONSUMER.DELETE.C.N")
+        do("$JS.API.CONSUMER.DELETE.C.D", b"x")
+        do("$JS.API.STREAM.DELETE.C")
+    finally:
+        wire.sock.close()
+    return out
+
+
+class AgainstReferenceTests(TestCase):
+    """The same consumer requests to nats-server -js and to eventsvc: the same messages back, times aside."""
+
+    timeout = 120
+
+    def test_same_answers(self) -> None:
+        reference = process.nats_server("-js", "-sd", os.path.abspath(self.mktemp()))
+        config = process.write_config(os.path.abspath(self.mktemp()), '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\n')
+        ours = process.eventsvc(config)
+
+        def compare(ports: List[int]) -> Any:
+            return threads.deferToThread(lambda: (consumer_sequence(ports[0]), consumer_sequence(ports[1])))
+
+        def check(results: Tuple[List[Any], List[Any]]) -> None:
+            theirs, mine = results
+            self.assertEqual(len(mine), len(theirs))
+            for a, b in zip(theirs, mine):
+                self.assertEqual(b, a)
+
+        d = process.started(self, reference)
+        d.addCallback(lambda port: process.started(self, ours).addCallback(lambda mine: [port, mine]))
+        d.addCallback(compare)
+        d.addCallback(check)
+        return d
+
+
+class ExpiryMarginTests(ConsumerTestCase):
+    def test_no_message_in_the_last_moment(self) -> None:
+        """A message stored in a pull request's last 2 ms is not given to it (its client has given up): 408, and the next request gets it."""
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND})
+        self.clock.advance(0.999)
+        self.publish(1)
+        self.assertEqual(box.statuses(), ["408 Request Timeout"])
+        self.assertEqual(self.pull(consumer, {"batch": 1}, "_INBOX.2").data(), [b"m1"])
+
+    def test_message_before_the_margin(self) -> None:
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        box = self.pull(consumer, {"batch": 1, "expires": SECOND})
+        self.clock.advance(0.99)
+        self.publish(1)
+        self.assertEqual(box.data(), [b"m1"])
+
+
+class PurgeTests(ConsumerTestCase):
+    def test_purge_moves_floors(self) -> None:
+        """After a purge of everything the consumer starts past it: delivered and ack floor at the last sequence."""
+        self.publish(4)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        self.pull(consumer, {"batch": 2}).take()
+        self.stream.store.purge()
+        consumer.purged()
+        info = consumer.info()
+        self.assertEqual(
+            (info["delivered"]["stream_seq"], info["ack_floor"]["stream_seq"], info["num_ack_pending"], info["num_pending"]),
+            (4, 4, 0, 0),
+        )
+        self.publish(1)
+        self.assertEqual(self.pull(consumer, {"batch": 2, "no_wait": True}, "_INBOX.2").data()[:-1], [b"m1"])
+
+    def test_one_removed(self) -> None:
+        """purged(seq, subject): a message removed (a limit, a delete) leaves pending and the count, at no cost per message."""
+        self.publish(3)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        self.pull(consumer, {"batch": 1}).take()
+        self.assertEqual((consumer.info()["num_ack_pending"], consumer.info()["num_pending"]), (1, 2))
+        for seq in (1, 3):
+            self.stream.store.remove(seq)
+            consumer.purged(seq, "orders.new")
+        self.assertEqual((consumer.info()["num_ack_pending"], consumer.info()["num_pending"]), (0, 1))
+        self.assertEqual(self.pull(consumer, {"batch": 5, "no_wait": True}, "_INBOX.2").data()[:-1], [b"m2"])
+
+
+class InterestTests(ConsumerTestCase):
+    def test_ack_by_all(self) -> None:
+        """On an interest stream a message goes once every consumer that wants it has acked it."""
+        stream = FakeStream(self.engine, "I", ("i.>",), retention="interest")
+        a = self.consumer(stream, durable_name="A", ack_policy="explicit")
+        b = self.consumer(stream, durable_name="B", ack_policy="explicit", filter_subject="i.b")
+        stream.publish("i.a", b"1")
+        stream.publish("i.b", b"2")
+        (m1, m2) = [m for m in self.pull(a, {"batch": 2}).take()]
+        self.ack(m1[1])
+        self.assertIsNone(stream.store.load(1))
+        self.ack(m2[1])
+        self.assertIsNotNone(stream.store.load(2))
+        (m2b,) = self.pull(b, {"batch": 1}, "_INBOX.2").take()
+        self.ack(m2b[1])
+        self.assertIsNone(stream.store.load(2))
+
+    def test_delete_releases(self) -> None:
+        """Deleting a consumer of an interest stream drops what only it still needed, keeps what another needs."""
+        stream = FakeStream(self.engine, "I", ("i.>",), retention="interest")
+        a = self.consumer(stream, durable_name="A", ack_policy="explicit")
+        self.consumer(stream, durable_name="B", ack_policy="explicit", filter_subject="i.b")
+        stream.publish("i.a", b"1")
+        stream.publish("i.b", b"2")
+        answer = self.request("CONSUMER.DELETE", ["I", "A"])
+        assert answer is not None
+        self.assertTrue(answer["success"])
+        self.assertTrue(a.closed)
+        self.assertIsNone(stream.store.load(1))
+        self.assertIsNotNone(stream.store.load(2))

@@ -452,7 +452,7 @@ class FullDiskTests(TestCase):
     refusals {"code":503,"err_code":10023,"description":"insufficient
     resources"} as nats-server's; the store writable again within a second
     of room coming back (49 of the next 50 acked); after a restart all 876
-    acknowledged messages there.  Two defects, below.
+    acknowledged messages there.
     """
 
     def setUp(self) -> None:
@@ -470,8 +470,9 @@ class FullDiskTests(TestCase):
     def test_the_publish_whose_write_fails_is_answered(self) -> None:
         """
         The publisher whose message was in the write that hit ENOSPC got no
-        answer at all (nats-py: TimeoutError after 5 s), where the next ones
-        get 503 insufficient resources.
+        answer at all on the tmpfs drill (nats-py: TimeoutError after 5 s),
+        where the next ones got 503 insufficient resources (fixed on main
+        by J-streams' final part: the store's errback answers it).
         """
         import errno
 
@@ -486,30 +487,30 @@ class FullDiskTests(TestCase):
         self.assertEqual(answers.get("_P.2", {}).get("error"),
                          {"code": 503, "err_code": 10023, "description": "insufficient resources"})
 
-    test_the_publish_whose_write_fails_is_answered.skip = (  # type: ignore[attr-defined]
-        "defect: stream.py process_publish calls store.when_durable(lambda: self._ack(reply, seq)) with no errback, "
-        "so the publish in the failed write is never answered (the store's errback exists for this)")
 
     def test_health_says_so_and_recovers(self) -> None:
         """
-        /healthz said "ok" all through a full disk (service.health asked the
-        event store only); it now names the stream whose store refuses
-        writes, and is well again once the store writes.
+        /healthz (ops.jsz.store_trouble, which service.health asks) names the
+        stream whose store refuses writes, and is well again once the store
+        writes; the tmpfs drill saw "ok" all through a full disk before it.
         """
         import errno
+        from types import SimpleNamespace
 
+        from eventsvc.ops.jsz import store_trouble
+
+        service = SimpleNamespace(jetstream=self.api.js)
         got = self.api.listen("_P.>")
-        self.assertIsNone(self.api.js.health())
+        self.assertIsNone(store_trouble(service))
         self.disk.error = errno.ENOSPC
         self.api.broker.publish("f.x", b"lost", "_P.1")
         run_timers(self.api.clock, 0.01)
-        reason = self.api.js.health()
-        self.assertRegex(reason or "", r"^JetStream store full \(stream F\): ")
+        self.assertRegex(store_trouble(service) or "", r"^JetStream stream F store full: ")
         self.api.broker.publish("f.x", b"refused", "_P.2")
         self.assertEqual(json.loads(got[-1][2])["error"]["err_code"], 10023)
         self.disk.error = None
         run_timers(self.api.clock, 1.5)
-        self.assertIsNone(self.api.js.health())
+        self.assertIsNone(store_trouble(service))
         self.api.broker.publish("f.x", b"3", "_P.3")
         run_timers(self.api.clock, 0.01)
         self.assertEqual(json.loads(got[-1][2]), {"stream": "F", "seq": 1})

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import random
 import shutil
+import struct
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
@@ -23,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from eventsvc.files import Disk
 from eventsvc.jetstream import filestore
@@ -40,6 +42,8 @@ from eventsvc.jetstream.store import (
 )
 
 HEADERS = b"NATS/1.0\r\nNats-Msg-Id: 1\r\n\r\n"
+#: Hypothesis examples per state machine (PyPy's are slower to start: fewer, so the module stays fast).
+EXAMPLES = 40 if platform.python_implementation() == "CPython" else 20
 
 
 class FakeDisk(Disk):
@@ -252,6 +256,20 @@ class FileStoreTests(Base):
         self.assertEqual(again.state()[:6], (0, 0, 101, 0, 100, 1099))
         self.assertEqual(again.store("a", None, b"", 1), 101)
 
+    def test_empty_newest_segment(self) -> None:
+        """A crash right after a segment was made (empty): the sequence survives two restarts."""
+        store = self.open()
+        self.fill(store, 5)
+        store.purge()
+        store.close()
+        number = int(segments(self.path)[-1][5:13]) + 1
+        self.path.child("msgs-{:08d}.seg".format(number)).setContent(b"")
+        again = self.open()
+        self.assertEqual(again.state().last_seq, 5)
+        self.clock.advance(0)
+        again.abandon()
+        self.assertEqual(self.open().store("a", None, b"", 1), 6)
+
     def test_skip(self) -> None:
         """A purge with seq on an empty stream moves the next sequence, for good."""
         store = self.open()
@@ -298,6 +316,20 @@ class FileStoreTests(Base):
         self.assertEqual(messages(again, 3), {2: ("a", None, b"public", 2)})
         self.assertEqual([e for e in events if e["log_level"].name in ("warn", "error")], [])
 
+    def test_load_next_on_a_busy_subject(self) -> None:
+        """load_next with a subject that has many messages: as the memory store's, from every start."""
+        store, model = self.open(), MemoryStore(size=file_message_size)
+        for i in range(300):
+            subject = "busy" if i % 5 else "rare"
+            for s in (store, model):
+                s.store(subject, None, b"%d" % i, i)
+        for seq in range(1, 301, 7):
+            store.remove(seq)
+            model.remove(seq)
+        for start in range(0, 303):
+            for subject in ("busy", "rare"):
+                self.assertEqual(store.load_next(start, subject), model.load_next(start, subject))
+
     def test_limits(self) -> None:
         """Limits as the memory store's: discard new refuses with nats-server's text; ages expire."""
         store = self.open(limits=StoreLimits(max_msgs=2, discard_new=True))
@@ -328,7 +360,7 @@ class FileStoreTests(Base):
 
     def test_sync_interval(self) -> None:
         """A sync_interval of N seconds: acknowledged once written; fsynced within N seconds."""
-        store = self.open(sync_interval=30)
+        store = self.open(sync_interval=30, segment_size=2048)
         seen: List[int] = []
         store.store("a", None, b"", 1)
         store.when_durable(lambda: seen.append(self.disk.fsyncs))
@@ -338,11 +370,21 @@ class FileStoreTests(Base):
         self.assertEqual(self.disk.fsyncs, 1)
         self.clock.advance(60)
         self.assertEqual(self.disk.fsyncs, 1)  # nothing new to sync
+        # A segment closed full is fsynced at the next interval too, not at once.
+        store.store("a", None, b"x" * 3000, 2)
+        self.clock.advance(0)
+        store.store("a", None, b"x" * 3000, 3)
+        self.clock.advance(0)
+        self.assertEqual(self.disk.fsyncs, 1)
+        self.clock.advance(30)
+        self.assertEqual(self.disk.fsyncs, 3)
 
     def test_bad_sync_interval(self) -> None:
         self.assertEqual(parse_sync_interval("always"), None)
         self.assertEqual(parse_sync_interval(2), 2.0)
-        for bad in ("sometimes", 0, -1, True):
+        self.assertEqual(parse_sync_interval("2m"), 120.0)
+        self.assertEqual(parse_sync_interval("500ms"), 0.5)
+        for bad in ("sometimes", "0s", "2 days", 0, -1, True):
             self.assertRaises(ValueError, parse_sync_interval, bad)
 
     def test_destroy(self) -> None:
@@ -436,8 +478,95 @@ class FullDiskTests(Base):
         self.assertEqual(sorted(messages(again, 45)), list(range(30, 41)))
 
 
-class Crash(Exception):
-    pass
+#: A writer for L{KillTests}: stores forever, printing each acknowledged sequence.
+WRITER = """
+import sys
+from twisted.internet.task import Clock
+from eventsvc.jetstream.filestore import FileStore
+clock = Clock()
+store = FileStore(sys.argv[1], clock=clock, segment_size=64 * 1024)
+out = sys.stdout
+while True:
+    for _ in range(50):
+        seq = store.store("k.%d" % (store.state().last_seq % 5), None, b"%d:" % (store.state().last_seq + 1) + b"p" * 300, 1)
+    store.when_durable(lambda seq=seq: (out.write("%d\\n" % seq), out.flush()))
+    clock.advance(0)
+"""
+
+
+class KillTests(SynchronousTestCase):
+    """kill -9 of a real process in the middle of its writes: every acknowledged message is there."""
+
+    def test_kill_9(self) -> None:
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        path = os.path.abspath(self.mktemp())
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, path], stdout=subprocess.PIPE)
+        acknowledged = 0
+        deadline = time.monotonic() + 30
+        assert writer.stdout is not None
+        while acknowledged < 2000 and time.monotonic() < deadline:
+            line = writer.stdout.readline()
+            if not line:
+                break
+            acknowledged = int(line)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        self.assertGreaterEqual(acknowledged, 2000, "the writer stopped early")
+        store = FileStore(path, clock=Clock())
+        self.addCleanup(store.close)
+        self.assertGreaterEqual(store.state().last_seq, acknowledged)
+        for seq in range(1, acknowledged + 1):
+            message = store.load(seq)
+            assert message is not None, seq
+            self.assertEqual(message.data.split(b":")[0], b"%d" % seq)
+
+
+class RealFullDiskTests(SynchronousTestCase):
+    """The file store on a real 512 KiB tmpfs (needs root to mount it, as CI has)."""
+
+    def test_full_tmpfs(self) -> None:
+        import subprocess
+
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a tmpfs needs root (CI runs these tests as root)")
+        path = FilePath(os.path.abspath(self.mktemp()))
+        path.makedirs()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", path.path], capture_output=True, text=True)
+        if mounted.returncode:
+            raise SkipTest("cannot mount a tmpfs here: " + mounted.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", path.path])
+        clock = Clock()
+        store = FileStore(path, clock=clock, segment_size=64 * 1024)
+        self.addCleanup(store.abandon)
+        acknowledged: List[int] = []
+        refused: List[StoreError] = []
+        seq = 0
+        while not refused and seq < 10000:
+            for _ in range(10):
+                seq = store.store("a", None, b"%08d" % seq + b"x" * 992, 1)
+                store.when_durable(lambda seq=seq: acknowledged.append(seq), refused.append)  # type: ignore[misc]
+            clock.advance(0)
+        self.assertIsInstance(refused[0], StoreFull)
+        self.assertIn("no space left on device", str(refused[0]))
+        self.assertRaises(StoreFull, store.store, "a", None, b"", 1)
+        self.assertGreater(len(acknowledged), 300)
+        for n in acknowledged:
+            self.assertEqual(store.load(n).data[:8], b"%08d" % (n - 1))  # type: ignore[union-attr]
+        # Acknowledgements from the front make room; the store takes messages again.
+        for n in acknowledged[:200]:
+            store.remove(n)
+        clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(store.health, "ok")
+        new = store.store("a", None, b"after", 2)
+        clock.advance(0)
+        store.close()
+        again = FileStore(path, clock=clock, segment_size=64 * 1024)
+        self.addCleanup(again.abandon)
+        self.assertEqual(sorted(messages(again, new)), acknowledged[200:] + [new])
 
 
 SUBJECTS = ["a", "b", "a.x", "a.y", "b.x"]
@@ -559,6 +688,51 @@ class StoreMachine(RuleBasedStateMachine):
             self.assertEqual((m.subject, m.data), (subject, body), "torn batch")
             self.model.store(subject, hdr, body, ts)
 
+    @rule(data=st.data(), code=st.sampled_from([errno.ENOSPC, errno.EIO]))
+    def disk_fails(self, data: st.DataObject, code: int) -> None:
+        """
+        A write fails: the messages it held are lost and told so (errback,
+        never acknowledged; those written before, when a segment was full,
+        are kept and acknowledged), the deletions since are written once
+        the disk is back, and nothing written before is lost.
+        """
+        self.clock.advance(0)
+        last = self.model.state().last_seq
+        for seq in data.draw(st.lists(st.integers(1, last + 1), max_size=3)):
+            self.assertEqual(self.store.remove(seq), self.model.remove(seq), "remove")
+        stored = []
+        kept: List[int] = []
+        lost: List[int] = []
+        for i in range(data.draw(st.integers(0, 3))):
+            try:
+                stored.append(self.model.store("a.x", None, b"lost%d" % i, self.now))
+            except LimitReached:
+                self.assertRaises(LimitReached, self.store.store, "a.x", None, b"lost%d" % i, self.now)
+                continue
+            self.assertEqual(self.store.store("a.x", None, b"lost%d" % i, self.now), stored[-1], "store")
+            self.store.when_durable(
+                lambda seq=stored[-1]: kept.append(seq),  # type: ignore[misc]
+                lambda error, seq=stored[-1]: lost.append(seq),  # type: ignore[misc]
+            )
+        self.disk.error = code
+        self.clock.advance(0)
+        self.assertEqual(sorted(kept + lost), stored, "each told once")
+        for seq in lost:
+            self.model.remove(seq)
+        if lost:
+            self.assertRaises(StoreError, self.store.store, "b", None, b"", self.now)
+        self.disk.error = None
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(self.store.health, "ok", "recovered")
+
+    @staticmethod
+    def assertRaises(kind: "type[BaseException]", f: object, *args: object) -> None:
+        try:
+            f(*args)  # type: ignore[operator]
+        except kind:
+            return
+        raise AssertionError("{} not raised".format(kind.__name__))
+
     @invariant()
     def same(self) -> None:
         model, store = self.model, self.store
@@ -581,7 +755,7 @@ class StoreModelTests(SynchronousTestCase):
     def test_model(self) -> None:
         """Hypothesis drives L{StoreMachine}."""
         run_state_machine_as_test(StoreMachine, settings=settings(
-            max_examples=40, stateful_step_count=30, deadline=None,
+            max_examples=EXAMPLES, stateful_step_count=30, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ))
 
@@ -687,6 +861,25 @@ class ConsumerStoreTests(SynchronousTestCase):
             found.abandon()
             log.setContent(content)
 
+    def test_flipped_byte(self) -> None:
+        """A flipped byte in the log costs the update it is in; the rest is replayed, with a warning."""
+        store = self.open()
+        store.update_delivered(1, 10, 1, 100)
+        store.update_delivered(2, 11, 1, 101)
+        store.update_delivered(3, 12, 1, 102)
+        self.clock.advance(0)
+        store.abandon()
+        log = self.path.child("consumer.log")
+        data = bytearray(log.getContent())
+        data[data.find(struct.pack("<QQ", 2, 11)) + 3] ^= 0x10
+        log.setContent(bytes(data))
+        with capturedLogs() as events:
+            state = self.open().load()
+        self.assertEqual(state, ConsumerState(3, 12, 0, 0, {10: (1, 100), 12: (3, 102)}, {}))
+        warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(log.path, warnings[0])
+
     def test_failing_disk(self) -> None:
         """A write that fails: errback, state kept in memory, written when the disk is back."""
         store = self.open()
@@ -696,12 +889,17 @@ class ConsumerStoreTests(SynchronousTestCase):
         store.update_acks(1, 10, [10])
         failures: List[StoreError] = []
         store.when_durable(lambda: self.fail("durable"), failures.append)
+        later: List[bool] = []
+        store.when_durable(lambda: later.append(True))  # (no errback: called once it is written)
         self.clock.advance(0)
         self.assertIsInstance(failures[0], StoreUnavailable)
         self.assertEqual(store.load().ack_floor_stream, 10)
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(later, [])
         self.disk.error = None
         self.clock.advance(filestore.RETRY_INTERVAL)
         self.assertEqual(store.health, "ok")
+        self.assertEqual(later, [True])
         store.abandon()
         self.assertEqual(self.open().load(), ConsumerState(1, 10, 1, 10, {}, {}))
 
@@ -779,5 +977,5 @@ class ConsumerModelTests(SynchronousTestCase):
     def test_model(self) -> None:
         """Hypothesis drives L{ConsumerMachine}."""
         run_state_machine_as_test(ConsumerMachine, settings=settings(
-            max_examples=30, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+            max_examples=EXAMPLES, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
         ))

@@ -20,6 +20,7 @@ from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryStore
 from eventsvc.jetstream.stream import check_config, check_update, decode_config
+from eventsvc.jetstream.wire import header
 from eventsvc.nats.server import Broker
 
 T0 = 1_700_000_000_123_456_789
@@ -54,11 +55,11 @@ class FakeConsumer:
 class Harness:
     """A JetStream over a Broker in memory, with a fake clock, and a client's view of replies."""
 
-    def __init__(self, settings: JetStreamSettings = JetStreamSettings()) -> None:
+    def __init__(self, settings: JetStreamSettings = JetStreamSettings(), start: int = T0) -> None:
         self.broker = Broker()
         self.clock = task.Clock()
-        self.clock.advance(T0 / SECOND)
-        self.time = T0
+        self.clock.advance(start / SECOND)
+        self.time = start
         self.js = JetStream(self.broker, settings, self.clock, now=lambda: self.time)
         self.js.start()
         self.replies: List[Tuple[Optional[bytes], bytes]] = []
@@ -149,6 +150,13 @@ class LimitsTests(TestCase):
         self.assertEqual(s.store.load(1).data, b"quiet")
         self.assertEqual(self.h.replies, [])
 
+    def test_an_invalid_reply_subject_gets_nothing(self) -> None:
+        """The message is stored; its PubAck has nowhere to go; nothing is logged as a failure."""
+        s = self.h.create(name="S", subjects=["s.>"])
+        self.h.broker.publish("s.a", b"x", "bad.*")
+        self.h.broker.publish("$JS.API.STREAM.INFO.S", b"", "bad.>")
+        self.assertEqual(s.store.state().msgs, 1)
+
     def test_account_limit_refuses_publish(self) -> None:
         h = Harness(JetStreamSettings(max_file_store=100))
         h.create(name="S", subjects=["s.>"])
@@ -157,6 +165,16 @@ class LimitsTests(TestCase):
             h.publish("s.a"),
             b'{"error":{"code":503,"err_code":10023,"description":"insufficient resources"},"stream":"S","seq":0}',
         )
+
+    def test_account_limit_is_exact_near_the_limit(self) -> None:
+        """Far from the limit the count may lag; near it each message counts, so no publish passes it."""
+        h = Harness(JetStreamSettings(max_memory_store=100_000))
+        h.create(name="S", subjects=["s.>"], storage="memory")
+        accepted = 0
+        while "error" not in h.ack("s.a", b"x" * 500):
+            accepted += 1
+        self.assertEqual(accepted, 100_000 // (500 + 3 + 16) + 1)
+        self.assertLess(h.js.streams["S"].store.state().bytes - 100_000, 500 + 3 + 16)
 
     def test_account_limit_refuses_max_bytes_reservation(self) -> None:
         h = Harness(JetStreamSettings(max_memory_store=1000))
@@ -298,7 +316,7 @@ class DurableAckTests(TestCase):
         waiting: List[Callable[[], None]] = []
 
         class SlowStore(MemoryStore):
-            def when_durable(self, callback: Callable[[], None]) -> None:
+            def when_durable(self, callback: Callable[[], None], errback: Any = None) -> None:
                 waiting.append(callback)
 
         self.patch(stream_module, "open_store", lambda config, *a: SlowStore(stream_module.store_limits(config)))
@@ -309,6 +327,28 @@ class DurableAckTests(TestCase):
         self.assertEqual(len(waiting), 1)
         waiting.pop()()
         self.assertEqual(h.replies[-1][1], b'{"stream":"S", "seq":1}')
+
+
+    def test_failed_write_is_refused_and_forgotten(self) -> None:
+        """A store that reports a failed write: no PubAck, the error instead, and the id may be sent again."""
+        from eventsvc.jetstream.store import StoreError, StoreUnavailable
+
+        failing = [True]
+
+        class FailingStore(MemoryStore):
+            def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
+                if failing[0] and errback is not None:
+                    errback(StoreUnavailable("disk failed"))
+                else:
+                    callback()
+
+        self.patch(engine_module, "open_store", lambda config, *a: FailingStore(stream_module.store_limits(config)))
+        h = Harness()
+        h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.publish("s.a", headers=hdrs(Nats_Msg_Id="m1")),
+                         b'{"error":{"code":503,"err_code":10077,"description":"disk failed"},"stream":"S","seq":0}')
+        failing[0] = False
+        self.assertEqual(h.ack("s.a", headers=hdrs(Nats_Msg_Id="m1")), {"stream": "S", "seq": 2})
 
 
 class ConfigTests(TestCase):
@@ -489,6 +529,7 @@ class UsageTests(TestCase):
         for _ in range(3):
             h.ack("s.a", b"x" * 10)
         h.ack("t.a", b"y")
+        h.js.account_info()  # (counted every 64 messages far from the limit; INFO counts now)
         self.assertEqual((h.js.usage("memory"), h.js.usage("file")), (s.store.state().bytes, t.store.state().bytes))
         self.assertEqual(h.js.usage("memory"), 2 * (3 + 10 + 16))
         h.advance(2)
@@ -499,3 +540,136 @@ class UsageTests(TestCase):
         h.publish("$JS.API.STREAM.DELETE.T", b"")
         self.assertEqual(h.js.usage("file"), 0)
         self.assertEqual(json.loads(h.publish("$JS.API.INFO", b"") or b"{}")["storage"], 0)
+
+
+class ServiceTests(TestCase):
+    def test_unusable_store_dir_is_one_line(self) -> None:
+        from eventsvc.jetstream.engine import JetStreamService
+        from eventsvc.nats.errors import ListenError
+
+        folder = self.mktemp()
+        with open(folder, "w") as f:
+            f.write("a file, not a folder")
+        service = JetStreamService(JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock()))
+        with self.assertRaises(ListenError) as e:
+            service.startService()
+        self.assertRegex(str(e.exception), r"^.* \(\[jetstream\] store_dir\): cannot be used: ")
+
+    def test_store_dir_in_use_names_the_holder(self) -> None:
+        from eventsvc.jetstream.engine import JetStreamService
+        from eventsvc.nats.errors import ListenError
+
+        folder = self.mktemp()
+        Harness(JetStreamSettings(store_dir=folder))
+        service = JetStreamService(JetStream(Broker(), JetStreamSettings(store_dir=folder), task.Clock()))
+        with self.assertRaises(ListenError) as e:
+            service.startService()
+        self.assertIn("([jetstream] store_dir) is in use by another eventsvc process (PID %d)" % os.getpid(), str(e.exception))
+
+    def test_stop_closes_stores(self) -> None:
+        closed: List[str] = []
+
+        class ClosingStore(MemoryStore):
+            def close(self) -> None:
+                closed.append("closed")
+
+        self.patch(engine_module, "open_store", lambda config, *a: ClosingStore(stream_module.store_limits(config)))
+        h = Harness()
+        h.create(name="A")
+        h.create(name="B")
+        h.js.stop()
+        self.assertEqual(closed, ["closed", "closed"])
+        self.assertIsNone(h.publish("A"))
+
+
+class FileStreamTests(TestCase):
+    """Streams over the file store (a real folder, the fake clock for its group commit)."""
+
+    def publish(self, h: Harness, subject: str, msg_id: str) -> Dict[str, Any]:
+        before = len(h.replies)
+        h.broker.publish(subject, b"x", "_R.f", hdrs(Nats_Msg_Id=msg_id))
+        h.clock.advance(0)
+        self.assertEqual(len(h.replies), before + 1)
+        return json.loads(h.replies[-1][1])
+
+    def test_pub_ack_after_the_write_and_dedupe_rebuilt(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="F", subjects=["f.>"], duplicate_window=10 * SECOND)
+        self.assertEqual(type(h.js.streams["F"].store).__name__, "FileStore")
+        before = len(h.replies)
+        h.broker.publish("f.a", b"x", "_R.f", hdrs(Nats_Msg_Id="old"))
+        self.assertEqual(len(h.replies), before, "acknowledged before the write")
+        h.clock.advance(0)
+        self.assertEqual(json.loads(h.replies[-1][1]), {"stream": "F", "seq": 1})
+        h.advance(20)
+        self.assertEqual(self.publish(h, "f.a", "new"), {"stream": "F", "seq": 2})
+        h.js.stop()
+        # Restarted a second later: "new" is inside the window, "old" is not.
+        again = Harness(JetStreamSettings(store_dir=folder), start=h.time + SECOND)
+        self.assertEqual(again.js.streams["F"].store.state().msgs, 2)
+        self.assertEqual(self.publish(again, "f.a", "new"), {"stream": "F", "seq": 2, "duplicate": True})
+        self.assertEqual(self.publish(again, "f.a", "old"), {"stream": "F", "seq": 3})
+        again.js.stop()
+
+
+class SourceTests(TestCase):
+    def test_sourced_stream_copies_and_follows(self) -> None:
+        h = Harness()
+        h.create(name="ORIGIN", subjects=["o.>"])
+        h.ack("o.a", b"1")
+        h.advance(1)
+        h.ack("o.b", b"2", hdrs(X="y"))
+        dest = h.create(name="DEST", sources=[{"name": "ORIGIN", "opt_start_time": stream_module.rfc3339(T0 + SECOND // 2)}])
+        self.assertEqual((dest.config["subjects"], dest.store.state().msgs), ([], 0))
+        h.clock.advance(0)
+        self.assertEqual(dest.store.state().msgs, 1)
+        h.ack("o.c", b"3")
+        copies = [dest.store.load(seq) for seq in (1, 2)]
+        self.assertEqual([(m.subject, m.data, m.headers) for m in copies], [
+            ("o.b", b"2", b"NATS/1.0\r\nX: y\r\nNats-Stream-Source: ORIGIN 2\r\n\r\n"),
+            ("o.c", b"3", b"NATS/1.0\r\nNats-Stream-Source: ORIGIN 3\r\n\r\n"),
+        ])
+        info = json.loads(h.publish("$JS.API.STREAM.INFO.DEST", b"") or b"{}")
+        self.assertEqual(info["config"]["sources"], [{"name": "ORIGIN", "opt_start_time": stream_module.rfc3339(T0 + SECOND // 2)}])
+        self.assertEqual(info["sources"], [{"name": "ORIGIN", "lag": 0, "active": 0}])
+        self.assertNotIn("subjects", info["config"])
+
+    def test_filter_and_resume_after_restart(self) -> None:
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="ORIGIN", subjects=["o.>"])
+        dest = h.create(name="DEST", sources=[{"name": "ORIGIN", "filter_subject": "o.keep"}])
+        h.clock.advance(0)
+        for subject, data in (("o.keep", b"1"), ("o.drop", b"2"), ("o.keep", b"3")):
+            h.publish(subject, data, reply=False)
+        h.clock.advance(0)
+        self.assertEqual([dest.store.load(n).data for n in (1, 2)], [b"1", b"3"])
+        h.js.stop()
+        again = Harness(JetStreamSettings(store_dir=folder))
+        again.clock.advance(0)
+        again.publish("o.keep", b"4", reply=False)
+        again.clock.advance(0)
+        dest = again.js.streams["DEST"]
+        state = dest.store.state()
+        self.assertEqual((state.msgs, dest.store.load(3).data), (3, b"4"))
+        self.assertEqual(header(dest.store.load(3).headers, "Nats-Stream-Source"), "ORIGIN 4")
+        again.js.stop()
+
+    def test_refusals(self) -> None:
+        h = Harness()
+        h.create(name="A", subjects=["a.>"], max_msg_size=100)
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", sources=[{"name": "A", "filter_subject": "b.x"}])
+        self.assertEqual(e.exception.description, "source 'A' filter subject 'b.x' does not overlap with any origin stream subject")
+        with self.assertRaises(ApiError) as e:
+            h.create(name="B", max_msg_size=10, sources=[{"name": "A"}])
+        self.assertEqual(e.exception.err_code, 10046)
+        h.create(name="B", sources=[{"name": "A"}])
+        with self.assertRaises(ApiError) as e:
+            h.js.update_stream(h.js.streams["A"], check_config(decode_config(
+                b'{"name":"A","subjects":["a.>"],"max_msg_size":100,"sources":[{"name":"B"}]}')))
+        self.assertEqual(e.exception.description, "detected cycle")
+        with self.assertRaises(ApiError) as e:
+            h.create(name="M", mirror={"name": "A"})
+        self.assertEqual(e.exception.description, "stream mirrors are not supported by eventsvc yet")

@@ -18,12 +18,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.leaf import LOOP_ERROR, LeafManager, LeafSettings, _Accepting, _Dialling
+from eventsvc.nats.links.leaf import LeafManager, LeafSettings
+from eventsvc.nats.links.leaf_connection import LOOP_ERROR
 from eventsvc.nats.listener import ClientFactory
-from eventsvc.nats.route import RouteManager, RouteSettings
+from eventsvc.nats.links.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
-from eventsvc.test.helpers import FakeClient
+from eventsvc.test.helpers import FakeClient, dial_in_memory, with_limits
 from eventsvc.test.test_parser import mutated_streams_of, pieces
 from eventsvc.test.test_route import count_frames, feed_peer
 from eventsvc.test.test_route import link as route_link
@@ -40,7 +41,7 @@ class Node:
         if cluster:
             self.routes = RouteManager(self.broker, self.clock, RouteSettings(cluster, "127.0.0.1", 0))
             self.routes.startService()
-        self.leafs = LeafManager(self.broker, self.clock, LeafSettings(host="127.0.0.1", port=0, **settings))
+        self.leafs = LeafManager(self.broker, self.clock, with_limits(LeafSettings, host="127.0.0.1", port=0, **settings))
         self.leafs.startService()
 
     @property
@@ -60,15 +61,15 @@ class Node:
 
 def leaf(spoke: Node, hub: Node, user: str = "", password: str = "", remote=None):
     """A leaf link from C{spoke} to C{hub}, in memory: (pump, the spoke's uplink, the hub's downleaf)."""
-    from eventsvc.nats.leaf import RemoteLeaf
+    from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
     remote = remote or RemoteLeaf(("nats-leaf://127.0.0.1:7422",), user, password)
-    spoke.leafs.remotes.append(remote)
-    uplink = _Dialling(spoke.leafs, remote).buildProtocol(None)
-    downleaf = _Accepting(hub.leafs).buildProtocol(None)
+    spoke.leafs.add_remote(remote)
+    outer, uplink = dial_in_memory(spoke.clock, remote)
+    downleaf = hub.leafs.accepted()
     pump = connect(
         downleaf, FakeTransport(downleaf, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
-        uplink, FakeTransport(uplink, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 7422)),
+        outer, FakeTransport(outer, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 7422)),
         greet=True,
     )
     pump.flush()
@@ -83,7 +84,7 @@ class HandshakeTests(SynchronousTestCase):
     def test_hub_greets_as_nats_server(self) -> None:
         """The hub's INFO has what a nats-server spoke checks (client_id, leafnode_urls) and ends "} \\r\\n"."""
         hub = Node("H")
-        proto = _Accepting(hub.leafs).buildProtocol(None)
+        proto = hub.leafs.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         proto.makeConnection(transport)
         line = transport.value()
@@ -177,11 +178,11 @@ class HandshakeTests(SynchronousTestCase):
         self.assertFalse(downleaf.up)
 
     def test_tls_remote_keeps_credentials_from_a_plain_hub(self) -> None:
-        from eventsvc.nats.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
         spoke = Node("S", tls_dial=lambda name: object())
         remote = RemoteLeaf(("tls://127.0.0.1:7422",), "leaf", "pw")
-        proto = _Dialling(spoke.leafs, remote).buildProtocol(None)
+        proto = spoke.leafs.dialled(remote)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7422))
         proto.makeConnection(transport)
         proto.dataReceived(Node("H").leafs.info_line(proto))
@@ -189,7 +190,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertNotIn(b"CONNECT", transport.value())
 
     def accepted(self, hub: Node):
-        proto = _Accepting(hub.leafs).buildProtocol(None)
+        proto = hub.leafs.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         proto.makeConnection(transport)
         transport.clear()
@@ -220,16 +221,21 @@ class HandshakeTests(SynchronousTestCase):
     def test_wrong_port(self) -> None:
         """A spoke that reaches a client port (an INFO without client_id or leafnode_urls) closes, and dials again."""
         spoke = Node("S")
-        from eventsvc.nats.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
 
         remote = RemoteLeaf(("nats-leaf://127.0.0.1:4222",))
-        spoke.leafs.remotes.append(remote)
-        proto = _Dialling(spoke.leafs, remote).buildProtocol(None)
+        spoke.leafs.add_remote(remote)
+        outer, proto = dial_in_memory(spoke.clock, remote)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4222))
-        proto.makeConnection(transport)
+        outer.makeConnection(transport)
         proto.dataReceived(b'INFO {"server_id":"X","max_payload":1048576} \r\n')
         self.assertTrue(proto.closed)
         self.assertNotIn(b"CONNECT", transport.value())
+        # (The transport closes, as a reactor's would: the manager hears of it.)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        outer.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(spoke.clock.getDelayedCalls()), 1)
 
     def test_the_same_spoke_again_replaces_its_stale_link(self) -> None:
@@ -264,7 +270,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual([s.subject for s in hub.broker.sublist.all()], [])
         self.assertEqual(hub.leafs.leafs, {})
         self.assertEqual(spoke.leafs.down(), ["nats-leaf://127.0.0.1:7422"])
-        delays = [c.getTime() - spoke.clock.seconds() for c in spoke.clock.getDelayedCalls() if "dial" in repr(c)]
+        delays = [c.getTime() - spoke.clock.seconds() for c in spoke.clock.getDelayedCalls() if "_reconnect" in repr(c)]  # (ClientService's redial)
         self.assertEqual(len(delays), 1)
         self.assertTrue(0.5 <= delays[0] <= 1.0, delays)
 
@@ -528,7 +534,7 @@ class LoopTests(SynchronousTestCase):
     def test_loop_error_text(self) -> None:
         self.assertEqual(LOOP_ERROR, 'Loop detected for leafnode account="$G". Delaying attempt to reconnect for 30s')
         hub = Node("H")
-        proto = _Accepting(hub.leafs).buildProtocol(None)
+        proto = hub.leafs.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         proto.makeConnection(transport)
         proto.dataReceived(b'CONNECT {"server_id":"NS"}\r\n')
@@ -738,7 +744,7 @@ class LeafFuzzTests(SynchronousTestCase):
         node = Node("A")
         watcher = node.client()
         watcher.send(b"SUB > 9\r\n")
-        proto = _Accepting(node.leafs).buildProtocol(None)
+        proto = node.leafs.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
         proto.makeConnection(transport)
         proto.dataReceived(b'CONNECT {"server_id":"P","name":"p","headers":true}\r\n')
@@ -777,7 +783,7 @@ class DenyTests(SynchronousTestCase):
     """A remote's deny_imports and deny_exports (nats-server's): what a spoke will not take from its hub, or send it."""
 
     def test_deny_imports_and_exports(self) -> None:
-        from eventsvc.nats.leaf import RemoteLeaf
+        from eventsvc.nats.links.leaf_connection import RemoteLeaf
         from eventsvc.security.permissions import Permissions
 
         def deny(*subjects):

@@ -429,3 +429,48 @@ class SplitRunTests(SynchronousTestCase):
         parser.feed(b"c\r\n")
         self.assertEqual(recorder.ops[-1], ("pub", b"s.2", None, 3, b"3\r\nabc\r\n"))
         self.assertEqual(recorder.in_msgs, 32)
+
+    def test_lines_read_elsewhere_are_held_to_this_connections_limits(self) -> None:
+        """
+        A message line one connection has read (and keeps, for every
+        connection) is held to the limits of the connection that sends it
+        next: a larger payload or a longer line than it allows is refused,
+        in a run as by the loop.
+        """
+        line = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
+        data = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line * 3
+        generous = PlainRecorder()
+        parser = ClientParser(generous)
+        parser.split_runs = True
+        parser.feed(data)
+        self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
+        for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
+                              ({"max_control_line": 32}, "maximum control line exceeded")):
+            # In a run (after lines that differ), and alone (the loop's).
+            for read, before in ((data, 20), (line, 0)):
+                tight = PlainRecorder()
+                parser = ClientParser(tight, **limits)
+                parser.split_runs = True
+                with self.assertRaises(ProtocolViolation) as caught:
+                    parser.feed(read)
+                self.assertEqual(caught.exception.error, error)
+                self.assertEqual(len(tight.ops), before)
+
+    def test_only_lines_a_run_would_split_are_kept(self) -> None:
+        """
+        A line the loop reads but a run would not split (PUB then a tab) is
+        not kept: kept, it would be taken by a run held to the run's count
+        of the line's length, not the loop's, and let through a line one
+        byte over a tighter connection's limit.
+        """
+        line = b"PUB\t" + b"s" * 18 + b" 1\r\nx\r\n"
+        loose = PlainRecorder()
+        ClientParser(loose).feed(line * 2)
+        self.assertEqual(loose.ops[-1], ("pub", b"s" * 18, None, 1, b"1\r\nx\r\n"))
+        tight = PlainRecorder()
+        parser = ClientParser(tight, max_control_line=20)
+        parser.split_runs = True
+        with self.assertRaises(ProtocolViolation) as caught:
+            parser.feed(b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line)
+        self.assertEqual(caught.exception.error, "maximum control line exceeded")
+        self.assertEqual(len(tight.ops), 20)

@@ -16,8 +16,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats import gateway, leaf, limits, peer, route
-from eventsvc.nats.peer import LET_GO_SLICE
+from eventsvc.nats import limits
+from eventsvc.nats.links import connection as peer, gateway, leaf, route
+from eventsvc.nats.links.connection import LET_GO_SLICE
 from eventsvc.test import test_leaf, test_route, test_supercluster
 
 
@@ -48,7 +49,7 @@ def _peer_transport(port: int) -> StringTransport:
 def a_route(**settings: Any) -> _Link:
     """A route accepted from a peer that said who it is."""
     node = test_route.Node("A", **settings)
-    proto = route._Accepting(node.manager).buildProtocol(None)
+    proto = node.manager.accepted()
     transport = _peer_transport(50000)
     proto.makeConnection(transport)
     proto.dataReceived(b'CONNECT {"cluster":"c1"}\r\nINFO {"server_id":"NF","cluster":"c1"}\r\n')
@@ -59,7 +60,7 @@ def a_route(**settings: Any) -> _Link:
 def a_leaf(**settings: Any) -> _Link:
     """A leaf node (a spoke) accepted here, its handshake done."""
     node = test_leaf.Node("A", **settings)
-    proto = leaf._Accepting(node.leafs).buildProtocol(None)
+    proto = node.leafs.accepted()
     transport = _peer_transport(50001)
     proto.makeConnection(transport)
     proto.dataReceived(b'CONNECT {"server_id":"NF","name":"flooder"}\r\n')
@@ -74,7 +75,7 @@ def a_gateway(**settings: Any) -> _Link:
     """
     node = test_supercluster.Node("A", ["B"], **settings)
     remote = node.manager.remotes["B"]
-    proto = gateway._Dialling(node.manager, remote, remote.urls[0]).buildProtocol(None)
+    proto = node.manager.dialled(remote)
     transport = _peer_transport(7222)
     proto.makeConnection(transport)
     proto.dataReceived(b'INFO {"server_id":"NB","gateway":"B","headers":true}\r\n')
@@ -171,7 +172,7 @@ class CapTests(SynchronousTestCase):
     def test_the_default_cap(self) -> None:
         self.assertEqual(limits.MAX_LINK_SUBSCRIPTIONS, 1000000)
         for kind, make in KINDS:
-            self.assertEqual(make().proto.manager.settings.max_link_subscriptions, 1000000, kind)
+            self.assertEqual(make().proto.manager.settings.limits.max_link_subscriptions, 1000000, kind)
 
     def test_no_cap(self) -> None:
         link = a_route(max_link_subscriptions=0)
@@ -213,11 +214,11 @@ class LetGoTests(SynchronousTestCase):
         """A route's interest that goes in slices is told to a leaf link (LS-) slice by slice, all of it in the end."""
         node = test_leaf.Node("A", cluster="c1")
         node.manager.settings = dataclasses.replace(node.manager.settings, parse_budget=0.0)
-        spoke = leaf._Accepting(node.leafs).buildProtocol(None)
+        spoke = node.leafs.accepted()
         spoke_transport = _peer_transport(50001)
         spoke.makeConnection(spoke_transport)
         spoke.dataReceived(b'CONNECT {"server_id":"NS","name":"spoke"}\r\n')
-        peer = route._Accepting(node.manager).buildProtocol(None)
+        peer = node.manager.accepted()
         peer.makeConnection(_peer_transport(50000))
         peer.dataReceived(b'CONNECT {"cluster":"c1"}\r\nINFO {"server_id":"NF","cluster":"c1"}\r\n')
         peer.dataReceived(b"".join(b"RS+ $G flood.%d.x\r\n" % i for i in range(600)))

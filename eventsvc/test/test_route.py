@@ -15,9 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
-from eventsvc.nats.route import RouteManager, RouteSettings, _Accepting, _Dialling
+from eventsvc.nats.links.route import RouteManager, RouteSettings
 from eventsvc.nats.server import Broker
-from eventsvc.test.helpers import FakeClient
+from eventsvc.test.helpers import FakeClient, dial_in_memory, replace_settings, with_limits
 
 
 class Node:
@@ -25,12 +25,12 @@ class Node:
         self.clock = MemoryReactorClock()
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
-        self.manager = RouteManager(self.broker, self.clock, RouteSettings("c1", "127.0.0.1", 0, **settings))
+        self.manager = RouteManager(self.broker, self.clock, with_limits(RouteSettings, "c1", "127.0.0.1", 0, **settings))
         self.manager.startService()
 
     def set(self, **settings) -> None:
         """Change the manager's settings (as a new configuration would)."""
-        self.manager.settings = dataclasses.replace(self.manager.settings, **settings)
+        self.manager.settings = replace_settings(self.manager.settings, **settings)
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
         proto = self.factory.buildProtocol(None)
@@ -42,15 +42,14 @@ class Node:
         return c
 
 
-def link(dialer: Node, acceptor: Node):
-    """A route from dialer to acceptor, in memory; returns the pump."""
-    url = "nats-route://127.0.0.1:6222"
-    dialer.manager.configured.append(url)
-    client = _Dialling(dialer.manager, url).buildProtocol(None)
-    server = _Accepting(acceptor.manager).buildProtocol(None)
+def link(dialer: Node, acceptor: Node, url: str = "nats-route://127.0.0.1:6222"):
+    """A route from dialer to acceptor (dialled as C{url}), in memory; returns the pump."""
+    dialer.manager.add_route(url)
+    outer, client = dial_in_memory(dialer.clock, dialer.manager.targets[url])
+    server = acceptor.manager.accepted()
     pump = connect(
         server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
-        client, FakeTransport(client, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 6222)),
+        outer, FakeTransport(outer, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 6222)),
         greet=True,
     )
     pump.flush()
@@ -220,12 +219,13 @@ class RouteTests(SynchronousTestCase):
 
     def test_duplicate_route_dropped(self) -> None:
         link(self.a, self.b)
-        pump, dialled, accepted = link(self.a, self.b)
+        # (Another name for the same server: two routes to it, one too many.)
+        pump, dialled, accepted = link(self.a, self.b, "nats-route://localhost:6222")
         self.assertTrue(dialled.closed or accepted.closed)
         self.assertEqual(len(self.a.manager.routes), 1)
 
     def test_client_on_route_port(self) -> None:
-        server = _Accepting(self.b.manager).buildProtocol(None)
+        server = self.b.manager.accepted()
         transport = StringTransport()
         server.makeConnection(transport)
         server.dataReceived(b'CONNECT {"lang":"python","verbose":false}\r\n')
@@ -265,9 +265,9 @@ class TLSRouteTests(SynchronousTestCase):
         )
         client_opts = ssl.optionsForClientTLS(expected, trustRoot=self.pki.trust_root(), clientCertificate=identity)
         url = "nats-route://%s:6222" % expected
-        self.a.manager.configured.append(url)
-        inner_client = _Dialling(self.a.manager, url).buildProtocol(None)
-        inner_server = _Accepting(self.b.manager).buildProtocol(None)
+        self.a.manager.add_route(url)
+        inner_client, _ = dial_in_memory(self.a.clock, self.a.manager.targets[url])
+        inner_server = self.b.manager.accepted()
         client = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(client_opts, True, _Unused()), inner_client)
         server = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(server_opts, False, _Unused()), inner_server)
         pump = connect(
@@ -668,7 +668,7 @@ class RouteFuzzTests(SynchronousTestCase):
         node = Node("A")
         watcher = node.client()
         watcher.send(b"SUB > 9\r\n")
-        proto = _Accepting(node.manager).buildProtocol(None)
+        proto = node.manager.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
         proto.makeConnection(transport)
         proto.dataReceived(b'CONNECT {"verbose":false,"cluster":"c1"}\r\nINFO {"server_id":"P","cluster":"c1"}\r\n')
@@ -707,7 +707,7 @@ class RouteFuzzTests(SynchronousTestCase):
 class BackoffTests(SynchronousTestCase):
     def test_long_outages_keep_redialling(self) -> None:
         """After thousands of failures the delay is still retry_max, jittered (2**n once overflowed a float)."""
-        from eventsvc.nats.peer import backoff
+        from eventsvc.nats.links.manager import backoff
 
         settings = RouteSettings("c1", retry_initial=0.5, retry_max=10.0)
         self.assertEqual(backoff(settings, 0, lambda: 1.0), 0.5)

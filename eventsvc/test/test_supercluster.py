@@ -19,14 +19,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.gateway import (
-    CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, INTEREST_ONLY, TRANSITIONING, GatewayManager, GatewaySettings,
-    RemoteInterest, _Accepting, _Dialling, gateway_hash,
+from eventsvc.nats.links.gateway import GatewayManager, GatewaySettings
+from eventsvc.nats.links.interest_modes import (
+    CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, INTEREST_ONLY, TRANSITIONING, RemoteInterest,
 )
+from eventsvc.nats.links.replies import gateway_hash
 from eventsvc.nats.listener import ClientFactory
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
-from eventsvc.test.helpers import FakeClient
+from eventsvc.test.helpers import FakeClient, dial_in_memory, with_limits
 from eventsvc.test.test_parser import _check_output
 from eventsvc.test.test_route import feed_cut, mutated_route_streams
 
@@ -39,7 +40,7 @@ class Node:
         self.broker = Broker(server_id="N" + name)
         self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
         gateways = tuple((r, ("nats://127.0.0.1:7222",)) for r in remotes)
-        self.manager = GatewayManager(self.broker, self.clock, GatewaySettings(name, "127.0.0.1", 0, gateways=gateways, **settings))
+        self.manager = GatewayManager(self.broker, self.clock, with_limits(GatewaySettings, name, "127.0.0.1", 0, gateways=gateways, **settings))
         self.manager.startService()
 
     def client(self, connect_line: bytes = b'CONNECT {"verbose":false}\r\n') -> FakeClient:
@@ -53,7 +54,7 @@ class Node:
 
     def accepted(self):
         """A gateway connection accepted here, on a StringTransport."""
-        proto = _Accepting(self.manager).buildProtocol(None)
+        proto = self.manager.accepted()
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
         proto.makeConnection(transport)
         return proto, transport
@@ -62,11 +63,11 @@ class Node:
 def link(dialer: Node, acceptor: Node):
     """dialer's outbound gateway to acceptor (acceptor's inbound), in memory; returns the pump."""
     remote = dialer.manager.remotes[acceptor.manager.settings.name]
-    client = _Dialling(dialer.manager, remote, remote.urls[0]).buildProtocol(None)
-    server = _Accepting(acceptor.manager).buildProtocol(None)
+    outer, client = dial_in_memory(dialer.clock, remote)
+    server = acceptor.manager.accepted()
     pump = connect(
         server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
-        client, FakeTransport(client, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 7222)),
+        outer, FakeTransport(outer, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 7222)),
         greet=True,
     )
     pump.flush()
@@ -236,7 +237,7 @@ class AcceptedHandshakeTests(SynchronousTestCase):
 class DialledHandshakeTests(SynchronousTestCase):
     def dialled(self, node: Node):
         remote = node.manager.remotes["B"]
-        proto = _Dialling(node.manager, remote, remote.urls[0]).buildProtocol(None)
+        proto = node.manager.dialled(remote)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7222))
         proto.makeConnection(transport)
         return proto, transport
@@ -310,18 +311,13 @@ class DialledHandshakeTests(SynchronousTestCase):
     def test_redial_with_backoff_and_health(self) -> None:
         node = Node("A", ["B"])
         self.assertEqual(node.manager.down(), ["B"])
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
         factory = node.clock.tcpClients[-1][2]
-        factory.clientConnectionFailed(None, _Reason("refused"))
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
         delays = [c.getTime() - node.clock.seconds() for c in node.clock.getDelayedCalls()]
         self.assertTrue(any(0.25 <= d <= 0.5 for d in delays), delays)
-
-
-class _Reason:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def getErrorMessage(self) -> str:
-        return self.text
 
 
 class PairTests(SynchronousTestCase):
@@ -517,7 +513,7 @@ class GatewayFuzzTests(SynchronousTestCase):
         watcher = node.client()
         watcher.send(b"SUB > 9\r\n")
         remote = node.manager.remotes["B"]
-        proto = _Dialling(node.manager, remote, remote.urls[0]).buildProtocol(None)
+        proto = node.manager.dialled(remote)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7222))
         proto.makeConnection(transport)
         proto.dataReceived(b'INFO {"server_id":"NB","gateway":"B","headers":true}\r\n')

@@ -21,6 +21,7 @@ from eventsvc.nats.websocket import CLOSE_TIMEOUT, websocket_wire
 from eventsvc.security.auth import TokenAuthenticator
 from eventsvc.security.permissions import Permissions
 from eventsvc.test import wsframes
+from eventsvc.test.helpers import with_limits
 
 HOST = "127.0.0.1:8080"
 
@@ -76,7 +77,7 @@ class Harness(TestCase):
         self.clock = Clock()
         self.broker = Broker()
         settings.setdefault("name", "websocket")
-        self.clients = ClientFactory(self.broker, ClientSettings(**settings), self.clock)
+        self.clients = ClientFactory(self.broker, with_limits(ClientSettings, **settings), self.clock)
         self.wire = websocket_wire(self.clients, origins, compression, 2.0, None, self.clock)
 
     def open(self, **kwargs) -> Peer:

@@ -19,6 +19,7 @@ from twisted.test.iosim import FakeTransport, connect
 
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.listener import ClientFactory
+from eventsvc.test.helpers import with_limits
 from eventsvc.nats.server import Broker
 from eventsvc.security import certs
 
@@ -139,7 +140,7 @@ class TLSHarness:
     def __init__(self, tls: Any, **settings: Any) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
-        self.settings = ClientSettings(tls=tls, **settings)
+        self.settings = with_limits(ClientSettings, tls=tls, **settings)
         self.factory = ClientFactory(self.broker, self.settings, self.clock)
 
     def connect(self, client: UpgradingClient, port: int = 50000):

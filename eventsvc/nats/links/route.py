@@ -16,26 +16,19 @@ What it must not do: know about events, tokens or HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import random
 from typing import Any, Dict, List, Optional, Set, Tuple
-from urllib.parse import urlsplit
 
-from twisted.application.service import Service
-from twisted.internet.protocol import ClientFactory, Factory
-from twisted.logger import Logger
-
-from eventsvc import wirejson
-from eventsvc.nats import limits, peer, timers
+from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
-from eventsvc.nats.peer import PeerConnection
+from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
+from eventsvc.nats.links.replies import GR_PREFIX as GR
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription, valid_subject
 
 GLOBAL = b"$G"
-#: The prefix of replies routed across gateways (eventsvc.nats.gateway).
-GR = b"_GR_."
 
 
 class RouteConnection(PeerConnection):
@@ -45,6 +38,7 @@ class RouteConnection(PeerConnection):
     """
 
     kind = Kind.ROUTE
+    speaks = "route"
     frame_head = RMSG
     #: While an C{LMSG <origin>} is delivered: its leaf cluster (the broker
     #: keeps the message from that cluster's links).
@@ -52,9 +46,8 @@ class RouteConnection(PeerConnection):
 
     def __init__(self, manager: "RouteManager", solicited: Optional[str] = None) -> None:
         settings = manager.settings
-        super().__init__(manager, settings.ping_interval, RouteParser)
+        super().__init__(manager, settings.limits.ping_interval, RouteParser)
         self.solicited = solicited
-        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
     @property
     def dialled(self) -> bool:
@@ -92,12 +85,7 @@ class RouteConnection(PeerConnection):
 
     def op_connect(self, arg: bytes) -> None:
         """C{CONNECT} from the peer: its credentials checked against the cluster's."""
-        try:
-            options = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad CONNECT on route")
-        if not isinstance(options, dict):
-            raise ProtocolViolation(None, "bad CONNECT on route")
+        options = self.json_object(arg, "CONNECT")
         if "lang" in options:
             raise ProtocolViolation("attempted to connect to route port", "a client dialled the route port")
         if not self.manager.check_credentials(options):
@@ -108,10 +96,7 @@ class RouteConnection(PeerConnection):
 
     def op_info(self, arg: bytes) -> None:
         """C{INFO} from the peer: the first registers the route (or closes a duplicate), later ones update what it advertises."""
-        try:
-            info = wirejson.loads(arg)
-        except ValueError:
-            raise ProtocolViolation(None, "bad INFO on route")
+        info = self.json_object(arg, "INFO")
         server_id = info.get("server_id", "")
         if not self.remote_id:
             if server_id == self.broker.server_id:
@@ -161,15 +146,9 @@ class RouteConnection(PeerConnection):
             # nothing on that subject is ever sent down this route.
             self.log.debug("route {peer}: not exporting {subject}", peer=self.remote_id, subject=subject)
             return
-        key = (subject, queue)
-        if key in self.subs:
-            return  # a queue weight update: one entry per route is enough
-        if not self.keeps_interest(len(self.subs) + 1):
-            return
-        sub = Subscription(self, subject, queue, b"")
-        sub.origin = origin
-        self.subs[key] = sub
-        self.broker.add_remote_subscription(sub)
+        sub = self.new_interest(subject, queue, origin)
+        if sub is not None:
+            self.broker.add_remote_subscription(sub)
 
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
         """C{RS-} (or C{LS-}): the peer's interest ends."""
@@ -234,31 +213,25 @@ class RouteConnection(PeerConnection):
         return False
 
 
-class _Accepting(Factory):
-    noisy = False
+class RouteTarget(DialTarget):
+    """A configured route (nats-route://host:port), dialled again whenever it drops."""
 
-    def __init__(self, manager: "RouteManager") -> None:
-        self.manager = manager
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
 
-    def buildProtocol(self, addr: Any) -> RouteConnection:
-        """A route that dialled us."""
-        return RouteConnection(self.manager)
+    @property
+    def url(self) -> str:
+        """The route's URL, as configured (or gossiped)."""
+        return self._url
 
+    def address(self) -> Tuple[str, int]:
+        """The host and port of the URL."""
+        return host_port(self._url, "nats-route")
 
-class _Dialling(ClientFactory):
-    noisy = False
-
-    def __init__(self, manager: "RouteManager", url: str) -> None:
-        self.manager = manager
-        self.url = url
-
-    def buildProtocol(self, addr: Any) -> RouteConnection:
-        """The route we dialled to C{url}."""
-        return RouteConnection(self.manager, solicited=self.url)
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        """The dial failed: the manager dials again later."""
-        self.manager.dial_failed(self.url, reason.getErrorMessage())
+    def label(self) -> str:
+        """C{route <url>}, for the log."""
+        return "route " + self._url
 
 
 @dataclass(frozen=True)
@@ -273,13 +246,12 @@ class RouteSettings:
     routes: Tuple[str, ...] = ()
     user: str = ""
     password: str = ""
-    max_payload: int = limits.MAX_PAYLOAD
-    #: Routes' control lines are held to this too (nats-server sets no limit
-    #: on routes; we keep one for memory's sake).
-    max_control_line: int = limits.MAX_CONTROL_LINE
-    max_pending: int = limits.MAX_PENDING
-    ping_interval: float = limits.PING_INTERVAL
-    ping_max: int = limits.PING_MAX
+    #: [limits] as the links run with them (max_payload, max_control_line:
+    #: nats-server sets none on links, we keep one for memory's sake;
+    #: max_pending, ping_interval, ping_max, listen_backlog,
+    #: max_link_subscriptions: the entries of a peer's interest one link
+    #: may hold, 0 for no cap).
+    limits: Limits = Limits()
     retry_initial: float = 0.5
     retry_max: float = 10.0
     #: Whether to listen for routes, or only dial.
@@ -290,7 +262,6 @@ class RouteSettings:
     tls_server: Any = None
     tls_client: Any = None
     tls_name: str = ""
-    listen_backlog: int = limits.LISTEN_BACKLOG
     #: Neither tell peers our client URLs nor tell our clients theirs.
     no_advertise: bool = False
     #: Route permissions (IPermissions, or None for everything), as
@@ -302,34 +273,42 @@ class RouteSettings:
     exports: Any = None
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
-    parse_budget: Optional[float] = limits.PARSE_BUDGET
-    #: Entries of the peer's interest one link may hold (0: no cap).
-    max_link_subscriptions: int = limits.MAX_LINK_SUBSCRIPTIONS
+    parse_budget: Optional[float] = PARSE_BUDGET
 
 
-class RouteManager(Service):
+class RouteManager(LinkManager):
     """The routes of one server: the cluster listener, the dialled routes, interest."""
 
-    log = Logger()
+    listen_what = "routes ([cluster] host and port)"
 
     def __init__(self, broker: Broker, reactor: Any, settings: RouteSettings) -> None:
-        self.setName("cluster")
-        self.broker = broker
-        self.clock = reactor
-        self.settings = settings
-        #: The port bound once listening (settings.port until then).
-        self.port = settings.port
-        #: The routes dialled again when they drop.
-        self.configured = list(settings.routes)
+        super().__init__(broker, reactor, settings, "cluster")
+        #: The routes dialled again when they drop (their URLs, and each one's dialling).
+        self.configured: List[str] = []
+        self.targets: Dict[str, RouteTarget] = {}
         #: Messages dropped because their subject is not imported.
         self.dropped = 0
         self.routes: Dict[str, RouteConnection] = {}
-        self.listening: Any = None
-        self._attempts: Dict[str, int] = {}
+        #: Gossiped routes being dialled (once each).
         self._dialling: Set[str] = set()
-        self._timers: Dict[str, Any] = {}
-        self.random = random.Random()
-        self.advertise = ""
+        for url in settings.routes:
+            self.add_route(url)
+
+    def accepted(self) -> RouteConnection:
+        """A route that dialled us."""
+        return RouteConnection(self)
+
+    def dialled(self, target: DialTarget) -> RouteConnection:
+        """The route we dialled to C{target}'s URL."""
+        return RouteConnection(self, solicited=target.url)
+
+    def add_route(self, url: str) -> None:
+        """A route to keep: dialled (now, when running) and again whenever it drops."""
+        if url in self.targets:
+            return
+        self.configured.append(url)
+        target = self.targets[url] = RouteTarget(url)
+        self.keep_dialling(target)
 
     # -- what we say -----------------------------------------------------------
 
@@ -345,7 +324,7 @@ class RouteManager(Service):
             "host": self.advertise_host,
             "port": self.port,
             "headers": True,
-            "max_payload": self.settings.max_payload,
+            "max_payload": self.settings.limits.max_payload,
             "cluster": self.settings.cluster_name,
         }
         urls = [] if self.settings.no_advertise else self.broker.connect_urls.own()
@@ -380,12 +359,6 @@ class RouteManager(Service):
             options.update(user=self.settings.user, **{"pass": self.settings.password})
         return options
 
-    def check_credentials(self, options: Dict[str, Any]) -> bool:
-        """Whether a peer's CONNECT carries the cluster's credentials (any, when it has none)."""
-        if not self.settings.user:
-            return True
-        return options.get("user") == self.settings.user and options.get("pass") == self.settings.password
-
     # -- lifecycle ---------------------------------------------------------------
 
     def lame_duck(self) -> None:
@@ -401,55 +374,35 @@ class RouteManager(Service):
         """Listen for routes (when accepting), then dial the configured ones."""
         self.broker.cluster_name = self.settings.cluster_name
         if self.settings.accept:
-            self.listening = peer.listen(self.clock, self.port, _Accepting(self), self.settings, "routes ([cluster] host and port)")
-            self.port = self.listening.getHost().port
+            self.listen()
             self.log.info("cluster {name} listening for routes on {host}:{port}", name=self.settings.cluster_name, host=self.settings.host, port=self.port)
-        super().startService()
         self.broker.interest_listeners.append(self._interest)
-        for url in self.configured:
-            self.dial(url)
+        super().startService()
 
     def stopService(self) -> Any:
         """Stop redialling and close every route."""
-        super().stopService()
         if self._interest in self.broker.interest_listeners:
             self.broker.interest_listeners.remove(self._interest)
-        for timer in self._timers.values():
-            timers.cancel(timer)
-        self._timers.clear()
-        for route in list(self.routes.values()):
-            route.close(None, "server shutting down")
-        if self.listening is not None:
-            listening, self.listening = self.listening, None
-            return listening.stopListening()
-        return None
+        return self.stop_links(list(self.routes.values()))
 
     # -- dialling ----------------------------------------------------------------
 
     def dial(self, url: str) -> None:
-        """Dial C{url} (a configured or gossiped route), unless a dial to it is under way."""
-        if not self.running or url in self._dialling:
+        """Dial C{url}, a gossiped route, once (unless it is configured or a dial to it is under way)."""
+        if not self.running or url in self._dialling or url in self.targets:
             return
-        parts = urlsplit(url if "://" in url else "nats-route://" + url)
-        if not parts.hostname or not parts.port:
+        try:
+            host_port(url, "nats-route")
+        except ValueError:
             self.log.error("route {url} is not nats-route://host:port", url=url)
             return
         self._dialling.add(url)
-        peer.dial(self.clock, parts.hostname, parts.port, _Dialling(self, url), self.settings)
+        self.dial_once(RouteTarget(url))
 
-    def dial_failed(self, url: str, why: str) -> None:
-        """A dial to C{url} failed: dial again later (configured routes, with backoff)."""
+    def dial_failed(self, target: DialTarget, url: str, why: str) -> None:
+        """A dial to C{url} failed: a configured route is dialled again later (with backoff), a gossiped one not."""
+        super().dial_failed(target, url, why)
         self._dialling.discard(url)
-        self._redial(url, why)
-
-    def _redial(self, url: str, why: str) -> None:
-        if not self.running or url not in self.configured:
-            return
-        n = self._attempts.get(url, 0)
-        self._attempts[url] = n + 1
-        delay = peer.backoff(self.settings, n, self.random.random)
-        self.log.info("route {url}: {why}; dialling again in {delay:.1f}s", url=url, why=why, delay=delay)
-        self._timers[url] = self.clock.callLater(delay, self.dial, url)
 
     # -- the mesh ------------------------------------------------------------------
 
@@ -457,7 +410,9 @@ class RouteManager(Service):
         """A route said who it is: keep it unless we already have one to that server."""
         if route.solicited:
             self._dialling.discard(route.solicited)
-            self._attempts.pop(route.solicited, None)
+            target = self.targets.get(route.solicited)
+            if target is not None:
+                target.up()
         existing = self.routes.get(route.remote_id)
         if existing is not None and existing is not route and not existing.closed:
             return False
@@ -510,13 +465,14 @@ class RouteManager(Service):
         """A route ended: forget it, its client URLs and, when we dialled it, dial again."""
         if route.solicited:
             self._dialling.discard(route.solicited)
+            target = self.targets.get(route.solicited)
+            if target is not None:
+                target.why = why  # (its service dials again, and says why)
         if self.routes.get(route.remote_id) is route:
             del self.routes[route.remote_id]
             self.log.info("route to {peer} down: {why}", peer=route.remote_id, why=why)
             if not self.settings.no_advertise:
                 self.broker.connect_urls.remove(route.remote_urls())
-        if route.solicited and self.running:
-            self._redial(route.solicited, why)
 
     def _interest(self, subject: bytes, queue: Optional[bytes], before: int, after: int) -> None:
         if not self.routes or (self.settings.imports is not None and not self.settings.imports.may_subscribe(subject, queue)):

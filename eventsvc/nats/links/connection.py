@@ -8,8 +8,8 @@ All are put together from the client connection's parts: a framing loop
 lines too), the outbound part (cut off at C{max_pending}, never stalling
 anyone: a peer is not a consumer to wait for) and the pinger (every
 interval, busy or not).  This module holds that plumbing once; the
-protocols (L{eventsvc.nats.route}, L{eventsvc.nats.gateway},
-L{eventsvc.nats.leaf}) hold only their handshakes, interest and messages.
+protocols (L{eventsvc.nats.links.route}, L{eventsvc.nats.links.gateway},
+L{eventsvc.nats.links.leaf}) hold only their handshakes, interest and messages.
 
 A peer's interest is held to a cap per link (C{max_link_subscriptions},
 L{PeerConnection.keeps_interest}), and a closed link's interest is let go
@@ -32,16 +32,16 @@ from __future__ import annotations
 
 import gc
 from time import perf_counter
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventsvc import wirejson
 from eventsvc.nats import timers
-from eventsvc.nats.errors import ListenError, failure_reason
+from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.frames import err_line
 from eventsvc.nats.kinds import Kind
@@ -74,9 +74,8 @@ class PeerConnection(Protocol):
     L{lost} (what its manager must hear when it ends).
 
     @ivar manager: the subclass's manager: C{broker}, C{clock} and
-        C{settings} (C{max_pending}, C{ping_max}, C{tls_name},
-        C{max_control_line}, C{max_payload}, C{parse_budget},
-        C{max_link_subscriptions}).
+        C{settings} (C{limits}, C{tls_name}, C{parse_budget},
+        C{handshake_timeout}).
     """
 
     log = Logger()
@@ -98,6 +97,8 @@ class PeerConnection(Protocol):
 
     #: The framing loop with the protocol's verb table.
     parser: Any
+    #: The link as a bad INFO or CONNECT names it ("route", "leaf node link").
+    speaks = ""
 
     def __init__(self, manager: Any, ping_interval: float, parser: Callable[..., Any]) -> None:
         """
@@ -111,15 +112,15 @@ class PeerConnection(Protocol):
         self.remote_info: Dict[str, Any] = {}
         self.registered = False
         self.closed = False
-        self.outbound = Outbound(manager.clock, settings.max_pending, self._slow, stalls=False)
+        self.outbound = Outbound(manager.clock, settings.limits.max_pending, self._slow, stalls=False)
         self.out = self.outbound.out
         self.flush: Callable[[], bool] = self.outbound.flush
         self.dirty = False
-        self.parser = parser(self, settings.max_control_line, settings.max_payload, settings.parse_budget)
+        self.parser = parser(self, settings.limits.max_control_line, settings.limits.max_payload, settings.parse_budget)
         #: Reads parsed within the budget, the rest on later turns (as a client's).
         self.turns = ReadTurns(self.parser, manager.clock, self.outbound.gate, self._violated, self.broker.flush)
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
-        self.pinger = Pinger(manager.clock, ping_interval, settings.ping_max, self._send_now, self._stale)
+        self.pinger = Pinger(manager.clock, ping_interval, settings.limits.ping_max, self._send_now, self._stale)
         self.host, self.port = "", 0
         #: When it connected, and when it last sent anything (monitoring).
         self.start = self.last_activity = 0.0
@@ -127,6 +128,9 @@ class PeerConnection(Protocol):
         self._handshake_clock: Any = None
         #: The size of the peer's interest when it last froze the heap (0: never).
         self._frozen_at = 0
+        #: The peer's interest, one subscription per (subject, queue), for the
+        #: protocols that keep it so (routes, leafs; a gateway keeps modes).
+        self.subs: Dict[Tuple[bytes, Optional[bytes]], Subscription] = {}
 
     @property
     def dialled(self) -> bool:
@@ -255,7 +259,7 @@ class PeerConnection(Protocol):
         """
         if self.closed:
             return False
-        cap = self.manager.settings.max_link_subscriptions
+        cap = self.manager.settings.limits.max_link_subscriptions
         if cap and held > cap:
             self.log.warn(
                 "{kind} {peer}: its interest passed {cap} subscriptions (the cap per link, [limits] "
@@ -267,6 +271,21 @@ class PeerConnection(Protocol):
             self._frozen_at = held
             _freeze()
         return True
+
+    def new_interest(self, subject: bytes, queue: Optional[bytes], origin: Optional[bytes]) -> Optional[Subscription]:
+        """
+        The peer's interest in C{subject} (and C{queue}), kept once per
+        link: its new subscription (coming from C{origin}, a leaf cluster,
+        or None), or None when it is held already (a queue weight update)
+        or the link may not keep it (L{keeps_interest}).
+        """
+        key = (subject, queue)
+        if key in self.subs or not self.keeps_interest(len(self.subs) + 1):
+            return None
+        sub = Subscription(self, subject, queue, b"")
+        sub.origin = origin
+        self.subs[key] = sub
+        return sub
 
     def let_go(self, subs: List[Subscription], remove: Callable[[List[Subscription]], None]) -> None:
         """
@@ -350,6 +369,21 @@ class PeerConnection(Protocol):
 
     # -- what every peer protocol answers the same way ----------------------------
 
+    def json_object(self, arg: bytes, verb: str) -> Dict[str, Any]:
+        """
+        The JSON object an C{INFO} or C{CONNECT} (C{verb}) carries.
+
+        @raise ProtocolViolation: not a JSON object (C{bad <verb> on
+            <speaks>}): the link closes.
+        """
+        try:
+            value = wirejson.loads(arg)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ProtocolViolation(None, "bad {} on {}".format(verb, self.speaks))
+        return value
+
     def op_ping(self) -> None:
         """C{PING}: answered C{PONG}."""
         self.send(PONG)
@@ -371,34 +405,3 @@ class PeerConnection(Protocol):
         """Nothing to do: a peer's interest has no auto-unsubscribe maximum."""
         pass  # remote interest has no auto-unsubscribe
 
-
-def listen(clock: Any, port: int, factory: Any, settings: Any, what: str) -> Any:
-    """
-    Listen for peers on C{settings.host} and C{port}, over TLS when
-    C{settings.tls_server} is set (TLS first, as nats-server 2.9).
-
-    @param what: the configuration that set the address, for the error.
-    @raise ListenError: the address cannot be bound.
-    """
-    try:
-        if settings.tls_server is not None:
-            return clock.listenSSL(port, factory, settings.tls_server, interface=settings.host)
-        return clock.listenTCP(port, factory, backlog=settings.listen_backlog, interface=settings.host)
-    except CannotListenError as e:
-        raise ListenError("cannot listen on {}:{} for {}: {}".format(settings.host, port, what, e.socketError))
-
-
-def dial(clock: Any, host: str, port: int, factory: Any, settings: Any) -> None:
-    """Dial a peer, over TLS (checking C{settings.tls_name}, or the host) when C{settings.tls_client} is set."""
-    if settings.tls_client is not None:
-        clock.connectSSL(host, port, factory, settings.tls_client(settings.tls_name or host), timeout=5)
-    else:
-        clock.connectTCP(host, port, factory, timeout=5)
-
-
-def backoff(settings: Any, attempt: int, random: Callable[[], float]) -> float:
-    """
-    Seconds before dialling again after C{attempt} failures: doubling from
-    C{retry_initial} up to C{retry_max}, with jitter (half to all of it).
-    """
-    return min(settings.retry_max, settings.retry_initial * (2 ** min(attempt, 30))) * (0.5 + 0.5 * random())

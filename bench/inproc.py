@@ -1,0 +1,304 @@
+"""
+The engine's hot path measured in one process, without sockets: client
+connections on fake transports, fed the bytes a publisher sends, timed on
+the CPU (or counted in instructions under callgrind).  On a machine shared
+with other work a wall-clock benchmark is noise; this one is repeatable,
+and its figures compare one tree with another, nothing more.
+
+    python bench/inproc.py [--scene NAME ...] [--messages N] [--repeat R]
+    python bench/inproc.py --compare OTHER_PYTHON [--rounds 5]
+    valgrind --tool=callgrind python bench/inproc.py --scene many-fwc --messages N
+
+Each scene builds a broker, its subscribers (each on a transport that only
+counts what it is given) and publishers, and feeds the publishers the
+bytes that natsbench would send: 16-byte payloads over 1,000 subjects
+C{bench.1.<i>.data}, in reads of 64 KiB cut at any byte (as a busy
+socket is read), or one PUB a read for the slow fleet.  The parse budget
+is set so high that it never runs out, but is still checked.
+
+It imports eventsvc from the running interpreter, so C{--compare} runs the
+same scenes in another tree's virtual environment, alternately with this
+one, and prints the ratio of the CPU times (best of each).  It prints
+figures; it never passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+PAYLOAD = b"0123456789abcdef"
+READ = 65536
+#: What nats.go sends (natsbench's client).
+CONNECT = (
+    b'CONNECT {"verbose":false,"pedantic":false,"tls_required":false,"name":"","lang":"go",'
+    b'"version":"1.31.0","protocol":1,"echo":true,"headers":true,"no_responders":true}\r\n'
+)
+
+
+def _imports() -> Tuple[Any, Any, Any, Any, Any]:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from eventsvc.nats.listener import ClientFactory
+    from eventsvc.nats.server import Broker
+    from eventsvc.nats.settings import ClientSettings
+
+    class Sink(StringTransport):
+        """A transport that counts what it is given and keeps none of it."""
+
+        given = 0
+
+        def write(self, data: bytes) -> None:
+            self.given += len(data)
+
+        def writeSequence(self, seq: List[bytes]) -> None:
+            self.given += sum(map(len, seq))
+
+    return IPv4Address, Clock, Sink, (ClientFactory, Broker), ClientSettings
+
+
+class World:
+    """A broker and its client connections, on a fake clock."""
+
+    def __init__(self) -> None:
+        self.address, clock, self.sink, (factory, broker), settings = _imports()
+        self.clock = clock()
+        self.broker = broker(server_id="NBENCH")
+        self.factory = factory(self.broker, settings(parse_budget=1e9), self.clock)
+        self.count = 0
+
+    def connect(self, *subjects: bytes) -> Any:
+        proto = self.factory.buildProtocol(None)
+        self.count += 1
+        transport = self.sink(peerAddress=self.address("TCP", "127.0.0.1", 40000 + self.count))
+        proto.makeConnection(transport)
+        subs = b"".join(b"SUB %s %d\r\n" % (s, i + 1) for i, s in enumerate(subjects))
+        proto.dataReceived(CONNECT + subs + b"PING\r\n")
+        transport.given = 0
+        return proto
+
+
+def subjects(count: int) -> List[bytes]:
+    return [b"bench.1.%d.data" % i for i in range(count)]
+
+
+def pubs(names: List[bytes], messages: int, start: int = 0, payload: bytes = PAYLOAD) -> bytes:
+    """What one publisher sends: C{messages} PUBs round the subjects, from C{start} on."""
+    n = len(names)
+    return b"".join(b"PUB %s %d\r\n%s\r\n" % (names[(start + j) % n], len(payload), payload) for j in range(messages))
+
+
+def reads(data: bytes, size: int = READ) -> List[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+Scene = Callable[[int], Tuple[Callable[..., None], Callable[[], int]]]
+
+
+def _stream(patterns: List[List[bytes]], publishers: int, count: int, messages: int, payload: bytes = PAYLOAD) -> Any:
+    """Subscribers (one per entry of C{patterns}), C{publishers} publishers each sending its share in 64 KiB reads, interleaved."""
+    world = World()
+    subs = [world.connect(*p) for p in patterns]
+    names = subjects(count)
+    each = messages // publishers
+    senders = [(world.connect(), reads(pubs(names, each, k * count // publishers, payload))) for k in range(publishers)]
+    # The publishers' reads taken in turn, as the reactor would.
+    order: List[Tuple[Any, bytes]] = []
+    longest = max(len(r) for _, r in senders)
+    for i in range(longest):
+        for proto, rs in senders:
+            if i < len(rs):
+                order.append((proto, rs[i]))
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    def delivered() -> int:
+        return sum(s.transport.given for s in subs)
+
+    return run, delivered
+
+
+def many_fwc(messages: int) -> Any:
+    """1,000 subjects through C{bench.1.>}, 1:1 (natsbench -subjects 1000 -sub fwc)."""
+    return _stream([[b"bench.1.>"]], 1, 1000, messages)
+
+
+def many_pwc(messages: int) -> Any:
+    """1,000 subjects through C{bench.1.*.data}, 1:1."""
+    return _stream([[b"bench.1.*.data"]], 1, 1000, messages)
+
+
+def many_pwc_4_2(messages: int) -> Any:
+    """1,000 subjects through C{bench.1.*.data}, 4 publishers : 2 subscribers."""
+    return _stream([[b"bench.1.*.data"]] * 2, 4, 1000, messages)
+
+
+def exact_300(messages: int) -> Any:
+    """300 subjects, a subscription on each, 1:1."""
+    return _stream([subjects(300)], 1, 300, messages)
+
+
+def kib_10000(messages: int) -> Any:
+    """10,000 subjects through C{bench.1.>}, 1 KiB payloads."""
+    return _stream([[b"bench.1.>"]], 1, 10000, messages, PAYLOAD * 64)
+
+
+def one_subject(messages: int) -> Any:
+    """One subject, 1:1, 16 B (the plain scene: runs of one subject, batched)."""
+    return _stream([[b"bench.1.0.data"]], 1, 1, messages)
+
+
+def slow_fleet(messages: int) -> Any:
+    """200 publishers over 1,000 subjects through C{bench.1.>}, each read one PUB (the fleet at 50/s each)."""
+    world = World()
+    sub = world.connect(b"bench.1.>")
+    names = subjects(1000)
+    fleet = [world.connect() for _ in range(200)]
+    order = []
+    for j in range(messages):
+        k = j % 200
+        # Publisher k's (j // 200)th message, on its own walk round the subjects.
+        order.append((fleet[k], b"PUB %s %d\r\n%s\r\n" % (names[(k * 5 + j // 200) % 1000], len(PAYLOAD), PAYLOAD)))
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: sub.transport.given
+
+
+def requests(messages: int) -> Any:
+    """Requests with a reply inbox each (used once), one a read, to a responder on 10 subjects."""
+    world = World()
+    responder = world.connect(b"svc.*")
+    requester = world.connect(b"_INBOX.r.*")
+    order = [(requester, b"PUB svc.%d _INBOX.r.%d %d\r\n%s\r\n" % (j % 10, j, len(PAYLOAD), PAYLOAD)) for j in range(messages)]
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: responder.transport.given
+
+
+SCENES: Dict[str, Scene] = {
+    "many-fwc": many_fwc,
+    "many-pwc": many_pwc,
+    "many-pwc-4:2": many_pwc_4_2,
+    "exact-300": exact_300,
+    "10k-1KiB": kib_10000,
+    "one-subject": one_subject,
+    "slow-fleet": slow_fleet,
+    "requests": requests,
+}
+
+
+def once(scene: str, messages: int, repeat: int) -> Tuple[float, int]:
+    """The best CPU seconds per message of C{repeat} runs of C{scene}, and the bytes delivered by one."""
+    best = float("inf")
+    given = 0
+    for _ in range(repeat):
+        run, delivered = SCENES[scene](messages)
+        started = time.process_time()
+        run()
+        spent = time.process_time() - started
+        best = min(best, spent / messages)
+        given = delivered()
+    return best, given
+
+
+def raw(scene: str, messages: int, fraction: float) -> None:
+    """One run of C{scene}, up to C{fraction} of its reads after a tenth of them as warm-up (for an instruction count)."""
+    run, delivered = SCENES[scene](messages)
+    if fraction < 0:
+        # For callgrind --zero-before=sys_getrefcount --dump-before=sys_getallocatedblocks:
+        # the tenth after the first, warm.
+        run(0.1)
+        gc.collect()
+        sys.getrefcount(None)
+        run(0.2, 0.1)
+        sys.getallocatedblocks()
+    else:
+        run(fraction)
+    print(0, delivered())
+
+
+def instructions(python: str, scene: str, messages: int) -> float:
+    """
+    Instructions per message of C{scene} under C{python}, counted by
+    cachegrind: a run to a tenth of the reads, taken from a run to the
+    end, so that start-up and the first plans count for nothing.
+    """
+    counts = []
+    for fraction in (0.1, 1.0):
+        result = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+             python, os.path.abspath(__file__), "--scene", scene, "--messages", str(messages), "--fraction", str(fraction)],
+            capture_output=True, text=True, check=True, cwd="/", env=dict(os.environ, PYTHONHASHSEED="0"),
+        )
+        refs = [line for line in result.stderr.splitlines() if "I   refs:" in line or "I refs:" in line]
+        counts.append(int(refs[-1].split(":")[1].replace(",", "")))
+    return (counts[1] - counts[0]) / (messages * 0.9)
+
+
+def child(other: str, scene: str, messages: int, repeat: int) -> Tuple[float, int]:
+    out = subprocess.run(
+        [other, os.path.abspath(__file__), "--scene", scene, "--messages", str(messages), "--repeat", str(repeat), "--raw"],
+        capture_output=True, text=True, check=True, cwd="/",
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scene", action="append", choices=sorted(SCENES), help="(default: all)")
+    parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compare", action="append", default=[], help="another interpreter (its tree's venv python)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --compare: alternate this many times")
+    parser.add_argument("--instructions", action="store_true", help="with --compare: count instructions (cachegrind), not CPU time")
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fraction", type=float, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    scenes = options.scene or list(SCENES)
+    if options.fraction is not None:
+        raw(scenes[0], options.messages, options.fraction)
+        return
+    if options.raw:
+        spent, given = once(scenes[0], options.messages, options.repeat)
+        print(spent, given)
+        return
+    if not options.compare:
+        for scene in scenes:
+            spent, given = once(scene, options.messages, options.repeat)
+            print("{:14s} {:7.3f} us/msg  {} bytes out".format(scene, spent * 1e6, given))
+        return
+    pythons = options.compare + [sys.executable]
+    if options.instructions:
+        for scene in scenes:
+            counts = [instructions(python, scene, options.messages) for python in pythons]
+            print("{:14s} ".format(scene) + "  ".join("{:8.0f} Ir ({:.3f}x)".format(c, c / counts[-1]) for c in counts), flush=True)
+        return
+    for scene in scenes:
+        best = [float("inf")] * len(pythons)
+        given = [0] * len(pythons)
+        for _ in range(options.rounds):
+            for i, python in enumerate(pythons):
+                spent, given[i] = child(python, scene, options.messages, options.repeat)
+                best[i] = min(best[i], spent)
+        mine = best[-1]
+        print("{:14s} ".format(scene) + "  ".join(
+            "{:7.3f} us ({:.3f}x)".format(b * 1e6, b / mine) for b in best) + ("" if len(set(given)) == 1 else "  BYTES DIFFER %s" % given))
+
+
+if __name__ == "__main__":
+    main()

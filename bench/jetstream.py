@@ -1,0 +1,149 @@
+"""
+JetStream side by side with nats-server -js: three scenes, each against a
+fresh server with a file store, through nats.go (bench/jsbench, built on
+first use from Debian's golang-go and golang-github-nats-io-go-nats-dev):
+
+  - sync:  js.Publish one at a time, each waiting for its PubAck;
+  - async: js.PublishAsync with a window of 1,000 PubAcks outstanding;
+  - pull:  a durable pull consumer fetching 100 at a time, acking each
+           message (explicit acks); the stream is filled beforehand, unmeasured.
+
+    python bench/jetstream.py [--messages 20000] [--interpreters PYTHON ...] [--storage file|memory]
+
+Each server is pinned to core 0 (taskset) and the load generator to core 1;
+the server's CPU per message (user + system, from /proc/<pid>/stat) is
+printed beside each rate, and each eventsvc rate as a ratio of
+nats-server's.  A warm-up of a fifth of the messages (on a stream of its
+own) runs first and is not counted (PyPy's JIT).  Interpreters: this one and
+.venv-pypy's when there is one, or those given.  It prints figures; it never
+passes or fails.  Figures from a busy machine say little: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from eventsvc.test import process  # noqa: E402
+# The events bench measures CPU and finds interpreters the same way.
+from events import cpu_seconds, interpreters  # noqa: E402
+
+TOOL = os.path.join(HERE, "jsbench", "jsbench")
+SERVER_CORE, LOAD_CORE = "0", "1"
+SCENES = ("sync", "async", "pull")
+_READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+_READY_EVENTSVC = re.compile(r"listening for NATS clients on [\d.]+:(\d+)")
+
+
+def jsbench() -> str:
+    if not os.access(TOOL, os.X_OK) or os.path.getmtime(TOOL) < os.path.getmtime(os.path.join(HERE, "jsbench", "main.go")):
+        subprocess.run([os.path.join(HERE, "jsbench", "build"), TOOL], check=True)
+    return TOOL
+
+
+def load(tool: str, port: int, mode: str, n: int, stream: str, storage: str) -> Dict[str, float]:
+    """One jsbench run on the load core: its JSON line."""
+    done = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, tool, "-url", "nats://127.0.0.1:%d" % port, "-mode", mode, "-n", str(n),
+         "-stream", stream, "-storage", storage, "-window", "1000", "-batch", "100"],
+        capture_output=True, text=True, timeout=600,
+    )
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError("jsbench {} said nothing: {}".format(mode, done.stderr))
+    result = json.loads(lines[-1])
+    if "error" in result:
+        print("  ({} {}: {} of {} before: {})".format(mode, stream, result["done"], n, result["error"]), flush=True)
+    return result
+
+
+def start(name: str, python: Optional[str], directory: str) -> process.ServerProcess:
+    """nats-server -js, or eventsvc under C{python}, on the server core with a file store in C{directory}."""
+    port = process.free_port()
+    if python is None:
+        argv = ["taskset", "-c", SERVER_CORE, "nats-server", "-js", "-sd", os.path.join(directory, "store"),
+                "-a", "127.0.0.1", "-p", str(port)]
+        server = process.ServerProcess(argv, _READY_NATS)
+    else:
+        config = process.write_config(os.path.join(directory, "bench.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = {}\n[jetstream]\nstore_dir = "{}"\n'
+        ).format(port, os.path.join(directory, "store")))
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        if os.path.abspath(python).startswith(ROOT + os.sep):
+            env["PYTHONPATH"] = ROOT  # this checkout's venvs run this checkout's code
+        twistd = os.path.join(os.path.dirname(python), "twistd")
+        server = process.ServerProcess(
+            ["taskset", "-c", SERVER_CORE, twistd, "-n", "--pidfile=", "eventsvc", "--config", config],
+            _READY_EVENTSVC, env)
+    server.start(timeout=60)
+    return server
+
+
+def scene(tool: str, name: str, python: Optional[str], mode: str, messages: int, storage: str) -> Dict[str, float]:
+    directory = tempfile.mkdtemp(prefix="jsbench-")
+    server = start(name, python, directory)
+    try:
+        assert server.process is not None
+        pid, port = server.process.pid, server.port
+        warm = max(messages // 5, 1)
+        if mode == "pull":
+            load(tool, port, "async", warm, "WARM", storage)
+            load(tool, port, "pull", warm, "WARM", storage)
+            load(tool, port, "async", messages, "BENCH", storage)
+        else:
+            load(tool, port, mode, warm, "WARM", storage)
+        cpu0 = cpu_seconds(pid)
+        result = load(tool, port, mode, messages, "BENCH", storage)
+        cpu = cpu_seconds(pid) - cpu0
+        done = max(int(result["done"]), 1)
+        return {"rate": done / max(float(result["seconds"]), 1e-9), "cpu_us": cpu / done * 1e6, "done": done}
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000, help="messages per scene (sync uses a fifth)")
+    parser.add_argument("--interpreters", nargs="*", help="interpreters whose twistd runs eventsvc")
+    parser.add_argument("--storage", choices=["file", "memory"], default="file")
+    parser.add_argument("--only", choices=SCENES, action="append", help="run only these scenes")
+    options = parser.parse_args()
+    tool = jsbench()
+    servers: List[tuple] = [("nats-server", None)]
+    for python in interpreters(options.interpreters):
+        servers.append(("eventsvc " + ("pypy" if "pypy" in python else "cpython"), python))
+    print("JetStream, {} store; servers on core {}, nats.go load on core {}".format(options.storage, SERVER_CORE, LOAD_CORE))
+    print("{:<18} {:<6} {:>9} {:>12} {:>10} {:>14}".format("server", "scene", "messages", "msgs/s", "CPU/msg us", "vs nats-server"))
+    for mode in options.only or SCENES:
+        # Synchronous publishing is one round trip each: fewer of them.
+        messages = options.messages // 5 if mode == "sync" else options.messages
+        reference: Optional[float] = None
+        for name, python in servers:
+            try:
+                r = scene(tool, name, python, mode, messages, options.storage)
+            except AssertionError as e:  # the server did not start (a release without JetStream)
+                print("{:<18} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
+                continue
+            if python is None:
+                reference = r["rate"]
+            ratio = "" if python is None or not reference else "{:.0%}".format(r["rate"] / reference)
+            print("{:<18} {:<6} {:>9,} {:>12,.0f} {:>10.1f} {:>14}".format(
+                name, mode, int(r["done"]), r["rate"], r["cpu_us"], ratio), flush=True)
+
+
+if __name__ == "__main__":
+    main()
