@@ -1230,6 +1230,10 @@ def _check_limits(config: Config, fail: _Fail) -> None:
             fail("limits", key, "must be a positive number of seconds, got {}".format(getattr(lim, key)))
 
 
+#: The largest [jetstream] size: an int64, as nats-server reads it.
+_MAX_SIZE = 2 ** 63 - 1
+
+
 def _check_jetstream(config: Config, fail: _Fail) -> None:
     """[jetstream]: sizes, the domain and the sync interval."""
     js = config.jetstream
@@ -1238,6 +1242,9 @@ def _check_jetstream(config: Config, fail: _Fail) -> None:
     for key in ("max_memory_store", "max_file_store"):
         if getattr(js, key) < -1:
             fail("jetstream", key, "must be a size in bytes (or -1: 75% of the memory or disk, as nats-server), got {}".format(getattr(js, key)))
+        if getattr(js, key) > _MAX_SIZE:
+            # nats-server reads it into an int64; anything bigger is a typo.
+            fail("jetstream", key, "must be at most 8E (9223372036854775807 bytes), got {}".format(getattr(js, key)))
     if js.domain and (any(c in js.domain for c in " \t\r\n.*>") or not js.domain.isprintable()):
         fail("jetstream", "domain", "must be one subject token (no spaces, '.', '*' or '>'), got {!r}".format(js.domain))
     if js.sync_interval != "always" and (parse_duration(js.sync_interval) or 0) <= 0:
