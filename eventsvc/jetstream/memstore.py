@@ -220,9 +220,23 @@ class MemoryStore:
             seqs = self._by_subject.get(subject_filter)
             if not seqs:
                 return None
-            for seq in seqs:
-                if seq >= start:
-                    return self._msgs[seq]
+            msgs = self._msgs
+            if start in seqs:
+                return msgs[start]
+            first = next(iter(seqs))
+            if first >= start:
+                return msgs[first]
+            if next(reversed(seqs)) < start:
+                return None
+            if len(seqs) < 64:
+                return msgs[next(seq for seq in seqs if seq >= start)]
+            # Many messages on it (a consumer part way through them): walking
+            # on from start finds the next one sooner than walking its list
+            # from the front, which made a pull consumer quadratic.
+            for seq in range(start, self._last + 1):
+                message = msgs.get(seq)
+                if message is not None and message.subject == subject_filter:
+                    return message
             return None
         for message in self._from(start):
             if _matches(subject_filter, message.subject):
