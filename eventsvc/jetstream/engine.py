@@ -370,13 +370,13 @@ class JetStream:
 
     def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
         """$JS.ACK.<stream>.<consumer>.…: to that consumer (an unknown one is ignored, as nats-server)."""
-        tokens = subject.split(".", 4)
+        tokens = subject.split(".")
         if len(tokens) < 4:
             return
         stream = self.streams.get(tokens[2])
         consumer = stream.consumers.get(tokens[3]) if stream is not None else None
         if consumer is not None:
-            consumer.ack(subject, reply, payload)
+            consumer.ack(subject, reply, payload, tokens)
 
 
 def api_patterns(prefix: str) -> List[str]:

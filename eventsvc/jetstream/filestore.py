@@ -80,6 +80,8 @@ _MARK = struct.Struct("<cQq")
 _DELIVERED = struct.Struct("<cQQQq")
 _ACKS = struct.Struct("<cQQ")
 _SEQ = struct.Struct("<Q")
+#: An acks record with one sequence (_ACKS then one _SEQ).
+_ACK_ONE = struct.Struct("<cQQQ")
 _STATE = struct.Struct("<cQQQQQII")
 _PENDING = struct.Struct("<QQq")
 _REDELIVERED = struct.Struct("<QQ")
@@ -1318,9 +1320,14 @@ class FileConsumerStore(_WriteState):
         self._append(_DELIVERED.pack(b"D", consumer_seq, stream_seq, delivery_count, ts))
 
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
-        acked = list(acked)
+        if not isinstance(acked, (list, tuple)):
+            acked = list(acked)
         self._memory.update_acks(floor_consumer, floor_stream, acked)
-        self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
+        if len(acked) == 1:
+            # (An explicit ack, the usual case: one pack, no join.)
+            self._append(_ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0]))
+        else:
+            self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
 
     def update(self, state: ConsumerState) -> None:
         self._memory.update(state)
@@ -1329,9 +1336,10 @@ class FileConsumerStore(_WriteState):
     def _append(self, body: bytes) -> None:
         if self._closed:
             raise StoreUnavailable("consumer store closed: {}".format(self._path))
-        self._buffer += _RECORD.pack(len(body), zlib.crc32(body))
-        self._buffer += body
-        if self.health == "ok":
+        buffer = self._buffer
+        buffer += _RECORD.pack(len(body), zlib.crc32(body))
+        buffer += body
+        if self._flush_call is None and self.health == "ok":
             self._schedule_flush()
 
     # -- writing ------------------------------------------------------------
