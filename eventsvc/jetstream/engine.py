@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -63,6 +63,10 @@ class JetStream:
         self._subscriptions: List[Any] = []
         self._lock: Optional[FileLock] = None
         self.running = False
+        #: Answers held while a store calls back a group commit's waiters
+        #: (L{hold_answers}), and how deep the holds are.
+        self._held: List[Tuple[str, bytes]] = []
+        self._holding = 0
 
     def now(self) -> int:
         """The time in nanoseconds since the epoch (tests pass a fake)."""
@@ -323,12 +327,31 @@ class JetStream:
             # As the event service's acks: a reply inbox is used once, so
             # its delivery plan is not cached (where it would push out
             # the plans of busy subjects); an invalid one is skipped.
-            self.broker.publish_many([(reply, payload)])
+            if self._holding:
+                self._held.append((reply, payload))
+            else:
+                self.broker.publish_many([(reply, payload)])
             return
         try:
             self.broker.publish(reply, payload, headers=headers)
         except ValueError:
             self.log.debug("no answer to the invalid reply subject {reply!r}", reply=reply)
+
+    def hold_answers(self) -> None:
+        """
+        Hold the answers without headers (PubAcks, their refusals) until
+        L{release_answers}: a store calls it around a group commit's
+        waiters, so that their PubAcks go out in one write, not in one
+        each (the async publish's PubAcks were a third of its time).
+        """
+        self._holding += 1
+
+    def release_answers(self) -> None:
+        """The end of a L{hold_answers}: what it held goes out, in order."""
+        self._holding -= 1
+        if not self._holding and self._held:
+            held, self._held = self._held, []
+            self.broker.publish_many(held)
 
     def count_api(self, failed: bool) -> None:
         """One API request answered (an error too, if C{failed})."""

@@ -275,6 +275,9 @@ class _WriteState:
         self._closed = False
         #: Whether new writes are refused (closed, or the disk cannot take them).
         self._refusing = False
+        #: Called before and after the waiters of a write are called back
+        #: (the stream's engine holds its PubAcks for one write out).
+        self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
 
     def _schedule_flush(self) -> None:
         if self._flush_call is None and not self._closed:
@@ -285,12 +288,21 @@ class _WriteState:
 
     def _call_ready(self) -> None:
         ready, self._ready = self._ready, []
-        for callback, _ in ready:
-            try:
-                callback()
-            except Exception:
-                # (One waiter's bug must not keep the others' answers back.)
-                self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
+        if not ready:
+            return
+        around = self.around_ready
+        if around is not None:
+            around[0]()
+        try:
+            for callback, _ in ready:
+                try:
+                    callback()
+                except Exception:
+                    # (One waiter's bug must not keep the others' answers back.)
+                    self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
+        finally:
+            if around is not None:
+                around[1]()
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
