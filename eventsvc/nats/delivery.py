@@ -276,6 +276,11 @@ class Delivery:
 
     def _plan(self, subject: bytes, keep: bool = True) -> Plan:
         """The delivery plan of C{subject}, kept for next time unless C{keep} is false (a subject used once)."""
+        if keep and subject.startswith(b"$JS.ACK."):
+            # A JetStream ack names one delivery (its sequences are in the
+            # subject): used once, it would only push out the plans of
+            # subjects that are busy, and cost a cache put and drop each.
+            keep = False
         result = self.sublist.match(subject, keep)
         targets = plan(subject, result.plain, result.queues)
         if keep:
