@@ -1154,16 +1154,18 @@ class Consumer:
 
     # -- acknowledgements ----------------------------------------------------------
 
-    def ack(self, subject: str, reply: Optional[str], payload: bytes) -> None:
+    def ack(self, subject: str, reply: Optional[str], payload: bytes, tokens: Optional[List[str]] = None) -> None:
         """
         A message on this consumer's ack subject (nats-server's
         C{processAck}): C{+ACK} (or nothing), C{-NAK} with an optional
         delay, C{+WPI}, C{+TERM}, C{+NXT} with a pull request.  With a
         reply, the sender is answered once the ack is kept (C{AckSync}).
+        C{tokens}: C{subject} split at its dots, when the caller has them.
         """
         if self.closed:
             return
-        tokens = subject.split(".")
+        if tokens is None:
+            tokens = subject.split(".")
         if len(tokens) != 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
             return
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -66,6 +66,10 @@ class JetStream:
         self._subscriptions: List[Any] = []
         self._lock: Optional[FileLock] = None
         self.running = False
+        #: Answers held while a store calls back a group commit's waiters
+        #: (L{hold_answers}), and how deep the holds are.
+        self._held: List[Tuple[str, bytes]] = []
+        self._holding = 0
 
     def now(self) -> int:
         """The time in nanoseconds since the epoch (tests pass a fake)."""
@@ -88,6 +92,9 @@ class JetStream:
             self._lock.acquire()
             self._restore()
         broker = self.broker
+        if b"$JS.ACK." not in broker.used_once:
+            # Each ack subject names one delivery: the broker keeps no plan for it.
+            broker.used_once += (b"$JS.ACK.",)
         self._subscriptions = [broker.subscribe(pattern, self._api) for pattern in api_patterns("$JS.API.")]
         self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
         if self.settings.domain:
@@ -346,12 +353,31 @@ class JetStream:
             # As the event service's acks: a reply inbox is used once, so
             # its delivery plan is not cached (where it would push out
             # the plans of busy subjects); an invalid one is skipped.
-            self.broker.publish_many([(reply, payload)])
+            if self._holding:
+                self._held.append((reply, payload))
+            else:
+                self.broker.publish_many([(reply, payload)])
             return
         try:
             self.broker.publish(reply, payload, headers=headers)
         except ValueError:
             self.log.debug("no answer to the invalid reply subject {reply!r}", reply=reply)
+
+    def hold_answers(self) -> None:
+        """
+        Hold the answers without headers (PubAcks, their refusals) until
+        L{release_answers}: a store calls it around a group commit's
+        waiters, so that their PubAcks go out in one write, not in one
+        each (the async publish's PubAcks were a third of its time).
+        """
+        self._holding += 1
+
+    def release_answers(self) -> None:
+        """The end of a L{hold_answers}: what it held goes out, in order."""
+        self._holding -= 1
+        if not self._holding and self._held:
+            held, self._held = self._held, []
+            self.broker.publish_many(held)
 
     def count_api(self, failed: bool) -> None:
         """One API request answered (an error too, if C{failed})."""
@@ -393,14 +419,14 @@ class JetStream:
 
     def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
         """$JS.ACK.<stream>.<consumer>.…: to that consumer (an unknown one is ignored, as nats-server)."""
-        tokens = subject.split(".", 4)
+        tokens = subject.split(".")
         if len(tokens) < 4:
             return
         stream = self.streams.get(tokens[2])
         consumer = stream.consumers.get(tokens[3]) if stream is not None else None
         if consumer is not None:
             try:
-                consumer.ack(subject, reply, payload)
+                consumer.ack(subject, reply, payload, tokens)
             except RecursionError:
                 # "+NXT" with JSON nested past the decoder's depth: dropped, as
                 # nats-server drops an ack it cannot read (no traceback per message).

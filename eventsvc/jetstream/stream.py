@@ -586,6 +586,11 @@ class Stream:
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
+        files = _file_stores()
+        if files is not None and isinstance(store, files.FileStore):
+            # A file store calls back a group commit's waiters together:
+            # their PubAcks go out together.
+            store.around_ready = (engine.hold_answers, engine.release_answers)
 
     # -- life ---------------------------------------------------------------
 
