@@ -1247,6 +1247,10 @@ def _check_limits(config: Config, fail: _Fail) -> None:
             fail("limits", key, "must be a positive number of seconds, got {}".format(getattr(lim, key)))
 
 
+#: The largest [jetstream] size: an int64, as nats-server reads it.
+_MAX_SIZE = 2 ** 63 - 1
+
+
 def _check_jetstream(config: Config, fail: _Fail) -> None:
     """[jetstream]: sizes, the domain and the sync interval."""
     js = config.jetstream
@@ -1255,12 +1259,15 @@ def _check_jetstream(config: Config, fail: _Fail) -> None:
     for key in ("max_memory_store", "max_file_store"):
         if getattr(js, key) < -1:
             fail("jetstream", key, "must be a size in bytes (or -1: 75% of the memory or disk, as nats-server), got {}".format(getattr(js, key)))
+        if getattr(js, key) > _MAX_SIZE:
+            # nats-server reads it into an int64; anything bigger is a typo.
+            fail("jetstream", key, "must be at most 8E (9223372036854775807 bytes), got {}".format(getattr(js, key)))
     for key in ("max_streams", "max_consumers", "max_ack_pending"):
-        if getattr(js, key) < -1:
+        if not -1 <= getattr(js, key) <= _MAX_SIZE:
             fail("jetstream", key, "must be a number (0 or -1: no limit), got {}".format(getattr(js, key)))
     for key in ("memory_max_stream_bytes", "storage_max_stream_bytes"):
-        if getattr(js, key) < -1:
-            fail("jetstream", key, "must be a size in bytes (0 or -1: no limit), got {}".format(getattr(js, key)))
+        if not -1 <= getattr(js, key) <= _MAX_SIZE:
+            fail("jetstream", key, "must be a size in bytes up to 8E (0 or -1: no limit), got {}".format(getattr(js, key)))
     if js.domain and (any(c in js.domain for c in " \t\r\n.*>") or not js.domain.isprintable()):
         fail("jetstream", "domain", "must be one subject token (no spaces, '.', '*' or '>'), got {!r}".format(js.domain))
     if js.sync_interval != "always" and (parse_duration(js.sync_interval) or 0) <= 0:

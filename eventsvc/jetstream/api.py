@@ -330,6 +330,19 @@ def dispatch(engine: "JetStream", subject: str, reply: Optional[str], payload: b
         answer = {"error": e.as_json()}
         answer.update(ERROR_TAILS.get(verb, {}))
         failed = True
+    except RecursionError:
+        # JSON nested deeper than Python's decoder goes (about a thousand
+        # levels; Go's stops at ten thousand): invalid JSON, as nats-server
+        # answers a request too deep for it, not an internal error.
+        if verb in SELF_ANSWERED:
+            # A pull request is answered with a status, as its other 400s.
+            if reply:
+                engine.broker.publish(reply, b"", None, b"NATS/1.0 400 Bad Request - exceeded max depth\r\n\r\n")
+            engine.count_api(True)
+            return
+        answer = {"error": errors.INVALID_J_S_O_N_ERR().as_json()}
+        answer.update(ERROR_TAILS.get(verb, {}))
+        failed = True
     except Exception:
         log.failure("JetStream API request on {subject} failed", subject=subject)
         answer = {"error": errors.STREAM_GENERAL_ERROR_F(err="internal error").as_json()}

@@ -55,6 +55,10 @@ EXPIRY_MARGIN = 2 * MILLISECOND
 #: (C{JsFlowControlMaxPending}); it starts at a sixteenth and doubles with
 #: every answered request.
 FLOW_CONTROL_MAX_PENDING = 32 * 1024 * 1024
+#: Messages one consumer sends in one reactor turn; the rest go in the
+#: next turns, so a redelivery storm (ack_wait 1 ms over thousands of
+#: messages) or a large backlog leaves the reactor to other clients between.
+DELIVER_BUDGET = 1000
 
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
@@ -474,7 +478,7 @@ class NextRequest:
         self.received = received
         #: Its idle heartbeat interval and when the next is due (ns; 0: none).
         self.hb = hb
-        self.hbt = received + hb if hb else 0
+        self.hbt = received + hb if hb > 0 else 0
         self.no_wait = no_wait
         #: The index generation its interest was last checked at, and the answer.
         self.genid = -1
@@ -602,6 +606,8 @@ class Consumer:
         self._subs: List[Any] = []
         self._listener: Optional[Callable[[Subscription, int], None]] = None
         self._interest_check: Optional[IDelayedCall] = None
+        #: The next turn's delivery, when this turn's budget ran out.
+        self._more: Optional[IDelayedCall] = None
         # Flow control (push): bytes sent since the last answered request.
         self._pbytes = 0
         self._pblimit = FLOW_CONTROL_MAX_PENDING
@@ -903,25 +909,32 @@ class Consumer:
         try:
             while True:
                 self._again = False
-                sent += self._deliver_round()
+                sent += self._deliver_round(DELIVER_BUDGET - sent)
+                if sent >= DELIVER_BUDGET:
+                    break
                 if not self._again:
                     break
         finally:
             self._delivering = False
             if sent:
                 self.broker.flush()
+        if sent >= DELIVER_BUDGET:
+            # More may be due: in the next turn, after the other clients.
+            if self._more is None or not self._more.active():
+                self._more = self.clock.callLater(0, self._deliver)
+            return
         if not self.push and self.waiting:
             # Out of messages (not stalled on max_ack_pending): no-wait requests that got some are done.
             self._process_waiting(not self._stalled)
 
-    def _deliver_round(self) -> int:
+    def _deliver_round(self, budget: int) -> int:
         push = self.push
         sent = 0
         headers_only = self.config.get("headers_only")
         explicit = self.config["ack_policy"] != "none"
         broker = self.broker
         deliver_subject = self.config.get("deliver_subject", "")
-        while not self.closed:
+        while not self.closed and sent < budget:
             if push:
                 if not self.active or (self._maxpb and self._pbytes > self._maxpb):
                     break
@@ -1143,16 +1156,18 @@ class Consumer:
 
     # -- acknowledgements ----------------------------------------------------------
 
-    def ack(self, subject: str, reply: Optional[str], payload: bytes) -> None:
+    def ack(self, subject: str, reply: Optional[str], payload: bytes, tokens: Optional[List[str]] = None) -> None:
         """
         A message on this consumer's ack subject (nats-server's
         C{processAck}): C{+ACK} (or nothing), C{-NAK} with an optional
         delay, C{+WPI}, C{+TERM}, C{+NXT} with a pull request.  With a
         reply, the sender is answered once the ack is kept (C{AckSync}).
+        C{tokens}: C{subject} split at its dots, when the caller has them.
         """
         if self.closed:
             return
-        tokens = subject.split(".")
+        if tokens is None:
+            tokens = subject.split(".")
         if len(tokens) != 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
             return
         try:
@@ -1525,9 +1540,10 @@ class Consumer:
 
     def _close(self) -> None:
         self.closed = True
-        for call in (self._ack_timer, self._wait_timer, self._hb_timer, self._inactive_timer, self._interest_check):
+        for call in (self._ack_timer, self._wait_timer, self._hb_timer, self._inactive_timer, self._interest_check, self._more):
             self._cancel(call)
         self._ack_timer = self._wait_timer = self._hb_timer = self._inactive_timer = self._interest_check = None
+        self._more = None
         for sub in self._subs:
             sub.unsubscribe()
         self._subs = []

@@ -80,6 +80,8 @@ _MARK = struct.Struct("<cQq")
 _DELIVERED = struct.Struct("<cQQQq")
 _ACKS = struct.Struct("<cQQ")
 _SEQ = struct.Struct("<Q")
+#: An acks record with one sequence (_ACKS then one _SEQ).
+_ACK_ONE = struct.Struct("<cQQQ")
 _STATE = struct.Struct("<cQQQQQII")
 _PENDING = struct.Struct("<QQq")
 _REDELIVERED = struct.Struct("<QQ")
@@ -273,6 +275,9 @@ class _WriteState:
         self._closed = False
         #: Whether new writes are refused (closed, or the disk cannot take them).
         self._refusing = False
+        #: Called before and after the waiters of a write are called back
+        #: (the stream's engine holds its PubAcks for one write out).
+        self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
 
     def _schedule_flush(self) -> None:
         if self._flush_call is None and not self._closed:
@@ -283,12 +288,21 @@ class _WriteState:
 
     def _call_ready(self) -> None:
         ready, self._ready = self._ready, []
-        for callback, _ in ready:
-            try:
-                callback()
-            except Exception:
-                # (One waiter's bug must not keep the others' answers back.)
-                self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
+        if not ready:
+            return
+        around = self.around_ready
+        if around is not None:
+            around[0]()
+        try:
+            for callback, _ in ready:
+                try:
+                    callback()
+                except Exception:
+                    # (One waiter's bug must not keep the others' answers back.)
+                    self.log.failure("file store {path}: a when_durable callback failed", path=self._path)
+        finally:
+            if around is not None:
+                around[1]()
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
@@ -1318,9 +1332,14 @@ class FileConsumerStore(_WriteState):
         self._append(_DELIVERED.pack(b"D", consumer_seq, stream_seq, delivery_count, ts))
 
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
-        acked = list(acked)
+        if not isinstance(acked, (list, tuple)):
+            acked = list(acked)
         self._memory.update_acks(floor_consumer, floor_stream, acked)
-        self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
+        if len(acked) == 1:
+            # (An explicit ack, the usual case: one pack, no join.)
+            self._append(_ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0]))
+        else:
+            self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
 
     def update(self, state: ConsumerState) -> None:
         self._memory.update(state)
@@ -1329,9 +1348,10 @@ class FileConsumerStore(_WriteState):
     def _append(self, body: bytes) -> None:
         if self._closed:
             raise StoreUnavailable("consumer store closed: {}".format(self._path))
-        self._buffer += _RECORD.pack(len(body), zlib.crc32(body))
-        self._buffer += body
-        if self.health == "ok":
+        buffer = self._buffer
+        buffer += _RECORD.pack(len(body), zlib.crc32(body))
+        buffer += body
+        if self._flush_call is None and self.health == "ok":
             self._schedule_flush()
 
     # -- writing ------------------------------------------------------------

@@ -6,7 +6,7 @@ file store is tested against, so it stays plain.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from eventsvc.jetstream.store import (
     EMPTY_CONSUMER_STATE,
@@ -220,9 +220,23 @@ class MemoryStore:
             seqs = self._by_subject.get(subject_filter)
             if not seqs:
                 return None
-            for seq in seqs:
-                if seq >= start:
-                    return self._msgs[seq]
+            msgs = self._msgs
+            if start in seqs:
+                return msgs[start]
+            first = next(iter(seqs))
+            if first >= start:
+                return msgs[first]
+            if next(reversed(seqs)) < start:
+                return None
+            if len(seqs) < 64:
+                return msgs[next(seq for seq in seqs if seq >= start)]
+            # Many messages on it (a consumer part way through them): walking
+            # on from start finds the next one sooner than walking its list
+            # from the front, which made a pull consumer quadratic.
+            for seq in range(start, self._last + 1):
+                message = msgs.get(seq)
+                if message is not None and message.subject == subject_filter:
+                    return message
             return None
         for message in self._from(start):
             if _matches(subject_filter, message.subject):
@@ -289,50 +303,56 @@ class MemoryConsumerStore:
     """A L{eventsvc.jetstream.store.ConsumerStore} in memory."""
 
     def __init__(self, state: ConsumerState = EMPTY_CONSUMER_STATE) -> None:
-        self._state = ConsumerState(
-            state.delivered_consumer,
-            state.delivered_stream,
-            state.ack_floor_consumer,
-            state.ack_floor_stream,
-            dict(state.pending),
-            dict(state.redelivered),
-        )
+        # (Plain attributes, not a ConsumerState replaced on each update:
+        # a delivery and an ack each cost two _replace calls otherwise.)
+        self._delivered_consumer = state.delivered_consumer
+        self._delivered_stream = state.delivered_stream
+        self._ack_floor_consumer = state.ack_floor_consumer
+        self._ack_floor_stream = state.ack_floor_stream
+        self._pending: Dict[int, Tuple[int, int]] = dict(state.pending)
+        self._redelivered: Dict[int, int] = dict(state.redelivered)
 
     def load(self) -> ConsumerState:
-        state = self._state
-        return state._replace(pending=dict(state.pending), redelivered=dict(state.redelivered))
-
-    def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
-        state = self._state
-        state.pending[stream_seq] = (consumer_seq, ts)
-        if delivery_count > 1:
-            state.redelivered[stream_seq] = delivery_count
-        self._state = state._replace(
-            delivered_consumer=max(consumer_seq, state.delivered_consumer),
-            delivered_stream=max(stream_seq, state.delivered_stream),
+        return ConsumerState(
+            self._delivered_consumer,
+            self._delivered_stream,
+            self._ack_floor_consumer,
+            self._ack_floor_stream,
+            dict(self._pending),
+            dict(self._redelivered),
         )
 
+    def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
+        self._pending[stream_seq] = (consumer_seq, ts)
+        if delivery_count > 1:
+            self._redelivered[stream_seq] = delivery_count
+        if consumer_seq > self._delivered_consumer:
+            self._delivered_consumer = consumer_seq
+        if stream_seq > self._delivered_stream:
+            self._delivered_stream = stream_seq
+
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
-        state = self._state
+        pending, redelivered = self._pending, self._redelivered
         for seq in acked:
-            state.pending.pop(seq, None)
-            state.redelivered.pop(seq, None)
-        if floor_stream > state.ack_floor_stream and state.pending:
+            pending.pop(seq, None)
+            if redelivered:
+                redelivered.pop(seq, None)
+        if floor_stream > self._ack_floor_stream and pending:
             # Pending is in delivery order, which is stream order (a
             # redelivery keeps its place): what is under the floor is at
             # the front, so an ack costs what it removes, not all pending.
             below = []
-            for seq in state.pending:
+            for seq in pending:
                 if seq > floor_stream:
                     break
                 below.append(seq)
             for seq in below:
-                del state.pending[seq]
-                state.redelivered.pop(seq, None)
-        self._state = state._replace(
-            ack_floor_consumer=max(floor_consumer, state.ack_floor_consumer),
-            ack_floor_stream=max(floor_stream, state.ack_floor_stream),
-        )
+                del pending[seq]
+                redelivered.pop(seq, None)
+        if floor_consumer > self._ack_floor_consumer:
+            self._ack_floor_consumer = floor_consumer
+        if floor_stream > self._ack_floor_stream:
+            self._ack_floor_stream = floor_stream
 
     def update(self, state: ConsumerState) -> None:
         self.__init__(state)  # type: ignore[misc]
@@ -344,4 +364,4 @@ class MemoryConsumerStore:
         """Nothing to write."""
 
     def destroy(self) -> None:
-        self._state = EMPTY_CONSUMER_STATE
+        self.__init__(EMPTY_CONSUMER_STATE)  # type: ignore[misc]

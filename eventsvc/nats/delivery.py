@@ -271,11 +271,20 @@ class Delivery:
         self._dirty: List[ISubscriber] = []
         self._random = random.Random()
         self.gateways: Optional[IGatewayForwarder] = None
+        #: Subject prefixes whose subjects are each used once (the layer
+        #: above says which: JetStream adds C{$JS.ACK.}); their plans and
+        #: matches are not kept.
+        self.used_once: Tuple[bytes, ...] = ()
 
     # -- plans ---------------------------------------------------------------------
 
     def _plan(self, subject: bytes, keep: bool = True) -> Plan:
         """The delivery plan of C{subject}, kept for next time unless C{keep} is false (a subject used once)."""
+        if keep and self.used_once and subject.startswith(self.used_once):
+            # A subject that names one message (a JetStream ack carries its
+            # sequences): used once, its plan would only push out the plans
+            # of subjects that are busy, and cost a cache put and drop each.
+            keep = False
         result = self.sublist.match(subject, keep)
         targets = plan(subject, result.plain, result.queues)
         if keep:

@@ -216,3 +216,23 @@ class QueueRuleTests(SynchronousTestCase):
         self.broker.deliver(Conn(Kind.LEAF, b"F"), b"s", None, 2, TAIL)
         self.broker.deliver(Conn(Kind.GATEWAY), b"s", None, 2, TAIL, queues=[b"other"])
         self.assertEqual(self.route.out + self.leaf.out, [])
+
+
+class PlanCacheTests(SynchronousTestCase):
+    def test_jetstream_acks_are_not_kept(self) -> None:
+        """
+        A JetStream ack's subject names one delivery: it is delivered as
+        any other, but neither its plan nor its match is kept (where a
+        pull consumer's acks pushed out the plans of busy subjects).
+        """
+        broker = Broker()
+        broker.used_once = (b"$JS.ACK.",)  # as the JetStream engine says at its start
+        conn = Conn(Kind.CLIENT)
+        interested(broker, conn, b"s")
+        interested(broker, conn, b"$JS.ACK.>")
+        acks = [b"$JS.ACK.S.C.1.%d.%d.1700000000000000000.0" % (n, n) for n in (1, 2)]
+        for subject in [b"s"] + acks:
+            self.assertEqual(broker.deliver(conn, subject, None, 2, TAIL), 1)
+        self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks))
+        self.assertEqual(list(broker._targets), [b"s"])
+        self.assertEqual(broker.sublist.cache_stats()[0], 1)

@@ -368,9 +368,10 @@ class ConfigTests(TestCase):
     def test_bad_values_name_file_and_key(self) -> None:
         for text, expected in [
             ('max_streams = -2', r"\[jetstream\] max_streams: must be a number \(0 or -1: no limit\)"),
+            ('max_consumers = 9223372036854775808', r"\[jetstream\] max_consumers: must be a number \(0 or -1: no limit\)"),
             ('max_ack_pending = "many"', r"\[jetstream\] max_ack_pending: "),
             ('storage_max_stream_bytes = "big"', r"\[jetstream\] storage_max_stream_bytes: must be a size in bytes"),
-            ('memory_max_stream_bytes = -3', r"\[jetstream\] memory_max_stream_bytes: must be a size in bytes \(0 or -1: no limit\)"),
+            ('memory_max_stream_bytes = -3', r"\[jetstream\] memory_max_stream_bytes: must be a size in bytes up to 8E \(0 or -1: no limit\)"),
             ('max_bytes_required = "yes"', r"\[jetstream\] max_bytes_required: "),
             ('max_file_store = "lots"', r"\[jetstream\] max_file_store: must be a size in bytes"),
             ('max_memory_store = -5', r"\[jetstream\] max_memory_store: must be a size in bytes"),

@@ -330,6 +330,25 @@ class FileStoreTests(Base):
             for subject in ("busy", "rare"):
                 self.assertEqual(store.load_next(start, subject), model.load_next(start, subject))
 
+    def test_memory_load_next_on_a_busy_subject(self) -> None:
+        """
+        The memory store's load_next with a literal subject that has many
+        messages (it walks on from start, not its list from the front):
+        the first message on it at or after start, from every start, with
+        holes at the start, in the middle and on the other subject.
+        """
+        model = MemoryStore()
+        for i in range(400):
+            model.store("busy" if i % 7 else "rare", None, b"%d" % i, i)
+        for seq in list(range(1, 401, 5)) + [398, 399]:
+            model.remove(seq)
+        kept = {seq: model.load(seq) for seq in range(1, 401)}
+        for start in range(0, 403):
+            for subject in ("busy", "rare", "none"):
+                expected = next(
+                    (m for seq, m in sorted(kept.items()) if m is not None and seq >= start and m.subject == subject), None)
+                self.assertEqual(model.load_next(start, subject), expected, (start, subject))
+
     def test_limits(self) -> None:
         """Limits as the memory store's: discard new refuses with nats-server's text; ages expire."""
         store = self.open(limits=StoreLimits(max_msgs=2, discard_new=True))

@@ -351,6 +351,38 @@ class DurableAckTests(TestCase):
         self.assertEqual(h.ack("s.a", headers=hdrs(Nats_Msg_Id="m1")), {"stream": "S", "seq": 2})
 
 
+class GroupCommitTests(TestCase):
+    def test_pub_acks_of_one_write_go_out_together(self) -> None:
+        """
+        A file stream's PubAcks wait for the group commit, then go out in
+        the order of their messages, in one publish (one write to the
+        publisher's connection, not one per PubAck); the next message's
+        PubAck is not held back by them.
+        """
+        h = Harness(JetStreamSettings(store_dir=self.mktemp()))
+        self.addCleanup(h.js.stop)
+        h.create(name="S", subjects=["s.>"], storage="file")
+        batches: List[List[Tuple[str, bytes]]] = []
+        publish_many = h.broker.publish_many
+
+        def recorded(messages: List[Tuple[str, bytes]]) -> None:
+            batches.append(list(messages))
+            publish_many(messages)
+
+        self.patch(h.broker, "publish_many", recorded)
+        for _ in range(3):
+            self.assertIsNone(h.publish("s.a"))
+        self.assertEqual(batches, [])
+        h.advance(0)
+        self.assertEqual([payload for _, payload in h.replies[-3:]],
+                         [b'{"stream":"S", "seq":%d}' % seq for seq in (1, 2, 3)])
+        self.assertEqual([[reply for reply, _ in batch] for batch in batches], [["_R.1", "_R.2", "_R.3"]])
+        h.publish("s.a")
+        h.advance(0)
+        self.assertEqual(h.replies[-1][1], b'{"stream":"S", "seq":4}')
+        self.assertEqual(len(batches), 2)
+
+
 class ConfigTests(TestCase):
     def config(self, **given: Any) -> Dict[str, Any]:
         return check_config(decode_config(json.dumps(given).encode()))
