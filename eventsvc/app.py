@@ -102,6 +102,7 @@ def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
     """
     from eventsvc.config import parse_duration
     from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+    from eventsvc.jetstream.limits import AccountLimits
 
     js = config.jetstream
     max_memory = js.max_memory_store
@@ -121,7 +122,9 @@ def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
         except OSError:
             max_file = 1024 ** 4
     interval = 0.0 if js.sync_interval == "always" else (parse_duration(js.sync_interval) or 120.0)
-    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval)
+    limits = AccountLimits(js.max_memory_store, js.max_file_store, js.max_streams, js.max_consumers, js.max_ack_pending,
+                           js.memory_max_stream_bytes, js.storage_max_stream_bytes, js.max_bytes_required)
+    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval, limits)
     return JetStream(broker, settings, reactor)
 
 

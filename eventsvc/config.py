@@ -451,6 +451,19 @@ class JetStreamConfig:
     #: How often the file store syncs to the disk ("2m", "30s"), or
     #: "always" (after every write).
     sync_interval: str = "2m"
+    #: The account's limits, as a nats-server account's jetstream block
+    #: (eventsvc has one account): streams it may have, consumers one
+    #: stream may have, the largest max_ack_pending of a consumer; 0 or
+    #: -1: none.
+    max_streams: int = -1
+    max_consumers: int = -1
+    max_ack_pending: int = -1
+    #: The largest max_bytes a memory (file) stream may have ("1M" or a
+    #: number); 0 or -1: none.
+    memory_max_stream_bytes: int = -1
+    storage_max_stream_bytes: int = -1
+    #: Whether every stream must have a max_bytes.
+    max_bytes_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -680,10 +693,14 @@ def parse_duration(text: str) -> Optional[float]:
     return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+#: [jetstream]'s keys that are sizes in bytes.
+_JETSTREAM_SIZES = ("max_memory_store", "max_file_store", "memory_max_stream_bytes", "storage_max_stream_bytes")
+
+
 def _jetstream_sizes(path: str, values: Dict[str, Any]) -> Dict[str, Any]:
     """[jetstream]'s sizes, written as numbers or as "1G", read into bytes."""
     values = dict(values)
-    for key in ("max_memory_store", "max_file_store"):
+    for key in _JETSTREAM_SIZES:
         if key in values:
             size = parse_size(values[key])
             if size is None:
@@ -1245,6 +1262,12 @@ def _check_jetstream(config: Config, fail: _Fail) -> None:
         if getattr(js, key) > _MAX_SIZE:
             # nats-server reads it into an int64; anything bigger is a typo.
             fail("jetstream", key, "must be at most 8E (9223372036854775807 bytes), got {}".format(getattr(js, key)))
+    for key in ("max_streams", "max_consumers", "max_ack_pending"):
+        if not -1 <= getattr(js, key) <= _MAX_SIZE:
+            fail("jetstream", key, "must be a number (0 or -1: no limit), got {}".format(getattr(js, key)))
+    for key in ("memory_max_stream_bytes", "storage_max_stream_bytes"):
+        if not -1 <= getattr(js, key) <= _MAX_SIZE:
+            fail("jetstream", key, "must be a size in bytes up to 8E (0 or -1: no limit), got {}".format(getattr(js, key)))
     if js.domain and (any(c in js.domain for c in " \t\r\n.*>") or not js.domain.isprintable()):
         fail("jetstream", "domain", "must be one subject token (no spaces, '.', '*' or '>'), got {!r}".format(js.domain))
     if js.sync_interval != "always" and (parse_duration(js.sync_interval) or 0) <= 0:

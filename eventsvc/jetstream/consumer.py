@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Se
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from eventsvc.jetstream import errors
+from eventsvc.jetstream import errors, limits
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.store import EMPTY_CONSUMER_STATE, ConsumerState, ConsumerStore, StoredMessage
 from eventsvc.jetstream.wire import parse_rfc3339, rfc3339
@@ -291,6 +291,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
     if durable_name:
         config["name"] = durable_name
     scfg = stream.config
+    account = stream.engine.settings.limits
     push = bool(config["deliver_subject"])
     explicit = config["ack_policy"] in ("explicit", "all")
     # setConsumerConfigDefaults
@@ -303,7 +304,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
     if config["backoff"]:
         config["ack_wait"] = config["backoff"][0]
     if explicit and config["max_ack_pending"] == 0:
-        config["max_ack_pending"] = MAX_ACK_PENDING_DEFAULT
+        config["max_ack_pending"] = limits.default_max_ack_pending(account, MAX_ACK_PENDING_DEFAULT)
     # checkConsumerCfg
     if config["num_replicas"] > 0 and config["num_replicas"] > scfg.get("num_replicas", 1):
         raise errors.CONSUMER_REPLICAS_EXCEEDS_STREAM()
@@ -342,6 +343,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
             raise errors.CONSUMER_MAX_REQUEST_BATCH_NEGATIVE_ERR()
         if config["max_expires"] != 0 and config["max_expires"] < MILLISECOND:
             raise errors.CONSUMER_MAX_REQUEST_EXPIRES_TO_SMALL()
+    limits.check_max_ack_pending(account, config["max_ack_pending"])
     if config["direct"]:
         if not push:
             raise errors.CONSUMER_DIRECT_REQUIRES_PUSH_ERR()
@@ -370,7 +372,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
         config["inactive_threshold"] = DELETE_WAIT_DEFAULT
     if name and name in stream.consumers:
         return config
-    max_consumers = scfg.get("max_consumers", -1)
+    max_consumers = limits.max_consumers(account, scfg.get("max_consumers", -1))
     if max_consumers > 0 and len(stream.consumers) >= max_consumers:
         raise errors.MAXIMUM_CONSUMERS_LIMIT_ERR()
     if scfg.get("retention") == "workqueue" and not config["direct"]:

@@ -17,7 +17,8 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from eventsvc.files import FileLock, Locked
-from eventsvc.jetstream import api, errors
+from eventsvc.jetstream import api, errors, limits
+from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
 from eventsvc.jetstream.wire import now_ns
@@ -41,6 +42,8 @@ class JetStreamSettings(NamedTuple):
     domain: str = ""
     #: Seconds between file store syncs; 0: sync every write ("always").
     sync_interval: float = 120.0
+    #: The account's limits ([jetstream] max_streams...).
+    limits: AccountLimits = AccountLimits()
 
 
 class JetStream:
@@ -247,8 +250,10 @@ class JetStream:
 
         @raise ApiError: as nats-server refuses it.
         """
+        limits.check_new_stream(self.settings.limits, raw, len(self.streams))
         self._check_reservation(raw)
         config = check_config(raw)
+        limits.check_max_bytes(self.settings.limits, config)
         if config["num_replicas"] > 1:
             raise replicas_error()
         existing = self.streams.get(config["name"])
@@ -276,6 +281,7 @@ class JetStream:
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
         """STREAM.UPDATE with a checked configuration.  @raise ApiError: refused."""
+        limits.check_max_bytes(self.settings.limits, config)
         new = check_update(stream.config, config)
         if new["num_replicas"] > 1:
             raise replicas_error()
@@ -335,7 +341,8 @@ class JetStream:
     def near_limit(self, storage: str, room: int) -> bool:
         """Whether C{storage} has less than C{room} bytes left before its limit (streams then count every message)."""
         limit = self.settings.max_memory_store if storage == "memory" else self.settings.max_file_store
-        return limit >= 0 and self.usage(storage) + room >= limit
+        cap = limits.stream_bytes_cap(self.settings.limits, storage)
+        return (limit >= 0 and self.usage(storage) + room >= limit) or (cap > 0 and self.usage(storage) + room >= cap)
 
     def limits_exceeded(self, storage: str) -> bool:
         """Whether the server's store for C{storage} is full (nats-server's js.limitsExceeded)."""
@@ -395,11 +402,7 @@ class JetStream:
             "storage": self.usage("file"),
             "streams": len(self.streams),
             "consumers": consumers,
-            "limits": {
-                "max_memory": -1, "max_storage": -1, "max_streams": -1, "max_consumers": -1,
-                "max_ack_pending": -1, "memory_max_stream_bytes": -1, "storage_max_stream_bytes": -1,
-                "max_bytes_required": False,
-            },
+            "limits": self.settings.limits.as_json(),
         }
         if self.settings.domain:
             info["domain"] = self.settings.domain

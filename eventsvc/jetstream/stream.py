@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from eventsvc.files import write_atomic
 from eventsvc.jetstream import errors
 from eventsvc.jetstream.errors import ApiError
-from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
+from eventsvc.jetstream.limits import stream_bytes_cap
+from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore, message_size
 from eventsvc.jetstream.store import (
     ConsumerStore,
     StoreError,
@@ -793,6 +794,13 @@ class Stream:
             self.log.failure("stream {stream}: a message on {subject} was not stored", stream=self.name, subject=subject)
             self._nak(reply, errors.STREAM_STORE_FAILED_F(err="internal error"))
 
+    def _stored_size(self, subject: str, headers: Optional[bytes], payload: bytes) -> int:
+        """What the message will count in the account's usage, as its store counts it."""
+        if isinstance(self.store, MemoryStore):
+            # Memory streams, and file streams of a JetStream without store_dir.
+            return message_size(subject, headers, payload)
+        return int(_file_stores().file_message_size(subject, headers, payload))
+
     def _nak(self, reply: Optional[str], error: ApiError) -> None:
         if reply and not self.config["no_ack"]:
             body = {"error": error.as_json(), "stream": self.name, "seq": 0}
@@ -869,6 +877,19 @@ class Stream:
             return None
         if self.engine.limits_exceeded(config["storage"]):
             self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
+            return None
+        cap = stream_bytes_cap(self.engine.settings.limits, config["storage"])
+        if cap > 0 and self.engine.usage(config["storage"]) + self._stored_size(subject, headers, payload) > cap:
+            # nats-server's jsa.limitsExceeded: the account's whole usage,
+            # this message in it, against the per-stream cap.  nats-server
+            # stores the message, looks and takes it back, so its sequence
+            # is used (and shows as deleted): the same here.
+            seq = self._store(subject, headers, payload, self.engine.now(), reply)
+            if seq is None:
+                return None
+            self.store.remove(seq)
+            self.account()
+            self._nak(reply, errors.ACCOUNT_RESOURCES_EXCEEDED_ERR())
             return None
         now = self.engine.now()
         if config["retention"] == "interest" and not self._interested(subject):

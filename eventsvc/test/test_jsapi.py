@@ -23,6 +23,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from eventsvc import config as config_module
 from eventsvc.config import ConfigError
 from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.nats.greeting import client_info
 from eventsvc.nats.server import Broker
 from eventsvc.nats.settings import ClientSettings
@@ -212,6 +213,126 @@ class ReferenceBytesTests(TestCase):
         self.assertEqual(api.ask_with_headers("$JS.hub.API.DIRECT.GET.S.S")[1], b"hello")
 
 
+#: nats-py's tests/conf/js-limits.conf account block, as [jetstream] says it.
+JS_LIMITS = AccountLimits(max_memory=64 << 20, max_storage=32 << 20, max_streams=10, max_consumers=20, max_ack_pending=100,
+                          memory_max_stream_bytes=2048, storage_max_stream_bytes=4096, max_bytes_required=True)
+
+
+def error(kind: str, code: int, err_code: int, description: str) -> bytes:
+    """An API answer refusing a request, as nats-server writes it."""
+    return ('{"type":"io.nats.jetstream.api.v1.%s","error":{"code":%d,"err_code":%d,"description":"%s"}}'
+            % (kind, code, err_code, description)).encode()
+
+
+class AccountLimitsTests(TestCase):
+    """
+    [jetstream]'s account limits, answered byte for byte as nats-server
+    2.9.10 answers with nats-py's js-limits.conf (captured with
+    `nats-server -js -c js-limits.conf`).
+    """
+
+    def setUp(self) -> None:
+        self.api = Api(JetStreamSettings(domain="test-domain", limits=JS_LIMITS))
+
+    def create(self, name: str, **config: Any) -> bytes:
+        answer = self.api.ask("$JS.API.STREAM.CREATE." + name, json.dumps(dict(config, name=name)).encode())
+        assert answer is not None
+        return answer
+
+    def consumer(self, stream: str, durable: str, **config: Any) -> bytes:
+        payload = json.dumps({"stream_name": stream, "config": dict(config, durable_name=durable)}).encode()
+        answer = self.api.ask("$JS.API.CONSUMER.DURABLE.CREATE.{}.{}".format(stream, durable), payload)
+        assert answer is not None
+        return answer
+
+    def test_info_reports_the_limits(self) -> None:
+        self.assertEqual(self.api.ask("$JS.API.INFO"), (
+            b'{"type":"io.nats.jetstream.api.v1.account_info_response","memory":0,"storage":0,"streams":0,"consumers":0,'
+            b'"limits":{"max_memory":67108864,"max_storage":33554432,"max_streams":10,"max_consumers":20,"max_ack_pending":100,'
+            b'"memory_max_stream_bytes":2048,"storage_max_stream_bytes":4096,"max_bytes_required":true},'
+            b'"domain":"test-domain","api":{"total":0,"errors":0}}'))
+
+    def test_max_bytes_required_and_capped(self) -> None:
+        self.assertEqual(self.create("x", subjects=["x"]), error(
+            "stream_create_response", 400, 10113, "account requires a stream config to have max bytes set"))
+        self.assertEqual(self.create("x", subjects=["x"], max_bytes=65536), error(
+            "stream_create_response", 400, 10122, "stream max bytes exceeds account limit max stream bytes"))
+        # Memory streams have their own cap (2048): 4096 is refused there, and allowed for a file stream.
+        self.assertEqual(self.create("m", subjects=["m"], max_bytes=4096, storage="memory"), error(
+            "stream_create_response", 400, 10122, "stream max bytes exceeds account limit max stream bytes"))
+        self.assertEqual(json.loads(self.create("x", subjects=["x"], max_bytes=4096))["config"]["max_bytes"], 4096)
+        self.assertEqual(self.api.js.streams.keys(), {"x"})
+
+    def test_update_is_checked_too(self) -> None:
+        self.create("x", subjects=["x"], max_bytes=128)
+        for max_bytes, expected in [(0, error("stream_update_response", 400, 10113,
+                                              "account requires a stream config to have max bytes set")),
+                                    (9999, error("stream_update_response", 400, 10122,
+                                                 "stream max bytes exceeds account limit max stream bytes"))]:
+            payload = json.dumps({"name": "x", "subjects": ["x"], "max_bytes": max_bytes}).encode()
+            self.assertEqual(self.api.ask("$JS.API.STREAM.UPDATE.x", payload), expected)
+        answer = self.api.ask("$JS.API.STREAM.UPDATE.x", b'{"name":"x","subjects":["x"],"max_bytes":200}')
+        self.assertEqual(json.loads(answer)["config"]["max_bytes"], 200)
+        self.assertEqual(self.api.js.streams["x"].config["max_bytes"], 200)
+
+    def test_max_streams(self) -> None:
+        for i in range(10):
+            self.assertNotIn(b'"error"', self.create("s%d" % i, max_bytes=10))
+        self.assertEqual(self.create("s10", max_bytes=10), error(
+            "stream_create_response", 400, 10027, "maximum number of streams reached"))
+        self.assertEqual(len(self.api.js.streams), 10)
+        self.api.ask("$JS.API.STREAM.DELETE.s0")
+        self.assertNotIn(b'"error"', self.create("s10", max_bytes=10))
+
+    def test_max_consumers(self) -> None:
+        # A stream may not allow more consumers than the account.
+        self.assertEqual(self.create("x", subjects=["x"], max_bytes=128, max_consumers=30), error(
+            "stream_create_response", 400, 10026, "maximum consumers limit reached"))
+        self.create("x", subjects=["x"], max_bytes=128)
+        for i in range(20):
+            self.assertNotIn(b'"error"', self.consumer("x", "c%d" % i, ack_policy="none"))
+        self.assertEqual(self.consumer("x", "c20", ack_policy="none"), error(
+            "consumer_create_response", 400, 10026, "maximum consumers limit reached"))
+        # The stream's own smaller limit still holds.
+        self.create("y", subjects=["y"], max_bytes=128, max_consumers=1)
+        self.consumer("y", "a", ack_policy="none")
+        self.assertEqual(self.consumer("y", "b", ack_policy="none"), error(
+            "consumer_create_response", 400, 10026, "maximum consumers limit reached"))
+
+    def test_max_ack_pending(self) -> None:
+        self.create("x", subjects=["x"], max_bytes=128)
+        # A consumer that acks and says nothing gets the account's 100, not 1000.
+        self.assertEqual(json.loads(self.consumer("x", "d1", ack_policy="explicit"))["config"]["max_ack_pending"], 100)
+        self.assertEqual(self.consumer("x", "d2", ack_policy="explicit", max_ack_pending=101), error(
+            "consumer_create_response", 400, 10121, "consumer max ack pending exceeds system limit of 100"))
+        self.assertEqual(set(self.api.js.streams["x"].consumers), {"d1"})
+
+    def test_publish_past_the_cap_is_refused(self) -> None:
+        """As nats-server: the account's whole usage is compared with the per-stream cap."""
+        api = Api(JetStreamSettings(store_dir=os.path.abspath(self.mktemp()), limits=AccountLimits(storage_max_stream_bytes=150)))
+        self.addCleanup(api.js.stop)
+        api.ask("$JS.API.STREAM.CREATE.x", b'{"name":"x","subjects":["x"]}')
+        # As the file store counts them (22 + subject + payload + 8): 81, then 81 more would be
+        # 162 > 150: refused; 41 more is 122; 32 more would be 154.  nats-server stores a refused
+        # message, looks and takes it back: its sequence is used (seq 3, 2 deleted), as here.
+        refused = b'{"error":{"code":400,"err_code":10002,"description":"resource limits exceeded for account"},"stream":"x","seq":0}'
+        # (A file store's PubAck waits for its write: only the refusals are answered at once.)
+        answers = [api.ask("x", payload) for payload in (b"a" * 50, b"a" * 50, b"a" * 10, b"a")]
+        self.assertEqual(answers, [None, refused, None, refused])
+        self.assertEqual(json.loads(api.ask("$JS.API.INFO"))["storage"], 122)
+        state = json.loads(api.ask("$JS.API.STREAM.INFO.x"))["state"]
+        self.assertEqual((state["messages"], state["bytes"], state["first_seq"], state["last_seq"], state["num_deleted"]), (2, 122, 1, 4, 2))
+
+    def test_no_limits_written(self) -> None:
+        """0 and -1 are no limit, as in nats-server."""
+        api = Api(JetStreamSettings(limits=AccountLimits(max_streams=0, max_consumers=0, max_ack_pending=0,
+                                                         memory_max_stream_bytes=0, storage_max_stream_bytes=0)))
+        answer = json.loads(api.ask("$JS.API.STREAM.CREATE.x", b'{"name":"x","subjects":["x"],"max_bytes":1000000}'))
+        self.assertEqual(answer["config"]["max_bytes"], 1000000)
+        answer = json.loads(api.ask("$JS.API.CONSUMER.DURABLE.CREATE.x.d", b'{"stream_name":"x","config":{"durable_name":"d","ack_policy":"explicit"}}'))
+        self.assertEqual(answer["config"]["max_ack_pending"], 1000)
+
+
 class ConfigTests(TestCase):
     def parse(self, text: str, name: str = "patch.toml") -> config_module.Config:
         folder = os.path.abspath(self.mktemp())
@@ -233,8 +354,25 @@ class ConfigTests(TestCase):
         self.assertEqual((js.store_dir, js.max_memory_store, js.max_file_store, js.domain, js.sync_interval),
                          (os.path.join(os.path.dirname(c.source), "js"), 1024 ** 3, 1048576, "hub", "always"))
 
+    def test_account_limits(self) -> None:
+        from eventsvc.app import jetstream
+
+        c = self.parse('[jetstream]\nmax_file_store = "32M"\nmax_streams = 10\nmax_consumers = 20\nmax_ack_pending = 100\n'
+                       'memory_max_stream_bytes = "2K"\nstorage_max_stream_bytes = 4096\nmax_bytes_required = true\n')
+        engine = jetstream(c, Broker(), task.Clock())
+        self.assertEqual(engine.settings.limits, AccountLimits(
+            max_memory=-1, max_storage=32 << 20, max_streams=10, max_consumers=20, max_ack_pending=100,
+            memory_max_stream_bytes=2048, storage_max_stream_bytes=4096, max_bytes_required=True))
+        self.assertEqual(jetstream(self.parse("[jetstream]\n"), Broker(), task.Clock()).settings.limits, AccountLimits())
+
     def test_bad_values_name_file_and_key(self) -> None:
         for text, expected in [
+            ('max_streams = -2', r"\[jetstream\] max_streams: must be a number \(0 or -1: no limit\)"),
+            ('max_consumers = 9223372036854775808', r"\[jetstream\] max_consumers: must be a number \(0 or -1: no limit\)"),
+            ('max_ack_pending = "many"', r"\[jetstream\] max_ack_pending: "),
+            ('storage_max_stream_bytes = "big"', r"\[jetstream\] storage_max_stream_bytes: must be a size in bytes"),
+            ('memory_max_stream_bytes = -3', r"\[jetstream\] memory_max_stream_bytes: must be a size in bytes up to 8E \(0 or -1: no limit\)"),
+            ('max_bytes_required = "yes"', r"\[jetstream\] max_bytes_required: "),
             ('max_file_store = "lots"', r"\[jetstream\] max_file_store: must be a size in bytes"),
             ('max_memory_store = -5', r"\[jetstream\] max_memory_store: must be a size in bytes"),
             ('sync_interval = "soon"', r"\[jetstream\] sync_interval: must be a duration"),

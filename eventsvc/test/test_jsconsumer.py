@@ -30,6 +30,7 @@ from eventsvc.jetstream.consumer import (
     go_duration,
     parse_go_duration,
 )
+from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.wire import parse_headers, rfc3339
@@ -55,6 +56,7 @@ class FakeEngine:
         self.clock = clock or Clock()
         self.broker = broker or Broker(server_name="test")
         self.streams: Dict[str, "FakeStream"] = {}
+        self.settings = JetStreamSettings()
         self.broker.subscribe("$JS.ACK.>", self._ack)
 
     def now(self) -> int:
