@@ -154,28 +154,30 @@ def _filtered(engine: "JetStream", subject: str) -> List[Stream]:
     return [s for s in streams if any(subjects_collide(subject, own) for own in s.config["subjects"])]
 
 
-def stream_names(engine: "JetStream", request: Request) -> Dict[str, Any]:
-    """$JS.API.STREAM.NAMES ({offset, subject})."""
+def _page(engine: "JetStream", request: Request, limit: int) -> Tuple[List[Stream], int, int]:
+    """
+    The page a NAMES or LIST request ({offset, subject}) asks for: the
+    streams on it, how many match in all, and the offset taken.
+    """
     offset, subject = 0, ""
     if not is_empty_request(request.payload):
         asked = decode_request(request.payload, {"offset": int, "subject": str})
         offset, subject = asked["offset"], asked["subject"]
     streams = _filtered(engine, subject)
     offset = min(max(offset, 0), len(streams))
-    names = [s.name for s in streams[offset:offset + NAMES_LIMIT]]
-    return {"total": len(streams), "offset": offset, "limit": NAMES_LIMIT, "streams": names or None}
+    return streams[offset:offset + limit], len(streams), offset
+
+
+def stream_names(engine: "JetStream", request: Request) -> Dict[str, Any]:
+    """$JS.API.STREAM.NAMES ({offset, subject})."""
+    page, total, offset = _page(engine, request, NAMES_LIMIT)
+    return {"total": total, "offset": offset, "limit": NAMES_LIMIT, "streams": [s.name for s in page] or None}
 
 
 def stream_list(engine: "JetStream", request: Request) -> Dict[str, Any]:
     """$JS.API.STREAM.LIST ({offset, subject})."""
-    offset, subject = 0, ""
-    if not is_empty_request(request.payload):
-        asked = decode_request(request.payload, {"offset": int, "subject": str})
-        offset, subject = asked["offset"], asked["subject"]
-    streams = _filtered(engine, subject)
-    offset = min(max(offset, 0), len(streams))
-    infos = [s.info() for s in streams[offset:offset + LIST_LIMIT]]
-    return {"total": len(streams), "offset": offset, "limit": LIST_LIMIT, "streams": infos}
+    page, total, offset = _page(engine, request, LIST_LIMIT)
+    return {"total": total, "offset": offset, "limit": LIST_LIMIT, "streams": [s.info() for s in page]}
 
 
 def stream_info(engine: "JetStream", request: Request) -> Dict[str, Any]:
