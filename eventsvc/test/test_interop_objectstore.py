@@ -405,3 +405,93 @@ def report(ours: Dict[str, Any], theirs: Dict[str, Any]) -> None:
     for key in ("files_before_delete", "files_after_delete"):
         lines.append("  {:20} eventsvc {:11,d} B   nats-server {:11,d} B".format(key, ours[key], theirs[key]))
     sys.stderr.write("\n".join(lines) + "\n")
+
+
+#: What an object store's writer and reader of bucket C{files} may publish at an
+#: agent listener (docs/jetstream.md's table): the writer puts and deletes, the
+#: reader gets and lists.  Both subscribe to C{_INBOX.>}; the reader also to
+#: C{$O.files.>}, the subjects its ordered consumer's messages carry (without
+#: it the fence's C{$O.>} deny drops them, as nats-server's deny does).
+WRITER = ["$JS.API.STREAM.INFO.OBJ_files", "$JS.API.STREAM.MSG.GET.OBJ_files", "$JS.API.STREAM.PURGE.OBJ_files",
+          "$O.files.>"]
+READER = ["$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO.OBJ_files", "$JS.API.STREAM.MSG.GET.OBJ_files",
+          "$JS.API.CONSUMER.CREATE.OBJ_files", "$JS.API.CONSUMER.CREATE.OBJ_files.>", "$JS.FC.OBJ_files.>"]
+
+
+class ObjectStorePermissionTests(TestCase):
+    """
+    The publish and subscribe allow lists docs/jetstream.md gives an object
+    store's writer and reader, at the agent listener ([gateway], whose
+    identities get no C{$JS}, C{$O} unless named): each can do its part
+    and no more.
+    """
+
+    timeout = 120
+
+    async def test_writer_and_reader(self) -> None:
+        """The writer puts and deletes; the reader gets and lists, and its put is refused and stores nothing."""
+        if nats is None:
+            missing("nats-py is not installed (pip install nats-py)")
+        reason = jetstream_missing()
+        if reason:
+            raise SkipTest(reason)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        gateway_port = process.free_port()
+
+        def allow(names: List[str]) -> str:
+            return "[" + ", ".join('"%s"' % name for name in names) + "]"
+
+        path = process.write_config(os.path.join(folder, "eventsvc.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{store}"\n'
+            '[gateway]\nhost = "127.0.0.1"\nport = {port}\ndisable_frontend_tls = true\n'
+            '[[gateway.identities]]\nname = "writer"\ntoken = "writer-token"\n'
+            'publish_allow = {writer}\nsubscribe_allow = ["_INBOX.>"]\n'
+            '[[gateway.identities]]\nname = "reader"\ntoken = "reader-token"\n'
+            'publish_allow = {reader}\nsubscribe_allow = ["_INBOX.>", "$O.files.>"]\n'
+        ).format(store=os.path.join(folder, "jetstream"), port=gateway_port, writer=allow(WRITER), reader=allow(READER)))
+        server = process.eventsvc(path, expect=("service", "gateway"))
+        await process.started(self, server)
+        admin_url = "nats://127.0.0.1:%d" % server.ports["service"]
+        agent_url = "nats://127.0.0.1:%d" % gateway_port
+
+        async def scenario() -> Dict[str, Any]:
+            from nats.js import errors
+
+            out: Dict[str, Any] = {}
+            admin = await nats.connect(admin_url)
+            await admin.jetstream().create_object_store("files")
+            refusals: List[str] = []
+
+            async def refused(e: Exception) -> None:
+                refusals.append(str(e))
+
+            writer = await nats.connect(agent_url, token="writer-token", error_cb=refused)
+            wobs = await writer.jetstream().object_store("files")
+            data = os.urandom(300 * 1024)
+            out["put"] = (await wobs.put("report.pdf", data)).chunks
+            await wobs.put("old.txt", b"to be deleted")
+            await wobs.delete("old.txt")
+            reader = await nats.connect(agent_url, token="reader-token", error_cb=refused)
+            robs = await reader.jetstream(timeout=1).object_store("files")
+            out["get"] = (await robs.get("report.pdf")).data == data
+            out["list"] = sorted([e.name, bool(e.deleted)] for e in await robs.list())
+            before = (await admin.jetstream().stream_info("OBJ_files")).state.messages
+            try:
+                await robs.put("intruder", b"x")
+                out["reader_put"] = "stored"
+            except (nats.errors.TimeoutError, errors.Error) as e:
+                out["reader_put"] = type(e).__name__
+            await reader.flush()
+            out["stored_after"] = (await admin.jetstream().stream_info("OBJ_files")).state.messages - before
+            out["refusals"] = sorted({r.split(" to ")[0] for r in refusals})
+            for nc in (reader, writer, admin):
+                await nc.close()
+            return out
+
+        got = await threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 60)))
+        self.assertEqual(got, {
+            "put": 3, "get": True, "list": [["old.txt", True], ["report.pdf", False]],
+            "reader_put": "TimeoutError", "stored_after": 0,
+            "refusals": ["nats: permissions violation for publish"],
+        })
