@@ -8,7 +8,8 @@ chunks of 128 KiB (C{$O.<bucket>.C.<nuid>}); what the server must give is
 plain JetStream: rollups, purge by subject, last-by-subject gets, wildcard
 last-message gets and ordered push consumers with flow control.  The scene
 tests play put, get, info, list, update, links, watch, delete, status and
-seal with each client and expect the same answer from both servers.
+seal with each client (nats.js v3's @nats-io/obj too, interop/js/objinterop.mjs)
+and expect the same answer from both servers.
 L{BigObjectTests} puts objects of 10 and 64 MiB into a file store, restarts
 the server, reads them back and checks the digests, then deletes them and
 checks the space is given back; it does the same on nats-server in the
@@ -58,6 +59,22 @@ GO_EXPECTED: Dict[str, Any] = {
     "watched": [["big.bin", False], ["a.txt", False], ["small", False], ["a.txt", False], ["renamed", False],
                 ["link.bin", False], ["other", False], ["there.link", False], ["big.bin", True]],
     # Sealed: Status says so and a put is refused.
+    "sealed": [True, True],
+    "bucket_gone": True,
+}
+
+#: What nats.js v3's object scene (interop/js/objinterop.mjs) reports, on both servers.
+JS_EXPECTED: Dict[str, Any] = {
+    "big": [393316, 4, True, True],
+    "small": [12, 3, "five byte chunks", "0123456789ab"],
+    "replaced": "alpha two",
+    "renamed": ["renamed", "changed", "0123456789ab", True],
+    "links": [True, "JS_FILES_OTHER", "in the other bucket"],
+    # Deleted: get gives nothing, info says deleted.
+    "deleted": [True, True],
+    "list": ["a.txt", "link.bin", "other", "renamed", "there.link"],
+    "status": ["JS_FILES", "js scene", "JetStream", False],
+    "watched": GO_EXPECTED["watched"],
     "sealed": [True, True],
     "bucket_gone": True,
 }
@@ -194,6 +211,16 @@ class _ObjectScenes(TestCase):
         url = await self.url()
         got = await threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(natspy_scene(url), 60)))
         self.assertEqual(got, PY_EXPECTED)
+
+    async def test_js(self) -> None:
+        """nats.js v3 (@nats-io/obj): putBlob, getBlob, info, update, list, watch, link, linkStore, delete, status, seal."""
+        path = os.path.join(process.source_tree(), "interop", "js")
+        if not os.path.isdir(os.path.join(path, "node_modules", "@nats-io", "obj")):
+            missing("nats.js's object store is not installed: npm ci --prefix interop/js")
+        node = process.require("node")
+        url = await self.url()
+        got = await threads.deferToThread(run_json, [node, "--no-warnings", "objinterop.mjs", url, "js"], path)
+        self.assertEqual(got, JS_EXPECTED)
 
     async def test_go(self) -> None:
         """nats.go: Put, Get, GetInfo, UpdateMeta, List, Watch, AddLink, AddBucketLink, Delete, Status, Seal."""
