@@ -61,6 +61,10 @@ GO_EXPECTED: Dict[str, Any] = {
     # Sealed: Status says so and a put is refused.
     "sealed": [True, True],
     "bucket_gone": True,
+    # A watcher with IgnoreDeletes: the current metas, then its nil.
+    "current": ["a.txt", "link.bin", "other", "renamed", "there.link"],
+    # ObjectStoreNames (nats.go 1.22.1 gives the streams' names) and ObjectStores.
+    "buckets": [["OBJ_GO_FILES", "OBJ_GO_FILES_OTHER"], ["GO_FILES", "GO_FILES_OTHER"]],
 }
 
 #: What nats.js v3's object scene (interop/js/objinterop.mjs) reports, on both servers.

@@ -162,6 +162,30 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 			return nil, fmt.Errorf("watcher saw only %v", watched)
 		}
 	}
+	// Another watcher, without deletes: the current metas, then nil.
+	quiet, err := obs.Watch(nats.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("Watch IgnoreDeletes: %w", err)
+	}
+	current := []string{}
+	for u := range quiet.Updates() {
+		if u == nil {
+			break
+		}
+		current = append(current, u.Name)
+	}
+	quiet.Stop()
+	sort.Strings(current)
+	// The buckets, by name and by status (STREAM.LIST and NAMES filtered on $O.*.C.>).
+	buckets, statuses := []string{}, []string{}
+	for n := range js.ObjectStoreNames() {
+		buckets = append(buckets, n)
+	}
+	for st := range js.ObjectStores() {
+		statuses = append(statuses, st.Bucket())
+	}
+	sort.Strings(buckets)
+	sort.Strings(statuses)
 	if err := obs.Seal(); err != nil {
 		return nil, fmt.Errorf("Seal: %w", err)
 	}
@@ -175,19 +199,21 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 	}
 	_, goneErr := js.ObjectStore(name + "_OTHER")
 	return result{
-		"initial_nil":  initial == nil,
-		"big":          []interface{}{info.Size, info.Chunks, digestOK, string(got) == string(big)},
-		"small":        []interface{}{small.Size, small.Chunks, small.Description, small.Headers.Get("X-Kind"), smallData},
-		"replaced":     replaced,
-		"renamed":      []interface{}{renamed.Name, renamed.Description, renamedData, errors.Is(oldErr, nats.ErrObjectNotFound)},
-		"links":        []interface{}{string(viaLink) == string(big), bucketLink.Opts.Link.Bucket, viaOther},
-		"deleted":      []interface{}{errors.Is(deletedErr, nats.ErrObjectNotFound), deletedInfo.Deleted, deletedInfo.Size},
-		"list":         names,
-		"status":       []interface{}{status.Bucket(), status.Description(), status.BackingStore(), status.Sealed()},
-		"stream":       []interface{}{stream.Config.Subjects, stream.Config.AllowRollup, stream.Config.Discard.String()},
-		"watched":      watched,
-		"sealed":       []interface{}{sealed.Sealed(), sealedErr != nil},
-		"bucket_gone":  errors.Is(goneErr, nats.ErrStreamNotFound),
+		"initial_nil": initial == nil,
+		"big":         []interface{}{info.Size, info.Chunks, digestOK, string(got) == string(big)},
+		"small":       []interface{}{small.Size, small.Chunks, small.Description, small.Headers.Get("X-Kind"), smallData},
+		"replaced":    replaced,
+		"renamed":     []interface{}{renamed.Name, renamed.Description, renamedData, errors.Is(oldErr, nats.ErrObjectNotFound)},
+		"links":       []interface{}{string(viaLink) == string(big), bucketLink.Opts.Link.Bucket, viaOther},
+		"deleted":     []interface{}{errors.Is(deletedErr, nats.ErrObjectNotFound), deletedInfo.Deleted, deletedInfo.Size},
+		"list":        names,
+		"status":      []interface{}{status.Bucket(), status.Description(), status.BackingStore(), status.Sealed()},
+		"stream":      []interface{}{stream.Config.Subjects, stream.Config.AllowRollup, stream.Config.Discard.String()},
+		"watched":     watched,
+		"sealed":      []interface{}{sealed.Sealed(), sealedErr != nil},
+		"bucket_gone": errors.Is(goneErr, nats.ErrStreamNotFound),
+		"current":     current,
+		"buckets":     []interface{}{buckets, statuses},
 	}, nil
 }
 
