@@ -22,6 +22,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import platform
 import signal
 import sys
 import time
@@ -414,12 +415,17 @@ class BigObjectTests(TestCase):
         ours = await threads.deferToThread(self.play, "eventsvc", eventsvc_server, signal.SIGKILL)
         theirs = await threads.deferToThread(self.play, "nats-server", reference_server, signal.SIGTERM)
         report(ours, theirs)
-        # Memory: the server holds about one publish window of chunks, not whole objects
-        # twice over; time: within a factor of the reference on the same machine.
-        self.assertLess(ours["rss_peak_put"] - ours["rss_idle"], 64 * MiB)
-        self.assertLess(ours["rss_peak_get"] - ours["rss_restarted"], 64 * MiB)
+        # Memory: on CPython the server holds a few reads of chunks and the push
+        # consumer's flow control window (32 MiB at most), never a whole object.
+        # PyPy's collector lets the heap grow by up to 82% (PYPY_GC_MAJOR_COLLECT)
+        # of its ~330 MiB before a major collection, and a fresh process's JIT
+        # is cold: wider bounds there.
+        pypy = platform.python_implementation() == "PyPy"
+        bound, factor = (192 * MiB, 20) if pypy else (64 * MiB, 10)
+        self.assertLess(ours["rss_peak_put"] - ours["rss_idle"], bound)
+        self.assertLess(ours["rss_peak_get"] - ours["rss_restarted"], bound)
         for key in ("put_sixty-four", "get_sixty-four"):
-            self.assertLess(ours[key], max(10 * theirs[key], 5.0), key)
+            self.assertLess(ours[key], max(factor * theirs[key], 5.0), key)
 
 
 def report(ours: Dict[str, Any], theirs: Dict[str, Any]) -> None:
