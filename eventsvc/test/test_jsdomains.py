@@ -3,7 +3,8 @@ JetStream domains over leaf links, in memory: the rule (what a link denies
 by the two sides' domains, and the domain's mapping table, as nats-server
 2.9.10 has them), what a hub and a spoke say to each other in INFO,
 CONNECT and LS+, which messages cross, the same domain on both sides,
-the engine's mapping and /leafz.  The same with real servers is test_interop_jsdomains.
+JetStream deliveries across a link (C{<ack>@<subject>}), the engine's
+mapping and /leafz.  The same with real servers is test_interop_jsdomains.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.jetstream.engine import JetStream, JetStreamSettings, domain_mappings
-from eventsvc.nats.links.jsdomain import leaf_rule, map_subject, mapping_table
+from eventsvc.nats.links.jsdomain import leaf_rule, map_subject, mapping_table, split_ack_reply
 from eventsvc.ops.monitor import Monitor
 from eventsvc.test.test_leaf import Node, interest, leaf
 
@@ -85,6 +86,12 @@ class RuleTests(SynchronousTestCase):
             ("$JS.hub.API.$KV.>", "$KV.>"), ("$JS.hub.API.$OBJ.>", "$OBJ.>"), ("$JS.hub.API.CONSUMER.>", "$JS.API.CONSUMER.>"),
             ("$JS.hub.API.INFO", "$JS.API.INFO"), ("$JS.hub.API.STREAM.>", "$JS.API.STREAM.>"),
         ])
+
+    def test_split_ack_reply(self) -> None:
+        self.assertEqual(split_ack_reply(b"$JS.ACK.S.c.1.2.3.4.0@orders.eu.1"), (b"$JS.ACK.S.c.1.2.3.4.0", b"orders.eu.1"))
+        self.assertIsNone(split_ack_reply(b"$JS.ACK.S.c.1.2.3.4.0"))
+        self.assertIsNone(split_ack_reply(b"_INBOX.a@b"))
+        self.assertIsNone(split_ack_reply(b"$JS.ACK.S.c.1.2.3.4.0@"))
 
 
 class LinkTests(SynchronousTestCase):
@@ -209,6 +216,56 @@ class LinkTests(SynchronousTestCase):
         row = Monitor(Service(plain), task.Clock()).leafz({})["leafs"][0]  # type: ignore[index]
         self.assertNotIn("domain", row)
         self.assertNotIn("jetstream", row)
+
+
+class DeliveryAcrossTests(SynchronousTestCase):
+    """JetStream deliveries (Broker.deliver_as) across a leaf link, both ways, as nats-server frames them."""
+
+    def setUp(self) -> None:
+        self.spoke, self.hub = Node("S"), Node("H")
+        self.pump, self.uplink, self.downleaf = leaf(self.spoke, self.hub)
+        self.client = self.spoke.client()
+        self.client.send(b"SUB _INBOX.r 7\r\nPING\r\n")
+        self.pump.flush()
+        self.client.received()
+        self.wire: List[bytes] = []
+        write = self.downleaf.transport.write
+
+        def spy(data: bytes) -> None:
+            self.wire.append(data)
+            write(data)
+        self.downleaf.transport.write = spy  # type: ignore[method-assign]
+
+    def test_a_delivery_crosses_on_the_inbox_and_shows_its_subject(self) -> None:
+        n = self.hub.broker.deliver_as("_INBOX.r", "orders.1", b"hi", reply="$JS.ACK.S.c.1.1.1.0.0")
+        self.pump.flush()
+        self.assertEqual(n, 1)
+        self.assertIn(b"LMSG _INBOX.r $JS.ACK.S.c.1.1.1.0.0@orders.1 2\r\nhi\r\n", b"".join(self.wire))
+        self.assertEqual(self.client.received(), b"MSG orders.1 7 $JS.ACK.S.c.1.1.1.0.0 2\r\nhi\r\n")
+
+    def test_with_headers(self) -> None:
+        headers = b"NATS/1.0\r\nNats-Msg-Id: 1\r\n\r\n"
+        self.hub.broker.deliver_as("_INBOX.r", "orders.2", b"hi", reply="$JS.ACK.S.c.1.2.2.0.0", headers=headers)
+        self.pump.flush()
+        self.assertIn(b"HMSG _INBOX.r $JS.ACK.S.c.1.2.2.0.0@orders.2 %d %d\r\n" % (len(headers), len(headers) + 2), b"".join(self.wire))
+        self.assertEqual(self.client.received(), b"HMSG orders.2 7 $JS.ACK.S.c.1.2.2.0.0 %d %d\r\n%shi\r\n" % (
+            len(headers), len(headers) + 2, headers))
+
+    def test_local_subscribers_see_the_subject_and_the_plain_reply(self) -> None:
+        here = self.hub.client()
+        here.send(b"SUB _INBOX.r 3\r\nPING\r\n")
+        here.received()
+        self.pump.flush()
+        self.assertEqual(self.hub.broker.deliver_as("_INBOX.r", "orders.3", b"x", reply="$JS.ACK.S.c.1.3.3.0.0"), 2)
+        self.pump.flush()
+        self.assertEqual(here.received(), b"MSG orders.3 3 $JS.ACK.S.c.1.3.3.0.0 1\r\nx\r\n")
+        self.assertEqual(self.client.received(), b"MSG orders.3 7 $JS.ACK.S.c.1.3.3.0.0 1\r\nx\r\n")
+
+    def test_without_a_reply_it_crosses_on_the_inbox(self) -> None:
+        """(nats-server: no reply, no @subject; the far side sees the deliver subject.)"""
+        self.hub.broker.deliver_as("_INBOX.r", "orders.4", b"x")
+        self.pump.flush()
+        self.assertEqual(self.client.received(), b"MSG _INBOX.r 7 1\r\nx\r\n")
 
 
 class EngineMappingTests(SynchronousTestCase):

@@ -125,3 +125,20 @@ def leaf_rule(jetstream: bool, domain: str, remote_domain: str, remote_jetstream
     same = jetstream and remote_jetstream and domain == remote_domain
     return LeafJetStreamRule(DENY_ALL_CLIENT_JS, deny_out, same, notice)
 
+
+#: The prefix of JetStream's ack subjects, the replies of its deliveries.
+ACK_PREFIX = b"$JS.ACK."
+
+
+def split_ack_reply(reply: bytes) -> "Tuple[bytes, bytes] | None":
+    """
+    A delivery that crossed a link as nats-server sends it (on the deliver
+    subject, the reply C{$JS.ACK...@<stream subject>}): (the ack reply, the
+    subject its subscribers are to see), or None for any other reply.
+    """
+    if not reply.startswith(ACK_PREFIX):
+        return None
+    reply, at, subject = reply.rpartition(b"@")
+    if not at or not subject:
+        return None
+    return reply, subject
