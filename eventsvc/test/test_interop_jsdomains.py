@@ -73,7 +73,24 @@ async def far_stream(nc, domain: str, stream: str) -> dict:
         await msg.ack_sync()
     consumer = await js.consumer_info(stream, "reader")
     got = await js.get_msg(stream, 2)
+    # A push consumer: its deliveries cross to our inbox, our acks cross back.
+    pushed = []
+    push = await js.subscribe(subject + ".>", durable="pusher", stream=stream, manual_ack=True)
+    for _ in range(3):
+        msg = await push.next_msg(timeout=5)
+        pushed.append(msg.subject)
+        await msg.ack_sync()
+    await push.unsubscribe()
+    # A key-value bucket in that domain: $JS.<domain>.API.$KV.> is its $KV.>
+    # (nats-py 2.16's kv.put publishes to $KV.> whatever the domain, which no
+    # leaf link carries, between two nats-servers either: the put is by hand).
+    kv = await js.create_key_value(bucket=stream + "_KV")
+    for value in (b"v1", b"v2"):
+        await nc.request("$JS.%s.API.$KV.%s_KV.k" % (domain, stream), value, timeout=5)
+    entry = await kv.get("k")
     return {
+        "pushed": pushed,
+        "kv": (entry.value, entry.revision),
         "created": info.config.name,
         "acks": [(a.stream, a.seq, a.domain) for a in acks],
         "read": [(m.subject, m.data) for m in msgs],
@@ -91,11 +108,11 @@ async def both_ways(spoke_port: int, hub_port: int) -> dict:
                "edge_from_hub": await far_stream(hub, "edge", "AT_EDGE")}
         for side, nc in (("spoke", spoke), ("hub", hub)):
             out[side + "_info"] = [a.get("domain") for a in await answers(nc, "$JS.API.INFO")]
-            out[side + "_names"] = [a.get("streams") for a in await answers(nc, "$JS.API.STREAM.NAMES")]
+            out[side + "_names"] = [sorted(a.get("streams")) for a in await answers(nc, "$JS.API.STREAM.NAMES")]
         # A request for a domain is answered once, by that domain, from either side.
-        out["hub_api_from_hub"] = [a.get("streams") for a in await answers(hub, "$JS.hub.API.STREAM.NAMES")]
-        out["edge_api_from_spoke"] = [a.get("streams") for a in await answers(spoke, "$JS.edge.API.STREAM.NAMES")]
-        out["hub_api_from_spoke"] = [a.get("streams") for a in await answers(spoke, "$JS.hub.API.STREAM.NAMES")]
+        out["hub_api_from_hub"] = [sorted(a.get("streams")) for a in await answers(hub, "$JS.hub.API.STREAM.NAMES")]
+        out["edge_api_from_spoke"] = [sorted(a.get("streams")) for a in await answers(spoke, "$JS.edge.API.STREAM.NAMES")]
+        out["hub_api_from_spoke"] = [sorted(a.get("streams")) for a in await answers(spoke, "$JS.hub.API.STREAM.NAMES")]
         return out
     finally:
         await spoke.close()
@@ -106,17 +123,18 @@ class _Checks:
     def check(self, result: dict) -> None:
         for key, stream, domain in (("hub_from_spoke", "AT_HUB", "hub"), ("edge_from_hub", "AT_EDGE", "edge")):
             self.assertEqual(result[key], {
+                "pushed": [stream.lower() + ".%d" % i for i in range(3)], "kv": (b"v2", 2),
                 "created": stream, "acks": [(stream, 1, domain), (stream, 2, domain), (stream, 3, domain)],
                 "read": [(stream.lower() + ".%d" % i, b"m%d" % i) for i in range(3)], "acked": 3, "get": b"m1",
             })
         # The plain API: one answer, from the side asked, naming only its own streams.
         self.assertEqual(result["spoke_info"], ["edge"])
         self.assertEqual(result["hub_info"], ["hub"])
-        self.assertEqual(result["spoke_names"], [["AT_EDGE"]])
-        self.assertEqual(result["hub_names"], [["AT_HUB"]])
-        self.assertEqual(result["hub_api_from_hub"], [["AT_HUB"]])
-        self.assertEqual(result["edge_api_from_spoke"], [["AT_EDGE"]])
-        self.assertEqual(result["hub_api_from_spoke"], [["AT_HUB"]])
+        self.assertEqual(result["spoke_names"], [sorted(["AT_EDGE", "KV_AT_EDGE_KV"])])
+        self.assertEqual(result["hub_names"], [sorted(["AT_HUB", "KV_AT_HUB_KV"])])
+        self.assertEqual(result["hub_api_from_hub"], [sorted(["AT_HUB", "KV_AT_HUB_KV"])])
+        self.assertEqual(result["edge_api_from_spoke"], [sorted(["AT_EDGE", "KV_AT_EDGE_KV"])])
+        self.assertEqual(result["hub_api_from_spoke"], [sorted(["AT_HUB", "KV_AT_HUB_KV"])])
 
 
 def eventsvc_config(directory: str, name: str, domain: str, extra: str) -> "tuple[str, int]":
@@ -222,17 +240,33 @@ class EventsvcHubTests(_Checks, TestCase):
 
     timeout = 120
 
-    @defer.inlineCallbacks
-    def test_both_ways(self):
+    def setUp(self):
         if nats is None:
             process.require("nats-py")
-        directory = scratch(self)
-        leaf_port = process.free_port()
-        config, http = eventsvc_config(directory, "hub", "hub", '[leafnodes]\nhost = "127.0.0.1"\nport = {}\n'.format(leaf_port))
+        self.directory = scratch(self)
+        self.leaf_port = process.free_port()
+
+    @defer.inlineCallbacks
+    def servers(self, spoke_domain: str):
+        config, http = eventsvc_config(self.directory, "hub", "hub", '[leafnodes]\nhost = "127.0.0.1"\nport = {}\n'.format(self.leaf_port))
         hub = process.eventsvc(config, expect=("service",))
         hub_port = yield process.started(self, hub)
-        spoke = nats_server_js(directory, "edgesrv", "edge", 'remotes [ { url: "nats-leaf://127.0.0.1:%d" } ]' % leaf_port)
+        spoke = nats_server_js(self.directory, "edgesrv", spoke_domain, 'remotes [ { url: "nats-leaf://127.0.0.1:%d" } ]' % self.leaf_port)
         spoke_port = yield process.started(self, spoke)
+        return hub, hub_port, http, spoke, spoke_port
+
+    @defer.inlineCallbacks
+    def test_same_domain(self):
+        hub, hub_port, http, spoke, spoke_port = yield self.servers("hub")
+        result = yield run(lambda: same_domain(spoke_port, hub_port))
+        self.assertEqual(result, {
+            "spoke": [["ON_SPOKE"]], "hub": [["ON_HUB"]], "spoke_plain": [["ON_SPOKE"]], "hub_plain": [["ON_HUB"]],
+        })
+        hub.wait_output("runs JetStream in our domain (hub) too")
+
+    @defer.inlineCallbacks
+    def test_both_ways(self):
+        hub, hub_port, http, spoke, spoke_port = yield self.servers("edge")
         self.check((yield run(lambda: both_ways(spoke_port, hub_port))))
         self.assertIn('JetStream Not Extended, adding deny [$JS.API.> $KV.> $OBJ.>] for account "$G"', spoke.output())
         hub.wait_output('adding deny "$JS.hub.API.>" for outgoing messages')
