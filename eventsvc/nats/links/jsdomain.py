@@ -22,8 +22,13 @@ side's domain: with the same domain on both sides (a misconfiguration) a
 request is then answered by the side it was made on, once, as with two
 nats-servers, and never bounces back and forth.
 
-What it must not do: know about streams or the API's verbs; it names
-subject spaces only.
+A JetStream delivery crosses a link on its deliver subject with the reply
+C{<ack subject>@<stream subject>} (nats-server's framing, made by
+L{eventsvc.nats.server.Broker.deliver_as}); L{split_ack_reply} reads it.
+
+What it must not do: know about streams, consumers or what the API
+answers; it names subject spaces only (the mapping table is nats-server's,
+by the API's first token).
 """
 
 from __future__ import annotations

@@ -323,10 +323,11 @@ class LeafManager(LinkManager):
 
     def _tells(self, conn: LeafConnection, sub: Subscription) -> bool:
         """
-        Whether C{conn} hears of C{sub}: never its own; an uplink only our
-        clients' and downleafs'; a downleaf everything but what a leaf of
-        its own cluster subscribed to, here or behind a route (bar loop
-        detection's).
+        Whether C{conn} hears of C{sub}: never its own, nor interest its
+        JetStream rule keeps on our side ($JS.API, $KV, $OBJ); an uplink
+        only our clients' and downleafs'; a downleaf everything but what a
+        leaf of its own cluster subscribed to, here or behind a route (bar
+        loop detection's).
         """
         owner = sub.owner
         if owner is conn or conn.js_rule.blocks(sub.subject):

@@ -309,7 +309,7 @@ class LeafConnection(PeerConnection):
         and a subject we do not import, or the JetStream rule denies, is dropped.
         """
         self._bound_only(verb)
-        if subject[0] == 36 and self.js_rule.blocks(subject):  # ("$")
+        if subject[:1] == b"$" and self.js_rule.blocks(subject):
             return False
         return self.imports is None or self.imports.may_publish(subject)
 
