@@ -4,7 +4,8 @@ by the two sides' domains, and the domain's mapping table, as nats-server
 2.9.10 has them), what a hub and a spoke say to each other in INFO,
 CONNECT and LS+, which messages cross, the same domain on both sides,
 JetStream deliveries across a link (C{<ack>@<subject>}), the engine's
-mapping and /leafz.  The same with real servers is test_interop_jsdomains.
+mapping, /leafz, and two eventsvc JetStreams using each other's streams.
+The same with nats-server is test_interop_jsdomains.
 """
 
 from __future__ import annotations
@@ -292,3 +293,52 @@ class EngineMappingTests(SynchronousTestCase):
                          ["stream_create_response", "consumer_create_response", "account_info_response"])
         self.assertNotIn("error", answers[1])
         self.assertEqual((answers[1]["name"], answers[2]["streams"], answers[2]["domain"]), ("c", 1, "hub"))
+
+
+class TwoEngineTests(SynchronousTestCase):
+    """Two eventsvc JetStreams, edge and hub, over a leaf link in memory: a client of each uses the other's streams."""
+
+    def setUp(self) -> None:
+        self.nodes = {}
+        for name, domain in (("S", "edge"), ("H", "hub")):
+            node = Node(name, jetstream=True, jetstream_domain=domain)
+            js = JetStream(node.broker, JetStreamSettings(domain=domain), node.clock)
+            js.start()
+            self.addCleanup(js.stop)
+            self.nodes[domain] = node
+        self.pump, _, _ = leaf(self.nodes["edge"], self.nodes["hub"])
+
+    def settle(self) -> None:
+        for _ in range(4):
+            for node in self.nodes.values():
+                node.clock.advance(0)
+            self.pump.flush()
+
+    def ask(self, client: Any, subject: str, payload: Any = b"") -> Any:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        client.send(b"PUB %s _R.x %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+        self.settle()
+        return client.received()
+
+    def test_each_uses_the_others_stream(self) -> None:
+        for here, there in (("edge", "hub"), ("hub", "edge")):
+            client = self.nodes[here].client()
+            client.send(b"SUB _R.> 1\r\n")
+            self.settle()
+            api, name = "$JS.%s.API." % there, there.upper()
+            created = self.ask(client, api + "STREAM.CREATE." + name, {"name": name, "subjects": [there + ".>"], "storage": "memory"})
+            self.assertIn(b'"type":"io.nats.jetstream.api.v1.stream_create_response"', created)
+            self.assertEqual(self.ask(client, there + ".1", b"hi").split(b"\r\n")[1],
+                             b'{"stream":"%s", "domain":"%s", "seq":1}' % (name.encode(), there.encode()))
+            self.ask(client, api + "CONSUMER.DURABLE.CREATE.%s.c" % name, {"stream_name": name, "config": {"durable_name": "c", "ack_policy": "explicit"}})
+            got = self.ask(client, api + "CONSUMER.MSG.NEXT.%s.c" % name, {"batch": 1})
+            # The stream subject and the plain ack subject, though it crossed on the inbox with <ack>@<subject>.
+            head = got.split(b"\r\n")[0].split(b" ")
+            ack = b"$JS.ACK.%s.c.1.1.1." % name.encode()
+            self.assertEqual((head[0], head[1], head[3][:len(ack)]), (b"MSG", there.encode() + b".1", ack))
+            self.ask(client, head[3].decode(), b"+ACK")
+            info = json.loads(self.ask(client, api + "CONSUMER.INFO.%s.c" % name).split(b"\r\n")[1])
+            self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (1, 0))
+            # The plain API here lists only its own (the hub made one in the first round).
+            names = json.loads(self.ask(client, "$JS.API.STREAM.NAMES").split(b"\r\n")[1])
+            self.assertEqual(names["streams"], ["HUB"] if here == "hub" else None)
