@@ -73,6 +73,13 @@ class JetStream:
         #: (L{hold_answers}), and how deep the holds are.
         self._held: List[Tuple[str, bytes]] = []
         self._holding = 0
+        #: Streams fed in process by another part of the server (the event
+        #: log, L{eventsvc.events.log}), named before L{start}: their
+        #: subjects are not captured from the broker (what is published there
+        #: goes to that part, which stores it itself), and their file stores
+        #: fsync every write whatever sync_interval says (the part answers
+        #: its publishers from the durable callback).
+        self.fed_in_process: Set[str] = set()
 
     def now(self) -> int:
         """The time in nanoseconds since the epoch (tests pass a fake)."""
@@ -131,7 +138,8 @@ class JetStream:
     def _open(self, config: Dict[str, Any], created: int) -> Stream:
         directory = self._stream_directory(config["name"])
         msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
-        store = open_store(config, msgs, self.clock, self.settings.sync_interval)
+        interval = 0.0 if config["name"] in self.fed_in_process else self.settings.sync_interval
+        store = open_store(config, msgs, self.clock, interval)
         return Stream(self, config, store, created, directory)
 
     def _restore(self) -> None:

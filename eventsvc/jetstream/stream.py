@@ -620,7 +620,9 @@ class Stream:
         broker = self.engine.broker
         for subscription in self._subscriptions:
             subscription.unsubscribe()
-        self._subscriptions = [broker.subscribe(subject, self._publish) for subject in self.config["subjects"]]
+        # (A stream fed in process takes nothing from the broker: L{JetStream.fed_in_process}.)
+        subjects = [] if self.name in getattr(self.engine, "fed_in_process", ()) else self.config["subjects"]
+        self._subscriptions = [broker.subscribe(subject, self._publish) for subject in subjects]
         for subscription in self._direct:
             subscription.unsubscribe()
         self._direct = []
