@@ -726,8 +726,8 @@ def where_events_are_kept(config: Config) -> str:
         return "events are kept in memory only ([service] data_dir = \"\"): lost at a crash"
     if config.events.log == "spool":
         return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
-    return "events are kept in the JetStream stream {} under {} (an acknowledged event survives a crash and a restart)".format(
-        config.events.stream, events_store_dir(config))
+    return "events are kept in {} (the JetStream stream {} under {}: an acknowledged event survives a crash and a restart)".format(
+        config.service.data_dir, config.events.stream, events_store_dir(config))
 
 
 def events_store_dir(config: Config) -> str:

@@ -47,7 +47,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
-from eventsvc.events.spool import LEGACY_NAME, Pending, Spool, StoreError, segment_paths
+from eventsvc.events.spool import LEGACY_NAME, RESERVE, Pending, Spool, StoreError, segment_paths
+from eventsvc.files import Disk
 from eventsvc.jetstream.engine import JetStream
 from eventsvc.jetstream.store import StoredMessage
 from eventsvc.jetstream.wire import parse_headers
@@ -153,6 +154,9 @@ class StreamLog:
         #: Accepted since the last settle.
         self._unsettled: List[int] = []
         self._ack_call: Any = None
+        self.disk = Disk()
+        #: Why the log opened on a disk with no room (refusing until there is), or None.
+        self._full_at_open: Optional[str] = None
         # Registered before the engine starts: the stream it restores is not
         # fed from the broker, and its store fsyncs every write.
         engine.fed_in_process.add(name)
@@ -165,14 +169,32 @@ class StreamLog:
 
     @property
     def state(self) -> str:
+        if self._full_at_open is not None:
+            return "full"
         health = getattr(self.stream.store, "health", "ok") if self.stream is not None else "ok"
         return {"ok": "ok", "full": "full"}.get(health, "read-only")
 
     @property
     def error(self) -> Optional[str]:
+        if self._full_at_open is not None:
+            return "store full: " + self._full_at_open
         if self.stream is None or self.state == "ok":
             return None
         return "store {}: {}".format(self.state, getattr(self.stream.store, "error", None) or "cannot write")
+
+    def _room(self) -> bool:
+        """Whether the stream's disk has room for a write (L{RESERVE} free, or a sixteenth of a smaller disk)."""
+        try:
+            free, total = self.disk.space(self.directory or ".")
+        except OSError:
+            return True
+        return free >= min(RESERVE, total // 16)
+
+    def _check_room(self) -> None:
+        """A log opened on a full disk takes events again once there is room (its store says the rest)."""
+        if self._full_at_open is not None and self._room():
+            self.log.info("stream {name}: writable again ({error} is over); accepting events", name=self.name, error=self._full_at_open)
+            self._full_at_open = None
 
     def _config(self) -> Dict[str, Any]:
         from eventsvc.jetstream.stream import decode_config
@@ -216,6 +238,12 @@ class StreamLog:
             raise StoreError("JetStream stream {}: {}".format(self.name, e.description), "store_unreadable")
         self._carry_over_spool()
         owed = self._owed()
+        if not self._room():
+            # The store finds out at its first write; a publisher would be
+            # acknowledged nothing, so say it now, as the spool does.
+            self._full_at_open = "no space left on device in {}".format(self.directory)
+            self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
+                           name=self.name, error=self.error, count=len(owed))
         for entry in self._handlers.values():
             entry.subscription = engine.broker.subscribe(INBOX + entry.name, self._delivered_to(entry))
             self._pull(entry)
@@ -296,6 +324,10 @@ class StreamLog:
 
         @raise StoreError: the stream cannot take it (full or failing disk, a limit).
         """
+        if self._full_at_open is not None:
+            self._check_room()
+            if self._full_at_open is not None:
+                raise self._refusal()
         key = handlers if type(handlers) is tuple else tuple(handlers)
         header = self._handlers_header.get(key)
         if header is None:
@@ -323,8 +355,12 @@ class StreamLog:
         """
         Call C{callback} with the sequences accepted since the last settle
         that the stream could not keep (an empty list: all durable), once
-        its store has written and fsynced them.
+        its store has written and fsynced them.  A stream that cannot
+        write gives up the history every handler is done with, first.
         """
+        self._check_room()
+        if self.state == "full":
+            self._make_room()
         batch, self._unsettled = self._unsettled, []
         if not batch:
             callback([])
@@ -335,6 +371,23 @@ class StreamLog:
             callback([seq for seq in batch if store.load(seq) is None])
 
         store.when_durable(lambda: callback([]), lost)
+
+    def _make_room(self) -> None:
+        """
+        The disk is full: the events every handler has finished go (history
+        gives way to delivery; a full store is retried by itself each
+        second, and takes events again once its segments are deleted).
+        """
+        if not self._handlers:
+            return
+        floor = min(entry.consumer.asflr for entry in self._handlers.values())
+        first = self.stream.store.state().first_seq
+        if floor < first:
+            return
+        dropped = self.stream.purge(None, floor + 1)
+        if dropped:
+            self.log.warn("stream {name}: the disk is full; {count} events every handler had finished dropped from "
+                          "its history to make room", name=self.name, count=dropped)
 
     def sync(self) -> List[int]:
         """As the spool's: nothing to do here (the store and the consumers' stores commit on their own)."""

@@ -138,8 +138,10 @@ class JetStream:
     def _open(self, config: Dict[str, Any], created: int) -> Stream:
         directory = self._stream_directory(config["name"])
         msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
-        interval = 0.0 if config["name"] in self.fed_in_process else self.settings.sync_interval
-        store = open_store(config, msgs, self.clock, interval)
+        if config["name"] in self.fed_in_process:
+            store = open_store(config, msgs, self.clock, 0.0, _small_disk_segments(msgs))
+        else:
+            store = open_store(config, msgs, self.clock, self.settings.sync_interval)
         return Stream(self, config, store, created, directory)
 
     def _restore(self) -> None:
@@ -442,6 +444,27 @@ class JetStream:
                 # "+NXT" with JSON nested past the decoder's depth: dropped, as
                 # nats-server drops an ack it cannot read (no traceback per message).
                 pass
+
+
+def _small_disk_segments(directory: Optional[str]) -> Optional[int]:
+    """
+    Segments of an eighth of a disk smaller than 64 MiB (at least 64 KiB),
+    for a stream fed in process: on a small disk that fills, room comes
+    back a segment at a time (as the event spool did); None: the default.
+    """
+    if directory is None:
+        return None
+    folder = directory
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    total = st.f_blocks * st.f_frsize
+    if not total or total >= 64 * 1024 * 1024:
+        return None
+    return max(total // 8, 64 * 1024)
 
 
 def _has_wildcard(subject: str) -> bool:

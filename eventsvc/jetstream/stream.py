@@ -479,7 +479,8 @@ def _sync(sync_interval: float) -> Any:
     return "always" if sync_interval <= 0 else sync_interval
 
 
-def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0) -> MessageStore:
+def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0,
+               segment_size: Optional[int] = None) -> MessageStore:
     """
     The store for a stream: the file store for C{storage: file} with a
     folder, else the memory store.  The one place a stream's store is
@@ -495,7 +496,9 @@ def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = No
         return MemoryStore(limits)
     from twisted.python.filepath import FilePath
 
-    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval))
+    if segment_size is None:
+        segment_size = filestore.SEGMENT_SIZE
+    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval), segment_size)
     return store
 
 
@@ -739,7 +742,17 @@ class Stream:
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             body = {"name": name, "config": config, "created": created}
-            write_atomic(os.path.join(directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            meta = os.path.join(directory, "meta.json")
+            try:
+                with open(meta, "rb") as f:
+                    kept = f.read() == data
+            except OSError:
+                kept = False
+            if not kept:
+                # (A restart restores it as it was: nothing to write, which
+                # also lets a server start on a full disk.)
+                write_atomic(meta, data)
         state = os.path.join(directory, "state") if directory is not None and self.config["storage"] == "file" else None
         return open_consumer_store(self.config, state, self.engine.clock, self.engine.settings.sync_interval)
 
