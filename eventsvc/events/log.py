@@ -226,8 +226,12 @@ class StreamLog:
             for handler in self.names:
                 consumer = stream.consumers.get(handler)
                 if consumer is None:
+                    # From the next sequence, written in its config: a
+                    # consumer whose state was never written (a crash just
+                    # after) starts there again, not at the stream's end then.
                     config = parse_config({
-                        "durable_name": handler, "ack_policy": "explicit", "deliver_policy": "new",
+                        "durable_name": handler, "ack_policy": "explicit", "deliver_policy": "by_start_sequence",
+                        "opt_start_seq": stream.store.state().last_seq + 1,
                         "ack_wait": ACK_WAIT, "max_ack_pending": -1,
                         "description": "eventsvc handler {}".format(handler),
                     })
