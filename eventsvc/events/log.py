@@ -17,11 +17,13 @@ How it maps:
   - it is acknowledged to its publisher only from the stream store's
     durable callback, and the stream's store fsyncs every write whatever
     [jetstream] sync_interval says (the spool's promise);
-  - each handler's consumer (pull, explicit acks, no ack_wait redelivery
-    in practice: the handler owns retries) is pulled in process by a
-    standing request; a message it delivers is the handler's to finish,
-    its ack is the spool's done record; messages not routed to the
-    handler are acked at once;
+  - each handler's consumer (pull, explicit acks, an ack_wait of a year:
+    the handler owns retries and backoff) is told in process of the
+    events routed to it once they are durable
+    (L{Consumer.deliver_in_process}: they are pending, as delivered, with
+    no trip through the broker), and acks them when the handler is done
+    (L{Consumer.ack_in_process}: the spool's done record); the events not
+    routed to it are passed over, as a filter would;
   - what is owed at open: per handler, what its consumer delivered and
     did not ack, and what it has not delivered yet.
 
@@ -57,10 +59,6 @@ from eventsvc.jetstream.wire import parse_headers
 HANDLERS_HEADER = "Eventsvc-Handlers"
 #: The header of an event carried over from the spool: its spool sequence.
 SPOOL_HEADER = "Eventsvc-Spool"
-#: Where a handler's consumer delivers in process.
-INBOX = "$EVENTSVC.log."
-#: A pull request's batch; another is made when it is used up.
-PULL_BATCH = 1 << 30
 #: The consumers' ack_wait: the handler retries, the consumer never has to
 #: (a year, in nanoseconds).
 ACK_WAIT = 365 * 24 * 3600 * 1_000_000_000
@@ -98,20 +96,11 @@ def _parse_handlers(headers: Optional[bytes]) -> Tuple[str, ...]:
 
 
 class _Handler:
-    """One handler's consumer, its in-process inbox, and the ack subjects of what it was given."""
+    """One handler and its consumer."""
 
     def __init__(self, name: str, consumer: Any) -> None:
         self.name = name
         self.consumer = consumer
-        self.subscription: Any = None
-        #: Stream seq -> the ack subject of its delivery.
-        self.delivered: Dict[int, str] = {}
-        #: Done before the consumer delivered them (acked when it does).
-        self.early: Set[int] = set()
-        #: Messages it delivered that are not routed to it (acked at the end of the turn).
-        self.skipped: List[str] = []
-        #: What is left of the standing pull request.
-        self.left = 0
 
 
 class StreamLog:
@@ -151,9 +140,10 @@ class StreamLog:
         self.stream: Any = None
         self._handlers: Dict[str, _Handler] = {}
         self._handlers_header: Dict[Tuple[str, ...], bytes] = {}
-        #: Accepted since the last settle.
-        self._unsettled: List[int] = []
-        self._ack_call: Any = None
+        #: Accepted since the last settle: (sequence, its handlers).
+        self._unsettled: List[Tuple[int, Tuple[str, ...]]] = []
+        #: The subject of each event type.
+        self._subjects: Dict[str, str] = {}
         self.disk = Disk()
         #: Why the log opened on a disk with no room (refusing until there is), or None.
         self._full_at_open: Optional[str] = None
@@ -248,28 +238,28 @@ class StreamLog:
             self._full_at_open = "no space left on device in {}".format(self.directory)
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
-        for entry in self._handlers.values():
-            entry.subscription = engine.broker.subscribe(INBOX + entry.name, self._delivered_to(entry))
-            self._pull(entry)
         return owed
 
     def _owed(self) -> List[Pending]:
-        """Per event, the handlers whose consumer did not ack it (delivered or not)."""
-        stream = self.stream
-        store = stream.store
+        """
+        Per event, the handlers whose consumer did not ack it: what it
+        delivered and was not acked, and what it has not delivered yet
+        (now delivered, in process, as the dispatcher hands them on).
+        """
+        store = self.stream.store
         owed: Dict[int, List[str]] = {}
         for handler in self._handlers.values():
             consumer = handler.consumer
-            for seq, entry in consumer.pending.items():
+            for seq in consumer.pending:
                 owed.setdefault(seq, []).append(handler.name)
-                handler.delivered[seq] = "$JS.ACK.%s.%s.1.%d.%d.%d.0" % (self.name, handler.name, seq, entry[0], entry[1])
-            # (What it has not delivered yet is delivered by the standing pull: owed too.)
-            seq = consumer.sseq
-            message = store.load_next(seq)
+            undelivered = []
+            message = store.load_next(consumer.sseq)
             while message is not None:
                 if handler.name in _handlers_of(message.headers):
+                    undelivered.append(message.seq)
                     owed.setdefault(message.seq, []).append(handler.name)
                 message = store.load_next(message.seq + 1)
+            consumer.deliver_in_process(undelivered, store.state().last_seq)
         pending = []
         for seq in sorted(owed):
             message = store.load(seq)
@@ -285,41 +275,6 @@ class StreamLog:
         except (ValueError, KeyError, TypeError):
             event_id = "-"
         return Pending(message.seq, event_id, tuple(handlers), message.data, message.ts / 1e9)
-
-    def _pull(self, handler: _Handler) -> None:
-        handler.left = PULL_BATCH
-        handler.consumer.next_request(INBOX + handler.name, b'{"batch":%d}' % PULL_BATCH)
-
-    def _delivered_to(self, handler: _Handler) -> Callable[[str, Optional[str], bytes, Optional[bytes]], None]:
-        def delivered(subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
-            if not reply:
-                return  # (a status: the request ended; a new one is made below)
-            handler.left -= 1
-            seq = int(reply.split(".", 6)[5])
-            if handler.name not in _handlers_of(headers) or seq in handler.early:
-                handler.early.discard(seq)
-                handler.skipped.append(reply)
-                self._ack_soon()
-            else:
-                handler.delivered[seq] = reply
-            if handler.left <= 0:
-                self._ack_soon()
-
-        return delivered
-
-    def _ack_soon(self) -> None:
-        # (Not from within the consumer's delivery: it notes the delivery after the callback.)
-        if self._ack_call is None:
-            self._ack_call = self.engine.clock.callLater(0, self._ack_skipped)
-
-    def _ack_skipped(self) -> None:
-        self._ack_call = None
-        for handler in self._handlers.values():
-            skipped, handler.skipped = handler.skipped, []
-            for reply in skipped:
-                handler.consumer.ack(reply, None, b"+ACK")
-            if handler.left <= 0 and not handler.consumer.waiting:
-                self._pull(handler)
 
     def accept(self, event_id: str, handlers: Sequence[str], body: bytes, type_name: str = "") -> int:
         """
@@ -341,10 +296,13 @@ class StreamLog:
                 type_name = json.loads(body)["type"]["name"]
             except (ValueError, KeyError, TypeError):
                 type_name = ""
-        seq = self.stream.process(_subject_for(self.prefix, type_name), None, body, header)
+        subject = self._subjects.get(type_name)
+        if subject is None:
+            subject = self._subjects[type_name] = _subject_for(self.prefix, type_name)
+        seq = self.stream.process(subject, None, body, header)
         if seq is None:
             raise self._refusal()
-        self._unsettled.append(seq)
+        self._unsettled.append((seq, key))
         return seq
 
     def _refusal(self) -> StoreError:
@@ -371,10 +329,26 @@ class StreamLog:
             return
         store = self.stream.store
 
-        def lost(error: Exception) -> None:
-            callback([seq for seq in batch if store.load(seq) is None])
+        def durable() -> None:
+            self._delivered(batch)
+            callback([])
 
-        store.when_durable(lambda: callback([]), lost)
+        def lost(error: Exception) -> None:
+            gone = [seq for seq, _ in batch if store.load(seq) is None]
+            self._delivered([(seq, handlers) for seq, handlers in batch if seq not in gone])
+            callback(gone)
+
+        store.when_durable(durable, lost)
+
+    def _delivered(self, batch: List[Tuple[int, Tuple[str, ...]]]) -> None:
+        """The events of C{batch} are kept: each goes to its handlers' consumers (before they can finish it)."""
+        routed: Dict[str, List[int]] = {}
+        for seq, handlers in batch:
+            for name in handlers:
+                routed.setdefault(name, []).append(seq)
+        through = batch[-1][0] if batch else 0
+        for name, entry in self._handlers.items():
+            entry.consumer.deliver_in_process(routed.get(name, []), through)
 
     def _make_room(self) -> None:
         """
@@ -400,29 +374,14 @@ class StreamLog:
     def done_many(self, seqs: Sequence[int], handler: str) -> None:
         """C{handler} is finished with these events: its consumer acks them."""
         entry = self._handlers.get(handler)
-        if entry is None:
-            return
-        ack = entry.consumer.ack
-        delivered = entry.delivered
-        for seq in seqs:
-            reply = delivered.pop(seq, None)
-            if reply is None:
-                entry.early.add(seq)
-            else:
-                ack(reply, None, b"+ACK")
+        if entry is not None:
+            entry.consumer.ack_in_process(list(seqs))
 
     def done(self, seq: int, handler: str) -> None:
         self.done_many((seq,), handler)
 
     def close(self) -> None:
-        """Stop pulling (the engine closes the stream and the consumers' stores)."""
-        if self._ack_call is not None and self._ack_call.active():
-            self._ack_call.cancel()
-        self._ack_call = None
-        for handler in self._handlers.values():
-            if handler.subscription is not None:
-                handler.subscription.unsubscribe()
-                handler.subscription = None
+        """Nothing of its own to close: the engine closes the stream and the consumers' stores."""
 
     # -- carrying an older spool over -------------------------------------------
 
@@ -506,7 +465,7 @@ class EventsJetStream(JetStream):
 
     def start(self) -> None:
         super().start()
-        # (The engine's API and ack subscriptions: the log pulls and acks in process.)
+        # (The engine's API and ack subscriptions: the log delivers and acks in process.)
         for subscription in self._subscriptions:
             subscription.unsubscribe()
         self._subscriptions = []

@@ -1476,6 +1476,47 @@ class Consumer:
         }
         self.broker.publish(subject, json.dumps(body, separators=(",", ":")).encode("utf-8"))
 
+    # -- an owner in this process ---------------------------------------------------
+
+    def deliver_in_process(self, seqs: List[int], through: int = 0) -> None:
+        """
+        An owner in this process that has the messages in hand (the event
+        log, L{eventsvc.events.log}) delivers them itself: the stream
+        sequences C{seqs} (ascending, not delivered before) become pending
+        as a delivery would make them, one store record each, without being
+        loaded or sent; the others up to C{through} (or the last of
+        C{seqs}) are passed over, as those a filter leaves out, and with
+        nothing pending the floors move past them.  Explicit acks; nobody
+        should pull.
+        """
+        last = max(seqs[-1] if seqs else 0, through)
+        if self.closed or last < self.sseq:
+            return
+        now = self.now()
+        store = self.store
+        pending = self.pending
+        for seq in seqs:
+            dseq = self.dseq
+            self.dseq = dseq + 1
+            pending[seq] = [dseq, now]
+            store.update_delivered(dseq, seq, 1, now)
+        self.sseq = last + 1
+        self._npc = None
+        if seqs:
+            self.last_delivered = now
+        if not pending:
+            self.adflr, self.asflr = self.dseq - 1, last
+            store.update(self._state())
+
+    def ack_in_process(self, seqs: List[int]) -> None:
+        """The owner of L{deliver_in_process} is done with C{seqs}: acknowledged, as C{+ACK} would."""
+        if self.closed:
+            return
+        for seq in seqs:
+            entry = self.pending.get(seq)
+            if entry is not None:
+                self._acked(seq, entry[0])
+
     # -- info, update, end ---------------------------------------------------------
 
     def info(self) -> Dict[str, Any]:
