@@ -1509,13 +1509,33 @@ class Consumer:
             store.update(self._state())
 
     def ack_in_process(self, seqs: List[int]) -> None:
-        """The owner of L{deliver_in_process} is done with C{seqs}: acknowledged, as C{+ACK} would."""
+        """
+        The owner of L{deliver_in_process} is done with C{seqs}:
+        acknowledged, as C{+ACK} would, in one store record for all.
+        """
         if self.closed:
             return
+        pending = self.pending
+        acked = []
         for seq in seqs:
-            entry = self.pending.get(seq)
-            if entry is not None:
-                self._acked(seq, entry[0])
+            if pending.pop(seq, None) is not None:
+                acked.append(seq)
+                if self.rdc:
+                    self.rdc.pop(seq, None)
+                self._remove_redelivery(seq)
+        if not acked:
+            return
+        if not pending:
+            self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
+        else:
+            # (Delivered in stream order: the first still pending is the oldest.)
+            oldest = next(iter(pending))
+            self.adflr, self.asflr = pending[oldest][0] - 1, oldest - 1
+        self.last_acked = self.now()
+        self.store.update_acks(self.adflr, self.asflr, acked)
+        if self._retention != "limits":
+            for seq in acked:
+                self.stream.ack_message(seq)
 
     # -- info, update, end ---------------------------------------------------------
 
