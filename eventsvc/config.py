@@ -656,6 +656,13 @@ def warnings(config: Config) -> List[str]:
             "delivered is lost if the process crashes, or stops while a target is down (remove the key to keep them "
             "in the state directory, or name a folder)".format(path)
         )
+    ev = config.events
+    if config.service.data_dir and ev.log == "stream" and ev.stream_max_age > 0 and (ev.max_age == 0 or ev.max_age > ev.stream_max_age):
+        out.append(
+            "{}: [events] stream_max_age ({:g}s) is shorter than the time a handler may retry an event ([events] max_age: "
+            "{}), so an event its target refuses that long leaves the stream's history and is not delivered after a "
+            "restart (make stream_max_age longer, or 0)".format(path, ev.stream_max_age, "{:g}s".format(ev.max_age) if ev.max_age else "for ever")
+        )
     from eventsvc.events.types import Registry
 
     registry = Registry(config.events.routing)

@@ -299,7 +299,7 @@ class StreamLog:
         subject = self._subjects.get(type_name)
         if subject is None:
             subject = self._subjects[type_name] = _subject_for(self.prefix, type_name)
-        seq = self.stream.process(subject, None, body, header)
+        seq = self.stream.append(subject, header, body)
         if seq is None:
             raise self._refusal()
         self._unsettled.append((seq, key))
@@ -415,7 +415,7 @@ class StreamLog:
             except (ValueError, KeyError, TypeError):
                 type_name = ""
             header = "NATS/1.0\r\n%s: %s\r\n%s: %d\r\n\r\n" % (HANDLERS_HEADER, ",".join(handlers), SPOOL_HEADER, p.seq)
-            seq = stream.process(_subject_for(self.prefix, type_name), None, p.body, header.encode("utf-8"))
+            seq = stream.append(_subject_for(self.prefix, type_name), header.encode("utf-8"), p.body)
             if seq is None:
                 raise StoreError("{}: the spool cannot be carried over into stream {}: {}".format(
                     directory, self.name, self.error or "refused"), "store_unreadable")

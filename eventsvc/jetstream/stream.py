@@ -949,6 +949,46 @@ class Stream:
             self._schedule_expiry()
         return seq
 
+    def append(self, subject: str, headers: Optional[bytes], payload: bytes) -> Optional[int]:
+        """
+        Store a message from a feeder in this process (the event log:
+        L{JetStream.fed_in_process}), which sends no reply and none of
+        the C{Nats-} headers a client may: what L{process} does for such a
+        message, in fewer steps (the stream's, the server's and the
+        account's limits, the store, the consumers and followers told).
+        Returns the sequence, or None if it was refused; the feeder asks
+        the store's C{when_durable} itself.
+        """
+        config = self.config
+        if config["retention"] != "limits" or self._republish is not None:
+            return self.process(subject, None, payload, headers)
+        if self._closed or config["sealed"]:
+            return None
+        size = (len(headers) if headers else 0) + len(payload)
+        if config["max_msg_size"] >= 0 and size > config["max_msg_size"]:
+            return None
+        engine = self.engine
+        storage = config["storage"]
+        if engine.limits_exceeded(storage):
+            return None
+        cap = stream_bytes_cap(engine.settings.limits, storage)
+        if cap > 0 and engine.usage(storage) + self._stored_size(subject, headers, payload) > cap:
+            return None
+        try:
+            seq = self.store.store(subject, headers, payload, engine.now())
+        except (StoreFull, LimitReached, StoreUnavailable):
+            return None
+        self._unaccounted += 1
+        if self._unaccounted >= 64 or engine.near_limit(storage, 64 * (size + 64)):
+            self.account()
+        for consumer in self.consumers.values():
+            consumer.stored(seq, subject)
+        for follower in self.followers:
+            follower.stored(seq, subject)
+        if self._expiry_at is None and config["max_age"] > 0:
+            self._schedule_expiry()
+        return seq
+
     def _when_durable(self, seq: int, reply: Optional[str], msg_id: str) -> None:
         """PubAck C{seq} once the store has it durable; if its write fails, refuse it and forget its id."""
         def durable() -> None:

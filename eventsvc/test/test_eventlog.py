@@ -217,3 +217,43 @@ class NoJetStreamSectionTests(SynchronousTestCase):
         self.assertFalse(node.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
         node.publish("cfgingest", "e-1")
         self.assertEqual(node.stream.store.state().msgs, 1)
+
+
+class ConfigTests(SynchronousTestCase):
+    """[events] log, stream, stream_max_age and stream_max_bytes."""
+
+    def load(self, text: str):
+        from eventsvc import config
+
+        path = self.mktemp() + ".toml"
+        with open(path, "w") as f:
+            f.write(text)
+        return path, config.load(path)
+
+    def test_defaults(self) -> None:
+        _, c = self.load('[service]\nport = 0\n')
+        self.assertEqual((c.events.log, c.events.stream, c.events.stream_max_age, c.events.stream_max_bytes),
+                         ("stream", "EVENTS", 604800.0, -1))
+
+    def test_bad_values_name_the_key(self) -> None:
+        from eventsvc.config import ConfigError
+
+        for text, words in [
+            ('log = "disk"', '[events] log: must be "stream" (a JetStream stream) or "spool"'),
+            ('stream = "MY.EVENTS"', "[events] stream: must be a stream name"),
+            ("stream_max_age = -1", "[events] stream_max_age: must be 0 (keep for ever) or more seconds"),
+            ("stream_max_bytes = 0", "[events] stream_max_bytes: must be -1 (no limit) or a positive number of bytes"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                self.load("[service]\nport = 0\n[events]\n" + text + "\n")
+            self.assertIn(words, str(caught.exception))
+
+    def test_history_shorter_than_retries_is_a_warning(self) -> None:
+        from eventsvc import config
+
+        path, c = self.load('[service]\nport = 0\n[events]\nmax_age = 0\n')
+        self.assertIn(
+            "{}: [events] stream_max_age (604800s) is shorter than the time a handler may retry an event ([events] "
+            "max_age: for ever)".format(path), "\n".join(config.warnings(c)))
+        _, c = self.load('[service]\nport = 0\n')
+        self.assertNotIn("stream_max_age", "\n".join(config.warnings(c)))
