@@ -1483,7 +1483,7 @@ class Consumer:
         An owner in this process that has the messages in hand (the event
         log, L{eventsvc.events.log}) delivers them itself: the stream
         sequences C{seqs} (ascending, not delivered before) become pending
-        as a delivery would make them, one store record each, without being
+        as a delivery would make them, in one store record, without being
         loaded or sent; the others up to C{through} (or the last of
         C{seqs}) are passed over, as those a filter leaves out, and with
         nothing pending the floors move past them.  Explicit acks; nobody
@@ -1495,11 +1495,14 @@ class Consumer:
         now = self.now()
         store = self.store
         pending = self.pending
+        first = dseq = self.dseq
         for seq in seqs:
-            dseq = self.dseq
-            self.dseq = dseq + 1
             pending[seq] = [dseq, now]
-            store.update_delivered(dseq, seq, 1, now)
+            dseq += 1
+        self.dseq = dseq
+        if seqs:
+            # (One record for the run: one per message cost a sixth of an event's CPU.)
+            store.update_delivered_run(first, seqs, now)
         self.sseq = last + 1
         self._npc = None
         if seqs:

@@ -257,3 +257,28 @@ class ConfigTests(SynchronousTestCase):
             "max_age: for ever)".format(path), "\n".join(config.warnings(c)))
         _, c = self.load('[service]\nport = 0\n')
         self.assertNotIn("stream_max_age", "\n".join(config.warnings(c)))
+
+
+class DeliveredRunTests(SynchronousTestCase):
+    def test_a_run_of_deliveries_is_one_record_and_reads_back(self) -> None:
+        """FileConsumerStore.update_delivered_run: as many update_delivered calls, in one record."""
+        from eventsvc.jetstream.filestore import FileConsumerStore
+        from eventsvc.jetstream.memstore import MemoryConsumerStore
+
+        clock = Clock()
+        path = self.mktemp()
+        store = FileConsumerStore(path, clock)
+        model = MemoryConsumerStore()
+        for s in (store, model):
+            s.update_delivered_run(1, [3, 5, 9], 1000)
+            s.update_acks(0, 0, [5])
+        clock.advance(0)
+        size = os.path.getsize(os.path.join(path, "consumer.log"))
+        store.close()
+        again = FileConsumerStore(path, clock)
+        self.assertEqual(again.load(), model.load())
+        self.assertEqual(again.load().pending, {3: (1, 1000), 9: (3, 1000)})
+        self.assertEqual((again.load().delivered_consumer, again.load().delivered_stream), (3, 9))
+        # (One record of the run: 8 + 17 + 3 * 8 bytes, then the ack's.)
+        self.assertLess(size, 200)
+        again.close()
