@@ -55,7 +55,9 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
     spool: Any = None
     if data_dir and ev.log == "spool":
         spool = Spool(data_dir)
-    elif data_dir:
+    elif data_dir and handlers:
+        # (Without a handler no event is accepted: no stream is made, and a
+        # server with [jetstream] for other uses shows only its own streams.)
         spool = _stream_log(config, broker, reactor, top, tuple(handlers))
     def make_targets(new: Config) -> Dict[str, Any]:
         """The delivery targets of a new configuration, for the handlers that run."""
