@@ -38,7 +38,7 @@ class ReplayTests(TestCase):
         self.port = process.free_port()
         self.target_port = process.free_port()
 
-    def start(self, jetstream: bool = True) -> process.ServerProcess:
+    def start(self, jetstream: bool = True, log: str = "stream") -> process.ServerProcess:
         base = "http://127.0.0.1:%d" % self.target_port
         config = process.write_config(
             os.path.join(self.dir, "patch.toml"),
@@ -54,6 +54,7 @@ event_feed = "{base}/event_feed"
 [events]
 retry_initial = 0.05
 retry_max = 0.5
+log = "{log}"
 {'[jetstream]' if jetstream else ''}
 """,
         )
@@ -122,6 +123,33 @@ retry_max = 0.5
         self.assertEqual(seen[1][1], "event.compliance_ingest")
         # The handlers delivered every event (at least once: the kill may repeat a few).
         self.assertEqual(sorted(set(sum(target.seen.values(), []))), ids)
+
+    @defer.inlineCallbacks
+    def test_a_spool_is_carried_over_on_the_first_start(self):
+        """Events a spool owes (its target down) are delivered by the next start on the stream, and the spool goes."""
+        from eventsvc.events.spool import segment_paths
+        from twisted.internet import reactor
+        from twisted.web import server
+
+        first = self.start(log="spool")
+        ids = ["s-%02d" % i for i in range(30)]
+        acks = yield self.publish(ids)
+        self.assertEqual([a["success"] for a in acks], [True] * 30)
+        first.stop()
+        data = os.path.join(self.dir, "data")
+        self.assertNotEqual(segment_paths(data), [])
+        target = Target()
+        listening = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        second = self.start()
+        yield wait_for(lambda: sum(len(v) for v in target.seen.values()) >= 30)
+        self.assertEqual(sorted(sum(target.seen.values(), [])), ids)
+        second.wait_output("30 owed events carried over into stream EVENTS; spool files deleted")
+        self.assertEqual(segment_paths(data), [])
+        # The history holds them, each once, and new events follow.
+        acks = yield self.publish(["after"])
+        subjects, seen = yield self.replay("audit")
+        self.assertEqual([e for _, _, e in seen], ids + ["after"])
 
     @defer.inlineCallbacks
     def test_without_jetstream_the_history_is_kept_but_not_offered(self):
