@@ -80,6 +80,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
+        "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -101,6 +102,13 @@ class Plan:
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+        #: (owner, subscription) when one in-process subscription without a
+        #: maximum is all there is (a JetStream stream's subjects, its acks,
+        #: its API): L{Delivery.deliver} hands the message straight to it.
+        self.callback: Optional[Tuple[Any, Subscription]] = None
+        if (len(plain_subs) == 1 and not queues and not route_plain and not route_mixed and not leaf_plain
+                and plain[0][0].kind is Kind.IN_PROCESS and not plain_subs[0].max):
+            self.callback = (plain[0][0], plain_subs[0])
 
     def plain_remotes(self) -> List[ISubscriber]:
         """The routes and leafs with plain interest only (each gets one frame)."""
@@ -321,6 +329,12 @@ class Delivery:
         if targets is None:
             targets = self._targets.get(subject) or self._plan(subject)
         if not targets.simple:
+            one = targets.callback
+            if one is not None and self.gateways is None:
+                # An in-process subscriber alone (it has echo, and no
+                # link or gateway takes part): the general path's Message
+                # and loops would cost a fifth of a JetStream publish.
+                return cast(Any, one[0]).hand_tail(one[1], subject, reply, size, tail)
             message = Message(subject, reply, size, tail, -1, b"")
             return self._general(src, targets, message, message, queues)
         plain = targets.plain

@@ -236,3 +236,37 @@ class PlanCacheTests(SynchronousTestCase):
         self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks))
         self.assertEqual(list(broker._targets), [b"s"])
         self.assertEqual(broker.sublist.cache_stats()[0], 1)
+
+
+class InProcessAloneTests(SynchronousTestCase):
+    """
+    A subject whose only subscriber is an in-process callback (a JetStream
+    stream's subjects, its acks) is handed over straight from
+    L{Delivery.deliver}: the callback sees what the general path gave it.
+    """
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.got: List[tuple] = []
+        self.broker.subscribe("s.>", lambda subject, reply, payload, headers: self.got.append(
+            (subject, reply, payload, headers)))
+
+    def test_alone_it_gets_subject_reply_and_payload(self) -> None:
+        client = Conn(Kind.CLIENT)
+        self.assertEqual(self.broker.deliver(client, b"s.1", b"_INBOX.a.1", 2, TAIL), 1)
+        self.assertEqual(self.broker.deliver(client, b"s.2", None, 0, b"0\r\n\r\n"), 1)
+        self.assertEqual(self.got, [("s.1", "_INBOX.a.1", b"hi", None), ("s.2", None, b"", None)])
+        self.assertEqual(self.broker._local.out_msgs, 2)
+
+    def test_with_a_client_a_route_or_gateways_every_one_still_gets_it(self) -> None:
+        client, route = Conn(Kind.CLIENT), Conn(Kind.ROUTE)
+        interested(self.broker, client, b"s.1")
+        interested(self.broker, route, b"s.2")
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.1", None, 2, TAIL)
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.2", None, 2, TAIL)
+        gateways = self.broker.gateways = Forwarder()
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.3", None, 2, TAIL)
+        self.assertEqual([g[0] for g in self.got], ["s.1", "s.2", "s.3"])
+        self.assertEqual((client.sent(), route.sent()), (b"MSG s.1 1 " + TAIL, b"RMSG $G s.2 " + TAIL))
+        self.assertEqual(gateways.offered, [b"s.3"])
+
