@@ -283,6 +283,9 @@ class Delivery:
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
         #: matches are not kept.
         self.used_once: Tuple[bytes, ...] = ()
+        #: The last plan of a subject used once that any subject with the
+        #: same match may reuse, with that match (L{_plan}).
+        self._once_plan: Optional[Tuple[Any, Plan]] = None
 
     # -- plans ---------------------------------------------------------------------
 
@@ -294,9 +297,19 @@ class Delivery:
             # of subjects that are busy, and cost a cache put and drop each.
             keep = False
         result = self.sublist.match(subject, keep)
+        if not keep:
+            once = self._once_plan
+            if once is not None and once[0] is result:
+                return once[1]
         targets = plan(subject, result.plain, result.queues)
         if keep:
             self._plans.put(subject, targets)
+        elif targets.callback is not None and len(result.plain) == 1 and not result.queues:
+            # One in-process subscription and nobody else (JetStream's acks):
+            # the plan is the same for every subject that gets this match
+            # (its frame prefix names this subject, but a callback is
+            # handed each message's own), so the next ack reuses it.
+            self._once_plan = (result, targets)
         return targets
 
     def _forget_plans(self, pattern: bytes) -> None:

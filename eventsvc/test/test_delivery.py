@@ -270,3 +270,23 @@ class InProcessAloneTests(SynchronousTestCase):
         self.assertEqual((client.sent(), route.sent()), (b"MSG s.1 1 " + TAIL, b"RMSG $G s.2 " + TAIL))
         self.assertEqual(gateways.offered, [b"s.3"])
 
+
+    def test_acks_share_a_plan_and_each_is_handed_its_own_subject(self) -> None:
+        """
+        Consecutive acks to one in-process subscription share one plan:
+        the callback still sees each ack's own subject, and a client that
+        subscribes to one ack's subject gets it too.
+        """
+        self.broker.used_once = (b"$JS.ACK.",)
+        self.broker.subscribe("$JS.ACK.>", lambda subject, reply, payload, headers: self.got.append(
+            (subject, reply, payload, headers)))
+        acks = [b"$JS.ACK.S.C.1.%d.%d.1700000000000000000.0" % (n, n) for n in (1, 2, 3)]
+        client = Conn(Kind.CLIENT)
+        for ack in acks[:2]:
+            self.broker.deliver(client, ack, None, 2, TAIL)
+        self.assertIs(self.broker._plan(acks[2], keep=False), self.broker._plan(acks[1], keep=False))
+        watcher = Conn(Kind.CLIENT)
+        interested(self.broker, watcher, acks[2])
+        self.assertEqual(self.broker.deliver(client, acks[2], None, 2, TAIL), 2)
+        self.assertEqual([g[0] for g in self.got], [a.decode() for a in acks])
+        self.assertEqual(watcher.sent(), b"MSG " + acks[2] + b" 1 " + TAIL)
