@@ -110,6 +110,14 @@ class Plan:
                 and plain[0][0].kind is Kind.IN_PROCESS and not plain_subs[0].max):
             self.callback = (plain[0][0], plain_subs[0])
 
+    def renamed(self, subject: bytes) -> "Plan":
+        """This plan, of plain local subscribers only, for another C{subject} with the same match."""
+        head = msg_head(subject)
+        return Plan(
+            [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)],
+            self.plain_subs, [], True,
+        )
+
     def plain_remotes(self) -> List[ISubscriber]:
         """The routes and leafs with plain interest only (each gets one frame)."""
         return [r for r, _, _ in self.route_plain] + [r for r, _, _ in self.leaf_plain]
@@ -300,15 +308,19 @@ class Delivery:
         if not keep:
             once = self._once_plan
             if once is not None and once[0] is result:
-                return once[1]
+                targets = once[1]
+                return targets if targets.callback is not None else targets.renamed(subject)
         targets = plan(subject, result.plain, result.queues)
         if keep:
             self._plans.put(subject, targets)
-        elif targets.callback is not None and len(result.plain) == 1 and not result.queues:
-            # One in-process subscription and nobody else (JetStream's acks):
-            # the plan is the same for every subject that gets this match
-            # (its frame prefix names this subject, but a callback is
-            # handed each message's own), so the next ack reuses it.
+        elif (targets.callback is not None or targets.local) and not result.queues and len(targets.plain) == len(
+            result.plain
+        ) and all(s.owner.may_receive is None for s in result.plain):
+            # Plain local subscribers, none left out by its permissions:
+            # every subject with this match has this plan but for the frame
+            # prefixes, which name the subject (L{Plan.renamed}; a callback
+            # is handed each message's own).  The next PubAck to the same
+            # client's inboxes, or ack to the same consumer, starts from it.
             self._once_plan = (result, targets)
         return targets
 
@@ -322,6 +334,7 @@ class Delivery:
         plans it is in go.  None: a connection's permissions changed, and
         every plan goes.
         """
+        self._once_plan = None
         if pattern is None:
             self._plans.clear()
         else:

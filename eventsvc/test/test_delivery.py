@@ -290,3 +290,25 @@ class InProcessAloneTests(SynchronousTestCase):
         self.assertEqual(self.broker.deliver(client, acks[2], None, 2, TAIL), 2)
         self.assertEqual([g[0] for g in self.got], [a.decode() for a in acks])
         self.assertEqual(watcher.sent(), b"MSG " + acks[2] + b" 1 " + TAIL)
+
+    def test_pubacks_to_one_clients_inboxes_each_name_their_inbox(self) -> None:
+        """
+        PubAcks to one client's inboxes (C{_INBOX.<id>.<n>}, used once)
+        start from one plan: each frame still names its own inbox, a
+        second subscriber of one inbox gets that one only, and a
+        subscriber whose permissions refuse an inbox is not given it.
+        """
+        client, other = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        interested(self.broker, client, b"_INBOX.id.*")
+        self.broker.publish_many([("_INBOX.id.1", b"a"), ("_INBOX.id.2", b"b")])
+        self.assertEqual(client.sent(), b"MSG _INBOX.id.1 1 1\r\na\r\nMSG _INBOX.id.2 1 1\r\nb\r\n")
+        interested(self.broker, other, b"_INBOX.id.3")
+        del client.out[:]
+        self.broker.publish_many([("_INBOX.id.3", b"c"), ("_INBOX.id.4", b"d")])
+        self.assertEqual(client.sent(), b"MSG _INBOX.id.3 1 1\r\nc\r\nMSG _INBOX.id.4 1 1\r\nd\r\n")
+        self.assertEqual(other.sent(), b"MSG _INBOX.id.3 1 1\r\nc\r\n")
+        picky = Conn(Kind.CLIENT)
+        picky.may_receive = lambda subject: subject.endswith(b".5")  # type: ignore[assignment]
+        interested(self.broker, picky, b"_INBOX.id.*")
+        self.broker.publish_many([("_INBOX.id.5", b"e"), ("_INBOX.id.6", b"f")])
+        self.assertEqual(picky.sent(), b"MSG _INBOX.id.5 1 1\r\ne\r\n")
