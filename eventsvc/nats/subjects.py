@@ -12,7 +12,9 @@ change to a wildcard one whose first token is literal (``_INBOX.<id>.*``,
 found in an index by first token, never by a scan of the whole cache; only
 a wildcard in the first token (``>``, ``*.x``) empties the cache, at once.
 The broker keeps its delivery plans in a cache of the same kind, told of
-the same changes.
+the same changes.  Subjects used once (reply inboxes, JetStream acks) take
+no place in that cache; their matches are kept by the leading tokens that
+decided them instead, until the index changes.
 
 Subjects are ``bytes`` throughout, as they come off the wire.  This module
 knows nothing of connections or of the protocol: a subscription's ``owner``
