@@ -37,6 +37,11 @@ _BAD_IN_TOKEN = (b" ", b"\t", b"\r", b"\n")
 #: stays small.
 CACHE_SIZE = 1024
 
+#: How many lengths of leading tokens a subject used once is looked up by,
+#: per token count: a few (one per client's inboxes, one for acks), so that
+#: subscriptions that decide at many depths cannot make each lookup long.
+ONCE_DEPTHS = 4
+
 
 class SubjectCache:
     """
@@ -409,6 +414,8 @@ class Sublist:
             n = len(tokens)
             depths = self._once_depths.setdefault(n, [])
             if decided not in depths:
+                if len(depths) >= ONCE_DEPTHS:
+                    return result
                 depths.append(decided)
             self._once[(n, b".".join(tokens[: decided + 1]))] = result
         return result

@@ -100,6 +100,19 @@ class SublistTests(SynchronousTestCase):
         self.assertEqual(sl.match(b"_INBOX.id.4", keep=False).plain, [inbox])
         self.assertEqual(sl.cache_stats()[0], 0)
 
+    def test_subjects_used_once_are_looked_up_by_a_few_depths_only(self) -> None:
+        """Literal subscriptions at many depths cannot make every later lookup try each depth."""
+        sl = Sublist()
+        chain = [sub(b".".join([b"t"] * k), sid=b"%d" % k) for k in range(1, 30)]
+        for s in chain:
+            sl.insert(s)
+        for k in range(1, 30):
+            subject = b".".join([b"t"] * k + [b"x"] * (30 - k))
+            self.assertEqual(sl.match(subject, keep=False).plain, [])
+        self.assertEqual(sl._once_depths[30], [1, 2, 3, 4])
+        self.assertEqual(sl.match(b".".join([b"t"] * 30), keep=False).plain, [])
+        self.assertEqual(sl.match(b".".join([b"t"] * 29), keep=False).plain, [chain[-1]])
+
     def test_match_literal_and_wildcards(self) -> None:
         sl = Sublist()
         subs = {s: sub(s) for s in (b"a.b.c", b"a.*.c", b"a.>", b"*.b.*", b">", b"a.b", b"x.y")}
