@@ -80,6 +80,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
+        "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -101,6 +102,21 @@ class Plan:
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+        #: (owner, subscription) when one in-process subscription without a
+        #: maximum is all there is (a JetStream stream's subjects, its acks,
+        #: its API): L{Delivery.deliver} hands the message straight to it.
+        self.callback: Optional[Tuple[Any, Subscription]] = None
+        if (len(plain_subs) == 1 and not queues and not route_plain and not route_mixed and not leaf_plain
+                and plain[0][0].kind is Kind.IN_PROCESS and not plain_subs[0].max):
+            self.callback = (plain[0][0], plain_subs[0])
+
+    def renamed(self, subject: bytes) -> "Plan":
+        """This plan, of plain local subscribers only, for another C{subject} with the same match."""
+        head = msg_head(subject)
+        return Plan(
+            [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)],
+            self.plain_subs, [], True,
+        )
 
     def plain_remotes(self) -> List[ISubscriber]:
         """The routes and leafs with plain interest only (each gets one frame)."""
@@ -275,6 +291,9 @@ class Delivery:
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
         #: matches are not kept.
         self.used_once: Tuple[bytes, ...] = ()
+        #: The last plan of a subject used once that any subject with the
+        #: same match may reuse, with that match (L{_plan}).
+        self._once_plan: Optional[Tuple[Any, Plan]] = None
 
     # -- plans ---------------------------------------------------------------------
 
@@ -286,9 +305,23 @@ class Delivery:
             # of subjects that are busy, and cost a cache put and drop each.
             keep = False
         result = self.sublist.match(subject, keep)
+        if not keep:
+            once = self._once_plan
+            if once is not None and once[0] is result:
+                targets = once[1]
+                return targets if targets.callback is not None else targets.renamed(subject)
         targets = plan(subject, result.plain, result.queues)
         if keep:
             self._plans.put(subject, targets)
+        elif (targets.callback is not None or targets.local) and not result.queues and len(targets.plain) == len(
+            result.plain
+        ) and all(s.owner.may_receive is None for s in result.plain):
+            # Plain local subscribers, none left out by its permissions:
+            # every subject with this match has this plan but for the frame
+            # prefixes, which name the subject (L{Plan.renamed}; a callback
+            # is handed each message's own).  The next PubAck to the same
+            # client's inboxes, or ack to the same consumer, starts from it.
+            self._once_plan = (result, targets)
         return targets
 
     def _forget_plans(self, pattern: bytes) -> None:
@@ -301,6 +334,7 @@ class Delivery:
         plans it is in go.  None: a connection's permissions changed, and
         every plan goes.
         """
+        self._once_plan = None
         if pattern is None:
             self._plans.clear()
         else:
@@ -321,6 +355,12 @@ class Delivery:
         if targets is None:
             targets = self._targets.get(subject) or self._plan(subject)
         if not targets.simple:
+            one = targets.callback
+            if one is not None and self.gateways is None:
+                # An in-process subscriber alone (it has echo, and no
+                # link or gateway takes part): the general path's Message
+                # and loops would cost a fifth of a JetStream publish.
+                return cast(Any, one[0]).hand_tail(one[1], subject, reply, size, tail)
             message = Message(subject, reply, size, tail, -1, b"")
             return self._general(src, targets, message, message, queues)
         plain = targets.plain

@@ -103,17 +103,30 @@ class LocalSubscriber:
         if callback is None:
             return 0
         payload, headers = message.parts()
+        return self._call(sub, callback, message.subject, message.reply, payload, headers, message.size)
+
+    def hand_tail(self, sub: Subscription, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        """L{hand} for a message without headers as L{Delivery.deliver} has it (C{tail}: C{b"<size>\\r\\n<payload>\\r\\n"})."""
+        callback = self.subs.get(sub)
+        if callback is None:
+            return 0
+        return self._call(sub, callback, subject, reply, tail[tail.index(b"\n") + 1 : -2], None, size)
+
+    def _call(
+        self, sub: Subscription, callback: MessageCallback, subject: bytes, reply: Optional[bytes], payload: bytes,
+        headers: Optional[bytes], size: int,
+    ) -> int:
         try:
             callback(
-                message.subject.decode("utf-8", "replace"),
-                None if message.reply is None else message.reply.decode("utf-8", "replace"),
+                subject.decode("utf-8", "replace"),
+                None if reply is None else reply.decode("utf-8", "replace"),
                 payload,
                 headers,
             )
         except Exception:
             self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
         self.out_msgs += 1
-        self.out_bytes += message.size
+        self.out_bytes += size
         return 1
 
     def stall(self, consumer: Any) -> None:

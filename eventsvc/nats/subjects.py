@@ -12,7 +12,9 @@ change to a wildcard one whose first token is literal (``_INBOX.<id>.*``,
 found in an index by first token, never by a scan of the whole cache; only
 a wildcard in the first token (``>``, ``*.x``) empties the cache, at once.
 The broker keeps its delivery plans in a cache of the same kind, told of
-the same changes.
+the same changes.  Subjects used once (reply inboxes, JetStream acks) take
+no place in that cache; their matches are kept by the leading tokens that
+decided them instead, until the index changes.
 
 Subjects are ``bytes`` throughout, as they come off the wire.  This module
 knows nothing of connections or of the protocol: a subscription's ``owner``
@@ -34,6 +36,11 @@ _BAD_IN_TOKEN = (b" ", b"\t", b"\r", b"\n")
 #: nats-server).  A wildcard subscription change scans the cache, so it
 #: stays small.
 CACHE_SIZE = 1024
+
+#: How many lengths of leading tokens a subject used once is looked up by,
+#: per token count: a few (one per client's inboxes, one for acks), so that
+#: subscriptions that decide at many depths cannot make each lookup long.
+ONCE_DEPTHS = 4
 
 
 class SubjectCache:
@@ -248,6 +255,14 @@ class Sublist:
         #: pattern): the broker drops what it derived from the matches that
         #: pattern may have changed, and only those (L{SubjectCache.forget}).
         self.on_change: Optional[Callable[[bytes], None]] = None
+        # Matches of subjects used once (reply inboxes, JetStream acks), by
+        # what decided them: (token count, the tokens up to the last one
+        # looked up among literal children); kept until the index changes.
+        # Each PubAck inbox or ack subject is new, but all of one client's
+        # (one consumer's) are decided by the same leading tokens.
+        self._once: Dict[tuple, SublistResult] = {}
+        self._once_depths: Dict[int, List[int]] = {}
+        self._once_genid = 0
 
     def insert(self, sub: Subscription) -> None:
         """
@@ -371,14 +386,38 @@ class Sublist:
         if result is not None:
             self.cache_hits += 1
             return result
+        tokens = subject.split(b".")
+        if not keep:
+            if self._once_genid != self.genid:
+                self._once.clear()
+                self._once_depths.clear()
+                self._once_genid = self.genid
+            n = len(tokens)
+            for depth in self._once_depths.get(n, ()):
+                result = self._once.get((n, b".".join(tokens[: depth + 1])))
+                if result is not None:
+                    return result
         plain: List[Subscription] = []
         groups: Dict[bytes, List[Subscription]] = {}
-        _match_level(self._root, subject.split(b"."), 0, plain, groups)
+        decided = _match_level(self._root, tokens, 0, plain, groups)
         result = SublistResult(plain, list(groups.values())) if (
             plain or groups
         ) else _EMPTY
         if keep:
             self._cached.put(subject, result)
+        else:
+            # Any subject of as many tokens that begins with the same ones
+            # up to C{decided} walks the same levels and gets this result.
+            if len(self._once) >= CACHE_SIZE:
+                self._once.clear()
+                self._once_depths.clear()
+            n = len(tokens)
+            depths = self._once_depths.setdefault(n, [])
+            if decided not in depths:
+                if len(depths) >= ONCE_DEPTHS:
+                    return result
+                depths.append(decided)
+            self._once[(n, b".".join(tokens[: decided + 1]))] = result
         return result
 
     def cache_stats(self) -> "tuple[int, int, float]":
@@ -408,24 +447,38 @@ def _add(node: _Node, plain: list, groups: Dict[bytes, list]) -> None:
 
 def _match_level(
     level: _Level, tokens: List[bytes], i: int, plain: list, groups: dict
-) -> None:
+) -> int:
+    """
+    Add the subscriptions under C{level} that match C{tokens} from C{i} on.
+    Returns the last position whose token was looked up among literal
+    children that exist (-1: none): the tokens after it decided nothing.
+    """
     last = len(tokens) - 1
+    decided = -1
     while True:
         if level.fwc is not None:
             _add(level.fwc, plain, groups)
         pwc = level.pwc
-        node = level.nodes.get(tokens[i])
+        nodes = level.nodes
+        if nodes:
+            if i > decided:
+                decided = i
+            node = nodes.get(tokens[i])
+        else:
+            node = None
         if i == last:
             # nats-server's order: the literal match, then the '*' match.
             if node is not None:
                 _add(node, plain, groups)
             if pwc is not None:
                 _add(pwc, plain, groups)
-            return
+            return decided
         if pwc is not None and pwc.level is not None:
-            _match_level(pwc.level, tokens, i + 1, plain, groups)
+            deeper = _match_level(pwc.level, tokens, i + 1, plain, groups)
+            if deeper > decided:
+                decided = deeper
         if node is None or node.level is None:
-            return
+            return decided
         level = node.level
         i += 1
 

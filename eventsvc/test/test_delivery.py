@@ -236,3 +236,79 @@ class PlanCacheTests(SynchronousTestCase):
         self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks))
         self.assertEqual(list(broker._targets), [b"s"])
         self.assertEqual(broker.sublist.cache_stats()[0], 1)
+
+
+class InProcessAloneTests(SynchronousTestCase):
+    """
+    A subject whose only subscriber is an in-process callback (a JetStream
+    stream's subjects, its acks) is handed over straight from
+    L{Delivery.deliver}: the callback sees what the general path gave it.
+    """
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.got: List[tuple] = []
+        self.broker.subscribe("s.>", lambda subject, reply, payload, headers: self.got.append(
+            (subject, reply, payload, headers)))
+
+    def test_alone_it_gets_subject_reply_and_payload(self) -> None:
+        client = Conn(Kind.CLIENT)
+        self.assertEqual(self.broker.deliver(client, b"s.1", b"_INBOX.a.1", 2, TAIL), 1)
+        self.assertEqual(self.broker.deliver(client, b"s.2", None, 0, b"0\r\n\r\n"), 1)
+        self.assertEqual(self.got, [("s.1", "_INBOX.a.1", b"hi", None), ("s.2", None, b"", None)])
+        self.assertEqual(self.broker._local.out_msgs, 2)
+
+    def test_with_a_client_a_route_or_gateways_every_one_still_gets_it(self) -> None:
+        client, route = Conn(Kind.CLIENT), Conn(Kind.ROUTE)
+        interested(self.broker, client, b"s.1")
+        interested(self.broker, route, b"s.2")
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.1", None, 2, TAIL)
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.2", None, 2, TAIL)
+        gateways = self.broker.gateways = Forwarder()
+        self.broker.deliver(Conn(Kind.CLIENT), b"s.3", None, 2, TAIL)
+        self.assertEqual([g[0] for g in self.got], ["s.1", "s.2", "s.3"])
+        self.assertEqual((client.sent(), route.sent()), (b"MSG s.1 1 " + TAIL, b"RMSG $G s.2 " + TAIL))
+        self.assertEqual(gateways.offered, [b"s.3"])
+
+
+    def test_acks_share_a_plan_and_each_is_handed_its_own_subject(self) -> None:
+        """
+        Consecutive acks to one in-process subscription share one plan:
+        the callback still sees each ack's own subject, and a client that
+        subscribes to one ack's subject gets it too.
+        """
+        self.broker.used_once = (b"$JS.ACK.",)
+        self.broker.subscribe("$JS.ACK.>", lambda subject, reply, payload, headers: self.got.append(
+            (subject, reply, payload, headers)))
+        acks = [b"$JS.ACK.S.C.1.%d.%d.1700000000000000000.0" % (n, n) for n in (1, 2, 3)]
+        client = Conn(Kind.CLIENT)
+        for ack in acks[:2]:
+            self.broker.deliver(client, ack, None, 2, TAIL)
+        self.assertIs(self.broker._plan(acks[2], keep=False), self.broker._plan(acks[1], keep=False))
+        watcher = Conn(Kind.CLIENT)
+        interested(self.broker, watcher, acks[2])
+        self.assertEqual(self.broker.deliver(client, acks[2], None, 2, TAIL), 2)
+        self.assertEqual([g[0] for g in self.got], [a.decode() for a in acks])
+        self.assertEqual(watcher.sent(), b"MSG " + acks[2] + b" 1 " + TAIL)
+
+    def test_pubacks_to_one_clients_inboxes_each_name_their_inbox(self) -> None:
+        """
+        PubAcks to one client's inboxes (C{_INBOX.<id>.<n>}, used once)
+        start from one plan: each frame still names its own inbox, a
+        second subscriber of one inbox gets that one only, and a
+        subscriber whose permissions refuse an inbox is not given it.
+        """
+        client, other = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        interested(self.broker, client, b"_INBOX.id.*")
+        self.broker.publish_many([("_INBOX.id.1", b"a"), ("_INBOX.id.2", b"b")])
+        self.assertEqual(client.sent(), b"MSG _INBOX.id.1 1 1\r\na\r\nMSG _INBOX.id.2 1 1\r\nb\r\n")
+        interested(self.broker, other, b"_INBOX.id.3")
+        del client.out[:]
+        self.broker.publish_many([("_INBOX.id.3", b"c"), ("_INBOX.id.4", b"d")])
+        self.assertEqual(client.sent(), b"MSG _INBOX.id.3 1 1\r\nc\r\nMSG _INBOX.id.4 1 1\r\nd\r\n")
+        self.assertEqual(other.sent(), b"MSG _INBOX.id.3 1 1\r\nc\r\n")
+        picky = Conn(Kind.CLIENT)
+        picky.may_receive = lambda subject: subject.endswith(b".5")  # type: ignore[assignment]
+        interested(self.broker, picky, b"_INBOX.id.*")
+        self.broker.publish_many([("_INBOX.id.5", b"e"), ("_INBOX.id.6", b"f")])
+        self.assertEqual(picky.sent(), b"MSG _INBOX.id.5 1 1\r\ne\r\n")

@@ -55,6 +55,64 @@ class ValidationTests(SynchronousTestCase):
 
 
 class SublistTests(SynchronousTestCase):
+    def test_subjects_used_once_match_as_any_other(self) -> None:
+        """
+        A subject matched with keep=False (a reply inbox, a JetStream ack)
+        may be answered from an earlier one that the same leading tokens
+        decided: against a brute force over random patterns, subjects and
+        changes, it never gets another answer.
+        """
+        import random
+
+        rand = random.Random(7)
+        tokens = [b"a", b"b", b"c"]
+        sl = Sublist()
+        live: list = []
+        for step in range(3000):
+            if rand.random() < 0.05 or not live:
+                pattern = b".".join(rand.choice(tokens + [b"*", b"*"]) for _ in range(rand.randint(1, 4)))
+                if rand.random() < 0.3:
+                    pattern = pattern.rsplit(b".", 1)[0] + b".>" if b"." in pattern else b">"
+                s = sub(pattern, sid=b"%d" % step)
+                sl.insert(s)
+                live.append(s)
+            elif rand.random() < 0.02:
+                sl.remove(live.pop(rand.randrange(len(live))))
+            subject = b".".join(rand.choice(tokens) for _ in range(rand.randint(1, 5)))
+            wanted = {s.sid for s in live if subject_matches(s.subject, subject)}
+            self.assertEqual({s.sid for s in sl.match(subject, keep=False).plain}, wanted, subject)
+
+    def test_replies_under_one_wildcard_share_a_match(self) -> None:
+        """nats.go's PubAck inboxes (C{_INBOX.<id>.<n>}) and a consumer's acks: one walk, then the same result."""
+        sl = Sublist()
+        inbox, other, acks = sub(b"_INBOX.id.*"), sub(b"_INBOX.id2.*"), sub(b"$JS.ACK.>")
+        for s in (inbox, other, acks):
+            sl.insert(s)
+        first = sl.match(b"_INBOX.id.1", keep=False)
+        self.assertIs(sl.match(b"_INBOX.id.2", keep=False), first)
+        self.assertEqual(first.plain, [inbox])
+        self.assertEqual(sl.match(b"_INBOX.id2.1", keep=False).plain, [other])
+        ack = sl.match(b"$JS.ACK.S.C.1.1.1.0.0", keep=False)
+        self.assertIs(sl.match(b"$JS.ACK.S.C.1.2.2.0.0", keep=False), ack)
+        literal = sub(b"_INBOX.id.3", sid=b"2")
+        sl.insert(literal)
+        self.assertEqual(sl.match(b"_INBOX.id.3", keep=False).plain, [literal, inbox])
+        self.assertEqual(sl.match(b"_INBOX.id.4", keep=False).plain, [inbox])
+        self.assertEqual(sl.cache_stats()[0], 0)
+
+    def test_subjects_used_once_are_looked_up_by_a_few_depths_only(self) -> None:
+        """Literal subscriptions at many depths cannot make every later lookup try each depth."""
+        sl = Sublist()
+        chain = [sub(b".".join([b"t"] * k), sid=b"%d" % k) for k in range(1, 30)]
+        for s in chain:
+            sl.insert(s)
+        for k in range(1, 30):
+            subject = b".".join([b"t"] * k + [b"x"] * (30 - k))
+            self.assertEqual(sl.match(subject, keep=False).plain, [])
+        self.assertEqual(sl._once_depths[30], [1, 2, 3, 4])
+        self.assertEqual(sl.match(b".".join([b"t"] * 30), keep=False).plain, [])
+        self.assertEqual(sl.match(b".".join([b"t"] * 29), keep=False).plain, [chain[-1]])
+
     def test_match_literal_and_wildcards(self) -> None:
         sl = Sublist()
         subs = {s: sub(s) for s in (b"a.b.c", b"a.*.c", b"a.>", b"*.b.*", b">", b"a.b", b"x.y")}

@@ -1,0 +1,180 @@
+"""
+JetStream's hot paths measured in one process, without sockets: a client
+connection on a fake transport and a JetStream engine with a file store
+in a temporary folder, on a fake clock, fed the bytes nats.go sends in
+bench/jetstream.py's scenes, timed on the CPU.  On a machine shared with
+other work the wall-clock bench says little; this one is repeatable, and
+its figures compare one tree with another, nothing more.
+
+  - async: PUBs to the stream with a reply inbox each (nats.go's
+    PublishAsync: C{_INBOX.<id>.<n>} under one wildcard subscription), a
+    window of 1,000 a read, then the reactor's turn (the group commit and
+    its PubAcks);
+  - pull: a durable pull consumer with explicit acks over a stream filled
+    beforehand (unmeasured): a fetch of 100, the deliveries, then one read
+    with the 100 acks (the last with a reply, as nats.go's AckSync).
+
+    python bench/jsinproc.py [--scene async|pull] [--messages N] [--repeat R]
+
+It imports eventsvc from the running interpreter (PYTHONPATH picks the
+tree), so alternating two trees' runs compares them.  It prints figures;
+it never passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+PAYLOAD = b"0123456789abcdef"
+CONNECT = (
+    b'CONNECT {"verbose":false,"pedantic":false,"tls_required":false,"name":"","lang":"go",'
+    b'"version":"1.22.1","protocol":1,"echo":true,"headers":true,"no_responders":true}\r\n'
+)
+_REPLY = re.compile(rb"MSG \S+ 2 (\$JS\.ACK\.\S+) ")
+
+
+class World:
+    """A broker with JetStream on a file store, one client connection, a fake clock."""
+
+    def __init__(self, folder: str) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.server import Broker
+        from eventsvc.nats.settings import ClientSettings
+
+        class Keep(StringTransport):
+            """Keeps what it is given as a list (cheap), joined on demand."""
+
+            def __init__(self, **kw: Any) -> None:
+                super().__init__(**kw)
+                self.chunks: List[bytes] = []
+
+            def write(self, data: bytes) -> None:
+                self.chunks.append(data)
+
+            def writeSequence(self, seq: List[bytes]) -> None:
+                self.chunks.extend(seq)
+
+            def take(self) -> bytes:
+                out = b"".join(self.chunks)
+                self.chunks = []
+                return out
+
+        self.clock = Clock()
+        self.broker = Broker(server_id="JSBENCH")
+        self.js = JetStream(self.broker, JetStreamSettings(store_dir=folder), self.clock)
+        self.js.start()
+        factory = ClientFactory(self.broker, ClientSettings(parse_budget=1e9), self.clock)
+        self.client = factory.buildProtocol(None)
+        self.transport = Keep(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        self.client.makeConnection(self.transport)
+        # sid 1: the PubAcks' and API answers' inbox; sid 2: the fetches'.
+        self.feed(CONNECT + b"SUB _INBOX.bench.* 1\r\nSUB _INBOX.fetch.* 2\r\nPING\r\n")
+
+    def feed(self, data: bytes) -> bytes:
+        """One read from the client, then the reactor's turn; what the client was sent."""
+        self.client.dataReceived(data)
+        self.clock.advance(0)
+        return self.transport.take()
+
+    def request(self, subject: bytes, body: Dict[str, Any]) -> bytes:
+        payload = json.dumps(body).encode()
+        return self.feed(b"PUB %s _INBOX.bench.api %d\r\n%s\r\n" % (subject, len(payload), payload))
+
+    def stream(self) -> None:
+        self.request(b"$JS.API.STREAM.CREATE.BENCH", {"name": "BENCH", "subjects": ["BENCH.x"], "storage": "file"})
+
+    def publishes(self, messages: int, window: int = 1000) -> List[bytes]:
+        return [
+            b"".join(
+                b"PUB BENCH.x _INBOX.bench.%d %d\r\n%s\r\n" % (i, len(PAYLOAD), PAYLOAD)
+                for i in range(start, min(start + window, messages))
+            )
+            for start in range(0, messages, window)
+        ]
+
+
+def async_scene(folder: str, messages: int) -> Tuple[Callable[[], int], World]:
+    world = World(folder)
+    world.stream()
+    reads = world.publishes(messages)
+
+    def run() -> int:
+        acked = 0
+        for data in reads:
+            acked += world.feed(data).count(b'"seq":')
+        return acked
+
+    return run, world
+
+
+def pull_scene(folder: str, messages: int, batch: int = 100) -> Tuple[Callable[[], int], World]:
+    world = World(folder)
+    world.stream()
+    for data in world.publishes(messages):
+        world.feed(data)
+    world.request(b"$JS.API.CONSUMER.DURABLE.CREATE.BENCH.C", {
+        "stream_name": "BENCH", "config": {"durable_name": "C", "ack_policy": "explicit", "filter_subject": "BENCH.x"}})
+    fetch = b'{"batch":%d,"expires":10000000000}' % batch
+
+    def run() -> int:
+        acked = 0
+        k = 0
+        while acked < messages:
+            k += 1
+            out = world.feed(b"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.C _INBOX.fetch.%d %d\r\n%s\r\n" % (k, len(fetch), fetch))
+            replies = _REPLY.findall(out)
+            if not replies:
+                raise RuntimeError("the fetch got nothing: {!r}".format(out[:300]))
+            acks = [b"PUB %s 4\r\n+ACK\r\n" % r for r in replies[:-1]]
+            acks.append(b"PUB %s _INBOX.bench.a%d 4\r\n+ACK\r\n" % (replies[-1], k))
+            world.feed(b"".join(acks))
+            acked += len(replies)
+        return acked
+
+    return run, world
+
+
+SCENES = {"async": async_scene, "pull": pull_scene}
+
+
+def once(scene: str, messages: int) -> float:
+    """CPU seconds per message of one run of C{scene}."""
+    folder = tempfile.mkdtemp(prefix="jsinproc-")
+    try:
+        run, world = SCENES[scene](folder, messages)
+        started = time.process_time()
+        done = run()
+        spent = time.process_time() - started
+        if done != messages:
+            raise RuntimeError("{}: {} of {} acknowledged".format(scene, done, messages))
+        world.js.stop()
+        return spent / messages
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", action="append", choices=sorted(SCENES))
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scene; the best is printed")
+    options = parser.parse_args()
+    for scene in options.scene or list(SCENES):
+        once(scene, options.messages // 10)  # warm-up (PyPy's JIT, imports)
+        best = min(once(scene, options.messages) for _ in range(options.repeat))
+        print("{:<6} {:>8.2f} us CPU/msg".format(scene, best * 1e6), flush=True)
+
+
+if __name__ == "__main__":
+    main()
