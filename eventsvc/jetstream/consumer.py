@@ -373,7 +373,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
     if name and name in stream.consumers:
         return config
     max_consumers = limits.max_consumers(account, scfg.get("max_consumers", -1))
-    if max_consumers > 0 and len(stream.consumers) >= max_consumers:
+    if max_consumers > 0 and not config["direct"] and len(stream.public_consumers()) >= max_consumers:
         raise errors.MAXIMUM_CONSUMERS_LIMIT_ERR()
     if scfg.get("retention") == "workqueue" and not config["direct"]:
         if config["ack_policy"] != "explicit":

@@ -196,7 +196,7 @@ def _page(js: Any, request: Any, limit: int) -> Tuple[List[Consumer], int, int]:
     offset = _offset(request.payload)
     args = list(request.args)
     stream = _stream(js, args[0] if args else "")
-    consumers = sorted(stream.consumers.values(), key=lambda c: c.name)
+    consumers = sorted(stream.public_consumers(), key=lambda c: c.name)
     total = len(consumers)
     offset = min(offset, total)
     return consumers[offset:offset + limit], total, offset

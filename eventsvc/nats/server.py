@@ -399,6 +399,24 @@ class Broker(Delivery):
         breply = reply.encode("utf-8") if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
+        if targets.route_plain or targets.leaf_plain or targets.route_mixed:
+            # Routes and leafs get it on the deliver subject, the stream's
+            # subject after the reply ("<reply>@<subject>"), as nats-server
+            # sends a JetStream delivery past its last mile (client.go):
+            # the server at the far end puts the subject back for its clients.
+            hdr_len = len(headers) if headers else -1
+            size = len(payload) + max(hdr_len, 0)
+            if headers:
+                body, tail = headers + payload + b"\r\n", b""
+            else:
+                body, tail = b"", b"%d\r\n%s\r\n" % (len(payload), payload)
+            message = Message(bsubject, breply, size, tail, hdr_len, body)
+            routed_reply = breply + b"@" + bsubject if breply else None
+            routed = Message(key[0], routed_reply, size, tail, hdr_len, body)
+            count = self._general(self._local, targets, message, routed, ())
+            if flush:
+                self.flush()
+            return count
         if headers:
             body = headers + payload + b"\r\n"
             message = Message(bsubject, breply, len(headers) + len(payload), b"", len(headers), body)
