@@ -831,10 +831,7 @@ class Stream:
     # -- consumers ----------------------------------------------------------
 
     def public_consumers(self) -> List[Any]:
-        """
-        The consumers clients made: not the C{direct} ones a mirror or
-        source asks for, which nats-server neither counts, lists nor keeps.
-        """
+        """The consumers clients made (L{eventsvc.jetstream.consumer.public_consumers})."""
         return [c for c in self.consumers.values() if not c.config.get("direct")]
 
     def consumer_directory(self, name: str) -> Optional[str]:
