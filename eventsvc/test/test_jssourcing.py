@@ -214,6 +214,53 @@ class SourceTests(TestCase):
         again.js.stop()
 
 
+class MonitoringTests(TestCase):
+    """/jsz shows mirrors and sources as nats-server's StreamDetail does: lag and active."""
+
+    def test_jsz_streams_with_lag(self) -> None:
+        from eventsvc.ops.jsz import jsz
+
+        h = Harness()
+        h.create(name="O", subjects=["o.>"])
+        h.create(name="M", mirror={"name": "O"})
+        h.create(name="S", sources=[{"name": "O"}, {"name": "GONE"}])
+        h.clock.advance(0)
+        h.ack("o.a")
+        advance(h, 0.5)
+        service = type("Service", (), {"jetstream": h.js})()
+        page: Any = jsz(service, "NID", {b"accounts": [b"1"], b"streams": [b"1"], b"consumers": [b"1"]})
+        self.assertEqual(page["consumers"], 0, "the direct consumers of mirrors and sources are not counted")
+        details = {d["name"]: d for d in page["account_details"][0]["stream_detail"]}
+        self.assertNotIn("consumer_detail", details["O"])
+        self.assertEqual(details["M"]["mirror"], {"name": "O", "lag": 0, "active": SECOND // 2})
+        self.assertEqual(details["S"]["sources"][0], {"name": "O", "lag": 0, "active": SECOND // 2})
+        self.assertEqual(details["S"]["sources"][1]["active"], -1)
+        self.assertEqual(details["S"]["sources"][1]["error"]["description"], "stream not found")
+        self.assertNotIn("sources", details["O"])
+        self.assertNotIn("mirror", details["S"])
+
+
+    def test_lag_while_catching_up(self) -> None:
+        """A mirror made after 2,500 messages: its lag, as each copy is stored, counts down what is left."""
+        h = Harness()
+        h.create(name="O", subjects=["o"])
+        for _ in range(2500):
+            h.publish("o", b"x", reply=False)
+        mirror = h.create(name="M", mirror={"name": "O"})
+        lags: List[int] = []
+        store = mirror.store_mirrored
+
+        def watched(*args: Any) -> bool:
+            lags.append(mirror.info()["mirror"]["lag"])
+            return store(*args)
+
+        self.patch(mirror, "store_mirrored", watched)
+        h.clock.advance(0)
+        self.assertEqual(mirror.store.state().last_seq, 2500)
+        self.assertEqual(lags[:3], [2498, 2497, 2496], "pending after the delivery, less one (nats-server's lag)")
+        self.assertEqual(lags[-2:], [0, 0])
+
+
 class Side:
     """One eventsvc of the two: a broker with leaf nodes, and its JetStream in a domain."""
 
