@@ -1278,7 +1278,7 @@ class Stream:
         return out
 
     def info(self, domain: bool = True, subjects: Optional[Dict[str, int]] = None, deleted_details: bool = False) -> Dict[str, Any]:
-        """StreamInfo: config, created, state (and domain when the engine has one and C{domain})."""
+        """StreamInfo: config, created, state; with C{domain}, as STREAM.INFO: the domain (if any), mirror and sources."""
         out: Dict[str, Any] = {
             "config": config_json(self.config),
             "created": rfc3339(self.created),
@@ -1286,9 +1286,10 @@ class Stream:
         }
         if domain and self.engine.settings.domain:
             out["domain"] = self.engine.settings.domain
-        if self.mirror is not None:
+        # (STREAM.CREATE's answer has neither, as nats-server's)
+        if domain and self.mirror is not None:
             out["mirror"] = self.mirror.info()
-        if self.sources:
+        if domain and self.sources:
             out["sources"] = self.sources_json()
         return out
 

@@ -224,10 +224,11 @@ def stream_detail(stream: Any, leader: str, options: JszOptions) -> Dict[str, An
             infos.append(consumer_info)
         out["consumer_detail"] = infos
     # A mirror's and each source's lag and last word (ns; -1: none yet), as in STREAM.INFO.
-    if "mirror" in info:
-        out["mirror"] = info["mirror"]
-    if "sources" in info:
-        out["sources"] = info["sources"]
+    mirror = getattr(stream, "mirror", None)
+    if mirror is not None:
+        out["mirror"] = mirror.info()
+    if getattr(stream, "sources", None):
+        out["sources"] = stream.sources_json()
     return out
 
 
