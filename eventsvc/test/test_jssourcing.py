@@ -405,3 +405,33 @@ class AcrossALeafLinkTests(TestCase):
         hub = self.hub.js.streams["HUB"]
         self.assertEachOnce(hub, 12)
         self.assertEqual([data for _, _, data, _ in contents(hub)], [b"e%d" % n for n in range(1, 13)])
+
+    def test_push_consumer_across_the_link(self) -> None:
+        """
+        A client of the hub with a push consumer on the edge's stream gets
+        each message on the stream's subject with its ack reply, as from
+        nats-server: the link carries it on the deliver subject as
+        C{<ack reply>@<subject>}, and the hub puts the subject back.
+        """
+        self.edge.create(name="EVENTS", subjects=["event.>"])
+        client = self.hub.node.client()
+        client.send(b"SUB deliver.here 1\r\n")
+        client.received()
+        self.elapse(0.2)
+        reply = "_R.c"
+        self.hub.node.broker.publish("$JS.edge.API.CONSUMER.CREATE.EVENTS", json.dumps({
+            "stream_name": "EVENTS", "config": {"deliver_subject": "deliver.here", "ack_policy": "explicit"}}).encode(), reply)
+        self.elapse(0.2)
+        # (Until each domain's $JS.API is kept to its side of a leaf link,
+        # the hub answers the edge's forwarded request too: "stream not found".)
+        created = [answer for answer in map(json.loads, self.hub.replies) if "name" in answer][0]
+        self.events(1, 1)
+        self.elapse(0.2)
+        got = client.received()
+        self.assertRegex(got, rb"^MSG event\.x 1 \$JS\.ACK\.EVENTS\.%s\.1\.1\.1\.\d+\.0 2\r\ne1\r\n$" % created["name"].encode())
+        # Its ack goes back across the link to the edge's consumer.
+        ack = got.split(b" ")[3]
+        self.hub.node.client().send(b"PUB " + ack + b" 4\r\n+ACK\r\n")
+        self.elapse(0.2)
+        consumer = self.edge.js.streams["EVENTS"].consumers[created["name"]]
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
