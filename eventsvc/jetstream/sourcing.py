@@ -470,7 +470,11 @@ class SourceLink:
         self.dseq, self.sseq = dseq, sseq
         self.lag = max(0, pending - 1)
         block = _with_source(headers, "{} {}".format(self.iname, sseq))
-        if self.stream.process(subject, None, payload, block) is None and not self.stream.closed:
+        if self.stream.process(subject, None, payload, block) is None and not self.stream.closed \
+                and not self.stream.is_duplicate(block):
+            # Not kept (sealed, full, a refused expectation): from the last
+            # one kept again, as nats-server retries on every error but a
+            # duplicate (its Nats-Msg-Id seen in the window: taken as done).
             self.sseq = self._last_copied()
             self.restart(self.sseq + 1)
 

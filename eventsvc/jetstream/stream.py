@@ -796,10 +796,22 @@ class Stream:
         if not state.msgs:
             self.store.skip(seq)
             return
-        for _ in range(state.last_seq + 1, seq):
-            skipped = self.store.store("", None, b"", self.engine.now())
-            self.store.remove(skipped)
+        # The store skips only when empty: each sequence is used and deleted,
+        # with the limits lifted meanwhile, lest a placeholder push out a
+        # message the mirror holds (max_msgs) or be refused (discard new).
+        self.store.set_limits(StoreLimits())
+        try:
+            for _ in range(state.last_seq + 1, seq):
+                skipped = self.store.store("", None, b"", self.engine.now())
+                self.store.remove(skipped)
+        finally:
+            self.store.set_limits(store_limits(self.config))
         self.account()
+
+    def is_duplicate(self, headers: Optional[bytes]) -> bool:
+        """Whether a message with these headers would be taken as a duplicate (its Nats-Msg-Id is in the window)."""
+        msg_id = header(headers, "Nats-Msg-Id") if headers and b"Nats-Msg-Id" in headers else None
+        return bool(msg_id) and self._dedupe.find(msg_id) is not None
 
     def store_mirrored(self, subject: str, headers: Optional[bytes], payload: bytes, seq: int, ts: int) -> bool:
         """

@@ -154,6 +154,21 @@ class SourceTests(TestCase):
         self.assertEqual(json.loads(h.publish("$JS.API.CONSUMER.NAMES.A", b"") or b"{}")["consumers"], [])
         self.assertEqual(len(h.js.streams["A"].consumers), 1)
 
+    def test_duplicate_from_two_sources_is_dropped_not_retried(self) -> None:
+        """The same Nats-Msg-Id from two origins: the second copy is a duplicate, the sources go on."""
+        h = Harness()
+        h.create(name="A", subjects=["a"])
+        h.create(name="B", subjects=["b"])
+        both = h.create(name="S", sources=[{"name": "A"}, {"name": "B"}])
+        h.clock.advance(0)
+        h.ack("a", b"1", b"NATS/1.0\r\nNats-Msg-Id: same\r\n\r\n")
+        h.ack("b", b"2", b"NATS/1.0\r\nNats-Msg-Id: same\r\n\r\n")
+        h.ack("b", b"3")
+        advance(h, 5)
+        h.ack("b", b"4")
+        self.assertEqual([(data, source) for _, _, data, source in contents(both)], [(b"1", "A 1"), (b"3", "B 2"), (b"4", "B 3")])
+        self.assertEqual(len(h.js.streams["B"].consumers), 1, "no new consumer was asked for")
+
     def test_chained_sources_keep_one_header(self) -> None:
         h = Harness()
         h.create(name="A", subjects=["a.>"])
@@ -435,3 +450,19 @@ class AcrossALeafLinkTests(TestCase):
         self.elapse(0.2)
         consumer = self.edge.js.streams["EVENTS"].consumers[created["name"]]
         self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 1)
+
+    def test_mirror_skips_what_the_origin_deleted_while_down(self) -> None:
+        """The origin deleted a message the mirror had not got: skipped (the delivery sequence has no gap), the mirror's limit kept."""
+        origin = self.hub.create(name="ORDERS", subjects=["orders.>"])
+        mirror = self.edge.create(name="COPY", max_msgs=3, mirror={"name": "ORDERS", "external": {"api": "$JS.hub.API", "deliver": ""}})
+        for n in range(1, 6):
+            self.hub.publish("orders.x", b"e%d" % n)
+        self.elapse(0.5)
+        self.up = False
+        for n in range(6, 9):
+            self.hub.publish("orders.x", b"e%d" % n)
+        origin.delete_message(7)
+        self.elapse(5)
+        self.up = True
+        self.elapse(5)
+        self.assertEqual([(seq, data) for seq, _, data, _ in contents(mirror)], [(5, b"e5"), (6, b"e6"), (8, b"e8")])
