@@ -811,7 +811,7 @@ class Stream:
     def is_duplicate(self, headers: Optional[bytes]) -> bool:
         """Whether a message with these headers would be taken as a duplicate (its Nats-Msg-Id is in the window)."""
         msg_id = header(headers, "Nats-Msg-Id") if headers and b"Nats-Msg-Id" in headers else None
-        return bool(msg_id) and self._dedupe.find(msg_id) is not None
+        return msg_id is not None and msg_id != "" and self._dedupe.find(msg_id) is not None
 
     def store_mirrored(self, subject: str, headers: Optional[bytes], payload: bytes, seq: int, ts: int) -> bool:
         """
