@@ -10,7 +10,8 @@ domains joined by a leaf link that a TCP proxy in this process can cut.
     nothing missing and nothing twice;
   - a nats-server edge (domain edge) as a leaf of an eventsvc hub (domain
     hub), whose stream mirrors the edge's C{EVENTS} across the same kind
-    of outage: the same sequences, each once.
+    of outage, then across a C{kill -9} of the hub while it copies: the
+    same sequences, each once.
 
 Each side is started as a user starts it.  nats-py drives the clients.
 """
@@ -46,6 +47,9 @@ OUTAGE = float(os.environ.get("EVENTSVC_JSEDGE_OUTAGE", "30"))
 DENY_API = 'deny_imports = ["$JS.API.>"]\ndeny_exports = ["$JS.API.>"]\n'
 #: Events taken at the edge while cut off, whose forwarding the edge's kill -9 interrupts.
 KILL_BATCH = 10_000
+#: Their size (bytes after the number): 20 MB in all, so that the copy
+#: takes several flow control windows and the kill meets it half done.
+KILL_PAD = 2000
 
 
 class Proxy:
@@ -180,15 +184,16 @@ async def stream_messages(nc: Any, api: str, stream: str, count: int) -> List[Tu
     return out
 
 
-async def publish_events(nc: Any, first: int, last: int) -> None:
-    """Events event.<n> with acks from the edge's EVENTS stream, one by one."""
+async def publish_events(nc: Any, first: int, last: int, pad: int = 0) -> None:
+    """Events e<n> (then C{pad} bytes after a "|") with acks from the edge's EVENTS stream, one by one."""
     for n in range(first, last + 1):
-        ack = json.loads((await nc.request("event.test", b"e%d" % n, timeout=5)).data)
+        data = b"e%d" % n + (b"|" + b"." * pad if pad else b"")
+        ack = json.loads((await nc.request("event.test", data, timeout=5)).data)
         assert ack.get("stream") == "EVENTS" and "error" not in ack, ack
 
 
 def each_once(test: TestCase, held: List[Tuple[int, bytes, Dict[str, str]]], count: int) -> None:
-    datas = [data for _, data, _ in held]
+    datas = [data.split(b"|")[0] for _, data, _ in held]
     test.assertEqual(sorted(datas), sorted(b"e%d" % n for n in range(1, count + 1)),
                      "missing: {}; twice: {}".format(
                          sorted(set(b"e%d" % n for n in range(1, count + 1)) - set(datas))[:10],
@@ -263,7 +268,7 @@ class EventsvcEdgeTests(TestCase):
             proxy.cut()
             total = 120 + KILL_BATCH
             for first in range(121, total + 1, 500):
-                await asyncio.gather(*(publish_events(ec, n, n) for n in range(first, min(first + 500, total + 1))))
+                await asyncio.gather(*(publish_events(ec, n, n, KILL_PAD) for n in range(first, min(first + 500, total + 1))))
             await ec.close()
             proxy.mend()
             await until("the hub forwarding", lambda: hub_count(130), 60)
@@ -352,7 +357,42 @@ class NatsServerEdgeTests(TestCase):
             info = await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR")
             self.assertEqual((info["mirror"]["name"], info["mirror"]["lag"]), ("EVENTS", 0))
             self.assertLess(info["mirror"]["active"], 3_000_000_000)
+            # Many more while cut off; the hub is killed with kill -9 while it copies them.
+            proxy.cut()
+            total = 110 + KILL_BATCH
+            for first in range(111, total + 1, 500):
+                await asyncio.gather(*(publish_events(ec, n, n, KILL_PAD) for n in range(first, min(first + 500, total + 1))))
+            proxy.mend()
+            # (asked without a pause: the hub copies thousands a second)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                info = await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR")
+                if info["state"]["messages"] > 110:
+                    break
+            hub.process.send_signal(signal.SIGKILL)
+            self.assertLess(info["state"]["messages"], total, "the hub had copied everything before its kill")
+            await ec.close()
+            return total
+
+        total = yield threads.deferToThread(lambda: asyncio.run(scenario()))
+        hub.stop(signal.SIGKILL)
+        hub = process.eventsvc(config, expect=("service",))
+        yield process.started(self, hub)
+
+        async def after_kill() -> None:
+            ec = await nats.connect("nats://127.0.0.1:%d" % edge_port)
+            hc = await nats.connect("nats://127.0.0.1:%d" % hub_port)
+
+            async def hub_count() -> Any:
+                info = await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR")
+                return info["state"]["last_seq"] >= total or None
+
+            await until("every event in the mirror after the hub's kill -9", hub_count, 90)
+            mine = await stream_messages(hc, "$JS.hub.API", "MIRROR", total)
+            theirs = await stream_messages(ec, "$JS.API", "EVENTS", total)
+            self.assertEqual([(seq, data) for seq, data, _ in mine], [(seq, data) for seq, data, _ in theirs])
+            each_once(self, mine, total)
             await ec.close()
             await hc.close()
 
-        yield threads.deferToThread(lambda: asyncio.run(scenario()))
+        yield threads.deferToThread(lambda: asyncio.run(after_kill()))
