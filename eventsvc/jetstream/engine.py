@@ -106,7 +106,7 @@ class JetStream:
         self.running = True
         # Mirrors and sources ask for their consumers through the API,
         # which answers from here on (a restored origin included).
-        self._link_sources()
+        self._link_sources(restored=True)
         self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
                       where=self.settings.store_dir or "memory only")
 
@@ -346,11 +346,11 @@ class JetStream:
                 if origin is not None:
                     todo.append(origin.config)
 
-    def _link_sources(self) -> None:
+    def _link_sources(self, restored: bool = False) -> None:
         """Every stream follows those of its sources that exist (after a create, an update, a restart)."""
         for stream in list(self.streams.values()):
             if stream.config["sources"] or stream.sources or stream.config["mirror"]:
-                stream.link_sources()
+                stream.link_sources(restored)
 
     def delete_stream(self, stream: Stream) -> None:
         """STREAM.DELETE: the stream, its consumers and its files."""

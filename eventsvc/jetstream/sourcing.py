@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from twisted.logger import Logger
 
-from eventsvc.jetstream.wire import header, parse_headers
+from eventsvc.jetstream.wire import header, parse_headers, parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:  # pragma: no cover
     from eventsvc.jetstream.stream import Stream
@@ -124,7 +124,11 @@ class SourceLink:
 
     log = Logger()
 
-    def __init__(self, stream: "Stream", config: Dict[str, Any], mirror: bool = False) -> None:
+    def __init__(self, stream: "Stream", config: Dict[str, Any], mirror: bool = False, since: int = 0) -> None:
+        """
+        @param since: for a source, the time (ns) to start at when the
+            stream holds no copy from it (0: the configured start, or all).
+        """
         self.stream = stream
         self.engine = stream.engine
         self.config = config
@@ -134,6 +138,7 @@ class SourceLink:
         external = config.get("external") or {}
         self.api: str = external.get("api") or _API
         self.deliver_prefix: str = external.get("deliver") or ""
+        self.since = since
         self.sseq = 0
         self.dseq = 0
         self.lag = 0
@@ -266,7 +271,12 @@ class SourceLink:
                     config["opt_start_seq"] = source["opt_start_seq"]
                     config["deliver_policy"] = "by_start_sequence"
                 elif source.get("opt_start_time"):
-                    config["opt_start_time"] = source["opt_start_time"]
+                    # (a configured start before what the stream last held: from there)
+                    configured = parse_rfc3339(source["opt_start_time"])
+                    config["opt_start_time"] = rfc3339(max(configured, self.since))
+                    config["deliver_policy"] = "by_start_time"
+                elif self.since:
+                    config["opt_start_time"] = rfc3339(self.since)
                     config["deliver_policy"] = "by_start_time"
             else:
                 config["opt_start_seq"] = start

@@ -751,11 +751,15 @@ class Stream:
         """Whether the stream was stopped or deleted."""
         return self._closed
 
-    def link_sources(self) -> None:
+    def link_sources(self, restored: bool = False) -> None:
         """
         Follow the configured mirror and sources (after a create, an
         update, a restart): a link for each new one, a new link for one
-        whose configuration changed, none for one removed.
+        whose configuration changed, none for one removed.  C{restored}:
+        the stream was just read back from store_dir; a source of which it
+        holds no copy then starts at the time of its last message, as
+        nats-server's (C{startingSequenceForSources}), not from the origin's
+        first, which it may have held and lost to its limits.
         """
         if self._closed:
             return
@@ -767,9 +771,10 @@ class Stream:
         for iname in list(self.sources):
             if iname not in wanted or self.sources[iname].config != wanted[iname]:
                 self.sources.pop(iname).stop()
+        last_ts = self.store.state().last_ts if restored else 0
         for iname, source in wanted.items():
             if iname not in self.sources:
-                link = self.sources[iname] = SourceLink(self, source)
+                link = self.sources[iname] = SourceLink(self, source, since=last_ts)
                 link.start()
 
     def unlink_sources(self) -> None:

@@ -169,6 +169,33 @@ class SourceTests(TestCase):
         self.assertEqual([(data, source) for _, _, data, source in contents(both)], [(b"1", "A 1"), (b"3", "B 2"), (b"4", "B 3")])
         self.assertEqual(len(h.js.streams["B"].consumers), 1, "no new consumer was asked for")
 
+    def test_restart_after_the_copies_were_pushed_out(self) -> None:
+        """
+        A stream whose limit pushed out every copy from a source does not
+        copy that source again from the start after a restart: it starts at
+        the time of its last message, as nats-server.
+        """
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        h.create(name="O", subjects=["o"])
+        s = h.create(name="S", subjects=["s"], max_msgs=2, sources=[{"name": "O"}])
+        h.clock.advance(0)
+        for n in range(3):
+            h.publish("o", b"o%d" % n, reply=False)
+        h.advance(1)
+        h.publish("s", b"s1", reply=False)
+        h.publish("s", b"s2", reply=False)
+        h.clock.advance(0)
+        self.assertEqual([data for _, _, data, _ in contents(s)], [b"s1", b"s2"])
+        h.js.stop()
+        again = Harness(JetStreamSettings(store_dir=folder), start=h.time + SECOND)
+        advance(again, 1)
+        again.publish("o", b"o3", reply=False)
+        again.clock.advance(0)
+        s = again.js.streams["S"]
+        self.assertEqual([(data, source) for _, _, data, source in contents(s)], [(b"s2", None), (b"o3", "O 4")])
+        again.js.stop()
+
     def test_chained_sources_keep_one_header(self) -> None:
         h = Harness()
         h.create(name="A", subjects=["a.>"])
