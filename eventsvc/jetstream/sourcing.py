@@ -357,10 +357,14 @@ class SourceLink:
             return
         error = answer.get("error")
         if error or not isinstance(answer.get("config"), dict):
-            self.log.warn("stream {stream}: the origin {origin} refused a {kind} consumer: {error}",
-                          stream=self.stream.name, origin=self.name, kind="mirror" if self.mirror else "source",
-                          error=(error or {}).get("description") if isinstance(error, dict) else error)
-            self.error = error if isinstance(error, dict) else {"code": 500, "description": "no consumer"}
+            refusal = error if isinstance(error, dict) else {"code": 500, "description": "no consumer"}
+            # Said once per kind of refusal: it is asked again every two
+            # seconds (an origin not made yet would fill the log).
+            say = self.log.warn if refusal != self.error else self.log.debug
+            say("stream {stream}: the origin {origin} refused a {kind} consumer: {error} (asking again every {every} s)",
+                stream=self.stream.name, origin=self.name, kind="mirror" if self.mirror else "source",
+                error=refusal.get("description"), every=RETRY_THRESHOLD)
+            self.error = refusal
             self._cancel_consumer()
             self._schedule_retry()
             return

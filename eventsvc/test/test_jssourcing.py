@@ -221,9 +221,16 @@ class SourceTests(TestCase):
 
     def test_origin_not_there_yet(self) -> None:
         """A source whose stream does not exist says why, and follows it once made."""
+        from twisted.logger import LogLevel, Logger
+
+        said: List[Dict[str, Any]] = []
+        self.patch(sourcing.SourceLink, "log", Logger(observer=said.append))
         h = Harness()
         s = h.create(name="S", sources=[{"name": "LATER"}])
-        advance(h, 1)
+        advance(h, 10)
+        warnings = [e for e in said if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, "once, not at each of the five requests")
+        self.assertEqual(warnings[0]["error"], "stream not found")
         info = json.loads(h.publish("$JS.API.STREAM.INFO.S", b"") or b"{}")
         self.assertEqual(info["sources"][0]["error"], {"code": 404, "err_code": 10059, "description": "stream not found"})
         self.assertEqual(info["sources"][0]["active"], -1)
