@@ -58,8 +58,15 @@ class Proxy:
     connection and accepts none (a link down), L{mend} accepts again.
     """
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, rewrite: Optional[Tuple[bytes, bytes]] = None) -> None:
+        """
+        @param rewrite: (what, with) replaced in the target's INFOs:
+            an eventsvc hub's INFO gives its spokes its own leaf port
+            (C{leafnode_urls}), which a nats-server spoke would dial
+            when the proxy is cut, around it.
+        """
         self.target = target
+        self.rewrite = rewrite
         self.port = process.free_port()
         self._lock = threading.Lock()
         self._sockets: List[socket.socket] = []
@@ -109,16 +116,18 @@ class Proxy:
                     outer.close()
                     return
                 self._sockets += [inner, outer]
-            for a, b in ((inner, outer), (outer, inner)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, rewrite in ((inner, outer, None), (outer, inner, self.rewrite)):
+                threading.Thread(target=self._pipe, args=(a, b, rewrite), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(source: socket.socket, sink: socket.socket, rewrite: Optional[Tuple[bytes, bytes]]) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if rewrite is not None and b"INFO " in data:
+                    data = data.replace(*rewrite)
                 sink.sendall(data)
         except OSError:
             pass
@@ -236,13 +245,20 @@ class EventsvcEdgeTests(TestCase):
             created = await request(ec, "$JS.API.STREAM.CREATE.EVENTS", {"name": "EVENTS", "subjects": ["event.>"]})
             assert "error" not in created, created
 
+            refusals: List[Any] = []
+
             async def hub_stream() -> Any:
                 answer = await request(hc, "$JS.hub.API.STREAM.CREATE.HUB", {
                     "name": "HUB", "num_replicas": 3,
                     "sources": [{"name": "EVENTS", "external": {"api": "$JS.edge.API", "deliver": ""}}]})
+                refusals.append(answer.get("error"))
                 return "error" not in answer or answer["error"].get("err_code") == 10058 or None
 
-            await until("the hub's R3 stream made", hub_stream, 30)
+            try:
+                # (the cluster elects its meta leader first)
+                await until("the hub's R3 stream made", hub_stream, 60)
+            except AssertionError:
+                raise AssertionError("the hub's R3 stream not made in 60 s: {}".format(refusals[-3:]))
             await publish_events(ec, 1, 20)
 
             async def hub_count(n: int) -> Any:
@@ -254,6 +270,8 @@ class EventsvcEdgeTests(TestCase):
             started = time.monotonic()
             await publish_events(ec, 21, 120)  # acknowledged by the edge alone
             await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - started)))
+            self.assertEqual((await request(hc, "$JS.hub.API.STREAM.INFO.HUB"))["state"]["messages"], 20,
+                             "the hub took events while the link was down")
             proxy.mend()
             mended = time.monotonic()
             await until("120 events at the hub", lambda: hub_count(120), 60)
@@ -323,6 +341,7 @@ class NatsServerEdgeTests(TestCase):
         hub = process.eventsvc(config, expect=("service",))
         yield process.started(self, hub)
         proxy = Proxy(leaf_port)
+        proxy.rewrite = (b'"127.0.0.1:%d"' % leaf_port, b'"127.0.0.1:%d"' % proxy.port)
         self.addCleanup(proxy.cut)
         edge_config = process.write_config(os.path.join(directory, "edge.conf"), (
             'jetstream {{ domain: edge, store_dir: "{dir}/edge" }}\n'
@@ -350,6 +369,8 @@ class NatsServerEdgeTests(TestCase):
             started = time.monotonic()
             await publish_events(ec, 11, 110)
             await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - started)))
+            self.assertEqual((await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR"))["state"]["messages"], 10,
+                             "the mirror took events while the link was down")
             proxy.mend()
             mended = time.monotonic()
             await until("110 events in the mirror", lambda: hub_count(110), 60)
