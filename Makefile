@@ -68,7 +68,7 @@ system-deps:
 # Debian's golang-github-nats-io-go-nats-dev 1.22.1 sources (no module proxy).
 go-deps: interop/go/jsinterop
 
-interop/go/jsinterop: interop/go/jsinterop.go
+interop/go/jsinterop: interop/go/jsinterop.go interop/go/objinterop.go
 	@command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || { \
 	  echo "go or nats.go is missing: apt-get install golang-go golang-github-nats-io-go-nats-dev (the nats.go interop tests will be skipped)"; exit 0; }; \
 	  interop/go/build

@@ -186,6 +186,7 @@ def _leafnodes(config: Config, broker: Broker, reactor: Any) -> Any:
         tls_accept=tls_accept if ln.tls else None, tls_dial=tls_dial, tls_name=ln.tls_name,
         denied=lambda subjects: _route_permissions((), subjects),
         remotes=remotes, limits=config.limits,
+        jetstream=config.jetstream.enabled, jetstream_domain=config.jetstream.domain if config.jetstream.enabled else "",
     ))
 
 

@@ -4,7 +4,10 @@ the account's limits and API counters, the C{$JS.API.>} and C{$JS.ACK.>}
 subscriptions, and the start and stop that restore and close it all.
 
 It meets the broker only through the in-process API (subscribe, publish);
-nothing in L{eventsvc.nats} knows of it but the INFO flag.
+nothing in L{eventsvc.nats} knows of it but the INFO flag and, as in
+nats-server, the leaf links' rule for JetStream's subject spaces
+(L{eventsvc.nats.links.jsdomain}, whose mapping table of the domain's API
+this engine subscribes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
 from eventsvc.jetstream.wire import now_ns
+from eventsvc.nats.links.jsdomain import map_subject, mapping_table
+
+#: The API's own subjects (nats-server's jsAllAPI, less the ">").
+API_PREFIX = "$JS.API."
 
 #: Bytes a stream without max_bytes reserves: nats-server's checkBytesLimits counts it as 1.
 _UNLIMITED_RESERVATION = 1
@@ -102,7 +109,7 @@ class JetStream:
         self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
         if self.settings.domain:
             self._subscriptions.extend(
-                broker.subscribe(pattern, self._domain_api) for pattern in api_patterns("$JS.{}.API.".format(self.settings.domain)))
+                broker.subscribe(source, self._mapped(source, to)) for source, to in domain_mappings(self.settings.domain))
         self.running = True
         # Mirrors and sources ask for their consumers through the API,
         # which answers from here on (a restored origin included).
@@ -441,11 +448,26 @@ class JetStream:
     def _api(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
         api.dispatch(self, subject, reply, payload, headers)
 
-    def _domain_api(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
-        """$JS.<domain>.API.> is $JS.API.> (nats-server imports one into the other)."""
-        rest = subject.split(".", 3)[3] if subject.count(".") >= 3 else ""
-        if rest:
-            self.broker.publish("$JS.API." + rest, payload, reply, headers)
+    def _mapped(self, source: str, to: str) -> Callable[[str, Optional[str], bytes, Optional[bytes]], None]:
+        """
+        A subscriber to C{source} that hands what it gets on as C{to}: to
+        the API, or published again ($KV, $OBJ), as nats-server's account
+        mapping of the domain's API does (see
+        L{eventsvc.nats.links.jsdomain}, which keeps our own domain's API
+        from leaving by a leaf link, as the mapping would)).
+        """
+        publish = self.broker.publish
+
+        def mapped(subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+            target = map_subject(source, to, subject)
+            if target.startswith(API_PREFIX):
+                # Straight to the API, as the mapping's only subscriber: a
+                # request subject may carry a wildcard token (a filtered
+                # CONSUMER.CREATE names its filter), which no publish may.
+                api.dispatch(self, target, reply, payload, headers)
+            else:
+                publish(target, payload, reply, headers)
+        return mapped
 
     def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
         """$JS.ACK.<stream>.<consumer>.…: to that consumer (an unknown one is ignored, as nats-server)."""
@@ -466,6 +488,24 @@ class JetStream:
 def _has_wildcard(subject: str) -> bool:
     """Whether a token of C{subject} is C{*} or C{>}."""
     return any(token in ("*", ">") for token in subject.split("."))
+
+
+def domain_mappings(domain: str) -> List[Tuple[str, str]]:
+    """
+    The domain's mappings (nats-server's table, L{mapping_table}) that
+    something here answers: C{$JS.<domain>.API.INFO}, C{.STREAM.>} and
+    C{.CONSUMER.>} (the verbs of L{api_patterns}), and C{.$KV.>} and
+    C{.$OBJ.>} (a stream's subjects).  The rest stay unsubscribed so that
+    their requester hears "no responders" at once: C{DIRECT.>}, which each
+    stream with allow_direct answers under the domain itself, and C{META},
+    C{SERVER} and C{ACCOUNT}, which are a cluster's.
+    """
+    served = {pattern[len(API_PREFIX):] for pattern in api_patterns(API_PREFIX)}
+    out = []
+    for source, to in sorted(mapping_table(domain).items()):
+        if not to.startswith(API_PREFIX) or to[len(API_PREFIX):] in served:
+            out.append((source, to))
+    return out
 
 
 def api_patterns(prefix: str) -> List[str]:

@@ -56,7 +56,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from eventsvc.files import FULL_ERRNOS, Disk, sync_folder, write_atomic
-from eventsvc.jetstream.memstore import MemoryConsumerStore, _matches
+from eventsvc.jetstream.memstore import MemoryConsumerStore, _matches, _subject_seqs
 from eventsvc.jetstream.store import (
     ConsumerState,
     LimitReached,
@@ -967,14 +967,12 @@ class FileStore(_WriteState):
             self.skip(seq)
             return 0
         elif keep:
-            if subject:
-                names = [s for s in self._by_subject if _matches(subject, s)]
-                seqs = sorted(n for name in names for n in self._by_subject[name])
-            else:
-                seqs = sorted(self._index)
+            seqs = _subject_seqs(self._by_subject, subject) if subject else sorted(self._index)
             victims = seqs[: max(0, len(seqs) - keep)]
             if seq:
                 victims = [n for n in victims if n < seq]
+        elif subject:
+            victims = [n for n in _subject_seqs(self._by_subject, subject) if not seq or n < seq]
         else:
             victims = []
             for n in sorted(self._index):
@@ -1072,6 +1070,11 @@ class FileStore(_WriteState):
         return None
 
     def load_last(self, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
+            # One subject: its own last, not a walk over every subject (a KV get,
+            # an object's info and each subject of a last-per-subject consumer ask so).
+            seqs = self._by_subject.get(subject_filter)
+            return self.load(next(reversed(seqs))) if seqs else None
         best = 0
         for name, seqs in self._by_subject.items():
             if _matches(subject_filter, name):

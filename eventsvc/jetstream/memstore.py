@@ -39,6 +39,18 @@ def _matches(subject_filter: Optional[str], subject: str) -> bool:
     return subject_matches(subject_filter.encode("utf-8"), subject.encode("utf-8"))
 
 
+def _subject_seqs(by_subject: Dict[str, Dict[int, None]], subject_filter: str) -> List[int]:
+    """
+    The sequences of the messages whose subject matches C{subject_filter},
+    in order, from a store's index by subject: a literal subject's own
+    (kept in order) without a walk over every subject, as a rollup or an
+    object's purge asks once per publish.
+    """
+    if "*" not in subject_filter and ">" not in subject_filter:
+        return list(by_subject.get(subject_filter, ()))
+    return sorted(n for name, seqs in by_subject.items() if _matches(subject_filter, name) for n in seqs)
+
+
 class MemoryStore:
     """A L{eventsvc.jetstream.store.MessageStore} in memory."""
 
@@ -165,14 +177,12 @@ class MemoryStore:
             return 0
         victims: List[int] = []
         if keep:
-            if subject:
-                names = [s for s in self._by_subject if _matches(subject, s)]
-                seqs = sorted(n for name in names for n in self._by_subject[name])
-            else:
-                seqs = list(self._msgs)
+            seqs = _subject_seqs(self._by_subject, subject) if subject else list(self._msgs)
             victims = seqs[: max(0, len(seqs) - keep)]
             if seq:
                 victims = [n for n in victims if n < seq]
+        elif subject:
+            victims = [n for n in _subject_seqs(self._by_subject, subject) if not seq or n < seq]
         else:
             for n, message in self._msgs.items():
                 if seq and n >= seq:
@@ -244,6 +254,11 @@ class MemoryStore:
         return None
 
     def load_last(self, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
+        if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
+            # One subject: its own last, not a walk over every subject (a KV get,
+            # an object's info and each subject of a last-per-subject consumer ask so).
+            seqs = self._by_subject.get(subject_filter)
+            return self._msgs.get(next(reversed(seqs))) if seqs else None
         best = 0
         for name, seqs in self._by_subject.items():
             if _matches(subject_filter, name):

@@ -52,10 +52,6 @@ PLAN_CACHE_SIZE = 16384
 Target = Tuple[ISubscriber, bytes, Callable[[bytes], None]]
 
 
-#: The reply prefix of a JetStream delivery (its ack subject).
-_JS_ACK = b"$JS.ACK."
-
-
 class IGatewayForwarder(Protocol):
     """What the broker asks of the gateways (L{eventsvc.nats.links.gateway.GatewayManager})."""
 
@@ -322,8 +318,6 @@ class Delivery:
         link's frame named.  Returns how many subscribers it was given to.
         C{targets}: the plan, when the caller has made it.
         """
-        if reply is not None and src.kind.remote and b"@" in reply and reply.startswith(_JS_ACK):
-            return self._deliver_remapped(src, subject, reply, size, tail, -1, b"", queues)
         if targets is None:
             targets = self._targets.get(subject) or self._plan(subject)
         if not targets.simple:
@@ -493,33 +487,12 @@ class Delivery:
         subscribers see without its C{_GR_.} prefix).  Subscribers that did
         not negotiate headers get a plain MSG without them.
         """
-        if reply is not None and src.kind.remote and b"@" in reply and reply.startswith(_JS_ACK):
-            return self._deliver_remapped(src, subject, reply, size, tail, hdr_len, body, queues)
         targets = self._targets.get(subject) or self._plan(subject)
         same = routed_reply is _SAME or routed_reply is reply
         if hdr_len < 0 and same:
             return self.deliver(src, subject, reply, size, tail, targets, queues)
         message = Message(subject, reply, size, tail, hdr_len, body)
         routed = message if same else Message(subject, routed_reply, size, tail, hdr_len, body)
-        return self._general(src, targets, message, routed, queues)
-
-    def _deliver_remapped(
-        self, src: ISource, deliver: bytes, reply: bytes, size: int, tail: bytes, hdr_len: int, body: bytes,
-        queues: Sequence[bytes],
-    ) -> int:
-        """
-        A JetStream delivery from another server (client.go's last mile):
-        it came on the consumer's deliver subject with the stream's subject
-        after the ack reply (C{<reply>@<subject>}).  Subscribers of the
-        deliver subject here get it on the stream's subject with the ack
-        reply; other links get it as it came.
-        """
-        at = reply.rindex(b"@")
-        subject, ack = reply[at + 1:], reply[:at]
-        result = self.sublist.match(deliver, False)
-        targets = plan(subject, result.plain, result.queues)
-        message = Message(subject, ack, size, tail, hdr_len, body)
-        routed = Message(deliver, reply, size, tail, hdr_len, body)
         return self._general(src, targets, message, routed, queues)
 
     def _general(self, src: ISource, targets: Plan, message: "Message", routed: "Message", queues: Sequence[bytes]) -> int:

@@ -181,7 +181,7 @@ class Broker(Delivery):
         #: (the leaf nodes, which are told interest per owner): (sub, +1 or -1).
         self.subscription_listeners: List[Callable[[Subscription, int], None]] = []
         # deliver_as's plans by (deliver subject, shown subject), for one index generation.
-        self._deliver_plans: Dict[Tuple[bytes, bytes], Plan] = {}
+        self._deliver_plans: Dict[Tuple[bytes, bytes], Tuple[Plan, Optional[Plan]]] = {}
         self._deliver_plans_genid = -1
 
     # -- connections --------------------------------------------------------
@@ -377,7 +377,7 @@ class Broker(Delivery):
 
     def deliver_as(
         self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,
-        headers: Optional[bytes] = None, flush: bool = True,
+        headers: Optional[bytes] = None, flush: bool = True, source: Optional[ISource] = None,
     ) -> int:
         """
         Publish from inside the process to the subscribers of
@@ -386,44 +386,49 @@ class Broker(Delivery):
         deliver subject or a pull request's inbox (nats-server's
         C{pa.deliver}).  Returns the number of subscribers reached.
         C{flush=False}: the caller delivers several and calls L{flush} once.
+        C{source}: who it comes from, when a link brought it (its no-echo
+        and one-hop rules hold), else the process itself.
+
+        A leaf link is sent the message on C{deliver_subject} and, when it
+        has a reply, C{<reply>@<subject>}, as nats-server sends it: the far
+        side shows its subscribers C{subject} again (L{eventsvc.nats.links.jsdomain.split_ack_reply}).
+        A leaf that is a member of a queue group on C{deliver_subject} is
+        not: it is sent the message on C{subject}, as before.
         """
         if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
             self._deliver_plans.clear()
             self._deliver_plans_genid = self.sublist.genid
         bsubject = subject.encode("utf-8")
         key = (deliver_subject.encode("utf-8"), bsubject)
-        targets = self._deliver_plans.get(key)
-        if targets is None:
+        plans = self._deliver_plans.get(key)
+        if plans is None:
             result = self.sublist.match(key[0], keep=False)
-            targets = self._deliver_plans[key] = plan(bsubject, result.plain, result.queues)
+            leafs = [s for s in result.plain if s.owner.kind.leaf]
+            if leafs:
+                here = [s for s in result.plain if not s.owner.kind.leaf]
+                plans = self._deliver_plans[key] = (plan(bsubject, here, result.queues), plan(key[0], leafs, ()))
+            else:
+                plans = self._deliver_plans[key] = (plan(bsubject, result.plain, result.queues), None)
+        targets, leaf_targets = plans
         breply = reply.encode("utf-8") if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
-        if targets.route_plain or targets.leaf_plain or targets.route_mixed:
-            # Routes and leafs get it on the deliver subject, the stream's
-            # subject after the reply ("<reply>@<subject>"), as nats-server
-            # sends a JetStream delivery past its last mile (client.go):
-            # the server at the far end puts the subject back for its clients.
-            hdr_len = len(headers) if headers else -1
-            size = len(payload) + max(hdr_len, 0)
-            if headers:
-                body, tail = headers + payload + b"\r\n", b""
-            else:
-                body, tail = b"", b"%d\r\n%s\r\n" % (len(payload), payload)
-            message = Message(bsubject, breply, size, tail, hdr_len, body)
-            routed_reply = breply + b"@" + bsubject if breply else None
-            routed = Message(key[0], routed_reply, size, tail, hdr_len, body)
-            count = self._general(self._local, targets, message, routed, ())
-            if flush:
-                self.flush()
-            return count
-        if headers:
-            body = headers + payload + b"\r\n"
-            message = Message(bsubject, breply, len(headers) + len(payload), b"", len(headers), body)
-            count = self._general(self._local, targets, message, message, ())
-        else:
-            tail = b"%d\r\n%s\r\n" % (len(payload), payload)
-            count = self.deliver(self._local, bsubject, breply, len(payload), tail, targets)
+        src = self._local if source is None else source
+        count = self._deliver_message(src, targets, bsubject, breply, payload, headers)
+        if leaf_targets is not None:
+            count += self._deliver_message(
+                src, leaf_targets, key[0], breply + b"@" + bsubject if breply else None, payload, headers)
         if flush:
             self.flush()
         return count
+
+    def _deliver_message(
+        self, src: ISource, targets: Plan, subject: bytes, reply: Optional[bytes], payload: bytes, headers: Optional[bytes],
+    ) -> int:
+        """One message from C{src} to C{targets} (L{deliver_as}'s two plans)."""
+        if headers:
+            body = headers + payload + b"\r\n"
+            message = Message(subject, reply, len(headers) + len(payload), b"", len(headers), body)
+            return self._general(src, targets, message, message, ())
+        tail = b"%d\r\n%s\r\n" % (len(payload), payload)
+        return self.deliver(src, subject, reply, len(payload), tail, targets)

@@ -548,7 +548,11 @@ class Monitor:
 
 
     def leafz(self, args: Dict[bytes, List[bytes]]) -> "dict | tuple[int, str]":
-        """nats-server's /leafz: every leaf link up (C{subs=1}: with the subjects the other side is subscribed to)."""
+        """
+        nats-server's /leafz: every leaf link up (C{subs=1}: with the
+        subjects the other side is subscribed to), and the other side's
+        JetStream domain when it runs JetStream.
+        """
         leafs = self.leafnodes()
         links = [] if leafs is None else sorted(leafs.leafs.values(), key=lambda c: c.cid)
         try:
@@ -568,6 +572,11 @@ class Monitor:
                 "out_bytes": c.out_bytes,
                 "subscriptions": len(c.subs),
             }
+            # (Not in nats-server 2.9's /leafz: the other side's JetStream, from its CONNECT or INFO.)
+            if c.remote_jetstream:
+                row["jetstream"] = True
+            if c.remote_domain:
+                row["domain"] = c.remote_domain
             if subs and c.subs:
                 row["subscriptions_list"] = sorted(
                     (subject if queue is None else subject + b" " + queue).decode("utf-8", "replace") for subject, queue in c.subs

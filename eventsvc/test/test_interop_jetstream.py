@@ -59,11 +59,13 @@ _go_binary: Dict[str, str] = {}
 def go_program() -> str:
     """
     interop/go/jsinterop, built with interop/go/build (Debian's nats.go
-    sources, no module proxy) once per test run when make has not built it.
+    sources, no module proxy) once per test run when make has not built it
+    from the current .go files (jsinterop.go, objinterop.go).
     """
     source = os.path.join(process.source_tree(), "interop", "go")
     built = os.path.join(source, "jsinterop")
-    if os.access(built, os.X_OK) and os.path.getmtime(built) >= os.path.getmtime(os.path.join(source, "jsinterop.go")):
+    newest = max(os.path.getmtime(os.path.join(source, name)) for name in os.listdir(source) if name.endswith(".go"))
+    if os.access(built, os.X_OK) and os.path.getmtime(built) >= newest:
         return built
     if "path" in _go_binary:
         return _go_binary["path"]

@@ -349,6 +349,53 @@ class FileStoreTests(Base):
                     (m for seq, m in sorted(kept.items()) if m is not None and seq >= start and m.subject == subject), None)
                 self.assertEqual(model.load_next(start, subject), expected, (start, subject))
 
+    def test_one_subject_among_many(self) -> None:
+        """
+        load_last and purge of one literal subject (a KV get, an object's
+        info, a rollup, an object's delete) among thousands of subjects, on
+        both stores: the same answers as a plain search over every message,
+        and no walk over every subject (an object store's puts and lists
+        were quadratic in its objects: 6,000 objects, a list timed out).
+        """
+        from eventsvc.jetstream import memstore
+
+        real = memstore._matches
+        for store in (self.open(), MemoryStore(size=file_message_size)):
+            for i in range(3000):
+                store.store("$O.B.M.%d" % (i % 1000), None, b"%d" % i, i)
+                store.store("$O.B.C.%d" % (i % 500), None, b"c%d" % i, i)
+            plain = {seq: store.load(seq) for seq in range(1, 6001)}
+
+            def lasts(subject: str) -> Optional[int]:
+                return max((seq for seq, m in plain.items() if m is not None and m.subject == subject), default=None)
+
+            walked = []
+
+            def counting(subject_filter: Optional[str], subject: str) -> bool:
+                walked.append(subject)
+                return real(subject_filter, subject)
+
+            self.patch(filestore, "_matches", counting)
+            self.patch(memstore, "_matches", counting)
+            for subject in ("$O.B.M.7", "$O.B.C.499", "$O.B.M.nothing"):
+                last = store.load_last(subject)
+                self.assertEqual(last.seq if last is not None else None, lasts(subject), subject)
+            # A rollup keeps the last; an object's delete purges its chunks (below a sequence, too).
+            self.assertEqual(store.purge("$O.B.M.7", keep=1), 2)
+            self.assertEqual(store.purge("$O.B.C.3", seq=2000), 2)
+            self.assertEqual(store.purge("$O.B.C.4"), 6)
+            self.assertEqual(walked, [])
+            self.patch(filestore, "_matches", real)
+            self.patch(memstore, "_matches", real)
+            gone = {seq for seq, m in plain.items() if m is not None and (
+                (m.subject == "$O.B.M.7" and seq != lasts("$O.B.M.7"))
+                or (m.subject == "$O.B.C.3" and seq < 2000) or m.subject == "$O.B.C.4")}
+            self.assertEqual(len(gone), 10)
+            self.assertEqual({seq for seq in plain if store.load(seq) is None}, gone)
+            # Wildcards still walk, with the same answers.
+            self.assertEqual(store.load_last("$O.B.M.>").seq, 5999)  # type: ignore[union-attr]
+            self.assertEqual(store.purge("$O.B.C.*", keep=10), 3000 - 8 - 10)
+
     def test_limits(self) -> None:
         """Limits as the memory store's: discard new refuses with nats-server's text; ages expire."""
         store = self.open(limits=StoreLimits(max_msgs=2, discard_new=True))

@@ -4,6 +4,7 @@
 // eventsvc/test/test_interop_jetstream.py.  Usage:
 //
 //	jsinterop URL SCENE PREFIX
+//	jsinterop os ...   (the object store: objinterop.go)
 //
 // It prints one JSON line: {"scene": SCENE, "result": {...}} or
 // {"scene": SCENE, "error": "..."}; the result has the same fields as
@@ -282,6 +283,9 @@ func kv(js nats.JetStreamContext, prefix string) (result, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "os" {
+		os.Exit(objectMain(os.Args[2:])) // objinterop.go: the object store
+	}
 	if len(os.Args) != 4 {
 		fmt.Fprintln(os.Stderr, "usage: jsinterop URL SCENE PREFIX")
 		os.Exit(2)

@@ -14,7 +14,9 @@ nats-server 2.9 (routes, gateways, leaf nodes) and what they share.
     interest-only), L{replies} (the C{_GR_} reply mapping) and
     L{gateway_messages} (what crosses, both ways);
   - L{leaf}: the leafnode protocol's manager, as hub and as spoke, with
-    L{leaf_connection} (one leaf link, and the hubs we dial).
+    L{leaf_connection} (one leaf link, and the hubs we dial), and
+    L{jsdomain} (which JetStream subjects a leaf link carries, by the two
+    sides' domains, and a domain's mapping table).
 
 Everything here stands on the core of L{eventsvc.nats} (the broker, the
 parsers, the frames), and nothing in the core imports it.

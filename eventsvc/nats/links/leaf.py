@@ -16,6 +16,8 @@ is the manager: the remotes, who hears of what, and loop detection: each
 server subscribes its leafs to its own
 C{$LDS.<id>} subject, and a link that brings that interest back is a loop,
 closed with nats-server's error (the spoke waits 30 s before dialling again).
+Each link also takes L{eventsvc.nats.links.jsdomain}'s rule when it comes
+up: which JetStream subjects it carries, by the two sides' domains.
 
 What it must not do: know about events, tokens of the event gateway, or HTTP.
 """
@@ -29,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from eventsvc.nats.frames import info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.limits import PARSE_BUDGET, Limits
+from eventsvc.nats.links.jsdomain import leaf_rule
 from eventsvc.nats.links.leaf_connection import (
     DUPLICATE_ERROR, LDS_PREFIX, LOOP_DELAY, LOOP_ERROR, LeafConnection, RemoteLeaf, NUID_ALPHABET,
     interest_key, loop_subject,
@@ -103,6 +106,10 @@ class LeafSettings:
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
     parse_budget: Optional[float] = PARSE_BUDGET
+    #: Whether this server runs JetStream ([jetstream]), and its domain
+    #: ("": none): said in INFO and CONNECT, and the links' JetStream rule.
+    jetstream: bool = False
+    jetstream_domain: str = ""
 
 
 class LeafManager(LinkManager):
@@ -174,10 +181,16 @@ class LeafManager(LinkManager):
         }
         if self.settings.tls_accept is not None:
             info.update(tls_required=True, tls_verify=True)
+        info["max_payload"] = self.settings.limits.max_payload
+        if self.settings.jetstream:
+            info["jetstream"] = True
         info.update({
-            "max_payload": self.settings.limits.max_payload,
             "client_id": conn.cid,
             "nonce": "".join(NUID_ALPHABET[c % 62] for c in os.urandom(11)),
+        })
+        if self.settings.jetstream_domain:
+            info["domain"] = self.settings.jetstream_domain
+        info.update({
             "info_on_connect": True,
             "leafnode_urls": ["{}:{}".format(self.advertise_host, self.port)],
         })
@@ -191,10 +204,12 @@ class LeafManager(LinkManager):
 
     def connect_options(self, remote: RemoteLeaf, tls: bool = False, nonce: bytes = b"") -> Dict[str, Any]:
         """A spoke's CONNECT, as nats-server's sendLeafConnect."""
-        options: Dict[str, Any] = {
-            "version": self.broker.version, "tls_required": tls, "server_id": self.broker.server_id,
-            "name": self.broker.server_name, "headers": True,
-        }
+        options: Dict[str, Any] = {"version": self.broker.version, "tls_required": tls, "server_id": self.broker.server_id}
+        if self.settings.jetstream_domain:
+            options["domain"] = self.settings.jetstream_domain
+        options.update(name=self.broker.server_name, headers=True)
+        if self.settings.jetstream:
+            options["jetstream"] = True
         if self.broker.cluster_name:
             options["cluster"] = self.broker.cluster_name
         user, password = remote.credentials()
@@ -263,6 +278,7 @@ class LeafManager(LinkManager):
             "leaf node {how} {name} up ({host}:{port})",
             how="hub" if conn.dialled else "spoke", name=conn.describe(), host=conn.host, port=conn.port,
         )
+        self._jetstream_rule(conn)
         # Tell it everything it is to hear of, and our loop-detection subject.
         smap: Dict[bytes, int] = {}
         for sub in self.broker.sublist.all():
@@ -273,6 +289,19 @@ class LeafManager(LinkManager):
         conn.smap = smap
         conn.send(b"".join(ls_line(key, n) for key, n in smap.items()))
         self.broker.flush()
+
+    def _jetstream_rule(self, conn: LeafConnection) -> None:
+        """C{conn} takes the JetStream rule for its two domains (before it is told any interest), and the log says it."""
+        s = self.settings
+        rule = leaf_rule(s.jetstream, s.jetstream_domain, conn.remote_domain, conn.remote_jetstream)
+        conn.fence(rule)
+        self.log.info("leaf node {name}: {notice}", name=conn.describe(), notice=rule.notice)
+        if rule.same_domain:
+            self.log.warn(
+                "leaf node {name} runs JetStream in our domain ({domain}) too: each side answers the "
+                "JetStream requests made on it and neither can reach the other's streams; give each "
+                "side its own [jetstream] domain", name=conn.describe(), domain=s.jetstream_domain or "none",
+            )
 
     def leaf_lost(self, conn: LeafConnection, why: str) -> None:
         """A link ended: forget it and, when it was an uplink, dial again."""
@@ -294,13 +323,14 @@ class LeafManager(LinkManager):
 
     def _tells(self, conn: LeafConnection, sub: Subscription) -> bool:
         """
-        Whether C{conn} hears of C{sub}: never its own; an uplink only our
-        clients' and downleafs'; a downleaf everything but what a leaf of
-        its own cluster subscribed to, here or behind a route (bar loop
-        detection's).
+        Whether C{conn} hears of C{sub}: never its own, nor interest its
+        JetStream rule keeps on our side ($JS.API, $KV, $OBJ); an uplink
+        only our clients' and downleafs'; a downleaf everything but what a
+        leaf of its own cluster subscribed to, here or behind a route (bar
+        loop detection's).
         """
         owner = sub.owner
-        if owner is conn:
+        if owner is conn or conn.js_rule.blocks(sub.subject):
             return False
         if conn.kind is Kind.HUB:
             if conn.imports is not None and not conn.imports.may_subscribe(sub.subject, sub.queue):

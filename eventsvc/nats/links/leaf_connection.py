@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.jsdomain import ACK_PREFIX, LeafJetStreamRule, leaf_rule, split_ack_reply
 from eventsvc.nats.links.manager import DialTarget, host_port
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.subjects import Subscription, valid_subject
@@ -84,6 +85,11 @@ class LeafConnection(PeerConnection):
         self.remote_name = ""
         self.remote_cluster = ""
         self.cluster_origin = b""
+        #: Whether the other side runs JetStream, and its domain ("": none), from its INFO or CONNECT.
+        self.remote_jetstream = False
+        self.remote_domain = ""
+        #: Which JetStream subjects the link carries (L{fence}, when it comes up; until then none).
+        self.js_rule: LeafJetStreamRule = leaf_rule(False, "", "")
         #: The handshake is done: interest and messages may flow.
         self.up = False
         self.cid = manager.next_cid()
@@ -220,6 +226,24 @@ class LeafConnection(PeerConnection):
         self.remote_cluster = cluster if isinstance(cluster, str) else ""
         self.cluster_origin = self.remote_cluster.encode("utf-8")
         self.headers = bool(said.get("headers"))
+        domain = said.get("domain")
+        self.remote_domain = domain if isinstance(domain, str) else ""
+        self.remote_jetstream = said.get("jetstream") is True
+
+    def fence(self, rule: LeafJetStreamRule) -> None:
+        """
+        Take C{rule}: what it denies outward joins what the other side is not
+        to get (a message plan asks C{may_receive} once per subject); what
+        it denies both ways is not taken in (L{_takes}), nor interest in it
+        (L{op_ls_plus}).  The manager calls it as the link comes up, before
+        any interest crosses.
+        """
+        self.js_rule = rule
+        exports = self.may_receive
+        if exports is None:
+            self.may_receive = lambda subject: not rule.blocks_out(subject)
+        else:
+            self.may_receive = lambda subject: not rule.blocks_out(subject) and exports(subject)
 
     def _bound(self) -> None:
         """The handshake is done: register, and tell the other side our interest."""
@@ -241,7 +265,9 @@ class LeafConnection(PeerConnection):
         if subject == self.manager.lds:
             self.manager.loop_detected(self)
             return
-        if not valid_subject(subject):
+        if not valid_subject(subject) or self.js_rule.blocks_out(subject):
+            # (Interest in what we never send it is not kept: $JS.API.>
+            # from a nats-server hub, its service import.)
             return
         sub = self.new_interest(subject, queue, self.cluster_origin or None)
         if sub is None:
@@ -278,13 +304,22 @@ class LeafConnection(PeerConnection):
     # -- messages ------------------------------------------------------------------
 
     def _takes(self, verb: str, subject: bytes) -> bool:
-        """Whether a message on C{subject} is delivered: the link must be up, and a subject we do not import is dropped."""
+        """
+        Whether a message on C{subject} is delivered: the link must be up,
+        and a subject we do not import, or the JetStream rule denies, is dropped.
+        """
         self._bound_only(verb)
+        if subject[:1] == b"$" and self.js_rule.blocks(subject):
+            return False
         return self.imports is None or self.imports.may_publish(subject)
 
     def publish(self, src: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
         """An LMSG without queue names (the framing loop counts it)."""
-        return self.broker.deliver(self, subject, reply, size, tail) if self._takes("LMSG", subject) else 0
+        if not self._takes("LMSG", subject):
+            return 0
+        if reply is not None and reply.startswith(ACK_PREFIX) and self._delivered_as(subject, reply, tail[tail.index(b"\r\n") + 2:-2], None):
+            return 1
+        return self.broker.deliver(self, subject, reply, size, tail)
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
         """Several LMSGs to one subject without a reply or queue names, in order."""
@@ -300,13 +335,34 @@ class LeafConnection(PeerConnection):
         if self._takes("LMSG", subject):
             self.broker.deliver(self, subject, reply, size, tail, queues=queues)
 
+    def _delivered_as(self, subject: bytes, reply: bytes, payload: bytes, headers: Optional[bytes]) -> bool:
+        """
+        A JetStream delivery that crossed on its deliver subject (C{subject})
+        with C{<ack reply>@<stream subject>}: delivered here showing the
+        stream subject and the plain ack reply, as nats-server does.
+        Whether it was one.
+        """
+        split = split_ack_reply(reply)
+        if split is None:
+            return False
+        ack, shown = split
+        self.broker.deliver_as(
+            subject.decode("utf-8", "replace"), shown.decode("utf-8", "replace"), payload,
+            ack.decode("utf-8", "replace"), headers, flush=False, source=self,
+        )
+        return True
+
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         """An HMSG (with headers), naming queue groups or not."""
         takes = self._takes("HMSG", subject)
         self.in_msgs += 1
         self.in_bytes += total
-        if takes:
-            self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
+        if not takes:
+            return
+        if reply is not None and not queues and reply.startswith(ACK_PREFIX) and self._delivered_as(
+                subject, reply, body[hdr_len:total], body[:hdr_len]):
+            return
+        self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
 
     def op_err(self, arg: bytes) -> None:
         """C{-ERR} from the other side: a loop or same-cluster error delays our next dial; the link closes."""
