@@ -40,11 +40,6 @@ except ImportError:  # pragma: no cover
 
 #: How long the leaf link is down while the edge takes events (the issue's 30 s).
 OUTAGE = float(os.environ.get("EVENTSVC_JSEDGE_OUTAGE", "30"))
-#: Each domain's own $JS.API kept apart by hand, as nats-server does by
-#: itself across a leaf link between domains (without it the hub refuses
-#: the edge's interest in $JS.API.> and drops the link).  To go once
-#: eventsvc does it (issue 29, item 1).
-DENY_API = 'deny_imports = ["$JS.API.>"]\ndeny_exports = ["$JS.API.>"]\n'
 #: Events taken at the edge while cut off, whose forwarding the edge's kill -9 interrupts.
 KILL_BATCH = 10_000
 #: Their size (bytes after the number): 20 MB in all, so that the copy
@@ -233,8 +228,8 @@ class EventsvcEdgeTests(TestCase):
             # The typed events take another prefix: event.> is the stream's here.
             '[events]\nsubject_prefix = "agentevent"\n'
             '[jetstream]\ndomain = "edge"\nstore_dir = "{dir}/edge"\n'
-            '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{proxy}"\n{deny}'
-        ).format(port=edge_port, dir=directory, proxy=proxy.port, deny=DENY_API))
+            '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{proxy}"\n'
+        ).format(port=edge_port, dir=directory, proxy=proxy.port))
         edge = process.eventsvc(config, expect=("service",))
         yield process.started(self, edge)
         count = 0

@@ -471,9 +471,9 @@ class AcrossALeafLinkTests(TestCase):
         self.hub.node.broker.publish("$JS.edge.API.CONSUMER.CREATE.EVENTS", json.dumps({
             "stream_name": "EVENTS", "config": {"deliver_subject": "deliver.here", "ack_policy": "explicit"}}).encode(), reply)
         self.elapse(0.2)
-        # (Until each domain's $JS.API is kept to its side of a leaf link,
-        # the hub answers the edge's forwarded request too: "stream not found".)
-        created = [answer for answer in map(json.loads, self.hub.replies) if "name" in answer][0]
+        answers = [json.loads(answer) for answer in self.hub.replies]
+        self.assertEqual(len(answers), 1, "answered by the edge alone")
+        created = answers[0]
         self.events(1, 1)
         self.elapse(0.2)
         got = client.received()
