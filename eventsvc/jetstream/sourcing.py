@@ -162,17 +162,18 @@ class SourceLink:
 
     # -- life ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, last_copied: Optional[int] = None) -> None:
         """
-        Find where to resume (the store's last copy) and, on the next
-        turn, ask the origin for a consumer from there: as from
-        nats-server, a create is answered with the stream as made.
+        Find where to resume (the store's last copy; C{last_copied}: found
+        already, by L{last_copies}) and, on the next turn, ask the origin
+        for a consumer from there: as from nats-server, a create is
+        answered with the stream as made.
         """
         self._running = True
         if self.mirror:
             self.sseq = self.stream.store.state().last_seq
         else:
-            self.sseq = self._last_copied()
+            self.sseq = self._last_copied() if last_copied is None else last_copied
         self._retry = self.engine.clock.callLater(0, self._retry_now)
 
     def stop(self) -> None:
@@ -186,21 +187,7 @@ class SourceLink:
 
     def _last_copied(self) -> int:
         """The origin sequence of the last message this stream holds from it (C{setStartingSequenceForSource})."""
-        store = self.stream.store
-        state = store.state()
-        seq = state.last_seq
-        while seq >= state.first_seq and seq > 0:
-            message = store.load(seq)
-            seq -= 1
-            if message is None or not message.headers:
-                continue
-            value = header(message.headers, _HEADER)
-            if not value:
-                continue
-            iname, origin_seq = source_value(value)
-            if iname == self.iname:
-                return origin_seq
-        return 0
+        return last_copies(self.stream.store, {self.iname}).get(self.iname, 0)
 
     def _cancel_consumer(self) -> None:
         for sub in (self._deliveries, self._answer):
@@ -507,6 +494,29 @@ class SourceLink:
         return out
 
 
+def last_copies(store: Any, inames: "set[str]") -> Dict[str, int]:
+    """
+    For each source of C{inames}, the origin sequence of the last message
+    C{store} holds from it (absent: none): one walk back from the end,
+    which stops once every one is found (C{startingSequenceForSources}).
+    """
+    found: Dict[str, int] = {}
+    state = store.state()
+    seq = state.last_seq
+    while seq >= state.first_seq and seq > 0 and len(found) < len(inames):
+        message = store.load(seq)
+        seq -= 1
+        if message is None or not message.headers or b"Nats-Stream-Source" not in message.headers:
+            continue
+        value = header(message.headers, _HEADER)
+        if not value:
+            continue
+        iname, origin_seq = source_value(value)
+        if iname in inames and iname not in found:
+            found[iname] = origin_seq
+    return found
+
+
 def _with_source(headers: Optional[bytes], value: str) -> bytes:
     """The header block with C{Nats-Stream-Source: value}, an earlier one (a chain of sources) removed."""
     if headers and len(headers) > 4:
@@ -519,4 +529,4 @@ def _with_source(headers: Optional[bytes], value: str) -> bytes:
     return "NATS/1.0\r\n{}: {}\r\n\r\n".format(_HEADER, value).encode("utf-8")
 
 
-__all__ = ["SourceLink", "go_hash", "index_name", "parse_ack_reply", "source_value", "is_control"]
+__all__ = ["SourceLink", "go_hash", "index_name", "last_copies", "parse_ack_reply", "source_value", "is_control"]

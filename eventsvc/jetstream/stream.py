@@ -28,7 +28,7 @@ from eventsvc.jetstream import errors
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.limits import stream_bytes_cap
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore, message_size
-from eventsvc.jetstream.sourcing import SourceLink, index_name
+from eventsvc.jetstream.sourcing import SourceLink, index_name, last_copies
 from eventsvc.jetstream.store import (
     ConsumerStore,
     StoreError,
@@ -772,10 +772,12 @@ class Stream:
             if iname not in wanted or self.sources[iname].config != wanted[iname]:
                 self.sources.pop(iname).stop()
         last_ts = self.store.state().last_ts if restored else 0
-        for iname, source in wanted.items():
-            if iname not in self.sources:
-                link = self.sources[iname] = SourceLink(self, source, since=last_ts)
-                link.start()
+        new = [iname for iname in wanted if iname not in self.sources]
+        # Where each new one resumes: one walk back through the stream for all.
+        copied = last_copies(self.store, set(new)) if new else {}
+        for iname in new:
+            link = self.sources[iname] = SourceLink(self, wanted[iname], since=last_ts)
+            link.start(copied.get(iname, 0))
 
     def unlink_sources(self) -> None:
         """Let go of every origin (a stop, a delete)."""

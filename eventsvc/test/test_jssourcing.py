@@ -196,6 +196,24 @@ class SourceTests(TestCase):
         self.assertEqual([(data, source) for _, _, data, source in contents(s)], [(b"s2", None), (b"o3", "O 4")])
         again.js.stop()
 
+    def test_where_sources_resume_is_found_in_one_walk(self) -> None:
+        """Each source's last copy, found walking back once for all, stopping when all are found."""
+        h = Harness()
+        h.create(name="A", subjects=["a"])
+        h.create(name="B", subjects=["b"])
+        s = h.create(name="S", subjects=["s"], sources=[{"name": "A"}, {"name": "B"}])
+        h.clock.advance(0)
+        for subject in ("a", "b", "a") + ("b",) * 5 + ("s",) * 10:
+            h.publish(subject, b"x", reply=False)
+        loads: List[int] = []
+        load = s.store.load
+        self.patch(s.store, "load", lambda seq: loads.append(seq) or load(seq))
+        self.assertEqual(sourcing.last_copies(s.store, {"A", "B", "C"}), {"A": 2, "B": 6})
+        self.assertEqual(len(loads), 18, "the whole stream, for C, which has no copy")
+        loads.clear()
+        self.assertEqual(sourcing.last_copies(s.store, {"A", "B"}), {"A": 2, "B": 6})
+        self.assertEqual(loads, list(range(18, 2, -1)), "back to A's last copy, and no further")
+
     def test_chained_sources_keep_one_header(self) -> None:
         h = Harness()
         h.create(name="A", subjects=["a.>"])
