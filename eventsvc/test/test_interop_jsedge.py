@@ -9,9 +9,9 @@ domains joined by a leaf link that a TCP proxy in this process can cut.
     each once; then C{kill -9} of the edge while it forwards, and again
     nothing missing and nothing twice;
   - a nats-server edge (domain edge) as a leaf of an eventsvc hub (domain
-    hub), whose stream mirrors the edge's C{EVENTS} across the same kind
-    of outage, then across a C{kill -9} of the hub while it copies: the
-    same sequences, each once.
+    hub), whose stream mirrors the edge's C{EVENTS} (and another sources
+    it) across the same kind of outage, then across a C{kill -9} of the
+    hub while it copies: the same sequences, each once.
 
 Each side is started as a user starts it.  nats-py drives the clients.
 """
@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
+from eventsvc.jetstream import sourcing
 from eventsvc.test import process
 
 try:
@@ -354,6 +355,10 @@ class NatsServerEdgeTests(TestCase):
             created = await request(hc, "$JS.hub.API.STREAM.CREATE.MIRROR", {
                 "name": "MIRROR", "mirror": {"name": "EVENTS", "external": {"api": "$JS.edge.API", "deliver": ""}}})
             assert "error" not in created, created
+            # and a source of it beside the mirror, through the same outage and kill
+            created = await request(hc, "$JS.hub.API.STREAM.CREATE.SOURCED", {
+                "name": "SOURCED", "sources": [{"name": "EVENTS", "external": {"api": "$JS.edge.API", "deliver": ""}}]})
+            assert "error" not in created, created
 
             async def hub_count(n: int) -> Any:
                 info = await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR")
@@ -407,11 +412,22 @@ class NatsServerEdgeTests(TestCase):
                 info = await request(hc, "$JS.hub.API.STREAM.INFO.MIRROR")
                 return info["state"]["last_seq"] >= total or None
 
+            async def sourced_count() -> Any:
+                info = await request(hc, "$JS.hub.API.STREAM.INFO.SOURCED")
+                return info["state"]["messages"] >= total or None
+
             await until("every event in the mirror after the hub's kill -9", hub_count, 90)
+            await until("every event in the source after the hub's kill -9", sourced_count, 90)
+            await asyncio.sleep(2)  # nothing more comes (a duplicate would)
             mine = await stream_messages(hc, "$JS.hub.API", "MIRROR", total)
             theirs = await stream_messages(ec, "$JS.API", "EVENTS", total)
             self.assertEqual([(seq, data) for seq, data, _ in mine], [(seq, data) for seq, data, _ in theirs])
             each_once(self, mine, total)
+            sourced = await stream_messages(hc, "$JS.hub.API", "SOURCED", total + 10)
+            each_once(self, sourced, total)
+            origins = [headers["Nats-Stream-Source"] for _, _, headers in sourced]
+            self.assertEqual(sorted(origins, key=lambda value: int(value.split()[1])),
+                             ["EVENTS:%s %d" % (sourcing.go_hash("$JS.edge.API"), n) for n in range(1, total + 1)])
             await ec.close()
             await hc.close()
 
