@@ -5,13 +5,16 @@ them to a Go HTTP target.  eventsvc runs on core 0, the producers and the
 target on core 1 (taskset), and eventsvc's CPU per event is read from
 /proc/<pid>/stat.
 
-    python bench/events.py [--events 20000] [--python PATH ...] [--old PATH ...]
+    python bench/events.py [--events 20000] [--runs 3] [--store spool --store stream] [--python PATH ...] [--old PATH ...]
 
 Each interpreter (default: this one, and .venv-pypy's if there is one) runs
 this checkout's code if its virtual environment is inside the checkout, and
 what it has installed otherwise (an older release's venv, for before and
-after).  It runs four scenes: with and without the spool, batch_max 1 and
-100 (an old release ignores batch_max).  A warm-up of
+after).  It runs each store (memory: no data_dir; spool: [events] log =
+"spool"; stream: the JetStream stream EVENTS, the default) with batch_max
+1 and 100 (an old release ignores batch_max, and knows only memory and
+spool), and prints the stream against the spool, rate and CPU per event,
+from the same run.  A warm-up of
 a fifth of the events is run first in each scene and not counted (PyPy's
 JIT).  nats-server has no equivalent path, so the figures are absolute:
 compare runs of one machine only.  It prints figures; it never passes or
@@ -96,20 +99,26 @@ def produce(tool: str, port: int, events: int, prefix: str, inflight: int, conns
     return json.loads(out.stdout)
 
 
-def config(directory: str, port: int, target: str, spool: bool, batch_max: int, events: int) -> str:
+#: Where events are kept: no data_dir, the event layer's spool, the JetStream stream.
+STORES = ("memory", "spool", "stream")
+
+
+def config(directory: str, port: int, target: str, store: str, batch_max: int, events: int, old: bool = False) -> str:
     return process.write_config(os.path.join(directory, "bench.toml"), (
         '[service]\nhost = "127.0.0.1"\nport = {port}\nevent_limit = {limit}\n{spool}'
         '[handlers]\nevent_feed = "http://{target}/events"\n'
-        '[events]\nhandler_concurrency = 8\n{batch}'
+        '[events]\nhandler_concurrency = 8\n{log}{batch}'
         '[log]\nlevel = "info"\n'
     ).format(
-        port=port, limit=events * 2, spool='data_dir = "data"\n' if spool else "", target=target,
+        port=port, limit=events * 2, spool='data_dir = "data"\n' if store != "memory" else "", target=target,
+        # (An older release has only the spool, and no such key.)
+        log='log = "spool"\n' if store == "spool" and not old else "",
         # (Written only when batching, so that an older release reads the file.)
         batch="batch_max = {}\nbatch_wait = 0.005\n".format(batch_max) if batch_max > 1 else "",
     ))
 
 
-def scene(python: str, tool: str, spool: bool, batch_max: int, events: int, inflight: int, conns: int) -> Dict[str, float]:
+def scene(python: str, tool: str, store: str, batch_max: int, events: int, inflight: int, conns: int, old: bool = False) -> Dict[str, float]:
     target = Target(tool)
     directory = tempfile.mkdtemp(prefix="eventsbench-")
     port = process.free_port()
@@ -122,7 +131,7 @@ def scene(python: str, tool: str, spool: bool, batch_max: int, events: int, infl
         env["PYTHONPATH"] = ROOT
     server = process.ServerProcess(
         ["taskset", "-c", "0", twistd, "-n", "--pidfile=", "eventsvc", "--config",
-         config(directory, port, target.address, spool, batch_max, events)],
+         config(directory, port, target.address, store, batch_max, events, old)],
         re.compile(r"listening for NATS clients on [\d.]+:(\d+)"), env,
     )
     try:
@@ -169,21 +178,41 @@ def main() -> None:
     parser.add_argument("--python", action="append", help="an interpreter whose twistd runs eventsvc (repeatable)")
     parser.add_argument("--batch", type=int, action="append", help="batch_max values (default 1 and 100)")
     parser.add_argument("--old", action="append", default=[], help="an older release's interpreter: batch_max 1 only")
+    parser.add_argument("--store", action="append", choices=STORES, help="stores to run (default: all three)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each scene, interleaved; the median is kept")
     options = parser.parse_args()
     tool = eventbench()
     print("{} events per scene, {} producer connections x {} in flight; eventsvc on core 0, load and target on core 1".format(
         options.events, options.conns, options.inflight))
-    print("{:<20} {:<6} {:>6} {:>10} {:>12} {:>14} {:>8}".format("python", "spool", "batch", "acked/s", "delivered/s", "CPU/event (us)", "POSTs"))
-    runs = [(p, options.batch or [1, 100]) for p in interpreters(options.python)] + [(p, [1]) for p in options.old]
-    for python, batches in runs:
+    print("{:<20} {:<7} {:>6} {:>10} {:>12} {:>14} {:>8}".format("python", "store", "batch", "acked/s", "delivered/s", "CPU/event (us)", "POSTs"))
+    runs = [(p, options.batch or [1, 100], False) for p in interpreters(options.python)] + [(p, [1], True) for p in options.old]
+    stores = options.store or list(STORES)
+    for python, batches, old in runs:
         # The interpreter, and its virtual environment's folder (which release).
         name = "{} {}".format("pypy" if "pypy" in python else "cpython", os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(python)))))
-        for spool in (False, True):
-            for batch_max in batches:
-                r = scene(python, tool, spool, batch_max, options.events, options.inflight, options.conns)
-                print("{:<20} {:<6} {:>6} {:>10,.0f} {:>12,.0f} {:>14.0f} {:>8}".format(
-                    name, "on" if spool else "off", batch_max, r["acked"], r["delivered"], r["cpu_us"], int(r["posts"])), flush=True)
+        for batch_max in batches:
+            results: Dict[str, List[Dict[str, float]]] = {}
+            for _ in range(options.runs):
+                # (Interleaved, so that the machine's swings fall on every store alike.)
+                for store in stores:
+                    if old and store == "stream":
+                        continue
+                    results.setdefault(store, []).append(
+                        scene(python, tool, store, batch_max, options.events, options.inflight, options.conns, old))
+            kept = {store: median(rs) for store, rs in results.items()}
+            for store, r in kept.items():
+                print("{:<20} {:<7} {:>6} {:>10,.0f} {:>12,.0f} {:>14.1f} {:>8}".format(
+                    name, store, batch_max, r["acked"], r["delivered"], r["cpu_us"], int(r["posts"])), flush=True)
+            if "spool" in kept and "stream" in kept:
+                spool, stream = kept["spool"], kept["stream"]
+                print("{:<20} stream/spool, batch {}: acked/s {:.0%}, delivered/s {:.0%}, CPU/event {:.0%}".format(
+                    name, batch_max, stream["acked"] / spool["acked"], stream["delivered"] / spool["delivered"],
+                    stream["cpu_us"] / spool["cpu_us"]), flush=True)
 
+
+def median(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """Each figure's median over the runs (a lower median for an even count)."""
+    return {key: sorted(r[key] for r in runs)[(len(runs) - 1) // 2] for key in runs[0]}
 
 if __name__ == "__main__":
     main()

@@ -134,6 +134,16 @@ class EventsConfig:
     batch_max: int = 1
     #: Seconds an event may wait for others to fill its batch.
     batch_wait: float = 0.005
+    #: Where accepted events are kept (with a data_dir): "stream", a
+    #: JetStream stream whose durable consumers are the handlers (one store
+    #: format with [jetstream], readable by any NATS client); or "spool",
+    #: the event layer's own segment files (before issue 29).
+    log: str = "stream"
+    #: The stream's name, and how long (seconds; 0: for ever) and how many
+    #: bytes (-1: no limit) of history it keeps.
+    stream: str = "EVENTS"
+    stream_max_age: float = 7 * 86400.0
+    stream_max_bytes: int = -1
     #: Each handler's own batch_max and batch_wait.
     feed: HandlerBatchConfig = field(default_factory=HandlerBatchConfig)
     cfgingest: HandlerBatchConfig = field(default_factory=HandlerBatchConfig)
@@ -646,6 +656,13 @@ def warnings(config: Config) -> List[str]:
             "delivered is lost if the process crashes, or stops while a target is down (remove the key to keep them "
             "in the state directory, or name a folder)".format(path)
         )
+    ev = config.events
+    if config.service.data_dir and ev.log == "stream" and ev.stream_max_age > 0 and (ev.max_age == 0 or ev.max_age > ev.stream_max_age):
+        out.append(
+            "{}: [events] stream_max_age ({:g}s) is shorter than the time a handler may retry an event ([events] max_age: "
+            "{}), so an event its target refuses that long leaves the stream's history and is not delivered after a "
+            "restart (make stream_max_age longer, or 0)".format(path, ev.stream_max_age, "{:g}s".format(ev.max_age) if ev.max_age else "for ever")
+        )
     from eventsvc.events.types import Registry
 
     registry = Registry(config.events.routing)
@@ -714,7 +731,17 @@ def where_events_are_kept(config: Config) -> str:
     """One line for check-config and the start-up log: where events are kept, and what that promises."""
     if not config.service.data_dir:
         return "events are kept in memory only ([service] data_dir = \"\"): lost at a crash"
-    return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
+    if config.events.log == "spool":
+        return "events are kept in {} (the spool: an acknowledged event survives a crash and a restart)".format(config.service.data_dir)
+    return "events are kept in {} (the JetStream stream {} under {}: an acknowledged event survives a crash and a restart)".format(
+        config.service.data_dir, config.events.stream, events_store_dir(config))
+
+
+def events_store_dir(config: Config) -> str:
+    """Where the events stream is kept: [jetstream] store_dir when it is on, else data_dir's jetstream folder."""
+    if config.jetstream.enabled and config.jetstream.store_dir:
+        return config.jetstream.store_dir
+    return os.path.join(config.service.data_dir, "jetstream")
 
 
 def in_file(config: Config) -> str:
@@ -954,6 +981,14 @@ def _check_events(config: Config, fail: _Fail) -> None:
         fail("events", "down_after", "must be 0 (never reported) or more seconds, got {}".format(ev.down_after))
     if not ev.delivery_timeout > 0:
         fail("events", "delivery_timeout", "must be a positive number of seconds")
+    if ev.log not in ("stream", "spool"):
+        fail("events", "log", "must be \"stream\" (a JetStream stream) or \"spool\" (the event layer's own files), got {!r}".format(ev.log))
+    if not ev.stream or any(c in ev.stream for c in " .*>\t\r\n/\\") or len(ev.stream) > 255:
+        fail("events", "stream", "must be a stream name (no spaces, dots, wildcards or slashes), got {!r}".format(ev.stream))
+    if ev.stream_max_age < 0:
+        fail("events", "stream_max_age", "must be 0 (keep for ever) or more seconds, got {}".format(ev.stream_max_age))
+    if ev.stream_max_bytes == 0 or ev.stream_max_bytes < -1:
+        fail("events", "stream_max_bytes", "must be -1 (no limit) or a positive number of bytes, got {}".format(ev.stream_max_bytes))
     for where, batch_max, batch_wait in [("events", ev.batch_max, ev.batch_wait)] + [
         ("events." + name, getattr(ev, name).batch_max, getattr(ev, name).batch_wait) for name in HANDLER_NAMES
     ]:

@@ -279,6 +279,11 @@ class EventService(MultiService):
     def _client_connections(self) -> List[Any]:
         return [c for c in self.broker.clients.values() if hasattr(c, "lame_duck")]
 
+    def _where_kept(self) -> str:
+        """Where the events not yet delivered at a stop wait: the spool, or the events stream."""
+        name = getattr(self.events.spool, "name", None)
+        return "kept in the stream {}".format(name) if name else "kept in the spool"
+
     async def _shutdown(self, timeout: float) -> None:
         deadline = self.reactor.seconds() + timeout
         await self._stop_accepting_and_tell()
@@ -295,7 +300,7 @@ class EventService(MultiService):
         if left:
             self.log.warn(
                 "{count} events not yet delivered at shutdown: {fate}",
-                count=left, fate="kept in the spool" if durable else "lost (no [service] data_dir)",
+                count=left, fate=self._where_kept() if durable else "lost (no [service] data_dir)",
             )
         # Close the clients ourselves, and give the kernel a moment to take
         # what they are owed (the ldm INFO above all): stopping the reactor

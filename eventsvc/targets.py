@@ -10,7 +10,7 @@ L{eventsvc.app} composes them; nothing here imports it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from twisted.application.service import Service
 
@@ -52,7 +52,13 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
         )
         handler.setServiceParent(top)
         handlers[name] = handler
-    spool = Spool(data_dir) if data_dir else None
+    spool: Any = None
+    if data_dir and ev.log == "spool":
+        spool = Spool(data_dir)
+    elif data_dir and handlers:
+        # (Without a handler no event is accepted: no stream is made, and a
+        # server with [jetstream] for other uses shows only its own streams.)
+        spool = _stream_log(config, broker, reactor, top, tuple(handlers))
     def make_targets(new: Config) -> Dict[str, Any]:
         """The delivery targets of a new configuration, for the handlers that run."""
         shared: List[Any] = []
@@ -68,6 +74,26 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
     dispatcher.setServiceParent(top)
     BacklogWatch(list(handlers.values()), reactor).setServiceParent(top)
     top.events = dispatcher
+
+
+def _stream_log(config: Config, broker: Broker, reactor: Any, top: EventService, handlers: Tuple[str, ...]) -> Any:
+    """
+    The event log on a JetStream stream ([events] log = "stream"): on
+    [jetstream]'s engine, or, without that section, on an engine of its
+    own under data_dir/jetstream that answers no $JS.API (L{EventsJetStream}).
+    """
+    from eventsvc.config import events_store_dir
+    from eventsvc.events.log import EventsJetStream, StreamLog
+    from eventsvc.jetstream.engine import JetStreamService, JetStreamSettings
+
+    ev = config.events
+    engine = top.jetstream
+    if engine is None:
+        engine = EventsJetStream(broker, JetStreamSettings(store_dir=events_store_dir(config)), reactor)
+        # Started before the dispatcher, stopped after it.
+        JetStreamService(engine).setServiceParent(top)
+    return StreamLog(engine, handlers, ev.subject_prefix, ev.stream, ev.stream_max_age, ev.stream_max_bytes,
+                     spool_dir=config.service.data_dir)
 
 
 class TargetConnections(Service):

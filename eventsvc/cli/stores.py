@@ -130,6 +130,17 @@ def spool_stats(options: argparse.Namespace) -> int:
     path = config.service.data_dir
     if not path:
         return say('eventsvc: events are kept in memory only ([service] data_dir = "" in {}): no spool to inspect'.format(options.config), EX_FAIL)
+    if config.events.log == "stream" and not _spool_files(path):
+        from eventsvc.config import events_store_dir
+
+        folder = os.path.join(events_store_dir(config), "streams", config.events.stream)
+        if options.json:
+            print(json.dumps({"path": folder, "exists": os.path.isdir(folder), "log": "stream", "stream": config.events.stream}))
+            return EX_OK
+        return say(
+            'events are kept in the JetStream stream {} in {} ([events] log = "stream"), not in a spool: each '
+            "handler's backlog is in /eventz and /metrics, and with [jetstream] its durable consumer is there to read "
+            "(eventsvc consumer info {} <handler>)".format(config.events.stream, folder, config.events.stream), EX_OK)
     if not os.path.exists(path):
         if options.json:
             print(json.dumps(_stats(path, 0, 0, 0, 0, {}, exists=False)))
@@ -161,6 +172,13 @@ def spool_stats(options: argparse.Namespace) -> int:
         age = " (oldest {}, accepted {}, {:.0f}s ago)".format(entry["oldest_event"], _when(entry["oldest"]), now - entry["oldest"]) if entry["oldest"] else ""
         print("  {}: {} owed{}".format(name, entry["owed"], age))
     return EX_OK
+
+
+def _spool_files(path: str) -> bool:
+    """Whether a spool is in C{path} (one not carried over into the events stream yet)."""
+    from eventsvc.events.spool import LEGACY_NAME, segment_paths
+
+    return bool(segment_paths(path)) or os.path.exists(os.path.join(path, LEGACY_NAME))
 
 
 def _stats(path: str, size: int, records: int, unreadable: int, events_owed: int, handlers: Dict[str, Any], exists: bool = True) -> Dict[str, Any]:

@@ -22,7 +22,7 @@ takes writes again.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -30,6 +30,9 @@ from twisted.logger import Logger
 from eventsvc.events import types
 from eventsvc.events.handlers import Delivery, HandlerService
 from eventsvc.events.spool import Spool, StoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from eventsvc.events.log import StreamLog
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.timers import cancel
 
@@ -53,7 +56,7 @@ class EventDispatcher(Service):
         handlers: Dict[str, HandlerService],
         event_limit: int,
         clock: Any,
-        spool: Optional[Spool] = None,
+        spool: "Optional[Union[Spool, StreamLog]]" = None,
         prefix: str = "event",
         queue_group: str = "eventsvc",
         make_targets: Optional[Callable[[Any], Dict[str, Any]]] = None,
@@ -173,7 +176,7 @@ class EventDispatcher(Service):
             return
         if self.spool is not None:
             try:
-                seq = self.spool.accept(event_id, handlers, payload)
+                seq = self.spool.accept(event_id, handlers, payload, type_name)
             except StoreError as e:
                 self._refuse(reply, e.reason, str(e), event_id)
                 self._watch_store()
@@ -248,20 +251,33 @@ class EventDispatcher(Service):
         # Whichever timer runs it, this sync serves the others too.
         self._sync_call, self._done_sync = cancel(self._sync_call), cancel(self._done_sync)
         if self.spool is not None:
-            lost = set(self.spool.sync())
             unsynced, self._unsynced = self._unsynced, {}
-            for seq, (event_id, handlers, payload, type_name, reply) in unsynced.items():
-                if seq in lost:
-                    # Never acknowledged, never delivered: the publisher is told.
-                    error = self.spool.error or "store failed"
-                    self._refuse(reply, "store_full" if self.spool.state == "full" else "store_read_only", error, event_id)
-                    continue
-                self.accepted += 1
-                self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
-                self._admit(seq, event_id, handlers, payload, type_name)
-                if reply:
-                    self._acks.append((reply, _accepted(event_id)))
-            self._watch_store()
+            # (The spool settles at once; the stream log when its store's
+            # write is durable, a turn later.)
+            self.spool.settle(lambda lost: self._settled(unsynced, lost))
+        else:
+            self._send_acks()
+
+    def _settled(self, unsynced: Dict[int, Tuple[str, Tuple[str, ...], bytes, str, Optional[str]]], lost: Sequence[int]) -> None:
+        """The events of one turn are durable, but for C{lost}: admit and acknowledge them, refuse the others."""
+        spool = self.spool
+        assert spool is not None
+        refused = set(lost)
+        for seq, (event_id, handlers, payload, type_name, reply) in unsynced.items():
+            if seq in refused:
+                # Never acknowledged, never delivered: the publisher is told.
+                error = spool.error or "store failed"
+                self._refuse(reply, "store_full" if spool.state == "full" else "store_read_only", error, event_id)
+                continue
+            self.accepted += 1
+            self.accepted_by_type[type_name] = self.accepted_by_type.get(type_name, 0) + 1
+            self._admit(seq, event_id, handlers, payload, type_name)
+            if reply:
+                self._acks.append((reply, _accepted(event_id)))
+        self._watch_store()
+        self._send_acks()
+
+    def _send_acks(self) -> None:
         acks, self._acks = self._acks, []
         if acks:
             self.broker.publish_many(acks)
@@ -284,7 +300,8 @@ class EventDispatcher(Service):
         spool = self.spool
         if spool is None:
             return {"kind": "memory", "path": None, "state": "ok", "error": None}
-        return {"kind": "file", "path": spool.directory, "state": spool.state, "error": spool.error}
+        kind = "file" if isinstance(spool, Spool) else "stream"
+        return {"kind": kind, "path": spool.directory, "state": spool.state, "error": spool.error}
 
     def _refuse(self, reply: Optional[str], reason: str, error: str, event_id: Optional[str]) -> None:
         self.refused += 1

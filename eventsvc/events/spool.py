@@ -52,7 +52,7 @@ import re
 import struct
 import time
 import zlib
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 
@@ -599,10 +599,11 @@ class Spool:
             encoded = self._handlers_json[key] = json.dumps(list(key)).encode("utf-8")
         return _accept_record(seq, event_id, encoded, body, accepted)
 
-    def accept(self, event_id: str, handlers: Sequence[str], body: bytes) -> int:
+    def accept(self, event_id: str, handlers: Sequence[str], body: bytes, type_name: str = "") -> int:
         """
         Record an accepted event; returns its sequence number.  Durable
-        after L{sync}, unless that returns it as lost.
+        after L{sync}, unless that returns it as lost.  (C{type_name} is
+        for the stream log's subjects; the spool does not keep it.)
 
         @raise StoreError: the store cannot take it (full, read-only, failing).
         """
@@ -784,6 +785,10 @@ class Spool:
                 self.state, self.error = "ok", None
         lost, self._lost = self._lost, []
         return lost
+
+    def settle(self, callback: Callable[[List[int]], None]) -> None:
+        """L{sync}, then C{callback} with what it lost (the stream log's interface; the spool settles at once)."""
+        callback(self.sync())
 
     def segments(self) -> List[int]:
         """The segment numbers on disk (for tests and monitoring)."""

@@ -80,6 +80,13 @@ class JetStream:
         #: (L{hold_answers}), and how deep the holds are.
         self._held: List[Tuple[str, bytes]] = []
         self._holding = 0
+        #: Streams fed in process by another part of the server (the event
+        #: log, L{eventsvc.events.log}), named before L{start}: their
+        #: subjects are not captured from the broker (what is published there
+        #: goes to that part, which stores it itself), and their file stores
+        #: fsync every write whatever sync_interval says (the part answers
+        #: its publishers from the durable callback).
+        self.fed_in_process: Set[str] = set()
 
     def now(self) -> int:
         """The time in nanoseconds since the epoch (tests pass a fake)."""
@@ -141,7 +148,10 @@ class JetStream:
     def _open(self, config: Dict[str, Any], created: int) -> Stream:
         directory = self._stream_directory(config["name"])
         msgs = os.path.join(directory, "msgs") if directory is not None and config["storage"] == "file" else None
-        store = open_store(config, msgs, self.clock, self.settings.sync_interval)
+        if config["name"] in self.fed_in_process:
+            store = open_store(config, msgs, self.clock, 0.0, _small_disk_segments(msgs))
+        else:
+            store = open_store(config, msgs, self.clock, self.settings.sync_interval)
         return Stream(self, config, store, created, directory)
 
     def _restore(self) -> None:
@@ -483,6 +493,27 @@ class JetStream:
                 # "+NXT" with JSON nested past the decoder's depth: dropped, as
                 # nats-server drops an ack it cannot read (no traceback per message).
                 pass
+
+
+def _small_disk_segments(directory: Optional[str]) -> Optional[int]:
+    """
+    Segments of an eighth of a disk smaller than 64 MiB (at least 64 KiB),
+    for a stream fed in process: on a small disk that fills, room comes
+    back a segment at a time (as the event spool did); None: the default.
+    """
+    if directory is None:
+        return None
+    folder = directory
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    total = st.f_blocks * st.f_frsize
+    if not total or total >= 64 * 1024 * 1024:
+        return None
+    return max(total // 8, 64 * 1024)
 
 
 def _has_wildcard(subject: str) -> bool:

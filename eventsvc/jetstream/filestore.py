@@ -78,6 +78,8 @@ _MESSAGE = struct.Struct("<cQqHI")
 _RANGE = struct.Struct("<QQ")
 _MARK = struct.Struct("<cQq")
 _DELIVERED = struct.Struct("<cQQQq")
+#: First deliveries in one record: the first consumer sequence, the time, then the stream sequences.
+_DELIVERED_RUN = struct.Struct("<cQq")
 _ACKS = struct.Struct("<cQQ")
 _SEQ = struct.Struct("<Q")
 #: An acks record with one sequence (_ACKS then one _SEQ).
@@ -161,7 +163,7 @@ def _record_end(data: Union[bytes, bytearray, memoryview], pos: int, segment: bo
         return -1
     kind = data[pos + 8]
     if not segment:
-        return end if kind in b"GDAS" else -1
+        return end if kind in b"GDASR" else -1
     if kind == 0x4D:  # M
         if size < _MESSAGE.size:
             return -1
@@ -1320,6 +1322,10 @@ class FileConsumerStore(_WriteState):
                 _, fc, fs = _ACKS.unpack_from(body, 0)
                 acked = [_SEQ.unpack_from(body, p)[0] for p in range(_ACKS.size, len(body), 8)]
                 self._memory.update_acks(fc, fs, acked)
+            elif kind == b"R" and (len(body) - _DELIVERED_RUN.size) % 8 == 0:
+                _, first, ts = _DELIVERED_RUN.unpack_from(body, 0)
+                count = (len(body) - _DELIVERED_RUN.size) // 8
+                self._memory.update_delivered_run(first, list(struct.unpack_from("<%dQ" % count, body, _DELIVERED_RUN.size)), ts)
             elif kind == b"S":
                 self._memory.update(_parse_state(body)[1])
         except (ValueError, struct.error):
@@ -1333,6 +1339,12 @@ class FileConsumerStore(_WriteState):
     def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
         self._memory.update_delivered(consumer_seq, stream_seq, delivery_count, ts)
         self._append(_DELIVERED.pack(b"D", consumer_seq, stream_seq, delivery_count, ts))
+
+    def update_delivered_run(self, first_consumer_seq: int, stream_seqs: List[int], ts: int) -> None:
+        if not stream_seqs:
+            return
+        self._memory.update_delivered_run(first_consumer_seq, stream_seqs, ts)
+        self._append(_DELIVERED_RUN.pack(b"R", first_consumer_seq, ts) + struct.pack("<%dQ" % len(stream_seqs), *stream_seqs))
 
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
         if not isinstance(acked, (list, tuple)):

@@ -346,6 +346,18 @@ class MemoryConsumerStore:
         if stream_seq > self._delivered_stream:
             self._delivered_stream = stream_seq
 
+    def update_delivered_run(self, first_consumer_seq: int, stream_seqs: List[int], ts: int) -> None:
+        if not stream_seqs:
+            return
+        pending = self._pending
+        for offset, seq in enumerate(stream_seqs):
+            pending[seq] = (first_consumer_seq + offset, ts)
+        last_consumer = first_consumer_seq + len(stream_seqs) - 1
+        if last_consumer > self._delivered_consumer:
+            self._delivered_consumer = last_consumer
+        if stream_seqs[-1] > self._delivered_stream:
+            self._delivered_stream = stream_seqs[-1]
+
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
         pending, redelivered = self._pending, self._redelivered
         for seq in acked:

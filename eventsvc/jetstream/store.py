@@ -200,6 +200,14 @@ class ConsumerStore(Protocol):
         C{redelivered}.  Written with the next group commit.
         """
 
+    def update_delivered_run(self, first_consumer_seq: int, stream_seqs: List[int], ts: int) -> None:
+        """
+        First deliveries of C{stream_seqs} (ascending) at C{ts}, with the
+        consumer sequences from C{first_consumer_seq} on: what as many
+        L{update_delivered} calls would record, kept in one record (a
+        consumer told in process of a turn's messages).
+        """
+
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
         """
         Acknowledgements: the stream sequences C{acked} are no longer

@@ -526,7 +526,8 @@ def _sync(sync_interval: float) -> Any:
     return "always" if sync_interval <= 0 else sync_interval
 
 
-def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0) -> MessageStore:
+def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = None, sync_interval: float = 120.0,
+               segment_size: Optional[int] = None) -> MessageStore:
     """
     The store for a stream: the file store for C{storage: file} with a
     folder, else the memory store.  The one place a stream's store is
@@ -542,7 +543,9 @@ def open_store(config: Dict[str, Any], directory: Optional[str], clock: Any = No
         return MemoryStore(limits)
     from twisted.python.filepath import FilePath
 
-    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval))
+    if segment_size is None:
+        segment_size = filestore.SEGMENT_SIZE
+    store: MessageStore = filestore.FileStore(FilePath(directory), limits, clock, -1, _sync(sync_interval), segment_size)
     return store
 
 
@@ -666,7 +669,9 @@ class Stream:
         broker = self.engine.broker
         for subscription in self._subscriptions:
             subscription.unsubscribe()
-        self._subscriptions = [broker.subscribe(subject, self._publish) for subject in self.config["subjects"]]
+        # (A stream fed in process takes nothing from the broker: L{JetStream.fed_in_process}.)
+        subjects = [] if self.name in getattr(self.engine, "fed_in_process", ()) else self.config["subjects"]
+        self._subscriptions = [broker.subscribe(subject, self._publish) for subject in subjects]
         for subscription in self._direct:
             subscription.unsubscribe()
         self._direct = []
@@ -866,7 +871,17 @@ class Stream:
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
             body = {"name": name, "config": config, "created": created}
-            write_atomic(os.path.join(directory, "meta.json"), json.dumps(body, separators=(",", ":")).encode("utf-8"))
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            meta = os.path.join(directory, "meta.json")
+            try:
+                with open(meta, "rb") as f:
+                    kept = f.read() == data
+            except OSError:
+                kept = False
+            if not kept:
+                # (A restart restores it as it was: nothing to write, which
+                # also lets a server start on a full disk.)
+                write_atomic(meta, data)
         state = os.path.join(directory, "state") if directory is not None and self.config["storage"] == "file" else None
         return open_consumer_store(self.config, state, self.engine.clock, self.engine.settings.sync_interval)
 
@@ -1057,6 +1072,46 @@ class Stream:
             self._when_durable(seq, reply if answer else None, msg_id)
         for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
+        if self._expiry_at is None and config["max_age"] > 0:
+            self._schedule_expiry()
+        return seq
+
+    def append(self, subject: str, headers: Optional[bytes], payload: bytes) -> Optional[int]:
+        """
+        Store a message from a feeder in this process (the event log:
+        L{JetStream.fed_in_process}), which sends no reply and none of
+        the C{Nats-} headers a client may: what L{process} does for such a
+        message, in fewer steps (the stream's, the server's and the
+        account's limits, the store, the consumers and followers told).
+        Returns the sequence, or None if it was refused; the feeder asks
+        the store's C{when_durable} itself.
+        """
+        config = self.config
+        if config["retention"] != "limits" or self._republish is not None:
+            return self.process(subject, None, payload, headers)
+        if self._closed or config["sealed"]:
+            return None
+        size = (len(headers) if headers else 0) + len(payload)
+        if config["max_msg_size"] >= 0 and size > config["max_msg_size"]:
+            return None
+        engine = self.engine
+        storage = config["storage"]
+        if engine.limits_exceeded(storage):
+            return None
+        cap = stream_bytes_cap(engine.settings.limits, storage)
+        if cap > 0 and engine.usage(storage) + self._stored_size(subject, headers, payload) > cap:
+            return None
+        try:
+            seq = self.store.store(subject, headers, payload, engine.now())
+        except (StoreFull, LimitReached, StoreUnavailable):
+            return None
+        self._unaccounted += 1
+        if self._unaccounted >= 64 or engine.near_limit(storage, 64 * (size + 64)):
+            self.account()
+        for consumer in self.consumers.values():
+            consumer.stored(seq, subject)
+        for follower in self.followers:
+            follower.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq

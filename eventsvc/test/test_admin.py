@@ -253,6 +253,8 @@ class StoreCommandTests(TestCase):
         config = process.write_config(os.path.join(directory, "patch.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
             '[handlers]\ncfgingest = "http://127.0.0.1:%d/c"\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
+            # (The spool is [events] log = "spool" since issue 29; the stream's case is below.)
+            '[events]\nlog = "spool"\n'
         ) % (port, down))
         proc = process.eventsvc(config)
         yield threads.deferToThread(proc.start)
@@ -276,6 +278,19 @@ class StoreCommandTests(TestCase):
         self.assertEqual(set(stats["handlers"]), {"cfgingest"})
         self.assertGreater(stats["bytes"], 0)
 
+    def test_spool_stats_with_the_stream_log(self):
+        """With events on the JetStream stream (the default) there is no spool: the answer says where to look instead."""
+        config = process.write_config(os.path.abspath(self.mktemp()) + ".toml", '[service]\nport = 0\ndata_dir = "state"\n')
+        folder = os.path.join(os.path.dirname(config), "state", "jetstream", "streams", "EVENTS")
+        result = process.cli("spool", "stats", "--config", config)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertEqual(result.stdout, (
+            'events are kept in the JetStream stream EVENTS in {} ([events] log = "stream"), not in a spool: '
+            "each handler's backlog is in /eventz and /metrics, and with [jetstream] its durable consumer is there to "
+            "read (eventsvc consumer info EVENTS <handler>)\n").format(folder))
+        as_json = process.cli("spool", "stats", "--config", config, "--json")
+        self.assertEqual(json.loads(as_json.stdout), {"path": folder, "exists": False, "log": "stream", "stream": "EVENTS"})
+
     def test_spool_stats_memory_only(self):
         config = process.write_config(self.mktemp() + ".toml", '[service]\nport = 0\ndata_dir = ""\n')
         for extra in ((), ("--json",)):
@@ -290,7 +305,7 @@ class StoreCommandTests(TestCase):
         """A state directory the service has not made yet owes nothing, and says so (as JSON too)."""
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        config = process.write_config(os.path.join(directory, "patch.toml"), '[service]\nport = 0\ndata_dir = "patch.state"\n')
+        config = process.write_config(os.path.join(directory, "patch.toml"), '[service]\nport = 0\ndata_dir = "patch.state"\n[events]\nlog = "spool"\n')
         state = os.path.join(directory, "patch.state")
         text = process.cli("spool", "stats", "--config", config)
         self.assertEqual((text.returncode, text.stderr), (0, ""))

@@ -167,7 +167,8 @@ class CheckConfigTests(TestCase):
             "gateway listener on 127.0.0.1:4334: plaintext (disable_frontend_tls); authentication: tokens (1 listed)",
             "monitor on http://127.0.0.1:8333/",
             "cluster eventsvc, accepting routes on 0.0.0.0:6333, plaintext routes",
-            "spool: ",
+            # (Where events are kept: the JetStream stream since issue 29, "the spool: " before.)
+            "(the JetStream stream EVENTS under ",
             "handler feed: http://127.0.0.1:9/f <- compliance_ingest",
         ):
             self.assertIn(expected, out)

@@ -150,7 +150,8 @@ class DurableByDefaultTests(TestCase):
         self.assertTrue(all(a["success"] for a in acks), acks)
         # Start-up said where events are kept; the dead target was a warning at once.
         output = yield threads.deferToThread(proc.wait_output, "is failing")
-        self.assertIn("events are kept in {} (the spool".format(state), output)
+        # (The event log is the JetStream stream EVENTS now, issue 29: before it, "the spool".)
+        self.assertIn("events are kept in {} (the JetStream stream EVENTS".format(state), output)
         self.assertRegex(output, r"#warn\].*handler event_feed: http://127.0.0.1:%d/e is failing \(" % target_port)
         # Down past [events] down_after: /healthz says so, naming the handler.
         time.sleep(1.2)
@@ -158,7 +159,7 @@ class DurableByDefaultTests(TestCase):
         self.assertEqual(health[0], 503)
         self.assertIn("handler down: event_feed (http://127.0.0.1:%d/e) for " % target_port, health[1]["error"])
         self.assertEqual(proc.stop(), 0)
-        self.assertIn("5 events not yet delivered at shutdown: kept in the spool", proc.output())
+        self.assertIn("5 events not yet delivered at shutdown: kept in the stream EVENTS", proc.output())
 
         target = SlowTarget(0)
         listening = reactor.listenTCP(target_port, server.Site(target), interface="127.0.0.1")
@@ -540,8 +541,10 @@ class FullDiskTests(TestCase):
         self.assertEqual(code, 503)
         self.assertIn("store full", health["error"])
         _, eventz = yield threads.deferToThread(_get, self.monitor + "/eventz")
+        # (The store is the events stream's, under data_dir, issue 29: before it, the spool's data_dir itself.)
+        stream = os.path.join(self.data, "jetstream", "streams", "EVENTS")
         self.assertEqual(eventz["store"], {
-            "kind": "file", "path": self.data, "state": "full", "error": "store full: no space left on device in " + self.data,
+            "kind": "stream", "path": stream, "state": "full", "error": "store full: no space left on device in " + stream + "/msgs",
         })
         self.assertEqual(eventz["refused_by_reason"], {"store_full": len(refused)})
 

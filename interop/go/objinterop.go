@@ -42,6 +42,20 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 	}
 	defer watcher.Stop()
 	initial := <-watcher.Updates() // nil: nothing in the bucket yet
+	// What the watcher saw: every meta update, in order. Each is taken before the
+	// next change: a put of the same name rolls the meta subject up, and under load a
+	// watcher that has not yet been sent the older meta would never see it (on either
+	// server), which made the scene's answer depend on timing.
+	watched := [][]interface{}{}
+	seen := func() {
+		select {
+		case u := <-watcher.Updates():
+			if u != nil {
+				watched = append(watched, []interface{}{u.Name, u.Deleted})
+			}
+		case <-time.After(10 * time.Second):
+		}
+	}
 
 	// Three chunks of 128 KiB and a short last one.
 	big := make([]byte, 3*128*1024+100)
@@ -50,16 +64,19 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("PutBytes: %w", err)
 	}
+	seen()
 	sum := sha256.Sum256(big)
 	digestOK := info.Digest == "SHA-256="+base64.URLEncoding.EncodeToString(sum[:])
 	if _, err := obs.PutString("a.txt", "alpha"); err != nil {
 		return nil, fmt.Errorf("PutString: %w", err)
 	}
+	seen()
 	if _, err := obs.Put(&nats.ObjectMeta{Name: "small", Description: "five byte chunks",
 		Headers: nats.Header{"X-Kind": []string{"test"}}, Opts: &nats.ObjectMetaOptions{ChunkSize: 5}},
 		strings.NewReader("0123456789ab")); err != nil {
 		return nil, fmt.Errorf("Put small: %w", err)
 	}
+	seen()
 	got, err := obs.GetBytes("big.bin")
 	if err != nil {
 		return nil, fmt.Errorf("GetBytes: %w", err)
@@ -76,6 +93,7 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 	if _, err := obs.PutString("a.txt", "alpha two"); err != nil {
 		return nil, fmt.Errorf("PutString again: %w", err)
 	}
+	seen()
 	replaced, err := obs.GetString("a.txt")
 	if err != nil {
 		return nil, fmt.Errorf("GetString a.txt: %w", err)
@@ -149,8 +167,7 @@ func objectScene(js nats.JetStreamContext, prefix string) (result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("StreamInfo: %w", err)
 	}
-	// What the watcher saw: every meta update, in order.
-	watched := [][]interface{}{}
+	// The rest of what the watcher saw.
 	timeout := time.After(5 * time.Second)
 	for len(watched) < 9 {
 		select {

@@ -1,0 +1,471 @@
+"""
+The event log on a JetStream stream: typed events kept as messages of one
+stream (C{EVENTS}, subjects C{<prefix>.>}), each handler's progress kept
+as a durable consumer of it (named after the handler).
+
+L{StreamLog} gives the dispatcher what L{eventsvc.events.spool.Spool}
+gives it (accept, done for a batch, settle per turn, what is owed at open,
+state), so the handlers' batching, retries, backoff and dead letters are
+unchanged; only where the records live changes.  There is then one store
+format and one crash recovery (the JetStream file store's), and any NATS
+client can read the history with a consumer of its own.
+
+How it maps:
+  - an accepted event is a message on C{<prefix>.<type>} whose payload is
+    the event's bytes as published, with a header C{Eventsvc-Handlers}
+    naming the handlers it was routed to;
+  - it is acknowledged to its publisher only from the stream store's
+    durable callback, and the stream's store fsyncs every write whatever
+    [jetstream] sync_interval says (the spool's promise);
+  - each handler's consumer (pull, explicit acks, an ack_wait of a year:
+    the handler owns retries and backoff) is told in process of the
+    events routed to it once they are durable
+    (L{Consumer.deliver_in_process}: they are pending, as delivered, with
+    no trip through the broker), and acks them when the handler is done
+    (L{Consumer.ack_in_process}: the spool's done record); the events not
+    routed to it are passed over, as a filter would;
+  - what is owed at open: per handler, what its consumer delivered and
+    did not ack, and what it has not delivered yet.
+
+The stream is fed only in process (L{JetStream.fed_in_process}): a client
+publishing on C{event.x} reaches the dispatcher, which checks it, and is
+answered as before, never with a PubAck.
+
+An existing spool in data_dir is carried over on the first start: what
+it still owes is stored in the stream (each message with a header
+C{Eventsvc-Spool} holding its spool sequence), and once that write is
+durable the spool's files are deleted.  A crash in between carries it
+over again at the next start, skipping what is already in the stream.
+
+This module knows nothing of HTTP or handlers' targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from twisted.logger import Logger
+
+from eventsvc.events.spool import LEGACY_NAME, RESERVE, Pending, Spool, StoreError, segment_paths
+from eventsvc.files import Disk
+from eventsvc.jetstream.engine import JetStream
+from eventsvc.jetstream.store import StoredMessage
+from eventsvc.jetstream.wire import parse_headers
+
+#: The header naming the handlers an event was routed to.
+HANDLERS_HEADER = "Eventsvc-Handlers"
+#: The header of an event carried over from the spool: its spool sequence.
+SPOOL_HEADER = "Eventsvc-Spool"
+#: The consumers' ack_wait: the handler retries, the consumer never has to
+#: (a year, in nanoseconds).
+ACK_WAIT = 365 * 24 * 3600 * 1_000_000_000
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _subject_for(prefix: str, type_name: str) -> str:
+    """The subject an event of C{type_name} is kept on (C{<prefix>._} when its name is no subject)."""
+    tokens = type_name.split(".")
+    if type_name and all(_TOKEN.match(token) for token in tokens):
+        return prefix + "." + type_name
+    return prefix + "._"
+
+
+_known: Dict[bytes, Tuple[str, ...]] = {}
+
+
+def _handlers_of(headers: Optional[bytes]) -> Tuple[str, ...]:
+    """The handlers a stored event's header names (cached per header block: there are few)."""
+    if headers is None:
+        return ()
+    found = _known.get(headers)
+    if found is None:
+        found = _parse_handlers(headers)
+        if len(_known) < 4096:
+            _known[headers] = found
+    return found
+
+
+def _parse_handlers(headers: Optional[bytes]) -> Tuple[str, ...]:
+    values = parse_headers(headers)[1].get(HANDLERS_HEADER) if headers else None
+    if not values:
+        return ()
+    return tuple(h for h in values[0].split(",") if h)
+
+
+class _Handler:
+    """One handler and its consumer."""
+
+    def __init__(self, name: str, consumer: Any) -> None:
+        self.name = name
+        self.consumer = consumer
+
+
+class StreamLog:
+    """
+    The dispatcher's log on the stream C{name} of C{engine}.
+
+    @ivar state: "ok", "full" or "read-only", as the spool's.
+    @ivar error: why it is not "ok".
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        engine: Any,
+        handlers: Sequence[str],
+        prefix: str = "event",
+        name: str = "EVENTS",
+        max_age: float = 0.0,
+        max_bytes: int = -1,
+        spool_dir: Optional[str] = None,
+    ) -> None:
+        """
+        @param handlers: the handlers that run (each gets its consumer).
+        @param max_age: seconds the stream keeps an event (0: for ever).
+        @param max_bytes: bytes it keeps at most (-1: no limit).
+        @param spool_dir: where an older spool may be, to carry over.
+        """
+        self.engine = engine
+        self.names = tuple(handlers)
+        self.prefix = prefix
+        self.name = name
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
+        self.held = 0
+        self.stream: Any = None
+        self._handlers: Dict[str, _Handler] = {}
+        self._handlers_header: Dict[Tuple[str, ...], bytes] = {}
+        #: Accepted since the last settle: (sequence, its handlers).
+        self._unsettled: List[Tuple[int, Tuple[str, ...]]] = []
+        #: The subject of each event type.
+        self._subjects: Dict[str, str] = {}
+        self.disk = Disk()
+        #: Why the log opened on a disk with no room (refusing until there is), or None.
+        self._full_at_open: Optional[str] = None
+        # Registered before the engine starts: the stream it restores is not
+        # fed from the broker, and its store fsyncs every write.
+        engine.fed_in_process.add(name)
+
+    # -- what the dispatcher sees ---------------------------------------------
+
+    @property
+    def directory(self) -> Optional[str]:
+        return self.stream.directory if self.stream is not None else None
+
+    @property
+    def state(self) -> str:
+        if self._full_at_open is not None:
+            return "full"
+        health = getattr(self.stream.store, "health", "ok") if self.stream is not None else "ok"
+        return {"ok": "ok", "full": "full"}.get(health, "read-only")
+
+    @property
+    def error(self) -> Optional[str]:
+        if self._full_at_open is not None:
+            return "store full: " + self._full_at_open
+        if self.stream is None or self.state == "ok":
+            return None
+        return "store {}: {}".format(self.state, getattr(self.stream.store, "error", None) or "cannot write")
+
+    def _room(self) -> bool:
+        """Whether the stream's disk has room for a write (L{RESERVE} free, or a sixteenth of a smaller disk)."""
+        try:
+            free, total = self.disk.space(self.directory or ".")
+        except OSError:
+            return True
+        return free >= min(RESERVE, total // 16)
+
+    def _check_room(self) -> None:
+        """A log opened on a full disk takes events again once there is room (its store says the rest)."""
+        if self._full_at_open is not None and self._room():
+            self.log.info("stream {name}: writable again ({error} is over); accepting events", name=self.name, error=self._full_at_open)
+            self._full_at_open = None
+
+    def _config(self) -> Dict[str, Any]:
+        from eventsvc.jetstream.stream import decode_config
+
+        raw = {
+            "name": self.name, "subjects": [self.prefix + ".>"], "storage": "file", "retention": "limits",
+            "max_age": int(self.max_age * 1e9), "max_bytes": self.max_bytes, "discard": "old",
+            "description": "typed events accepted by eventsvc (each handler is a durable consumer)",
+        }
+        return decode_config(json.dumps(raw).encode("utf-8"))
+
+    def open(self) -> List[Pending]:
+        """
+        Make (or find) the stream and the handlers' consumers, carry an
+        older spool over, and return what is owed, oldest first.
+
+        @raise StoreError: the stream or a consumer cannot be made.
+        """
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+        from eventsvc.jetstream.errors import ApiError
+
+        engine = self.engine
+        stream = engine.streams.get(self.name)
+        try:
+            if stream is None:
+                stream = engine.add_stream(self._config())
+            self.stream = stream
+            for handler in self.names:
+                consumer = stream.consumers.get(handler)
+                if consumer is None:
+                    # From the next sequence, written in its config: a
+                    # consumer whose state was never written (a crash just
+                    # after) starts there again, not at the stream's end then.
+                    config = parse_config({
+                        "durable_name": handler, "ack_policy": "explicit", "deliver_policy": "by_start_sequence",
+                        "opt_start_seq": stream.store.state().last_seq + 1,
+                        "ack_wait": ACK_WAIT, "max_ack_pending": -1,
+                        "description": "eventsvc handler {}".format(handler),
+                    })
+                    consumer = consumer_api.create_consumer(engine, stream, config)
+                    consumer.start()
+                self._handlers[handler] = _Handler(handler, consumer)
+        except ApiError as e:
+            raise StoreError("JetStream stream {}: {}".format(self.name, e.description), "store_unreadable")
+        self._carry_over_spool()
+        owed = self._owed()
+        if not self._room():
+            # The store finds out at its first write; a publisher would be
+            # acknowledged nothing, so say it now, as the spool does.
+            self._full_at_open = "no space left on device in {}".format(self.directory)
+            self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
+                           name=self.name, error=self.error, count=len(owed))
+        return owed
+
+    def _owed(self) -> List[Pending]:
+        """
+        Per event, the handlers whose consumer did not ack it: what it
+        delivered and was not acked, and what it has not delivered yet
+        (now delivered, in process, as the dispatcher hands them on).
+        """
+        store = self.stream.store
+        owed: Dict[int, List[str]] = {}
+        for handler in self._handlers.values():
+            consumer = handler.consumer
+            for seq in consumer.pending:
+                owed.setdefault(seq, []).append(handler.name)
+            undelivered = []
+            message = store.load_next(consumer.sseq)
+            while message is not None:
+                if handler.name in _handlers_of(message.headers):
+                    undelivered.append(message.seq)
+                    owed.setdefault(message.seq, []).append(handler.name)
+                message = store.load_next(message.seq + 1)
+            consumer.deliver_in_process(undelivered, store.state().last_seq)
+        pending = []
+        for seq in sorted(owed):
+            message = store.load(seq)
+            if message is None:
+                continue
+            pending.append(self._pending(message, owed[seq]))
+        return pending
+
+    @staticmethod
+    def _pending(message: StoredMessage, handlers: Sequence[str]) -> Pending:
+        try:
+            event_id = str(json.loads(message.data)["event_id"])
+        except (ValueError, KeyError, TypeError):
+            event_id = "-"
+        return Pending(message.seq, event_id, tuple(handlers), message.data, message.ts / 1e9)
+
+    def accept(self, event_id: str, handlers: Sequence[str], body: bytes, type_name: str = "") -> int:
+        """
+        Store an accepted event; its sequence.  Durable when L{settle}
+        says so.
+
+        @raise StoreError: the stream cannot take it (full or failing disk, a limit).
+        """
+        if self._full_at_open is not None:
+            self._check_room()
+            if self._full_at_open is not None:
+                raise self._refusal()
+        key = handlers if type(handlers) is tuple else tuple(handlers)
+        header = self._handlers_header.get(key)
+        if header is None:
+            header = self._handlers_header[key] = ("NATS/1.0\r\n%s: %s\r\n\r\n" % (HANDLERS_HEADER, ",".join(key))).encode("utf-8")
+        if type_name == "":
+            try:
+                type_name = json.loads(body)["type"]["name"]
+            except (ValueError, KeyError, TypeError):
+                type_name = ""
+        subject = self._subjects.get(type_name)
+        if subject is None:
+            subject = self._subjects[type_name] = _subject_for(self.prefix, type_name)
+        seq = self.stream.append(subject, header, body)
+        if seq is None:
+            raise self._refusal()
+        self._unsettled.append((seq, key))
+        return seq
+
+    def _refusal(self) -> StoreError:
+        if self.state == "ok":
+            return StoreError("stream {} refused the event (a limit of the stream or of [jetstream])".format(self.name), "store_full")
+        return StoreError(
+            "{}; events already accepted are still delivered, new ones are accepted again when it can write".format(self.error),
+            "store_full" if self.state == "full" else "store_read_only",
+        )
+
+    def settle(self, callback: Callable[[List[int]], None]) -> None:
+        """
+        Call C{callback} with the sequences accepted since the last settle
+        that the stream could not keep (an empty list: all durable), once
+        its store has written and fsynced them.  A stream that cannot
+        write gives up the history every handler is done with, first.
+        """
+        self._check_room()
+        if self.state == "full":
+            self._make_room()
+        batch, self._unsettled = self._unsettled, []
+        if not batch:
+            callback([])
+            return
+        store = self.stream.store
+
+        def durable() -> None:
+            self._delivered(batch)
+            callback([])
+
+        def lost(error: Exception) -> None:
+            gone = [seq for seq, _ in batch if store.load(seq) is None]
+            self._delivered([(seq, handlers) for seq, handlers in batch if seq not in gone])
+            callback(gone)
+
+        store.when_durable(durable, lost)
+
+    def _delivered(self, batch: List[Tuple[int, Tuple[str, ...]]]) -> None:
+        """The events of C{batch} are kept: each goes to its handlers' consumers (before they can finish it)."""
+        routed: Dict[str, List[int]] = {}
+        for seq, handlers in batch:
+            for name in handlers:
+                routed.setdefault(name, []).append(seq)
+        through = batch[-1][0] if batch else 0
+        for name, entry in self._handlers.items():
+            entry.consumer.deliver_in_process(routed.get(name, []), through)
+
+    def _make_room(self) -> None:
+        """
+        The disk is full: the events every handler has finished go (history
+        gives way to delivery; a full store is retried by itself each
+        second, and takes events again once its segments are deleted).
+        """
+        if not self._handlers:
+            return
+        floor = min(entry.consumer.asflr for entry in self._handlers.values())
+        first = self.stream.store.state().first_seq
+        if floor < first:
+            return
+        dropped = self.stream.purge(None, floor + 1)
+        if dropped:
+            self.log.warn("stream {name}: the disk is full; {count} events every handler had finished dropped from "
+                          "its history to make room", name=self.name, count=dropped)
+
+    def sync(self) -> List[int]:
+        """As the spool's: nothing to do here (the store and the consumers' stores commit on their own)."""
+        return []
+
+    def done_many(self, seqs: Sequence[int], handler: str) -> None:
+        """C{handler} is finished with these events: its consumer acks them."""
+        entry = self._handlers.get(handler)
+        if entry is not None:
+            entry.consumer.ack_in_process(list(seqs))
+
+    def done(self, seq: int, handler: str) -> None:
+        self.done_many((seq,), handler)
+
+    def close(self) -> None:
+        """Nothing of its own to close: the engine closes the stream and the consumers' stores."""
+
+    # -- carrying an older spool over -------------------------------------------
+
+    def _carry_over_spool(self) -> None:
+        """What an older spool in spool_dir still owes goes into the stream; its files go once that is durable."""
+        directory = self.spool_dir
+        if not directory:
+            return
+        files = [p for _, p in segment_paths(directory)]
+        legacy = os.path.join(directory, LEGACY_NAME)
+        if os.path.exists(legacy):
+            files.insert(0, legacy)
+        if not files:
+            return
+        spool = Spool(directory)
+        owed = spool.open()
+        spool.close()
+        # Its own new segment is one of its files now.
+        files = ([legacy] if os.path.exists(legacy) else []) + [p for _, p in segment_paths(directory)]
+        done = self._carried()
+        stream = self.stream
+        carried = 0
+        for p in owed:
+            if p.seq in done:
+                continue
+            handlers = [h for h in p.handlers if h in self._handlers]
+            if not handlers:
+                continue
+            try:
+                type_name = json.loads(p.body)["type"]["name"]
+            except (ValueError, KeyError, TypeError):
+                type_name = ""
+            header = "NATS/1.0\r\n%s: %s\r\n%s: %d\r\n\r\n" % (HANDLERS_HEADER, ",".join(handlers), SPOOL_HEADER, p.seq)
+            seq = stream.append(_subject_for(self.prefix, type_name), header.encode("utf-8"), p.body)
+            if seq is None:
+                raise StoreError("{}: the spool cannot be carried over into stream {}: {}".format(
+                    directory, self.name, self.error or "refused"), "store_unreadable")
+            carried += 1
+
+        def durable() -> None:
+            for path in files:
+                try:
+                    os.unlink(path)
+                except OSError as e:
+                    self.log.error("spool {path} carried over but not deleted: {error}", path=path, error=e.strerror or e)
+            self.log.info("spool {path}: {count} owed events carried over into stream {stream}; spool files deleted",
+                          path=directory, count=carried, stream=self.name)
+
+        def lost(error: Exception) -> None:
+            self.log.error("spool {path} not carried over ({error}); it is kept and carried over at the next start",
+                           path=directory, error=error)
+
+        stream.store.when_durable(durable, lost)
+
+    def _carried(self) -> Set[int]:
+        """The spool sequences already carried over (a crash after the stream's write, before the spool's deletion)."""
+        found: Set[int] = set()
+        store = self.stream.store
+        message = store.load_next(0)
+        while message is not None:
+            values = parse_headers(message.headers)[1].get(SPOOL_HEADER) if message.headers else None
+            if not values:
+                break
+            try:
+                found.add(int(values[0]))
+            except ValueError:
+                pass
+            message = store.load_next(message.seq + 1)
+        return found
+
+
+class EventsJetStream(JetStream):
+    """
+    The JetStream engine of the event log alone ([events] log = "stream"
+    without [jetstream]): it keeps the events stream and its consumers
+    under data_dir/jetstream, and answers no C{$JS.API}: without
+    [jetstream] a server offers no JetStream to clients (INFO says so),
+    and the agent listeners' fence has nothing to guard.  Writing
+    [jetstream] (with the same store_dir) opens the same stream to clients.
+    """
+
+    def start(self) -> None:
+        super().start()
+        # (The engine's API and ack subscriptions: the log delivers and acks in process.)
+        for subscription in self._subscriptions:
+            subscription.unsubscribe()
+        self._subscriptions = []

@@ -1,0 +1,284 @@
+"""
+The event log on a JetStream stream (L{eventsvc.events.log}), in memory
+with a fake clock and real files: what the dispatcher is told, what a
+publisher is answered and when, what is owed after a crash, damage, and
+the carrying over of an older spool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.events import types
+from eventsvc.events.dispatch import EventDispatcher
+from eventsvc.events.handlers import DeadLetters, HandlerService
+from eventsvc.events.log import HANDLERS_HEADER, EventsJetStream, StreamLog
+from eventsvc.events.spool import Spool, segment_paths
+from eventsvc.jetstream.engine import JetStreamSettings
+from eventsvc.jetstream.wire import parse_headers
+from eventsvc.nats.server import Broker
+from eventsvc.test.eventsamples import payload
+from eventsvc.test.test_events import RecordingTarget
+
+
+class Node:
+    """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
+
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None) -> None:
+        self.clock = Clock()
+        self.broker = Broker(server_id="NTEST")
+        self.targets = targets
+        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir), self.clock)
+        self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir)
+        self.engine.start()
+        dead = test.mktemp() + "-dead.jsonl"
+        self.handlers = {
+            name: HandlerService(name, target, self.clock, DeadLetters(dead), rng=random.Random(7))
+            for name, target in targets.items()
+        }
+        for h in self.handlers.values():
+            h.startService()
+        self.dispatcher = EventDispatcher(self.broker, types.Registry(), self.handlers, 10000, self.clock, spool=self.log)
+        self.dispatcher.startService()
+        self.acks = []
+        self.broker.subscribe("ack.*", lambda subject, reply, body, headers: self.acks.append(json.loads(body)))
+
+    @property
+    def stream(self):
+        return self.engine.streams["EVENTS"]
+
+    def publish(self, type_name: str, event_id: str, turn: bool = True) -> None:
+        self.broker.publish("event." + type_name, payload(type_name, event_id), reply="ack.1")
+        if turn:
+            self.clock.advance(0)
+
+    def stop(self) -> None:
+        """A clean stop, as the service's."""
+        self.dispatcher.stopService()
+        self.clock.advance(0)
+        self.engine.stop()
+
+    def crash(self) -> None:
+        """kill -9: nothing buffered is written, nothing is closed cleanly."""
+        for stream in self.engine.streams.values():
+            stream.store.abandon()
+            for consumer in stream.consumers.values():
+                consumer.store.abandon()
+        self.engine._lock.release()
+
+
+class StreamLogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+
+    def test_acknowledged_after_the_fsync_and_kept_once(self) -> None:
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()})
+        fsyncs = []
+        store = node.stream.store
+        real = store._disk.fsync
+        store._disk.fsync = lambda fd: (fsyncs.append(fd), real(fd))
+        node.publish("cfgingest", "e-1", turn=False)
+        # Stored, not yet written: no answer, nothing delivered.
+        self.assertEqual((node.acks, node.targets["cfgingest"].event_ids(), fsyncs), ([], [], []))
+        node.clock.advance(0)
+        self.assertEqual(len(fsyncs), 1)
+        self.assertEqual(node.acks, [{"success": True, "event_id": "e-1"}])
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-1"])
+        # Kept once, on its type's subject, with the handlers it was routed to.
+        state = node.stream.store.state()
+        self.assertEqual((state.msgs, state.last_seq), (1, 1))
+        message = node.stream.store.load(1)
+        self.assertEqual(message.subject, "event.cfgingest")
+        self.assertEqual(message.data, payload("cfgingest", "e-1"))
+        self.assertEqual(parse_headers(message.headers)[1][HANDLERS_HEADER], ["cfgingest"])
+        # The dispatcher's store is the stream.
+        self.assertEqual(node.dispatcher.store["kind"], "stream")
+
+    def test_a_refused_event_is_not_kept(self) -> None:
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()})
+        node.broker.publish("event.cfgingest", b'{"not": "an event"}', reply="ack.1")
+        node.clock.advance(0)
+        self.assertFalse(node.acks[0]["success"])
+        self.assertEqual(node.stream.store.state().msgs, 0)
+
+    def test_the_handlers_are_durable_consumers(self) -> None:
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"]), "event_feed": RecordingTarget()})
+        node.publish("cfgingest", "e-1")
+        node.clock.advance(0)
+        consumers = node.stream.consumers
+        self.assertEqual(sorted(consumers), ["cfgingest", "event_feed"])
+        # event_feed delivered it: acked; cfgingest holds it: pending.
+        self.assertEqual(consumers["event_feed"].info()["ack_floor"]["stream_seq"], 1)
+        self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 1)
+        node.targets["cfgingest"].held[0].callback(None)
+        node.clock.advance(0)
+        self.assertEqual(consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 1)
+        self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 0)
+
+    def test_kill_loses_nothing_acknowledged_and_redelivers_what_is_owed(self) -> None:
+        hold = RecordingTarget(["hold"] * 100)
+        node = Node(self, self.dir, {"feed": RecordingTarget(), "cfgingest": hold})
+        for i in range(5):
+            node.publish("cfgingest", "c-%d" % i)
+        node.publish("compliance_ingest", "f-0")
+        hold.held[0].callback(None)
+        hold.held[1].callback(None)
+        node.clock.advance(0)
+        # A turn of publishes that is not written yet: never acknowledged.
+        node.publish("cfgingest", "lost-1", turn=False)
+        self.assertEqual(len(node.acks), 6)
+        node.crash()
+
+        again = RecordingTarget()
+        feed = RecordingTarget()
+        node2 = Node(self, self.dir, {"feed": feed, "cfgingest": again})
+        node2.clock.advance(0)
+        self.assertEqual(sorted(again.event_ids()), ["c-2", "c-3", "c-4"])
+        self.assertEqual(feed.event_ids(), [])
+        node2.clock.advance(0)
+        node2.stop()
+        node3 = Node(self, self.dir, {"feed": RecordingTarget(), "cfgingest": RecordingTarget()})
+        self.assertEqual(node3.dispatcher.pending, 0)
+        # New events go on after the old sequences.
+        node3.publish("cfgingest", "after")
+        self.assertEqual(node3.stream.store.state().last_seq, 7)
+
+    def test_a_flipped_byte_costs_one_event(self) -> None:
+        hold = RecordingTarget(["hold"] * 100)
+        node = Node(self, self.dir, {"cfgingest": hold})
+        for i in range(20):
+            node.publish("cfgingest", "e-%02d" % i)
+        node.stop()
+        folder = os.path.join(self.dir, "streams", "EVENTS", "msgs")
+        [segment] = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".seg")]
+        with open(segment, "r+b") as f:
+            data = f.read()
+            at = data.index(b'"event_id": "e-07"') + 15
+            f.seek(at)
+            f.write(bytes([data[at] ^ 0x01]))
+        again = RecordingTarget()
+        node2 = Node(self, self.dir, {"cfgingest": again})
+        node2.clock.advance(0)
+        self.assertEqual(again.event_ids(), ["e-%02d" % i for i in range(20) if i != 7])
+
+
+class CarryOverTests(SynchronousTestCase):
+    """An older spool in data_dir is carried over into the stream on the first start."""
+
+    def setUp(self) -> None:
+        self.data = self.mktemp()
+        self.store_dir = os.path.join(self.data, "jetstream")
+        spool = Spool(self.data)
+        spool.open()
+        seqs = [spool.accept("old-%d" % i, ["feed", "cfgingest"], payload("cfgingest", "old-%d" % i)) for i in range(4)]
+        spool.done_many(seqs[:2], "feed")
+        spool.done_many(seqs[:1], "cfgingest")
+        spool.close()
+
+    def test_owed_events_carried_over_once_and_the_spool_deleted(self) -> None:
+        feed, cfg = RecordingTarget(["hold"] * 10), RecordingTarget(["hold"] * 10)
+        node = Node(self, self.store_dir, {"feed": feed, "cfgingest": cfg}, spool_dir=self.data)
+        self.assertEqual(feed.event_ids(), ["old-2", "old-3"])
+        self.assertEqual(cfg.event_ids(), ["old-1", "old-2", "old-3"])
+        self.assertEqual(node.stream.store.state().msgs, 3)
+        node.clock.advance(0)
+        # Once the stream's write is durable, the spool is gone.
+        self.assertEqual(segment_paths(self.data), [])
+        node.crash()
+        node2 = Node(self, self.store_dir, {"feed": RecordingTarget(), "cfgingest": RecordingTarget()}, spool_dir=self.data)
+        self.assertEqual(node2.stream.store.state().msgs, 3)
+        self.assertEqual(sorted(node2.targets["cfgingest"].event_ids()), ["old-1", "old-2", "old-3"])
+
+    def test_a_crash_before_the_spool_is_deleted_carries_nothing_twice(self) -> None:
+        node = Node(self, self.store_dir, {"feed": RecordingTarget(["hold"] * 10), "cfgingest": RecordingTarget(["hold"] * 10)},
+                    spool_dir=self.data)
+        # The stream's write happens; the crash comes before the spool's deletion.
+        node.stream.store._write()
+        node.crash()
+        self.assertNotEqual(segment_paths(self.data), [])
+        cfg = RecordingTarget(["hold"] * 10)
+        node2 = Node(self, self.store_dir, {"feed": RecordingTarget(["hold"] * 10), "cfgingest": cfg}, spool_dir=self.data)
+        self.assertEqual(node2.stream.store.state().msgs, 3)
+        self.assertEqual(cfg.event_ids(), ["old-1", "old-2", "old-3"])
+        node2.clock.advance(0)
+        self.assertEqual(segment_paths(self.data), [])
+
+
+class NoJetStreamSectionTests(SynchronousTestCase):
+    def test_no_api_without_jetstream(self) -> None:
+        """Without [jetstream] the log's engine answers no $JS.API, and publishes on event.> are not captured."""
+        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget()})
+        self.assertFalse(node.broker.has_interest("$JS.API.INFO"))
+        self.assertFalse(node.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
+        node.publish("cfgingest", "e-1")
+        self.assertEqual(node.stream.store.state().msgs, 1)
+
+
+class ConfigTests(SynchronousTestCase):
+    """[events] log, stream, stream_max_age and stream_max_bytes."""
+
+    def load(self, text: str):
+        from eventsvc import config
+
+        path = self.mktemp() + ".toml"
+        with open(path, "w") as f:
+            f.write(text)
+        return path, config.load(path)
+
+    def test_defaults(self) -> None:
+        _, c = self.load('[service]\nport = 0\n')
+        self.assertEqual((c.events.log, c.events.stream, c.events.stream_max_age, c.events.stream_max_bytes),
+                         ("stream", "EVENTS", 604800.0, -1))
+
+    def test_bad_values_name_the_key(self) -> None:
+        from eventsvc.config import ConfigError
+
+        for text, words in [
+            ('log = "disk"', '[events] log: must be "stream" (a JetStream stream) or "spool"'),
+            ('stream = "MY.EVENTS"', "[events] stream: must be a stream name"),
+            ("stream_max_age = -1", "[events] stream_max_age: must be 0 (keep for ever) or more seconds"),
+            ("stream_max_bytes = 0", "[events] stream_max_bytes: must be -1 (no limit) or a positive number of bytes"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                self.load("[service]\nport = 0\n[events]\n" + text + "\n")
+            self.assertIn(words, str(caught.exception))
+
+    def test_history_shorter_than_retries_is_a_warning(self) -> None:
+        from eventsvc import config
+
+        path, c = self.load('[service]\nport = 0\n[events]\nmax_age = 0\n')
+        self.assertIn(
+            "{}: [events] stream_max_age (604800s) is shorter than the time a handler may retry an event ([events] "
+            "max_age: for ever)".format(path), "\n".join(config.warnings(c)))
+        _, c = self.load('[service]\nport = 0\n')
+        self.assertNotIn("stream_max_age", "\n".join(config.warnings(c)))
+
+
+class DeliveredRunTests(SynchronousTestCase):
+    def test_a_run_of_deliveries_is_one_record_and_reads_back(self) -> None:
+        """FileConsumerStore.update_delivered_run: as many update_delivered calls, in one record."""
+        from eventsvc.jetstream.filestore import FileConsumerStore
+        from eventsvc.jetstream.memstore import MemoryConsumerStore
+
+        clock = Clock()
+        path = self.mktemp()
+        store = FileConsumerStore(path, clock)
+        model = MemoryConsumerStore()
+        for s in (store, model):
+            s.update_delivered_run(1, [3, 5, 9], 1000)
+            s.update_acks(0, 0, [5])
+        clock.advance(0)
+        size = os.path.getsize(os.path.join(path, "consumer.log"))
+        store.close()
+        again = FileConsumerStore(path, clock)
+        self.assertEqual(again.load(), model.load())
+        self.assertEqual(again.load().pending, {3: (1, 1000), 9: (3, 1000)})
+        self.assertEqual((again.load().delivered_consumer, again.load().delivered_stream), (3, 9))
+        # (One record of the run: 8 + 17 + 3 * 8 bytes, then the ack's.)
+        self.assertLess(size, 200)
+        again.close()
