@@ -1082,7 +1082,7 @@ class Stream:
         L{JetStream.fed_in_process}), which sends no reply and none of
         the C{Nats-} headers a client may: what L{process} does for such a
         message, in fewer steps (the stream's, the server's and the
-        account's limits, the store, the consumers and followers told).
+        account's limits, the store, the consumers told).
         Returns the sequence, or None if it was refused; the feeder asks
         the store's C{when_durable} itself.
         """
@@ -1108,10 +1108,9 @@ class Stream:
         self._unaccounted += 1
         if self._unaccounted >= 64 or engine.near_limit(storage, 64 * (size + 64)):
             self.account()
-        for consumer in self.consumers.values():
+        # (mirrors and sources of this stream are consumers too: told here)
+        for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
-        for follower in self.followers:
-            follower.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq

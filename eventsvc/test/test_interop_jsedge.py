@@ -33,6 +33,7 @@ from twisted.trial.unittest import TestCase
 
 from eventsvc.jetstream import sourcing
 from eventsvc.test import process
+from eventsvc.test.eventsamples import payload
 
 try:
     import nats
@@ -197,8 +198,27 @@ async def publish_events(nc: Any, first: int, last: int, pad: int = 0) -> None:
         assert ack.get("stream") == "EVENTS" and "error" not in ack, ack
 
 
+async def publish_typed(nc: Any, first: int, last: int, pad: int = 0) -> None:
+    """
+    Typed events (an eventsvc edge's event layer: cfgingest with event_id
+    e<n>, and C{pad} bytes in a field of their own), each acknowledged
+    {"success": true} once kept in the edge's EVENTS stream.
+    """
+    for n in range(first, last + 1):
+        extra = {"padding": "." * pad} if pad else {}
+        answer = json.loads((await nc.request("event.cfgingest", payload("cfgingest", "e%d" % n, **extra), timeout=10)).data)
+        assert answer.get("success") is True, answer
+
+
+def ident(data: bytes) -> bytes:
+    """An event's e<n>: a typed event's event_id, or what comes before "|"."""
+    if data.startswith(b"{"):
+        return json.loads(data)["event_id"].encode()
+    return data.split(b"|")[0]
+
+
 def each_once(test: TestCase, held: List[Tuple[int, bytes, Dict[str, str]]], count: int) -> None:
-    datas = [data.split(b"|")[0] for _, data, _ in held]
+    datas = [ident(data) for _, data, _ in held]
     test.assertEqual(sorted(datas), sorted(b"e%d" % n for n in range(1, count + 1)),
                      "missing: {}; twice: {}".format(
                          sorted(set(b"e%d" % n for n in range(1, count + 1)) - set(datas))[:10],
@@ -224,13 +244,16 @@ class EventsvcEdgeTests(TestCase):
         proxy = Proxy(leaf_ports[0])
         self.addCleanup(proxy.cut)
         edge_port = process.free_port()
+        # The edge's typed events are kept in its stream EVENTS (event.>),
+        # whatever becomes of their handlers (whose target is down here).
+        target = "http://127.0.0.1:%d" % process.free_port()
         config = process.write_config(os.path.join(directory, "edge.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = {port}\n'
-            # The typed events take another prefix: event.> is the stream's here.
-            '[events]\nsubject_prefix = "agentevent"\n'
+            '[service]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{dir}/edge-data"\n'
+            '[handlers]\nfeed = "{target}/feed"\ncfgingest = "{target}/cfgingest"\nevent_feed = "{target}/event_feed"\n'
+            '[events]\nretry_initial = 1\nretry_max = 5\n'
             '[jetstream]\ndomain = "edge"\nstore_dir = "{dir}/edge"\n'
             '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{proxy}"\n'
-        ).format(port=edge_port, dir=directory, proxy=proxy.port))
+        ).format(port=edge_port, dir=directory, proxy=proxy.port, target=target))
         edge = process.eventsvc(config, expect=("service",))
         yield process.started(self, edge)
         count = 0
@@ -238,8 +261,8 @@ class EventsvcEdgeTests(TestCase):
         async def setup_and_outage() -> int:
             ec = await nats.connect("nats://127.0.0.1:%d" % edge_port)
             hc = await nats.connect("nats://127.0.0.1:%d" % hub_ports[1])
-            created = await request(ec, "$JS.API.STREAM.CREATE.EVENTS", {"name": "EVENTS", "subjects": ["event.>"]})
-            assert "error" not in created, created
+            events = await request(ec, "$JS.API.STREAM.INFO.EVENTS")
+            self.assertEqual(events["config"]["subjects"], ["event.>"], "the event log's stream")
 
             refusals: List[Any] = []
 
@@ -255,7 +278,7 @@ class EventsvcEdgeTests(TestCase):
                 await until("the hub's R3 stream made", hub_stream, 60)
             except AssertionError:
                 raise AssertionError("the hub's R3 stream not made in 60 s: {}".format(refusals[-3:]))
-            await publish_events(ec, 1, 20)
+            await publish_typed(ec, 1, 20)
 
             async def hub_count(n: int) -> Any:
                 info = await request(hc, "$JS.hub.API.STREAM.INFO.HUB")
@@ -264,7 +287,7 @@ class EventsvcEdgeTests(TestCase):
             await until("20 events at the hub", lambda: hub_count(20), 30)
             proxy.cut()
             started = time.monotonic()
-            await publish_events(ec, 21, 120)  # acknowledged by the edge alone
+            await publish_typed(ec, 21, 120)  # acknowledged by the edge alone
             await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - started)))
             self.assertEqual((await request(hc, "$JS.hub.API.STREAM.INFO.HUB"))["state"]["messages"], 20,
                              "the hub took events while the link was down")
@@ -284,7 +307,7 @@ class EventsvcEdgeTests(TestCase):
             proxy.cut()
             total = 120 + KILL_BATCH
             for first in range(121, total + 1, 500):
-                await asyncio.gather(*(publish_events(ec, n, n, KILL_PAD) for n in range(first, min(first + 500, total + 1))))
+                await asyncio.gather(*(publish_typed(ec, n, n, KILL_PAD) for n in range(first, min(first + 500, total + 1))))
             await ec.close()
             proxy.mend()
             await until("the hub forwarding", lambda: hub_count(130), 60)

@@ -214,6 +214,17 @@ class SourceTests(TestCase):
         self.assertEqual(sourcing.last_copies(s.store, {"A", "B"}), {"A": 2, "B": 6})
         self.assertEqual(loads, list(range(18, 2, -1)), "back to A's last copy, and no further")
 
+    def test_what_the_event_log_appends_is_sourced(self) -> None:
+        """Messages a stream takes by append (the event log's path, not a publish) reach its mirror and sources too."""
+        h = Harness()
+        origin = h.create(name="O", subjects=["o.>"])
+        s = h.create(name="S", sources=[{"name": "O"}])
+        m = h.create(name="M", mirror={"name": "O"})
+        h.clock.advance(0)
+        self.assertEqual(origin.append("o.x", b"NATS/1.0\r\nEventsvc-Handlers: feed\r\n\r\n", b"1"), 1)
+        self.assertEqual(contents(s), [(1, "o.x", b"1", "O 1")])
+        self.assertEqual(contents(m), [(1, "o.x", b"1", None)])
+
     def test_chained_sources_keep_one_header(self) -> None:
         h = Harness()
         h.create(name="A", subjects=["a.>"])
