@@ -13,6 +13,9 @@ domains joined by a leaf link that a TCP proxy in this process can cut.
     it) across the same kind of outage, then across a C{kill -9} of the
     hub while it copies: the same sequences, each once.
 
+And /jsz?streams=1 of a mirror and sources (one whose origin is missing)
+against nats-server -js -m's.
+
 Each side is started as a user starts it.  nats-py drives the clients.
 """
 
@@ -455,3 +458,55 @@ class NatsServerEdgeTests(TestCase):
             await hc.close()
 
         yield threads.deferToThread(lambda: asyncio.run(after_kill()))
+
+
+class MonitorAgainstNatsServerTests(TestCase):
+    """/jsz?streams=1 shows a mirror and sources (one whose origin is missing) as nats-server -js -m shows them."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_jsz_mirror_and_sources(self) -> None:
+        if nats is None:
+            process.require("nats-py")
+        import urllib.request
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        monitors = [process.free_port(), process.free_port()]
+        reference = process.nats_server("-js", "-sd", os.path.join(directory, "ref"), "-m", str(monitors[0]))
+        config = process.write_config(os.path.join(directory, "es.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[monitor]\nhost = "127.0.0.1"\nport = {}\n'
+            '[jetstream]\nstore_dir = "{}"\n').format(monitors[1], os.path.join(directory, "es")))
+        ours = process.eventsvc(config)
+        ports = [(yield process.started(self, reference)), (yield process.started(self, ours))]
+
+        async def make(port: int) -> None:
+            nc = await nats.connect("nats://127.0.0.1:%d" % port)
+            for body in ({"name": "O", "subjects": ["o"]},
+                         {"name": "S", "sources": [{"name": "O"}, {"name": "NOPE"}]},
+                         {"name": "M", "mirror": {"name": "O"}}):
+                answer = await request(nc, "$JS.API.STREAM.CREATE." + body["name"], body)
+                assert "error" not in answer, answer
+            await nc.request("o", b"x", timeout=5)
+            await asyncio.sleep(2.5)
+            await nc.close()
+
+        def shown(monitor: int) -> Any:
+            with urllib.request.urlopen("http://127.0.0.1:%d/jsz?streams=1&consumers=1" % monitor) as answer:
+                page = json.loads(answer.read())
+            details = {d["name"]: d for d in page["account_details"][0]["stream_detail"]}
+
+            def norm(info: Optional[Dict[str, Any]]) -> Any:
+                # (active: nanoseconds since the last word; heard within the heartbeat's second, or never)
+                return None if info is None else dict(info, active=0 <= info["active"] < 2_000_000_000 or info["active"])
+
+            return (page["consumers"],
+                    {name: (norm(d.get("mirror")), [norm(s) for s in d.get("sources") or []], d.get("consumer_detail"),
+                            d["state"]["messages"]) for name, d in sorted(details.items())})
+
+        for port in ports:
+            yield threads.deferToThread(lambda: asyncio.run(make(port)))
+        theirs, mine = yield threads.deferToThread(lambda: (shown(monitors[0]), shown(monitors[1])))
+        self.assertEqual(mine, theirs)
+        self.assertEqual(mine[1]["S"][1][1]["error"]["description"], "stream not found")
