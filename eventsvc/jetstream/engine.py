@@ -272,6 +272,7 @@ class JetStream:
         limits.check_new_stream(self.settings.limits, raw, len(self.streams))
         self._check_reservation(raw)
         config = check_config(raw)
+        self._inherit_direct(config)
         limits.check_max_bytes(self.settings.limits, config)
         if config["num_replicas"] > 1:
             raise replicas_error()
@@ -300,6 +301,8 @@ class JetStream:
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
         """STREAM.UPDATE with a checked configuration.  @raise ApiError: refused."""
+        config = dict(config)
+        self._inherit_direct(config)
         limits.check_max_bytes(self.settings.limits, config)
         new = check_update(stream.config, config)
         if new["num_replicas"] > 1:
@@ -309,6 +312,14 @@ class JetStream:
         self._check_sources(new)
         stream.update(new)
         self._link_sources()
+
+    def _inherit_direct(self, config: Dict[str, Any]) -> None:
+        """A mirror of a stream here answers its direct gets too when the origin allows them (nats-server's mirror_direct)."""
+        mirror = config.get("mirror")
+        if mirror and not mirror.get("external"):
+            origin = self.streams.get(mirror["name"])
+            if origin is not None:
+                config["mirror_direct"] = bool(origin.config["allow_direct"])
 
     def _check_sources(self, config: Dict[str, Any]) -> None:
         """

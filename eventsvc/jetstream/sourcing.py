@@ -51,6 +51,9 @@ HEALTH_CHECK_INTERVAL = 1.0
 RETRY_THRESHOLD = 2.0
 #: How long a consumer create waits for its answer before asking again.
 CREATE_TIMEOUT = 5.0
+#: A mirror with mirror_direct answers its origin's direct gets once fewer than
+#: this many messages are left to copy (nats-server's dgetCaughtUpThresh).
+DIRECT_CAUGHT_UP = 10
 #: The consumers' ack_wait (22 hours, in nanoseconds): they never redeliver.
 ACK_WAIT = 22 * 3600 * 1_000_000_000
 
@@ -453,6 +456,8 @@ class SourceLink:
             self.stream.skip_to(sseq)
         self.dseq, self.sseq = dseq, sseq
         self.lag = max(0, pending - 1)
+        if pending < DIRECT_CAUGHT_UP:
+            self.stream.serve_mirror_direct()
         stored = self.stream.store_mirrored(subject, headers, payload, sseq, ts)
         if not stored:
             # Not kept (a full store, a failed write): from the last kept again.

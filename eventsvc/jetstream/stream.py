@@ -621,6 +621,8 @@ class Stream:
         self.mirror: Optional[SourceLink] = None
         self._subscriptions: List[Any] = []
         self._direct: List[Any] = []
+        #: A mirror's subscriptions to its origin's direct gets (L{serve_mirror_direct}).
+        self._mirror_direct: List[Any] = []
         self._dedupe = _Dedupe()
         self._dedupe_timer: Any = None
         self._expiry_timer: Any = None
@@ -685,10 +687,25 @@ class Stream:
                     broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
                 ]
 
+    def serve_mirror_direct(self) -> None:
+        """
+        A mirror with C{mirror_direct}, caught up with its origin, answers
+        the origin's direct gets too, in their queue group (nats-server's
+        C{subscribeToMirrorDirect}).
+        """
+        if self._mirror_direct or self._closed or not self.config["mirror_direct"] or not self.config["mirror"]:
+            return
+        prefix = "$JS.API.DIRECT.GET." + self.config["mirror"]["name"]
+        broker = self.engine.broker
+        self._mirror_direct = [
+            broker.subscribe(prefix, self._direct_get, queue="_sys_"),
+            broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
+        ]
+
     def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions + self._direct:
+        for subscription in self._subscriptions + self._direct + self._mirror_direct:
             subscription.unsubscribe()
-        self._subscriptions, self._direct = [], []
+        self._subscriptions, self._direct, self._mirror_direct = [], [], []
         for timer in (self._dedupe_timer, self._expiry_timer):
             if timer is not None and timer.active():
                 timer.cancel()

@@ -560,6 +560,10 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("$JS.API.STREAM.CREATE.MIR4", b'{"name":"MIR4","mirror":{"name":"O","filter_subject":"x.y"}}', None),
     ("$JS.API.STREAM.CREATE.MIR5", b'{"name":"MIR5","mirror":{"name":"O","external":{"api":"$JS.API","deliver":""}}}', None),
     ("$JS.API.STREAM.UPDATE.MIR", b'{"name":"MIR","mirror":{"name":"SRC"}}', None),
+    ("$JS.API.STREAM.CREATE.DO", b'{"name":"DO","subjects":["do.>"],"allow_direct":true}', None),
+    ("do.a", b"1", None),
+    ("$JS.API.STREAM.CREATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"}}', None),
+    ("$JS.API.STREAM.UPDATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"},"description":"d"}', None),
     ("o.c", b"3", None),
     ("", b"", None),  # a pause: nats-server copies through a consumer of its own, a moment later
     ("$JS.API.STREAM.INFO.SRC", b"", None),
@@ -568,6 +572,7 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("$JS.API.STREAM.MSG.GET.MIR", b'{"seq":2}', None),
     ("$JS.API.STREAM.INFO.O", b"", None),
     ("$JS.API.CONSUMER.NAMES.O", b"", None),
+    ("$JS.API.STREAM.INFO.DMIR", b"", None),
 ]
 
 _TIMES = re.compile(rb'("(?:created|first_ts|last_ts|time)":")[^"]*(")|(Nats-Time-Stamp: )[^\r]*')

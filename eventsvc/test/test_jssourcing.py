@@ -72,6 +72,24 @@ class MirrorTests(TestCase):
         self.assertLess(info["mirror"]["active"], 1.1 * SECOND, "heartbeats count as a word from the origin")
         self.assertEqual((info["state"]["first_seq"], info["state"]["last_seq"], info["state"]["messages"]), (1, 6, 4))
 
+    def test_mirror_direct(self) -> None:
+        """A mirror of a stream with allow_direct says mirror_direct and, caught up, answers the origin's direct gets too."""
+        h = Harness()
+        origin = h.create(name="O", subjects=["o.>"], allow_direct=True)
+        h.ack("o.a", b"1")
+        mirror = h.create(name="M", mirror={"name": "O"})
+        self.assertTrue(mirror.config["mirror_direct"])
+        h.clock.advance(0)
+        h.js.delete_stream(origin)
+        answer = h.replies
+        before = len(answer)
+        h.broker.publish("$JS.API.DIRECT.GET.O", b'{"seq":1}', "_R.direct")
+        self.assertEqual(len(answer), before + 1)
+        headers, data = answer[-1]
+        self.assertEqual(data, b"1")
+        self.assertIn(b"Nats-Stream: M\r\n", headers)
+        self.assertFalse(h.create(name="N", mirror={"name": "M"}).config["mirror_direct"])
+
     def test_origin_deletes_while_mirroring(self) -> None:
         """A gap in the stream sequences with none in the delivery sequences is skipped, not refetched."""
         h = Harness()
