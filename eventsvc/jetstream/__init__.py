@@ -13,6 +13,8 @@ and C{nats/} learns nothing of streams.  Its rooms, bottom up:
     C{filestore} give it;
   - C{stream}: one stream's rules (subjects, limits, retention, dedupe,
     expectations, rollups) over a store;
+  - C{sourcing}: a stream's mirror and sources, each a consumer asked of
+    its origin's API (this server's or another's across a link);
   - C{consumer}: one consumer's rules (pull and push, acks, redelivery);
   - C{api}: the C{$JS.API} subjects, their requests and answers;
   - C{engine}: the streams of a server, their files and limits, started

@@ -274,6 +274,15 @@ def is_durable(config: Dict[str, Any]) -> bool:
     return bool(config.get("durable_name"))
 
 
+def public_consumers(stream: Any) -> List[Any]:
+    """
+    A stream's consumers that clients made: not the C{direct} ones a
+    mirror or source asks for, which nats-server neither counts, lists nor
+    keeps (its C{getPublicConsumers}).
+    """
+    return [c for c in stream.consumers.values() if not c.config.get("direct")]
+
+
 def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None) -> Dict[str, Any]:
     """
     The consumer config C{raw} (a request's C{config}) with nats-server's
@@ -373,7 +382,7 @@ def check_config(stream: "Stream", raw: Any, durable_name: Optional[str] = None)
     if name and name in stream.consumers:
         return config
     max_consumers = limits.max_consumers(account, scfg.get("max_consumers", -1))
-    if max_consumers > 0 and len(stream.consumers) >= max_consumers:
+    if max_consumers > 0 and not config["direct"] and len(public_consumers(stream)) >= max_consumers:
         raise errors.MAXIMUM_CONSUMERS_LIMIT_ERR()
     if scfg.get("retention") == "workqueue" and not config["direct"]:
         if config["ack_policy"] != "explicit":

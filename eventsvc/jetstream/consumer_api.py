@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from eventsvc.jetstream import errors
-from eventsvc.jetstream.consumer import Consumer, as_json, check_config, new_consumer_name, parse_config
+from eventsvc.jetstream.consumer import Consumer, as_json, check_config, new_consumer_name, parse_config, public_consumers
 
 if TYPE_CHECKING:  # pragma: no cover
     from eventsvc.jetstream.stream import Stream
@@ -196,7 +196,7 @@ def _page(js: Any, request: Any, limit: int) -> Tuple[List[Consumer], int, int]:
     offset = _offset(request.payload)
     args = list(request.args)
     stream = _stream(js, args[0] if args else "")
-    consumers = sorted(stream.consumers.values(), key=lambda c: c.name)
+    consumers = sorted(public_consumers(stream), key=lambda c: c.name)
     total = len(consumers)
     offset = min(offset, total)
     return consumers[offset:offset + limit], total, offset

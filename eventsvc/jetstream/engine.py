@@ -118,6 +118,9 @@ class JetStream:
             self._subscriptions.extend(
                 broker.subscribe(source, self._mapped(source, to)) for source, to in domain_mappings(self.settings.domain))
         self.running = True
+        # Mirrors and sources ask for their consumers through the API,
+        # which answers from here on (a restored origin included).
+        self._link_sources(restored=True)
         self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
                       where=self.settings.store_dir or "memory only")
 
@@ -176,7 +179,6 @@ class JetStream:
             self.streams[stream.name] = stream
             stream.start()
             self.restore_consumers(stream)
-        self._link_sources()
 
     def restore_consumers(self, stream: Stream) -> None:
         """
@@ -270,6 +272,7 @@ class JetStream:
         limits.check_new_stream(self.settings.limits, raw, len(self.streams))
         self._check_reservation(raw)
         config = check_config(raw)
+        self._inherit_direct(config)
         limits.check_max_bytes(self.settings.limits, config)
         if config["num_replicas"] > 1:
             raise replicas_error()
@@ -298,6 +301,8 @@ class JetStream:
 
     def update_stream(self, stream: Stream, config: Dict[str, Any]) -> None:
         """STREAM.UPDATE with a checked configuration.  @raise ApiError: refused."""
+        config = dict(config)
+        self._inherit_direct(config)
         limits.check_max_bytes(self.settings.limits, config)
         new = check_update(stream.config, config)
         if new["num_replicas"] > 1:
@@ -308,39 +313,72 @@ class JetStream:
         stream.update(new)
         self._link_sources()
 
+    def _inherit_direct(self, config: Dict[str, Any]) -> None:
+        """A mirror of a stream here answers its direct gets too when the origin allows them (nats-server's mirror_direct)."""
+        mirror = config.get("mirror")
+        if mirror and not mirror.get("external"):
+            origin = self.streams.get(mirror["name"])
+            if origin is not None:
+                config["mirror_direct"] = bool(origin.config["allow_direct"])
+
     def _check_sources(self, config: Dict[str, Any]) -> None:
-        """nats-server's checks of a stream's sources that need the other streams: sizes, filters, cycles."""
+        """
+        nats-server's checks of a stream's mirror and sources that need the
+        other streams of this server (origins behind an external API are
+        not looked up): sizes, filters, delivery prefixes against the
+        origins' subjects, cycles.
+        """
         from eventsvc.jetstream.stream import subjects_collide
 
+        mirror = config.get("mirror")
+        origin_subjects: List[str] = []
+        if mirror and not mirror.get("external"):
+            origin = self.streams.get(mirror["name"])
+            if origin is not None:
+                origin_subjects += origin.config["subjects"]
+                if config["max_msg_size"] > 0 and origin.config["max_msg_size"] > 0 and config["max_msg_size"] < origin.config["max_msg_size"]:
+                    raise errors.MIRROR_MAX_MESSAGE_SIZE_TOO_BIG_ERR()
+                wanted = mirror["filter_subject"]
+                if wanted and origin.config["subjects"] and not any(subjects_collide(own, wanted) for own in origin.config["subjects"]):
+                    raise errors.STREAM_INVALID_CONFIG_F(err="mirror '{}' filter subject '{}' does not overlap with any origin stream subject".format(
+                        mirror["name"], wanted))
         sources = config["sources"] or []
         for source in sources:
-            origin = self.streams.get(source["name"])
+            origin = self.streams.get(source["name"]) if not source.get("external") else None
             if origin is None:
                 continue
+            origin_subjects += origin.config["subjects"]
             if config["max_msg_size"] > 0 and origin.config["max_msg_size"] > 0 and config["max_msg_size"] < origin.config["max_msg_size"]:
                 raise errors.SOURCE_MAX_MESSAGE_SIZE_TOO_BIG_ERR()
             wanted = source["filter_subject"]
-            if wanted and origin.config["subjects"] and not any(subjects_collide(own, wanted) for own in origin.config["subjects"]):
+            if wanted and origin_subjects and not any(subjects_collide(own, wanted) for own in origin_subjects):
                 raise errors.STREAM_INVALID_CONFIG_F(err="source '{}' filter subject '{}' does not overlap with any origin stream subject".format(
                     source["name"], wanted))
-        # nats-server's walk: a source already visited is a cycle.
+        for origin_config in ([mirror] if mirror else []) + list(sources):
+            prefix = (origin_config.get("external") or {}).get("deliver") or ""
+            for subject in origin_subjects if prefix else ():
+                if subjects_collide(subject, "{}.{}".format(prefix, subject)):
+                    raise errors.STREAM_EXTERNAL_DEL_PREFIX_OVERLAPS_ERR_F(prefix=prefix, subject=subject)
+        # nats-server's walk: a source (or mirror) on this server already visited is a cycle.
         visited = set()
         todo = [config]
         while todo:
             current = todo.pop(0)
             visited.add(current["name"])
-            for source in current["sources"] or ():
+            for source in list(current["sources"] or ()) + ([current["mirror"]] if current.get("mirror") else []):
+                if source.get("external"):
+                    continue
                 if source["name"] in visited:
                     raise errors.STREAM_INVALID_CONFIG_F(err="detected cycle")
                 origin = self.streams.get(source["name"])
                 if origin is not None:
                     todo.append(origin.config)
 
-    def _link_sources(self) -> None:
+    def _link_sources(self, restored: bool = False) -> None:
         """Every stream follows those of its sources that exist (after a create, an update, a restart)."""
         for stream in list(self.streams.values()):
-            if stream.config["sources"] or stream.sources:
-                stream.link_sources()
+            if stream.config["sources"] or stream.sources or stream.config["mirror"]:
+                stream.link_sources(restored)
 
     def delete_stream(self, stream: Stream) -> None:
         """STREAM.DELETE: the stream, its consumers and its files."""
@@ -413,7 +451,7 @@ class JetStream:
         """The account's usage, limits and API counters (JetStreamAccountStats)."""
         for stream in self.streams.values():
             stream.account()
-        consumers = sum(len(s.consumers) for s in self.streams.values())
+        consumers = sum(len(s.public_consumers()) for s in self.streams.values())
         info: Dict[str, Any] = {
             "memory": self.usage("memory"),
             "storage": self.usage("file"),

@@ -28,6 +28,7 @@ from eventsvc.jetstream import errors
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.limits import stream_bytes_cap
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore, message_size
+from eventsvc.jetstream.sourcing import SourceLink, index_name, last_copies
 from eventsvc.jetstream.store import (
     ConsumerStore,
     StoreError,
@@ -140,6 +141,9 @@ def decode_config(payload: bytes) -> Dict[str, Any]:
             value = _decode_republish(value)
         elif name == "sources":
             value = _decode_sources(value)
+        elif name == "mirror":
+            decoded = _decode_sources([value])
+            value = decoded[0] if decoded else None
         config[name] = value
     return config
 
@@ -174,6 +178,11 @@ def _decode_sources(value: Any) -> List[Dict[str, Any]]:
         start_time = item.get("opt_start_time") or ""
         filter_subject = item.get("filter_subject") or ""
         external = item.get("external")
+        if isinstance(external, dict):
+            api, deliver = external.get("api") or "", external.get("deliver") or ""
+            if not isinstance(api, str) or not isinstance(deliver, str):
+                raise errors.INVALID_J_S_O_N_ERR()
+            external = {"api": api, "deliver": deliver}
         if (not isinstance(name, str) or not isinstance(filter_subject, str) or not isinstance(start_time, str)
                 or not isinstance(start_seq, int) or isinstance(start_seq, bool) or start_seq < 0
                 or not (external is None or isinstance(external, dict))):
@@ -189,11 +198,14 @@ def _decode_sources(value: Any) -> List[Dict[str, Any]]:
 
 
 def source_json(source: Dict[str, Any]) -> Dict[str, Any]:
-    """A StreamSource as nats-server writes it (empty fields left out)."""
+    """A StreamSource as nats-server writes it (empty fields left out; external always has both prefixes)."""
     out: Dict[str, Any] = {"name": source["name"]}
-    for key in ("opt_start_seq", "opt_start_time", "filter_subject", "external"):
+    for key in ("opt_start_seq", "opt_start_time", "filter_subject"):
         if source.get(key):
             out[key] = source[key]
+    external = source.get("external")
+    if external is not None:
+        out["external"] = {"api": external.get("api") or "", "deliver": external.get("deliver") or ""}
     return out
 
 
@@ -357,15 +369,10 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
             raise _invalid("discard new per subject requires discard new policy to be set")
         if cfg["max_msgs_per_subject"] <= 0:
             raise _invalid("discard new per subject requires max msgs per subject > 0")
-    if cfg["mirror"]:
-        # Refused rather than ignored: a stream that says it mirrors and does not is a lie.
-        raise _invalid("stream mirrors are not supported by eventsvc yet")
-    for source in cfg["sources"] or ():
-        if source["external"]:
-            raise _invalid("stream sources in another account or domain are not supported by eventsvc yet")
+    _check_origins(cfg)
     subjects = cfg["subjects"]
     if not subjects:
-        cfg["subjects"] = [] if cfg["sources"] else [name]
+        cfg["subjects"] = [] if cfg["sources"] or cfg["mirror"] else [name]
     else:
         seen = set()
         for subject in subjects:
@@ -401,6 +408,42 @@ def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
+def _check_origins(cfg: Dict[str, Any]) -> None:
+    """
+    The mirror's and sources' rules that need no other stream (the
+    engine checks the rest): a mirror has no subjects and no sources, and
+    external prefixes are subjects without wildcards, the API's apart from
+    this server's C{$JS.API}.
+    """
+    mirror = cfg["mirror"]
+    origins = list(cfg["sources"] or ())
+    if mirror:
+        if cfg["subjects"]:
+            raise errors.MIRROR_WITH_SUBJECTS_ERR()
+        if cfg["sources"]:
+            raise errors.MIRROR_WITH_SOURCES_ERR()
+        origins.append(mirror)
+    for origin in origins:
+        if not origin["name"]:
+            raise _invalid("stream source name is required" if origin is not mirror else "stream mirror name is required")
+    for origin in origins:
+        deliver = (origin["external"] or {}).get("deliver") or ""
+        if deliver and not _valid_publish_subject(deliver):
+            raise errors.STREAM_INVALID_EXTERNAL_DELIVERY_SUBJ_ERR_F(prefix=deliver)
+    for origin in origins:
+        api = (origin["external"] or {}).get("api") or ""
+        if not api:
+            continue
+        if not _valid_publish_subject(api):
+            raise _invalid("stream external api prefix {} must be a valid subject without wildcards".format(json.dumps(api)))
+        if subjects_collide(api, "$JS.API"):
+            raise errors.STREAM_EXTERNAL_API_OVERLAP_ERR_F(prefix=api, subject="$JS.API")
+
+
+def _valid_publish_subject(subject: str) -> bool:
+    return _valid_subject(subject) and not any(token in ("*", ">") for token in subject.split("."))
+
+
 def check_update(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
     """
     nats-server's C{configUpdateCheck} (without the limits, which are the
@@ -428,6 +471,8 @@ def check_update(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
         raise _invalid("stream configuration update can not cancel deny message deletes")
     if not cfg["deny_purge"] and old["deny_purge"]:
         raise _invalid("stream configuration update can not cancel deny purge")
+    if (cfg["mirror"] or None) != (old["mirror"] or None):
+        raise errors.STREAM_MIRROR_NOT_UPDATABLE_ERR()
     if (cfg["republish"] or None) != (old["republish"] or None):
         raise _invalid("stream configuration update can not change RePublish")
     if cfg["sealed"]:
@@ -448,6 +493,8 @@ def config_json(config: Dict[str, Any]) -> Dict[str, Any]:
             value = republish_json(value)
         elif name == "sources":
             value = [source_json(source) for source in value]
+        elif name == "mirror":
+            value = source_json(value)
         out[name] = value
     return out
 
@@ -569,12 +616,13 @@ class Stream:
         self.created = created
         self.directory = directory
         self.consumers: Dict[str, Any] = {}
-        #: The streams that source from this one (their L{SourceLink}s), told of each message stored.
-        self.followers: List["SourceLink"] = []
-        #: This stream's own sources, by origin stream name.
-        self.sources: Dict[str, "SourceLink"] = {}
+        #: This stream's own sources, by index name (L{eventsvc.jetstream.sourcing.index_name}), and its mirror.
+        self.sources: Dict[str, SourceLink] = {}
+        self.mirror: Optional[SourceLink] = None
         self._subscriptions: List[Any] = []
         self._direct: List[Any] = []
+        #: A mirror's subscriptions to its origin's direct gets (L{serve_mirror_direct}).
+        self._mirror_direct: List[Any] = []
         self._dedupe = _Dedupe()
         self._dedupe_timer: Any = None
         self._expiry_timer: Any = None
@@ -639,10 +687,25 @@ class Stream:
                     broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
                 ]
 
+    def serve_mirror_direct(self) -> None:
+        """
+        A mirror with C{mirror_direct}, caught up with its origin, answers
+        the origin's direct gets too, in their queue group (nats-server's
+        C{subscribeToMirrorDirect}).
+        """
+        if self._mirror_direct or self._closed or not self.config["mirror_direct"] or not self.config["mirror"]:
+            return
+        prefix = "$JS.API.DIRECT.GET." + self.config["mirror"]["name"]
+        broker = self.engine.broker
+        self._mirror_direct = [
+            broker.subscribe(prefix, self._direct_get, queue="_sys_"),
+            broker.subscribe(prefix + ".>", self._direct_get_last, queue="_sys_"),
+        ]
+
     def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions + self._direct:
+        for subscription in self._subscriptions + self._direct + self._mirror_direct:
             subscription.unsubscribe()
-        self._subscriptions, self._direct = [], []
+        self._subscriptions, self._direct, self._mirror_direct = [], [], []
         for timer in (self._dedupe_timer, self._expiry_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -665,8 +728,6 @@ class Stream:
         self._closed = True
         self._unsubscribe()
         self.unlink_sources()
-        for follower in list(self.followers):
-            follower.origin_gone()
         for consumer in list(self.consumers.values()):
             consumer.delete()
         self.consumers.clear()
@@ -707,30 +768,112 @@ class Stream:
 
     # -- sources ------------------------------------------------------------
 
-    def link_sources(self) -> None:
-        """Follow every configured source whose stream exists (again after a create or a restart)."""
-        wanted = {source["name"]: source for source in self.config["sources"] or ()}
-        for name in list(self.sources):
-            if name not in wanted or self.sources[name].config != wanted[name]:
-                self.sources.pop(name).unlink()
-        for name, source in wanted.items():
-            link = self.sources.get(name)
-            if link is None:
-                link = self.sources[name] = SourceLink(self, source)
-            if link.origin is None:
-                origin = self.engine.streams.get(name)
-                if origin is not None and origin is not self:
-                    link.link(origin)
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was stopped or deleted."""
+        return self._closed
+
+    def link_sources(self, restored: bool = False) -> None:
+        """
+        Follow the configured mirror and sources (after a create, an
+        update, a restart): a link for each new one, a new link for one
+        whose configuration changed, none for one removed.  C{restored}:
+        the stream was just read back from store_dir; a source of which it
+        holds no copy then starts at the time of its last message, as
+        nats-server's (C{startingSequenceForSources}), not from the origin's
+        first, which it may have held and lost to its limits.
+        """
+        if self._closed:
+            return
+        mirror = self.config["mirror"]
+        if mirror and self.mirror is None:
+            self.mirror = SourceLink(self, mirror, mirror=True)
+            self.mirror.start()
+        wanted = {index_name(source): source for source in self.config["sources"] or ()}
+        for iname in list(self.sources):
+            if iname not in wanted or self.sources[iname].config != wanted[iname]:
+                self.sources.pop(iname).stop()
+        last_ts = self.store.state().last_ts if restored else 0
+        new = [iname for iname in wanted if iname not in self.sources]
+        # Where each new one resumes: one walk back through the stream for all.
+        copied = last_copies(self.store, set(new)) if new else {}
+        for iname in new:
+            link = self.sources[iname] = SourceLink(self, wanted[iname], since=last_ts)
+            link.start(copied.get(iname, 0))
 
     def unlink_sources(self) -> None:
+        """Let go of every origin (a stop, a delete)."""
         for link in self.sources.values():
-            link.unlink()
+            link.stop()
+        if self.mirror is not None:
+            self.mirror.stop()
 
     def sources_json(self) -> List[Dict[str, Any]]:
-        """StreamSourceInfo of each source: name, lag, active (ns since its last message; -1: none yet)."""
+        """StreamSourceInfo of each source: name, external, lag, active (ns since the origin last spoke; -1: never)."""
         return [link.info() for link in self.sources.values()]
 
+    def skip_to(self, seq: int) -> None:
+        """
+        A mirror's next sequence is C{seq}: the ones before it that are not
+        here the origin no longer has (nats-server's C{skipMsgs}).  An
+        empty store just moves on; otherwise each skipped sequence is
+        used and deleted, so that the next one stored is C{seq}.
+        """
+        state = self.store.state()
+        if seq <= state.last_seq + 1:
+            return
+        if not state.msgs:
+            self.store.skip(seq)
+            return
+        # The store skips only when empty: each sequence is used and deleted,
+        # with the limits lifted meanwhile, lest a placeholder push out a
+        # message the mirror holds (max_msgs) or be refused (discard new).
+        self.store.set_limits(StoreLimits())
+        try:
+            for _ in range(state.last_seq + 1, seq):
+                skipped = self.store.store("", None, b"", self.engine.now())
+                self.store.remove(skipped)
+        finally:
+            self.store.set_limits(store_limits(self.config))
+        self.account()
+
+    def is_duplicate(self, headers: Optional[bytes]) -> bool:
+        """Whether a message with these headers would be taken as a duplicate (its Nats-Msg-Id is in the window)."""
+        msg_id = header(headers, "Nats-Msg-Id") if headers and b"Nats-Msg-Id" in headers else None
+        return msg_id is not None and msg_id != "" and self._dedupe.find(msg_id) is not None
+
+    def store_mirrored(self, subject: str, headers: Optional[bytes], payload: bytes, seq: int, ts: int) -> bool:
+        """
+        A mirror's copy of the origin's message C{seq} stored at that
+        sequence with the origin's time (C{processJetStreamMsg} with its
+        C{lseq} and C{ts}); False if it was not kept (the mirror's next
+        sequence is not C{seq}, or the store refused it).
+        """
+        if self._closed:
+            return False
+        if self.store.state().last_seq != seq - 1:
+            return False
+        if self.engine.limits_exceeded(self.config["storage"]):
+            self.log.warn("stream {stream}: the mirror's message {seq} not kept: insufficient resources",
+                          stream=self.name, seq=seq)
+            return False
+        stored = self._store(subject, headers, payload, ts or self.engine.now(), None)
+        if stored is None:
+            return False
+        self._unaccounted += 1
+        if self._unaccounted >= 64 or self.engine.near_limit(self.config["storage"], 64 * (len(payload) + 128)):
+            self.account()
+        for consumer in list(self.consumers.values()):
+            consumer.stored(stored, subject)
+        if self._expiry_at is None and self.config["max_age"] > 0:
+            self._schedule_expiry()
+        return True
+
     # -- consumers ----------------------------------------------------------
+
+    def public_consumers(self) -> List[Any]:
+        """The consumers clients made (L{eventsvc.jetstream.consumer.public_consumers})."""
+        return [c for c in self.consumers.values() if not c.config.get("direct")]
 
     def consumer_directory(self, name: str) -> Optional[str]:
         """store_dir/streams/<stream>/consumers/<name>, or None without a store_dir."""
@@ -738,6 +881,9 @@ class Stream:
 
     def new_consumer_store(self, name: str, config: Dict[str, Any], created: int) -> ConsumerStore:
         """Persist a consumer's config and created time (with a store_dir) and give its state store."""
+        if config.get("direct"):
+            # A mirror's or source's consumer: asked for again after a restart, never kept.
+            return MemoryConsumerStore()
         directory = self.consumer_directory(name)
         if directory is not None:
             os.makedirs(directory, exist_ok=True)
@@ -943,8 +1089,6 @@ class Stream:
             self._when_durable(seq, reply if answer else None, msg_id)
         for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
-        for follower in list(self.followers):
-            follower.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
@@ -955,7 +1099,7 @@ class Stream:
         L{JetStream.fed_in_process}), which sends no reply and none of
         the C{Nats-} headers a client may: what L{process} does for such a
         message, in fewer steps (the stream's, the server's and the
-        account's limits, the store, the consumers and followers told).
+        account's limits, the store, the consumers told).
         Returns the sequence, or None if it was refused; the feeder asks
         the store's C{when_durable} itself.
         """
@@ -981,10 +1125,9 @@ class Stream:
         self._unaccounted += 1
         if self._unaccounted >= 64 or engine.near_limit(storage, 64 * (size + 64)):
             self.account()
-        for consumer in self.consumers.values():
+        # (mirrors and sources of this stream are consumers too: told here)
+        for consumer in list(self.consumers.values()):
             consumer.stored(seq, subject)
-        for follower in self.followers:
-            follower.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
@@ -1221,11 +1364,11 @@ class Stream:
             out["num_deleted"] = state.num_deleted
         if deleted_details and state.num_deleted:
             out["deleted"] = self.store.deleted()
-        out["consumer_count"] = len(self.consumers)
+        out["consumer_count"] = len(self.public_consumers())
         return out
 
     def info(self, domain: bool = True, subjects: Optional[Dict[str, int]] = None, deleted_details: bool = False) -> Dict[str, Any]:
-        """StreamInfo: config, created, state (and domain when the engine has one and C{domain})."""
+        """StreamInfo: config, created, state; with C{domain}, as STREAM.INFO: the domain (if any), mirror and sources."""
         out: Dict[str, Any] = {
             "config": config_json(self.config),
             "created": rfc3339(self.created),
@@ -1233,125 +1376,12 @@ class Stream:
         }
         if domain and self.engine.settings.domain:
             out["domain"] = self.engine.settings.domain
+        # (STREAM.CREATE's answer has neither, as nats-server's)
+        if domain and self.mirror is not None:
+            out["mirror"] = self.mirror.info()
         if domain and self.sources:
             out["sources"] = self.sources_json()
         return out
-
-
-class SourceLink:
-    """
-    One source of a stream, from a stream of this server: what it missed
-    is copied at once, then each new message as the origin stores it,
-    with C{Nats-Stream-Source: <origin> <seq>} added (nats-server's header,
-    by which the copy resumes after a restart).
-    """
-
-    def __init__(self, stream: Stream, config: Dict[str, Any]) -> None:
-        self.stream = stream
-        self.config = config
-        self.name: str = config["name"]
-        self.filter: str = config["filter_subject"] or ""
-        self.origin: Optional[Stream] = None
-        #: The origin's next sequence to copy.
-        self.next = 0
-        #: When (ns) it was linked or a message last came from it (0: never).
-        self.last = 0
-        self._call: Any = None
-
-    def link(self, origin: Stream) -> None:
-        """Start following C{origin}: resume after the last copy, or where the source config says."""
-        self.origin = origin
-        origin.followers.append(self)
-        self.next = self._resume_at(origin)
-        self.last = self.stream.engine.now()
-        # The copying begins on the next turn, as nats-server's source
-        # consumer does: a create is answered with the stream as made.
-        self._call = self.stream.engine.clock.callLater(0, self._catch_up)
-
-    def unlink(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self.origin is not None and self in self.origin.followers:
-            self.origin.followers.remove(self)
-        self.origin = None
-
-    def origin_gone(self) -> None:
-        """The origin was deleted: wait for a stream of that name again."""
-        self.origin = None
-
-    def _resume_at(self, origin: Stream) -> int:
-        own = self.stream.store
-        state = own.state()
-        seq = state.last_seq
-        prefix = self.name + " "
-        while seq >= state.first_seq and seq > 0:
-            message = own.load(seq)
-            seq -= 1
-            if message is None or not message.headers:
-                continue
-            value = header(message.headers, "Nats-Stream-Source")
-            if value and value.startswith(prefix) and value[len(prefix):].isdigit():
-                return int(value[len(prefix):]) + 1
-        if self.config["opt_start_seq"]:
-            return self.config["opt_start_seq"]
-        first = origin.store.state().first_seq or 1
-        if self.config["opt_start_time"]:
-            since = parse_rfc3339(self.config["opt_start_time"])
-            message = origin.store.load_next(first)
-            while message is not None and message.ts < since:
-                message = origin.store.load_next(message.seq + 1)
-            return message.seq if message is not None else origin.store.state().last_seq + 1
-        return first
-
-    def _catch_up(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        origin = self.origin
-        while origin is not None:
-            message = origin.store.load_next(self.next, self.filter or None)
-            if message is None:
-                self.next = max(self.next, origin.store.state().last_seq + 1)
-                return
-            self._copy(message)
-
-    def stored(self, seq: int, subject: str) -> None:
-        """The origin stored C{seq}: copy it (and anything skipped before it)."""
-        if seq < self.next or self.stream._closed:
-            return
-        if seq > self.next:
-            self._catch_up()
-            return
-        message = self.origin.store.load(seq) if self.origin is not None else None
-        if message is None or (self.filter and not _subject_matches(self.filter, message.subject)):
-            self.next = seq + 1
-            return
-        self._copy(message)
-
-    def _copy(self, message: StoredMessage) -> None:
-        self.next = message.seq + 1
-        self.last = self.stream.engine.now()
-        value = "{} {}".format(self.name, message.seq)
-        headers = message.headers
-        if headers and len(headers) > 4:
-            if b"Nats-Stream-Source:" in headers:
-                status, values = parse_headers(headers)
-                kept = [(k, v) for k, vs in values.items() if k != "Nats-Stream-Source" for v in vs]
-                headers = ("NATS/1.0" + (" " + status if status else "") + "\r\n" +
-                           "".join("{}: {}\r\n".format(k, v) for k, v in kept) + "\r\n").encode("utf-8")
-            block = headers[:-2] + "Nats-Stream-Source: {}\r\n\r\n".format(value).encode("utf-8")
-        else:
-            block = "NATS/1.0\r\nNats-Stream-Source: {}\r\n\r\n".format(value).encode("utf-8")
-        self.stream.process(message.subject, None, message.data, block)
-
-    def info(self) -> Dict[str, Any]:
-        """StreamSourceInfo."""
-        lag = 0
-        if self.origin is not None:
-            lag = max(0, self.origin.store.state().last_seq - self.next + 1)
-        active = self.stream.engine.now() - self.last if self.last else -1
-        return {"name": self.name, "lag": lag, "active": active}
 
 
 def _parse_uint(text: str) -> Optional[int]:

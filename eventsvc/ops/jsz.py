@@ -72,7 +72,13 @@ def streams_of(engine: Any) -> List[Any]:
 
 
 def consumers_of(stream: Any) -> List[Any]:
-    return [consumer for _, consumer in sorted(stream.consumers.items())]
+    """A stream's consumers by name, without the direct ones of mirrors and sources (nats-server's getPublicConsumers)."""
+    return sorted(_public(stream), key=lambda consumer: consumer.name)
+
+
+def _public(stream: Any) -> List[Any]:
+    public = getattr(stream, "public_consumers", None)
+    return list(public()) if public is not None else list(stream.consumers.values())
 
 
 def _storage(stream: Any) -> str:
@@ -163,7 +169,7 @@ def jsz(service: Any, server_id: str, args: Dict[bytes, List[bytes]]) -> "Dict[s
     out.update(stats_json(engine, memory, storage))
     out.update(
         streams=len(streams),
-        consumers=sum(len(stream.consumers) for stream in streams),
+        consumers=sum(len(_public(stream)) for stream in streams),
         messages=sum(state.msgs for state in states.values()),
         bytes=sum(state.bytes for state in states.values()),
     )
@@ -208,14 +214,21 @@ def stream_detail(stream: Any, leader: str, options: JszOptions) -> Dict[str, An
     if options.config:
         out["config"] = info["config"]
     out["state"] = info["state"]
-    if options.consumers and stream.consumers:
+    public = consumers_of(stream)
+    if options.consumers and public:
         infos = []
-        for consumer in consumers_of(stream):
+        for consumer in public:
             consumer_info = dict(consumer.info())
             if not options.config:
                 consumer_info.pop("config", None)
             infos.append(consumer_info)
         out["consumer_detail"] = infos
+    # A mirror's and each source's lag and last word (ns; -1: none yet), as in STREAM.INFO.
+    mirror = getattr(stream, "mirror", None)
+    if mirror is not None:
+        out["mirror"] = mirror.info()
+    if getattr(stream, "sources", None):
+        out["sources"] = stream.sources_json()
     return out
 
 
@@ -304,7 +317,7 @@ def metrics(service: Any) -> Iterable[Any]:
         state = states[stream.name]
         stream_labels = {"stream": stream.name, "storage": _storage(stream)}
         values: Tuple[int, ...] = (
-            state.msgs, state.bytes, state.first_seq, state.last_seq, len(stream.consumers), int(_health(stream.store) == STORE_OK),
+            state.msgs, state.bytes, state.first_seq, state.last_seq, len(_public(stream)), int(_health(stream.store) == STORE_OK),
         )
         for (samples, name), value in zip(stream_samples, values):
             samples.append(Sample(name, stream_labels, value, None))

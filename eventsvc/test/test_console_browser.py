@@ -283,6 +283,38 @@ class ConsoleInBrowserTests(TestCase):
 
         keep(await threads.deferToThread(look), "console-jetstream.png")
 
+    async def test_jetstream_mirror_and_source_lag(self) -> None:
+        """A mirror and a source are listed with their lag and when their origin last spoke; one whose origin is missing says why."""
+        from eventsvc.test.test_jsops import api, make_orders_and_mem
+
+        browser, monitor, nats_url, folder = await self.start_console("[jetstream]\nstore_dir = \"js\"\n")
+        port = int(nats_url.rpartition(":")[2])
+
+        def make() -> None:
+            make_orders_and_mem(port)
+            for config in ({"name": "COPY", "mirror": {"name": "ORDERS"}},
+                           {"name": "ALL", "sources": [{"name": "ORDERS", "filter_subject": "orders.new"}, {"name": "NOPE"}]}):
+                answer = api(port, "$JS.API.STREAM.CREATE." + config["name"], config)
+                assert "error" not in answer, answer
+
+        await threads.deferToThread(make)
+
+        def look() -> str:
+            browser.go("http://127.0.0.1:{}/".format(monitor))
+            browser.wait_for("document.querySelectorAll('#js-origins tbody tr').length === 3")
+            browser.wait_for("[...document.querySelectorAll('#js-origins tbody tr')].every((r) => r.cells[4].textContent !== 'never' || r.cells[2].textContent === 'NOPE')")
+            rows = browser.evaluate("[...document.querySelectorAll('#js-origins tbody tr')].map((r) => [r.className, ...[...r.cells].map((c) => c.textContent)])")
+            self.assertEqual([r[:5] + [r[6]] for r in rows], [
+                ["", "ALL", "source", "ORDERS", "0", ""],
+                ["bad", "ALL", "source", "NOPE", "0", "stream not found"],
+                ["", "COPY", "mirror", "ORDERS", "0", ""],
+            ])
+            self.assertRegex(rows[0][5], r"^\d+\.\d s ago$")
+            self.assertEqual(rows[1][5], "never")
+            return browser.screenshot(os.path.join(folder, "console-jetstream-lag.png"))
+
+        keep(await threads.deferToThread(look), "console-jetstream-lag.png")
+
     async def test_live_tail_and_counters(self) -> None:
         browser, monitor, nats_url, folder = await self.start_console()
 

@@ -553,10 +553,26 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("$JS.API.STREAM.CREATE.SRC", b'{"name":"SRC","sources":[{"name":"O","opt_start_seq":2}]}', None),
     ("$JS.API.STREAM.CREATE.SRC2", b'{"name":"SRC2","sources":[{"name":"O","filter_subject":"x.y"}]}', None),
     ("$JS.API.STREAM.CREATE.SRC3", b'{"name":"SRC3","sources":[{"name":"NOPE"}]}', None),
+    # Mirrors: the config, the refusals, the copy at the origin's sequences.
+    ("$JS.API.STREAM.CREATE.MIR", b'{"name":"MIR","mirror":{"name":"O"}}', None),
+    ("$JS.API.STREAM.CREATE.MIR2", b'{"name":"MIR2","subjects":["m2"],"mirror":{"name":"O"}}', None),
+    ("$JS.API.STREAM.CREATE.MIR3", b'{"name":"MIR3","mirror":{"name":"O"},"sources":[{"name":"O"}]}', None),
+    ("$JS.API.STREAM.CREATE.MIR4", b'{"name":"MIR4","mirror":{"name":"O","filter_subject":"x.y"}}', None),
+    ("$JS.API.STREAM.CREATE.MIR5", b'{"name":"MIR5","mirror":{"name":"O","external":{"api":"$JS.API","deliver":""}}}', None),
+    ("$JS.API.STREAM.UPDATE.MIR", b'{"name":"MIR","mirror":{"name":"SRC"}}', None),
+    ("$JS.API.STREAM.CREATE.DO", b'{"name":"DO","subjects":["do.>"],"allow_direct":true}', None),
+    ("do.a", b"1", None),
+    ("$JS.API.STREAM.CREATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"}}', None),
+    ("$JS.API.STREAM.UPDATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"},"description":"d"}', None),
     ("o.c", b"3", None),
     ("", b"", None),  # a pause: nats-server copies through a consumer of its own, a moment later
     ("$JS.API.STREAM.INFO.SRC", b"", None),
     ("$JS.API.STREAM.MSG.GET.SRC", b'{"seq":2}', None),
+    ("$JS.API.STREAM.INFO.MIR", b"", None),
+    ("$JS.API.STREAM.MSG.GET.MIR", b'{"seq":2}', None),
+    ("$JS.API.STREAM.INFO.O", b"", None),
+    ("$JS.API.CONSUMER.NAMES.O", b"", None),
+    ("$JS.API.STREAM.INFO.DMIR", b"", None),
 ]
 
 _TIMES = re.compile(rb'("(?:created|first_ts|last_ts|time)":")[^"]*(")|(Nats-Time-Stamp: )[^\r]*')

@@ -703,5 +703,5 @@ class SourceTests(TestCase):
                 b'{"name":"A","subjects":["a.>"],"max_msg_size":100,"sources":[{"name":"B"}]}')))
         self.assertEqual(e.exception.description, "detected cycle")
         with self.assertRaises(ApiError) as e:
-            h.create(name="M", mirror={"name": "A"})
-        self.assertEqual(e.exception.description, "stream mirrors are not supported by eventsvc yet")
+            h.create(name="M", subjects=["m"], mirror={"name": "A"})
+        self.assertEqual((e.exception.err_code, e.exception.description), (10034, "stream mirrors can not contain subjects"))

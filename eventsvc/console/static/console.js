@@ -423,6 +423,20 @@ function showJetStream(jsz) {
     cell(row, when(d.last_active));
   });
   $("js-consumers").hidden = consumers.length === 0;
+  // Mirrors and sources: how far each is behind its origin (lag, in messages), and
+  // when the origin last spoke (a message or its heartbeat, every second while linked).
+  const origins = streams.flatMap((s) => (s.mirror ? [[s.name, "mirror", s.mirror]] : [])
+    .concat((s.sources || []).map((o) => [s.name, "source", o])));
+  fill("js-origins", origins, (row, [stream, kind, o]) => {
+    cell(row, stream);
+    cell(row, kind);
+    cell(row, o.name + (o.external && o.external.api ? " via " + o.external.api : ""));
+    cell(row, fmt(o.lag), "n");
+    cell(row, o.active < 0 ? "never" : (o.active / 1e9).toFixed(1) + " s ago");
+    cell(row, (o.error || {}).description || "");
+    if (o.error || o.active < 0 || o.active > 3e9) row.className = "bad";
+  });
+  $("js-origins").hidden = origins.length === 0;
 }
 
 // -- dead letters ------------------------------------------------------------------
