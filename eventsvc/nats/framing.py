@@ -64,6 +64,11 @@ _MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int, int]] = {}
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
+#: Messages with a line identical to the one before (one subject, one size:
+#: a publisher's steady stream) are checked and cut in blocks, of at least
+#: and at most so many messages (L{Framer._same_lines}).
+BLOCK_MIN = 16
+BLOCK_MAX = 4096
 
 
 class ProtocolViolation(Exception):
@@ -196,6 +201,10 @@ class Framer:
     #: What may not be taken for a reply in a run (a leaf's C{|}: queue
     #: names follow, or none do): the loop reads such a line.
     not_replies: Tuple[bytes, ...] = ()
+    #: Whether a batch of messages to one subject whose lines repeat (one
+    #: size) grows by blocks checked at once (L{_same_lines}), not message
+    #: by message: on CPython that halves a steady stream's cost.
+    same_line_blocks = True
 
     def __init__(
         self,
@@ -444,6 +453,22 @@ class Framer:
                 handler.in_bytes += nbytes
         return pos
 
+    @staticmethod
+    def _same_lines(buf: bytes, pos: int, stop: int, step: int, line: bytes, k: int) -> bool:
+        """
+        Whether the C{k} messages of C{step} bytes each from C{pos} on all
+        begin with C{line} (a message line, LF included) and end in CRLF:
+        then each is C{line} and a payload of the line's size.  Checked a
+        column at a time (a slice every C{step} bytes is one C call), not a
+        message at a time.
+        """
+        if buf[pos + step - 2 : stop : step].count(13) != k or buf[pos + step - 1 : stop : step].count(10) != k:
+            return False
+        for j, c in enumerate(line):
+            if buf[pos + j : stop : step].count(c) != k:
+                return False
+        return True
+
     def _parse(self, buf: bytes) -> None:
         # The hot loop.  Two shortcuts, both exact:
         # - a message line byte-identical to the previous one is not parsed
@@ -475,6 +500,11 @@ class Framer:
         self.debt = 0.0
         pos = ops = 0
         runs = self.split_runs and plain and may_publish is None and not guarded
+        # Whether a batch may grow by blocks of identical lines (_same_lines),
+        # and how many messages the next block checks at once.
+        blocks = self.same_line_blocks and plain and may_publish is None and not guarded
+        block = BLOCK_MIN * 4
+        last_pos = 0
         if runs and self._differing and buf.startswith(fast):
             runs = False  # (one run a read)
             pos = self._runs(buf, started)
@@ -611,6 +641,7 @@ class Framer:
                     tail = buf[pos + tail_off : end]
                 else:
                     tail = szb + b"\r\n" + buf[nl + 1 : end]
+                last_pos = pos
                 pos = end
                 if not plain or (may_publish is not None and (reply is not None or not may_publish(subject))):
                     # Checked one by one: refused, or a request whose reply
@@ -633,6 +664,28 @@ class Framer:
                             else:
                                 batch.append(tail)
                             batch_bytes += size
+                            if blocks and memo and tail_off >= 0:
+                                # The same line again: are the next ones too?
+                                step = end - last_pos
+                                k = (n - pos) // step
+                                if k > block:
+                                    k = block
+                                if k >= BLOCK_MIN:
+                                    stop = pos + k * step
+                                    if self._same_lines(buf, pos, stop, step, last, k):
+                                        first = pos + tail_off
+                                        batch.extend(map(buf.__getitem__, map(slice, range(first, stop, step), range(pos + step, stop + step, step))))
+                                        pos = stop
+                                        msgs += k
+                                        nbytes += k * size
+                                        batch_bytes += k * size
+                                        ops |= 15  # (the budget is checked next)
+                                        if block < BLOCK_MAX:
+                                            block *= 2
+                                    elif block > BLOCK_MIN:
+                                        block //= 2
+                                    else:
+                                        blocks = False
                             continue
                         if batch.__class__ is bytes:
                             publish(handler, batch_subject, None, batch_bytes, batch)

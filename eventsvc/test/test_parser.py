@@ -474,3 +474,78 @@ class SplitRunTests(SynchronousTestCase):
             parser.feed(b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line)
         self.assertEqual(caught.exception.error, "maximum control line exceeded")
         self.assertEqual(len(tight.ops), 20)
+
+
+# -- blocks of identical lines (Framer._same_lines) against the loop alone ------------
+
+
+def _parse_blocks(data: bytes, cuts: List[int], blocks: bool, budget=None) -> List[tuple]:
+    recorder = PlainRecorder()
+    parser = ClientParser(recorder, max_payload=64, max_control_line=64, budget=budget)
+    parser.same_line_blocks = blocks
+    recorder.parse_later = lambda: None  # type: ignore[attr-defined]
+    try:
+        for piece in pieces(data, cuts):
+            parser.feed(piece)
+            while parser.suspended:
+                parser.resume()
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    recorder.ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+    return recorder.ops
+
+
+#: One message repeated, and what may stand among its repeats: another
+#: subject of the same length, another size, a reply, a payload holding the
+#: line itself or a CRLF, a bare LF, a payload that is not followed by CRLF.
+_STEADY = b"PUB foo 5\r\nhello\r\n"
+_AMONG = st.sampled_from([
+    b"PUB fop 5\r\nhello\r\n",
+    b"PUB foo 4\r\nhell\r\n",
+    b"PUB foo r 5\r\nhello\r\n",
+    b"PUB foo 9\r\nPUB foo 5\r\n",
+    b"PUB foo 5\r\nPUB f\r\n",
+    b"PUB foo 5\r\nhe\r\no\r\n",
+    b"PUB foo 5\nhello\r\n",
+    b"PUB foo 5\r\nhelloXY",
+    b"PUB foo 5\r\nhello\rX",
+    b"PING\r\n",
+    b"SUB foo 1\r\n",
+])
+
+
+class SameLineBlockTests(SynchronousTestCase):
+    """
+    A steady stream (one subject, one size) is taken in blocks checked a
+    column at a time; every outcome must be the loop's own, message by
+    message: the same operations, in order, the same counts and the same
+    violation, however the bytes are cut and whatever stands among the
+    repeats.
+    """
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 200), _AMONG), min_size=1, max_size=6), st.integers(0, 300),
+           st.lists(st.integers(0, 8000), max_size=4))
+    def test_same_as_message_by_message(self, among, tail, cuts) -> None:
+        data = b"".join(_STEADY * n + other for n, other in among) + _STEADY * tail
+        self.assertEqual(_parse_blocks(data, cuts, True), _parse_blocks(data, cuts, False))
+
+    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 200), _AMONG), min_size=1, max_size=4))
+    def test_same_as_message_by_message_with_a_budget(self, among) -> None:
+        data = b"".join(_STEADY * n + other for n, other in among) + _STEADY * 100
+        self.assertEqual(_parse_blocks(data, [], True, budget=0.0), _parse_blocks(data, [], False, budget=0.0))
+
+    def test_a_repeat_that_differs_in_one_byte_is_its_own(self) -> None:
+        """
+        Among a thousand repeats of one message, one that differs from them
+        in one byte of its line (another subject of the same length), or
+        whose payload holds the line itself, is delivered as what it is.
+        """
+        data = _STEADY * 500 + b"PUB fop 5\r\nhello\r\n" + _STEADY * 300 + b"PUB foo 9\r\nPUB foo 5\r\n" + _STEADY * 199
+        ops = _parse_blocks(data, [], True)
+        self.assertEqual(ops[500], ("pub", b"fop", None, 5, b"5\r\nhello\r\n"))
+        self.assertEqual(ops[801], ("pub", b"foo", None, 9, b"9\r\nPUB foo 5\r\n"))
+        self.assertEqual([op for i, op in enumerate(ops[:-1]) if i not in (500, 801)],
+                         [("pub", b"foo", None, 5, b"5\r\nhello\r\n")] * 999)
+        self.assertEqual(ops[-1], ("counted", 1001, 5 * 1000 + 9))
