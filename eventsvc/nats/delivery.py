@@ -34,7 +34,7 @@ All three ask the same questions of the kinds.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple, cast
 
 from twisted.logger import Logger
 
@@ -269,6 +269,8 @@ class Delivery:
         self._targets: Dict[bytes, Plan] = self._plans.entries
         sublist.on_change = self._forget_plans
         self._dirty: List[ISubscriber] = []
+        #: Subjects planned once and not kept (L{_plan}: kept the second time).
+        self._seen: Set[bytes] = set()
         self._random = random.Random()
         self.gateways: Optional[IGatewayForwarder] = None
         #: Subject prefixes whose subjects are each used once (the layer
@@ -280,11 +282,24 @@ class Delivery:
 
     def _plan(self, subject: bytes, keep: bool = True) -> Plan:
         """The delivery plan of C{subject}, kept for next time unless C{keep} is false (a subject used once)."""
-        if keep and self.used_once and subject.startswith(self.used_once):
-            # A subject that names one message (a JetStream ack carries its
-            # sequences): used once, its plan would only push out the plans
-            # of subjects that are busy, and cost a cache put and drop each.
-            keep = False
+        if keep:
+            if self.used_once and subject.startswith(self.used_once):
+                # A subject that names one message (a JetStream ack carries its
+                # sequences): used once, its plan would only push out the plans
+                # of subjects that are busy, and cost a cache put and drop each.
+                keep = False
+            elif subject not in self._seen:
+                # Seen for the first time: kept only when it comes again.  A
+                # reply inbox of its own per request (most clients' requests)
+                # is used once, and kept it costs a put and a drop in two
+                # caches and pushes busy subjects' plans out (request/reply,
+                # an inbox each: 9.3 to 5.5 us a message in process); a busy
+                # subject pays one more match, once.
+                seen = self._seen
+                if len(seen) >= PLAN_CACHE_SIZE:
+                    seen.clear()
+                seen.add(subject)
+                keep = False
         result = self.sublist.match(subject, keep)
         targets = plan(subject, result.plain, result.queues)
         if keep:

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.server import Broker
-from eventsvc.nats.subjects import Subscription
+from eventsvc.nats.subjects import SubjectCache, Subscription
 
 TAIL = b"2\r\nhi\r\n"
 
@@ -219,6 +219,33 @@ class QueueRuleTests(SynchronousTestCase):
 
 
 class PlanCacheTests(SynchronousTestCase):
+    def test_a_subject_is_kept_the_second_time(self) -> None:
+        """
+        A subject's plan (and match) is kept only when it comes a second
+        time: a thousand reply inboxes used once each leave the plans of a
+        busy subject in place, and take no place themselves; every message
+        is delivered all the same, to subscribers that came in between too.
+        """
+        broker = Broker()
+        broker._plans = SubjectCache(100)
+        broker._targets = broker._plans.entries
+        requester, responder = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        interested(broker, requester, b"_INBOX.r.*")
+        interested(broker, responder, b"svc")
+        for n in range(1000):
+            self.assertEqual(broker.deliver(requester, b"svc", b"_INBOX.r.%d" % n, 2, TAIL), 1)
+            self.assertEqual(broker.deliver(responder, b"_INBOX.r.%d" % n, None, 2, TAIL), 1)
+        self.assertEqual(list(broker._targets), [b"svc"])
+        self.assertEqual(broker.sublist.cache_stats()[0], 1)
+        self.assertEqual(requester.sent(), b"".join(b"MSG _INBOX.r.%d 1 " % n + TAIL for n in range(1000)))
+        # Seen once more, a subject is kept; a subscriber that comes later is in its plan.
+        broker.deliver(responder, b"_INBOX.r.7", None, 2, TAIL)
+        self.assertIn(b"_INBOX.r.7", broker._targets)
+        late = Conn(Kind.CLIENT)
+        interested(broker, late, b"_INBOX.r.7")
+        self.assertEqual(broker.deliver(responder, b"_INBOX.r.7", None, 2, TAIL), 2)
+        self.assertEqual(late.sent(), b"MSG _INBOX.r.7 1 " + TAIL)
+
     def test_jetstream_acks_are_not_kept(self) -> None:
         """
         A JetStream ack's subject names one delivery: it is delivered as
@@ -231,8 +258,8 @@ class PlanCacheTests(SynchronousTestCase):
         interested(broker, conn, b"s")
         interested(broker, conn, b"$JS.ACK.>")
         acks = [b"$JS.ACK.S.C.1.%d.%d.1700000000000000000.0" % (n, n) for n in (1, 2)]
-        for subject in [b"s"] + acks:
+        for subject in [b"s", b"s"] + acks + acks:
             self.assertEqual(broker.deliver(conn, subject, None, 2, TAIL), 1)
-        self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks))
+        self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks + acks))
         self.assertEqual(list(broker._targets), [b"s"])
         self.assertEqual(broker.sublist.cache_stats()[0], 1)
