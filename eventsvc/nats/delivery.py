@@ -367,7 +367,36 @@ class Delivery:
                 count += self._plain_remotes(src, message, [r for r, _, _ in targets.route_plain])
             else:
                 count += self._to_remotes(src, targets.route_plain, frame_tail, size)
-        if targets.queues or targets.route_mixed or (self.gateways is not None and src.kind.to_gateways):
+        if targets.queues and not src.kind.link:
+            # A client's message to local queue groups only (the plan is
+            # simple: no route or leaf is a member, nobody has a maximum):
+            # one member of each, framed as the plain subscribers are.
+            # _deliver_queues asks the same of the same members.
+            rand = self._random.random
+            for group in targets.queues:
+                n = len(group)
+                i = int(rand() * n) if n > 1 else 0
+                conn = group[i][0]
+                if conn is src and no_echo:
+                    for j in range(1, n):
+                        if group[(i + j) % n][0] is not src:
+                            i = (i + j) % n
+                            break
+                    else:
+                        continue
+                    conn = group[i][0]
+                append = conn.out.append
+                append(group[i][1])
+                append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
+                count += 1
+            if self.gateways is not None and src.kind.to_gateways:
+                count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
+        elif targets.queues or targets.route_mixed or (self.gateways is not None and src.kind.to_gateways):
             count += self._onward(src, targets, None, subject, reply, size, tail, -1, b"", queues)
         return count
 

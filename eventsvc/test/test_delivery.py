@@ -218,6 +218,39 @@ class QueueRuleTests(SynchronousTestCase):
         self.assertEqual(self.route.out + self.leaf.out, [])
 
 
+class LocalQueueTests(SynchronousTestCase):
+    """A client's messages to queue groups whose members are all local clients (deliver's own loop)."""
+
+    def test_one_member_of_each_group_gets_each_message(self) -> None:
+        broker = Broker()
+        workers = [Conn(Kind.CLIENT) for _ in range(10)]
+        for conn in workers:
+            interested(broker, conn, b"s.>", queue=b"workers")
+        other = Conn(Kind.CLIENT)
+        interested(broker, other, b"s.*", queue=b"others")
+        for n in range(1000):
+            self.assertEqual(broker.deliver(Conn(Kind.CLIENT), b"s.%d" % (n % 7), None, 2, TAIL), 2)
+        counts = [len(conn.out) // 2 for conn in workers]
+        self.assertEqual(sum(counts), 1000)
+        self.assertTrue(all(c > 40 for c in counts), counts)
+        self.assertEqual([c.out_msgs for c in workers], counts)
+        self.assertEqual(other.sent(), b"".join(b"MSG s.%d 1 " % (n % 7) + TAIL for n in range(1000)))
+
+    def test_a_member_without_echo_is_never_given_its_own(self) -> None:
+        broker = Broker()
+        quiet, busy = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        quiet.echo = False
+        for conn in (quiet, busy):
+            interested(broker, conn, b"s", queue=b"q")
+        for _ in range(100):
+            self.assertEqual(broker.deliver(quiet, b"s", b"r", 2, TAIL), 1)
+        self.assertEqual((quiet.out, busy.sent()), ([], (b"MSG s 1 r " + TAIL) * 100))
+        alone = Broker()
+        interested(alone, quiet, b"s", queue=b"q")
+        self.assertEqual(alone.deliver(quiet, b"s", None, 2, TAIL), 0)
+        self.assertEqual(quiet.out, [])
+
+
 class PlanCacheTests(SynchronousTestCase):
     def test_a_subject_is_kept_the_second_time(self) -> None:
         """
