@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.parser import ClientParser, ProtocolViolation
+from eventsvc.nats.parser import ClientParser, LeafParser, ProtocolViolation
 from eventsvc.test.helpers import Harness
 
 STREAM = (
@@ -549,3 +549,60 @@ class SameLineBlockTests(SynchronousTestCase):
         self.assertEqual([op for i, op in enumerate(ops[:-1]) if i not in (500, 801)],
                          [("pub", b"foo", None, 5, b"5\r\nhello\r\n")] * 999)
         self.assertEqual(ops[-1], ("counted", 1001, 5 * 1000 + 9))
+
+
+# -- a read that is one message whose line is known (Framer._parse's first branch) ---
+
+
+def _parse_reads(reads: List[bytes], split_runs: bool, **limits: int) -> List[tuple]:
+    recorder = PlainRecorder()
+    parser = ClientParser(recorder, **limits)
+    parser.split_runs = split_runs
+    try:
+        for read in reads:
+            parser.feed(read)
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    recorder.ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+    return recorder.ops
+
+
+class OneMessageReadTests(SynchronousTestCase):
+    """
+    A read that is one message whose line some connection read before (a
+    slow publisher's) skips the loop; every outcome must be the loop's own,
+    for this connection's limits, and for reads that only look like one.
+    """
+
+    def setUp(self) -> None:
+        # Lines read, and kept, by a connection with the default limits.
+        _parse_reads([b"".join(b"PUB k.%d 5\r\nhello\r\n" % i for i in range(20)) + b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"], True)
+        # And by a leaf link (its lines are kept beside the clients').
+        leaf = LeafParser(PlainRecorder())
+        leaf.split_runs = True
+        leaf.feed(b"LMSG k.4 5\r\nhello\r\n")
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from([
+        b"PUB k.1 5\r\nhello\r\n",
+        b"PUB k.2 5\r\nhello\r\n",
+        b"PUB k.2 5\r\nhelloX\n",
+        b"PUB k.2 5\r\nhello\r\nPING\r\n",
+        b"PUB k.2 5\r\nhel",
+        b"lo\r\n",
+        b"PUB k.3 5\nhello\r\n",
+        b"PUB k.3 5X\nhello\r\n",
+        b"pub k.4 5\r\nhello\r\n",
+        b"LMSG k.4 5\r\nhello\r\n",
+        b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n",
+    ]), min_size=1, max_size=8), st.sampled_from([{}, {"max_payload": 64}, {"max_control_line": 32}]))
+    def test_same_as_the_loop(self, reads, limits) -> None:
+        self.assertEqual(_parse_reads(reads, True, **limits), _parse_reads(reads, False, **limits))
+
+    def test_held_to_this_connections_limits(self) -> None:
+        big = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
+        self.assertEqual(_parse_reads([big], True, max_payload=64)[-2:],
+                         [("violation", "Maximum Payload Violation"), ("counted", 0, 0)])
+        self.assertEqual(_parse_reads([big], True, max_control_line=32)[-2:],
+                         [("violation", "maximum control line exceeded"), ("counted", 0, 0)])
+        self.assertEqual(_parse_reads([big], True), [("pub", b"s" * 40, None, 100, big[45:]), ("counted", 1, 100)])
