@@ -481,22 +481,39 @@ class Framer:
         handler = self._handler
         n = len(buf)
         if self.split_runs:
-            # A read that is one whole message whose line was read before (a
-            # fleet of slow publishers makes a read of every message) is
-            # handed over here, as the loop would, without its set-up:
-            # checked as the loop checks a line it knows.
+            # A read that is one whole message (a fleet of slow publishers
+            # makes a read of every message, a requester or a responder
+            # too) is handed over here, as the loop would, without its
+            # set-up: a line read before (kept), or a request's line of
+            # single spaces, checked as the loop checks them.  Anything
+            # else, malformed lines included, is the loop's.
             nl = buf.find(b"\n")
-            known_line = _MESSAGE_LINES.get(buf[: nl - 1]) if nl > 0 and buf[nl - 1] == 13 else None
-            if (known_line is not None and known_line[3] == n and buf.endswith(b"\r\n")
-                    and buf.startswith(self.message_verb) and nl - 1 - len(self.message_verb) <= self.max_control_line
-                    and (not self.checks_payload or known_line[1] <= self.max_payload)
+            if (nl > 0 and buf[nl - 1] == 13 and buf.endswith(b"\r\n") and buf.startswith(self.message_verb)
+                    and nl - 1 - len(self.message_verb) <= self.max_control_line
                     and handler.plain and handler.may_publish is None and not self.awaiting_connect):
-                self.debt = 0.0
-                subject, size, tail_off, _ = known_line
-                handler.in_msgs += 1
-                handler.in_bytes += size
-                handler.publish(handler, subject, None, size, buf[tail_off:])
-                return
+                line = buf[: nl - 1]
+                known_line = _MESSAGE_LINES.get(line)
+                if known_line is not None:
+                    if known_line[3] == n and (not self.checks_payload or known_line[1] <= self.max_payload):
+                        self.debt = 0.0
+                        subject, size, tail_off, _ = known_line
+                        handler.in_msgs += 1
+                        handler.in_bytes += size
+                        handler.publish(handler, subject, None, size, buf[tail_off:])
+                        return
+                else:
+                    args = line.split(b" ")
+                    if len(args) == 4 and b"" not in args and line.find(b"\t") < 0 and args[2] not in self.not_replies:
+                        # (A size this connection has read before: valid, and within its limit.)
+                        size = self._sizes.get(args[3])
+                        if size is not None and nl + size + 3 == n:
+                            self.debt = 0.0
+                            reply = args[2]
+                            handler.in_msgs += 1
+                            handler.in_bytes += size
+                            if not handler.publish(handler, args[1], reply, size, buf[nl - 1 - len(args[3]) :]):
+                                handler.op_no_responders(reply)
+                            return
         mcl = self.max_control_line
         sizes = self._sizes
         plain = handler.plain

@@ -595,6 +595,17 @@ class OneMessageReadTests(SynchronousTestCase):
         b"pub k.4 5\r\nhello\r\n",
         b"LMSG k.4 5\r\nhello\r\n",
         b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n",
+        b"PUB k.1 _INBOX.1 5\r\nhello\r\n",
+        b"PUB k.1 | 5\r\nhello\r\n",
+        b"PUB k.1  r 5\r\nhello\r\n",
+        b"PUB k.1 r\t5\r\nhello\r\n",
+        b"PUB k.1\tx r 5\r\nhello\r\n",
+        b"PUB k.1 r 5 5\r\nhello\r\n",
+        b"PUB k.1 r 05\r\nhello\r\n",
+        b"PUB k.1 r 7\r\nhello\r\n",
+        b"PUB k.1 r\r 5\r\nhello\r\n",
+        b"PUB k.1 r 100\r\n" + b"x" * 100 + b"\r\n",
+        b"PUB k.1 " + b"r" * 30 + b" 5\r\nhello\r\n",
     ]), min_size=1, max_size=8), st.sampled_from([{}, {"max_payload": 64}, {"max_control_line": 32}]))
     def test_same_as_the_loop(self, reads, limits) -> None:
         self.assertEqual(_parse_reads(reads, True, **limits), _parse_reads(reads, False, **limits))
