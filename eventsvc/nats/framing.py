@@ -346,6 +346,13 @@ class Framer:
         run when its memo keeps missing, and a read starts with one when
         the previous read's lines differed (C{_differing}).
         """
+        # A first message whose line is known and whose payload is too large
+        # for a run ends the run before it begins: the read is not split
+        # (traffic over many subjects with payloads of a KiB split every
+        # 64 KiB read for nothing, twice).
+        first = _MESSAGE_LINES.get(buf[base : buf.find(b"\r\n", base)])
+        if first is not None and first[1] > RUN_PAYLOAD:
+            return base
         handler = self._handler
         parts = (buf[base:] if base else buf).split(b"\r\n")
         # The last part is what follows the last CRLF: never a whole message.
