@@ -38,6 +38,7 @@ handler decides everything else.
 
 from __future__ import annotations
 
+import sys
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -203,8 +204,10 @@ class Framer:
     not_replies: Tuple[bytes, ...] = ()
     #: Whether a batch of messages to one subject whose lines repeat (one
     #: size) grows by blocks checked at once (L{_same_lines}), not message
-    #: by message: on CPython that halves a steady stream's cost.
-    same_line_blocks = True
+    #: by message: on CPython that halves a steady stream's cost; PyPy's
+    #: JIT does better with the loop alone (measured: 46 ns a message
+    #: against 113, publish only).
+    same_line_blocks = sys.implementation.name == "cpython"
 
     def __init__(
         self,
