@@ -548,7 +548,6 @@ class Framer:
         # and how many messages the next block checks at once.
         blocks = self.same_line_blocks and plain and may_publish is None and not guarded
         block = BLOCK_MIN * 4
-        last_pos = 0
         if runs and self._differing and buf.startswith(fast):
             runs = False  # (one run a read)
             pos = self._runs(buf, started)
@@ -685,7 +684,6 @@ class Framer:
                     tail = buf[pos + tail_off : end]
                 else:
                     tail = szb + b"\r\n" + buf[nl + 1 : end]
-                last_pos = pos
                 pos = end
                 if not plain or (may_publish is not None and (reply is not None or not may_publish(subject))):
                     # Checked one by one: refused, or a request whose reply
@@ -710,7 +708,7 @@ class Framer:
                             batch_bytes += size
                             if blocks and memo and tail_off >= 0:
                                 # The same line again: are the next ones too?
-                                step = end - last_pos
+                                step = last_nl + size + 3
                                 k = (n - pos) // step
                                 if k > block:
                                     k = block
