@@ -515,14 +515,13 @@ class Framer:
                     args = line.split(b" ")
                     if len(args) == 4 and b"" not in args and line.find(b"\t") < 0 and args[2] not in self.not_replies:
                         # (A size this connection has read before: valid, and within its limit.)
-                        size = self._sizes.get(args[3])
-                        if size is not None and nl + size + 3 == n:
+                        known_size = self._sizes.get(args[3])
+                        if known_size is not None and nl + known_size + 3 == n:
                             self.debt = 0.0
-                            reply = args[2]
                             handler.in_msgs += 1
-                            handler.in_bytes += size
-                            if not handler.publish(handler, args[1], reply, size, buf[nl - 1 - len(args[3]) :]):
-                                handler.op_no_responders(reply)
+                            handler.in_bytes += known_size
+                            if not handler.publish(handler, args[1], args[2], known_size, buf[nl - 1 - len(args[3]) :]):
+                                handler.op_no_responders(args[2])
                             return
         mcl = self.max_control_line
         sizes = self._sizes
