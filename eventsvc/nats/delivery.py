@@ -368,36 +368,47 @@ class Delivery:
             else:
                 count += self._to_remotes(src, targets.route_plain, frame_tail, size)
         if targets.queues and not src.kind.link:
-            # A client's message to local queue groups only (the plan is
-            # simple: no route or leaf is a member, nobody has a maximum):
-            # one member of each, framed as the plain subscribers are.
-            # _deliver_queues asks the same of the same members.
-            rand = self._random.random
-            for group in targets.queues:
-                n = len(group)
-                i = int(rand() * n) if n > 1 else 0
-                conn = group[i][0]
-                if conn is src and no_echo:
-                    for j in range(1, n):
-                        if group[(i + j) % n][0] is not src:
-                            i = (i + j) % n
-                            break
-                    else:
-                        continue
-                    conn = group[i][0]
-                append = conn.out.append
-                append(group[i][1])
-                append(frame_tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                if not conn.dirty:
-                    conn.dirty = True
-                    dirty.append(conn)
-                count += 1
+            count += self._to_local_queues(src, targets, frame_tail, size)
             if self.gateways is not None and src.kind.to_gateways:
                 count += self.gateways.forward(subject, reply, size, tail, -1, b"", targets)
         elif targets.queues or targets.route_mixed or (self.gateways is not None and src.kind.to_gateways):
             count += self._onward(src, targets, None, subject, reply, size, tail, -1, b"", queues)
+        return count
+
+    def _to_local_queues(self, src: ISource, targets: Plan, frame_tail: bytes, size: int) -> int:
+        """
+        A client's message to queue groups of local clients only (the plan
+        is simple: no route or leaf is a member, nobody has a maximum): one
+        member of each, framed as the plain subscribers are, the next one
+        when the pick is the publisher without echo (as _deliver_queues
+        asks of the same members).  (A method of its own: in deliver() the
+        loop cost PyPy's JIT a tenth of every other message's time.)
+        """
+        count = 0
+        no_echo = not src.echo
+        dirty = self._dirty
+        rand = self._random.random
+        for group in targets.queues:
+            n = len(group)
+            i = int(rand() * n) if n > 1 else 0
+            conn = group[i][0]
+            if conn is src and no_echo:
+                for j in range(1, n):
+                    if group[(i + j) % n][0] is not src:
+                        i = (i + j) % n
+                        break
+                else:
+                    continue
+                conn = group[i][0]
+            append = conn.out.append
+            append(group[i][1])
+            append(frame_tail)
+            conn.out_msgs += 1
+            conn.out_bytes += size
+            if not conn.dirty:
+                conn.dirty = True
+                dirty.append(conn)
+            count += 1
         return count
 
     def deliver_run(self, src: ISource, run: Sequence[Tuple[bytes, int, Any]]) -> None:
