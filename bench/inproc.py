@@ -157,6 +157,85 @@ def one_subject(messages: int) -> Any:
     return _stream([[b"bench.1.0.data"]], 1, 1, messages)
 
 
+def publish_only(messages: int) -> Any:
+    """One subject, 16 B, nobody subscribed (natsbench -np 1 -ns 0)."""
+    return _stream([], 1, 1, messages)
+
+
+def one_subject_4_4(messages: int) -> Any:
+    """One subject, 16 B, 4 publishers : 4 subscribers."""
+    return _stream([[b"bench.1.0.data"]] * 4, 4, 1, messages)
+
+
+def kib_one_subject(messages: int) -> Any:
+    """One subject, 1 KiB payloads, 1:1."""
+    return _stream([[b"bench.1.0.data"]], 1, 1, messages, PAYLOAD * 64)
+
+
+def queue_10(messages: int) -> Any:
+    """1,000 subjects through C{bench.1.>}, a queue group of 10 members (one connection each), 1 publisher."""
+    world = World()
+    members = [world.connect() for _ in range(10)]
+    for proto in members:
+        proto.dataReceived(b"SUB bench.1.> workers 1\r\n")
+    names = subjects(1000)
+    publisher = world.connect()
+    order = [(publisher, data) for data in reads(pubs(names, messages))]
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: sum(m.transport.given for m in members)
+
+
+def many_publishers(messages: int) -> Any:
+    """
+    50 publishers over 1,000 subjects, each on its own walk, reads of
+    about 2 KiB (a busy publisher's batch), 2 subscribers through
+    C{bench.1.>} and C{bench.1.*.data}.
+    """
+    world = World()
+    subs = [world.connect(b"bench.1.>"), world.connect(b"bench.1.*.data")]
+    names = subjects(1000)
+    each = messages // 50
+    senders = [(world.connect(), reads(pubs(names, each, k * 20), 2048)) for k in range(50)]
+    order: List[Tuple[Any, bytes]] = []
+    for i in range(max(len(r) for _, r in senders)):
+        for proto, rs in senders:
+            if i < len(rs):
+                order.append((proto, rs[i]))
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: sum(s.transport.given for s in subs)
+
+
+def request_reply(messages: int) -> Any:
+    """
+    Request and reply, each request with an inbox of its own (as nats.go's
+    old-style requests, and every client's reply to a new inbox): the
+    requester subscribes C{_INBOX.r.*}, asks C{svc.<j % 10>} with reply
+    C{_INBOX.r.<j>}, and the responder answers to that inbox, one PUB a
+    read each way (the round trip's shape).
+    """
+    world = World()
+    responder = world.connect(b"svc.*")
+    requester = world.connect(b"_INBOX.r.*")
+    order: List[Tuple[Any, bytes]] = []
+    for j in range(messages // 2):
+        order.append((requester, b"PUB svc.%d _INBOX.r.%d %d\r\n%s\r\n" % (j % 10, j, len(PAYLOAD), PAYLOAD)))
+        order.append((responder, b"PUB _INBOX.r.%d %d\r\n%s\r\n" % (j, len(PAYLOAD), PAYLOAD)))
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for proto, data in order[int(len(order) * start) : int(len(order) * fraction)]:
+            proto.dataReceived(data)
+
+    return run, lambda: responder.transport.given + requester.transport.given
+
+
 def slow_fleet(messages: int) -> Any:
     """200 publishers over 1,000 subjects through C{bench.1.>}, each read one PUB (the fleet at 50/s each)."""
     world = World()
@@ -199,6 +278,12 @@ SCENES: Dict[str, Scene] = {
     "one-subject": one_subject,
     "slow-fleet": slow_fleet,
     "requests": requests,
+    "publish-only": publish_only,
+    "4:4": one_subject_4_4,
+    "1KiB": kib_one_subject,
+    "queue-10": queue_10,
+    "many-publishers": many_publishers,
+    "request-reply": request_reply,
 }
 
 

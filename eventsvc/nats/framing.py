@@ -38,6 +38,7 @@ handler decides everything else.
 
 from __future__ import annotations
 
+import sys
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -64,6 +65,11 @@ _MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int, int]] = {}
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
+#: Messages with a line identical to the one before (one subject, one size:
+#: a publisher's steady stream) are checked and cut in blocks, of at least
+#: and at most so many messages (L{Framer._same_lines}).
+BLOCK_MIN = 16
+BLOCK_MAX = 4096
 
 
 class ProtocolViolation(Exception):
@@ -196,6 +202,12 @@ class Framer:
     #: What may not be taken for a reply in a run (a leaf's C{|}: queue
     #: names follow, or none do): the loop reads such a line.
     not_replies: Tuple[bytes, ...] = ()
+    #: Whether a batch of messages to one subject whose lines repeat (one
+    #: size) grows by blocks checked at once (L{_same_lines}), not message
+    #: by message: on CPython that halves a steady stream's cost; PyPy's
+    #: JIT does better with the loop alone (measured: 46 ns a message
+    #: against 113, publish only).
+    same_line_blocks = sys.implementation.name == "cpython"
 
     def __init__(
         self,
@@ -228,6 +240,8 @@ class Framer:
         #: The last read's message lines differed from one another (runs pay off).
         self._differing = False
         self._message_code = self.verbs.verbs[0]
+        #: How many messages the next block of identical lines checks at once (L{_block}).
+        self._block_size = BLOCK_MIN * 4
         self._methods = {verb: getattr(self, verb.method) for verb in self.verbs.verbs}
 
     # -- input kept between reads -------------------------------------------
@@ -337,6 +351,13 @@ class Framer:
         run when its memo keeps missing, and a read starts with one when
         the previous read's lines differed (C{_differing}).
         """
+        # A first message whose line is known and whose payload is too large
+        # for a run ends the run before it begins: the read is not split
+        # (traffic over many subjects with payloads of a KiB split every
+        # 64 KiB read for nothing, twice).
+        first = _MESSAGE_LINES.get(buf[base : buf.find(b"\r\n", base)])
+        if first is not None and first[1] > RUN_PAYLOAD:
+            return base
         handler = self._handler
         parts = (buf[base:] if base else buf).split(b"\r\n")
         # The last part is what follows the last CRLF: never a whole message.
@@ -444,6 +465,86 @@ class Framer:
                 handler.in_bytes += nbytes
         return pos
 
+    def _block(self, buf: bytes, pos: int, step: int, line: bytes, tail_off: int, batch: List[bytes]) -> int:
+        """
+        How many messages of C{step} bytes from C{pos} on repeat C{line}
+        (L{_same_lines}), up to the block size, which doubles when they do
+        and halves when they do not; their tails are added to C{batch}.
+        """
+        block = self._block_size
+        k = (len(buf) - pos) // step
+        if k > block:
+            k = block
+        if k < BLOCK_MIN:
+            return 0
+        stop = pos + k * step
+        if not self._same_lines(buf, pos, stop, step, line, k):
+            if block > BLOCK_MIN:
+                self._block_size = block // 2
+            return 0
+        if block < BLOCK_MAX:
+            self._block_size = block * 2
+        first = pos + tail_off
+        batch.extend(map(buf.__getitem__, map(slice, range(first, stop, step), range(pos + step, stop + step, step))))
+        return k
+
+    @staticmethod
+    def _same_lines(buf: bytes, pos: int, stop: int, step: int, line: bytes, k: int) -> bool:
+        """
+        Whether the C{k} messages of C{step} bytes each from C{pos} on all
+        begin with C{line} (a message line, LF included) and end in CRLF:
+        then each is C{line} and a payload of the line's size.  Checked a
+        column at a time (a slice every C{step} bytes is one C call), not a
+        message at a time.
+        """
+        if buf[pos + step - 2 : stop : step].count(13) != k or buf[pos + step - 1 : stop : step].count(10) != k:
+            return False
+        for j, c in enumerate(line):
+            if buf[pos + j : stop : step].count(c) != k:
+                return False
+        return True
+
+    def _one_message(self, buf: bytes, handler: Any) -> bool:
+        """
+        Whether C{buf} was one whole message, handed over here (see
+        L{_parse}).  (A method of its own, as L{_block}: each local of
+        L{_parse} costs PyPy's JIT on every read of one message.)
+        """
+        n = len(buf)
+        # A read that is one whole message (a fleet of slow publishers
+        # makes a read of every message, a requester or a responder
+        # too) is handed over here, as the loop would, without its
+        # set-up: a line read before (kept), or a request's line of
+        # single spaces, checked as the loop checks them.  Anything
+        # else, malformed lines included, is the loop's.
+        nl = buf.find(b"\n")
+        if (nl > 0 and buf[nl - 1] == 13 and buf.endswith(b"\r\n") and buf.startswith(self.message_verb)
+                and nl - 1 - len(self.message_verb) <= self.max_control_line
+                and handler.plain and handler.may_publish is None and not self.awaiting_connect):
+            line = buf[: nl - 1]
+            known_line = _MESSAGE_LINES.get(line)
+            if known_line is not None:
+                if known_line[3] == n and (not self.checks_payload or known_line[1] <= self.max_payload):
+                    self.debt = 0.0
+                    subject, size, tail_off, _ = known_line
+                    handler.in_msgs += 1
+                    handler.in_bytes += size
+                    handler.publish(handler, subject, None, size, buf[tail_off:])
+                    return True
+            else:
+                args = line.split(b" ")
+                if len(args) == 4 and b"" not in args and line.find(b"\t") < 0 and args[2] not in self.not_replies:
+                    # (A size this connection has read before: valid, and within its limit.)
+                    known_size = self._sizes.get(args[3])
+                    if known_size is not None and nl + known_size + 3 == n:
+                        self.debt = 0.0
+                        handler.in_msgs += 1
+                        handler.in_bytes += known_size
+                        if not handler.publish(handler, args[1], args[2], known_size, buf[nl - 1 - len(args[3]) :]):
+                            handler.op_no_responders(args[2])
+                        return True
+        return False
+
     def _parse(self, buf: bytes) -> None:
         # The hot loop.  Two shortcuts, both exact:
         # - a message line byte-identical to the previous one is not parsed
@@ -455,6 +556,8 @@ class Framer:
         #   timing are unchanged.
         handler = self._handler
         n = len(buf)
+        if self.split_runs and self._one_message(buf, handler):
+            return
         mcl = self.max_control_line
         sizes = self._sizes
         plain = handler.plain
@@ -633,6 +736,18 @@ class Framer:
                             else:
                                 batch.append(tail)
                             batch_bytes += size
+                            if memo and tail_off >= 0 and self.same_line_blocks and may_publish is None and len(batch) > 3:
+                                # The same line again (a fifth time): are the next ones too?
+                                # (Decided here, with no local of its own: on PyPy, which
+                                # takes no blocks, a local set up per read cost a read of
+                                # one message a quarter more.)
+                                taken = self._block(buf, pos, last_nl + size + 3, last, tail_off, batch)
+                                if taken:
+                                    pos += taken * (last_nl + size + 3)
+                                    msgs += taken
+                                    nbytes += taken * size
+                                    batch_bytes += taken * size
+                                    ops |= 15  # (the budget is checked next)
                             continue
                         if batch.__class__ is bytes:
                             publish(handler, batch_subject, None, batch_bytes, batch)

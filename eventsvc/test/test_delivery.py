@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.server import Broker
-from eventsvc.nats.subjects import Subscription
+from eventsvc.nats.subjects import SubjectCache, Subscription
 
 TAIL = b"2\r\nhi\r\n"
 
@@ -218,7 +218,67 @@ class QueueRuleTests(SynchronousTestCase):
         self.assertEqual(self.route.out + self.leaf.out, [])
 
 
+class LocalQueueTests(SynchronousTestCase):
+    """A client's messages to queue groups whose members are all local clients (deliver's own loop)."""
+
+    def test_one_member_of_each_group_gets_each_message(self) -> None:
+        broker = Broker()
+        workers = [Conn(Kind.CLIENT) for _ in range(10)]
+        for conn in workers:
+            interested(broker, conn, b"s.>", queue=b"workers")
+        other = Conn(Kind.CLIENT)
+        interested(broker, other, b"s.*", queue=b"others")
+        for n in range(1000):
+            self.assertEqual(broker.deliver(Conn(Kind.CLIENT), b"s.%d" % (n % 7), None, 2, TAIL), 2)
+        counts = [len(conn.out) // 2 for conn in workers]
+        self.assertEqual(sum(counts), 1000)
+        self.assertTrue(all(c > 40 for c in counts), counts)
+        self.assertEqual([c.out_msgs for c in workers], counts)
+        self.assertEqual(other.sent(), b"".join(b"MSG s.%d 1 " % (n % 7) + TAIL for n in range(1000)))
+
+    def test_a_member_without_echo_is_never_given_its_own(self) -> None:
+        broker = Broker()
+        quiet, busy = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        quiet.echo = False
+        for conn in (quiet, busy):
+            interested(broker, conn, b"s", queue=b"q")
+        for _ in range(100):
+            self.assertEqual(broker.deliver(quiet, b"s", b"r", 2, TAIL), 1)
+        self.assertEqual((quiet.out, busy.sent()), ([], (b"MSG s 1 r " + TAIL) * 100))
+        alone = Broker()
+        interested(alone, quiet, b"s", queue=b"q")
+        self.assertEqual(alone.deliver(quiet, b"s", None, 2, TAIL), 0)
+        self.assertEqual(quiet.out, [])
+
+
 class PlanCacheTests(SynchronousTestCase):
+    def test_a_subject_is_kept_the_second_time(self) -> None:
+        """
+        A subject's plan (and match) is kept only when it comes a second
+        time: a thousand reply inboxes used once each leave the plans of a
+        busy subject in place, and take no place themselves; every message
+        is delivered all the same, to subscribers that came in between too.
+        """
+        broker = Broker()
+        broker._plans = SubjectCache(100)
+        broker._targets = broker._plans.entries
+        requester, responder = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        interested(broker, requester, b"_INBOX.r.*")
+        interested(broker, responder, b"svc")
+        for n in range(1000):
+            self.assertEqual(broker.deliver(requester, b"svc", b"_INBOX.r.%d" % n, 2, TAIL), 1)
+            self.assertEqual(broker.deliver(responder, b"_INBOX.r.%d" % n, None, 2, TAIL), 1)
+        self.assertEqual(list(broker._targets), [b"svc"])
+        self.assertEqual(broker.sublist.cache_stats()[0], 1)
+        self.assertEqual(requester.sent(), b"".join(b"MSG _INBOX.r.%d 1 " % n + TAIL for n in range(1000)))
+        # Seen once more, a subject is kept; a subscriber that comes later is in its plan.
+        broker.deliver(responder, b"_INBOX.r.7", None, 2, TAIL)
+        self.assertIn(b"_INBOX.r.7", broker._targets)
+        late = Conn(Kind.CLIENT)
+        interested(broker, late, b"_INBOX.r.7")
+        self.assertEqual(broker.deliver(responder, b"_INBOX.r.7", None, 2, TAIL), 2)
+        self.assertEqual(late.sent(), b"MSG _INBOX.r.7 1 " + TAIL)
+
     def test_jetstream_acks_are_not_kept(self) -> None:
         """
         A JetStream ack's subject names one delivery: it is delivered as
@@ -231,9 +291,9 @@ class PlanCacheTests(SynchronousTestCase):
         interested(broker, conn, b"s")
         interested(broker, conn, b"$JS.ACK.>")
         acks = [b"$JS.ACK.S.C.1.%d.%d.1700000000000000000.0" % (n, n) for n in (1, 2)]
-        for subject in [b"s"] + acks:
+        for subject in [b"s", b"s"] + acks + acks:
             self.assertEqual(broker.deliver(conn, subject, None, 2, TAIL), 1)
-        self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks))
+        self.assertEqual(conn.sent(), b"MSG s 1 " + TAIL + b"MSG s 1 " + TAIL + b"".join(b"MSG " + a + b" 1 " + TAIL for a in acks + acks))
         self.assertEqual(list(broker._targets), [b"s"])
         self.assertEqual(broker.sublist.cache_stats()[0], 1)
 

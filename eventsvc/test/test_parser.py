@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.parser import ClientParser, ProtocolViolation
+from eventsvc.nats.parser import ClientParser, LeafParser, ProtocolViolation
 from eventsvc.test.helpers import Harness
 
 STREAM = (
@@ -474,3 +474,146 @@ class SplitRunTests(SynchronousTestCase):
             parser.feed(b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line)
         self.assertEqual(caught.exception.error, "maximum control line exceeded")
         self.assertEqual(len(tight.ops), 20)
+
+
+# -- blocks of identical lines (Framer._same_lines) against the loop alone ------------
+
+
+def _parse_blocks(data: bytes, cuts: List[int], blocks: bool, budget=None) -> List[tuple]:
+    recorder = PlainRecorder()
+    parser = ClientParser(recorder, max_payload=64, max_control_line=64, budget=budget)
+    parser.same_line_blocks = blocks
+    recorder.parse_later = lambda: None  # type: ignore[attr-defined]
+    try:
+        for piece in pieces(data, cuts):
+            parser.feed(piece)
+            while parser.suspended:
+                parser.resume()
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    recorder.ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+    return recorder.ops
+
+
+#: One message repeated, and what may stand among its repeats: another
+#: subject of the same length, another size, a reply, a payload holding the
+#: line itself or a CRLF, a bare LF, a payload that is not followed by CRLF.
+_STEADY = b"PUB foo 5\r\nhello\r\n"
+_AMONG = st.sampled_from([
+    b"PUB fop 5\r\nhello\r\n",
+    b"PUB foo 4\r\nhell\r\n",
+    b"PUB foo r 5\r\nhello\r\n",
+    b"PUB foo 9\r\nPUB foo 5\r\n",
+    b"PUB foo 5\r\nPUB f\r\n",
+    b"PUB foo 5\r\nhe\r\no\r\n",
+    b"PUB foo 5\nhello\r\n",
+    b"PUB foo 5\r\nhelloXY",
+    b"PUB foo 5\r\nhello\rX",
+    b"PING\r\n",
+    b"SUB foo 1\r\n",
+])
+
+
+class SameLineBlockTests(SynchronousTestCase):
+    """
+    A steady stream (one subject, one size) is taken in blocks checked a
+    column at a time; every outcome must be the loop's own, message by
+    message: the same operations, in order, the same counts and the same
+    violation, however the bytes are cut and whatever stands among the
+    repeats.
+    """
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 200), _AMONG), min_size=1, max_size=6), st.integers(0, 300),
+           st.lists(st.integers(0, 8000), max_size=4))
+    def test_same_as_message_by_message(self, among, tail, cuts) -> None:
+        data = b"".join(_STEADY * n + other for n, other in among) + _STEADY * tail
+        self.assertEqual(_parse_blocks(data, cuts, True), _parse_blocks(data, cuts, False))
+
+    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 200), _AMONG), min_size=1, max_size=4))
+    def test_same_as_message_by_message_with_a_budget(self, among) -> None:
+        data = b"".join(_STEADY * n + other for n, other in among) + _STEADY * 100
+        self.assertEqual(_parse_blocks(data, [], True, budget=0.0), _parse_blocks(data, [], False, budget=0.0))
+
+    def test_a_repeat_that_differs_in_one_byte_is_its_own(self) -> None:
+        """
+        Among a thousand repeats of one message, one that differs from them
+        in one byte of its line (another subject of the same length), or
+        whose payload holds the line itself, is delivered as what it is.
+        """
+        data = _STEADY * 500 + b"PUB fop 5\r\nhello\r\n" + _STEADY * 300 + b"PUB foo 9\r\nPUB foo 5\r\n" + _STEADY * 199
+        ops = _parse_blocks(data, [], True)
+        self.assertEqual(ops[500], ("pub", b"fop", None, 5, b"5\r\nhello\r\n"))
+        self.assertEqual(ops[801], ("pub", b"foo", None, 9, b"9\r\nPUB foo 5\r\n"))
+        self.assertEqual([op for i, op in enumerate(ops[:-1]) if i not in (500, 801)],
+                         [("pub", b"foo", None, 5, b"5\r\nhello\r\n")] * 999)
+        self.assertEqual(ops[-1], ("counted", 1001, 5 * 1000 + 9))
+
+
+# -- a read that is one message whose line is known (Framer._parse's first branch) ---
+
+
+def _parse_reads(reads: List[bytes], split_runs: bool, **limits: int) -> List[tuple]:
+    recorder = PlainRecorder()
+    parser = ClientParser(recorder, **limits)
+    parser.split_runs = split_runs
+    try:
+        for read in reads:
+            parser.feed(read)
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    recorder.ops.append(("counted", recorder.in_msgs, recorder.in_bytes))
+    return recorder.ops
+
+
+class OneMessageReadTests(SynchronousTestCase):
+    """
+    A read that is one message whose line some connection read before (a
+    slow publisher's) skips the loop; every outcome must be the loop's own,
+    for this connection's limits, and for reads that only look like one.
+    """
+
+    def setUp(self) -> None:
+        # Lines read, and kept, by a connection with the default limits.
+        _parse_reads([b"".join(b"PUB k.%d 5\r\nhello\r\n" % i for i in range(20)) + b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"], True)
+        # And by a leaf link (its lines are kept beside the clients').
+        leaf = LeafParser(PlainRecorder())
+        leaf.split_runs = True
+        leaf.feed(b"LMSG k.4 5\r\nhello\r\n")
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from([
+        b"PUB k.1 5\r\nhello\r\n",
+        b"PUB k.2 5\r\nhello\r\n",
+        b"PUB k.2 5\r\nhelloX\n",
+        b"PUB k.2 5\r\nhello\r\nPING\r\n",
+        b"PUB k.2 5\r\nhel",
+        b"lo\r\n",
+        b"PUB k.3 5\nhello\r\n",
+        b"PUB k.3 5X\nhello\r\n",
+        b"pub k.4 5\r\nhello\r\n",
+        b"LMSG k.4 5\r\nhello\r\n",
+        b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n",
+        b"PUB k.1 _INBOX.1 5\r\nhello\r\n",
+        b"PUB k.1 | 5\r\nhello\r\n",
+        b"PUB k.1  r 5\r\nhello\r\n",
+        b"PUB k.1 r\t5\r\nhello\r\n",
+        b"PUB k.1\tx r 5\r\nhello\r\n",
+        b"PUB k.1 r 5 5\r\nhello\r\n",
+        b"PUB k.1 r 05\r\nhello\r\n",
+        b"PUB k.1 r 7\r\nhello\r\n",
+        b"PUB k.1 r\r 5\r\nhello\r\n",
+        b"PUB k.1 r 100\r\n" + b"x" * 100 + b"\r\n",
+        b"PUB k.1 " + b"r" * 30 + b" 5\r\nhello\r\n",
+    ]), min_size=1, max_size=8), st.sampled_from([{}, {"max_payload": 64}, {"max_control_line": 32}]))
+    def test_same_as_the_loop(self, reads, limits) -> None:
+        self.assertEqual(_parse_reads(reads, True, **limits), _parse_reads(reads, False, **limits))
+
+    def test_held_to_this_connections_limits(self) -> None:
+        big = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
+        self.assertEqual(_parse_reads([big], True, max_payload=64)[-2:],
+                         [("violation", "Maximum Payload Violation"), ("counted", 0, 0)])
+        self.assertEqual(_parse_reads([big], True, max_control_line=32)[-2:],
+                         [("violation", "maximum control line exceeded"), ("counted", 0, 0)])
+        self.assertEqual(_parse_reads([big], True), [("pub", b"s" * 40, None, 100, big[45:]), ("counted", 1, 100)])
