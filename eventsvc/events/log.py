@@ -212,9 +212,12 @@ class StreamLog:
         try:
             if stream is None:
                 stream = engine.add_stream(self._config())
-            self.stream = stream
-            for handler in self.names:
-                consumer = stream.consumers.get(handler)
+        except ApiError as e:
+            raise self._cannot_open(e, "cannot be made")
+        self.stream = stream
+        for handler in self.names:
+            consumer = stream.consumers.get(handler)
+            try:
                 if consumer is None:
                     # From the next sequence, written in its config: a
                     # consumer whose state was never written (a crash just
@@ -227,9 +230,9 @@ class StreamLog:
                     })
                     consumer = consumer_api.create_consumer(engine, stream, config)
                     consumer.start()
-                self._handlers[handler] = _Handler(handler, consumer)
-        except ApiError as e:
-            raise StoreError("JetStream stream {}: {}".format(self.name, e.description), "store_unreadable")
+            except ApiError as e:
+                raise self._cannot_open(e, "cannot take handler {}'s consumer".format(handler))
+            self._handlers[handler] = _Handler(handler, consumer)
         self._carry_over_spool()
         owed = self._owed()
         if not self._room():
@@ -239,6 +242,34 @@ class StreamLog:
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
         return owed
+
+    def _cannot_open(self, error: Any, what: str) -> StoreError:
+        """
+        Why the stream or a handler's consumer cannot be made, in one line
+        that names the key that refused it: a [jetstream] account limit
+        (the event log's stream and consumers count as clients' do), else
+        [events] stream.
+        """
+        from eventsvc.jetstream import errors
+
+        limits = self.engine.settings.limits
+        code = getattr(error, "err_code", 0)
+        description = getattr(error, "description", str(error))
+        needs = "the event log needs one stream and one consumer per handler ({} here) besides clients' own".format(len(self.names))
+        refused = "the events stream {} ([events] stream) {}: {}".format(self.name, what, description)
+        if code == errors.MAXIMUM_CONSUMERS_LIMIT_ERR.err_code:
+            message = "[jetstream] max_consumers = {}: {}; {}: raise it, or 0 for no limit".format(limits.max_consumers, refused, needs)
+        elif code == errors.MAXIMUM_STREAMS_LIMIT_ERR.err_code:
+            message = "[jetstream] max_streams = {} ({} streams exist): {}; {}: raise it, or 0 for no limit".format(
+                limits.max_streams, len(self.engine.streams), refused, needs)
+        elif code == errors.STREAM_MAX_BYTES_REQUIRED.err_code:
+            message = "[jetstream] max_bytes_required: {}; set [events] stream_max_bytes".format(refused)
+        elif code == errors.STREAM_MAX_STREAM_BYTES_EXCEEDED.err_code:
+            message = "[jetstream] storage_max_stream_bytes = {}: {}; make [events] stream_max_bytes at most that".format(
+                limits.storage_max_stream_bytes, refused)
+        else:
+            message = "JetStream: {}".format(refused)
+        return StoreError(message, "store_unreadable", "")
 
     def _owed(self) -> List[Pending]:
         """
@@ -463,9 +494,4 @@ class EventsJetStream(JetStream):
     [jetstream] (with the same store_dir) opens the same stream to clients.
     """
 
-    def start(self) -> None:
-        super().start()
-        # (The engine's API and ack subscriptions: the log delivers and acks in process.)
-        for subscription in self._subscriptions:
-            subscription.unsubscribe()
-        self._subscriptions = []
+    answers_api = False
