@@ -1,0 +1,131 @@
+"""
+An operator's view of the event log on a stream (issue 29, R2's drills):
+what the start-up log says JetStream is, and the one line a start-up that
+cannot make the events stream or its consumers ends with.  In memory, with
+a fake clock and real files.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, List
+
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.events import types
+from eventsvc.events.dispatch import EventDispatcher
+from eventsvc.events.handlers import DeadLetters, HandlerService
+from eventsvc.events.log import EventsJetStream, StreamLog
+from eventsvc.jetstream.engine import JetStream, JetStreamSettings
+from eventsvc.jetstream.limits import AccountLimits
+from eventsvc.jetstream.stream import decode_config
+from eventsvc.nats.listener import ListenError
+from eventsvc.nats.server import Broker
+from eventsvc.test.test_events import RecordingTarget
+
+
+def _logged(test: SynchronousTestCase) -> List[str]:
+    """The text of every event logged until the test ends."""
+    lines: List[str] = []
+
+    def observe(event: Dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines
+
+
+def _dispatcher(test: SynchronousTestCase, engine: Any, names: List[str]) -> EventDispatcher:
+    clock = engine.clock
+    handlers = {
+        name: HandlerService(name, RecordingTarget(), clock, DeadLetters(test.mktemp()), rng=random.Random(7))
+        for name in names
+    }
+    log = StreamLog(engine, tuple(names))
+    return EventDispatcher(engine.broker, types.Registry(), handlers, 1000, clock, spool=log)
+
+
+class WhatStartUpSaysTests(SynchronousTestCase):
+    """Without [jetstream] the event log's engine says it keeps events, not that JetStream is on."""
+
+    def test_without_jetstream_the_log_says_it_is_off_for_clients(self) -> None:
+        lines = _logged(self)
+        engine = EventsJetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=self.mktemp()), Clock())
+        engine.start()
+        self.addCleanup(engine.stop)
+        text = "\n".join(lines)
+        self.assertNotIn("JetStream on", text)
+        self.assertIn("JetStream is off for clients (no [jetstream] section: no $JS.API)", text)
+        self.assertFalse(engine.answering)
+        self.assertFalse(engine.broker.has_interest("$JS.API.INFO"))
+        self.assertFalse(engine.broker.has_interest("$JS.ACK.EVENTS.feed.1.1.1.1.0"))
+
+    def test_with_jetstream_it_is_on_and_answers(self) -> None:
+        lines = _logged(self)
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=self.mktemp()), Clock())
+        engine.start()
+        self.assertIn("JetStream on: 0 streams", "\n".join(lines))
+        self.assertTrue(engine.answering)
+        self.assertTrue(engine.broker.has_interest("$JS.API.INFO"))
+        engine.stop()
+        self.assertFalse(engine.answering)
+        self.assertFalse(engine.broker.has_interest("$JS.API.INFO"))
+
+
+class AccountLimitsTests(SynchronousTestCase):
+    """
+    [jetstream]'s account limits count the event log's stream and consumers
+    as a client's: a start-up they refuse ends with a line naming the limit
+    (and not [service] data_dir, which has nothing wrong with it).
+    """
+
+    def start(self, limits: AccountLimits, names: List[str], before: Any = None) -> str:
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=self.mktemp(), limits=limits), Clock())
+        engine.start()
+        self.addCleanup(engine.stop)
+        if before is not None:
+            before(engine)
+        dispatcher = _dispatcher(self, engine, names)
+        with self.assertRaises(ListenError) as caught:
+            dispatcher.startService()
+        message = str(caught.exception)
+        self.assertNotIn("data_dir", message)
+        # Nothing is subscribed: no publisher is told its event was accepted.
+        self.assertFalse(engine.broker.has_interest("event.x"))
+        return message
+
+    def test_max_consumers(self) -> None:
+        message = self.start(AccountLimits(max_consumers=1), ["feed", "cfgingest"])
+        self.assertEqual(
+            message,
+            "[jetstream] max_consumers = 1: the events stream EVENTS ([events] stream) cannot take handler cfgingest's "
+            "consumer: maximum consumers limit reached; the event log needs one stream and one consumer per handler "
+            "(2 here) besides clients' own: raise it, or 0 for no limit",
+        )
+
+    def test_max_streams_taken_by_a_client_stream(self) -> None:
+        def client_stream(engine: Any) -> None:
+            engine.add_stream(decode_config(b'{"name": "ORDERS", "subjects": ["orders.>"]}'))
+
+        message = self.start(AccountLimits(max_streams=1), ["feed"], client_stream)
+        self.assertTrue(message.startswith(
+            "[jetstream] max_streams = 1 (1 streams exist): the events stream EVENTS ([events] stream) cannot be made: "
+            "maximum number of streams reached"), message)
+
+    def test_max_bytes_required(self) -> None:
+        message = self.start(AccountLimits(max_bytes_required=True), ["feed"])
+        self.assertIn("[jetstream] max_bytes_required: ", message)
+        self.assertTrue(message.endswith("; set [events] stream_max_bytes"), message)
+
+    def test_within_the_limits_it_starts(self) -> None:
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=self.mktemp(), limits=AccountLimits(
+            max_consumers=2, max_streams=1, max_ack_pending=10)), Clock())
+        engine.start()
+        self.addCleanup(engine.stop)
+        dispatcher = _dispatcher(self, engine, ["feed", "cfgingest"])
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        self.assertEqual(sorted(engine.streams["EVENTS"].consumers), ["cfgingest", "feed"])
