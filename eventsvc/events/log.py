@@ -47,11 +47,12 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from eventsvc.events.spool import LEGACY_NAME, RESERVE, Pending, Spool, StoreError, segment_paths
 from eventsvc.files import Disk
-from eventsvc.jetstream.engine import JetStream
+from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.jetstream.store import StoredMessage
 from eventsvc.jetstream.wire import parse_headers
 
@@ -495,3 +496,94 @@ class EventsJetStream(JetStream):
     """
 
     answers_api = False
+
+
+def owed_in_stream(stream: Any) -> Dict[str, int]:
+    """
+    Per handler (each durable consumer of the events stream C{stream}),
+    how many events it is owed: delivered and not acked, or not yet
+    delivered and routed to it.  Reads only.
+    """
+    store = stream.store
+    owed: Dict[str, int] = {}
+    for name, consumer in sorted(stream.consumers.items()):
+        count = len(consumer.pending)
+        message = store.load_next(consumer.sseq)
+        while message is not None:
+            if name in _handlers_of(message.headers):
+                count += 1
+            message = store.load_next(message.seq + 1)
+        if count:
+            owed[name] = count
+    return owed
+
+
+class StreamLeftBehind(Service):
+    """
+    [events] log = "spool" on a data_dir whose events stream (from a run
+    with log = "stream") still owes events: the spool would never deliver
+    them, so start-up stops with a line saying so (going back must never
+    lose events in silence).  A stream that owes nothing is left as it is,
+    with a line saying it is no longer used.  Started after the data_dir
+    lock and [jetstream]'s engine, before the dispatcher.
+    """
+
+    log = Logger()
+
+    def __init__(self, store_dir: str, name: str, engine: Any = None) -> None:
+        """
+        @param store_dir: where the events stream would be kept (L{eventsvc.config.events_store_dir}).
+        @param name: [events] stream.
+        @param engine: [jetstream]'s engine (started before this), or None.
+        """
+        self.setName("events-stream-left-behind")
+        self.store_dir = store_dir
+        self.stream_name = name
+        self.engine = engine
+        if engine is not None:
+            # Made before the engine starts: the stream it restores must not
+            # capture event.> (a publisher would be answered with its PubAck,
+            # not the dispatcher's answer); clients can still read it.
+            engine.fed_in_process.add(name)
+
+    def startService(self) -> None:
+        """
+        @raise ListenError: the stream owes events (the line names it, how
+            many, and both ways out).
+        """
+        from eventsvc.nats.listener import ListenError
+
+        super().startService()
+        folder = os.path.join(self.store_dir, "streams", self.stream_name)
+        if self.engine is not None and self.stream_name in self.engine.streams:
+            owed = owed_in_stream(self.engine.streams[self.stream_name])
+        elif os.path.exists(os.path.join(folder, "meta.json")):
+            from twisted.internet.task import Clock
+
+            from eventsvc.nats.server import Broker
+
+            # Opened, read and closed in one go: its own broker, and a clock
+            # that never fires.
+            engine = EventsJetStream(Broker(), JetStreamSettings(store_dir=self.store_dir), Clock())
+            engine.log = Logger(observer=lambda event: None)  # (not the running engine: no start-up line)
+            engine.fed_in_process.add(self.stream_name)
+            try:
+                engine.start()
+            except OSError as e:
+                raise ListenError("{}: the events stream {} cannot be read: {}".format(folder, self.stream_name, e))
+            try:
+                stream = engine.streams.get(self.stream_name)
+                owed = owed_in_stream(stream) if stream is not None else {}
+            finally:
+                engine.stop()
+        else:
+            return
+        if owed:
+            raise ListenError(
+                "[events] log = \"spool\", but the events stream {name} in {folder} still owes {count} events "
+                "({each}), accepted while log = \"stream\": the spool would never deliver them. Run with "
+                "log = \"stream\" (the default) until they are delivered, or delete {folder} to drop them".format(
+                    name=self.stream_name, folder=folder, count=sum(owed.values()),
+                    each=", ".join("{}: {}".format(h, n) for h, n in owed.items())))
+        self.log.info("[events] log = \"spool\": the events stream {name} in {folder} owes nothing and is no longer "
+                      "used (its history stays there, readable, and takes no new events)", name=self.stream_name, folder=folder)

@@ -7,6 +7,7 @@ a fake clock and real files.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Dict, List
 
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventsvc.events import types
 from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import DeadLetters, HandlerService
-from eventsvc.events.log import EventsJetStream, StreamLog
+from eventsvc.events.log import EventsJetStream, StreamLeftBehind, StreamLog
 from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.stream import decode_config
@@ -129,3 +130,85 @@ class AccountLimitsTests(SynchronousTestCase):
         dispatcher.startService()
         self.addCleanup(dispatcher.stopService)
         self.assertEqual(sorted(engine.streams["EVENTS"].consumers), ["cfgingest", "feed"])
+
+
+class GoingBackToTheSpoolTests(SynchronousTestCase):
+    """
+    [events] log = "spool" after running on the stream: what the stream
+    still owes stops the start with a line saying so; a stream that owes
+    nothing is left behind, and the spool runs.
+    """
+
+    def run_on_the_stream(self, delivered: bool) -> str:
+        from eventsvc.test.test_eventlog import Node
+
+        self.data = self.mktemp()
+        store_dir = os.path.join(self.data, "jetstream")
+        target = RecordingTarget() if delivered else RecordingTarget(["hold"] * 10)
+        node = Node(self, store_dir, {"feed": target, "cfgingest": RecordingTarget()})
+        for i in range(3):
+            node.publish("cfgingest" if i else "compliance_ingest", "e-%d" % i)
+        node.publish("compliance_ingest", "e-3")
+        node.clock.advance(1)
+        self.assertEqual(len(node.acks), 4)
+        node.stop()
+        return store_dir
+
+    def test_owed_events_stop_the_start(self) -> None:
+        store_dir = self.run_on_the_stream(delivered=False)
+        check = StreamLeftBehind(store_dir, "EVENTS")
+        with self.assertRaises(ListenError) as caught:
+            check.startService()
+        folder = os.path.join(store_dir, "streams", "EVENTS")
+        self.assertEqual(
+            str(caught.exception),
+            '[events] log = "spool", but the events stream EVENTS in {0} still owes 2 events (feed: 2), accepted while '
+            'log = "stream": the spool would never deliver them. Run with log = "stream" (the default) until they are '
+            "delivered, or delete {0} to drop them".format(folder))
+        # It only read: the next start on the stream delivers them.
+        from eventsvc.test.test_eventlog import Node
+
+        feed = RecordingTarget()
+        Node(self, store_dir, {"feed": feed, "cfgingest": RecordingTarget()})
+        self.assertEqual(feed.event_ids(), ["e-0", "e-3"])
+
+    def test_a_stream_that_owes_nothing_is_left_behind(self) -> None:
+        lines = _logged(self)
+        store_dir = self.run_on_the_stream(delivered=True)
+        StreamLeftBehind(store_dir, "EVENTS").startService()
+        self.assertIn('[events] log = "spool": the events stream EVENTS in {} owes nothing and is no longer used'.format(
+            os.path.join(store_dir, "streams", "EVENTS")), "\n".join(lines))
+
+    def test_with_jetstream_the_running_engine_is_asked(self) -> None:
+        store_dir = self.run_on_the_stream(delivered=False)
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
+        check = StreamLeftBehind(store_dir, "EVENTS", engine)
+        engine.start()
+        self.addCleanup(engine.stop)
+        with self.assertRaises(ListenError) as caught:
+            check.startService()
+        self.assertIn("still owes 2 events (feed: 2)", str(caught.exception))
+
+    def test_with_jetstream_the_stream_left_behind_takes_no_events(self) -> None:
+        """The restored stream does not capture event.>: a publisher gets no PubAck from it, and it keeps no copy."""
+        from eventsvc.test.eventsamples import payload
+
+        store_dir = self.run_on_the_stream(delivered=True)
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
+        check = StreamLeftBehind(store_dir, "EVENTS", engine)
+        engine.start()
+        self.addCleanup(engine.stop)
+        check.startService()
+        answers: List[bytes] = []
+        engine.broker.subscribe("answers.*", lambda subject, reply, body, headers: answers.append(body))
+        engine.broker.publish("event.cfgingest", payload("cfgingest", "e-9"), reply="answers.1")
+        engine.clock.advance(1)
+        self.assertEqual(answers, [])
+        self.assertEqual(engine.streams["EVENTS"].store.state().msgs, 4)
+        # Clients can still read it.
+        self.assertTrue(engine.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
+
+    def test_no_stream_no_word(self) -> None:
+        lines = _logged(self)
+        StreamLeftBehind(self.mktemp(), "EVENTS").startService()
+        self.assertEqual([line for line in lines if "EVENTS" in line], [])
