@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
@@ -435,9 +436,10 @@ class StreamLog:
         files = ([legacy] if os.path.exists(legacy) else []) + [p for _, p in segment_paths(directory)]
         done = self._carried()
         stream = self.stream
-        carried = 0
+        carried = already = 0
         for p in owed:
-            if p.seq in done:
+            if (p.seq, zlib.crc32(p.body)) in done:
+                already += 1
                 continue
             handlers = [h for h in p.handlers if h in self._handlers]
             if not handlers:
@@ -459,8 +461,9 @@ class StreamLog:
                     os.unlink(path)
                 except OSError as e:
                     self.log.error("spool {path} carried over but not deleted: {error}", path=path, error=e.strerror or e)
-            self.log.info("spool {path}: {count} owed events carried over into stream {stream}; spool files deleted",
-                          path=directory, count=carried, stream=self.name)
+            self.log.info("spool {path}: {count} owed events carried over into stream {stream}{before}; spool files deleted",
+                          path=directory, count=carried, stream=self.name,
+                          before=" ({} more were already, from a start cut short)".format(already) if already else "")
 
         def lost(error: Exception) -> None:
             self.log.error("spool {path} not carried over ({error}); it is kept and carried over at the next start",
@@ -468,19 +471,25 @@ class StreamLog:
 
         stream.store.when_durable(durable, lost)
 
-    def _carried(self) -> Set[int]:
-        """The spool sequences already carried over (a crash after the stream's write, before the spool's deletion)."""
-        found: Set[int] = set()
+    def _carried(self) -> Set[Tuple[int, int]]:
+        """
+        The events of a spool already carried over (a crash after the
+        stream's write, before the spool's deletion): each as its spool
+        sequence and the CRC32 of its body.  The body counts too: a spool
+        made after going back to log = "spool" numbers its events from 1
+        again, and an earlier carry-over's messages may still be in the
+        history.
+        """
+        found: Set[Tuple[int, int]] = set()
         store = self.stream.store
         message = store.load_next(0)
         while message is not None:
-            values = parse_headers(message.headers)[1].get(SPOOL_HEADER) if message.headers else None
-            if not values:
-                break
-            try:
-                found.add(int(values[0]))
-            except ValueError:
-                pass
+            values = parse_headers(message.headers)[1].get(SPOOL_HEADER) if message.headers and SPOOL_HEADER.encode() in message.headers else None
+            if values:
+                try:
+                    found.add((int(values[0]), zlib.crc32(message.data)))
+                except ValueError:
+                    pass
             message = store.load_next(message.seq + 1)
         return found
 

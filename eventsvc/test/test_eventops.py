@@ -212,3 +212,43 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
         lines = _logged(self)
         StreamLeftBehind(self.mktemp(), "EVENTS").startService()
         self.assertEqual([line for line in lines if "EVENTS" in line], [])
+
+
+class RoundTripTests(SynchronousTestCase):
+    """Stream, back to the spool (nothing owed), and onto the stream again: the second spool is carried over too."""
+
+    def spool(self, data: str, prefix: str) -> List[int]:
+        from eventsvc.events.spool import Spool
+        from eventsvc.test.eventsamples import payload
+
+        spool = Spool(data)
+        spool.open()
+        seqs = [spool.accept("%s-%d" % (prefix, i), ["cfgingest"], payload("cfgingest", "%s-%d" % (prefix, i))) for i in range(3)]
+        spool.close()
+        return seqs
+
+    def test_a_second_spool_numbered_from_one_again_is_carried_over_once(self) -> None:
+        from eventsvc.events.spool import segment_paths
+        from eventsvc.test.test_eventlog import Node
+
+        data = self.mktemp()
+        store_dir = os.path.join(data, "jetstream")
+        first = self.spool(data, "old")
+        node = Node(self, store_dir, {"cfgingest": RecordingTarget()}, spool_dir=data)
+        node.clock.advance(1)
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["old-0", "old-1", "old-2"])
+        node.stop()
+        # log = "spool" for a while (the stream owed nothing): a new spool, the same sequences.
+        self.assertEqual(self.spool(data, "new"), first)
+        # Back on the stream: a crash after the carry-over's write, before the spool's deletion.
+        node = Node(self, store_dir, {"cfgingest": RecordingTarget(["hold"] * 10)}, spool_dir=data)
+        node.stream.store._write()
+        node.crash()
+        target = RecordingTarget()
+        lines = _logged(self)
+        node = Node(self, store_dir, {"cfgingest": target}, spool_dir=data)
+        node.clock.advance(1)
+        self.assertEqual(target.event_ids(), ["new-0", "new-1", "new-2"])
+        self.assertEqual(node.stream.store.state().msgs, 6)
+        self.assertEqual(segment_paths(data), [])
+        self.assertIn("0 owed events carried over into stream EVENTS (3 more were already, from a start cut short)", "\n".join(lines))
