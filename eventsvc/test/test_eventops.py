@@ -252,3 +252,75 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(node.stream.store.state().msgs, 6)
         self.assertEqual(segment_paths(data), [])
         self.assertIn("0 owed events carried over into stream EVENTS (3 more were already, from a start cut short)", "\n".join(lines))
+
+
+class _Response:
+    """A response to a fake Agent: C{code}, and an empty body."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.phrase = b"OK" if code == 200 else b"Service Unavailable"
+        self.length = 0
+
+    def deliverBody(self, protocol: Any) -> None:
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Agent:
+    """Answers each POST with the next of C{answers}: a status code, or "closed" (the connection closed before a response)."""
+
+    def __init__(self, answers: List[Any]) -> None:
+        self.answers = list(answers)
+        self.posts = 0
+
+    def request(self, method: bytes, url: bytes, headers: Any, body: Any) -> Any:
+        from twisted.internet.defer import fail, succeed
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        self.posts += 1
+        answer = self.answers.pop(0)
+        if answer == "closed":
+            return fail(ResponseNeverReceived([Failure(ConnectionDone("Connection was closed cleanly."))]))
+        return succeed(_Response(answer))
+
+
+class KeptAliveConnectionClosedTests(SynchronousTestCase):
+    """
+    A POST on a kept-alive connection the target closed as it went out
+    (ResponseNeverReceived) is sent again at once: in the SIGTERM drill
+    against an HTTP/1.0 target, such events waited in backoff (up to
+    retry_max) with nothing wrong with the target.
+    """
+
+    def deliver(self, answers: List[Any]) -> "tuple[_Agent, Any]":
+        from eventsvc.events.handlers import HTTPTarget
+
+        agent = _Agent(answers)
+        d = HTTPTarget("http://t/events", agent, Clock(), 5).deliver(b'{"event_id": "a"}')
+        return agent, d
+
+    def test_sent_again_at_once(self) -> None:
+        agent, d = self.deliver(["closed", 200])
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(agent.posts, 2)
+
+    def test_twice_is_a_failure_retried_later(self) -> None:
+        from eventsvc.events.handlers import DeliveryFailed
+
+        agent, d = self.deliver(["closed", "closed", 200])
+        failure = self.failureResultOf(d, DeliveryFailed)
+        self.assertIn("ResponseNeverReceived", str(failure.value))
+        self.assertTrue(failure.value.retry)
+        self.assertEqual(agent.posts, 2)
+
+    def test_an_answer_is_not_sent_again(self) -> None:
+        from eventsvc.events.handlers import DeliveryFailed
+
+        agent, d = self.deliver([503, 200])
+        self.assertIn("HTTP 503", str(self.failureResultOf(d, DeliveryFailed).value))
+        self.assertEqual(agent.posts, 1)
