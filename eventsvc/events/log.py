@@ -49,7 +49,8 @@ import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from zope.interface import provider
 
 from eventsvc.events.spool import LEGACY_NAME, RESERVE, Pending, Spool, StoreError, segment_paths
 from eventsvc.files import Disk
@@ -574,7 +575,7 @@ class StreamLeftBehind(Service):
             # Opened, read and closed in one go: its own broker, and a clock
             # that never fires.
             engine = EventsJetStream(Broker(), JetStreamSettings(store_dir=self.store_dir), Clock())
-            engine.log = Logger(observer=lambda event: None)  # (not the running engine: no start-up line)
+            engine.log = Logger(observer=_quiet)  # (not the running engine: no start-up line)
             engine.fed_in_process.add(self.stream_name)
             try:
                 engine.start()
@@ -596,3 +597,8 @@ class StreamLeftBehind(Service):
                     each=", ".join("{}: {}".format(h, n) for h, n in owed.items())))
         self.log.info("[events] log = \"spool\": the events stream {name} in {folder} owes nothing and is no longer "
                       "used (its history stays there, readable, and takes no new events)", name=self.stream_name, folder=folder)
+
+
+@provider(ILogObserver)
+def _quiet(event: Dict[str, Any]) -> None:
+    """Drops what an engine opened only to be read says."""
