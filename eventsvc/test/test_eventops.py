@@ -324,3 +324,44 @@ class KeptAliveConnectionClosedTests(SynchronousTestCase):
         agent, d = self.deliver([503, 200])
         self.assertIn("HTTP 503", str(self.failureResultOf(d, DeliveryFailed).value))
         self.assertEqual(agent.posts, 1)
+
+
+class StartUpLinesProcessTests(SynchronousTestCase):
+    """What an operator sees from a real twistd: exit status 1 and one line, no traceback."""
+
+    def twistd(self, config: str) -> Any:
+        from eventsvc.test import process
+
+        return process.run_until_exit([process.require("twistd"), "-n", "--pidfile=", "eventsvc", "--config", config])
+
+    def config(self, data: str, extra: str) -> str:
+        from eventsvc.test import process
+
+        return process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "%s"\n'
+            '[handlers]\nfeed = "http://127.0.0.1:9/feed"\ncfgingest = "http://127.0.0.1:9/cfgingest"\n%s'
+        ) % (data, extra))
+
+    def test_going_back_to_the_spool_with_events_owed(self) -> None:
+        from eventsvc.test.test_eventlog import Node
+
+        data = os.path.abspath(self.mktemp())
+        node = Node(self, os.path.join(data, "jetstream"), {"feed": RecordingTarget(["hold"] * 10), "cfgingest": RecordingTarget()})
+        node.publish("compliance_ingest", "owed-1")
+        node.clock.advance(1)
+        node.stop()
+        done = self.twistd(self.config(data, '[events]\nlog = "spool"\n'))
+        self.assertEqual(done.returncode, 1, done.stdout)
+        self.assertIn(
+            'eventsvc: [events] log = "spool", but the events stream EVENTS in {} still owes 1 events (feed: 1)'.format(
+                os.path.join(data, "jetstream", "streams", "EVENTS")), done.stdout)
+        self.assertNotIn("Traceback", done.stdout)
+
+    def test_max_consumers_names_itself(self) -> None:
+        done = self.twistd(self.config(os.path.abspath(self.mktemp()), "[jetstream]\nmax_consumers = 1\n"))
+        self.assertEqual(done.returncode, 1, done.stdout)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("eventsvc:")]
+        self.assertEqual(len(lines), 1, done.stdout)
+        self.assertTrue(lines[0].startswith("eventsvc: [jetstream] max_consumers = 1: the events stream EVENTS"), lines[0])
+        self.assertNotIn("data_dir", lines[0])
+        self.assertNotIn("Traceback", done.stdout)
