@@ -54,6 +54,11 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
         handlers[name] = handler
     spool: Any = None
     if data_dir and ev.log == "spool":
+        from eventsvc.config import events_store_dir
+        from eventsvc.events.log import StreamLeftBehind
+
+        # Going back from the stream: what it still owes must not be stranded.
+        StreamLeftBehind(events_store_dir(config), ev.stream, top.jetstream).setServiceParent(top)
         spool = Spool(data_dir)
     elif data_dir and handlers:
         # (Without a handler no event is accepted: no stream is made, and a

@@ -121,7 +121,7 @@ class EventDispatcher(Service):
             try:
                 owed = self.spool.open()
             except StoreError as e:
-                raise ListenError("{} ([service] data_dir)".format(e))
+                raise ListenError("{} ({})".format(e, e.key) if e.key else str(e))
             for p in owed:
                 self._admit(p.seq, p.event_id, [h for h in p.handlers if h in self.handlers], p.body)
             self._watch_store()

@@ -108,16 +108,27 @@ class HTTPTarget:
         return ensureDeferred(self._post(b"[" + b",".join(bodies) + b"]"))
 
     async def _post(self, body: bytes) -> None:
-        from twisted.web.client import readBody
+        from twisted.web.client import ResponseNeverReceived, readBody
         from twisted.web.http_headers import Headers
 
-        d = self._agent.request(b"POST", self._url, Headers({b"Content-Type": [b"application/json"]}), _Body(body))
-        d.addTimeout(self._timeout, self._clock)
-        try:
-            response = await d
-            await readBody(response).addTimeout(self._timeout, self._clock)
-        except Exception as e:
-            raise DeliveryFailed("{}: {}".format(type(e).__name__, e), retry=True)
+        for attempt in (1, 2):
+            d = self._agent.request(b"POST", self._url, Headers({b"Content-Type": [b"application/json"]}), _Body(body))
+            d.addTimeout(self._timeout, self._clock)
+            try:
+                response = await d
+                await readBody(response).addTimeout(self._timeout, self._clock)
+                break
+            except ResponseNeverReceived as e:
+                # Most often a kept-alive connection the target closed as the
+                # POST went out (an HTTP/1.0 server, a keep-alive timeout):
+                # Twisted retries only idempotent methods, so try once more at
+                # once (on another connection), rather than back off for up
+                # to retry_max with nothing wrong.  The target may have seen
+                # it: at least once, as any retry.
+                if attempt == 2:
+                    raise DeliveryFailed("{}: {}".format(type(e).__name__, e), retry=True)
+            except Exception as e:
+                raise DeliveryFailed("{}: {}".format(type(e).__name__, e), retry=True)
         code = response.code
         if 200 <= code < 300:
             return

@@ -45,13 +45,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from twisted.logger import Logger
+from twisted.application.service import Service
+from twisted.logger import ILogObserver, Logger
+from zope.interface import provider
 
 from eventsvc.events.spool import LEGACY_NAME, RESERVE, Pending, Spool, StoreError, segment_paths
 from eventsvc.files import Disk
-from eventsvc.jetstream.engine import JetStream
+from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.jetstream.store import StoredMessage
 from eventsvc.jetstream.wire import parse_headers
 
@@ -212,9 +215,12 @@ class StreamLog:
         try:
             if stream is None:
                 stream = engine.add_stream(self._config())
-            self.stream = stream
-            for handler in self.names:
-                consumer = stream.consumers.get(handler)
+        except ApiError as e:
+            raise self._cannot_open(e, "cannot be made")
+        self.stream = stream
+        for handler in self.names:
+            consumer = stream.consumers.get(handler)
+            try:
                 if consumer is None:
                     # From the next sequence, written in its config: a
                     # consumer whose state was never written (a crash just
@@ -227,9 +233,9 @@ class StreamLog:
                     })
                     consumer = consumer_api.create_consumer(engine, stream, config)
                     consumer.start()
-                self._handlers[handler] = _Handler(handler, consumer)
-        except ApiError as e:
-            raise StoreError("JetStream stream {}: {}".format(self.name, e.description), "store_unreadable")
+            except ApiError as e:
+                raise self._cannot_open(e, "cannot take handler {}'s consumer".format(handler))
+            self._handlers[handler] = _Handler(handler, consumer)
         self._carry_over_spool()
         owed = self._owed()
         if not self._room():
@@ -239,6 +245,34 @@ class StreamLog:
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
         return owed
+
+    def _cannot_open(self, error: Any, what: str) -> StoreError:
+        """
+        Why the stream or a handler's consumer cannot be made, in one line
+        that names the key that refused it: a [jetstream] account limit
+        (the event log's stream and consumers count as clients' do), else
+        [events] stream.
+        """
+        from eventsvc.jetstream import errors
+
+        limits = self.engine.settings.limits
+        code = getattr(error, "err_code", 0)
+        description = getattr(error, "description", str(error))
+        needs = "the event log needs one stream and one consumer per handler ({} here) besides clients' own".format(len(self.names))
+        refused = "the events stream {} ([events] stream) {}: {}".format(self.name, what, description)
+        if code == errors.MAXIMUM_CONSUMERS_LIMIT_ERR.err_code:
+            message = "[jetstream] max_consumers = {}: {}; {}: raise it, or 0 for no limit".format(limits.max_consumers, refused, needs)
+        elif code == errors.MAXIMUM_STREAMS_LIMIT_ERR.err_code:
+            message = "[jetstream] max_streams = {} ({} streams exist): {}; {}: raise it, or 0 for no limit".format(
+                limits.max_streams, len(self.engine.streams), refused, needs)
+        elif code == errors.STREAM_MAX_BYTES_REQUIRED.err_code:
+            message = "[jetstream] max_bytes_required: {}; set [events] stream_max_bytes".format(refused)
+        elif code == errors.STREAM_MAX_STREAM_BYTES_EXCEEDED.err_code:
+            message = "[jetstream] storage_max_stream_bytes = {}: {}; make [events] stream_max_bytes at most that".format(
+                limits.storage_max_stream_bytes, refused)
+        else:
+            message = "JetStream: {}".format(refused)
+        return StoreError(message, "store_unreadable", "")
 
     def _owed(self) -> List[Pending]:
         """
@@ -403,9 +437,10 @@ class StreamLog:
         files = ([legacy] if os.path.exists(legacy) else []) + [p for _, p in segment_paths(directory)]
         done = self._carried()
         stream = self.stream
-        carried = 0
+        carried = already = 0
         for p in owed:
-            if p.seq in done:
+            if (p.seq, zlib.crc32(p.body)) in done:
+                already += 1
                 continue
             handlers = [h for h in p.handlers if h in self._handlers]
             if not handlers:
@@ -427,8 +462,9 @@ class StreamLog:
                     os.unlink(path)
                 except OSError as e:
                     self.log.error("spool {path} carried over but not deleted: {error}", path=path, error=e.strerror or e)
-            self.log.info("spool {path}: {count} owed events carried over into stream {stream}; spool files deleted",
-                          path=directory, count=carried, stream=self.name)
+            self.log.info("spool {path}: {count} owed events carried over into stream {stream}{before}; spool files deleted",
+                          path=directory, count=carried, stream=self.name,
+                          before=" ({} more were already, from a start cut short)".format(already) if already else "")
 
         def lost(error: Exception) -> None:
             self.log.error("spool {path} not carried over ({error}); it is kept and carried over at the next start",
@@ -436,19 +472,25 @@ class StreamLog:
 
         stream.store.when_durable(durable, lost)
 
-    def _carried(self) -> Set[int]:
-        """The spool sequences already carried over (a crash after the stream's write, before the spool's deletion)."""
-        found: Set[int] = set()
+    def _carried(self) -> Set[Tuple[int, int]]:
+        """
+        The events of a spool already carried over (a crash after the
+        stream's write, before the spool's deletion): each as its spool
+        sequence and the CRC32 of its body.  The body counts too: a spool
+        made after going back to log = "spool" numbers its events from 1
+        again, and an earlier carry-over's messages may still be in the
+        history.
+        """
+        found: Set[Tuple[int, int]] = set()
         store = self.stream.store
         message = store.load_next(0)
         while message is not None:
-            values = parse_headers(message.headers)[1].get(SPOOL_HEADER) if message.headers else None
-            if not values:
-                break
-            try:
-                found.add(int(values[0]))
-            except ValueError:
-                pass
+            values = parse_headers(message.headers)[1].get(SPOOL_HEADER) if message.headers and SPOOL_HEADER.encode() in message.headers else None
+            if values:
+                try:
+                    found.add((int(values[0]), zlib.crc32(message.data)))
+                except ValueError:
+                    pass
             message = store.load_next(message.seq + 1)
         return found
 
@@ -463,9 +505,100 @@ class EventsJetStream(JetStream):
     [jetstream] (with the same store_dir) opens the same stream to clients.
     """
 
-    def start(self) -> None:
-        super().start()
-        # (The engine's API and ack subscriptions: the log delivers and acks in process.)
-        for subscription in self._subscriptions:
-            subscription.unsubscribe()
-        self._subscriptions = []
+    answers_api = False
+
+
+def owed_in_stream(stream: Any) -> Dict[str, int]:
+    """
+    Per handler (each durable consumer of the events stream C{stream}),
+    how many events it is owed: delivered and not acked, or not yet
+    delivered and routed to it.  Reads only.
+    """
+    store = stream.store
+    owed: Dict[str, int] = {}
+    for name, consumer in sorted(stream.consumers.items()):
+        count = len(consumer.pending)
+        message = store.load_next(consumer.sseq)
+        while message is not None:
+            if name in _handlers_of(message.headers):
+                count += 1
+            message = store.load_next(message.seq + 1)
+        if count:
+            owed[name] = count
+    return owed
+
+
+class StreamLeftBehind(Service):
+    """
+    [events] log = "spool" on a data_dir whose events stream (from a run
+    with log = "stream") still owes events: the spool would never deliver
+    them, so start-up stops with a line saying so (going back must never
+    lose events in silence).  A stream that owes nothing is left as it is,
+    with a line saying it is no longer used.  Started after the data_dir
+    lock and [jetstream]'s engine, before the dispatcher.
+    """
+
+    log = Logger()
+
+    def __init__(self, store_dir: str, name: str, engine: Any = None) -> None:
+        """
+        @param store_dir: where the events stream would be kept (L{eventsvc.config.events_store_dir}).
+        @param name: [events] stream.
+        @param engine: [jetstream]'s engine (started before this), or None.
+        """
+        self.setName("events-stream-left-behind")
+        self.store_dir = store_dir
+        self.stream_name = name
+        self.engine = engine
+        if engine is not None:
+            # Made before the engine starts: the stream it restores must not
+            # capture event.> (a publisher would be answered with its PubAck,
+            # not the dispatcher's answer); clients can still read it.
+            engine.fed_in_process.add(name)
+
+    def startService(self) -> None:
+        """
+        @raise ListenError: the stream owes events (the line names it, how
+            many, and both ways out).
+        """
+        from eventsvc.nats.listener import ListenError
+
+        super().startService()
+        folder = os.path.join(self.store_dir, "streams", self.stream_name)
+        if self.engine is not None and self.stream_name in self.engine.streams:
+            owed = owed_in_stream(self.engine.streams[self.stream_name])
+        elif os.path.exists(os.path.join(folder, "meta.json")):
+            from twisted.internet.task import Clock
+
+            from eventsvc.nats.server import Broker
+
+            # Opened, read and closed in one go: its own broker, and a clock
+            # that never fires.
+            engine = EventsJetStream(Broker(), JetStreamSettings(store_dir=self.store_dir), Clock())
+            engine.log = Logger(observer=_quiet)  # (not the running engine: no start-up line)
+            engine.fed_in_process.add(self.stream_name)
+            try:
+                engine.start()
+            except OSError as e:
+                raise ListenError("{}: the events stream {} cannot be read: {}".format(folder, self.stream_name, e))
+            try:
+                stream = engine.streams.get(self.stream_name)
+                owed = owed_in_stream(stream) if stream is not None else {}
+            finally:
+                engine.stop()
+        else:
+            return
+        if owed:
+            raise ListenError(
+                "[events] log = \"spool\", but the events stream {name} in {folder} still owes {count} events "
+                "({each}), accepted while log = \"stream\": the spool would never deliver them. Run with "
+                "log = \"stream\" (the default) until they are delivered, or delete {folder} to drop them".format(
+                    name=self.stream_name, folder=folder, count=sum(owed.values()),
+                    each=", ".join("{}: {}".format(h, n) for h, n in owed.items())))
+        self.log.info("[events] log = \"spool\": the events stream {name} in {folder} owes nothing and is no longer "
+                      "used (its history stays there, readable, and takes no new events)", name=self.stream_name, folder=folder)
+
+
+@provider(ILogObserver)
+def _quiet(event: Dict[str, Any]) -> None:
+    """Drops what an engine opened only to be read says."""

@@ -266,11 +266,15 @@ class StoreError(Exception):
     failing): the event is refused, with this message.
 
     @ivar reason: the refusal's key in C{refused_by_reason}.
+    @ivar key: the configuration key an operator looks at when the store
+        cannot be opened ("[service] data_dir" unless the message says
+        better, as a JetStream limit does).
     """
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, key: str = "[service] data_dir") -> None:
         super().__init__(message)
         self.reason = reason
+        self.key = key
 
 
 #: A full store takes events again once this much room is free beyond the

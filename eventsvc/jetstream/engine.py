@@ -63,6 +63,11 @@ class JetStream:
 
     log = Logger()
 
+    #: Whether L{start} answers clients (C{$JS.API}, C{$JS.ACK}); an engine
+    #: that only keeps streams fed and read in process (the event log's
+    #: own, L{eventsvc.events.log.EventsJetStream}) says False.
+    answers_api = True
+
     def __init__(self, broker: Any, settings: JetStreamSettings, clock: Any, now: Optional[Callable[[], int]] = None) -> None:
         self.broker = broker
         self.settings = settings
@@ -97,7 +102,7 @@ class JetStream:
     def start(self) -> None:
         """
         Take store_dir's lock, restore the streams (then their consumers)
-        and answer the API.
+        and answer the API (unless L{answers_api} is False).
 
         @raise OSError: store_dir cannot be created or locked (L{Locked}).
         """
@@ -108,6 +113,21 @@ class JetStream:
             self._lock = FileLock(os.path.join(self.settings.store_dir, LOCK_FILE))
             self._lock.acquire()
             self._restore()
+        if self.answers_api:
+            self._answer()
+            self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
+                          where=self.settings.store_dir or "memory only")
+        else:
+            self.log.info("event log store open: {streams} streams ({where}); JetStream is off for clients "
+                          "(no [jetstream] section: no $JS.API)", streams=len(self.streams),
+                          where=self.settings.store_dir or "memory only")
+        self.running = True
+        # Mirrors and sources ask for their consumers through the API,
+        # which answers from here on (a restored origin included).
+        self._link_sources(restored=True)
+
+    def _answer(self) -> None:
+        """Subscribe the API, the acks and the domain's mapped API."""
         broker = self.broker
         if b"$JS.ACK." not in broker.used_once:
             # Each ack subject names one delivery: the broker keeps no plan for it.
@@ -117,12 +137,11 @@ class JetStream:
         if self.settings.domain:
             self._subscriptions.extend(
                 broker.subscribe(source, self._mapped(source, to)) for source, to in domain_mappings(self.settings.domain))
-        self.running = True
-        # Mirrors and sources ask for their consumers through the API,
-        # which answers from here on (a restored origin included).
-        self._link_sources(restored=True)
-        self.log.info("JetStream on: {streams} streams ({where})", streams=len(self.streams),
-                      where=self.settings.store_dir or "memory only")
+
+    @property
+    def answering(self) -> bool:
+        """Whether clients' C{$JS.API} requests and acks are answered (subscribed) now."""
+        return bool(self._subscriptions)
 
     def stop(self) -> None:
         """Stop answering, stop every stream (its store writes what it buffers) and let store_dir go."""
