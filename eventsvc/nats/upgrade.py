@@ -94,10 +94,12 @@ class TLSLayer(TLSMemoryBIOProtocol):
     errors are Twisted's.
     """
 
-    #: How much one C{bio_read} or C{recv} asks for: a read of the socket is
-    #: at most 64 KiB (Twisted's), and a write's records are drained in
-    #: as few calls.
-    chunk = 1 << 17
+    #: How much one C{bio_read} asks for: a socket write of up to 64 KiB
+    #: (Twisted reads at most that much at a time) in one call, more in a
+    #: few.  C{recv} gives at most one record (16 KiB) a call, whatever it
+    #: is asked for, so it asks for Twisted's 32 KiB.
+    chunk = 1 << 16
+    record = 1 << 15
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -157,7 +159,7 @@ class TLSLayer(TLSMemoryBIOProtocol):
         got: List[bytes] = []
         while not self._lostTLSConnection:
             try:
-                got.append(connection.recv(self.chunk))
+                got.append(connection.recv(self.record))
             except WantReadError:
                 break
             except ZeroReturnError:
