@@ -101,6 +101,11 @@ class TLSLayer(TLSMemoryBIOProtocol):
     chunk = 1 << 16
     record = 1 << 15
 
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake is over (the session's state says the same, at a cost)."""
+        return bool(self._handshakeDone)
+
     def makeConnection(self, transport: Any) -> None:
         """
         As Twisted's, less two costs that dominated setting up a connection
@@ -244,7 +249,10 @@ class InfoThenTLS(Protocol):
         if self.tls is None:
             return
         budget = self.budget
-        if budget is None or not self.inner.session.handshaking:
+        # The layer's own flag, not the session's state: asking the session
+        # (an Automat machine) builds a function per call on PyPy, and this
+        # is every read of a TLS connection.
+        if budget is None or self.tls.handshake_done:
             self.tls.dataReceived(data)
             return
         if self._held or not budget.allows():

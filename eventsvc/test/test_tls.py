@@ -205,6 +205,8 @@ class HandshakeBudgetTests(SynchronousTestCase):
             session = Session()
 
         class TLS:
+            handshake_done = False
+
             def __init__(self, name):
                 self.name = name
 
@@ -241,8 +243,7 @@ class HandshakeBudgetTests(SynchronousTestCase):
         self.assertEqual(fed[2], ("c", b"c1"))
         self.assertEqual(c.transport.paused, 0)
         # After the handshake, nothing is budgeted.
-        a.inner.session = Session()
-        a.inner.session.handshaking = False
+        a.tls.handshake_done = True
         for _ in range(5):
             a.dataReceived(b"x")
         self.assertEqual(len(fed), 8)
@@ -263,6 +264,8 @@ class HandshakeBudgetTests(SynchronousTestCase):
             session = Session()
 
         class TLS:
+            handshake_done = False
+
             def dataReceived(self, data):
                 fed.append(data)
 
