@@ -157,7 +157,7 @@ class TLSLayer(TLSMemoryBIOProtocol):
                 if len(records) < self.chunk:
                     break
             records = b"".join(more)
-        self.transport.write(records)
+        self.transport.write(records)  # type: ignore[union-attr]  # (connected: a transport is there)
 
     def _flushReceiveBIO(self) -> None:
         connection = self._tlsConnection
