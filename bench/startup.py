@@ -82,7 +82,11 @@ def main() -> None:
     if reference:
         rows.append(("nats-server", reference))
     for folder in folders:
-        label = os.path.basename(os.path.dirname(folder.rstrip("/")))
+        venv = os.path.dirname(os.path.abspath(folder.rstrip("/")))
+        label = os.path.basename(venv)
+        if label.startswith(".venv"):
+            # Two trees' venvs are both ".venv": name the tree too.
+            label = os.path.basename(os.path.dirname(venv)) + "/" + label
         rows.append(("twistd ({})".format(label), median_ms(
             lambda port: [os.path.join(folder, "twistd"), "-n", "--pidfile=", "eventsvc", "--config", config(port)], options.runs)))
         rows.append(("twist ({})".format(label), median_ms(
@@ -90,7 +94,7 @@ def main() -> None:
     print("time from exec to the first INFO, median of {} (min-max), server on core 0".format(options.runs))
     for name, (med, low, high) in rows:
         ratio = " = {:.0f}x nats-server".format(med / reference[0]) if reference and name != "nats-server" else ""
-        print("  {:<28} {:7.0f} ms ({:.0f}-{:.0f}){}".format(name, med, low, high, ratio))
+        print("  {:<40} {:7.0f} ms ({:.0f}-{:.0f}){}".format(name, med, low, high, ratio))
 
 
 if __name__ == "__main__":
