@@ -223,7 +223,10 @@ class InfoThenTLS(Protocol):
             return
         if not budget.allows():
             # A burst of connections: this one is greeted on a later turn.
+            # Meanwhile the client connection holds the raw transport, so
+            # that closing it (a shutdown) closes the socket.
             self._ungreeted = True
+            self.inner.transport = self.transport
             self.transport.pauseProducing()
             budget.wait(self)
             return

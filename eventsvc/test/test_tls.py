@@ -364,6 +364,22 @@ class BurstGreetingTests(SynchronousTestCase):
         self.assertEqual(list(self.harness.broker.closed), [])
 
 
+    def test_shut_down_before_its_greeting(self) -> None:
+        """A shutdown closes a connection that waits for its greeting: no INFO, no error."""
+        self.budget.charge(self.budget.seconds)
+        client = UpgradingClient(self.client_options)
+        server, pump = self.harness.connect(client)
+        for conn in list(self.harness.factory.live):
+            conn.close(None, "Server Shutdown")
+        pump.flush()
+        self.harness.clock.advance(0)
+        pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertEqual(client.info, b"")
+        self.assertEqual(self.harness.factory.live, set())
+        self.assertEqual(self.harness.broker.clients, {})
+
+
 class TLSLayerTests(SynchronousTestCase):
     """The TLS layer's bigger trips through the memory BIO lose and reorder nothing."""
 
