@@ -11,6 +11,8 @@
 //	              a fleet of slow publishers, each read carrying one PUB
 //	-queue Q      subscribers join queue group Q: each message is delivered
 //	              once, to one of them
+//	-mode connect -np clients each connect (TLS and CONNECT included), flush
+//	              (PING/PONG) and close, -n times: connections a second
 //	-mode reqrep  -np requesters, each on its own connection (its own inbox),
 //	              each with one request in flight, over -subjects subjects,
 //	              answered by -ns responders (a queue group when more than
@@ -61,7 +63,7 @@ func opts(token, ca, cert, key string) []nats.Option {
 func main() {
 	url := flag.String("url", "nats://127.0.0.1:4222", "server url")
 	purl := flag.String("puburl", "", "publish url (default: url)")
-	mode := flag.String("mode", "pubsub", "pubsub | pubonly | latency | reqrep")
+	mode := flag.String("mode", "pubsub", "pubsub | pubonly | latency | reqrep | connect")
 	queue := flag.String("queue", "", "queue group the subscribers join (each message delivered once)")
 	np := flag.Int("np", 1, "publishers")
 	ns := flag.Int("ns", 1, "subscribers")
@@ -129,6 +131,35 @@ func main() {
 		return
 	}
 
+	if *mode == "connect" {
+		var wg sync.WaitGroup
+		var failed int64
+		start := time.Now()
+		for i := 0; i < *np; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < *n; j++ {
+					c, err := nats.Connect(*purl, pubOpts...)
+					if err == nil {
+						err = c.Flush()
+						c.Close()
+					}
+					if err != nil && atomic.AddInt64(&failed, 1) == 1 {
+						fmt.Println("first failure:", err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(start)
+		if failed > 0 {
+			fmt.Println("error: connections failed:", failed)
+			os.Exit(1)
+		}
+		fmt.Printf("connect np=%d n=%d conn_rate=%.0f elapsed_s=%.3f\n", *np, *np**n, float64(*np**n)/el.Seconds(), el.Seconds())
+		return
+	}
 	if *mode == "reqrep" {
 		reqrep(*url, *purl, subOpts, pubOpts, base, subjects, payload, *np, *ns, *n)
 		return
