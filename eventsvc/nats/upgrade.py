@@ -275,6 +275,11 @@ class InfoThenTLS(Protocol):
             return
         if self._ungreeted:
             assert self.budget is not None
+            if self.inner.closed:
+                # Closed while it waited (a shutdown): its socket is going.
+                self._ungreeted = False
+                del self._held[:]
+                return
             if not self.budget.allows():
                 self.budget.wait(self)
                 return
