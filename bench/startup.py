@@ -71,14 +71,23 @@ def once(argv: List[str], port: int) -> "tuple[float, float]":
         child.wait()
 
 
-def median_ms(make: Callable[[int], List[str]], runs: int) -> "tuple[float, float, float, float]":
-    times, cpus = [], []
+def medians(servers: "List[tuple[str, Callable[[int], List[str]]]]", runs: int) -> "List[tuple[str, tuple[float, float, float, float]]]":
+    """
+    Each server started C{runs} times, the servers in turn within each
+    round (a busy moment of the shared machine hurts all of them, not the
+    one whose runs it falls on): per server the median wall time, its
+    minimum and maximum, and the median CPU, in ms.
+    """
+    times: "dict[str, List[float]]" = {name: [] for name, _ in servers}
+    cpus: "dict[str, List[float]]" = {name: [] for name, _ in servers}
     for _ in range(runs):
-        port = free_port()
-        took, cpu = once(make(port), port)
-        times.append(took * 1000)
-        cpus.append(cpu * 1000)
-    return statistics.median(times), min(times), max(times), statistics.median(cpus)
+        for name, make in servers:
+            port = free_port()
+            took, cpu = once(make(port), port)
+            times[name].append(took * 1000)
+            cpus[name].append(cpu * 1000)
+    return [(name, (statistics.median(times[name]), min(times[name]), max(times[name]), statistics.median(cpus[name])))
+            for name, _ in servers]
 
 
 def main() -> None:
@@ -96,21 +105,26 @@ def main() -> None:
             f.write('[service]\nhost = "127.0.0.1"\nport = %d\n[handlers]\nevent_feed = "python:eventsvc.events.handlers:log_event"\n' % port)
         return path
 
+    def under(folder: str, runner: str, *options: str) -> Callable[[int], List[str]]:
+        """eventsvc under C{runner} (twistd or twist) from the venv's bin C{folder}."""
+        def argv(port: int) -> List[str]:
+            return [os.path.join(folder, runner), *options, "eventsvc", "--config", config(port)]
+        return argv
+
     nats = shutil.which("nats-server")
-    reference = median_ms(lambda port: [nats, "-a", "127.0.0.1", "-p", str(port)], options.runs) if nats else None
-    rows = []
-    if reference:
-        rows.append(("nats-server", reference))
+    servers: "List[tuple[str, Callable[[int], List[str]]]]" = []
+    if nats:
+        servers.append(("nats-server", lambda port: [nats, "-a", "127.0.0.1", "-p", str(port)]))
     for folder in folders:
         venv = os.path.dirname(os.path.abspath(folder.rstrip("/")))
         label = os.path.basename(venv)
         if label.startswith(".venv"):
             # Two trees' venvs are both ".venv": name the tree too.
             label = os.path.basename(os.path.dirname(venv)) + "/" + label
-        rows.append(("twistd ({})".format(label), median_ms(
-            lambda port: [os.path.join(folder, "twistd"), "-n", "--pidfile=", "eventsvc", "--config", config(port)], options.runs)))
-        rows.append(("twist ({})".format(label), median_ms(
-            lambda port: [os.path.join(folder, "twist"), "eventsvc", "--config", config(port)], options.runs)))
+        servers.append(("twistd ({})".format(label), under(folder, "twistd", "-n", "--pidfile=")))
+        servers.append(("twist ({})".format(label), under(folder, "twist")))
+    rows = medians(servers, options.runs)
+    reference = rows[0][1] if nats else None
     print("time from exec to the first INFO, median of {} (min-max), and the server's CPU by then; server on core 0".format(options.runs))
     for name, (med, low, high, cpu) in rows:
         ratio = " = {:.0f}x nats-server".format(med / reference[0]) if reference and name != "nats-server" else ""
