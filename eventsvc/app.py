@@ -20,7 +20,7 @@ from eventsvc.config import Config, address_keys
 from eventsvc.listeners import agent_listener, console_settings, service_listener, websocket_listener
 from eventsvc.nats.server import Broker
 from eventsvc.security.permissions import Permissions
-from eventsvc.security.tls import TLSFilesError, mutual_tls_server, peer_tls
+from eventsvc.security import TLSFilesError
 from eventsvc.service import DataDirLock, EventService, StartupError
 from eventsvc.targets import add_events, grpc_listener
 
@@ -49,6 +49,8 @@ def make_service(config: Config, reactor: Optional[Any] = None) -> EventService:
     try:
         context = None
         if config.tls.enabled:
+            from eventsvc.security.tls import mutual_tls_server
+
             context = mutual_tls_server(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
         if service.enabled and service.data_dir:
             # First of all: started before any listener or the spool, stopped
@@ -130,6 +132,8 @@ def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
 
 def _peer_tls(config: Config) -> "tuple[Any, Callable[[str], Any]]":
     """Mutual TLS for links to other servers with the [tls] identity and CA (L{peer_tls})."""
+    from eventsvc.security.tls import peer_tls
+
     return peer_tls(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path)
 
 

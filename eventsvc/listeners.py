@@ -26,7 +26,6 @@ from eventsvc.nats.limits import Limits
 from eventsvc.nats.settings import ClientSettings
 from eventsvc.nats.throttle import AuthThrottle
 from eventsvc.security.permissions import Permissions, fence_jetstream
-from eventsvc.security.tls import SNIServerContexts, load_identity, server_options
 from eventsvc.service import StartupError
 
 if TYPE_CHECKING:  # imported where they are used: start-up pays only for what runs
@@ -274,6 +273,8 @@ def agent_listener(config: Config, broker: Broker, reactor: Any) -> AgentListene
     authenticator = listener_authenticator(config, "gateway", health, reactor)
     context = None
     if not gw.disable_frontend_tls:
+        from eventsvc.security.tls import SNIServerContexts, load_identity, server_options
+
         entries = [
             (e.server_name, server_options(load_identity(e.cert_path, e.key_path, "[gateway.frontend_tls {}]".format(e.server_name))))
             for e in gw.frontend_tls
@@ -310,6 +311,8 @@ def websocket_listener(config: Config, broker: Broker, reactor: Any) -> WebSocke
     ws = config.websocket
     context = None
     if not ws.no_tls:
+        from eventsvc.security.tls import load_identity, server_options
+
         context = server_options(load_identity(ws.cert_path, ws.key_path, "[websocket]"), alpn=(b"http/1.1",))
     settings = client_settings(
         config.limits,

@@ -32,7 +32,6 @@ from eventsvc.config import HANDLER_NAMES, Config
 from eventsvc.files import FileLock, Locked
 from eventsvc.nats.listener import ListenError, ListenerService
 from eventsvc.nats.server import Broker
-from eventsvc.ops.jsz import store_trouble as jetstream_store_trouble
 from eventsvc.ops.logs import make_observer
 
 
@@ -117,6 +116,8 @@ class EventService(MultiService):
         if store is not None and store["state"] != "ok":
             # ("store full: no space left on device in <data_dir>"): delivering, not accepting.
             return False, store["error"]
+        from eventsvc.ops.jsz import store_trouble as jetstream_store_trouble  # (JetStream's code only when asked)
+
         trouble = jetstream_store_trouble(self)
         if trouble is not None:
             # ("JetStream stream ORDERS store full: ..."): publishes to it are refused.

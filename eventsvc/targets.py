@@ -17,7 +17,6 @@ from twisted.application.service import Service
 from eventsvc.config import HANDLER_NAMES, Config, address_keys, handler_address, in_file
 from eventsvc.dotted import load_object
 from eventsvc.nats.server import Broker
-from eventsvc.security.tls import MutualTLSPolicy, load_certificate, load_identity, peer_tls
 from eventsvc.service import EventService, StartupError
 
 
@@ -129,6 +128,8 @@ def handler_target(name: str, address: str, config: Config, reactor: Any, agents
     if address.startswith("grpc://"):
         from eventsvc.grpc.target import grpc_target
 
+        from eventsvc.security.tls import peer_tls
+
         _, host, port = handler_address(address)  # type: ignore[misc]
         _, tls_client = peer_tls(config.tls.cert_path, config.tls.key_path, config.tls.root_ca_path, alpn=(b"h2",))
         return grpc_target(name, host, port, getattr(config.events, name).tls_name, reactor, tls_client, config.events.delivery_timeout)
@@ -151,6 +152,8 @@ def handler_agent(config: Config, reactor: Any) -> Any:
     # handshook) a connection per event.
     pool.maxPersistentPerHost = config.events.handler_concurrency
     if config.tls.enabled:
+        from eventsvc.security.tls import MutualTLSPolicy, load_certificate, load_identity
+
         policy = MutualTLSPolicy(
             load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
             load_identity(config.tls.cert_path, config.tls.key_path, "[tls]"),
@@ -164,6 +167,7 @@ def grpc_listener(config: Config, broker: Broker, reactor: Any) -> Any:
     from twisted.internet import ssl
 
     from eventsvc.grpc.publish import EventAPI, GRPCListener
+    from eventsvc.security.tls import load_certificate, load_identity
 
     identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
     ca = load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")

@@ -9,6 +9,14 @@
 //	-mode pubonly no subscriber: how fast the server takes PUBs
 //	-rate R       messages per second per publisher (0: as fast as it can):
 //	              a fleet of slow publishers, each read carrying one PUB
+//	-queue Q      subscribers join queue group Q: each message is delivered
+//	              once, to one of them
+//	-mode connect -np clients each connect (TLS and CONNECT included), flush
+//	              (PING/PONG) and close, -n times: connections a second
+//	-mode reqrep  -np requesters, each on its own connection (its own inbox),
+//	              each with one request in flight, over -subjects subjects,
+//	              answered by -ns responders (a queue group when more than
+//	              one): request rate and latency percentiles
 //
 // It prints one line of figures per run.
 package main
@@ -55,7 +63,8 @@ func opts(token, ca, cert, key string) []nats.Option {
 func main() {
 	url := flag.String("url", "nats://127.0.0.1:4222", "server url")
 	purl := flag.String("puburl", "", "publish url (default: url)")
-	mode := flag.String("mode", "pubsub", "pubsub | pubonly | latency")
+	mode := flag.String("mode", "pubsub", "pubsub | pubonly | latency | reqrep | connect")
+	queue := flag.String("queue", "", "queue group the subscribers join (each message delivered once)")
 	np := flag.Int("np", 1, "publishers")
 	ns := flag.Int("ns", 1, "subscribers")
 	n := flag.Int("n", 200000, "messages per publisher")
@@ -122,6 +131,40 @@ func main() {
 		return
 	}
 
+	if *mode == "connect" {
+		var wg sync.WaitGroup
+		var failed int64
+		start := time.Now()
+		for i := 0; i < *np; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < *n; j++ {
+					c, err := nats.Connect(*purl, pubOpts...)
+					if err == nil {
+						err = c.Flush()
+						c.Close()
+					}
+					if err != nil && atomic.AddInt64(&failed, 1) == 1 {
+						fmt.Println("first failure:", err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(start)
+		if failed > 0 {
+			fmt.Println("error: connections failed:", failed)
+			os.Exit(1)
+		}
+		fmt.Printf("connect np=%d n=%d conn_rate=%.0f elapsed_s=%.3f\n", *np, *np**n, float64(*np**n)/el.Seconds(), el.Seconds())
+		return
+	}
+	if *mode == "reqrep" {
+		reqrep(*url, *purl, subOpts, pubOpts, base, subjects, payload, *np, *ns, *n)
+		return
+	}
+
 	total := int64(*n * *np)
 	if *mode == "pubonly" {
 		*ns = 0
@@ -137,8 +180,10 @@ func main() {
 		var cnt int64
 		handler := func(m *nats.Msg) {
 			cnt++
-			atomic.AddInt64(&got, 1)
-			if cnt == total {
+			if atomic.AddInt64(&got, 1) == total && *queue != "" {
+				done <- struct{}{}
+			}
+			if cnt == total && *queue == "" {
 				done <- struct{}{}
 			}
 		}
@@ -154,7 +199,12 @@ func main() {
 			patterns = subjects
 		}
 		for _, p := range patterns {
-			s, err := c.Subscribe(p, handler)
+			var s *nats.Subscription
+			if *queue != "" {
+				s, err = c.QueueSubscribe(p, *queue, handler)
+			} else {
+				s, err = c.Subscribe(p, handler)
+			}
 			if err != nil {
 				panic(err)
 			}
@@ -197,16 +247,91 @@ func main() {
 	wg.Wait()
 	pubEl := time.Since(start)
 	deadline := time.After(*timeout)
-	for i := 0; i < *ns; i++ {
+	waitFor := *ns
+	delivered := total * int64(*ns)
+	if *queue != "" && *ns > 0 {
+		waitFor, delivered = 1, total
+	}
+	for i := 0; i < waitFor; i++ {
 		select {
 		case <-done:
 		case <-deadline:
-			fmt.Printf("TIMEOUT received=%d of %d\n", atomic.LoadInt64(&got), total*int64(*ns))
+			fmt.Printf("TIMEOUT received=%d of %d\n", atomic.LoadInt64(&got), delivered)
 			os.Exit(2)
 		}
 	}
 	el := time.Since(start)
-	delivered := total * int64(*ns)
 	fmt.Printf("%s np=%d ns=%d size=%d subjects=%d published=%d delivered=%d pub_rate=%.0f deliver_rate=%.0f elapsed_s=%.3f\n",
 		*mode, *np, *ns, *size, *nsubj, total, delivered, float64(total)/pubEl.Seconds(), float64(delivered)/el.Seconds(), el.Seconds())
+}
+
+// reqrep: np requesters with one request in flight each, ns responders.
+func reqrep(url, purl string, subOpts, pubOpts []nats.Option, base string, subjects []string, payload []byte, np, ns, n int) {
+	pattern := subjects[0]
+	if len(subjects) > 1 {
+		pattern = base + ".*.data"
+	}
+	for i := 0; i < ns; i++ {
+		rc, err := nats.Connect(url, subOpts...)
+		if err != nil {
+			panic(err)
+		}
+		handler := func(m *nats.Msg) { m.Respond(m.Data) }
+		if ns > 1 {
+			_, err = rc.QueueSubscribe(pattern, "responders", handler)
+		} else {
+			_, err = rc.Subscribe(pattern, handler)
+		}
+		if err != nil {
+			panic(err)
+		}
+		rc.Flush()
+	}
+	time.Sleep(300 * time.Millisecond)
+	conns := make([]*nats.Conn, np)
+	for i := range conns {
+		c, err := nats.Connect(purl, pubOpts...)
+		if err != nil {
+			panic(err)
+		}
+		// One request first: the connection's inbox subscription is made.
+		if _, err := c.Request(subjects[i%len(subjects)], payload, 5*time.Second); err != nil {
+			panic(err)
+		}
+		conns[i] = c
+	}
+	lats := make([][]time.Duration, np)
+	var wg sync.WaitGroup
+	var failed int64
+	start := time.Now()
+	for i, c := range conns {
+		wg.Add(1)
+		go func(k int, c *nats.Conn) {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, n)
+			for j := 0; j < n; j++ {
+				t := time.Now()
+				if _, err := c.Request(subjects[(k+j*np)%len(subjects)], payload, 5*time.Second); err != nil {
+					atomic.AddInt64(&failed, 1)
+					return
+				}
+				lat = append(lat, time.Since(t))
+			}
+			lats[k] = lat
+		}(i, c)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	if failed > 0 {
+		fmt.Println("error: requests failed:", failed)
+		os.Exit(1)
+	}
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(a, b int) bool { return all[a] < all[b] })
+	q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) }
+	fmt.Printf("reqrep np=%d ns=%d subjects=%d n=%d rps=%.0f p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f\n",
+		np, ns, len(subjects), len(all), float64(len(all))/el.Seconds(), q(0.5), q(0.9), q(0.99), q(1))
 }

@@ -18,9 +18,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-
-class TLSFilesError(Exception):
-    """A certificate or key file cannot be used."""
+from eventsvc.security import TLSFilesError as TLSFilesError  # (where it is raised; defined apart for start-up)
 
 
 def _read(path: str, key: str) -> bytes:

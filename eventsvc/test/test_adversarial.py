@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 
 from twisted.internet import defer, threads
@@ -118,15 +120,33 @@ class TLSLoginBurstTests(_Attacks, TestCase):
 
     def test_tls_login_burst(self):
         got = []
-        # pyOpenSSL through cffi makes each handshake two to three times
-        # dearer on PyPy (performance.md: TLS connection set-up 33% of
-        # nats-server's there): one handshake step, which cannot be split,
-        # can take tens of milliseconds.  On the 2026-12-02 machine PyPy's
-        # worst probe was 550-1,100 ms with the code before the handshake
-        # budget (upgrade.HandshakeBudget) and 500-630 ms with it, so PyPy is
-        # held to four times the bound until its handshake cost is found.
-        limit = PROBE_LIMIT * 4 if platform.python_implementation() == "PyPy" else PROBE_LIMIT
-        d = self.attack(lambda: got.append(adversary.tls_login_burst(self.gateway, self.ca, "burst-token")), limit)
+
+        def burst() -> None:
+            # The 300 clients run in a process of their own: in this one
+            # they shared the interpreter (and on PyPy its lock) with the
+            # probe, whose round trips then measured the clients' own
+            # scheduling, not the server's.
+            done = subprocess.run(
+                [sys.executable, "-c", "import sys\nfrom eventsvc.test import adversary\n"
+                 "print(adversary.tls_login_burst(int(sys.argv[1]), sys.argv[2], sys.argv[3]))",
+                 str(self.gateway), self.ca, "burst-token"],
+                capture_output=True, text=True, timeout=90,
+            )
+            got.append(int(done.stdout.strip()) if done.returncode == 0 else done.stderr)
+
+        # PyPy was held to four times the bound (worst probes of 500-630 ms on
+        # 2026-12-02), blamed on a handshake step.  Measured inside the
+        # server (2026-12-07), the longest hold of the reactor was the accept
+        # turn: Twisted takes a hundred and more connections at once, and
+        # greeting each with its TLS set-up cost 1-4 ms on PyPy (94-129 ms of
+        # CPU in one turn); greetings now share the handshake budget (24-32
+        # ms).  Most of what the probe saw, though, was the clients' own
+        # scheduling in this process; apart (above), PyPy's worst probes were
+        # 100-330 ms on a machine loaded 4-8 deep on two cores.  PyPy, whose
+        # first handshakes are compiled while they run, is held to twice
+        # the bound.
+        limit = PROBE_LIMIT * 2 if platform.python_implementation() == "PyPy" else PROBE_LIMIT
+        d = self.attack(burst, limit)
         d.addCallback(lambda _: self.assertEqual(got, [300, 300]))
         return d
 

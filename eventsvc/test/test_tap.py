@@ -250,3 +250,57 @@ class JSONDepthTests(SynchronousTestCase):
         self.assertEqual(len(wirejson.loads(b"[" + b",".join([b"[1]"] * 500) + b"]")), 500)
         self.assertEqual(wirejson.loads(b'{"s": "' + b"[" * 500 + b'"}')["s"], "[" * 500)
         self.assertEqual(wirejson.depth('{"a": "x\\" [[[[ ", "b": []}'), 2)
+
+
+class LazyImportTests(SynchronousTestCase):
+    """
+    Start-up imports what the configuration uses: a service without TLS
+    builds without Twisted's TLS context code (twisted.internet.ssl and
+    service_identity, ~15 ms of a start-up's CPU), JetStream or the monitor.
+    Each case runs in a fresh interpreter, where nothing is imported yet.
+    """
+
+    #: Imported only for a configuration that uses them.
+    OPTIONAL = ("twisted.internet.ssl", "service_identity", "eventsvc.security.tls", "eventsvc.jetstream.engine",
+                "eventsvc.ops.jsz", "eventsvc.ops.monitor")
+
+    def imported_by(self, text: str) -> "set[str]":
+        import os
+        import subprocess
+        import sys
+
+        from eventsvc.test import process
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "patch.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        program = (
+            "import sys\n"
+            "from twisted.internet.testing import MemoryReactorClock\n"
+            "from eventsvc import tap\n"
+            "options = tap.Options()\n"
+            "options.parseOptions(['--config', sys.argv[1]])\n"
+            "tap.makeService(options, MemoryReactorClock())\n"
+            "print(' '.join(m for m in {!r} if m in sys.modules))\n"
+        ).format(self.OPTIONAL)
+        done = subprocess.run([sys.executable, "-c", program, path], capture_output=True, text=True, env=process.child_env(), timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return set(done.stdout.split())
+
+    def test_plain_service(self) -> None:
+        self.assertEqual(self.imported_by('[service]\nhost = "127.0.0.1"\nport = 0\n'), set())
+
+    def test_service_with_tls(self) -> None:
+        """The same switch, thrown: [tls] imports the TLS context code, and nothing else optional."""
+        import os
+
+        from eventsvc.test.tlshelpers import PKI
+
+        pki = PKI(os.path.abspath(self.mktemp()))
+        pki.issue("service", ["localhost"])
+        got = self.imported_by(
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[tls]\ncert_path = "{}"\nkey_path = "{}"\nroot_ca_path = "{}"\n'.format(
+                pki.path("service.crt"), pki.path("service.key"), pki.path("ca.crt")))
+        self.assertEqual(got, {"twisted.internet.ssl", "service_identity", "eventsvc.security.tls"})
