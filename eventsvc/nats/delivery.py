@@ -543,7 +543,7 @@ class Delivery:
             count += give(src, sub, conn, prefix, message)
         count += self._plain_remotes(src, routed, targets.plain_remotes())
         return count + self._onward(
-            src, targets, message, message.subject, routed.reply, message.size, message.tail, message.hdr_len,
+            src, targets, message, routed.subject, routed.reply, message.size, message.tail, message.hdr_len,
             message.body, queues, routed,
         )
 
