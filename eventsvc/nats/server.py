@@ -385,9 +385,14 @@ class Broker(Delivery):
         self.flush()
 
     def has_interest(self, subject: str) -> bool:
-        """Whether anyone (a client, a link, the in-process API) subscribes to the literal C{subject}."""
-        result = self.sublist.match(subject.encode("utf-8"), keep=False)
-        return bool(result.plain or result.queues)
+        """
+        Whether anyone (a client, a link, the in-process API) subscribes to
+        the literal C{subject}, or a gateway would take it (as nats-server's
+        C{hasDeliveryInterest} asks the gateways too).
+        """
+        bsubject = subject.encode("utf-8")
+        result = self.sublist.match(bsubject, keep=False)
+        return bool(result.plain or result.queues) or (self.gateways is not None and self.gateways.has_interest(bsubject))
 
     def deliver_as(
         self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,

@@ -85,6 +85,9 @@ class Across:
         client = self.subscribe(b"SUB deliver.c 7\r\n")
         self.js.broker.deliver_as("deliver.c", "orders.5", b"x", reply=ACK.decode())
         self.flush()
+        # (Not a routed _GR_ reply though the ack subscription is recent:
+        # nats-server maps only replies a client subscribed to.)
+        self.assertIn(b" deliver.c " + ACK + b"@orders.5 1\r\n", b"".join(self.wire))
         reply = client.received().split(b" ")[3]
         self.assertEqual(reply, ACK)
         client.send(b"PUB " + reply + b" 4\r\n+ACK\r\n")
@@ -102,6 +105,11 @@ class Across:
 
 class RouteTests(Across, SynchronousTestCase):
     """Two servers of one cluster joined by a route."""
+
+    def test_interest_is_the_routes(self) -> None:
+        self.assertFalse(self.js.broker.has_interest("deliver.c"))
+        self.subscribe(b"SUB deliver.c 7\r\n")
+        self.assertTrue(self.js.broker.has_interest("deliver.c"))
 
     def setUp(self) -> None:
         self.js, self.far = test_route.Node("A"), test_route.Node("B")
@@ -126,3 +134,16 @@ class GatewayTests(Across, SynchronousTestCase):
         for _ in range(3):
             for pump in self.pumps:
                 pump.flush()
+
+    def test_a_push_consumer_is_active_for_the_other_cluster(self) -> None:
+        """
+        nats-server's hasDeliveryInterest asks the gateways too (eventsvc's
+        peers put us in interest-only mode from the start: no interest until
+        told; nats-server's are optimistic, test_interop_jsroutes).
+        """
+        self.assertFalse(self.js.broker.has_interest("deliver.c"))
+        client = self.subscribe(b"SUB deliver.c 7\r\n")
+        self.assertTrue(self.js.broker.has_interest("deliver.c"))
+        client.send(b"UNSUB 7\r\n")
+        self.flush()
+        self.assertFalse(self.js.broker.has_interest("deliver.c"))

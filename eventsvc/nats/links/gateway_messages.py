@@ -81,6 +81,19 @@ class GatewayMessages:
         self._plans.put(subject, plan)
         return plan
 
+    def has_interest(self, subject: bytes) -> bool:
+        """
+        Whether an outbound gateway would take a message on C{subject}
+        (nats-server's C{hasGatewayInterest}): in optimistic mode, unless
+        the other cluster said it has none.  A push consumer whose deliver
+        subject only a client over there subscribes to is active by it.
+        """
+        for conn in self._outbound_list:
+            plain, queues = conn.interest.wants(subject)
+            if plain or queues:
+                return True
+        return False
+
     def forward(
         self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
     ) -> int:
