@@ -147,3 +147,18 @@ class GatewayTests(Across, SynchronousTestCase):
         client.send(b"UNSUB 7\r\n")
         self.flush()
         self.assertFalse(self.js.broker.has_interest("deliver.c"))
+
+    def test_a_pull_request_from_the_other_cluster(self) -> None:
+        """The request's reply comes routed (C{_GR_.}); its messages go back to it and show their subject."""
+        engine = self.js.client()
+        engine.send(b"SUB $JS.API.CONSUMER.MSG.NEXT.> 1\r\nPING\r\n")
+        engine.received()
+        self.flush()
+        client = self.subscribe(b"SUB _INBOX.p 7\r\n")
+        client.send(b"PUB $JS.API.CONSUMER.MSG.NEXT.S.c _INBOX.p 1\r\n1\r\n")
+        self.flush()
+        self.assertEqual(engine.received(), b"MSG $JS.API.CONSUMER.MSG.NEXT.S.c 1 _INBOX.p 1\r\n1\r\n")
+        self.assertEqual(self.js.broker.deliver_as("_INBOX.p", "orders.6", b"x", reply=ACK.decode()), 1)
+        self.flush()
+        self.assertRegex(b"".join(self.wire), rb"RMSG \$G _GR_\.\w+\.\w+\._INBOX\.p " + ACK.replace(b"$", rb"\$") + b"@orders.6 1\r\n")
+        self.assertEqual(client.received(), b"MSG orders.6 7 " + ACK + b" 1\r\nx\r\n")

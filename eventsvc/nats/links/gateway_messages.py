@@ -228,6 +228,11 @@ class GatewayMessages:
                     return 1
         plain = subject[SUBJECT_AT:]
         local_reply = self.strip(reply)
+        if local_reply is not None and local_reply[:8] == ACK_PREFIX:
+            # A JetStream delivery to a routed inbox (a pull request made here).
+            count = self.broker.deliver_crossed(self.source, plain, local_reply, (), size, tail, hdr_len, body)
+            if count is not None:
+                return count
         if hdr_len < 0:
             return self.broker.deliver(self.source, plain, local_reply, size, tail)
         return self.broker.deliver_message(self.source, plain, local_reply, size, b"", hdr_len, body)
