@@ -1,10 +1,13 @@
 """
 JetStream across a gateway with the reference server: eventsvc (cluster
-"ours", with JetStream) and nats-server 2.9 (cluster "theirs") dial each
-other, and a nats-py client of nats-server consumes a stream of eventsvc's:
-a push consumer's deliver subject and a pull consumer's requests on the
-far side get each message with its stream subject and an ack reply that
-acks across the gateway (the consumer's pending count drops to zero).
+"ours") and nats-server 2.9 (cluster "theirs") dial each other, and a
+nats-py client on one side consumes a stream on the other: a push
+consumer's deliver subject and a pull consumer's requests on the far side
+get each message with its stream subject and an ack reply that acks
+across the gateway (the consumer's pending count drops to zero).  Both
+ways: eventsvc's stream consumed by a client of nats-server, and a stream
+of a three-node nats-server JetStream cluster (nats-server runs JetStream
+with a gateway only clustered) consumed by a client of eventsvc.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ async def until(check, seconds: float = 20.0):
 
 
 async def consume_across(ours: int, theirs: int) -> dict:
-    """Publish on eventsvc, consume (push and pull) and ack from nats-server's side."""
+    """Publish on the server at C{ours} (with JetStream), consume (push and pull) and ack from C{theirs}."""
     here = await nats.connect("nats://127.0.0.1:%d" % ours)
     there = await nats.connect("nats://127.0.0.1:%d" % theirs)
     try:
         js_here, js_there = here.jetstream(), there.jetstream()
-        await js_here.add_stream(name="ORDERS", subjects=["orders.>"])
+
+        async def stream():
+            try:  # (a nats-server cluster takes a moment to elect its leaders)
+                return await js_here.add_stream(name="ORDERS", subjects=["orders.>"])
+            except Exception:
+                return None
+        await until(stream, 60)
         for i in range(3):
             await js_here.publish("orders.%d" % i, b"o%d" % i)
         # A push consumer whose deliver subject only the far client subscribes to.
@@ -112,6 +121,50 @@ class EventsvcStreamNatsServerClientTests(TestCase):
         ours.wait_output("gateway to theirs")
         ours.wait_output("gateway from theirs", timeout=30)  # the acks come back on nats-server's own link
         result = yield run(lambda: consume_across(client_port, their_port))
+        self.assertEqual(result["pushed"], [
+            ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
+        ], ours.output())
+        self.assertEqual(result["push_pending"], 0)
+        self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
+        self.assertEqual(result["pull_floor"], 3)
+
+
+class NatsServerStreamEventsvcClientTests(TestCase):
+    """A three-node nats-server JetStream cluster's stream, consumed by a client of eventsvc across the gateway."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_push_and_pull_with_acks(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        our_gateway = process.free_port()
+        routes = [process.free_port() for _ in range(3)]
+        gateways = [process.free_port() for _ in range(3)]
+        client_port = process.free_port()
+        config = process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "theirs"\nurls = [%s]\n'
+        ) % (client_port, our_gateway, ", ".join('"nats://127.0.0.1:%d"' % g for g in gateways)))
+        ours = process.eventsvc(config, expect=("service",))
+        yield process.started(self, ours)
+        nodes = []
+        for i in range(3):
+            others = ", ".join('"nats-route://127.0.0.1:%d"' % routes[j] for j in range(3) if j != i)
+            conf = process.write_config(os.path.join(directory, "t%d.conf" % i), (
+                'server_name: "t{i}"\njetstream {{ store_dir: "{dir}/t{i}" }}\n'
+                'cluster {{ name: theirs, listen: "127.0.0.1:{route}", routes: [{others}] }}\n'
+                'gateway {{ name: theirs, host: "127.0.0.1", port: {gateway}, '
+                'gateways: [{{name: ours, urls: ["nats://127.0.0.1:{ours}"]}}] }}\n'
+            ).format(i=i, dir=directory, route=routes[i], others=others, gateway=gateways[i], ours=our_gateway))
+            nodes.append(process.nats_server("-c", conf))
+        ports = yield defer.gatherResults([process.started(self, node) for node in nodes])
+        ours.wait_output("gateway from theirs", timeout=30)
+        ours.wait_output("gateway to theirs", timeout=30)
+        result = yield run(lambda: consume_across(ports[0], client_port))
         self.assertEqual(result["pushed"], [
             ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
         ], ours.output())
