@@ -7,10 +7,13 @@ plain ack reply; the client's ack crosses back to the consumer's side.
 
 from __future__ import annotations
 
+import json
 from typing import Any, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventsvc.jetstream.consumer import GATEWAY_INTEREST_CHECK
+from eventsvc.jetstream.engine import JetStream, JetStreamSettings
 from eventsvc.test import test_route, test_supercluster
 
 ACK = b"$JS.ACK.S.c.1.1.1.0.0"
@@ -162,3 +165,50 @@ class GatewayTests(Across, SynchronousTestCase):
         self.flush()
         self.assertRegex(b"".join(self.wire), rb"RMSG \$G _GR_\.\w+\.\w+\._INBOX\.p " + ACK.replace(b"$", rb"\$") + b"@orders.6 1\r\n")
         self.assertEqual(client.received(), b"MSG orders.6 7 " + ACK + b" 1\r\nx\r\n")
+
+
+class GatewayConsumerTests(SynchronousTestCase):
+    """A push consumer of a JetStream engine in cluster A, its deliver subject subscribed in cluster B."""
+
+    def setUp(self) -> None:
+        self.a, self.b = test_supercluster.Node("A", ["B"]), test_supercluster.Node("B", ["A"])
+        self.js = JetStream(self.a.broker, JetStreamSettings(), self.a.clock)
+        self.js.start()
+        self.addCleanup(self.js.stop)
+        self.pumps = [test_supercluster.link(self.a, self.b)[0], test_supercluster.link(self.b, self.a)[0]]
+
+    def flush(self) -> None:
+        for _ in range(4):
+            for pump in self.pumps:
+                pump.flush()
+
+    def api(self, client: Any, subject: bytes, body: dict) -> dict:
+        payload = json.dumps(body).encode()
+        client.send(b"PUB %s _R.1 %d\r\n%s\r\n" % (subject, len(payload), payload))
+        self.flush()
+        frame = client.received()
+        return json.loads(frame.split(b"\r\n")[1])
+
+    def test_deliveries_start_when_the_other_cluster_subscribes_and_acks_come_back(self) -> None:
+        admin = self.a.client()
+        admin.send(b"SUB _R.> 1\r\n")
+        self.api(admin, b"$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"})
+        admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.flush()
+        created = self.api(admin, b"$JS.API.CONSUMER.DURABLE.CREATE.S.c", {"stream_name": "S", "config": {
+            "durable_name": "c", "deliver_subject": "deliver.far", "ack_policy": "explicit"}})
+        self.assertEqual(created["name"], "c", created)
+        client = self.b.client()
+        client.send(b"SUB deliver.far 7\r\nPING\r\n")
+        client.received()
+        self.flush()
+        self.assertEqual(client.received(), b"")  # (nothing in A's index changed)
+        self.a.clock.advance(GATEWAY_INTEREST_CHECK)
+        self.flush()
+        frame = client.received()
+        self.assertTrue(frame.startswith(b"MSG orders.1 7 $JS.ACK.S.c.1.1.1."), frame)
+        ack = frame.split(b" ")[3]
+        client.send(b"PUB " + ack + b" 4\r\n+ACK\r\n")
+        self.flush()
+        info = self.api(admin, b"$JS.API.CONSUMER.INFO.S.c", {})
+        self.assertEqual((info["num_ack_pending"], info["ack_floor"]["stream_seq"]), (0, 1), info)
