@@ -43,6 +43,8 @@ SECOND = 1_000_000_000
 MILLISECOND = 1_000_000
 #: nats-server's defaults (consumer.go, jetstream_api.go).
 ACK_WAIT_DEFAULT = 30 * SECOND
+#: How often a push consumer looks at the gateways' interest in its deliver subject (nats-server: 1 s).
+GATEWAY_INTEREST_CHECK = 1.0
 DELETE_WAIT_DEFAULT = 5 * SECOND
 MAX_ACK_PENDING_DEFAULT = 1000
 WAIT_QUEUE_DEFAULT_MAX = 512
@@ -615,6 +617,7 @@ class Consumer:
         self._subs: List[Any] = []
         self._listener: Optional[Callable[[Subscription, int], None]] = None
         self._interest_check: Optional[IDelayedCall] = None
+        self._gateway_watch: Optional[IDelayedCall] = None
         #: The next turn's delivery, when this turn's budget ran out.
         self._more: Optional[IDelayedCall] = None
         # Flow control (push): bytes sent since the last answered request.
@@ -726,6 +729,8 @@ class Consumer:
             self.broker.subscription_listeners.append(self._listener)
             if not self.active:
                 self._arm_inactive()
+            if self.broker.gateways is not None:
+                self._gateway_watch = self.clock.callLater(GATEWAY_INTEREST_CHECK, self._watch_gateway_interest)
             if self.config.get("idle_heartbeat"):
                 self._hb_timer = self.clock.callLater(self.config["idle_heartbeat"] / SECOND, self._heartbeat)
         else:
@@ -1368,6 +1373,20 @@ class Consumer:
         else:
             self._arm_inactive()
 
+    def _watch_gateway_interest(self) -> None:
+        """
+        nats-server's C{watchGWinterest}: another cluster's interest in the
+        deliver subject comes and goes without a subscription here (an
+        C{RS+} over a gateway, a negative answer), so look every
+        L{GATEWAY_INTEREST_CHECK} seconds.
+        """
+        self._gateway_watch = None
+        if self.closed:
+            return
+        if self.broker.has_interest(self.config["deliver_subject"]) != self.active:
+            self._check_interest()
+        self._gateway_watch = self.clock.callLater(GATEWAY_INTEREST_CHECK, self._watch_gateway_interest)
+
     def _heartbeat(self) -> None:
         """The push idle heartbeat timer: a heartbeat if nothing was sent for C{idle_heartbeat}."""
         self._hb_timer = None
@@ -1613,8 +1632,10 @@ class Consumer:
 
     def _close(self) -> None:
         self.closed = True
-        for call in (self._ack_timer, self._wait_timer, self._hb_timer, self._inactive_timer, self._interest_check, self._more):
+        for call in (self._ack_timer, self._wait_timer, self._hb_timer, self._inactive_timer, self._interest_check, self._more,
+                     self._gateway_watch):
             self._cancel(call)
+        self._gateway_watch = None
         self._ack_timer = self._wait_timer = self._hb_timer = self._inactive_timer = self._interest_check = None
         self._more = None
         for sub in self._subs:

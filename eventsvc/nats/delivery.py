@@ -68,6 +68,9 @@ class IGatewayForwarder(Protocol):
     def forward_batch(self, subject: bytes, tails: List[bytes], size: int, targets: "Plan") -> None:
         """The same for several messages to one subject without a reply (C{size}: their payloads' total)."""
 
+    def has_interest(self, subject: bytes) -> bool:
+        """Whether a gateway would take a message on C{subject} (nats-server's C{hasGatewayInterest})."""
+
 
 class Plan:
     """
@@ -598,7 +601,7 @@ class Delivery:
             count += give(src, sub, conn, prefix, message)
         count += self._plain_remotes(src, routed, targets.plain_remotes())
         return count + self._onward(
-            src, targets, message, message.subject, routed.reply, message.size, message.tail, message.hdr_len,
+            src, targets, message, routed.subject, routed.reply, message.size, message.tail, message.hdr_len,
             message.body, queues, routed,
         )
 

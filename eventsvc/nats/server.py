@@ -26,6 +26,7 @@ from eventsvc.nats.delivery import Delivery, Plan, plan
 from eventsvc.nats.frames import Message
 from eventsvc.nats.interfaces import ISource, ISubscriber
 from eventsvc.nats.kinds import Kind
+from eventsvc.nats.links.jsdomain import split_ack_reply
 from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
 
 #: nats-server's status message for a request nobody answered.
@@ -194,7 +195,7 @@ class Broker(Delivery):
         #: (the leaf nodes, which are told interest per owner): (sub, +1 or -1).
         self.subscription_listeners: List[Callable[[Subscription, int], None]] = []
         # deliver_as's plans by (deliver subject, shown subject), for one index generation.
-        self._deliver_plans: Dict[Tuple[bytes, bytes], Tuple[Plan, Optional[Plan]]] = {}
+        self._deliver_plans: Dict[Tuple[bytes, bytes], Tuple[Plan, bool]] = {}
         self._deliver_plans_genid = -1
 
     # -- connections --------------------------------------------------------
@@ -384,13 +385,19 @@ class Broker(Delivery):
         self.flush()
 
     def has_interest(self, subject: str) -> bool:
-        """Whether anyone (a client, a link, the in-process API) subscribes to the literal C{subject}."""
-        result = self.sublist.match(subject.encode("utf-8"), keep=False)
-        return bool(result.plain or result.queues)
+        """
+        Whether anyone (a client, a link, the in-process API) subscribes to
+        the literal C{subject}, or a gateway would take it (as nats-server's
+        C{hasDeliveryInterest} asks the gateways too).
+        """
+        bsubject = subject.encode("utf-8")
+        result = self.sublist.match(bsubject, keep=False)
+        return bool(result.plain or result.queues) or (self.gateways is not None and self.gateways.has_interest(bsubject))
 
     def deliver_as(
         self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,
         headers: Optional[bytes] = None, flush: bool = True, source: Optional[ISource] = None,
+        queues: Sequence[bytes] = (),
     ) -> int:
         """
         Publish from inside the process to the subscribers of
@@ -400,13 +407,14 @@ class Broker(Delivery):
         C{pa.deliver}).  Returns the number of subscribers reached.
         C{flush=False}: the caller delivers several and calls L{flush} once.
         C{source}: who it comes from, when a link brought it (its no-echo
-        and one-hop rules hold), else the process itself.
+        and one-hop rules hold), else the process itself; C{queues}: the
+        queue groups that link's frame named.
 
-        A leaf link is sent the message on C{deliver_subject} and, when it
-        has a reply, C{<reply>@<subject>}, as nats-server sends it: the far
-        side shows its subscribers C{subject} again (L{eventsvc.nats.links.jsdomain.split_ack_reply}).
-        A leaf that is a member of a queue group on C{deliver_subject} is
-        not: it is sent the message on C{subject}, as before.
+        Routes, gateways and leaf links (queue members or not) are sent the
+        message on C{deliver_subject} and, when it has a reply,
+        C{<reply>@<subject>}, as nats-server 2.9 sends it
+        (C{processMsgResults}, C{processInboundClientMsg}): the far side
+        shows its subscribers C{subject} again (L{deliver_crossed}).
         """
         if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
             self._deliver_plans.clear()
@@ -416,24 +424,54 @@ class Broker(Delivery):
         plans = self._deliver_plans.get(key)
         if plans is None:
             result = self.sublist.match(key[0], keep=False)
-            leafs = [s for s in result.plain if s.owner.kind.leaf]
-            if leafs:
-                here = [s for s in result.plain if not s.owner.kind.leaf]
-                plans = self._deliver_plans[key] = (plan(bsubject, here, result.queues), plan(key[0], leafs, ()))
-            else:
-                plans = self._deliver_plans[key] = (plan(bsubject, result.plain, result.queues), None)
-        targets, leaf_targets = plans
+            targets = plan(bsubject, result.plain, result.queues)
+            crosses = bool(targets.route_plain or targets.leaf_plain or targets.route_mixed
+                           or any(routes for _, routes in targets.queue_info))
+            plans = self._deliver_plans[key] = (targets, crosses)
+        targets, crosses = plans
         breply = reply.encode("utf-8") if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
         src = self._local if source is None else source
-        count = self._deliver_message(src, targets, bsubject, breply, payload, headers)
-        if leaf_targets is not None:
-            count += self._deliver_message(
-                src, leaf_targets, key[0], breply + b"@" + bsubject if breply else None, payload, headers)
+        if crosses or queues or self.gateways is not None:
+            if headers:
+                size, tail, hdr_len, body = len(headers) + len(payload), b"", len(headers), headers + payload + b"\r\n"
+            else:
+                size, tail, hdr_len, body = len(payload), b"%d\r\n%s\r\n" % (len(payload), payload), -1, b""
+            message = Message(bsubject, breply, size, tail, hdr_len, body)
+            routed = Message(key[0], breply + b"@" + bsubject if breply else None, size, tail, hdr_len, body)
+            count = self._general(src, targets, message, routed, queues)
+        else:
+            count = self._deliver_message(src, targets, bsubject, breply, payload, headers)
         if flush:
             self.flush()
         return count
+
+    def deliver_crossed(
+        self, src: ISource, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes,
+        hdr_len: int, body: bytes,
+    ) -> Optional[int]:
+        """
+        A message a route, gateway or leaf link brought on C{subject}: when
+        it is a JetStream delivery as nats-server frames it across links
+        (the reply C{$JS.ACK...@<stream subject>}), it is delivered to the
+        subscribers of C{subject} showing the stream subject and the plain
+        ack reply (nats-server's C{processMsgResults} does the same for
+        every kind of link) and the count is returned; otherwise None and
+        nothing is done.  The caller flushes.
+        """
+        split = split_ack_reply(reply) if reply is not None else None
+        if split is None:
+            return None
+        ack, shown = split
+        if hdr_len < 0:
+            payload, headers = tail[tail.index(b"\r\n") + 2:-2], None
+        else:
+            payload, headers = body[hdr_len:size], body[:hdr_len]
+        return self.deliver_as(
+            subject.decode("utf-8", "replace"), shown.decode("utf-8", "replace"), payload,
+            ack.decode("utf-8", "replace"), headers, flush=False, source=src, queues=queues,
+        )
 
     def _deliver_message(
         self, src: ISource, targets: Plan, subject: bytes, reply: Optional[bytes], payload: bytes, headers: Optional[bytes],

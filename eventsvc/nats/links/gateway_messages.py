@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from eventsvc.nats.frames import RMSG, link_message, rmsg_head
 from eventsvc.nats.kinds import Kind
+from eventsvc.nats.links.jsdomain import ACK_PREFIX
 from eventsvc.nats.links.replies import CLUSTER_AT, GR_PREFIX, HASH_LEN, SERVER_AT, SUBJECT_AT, ReplyMap, gateway_hash, routed, unwrapped
 from eventsvc.nats.subjects import SubjectCache
 
@@ -79,6 +80,19 @@ class GatewayMessages:
                     plan.append((conn, head))
         self._plans.put(subject, plan)
         return plan
+
+    def has_interest(self, subject: bytes) -> bool:
+        """
+        Whether an outbound gateway would take a message on C{subject}
+        (nats-server's C{hasGatewayInterest}): in optimistic mode, unless
+        the other cluster said it has none.  A push consumer whose deliver
+        subject only a client over there subscribes to is active by it.
+        """
+        for conn in self._outbound_list:
+            plain, queues = conn.interest.wants(subject)
+            if plain or queues:
+                return True
+        return False
 
     def forward(
         self, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes, targets: Any,
@@ -175,8 +189,14 @@ class GatewayMessages:
             return 0
         if subject[:CLUSTER_AT] == GR_PREFIX and routed(subject):
             return self._routed_reply(conn, subject, reply, size, tail, hdr_len, body)
+        plain = self.strip(reply)
+        if plain is not None and plain[:8] == ACK_PREFIX:
+            # A JetStream delivery (C{<ack>@<stream subject>}): shown as its stream subject.
+            count = self.broker.deliver_crossed(conn, subject, plain, queues, size, tail, hdr_len, body)
+            if count is not None:
+                return count
         return self.broker.deliver_message(
-            conn, subject, self.strip(reply), size, tail, hdr_len, body, queues, routed_reply=reply
+            conn, subject, plain, size, tail, hdr_len, body, queues, routed_reply=reply
         )
 
     def from_route(
@@ -186,7 +206,12 @@ class GatewayMessages:
         """A message from a route with a routed subject or reply (a route's hook)."""
         if routed(subject):
             return self._routed_reply(route, subject, reply, size, tail, hdr_len, body)
-        return self.broker.deliver_message(route, subject, self.strip(reply), size, tail, hdr_len, body, queues)
+        plain = self.strip(reply)
+        if plain is not None and plain[:8] == ACK_PREFIX:
+            count = self.broker.deliver_crossed(route, subject, plain, queues, size, tail, hdr_len, body)
+            if count is not None:
+                return count
+        return self.broker.deliver_message(route, subject, plain, size, tail, hdr_len, body, queues)
 
     def _routed_reply(
         self, conn: Any, subject: bytes, reply: Optional[bytes], size: int, tail: bytes, hdr_len: int, body: bytes,
@@ -203,6 +228,11 @@ class GatewayMessages:
                     return 1
         plain = subject[SUBJECT_AT:]
         local_reply = self.strip(reply)
+        if local_reply is not None and local_reply[:8] == ACK_PREFIX:
+            # A JetStream delivery to a routed inbox (a pull request made here).
+            count = self.broker.deliver_crossed(self.source, plain, local_reply, (), size, tail, hdr_len, body)
+            if count is not None:
+                return count
         if hdr_len < 0:
             return self.broker.deliver(self.source, plain, local_reply, size, tail)
         return self.broker.deliver_message(self.source, plain, local_reply, size, b"", hdr_len, body)

@@ -22,9 +22,10 @@ side's domain: with the same domain on both sides (a misconfiguration) a
 request is then answered by the side it was made on, once, as with two
 nats-servers, and never bounces back and forth.
 
-A JetStream delivery crosses a link on its deliver subject with the reply
-C{<ack subject>@<stream subject>} (nats-server's framing, made by
-L{eventsvc.nats.server.Broker.deliver_as}); L{split_ack_reply} reads it.
+A JetStream delivery crosses a link (leaf, route or gateway) on its
+deliver subject with the reply C{<ack subject>@<stream subject>}
+(nats-server's framing, made by L{eventsvc.nats.server.Broker.deliver_as});
+L{split_ack_reply} reads it (L{eventsvc.nats.server.Broker.deliver_crossed}).
 
 What it must not do: know about streams, consumers or what the API
 answers; it names subject spaces only (the mapping table is nats-server's,

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.links.connection import PeerConnection
-from eventsvc.nats.links.jsdomain import ACK_PREFIX, LeafJetStreamRule, leaf_rule, split_ack_reply
+from eventsvc.nats.links.jsdomain import ACK_PREFIX, LeafJetStreamRule, leaf_rule
 from eventsvc.nats.links.manager import DialTarget, host_port
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.subjects import Subscription, valid_subject
@@ -317,8 +317,10 @@ class LeafConnection(PeerConnection):
         """An LMSG without queue names (the framing loop counts it)."""
         if not self._takes("LMSG", subject):
             return 0
-        if reply is not None and reply.startswith(ACK_PREFIX) and self._delivered_as(subject, reply, tail[tail.index(b"\r\n") + 2:-2], None):
-            return 1
+        if reply is not None and reply.startswith(ACK_PREFIX):
+            count = self.broker.deliver_crossed(self, subject, reply, (), size, tail, -1, b"")
+            if count is not None:
+                return count
         return self.broker.deliver(self, subject, reply, size, tail)
 
     def publish_batch(self, src: Any, subject: bytes, tails: List[bytes], size: int) -> None:
@@ -332,25 +334,9 @@ class LeafConnection(PeerConnection):
 
     def op_lmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], size: int, tail: bytes) -> None:
         """An LMSG naming queue groups: one member of each named group here."""
-        if self._takes("LMSG", subject):
+        if self._takes("LMSG", subject) and (reply is None or not reply.startswith(ACK_PREFIX) or self.broker.deliver_crossed(
+                self, subject, reply, queues, size, tail, -1, b"") is None):
             self.broker.deliver(self, subject, reply, size, tail, queues=queues)
-
-    def _delivered_as(self, subject: bytes, reply: bytes, payload: bytes, headers: Optional[bytes]) -> bool:
-        """
-        A JetStream delivery that crossed on its deliver subject (C{subject})
-        with C{<ack reply>@<stream subject>}: delivered here showing the
-        stream subject and the plain ack reply, as nats-server does.
-        Whether it was one.
-        """
-        split = split_ack_reply(reply)
-        if split is None:
-            return False
-        ack, shown = split
-        self.broker.deliver_as(
-            subject.decode("utf-8", "replace"), shown.decode("utf-8", "replace"), payload,
-            ack.decode("utf-8", "replace"), headers, flush=False, source=self,
-        )
-        return True
 
     def op_lhmsg(self, subject: bytes, reply: Optional[bytes], queues: List[bytes], hdr_len: int, total: int, body: bytes) -> None:
         """An HMSG (with headers), naming queue groups or not."""
@@ -359,8 +345,8 @@ class LeafConnection(PeerConnection):
         self.in_bytes += total
         if not takes:
             return
-        if reply is not None and not queues and reply.startswith(ACK_PREFIX) and self._delivered_as(
-                subject, reply, body[hdr_len:total], body[:hdr_len]):
+        if reply is not None and reply.startswith(ACK_PREFIX) and self.broker.deliver_crossed(
+                self, subject, reply, queues, total, b"", hdr_len, body) is not None:
             return
         self.broker.deliver_message(self, subject, reply, total, b"", hdr_len, body, queues)
 

@@ -91,7 +91,9 @@ class ReplyMap:
 
     def outgoing(self, reply: Optional[bytes]) -> Optional[bytes]:
         """The reply as gateways get it: routed when a recent subscription here takes it."""
-        if reply is None or not self.recent.count:
+        if reply is None or not self.recent.count or reply[:8] == b"$JS.ACK.":
+            # (JetStream's acks are subscribed by the engine, never by a
+            # client: nats-server maps only a client's replies.)
             return reply
         found = self.recent.match(reply, False)
         return self.prefix + reply if found.plain or found.queues else reply

@@ -23,6 +23,7 @@ from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
 from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.jsdomain import ACK_PREFIX
 from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
 from eventsvc.nats.links.replies import GR_PREFIX as GR
 from eventsvc.nats.server import Broker
@@ -168,6 +169,10 @@ class RouteConnection(PeerConnection):
             gateways = self.broker.gateways
             if gateways is not None and (subject[:5] == GR or (reply is not None and reply[:5] == GR)):
                 return gateways.from_route(self, subject, reply, (), size, tail, -1, b"")  # type: ignore[attr-defined]
+            if reply is not None and reply[:8] == ACK_PREFIX:
+                count = self.broker.deliver_crossed(self, subject, reply, (), size, tail, -1, b"")
+                if count is not None:
+                    return count
             return self.broker.deliver(self, subject, reply, size, tail)
         return 0
 
@@ -201,7 +206,8 @@ class RouteConnection(PeerConnection):
         if gateways is not None and (subject[:5] == GR or (reply is not None and reply[:5] == GR)):
             # A reply routed across gateways: theirs to unwrap.
             gateways.from_route(self, subject, reply, queues, size, tail, hdr_len, body)  # type: ignore[attr-defined]
-        else:
+        elif reply is None or reply[:8] != ACK_PREFIX or self.broker.deliver_crossed(
+                self, subject, reply, queues, size, tail, hdr_len, body) is None:
             self.broker.deliver_message(self, subject, reply, size, tail, hdr_len, body, queues)
 
     def _importable(self, subject: bytes) -> bool:

@@ -1,0 +1,173 @@
+"""
+JetStream across a gateway with the reference server: eventsvc (cluster
+"ours") and nats-server 2.9 (cluster "theirs") dial each other, and a
+nats-py client on one side consumes a stream on the other: a push
+consumer's deliver subject and a pull consumer's requests on the far side
+get each message with its stream subject and an ack reply that acks
+across the gateway (the consumer's pending count drops to zero).  Both
+ways: eventsvc's stream consumed by a client of nats-server, and a stream
+of a three-node nats-server JetStream cluster (nats-server runs JetStream
+with a gateway only clustered) consumed by a client of eventsvc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from eventsvc.test import process
+from eventsvc.test.test_interop_cluster import run
+from eventsvc.test.test_interop_supercluster import reference_gateway
+
+try:
+    import nats
+except ImportError:  # pragma: no cover
+    nats = None
+
+
+async def until(check, seconds: float = 20.0):
+    """C{check()}'s first true answer, asked every 0.1 s."""
+    for _ in range(int(seconds * 10)):
+        answer = await check()
+        if answer:
+            return answer
+        await asyncio.sleep(0.1)
+    return await check()
+
+
+async def consume_across(ours: int, theirs: int) -> dict:
+    """Publish on the server at C{ours} (with JetStream), consume (push and pull) and ack from C{theirs}."""
+    here = await nats.connect("nats://127.0.0.1:%d" % ours)
+    there = await nats.connect("nats://127.0.0.1:%d" % theirs)
+    try:
+        js_here, js_there = here.jetstream(), there.jetstream()
+
+        async def stream():
+            try:  # (a nats-server cluster takes a moment to elect its leaders)
+                return await js_here.add_stream(name="ORDERS", subjects=["orders.>"])
+            except Exception:
+                return None
+        await until(stream, 60)
+        for i in range(3):
+            await js_here.publish("orders.%d" % i, b"o%d" % i)
+        # A push consumer whose deliver subject only the far client subscribes to.
+        inbox = await there.subscribe("deliver.far")
+        await there.flush()
+        await asyncio.sleep(0.5)  # the interest crosses the gateway
+        await js_here.add_consumer("ORDERS", durable_name="push", deliver_subject="deliver.far", ack_policy="explicit")
+        pushed = []
+        for _ in range(3):
+            msg = await inbox.next_msg(timeout=10)
+            pushed.append((msg.subject, msg.reply.split(".")[:4], msg.data))
+            await msg.ack()
+        await there.flush()
+
+        async def push_acked():
+            info = await js_here.consumer_info("ORDERS", "push")
+            return info if info.num_ack_pending == 0 and info.delivered.stream_seq == 3 else None
+        push_info = await until(push_acked)
+        # A pull consumer, fetched from the far side through eventsvc's API.
+        await js_here.add_consumer("ORDERS", durable_name="pull", ack_policy="explicit")
+        fetched = []
+
+        async def fetch_across():
+            try:
+                sub = await js_there.pull_subscribe_bind("pull", "ORDERS")
+                return await sub.fetch(3, timeout=3)
+            except Exception:  # the API's interest may not have crossed yet
+                return None
+        for msg in (await until(fetch_across)) or []:
+            fetched.append((msg.subject, msg.data))
+            await msg.ack()
+        await there.flush()
+
+        async def pull_acked():
+            info = await js_here.consumer_info("ORDERS", "pull")
+            return info if info.num_ack_pending == 0 and info.ack_floor.stream_seq == 3 else None
+        pull_info = await until(pull_acked)
+        return {
+            "pushed": pushed, "push_pending": push_info and push_info.num_ack_pending,
+            "fetched": fetched, "pull_floor": pull_info and pull_info.ack_floor.stream_seq,
+        }
+    finally:
+        await here.close()
+        await there.close()
+
+
+class EventsvcStreamNatsServerClientTests(TestCase):
+    """eventsvc's JetStream, consumed by a client of nats-server across the gateway."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_push_and_pull_with_acks(self):
+        if nats is None:
+            process.require("nats-py")
+        their_gateway, our_gateway = process.free_port(), process.free_port()
+        theirs = reference_gateway(os.path.abspath(self.mktemp() + ".conf"), "theirs", their_gateway, {"ours": our_gateway})
+        their_port = yield process.started(self, theirs)
+        client_port = process.free_port()
+        config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[jetstream]\nstore_dir = "%s"\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:%d"]\n'
+        ) % (client_port, os.path.abspath(self.mktemp()), our_gateway, their_gateway))
+        ours = process.eventsvc(config, expect=("service",))
+        yield process.started(self, ours)
+        ours.wait_output("gateway to theirs")
+        ours.wait_output("gateway from theirs", timeout=30)  # the acks come back on nats-server's own link
+        result = yield run(lambda: consume_across(client_port, their_port))
+        self.assertEqual(result["pushed"], [
+            ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
+        ], ours.output())
+        self.assertEqual(result["push_pending"], 0)
+        self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
+        self.assertEqual(result["pull_floor"], 3)
+
+
+class NatsServerStreamEventsvcClientTests(TestCase):
+    """A three-node nats-server JetStream cluster's stream, consumed by a client of eventsvc across the gateway."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_push_and_pull_with_acks(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        our_gateway = process.free_port()
+        routes = [process.free_port() for _ in range(3)]
+        gateways = [process.free_port() for _ in range(3)]
+        client_port = process.free_port()
+        config = process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
+            '[[supercluster.gateways]]\nname = "theirs"\nurls = [%s]\n'
+        ) % (client_port, our_gateway, ", ".join('"nats://127.0.0.1:%d"' % g for g in gateways)))
+        ours = process.eventsvc(config, expect=("service",))
+        yield process.started(self, ours)
+        nodes = []
+        for i in range(3):
+            others = ", ".join('"nats-route://127.0.0.1:%d"' % routes[j] for j in range(3) if j != i)
+            conf = process.write_config(os.path.join(directory, "t%d.conf" % i), (
+                'server_name: "t{i}"\njetstream {{ store_dir: "{dir}/t{i}" }}\n'
+                'cluster {{ name: theirs, listen: "127.0.0.1:{route}", routes: [{others}] }}\n'
+                'gateway {{ name: theirs, host: "127.0.0.1", port: {gateway}, '
+                'gateways: [{{name: ours, urls: ["nats://127.0.0.1:{ours}"]}}] }}\n'
+            ).format(i=i, dir=directory, route=routes[i], others=others, gateway=gateways[i], ours=our_gateway))
+            nodes.append(process.nats_server("-c", conf))
+        ports = yield defer.gatherResults([process.started(self, node) for node in nodes])
+        ours.wait_output("gateway from theirs", timeout=30)
+        ours.wait_output("gateway to theirs", timeout=30)
+        result = yield run(lambda: consume_across(ports[0], client_port))
+        self.assertEqual(result["pushed"], [
+            ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
+        ], ours.output())
+        self.assertEqual(result["push_pending"], 0)
+        self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
+        self.assertEqual(result["pull_floor"], 3)
