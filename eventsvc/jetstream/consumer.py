@@ -563,6 +563,9 @@ class Consumer:
         self.clock = engine.clock
         self.now: Callable[[], int] = engine.now
         self.closed = False
+        #: Whether an owner in this process delivers it (L{deliver_in_process}):
+        #: the stream then does not tell it of each message it stores.
+        self.fed_in_process = False
         self._filter: Optional[str] = None
         self._filter_wild = False
         #: The filter as the store is asked: None when it takes every
@@ -1489,6 +1492,7 @@ class Consumer:
         nothing pending the floors move past them.  Explicit acks; nobody
         should pull.
         """
+        self.fed_in_process = True
         last = max(seqs[-1] if seqs else 0, through)
         if self.closed or last < self.sseq:
             return

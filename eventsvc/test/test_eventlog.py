@@ -29,11 +29,11 @@ from eventsvc.test.test_events import RecordingTarget
 class Node:
     """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
 
-    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None) -> None:
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, **settings) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets
-        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir), self.clock)
+        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
         self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir)
         self.engine.start()
         dead = test.mktemp() + "-dead.jsonl"
@@ -119,6 +119,38 @@ class StreamLogTests(SynchronousTestCase):
         node.clock.advance(0)
         self.assertEqual(consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 1)
         self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 0)
+
+    def test_a_server_limit_refuses_the_events_past_it(self) -> None:
+        """[jetstream] max_file_store is checked for each event (the log's append has a faster path without it)."""
+        from eventsvc.jetstream.filestore import file_message_size
+
+        header = ("NATS/1.0\r\n%s: cfgingest\r\n\r\n" % HANDLERS_HEADER).encode()
+        size = file_message_size("event.cfgingest", header, payload("cfgingest", "e-1"))
+        # (Refused once the store holds its limit, as nats-server does.)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()}, max_file_store=3 * size)
+        for i in range(5):
+            node.publish("cfgingest", "e-%d" % i)
+        self.assertEqual([a["success"] for a in node.acks], [True, True, True, False, False])
+        self.assertEqual(node.acks[3]["error"], "stream EVENTS refused the event (a limit of the stream or of [jetstream])")
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-0", "e-1", "e-2"])
+        self.assertEqual(node.stream.store.state().msgs, 3)
+
+    def test_a_consumer_of_a_client_is_told_of_new_events(self) -> None:
+        """The handlers' consumers are told by the log; any other consumer of the stream as by a publish."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()})
+        audit = consumer_api.create_consumer(node.engine, node.stream, parse_config({"durable_name": "audit", "ack_policy": "explicit"}))
+        audit.start()
+        pulled = []
+        node.broker.subscribe("inbox.1", lambda subject, reply, body, headers: pulled.append((subject, body)))
+        audit.next_request("inbox.1", b'{"batch": 2}')
+        self.assertEqual(pulled, [])
+        node.publish("cfgingest", "e-1")
+        node.publish("cfgingest", "e-2")
+        self.assertEqual(pulled, [("event.cfgingest", payload("cfgingest", "e-1")), ("event.cfgingest", payload("cfgingest", "e-2"))])
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-1", "e-2"])
 
     def test_kill_loses_nothing_acknowledged_and_redelivers_what_is_owed(self) -> None:
         hold = RecordingTarget(["hold"] * 100)
