@@ -62,6 +62,11 @@ SPOOL_HEADER = "Eventsvc-Spool"
 #: The consumers' ack_wait: the handler retries, the consumer never has to
 #: (a year, in nanoseconds).
 ACK_WAIT = 365 * 24 * 3600 * 1_000_000_000
+#: Seconds the handlers' consumers' records (deliveries, acks) may wait for
+#: their write: the spool's done records' bound (EventDispatcher.DONE_SYNC).
+#: A kill -9 within it delivers those events again (at least once); it
+#: saves a write and a timer per turn that finishes events.
+RECORD_HOLD = 0.2
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -227,6 +232,8 @@ class StreamLog:
                     })
                     consumer = consumer_api.create_consumer(engine, stream, config)
                     consumer.start()
+                if hasattr(consumer.store, "hold"):
+                    consumer.store.hold = RECORD_HOLD
                 self._handlers[handler] = _Handler(handler, consumer)
         except ApiError as e:
             raise StoreError("JetStream stream {}: {}".format(self.name, e.description), "store_unreadable")

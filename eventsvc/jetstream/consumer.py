@@ -1523,15 +1523,14 @@ class Consumer:
         if self.closed:
             return
         pending = self.pending
-        acked = []
-        for seq in seqs:
-            if pending.pop(seq, None) is not None:
-                acked.append(seq)
-                if self.rdc:
-                    self.rdc.pop(seq, None)
-                self._remove_redelivery(seq)
+        acked = [seq for seq in seqs if pending.pop(seq, None) is not None]
         if not acked:
             return
+        if self.rdc or self._rdqi:
+            # (Only after a redelivery, which the log's handlers never ask for.)
+            for seq in acked:
+                self.rdc.pop(seq, None)
+                self._remove_redelivery(seq)
         if not pending:
             self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
         else:

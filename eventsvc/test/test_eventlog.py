@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventsvc.events import types
 from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import DeadLetters, HandlerService
-from eventsvc.events.log import HANDLERS_HEADER, EventsJetStream, StreamLog
+from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog
 from eventsvc.events.spool import Spool, segment_paths
 from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.wire import parse_headers
@@ -160,7 +160,8 @@ class StreamLogTests(SynchronousTestCase):
         node.publish("compliance_ingest", "f-0")
         hold.held[0].callback(None)
         hold.held[1].callback(None)
-        node.clock.advance(0)
+        # (The consumer's acks are written within RECORD_HOLD, as the spool's done records.)
+        node.clock.advance(RECORD_HOLD)
         # A turn of publishes that is not written yet: never acknowledged.
         node.publish("cfgingest", "lost-1", turn=False)
         self.assertEqual(len(node.acks), 6)
@@ -179,6 +180,33 @@ class StreamLogTests(SynchronousTestCase):
         # New events go on after the old sequences.
         node3.publish("cfgingest", "after")
         self.assertEqual(node3.stream.store.state().last_seq, 7)
+
+    def test_finished_within_the_hold_is_delivered_again_after_a_kill(self) -> None:
+        """
+        A handler consumer's acks wait up to RECORD_HOLD for their write (as
+        the spool's done records): a kill -9 before then delivers those
+        events again (at least once), and after it, not.
+        """
+        hold = RecordingTarget(["hold"] * 100)
+        node = Node(self, self.dir, {"cfgingest": hold})
+        for i in range(3):
+            node.publish("cfgingest", "c-%d" % i)
+        ack_log = os.path.join(node.stream.consumers["cfgingest"].store._path, "consumer.log")
+        written = os.path.getsize(ack_log)
+        hold.held[0].callback(None)
+        node.clock.advance(RECORD_HOLD / 2)
+        self.assertEqual(os.path.getsize(ack_log), written)
+        node.clock.advance(RECORD_HOLD / 2)
+        self.assertGreater(os.path.getsize(ack_log), written)
+        hold.held[1].callback(None)
+        node.clock.advance(0)
+        node.crash()
+        again = RecordingTarget()
+        node2 = Node(self, self.dir, {"cfgingest": again})
+        node2.clock.advance(0)
+        # c-0's ack was written; c-1's was not (delivered again); c-2 was never finished.
+        self.assertEqual(sorted(again.event_ids()), ["c-1", "c-2"])
+        node2.stop()
 
     def test_a_flipped_byte_costs_one_event(self) -> None:
         hold = RecordingTarget(["hold"] * 100)
@@ -314,3 +342,25 @@ class DeliveredRunTests(SynchronousTestCase):
         # (One record of the run: 8 + 17 + 3 * 8 bytes, then the ack's.)
         self.assertLess(size, 200)
         again.close()
+
+    def test_a_held_record_is_written_at_once_for_a_waiter(self) -> None:
+        """FileConsumerStore.hold: a record waits for its write, unless someone waits on it (an AckSync)."""
+        from eventsvc.jetstream.filestore import FileConsumerStore
+
+        clock = Clock()
+        path = self.mktemp()
+        store = FileConsumerStore(path, clock)
+        store.hold = 0.2
+        size = os.path.getsize(os.path.join(path, "consumer.log"))
+        store.update_delivered_run(1, [1, 2], 1000)
+        clock.advance(0.1)
+        self.assertEqual(os.path.getsize(os.path.join(path, "consumer.log")), size)
+        written = []
+        store.when_durable(lambda: written.append(True))
+        clock.advance(0)
+        self.assertEqual(written, [True])
+        after = os.path.getsize(os.path.join(path, "consumer.log"))
+        self.assertGreater(after, size)
+        clock.advance(0.2)
+        self.assertEqual(os.path.getsize(os.path.join(path, "consumer.log")), after)
+        store.close()
