@@ -120,6 +120,22 @@ class StreamLogTests(SynchronousTestCase):
         self.assertEqual(consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 1)
         self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 0)
 
+    def test_events_of_two_routes_in_one_turn_are_pending_in_stream_order(self) -> None:
+        """A handler that two routes lead to gets the turn's events in the stream's order (its ack floor relies on it)."""
+        feed = RecordingTarget(["hold"] * 3)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(), "event_feed": feed})
+        node.dispatcher.registry = types.Registry({"cfgingest": ("cfgingest", "event_feed")})
+        node.publish("cfgingest", "e-1", turn=False)
+        node.publish("event_feed", "e-2", turn=False)
+        node.publish("cfgingest", "e-3", turn=False)
+        node.clock.advance(0)
+        consumer = node.stream.consumers["event_feed"]
+        self.assertEqual(list(consumer.pending), [1, 2, 3])
+        for d in feed.held:
+            d.callback(None)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 3)
+        self.assertEqual(node.stream.consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 3)
+
     def test_a_server_limit_refuses_the_events_past_it(self) -> None:
         """[jetstream] max_file_store is checked for each event (the log's append has a faster path without it)."""
         from eventsvc.jetstream.filestore import file_message_size
