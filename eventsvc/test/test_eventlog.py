@@ -380,3 +380,17 @@ class DeliveredRunTests(SynchronousTestCase):
         clock.advance(0.2)
         self.assertEqual(os.path.getsize(os.path.join(path, "consumer.log")), after)
         store.close()
+
+    def test_ack_floors_with_a_backlog_acked_out_of_order(self) -> None:
+        """The consumer's and its store's ack floors follow the oldest pending, however the acks come."""
+        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)})
+        for i in range(10):
+            node.publish("cfgingest", "e-%d" % i)
+        consumer = node.stream.consumers["cfgingest"]
+        floors = []
+        for seq in (2, 3, 1, 5, 4, 10, 6, 7, 8, 9):
+            consumer.ack_in_process([seq])
+            floors.append(consumer.info()["ack_floor"]["stream_seq"])
+            state = consumer.store.load()
+            self.assertEqual((state.ack_floor_stream, sorted(state.pending)), (floors[-1], sorted(consumer.pending)))
+        self.assertEqual(floors, [0, 0, 3, 3, 5, 5, 6, 7, 8, 10])
