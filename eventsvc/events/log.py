@@ -65,6 +65,11 @@ SPOOL_HEADER = "Eventsvc-Spool"
 #: The consumers' ack_wait: the handler retries, the consumer never has to
 #: (a year, in nanoseconds).
 ACK_WAIT = 365 * 24 * 3600 * 1_000_000_000
+#: Seconds the handlers' consumers' records (deliveries, acks) may wait for
+#: their write: the spool's done records' bound (EventDispatcher.DONE_SYNC).
+#: A kill -9 within it delivers those events again (at least once); it
+#: saves a write and a timer per turn that finishes events.
+RECORD_HOLD = 0.2
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -143,8 +148,9 @@ class StreamLog:
         self.stream: Any = None
         self._handlers: Dict[str, _Handler] = {}
         self._handlers_header: Dict[Tuple[str, ...], bytes] = {}
-        #: Accepted since the last settle: (sequence, its handlers).
-        self._unsettled: List[Tuple[int, Tuple[str, ...]]] = []
+        #: Accepted since the last settle: the sequences, ascending, by the
+        #: handlers they were routed to (few keys: one per route).
+        self._unsettled: Dict[Tuple[str, ...], List[int]] = {}
         #: The subject of each event type.
         self._subjects: Dict[str, str] = {}
         self.disk = Disk()
@@ -235,6 +241,8 @@ class StreamLog:
                     consumer.start()
             except ApiError as e:
                 raise self._cannot_open(e, "cannot take handler {}'s consumer".format(handler))
+            if hasattr(consumer.store, "hold"):
+                consumer.store.hold = RECORD_HOLD
             self._handlers[handler] = _Handler(handler, consumer)
         self._carry_over_spool()
         owed = self._owed()
@@ -336,7 +344,11 @@ class StreamLog:
         seq = self.stream.append(subject, header, body)
         if seq is None:
             raise self._refusal()
-        self._unsettled.append((seq, key))
+        seqs = self._unsettled.get(key)
+        if seqs is None:
+            self._unsettled[key] = [seq]
+        else:
+            seqs.append(seq)
         return seq
 
     def _refusal(self) -> StoreError:
@@ -357,7 +369,7 @@ class StreamLog:
         self._check_room()
         if self.state == "full":
             self._make_room()
-        batch, self._unsettled = self._unsettled, []
+        batch, self._unsettled = self._unsettled, {}
         if not batch:
             callback([])
             return
@@ -368,19 +380,33 @@ class StreamLog:
             callback([])
 
         def lost(error: Exception) -> None:
-            gone = [seq for seq, _ in batch if store.load(seq) is None]
-            self._delivered([(seq, handlers) for seq, handlers in batch if seq not in gone])
+            gone = [seq for seqs in batch.values() for seq in seqs if store.load(seq) is None]
+            if gone:
+                missing = set(gone)
+                kept = {key: [seq for seq in seqs if seq not in missing] for key, seqs in batch.items()}
+                self._delivered({key: seqs for key, seqs in kept.items() if seqs})
+            else:
+                self._delivered(batch)
             callback(gone)
 
         store.when_durable(durable, lost)
 
-    def _delivered(self, batch: List[Tuple[int, Tuple[str, ...]]]) -> None:
-        """The events of C{batch} are kept: each goes to its handlers' consumers (before they can finish it)."""
+    def _delivered(self, batch: Dict[Tuple[str, ...], List[int]]) -> None:
+        """The events of C{batch} (by their handlers) are kept: each goes to its handlers' consumers (before they can finish it)."""
         routed: Dict[str, List[int]] = {}
-        for seq, handlers in batch:
+        mixed = set()
+        for handlers, seqs in batch.items():
             for name in handlers:
-                routed.setdefault(name, []).append(seq)
-        through = batch[-1][0] if batch else 0
+                run = routed.get(name)
+                if run is None:
+                    routed[name] = seqs
+                else:
+                    # (Events of two routes: their sequences interleave.)
+                    routed[name] = run + seqs
+                    mixed.add(name)
+        for name in mixed:
+            routed[name].sort()
+        through = max(seqs[-1] for seqs in batch.values()) if batch else 0
         for name, entry in self._handlers.items():
             entry.consumer.deliver_in_process(routed.get(name, []), through)
 

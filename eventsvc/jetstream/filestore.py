@@ -281,9 +281,14 @@ class _WriteState:
         #: (the stream's engine holds its PubAcks for one write out).
         self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
 
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None and not self._closed:
-            self._flush_call = self._clock.callLater(0, self._flush)
+    def _schedule_flush(self, delay: float = 0.0) -> None:
+        call = self._flush_call
+        if call is None:
+            if not self._closed:
+                self._flush_call = self._clock.callLater(delay, self._flush)
+        elif delay == 0 and call.getTime() > self._clock.seconds():
+            # (Someone waits: a held write goes now.)
+            call.reset(0)
 
     def _flush(self) -> None:
         raise NotImplementedError()
@@ -1242,6 +1247,10 @@ class FileConsumerStore(_WriteState):
         self._snapshot = os.path.join(directory.path, "consumer.snap")
         self._logpath = os.path.join(directory.path, "consumer.log")
         self._compact_size = compact_size
+        #: Seconds an update may wait for its write when no one waits on
+        #: it (L{when_durable} writes at once): the event log's consumers
+        #: hold their records as the spool holds its done records.
+        self.hold = 0.0
         self._memory = MemoryConsumerStore()
         self._generation = 0
         self._snapshot_size = 0
@@ -1354,7 +1363,7 @@ class FileConsumerStore(_WriteState):
             # (An explicit ack, the usual case: one pack, no join.)
             self._append(_ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0]))
         else:
-            self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + b"".join(_SEQ.pack(seq) for seq in acked))
+            self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + struct.pack("<%dQ" % len(acked), *acked))
 
     def update(self, state: ConsumerState) -> None:
         self._memory.update(state)
@@ -1367,7 +1376,7 @@ class FileConsumerStore(_WriteState):
         buffer += _RECORD.pack(len(body), zlib.crc32(body))
         buffer += body
         if self._flush_call is None and self.health == "ok":
-            self._schedule_flush()
+            self._schedule_flush(self.hold)
 
     # -- writing ------------------------------------------------------------
 

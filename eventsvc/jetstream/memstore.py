@@ -325,6 +325,8 @@ class MemoryConsumerStore:
         self._ack_floor_consumer = state.ack_floor_consumer
         self._ack_floor_stream = state.ack_floor_stream
         self._pending: Dict[int, Tuple[int, int]] = dict(state.pending)
+        #: No sequence below it is pending under the ack floor (L{update_acks}'s start).
+        self._low = 0
         self._redelivered: Dict[int, int] = dict(state.redelivered)
 
     def load(self) -> ConsumerState:
@@ -365,17 +367,29 @@ class MemoryConsumerStore:
             if redelivered:
                 redelivered.pop(seq, None)
         if floor_stream > self._ack_floor_stream and pending:
-            # Pending is in delivery order, which is stream order (a
-            # redelivery keeps its place): what is under the floor is at
-            # the front, so an ack costs what it removes, not all pending.
-            below = []
-            for seq in pending:
-                if seq > floor_stream:
-                    break
-                below.append(seq)
-            for seq in below:
-                del pending[seq]
-                redelivered.pop(seq, None)
+            low = self._low
+            if floor_stream - low <= len(pending):
+                # The sequences from the last floor up, each looked at once
+                # (iterating a dict acked from the front walks its removed
+                # entries first, every time: quadratic with a backlog).
+                while low <= floor_stream:
+                    if low in pending:
+                        del pending[low]
+                        redelivered.pop(low, None)
+                    low += 1
+            else:
+                # Pending is in delivery order, which is stream order (a
+                # redelivery keeps its place): what is under the floor is at
+                # the front, so an ack costs what it removes, not all pending.
+                below = []
+                for seq in pending:
+                    if seq > floor_stream:
+                        break
+                    below.append(seq)
+                for seq in below:
+                    del pending[seq]
+                    redelivered.pop(seq, None)
+            self._low = floor_stream + 1
         if floor_consumer > self._ack_floor_consumer:
             self._ack_floor_consumer = floor_consumer
         if floor_stream > self._ack_floor_stream:

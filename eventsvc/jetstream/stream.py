@@ -635,6 +635,9 @@ class Stream:
         self._unaccounted = 0
         self._pub_ack_prefix = self._ack_prefix()
         self._republish: Optional[SubjectTransform] = None
+        #: The config L{append} last worked out, and whether it needs no checks.
+        self._append_config: Optional[Dict[str, Any]] = None
+        self._append_plain = False
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
@@ -1104,6 +1107,43 @@ class Stream:
         the store's C{when_durable} itself.
         """
         config = self.config
+        if config is not self._append_config:
+            self._append_config = config
+            self._append_plain = self._plain_for_append(config)
+        if not self._append_plain or self._closed:
+            return self._append_checked(subject, headers, payload)
+        # Nothing to check (limits retention, no republish, no message size
+        # limit, not sealed, no server limits: worked out once per config):
+        # this runs for every event.
+        try:
+            seq = self.store.store(subject, headers, payload, self.engine.now())
+        except (StoreFull, LimitReached, StoreUnavailable):
+            return None
+        self._unaccounted += 1
+        if self._unaccounted >= 64:
+            self.account()
+        for consumer in self.consumers.values():
+            # (The feeder's own consumers learn of it from the feeder:
+            # L{Consumer.deliver_in_process}.)
+            if not consumer.fed_in_process:
+                consumer.stored(seq, subject)
+        if self._expiry_at is None and config["max_age"] > 0:
+            self._schedule_expiry()
+        return seq
+
+    def _plain_for_append(self, config: Dict[str, Any]) -> bool:
+        """Whether L{append} under C{config} has nothing to check but the store's own limits."""
+        settings = self.engine.settings
+        storage = config["storage"]
+        limit = settings.max_memory_store if storage == "memory" else settings.max_file_store
+        return (
+            config["retention"] == "limits" and self._republish is None and not config["sealed"]
+            and config["max_msg_size"] < 0 and limit < 0 and stream_bytes_cap(settings.limits, storage) <= 0
+        )
+
+    def _append_checked(self, subject: str, headers: Optional[bytes], payload: bytes) -> Optional[int]:
+        """L{append} with every check (a limit of the stream or of the server, or not limits retention)."""
+        config = self.config
         if config["retention"] != "limits" or self._republish is not None:
             return self.process(subject, None, payload, headers)
         if self._closed or config["sealed"]:
@@ -1125,9 +1165,11 @@ class Stream:
         self._unaccounted += 1
         if self._unaccounted >= 64 or engine.near_limit(storage, 64 * (size + 64)):
             self.account()
-        # (mirrors and sources of this stream are consumers too: told here)
+        # (mirrors and sources of this stream are consumers too: told here;
+        # the event log's own handlers are handed their events by the log)
         for consumer in list(self.consumers.values()):
-            consumer.stored(seq, subject)
+            if not consumer.fed_in_process:
+                consumer.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq

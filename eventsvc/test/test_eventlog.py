@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventsvc.events import types
 from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import DeadLetters, HandlerService
-from eventsvc.events.log import HANDLERS_HEADER, EventsJetStream, StreamLog
+from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog
 from eventsvc.events.spool import Spool, segment_paths
 from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.wire import parse_headers
@@ -29,11 +29,11 @@ from eventsvc.test.test_events import RecordingTarget
 class Node:
     """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
 
-    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None) -> None:
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, **settings) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets
-        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir), self.clock)
+        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
         self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir)
         self.engine.start()
         dead = test.mktemp() + "-dead.jsonl"
@@ -120,6 +120,54 @@ class StreamLogTests(SynchronousTestCase):
         self.assertEqual(consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 1)
         self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 0)
 
+    def test_events_of_two_routes_in_one_turn_are_pending_in_stream_order(self) -> None:
+        """A handler that two routes lead to gets the turn's events in the stream's order (its ack floor relies on it)."""
+        feed = RecordingTarget(["hold"] * 3)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(), "event_feed": feed})
+        node.dispatcher.registry = types.Registry({"cfgingest": ("cfgingest", "event_feed")})
+        node.publish("cfgingest", "e-1", turn=False)
+        node.publish("event_feed", "e-2", turn=False)
+        node.publish("cfgingest", "e-3", turn=False)
+        node.clock.advance(0)
+        consumer = node.stream.consumers["event_feed"]
+        self.assertEqual(list(consumer.pending), [1, 2, 3])
+        for d in feed.held:
+            d.callback(None)
+        self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 3)
+        self.assertEqual(node.stream.consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 3)
+
+    def test_a_server_limit_refuses_the_events_past_it(self) -> None:
+        """[jetstream] max_file_store is checked for each event (the log's append has a faster path without it)."""
+        from eventsvc.jetstream.filestore import file_message_size
+
+        header = ("NATS/1.0\r\n%s: cfgingest\r\n\r\n" % HANDLERS_HEADER).encode()
+        size = file_message_size("event.cfgingest", header, payload("cfgingest", "e-1"))
+        # (Refused once the store holds its limit, as nats-server does.)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()}, max_file_store=3 * size)
+        for i in range(5):
+            node.publish("cfgingest", "e-%d" % i)
+        self.assertEqual([a["success"] for a in node.acks], [True, True, True, False, False])
+        self.assertEqual(node.acks[3]["error"], "stream EVENTS refused the event (a limit of the stream or of [jetstream])")
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-0", "e-1", "e-2"])
+        self.assertEqual(node.stream.store.state().msgs, 3)
+
+    def test_a_consumer_of_a_client_is_told_of_new_events(self) -> None:
+        """The handlers' consumers are told by the log; any other consumer of the stream as by a publish."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()})
+        audit = consumer_api.create_consumer(node.engine, node.stream, parse_config({"durable_name": "audit", "ack_policy": "explicit"}))
+        audit.start()
+        pulled = []
+        node.broker.subscribe("inbox.1", lambda subject, reply, body, headers: pulled.append((subject, body)))
+        audit.next_request("inbox.1", b'{"batch": 2}')
+        self.assertEqual(pulled, [])
+        node.publish("cfgingest", "e-1")
+        node.publish("cfgingest", "e-2")
+        self.assertEqual(pulled, [("event.cfgingest", payload("cfgingest", "e-1")), ("event.cfgingest", payload("cfgingest", "e-2"))])
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-1", "e-2"])
+
     def test_kill_loses_nothing_acknowledged_and_redelivers_what_is_owed(self) -> None:
         hold = RecordingTarget(["hold"] * 100)
         node = Node(self, self.dir, {"feed": RecordingTarget(), "cfgingest": hold})
@@ -128,7 +176,8 @@ class StreamLogTests(SynchronousTestCase):
         node.publish("compliance_ingest", "f-0")
         hold.held[0].callback(None)
         hold.held[1].callback(None)
-        node.clock.advance(0)
+        # (The consumer's acks are written within RECORD_HOLD, as the spool's done records.)
+        node.clock.advance(RECORD_HOLD)
         # A turn of publishes that is not written yet: never acknowledged.
         node.publish("cfgingest", "lost-1", turn=False)
         self.assertEqual(len(node.acks), 6)
@@ -147,6 +196,33 @@ class StreamLogTests(SynchronousTestCase):
         # New events go on after the old sequences.
         node3.publish("cfgingest", "after")
         self.assertEqual(node3.stream.store.state().last_seq, 7)
+
+    def test_finished_within_the_hold_is_delivered_again_after_a_kill(self) -> None:
+        """
+        A handler consumer's acks wait up to RECORD_HOLD for their write (as
+        the spool's done records): a kill -9 before then delivers those
+        events again (at least once), and after it, not.
+        """
+        hold = RecordingTarget(["hold"] * 100)
+        node = Node(self, self.dir, {"cfgingest": hold})
+        for i in range(3):
+            node.publish("cfgingest", "c-%d" % i)
+        ack_log = os.path.join(node.stream.consumers["cfgingest"].store._path, "consumer.log")
+        written = os.path.getsize(ack_log)
+        hold.held[0].callback(None)
+        node.clock.advance(RECORD_HOLD / 2)
+        self.assertEqual(os.path.getsize(ack_log), written)
+        node.clock.advance(RECORD_HOLD / 2)
+        self.assertGreater(os.path.getsize(ack_log), written)
+        hold.held[1].callback(None)
+        node.clock.advance(0)
+        node.crash()
+        again = RecordingTarget()
+        node2 = Node(self, self.dir, {"cfgingest": again})
+        node2.clock.advance(0)
+        # c-0's ack was written; c-1's was not (delivered again); c-2 was never finished.
+        self.assertEqual(sorted(again.event_ids()), ["c-1", "c-2"])
+        node2.stop()
 
     def test_a_flipped_byte_costs_one_event(self) -> None:
         hold = RecordingTarget(["hold"] * 100)
@@ -282,3 +358,39 @@ class DeliveredRunTests(SynchronousTestCase):
         # (One record of the run: 8 + 17 + 3 * 8 bytes, then the ack's.)
         self.assertLess(size, 200)
         again.close()
+
+    def test_a_held_record_is_written_at_once_for_a_waiter(self) -> None:
+        """FileConsumerStore.hold: a record waits for its write, unless someone waits on it (an AckSync)."""
+        from eventsvc.jetstream.filestore import FileConsumerStore
+
+        clock = Clock()
+        path = self.mktemp()
+        store = FileConsumerStore(path, clock)
+        store.hold = 0.2
+        size = os.path.getsize(os.path.join(path, "consumer.log"))
+        store.update_delivered_run(1, [1, 2], 1000)
+        clock.advance(0.1)
+        self.assertEqual(os.path.getsize(os.path.join(path, "consumer.log")), size)
+        written = []
+        store.when_durable(lambda: written.append(True))
+        clock.advance(0)
+        self.assertEqual(written, [True])
+        after = os.path.getsize(os.path.join(path, "consumer.log"))
+        self.assertGreater(after, size)
+        clock.advance(0.2)
+        self.assertEqual(os.path.getsize(os.path.join(path, "consumer.log")), after)
+        store.close()
+
+    def test_ack_floors_with_a_backlog_acked_out_of_order(self) -> None:
+        """The consumer's and its store's ack floors follow the oldest pending, however the acks come."""
+        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)})
+        for i in range(10):
+            node.publish("cfgingest", "e-%d" % i)
+        consumer = node.stream.consumers["cfgingest"]
+        floors = []
+        for seq in (2, 3, 1, 5, 4, 10, 6, 7, 8, 9):
+            consumer.ack_in_process([seq])
+            floors.append(consumer.info()["ack_floor"]["stream_seq"])
+            state = consumer.store.load()
+            self.assertEqual((state.ack_floor_stream, sorted(state.pending)), (floors[-1], sorted(consumer.pending)))
+        self.assertEqual(floors, [0, 0, 3, 3, 5, 5, 6, 7, 8, 10])
