@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -70,6 +71,13 @@ ACK_WAIT = 365 * 24 * 3600 * 1_000_000_000
 #: A kill -9 within it delivers those events again (at least once); it
 #: saves a write and a timer per turn that finishes events.
 RECORD_HOLD = 0.2
+
+#: The free space under which the history every handler has finished gives
+#: way before a write needs it: a quarter of a small disk, at most 256 MiB.
+#: (The spool deleted what was finished at once; a stream that kept its
+#: history until a write failed refused events the history could have made
+#: room for.)
+HEADROOM = 256 * 1024 * 1024
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -156,6 +164,9 @@ class StreamLog:
         self.disk = Disk()
         #: Why the log opened on a disk with no room (refusing until there is), or None.
         self._full_at_open: Optional[str] = None
+        #: Finished events dropped on a nearly full disk since it was last said, and when.
+        self._dropped = 0
+        self._said_dropped = -60.0
         # Registered before the engine starts: the stream it restores is not
         # fed from the broker, and its store fsyncs every write.
         engine.fed_in_process.add(name)
@@ -369,6 +380,8 @@ class StreamLog:
         self._check_room()
         if self.state == "full":
             self._make_room()
+        elif self._unsettled and self._low_on_room():
+            self._make_room(full=False)
         batch, self._unsettled = self._unsettled, {}
         if not batch:
             callback([])
@@ -410,11 +423,20 @@ class StreamLog:
         for name, entry in self._handlers.items():
             entry.consumer.deliver_in_process(routed.get(name, []), through)
 
-    def _make_room(self) -> None:
+    def _low_on_room(self) -> bool:
+        """Whether the stream's disk has less than L{HEADROOM} (or a quarter of a smaller disk) free."""
+        try:
+            free, total = self.disk.space(self.directory or ".")
+        except OSError:
+            return False
+        return free < min(HEADROOM, total // 4)
+
+    def _make_room(self, full: bool = True) -> None:
         """
-        The disk is full: the events every handler has finished go (history
-        gives way to delivery; a full store is retried by itself each
-        second, and takes events again once its segments are deleted).
+        The disk is full (or, with C{full} False, nearly full): the events
+        every handler has finished go (history gives way to delivery; a full
+        store is retried by itself each second, and takes events again once
+        its segments are deleted).
         """
         if not self._handlers:
             return
@@ -423,9 +445,15 @@ class StreamLog:
         if floor < first:
             return
         dropped = self.stream.purge(None, floor + 1)
+        if dropped and not full:
+            # Each turn on a nearly full disk may drop a few: said once a minute.
+            self._dropped += dropped
+            if time.monotonic() < self._said_dropped + 60:
+                return
+            self._said_dropped, dropped, self._dropped = time.monotonic(), self._dropped, 0
         if dropped:
-            self.log.warn("stream {name}: the disk is full; {count} events every handler had finished dropped from "
-                          "its history to make room", name=self.name, count=dropped)
+            self.log.warn("stream {name}: the disk is {how}; {count} events every handler had finished dropped from "
+                          "its history to make room", name=self.name, count=dropped, how="full" if full else "nearly full")
 
     def sync(self) -> List[int]:
         """As the spool's: nothing to do here (the store and the consumers' stores commit on their own)."""

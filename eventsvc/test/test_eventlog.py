@@ -120,6 +120,31 @@ class StreamLogTests(SynchronousTestCase):
         self.assertEqual(consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 1)
         self.assertEqual(consumers["cfgingest"].info()["num_ack_pending"], 0)
 
+    def test_finished_history_gives_way_before_the_disk_is_full(self) -> None:
+        """
+        Under a quarter of a small disk free, the next turn's write first
+        drops what every handler has finished: a stream that kept its history
+        until a write failed refused events (the 2 MiB tmpfs drill: 31 of 50).
+        """
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget()})
+        space = {"free": 10 * 1024 * 1024}
+        node.log.disk.space = lambda directory: (space["free"], 16 * 1024 * 1024)
+        for i in range(3):
+            node.publish("cfgingest", "e-%d" % i)
+        node.clock.advance(0)
+        self.assertEqual(node.stream.store.state().msgs, 3)
+        # Room enough: the history stays, for any consumer to replay.
+        node.publish("cfgingest", "e-3")
+        self.assertEqual((node.stream.store.state().msgs, node.stream.store.state().first_seq), (4, 1))
+        # Nearly full: the finished events go before the new one is written.
+        space["free"] = 3 * 1024 * 1024
+        node.publish("cfgingest", "e-4")
+        state = node.stream.store.state()
+        self.assertEqual((state.msgs, state.first_seq, state.last_seq), (1, 5, 5))
+        self.assertEqual([a["success"] for a in node.acks], [True] * 5)
+        node.clock.advance(0)
+        self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-%d" % i for i in range(5)])
+
     def test_events_of_two_routes_in_one_turn_are_pending_in_stream_order(self) -> None:
         """A handler that two routes lead to gets the turn's events in the stream's order (its ack floor relies on it)."""
         feed = RecordingTarget(["hold"] * 3)
