@@ -43,6 +43,11 @@ SECOND = 1_000_000_000
 MILLISECOND = 1_000_000
 #: nats-server's defaults (consumer.go, jetstream_api.go).
 ACK_WAIT_DEFAULT = 30 * SECOND
+#: How long a pull request counts as wanted though nobody is known to
+#: subscribe its inbox, on a server with gateways (nats-server's
+#: defaultGatewayRecentSubExpiration), in nanoseconds.
+RECENT_REQUEST = 2_000_000_000
+
 #: How often a push consumer looks at the gateways' interest in its deliver subject (nats-server: 1 s).
 GATEWAY_INTEREST_CHECK = 1.0
 DELETE_WAIT_DEFAULT = 5 * SECOND
@@ -1049,7 +1054,7 @@ class Consumer:
             if request.genid != genid:
                 request.interest = self.broker.has_interest(request.reply)
                 request.genid = genid
-            if request.interest:
+            if request.interest or self._young(request, now):
                 request.d += 1
                 request.n -= 1
                 if request.n <= 0:
@@ -1141,7 +1146,7 @@ class Consumer:
             if request.genid != genid:
                 request.interest = self.broker.has_interest(request.reply)
                 request.genid = genid
-            if not request.interest:
+            if not (request.interest or self._young(request, now)):
                 continue
             wanted += request.n
             if request.hbt and now >= request.hbt:
@@ -1152,6 +1157,15 @@ class Consumer:
         self._arm_wait_timer()
         return wanted
 
+    def _young(self, request: "NextRequest", now: int) -> bool:
+        """
+        Whether C{request} is too young to be dropped for want of interest in
+        its inbox, on a server with gateways (nats-server's
+        C{defaultGatewayRecentSubExpiration}): a request that came over a
+        gateway can arrive before the RS+ for its inbox, which the other
+        server sends on its other connection at the same moment.
+        """
+        return self.broker.gateways is not None and now - request.received < RECENT_REQUEST
     def _arm_wait_timer(self) -> None:
         """One timer for the waiting requests: the earliest expiry or heartbeat."""
         at = 0

@@ -70,10 +70,7 @@ async def consume_across(ours: int, theirs: int) -> dict:
             return info if info.num_ack_pending == 0 and info.delivered.stream_seq == 3 else None
         push_info = await until(push_acked)
         # A pull consumer, fetched from the far side through eventsvc's API.
-        # (ack_wait 5 s: a fetch from nats-server's side across the gateway loses
-        # its deliveries for 10-90 s at first, a defect not yet found (see the
-        # session note of 2026-12-07); they come back after ack_wait.)
-        await js_here.add_consumer("ORDERS", durable_name="pull", ack_policy="explicit", ack_wait=5)
+        await js_here.add_consumer("ORDERS", durable_name="pull", ack_policy="explicit")
         fetched = []
 
         async def fetch_across():
@@ -82,7 +79,7 @@ async def consume_across(ours: int, theirs: int) -> dict:
                 return await sub.fetch(3, timeout=3)
             except Exception:  # the API's interest may not have crossed yet
                 return None
-        for msg in (await until(fetch_across, 150)) or []:
+        for msg in (await until(fetch_across)) or []:
             fetched.append((msg.subject, msg.data))
             await msg.ack()
         await there.flush()
@@ -103,7 +100,7 @@ async def consume_across(ours: int, theirs: int) -> dict:
 class EventsvcStreamNatsServerClientTests(TestCase):
     """eventsvc's JetStream, consumed by a client of nats-server across the gateway."""
 
-    timeout = 300
+    timeout = 120
 
     @defer.inlineCallbacks
     def test_push_and_pull_with_acks(self):

@@ -212,3 +212,34 @@ class GatewayConsumerTests(SynchronousTestCase):
         self.flush()
         info = self.api(admin, b"$JS.API.CONSUMER.INFO.S.c", {})
         self.assertEqual((info["num_ack_pending"], info["ack_floor"]["stream_seq"]), (0, 1), info)
+
+    def test_a_pull_request_is_kept_two_seconds_before_its_inbox_is_known(self) -> None:
+        """
+        A request from another cluster can arrive before the RS+ for its
+        inbox (nats-server sends the two on its two connections at once):
+        on a server with gateways it is served for two seconds without known
+        interest, as nats-server's defaultGatewayRecentSubExpiration (it was
+        dropped, and a client of nats-server fetching across the gateway got
+        nothing for 10-90 s), and dropped after that.
+        """
+        admin = self.a.client()
+        admin.send(b"SUB _R.> 1\r\n")
+        self.api(admin, b"$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"})
+        self.api(admin, b"$JS.API.CONSUMER.DURABLE.CREATE.S.p", {"stream_name": "S", "config": {
+            "durable_name": "p", "ack_policy": "explicit"}})
+        self.assertFalse(self.a.broker.has_interest("_INBOX.q"))
+        admin.send(b'PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.q 1\r\n1\r\n')
+        self.flush()
+        self.a.clock.advance(1.5)
+        admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.flush()
+        info = self.api(admin, b"$JS.API.CONSUMER.INFO.S.p", {})
+        self.assertEqual((info["delivered"]["stream_seq"], info["num_ack_pending"]), (1, 1), info)
+        # Past two seconds with nobody known to want it, a request goes.
+        admin.send(b'PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.r 1\r\n1\r\n')
+        self.flush()
+        self.a.clock.advance(2.5)
+        admin.send(b"PUB orders.2 2\r\nhi\r\n")
+        self.flush()
+        info = self.api(admin, b"$JS.API.CONSUMER.INFO.S.p", {})
+        self.assertEqual((info["delivered"]["stream_seq"], info["num_waiting"]), (1, 0), info)
