@@ -192,13 +192,20 @@ class StreamLog:
             return None
         return "store {}: {}".format(self.state, getattr(self.stream.store, "error", None) or "cannot write")
 
-    def _room(self) -> bool:
-        """Whether the stream's disk has room for a write (L{RESERVE} free, or a sixteenth of a smaller disk)."""
+    def _has_free(self, limit: int, share: int) -> bool:
+        """
+        Whether the stream's disk has C{limit} bytes free, or a C{share}th
+        of a disk smaller than that (True when the disk cannot say).
+        """
         try:
             free, total = self.disk.space(self.directory or ".")
         except OSError:
             return True
-        return free >= min(RESERVE, total // 16)
+        return free >= min(limit, total // share)
+
+    def _room(self) -> bool:
+        """Whether the stream's disk has room for a write (L{RESERVE} free, or a sixteenth of a smaller disk)."""
+        return self._has_free(RESERVE, 16)
 
     def _check_room(self) -> None:
         """A log opened on a full disk takes events again once there is room (its store says the rest)."""
@@ -425,11 +432,7 @@ class StreamLog:
 
     def _low_on_room(self) -> bool:
         """Whether the stream's disk has less than L{HEADROOM} (or a quarter of a smaller disk) free."""
-        try:
-            free, total = self.disk.space(self.directory or ".")
-        except OSError:
-            return False
-        return free < min(HEADROOM, total // 4)
+        return not self._has_free(HEADROOM, 4)
 
     def _make_room(self, full: bool = True) -> None:
         """
