@@ -120,6 +120,16 @@ async def both_ways(spoke_port: int, hub_port: int) -> dict:
 
 
 class _Checks:
+    """What both leaf arrangements (eventsvc spoke, eventsvc hub) check, and their set-up."""
+
+    timeout = 120
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.directory = scratch(self)
+        self.leaf_port = process.free_port()
+
     def check(self, result: dict) -> None:
         for key, stream, domain in (("hub_from_spoke", "AT_HUB", "hub"), ("edge_from_hub", "AT_EDGE", "edge")):
             self.assertEqual(result[key], {
@@ -158,14 +168,6 @@ def nats_server_js(directory: str, name: str, domain: str, leafnodes: str) -> pr
 
 class EventsvcSpokeTests(_Checks, TestCase):
     """eventsvc (domain edge) dialling a nats-server -js hub (domain hub)."""
-
-    timeout = 120
-
-    def setUp(self):
-        if nats is None:
-            process.require("nats-py")
-        self.directory = scratch(self)
-        self.leaf_port = process.free_port()
 
     def spoke(self, domain: str):
         config, http = eventsvc_config(self.directory, "edge", domain, (
@@ -237,14 +239,6 @@ async def same_domain(spoke_port: int, hub_port: int) -> dict:
 
 class EventsvcHubTests(_Checks, TestCase):
     """A nats-server -js spoke (domain edge) dialling an eventsvc hub (domain hub)."""
-
-    timeout = 120
-
-    def setUp(self):
-        if nats is None:
-            process.require("nats-py")
-        self.directory = scratch(self)
-        self.leaf_port = process.free_port()
 
     @defer.inlineCallbacks
     def servers(self, spoke_domain: str):
