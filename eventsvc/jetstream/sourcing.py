@@ -402,11 +402,8 @@ class SourceLink:
         """A delivery, a heartbeat or a flow control request on the deliver subject."""
         if not self._running:
             return
-        if reply and "@" in reply and reply.startswith("$JS.ACK."):
-            # Across a route or leaf link nats-server sends the stream's
-            # subject after the ack reply (client.go's "reply@subject").
-            at = reply.rindex("@")
-            reply, subject = reply[:at], reply[at + 1:]
+        # (A delivery that crossed a link as "<ack>@<subject>" was split by
+        # the broker before it reached this subscriber: Broker.deliver_crossed.)
         if is_control(payload, headers):
             self._heard = self.engine.clock.seconds()
             self.last = self.engine.now()
