@@ -239,6 +239,8 @@ class StreamLog:
         try:
             if stream is None:
                 stream = engine.add_stream(self._config())
+            else:
+                self._reconfigure(stream)
         except ApiError as e:
             raise self._cannot_open(e, "cannot be made")
         self.stream = stream
@@ -262,6 +264,9 @@ class StreamLog:
             if hasattr(consumer.store, "hold"):
                 consumer.store.hold = RECORD_HOLD
             self._handlers[handler] = _Handler(handler, consumer)
+        # Clients may read the log and make consumers of their own on it;
+        # the stream and the handlers' consumers are the service's.
+        engine.owned[self.name] = set(self.names)
         self._carry_over_spool()
         owed = self._owed()
         if not self._room():
@@ -271,6 +276,19 @@ class StreamLog:
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
         return owed
+
+    def _reconfigure(self, stream: Any) -> None:
+        """
+        [events] stream_max_age and stream_max_bytes changed since the
+        stream was made: the stream takes them (the configuration is the
+        operator's way to change the log; the API refuses, L{JetStream.owned}).
+        """
+        wanted = self._config()
+        changed = {key: wanted[key] for key in ("max_age", "max_bytes") if stream.config.get(key) != wanted[key]}
+        if changed:
+            self.engine.update_stream(stream, dict(stream.config, **changed))
+            self.log.info("stream {name}: [events] stream_max_age/stream_max_bytes applied ({changed})",
+                          name=self.name, changed=", ".join("{} {}".format(k, v) for k, v in sorted(changed.items())))
 
     def _cannot_open(self, error: Any, what: str) -> StoreError:
         """

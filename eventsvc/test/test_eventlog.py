@@ -29,12 +29,12 @@ from eventsvc.test.test_events import RecordingTarget
 class Node:
     """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
 
-    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, **settings) -> None:
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, log_options=None, **settings) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets
         self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
-        self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir)
+        self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir, **(log_options or {}))
         self.engine.start()
         dead = test.mktemp() + "-dead.jsonl"
         self.handlers = {
@@ -318,6 +318,116 @@ class NoJetStreamSectionTests(SynchronousTestCase):
         self.assertFalse(node.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
         node.publish("cfgingest", "e-1")
         self.assertEqual(node.stream.store.state().msgs, 1)
+
+
+class OwnedStreamTests(SynchronousTestCase):
+    """
+    With [jetstream] the events stream and its handlers' consumers are
+    visible to clients: the API refuses to change or delete them (the
+    events acknowledged to publishers stay), and reads, and clients' own
+    consumers on the stream, keep working.
+    """
+
+    def setUp(self) -> None:
+        self.target = RecordingTarget(["hold"] * 10)
+        self.node = Node(self, self.mktemp(), {"cfgingest": self.target, "feed": RecordingTarget()})
+        for i in range(3):
+            self.node.publish("cfgingest", "e-%d" % i)
+        self.answers = []
+        self.node.broker.subscribe("_INBOX.api", lambda subject, reply, body, headers: self.answers.append(json.loads(body)))
+
+    def api(self, subject: str, body=b"") -> dict:
+        from eventsvc.jetstream import api
+
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        api.dispatch(self.node.engine, "$JS.API." + subject, "_INBOX.api", payload, None)
+        return self.answers.pop()
+
+    def refused(self, answer: dict) -> tuple:
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"].split(":")[0]
+
+    def assertNothingLost(self) -> None:
+        self.assertEqual(self.node.stream.store.state().msgs, 3)
+        self.assertIn("EVENTS", self.node.engine.streams)
+        self.assertEqual(sorted(self.node.stream.consumers), ["cfgingest", "feed"])
+        self.assertEqual(self.node.stream.consumers["cfgingest"].info()["num_ack_pending"], 3)
+
+    def test_the_stream_is_not_changed_or_deleted(self) -> None:
+        """UPDATE, PURGE, DELETE and MSG.DELETE are refused with nats-server's error for each, naming [events]."""
+        config = self.api("STREAM.INFO.EVENTS")["config"]
+        self.assertEqual(self.refused(self.api("STREAM.UPDATE.EVENTS", dict(config, max_msgs=1))),
+                         (500, 10069, "stream update not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.PURGE.EVENTS")), (500, 10110, "stream purge not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.PURGE.EVENTS", {"filter": "event.cfgingest"})),
+                         (500, 10110, "stream purge not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.MSG.DELETE.EVENTS", {"seq": 1})), (500, 10057, "message delete not permitted"))
+        answer = self.api("STREAM.DELETE.EVENTS")
+        self.assertEqual(self.refused(answer), (500, 10050, "stream delete not permitted"))
+        self.assertIn("stream EVENTS is eventsvc's event log; it is configured by [events]", answer["error"]["description"])
+        self.assertNothingLost()
+        # The held events are still the handler's to finish.
+        for held in self.target.held:
+            held.callback(None)
+        self.node.clock.advance(0)
+        self.assertEqual(self.node.stream.consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 3)
+
+    def test_reads_work(self) -> None:
+        info = self.api("STREAM.INFO.EVENTS")
+        self.assertEqual(info["state"]["messages"], 3)
+        self.assertEqual(self.api("STREAM.MSG.GET.EVENTS", {"seq": 2})["message"]["subject"], "event.cfgingest")
+        self.assertEqual(self.api("CONSUMER.INFO.EVENTS.cfgingest")["num_ack_pending"], 3)
+        self.assertEqual(self.api("CONSUMER.NAMES.EVENTS")["consumers"], ["cfgingest", "feed"])
+
+    def test_the_handlers_consumers_are_not_changed_or_deleted(self) -> None:
+        answer = self.api("CONSUMER.DELETE.EVENTS.cfgingest")
+        self.assertEqual(self.refused(answer), (500, 10051, "consumer delete not permitted"))
+        self.assertIn("eventsvc handler cfgingest's progress", answer["error"]["description"])
+        config = self.api("CONSUMER.INFO.EVENTS.cfgingest")["config"]
+        self.assertEqual(self.refused(self.api("CONSUMER.DURABLE.CREATE.EVENTS.cfgingest",
+                                               {"stream_name": "EVENTS", "config": dict(config, ack_wait=1_000_000_000)})),
+                         (500, 10012, "consumer update not permitted"))
+        self.assertEqual(self.refused(self.api("CONSUMER.CREATE.EVENTS.feed",
+                                               {"stream_name": "EVENTS", "config": {"durable_name": "feed", "ack_policy": "none"}})),
+                         (500, 10012, "consumer update not permitted"))
+        # The same config again (a client checking it) is answered with its info, as for any consumer.
+        same = self.api("CONSUMER.DURABLE.CREATE.EVENTS.cfgingest", {"stream_name": "EVENTS", "config": config})
+        self.assertNotIn("error", same)
+        self.assertEqual(same["name"], "cfgingest")
+        self.assertNothingLost()
+
+    def test_clients_own_consumers_work(self) -> None:
+        """A client's consumer on the events stream is made, pulled, changed and deleted as on any stream."""
+        made = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",
+                        {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit"}})
+        self.assertEqual(made["num_pending"], 3)
+        got = []
+        self.node.broker.subscribe("_INBOX.pull", lambda subject, reply, body, headers: got.append(body))
+        from eventsvc.jetstream import api
+
+        api.dispatch(self.node.engine, "$JS.API.CONSUMER.MSG.NEXT.EVENTS.audit", "_INBOX.pull", b'{"batch": 3}', None)
+        self.assertEqual(got, [payload("cfgingest", "e-%d" % i) for i in range(3)])
+        changed = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",
+                           {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit",
+                                                                "description": "changed"}})
+        self.assertEqual(changed["config"]["description"], "changed")
+        self.assertEqual(self.api("CONSUMER.DELETE.EVENTS.audit"), {"type": "io.nats.jetstream.api.v1.consumer_delete_response",
+                                                                    "success": True})
+        self.assertNothingLost()
+
+    def test_the_configuration_changes_it(self) -> None:
+        """A restart with other [events] stream_max_age and stream_max_bytes applies them to the stream kept."""
+        directory = self.node.engine.settings.store_dir
+        self.assertEqual((self.node.stream.config["max_age"], self.node.stream.config["max_bytes"]), (0, -1))
+        self.node.stop()
+        node = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
+                    log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
+        self.assertEqual((node.stream.config["max_age"], node.stream.config["max_bytes"]), (3600 * 10**9, 1 << 30))
+        self.assertEqual(node.stream.store.state().msgs, 3)
+        node.stop()
+        again = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
+                     log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
+        self.assertEqual(again.stream.config["max_age"], 3600 * 10**9)
 
 
 class ConfigTests(SynchronousTestCase):
