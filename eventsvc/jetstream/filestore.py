@@ -259,8 +259,12 @@ class _WriteState:
     #: state) or gone (a stream's messages).
     _keeps_unwritten = False
 
-    def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk]) -> None:
+    def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk],
+                 read_only: bool = False) -> None:
         self._path = path
+        #: Opened only to be read, beside the process that writes it: it
+        #: writes, makes and deletes nothing, not even at open or close.
+        self._read_only = read_only
         self._clock = clock
         self._disk = disk or Disk()
         self._sync_every = parse_sync_interval(sync_interval)
@@ -275,8 +279,8 @@ class _WriteState:
         self._sync_call: Optional[IDelayedCall] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._closed = False
-        #: Whether new writes are refused (closed, or the disk cannot take them).
-        self._refusing = False
+        #: Whether new writes are refused (closed, read-only, or the disk cannot take them).
+        self._refusing = read_only
         #: Called before and after the waiters of a write are called back
         #: (the stream's engine holds its PubAcks for one write out).
         self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
@@ -284,7 +288,7 @@ class _WriteState:
     def _schedule_flush(self, delay: float = 0.0) -> None:
         call = self._flush_call
         if call is None:
-            if not self._closed:
+            if not self._closed and not self._read_only:
                 self._flush_call = self._clock.callLater(delay, self._flush)
         elif delay == 0 and call.getTime() > self._clock.seconds():
             # (Someone waits: a held write goes now.)
@@ -405,6 +409,7 @@ class FileStore(_WriteState):
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         segment_size: int = SEGMENT_SIZE,
         disk: Optional[Disk] = None,
+        read_only: bool = False,
     ) -> None:
         """
         Open the store in C{directory} (made if missing), reading what is
@@ -415,6 +420,8 @@ class FileStore(_WriteState):
             (-1: no limit); past it L{store} raises L{StoreFull}.
         @param sync_interval: C{"always"}, or seconds between fsyncs.
         @param disk: the writing operations (tests put a failing disk here).
+        @param read_only: only read it (another process may be writing it:
+            C{eventsvc spool stats}); it takes no message, and changes no file.
         @raise StoreUnavailable: the directory cannot be read.
         @raise ValueError: a bad C{sync_interval}.
         """
@@ -422,7 +429,7 @@ class FileStore(_WriteState):
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         if isinstance(directory, str):
             directory = FilePath(directory)
-        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        super().__init__(directory.path, clock, sync_interval, disk, read_only)  # type: ignore[arg-type]
         self._directory = directory
         self._limits = limits
         self._max_store = max_store
@@ -459,7 +466,8 @@ class FileStore(_WriteState):
         #: Segment files to delete once the deletions carried out of them are written.
         self._unlinks: List[str] = []
         try:
-            os.makedirs(directory.path, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory.path, exist_ok=True)
             self._read()
         except OSError as e:
             raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
@@ -1136,9 +1144,10 @@ class FileStore(_WriteState):
         """Write what is buffered, fsync, and let the files go."""
         if self._closed:
             return
-        self._write()
-        if self.health == "ok":
-            self._sync()
+        if not self._read_only:
+            self._write()
+            if self.health == "ok":
+                self._sync()
         self._call_ready()
         self._closed = True
         self._refusing = True
@@ -1232,17 +1241,20 @@ class FileConsumerStore(_WriteState):
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         compact_size: int = COMPACT_SIZE,
         disk: Optional[Disk] = None,
+        read_only: bool = False,
     ) -> None:
         """
         Open (or begin) the state kept in C{directory}.
 
+        @param read_only: only read it (its consumer may be running in
+            another process); nothing is compacted, made or written.
         @raise StoreUnavailable: it cannot be read.
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         if isinstance(directory, str):
             directory = FilePath(directory)
-        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        super().__init__(directory.path, clock, sync_interval, disk, read_only)  # type: ignore[arg-type]
         self._directory = directory
         self._snapshot = os.path.join(directory.path, "consumer.snap")
         self._logpath = os.path.join(directory.path, "consumer.log")
@@ -1259,11 +1271,12 @@ class FileConsumerStore(_WriteState):
         self._dirty = False
         self._buffer = bytearray()
         try:
-            os.makedirs(directory.path, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory.path, exist_ok=True)
             replayed = self._read()
         except OSError as e:
             raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
-        if replayed or self._fd is None:
+        if (replayed or self._fd is None) and not read_only:
             try:
                 self._compact()
             except OSError as e:
@@ -1316,7 +1329,8 @@ class FileConsumerStore(_WriteState):
                 path=self._logpath, what=_describe(damage, len(log)), count=replayed,
             )
         if not replayed and not damage and generation == self._generation:
-            self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+            if not self._read_only:
+                self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
             self._size = len(log)
             return False
         return True
@@ -1486,6 +1500,9 @@ class FileConsumerStore(_WriteState):
     def close(self) -> None:
         """Write what is buffered (and fsync it)."""
         if self._closed:
+            return
+        if self._read_only:
+            self.abandon()
             return
         try:
             if self.health != "ok":

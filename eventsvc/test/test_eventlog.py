@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventsvc.events import types
 from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import DeadLetters, HandlerService
-from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog
+from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog, owed_in_stream, read_owed
 from eventsvc.events.spool import Spool, segment_paths
 from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.wire import parse_headers
@@ -428,6 +428,73 @@ class OwnedStreamTests(SynchronousTestCase):
         again = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
                      log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
         self.assertEqual(again.stream.config["max_age"], 3600 * 10**9)
+
+
+class ReadOwedTests(SynchronousTestCase):
+    """
+    L{read_owed}, what C{eventsvc spool stats} says of the events stream:
+    per handler what it owes, read from the files with the service
+    stopped or beside it running, writing nothing.
+    """
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        # cfgingest holds what it gets (its target is down); feed delivers.
+        self.node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10), "feed": RecordingTarget()})
+        for i in range(3):
+            self.node.publish("cfgingest", "c-%d" % i)
+        self.node.publish("compliance_ingest", "f-0")
+        self.node.clock.advance(1)  # (the consumers' records are written)
+
+    def files(self) -> dict:
+        """Every file under the store: its size, bytes and mtime."""
+        found = {}
+        for folder, _, names in os.walk(self.dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    found[path] = (os.stat(path).st_mtime_ns, f.read())
+        return found
+
+    def test_beside_the_running_service(self) -> None:
+        """Read while the engine holds the store: the counts, the oldest owed, and not one byte written or file made."""
+        before = self.files()
+        found = read_owed(self.dir, "EVENTS")
+        self.assertEqual(self.files(), before)
+        self.assertEqual((found.messages, found.first_seq, found.last_seq, found.events_owed), (4, 1, 4, 3))
+        self.assertEqual(sorted(found.handlers), ["cfgingest", "feed"])
+        self.assertEqual(found.handlers["feed"], {"owed": 0, "oldest": 0.0, "oldest_event": ""})
+        self.assertEqual((found.handlers["cfgingest"]["owed"], found.handlers["cfgingest"]["oldest_event"]), (3, "c-0"))
+        self.assertEqual(found.handlers["cfgingest"]["oldest"], self.node.stream.store.load(1).ts / 1e9)
+        # The running side is undisturbed: it finishes, and the next reading says so.
+        self.node.targets["cfgingest"].held[0].callback(None)
+        self.node.clock.advance(1)
+        self.assertEqual(read_owed(self.dir, "EVENTS").handlers["cfgingest"]["owed"], 2)
+        self.assertEqual(owed_in_stream(self.node.stream), {"cfgingest": 2})
+
+    def test_stopped_and_after_a_crash(self) -> None:
+        """As the next start would owe them: after a clean stop, and after kill -9 (what the OS had)."""
+        self.node.stop()
+        self.assertEqual(read_owed(self.dir, "EVENTS").handlers["cfgingest"]["owed"], 3)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10), "feed": RecordingTarget()})
+        self.assertEqual(sorted(node.targets["cfgingest"].event_ids()), ["c-0", "c-1", "c-2"])
+        node.publish("cfgingest", "c-3")
+        node.crash()
+        found = read_owed(self.dir, "EVENTS")
+        self.assertEqual((found.handlers["cfgingest"]["owed"], found.events_owed), (4, 4))
+
+    def test_clients_consumers_are_not_handlers(self) -> None:
+        """A client's own consumer of the log is not listed, whatever it has pending."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        consumer_api.create_consumer(self.node.engine, self.node.stream,
+                                     parse_config({"durable_name": "audit", "ack_policy": "explicit"})).start()
+        self.node.clock.advance(1)
+        self.assertEqual(sorted(read_owed(self.dir, "EVENTS").handlers), ["cfgingest", "feed"])
+
+    def test_never_made(self) -> None:
+        self.assertIsNone(read_owed(self.mktemp(), "EVENTS"))
 
 
 class ConfigTests(SynchronousTestCase):
