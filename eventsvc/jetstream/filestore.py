@@ -251,7 +251,11 @@ _Waiter = Tuple[Callable[[], None], Optional[Callable[[StoreError], None]]]
 class _WriteState:
     """
     What the two file stores share about writing: the sync policy, the
-    state after a failed write (ok, full, unavailable), and the waiters.
+    state after a failed write (ok, full, unavailable), the waiters, and
+    the one rule of a failure: let go of the file cut back to what was
+    written (L{_cut_back}), refuse and tell (L{_failed}, L{_fsync_failed}),
+    and every L{RETRY_INTERVAL} write again once the disk has room
+    (L{_retry}, with what each store writes then in L{_write_again}).
     """
 
     log = Logger()
@@ -284,6 +288,10 @@ class _WriteState:
         #: Called before and after the waiters of a write are called back
         #: (the stream's engine holds its PubAcks for one write out).
         self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
+        #: The file written (a segment, a consumer's log), the bytes in it, and whether some are not fsynced.
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._dirty = False
 
     def _schedule_flush(self, delay: float = 0.0) -> None:
         call = self._flush_call
@@ -351,11 +359,60 @@ class _WriteState:
                     self.log.failure("file store {path}: a when_durable errback failed", path=self._path)
         self._schedule_retry()
 
+    def _cut_back(self) -> None:
+        """A write failed: the file is cut back to what was written before, and let go (nothing is appended after a record cut short)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            self._disk.truncate(fd, self._size)
+        except OSError:
+            pass  # (the reader skips a torn tail)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _fsync_failed(self, error: OSError) -> None:
+        """
+        A periodic fsync failed: what it covered was written, and answered
+        as written (what C{sync_interval} promises), but the disk under it
+        is failing, so new writes are refused until a retry's write and
+        fsync hold.
+        """
+        why = "fsync failed: {}".format(error.strerror or error)
+        self.log.error("file store {path}: {why}; refusing new writes, reading on, trying again every {retry}s",
+                       path=self._path, why=why, retry=RETRY_INTERVAL)
+        self.health, self.error = "unavailable", why
+        self._refusing = True
+        self._dirty = False
+        self._schedule_retry()
+
     def _schedule_retry(self) -> None:
         if self._retry_call is None and not self._closed:
             self._retry_call = self._clock.callLater(RETRY_INTERVAL, self._retry)
 
     def _retry(self) -> None:
+        """Every L{RETRY_INTERVAL} while the store cannot write: once the disk has room, write again; when that holds, the store is back."""
+        self._retry_call = None
+        if self._closed or self.health == "ok":
+            return
+        if not self._room():
+            self._schedule_retry()
+            return
+        try:
+            self._write_again()
+        except OSError as e:
+            self._fail(e)
+            return
+        self._recovered()
+        self._call_ready()
+
+    def _write_again(self) -> None:
+        """What a retry writes, and fsyncs, to find the disk back.  @raise OSError: it is not."""
+        raise NotImplementedError()
+
+    def _fail(self, error: OSError) -> None:
         raise NotImplementedError()
 
     def _room(self) -> bool:
@@ -387,6 +444,15 @@ class _WriteState:
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
+
+    def abandon(self) -> None:
+        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class FileStore(_WriteState):
@@ -443,11 +509,8 @@ class FileStore(_WriteState):
         self._removed: Optional[RemovedCallback] = None
         self._segments: Dict[int, _Segment] = {}
         self._next_number = 1
-        #: The segment being written, its write fd, and the bytes written to it.
+        #: The segment being written (its write fd and the bytes written to it: C{_fd}, C{_size}).
         self._active: Optional[_Segment] = None
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._dirty = False
         self._folder_dirty = False
         #: Segments written to since the last fsync, closed since.
         self._unsynced: List[str] = []
@@ -738,17 +801,8 @@ class FileStore(_WriteState):
         close it (nothing is appended after a record cut short); the
         messages of the buffer are lost, its deletions held.
         """
-        active, fd = self._active, self._fd
-        self._active = self._fd = None
-        if fd is not None:
-            try:
-                self._disk.truncate(fd, self._size)
-            except OSError:
-                pass  # (the reader skips a torn tail)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        active, self._active = self._active, None
+        self._cut_back()
         index, number = self._index, active.number if active is not None else -1
         lost = [seq for seq in range(self._unwritten, self._last + 1) if seq in index and index[seq][0] == number]
         self._unwritten = self._last + 1
@@ -766,26 +820,14 @@ class FileStore(_WriteState):
         self._size = 0
         self._failed(error)
 
-    def _retry(self) -> None:
-        self._retry_call = None
-        if self._closed or self.health == "ok":
-            return
-        if not self._room():
-            self._schedule_retry()
-            return
-        # A write and an fsync that succeed say the store is back.
+    def _write_again(self) -> None:
+        # A mark (and what waits) written and fsynced say the store is back.
         self._mark = True
-        try:
-            if self._fd is None:
-                self._begin()
-            self._write_or_raise()
-            self._disk.fsync(self._fd)  # type: ignore[arg-type]
-        except OSError as e:
-            self._fail(e)
-            return
+        if self._fd is None:
+            self._begin()
+        self._write_or_raise()
+        self._disk.fsync(self._fd)  # type: ignore[arg-type]
         self._dirty = False
-        self._recovered()
-        self._call_ready()
 
     def _periodic_sync(self) -> None:
         self._sync_call = None
@@ -811,13 +853,7 @@ class FileStore(_WriteState):
             try:
                 self._disk.fsync(self._fd)
             except OSError as e:
-                # What was written is in the OS's hands and was acknowledged
-                # as such; the disk under it is failing.
-                self.log.error("file store {path}: fsync failed: {error}", path=self._path, error=e.strerror or e)
-                self.health, self.error = "unavailable", "fsync failed: {}".format(e.strerror or e)
-                self._refusing = self.health != "ok" or self._closed
-                self._schedule_retry()
-                self._dirty = False
+                self._fsync_failed(e)
                 return
             self._dirty = False
         if self._folder_dirty:
@@ -1174,13 +1210,7 @@ class FileStore(_WriteState):
             pass  # (the stream's own files are still in it)
 
     def abandon(self) -> None:
-        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().abandon()
         for segment in self._segments.values():
             segment.close()
 
@@ -1266,9 +1296,6 @@ class FileConsumerStore(_WriteState):
         self._memory = MemoryConsumerStore()
         self._generation = 0
         self._snapshot_size = 0
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._dirty = False
         self._buffer = bytearray()
         try:
             if not read_only:
@@ -1459,33 +1486,13 @@ class FileConsumerStore(_WriteState):
         self._dirty = False
 
     def _fail(self, error: OSError) -> None:
-        """The log cannot be written: close it; the retry writes a new snapshot (the state is in memory)."""
-        if self._fd is not None:
-            try:
-                self._disk.truncate(self._fd, self._size)
-            except OSError:
-                pass
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        """The log cannot be written: let it go; the retry writes a new snapshot (the state is in memory)."""
+        self._cut_back()
         self._failed(error)
 
-    def _retry(self) -> None:
-        self._retry_call = None
-        if self._closed or self.health == "ok":
-            return
-        if not self._room():
-            self._schedule_retry()
-            return
-        try:
-            self._compact()
-        except OSError as e:
-            self._fail(e)
-            return
-        self._recovered()
-        self._call_ready()
+    def _write_again(self) -> None:
+        # The whole state as a new snapshot (fsynced), and a new log after it.
+        self._compact()
 
     def _periodic_sync(self) -> None:
         self._sync_call = None
@@ -1493,7 +1500,7 @@ class FileConsumerStore(_WriteState):
             try:
                 self._disk.fsync(self._fd)
             except OSError as e:
-                self._fail(e)
+                self._fsync_failed(e)
                 return
             self._dirty = False
 
@@ -1534,11 +1541,3 @@ class FileConsumerStore(_WriteState):
         except OSError:
             pass
 
-    def abandon(self) -> None:
-        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
