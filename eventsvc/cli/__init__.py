@@ -168,12 +168,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id", action="append", default=[], help="an event id to replay (as many as needed)")
     p.add_argument("--all", action="store_true", help="replay every dead letter")
 
-    spool = commands.add_parser("spool", help="what the spool still owes", description="The event spool in [service] data_dir.")
+    spool = commands.add_parser("spool", help="what the event log still owes",
+                                description="The event log: the events stream ([events] log = \"stream\") or the spool in [service] data_dir.")
     spool_commands = spool.add_subparsers(dest="spool_command", metavar="SUBCOMMAND")
     spool_commands.required = True
     p = _command(spool_commands, "stats", "depth per handler, oldest event, size on disk",
-                 "Read the spool (the service may be running) and say how many events each handler still owes, the "
-                 "oldest of them, and the spool's size on disk.",
+                 "Read the event log's files (the events stream's, or the spool's; the service may be running, and "
+                 "its lock is not taken) and say how many events each handler still owes, the oldest of them, and "
+                 "the log's size.",
                  ["eventsvc spool stats --config patch.toml", "eventsvc spool stats --config patch.toml --json"],
                  _lazy("stores", "spool_stats"))
     _config(p)

@@ -47,7 +47,7 @@ import os
 import re
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.logger import ILogObserver, Logger
@@ -61,6 +61,8 @@ from eventsvc.jetstream.wire import parse_headers
 
 #: The header naming the handlers an event was routed to.
 HANDLERS_HEADER = "Eventsvc-Handlers"
+#: How the event log's handlers' consumers describe themselves (L{StreamLog.open}); L{read_owed} knows them by it.
+HANDLER_DESCRIPTION = "eventsvc handler {}"
 #: The header of an event carried over from the spool: its spool sequence.
 SPOOL_HEADER = "Eventsvc-Spool"
 #: The consumers' ack_wait: the handler retries, the consumer never has to
@@ -239,6 +241,8 @@ class StreamLog:
         try:
             if stream is None:
                 stream = engine.add_stream(self._config())
+            else:
+                self._reconfigure(stream)
         except ApiError as e:
             raise self._cannot_open(e, "cannot be made")
         self.stream = stream
@@ -253,7 +257,7 @@ class StreamLog:
                         "durable_name": handler, "ack_policy": "explicit", "deliver_policy": "by_start_sequence",
                         "opt_start_seq": stream.store.state().last_seq + 1,
                         "ack_wait": ACK_WAIT, "max_ack_pending": -1,
-                        "description": "eventsvc handler {}".format(handler),
+                        "description": HANDLER_DESCRIPTION.format(handler),
                     })
                     consumer = consumer_api.create_consumer(engine, stream, config)
                     consumer.start()
@@ -262,6 +266,9 @@ class StreamLog:
             if hasattr(consumer.store, "hold"):
                 consumer.store.hold = RECORD_HOLD
             self._handlers[handler] = _Handler(handler, consumer)
+        # Clients may read the log and make consumers of their own on it;
+        # the stream and the handlers' consumers are the service's.
+        engine.owned[self.name] = set(self.names)
         self._carry_over_spool()
         owed = self._owed()
         if not self._room():
@@ -271,6 +278,19 @@ class StreamLog:
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
         return owed
+
+    def _reconfigure(self, stream: Any) -> None:
+        """
+        [events] stream_max_age and stream_max_bytes changed since the
+        stream was made: the stream takes them (the configuration is the
+        operator's way to change the log; the API refuses, L{JetStream.owned}).
+        """
+        wanted = self._config()
+        changed = {key: wanted[key] for key in ("max_age", "max_bytes") if stream.config.get(key) != wanted[key]}
+        if changed:
+            self.engine.update_stream(stream, dict(stream.config, **changed))
+            self.log.info("stream {name}: [events] stream_max_age/stream_max_bytes applied ({changed})",
+                          name=self.name, changed=", ".join("{} {}".format(k, v) for k, v in sorted(changed.items())))
 
     def _cannot_open(self, error: Any, what: str) -> StoreError:
         """
@@ -565,24 +585,114 @@ class EventsJetStream(JetStream):
     answers_api = False
 
 
+def _owed_seqs(store: Any, handler: str, pending: Sequence[int], next_seq: int) -> List[int]:
+    """
+    What the stream in C{store} owes C{handler}, whose consumer has
+    C{pending} delivered and not acked and has not looked past
+    C{next_seq} yet: those, and the events after routed to it (by their
+    header), ascending.  The one rule of L{owed_in_stream} and
+    L{read_owed}.
+    """
+    owed = sorted(pending)
+    message = store.load_next(next_seq)
+    while message is not None:
+        if handler in _handlers_of(message.headers):
+            owed.append(message.seq)
+        message = store.load_next(message.seq + 1)
+    return owed
+
+
 def owed_in_stream(stream: Any) -> Dict[str, int]:
     """
     Per handler (each durable consumer of the events stream C{stream}),
     how many events it is owed: delivered and not acked, or not yet
     delivered and routed to it.  Reads only.
     """
-    store = stream.store
     owed: Dict[str, int] = {}
     for name, consumer in sorted(stream.consumers.items()):
-        count = len(consumer.pending)
-        message = store.load_next(consumer.sseq)
-        while message is not None:
-            if name in _handlers_of(message.headers):
-                count += 1
-            message = store.load_next(message.seq + 1)
+        count = len(_owed_seqs(stream.store, name, list(consumer.pending), consumer.sseq))
         if count:
             owed[name] = count
     return owed
+
+
+class OwedInStream(NamedTuple):
+    """What L{read_owed} found: the stream's size, and per handler what it owes."""
+
+    folder: str
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    #: The events owed to at least one handler.
+    events_owed: int
+    #: Handler -> {"owed": count, "oldest": accepted at (s since the epoch, 0: none), "oldest_event": event id}.
+    handlers: Dict[str, Dict[str, Any]]
+
+
+def read_owed(store_dir: str, name: str) -> Optional[OwedInStream]:
+    """
+    Read the events stream C{name} under C{store_dir} from its files
+    (C{eventsvc spool stats}): per handler's consumer, what it owes, the
+    oldest of it, and the stream's size.  Nothing is written, made or
+    locked, so it works with the service stopped and beside a running
+    one, whose files it reads as they are at that moment (the consumers'
+    records are written within 0.2 s, their fsyncs aside).  None when the
+    stream was never made there.
+
+    @raise OSError: its files cannot be read.
+    """
+    from twisted.internet.task import Clock
+
+    from eventsvc.jetstream.filestore import FileConsumerStore, FileStore
+    from eventsvc.jetstream.store import EMPTY_CONSUMER_STATE
+
+    folder = os.path.join(store_dir, "streams", name)
+    if not os.path.exists(os.path.join(folder, "meta.json")):
+        return None
+    clock = Clock()  # (never advanced: a read-only store has nothing to time)
+    store = FileStore(os.path.join(folder, "msgs"), clock=clock, read_only=True)
+    try:
+        owed: Dict[str, List[int]] = {}
+        consumers = os.path.join(folder, "consumers")
+        for consumer in sorted(os.listdir(consumers)) if os.path.isdir(consumers) else []:
+            try:
+                with open(os.path.join(consumers, consumer, "meta.json"), "rb") as f:
+                    config = json.loads(f.read())["config"]
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError) as e:
+                raise OSError("{}: {}".format(os.path.join(consumers, consumer, "meta.json"), e))
+            if config.get("description") != HANDLER_DESCRIPTION.format(consumer):
+                continue  # a client's own consumer of the log
+            state_store = FileConsumerStore(os.path.join(consumers, consumer, "state"), clock=clock, read_only=True)
+            try:
+                state = state_store.load()
+            finally:
+                state_store.close()
+            if state == EMPTY_CONSUMER_STATE:
+                # Made, and nothing recorded since: it starts where its config says.
+                next_seq, pending = int(config.get("opt_start_seq") or 1), []
+            else:
+                next_seq = state.delivered_stream + 1
+                pending = [seq for seq in state.pending if seq > state.ack_floor_stream]
+            owed[consumer] = _owed_seqs(store, consumer, pending, next_seq)
+        handlers: Dict[str, Dict[str, Any]] = {}
+        for handler, seqs in owed.items():
+            entry: Dict[str, Any] = {"owed": len(seqs), "oldest": 0.0, "oldest_event": ""}
+            oldest = store.load(seqs[0]) if seqs else None
+            if oldest is not None:
+                entry["oldest"] = oldest.ts / 1e9
+                try:
+                    entry["oldest_event"] = str(json.loads(oldest.data).get("event_id") or "")
+                except (ValueError, AttributeError):
+                    pass
+            handlers[handler] = entry
+        kept = store.state()
+        return OwedInStream(folder, kept.msgs, kept.bytes, kept.first_seq, kept.last_seq,
+                            len(set().union(*owed.values())) if owed else 0, handlers)
+    finally:
+        store.close()
 
 
 class StreamLeftBehind(Service):

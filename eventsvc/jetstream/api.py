@@ -109,6 +109,18 @@ def _stream(engine: "JetStream", name: str) -> Stream:
     return stream
 
 
+def refuse_if_owned(engine: "JetStream", stream: Stream, refusal: errors.ErrorKind, what: str) -> None:
+    """
+    A stream the server owns (the event log's, L{JetStream.owned}) is not
+    changed through the API: C{refusal} (nats-server's error for the
+    request that failed: its deny_purge and deny_delete words) says so,
+    and where its configuration lives.
+    """
+    if stream.name in getattr(engine, "owned", {}):
+        raise refusal(err="{} not permitted: stream {} is eventsvc's event log; it is configured by "
+                          "[events] in the service's configuration file".format(what, stream.name))
+
+
 # -- handlers -------------------------------------------------------------------
 
 
@@ -143,6 +155,7 @@ def stream_update(engine: "JetStream", request: Request) -> Dict[str, Any]:
     if config["name"] != request.args[0]:
         raise errors.STREAM_MISMATCH_ERR()
     stream = _stream(engine, request.args[0])
+    refuse_if_owned(engine, stream, errors.STREAM_UPDATE_ERR_F, "stream update")
     engine.update_stream(stream, config)
     return stream.info()
 
@@ -205,6 +218,7 @@ def stream_delete(engine: "JetStream", request: Request) -> Dict[str, Any]:
     if not is_empty_request(request.payload):
         raise errors.NOT_EMPTY_REQUEST_ERR()
     stream = _stream(engine, request.args[0])
+    refuse_if_owned(engine, stream, errors.STREAM_DELETE_ERR_F, "stream delete")
     engine.delete_stream(stream)
     return {"success": True}
 
@@ -218,6 +232,7 @@ def stream_purge(engine: "JetStream", request: Request) -> Dict[str, Any]:
         if seq > 0 and keep > 0:
             raise errors.BAD_REQUEST_ERR()
     stream = _stream(engine, request.args[0])
+    refuse_if_owned(engine, stream, errors.STREAM_PURGE_FAILED_F, "stream purge")
     purged = stream.purge(subject or None, seq, keep)
     return {"success": True, "purged": purged}
 
@@ -254,6 +269,7 @@ def stream_msg_delete(engine: "JetStream", request: Request) -> Dict[str, Any]:
         raise errors.BAD_REQUEST_ERR()
     asked = decode_request(request.payload, {"seq": int, "no_erase": bool})
     stream = _stream(engine, request.args[0])
+    refuse_if_owned(engine, stream, errors.STREAM_MSG_DELETE_FAILED_F, "message delete")
     stream.delete_message(_uint(asked["seq"]), erase=not asked["no_erase"])
     return {"success": True}
 

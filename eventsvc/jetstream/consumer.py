@@ -62,6 +62,9 @@ EXPIRY_MARGIN = 2 * MILLISECOND
 #: (C{JsFlowControlMaxPending}); it starts at a sixteenth and doubles with
 #: every answered request.
 FLOW_CONTROL_MAX_PENDING = 32 * 1024 * 1024
+#: Replay original: a gap between two stored messages shorter than this is
+#: not waited for (nats-server's C{loopAndGatherMsgs}: C{delay > time.Millisecond}).
+REPLAY_MIN_GAP = MILLISECOND
 #: Messages one consumer sends in one reactor turn; the rest go in the
 #: next turns, so a redelivery storm (ack_wait 1 ms over thousands of
 #: messages) or a large backlog leaves the reactor to other clients between.
@@ -636,6 +639,17 @@ class Consumer:
         self._maxpb = FLOW_CONTROL_MAX_PENDING // 16 if config.get("flow_control") else 0
         self._fcid = ""
         self._fcsz = 0
+        #: Replay original (nats-server's C{o.replay}): paced until it has
+        #: taken the stream's last message of when it started (L{start}),
+        #: instant from then on.  C{_replay_lts} is the stored time of the
+        #: last message sent, C{_replay_timer} the wait for the next one,
+        #: whose sequence is C{_replay_seq}; C{_replay_due} lets it go.
+        self._replay = config.get("replay_policy") == "original"
+        self._replay_through = 0
+        self._replay_lts = 0
+        self._replay_timer: Optional[IDelayedCall] = None
+        self._replay_seq = 0
+        self._replay_due = 0
         if self.push:
             self.active = self.broker.has_interest(config["deliver_subject"])
         state = store.load()
@@ -747,6 +761,8 @@ class Consumer:
         else:
             self._waiting_last = self.now()
             self._arm_inactive()
+        if self._replay:
+            self._replay_through = self.stream.store.state().last_seq
         if self.pending:
             self._arm_ack_timer(self.config.get("ack_wait") or ACK_WAIT_DEFAULT)
         self._deliver()
@@ -948,8 +964,9 @@ class Consumer:
             if self._more is None or not self._more.active():
                 self._more = self.clock.callLater(0, self._deliver)
             return
-        if not self.push and self.waiting:
+        if not self.push and self.waiting and self._replay_timer is None:
             # Out of messages (not stalled on max_ack_pending): no-wait requests that got some are done.
+            # (Not while replay original waits for the next: that one is coming.)
             self._process_waiting(not self._stalled)
 
     def _deliver_round(self, budget: int) -> int:
@@ -965,10 +982,15 @@ class Consumer:
                     break
             elif not self.waiting:
                 break
+            if self._replay_timer is not None:
+                return sent
             taken = self._take_next()
             if taken is None:
                 break
             message, dc = taken
+            if self._replay and not self._replay_now(message):
+                self._put_back(message, dc)
+                return sent
             if dc == 1 and self._npc:
                 self._npc -= 1
             pending = self._npc if self._npc is not None else self._num_pending()
@@ -992,6 +1014,8 @@ class Consumer:
             self.dseq += 1
             count = broker.deliver_as(target, message.subject, data, reply, headers, flush=False)
             sent += 1
+            if self._replay:
+                self._replay_lts, self._replay_due = message.ts, 0
             now = self.now()
             self.last_delivered = now
             seq = message.seq
@@ -1025,7 +1049,31 @@ class Consumer:
                 self._waiting_last = now
                 if count == 0 and explicit and seq in self.pending:
                     self._add_redelivery(seq)
+        if self._replay and sent < budget and self.sseq > self._replay_through:
+            # Caught up with what the stream held at the start: new messages go at once.
+            self._replay = False
         return sent
+
+    def _replay_now(self, message: StoredMessage) -> bool:
+        """
+        Replay original: whether C{message} may go now, or else wait for
+        the gap between its stored time and the last sent one's
+        (nats-server sleeps in its delivery loop; here a timer brings the
+        next round, and nothing is sent before it).
+        """
+        if message.seq == self._replay_due or not self._replay_lts:
+            return True
+        gap = message.ts - self._replay_lts
+        if gap <= REPLAY_MIN_GAP:
+            return True
+        self._replay_seq = message.seq
+        self._replay_timer = self.clock.callLater(gap / SECOND, self._replay_waited)
+        return False
+
+    def _replay_waited(self) -> None:
+        self._replay_timer = None
+        self._replay_due = self._replay_seq
+        self._deliver()
 
     def _next_waiting(self, size: int) -> Optional[NextRequest]:
         """The pull request the next message (of C{size} bytes) goes to (nats-server's C{nextWaiting})."""
@@ -1663,9 +1711,9 @@ class Consumer:
     def _close(self) -> None:
         self.closed = True
         for call in (self._ack_timer, self._wait_timer, self._hb_timer, self._inactive_timer, self._interest_check, self._more,
-                     self._gateway_watch):
+                     self._gateway_watch, self._replay_timer):
             self._cancel(call)
-        self._gateway_watch = None
+        self._gateway_watch = self._replay_timer = None
         self._ack_timer = self._wait_timer = self._hb_timer = self._inactive_timer = self._interest_check = None
         self._more = None
         for sub in self._subs:

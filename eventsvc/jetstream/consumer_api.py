@@ -47,6 +47,18 @@ def _consumer(stream: "Stream", name: str) -> Consumer:
     return consumer
 
 
+def refuse_if_owned(js: Any, stream: "Stream", name: str, refusal: errors.ErrorKind, what: str) -> None:
+    """
+    A consumer the server owns (an event handler's, L{JetStream.owned}) is
+    not changed or deleted through the API: C{refusal} (nats-server's
+    error for the request that failed) says so, and what it follows.
+    """
+    if name in getattr(js, "owned", {}).get(stream.name, ()):
+        raise refusal(err="{} not permitted: consumer {} of stream {} is eventsvc handler {}'s progress; it "
+                          "follows [events] and [handlers] in the service's configuration file".format(
+                              what, name, stream.name, name))
+
+
 def is_empty_request(payload: bytes) -> bool:
     """nats-server's C{isEmptyRequest}: nothing, or an empty JSON object."""
     if not payload.strip() or payload == b"{}":
@@ -147,7 +159,12 @@ def _create(js: Any, request: Any, durable: bool) -> Dict[str, Any]:
     if config["num_replicas"] > 1:
         raise errors.STREAM_REPLICAS_NOT_SUPPORTED_ERR()
     stream = _stream(js, stream_name)
-    existed = (config["durable_name"] or config["name"]) in stream.consumers
+    name = config["durable_name"] or config["name"]
+    existing = stream.consumers.get(name) if name else None
+    if existing is not None and name in getattr(js, "owned", {}).get(stream.name, ()):
+        if check_config(stream, config) != existing.config:
+            refuse_if_owned(js, stream, name, errors.CONSUMER_CREATE_ERR_F, "consumer update")
+    existed = existing is not None
     consumer = create_consumer(js, stream, config)
     info = consumer.info()
     if not existed:
@@ -186,6 +203,7 @@ def consumer_delete(js: Any, request: Any) -> Dict[str, Any]:
         raise errors.NOT_EMPTY_REQUEST_ERR()
     stream, name = _stream_and_consumer(js, request)
     consumer = _consumer(stream, name)
+    refuse_if_owned(js, stream, name, errors.STREAM_GENERAL_ERROR_F, "consumer delete")
     consumer.delete()
     consumer.release_interest()
     stream.detach(name)

@@ -92,6 +92,12 @@ class JetStream:
         #: fsync every write whatever sync_interval says (the part answers
         #: its publishers from the durable callback).
         self.fed_in_process: Set[str] = set()
+        #: Streams another part of the server owns (the event log), by name,
+        #: each with the consumers it owns there: the API refuses to update,
+        #: purge or delete them (L{eventsvc.jetstream.api.refuse_if_owned},
+        #: L{eventsvc.jetstream.consumer_api.refuse_if_owned}); reading them,
+        #: and clients' own consumers on them, stay open.
+        self.owned: Dict[str, Set[str]] = {}
 
     def now(self) -> int:
         """The time in nanoseconds since the epoch (tests pass a fake)."""

@@ -251,7 +251,11 @@ _Waiter = Tuple[Callable[[], None], Optional[Callable[[StoreError], None]]]
 class _WriteState:
     """
     What the two file stores share about writing: the sync policy, the
-    state after a failed write (ok, full, unavailable), and the waiters.
+    state after a failed write (ok, full, unavailable), the waiters, and
+    the one rule of a failure: let go of the file cut back to what was
+    written (L{_cut_back}), refuse and tell (L{_failed}, L{_fsync_failed}),
+    and every L{RETRY_INTERVAL} write again once the disk has room
+    (L{_retry}, with what each store writes then in L{_write_again}).
     """
 
     log = Logger()
@@ -259,8 +263,12 @@ class _WriteState:
     #: state) or gone (a stream's messages).
     _keeps_unwritten = False
 
-    def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk]) -> None:
+    def __init__(self, path: str, clock: IReactorTime, sync_interval: SyncInterval, disk: Optional[Disk],
+                 read_only: bool = False) -> None:
         self._path = path
+        #: Opened only to be read, beside the process that writes it: it
+        #: writes, makes and deletes nothing, not even at open or close.
+        self._read_only = read_only
         self._clock = clock
         self._disk = disk or Disk()
         self._sync_every = parse_sync_interval(sync_interval)
@@ -275,16 +283,20 @@ class _WriteState:
         self._sync_call: Optional[IDelayedCall] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._closed = False
-        #: Whether new writes are refused (closed, or the disk cannot take them).
-        self._refusing = False
+        #: Whether new writes are refused (closed, read-only, or the disk cannot take them).
+        self._refusing = read_only
         #: Called before and after the waiters of a write are called back
         #: (the stream's engine holds its PubAcks for one write out).
         self.around_ready: Optional[Tuple[Callable[[], None], Callable[[], None]]] = None
+        #: The file written (a segment, a consumer's log), the bytes in it, and whether some are not fsynced.
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._dirty = False
 
     def _schedule_flush(self, delay: float = 0.0) -> None:
         call = self._flush_call
         if call is None:
-            if not self._closed:
+            if not self._closed and not self._read_only:
                 self._flush_call = self._clock.callLater(delay, self._flush)
         elif delay == 0 and call.getTime() > self._clock.seconds():
             # (Someone waits: a held write goes now.)
@@ -347,11 +359,60 @@ class _WriteState:
                     self.log.failure("file store {path}: a when_durable errback failed", path=self._path)
         self._schedule_retry()
 
+    def _cut_back(self) -> None:
+        """A write failed: the file is cut back to what was written before, and let go (nothing is appended after a record cut short)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            self._disk.truncate(fd, self._size)
+        except OSError:
+            pass  # (the reader skips a torn tail)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _fsync_failed(self, error: OSError) -> None:
+        """
+        A periodic fsync failed: what it covered was written, and answered
+        as written (what C{sync_interval} promises), but the disk under it
+        is failing, so new writes are refused until a retry's write and
+        fsync hold.
+        """
+        why = "fsync failed: {}".format(error.strerror or error)
+        self.log.error("file store {path}: {why}; refusing new writes, reading on, trying again every {retry}s",
+                       path=self._path, why=why, retry=RETRY_INTERVAL)
+        self.health, self.error = "unavailable", why
+        self._refusing = True
+        self._dirty = False
+        self._schedule_retry()
+
     def _schedule_retry(self) -> None:
         if self._retry_call is None and not self._closed:
             self._retry_call = self._clock.callLater(RETRY_INTERVAL, self._retry)
 
     def _retry(self) -> None:
+        """Every L{RETRY_INTERVAL} while the store cannot write: once the disk has room, write again; when that holds, the store is back."""
+        self._retry_call = None
+        if self._closed or self.health == "ok":
+            return
+        if not self._room():
+            self._schedule_retry()
+            return
+        try:
+            self._write_again()
+        except OSError as e:
+            self._fail(e)
+            return
+        self._recovered()
+        self._call_ready()
+
+    def _write_again(self) -> None:
+        """What a retry writes, and fsyncs, to find the disk back.  @raise OSError: it is not."""
+        raise NotImplementedError()
+
+    def _fail(self, error: OSError) -> None:
         raise NotImplementedError()
 
     def _room(self) -> bool:
@@ -384,6 +445,15 @@ class _WriteState:
                 call.cancel()
             setattr(self, name, None)
 
+    def abandon(self) -> None:
+        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+        self._closed = True
+        self._refusing = True
+        self._cancel_timers()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 class FileStore(_WriteState):
     """
@@ -405,6 +475,7 @@ class FileStore(_WriteState):
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         segment_size: int = SEGMENT_SIZE,
         disk: Optional[Disk] = None,
+        read_only: bool = False,
     ) -> None:
         """
         Open the store in C{directory} (made if missing), reading what is
@@ -415,6 +486,8 @@ class FileStore(_WriteState):
             (-1: no limit); past it L{store} raises L{StoreFull}.
         @param sync_interval: C{"always"}, or seconds between fsyncs.
         @param disk: the writing operations (tests put a failing disk here).
+        @param read_only: only read it (another process may be writing it:
+            C{eventsvc spool stats}); it takes no message, and changes no file.
         @raise StoreUnavailable: the directory cannot be read.
         @raise ValueError: a bad C{sync_interval}.
         """
@@ -422,7 +495,7 @@ class FileStore(_WriteState):
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         if isinstance(directory, str):
             directory = FilePath(directory)
-        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        super().__init__(directory.path, clock, sync_interval, disk, read_only)  # type: ignore[arg-type]
         self._directory = directory
         self._limits = limits
         self._max_store = max_store
@@ -436,11 +509,8 @@ class FileStore(_WriteState):
         self._removed: Optional[RemovedCallback] = None
         self._segments: Dict[int, _Segment] = {}
         self._next_number = 1
-        #: The segment being written, its write fd, and the bytes written to it.
+        #: The segment being written (its write fd and the bytes written to it: C{_fd}, C{_size}).
         self._active: Optional[_Segment] = None
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._dirty = False
         self._folder_dirty = False
         #: Segments written to since the last fsync, closed since.
         self._unsynced: List[str] = []
@@ -459,7 +529,8 @@ class FileStore(_WriteState):
         #: Segment files to delete once the deletions carried out of them are written.
         self._unlinks: List[str] = []
         try:
-            os.makedirs(directory.path, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory.path, exist_ok=True)
             self._read()
         except OSError as e:
             raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
@@ -730,17 +801,8 @@ class FileStore(_WriteState):
         close it (nothing is appended after a record cut short); the
         messages of the buffer are lost, its deletions held.
         """
-        active, fd = self._active, self._fd
-        self._active = self._fd = None
-        if fd is not None:
-            try:
-                self._disk.truncate(fd, self._size)
-            except OSError:
-                pass  # (the reader skips a torn tail)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        active, self._active = self._active, None
+        self._cut_back()
         index, number = self._index, active.number if active is not None else -1
         lost = [seq for seq in range(self._unwritten, self._last + 1) if seq in index and index[seq][0] == number]
         self._unwritten = self._last + 1
@@ -758,26 +820,14 @@ class FileStore(_WriteState):
         self._size = 0
         self._failed(error)
 
-    def _retry(self) -> None:
-        self._retry_call = None
-        if self._closed or self.health == "ok":
-            return
-        if not self._room():
-            self._schedule_retry()
-            return
-        # A write and an fsync that succeed say the store is back.
+    def _write_again(self) -> None:
+        # A mark (and what waits) written and fsynced say the store is back.
         self._mark = True
-        try:
-            if self._fd is None:
-                self._begin()
-            self._write_or_raise()
-            self._disk.fsync(self._fd)  # type: ignore[arg-type]
-        except OSError as e:
-            self._fail(e)
-            return
+        if self._fd is None:
+            self._begin()
+        self._write_or_raise()
+        self._disk.fsync(self._fd)  # type: ignore[arg-type]
         self._dirty = False
-        self._recovered()
-        self._call_ready()
 
     def _periodic_sync(self) -> None:
         self._sync_call = None
@@ -803,13 +853,7 @@ class FileStore(_WriteState):
             try:
                 self._disk.fsync(self._fd)
             except OSError as e:
-                # What was written is in the OS's hands and was acknowledged
-                # as such; the disk under it is failing.
-                self.log.error("file store {path}: fsync failed: {error}", path=self._path, error=e.strerror or e)
-                self.health, self.error = "unavailable", "fsync failed: {}".format(e.strerror or e)
-                self._refusing = self.health != "ok" or self._closed
-                self._schedule_retry()
-                self._dirty = False
+                self._fsync_failed(e)
                 return
             self._dirty = False
         if self._folder_dirty:
@@ -1136,9 +1180,10 @@ class FileStore(_WriteState):
         """Write what is buffered, fsync, and let the files go."""
         if self._closed:
             return
-        self._write()
-        if self.health == "ok":
-            self._sync()
+        if not self._read_only:
+            self._write()
+            if self.health == "ok":
+                self._sync()
         self._call_ready()
         self._closed = True
         self._refusing = True
@@ -1165,13 +1210,7 @@ class FileStore(_WriteState):
             pass  # (the stream's own files are still in it)
 
     def abandon(self) -> None:
-        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().abandon()
         for segment in self._segments.values():
             segment.close()
 
@@ -1232,17 +1271,20 @@ class FileConsumerStore(_WriteState):
         sync_interval: SyncInterval = DEFAULT_SYNC_INTERVAL,
         compact_size: int = COMPACT_SIZE,
         disk: Optional[Disk] = None,
+        read_only: bool = False,
     ) -> None:
         """
         Open (or begin) the state kept in C{directory}.
 
+        @param read_only: only read it (its consumer may be running in
+            another process); nothing is compacted, made or written.
         @raise StoreUnavailable: it cannot be read.
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         if isinstance(directory, str):
             directory = FilePath(directory)
-        super().__init__(directory.path, clock, sync_interval, disk)  # type: ignore[arg-type]
+        super().__init__(directory.path, clock, sync_interval, disk, read_only)  # type: ignore[arg-type]
         self._directory = directory
         self._snapshot = os.path.join(directory.path, "consumer.snap")
         self._logpath = os.path.join(directory.path, "consumer.log")
@@ -1254,16 +1296,14 @@ class FileConsumerStore(_WriteState):
         self._memory = MemoryConsumerStore()
         self._generation = 0
         self._snapshot_size = 0
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._dirty = False
         self._buffer = bytearray()
         try:
-            os.makedirs(directory.path, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory.path, exist_ok=True)
             replayed = self._read()
         except OSError as e:
             raise StoreUnavailable("cannot read {}: {}".format(directory.path, e.strerror or e))
-        if replayed or self._fd is None:
+        if (replayed or self._fd is None) and not read_only:
             try:
                 self._compact()
             except OSError as e:
@@ -1316,7 +1356,8 @@ class FileConsumerStore(_WriteState):
                 path=self._logpath, what=_describe(damage, len(log)), count=replayed,
             )
         if not replayed and not damage and generation == self._generation:
-            self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+            if not self._read_only:
+                self._fd = os.open(self._logpath, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
             self._size = len(log)
             return False
         return True
@@ -1445,33 +1486,13 @@ class FileConsumerStore(_WriteState):
         self._dirty = False
 
     def _fail(self, error: OSError) -> None:
-        """The log cannot be written: close it; the retry writes a new snapshot (the state is in memory)."""
-        if self._fd is not None:
-            try:
-                self._disk.truncate(self._fd, self._size)
-            except OSError:
-                pass
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        """The log cannot be written: let it go; the retry writes a new snapshot (the state is in memory)."""
+        self._cut_back()
         self._failed(error)
 
-    def _retry(self) -> None:
-        self._retry_call = None
-        if self._closed or self.health == "ok":
-            return
-        if not self._room():
-            self._schedule_retry()
-            return
-        try:
-            self._compact()
-        except OSError as e:
-            self._fail(e)
-            return
-        self._recovered()
-        self._call_ready()
+    def _write_again(self) -> None:
+        # The whole state as a new snapshot (fsynced), and a new log after it.
+        self._compact()
 
     def _periodic_sync(self) -> None:
         self._sync_call = None
@@ -1479,13 +1500,16 @@ class FileConsumerStore(_WriteState):
             try:
                 self._disk.fsync(self._fd)
             except OSError as e:
-                self._fail(e)
+                self._fsync_failed(e)
                 return
             self._dirty = False
 
     def close(self) -> None:
         """Write what is buffered (and fsync it)."""
         if self._closed:
+            return
+        if self._read_only:
+            self.abandon()
             return
         try:
             if self.health != "ok":
@@ -1517,11 +1541,3 @@ class FileConsumerStore(_WriteState):
         except OSError:
             pass
 
-    def abandon(self) -> None:
-        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

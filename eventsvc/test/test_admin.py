@@ -278,18 +278,74 @@ class StoreCommandTests(TestCase):
         self.assertEqual(set(stats["handlers"]), {"cfgingest"})
         self.assertGreater(stats["bytes"], 0)
 
-    def test_spool_stats_with_the_stream_log(self):
-        """With events on the JetStream stream (the default) there is no spool: the answer says where to look instead."""
+    def test_spool_stats_with_the_stream_log_before_the_first_start(self):
+        """With events on the JetStream stream (the default) and no stream made yet: nothing owed, as JSON too."""
         config = process.write_config(os.path.abspath(self.mktemp()) + ".toml", '[service]\nport = 0\ndata_dir = "state"\n')
         folder = os.path.join(os.path.dirname(config), "state", "jetstream", "streams", "EVENTS")
         result = process.cli("spool", "stats", "--config", config)
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         self.assertEqual(result.stdout, (
-            'events are kept in the JetStream stream EVENTS in {} ([events] log = "stream"), not in a spool: '
-            "each handler's backlog is in /eventz and /metrics, and with [jetstream] its durable consumer is there to "
-            "read (eventsvc consumer info EVENTS <handler>)\n").format(folder))
+            "no events stream yet at {} (the service has not run on the stream with this state directory): "
+            "nothing owed\n").format(folder))
         as_json = process.cli("spool", "stats", "--config", config, "--json")
-        self.assertEqual(json.loads(as_json.stdout), {"path": folder, "exists": False, "log": "stream", "stream": "EVENTS"})
+        self.assertEqual(json.loads(as_json.stdout), {
+            "log": "stream", "stream": "EVENTS", "path": folder, "exists": False, "running_pid": None, "messages": 0,
+            "bytes": 0, "first_seq": 0, "last_seq": 0, "events_owed": 0, "handlers": {}})
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(config), "state")))
+
+    @defer.inlineCallbacks
+    def test_spool_stats_with_the_stream_log(self):
+        """
+        With events on the stream, spool stats counts what the stream owes
+        each handler, beside the running service (saying it runs, taking
+        no lock: the service goes on, and starts again after) and with it
+        stopped.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port, down = process.free_port(), process.free_port()
+        config = process.write_config(os.path.join(directory, "patch.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
+            '[handlers]\ncfgingest = "http://127.0.0.1:%d/c"\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
+        ) % (port, down))
+        proc = process.eventsvc(config)
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+        path = os.path.join(directory, "e.json")
+        process.write_config(path, json.dumps({"producer": {"id": "p"}}))
+
+        def run():
+            for kind in ("nodeTerminated", "cfgingest", "event_feed"):
+                sent = process.cli("publish", "--config", config, "--type", kind, "--file", path)
+                assert sent.returncode == 0, sent.stderr
+            proc.wait_output("handled event")
+            time.sleep(0.5)  # (the consumers' records are written within 0.2 s)
+            return process.cli("spool", "stats", "--config", config), process.cli("spool", "stats", "--config", config, "--json")
+
+        text, as_json = yield threads.deferToThread(run)
+        folder = os.path.join(directory, "data", "jetstream", "streams", "EVENTS")
+        self.assertEqual((text.returncode, text.stderr), (0, ""))
+        lines = text.stdout.splitlines()
+        self.assertRegex(lines[0], r"^events stream EVENTS in %s: 3 events kept \(\d+ bytes, sequences 1-3\), 2 still owed$"
+                         % folder.replace(".", r"\."))
+        self.assertRegex(lines[1], r"^  cfgingest: 2 owed \(oldest [0-9a-f-]+, accepted 20\d\d-")
+        self.assertEqual(lines[2], "  event_feed: 0 owed")
+        self.assertEqual(lines[3], "the service is running (pid %d): these are its files as they were read; it records what "
+                         "its handlers finish within 0.2 s, and /eventz shows each handler's backlog live" % proc.process.pid)
+        stats = json.loads(as_json.stdout)
+        self.assertEqual((stats["events_owed"], stats["handlers"]["cfgingest"]["owed"], stats["running_pid"]),
+                         (2, 2, proc.process.pid))
+        # The service is undisturbed: it still takes events.
+        sent = yield threads.deferToThread(process.cli, "publish", "--config", config, "--type", "cfgingest", "--file", path)
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        yield threads.deferToThread(proc.stop)
+        stopped = yield threads.deferToThread(process.cli, "spool", "stats", "--config", config, "--json")
+        stats = json.loads(stopped.stdout)
+        self.assertEqual((stats["events_owed"], stats["handlers"]["cfgingest"]["owed"], stats["running_pid"]), (3, 3, None))
+        # Nothing was left locked or changed for the next start.
+        again = process.eventsvc(config)
+        yield threads.deferToThread(again.start)
+        self.addCleanup(again.stop)
 
     def test_spool_stats_memory_only(self):
         config = process.write_config(self.mktemp() + ".toml", '[service]\nport = 0\ndata_dir = ""\n')

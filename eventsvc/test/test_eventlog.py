@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventsvc.events import types
 from eventsvc.events.dispatch import EventDispatcher
 from eventsvc.events.handlers import DeadLetters, HandlerService
-from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog
+from eventsvc.events.log import HANDLERS_HEADER, RECORD_HOLD, EventsJetStream, StreamLog, owed_in_stream, read_owed
 from eventsvc.events.spool import Spool, segment_paths
 from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.wire import parse_headers
@@ -29,12 +29,12 @@ from eventsvc.test.test_events import RecordingTarget
 class Node:
     """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
 
-    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, **settings) -> None:
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, log_options=None, **settings) -> None:
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets
         self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
-        self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir)
+        self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir, **(log_options or {}))
         self.engine.start()
         dead = test.mktemp() + "-dead.jsonl"
         self.handlers = {
@@ -318,6 +318,183 @@ class NoJetStreamSectionTests(SynchronousTestCase):
         self.assertFalse(node.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
         node.publish("cfgingest", "e-1")
         self.assertEqual(node.stream.store.state().msgs, 1)
+
+
+class OwnedStreamTests(SynchronousTestCase):
+    """
+    With [jetstream] the events stream and its handlers' consumers are
+    visible to clients: the API refuses to change or delete them (the
+    events acknowledged to publishers stay), and reads, and clients' own
+    consumers on the stream, keep working.
+    """
+
+    def setUp(self) -> None:
+        self.target = RecordingTarget(["hold"] * 10)
+        self.node = Node(self, self.mktemp(), {"cfgingest": self.target, "feed": RecordingTarget()})
+        for i in range(3):
+            self.node.publish("cfgingest", "e-%d" % i)
+        self.answers = []
+        self.node.broker.subscribe("_INBOX.api", lambda subject, reply, body, headers: self.answers.append(json.loads(body)))
+
+    def api(self, subject: str, body=b"") -> dict:
+        from eventsvc.jetstream import api
+
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        api.dispatch(self.node.engine, "$JS.API." + subject, "_INBOX.api", payload, None)
+        return self.answers.pop()
+
+    def refused(self, answer: dict) -> tuple:
+        error = answer["error"]
+        return error["code"], error["err_code"], error["description"].split(":")[0]
+
+    def assertNothingLost(self) -> None:
+        self.assertEqual(self.node.stream.store.state().msgs, 3)
+        self.assertIn("EVENTS", self.node.engine.streams)
+        self.assertEqual(sorted(self.node.stream.consumers), ["cfgingest", "feed"])
+        self.assertEqual(self.node.stream.consumers["cfgingest"].info()["num_ack_pending"], 3)
+
+    def test_the_stream_is_not_changed_or_deleted(self) -> None:
+        """UPDATE, PURGE, DELETE and MSG.DELETE are refused with nats-server's error for each, naming [events]."""
+        config = self.api("STREAM.INFO.EVENTS")["config"]
+        self.assertEqual(self.refused(self.api("STREAM.UPDATE.EVENTS", dict(config, max_msgs=1))),
+                         (500, 10069, "stream update not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.PURGE.EVENTS")), (500, 10110, "stream purge not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.PURGE.EVENTS", {"filter": "event.cfgingest"})),
+                         (500, 10110, "stream purge not permitted"))
+        self.assertEqual(self.refused(self.api("STREAM.MSG.DELETE.EVENTS", {"seq": 1})), (500, 10057, "message delete not permitted"))
+        answer = self.api("STREAM.DELETE.EVENTS")
+        self.assertEqual(self.refused(answer), (500, 10050, "stream delete not permitted"))
+        self.assertIn("stream EVENTS is eventsvc's event log; it is configured by [events]", answer["error"]["description"])
+        self.assertNothingLost()
+        # The held events are still the handler's to finish.
+        for held in self.target.held:
+            held.callback(None)
+        self.node.clock.advance(0)
+        self.assertEqual(self.node.stream.consumers["cfgingest"].info()["ack_floor"]["stream_seq"], 3)
+
+    def test_reads_work(self) -> None:
+        info = self.api("STREAM.INFO.EVENTS")
+        self.assertEqual(info["state"]["messages"], 3)
+        self.assertEqual(self.api("STREAM.MSG.GET.EVENTS", {"seq": 2})["message"]["subject"], "event.cfgingest")
+        self.assertEqual(self.api("CONSUMER.INFO.EVENTS.cfgingest")["num_ack_pending"], 3)
+        self.assertEqual(self.api("CONSUMER.NAMES.EVENTS")["consumers"], ["cfgingest", "feed"])
+
+    def test_the_handlers_consumers_are_not_changed_or_deleted(self) -> None:
+        answer = self.api("CONSUMER.DELETE.EVENTS.cfgingest")
+        self.assertEqual(self.refused(answer), (500, 10051, "consumer delete not permitted"))
+        self.assertIn("eventsvc handler cfgingest's progress", answer["error"]["description"])
+        config = self.api("CONSUMER.INFO.EVENTS.cfgingest")["config"]
+        self.assertEqual(self.refused(self.api("CONSUMER.DURABLE.CREATE.EVENTS.cfgingest",
+                                               {"stream_name": "EVENTS", "config": dict(config, ack_wait=1_000_000_000)})),
+                         (500, 10012, "consumer update not permitted"))
+        self.assertEqual(self.refused(self.api("CONSUMER.CREATE.EVENTS.feed",
+                                               {"stream_name": "EVENTS", "config": {"durable_name": "feed", "ack_policy": "none"}})),
+                         (500, 10012, "consumer update not permitted"))
+        # The same config again (a client checking it) is answered with its info, as for any consumer.
+        same = self.api("CONSUMER.DURABLE.CREATE.EVENTS.cfgingest", {"stream_name": "EVENTS", "config": config})
+        self.assertNotIn("error", same)
+        self.assertEqual(same["name"], "cfgingest")
+        self.assertNothingLost()
+
+    def test_clients_own_consumers_work(self) -> None:
+        """A client's consumer on the events stream is made, pulled, changed and deleted as on any stream."""
+        made = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",
+                        {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit"}})
+        self.assertEqual(made["num_pending"], 3)
+        got = []
+        self.node.broker.subscribe("_INBOX.pull", lambda subject, reply, body, headers: got.append(body))
+        from eventsvc.jetstream import api
+
+        api.dispatch(self.node.engine, "$JS.API.CONSUMER.MSG.NEXT.EVENTS.audit", "_INBOX.pull", b'{"batch": 3}', None)
+        self.assertEqual(got, [payload("cfgingest", "e-%d" % i) for i in range(3)])
+        changed = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",
+                           {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit",
+                                                                "description": "changed"}})
+        self.assertEqual(changed["config"]["description"], "changed")
+        self.assertEqual(self.api("CONSUMER.DELETE.EVENTS.audit"), {"type": "io.nats.jetstream.api.v1.consumer_delete_response",
+                                                                    "success": True})
+        self.assertNothingLost()
+
+    def test_the_configuration_changes_it(self) -> None:
+        """A restart with other [events] stream_max_age and stream_max_bytes applies them to the stream kept."""
+        directory = self.node.engine.settings.store_dir
+        self.assertEqual((self.node.stream.config["max_age"], self.node.stream.config["max_bytes"]), (0, -1))
+        self.node.stop()
+        node = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
+                    log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
+        self.assertEqual((node.stream.config["max_age"], node.stream.config["max_bytes"]), (3600 * 10**9, 1 << 30))
+        self.assertEqual(node.stream.store.state().msgs, 3)
+        node.stop()
+        again = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
+                     log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
+        self.assertEqual(again.stream.config["max_age"], 3600 * 10**9)
+
+
+class ReadOwedTests(SynchronousTestCase):
+    """
+    L{read_owed}, what C{eventsvc spool stats} says of the events stream:
+    per handler what it owes, read from the files with the service
+    stopped or beside it running, writing nothing.
+    """
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        # cfgingest holds what it gets (its target is down); feed delivers.
+        self.node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10), "feed": RecordingTarget()})
+        for i in range(3):
+            self.node.publish("cfgingest", "c-%d" % i)
+        self.node.publish("compliance_ingest", "f-0")
+        self.node.clock.advance(1)  # (the consumers' records are written)
+
+    def files(self) -> dict:
+        """Every file under the store: its size, bytes and mtime."""
+        found = {}
+        for folder, _, names in os.walk(self.dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    found[path] = (os.stat(path).st_mtime_ns, f.read())
+        return found
+
+    def test_beside_the_running_service(self) -> None:
+        """Read while the engine holds the store: the counts, the oldest owed, and not one byte written or file made."""
+        before = self.files()
+        found = read_owed(self.dir, "EVENTS")
+        self.assertEqual(self.files(), before)
+        self.assertEqual((found.messages, found.first_seq, found.last_seq, found.events_owed), (4, 1, 4, 3))
+        self.assertEqual(sorted(found.handlers), ["cfgingest", "feed"])
+        self.assertEqual(found.handlers["feed"], {"owed": 0, "oldest": 0.0, "oldest_event": ""})
+        self.assertEqual((found.handlers["cfgingest"]["owed"], found.handlers["cfgingest"]["oldest_event"]), (3, "c-0"))
+        self.assertEqual(found.handlers["cfgingest"]["oldest"], self.node.stream.store.load(1).ts / 1e9)
+        # The running side is undisturbed: it finishes, and the next reading says so.
+        self.node.targets["cfgingest"].held[0].callback(None)
+        self.node.clock.advance(1)
+        self.assertEqual(read_owed(self.dir, "EVENTS").handlers["cfgingest"]["owed"], 2)
+        self.assertEqual(owed_in_stream(self.node.stream), {"cfgingest": 2})
+
+    def test_stopped_and_after_a_crash(self) -> None:
+        """As the next start would owe them: after a clean stop, and after kill -9 (what the OS had)."""
+        self.node.stop()
+        self.assertEqual(read_owed(self.dir, "EVENTS").handlers["cfgingest"]["owed"], 3)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10), "feed": RecordingTarget()})
+        self.assertEqual(sorted(node.targets["cfgingest"].event_ids()), ["c-0", "c-1", "c-2"])
+        node.publish("cfgingest", "c-3")
+        node.crash()
+        found = read_owed(self.dir, "EVENTS")
+        self.assertEqual((found.handlers["cfgingest"]["owed"], found.events_owed), (4, 4))
+
+    def test_clients_consumers_are_not_handlers(self) -> None:
+        """A client's own consumer of the log is not listed, whatever it has pending."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        consumer_api.create_consumer(self.node.engine, self.node.stream,
+                                     parse_config({"durable_name": "audit", "ack_policy": "explicit"})).start()
+        self.node.clock.advance(1)
+        self.assertEqual(sorted(read_owed(self.dir, "EVENTS").handlers), ["cfgingest", "feed"])
+
+    def test_never_made(self) -> None:
+        self.assertIsNone(read_owed(self.mktemp(), "EVENTS"))
 
 
 class ConfigTests(SynchronousTestCase):

@@ -171,3 +171,63 @@ log = "{log}"
         outcome = yield threads.deferToThread(lambda: asyncio.run(scenario()))
         self.assertEqual(outcome, "NoRespondersError")
         self.assertTrue(os.path.isdir(os.path.join(self.dir, "data", "jetstream", "streams", "EVENTS")))
+
+    @defer.inlineCallbacks
+    def test_clients_cannot_purge_or_delete_the_log(self):
+        """
+        nats-py's purge, delete and update of EVENTS and delete of a
+        handler's consumer are refused with an APIError naming [events];
+        every acknowledged event is still delivered afterwards, and a
+        client's own consumer on EVENTS is made and deleted as usual.
+        """
+        from twisted.internet import reactor
+        from twisted.web import server
+
+        self.start()
+        ids = ["g-%02d" % i for i in range(9)]
+        acks = yield self.publish(ids)
+        self.assertEqual([a["success"] for a in acks], [True] * 9)
+
+        async def scenario():
+            from nats.js.api import StreamConfig
+            from nats.js.errors import APIError
+
+            nc = await nats.connect("nats://127.0.0.1:%d" % self.port)
+            js = nc.jetstream()
+            refused = {}
+            attempts = {
+                "purge": lambda: js.purge_stream("EVENTS"),
+                "delete_msg": lambda: js.delete_msg("EVENTS", 1),
+                "update": lambda: js.update_stream(StreamConfig(name="EVENTS", subjects=["event.>"], max_msgs=1)),
+                "delete_stream": lambda: js.delete_stream("EVENTS"),
+                "delete_consumer": lambda: js.delete_consumer("EVENTS", "cfgingest"),
+            }
+            for name, attempt in attempts.items():
+                try:
+                    await attempt()
+                    refused[name] = "done"
+                except APIError as e:
+                    refused[name] = (e.code, e.err_code, e.description)
+            mine = await js.add_consumer("EVENTS", ConsumerConfig(durable_name="mine", ack_policy=AckPolicy.EXPLICIT))
+            deleted = await js.delete_consumer("EVENTS", "mine")
+            info = await js.stream_info("EVENTS")
+            consumers = sorted([c.name for c in await js.consumers_info("EVENTS")])
+            await nc.close()
+            return refused, mine.num_pending, deleted, info.state.messages, consumers
+
+        refused, pending, deleted, messages, consumers = yield threads.deferToThread(lambda: asyncio.run(scenario()))
+        self.assertEqual({name: answer[:2] for name, answer in refused.items()}, {
+            "purge": (500, 10110), "delete_msg": (500, 10057), "update": (500, 10069),
+            "delete_stream": (500, 10050), "delete_consumer": (500, 10051),
+        })
+        self.assertIn("stream purge not permitted: stream EVENTS is eventsvc's event log; it is configured by [events]",
+                      refused["purge"][2])
+        self.assertIn("consumer cfgingest of stream EVENTS is eventsvc handler cfgingest's progress", refused["delete_consumer"][2])
+        self.assertEqual((pending, deleted, messages), (9, True, 9))
+        self.assertEqual(consumers, ["cfgingest", "event_feed", "feed"])
+        # The handlers' targets come up: every acknowledged event is delivered.
+        target = Target()
+        listening = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        yield wait_for(lambda: set(sum(target.seen.values(), [])) >= set(ids))
+        self.assertEqual(sorted(set(sum(target.seen.values(), []))), ids)

@@ -225,4 +225,89 @@ class ReferenceJetStreamTests(_Scenes):
         return "nats://127.0.0.1:%d" % port
 
 
+async def replay_original(url: str) -> Dict[str, Any]:
+    """
+    nats-py: three messages stored 0.6 s and 0.3 s apart, then a push
+    consumer with replay original from the start: the gaps between their
+    stored times, the gaps between their arrivals, and how long a fourth
+    message published after the replay took to arrive (seconds).
+    """
+    import time
+
+    from nats.js.api import ConsumerConfig, DeliverPolicy, ReplayPolicy
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="REPLAY", subjects=["replay.>"])
+        for data, pause in ((b"m1", 0.6), (b"m2", 0.3), (b"m3", 0.0)):
+            await js.publish("replay.x", data)
+            await asyncio.sleep(pause)
+        await asyncio.sleep(0.5)  # the replay must not start on the last gap
+        arrived: list = []
+        done = asyncio.Event()
+
+        async def got(msg: Any) -> None:
+            arrived.append((msg.data, time.monotonic(), msg.metadata.timestamp.timestamp()))
+            if len(arrived) in (3, 4):
+                done.set()
+
+        await js.subscribe("replay.>", stream="REPLAY", cb=got, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, replay_policy=ReplayPolicy.ORIGINAL))
+        await asyncio.wait_for(done.wait(), 10)
+        done.clear()
+        # (nats-server leaves replay when its loop next finds nothing to send;
+        # a message stored before then is paced too: 1 run in 4 of 1.4 s here.)
+        await asyncio.sleep(0.3)
+        sent = time.monotonic()
+        await js.publish("replay.x", b"m4")
+        await asyncio.wait_for(done.wait(), 10)
+        return {
+            "data": [a[0] for a in arrived],
+            "stored_gaps": [round(b[2] - a[2], 3) for a, b in zip(arrived[:2], arrived[1:3])],
+            "arrival_gaps": [round(b[1] - a[1], 3) for a, b in zip(arrived[:2], arrived[1:3])],
+            "live_latency": round(arrived[3][1] - sent, 3),
+        }
+    finally:
+        await nc.close()
+
+
+class ReplayOriginalTests(TestCase):
+    """
+    replay_policy original with nats-py's push consumer, against eventsvc
+    and nats-server -js in turn: both pace the stored messages as they
+    were stored and send a new one at once.
+    """
+
+    timeout = 60
+    #: Seconds an arrival gap may be off its stored gap (timers, a busy machine).
+    TOLERANCE = 0.15
+
+    async def test_paced_like_nats_server(self) -> None:
+        if nats is None:
+            missing("nats-py is not installed (pip install nats-py)")
+        reason = jetstream_missing()
+        if reason:
+            raise SkipTest(reason)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = process.write_config(os.path.join(folder, "eventsvc.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'
+        ).format(os.path.join(folder, "jetstream")))
+        ours = await process.started(self, process.eventsvc(path))
+        theirs = await process.started(self, process.nats_server("-js", "-sd", os.path.join(folder, "reference")))
+        results = {}
+        for name, port in (("eventsvc", ours), ("nats-server", theirs)):
+            url = "nats://127.0.0.1:%d" % port
+            results[name] = await threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(replay_original(url), 30)))
+        for name, got in results.items():
+            self.assertEqual(got["data"], [b"m1", b"m2", b"m3", b"m4"], name)
+            for stored, arrival in zip(got["stored_gaps"], got["arrival_gaps"]):
+                self.assertGreater(stored, 0.25, (name, got))
+                self.assertLess(abs(arrival - stored), self.TOLERANCE, (name, got))
+            self.assertLess(got["live_latency"], self.TOLERANCE, (name, got))
+        for ours_gap, theirs_gap in zip(results["eventsvc"]["arrival_gaps"], results["nats-server"]["arrival_gaps"]):
+            self.assertLess(abs(ours_gap - theirs_gap), 2 * self.TOLERANCE, results)
+
+
 del _Scenes  # only its subclasses run

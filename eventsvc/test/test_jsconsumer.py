@@ -773,6 +773,110 @@ class PushTests(ConsumerTestCase):
         self.assertTrue(again[1].startswith("$JS.ACK.ORDERS.R.2.2.3."))  # type: ignore[union-attr]
 
 
+class ReplayOriginalTests(ConsumerTestCase):
+    """
+    replay_policy original: what the stream held when the consumer started
+    comes at the pace it was stored (the gaps between stored times, not
+    under a millisecond), then new messages at once, as nats-server's
+    C{loopAndGatherMsgs}.
+    """
+
+    def stored_with_gaps(self, gaps: List[float]) -> None:
+        """m1, then each next message C{gaps[i]} seconds after the one before."""
+        self.stream.publish("orders.new", b"m1")
+        for i, gap in enumerate(gaps, 2):
+            self.clock.advance(gap)
+            self.stream.publish("orders.new", b"m%d" % i)
+
+    def arrivals(self, box: Inbox, start: float, until: float) -> List[Tuple[bytes, float]]:
+        """Run the clock from timer to timer up to C{until} s after C{start}: each message with when it came (s after C{start})."""
+        seen: List[Tuple[bytes, float]] = [(m, round(self.clock.seconds() - start, 3)) for m in box.data()]
+        while True:
+            due = [call.getTime() for call in self.clock.getDelayedCalls()]
+            if not due or min(due) > start + until:
+                break
+            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
+            seen.extend((m, round(self.clock.seconds() - start, 3)) for m in box.data())
+        return seen
+
+    def test_push_paced_then_instant(self) -> None:
+        """A push consumer sends m1 at once, m2 0.5 s later, m3 0.2 s after that, m4 with m3 (0.5 ms apart); then new ones at once."""
+        self.stored_with_gaps([0.5, 0.2, 0.0005])
+        self.clock.advance(30)
+        box = Inbox(self.broker, "deliver.r")
+        start = self.clock.seconds()
+        self.consumer(durable_name="R", deliver_subject="deliver.r", replay_policy="original")
+        self.assertEqual(self.arrivals(box, start, 2), [(b"m1", 0.0), (b"m2", 0.5), (b"m3", 0.7), (b"m4", 0.7)])
+        self.clock.advance(10)
+        self.stream.publish("orders.new", b"m5")
+        self.assertEqual(box.data(), [b"m5"])
+
+    def test_instant_is_instant(self) -> None:
+        """The default, replay instant, sends the whole backlog at once."""
+        self.stored_with_gaps([0.5, 0.2])
+        box = Inbox(self.broker, "deliver.i")
+        self.consumer(durable_name="I", deliver_subject="deliver.i")
+        self.assertEqual(box.data(), [b"m1", b"m2", b"m3"])
+
+    def test_new_messages_during_replay_wait_their_turn(self) -> None:
+        """
+        A message stored while the backlog is paced does not jump the queue,
+        and keeps its own gap (0.3 s after m2): nats-server stays in replay
+        until its loop finds nothing more to send.
+        """
+        self.stored_with_gaps([1.0])
+        box = Inbox(self.broker, "deliver.r")
+        start = self.clock.seconds()
+        self.consumer(durable_name="R", deliver_subject="deliver.r", replay_policy="original")
+        self.assertEqual(box.data(), [b"m1"])
+        self.clock.advance(0.3)
+        self.stream.publish("orders.new", b"m3")
+        self.assertEqual(self.arrivals(box, start, 2), [(b"m2", 1.0), (b"m3", 1.3)])
+
+    def test_pull_paced(self) -> None:
+        """A pull request is served at the stored pace too; the request is not used up while it waits."""
+        self.stored_with_gaps([0.4, 0.3])
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", replay_policy="original")
+        start = self.clock.seconds()
+        box = self.pull(consumer, {"batch": 3, "expires": 5 * SECOND})
+        self.assertEqual(self.arrivals(box, start, 1), [(b"m1", 0.0), (b"m2", 0.4), (b"m3", 0.7)])
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_pull_no_wait_gets_the_batch(self) -> None:
+        """A no_wait pull is not ended early while the next message of its batch waits its time."""
+        self.stored_with_gaps([0.4])
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", replay_policy="original")
+        start = self.clock.seconds()
+        box = self.pull(consumer, {"batch": 2, "no_wait": True, "expires": 5 * SECOND})
+        self.assertEqual(self.arrivals(box, start, 1), [(b"m1", 0.0), (b"m2", 0.4)])
+
+    def test_restart_paces_again(self) -> None:
+        """A durable consumer made again (a restart) paces what is left from where it was."""
+        self.stored_with_gaps([0.2, 0.6])
+        box = Inbox(self.broker, "deliver.r")
+        consumer = self.consumer(durable_name="R", deliver_subject="deliver.r", replay_policy="original")
+        self.assertEqual(box.data(), [b"m1"])
+        consumer.stop()
+        self.stream.consumers.clear()
+        again = Consumer(self.stream, "R", consumer.config, self.stream.consumer_stores["R"], consumer.created)
+        self.stream.attach(again)
+        start = self.clock.seconds()
+        again.start()
+        self.addCleanup(again.stop)
+        self.assertEqual(self.arrivals(box, start, 1), [(b"m2", 0.0), (b"m3", 0.6)])
+
+    def test_deleted_while_waiting(self) -> None:
+        """A consumer deleted while it waits for the next message sends nothing more and leaves no timer."""
+        self.stored_with_gaps([0.5])
+        box = Inbox(self.broker, "deliver.r")
+        consumer = self.consumer(durable_name="R", deliver_subject="deliver.r", replay_policy="original")
+        self.assertEqual(box.data(), [b"m1"])
+        consumer.delete()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(box.data(), [])
+
+
 class RestartTests(ConsumerTestCase):
     def test_resumes(self) -> None:
         """A consumer made again from its store resumes: unacked redelivered, acked never."""

@@ -524,6 +524,34 @@ class FullDiskTests(Base):
             self.assertEqual(again.load(first).data, b"kept")  # type: ignore[union-attr]
             again.destroy()
 
+    def test_fsync_fails(self) -> None:
+        """
+        A periodic fsync that fails: what was written stays answered and
+        readable, new messages are refused (one error line), and the retry's
+        write and fsync bring the store back.
+        """
+        store = self.open(sync_interval=1.0)
+        kept = store.store("a", None, b"kept", 1)
+        durable: List[str] = []
+        store.when_durable(lambda: durable.append("ok"))
+        self.clock.advance(0)
+        self.assertEqual(durable, ["ok"])
+        self.disk.error = errno.EIO
+        with capturedLogs() as events:
+            self.clock.advance(1)
+        self.assertEqual(store.health, "unavailable")
+        errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("fsync failed", errors[0])
+        self.assertRaises(StoreUnavailable, store.store, "a", None, b"", 2)
+        self.assertEqual(store.load(kept).data, b"kept")  # type: ignore[union-attr]
+        self.disk.error = None
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual(store.health, "ok")
+        self.assertEqual(store.store("a", None, b"new", 3), 2)
+        store.close()
+        self.assertEqual(sorted(messages(self.open(), 3)), [1, 2])
+
     def test_deletes_free_room(self) -> None:
         """On a full disk acknowledgements (removals from the front) still delete segments."""
         store = self.open(segment_size=1024)
@@ -966,6 +994,28 @@ class ConsumerStoreTests(SynchronousTestCase):
         self.clock.advance(filestore.RETRY_INTERVAL)
         self.assertEqual(store.health, "ok")
         self.assertEqual(later, [True])
+        store.abandon()
+        self.assertEqual(self.open().load(), ConsumerState(1, 10, 1, 10, {}, {}))
+
+    def test_fsync_fails(self) -> None:
+        """As the message store: a failing periodic fsync refuses until the retry's snapshot holds; the state is kept."""
+        store = self.open(sync_interval=1.0)
+        store.update_delivered(1, 10, 1, 100)
+        self.clock.advance(0)
+        self.disk.error = errno.EIO
+        with capturedLogs() as events:
+            self.clock.advance(1)
+        self.assertEqual(store.health, "unavailable")
+        self.assertIn("fsync failed", [formatEvent(e) for e in events if e["log_level"].name == "error"][0])
+        store.update_acks(1, 10, [10])
+        failures: List[StoreError] = []
+        store.when_durable(lambda: self.fail("durable"), failures.append)
+        self.assertIsInstance(failures[0], StoreUnavailable)
+        later: List[bool] = []
+        store.when_durable(lambda: later.append(True))
+        self.disk.error = None
+        self.clock.advance(filestore.RETRY_INTERVAL)
+        self.assertEqual((store.health, later), ("ok", [True]))
         store.abandon()
         self.assertEqual(self.open().load(), ConsumerState(1, 10, 1, 10, {}, {}))
 
