@@ -148,6 +148,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         exports=_route_permissions(cl.permissions.export_allow, cl.permissions.export_deny),
         user=cl.user, password=cl.password, limits=config.limits, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
+        jetstream=config.jetstream.enabled, jetstream_domain=config.jetstream.domain if config.jetstream.enabled else "",
     ))
 
 

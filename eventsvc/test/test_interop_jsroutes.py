@@ -7,12 +7,15 @@ get each message with its stream subject and an ack reply that acks
 across the gateway (the consumer's pending count drops to zero).  Both
 ways: eventsvc's stream consumed by a client of nats-server, and a stream
 of a three-node nats-server JetStream cluster (nats-server runs JetStream
-with a gateway only clustered) consumed by a client of eventsvc.
+with a gateway only clustered) consumed by a client of eventsvc.  And
+inside one eventsvc cluster: a second server with JetStream is refused its
+route, and the first serves every server's clients, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from twisted.internet import defer
@@ -171,3 +174,77 @@ class NatsServerStreamEventsvcClientTests(TestCase):
         self.assertEqual(result["push_pending"], 0)
         self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
         self.assertEqual(result["pull_floor"], 3)
+
+
+async def answers(port: int, subject: str, payload: bytes = b"") -> list:
+    """Every answer a client of the server at C{port} gets to a request on C{subject} within a second."""
+    nc = await nats.connect("nats://127.0.0.1:%d" % port)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(subject, payload, reply=inbox)
+        await nc.flush()
+        await asyncio.sleep(1.0)
+        got = []
+        while True:
+            try:
+                got.append((await sub.next_msg(timeout=0.05)).data)
+            except Exception:
+                return got
+    finally:
+        await nc.close()
+
+
+class OneJetStreamPerClusterTests(TestCase):
+    """
+    Three eventsvc processes routed to A: A and B with [jetstream], C
+    without.  B's route is refused, on both sides, naming both servers;
+    C's comes up, and C's clients use A's JetStream; every request is
+    answered once.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_a_second_jetstream_server_is_refused_and_the_first_serves_the_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        route_a = process.free_port()
+        clients = [process.free_port() for _ in range(3)]
+        nodes = []
+        for i, name in enumerate("abc"):
+            text = '[service]\nhost = "127.0.0.1"\nport = %d\n' % clients[i]
+            text += '[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
+            text += 'port = %d\n' % route_a if name == "a" else 'listen = false\nroutes = ["nats-route://127.0.0.1:%d"]\n' % route_a
+            if name != "c":
+                text += '[jetstream]\nstore_dir = "%s/%s"\n' % (directory, name)
+            nodes.append(process.eventsvc(process.write_config(os.path.join(directory, name + ".toml"), text), expect=("service",)))
+        for node in nodes:
+            yield process.started(self, node)
+        a, b, c = nodes
+        c.wait_output("route to ", timeout=30)
+        b.wait_output("refused: JetStream is on at", timeout=30)
+        a.wait_output("refused: JetStream is on at", timeout=30)
+
+        async def scenario():
+            ids = []
+            for port in clients[:2]:
+                nc = await nats.connect("nats://127.0.0.1:%d" % port)
+                ids.append(nc._server_info["server_id"])
+                await nc.close()
+            nc = await nats.connect("nats://127.0.0.1:%d" % clients[2])
+            try:
+                await nc.jetstream().add_stream(name="ORDERS", subjects=["orders.>"])
+            finally:
+                await nc.close()
+            return ids, [await answers(port, "$JS.API.STREAM.NAMES") for port in clients]
+        (id_a, id_b), named = yield run(scenario)
+        self.assertIn("refused: JetStream is on at %s and at %s (this server)" % (id_b, id_a), a.output())
+        self.assertIn("refused: JetStream is on at %s and at %s (this server)" % (id_a, id_b), b.output())
+        self.assertIn("or link the servers as leaf nodes of a nats-server JetStream cluster", a.output())
+        self.assertNotIn(id_b, c.output())
+        # Each asked once, answered once: C by A's JetStream, B by its own.
+        streams = [[json.loads(answer)["streams"] for answer in got] for got in named]
+        self.assertEqual(streams, [[["ORDERS"]], [None], [["ORDERS"]]], [n.output() for n in nodes])
