@@ -44,8 +44,8 @@ MILLISECOND = 1_000_000
 #: nats-server's defaults (consumer.go, jetstream_api.go).
 ACK_WAIT_DEFAULT = 30 * SECOND
 #: How long a pull request counts as wanted though nobody is known to
-#: subscribe its inbox, on a server with gateways (nats-server's
-#: defaultGatewayRecentSubExpiration), in nanoseconds.
+#: subscribe its inbox, on a server with gateways or leaf nodes
+#: (nats-server's defaultGatewayRecentSubExpiration), in nanoseconds.
 RECENT_REQUEST = 2_000_000_000
 
 #: How often a push consumer looks at the gateways' interest in its deliver subject (nats-server: 1 s).
@@ -1160,12 +1160,17 @@ class Consumer:
     def _young(self, request: "NextRequest", now: int) -> bool:
         """
         Whether C{request} is too young to be dropped for want of interest in
-        its inbox, on a server with gateways (nats-server's
-        C{defaultGatewayRecentSubExpiration}): a request that came over a
-        gateway can arrive before the RS+ for its inbox, which the other
-        server sends on its other connection at the same moment.
+        its inbox, on a server with gateways or leaf nodes (nats-server's
+        C{defaultGatewayRecentSubExpiration}, applied when
+        C{s.leafNodeEnabled || s.gateway.enabled}): a request that came
+        over a gateway can arrive before the RS+ for its inbox, which the
+        other server sends on its other connection at the same moment, and
+        a leaf link can hide a gateway (or routes) on its far side, where
+        the request and its inbox's interest took different paths before
+        they met on the link.
         """
-        return self.broker.gateways is not None and now - request.received < RECENT_REQUEST
+        broker = self.broker
+        return (broker.gateways is not None or broker.leafnodes_enabled) and now - request.received < RECENT_REQUEST
     def _arm_wait_timer(self) -> None:
         """One timer for the waiting requests: the earliest expiry or heartbeat."""
         at = 0

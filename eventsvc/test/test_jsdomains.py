@@ -14,6 +14,8 @@ import json
 from typing import Any, List
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -342,3 +344,64 @@ class TwoEngineTests(SynchronousTestCase):
             # The plain API here lists only its own (the hub made one in the first round).
             names = json.loads(self.ask(client, "$JS.API.STREAM.NAMES").split(b"\r\n")[1])
             self.assertEqual(names["streams"], ["HUB"] if here == "hub" else None)
+
+
+class LeafPullRequestTests(SynchronousTestCase):
+    """
+    A pull request that comes over a leaf link before the interest in its
+    inbox (a leaf can hide a gateway or routes on its far side, where the
+    two took different paths): served for two seconds without known
+    interest, as nats-server does when leaf nodes are enabled
+    (C{defaultGatewayRecentSubExpiration}), then dropped.
+    """
+
+    def setUp(self) -> None:
+        self.hub = Node("H", jetstream=True, jetstream_domain="hub")
+        clock = self.hub.clock
+        js = JetStream(self.hub.broker, JetStreamSettings(domain="hub"), clock, now=lambda: int(clock.seconds() * 1e9))
+        js.start()
+        self.addCleanup(js.stop)
+        self.admin = self.hub.client()
+        self.admin.send(b"SUB _R.> 1\r\n")
+        for subject, body in ((b"$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"}),
+                              (b"$JS.API.CONSUMER.DURABLE.CREATE.S.p", {"stream_name": "S", "config": {
+                                  "durable_name": "p", "ack_policy": "explicit"}})):
+            payload = json.dumps(body).encode()
+            self.admin.send(b"PUB %s _R.1 %d\r\n%s\r\n" % (subject, len(payload), payload))
+        self.assertIn(b'"durable_name":"p"', self.admin.received())
+        # A spoke's link, spoken by hand: what it sends, and when.
+        self.link = self.hub.leafs.accepted()
+        self.wire = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        self.link.makeConnection(self.wire)
+        self.link.dataReceived(b'CONNECT {"version":"2.9.10","server_id":"NS","name":"spoke","headers":true}\r\n')
+        self.wire.clear()
+
+    def pending(self) -> tuple:
+        self.admin.send(b"PUB $JS.API.CONSUMER.INFO.S.p _R.2 0\r\n\r\n")
+        info = json.loads(self.admin.received().split(b"\r\n")[1])
+        return info["delivered"]["stream_seq"], info["num_ack_pending"], info["num_waiting"]
+
+    def test_the_inbox_interest_comes_after_the_request(self) -> None:
+        self.assertFalse(self.hub.broker.has_interest("_INBOX.q"))
+        self.link.dataReceived(b"LMSG $JS.hub.API.CONSUMER.MSG.NEXT.S.p _INBOX.q 1\r\n1\r\n")
+        self.hub.clock.advance(1.5)
+        self.link.dataReceived(b"LS+ _INBOX.q\r\n")
+        self.admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.assertRegex(self.wire.value(), rb"LMSG _INBOX\.q \$JS\.ACK\.S\.p\.1\.1\.1\.\d+\.0@orders\.1 2\r\nhi\r\n")
+        self.assertEqual(self.pending(), (1, 1, 0))
+
+    def test_a_request_nobody_wants_goes_after_two_seconds(self) -> None:
+        self.link.dataReceived(b"LMSG $JS.hub.API.CONSUMER.MSG.NEXT.S.p _INBOX.r 1\r\n1\r\n")
+        self.assertEqual(self.pending(), (0, 0, 1))
+        self.hub.clock.advance(2.5)
+        self.admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.assertEqual(self.pending(), (0, 0, 0))
+        self.assertNotIn(b"_INBOX.r", self.wire.value())
+
+    def test_not_without_leaf_nodes(self) -> None:
+        """(A server without links drops it at once, as nats-server: nobody can be about to subscribe.)"""
+        self.hub.leafs.stopService()
+        self.assertFalse(self.hub.broker.leafnodes_enabled)
+        client = self.hub.client()
+        client.send(b"PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.s 1\r\n1\r\n")
+        self.assertEqual(self.pending(), (0, 0, 0))

@@ -173,7 +173,8 @@ class GatewayConsumerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.a, self.b = test_supercluster.Node("A", ["B"]), test_supercluster.Node("B", ["A"])
-        self.js = JetStream(self.a.broker, JetStreamSettings(), self.a.clock)
+        clock = self.a.clock
+        self.js = JetStream(self.a.broker, JetStreamSettings(), clock, now=lambda: 1_000_000_000_000 + int(clock.seconds() * 1e9))
         self.js.start()
         self.addCleanup(self.js.stop)
         self.pumps = [test_supercluster.link(self.a, self.b)[0], test_supercluster.link(self.b, self.a)[0]]
