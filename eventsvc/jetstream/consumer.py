@@ -730,7 +730,13 @@ class Consumer:
         return seqs
 
     def start(self) -> None:
-        """Begin: listen for acks' flow control and interest, start the timers, deliver what is there."""
+        """Begin: listen for acks, flow control and interest, start the timers, deliver what is there."""
+        if self.stream.engine.answers_api:
+            # Its own ack subject, as nats-server's ackSubj: links tell the
+            # other side of this consumer's acks only, not of every ack
+            # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).
+            self._subs.append(self.broker.subscribe(
+                "$JS.ACK.%s.%s.*.*.*.*.*" % (self.stream.name, self.name), self._ack_message))
         if self.config.get("flow_control"):
             self._subs.append(
                 self.broker.subscribe("$JS.FC.%s.%s.*" % (self.stream.name, self.name), self._flow_control_answer)
@@ -1194,6 +1200,15 @@ class Consumer:
             self._deliver()
 
     # -- acknowledgements ----------------------------------------------------------
+
+    def _ack_message(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """A message on the ack subject (L{ack})."""
+        try:
+            self.ack(subject, reply, payload)
+        except RecursionError:
+            # "+NXT" with JSON nested past the decoder's depth: dropped, as
+            # nats-server drops an ack it cannot read (no traceback per message).
+            pass
 
     def ack(self, subject: str, reply: Optional[str], payload: bytes, tokens: Optional[List[str]] = None) -> None:
         """

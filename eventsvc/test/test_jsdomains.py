@@ -11,6 +11,7 @@ The same with nats-server is test_interop_jsdomains.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List
 
 from twisted.internet import task
@@ -405,3 +406,76 @@ class LeafPullRequestTests(SynchronousTestCase):
         client = self.hub.client()
         client.send(b"PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.s 1\r\n1\r\n")
         self.assertEqual(self.pending(), (0, 0, 0))
+
+
+class AckInterestTests(SynchronousTestCase):
+    """
+    Each consumer subscribes its own ack subject, as nats-server's
+    (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}): a link tells the other side
+    of those, so the acks of a busy hub's own clients stay at the hub
+    (the engine's C{$JS.ACK.>} sent every one of them to each spoke, to be
+    dropped there: 119 bytes per hub message in bench/leafacks.py).
+    """
+
+    def setUp(self) -> None:
+        self.nodes = {}
+        for name, domain in (("S", "edge"), ("H", "hub")):
+            node = Node(name, jetstream=True, jetstream_domain=domain)
+            js = JetStream(node.broker, JetStreamSettings(domain=domain), node.clock)
+            js.start()
+            self.addCleanup(js.stop)
+            self.nodes[domain] = node
+        self.pump, self.uplink, self.downleaf = leaf(self.nodes["edge"], self.nodes["hub"])
+        self.wire: List[bytes] = []
+        write = self.downleaf.transport.write
+
+        def spy(data: bytes) -> None:
+            self.wire.append(data)
+            write(data)
+        self.downleaf.transport.write = spy  # type: ignore[method-assign]
+
+    def settle(self) -> None:
+        for _ in range(4):
+            for node in self.nodes.values():
+                node.clock.advance(0)
+            self.pump.flush()
+
+    def ask(self, client: Any, subject: str, payload: Any = b"") -> bytes:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        client.send(b"PUB %s _R.x %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+        self.settle()
+        return client.received()
+
+    def test_a_hubs_own_acks_stay_at_the_hub(self) -> None:
+        client = self.nodes["hub"].client()
+        client.send(b"SUB _R.> 1\r\n")
+        self.ask(client, "$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"})
+        self.ask(client, "$JS.API.CONSUMER.DURABLE.CREATE.S.c", {"stream_name": "S", "config": {"durable_name": "c", "ack_policy": "explicit"}})
+        # The spoke hears of the consumer's ack subject, not of $JS.ACK.>.
+        told = b"".join(self.wire)
+        self.assertIn(b"LS+ $JS.ACK.S.c.*.*.*.*.*\r\n", told)
+        self.assertNotIn(b"LS+ $JS.ACK.>", told)
+        self.assertNotIn((b"$JS.ACK.>", None), self.downleaf.subs)
+        self.assertNotIn((b"$JS.ACK.>", None), self.uplink.subs)
+        for i in range(3):
+            self.ask(client, "orders.%d" % i, b"hi")
+        got = self.ask(client, "$JS.API.CONSUMER.MSG.NEXT.S.c", {"batch": 3})
+        acks = re.findall(rb"MSG orders\.\d 1 (\S+) 2", got)
+        self.assertEqual(len(acks), 3, got)
+        del self.wire[:]
+        for ack in acks:
+            client.send(b"PUB " + ack + b" 4\r\n+ACK\r\n")
+        self.settle()
+        info = json.loads(self.ask(client, "$JS.API.CONSUMER.INFO.S.c").split(b"\r\n")[1])
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (3, 0))
+        self.assertNotIn(b"$JS.ACK", b"".join(self.wire))
+        # A deleted consumer's ack subject is let go of on the link too.
+        self.ask(client, "$JS.API.CONSUMER.DELETE.S.c")
+        self.assertIn(b"LS- $JS.ACK.S.c.*.*.*.*.*\r\n", b"".join(self.wire))
+
+    def test_an_ack_for_no_consumer_is_not_answered(self) -> None:
+        """(As nats-server, where no consumer subscribes it: an AckSync to a consumer that is gone hears no responders.)"""
+        client = self.nodes["hub"].client()
+        client.send(b"SUB _R.> 1\r\n")
+        self.assertEqual(self.ask(client, "$JS.ACK.S.gone.1.1.1.1.0", b"+ACK"), b"")
+        self.assertFalse(self.nodes["hub"].broker.has_interest("$JS.ACK.S.gone.1.1.1.1.0"))
