@@ -164,6 +164,7 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
         exports=_route_permissions(sc.permissions.export_allow, sc.permissions.export_deny),
         user=sc.user, password=sc.password, limits=config.limits,
         tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name,
+        jetstream=config.jetstream.enabled, jetstream_domain=config.jetstream.domain if config.jetstream.enabled else "",
     ))
 
 
