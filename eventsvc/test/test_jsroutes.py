@@ -325,6 +325,23 @@ class OneJetStreamPerClusterTests(SynchronousTestCase):
         self.assertIn(b"-ERR 'JetStream is on at x and at NA: one JetStream server per cluster'\r\n", transport.value())
         self.assertTrue(route.closed)
 
+    def test_refused_again_it_is_logged_as_an_error_once(self) -> None:
+        """(A configured route is dialled again and again: one error line, then its redial says why.)"""
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import LogLevel
+
+        a = self.node("A", True)
+        levels = []
+        observe = lambda event: levels.append(event["log_level"]) if "refused: JetStream" in formatEvent(event) else None  # noqa: E731
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for _ in range(3):
+            route = a.manager.accepted()
+            route.makeConnection(StringTransport())
+            route.dataReceived(b'CONNECT {"name":"NX","cluster":"c1"}\r\nINFO {"server_id":"NX","cluster":"c1","jetstream":true}\r\n')
+            self.assertTrue(route.closed)
+        self.assertEqual(levels, [LogLevel.error, LogLevel.info, LogLevel.info])
+
     def test_a_server_between_two_jetstream_servers_refuses_the_second(self) -> None:
         """Each JetStream server routed to a third (that does not run it) would answer its clients' requests twice."""
         a, b, c = self.node("A", True), self.node("B", False), self.node("C", True)

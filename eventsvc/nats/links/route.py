@@ -524,15 +524,17 @@ class RouteManager(LinkManager):
         if route.remote_info.get("jetstream") is not True:
             return None
         if self.settings.jetstream:
-            other = _server_label(self.broker.server_name, self.broker.server_id) + " (this server)"
+            other_name, other_id, where = self.broker.server_name, self.broker.server_id, "this server"
         else:
             routed = [r for r in self.routes.values() if r is not route and r.remote_info.get("jetstream") is True]
             if not routed:
                 return None
-            other = _server_label(routed[0].remote_info.get("server_name", ""), routed[0].remote_id) + " (by route)"
-        peer = _server_label(route.remote_info.get("server_name", ""), route.remote_id)
+            other_name, other_id, where = routed[0].remote_info.get("server_name", ""), routed[0].remote_id, "by route"
+        peer_name = route.remote_info.get("server_name", "")
+        peer = _server_label(peer_name, route.remote_id)
+        other = "{} ({})".format(_server_label(other_name, other_id), where)
         error = "JetStream is on at {} and at {}: one JetStream server per cluster".format(
-            peer.split(" ")[0], other.split(" ")[0])
+            peer_name or route.remote_id, other_name or other_id)
         why = (
             "refused: JetStream is on at {peer} and at {other}, and eventsvc keeps no JetStream cluster, so "
             "both would answer every $JS.API request with streams that disagree. Keep [jetstream] on one "
