@@ -731,7 +731,8 @@ class Consumer:
 
     def start(self) -> None:
         """Begin: listen for acks, flow control and interest, start the timers, deliver what is there."""
-        if self.stream.engine.answers_api:
+        engine = self.stream.engine
+        if engine.settings.per_consumer_acks and engine.answers_api:
             # Its own ack subject, as nats-server's ackSubj: links tell the
             # other side of this consumer's acks only, not of every ack
             # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).

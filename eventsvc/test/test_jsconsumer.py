@@ -52,9 +52,6 @@ MS = 1_000_000
 class FakeEngine:
     """The engine's part a consumer uses, and its ack routing."""
 
-    #: (Acks reach the consumers through this engine's own $JS.ACK.>, not their own subscriptions.)
-    answers_api = False
-
     def __init__(self, broker: Optional[Broker] = None, clock: Optional[Clock] = None) -> None:
         self.clock = clock or Clock()
         self.broker = broker or Broker(server_name="test")

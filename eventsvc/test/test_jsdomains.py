@@ -414,14 +414,15 @@ class AckInterestTests(SynchronousTestCase):
     (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}): a link tells the other side
     of those, so the acks of a busy hub's own clients stay at the hub
     (the engine's C{$JS.ACK.>} sent every one of them to each spoke, to be
-    dropped there: 119 bytes per hub message in bench/leafacks.py).
+    dropped there: 119 bytes per hub message in bench/leafacks.py), on a
+    server with leaf nodes or gateways (L{JetStreamSettings.per_consumer_acks}).
     """
 
     def setUp(self) -> None:
         self.nodes = {}
         for name, domain in (("S", "edge"), ("H", "hub")):
             node = Node(name, jetstream=True, jetstream_domain=domain)
-            js = JetStream(node.broker, JetStreamSettings(domain=domain), node.clock)
+            js = JetStream(node.broker, JetStreamSettings(domain=domain, per_consumer_acks=True), node.clock)
             js.start()
             self.addCleanup(js.stop)
             self.nodes[domain] = node
@@ -479,3 +480,14 @@ class AckInterestTests(SynchronousTestCase):
         client.send(b"SUB _R.> 1\r\n")
         self.assertEqual(self.ask(client, "$JS.ACK.S.gone.1.1.1.1.0", b"+ACK"), b"")
         self.assertFalse(self.nodes["hub"].broker.has_interest("$JS.ACK.S.gone.1.1.1.1.0"))
+
+    def test_per_consumer_where_a_link_may_reach_another_jetstream(self) -> None:
+        """app.py subscribes acks per consumer with [leafnodes] or [supercluster], one $JS.ACK.> otherwise."""
+        from eventsvc import app, config as config_module
+
+        for sections, per_consumer in (("", False), ('[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n', False),
+                                       ("[leafnodes]\nport = 7422\n", True),
+                                       ('[supercluster]\nname = "a"\n', True)):
+            parsed = config_module.parse("[jetstream]\nstore_dir = \"\"\n" + sections)
+            engine = app.jetstream(parsed, Node("X").broker, task.Clock())
+            self.assertEqual(engine.settings.per_consumer_acks, per_consumer, sections)
