@@ -48,7 +48,10 @@ def main() -> None:
             self.leafs = LeafManager(self.broker, self.clock, LeafSettings(
                 host="127.0.0.1", port=0, limits=Limits(), jetstream=True, jetstream_domain=domain))
             self.leafs.startService()
-            self.js = JetStream(self.broker, JetStreamSettings(domain=domain), self.clock)
+            # (As app.py builds it on a server with [leafnodes]; an older tree has no such setting.)
+            fields = getattr(JetStreamSettings, "_fields", ())
+            extra = {"per_consumer_acks": True} if "per_consumer_acks" in fields else {}
+            self.js = JetStream(self.broker, JetStreamSettings(domain=domain, **extra), self.clock)
             self.js.start()
             self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
 
