@@ -126,7 +126,9 @@ def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
     interval = 0.0 if js.sync_interval == "always" else (parse_duration(js.sync_interval) or 120.0)
     limits = AccountLimits(js.max_memory_store, js.max_file_store, js.max_streams, js.max_consumers, js.max_ack_pending,
                            js.memory_max_stream_bytes, js.storage_max_stream_bytes, js.max_bytes_required)
-    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval, limits)
+    # (Acks subscribed per consumer where a link may tell them to another JetStream.)
+    per_consumer_acks = config.leafnodes.enabled or config.supercluster.enabled
+    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval, limits, per_consumer_acks)
     return JetStream(broker, settings, reactor)
 
 
@@ -148,6 +150,7 @@ def _cluster(config: Config, broker: Broker, reactor: Any) -> RouteManager:
         exports=_route_permissions(cl.permissions.export_allow, cl.permissions.export_deny),
         user=cl.user, password=cl.password, limits=config.limits, accept=cl.listen,
         tls_server=tls_server, tls_client=tls_client, tls_name=cl.tls_name,
+        jetstream=config.jetstream.enabled, jetstream_domain=config.jetstream.domain if config.jetstream.enabled else "",
     ))
 
 
@@ -163,6 +166,7 @@ def _supercluster(config: Config, broker: Broker, reactor: Any) -> Any:
         exports=_route_permissions(sc.permissions.export_allow, sc.permissions.export_deny),
         user=sc.user, password=sc.password, limits=config.limits,
         tls_server=tls_server, tls_client=tls_client, tls_name=sc.tls_name,
+        jetstream=config.jetstream.enabled, jetstream_domain=config.jetstream.domain if config.jetstream.enabled else "",
     ))
 
 

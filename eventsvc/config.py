@@ -646,7 +646,8 @@ def warnings(config: Config) -> List[str]:
         out.append(
             "{}: [jetstream] with [cluster]: this node's streams are its own (there is no clustered JetStream), and "
             "its $JS.API is answered for the whole cluster through the routes; give [jetstream] to one node of the "
-            "cluster, or two nodes will both create each stream and both answer".format(path)
+            "cluster: a route between two servers that both run JetStream is refused (each answers only its own "
+            "clients then), and a JetStream cluster is nats-server's, reached over a leaf link".format(path)
         )
     if not config.service.enabled:
         return out

@@ -44,8 +44,8 @@ MILLISECOND = 1_000_000
 #: nats-server's defaults (consumer.go, jetstream_api.go).
 ACK_WAIT_DEFAULT = 30 * SECOND
 #: How long a pull request counts as wanted though nobody is known to
-#: subscribe its inbox, on a server with gateways (nats-server's
-#: defaultGatewayRecentSubExpiration), in nanoseconds.
+#: subscribe its inbox, on a server with gateways or leaf nodes
+#: (nats-server's defaultGatewayRecentSubExpiration), in nanoseconds.
 RECENT_REQUEST = 2_000_000_000
 
 #: How often a push consumer looks at the gateways' interest in its deliver subject (nats-server: 1 s).
@@ -744,7 +744,14 @@ class Consumer:
         return seqs
 
     def start(self) -> None:
-        """Begin: listen for acks' flow control and interest, start the timers, deliver what is there."""
+        """Begin: listen for acks, flow control and interest, start the timers, deliver what is there."""
+        engine = self.stream.engine
+        if engine.settings.per_consumer_acks and engine.answers_api:
+            # Its own ack subject, as nats-server's ackSubj: links tell the
+            # other side of this consumer's acks only, not of every ack
+            # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).
+            self._subs.append(self.broker.subscribe(
+                "$JS.ACK.%s.%s.*.*.*.*.*" % (self.stream.name, self.name), self._ack_message))
         if self.config.get("flow_control"):
             self._subs.append(
                 self.broker.subscribe("$JS.FC.%s.%s.*" % (self.stream.name, self.name), self._flow_control_answer)
@@ -1208,12 +1215,17 @@ class Consumer:
     def _young(self, request: "NextRequest", now: int) -> bool:
         """
         Whether C{request} is too young to be dropped for want of interest in
-        its inbox, on a server with gateways (nats-server's
-        C{defaultGatewayRecentSubExpiration}): a request that came over a
-        gateway can arrive before the RS+ for its inbox, which the other
-        server sends on its other connection at the same moment.
+        its inbox, on a server with gateways or leaf nodes (nats-server's
+        C{defaultGatewayRecentSubExpiration}, applied when
+        C{s.leafNodeEnabled || s.gateway.enabled}): a request that came
+        over a gateway can arrive before the RS+ for its inbox, which the
+        other server sends on its other connection at the same moment, and
+        a leaf link can hide a gateway (or routes) on its far side, where
+        the request and its inbox's interest took different paths before
+        they met on the link.
         """
-        return self.broker.gateways is not None and now - request.received < RECENT_REQUEST
+        broker = self.broker
+        return (broker.gateways is not None or broker.leafnodes_enabled) and now - request.received < RECENT_REQUEST
     def _arm_wait_timer(self) -> None:
         """One timer for the waiting requests: the earliest expiry or heartbeat."""
         at = 0
@@ -1237,6 +1249,15 @@ class Consumer:
             self._deliver()
 
     # -- acknowledgements ----------------------------------------------------------
+
+    def _ack_message(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
+        """A message on the ack subject (L{ack})."""
+        try:
+            self.ack(subject, reply, payload)
+        except RecursionError:
+            # "+NXT" with JSON nested past the decoder's depth: dropped, as
+            # nats-server drops an ack it cannot read (no traceback per message).
+            pass
 
     def ack(self, subject: str, reply: Optional[str], payload: bytes, tokens: Optional[List[str]] = None) -> None:
         """

@@ -1,7 +1,9 @@
 """
 The JetStream of one server: its streams, their files under store_dir,
-the account's limits and API counters, the C{$JS.API.>} and C{$JS.ACK.>}
-subscriptions, and the start and stop that restore and close it all.
+the account's limits and API counters, the C{$JS.API} and C{$JS.ACK.>}
+subscriptions (or each consumer's own ack subscription, as nats-server's:
+L{JetStreamSettings.per_consumer_acks}), and the start and stop that
+restore and close it all.
 
 It meets the broker only through the in-process API (subscribe, publish);
 nothing in L{eventsvc.nats} knows of it but the INFO flag and, as in
@@ -51,6 +53,16 @@ class JetStreamSettings(NamedTuple):
     sync_interval: float = 120.0
     #: The account's limits ([jetstream] max_streams...).
     limits: AccountLimits = AccountLimits()
+    #: Whether each consumer subscribes its own ack subject
+    #: (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}, as nats-server), so that
+    #: leaf links and gateways tell the other side of those only; else one
+    #: C{$JS.ACK.>} takes every ack.  On where the other side may run a
+    #: JetStream of its own (app.py: with [leafnodes] or [supercluster]):
+    #: with one, each ack to a hub crossed to every spoke to be dropped.
+    #: Not everywhere, because the broker keeps one plan for the subjects
+    #: it sees once, and acks that alternate between consumers then cost a
+    #: plan each (bench/jsacks.py: 8 to 11 us CPU an ack over 10 consumers).
+    per_consumer_acks: bool = False
 
 
 class JetStream:
@@ -133,13 +145,14 @@ class JetStream:
         self._link_sources(restored=True)
 
     def _answer(self) -> None:
-        """Subscribe the API, the acks and the domain's mapped API."""
+        """Subscribe the API, the acks (unless each consumer subscribes its own) and the domain's mapped API."""
         broker = self.broker
         if b"$JS.ACK." not in broker.used_once:
             # Each ack subject names one delivery: the broker keeps no plan for it.
             broker.used_once += (b"$JS.ACK.",)
         self._subscriptions = [broker.subscribe(pattern, self._api) for pattern in api_patterns("$JS.API.")]
-        self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
+        if not self.settings.per_consumer_acks:
+            self._subscriptions.append(broker.subscribe("$JS.ACK.>", self._ack))
         if self.settings.domain:
             self._subscriptions.extend(
                 broker.subscribe(source, self._mapped(source, to)) for source, to in domain_mappings(self.settings.domain))
@@ -515,6 +528,7 @@ class JetStream:
                 publish(target, payload, reply, headers)
         return mapped
 
+
     def _ack(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
         """$JS.ACK.<stream>.<consumer>.…: to that consumer (an unknown one is ignored, as nats-server)."""
         tokens = subject.split(".")
@@ -529,7 +543,6 @@ class JetStream:
                 # "+NXT" with JSON nested past the decoder's depth: dropped, as
                 # nats-server drops an ack it cannot read (no traceback per message).
                 pass
-
 
 def _small_disk_segments(directory: Optional[str]) -> Optional[int]:
     """

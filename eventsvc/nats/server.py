@@ -188,6 +188,9 @@ class Broker(Delivery):
         self.connect_urls.on_change = self._connect_urls_changed
         #: The cluster's name, once this server is in one (client INFO says it).
         self.cluster_name = ""
+        #: Whether this server has leaf nodes (a leaf listener or remotes:
+        #: nats-server's leafNodeEnabled), set by the leaf manager while it runs.
+        self.leafnodes_enabled = False
         #: Who hears of interest that routes told us (gateways pass on the
         #: whole cluster's): (subject, queue, +1 or -1).
         self.remote_interest_listeners: List[Callable[[bytes, Optional[bytes], int], None]] = []

@@ -7,12 +7,16 @@ get each message with its stream subject and an ack reply that acks
 across the gateway (the consumer's pending count drops to zero).  Both
 ways: eventsvc's stream consumed by a client of nats-server, and a stream
 of a three-node nats-server JetStream cluster (nats-server runs JetStream
-with a gateway only clustered) consumed by a client of eventsvc.
+with a gateway only clustered) consumed by a client of eventsvc.  And
+inside one eventsvc cluster: a second server with JetStream is refused its
+route, and the first serves every server's clients, once.  And two eventsvc
+clusters with a JetStream each: a mirror and a source across the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from twisted.internet import defer
@@ -24,6 +28,7 @@ from eventsvc.test.test_interop_supercluster import reference_gateway
 
 try:
     import nats
+    import nats.js.api
 except ImportError:  # pragma: no cover
     nats = None
 
@@ -171,3 +176,144 @@ class NatsServerStreamEventsvcClientTests(TestCase):
         self.assertEqual(result["push_pending"], 0)
         self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
         self.assertEqual(result["pull_floor"], 3)
+
+
+async def answers(port: int, subject: str, payload: bytes = b"") -> list:
+    """Every answer a client of the server at C{port} gets to a request on C{subject} within a second."""
+    nc = await nats.connect("nats://127.0.0.1:%d" % port)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(subject, payload, reply=inbox)
+        await nc.flush()
+        await asyncio.sleep(1.0)
+        got = []
+        while True:
+            try:
+                got.append((await sub.next_msg(timeout=0.05)).data)
+            except Exception:
+                return got
+    finally:
+        await nc.close()
+
+
+class OneJetStreamPerClusterTests(TestCase):
+    """
+    Three eventsvc processes routed to A: A and B with [jetstream], C
+    without.  B's route is refused, on both sides, naming both servers;
+    C's comes up, and C's clients use A's JetStream; every request is
+    answered once.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_a_second_jetstream_server_is_refused_and_the_first_serves_the_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        route_a = process.free_port()
+        clients = [process.free_port() for _ in range(3)]
+        nodes = []
+        for i, name in enumerate("abc"):
+            text = '[service]\nhost = "127.0.0.1"\nport = %d\n' % clients[i]
+            text += '[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
+            text += 'port = %d\n' % route_a if name == "a" else 'listen = false\nroutes = ["nats-route://127.0.0.1:%d"]\n' % route_a
+            if name != "c":
+                text += '[jetstream]\nstore_dir = "%s/%s"\n' % (directory, name)
+            nodes.append(process.eventsvc(process.write_config(os.path.join(directory, name + ".toml"), text), expect=("service",)))
+        for node in nodes:
+            yield process.started(self, node)
+        a, b, c = nodes
+        c.wait_output("route to ", timeout=30)
+        b.wait_output("refused: JetStream is on at", timeout=30)
+        a.wait_output("refused: JetStream is on at", timeout=30)
+
+        async def scenario():
+            ids = []
+            for port in clients[:2]:
+                nc = await nats.connect("nats://127.0.0.1:%d" % port)
+                ids.append(nc._server_info["server_id"])
+                await nc.close()
+            nc = await nats.connect("nats://127.0.0.1:%d" % clients[2])
+            try:
+                await nc.jetstream().add_stream(name="ORDERS", subjects=["orders.>"])
+            finally:
+                await nc.close()
+            return ids, [await answers(port, "$JS.API.STREAM.NAMES") for port in clients]
+        (id_a, id_b), named = yield run(scenario)
+        self.assertIn("refused: JetStream is on at %s and at %s (this server)" % (id_b, id_a), a.output())
+        self.assertIn("refused: JetStream is on at %s and at %s (this server)" % (id_a, id_b), b.output())
+        self.assertIn("or link the servers as leaf nodes of a nats-server JetStream cluster", a.output())
+        self.assertNotIn(id_b, c.output())
+        # Each asked once, answered once: C by A's JetStream, B by its own.
+        streams = [[json.loads(answer)["streams"] for answer in got] for got in named]
+        self.assertEqual(streams, [[["ORDERS"]], [None], [["ORDERS"]]], [n.output() for n in nodes])
+
+
+class MirrorAcrossAGatewayTests(TestCase):
+    """
+    Two eventsvc clusters joined by gateways, each with its JetStream in
+    its own domain: a mirror and a source in cluster b of a stream in
+    cluster a (C{external.api} C{$JS.a.API}), made and read by nats-py;
+    each cluster's plain C{$JS.API} is answered once, by itself.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_mirror_and_source_of_the_other_cluster(self):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        gateways = {"a": process.free_port(), "b": process.free_port()}
+        clients = {"a": process.free_port(), "b": process.free_port()}
+        nodes = {}
+        for name, other in (("a", "b"), ("b", "a")):
+            config = process.write_config(os.path.join(directory, name + ".toml"), (
+                '[service]\nhost = "127.0.0.1"\nport = %d\n'
+                '[jetstream]\nstore_dir = "%s/%s"\ndomain = "%s"\n'
+                '[supercluster]\nname = "%s"\nhost = "127.0.0.1"\nport = %d\n'
+                '[[supercluster.gateways]]\nname = "%s"\nurls = ["nats://127.0.0.1:%d"]\n'
+            ) % (clients[name], directory, name, name, name, gateways[name], other, gateways[other]))
+            nodes[name] = process.eventsvc(config, expect=("service",))
+            yield process.started(self, nodes[name])
+        for name, other in (("a", "b"), ("b", "a")):
+            nodes[name].wait_output("gateway to " + other, timeout=30)
+            nodes[name].wait_output("gateway " + other + " runs JetStream too", timeout=30)
+
+        async def scenario():
+            a = await nats.connect("nats://127.0.0.1:%d" % clients["a"])
+            b = await nats.connect("nats://127.0.0.1:%d" % clients["b"])
+            try:
+                js_a, js_b = a.jetstream(), b.jetstream()
+                await js_a.add_stream(name="ORDERS", subjects=["orders.>"])
+                for i in range(3):
+                    await js_a.publish("orders.%d" % i, b"o%d" % i)
+                external = nats.js.api.ExternalStream(api="$JS.a.API", deliver="")
+                await js_b.add_stream(name="COPY", mirror=nats.js.api.StreamSource(name="ORDERS", external=external))
+                await js_b.add_stream(name="ALL", subjects=["all.>"],
+                                      sources=[nats.js.api.StreamSource(name="ORDERS", external=external)])
+                for i in range(3, 5):
+                    await js_a.publish("orders.%d" % i, b"o%d" % i)
+
+                async def copied():
+                    infos = [await js_b.stream_info(name) for name in ("COPY", "ALL")]
+                    return infos if all(info.state.messages == 5 for info in infos) else None
+                infos = await until(copied, 20)
+                mirrored = [(await js_b.get_msg("COPY", seq)) for seq in range(1, 6)]
+                plain = {name: await answers(port, "$JS.API.STREAM.NAMES") for name, port in clients.items()}
+                return {
+                    "counts": infos and [info.state.messages for info in infos],
+                    "mirrored": [(m.seq, m.subject, m.data) for m in mirrored],
+                    "plain": {name: [json.loads(x)["streams"] for x in got] for name, got in plain.items()},
+                }
+            finally:
+                await a.close()
+                await b.close()
+        result = yield run(scenario)
+        self.assertEqual(result["counts"], [5, 5], [n.output() for n in nodes.values()])
+        self.assertEqual(result["mirrored"], [(n + 1, "orders.%d" % n, b"o%d" % n) for n in range(5)])
+        self.assertEqual(result["plain"], {"a": [["ORDERS"]], "b": [["ALL", "COPY"]]})

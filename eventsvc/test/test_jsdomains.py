@@ -11,9 +11,12 @@ The same with nats-server is test_interop_jsdomains.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -342,3 +345,149 @@ class TwoEngineTests(SynchronousTestCase):
             # The plain API here lists only its own (the hub made one in the first round).
             names = json.loads(self.ask(client, "$JS.API.STREAM.NAMES").split(b"\r\n")[1])
             self.assertEqual(names["streams"], ["HUB"] if here == "hub" else None)
+
+
+class LeafPullRequestTests(SynchronousTestCase):
+    """
+    A pull request that comes over a leaf link before the interest in its
+    inbox (a leaf can hide a gateway or routes on its far side, where the
+    two took different paths): served for two seconds without known
+    interest, as nats-server does when leaf nodes are enabled
+    (C{defaultGatewayRecentSubExpiration}), then dropped.
+    """
+
+    def setUp(self) -> None:
+        self.hub = Node("H", jetstream=True, jetstream_domain="hub")
+        clock = self.hub.clock
+        js = JetStream(self.hub.broker, JetStreamSettings(domain="hub"), clock, now=lambda: int(clock.seconds() * 1e9))
+        js.start()
+        self.addCleanup(js.stop)
+        self.admin = self.hub.client()
+        self.admin.send(b"SUB _R.> 1\r\n")
+        for subject, body in ((b"$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"}),
+                              (b"$JS.API.CONSUMER.DURABLE.CREATE.S.p", {"stream_name": "S", "config": {
+                                  "durable_name": "p", "ack_policy": "explicit"}})):
+            payload = json.dumps(body).encode()
+            self.admin.send(b"PUB %s _R.1 %d\r\n%s\r\n" % (subject, len(payload), payload))
+        self.assertIn(b'"durable_name":"p"', self.admin.received())
+        # A spoke's link, spoken by hand: what it sends, and when.
+        self.link = self.hub.leafs.accepted()
+        self.wire = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        self.link.makeConnection(self.wire)
+        self.link.dataReceived(b'CONNECT {"version":"2.9.10","server_id":"NS","name":"spoke","headers":true}\r\n')
+        self.wire.clear()
+
+    def pending(self) -> tuple:
+        self.admin.send(b"PUB $JS.API.CONSUMER.INFO.S.p _R.2 0\r\n\r\n")
+        info = json.loads(self.admin.received().split(b"\r\n")[1])
+        return info["delivered"]["stream_seq"], info["num_ack_pending"], info["num_waiting"]
+
+    def test_the_inbox_interest_comes_after_the_request(self) -> None:
+        self.assertFalse(self.hub.broker.has_interest("_INBOX.q"))
+        self.link.dataReceived(b"LMSG $JS.hub.API.CONSUMER.MSG.NEXT.S.p _INBOX.q 1\r\n1\r\n")
+        self.hub.clock.advance(1.5)
+        self.link.dataReceived(b"LS+ _INBOX.q\r\n")
+        self.admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.assertRegex(self.wire.value(), rb"LMSG _INBOX\.q \$JS\.ACK\.S\.p\.1\.1\.1\.\d+\.0@orders\.1 2\r\nhi\r\n")
+        self.assertEqual(self.pending(), (1, 1, 0))
+
+    def test_a_request_nobody_wants_goes_after_two_seconds(self) -> None:
+        self.link.dataReceived(b"LMSG $JS.hub.API.CONSUMER.MSG.NEXT.S.p _INBOX.r 1\r\n1\r\n")
+        self.assertEqual(self.pending(), (0, 0, 1))
+        self.hub.clock.advance(2.5)
+        self.admin.send(b"PUB orders.1 2\r\nhi\r\n")
+        self.assertEqual(self.pending(), (0, 0, 0))
+        self.assertNotIn(b"_INBOX.r", self.wire.value())
+
+    def test_not_without_leaf_nodes(self) -> None:
+        """(A server without links drops it at once, as nats-server: nobody can be about to subscribe.)"""
+        self.hub.leafs.stopService()
+        self.assertFalse(self.hub.broker.leafnodes_enabled)
+        client = self.hub.client()
+        client.send(b"PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.s 1\r\n1\r\n")
+        self.assertEqual(self.pending(), (0, 0, 0))
+
+
+class AckInterestTests(SynchronousTestCase):
+    """
+    Each consumer subscribes its own ack subject, as nats-server's
+    (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}): a link tells the other side
+    of those, so the acks of a busy hub's own clients stay at the hub
+    (the engine's C{$JS.ACK.>} sent every one of them to each spoke, to be
+    dropped there: 119 bytes per hub message in bench/leafacks.py), on a
+    server with leaf nodes or gateways (L{JetStreamSettings.per_consumer_acks}).
+    """
+
+    def setUp(self) -> None:
+        self.nodes = {}
+        for name, domain in (("S", "edge"), ("H", "hub")):
+            node = Node(name, jetstream=True, jetstream_domain=domain)
+            js = JetStream(node.broker, JetStreamSettings(domain=domain, per_consumer_acks=True), node.clock)
+            js.start()
+            self.addCleanup(js.stop)
+            self.nodes[domain] = node
+        self.pump, self.uplink, self.downleaf = leaf(self.nodes["edge"], self.nodes["hub"])
+        self.wire: List[bytes] = []
+        write = self.downleaf.transport.write
+
+        def spy(data: bytes) -> None:
+            self.wire.append(data)
+            write(data)
+        self.downleaf.transport.write = spy  # type: ignore[method-assign]
+
+    def settle(self) -> None:
+        for _ in range(4):
+            for node in self.nodes.values():
+                node.clock.advance(0)
+            self.pump.flush()
+
+    def ask(self, client: Any, subject: str, payload: Any = b"") -> bytes:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        client.send(b"PUB %s _R.x %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+        self.settle()
+        return client.received()
+
+    def test_a_hubs_own_acks_stay_at_the_hub(self) -> None:
+        client = self.nodes["hub"].client()
+        client.send(b"SUB _R.> 1\r\n")
+        self.ask(client, "$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"})
+        self.ask(client, "$JS.API.CONSUMER.DURABLE.CREATE.S.c", {"stream_name": "S", "config": {"durable_name": "c", "ack_policy": "explicit"}})
+        # The spoke hears of the consumer's ack subject, not of $JS.ACK.>.
+        told = b"".join(self.wire)
+        self.assertIn(b"LS+ $JS.ACK.S.c.*.*.*.*.*\r\n", told)
+        self.assertNotIn(b"LS+ $JS.ACK.>", told)
+        self.assertNotIn((b"$JS.ACK.>", None), self.downleaf.subs)
+        self.assertNotIn((b"$JS.ACK.>", None), self.uplink.subs)
+        for i in range(3):
+            self.ask(client, "orders.%d" % i, b"hi")
+        got = self.ask(client, "$JS.API.CONSUMER.MSG.NEXT.S.c", {"batch": 3})
+        acks = re.findall(rb"MSG orders\.\d 1 (\S+) 2", got)
+        self.assertEqual(len(acks), 3, got)
+        del self.wire[:]
+        for ack in acks:
+            client.send(b"PUB " + ack + b" 4\r\n+ACK\r\n")
+        self.settle()
+        info = json.loads(self.ask(client, "$JS.API.CONSUMER.INFO.S.c").split(b"\r\n")[1])
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["num_ack_pending"]), (3, 0))
+        self.assertNotIn(b"$JS.ACK", b"".join(self.wire))
+        # A deleted consumer's ack subject is let go of on the link too.
+        self.ask(client, "$JS.API.CONSUMER.DELETE.S.c")
+        self.assertIn(b"LS- $JS.ACK.S.c.*.*.*.*.*\r\n", b"".join(self.wire))
+
+    def test_an_ack_for_no_consumer_is_not_answered(self) -> None:
+        """(As nats-server, where no consumer subscribes it: an AckSync to a consumer that is gone hears no responders.)"""
+        client = self.nodes["hub"].client()
+        client.send(b"SUB _R.> 1\r\n")
+        self.assertEqual(self.ask(client, "$JS.ACK.S.gone.1.1.1.1.0", b"+ACK"), b"")
+        self.assertFalse(self.nodes["hub"].broker.has_interest("$JS.ACK.S.gone.1.1.1.1.0"))
+
+    def test_per_consumer_where_a_link_may_reach_another_jetstream(self) -> None:
+        """app.py subscribes acks per consumer with [leafnodes] or [supercluster], one $JS.ACK.> otherwise."""
+        from eventsvc import app, config as config_module
+
+        for sections, per_consumer in (("", False), ('[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n', False),
+                                       ("[leafnodes]\nport = 7422\n", True),
+                                       ('[supercluster]\nname = "a"\n', True)):
+            parsed = config_module.parse("[jetstream]\nstore_dir = \"\"\n" + sections)
+            engine = app.jetstream(parsed, Node("X").broker, task.Clock())
+            self.assertEqual(engine.settings.per_consumer_acks, per_consumer, sections)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.jetstream.consumer import GATEWAY_INTEREST_CHECK
@@ -172,7 +173,8 @@ class GatewayConsumerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.a, self.b = test_supercluster.Node("A", ["B"]), test_supercluster.Node("B", ["A"])
-        self.js = JetStream(self.a.broker, JetStreamSettings(), self.a.clock)
+        clock = self.a.clock
+        self.js = JetStream(self.a.broker, JetStreamSettings(), clock, now=lambda: 1_000_000_000_000 + int(clock.seconds() * 1e9))
         self.js.start()
         self.addCleanup(self.js.stop)
         self.pumps = [test_supercluster.link(self.a, self.b)[0], test_supercluster.link(self.b, self.a)[0]]
@@ -243,3 +245,110 @@ class GatewayConsumerTests(SynchronousTestCase):
         self.flush()
         info = self.api(admin, b"$JS.API.CONSUMER.INFO.S.p", {})
         self.assertEqual((info["delivered"]["stream_seq"], info["num_waiting"]), (1, 0), info)
+
+
+class OneJetStreamPerClusterTests(SynchronousTestCase):
+    """
+    eventsvc keeps no JetStream cluster: a route that would put a second
+    server answering C{$JS.API} into the cluster is refused, naming both
+    servers, so that no request is answered twice.  One JetStream server
+    in a cluster is reached from every server.
+    """
+
+    def setUp(self) -> None:
+        self.logged: List[str] = []
+        observe = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def node(self, name: str, jetstream: bool) -> Any:
+        node = test_route.Node(name, jetstream=jetstream)
+        if jetstream:
+            js = JetStream(node.broker, JetStreamSettings(), node.clock)
+            js.start()
+            self.addCleanup(js.stop)
+        return node
+
+    def ask_info(self, node: Any, pump: Any) -> List[bytes]:
+        """Every answer a client of C{node} gets to C{$JS.API.INFO}."""
+        client = node.client()
+        client.send(b"SUB _R.> 1\r\nPUB $JS.API.INFO _R.1 0\r\n\r\n")
+        for _ in range(4):
+            pump.flush()
+        return [line for line in client.received().split(b"\r\n") if line.startswith(b"MSG _R.1")]
+
+    def test_route_info_says_jetstream_and_domain(self) -> None:
+        """As nats-server's route INFO, from a server that runs JetStream for clients."""
+        node = test_route.Node("A", jetstream=True, jetstream_domain="hub")
+        info = node.manager.info()
+        self.assertEqual((info["jetstream"], info["domain"]), (True, "hub"))
+        plain = test_route.Node("B").manager.info()
+        self.assertNotIn("jetstream", plain)
+        self.assertNotIn("domain", plain)
+
+    def test_one_jetstream_server_answers_every_server_once(self) -> None:
+        a, b = self.node("A", True), self.node("B", False)
+        pump, _, _ = test_route.link(b, a)
+        self.assertEqual(set(b.manager.routes), {"NA"})
+        self.assertEqual(len(self.ask_info(b, pump)), 1)
+        self.assertEqual(len(self.ask_info(a, pump)), 1)
+
+    def test_a_second_jetstream_server_is_refused(self) -> None:
+        a, b = self.node("A", True), self.node("B", True)
+        pump, dialled, accepted = test_route.link(b, a)
+        self.assertEqual((a.manager.routes, b.manager.routes), ({}, {}))
+        self.assertTrue(dialled.closed and accepted.closed)
+        refusals = [line for line in self.logged if "refused: JetStream is on at" in line]
+        self.assertIn(
+            "route from 127.0.0.1:50000: refused: JetStream is on at NB and at NA (this server), and eventsvc "
+            "keeps no JetStream cluster, so both would answer every $JS.API request with streams that disagree. "
+            "Keep [jetstream] on one server of cluster c1 (its streams are reachable from every server), or link "
+            "the servers as leaf nodes of a nats-server JetStream cluster (docs/clustering.md, JetStream in a cluster)",
+            refusals)
+        self.assertTrue(any(line.startswith("route to nats-route://127.0.0.1:6222: refused: JetStream is on at NA and at NB (this server)")
+                            for line in refusals), refusals)
+        # Its dial says why, and each client is answered once, by its own server.
+        self.assertIn("JetStream is on at NA and at NB", b.manager.targets["nats-route://127.0.0.1:6222"].why)
+        self.assertEqual(len(self.ask_info(b, pump)), 1)
+        self.assertEqual(len(self.ask_info(a, pump)), 1)
+
+    def test_the_peer_is_told_why(self) -> None:
+        """(nats-server logs the -ERR of a route it dialled.)"""
+        a = self.node("A", True)
+        route = a.manager.accepted()
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        route.makeConnection(transport)
+        route.dataReceived(b'CONNECT {"name":"NX","cluster":"c1"}\r\n'
+                           b'INFO {"server_id":"NX","server_name":"x","cluster":"c1","jetstream":true}\r\n')
+        self.assertIn(b"-ERR 'JetStream is on at x and at NA: one JetStream server per cluster'\r\n", transport.value())
+        self.assertTrue(route.closed)
+
+    def test_refused_again_it_is_logged_as_an_error_once(self) -> None:
+        """(A configured route is dialled again and again: one error line, then its redial says why.)"""
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import LogLevel
+
+        a = self.node("A", True)
+        levels = []
+        observe = lambda event: levels.append(event["log_level"]) if "refused: JetStream" in formatEvent(event) else None  # noqa: E731
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for _ in range(3):
+            route = a.manager.accepted()
+            route.makeConnection(StringTransport())
+            route.dataReceived(b'CONNECT {"name":"NX","cluster":"c1"}\r\nINFO {"server_id":"NX","cluster":"c1","jetstream":true}\r\n')
+            self.assertTrue(route.closed)
+        self.assertEqual(levels, [LogLevel.error, LogLevel.info, LogLevel.info])
+
+    def test_a_server_between_two_jetstream_servers_refuses_the_second(self) -> None:
+        """Each JetStream server routed to a third (that does not run it) would answer its clients' requests twice."""
+        a, b, c = self.node("A", True), self.node("B", False), self.node("C", True)
+        pump_ab, _, _ = test_route.link(a, b, "nats-route://127.0.0.1:6001")
+        pump_cb, _, _ = test_route.link(c, b, "nats-route://127.0.0.1:6002")
+        self.assertEqual(set(b.manager.routes), {"NA"})
+        self.assertEqual(c.manager.routes, {})
+        self.assertTrue(any("refused: JetStream is on at NC and at NA (by route)" in line for line in self.logged), self.logged)
+        self.assertEqual(len(self.ask_info(b, pump_ab)), 1)
+        pump_cb.flush()

@@ -21,6 +21,7 @@ from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.stream import check_config, decode_config
 from eventsvc.jetstream.wire import header
 from eventsvc.test.test_jsstream import SECOND, T0, Harness
+from eventsvc.test import test_supercluster
 from eventsvc.test.test_leaf import Node, leaf
 
 
@@ -360,8 +361,8 @@ class MonitoringTests(TestCase):
 class Side:
     """One eventsvc of the two: a broker with leaf nodes, and its JetStream in a domain."""
 
-    def __init__(self, name: str, domain: str, store_dir: Optional[str] = None) -> None:
-        self.node = Node(name)
+    def __init__(self, name: str, domain: str, store_dir: Optional[str] = None, node: Any = None) -> None:
+        self.node = node or Node(name)
         self.time = T0
         self.domain = domain
         self.store_dir = store_dir
@@ -547,3 +548,68 @@ class AcrossALeafLinkTests(TestCase):
         self.up = True
         self.elapse(5)
         self.assertEqual([(seq, data) for seq, _, data, _ in contents(mirror)], [(5, b"e5"), (6, b"e6"), (8, b"e8")])
+
+
+class AcrossAGatewayTests(TestCase):
+    """
+    A mirror and a source in cluster B of a stream in cluster A, the two
+    clusters joined by gateways (each JetStream in its own domain), both
+    eventsvc, the links in memory: the origin's API is reached by the
+    domain's prefix (C{external.api} C{$JS.a.API}).
+    """
+
+    def setUp(self) -> None:
+        self.a = Side("A", "a", node=test_supercluster.Node("A", ["B"], jetstream=True, jetstream_domain="a"))
+        self.b = Side("B", "b", node=test_supercluster.Node("B", ["A"], jetstream=True, jetstream_domain="b"))
+        self.pumps = [test_supercluster.link(self.a.node, self.b.node)[0], test_supercluster.link(self.b.node, self.a.node)[0]]
+        self.elapse(0.5)
+
+    def tearDown(self) -> None:
+        self.a.js.stop()
+        self.b.js.stop()
+
+    def elapse(self, seconds: float, step: float = 0.05) -> None:
+        while True:
+            for _ in range(3):
+                for pump in self.pumps:
+                    pump.flush()
+            if seconds <= 1e-9:
+                return
+            for side in (self.a, self.b):
+                side.time += int(step * SECOND)
+                side.node.clock.advance(step)
+            seconds -= step
+
+    def test_mirror_and_source_of_the_other_cluster(self) -> None:
+        self.a.create(name="ORDERS", subjects=["orders.>"])
+        for n in range(1, 4):
+            self.assertEqual(self.a.publish("orders.x", b"o%d" % n), {"stream": "ORDERS", "domain": "a", "seq": n})
+        mirror = self.b.create(name="COPY", mirror={"name": "ORDERS", "external": {"api": "$JS.a.API", "deliver": ""}})
+        source = self.b.create(name="ALL", subjects=["all.>"], sources=[{"name": "ORDERS", "external": {"api": "$JS.a.API", "deliver": ""}}])
+        self.elapse(1)
+        for n in range(4, 6):
+            self.a.publish("orders.x", b"o%d" % n)
+        self.elapse(1)
+        self.assertEqual([(seq, subject, data) for seq, subject, data, _ in contents(mirror)],
+                         [(n, "orders.x", b"o%d" % n) for n in range(1, 6)])
+        self.assertEqual([data for _, _, data, _ in contents(source)], [b"o%d" % n for n in range(1, 6)])
+        self.assertEqual(mirror.info()["mirror"]["lag"], 0)
+
+    def test_gateway_info_says_jetstream_and_domain(self) -> None:
+        info = self.a.node.manager.info()
+        self.assertEqual((info["jetstream"], info["domain"]), (True, "a"))
+        self.assertNotIn("jetstream", test_supercluster.Node("C", ["A"]).manager.info())
+
+    def test_each_clusters_plain_api_answers_once(self) -> None:
+        """
+        Gateway INFO says each runs JetStream, so neither keeps the other's
+        interest in the plain API: a request is answered by its own cluster
+        (it was answered by both), and the other's by its domain.
+        """
+        self.a.create(name="ORDERS", subjects=["orders.>"])
+        client = self.b.node.client(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        client.send(b"SUB _X.> 1\r\nPUB $JS.API.STREAM.NAMES _X.1 0\r\n\r\nPUB $JS.a.API.STREAM.NAMES _X.2 0\r\n\r\n")
+        self.elapse(0.5)
+        got = client.received()
+        self.assertEqual(got.count(b"MSG _X.1 "), 1, got)
+        self.assertEqual(got.count(b"MSG _X.2 "), 1, got)

@@ -393,7 +393,9 @@ class PeerConnection(Protocol):
         self.pinger.pong_received()
 
     def op_err(self, arg: bytes) -> None:
-        """C{-ERR} from the peer: logged, and the link closes."""
+        """C{-ERR} from the peer: logged, and the link closes (one we closed already says why itself)."""
+        if self.closed:
+            return
         self.log.warn("{kind} {peer} says: {error}", kind=self.kind.label, peer=self.describe(), error=arg.decode("utf-8", "replace"))
         self.close(None, "peer sent -ERR")
 

@@ -43,6 +43,7 @@ from eventsvc.nats.delivery import PLAN_CACHE_SIZE
 from eventsvc.nats.frames import gateway_info_line, rs_line
 from eventsvc.nats.links.gateway_connection import GLOBAL, GatewayConnection, RemoteGateway
 from eventsvc.nats.links.gateway_messages import GatewayMessages, ReplySource
+from eventsvc.nats.links.jsdomain import DENY_ALL_CLIENT_JS
 from eventsvc.nats.links.interest_modes import CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, CMD_GOSSIP, command_info
 from eventsvc.nats.links.manager import DialTarget, LinkManager
 from eventsvc.nats.links.replies import ReplyMap
@@ -89,6 +90,11 @@ class GatewaySettings:
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
     parse_budget: Optional[float] = PARSE_BUDGET
+    #: Whether this server runs JetStream for clients ([jetstream]), and
+    #: its domain: INFO says them, and a gateway whose INFO says it runs
+    #: JetStream too is not sent our clients' plain API (L{jetstream_fence}).
+    jetstream: bool = False
+    jetstream_domain: str = ""
 
 
 class GatewayManager(GatewayMessages, LinkManager):
@@ -174,7 +180,41 @@ class GatewayManager(GatewayMessages, LinkManager):
             max_payload=self.settings.limits.max_payload, gateway=self.settings.name, gateway_urls=self.cluster_urls(),
             gateway_url=self.url, gateway_nrp=True, gateway_iom=True,
         )
+        if self.settings.jetstream:
+            # (nats-server's gateway INFO does not say it: it runs JetStream
+            # with gateways only clustered, one JetStream for the supercluster.)
+            info["jetstream"] = True
+            if self.settings.jetstream_domain:
+                info["domain"] = self.settings.jetstream_domain
         return info
+
+    def jetstream_fence(self, conn: Any, info: Dict[str, Any]) -> Tuple[bytes, ...]:
+        """
+        What of the peer's interest a dialled gateway does not keep, when
+        this server runs JetStream: the plain C{$JS.API}, C{$KV} and
+        C{$OBJ}, as on a leaf link (L{eventsvc.nats.links.jsdomain}).  Our
+        clients' plain API is ours to answer; a cluster's interest there is
+        its own JetStream's (eventsvc has no JetStream for a supercluster,
+        and nats-server, which runs one only clustered, does not say so in
+        its gateway INFO), and a client's request was answered by both
+        clusters.  C{$JS.<domain>.API} crosses: the other cluster's streams
+        are reached by its domain (mirrors and sources by C{external.api}).
+        A cluster without JetStream keeps our API's interest, and its
+        clients use our streams.
+        """
+        if not self.settings.jetstream:
+            return ()
+        if info.get("jetstream") is True:
+            domain = info.get("domain") if isinstance(info.get("domain"), str) else ""
+            self.log.info(
+                "gateway {name} runs JetStream too: {denied} stay on each side; its streams are at {api}",
+                name=conn.describe(), denied=" ".join(DENY_ALL_CLIENT_JS),
+                api="$JS.{}.API".format(domain) if domain else "no domain (give its [jetstream] a domain to reach them)",
+            )
+            if domain and domain == self.settings.jetstream_domain:
+                self.log.warn("gateway {name} runs JetStream in our domain ({domain}) too: neither can reach the "
+                              "other's streams; give each cluster its own [jetstream] domain", name=conn.describe(), domain=domain)
+        return tuple(p[:-1].encode("utf-8") for p in DENY_ALL_CLIENT_JS)
 
     def cluster_urls(self) -> List[str]:
         """Our gateway URL and those of the servers our routes reach (their route INFO's gateway_url)."""

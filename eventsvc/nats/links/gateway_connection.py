@@ -59,6 +59,9 @@ class GatewayConnection(PeerConnection):
         self.refused_accounts: Set[bytes] = set()
         #: For /gatewayz (its own numbering: gateways are not clients).
         self.cid = manager.next_cid()
+        #: Prefixes of the peer's interest a dialled connection does not keep
+        #: (its plain JetStream API, when both clusters run JetStream: L{GatewayManager.jetstream_fence}).
+        self.js_fence: Tuple[bytes, ...] = ()
 
     @property
     def dialled(self) -> bool:
@@ -155,6 +158,7 @@ class GatewayConnection(PeerConnection):
                 self.close(None, "connected to ourselves")
                 return
             self.remote_id, self.remote_info = server_id, info
+            self.js_fence = self.manager.jetstream_fence(self, info)
             self.interest.interest_only = bool(info.get("gateway_iom"))
             self.manager.forget_plans(None)
             self.peer_headers = bool(info.get("headers"))
@@ -196,6 +200,8 @@ class GatewayConnection(PeerConnection):
             if exports is not None and not exports.may_subscribe(subject, queue):
                 self.log.debug("gateway {name}: not exporting {subject}", name=self.name, subject=subject)
                 return
+            if self.js_fence and subject.startswith(self.js_fence):
+                return  # (its own JetStream's: our clients have ours)
             self.interest.rs_plus(subject, queue)
             self.keeps_interest(self.interest.held)
 

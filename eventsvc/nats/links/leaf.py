@@ -242,10 +242,12 @@ class LeafManager(LinkManager):
             self.listen()
             self.log.info("listening for leaf nodes on {host}:{port}", host=self.settings.host, port=self.port)
         self.broker.subscription_listeners.append(self._subscription)
+        self.broker.leafnodes_enabled = True
         super().startService()
 
     def stopService(self) -> Any:
         """Stop redialling and close every leaf link."""
+        self.broker.leafnodes_enabled = False
         if self._subscription in self.broker.subscription_listeners:
             self.broker.subscription_listeners.remove(self._subscription)
         # (A remote's link is one of the leafs once up.)

@@ -223,6 +223,11 @@ class RouteConnection(PeerConnection):
         return False
 
 
+def _server_label(name: str, server_id: str) -> str:
+    """A server in the log: its name and id, or its id when it has no other name."""
+    return server_id if name in ("", server_id) else "{} ({})".format(name, server_id)
+
+
 class RouteTarget(DialTarget):
     """A configured route (nats-route://host:port), dialled again whenever it drops."""
 
@@ -287,6 +292,12 @@ class RouteSettings:
     #: Seconds of parsing one read may take before the rest waits a
     #: reactor turn (None: no bound; see Framer.budget), as for clients.
     parse_budget: Optional[float] = PARSE_BUDGET
+    #: Whether this server runs JetStream for clients ([jetstream]), and
+    #: its domain: route INFO says them, as nats-server's, and a route
+    #: that would put a second JetStream in the cluster is refused
+    #: (L{RouteManager.jetstream_conflict}).
+    jetstream: bool = False
+    jetstream_domain: str = ""
 
 
 class RouteManager(LinkManager):
@@ -304,6 +315,8 @@ class RouteManager(LinkManager):
         self.routes: Dict[str, RouteConnection] = {}
         #: Gossiped routes being dialled (once each).
         self._dialling: Set[str] = set()
+        #: Servers whose route was refused for a second JetStream (logged as an error once).
+        self._refused: Set[str] = set()
         for url in settings.routes:
             self.add_route(url)
 
@@ -340,6 +353,10 @@ class RouteManager(LinkManager):
             "max_payload": self.settings.limits.max_payload,
             "cluster": self.settings.cluster_name,
         }
+        if self.settings.jetstream:
+            info["jetstream"] = True
+            if self.settings.jetstream_domain:
+                info["domain"] = self.settings.jetstream_domain
         urls = [] if self.settings.no_advertise else self.broker.connect_urls.own()
         if urls:
             info["connect_urls"] = urls
@@ -428,12 +445,30 @@ class RouteManager(LinkManager):
     # -- the mesh ------------------------------------------------------------------
 
     def register(self, route: RouteConnection) -> bool:
-        """A route said who it is: keep it unless we already have one to that server."""
+        """
+        A route said who it is: keep it unless we already have one to that
+        server, or it would bring a second JetStream into the cluster
+        (L{jetstream_conflict}: then it is closed, and dialled again with
+        a backoff that grows, as a route that fails before it is up).
+        """
         target = self.targets.get(route.solicited) if route.solicited else None
         if route.solicited:
             self._dialling.discard(route.solicited)
+        conflict = self.jetstream_conflict(route)
+        if conflict is not None:
+            error, why = conflict
+            # Loudly the first time, then as each redial's line (its
+            # backoff grows to retry_max): the log is not flooded.
+            log = self.log.info if route.remote_id in self._refused else self.log.error
+            self._refused.add(route.remote_id)
+            log("route {how}: {why}", how="to " + route.solicited if route.solicited else
+                "from {}:{}".format(route.host, route.port), why=why)
             if target is not None:
-                target.up()
+                target.why = why
+            route.close(error, why)
+            return True  # (closed here: not a duplicate)
+        if target is not None:
+            target.up()
         existing = self.routes.get(route.remote_id)
         if existing is not None and existing is not route and not existing.closed:
             existing.retry = True
@@ -473,6 +508,40 @@ class RouteManager(LinkManager):
             self._forward(route)
         self.broker.flush()
         return True
+
+    def jetstream_conflict(self, route: RouteConnection) -> Optional[Tuple[str, str]]:
+        """
+        Whether C{route} would make two servers of the cluster answer
+        JetStream's API: its peer says C{"jetstream": true} in its INFO
+        (eventsvc and nats-server both do) and so do we, or a route we
+        already have.  eventsvc runs no JetStream cluster (nats-server's
+        meta group and stream replication), so two such servers would each
+        answer every C{$JS.API} request a client of the cluster makes, with
+        streams that disagree.  Returns the C{-ERR} for the peer and the
+        line for our log, each naming both servers; None when the route
+        may come up.
+        """
+        if route.remote_info.get("jetstream") is not True:
+            return None
+        if self.settings.jetstream:
+            other_name, other_id, where = self.broker.server_name, self.broker.server_id, "this server"
+        else:
+            routed = [r for r in self.routes.values() if r is not route and r.remote_info.get("jetstream") is True]
+            if not routed:
+                return None
+            other_name, other_id, where = routed[0].remote_info.get("server_name", ""), routed[0].remote_id, "by route"
+        peer_name = route.remote_info.get("server_name", "")
+        peer = _server_label(peer_name, route.remote_id)
+        other = "{} ({})".format(_server_label(other_name, other_id), where)
+        error = "JetStream is on at {} and at {}: one JetStream server per cluster".format(
+            peer_name or route.remote_id, other_name or other_id)
+        why = (
+            "refused: JetStream is on at {peer} and at {other}, and eventsvc keeps no JetStream cluster, so "
+            "both would answer every $JS.API request with streams that disagree. Keep [jetstream] on one "
+            "server of cluster {cluster} (its streams are reachable from every server), or link the servers "
+            "as leaf nodes of a nats-server JetStream cluster (docs/clustering.md, JetStream in a cluster)"
+        ).format(peer=peer, other=other, cluster=self.settings.cluster_name)
+        return error, why
 
     def _forward(self, route: RouteConnection) -> None:
         """
