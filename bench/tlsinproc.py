@@ -44,6 +44,8 @@ PING = b"PING\r\n"
 class World:
     """A broker and a TLS (or plain) listener's factory on a fake clock, and a client context."""
 
+    logging = False
+
     def __init__(self, plain: bool = False, resume: bool = False) -> None:
         from OpenSSL import SSL
         from twisted.internet.address import IPv4Address
@@ -56,6 +58,16 @@ class World:
         from eventsvc.security import certs
         from eventsvc.security.tls import mutual_tls_server
 
+        from twisted.logger import globalLogBeginner
+
+        from eventsvc.ops.logs import make_observer
+
+        # Logging as twistd runs it: [log]'s default observer (text, info),
+        # writing to a file (here /dev/null: each line is still a write).
+        if not World.logging:
+            World.logging = True
+            globalLogBeginner.beginLoggingTo(
+                [make_observer("text", "info", open(os.devnull, "w"))], discardBuffer=True, redirectStandardIO=False)
         self.SSL = SSL
         self.address = IPv4Address
         directory = tempfile.mkdtemp()
