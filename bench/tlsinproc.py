@@ -265,7 +265,17 @@ def main() -> None:
             world.connection()
         profile = cProfile.Profile(time.process_time)
         profile.runcall(lambda: [world.connection() for _ in range(options.connections)])
-        pstats.Stats(profile).sort_stats("tottime").print_stats(45)
+        stats = pstats.Stats(profile)
+        stats.sort_stats("tottime").print_stats(45)
+        by_file: dict = {}
+        for (filename, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+            key = "/".join(filename.split("/")[-3:]) if filename != "~" else name
+            by_file[key] = by_file.get(key, 0.0) + tottime
+        print("internal time by file, us a connection (client included):")
+        for key, spent in sorted(by_file.items(), key=lambda kv: -kv[1])[:30]:
+            print("  {:70s} {:8.1f}".format(key, spent / options.connections * 1e6))
+        if os.environ.get("CALLEES"):
+            stats.sort_stats("cumulative").print_callees(os.environ["CALLEES"])
         return
     if options.raw:
         server, client, written = run(options.connections, options.repeat, options.plain, options.resume)
