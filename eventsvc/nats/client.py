@@ -184,7 +184,7 @@ class ClientConnection(Protocol):
         self.cid = self.broker.register(self)
         address = transport.getPeer()
         self.peer = PeerInfo(getattr(address, "host", ""), getattr(address, "port", 0))
-        transport.write(self.info_line())
+        transport.write(self.state.greeting.line(self.broker, self.settings, self.state, self.cid, self.peer.host))
         if self._at_capacity:
             transport.write(err_line(MAX_CONNECTIONS))
             self.close_reason = "Maximum Connections Exceeded"
