@@ -97,7 +97,9 @@ class World:
 
         # nats.go on Go 1.19 offers an X25519 key share (OpenSSL 3.5+
         # would offer a post-quantum hybrid first: another handshake).
-        lib.SSL_CTX_set1_curves_list(ctx._context, b"X25519")
+        # (Where the binding has no way to say so, the library's default.)
+        if hasattr(lib, "SSL_CTX_set1_curves_list"):
+            lib.SSL_CTX_set1_curves_list(ctx._context, b"X25519")
         if resume:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
         self.client_context = ctx
@@ -192,9 +194,10 @@ class World:
         if self.count == 1:
             from OpenSSL._util import ffi, lib
 
+            group = ffi.string(lib.SSL_get0_group_name(client._ssl)).decode() if hasattr(lib, "SSL_get0_group_name") else "?"
             print("first handshake: {} {}, group {}, resumed {}".format(
-                client.get_protocol_version_name(), client.get_cipher_name(),
-                ffi.string(lib.SSL_get0_group_name(client._ssl)).decode(), bool(lib.SSL_session_reused(client._ssl))), file=sys.stderr)
+                client.get_protocol_version_name(), client.get_cipher_name(), group, bool(lib.SSL_session_reused(client._ssl))),
+                file=sys.stderr)
         if self.resume and self.session is None:
             self.session = client.get_session()
         started = clock()
