@@ -58,6 +58,10 @@ SCENES = [
     ("pub/sub 1:4 1 KiB", ["-np", "1", "-ns", "4", "-ms", "1024", "-n", "{n4}"], "deliver_rate"),
     ("pub/sub 4:4 1 KiB", ["-np", "4", "-ns", "4", "-ms", "1024", "-n", "{n16}"], "deliver_rate"),
     ("request/reply", ["-mode", "latency", "-n", "{nl}"], [("request/reply p50 (us)", "p50_us"), ("request/reply p99 (us)", "p99_us")]),
+    # Connections a second in plaintext, as "mutual TLS connections/s" (four
+    # nats.go clients each connecting, flushing and closing in turn): what
+    # the connection's own set-up costs, without the handshake.
+    ("plain connections/s", ["-mode", "connect", "-np", "4", "-n", "{nc}"], "conn_rate"),
 ]
 
 #: Traffic as users send it.  The slow fleet runs at a fixed rate (200
@@ -535,7 +539,7 @@ def main() -> None:
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
     counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000, "nf": 100 if options.quick else 200,
-              "nr": 100 if options.quick else 300}
+              "nr": 100 if options.quick else 300, "nc": max(n // 1000, 25)}
 
     tool = natsbench()
     VARIANTS[:] = [("eventsvc", None)] + ([("eventsvc-pypy", options.pypy)] if options.pypy else [])

@@ -63,6 +63,10 @@ BAD_PROTOCOL = "invalid client protocol"
 NO_RESPONDERS_NEEDS_HEADERS = "no responders requires headers support"
 
 
+_CLOSED = "client {cid} from {host}:{port} on {listener} closed: {reason}"
+_CLOSED_WITH_DETAIL = "client {cid} from {host}:{port} on {listener} closed: {reason} ({detail})"
+
+
 @implementer(IHandshakeListener)
 class ClientConnection(Protocol):
     """
@@ -180,17 +184,15 @@ class ClientConnection(Protocol):
         self.cid = self.broker.register(self)
         address = transport.getPeer()
         self.peer = PeerInfo(getattr(address, "host", ""), getattr(address, "port", 0))
-        transport.write(self.info_line())
+        transport.write(self.state.greeting.line(self.broker, self.settings, self.state, self.cid, self.peer.host))
         if self._at_capacity:
             transport.write(err_line(MAX_CONNECTIONS))
             self.close_reason = "Maximum Connections Exceeded"
             self._teardown()
             transport.loseConnection()
             return False
-        self.log.info(
-            "client {cid} connected to {listener} from {host}:{port}",
-            cid=self.cid, listener=self.listener or "-", host=self.peer.host, port=self.peer.port,
-        )
+        # Nothing logged here: a connection's one line is written when it
+        # closes (_teardown), with everything this one said.
         return True
 
     def tls_begun(self) -> None:
@@ -210,7 +212,6 @@ class ClientConnection(Protocol):
         if not self.session.handshaking:
             return
         self.peer.certificate = self.transport.getPeerCertificate()
-        self.log.debug("client {cid} from {host}: TLS established", cid=self.cid, host=self.peer.host)
         self.start_session()
 
     def _timed_out(self, which: str) -> None:
@@ -268,10 +269,15 @@ class ClientConnection(Protocol):
             return
         if self.cid:
             self.stopped = self.clock.seconds()
+            # A connection's one line at info, with what it was (the listener,
+            # TLS, how long it lasted) and why it ended: a fleet connecting
+            # and closing writes one event per connection, and nothing is
+            # formatted here that the log level leaves out.
             self.log.info(
-                "client {cid} from {host}:{port} closed: {reason}{detail}",
-                cid=self.cid, host=self.peer.host, port=self.peer.port, reason=self.close_reason or "Client Closed",
-                detail=" ({})".format(self.close_detail) if self.close_detail else "",
+                _CLOSED_WITH_DETAIL if self.close_detail else _CLOSED,
+                cid=self.cid, host=self.peer.host, port=self.peer.port, listener=self.listener or "-",
+                tls=self.settings.tls_required,
+                seconds=self.stopped - self.start, reason=self.close_reason or "Client Closed", detail=self.close_detail,
             )
         self.closed = True
         self.session.close()

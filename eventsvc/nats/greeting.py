@@ -11,12 +11,13 @@ Nothing here holds state or does I/O: the connection asks, and writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from json.encoder import encode_basestring_ascii
+from typing import Any, Dict, List, Optional, Tuple
 
 from eventsvc import wirejson
 from eventsvc.nats.frames import info_line
 
-__all__ = ["ConnectOptions", "client_info", "decode_connect", "info_line", "lame_duck_info"]
+__all__ = ["ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info"]
 
 #: CONNECT fields we read, with the JSON types nats-server accepts for them.
 CONNECT_TYPES: Dict[str, tuple] = {
@@ -76,6 +77,47 @@ def client_info(broker: Any, settings: Any, state: Any, cid: int, client_ip: str
         if urls:
             info["connect_urls"] = urls
     return info
+
+
+class Greeting:
+    """
+    The INFO lines a listener greets its clients with, as L{info_line} of
+    L{client_info} writes them, without serialising the whole of it for
+    every connection: only C{client_id} and C{client_ip} differ from one
+    client to the next.  The rest is asked of C{client_info} each time and
+    compared with what the kept line was made from, so a change anywhere
+    (the port bound, an authenticator set by a reload, the cluster's URLs)
+    makes a new line at once.  (JSON for each client was a fifth of a
+    plaintext connection's set-up.)
+    """
+
+    __slots__ = ("_made_from", "_head", "_middle", "_tail")
+
+    def __init__(self) -> None:
+        self._made_from: Optional[Dict[str, Any]] = None
+        self._head = self._middle = self._tail = b""
+
+    def line(self, broker: Any, settings: Any, state: Any, cid: int, client_ip: str) -> bytes:
+        """C{info_line(client_info(broker, settings, state, cid, client_ip))}, byte for byte."""
+        info = client_info(broker, settings, state, 0, "")
+        if info != self._made_from:
+            self._head, self._middle, self._tail = _split(info)
+            self._made_from = info
+        return b"".join((self._head, b"%d" % cid, self._middle, encode_basestring_ascii(client_ip).encode("ascii"), self._tail))
+
+
+def _split(info: Dict[str, Any]) -> Tuple[bytes, bytes, bytes]:
+    """INFO's line around the values of client_id and client_ip (which follow each other)."""
+    keys = list(info)
+    at = keys.index("client_id")
+    assert keys[at + 1] == "client_ip"
+    head = info_line({k: info[k] for k in keys[:at]})
+    tail = info_line({k: info[k] for k in keys[at + 2:]})
+    # '{...}' around each part: the head loses its '}', the tail its '{'.
+    head = head[: -len(b"} \r\n")] + (b"," if at else b"") + b'"client_id":'
+    rest = tail[len(b"INFO {"):]
+    tail = (b"," + rest) if not rest.startswith(b"}") else rest
+    return head, b',"client_ip":', tail
 
 
 def lame_duck_info(info: Dict[str, Any], others: List[str]) -> Dict[str, Any]:

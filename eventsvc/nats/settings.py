@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from eventsvc.nats.greeting import Greeting
 from eventsvc.nats.limits import PARSE_BUDGET, TLS_TIMEOUT, Limits
 from eventsvc.nats.interfaces import IAuthenticator
 
@@ -112,8 +113,10 @@ class ListenerState:
     which a reload replaces.
     """
 
-    __slots__ = ("port", "authenticator")
+    __slots__ = ("port", "authenticator", "greeting")
 
     def __init__(self, settings: ClientSettings) -> None:
         self.port = settings.port
         self.authenticator: Optional[IAuthenticator] = settings.authenticator
+        #: The INFO line the connections are greeted with, kept (greeting.Greeting).
+        self.greeting = Greeting()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.greeting import ConnectOptions, Greeting, client_info, decode_connect, info_line, lame_duck_info
 from eventsvc.nats.settings import ClientSettings, ListenerState
 
 
@@ -59,6 +59,38 @@ class ClientInfoTests(SynchronousTestCase):
 
     def test_line(self) -> None:
         self.assertEqual(info_line({"a": 1, "b": [1, 2]}), b'INFO {"a":1,"b":[1,2]} \r\n')
+
+    def test_greeting_line_is_info_line_of_client_info(self) -> None:
+        """
+        The kept greeting writes what info_line(client_info(...)) writes,
+        byte for byte, for every client and after anything it says changes.
+        """
+        urls = ["10.0.0.1:4222"]
+        broker = _broker("c1", urls)
+        settings = ClientSettings(tls=object(), tls_verify=True, advertise=True, jetstream_domain="hub")
+        state = ListenerState(settings)
+        greeting = Greeting()
+
+        def check(cid: int, ip: str) -> None:
+            self.assertEqual(greeting.line(broker, settings, state, cid, ip), info_line(client_info(broker, settings, state, cid, ip)))
+
+        check(1, "10.0.0.9")
+        check(123456789, "::1")
+        check(2, 'a"\\odd\u00e9')  # (never an address, but encoded as JSON all the same)
+        state.port = 4333
+        check(3, "10.0.0.9")
+        state.authenticator = object()  # type: ignore[assignment]
+        check(4, "10.0.0.9")
+        urls.append("10.0.0.2:4222")
+        check(5, "10.0.0.9")
+        broker.cluster_name = ""
+        del urls[:]
+        check(6, "10.0.0.9")
+        # Nothing after client_ip at all.
+        plain = ClientSettings()
+        check_plain = Greeting().line(_broker(), plain, ListenerState(plain), 7, "1.2.3.4")
+        self.assertEqual(check_plain, info_line(client_info(_broker(), plain, ListenerState(plain), 7, "1.2.3.4")))
+        self.assertTrue(check_plain.endswith(b'"client_id":7,"client_ip":"1.2.3.4"} \r\n'), check_plain)
 
     def test_lame_duck_names_the_others_only(self) -> None:
         info = {"server_id": "NID", "connect_urls": ["me:4222", "other:4222"]}

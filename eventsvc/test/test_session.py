@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import List
 
-from automat import NoTransition
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.nats.liveness import PING, Pinger
 from eventsvc.nats.outbound import ReadGate
-from eventsvc.nats.session import AUTHENTICATION, HANDSHAKE, Session
+from eventsvc.nats.session import AUTHENTICATION, HANDSHAKE, STATES, TRANSITIONS, NoTransition, Session
 
 
 class SessionTests(SynchronousTestCase):
@@ -94,7 +93,22 @@ class SessionTests(SynchronousTestCase):
         self.assertRaises(NoTransition, s.start)
         s2 = self.session(auth=True)
         s2.start()
-        self.assertRaises(NoTransition, s2.connect_accepted)
+        e = self.assertRaises(NoTransition, s2.connect_accepted)
+        self.assertEqual((e.state, e.input, s2.state()), ("awaiting_connect", "connect_accepted", "awaiting_connect"))
+        self.assertIn("connect_accepted", str(e))
+
+    def test_the_table_names_states_and_outputs_that_exist(self) -> None:
+        """A typo in the table would only show when that transition is taken."""
+        for (state, input), (next_state, outputs) in TRANSITIONS.items():
+            self.assertIn(state, STATES)
+            self.assertIn(next_state, STATES)
+            # (start() gives the two _begin inputs; the rest are methods.)
+            self.assertTrue(input in ("_begin_open", "_begin_guarded") or callable(getattr(Session, input, None)), input)
+            for output in outputs:
+                self.assertTrue(callable(getattr(Session, output, None)), output)
+        # Every state but closed can be closed; closed takes nothing else.
+        self.assertEqual({s for (s, i) in TRANSITIONS if i == "close"}, set(STATES))
+        self.assertEqual({i for (s, i) in TRANSITIONS if s == "closed"}, {"close"})
 
 
 class ReadGateTests(SynchronousTestCase):

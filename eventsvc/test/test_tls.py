@@ -50,6 +50,27 @@ class MutualTLSTests(SynchronousTestCase):
         subject = server.inner.peer.certificate.get_subject()
         self.assertEqual(subject.commonName, "alice")
 
+    def test_one_log_line_per_connection(self) -> None:
+        """
+        A connection that comes, handshakes, logs in and goes writes one
+        line at info, when it closes, saying where it came in, how it went
+        and why it ended (a fleet reconnecting writes one event a connection).
+        """
+        from twisted.logger import LogLevel, formatEvent
+
+        client = UpgradingClient(self.client_options(self.pki.issue("alice")))
+        server, pump = self.harness.connect(client)
+        self.harness.clock.advance(1.5)
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        self.assertEqual([e for e in self.logged if e["log_level"] >= LogLevel.info], [])
+        client.tls.loseConnection()  # close_notify, then the socket
+        pump.flush()
+        lines = [e for e in self.logged if e["log_level"] >= LogLevel.info]
+        self.assertEqual(len(lines), 1, [formatEvent(e) for e in lines])
+        cid = server.inner.cid
+        self.assertEqual(formatEvent(lines[0]), "client {} from 127.0.0.1:50000 on - closed: Client Closed".format(cid))
+        self.assertEqual((lines[0]["tls"], lines[0]["seconds"], lines[0]["detail"]), (True, 1.5, ""))
+
     def test_client_offering_alpn(self) -> None:
         """A client that offers ALPN the server does not speak is served without a protocol, as nats-server does."""
         options = ssl.optionsForClientTLS(
