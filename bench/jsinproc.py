@@ -14,7 +14,10 @@ its figures compare one tree with another, nothing more.
     beforehand (unmeasured): a fetch of 100, the deliveries, then one read
     with the 100 acks (the last with a reply, as nats.go's AckSync).
 
-    python bench/jsinproc.py [--scene async|pull] [--messages N] [--repeat R]
+  - mirror, source: a mirror or a source of a stream filled beforehand
+    (unmeasured), run turn after turn until it holds every message.
+
+    python bench/jsinproc.py [--scene async|pull|mirror|source] [--messages N] [--repeat R]
 
 It imports eventsvc from the running interpreter (PYTHONPATH picks the
 tree), so alternating two trees' runs compares them.  It prints figures;
@@ -145,7 +148,49 @@ def pull_scene(folder: str, messages: int, batch: int = 100) -> Tuple[Callable[[
     return run, world
 
 
-SCENES = {"async": async_scene, "pull": pull_scene}
+def copy_scene(kind: str, folder: str, messages: int) -> Tuple[Callable[[], int], World]:
+    """
+    A mirror or a source of a stream filled beforehand (unmeasured) over
+    100 subjects, made and run until it holds every message: the origin's
+    push consumer and the link's store, turn after turn, as on a hub
+    after an outage (bench/jssourcing.py in one process).
+    """
+    world = World(folder)
+    world.request(b"$JS.API.STREAM.CREATE.ORIGIN", {"name": "ORIGIN", "subjects": ["origin.>"], "storage": "file"})
+    window = 1000
+    for start in range(0, messages, window):
+        world.feed(b"".join(
+            b"PUB origin.%d _INBOX.bench.%d %d\r\n%s\r\n" % (i % 100, i, len(PAYLOAD), PAYLOAD)
+            for i in range(start, min(start + window, messages))))
+    name = "MIRROR" if kind == "mirror" else "SOURCE"
+    config: Dict[str, Any] = {"name": name, "storage": "file"}
+    if kind == "mirror":
+        config["mirror"] = {"name": "ORIGIN"}
+    else:
+        config["sources"] = [{"name": "ORIGIN"}]
+
+    def run() -> int:
+        world.request(b"$JS.API.STREAM.CREATE." + name.encode(), config)
+        store = world.js.streams[name].store
+        turns = 0
+        while store.state().msgs < messages:
+            turns += 1
+            if turns > 100 * messages:
+                raise RuntimeError("{} stalled at {}".format(kind, store.state().msgs))
+            # A turn; a millisecond on now and then lets timers (a flush) fire.
+            world.clock.advance(0.001 if turns % 10 == 0 else 0)
+            world.transport.take()
+        return store.state().msgs
+
+    return run, world
+
+
+SCENES = {
+    "async": async_scene,
+    "pull": pull_scene,
+    "mirror": lambda folder, messages: copy_scene("mirror", folder, messages),
+    "source": lambda folder, messages: copy_scene("source", folder, messages),
+}
 
 
 def once(scene: str, messages: int) -> float:
