@@ -1088,6 +1088,9 @@ class FileStore(_WriteState):
                 best = max(best, next(reversed(seqs)))
         return self.load(best) if best else None
 
+    def last_seq(self) -> int:
+        return self._last
+
     def state(self) -> StoreState:
         if not self._index:
             return StoreState(0, 0, self._last + 1 if self._last else 0, 0, self._last, self._last_ts if self._last else 0, 0, 0)

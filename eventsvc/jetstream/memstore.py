@@ -265,6 +265,9 @@ class MemoryStore:
                 best = max(best, next(reversed(seqs)))
         return self._msgs.get(best)
 
+    def last_seq(self) -> int:
+        return self._last
+
     def state(self) -> StoreState:
         if not self._msgs:
             return StoreState(0, 0, self._last + 1 if self._last else 0, 0, self._last, self._last_ts if self._last else 0, 0, 0)

@@ -90,10 +90,9 @@ def parse_ack_reply(reply: str) -> Optional[Tuple[str, int, int, int, int, int]]
     if len(tokens) != 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
     try:
-        dc, sseq, dseq, ts, pending = (int(t) for t in tokens[4:9])
+        return tokens[3], int(tokens[4]), int(tokens[5]), int(tokens[6]), int(tokens[7]), int(tokens[8])
     except ValueError:
         return None
-    return tokens[3], dc, sseq, dseq, ts, pending
 
 
 def source_value(value: str) -> Tuple[str, int]:

@@ -149,6 +149,9 @@ class MessageStore(Protocol):
     def state(self) -> StoreState:
         """The counts, first and last."""
 
+    def last_seq(self) -> int:
+        """C{state().last_seq} alone, for a caller that asks for each message (a mirror)."""
+
     def subjects(self, subject_filter: Optional[str] = None) -> Dict[str, int]:
         """How many messages each subject matching the filter has."""
 

@@ -638,6 +638,10 @@ class Stream:
         #: The config L{append} last worked out, and whether it needs no checks.
         self._append_config: Optional[Dict[str, Any]] = None
         self._append_plain = False
+        #: The config L{process} and L{store_mirrored} last worked out, and
+        #: whether the server's limits apply to it (L{_has_server_limits}).
+        self._process_config: Optional[Dict[str, Any]] = None
+        self._server_limited = True
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
@@ -854,17 +858,23 @@ class Stream:
         """
         if self._closed:
             return False
-        if self.store.state().last_seq != seq - 1:
-            return False
-        if self.engine.limits_exceeded(self.config["storage"]):
+        config = self.config
+        if config is not self._process_config:
+            self._process_config = config
+            self._server_limited = self._has_server_limits(config)
+        server_limited = self._server_limited
+        if server_limited and self.engine.limits_exceeded(config["storage"]):
             self.log.warn("stream {stream}: the mirror's message {seq} not kept: insufficient resources",
                           stream=self.name, seq=seq)
             return False
-        stored = self._store(subject, headers, payload, ts or self.engine.now(), None)
-        if stored is None:
+        if self.store.last_seq() != seq - 1:
+            return False
+        try:
+            stored = self.store.store(subject, headers, payload, ts or self.engine.now())
+        except StoreError:
             return False
         self._unaccounted += 1
-        if self._unaccounted >= 64 or self.engine.near_limit(self.config["storage"], 64 * (len(payload) + 128)):
+        if self._unaccounted >= 64 or (server_limited and self.engine.near_limit(config["storage"], 64 * (len(payload) + 128))):
             self.account()
         for consumer in list(self.consumers.values()):
             consumer.stored(stored, subject)
@@ -987,7 +997,11 @@ class Stream:
             return None
         msg_id = ""
         rollup = ""
-        if headers and b"Nats-" in headers:
+        if headers and b"Nats-" in headers and (
+            b"Nats-Msg-Id" in headers or b"Nats-Expected-" in headers or b"Nats-Rollup" in headers
+        ):
+            # (Only these headers ask anything of the stream; a block with
+            # others alone, as a source's Nats-Stream-Source, is not parsed.)
             values = parse_headers(headers)[1]
 
             def header_value(name: str) -> Optional[str]:
@@ -1039,10 +1053,14 @@ class Stream:
         if headers and len(headers) > 65535:
             self._nak(reply, errors.STREAM_HEADER_EXCEEDS_MAXIMUM_ERR())
             return None
-        if self.engine.limits_exceeded(config["storage"]):
+        if config is not self._process_config:
+            self._process_config = config
+            self._server_limited = self._has_server_limits(config)
+        server_limited = self._server_limited
+        if server_limited and self.engine.limits_exceeded(config["storage"]):
             self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             return None
-        cap = stream_bytes_cap(self.engine.settings.limits, config["storage"])
+        cap = stream_bytes_cap(self.engine.settings.limits, config["storage"]) if server_limited else 0
         if cap > 0 and self.engine.usage(config["storage"]) + self._stored_size(subject, headers, payload) > cap:
             # nats-server's jsa.limitsExceeded: the account's whole usage,
             # this message in it, against the per-stream cap.  nats-server
@@ -1083,7 +1101,7 @@ class Stream:
         # messages while the account has room for 64 more of this size
         # (so the count can never lag past the limit), after each one nearer.
         self._unaccounted += 1
-        if self._unaccounted >= 64 or self.engine.near_limit(config["storage"], 64 * (size + 64)):
+        if self._unaccounted >= 64 or (server_limited and self.engine.near_limit(config["storage"], 64 * (size + 64))):
             self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
@@ -1130,6 +1148,18 @@ class Stream:
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
+
+    def _has_server_limits(self, config: Dict[str, Any]) -> bool:
+        """
+        Whether a message to a stream of C{config}'s storage must be
+        checked against the server's limits (C{max_file_store},
+        C{max_memory_store}) or the account's per-stream cap: settings are
+        frozen, so this is worked out once per config (L{process}).
+        """
+        settings = self.engine.settings
+        storage = config["storage"]
+        limit = settings.max_memory_store if storage == "memory" else settings.max_file_store
+        return limit >= 0 or stream_bytes_cap(settings.limits, storage) > 0
 
     def _plain_for_append(self, config: Dict[str, Any]) -> bool:
         """Whether L{append} under C{config} has nothing to check but the store's own limits."""
