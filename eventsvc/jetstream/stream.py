@@ -639,9 +639,11 @@ class Stream:
         self._append_config: Optional[Dict[str, Any]] = None
         self._append_plain = False
         #: The config L{process} and L{store_mirrored} last worked out, and
-        #: whether the server's limits apply to it (L{_has_server_limits}).
+        #: the server's limit and the account's per-stream cap for its
+        #: storage (-1, 0: none), which frozen settings fix per config.
         self._process_config: Optional[Dict[str, Any]] = None
-        self._server_limited = True
+        self._store_limit = -1
+        self._stream_cap = 0
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
@@ -860,10 +862,10 @@ class Stream:
             return False
         config = self.config
         if config is not self._process_config:
-            self._process_config = config
-            self._server_limited = self._has_server_limits(config)
-        server_limited = self._server_limited
-        if server_limited and self.engine.limits_exceeded(config["storage"]):
+            self._take_limits(config)
+        limit, cap = self._store_limit, self._stream_cap
+        usage = self.engine.usage(config["storage"]) if limit >= 0 or cap > 0 else 0
+        if 0 <= limit <= usage:
             self.log.warn("stream {stream}: the mirror's message {seq} not kept: insufficient resources",
                           stream=self.name, seq=seq)
             return False
@@ -874,7 +876,7 @@ class Stream:
         except StoreError:
             return False
         self._unaccounted += 1
-        if self._unaccounted >= 64 or (server_limited and self.engine.near_limit(config["storage"], 64 * (len(payload) + 128))):
+        if self._unaccounted >= 64 or self._near_limit(config, 64 * (len(payload) + 128)):
             self.account()
         for consumer in list(self.consumers.values()):
             consumer.stored(stored, subject)
@@ -1054,14 +1056,14 @@ class Stream:
             self._nak(reply, errors.STREAM_HEADER_EXCEEDS_MAXIMUM_ERR())
             return None
         if config is not self._process_config:
-            self._process_config = config
-            self._server_limited = self._has_server_limits(config)
-        server_limited = self._server_limited
-        if server_limited and self.engine.limits_exceeded(config["storage"]):
+            self._take_limits(config)
+        limit, cap = self._store_limit, self._stream_cap
+        usage = self.engine.usage(config["storage"]) if limit >= 0 or cap > 0 else 0
+        if 0 <= limit <= usage:
+            # (the server's store is full: nats-server's js.limitsExceeded)
             self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             return None
-        cap = stream_bytes_cap(self.engine.settings.limits, config["storage"]) if server_limited else 0
-        if cap > 0 and self.engine.usage(config["storage"]) + self._stored_size(subject, headers, payload) > cap:
+        if cap > 0 and usage + self._stored_size(subject, headers, payload) > cap:
             # nats-server's jsa.limitsExceeded: the account's whole usage,
             # this message in it, against the per-stream cap.  nats-server
             # stores the message, looks and takes it back, so its sequence
@@ -1101,7 +1103,7 @@ class Stream:
         # messages while the account has room for 64 more of this size
         # (so the count can never lag past the limit), after each one nearer.
         self._unaccounted += 1
-        if self._unaccounted >= 64 or (server_limited and self.engine.near_limit(config["storage"], 64 * (size + 64))):
+        if self._unaccounted >= 64 or self._near_limit(config, 64 * (size + 64)):
             self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
@@ -1149,17 +1151,27 @@ class Stream:
             self._schedule_expiry()
         return seq
 
-    def _has_server_limits(self, config: Dict[str, Any]) -> bool:
+    def _take_limits(self, config: Dict[str, Any]) -> None:
         """
-        Whether a message to a stream of C{config}'s storage must be
-        checked against the server's limits (C{max_file_store},
-        C{max_memory_store}) or the account's per-stream cap: settings are
-        frozen, so this is worked out once per config (L{process}).
+        Work out, once per config, the server's limit (C{max_file_store},
+        C{max_memory_store}) and the account's per-stream cap for its
+        storage, which L{process} and L{store_mirrored} check each message
+        against (what L{JetStream.limits_exceeded} and
+        L{JetStream.near_limit} say, without asking the settings each time).
         """
         settings = self.engine.settings
         storage = config["storage"]
-        limit = settings.max_memory_store if storage == "memory" else settings.max_file_store
-        return limit >= 0 or stream_bytes_cap(settings.limits, storage) > 0
+        self._store_limit = settings.max_memory_store if storage == "memory" else settings.max_file_store
+        self._stream_cap = stream_bytes_cap(settings.limits, storage)
+        self._process_config = config
+
+    def _near_limit(self, config: Dict[str, Any], room: int) -> bool:
+        """L{JetStream.near_limit} for this stream's storage, from the limits L{_take_limits} found."""
+        limit, cap = self._store_limit, self._stream_cap
+        if limit < 0 and cap <= 0:
+            return False
+        usage = self.engine.usage(config["storage"]) + room
+        return (0 <= limit <= usage) or (0 < cap <= usage)
 
     def _plain_for_append(self, config: Dict[str, Any]) -> bool:
         """Whether L{append} under C{config} has nothing to check but the store's own limits."""
