@@ -885,13 +885,17 @@ class FileStore(_WriteState):
         stored since the last write are gone then; without an errback,
         nothing is called).
         """
+        # (A message store's flush is only ever due at once: one scheduled
+        # already serves this waiter, without asking the clock the time.)
         if self._buffer:
             self._waiters.append((callback, errback))
-            self._schedule_flush()
+            if self._flush_call is None:
+                self._schedule_flush()
         elif self._ready:
             # (Nothing of its is unwritten; it only keeps its turn.)
             self._ready.append((callback, errback))
-            self._schedule_flush()
+            if self._flush_call is None:
+                self._schedule_flush()
         else:
             callback()
 
@@ -1021,7 +1025,7 @@ class FileStore(_WriteState):
         active = self._active
         if active is not None and number == active.number and offset >= self._size:
             at = offset - self._size
-            data: Union[bytes, bytearray] = self._buffer[at : at + length]
+            data = bytes(self._buffer[at : at + length])
         else:
             # Consumers read in order: then one read brings the next messages too.
             cache = self._cache
@@ -1042,13 +1046,14 @@ class FileStore(_WriteState):
                 data = chunk[:length]
             self._loaded = seq
             size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
-            if size != length - 8 or zlib.crc32(memoryview(data)[8:]) != crc:
+            # (A small record's copy costs less than a memoryview.)
+            if size != length - 8 or zlib.crc32(data[8:] if length < 4096 else memoryview(data)[8:]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
         _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
         p = 8 + _MESSAGE.size + slen
-        headers = bytes(data[p : p + hlen]) if hlen else None
-        return StoredMessage(entry[3], seq, headers, bytes(data[p + hlen :]), ts)
+        # (data is bytes: its slices are too.)
+        return StoredMessage(entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts)
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
         index = self._index
@@ -1070,6 +1075,12 @@ class FileStore(_WriteState):
                     return self.load(seq)
             return None
         everything = not subject_filter or subject_filter == ">"
+        if everything and start >= self._first:
+            # (A consumer of everything reads on in order: the next one is
+            # most often there.)
+            entry = index.get(start)
+            if entry is not None:
+                return self.load(start)
         for seq in range(max(start, self._first), self._last + 1):
             entry = index.get(seq)
             if entry is not None and (everything or _matches(subject_filter, entry[3])):
