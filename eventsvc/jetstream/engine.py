@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.application.service import Service
@@ -24,7 +25,6 @@ from eventsvc.jetstream import api, errors, limits
 from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
-from eventsvc.jetstream.wire import now_ns
 from eventsvc.nats.links.jsdomain import map_subject, mapping_table
 
 #: The API's own subjects (nats-server's jsAllAPI, less the ">").
@@ -72,7 +72,10 @@ class JetStream:
         self.broker = broker
         self.settings = settings
         self.clock = clock
-        self._now = now or now_ns
+        #: The time in nanoseconds since the epoch (tests pass a fake): the
+        #: time source itself, not a method around it, for the consumers and
+        #: links that ask it for every message.
+        self.now: Callable[[], int] = now or time.time_ns
         self.streams: Dict[str, Stream] = {}
         self.api_total = 0
         self.api_errors = 0
@@ -92,10 +95,6 @@ class JetStream:
         #: fsync every write whatever sync_interval says (the part answers
         #: its publishers from the durable callback).
         self.fed_in_process: Set[str] = set()
-
-    def now(self) -> int:
-        """The time in nanoseconds since the epoch (tests pass a fake)."""
-        return self._now()
 
     # -- life -----------------------------------------------------------------
 

@@ -133,6 +133,9 @@ class SourceLink:
         """
         self.stream = stream
         self.engine = stream.engine
+        #: The clock's seconds and the engine's nanoseconds, asked for every message.
+        self._seconds = self.engine.clock.seconds
+        self._now = self.engine.now
         self.config = config
         self.mirror = mirror
         self.name: str = config["name"]
@@ -430,8 +433,8 @@ class SourceLink:
         if parsed[0] != self.cname:
             return  # an older consumer's
         _, dc, sseq, dseq, ts, pending = parsed
-        self._heard = self.engine.clock.seconds()
-        self.last = self.engine.now()
+        self._heard = self._seconds()
+        self.last = self._now()
         if dc > 1:
             return
         if self.mirror:
