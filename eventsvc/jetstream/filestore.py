@@ -266,6 +266,9 @@ class _WriteState:
         self._sync_every = parse_sync_interval(sync_interval)
         #: "ok", "full" (no space) or "unavailable" (any other write failure).
         self.health = "ok"
+        #: Counts the times the waiters of the buffer were moved on (written,
+        #: or told of a failure): L{FileStore.group_epoch}.
+        self._epoch = 0
         #: Why the store cannot write, for errors and logs.
         self.error: Optional[str] = None
         #: Waiting for the buffer's write; and written, to be called at the end of the turn.
@@ -313,6 +316,7 @@ class _WriteState:
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
+        self._epoch += 1
         if self._waiters:
             self._ready += self._waiters
             self._waiters = []
@@ -334,6 +338,7 @@ class _WriteState:
         self.health, self.error = state, why
         self._refusing = self.health != "ok" or self._closed
         refusal = self._refusal()
+        self._epoch += 1
         waiters, self._waiters = self._waiters, []
         if self._keeps_unwritten:
             # (What they wait for is written later: those that cannot be
@@ -898,6 +903,18 @@ class FileStore(_WriteState):
                 self._schedule_flush()
         else:
             callback()
+
+    def group_epoch(self) -> Optional[int]:
+        """
+        A count that stays the same, while the buffer holds something, until
+        its waiters are moved on: a caller's waiter registered by
+        L{when_durable} at some count is called back (or told of a failure)
+        with the same write as any registered later at the same count, so
+        the caller may answer for what it stores meanwhile from that one
+        waiter (a stream's PubAcks: L{Stream._when_durable}).  None when the
+        buffer is empty (a waiter would not wait for a write).
+        """
+        return self._epoch if self._buffer else None
 
     def skip(self, seq: int) -> None:
         if not self._index and seq > self._last:

@@ -132,6 +132,9 @@ class MemoryStore:
     def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
         callback()
 
+    def group_epoch(self) -> Optional[int]:
+        return None  # (durable at once: nothing to group)
+
     def skip(self, seq: int) -> None:
         if not self._msgs and seq > self._last:
             self._last = seq - 1

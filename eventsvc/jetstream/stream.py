@@ -642,6 +642,12 @@ class Stream:
         #: the server's limit and the account's per-stream cap for its
         #: storage (-1, 0: none), which frozen settings fix per config.
         self._process_config: Optional[Dict[str, Any]] = None
+        #: The publishes waiting on the store's next write under one waiter
+        #: (seq, reply, Nats-Msg-Id), the store's group epoch and the store
+        #: it was taken from (L{_when_durable}).
+        self._durable_group: Optional[List[Tuple[int, Optional[str], str]]] = None
+        self._durable_epoch = -1
+        self._durable_store: Any = None
         self._store_limit = -1
         self._stream_cap = 0
         if config["republish"]:
@@ -1217,26 +1223,51 @@ class Stream:
         return seq
 
     def _when_durable(self, seq: int, reply: Optional[str], msg_id: str) -> None:
-        """PubAck C{seq} once the store has it durable; if its write fails, refuse it and forget its id."""
-        def durable() -> None:
+        """
+        PubAck C{seq} once the store has it durable; if its write fails,
+        refuse it and forget its id.  The messages one write of the store
+        takes share one waiter (L{MessageStore.group_epoch}): a window of
+        asynchronous publishes costs a list entry each, not two closures.
+        """
+        store = self.store
+        epoch = store.group_epoch()
+        group = self._durable_group
+        if group is not None and epoch is not None and epoch == self._durable_epoch and store is self._durable_store:
+            group.append((seq, reply, msg_id))
+            return
+        group = [(seq, reply, msg_id)]
+        if epoch is None:
+            self._durable_group = None
+        else:
+            self._durable_group, self._durable_epoch, self._durable_store = group, epoch, store
+        store.when_durable(lambda: self._durable(group), lambda error: self._lost(group, error))
+
+    def _durable(self, group: List[Tuple[int, Optional[str], str]]) -> None:
+        """The messages of C{group} are durable: their PubAcks, in order."""
+        if group is self._durable_group:
+            self._durable_group = None
+        for seq, reply, _ in group:
             if reply:
                 self._ack(reply, seq)
 
-        def lost(error: StoreError) -> None:
+    def _lost(self, group: List[Tuple[int, Optional[str], str]], error: StoreError) -> None:
+        """The write of C{group}'s messages failed: each is refused, its id forgotten."""
+        if group is self._durable_group:
+            self._durable_group = None
+        for seq, reply, msg_id in group:
             self.log.warn("stream {stream}: message {seq} was not written ({error}); not acknowledged",
                           stream=self.name, seq=seq, error=error)
             if msg_id and self._dedupe.find(msg_id) == seq:
                 # Its publisher will send it again, with the same id.
                 del self._dedupe.ids[msg_id]
-            self.account()
-            for consumer in list(self.consumers.values()):
-                consumer.purged()
+        self.account()
+        for consumer in list(self.consumers.values()):
+            consumer.purged()
+        for seq, reply, msg_id in group:
             if isinstance(error, StoreFull):
                 self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             else:
                 self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(error) or "store write failed"))
-
-        self.store.when_durable(durable, lost)
 
     def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
         """The stored message again on C{target}, with nats-server's republish headers."""
