@@ -14,7 +14,14 @@ its figures compare one tree with another, nothing more.
     beforehand (unmeasured): a fetch of 100, the deliveries, then one read
     with the 100 acks (the last with a reply, as nats.go's AckSync).
 
-    python bench/jsinproc.py [--scene async|pull] [--messages N] [--repeat R]
+  - mirror, source: a mirror or a source of a stream filled beforehand
+    (unmeasured), run turn after turn until it holds every message.
+
+    python bench/jsinproc.py [--scene async|pull|mirror|source] [--messages N] [--repeat R]
+
+Under cachegrind: C{--once} runs a scene once, C{--setup-only} its set-up
+alone (the filled stream of pull, mirror and source); the difference is
+the scene's own count.
 
 It imports eventsvc from the running interpreter (PYTHONPATH picks the
 tree), so alternating two trees' runs compares them.  It prints figures;
@@ -72,7 +79,9 @@ class World:
 
         self.clock = Clock()
         self.broker = Broker(server_id="JSBENCH")
-        self.js = JetStream(self.broker, JetStreamSettings(store_dir=folder), self.clock)
+        # A limit on the file store, as a server always has one (eventsvc.app
+        # sets three quarters of the disk when the config says none).
+        self.js = JetStream(self.broker, JetStreamSettings(store_dir=folder, max_file_store=1 << 40), self.clock)
         self.js.start()
         factory = ClientFactory(self.broker, ClientSettings(parse_budget=1e9), self.clock)
         self.client = factory.buildProtocol(None)
@@ -145,14 +154,59 @@ def pull_scene(folder: str, messages: int, batch: int = 100) -> Tuple[Callable[[
     return run, world
 
 
-SCENES = {"async": async_scene, "pull": pull_scene}
+def copy_scene(kind: str, folder: str, messages: int) -> Tuple[Callable[[], int], World]:
+    """
+    A mirror or a source of a stream filled beforehand (unmeasured) over
+    100 subjects, made and run until it holds every message: the origin's
+    push consumer and the link's store, turn after turn, as on a hub
+    after an outage (bench/jssourcing.py in one process).
+    """
+    world = World(folder)
+    world.request(b"$JS.API.STREAM.CREATE.ORIGIN", {"name": "ORIGIN", "subjects": ["origin.>"], "storage": "file"})
+    window = 1000
+    for start in range(0, messages, window):
+        world.feed(b"".join(
+            b"PUB origin.%d _INBOX.bench.%d %d\r\n%s\r\n" % (i % 100, i, len(PAYLOAD), PAYLOAD)
+            for i in range(start, min(start + window, messages))))
+    name = "MIRROR" if kind == "mirror" else "SOURCE"
+    config: Dict[str, Any] = {"name": name, "storage": "file"}
+    if kind == "mirror":
+        config["mirror"] = {"name": "ORIGIN"}
+    else:
+        config["sources"] = [{"name": "ORIGIN"}]
+
+    def run() -> int:
+        world.request(b"$JS.API.STREAM.CREATE." + name.encode(), config)
+        store = world.js.streams[name].store
+        turns = 0
+        while store.state().msgs < messages:
+            turns += 1
+            if turns > 100 * messages:
+                raise RuntimeError("{} stalled at {}".format(kind, store.state().msgs))
+            # A turn; a millisecond on now and then lets timers (a flush) fire.
+            world.clock.advance(0.001 if turns % 10 == 0 else 0)
+            world.transport.take()
+        return store.state().msgs
+
+    return run, world
 
 
-def once(scene: str, messages: int) -> float:
-    """CPU seconds per message of one run of C{scene}."""
+SCENES = {
+    "async": async_scene,
+    "pull": pull_scene,
+    "mirror": lambda folder, messages: copy_scene("mirror", folder, messages),
+    "source": lambda folder, messages: copy_scene("source", folder, messages),
+}
+
+
+def once(scene: str, messages: int, setup_only: bool = False) -> float:
+    """CPU seconds per message of one run of C{scene} (C{setup_only}: its set-up alone, nothing run)."""
     folder = tempfile.mkdtemp(prefix="jsinproc-")
     try:
         run, world = SCENES[scene](folder, messages)
+        if setup_only:
+            world.js.stop()
+            return 0.0
         started = time.process_time()
         done = run()
         spent = time.process_time() - started
@@ -169,8 +223,14 @@ def main() -> None:
     parser.add_argument("--scene", action="append", choices=sorted(SCENES))
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scene; the best is printed")
+    parser.add_argument("--setup-only", action="store_true",
+                        help="one run's set-up alone (under cachegrind, what to subtract from a whole run)")
+    parser.add_argument("--once", action="store_true", help="one run, no warm-up (under cachegrind)")
     options = parser.parse_args()
     for scene in options.scene or list(SCENES):
+        if options.setup_only or options.once:
+            once(scene, options.messages, options.setup_only)
+            continue
         once(scene, options.messages // 10)  # warm-up (PyPy's JIT, imports)
         best = min(once(scene, options.messages) for _ in range(options.repeat))
         print("{:<6} {:>8.2f} us CPU/msg".format(scene, best * 1e6), flush=True)

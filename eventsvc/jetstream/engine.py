@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.application.service import Service
@@ -26,7 +27,6 @@ from eventsvc.jetstream import api, errors, limits
 from eventsvc.jetstream.limits import AccountLimits
 from eventsvc.jetstream.store import StoreError
 from eventsvc.jetstream.stream import Stream, check_config, check_update, decode_config, open_store
-from eventsvc.jetstream.wire import now_ns
 from eventsvc.nats.links.jsdomain import map_subject, mapping_table
 
 #: The API's own subjects (nats-server's jsAllAPI, less the ">").
@@ -84,7 +84,10 @@ class JetStream:
         self.broker = broker
         self.settings = settings
         self.clock = clock
-        self._now = now or now_ns
+        #: The time in nanoseconds since the epoch (tests pass a fake): the
+        #: time source itself, not a method around it, for the consumers and
+        #: links that ask it for every message.
+        self.now: Callable[[], int] = now or time.time_ns
         self.streams: Dict[str, Stream] = {}
         self.api_total = 0
         self.api_errors = 0
@@ -110,10 +113,6 @@ class JetStream:
         #: L{eventsvc.jetstream.consumer_api.refuse_if_owned}); reading them,
         #: and clients' own consumers on them, stay open.
         self.owned: Dict[str, Set[str]] = {}
-
-    def now(self) -> int:
-        """The time in nanoseconds since the epoch (tests pass a fake)."""
-        return self._now()
 
     # -- life -----------------------------------------------------------------
 

@@ -274,6 +274,9 @@ class _WriteState:
         self._sync_every = parse_sync_interval(sync_interval)
         #: "ok", "full" (no space) or "unavailable" (any other write failure).
         self.health = "ok"
+        #: Counts the times the waiters of the buffer were moved on (written,
+        #: or told of a failure): L{FileStore.group_epoch}.
+        self._epoch = 0
         #: Why the store cannot write, for errors and logs.
         self.error: Optional[str] = None
         #: Waiting for the buffer's write; and written, to be called at the end of the turn.
@@ -325,6 +328,7 @@ class _WriteState:
 
     def _written(self) -> None:
         """The buffer was written: its waiters are ready."""
+        self._epoch += 1
         if self._waiters:
             self._ready += self._waiters
             self._waiters = []
@@ -346,6 +350,7 @@ class _WriteState:
         self.health, self.error = state, why
         self._refusing = self.health != "ok" or self._closed
         refusal = self._refusal()
+        self._epoch += 1
         waiters, self._waiters = self._waiters, []
         if self._keeps_unwritten:
             # (What they wait for is written later: those that cannot be
@@ -929,15 +934,31 @@ class FileStore(_WriteState):
         stored since the last write are gone then; without an errback,
         nothing is called).
         """
+        # (A message store's flush is only ever due at once: one scheduled
+        # already serves this waiter, without asking the clock the time.)
         if self._buffer:
             self._waiters.append((callback, errback))
-            self._schedule_flush()
+            if self._flush_call is None:
+                self._schedule_flush()
         elif self._ready:
             # (Nothing of its is unwritten; it only keeps its turn.)
             self._ready.append((callback, errback))
-            self._schedule_flush()
+            if self._flush_call is None:
+                self._schedule_flush()
         else:
             callback()
+
+    def group_epoch(self) -> Optional[int]:
+        """
+        A count that stays the same, while the buffer holds something, until
+        its waiters are moved on: a caller's waiter registered by
+        L{when_durable} at some count is called back (or told of a failure)
+        with the same write as any registered later at the same count, so
+        the caller may answer for what it stores meanwhile from that one
+        waiter (a stream's PubAcks: L{Stream._when_durable}).  None when the
+        buffer is empty (a waiter would not wait for a write).
+        """
+        return self._epoch if self._buffer else None
 
     def skip(self, seq: int) -> None:
         if not self._index and seq > self._last:
@@ -1065,7 +1086,7 @@ class FileStore(_WriteState):
         active = self._active
         if active is not None and number == active.number and offset >= self._size:
             at = offset - self._size
-            data: Union[bytes, bytearray] = self._buffer[at : at + length]
+            data = bytes(self._buffer[at : at + length])
         else:
             # Consumers read in order: then one read brings the next messages too.
             cache = self._cache
@@ -1086,13 +1107,14 @@ class FileStore(_WriteState):
                 data = chunk[:length]
             self._loaded = seq
             size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
-            if size != length - 8 or zlib.crc32(memoryview(data)[8:]) != crc:
+            # (A small record's copy costs less than a memoryview.)
+            if size != length - 8 or zlib.crc32(data[8:] if length < 4096 else memoryview(data)[8:]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
         _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
         p = 8 + _MESSAGE.size + slen
-        headers = bytes(data[p : p + hlen]) if hlen else None
-        return StoredMessage(entry[3], seq, headers, bytes(data[p + hlen :]), ts)
+        # (data is bytes: its slices are too.)
+        return StoredMessage(entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts)
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
         index = self._index
@@ -1114,6 +1136,12 @@ class FileStore(_WriteState):
                     return self.load(seq)
             return None
         everything = not subject_filter or subject_filter == ">"
+        if everything and start >= self._first:
+            # (A consumer of everything reads on in order: the next one is
+            # most often there.)
+            entry = index.get(start)
+            if entry is not None:
+                return self.load(start)
         for seq in range(max(start, self._first), self._last + 1):
             entry = index.get(seq)
             if entry is not None and (everything or _matches(subject_filter, entry[3])):
@@ -1131,6 +1159,9 @@ class FileStore(_WriteState):
             if _matches(subject_filter, name):
                 best = max(best, next(reversed(seqs)))
         return self.load(best) if best else None
+
+    def last_seq(self) -> int:
+        return self._last
 
     def state(self) -> StoreState:
         if not self._index:

@@ -132,6 +132,9 @@ class MemoryStore:
     def when_durable(self, callback: Callable[[], None], errback: Optional[Callable[[StoreError], None]] = None) -> None:
         callback()
 
+    def group_epoch(self) -> Optional[int]:
+        return None  # (durable at once: nothing to group)
+
     def skip(self, seq: int) -> None:
         if not self._msgs and seq > self._last:
             self._last = seq - 1
@@ -264,6 +267,9 @@ class MemoryStore:
             if _matches(subject_filter, name):
                 best = max(best, next(reversed(seqs)))
         return self._msgs.get(best)
+
+    def last_seq(self) -> int:
+        return self._last
 
     def state(self) -> StoreState:
         if not self._msgs:

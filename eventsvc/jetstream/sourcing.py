@@ -90,10 +90,9 @@ def parse_ack_reply(reply: str) -> Optional[Tuple[str, int, int, int, int, int]]
     if len(tokens) != 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
     try:
-        dc, sseq, dseq, ts, pending = (int(t) for t in tokens[4:9])
+        return tokens[3], int(tokens[4]), int(tokens[5]), int(tokens[6]), int(tokens[7]), int(tokens[8])
     except ValueError:
         return None
-    return tokens[3], dc, sseq, dseq, ts, pending
 
 
 def source_value(value: str) -> Tuple[str, int]:
@@ -134,6 +133,9 @@ class SourceLink:
         """
         self.stream = stream
         self.engine = stream.engine
+        #: The clock's seconds and the engine's nanoseconds, asked for every message.
+        self._seconds = self.engine.clock.seconds
+        self._now = self.engine.now
         self.config = config
         self.mirror = mirror
         self.name: str = config["name"]
@@ -431,8 +433,8 @@ class SourceLink:
         if parsed[0] != self.cname:
             return  # an older consumer's
         _, dc, sseq, dseq, ts, pending = parsed
-        self._heard = self.engine.clock.seconds()
-        self.last = self.engine.now()
+        self._heard = self._seconds()
+        self.last = self._now()
         if dc > 1:
             return
         if self.mirror:

@@ -117,6 +117,15 @@ class MessageStore(Protocol):
         the last write are gone and must not be acknowledged.
         """
 
+    def group_epoch(self) -> Optional[int]:
+        """
+        A count under which every L{when_durable} waiter is called back (or
+        told of a failure) with the same write: while it stays the same, a
+        caller may answer for messages stored since its last waiter from
+        that waiter.  None: no such grouping (a waiter registered now would
+        be called back at once, or with no write of its own).
+        """
+
     def skip(self, seq: int) -> None:
         """Make the next sequence C{seq} (a purge with C{seq} on an empty stream)."""
 
@@ -148,6 +157,9 @@ class MessageStore(Protocol):
 
     def state(self) -> StoreState:
         """The counts, first and last."""
+
+    def last_seq(self) -> int:
+        """C{state().last_seq} alone, for a caller that asks for each message (a mirror)."""
 
     def subjects(self, subject_filter: Optional[str] = None) -> Dict[str, int]:
         """How many messages each subject matching the filter has."""

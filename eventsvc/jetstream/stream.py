@@ -638,6 +638,18 @@ class Stream:
         #: The config L{append} last worked out, and whether it needs no checks.
         self._append_config: Optional[Dict[str, Any]] = None
         self._append_plain = False
+        #: The config L{process} and L{store_mirrored} last worked out, and
+        #: the server's limit and the account's per-stream cap for its
+        #: storage (-1, 0: none), which frozen settings fix per config.
+        self._process_config: Optional[Dict[str, Any]] = None
+        #: The publishes waiting on the store's next write under one waiter
+        #: (seq, reply, Nats-Msg-Id), the store's group epoch and the store
+        #: it was taken from (L{_when_durable}).
+        self._durable_group: Optional[List[Tuple[int, Optional[str], str]]] = None
+        self._durable_epoch = -1
+        self._durable_store: Any = None
+        self._store_limit = -1
+        self._stream_cap = 0
         if config["republish"]:
             self._republish = SubjectTransform(config["republish"]["src"], config["republish"]["dest"])
         store.on_removed(self._removed_by_store)
@@ -854,17 +866,23 @@ class Stream:
         """
         if self._closed:
             return False
-        if self.store.state().last_seq != seq - 1:
-            return False
-        if self.engine.limits_exceeded(self.config["storage"]):
+        config = self.config
+        if config is not self._process_config:
+            self._take_limits(config)
+        limit, cap = self._store_limit, self._stream_cap
+        usage = self.engine.usage(config["storage"]) if limit >= 0 or cap > 0 else 0
+        if 0 <= limit <= usage:
             self.log.warn("stream {stream}: the mirror's message {seq} not kept: insufficient resources",
                           stream=self.name, seq=seq)
             return False
-        stored = self._store(subject, headers, payload, ts or self.engine.now(), None)
-        if stored is None:
+        if self.store.last_seq() != seq - 1:
+            return False
+        try:
+            stored = self.store.store(subject, headers, payload, ts or self.engine.now())
+        except StoreError:
             return False
         self._unaccounted += 1
-        if self._unaccounted >= 64 or self.engine.near_limit(self.config["storage"], 64 * (len(payload) + 128)):
+        if self._unaccounted >= 64 or self._near_limit(config, 64 * (len(payload) + 128)):
             self.account()
         for consumer in list(self.consumers.values()):
             consumer.stored(stored, subject)
@@ -987,7 +1005,11 @@ class Stream:
             return None
         msg_id = ""
         rollup = ""
-        if headers and b"Nats-" in headers:
+        if headers and b"Nats-" in headers and (
+            b"Nats-Msg-Id" in headers or b"Nats-Expected-" in headers or b"Nats-Rollup" in headers
+        ):
+            # (Only these headers ask anything of the stream; a block with
+            # others alone, as a source's Nats-Stream-Source, is not parsed.)
             values = parse_headers(headers)[1]
 
             def header_value(name: str) -> Optional[str]:
@@ -1039,11 +1061,15 @@ class Stream:
         if headers and len(headers) > 65535:
             self._nak(reply, errors.STREAM_HEADER_EXCEEDS_MAXIMUM_ERR())
             return None
-        if self.engine.limits_exceeded(config["storage"]):
+        if config is not self._process_config:
+            self._take_limits(config)
+        limit, cap = self._store_limit, self._stream_cap
+        usage = self.engine.usage(config["storage"]) if limit >= 0 or cap > 0 else 0
+        if 0 <= limit <= usage:
+            # (the server's store is full: nats-server's js.limitsExceeded)
             self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             return None
-        cap = stream_bytes_cap(self.engine.settings.limits, config["storage"])
-        if cap > 0 and self.engine.usage(config["storage"]) + self._stored_size(subject, headers, payload) > cap:
+        if cap > 0 and usage + self._stored_size(subject, headers, payload) > cap:
             # nats-server's jsa.limitsExceeded: the account's whole usage,
             # this message in it, against the per-stream cap.  nats-server
             # stores the message, looks and takes it back, so its sequence
@@ -1083,7 +1109,7 @@ class Stream:
         # messages while the account has room for 64 more of this size
         # (so the count can never lag past the limit), after each one nearer.
         self._unaccounted += 1
-        if self._unaccounted >= 64 or self.engine.near_limit(config["storage"], 64 * (size + 64)):
+        if self._unaccounted >= 64 or self._near_limit(config, 64 * (size + 64)):
             self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
@@ -1131,6 +1157,28 @@ class Stream:
             self._schedule_expiry()
         return seq
 
+    def _take_limits(self, config: Dict[str, Any]) -> None:
+        """
+        Work out, once per config, the server's limit (C{max_file_store},
+        C{max_memory_store}) and the account's per-stream cap for its
+        storage, which L{process} and L{store_mirrored} check each message
+        against (what L{JetStream.limits_exceeded} and
+        L{JetStream.near_limit} say, without asking the settings each time).
+        """
+        settings = self.engine.settings
+        storage = config["storage"]
+        self._store_limit = settings.max_memory_store if storage == "memory" else settings.max_file_store
+        self._stream_cap = stream_bytes_cap(settings.limits, storage)
+        self._process_config = config
+
+    def _near_limit(self, config: Dict[str, Any], room: int) -> bool:
+        """L{JetStream.near_limit} for this stream's storage, from the limits L{_take_limits} found."""
+        limit, cap = self._store_limit, self._stream_cap
+        if limit < 0 and cap <= 0:
+            return False
+        usage = self.engine.usage(config["storage"]) + room
+        return (0 <= limit <= usage) or (0 < cap <= usage)
+
     def _plain_for_append(self, config: Dict[str, Any]) -> bool:
         """Whether L{append} under C{config} has nothing to check but the store's own limits."""
         settings = self.engine.settings
@@ -1175,26 +1223,51 @@ class Stream:
         return seq
 
     def _when_durable(self, seq: int, reply: Optional[str], msg_id: str) -> None:
-        """PubAck C{seq} once the store has it durable; if its write fails, refuse it and forget its id."""
-        def durable() -> None:
+        """
+        PubAck C{seq} once the store has it durable; if its write fails,
+        refuse it and forget its id.  The messages one write of the store
+        takes share one waiter (L{MessageStore.group_epoch}): a window of
+        asynchronous publishes costs a list entry each, not two closures.
+        """
+        store = self.store
+        epoch = store.group_epoch()
+        group = self._durable_group
+        if group is not None and epoch is not None and epoch == self._durable_epoch and store is self._durable_store:
+            group.append((seq, reply, msg_id))
+            return
+        group = [(seq, reply, msg_id)]
+        if epoch is None:
+            self._durable_group = None
+        else:
+            self._durable_group, self._durable_epoch, self._durable_store = group, epoch, store
+        store.when_durable(lambda: self._durable(group), lambda error: self._lost(group, error))
+
+    def _durable(self, group: List[Tuple[int, Optional[str], str]]) -> None:
+        """The messages of C{group} are durable: their PubAcks, in order."""
+        if group is self._durable_group:
+            self._durable_group = None
+        for seq, reply, _ in group:
             if reply:
                 self._ack(reply, seq)
 
-        def lost(error: StoreError) -> None:
+    def _lost(self, group: List[Tuple[int, Optional[str], str]], error: StoreError) -> None:
+        """The write of C{group}'s messages failed: each is refused, its id forgotten."""
+        if group is self._durable_group:
+            self._durable_group = None
+        for seq, reply, msg_id in group:
             self.log.warn("stream {stream}: message {seq} was not written ({error}); not acknowledged",
                           stream=self.name, seq=seq, error=error)
             if msg_id and self._dedupe.find(msg_id) == seq:
                 # Its publisher will send it again, with the same id.
                 del self._dedupe.ids[msg_id]
-            self.account()
-            for consumer in list(self.consumers.values()):
-                consumer.purged()
+        self.account()
+        for consumer in list(self.consumers.values()):
+            consumer.purged()
+        for seq, reply, msg_id in group:
             if isinstance(error, StoreFull):
                 self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             else:
                 self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(error) or "store write failed"))
-
-        self.store.when_durable(durable, lost)
 
     def _republish_message(self, target: str, subject: str, seq: int, last: int, headers: Optional[bytes], payload: bytes) -> None:
         """The stored message again on C{target}, with nats-server's republish headers."""

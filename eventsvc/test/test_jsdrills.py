@@ -484,6 +484,42 @@ class FullDiskTests(TestCase):
                          {"code": 503, "err_code": 10023, "description": "insufficient resources"})
 
 
+    def test_a_turns_publishes_are_answered_after_their_own_write(self) -> None:
+        """
+        The publishes of one turn share the store's waiter only while one
+        write takes them all: a publish past the write a large one forced
+        in mid-turn is answered from the next write, and refused if that
+        one fails; a window of small ones is answered in order, or refused
+        as a whole.
+        """
+        import errno
+
+        got = self.api.listen("_P.>")
+        big = b"x" * (600 * 1024)
+        # (The second message's store writes the first two: FLUSH_SIZE is 1 MiB.)
+        self.disk.capacity = self.disk.used() + 1500 * 1024
+        for n in (1, 2, 3):
+            self.api.broker.publish("f.x", big, "_P.%d" % n)
+        run_timers(self.api.clock, 0.01)
+        answers = {s: json.loads(p) for s, h, p in got}
+        self.assertEqual((answers["_P.1"], answers["_P.2"]), ({"stream": "F", "seq": 1}, {"stream": "F", "seq": 2}))
+        self.assertEqual(answers["_P.3"].get("error", {}).get("err_code"), 10023, answers["_P.3"])
+        self.disk.capacity = 1 << 40
+        run_timers(self.api.clock, 1.5)
+        del got[:]
+        for n in range(50):
+            self.api.broker.publish("f.x", b"%d" % n, "_P.W.%d" % n)
+        run_timers(self.api.clock, 0.01)
+        # (The refused third message's sequence stays used, as nats-server's.)
+        self.assertEqual([(s, json.loads(p)["seq"]) for s, h, p in got], [("_P.W.%d" % n, 4 + n) for n in range(50)])
+        del got[:]
+        self.disk.error = errno.EIO
+        for n in range(50):
+            self.api.broker.publish("f.x", b"%d" % n, "_P.E.%d" % n)
+        run_timers(self.api.clock, 0.01)
+        self.assertEqual(sorted(s for s, h, p in got), sorted("_P.E.%d" % n for n in range(50)))
+        self.assertTrue(all("error" in json.loads(p) for s, h, p in got), got[:2])
+
     def test_health_says_so_and_recovers(self) -> None:
         """
         /healthz (ops.jsz.store_trouble, which service.health asks) names the

@@ -73,6 +73,29 @@ class MirrorTests(TestCase):
         self.assertLess(info["mirror"]["active"], 1.1 * SECOND, "heartbeats count as a word from the origin")
         self.assertEqual((info["state"]["first_seq"], info["state"]["last_seq"], info["state"]["messages"]), (1, 6, 4))
 
+    def test_server_store_full_then_room_again(self) -> None:
+        """
+        A mirror that fills the server's store (max_memory_store) keeps
+        what it copied up to the limit, in sequence, and copies on from
+        there, each message at its origin sequence, once room is made.
+        """
+        h = Harness(JetStreamSettings(max_memory_store=2600))
+        ballast = h.create(name="B", subjects=["b"], storage="memory")
+        origin = h.create(name="O", subjects=["o.>"], storage="memory")
+        for i in range(10):
+            h.ack("b", b"x" * 100)
+            h.ack("o.%d" % i, b"%03d" % i * 25)
+        mirror = h.create(name="M", mirror={"name": "O"}, storage="memory")
+        advance(h, 3)
+        held = contents(mirror)
+        self.assertTrue(0 < len(held) < 10, "{} of 10 copied under the limit".format(len(held)))
+        self.assertEqual([(seq, data) for seq, _, data, _ in held],
+                         [(seq, b"%03d" % (seq - 1) * 25) for seq in range(1, len(held) + 1)])
+        h.js.delete_stream(ballast)
+        advance(h, 5)
+        self.assertEqual([(seq, subject, data) for seq, subject, data, _ in contents(mirror)],
+                         [(seq, subject, data) for seq, subject, data, _ in contents(origin)])
+
     def test_mirror_direct(self) -> None:
         """A mirror of a stream with allow_direct says mirror_direct and, caught up, answers the origin's direct gets too."""
         h = Harness()

@@ -234,6 +234,23 @@ class ExpectationTests(TestCase):
         self.assertEqual(json.loads(self.error(Nats_Expected_Last_Subject_Sequence="0")), {"stream": "S", "seq": 2})
         self.assertEqual(json.loads(self.error(Nats_Expected_Last_Subject_Sequence="2")), {"stream": "S", "seq": 3})
 
+    def test_expectations_among_other_headers(self) -> None:
+        """
+        An expectation is checked wherever it stands among other headers,
+        C{Nats-} ones the stream does not act on included (a source's copy
+        carries C{Nats-Stream-Source}); a block of those alone is stored as sent.
+        """
+        self.assertEqual(
+            json.loads(self.error(Nats_Stream_Source="O 9", X="1", Nats_Expected_Last_Sequence="7"))["error"]["description"],
+            "wrong last sequence: 1")
+        self.assertEqual(
+            json.loads(self.error(Nats_Stream_Source="O 9", Nats_Expected_Stream="NOPE"))["error"]["description"],
+            "expected stream does not match")
+        block = hdrs(Nats_Stream_Source="O 9", Nats_Sequence="4")
+        self.assertEqual(self.h.ack("s.c", b"copy", block), {"stream": "S", "seq": 2})
+        self.assertEqual(self.h.js.streams["S"].store.load(2).headers, block)
+        self.assertEqual(json.loads(self.error(X="1", Nats_Msg_Id="first")), {"stream": "S", "seq": 1, "duplicate": True})
+
     def test_expected_last_msg_id(self) -> None:
         self.assertEqual(self.error(Nats_Expected_Last_Msg_Id="zz"),
                          b'{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID: first"},"stream":"S","seq":0}')
