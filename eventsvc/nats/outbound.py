@@ -32,6 +32,7 @@ from typing import Any, Callable, List, Optional, Set
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from eventsvc.nats.tcp import send_at_turn_end
 from eventsvc.nats.timers import cancel
 
 
@@ -144,10 +145,15 @@ class Outbound:
         self._stalled_producers: List["Outbound"] = []
 
     def attach(self, transport: Any) -> None:
-        """Write to C{transport} from now on, as its streaming producer."""
+        """
+        Write to C{transport} from now on, as its streaming producer; the
+        TCP transport under it sends at the end of each turn it is written
+        in (L{send_at_turn_end}).
+        """
         self.transport = transport
         self.gate.transport = transport
         transport.registerProducer(self, True)
+        send_at_turn_end(transport)
 
     def flush(self) -> bool:
         """
