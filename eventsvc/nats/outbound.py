@@ -163,11 +163,19 @@ class Outbound:
         out = self.out
         if not out or self.closed:
             return False
+        if not self.paused:
+            # Unjoined: the TCP transport joins a turn's writes once, or
+            # sends them as they are (tcp.TurnEndWrites); a layer over it
+            # (TLS, WebSocket) joins them once.  (A copy of the list: the
+            # plans hold out.append.)
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writeSequence(out[:])
+            del out[:]
+            return False
         data = out[0] if len(out) == 1 else b"".join(out)
         del out[:]
-        if not self.paused:
-            self.transport.write(data)
-            return False
         held = self._held.hold(data)
         if held > self.max_pending:
             self.on_slow("Slow Consumer (Pending Bytes)")
