@@ -34,8 +34,7 @@ socket: no frame is built, reordered or dropped here.
 from __future__ import annotations
 
 import sys
-from errno import EINTR
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 from weakref import WeakKeyDictionary
 
 #: The most pieces one C{sendmsg} takes (Linux's IOV_MAX).
@@ -143,6 +142,8 @@ class TurnEndWrites:
     streamingProducer: bool
     socket: Any
     TLS: bool
+    startWriting: Callable[[], None]
+    _maybePauseProducer: Callable[[], None]
 
     def write(self, data: bytes) -> None:
         """Buffer C{data}, to be sent at the end of this turn (Twisted's C{write}, less its C{startWriting})."""
@@ -181,14 +182,14 @@ class TurnEndWrites:
 
     def _buffered(self, had: int) -> None:
         """C{had} bytes were buffered before this write."""
-        getattr(self, "_maybePauseProducer")()
+        self._maybePauseProducer()
         if self._queued:
             return
         if (had or self.offset < len(self.dataBuffer) or self.disconnecting or self._writeDisconnecting
                 or (self.producer is not None and not self.streamingProducer)):
             # Sending is Twisted's business now: a backlog (it registered for
             # writability, so startWriting costs nothing), a close, a pull producer.
-            getattr(self, "startWriting")()
+            self.startWriting()
             return
         self._queued = True
         self._turn.add(self)
@@ -199,7 +200,7 @@ class TurnEndWrites:
         if not self.connected or self.disconnected or self._aborting or not self._tempDataLen:
             return
         if self.offset < len(self.dataBuffer) or self.disconnecting or self._writeDisconnecting:
-            getattr(self, "startWriting")()
+            self.startWriting()
             return
         pieces = self._tempDataBuffer
         size = self._tempDataLen
@@ -212,13 +213,13 @@ class TurnEndWrites:
                 joined = b"".join(pieces)
                 pieces[:] = [joined]
                 sent = self.socket.send(joined)
-        except OSError as e:
-            if e.errno != EINTR and not isinstance(e, BlockingIOError):
-                # Twisted's doWrite meets the error again and closes the
-                # connection its way (connectionLost with the reason).
-                getattr(self, "startWriting")()
-                return
+        except BlockingIOError:
             sent = 0
+        except OSError:
+            # Twisted's doWrite meets the error again and closes the
+            # connection its way (connectionLost with the reason).
+            self.startWriting()
+            return
         if sent == size:
             del pieces[:]
             self._tempDataLen = 0
@@ -231,7 +232,7 @@ class TurnEndWrites:
         if sent:
             self._tempDataBuffer = _after(pieces, sent)
             self._tempDataLen = size - sent
-        getattr(self, "startWriting")()
+        self.startWriting()
 
 
 def _after(pieces: List[bytes], sent: int) -> List[bytes]:
