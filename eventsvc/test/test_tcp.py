@@ -221,3 +221,56 @@ class TurnEndWritesTests(SynchronousTestCase):
         transport = StringTransport()
         self.assertFalse(send_at_turn_end(transport))
         self.assertIs(type(transport), StringTransport)
+
+    def test_slow_consumer_rules_hold(self):
+        """
+        Over a socket its peer does not read, an Outbound is paused once the
+        kernel and Twisted's buffer are full, holds what comes next, and
+        cuts the peer off past max_pending; and a pause longer than the
+        write deadline cuts it off too.
+        """
+        from eventsvc.nats.outbound import Outbound
+
+        self.tcp.unregisterProducer()  # (setUp's send_at_turn_end already ran; Outbound.attach runs it again)
+        why = []
+        outbound = Outbound(self.reactor, 1 << 20, why.append, write_deadline=2.0)
+        outbound.attach(self.tcp)
+        frame = b"MSG a 1 1000\r\n" + b"x" * 1000 + b"\r\n"
+        for _ in range(200):
+            outbound.out.extend([frame] * 64)
+            outbound.flush()
+            self.reactor.advance(0)
+            if outbound.paused:
+                break
+        self.assertTrue(outbound.paused)
+        self.assertEqual(why, [])
+        self.reactor.advance(2.1)
+        self.assertEqual(why, ["Slow Consumer (Write Deadline)"])
+        while outbound.held_bytes <= 1 << 20:
+            outbound.out.extend([frame] * 64)
+            outbound.flush()
+        self.assertEqual(why, ["Slow Consumer (Write Deadline)", "Slow Consumer (Pending Bytes)"])
+
+    def test_drained_peer_resumes(self):
+        """Once the peer reads again, everything held reaches it, in order, and the Outbound is resumed."""
+        from eventsvc.nats.outbound import Outbound
+
+        self.tcp.unregisterProducer()
+        outbound = Outbound(self.reactor, 64 << 20, lambda why: self.fail(why))
+        outbound.attach(self.tcp)
+        frames = [b"MSG a 1 1000\r\n" + bytes([65 + i % 26]) * 1000 + b"\r\n" for i in range(8000)]
+        for i in range(0, len(frames), 64):
+            outbound.out.extend(frames[i:i + 64])
+            outbound.flush()
+            self.reactor.advance(0)
+        self.assertTrue(outbound.paused)
+        got = self.received()
+        for _ in range(100000):
+            if not outbound.paused and not outbound.held_bytes and self.tcp not in self.reactor.getWriters():
+                break
+            if self.tcp in self.reactor.getWriters():
+                self.tcp.doWrite()
+            self.reactor.advance(0)
+            got += self.received()
+        self.assertEqual(got, b"".join(frames))
+        self.assertFalse(outbound.paused)
