@@ -32,6 +32,7 @@ from typing import Any, Callable, List, Optional, Set
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from eventsvc.nats.tcp import send_at_turn_end
 from eventsvc.nats.timers import cancel
 
 
@@ -144,10 +145,15 @@ class Outbound:
         self._stalled_producers: List["Outbound"] = []
 
     def attach(self, transport: Any) -> None:
-        """Write to C{transport} from now on, as its streaming producer."""
+        """
+        Write to C{transport} from now on, as its streaming producer; the
+        TCP transport under it sends at the end of each turn it is written
+        in (L{send_at_turn_end}).
+        """
         self.transport = transport
         self.gate.transport = transport
         transport.registerProducer(self, True)
+        send_at_turn_end(transport)
 
     def flush(self) -> bool:
         """
@@ -157,11 +163,19 @@ class Outbound:
         out = self.out
         if not out or self.closed:
             return False
+        if not self.paused:
+            # Unjoined: the TCP transport joins a turn's writes once, or
+            # sends them as they are (tcp.TurnEndWrites); a layer over it
+            # (TLS, WebSocket) joins them once.  (A copy of the list: the
+            # plans hold out.append.)
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writeSequence(out[:])
+            del out[:]
+            return False
         data = out[0] if len(out) == 1 else b"".join(out)
         del out[:]
-        if not self.paused:
-            self.transport.write(data)
-            return False
         held = self._held.hold(data)
         if held > self.max_pending:
             self.on_slow("Slow Consumer (Pending Bytes)")

@@ -53,3 +53,224 @@ class NoDelayTests(SynchronousTestCase):
             endpoint._inner = type("E", (), {"connect": lambda self, factory: succeed(protocol)})()
             self.assertIs(self.successResultOf(endpoint.connect(None)), protocol)
             self.assertIs(tcp.no_delay, True)
+
+
+class _Port:
+    """What a tcp.Server asks of its listening port."""
+
+    _realPortNumber = 4222
+
+
+class _Producer:
+    def __init__(self):
+        self.paused = 0
+        self.resumed = 0
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        self.resumed += 1
+
+    def stopProducing(self):
+        pass
+
+
+class TurnEndWritesTests(SynchronousTestCase):
+    """
+    A NATS connection's TCP transport sends what a turn wrote at its end,
+    once, without registering for writability; the rest is Twisted's.  A
+    real socket pair (kernel memory, no network) says what reached the peer.
+    """
+
+    def setUp(self):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.nats.tcp import send_at_turn_end
+
+        self.reactor = MemoryReactorClock()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.addCleanup(ours.close)
+        self.peer.setblocking(False)
+        self.protocol = Protocol()
+        self.tcp = tcp.Server(ours, self.protocol, ("127.0.0.1", 5000), _Port(), 1, self.reactor)
+        self.protocol.makeConnection(self.tcp)
+        self.assertTrue(send_at_turn_end(Layer(self.tcp)))
+
+    def received(self):
+        data = b""
+        while True:
+            try:
+                more = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return data
+            if not more:
+                return data
+            data += more
+
+    def test_one_send_at_turn_end(self):
+        """Writes of one turn reach the peer when the turn ends, and the socket is never registered for writing."""
+        self.tcp.write(b"MSG a 1 2\r\nhi\r\n")
+        self.tcp.writeSequence([b"MSG b 1 ", b"3\r\nbye\r\n"])
+        self.assertEqual(self.received(), b"")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"MSG a 1 2\r\nhi\r\nMSG b 1 3\r\nbye\r\n")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.tcp.write(b"PING\r\n")
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"PING\r\n")
+
+    def test_large_pieces(self):
+        """Large pieces (sent as an I/O vector, more of them than one sendmsg takes) arrive whole and in order."""
+        pieces = [bytes([65 + i % 26]) * 1000 + b"\r\n" for i in range(1500)]
+        self._all_arrive(pieces)
+
+    def test_small_pieces(self):
+        """Small pieces (joined before the send) arrive whole and in order."""
+        pieces = [b"MSG s %d 5\r\nhello\r\n" % i for i in range(50000)]
+        self._all_arrive(pieces)
+
+    def _all_arrive(self, pieces):
+        """
+        More than the socket takes at once: the rest is left to Twisted, which
+        registers for writability, pauses the producer and resumes it once
+        all is sent.
+        """
+        producer = _Producer()
+        self.tcp.registerProducer(producer, True)
+        self.tcp.writeSequence(pieces)
+        self.assertEqual(producer.paused, 1)  # (past Twisted's buffer size, as its own write)
+        self.reactor.advance(0)
+        got = self.received()
+        self.assertIn(self.tcp, self.reactor.getWriters())
+        self.assertGreater(len(got), 0)
+        for _ in range(10000):
+            if self.tcp not in self.reactor.getWriters():
+                break
+            self.assertIsNone(self.tcp.doWrite())
+            got += self.received()
+        self.assertEqual(got, b"".join(pieces))
+        self.assertEqual(producer.resumed, 1)
+
+    def test_while_twisted_sends(self):
+        """A write while Twisted still sends a backlog joins the backlog, behind it."""
+        big = b"x" * (8 << 20)
+        self.tcp.write(big)
+        self.reactor.advance(0)
+        self.assertIn(self.tcp, self.reactor.getWriters())
+        self.tcp.write(b"PING\r\n")
+        self.reactor.advance(0)
+        got = self.received()
+        while self.tcp in self.reactor.getWriters():
+            self.tcp.doWrite()
+            got += self.received()
+        self.assertEqual(got, big + b"PING\r\n")
+
+    def test_lose_connection(self):
+        """A close after a write (a -ERR, then close) sends the write first, then closes, Twisted's way."""
+        from twisted.internet.main import CONNECTION_DONE
+
+        self.tcp.write(b"-ERR 'Stale Connection'\r\n")
+        self.tcp.loseConnection()
+        self.reactor.advance(0)
+        self.assertIn(self.tcp, self.reactor.getWriters())
+        self.assertIs(self.tcp.doWrite(), CONNECTION_DONE)
+        self.assertEqual(self.received(), b"-ERR 'Stale Connection'\r\n")
+
+    def test_abort(self):
+        """An aborted connection sends nothing more, and nothing registers for writing."""
+        self.tcp.write(b"MSG a 1 2\r\nhi\r\n")
+        self.tcp.abortConnection()
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_peer_gone(self):
+        """A send that fails is left to Twisted's doWrite, which reports the connection lost."""
+        from twisted.internet.main import CONNECTION_LOST
+
+        self.peer.close()
+        self.tcp.write(b"MSG a 1 2\r\nhi\r\n")
+        self.reactor.advance(0)
+        self.assertIn(self.tcp, self.reactor.getWriters())
+        self.assertIs(self.tcp.doWrite(), CONNECTION_LOST)
+
+    def test_one_call_a_turn(self):
+        """Many transports written to in one turn share one call at its end."""
+        self.tcp.write(b"a")
+        self.tcp.write(b"b")
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+
+    def test_not_bytes(self):
+        """As Twisted's own write: text is refused."""
+        self.assertRaises(TypeError, self.tcp.write, "text")
+        self.assertRaises(TypeError, self.tcp.writeSequence, [b"a", "text"])
+
+    def test_memory_transports_left_alone(self):
+        """A transport with no Twisted TCP transport under it (tests' memory ones) is left as it is."""
+        from twisted.internet.testing import StringTransport
+
+        from eventsvc.nats.tcp import send_at_turn_end
+
+        transport = StringTransport()
+        self.assertFalse(send_at_turn_end(transport))
+        self.assertIs(type(transport), StringTransport)
+
+    def test_slow_consumer_rules_hold(self):
+        """
+        Over a socket its peer does not read, an Outbound is paused once the
+        kernel and Twisted's buffer are full, holds what comes next, and
+        cuts the peer off past max_pending; and a pause longer than the
+        write deadline cuts it off too.
+        """
+        from eventsvc.nats.outbound import Outbound
+
+        self.tcp.unregisterProducer()  # (setUp's send_at_turn_end already ran; Outbound.attach runs it again)
+        why = []
+        outbound = Outbound(self.reactor, 1 << 20, why.append, write_deadline=2.0)
+        outbound.attach(self.tcp)
+        frame = b"MSG a 1 1000\r\n" + b"x" * 1000 + b"\r\n"
+        for _ in range(200):
+            outbound.out.extend([frame] * 64)
+            outbound.flush()
+            self.reactor.advance(0)
+            if outbound.paused:
+                break
+        self.assertTrue(outbound.paused)
+        self.assertEqual(why, [])
+        self.reactor.advance(2.1)
+        self.assertEqual(why, ["Slow Consumer (Write Deadline)"])
+        while outbound.held_bytes <= 1 << 20:
+            outbound.out.extend([frame] * 64)
+            outbound.flush()
+        self.assertEqual(why, ["Slow Consumer (Write Deadline)", "Slow Consumer (Pending Bytes)"])
+
+    def test_drained_peer_resumes(self):
+        """Once the peer reads again, everything held reaches it, in order, and the Outbound is resumed."""
+        from eventsvc.nats.outbound import Outbound
+
+        self.tcp.unregisterProducer()
+        outbound = Outbound(self.reactor, 64 << 20, lambda why: self.fail(why))
+        outbound.attach(self.tcp)
+        frames = [b"MSG a 1 1000\r\n" + bytes([65 + i % 26]) * 1000 + b"\r\n" for i in range(8000)]
+        for i in range(0, len(frames), 64):
+            outbound.out.extend(frames[i:i + 64])
+            outbound.flush()
+            self.reactor.advance(0)
+        self.assertTrue(outbound.paused)
+        got = self.received()
+        for _ in range(100000):
+            if not outbound.paused and not outbound.held_bytes and self.tcp not in self.reactor.getWriters():
+                break
+            if self.tcp in self.reactor.getWriters():
+                self.tcp.doWrite()
+            self.reactor.advance(0)
+            got += self.received()
+        self.assertEqual(got, b"".join(frames))
+        self.assertFalse(outbound.paused)
