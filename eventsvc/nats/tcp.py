@@ -37,6 +37,8 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Type
 from weakref import WeakKeyDictionary
 
+from twisted.logger import Logger
+
 #: The most pieces one C{sendmsg} takes (Linux's IOV_MAX).
 IOV_MAX = 1024
 #: Pieces at least this large on average are sent as they are (C{sendmsg});
@@ -83,6 +85,8 @@ class TurnEnd:
 
     __slots__ = ("reactor", "queued", "_call")
 
+    log = Logger()
+
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.queued: List["TurnEndWrites"] = []
@@ -98,7 +102,13 @@ class TurnEnd:
         self._call = None
         queued, self.queued = self.queued, []
         for transport in queued:
-            transport._send_turn()
+            # One connection's error (its producer's, say) is its own: the
+            # others of the turn are still sent to, and not left queued for
+            # good, which would keep them from ever sending again.
+            try:
+                transport._send_turn()
+            except Exception:
+                self.log.failure("sending {transport} its turn's output", transport=transport)
 
 
 _turn_ends: "WeakKeyDictionary[Any, TurnEnd]" = WeakKeyDictionary()

@@ -149,6 +149,45 @@ class MeshTests(ThreeNodeMesh):
         self.assertEqual(self.ours.output().count(" up, "), 2, self.ours.output())
 
 
+class JetStreamClusterMeshTests(MeshTests):
+    """
+    The two nats-server nodes run clustered JetStream (one JetStream, their
+    meta group): eventsvc, without [jetstream], keeps a route to each (it
+    refused the second one's, "a second JetStream", and the mesh was cut).
+    """
+
+    def setUp(self):
+        if nats is None:
+            process.require("nats-py")
+        self.cluster_ports = [process.free_port() for _ in range(3)]
+        a, b, e = self.cluster_ports
+        self.nodes = [
+            process.nats_server("--cluster", "nats://127.0.0.1:%d" % mine, "--cluster_name", "mesh",
+                                "--routes", "nats://127.0.0.1:%d" % other, "--server_name", name,
+                                "-js", "-sd", os.path.abspath(self.mktemp()))
+            for mine, other, name in ((a, b, "n1"), (b, a, "n2"))
+        ]
+        for node in self.nodes:
+            node.start()
+            self.addCleanup(node.stop)
+        self.client_port = process.free_port()
+        self.config = process.write_config(
+            os.path.abspath(self.mktemp() + ".toml"),
+            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
+            'port = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n' % (self.client_port, e, a),
+        )
+        self.ours = process.eventsvc(self.config, expect=("service",))
+        self.ours.start()
+        self.addCleanup(lambda: self.ours.stop())
+
+    @defer.inlineCallbacks
+    def test_mesh_with_reference_servers(self):
+        ports = [self.nodes[0].port, self.nodes[1].port, self.client_port]
+        result = yield run(lambda: mesh_round(ports, "js"))
+        self.check(result)
+        self.assertNotIn("refused: JetStream", self.ours.output())
+
+
 class HeadersAcrossMeshTests(ThreeNodeMesh):
     """HMSG over routes, both ways, with nats-server nodes: headers arrive intact."""
 

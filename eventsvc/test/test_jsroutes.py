@@ -352,3 +352,26 @@ class OneJetStreamPerClusterTests(SynchronousTestCase):
         self.assertTrue(any("refused: JetStream is on at NC and at NA (by route)" in line for line in self.logged), self.logged)
         self.assertEqual(len(self.ask_info(b, pump_ab)), 1)
         pump_cb.flush()
+
+    def test_a_server_joining_a_nats_server_jetstream_cluster_keeps_every_route(self) -> None:
+        """
+        A nats-server JetStream cluster is one JetStream (its meta group
+        answers once): a server without JetStream that joins it keeps a route
+        to each of its servers, as a full mesh needs, rather than refusing the
+        second one and leaving its clients cut off from that server's.
+        """
+        from twisted.internet.testing import StringTransport
+
+        b = self.node("B", False)
+        routes = []
+        for sid in ("NX", "NY"):
+            route = b.manager.accepted()
+            route.makeConnection(StringTransport())
+            route.dataReceived(
+                b'CONNECT {"name":"%s","cluster":"c1"}\r\n'
+                b'INFO {"server_id":"%s","server_name":"%s","version":"2.9.10","go":"go1.19.8","cluster":"c1","jetstream":true}\r\n'
+                % (sid.encode(), sid.encode(), sid.lower().encode()))
+            routes.append(route)
+        self.assertEqual([route.closed for route in routes], [False, False])
+        self.assertEqual(set(b.manager.routes), {"NX", "NY"})
+        self.assertFalse([line for line in self.logged if "refused: JetStream" in line])

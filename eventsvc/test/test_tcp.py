@@ -274,3 +274,46 @@ class TurnEndWritesTests(SynchronousTestCase):
             got += self.received()
         self.assertEqual(got, b"".join(frames))
         self.assertFalse(outbound.paused)
+
+    def test_one_failure_spares_the_others(self):
+        """
+        A connection whose turn-end send raises (its producer's resumeProducing
+        here) does not leave the other connections of the turn unsent, nor
+        unable to send again: each is sent to, and the error is logged.
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.protocol import Protocol
+
+        from eventsvc.nats.tcp import send_at_turn_end
+
+        class Failing(_Producer):
+            def resumeProducing(self):
+                raise RuntimeError("a producer's bug")
+
+        others = []
+        for _ in range(2):
+            ours, peer = socket.socketpair()
+            self.addCleanup(peer.close)
+            self.addCleanup(ours.close)
+            peer.setblocking(False)
+            protocol = Protocol()
+            transport = tcp.Server(ours, protocol, ("127.0.0.1", 5001), _Port(), 2, self.reactor)
+            protocol.makeConnection(transport)
+            send_at_turn_end(transport)
+            others.append((transport, peer))
+        self.tcp.registerProducer(Failing(), True)
+        big = b"x" * (self.tcp.bufferSize + 1)  # pauses the producer; the socket takes it all
+        self.tcp.write(big)
+        for transport, _ in others:
+            transport.write(b"PING\r\n")
+        self.reactor.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.received(), big)
+        for transport, peer in others:
+            self.assertEqual(peer.recv(100), b"PING\r\n")
+            transport.write(b"PONG\r\n")
+        self.reactor.advance(0)
+        for transport, peer in others:
+            self.assertEqual(peer.recv(100), b"PONG\r\n")

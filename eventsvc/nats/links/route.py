@@ -228,6 +228,12 @@ def _server_label(name: str, server_id: str) -> str:
     return server_id if name in ("", server_id) else "{} ({})".format(name, server_id)
 
 
+def _nats_server(info: Dict[str, Any]) -> bool:
+    """Whether a route INFO is nats-server's ("go" says its Go version; eventsvc's says "eventsvc/...")."""
+    go = info.get("go")
+    return isinstance(go, str) and go.startswith("go")
+
+
 class RouteTarget(DialTarget):
     """A configured route (nats-route://host:port), dialled again whenever it drops."""
 
@@ -517,7 +523,9 @@ class RouteManager(LinkManager):
         already have.  eventsvc runs no JetStream cluster (nats-server's
         meta group and stream replication), so two such servers would each
         answer every C{$JS.API} request a client of the cluster makes, with
-        streams that disagree.  Returns the C{-ERR} for the peer and the
+        streams that disagree.  Two nats-servers are one JetStream cluster:
+        a server without JetStream keeps a route to each.  Returns the
+        C{-ERR} for the peer and the
         line for our log, each naming both servers; None when the route
         may come up.
         """
@@ -526,7 +534,11 @@ class RouteManager(LinkManager):
         if self.settings.jetstream:
             other_name, other_id, where = self.broker.server_name, self.broker.server_id, "this server"
         else:
-            routed = [r for r in self.routes.values() if r is not route and r.remote_info.get("jetstream") is True]
+            # Two nats-servers are one JetStream (their meta group answers
+            # once): a server joining their cluster keeps a route to each.
+            clustered = _nats_server(route.remote_info)
+            routed = [r for r in self.routes.values() if r is not route and r.remote_info.get("jetstream") is True
+                      and not (clustered and _nats_server(r.remote_info))]
             if not routed:
                 return None
             other_name, other_id, where = routed[0].remote_info.get("server_name", ""), routed[0].remote_id, "by route"
