@@ -17,6 +17,7 @@ import time
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
+from eventsvc.nats import limits
 from eventsvc.test import adversary, process
 
 #: The worst PING round trip an innocent client may see during an attack.
@@ -37,7 +38,11 @@ class _Attacks:
         yield threads.deferToThread(run)
 
         def scene():
-            with adversary.Probe(self.port) as probe:
+            # Round trips on the server's ServedClock: a reactor held by
+            # the attack is late on it; a server or probe waiting behind
+            # other work on a shared machine (load 6-8 made 1 run in 3 fail
+            # on the wall clock) is not.
+            with adversary.Probe(self.port, server_pid=self.server.process.pid) as probe:
                 started = time.monotonic()
                 run()
                 took = time.monotonic() - started
@@ -86,9 +91,11 @@ class AdversarialTests(_Attacks, TestCase):
 
     def test_connection_burst(self):
         took = []
-        d = self.attack(lambda: took.append(adversary.connection_burst(self.port, 1000)))
+        d = self.attack(lambda: took.append(
+            adversary.connection_burst(self.port, 1000, process.ServedClock.of(self.server))))
         # With Twisted's backlog of 50 this took more than a minute (SYNs
-        # dropped and sent again); nats-server greets 1,000 in about 0.15 s.
+        # dropped and sent again, which no wait for a CPU explains);
+        # nats-server greets 1,000 in about 0.15 s.
         d.addCallback(lambda _: self.assertLess(took[0], 5.0))
         return d
 
@@ -119,9 +126,10 @@ class TLSLoginBurstTests(_Attacks, TestCase):
         self.addCleanup(self.server.stop)
 
     def test_tls_login_burst(self):
-        got = []
+        got, waited = [], []
 
         def burst() -> None:
+            before = process.waited_for_cpu(self.server.process.pid)
             # The 300 clients run in a process of their own: in this one
             # they shared the interpreter (and on PyPy its lock) with the
             # probe, whose round trips then measured the clients' own
@@ -133,6 +141,7 @@ class TLSLoginBurstTests(_Attacks, TestCase):
                 capture_output=True, text=True, timeout=90,
             )
             got.append(int(done.stdout.strip()) if done.returncode == 0 else done.stderr)
+            waited.append(process.waited_for_cpu(self.server.process.pid) - before)
 
         # PyPy was held to four times the bound (worst probes of 500-630 ms on
         # 2026-12-02), blamed on a handshake step.  Measured inside the
@@ -147,7 +156,23 @@ class TLSLoginBurstTests(_Attacks, TestCase):
         # the bound.
         limit = PROBE_LIMIT * 2 if platform.python_implementation() == "PyPy" else PROBE_LIMIT
         d = self.attack(burst, limit)
-        d.addCallback(lambda _: self.assertEqual(got, [300, 300]))
+
+        def all_in(_):
+            # Every client gets in, within the 2 s the server gives a TLS
+            # handshake (limits.TLS_TIMEOUT) and a login.  On a machine
+            # loaded 8-10 deep the server's reactor queued for a CPU longer
+            # than that (2.5-6 s during a burst) and cut some clients (183
+            # and 208 of 300 in): as the server must.  A burst whose
+            # server waited that long may fall short, but only by clients
+            # cut by those clocks, each named in the log.
+            cut = sum(line.count("timed out") + line.count("authentication timeout") for line in self.server.lines)
+            for count, wait in zip(got, waited):
+                if count != 300 and wait < limits.TLS_TIMEOUT:
+                    self.fail("{} clients of 300 got in (the server waited {:.1f} s for a CPU)".format(count, wait))
+            self.assertEqual(len(got), 2, got)
+            self.assertEqual(600 - sum(got), cut, "clients missing, and the server's log names {} cut".format(cut))
+
+        d.addCallback(all_in)
         return d
 
 
@@ -157,6 +182,10 @@ class WebSocketAttackTests(_Attacks, TestCase):
     entry) within 2 s, a 2^62-byte frame header is refused at once, and a
     deflate bomb is cut without holding up the other clients.
     """
+
+    #: Two deflate bombs of about 5 s of the server's CPU each take 30-60 s
+    #: on a machine loaded 10 deep.
+    timeout = 240
 
     def setUp(self) -> None:
         self.port, self.ws, self.monitor = process.free_port(), process.free_port(), process.free_port()
@@ -175,14 +204,15 @@ class WebSocketAttackTests(_Attacks, TestCase):
     def test_protocol_error_closes(self):
         """Unmasked frames, their close frames never answered: each socket gone, and gone from /connz, within 2 s."""
         worst = []
-        d = self.attack(lambda: worst.append(adversary.ws_protocol_errors(self.ws, self.monitor, count=10)))
+        d = self.attack(lambda: worst.append(adversary.ws_protocol_errors(
+            self.ws, self.monitor, count=10, clock=process.ServedClock.of(self.server))))
         d.addCallback(lambda _: self.assertLess(max(worst), 2.0))
         return d
 
     def test_huge_frame_header(self):
         """A header declaring 2^62 bytes, then random data: the socket is let go at once; the server reads no more than the kernel buffers hold."""
         got = []
-        d = self.attack(lambda: got.append(adversary.ws_huge_header(self.ws)))
+        d = self.attack(lambda: got.append(adversary.ws_huge_header(self.ws, clock=process.ServedClock.of(self.server))))
 
         def check(_):
             for sent, took in got:
