@@ -247,24 +247,34 @@ def closed_connections_page(port: int, monitor: int = 0, closed: int = 3000, fet
         assert body.startswith(b"{"), body[:100]
 
 
-def tls_login_burst(port: int, ca: str, token: str, count: int = 300) -> int:
-    """C{count} clients at once, each a TLS handshake and a token login at the gateway; returns how many got in."""
+def tls_login_burst(port: int, ca: str, token: str, count: int = 300, why: Optional[Dict[str, int]] = None) -> int:
+    """
+    C{count} clients at once, each a TLS handshake and a token login at the
+    gateway; returns how many got in.  C{why}, if given, counts the others
+    by the step they failed at and the error ("tls: SSLEOFError").
+    """
     import ssl
 
     context = ssl.create_default_context(cafile=ca)
     done: List[int] = []
 
     def one() -> None:
+        step = "connect"
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            step = "info"
             read_line(s)
+            step = "tls"
             t = context.wrap_socket(s, server_hostname="localhost")
+            step = "login"
             t.sendall(b'CONNECT {"verbose":false,"auth_token":"%s"}\r\n' % token.encode())
             ping(t)
             t.close()
             done.append(1)
-        except (OSError, ssl.SSLError):
-            pass
+        except (OSError, ssl.SSLError) as e:
+            if why is not None:
+                key = "{}: {}".format(step, type(e).__name__)
+                why[key] = why.get(key, 0) + 1
 
     threads = [threading.Thread(target=one) for _ in range(count)]
     for t in threads:
