@@ -29,13 +29,38 @@ def connect(port: int, connect: bytes = b'CONNECT {"verbose":false,"pedantic":fa
 
 
 def read_line(s: socket.socket) -> bytes:
+    """
+    One line, with its CRLF, and not a byte more: what follows stays in the
+    socket for the next reader.  Peeked at, then taken whole (a byte per
+    recv, as before, cost the 20,000 connections of the closed-connections
+    attack 10 million system calls); a byte at a time where peeking cannot
+    be done (a TLS socket).
+    """
     data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = s.recv(1)
-        if not chunk:
+    while True:
+        try:
+            seen = s.recv(65536, socket.MSG_PEEK)
+        except ValueError:  # (ssl.SSLSocket: no flags)
+            seen = s.recv(1)
+            if not seen:
+                raise ConnectionError("closed after {!r}".format(data))
+            data += seen
+            if data.endswith(b"\r\n"):
+                return data
+            continue
+        if not seen:
             raise ConnectionError("closed after {!r}".format(data))
-        data += chunk
-    return data
+        # (The CRLF may straddle two peeks: look from the last byte taken.)
+        end = (data + seen).find(b"\r\n", max(len(data) - 1, 0))
+        take = len(seen) if end < 0 else end + 2 - len(data)
+        while take:
+            got = s.recv(take)
+            if not got:
+                raise ConnectionError("closed after {!r}".format(data))
+            data += got
+            take -= len(got)
+        if end >= 0:
+            return data
 
 
 def ping(s: socket.socket) -> None:
