@@ -22,6 +22,8 @@ from eventsvc.test import adversary, process
 
 #: The worst PING round trip an innocent client may see during an attack.
 PROBE_LIMIT = 0.250
+#: How often each attack runs: once unmeasured first on PyPy (see L{_Attacks.attack}).
+RUNS = 2 if platform.python_implementation() == "PyPy" else 1
 
 
 class _Attacks:
@@ -32,10 +34,13 @@ class _Attacks:
 
     @defer.inlineCallbacks
     def attack(self, run, limit: float = PROBE_LIMIT):
-        # Once unmeasured first: a server that has run for a while (PyPy's
-        # JIT has compiled its paths) is what an attacker meets; compiling
-        # is a start-up cost, not the attack's.
-        yield threads.deferToThread(run)
+        # Once unmeasured first on PyPy: a server that has run for a while
+        # (its JIT has compiled its paths) is what an attacker meets;
+        # compiling is a start-up cost, not the attack's.  CPython compiles
+        # nothing, and the second run was half of this module's time (462
+        # of 1,966 s in a full run loaded 10-17 deep).
+        if RUNS == 2:
+            yield threads.deferToThread(run)
 
         def scene():
             # Round trips on the server's ServedClock: a reactor held by
@@ -190,8 +195,8 @@ class TLSLoginBurstTests(_Attacks, TestCase):
                 if count != 300 and wait < limits.TLS_TIMEOUT:
                     self.fail("{} clients of 300 got in (the server waited {:.1f} s for a CPU; the others: {})".format(
                         count, wait, failures))
-            self.assertEqual(len(got), 2, got)
-            self.assertEqual(600 - sum(got), cut, "clients missing ({}), and /connz lists {} cut by a clock (the server waited {})".format(
+            self.assertEqual(len(got), RUNS, got)
+            self.assertEqual(300 * RUNS - sum(got), cut, "clients missing ({}), and /connz lists {} cut by a clock (the server waited {})".format(
                 failures, cut, waited))
 
         d.addCallback(defer.inlineCallbacks(all_in))
@@ -248,7 +253,7 @@ class WebSocketAttackTests(_Attacks, TestCase):
         got = []
         d = threads.deferToThread(adversary.deflate_bomb)  # (built before the probe starts)
         d.addCallback(lambda _: self.attack(lambda: got.append(adversary.ws_deflate_bomb(self.ws))))
-        d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009, 1009]))
+        d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009] * RUNS))
         return d
 
 
