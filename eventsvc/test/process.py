@@ -15,13 +15,60 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest
 
 _READY_EVENTSVC = re.compile(r"listening for NATS clients on [\d.]+:(\d+)")
 _LISTENING = re.compile(r"(\w+) listening for NATS clients on [\d.]+:(\d+)")
 _READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+
+
+def waited_for_cpu(pid: int, tid: Optional[int] = None) -> float:
+    """
+    Seconds thread C{tid} of process C{pid} (its main thread by default,
+    where a Twisted reactor runs) has spent ready to run but waiting for a
+    CPU: the second field of C{/proc/<pid>/task/<tid>/schedstat}.  0.0 where
+    the kernel does not say (no schedstat, or the thread is gone).
+    """
+    try:
+        with open("/proc/{}/task/{}/schedstat".format(pid, pid if tid is None else tid), "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class ServedClock:
+    """
+    Wall time less the time the watched threads waited for a CPU.
+
+    A bound on what a client feels (a PING's round trip, a burst of
+    greetings, a socket let go) read on this clock holds the server to
+    what it did, the CPU it spent in one turn, the I/O or the timer it
+    waited on, and not to what a machine shared with other work did to it:
+    while the server's reactor, or the thread measuring it, was ready and
+    not running.  A reactor held by 2 s of work is still 2 s late on this
+    clock; the same reactor queued behind seven other test runs is not.
+    (Where the kernel keeps no schedstat this is the wall clock.)
+    """
+
+    def __init__(self, *threads: Tuple[int, Optional[int]]) -> None:
+        #: (pid, tid) of each thread whose waits are taken off.
+        self.threads = threads
+
+    @classmethod
+    def of(cls, server: "ServerProcess") -> "ServedClock":
+        """A clock for C{server}'s reactor as seen from the calling thread."""
+        assert server.process is not None
+        return cls((server.process.pid, None), (os.getpid(), threading.get_native_id()))
+
+    def waited(self) -> float:
+        """The seconds the watched threads have waited for a CPU, added up."""
+        return sum(waited_for_cpu(pid, tid) for pid, tid in self.threads)
+
+    def __call__(self) -> float:
+        waited = self.waited()
+        return time.monotonic() - waited
 
 
 def require(program: str) -> str:

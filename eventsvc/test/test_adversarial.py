@@ -17,10 +17,13 @@ import time
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
+from eventsvc.nats import limits
 from eventsvc.test import adversary, process
 
 #: The worst PING round trip an innocent client may see during an attack.
 PROBE_LIMIT = 0.250
+#: How often each attack runs: once unmeasured first on PyPy (see L{_Attacks.attack}).
+RUNS = 2 if platform.python_implementation() == "PyPy" else 1
 
 
 class _Attacks:
@@ -31,13 +34,20 @@ class _Attacks:
 
     @defer.inlineCallbacks
     def attack(self, run, limit: float = PROBE_LIMIT):
-        # Once unmeasured first: a server that has run for a while (PyPy's
-        # JIT has compiled its paths) is what an attacker meets; compiling
-        # is a start-up cost, not the attack's.
-        yield threads.deferToThread(run)
+        # Once unmeasured first on PyPy: a server that has run for a while
+        # (its JIT has compiled its paths) is what an attacker meets;
+        # compiling is a start-up cost, not the attack's.  CPython compiles
+        # nothing, and the second run was half of this module's time (462
+        # of 1,966 s in a full run loaded 10-17 deep).
+        if RUNS == 2:
+            yield threads.deferToThread(run)
 
         def scene():
-            with adversary.Probe(self.port) as probe:
+            # Round trips on the server's ServedClock: a reactor held by
+            # the attack is late on it; a server or probe waiting behind
+            # other work on a shared machine (load 6-8 made 1 run in 3 fail
+            # on the wall clock) is not.
+            with adversary.Probe(self.port, server_pid=self.server.process.pid) as probe:
                 started = time.monotonic()
                 run()
                 took = time.monotonic() - started
@@ -86,9 +96,11 @@ class AdversarialTests(_Attacks, TestCase):
 
     def test_connection_burst(self):
         took = []
-        d = self.attack(lambda: took.append(adversary.connection_burst(self.port, 1000)))
+        d = self.attack(lambda: took.append(
+            adversary.connection_burst(self.port, 1000, process.ServedClock.of(self.server))))
         # With Twisted's backlog of 50 this took more than a minute (SYNs
-        # dropped and sent again); nats-server greets 1,000 in about 0.15 s.
+        # dropped and sent again, which no wait for a CPU explains);
+        # nats-server greets 1,000 in about 0.15 s.
         d.addCallback(lambda _: self.assertLess(took[0], 5.0))
         return d
 
@@ -99,11 +111,25 @@ class AdversarialTests(_Attacks, TestCase):
         return self.attack(lambda: adversary.closed_connections_page(self.port, self.monitor, closed=10000, fetches=3))
 
 
+def cut_by_the_clock(monitor: int) -> int:
+    """How many closed connections /connz lists as cut by the TLS handshake's or the login's clock."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", monitor, timeout=30)
+    conn.request("GET", "/connz?state=closed&limit=100000")
+    closed = json.loads(conn.getresponse().read())["connections"]
+    conn.close()
+    # (nats-server's reasons: the handshake's clock is one cause of "TLS
+    # Handshake Failure", the only one these clients, trusting the CA, meet.)
+    return sum(1 for c in closed if c.get("reason") in ("TLS Handshake Failure", "Authentication Timeout"))
+
+
 class TLSLoginBurstTests(_Attacks, TestCase):
     """Handshakes and logins at a TLS gateway do not starve anyone else."""
 
     def setUp(self) -> None:
-        self.port, self.gateway = process.free_port(), process.free_port()
+        self.port, self.gateway, self.monitor = process.free_port(), process.free_port(), process.free_port()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         made = process.cli("certs", "--out", os.path.join(directory, "certs"))
@@ -113,26 +139,34 @@ class TLSLoginBurstTests(_Attacks, TestCase):
             '[service]\nhost = "127.0.0.1"\nport = %d\n'
             '[gateway]\nhost = "127.0.0.1"\nport = %d\ntokens = ["burst-token"]\n'
             '[[gateway.frontend_tls]]\nserver_name = "localhost"\ncert_path = "certs/gateway.crt"\nkey_path = "certs/gateway.key"\n'
-        ) % (self.port, self.gateway))
+            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (self.port, self.gateway, self.monitor))
         self.server = process.eventsvc(config, expect=("service", "gateway"))
         self.server.start()
         self.addCleanup(self.server.stop)
 
     def test_tls_login_burst(self):
-        got = []
+        got, waited, failures = [], [], []
 
         def burst() -> None:
+            before = process.waited_for_cpu(self.server.process.pid)
             # The 300 clients run in a process of their own: in this one
             # they shared the interpreter (and on PyPy its lock) with the
             # probe, whose round trips then measured the clients' own
             # scheduling, not the server's.
             done = subprocess.run(
-                [sys.executable, "-c", "import sys\nfrom eventsvc.test import adversary\n"
-                 "print(adversary.tls_login_burst(int(sys.argv[1]), sys.argv[2], sys.argv[3]))",
+                [sys.executable, "-c", "import sys\nfrom eventsvc.test import adversary\nwhy = {}\n"
+                 "print(adversary.tls_login_burst(int(sys.argv[1]), sys.argv[2], sys.argv[3], why=why))\nprint(why)",
                  str(self.gateway), self.ca, "burst-token"],
                 capture_output=True, text=True, timeout=90,
             )
-            got.append(int(done.stdout.strip()) if done.returncode == 0 else done.stderr)
+            if done.returncode == 0:
+                count, reasons = done.stdout.splitlines()
+                got.append(int(count))
+                failures.append(reasons)
+            else:
+                got.append(done.stderr)
+            waited.append(process.waited_for_cpu(self.server.process.pid) - before)
 
         # PyPy was held to four times the bound (worst probes of 500-630 ms on
         # 2026-12-02), blamed on a handshake step.  Measured inside the
@@ -147,7 +181,25 @@ class TLSLoginBurstTests(_Attacks, TestCase):
         # the bound.
         limit = PROBE_LIMIT * 2 if platform.python_implementation() == "PyPy" else PROBE_LIMIT
         d = self.attack(burst, limit)
-        d.addCallback(lambda _: self.assertEqual(got, [300, 300]))
+
+        def all_in(_):
+            # Every client gets in, within the 2 s the server gives a TLS
+            # handshake (limits.TLS_TIMEOUT) and a login.  On a machine
+            # loaded 8-10 deep the server's reactor queued for a CPU longer
+            # than that (2.5-6 s during a burst) and cut some clients (183
+            # and 208 of 300 in): as the server must.  A burst whose
+            # server waited that long may fall short, but only by clients
+            # cut by those clocks, each listed so in /connz.
+            cut = yield threads.deferToThread(cut_by_the_clock, self.monitor)
+            for count, wait in zip(got, waited):
+                if count != 300 and wait < limits.TLS_TIMEOUT:
+                    self.fail("{} clients of 300 got in (the server waited {:.1f} s for a CPU; the others: {})".format(
+                        count, wait, failures))
+            self.assertEqual(len(got), RUNS, got)
+            self.assertEqual(300 * RUNS - sum(got), cut, "clients missing ({}), and /connz lists {} cut by a clock (the server waited {})".format(
+                failures, cut, waited))
+
+        d.addCallback(defer.inlineCallbacks(all_in))
         return d
 
 
@@ -157,6 +209,10 @@ class WebSocketAttackTests(_Attacks, TestCase):
     entry) within 2 s, a 2^62-byte frame header is refused at once, and a
     deflate bomb is cut without holding up the other clients.
     """
+
+    #: Two deflate bombs of about 5 s of the server's CPU each take 30-60 s
+    #: on a machine loaded 10 deep.
+    timeout = 240
 
     def setUp(self) -> None:
         self.port, self.ws, self.monitor = process.free_port(), process.free_port(), process.free_port()
@@ -175,14 +231,15 @@ class WebSocketAttackTests(_Attacks, TestCase):
     def test_protocol_error_closes(self):
         """Unmasked frames, their close frames never answered: each socket gone, and gone from /connz, within 2 s."""
         worst = []
-        d = self.attack(lambda: worst.append(adversary.ws_protocol_errors(self.ws, self.monitor, count=10)))
+        d = self.attack(lambda: worst.append(adversary.ws_protocol_errors(
+            self.ws, self.monitor, count=10, clock=process.ServedClock.of(self.server))))
         d.addCallback(lambda _: self.assertLess(max(worst), 2.0))
         return d
 
     def test_huge_frame_header(self):
         """A header declaring 2^62 bytes, then random data: the socket is let go at once; the server reads no more than the kernel buffers hold."""
         got = []
-        d = self.attack(lambda: got.append(adversary.ws_huge_header(self.ws)))
+        d = self.attack(lambda: got.append(adversary.ws_huge_header(self.ws, clock=process.ServedClock.of(self.server))))
 
         def check(_):
             for sent, took in got:
@@ -196,7 +253,7 @@ class WebSocketAttackTests(_Attacks, TestCase):
         got = []
         d = threads.deferToThread(adversary.deflate_bomb)  # (built before the probe starts)
         d.addCallback(lambda _: self.attack(lambda: got.append(adversary.ws_deflate_bomb(self.ws))))
-        d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009, 1009]))
+        d.addCallback(lambda _: self.assertEqual([code for code, _ in got], [1009] * RUNS))
         return d
 
 

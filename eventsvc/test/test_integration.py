@@ -120,8 +120,6 @@ class LatencyTests(TestCase):
         at once: with Nagle's algorithm on, it waited for the subscriber's
         delayed ACK of the PONG (40 ms on Linux).
         """
-        import time
-
         path = process.write_config(self.mktemp(), '[service]\nhost = "127.0.0.1"\nport = 0\n')
         server = process.eventsvc(path)
         server.start()
@@ -133,13 +131,16 @@ class LatencyTests(TestCase):
             pub.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
             _read_until(pub, b"PONG\r\n")
             delays = []
+            # On the server's ServedClock: Nagle's 40 ms is a wait no queue
+            # for a CPU explains; a shared machine's turns are.
+            clock = process.ServedClock.of(server)
             for i in range(12):
                 sub.sendall(b"PING\r\n")
                 _read_until(sub, b"PONG\r\n")
-                started = time.perf_counter()
+                started = clock()
                 pub.sendall(b"PUB lat 2\r\nhi\r\n")
                 _read_until(sub, b"MSG lat 1 2\r\nhi\r\n")
-                delays.append(time.perf_counter() - started)
+                delays.append(clock() - started)
         delays.sort()
         self.assertLess(delays[len(delays) // 2], 0.010, ["%.1f ms" % (d * 1000) for d in delays])
 

@@ -454,12 +454,21 @@ class RawClient:
             self.sock.sendall(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload))
         self.sock.sendall(b"PING\r\n")
         answer = None
+        # nats-server answers its JetStream API off the client's goroutine:
+        # loaded 10-17 deep, a STREAM.DELETE's answer came after the PONG
+        # that followed it.  No answer by the PONG is asked again three
+        # times, 50 ms apart, before it is taken for none.
+        rounds = 3
         while True:
             parts = self.line().split(b" ")
             if parts[0] == b"PONG":
                 if answer is not None:
                     return answer
-                # Answers come before the PONG that follows them; none came.
+                if rounds:
+                    rounds -= 1
+                    time.sleep(0.05)
+                    self.sock.sendall(b"PING\r\n")
+                    continue
                 return None
             if parts[0] == b"PING":
                 self.sock.sendall(b"PONG\r\n")
@@ -565,7 +574,9 @@ SEQUENCE: List[Tuple[str, bytes, Optional[bytes]]] = [
     ("$JS.API.STREAM.CREATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"}}', None),
     ("$JS.API.STREAM.UPDATE.DMIR", b'{"name":"DMIR","mirror":{"name":"DO"},"description":"d"}', None),
     ("o.c", b"3", None),
-    ("", b"", None),  # a pause: nats-server copies through a consumer of its own, a moment later
+    # A pause until the copies are made (nats-server copies through a
+    # consumer of its own, a moment later): these streams hold so many.
+    ("", b'{"SRC":2,"MIR":3,"DMIR":1}', None),
     ("$JS.API.STREAM.INFO.SRC", b"", None),
     ("$JS.API.STREAM.MSG.GET.SRC", b'{"seq":2}', None),
     ("$JS.API.STREAM.INFO.MIR", b"", None),
@@ -590,13 +601,30 @@ def normalized(answer: Optional[Tuple[Optional[bytes], bytes]]) -> Any:
     return (clean(headers) if headers else None, clean(payload))
 
 
+def wait_for_copies(client: Any, held: Dict[str, int], seconds: float = 30.0) -> None:
+    """Wait until each stream named in C{held} holds that many messages (the sources and mirrors have copied)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        counts = {}
+        for name in held:
+            answer = client.request("$JS.API.STREAM.INFO." + name, b"", None)
+            counts[name] = json.loads(answer[1]).get("state", {}).get("messages") if answer else None
+        if counts == held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("after {} s the copies hold {}, not {}".format(seconds, counts, held))
+        time.sleep(0.05)
+
+
 def run_sequence(port: int) -> List[Any]:
     client = RawClient(port)
     try:
         answers = []
         for subject, payload, headers in SEQUENCE:
             if not subject:
-                time.sleep(0.5)
+                # Until the copies are there: a fixed 0.5 s was too short on a
+                # machine loaded 10-15 deep (PyPy, 2026-12-07).
+                wait_for_copies(client, json.loads(payload))
                 answers.append(None)
                 continue
             answers.append(normalized(client.request(subject, payload, headers)))

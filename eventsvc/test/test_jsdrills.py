@@ -360,9 +360,11 @@ class HostileRequestTests(TestCase):
         for name in ("A", "B"):
             js.streams[name] = SimpleNamespace(  # type: ignore[assignment]
                 name=name, config={"subjects": ["%s%d.x" % (name.lower(), i) for i in range(50_000)]})
-        started = time.monotonic()
+        # CPU time of this thread, which does all the work: the wall clock
+        # also counted the turns other processes had on a shared machine.
+        started = time.thread_time()
         js._check_overlap({"subjects": ["c%d.x" % i for i in range(50_000)] + ["z.*"]})
-        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertLess(time.thread_time() - started, 1.0)
         for name in ("A", "B"):
             del js.streams[name]
 
@@ -388,9 +390,9 @@ class HostileRequestTests(TestCase):
         allows about 100,000 such subjects).
         """
         subjects = ["s%d.x" % i for i in range(5000)]
-        started = time.monotonic()
+        started = time.thread_time()  # (what the reactor spends, not what a shared machine lends it)
         answer = self.api.ask("$JS.API.STREAM.CREATE.BIG", {"name": "BIG", "subjects": subjects, "storage": "memory"})
-        elapsed = time.monotonic() - started
+        elapsed = time.thread_time() - started
         self.assertEqual(answer["config"]["subjects"][-1], "s4999.x")
         self.assertLess(elapsed, 2.0)
 
@@ -422,7 +424,9 @@ class RedeliveryStormTests(TestCase):
         largest = 0
         for i in range(20):
             before = len(got)
-            started = time.monotonic()
+            # The CPU the call took in this thread: a reactor turn's cost.
+            # (Wall time failed 1 run in 3 on a machine loaded 6-8 deep.)
+            started = time.thread_time()
             # One timer call at a time, as a reactor turn would run it (a
             # delivery left for the next turn is due at once: run_timers
             # would call that spinning).
@@ -432,7 +436,7 @@ class RedeliveryStormTests(TestCase):
             call.called = 1
             call.func(*call.args, **call.kw)
             largest = max(largest, len(got) - before)
-            self.assertLess(time.monotonic() - started, 0.1, "one timer call held the reactor")
+            self.assertLess(time.thread_time() - started, 0.1, "one timer call held the reactor")
         self.assertGreater(len(got), first, "nothing was redelivered")
         self.assertLessEqual(largest, 1000, "one timer call redelivered {} messages".format(largest))
 
