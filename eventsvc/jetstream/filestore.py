@@ -24,7 +24,9 @@ in mid-write) or a flipped byte costs only the records it touches; one
 warning per file says what was skipped.
 
 Writes are grouped: L{FileStore.store} appends to a buffer that is written
-once per reactor turn (or when it passes L{FLUSH_SIZE}), and
+once per reactor turn, at its end (L{eventsvc.nats.tcp.at_turn_end}: before
+the turn's output is sent, so the PubAcks its waiters write go out in the
+same turn), or when it passes L{FLUSH_SIZE}, and
 L{FileStore.when_durable} callbacks run after that write; with
 C{sync_interval="always"} after an fsync too, otherwise the segments are
 fsynced every C{sync_interval} seconds.  A write that fails (a full disk,
@@ -68,6 +70,7 @@ from eventsvc.jetstream.store import (
     StoreState,
     StoreUnavailable,
 )
+from eventsvc.nats.tcp import TurnEndCall, at_turn_end
 
 #: The first bytes of every message segment (and its format's version).
 MAGIC = b"EVJSMSG1"
@@ -282,7 +285,7 @@ class _WriteState:
         #: Waiting for the buffer's write; and written, to be called at the end of the turn.
         self._waiters: List[_Waiter] = []
         self._ready: List[_Waiter] = []
-        self._flush_call: Optional[IDelayedCall] = None
+        self._flush_call: Optional[Union[IDelayedCall, TurnEndCall]] = None
         self._sync_call: Optional[IDelayedCall] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._closed = False
@@ -300,10 +303,17 @@ class _WriteState:
         call = self._flush_call
         if call is None:
             if not self._closed and not self._read_only:
-                self._flush_call = self._clock.callLater(delay, self._flush)
+                if delay:
+                    self._flush_call = self._clock.callLater(delay, self._flush)
+                else:
+                    # At the end of the turn, before its output is sent: what
+                    # the waiters write (PubAcks) goes out with it, not a
+                    # turn (an epoll_wait) later.
+                    self._flush_call = at_turn_end(self._clock, self._flush)
         elif delay == 0 and call.getTime() > self._clock.seconds():
-            # (Someone waits: a held write goes now.)
-            call.reset(0)
+            # (Someone waits: a held write goes at the end of this turn.)
+            call.cancel()
+            self._flush_call = at_turn_end(self._clock, self._flush)
 
     def _flush(self) -> None:
         raise NotImplementedError()

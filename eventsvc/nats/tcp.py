@@ -27,6 +27,15 @@ Twisted's own: the rest of its transport is untouched, and anything unusual
 A TLS or WebSocket connection writes through its layer to the TCP transport
 under it, so it gains the same without its layer being bypassed.
 
+Work that must be done before a turn's output goes out, and that itself
+writes, registers with L{at_turn_end}: a file store's group commit, whose
+durability callbacks write the PubAcks.  The turn's end runs those calls
+first, in the order they were made, and then sends what they wrote along
+with the rest of the turn's output.  Were the store's write a C{callLater(0)}
+of its own, a PubAck written from it would queue the send for the turn after
+(Twisted runs the delayed calls made while it runs them only after one more
+poll): one more C{epoll_wait} per synchronous publish, and its latency.
+
 This module must not decide what is written, only how it reaches the
 socket: no frame is built, reordered or dropped here.
 """
@@ -38,6 +47,8 @@ from typing import Any, Callable, Dict, List, Optional, Type
 from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
+
+log = Logger()
 
 #: The most pieces one C{sendmsg} takes (Linux's IOV_MAX).
 IOV_MAX = 1024
@@ -77,19 +88,56 @@ def no_delay(transport: Any) -> None:
             return
 
 
+class TurnEndCall:
+    """
+    A call at the end of this turn (L{at_turn_end}), before the turn's
+    output is sent.  It answers as much of C{IDelayedCall} as a timer's
+    holder uses (C{active}, C{cancel}, C{getTime}), so it can stand where a
+    C{callLater(0)} stood.
+    """
+
+    __slots__ = ("_turn", "_func", "_pending")
+
+    def __init__(self, turn: "TurnEnd", func: Callable[[], None]) -> None:
+        self._turn = turn
+        self._func = func
+        self._pending = True
+
+    def active(self) -> bool:
+        """Whether it is yet to run (not run, not cancelled)."""
+        return self._pending
+
+    def cancel(self) -> None:
+        """Do not run it."""
+        self._pending = False
+
+    def getTime(self) -> float:
+        """When it runs: now (at the end of this turn)."""
+        return float(self._turn.reactor.seconds())
+
+    def _run(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._func()
+
+
 class TurnEnd:
     """
-    The TCP transports of one reactor written to in this turn: each sends
-    what it holds once the turn's work is done (L{TurnEndWrites._send_turn}).
+    The end of one reactor's turn: the calls made for it (L{at_turn_end}),
+    then the TCP transports written to in this turn, each sending what it
+    holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}.
     """
 
-    __slots__ = ("reactor", "queued", "_call")
+    __slots__ = ("reactor", "queued", "calls", "_call")
 
-    log = Logger()
+    #: Rounds of calls made by calls run in the same turn end, at most; the
+    #: rest wait for the next turn, so a chain of them cannot starve the reactor.
+    ROUNDS = 8
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.queued: List["TurnEndWrites"] = []
+        self.calls: List[TurnEndCall] = []
         self._call: Any = None
 
     def add(self, transport: "TurnEndWrites") -> None:
@@ -97,8 +145,31 @@ class TurnEnd:
         if self._call is None:
             self._call = self.reactor.callLater(0, self.send)
 
+    def call(self, func: Callable[[], None]) -> TurnEndCall:
+        """Call C{func} at the end of this turn, before the turn's output is sent."""
+        call = TurnEndCall(self, func)
+        self.calls.append(call)
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self.send)
+        return call
+
     def send(self) -> None:
-        """The turn is over: each transport written to sends what it holds."""
+        """
+        The turn is over: the calls made for its end run, in order (and the
+        calls they make, a few rounds deep); then each transport written to,
+        by them too, sends what it holds.
+        """
+        rounds = 0
+        while self.calls and rounds < self.ROUNDS:
+            calls, self.calls = self.calls, []
+            rounds += 1
+            for call in calls:
+                try:
+                    call._run()
+                except Exception:
+                    # (One call's bug must not keep the turn's output back.)
+                    log.failure("a call at the end of a reactor turn failed")
+        # What is written from here on (a producer resumed) is the next turn's.
         self._call = None
         queued, self.queued = self.queued, []
         for transport in queued:
@@ -108,7 +179,9 @@ class TurnEnd:
             try:
                 transport._send_turn()
             except Exception:
-                self.log.failure("sending {transport} its turn's output", transport=transport)
+                log.failure("sending {transport} its turn's output", transport=transport)
+        if self.calls and self._call is None:
+            self._call = self.reactor.callLater(0, self.send)
 
 
 _turn_ends: "WeakKeyDictionary[Any, TurnEnd]" = WeakKeyDictionary()
@@ -119,6 +192,16 @@ def _turn_end(reactor: Any) -> TurnEnd:
     if turn is None:
         turn = _turn_ends[reactor] = TurnEnd(reactor)
     return turn
+
+
+def at_turn_end(reactor: Any, func: Callable[[], None]) -> TurnEndCall:
+    """
+    Call C{func} at the end of this turn of C{reactor} (any C{IReactorTime},
+    a C{task.Clock} in tests), before the output written in the turn, and by
+    C{func}, is sent: where a C{callLater(0)} would leave what C{func} writes
+    to the turn after.  Calls run in the order they were made.
+    """
+    return _turn_end(reactor).call(func)
 
 
 class TurnEndWrites:

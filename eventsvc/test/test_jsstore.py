@@ -149,6 +149,55 @@ class FileStoreTests(Base):
         self.assertEqual(self.disk.writes, 1)
         self.assertEqual(self.disk.fsyncs, 0)
 
+    def test_answer_sent_in_the_turn_of_the_write(self) -> None:
+        """
+        A PubAck written by a when_durable callback reaches the publisher at
+        the end of the turn the message was stored in, after its write (and
+        fsync, with sync_interval "always"), not a turn later: the store's
+        group commit runs at the turn's end, before the turn's output is sent.
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.nats.tcp import send_at_turn_end
+        from eventsvc.test.test_tcp import run_one_turn
+
+        class Port:
+            _realPortNumber = 4222
+
+        for sync in ("always", "2m"):
+            reactor = MemoryReactorClock()
+            ours, peer = socket.socketpair()
+            self.addCleanup(peer.close)
+            self.addCleanup(ours.close)
+            peer.setblocking(False)
+            transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 5000), Port(), 1, reactor)
+            self.assertTrue(send_at_turn_end(transport))
+            disk = FakeDisk(self.path.path)
+            store = self.open(clock=reactor, disk=disk, sync_interval=sync)
+            seen: List[Tuple[int, int]] = []
+
+            def ack() -> None:
+                seen.append((disk.writes, disk.fsyncs))
+                transport.write(b"PUBACK\r\n")
+
+            store.store("orders.1", None, b"x", 1)
+            store.when_durable(ack)
+            self.assertEqual((seen, disk.writes), ([], 0))
+            run_one_turn(reactor)
+            try:
+                got = peer.recv(100)
+            except BlockingIOError:
+                got = b""  # (not sent in this turn)
+            self.assertEqual(got, b"PUBACK\r\n")
+            self.assertEqual(seen, [(1, 1 if sync == "always" else 0)])
+            # Nothing left for the next turn; only the periodic fsync's timer, if any.
+            self.assertEqual([call.getTime() for call in reactor.getDelayedCalls()], [] if sync == "always" else [120.0])
+            store.close()
+
     def test_reopen(self) -> None:
         """Everything stored, removed and purged reads back the same after a close."""
         store = self.open(segment_size=4096)

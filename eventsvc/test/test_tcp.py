@@ -10,6 +10,21 @@ from eventsvc.events.handlers import NoDelayEndpoints
 from eventsvc.nats.tcp import no_delay
 
 
+def run_one_turn(clock):
+    """
+    Run the calls of C{clock} due now, as one turn of a real reactor does
+    (its C{runUntilCurrent}): those they make wait for the next turn, where
+    C{Clock.advance(0)} would run them too.
+    """
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+    for call in due:
+        if call.active():
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
 class FakeTCP:
     def __init__(self):
         self.no_delay = None
@@ -317,3 +332,99 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.reactor.advance(0)
         for transport, peer in others:
             self.assertEqual(peer.recv(100), b"PONG\r\n")
+
+class AtTurnEndTests(SynchronousTestCase):
+    """
+    Calls made for a turn's end (L{at_turn_end}: a file store's group
+    commit) run before the turn's output is sent, and what they write goes
+    out in that same turn, not one (an C{epoll_wait}) later.
+    """
+
+    setUp = TurnEndWritesTests.setUp
+    received = TurnEndWritesTests.received
+
+    def test_written_by_a_call_goes_out_in_its_turn(self):
+        """What a call at the turn's end writes reaches the peer when that turn ends, with the turn's own output, after it."""
+        from eventsvc.nats.tcp import at_turn_end
+
+        self.tcp.write(b"+OK\r\n")
+        at_turn_end(self.reactor, lambda: self.tcp.write(b"PUBACK 1\r\n"))
+        at_turn_end(self.reactor, lambda: self.tcp.write(b"PUBACK 2\r\n"))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        run_one_turn(self.reactor)
+        self.assertEqual(self.received(), b"+OK\r\nPUBACK 1\r\nPUBACK 2\r\n")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_first_write_from_a_call(self):
+        """A transport first written to by a call at the turn's end (nothing else this turn) still sends in that turn."""
+        from eventsvc.nats.tcp import at_turn_end
+
+        at_turn_end(self.reactor, lambda: self.tcp.write(b"PUBACK\r\n"))
+        run_one_turn(self.reactor)
+        self.assertEqual(self.received(), b"PUBACK\r\n")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_calls_made_by_calls(self):
+        """A call made by a call (a PubAck stored again by a mirror's store) runs in the same turn end, after the ones before it."""
+        from eventsvc.nats.tcp import at_turn_end
+
+        order = []
+
+        def first():
+            order.append("first")
+            at_turn_end(self.reactor, lambda: (order.append("third"), self.tcp.write(b"c"))[1])
+
+        at_turn_end(self.reactor, first)
+        at_turn_end(self.reactor, lambda: order.append("second"))
+        run_one_turn(self.reactor)
+        self.assertEqual(order, ["first", "second", "third"])
+        self.assertEqual(self.received(), b"c")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_endless_calls_do_not_starve_the_reactor(self):
+        """A call that makes itself again runs a few rounds a turn, not forever; the output of those rounds goes out."""
+        from eventsvc.nats.tcp import TurnEnd, at_turn_end
+
+        runs = []
+
+        def again():
+            runs.append(1)
+            self.tcp.write(b"x")
+            at_turn_end(self.reactor, again)
+
+        at_turn_end(self.reactor, again)
+        run_one_turn(self.reactor)
+        self.assertEqual(len(runs), TurnEnd.ROUNDS)
+        self.assertEqual(self.received(), b"x" * TurnEnd.ROUNDS)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        run_one_turn(self.reactor)
+        self.assertEqual(len(runs), 2 * TurnEnd.ROUNDS)
+        self.reactor.getDelayedCalls()[0].cancel()
+
+    def test_cancelled(self):
+        """A cancelled call does not run; the rest do."""
+        from eventsvc.nats.tcp import at_turn_end
+
+        ran = []
+        call = at_turn_end(self.reactor, lambda: ran.append("cancelled"))
+        at_turn_end(self.reactor, lambda: ran.append("kept"))
+        self.assertTrue(call.active())
+        call.cancel()
+        self.assertFalse(call.active())
+        self.reactor.advance(0)
+        self.assertEqual(ran, ["kept"])
+
+    def test_a_failing_call_keeps_nothing_back(self):
+        """A call that raises is logged; the calls after it run and the turn's output is sent."""
+        from eventsvc.nats.tcp import at_turn_end
+
+        def broken():
+            raise ZeroDivisionError()
+
+        self.tcp.write(b"a")
+        at_turn_end(self.reactor, broken)
+        at_turn_end(self.reactor, lambda: self.tcp.write(b"b"))
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"ab")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
