@@ -49,6 +49,11 @@ from eventsvc.nats.subjects import SubjectCache, Sublist, Subscription
 #: plan with one subscriber).
 PLAN_CACHE_SIZE = 16384
 
+#: How many plans of subjects used once are kept for subjects with the same
+#: match (L{Delivery._plan}): one per consumer acking or client answered at
+#: the same time, up to this many; more, and they start again.
+ONCE_PLANS = 64
+
 #: Payloads at least this large on average (bytes) reach each subscriber of a
 #: batch (L{Delivery.deliver_batch}) as pieces, prefix and message by turn,
 #: not joined (None: always joined).  PyPy joins 64 KiB in some 27 us, and
@@ -306,9 +311,12 @@ class Delivery:
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
         #: matches are not kept.
         self.used_once: Tuple[bytes, ...] = ()
-        #: The last plan of a subject used once that any subject with the
-        #: same match may reuse, with that match (L{_plan}).
-        self._once_plan: Optional[Tuple[Any, Plan]] = None
+        #: Plans of subjects used once that any subject with the same match
+        #: may reuse, each with that match, by the match's id (L{_plan}):
+        #: more than one, so that acks interleaved over several consumers,
+        #: each with its own ack subscription, or PubAcks to several
+        #: clients, do not each push the other's plan out.
+        self._once_plans: Dict[int, Tuple[Any, Plan]] = {}
 
     # -- plans ---------------------------------------------------------------------
 
@@ -334,7 +342,7 @@ class Delivery:
                 keep = False
         result = self.sublist.match(subject, keep)
         if not keep:
-            once = self._once_plan
+            once = self._once_plans.get(id(result))
             if once is not None and once[0] is result:
                 targets = once[1]
                 return targets if targets.callback is not None else targets.renamed(subject)
@@ -349,7 +357,11 @@ class Delivery:
             # prefixes, which name the subject (L{Plan.renamed}; a callback
             # is handed each message's own).  The next PubAck to the same
             # client's inboxes, or ack to the same consumer, starts from it.
-            self._once_plan = (result, targets)
+            plans = self._once_plans
+            if len(plans) >= ONCE_PLANS:
+                plans.clear()
+            # (The entry holds its match, so the id cannot be another's.)
+            plans[id(result)] = (result, targets)
         return targets
 
     def _forget_plans(self, pattern: bytes) -> None:
@@ -362,7 +374,7 @@ class Delivery:
         plans it is in go.  None: a connection's permissions changed, and
         every plan goes.
         """
-        self._once_plan = None
+        self._once_plans.clear()
         if pattern is None:
             self._plans.clear()
         else:
