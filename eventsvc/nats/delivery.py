@@ -83,7 +83,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
-        "callback",
+        "local_queues", "picks", "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -105,6 +105,18 @@ class Plan:
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+        #: Whether local queue groups are all there is (simple, no plain
+        #: subscriber, no route or leaf takes part): a client's message
+        #: picks one member of each (L{Delivery._to_local_queues}) and
+        #: nothing else (a work queue over many subjects).
+        self.local_queues: bool = (
+            simple and bool(queues) and not plain and not route_plain and not route_mixed and not leaf_plain
+        )
+        #: Per group of a simple plan, its size and its members as plain
+        #: targets (what L{Delivery._to_local_queues} picks from).
+        self.picks: List[Tuple[int, List[Target]]] = [
+            (len(group), [(conn, prefix, conn.out.append) for conn, prefix, _ in group]) for group in queues
+        ] if simple else []
         #: (owner, subscription) when one in-process subscription without a
         #: maximum is all there is (a JetStream stream's subjects, its acks,
         #: its API): L{Delivery.deliver} hands the message straight to it.
@@ -431,20 +443,15 @@ class Delivery:
         no_echo = not src.echo
         dirty = self._dirty
         rand = self._random.random
-        for group in targets.queues:
-            n = len(group)
+        for n, group in targets.picks:
             i = int(rand() * n) if n > 1 else 0
-            conn = group[i][0]
+            conn, prefix, append = group[i]
             if conn is src and no_echo:
-                for j in range(1, n):
-                    if group[(i + j) % n][0] is not src:
-                        i = (i + j) % n
-                        break
-                else:
+                other = _other_member(group, i, src)
+                if other is None:
                     continue
-                conn = group[i][0]
-            append = conn.out.append
-            append(group[i][1])
+                conn, prefix, append = other
+            append(prefix)
             append(frame_tail)
             conn.out_msgs += 1
             conn.out_bytes += size
@@ -470,6 +477,10 @@ class Delivery:
         plan = self._plan
         no_echo = not src.echo
         local = self.gateways is None
+        # Only a client's message picks a member of every group by itself
+        # (a link's serves the groups its frame names).
+        queued = local and not src.kind.link
+        rand = self._random.random
         dirty = self._dirty
         for subject, size, tail in run:
             if tail.__class__ is not bytes:
@@ -477,15 +488,38 @@ class Delivery:
                 dirty = self._dirty  # (an in-process subscriber may have flushed)
                 continue
             targets = plans.get(subject) or plan(subject)
-            if not (local and targets.local):
+            if local and targets.local:
+                # (deliver()'s loop, without a reply: written out here, since
+                # a call a message is what this method saves.)
+                for conn, prefix, append in targets.plain:
+                    if conn is src and no_echo:
+                        continue
+                    append(prefix)
+                    append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        dirty.append(conn)
+                continue
+            if not (queued and targets.local_queues):
                 self.deliver(src, subject, None, size, tail, targets)
                 dirty = self._dirty
                 continue
-            # (deliver()'s loop, without a reply: written out here, since
-            # a call a message is what this method saves.)
-            for conn, prefix, append in targets.plain:
+            # Queue groups of local clients alone (a work queue over many
+            # subjects): one member of each, picked as _to_local_queues
+            # picks, written out here for the same reason (a call was a
+            # seventh of such a message's instructions).  (After the plain
+            # loop: before it, the loop's jumps back grew too long for one
+            # bytecode argument and cost every plain message 1%.)
+            for n, group in targets.picks:
+                i = int(rand() * n) if n > 1 else 0
+                conn, prefix, append = group[i]
                 if conn is src and no_echo:
-                    continue
+                    other = _other_member(group, i, src)
+                    if other is None:
+                        continue
+                    conn, prefix, append = other
                 append(prefix)
                 append(tail)
                 conn.out_msgs += 1
@@ -721,6 +755,20 @@ class Delivery:
         if not conn.dirty:
             conn.dirty = True
             self._dirty.append(conn)
+
+
+def _other_member(group: List[Target], i: int, src: ISource) -> Optional[Target]:
+    """
+    The member of C{group} after its C{i}th (the pick) that is not C{src}
+    (a publisher without echo that is a member of the group), or None
+    when it is the only member.
+    """
+    n = len(group)
+    for j in range(1, n):
+        member = group[(i + j) % n]
+        if member[0] is not src:
+            return member
+    return None
 
 
 def _payload_size(tail: bytes) -> int:
