@@ -83,7 +83,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
-        "local_queues", "picks", "callback",
+        "local_queues", "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -91,17 +91,17 @@ class Plan:
         self.plain: List[Target] = plain
         self.plain_subs: List[Subscription] = plain_subs
         #: Per group, its local members: [(member, prefix, subscription)].
-        self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
+        self.queues: Sequence[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
         #: Per group (same order): its name and the routes and leafs with members in it.
-        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = queue_info
+        self.queue_info: Sequence[Tuple[bytes, List[ISubscriber]]] = queue_info
         self.simple: bool = simple
         #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
-        self.route_plain: List[Target] = route_plain
+        self.route_plain: Sequence[Target] = route_plain
         #: Routes and leafs with plain interest that are also queue members:
         #: one frame each, naming the groups given to it, built per message.
-        self.route_mixed: List[ISubscriber] = route_mixed
+        self.route_mixed: Sequence[ISubscriber] = route_mixed
         #: Leafs with plain interest only: (leaf, b"LMSG <subject> ", append).
-        self.leaf_plain: List[Target] = leaf_plain
+        self.leaf_plain: Sequence[Target] = leaf_plain
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
@@ -112,11 +112,6 @@ class Plan:
         self.local_queues: bool = (
             simple and bool(queues) and not plain and not route_plain and not route_mixed and not leaf_plain
         )
-        #: Per group of a simple plan, its size and its members as plain
-        #: targets (what L{Delivery._to_local_queues} picks from).
-        self.picks: List[Tuple[int, List[Target]]] = [
-            (len(group), [(conn, prefix, conn.out.append) for conn, prefix, _ in group]) for group in queues
-        ] if simple else []
         #: (owner, subscription) when one in-process subscription without a
         #: maximum is all there is (a JetStream stream's subjects, its acks,
         #: its API): L{Delivery.deliver} hands the message straight to it.
@@ -130,7 +125,7 @@ class Plan:
         head = msg_head(subject)
         return Plan(
             [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)],
-            self.plain_subs, [], True,
+            self.plain_subs, (), True,
         )
 
     def plain_remotes(self) -> List[ISubscriber]:
@@ -234,15 +229,17 @@ def plan(subject: bytes, subs: Sequence[Subscription], groups: Sequence[Sequence
         plain_subs.append(s)
         if s.max or kind is Kind.IN_PROCESS:
             simple = False
-    route_plain = []
+    # (What is empty is the empty tuple, not a list each: a kept plan's
+    # every object is one more for the collector to walk.)
+    route_plain: Sequence[Target] = ()
     if routes:
         rhead = rmsg_head(subject)
         route_plain = [(r, rhead, r.out.append) for r in routes]
-    leaf_plain = []
+    leaf_plain: Sequence[Target] = ()
     if leafs:
         lhead = lmsg_head(subject)
         leaf_plain = [(r, lhead, r.out.append) for r in leafs]
-    return Plan(plain, plain_subs, [], simple, route_plain, [], [], leaf_plain)
+    return Plan(plain, plain_subs, (), simple, route_plain, (), (), leaf_plain)
 
 
 def _plan_with_queues(subject: bytes, subs: Any, groups: Any) -> Plan:
@@ -443,16 +440,18 @@ class Delivery:
         no_echo = not src.echo
         dirty = self._dirty
         rand = self._random.random
-        for n, group in targets.picks:
+        for group in targets.queues:
+            n = len(group)
             i = int(rand() * n) if n > 1 else 0
-            conn, prefix, append = group[i]
+            conn, prefix, _ = group[i]
             if conn is src and no_echo:
                 other = _other_member(group, i, src)
                 if other is None:
                     continue
-                conn, prefix, append = other
-            append(prefix)
-            append(frame_tail)
+                conn, prefix, _ = other
+            out = conn.out
+            out.append(prefix)
+            out.append(frame_tail)
             conn.out_msgs += 1
             conn.out_bytes += size
             if not conn.dirty:
@@ -476,16 +475,16 @@ class Delivery:
         plans = self._targets
         plan = self._plan
         no_echo = not src.echo
-        local = self.gateways is None
-        # Only a client's message picks a member of every group by itself
-        # (a link's serves the groups its frame names).
-        queued = local and not src.kind.link
-        rand = self._random.random
-        dirty = self._dirty
+        # (Clients alone hand runs over; a link's message, were one here,
+        # would go through deliver() and so the rule, queue names and all.)
+        local = self.gateways is None and not src.kind.link
+        to_queues = self._to_local_queues
+        # (self._dirty, not a local copy: an in-process subscriber may flush
+        # mid-run, and the reloads after each call made this loop's body too
+        # long for one bytecode argument, which cost every message.)
         for subject, size, tail in run:
             if tail.__class__ is not bytes:
                 self.deliver_batch(src, subject, tail, size)
-                dirty = self._dirty  # (an in-process subscriber may have flushed)
                 continue
             targets = plans.get(subject) or plan(subject)
             if local and targets.local:
@@ -500,33 +499,13 @@ class Delivery:
                     conn.out_bytes += size
                     if not conn.dirty:
                         conn.dirty = True
-                        dirty.append(conn)
-                continue
-            if not (queued and targets.local_queues):
+                        self._dirty.append(conn)
+            elif local and targets.local_queues:
+                # Queue groups of local clients alone (a work queue over
+                # many subjects): deliver() would only ask the same.
+                to_queues(src, targets, tail, size)
+            else:
                 self.deliver(src, subject, None, size, tail, targets)
-                dirty = self._dirty
-                continue
-            # Queue groups of local clients alone (a work queue over many
-            # subjects): one member of each, picked as _to_local_queues
-            # picks, written out here for the same reason (a call was a
-            # seventh of such a message's instructions).  (After the plain
-            # loop: before it, the loop's jumps back grew too long for one
-            # bytecode argument and cost every plain message 1%.)
-            for n, group in targets.picks:
-                i = int(rand() * n) if n > 1 else 0
-                conn, prefix, append = group[i]
-                if conn is src and no_echo:
-                    other = _other_member(group, i, src)
-                    if other is None:
-                        continue
-                    conn, prefix, append = other
-                append(prefix)
-                append(tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                if not conn.dirty:
-                    conn.dirty = True
-                    dirty.append(conn)
 
     def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """
@@ -548,13 +527,13 @@ class Delivery:
         dirty = self._dirty
         # Routes and leafs with plain interest take the same joined frames
         # ("RMSG $G <subject> ", "LMSG <subject> ").
-        remotes = targets.route_plain if not kind.one_hop else []
+        remotes: Sequence[Target] = targets.route_plain if not kind.one_hop else ()
         if targets.leaf_plain:
-            remotes = remotes + [leaf for leaf in targets.leaf_plain if reaches(src, leaf[0])]
+            remotes = [*remotes, *(leaf for leaf in targets.leaf_plain if reaches(src, leaf[0]))]
         # Subscribers with the same prefix (same sid: most clients' first
         # subscription is sid 1) share one joined frame: built once, not per subscriber.
         joined: Dict[bytes, bytes] = {}
-        for conn, prefix, append in targets.plain + remotes if remotes else targets.plain:
+        for conn, prefix, append in [*targets.plain, *remotes] if remotes else targets.plain:
             if conn is src and no_echo:
                 continue
             frames = joined.get(prefix)
@@ -589,7 +568,7 @@ class Delivery:
         if self.gateways is not None and kind.to_gateways:
             self.gateways.forward_batch(subject, tails, size, targets)
 
-    def _to_remotes(self, src: ISource, remotes: List[Target], frame_tail: bytes, size: int) -> int:
+    def _to_remotes(self, src: ISource, remotes: Sequence[Target], frame_tail: bytes, size: int) -> int:
         """A message's C{RMSG} (C{LMSG}) to each route (leaf) with plain interest that C{src}'s message L{reaches}."""
         count = 0
         check = src.kind.remote
@@ -757,7 +736,9 @@ class Delivery:
             self._dirty.append(conn)
 
 
-def _other_member(group: List[Target], i: int, src: ISource) -> Optional[Target]:
+def _other_member(
+    group: List[Tuple[ISubscriber, bytes, Subscription]], i: int, src: ISource,
+) -> Optional[Tuple[ISubscriber, bytes, Subscription]]:
     """
     The member of C{group} after its C{i}th (the pick) that is not C{src}
     (a publisher without echo that is a member of the group), or None
