@@ -300,6 +300,7 @@ class Delivery:
         #: Subjects planned once and not kept (L{_plan}: kept the second time).
         self._seen: Set[bytes] = set()
         self._random = random.Random()
+        self._rand = self._random.random
         self.gateways: Optional[IGatewayForwarder] = None
         #: Subject prefixes whose subjects are each used once (the layer
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
@@ -437,14 +438,12 @@ class Delivery:
         loop cost PyPy's JIT a tenth of every other message's time.)
         """
         count = 0
-        no_echo = not src.echo
-        dirty = self._dirty
-        rand = self._random.random
+        rand = self._rand
         for group in targets.queues:
             n = len(group)
             i = int(rand() * n) if n > 1 else 0
             conn, prefix, _ = group[i]
-            if conn is src and no_echo:
+            if conn is src and not src.echo:
                 other = _other_member(group, i, src)
                 if other is None:
                     continue
@@ -456,7 +455,7 @@ class Delivery:
             conn.out_bytes += size
             if not conn.dirty:
                 conn.dirty = True
-                dirty.append(conn)
+                self._dirty.append(conn)
             count += 1
         return count
 
