@@ -301,6 +301,8 @@ class Delivery:
         self._seen: Set[bytes] = set()
         self._random = random.Random()
         self._rand = self._random.random
+        #: (Bound once: deliver_run binds it per run of 16 messages.)
+        self._queue_picks = self._to_local_queues
         self.gateways: Optional[IGatewayForwarder] = None
         #: Subject prefixes whose subjects are each used once (the layer
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
@@ -477,7 +479,7 @@ class Delivery:
         # (Clients alone hand runs over; a link's message, were one here,
         # would go through deliver() and so the rule, queue names and all.)
         local = self.gateways is None and not src.kind.link
-        to_queues = self._to_local_queues
+        to_queues = self._queue_picks
         # (self._dirty, not a local copy: an in-process subscriber may flush
         # mid-run, and the reloads after each call made this loop's body too
         # long for one bytecode argument, which cost every message.)
