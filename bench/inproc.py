@@ -74,12 +74,13 @@ class World:
         self.factory = factory(self.broker, settings(parse_budget=1e9), self.clock)
         self.count = 0
 
-    def connect(self, *subjects: bytes) -> Any:
+    def connect(self, *subjects: bytes, queue: bytes = b"") -> Any:
         proto = self.factory.buildProtocol(None)
         self.count += 1
         transport = self.sink(peerAddress=self.address("TCP", "127.0.0.1", 40000 + self.count))
         proto.makeConnection(transport)
-        subs = b"".join(b"SUB %s %d\r\n" % (s, i + 1) for i, s in enumerate(subjects))
+        group = queue + b" " if queue else b""
+        subs = b"".join(b"SUB %s %s%d\r\n" % (s, group, i + 1) for i, s in enumerate(subjects))
         proto.dataReceived(CONNECT + subs + b"PING\r\n")
         transport.given = 0
         return proto
@@ -102,10 +103,16 @@ def reads(data: bytes, size: int = READ) -> List[bytes]:
 Scene = Callable[[int], Tuple[Callable[..., None], Callable[[], int]]]
 
 
-def _stream(patterns: List[List[bytes]], publishers: int, count: int, messages: int, payload: bytes = PAYLOAD) -> Any:
-    """Subscribers (one per entry of C{patterns}), C{publishers} publishers each sending its share in 64 KiB reads, interleaved."""
+def _stream(
+    patterns: List[List[bytes]], publishers: int, count: int, messages: int, payload: bytes = PAYLOAD, queue: bytes = b"",
+) -> Any:
+    """
+    Subscribers (one per entry of C{patterns}, members of C{queue} when
+    given), C{publishers} publishers each sending its share in 64 KiB
+    reads, interleaved.
+    """
     world = World()
-    subs = [world.connect(*p) for p in patterns]
+    subs = [world.connect(*p, queue=queue) for p in patterns]
     names = subjects(count)
     each = messages // publishers
     senders = [(world.connect(), reads(pubs(names, each, k * count // publishers, payload))) for k in range(publishers)]
@@ -187,6 +194,15 @@ def queue_10(messages: int) -> Any:
             proto.dataReceived(data)
 
     return run, lambda: sum(m.transport.given for m in members)
+
+
+def queue_10_many(messages: int) -> Any:
+    """
+    A queue group of 10 over 1,000 subjects, 4 publishers : 10 members
+    through C{bench.1.*.data} (natsbench -np 4 -ns 10 -queue q -subjects
+    1000 -sub pwc): each message goes to one member.
+    """
+    return _stream([[b"bench.1.*.data"]] * 10, 4, 1000, messages, queue=b"q")
 
 
 def many_publishers(messages: int) -> Any:
@@ -282,6 +298,7 @@ SCENES: Dict[str, Scene] = {
     "4:4": one_subject_4_4,
     "1KiB": kib_one_subject,
     "queue-10": queue_10,
+    "queue-10-4:10": queue_10_many,
     "many-publishers": many_publishers,
     "request-reply": request_reply,
 }

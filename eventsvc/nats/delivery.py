@@ -98,7 +98,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
-        "callback",
+        "local_queues", "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -106,20 +106,27 @@ class Plan:
         self.plain: List[Target] = plain
         self.plain_subs: List[Subscription] = plain_subs
         #: Per group, its local members: [(member, prefix, subscription)].
-        self.queues: List[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
+        self.queues: Sequence[List[Tuple[ISubscriber, bytes, Subscription]]] = queues
         #: Per group (same order): its name and the routes and leafs with members in it.
-        self.queue_info: List[Tuple[bytes, List[ISubscriber]]] = queue_info
+        self.queue_info: Sequence[Tuple[bytes, List[ISubscriber]]] = queue_info
         self.simple: bool = simple
         #: Routes with plain interest only: (route, b"RMSG $G <subject> ", append).
-        self.route_plain: List[Target] = route_plain
+        self.route_plain: Sequence[Target] = route_plain
         #: Routes and leafs with plain interest that are also queue members:
         #: one frame each, naming the groups given to it, built per message.
-        self.route_mixed: List[ISubscriber] = route_mixed
+        self.route_mixed: Sequence[ISubscriber] = route_mixed
         #: Leafs with plain interest only: (leaf, b"LMSG <subject> ", append).
-        self.leaf_plain: List[Target] = leaf_plain
+        self.leaf_plain: Sequence[Target] = leaf_plain
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+        #: Whether local queue groups are all there is (simple, no plain
+        #: subscriber, no route or leaf takes part): a client's message
+        #: picks one member of each (L{Delivery._to_local_queues}) and
+        #: nothing else (a work queue over many subjects).
+        self.local_queues: bool = (
+            simple and bool(queues) and not plain and not route_plain and not route_mixed and not leaf_plain
+        )
         #: (owner, subscription) when one in-process subscription without a
         #: maximum is all there is (a JetStream stream's subjects, its acks,
         #: its API): L{Delivery.deliver} hands the message straight to it.
@@ -133,7 +140,7 @@ class Plan:
         head = msg_head(subject)
         return Plan(
             [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)],
-            self.plain_subs, [], True,
+            self.plain_subs, (), True,
         )
 
     def plain_remotes(self) -> List[ISubscriber]:
@@ -237,15 +244,17 @@ def plan(subject: bytes, subs: Sequence[Subscription], groups: Sequence[Sequence
         plain_subs.append(s)
         if s.max or kind is Kind.IN_PROCESS:
             simple = False
-    route_plain = []
+    # (What is empty is the empty tuple, not a list each: a kept plan's
+    # every object is one more for the collector to walk.)
+    route_plain: Sequence[Target] = ()
     if routes:
         rhead = rmsg_head(subject)
         route_plain = [(r, rhead, r.out.append) for r in routes]
-    leaf_plain = []
+    leaf_plain: Sequence[Target] = ()
     if leafs:
         lhead = lmsg_head(subject)
         leaf_plain = [(r, lhead, r.out.append) for r in leafs]
-    return Plan(plain, plain_subs, [], simple, route_plain, [], [], leaf_plain)
+    return Plan(plain, plain_subs, (), simple, route_plain, (), (), leaf_plain)
 
 
 def _plan_with_queues(subject: bytes, subs: Any, groups: Any) -> Plan:
@@ -306,6 +315,9 @@ class Delivery:
         #: Subjects planned once and not kept (L{_plan}: kept the second time).
         self._seen: Set[bytes] = set()
         self._random = random.Random()
+        self._rand = self._random.random
+        #: (Bound once: deliver_run binds it per run of 16 messages.)
+        self._queue_picks = self._to_local_queues
         self.gateways: Optional[IGatewayForwarder] = None
         #: Subject prefixes whose subjects are each used once (the layer
         #: above says which: JetStream adds C{$JS.ACK.}); their plans and
@@ -450,29 +462,24 @@ class Delivery:
         loop cost PyPy's JIT a tenth of every other message's time.)
         """
         count = 0
-        no_echo = not src.echo
-        dirty = self._dirty
-        rand = self._random.random
+        rand = self._rand
         for group in targets.queues:
             n = len(group)
             i = int(rand() * n) if n > 1 else 0
-            conn = group[i][0]
-            if conn is src and no_echo:
-                for j in range(1, n):
-                    if group[(i + j) % n][0] is not src:
-                        i = (i + j) % n
-                        break
-                else:
+            conn, prefix, _ = group[i]
+            if conn is src and not src.echo:
+                other = _other_member(group, i, src)
+                if other is None:
                     continue
-                conn = group[i][0]
-            append = conn.out.append
-            append(group[i][1])
-            append(frame_tail)
+                conn, prefix, _ = other
+            out = conn.out
+            out.append(prefix)
+            out.append(frame_tail)
             conn.out_msgs += 1
             conn.out_bytes += size
             if not conn.dirty:
                 conn.dirty = True
-                dirty.append(conn)
+                self._dirty.append(conn)
             count += 1
         return count
 
@@ -491,30 +498,37 @@ class Delivery:
         plans = self._targets
         plan = self._plan
         no_echo = not src.echo
-        local = self.gateways is None
-        dirty = self._dirty
+        # (Clients alone hand runs over; a link's message, were one here,
+        # would go through deliver() and so the rule, queue names and all.)
+        local = self.gateways is None and not src.kind.link
+        to_queues = self._queue_picks
+        # (self._dirty, not a local copy: an in-process subscriber may flush
+        # mid-run, and the reloads after each call made this loop's body too
+        # long for one bytecode argument, which cost every message.)
         for subject, size, tail in run:
             if tail.__class__ is not bytes:
                 self.deliver_batch(src, subject, tail, size)
-                dirty = self._dirty  # (an in-process subscriber may have flushed)
                 continue
             targets = plans.get(subject) or plan(subject)
-            if not (local and targets.local):
+            if local and targets.local:
+                # (deliver()'s loop, without a reply: written out here, since
+                # a call a message is what this method saves.)
+                for conn, prefix, append in targets.plain:
+                    if conn is src and no_echo:
+                        continue
+                    append(prefix)
+                    append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        self._dirty.append(conn)
+            elif local and targets.local_queues:
+                # Queue groups of local clients alone (a work queue over
+                # many subjects): deliver() would only ask the same.
+                to_queues(src, targets, tail, size)
+            else:
                 self.deliver(src, subject, None, size, tail, targets)
-                dirty = self._dirty
-                continue
-            # (deliver()'s loop, without a reply: written out here, since
-            # a call a message is what this method saves.)
-            for conn, prefix, append in targets.plain:
-                if conn is src and no_echo:
-                    continue
-                append(prefix)
-                append(tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                if not conn.dirty:
-                    conn.dirty = True
-                    dirty.append(conn)
 
     def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """
@@ -536,16 +550,16 @@ class Delivery:
         dirty = self._dirty
         # Routes and leafs with plain interest take the same joined frames
         # ("RMSG $G <subject> ", "LMSG <subject> ").
-        remotes = targets.route_plain if not kind.one_hop else []
+        remotes: Sequence[Target] = targets.route_plain if not kind.one_hop else ()
         if targets.leaf_plain:
-            remotes = remotes + [leaf for leaf in targets.leaf_plain if reaches(src, leaf[0])]
+            remotes = [*remotes, *(leaf for leaf in targets.leaf_plain if reaches(src, leaf[0]))]
         # Subscribers with the same prefix (same sid: most clients' first
         # subscription is sid 1) share one joined frame: built once, not per subscriber.
         # Large payloads on PyPy are not joined but handed on as pieces, which
         # the socket takes as they are (tcp.TurnEndWrites' sendmsg).
         pieces = BATCH_PIECES_FROM is not None and size >= k * BATCH_PIECES_FROM
         joined: Dict[bytes, Any] = {}
-        for conn, prefix, append in targets.plain + remotes if remotes else targets.plain:
+        for conn, prefix, append in [*targets.plain, *remotes] if remotes else targets.plain:
             if conn is src and no_echo:
                 continue
             frames: Any = joined.get(prefix)
@@ -586,7 +600,7 @@ class Delivery:
         if self.gateways is not None and kind.to_gateways:
             self.gateways.forward_batch(subject, tails, size, targets)
 
-    def _to_remotes(self, src: ISource, remotes: List[Target], frame_tail: bytes, size: int) -> int:
+    def _to_remotes(self, src: ISource, remotes: Sequence[Target], frame_tail: bytes, size: int) -> int:
         """A message's C{RMSG} (C{LMSG}) to each route (leaf) with plain interest that C{src}'s message L{reaches}."""
         count = 0
         check = src.kind.remote
@@ -752,6 +766,22 @@ class Delivery:
         if not conn.dirty:
             conn.dirty = True
             self._dirty.append(conn)
+
+
+def _other_member(
+    group: List[Tuple[ISubscriber, bytes, Subscription]], i: int, src: ISource,
+) -> Optional[Tuple[ISubscriber, bytes, Subscription]]:
+    """
+    The member of C{group} after its C{i}th (the pick) that is not C{src}
+    (a publisher without echo that is a member of the group), or None
+    when it is the only member.
+    """
+    n = len(group)
+    for j in range(1, n):
+        member = group[(i + j) % n]
+        if member[0] is not src:
+            return member
+    return None
 
 
 def _payload_size(tail: bytes) -> int:

@@ -206,7 +206,8 @@ class SublistResult:
         self.queues = queues
 
 
-_EMPTY = SublistResult([], [])
+_NO_GROUPS: Any = ()
+_EMPTY = SublistResult([], _NO_GROUPS)
 
 
 class _Node:
@@ -400,7 +401,9 @@ class Sublist:
         plain: List[Subscription] = []
         groups: Dict[bytes, List[Subscription]] = {}
         decided = _match_level(self._root, tokens, 0, plain, groups)
-        result = SublistResult(plain, list(groups.values())) if (
+        # (No group: the empty tuple, not a list each time; a kept match
+        # is one more object for the collector to walk.)
+        result = SublistResult(plain, list(groups.values()) if groups else _NO_GROUPS) if (
             plain or groups
         ) else _EMPTY
         if keep:

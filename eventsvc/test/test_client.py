@@ -337,6 +337,47 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(subs[2].received(), expected(b"7"))
         self.assertEqual([(s.proto.out_msgs, s.proto.out_bytes) for s in subs], [(6, sum(map(len, payloads)))] * 3)
 
+    def test_queue_group_over_many_subjects(self) -> None:
+        """
+        Reads of PUBs each to another subject (no runs form), from several
+        publishers, to a queue group through a wildcard: each message to
+        one member, in order, framed with its subject; UNSUB takes a
+        member out and SUB puts one in between reads.
+        """
+        h = Harness()
+        members = [h.connect() for _ in range(5)]
+        for m in members:
+            m.send(b"SUB dev.*.state q 1\r\n")
+        pubs = [h.connect() for _ in range(3)]
+
+        def read(first: int, end: int) -> None:
+            for k, pub in enumerate(pubs):
+                pub.send(b"".join(b"PUB dev.%d.state %d\r\n%d\r\n" % (n, len(b"%d" % n), n) for n in range(first + k, end, 3)))
+
+        def got(m) -> list:
+            frames = m.received().split(b"\r\n")[:-1]
+            for line, n in zip(frames[::2], frames[1::2]):
+                self.assertEqual(line, b"MSG dev.%s.state 1 %d" % (n, len(n)))
+            return [int(n) for n in frames[1::2]]
+
+        read(0, 600)
+        seen = [got(m) for m in members]
+        for k, pub_seen in enumerate(seen):
+            self.assertGreater(len(pub_seen), 50, k)
+            for p in range(3):
+                mine = [n for n in pub_seen if n % 3 == p]
+                self.assertEqual(mine, sorted(mine))  # each publisher's in its order
+        self.assertEqual(sorted(n for s in seen for n in s), list(range(600)))
+        members[0].send(b"UNSUB 1\r\n")
+        late = h.connect()
+        late.send(b"SUB dev.*.state q 7\r\n")
+        read(600, 1200)
+        self.assertEqual(got(members[0]), [])
+        after = [got(m) for m in members[1:]]
+        joined = late.received().count(b"MSG dev.")
+        self.assertGreater(joined, 50)
+        self.assertEqual(sum(len(s) for s in after) + joined, 600)
+
     def test_echo_false_in_batch(self) -> None:
         h = Harness()
         a = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')

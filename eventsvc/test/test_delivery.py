@@ -251,6 +251,94 @@ class LocalQueueTests(SynchronousTestCase):
         self.assertEqual(quiet.out, [])
 
 
+class QueueRunTests(SynchronousTestCase):
+    """
+    A client's read over many subjects to queue groups of local clients
+    (L{Delivery.deliver_run}'s own loop for plans of queue groups alone):
+    one member of each group per message, as deliver() gives it.
+    """
+
+    def setUp(self) -> None:
+        self.broker = Broker()
+        self.workers = [Conn(Kind.CLIENT) for _ in range(10)]
+        self.subs = []
+        for conn in self.workers:
+            sub = Subscription(conn, b"s.*.data", b"q", b"1")
+            self.broker.add_subscription(sub)
+            self.subs.append(sub)
+        self.publisher = Conn(Kind.CLIENT)
+
+    def publish(self, messages: List[int], runs: int = 10) -> None:
+        """C{messages} (numbers, each to C{s.<n % 100>.data} with its number as payload) in C{runs} reads."""
+        each = len(messages) // runs
+        for k in range(runs):
+            self.broker.deliver_run(
+                self.publisher, [(b"s.%d.data" % (n % 100), len(b"%d" % n), b"%d\r\n%d\r\n" % (len(b"%d" % n), n))
+                                 for n in messages[k * each : (k + 1) * each]],
+            )
+
+    @staticmethod
+    def received(conn: Conn) -> List[int]:
+        """The numbers C{conn} was given, in order, each frame checked."""
+        got = []
+        for prefix, tail in zip(conn.out[::2], conn.out[1::2]):
+            n = int(tail.split(b"\r\n")[1])
+            assert prefix == b"MSG s.%d.data 1 " % (n % 100), (prefix, n)
+            got.append(n)
+        return got
+
+    def test_each_message_to_one_member_in_order(self) -> None:
+        self.publish(list(range(2000)))
+        got = [self.received(conn) for conn in self.workers]
+        self.assertEqual(sorted(n for member in got for n in member), list(range(2000)))
+        for member, conn in zip(got, self.workers):
+            self.assertEqual(member, sorted(member))  # each in the order published
+            self.assertGreater(len(member), 100)  # spread over the group (200 each on average)
+            self.assertEqual((conn.out_msgs, conn.out_bytes), (len(member), sum(len(b"%d" % n) for n in member)))
+        self.assertEqual(set(self.broker._dirty), set(self.workers))
+
+    def test_a_member_that_publishes_without_echo_is_passed_over(self) -> None:
+        self.publisher = self.workers[0]
+        self.publisher.echo = False
+        self.publish(list(range(1000)))
+        self.assertEqual(self.workers[0].out, [])
+        self.assertEqual(sorted(n for conn in self.workers[1:] for n in self.received(conn)), list(range(1000)))
+        for sub in self.subs[1:]:
+            self.broker.remove_subscription(sub)
+        self.publish(list(range(1000, 1100)), 1)
+        self.assertEqual(self.workers[0].out, [])
+
+    def test_members_and_subscribers_that_come_and_go_between_reads(self) -> None:
+        """
+        The plans follow every SUB and UNSUB: a member that leaves gets
+        nothing more; a plain subscriber that comes gets every message
+        while the group still gets one each; one that joins is picked.
+        """
+        self.publish(list(range(500)))
+        gone = self.workers.pop()
+        self.broker.remove_subscription(self.subs.pop())
+        before = len(gone.out)
+        watcher = Conn(Kind.CLIENT)
+        self.broker.add_subscription(Subscription(watcher, b"s.>", None, b"9"))
+        self.publish(list(range(500, 1000)))
+        self.assertEqual(len(gone.out), before)
+        self.assertEqual(
+            watcher.sent(), b"".join(b"MSG s.%d.data 9 %d\r\n%d\r\n" % (n % 100, len(b"%d" % n), n) for n in range(500, 1000)),
+        )
+        self.assertEqual(sorted(n for conn in self.workers for n in self.received(conn) if n >= 500), list(range(500, 1000)))
+        late = Conn(Kind.CLIENT)
+        self.broker.add_subscription(Subscription(late, b"s.*.data", b"q", b"1"))
+        self.publish(list(range(1000, 2000)))
+        self.assertGreater(len(self.received(late)), 30)
+
+    def test_with_gateways_each_message_is_offered_to_them_too(self) -> None:
+        gateways = Forwarder()
+        self.broker.gateways = gateways
+        self.publish(list(range(100)), 2)
+        self.assertEqual(sorted(n for conn in self.workers for n in self.received(conn)), list(range(100)))
+        self.assertEqual(gateways.offered, [b"s.%d.data" % n for n in range(100)])
+
+
 class PlanCacheTests(SynchronousTestCase):
     def test_a_subject_is_kept_the_second_time(self) -> None:
         """
