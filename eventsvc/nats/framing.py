@@ -235,9 +235,6 @@ class Framer:
         self._pending: List[bytes] = []
         self._pending_len = 0
         self._need = 0
-        # A batch (subject, first tail or tails, their size) the end of a
-        # kept operation began, which the rest of the read goes on (L{feed}).
-        self._carry: Optional[Tuple[bytes, Any, int]] = None
         # Size tokens already seen: most publishers repeat a few sizes.
         self._sizes: Dict[bytes, int] = {}
         #: The last read's message lines differed from one another (runs pay off).
@@ -256,41 +253,15 @@ class Framer:
         @raise ProtocolViolation: the connection must close.  Operations
             before the offending one have been handled.
         """
-        pos = 0
-        n = len(data)
-        pending = self._pending
-        while pending or self.suspended:
-            # What the last read left is completed with the front of this
-            # one only, and the rest parsed where it lies: joining a read of
-            # 64 KiB to the end of a message the last one cut costs PyPy
-            # more than parsing it (a third of 1 KiB traffic's time).
-            kept = self._pending_len
-            need = self._need
-            if self.suspended or kept + n - pos < need:
-                rest = data[pos:] if pos else data
-                pending.append(rest)
-                self._pending_len += len(rest)
+        if self._pending or self.suspended:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need or self.suspended:
                 return
-            if need > kept + 1:
-                # An operation waiting for its payload: exactly what it lacks.
-                k = pos + need - kept
-            else:
-                # A control line (or resuming): up to the end of the line.
-                k = data.find(b"\n", pos) + 1 or n
-            pending.append(data[pos:k] if pos or k < n else data)
-            head = b"".join(pending)
-            del pending[:]
+            data = b"".join(self._pending)
+            del self._pending[:]
             self._pending_len = self._need = 0
-            if k >= n:
-                self._parse(head)
-                return
-            # (Its last messages to one subject are handed over with those
-            # that follow them in this read, as one batch: one frame.)
-            self._parse(head, 0, True)
-            pos = k
-        if self._carry is not None and (pending or self.suspended):
-            self._hand_carry()
-        self._parse(data, pos)
+        self._parse(data)
 
     def resume(self) -> None:
         """Parse what arrived while suspended."""
@@ -574,17 +545,7 @@ class Framer:
                         return True
         return False
 
-    def _hand_carry(self) -> None:
-        """Hand over the batch L{feed} kept for the rest of a read that does not follow."""
-        subject, batch, size = self._carry  # type: ignore[misc]
-        self._carry = None
-        handler = self._handler
-        if batch.__class__ is bytes:
-            handler.publish(handler, subject, None, size, batch)
-        else:
-            handler.publish_batch(handler, subject, batch, size)
-
-    def _parse(self, buf: bytes, pos: int = 0, hold: bool = False) -> None:
+    def _parse(self, buf: bytes) -> None:
         # The hot loop.  Two shortcuts, both exact:
         # - a message line byte-identical to the previous one is not parsed
         #   again (publishers repeat subject and size); when lines keep
@@ -595,7 +556,7 @@ class Framer:
         #   timing are unchanged.
         handler = self._handler
         n = len(buf)
-        if self.split_runs and not pos and not hold and self._one_message(buf, handler):
+        if self.split_runs and self._one_message(buf, handler):
             return
         mcl = self.max_control_line
         sizes = self._sizes
@@ -615,17 +576,14 @@ class Framer:
         budget = self.budget
         started = perf_counter() - self.debt if budget is not None else 0.0
         self.debt = 0.0
-        ops = 0
+        pos = ops = 0
         runs = self.split_runs and plain and may_publish is None and not guarded
-        if runs and self._differing and buf.startswith(fast, pos):
+        if runs and self._differing and buf.startswith(fast):
             runs = False  # (one run a read)
-            if self._carry is not None:
-                self._hand_carry()
-            first = pos
-            pos = self._runs(buf, started, pos)
+            pos = self._runs(buf, started)
             if pos == n:
                 return
-            if pos > first:
+            if pos:
                 ops = 15  # after a run, the budget is checked at once
         find = buf.find
         startswith = buf.startswith
@@ -650,10 +608,6 @@ class Framer:
         batch: Any = None
         batch_subject = b""
         batch_bytes = 0
-        if self._carry is not None:
-            # What the end of the last read began (L{feed}).
-            batch_subject, batch, batch_bytes = self._carry
-            self._carry = None
         try:
             while pos < n:
                 if go_runs:
@@ -813,10 +767,6 @@ class Framer:
                     self.message_extra(subject, reply, extra, size, tail)
                 elif not publish(handler, subject, reply, size, tail):
                     handler.op_no_responders(reply)
-            if hold and batch is not None and not self._pending and not self.suspended:
-                # The rest of the read goes on with this batch (L{feed}).
-                self._carry = (batch_subject, batch, batch_bytes)
-                batch = None
         finally:
             # Whatever happens next, what was published before is delivered.
             if batch is not None:
