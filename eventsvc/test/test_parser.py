@@ -456,6 +456,32 @@ class SplitRunTests(SynchronousTestCase):
                 self.assertEqual(caught.exception.error, error)
                 self.assertEqual(len(tight.ops), before)
 
+    def test_without_runs_lines_are_looked_up_once_they_differ(self) -> None:
+        """
+        Without runs (PyPy's loop) a read whose lines keep differing looks
+        kept lines up: the line a generous connection read is held to the
+        limits of the tight one that sends it after 20 others, and a read
+        of that one message alone is read as ever, and refused the same.
+        """
+        line = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
+        data = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line * 3
+        generous = PlainRecorder()
+        parser = ClientParser(generous)
+        parser.split_runs = False
+        parser.feed(data)
+        self.assertEqual(len(generous.ops), 23)
+        self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
+        for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
+                              ({"max_control_line": 32}, "maximum control line exceeded")):
+            for read, before in ((data, 20), (line, 0)):
+                tight = PlainRecorder()
+                parser = ClientParser(tight, **limits)
+                parser.split_runs = False
+                with self.assertRaises(ProtocolViolation) as caught:
+                    parser.feed(read)
+                self.assertEqual(caught.exception.error, error)
+                self.assertEqual(len(tight.ops), before)
+
     def test_only_lines_a_run_would_split_are_kept(self) -> None:
         """
         A line the loop reads but a run would not split (PUB then a tab) is
@@ -617,3 +643,64 @@ class OneMessageReadTests(SynchronousTestCase):
         self.assertEqual(_parse_reads([big], True, max_control_line=32)[-2:],
                          [("violation", "maximum control line exceeded"), ("counted", 0, 0)])
         self.assertEqual(_parse_reads([big], True), [("pub", b"s" * 40, None, 100, big[45:]), ("counted", 1, 100)])
+
+
+# -- a read that completes what the last one left (Framer.feed) -----------------
+
+
+class BatchRecorder(PlainRecorder):
+    """A plain connection that keeps each hand-over as it came: a batch is one entry."""
+
+    def publish_batch(self, src, subject, tails, size):
+        self.ops.append(("batch", subject, list(tails), size))
+
+
+class CutReadTests(SynchronousTestCase):
+    """
+    A read completes the operation the last one cut with its own first
+    bytes, and the rest of it is parsed where it lies: whatever the cuts,
+    the connection sees the same operations, in order, the same counts and
+    the same violation as from one read.
+    """
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_PLAIN_OPS, min_size=1, max_size=20), st.lists(st.integers(0, 400), max_size=6),
+           st.sampled_from([None, 0.0]))
+    def test_same_as_one_read(self, ops, cuts, budget) -> None:
+        data = b"".join(ops)
+        for split_runs in (False, True):
+            self.assertEqual(_parse_plain(data, cuts, split_runs, budget), _parse_plain(data, [], split_runs, budget))
+
+    def test_cut_message_joins_the_batch_after_it(self) -> None:
+        """The message a read completes is handed over with the same subject's messages after it, in one batch."""
+        recorder = BatchRecorder()
+        parser = ClientParser(recorder)
+        parser.feed(b"PUB foo 5\r\nhello\r\nPUB foo 5\r\nhel")
+        parser.feed(b"lo\r\nPUB foo 5\r\nhello\r\nPUB bar 2\r\nhi\r\n")
+        self.assertEqual(recorder.ops, [
+            ("pub", b"foo", None, 5, b"5\r\nhello\r\n"),
+            ("batch", b"foo", [b"5\r\nhello\r\n"] * 2, 10),
+            ("pub", b"bar", None, 2, b"2\r\nhi\r\n"),
+        ])
+        self.assertEqual((recorder.in_msgs, recorder.in_bytes), (4, 17))
+
+    def test_cut_line_then_payload(self) -> None:
+        """A control line cut, then completed by a read that still lacks its payload, then the payload and more."""
+        recorder = BatchRecorder()
+        parser = ClientParser(recorder)
+        parser.feed(b"PUB fo")
+        parser.feed(b"o 5\r\nhe")
+        parser.feed(b"llo\r\nPING\r\nPUB foo 5\r\nhello\r\n")
+        self.assertEqual(recorder.ops, [
+            ("pub", b"foo", None, 5, b"5\r\nhello\r\n"), ("ping",), ("pub", b"foo", None, 5, b"5\r\nhello\r\n"),
+        ])
+
+    def test_violation_after_a_cut_message(self) -> None:
+        """What a read completed is handed over before the violation that follows it closes the connection."""
+        recorder = BatchRecorder()
+        parser = ClientParser(recorder)
+        parser.feed(b"PUB foo 5\r\nhel")
+        with self.assertRaises(ProtocolViolation) as caught:
+            parser.feed(b"lo\r\nPUB foo 5\r\nhello\r\nBOGUS\r\n")
+        self.assertEqual(caught.exception.error, "Unknown Protocol Operation")
+        self.assertEqual(recorder.ops, [("batch", b"foo", [b"5\r\nhello\r\n"] * 2, 10)])
