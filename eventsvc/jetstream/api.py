@@ -116,7 +116,7 @@ def refuse_if_owned(engine: "JetStream", stream: Stream, refusal: errors.ErrorKi
     request that failed: its deny_purge and deny_delete words) says so,
     and where its configuration lives.
     """
-    if stream.name in getattr(engine, "owned", {}):
+    if stream.name in engine.owned:
         raise refusal(err="{} not permitted: stream {} is eventsvc's event log; it is configured by "
                           "[events] in the service's configuration file".format(what, stream.name))
 

@@ -53,7 +53,7 @@ def refuse_if_owned(js: Any, stream: "Stream", name: str, refusal: errors.ErrorK
     not changed or deleted through the API: C{refusal} (nats-server's
     error for the request that failed) says so, and what it follows.
     """
-    if name in getattr(js, "owned", {}).get(stream.name, ()):
+    if name in js.owned.get(stream.name, ()):
         raise refusal(err="{} not permitted: consumer {} of stream {} is eventsvc handler {}'s progress; it "
                           "follows [events] and [handlers] in the service's configuration file".format(
                               what, name, stream.name, name))
@@ -161,7 +161,7 @@ def _create(js: Any, request: Any, durable: bool) -> Dict[str, Any]:
     stream = _stream(js, stream_name)
     name = config["durable_name"] or config["name"]
     existing = stream.consumers.get(name) if name else None
-    if existing is not None and name in getattr(js, "owned", {}).get(stream.name, ()):
+    if existing is not None and name in js.owned.get(stream.name, ()):
         if check_config(stream, config) != existing.config:
             refuse_if_owned(js, stream, name, errors.CONSUMER_CREATE_ERR_F, "consumer update")
     existed = existing is not None
@@ -243,8 +243,15 @@ def consumer_next(js: Any, request: Any) -> None:
         return None
     stream = js.streams.get(args[0])
     consumer = stream.consumers.get(args[1]) if stream is not None else None
-    if consumer is not None:
-        consumer.next_request(request.reply, request.payload)
+    if consumer is None:
+        return None
+    if args[1] in js.owned.get(stream.name, ()):
+        # An event handler's consumer is fed in process; a client pulling
+        # from it would take (and could ack) events the handler then never
+        # delivers.  Its own consumer on the stream reads the same events.
+        consumer._status(request.reply, "409 Consumer is eventsvc handler %s's, fed by the service" % (args[1],))
+        return None
+    consumer.next_request(request.reply, request.payload)
     return None
 
 

@@ -396,6 +396,23 @@ class OwnedStreamTests(SynchronousTestCase):
         self.assertEqual(same["name"], "cfgingest")
         self.assertNothingLost()
 
+    def test_the_handlers_consumers_are_not_pulled(self) -> None:
+        """
+        A pull request to a handler's consumer is answered with a 409 and
+        takes nothing: the events stay the handler's (a client pulling, then
+        acking, would have kept them from their addresses).
+        """
+        got = []
+        self.node.broker.subscribe("_INBOX.pull", lambda subject, reply, body, headers: got.append((body, headers)))
+        from eventsvc.jetstream import api
+
+        for name in ("cfgingest", "feed"):
+            api.dispatch(self.node.engine, "$JS.API.CONSUMER.MSG.NEXT.EVENTS." + name, "_INBOX.pull", b'{"batch": 3}', None)
+        self.assertEqual(got, [(b"", b"NATS/1.0 409 Consumer is eventsvc handler %s's, fed by the service\r\n\r\n" % name)
+                               for name in (b"cfgingest", b"feed")])
+        self.assertNothingLost()
+        self.assertEqual(self.node.stream.consumers["cfgingest"].info()["num_waiting"], 0)
+
     def test_clients_own_consumers_work(self) -> None:
         """A client's consumer on the events stream is made, pulled, changed and deleted as on any stream."""
         made = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",

@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.internet import threads
 from twisted.internet.task import Clock
@@ -57,6 +57,8 @@ class FakeEngine:
         self.broker = broker or Broker(server_name="test")
         self.streams: Dict[str, "FakeStream"] = {}
         self.settings = JetStreamSettings()
+        #: The engine's streams and consumers the server owns (none here).
+        self.owned: Dict[str, Set[str]] = {}
         self.broker.subscribe("$JS.ACK.>", self._ack)
 
     def now(self) -> int:
