@@ -199,10 +199,6 @@ class Framer:
     #: C{<verb> <subject> [reply] <size>}, split in one go (clients' PUBs,
     #: a leaf link's LMSGs).
     split_runs = False
-    #: Whether message lines of that form are kept read (L{_MESSAGE_LINES})
-    #: without runs too, once a read's lines keep differing: a line kept
-    #: is not read again.
-    message_lines = False
     #: What may not be taken for a reply in a run (a leaf's C{|}: queue
     #: names follow, or none do): the loop reads such a line.
     not_replies: Tuple[bytes, ...] = ()
@@ -594,9 +590,6 @@ class Framer:
         # Message lines read before, by any connection (L{_MESSAGE_LINES}),
         # where the protocol's lines are those runs read; held to this
         # connection's max_payload.
-        # Without runs (PyPy), only once lines keep differing (below): a
-        # read of one message (a request, a reply to an inbox used once, a
-        # slow publisher's) costs PyPy more to look up than to read.
         lines = _MESSAGE_LINES if self.split_runs else None
         max_size = self.max_payload if self.checks_payload else 1 << 62
         key = b""
@@ -704,8 +697,6 @@ class Framer:
                             # read), and go on in a run where runs are used.
                             memo = False
                             self._differing = True
-                            if self.message_lines:
-                                lines = _MESSAGE_LINES
                             if runs and not guarded:
                                 runs = False
                                 go_runs = True

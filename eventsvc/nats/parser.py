@@ -149,10 +149,6 @@ class ClientParser(_Liveness, Framer):
     #: halves the parsing cost per message; PyPy's JIT does better with the
     #: loop alone (measured: 130 ns a message against 310).
     split_runs = sys.implementation.name == "cpython"
-    #: Lines read before are looked up, not read again, on PyPy too once a
-    #: read's lines keep differing (1,000 subjects through a wildcard:
-    #: 3539 -> 2978 instructions a message in process).
-    message_lines = True
 
     def __init__(
         self,
@@ -517,7 +513,6 @@ class LeafParser(_PeerControl, Framer):
     # (LMSG <subject> [reply] <size> is a PUB's shape: runs of them are split
     # in one go on CPython, as a client's PUBs are.)
     split_runs = sys.implementation.name == "cpython"
-    message_lines = True
     not_replies = (b"|",)
 
     def message_line(self, buf: bytes, start: int, eol: int) -> MessageLine:
