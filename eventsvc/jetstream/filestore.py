@@ -460,14 +460,18 @@ class _WriteState:
                 call.cancel()
             setattr(self, name, None)
 
-    def abandon(self) -> None:
-        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+    def _let_go(self) -> None:
+        """Closed: refuse, stop the timers and let the file go (what C{close} and C{abandon} end with)."""
         self._closed = True
         self._refusing = True
         self._cancel_timers()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def abandon(self) -> None:
+        """For tests: let everything go as a C{kill -9} would (nothing buffered is written)."""
+        self._let_go()
 
 
 class FileStore(_WriteState):
@@ -1226,15 +1230,8 @@ class FileStore(_WriteState):
             if self.health == "ok":
                 self._sync()
         self._call_ready()
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._let_go()
         self._active = None
-        for segment in self._segments.values():
-            segment.close()
 
     def destroy(self) -> None:
         self.close()
@@ -1250,8 +1247,8 @@ class FileStore(_WriteState):
         except OSError:
             pass  # (the stream's own files are still in it)
 
-    def abandon(self) -> None:
-        super().abandon()
+    def _let_go(self) -> None:
+        super()._let_go()
         for segment in self._segments.values():
             segment.close()
 
@@ -1562,12 +1559,7 @@ class FileConsumerStore(_WriteState):
             self._fail(e)
             self.log.error("consumer store {path}: closed with its last changes unwritten: {error}", path=self._path, error=self.error)
         self._call_ready()
-        self._closed = True
-        self._refusing = True
-        self._cancel_timers()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._let_go()
 
     def destroy(self) -> None:
         self.close()
