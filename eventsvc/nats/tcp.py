@@ -140,17 +140,20 @@ class TurnEnd:
         self.calls: List[TurnEndCall] = []
         self._call: Any = None
 
-    def add(self, transport: "TurnEndWrites") -> None:
-        self.queued.append(transport)
+    def _schedule(self) -> None:
+        """Have this turn end (L{send}) once, whatever waits for it."""
         if self._call is None:
             self._call = self.reactor.callLater(0, self.send)
+
+    def add(self, transport: "TurnEndWrites") -> None:
+        self.queued.append(transport)
+        self._schedule()
 
     def call(self, func: Callable[[], None]) -> TurnEndCall:
         """Call C{func} at the end of this turn, before the turn's output is sent."""
         call = TurnEndCall(self, func)
         self.calls.append(call)
-        if self._call is None:
-            self._call = self.reactor.callLater(0, self.send)
+        self._schedule()
         return call
 
     def send(self) -> None:
@@ -180,8 +183,8 @@ class TurnEnd:
                 transport._send_turn()
             except Exception:
                 log.failure("sending {transport} its turn's output", transport=transport)
-        if self.calls and self._call is None:
-            self._call = self.reactor.callLater(0, self.send)
+        if self.calls:
+            self._schedule()
 
 
 _turn_ends: "WeakKeyDictionary[Any, TurnEnd]" = WeakKeyDictionary()
