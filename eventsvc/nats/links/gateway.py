@@ -43,7 +43,7 @@ from eventsvc.nats.delivery import PLAN_CACHE_SIZE
 from eventsvc.nats.frames import gateway_info_line, rs_line
 from eventsvc.nats.links.gateway_connection import GLOBAL, GatewayConnection, RemoteGateway
 from eventsvc.nats.links.gateway_messages import GatewayMessages, ReplySource
-from eventsvc.nats.links.jsdomain import DENY_ALL_CLIENT_JS
+from eventsvc.nats.links.jsdomain import DENY_ALL_CLIENT_JS, DENY_ALL_CLIENT_JS_PREFIXES
 from eventsvc.nats.links.interest_modes import CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, CMD_GOSSIP, command_info
 from eventsvc.nats.links.manager import DialTarget, LinkManager
 from eventsvc.nats.links.replies import ReplyMap
@@ -214,7 +214,7 @@ class GatewayManager(GatewayMessages, LinkManager):
             if domain and domain == self.settings.jetstream_domain:
                 self.log.warn("gateway {name} runs JetStream in our domain ({domain}) too: neither can reach the "
                               "other's streams; give each cluster its own [jetstream] domain", name=conn.describe(), domain=domain)
-        return tuple(p[:-1].encode("utf-8") for p in DENY_ALL_CLIENT_JS)
+        return DENY_ALL_CLIENT_JS_PREFIXES
 
     def cluster_urls(self) -> List[str]:
         """Our gateway URL and those of the servers our routes reach (their route INFO's gateway_url)."""

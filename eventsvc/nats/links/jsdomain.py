@@ -78,6 +78,10 @@ def _prefixes(patterns: Tuple[str, ...]) -> Tuple[bytes, ...]:
     return tuple(p[:-1].encode("utf-8") for p in patterns)
 
 
+#: L{DENY_ALL_CLIENT_JS} as the prefixes a subject inside them starts with.
+DENY_ALL_CLIENT_JS_PREFIXES = _prefixes(DENY_ALL_CLIENT_JS)
+
+
 class LeafJetStreamRule:
     """
     What one leaf link lets through of JetStream, decided when it comes up.
