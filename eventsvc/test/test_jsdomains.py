@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, List
+from typing import Any, Dict, List
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -298,18 +298,20 @@ class EngineMappingTests(SynchronousTestCase):
         self.assertEqual((answers[1]["name"], answers[2]["streams"], answers[2]["domain"]), ("c", 1, "hub"))
 
 
-class TwoEngineTests(SynchronousTestCase):
-    """Two eventsvc JetStreams, edge and hub, over a leaf link in memory: a client of each uses the other's streams."""
+class _TwoEngines(SynchronousTestCase):
+    """Two eventsvc JetStreams, edge and hub, over a leaf link in memory, made with C{js_options}."""
+
+    js_options: Dict[str, Any] = {}
 
     def setUp(self) -> None:
         self.nodes = {}
         for name, domain in (("S", "edge"), ("H", "hub")):
             node = Node(name, jetstream=True, jetstream_domain=domain)
-            js = JetStream(node.broker, JetStreamSettings(domain=domain), node.clock)
+            js = JetStream(node.broker, JetStreamSettings(domain=domain, **self.js_options), node.clock)
             js.start()
             self.addCleanup(js.stop)
             self.nodes[domain] = node
-        self.pump, _, _ = leaf(self.nodes["edge"], self.nodes["hub"])
+        self.pump, self.uplink, self.downleaf = leaf(self.nodes["edge"], self.nodes["hub"])
 
     def settle(self) -> None:
         for _ in range(4):
@@ -317,11 +319,15 @@ class TwoEngineTests(SynchronousTestCase):
                 node.clock.advance(0)
             self.pump.flush()
 
-    def ask(self, client: Any, subject: str, payload: Any = b"") -> Any:
+    def ask(self, client: Any, subject: str, payload: Any = b"") -> bytes:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         client.send(b"PUB %s _R.x %d\r\n%s\r\n" % (subject.encode(), len(data), data))
         self.settle()
         return client.received()
+
+
+class TwoEngineTests(_TwoEngines):
+    """Two eventsvc JetStreams, edge and hub, over a leaf link in memory: a client of each uses the other's streams."""
 
     def test_each_uses_the_others_stream(self) -> None:
         for here, there in (("edge", "hub"), ("hub", "edge")):
@@ -408,7 +414,7 @@ class LeafPullRequestTests(SynchronousTestCase):
         self.assertEqual(self.pending(), (0, 0, 0))
 
 
-class AckInterestTests(SynchronousTestCase):
+class AckInterestTests(_TwoEngines):
     """
     Each consumer subscribes its own ack subject, as nats-server's
     (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}): a link tells the other side
@@ -418,15 +424,10 @@ class AckInterestTests(SynchronousTestCase):
     server with leaf nodes or gateways (L{JetStreamSettings.per_consumer_acks}).
     """
 
+    js_options = {"per_consumer_acks": True}
+
     def setUp(self) -> None:
-        self.nodes = {}
-        for name, domain in (("S", "edge"), ("H", "hub")):
-            node = Node(name, jetstream=True, jetstream_domain=domain)
-            js = JetStream(node.broker, JetStreamSettings(domain=domain, per_consumer_acks=True), node.clock)
-            js.start()
-            self.addCleanup(js.stop)
-            self.nodes[domain] = node
-        self.pump, self.uplink, self.downleaf = leaf(self.nodes["edge"], self.nodes["hub"])
+        super().setUp()
         self.wire: List[bytes] = []
         write = self.downleaf.transport.write
 
@@ -434,18 +435,6 @@ class AckInterestTests(SynchronousTestCase):
             self.wire.append(data)
             write(data)
         self.downleaf.transport.write = spy  # type: ignore[method-assign]
-
-    def settle(self) -> None:
-        for _ in range(4):
-            for node in self.nodes.values():
-                node.clock.advance(0)
-            self.pump.flush()
-
-    def ask(self, client: Any, subject: str, payload: Any = b"") -> bytes:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        client.send(b"PUB %s _R.x %d\r\n%s\r\n" % (subject.encode(), len(data), data))
-        self.settle()
-        return client.received()
 
     def test_a_hubs_own_acks_stay_at_the_hub(self) -> None:
         client = self.nodes["hub"].client()
