@@ -246,16 +246,21 @@ class StoreCommandTests(TestCase):
         self.assertEqual((empty.returncode, empty.stdout, empty.stderr), (0, "", ""))
 
     @defer.inlineCallbacks
-    def test_spool_stats(self):
+    def owing(self, events="", settle=0.0):
+        """
+        A running service whose cfgingest target is down, sent one event of
+        each of three kinds (nodeTerminated and cfgingest owed to
+        cfgingest, event_feed handled), then C{spool stats} as text and as
+        JSON; C{settle} seconds are waited before the stats.  Fires with
+        (directory, config, the service, the event's file, text, JSON).
+        """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         port, down = process.free_port(), process.free_port()
         config = process.write_config(os.path.join(directory, "patch.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
             '[handlers]\ncfgingest = "http://127.0.0.1:%d/c"\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
-            # (The spool is [events] log = "spool" since issue 29; the stream's case is below.)
-            '[events]\nlog = "spool"\n'
-        ) % (port, down))
+        ) % (port, down) + events)
         proc = process.eventsvc(config)
         yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
@@ -267,9 +272,16 @@ class StoreCommandTests(TestCase):
                 sent = process.cli("publish", "--config", config, "--type", kind, "--file", path)
                 assert sent.returncode == 0, sent.stderr
             proc.wait_output("handled event")
+            time.sleep(settle)
             return process.cli("spool", "stats", "--config", config), process.cli("spool", "stats", "--config", config, "--json")
 
         text, as_json = yield threads.deferToThread(run)
+        return directory, config, proc, path, text, as_json
+
+    @defer.inlineCallbacks
+    def test_spool_stats(self):
+        # (The spool is [events] log = "spool" since issue 29; the stream's case is below.)
+        _, _, _, _, text, as_json = yield self.owing('[events]\nlog = "spool"\n')
         self.assertEqual(text.returncode, 0, text.stderr)
         self.assertIn("2 events still owed", text.stdout.splitlines()[0])
         self.assertRegex(text.stdout, r"  cfgingest: 2 owed \(oldest [0-9a-f-]+, accepted 20\d\d-")
@@ -301,28 +313,8 @@ class StoreCommandTests(TestCase):
         no lock: the service goes on, and starts again after) and with it
         stopped.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        port, down = process.free_port(), process.free_port()
-        config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
-            '[handlers]\ncfgingest = "http://127.0.0.1:%d/c"\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
-        ) % (port, down))
-        proc = process.eventsvc(config)
-        yield threads.deferToThread(proc.start)
-        self.addCleanup(proc.stop)
-        path = os.path.join(directory, "e.json")
-        process.write_config(path, json.dumps({"producer": {"id": "p"}}))
-
-        def run():
-            for kind in ("nodeTerminated", "cfgingest", "event_feed"):
-                sent = process.cli("publish", "--config", config, "--type", kind, "--file", path)
-                assert sent.returncode == 0, sent.stderr
-            proc.wait_output("handled event")
-            time.sleep(0.5)  # (the consumers' records are written within 0.2 s)
-            return process.cli("spool", "stats", "--config", config), process.cli("spool", "stats", "--config", config, "--json")
-
-        text, as_json = yield threads.deferToThread(run)
+        # (settle: the consumers' records are written within 0.2 s)
+        directory, config, proc, path, text, as_json = yield self.owing(settle=0.5)
         folder = os.path.join(directory, "data", "jetstream", "streams", "EVENTS")
         self.assertEqual((text.returncode, text.stderr), (0, ""))
         lines = text.stdout.splitlines()
