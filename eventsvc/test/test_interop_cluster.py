@@ -98,14 +98,19 @@ class ThreeNodeMesh(TestCase):
 
     timeout = 180
 
+    def reference_args(self, name):
+        """More nats-server arguments for node C{name} (n1, n2): none."""
+        return ()
+
     def setUp(self):
         if nats is None:
             process.require("nats-py")
         self.cluster_ports = [process.free_port() for _ in range(3)]
         a, b, e = self.cluster_ports
         self.nodes = [
-            process.nats_server("--cluster", "nats://127.0.0.1:%d" % a, "--cluster_name", "mesh", "--routes", "nats://127.0.0.1:%d" % b),
-            process.nats_server("--cluster", "nats://127.0.0.1:%d" % b, "--cluster_name", "mesh", "--routes", "nats://127.0.0.1:%d" % a),
+            process.nats_server("--cluster", "nats://127.0.0.1:%d" % mine, "--cluster_name", "mesh",
+                                "--routes", "nats://127.0.0.1:%d" % other, *self.reference_args(name))
+            for mine, other, name in ((a, b, "n1"), (b, a, "n2"))
         ]
         for node in self.nodes:
             node.start()
@@ -156,29 +161,8 @@ class JetStreamClusterMeshTests(MeshTests):
     refused the second one's, "a second JetStream", and the mesh was cut).
     """
 
-    def setUp(self):
-        if nats is None:
-            process.require("nats-py")
-        self.cluster_ports = [process.free_port() for _ in range(3)]
-        a, b, e = self.cluster_ports
-        self.nodes = [
-            process.nats_server("--cluster", "nats://127.0.0.1:%d" % mine, "--cluster_name", "mesh",
-                                "--routes", "nats://127.0.0.1:%d" % other, "--server_name", name,
-                                "-js", "-sd", os.path.abspath(self.mktemp()))
-            for mine, other, name in ((a, b, "n1"), (b, a, "n2"))
-        ]
-        for node in self.nodes:
-            node.start()
-            self.addCleanup(node.stop)
-        self.client_port = process.free_port()
-        self.config = process.write_config(
-            os.path.abspath(self.mktemp() + ".toml"),
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
-            'port = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n' % (self.client_port, e, a),
-        )
-        self.ours = process.eventsvc(self.config, expect=("service",))
-        self.ours.start()
-        self.addCleanup(lambda: self.ours.stop())
+    def reference_args(self, name):
+        return ("--server_name", name, "-js", "-sd", os.path.abspath(self.mktemp()))
 
     @defer.inlineCallbacks
     def test_mesh_with_reference_servers(self):
