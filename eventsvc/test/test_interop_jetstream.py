@@ -53,6 +53,18 @@ def jetstream_missing() -> Optional[str]:
     return None
 
 
+def eventsvc_server(store: str) -> process.ServerProcess:
+    """eventsvc with a [jetstream] file store in C{store} (its config file beside it)."""
+    reason = jetstream_missing()
+    if reason:
+        raise SkipTest(reason)
+    config = store + ".toml"
+    if not os.path.exists(config):
+        process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'
+                             .format(store))
+    return process.eventsvc(config)
+
+
 _go_binary: Dict[str, str] = {}
 
 
@@ -205,15 +217,9 @@ class EventsvcJetStreamTests(_Scenes):
     """The scenes against eventsvc with a [jetstream] section (a file store)."""
 
     async def start_server(self) -> str:
-        reason = jetstream_missing()
-        if reason:
-            raise SkipTest(reason)
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        path = process.write_config(os.path.join(folder, "eventsvc.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'
-        ).format(os.path.join(folder, "jetstream")))
-        port = await process.started(self, process.eventsvc(path))
+        port = await process.started(self, eventsvc_server(os.path.join(folder, "jetstream")))
         return "nats://127.0.0.1:%d" % port
 
 
@@ -286,15 +292,9 @@ class ReplayOriginalTests(TestCase):
     async def test_paced_like_nats_server(self) -> None:
         if nats is None:
             missing("nats-py is not installed (pip install nats-py)")
-        reason = jetstream_missing()
-        if reason:
-            raise SkipTest(reason)
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        path = process.write_config(os.path.join(folder, "eventsvc.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'
-        ).format(os.path.join(folder, "jetstream")))
-        ours = await process.started(self, process.eventsvc(path))
+        ours = await process.started(self, eventsvc_server(os.path.join(folder, "jetstream")))
         theirs = await process.started(self, process.nats_server("-js", "-sd", os.path.join(folder, "reference")))
         results = {}
         for name, port in (("eventsvc", ours), ("nats-server", theirs)):

@@ -32,7 +32,7 @@ from twisted.internet import threads
 from twisted.trial.unittest import SkipTest, TestCase
 
 from eventsvc.test import process
-from eventsvc.test.test_interop_jetstream import go_program, jetstream_missing, missing, run_json
+from eventsvc.test.test_interop_jetstream import eventsvc_server, go_program, jetstream_missing, missing, run_json
 
 try:
     import nats
@@ -233,18 +233,6 @@ class _ObjectScenes(TestCase):
         url = await self.url()
         got = await threads.deferToThread(run_json, [program, "os", url, "scene", "go"])
         self.assertEqual(got, GO_EXPECTED)
-
-
-def eventsvc_server(store: str) -> process.ServerProcess:
-    """eventsvc with a [jetstream] file store in C{store} (its config file beside it)."""
-    reason = jetstream_missing()
-    if reason:
-        raise SkipTest(reason)
-    config = store + ".toml"
-    if not os.path.exists(config):
-        process.write_config(config, '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'
-                             .format(store))
-    return process.eventsvc(config)
 
 
 def reference_server(store: str) -> process.ServerProcess:
