@@ -102,6 +102,16 @@ async def consume_across(ours: int, theirs: int) -> dict:
         await there.close()
 
 
+def assert_consumed(test: TestCase, result: dict, output: str) -> None:
+    """What L{consume_across} saw: each of the three orders pushed and acked (its ack subject intact), then fetched and acked."""
+    test.assertEqual(result["pushed"], [
+        ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
+    ], output)
+    test.assertEqual(result["push_pending"], 0)
+    test.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
+    test.assertEqual(result["pull_floor"], 3)
+
+
 class EventsvcStreamNatsServerClientTests(TestCase):
     """eventsvc's JetStream, consumed by a client of nats-server across the gateway."""
 
@@ -126,12 +136,7 @@ class EventsvcStreamNatsServerClientTests(TestCase):
         ours.wait_output("gateway to theirs")
         ours.wait_output("gateway from theirs", timeout=30)  # the acks come back on nats-server's own link
         result = yield run(lambda: consume_across(client_port, their_port))
-        self.assertEqual(result["pushed"], [
-            ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
-        ], ours.output())
-        self.assertEqual(result["push_pending"], 0)
-        self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
-        self.assertEqual(result["pull_floor"], 3)
+        assert_consumed(self, result, ours.output())
 
 
 class NatsServerStreamEventsvcClientTests(TestCase):
@@ -170,12 +175,7 @@ class NatsServerStreamEventsvcClientTests(TestCase):
         ours.wait_output("gateway from theirs", timeout=30)
         ours.wait_output("gateway to theirs", timeout=30)
         result = yield run(lambda: consume_across(ports[0], client_port))
-        self.assertEqual(result["pushed"], [
-            ("orders.%d" % i, ["$JS", "ACK", "ORDERS", "push"], b"o%d" % i) for i in range(3)
-        ], ours.output())
-        self.assertEqual(result["push_pending"], 0)
-        self.assertEqual(result["fetched"], [("orders.%d" % i, b"o%d" % i) for i in range(3)])
-        self.assertEqual(result["pull_floor"], 3)
+        assert_consumed(self, result, ours.output())
 
 
 async def answers(port: int, subject: str, payload: bytes = b"") -> list:
