@@ -435,52 +435,28 @@ class SplitRunTests(SynchronousTestCase):
         A message line one connection has read (and keeps, for every
         connection) is held to the limits of the connection that sends it
         next: a larger payload or a longer line than it allows is refused,
-        in a run as by the loop.
+        in a run as by the loop, with runs (CPython's) and without (PyPy's
+        loop), after 20 other lines and alone.
         """
         line = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
         data = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line * 3
-        generous = PlainRecorder()
-        parser = ClientParser(generous)
-        parser.split_runs = True
-        parser.feed(data)
-        self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
-        for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
-                              ({"max_control_line": 32}, "maximum control line exceeded")):
-            # In a run (after lines that differ), and alone (the loop's).
-            for read, before in ((data, 20), (line, 0)):
-                tight = PlainRecorder()
-                parser = ClientParser(tight, **limits)
-                parser.split_runs = True
-                with self.assertRaises(ProtocolViolation) as caught:
-                    parser.feed(read)
-                self.assertEqual(caught.exception.error, error)
-                self.assertEqual(len(tight.ops), before)
-
-    def test_without_runs_lines_are_looked_up_once_they_differ(self) -> None:
-        """
-        Without runs (PyPy's loop) a read whose lines keep differing looks
-        kept lines up: the line a generous connection read is held to the
-        limits of the tight one that sends it after 20 others, and a read
-        of that one message alone is read as ever, and refused the same.
-        """
-        line = b"PUB " + b"s" * 40 + b" 100\r\n" + b"x" * 100 + b"\r\n"
-        data = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20)) + line * 3
-        generous = PlainRecorder()
-        parser = ClientParser(generous)
-        parser.split_runs = False
-        parser.feed(data)
-        self.assertEqual(len(generous.ops), 23)
-        self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
-        for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
-                              ({"max_control_line": 32}, "maximum control line exceeded")):
-            for read, before in ((data, 20), (line, 0)):
-                tight = PlainRecorder()
-                parser = ClientParser(tight, **limits)
-                parser.split_runs = False
-                with self.assertRaises(ProtocolViolation) as caught:
-                    parser.feed(read)
-                self.assertEqual(caught.exception.error, error)
-                self.assertEqual(len(tight.ops), before)
+        for split_runs in (True, False):
+            generous = PlainRecorder()
+            parser = ClientParser(generous)
+            parser.split_runs = split_runs
+            parser.feed(data)
+            self.assertEqual(len(generous.ops), 23)
+            self.assertEqual(generous.ops[-1], ("pub", b"s" * 40, None, 100, b"100\r\n" + b"x" * 100 + b"\r\n"))
+            for limits, error in (({"max_payload": 64}, "Maximum Payload Violation"),
+                                  ({"max_control_line": 32}, "maximum control line exceeded")):
+                for read, before in ((data, 20), (line, 0)):
+                    tight = PlainRecorder()
+                    parser = ClientParser(tight, **limits)
+                    parser.split_runs = split_runs
+                    with self.assertRaises(ProtocolViolation) as caught:
+                        parser.feed(read)
+                    self.assertEqual(caught.exception.error, error)
+                    self.assertEqual(len(tight.ops), before)
 
     def test_only_lines_a_run_would_split_are_kept(self) -> None:
         """
