@@ -26,16 +26,14 @@ _REPLY = re.compile(rb"MSG \S+ 2 (\$JS\.ACK\.\S+) ")
 def main() -> None:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock, StringTransport
-    from twisted.test.iosim import FakeTransport, connect
 
     from eventsvc.jetstream.engine import JetStream, JetStreamSettings
     from eventsvc.nats.limits import Limits
     from eventsvc.nats.links.leaf import LeafManager, LeafSettings
-    from eventsvc.nats.links.leaf_connection import RemoteLeaf
     from eventsvc.nats.listener import ClientFactory
     from eventsvc.nats.server import Broker
     from eventsvc.nats.settings import ClientSettings
-    from eventsvc.test.helpers import dial_in_memory
+    from eventsvc.test.test_leaf import leaf
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
@@ -56,16 +54,7 @@ def main() -> None:
             self.factory = ClientFactory(self.broker, ClientSettings(), self.clock)
 
     hub, spoke = Node("H", "hub"), Node("S", "edge")
-    remote = RemoteLeaf(("nats-leaf://127.0.0.1:7422",))
-    spoke.leafs.add_remote(remote)
-    outer, _ = dial_in_memory(spoke.clock, remote)
-    downleaf = hub.leafs.accepted()
-    pump = connect(
-        downleaf, FakeTransport(downleaf, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
-        outer, FakeTransport(outer, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 7422)),
-        greet=True,
-    )
-    pump.flush()
+    pump, _, downleaf = leaf(spoke, hub)
     sent: List[bytes] = []
     write = downleaf.transport.write
 
