@@ -108,7 +108,7 @@ class HTTPTarget:
         return ensureDeferred(self._post(b"[" + b",".join(bodies) + b"]"))
 
     async def _post(self, body: bytes) -> None:
-        from twisted.web.client import ResponseNeverReceived, readBody
+        from twisted.web.client import PartialDownloadError, ResponseNeverReceived, readBody
         from twisted.web.http_headers import Headers
 
         for attempt in (1, 2):
@@ -116,7 +116,15 @@ class HTTPTarget:
             d.addTimeout(self._timeout, self._clock)
             try:
                 response = await d
-                await readBody(response).addTimeout(self._timeout, self._clock)
+                try:
+                    await readBody(response).addTimeout(self._timeout, self._clock)
+                except PartialDownloadError:
+                    # A body ended by the connection's close, not at a length
+                    # it gave (an HTTP/1.0 target without Content-Length, as
+                    # Python's http.server): the status line came whole, and
+                    # it is what says whether the event was taken.  Failed,
+                    # each such event was sent again until max_age.
+                    pass
                 break
             except ResponseNeverReceived as e:
                 # Most often a kept-alive connection the target closed as the

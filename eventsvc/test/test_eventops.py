@@ -255,18 +255,28 @@ class RoundTripTests(SynchronousTestCase):
 
 
 class _Response:
-    """A response to a fake Agent: C{code}, and an empty body."""
+    """
+    A response to a fake Agent: C{code}, and an empty body; with
+    C{until_close}, a body of no stated length that the close ended (an
+    HTTP/1.0 server's without Content-Length).
+    """
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, until_close: bool = False) -> None:
         self.code = code
         self.phrase = b"OK" if code == 200 else b"Service Unavailable"
         self.length = 0
+        self.until_close = until_close
 
     def deliverBody(self, protocol: Any) -> None:
         from twisted.python.failure import Failure
         from twisted.web.client import ResponseDone
+        from twisted.web.http import PotentialDataLoss
 
-        protocol.connectionLost(Failure(ResponseDone()))
+        if self.until_close:
+            protocol.dataReceived(b"ok\n")
+            protocol.connectionLost(Failure(PotentialDataLoss()))
+        else:
+            protocol.connectionLost(Failure(ResponseDone()))
 
 
 class _Agent:
@@ -286,6 +296,8 @@ class _Agent:
         answer = self.answers.pop(0)
         if answer == "closed":
             return fail(ResponseNeverReceived([Failure(ConnectionDone("Connection was closed cleanly."))]))
+        if isinstance(answer, tuple):  # (code, "until close")
+            return succeed(_Response(answer[0], until_close=True))
         return succeed(_Response(answer))
 
 
@@ -317,6 +329,22 @@ class KeptAliveConnectionClosedTests(SynchronousTestCase):
         self.assertIn("ResponseNeverReceived", str(failure.value))
         self.assertTrue(failure.value.retry)
         self.assertEqual(agent.posts, 2)
+
+    def test_a_body_ended_by_the_close_is_an_answer(self) -> None:
+        """
+        A 200 whose body has no length and ends with the connection (an
+        HTTP/1.0 target without Content-Length) is a delivery, sent once;
+        a 503 so sent is still a 503.
+        """
+        from eventsvc.events.handlers import DeliveryFailed
+
+        agent, d = self.deliver([(200, "until close")])
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(agent.posts, 1)
+        agent, d = self.deliver([(503, "until close")])
+        failure = self.failureResultOf(d, DeliveryFailed)
+        self.assertIn("HTTP 503", str(failure.value))
+        self.assertEqual(agent.posts, 1)
 
     def test_an_answer_is_not_sent_again(self) -> None:
         from eventsvc.events.handlers import DeliveryFailed
