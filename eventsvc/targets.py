@@ -180,4 +180,4 @@ def grpc_listener(config: Config, broker: Broker, reactor: Any) -> Any:
     )
     api = EventAPI(broker, reactor, config.events.subject_prefix, config.events.delivery_timeout)
     return GRPCListener(api, config.grpc.host, config.grpc.port, options, reactor, address_keys("grpc", config),
-                        max_message=config.limits.max_payload + 65536)
+                        max_message=config.limits.max_payload + 65536, handshake_timeout=config.tls.timeout)
