@@ -449,10 +449,15 @@ class OwnedStreamTests(SynchronousTestCase):
             node.stop()
 
     def test_clients_acks_to_their_own_consumers_count(self) -> None:
-        """The guard is the handlers' consumers' only: a client's own consumer of the log takes its acks."""
+        """The guard is the handlers' consumers' only: a client's own consumer of the log takes its acks (both shapes)."""
         from eventsvc.jetstream.engine import JetStream
 
-        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)}, engine_type=JetStream)
+        for per_consumer_acks in (False, True):
+            self.acks_to_a_clients_consumer(JetStream, per_consumer_acks)
+
+    def acks_to_a_clients_consumer(self, engine_type, per_consumer_acks: bool) -> None:
+        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)}, engine_type=engine_type,
+                    per_consumer_acks=per_consumer_acks)
         for i in range(2):
             node.publish("cfgingest", "e-%d" % i)
         got = []
