@@ -450,3 +450,54 @@ class StartUpLinesProcessTests(SynchronousTestCase):
         self.assertTrue(lines[0].startswith("eventsvc: [jetstream] max_consumers = 1: the events stream EVENTS"), lines[0])
         self.assertNotIn("data_dir", lines[0])
         self.assertNotIn("Traceback", done.stdout)
+
+
+class EveryHandlerRemovedTests(SynchronousTestCase):
+    """
+    [handlers] emptied after running on the stream, with [jetstream]: the
+    events stream is still the service's (not a client stream on event.>,
+    which would answer publishers with PubAcks and keep what the
+    dispatcher refuses), and the handlers' consumers go, saying so.
+    """
+
+    def service(self, handlers: str) -> Any:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc import config
+        from eventsvc.app import make_service
+
+        text = '[service]\nport = 0\ndata_dir = "{}"\n[jetstream]\n[handlers]\n{}'.format(self.data, handlers)
+        service = make_service(config.parse(text, os.path.join(self.data, "eventsvc.toml")), MemoryReactorClock())
+        service.startService()
+        return service
+
+    def publish(self, service: Any, event_id: str) -> List[bytes]:
+        from eventsvc.test.eventsamples import payload
+
+        answers: List[bytes] = []
+        subscription = service.broker.subscribe("answers.*", lambda subject, reply, body, headers: answers.append(body))
+        service.broker.publish("event.cfgingest", payload("cfgingest", event_id), reply="answers.1")
+        for _ in range(3):
+            service.jetstream.clock.advance(0.5)
+        subscription.unsubscribe()
+        return answers
+
+    def test_the_stream_stays_the_services(self) -> None:
+        import json
+
+        self.data = os.path.abspath(self.mktemp())
+        os.makedirs(self.data)
+        lines = _logged(self)
+        first = self.service('cfgingest = "https://127.0.0.1:1"\n')
+        self.assertEqual([json.loads(a)["success"] for a in self.publish(first, "e-1")], [True])
+        first.stopService()
+        second = self.service("")
+        self.addCleanup(second.stopService)
+        stream = second.jetstream.streams["EVENTS"]
+        self.assertEqual(sorted(stream.consumers), [])
+        self.assertIn("stream EVENTS: handler cfgingest is no longer in [handlers]; its consumer is deleted, and the 1 "
+                      "events it still owed", "\n".join(lines))
+        answers = [json.loads(a) for a in self.publish(second, "e-2")]
+        self.assertEqual([a.get("success") for a in answers], [False], answers)
+        self.assertEqual(stream.store.state().msgs, 1)
+        self.assertIn("EVENTS", second.jetstream.owned)
