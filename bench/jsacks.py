@@ -8,11 +8,11 @@ message as it comes do.  Each consumer's ack subscription is its own
 (as nats-server's), so this is the scene where a broker that keeps one
 plan for subjects used once builds a plan per ack.
 
-    python bench/jsacks.py [--consumers N] [--messages N] [--repeat R] [--per-consumer]
+    python bench/jsacks.py [--consumers N] [--messages N] [--repeat R] [--shared]
 
---per-consumer runs the engine as it runs with [leafnodes] or
-[supercluster] (JetStreamSettings.per_consumer_acks): each consumer
-subscribes its own ack subject; without it, one C{$JS.ACK.>} takes them.
+Each consumer subscribes its own ack subject, as the service runs
+(JetStreamSettings.per_consumer_acks); --shared runs the engine's other
+shape, one C{$JS.ACK.>} for every ack, to compare.
 
 It imports eventsvc from the running interpreter (PYTHONPATH picks the
 tree), so running it on two trees compares them.  It prints figures; it
@@ -70,18 +70,18 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=10)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5, help="runs; the best is printed")
-    parser.add_argument("--per-consumer", action="store_true", help="each consumer subscribes its own ack subject")
+    parser.add_argument("--shared", action="store_true", help="one $JS.ACK.> takes every ack (not each consumer its own)")
     options = parser.parse_args()
-    if options.per_consumer:
+    if options.shared:
         from eventsvc.jetstream.engine import JetStreamSettings
 
         # (World makes its settings itself: the default changes instead.)
         defaults = JetStreamSettings.__new__.__defaults__
-        JetStreamSettings.__new__.__defaults__ = defaults[:-1] + (True,)
+        JetStreamSettings.__new__.__defaults__ = defaults[:-1] + (False,)
     once(options.consumers, options.messages // 10)  # warm-up (PyPy's JIT, imports)
     best = min(once(options.consumers, options.messages) for _ in range(options.repeat))
     print("acks over {} consumers{} {:>8.2f} us CPU/ack".format(
-        options.consumers, ", each its own subscription" if options.per_consumer else "", best * 1e6), flush=True)
+        options.consumers, ", one $JS.ACK.>" if options.shared else "", best * 1e6), flush=True)
 
 
 if __name__ == "__main__":

@@ -126,9 +126,8 @@ def jetstream(config: Config, broker: Broker, reactor: Any) -> Any:
     interval = 0.0 if js.sync_interval == "always" else (parse_duration(js.sync_interval) or 120.0)
     limits = AccountLimits(js.max_memory_store, js.max_file_store, js.max_streams, js.max_consumers, js.max_ack_pending,
                            js.memory_max_stream_bytes, js.storage_max_stream_bytes, js.max_bytes_required)
-    # (Acks subscribed per consumer where a link may tell them to another JetStream.)
-    per_consumer_acks = config.leafnodes.enabled or config.supercluster.enabled
-    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval, limits, per_consumer_acks)
+    # (Acks are subscribed per consumer, as nats-server: JetStreamSettings.per_consumer_acks.)
+    settings = JetStreamSettings(js.store_dir or None, max_memory, max_file, js.domain, interval, limits)
     return JetStream(broker, settings, reactor)
 
 

@@ -11,6 +11,7 @@ certificate.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -67,6 +68,12 @@ class TLSConfig:
     cert_path: str = ""
     key_path: str = ""
     root_ca_path: str = ""
+    #: Seconds a client of a listener with this identity ([service], [grpc])
+    #: has to finish its TLS handshake (nats-server's tls { timeout }).
+    timeout: float = limits.TLS_TIMEOUT
+
+    #: The keys that name files (they go together, and resolve against the config's folder).
+    PATHS = ("cert_path", "key_path", "root_ca_path")
 
     @property
     def enabled(self) -> bool:
@@ -377,6 +384,8 @@ class GatewayConfig(ListenerAuthConfig):
     port: int = 4222
     max_connections: int = 10000
     auth_timeout: float = limits.AUTH_TIMEOUT
+    #: Seconds an agent has to finish its TLS handshake (nats-server's tls { timeout }).
+    tls_timeout: float = limits.TLS_TIMEOUT
     disable_frontend_tls: bool = False
     frontend_tls: Tuple[FrontendTLSConfig, ...] = ()
     health_token_file: str = "gateway-health.token"
@@ -1018,6 +1027,7 @@ def _check_gateway(config: Config, fail: _Fail) -> None:
             fail("gateway", "max_connections", "must be at least 1, got {}".format(gw.max_connections))
         if not gw.auth_timeout > 0:
             fail("gateway", "auth_timeout", "must be a positive number of seconds")
+        _check_tls_timeout(fail, "gateway", "tls_timeout", gw.tls_timeout)
         if not gw.http_auth_ttl >= 0:
             fail("gateway", "http_auth_ttl", "must be 0 or more seconds")
         if not gw.disable_frontend_tls and not gw.frontend_tls:
@@ -1311,8 +1321,20 @@ def _check_jetstream(config: Config, fail: _Fail) -> None:
 
 
 #: Every section's checker, in the order their errors are reported (the first one wins).
+def _check_tls_timeout(fail: _Fail, section: str, key: str, seconds: float) -> None:
+    """A TLS handshake's clock: a positive, finite number of seconds (nats-server's tls { timeout })."""
+    if not 0 < seconds < math.inf:
+        fail(section, key, "must be a positive number of seconds (the time a client has to finish its TLS handshake; "
+                           "default {:g}), got {}".format(limits.TLS_TIMEOUT, seconds))
+
+
+def _check_tls(config: Config, fail: _Fail) -> None:
+    """[tls]: its handshake clock (the paths are checked as they resolve)."""
+    _check_tls_timeout(fail, "tls", "timeout", config.tls.timeout)
+
+
 _CHECKS: Tuple[Callable[[Config, _Fail], None], ...] = (
-    _check_service, _check_log, _check_handlers, _check_events, _check_gateway, _check_cluster,
+    _check_tls, _check_service, _check_log, _check_handlers, _check_events, _check_gateway, _check_cluster,
     _check_supercluster, _check_leafnodes, _check_something_to_run, _check_websocket, _check_console,
     _check_grpc, _check_monitor, _check_limits, _check_jetstream,
 )
@@ -1366,12 +1388,12 @@ def handler_address(address: str) -> Optional[Tuple[str, str, int]]:
 
 
 def _resolve_tls(config: Config, base: str, path: str) -> Config:
-    values = {}
-    for f in fields(TLSConfig):
-        value = getattr(config.tls, f.name)
+    values: Dict[str, str] = {}
+    for name in TLSConfig.PATHS:
+        value = getattr(config.tls, name)
         if not value:
             raise ConfigError(
-                "{}: [tls] {}: missing; cert_path, key_path and root_ca_path go together".format(path, f.name)
+                "{}: [tls] {}: missing; cert_path, key_path and root_ca_path go together".format(path, name)
             )
-        values[f.name] = value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
-    return replace(config, tls=TLSConfig(**values))
+        values[name] = value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+    return replace(config, tls=TLSConfig(values["cert_path"], values["key_path"], values["root_ca_path"], config.tls.timeout))

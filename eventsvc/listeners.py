@@ -42,7 +42,7 @@ def service_listener(config: Config, broker: Broker, reactor: Any, tls: Any) -> 
     settings = client_settings(
         config.limits, config.jetstream, host=service.host, port=service.port, max_connections=service.listener_limit, name="service",
         advertise=config.cluster.enabled and not config.cluster.no_advertise,
-        tls=tls, tls_verify=tls is not None,
+        tls=tls, tls_verify=tls is not None, tls_timeout=config.tls.timeout,
     )
     factory = ClientFactory(broker, settings, reactor)
     if config.cluster.enabled:
@@ -292,6 +292,7 @@ def agent_listener(config: Config, broker: Broker, reactor: Any) -> AgentListene
         # Failed logins per address (the agent listener faces the outside).
         auth_throttle=AuthThrottle(),
         auth_timeout=gw.auth_timeout,
+        tls_timeout=gw.tls_timeout,
     )
     where = address_keys("gateway", config)
     return AgentListener(health, gw, "gateway", ClientFactory(broker, settings, reactor), gw.host, gw.port, reactor, where)

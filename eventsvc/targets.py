@@ -10,6 +10,7 @@ L{eventsvc.app} composes them; nothing here imports it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Tuple
 
 from twisted.application.service import Service
@@ -59,9 +60,11 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
         # Going back from the stream: what it still owes must not be stranded.
         StreamLeftBehind(events_store_dir(config), ev.stream, top.jetstream).setServiceParent(top)
         spool = Spool(data_dir)
-    elif data_dir and handlers:
+    elif data_dir and (handlers or _stream_kept(config)):
         # (Without a handler no event is accepted: no stream is made, and a
-        # server with [jetstream] for other uses shows only its own streams.)
+        # server with [jetstream] for other uses shows only its own streams.
+        # A stream made before is still the log: not a client's stream on
+        # <prefix>.>, and its handlers' consumers go, L{StreamLog.open}.)
         spool = _stream_log(config, broker, reactor, top, tuple(handlers))
     def make_targets(new: Config) -> Dict[str, Any]:
         """The delivery targets of a new configuration, for the handlers that run."""
@@ -78,6 +81,13 @@ def add_events(config: Config, broker: Broker, reactor: Any, top: EventService) 
     dispatcher.setServiceParent(top)
     BacklogWatch(list(handlers.values()), reactor).setServiceParent(top)
     top.events = dispatcher
+
+
+def _stream_kept(config: Config) -> bool:
+    """Whether the events stream ([events] stream) was made in its store before."""
+    from eventsvc.config import events_store_dir
+
+    return os.path.exists(os.path.join(events_store_dir(config), "streams", config.events.stream, "meta.json"))
 
 
 def _stream_log(config: Config, broker: Broker, reactor: Any, top: EventService, handlers: Tuple[str, ...]) -> Any:
@@ -180,4 +190,4 @@ def grpc_listener(config: Config, broker: Broker, reactor: Any) -> Any:
     )
     api = EventAPI(broker, reactor, config.events.subject_prefix, config.events.delivery_timeout)
     return GRPCListener(api, config.grpc.host, config.grpc.port, options, reactor, address_keys("grpc", config),
-                        max_message=config.limits.max_payload + 65536)
+                        max_message=config.limits.max_payload + 65536, handshake_timeout=config.tls.timeout)

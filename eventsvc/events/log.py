@@ -246,6 +246,7 @@ class StreamLog:
         except ApiError as e:
             raise self._cannot_open(e, "cannot be made")
         self.stream = stream
+        self._drop_removed_handlers(stream)
         for handler in self.names:
             consumer = stream.consumers.get(handler)
             try:
@@ -278,6 +279,35 @@ class StreamLog:
             self.log.error("stream {name}: {error}; serving read-only: delivering the {count} events held",
                            name=self.name, error=self.error, count=len(owed))
         return owed
+
+    def _drop_removed_handlers(self, stream: Any) -> None:
+        """
+        The consumers of handlers no longer in [handlers] are deleted, each
+        with a warning saying what it still owed.  Removing a handler from
+        the configuration is how the operator says its events need not be
+        delivered; a consumer kept for it would be nobody's (not the
+        service's, so not guarded, and no client should pull a handler's
+        events), would count as owed in C{eventsvc spool stats} for ever,
+        and would stop a return to C{log = "spool"} (L{StreamLeftBehind})
+        for events nothing delivers.  What it owed stays in the stream's
+        history, readable by any client, as long as the stream keeps it;
+        the handler, written again, starts from the stream's end.
+        """
+        for name, consumer in sorted(stream.consumers.items()):
+            if name in self.names or not is_handler_consumer(name, consumer.config):
+                continue
+            owed = _owed_seqs(stream.store, name, list(consumer.pending), consumer.sseq)
+            consumer.delete()
+            consumer.release_interest()
+            stream.detach(name)
+            if owed:
+                self.log.warn(
+                    "stream {stream}: handler {name} is no longer in [handlers]; its consumer is deleted, and the "
+                    "{count} events it still owed (sequences {first}-{last}) will not be delivered to it (they stay "
+                    "in the stream's history)", stream=self.name, name=name, count=len(owed), first=owed[0], last=owed[-1])
+            else:
+                self.log.info("stream {stream}: handler {name} is no longer in [handlers]; its consumer, which owed "
+                              "nothing, is deleted", stream=self.name, name=name)
 
     def _reconfigure(self, stream: Any) -> None:
         """
@@ -585,6 +615,11 @@ class EventsJetStream(JetStream):
     answers_api = False
 
 
+def is_handler_consumer(name: str, config: Dict[str, Any]) -> bool:
+    """Whether the consumer C{name} of the events stream, with C{config}, is a handler's (L{StreamLog.open} made it)."""
+    return config.get("description") == HANDLER_DESCRIPTION.format(name)
+
+
 def _owed_seqs(store: Any, handler: str, pending: Sequence[int], next_seq: int) -> List[int]:
     """
     What the stream in C{store} owes C{handler}, whose consumer has
@@ -610,6 +645,8 @@ def owed_in_stream(stream: Any) -> Dict[str, int]:
     """
     owed: Dict[str, int] = {}
     for name, consumer in sorted(stream.consumers.items()):
+        if not is_handler_consumer(name, consumer.config):
+            continue  # a client's own consumer of the log: what it has not read is not owed
         count = len(_owed_seqs(stream.store, name, list(consumer.pending), consumer.sseq))
         if count:
             owed[name] = count
@@ -663,7 +700,7 @@ def read_owed(store_dir: str, name: str) -> Optional[OwedInStream]:
                 continue
             except (ValueError, KeyError, TypeError) as e:
                 raise OSError("{}: {}".format(os.path.join(consumers, consumer, "meta.json"), e))
-            if config.get("description") != HANDLER_DESCRIPTION.format(consumer):
+            if not is_handler_consumer(consumer, config):
                 continue  # a client's own consumer of the log
             state_store = FileConsumerStore(os.path.join(consumers, consumer, "state"), clock=clock, read_only=True)
             try:
@@ -733,7 +770,14 @@ class StreamLeftBehind(Service):
         super().startService()
         folder = os.path.join(self.store_dir, "streams", self.stream_name)
         if self.engine is not None and self.stream_name in self.engine.streams:
-            owed = owed_in_stream(self.engine.streams[self.stream_name])
+            stream = self.engine.streams[self.stream_name]
+            # Still the service's, as while it was the log: clients read it
+            # and their own consumers of it, and change nothing of it (a
+            # stream or handler consumer changed now would be found by the
+            # next run with log = "stream").
+            self.engine.owned[self.stream_name] = {
+                name for name, consumer in stream.consumers.items() if is_handler_consumer(name, consumer.config)}
+            owed = owed_in_stream(stream)
         elif os.path.exists(os.path.join(folder, "meta.json")):
             from twisted.internet.task import Clock
 

@@ -388,10 +388,12 @@ def _done(value: bytes) -> Deferred:
 class _ServerFactory(Factory):
     noisy = False
 
-    def __init__(self, methods: Dict[str, Method], max_message: int, clock: Any) -> None:
+    def __init__(self, methods: Dict[str, Method], max_message: int, clock: Any, handshake_timeout: float = limits.TLS_TIMEOUT) -> None:
         self.methods = methods
         self.max_message = max_message
         self.clock = clock
+        #: Seconds a client has to finish its TLS handshake ([tls] timeout).
+        self.handshake_timeout = handshake_timeout
         #: Connections open now.
         self.live: Set[ServerConnection] = set()
         self._all_lost: List[Deferred] = []
@@ -415,7 +417,7 @@ class _ServerFactory(Factory):
         return d
 
     def buildProtocol(self, addr: Any) -> ServerConnection:
-        protocol = ServerConnection(self.methods, self.max_message, self.clock)
+        protocol = ServerConnection(self.methods, self.max_message, self.clock, self.handshake_timeout)
         protocol.factory = self
         return protocol
 
@@ -425,7 +427,8 @@ class GRPCListener(Service):
 
     log = Logger()
 
-    def __init__(self, api: EventAPI, host: str, port: int, tls: Any, reactor: Any, where: str, max_message: int = wire.MAX_MESSAGE) -> None:
+    def __init__(self, api: EventAPI, host: str, port: int, tls: Any, reactor: Any, where: str, max_message: int = wire.MAX_MESSAGE,
+                 handshake_timeout: float = limits.TLS_TIMEOUT) -> None:
         self.setName("grpc")
         self.api = api
         self.host = host
@@ -434,6 +437,7 @@ class GRPCListener(Service):
         self.reactor = reactor
         self.where = where
         self.max_message = max_message
+        self.handshake_timeout = handshake_timeout
         self.listening: Any = None
         self.connections: Optional[_ServerFactory] = None
 
@@ -443,7 +447,7 @@ class GRPCListener(Service):
 
         from eventsvc.nats.listener import ListenError
 
-        self.connections = _ServerFactory(self.api.methods(), self.max_message, self.reactor)
+        self.connections = _ServerFactory(self.api.methods(), self.max_message, self.reactor, self.handshake_timeout)
         factory = TLSMemoryBIOFactory(self.tls, False, self.connections)
         try:
             self.listening = self.reactor.listenTCP(self.port, factory, interface=self.host)

@@ -1266,8 +1266,12 @@ class Consumer:
         delay, C{+WPI}, C{+TERM}, C{+NXT} with a pull request.  With a
         reply, the sender is answered once the ack is kept (C{AckSync}).
         C{tokens}: C{subject} split at its dots, when the caller has them.
+        A consumer fed in process (an event handler's) takes acks from its
+        owner only (L{ack_in_process}): an ack subject is easily guessed
+        (explicit acks need only the stream sequence), and a client's
+        C{+ACK}, C{+TERM} or C{-NAK} would take the event from the handler.
         """
-        if self.closed:
+        if self.closed or self.fed_in_process:
             return
         if tokens is None:
             tokens = subject.split(".")

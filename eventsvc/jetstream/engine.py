@@ -55,14 +55,16 @@ class JetStreamSettings(NamedTuple):
     limits: AccountLimits = AccountLimits()
     #: Whether each consumer subscribes its own ack subject
     #: (C{$JS.ACK.<stream>.<consumer>.*.*.*.*.*}, as nats-server), so that
-    #: leaf links and gateways tell the other side of those only; else one
-    #: C{$JS.ACK.>} takes every ack.  On where the other side may run a
-    #: JetStream of its own (app.py: with [leafnodes] or [supercluster]):
-    #: with one, each ack to a hub crossed to every spoke to be dropped.
-    #: Not everywhere, because the broker keeps one plan for the subjects
-    #: it sees once, and acks that alternate between consumers then cost a
-    #: plan each (bench/jsacks.py: 8 to 11 us CPU an ack over 10 consumers).
-    per_consumer_acks: bool = False
+    #: routes, leaf links and gateways tell the other side of those only
+    #: (with one C{$JS.ACK.>}, each ack to a hub crossed to every spoke to
+    #: be dropped), and an ack for a consumer that is gone meets no
+    #: subscriber; else one C{$JS.ACK.>} takes every ack.  Everywhere by
+    #: default: since the broker keeps the plans of subjects used once by
+    #: their match (L{eventsvc.nats.delivery.ONCE_PLANS}), acks interleaved
+    #: over consumers cost no more than through C{$JS.ACK.>}
+    #: (bench/jsacks.py).  False is kept for embedding and for the tests
+    #: that hold the engine to both shapes.
+    per_consumer_acks: bool = True
 
 
 class JetStream:

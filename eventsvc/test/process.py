@@ -21,7 +21,11 @@ from twisted.trial.unittest import SkipTest
 
 _READY_EVENTSVC = re.compile(r"listening for NATS clients on [\d.]+:(\d+)")
 _LISTENING = re.compile(r"(\w+) listening for NATS clients on [\d.]+:(\d+)")
+#: eventsvc's cluster listener ("cluster <name> listening for routes on ..."): C{ports["routes"]}.
+_LISTENING_ROUTES = re.compile(r"listening for (routes) on [\d.]+:(\d+)")
 _READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+#: nats-server's other listeners ("route", "leafnode", "gateway", "websocket"...), by name.
+_LISTENING_NATS = re.compile(r"Listening for (\w+) connections on [\d.]+:(\d+)")
 
 
 def waited_for_cpu(pid: int, tid: Optional[int] = None) -> float:
@@ -95,6 +99,10 @@ class ServerProcess:
         self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None, expect: Sequence[str] = ()
     ) -> None:
         self.argv = argv
+        #: The listeners it must have opened to be ready, by the names it
+        #: logs them with (eventsvc's "service", "gateway"; nats-server's
+        #: "route", "leafnode"): nats-server opens its route port after it
+        #: says it listens for clients, and exits if that port is taken.
         self.expect = tuple(expect)
         self.ready = ready
         self.env = env
@@ -118,6 +126,7 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout
+        ready: Optional[int] = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -129,12 +138,14 @@ class ServerProcess:
                 continue
             if line is None:
                 raise AssertionError("{} exited early ({}):\n{}".format(self.argv, self.process.wait(), self.output()))
-            listening = _LISTENING.search(line)
+            listening = _LISTENING.search(line) or _LISTENING_NATS.search(line) or _LISTENING_ROUTES.search(line)
             if listening:
                 self.ports[listening.group(1)] = int(listening.group(2))
             match = self.ready.search(line)
-            if match and all(name in self.ports for name in self.expect):
-                self.port = self.port or int(match.group(1))
+            if match:
+                ready = int(match.group(1))
+            if ready is not None and all(name in self.ports for name in self.expect):
+                self.port = self.port or ready
                 return self.port
 
     def _read(self) -> None:
@@ -235,9 +246,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def nats_server(*extra: str) -> ServerProcess:
-    """The reference server on a random loopback port."""
-    return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS)
+def nats_server(*extra: str, expect: Sequence[str] = ()) -> ServerProcess:
+    """
+    The reference server on a random loopback port; ready once it listens
+    for clients and on the listeners named in C{expect} ("route" for its
+    cluster port: C{--cluster nats://127.0.0.1:-1} takes a free one, which
+    C{ports["route"]} then holds).
+    """
+    return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS, expect=expect)
 
 
 def started(test: Any, server: ServerProcess) -> Any:

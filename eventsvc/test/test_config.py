@@ -270,6 +270,20 @@ class ErrorTests(SynchronousTestCase):
             "[gateway.identities] private_inbox", "without dots",
         )
 
+    def test_tls_timeout(self) -> None:
+        """[tls] timeout and [gateway] tls_timeout: seconds (nats-server's tls { timeout }, default 2), never negative or a word."""
+        self.assertEqual((config.parse("").tls.timeout, config.parse("").gateway.tls_timeout), (2.0, 2.0))
+        c = config.parse('[tls]\ncert_path = "a.crt"\nkey_path = "a.key"\nroot_ca_path = "ca.crt"\ntimeout = 5\n'
+                         '[gateway]\ntls_timeout = 0.5\ndisable_frontend_tls = true\ntokens = ["t"]\n', "/etc/e/e.toml")
+        self.assertEqual((c.tls.timeout, c.tls.cert_path, c.gateway.tls_timeout), (5.0, "/etc/e/a.crt", 0.5))
+        for value in ("-1", "0", "nan", "inf"):
+            self.assertConfigError("[tls]\ntimeout = {}\n".format(value), "[tls] timeout: must be a positive number of seconds",
+                                   "default 2")
+        self.assertConfigError('[tls]\ntimeout = "3s"\n', "[tls] timeout", "must be a number", "string")
+        self.assertConfigError("[tls]\ntimeout = true\n", "[tls] timeout", "must be a number")
+        self.assertConfigError('[gateway]\ntls_timeout = -2\ndisable_frontend_tls = true\ntokens = ["t"]\n',
+                               "[gateway] tls_timeout: must be a positive number of seconds")
+
     def test_tls_keys_go_together(self) -> None:
         self.assertConfigError('[tls]\ncert_path = "a.crt"\n', "[tls] key_path", "go together")
 

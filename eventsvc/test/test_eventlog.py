@@ -29,11 +29,13 @@ from eventsvc.test.test_events import RecordingTarget
 class Node:
     """One "process": an engine on C{store_dir}, the log, the handlers and the dispatcher."""
 
-    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, log_options=None, **settings) -> None:
+    def __init__(self, test: SynchronousTestCase, store_dir: str, targets, spool_dir=None, log_options=None,
+                 engine_type=EventsJetStream, **settings) -> None:
+        """C{engine_type}: L{JetStream} for a server with [jetstream] (it answers clients)."""
         self.clock = Clock()
         self.broker = Broker(server_id="NTEST")
         self.targets = targets
-        self.engine = EventsJetStream(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
+        self.engine = engine_type(self.broker, JetStreamSettings(store_dir=store_dir, **settings), self.clock)
         self.log = StreamLog(self.engine, tuple(targets), spool_dir=spool_dir, **(log_options or {}))
         self.engine.start()
         dead = test.mktemp() + "-dead.jsonl"
@@ -413,6 +415,72 @@ class OwnedStreamTests(SynchronousTestCase):
         self.assertNothingLost()
         self.assertEqual(self.node.stream.consumers["cfgingest"].info()["num_waiting"], 0)
 
+    def test_guessed_acks_do_not_count(self) -> None:
+        """
+        A client publishing to a handler's ack subject (explicit acks need
+        only the stream sequence, which STREAM.MSG.GET shows) takes nothing
+        from the handler: +ACK, +TERM and -NAK are dropped, with one
+        $JS.ACK.> or with each consumer's own ack subject, and the held
+        events are still the handler's to finish.
+        """
+        from eventsvc.jetstream.engine import JetStream
+
+        for per_consumer_acks in (False, True):
+            node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)},
+                        engine_type=JetStream, per_consumer_acks=per_consumer_acks)
+            for i in range(3):
+                node.publish("cfgingest", "e-%d" % i)
+            consumer = node.stream.consumers["cfgingest"]
+            self.assertEqual(consumer.info()["num_ack_pending"], 3)
+            answers = []
+            node.broker.subscribe("_INBOX.sync", lambda subject, reply, body, headers: answers.append(body))
+            for seq, body in ((1, b"+ACK"), (2, b"+TERM"), (3, b"-NAK")):
+                for dseq in (seq, 1, 99):
+                    node.broker.publish("$JS.ACK.EVENTS.cfgingest.1.%d.%d.0.0" % (seq, dseq), body, reply="_INBOX.sync")
+            node.clock.advance(1)
+            info = consumer.info()
+            self.assertEqual((info["num_ack_pending"], info["ack_floor"]["stream_seq"], info["num_redelivered"], answers),
+                             (3, 0, 0, []))
+            for held in node.targets["cfgingest"].held:
+                held.callback(None)
+            node.clock.advance(1)
+            self.assertEqual(consumer.info()["ack_floor"]["stream_seq"], 3)
+            self.assertEqual(node.targets["cfgingest"].event_ids(), ["e-0", "e-1", "e-2"])
+            node.stop()
+
+    def test_clients_acks_to_their_own_consumers_count(self) -> None:
+        """The guard is the handlers' consumers' only: a client's own consumer of the log takes its acks (both shapes)."""
+        from eventsvc.jetstream.engine import JetStream
+
+        for per_consumer_acks in (False, True):
+            self.acks_to_a_clients_consumer(JetStream, per_consumer_acks)
+
+    def acks_to_a_clients_consumer(self, engine_type, per_consumer_acks: bool) -> None:
+        node = Node(self, self.mktemp(), {"cfgingest": RecordingTarget(["hold"] * 10)}, engine_type=engine_type,
+                    per_consumer_acks=per_consumer_acks)
+        for i in range(2):
+            node.publish("cfgingest", "e-%d" % i)
+        got = []
+        node.broker.subscribe("_INBOX.pull", lambda subject, reply, body, headers: got.append(reply))
+        self.api_on(node, "CONSUMER.DURABLE.CREATE.EVENTS.audit",
+                    {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit"}})
+        node.broker.publish("$JS.API.CONSUMER.MSG.NEXT.EVENTS.audit", b'{"batch": 2}', reply="_INBOX.pull")
+        node.clock.advance(0)
+        self.assertEqual(len(got), 2)
+        for reply in got:
+            node.broker.publish(reply, b"+ACK")
+        node.clock.advance(1)
+        self.assertEqual(node.stream.consumers["audit"].info()["ack_floor"]["stream_seq"], 2)
+        self.assertEqual(node.stream.consumers["cfgingest"].info()["num_ack_pending"], 2)
+        node.stop()
+
+    def api_on(self, node, subject: str, body) -> dict:
+        answers = []
+        node.broker.subscribe("_INBOX.api2", lambda subject, reply, body, headers: answers.append(json.loads(body)))
+        node.broker.publish("$JS.API." + subject, json.dumps(body).encode(), reply="_INBOX.api2")
+        node.clock.advance(0)
+        return answers[-1]
+
     def test_clients_own_consumers_work(self) -> None:
         """A client's consumer on the events stream is made, pulled, changed and deleted as on any stream."""
         made = self.api("CONSUMER.DURABLE.CREATE.EVENTS.audit",
@@ -445,6 +513,72 @@ class OwnedStreamTests(SynchronousTestCase):
         again = Node(self, directory, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()},
                      log_options={"max_age": 3600.0, "max_bytes": 1 << 30})
         self.assertEqual(again.stream.config["max_age"], 3600 * 10**9)
+
+
+class RemovedHandlerTests(SynchronousTestCase):
+    """
+    A handler removed from [handlers]: its consumer is deleted at the next
+    start, with a line saying what it still owed (removing a handler is how
+    the operator says its events need not be delivered); the events stay
+    in the history, and the other handlers go on.
+    """
+
+    def setUp(self) -> None:
+        from eventsvc.test.test_eventops import _logged
+
+        self.dir = self.mktemp()
+        self.lines = _logged(self)
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10), "feed": RecordingTarget()})
+        for i in range(3):
+            node.publish("cfgingest", "c-%d" % i)
+        node.publish("compliance_ingest", "f-0")
+        node.clock.advance(1)
+        node.stop()
+
+    def test_its_consumer_is_deleted_saying_what_it_owed(self) -> None:
+        feed = RecordingTarget()
+        node = Node(self, self.dir, {"feed": feed})
+        self.assertEqual(sorted(node.stream.consumers), ["feed"])
+        self.assertIn("stream EVENTS: handler cfgingest is no longer in [handlers]; its consumer is deleted, and the 3 "
+                      "events it still owed (sequences 1-3) will not be delivered to it (they stay in the stream's "
+                      "history)", "\n".join(self.lines))
+        self.assertEqual(node.stream.store.state().msgs, 4)
+        self.assertEqual(owed_in_stream(node.stream), {})
+        node.publish("compliance_ingest", "f-1")
+        self.assertEqual(feed.event_ids(), ["f-1"])
+        node.stop()
+        # Gone for good: the next start finds nothing of it, and says nothing more.
+        del self.lines[:]
+        again = Node(self, self.dir, {"feed": RecordingTarget()})
+        self.assertEqual(sorted(again.stream.consumers), ["feed"])
+        self.assertEqual([line for line in self.lines if "cfgingest" in line], [])
+        self.assertEqual(sorted(read_owed(self.dir, "EVENTS").handlers), ["feed"])
+
+    def test_written_again_it_starts_from_the_end(self) -> None:
+        Node(self, self.dir, {"feed": RecordingTarget()}).stop()
+        cfgingest = RecordingTarget()
+        node = Node(self, self.dir, {"cfgingest": cfgingest, "feed": RecordingTarget()})
+        self.assertEqual(cfgingest.event_ids(), [])
+        node.publish("cfgingest", "c-9")
+        self.assertEqual(cfgingest.event_ids(), ["c-9"])
+
+    def test_one_that_owed_nothing(self) -> None:
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(["hold"] * 10)})
+        self.assertIn("stream EVENTS: handler feed is no longer in [handlers]; its consumer, which owed nothing, is "
+                      "deleted", "\n".join(self.lines))
+        self.assertEqual(sorted(node.stream.consumers), ["cfgingest"])
+
+    def test_clients_consumers_stay(self) -> None:
+        """Only the handlers' consumers are the service's to delete: a client's own consumer of the log stays."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        node = Node(self, self.dir, {"cfgingest": RecordingTarget(), "feed": RecordingTarget()})
+        consumer_api.create_consumer(node.engine, node.stream,
+                                     parse_config({"durable_name": "audit", "ack_policy": "explicit"})).start()
+        node.stop()
+        node = Node(self, self.dir, {"feed": RecordingTarget()})
+        self.assertEqual(sorted(node.stream.consumers), ["audit", "feed"])
 
 
 class ReadOwedTests(SynchronousTestCase):

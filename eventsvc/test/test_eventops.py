@@ -208,6 +208,63 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
         # Clients can still read it.
         self.assertTrue(engine.broker.has_interest("$JS.API.STREAM.INFO.EVENTS"))
 
+    def test_with_jetstream_the_stream_left_behind_is_guarded(self) -> None:
+        """
+        Clients read the stream left behind and make consumers of their own
+        on it, but change none of it: its handlers' consumers are what the
+        next run with log = "stream" goes on from.
+        """
+        import json
+
+        from eventsvc.jetstream import api
+
+        store_dir = self.run_on_the_stream(delivered=True)
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
+        check = StreamLeftBehind(store_dir, "EVENTS", engine)
+        engine.start()
+        self.addCleanup(engine.stop)
+        check.startService()
+        answers: List[Dict[str, Any]] = []
+        engine.broker.subscribe("_INBOX.api", lambda subject, reply, body, headers: answers.append(json.loads(body)))
+
+        def ask(subject: str, body: Any = b"") -> Dict[str, Any]:
+            api.dispatch(engine, "$JS.API." + subject, "_INBOX.api", body if isinstance(body, bytes) else json.dumps(body).encode(), None)
+            return answers.pop()
+
+        def refused(answer: Dict[str, Any]) -> str:
+            return answer["error"]["description"].split(":")[0]
+
+        self.assertEqual(refused(ask("STREAM.PURGE.EVENTS")), "stream purge not permitted")
+        self.assertEqual(refused(ask("STREAM.DELETE.EVENTS")), "stream delete not permitted")
+        self.assertEqual(refused(ask("CONSUMER.DELETE.EVENTS.feed")), "consumer delete not permitted")
+        self.assertEqual(ask("STREAM.INFO.EVENTS")["state"]["messages"], 4)
+        made = ask("CONSUMER.DURABLE.CREATE.EVENTS.audit", {"stream_name": "EVENTS", "config": {"durable_name": "audit", "ack_policy": "explicit"}})
+        self.assertEqual(made["num_pending"], 4)
+        self.assertEqual(ask("CONSUMER.DELETE.EVENTS.audit")["success"], True)
+        self.assertEqual(sorted(engine.streams["EVENTS"].consumers), ["cfgingest", "feed"])
+
+    def test_a_clients_consumer_owes_nothing(self) -> None:
+        """What a client's own consumer of the log has not read does not stop the start: only handlers are owed events."""
+        from eventsvc.jetstream import consumer_api
+        from eventsvc.jetstream.consumer import parse_config
+
+        store_dir = self.run_on_the_stream(delivered=True)
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
+        check = StreamLeftBehind(store_dir, "EVENTS", engine)
+        engine.start()
+        self.addCleanup(engine.stop)
+        stream = engine.streams["EVENTS"]
+        audit = consumer_api.create_consumer(engine, stream, parse_config({"durable_name": "audit", "ack_policy": "explicit"}))
+        audit.start()
+        # Pulled and not acked (yet): pending, as a handler's unfinished events are.
+        pulled: List[bytes] = []
+        engine.broker.subscribe("_INBOX.audit", lambda subject, reply, body, headers: pulled.append(body))
+        audit.next_request("_INBOX.audit", b'{"batch": 2}')
+        engine.clock.advance(0)
+        self.assertEqual(audit.info()["num_ack_pending"], 2)
+        check.startService()
+        self.assertIn("audit", stream.consumers)
+
     def test_no_stream_no_word(self) -> None:
         lines = _logged(self)
         StreamLeftBehind(self.mktemp(), "EVENTS").startService()
@@ -393,3 +450,54 @@ class StartUpLinesProcessTests(SynchronousTestCase):
         self.assertTrue(lines[0].startswith("eventsvc: [jetstream] max_consumers = 1: the events stream EVENTS"), lines[0])
         self.assertNotIn("data_dir", lines[0])
         self.assertNotIn("Traceback", done.stdout)
+
+
+class EveryHandlerRemovedTests(SynchronousTestCase):
+    """
+    [handlers] emptied after running on the stream, with [jetstream]: the
+    events stream is still the service's (not a client stream on event.>,
+    which would answer publishers with PubAcks and keep what the
+    dispatcher refuses), and the handlers' consumers go, saying so.
+    """
+
+    def service(self, handlers: str) -> Any:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc import config
+        from eventsvc.app import make_service
+
+        text = '[service]\nport = 0\ndata_dir = "{}"\n[jetstream]\n[handlers]\n{}'.format(self.data, handlers)
+        service = make_service(config.parse(text, os.path.join(self.data, "eventsvc.toml")), MemoryReactorClock())
+        service.startService()
+        return service
+
+    def publish(self, service: Any, event_id: str) -> List[bytes]:
+        from eventsvc.test.eventsamples import payload
+
+        answers: List[bytes] = []
+        subscription = service.broker.subscribe("answers.*", lambda subject, reply, body, headers: answers.append(body))
+        service.broker.publish("event.cfgingest", payload("cfgingest", event_id), reply="answers.1")
+        for _ in range(3):
+            service.jetstream.clock.advance(0.5)
+        subscription.unsubscribe()
+        return answers
+
+    def test_the_stream_stays_the_services(self) -> None:
+        import json
+
+        self.data = os.path.abspath(self.mktemp())
+        os.makedirs(self.data)
+        lines = _logged(self)
+        first = self.service('cfgingest = "https://127.0.0.1:1"\n')
+        self.assertEqual([json.loads(a)["success"] for a in self.publish(first, "e-1")], [True])
+        first.stopService()
+        second = self.service("")
+        self.addCleanup(second.stopService)
+        stream = second.jetstream.streams["EVENTS"]
+        self.assertEqual(sorted(stream.consumers), [])
+        self.assertIn("stream EVENTS: handler cfgingest is no longer in [handlers]; its consumer is deleted, and the 1 "
+                      "events it still owed", "\n".join(lines))
+        answers = [json.loads(a) for a in self.publish(second, "e-2")]
+        self.assertEqual([a.get("success") for a in answers], [False], answers)
+        self.assertEqual(stream.store.state().msgs, 1)
+        self.assertIn("EVENTS", second.jetstream.owned)

@@ -309,6 +309,35 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
 
+    def test_tls_timeout_from_the_configuration(self) -> None:
+        """[tls] timeout is the [grpc] listener's handshake clock too."""
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from eventsvc import config
+        from eventsvc.targets import grpc_listener
+        from eventsvc.test.tlshelpers import PKI
+
+        pki = PKI(self.mktemp())
+        pki.issue("service", ["localhost"])
+        written = config.parse('[tls]\ncert_path = "{}"\nkey_path = "{}"\nroot_ca_path = "{}"\ntimeout = 4\n[grpc]\nport = 0\n'.format(
+            pki.path("service.crt"), pki.path("service.key"), pki.path("ca.crt")), "eventsvc.toml")
+        from eventsvc.nats.server import Broker
+
+        reactor = MemoryReactorClock()
+        listener = grpc_listener(written, Broker(server_id="NTEST"), reactor)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        factory = reactor.tcpServers[0][1]
+        self.assertIsInstance(factory, TLSMemoryBIOFactory)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(3.9)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
 
 class FakeChannel:
     def __init__(self) -> None:

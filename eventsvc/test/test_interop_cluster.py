@@ -94,7 +94,7 @@ async def mesh_round(ports, tag: str):
 
 
 class ThreeNodeMesh(TestCase):
-    """Two nats-server 2.9 nodes routed to each other, and eventsvc dialling the first."""
+    """eventsvc, a nats-server 2.9 node dialling it, and another dialling that one: one mesh, by gossip."""
 
     timeout = 180
 
@@ -105,25 +105,66 @@ class ThreeNodeMesh(TestCase):
     def setUp(self):
         if nats is None:
             process.require("nats-py")
-        self.cluster_ports = [process.free_port() for _ in range(3)]
-        a, b, e = self.cluster_ports
-        self.nodes = [
-            process.nats_server("--cluster", "nats://127.0.0.1:%d" % mine, "--cluster_name", "mesh",
-                                "--routes", "nats://127.0.0.1:%d" % other, *self.reference_args(name))
-            for mine, other, name in ((a, b, "n1"), (b, a, "n2"))
-        ]
-        for node in self.nodes:
+        # Every port is taken by the server that listens on it (port 0, or
+        # nats-server's -1) and read from its log, never picked beforehand:
+        # under trial -j2 a port found free here could be another test's by
+        # the time a server listened on it, and nats-server, which opens its
+        # route port after saying it is ready, then exited under the test
+        # ("no servers available").  So eventsvc starts first; n1 dials it
+        # and n2 dials n1 (each has a configured route, which clustered
+        # JetStream needs); gossip makes the mesh.
+        self.config = os.path.abspath(self.mktemp() + ".toml")
+        self.write_config(0)
+        self.ours = process.eventsvc(self.config, expect=("service", "routes"))
+        self.client_port = self.ours.start()
+        self.addCleanup(lambda: self.ours.stop())
+        self.nodes = []
+        for name in ("n1", "n2"):
+            dial = self.nodes[0].ports["route"] if self.nodes else self.ours.ports["routes"]
+            node = process.nats_server("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "mesh",
+                                       "--routes", "nats://127.0.0.1:%d" % dial, *self.reference_args(name), expect=("route",))
             node.start()
             self.addCleanup(node.stop)
-        self.client_port = process.free_port()
-        self.config = process.write_config(
-            os.path.abspath(self.mktemp() + ".toml"),
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
-            'port = %d\nroutes = ["nats-route://127.0.0.1:%d"]\n' % (self.client_port, e, a),
+            self.nodes.append(node)
+
+    def write_config(self, cluster_port: int) -> None:
+        """eventsvc's configuration: its client port any free one, its cluster port C{cluster_port} (0: any)."""
+        process.write_config(
+            self.config,
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
+            'port = %d\n' % cluster_port,
         )
-        self.ours = process.eventsvc(self.config, expect=("service",))
-        self.ours.start()
-        self.addCleanup(lambda: self.ours.stop())
+
+
+class ReadinessTests(TestCase):
+    """What ThreeNodeMesh relies on: a server is ready once every listener it needs listens."""
+
+    def test_a_taken_route_port_is_not_ready(self):
+        """
+        nats-server says it listens for clients, then opens its route port
+        and exits if that is taken: waiting for the route listener too, the
+        start fails at once, naming why, instead of handing a test a server
+        about to go (its clients then heard "no servers available").
+        """
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % taken.getsockname()[1], expect=("route",))
+            with self.assertRaises(AssertionError) as caught:
+                node.start()
+            node.stop()
+        self.assertIn("exited early", str(caught.exception))
+        self.assertIn("Error listening on router port", str(caught.exception))
+
+    def test_the_route_port_is_read_from_the_log(self):
+        node = process.nats_server("--cluster", "nats://127.0.0.1:-1", expect=("route",))
+        port = node.start()
+        self.addCleanup(node.stop)
+        self.assertNotEqual(node.ports["route"], port)
+        with __import__("socket").create_connection(("127.0.0.1", node.ports["route"]), timeout=5) as s:
+            self.assertTrue(s.recv(4096).startswith(b"INFO "))
 
 
 class MeshTests(ThreeNodeMesh):
@@ -139,13 +180,15 @@ class MeshTests(ThreeNodeMesh):
         ports = [self.nodes[0].port, self.nodes[1].port, self.client_port]
         result = yield run(lambda: mesh_round(ports, "first"))
         self.check(result)
-        # Restart the eventsvc node: the mesh heals (it dials A, B hears of it).
+        # Restart the eventsvc node on its cluster port, as an operator
+        # would: the mesh heals (A dials it again, B hears of it).
+        self.write_config(self.ours.ports["routes"])
         self.assertIn(self.ours.stop(), (0, -signal.SIGTERM))
-        self.ours = process.eventsvc(self.config, expect=("service",))
-        yield threads.deferToThread(self.ours.start)
+        self.ours = process.eventsvc(self.config, expect=("service", "routes"))
+        ports[2] = yield threads.deferToThread(self.ours.start)
         result = yield run(lambda: mesh_round(ports, "second"))
         self.check(result)
-        # Two routes up again: the one it dialled, and the one B dialled after gossip.
+        # Two routes up again: the one A dialled, and the one B dialled after gossip.
         self.ours.wait_output(" up, ")
         for _ in range(100):
             if self.ours.output().count(" up, ") >= 2:

@@ -317,3 +317,78 @@ class MirrorAcrossAGatewayTests(TestCase):
         self.assertEqual(result["counts"], [5, 5], [n.output() for n in nodes.values()])
         self.assertEqual(result["mirrored"], [(n + 1, "orders.%d" % n, b"o%d" % n) for n in range(5)])
         self.assertEqual(result["plain"], {"a": [["ORDERS"]], "b": [["ALL", "COPY"]]})
+
+
+class JetStreamBesideTheGatewayTests(TestCase):
+    """
+    Cluster a: a1 holds the gateway and has no [jetstream], a2 (routed to
+    it) has; cluster b: b1, a gateway and a JetStream.  A plain C{$JS.API}
+    request from a client of either a-server is answered once, by a2: a1
+    keeps b's plain API from its gateway as a server with JetStream does
+    (nats-server's rule: a gateway does not take C{$JS.API} across when
+    its own cluster runs JetStream), whether the route or the gateway
+    came up first.  b's streams stay reachable by its domain.
+    """
+
+    timeout = 120
+
+    def test_the_gateway_up_first(self):
+        return self.one_answer(route_first=False)
+
+    def test_the_route_up_first(self):
+        return self.one_answer(route_first=True)
+
+    @defer.inlineCallbacks
+    def one_answer(self, route_first: bool):
+        if nats is None:
+            process.require("nats-py")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        gateway_b = process.free_port()
+        b1 = process.eventsvc(process.write_config(os.path.join(directory, "b1.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[jetstream]\nstore_dir = "%s/b1"\ndomain = "b"\n'
+            '[supercluster]\nname = "b"\nhost = "127.0.0.1"\nport = %d\n'
+        ) % (directory, gateway_b)), expect=("service",))
+        a1 = process.eventsvc(process.write_config(os.path.join(directory, "a1.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[cluster]\nenabled = true\nname = "a"\nhost = "127.0.0.1"\nport = 0\n'
+            '[supercluster]\nname = "a"\nhost = "127.0.0.1"\nport = 0\n'
+            '[[supercluster.gateways]]\nname = "b"\nurls = ["nats://127.0.0.1:%d"]\n'
+        ) % gateway_b), expect=("service", "routes"))
+        ports = {}
+        if not route_first:
+            ports["b1"] = yield process.started(self, b1)
+        ports["a1"] = yield process.started(self, a1)
+        if not route_first:
+            a1.wait_output("gateway to b", timeout=30)
+        a2 = process.eventsvc(process.write_config(os.path.join(directory, "a2.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[cluster]\nenabled = true\nname = "a"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
+            '[jetstream]\nstore_dir = "%s/a2"\ndomain = "a"\n'
+        ) % (a1.ports["routes"], directory)), expect=("service",))
+        ports["a2"] = yield process.started(self, a2)
+        a1.wait_output("route to ", timeout=30)
+        if route_first:
+            # (a1 has been dialling b1 meanwhile, and dials it again.)
+            ports["b1"] = yield process.started(self, b1)
+            a1.wait_output("gateway to b", timeout=30)
+        b1.wait_output("gateway to a", timeout=30)
+
+        async def scenario():
+            b = await nats.connect("nats://127.0.0.1:%d" % ports["b1"])
+            try:
+                await b.jetstream().add_stream(name="THEIRS", subjects=["theirs.>"])
+            finally:
+                await b.close()
+            plain = {name: await answers(ports[name], "$JS.API.STREAM.NAMES") for name in ("a1", "a2", "b1")}
+            by_domain = await answers(ports["a1"], "$JS.b.API.STREAM.NAMES")
+            return {
+                "plain": {name: [json.loads(x)["streams"] for x in got] for name, got in plain.items()},
+                "by_domain": [json.loads(x)["streams"] for x in by_domain],
+            }
+        result = yield run(scenario)
+        outputs = [n.output() for n in (a1, a2, b1)]
+        self.assertEqual(result["plain"], {"a1": [None], "a2": [None], "b1": [["THEIRS"]]}, outputs)
+        self.assertEqual(result["by_domain"], [["THEIRS"]], outputs)
+        self.assertIn("gateway b: a server of our cluster runs JetStream", a1.output())

@@ -56,7 +56,9 @@ class FakeEngine:
         self.clock = clock or Clock()
         self.broker = broker or Broker(server_name="test")
         self.streams: Dict[str, "FakeStream"] = {}
-        self.settings = JetStreamSettings()
+        #: Acks routed by this fake's one C{$JS.ACK.>} (the engine's other
+        #: shape: test_jsapi and the others run each consumer's own).
+        self.settings = JetStreamSettings(per_consumer_acks=False)
         #: The engine's streams and consumers the server owns (none here).
         self.owned: Dict[str, Set[str]] = {}
         self.broker.subscribe("$JS.ACK.>", self._ack)

@@ -421,10 +421,9 @@ class AckInterestTests(_TwoEngines):
     of those, so the acks of a busy hub's own clients stay at the hub
     (the engine's C{$JS.ACK.>} sent every one of them to each spoke, to be
     dropped there: 119 bytes per hub message in bench/leafacks.py), on a
-    server with leaf nodes or gateways (L{JetStreamSettings.per_consumer_acks}).
+    server with leaf nodes or gateways (L{JetStreamSettings.per_consumer_acks},
+    the default everywhere).
     """
-
-    js_options = {"per_consumer_acks": True}
 
     def setUp(self) -> None:
         super().setUp()
@@ -470,13 +469,16 @@ class AckInterestTests(_TwoEngines):
         self.assertEqual(self.ask(client, "$JS.ACK.S.gone.1.1.1.1.0", b"+ACK"), b"")
         self.assertFalse(self.nodes["hub"].broker.has_interest("$JS.ACK.S.gone.1.1.1.1.0"))
 
-    def test_per_consumer_where_a_link_may_reach_another_jetstream(self) -> None:
-        """app.py subscribes acks per consumer with [leafnodes] or [supercluster], one $JS.ACK.> otherwise."""
+    def test_per_consumer_everywhere(self) -> None:
+        """app.py subscribes acks per consumer on every server, as nats-server: alone, in a cluster, with links."""
         from eventsvc import app, config as config_module
 
-        for sections, per_consumer in (("", False), ('[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n', False),
-                                       ("[leafnodes]\nport = 7422\n", True),
-                                       ('[supercluster]\nname = "a"\n', True)):
+        for sections in ("", '[cluster]\nroutes = ["nats-route://127.0.0.1:6222"]\n', "[leafnodes]\nport = 7422\n",
+                         '[supercluster]\nname = "a"\n'):
             parsed = config_module.parse("[jetstream]\nstore_dir = \"\"\n" + sections)
-            engine = app.jetstream(parsed, Node("X").broker, task.Clock())
-            self.assertEqual(engine.settings.per_consumer_acks, per_consumer, sections)
+            broker = Node("X").broker
+            engine = app.jetstream(parsed, broker, task.Clock())
+            self.assertTrue(engine.settings.per_consumer_acks, sections)
+            engine.start()
+            self.addCleanup(engine.stop)
+            self.assertFalse(broker.has_interest("$JS.ACK.S.gone.1.1.1.1.0"), sections)

@@ -128,6 +128,36 @@ class MutualTLSTests(SynchronousTestCase):
         self.assertIn("timed out", self.log_text())
         self.assertEqual(self.harness.broker.clients, {})
 
+    def test_handshake_timeout_from_the_configuration(self) -> None:
+        """
+        [tls] timeout is the [service] listener's TLS handshake clock (and
+        [gateway] tls_timeout the agents' listener's): a client that has not
+        finished its handshake is still served at 4.9 s of 5, and cut at 5.
+        """
+        from eventsvc import config
+        from eventsvc.listeners import agent_listener, service_listener
+
+        pki = self.pki
+        written = config.parse(
+            '[tls]\ncert_path = "{}"\nkey_path = "{}"\nroot_ca_path = "{}"\ntimeout = 5\n'
+            '[gateway]\ntls_timeout = 3.5\ntokens = ["t"]\n[[gateway.frontend_tls]]\nserver_name = "localhost"\n'
+            'cert_path = "{}"\nkey_path = "{}"\n'.format(
+                pki.path("service.crt"), pki.path("service.key"), pki.path("ca.crt"), pki.path("service.crt"), pki.path("service.key")),
+            "eventsvc.toml")
+        listener = service_listener(written, self.harness.broker, self.harness.clock, self.options)
+        self.harness.factory = listener.factory
+        listener.factory.handshakes.seconds = float("inf")
+        client = UpgradingClient(None, b"")
+        server, pump = self.harness.connect(client)
+        self.harness.clock.advance(4.9)
+        pump.flush()
+        self.assertIsNone(client.lost)
+        self.harness.clock.advance(0.1)
+        pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertIn("timed out", self.log_text())
+        self.assertEqual(agent_listener(written, self.harness.broker, self.harness.clock).factory.settings.tls_timeout, 3.5)
+
     def test_auth_timer_starts_after_handshake(self) -> None:
         from eventsvc.test.test_client import TokenAuthenticator
 

@@ -188,10 +188,23 @@ class GatewayManager(GatewayMessages, LinkManager):
                 info["domain"] = self.settings.jetstream_domain
         return info
 
+    def cluster_runs_jetstream(self) -> bool:
+        """
+        Whether our cluster runs JetStream for clients: this server, or a
+        server our routes reach (its route INFO says C{"jetstream": true};
+        one per cluster, L{eventsvc.nats.links.route.RouteManager.jetstream_conflict}).
+        """
+        if self.settings.jetstream:
+            return True
+        routes = self.routes
+        return routes is not None and any(r.remote_info.get("jetstream") is True for r in list(routes.routes.values()))
+
     def jetstream_fence(self, conn: Any, info: Dict[str, Any]) -> Tuple[bytes, ...]:
         """
         What of the peer's interest a dialled gateway does not keep, when
-        this server runs JetStream: the plain C{$JS.API}, C{$KV} and
+        our cluster runs JetStream (this server or a routed one: a
+        gateway does not take C{$JS.API} across when its own cluster runs
+        JetStream, nats-server's rule): the plain C{$JS.API}, C{$KV} and
         C{$OBJ}, as on a leaf link (L{eventsvc.nats.links.jsdomain}).  Our
         clients' plain API is ours to answer; a cluster's interest there is
         its own JetStream's (eventsvc has no JetStream for a supercluster,
@@ -202,9 +215,12 @@ class GatewayManager(GatewayMessages, LinkManager):
         A cluster without JetStream keeps our API's interest, and its
         clients use our streams.
         """
-        if not self.settings.jetstream:
+        if not self.cluster_runs_jetstream():
             return ()
-        if info.get("jetstream") is True:
+        if not self.settings.jetstream:
+            self.log.info("gateway {name}: a server of our cluster runs JetStream: {denied} from {name} stay there",
+                          name=conn.describe(), denied=" ".join(DENY_ALL_CLIENT_JS))
+        elif info.get("jetstream") is True:
             domain = info.get("domain") if isinstance(info.get("domain"), str) else ""
             self.log.info(
                 "gateway {name} runs JetStream too: {denied} stay on each side; its streams are at {api}",
@@ -245,6 +261,14 @@ class GatewayManager(GatewayMessages, LinkManager):
             line = self.info_line()
             for conn in self.inbound:
                 conn.send(line)
+        if route.remote_info.get("jetstream") is True:
+            # Our cluster's JetStream is on that server: the gateways
+            # dialled before it came keep the other clusters' plain API no
+            # longer (their clients' requests were answered twice).
+            for conn in list(self.outbound.values()):
+                if not conn.js_fence and not conn.closed:
+                    conn.js_fence = self.jetstream_fence(conn, conn.remote_info)
+                    conn.drop_fenced_interest()
 
     def info_line(self) -> bytes:
         """Our gateway INFO, as a line."""

@@ -205,6 +205,13 @@ class GatewayConnection(PeerConnection):
             self.interest.rs_plus(subject, queue)
             self.keeps_interest(self.interest.held)
 
+    def drop_fenced_interest(self) -> None:
+        """The peer's interest under L{js_fence}, kept before the fence was up, goes (as an C{RS-} would take it)."""
+        fence = self.js_fence
+        for subject, queue in [key for key in self.interest.subs if key[0].startswith(fence)] if fence else ():
+            self.interest.rs_minus(subject, queue)
+        self.keeps_interest(self.interest.held)
+
     def op_rs_minus(self, account: bytes, subject: bytes, queue: Optional[bytes]) -> None:
         """C{RS-} on a dialled gateway: no interest (optimistic mode) or interest that ends."""
         self._outbound_only("RS-")
