@@ -983,6 +983,10 @@ class Consumer:
         explicit = self.config["ack_policy"] != "none"
         broker = self.broker
         deliver_subject = self.config.get("deliver_subject", "")
+        # One time for the round (it runs in one turn, and what it sends goes
+        # at that turn's end): its deliveries are then one record of the
+        # consumer store's, not one each.
+        now = self.now()
         while not self.closed and sent < budget:
             if push:
                 if not self.active or (self._maxpb and self._pbytes > self._maxpb):
@@ -1010,7 +1014,7 @@ class Consumer:
             if push:
                 target = deliver_subject
             else:
-                request = self._next_waiting(size)
+                request = self._next_waiting(size, now)
                 if request is None:
                     if dc == 1 and self._npc is not None:
                         self._npc += 1
@@ -1023,7 +1027,6 @@ class Consumer:
             sent += 1
             if self._replay:
                 self._replay_lts, self._replay_due = message.ts, 0
-            now = self.now()
             self.last_delivered = now
             seq = message.seq
             if explicit:
@@ -1082,10 +1085,9 @@ class Consumer:
         self._replay_due = self._replay_seq
         self._deliver()
 
-    def _next_waiting(self, size: int) -> Optional[NextRequest]:
-        """The pull request the next message (of C{size} bytes) goes to (nats-server's C{nextWaiting})."""
+    def _next_waiting(self, size: int, now: int) -> Optional[NextRequest]:
+        """The pull request the next message (of C{size} bytes) goes to at C{now} (nats-server's C{nextWaiting})."""
         waiting = self.waiting
-        now = self.now()
         genid = self.broker.sublist.genid
         while waiting:
             request = waiting[0]
