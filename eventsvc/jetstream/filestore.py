@@ -78,6 +78,8 @@ MAGIC = b"EVJSMSG1"
 SNAPSHOT_MAGIC = b"EVJSCON1"
 _RECORD = struct.Struct("<II")
 _MESSAGE = struct.Struct("<cQqHI")
+#: A message record's frame and head in one (what a read unpacks).
+_FRAMED_MESSAGE = struct.Struct("<II" + _MESSAGE.format[1:])
 _RANGE = struct.Struct("<QQ")
 _MARK = struct.Struct("<cQq")
 _DELIVERED = struct.Struct("<cQQQq")
@@ -106,6 +108,8 @@ RESERVE = 64 * 1024
 READ_AHEAD = 32 * 1024
 #: A consumer's log is folded into its snapshot past this size (and four times the snapshot's).
 COMPACT_SIZE = 1024 * 1024
+_NO_HEAD = (-1, 0, b"", 0, 0, 0, 0)
+_new_tuple = tuple.__new__
 #: The most deliveries or acks a consumer store keeps in one record.
 SEAL_AT = 1024
 _SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
@@ -1103,6 +1107,7 @@ class FileStore(_WriteState):
         if active is not None and number == active.number and offset >= self._size:
             at = offset - self._size
             data = bytes(self._buffer[at : at + length])
+            ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0)[4:]
         else:
             # Consumers read in order: then one read brings the next messages too.
             cache = self._cache
@@ -1122,15 +1127,16 @@ class FileStore(_WriteState):
                 self._cache = (number, offset, chunk)
                 data = chunk[:length]
             self._loaded = seq
-            size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
+            # (The index holds whole records only: one as long as its entry says has a head.)
+            size, crc, _, _, ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0) if len(data) == length else _NO_HEAD
             # (A small record's copy costs less than a memoryview.)
             if size != length - 8 or zlib.crc32(data[8:] if length < 4096 else memoryview(data)[8:]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
-        _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
-        p = 8 + _MESSAGE.size + slen
-        # (data is bytes: its slices are too.)
-        return StoredMessage(entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts)
+        p = _FRAMED_MESSAGE.size + slen
+        # (data is bytes: its slices are too.  tuple.__new__ is what the
+        # named tuple's own __new__ calls, without its frame: a read a message.)
+        return _new_tuple(StoredMessage, (entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts))
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
         index = self._index
