@@ -483,7 +483,7 @@ def new_consumer_name() -> str:
 class NextRequest:
     """A pull request waiting for messages (nats-server's C{waitingRequest})."""
 
-    __slots__ = ("reply", "n", "d", "b", "expires", "received", "hb", "hbt", "no_wait", "genid", "interest")
+    __slots__ = ("reply", "n", "d", "b", "expires", "last", "received", "hb", "hbt", "no_wait", "genid", "interest")
 
     def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, received: int, hb: int, no_wait: bool) -> None:
         self.reply = reply
@@ -494,6 +494,9 @@ class NextRequest:
         self.b = max_bytes
         #: When it ends (ns; 0: never).
         self.expires = expires
+        #: The last moment a message may be given to it (ns; 0: no end):
+        #: just before it ends, or nearly (L{Consumer._next_waiting}).
+        self.last = expires - min(EXPIRY_MARGIN, (expires - received) // 10) if expires else 0
         self.received = received
         #: Its idle heartbeat interval and when the next is due (ns; 0: none).
         self.hb = hb
@@ -1091,7 +1094,7 @@ class Consumer:
         genid = self.broker.sublist.genid
         while waiting:
             request = waiting[0]
-            if request.expires and now >= request.expires - min(EXPIRY_MARGIN, (request.expires - request.received) // 10):
+            if request.last and now >= request.last:
                 # Over, or nearly: clients give up at expires (nats-py asks
                 # for 100 us less than it waits), and a message taken in the
                 # last instant would reach a fetch that has returned, to be
@@ -1315,7 +1318,7 @@ class Consumer:
             entry = pending.pop(sseq, None)
             if entry is not None:
                 dseq = entry[0]
-                acked.append(sseq)
+                acked = [sseq]
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
             elif dseq == self.adflr + 1:
@@ -1323,8 +1326,11 @@ class Consumer:
                 # (the first in the dict: first deliveries go in stream order).
                 oldest_seq = next(iter(pending))
                 self.adflr, self.asflr = pending[oldest_seq][0] - 1, oldest_seq - 1
-            self.rdc.pop(sseq, None)
-            self._remove_redelivery(sseq)
+            # (Most acks are of first deliveries: nothing to forget.)
+            if self.rdc:
+                self.rdc.pop(sseq, None)
+            if sseq in self._rdqi:
+                self._remove_redelivery(sseq)
         elif policy == "all":
             if dseq <= self.adflr or sseq <= self.asflr:
                 return
