@@ -51,7 +51,7 @@ import re
 import struct
 import zlib
 from sys import intern
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -108,10 +108,10 @@ RESERVE = 64 * 1024
 READ_AHEAD = 32 * 1024
 #: A consumer's log is folded into its snapshot past this size (and four times the snapshot's).
 COMPACT_SIZE = 1024 * 1024
-_NO_HEAD = (-1, 0, b"", 0, 0, 0, 0)
-_new_tuple = tuple.__new__
 #: The most deliveries or acks a consumer store keeps in one record.
 SEAL_AT = 1024
+_NO_HEAD = (-1, 0, b"", 0, 0, 0, 0)
+_new_tuple = tuple.__new__
 _SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
 
 SyncInterval = Union[str, float]
@@ -224,6 +224,13 @@ def _describe(damage: List[Tuple[int, int]], size: int) -> str:
         what = "a torn tail" if end == size else "damaged bytes"
         parts.append("{} at {}-{} ({} bytes)".format(what, start, end, end - start))
     return ", ".join(parts)
+
+
+def _acks_body(floor_consumer: int, floor_stream: int, acked: Sequence[int]) -> bytes:
+    """A consumer log's acks record (C{_ACK_ONE} for one: one pack, no join)."""
+    if len(acked) == 1:
+        return _ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0])
+    return _ACKS.pack(b"A", floor_consumer, floor_stream) + struct.pack("<%dQ" % len(acked), *acked)
 
 
 class _Segment:
@@ -1458,7 +1465,10 @@ class FileConsumerStore(_WriteState):
         elif self._acks is not None:
             self._seal()
         if delivery_count == 1:
-            self._stage()
+            if self._closed:
+                raise StoreUnavailable("consumer store closed: {}".format(self._path))
+            if self._flush_call is None and self.health == "ok":
+                self._schedule_flush(self.hold)
             self._run_first, self._run_ts = consumer_seq, ts
             self._run = [stream_seq]
             return
@@ -1475,7 +1485,21 @@ class FileConsumerStore(_WriteState):
 
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
         if self._run:
-            self._seal()
+            # An ack right after a delivery, before the write: a consumer
+            # with ack_policy none (or one acked in process at once), whose
+            # deliveries and acks alternate.  The run and the ack, a record
+            # each as before (the write is due since the run began).
+            delivered = self._sealed_run()
+            if not isinstance(acked, (list, tuple)):
+                acked = list(acked)
+            self._memory.update_acks(floor_consumer, floor_stream, acked)
+            body = _acks_body(floor_consumer, floor_stream, acked)
+            buffer = self._buffer
+            buffer += _RECORD.pack(len(delivered), zlib.crc32(delivered))
+            buffer += delivered
+            buffer += _RECORD.pack(len(body), zlib.crc32(body))
+            buffer += body
+            return
         staged = self._acks
         if staged is None:
             self._stage()
@@ -1511,25 +1535,24 @@ class FileConsumerStore(_WriteState):
         and as one record into the buffer (before any other, in the order
         made; its write is already due).
         """
-        run = self._run
-        if run:
-            self._run = []
-            first, ts = self._run_first, self._run_ts
-            if len(run) == 1:
-                self._memory.update_delivered(first, run[0], 1, ts)
-                self._put(_DELIVERED.pack(b"D", first, run[0], 1, ts))
-            else:
-                self._memory.update_delivered_run(first, run, ts)
-                self._put(_DELIVERED_RUN.pack(b"R", first, ts) + struct.pack("<%dQ" % len(run), *run))
+        if self._run:
+            self._put(self._sealed_run())
         acked = self._acks
         if acked is not None:
             self._acks = None
             fc, fs = self._acks_floors
             self._memory.update_acks(fc, fs, acked)
-            if len(acked) == 1:
-                self._put(_ACK_ONE.pack(b"A", fc, fs, acked[0]))
-            else:
-                self._put(_ACKS.pack(b"A", fc, fs) + struct.pack("<%dQ" % len(acked), *acked))
+            self._put(_acks_body(fc, fs, acked))
+
+    def _sealed_run(self) -> bytes:
+        """The open run of deliveries, closed: into the state in memory; its record's body."""
+        run, self._run = self._run, []
+        first, ts = self._run_first, self._run_ts
+        if len(run) == 1:
+            self._memory.update_delivered(first, run[0], 1, ts)
+            return _DELIVERED.pack(b"D", first, run[0], 1, ts)
+        self._memory.update_delivered_run(first, run, ts)
+        return _DELIVERED_RUN.pack(b"R", first, ts) + struct.pack("<%dQ" % len(run), *run)
 
     def _put(self, body: bytes) -> None:
         buffer = self._buffer
