@@ -12,7 +12,9 @@ its figures compare one tree with another, nothing more.
     its PubAcks);
   - pull: a durable pull consumer with explicit acks over a stream filled
     beforehand (unmeasured): a fetch of 100, the deliveries, then one read
-    with the 100 acks (the last with a reply, as nats.go's AckSync).
+    with the 100 acks (the last with a reply, as nats.go's AckSync); the
+    figure is split between the fetches (with their deliveries) and the
+    reads of acks.
 
   - mirror, source: a mirror or a source of a stream filled beforehand
     (unmeasured), run turn after turn until it holds every message.
@@ -78,6 +80,8 @@ class World:
                 return out
 
         self.clock = Clock()
+        #: CPU seconds of a scene's parts (pull: the fetches with their deliveries, and the reads of acks).
+        self.phases: Dict[str, float] = {}
         self.broker = Broker(server_id="JSBENCH")
         # A limit on the file store, as a server always has one (eventsvc.app
         # sets three quarters of the disk when the config says none).
@@ -135,19 +139,26 @@ def pull_scene(folder: str, messages: int, batch: int = 100) -> Tuple[Callable[[
     world.request(b"$JS.API.CONSUMER.DURABLE.CREATE.BENCH.C", {
         "stream_name": "BENCH", "config": {"durable_name": "C", "ack_policy": "explicit", "filter_subject": "BENCH.x"}})
     fetch = b'{"batch":%d,"expires":10000000000}' % batch
+    clock = time.process_time
 
     def run() -> int:
         acked = 0
         k = 0
+        phases = world.phases = {"fetch": 0.0, "acks": 0.0}
         while acked < messages:
             k += 1
+            started = clock()
             out = world.feed(b"PUB $JS.API.CONSUMER.MSG.NEXT.BENCH.C _INBOX.fetch.%d %d\r\n%s\r\n" % (k, len(fetch), fetch))
+            phases["fetch"] += clock() - started
             replies = _REPLY.findall(out)
             if not replies:
                 raise RuntimeError("the fetch got nothing: {!r}".format(out[:300]))
             acks = [b"PUB %s 4\r\n+ACK\r\n" % r for r in replies[:-1]]
             acks.append(b"PUB %s _INBOX.bench.a%d 4\r\n+ACK\r\n" % (replies[-1], k))
-            world.feed(b"".join(acks))
+            read = b"".join(acks)
+            started = clock()
+            world.feed(read)
+            phases["acks"] += clock() - started
             acked += len(replies)
         return acked
 
@@ -199,21 +210,24 @@ SCENES = {
 }
 
 
-def once(scene: str, messages: int, setup_only: bool = False) -> float:
-    """CPU seconds per message of one run of C{scene} (C{setup_only}: its set-up alone, nothing run)."""
+def once(scene: str, messages: int, setup_only: bool = False) -> Tuple[float, Dict[str, float]]:
+    """
+    CPU seconds per message of one run of C{scene}, and of its parts
+    (C{setup_only}: its set-up alone, nothing run).
+    """
     folder = tempfile.mkdtemp(prefix="jsinproc-")
     try:
         run, world = SCENES[scene](folder, messages)
         if setup_only:
             world.js.stop()
-            return 0.0
+            return 0.0, {}
         started = time.process_time()
         done = run()
         spent = time.process_time() - started
         if done != messages:
             raise RuntimeError("{}: {} of {} acknowledged".format(scene, done, messages))
         world.js.stop()
-        return spent / messages
+        return spent / messages, {part: cpu / messages for part, cpu in world.phases.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -232,8 +246,9 @@ def main() -> None:
             once(scene, options.messages, options.setup_only)
             continue
         once(scene, options.messages // 10)  # warm-up (PyPy's JIT, imports)
-        best = min(once(scene, options.messages) for _ in range(options.repeat))
-        print("{:<6} {:>8.2f} us CPU/msg".format(scene, best * 1e6), flush=True)
+        best, parts = min((once(scene, options.messages) for _ in range(options.repeat)), key=lambda run: run[0])
+        split = ", ".join("{} {:.2f}".format(part, cpu * 1e6) for part, cpu in parts.items())
+        print("{:<6} {:>8.2f} us CPU/msg{}".format(scene, best * 1e6, " ({})".format(split) if split else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -483,7 +483,7 @@ def new_consumer_name() -> str:
 class NextRequest:
     """A pull request waiting for messages (nats-server's C{waitingRequest})."""
 
-    __slots__ = ("reply", "n", "d", "b", "expires", "received", "hb", "hbt", "no_wait", "genid", "interest")
+    __slots__ = ("reply", "n", "d", "b", "expires", "last", "received", "hb", "hbt", "no_wait", "genid", "interest")
 
     def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, received: int, hb: int, no_wait: bool) -> None:
         self.reply = reply
@@ -494,6 +494,9 @@ class NextRequest:
         self.b = max_bytes
         #: When it ends (ns; 0: never).
         self.expires = expires
+        #: The last moment a message may be given to it (ns; 0: no end):
+        #: just before it ends, or nearly (L{Consumer._next_waiting}).
+        self.last = expires - min(EXPIRY_MARGIN, (expires - received) // 10) if expires else 0
         self.received = received
         #: Its idle heartbeat interval and when the next is due (ns; 0: none).
         self.hb = hb
@@ -983,6 +986,10 @@ class Consumer:
         explicit = self.config["ack_policy"] != "none"
         broker = self.broker
         deliver_subject = self.config.get("deliver_subject", "")
+        # One time for the round (it runs in one turn, and what it sends goes
+        # at that turn's end): its deliveries are then one record of the
+        # consumer store's, not one each.
+        now = self.now()
         while not self.closed and sent < budget:
             if push:
                 if not self.active or (self._maxpb and self._pbytes > self._maxpb):
@@ -1010,7 +1017,7 @@ class Consumer:
             if push:
                 target = deliver_subject
             else:
-                request = self._next_waiting(size)
+                request = self._next_waiting(size, now)
                 if request is None:
                     if dc == 1 and self._npc is not None:
                         self._npc += 1
@@ -1023,7 +1030,6 @@ class Consumer:
             sent += 1
             if self._replay:
                 self._replay_lts, self._replay_due = message.ts, 0
-            now = self.now()
             self.last_delivered = now
             seq = message.seq
             if explicit:
@@ -1082,14 +1088,13 @@ class Consumer:
         self._replay_due = self._replay_seq
         self._deliver()
 
-    def _next_waiting(self, size: int) -> Optional[NextRequest]:
-        """The pull request the next message (of C{size} bytes) goes to (nats-server's C{nextWaiting})."""
+    def _next_waiting(self, size: int, now: int) -> Optional[NextRequest]:
+        """The pull request the next message (of C{size} bytes) goes to at C{now} (nats-server's C{nextWaiting})."""
         waiting = self.waiting
-        now = self.now()
         genid = self.broker.sublist.genid
         while waiting:
             request = waiting[0]
-            if request.expires and now >= request.expires - min(EXPIRY_MARGIN, (request.expires - request.received) // 10):
+            if request.last and now >= request.last:
                 # Over, or nearly: clients give up at expires (nats-py asks
                 # for 100 us less than it waits), and a message taken in the
                 # last instant would reach a fetch that has returned, to be
@@ -1317,7 +1322,7 @@ class Consumer:
             entry = pending.pop(sseq, None)
             if entry is not None:
                 dseq = entry[0]
-                acked.append(sseq)
+                acked = [sseq]
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
             elif dseq == self.adflr + 1:
@@ -1325,8 +1330,11 @@ class Consumer:
                 # (the first in the dict: first deliveries go in stream order).
                 oldest_seq = next(iter(pending))
                 self.adflr, self.asflr = pending[oldest_seq][0] - 1, oldest_seq - 1
-            self.rdc.pop(sseq, None)
-            self._remove_redelivery(sseq)
+            # (Most acks are of first deliveries: nothing to forget.)
+            if self.rdc:
+                self.rdc.pop(sseq, None)
+            if sseq in self._rdqi:
+                self._remove_redelivery(sseq)
         elif policy == "all":
             if dseq <= self.adflr or sseq <= self.asflr:
                 return

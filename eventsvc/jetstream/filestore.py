@@ -51,7 +51,7 @@ import re
 import struct
 import zlib
 from sys import intern
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -78,6 +78,8 @@ MAGIC = b"EVJSMSG1"
 SNAPSHOT_MAGIC = b"EVJSCON1"
 _RECORD = struct.Struct("<II")
 _MESSAGE = struct.Struct("<cQqHI")
+#: A message record's frame and head in one (what a read unpacks).
+_FRAMED_MESSAGE = struct.Struct("<II" + _MESSAGE.format[1:])
 _RANGE = struct.Struct("<QQ")
 _MARK = struct.Struct("<cQq")
 _DELIVERED = struct.Struct("<cQQQq")
@@ -106,6 +108,10 @@ RESERVE = 64 * 1024
 READ_AHEAD = 32 * 1024
 #: A consumer's log is folded into its snapshot past this size (and four times the snapshot's).
 COMPACT_SIZE = 1024 * 1024
+#: The most deliveries or acks a consumer store keeps in one record.
+SEAL_AT = 1024
+_NO_HEAD = (-1, 0, b"", 0, 0, 0, 0)
+_new_tuple = tuple.__new__
 _SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
 
 SyncInterval = Union[str, float]
@@ -218,6 +224,13 @@ def _describe(damage: List[Tuple[int, int]], size: int) -> str:
         what = "a torn tail" if end == size else "damaged bytes"
         parts.append("{} at {}-{} ({} bytes)".format(what, start, end, end - start))
     return ", ".join(parts)
+
+
+def _acks_body(floor_consumer: int, floor_stream: int, acked: Sequence[int]) -> bytes:
+    """A consumer log's acks record (C{_ACK_ONE} for one: one pack, no join)."""
+    if len(acked) == 1:
+        return _ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0])
+    return _ACKS.pack(b"A", floor_consumer, floor_stream) + struct.pack("<%dQ" % len(acked), *acked)
 
 
 class _Segment:
@@ -1101,6 +1114,7 @@ class FileStore(_WriteState):
         if active is not None and number == active.number and offset >= self._size:
             at = offset - self._size
             data = bytes(self._buffer[at : at + length])
+            ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0)[4:]
         else:
             # Consumers read in order: then one read brings the next messages too.
             cache = self._cache
@@ -1120,15 +1134,16 @@ class FileStore(_WriteState):
                 self._cache = (number, offset, chunk)
                 data = chunk[:length]
             self._loaded = seq
-            size, crc = _RECORD.unpack_from(data, 0) if len(data) == length else (0, 0)
+            # (The index holds whole records only: one as long as its entry says has a head.)
+            size, crc, _, _, ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0) if len(data) == length else _NO_HEAD
             # (A small record's copy costs less than a memoryview.)
             if size != length - 8 or zlib.crc32(data[8:] if length < 4096 else memoryview(data)[8:]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
-        _, _, ts, slen, hlen = _MESSAGE.unpack_from(data, 8)
-        p = 8 + _MESSAGE.size + slen
-        # (data is bytes: its slices are too.)
-        return StoredMessage(entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts)
+        p = _FRAMED_MESSAGE.size + slen
+        # (data is bytes: its slices are too.  tuple.__new__ is what the
+        # named tuple's own __new__ calls, without its frame: a read a message.)
+        return _new_tuple(StoredMessage, (entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts))
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
         index = self._index
@@ -1335,6 +1350,17 @@ class FileConsumerStore(_WriteState):
         self._generation = 0
         self._snapshot_size = 0
         self._buffer = bytearray()
+        #: Records still open, sealed into the buffer before anything else
+        #: is (L{_seal}): a run of first deliveries (its first consumer
+        #: sequence, its stream sequences, their time) and acknowledgements
+        #: (the floors after the last, and the sequences acknowledged).  A
+        #: pull of 100 and its 100 acks are then two records, not 200: one
+        #: record a message cost a pull a tenth of its CPU.
+        self._run_first = 0
+        self._run: List[int] = []
+        self._run_ts = 0
+        self._acks_floors = (0, 0)
+        self._acks: Optional[List[int]] = None
         try:
             if not read_only:
                 os.makedirs(directory.path, exist_ok=True)
@@ -1422,38 +1448,123 @@ class FileConsumerStore(_WriteState):
     # -- the state ----------------------------------------------------------
 
     def load(self) -> ConsumerState:
+        if self._run or self._acks is not None:
+            self._seal()
         return self._memory.load()
 
     def update_delivered(self, consumer_seq: int, stream_seq: int, delivery_count: int, ts: int) -> None:
+        run = self._run
+        if run:
+            if (delivery_count == 1 and ts == self._run_ts and stream_seq > run[-1]
+                    and consumer_seq == self._run_first + len(run) and len(run) < SEAL_AT):
+                # (The next first delivery of the run: update_delivered_run
+                # of the run with it is what the calls one by one would do.)
+                run.append(stream_seq)
+                return
+            self._seal()
+        elif self._acks is not None:
+            self._seal()
+        if delivery_count == 1:
+            if self._closed:
+                raise StoreUnavailable("consumer store closed: {}".format(self._path))
+            if self._flush_call is None and self.health == "ok":
+                self._schedule_flush(self.hold)
+            self._run_first, self._run_ts = consumer_seq, ts
+            self._run = [stream_seq]
+            return
         self._memory.update_delivered(consumer_seq, stream_seq, delivery_count, ts)
         self._append(_DELIVERED.pack(b"D", consumer_seq, stream_seq, delivery_count, ts))
 
     def update_delivered_run(self, first_consumer_seq: int, stream_seqs: List[int], ts: int) -> None:
         if not stream_seqs:
             return
+        if self._run or self._acks is not None:
+            self._seal()
         self._memory.update_delivered_run(first_consumer_seq, stream_seqs, ts)
         self._append(_DELIVERED_RUN.pack(b"R", first_consumer_seq, ts) + struct.pack("<%dQ" % len(stream_seqs), *stream_seqs))
 
     def update_acks(self, floor_consumer: int, floor_stream: int, acked: Iterable[int] = ()) -> None:
-        if not isinstance(acked, (list, tuple)):
-            acked = list(acked)
-        self._memory.update_acks(floor_consumer, floor_stream, acked)
-        if len(acked) == 1:
-            # (An explicit ack, the usual case: one pack, no join.)
-            self._append(_ACK_ONE.pack(b"A", floor_consumer, floor_stream, acked[0]))
-        else:
-            self._append(_ACKS.pack(b"A", floor_consumer, floor_stream) + struct.pack("<%dQ" % len(acked), *acked))
+        if self._run:
+            # An ack right after a delivery, before the write: a consumer
+            # with ack_policy none (or one acked in process at once), whose
+            # deliveries and acks alternate.  The run and the ack, a record
+            # each as before (the write is due since the run began).
+            delivered = self._sealed_run()
+            if not isinstance(acked, (list, tuple)):
+                acked = list(acked)
+            self._memory.update_acks(floor_consumer, floor_stream, acked)
+            body = _acks_body(floor_consumer, floor_stream, acked)
+            buffer = self._buffer
+            buffer += _RECORD.pack(len(delivered), zlib.crc32(delivered))
+            buffer += delivered
+            buffer += _RECORD.pack(len(body), zlib.crc32(body))
+            buffer += body
+            return
+        staged = self._acks
+        if staged is None:
+            self._stage()
+            self._acks = list(acked)
+            self._acks_floors = (floor_consumer, floor_stream)
+            return
+        # One record for the acks since the last other record: replay (and
+        # the state in memory, at the seal) pops every sequence it names and
+        # everything at or below its floors, the highest of the acks'
+        # (floors only rise: max() keeps to what the acks one by one do).
+        staged += acked
+        fc, fs = self._acks_floors
+        self._acks_floors = (max(fc, floor_consumer), max(fs, floor_stream))
+        if len(staged) >= SEAL_AT:
+            self._seal()
 
     def update(self, state: ConsumerState) -> None:
+        if self._run or self._acks is not None:
+            self._seal()
         self._memory.update(state)
         self._append(_state_body(self._memory.load(), self._generation))
 
-    def _append(self, body: bytes) -> None:
+    def _stage(self) -> None:
+        """A record is opened (L{_seal} closes it): its write is due, as L{_append}'s."""
         if self._closed:
             raise StoreUnavailable("consumer store closed: {}".format(self._path))
+        if self._flush_call is None and self.health == "ok":
+            self._schedule_flush(self.hold)
+
+    def _seal(self) -> None:
+        """
+        The open run of deliveries or of acks: into the state in memory,
+        and as one record into the buffer (before any other, in the order
+        made; its write is already due).
+        """
+        if self._run:
+            self._put(self._sealed_run())
+        acked = self._acks
+        if acked is not None:
+            self._acks = None
+            fc, fs = self._acks_floors
+            self._memory.update_acks(fc, fs, acked)
+            self._put(_acks_body(fc, fs, acked))
+
+    def _sealed_run(self) -> bytes:
+        """The open run of deliveries, closed: into the state in memory; its record's body."""
+        run, self._run = self._run, []
+        first, ts = self._run_first, self._run_ts
+        if len(run) == 1:
+            self._memory.update_delivered(first, run[0], 1, ts)
+            return _DELIVERED.pack(b"D", first, run[0], 1, ts)
+        self._memory.update_delivered_run(first, run, ts)
+        return _DELIVERED_RUN.pack(b"R", first, ts) + struct.pack("<%dQ" % len(run), *run)
+
+    def _put(self, body: bytes) -> None:
         buffer = self._buffer
         buffer += _RECORD.pack(len(body), zlib.crc32(body))
         buffer += body
+
+    def _append(self, body: bytes) -> None:
+        if self._run or self._acks is not None:
+            self._seal()
+        if self._closed:
+            raise StoreUnavailable("consumer store closed: {}".format(self._path))
+        self._put(body)
         if self._flush_call is None and self.health == "ok":
             self._schedule_flush(self.hold)
 
@@ -1466,6 +1577,8 @@ class FileConsumerStore(_WriteState):
         takes it again, but it was not durable when asked); without an
         errback, C{callback} is called once it is written.
         """
+        if self._run or self._acks is not None:
+            self._seal()
         if self.health != "ok" and errback is not None:
             errback(self._refusal())
         elif self._buffer or self._ready or self.health != "ok":
@@ -1487,6 +1600,8 @@ class FileConsumerStore(_WriteState):
         if self._fd is None:
             self._compact()
             return
+        if self._run or self._acks is not None:
+            self._seal()
         if self._buffer:
             self._disk.write(self._fd, self._buffer)  # type: ignore[arg-type]
             if self._sync_every is None:
@@ -1508,6 +1623,8 @@ class FileConsumerStore(_WriteState):
 
         @raise OSError: the disk cannot take it.
         """
+        if self._run or self._acks is not None:
+            self._seal()
         generation = self._generation + 1
         snapshot = SNAPSHOT_MAGIC + _record(_state_body(self._memory.load(), generation))
         write_atomic(self._snapshot, snapshot, disk=self._disk)

@@ -31,6 +31,7 @@ from eventsvc.jetstream.consumer import (
     parse_go_duration,
 )
 from eventsvc.jetstream.engine import JetStreamSettings
+from eventsvc.jetstream.filestore import FileConsumerStore
 from eventsvc.jetstream.errors import ApiError
 from eventsvc.jetstream.memstore import MemoryConsumerStore, MemoryStore
 from eventsvc.jetstream.wire import parse_headers, rfc3339
@@ -908,6 +909,50 @@ class RestartTests(ConsumerTestCase):
         got = box.take()
         self.assertEqual([m[2] for m in got], [b"m2"])
         self.assertTrue(got[0][1].startswith("$JS.ACK.ORDERS.D.2.2.5."))  # type: ignore[union-attr]
+
+    def test_killed_after_acks_written(self) -> None:
+        """
+        A fetch of 100 and its acks, the last with a reply (AckSync), on a
+        file store killed (-9) after the answer: made again, the consumer
+        has the floor at 100 and redelivers nothing; acks sent after the
+        answer and lost with the kill (their turn never ended) come again.
+        """
+        self.publish(103)
+        path = os.path.abspath(self.mktemp())
+        config = check_config(self.stream, {"durable_name": "D", "ack_policy": "explicit", "ack_wait": 2 * SECOND})
+
+        def start(store: FileConsumerStore) -> Consumer:
+            consumer = Consumer(self.stream, "D", config, store, self.engine.now())
+            self.stream.attach(consumer)
+            consumer.start()
+            self.addCleanup(consumer.stop)
+            return consumer
+
+        store = FileConsumerStore(path, clock=self.clock)
+        consumer = start(store)
+        got = self.pull(consumer, {"batch": 100}).take()
+        self.clock.advance(0)
+        self.assertEqual(len(got), 100)
+        answer = Inbox(self.broker, "_INBOX.acked")
+        for _, reply, _, _ in got[1:] + got[:1]:
+            self.ack(reply, b"+ACK", "_INBOX.acked" if reply is got[0][1] else None)
+        self.assertEqual(answer.take(), [])  # not before the write
+        self.clock.advance(0)
+        self.assertEqual(answer.take(), [("_INBOX.acked", None, b"", None)])
+        more = self.pull(consumer, {"batch": 3}, "_INBOX.2").take()
+        self.clock.advance(0)
+        self.ack(more[0][1])  # in the buffer, not written: lost with the kill
+        store.abandon()
+        consumer.stop()
+        self.stream.consumers.clear()
+
+        again = start(FileConsumerStore(path, clock=self.clock))
+        info = again.info()
+        self.assertEqual((info["ack_floor"]["stream_seq"], info["delivered"]["stream_seq"], info["num_ack_pending"]), (100, 103, 3))
+        box = self.pull(again, {"batch": 10, "expires": 60 * SECOND}, "_INBOX.3")
+        self.assertEqual(box.take(), [])
+        self.clock.advance(2.1)
+        self.assertEqual([m[2] for m in box.take()], [b"m101", b"m102", b"m103"])
 
     def test_new_start_kept(self) -> None:
         """deliver_policy new: the starting point is kept, so a restart does not skip what came meanwhile."""

@@ -939,6 +939,38 @@ class ConsumerStoreTests(SynchronousTestCase):
         store.abandon()
         self.assertEqual(self.open().load(), expected)
 
+    def test_pull_round_records(self) -> None:
+        """
+        A fetch of 100 and its acks, as a pull consumer makes them in a
+        turn each: a crash after the writes finds them all, and the log
+        holds one record per turn, not one per message (a tenth of the size).
+        """
+        store = self.open()
+        model = MemoryConsumerStore()
+        start = os.path.getsize(self.path.child("consumer.log").path)
+        for s in (store, model):
+            for n in range(1, 101):
+                s.update_delivered(n, 1000 + n, 1, 5000)
+            s.update_delivered(101, 7, 3, 5000)  # a redelivery in the round
+            s.update_delivered(102, 1102, 1, 5000)
+        self.clock.advance(0)
+        order = list(range(1, 103))
+        random.Random(3).shuffle(order)
+        for s in (store, model):
+            for n in order:
+                sseq = 7 if n == 101 else 1000 + n
+                s.update_acks(0, 0, [sseq])
+            s.update_acks(102, 1102, [])
+        durable: List[bool] = []
+        store.when_durable(lambda: durable.append(True))
+        self.clock.advance(0)
+        self.assertEqual(durable, [True])
+        self.assertLess(os.path.getsize(self.path.child("consumer.log").path) - start, 2200)
+        expected = model.load()
+        self.assertEqual(expected, ConsumerState(102, 1102, 102, 1102, {}, {}))
+        store.abandon()
+        self.assertEqual(self.open().load(), expected)
+
     def test_update(self) -> None:
         store = self.open()
         store.update_delivered(1, 10, 1, 100)
@@ -1102,6 +1134,16 @@ class ConsumerMachine(RuleBasedStateMachine):
         self.sseq += gap
         for s in (self.store, self.model):
             s.update_delivered(self.cseq, self.sseq, count, self.cseq * 10)
+
+    @rule(counts=st.lists(st.integers(1, 2), min_size=1, max_size=6), gaps=st.lists(st.integers(1, 2), min_size=6, max_size=6))
+    def deliver_round(self, counts: List[int], gaps: List[int]) -> None:
+        """A pull's round: deliveries at one time (first ones kept as one record), redeliveries among them."""
+        now = (self.cseq + 1) * 10
+        for count, gap in zip(counts, gaps):
+            self.cseq += 1
+            self.sseq += gap
+            for s in (self.store, self.model):
+                s.update_delivered(self.cseq, self.sseq, count, now)
 
     @rule(data=st.data())
     def ack(self, data: st.DataObject) -> None:
