@@ -46,7 +46,7 @@ from eventsvc.nats.server import NO_RESPONDERS_STATUS, Broker
 from eventsvc.nats.session import HANDSHAKE, Session
 from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
-from eventsvc.nats.tcp import no_delay
+from eventsvc.nats.tcp import set_up
 
 OK = b"+OK\r\n"
 
@@ -178,7 +178,8 @@ class ClientConnection(Protocol):
         plaintext, before any TLS).  Returns False when the connection was
         refused (the listener is full).
         """
-        no_delay(transport)
+        # TCP_NODELAY, and the INFO goes out with the turn's one send.
+        set_up(transport)
         now = self.clock.seconds()
         self.start = self.last_activity = now
         self.cid = self.broker.register(self)

@@ -357,6 +357,18 @@ def _turn_end_class(cls: type) -> Optional[type]:
     return made
 
 
+def set_up(transport: Any) -> None:
+    """
+    What a NATS connection's TCP transport needs before its first write
+    (the greeting INFO): TCP_NODELAY (L{no_delay}) and sends at the end of
+    each turn (L{send_at_turn_end}).  Set up later, the INFO took Twisted's
+    way: registered for writability and sent on the next turn, then
+    unregistered, two C{epoll_ctl}s and a reactor turn per connection.
+    """
+    no_delay(transport)
+    send_at_turn_end(transport)
+
+
 def send_at_turn_end(transport: Any) -> bool:
     """
     Have the TCP transport under C{transport} (walking down through TLS and

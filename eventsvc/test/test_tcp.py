@@ -428,3 +428,62 @@ class AtTurnEndTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(self.received(), b"ab")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class GreetingTests(SynchronousTestCase):
+    """
+    A client's greeting INFO, in plaintext and on a TLS listener, leaves
+    with its turn's one send: the transport is never registered for writing
+    (Twisted's way, which cost two epoll_ctl and a turn per connection).
+    """
+
+    def greet(self, tls):
+        import os
+        import socket
+        import tempfile
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.server import Broker
+        from eventsvc.nats.settings import ClientSettings
+        from eventsvc.test.helpers import with_limits
+
+        context = None
+        if tls:
+            from eventsvc.security.tls import mutual_tls_server
+            from eventsvc.test.tlshelpers import PKI
+
+            pki = PKI(os.path.join(tempfile.mkdtemp(), "pki"))
+            pki.issue("server", ["localhost"])
+            context = mutual_tls_server(pki.path("server.crt"), pki.path("server.key"), pki.path("ca.crt"))
+        reactor = MemoryReactorClock()
+        factory = ClientFactory(Broker(server_id="NTEST"), with_limits(ClientSettings, tls=context), reactor)
+        factory.handshakes.seconds = float("inf")
+        # A TCP pair on loopback (TCP_NODELAY is set on it).
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(1)
+            peer = socket.create_connection(listening.getsockname())
+            ours = listening.accept()[0]
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        ours.setblocking(False)
+        protocol = factory.buildProtocol(None)
+        transport = tcp.Server(ours, protocol, ("127.0.0.1", 5000), _Port(), 1, reactor)
+        protocol.makeConnection(transport)
+        self.assertEqual(reactor.getWriters(), [])
+        reactor.advance(0)
+        self.assertEqual(reactor.getWriters(), [])
+        peer.settimeout(5)
+        got = peer.recv(1 << 16)
+        self.assertTrue(got.startswith(b"INFO {") and got.endswith(b"} \r\n"), got)
+        self.assertEqual(b'"tls_required":true' in got, tls)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_plain(self):
+        self.greet(tls=False)
+
+    def test_tls_listener(self):
+        self.greet(tls=True)
