@@ -252,6 +252,8 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """The socket closed: the connection ends, its subscriptions go, and monitoring keeps its figures."""
+        if self.lost:
+            return
         self.lost = True
         if self.session.handshaking:
             self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)
@@ -264,6 +266,27 @@ class ClientConnection(Protocol):
             clean = reason is None or reason.check(ConnectionDone) is not None
             self.close_reason = "Client Closed" if clean else "Read Error"
             self._teardown()
+        self._let_go()
+
+    #: The parts that hold the connection (its methods, or itself as their
+    #: owner), let go of once its transport is gone (L{_let_go}).
+    _PARTS = ("parser", "turns", "outbound", "gate", "pinger", "login", "transport")
+
+    def _let_go(self) -> None:
+        """
+        The transport is gone, and the connection with it: it lets go of its
+        parts, which hold it, so that it and they are freed by reference
+        counting as soon as the last holder lets go, not left in reference
+        cycles for the cycle collector (44 objects a connection, and the
+        collections of them and of the heap were a fifth of a plaintext
+        connection's CPU).  Nothing reads a part of a closed connection:
+        every way in asks C{closed} first, and monitoring keeps a copy of
+        its figures (L{ClosedConnection}).
+        """
+        for name in self._PARTS:
+            setattr(self, name, None)
+        # (The broker may still hold it among this turn's written-to.)
+        self.flush = _nothing_to_flush
 
     def _teardown(self) -> None:
         if self.closed:
@@ -581,6 +604,11 @@ _VIOLATION_REASONS = {
     BAD_PROTOCOL: "Bad Client Protocol Version",
     NO_RESPONDERS_NEEDS_HEADERS: "No Responders Requires Headers",
 }
+
+
+def _nothing_to_flush() -> bool:
+    """A closed connection's C{flush}: nothing is written."""
+    return False
 
 
 def _violation_reason(error: Optional[str]) -> str:
