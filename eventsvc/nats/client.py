@@ -127,7 +127,7 @@ class ClientConnection(Protocol):
         self.listener = getattr(settings, "name", "")
         # CONNECT options, nats-server's defaults until CONNECT: attributes
         # of their own, since the broker reads echo and headers per message.
-        self._take(ConnectOptions())
+        self._take(ConnectOptions.DEFAULT)
         self.identity: Optional[Identity] = None
         self.login = Login(self, clock, settings.auth_throttle, settings.auth_timeout)
         self.permissions: Any = None
@@ -263,7 +263,7 @@ class ClientConnection(Protocol):
             self._teardown()
         if not self.closed:
             # As nats-server: a clean close is the client's, a reset a read error.
-            clean = reason is None or reason.check(ConnectionDone) is not None
+            clean = reason is None or isinstance(reason.value, ConnectionDone)
             self.close_reason = "Client Closed" if clean else "Read Error"
             self._teardown()
         self._let_go()

@@ -365,8 +365,21 @@ def set_up(transport: Any) -> None:
     way: registered for writability and sent on the next turn, then
     unregistered, two C{epoll_ctl}s and a reactor turn per connection.
     """
+    for layer in _layers(transport):
+        cls: Type[Any] = type(layer)
+        made = _turn_end_class(cls)
+        if made is None:
+            continue
+        # (One walk down the layers for both: this is every connection's.)
+        try:
+            made.setTcpNoDelay(layer, True)
+        except OSError:
+            pass
+        if made is not cls:
+            layer._turn = _turn_end(layer.reactor)
+            layer.__class__ = made
+        return
     no_delay(transport)
-    send_at_turn_end(transport)
 
 
 def send_at_turn_end(transport: Any) -> bool:
