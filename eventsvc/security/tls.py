@@ -116,10 +116,17 @@ TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY
 
 
 def _tls13_suites(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
-    """C{options}, its context choosing TLS 1.3 suites in L{TLS13_SUITES}'s order (where pyOpenSSL can say so)."""
+    """C{options}, its context choosing TLS 1.3 suites in L{TLS13_SUITES}'s order."""
     context = options.getContext()
     if hasattr(context, "set_tls13_ciphersuites"):
         context.set_tls13_ciphersuites(TLS13_SUITES)
+    else:
+        # pyOpenSSL before 24.2 (PyPy's constraints pin 24.1) has no method
+        # for it; its binding has the call the method makes.
+        from OpenSSL._util import lib
+
+        if lib.SSL_CTX_set_ciphersuites(context._context, TLS13_SUITES) != 1:
+            raise ValueError("OpenSSL refused the TLS 1.3 suites {!r}".format(TLS13_SUITES))
     return options
 
 
