@@ -372,7 +372,7 @@ def set_up(transport: Any) -> None:
             continue
         # (One walk down the layers for both: this is every connection's.)
         try:
-            made.setTcpNoDelay(layer, True)
+            layer.setTcpNoDelay(True)
         except OSError:
             pass
         if made is not cls:
