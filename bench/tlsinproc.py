@@ -119,6 +119,10 @@ class World:
             def abortConnection(self) -> None:
                 self.disconnecting = True
 
+            def lost(self) -> None:
+                """As Twisted's TCP transport, before it tells its protocol: its producer is let go."""
+                self.producer = None
+
         self.wire = Wire
         self.count = 0
         self.client_time = 0.0
@@ -150,6 +154,7 @@ class World:
             assert take() == b"PONG\r\n"
             proto.dataReceived(PING)
             assert take() == b"PONG\r\n"
+            transport.lost()
             proto.connectionLost(Failure(ConnectionDone()))
             return
         started = clock()
@@ -217,6 +222,7 @@ class World:
         self.client_time += clock() - started
         proto.dataReceived(data)
         take()
+        transport.lost()
         proto.connectionLost(Failure(ConnectionDone()))
 
 

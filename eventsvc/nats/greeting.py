@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from eventsvc import wirejson
 from eventsvc.nats.frames import info_line
@@ -20,6 +20,7 @@ from eventsvc.nats.frames import info_line
 __all__ = ["ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info"]
 
 #: CONNECT fields we read, with the JSON types nats-server accepts for them.
+_INT = (int,)
 CONNECT_TYPES: Dict[str, tuple] = {
     "verbose": (bool,),
     "pedantic": (bool,),
@@ -27,7 +28,7 @@ CONNECT_TYPES: Dict[str, tuple] = {
     "headers": (bool,),
     "no_responders": (bool,),
     "tls_required": (bool,),
-    "protocol": (int,),
+    "protocol": _INT,
     "auth_token": (str,),
     "user": (str,),
     "pass": (str,),
@@ -142,11 +143,12 @@ def decode_connect(arg: bytes) -> Dict[str, Any]:
     options = wirejson.loads(arg)
     if not isinstance(options, dict):
         raise ValueError("CONNECT options are not an object")
-    for key, types in CONNECT_TYPES.items():
-        value = options.get(key)
-        if value is None:
+    # The fields it has, not every field there is: a client sends a few.
+    for key, value in options.items():
+        types = CONNECT_TYPES.get(key)
+        if types is None or value is None:
             continue
-        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+        if not isinstance(value, types) or (types is _INT and value.__class__ is bool):
             raise ValueError("CONNECT field {} has the wrong type".format(key))
     return options
 
@@ -165,6 +167,9 @@ class ConnectOptions:
     lang: str = ""
     version: str = ""
 
+    #: nats-server's defaults, until a CONNECT says otherwise (one instance: it is frozen).
+    DEFAULT: ClassVar["ConnectOptions"]
+
     @classmethod
     def read(cls, options: Dict[str, Any]) -> "ConnectOptions":
         """From L{decode_connect}'s result: only an explicit false turns a default-on option off."""
@@ -179,3 +184,6 @@ class ConnectOptions:
             lang=options.get("lang") or "",
             version=options.get("version") or "",
         )
+
+
+ConnectOptions.DEFAULT = ConnectOptions()

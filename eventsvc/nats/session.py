@@ -73,7 +73,7 @@ TRANSITIONS: Dict[Tuple[str, str], Tuple[str, Tuple[str, ...]]] = {
     (CLOSED, "close"): (CLOSED, ()),
 }
 for _state in (GREETING, HANDSHAKING, OPEN, AWAITING_CONNECT, AUTHENTICATING, READY):
-    TRANSITIONS[_state, "close"] = (CLOSED, ("_stop_clocks",))
+    TRANSITIONS[_state, "close"] = (CLOSED, ("_stop_clocks", "_let_go"))
 del _state
 
 
@@ -183,4 +183,16 @@ class Session:
 
     def _tell_timed_out(self, which: str) -> None:
         self._handshake_timer = self._auth_timer = None
-        self._timed_out(which)
+        timed_out = self._timed_out
+        self._let_go()
+        timed_out(which)
+
+    def _let_go(self) -> None:
+        # Closed, no clock runs: the connection (whose method it holds) is
+        # not held by its session, which it holds (freed without the cycle
+        # collector).
+        self._timed_out = _never_called
+
+
+def _never_called(which: str) -> None:
+    """A closed session's C{timed_out}: no clock runs once it is closed."""

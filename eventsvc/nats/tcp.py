@@ -357,6 +357,31 @@ def _turn_end_class(cls: type) -> Optional[type]:
     return made
 
 
+def set_up(transport: Any) -> None:
+    """
+    What a NATS connection's TCP transport needs before its first write
+    (the greeting INFO): TCP_NODELAY (L{no_delay}) and sends at the end of
+    each turn (L{send_at_turn_end}).  Set up later, the INFO took Twisted's
+    way: registered for writability and sent on the next turn, then
+    unregistered, two C{epoll_ctl}s and a reactor turn per connection.
+    """
+    for layer in _layers(transport):
+        cls: Type[Any] = type(layer)
+        made = _turn_end_class(cls)
+        if made is None:
+            continue
+        # (One walk down the layers for both: this is every connection's.)
+        try:
+            layer.setTcpNoDelay(True)
+        except OSError:
+            pass
+        if made is not cls:
+            layer._turn = _turn_end(layer.reactor)
+            layer.__class__ = made
+        return
+    no_delay(transport)
+
+
 def send_at_turn_end(transport: Any) -> bool:
     """
     Have the TCP transport under C{transport} (walking down through TLS and

@@ -123,6 +123,15 @@ class TLSLayer(TLSMemoryBIOProtocol):
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
 
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """
+        As Twisted's, and the producer is let go, as a TCP transport lets
+        go of its own: it holds this layer (it writes to it), which would
+        keep the two, and the connection, in a cycle for the collector.
+        """
+        super().connectionLost(reason)
+        self._producer = None
+
     def _write(self, data: bytes) -> None:
         if self._lostTLSConnection:
             return

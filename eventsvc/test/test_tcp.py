@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.defer import succeed
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.client import URI
 
 from eventsvc.events.handlers import NoDelayEndpoints
@@ -428,3 +428,192 @@ class AtTurnEndTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(self.received(), b"ab")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class GreetingTests(SynchronousTestCase):
+    """
+    A client's greeting INFO, in plaintext and on a TLS listener, leaves
+    with its turn's one send: the transport is never registered for writing
+    (Twisted's way, which cost two epoll_ctl and a turn per connection).
+    """
+
+    def greet(self, tls):
+        import os
+        import socket
+        import tempfile
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.server import Broker
+        from eventsvc.nats.settings import ClientSettings
+        from eventsvc.test.helpers import with_limits
+
+        context = None
+        if tls:
+            from eventsvc.security.tls import mutual_tls_server
+            from eventsvc.test.tlshelpers import PKI
+
+            pki = PKI(os.path.join(tempfile.mkdtemp(), "pki"))
+            pki.issue("server", ["localhost"])
+            context = mutual_tls_server(pki.path("server.crt"), pki.path("server.key"), pki.path("ca.crt"))
+        reactor = MemoryReactorClock()
+        factory = ClientFactory(Broker(server_id="NTEST"), with_limits(ClientSettings, tls=context), reactor)
+        factory.handshakes.seconds = float("inf")
+        # A TCP pair on loopback (TCP_NODELAY is set on it).
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(1)
+            peer = socket.create_connection(listening.getsockname())
+            ours = listening.accept()[0]
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        ours.setblocking(False)
+        protocol = factory.buildProtocol(None)
+        transport = tcp.Server(ours, protocol, ("127.0.0.1", 5000), _Port(), 1, reactor)
+        protocol.makeConnection(transport)
+        self.assertEqual(reactor.getWriters(), [])
+        reactor.advance(0)
+        self.assertEqual(reactor.getWriters(), [])
+        peer.settimeout(5)
+        got = peer.recv(1 << 16)
+        self.assertTrue(got.startswith(b"INFO {") and got.endswith(b"} \r\n"), got)
+        self.assertEqual(b'"tls_required":true' in got, tls)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_plain(self):
+        self.greet(tls=False)
+
+    def test_tls_listener(self):
+        self.greet(tls=True)
+
+
+class ClosedConnectionFreedTests(SynchronousTestCase):
+    """
+    A client connection that has closed, and its parts, are freed by
+    reference counting once Twisted lets go of them, plaintext and over
+    mutual TLS, with the cycle collector off: left in reference cycles,
+    each connection's 44 objects waited for the collector, and the
+    collections were a fifth of a plaintext connection's CPU.
+    """
+
+    CONNECT = b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"headers":true}\r\nPING\r\n'
+
+    def setUp(self):
+        import gc
+        import sys
+
+        if sys.implementation.name != "cpython":
+            # PyPy counts no references: its collector frees everything, cycles or not.
+            raise SkipTest("reference counting is CPython's")
+
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+
+    def serve(self, tls):
+        import os
+        import socket
+        import tempfile
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.server import Broker
+        from eventsvc.nats.settings import ClientSettings
+        from eventsvc.test.helpers import with_limits
+
+        context = None
+        self.pki = None
+        if tls:
+            from eventsvc.security.tls import mutual_tls_server
+            from eventsvc.test.tlshelpers import PKI
+
+            self.pki = PKI(os.path.join(tempfile.mkdtemp(), "pki"))
+            self.pki.issue("server", ["localhost"])
+            self.pki.issue("client")
+            context = mutual_tls_server(self.pki.path("server.crt"), self.pki.path("server.key"), self.pki.path("ca.crt"))
+        self.reactor = MemoryReactorClock()
+        self.factory = ClientFactory(Broker(server_id="NTEST"), with_limits(ClientSettings, tls=context), self.reactor)
+        self.factory.handshakes.seconds = float("inf")
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(1)
+            self.peer = socket.create_connection(listening.getsockname())
+            ours = listening.accept()[0]
+        self.addCleanup(self.peer.close)
+        self.addCleanup(ours.close)
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        protocol = self.factory.buildProtocol(None)
+        transport = tcp.Server(ours, protocol, ("127.0.0.1", 5000), _Port(), 1, self.reactor)
+        protocol.makeConnection(transport)
+        self.reactor.advance(0)
+        return transport
+
+    def turn(self, transport):
+        """What a reactor does for a readable socket (read, then the turn's end), and for a writable one it waits for."""
+        from twisted.python.failure import Failure
+
+        for step in (transport.doRead, transport.doWrite):
+            if transport.disconnected or (step == transport.doWrite and transport not in self.reactor.getWriters()):
+                continue
+            why = step()
+            if why is not None:
+                transport.connectionLost(Failure(why))
+            self.reactor.advance(0)
+
+    def received(self):
+        try:
+            return self.peer.recv(1 << 16)
+        except BlockingIOError:
+            return b""
+
+    def assertFreed(self, transport):
+        import weakref
+
+        (connection,) = self.factory.broker.clients.values()
+        freed = weakref.ref(connection)
+        del connection
+        self.turn(transport)
+        self.assertEqual(self.factory.live, set())
+        self.assertEqual(self.factory.broker.clients, {})
+        self.assertEqual(self.factory.broker.closed[-1].close_reason, "Client Closed")
+        del transport
+        self.assertIsNone(freed())
+
+    def test_plain(self):
+        transport = self.serve(tls=False)
+        self.assertTrue(self.received().startswith(b"INFO "))
+        self.peer.sendall(self.CONNECT)
+        self.turn(transport)
+        self.assertEqual(self.received(), b"PONG\r\n")
+        self.peer.close()
+        self.assertFreed(transport)
+
+    def test_mutual_tls(self):
+        from OpenSSL import SSL
+
+        transport = self.serve(tls=True)
+        self.assertTrue(self.received().startswith(b"INFO "))
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.use_certificate_file(self.pki.path("client.crt"))
+        context.use_privatekey_file(self.pki.path("client.key"))
+        client = SSL.Connection(context, self.peer)
+        client.set_connect_state()
+        got = b""
+        for _ in range(20):
+            try:
+                if not got:
+                    client.do_handshake()
+                    client.sendall(self.CONNECT)
+                got += client.recv(1 << 16)
+                break
+            except SSL.WantReadError:
+                self.turn(transport)
+        self.assertEqual(got, b"PONG\r\n")
+        client.shutdown()
+        self.peer.close()
+        self.assertFreed(transport)

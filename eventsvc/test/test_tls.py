@@ -6,6 +6,8 @@ then the upgrade on the same connection, as nats-server 2.9 does it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet import ssl
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -70,6 +72,46 @@ class MutualTLSTests(SynchronousTestCase):
         cid = server.inner.cid
         self.assertEqual(formatEvent(lines[0]), "client {} from 127.0.0.1:50000 on - closed: Client Closed".format(cid))
         self.assertEqual((lines[0]["tls"], lines[0]["seconds"], lines[0]["detail"]), (True, 1.5, ""))
+
+    def test_cipher_suite(self) -> None:
+        """
+        A TLS 1.3 client offering OpenSSL's suites (AES-256-GCM first) gets
+        AES-128-GCM, as nats-server gives nats.go; one that offers only
+        AES-256-GCM or ChaCha20 gets it.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+        from zope.interface import implementer
+
+        self.pki.issue("alice")
+
+        @implementer(IOpenSSLClientConnectionCreator)
+        class Offering:
+            def __init__(self, suites: Optional[bytes]) -> None:
+                self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+                self.context.use_certificate_file(pki.path("alice.crt"))
+                self.context.use_privatekey_file(pki.path("alice.key"))
+                if suites is not None:
+                    from OpenSSL._util import lib
+
+                    # (What set_tls13_ciphersuites does, where pyOpenSSL has it: not 24.1, PyPy's.)
+                    if lib.SSL_CTX_set_ciphersuites(self.context._context, suites) != 1:
+                        raise ValueError(suites)
+
+            def clientConnectionForTLS(self, tls_protocol: object) -> SSL.Connection:
+                connection = SSL.Connection(self.context, None)
+                connection.set_connect_state()
+                return connection
+
+        pki = self.pki
+        for offered, chosen in ((None, "TLS_AES_128_GCM_SHA256"),
+                                (b"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+                                (b"TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256")):
+            client = UpgradingClient(Offering(offered))
+            server, pump = self.harness.connect(client)
+            self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+            handle = server.tls.getHandle()
+            self.assertEqual((handle.get_protocol_version_name(), handle.get_cipher_name()), ("TLSv1.3", chosen))
 
     def test_client_offering_alpn(self) -> None:
         """A client that offers ALPN the server does not speak is served without a protocol, as nats-server does."""
