@@ -611,7 +611,16 @@ class Delivery:
                 conn.dirty = True
                 dirty.append(conn)
         if targets.queues and groups_served(src, ()) is None:
-            rand = self._random.random
+            bits = self._bits
+            # Tails of one length have payloads of one size (a longer size
+            # field needs a larger payload): most batches, whose payloads'
+            # sizes need not be read one by one.
+            first = len(tails[0])
+            each = size // k
+            for tail in tails:
+                if len(tail) != first:
+                    each = -1
+                    break
             for group in targets.queues:
                 members = group
                 if no_echo:
@@ -620,12 +629,12 @@ class Delivery:
                         continue
                 n = len(members)
                 for tail in tails:
-                    conn, prefix, _ = members[int(rand() * n)]
+                    conn, prefix, _ = members[bits(30) % n] if n > 1 else members[0]
                     out = conn.out
                     out.append(prefix)
                     out.append(tail)
                     conn.out_msgs += 1
-                    conn.out_bytes += _payload_size(tail)
+                    conn.out_bytes += each if each >= 0 else _payload_size(tail)
                     if not conn.dirty:
                         conn.dirty = True
                         dirty.append(conn)

@@ -251,6 +251,27 @@ class LocalQueueTests(SynchronousTestCase):
         self.assertEqual(quiet.out, [])
 
 
+    def test_a_batchs_messages_each_to_one_member_with_its_own_size(self) -> None:
+        """
+        A batch of one subject (a repeated line, or a link's) to a group:
+        each message to one member, and each member's byte count is the
+        payloads it was given, whether the batch's sizes differ or not.
+        """
+        broker = Broker()
+        workers = [Conn(Kind.CLIENT) for _ in range(4)]
+        for conn in workers:
+            interested(broker, conn, b"s", queue=b"q")
+        for payloads in ([b"x" * n for n in (1, 3, 10, 2)] * 50, [b"y" * 5] * 200):
+            tails = [b"%d\r\n%s\r\n" % (len(p), p) for p in payloads]
+            broker.deliver_batch(Conn(Kind.CLIENT), b"s", tails, sum(map(len, payloads)))
+        got = [[tail.split(b"\r\n")[1] for tail in conn.out[1::2]] for conn in workers]
+        self.assertEqual(sorted(p for member in got for p in member), sorted([b"x" * n for n in (1, 3, 10, 2)] * 50 + [b"y" * 5] * 200))
+        for member, conn in zip(got, workers):
+            self.assertEqual(conn.out[::2], [b"MSG s 1 "] * len(member))
+            self.assertEqual((conn.out_msgs, conn.out_bytes), (len(member), sum(map(len, member))))
+            self.assertGreater(len(member), 50)
+
+
 class QueueRunTests(SynchronousTestCase):
     """
     A client's read over many subjects to queue groups of local clients
