@@ -205,6 +205,22 @@ def queue_10_many(messages: int) -> Any:
     return _stream([[b"bench.1.*.data"]] * 10, 4, 1000, messages, queue=b"q")
 
 
+def queue_10_one(messages: int) -> Any:
+    """
+    A queue group of 10 on one subject, 1 publisher : 10 members
+    (natsbench -np 1 -ns 10 -queue q): runs of one subject, batched.
+    """
+    return _stream([[b"bench.1.0.data"]] * 10, 1, 1, messages, queue=b"q")
+
+
+def publish_only_1000(messages: int) -> Any:
+    """
+    4 publishers over 1,000 subjects, nobody subscribed: the read side's
+    share of C{queue-10-4:10} (what is left is its delivery).
+    """
+    return _stream([], 4, 1000, messages)
+
+
 def many_publishers(messages: int) -> Any:
     """
     50 publishers over 1,000 subjects, each on its own walk, reads of
@@ -299,6 +315,8 @@ SCENES: Dict[str, Scene] = {
     "1KiB": kib_one_subject,
     "queue-10": queue_10,
     "queue-10-4:10": queue_10_many,
+    "queue-10-1:10": queue_10_one,
+    "publish-only-1000": publish_only_1000,
     "many-publishers": many_publishers,
     "request-reply": request_reply,
 }

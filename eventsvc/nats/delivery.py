@@ -100,7 +100,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
-        "local_queues", "callback",
+        "local_queues", "queue_last", "callback",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -129,6 +129,9 @@ class Plan:
         self.local_queues: bool = (
             simple and bool(queues) and not plain and not route_plain and not route_mixed and not leaf_plain
         )
+        #: The last of C{queues} (None: no group): L{Delivery._to_local_queues}
+        #: leaves its loop there, before the back edge.
+        self.queue_last: Optional[List[Tuple[ISubscriber, bytes, Subscription]]] = queues[-1] if queues else None
         #: (owner, subscription) when one in-process subscription without a
         #: maximum is all there is (a JetStream stream's subjects, its acks,
         #: its API): L{Delivery.deliver} hands the message straight to it.
@@ -317,7 +320,11 @@ class Delivery:
         #: Subjects planned once and not kept (L{_plan}: kept the second time).
         self._seen: Set[bytes] = set()
         self._random = random.Random()
-        self._rand = self._random.random
+        #: A member's pick: C{bits(30) % n}, fair within n / 2**30 (as
+        #: nats-server, a random member a message).  int(random() * n)
+        #: cost CPython some 700 instructions a message more: int() of a
+        #: float is a type call.
+        self._bits = self._random.getrandbits
         #: (Bound once: deliver_run binds it per run of 16 messages.)
         self._queue_picks = self._to_local_queues
         self.gateways: Optional[IGatewayForwarder] = None
@@ -454,7 +461,9 @@ class Delivery:
             count += self._onward(src, targets, None, subject, reply, size, tail, -1, b"", queues)
         return count
 
-    def _to_local_queues(self, src: ISource, targets: Plan, frame_tail: bytes, size: int) -> int:
+    def _to_local_queues(
+        self, src: ISource, targets: Plan, frame_tail: bytes, size: int, rest: Any = (),
+    ) -> int:
         """
         A client's message to queue groups of local clients only (the plan
         is simple: no route or leaf is a member, nobody has a maximum): one
@@ -462,28 +471,58 @@ class Delivery:
         when the pick is the publisher without echo (as _deliver_queues
         asks of the same members).  (A method of its own: in deliver() the
         loop cost PyPy's JIT a tenth of every other message's time.)
+
+        C{rest}: what is left of L{deliver_run}'s run (an iterator).  Its
+        messages are served here too while their plans are queue groups of
+        local clients alone (a work queue over many subjects: one call a
+        run, not one a message); the first that is anything else is handed
+        on as deliver_run would, and the run goes on there.  Returns how
+        many members were given a message.
         """
         count = 0
-        rand = self._rand
-        for group in targets.queues:
-            n = len(group)
-            i = int(rand() * n) if n > 1 else 0
-            conn, prefix, _ = group[i]
-            if conn is src and not src.echo:
-                other = _other_member(group, i, src)
-                if other is None:
-                    continue
-                conn, prefix, _ = other
-            out = conn.out
-            out.append(prefix)
-            out.append(frame_tail)
-            conn.out_msgs += 1
-            conn.out_bytes += size
-            if not conn.dirty:
-                conn.dirty = True
-                self._dirty.append(conn)
-            count += 1
-        return count
+        bits = self._bits
+        no_echo = not src.echo
+        plans = self._targets
+        # (Appends alone below: nothing here flushes, so the list bound
+        # now is the one a flush would take.)
+        dirty = self._dirty
+        while True:
+            # (The last group ends the loop before its back edge, which a
+            # for loop takes once a message: a plan of one group then made
+            # PyPy's JIT compile the loop as one of its own, entered and
+            # left each message, a quarter of a queue message's time.)
+            last = targets.queue_last
+            for group in targets.queues:
+                n = len(group)
+                i = bits(30) % n if n > 1 else 0
+                conn, prefix, _ = group[i]
+                if conn is src and no_echo:
+                    other = _other_member(group, i, src)
+                    if other is None:
+                        continue
+                    conn, prefix, _ = other
+                out = conn.out
+                out.append(prefix)
+                out.append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
+                count += 1
+                if group is last:
+                    break
+            for subject, size, frame_tail in rest:
+                break
+            else:
+                return count
+            if frame_tail.__class__ is not bytes:
+                self.deliver_batch(src, subject, cast(Any, frame_tail), size)
+                return count
+            targets = plans.get(subject) or self._plan(subject)
+            if not targets.local_queues:
+                self.deliver(src, subject, None, size, frame_tail, targets)
+                return count
 
     def deliver_run(self, src: ISource, run: Sequence[Tuple[bytes, int, Any]]) -> None:
         """
@@ -504,10 +543,12 @@ class Delivery:
         # would go through deliver() and so the rule, queue names and all.)
         local = self.gateways is None and not src.kind.link
         to_queues = self._queue_picks
+        # (The rest of a run is handed to to_queues with its message.)
+        messages = iter(run)
         # (self._dirty, not a local copy: an in-process subscriber may flush
         # mid-run, and the reloads after each call made this loop's body too
         # long for one bytecode argument, which cost every message.)
-        for subject, size, tail in run:
+        for subject, size, tail in messages:
             if tail.__class__ is not bytes:
                 self.deliver_batch(src, subject, tail, size)
                 continue
@@ -527,8 +568,9 @@ class Delivery:
                         self._dirty.append(conn)
             elif local and targets.local_queues:
                 # Queue groups of local clients alone (a work queue over
-                # many subjects): deliver() would only ask the same.
-                to_queues(src, targets, tail, size)
+                # many subjects): deliver() would only ask the same.  It
+                # serves the run's next messages too while they are the same.
+                to_queues(src, targets, tail, size, messages)
             else:
                 self.deliver(src, subject, None, size, tail, targets)
 
@@ -581,7 +623,16 @@ class Delivery:
                 conn.dirty = True
                 dirty.append(conn)
         if targets.queues and groups_served(src, ()) is None:
-            rand = self._random.random
+            bits = self._bits
+            # Tails of one length have payloads of one size (a longer size
+            # field needs a larger payload): most batches, whose payloads'
+            # sizes need not be read one by one.
+            first = len(tails[0])
+            each = size // k
+            for tail in tails:
+                if len(tail) != first:
+                    each = -1
+                    break
             for group in targets.queues:
                 members = group
                 if no_echo:
@@ -590,12 +641,12 @@ class Delivery:
                         continue
                 n = len(members)
                 for tail in tails:
-                    conn, prefix, _ = members[int(rand() * n)]
+                    conn, prefix, _ = members[bits(30) % n] if n > 1 else members[0]
                     out = conn.out
                     out.append(prefix)
                     out.append(tail)
                     conn.out_msgs += 1
-                    conn.out_bytes += _payload_size(tail)
+                    conn.out_bytes += each if each >= 0 else _payload_size(tail)
                     if not conn.dirty:
                         conn.dirty = True
                         dirty.append(conn)

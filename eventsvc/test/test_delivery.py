@@ -251,6 +251,27 @@ class LocalQueueTests(SynchronousTestCase):
         self.assertEqual(quiet.out, [])
 
 
+    def test_a_batchs_messages_each_to_one_member_with_its_own_size(self) -> None:
+        """
+        A batch of one subject (a repeated line, or a link's) to a group:
+        each message to one member, and each member's byte count is the
+        payloads it was given, whether the batch's sizes differ or not.
+        """
+        broker = Broker()
+        workers = [Conn(Kind.CLIENT) for _ in range(4)]
+        for conn in workers:
+            interested(broker, conn, b"s", queue=b"q")
+        for payloads in ([b"x" * n for n in (1, 3, 10, 2)] * 50, [b"y" * 5] * 200):
+            tails = [b"%d\r\n%s\r\n" % (len(p), p) for p in payloads]
+            broker.deliver_batch(Conn(Kind.CLIENT), b"s", tails, sum(map(len, payloads)))
+        got = [[tail.split(b"\r\n")[1] for tail in conn.out[1::2]] for conn in workers]
+        self.assertEqual(sorted(p for member in got for p in member), sorted([b"x" * n for n in (1, 3, 10, 2)] * 50 + [b"y" * 5] * 200))
+        for member, conn in zip(got, workers):
+            self.assertEqual(conn.out[::2], [b"MSG s 1 "] * len(member))
+            self.assertEqual((conn.out_msgs, conn.out_bytes), (len(member), sum(map(len, member))))
+            self.assertGreater(len(member), 50)
+
+
 class QueueRunTests(SynchronousTestCase):
     """
     A client's read over many subjects to queue groups of local clients
@@ -330,6 +351,44 @@ class QueueRunTests(SynchronousTestCase):
         self.broker.add_subscription(Subscription(late, b"s.*.data", b"q", b"1"))
         self.publish(list(range(1000, 2000)))
         self.assertGreater(len(self.received(late)), 30)
+
+    def test_a_run_that_mixes_plans_keeps_each_receivers_order(self) -> None:
+        """
+        A run whose messages go now to the group alone, now to a plain
+        subscriber or a route too, now to nobody, or come as a batch of one
+        subject: each message reaches one member, the others get theirs,
+        and everyone gets them in the order published.
+        """
+        watcher, route = Conn(Kind.CLIENT), Conn(Kind.ROUTE)
+        self.broker.add_subscription(Subscription(watcher, b"s.5.data", None, b"9"))
+        interested(self.broker, route, b"s.6.data")
+        order: List[int] = []
+        run: list = []
+        for n in range(600):
+            tail = b"%d\r\n%d\r\n" % (len(b"%d" % n), n)
+            if n % 10 == 7:
+                # Two messages to one subject, as the parser hands a repeated line over.
+                extra = n + 1000
+                run.append((b"s.%d.data" % (n % 100), len(b"%d%d" % (n, extra)), [tail, b"4\r\n%d\r\n" % extra]))
+                order += [n, extra]
+            else:
+                run.append((b"s.%d.data" % (n % 100), len(b"%d" % n), tail))
+                order.append(n)
+            if n % 10 == 3:
+                run.append((b"nobody.here", 2, TAIL))
+            if len(run) >= 16:
+                self.broker.deliver_run(self.publisher, run)
+                run = []
+        self.broker.deliver_run(self.publisher, run)
+        got = [self.received(conn) for conn in self.workers]
+        self.assertEqual(sorted(n for member in got for n in member), sorted(order))
+        for member in got:
+            mine = set(member)
+            self.assertEqual(member, [n for n in order if n in mine])
+        self.assertEqual(watcher.sent(), b"".join(
+            b"MSG s.5.data 9 %d\r\n%d\r\n" % (len(b"%d" % n), n) for n in order if n % 100 == 5))
+        self.assertEqual(route.sent(), b"".join(
+            b"RMSG $G s.6.data %d\r\n%d\r\n" % (len(b"%d" % n), n) for n in order if n % 100 == 6))
 
     def test_with_gateways_each_message_is_offered_to_them_too(self) -> None:
         gateways = Forwarder()
