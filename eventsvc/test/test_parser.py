@@ -683,27 +683,33 @@ class CutReadTests(SynchronousTestCase):
         self.assertEqual(recorder.ops, [("batch", b"foo", [b"5\r\nhello\r\n"] * 2, 10)])
 
 
-def _the_other_way(test: SynchronousTestCase) -> None:
-    """Complete cut reads the other way than this interpreter does (L{Framer.splice_cuts})."""
-    test.patch(Framer, "splice_cuts", not Framer.splice_cuts)
-
-
-class SplitTheOtherWayTests(SplitTests):
+def _splice(test: SynchronousTestCase, splice: bool = True, splice_from: int = 0) -> None:
     """
-    L{SplitTests} with cut reads completed the other way (joined whole, or
-    the cut operation alone): both ways give the same, whichever
-    interpreter runs the tests.
+    Complete every cut read (every one of an operation at least
+    C{splice_from} long) with the front of the next read alone, or, with
+    C{splice} false, join every one whole, whatever this interpreter does
+    by default (L{Framer.splice_cuts}, L{Framer.splice_from}).
+    """
+    test.patch(Framer, "splice_cuts", splice)
+    test.patch(Framer, "splice_from", splice_from)
+
+
+class SplitSplicedTests(SplitTests):
+    """
+    L{SplitTests} with every cut read completed by the cut operation alone:
+    the same as joined whole (CPython's way, and PyPy's for short
+    operations), whichever interpreter runs the tests.
     """
 
     def setUp(self) -> None:
-        _the_other_way(self)
+        _splice(self)
 
 
-class CutReadTheOtherWayTests(CutReadTests):
-    """L{CutReadTests} with cut reads completed the other way (L{SplitTheOtherWayTests})."""
+class CutReadSplicedTests(CutReadTests):
+    """L{CutReadTests} with every cut read completed by the cut operation alone (L{SplitSplicedTests})."""
 
     def setUp(self) -> None:
-        _the_other_way(self)
+        _splice(self)
 
 
 class LinkRecorder(PlainRecorder):
@@ -754,8 +760,9 @@ class LinkCutReadTests(SynchronousTestCase):
                 parser.feed(chunk)
             return recorder.ops + [("counted", recorder.in_msgs, recorder.in_bytes)]
 
-        for splice in (False, True):
-            self.patch(Framer, "splice_cuts", splice)
+        # (Joined; spliced; and spliced for the 1 KiB messages alone, PyPy's way.)
+        for splice in ((False, 0), (True, 0), (True, 512)):
+            _splice(self, *splice)
             whole = parse([stream])
             for i in range(len(stream) + 1):
                 self.assertEqual(parse([stream[:i], stream[i:]]), whole, (splice, i))
@@ -776,8 +783,8 @@ class LinkCutReadTests(SynchronousTestCase):
             publish_batch = BatchRecorder.publish_batch
 
         big = b"1024\r\n" + b"k" * 1024 + b"\r\n"
-        for splice in (False, True):
-            self.patch(Framer, "splice_cuts", splice)
+        for splice in ((False, 0), (True, 0), (True, 512)):
+            _splice(self, *splice)
             for cut in (10, 500, 1040):
                 recorder = Batches()
                 parser = RouteParser(recorder)
