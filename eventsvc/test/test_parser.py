@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.parser import ClientParser, LeafParser, ProtocolViolation
+from eventsvc.nats.framing import Framer
+from eventsvc.nats.parser import ClientParser, LeafParser, ProtocolViolation, RouteParser
 from eventsvc.test.helpers import Harness
 
 STREAM = (
@@ -680,3 +681,115 @@ class CutReadTests(SynchronousTestCase):
             parser.feed(b"lo\r\nPUB foo 5\r\nhello\r\nBOGUS\r\n")
         self.assertEqual(caught.exception.error, "Unknown Protocol Operation")
         self.assertEqual(recorder.ops, [("batch", b"foo", [b"5\r\nhello\r\n"] * 2, 10)])
+
+
+def _splice(test: SynchronousTestCase, splice: bool = True, splice_from: int = 0) -> None:
+    """
+    Complete every cut read (every one of an operation at least
+    C{splice_from} long) with the front of the next read alone, or, with
+    C{splice} false, join every one whole, whatever this interpreter does
+    by default (L{Framer.splice_cuts}, L{Framer.splice_from}).
+    """
+    test.patch(Framer, "splice_cuts", splice)
+    test.patch(Framer, "splice_from", splice_from)
+
+
+class SplitSplicedTests(SplitTests):
+    """
+    L{SplitTests} with every cut read completed by the cut operation alone:
+    the same as joined whole (CPython's way, and PyPy's for short
+    operations), whichever interpreter runs the tests.
+    """
+
+    def setUp(self) -> None:
+        _splice(self)
+
+
+class CutReadSplicedTests(CutReadTests):
+    """L{CutReadTests} with every cut read completed by the cut operation alone (L{SplitSplicedTests})."""
+
+    def setUp(self) -> None:
+        _splice(self)
+
+
+class LinkRecorder(PlainRecorder):
+    """A link connection: what its message verbs hand over (batches flattened)."""
+
+    message_origin = None
+
+    def op_rmsg(self, account, subject, reply, queues, size, tail):
+        self.ops.append(("rmsg", account, subject, reply, list(queues), size, tail, self.message_origin))
+
+    def op_rhmsg(self, account, subject, reply, queues, hdr_len, total, body):
+        self.ops.append(("rhmsg", account, subject, reply, list(queues), hdr_len, total, body))
+
+    def op_lmsg(self, subject, reply, queues, size, tail):
+        self.ops.append(("lmsg", subject, reply, list(queues), size, tail))
+
+    def op_lhmsg(self, subject, reply, queues, hdr_len, total, body):
+        self.ops.append(("lhmsg", subject, reply, queues, hdr_len, total, body))
+
+
+#: What a peer sends on a route (with LMSGs of its leafs) and on a leaf link.
+ROUTE_STREAM = (
+    b"RMSG $G foo 5\r\nhello\r\nRMSG $G foo 5\r\nhello\r\nRMSG $G foo reply 2\r\nhi\r\n"
+    b"RMSG $G foo + reply q1 q2 3\r\nabc\r\nRMSG acc foo 1\r\nx\r\nHMSG $G foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+    b"LMSG spoke $G foo 0 4\r\nbody\r\nLMSG spoke $G foo | q 2 4\r\nNA\r\n\r\n"
+    b"PING\r\nRMSG $G foo 5\r\nhello\r\nRMSG $G bar 1024\r\n" + b"k" * 1024 + b"\r\nRMSG $G bar 1024\r\n" + b"k" * 1024 + b"\r\n"
+)
+LEAF_STREAM = (
+    b"LMSG foo 5\r\nhello\r\nLMSG foo 5\r\nhello\r\nLMSG foo reply 2\r\nhi\r\nLMSG foo | q1 3\r\nabc\r\n"
+    b"HMSG foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\nLMSG foo 5\r\nhello\r\n"
+    b"LMSG bar 1024\r\n" + b"k" * 1024 + b"\r\nLMSG bar 1024\r\n" + b"k" * 1024 + b"\r\n"
+)
+
+
+class LinkCutReadTests(SynchronousTestCase):
+    """
+    A route's and a leaf link's reads cut anywhere (once, and in three)
+    give the same operations and counts as one read, both ways of
+    completing a cut read (L{Framer.splice_cuts}); and the message a read
+    completes joins the batch after it.
+    """
+
+    def _check(self, make, stream: bytes) -> None:
+        def parse(chunks, recorder=None) -> List[tuple]:
+            recorder = recorder or LinkRecorder()
+            parser = make(recorder)
+            for chunk in chunks:
+                parser.feed(chunk)
+            return recorder.ops + [("counted", recorder.in_msgs, recorder.in_bytes)]
+
+        # (Joined; spliced; and spliced for the 1 KiB messages alone, PyPy's way.)
+        for splice in ((False, 0), (True, 0), (True, 512)):
+            _splice(self, *splice)
+            whole = parse([stream])
+            for i in range(len(stream) + 1):
+                self.assertEqual(parse([stream[:i], stream[i:]]), whole, (splice, i))
+                j = (i * 7 + 1) % (len(stream) + 1)
+                a, b = min(i, j), max(i, j)
+                self.assertEqual(parse([stream[:a], stream[a:b], stream[b:]]), whole, (splice, a, b))
+
+    def test_route(self) -> None:
+        self._check(RouteParser, ROUTE_STREAM)
+
+    def test_leaf(self) -> None:
+        self._check(LeafParser, LEAF_STREAM)
+
+    def test_cut_message_joins_the_batch(self) -> None:
+        """A message cut in its payload (or its line) and completed by the next read is handed over with the one after it, as one batch."""
+
+        class Batches(LinkRecorder):
+            publish_batch = BatchRecorder.publish_batch
+
+        big = b"1024\r\n" + b"k" * 1024 + b"\r\n"
+        for splice in ((False, 0), (True, 0), (True, 512)):
+            _splice(self, *splice)
+            for cut in (10, 500, 1040):
+                recorder = Batches()
+                parser = RouteParser(recorder)
+                stream = b"RMSG $G bar " + big + b"RMSG $G bar " + big + b"PING\r\n"
+                parser.feed(stream[:cut])
+                parser.feed(stream[cut:])
+                self.assertEqual(recorder.ops, [("batch", b"bar", [big] * 2, 2048), ("ping",)], (splice, cut))
+                self.assertEqual((recorder.in_msgs, recorder.in_bytes), (2, 2048))
