@@ -3,7 +3,7 @@ Side-by-side benchmark: nats-server and eventsvc under the same natsbench
 load, in the same run, reported as ratios (the machines are shared and
 noisy; absolute figures mean little, ratios from one run mean more).
 
-    python bench/run.py [--runs 3] [--quick] [--pypy .venv-pypy/bin/python]
+    python bench/run.py [--runs 3] [--quick] [--warm] [--pypy .venv-pypy/bin/python]
                         [--only plain|many|tls|routed|gateways|leafs|memory]
 
 Each server runs pinned to core 0 (taskset) and the load generator to core 1,
@@ -26,6 +26,14 @@ least 50% of nats-server's rate and at most 2x its CPU per message; PyPy:
 at least 100% of its rate; a latency mirrored: at most 2x, at most level;
 the slow fleet, whose rate the load fixes, by CPU per message), and the
 scenes that miss are listed again at the end.
+
+With --warm, each scene first runs once on every server (nats-server too)
+untimed: a PyPy server's JIT compiles a scene's code over its first few
+hundred thousand messages (a 1 KiB message cost a fresh PyPy server 6.9 us
+of CPU, the same server 2.0-2.2 after 600,000; docs/performance.md, "PyPy's
+read side, third session"), so without it PyPy's lines say what a server
+costs in its first seconds, with it what a server that has been up a while
+costs.  Report which: both are true of a PyPy deployment.
 
 Needs nats-server (apt-get install nats-server), taskset (util-linux) and
 eventsvc installed in the running interpreter.  It prints figures; it never
@@ -192,7 +200,7 @@ def tls_scenes(tool: str, runs: int, n: int) -> None:
             ("mutual TLS connections/s", lambda server: rate_and_cpu(measure(tool, server, connect, host="localhost"), "conn_rate")),
         ):
             samples: Dict[str, List[Sample]] = {name: [] for name in servers}
-            for _ in range(runs):
+            for _ in rounds(runs):
                 for name, server in servers.items():  # interleaved
                     samples[name].append(sample(server))
             report(label, samples)
@@ -238,7 +246,7 @@ def gateway_scenes(tool: str, runs: int, n: int) -> None:
             args = ["-np", "1", "-ns", "1", "-ms", size, "-n", str(count)]
             samples: Dict[str, List[Sample]] = {"nats-server": []}
             samples.update({name: [] for name in pairs})
-            for _ in range(runs):
+            for _ in rounds(runs):
                 samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
                 for name, (service, gateway) in pairs.items():
                     samples[name].append(rate_and_cpu(measure(
@@ -286,7 +294,7 @@ def leaf_scenes(tool: str, runs: int, n: int) -> None:
         ):
             args = ["-np", "1", "-ns", "1"] + extra + ["-n", str(count)]
             samples: Dict[str, List[Sample]] = {name: [] for name in pairs}
-            for _ in range(runs):
+            for _ in rounds(runs):
                 for name, (hub, spoke) in pairs.items():
                     subscriber, publisher = (hub, spoke) if up else (spoke, hub)
                     samples[name].append(rate_and_cpu(measure(
@@ -322,7 +330,7 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n)]
         samples: Dict[str, List[Sample]] = {"nats-server": []}
         samples.update({name: [] for name in pairs})
-        for _ in range(runs):
+        for _ in rounds(runs):
             # Both servers of a pair on the server core; CPU is theirs together.
             samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
             for name, (service, gateway) in pairs.items():
@@ -477,6 +485,15 @@ def below_goal(label: str, name: str, python: Optional[str], ratio: float, cpu_r
     return missed
 
 
+#: One untimed round before the measured ones, per scene (--warm).
+WARM = [False]
+
+
+def rounds(runs: int) -> range:
+    """The rounds of a scene: C{runs}, and one more first with C{--warm}."""
+    return range(runs + 1 if WARM[0] else runs)
+
+
 def report(label: str, samples: Dict[str, List[Sample]], lower_is_better: bool = False, goals: bool = True, cpu_goal: bool = True) -> None:
     """
     One line: the reference's median figure and CPU per message, then per
@@ -486,6 +503,9 @@ def report(label: str, samples: Dict[str, List[Sample]], lower_is_better: bool =
     after a ratio that misses its goal (L{GOALS}); the scenes that miss are
     listed again at the end (L{summary}).
     """
+    if WARM[0] and goals:
+        # (The first round of each server warmed it: L{rounds}.)
+        samples = {name: figures[1:] for name, figures in samples.items()}
     ref, ref_cpu = _medians(samples["nats-server"])
     line = "{:<30} {:>10,.0f} {:>7}".format(label, ref, _us(ref_cpu))
     for name, python in VARIANTS:
@@ -532,12 +552,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
+    parser.add_argument("--warm", action="store_true",
+                        help="run each scene once untimed on every server before measuring (PyPy's JIT warms up over its first messages)")
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--old", metavar="PYTHON", action="append",
                         help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
     parser.add_argument("--only", choices=["plain", "many", "tls", "routed", "gateways", "leafs", "memory"], help="run only these scenes")
     options = parser.parse_args()
     n = 100000 if options.quick else 300000
+    WARM[0] = options.warm
     counts = {"n": n, "n4": n // 4, "n16": n // 16, "nl": 2000 if options.quick else 5000, "nf": 100 if options.quick else 200,
               "nr": 100 if options.quick else 300, "nc": max(n // 1000, 25)}
 
@@ -587,7 +610,7 @@ def plain_scenes(tool: str, runs: int, counts: Dict[str, int], scenes: list) -> 
             # One run can give several figures (a rate and latencies), each its line.
             lines = [(label, keys)] if isinstance(keys, str) else keys
             runs_of: Dict[str, List[Dict[str, float]]] = {name: [] for name in servers}
-            for _ in range(runs):
+            for _ in rounds(runs):
                 # Interleave, so that a noisy moment hurts both.
                 for name, server in servers.items():
                     runs_of[name].append(measure(tool, server, args))
