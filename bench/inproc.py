@@ -350,7 +350,9 @@ def slow_fleet_sockets(messages: int) -> Any:
         sock.setblocking(False)
         got = b""
         while b"PONG\r\n" not in got:
-            reactor.iterate(0)
+            # (Waiting in the poll, not spinning: a count of instructions
+            # must not depend on how long the accept took.)
+            reactor.iterate(0.05)
             try:
                 got += sock.recv(65536)
             except BlockingIOError:
