@@ -301,6 +301,117 @@ def requests(messages: int) -> Any:
     return run, lambda: responder.transport.given
 
 
+def reqrep_inboxes(messages: int) -> Any:
+    """
+    Request and reply as natsbench's C{-mode reqrep -np 50 -ns 2 -subjects
+    100} sends them: 50 requesters, each on its own connection with one
+    C{_INBOX.<id>.*} subscription (nats.go's request muxing), asking round
+    100 subjects with a reply token of their own each time; two responders
+    in a queue group on C{bench.1.*.data}, each answering to the reply
+    subject it was given.  One PUB a read each way, the requesters' turns
+    interleaved, and each request answered in the read after it (the
+    responder a member picked at random, as the server picks it).
+    """
+    world = World()
+    responders = [world.connect(b"bench.1.*.data", queue=b"responders") for _ in range(2)]
+    requesters = [world.connect(b"_INBOX.r%02dxxxxxxxxxxxxxxx.*" % k) for k in range(50)]
+    names = subjects(100)
+    tail = b"%d\r\n%s\r\n" % (len(PAYLOAD), PAYLOAD)
+    asks = []
+    for j in range(messages // 2):
+        k = j % 50
+        reply = b"_INBOX.r%02dxxxxxxxxxxxxxxx.%d" % (k, j // 50)
+        asks.append((requesters[k], b"PUB %s %s %s" % (names[j % 100], reply, tail), b"PUB %s %s" % (reply, tail)))
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        for requester, ask, answer in asks[int(len(asks) * start) : int(len(asks) * fraction)]:
+            requester.dataReceived(ask)
+            # The member the request went to answers it.
+            for responder in responders:
+                if responder.transport.given:
+                    responder.transport.given = 0
+                    responder.dataReceived(answer)
+                    break
+
+    return run, lambda: sum(r.transport.given for r in requesters)
+
+
+def slow_fleet_sockets(messages: int) -> Any:
+    """
+    The slow fleet through a real reactor (epoll) and loopback TCP: 200
+    publishers and one subscriber through C{bench.1.>} over 1,000
+    subjects, each reactor turn reading one PUB from one publisher, as
+    the fleet at 50/s each is read.  What this adds to C{slow-fleet} is
+    what a turn costs: the poll, the read, the turn-end send to the
+    subscriber, Twisted's own calls, and the timers (publishers' sockets
+    are written, and the subscriber's read, in this process too: the same
+    cost on both trees).
+    """
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+
+    from eventsvc.nats.listener import ClientFactory
+    from eventsvc.nats.server import Broker
+    from eventsvc.nats.settings import ClientSettings
+
+    reactor = EPollReactor()
+    broker = Broker(server_id="NBENCH")
+    port = reactor.listenTCP(0, ClientFactory(broker, ClientSettings(), reactor), interface="127.0.0.1")
+    where = ("127.0.0.1", port.getHost().port)
+
+    def dial(subject: bytes = b"") -> Any:
+        sock = socket.create_connection(where)
+        sock.sendall(CONNECT + (b"SUB %s 1\r\n" % subject if subject else b"") + b"PING\r\n")
+        sock.setblocking(False)
+        got = b""
+        while b"PONG\r\n" not in got:
+            # (Waiting in the poll, not spinning: a count of instructions
+            # must not depend on how long the accept took.)
+            reactor.iterate(0.05)
+            try:
+                got += sock.recv(65536)
+            except BlockingIOError:
+                pass
+        return sock
+
+    sub = dial(b"bench.1.>")
+    fleet = [dial() for _ in range(200)]
+    names = subjects(1000)
+    order = []
+    for j in range(messages):
+        k = j % 200
+        order.append((fleet[k], b"PUB %s %d\r\n%s\r\n" % (names[(k * 5 + j // 200) % 1000], len(PAYLOAD), PAYLOAD)))
+    got = [0]
+
+    def drain() -> None:
+        try:
+            while True:
+                data = sub.recv(262144)
+                if not data:
+                    return
+                got[0] += len(data)
+        except BlockingIOError:
+            pass
+
+    def run(fraction: float = 1.0, start: float = 0.0) -> None:
+        iterate = reactor.iterate
+        for i, (sock, data) in enumerate(order[int(len(order) * start) : int(len(order) * fraction)]):
+            sock.send(data)
+            # One turn, which runs the last turn's end (its send) and then
+            # waits in the poll for this PUB: a busy machine's loopback can
+            # be late, and a turn that found nothing would read two PUBs in
+            # the next (cheaper, and a count that moves from run to run).
+            iterate(0.05)
+            if not i & 63:
+                drain()
+        for _ in range(3):
+            iterate(0)
+        drain()
+
+    return run, lambda: got[0]
+
+
 SCENES: Dict[str, Scene] = {
     "many-fwc": many_fwc,
     "many-pwc": many_pwc,
@@ -319,6 +430,8 @@ SCENES: Dict[str, Scene] = {
     "publish-only-1000": publish_only_1000,
     "many-publishers": many_publishers,
     "request-reply": request_reply,
+    "reqrep-inboxes": reqrep_inboxes,
+    "slow-fleet-sockets": slow_fleet_sockets,
 }
 
 

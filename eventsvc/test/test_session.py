@@ -10,7 +10,7 @@ from typing import List
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.liveness import PING, Pinger
+from eventsvc.nats.liveness import PING, Pinger, schedule
 from eventsvc.nats.outbound import ReadGate
 from eventsvc.nats.session import AUTHENTICATION, HANDSHAKE, STATES, TRANSITIONS, NoTransition, Session
 
@@ -176,6 +176,79 @@ class PingerTests(SynchronousTestCase):
         self.assertEqual(self.sent, [PING])
         p.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PingScheduleTests(SynchronousTestCase):
+    """
+    The pingers of one clock and interval share one delayed call
+    (L{schedule}), and each is still pinged on its own interval.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pings: List[tuple] = []
+
+    def pinger(self, name: str, interval: float = 10.0) -> Pinger:
+        p = Pinger(self.clock, interval, 100, lambda data: self.pings.append((name, self.clock.seconds(), data)), lambda: None)
+        p.start()
+        return p
+
+    def test_each_on_its_own_interval(self) -> None:
+        """Pingers started at 0, 3 and 7 are pinged at 10, 13 and 17, then 20, 23, 27, 30: one delayed call among them (and one for another interval)."""
+        self.pinger("a")
+        self.clock.advance(3)
+        self.pinger("b")
+        self.clock.advance(4)
+        self.pinger("c")
+        self.pinger("d", interval=5.0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2, "one for each interval")
+        for _ in range(25):
+            self.clock.advance(1)
+        self.assertEqual([(n, t) for n, t, _ in self.pings if n != "d"], [("a", 10.0), ("b", 13.0), ("c", 17.0), ("a", 20.0), ("b", 23.0), ("c", 27.0), ("a", 30.0)])
+        self.assertEqual([t for n, t, _ in self.pings if n == "d"], [12.0, 17.0, 22.0, 27.0, 32.0])
+
+    def test_stopped_is_let_go(self) -> None:
+        """A stopped pinger is dropped from the schedule at once (nothing of a closed connection is kept), and the last one takes the delayed call with it."""
+        a, b = self.pinger("a"), self.pinger("b")
+        shared = schedule(self.clock, 10.0)
+        a.stop()
+        self.assertNotIn(a, shared)
+        self.clock.advance(10)
+        self.assertEqual([n for n, _, _ in self.pings], ["b"])
+        b.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(len(self.pings), 1)
+        b.start()
+        self.clock.advance(10)
+        self.assertEqual([(n, t) for n, t, _ in self.pings], [("b", 10.0), ("b", 120.0)])
+
+    def test_stopped_in_turn(self) -> None:
+        """A pinger that stops another due at the same time (a connection closing another) leaves it unpinged."""
+        self.pinger("a")
+        b = self.pinger("b")
+        a = next(iter(schedule(self.clock, 10.0).due))
+        # (a's PING stops b, due at the same time.)
+        a._send = lambda data: (self.pings.append(("a", self.clock.seconds(), data)), b.stop())
+        self.clock.advance(10)
+        self.assertEqual([n for n, _, _ in self.pings], ["a"])
+        self.assertNotIn(b, schedule(self.clock, 10.0))
+
+    def test_one_failure_is_its_own(self) -> None:
+        """A pinger whose send fails is logged; the others due at the same time are pinged, and it is pinged again next time."""
+        broken = self.pinger("broken")
+        self.pinger("b")
+
+        def fail(data: bytes) -> None:
+            raise RuntimeError("boom")
+
+        broken._send = fail
+        self.clock.advance(10)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([n for n, _, _ in self.pings], ["b"])
+        broken._send = lambda data: self.pings.append(("broken", self.clock.seconds(), data))
+        self.clock.advance(10)
+        self.assertEqual([n for n, _, _ in self.pings], ["b", "broken", "b"])
 
 
 class LoginTests(SynchronousTestCase):
