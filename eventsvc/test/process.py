@@ -26,6 +26,37 @@ _LISTENING_ROUTES = re.compile(r"listening for (routes) on [\d.]+:(\d+)")
 _READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
 #: nats-server's other listeners ("route", "leafnode", "gateway", "websocket"...), by name.
 _LISTENING_NATS = re.compile(r"Listening for (\w+) connections on [\d.]+:(\d+)")
+#: eventsvc's other listeners, as C{ports} names them: "monitor", "leafnodes", "supercluster", "grpc";
+#: nats-server's monitor ("http") and websocket listener ("websocket").
+_LISTENING_OTHERS = (
+    (re.compile(r"monitor listening for HTTP on [\d.]+:(\d+)"), "monitor"),
+    (re.compile(r"listening for leaf nodes on [\d.]+:(\d+)"), "leafnodes"),
+    (re.compile(r"supercluster gateway \S+ listening on [\d.]+:(\d+)"), "supercluster"),
+    (re.compile(r"grpc listening for .* on [\d.]+:(\d+)"), "grpc"),
+    (re.compile(r"Starting https? monitor on [\d.]+:(\d+)"), "http"),
+    (re.compile(r"Listening for websocket clients on wss?://[\d.]+:(\d+)"), "websocket"),
+)
+#: eventsvc's line once every part has started, every listener bound: it
+#: exits instead when one cannot be ("cannot listen on ...").
+_STARTED_EVENTSVC = re.compile(r"eventsvc \S+ started")
+#: What a server says when a port it was told to use is taken.
+_PORT_TAKEN = re.compile(r".*(?:address already in use|Error listening on|can't listen to the monitor port).*", re.IGNORECASE)
+
+
+def cpu_times(pid: int, tid: Optional[int] = None) -> Tuple[float, float]:
+    """
+    Seconds thread C{tid} of process C{pid} (its main thread by default,
+    where a Twisted reactor runs) has spent on a CPU, and ready to run but
+    waiting for one: the first two fields of
+    C{/proc/<pid>/task/<tid>/schedstat}.  (0.0, 0.0) where the kernel does
+    not say (no schedstat, or the thread is gone).
+    """
+    try:
+        with open("/proc/{}/task/{}/schedstat".format(pid, pid if tid is None else tid), "rb") as f:
+            fields = f.read().split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
 
 
 def waited_for_cpu(pid: int, tid: Optional[int] = None) -> float:
@@ -96,9 +127,18 @@ class ServerProcess:
     """A child process whose output is read until it says it is ready."""
 
     def __init__(
-        self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None, expect: Sequence[str] = ()
+        self,
+        argv: List[str],
+        ready: "re.Pattern[str]",
+        env: Optional[dict] = None,
+        expect: Sequence[str] = (),
+        started: "Optional[re.Pattern[str]]" = None,
     ) -> None:
         self.argv = argv
+        #: The line it says once every listener it was configured with is
+        #: bound (eventsvc's), so that a port taken on any of them fails
+        #: the start, not the test that follows.
+        self.started = started
         #: The listeners it must have opened to be ready, by the names it
         #: logs them with (eventsvc's "service", "gateway"; nats-server's
         #: "route", "leafnode"): nats-server opens its route port after it
@@ -127,6 +167,7 @@ class ServerProcess:
         self._reader.start()
         deadline = time.monotonic() + timeout
         ready: Optional[int] = None
+        started = self.started is None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -137,16 +178,46 @@ class ServerProcess:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError("{} exited early ({}):\n{}".format(self.argv, self.process.wait(), self.output()))
-            listening = _LISTENING.search(line) or _LISTENING_NATS.search(line) or _LISTENING_ROUTES.search(line)
-            if listening:
-                self.ports[listening.group(1)] = int(listening.group(2))
+                raise AssertionError(self._exited())
+            self._note_port(line)
             match = self.ready.search(line)
             if match:
                 ready = int(match.group(1))
-            if ready is not None and all(name in self.ports for name in self.expect):
+            if self.started is not None and self.started.search(line):
+                started = True
+            if ready is not None and started and all(name in self.ports for name in self.expect):
                 self.port = self.port or ready
                 return self.port
+
+    def _note_port(self, line: str) -> None:
+        """Keep the port of a listener C{line} says is open, by its name."""
+        listening = _LISTENING.search(line) or _LISTENING_NATS.search(line) or _LISTENING_ROUTES.search(line)
+        if listening:
+            self.ports[listening.group(1)] = int(listening.group(2))
+            return
+        for pattern, name in _LISTENING_OTHERS:
+            found = pattern.search(line)
+            if found:
+                self.ports[name] = int(found.group(1))
+                return
+
+    def _exited(self) -> str:
+        """
+        Why the start failed, the process having exited: first of all a
+        port that was taken, which under C{trial -j2} is most likely one
+        L{free_port} found free and another test bound first.
+        """
+        assert self.process is not None
+        code = self.process.wait()
+        output = self.output()
+        taken = _PORT_TAKEN.search(output)
+        if taken:
+            return (
+                "{} exited early ({}): a port it was told to use was taken before it could bind it "
+                "(another process's; a port from free_port() can be taken by a test running beside): {}\n{}".format(
+                    self.argv, code, taken.group(0).strip(), output)
+            )
+        return "{} exited early ({}):\n{}".format(self.argv, code, output)
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -214,18 +285,24 @@ def eventsvc(
 ) -> ServerProcess:
     """
     eventsvc under twistd, in the foreground, as the README runs it; ready
-    once the listeners named in C{expect} (and at least one) listen.
+    once it says it has started, every listener bound (it exits instead
+    when a port is taken: the start then fails, naming the port), and the
+    listeners named in C{expect} (and at least one) listen.  Each bound
+    port is in C{ports} by name ("service", "routes", "monitor", ...), so a
+    configuration can say C{port = 0} and the test read where it went.
     C{python}: another interpreter (a PyPy venv's) whose twistd to use.
     C{twist}: run under twist instead, with these twist options.
     C{env}: more environment variables (PYPY_GC_MAJOR_COLLECT, say).
     """
     if twist:
         argv = [require("twist"), *twist, "eventsvc", "--config", config_path]
-        return ServerProcess(argv, _READY_EVENTSVC, dict(child_env(), **(env or {})), expect)
+        return ServerProcess(argv, _READY_EVENTSVC, dict(child_env(), **(env or {})), expect, _STARTED_EVENTSVC)
     twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
     environment = child_env()
     environment.update(env or {})
-    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, environment, expect)
+    return ServerProcess(
+        [twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, environment, expect, _STARTED_EVENTSVC
+    )
 
 
 def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
@@ -253,7 +330,23 @@ def nats_server(*extra: str, expect: Sequence[str] = ()) -> ServerProcess:
     cluster port: C{--cluster nats://127.0.0.1:-1} takes a free one, which
     C{ports["route"]} then holds).
     """
+    if "route" not in expect and ("--cluster" in extra or _clustered(extra)):
+        # Its route port opens after it says it is ready, and it exits if
+        # that port is taken.
+        expect = (*expect, "route")
     return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS, expect=expect)
+
+
+def _clustered(argv: Sequence[str]) -> bool:
+    """Whether the nats-server configuration file in C{argv} (C{-c path}) has a cluster block."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("-c", "--config"):
+            try:
+                with open(value, encoding="utf-8") as f:
+                    return re.search(r"^\s*cluster\s*[:{]", f.read(), re.MULTILINE) is not None
+            except OSError:
+                return False
+    return False
 
 
 def started(test: Any, server: ServerProcess) -> Any:
