@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest
 
@@ -61,16 +61,10 @@ def cpu_times(pid: int, tid: Optional[int] = None) -> Tuple[float, float]:
 
 def waited_for_cpu(pid: int, tid: Optional[int] = None) -> float:
     """
-    Seconds thread C{tid} of process C{pid} (its main thread by default,
-    where a Twisted reactor runs) has spent ready to run but waiting for a
-    CPU: the second field of C{/proc/<pid>/task/<tid>/schedstat}.  0.0 where
-    the kernel does not say (no schedstat, or the thread is gone).
+    Seconds thread C{tid} of process C{pid} (its main thread by default)
+    has spent ready to run but waiting for a CPU; see L{cpu_times}.
     """
-    try:
-        with open("/proc/{}/task/{}/schedstat".format(pid, pid if tid is None else tid), "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return cpu_times(pid, tid)[1]
 
 
 class ServedClock:
@@ -85,25 +79,64 @@ class ServedClock:
     not running.  A reactor held by 2 s of work is still 2 s late on this
     clock; the same reactor queued behind seven other test runs is not.
     (Where the kernel keeps no schedstat this is the wall clock.)
+
+    The kernel counts each thread's waits, not when they fell, so two
+    threads waiting at once would be taken off twice and the clock could
+    run backwards (round trips of -5 ms at load 17).  The thread reading
+    the clock (the reader) bounds that: what it measures is a request and
+    its answer, so the server's waits that count fell while the reader
+    slept on the answer, never while it ran or waited itself.  Between two
+    readings the clock moves by the wall time less the waits, and never by
+    less than the reader's own time on a CPU (nor less than nothing).
     """
 
-    def __init__(self, *threads: Tuple[int, Optional[int]]) -> None:
-        #: (pid, tid) of each thread whose waits are taken off.
-        self.threads = threads
+    def __init__(
+        self,
+        *threads: Tuple[int, Optional[int]],
+        reader: bool = False,
+        stats: Callable[[int, Optional[int]], Tuple[float, float]] = cpu_times,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param threads: (pid, tid) of each thread whose waits are taken
+            off; one of them, when it reads the clock, is the reader.
+        @param reader: watch the thread that first reads the clock too.
+        @param stats: (on-CPU, waiting) seconds of a thread (L{cpu_times}).
+        @param now: the wall clock.
+        """
+        self.threads = list(threads)
+        self._watch_reader = reader
+        self._stats = stats
+        self._now = now
+        self._last: Optional[Tuple[float, List[Tuple[float, float]]]] = None
+        self._served = 0.0
 
     @classmethod
     def of(cls, server: "ServerProcess") -> "ServedClock":
-        """A clock for C{server}'s reactor as seen from the calling thread."""
+        """A clock for C{server}'s reactor as seen from the thread that reads it."""
         assert server.process is not None
-        return cls((server.process.pid, None), (os.getpid(), threading.get_native_id()))
+        return cls((server.process.pid, None), reader=True)
 
     def waited(self) -> float:
         """The seconds the watched threads have waited for a CPU, added up."""
-        return sum(waited_for_cpu(pid, tid) for pid, tid in self.threads)
+        return sum(self._stats(pid, tid)[1] for pid, tid in self.threads)
 
     def __call__(self) -> float:
-        waited = self.waited()
-        return time.monotonic() - waited
+        me = (os.getpid(), threading.get_native_id())
+        if self._watch_reader and me not in self.threads:
+            self._watch_reader = False
+            self.threads.append(me)
+        now, stats = self._now(), [self._stats(pid, tid) for pid, tid in self.threads]
+        if self._last is None:
+            self._served = now
+        else:
+            then, before = self._last
+            wall = now - then
+            waited = sum(w - w0 for (_, w), (_, w0) in zip(stats, before))
+            ran = max((r - r0 for thread, (r, _), (r0, _) in zip(self.threads, stats, before) if thread == me), default=0.0)
+            self._served += max(wall - waited, min(ran, wall), 0.0)
+        self._last = (now, stats)
+        return self._served
 
 
 def require(program: str) -> str:

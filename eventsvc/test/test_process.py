@@ -1,16 +1,119 @@
 """
-The test harness for real processes (L{eventsvc.test.process}): a start
-that knows every port is bound (or says which was taken).
+The test harness for real processes (L{eventsvc.test.process}): the
+served clock that bounds attacks and drills on a shared machine, and a
+start that knows every port is bound (or says which was taken).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+from typing import Dict, Optional, Tuple
 
 from twisted.trial.unittest import TestCase
 
 from eventsvc.test import process
+
+SERVER = (1, None)
+ME = (os.getpid(), threading.get_native_id())
+
+
+class FakeMachine:
+    """A wall clock and each thread's (on-CPU, waiting) seconds, moved by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.threads: Dict[Tuple[int, Optional[int]], Tuple[float, float]] = {}
+
+    def now(self) -> float:
+        return self.wall
+
+    def stats(self, pid: int, tid: Optional[int]) -> Tuple[float, float]:
+        return self.threads.get((pid, tid), (0.0, 0.0))
+
+    def advance(self, seconds: float, **threads: Tuple[float, float]) -> None:
+        """C{seconds} of wall time, in which each named thread ("server", "me") ran and waited so long."""
+        self.wall += seconds
+        for name, (ran, waited) in threads.items():
+            key = SERVER if name == "server" else (os.getpid(), threading.get_native_id())
+            r, w = self.threads.get(key, (0.0, 0.0))
+            self.threads[key] = (r + ran, w + waited)
+
+
+class ServedClockTests(TestCase):
+    def clock(self, machine: FakeMachine) -> process.ServedClock:
+        return process.ServedClock(SERVER, reader=True, stats=machine.stats, now=machine.now)
+
+    def test_one_wait_is_taken_off_once(self) -> None:
+        """
+        A round trip of 12 ms in which the reader ran 1 ms, waited 10 ms
+        for a CPU after the answer came, and the server (done with the
+        answer, on with other work) waited those same 10 ms: what the
+        round trip cost is the reader's 1 ms and the server's turn, never
+        less than the reader's own CPU, not -8 ms (both waits taken off).
+        """
+        machine = FakeMachine()
+        clock = self.clock(machine)
+        started = clock()
+        machine.advance(0.012, server=(0.001, 0.010), me=(0.001, 0.010))
+        self.assertAlmostEqual(clock() - started, 0.001)
+
+    def test_waits_apart_both_come_off(self) -> None:
+        """
+        The server waited 5 ms for a CPU while the reader slept on its
+        answer, then the reader waited 3 ms: 8 ms of the 12 are the
+        machine's, 4 are served.
+        """
+        machine = FakeMachine()
+        clock = self.clock(machine)
+        started = clock()
+        machine.advance(0.012, server=(0.002, 0.005), me=(0.001, 0.003))
+        self.assertAlmostEqual(clock() - started, 0.004)
+
+    def test_a_busy_server_is_late(self) -> None:
+        """A reactor held by 2 s of work, no thread waiting: 2 s late on this clock too."""
+        machine = FakeMachine()
+        clock = self.clock(machine)
+        started = clock()
+        machine.advance(2.0, server=(2.0, 0.0), me=(0.0001, 0.0))
+        self.assertAlmostEqual(clock() - started, 2.0)
+
+    def test_never_backwards(self) -> None:
+        """Whatever the waits add up to, a later reading is never earlier."""
+        machine = FakeMachine()
+        clock = self.clock(machine)
+        readings = [clock()]
+        for _ in range(20):
+            machine.advance(0.010, server=(0.0, 0.009), me=(0.0, 0.009))
+            readings.append(clock())
+        self.assertEqual(readings, sorted(readings))
+
+    def test_the_reader_is_who_reads(self) -> None:
+        """
+        C{of} watches the thread that reads the clock, not the one that
+        made it (a scenario run in a thread of its own reads it there).
+        """
+        machine = FakeMachine()
+        clock = process.ServedClock(SERVER, reader=True, stats=machine.stats, now=machine.now)
+        readings = []
+
+        def read() -> None:
+            readings.append(clock())
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+        self.assertEqual(clock.threads[1][0], os.getpid())
+        self.assertNotEqual(clock.threads[1][1], threading.get_native_id())
+
+    def test_this_thread_on_the_kernel_clock(self) -> None:
+        """L{process.cpu_times} reads this thread's time on a CPU from the kernel."""
+        before = process.cpu_times(*ME)
+        if before == (0.0, 0.0):
+            self.skipTest("no schedstat here")
+        sum(range(200000))
+        self.assertGreater(process.cpu_times(*ME)[0], before[0])
 
 
 class EventsvcReadinessTests(TestCase):
