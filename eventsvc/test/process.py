@@ -214,12 +214,14 @@ class ServerProcess:
                 raise AssertionError(self._exited())
             self._note_port(line)
             match = self.ready.search(line)
-            if match:
+            if match and ready is None:
                 ready = int(match.group(1))
             if self.started is not None and self.started.search(line):
                 started = True
             if ready is not None and started and all(name in self.ports for name in self.expect):
-                self.port = self.port or ready
+                # (The client listener's, where it has one: eventsvc logs
+                # its other NATS listeners, "gateway", "websocket", alike.)
+                self.port = self.port or self.ports.get("service", ready)
                 return self.port
 
     def _note_port(self, line: str) -> None:
@@ -354,6 +356,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class HeldPort:
+    """
+    A loopback port bound and not listening: a connection to it is
+    refused, as to a service that is down, and no other process (a test
+    running beside, under trial -j2) can take it until L{release}.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        self._socket: Optional[socket.socket] = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+
+    def release(self) -> None:
+        """Let the port go (to serve it now); again is harmless."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def closed_port(test: Any) -> HeldPort:
+    """A L{HeldPort}, let go when C{test} ends: an address where nothing answers."""
+    held = HeldPort()
+    test.addCleanup(held.release)
+    return held
 
 
 def nats_server(*extra: str, expect: Sequence[str] = ()) -> ServerProcess:

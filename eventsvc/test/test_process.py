@@ -138,8 +138,10 @@ class EventsvcReadinessTests(TestCase):
             '[websocket]\nhost = "127.0.0.1"\nport = 0\nno_tls = true\ntokens = ["t"]\n'
             '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
         ))
-        server.start()
+        port = server.start()
         self.addCleanup(server.stop)
+        # Its port is the client listener's, not the last NATS listener's to log.
+        self.assertEqual(port, server.ports["service"])
         names = ("service", "gateway", "routes", "supercluster", "leafnodes", "websocket", "monitor")
         self.assertEqual(sorted(server.ports), sorted(names), server.output())
         self.assertEqual(len(set(server.ports.values())), len(names))
