@@ -349,10 +349,46 @@ def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
     )
 
 
+#: Where free_port() looks: below the kernel's ephemeral range, and above
+#: the ports servers are known by (nats-server's 4222, 6222, 7422, 8222).
+_NAMED_PORTS = (20000, 32768)
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel picks for port 0 and outgoing connections (32768 unless changed)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port free right now (for configs that must name their port)."""
+    """
+    A loopback port free right now, for a configuration that must name
+    its port before the server starts (a route to dial, a restart that
+    keeps its port); use port 0 and read the port back wherever the server
+    can say where it listens.
+
+    It is picked at random below the kernel's ephemeral range, never from
+    it: the kernel hands ports of that range to every port-0 listener and
+    every outgoing connection (a test beside this one under trial -j2 opens
+    a thousand at once), so a port it gave out as free was soon another's.
+    Below it, only another free_port() can pick the same port, one chance
+    in thousands.  (Where the range leaves no room below, the kernel's pick.)
+    """
+    import random
     import socket
 
+    low, high = _NAMED_PORTS[0], min(_NAMED_PORTS[1], _ephemeral_low())
+    for _ in range(100 if high - low >= 1000 else 0):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

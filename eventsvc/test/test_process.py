@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from typing import Dict, Optional, Tuple
 
 from twisted.trial.unittest import TestCase
@@ -16,7 +17,6 @@ from twisted.trial.unittest import TestCase
 from eventsvc.test import process
 
 SERVER = (1, None)
-ME = (os.getpid(), threading.get_native_id())
 
 
 class FakeMachine:
@@ -109,11 +109,17 @@ class ServedClockTests(TestCase):
 
     def test_this_thread_on_the_kernel_clock(self) -> None:
         """L{process.cpu_times} reads this thread's time on a CPU from the kernel."""
-        before = process.cpu_times(*ME)
+        me = (os.getpid(), threading.get_native_id())
+        before = process.cpu_times(*me)
         if before == (0.0, 0.0):
             self.skipTest("no schedstat here")
-        sum(range(200000))
-        self.assertGreater(process.cpu_times(*ME)[0], before[0])
+        deadline = time.process_time() + 0.05
+        while time.process_time() < deadline:
+            pass
+        # (The kernel adds a running thread's time up at a tick or when it
+        # stops running: sleeping makes sure.)
+        time.sleep(0.01)
+        self.assertGreater(process.cpu_times(*me)[0], before[0])
 
 
 class EventsvcReadinessTests(TestCase):
@@ -187,3 +193,24 @@ class EventsvcReadinessTests(TestCase):
         self.addCleanup(node.stop)
         with socket.create_connection(("127.0.0.1", node.ports["route"]), timeout=5) as s:
             self.assertTrue(s.recv(4096).startswith(b"INFO "))
+
+
+class FreePortTests(TestCase):
+    def test_outside_the_kernels_range(self) -> None:
+        """
+        free_port() picks below the ephemeral range, where no port-0
+        listener and no outgoing connection of another test can be put.
+        """
+        low = process._ephemeral_low()
+        if low - process._NAMED_PORTS[0] < 1000:
+            self.skipTest("no room below the ephemeral range here")
+        ports = {process.free_port() for _ in range(20)}
+        self.assertTrue(all(process._NAMED_PORTS[0] <= port < low for port in ports), ports)
+        self.assertGreater(len(ports), 1)
+
+    def test_free(self) -> None:
+        """The port can be listened on at once."""
+        port = process.free_port()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            s.listen()
