@@ -86,6 +86,9 @@ class EventService(MultiService):
         try:
             super().startService()
             self.state = "running"
+            # After every listener's own line: what waits for this one knows
+            # each port is bound (a port in use ends the start instead).
+            self.log.info("eventsvc {version} started", version=__version__)
             # Asked through the agent listener (the health-check token) or, on a node
             # without one, through the service listener (its certificate).
             self._health_subscription = self.broker.subscribe(self.health_subject(), self._answer_health)

@@ -103,7 +103,7 @@ class Probe:
         if self.server_pid:
             from eventsvc.test.process import ServedClock
 
-            clock = ServedClock((self.server_pid, None), (os.getpid(), threading.get_native_id()))
+            clock = ServedClock((self.server_pid, None), reader=True)
         while not self._stop.is_set():
             started, wall = clock(), time.monotonic()
             try:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest
 
@@ -26,20 +26,45 @@ _LISTENING_ROUTES = re.compile(r"listening for (routes) on [\d.]+:(\d+)")
 _READY_NATS = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
 #: nats-server's other listeners ("route", "leafnode", "gateway", "websocket"...), by name.
 _LISTENING_NATS = re.compile(r"Listening for (\w+) connections on [\d.]+:(\d+)")
+#: eventsvc's other listeners, as C{ports} names them: "monitor", "leafnodes", "supercluster", "grpc";
+#: nats-server's monitor ("http") and websocket listener ("websocket").
+_LISTENING_OTHERS = (
+    (re.compile(r"monitor listening for HTTP on [\d.]+:(\d+)"), "monitor"),
+    (re.compile(r"listening for leaf nodes on [\d.]+:(\d+)"), "leafnodes"),
+    (re.compile(r"supercluster gateway \S+ listening on [\d.]+:(\d+)"), "supercluster"),
+    (re.compile(r"grpc listening for .* on [\d.]+:(\d+)"), "grpc"),
+    (re.compile(r"Starting https? monitor on [\d.]+:(\d+)"), "http"),
+    (re.compile(r"Listening for websocket clients on wss?://[\d.]+:(\d+)"), "websocket"),
+)
+#: eventsvc's line once every part has started, every listener bound: it
+#: exits instead when one cannot be ("cannot listen on ...").
+_STARTED_EVENTSVC = re.compile(r"eventsvc \S+ started")
+#: What a server says when a port it was told to use is taken.
+_PORT_TAKEN = re.compile(r".*(?:address already in use|Error listening on|can't listen to the monitor port).*", re.IGNORECASE)
+
+
+def cpu_times(pid: int, tid: Optional[int] = None) -> Tuple[float, float]:
+    """
+    Seconds thread C{tid} of process C{pid} (its main thread by default,
+    where a Twisted reactor runs) has spent on a CPU, and ready to run but
+    waiting for one: the first two fields of
+    C{/proc/<pid>/task/<tid>/schedstat}.  (0.0, 0.0) where the kernel does
+    not say (no schedstat, or the thread is gone).
+    """
+    try:
+        with open("/proc/{}/task/{}/schedstat".format(pid, pid if tid is None else tid), "rb") as f:
+            fields = f.read().split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
 
 
 def waited_for_cpu(pid: int, tid: Optional[int] = None) -> float:
     """
-    Seconds thread C{tid} of process C{pid} (its main thread by default,
-    where a Twisted reactor runs) has spent ready to run but waiting for a
-    CPU: the second field of C{/proc/<pid>/task/<tid>/schedstat}.  0.0 where
-    the kernel does not say (no schedstat, or the thread is gone).
+    Seconds thread C{tid} of process C{pid} (its main thread by default)
+    has spent ready to run but waiting for a CPU; see L{cpu_times}.
     """
-    try:
-        with open("/proc/{}/task/{}/schedstat".format(pid, pid if tid is None else tid), "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return cpu_times(pid, tid)[1]
 
 
 class ServedClock:
@@ -54,25 +79,64 @@ class ServedClock:
     not running.  A reactor held by 2 s of work is still 2 s late on this
     clock; the same reactor queued behind seven other test runs is not.
     (Where the kernel keeps no schedstat this is the wall clock.)
+
+    The kernel counts each thread's waits, not when they fell, so two
+    threads waiting at once would be taken off twice and the clock could
+    run backwards (round trips of -5 ms at load 17).  The thread reading
+    the clock (the reader) bounds that: what it measures is a request and
+    its answer, so the server's waits that count fell while the reader
+    slept on the answer, never while it ran or waited itself.  Between two
+    readings the clock moves by the wall time less the waits, and never by
+    less than the reader's own time on a CPU (nor less than nothing).
     """
 
-    def __init__(self, *threads: Tuple[int, Optional[int]]) -> None:
-        #: (pid, tid) of each thread whose waits are taken off.
-        self.threads = threads
+    def __init__(
+        self,
+        *threads: Tuple[int, Optional[int]],
+        reader: bool = False,
+        stats: Callable[[int, Optional[int]], Tuple[float, float]] = cpu_times,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param threads: (pid, tid) of each thread whose waits are taken
+            off; one of them, when it reads the clock, is the reader.
+        @param reader: watch the thread that first reads the clock too.
+        @param stats: (on-CPU, waiting) seconds of a thread (L{cpu_times}).
+        @param now: the wall clock.
+        """
+        self.threads = list(threads)
+        self._watch_reader = reader
+        self._stats = stats
+        self._now = now
+        self._last: Optional[Tuple[float, List[Tuple[float, float]]]] = None
+        self._served = 0.0
 
     @classmethod
     def of(cls, server: "ServerProcess") -> "ServedClock":
-        """A clock for C{server}'s reactor as seen from the calling thread."""
+        """A clock for C{server}'s reactor as seen from the thread that reads it."""
         assert server.process is not None
-        return cls((server.process.pid, None), (os.getpid(), threading.get_native_id()))
+        return cls((server.process.pid, None), reader=True)
 
     def waited(self) -> float:
         """The seconds the watched threads have waited for a CPU, added up."""
-        return sum(waited_for_cpu(pid, tid) for pid, tid in self.threads)
+        return sum(self._stats(pid, tid)[1] for pid, tid in self.threads)
 
     def __call__(self) -> float:
-        waited = self.waited()
-        return time.monotonic() - waited
+        me = (os.getpid(), threading.get_native_id())
+        if self._watch_reader and me not in self.threads:
+            self._watch_reader = False
+            self.threads.append(me)
+        now, stats = self._now(), [self._stats(pid, tid) for pid, tid in self.threads]
+        if self._last is None:
+            self._served = now
+        else:
+            then, before = self._last
+            wall = now - then
+            waited = sum(w - w0 for (_, w), (_, w0) in zip(stats, before))
+            ran = max((r - r0 for thread, (r, _), (r0, _) in zip(self.threads, stats, before) if thread == me), default=0.0)
+            self._served += max(wall - waited, min(ran, wall), 0.0)
+        self._last = (now, stats)
+        return self._served
 
 
 def require(program: str) -> str:
@@ -96,9 +160,18 @@ class ServerProcess:
     """A child process whose output is read until it says it is ready."""
 
     def __init__(
-        self, argv: List[str], ready: "re.Pattern[str]", env: Optional[dict] = None, expect: Sequence[str] = ()
+        self,
+        argv: List[str],
+        ready: "re.Pattern[str]",
+        env: Optional[dict] = None,
+        expect: Sequence[str] = (),
+        started: "Optional[re.Pattern[str]]" = None,
     ) -> None:
         self.argv = argv
+        #: The line it says once every listener it was configured with is
+        #: bound (eventsvc's), so that a port taken on any of them fails
+        #: the start, not the test that follows.
+        self.started = started
         #: The listeners it must have opened to be ready, by the names it
         #: logs them with (eventsvc's "service", "gateway"; nats-server's
         #: "route", "leafnode"): nats-server opens its route port after it
@@ -127,6 +200,7 @@ class ServerProcess:
         self._reader.start()
         deadline = time.monotonic() + timeout
         ready: Optional[int] = None
+        started = self.started is None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -137,16 +211,48 @@ class ServerProcess:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError("{} exited early ({}):\n{}".format(self.argv, self.process.wait(), self.output()))
-            listening = _LISTENING.search(line) or _LISTENING_NATS.search(line) or _LISTENING_ROUTES.search(line)
-            if listening:
-                self.ports[listening.group(1)] = int(listening.group(2))
+                raise AssertionError(self._exited())
+            self._note_port(line)
             match = self.ready.search(line)
-            if match:
+            if match and ready is None:
                 ready = int(match.group(1))
-            if ready is not None and all(name in self.ports for name in self.expect):
-                self.port = self.port or ready
+            if self.started is not None and self.started.search(line):
+                started = True
+            if ready is not None and started and all(name in self.ports for name in self.expect):
+                # (The client listener's, where it has one: eventsvc logs
+                # its other NATS listeners, "gateway", "websocket", alike.)
+                self.port = self.port or self.ports.get("service", ready)
                 return self.port
+
+    def _note_port(self, line: str) -> None:
+        """Keep the port of a listener C{line} says is open, by its name."""
+        listening = _LISTENING.search(line) or _LISTENING_NATS.search(line) or _LISTENING_ROUTES.search(line)
+        if listening:
+            self.ports[listening.group(1)] = int(listening.group(2))
+            return
+        for pattern, name in _LISTENING_OTHERS:
+            found = pattern.search(line)
+            if found:
+                self.ports[name] = int(found.group(1))
+                return
+
+    def _exited(self) -> str:
+        """
+        Why the start failed, the process having exited: first of all a
+        port that was taken, which under C{trial -j2} is most likely one
+        L{free_port} found free and another test bound first.
+        """
+        assert self.process is not None
+        code = self.process.wait()
+        output = self.output()
+        taken = _PORT_TAKEN.search(output)
+        if taken:
+            return (
+                "{} exited early ({}): a port it was told to use was taken before it could bind it "
+                "(another process's; a port from free_port() can be taken by a test running beside): {}\n{}".format(
+                    self.argv, code, taken.group(0).strip(), output)
+            )
+        return "{} exited early ({}):\n{}".format(self.argv, code, output)
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -214,18 +320,24 @@ def eventsvc(
 ) -> ServerProcess:
     """
     eventsvc under twistd, in the foreground, as the README runs it; ready
-    once the listeners named in C{expect} (and at least one) listen.
+    once it says it has started, every listener bound (it exits instead
+    when a port is taken: the start then fails, naming the port), and the
+    listeners named in C{expect} (and at least one) listen.  Each bound
+    port is in C{ports} by name ("service", "routes", "monitor", ...), so a
+    configuration can say C{port = 0} and the test read where it went.
     C{python}: another interpreter (a PyPy venv's) whose twistd to use.
     C{twist}: run under twist instead, with these twist options.
     C{env}: more environment variables (PYPY_GC_MAJOR_COLLECT, say).
     """
     if twist:
         argv = [require("twist"), *twist, "eventsvc", "--config", config_path]
-        return ServerProcess(argv, _READY_EVENTSVC, dict(child_env(), **(env or {})), expect)
+        return ServerProcess(argv, _READY_EVENTSVC, dict(child_env(), **(env or {})), expect, _STARTED_EVENTSVC)
     twistd = os.path.join(os.path.dirname(python), "twistd") if python else require("twistd")
     environment = child_env()
     environment.update(env or {})
-    return ServerProcess([twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, environment, expect)
+    return ServerProcess(
+        [twistd, "-n", "--pidfile=", "eventsvc", "--config", config_path], _READY_EVENTSVC, environment, expect, _STARTED_EVENTSVC
+    )
 
 
 def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
@@ -237,13 +349,77 @@ def cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
     )
 
 
+#: Where free_port() looks: below the kernel's ephemeral range, and above
+#: the ports servers are known by (nats-server's 4222, 6222, 7422, 8222).
+_NAMED_PORTS = (20000, 32768)
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel picks for port 0 and outgoing connections (32768 unless changed)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port free right now (for configs that must name their port)."""
+    """
+    A loopback port free right now, for a configuration that must name
+    its port before the server starts (a route to dial, a restart that
+    keeps its port); use port 0 and read the port back wherever the server
+    can say where it listens.
+
+    It is picked at random below the kernel's ephemeral range, never from
+    it: the kernel hands ports of that range to every port-0 listener and
+    every outgoing connection (a test beside this one under trial -j2 opens
+    a thousand at once), so a port it gave out as free was soon another's.
+    Below it, only another free_port() can pick the same port, one chance
+    in thousands.  (Where the range leaves no room below, the kernel's pick.)
+    """
+    import random
     import socket
 
+    low, high = _NAMED_PORTS[0], min(_NAMED_PORTS[1], _ephemeral_low())
+    for _ in range(100 if high - low >= 1000 else 0):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class HeldPort:
+    """
+    A loopback port bound and not listening: a connection to it is
+    refused, as to a service that is down, and no other process (a test
+    running beside, under trial -j2) can take it until L{release}.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        self._socket: Optional[socket.socket] = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+
+    def release(self) -> None:
+        """Let the port go (to serve it now); again is harmless."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def closed_port(test: Any) -> HeldPort:
+    """A L{HeldPort}, let go when C{test} ends: an address where nothing answers."""
+    held = HeldPort()
+    test.addCleanup(held.release)
+    return held
 
 
 def nats_server(*extra: str, expect: Sequence[str] = ()) -> ServerProcess:
@@ -253,7 +429,23 @@ def nats_server(*extra: str, expect: Sequence[str] = ()) -> ServerProcess:
     cluster port: C{--cluster nats://127.0.0.1:-1} takes a free one, which
     C{ports["route"]} then holds).
     """
+    if "route" not in expect and ("--cluster" in extra or _clustered(extra)):
+        # Its route port opens after it says it is ready, and it exits if
+        # that port is taken.
+        expect = (*expect, "route")
     return ServerProcess([require("nats-server"), "-a", "127.0.0.1", "-p", "-1", *extra], _READY_NATS, expect=expect)
+
+
+def _clustered(argv: Sequence[str]) -> bool:
+    """Whether the nats-server configuration file in C{argv} (C{-c path}) has a cluster block."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("-c", "--config"):
+            try:
+                with open(value, encoding="utf-8") as f:
+                    return re.search(r"^\s*cluster\s*[:{]", f.read(), re.MULTILINE) is not None
+            except OSError:
+                return False
+    return False
 
 
 def started(test: Any, server: ServerProcess) -> Any:

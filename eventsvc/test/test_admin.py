@@ -88,14 +88,18 @@ class MessagingCommandTests(TestCase):
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.port, self.gateway_port = process.free_port(), process.free_port()
-        self.config = process.write_config(os.path.join(self.dir, "patch.toml"), (
+        text = (
             '[service]\nhost = "127.0.0.1"\nport = %d\n'
             '[gateway]\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\ntokens = ["%s"]\n'
-        ) % (self.port, self.gateway_port, TOKEN))
+        )
+        # Started on the kernel's ports; then the file the commands read
+        # names where it went.
+        self.config = process.write_config(os.path.join(self.dir, "patch.toml"), text % (0, 0, TOKEN))
         self.server = process.eventsvc(self.config, expect=("service", "gateway"))
-        self.server.start()
+        self.port = self.server.start()
         self.addCleanup(self.server.stop)
+        self.gateway_port = self.server.ports["gateway"]
+        process.write_config(self.config, text % (self.port, self.gateway_port, TOKEN))
 
     @defer.inlineCallbacks
     def test_sub_prints_messages_with_headers(self):
@@ -193,14 +197,16 @@ class StoreCommandTests(TestCase):
         self.addCleanup(listening.stopListening)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        port = process.free_port()
-        config = process.write_config(os.path.join(directory, "patch.toml"), (
+        text = (
             '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
             '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n'
-        ) % (port, listening.getHost().port))
+        )
+        config = process.write_config(os.path.join(directory, "patch.toml"), text % (0, listening.getHost().port))
         proc = process.eventsvc(config)
-        yield threads.deferToThread(proc.start)
+        port = yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
+        # (The commands read the file for where the service is.)
+        process.write_config(config, text % (port, listening.getHost().port))
         files = []
         for name in ("dl-1", "dl-2"):
             path = os.path.join(directory, name + ".json")
@@ -256,14 +262,18 @@ class StoreCommandTests(TestCase):
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        port, down = process.free_port(), process.free_port()
-        config = process.write_config(os.path.join(directory, "patch.toml"), (
+        # A target that refuses (its port held, so no test beside takes it).
+        down = process.closed_port(self).port
+        template = (
             '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
             '[handlers]\ncfgingest = "http://127.0.0.1:%d/c"\nevent_feed = "python:eventsvc.events.handlers:log_event"\n'
-        ) % (port, down) + events)
+        )
+        config = process.write_config(os.path.join(directory, "patch.toml"), template % (0, down) + events)
         proc = process.eventsvc(config)
-        yield threads.deferToThread(proc.start)
+        port = yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
+        # (The commands read the file for where the service is.)
+        process.write_config(config, template % (port, down) + events)
         path = os.path.join(directory, "e.json")
         process.write_config(path, json.dumps({"producer": {"id": "p"}}))
 

@@ -32,6 +32,18 @@ class _Attacks:
     timeout = 120
     port = 0
 
+    def started(self, config: str, *listeners: str) -> "tuple[int, int]":
+        """
+        Start eventsvc on C{config}, whose every port is 0 (the kernel's
+        pick, read back from its log: a port picked free beforehand could
+        be another test's by the time the server listened, under trial
+        -j2); its client and monitor ports.
+        """
+        self.server = process.eventsvc(config, expect=("service", "monitor", *listeners))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        return self.server.port, self.server.ports["monitor"]
+
     @defer.inlineCallbacks
     def attack(self, run, limit: float = PROBE_LIMIT):
         # Once unmeasured first on PyPy: a server that has run for a while
@@ -68,16 +80,13 @@ class AdversarialTests(_Attacks, TestCase):
     def setUp(self) -> None:
         # A server of its own per attack: one attack's leftovers never
         # weigh on the next.
-        self.port, self.monitor = process.free_port(), process.free_port()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\nlistener_limit = 20000\n'
-            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (self.port, self.monitor))
-        self.server = process.eventsvc(config)
-        self.server.start()
-        self.addCleanup(self.server.stop)
+            '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 20000\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
+        ))
+        self.port, self.monitor = self.started(config)
 
     def test_deep_wildcards(self):
         return self.attack(lambda: adversary.deep_wildcards(self.port))
@@ -129,21 +138,19 @@ class TLSLoginBurstTests(_Attacks, TestCase):
     """Handshakes and logins at a TLS gateway do not starve anyone else."""
 
     def setUp(self) -> None:
-        self.port, self.gateway, self.monitor = process.free_port(), process.free_port(), process.free_port()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         made = process.cli("certs", "--out", os.path.join(directory, "certs"))
         self.assertEqual(made.returncode, 0, made.stderr)
         self.ca = os.path.join(directory, "certs", "ca.crt")
         config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n'
-            '[gateway]\nhost = "127.0.0.1"\nport = %d\ntokens = ["burst-token"]\n'
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[gateway]\nhost = "127.0.0.1"\nport = 0\ntokens = ["burst-token"]\n'
             '[[gateway.frontend_tls]]\nserver_name = "localhost"\ncert_path = "certs/gateway.crt"\nkey_path = "certs/gateway.key"\n'
-            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (self.port, self.gateway, self.monitor))
-        self.server = process.eventsvc(config, expect=("service", "gateway"))
-        self.server.start()
-        self.addCleanup(self.server.stop)
+            '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
+        ))
+        self.port, self.monitor = self.started(config, "gateway")
+        self.gateway = self.server.ports["gateway"]
 
     def test_tls_login_burst(self):
         got, waited, failures = [], [], []
@@ -215,18 +222,16 @@ class WebSocketAttackTests(_Attacks, TestCase):
     timeout = 240
 
     def setUp(self) -> None:
-        self.port, self.ws, self.monitor = process.free_port(), process.free_port(), process.free_port()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n'
-            '[websocket]\nhost = "127.0.0.1"\nport = %d\nno_tls = true\ncompression = true\ntokens = ["%s"]\n'
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[websocket]\nhost = "127.0.0.1"\nport = 0\nno_tls = true\ncompression = true\ntokens = ["%s"]\n'
             '[websocket.permissions]\npublish_allow = [">"]\nsubscribe_allow = [">"]\n'
-            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (self.port, self.ws, adversary.WS_TOKEN, self.monitor))
-        self.server = process.eventsvc(config, expect=("service", "websocket"))
-        self.server.start()
-        self.addCleanup(self.server.stop)
+            '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
+        ) % (adversary.WS_TOKEN,))
+        self.port, self.monitor = self.started(config, "websocket")
+        self.ws = self.server.ports["websocket"]
 
     def test_protocol_error_closes(self):
         """Unmasked frames, their close frames never answered: each socket gone, and gone from /connz, within 2 s."""
@@ -269,19 +274,16 @@ class PeerFloodTests(_Attacks, TestCase):
     COUNT = 200000
 
     def start(self, limits: str = "") -> None:
-        self.port, self.cluster, self.leafnodes, self.monitor = (process.free_port() for _ in range(4))
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         config = process.write_config(os.path.join(directory, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n'
-            '[cluster]\nname = "eventsvc"\nhost = "127.0.0.1"\nport = %d\n'
-            '[leafnodes]\nhost = "127.0.0.1"\nport = %d\n'
-            '[monitor]\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (self.port, self.cluster, self.leafnodes, self.monitor) + limits)
-        self.server = process.eventsvc(config)
-        self.server.start()
-        self.addCleanup(self.server.stop)
-        self.server.wait_output("listening for leaf nodes")
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[cluster]\nname = "eventsvc"\nhost = "127.0.0.1"\nport = 0\n'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = 0\n'
+            '[monitor]\nhost = "127.0.0.1"\nport = 0\n'
+        ) + limits)
+        self.port, self.monitor = self.started(config, "routes", "leafnodes")
+        self.cluster, self.leafnodes = self.server.ports["routes"], self.server.ports["leafnodes"]
 
     def test_route_flood(self):
         self.start()

@@ -141,7 +141,7 @@ class ConsoleInBrowserTests(TestCase):
         browser = Browser()  # (skips, or fails under CI, without chromium)
         folder = self.mktemp()
         os.makedirs(folder)
-        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG.replace("{closed}", str(process.free_port())) + extra), expect=("service", "websocket"))
+        server = process.eventsvc(process.write_config(os.path.join(folder, "console.toml"), CONFIG.replace("{closed}", str(process.closed_port(self).port)) + extra), expect=("service", "websocket"))
         await process.started(self, server)
         output = await threads.deferToThread(server.wait_output, "monitor listening for HTTP")
         monitor = int(_MONITOR.search(output).group(1))

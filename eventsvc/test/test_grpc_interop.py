@@ -269,7 +269,9 @@ class GRPCInteropTests(Fixture):
 
     @defer.inlineCallbacks
     def test_a_target_down_then_up_loses_nothing_acknowledged(self):
-        port = process.free_port()
+        # Refused until served: its port held, so no test beside takes it.
+        down = process.closed_port(self)
+        port = down.port
         self.start_eventsvc('event_feed = "grpc://localhost:{}"\n'.format(port))
         for i in range(20):
             answer = yield self.publish_nats(payload("scanJobCreated", event_id="down-{}".format(i)), "scanJobCreated")
@@ -278,6 +280,7 @@ class GRPCInteropTests(Fixture):
         yield self.wait_for(lambda: handler.down_since is not None and handler.retried >= 20)
         self.assertTrue(any("handler event_feed: grpc://localhost:{} is failing (gRPC cannot connect".format(port) in line
                             for line in self.logged), self.logged)
+        down.release()
         self.start_grpc_server(port)
         yield self.wait_for(lambda: len(self.recorders["event_feed"].received()) >= 20)
         yield self.wait_for(lambda: handler.backlog_size == 0)
@@ -444,19 +447,18 @@ class RealProcessTests(Fixture):
     def test_published_events_reach_automates_services(self):
         helper = self
         target = helper.start_grpc_server()
-        api = process.free_port()
         folder = helper.folder
         path = process.write_config(os.path.join(folder, "patch.toml"), (
             '[service]\nport = 0\n'
             '[tls]\ncert_path = "certs/eventsvc.crt"\nkey_path = "certs/eventsvc.key"\nroot_ca_path = "certs/ca.crt"\n'
-            '[grpc]\nport = {api}\n'
+            '[grpc]\nport = 0\n'
             '[handlers]\nevent_feed = "grpc://localhost:{target}"\ncfgingest = "grpc://localhost:{target}"\n'
-        ).format(api=api, target=target))
+        ).format(target=target))
         # The checkout's code, on PyPy too (not the CPython venv's site-packages).
         env = {"PYTHONPATH": process.source_tree()} if self.python else None
-        server = process.eventsvc(path, expect=("service",), python=self.python, env=env)
+        server = process.eventsvc(path, expect=("service", "grpc"), python=self.python, env=env)
         yield process.started(self, server)
-        yield threads.deferToThread(server.wait_output, "grpc listening for Chef Automate's EventService (Publish) on 127.0.0.1:{}".format(api))
+        api = server.ports["grpc"]
         credentials = grpc.ssl_channel_credentials(helper.read("ca.crt"), helper.read("producer.key"), helper.read("producer.crt"))
 
         def publish_all() -> List[bool]:

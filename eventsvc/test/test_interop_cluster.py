@@ -538,14 +538,15 @@ class DynamicClusterNameTests(TestCase):
     def test_nameless_reference_node_joins(self):
         if nats is None:
             process.require("nats-py")
-        cluster_port, client_port = process.free_port(), process.free_port()
+        # Every port the kernel's, read from the logs; the node dials ours.
         config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "named"\n'
-            'host = "127.0.0.1"\nport = %d\n'
-        ) % (client_port, cluster_port))
-        ours = process.eventsvc(config, expect=("service",))
-        yield process.started(self, ours)
-        node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[cluster]\nenabled = true\nname = "named"\n'
+            'host = "127.0.0.1"\nport = 0\n'
+        ))
+        ours = process.eventsvc(config, expect=("service", "routes"))
+        client_port = yield process.started(self, ours)
+        cluster_port = ours.ports["routes"]
+        node = process.nats_server("--cluster", "nats://127.0.0.1:-1", "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
         yield process.started(self, node)
         got, counts, replies = yield run(lambda: mesh_round([node.port, client_port], "dynamic"))
         for i, messages in got.items():
@@ -564,15 +565,16 @@ class RoutePermissionsWithReferenceTests(TestCase):
     def test_export_and_import(self):
         if nats is None:
             process.require("nats-py")
-        cluster_port, client_port, http_port = process.free_port(), process.free_port(), process.free_port()
+        # Every port the kernel's, read from the logs; the node dials ours.
         config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "perm"\n'
-            'host = "127.0.0.1"\nport = %d\n[cluster.permissions]\nexport_allow = ["public.>", "_INBOX.>"]\n'
-            'import_allow = ["in.>", "_INBOX.>"]\n[monitor]\nenabled = true\nhost = "127.0.0.1"\nport = %d\n'
-        ) % (client_port, cluster_port, http_port))
-        ours = process.eventsvc(config, expect=("service",))
-        yield process.started(self, ours)
-        node = process.nats_server("--cluster", "nats://127.0.0.1:%d" % process.free_port(), "--cluster_name", "perm",
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[cluster]\nenabled = true\nname = "perm"\n'
+            'host = "127.0.0.1"\nport = 0\n[cluster.permissions]\nexport_allow = ["public.>", "_INBOX.>"]\n'
+            'import_allow = ["in.>", "_INBOX.>"]\n[monitor]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n'
+        ))
+        ours = process.eventsvc(config, expect=("service", "routes", "monitor"))
+        client_port = yield process.started(self, ours)
+        cluster_port, http_port = ours.ports["routes"], ours.ports["monitor"]
+        node = process.nats_server("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "perm",
                                    "--routes", "nats-route://127.0.0.1:%d" % cluster_port)
         yield process.started(self, node)
 

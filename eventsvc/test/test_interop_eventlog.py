@@ -35,8 +35,12 @@ class ReplayTests(TestCase):
             process.require("nats-py")
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.port = process.free_port()
-        self.target_port = process.free_port()
+        # eventsvc's port is the kernel's (read back at each start); the
+        # handlers' target is held, refusing, until a test serves it, so no
+        # test running beside can take it first.
+        self.port = 0
+        self.held = process.closed_port(self)
+        self.target_port = self.held.port
 
     def start(self, jetstream: bool = True, log: str = "stream") -> process.ServerProcess:
         base = "http://127.0.0.1:%d" % self.target_port
@@ -45,7 +49,7 @@ class ReplayTests(TestCase):
             f"""
 [service]
 host = "127.0.0.1"
-port = {self.port}
+port = 0
 data_dir = "data"
 [handlers]
 feed = "{base}/feed"
@@ -59,7 +63,7 @@ log = "{log}"
 """,
         )
         server_ = process.eventsvc(config)
-        server_.start()
+        self.port = server_.start()
         self.addCleanup(server_.stop)
         return server_
 
@@ -103,6 +107,7 @@ log = "{log}"
         from twisted.internet import reactor
         from twisted.web import server
 
+        self.held.release()
         listening = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         first = self.start()
@@ -139,6 +144,7 @@ log = "{log}"
         data = os.path.join(self.dir, "data")
         self.assertNotEqual(segment_paths(data), [])
         target = Target()
+        self.held.release()
         listening = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         second = self.start()
@@ -227,6 +233,7 @@ log = "{log}"
         self.assertEqual(consumers, ["cfgingest", "event_feed", "feed"])
         # The handlers' targets come up: every acknowledged event is delivered.
         target = Target()
+        self.held.release()
         listening = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         yield wait_for(lambda: set(sum(target.seen.values(), [])) >= set(ids))

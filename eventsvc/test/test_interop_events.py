@@ -138,7 +138,7 @@ class RecoveringTargetTests(TestCase):
         self.addCleanup(port.stopListening)
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         dead = DeadLetters(None)
-        nowhere = "http://127.0.0.1:%d/down" % process.free_port()
+        nowhere = "http://127.0.0.1:%d/down" % process.closed_port(self).port
         handlers = {
             "cfgingest": HandlerService("cfgingest", HTTPTarget(nowhere, agent, reactor, 5), reactor, dead, retry_initial=0.05),
             "event_feed": HandlerService("event_feed", HTTPTarget("http://127.0.0.1:%d/up" % port.getHost().port, agent, reactor, 5), reactor, dead),
@@ -193,8 +193,12 @@ class EventProcessTests(TestCase):
             process.require("nats-py")
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.target_port = process.free_port()
-        self.port = process.free_port()
+        # eventsvc's port is the kernel's (read back at each start); the
+        # handlers' target is held, refusing, until a test serves it, so no
+        # test running beside can take it first.
+        self.held = process.closed_port(self)
+        self.target_port = self.held.port
+        self.port = 0
 
     def start(self, event_limit: int = 100000, data_dir: bool = True, events: str = "") -> process.ServerProcess:
         base = "http://127.0.0.1:%d" % self.target_port
@@ -203,7 +207,7 @@ class EventProcessTests(TestCase):
             f"""
 [service]
 host = "127.0.0.1"
-port = {self.port}
+port = 0
 event_limit = {event_limit}
 {'data_dir = "data"' if data_dir else ''}
 [handlers]
@@ -217,11 +221,12 @@ retry_max = 0.5
 """,
         )
         server_ = process.eventsvc(config)
-        server_.start()
+        self.port = server_.start()
         self.addCleanup(server_.stop)
         return server_
 
     def serve_target(self, target: Target):
+        self.held.release()
         port = reactor.listenTCP(self.target_port, server.Site(target), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
 
@@ -345,7 +350,7 @@ retry_max = 0.5
         second_config = process.write_config(os.path.join(self.dir, "second.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = %d\ndata_dir = "data"\n'
             '[handlers]\ncfgingest = "http://127.0.0.1:%d/cfgingest"\n'
-        ) % (process.free_port(), self.target_port))
+        ) % (0, self.target_port))
         second = yield threads.deferToThread(
             process.run_until_exit, [process.require("twistd"), "-n", "--pidfile=", "eventsvc", "--config", second_config]
         )

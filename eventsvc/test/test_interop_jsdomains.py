@@ -128,7 +128,6 @@ class _Checks:
         if nats is None:
             process.require("nats-py")
         self.directory = scratch(self)
-        self.leaf_port = process.free_port()
 
     def check(self, result: dict) -> None:
         for key, stream, domain in (("hub_from_spoke", "AT_HUB", "hub"), ("edge_from_hub", "AT_EDGE", "edge")):
@@ -147,40 +146,44 @@ class _Checks:
         self.assertEqual(result["hub_api_from_spoke"], [sorted(["AT_HUB", "KV_AT_HUB_KV"])])
 
 
-def eventsvc_config(directory: str, name: str, domain: str, extra: str) -> "tuple[str, int]":
-    """An eventsvc configuration with JetStream in C{domain} and its monitor port."""
-    http = process.free_port()
+def eventsvc_js(directory: str, name: str, domain: str, extra: str) -> process.ServerProcess:
+    """
+    eventsvc with JetStream in C{domain}; its client and monitor ports (and
+    any other) are the kernel's, in C{ports} once started.
+    """
     path = process.write_config(os.path.join(directory, name + ".toml"), (
-        '[service]\nhost = "127.0.0.1"\nport = {client}\n'
+        '[service]\nhost = "127.0.0.1"\nport = 0\n'
         '[jetstream]\nstore_dir = "{store}"\ndomain = "{domain}"\n'
-        '[monitor]\nhost = "127.0.0.1"\nport = {http}\n{extra}'
-    ).format(client=process.free_port(), store=os.path.join(directory, name + "-js"), domain=domain, http=http, extra=extra))
-    return path, http
+        '[monitor]\nhost = "127.0.0.1"\nport = 0\n{extra}'
+    ).format(store=os.path.join(directory, name + "-js"), domain=domain, extra=extra))
+    return process.eventsvc(path, expect=("service", "monitor"))
 
 
-def nats_server_js(directory: str, name: str, domain: str, leafnodes: str) -> process.ServerProcess:
+def nats_server_js(directory: str, name: str, domain: str, leafnodes: str, expect: "tuple[str, ...]" = ()) -> process.ServerProcess:
     """nats-server with JetStream in C{domain} and the given leafnodes block."""
     conf = process.write_config(os.path.join(directory, name + ".conf"), (
         'server_name: {name}\njetstream {{ store_dir: "{store}", domain: {domain} }}\nleafnodes {{ {leafnodes} }}\n'
     ).format(name=name, store=os.path.join(directory, name + "-js"), domain=domain, leafnodes=leafnodes))
-    return process.nats_server("-c", conf)
+    return process.nats_server("-c", conf, expect=expect)
 
 
 class EventsvcSpokeTests(_Checks, TestCase):
     """eventsvc (domain edge) dialling a nats-server -js hub (domain hub)."""
 
-    def spoke(self, domain: str):
-        config, http = eventsvc_config(self.directory, "edge", domain, (
+    @defer.inlineCallbacks
+    def servers(self, spoke_domain: str):
+        # The hub listens where the kernel puts it (-1), the spoke dials that.
+        hub = nats_server_js(self.directory, "hubsrv", "hub", "port: -1", expect=("leafnode",))
+        hub_port = yield process.started(self, hub)
+        spoke = eventsvc_js(self.directory, "edge", spoke_domain, (
             '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{}"\n'
-        ).format(self.leaf_port))
-        return process.eventsvc(config, expect=("service",)), http
+        ).format(hub.ports["leafnode"]))
+        spoke_port = yield process.started(self, spoke)
+        return hub, hub_port, spoke, spoke_port, spoke.ports["monitor"]
 
     @defer.inlineCallbacks
     def test_both_ways(self):
-        hub = nats_server_js(self.directory, "hubsrv", "hub", "port: %d" % self.leaf_port)
-        hub_port = yield process.started(self, hub)
-        spoke, http = self.spoke("edge")
-        spoke_port = yield process.started(self, spoke)
+        hub, hub_port, spoke, spoke_port, http = yield self.servers("edge")
         self.check((yield run(lambda: both_ways(spoke_port, hub_port))))
         # The log says what nats-server says; /leafz names the hub's domain.
         spoke.wait_output('JetStream Not Extended, adding deny [$JS.API.> $KV.> $OBJ.>] for account "$G"; '
@@ -191,10 +194,7 @@ class EventsvcSpokeTests(_Checks, TestCase):
 
     @defer.inlineCallbacks
     def test_same_domain(self):
-        hub = nats_server_js(self.directory, "hubsrv", "hub", "port: %d" % self.leaf_port)
-        hub_port = yield process.started(self, hub)
-        spoke, http = self.spoke("hub")
-        spoke_port = yield process.started(self, spoke)
+        hub, hub_port, spoke, spoke_port, _ = yield self.servers("hub")
         result = yield run(lambda: same_domain(spoke_port, hub_port))
         self.assertEqual(result, {
             "spoke": [["ON_SPOKE"]], "hub": [["ON_HUB"]], "spoke_plain": [["ON_SPOKE"]], "hub_plain": [["ON_HUB"]],
@@ -242,12 +242,13 @@ class EventsvcHubTests(_Checks, TestCase):
 
     @defer.inlineCallbacks
     def servers(self, spoke_domain: str):
-        config, http = eventsvc_config(self.directory, "hub", "hub", '[leafnodes]\nhost = "127.0.0.1"\nport = {}\n'.format(self.leaf_port))
-        hub = process.eventsvc(config, expect=("service",))
+        hub = eventsvc_js(self.directory, "hub", "hub", '[leafnodes]\nhost = "127.0.0.1"\nport = 0\n')
         hub_port = yield process.started(self, hub)
-        spoke = nats_server_js(self.directory, "edgesrv", spoke_domain, 'remotes [ { url: "nats-leaf://127.0.0.1:%d" } ]' % self.leaf_port)
+        spoke = nats_server_js(
+            self.directory, "edgesrv", spoke_domain, 'remotes [ { url: "nats-leaf://127.0.0.1:%d" } ]' % hub.ports["leafnodes"]
+        )
         spoke_port = yield process.started(self, spoke)
-        return hub, hub_port, http, spoke, spoke_port
+        return hub, hub_port, hub.ports["monitor"], spoke, spoke_port
 
     @defer.inlineCallbacks
     def test_same_domain(self):

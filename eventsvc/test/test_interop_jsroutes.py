@@ -213,18 +213,17 @@ class OneJetStreamPerClusterTests(TestCase):
             process.require("nats-py")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        route_a = process.free_port()
-        clients = [process.free_port() for _ in range(3)]
-        nodes = []
-        for i, name in enumerate("abc"):
-            text = '[service]\nhost = "127.0.0.1"\nport = %d\n' % clients[i]
+        # Every port the kernel's: A listens first, B and C dial its route port as read from its log.
+        nodes, clients = [], []
+        for name in "abc":
+            text = '[service]\nhost = "127.0.0.1"\nport = 0\n'
             text += '[cluster]\nenabled = true\nname = "mesh"\nhost = "127.0.0.1"\n'
-            text += 'port = %d\n' % route_a if name == "a" else 'listen = false\nroutes = ["nats-route://127.0.0.1:%d"]\n' % route_a
+            text += 'port = 0\n' if name == "a" else 'listen = false\nroutes = ["nats-route://127.0.0.1:%d"]\n' % nodes[0].ports["routes"]
             if name != "c":
                 text += '[jetstream]\nstore_dir = "%s/%s"\n' % (directory, name)
-            nodes.append(process.eventsvc(process.write_config(os.path.join(directory, name + ".toml"), text), expect=("service",)))
-        for node in nodes:
-            yield process.started(self, node)
+            node = process.eventsvc(process.write_config(os.path.join(directory, name + ".toml"), text), expect=("service",))
+            clients.append((yield process.started(self, node)))
+            nodes.append(node)
         a, b, c = nodes
         c.wait_output("route to ", timeout=30)
         b.wait_output("refused: JetStream is on at", timeout=30)

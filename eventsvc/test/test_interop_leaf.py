@@ -132,7 +132,7 @@ class EventsvcHubTests(_Checks, TestCase):
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\nuser = "spoke"\npassword = "s3cret"\n'
             '[monitor]\nhost = "127.0.0.1"\nport = {http}\n'
-        ).format(client=process.free_port(), leaf=self.leaf_port, http=self.http_port))
+        ).format(client=0, leaf=self.leaf_port, http=self.http_port))
         self.spoke_config = process.write_config(os.path.join(directory, "spoke.conf"), (
             'leafnodes {{ remotes [ {{ url: "nats-leaf://spoke:s3cret@127.0.0.1:{leaf}" }} ] }}\n'
         ).format(leaf=self.leaf_port))
@@ -196,7 +196,7 @@ class EventsvcSpokeTests(_Checks, TestCase):
         config = process.write_config(os.path.join(directory, "spoke.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[leafnodes]\nlisten = false\n[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{leaf}"\n'
-        ).format(client=process.free_port(), leaf=leaf_port))
+        ).format(client=0, leaf=leaf_port))
         hub = process.nats_server("-c", hub_config)
         hub_port = yield process.started(self, hub)
         spoke = process.eventsvc(config, expect=("service",))
@@ -235,13 +235,13 @@ class TLSLeafTests(TestCase):
 
     @defer.inlineCallbacks
     def test_nats_server_spoke_over_tls(self):
-        leaf_port = process.free_port()
         config = process.write_config(os.path.join(self.directory, "hub.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n{tls}'
             '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\ntls = true\n'
-        ).format(client=process.free_port(), leaf=leaf_port, tls=self.tls_section))
-        hub = process.eventsvc(config, expect=("service",))
+        ).format(client=0, leaf=0, tls=self.tls_section))
+        hub = process.eventsvc(config, expect=("service", "leafnodes"))
         yield process.started(self, hub)
+        leaf_port = hub.ports["leafnodes"]
         spoke_conf = process.write_config(os.path.join(self.directory, "spoke.conf"), (
             'leafnodes {{ remotes [ {{ url: "tls://localhost:{leaf}", {tls} }} ] }}\n'
         ).format(leaf=leaf_port, tls=self.reference_tls(self.certs)))
@@ -266,16 +266,16 @@ class TLSLeafTests(TestCase):
 
     @defer.inlineCallbacks
     def test_eventsvc_spoke_over_tls(self):
-        leaf_port = process.free_port()
         hub_conf = process.write_config(os.path.join(self.directory, "hub.conf"), (
-            "leafnodes {{ port: {leaf}, {tls} }}\n"
-        ).format(leaf=leaf_port, tls=self.reference_tls(self.certs)))
-        hub = process.nats_server("-c", hub_conf)
+            "leafnodes {{ port: -1, {tls} }}\n"
+        ).format(tls=self.reference_tls(self.certs)))
+        hub = process.nats_server("-c", hub_conf, expect=("leafnode",))
         yield process.started(self, hub)
+        leaf_port = hub.ports["leafnode"]
         config = process.write_config(os.path.join(self.directory, "spoke.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n{tls}[leafnodes]\nlisten = false\n'
             '[[leafnodes.remotes]]\nurl = "tls://127.0.0.1:{leaf}"\ntls_name = "localhost"\n'
-        ).format(client=process.free_port(), leaf=leaf_port, tls=self.tls_section))
+        ).format(client=0, leaf=leaf_port, tls=self.tls_section))
         spoke = process.eventsvc(config, expect=("service",))
         yield process.started(self, spoke)
         from eventsvc.test.test_interop_cluster import client_tls
@@ -375,7 +375,7 @@ class CredentialsTests(TestCase):
             return process.write_config(os.path.join(directory, name + ".toml"), (
                 '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nlisten = false\n'
                 '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{leaf}"\ncredentials = "{creds}"\n'
-            ).format(client=process.free_port(), leaf=leaf_port, creds=os.path.basename(creds)))
+            ).format(client=0, leaf=leaf_port, creds=os.path.basename(creds)))
 
         spoke = process.eventsvc(spoke_config("spoke", files["user.creds"]), expect=("service",))
         spoke_port = yield process.started(self, spoke)
@@ -437,7 +437,7 @@ class DenyTests(TestCase):
             '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
             '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{theirs}"\n'
             'deny_imports = ["private.>"]\ndeny_exports = ["secret.>"]\n'
-        ).format(client=process.free_port(), leaf=our_leaf, theirs=their_leaf)), expect=("service",))
+        ).format(client=0, leaf=our_leaf, theirs=their_leaf)), expect=("service",))
         our_port = yield process.started(self, ours)
         spoke = process.nats_server("-c", process.write_config(os.path.join(directory, "spoke.conf"), (
             'leafnodes {{ remotes [ {{ url: "nats-leaf://127.0.0.1:{leaf}", deny_imports: ["mine.>"] }} ] }}\n'
@@ -502,7 +502,7 @@ class ClusteredSpokesTests(TestCase):
         leaf_port = process.free_port()
         config = process.write_config(os.path.join(directory, "hub.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
-        ).format(client=process.free_port(), leaf=leaf_port))
+        ).format(client=0, leaf=leaf_port))
         hub = process.eventsvc(config, expect=("service",))
         hub_port = yield process.started(self, hub)
         routes = [process.free_port(), process.free_port()]
@@ -579,7 +579,7 @@ class EdgeClusterOnHubClusterTests(TestCase):
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[cluster]\nname = "core"\nhost = "127.0.0.1"\nport = {route}\nroutes = ["nats-route://127.0.0.1:{other}"]\n'
             '[leafnodes]\nhost = "127.0.0.1"\nport = {leaf}\n'
-        ).format(client=process.free_port(), route=h1_route, other=h2_route, leaf=h1_leaf)), expect=("service",))
+        ).format(client=0, route=h1_route, other=h2_route, leaf=h1_leaf)), expect=("service",))
         h2_conf = process.write_config(os.path.join(directory, "h2.conf"), (
             'cluster {{ name: "core", listen: "127.0.0.1:{route}", routes: ["nats-route://127.0.0.1:{other}"] }}\n'
             'leafnodes {{ listen: "127.0.0.1:{leaf}" }}\n'
@@ -648,7 +648,7 @@ class LoopTests(TestCase):
         config = process.write_config(os.path.join(directory, "ours.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n[leafnodes]\nhost = "127.0.0.1"\nport = {ours}\n'
             '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{theirs}"\n'
-        ).format(client=process.free_port(), ours=ours, theirs=theirs))
+        ).format(client=0, ours=ours, theirs=theirs))
         conf = process.write_config(os.path.join(directory, "theirs.conf"), (
             'leafnodes {{ listen: "127.0.0.1:{theirs}", remotes [ {{ url: "nats-leaf://127.0.0.1:{ours}" }} ] }}\n'
         ).format(ours=ours, theirs=theirs))

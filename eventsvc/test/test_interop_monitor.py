@@ -96,18 +96,19 @@ class MonitorInteropTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.nats_http = process.free_port()
-        self.reference = process.nats_server("-m", str(self.nats_http))
+        # Both monitors where the kernel puts them (nats-server's -m -1), read from the logs.
+        self.reference = process.nats_server("-m", "-1", expect=("http",))
         self.reference.start()
         self.addCleanup(self.reference.stop)
-        self.http = process.free_port()
+        self.nats_http = self.reference.ports["http"]
         path = process.write_config(
             os.path.join(self.mktemp() + ".toml"),
-            '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 65536\n[monitor]\nenabled = true\nport = %d\n' % self.http,
+            '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 65536\n[monitor]\nenabled = true\nport = 0\n',
         )
-        self.ours = process.eventsvc(path)
+        self.ours = process.eventsvc(path, expect=("service", "monitor"))
         self.ours.start()
         self.addCleanup(self.ours.stop)
+        self.http = self.ours.ports["monitor"]
 
     def test_same_fields_same_values(self):
         def run():

@@ -462,7 +462,6 @@ class ObjectStorePermissionTests(TestCase):
             raise SkipTest(reason)
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        gateway_port = process.free_port()
 
         def allow(names: List[str]) -> str:
             return "[" + ", ".join('"%s"' % name for name in names) + "]"
@@ -474,11 +473,11 @@ class ObjectStorePermissionTests(TestCase):
             'publish_allow = {writer}\nsubscribe_allow = ["_INBOX.>"]\n'
             '[[gateway.identities]]\nname = "reader"\ntoken = "reader-token"\n'
             'publish_allow = {reader}\nsubscribe_allow = ["_INBOX.>", "$O.files.>"]\n'
-        ).format(store=os.path.join(folder, "jetstream"), port=gateway_port, writer=allow(WRITER), reader=allow(READER)))
+        ).format(store=os.path.join(folder, "jetstream"), port=0, writer=allow(WRITER), reader=allow(READER)))
         server = process.eventsvc(path, expect=("service", "gateway"))
         await process.started(self, server)
         admin_url = "nats://127.0.0.1:%d" % server.ports["service"]
-        agent_url = "nats://127.0.0.1:%d" % gateway_port
+        agent_url = "nats://127.0.0.1:%d" % server.ports["gateway"]
 
         async def scenario() -> Dict[str, Any]:
             from nats.js import errors

@@ -174,14 +174,13 @@ class ThreeWaySuperclusterTests(TestCase):
         for node in (a, b):
             node.start()
             self.addCleanup(node.stop)
-        client_port = process.free_port()
         config = process.write_config(os.path.abspath(self.mktemp() + ".toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n'
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
             '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = %d\n'
             '[[supercluster.gateways]]\nname = "A"\nurls = ["nats://127.0.0.1:%d"]\n'
-        ) % (client_port, ours_gw, a_gw))
+        ) % (ours_gw, a_gw))
         ours = process.eventsvc(config, expect=("service",))
-        ours.start()
+        client_port = ours.start()
         self.addCleanup(ours.stop)
         got, counts, replies = yield run(lambda: mesh_round([a.port, b.port, client_port], "three"))
         for i, messages in got.items():
@@ -298,15 +297,14 @@ class TLSGatewayTests(TestCase):
 
         theirs = reference("theirs", their_gw, tls_block)
         yield process.started(self, theirs)
-        client_port = process.free_port()
         config = process.write_config(os.path.join(directory, "eventsvc.toml"), (
             '[service]\nhost = "127.0.0.1"\nport = {client}\n'
             '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
             '[supercluster]\nname = "ours"\nhost = "127.0.0.1"\nport = {gw}\ntls = true\ntls_name = "localhost"\n'
             '[[supercluster.gateways]]\nname = "theirs"\nurls = ["nats://127.0.0.1:{theirs}"]\n'
-        ).format(client=client_port, gw=our_gw, theirs=their_gw))
+        ).format(client=0, gw=our_gw, theirs=their_gw))
         ours = process.eventsvc(config, expect=("service",))
-        yield process.started(self, ours)
+        client_port = yield process.started(self, ours)
         from eventsvc.test.test_interop_cluster import client_tls
 
         servers = [theirs.port, ("tls://127.0.0.1:%d" % client_port, client_tls(certs))]

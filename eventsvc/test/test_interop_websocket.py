@@ -51,12 +51,12 @@ class ReferenceWebSocketTests(TestCase):
     timeout = 120
 
     def reference(self, websocket: str = "no_tls: true") -> "tuple[process.ServerProcess, int]":
-        ws_port = process.free_port()
+        # Its websocket port the kernel's (-1), read from its log once started.
         path = process.write_config(
             self.mktemp() + ".conf",
-            'websocket {{ listen: "127.0.0.1:{}"\n {} }}\nauthorization {{ token: "{}" }}\n'.format(ws_port, websocket, TOKEN),
+            'websocket {{ listen: "127.0.0.1:-1"\n {} }}\nauthorization {{ token: "{}" }}\n'.format(websocket, TOKEN),
         )
-        return process.nats_server("-c", path), ws_port
+        return process.nats_server("-c", path, expect=("websocket",)), 0
 
     def eventsvc(self, websocket: str = "") -> "tuple[process.ServerProcess, int]":
         path = process.write_config(self.mktemp() + ".toml", (
@@ -68,8 +68,9 @@ class ReferenceWebSocketTests(TestCase):
         return server, 0
 
     async def both(self, reference_ws: str = "no_tls: true", eventsvc_ws: str = "") -> "tuple[int, int]":
-        ref, ref_port = self.reference(reference_ws)
+        ref, _ = self.reference(reference_ws)
         await process.started(self, ref)
+        ref_port = ref.ports["websocket"]
         ours, _ = self.eventsvc(eventsvc_ws)
         await process.started(self, ours)
         return ref_port, ours.ports["websocket"]

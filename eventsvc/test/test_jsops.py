@@ -662,7 +662,7 @@ class CommandProcessTests(TestCase):
     @defer.inlineCallbacks
     def test_jetstream_off(self) -> Any:
         """An eventsvc without [jetstream]: one line that says so, exit 1."""
-        server = process.eventsvc(self.config_for(process.free_port()), expect=("service",))
+        server = process.eventsvc(self.config_for(0), expect=("service",))
         port = yield process.started(self, server)
         config = self.config_for(port)
         for command in (["stream", "ls"], ["stream", "info", "ORDERS"], ["consumer", "ls", "ORDERS"], ["consumer", "info", "ORDERS", "c"]):
@@ -802,14 +802,15 @@ class AgainstNatsServerTests(TestCase):
     def test_jsz_and_varz_as_nats_server(self) -> Any:
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        reference_monitor = process.free_port()
-        reference = yield process.started(self, process.nats_server("-js", "-sd", os.path.join(folder, "ref"), "-m", str(reference_monitor)))
-        monitor = process.free_port()
+        # Every port the kernel's, read back (-m -1: nats-server's too).
+        theirs = process.nats_server("-js", "-sd", os.path.join(folder, "ref"), "-m", "-1", expect=("http",))
+        reference = yield process.started(self, theirs)
+        reference_monitor = theirs.ports["http"]
         ours = process.eventsvc(process.write_config(os.path.join(folder, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = %d\n[jetstream]\n'
-        ) % monitor), expect=("service",))
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = 0\n[jetstream]\n'
+        )), expect=("service", "monitor"))
         port = yield process.started(self, ours)
-        yield threads.deferToThread(ours.wait_output, "monitor listening for HTTP")
+        monitor = ours.ports["monitor"]
 
         def both() -> Any:
             pages = []
@@ -871,14 +872,13 @@ class FullDiskTests(TestCase):
         if mounted.returncode:
             raise SkipTest("cannot mount a tmpfs here: " + mounted.stderr.strip())
         self.addCleanup(subprocess.run, ["umount", "-l", store])
-        monitor = process.free_port()
         config = process.write_config(os.path.join(folder, "patch.toml"), (
-            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = %d\n'
+            '[service]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "state"\n[monitor]\nport = 0\n'
             '[jetstream]\nstore_dir = "js"\nmax_file_store = "1G"\n'
-        ) % monitor)
-        server = process.eventsvc(config, expect=("service",))
+        ))
+        server = process.eventsvc(config, expect=("service", "monitor"))
         port = yield process.started(self, server)
-        yield threads.deferToThread(server.wait_output, "monitor listening for HTTP")
+        monitor = server.ports["monitor"]
 
         def fill() -> Any:
             from urllib.error import HTTPError

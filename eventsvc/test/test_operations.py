@@ -76,13 +76,12 @@ class ShutdownTests(TestCase):
         target = SlowTarget(0.3)
         listening = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
-        port = process.free_port()
         config = process.write_config(self.mktemp() + ".toml", (
-            '[service]\nhost = "127.0.0.1"\nport = %d\nshutdown_timeout = 10\ndata_dir = ""\n'
+            '[service]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout = 10\ndata_dir = ""\n'
             '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n[events]\nhandler_concurrency = 1\n'
-        ) % (port, listening.getHost().port))
+        ) % (listening.getHost().port,))
         proc = process.eventsvc(config)
-        yield threads.deferToThread(proc.start)
+        port = yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
 
         def scenario():
@@ -134,16 +133,26 @@ class DurableByDefaultTests(TestCase):
 
     @defer.inlineCallbacks
     def test_sigterm_with_the_target_down_loses_nothing(self):
-        port, monitor, target_port = process.free_port(), process.free_port(), process.free_port()
-        config = process.write_config(os.path.abspath(self.mktemp()) + ".toml", (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n[monitor]\nport = %d\n'
-            '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n'
-            '[events]\nretry_initial = 0.2\nretry_max = 0.5\ndown_after = 1\n'
-        ) % (port, monitor, target_port))
+        # The target's port is held bound (refusing) until the test serves
+        # it, so no test running beside can take it; eventsvc's own ports
+        # are the kernel's, read back, and kept for the restart.
+        down = process.closed_port(self)
+        target_port = down.port
+        path = os.path.abspath(self.mktemp()) + ".toml"
+
+        def write(port, monitor):
+            return process.write_config(path, (
+                '[service]\nhost = "127.0.0.1"\nport = %d\n[monitor]\nport = %d\n'
+                '[handlers]\nevent_feed = "http://127.0.0.1:%d/e"\n'
+                '[events]\nretry_initial = 0.2\nretry_max = 0.5\ndown_after = 1\n'
+            ) % (port, monitor, target_port))
+
+        config = write(0, 0)
         state = config[:-len(".toml")] + ".state"
-        proc = process.eventsvc(config)
-        yield threads.deferToThread(proc.start)
+        proc = process.eventsvc(config, expect=("service", "monitor"))
+        port = yield threads.deferToThread(proc.start)
         self.addCleanup(proc.stop)
+        monitor = proc.ports["monitor"]
         ids = ["kept-%d" % i for i in range(5)]
         acks = yield threads.deferToThread(request_events, port, ids)
         self.assertEqual(sorted(a["event_id"] for a in acks), ids)
@@ -161,6 +170,8 @@ class DurableByDefaultTests(TestCase):
         self.assertEqual(proc.stop(), 0)
         self.assertIn("5 events not yet delivered at shutdown: kept in the stream EVENTS", proc.output())
 
+        write(port, monitor)
+        down.release()
         target = SlowTarget(0)
         listening = reactor.listenTCP(target_port, server.Site(target), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
@@ -328,14 +339,13 @@ class LameDuckTests(TestCase):
             import nats  # noqa: F401
         except ImportError:
             process.require("nats-py")
-        self.port = process.free_port()
 
     def start(self, extra=""):
         config = process.write_config(self.mktemp() + ".toml", (
-            '[service]\nhost = "127.0.0.1"\nport = %d\n%s'
-        ) % (self.port, extra))
+            '[service]\nhost = "127.0.0.1"\nport = 0\n%s'
+        ) % (extra,))
         proc = process.eventsvc(config)
-        proc.start()
+        self.port = proc.start()
         self.addCleanup(proc.stop)
         return proc
 
