@@ -191,7 +191,9 @@ class Framer:
     C{extra} (L{message_extra}) when the line says more than a reply.  A
     split run (L{_runs}) hands its messages without a reply over together,
     as C{publish_run(handler, run)} when the handler has it (a list of
-    C{(subject, size, tail)}), else one by one (L{_publish_each}).
+    C{(subject, size, tail)}), else one by one (L{_publish_each}); so does
+    the loop with the batches it gathers, each to another subject than the
+    one before (L{_hand_over}, up to L{LONG_RUN_MAX} at a time).
 
     @ivar awaiting_connect: while true, any first operation other than
         CONNECT is an authorization violation (set when auth is required).
