@@ -70,6 +70,16 @@ PARSING_LATER = "parsing later"
 #: and at most so many messages (L{Framer._same_lines}).
 BLOCK_MIN = 16
 BLOCK_MAX = 4096
+#: Messages to other subjects, each a batch of its own (traffic over many
+#: subjects), are handed over together (C{publish_run}), up to so many at a
+#: time, and at least so many when they fan out widely (L{Framer._long_run_over}).
+#: On PyPy a call that enters the delivery loop costs about a microsecond:
+#: 1,000 subjects 1:1 in process, 0.30 us a message one a call, 0.27 by 16,
+#: 0.20-0.22 by 32, 64, 128 or 256 alike (and 0.22-0.23 by 1,024); the
+#: shortest of those that are as fast, so that a first run fanned out widely
+#: overruns the budget least.
+LONG_RUN_MIN = 16
+LONG_RUN_MAX = 64
 
 
 class ProtocolViolation(Exception):
@@ -200,7 +210,9 @@ class Framer:
     C{extra} (L{message_extra}) when the line says more than a reply.  A
     split run (L{_runs}) hands its messages without a reply over together,
     as C{publish_run(handler, run)} when the handler has it (a list of
-    C{(subject, size, tail)}), else one by one (L{_publish_each}).
+    C{(subject, size, tail)}), else one by one (L{_publish_each}); so does
+    the loop with the batches it gathers, each to another subject than the
+    one before (L{_hand_over}, up to L{LONG_RUN_MAX} at a time).
 
     @ivar awaiting_connect: while true, any first operation other than
         CONNECT is an authorization violation (set when auth is required).
@@ -277,6 +289,9 @@ class Framer:
         self._message_code = self.verbs.verbs[0]
         #: How many messages the next block of identical lines checks at once (L{_block}).
         self._block_size = BLOCK_MIN * 4
+        #: How many batches (messages to other subjects, most often one
+        #: each) the loop gathers before it hands them over (L{_long_run_over}).
+        self._long_run = LONG_RUN_MAX
         self._methods = _method_table(type(self))
 
     # -- input kept between reads -------------------------------------------
@@ -408,6 +423,48 @@ class Framer:
                 handler.publish(handler, subject, None, size, tail)
             else:
                 handler.publish_batch(handler, subject, tail, size)
+
+    def _hand_over(self, handler: Any, run: Optional[List[Tuple[bytes, int, Any]]], subject: bytes, size: int, batch: Any) -> None:
+        """
+        The batches gathered by the loop (C{run}, unless None), then the
+        one still gathering (C{batch} to C{subject}, unless None), handed
+        over in order: as one C{publish_run} when the handler has it, else
+        one by one (L{_publish_each}).
+        """
+        if run is None:
+            if batch.__class__ is bytes:
+                handler.publish(handler, subject, None, size, batch)
+            else:
+                handler.publish_batch(handler, subject, batch, size)
+            return
+        if batch is not None:
+            run.append((subject, size, batch))
+        publish_run = getattr(handler, "publish_run", None)
+        if publish_run is not None:
+            publish_run(handler, run)
+        else:
+            self._publish_each(handler, run)
+
+    def _long_run_over(self, handler: Any, run: List[Tuple[bytes, int, Any]]) -> None:
+        """
+        Hand a long run over (L{_hand_over}), timed when there is a budget:
+        the next run may be twice as long when this one took less than a
+        64th of the budget, and is half as long when it took more than a
+        16th (a run fanned out to hundreds of subscribers), so that the
+        budget, checked after each, is never overrun by much.
+        """
+        if self.budget is None:
+            self._hand_over(handler, run, b"", 0, None)
+            return
+        started = perf_counter()
+        self._hand_over(handler, run, b"", 0, None)
+        spent = perf_counter() - started
+        long_run = self._long_run
+        if spent > self.budget / 16:
+            if long_run > LONG_RUN_MIN:
+                self._long_run = long_run // 2
+        elif spent < self.budget / 64 and long_run < LONG_RUN_MAX:
+            self._long_run = long_run * 2
 
     def _runs(self, buf: bytes, started: float, base: int = 0) -> int:
         """
@@ -698,6 +755,9 @@ class Framer:
         batch: Any = None
         batch_subject = b""
         batch_bytes = 0
+        # Batches gathered before this one, to be handed over together
+        # (None until there are: a read of one message makes no list).
+        run: Optional[List[Tuple[bytes, int, Any]]] = None
         if self._carry is not None:
             # What completed the last read's cut message (L{feed}): the
             # batch it began, and its line as the previous one, so that the
@@ -712,12 +772,10 @@ class Framer:
                 if go_runs:
                     # Lines keep differing: the rest of the read in a run.
                     go_runs = False
-                    if batch is not None:
-                        if batch.__class__ is bytes:
-                            publish(handler, batch_subject, None, batch_bytes, batch)
-                        else:
-                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                    if batch is not None or run:
+                        self._hand_over(handler, run, batch_subject, batch_bytes, batch)
                         batch = None
+                        run = None
                     pos = self._runs(buf, started, pos)
                     if pos >= n:
                         break
@@ -748,12 +806,10 @@ class Framer:
                             raise ProtocolViolation(UNKNOWN_OPERATION)
                         start = pos + len(verb.name)
                         if verb is not message_code:
-                            if batch is not None:
-                                if batch.__class__ is bytes:
-                                    publish(handler, batch_subject, None, batch_bytes, batch)
-                                else:
-                                    publish_batch(handler, batch_subject, batch, batch_bytes)
+                            if batch is not None or run:
+                                self._hand_over(handler, run, batch_subject, batch_bytes, batch)
                                 batch = None
+                                run = None
                             if verb.bounded and eol - start > mcl:
                                 raise ProtocolViolation(MAX_CONTROL_LINE)
                             pos = self._methods[verb](self, buf, pos, start, eol, nl)
@@ -817,12 +873,10 @@ class Framer:
                 if not plain or (may_publish is not None and (reply is not None or not may_publish(subject))):
                     # Checked one by one: refused, or a request whose reply
                     # subject must be checked too; the handler does it, in order.
-                    if batch is not None:
-                        if batch.__class__ is bytes:
-                            publish(handler, batch_subject, None, batch_bytes, batch)
-                        else:
-                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                    if batch is not None or run:
+                        self._hand_over(handler, run, batch_subject, batch_bytes, batch)
                         batch = None
+                        run = None
                     handler.op_pub(subject, reply, size, tail)
                     continue
                 msgs += 1
@@ -848,20 +902,24 @@ class Framer:
                                     batch_bytes += taken * size
                                     ops |= 15  # (the budget is checked next)
                             continue
-                        if batch.__class__ is bytes:
-                            publish(handler, batch_subject, None, batch_bytes, batch)
+                        # Another subject: the batch joins the run, handed
+                        # over in one call when it is long enough (L{_long_run}).
+                        if run is None:
+                            run = [(batch_subject, batch_bytes, batch)]
                         else:
-                            publish_batch(handler, batch_subject, batch, batch_bytes)
+                            run.append((batch_subject, batch_bytes, batch))
+                            if len(run) >= self._long_run:
+                                self._long_run_over(handler, run)
+                                run = None
+                                ops |= 15  # (the budget is checked next, their time in it)
                     batch = tail
                     batch_subject = subject
                     batch_bytes = size
                     continue
-                if batch is not None:
-                    if batch.__class__ is bytes:
-                        publish(handler, batch_subject, None, batch_bytes, batch)
-                    else:
-                        publish_batch(handler, batch_subject, batch, batch_bytes)
+                if batch is not None or run:
+                    self._hand_over(handler, run, batch_subject, batch_bytes, batch)
                     batch = None
+                    run = None
                 if extra is not None:
                     self.message_extra(subject, reply, extra, size, tail)
                 elif not publish(handler, subject, reply, size, tail):
@@ -873,7 +931,9 @@ class Framer:
                 batch = None
         finally:
             # Whatever happens next, what was published before is delivered.
-            if batch is not None:
+            if run:
+                self._hand_over(handler, run, batch_subject, batch_bytes, batch)
+            elif batch is not None:
                 if batch.__class__ is bytes:
                     publish(handler, batch_subject, None, batch_bytes, batch)
                 else:

@@ -378,6 +378,27 @@ class BatchTests(SynchronousTestCase):
         self.assertGreater(joined, 50)
         self.assertEqual(sum(len(s) for s in after) + joined, 600)
 
+    def test_many_subjects_around_own_subscriptions(self) -> None:
+        """
+        A read over many subjects, each message a batch of its own, with the
+        publisher's own SUB, UNSUB and PING in it, by the loop (PyPy's way)
+        and by split runs (CPython's): every subscriber gets every message
+        meant for it, in order, framed with its subject; the publisher gets
+        only those between its SUB and its UNSUB, and its PONG after them.
+        """
+        for split_runs in (False, True):
+            h = Harness()
+            sub, pub = h.connect(), h.connect()
+            sub.send(b"SUB dev.*.state 4\r\n")
+            pub.proto.parser.split_runs = split_runs
+            message = lambda n: b"PUB dev.%d.state %d\r\n%d\r\n" % (n % 300, len(b"%d" % n), n)
+            pub.send(b"".join(map(message, range(700))) + b"SUB dev.> 9\r\n" + b"".join(map(message, range(700, 1400)))
+                     + b"UNSUB 9\r\n" + b"".join(map(message, range(1400, 2000))) + b"PING\r\n")
+            frame = lambda sid, n: b"MSG dev.%d.state %s %d\r\n%d\r\n" % (n % 300, sid, len(b"%d" % n), n)
+            self.assertEqual(sub.received(), b"".join(frame(b"4", n) for n in range(2000)), split_runs)
+            self.assertEqual(pub.received(), b"".join(frame(b"9", n) for n in range(700, 1400)) + b"PONG\r\n", split_runs)
+            self.assertEqual((pub.proto.in_msgs, sub.proto.out_msgs, pub.proto.out_msgs), (2000, 2000, 700))
+
     def test_echo_false_in_batch(self) -> None:
         h = Harness()
         a = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')

@@ -659,6 +659,8 @@ class LeafRunTests(SynchronousTestCase):
             plain = True
             may_publish = None
             in_msgs = in_bytes = 0
+            # (A leaf link has none: runs are handed over message by message.)
+            publish_run = None
 
             def publish(self, src, subject, reply, size, tail):
                 ops.append(("pub", subject, reply, tail))

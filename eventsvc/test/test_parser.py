@@ -683,6 +683,83 @@ class CutReadTests(SynchronousTestCase):
         self.assertEqual(recorder.ops, [("batch", b"foo", [b"5\r\nhello\r\n"] * 2, 10)])
 
 
+# -- messages to many subjects, handed over in runs by the loop ------------------
+
+
+class RunRecorder(PlainRecorder):
+    """
+    A plain connection with C{publish_run} (a client's): each hand-over's
+    length is kept, its messages flattened into C{ops}, and each message
+    costs C{cost} seconds on C{clock} (the framer's perf_counter, patched).
+    """
+
+    def __init__(self, clock: List[float], cost: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.cost = cost
+        self.runs: List[int] = []
+        self.later: List[float] = []
+
+    def publish_run(self, src, run):
+        self.runs.append(len(run))
+        for subject, size, tail in run:
+            if tail.__class__ is bytes:
+                self.publish(src, subject, None, size, tail)
+            else:
+                self.publish_batch(src, subject, tail, size)
+        self.clock[0] += self.cost * len(run)
+
+    def parse_later(self) -> None:
+        self.later.append(self.clock[0])
+
+
+class LongRunTests(SynchronousTestCase):
+    """
+    The loop (PyPy's way; CPython's when its split runs stop) hands a read's
+    messages to other subjects over together, in runs that shorten when
+    they take long (they fan out widely): the same operations in the same
+    order as one by one, and the turn's budget overrun by one short run at
+    most.
+    """
+
+    def many(self, budget: Optional[float], cost: float):
+        from eventsvc.nats import framing
+
+        clock = [0.0]
+        self.patch(framing, "perf_counter", lambda: clock[0])
+        data = b"".join(b"PUB s.%d 2\r\n%02d\r\n" % (n % 1000, n % 100) for n in range(3000)) + b"PING\r\n"
+        data += b"PUB s.1 2\r\nhi\r\n" * 3 + b"PUB s.2 r 2\r\nhi\r\nPUB s.3 2\r\nhi\r\n"
+        recorder = RunRecorder(clock, cost)
+        parser = ClientParser(recorder, budget=budget)
+        parser.split_runs = False
+        parser.feed(data)
+        while parser.suspended:
+            clock[0] = 0.0
+            parser.resume()
+        one_by_one = PlainRecorder()
+        ClientParser(one_by_one).feed(data)
+        self.assertEqual(recorder.ops, one_by_one.ops)
+        self.assertEqual(recorder.in_msgs, 3005)
+        return recorder
+
+    def test_cheap_runs_are_long(self) -> None:
+        recorder = self.many(0.01, 0.0)
+        self.assertEqual(recorder.runs[:46], [64] * 46)
+        self.assertEqual(recorder.later, [])
+
+    def test_runs_that_take_long_shorten_and_the_budget_holds(self) -> None:
+        """At 10 us a message: 64 take 0.64 ms, over a 16th of the 10 ms budget; 32 take 0.32 ms, kept."""
+        recorder = self.many(0.01, 1e-5)
+        self.assertEqual(recorder.runs[:4], [64, 32, 32, 32])
+        self.assertTrue(recorder.later)
+        for spent in recorder.later:
+            self.assertTrue(0.01 < spent <= 0.01 + 32 * 1e-5 + 1e-9, spent)
+
+    def test_without_a_budget(self) -> None:
+        recorder = self.many(None, 1.0)
+        self.assertEqual(recorder.runs[:46], [64] * 46)
+
+
 def _splice(test: SynchronousTestCase, splice: bool = True, splice_from: int = 0) -> None:
     """
     Complete every cut read (every one of an operation at least
