@@ -50,7 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -228,10 +228,10 @@ def gateway_scenes(tool: str, runs: int, n: int) -> None:
     pairs = {}
     for k, (name, python) in enumerate(variants()):
         q = [process.free_port() for _ in range(4)]
-        service = process.eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
+        service = eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
             '[service]\nhost = "127.0.0.1"\nport = %d\n[supercluster]\nname = "event-service"\nhost = "127.0.0.1"\nport = %d\n'
         ) % (q[0], q[1])), expect=("service",), python=python)
-        gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
+        gateway = eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
             '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
             'tokens = ["bench"]\nhealth_token_file = "gateway%d-health.token"\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
             '[supercluster]\nname = "event-gateway"\nhost = "127.0.0.1"\nport = %d\n'
@@ -272,10 +272,10 @@ def leaf_scenes(tool: str, runs: int, n: int) -> None:
     pairs = {"nats-server": reference}
     for k, (name, python) in enumerate(variants()):
         q = [process.free_port() for _ in range(3)]
-        hub = process.eventsvc(process.write_config(os.path.join(directory, "hub%d.toml" % k), (
+        hub = eventsvc(process.write_config(os.path.join(directory, "hub%d.toml" % k), (
             '[service]\nhost = "127.0.0.1"\nport = %d\n[leafnodes]\nhost = "127.0.0.1"\nport = %d\n'
         ) % (q[0], q[1])), expect=("service",), python=python)
-        spoke = process.eventsvc(process.write_config(os.path.join(directory, "spoke%d.toml" % k), (
+        spoke = eventsvc(process.write_config(os.path.join(directory, "spoke%d.toml" % k), (
             '[service]\nhost = "127.0.0.1"\nport = %d\n[leafnodes]\nlisten = false\n'
             '[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:%d"\n'
         ) % (q[2], q[1])), expect=("service",), python=python)
@@ -314,10 +314,10 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
     pairs = {}
     for k, (name, python) in enumerate(variants()):
         q = [process.free_port() for _ in range(3)]
-        service = process.eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
+        service = eventsvc(process.write_config(os.path.join(directory, "service%d.toml" % k), (
             '[service]\nhost = "127.0.0.1"\nport = %d\n[cluster]\nenabled = true\nname = "bench"\nhost = "127.0.0.1"\nport = %d\n'
         ) % (q[0], q[1])), expect=("service",), python=python)
-        gateway = process.eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
+        gateway = eventsvc(process.write_config(os.path.join(directory, "gateway%d.toml" % k), (
             '[service]\nenabled = false\n[gateway]\nenabled = true\nhost = "127.0.0.1"\nport = %d\ndisable_frontend_tls = true\n'
             'tokens = ["bench"]\nhealth_token_file = "gateway%d-health.token"\n[gateway.permissions]\npublish_allow = ["bench.>"]\n'
             '[cluster]\nenabled = true\nname = "bench"\nlisten = false\nroutes = ["nats-route://127.0.0.1:%d"]\n'
@@ -377,6 +377,18 @@ def idle_memory(port: int, pid: int, count: int = 1000) -> float:
     return (after - before) / count
 
 
+def eventsvc(config: str, expect: Sequence[str] = (), python: Optional[str] = None, env: Optional[dict] = None) -> process.ServerProcess:
+    """
+    L{process.eventsvc}, but ready without the line saying every part has
+    started when C{python} is an C{--old} release's: trees before 915bd51
+    do not log it (their listeners' lines still say when they are ready).
+    """
+    server = process.eventsvc(config, expect=expect, python=python, env=env)
+    if python is not None and python in OLD_PYTHONS:
+        server.started = None
+    return server
+
+
 def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, process.ServerProcess]:
     """The reference server and eventsvc on each interpreter, on C{config}, started."""
     servers = {"nats-server": reference}
@@ -388,7 +400,7 @@ def start_servers(reference: process.ServerProcess, config: str) -> Dict[str, pr
         # ([service] data_dir's default) is one process's at a time.
         own = os.path.join(tempfile.mkdtemp(), os.path.basename(config))
         shutil.copyfile(config, own)
-        servers[name] = process.eventsvc(own, python=python, env=env)
+        servers[name] = eventsvc(own, python=python, env=env)
     for server in servers.values():
         pinned(server).start()
     return servers
@@ -420,7 +432,7 @@ def memory_scene(runs: int) -> None:
     tight = None
     pypy = [python for name, python in variants() if python]
     if pypy:
-        tight = process.eventsvc(config, python=pypy[0], env=TIGHT_GC)
+        tight = eventsvc(config, python=pypy[0], env=TIGHT_GC)
         pinned(tight).start()
     try:
         samples: Dict[str, List[Sample]] = {name: [(idle_memory(server.port, server.process.pid), None)] for name, server in servers.items()}
@@ -439,6 +451,8 @@ def memory_scene(runs: int) -> None:
 VARIANTS: List[Tuple[str, Optional[str]]] = [("eventsvc", None)]
 #: The variants that run an installed release (--old).
 OLD: List[str] = []
+#: Their interpreters (L{eventsvc}).
+OLD_PYTHONS: Set[str] = set()
 
 
 def variants() -> List[Tuple[str, Optional[str]]]:
@@ -575,6 +589,7 @@ def main() -> None:
             name += "'"
         VARIANTS.append((name, python))
         OLD.append(name)
+        OLD_PYTHONS.add(python)
     print("eventsvc on {} {}{}; {}".format(
         sys.implementation.name, sys.version.split()[0], " and on " + options.pypy if options.pypy else "",
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
