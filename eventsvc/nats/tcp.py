@@ -20,9 +20,13 @@ the end of the turn it was written in (one C{callLater(0)} for all the
 connections written to), with one C{send} (C{sendmsg} for a list of large
 pieces, which need no join).  Only what the socket does not take is left to
 Twisted, which registers for writability and sends the rest as it always
-does.  Closing, aborting, producers pausing and resuming, and errors are
-Twisted's own: the rest of its transport is untouched, and anything unusual
-(closing, a pull producer, an unsent backlog) goes Twisted's way.
+does.  A close (C{loseConnection}: a TLS layer's answer to close_notify, a
+C{-ERR} then close) with nothing unsent from before is done at the end of
+its turn too, after that turn's output is sent, as the reactor would after
+Twisted's C{doWrite} (L{TurnEndWrites.loseConnection}).  Aborting, producers
+pausing and resuming, and errors are Twisted's own: the rest of its
+transport is untouched, and anything unusual (a pull producer, an unsent
+backlog, a half-close) goes Twisted's way.
 
 A TLS or WebSocket connection writes through its layer to the TCP transport
 under it, so it gains the same without its layer being bypassed.
