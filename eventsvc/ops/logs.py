@@ -137,6 +137,8 @@ class ConfiguredObserver:
         self._predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
         #: namespace -> the levels written for it.
         self._passing: Dict[Any, FrozenSet[Any]] = {}
+        #: Changes of the level rules so far.
+        self._rules = 0
         self._repeats = RepeatLimit()
         self.write_to(stream if stream is not None else sys.stdout)
 
@@ -150,15 +152,18 @@ class ConfiguredObserver:
         """Write events at C{level} or above from now on (per-namespace levels set on the rules stay)."""
         self._predicate.defaultLogLevel = _LEVELS[level]
         self._predicate.setLogLevelForNamespace("", _LEVELS[level])
+        self._rules += 1
         self._passing.clear()
 
     def set_level_for_namespace(self, namespace: str, level: str) -> None:
         """Write events of C{namespace} (and the namespaces under it) at C{level} or above."""
         self._predicate.setLogLevelForNamespace(namespace, _LEVELS[level])
+        self._rules += 1
         self._passing.clear()
 
     def _levels_for(self, namespace: Any) -> FrozenSet[Any]:
         """The levels written for C{namespace}, as Twisted's level filter decides (none without a namespace)."""
+        rules = self._rules
         if not namespace:
             passing: FrozenSet[Any] = frozenset()
         else:
@@ -166,7 +171,9 @@ class ConfiguredObserver:
             passing = frozenset(level for level in _LEVELS.values() if level >= least)
         if len(self._passing) > 10000:
             self._passing.clear()  # (namespaces made up at run time must not grow it for good)
-        self._passing[namespace] = passing
+        if rules == self._rules:
+            # (Not kept if the levels changed meanwhile: an event logged from a thread.)
+            self._passing[namespace] = passing
         return passing
 
     def __call__(self, event: Dict[str, Any]) -> None:
