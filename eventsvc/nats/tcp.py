@@ -20,9 +20,13 @@ the end of the turn it was written in (one C{callLater(0)} for all the
 connections written to), with one C{send} (C{sendmsg} for a list of large
 pieces, which need no join).  Only what the socket does not take is left to
 Twisted, which registers for writability and sends the rest as it always
-does.  Closing, aborting, producers pausing and resuming, and errors are
-Twisted's own: the rest of its transport is untouched, and anything unusual
-(closing, a pull producer, an unsent backlog) goes Twisted's way.
+does.  A close (C{loseConnection}: a TLS layer's answer to close_notify, a
+C{-ERR} then close) with nothing unsent from before is done at the end of
+its turn too, after that turn's output is sent, as the reactor would after
+Twisted's C{doWrite} (L{TurnEndWrites.loseConnection}).  Aborting, producers
+pausing and resuming, and errors are Twisted's own: the rest of its
+transport is untouched, and anything unusual (a pull producer, an unsent
+backlog, a half-close) goes Twisted's way.
 
 A TLS or WebSocket connection writes through its layer to the TCP transport
 under it, so it gains the same without its layer being bypassed.
@@ -46,7 +50,9 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Type
 from weakref import WeakKeyDictionary
 
+from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -221,6 +227,9 @@ class TurnEndWrites:
     _turn: TurnEnd
     #: Whether this transport waits in C{_turn} to send.
     _queued = False
+    #: Whether C{loseConnection} was called and the close waits for the
+    #: turn's end (L{loseConnection}).
+    _closing = False
 
     # (Twisted's FileDescriptor and tcp.Connection: what is read and set of them.)
     connected: int
@@ -239,6 +248,8 @@ class TurnEndWrites:
     socket: Any
     TLS: bool
     startWriting: Callable[[], None]
+    stopReading: Callable[[], None]
+    connectionLost: Callable[[Any], None]
     _maybePauseProducer: Callable[[], None]
 
     def write(self, data: bytes) -> None:
@@ -290,12 +301,62 @@ class TurnEndWrites:
         self._queued = True
         self._turn.add(self)
 
+    def loseConnection(self) -> None:
+        """
+        Close once what is written is sent.  Twisted's own stops reading and
+        registers the socket for writability (two C{epoll_ctl}s), sends on
+        the next turn and then closes, unregistering it (a third): every TLS
+        connection's close, whose close_notify is written and the connection
+        closed in the same call, and every C{-ERR} then close.  When nothing
+        written earlier is still unsent (no backlog of Twisted's, no producer
+        waiting to be resumed), the close is left to the end of this turn
+        instead: the turn's output is sent, in one C{send}, and the socket
+        closed, as Twisted's C{doWrite} would have (C{connectionLost} with
+        C{ConnectionDone}), one C{epoll_ctl} in all.  Nothing is read from
+        the socket meanwhile (L{doRead}), and whatever is unusual (the
+        socket does not take it all, a paused producer, a half-close) goes
+        Twisted's way from where it stands.
+        """
+        if (self.TLS or not self.connected or self.disconnecting or self._writeDisconnected or self._writeDisconnecting
+                or self.offset < len(self.dataBuffer)
+                or (self._tempDataLen and not self._queued)
+                or (self.producer is not None and (not self.streamingProducer or self.producerPaused))):
+            super().loseConnection()  # type: ignore[misc]
+            return
+        self.disconnecting = 1
+        self._closing = True
+        if not self._queued:
+            self._queued = True
+            self._turn.add(self)
+
+    def doRead(self) -> Any:
+        """Twisted's, unless the connection is closing at this turn's end: it stopped reading when asked to close."""
+        if self._closing:
+            return None
+        return super().doRead()  # type: ignore[misc]
+
+    def _close_twisted_way(self) -> None:
+        """A close waiting for the turn's end that cannot be done there: Twisted's C{doWrite} sends what is left, then closes."""
+        self._closing = False
+        self.stopReading()
+        self.startWriting()
+
     def _send_turn(self) -> None:
         """The end of the turn: send what is buffered; what the socket does not take, Twisted sends."""
         self._queued = False
-        if not self.connected or self.disconnected or self._aborting or not self._tempDataLen:
+        if not self.connected or self.disconnected or self._aborting:
             return
-        if self.offset < len(self.dataBuffer) or self.disconnecting or self._writeDisconnecting:
+        closing = self._closing
+        if not self._tempDataLen and not closing:
+            return
+        if closing:
+            if self.offset < len(self.dataBuffer) or self._writeDisconnecting:
+                self._close_twisted_way()
+                return
+            if not self._tempDataLen:
+                self._closed_at_turn_end()
+                return
+        elif self.offset < len(self.dataBuffer) or self.disconnecting or self._writeDisconnecting:
             self.startWriting()
             return
         pieces = self._tempDataBuffer
@@ -314,11 +375,17 @@ class TurnEndWrites:
         except OSError:
             # Twisted's doWrite meets the error again and closes the
             # connection its way (connectionLost with the reason).
-            self.startWriting()
+            if closing:
+                self._close_twisted_way()
+            else:
+                self.startWriting()
             return
         if sent == size:
             del pieces[:]
             self._tempDataLen = 0
+            if closing:
+                self._closed_at_turn_end()
+                return
             producer = self.producer
             if producer is not None and self.producerPaused:
                 # As Twisted's doWrite when its buffer empties.
@@ -328,7 +395,20 @@ class TurnEndWrites:
         if sent:
             self._tempDataBuffer = _after(pieces, sent)
             self._tempDataLen = size - sent
-        self.startWriting()
+        if closing:
+            self._close_twisted_way()
+        else:
+            self.startWriting()
+
+    def _closed_at_turn_end(self) -> None:
+        """All is sent of a connection closing at the turn's end: it closes, as Twisted's reactor closes it after C{doWrite}."""
+        producer = self.producer
+        if producer is not None and (not self.streamingProducer or self.producerPaused):
+            # (Paused by what was written after the close: Twisted resumes it, and closes once it is done.)
+            self._close_twisted_way()
+            return
+        self._closing = False
+        self.connectionLost(Failure(CONNECTION_DONE))
 
 
 def _after(pieces: List[bytes], sent: int) -> List[bytes]:

@@ -188,15 +188,119 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.assertEqual(got, big + b"PING\r\n")
 
     def test_lose_connection(self):
-        """A close after a write (a -ERR, then close) sends the write first, then closes, Twisted's way."""
+        """
+        A close after a write (a -ERR, or a TLS close_notify, then close)
+        sends the write and closes at the end of the turn: the peer reads it
+        and then the end, the protocol is told the connection is done, and
+        the socket is never registered for writing.
+        """
+        from twisted.internet.error import ConnectionDone
+
+        lost = []
+        self.protocol.connectionLost = lost.append
+        self.tcp.write(b"-ERR 'Stale Connection'\r\n")
+        self.tcp.loseConnection()
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(lost, [])
+        self.reactor.advance(0)
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.reactor.getReaders(), [])
+        self.assertEqual(self.received(), b"-ERR 'Stale Connection'\r\n")
+        self.assertEqual(self.peer.recv(10), b"")  # the end, after it
+        self.assertEqual(len(lost), 1)
+        self.assertIsInstance(lost[0].value, ConnectionDone)
+
+    def test_lose_connection_with_nothing_written(self):
+        """A close with nothing to send closes at the end of the turn too."""
+        lost = []
+        self.protocol.connectionLost = lost.append
+        self.tcp.loseConnection()
+        self.tcp.loseConnection()
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"")
+        self.assertEqual(self.peer.recv(10), b"")
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_nothing_read_once_closing(self):
+        """What the peer sends after the close was asked for is not given to the protocol (Twisted stops reading)."""
+        got = []
+        self.protocol.dataReceived = got.append
+        self.tcp.loseConnection()
+        self.peer.send(b"PUB a 2\r\nhi\r\n")
+        self.tcp.doRead()
+        self.assertEqual(got, [])
+
+    def test_written_after_close_asked_still_sent(self):
+        """Written after loseConnection in the same turn (Twisted sends that too): it goes out before the end."""
+        self.tcp.loseConnection()
+        self.tcp.write(b"late\r\n")
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"late\r\n")
+        self.assertEqual(self.peer.recv(10), b"")
+
+    def test_lose_connection_more_than_the_socket_takes(self):
+        """Closing behind more than the socket takes: Twisted sends the rest, then closes; the peer gets it all."""
         from twisted.internet.main import CONNECTION_DONE
 
-        self.tcp.write(b"-ERR 'Stale Connection'\r\n")
+        big = b"x" * (8 << 20)
+        self.tcp.write(big)
         self.tcp.loseConnection()
         self.reactor.advance(0)
         self.assertIn(self.tcp, self.reactor.getWriters())
-        self.assertIs(self.tcp.doWrite(), CONNECTION_DONE)
-        self.assertEqual(self.received(), b"-ERR 'Stale Connection'\r\n")
+        self.assertEqual(self.reactor.getReaders(), [])
+        got = self.received()
+        for _ in range(10000):
+            result = self.tcp.doWrite()
+            got += self.received()
+            if result is not None:
+                break
+        self.assertIs(result, CONNECTION_DONE)
+        self.assertEqual(got, big)
+
+    def test_lose_connection_behind_a_backlog(self):
+        """A close while Twisted still sends a backlog is Twisted's: it closes once the backlog is sent."""
+        from twisted.internet.main import CONNECTION_DONE
+
+        big = b"x" * (8 << 20)
+        self.tcp.write(big)
+        self.reactor.advance(0)
+        self.tcp.write(b"-ERR 'x'\r\n")
+        self.tcp.loseConnection()
+        got = self.received()
+        for _ in range(10000):
+            result = self.tcp.doWrite()
+            got += self.received()
+            if result is not None:
+                break
+        self.assertIs(result, CONNECTION_DONE)
+        self.assertEqual(got, big + b"-ERR 'x'\r\n")
+
+    def test_lose_connection_waits_for_a_paused_producer(self):
+        """A paused producer is resumed before the close, as Twisted does (the connection closes once it is done)."""
+        producer = _Producer()
+        self.tcp.registerProducer(producer, True)
+        self.tcp.pauseProducing = None
+        self.tcp.producerPaused = True
+        self.tcp.loseConnection()
+        self.assertIn(self.tcp, self.reactor.getWriters())
+        self.tcp.doWrite()
+        self.assertEqual(producer.resumed, 1)
+
+    def test_abort_while_closing(self):
+        """An abort after the close was asked for: nothing is sent, and the abort's reason stands."""
+        from twisted.internet.error import ConnectionAborted
+
+        lost = []
+        self.protocol.connectionLost = lost.append
+        self.tcp.write(b"MSG a 1 2\r\nhi\r\n")
+        self.tcp.loseConnection()
+        self.tcp.abortConnection()
+        self.reactor.advance(0)
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"")
+        self.assertEqual(len(lost), 1)
+        self.assertIsInstance(lost[0].value, ConnectionAborted)
 
     def test_abort(self):
         """An aborted connection sends nothing more, and nothing registers for writing."""
@@ -617,3 +721,97 @@ class ClosedConnectionFreedTests(SynchronousTestCase):
         client.shutdown()
         self.peer.close()
         self.assertFreed(transport)
+
+
+class TLSCloseTests(SynchronousTestCase):
+    """
+    A TLS connection the client closes (close_notify, then the socket) over
+    a TCP transport sending at the turn's end: the server answers with its
+    own close_notify, then closes, in the turn that read the client's.  A
+    real socket pair under Twisted's TLS layer; the client is pyOpenSSL.
+    """
+
+    def test_close_notify_answered_then_closed(self):
+        import socket
+
+        from OpenSSL import SSL
+        from twisted.internet import tcp
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from eventsvc.nats.tcp import send_at_turn_end
+        from eventsvc.test.tlshelpers import PKI
+
+        pki = PKI(self.mktemp())
+        minted = pki.issue("service", ["localhost"])
+        private = PKI.private(minted)
+        options = CertificateOptions(privateKey=private.privateKey.original, certificate=private.original)
+
+        lost = []
+        got = []
+
+        class App(Protocol):
+            def dataReceived(self, data):
+                got.append(data)
+
+            def connectionLost(self, reason):
+                lost.append(reason)
+
+        reactor = MemoryReactorClock()
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        peer.setblocking(False)
+        layer = TLSMemoryBIOFactory(options, False, Factory.forProtocol(App)).buildProtocol(None)
+        server = tcp.Server(ours, layer, ("127.0.0.1", 5000), _Port(), 1, reactor)
+        layer.makeConnection(server)
+        self.assertTrue(send_at_turn_end(server))
+
+        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        client.set_connect_state()
+
+        def received():
+            data = b""
+            while True:
+                try:
+                    more = peer.recv(1 << 16)
+                except BlockingIOError:
+                    return data
+                if not more:
+                    return data
+                data += more
+
+        def exchange():
+            """What the client has to send, to the server and one turn; what the server sent, to the client."""
+            try:
+                peer.sendall(client.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+            server.doRead()
+            reactor.advance(0)
+            back = received()
+            if back:
+                client.bio_write(back)
+
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except SSL.WantReadError:
+                exchange()
+        client.send(b"PING\r\n")
+        exchange()
+        self.assertEqual(b"".join(got), b"PING\r\n")
+
+        client.shutdown()  # close_notify
+        exchange()
+        self.assertEqual(reactor.getWriters(), [])
+        # The server's close_notify came back, then the end of the stream.
+        self.assertRaises(SSL.ZeroReturnError, client.recv, 100)
+        self.assertEqual(client.get_shutdown() & SSL.RECEIVED_SHUTDOWN, SSL.RECEIVED_SHUTDOWN)
+        self.assertEqual(peer.recv(10), b"")
+        self.assertEqual(len(lost), 1)
+        self.assertIsInstance(lost[0].value, ConnectionDone)
