@@ -265,6 +265,54 @@ class ReloadTests(TestCase):
         self.assertIn("[service] prot: unknown key", output)
 
 
+    @defer.inlineCallbacks
+    def test_sighup_changes_the_log_level(self):
+        """
+        C{[log] level} changed and reloaded takes effect: a client's close
+        (an info line) is written at C{info}, not after a reload to
+        C{warn}, and is again after a reload back to C{info}.  (The reload
+        once set a default level Twisted reads only when its levels are
+        cleared, so the level never changed.)
+        """
+        self.config = os.path.abspath(self.mktemp() + ".toml")
+        port = process.free_port()
+
+        def level(name):
+            process.write_config(self.config, '[service]\nhost = "127.0.0.1"\nport = %d\n[log]\nlevel = "%s"\n' % (port, name))
+
+        level("info")
+        proc = process.eventsvc(self.config)
+        yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+
+        def closed_by_the_server():
+            """A client the server closes (an unknown verb), read to its end: its close is done."""
+            s, answer = client(port, b'CONNECT {"verbose":false}\r\n')
+            assert answer == b"PONG\r\n", answer
+            line = "127.0.0.1:%d on service closed" % s.getsockname()[1]
+            s.sendall(b"NONSENSE\r\n")
+            read_all(s)
+            s.close()
+            return line
+
+        def scenario():
+            heard = closed_by_the_server()
+            proc.wait_output(heard)
+            level("warn")
+            proc.process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)  # (at warn, the reload says nothing)
+            unheard = closed_by_the_server()
+            level("info")
+            proc.process.send_signal(signal.SIGHUP)
+            proc.wait_output("configuration reloaded")
+            heard_again = closed_by_the_server()
+            proc.wait_output(heard_again)
+            return unheard
+
+        unheard = yield threads.deferToThread(scenario)
+        self.assertNotIn(unheard, proc.output())
+
+
 class TwistLoggingTests(TestCase):
     """Under twist (as under twistd), [log] decides the format and the level."""
 
