@@ -525,7 +525,6 @@ class Framer:
         try:
             last: Any = None  # (never a line's)
             subject = b""
-            reply: Optional[bytes] = None
             size = cut = step = 0
             # (The budget is checked every 16 messages: at msgs == check,
             # one comparison a message, not three tests and an "&".)
@@ -553,7 +552,6 @@ class Framer:
                     else:
                         repeats = 0
                         subject, size, cut, step = last = known_line
-                        reply = None
                         if size > limit or len(line) > mcl:
                             break
                 else:
@@ -575,29 +573,35 @@ class Framer:
                     cut = len(line) - len(szb)
                     step = len(line) + size + 4
                     if n == 4:
-                        reply = args[2]
+                        # A request: handed over here, after the run before
+                        # it (so the messages without a reply go on without
+                        # a test of their reply each).
+                        if len(payload) != size:
+                            break
                         last = None
-                    else:
-                        # Lines without a reply come again (a reply inbox is
-                        # used once): kept, as many as MESSAGE_LINES.
-                        reply = None
-                        if len(lines) >= MESSAGE_LINES:
-                            lines.clear()
-                        lines[line] = last = (subject, size, cut, step)
+                        reply = args[2]
+                        start = pos + cut
+                        pos += step
+                        msgs += 1
+                        nbytes += size
+                        if run:
+                            handed, run = run, []
+                            publish_run(handler, handed)
+                        if not publish(handler, subject, reply, size, buf[start:pos]):
+                            handler.op_no_responders(reply)
+                        continue
+                    # Lines without a reply come again (a reply inbox is
+                    # used once): kept, as many as MESSAGE_LINES.
+                    if len(lines) >= MESSAGE_LINES:
+                        lines.clear()
+                    lines[line] = last = (subject, size, cut, step)
                 if len(payload) != size:
                     break  # a CRLF inside the payload, or not all of it yet
                 start = pos + cut
                 pos += step
                 msgs += 1
                 nbytes += size
-                if reply is None:
-                    run.append((subject, size, buf[start:pos]))
-                else:
-                    if run:
-                        handed, run = run, []
-                        publish_run(handler, handed)
-                    if not publish(handler, subject, reply, size, buf[start:pos]):
-                        handler.op_no_responders(reply)
+                run.append((subject, size, buf[start:pos]))
         finally:
             # Whatever happens next, what was read before is delivered.
             if run:
