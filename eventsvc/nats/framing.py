@@ -517,6 +517,8 @@ class Framer:
         # no tab anywhere (one scan of the read instead of a find a line).
         tabs = buf.find(b"\t", base) >= 0
         lines = _MESSAGE_LINES
+        # (Bound once: a call of a local, not a method lookup a message.)
+        known_of = lines.get
         # A line read by a connection with a larger max_payload may be too
         # large here: the loop says so.
         limit = min(RUN_PAYLOAD, self.max_payload) if self.checks_payload else RUN_PAYLOAD
@@ -538,7 +540,7 @@ class Framer:
                         publish_run(handler, handed)
                     if perf_counter() - started > budget:
                         break  # the loop suspends at once, at pos
-                known_line = lines.get(line)
+                known_line = known_of(line)
                 if known_line is not None:
                     # Read before, by this or another connection: its
                     # subject (the same object, its hash kept), its size,
