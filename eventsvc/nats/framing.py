@@ -538,7 +538,7 @@ class Framer:
                         # (Delivered now, so that the time checked is theirs too.)
                         handed, run = run, []
                         publish_run(handler, handed)
-                    if perf_counter() - started > budget:
+                    if budget is not None and perf_counter() - started > budget:
                         break  # the loop suspends at once, at pos
                 known_line = known_of(line)
                 if known_line is not None:
