@@ -482,7 +482,7 @@ class Delivery:
         count = 0
         bits = self._bits
         no_echo = not src.echo
-        planned = self._targets.get
+        planned = self._plans.lookup
         # (Appends alone below: nothing here flushes, so the list bound
         # now is the one a flush would take.)
         dirty = self._dirty
@@ -536,9 +536,9 @@ class Delivery:
         subject: handed over here, a read's messages cost one call in all,
         not one each (on CPython a call is a tenth of a message's cost).
         """
-        # (The plan cache's get bound once: a call of a local a message,
-        # not a method lookup, and a shorter loop body.)
-        planned = self._targets.get
+        # (The plan cache's get, bound once by the cache: a call of a local
+        # a message, not a method lookup, and a shorter loop body.)
+        planned = self._plans.lookup
         plan = self._plan
         no_echo = not src.echo
         # (Clients alone hand runs over; a link's message, were one here,

@@ -62,6 +62,10 @@ RUN_PAYLOAD = 256
 #: thousand subjects with a size or two each; about 200 bytes a line.
 MESSAGE_LINES = 16384
 _MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int, int]] = {}
+#: Its get, bound once (the dict is cleared in place, never replaced): the
+#: run loop calls it a message, and binding it a read cost reads of a few
+#: messages (replies to inboxes) more than it saved.
+_KNOWN_LINE = _MESSAGE_LINES.get
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
@@ -517,8 +521,8 @@ class Framer:
         # no tab anywhere (one scan of the read instead of a find a line).
         tabs = buf.find(b"\t", base) >= 0
         lines = _MESSAGE_LINES
-        # (Bound once: a call of a local, not a method lookup a message.)
-        known_of = lines.get
+        # (A call of a local, not a method lookup a message.)
+        known_of = _KNOWN_LINE
         # A line read by a connection with a larger max_payload may be too
         # large here: the loop says so.
         limit = min(RUN_PAYLOAD, self.max_payload) if self.checks_payload else RUN_PAYLOAD
