@@ -482,7 +482,7 @@ class Delivery:
         count = 0
         bits = self._bits
         no_echo = not src.echo
-        plans = self._targets
+        planned = self._plans.lookup
         # (Appends alone below: nothing here flushes, so the list bound
         # now is the one a flush would take.)
         dirty = self._dirty
@@ -519,7 +519,7 @@ class Delivery:
             if frame_tail.__class__ is not bytes:
                 self.deliver_batch(src, subject, cast(Any, frame_tail), size)
                 return count
-            targets = plans.get(subject) or self._plan(subject)
+            targets = planned(subject) or self._plan(subject)
             if not targets.local_queues:
                 self.deliver(src, subject, None, size, frame_tail, targets)
                 return count
@@ -536,7 +536,9 @@ class Delivery:
         subject: handed over here, a read's messages cost one call in all,
         not one each (on CPython a call is a tenth of a message's cost).
         """
-        plans = self._targets
+        # (The plan cache's get, bound once by the cache: a call of a local
+        # a message, not a method lookup, and a shorter loop body.)
+        planned = self._plans.lookup
         plan = self._plan
         no_echo = not src.echo
         # (Clients alone hand runs over; a link's message, were one here,
@@ -552,7 +554,7 @@ class Delivery:
             if tail.__class__ is not bytes:
                 self.deliver_batch(src, subject, tail, size)
                 continue
-            targets = plans.get(subject) or plan(subject)
+            targets = planned(subject) or plan(subject)
             if local and targets.local:
                 # (deliver()'s loop, without a reply: written out here, since
                 # a call a message is what this method saves.)

@@ -62,6 +62,10 @@ RUN_PAYLOAD = 256
 #: thousand subjects with a size or two each; about 200 bytes a line.
 MESSAGE_LINES = 16384
 _MESSAGE_LINES: Dict[bytes, Tuple[bytes, int, int, int]] = {}
+#: Its get, bound once (the dict is cleared in place, never replaced): the
+#: run loop calls it a message, and binding it a read cost reads of a few
+#: messages (replies to inboxes) more than it saved.
+_KNOWN_LINE = _MESSAGE_LINES.get
 #: Why a connection's reads are held while the rest of a read waits for a
 #: later turn (a reason of its read gate, L{eventsvc.nats.outbound.ReadGate}).
 PARSING_LATER = "parsing later"
@@ -517,6 +521,8 @@ class Framer:
         # no tab anywhere (one scan of the read instead of a find a line).
         tabs = buf.find(b"\t", base) >= 0
         lines = _MESSAGE_LINES
+        # (A call of a local, not a method lookup a message.)
+        known_of = _KNOWN_LINE
         # A line read by a connection with a larger max_payload may be too
         # large here: the loop says so.
         limit = min(RUN_PAYLOAD, self.max_payload) if self.checks_payload else RUN_PAYLOAD
@@ -525,17 +531,20 @@ class Framer:
         try:
             last: Any = None  # (never a line's)
             subject = b""
-            reply: Optional[bytes] = None
             size = cut = step = 0
+            # (The budget is checked every 16 messages: at msgs == check,
+            # one comparison a message, not three tests and an "&".)
+            check = 16 if budget is not None else -1
             for line, payload in zip(pairs, pairs):
-                if budget is not None and msgs and not msgs & 15:
+                if msgs == check:
+                    check += 16
                     if run:
                         # (Delivered now, so that the time checked is theirs too.)
                         handed, run = run, []
                         publish_run(handler, handed)
-                    if perf_counter() - started > budget:
+                    if budget is not None and perf_counter() - started > budget:
                         break  # the loop suspends at once, at pos
-                known_line = lines.get(line)
+                known_line = known_of(line)
                 if known_line is not None:
                     # Read before, by this or another connection: its
                     # subject (the same object, its hash kept), its size,
@@ -549,7 +558,6 @@ class Framer:
                     else:
                         repeats = 0
                         subject, size, cut, step = last = known_line
-                        reply = None
                         if size > limit or len(line) > mcl:
                             break
                 else:
@@ -571,29 +579,35 @@ class Framer:
                     cut = len(line) - len(szb)
                     step = len(line) + size + 4
                     if n == 4:
-                        reply = args[2]
+                        # A request: handed over here, after the run before
+                        # it (so the messages without a reply go on without
+                        # a test of their reply each).
+                        if len(payload) != size:
+                            break
                         last = None
-                    else:
-                        # Lines without a reply come again (a reply inbox is
-                        # used once): kept, as many as MESSAGE_LINES.
-                        reply = None
-                        if len(lines) >= MESSAGE_LINES:
-                            lines.clear()
-                        lines[line] = last = (subject, size, cut, step)
+                        reply = args[2]
+                        start = pos + cut
+                        pos += step
+                        msgs += 1
+                        nbytes += size
+                        if run:
+                            handed, run = run, []
+                            publish_run(handler, handed)
+                        if not publish(handler, subject, reply, size, buf[start:pos]):
+                            handler.op_no_responders(reply)
+                        continue
+                    # Lines without a reply come again (a reply inbox is
+                    # used once): kept, as many as MESSAGE_LINES.
+                    if len(lines) >= MESSAGE_LINES:
+                        lines.clear()
+                    lines[line] = last = (subject, size, cut, step)
                 if len(payload) != size:
                     break  # a CRLF inside the payload, or not all of it yet
                 start = pos + cut
                 pos += step
                 msgs += 1
                 nbytes += size
-                if reply is None:
-                    run.append((subject, size, buf[start:pos]))
-                else:
-                    if run:
-                        handed, run = run, []
-                        publish_run(handler, handed)
-                    if not publish(handler, subject, reply, size, buf[start:pos]):
-                        handler.op_no_responders(reply)
+                run.append((subject, size, buf[start:pos]))
         finally:
             # Whatever happens next, what was read before is delivered.
             if run:

@@ -48,13 +48,15 @@ class SubjectCache:
     A bounded cache keyed by literal subject, indexed by first token, so
     that a subscription change evicts what it may have changed and nothing
     else.  Read it with C{entries.get(subject)} (a plain dict: the hot path
-    pays one C call); write it with L{put}.
+    pays one C call), or C{lookup(subject)}, the same bound once (C{entries}
+    is cleared in place, never replaced); write it with L{put}.
     """
 
-    __slots__ = ("entries", "_heads", "size")
+    __slots__ = ("entries", "lookup", "_heads", "size")
 
     def __init__(self, size: int) -> None:
         self.entries: Dict[bytes, Any] = {}
+        self.lookup: Callable[[bytes], Any] = self.entries.get
         self._heads: Dict[bytes, Dict[bytes, None]] = {}
         self.size = size
 
