@@ -252,13 +252,15 @@ class StoreCommandTests(TestCase):
         self.assertEqual((empty.returncode, empty.stdout, empty.stderr), (0, "", ""))
 
     @defer.inlineCallbacks
-    def owing(self, events="", settle=0.0):
+    def owing(self, events=""):
         """
         A running service whose cfgingest target is down, sent one event of
         each of three kinds (nodeTerminated and cfgingest owed to
         cfgingest, event_feed handled), then C{spool stats} as text and as
-        JSON; C{settle} seconds are waited before the stats.  Fires with
-        (directory, config, the service, the event's file, text, JSON).
+        JSON once they count the handled event as done (the service records
+        what its handlers finish a moment after: a handler's log line comes
+        first).  Fires with (directory, config, the service, the event's
+        file, text, JSON).
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -282,8 +284,13 @@ class StoreCommandTests(TestCase):
                 sent = process.cli("publish", "--config", config, "--type", kind, "--file", path)
                 assert sent.returncode == 0, sent.stderr
             proc.wait_output("handled event")
-            time.sleep(settle)
-            return process.cli("spool", "stats", "--config", config), process.cli("spool", "stats", "--config", config, "--json")
+            deadline = time.monotonic() + 10
+            while True:
+                as_json = process.cli("spool", "stats", "--config", config, "--json")
+                if as_json.returncode != 0 or json.loads(as_json.stdout)["events_owed"] <= 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            return process.cli("spool", "stats", "--config", config), as_json
 
         text, as_json = yield threads.deferToThread(run)
         return directory, config, proc, path, text, as_json
@@ -323,8 +330,7 @@ class StoreCommandTests(TestCase):
         no lock: the service goes on, and starts again after) and with it
         stopped.
         """
-        # (settle: the consumers' records are written within 0.2 s)
-        directory, config, proc, path, text, as_json = yield self.owing(settle=0.5)
+        directory, config, proc, path, text, as_json = yield self.owing()
         folder = os.path.join(directory, "data", "jetstream", "streams", "EVENTS")
         self.assertEqual((text.returncode, text.stderr), (0, ""))
         lines = text.stdout.splitlines()
