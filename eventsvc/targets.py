@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, List, Tuple
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
 
 from eventsvc.config import HANDLER_NAMES, Config, address_keys, handler_address, in_file
 from eventsvc.dotted import load_object
@@ -118,12 +119,19 @@ class TargetConnections(Service):
         self.handlers = handlers
 
     def stopService(self) -> Any:
-        """Close every target that keeps connections open (those with a C{close})."""
+        """
+        Close every target that keeps connections open (those with a
+        C{close}); fires once they are closed, so that a stop leaves no
+        socket behind.
+        """
         super().stopService()
+        closing = []
         for handler in self.handlers.values():
             close = getattr(handler.target, "close", None)
             if close is not None:
-                close()
+                closing.append(close())
+        waited = [d for d in closing if isinstance(d, Deferred)]
+        return gatherResults(waited, consumeErrors=True) if waited else None
 
 
 def handler_target(name: str, address: str, config: Config, reactor: Any, agents: List[Any]) -> Any:

@@ -27,7 +27,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, NoAvailableStreamIDError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -372,6 +372,8 @@ class Channel:
         self.dialled = 0
         self._last_call = 0.0
         self._idle_check: Any = None
+        #: Who waits for the connection to be gone (L{close}).
+        self._closing: List[Deferred] = []
 
     def call(self, path: str, request: bytes, timeout: float) -> Deferred:
         """A unary call on the connection, dialled first if there is none."""
@@ -421,13 +423,42 @@ class Channel:
     def _connection_lost(self, protocol: ClientConnection) -> None:
         if self.connection is protocol:
             self.connection = None
-            if self._idle_check is not None and self._idle_check.active():
-                self._idle_check.cancel()
-            self._idle_check = None
+            self._stop_idle_check()
+            closing, self._closing = self._closing, []
+            for d in closing:
+                d.callback(None)
 
-    def close(self) -> None:
-        """Drop the connection (calls in flight fail); the next call dials again."""
-        if self.connection is not None:
-            self.connection.transport.loseConnection()
+    def _stop_idle_check(self) -> None:
+        if self._idle_check is not None and self._idle_check.active():
+            self._idle_check.cancel()
+        self._idle_check = None
+
+    def close(self, grace: float = 5.0) -> Deferred:
+        """
+        Drop the connection (calls in flight fail); the next call dials
+        again.  Fires once the connection is gone (at once when there is
+        none), so that a stop leaves no socket or timer behind; a
+        connection still there after C{grace} seconds is aborted.
+        """
         if self._dialling is not None:
             self._dialling.cancel()
+        connection = self.connection
+        if connection is None:
+            self._stop_idle_check()
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closing.append(d)
+        self._stop_idle_check()
+        connection.transport.loseConnection()
+        if self.connection is connection:
+            # (A TLS close waits on its close_notify being sent; a peer that
+            # takes nothing more must not hold the stop.)
+            abort = self.clock.callLater(grace, connection.transport.abortConnection)
+
+            def closed(result: Any) -> Any:
+                if abort.active():
+                    abort.cancel()
+                return result
+
+            d.addBoth(closed)
+        return d

@@ -87,8 +87,9 @@ class GRPCTarget:
             )
         raise DeliveryFailed("gRPC {}".format(error), retry=error.code in RETRY)
 
-    def close(self) -> None:
-        self.channel.close()
+    def close(self) -> Deferred:
+        """Close the connection to the target; fires once it is gone."""
+        return self.channel.close()
 
     def __repr__(self) -> str:
         return self.address

@@ -280,6 +280,54 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), b"echo:again")
         self.assertEqual(self.channel.dialled, 2)
 
+    def test_close_fires_once_the_connection_is_gone_and_leaves_no_timer(self) -> None:
+        """
+        A stop waits on close(): it fires once the connection is lost, and
+        the idle check goes with it (a stop had left both behind, and a
+        test's reactor unclean).  With no connection it fires at once.
+        """
+        self.successResultOf(self.channel.close())
+        d = self.channel.call("/t.S/Echo", b"x", 5)
+        self.endpoint.flush()
+        self.successResultOf(d)
+        closed = self.channel.close()
+        self.assertNoResult(closed)
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 5.0)  # (only the abort's grace)
+        self.endpoint.flush()
+        self.successResultOf(closed)
+        self.assertIsNone(self.channel.connection)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_close_that_hangs_is_aborted_after_its_grace(self) -> None:
+        d = self.channel.call("/t.S/Echo", b"x", 5)
+        self.endpoint.flush()
+        self.successResultOf(d)
+        connection = self.channel.connection
+        aborted = []
+        abort = connection.transport.abortConnection
+        connection.transport.abortConnection = lambda: (aborted.append(True), abort())
+        closed = self.channel.close(grace=2.0)
+        # (Nothing pumped: the peer takes nothing more.)
+        self.clock.advance(1.9)
+        self.assertEqual(aborted, [])
+        self.clock.advance(0.1)
+        self.assertEqual(aborted, [True])
+        self.endpoint.flush()
+        self.successResultOf(closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_prompt_close_is_not_aborted(self) -> None:
+        d = self.channel.call("/t.S/Echo", b"x", 5)
+        self.endpoint.flush()
+        self.successResultOf(d)
+        aborted = []
+        self.channel.connection.transport.abortConnection = lambda: aborted.append(True)
+        closed = self.channel.close(grace=2.0)
+        self.endpoint.flush()
+        self.successResultOf(closed)
+        self.clock.advance(10)
+        self.assertEqual(aborted, [])
+
     def test_no_connection_is_a_transport_error(self) -> None:
         channel = Channel(MemoryEndpoint({}, fail=True), "target:1", self.clock)
         error = self.failureResultOf(channel.call("/t.S/Echo", b"", 5), TransportError).value
