@@ -160,37 +160,25 @@ def pump(world: World, publisher: socket.socket, lap: bytes, messages: int, subs
             got += k
 
 
-def _client_scene(size: int) -> Callable[[int], Tuple[World, Callable[[], None]]]:
+def _scene(size: int, verb: bytes) -> Callable[[int], Tuple[World, Callable[[], None]]]:
+    """A subscriber on one client, C{verb} stream (C{PUB} from a client, C{LMSG} over a leaf link) of C{size} bytes."""
     def build(messages: int) -> Tuple[World, Callable[[], None]]:
         world = World()
         sub = world.client(b"bench.1.0.data")
-        pub = world.client()
+        sender = world.leaf() if verb == b"LMSG" else world.client()
         payload = b"x" * size
-        lap = stream(b"PUB", b"bench.1.0.data", payload)
+        lap = stream(verb, b"bench.1.0.data", payload)
         expect = len(b"MSG bench.1.0.data 1 %d\r\n" % size) * messages + (size + 2) * messages
-        return world, lambda: pump(world, pub, lap, messages, sub, expect)
-
-    return build
-
-
-def _leaf_scene(size: int) -> Callable[[int], Tuple[World, Callable[[], None]]]:
-    def build(messages: int) -> Tuple[World, Callable[[], None]]:
-        world = World()
-        sub = world.client(b"bench.1.0.data")
-        link = world.leaf()
-        payload = b"x" * size
-        lap = stream(b"LMSG", b"bench.1.0.data", payload)
-        expect = len(b"MSG bench.1.0.data 1 %d\r\n" % size) * messages + (size + 2) * messages
-        return world, lambda: pump(world, link, lap, messages, sub, expect)
+        return world, lambda: pump(world, sender, lap, messages, sub, expect)
 
     return build
 
 
 SCENES: Dict[str, Callable[[int], Tuple[World, Callable[[], None]]]] = {
-    "1KiB": _client_scene(1024),
-    "16B": _client_scene(16),
-    "leaf-1KiB": _leaf_scene(1024),
-    "leaf-16B": _leaf_scene(16),
+    "1KiB": _scene(1024, b"PUB"),
+    "16B": _scene(16, b"PUB"),
+    "leaf-1KiB": _scene(1024, b"LMSG"),
+    "leaf-16B": _scene(16, b"LMSG"),
 }
 
 
