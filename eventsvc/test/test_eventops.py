@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -139,6 +139,14 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
     nothing is left behind, and the spool runs.
     """
 
+    def running_engine(self, store_dir: str) -> Tuple[JetStream, StreamLeftBehind]:
+        """A JetStream engine started on C{store_dir}, and the check of the stream left behind that asks it."""
+        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
+        check = StreamLeftBehind(store_dir, "EVENTS", engine)
+        engine.start()
+        self.addCleanup(engine.stop)
+        return engine, check
+
     def run_on_the_stream(self, delivered: bool) -> str:
         from eventsvc.test.test_eventlog import Node
 
@@ -181,10 +189,7 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
 
     def test_with_jetstream_the_running_engine_is_asked(self) -> None:
         store_dir = self.run_on_the_stream(delivered=False)
-        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
-        check = StreamLeftBehind(store_dir, "EVENTS", engine)
-        engine.start()
-        self.addCleanup(engine.stop)
+        engine, check = self.running_engine(store_dir)
         with self.assertRaises(ListenError) as caught:
             check.startService()
         self.assertIn("still owes 2 events (feed: 2)", str(caught.exception))
@@ -194,10 +199,7 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
         from eventsvc.test.eventsamples import payload
 
         store_dir = self.run_on_the_stream(delivered=True)
-        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
-        check = StreamLeftBehind(store_dir, "EVENTS", engine)
-        engine.start()
-        self.addCleanup(engine.stop)
+        engine, check = self.running_engine(store_dir)
         check.startService()
         answers: List[bytes] = []
         engine.broker.subscribe("answers.*", lambda subject, reply, body, headers: answers.append(body))
@@ -219,10 +221,7 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
         from eventsvc.jetstream import api
 
         store_dir = self.run_on_the_stream(delivered=True)
-        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
-        check = StreamLeftBehind(store_dir, "EVENTS", engine)
-        engine.start()
-        self.addCleanup(engine.stop)
+        engine, check = self.running_engine(store_dir)
         check.startService()
         answers: List[Dict[str, Any]] = []
         engine.broker.subscribe("_INBOX.api", lambda subject, reply, body, headers: answers.append(json.loads(body)))
@@ -249,10 +248,7 @@ class GoingBackToTheSpoolTests(SynchronousTestCase):
         from eventsvc.jetstream.consumer import parse_config
 
         store_dir = self.run_on_the_stream(delivered=True)
-        engine = JetStream(Broker(server_id="NTEST"), JetStreamSettings(store_dir=store_dir), Clock())
-        check = StreamLeftBehind(store_dir, "EVENTS", engine)
-        engine.start()
-        self.addCleanup(engine.stop)
+        engine, check = self.running_engine(store_dir)
         stream = engine.streams["EVENTS"]
         audit = consumer_api.create_consumer(engine, stream, parse_config({"durable_name": "audit", "ack_policy": "explicit"}))
         audit.start()

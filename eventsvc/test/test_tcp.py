@@ -239,6 +239,16 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.assertEqual(self.received(), b"late\r\n")
         self.assertEqual(self.peer.recv(10), b"")
 
+    def written_until_closed(self):
+        """Twisted's doWrite until it says the connection is done: (its result, what the peer got)."""
+        got = self.received()
+        for _ in range(10000):
+            result = self.tcp.doWrite()
+            got += self.received()
+            if result is not None:
+                break
+        return result, got
+
     def test_lose_connection_more_than_the_socket_takes(self):
         """Closing behind more than the socket takes: Twisted sends the rest, then closes; the peer gets it all."""
         from twisted.internet.main import CONNECTION_DONE
@@ -249,12 +259,7 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertIn(self.tcp, self.reactor.getWriters())
         self.assertEqual(self.reactor.getReaders(), [])
-        got = self.received()
-        for _ in range(10000):
-            result = self.tcp.doWrite()
-            got += self.received()
-            if result is not None:
-                break
+        result, got = self.written_until_closed()
         self.assertIs(result, CONNECTION_DONE)
         self.assertEqual(got, big)
 
@@ -267,12 +272,7 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.tcp.write(b"-ERR 'x'\r\n")
         self.tcp.loseConnection()
-        got = self.received()
-        for _ in range(10000):
-            result = self.tcp.doWrite()
-            got += self.received()
-            if result is not None:
-                break
+        result, got = self.written_until_closed()
         self.assertIs(result, CONNECTION_DONE)
         self.assertEqual(got, big + b"-ERR 'x'\r\n")
 
