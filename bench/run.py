@@ -3,7 +3,7 @@ Side-by-side benchmark: nats-server and eventsvc under the same natsbench
 load, in the same run, reported as ratios (the machines are shared and
 noisy; absolute figures mean little, ratios from one run mean more).
 
-    python bench/run.py [--runs 3] [--quick] [--warm] [--pypy .venv-pypy/bin/python]
+    python bench/run.py [--runs 3] [--quick] [--warm [SECONDS]] [--pypy .venv-pypy/bin/python]
                         [--only plain|many|tls|routed|gateways|leafs|memory]
 
 Each server runs pinned to core 0 (taskset) and the load generator to core 1,
@@ -27,13 +27,16 @@ at least 100% of its rate; a latency mirrored: at most 2x, at most level;
 the slow fleet, whose rate the load fixes, by CPU per message), and the
 scenes that miss are listed again at the end.
 
-With --warm, each scene first runs once on every server (nats-server too)
-untimed: a PyPy server's JIT compiles a scene's code over its first few
+With --warm [SECONDS], each scene first runs untimed on every server
+(nats-server too), again and again for SECONDS (5 if not given): a PyPy
+server's JIT compiles a scene's code over its first few
 hundred thousand messages (a 1 KiB message cost a fresh PyPy server 6.9 us
 of CPU, the same server 2.0-2.2 after 600,000; docs/performance.md, "PyPy's
 read side, third session"), so without it PyPy's lines say what a server
 costs in its first seconds, with it what a server that has been up a while
-costs.  Report which: both are true of a PyPy deployment.
+costs.  One run of a scene is too short for that (the quick 1 KiB scene
+is 25,000 messages, its connections scene 100 connections), hence the
+seconds.  Report which: both are true of a PyPy deployment.
 
 Needs nats-server (apt-get install nats-server), taskset (util-linux) and
 eventsvc installed in the running interpreter.  It prints figures; it never
@@ -50,7 +53,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -148,9 +152,20 @@ def measure(tool: str, servers: "List[process.ServerProcess] | process.ServerPro
         servers = [servers]
     scheme = "tls" if "-ca" in args else "nats"
     pids = [s.process.pid for s in servers if s.process is not None]
+    if WARMING[0]:
+        # Untimed: again and again until the server has had WARM seconds of it.
+        until = time.monotonic() + WARM[0]
+        while True:
+            figures = _measure_once(tool, pids, scheme, host, port or servers[0].port, args)
+            if time.monotonic() >= until:
+                return figures
+    return _measure_once(tool, pids, scheme, host, port or servers[0].port, args)
+
+
+def _measure_once(tool: str, pids: List[int], scheme: str, host: str, port: int, args: List[str]) -> Dict[str, float]:
     before = sum(map(cpu_seconds, pids))
     result = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, tool, "-url", "%s://%s:%d" % (scheme, host, port or servers[0].port), "-timeout", "120s", *args],
+        ["taskset", "-c", LOAD_CORE, tool, "-url", "%s://%s:%d" % (scheme, host, port), "-timeout", "120s", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -499,13 +514,25 @@ def below_goal(label: str, name: str, python: Optional[str], ratio: float, cpu_r
     return missed
 
 
-#: One untimed round before the measured ones, per scene (--warm).
-WARM = [False]
+#: Seconds of untimed traffic before the measured rounds, per scene and
+#: server (--warm); 0: none.
+WARM = [0.0]
+#: Whether the round under way is the warming one (L{rounds}, L{measure}).
+WARMING = [False]
 
 
-def rounds(runs: int) -> range:
-    """The rounds of a scene: C{runs}, and one more first with C{--warm}."""
-    return range(runs + 1 if WARM[0] else runs)
+def rounds(runs: int) -> Iterator[int]:
+    """
+    The rounds of a scene: C{runs}, and with C{--warm} one more first, in
+    which L{measure} repeats each run until C{WARM} seconds have passed.
+    """
+    if WARM[0]:
+        WARMING[0] = True
+        try:
+            yield -1
+        finally:
+            WARMING[0] = False
+    yield from range(runs)
 
 
 def report(label: str, samples: Dict[str, List[Sample]], lower_is_better: bool = False, goals: bool = True, cpu_goal: bool = True) -> None:
@@ -566,8 +593,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
-    parser.add_argument("--warm", action="store_true",
-                        help="run each scene once untimed on every server before measuring (PyPy's JIT warms up over its first messages)")
+    parser.add_argument("--warm", metavar="SECONDS", type=float, nargs="?", const=5.0, default=0.0,
+                        help="run each scene untimed on every server for SECONDS (default 5) before measuring"
+                             " (PyPy's JIT warms up over its first messages)")
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--old", metavar="PYTHON", action="append",
                         help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
