@@ -332,6 +332,8 @@ class ClientConnection(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
+            # (Unregistered first: a TLS layer closes only without a producer.)
+            self.outbound.detach()
             self.transport.loseConnection()
 
     # -- input --------------------------------------------------------------

@@ -155,6 +155,18 @@ class Outbound:
         transport.registerProducer(self, True)
         send_at_turn_end(transport)
 
+    def detach(self) -> None:
+        """
+        A close we ask for is next: the transport is no longer produced for.
+        Twisted's TLS layer shuts down (its close_notify, then the TCP close)
+        only once no producer is registered with it: a server-side close of
+        a TLS connection (C{-ERR} then close, a timeout, a stale peer) that
+        left us registered never closed the socket, and the peer kept it
+        open, uncounted, for as long as it liked.
+        """
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+
     def flush(self) -> bool:
         """
         Write what C{out} holds.  Returns True when the peer is over its

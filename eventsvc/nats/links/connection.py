@@ -205,6 +205,8 @@ class PeerConnection(Protocol):
             return
         self.outbound.write_all(err_line(error) if error else b"")
         self._teardown(why)
+        # (Unregistered first: a TLS layer closes only without a producer.)
+        self.outbound.detach()
         self.transport.loseConnection()
 
     def start_handshake_clock(self) -> None:
