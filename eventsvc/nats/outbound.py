@@ -167,6 +167,11 @@ class Outbound:
         if self.transport is not None:
             self.transport.unregisterProducer()
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether the peer was not taking what it was sent (the transport paused this producer)."""
+        return self.paused
+
     def flush(self) -> bool:
         """
         Write what C{out} holds.  Returns True when the peer is over its
@@ -195,7 +200,16 @@ class Outbound:
         return self.stalls and held > self.max_pending // 2
 
     def write_all(self, extra: bytes = b"") -> None:
-        """Hand the transport everything owed now, and C{extra} (a closing -ERR)."""
+        """
+        Hand the transport everything owed now, what a full socket held back
+        first, and C{extra} (a closing -ERR): a close owes the peer every
+        frame accepted for it, as nats-server flushes them all before it
+        closes (only a slow consumer's or a failed write's close does not).
+        """
+        held = self._held
+        if held.size:
+            self.transport.writeSequence(held.frames[:])
+            held.clear()
         if extra:
             self.out.append(extra)
         if self.out:

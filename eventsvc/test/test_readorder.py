@@ -327,3 +327,47 @@ class LinkReadTests(SynchronousTestCase):
 
     def test_gateway(self) -> None:
         self.assertSameDeliveries("gateway", range(9, 11))
+
+
+class CloseBehindABacklogTests(SynchronousTestCase):
+    """
+    A client closed for an error while its socket is full (its frames held
+    back, L{eventsvc.nats.outbound.HeldOutput}): it is owed every message
+    accepted for it before the error, as nats-server flushes them before
+    its close, and a peer that never reads them does not keep the socket
+    for ever: the close is cut after write_deadline, as nats-server's final
+    flush is.
+    """
+
+    def scene(self) -> Tuple[Any, Any, Any]:
+        h = Harness(max_pending=100000, write_deadline=10.0)
+        subscriber, publisher = h.connect(), h.connect()
+        subscriber.send(b"SUB foo 1\r\n")
+        # Its kernel buffer is full: the transport pauses its producer.
+        subscriber.transport.producer.pauseProducing()
+        for i in range(3):
+            publisher.send(b"PUB foo 1\r\n%d\r\n" % i)
+        self.assertEqual(subscriber.received(), b"")
+        subscriber.send(b"SUB bar 2\r\nFOO\r\n")
+        return h, subscriber, publisher
+
+    def test_held_messages_before_the_error(self) -> None:
+        h, subscriber, _ = self.scene()
+        self.assertEqual(
+            subscriber.received(),
+            b"MSG foo 1 1\r\n0\r\nMSG foo 1 1\r\n1\r\nMSG foo 1 1\r\n2\r\n-ERR 'Unknown Protocol Operation'\r\n",
+        )
+        self.assertTrue(subscriber.closed)
+
+    def test_a_peer_that_never_reads_is_cut(self) -> None:
+        h, subscriber, _ = self.scene()
+        h.clock.advance(9.9)
+        self.assertFalse(subscriber.aborted)
+        h.clock.advance(0.2)
+        self.assertTrue(subscriber.aborted)
+
+    def test_a_peer_that_reads_closes_cleanly(self) -> None:
+        """Its close done in time, nothing is left to cut (the clock is stopped)."""
+        h, subscriber, _ = self.scene()
+        subscriber.proto.connectionLost(None)
+        self.assertEqual([c for c in h.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is subscriber.proto], [])
