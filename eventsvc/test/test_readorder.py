@@ -371,3 +371,19 @@ class CloseBehindABacklogTests(SynchronousTestCase):
         h, subscriber, _ = self.scene()
         subscriber.proto.connectionLost(None)
         self.assertEqual([c for c in h.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is subscriber.proto], [])
+
+    def test_a_link_too(self) -> None:
+        """A server link closed behind a backlog: what was held, then the error; cut after write_deadline."""
+        from eventsvc.test.test_supercluster import Node
+
+        node = Node("A", ["B"])
+        link, transport = node.accepted()
+        transport.producer.pauseProducing()
+        link.out.append(b"PING\r\n")
+        link.flush()
+        self.assertEqual(link.outbound.held_bytes, 6)
+        transport.clear()
+        link.close("Stale Connection", "stale")
+        self.assertEqual(transport.value(), b"PING\r\n-ERR 'Stale Connection'\r\n")
+        node.clock.advance(node.manager.settings.limits.write_deadline + 0.1)
+        self.assertTrue(transport.disconnected)
