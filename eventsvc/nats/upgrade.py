@@ -143,7 +143,8 @@ class TLSLayer(TLSMemoryBIOProtocol):
         socket open for as long as the peer liked, and no longer counted.
         """
         super().loseConnection()
-        if self.disconnecting and self._producer is None and not self._appSendBuffer and self.transport is not None:
+        if (self.disconnecting and not self._aborted and self._producer is None and not self._appSendBuffer
+                and self.transport is not None):
             self.transport.loseConnection()
 
     def _write(self, data: bytes) -> None:
