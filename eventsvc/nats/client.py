@@ -47,6 +47,7 @@ from eventsvc.nats.session import HANDSHAKE, Session
 from eventsvc.nats.settings import ClientSettings, ListenerState
 from eventsvc.nats.subjects import Subscription, valid_literal_subject, valid_subject
 from eventsvc.nats.tcp import set_up
+from eventsvc.nats.timers import cancel
 
 OK = b"+OK\r\n"
 
@@ -255,6 +256,7 @@ class ClientConnection(Protocol):
         if self.lost:
             return
         self.lost = True
+        self._overdue = cancel(self._overdue)
         if self.session.handshaking:
             self.close_reason, self.close_detail = "TLS Handshake Failure", failure_reason(reason)
             self.log.info(
@@ -267,6 +269,9 @@ class ClientConnection(Protocol):
             self.close_reason = "Client Closed" if clean else "Read Error"
             self._teardown()
         self._let_go()
+
+    #: The cut of a close behind a backlog (L{close}), while it waits.
+    _overdue: Any = None
 
     #: The parts that hold the connection (its methods, or itself as their
     #: owner), let go of once its transport is gone (L{_let_go}).
@@ -332,7 +337,21 @@ class ClientConnection(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
+            # (Unregistered first: a TLS layer closes only without a producer.)
+            backlogged = self.outbound.backlogged
+            self.outbound.detach()
             self.transport.loseConnection()
+            if backlogged and not self.lost:
+                # The close waits for a peer that was not reading: it has
+                # write_deadline to take what it is owed, as nats-server's
+                # final flush has, and is cut then.
+                self._overdue = self.clock.callLater(self.settings.write_deadline, self._close_overdue)
+
+    def _close_overdue(self) -> None:
+        self._overdue = None
+        if not self.lost:
+            self.log.info("client {cid} from {host}: closed, and not reading what it is owed: cut", cid=self.cid, host=self.peer.host)
+            self.transport.abortConnection()
 
     # -- input --------------------------------------------------------------
 

@@ -155,6 +155,23 @@ class Outbound:
         transport.registerProducer(self, True)
         send_at_turn_end(transport)
 
+    def detach(self) -> None:
+        """
+        A close we ask for is next: the transport is no longer produced for.
+        Twisted's TLS layer shuts down (its close_notify, then the TCP close)
+        only once no producer is registered with it: a server-side close of
+        a TLS connection (C{-ERR} then close, a timeout, a stale peer) that
+        left us registered never closed the socket, and the peer kept it
+        open, uncounted, for as long as it liked.
+        """
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether the peer was not taking what it was sent (the transport paused this producer)."""
+        return self.paused
+
     def flush(self) -> bool:
         """
         Write what C{out} holds.  Returns True when the peer is over its
@@ -183,7 +200,16 @@ class Outbound:
         return self.stalls and held > self.max_pending // 2
 
     def write_all(self, extra: bytes = b"") -> None:
-        """Hand the transport everything owed now, and C{extra} (a closing -ERR)."""
+        """
+        Hand the transport everything owed now, what a full socket held back
+        first, and C{extra} (a closing -ERR): a close owes the peer every
+        frame accepted for it, as nats-server flushes them all before it
+        closes (only a slow consumer's or a failed write's close does not).
+        """
+        held = self._held
+        if held.size:
+            self.transport.writeSequence(held.frames[:])
+            held.clear()
         if extra:
             self.out.append(extra)
         if self.out:

@@ -132,6 +132,21 @@ class TLSLayer(TLSMemoryBIOProtocol):
         super().connectionLost(reason)
         self._producer = None
 
+    def loseConnection(self) -> None:
+        """
+        As Twisted's (a close_notify after what was written), and then the
+        TCP connection closes too, once that is sent, as nats-server's does
+        (Go's C{tls.Conn.Close}).  Twisted's waits for the peer's
+        close_notify before it closes the socket, which a peer that is gone,
+        or never means to answer, does not send: a server-side close (an
+        C{-ERR}, an authentication timeout, a stale peer) then left the
+        socket open for as long as the peer liked, and no longer counted.
+        """
+        super().loseConnection()
+        if (self.disconnecting and not self._aborted and self._producer is None and not self._appSendBuffer
+                and self.transport is not None):
+            self.transport.loseConnection()
+
     def _write(self, data: bytes) -> None:
         if self._lostTLSConnection:
             return

@@ -216,6 +216,66 @@ class MutualTLSTests(SynchronousTestCase):
         self.assertEqual(client.app.data, b"-ERR 'Authentication Timeout'\r\n")
 
 
+class ServerCloseTests(SynchronousTestCase):
+    """
+    A close the server decides on, over TLS: the client reads what it was
+    owed and the error, and then the connection ends, whether or not the
+    client ever answers the close_notify (a peer that is gone, or hostile,
+    does not).  Twisted's TLS layer closed nothing while a producer (the
+    connection's outbound part) was registered with it, and after that
+    waited for the peer's close_notify.
+    """
+
+    def setUp(self) -> None:
+        self.pki = PKI(self.mktemp())
+        self.pki.issue("service", ["localhost"])
+        self.options = tls.mutual_tls_server(
+            self.pki.path("service.crt"), self.pki.path("service.key"), self.pki.path("ca.crt")
+        )
+
+    def client(self, first: bytes) -> UpgradingClient:
+        options = ssl.optionsForClientTLS(
+            "localhost", trustRoot=self.pki.trust_root(), clientCertificate=PKI.private(self.pki.issue("c")),
+        )
+        return UpgradingClient(options, first)
+
+    def test_error_then_close(self) -> None:
+        harness = TLSHarness(self.options, tls_verify=True)
+        client = self.client(b'CONNECT {"verbose":false}\r\nSUB x 1\r\nPUB x 2\r\nhi\r\nPING\r\nFOO\r\n')
+        server, pump = harness.connect(client)
+        pump.flush()
+        self.assertEqual(client.app.data, b"MSG x 1 2\r\nhi\r\nPONG\r\n-ERR 'Unknown Protocol Operation'\r\n")
+        self.assertIsNotNone(client.lost)
+        self.assertTrue(server.transport.disconnecting)
+        self.assertEqual(harness.broker.clients, {})
+
+    def test_authentication_timeout_closes(self) -> None:
+        """A client that handshakes and then says nothing is cut at the auth timeout, socket and all."""
+        from eventsvc.test.test_client import TokenAuthenticator
+
+        harness = TLSHarness(self.options, tls_verify=True, authenticator=TokenAuthenticator(), auth_timeout=2.0)
+        client = self.client(b"")
+        server, pump = harness.connect(client)
+        self.assertTrue(client.app.handshaken)
+        harness.clock.advance(2.1)
+        pump.flush()
+        self.assertEqual(client.app.data, b"-ERR 'Authentication Timeout'\r\n")
+        self.assertIsNotNone(client.lost)
+
+    def test_stale_connection_closes(self) -> None:
+        """A client that stops answering PINGs is closed as stale, socket and all (it will not answer the close_notify either)."""
+        harness = TLSHarness(self.options, tls_verify=True, ping_interval=10.0, ping_max=2)
+        client = self.client(b'CONNECT {"verbose":false}\r\n')
+        server, pump = harness.connect(client)
+        # From here on the client reads nothing and answers nothing.
+        client.tls.dataReceived = lambda data: None
+        for _ in range(4):
+            harness.clock.advance(10.1)
+            pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertEqual(harness.broker.clients, {})
+
+
 class SNITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.pki = PKI(self.mktemp())

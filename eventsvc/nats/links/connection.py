@@ -97,6 +97,8 @@ class PeerConnection(Protocol):
 
     #: The framing loop with the protocol's verb table.
     parser: Any
+    #: The cut of a close behind a backlog (L{close}), while it waits.
+    _overdue: Any = None
     #: The link as a bad INFO or CONNECT names it ("route", "leaf node link").
     speaks = ""
 
@@ -184,6 +186,7 @@ class PeerConnection(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         """The transport closed: the link ends, saying why (loudly when it was never up)."""
+        self._overdue = timers.cancel(self._overdue)
         if not self.closed:
             why = "connection lost: {}".format(failure_reason(reason) if reason is not None else "closed")
             if not self.registered and self.warn_unregistered():
@@ -205,7 +208,15 @@ class PeerConnection(Protocol):
             return
         self.outbound.write_all(err_line(error) if error else b"")
         self._teardown(why)
+        # (Unregistered first: a TLS layer closes only without a producer.)
+        backlogged = self.outbound.backlogged
+        self.outbound.detach()
         self.transport.loseConnection()
+        if backlogged and self._overdue is None:
+            # A peer that was not reading has write_deadline to take what
+            # it is owed (write_all hands it what was held), then is cut.
+            self._overdue = self.manager.clock.callLater(
+                self.manager.settings.limits.write_deadline, self.transport.abortConnection)
 
     def start_handshake_clock(self) -> None:
         """The handshake must be done (L{handshake_done}) within the settings' C{handshake_timeout}, or the link closes."""
