@@ -636,6 +636,12 @@ class Consumer:
         self._gateway_watch: Optional[IDelayedCall] = None
         #: The next turn's delivery, when this turn's budget ran out.
         self._more: Optional[IDelayedCall] = None
+        #: A pull round's deliveries not yet handed to the broker, all to
+        #: the pull request answered at C{_batch_to}: (subject, payload,
+        #: reply, headers) and the stream seqs (L{_send_batch}).
+        self._batch: List[Tuple[str, bytes, Optional[str], Optional[bytes]]] = []
+        self._batch_seqs: List[int] = []
+        self._batch_to = ""
         # Flow control (push): bytes sent since the last answered request.
         self._pbytes = 0
         self._pblimit = FLOW_CONTROL_MAX_PENDING
@@ -967,6 +973,9 @@ class Consumer:
                     break
         finally:
             self._delivering = False
+            if self._batch:
+                # (A round that raised: what it took is sent all the same.)
+                self._send_batch()
             if sent:
                 self.broker.flush()
         if sent >= DELIVER_BUDGET:
@@ -997,6 +1006,7 @@ class Consumer:
             elif not self.waiting:
                 break
             if self._replay_timer is not None:
+                self._send_batch()
                 return sent
             taken = self._take_next()
             if taken is None:
@@ -1004,6 +1014,7 @@ class Consumer:
             message, dc = taken
             if self._replay and not self._replay_now(message):
                 self._put_back(message, dc)
+                self._send_batch()
                 return sent
             if dc == 1 and self._npc:
                 self._npc -= 1
@@ -1026,7 +1037,17 @@ class Consumer:
                 target = request.reply
             dseq = self.dseq
             self.dseq += 1
-            count = broker.deliver_as(target, message.subject, data, reply, headers, flush=False)
+            if push:
+                count = broker.deliver_as(target, message.subject, data, reply, headers, flush=False)
+            else:
+                # A pull request's messages go to the broker together
+                # (L{_send_batch}): one plan lookup for the batch, not one
+                # a message.  Whether anyone took them is known then.
+                if target != self._batch_to:
+                    self._send_batch()
+                    self._batch_to = target
+                self._batch.append((message.subject, data, reply, headers))
+                self._batch_seqs.append(message.seq)
             sent += 1
             if self._replay:
                 self._replay_lts, self._replay_due = message.ts, 0
@@ -1060,12 +1081,29 @@ class Consumer:
                     self._arm_inactive()
             else:
                 self._waiting_last = now
-                if count == 0 and explicit and seq in self.pending:
-                    self._add_redelivery(seq)
+        if self._batch:
+            self._send_batch()
         if self._replay and sent < budget and self.sseq > self._replay_through:
             # Caught up with what the stream held at the start: new messages go at once.
             self._replay = False
         return sent
+
+    def _send_batch(self) -> None:
+        """
+        Hand the pull round's messages held for one request to the broker
+        (before anything else is sent to it: L{_status} calls this too).
+        Those nobody took are redelivered, in another round.
+        """
+        batch, seqs = self._batch, self._batch_seqs
+        if not batch:
+            return
+        self._batch, self._batch_seqs = [], []
+        counts = self.broker.deliver_as_many(self._batch_to, batch)
+        if 0 in counts and self.config["ack_policy"] != "none":
+            for seq, count in zip(seqs, counts):
+                if count == 0 and seq in self.pending:
+                    self._add_redelivery(seq)
+            self._again = True
 
     def _replay_now(self, message: StoredMessage) -> bool:
         """
@@ -1130,6 +1168,9 @@ class Consumer:
 
     def _status(self, reply: str, status: str, messages: int = -1, size: int = 0) -> None:
         """A pull request's status message (C{NATS/1.0 408 Request Timeout}, with the pending counts when given)."""
+        if self._batch:
+            # After the messages a round holds (an expiring request's among them).
+            self._send_batch()
         if messages >= 0:
             headers = b"NATS/1.0 %s\r\nNats-Pending-Messages: %d\r\nNats-Pending-Bytes: %d\r\n\r\n" % (
                 status.encode("utf-8"), messages, size,

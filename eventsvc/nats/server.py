@@ -419,19 +419,9 @@ class Broker(Delivery):
         (C{processMsgResults}, C{processInboundClientMsg}): the far side
         shows its subscribers C{subject} again (L{deliver_crossed}).
         """
-        if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
-            self._deliver_plans.clear()
-            self._deliver_plans_genid = self.sublist.genid
         bsubject = subject.encode("utf-8")
         key = (deliver_subject.encode("utf-8"), bsubject)
-        plans = self._deliver_plans.get(key)
-        if plans is None:
-            result = self.sublist.match(key[0], keep=False)
-            targets = plan(bsubject, result.plain, result.queues)
-            crosses = bool(targets.route_plain or targets.leaf_plain or targets.route_mixed
-                           or any(routes for _, routes in targets.queue_info))
-            plans = self._deliver_plans[key] = (targets, crosses)
-        targets, crosses = plans
+        targets, crosses = self._deliver_plan(key)
         breply = reply.encode("utf-8") if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
@@ -449,6 +439,73 @@ class Broker(Delivery):
         if flush:
             self.flush()
         return count
+
+    def _deliver_plan(self, key: Tuple[bytes, bytes]) -> Tuple[Plan, bool]:
+        """
+        L{deliver_as}'s plan of C{key}, (deliver subject, shown subject),
+        and whether a link takes part; kept for one index generation.
+        """
+        if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
+            self._deliver_plans.clear()
+            self._deliver_plans_genid = self.sublist.genid
+        plans = self._deliver_plans.get(key)
+        if plans is None:
+            result = self.sublist.match(key[0], keep=False)
+            targets = plan(key[1], result.plain, result.queues)
+            crosses = bool(targets.route_plain or targets.leaf_plain or targets.route_mixed
+                           or any(routes for _, routes in targets.queue_info))
+            plans = self._deliver_plans[key] = (targets, crosses)
+        return plans
+
+    def deliver_as_many(
+        self, deliver_subject: str, messages: Sequence[Tuple[str, bytes, Optional[str], Optional[bytes]]],
+    ) -> List[int]:
+        """
+        L{deliver_as} (C{flush=False}) for several messages to one deliver
+        subject, each C{(subject, payload, reply, headers)}, in order: a
+        pull request's batch.  Returns each one's count of subscribers
+        reached.  Messages without headers whose plan is plain local
+        subscribers alone are framed here, one plan lookup for all that
+        show the same subject; any other goes through L{deliver_as}, and
+        so the rule.
+        """
+        bdeliver = deliver_subject.encode("utf-8")
+        counts: List[int] = []
+        if self.gateways is not None:
+            for subject, payload, reply, headers in messages:
+                counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
+            return counts
+        shown = ""
+        targets: Optional[Plan] = None
+        local = False
+        for subject, payload, reply, headers in messages:
+            if subject != shown or targets is None:
+                shown = subject
+                targets, crosses = self._deliver_plan((bdeliver, subject.encode("utf-8")))
+                local = targets.local and not crosses
+            if headers or not local:
+                counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
+                continue
+            size = len(payload)
+            self.in_msgs += 1
+            self.in_bytes += size
+            # deliver()'s loop: "MSG <subject> <sid> <reply> <size>\r\n<payload>\r\n".
+            if reply:
+                frame_tail = b"%s %d\r\n%s\r\n" % (reply.encode("utf-8"), size, payload)
+            else:
+                frame_tail = b"%d\r\n%s\r\n" % (size, payload)
+            for conn, prefix, append in targets.plain:
+                append(prefix)
+                append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    # (self._dirty read again: an in-process subscriber
+                    # given a message above may have flushed, replacing it.)
+                    self._dirty.append(conn)
+            counts.append(len(targets.plain))
+        return counts
 
     def deliver_crossed(
         self, src: ISource, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes,

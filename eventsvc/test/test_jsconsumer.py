@@ -503,6 +503,98 @@ class PullTests(ConsumerTestCase):
         self.assertTrue(consumer.closed)
 
 
+class PullToClientTests(ConsumerTestCase):
+    """
+    A pull request answered to a client connection: the bytes it is sent.
+    (A round's messages for one request reach the broker together,
+    L{Consumer._send_batch}; the in-process inboxes above take the
+    broker's general path, a client's plain subscription the batch's own.)
+    """
+
+    def client(self, *subs: bytes) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.settings import ClientSettings
+
+        conn = ClientFactory(self.broker, ClientSettings(), self.clock).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        conn.makeConnection(transport)
+        conn.dataReceived(b'CONNECT {"verbose":false,"headers":true}\r\n' + b"".join(subs) + b"PING\r\n")
+        self.clock.advance(0)
+        transport.clear()
+        self.addCleanup(conn.transport.loseConnection)
+        return transport
+
+    def sent(self, transport: Any) -> bytes:
+        self.clock.advance(0)
+        out = transport.value()
+        transport.clear()
+        return out
+
+    def test_a_batch_in_order(self) -> None:
+        """Three messages, one with headers, in stream order, each with its own ack reply and pending count."""
+        self.stream.publish("orders.new", b"m1")
+        self.stream.publish("orders.old", b"m2", b"NATS/1.0\r\nK: v\r\n\r\n")
+        self.stream.publish("orders.new", b"m3")
+        wire = self.client(b"SUB _INBOX.w.* 7\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":3}')
+        self.assertEqual(self.sent(wire), (
+            b"MSG orders.new 7 $JS.ACK.ORDERS.D.1.1.1.%d.2 2\r\nm1\r\n"
+            b"HMSG orders.old 7 $JS.ACK.ORDERS.D.1.2.2.%d.1 18 20\r\nNATS/1.0\r\nK: v\r\n\r\nm2\r\n"
+            b"MSG orders.new 7 $JS.ACK.ORDERS.D.1.3.3.%d.0 2\r\nm3\r\n"
+        ) % (BASE, BASE, BASE))
+
+    def test_every_subscriber(self) -> None:
+        """Two subscriptions on the inbox (two clients, a wildcard and a literal) get each message."""
+        self.publish(2)
+        one = self.client(b"SUB _INBOX.w.* 1\r\n")
+        two = self.client(b"SUB _INBOX.w.1 2\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":2}')
+        frames = re.compile(rb"MSG orders.new (\d) \S+ 2\r\n(m\d)\r\n")
+        self.assertEqual(frames.findall(self.sent(one)), [(b"1", b"m1"), (b"1", b"m2")])
+        self.assertEqual(frames.findall(self.sent(two)), [(b"2", b"m1"), (b"2", b"m2")])
+
+    def test_status_after_the_messages(self) -> None:
+        """A request's 409 for max_bytes comes after the message that fitted, not before it."""
+        self.stream.publish("orders.new", b"x" * 10)
+        self.stream.publish("orders.new", b"y" * 500)
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":5,"max_bytes":200,"expires":1000000000}')
+        out = self.sent(wire)
+        self.assertTrue(out.startswith(b"MSG orders.new 1 $JS.ACK.ORDERS.D.1.1.1."), out)
+        self.assertIn(b"\r\n" + b"x" * 10 + b"\r\nHMSG _INBOX.w.1 1 ", out)
+        self.assertTrue(out.endswith(b"409 Message Size Exceeds MaxBytes\r\nNats-Pending-Messages: 4\r\n"
+                                     b"Nats-Pending-Bytes: 136\r\n\r\n\r\n"), out)
+
+    def test_interleaved_requests(self) -> None:
+        """Two waiting requests share what comes, one message each in turn, each to its own inbox."""
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.a", b'{"batch":2,"expires":1000000000}')
+        consumer.next_request("_INBOX.w.b", b'{"batch":2,"expires":1000000000}')
+        for i in range(4):
+            self.stream.publish("orders.new", b"m%d" % (i + 1))
+        got = re.findall(rb"MSG orders.new 1 \$JS\.ACK\.ORDERS\.D\.1\.(\d)\.\S+ 2\r\n(m\d)\r\n", self.sent(wire))
+        self.assertEqual(got, [(b"1", b"m1"), (b"2", b"m2"), (b"3", b"m3"), (b"4", b"m4")])
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_a_one_message_subscription(self) -> None:
+        """An inbox subscribed with UNSUB 1 (nats-py's request) takes one message; the next goes to the next request."""
+        self.publish(2)
+        wire = self.client(b"SUB _INBOX.one 1\r\nUNSUB 1 1\r\nSUB _INBOX.two 2\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.one", b'{"batch":2,"expires":1000000000}')
+        out = self.sent(wire)
+        self.assertEqual(re.findall(rb"\r\n(m\d)\r\n", out), [b"m1"])
+        consumer.next_request("_INBOX.two", b'{"batch":1,"expires":1000000000}')
+        self.assertEqual(re.findall(rb"MSG orders.new 2 \S+ 2\r\n(m\d)\r\n", self.sent(wire)), [b"m2"])
+
+
 class AckTests(ConsumerTestCase):
     """What each kind of acknowledgement does, sent as a client sends it."""
 
