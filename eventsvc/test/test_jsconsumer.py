@@ -769,6 +769,60 @@ class AckTests(ConsumerTestCase):
         self.assertFalse(consumer.needs(1, "orders.new"))
 
 
+class AckFloorTests(ConsumerTestCase):
+    """The ack floor an explicit ack leaves (nats-server's C{processAckMsg}), as consumer info shows it."""
+
+    def fetch(self, consumer: Consumer, n: int = 1, inbox: str = "_INBOX.f") -> List[Tuple[str, Optional[str], bytes, Optional[bytes]]]:
+        box = self.pull(consumer, {"batch": n, "no_wait": True}, inbox)
+        box.sub.unsubscribe()
+        return [m for m in box.take() if m[3] is None or not parse_headers(m[3])[0]]
+
+    def floor(self, consumer: Consumer) -> Tuple[int, int]:
+        info = consumer.info()["ack_floor"]
+        return info["consumer_seq"], info["stream_seq"]
+
+    def test_floor_follows_acks_in_any_order(self) -> None:
+        """The floor is just below the oldest delivery still pending, whatever the order of the acks."""
+        self.publish(40)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        got = self.fetch(consumer, 40)
+        floors = []
+        for i in [1, 3, 2, 5, 4, 6] + list(range(8, 41)):
+            self.ack(got[i - 1][1])
+            floors.append(self.floor(consumer))
+        self.assertEqual(floors[:6], [(1, 1), (1, 1), (3, 3), (3, 3), (5, 5), (6, 6)])
+        self.assertEqual(floors[6:], [(6, 6)] * 33)
+        self.ack(got[6][1])
+        self.assertEqual(self.floor(consumer), (40, 40))
+
+    def test_floor_over_a_filter_gap(self) -> None:
+        """A filtered consumer's next pending is beyond many messages of other subjects: the floor goes just below it."""
+        self.publish(1, "orders.new")
+        self.publish(30, "orders.old")
+        self.publish(2, "orders.new")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", filter_subject="orders.new")
+        got = self.fetch(consumer, 3)
+        self.ack(got[0][1])
+        self.assertEqual(self.floor(consumer), (1, 31))
+        self.ack(got[1][1])
+        self.assertEqual(self.floor(consumer), (2, 32))
+        self.ack(got[2][1])
+        self.assertEqual(self.floor(consumer), (3, 33))
+
+    def test_floor_after_a_redelivery(self) -> None:
+        """An older message redelivered holds the floor below it, though newer ones are acked."""
+        self.publish(3)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        m1, m2, m3 = self.fetch(consumer, 3)
+        self.ack(m1[1], b"-NAK")
+        (again,) = self.fetch(consumer, 1, "_INBOX.2")
+        self.ack(m2[1])
+        self.ack(m3[1])
+        self.assertEqual(self.floor(consumer), (0, 0))
+        self.ack(again[1])
+        self.assertEqual(self.floor(consumer), (4, 3))
+
+
 class PushTests(ConsumerTestCase):
     def test_delivers_with_interest(self) -> None:
         """Deliveries go to the deliver subject, as the stream's subjects, only while someone listens."""
