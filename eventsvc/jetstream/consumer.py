@@ -759,7 +759,7 @@ class Consumer:
             # Its own ack subject, as nats-server's ackSubj: links tell the
             # other side of this consumer's acks only, not of every ack
             # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).
-            self._subs.append(self.broker.subscribe(
+            self._subs.append(self.broker.subscribe_raw(
                 "$JS.ACK.%s.%s.*.*.*.*.*" % (self.stream.name, self.name), self._ack_message))
         if self.config.get("flow_control"):
             self._subs.append(
@@ -1296,10 +1296,23 @@ class Consumer:
 
     # -- acknowledgements ----------------------------------------------------------
 
-    def _ack_message(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
-        """A message on the ack subject (L{ack})."""
+    def _ack_message(self, subject: bytes, reply: Optional[bytes], payload: bytes, headers: Optional[bytes]) -> None:
+        """
+        A message on the ack subject, subject and reply as they came
+        (L{Broker.subscribe_raw}): L{ack} without decoding the subject.
+        """
+        if self.closed or self.fed_in_process:
+            return
+        # (Nine tokens, the first two $JS and ACK: the subscription's.)
+        tokens = subject.split(b".")
+        if len(tokens) != 9:
+            return
         try:
-            self.ack(subject, reply, payload)
+            dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
+        except ValueError:
+            return
+        try:
+            self._ack_parsed(dc, sseq, dseq, None if reply is None else reply.decode("utf-8", "replace"), payload)
         except RecursionError:
             # "+NXT" with JSON nested past the decoder's depth: dropped, as
             # nats-server drops an ack it cannot read (no traceback per message).
@@ -1327,6 +1340,10 @@ class Consumer:
             dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
         except ValueError:
             return
+        self._ack_parsed(dc, sseq, dseq, reply, payload)
+
+    def _ack_parsed(self, dc: int, sseq: int, dseq: int, reply: Optional[str], payload: bytes) -> None:
+        """L{ack} of the delivery its subject names (count C{dc}, stream and consumer sequences)."""
         skip_reply = sseq == 0
         max_pending = self.config.get("max_ack_pending", 0)
         stalled = max_pending > 0 and len(self.pending) >= max_pending

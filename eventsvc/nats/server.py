@@ -33,6 +33,8 @@ from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject,
 NO_RESPONDERS_STATUS = b"NATS/1.0 503\r\n\r\n"
 
 MessageCallback = Callable[[str, Optional[str], bytes, Optional[bytes]], None]
+#: L{Broker.subscribe_raw}'s: the subject and reply as they came, bytes.
+RawMessageCallback = Callable[[bytes, Optional[bytes], bytes, Optional[bytes]], None]
 
 
 def new_server_id() -> str:
@@ -87,7 +89,8 @@ class LocalSubscriber:
     def __init__(self, broker: "Broker") -> None:
         self._broker = broker
         self.out: List[bytes] = []
-        self.subs: Dict[Subscription, MessageCallback] = {}
+        #: Callbacks by subscription (L{RawLocalSubscriber}'s take bytes).
+        self.subs: Dict[Subscription, Any] = {}
 
     def remove_subscription(self, sub: Subscription) -> None:
         """End C{sub}: its callback is forgotten and the index lets it go."""
@@ -134,6 +137,38 @@ class LocalSubscriber:
         """Nothing to stall: the in-process API does not read."""
 
 
+class RawLocalSubscriber(LocalSubscriber):
+    """
+    The owner of in-process subscriptions whose callbacks take the subject
+    and reply as bytes (L{Broker.subscribe_raw}): not decoded a message.
+    """
+
+    def _call(
+        self, sub: Subscription, callback: Any, subject: bytes, reply: Optional[bytes], payload: bytes,
+        headers: Optional[bytes], size: int,
+    ) -> int:
+        try:
+            callback(subject, reply, payload, headers)
+        except Exception:
+            self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+        self.out_msgs += 1
+        self.out_bytes += size
+        return 1
+
+    def hand_tail(self, sub: Subscription, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        # (_call written out: a JetStream ack is this and little more.)
+        callback = self.subs.get(sub)
+        if callback is None:
+            return 0
+        try:
+            callback(subject, reply, tail[tail.index(b"\n") + 1 : -2], None)
+        except Exception:
+            self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+        self.out_msgs += 1
+        self.out_bytes += size
+        return 1
+
+
 class LocalSubscription:
     """An in-process subscription; C{unsubscribe()} ends it."""
 
@@ -169,6 +204,7 @@ class Broker(Delivery):
         )
         Delivery.__init__(self, Sublist())
         self._local = LocalSubscriber(self)
+        self._raw_local = RawLocalSubscriber(self)
         self.in_msgs = 0
         self.in_bytes = 0
         self.out_msgs = 0
@@ -234,8 +270,8 @@ class Broker(Delivery):
         return {
             "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),
             "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),
-            "out_msgs": self.out_msgs + self._local.out_msgs + sum(c.out_msgs for c in live),
-            "out_bytes": self.out_bytes + self._local.out_bytes + sum(c.out_bytes for c in live),
+            "out_msgs": self.out_msgs + self._local.out_msgs + self._raw_local.out_msgs + sum(c.out_msgs for c in live),
+            "out_bytes": self.out_bytes + self._local.out_bytes + self._raw_local.out_bytes + sum(c.out_bytes for c in live),
             "slow_consumers": self.slow_consumers,
             "subscriptions": self.sublist.count,
             "connections": len(live),
@@ -325,15 +361,29 @@ class Broker(Delivery):
         on C{subject} (wildcards allowed), in queue group C{queue} if given.
         The callback runs in the reactor thread and must not block.
         """
+        return self._subscribe_as(self._local, subject, callback, queue)
+
+    def subscribe_raw(self, subject: str, callback: RawMessageCallback) -> LocalSubscription:
+        """
+        L{subscribe}, the callback given the subject and reply as bytes,
+        as they came (C{callback(subject, reply, payload, headers)}): for
+        a subscriber that reads them as bytes (a JetStream consumer's
+        acks), which then pays for no decoding a message.
+        """
+        return self._subscribe_as(self._raw_local, subject, callback)
+
+    def _subscribe_as(
+        self, owner: LocalSubscriber, subject: str, callback: Any, queue: Optional[str] = None,
+    ) -> LocalSubscription:
         bsubject = subject.encode("utf-8")
         if not valid_subject(bsubject):
             raise ValueError("invalid subject {!r}".format(subject))
         self._local_sids += 1
         sid = str(self._local_sids).encode("ascii")
-        sub = Subscription(self._local, bsubject, queue.encode("utf-8") if queue else None, sid)
-        self._local.subs[sub] = callback
+        sub = Subscription(owner, bsubject, queue.encode("utf-8") if queue else None, sid)
+        owner.subs[sub] = callback
         self.add_subscription(sub)
-        return LocalSubscription(self._local, sub)
+        return LocalSubscription(owner, sub)
 
     def publish(
         self,

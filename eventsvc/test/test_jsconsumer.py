@@ -62,7 +62,7 @@ class FakeEngine:
         self.settings = JetStreamSettings(per_consumer_acks=False)
         #: The engine's streams and consumers the server owns (none here).
         self.owned: Dict[str, Set[str]] = {}
-        self.broker.subscribe("$JS.ACK.>", self._ack)
+        self.ack_router = self.broker.subscribe("$JS.ACK.>", self._ack)
 
     def now(self) -> int:
         return BASE + int(round(self.clock.seconds() * SECOND))
@@ -582,6 +582,32 @@ class PullToClientTests(ConsumerTestCase):
         got = re.findall(rb"MSG orders.new 1 \$JS\.ACK\.ORDERS\.D\.1\.(\d)\.\S+ 2\r\n(m\d)\r\n", self.sent(wire))
         self.assertEqual(got, [(b"1", b"m1"), (b"2", b"m2"), (b"3", b"m3"), (b"4", b"m4")])
         self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_acks_on_the_wire(self) -> None:
+        """
+        A client's acks to the consumer's own ack subjects: +ACK, an
+        AckSync answered once kept, and subjects that are no ack (a word
+        for a number) ignored, the connection left open.
+        """
+        # The engine's default: each consumer its own ack subscription.
+        self.engine.ack_router.unsubscribe()
+        self.engine.settings = JetStreamSettings(per_consumer_acks=True)
+        self.engine.answers_api = True
+        self.publish(3)
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":3}')
+        acks = re.findall(rb"MSG orders.new 1 (\S+) 2\r\n", self.sent(wire))
+        self.assertEqual(len(acks), 3)
+        conn = self.broker.clients[max(self.broker.clients)]
+        conn.dataReceived(
+            b"PUB %s 4\r\n+ACK\r\n" % acks[0]
+            + b"PUB %s 4\r\n+ACK\r\n" % acks[1].replace(b".D.1.2.", b".D.x.2.")
+            + b"PUB %s _INBOX.w.sync 4\r\n+ACK\r\n" % acks[2]
+        )
+        self.assertEqual(self.sent(wire), b"MSG _INBOX.w.sync 1 0\r\n\r\n")
+        self.assertEqual(sorted(consumer.pending), [2])
+        self.assertFalse(wire.disconnecting)
 
     def test_a_one_message_subscription(self) -> None:
         """An inbox subscribed with UNSUB 1 (nats-py's request) takes one message; the next goes to the next request."""
