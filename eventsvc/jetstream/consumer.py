@@ -596,7 +596,9 @@ class Consumer:
         self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
-        self._reply_format = self._ack_prefix + "%d.%d.%d.%d.%d"
+        #: A delivery's ack reply, bytes as it goes out (a str formatted
+        #: and encoded cost CPython a third more).
+        self._reply_format = (self._ack_prefix + "%d.%d.%d.%d.%d").encode("utf-8")
         self._retention = stream.config.get("retention", "limits")
         self.sseq = 1
         self.dseq = 1
@@ -639,7 +641,7 @@ class Consumer:
         #: A pull round's deliveries not yet handed to the broker, all to
         #: the pull request answered at C{_batch_to}: (subject, payload,
         #: reply, headers) and the stream seqs (L{_send_batch}).
-        self._batch: List[Tuple[str, bytes, Optional[str], Optional[bytes]]] = []
+        self._batch: List[Tuple[str, bytes, Optional[bytes], Optional[bytes]]] = []
         self._batch_seqs: List[int] = []
         self._batch_to = ""
         # Flow control (push): bytes sent since the last answered request.

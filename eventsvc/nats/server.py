@@ -16,7 +16,7 @@ import os
 import sys
 from collections import deque
 from base64 import b32encode
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.logger import Logger
 
@@ -448,7 +448,7 @@ class Broker(Delivery):
         return bool(result.plain or result.queues) or (self.gateways is not None and self.gateways.has_interest(bsubject))
 
     def deliver_as(
-        self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,
+        self, deliver_subject: str, subject: str, payload: bytes, reply: Union[str, bytes, None] = None,
         headers: Optional[bytes] = None, flush: bool = True, source: Optional[ISource] = None,
         queues: Sequence[bytes] = (),
     ) -> int:
@@ -461,7 +461,8 @@ class Broker(Delivery):
         C{flush=False}: the caller delivers several and calls L{flush} once.
         C{source}: who it comes from, when a link brought it (its no-echo
         and one-hop rules hold), else the process itself; C{queues}: the
-        queue groups that link's frame named.
+        queue groups that link's frame named.  C{reply} may be bytes
+        already (a consumer's ack reply is made so).
 
         Routes, gateways and leaf links (queue members or not) are sent the
         message on C{deliver_subject} and, when it has a reply,
@@ -472,7 +473,7 @@ class Broker(Delivery):
         bsubject = subject.encode("utf-8")
         key = (deliver_subject.encode("utf-8"), bsubject)
         targets, crosses = self._deliver_plan(key)
-        breply = reply.encode("utf-8") if reply else None
+        breply = (reply if isinstance(reply, bytes) else reply.encode("utf-8")) if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
         src = self._local if source is None else source
@@ -508,11 +509,12 @@ class Broker(Delivery):
         return plans
 
     def deliver_as_many(
-        self, deliver_subject: str, messages: Sequence[Tuple[str, bytes, Optional[str], Optional[bytes]]],
+        self, deliver_subject: str, messages: Sequence[Tuple[str, bytes, Optional[bytes], Optional[bytes]]],
     ) -> List[int]:
         """
         L{deliver_as} (C{flush=False}) for several messages to one deliver
-        subject, each C{(subject, payload, reply, headers)}, in order: a
+        subject, each C{(subject, payload, reply, headers)} (C{reply}
+        bytes), in order: a
         pull request's batch.  Returns each one's count of subscribers
         reached.  Messages without headers whose plan is plain local
         subscribers alone are framed here, one plan lookup for all that
@@ -541,7 +543,7 @@ class Broker(Delivery):
             self.in_bytes += size
             # deliver()'s loop: "MSG <subject> <sid> <reply> <size>\r\n<payload>\r\n".
             if reply:
-                frame_tail = b"%s %d\r\n%s\r\n" % (reply.encode("utf-8"), size, payload)
+                frame_tail = b"%s %d\r\n%s\r\n" % (reply, size, payload)
             else:
                 frame_tail = b"%d\r\n%s\r\n" % (size, payload)
             for conn, prefix, append in targets.plain:
