@@ -891,9 +891,8 @@ class Consumer:
     def _take_next(self) -> Optional[Tuple[StoredMessage, int]]:
         """The next message to send and its delivery count (nats-server's C{getNextMsg}), or None."""
         store = self.stream.store
-        max_deliver = self.config.get("max_deliver", -1)
-        self._from_lss = False
         while self._rdq:
+            max_deliver = self.config.get("max_deliver", -1)
             seq = self._rdq.popleft()
             self._rdqi.discard(seq)
             if seq not in self.pending:
@@ -911,14 +910,17 @@ class Consumer:
                 del self.pending[seq]
                 self.rdc.pop(seq, None)
                 continue
+            self._from_lss = False
             return message, dc
         max_pending = self.config.get("max_ack_pending", 0)
         if max_pending > 0 and len(self.pending) >= max_pending:
             self._stalled = True
             return None
         seq = self.sseq
-        self._from_lss = bool(self._lss)
-        if self._lss:
+        if not self._lss:
+            self._from_lss = False
+        else:
+            self._from_lss = True
             seq = self._lss.pop(0)
             if not self._lss:
                 self._lss = None
@@ -997,6 +999,7 @@ class Consumer:
         explicit = self.config["ack_policy"] != "none"
         broker = self.broker
         deliver_subject = self.config.get("deliver_subject", "")
+        store = self.store
         # One time for the round (it runs in one turn, and what it sends goes
         # at that turn's end): its deliveries are then one record of the
         # consumer store's, not one each.
@@ -1021,12 +1024,13 @@ class Consumer:
             if dc == 1 and self._npc:
                 self._npc -= 1
             pending = self._npc if self._npc is not None else self._num_pending()
-            reply = self._reply_format % (dc, message.seq, self.dseq, message.ts, pending)
+            subject, seq = message.subject, message.seq
+            reply = self._reply_format % (dc, seq, self.dseq, message.ts, pending)
             headers, data = message.headers, message.data
             if headers_only:
                 headers = (headers[:-2] if headers else b"NATS/1.0\r\n") + b"Nats-Msg-Size: %d\r\n\r\n" % len(data)
                 data = b""
-            size = len(message.subject) + len(reply) + len(headers or b"") + len(data)
+            size = len(subject) + len(reply) + len(headers or b"") + len(data)
             if push:
                 target = deliver_subject
             else:
@@ -1040,7 +1044,7 @@ class Consumer:
             dseq = self.dseq
             self.dseq += 1
             if push:
-                count = broker.deliver_as(target, message.subject, data, reply, headers, flush=False)
+                count = broker.deliver_as(target, subject, data, reply, headers, flush=False)
             else:
                 # A pull request's messages go to the broker together
                 # (L{_send_batch}): one plan lookup for the batch, not one
@@ -1048,13 +1052,12 @@ class Consumer:
                 if target != self._batch_to:
                     self._send_batch()
                     self._batch_to = target
-                self._batch.append((message.subject, data, reply, headers))
-                self._batch_seqs.append(message.seq)
+                self._batch.append((subject, data, reply, headers))
+                self._batch_seqs.append(seq)
             sent += 1
             if self._replay:
                 self._replay_lts, self._replay_due = message.ts, 0
             self.last_delivered = now
-            seq = message.seq
             if explicit:
                 entry = self.pending.get(seq)
                 if entry is None:
@@ -1063,11 +1066,11 @@ class Consumer:
                     entry[0], entry[1] = dseq, now
                 if self._ack_timer is None:
                     self._arm_ack_timer(self.config["ack_wait"])
-                self.store.update_delivered(dseq, seq, dc, now)
+                store.update_delivered(dseq, seq, dc, now)
             else:
                 self.adflr, self.asflr = dseq, seq
-                self.store.update_delivered(dseq, seq, dc, now)
-                self.store.update_acks(dseq, seq, (seq,))
+                store.update_delivered(dseq, seq, dc, now)
+                store.update_acks(dseq, seq, (seq,))
                 if self._retention != "limits":
                     self.stream.ack_message(seq)
             if push:
