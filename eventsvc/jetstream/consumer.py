@@ -25,7 +25,7 @@ import random
 import re
 import string
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -1380,7 +1380,7 @@ class Consumer:
         """nats-server's C{processAckMsg}: floors, pending, and the stream told (workqueue, interest)."""
         policy = self.config["ack_policy"]
         pending = self.pending
-        acked: List[int] = []
+        acked: Sequence[int] = ()
         if policy == "explicit":
             entry = pending.pop(sseq, None)
             if entry is not None:
