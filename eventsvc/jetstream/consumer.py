@@ -25,7 +25,7 @@ import random
 import re
 import string
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -596,7 +596,9 @@ class Consumer:
         self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
-        self._reply_format = self._ack_prefix + "%d.%d.%d.%d.%d"
+        #: A delivery's ack reply, bytes as it goes out (a str formatted
+        #: and encoded cost CPython a third more).
+        self._reply_format = (self._ack_prefix + "%d.%d.%d.%d.%d").encode("utf-8")
         self._retention = stream.config.get("retention", "limits")
         self.sseq = 1
         self.dseq = 1
@@ -636,6 +638,12 @@ class Consumer:
         self._gateway_watch: Optional[IDelayedCall] = None
         #: The next turn's delivery, when this turn's budget ran out.
         self._more: Optional[IDelayedCall] = None
+        #: A pull round's deliveries not yet handed to the broker, all to
+        #: the pull request answered at C{_batch_to}: (subject, payload,
+        #: reply, headers) and the stream seqs (L{_send_batch}).
+        self._batch: List[Tuple[str, bytes, Optional[bytes], Optional[bytes]]] = []
+        self._batch_seqs: List[int] = []
+        self._batch_to = ""
         # Flow control (push): bytes sent since the last answered request.
         self._pbytes = 0
         self._pblimit = FLOW_CONTROL_MAX_PENDING
@@ -753,7 +761,7 @@ class Consumer:
             # Its own ack subject, as nats-server's ackSubj: links tell the
             # other side of this consumer's acks only, not of every ack
             # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).
-            self._subs.append(self.broker.subscribe(
+            self._subs.append(self.broker.subscribe_raw(
                 "$JS.ACK.%s.%s.*.*.*.*.*" % (self.stream.name, self.name), self._ack_message))
         if self.config.get("flow_control"):
             self._subs.append(
@@ -883,9 +891,8 @@ class Consumer:
     def _take_next(self) -> Optional[Tuple[StoredMessage, int]]:
         """The next message to send and its delivery count (nats-server's C{getNextMsg}), or None."""
         store = self.stream.store
-        max_deliver = self.config.get("max_deliver", -1)
-        self._from_lss = False
         while self._rdq:
+            max_deliver = self.config.get("max_deliver", -1)
             seq = self._rdq.popleft()
             self._rdqi.discard(seq)
             if seq not in self.pending:
@@ -903,14 +910,17 @@ class Consumer:
                 del self.pending[seq]
                 self.rdc.pop(seq, None)
                 continue
+            self._from_lss = False
             return message, dc
         max_pending = self.config.get("max_ack_pending", 0)
         if max_pending > 0 and len(self.pending) >= max_pending:
             self._stalled = True
             return None
         seq = self.sseq
-        self._from_lss = bool(self._lss)
-        if self._lss:
+        if not self._lss:
+            self._from_lss = False
+        else:
+            self._from_lss = True
             seq = self._lss.pop(0)
             if not self._lss:
                 self._lss = None
@@ -967,6 +977,9 @@ class Consumer:
                     break
         finally:
             self._delivering = False
+            if self._batch:
+                # (A round that raised: what it took is sent all the same.)
+                self._send_batch()
             if sent:
                 self.broker.flush()
         if sent >= DELIVER_BUDGET:
@@ -986,6 +999,7 @@ class Consumer:
         explicit = self.config["ack_policy"] != "none"
         broker = self.broker
         deliver_subject = self.config.get("deliver_subject", "")
+        store = self.store
         # One time for the round (it runs in one turn, and what it sends goes
         # at that turn's end): its deliveries are then one record of the
         # consumer store's, not one each.
@@ -997,6 +1011,7 @@ class Consumer:
             elif not self.waiting:
                 break
             if self._replay_timer is not None:
+                self._send_batch()
                 return sent
             taken = self._take_next()
             if taken is None:
@@ -1004,16 +1019,18 @@ class Consumer:
             message, dc = taken
             if self._replay and not self._replay_now(message):
                 self._put_back(message, dc)
+                self._send_batch()
                 return sent
             if dc == 1 and self._npc:
                 self._npc -= 1
             pending = self._npc if self._npc is not None else self._num_pending()
-            reply = self._reply_format % (dc, message.seq, self.dseq, message.ts, pending)
+            subject, seq = message.subject, message.seq
+            reply = self._reply_format % (dc, seq, self.dseq, message.ts, pending)
             headers, data = message.headers, message.data
             if headers_only:
                 headers = (headers[:-2] if headers else b"NATS/1.0\r\n") + b"Nats-Msg-Size: %d\r\n\r\n" % len(data)
                 data = b""
-            size = len(message.subject) + len(reply) + len(headers or b"") + len(data)
+            size = len(subject) + len(reply) + len(headers or b"") + len(data)
             if push:
                 target = deliver_subject
             else:
@@ -1026,12 +1043,21 @@ class Consumer:
                 target = request.reply
             dseq = self.dseq
             self.dseq += 1
-            count = broker.deliver_as(target, message.subject, data, reply, headers, flush=False)
+            if push:
+                count = broker.deliver_as(target, subject, data, reply, headers, flush=False)
+            else:
+                # A pull request's messages go to the broker together
+                # (L{_send_batch}): one plan lookup for the batch, not one
+                # a message.  Whether anyone took them is known then.
+                if target != self._batch_to:
+                    self._send_batch()
+                    self._batch_to = target
+                self._batch.append((subject, data, reply, headers))
+                self._batch_seqs.append(seq)
             sent += 1
             if self._replay:
                 self._replay_lts, self._replay_due = message.ts, 0
             self.last_delivered = now
-            seq = message.seq
             if explicit:
                 entry = self.pending.get(seq)
                 if entry is None:
@@ -1040,11 +1066,11 @@ class Consumer:
                     entry[0], entry[1] = dseq, now
                 if self._ack_timer is None:
                     self._arm_ack_timer(self.config["ack_wait"])
-                self.store.update_delivered(dseq, seq, dc, now)
+                store.update_delivered(dseq, seq, dc, now)
             else:
                 self.adflr, self.asflr = dseq, seq
-                self.store.update_delivered(dseq, seq, dc, now)
-                self.store.update_acks(dseq, seq, (seq,))
+                store.update_delivered(dseq, seq, dc, now)
+                store.update_acks(dseq, seq, (seq,))
                 if self._retention != "limits":
                     self.stream.ack_message(seq)
             if push:
@@ -1060,12 +1086,29 @@ class Consumer:
                     self._arm_inactive()
             else:
                 self._waiting_last = now
-                if count == 0 and explicit and seq in self.pending:
-                    self._add_redelivery(seq)
+        if self._batch:
+            self._send_batch()
         if self._replay and sent < budget and self.sseq > self._replay_through:
             # Caught up with what the stream held at the start: new messages go at once.
             self._replay = False
         return sent
+
+    def _send_batch(self) -> None:
+        """
+        Hand the pull round's messages held for one request to the broker
+        (before anything else is sent to it: L{_status} calls this too).
+        Those nobody took are redelivered, in another round.
+        """
+        batch, seqs = self._batch, self._batch_seqs
+        if not batch:
+            return
+        self._batch, self._batch_seqs = [], []
+        counts = self.broker.deliver_as_many(self._batch_to, batch)
+        if 0 in counts and self.config["ack_policy"] != "none":
+            for seq, count in zip(seqs, counts):
+                if count == 0 and seq in self.pending:
+                    self._add_redelivery(seq)
+            self._again = True
 
     def _replay_now(self, message: StoredMessage) -> bool:
         """
@@ -1130,6 +1173,9 @@ class Consumer:
 
     def _status(self, reply: str, status: str, messages: int = -1, size: int = 0) -> None:
         """A pull request's status message (C{NATS/1.0 408 Request Timeout}, with the pending counts when given)."""
+        if self._batch:
+            # After the messages a round holds (an expiring request's among them).
+            self._send_batch()
         if messages >= 0:
             headers = b"NATS/1.0 %s\r\nNats-Pending-Messages: %d\r\nNats-Pending-Bytes: %d\r\n\r\n" % (
                 status.encode("utf-8"), messages, size,
@@ -1255,10 +1301,23 @@ class Consumer:
 
     # -- acknowledgements ----------------------------------------------------------
 
-    def _ack_message(self, subject: str, reply: Optional[str], payload: bytes, headers: Optional[bytes]) -> None:
-        """A message on the ack subject (L{ack})."""
+    def _ack_message(self, subject: bytes, reply: Optional[bytes], payload: bytes, headers: Optional[bytes]) -> None:
+        """
+        A message on the ack subject, subject and reply as they came
+        (L{Broker.subscribe_raw}): L{ack} without decoding the subject.
+        """
+        if self.closed or self.fed_in_process:
+            return
+        # (Nine tokens, the first two $JS and ACK: the subscription's.)
+        tokens = subject.split(b".")
+        if len(tokens) != 9:
+            return
         try:
-            self.ack(subject, reply, payload)
+            dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
+        except ValueError:
+            return
+        try:
+            self._ack_parsed(dc, sseq, dseq, None if reply is None else reply.decode("utf-8", "replace"), payload)
         except RecursionError:
             # "+NXT" with JSON nested past the decoder's depth: dropped, as
             # nats-server drops an ack it cannot read (no traceback per message).
@@ -1286,6 +1345,10 @@ class Consumer:
             dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
         except ValueError:
             return
+        self._ack_parsed(dc, sseq, dseq, reply, payload)
+
+    def _ack_parsed(self, dc: int, sseq: int, dseq: int, reply: Optional[str], payload: bytes) -> None:
+        """L{ack} of the delivery its subject names (count C{dc}, stream and consumer sequences)."""
         skip_reply = sseq == 0
         max_pending = self.config.get("max_ack_pending", 0)
         stalled = max_pending > 0 and len(self.pending) >= max_pending
@@ -1317,7 +1380,7 @@ class Consumer:
         """nats-server's C{processAckMsg}: floors, pending, and the stream told (workqueue, interest)."""
         policy = self.config["ack_policy"]
         pending = self.pending
-        acked: List[int] = []
+        acked: Sequence[int] = ()
         if policy == "explicit":
             entry = pending.pop(sseq, None)
             if entry is not None:

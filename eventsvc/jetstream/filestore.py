@@ -1512,7 +1512,9 @@ class FileConsumerStore(_WriteState):
         # (floors only rise: max() keeps to what the acks one by one do).
         staged += acked
         fc, fs = self._acks_floors
-        self._acks_floors = (max(fc, floor_consumer), max(fs, floor_stream))
+        if floor_consumer > fc or floor_stream > fs:
+            # (Compared, not max()ed: two calls an ack, and most acks raise both or neither.)
+            self._acks_floors = (floor_consumer if floor_consumer > fc else fc, floor_stream if floor_stream > fs else fs)
         if len(staged) >= SEAL_AT:
             self._seal()
 

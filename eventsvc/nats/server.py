@@ -16,7 +16,7 @@ import os
 import sys
 from collections import deque
 from base64 import b32encode
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.logger import Logger
 
@@ -33,6 +33,8 @@ from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject,
 NO_RESPONDERS_STATUS = b"NATS/1.0 503\r\n\r\n"
 
 MessageCallback = Callable[[str, Optional[str], bytes, Optional[bytes]], None]
+#: L{Broker.subscribe_raw}'s: the subject and reply as they came, bytes.
+RawMessageCallback = Callable[[bytes, Optional[bytes], bytes, Optional[bytes]], None]
 
 
 def new_server_id() -> str:
@@ -87,7 +89,8 @@ class LocalSubscriber:
     def __init__(self, broker: "Broker") -> None:
         self._broker = broker
         self.out: List[bytes] = []
-        self.subs: Dict[Subscription, MessageCallback] = {}
+        #: Callbacks by subscription (L{RawLocalSubscriber}'s take bytes).
+        self.subs: Dict[Subscription, Any] = {}
 
     def remove_subscription(self, sub: Subscription) -> None:
         """End C{sub}: its callback is forgotten and the index lets it go."""
@@ -134,6 +137,38 @@ class LocalSubscriber:
         """Nothing to stall: the in-process API does not read."""
 
 
+class RawLocalSubscriber(LocalSubscriber):
+    """
+    The owner of in-process subscriptions whose callbacks take the subject
+    and reply as bytes (L{Broker.subscribe_raw}): not decoded a message.
+    """
+
+    def _call(
+        self, sub: Subscription, callback: Any, subject: bytes, reply: Optional[bytes], payload: bytes,
+        headers: Optional[bytes], size: int,
+    ) -> int:
+        try:
+            callback(subject, reply, payload, headers)
+        except Exception:
+            self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+        self.out_msgs += 1
+        self.out_bytes += size
+        return 1
+
+    def hand_tail(self, sub: Subscription, subject: bytes, reply: Optional[bytes], size: int, tail: bytes) -> int:
+        # (_call written out: a JetStream ack is this and little more.)
+        callback = self.subs.get(sub)
+        if callback is None:
+            return 0
+        try:
+            callback(subject, reply, tail[tail.index(b"\n") + 1 : -2], None)
+        except Exception:
+            self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
+        self.out_msgs += 1
+        self.out_bytes += size
+        return 1
+
+
 class LocalSubscription:
     """An in-process subscription; C{unsubscribe()} ends it."""
 
@@ -169,6 +204,7 @@ class Broker(Delivery):
         )
         Delivery.__init__(self, Sublist())
         self._local = LocalSubscriber(self)
+        self._raw_local = RawLocalSubscriber(self)
         self.in_msgs = 0
         self.in_bytes = 0
         self.out_msgs = 0
@@ -234,8 +270,8 @@ class Broker(Delivery):
         return {
             "in_msgs": self.in_msgs + sum(c.in_msgs for c in live),
             "in_bytes": self.in_bytes + sum(c.in_bytes for c in live),
-            "out_msgs": self.out_msgs + self._local.out_msgs + sum(c.out_msgs for c in live),
-            "out_bytes": self.out_bytes + self._local.out_bytes + sum(c.out_bytes for c in live),
+            "out_msgs": self.out_msgs + self._local.out_msgs + self._raw_local.out_msgs + sum(c.out_msgs for c in live),
+            "out_bytes": self.out_bytes + self._local.out_bytes + self._raw_local.out_bytes + sum(c.out_bytes for c in live),
             "slow_consumers": self.slow_consumers,
             "subscriptions": self.sublist.count,
             "connections": len(live),
@@ -325,15 +361,29 @@ class Broker(Delivery):
         on C{subject} (wildcards allowed), in queue group C{queue} if given.
         The callback runs in the reactor thread and must not block.
         """
+        return self._subscribe_as(self._local, subject, callback, queue)
+
+    def subscribe_raw(self, subject: str, callback: RawMessageCallback) -> LocalSubscription:
+        """
+        L{subscribe}, the callback given the subject and reply as bytes,
+        as they came (C{callback(subject, reply, payload, headers)}): for
+        a subscriber that reads them as bytes (a JetStream consumer's
+        acks), which then pays for no decoding a message.
+        """
+        return self._subscribe_as(self._raw_local, subject, callback)
+
+    def _subscribe_as(
+        self, owner: LocalSubscriber, subject: str, callback: Any, queue: Optional[str] = None,
+    ) -> LocalSubscription:
         bsubject = subject.encode("utf-8")
         if not valid_subject(bsubject):
             raise ValueError("invalid subject {!r}".format(subject))
         self._local_sids += 1
         sid = str(self._local_sids).encode("ascii")
-        sub = Subscription(self._local, bsubject, queue.encode("utf-8") if queue else None, sid)
-        self._local.subs[sub] = callback
+        sub = Subscription(owner, bsubject, queue.encode("utf-8") if queue else None, sid)
+        owner.subs[sub] = callback
         self.add_subscription(sub)
-        return LocalSubscription(self._local, sub)
+        return LocalSubscription(owner, sub)
 
     def publish(
         self,
@@ -398,7 +448,7 @@ class Broker(Delivery):
         return bool(result.plain or result.queues) or (self.gateways is not None and self.gateways.has_interest(bsubject))
 
     def deliver_as(
-        self, deliver_subject: str, subject: str, payload: bytes, reply: Optional[str] = None,
+        self, deliver_subject: str, subject: str, payload: bytes, reply: Union[str, bytes, None] = None,
         headers: Optional[bytes] = None, flush: bool = True, source: Optional[ISource] = None,
         queues: Sequence[bytes] = (),
     ) -> int:
@@ -411,7 +461,8 @@ class Broker(Delivery):
         C{flush=False}: the caller delivers several and calls L{flush} once.
         C{source}: who it comes from, when a link brought it (its no-echo
         and one-hop rules hold), else the process itself; C{queues}: the
-        queue groups that link's frame named.
+        queue groups that link's frame named.  C{reply} may be bytes
+        already (a consumer's ack reply is made so).
 
         Routes, gateways and leaf links (queue members or not) are sent the
         message on C{deliver_subject} and, when it has a reply,
@@ -419,20 +470,10 @@ class Broker(Delivery):
         (C{processMsgResults}, C{processInboundClientMsg}): the far side
         shows its subscribers C{subject} again (L{deliver_crossed}).
         """
-        if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
-            self._deliver_plans.clear()
-            self._deliver_plans_genid = self.sublist.genid
         bsubject = subject.encode("utf-8")
         key = (deliver_subject.encode("utf-8"), bsubject)
-        plans = self._deliver_plans.get(key)
-        if plans is None:
-            result = self.sublist.match(key[0], keep=False)
-            targets = plan(bsubject, result.plain, result.queues)
-            crosses = bool(targets.route_plain or targets.leaf_plain or targets.route_mixed
-                           or any(routes for _, routes in targets.queue_info))
-            plans = self._deliver_plans[key] = (targets, crosses)
-        targets, crosses = plans
-        breply = reply.encode("utf-8") if reply else None
+        targets, crosses = self._deliver_plan(key)
+        breply = (reply if isinstance(reply, bytes) else reply.encode("utf-8")) if reply else None
         self.in_msgs += 1
         self.in_bytes += len(payload)
         src = self._local if source is None else source
@@ -449,6 +490,74 @@ class Broker(Delivery):
         if flush:
             self.flush()
         return count
+
+    def _deliver_plan(self, key: Tuple[bytes, bytes]) -> Tuple[Plan, bool]:
+        """
+        L{deliver_as}'s plan of C{key}, (deliver subject, shown subject),
+        and whether a link takes part; kept for one index generation.
+        """
+        if self.sublist.genid != self._deliver_plans_genid or len(self._deliver_plans) > 4096:
+            self._deliver_plans.clear()
+            self._deliver_plans_genid = self.sublist.genid
+        plans = self._deliver_plans.get(key)
+        if plans is None:
+            result = self.sublist.match(key[0], keep=False)
+            targets = plan(key[1], result.plain, result.queues)
+            crosses = bool(targets.route_plain or targets.leaf_plain or targets.route_mixed
+                           or any(routes for _, routes in targets.queue_info))
+            plans = self._deliver_plans[key] = (targets, crosses)
+        return plans
+
+    def deliver_as_many(
+        self, deliver_subject: str, messages: Sequence[Tuple[str, bytes, Optional[bytes], Optional[bytes]]],
+    ) -> List[int]:
+        """
+        L{deliver_as} (C{flush=False}) for several messages to one deliver
+        subject, each C{(subject, payload, reply, headers)} (C{reply}
+        bytes), in order: a
+        pull request's batch.  Returns each one's count of subscribers
+        reached.  Messages without headers whose plan is plain local
+        subscribers alone are framed here, one plan lookup for all that
+        show the same subject; any other goes through L{deliver_as}, and
+        so the rule.
+        """
+        bdeliver = deliver_subject.encode("utf-8")
+        counts: List[int] = []
+        if self.gateways is not None:
+            for subject, payload, reply, headers in messages:
+                counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
+            return counts
+        shown = ""
+        targets: Optional[Plan] = None
+        local = False
+        for subject, payload, reply, headers in messages:
+            if subject != shown or targets is None:
+                shown = subject
+                targets, crosses = self._deliver_plan((bdeliver, subject.encode("utf-8")))
+                local = targets.local and not crosses
+            if headers or not local:
+                counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
+                continue
+            size = len(payload)
+            self.in_msgs += 1
+            self.in_bytes += size
+            # deliver()'s loop: "MSG <subject> <sid> <reply> <size>\r\n<payload>\r\n".
+            if reply:
+                frame_tail = b"%s %d\r\n%s\r\n" % (reply, size, payload)
+            else:
+                frame_tail = b"%d\r\n%s\r\n" % (size, payload)
+            for conn, prefix, append in targets.plain:
+                append(prefix)
+                append(frame_tail)
+                conn.out_msgs += 1
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    # (self._dirty read again: an in-process subscriber
+                    # given a message above may have flushed, replacing it.)
+                    self._dirty.append(conn)
+            counts.append(len(targets.plain))
+        return counts
 
     def deliver_crossed(
         self, src: ISource, subject: bytes, reply: Optional[bytes], queues: Sequence[bytes], size: int, tail: bytes,

@@ -478,6 +478,29 @@ class InProcessAloneTests(SynchronousTestCase):
         self.assertEqual(gateways.offered, [b"s.3"])
 
 
+    def test_a_raw_subscription_gets_bytes_by_either_path(self) -> None:
+        """
+        L{Broker.subscribe_raw}'s callback is given the subject and reply
+        as they came, bytes, alone (the straight hand-over) and beside a
+        client (the general path); the totals count what it was given.
+        """
+        raw: List[tuple] = []
+        self.broker.subscribe_raw("r.*", lambda subject, reply, payload, headers: raw.append(
+            (subject, reply, payload, headers)))
+        client = Conn(Kind.CLIENT)
+        self.assertEqual(self.broker.deliver(client, b"r.1", b"_INBOX.a.1", 2, TAIL), 1)
+        watcher = Conn(Kind.CLIENT)
+        interested(self.broker, watcher, b"r.2")
+        self.assertEqual(self.broker.deliver(client, b"r.2", None, 2, TAIL), 2)
+        self.broker.publish("r.3", b"x", None, b"NATS/1.0\r\nK: v\r\n\r\n")
+        self.assertEqual(raw, [
+            (b"r.1", b"_INBOX.a.1", b"hi", None), (b"r.2", None, b"hi", None),
+            (b"r.3", None, b"x", b"NATS/1.0\r\nK: v\r\n\r\n"),
+        ])
+        self.assertEqual(watcher.sent(), b"MSG r.2 1 " + TAIL)
+        self.assertEqual(self.got, [])
+        self.assertEqual(self.broker.totals()["out_msgs"], 3)
+
     def test_acks_share_a_plan_and_each_is_handed_its_own_subject(self) -> None:
         """
         Consecutive acks to one in-process subscription share one plan:

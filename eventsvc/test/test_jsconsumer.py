@@ -62,7 +62,7 @@ class FakeEngine:
         self.settings = JetStreamSettings(per_consumer_acks=False)
         #: The engine's streams and consumers the server owns (none here).
         self.owned: Dict[str, Set[str]] = {}
-        self.broker.subscribe("$JS.ACK.>", self._ack)
+        self.ack_router = self.broker.subscribe("$JS.ACK.>", self._ack)
 
     def now(self) -> int:
         return BASE + int(round(self.clock.seconds() * SECOND))
@@ -503,6 +503,124 @@ class PullTests(ConsumerTestCase):
         self.assertTrue(consumer.closed)
 
 
+class PullToClientTests(ConsumerTestCase):
+    """
+    A pull request answered to a client connection: the bytes it is sent.
+    (A round's messages for one request reach the broker together,
+    L{Consumer._send_batch}; the in-process inboxes above take the
+    broker's general path, a client's plain subscription the batch's own.)
+    """
+
+    def client(self, *subs: bytes) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from eventsvc.nats.listener import ClientFactory
+        from eventsvc.nats.settings import ClientSettings
+
+        conn = ClientFactory(self.broker, ClientSettings(), self.clock).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        conn.makeConnection(transport)
+        conn.dataReceived(b'CONNECT {"verbose":false,"headers":true}\r\n' + b"".join(subs) + b"PING\r\n")
+        self.clock.advance(0)
+        transport.clear()
+        self.addCleanup(conn.transport.loseConnection)
+        return transport
+
+    def sent(self, transport: Any) -> bytes:
+        self.clock.advance(0)
+        out = transport.value()
+        transport.clear()
+        return out
+
+    def test_a_batch_in_order(self) -> None:
+        """Three messages, one with headers, in stream order, each with its own ack reply and pending count."""
+        self.stream.publish("orders.new", b"m1")
+        self.stream.publish("orders.old", b"m2", b"NATS/1.0\r\nK: v\r\n\r\n")
+        self.stream.publish("orders.new", b"m3")
+        wire = self.client(b"SUB _INBOX.w.* 7\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":3}')
+        self.assertEqual(self.sent(wire), (
+            b"MSG orders.new 7 $JS.ACK.ORDERS.D.1.1.1.%d.2 2\r\nm1\r\n"
+            b"HMSG orders.old 7 $JS.ACK.ORDERS.D.1.2.2.%d.1 18 20\r\nNATS/1.0\r\nK: v\r\n\r\nm2\r\n"
+            b"MSG orders.new 7 $JS.ACK.ORDERS.D.1.3.3.%d.0 2\r\nm3\r\n"
+        ) % (BASE, BASE, BASE))
+
+    def test_every_subscriber(self) -> None:
+        """Two subscriptions on the inbox (two clients, a wildcard and a literal) get each message."""
+        self.publish(2)
+        one = self.client(b"SUB _INBOX.w.* 1\r\n")
+        two = self.client(b"SUB _INBOX.w.1 2\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":2}')
+        frames = re.compile(rb"MSG orders.new (\d) \S+ 2\r\n(m\d)\r\n")
+        self.assertEqual(frames.findall(self.sent(one)), [(b"1", b"m1"), (b"1", b"m2")])
+        self.assertEqual(frames.findall(self.sent(two)), [(b"2", b"m1"), (b"2", b"m2")])
+
+    def test_status_after_the_messages(self) -> None:
+        """A request's 409 for max_bytes comes after the message that fitted, not before it."""
+        self.stream.publish("orders.new", b"x" * 10)
+        self.stream.publish("orders.new", b"y" * 500)
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":5,"max_bytes":200,"expires":1000000000}')
+        out = self.sent(wire)
+        self.assertTrue(out.startswith(b"MSG orders.new 1 $JS.ACK.ORDERS.D.1.1.1."), out)
+        self.assertIn(b"\r\n" + b"x" * 10 + b"\r\nHMSG _INBOX.w.1 1 ", out)
+        self.assertTrue(out.endswith(b"409 Message Size Exceeds MaxBytes\r\nNats-Pending-Messages: 4\r\n"
+                                     b"Nats-Pending-Bytes: 136\r\n\r\n\r\n"), out)
+
+    def test_interleaved_requests(self) -> None:
+        """Two waiting requests share what comes, one message each in turn, each to its own inbox."""
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.a", b'{"batch":2,"expires":1000000000}')
+        consumer.next_request("_INBOX.w.b", b'{"batch":2,"expires":1000000000}')
+        for i in range(4):
+            self.stream.publish("orders.new", b"m%d" % (i + 1))
+        got = re.findall(rb"MSG orders.new 1 \$JS\.ACK\.ORDERS\.D\.1\.(\d)\.\S+ 2\r\n(m\d)\r\n", self.sent(wire))
+        self.assertEqual(got, [(b"1", b"m1"), (b"2", b"m2"), (b"3", b"m3"), (b"4", b"m4")])
+        self.assertEqual(consumer.info()["num_waiting"], 0)
+
+    def test_acks_on_the_wire(self) -> None:
+        """
+        A client's acks to the consumer's own ack subjects: +ACK, an
+        AckSync answered once kept, and subjects that are no ack (a word
+        for a number) ignored, the connection left open.
+        """
+        # The engine's default: each consumer its own ack subscription.
+        self.engine.ack_router.unsubscribe()
+        self.engine.settings = JetStreamSettings(per_consumer_acks=True)
+        self.engine.answers_api = True
+        self.publish(3)
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.w.1", b'{"batch":3}')
+        acks = re.findall(rb"MSG orders.new 1 (\S+) 2\r\n", self.sent(wire))
+        self.assertEqual(len(acks), 3)
+        conn = self.broker.clients[max(self.broker.clients)]
+        conn.dataReceived(
+            b"PUB %s 4\r\n+ACK\r\n" % acks[0]
+            + b"PUB %s 4\r\n+ACK\r\n" % acks[1].replace(b".D.1.2.", b".D.x.2.")
+            + b"PUB %s _INBOX.w.sync 4\r\n+ACK\r\n" % acks[2]
+        )
+        self.assertEqual(self.sent(wire), b"MSG _INBOX.w.sync 1 0\r\n\r\n")
+        self.assertEqual(sorted(consumer.pending), [2])
+        self.assertFalse(wire.disconnecting)
+
+    def test_a_one_message_subscription(self) -> None:
+        """An inbox subscribed with UNSUB 1 (nats-py's request) takes one message; the next goes to the next request."""
+        self.publish(2)
+        wire = self.client(b"SUB _INBOX.one 1\r\nUNSUB 1 1\r\nSUB _INBOX.two 2\r\n")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        consumer.next_request("_INBOX.one", b'{"batch":2,"expires":1000000000}')
+        out = self.sent(wire)
+        self.assertEqual(re.findall(rb"\r\n(m\d)\r\n", out), [b"m1"])
+        consumer.next_request("_INBOX.two", b'{"batch":1,"expires":1000000000}')
+        self.assertEqual(re.findall(rb"MSG orders.new 2 \S+ 2\r\n(m\d)\r\n", self.sent(wire)), [b"m2"])
+
+
 class AckTests(ConsumerTestCase):
     """What each kind of acknowledgement does, sent as a client sends it."""
 
@@ -675,6 +793,60 @@ class AckTests(ConsumerTestCase):
         (msg,) = self.fetch(consumer)
         self.ack(msg[1])
         self.assertFalse(consumer.needs(1, "orders.new"))
+
+
+class AckFloorTests(ConsumerTestCase):
+    """The ack floor an explicit ack leaves (nats-server's C{processAckMsg}), as consumer info shows it."""
+
+    def fetch(self, consumer: Consumer, n: int = 1, inbox: str = "_INBOX.f") -> List[Tuple[str, Optional[str], bytes, Optional[bytes]]]:
+        box = self.pull(consumer, {"batch": n, "no_wait": True}, inbox)
+        box.sub.unsubscribe()
+        return [m for m in box.take() if m[3] is None or not parse_headers(m[3])[0]]
+
+    def floor(self, consumer: Consumer) -> Tuple[int, int]:
+        info = consumer.info()["ack_floor"]
+        return info["consumer_seq"], info["stream_seq"]
+
+    def test_floor_follows_acks_in_any_order(self) -> None:
+        """The floor is just below the oldest delivery still pending, whatever the order of the acks."""
+        self.publish(40)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        got = self.fetch(consumer, 40)
+        floors = []
+        for i in [1, 3, 2, 5, 4, 6] + list(range(8, 41)):
+            self.ack(got[i - 1][1])
+            floors.append(self.floor(consumer))
+        self.assertEqual(floors[:6], [(1, 1), (1, 1), (3, 3), (3, 3), (5, 5), (6, 6)])
+        self.assertEqual(floors[6:], [(6, 6)] * 33)
+        self.ack(got[6][1])
+        self.assertEqual(self.floor(consumer), (40, 40))
+
+    def test_floor_over_a_filter_gap(self) -> None:
+        """A filtered consumer's next pending is beyond many messages of other subjects: the floor goes just below it."""
+        self.publish(1, "orders.new")
+        self.publish(30, "orders.old")
+        self.publish(2, "orders.new")
+        consumer = self.consumer(durable_name="D", ack_policy="explicit", filter_subject="orders.new")
+        got = self.fetch(consumer, 3)
+        self.ack(got[0][1])
+        self.assertEqual(self.floor(consumer), (1, 31))
+        self.ack(got[1][1])
+        self.assertEqual(self.floor(consumer), (2, 32))
+        self.ack(got[2][1])
+        self.assertEqual(self.floor(consumer), (3, 33))
+
+    def test_floor_after_a_redelivery(self) -> None:
+        """An older message redelivered holds the floor below it, though newer ones are acked."""
+        self.publish(3)
+        consumer = self.consumer(durable_name="D", ack_policy="explicit")
+        m1, m2, m3 = self.fetch(consumer, 3)
+        self.ack(m1[1], b"-NAK")
+        (again,) = self.fetch(consumer, 1, "_INBOX.2")
+        self.ack(m2[1])
+        self.ack(m3[1])
+        self.assertEqual(self.floor(consumer), (0, 0))
+        self.ack(again[1])
+        self.assertEqual(self.floor(consumer), (4, 3))
 
 
 class PushTests(ConsumerTestCase):
