@@ -160,7 +160,12 @@ def _chain_built_once(options: ssl.CertificateOptions) -> ssl.CertificateOptions
     except crypto.X509StoreContextError:
         return options
     for certificate in chain[1:]:
-        context.add_extra_chain_cert(certificate)
+        try:
+            context.add_extra_chain_cert(certificate.to_cryptography())
+        except TypeError:
+            # pyOpenSSL before 24.3 (PyPy's constraints pin 24.1) takes its
+            # own X509 only; later ones warn that it is deprecated.
+            context.add_extra_chain_cert(certificate)
     context.set_mode(_NO_AUTO_CHAIN)
     return options
 
