@@ -34,6 +34,7 @@ from typing import Any, Deque, List, Optional
 from weakref import WeakKeyDictionary
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from OpenSSL._util import ffi as _ffi, lib as _lib
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -90,8 +91,10 @@ class TLSLayer(TLSMemoryBIOProtocol):
     copies of the rest), the send BIO is drained whole into one socket write,
     and the records of one read reach the protocol as one string, so a 64 KiB
     read is one parse, not four or more with a partial message carried
-    between them.  What the protocol sees and the order of data, close and
-    errors are Twisted's.
+    between them.  An empty send BIO is seen by asking how much it holds,
+    not by reading it and catching the WantReadError pyOpenSSL raises (after
+    most reads there is nothing to send).  What the protocol sees and the
+    order of data, close and errors are Twisted's.
     """
 
     #: How much one C{bio_read} asks for: a socket write of up to 64 KiB
@@ -166,6 +169,12 @@ class TLSLayer(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         connection = self._tlsConnection
+        outgoing = getattr(connection, "_from_ssl", None)
+        if outgoing is not None and not _lib.BIO_get_mem_data(outgoing, _UNUSED_POINTER):
+            # Nothing to send: the send BIO is empty.  Asked, not tried:
+            # pyOpenSSL says so with a WantReadError, and after most reads,
+            # and a few times in each connection's set-up, there is nothing.
+            return
         try:
             records = connection.bio_read(self.chunk)
         except WantReadError:
@@ -208,6 +217,11 @@ class TLSLayer(TLSMemoryBIOProtocol):
         if got and not self._aborted:
             self.wrappedProtocol.dataReceived(got[0] if len(got) == 1 else b"".join(got))
 
+
+#: Where BIO_get_mem_data writes the address of the bytes in a memory BIO
+#: (unused: only how many are there is asked).  One for all: the reactor's thread
+#: alone uses it, and nothing keeps what it points at.
+_UNUSED_POINTER = _ffi.new("char **")
 
 #: One TLS factory per context (it only keeps the live layers).
 _factories: "WeakKeyDictionary[Any, TLSMemoryBIOFactory]" = WeakKeyDictionary()

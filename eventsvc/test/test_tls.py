@@ -113,6 +113,45 @@ class MutualTLSTests(SynchronousTestCase):
             handle = server.tls.getHandle()
             self.assertEqual((handle.get_protocol_version_name(), handle.get_cipher_name()), ("TLSv1.3", chosen))
 
+    def sent_chain(self, options) -> list:
+        """The common names of the certificates a client is sent, in order, by a listener with C{options}."""
+        client = UpgradingClient(self.client_options(self.pki.issue("alice")))
+        _, pump = TLSHarness(options, tls_verify=True).connect(client)
+        self.assertTrue(client.app.handshaken)
+        return [c.to_cryptography().subject.rfc4514_string() for c in client.tls.getHandle().get_peer_cert_chain()]
+
+    def test_chain_sent(self) -> None:
+        """
+        The listener sends its certificate and the CA's, the chain OpenSSL
+        builds from the trust store, and builds it once, not in every
+        handshake (a verification of our own certificate each time).
+        """
+        # (Asked before a connection is made: pyOpenSSL then forbids it.)
+        self.assertTrue(self.options.getContext().set_mode(0) & tls._NO_AUTO_CHAIN)
+        # What OpenSSL builds in each handshake, for the same files, is the same.
+        per_handshake = ssl.CertificateOptions(
+            privateKey=self.options.privateKey, certificate=self.options.certificate,
+            trustRoot=self.pki.trust_root(), raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+        self.assertFalse(per_handshake.getContext().set_mode(0) & tls._NO_AUTO_CHAIN)
+        chain = self.sent_chain(self.options)
+        self.assertEqual([name.split(",")[0] for name in chain], ["CN=service", "CN=eventsvc FAKE development CA"])
+        self.assertEqual(self.sent_chain(per_handshake), chain)
+
+    def test_chain_of_a_certificate_from_another_ca(self) -> None:
+        """A listener whose certificate another CA signed sends it alone, as before (OpenSSL finds no more)."""
+        other = certs.make_ca("another CA")
+        self.pki.issue("elsewhere", ["localhost"], ca=other)
+        options = tls.mutual_tls_server(self.pki.path("elsewhere.crt"), self.pki.path("elsewhere.key"), self.pki.path("ca.crt"))
+        self.assertFalse(options.getContext().set_mode(0) & tls._NO_AUTO_CHAIN)
+        client = UpgradingClient(ssl.optionsForClientTLS(
+            "localhost", trustRoot=self.pki.trust_root(other), clientCertificate=PKI.private(self.pki.issue("alice"))))
+        TLSHarness(options, tls_verify=True).connect(client)
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        chain = client.tls.getHandle().get_peer_cert_chain()
+        self.assertEqual([c.to_cryptography().subject.rfc4514_string().split(",")[0] for c in chain], ["CN=elsewhere"])
+
     def test_client_offering_alpn(self) -> None:
         """A client that offers ALPN the server does not speak is served without a protocol, as nats-server does."""
         options = ssl.optionsForClientTLS(
