@@ -544,9 +544,11 @@ class Delivery:
         local clients alone (a work queue over many subjects: one call a
         run, not one a message); the first that is anything else is handed
         on as deliver_run would, and the run goes on there.  Returns how
-        many members were given a message.
+        many members were given the message when it is alone (C{rest}
+        empty: deliver()'s call); deliver_run reads nothing back, and each
+        message in the loop is not counted (four units a message less).
         """
-        count = 0
+        missed = 0
         bits = self._bits
         no_echo = not src.echo
         planned = self._plans.lookup
@@ -566,6 +568,7 @@ class Delivery:
                 if conn is src and no_echo:
                     other = _other_member(group, i, src)
                     if other is None:
+                        missed += 1
                         continue
                     conn, prefix, _ = other
                 out = conn.out
@@ -576,27 +579,28 @@ class Delivery:
                 if not conn.dirty:
                     conn.dirty = True
                     dirty.append(conn)
-                count += 1
                 if group is last:
                     break
             for subject, size, frame_tail in rest:
                 break
             else:
-                return count
-            if frame_tail.__class__ is not bytes:
-                self.deliver_batch(src, subject, cast(Any, frame_tail), size)
-                return count
+                return len(targets.queues) - missed
+            if size < 0:
+                # A batch of one subject (marked by its size's complement).
+                self.deliver_batch(src, subject, cast(Any, frame_tail), ~size)
+                return 0
             targets = planned(subject) or self._plan(subject)
             if not targets.local_queues:
                 self.deliver(src, subject, None, size, frame_tail, targets)
-                return count
+                return 0
 
     def deliver_run(self, src: ISource, run: Sequence[Tuple[bytes, int, Any]]) -> None:
         """
         Deliver, in order, messages from C{src} without a reply, headers or
         queue names that came together (in one read): each C{(subject,
-        size, tail)} as for L{deliver}, or C{(subject, size, tails)} as for
-        L{deliver_batch}.  A message whose plan is local subscribers only
+        size, tail)} as for L{deliver}, or C{(subject, ~size, tails)} as for
+        L{deliver_batch} (a batch's size is its complement: see
+        L{eventsvc.nats.framing}, by C{LONG_RUN_MAX}).  A message whose plan is local subscribers only
         is framed here; any other goes through L{deliver}, and so the rule.
 
         Traffic over many subjects makes every message a run of its own
@@ -618,8 +622,8 @@ class Delivery:
         # mid-run, and the reloads after each call made this loop's body too
         # long for one bytecode argument, which cost every message.)
         for subject, size, tail in messages:
-            if tail.__class__ is not bytes:
-                self.deliver_batch(src, subject, tail, size)
+            if size < 0:
+                self.deliver_batch(src, subject, tail, ~size)
                 continue
             targets = planned(subject) or plan(subject)
             if local and targets.local:

@@ -86,7 +86,7 @@ class RuleTests(SynchronousTestCase):
     def reached(self, src: Conn, batch: bool = False, run: bool = False) -> Dict[str, bytes]:
         if run:
             # A read's messages handed over together: one, then two to the same subject.
-            self.broker.deliver_run(src, [(b"s", 2, TAIL), (b"s", 4, [TAIL, TAIL])])
+            self.broker.deliver_run(src, [(b"s", 2, TAIL), (b"s", ~4, [TAIL, TAIL])])
         elif batch:
             self.broker.deliver_batch(src, b"s", [TAIL, TAIL], 4)
         else:
@@ -167,7 +167,7 @@ class RunTests(SynchronousTestCase):
             self.broker.add_subscription(Subscription(conn, b"a.>", None, b"1"))
 
     def test_in_order_to_every_local_subscriber(self) -> None:
-        self.broker.deliver_run(self.client, [(b"a.%d" % i, 2, TAIL) for i in range(3)] + [(b"a.0", 4, [TAIL, TAIL])])
+        self.broker.deliver_run(self.client, [(b"a.%d" % i, 2, TAIL) for i in range(3)] + [(b"a.0", ~4, [TAIL, TAIL])])
         frames = b"MSG a.0 1 " + TAIL + b"MSG a.1 1 " + TAIL + b"MSG a.2 1 " + TAIL + (b"MSG a.0 1 " + TAIL) * 2
         self.assertEqual((self.client.sent(), self.other.sent()), (frames, frames))
         self.assertEqual((self.other.out_msgs, self.other.out_bytes), (5, 10))
@@ -369,7 +369,7 @@ class QueueRunTests(SynchronousTestCase):
             if n % 10 == 7:
                 # Two messages to one subject, as the parser hands a repeated line over.
                 extra = n + 1000
-                run.append((b"s.%d.data" % (n % 100), len(b"%d%d" % (n, extra)), [tail, b"4\r\n%d\r\n" % extra]))
+                run.append((b"s.%d.data" % (n % 100), ~len(b"%d%d" % (n, extra)), [tail, b"4\r\n%d\r\n" % extra]))
                 order += [n, extra]
             else:
                 run.append((b"s.%d.data" % (n % 100), len(b"%d" % n), tail))

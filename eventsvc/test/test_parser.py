@@ -703,10 +703,13 @@ class RunRecorder(PlainRecorder):
     def publish_run(self, src, run):
         self.runs.append(len(run))
         for subject, size, tail in run:
-            if tail.__class__ is bytes:
+            if size >= 0:
+                assert isinstance(tail, bytes), tail
                 self.publish(src, subject, None, size, tail)
             else:
-                self.publish_batch(src, subject, tail, size)
+                # A batch: its size's complement (framing.RUN_BATCH).
+                assert isinstance(tail, list), tail
+                self.publish_batch(src, subject, tail, ~size)
         self.clock[0] += self.cost * len(run)
 
     def parse_later(self) -> None:
