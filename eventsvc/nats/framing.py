@@ -515,6 +515,10 @@ class Framer:
         del parts[-1]
         verb = self.message_verb[:-1]
         mcl = self.max_control_line + len(verb) + 1
+        # A known line's length is its step less its payload and two CRLFs:
+        # held to mcl as "step - size > mcl + 4", arithmetic on what the
+        # line's entry gives, not a call of len() a message.
+        step_mcl = mcl + 4
         sizes = self._sizes
         publish = handler.publish
         publish_run = getattr(handler, "publish_run", None) or self._publish_each
@@ -567,7 +571,7 @@ class Framer:
                     else:
                         repeats = 0
                         subject, size, cut, step = last = known_line
-                        if size > limit or len(line) > mcl:
+                        if size > limit or step - size > step_mcl:
                             break
                 else:
                     repeats = 0
