@@ -84,6 +84,14 @@ BLOCK_MAX = 4096
 #: overruns the budget least.
 LONG_RUN_MIN = 16
 LONG_RUN_MAX = 64
+# A run (C{publish_run}) tells a batch of several messages to one subject,
+# C{(subject, ~size, tails)}, from one message, C{(subject, size, tail)}, by
+# the size's complement (~0 is -1: a batch of empty payloads is marked
+# too).  Its readers test C{size < 0} a message, which CPython 3.11
+# specializes; a test of the tail's class is a generic attribute lookup,
+# some 60 instructions more a message.  Written here (L{Framer._hand_over},
+# L{Framer._parse}), read by L{Framer._publish_each} (a link's runs) and by
+# L{eventsvc.nats.delivery.Delivery.deliver_run} (a client's).
 
 
 class ProtocolViolation(Exception):
@@ -214,7 +222,8 @@ class Framer:
     C{extra} (L{message_extra}) when the line says more than a reply.  A
     split run (L{_runs}) hands its messages without a reply over together,
     as C{publish_run(handler, run)} when the handler has it (a list of
-    C{(subject, size, tail)}), else one by one (L{_publish_each}); so does
+    C{(subject, size, tail)}, or C{(subject, ~size, tails)} for a batch of
+    several), else one by one (L{_publish_each}); so does
     the loop with the batches it gathers, each to another subject than the
     one before (L{_hand_over}, up to L{LONG_RUN_MAX} at a time).
 
@@ -423,10 +432,10 @@ class Framer:
         which checks each message): message by message, a batch as one.
         """
         for subject, size, tail in run:
-            if tail.__class__ is bytes:
+            if size >= 0:
                 handler.publish(handler, subject, None, size, tail)
             else:
-                handler.publish_batch(handler, subject, tail, size)
+                handler.publish_batch(handler, subject, tail, ~size)
 
     def _hand_over(self, handler: Any, run: Optional[List[Tuple[bytes, int, Any]]], subject: bytes, size: int, batch: Any) -> None:
         """
@@ -442,7 +451,7 @@ class Framer:
                 handler.publish_batch(handler, subject, batch, size)
             return
         if batch is not None:
-            run.append((subject, size, batch))
+            run.append((subject, size if batch.__class__ is bytes else ~size, batch))
         publish_run = getattr(handler, "publish_run", None)
         if publish_run is not None:
             publish_run(handler, run)
@@ -506,6 +515,10 @@ class Framer:
         del parts[-1]
         verb = self.message_verb[:-1]
         mcl = self.max_control_line + len(verb) + 1
+        # A known line's length is its step less its payload and two CRLFs:
+        # held to mcl as "step - size > mcl + 4", arithmetic on what the
+        # line's entry gives, not a call of len() a message.
+        step_mcl = mcl + 4
         sizes = self._sizes
         publish = handler.publish
         publish_run = getattr(handler, "publish_run", None) or self._publish_each
@@ -558,7 +571,7 @@ class Framer:
                     else:
                         repeats = 0
                         subject, size, cut, step = last = known_line
-                        if size > limit or len(line) > mcl:
+                        if size > limit or step - size > step_mcl:
                             break
                 else:
                     repeats = 0
@@ -918,10 +931,11 @@ class Framer:
                             continue
                         # Another subject: the batch joins the run, handed
                         # over in one call when it is long enough (L{_long_run}).
+                        # (A batch of several is marked by its size's complement.)
                         if run is None:
-                            run = [(batch_subject, batch_bytes, batch)]
+                            run = [(batch_subject, batch_bytes if batch.__class__ is bytes else ~batch_bytes, batch)]
                         else:
-                            run.append((batch_subject, batch_bytes, batch))
+                            run.append((batch_subject, batch_bytes if batch.__class__ is bytes else ~batch_bytes, batch))
                             if len(run) >= self._long_run:
                                 self._long_run_over(handler, run)
                                 run = None

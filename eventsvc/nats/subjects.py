@@ -77,6 +77,14 @@ class SubjectCache:
             group[subject] = None
         entries[subject] = value
 
+    def take(self, subject: bytes) -> Any:
+        """The entry of C{subject}, removed from the cache (None: there is none)."""
+        if subject not in self.entries:
+            return None
+        value = self.entries[subject]
+        self._drop(subject)
+        return value
+
     def _drop(self, subject: bytes) -> None:
         del self.entries[subject]
         head = subject.partition(b".")[0]

@@ -86,7 +86,7 @@ class RuleTests(SynchronousTestCase):
     def reached(self, src: Conn, batch: bool = False, run: bool = False) -> Dict[str, bytes]:
         if run:
             # A read's messages handed over together: one, then two to the same subject.
-            self.broker.deliver_run(src, [(b"s", 2, TAIL), (b"s", 4, [TAIL, TAIL])])
+            self.broker.deliver_run(src, [(b"s", 2, TAIL), (b"s", ~4, [TAIL, TAIL])])
         elif batch:
             self.broker.deliver_batch(src, b"s", [TAIL, TAIL], 4)
         else:
@@ -167,7 +167,7 @@ class RunTests(SynchronousTestCase):
             self.broker.add_subscription(Subscription(conn, b"a.>", None, b"1"))
 
     def test_in_order_to_every_local_subscriber(self) -> None:
-        self.broker.deliver_run(self.client, [(b"a.%d" % i, 2, TAIL) for i in range(3)] + [(b"a.0", 4, [TAIL, TAIL])])
+        self.broker.deliver_run(self.client, [(b"a.%d" % i, 2, TAIL) for i in range(3)] + [(b"a.0", ~4, [TAIL, TAIL])])
         frames = b"MSG a.0 1 " + TAIL + b"MSG a.1 1 " + TAIL + b"MSG a.2 1 " + TAIL + (b"MSG a.0 1 " + TAIL) * 2
         self.assertEqual((self.client.sent(), self.other.sent()), (frames, frames))
         self.assertEqual((self.other.out_msgs, self.other.out_bytes), (5, 10))
@@ -369,7 +369,7 @@ class QueueRunTests(SynchronousTestCase):
             if n % 10 == 7:
                 # Two messages to one subject, as the parser hands a repeated line over.
                 extra = n + 1000
-                run.append((b"s.%d.data" % (n % 100), len(b"%d%d" % (n, extra)), [tail, b"4\r\n%d\r\n" % extra]))
+                run.append((b"s.%d.data" % (n % 100), ~len(b"%d%d" % (n, extra)), [tail, b"4\r\n%d\r\n" % extra]))
                 order += [n, extra]
             else:
                 run.append((b"s.%d.data" % (n % 100), len(b"%d" % n), tail))
@@ -396,6 +396,72 @@ class QueueRunTests(SynchronousTestCase):
         self.publish(list(range(100)), 2)
         self.assertEqual(sorted(n for conn in self.workers for n in self.received(conn)), list(range(100)))
         self.assertEqual(gateways.offered, [b"s.%d.data" % n for n in range(100)])
+
+    def test_a_subject_is_matched_once_for_its_first_two_messages(self) -> None:
+        """
+        A subject's first message plans its queue group and keeps the plan
+        aside; its second is delivered by that plan, without a match
+        (/subsz's num_matches counts one a subject), and so are the rest.
+        """
+        matches = self.broker.sublist.matches
+        self.publish(list(range(100)), 1)
+        self.assertEqual(self.broker.sublist.matches - matches, 100)
+        self.publish(list(range(100, 300)), 2)
+        self.assertEqual(self.broker.sublist.matches - matches, 100)
+        self.assertEqual(sorted(n for conn in self.workers for n in self.received(conn)), list(range(300)))
+
+    def test_a_change_between_a_subjects_first_two_messages_is_seen(self) -> None:
+        """
+        What the first message's plan was made from may change before the
+        second comes: members that leave get nothing more, a subscriber
+        that comes gets it, and a member given a maximum gets no more than
+        that, whatever was planned the first time.
+        """
+        self.publish(list(range(100)), 1)
+        for sub in self.subs[1:]:
+            self.broker.remove_subscription(sub)
+        self.publish(list(range(100, 200)), 1)
+        self.assertEqual(sorted(self.received(self.workers[0]))[-100:], list(range(100, 200)))
+        for conn in self.workers[1:]:
+            self.assertEqual([n for n in self.received(conn) if n >= 100], [])
+
+        self.setUp()
+        self.publish(list(range(100)), 1)
+        watcher = Conn(Kind.CLIENT)
+        self.broker.add_subscription(Subscription(watcher, b"s.*.data", None, b"9"))
+        self.publish(list(range(100, 200)), 1)
+        self.assertEqual(
+            watcher.sent(), b"".join(b"MSG s.%d.data 9 %d\r\n%d\r\n" % (n % 100, len(b"%d" % n), n) for n in range(100, 200)),
+        )
+        self.assertEqual(sorted(n for conn in self.workers for n in self.received(conn)), list(range(200)))
+
+        self.setUp()
+        self.publish(list(range(100)), 1)
+        for sub in self.subs:
+            sub.max = sub.delivered + 1  # as UNSUB <sid> <max> sets it, then tells the broker
+            self.broker.limit_changed(sub.subject)
+        self.publish(list(range(100, 200)), 1)
+        self.assertEqual(sorted(n for conn in self.workers for n in self.frames(conn) if n >= 100), list(range(100, 110)))
+
+    def test_members_with_a_maximum_are_planned_for_it_from_the_first_message(self) -> None:
+        """A member that has a maximum before the subject's first message is given no more than it either."""
+        self.subs[0].max = 1
+        self.broker.limit_changed(self.subs[0].subject)
+        self.publish(list(range(1000)))
+        got = [self.frames(conn) for conn in self.workers]
+        self.assertEqual(len(got[0]), 1)
+        self.assertEqual(sorted(n for member in got for n in member), list(range(1000)))
+
+    @staticmethod
+    def frames(conn: Conn) -> List[int]:
+        """The numbers C{conn} was given, in order, each frame checked, however the frames were appended."""
+        got = []
+        for frame in conn.sent().split(b"MSG ")[1:]:
+            line, payload, end = frame.split(b"\r\n")
+            n = int(payload)
+            assert (line, end) == (b"s.%d.data 1 %d" % (n % 100, len(payload)), b""), frame
+            got.append(n)
+        return got
 
 
 class PlanCacheTests(SynchronousTestCase):

@@ -459,6 +459,29 @@ class SplitRunTests(SynchronousTestCase):
                     self.assertEqual(caught.exception.error, error)
                     self.assertEqual(len(tight.ops), before)
 
+    def test_a_known_line_at_and_one_byte_over_a_tighter_limit(self) -> None:
+        """
+        A line another connection read (kept, with its size and length) is
+        taken by a run on a connection with max_control_line 32 when its
+        arguments are 32 bytes, and refused at 33, as the loop does.
+        """
+        at = b"PUB " + b"s" * 30 + b" 5\r\nhello\r\n"
+        over = b"PUB " + b"s" * 31 + b" 5\r\nhello\r\n"
+        ClientParser(PlainRecorder()).feed(at + over)
+        others = b"".join(b"PUB t.%d 1\r\nx\r\n" % i for i in range(20))
+        for split_runs in (True, False):
+            tight = PlainRecorder()
+            parser = ClientParser(tight, max_control_line=32)
+            parser.split_runs = split_runs
+            parser.feed(others)
+            parser.feed(others + at + others)
+            self.assertEqual(len(tight.ops), 61)
+            self.assertEqual(tight.ops[40], ("pub", b"s" * 30, None, 5, b"5\r\nhello\r\n"))
+            with self.assertRaises(ProtocolViolation) as caught:
+                parser.feed(others + over)
+            self.assertEqual(caught.exception.error, "maximum control line exceeded")
+            self.assertEqual(len(tight.ops), 81)
+
     def test_only_lines_a_run_would_split_are_kept(self) -> None:
         """
         A line the loop reads but a run would not split (PUB then a tab) is
@@ -703,10 +726,13 @@ class RunRecorder(PlainRecorder):
     def publish_run(self, src, run):
         self.runs.append(len(run))
         for subject, size, tail in run:
-            if tail.__class__ is bytes:
+            if size >= 0:
+                assert isinstance(tail, bytes), tail
                 self.publish(src, subject, None, size, tail)
             else:
-                self.publish_batch(src, subject, tail, size)
+                # A batch: its size's complement (framing.RUN_BATCH).
+                assert isinstance(tail, list), tail
+                self.publish_batch(src, subject, tail, ~size)
         self.clock[0] += self.cost * len(run)
 
     def parse_later(self) -> None:
