@@ -363,7 +363,7 @@ def curves(options: argparse.Namespace, scenes: List[str]) -> None:
             steady = tail[len(tail) // 2]
             warm = next(i for i, v in enumerate(median) if v <= 1.25 * steady)
             print("  jit {}: first {:.2f}, steady {:.2f}, first within 1.25x of it after {:,}, first quarter {:.3f} s, all {:.3f} s".format(
-                jit, median[0] * 1e6, steady * 1e6, warm * block, sum(median[: options.blocks // 4]) * block,
+                jit, median[0] * 1e6, steady * 1e6, warm * block, sum(median[: max(1, options.blocks // 4)]) * block,
                 sum(median) * block), flush=True)
             print("    " + " ".join("{:.2f}".format(v * 1e6) for v in median), flush=True)
 
