@@ -2,7 +2,8 @@
 A real eventsvc server's warm-up curve: a fresh C{twistd} under each of
 PyPy's JIT settings given (C{pypy --jit ...}), driven by natsbench in
 blocks one after another, its CPU per message (or connection) of each
-block read from /proc, as L{bench.run} reads it:
+block read from /proc, as L{bench.run} reads it (the server is told to
+set none of its own, C{[pypy] jit = ""}, unless C{--patch} says otherwise):
 
     python bench/twistdcurve.py --python .venv-pypy/bin/python \\
         --jit default --jit threshold=300 --scene connections:250 --blocks 24
@@ -45,9 +46,13 @@ def curve(python: str, jit: str, patch: str, scenes: List[str], block: int, bloc
     (C{NAME} or C{NAME:BLOCK}), C{blocks} blocks each.
     """
     directory = tempfile.mkdtemp()
+    patch = patch.replace("\\n", "\n")
+    if "[pypy]" not in patch:
+        # The server sets no JIT parameters of its own ([pypy] jit): the
+        # interpreter's, from --jit, stand.
+        patch += '\n[pypy]\njit = ""'
     config = run.process.write_config(
-        os.path.join(directory, "bench.toml"),
-        '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n' + patch.replace("\\n", "\n") + "\n")
+        os.path.join(directory, "bench.toml"), '[service]\nhost = "127.0.0.1"\nport = 0\nlistener_limit = 100000\n' + patch + "\n")
     server = run.eventsvc(config, python=python)
     if jit != "default":
         # The interpreter runs twistd's script itself, with the setting.
