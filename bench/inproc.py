@@ -491,6 +491,23 @@ def child(other: str, scene: str, messages: int, repeat: int) -> Tuple[float, in
     return float(out[0]), int(out[1])
 
 
+def curve(scene: str, block: int, blocks: int) -> List[float]:
+    """
+    CPU seconds per message of C{blocks} runs of C{block} messages of
+    C{scene} in turn, each on a new broker, in this process from its start
+    (C{--curve}): how the cost falls while PyPy's JIT compiles the scene.
+    Each run's set-up is not timed.  C{bench/readpath.py --curve} does the
+    same over sockets and compares JIT settings.
+    """
+    spent = []
+    for _ in range(blocks):
+        run, _delivered = SCENES[scene](block)
+        started = time.process_time()
+        run()
+        spent.append((time.process_time() - started) / block)
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scene", action="append", choices=sorted(SCENES), help="(default: all)")
@@ -499,10 +516,16 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], help="another interpreter (its tree's venv python)")
     parser.add_argument("--rounds", type=int, default=5, help="with --compare: alternate this many times")
     parser.add_argument("--instructions", action="store_true", help="with --compare: count instructions (cachegrind), not CPU time")
+    parser.add_argument("--curve", type=int, metavar="N", help="the warm-up curve: us per message of each run of N, from this fresh process")
+    parser.add_argument("--blocks", type=int, default=40, help="with --curve: how many runs")
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fraction", type=float, help=argparse.SUPPRESS)
     options = parser.parse_args()
     scenes = options.scene or list(SCENES)
+    if options.curve:
+        for scene in scenes:
+            print("{:14s} ".format(scene) + " ".join("{:.2f}".format(v * 1e6) for v in curve(scene, options.curve, options.blocks)), flush=True)
+        return
     if options.fraction is not None:
         raw(scenes[0], options.messages, options.fraction)
         return

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, g
 from dataclasses import replace
 
 from eventsvc.nats import limits
+from eventsvc.ops import jit as pypy_jit
 
 # The standard library's TOML 1.0 reader (tomli, the same code, before 3.11):
 # its errors say where and what ("Invalid value (at line 3, column 8)").
@@ -486,6 +487,16 @@ class JetStreamConfig:
 
 
 @dataclass(frozen=True)
+class PyPyConfig:
+    """What eventsvc sets at start-up when it runs on PyPy (nothing on CPython)."""
+
+    #: PyPy's JIT parameters, as C{pypy --jit} takes them ("threshold=300,
+    #: function_threshold=500"), over PyPy's own; "": eventsvc sets none
+    #: (PyPy's own, or C{pypy --jit}'s); "off": no JIT (L{eventsvc.ops.jit}).
+    jit: str = pypy_jit.DEFAULT
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -502,6 +513,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
+    pypy: PyPyConfig = field(default_factory=PyPyConfig)
     #: The file this came from ("" for the defaults).
     source: str = ""
 
@@ -522,6 +534,7 @@ _SECTIONS = {
     "monitor": MonitorConfig,
     "limits": LimitsConfig,
     "jetstream": JetStreamConfig,
+    "pypy": PyPyConfig,
 }
 
 
@@ -1320,6 +1333,13 @@ def _check_jetstream(config: Config, fail: _Fail) -> None:
         fail("jetstream", "sync_interval", "must be a duration such as \"2m\" or \"30s\", or \"always\", got {!r}".format(js.sync_interval))
 
 
+def _check_pypy(config: Config, fail: _Fail) -> None:
+    """[pypy]: JIT parameters PyPy knows, in their ranges (checked on CPython too: the file is the same)."""
+    problem = pypy_jit.problem(config.pypy.jit)
+    if problem:
+        fail("pypy", "jit", problem)
+
+
 #: Every section's checker, in the order their errors are reported (the first one wins).
 def _check_tls_timeout(fail: _Fail, section: str, key: str, seconds: float) -> None:
     """A TLS handshake's clock: a positive, finite number of seconds (nats-server's tls { timeout })."""
@@ -1336,7 +1356,7 @@ def _check_tls(config: Config, fail: _Fail) -> None:
 _CHECKS: Tuple[Callable[[Config, _Fail], None], ...] = (
     _check_tls, _check_service, _check_log, _check_handlers, _check_events, _check_gateway, _check_cluster,
     _check_supercluster, _check_leafnodes, _check_something_to_run, _check_websocket, _check_console,
-    _check_grpc, _check_monitor, _check_limits, _check_jetstream,
+    _check_grpc, _check_monitor, _check_limits, _check_jetstream, _check_pypy,
 )
 
 

@@ -338,7 +338,7 @@ _RELOADABLE = {
 def needs_restart(old: Config, new: Config) -> List[str]:
     """The keys that differ between C{old} and C{new} and take effect only after a restart ("[section] key")."""
     changed = []
-    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "grpc", "monitor", "limits", "jetstream"):
+    for section in ("service", "tls", "gateway", "log", "handlers", "events", "cluster", "supercluster", "leafnodes", "websocket", "console", "grpc", "monitor", "limits", "jetstream", "pypy"):
         before, after = getattr(old, section), getattr(new, section)
         for f in dataclass_fields(before):
             if getattr(before, f.name) != getattr(after, f.name) and (section, f.name) not in _RELOADABLE:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.logger import LogLevel
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from eventsvc import config as configuration
 from eventsvc.app import StartupError, make_service
+from eventsvc.ops import jit
 from eventsvc.runner import ProcessRunner
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -55,6 +58,7 @@ def fail(message: str) -> None:
 
 
 def makeService(options: Options, reactor: Any = None) -> ProcessRunner:
+    _set_jit(options.loaded)
     try:
         service = make_service(options.loaded, reactor)
     except StartupError as e:
@@ -62,6 +66,21 @@ def makeService(options: Options, reactor: Any = None) -> ProcessRunner:
     runner = ProcessRunner(service)
     _log_under_twist(options, runner)
     return runner
+
+
+def _set_jit(loaded: configuration.Config) -> None:
+    """
+    On PyPy, [pypy] jit's parameters, before anything runs: the process's
+    own choice, which is why the shell makes it and L{make_service} does
+    not (L{eventsvc.ops.jit}).  A parameter this PyPy refuses stops
+    start-up as a bad configuration does.
+    """
+    try:
+        applied = jit.apply(loaded.pypy.jit)
+    except ValueError as e:
+        fail("{}[pypy] jit: {}".format(configuration.in_file(loaded), e))
+    if applied is not None:
+        log.info("PyPy JIT parameters: {setting} ([pypy] jit)", setting=applied)
 
 
 def _log_under_twist(options: Options, runner: ProcessRunner) -> None:
