@@ -127,14 +127,41 @@ class TurnEndCall:
             self._func()
 
 
+#: L{TurnEnd._call} while the turn ends when the reactor's poll returns.
+_AFTER_POLL = object()
+
+
+def _poll_methods() -> Any:
+    """The polls of the reactors whose turn is C{mainLoop}'s run-what-is-due, then C{doIteration} (here, in one thread)."""
+    methods = []
+    for module, cls, name in (("epollreactor", "EPollReactor", "doPoll"), ("pollreactor", "PollReactor", "doPoll"),
+                              ("selectreactor", "SelectReactor", "doSelect")):
+        try:
+            imported = __import__("twisted.internet." + module, fromlist=[cls])
+        except ImportError:
+            continue
+        methods.append(getattr(getattr(imported, cls), name))
+    return methods
+
+
 class TurnEnd:
     """
     The end of one reactor's turn: the calls made for it (L{at_turn_end}),
     then the TCP transports written to in this turn, each sending what it
-    holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}.
+    holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}, or,
+    for what the reactor's poll made due (a read), when the poll returns.
+
+    A C{callLater(0)} per turn was a tenth of a synchronous JetStream
+    publish's instructions (a C{DelayedCall}, its heap push and pop, and
+    the timeout worked out with it): an epoll, poll or select reactor's
+    C{doIteration} is wrapped, once per reactor, to say while its poll
+    runs (L{_polling}) and to end the turn as it returns.  What is written
+    outside the poll (a timer's callback, a call made by a turn end) still
+    takes a C{callLater(0)}; so does everything on any other reactor (an
+    asyncio one, a C{task.Clock} in tests).
     """
 
-    __slots__ = ("reactor", "queued", "calls", "_call")
+    __slots__ = ("reactor", "queued", "calls", "_call", "_polling")
 
     #: Rounds of calls made by calls run in the same turn end, at most; the
     #: rest wait for the next turn, so a chain of them cannot starve the reactor.
@@ -144,12 +171,35 @@ class TurnEnd:
         self.reactor = reactor
         self.queued: List["TurnEndWrites"] = []
         self.calls: List[TurnEndCall] = []
+        #: None; a C{DelayedCall} of L{send}; or L{_AFTER_POLL}.
         self._call: Any = None
+        #: Whether the reactor's poll (its read callbacks) is running now.
+        self._polling = False
+        self._wrap_poll()
+
+    def _wrap_poll(self) -> None:
+        """Have the reactor's C{doIteration} end the turn as its poll returns, when the reactor is one whose turn is known."""
+        reactor = self.reactor
+        if "doIteration" in vars(reactor) or getattr(type(reactor), "doIteration", None) not in _poll_methods():
+            return
+        poll = reactor.doIteration
+        turn = self
+
+        def doIteration(timeout: Optional[float]) -> None:
+            turn._polling = True
+            try:
+                poll(timeout)
+            finally:
+                turn._polling = False
+            if turn._call is _AFTER_POLL:
+                turn.send()
+
+        reactor.doIteration = doIteration
 
     def _schedule(self) -> None:
         """Have this turn end (L{send}) once, whatever waits for it."""
         if self._call is None:
-            self._call = self.reactor.callLater(0, self.send)
+            self._call = _AFTER_POLL if self._polling else self.reactor.callLater(0, self.send)
 
     def add(self, transport: "TurnEndWrites") -> None:
         self.queued.append(transport)
