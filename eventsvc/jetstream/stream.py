@@ -1263,9 +1263,11 @@ class Stream:
         """The messages of C{group} are durable: their PubAcks, in order."""
         if group is self._durable_group:
             self._durable_group = None
+        # (A reply is in the group only when it is to be answered: L{process}.)
+        answer, prefix = self.engine.answer, self._pub_ack_prefix
         for seq, reply, _ in group:
             if reply:
-                self._ack(reply, seq)
+                answer(reply, prefix + str(seq).encode("ascii") + b"}")
 
     def _lost(self, group: List[Tuple[int, Optional[str], str]], error: StoreError) -> None:
         """The write of C{group}'s messages failed: each is refused, its id forgotten."""

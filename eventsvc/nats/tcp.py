@@ -253,6 +253,15 @@ def _turn_end(reactor: Any) -> TurnEnd:
     return turn
 
 
+def turn_end(reactor: Any) -> TurnEnd:
+    """
+    The turn end of C{reactor}, for a caller that makes calls at the end of
+    many turns (a file store's flushes) and keeps it: L{TurnEnd.call} is
+    L{at_turn_end} without the look-up.
+    """
+    return _turn_end(reactor)
+
+
 def at_turn_end(reactor: Any, func: Callable[[], None]) -> TurnEndCall:
     """
     Call C{func} at the end of this turn of C{reactor} (any C{IReactorTime},
