@@ -343,7 +343,10 @@ class _WriteState:
         ready, self._ready = self._ready, []
         if not ready:
             return
-        around = self.around_ready
+        # (One waiter answers for its own group at once: held for one
+        # write out are the answers of several, a synchronous publisher's
+        # one PubAck is not.)
+        around = self.around_ready if len(ready) > 1 else None
         if around is not None:
             around[0]()
         try:

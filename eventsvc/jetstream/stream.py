@@ -1264,10 +1264,10 @@ class Stream:
         if group is self._durable_group:
             self._durable_group = None
         # (A reply is in the group only when it is to be answered: L{process}.)
-        answer, prefix = self.engine.answer, self._pub_ack_prefix
-        for seq, reply, _ in group:
-            if reply:
-                answer(reply, prefix + str(seq).encode("ascii") + b"}")
+        prefix = self._pub_ack_prefix
+        answers = [(reply, prefix + str(seq).encode("ascii") + b"}") for seq, reply, _ in group if reply]
+        if answers:
+            self.engine.answer_many(answers)
 
     def _lost(self, group: List[Tuple[int, Optional[str], str]], error: StoreError) -> None:
         """The write of C{group}'s messages failed: each is refused, its id forgotten."""
