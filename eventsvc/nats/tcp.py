@@ -16,8 +16,8 @@ and the send waits a whole turn (an C{epoll_wait}) for a socket that was
 writable all along.  L{send_at_turn_end} changes that for a NATS
 connection's TCP transport (L{TurnEndWrites}): what is written within a
 reactor turn is still buffered by Twisted and goes out once per turn, but at
-the end of the turn it was written in (one C{callLater(0)} for all the
-connections written to), with one C{send} (C{sendmsg} for a list of large
+the end of the turn it was written in (for all the connections written to,
+as the reactor's poll returns, or from one C{callLater(0)}: L{TurnEnd}), with one C{send} (C{sendmsg} for a list of large
 pieces, which need no join).  Only what the socket does not take is left to
 Twisted, which registers for writability and sends the rest as it always
 does.  A close (C{loseConnection}: a TLS layer's answer to close_notify, a
@@ -151,7 +151,7 @@ class TurnEnd:
     holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}, or,
     for what the reactor's poll made due (a read), when the poll returns.
 
-    A C{callLater(0)} per turn was a tenth of a synchronous JetStream
+    A C{callLater(0)} per turn was a twentieth of a synchronous JetStream
     publish's instructions (a C{DelayedCall}, its heap push and pop, and
     the timeout worked out with it): an epoll, poll or select reactor's
     C{doIteration} is wrapped, once per reactor, to say while its poll
