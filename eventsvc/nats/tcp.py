@@ -190,9 +190,11 @@ class TurnEnd:
             try:
                 poll(timeout)
             finally:
+                # (Even when the poll raised: what it read is sent, and a
+                # turn end left owed would keep the next from being asked.)
                 turn._polling = False
-            if turn._call is _AFTER_POLL:
-                turn.send()
+                if turn._call is _AFTER_POLL:
+                    turn.send()
 
         reactor.doIteration = doIteration
 
