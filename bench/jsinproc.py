@@ -19,7 +19,15 @@ its figures compare one tree with another, nothing more.
   - mirror, source: a mirror or a source of a stream filled beforehand
     (unmeasured), run turn after turn until it holds every message.
 
-    python bench/jsinproc.py [--scene async|pull|mirror|source] [--messages N] [--repeat R]
+  - sync: nats.go's js.Publish, one PUB awaited at a time, through the
+    whole server as twistd runs it (C{eventsvc.app.make_service} with a
+    [jetstream] store_dir, default sync_interval) on a real epoll reactor
+    of its own, over a loopback socket: each message is a reactor turn
+    (the poll, the read, the publish, the store's write at the turn's end,
+    the PubAck's send), and the client's blocking send and receive, which
+    cost the same in every tree.  C{--sync-interval always} fsyncs each.
+
+    python bench/jsinproc.py [--scene async|pull|mirror|source|sync] [--messages N] [--repeat R]
 
 Under cachegrind: C{--once} runs a scene once, C{--setup-only} its set-up
 alone (the filled stream of pull, mirror and source); the difference is
@@ -93,6 +101,9 @@ class World:
         self.client.makeConnection(self.transport)
         # sid 1: the PubAcks' and API answers' inbox; sid 2: the fetches'.
         self.feed(CONNECT + b"SUB _INBOX.bench.* 1\r\nSUB _INBOX.fetch.* 2\r\nPING\r\n")
+
+    def stop(self) -> None:
+        self.js.stop()
 
     def feed(self, data: bytes) -> bytes:
         """One read from the client, then the reactor's turn; what the client was sent."""
@@ -202,12 +213,115 @@ def copy_scene(kind: str, folder: str, messages: int) -> Tuple[Callable[[], int]
     return run, world
 
 
+class ReactorWorld:
+    """
+    The server as twistd runs it (L{eventsvc.app.make_service}), on an epoll
+    reactor of its own that this process turns by hand, and one client
+    socket to it; the reactor's turns are C{mainLoop}'s (run what is due,
+    then poll).
+    """
+
+    #: (No parts: the scene is one.)
+    phases: Dict[str, float] = {}
+
+    def __init__(self, folder: str, sync_interval: str = "") -> None:
+        import os
+        import socket
+
+        from twisted.internet.epollreactor import EPollReactor
+
+        from eventsvc import config as configuration
+        from eventsvc.app import make_service
+
+        self.reactor = reactor = EPollReactor()
+        text = '[service]\nhost = "127.0.0.1"\nport = 0\n[jetstream]\nstore_dir = "{}"\n'.format(os.path.join(folder, "store"))
+        if sync_interval:
+            text += 'sync_interval = "{}"\n'.format(sync_interval)
+        self.service = make_service(configuration.parse(text), reactor)
+        self.service.startService()
+        self.turn()
+        port = self._port()
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.received = b""
+        self.send(CONNECT + b"SUB _INBOX.bench.* 1\r\nPING\r\n")
+        self.wait(b"PONG\r\n")
+
+    def _port(self) -> int:
+        for service in self.service:
+            listening = getattr(service, "listening", None)
+            if listening is not None and getattr(service, "name", "") == "nats":
+                return int(listening.getHost().port)
+        for service in self.service:
+            listening = getattr(service, "listening", None)
+            if listening is not None:
+                return int(listening.getHost().port)
+        raise RuntimeError("no listener")
+
+    def turn(self) -> None:
+        """
+        One turn of the reactor, as its mainLoop runs them (poll, then run
+        what is due: mainLoop's order, begun at the poll, so that what a
+        turn sends is there to receive before the next poll waits).
+        """
+        reactor = self.reactor
+        reactor.doIteration(reactor.timeout())
+        reactor.runUntilCurrent()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def wait(self, end: bytes, turns: int = 1000) -> bytes:
+        """Turn the reactor until what the client received ends with C{end}; that, taken."""
+        for _ in range(turns):
+            self.turn()
+            try:
+                self.received += self.sock.recv(65536)
+            except BlockingIOError:
+                pass
+            if self.received.endswith(end):
+                out, self.received = self.received, b""
+                return out
+        raise RuntimeError("no {!r} after {} turns: {!r}".format(end, turns, self.received[-300:]))
+
+    def stop(self) -> None:
+        self.sock.close()
+        self.service.stopService()
+        for _ in range(10):
+            self.turn() if self.reactor.getDelayedCalls() else None
+
+
+def sync_scene(folder: str, messages: int, sync_interval: str = "") -> Tuple[Callable[[], int], Any]:
+    world = ReactorWorld(folder, sync_interval)
+    payload = json.dumps({"name": "BENCH", "subjects": ["BENCH.x"], "storage": "file"}).encode()
+    world.send(b"PUB $JS.API.STREAM.CREATE.BENCH _INBOX.bench.api %d\r\n%s\r\n" % (len(payload), payload))
+    world.wait(b"}\r\n")
+    pubs = [b"PUB BENCH.x _INBOX.bench.%d %d\r\n%s\r\n" % (i, len(PAYLOAD), PAYLOAD) for i in range(messages)]
+
+    def run() -> int:
+        acked = 0
+        send, wait = world.send, world.wait
+        for data in pubs:
+            send(data)
+            if b'"seq":' in wait(b"}\r\n"):
+                acked += 1
+        return acked
+
+    return run, world
+
+
 SCENES = {
     "async": async_scene,
     "pull": pull_scene,
     "mirror": lambda folder, messages: copy_scene("mirror", folder, messages),
     "source": lambda folder, messages: copy_scene("source", folder, messages),
+    "sync": sync_scene,
 }
+
+
+#: --sync-interval: the sync scene's [jetstream] sync_interval ("": the default).
+SYNC_INTERVAL = ""
 
 
 def once(scene: str, messages: int, setup_only: bool = False) -> Tuple[float, Dict[str, float]]:
@@ -217,16 +331,19 @@ def once(scene: str, messages: int, setup_only: bool = False) -> Tuple[float, Di
     """
     folder = tempfile.mkdtemp(prefix="jsinproc-")
     try:
-        run, world = SCENES[scene](folder, messages)
+        if scene == "sync":
+            run, world = sync_scene(folder, messages, SYNC_INTERVAL)
+        else:
+            run, world = SCENES[scene](folder, messages)
         if setup_only:
-            world.js.stop()
+            world.stop()
             return 0.0, {}
         started = time.process_time()
         done = run()
         spent = time.process_time() - started
         if done != messages:
             raise RuntimeError("{}: {} of {} acknowledged".format(scene, done, messages))
-        world.js.stop()
+        world.stop()
         return spent / messages, {part: cpu / messages for part, cpu in world.phases.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -240,7 +357,10 @@ def main() -> None:
     parser.add_argument("--setup-only", action="store_true",
                         help="one run's set-up alone (under cachegrind, what to subtract from a whole run)")
     parser.add_argument("--once", action="store_true", help="one run, no warm-up (under cachegrind)")
+    parser.add_argument("--sync-interval", default="", help='the sync scene\'s [jetstream] sync_interval ("always": an fsync each)')
     options = parser.parse_args()
+    global SYNC_INTERVAL
+    SYNC_INTERVAL = options.sync_interval
     for scene in options.scene or list(SCENES):
         if options.setup_only or options.once:
             once(scene, options.messages, options.setup_only)

@@ -464,6 +464,13 @@ class JetStream:
         except ValueError:
             self.log.debug("no answer to the invalid reply subject {reply!r}", reply=reply)
 
+    def answer_many(self, answers: List[Tuple[str, bytes]]) -> None:
+        """Several answers without headers (a durable group's PubAcks), in order: written out together."""
+        if self._holding:
+            self._held += answers
+        else:
+            self.broker.publish_many(answers)
+
     def hold_answers(self) -> None:
         """
         Hold the answers without headers (PubAcks, their refusals) until

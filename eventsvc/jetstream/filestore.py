@@ -70,7 +70,7 @@ from eventsvc.jetstream.store import (
     StoreState,
     StoreUnavailable,
 )
-from eventsvc.nats.tcp import TurnEndCall, at_turn_end
+from eventsvc.nats.tcp import TurnEnd, TurnEndCall, turn_end
 
 #: The first bytes of every message segment (and its format's version).
 MAGIC = b"EVJSMSG1"
@@ -299,6 +299,8 @@ class _WriteState:
         self._waiters: List[_Waiter] = []
         self._ready: List[_Waiter] = []
         self._flush_call: Optional[Union[IDelayedCall, TurnEndCall]] = None
+        #: The clock's turn end (L{eventsvc.nats.tcp.turn_end}), once a flush asked for it.
+        self._turn: Optional[TurnEnd] = None
         self._sync_call: Optional[IDelayedCall] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._closed = False
@@ -322,11 +324,17 @@ class _WriteState:
                     # At the end of the turn, before its output is sent: what
                     # the waiters write (PubAcks) goes out with it, not a
                     # turn (an epoll_wait) later.
-                    self._flush_call = at_turn_end(self._clock, self._flush)
+                    self._flush_call = self._turn_end().call(self._flush)
         elif delay == 0 and call.getTime() > self._clock.seconds():
             # (Someone waits: a held write goes at the end of this turn.)
             call.cancel()
-            self._flush_call = at_turn_end(self._clock, self._flush)
+            self._flush_call = self._turn_end().call(self._flush)
+
+    def _turn_end(self) -> TurnEnd:
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = turn_end(self._clock)
+        return turn
 
     def _flush(self) -> None:
         raise NotImplementedError()
@@ -335,7 +343,10 @@ class _WriteState:
         ready, self._ready = self._ready, []
         if not ready:
             return
-        around = self.around_ready
+        # (One waiter answers for its own group at once: held for one
+        # write out are the answers of several, a synchronous publisher's
+        # one PubAck is not.)
+        around = self.around_ready if len(ready) > 1 else None
         if around is not None:
             around[0]()
         try:
@@ -791,7 +802,8 @@ class FileStore(_WriteState):
                 self._folder_dirty = False
         else:
             self._dirty = True
-            self._schedule_sync()
+            if self._sync_call is None:
+                self._schedule_sync()
         self._size += len(self._buffer)
         self._buffer = bytearray()
         self._unwritten = self._last + 1

@@ -1064,6 +1064,8 @@ class Stream:
         if config is not self._process_config:
             self._take_limits(config)
         limit, cap = self._store_limit, self._stream_cap
+        # (One read of the account's usage serves both this check and the
+        # one after the store, which changes it only through account().)
         usage = self.engine.usage(config["storage"]) if limit >= 0 or cap > 0 else 0
         if 0 <= limit <= usage:
             # (the server's store is full: nats-server's js.limitsExceeded)
@@ -1092,32 +1094,47 @@ class Stream:
             self._remember(msg_id, seq, now)
             self._ack(reply, seq)
             return seq
-        target = self._republish.match(subject) if self._republish is not None else None
-        last_on_subject = 0
-        if target is not None:
-            previous = self.store.load_last(subject)
-            last_on_subject = previous.seq if previous is not None else 0
-        seq = self._store(subject, headers, payload, now, reply)
-        if seq is None:
+        target = None
+        if self._republish is not None:
+            target = self._republish.match(subject)
+            last_on_subject = 0
+            if target is not None:
+                previous = self.store.load_last(subject)
+                last_on_subject = previous.seq if previous is not None else 0
+        # (L{_store}, inline: this runs for every message.)
+        try:
+            seq = self.store.store(subject, headers, payload, now)
+        except StoreFull:
+            self._nak(reply, errors.INSUFFICIENT_RESOURCES_ERR())
             return None
-        self._remember(msg_id, seq, now)
-        if rollup == "sub":
-            self._purge(subject, 0, 1)
-        elif rollup == "all":
-            self._purge(None, 0, 1)
+        except (LimitReached, StoreUnavailable) as e:
+            self._nak(reply, errors.STREAM_STORE_FAILED_F(err=str(e)))
+            return None
+        self._last_msg_id = msg_id
+        if msg_id:
+            self._remember(msg_id, seq, now)
+        if rollup:
+            self._purge(subject if rollup == "sub" else None, 0, 1)
         # Counting the store's bytes costs a state(); it is done every 64
         # messages while the account has room for 64 more of this size
-        # (so the count can never lag past the limit), after each one nearer.
+        # (so the count can never lag past the limit), after each one
+        # nearer (L{_near_limit}, against the usage read above).
         self._unaccounted += 1
-        if self._unaccounted >= 64 or self._near_limit(config, 64 * (size + 64)):
+        if self._unaccounted >= 64:
             self.account()
+        elif limit >= 0 or cap > 0:
+            room = usage + 64 * (size + 64)
+            if 0 <= limit <= room or 0 < cap <= room:
+                self.account()
         if target is not None:
             self._republish_message(target, subject, seq, last_on_subject, headers, payload)
-        answer = bool(reply) and not config["no_ack"]
-        if answer or msg_id:
-            self._when_durable(seq, reply if answer else None, msg_id)
-        for consumer in list(self.consumers.values()):
-            consumer.stored(seq, subject)
+        if reply and not config["no_ack"]:
+            self._when_durable(seq, reply, msg_id)
+        elif msg_id:
+            self._when_durable(seq, None, msg_id)
+        if self.consumers:
+            for consumer in list(self.consumers.values()):
+                consumer.stored(seq, subject)
         if self._expiry_at is None and config["max_age"] > 0:
             self._schedule_expiry()
         return seq
@@ -1246,9 +1263,11 @@ class Stream:
         """The messages of C{group} are durable: their PubAcks, in order."""
         if group is self._durable_group:
             self._durable_group = None
-        for seq, reply, _ in group:
-            if reply:
-                self._ack(reply, seq)
+        # (A reply is in the group only when it is to be answered: L{process}.)
+        prefix = self._pub_ack_prefix
+        answers = [(reply, prefix + str(seq).encode("ascii") + b"}") for seq, reply, _ in group if reply]
+        if answers:
+            self.engine.answer_many(answers)
 
     def _lost(self, group: List[Tuple[int, Optional[str], str]], error: StoreError) -> None:
         """The write of C{group}'s messages failed: each is refused, its id forgotten."""

@@ -97,6 +97,9 @@ class IGatewayForwarder(Protocol):
         """Whether a gateway would take a message on C{subject} (nats-server's C{hasGatewayInterest})."""
 
 
+_new_plan = object.__new__
+
+
 class Plan:
     """
     The delivery plan for one subject: per plain subscriber the frame prefix
@@ -149,12 +152,21 @@ class Plan:
             self.callback = (plain[0][0], plain_subs[0])
 
     def renamed(self, subject: bytes) -> "Plan":
-        """This plan, of plain local subscribers only, for another C{subject} with the same match."""
+        """
+        This plan, of plain local subscribers only (and so no callback: that
+        plan is handed on as it is), for another C{subject} with the same
+        match: what C{Plan(plain, plain_subs, (), True)} makes, its fields
+        set without working them out again (each PubAck to an inbox).
+        """
         head = msg_head(subject)
-        return Plan(
-            [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)],
-            self.plain_subs, (), True,
-        )
+        plan = _new_plan(Plan)
+        plan.plain = [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)]
+        plan.plain_subs = self.plain_subs
+        plan.queues = plan.queue_info = plan.route_plain = plan.route_mixed = plan.leaf_plain = ()
+        plan.simple = plan.local = True
+        plan.local_queues = False
+        plan.queue_last = plan.callback = None
+        return plan
 
     def plain_remotes(self) -> List[ISubscriber]:
         """The routes and leafs with plain interest only (each gets one frame)."""

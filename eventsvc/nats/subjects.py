@@ -149,6 +149,11 @@ def valid_literal_subject(subject: bytes) -> bool:
     """
     if not subject:
         return False
+    if b"*" not in subject and b">" not in subject:
+        # (No wildcard character at all, as nearly every subject published
+        # from the process, a PubAck's inbox: only empty tokens to find,
+        # without a split.)
+        return subject[0] != 46 and subject[-1] != 46 and b".." not in subject
     for token in subject.split(b"."):
         if not token or token == PWC or token == FWC:
             return False

@@ -16,8 +16,8 @@ and the send waits a whole turn (an C{epoll_wait}) for a socket that was
 writable all along.  L{send_at_turn_end} changes that for a NATS
 connection's TCP transport (L{TurnEndWrites}): what is written within a
 reactor turn is still buffered by Twisted and goes out once per turn, but at
-the end of the turn it was written in (one C{callLater(0)} for all the
-connections written to), with one C{send} (C{sendmsg} for a list of large
+the end of the turn it was written in (for all the connections written to,
+as the reactor's poll returns, or from one C{callLater(0)}: L{TurnEnd}), with one C{send} (C{sendmsg} for a list of large
 pieces, which need no join).  Only what the socket does not take is left to
 Twisted, which registers for writability and sends the rest as it always
 does.  A close (C{loseConnection}: a TLS layer's answer to close_notify, a
@@ -127,14 +127,41 @@ class TurnEndCall:
             self._func()
 
 
+#: L{TurnEnd._call} while the turn ends when the reactor's poll returns.
+_AFTER_POLL = object()
+
+
+def _poll_methods() -> Any:
+    """The polls of the reactors whose turn is C{mainLoop}'s run-what-is-due, then C{doIteration} (here, in one thread)."""
+    methods = []
+    for module, cls, name in (("epollreactor", "EPollReactor", "doPoll"), ("pollreactor", "PollReactor", "doPoll"),
+                              ("selectreactor", "SelectReactor", "doSelect")):
+        try:
+            imported = __import__("twisted.internet." + module, fromlist=[cls])
+        except ImportError:
+            continue
+        methods.append(getattr(getattr(imported, cls), name))
+    return methods
+
+
 class TurnEnd:
     """
     The end of one reactor's turn: the calls made for it (L{at_turn_end}),
     then the TCP transports written to in this turn, each sending what it
-    holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}.
+    holds (L{TurnEndWrites._send_turn}); all from one C{callLater(0)}, or,
+    for what the reactor's poll made due (a read), when the poll returns.
+
+    A C{callLater(0)} per turn was a twentieth of a synchronous JetStream
+    publish's instructions (a C{DelayedCall}, its heap push and pop, and
+    the timeout worked out with it): an epoll, poll or select reactor's
+    C{doIteration} is wrapped, once per reactor, to say while its poll
+    runs (L{_polling}) and to end the turn as it returns.  What is written
+    outside the poll (a timer's callback, a call made by a turn end) still
+    takes a C{callLater(0)}; so does everything on any other reactor (an
+    asyncio one, a C{task.Clock} in tests).
     """
 
-    __slots__ = ("reactor", "queued", "calls", "_call")
+    __slots__ = ("reactor", "queued", "calls", "_call", "_polling")
 
     #: Rounds of calls made by calls run in the same turn end, at most; the
     #: rest wait for the next turn, so a chain of them cannot starve the reactor.
@@ -144,12 +171,37 @@ class TurnEnd:
         self.reactor = reactor
         self.queued: List["TurnEndWrites"] = []
         self.calls: List[TurnEndCall] = []
+        #: None; a C{DelayedCall} of L{send}; or L{_AFTER_POLL}.
         self._call: Any = None
+        #: Whether the reactor's poll (its read callbacks) is running now.
+        self._polling = False
+        self._wrap_poll()
+
+    def _wrap_poll(self) -> None:
+        """Have the reactor's C{doIteration} end the turn as its poll returns, when the reactor is one whose turn is known."""
+        reactor = self.reactor
+        if "doIteration" in vars(reactor) or getattr(type(reactor), "doIteration", None) not in _poll_methods():
+            return
+        poll = reactor.doIteration
+        turn = self
+
+        def doIteration(timeout: Optional[float]) -> None:
+            turn._polling = True
+            try:
+                poll(timeout)
+            finally:
+                # (Even when the poll raised: what it read is sent, and a
+                # turn end left owed would keep the next from being asked.)
+                turn._polling = False
+                if turn._call is _AFTER_POLL:
+                    turn.send()
+
+        reactor.doIteration = doIteration
 
     def _schedule(self) -> None:
         """Have this turn end (L{send}) once, whatever waits for it."""
         if self._call is None:
-            self._call = self.reactor.callLater(0, self.send)
+            self._call = _AFTER_POLL if self._polling else self.reactor.callLater(0, self.send)
 
     def add(self, transport: "TurnEndWrites") -> None:
         self.queued.append(transport)
@@ -201,6 +253,15 @@ def _turn_end(reactor: Any) -> TurnEnd:
     if turn is None:
         turn = _turn_ends[reactor] = TurnEnd(reactor)
     return turn
+
+
+def turn_end(reactor: Any) -> TurnEnd:
+    """
+    The turn end of C{reactor}, for a caller that makes calls at the end of
+    many turns (a file store's flushes) and keeps it: L{TurnEnd.call} is
+    L{at_turn_end} without the look-up.
+    """
+    return _turn_end(reactor)
 
 
 def at_turn_end(reactor: Any, func: Callable[[], None]) -> TurnEndCall:

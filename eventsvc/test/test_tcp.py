@@ -593,6 +593,82 @@ class GreetingTests(SynchronousTestCase):
         self.greet(tls=True)
 
 
+class AfterThePollTests(SynchronousTestCase):
+    """
+    On an epoll reactor, the end of a turn whose poll read something runs
+    as the poll returns (L{eventsvc.nats.tcp.TurnEnd}): what a read's
+    handler and the calls at the turn's end write reaches the peer before
+    the reactor runs its timers, without a delayed call; what a timer
+    writes still goes out through one.
+    """
+
+    def setUp(self):
+        import socket
+
+        from twisted.internet.protocol import Factory, Protocol
+
+        from eventsvc.nats.tcp import at_turn_end, set_up
+
+        try:
+            from twisted.internet.epollreactor import EPollReactor
+        except ImportError:
+            raise SkipTest("no epoll here")
+        self.reactor = reactor = EPollReactor()
+        self.addCleanup(self._close_reactor)
+        test = self
+
+        class Acks(Protocol):
+            def connectionMade(self):
+                set_up(self.transport)
+                test.server = self
+
+            def dataReceived(self, data):
+                self.transport.write(b"read " + data + b";")
+                at_turn_end(reactor, lambda: self.transport.write(b"ack " + data + b";"))
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Acks), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(self.peer.close)
+        self.peer.setblocking(False)
+        self.server = None
+        while self.server is None:
+            reactor.doIteration(1)
+        reactor.runUntilCurrent()
+
+    def _close_reactor(self):
+        if self.server is not None:
+            self.server.transport.abortConnection()
+        self.reactor.runUntilCurrent()
+        self.reactor.disconnectAll()
+        self.reactor._poller.close()
+
+    def received(self):
+        import select
+
+        select.select([self.peer], [], [], 1)
+        try:
+            return self.peer.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    def test_sent_when_the_poll_returns(self):
+        """A read's output and what its turn-end calls write go out in one send as the poll returns, with no delayed call."""
+        self.peer.sendall(b"PUB")
+        self.reactor.doIteration(1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.received(), b"read PUB;ack PUB;")
+
+    def test_written_by_a_timer(self):
+        """What a timer writes outside the poll takes a delayed call, and goes out when the reactor runs it."""
+        self.reactor.callLater(0, self.server.transport.write, b"PING\r\n")
+        self.reactor.runUntilCurrent()
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(self.received(), b"PING\r\n")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class ClosedConnectionFreedTests(SynchronousTestCase):
     """
     A client connection that has closed, and its parts, are freed by
