@@ -93,13 +93,13 @@ QUEUES = [b"q1", b"q2"]
 CLIENTS = 4
 
 
-def scene(seed: int) -> List[Tuple[str, Any]]:
+def scene(seed: int, subjects: List[bytes] = SUBJECTS, steps: int = 120) -> List[Tuple[str, Any]]:
     """A random sequence of operations: subscriptions coming and going, maximums, reloads, and traffic."""
     rng = random.Random(seed)
     ops: List[Tuple[str, Any]] = []
     sids: List[List[Tuple[bytes, bool]]] = [[] for _ in range(CLIENTS)]
     n = 0
-    for step in range(120):
+    for step in range(steps):
         client = rng.randrange(CLIENTS)
         roll = rng.random()
         if roll < 0.25 or not any(sids):
@@ -124,16 +124,16 @@ def scene(seed: int) -> List[Tuple[str, Any]]:
         elif roll < 0.75:
             # One read of several messages: runs, batches, queue runs.
             lines = []
-            for _ in range(rng.randrange(1, 6)):
+            for _ in range(rng.randrange(1, 6) if subjects is SUBJECTS else 60):
                 n += 1
-                lines.append(b"PUB %s 4\r\n%04d\r\n" % (rng.choice(SUBJECTS), n))
+                lines.append(b"PUB %s 4\r\n%04d\r\n" % (rng.choice(subjects), n))
             ops.append(("send", (client, b"".join(lines))))
         else:
             batch = []
             for _ in range(rng.randrange(1, 4)):
                 n += 1
-                batch.append((rng.choice(SUBJECTS).decode(), b"%04d" % n, None, None))
-            ops.append(("deliver", (rng.choice(SUBJECTS).decode(), batch, rng.random() < 0.5)))
+                batch.append((rng.choice(subjects).decode(), b"%04d" % n, None, None))
+            ops.append(("deliver", (rng.choice(subjects).decode(), batch, rng.random() < 0.5)))
     return ops
 
 
@@ -206,4 +206,15 @@ class KeptPlansTests(SynchronousTestCase):
     def test_kept_plans_deliver_as_fresh_ones(self) -> None:
         for seed in range(60):
             ops = scene(seed)
+            self.assertEqual(run(ops, False), run(ops, True), "seed %d" % seed)
+
+    def test_past_the_caps(self) -> None:
+        """
+        Over more subjects than the caches keep (1,024 kept aside, the
+        subjects seen once), so that entries are evicted and taken back
+        while subscriptions change.
+        """
+        many = SUBJECTS + [b"a.%d" % i for i in range(6, 1300)]
+        for seed in range(4):
+            ops = scene(seed, many, 200)
             self.assertEqual(run(ops, False), run(ops, True), "seed %d" % seed)
