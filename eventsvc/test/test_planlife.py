@@ -218,3 +218,30 @@ class KeptPlansTests(SynchronousTestCase):
         for seed in range(4):
             ops = scene(seed, many, 200)
             self.assertEqual(run(ops, False), run(ops, True), "seed %d" % seed)
+
+
+class QueuePlanTests(SynchronousTestCase):
+    """A queue group's plan kept aside the first time its subject came (L{Delivery._first}) goes when its members change."""
+
+    def test_auto_unsubscribe_reached_in_a_queue_group(self) -> None:
+        """
+        The group's only member with UNSUB 2 gets two messages, in runs
+        over many subjects and one at a time, and then none: its kept plan
+        went with the subscription.
+        """
+        h = Harness()
+        member = h.connect()
+        publisher = h.connect()
+        member.send(b"SUB w.* workers 9\r\nUNSUB 9 2\r\nPING\r\n")
+        self.assertEqual(member.received(), b"PONG\r\n")
+        # w.0 seen once (its plan kept aside), then again in a run.
+        publisher.send(b"PUB w.0 1\r\na\r\n")
+        publisher.send(b"PUB w.0 1\r\nb\r\nPUB w.1 1\r\nc\r\nPUB w.0 1\r\nd\r\n")
+        publisher.send(b"PUB w.0 1\r\ne\r\n")
+        self.assertEqual(member.received(), b"MSG w.0 9 1\r\na\r\nMSG w.0 9 1\r\nb\r\n")
+        self.assertEqual(h.broker.sublist.count, 0)
+        # A new member of the same group takes w.0 from here on.
+        member.send(b"SUB w.* workers 10\r\nPING\r\n")
+        member.received()
+        publisher.send(b"PUB w.0 1\r\nf\r\nPUB w.0 1\r\ng\r\n")
+        self.assertEqual(member.received(), b"MSG w.0 10 1\r\nf\r\nMSG w.0 10 1\r\ng\r\n")
