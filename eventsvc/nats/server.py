@@ -491,6 +491,18 @@ class Broker(Delivery):
             self.flush()
         return count
 
+    def limit_changed(self, pattern: Optional[bytes] = None) -> None:
+        """
+        L{Delivery.limit_changed}, and L{deliver_as}'s plans go too: they
+        are kept for one index generation, and a maximum set by UNSUB or
+        permissions reloaded leave the index's generation as it was (a
+        push consumer's subscriber auto-unsubscribing got every message
+        after its maximum; a subject denied by a reload was still
+        delivered by a consumer).
+        """
+        Delivery.limit_changed(self, pattern)
+        self._deliver_plans.clear()
+
     def _deliver_plan(self, key: Tuple[bytes, bytes]) -> Tuple[Plan, bool]:
         """
         L{deliver_as}'s plan of C{key}, (deliver subject, shown subject),

@@ -193,7 +193,15 @@ class TurnEnd:
                 # (Even when the poll raised: what it read is sent, and a
                 # turn end left owed would keep the next from being asked.)
                 turn._polling = False
-                if turn._call is _AFTER_POLL:
+                call = turn._call
+                if call is _AFTER_POLL:
+                    turn.send()
+                elif call is not None and call.cancelled:
+                    # Its delayed call was cancelled from outside (trial's
+                    # janitor cancels what a test left; an application
+                    # may clean up so): owed for good, it kept every later
+                    # turn end from being asked, and nothing this reactor's
+                    # connections wrote went out again.
                     turn.send()
 
         reactor.doIteration = doIteration

@@ -62,10 +62,12 @@ def parse(setting: str) -> List[Tuple[str, int]]:
         if name not in PARAMETERS:
             raise ValueError("unknown JIT parameter {!r} (known: {})".format(name, ", ".join(sorted(PARAMETERS))))
         least, most = PARAMETERS[name]
-        try:
-            number = int(value)
-        except ValueError:
+        # ASCII digits (and a sign) only: Python's int() also takes "3_00"
+        # and other scripts' digits, which PyPy's parser refuses at start-up.
+        digits = value[1:] if value[:1] in ("+", "-") else value
+        if not (digits.isascii() and digits.isdigit()):
             raise ValueError("{} must be a whole number, got {!r}".format(name, value))
+        number = int(value)
         if not least <= number <= most:
             raise ValueError("{} must be between {} and {}, got {}".format(name, least, most, number))
         out.append((name, number))
@@ -95,8 +97,9 @@ def apply(setting: str) -> Optional[str]:
     Set C{setting} (checked by L{problem}) as PyPy's JIT parameters: on
     top of PyPy's own defaults, not of anything set before; C{""} leaves
     them as they are (PyPy's own, or what C{pypy --jit} said), C{"off"}
-    turns the JIT off.  Returns what was set, None when nothing was (no
-    JIT, or C{""}).
+    turns the JIT off.  Returns what was set (as PyPy's parser takes it:
+    "threshold = 300" is set as "threshold=300"), None when nothing was
+    (no JIT, or C{""}).
 
     @raise ValueError: the interpreter refused it (a parameter this PyPy
         does not have).
@@ -104,7 +107,9 @@ def apply(setting: str) -> Optional[str]:
     jit = _interpreter_jit()
     if jit is None or setting == "":
         return None
-    parse(setting)
+    # Written again as PyPy's parser takes it: it refuses the blanks around
+    # "=" (a "threshold = 300" that L{parse} accepts) with no word of why.
+    setting = "off" if setting == "off" else ",".join("{}={}".format(name, number) for name, number in parse(setting))
     try:
         jit.set_param("default")
         jit.set_param(setting)

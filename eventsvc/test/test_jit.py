@@ -12,7 +12,7 @@ from typing import List
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from eventsvc import config, tap
 from eventsvc.config import ConfigError
@@ -79,6 +79,12 @@ class CheckTests(SynchronousTestCase):
         self.assertIn('"" for PyPy\'s own', message)
         self.assertIn("is not name=value", self.refused('[pypy]\njit = "threshold=300,"\n'))
 
+    def test_digits_pypy_does_not_read(self) -> None:
+        """Python's int() reads "3_00" and other scripts' digits; PyPy's parser refuses them at start-up: the check does too."""
+        for value in ("3_00", "\u0663\u0660\u0660", "", "+"):
+            self.assertIn("threshold must be a whole number, got {!r}".format(value),
+                          self.refused('[pypy]\njit = "threshold={}"\n'.format(value)))
+
     def test_wrong_type(self) -> None:
         with self.assertRaises(ConfigError) as caught:
             config.parse("[pypy]\njit = 300\n", "p.toml")
@@ -123,6 +129,26 @@ class ApplyTests(SynchronousTestCase):
         fake = FakeJIT()
         self.start('[pypy]\njit = "threshold=500,function_threshold=800"\n', fake)
         self.assertEqual(fake.calls, ["default", "threshold=500,function_threshold=800"])
+
+    def test_blanks_around_equals(self) -> None:
+        """C{threshold = 300}, which the check accepts, is set as PyPy's parser takes it (it refuses the blanks)."""
+        fake = FakeJIT()
+        _, events = self.start('[pypy]\njit = "threshold = 300 , function_threshold= 500"\n', fake)
+        self.assertEqual(fake.calls, ["default", "threshold=300,function_threshold=500"])
+        self.assertEqual(self.jit_lines(events), ["PyPy JIT parameters: threshold=300,function_threshold=500 ([pypy] jit)"])
+
+    def test_accepted_is_what_pypy_takes(self) -> None:
+        """
+        On PyPy, every form the check accepts is set by PyPy's own
+        C{pypyjit} without an error (PyPy's parser is stricter than int()).
+        """
+        real = jit._interpreter_jit()
+        if real is None:
+            raise SkipTest("no PyPy JIT in this interpreter (CPython)")
+        self.addCleanup(real.set_param, "default")
+        for setting in ("threshold=300", "threshold = 300", " threshold=+300 ,function_threshold=0500", "off"):
+            self.assertIsNone(jit.problem(setting), setting)
+            jit.apply(setting)
 
     def test_off(self) -> None:
         fake = FakeJIT()

@@ -1,0 +1,81 @@
+"""
+A pull round's messages go to the broker together
+(L{eventsvc.nats.server.Broker.deliver_as_many}) and a consumer's acks come
+as bytes (L{eventsvc.nats.server.Broker.subscribe_raw}): what a client sees
+when something else shares those subjects, and when nobody takes a batch.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventsvc.jetstream.consumer import Consumer, check_config
+from eventsvc.jetstream.engine import JetStreamSettings
+from eventsvc.jetstream.memstore import MemoryConsumerStore
+from eventsvc.nats.interfaces import Identity
+from eventsvc.security.permissions import Permissions
+from eventsvc.test.helpers import Harness
+from eventsvc.test.test_jsconsumer import BASE, FakeEngine, FakeStream
+
+
+class PullPathTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.harness = Harness()
+        self.engine = FakeEngine(self.harness.broker, self.harness.clock)
+        # Each consumer's own raw ack subscription, as the real engine runs it.
+        self.engine.ack_router.unsubscribe()
+        self.engine.settings = JetStreamSettings()
+        self.engine.answers_api = True
+        self.stream = FakeStream(self.engine)
+        self.client = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+
+    def consumer(self, **raw: object) -> Consumer:
+        config = check_config(self.stream, dict(raw))
+        consumer = Consumer(self.stream, str(raw["durable_name"]), config, MemoryConsumerStore(), self.engine.now())
+        self.stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        return consumer
+
+    def test_acks_beside_a_client_on_all_acks(self) -> None:
+        """A client subscribed to C{$JS.ACK.>} sees the acks, and the consumer still counts each, with or without headers."""
+        self.client.send(b"SUB _INBOX.p.* 3\r\nSUB $JS.ACK.> 4\r\nPING\r\n")
+        self.client.received()
+        consumer = self.consumer(durable_name="P", ack_policy="explicit")
+        for i in range(3):
+            self.stream.publish("orders.new", b"m%d" % i)
+        consumer.next_request("_INBOX.p.1", b'{"batch": 3, "no_wait": true}')
+        self.client.received()
+        self.assertEqual(consumer.info()["num_ack_pending"], 3)
+        self.client.send(b"PUB $JS.ACK.ORDERS.P.1.1.1.%d.2 4\r\n+ACK\r\n" % BASE)
+        self.client.send(b"HPUB $JS.ACK.ORDERS.P.1.2.2.%d.1 _INBOX.r 18 22\r\nNATS/1.0\r\nA: b\r\n\r\n+ACK\r\n" % BASE)
+        self.client.send(b"PING\r\n")
+        seen = self.client.received()
+        self.assertIn(b"MSG $JS.ACK.ORDERS.P.1.1.1.%d.2 4 4\r\n+ACK\r\n" % BASE, seen)
+        self.assertIn(b"HMSG $JS.ACK.ORDERS.P.1.2.2.%d.1 4 _INBOX.r 18 22\r\n" % BASE, seen)
+        info = consumer.info()
+        self.assertEqual((info["num_ack_pending"], info["ack_floor"]["stream_seq"]), (1, 2))
+
+    def test_batch_nobody_took_is_redelivered(self) -> None:
+        """
+        A pull request whose inbox's only subscriber may not receive what
+        the messages show (subscribe_deny orders.>): nobody took them, and
+        they go to the next request at once, not after ack_wait.
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
+        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
+        self.assertEqual(denied.received(), b"PONG\r\n")
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", ack_wait=30 * 10 ** 9)
+        for i in range(2):
+            self.stream.publish("orders.new", b"m%d" % i)
+        consumer.next_request("_INBOX.d.1", b'{"batch": 2, "no_wait": true}')
+        self.harness.clock.advance(0)
+        self.assertNotIn(b"orders.new", denied.received())
+        consumer.next_request("_INBOX.p.2", b'{"batch": 2, "no_wait": true}')
+        self.harness.clock.advance(0)
+        got = self.client.received()
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", got)
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.2.", got)
