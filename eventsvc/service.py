@@ -306,13 +306,16 @@ class EventService(MultiService):
                 "{count} events not yet delivered at shutdown: {fate}",
                 count=left, fate=self._where_kept() if durable else "lost (no [service] data_dir)",
             )
-        # Close the clients ourselves, and give the kernel a moment to take
-        # what they are owed (the ldm INFO above all): stopping the reactor
-        # at once would drop bytes still in the transports' buffers.
+        # Close the clients ourselves, and wait until each has taken what it
+        # is owed (the ldm INFO, and every message held for a slow reader,
+        # as nats-server sends them before its close): stopping the reactor
+        # at once would drop bytes still in the transports' buffers.  The
+        # wait is what is left of shutdown_timeout (half a second at
+        # least); a peer that stops reading is cut after write_deadline.
         closing = self._client_connections()
         for conn in closing:
             conn.close(None, "Server Shutdown")
-        linger = self.reactor.seconds() + min(2.0, max(deadline - self.reactor.seconds(), 0.5))
+        linger = self.reactor.seconds() + max(deadline - self.reactor.seconds(), 0.5)
         while any(not c.lost for c in closing) and self.reactor.seconds() < linger:
             await deferLater(self.reactor, 0.01, lambda: None)
 

@@ -105,6 +105,46 @@ class ShutdownTests(TestCase):
         self.assertIn("Server Shutdown", proc.output())
 
 
+    @defer.inlineCallbacks
+    def test_sigterm_sends_a_slow_reader_what_it_was_owed(self):
+        # 20 MB held for a subscriber that reads slowly (about 6 MB/s) when
+        # SIGTERM comes: nats-server sends it all before the close, and so
+        # must we, within shutdown_timeout (a 2 s cap on that wait cut the
+        # reader off after about half of it).
+        config = process.write_config(self.mktemp() + ".toml", (
+            '[service]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout = 30\ndata_dir = ""\n'))
+        proc = process.eventsvc(config)
+        port = yield threads.deferToThread(proc.start)
+        self.addCleanup(proc.stop)
+        count, size = 20000, 1000
+
+        def scenario():
+            sub, _ = client(port, b'CONNECT {"verbose":false,"protocol":1}\r\nSUB held 1\r\n')
+            sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            pub, _ = client(port, b'CONNECT {"verbose":false,"protocol":1}\r\n')
+            frame = b"PUB held %d\r\n%s\r\n" % (size, b"x" * size)
+            for _ in range(count // 1000):
+                pub.sendall(frame * 1000)
+            pub.sendall(b"PING\r\n")
+            answer = b""
+            while b"PONG\r\n" not in answer:
+                answer += pub.recv(65536)
+            proc.process.send_signal(signal.SIGTERM)
+            sub.settimeout(30)
+            data = b""
+            while True:
+                chunk = sub.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                time.sleep(0.01)
+            return proc.process.wait(30), data.count(b"MSG held 1 %d\r\n" % size)
+
+        code, delivered = yield threads.deferToThread(scenario)
+        self.assertEqual(code, 0)
+        self.assertEqual(delivered, count)
+
+
 def request_events(port: int, ids: "list[str]") -> "list[dict]":
     """Publish each event as a request, as a producer does, and return the acknowledgements."""
     c, _ = client(port, b'CONNECT {"verbose":false,"protocol":1}\r\n')
