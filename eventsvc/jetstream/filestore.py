@@ -1125,15 +1125,18 @@ class FileStore(_WriteState):
         active = self._active
         if active is not None and number == active.number and offset >= self._size:
             at = offset - self._size
-            data = bytes(self._buffer[at : at + length])
-            ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0)[4:]
+            chunk = bytes(self._buffer[at : at + length])
+            at, end = 0, length
+            ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(chunk, 0)[4:]
         else:
-            # Consumers read in order: then one read brings the next messages too.
+            # Consumers read in order: then one read brings the next messages
+            # too.  The record is read where it lies in that read (its CRC
+            # over one slice of it, its parts sliced from it), not copied out
+            # of it first.
             cache = self._cache
-            if cache[0] == number and cache[1] <= offset and offset + length <= cache[1] + len(cache[2]):
-                at = offset - cache[1]
-                data = cache[2][at : at + length]
-            else:
+            chunk = cache[2]
+            at = offset - cache[1]
+            if cache[0] != number or at < 0 or at + length > len(chunk):
                 segment = self._segments[number]
                 try:
                     if segment.reader is None:
@@ -1144,18 +1147,19 @@ class FileStore(_WriteState):
                     self.log.error("file store {path}: cannot read message {seq}: {error}", path=segment.path, seq=seq, error=e.strerror or e)
                     return None
                 self._cache = (number, offset, chunk)
-                data = chunk[:length]
+                at = 0
             self._loaded = seq
+            end = at + length
             # (The index holds whole records only: one as long as its entry says has a head.)
-            size, crc, _, _, ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(data, 0) if len(data) == length else _NO_HEAD
+            size, crc, _, _, ts, slen, hlen = _FRAMED_MESSAGE.unpack_from(chunk, at) if end <= len(chunk) else _NO_HEAD
             # (A small record's copy costs less than a memoryview.)
-            if size != length - 8 or zlib.crc32(data[8:] if length < 4096 else memoryview(data)[8:]) != crc:
+            if size != length - 8 or zlib.crc32(chunk[at + 8 : end] if length < 4096 else memoryview(chunk)[at + 8 : end]) != crc:
                 self.log.error("file store {path}: message {seq} at byte {offset} is damaged; skipped", path=self._segment_path(number), seq=seq, offset=offset)
                 return None
-        p = _FRAMED_MESSAGE.size + slen
-        # (data is bytes: its slices are too.  tuple.__new__ is what the
+        p = at + _FRAMED_MESSAGE.size + slen
+        # (chunk is bytes: its slices are too.  tuple.__new__ is what the
         # named tuple's own __new__ calls, without its frame: a read a message.)
-        return _new_tuple(StoredMessage, (entry[3], seq, data[p : p + hlen] if hlen else None, data[p + hlen :], ts))
+        return _new_tuple(StoredMessage, (entry[3], seq, chunk[p : p + hlen] if hlen else None, chunk[p + hlen : end], ts))
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
         index = self._index

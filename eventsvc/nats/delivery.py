@@ -155,22 +155,40 @@ class Plan:
         """
         This plan, of plain local subscribers only (and so no callback: that
         plan is handed on as it is), for another C{subject} with the same
-        match: what C{Plan(plain, plain_subs, (), True)} makes, its fields
-        set without working them out again (each PubAck to an inbox).
+        match: what C{Plan(plain, plain_subs, (), True)} makes, without
+        working its fields out again (each PubAck to an inbox, each ack).
+        Only the two that name the subject are set (L{_RenamedPlan} holds
+        the rest); one subscriber, the most common, without a loop.
         """
-        head = msg_head(subject)
-        plan = _new_plan(Plan)
-        plan.plain = [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, self.plain_subs)]
-        plan.plain_subs = self.plain_subs
-        plan.queues = plan.queue_info = plan.route_plain = plan.route_mixed = plan.leaf_plain = ()
-        plan.simple = plan.local = True
-        plan.local_queues = False
-        plan.queue_last = plan.callback = None
+        plan = _new_plan(_RenamedPlan)
+        plain_subs = plan.plain_subs = self.plain_subs
+        if len(plain_subs) == 1:
+            conn, _, append = self.plain[0]
+            plan.plain = [(conn, b"MSG " + subject + b" " + plain_subs[0].sid + b" ", append)]
+        else:
+            head = msg_head(subject)
+            plan.plain = [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, plain_subs)]
         return plan
 
     def plain_remotes(self) -> List[ISubscriber]:
         """The routes and leafs with plain interest only (each gets one frame)."""
         return [r for r, _, _ in self.route_plain] + [r for r, _, _ in self.leaf_plain]
+
+
+class _RenamedPlan(Plan):
+    """
+    A plan of L{Plan.renamed}: plain local subscribers alone.  Its fields
+    but C{plain} and C{plain_subs} are the same for every such plan, so
+    they are the class's, not set on each (a new one for each PubAck to a
+    reply inbox).  Nothing sets them on a plan after it is made.
+    """
+
+    __slots__ = ()
+
+    queues = queue_info = route_plain = route_mixed = leaf_plain = ()  # type: ignore[assignment]
+    simple = local = True
+    local_queues = False
+    queue_last = callback = None  # type: ignore[assignment]
 
 
 # -- the rule -------------------------------------------------------------------

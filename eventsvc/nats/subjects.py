@@ -398,12 +398,16 @@ class Sublist:
         cache.
         """
         self.matches += 1
-        result = self._cache.get(subject)
-        if result is not None:
-            self.cache_hits += 1
-            return result
-        tokens = subject.split(b".")
-        if not keep:
+        if keep:
+            result = self._cache.get(subject)
+            if result is not None:
+                self.cache_hits += 1
+                return result
+            tokens = subject.split(b".")
+        else:
+            # (A subject used once is new: not looked up among the kept
+            # ones, whose match would be this one's anyway.)
+            tokens = subject.split(b".")
             if self._once_genid != self.genid:
                 self._once.clear()
                 self._once_depths.clear()

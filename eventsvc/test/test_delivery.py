@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventsvc.nats.delivery import Plan, plan
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import SubjectCache, Subscription
@@ -608,3 +609,33 @@ class InProcessAloneTests(SynchronousTestCase):
         interested(self.broker, picky, b"_INBOX.id.*")
         self.broker.publish_many([("_INBOX.id.5", b"e"), ("_INBOX.id.6", b"f")])
         self.assertEqual(picky.sent(), b"MSG _INBOX.id.5 1 1\r\ne\r\n")
+
+    def test_a_renamed_plan_is_the_plan_made_afresh(self) -> None:
+        """
+        A PubAck's plan started from another inbox's (L{Plan.renamed}) is
+        what a plan made afresh for its own inbox would be, field by field,
+        with one subscriber or several: each gets the frame with its own
+        sid and the PubAck's inbox.
+        """
+        def same_as_afresh(subject: bytes) -> Plan:
+            renamed = self.broker._plan(subject, keep=False)
+            result = self.broker.sublist.match(subject)
+            afresh = plan(subject, result.plain, result.queues)
+            self.assertEqual(
+                [(c, prefix) for c, prefix, _ in renamed.plain], [(c, prefix) for c, prefix, _ in afresh.plain]
+            )
+            for name in Plan.__slots__:
+                if name != "plain":
+                    self.assertEqual(getattr(renamed, name), getattr(afresh, name), name)
+            return renamed
+
+        first, second = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        interested(self.broker, first, b"_INBOX.id.*")
+        self.broker.publish_many([("_INBOX.id.1", b"a")])
+        self.assertEqual(len(same_as_afresh(b"_INBOX.id.2").plain), 1)
+        self.broker.add_subscription(Subscription(second, b"_INBOX.*.*", None, b"7"))
+        self.broker.publish_many([("_INBOX.id.3", b"c"), ("_INBOX.id.4", b"d")])
+        two = same_as_afresh(b"_INBOX.id.5")
+        self.assertEqual({c for c, _, _ in two.plain}, {first, second})
+        self.assertEqual(second.sent(), b"MSG _INBOX.id.3 7 1\r\nc\r\nMSG _INBOX.id.4 7 1\r\nd\r\n")
+        self.assertEqual(first.sent(), b"".join(b"MSG _INBOX.id.%d 1 1\r\n%s\r\n" % (n, p) for n, p in [(1, b"a"), (3, b"c"), (4, b"d")]))
