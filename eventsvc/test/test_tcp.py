@@ -222,6 +222,50 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.assertEqual(len(lost), 1)
         self.assertEqual(self.reactor.getWriters(), [])
 
+    def test_closed_without_shutdown(self):
+        """
+        A connection closes with one close(), no shutdown() first, as
+        nats-server closes it: after the peer's close (a client leaving) and
+        after our own (the peer still reads what was written, then the end).
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.protocol import Protocol
+        from twisted.python.failure import Failure
+
+        from eventsvc.nats.tcp import send_at_turn_end
+
+        shutdowns = []
+
+        class Watched(socket.socket):
+            def shutdown(self, how):
+                shutdowns.append(how)
+                super().shutdown(how)
+
+        for who in ("peer", "server"):
+            ours, peer = socket.socketpair()
+            self.addCleanup(peer.close)
+            watched = Watched(fileno=ours.detach())
+            self.addCleanup(watched.close)
+            protocol = Protocol()
+            server = tcp.Server(watched, protocol, ("127.0.0.1", 5000), _Port(), 1, self.reactor)
+            protocol.makeConnection(server)
+            self.assertTrue(send_at_turn_end(Layer(server)))
+            if who == "peer":
+                peer.close()
+                # (As the reactor does with what doRead returns.)
+                server.readConnectionLost(Failure(server.doRead()))
+            else:
+                server.write(b"-ERR 'Authentication Timeout'\r\n")
+                server.loseConnection()
+                self.reactor.advance(0)
+                self.assertEqual(peer.recv(100), b"-ERR 'Authentication Timeout'\r\n")
+                self.assertEqual(peer.recv(100), b"")
+            self.assertTrue(server.disconnected, who)
+            self.assertEqual(watched.fileno(), -1, who)
+        self.assertEqual(shutdowns, [])
+
     def test_nothing_read_once_closing(self):
         """What the peer sends after the close was asked for is not given to the protocol (Twisted stops reading)."""
         got = []
