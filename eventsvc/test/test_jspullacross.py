@@ -178,3 +178,57 @@ class GatewayPullTests(PullAcross, SynchronousTestCase):
             for pump in self.pumps:
                 pump.flush()
 
+
+class YoungRequestTests(SynchronousTestCase):
+    """
+    On a server with leaf nodes a request whose inbox nobody is known to
+    hear is served for two seconds (nats-server's
+    C{defaultGatewayRecentSubExpiration}): what goes to it reaches nobody.
+    """
+
+    def setUp(self) -> None:
+        self.hub, self.far = test_leaf.Node("H"), test_leaf.Node("S")
+        self.pump = test_leaf.leaf(self.far, self.hub)[0]
+        clock = self.hub.clock
+        self.engine = JetStream(self.hub.broker, JetStreamSettings(), clock, now=lambda: 1_000_000_000_000 + int(clock.seconds() * 1e9))
+        self.engine.start()
+        self.addCleanup(self.engine.stop)
+        self.admin = self.hub.client()
+        self.admin.send(b"SUB _R.> 1\r\n")
+
+    def flush(self) -> None:
+        for _ in range(3):
+            self.pump.flush()
+
+    api = PullAcross.api
+    pull = PullAcross.pull
+    info = PullAcross.info
+
+    def test_a_message_nobody_took_is_not_counted_again_and_again(self) -> None:
+        """
+        One message, a request of 3 nobody hears, max_deliver 2: the
+        message went out once (as nats-server sends it once, and waits
+        ack_wait), not once a round until the request's 3 are used up
+        (delivery count 3, past max_deliver: the message was dropped and
+        the next request, heard, got nothing).
+        """
+        self.api(b"$JS.API.STREAM.CREATE.S", {"name": "S", "subjects": ["orders.>"], "storage": "memory"})
+        self.api(b"$JS.API.CONSUMER.DURABLE.CREATE.S.p", {"stream_name": "S", "config": {
+            "durable_name": "p", "ack_policy": "explicit", "max_deliver": 2, "ack_wait": 30 * 10 ** 9}})
+        self.admin.send(b"PUB orders.0 3\r\none\r\n")
+        self.flush()
+        payload = json.dumps({"batch": 3, "expires": 10 ** 9}).encode()
+        self.admin.send(b"PUB $JS.API.CONSUMER.MSG.NEXT.S.p _INBOX.nobody.1 %d\r\n%s\r\n" % (len(payload), payload))
+        self.flush()
+        self.hub.clock.advance(0)
+        self.flush()
+        info = self.info()
+        self.assertEqual((info["delivered"]["consumer_seq"], info["num_redelivered"], info["num_ack_pending"]), (1, 0, 1), info)
+        self.client = self.far.client()
+        self.client.send(b"SUB _INBOX.p.* 7\r\nPING\r\n")
+        self.client.received()
+        self.flush()
+        # (At once: the request it went to has ended, nobody hearing it.)
+        got = self.pull(b"_INBOX.p.1", {"batch": 1, "expires": 10 ** 9})
+        self.assertEqual(got, [(b"orders.0", b"one")])
+        self.assertIn(b" $JS.ACK.S.p.2.1.2.", self.client.all_received())

@@ -79,3 +79,28 @@ class PullPathTests(SynchronousTestCase):
         got = self.client.received()
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", got)
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.2.", got)
+
+    def test_a_denied_inbox_does_not_use_up_max_deliver(self) -> None:
+        """
+        A request of 5 whose inbox's only subscriber may not receive
+        orders.> (one message stored, max_deliver 2): the message reached
+        nobody once, and the next request gets it. It went to the same
+        request round after round, a delivery counted each time, until
+        max_deliver dropped it and the next request got nothing.
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
+        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
+        self.assertEqual(denied.received(), b"PONG\r\n")
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", max_deliver=2, ack_wait=30 * 10 ** 9)
+        self.stream.publish("orders.new", b"m0")
+        consumer.next_request("_INBOX.d.1", b'{"batch": 5, "expires": 10000000000}')
+        self.harness.clock.advance(0)
+        self.assertNotIn(b"orders.new", denied.received())
+        info = consumer.info()
+        self.assertEqual((info["num_ack_pending"], info["num_redelivered"], info["num_waiting"]), (1, 0, 0), info)
+        consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
+        self.harness.clock.advance(0)
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", self.client.received())
