@@ -1103,8 +1103,9 @@ class Consumer:
         Hand the pull round's messages held for one request to the broker
         (before anything else is sent to it: L{_status} calls this too).
         Those nobody took are redelivered, in another round.  When nobody
-        took any, the request is ended (no status: nobody hears it), as
-        nats-server drops a request without interest: it was served again
+        took any, the request is ended with a 408 at the next look, as
+        nats-server drops a request without interest (and ends one whose
+        subscriber may not receive the messages at its end): it was served again
         in the next round (a young request on a server with leaf nodes or
         gateways, a subscriber that may not receive the subjects), each
         time counting a delivery of what reached nobody, until
@@ -1158,6 +1159,12 @@ class Consumer:
                 self._status(request.reply, "408 Request Timeout", request.n, request.b)
                 waiting.popleft()
                 continue
+            if request.unheard:
+                # (Its status, for a subscriber that hears that but not the
+                # messages, as nats-server's 408 at the end.)
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                waiting.popleft()
+                continue
             if request.b > 0:
                 if size <= request.b:
                     request.b -= size
@@ -1170,7 +1177,7 @@ class Consumer:
             if request.genid != genid:
                 request.interest = self.broker.has_interest(request.reply)
                 request.genid = genid
-            if not request.unheard and (request.interest or self._young(request, now)):
+            if request.interest or self._young(request, now):
                 request.d += 1
                 request.n -= 1
                 if request.n <= 0:
@@ -1265,7 +1272,10 @@ class Consumer:
             if request.genid != genid:
                 request.interest = self.broker.has_interest(request.reply)
                 request.genid = genid
-            if request.unheard or not (request.interest or self._young(request, now)):
+            if request.unheard:
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                continue
+            if not (request.interest or self._young(request, now)):
                 continue
             wanted += request.n
             if request.hbt and now >= request.hbt:
