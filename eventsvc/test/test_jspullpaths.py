@@ -108,3 +108,27 @@ class PullPathTests(SynchronousTestCase):
         consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
         self.harness.clock.advance(0)
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", self.client.received())
+
+    def test_an_inbox_the_client_may_not_subscribe_to(self) -> None:
+        """
+        A client that may subscribe to C{_INBOX.mine.>} only asks on
+        C{_INBOX.other.1}: its SUB is refused, nobody hears the request,
+        and the message waits for the next request, a first delivery (as
+        nats-server, which drops a request without interest unserved).
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        limited = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        limited.proto.identity_changed(Identity("l", Permissions(subscribe_allow=["_INBOX.mine.>"])))
+        limited.send(b"SUB _INBOX.other.* 1\r\nPING\r\n")
+        self.assertIn(b"-ERR 'Permissions Violation for Subscription to \"_INBOX.other.*\"'", limited.received())
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", max_deliver=1)
+        self.stream.publish("orders.new", b"m0")
+        consumer.next_request("_INBOX.other.1", b'{"batch": 5, "expires": 10000000000}')
+        self.harness.clock.advance(0)
+        self.assertEqual(limited.received(), b"")
+        info = consumer.info()
+        self.assertEqual((info["num_ack_pending"], info["num_pending"], info["num_waiting"]), (0, 1, 0), info)
+        consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
+        self.harness.clock.advance(0)
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.1.1.1.", self.client.received())
