@@ -483,7 +483,7 @@ def new_consumer_name() -> str:
 class NextRequest:
     """A pull request waiting for messages (nats-server's C{waitingRequest})."""
 
-    __slots__ = ("reply", "n", "d", "b", "expires", "last", "received", "hb", "hbt", "no_wait", "genid", "interest")
+    __slots__ = ("reply", "n", "d", "b", "expires", "last", "received", "hb", "hbt", "no_wait", "genid", "interest", "unheard")
 
     def __init__(self, reply: str, batch: int, max_bytes: int, expires: int, received: int, hb: int, no_wait: bool) -> None:
         self.reply = reply
@@ -505,6 +505,8 @@ class NextRequest:
         #: The index generation its interest was last checked at, and the answer.
         self.genid = -1
         self.interest = True
+        #: Whether a batch sent to it reached nobody (L{Consumer._send_batch}): it is ended.
+        self.unheard = False
 
 
 def go_json_error(text: bytes, error: ValueError) -> str:
@@ -644,6 +646,8 @@ class Consumer:
         self._batch: List[Tuple[str, bytes, Optional[bytes], Optional[bytes]]] = []
         self._batch_seqs: List[int] = []
         self._batch_to = ""
+        #: The request L{_batch_to} names (told when nobody took its batch).
+        self._batch_request: Optional[NextRequest] = None
         # Flow control (push): bytes sent since the last answered request.
         self._pbytes = 0
         self._pblimit = FLOW_CONTROL_MAX_PENDING
@@ -1052,6 +1056,7 @@ class Consumer:
                 if target != self._batch_to:
                     self._send_batch()
                     self._batch_to = target
+                    self._batch_request = request
                 self._batch.append((subject, data, reply, headers))
                 self._batch_seqs.append(seq)
             sent += 1
@@ -1097,13 +1102,22 @@ class Consumer:
         """
         Hand the pull round's messages held for one request to the broker
         (before anything else is sent to it: L{_status} calls this too).
-        Those nobody took are redelivered, in another round.
+        Those nobody took are redelivered, in another round.  When nobody
+        took any, the request is ended with a 408 at the next look, as
+        nats-server drops a request without interest (and ends one whose
+        subscriber may not receive the messages at its end): it was served again
+        in the next round (a young request on a server with leaf nodes or
+        gateways, a subscriber that may not receive the subjects), each
+        time counting a delivery of what reached nobody, until
+        C{max_deliver} dropped the message.
         """
         batch, seqs = self._batch, self._batch_seqs
         if not batch:
             return
         self._batch, self._batch_seqs = [], []
         counts = self.broker.deliver_as_many(self._batch_to, batch)
+        if not any(counts) and self._batch_request is not None:
+            self._batch_request.unheard = True
         if 0 in counts and self.config["ack_policy"] != "none":
             for seq, count in zip(seqs, counts):
                 if count == 0 and seq in self.pending:
@@ -1142,6 +1156,12 @@ class Consumer:
                 # for 100 us less than it waits), and a message taken in the
                 # last instant would reach a fetch that has returned, to be
                 # found by the next one as if it were its own.
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                waiting.popleft()
+                continue
+            if request.unheard:
+                # (Its status, for a subscriber that hears that but not the
+                # messages, as nats-server's 408 at the end.)
                 self._status(request.reply, "408 Request Timeout", request.n, request.b)
                 waiting.popleft()
                 continue
@@ -1252,6 +1272,9 @@ class Consumer:
             if request.genid != genid:
                 request.interest = self.broker.has_interest(request.reply)
                 request.genid = genid
+            if request.unheard:
+                self._status(request.reply, "408 Request Timeout", request.n, request.b)
+                continue
             if not (request.interest or self._young(request, now)):
                 continue
             wanted += request.n

@@ -79,3 +79,56 @@ class PullPathTests(SynchronousTestCase):
         got = self.client.received()
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", got)
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.2.", got)
+
+    def test_a_denied_inbox_does_not_use_up_max_deliver(self) -> None:
+        """
+        A request of 5 whose inbox's only subscriber may not receive
+        orders.> (one message stored, max_deliver 2): the message reached
+        nobody once, and the next request gets it. It went to the same
+        request round after round, a delivery counted each time, until
+        max_deliver dropped it and the next request got nothing.
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
+        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
+        self.assertEqual(denied.received(), b"PONG\r\n")
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", max_deliver=2, ack_wait=30 * 10 ** 9)
+        self.stream.publish("orders.new", b"m0")
+        consumer.next_request("_INBOX.d.1", b'{"batch": 5, "expires": 10000000000}')
+        self.harness.clock.advance(0)
+        # (It hears the request's end: a 408 is no message on orders.>.)
+        seen = denied.received()
+        self.assertNotIn(b"orders.new", seen)
+        self.assertIn(b"HMSG _INBOX.d.1 1 ", seen)
+        self.assertIn(b"NATS/1.0 408 Request Timeout\r\n", seen)
+        info = consumer.info()
+        self.assertEqual((info["num_ack_pending"], info["num_redelivered"], info["num_waiting"]), (1, 0, 0), info)
+        consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
+        self.harness.clock.advance(0)
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.2.1.", self.client.received())
+
+    def test_an_inbox_the_client_may_not_subscribe_to(self) -> None:
+        """
+        A client that may subscribe to C{_INBOX.mine.>} only asks on
+        C{_INBOX.other.1}: its SUB is refused, nobody hears the request,
+        and the message waits for the next request, a first delivery (as
+        nats-server, which drops a request without interest unserved).
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        limited = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        limited.proto.identity_changed(Identity("l", Permissions(subscribe_allow=["_INBOX.mine.>"])))
+        limited.send(b"SUB _INBOX.other.* 1\r\nPING\r\n")
+        self.assertIn(b"-ERR 'Permissions Violation for Subscription to \"_INBOX.other.*\"'", limited.received())
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", max_deliver=1)
+        self.stream.publish("orders.new", b"m0")
+        consumer.next_request("_INBOX.other.1", b'{"batch": 5, "expires": 10000000000}')
+        self.harness.clock.advance(0)
+        self.assertEqual(limited.received(), b"")
+        info = consumer.info()
+        self.assertEqual((info["num_ack_pending"], info["num_pending"], info["num_waiting"]), (0, 1, 0), info)
+        consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
+        self.harness.clock.advance(0)
+        self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.1.1.1.", self.client.received())
