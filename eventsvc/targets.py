@@ -170,10 +170,10 @@ def handler_agent(config: Config, reactor: Any) -> Any:
     # handshook) a connection per event.
     pool.maxPersistentPerHost = config.events.handler_concurrency
     if config.tls.enabled:
-        from eventsvc.security.tls import MutualTLSPolicy, load_certificate, load_identity
+        from eventsvc.security.tls import MutualTLSPolicy, load_certificates, load_identity
 
         policy = MutualTLSPolicy(
-            load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
+            load_certificates(config.tls.root_ca_path, "[tls] root_ca_path"),
             load_identity(config.tls.cert_path, config.tls.key_path, "[tls]"),
         )
         return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor, policy), pool=pool)

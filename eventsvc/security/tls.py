@@ -297,10 +297,13 @@ class SNIServerContexts:
 
 @implementer(IPolicyForHTTPS)
 class MutualTLSPolicy:
-    """HTTPS client connections that trust C{ca} and present C{identity}."""
+    """
+    HTTPS client connections that trust C{ca} (a CA, or the CAs of a
+    root_ca_path: L{load_certificates}) and present C{identity} with its chain.
+    """
 
-    def __init__(self, ca: ssl.Certificate, identity: ssl.PrivateCertificate) -> None:
-        self._trust = ssl.trustRootFromCertificates([ca])
+    def __init__(self, ca: "ssl.Certificate | Sequence[ssl.Certificate]", identity: ssl.PrivateCertificate) -> None:
+        self._trust = ssl.trustRootFromCertificates([ca] if isinstance(ca, ssl.Certificate) else list(ca))
         self._identity = identity
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:

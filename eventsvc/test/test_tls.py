@@ -713,10 +713,13 @@ class ChainFileTests(SynchronousTestCase):
         self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
 
     def test_https_handlers_send_their_chain(self) -> None:
-        """The HTTPS handler client (MutualTLSPolicy) presents its chain too."""
-        policy = tls.MutualTLSPolicy(ssl.Certificate.loadPEM(self.root.cert_pem), self.identity("alice"))
+        """The HTTPS handler client (MutualTLSPolicy) presents its chain too, and trusts each CA of root_ca_path."""
+        other = certs.make_ca("second root")
+        self.pki.write("roots.crt", other.cert_pem + self.root.cert_pem)
+        policy = tls.MutualTLSPolicy(tls.load_certificates(self.pki.path("roots.crt"), "[tls] root_ca_path"), self.identity("alice"))
         client = self.connect(self.listener, policy.creatorForNetloc(b"localhost", 443))
         self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
 
     def test_frontend_certificates_send_their_chain(self) -> None:
         """The gateway's SNI certificates and the WebSocket's (server_options) are sent with their chains."""
