@@ -170,10 +170,10 @@ def handler_agent(config: Config, reactor: Any) -> Any:
     # handshook) a connection per event.
     pool.maxPersistentPerHost = config.events.handler_concurrency
     if config.tls.enabled:
-        from eventsvc.security.tls import MutualTLSPolicy, load_certificate, load_identity
+        from eventsvc.security.tls import MutualTLSPolicy, load_certificates, load_identity
 
         policy = MutualTLSPolicy(
-            load_certificate(config.tls.root_ca_path, "[tls] root_ca_path"),
+            load_certificates(config.tls.root_ca_path, "[tls] root_ca_path"),
             load_identity(config.tls.cert_path, config.tls.key_path, "[tls]"),
         )
         return Agent.usingEndpointFactory(reactor, NoDelayEndpoints(reactor, policy), pool=pool)
@@ -185,15 +185,15 @@ def grpc_listener(config: Config, broker: Broker, reactor: Any) -> Any:
     from twisted.internet import ssl
 
     from eventsvc.grpc.publish import EventAPI, GRPCListener
-    from eventsvc.security.tls import load_certificate, load_identity
+    from eventsvc.security.tls import chain_of, load_identity, load_trust
 
     identity = load_identity(config.tls.cert_path, config.tls.key_path, "[tls]")
-    ca = load_certificate(config.tls.root_ca_path, "[tls] root_ca_path")
     # Twisted's own ALPN choice: a client that offers ALPN without h2 is not
-    # a gRPC client, and its handshake fails.
+    # a gRPC client, and its handshake fails.  The cert file's further
+    # certificates (its intermediate CAs) are sent after its first.
     options = ssl.CertificateOptions(
-        privateKey=identity.privateKey.original, certificate=identity.original,
-        trustRoot=ssl.trustRootFromCertificates([ca]), raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        privateKey=identity.privateKey.original, certificate=identity.original, extraCertChain=chain_of(identity),
+        trustRoot=load_trust(config.tls.root_ca_path, "[tls] root_ca_path"), raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[b"h2"],
     )
     api = EventAPI(broker, reactor, config.events.subject_prefix, config.events.delivery_timeout)

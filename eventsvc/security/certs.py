@@ -45,25 +45,53 @@ def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Minted:
     )
 
 
-def make_ca(common_name: str = "eventsvc FAKE development CA", days: int = 3650) -> Minted:
+def make_ca(common_name: str = "eventsvc FAKE development CA", days: int = 3650, path_length: Optional[int] = 0) -> Minted:
+    """
+    A self-signed root CA.  C{path_length}: how many intermediate CAs may
+    stand below it (0: it signs end certificates only; None: no limit).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
+    return _pem(_ca_certificate(_name(common_name), key, key, days, path_length), key)
+
+
+def make_intermediate(root: Minted, common_name: str, days: int = 1825) -> Minted:
+    """
+    An intermediate CA that C{root} signs (C{root} made with a
+    C{path_length} of 1 or more), signing end certificates only.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _ca_certificate(root.certificate.subject, key, root.key, days, 0, _name(common_name))
+    return _pem(cert, key)
+
+
+def _ca_certificate(
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    signer: ec.EllipticCurvePrivateKey,
+    days: int,
+    path_length: Optional[int],
+    subject: Optional[x509.Name] = None,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
+        .subject_name(subject or issuer)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return _pem(cert, key)
+    if signer is not key:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
 
 
 def make_cert(

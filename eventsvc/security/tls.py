@@ -10,8 +10,10 @@ the configuration key, for one clear line at start-up.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import OpenSSL
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -30,27 +32,87 @@ def _read(path: str, key: str) -> bytes:
 
 
 def load_certificate(path: str, key: str) -> ssl.Certificate:
+    """The first certificate in the PEM file at C{path} (configuration key C{key})."""
+    return load_certificates(path, key)[0]
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def load_certificates(path: str, key: str) -> List[ssl.Certificate]:
+    """
+    Every certificate in the PEM file at C{path}, in the file's order.
+
+    As nats-server (Go's C{tls.LoadX509KeyPair}) reads a C{cert_file}: the
+    C{CERTIFICATE} blocks, anything else (text, other PEM blocks) between
+    them passed over.  A file with none, or with a block that is not a
+    certificate, is a L{TLSFilesError} naming the file, the key and which one.
+    """
     data = _read(path, key)
-    try:
-        return ssl.Certificate.loadPEM(data)
-    except Exception as e:
-        raise TLSFilesError("{} ({}): not a PEM certificate ({})".format(path, key, _why(e)))
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise TLSFilesError("{} ({}): not a PEM certificate (no BEGIN CERTIFICATE block)".format(path, key))
+    found = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            found.append(ssl.Certificate.loadPEM(block))
+        except Exception as e:
+            raise TLSFilesError("{} ({}): not a PEM certificate (certificate {} of {}: {})".format(
+                path, key, number, len(blocks), _why(e)))
+    return found
 
 
-def load_identity(cert_path: str, key_path: str, section: str) -> ssl.PrivateCertificate:
-    """The certificate at C{cert_path} with its private key at C{key_path}."""
-    certificate = load_certificate(cert_path, section + " cert_path")
+def load_trust(path: str, key: str) -> Any:
+    """A trust root of every certificate in the PEM file at C{path} (a bundle of CAs, as nats-server's C{ca_file})."""
+    return ssl.trustRootFromCertificates(load_certificates(path, key))
+
+
+class Identity(ssl.PrivateCertificate):
+    """
+    A certificate with its private key, and the further certificates of
+    its file (C{chain}: an intermediate CA, say) sent after it in every
+    handshake, as nats-server sends every certificate of its C{cert_file}.
+    """
+
+    chain: List[Any] = []
+
+
+#: What C{add_extra_chain_cert} (and Twisted's C{extraCertChain}) takes
+#: without a warning: cryptography's certificates from pyOpenSSL 24.3 on,
+#: pyOpenSSL's own before (PyPy's constraints pin 24.1).
+_CHAIN_TAKES_CRYPTOGRAPHY = tuple(int(p) for p in OpenSSL.__version__.split(".")[:2]) >= (24, 3)
+
+
+def _for_chain(certificate: ssl.Certificate) -> Any:
+    return certificate.original.to_cryptography() if _CHAIN_TAKES_CRYPTOGRAPHY else certificate.original
+
+
+def chain_of(identity: ssl.PrivateCertificate) -> List[Any]:
+    """The further certificates to send after C{identity}'s: its file's (L{Identity}), or none."""
+    return list(getattr(identity, "chain", ()))
+
+
+def load_identity(cert_path: str, key_path: str, section: str) -> Identity:
+    """
+    The first certificate at C{cert_path} with its private key at
+    C{key_path}; the file's further certificates (its chain: intermediate
+    CAs) are sent after it.  The key must be the first certificate's.
+    """
+    certificates = load_certificates(cert_path, section + " cert_path")
     key_data = _read(key_path, section + " key_path")
     try:
         key = ssl.KeyPair.load(key_data, crypto.FILETYPE_PEM)
     except Exception as e:
         raise TLSFilesError("{} ({} key_path): not a PEM private key ({})".format(key_path, section, _why(e)))
     try:
-        return ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+        identity = Identity.fromCertificateAndKeyPair(certificates[0], key)
     except Exception:
         raise TLSFilesError(
-            "{} ({} key_path) is not the key of {} (cert_path)".format(key_path, section, cert_path)
+            "{} ({} key_path) is not the key of {} (cert_path; the key must be its first certificate's)".format(
+                key_path, section, cert_path)
         )
+    identity.chain = [_for_chain(c) for c in certificates[1:]]
+    return identity
 
 
 def _why(e: Exception) -> str:
@@ -59,15 +121,16 @@ def _why(e: Exception) -> str:
 
 def mutual_tls_server(cert_path: str, key_path: str, root_ca_path: str) -> ssl.CertificateOptions:
     """
-    Server options that require a client certificate chaining to the CA at
-    C{root_ca_path}, TLS 1.2 at least.
+    Server options that require a client certificate chaining to a CA of
+    the file at C{root_ca_path}, TLS 1.2 at least; the certificate sent is
+    C{cert_path}'s, with the further certificates of that file (its chain).
     """
     identity = load_identity(cert_path, key_path, "[tls]")
-    ca = load_certificate(root_ca_path, "[tls] root_ca_path")
     return _alpn_optional(_chain_built_once(_tls13_suites(ssl.CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
-        trustRoot=ssl.trustRootFromCertificates([ca]),
+        extraCertChain=chain_of(identity),
+        trustRoot=load_trust(root_ca_path, "[tls] root_ca_path"),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     ))))
 
@@ -81,15 +144,24 @@ def peer_tls(cert_path: str, key_path: str, root_ca_path: str, alpn: Sequence[by
         certificate must carry giving client options (offering C{alpn}).
     """
     tls_server = mutual_tls_server(cert_path, key_path, root_ca_path)
-    trust = ssl.trustRootFromCertificates([load_certificate(root_ca_path, "[tls] root_ca_path")])
+    trust = load_trust(root_ca_path, "[tls] root_ca_path")
     identity = load_identity(cert_path, key_path, "[tls]")
 
     def tls_client(name: str) -> Any:
-        if alpn:
-            return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity, acceptableProtocols=list(alpn))
-        return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=identity)
+        return client_options(name, trust, identity, alpn)
 
     return tls_server, tls_client
+
+
+def client_options(name: str, trust: Any, identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ()) -> Any:
+    """
+    Options for dialing C{name}, trusting C{trust}, presenting C{identity}
+    and the further certificates of its file (its chain), offering C{alpn}.
+    """
+    return ssl.optionsForClientTLS(
+        name, trustRoot=trust, clientCertificate=identity, acceptableProtocols=list(alpn) or None,
+        extraCertificateOptions={"extraCertChain": chain_of(identity)},
+    )
 
 
 def server_options(identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ()) -> ssl.CertificateOptions:
@@ -101,6 +173,7 @@ def server_options(identity: ssl.PrivateCertificate, alpn: Sequence[bytes] = ())
     return _alpn_optional(_chain_built_once(_tls13_suites(ssl.CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
+        extraCertChain=chain_of(identity),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     ))), alpn)
 
@@ -149,11 +222,14 @@ def _chain_built_once(options: ssl.CertificateOptions) -> ssl.CertificateOptions
     the [tls] files) is the context's extra chain, sent as before, byte
     for byte.  Where our certificate does not verify against the store
     (another CA signed it; a context with no trust store), OpenSSL goes on
-    building what it finds, per handshake, as before.
+    building what it finds, per handshake, as before.  A certificate whose
+    file brings its own chain is sent with that chain, and no other.
     """
     context = options.getContext()
     store = context.get_cert_store()
-    if store is None or options.certificate is None:
+    if store is None or options.certificate is None or options.extraCertChain:
+        # (A chain from the certificate's file is sent as it is, as
+        # nats-server sends it; OpenSSL builds none when it has one.)
         return options
     try:
         chain = crypto.X509StoreContext(store, options.certificate).get_verified_chain()
@@ -221,11 +297,14 @@ class SNIServerContexts:
 
 @implementer(IPolicyForHTTPS)
 class MutualTLSPolicy:
-    """HTTPS client connections that trust C{ca} and present C{identity}."""
+    """
+    HTTPS client connections that trust C{ca} (a CA, or the CAs of a
+    root_ca_path: L{load_certificates}) and present C{identity} with its chain.
+    """
 
-    def __init__(self, ca: ssl.Certificate, identity: ssl.PrivateCertificate) -> None:
-        self._trust = ssl.trustRootFromCertificates([ca])
+    def __init__(self, ca: "ssl.Certificate | Sequence[ssl.Certificate]", identity: ssl.PrivateCertificate) -> None:
+        self._trust = ssl.trustRootFromCertificates([ca] if isinstance(ca, ssl.Certificate) else list(ca))
         self._identity = identity
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.optionsForClientTLS(hostname.decode("idna"), trustRoot=self._trust, clientCertificate=self._identity)
+        return client_options(hostname.decode("idna"), self._trust, self._identity)

@@ -386,6 +386,53 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         reactor.advance(0.1)
         self.assertTrue(transport.disconnecting)
 
+    def test_chain_file(self) -> None:
+        """
+        A [tls] cert_path holding the certificate and its intermediate CA:
+        the [grpc] listener sends both, so a client trusting the root alone
+        verifies it, and takes a client certificate sent with its chain.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.testing import MemoryReactorClock
+
+        from eventsvc import config
+        from eventsvc.nats.server import Broker
+        from eventsvc.security import certs
+        from eventsvc.targets import grpc_listener
+        from eventsvc.test.tlshelpers import PKI
+
+        pki = PKI(self.mktemp())
+        root = certs.make_ca("root CA", path_length=1)
+        intermediate = certs.make_intermediate(root, "intermediate CA")
+        pki.write("root.crt", root.cert_pem)
+        for name in ("service", "alice"):
+            minted = pki.issue(name, ["localhost"], ca=intermediate)
+            pki.write(name + "-chain.crt", minted.cert_pem + intermediate.cert_pem)
+        written = config.parse('[tls]\ncert_path = "{}"\nkey_path = "{}"\nroot_ca_path = "{}"\n[grpc]\nport = 0\n'.format(
+            pki.path("service-chain.crt"), pki.path("service.key"), pki.path("root.crt")), "eventsvc.toml")
+        listener = grpc_listener(written, Broker(server_id="NTEST"), MemoryReactorClock())
+        server = SSL.Connection(listener.tls.getContext(), None)
+        server.set_accept_state()
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.load_verify_locations(pki.path("root.crt"))
+        context.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
+        context.use_certificate_chain_file(pki.path("alice-chain.crt"))
+        context.use_privatekey_file(pki.path("alice.key"))
+        client = SSL.Connection(context, None)
+        client.set_connect_state()
+        for _ in range(10):
+            for a, b in ((client, server), (server, client)):
+                try:
+                    a.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    b.bio_write(a.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+        self.assertEqual([c.get_subject().commonName for c in client.get_peer_cert_chain()], ["service", "intermediate CA"])
+        self.assertEqual(server.get_peer_certificate().get_subject().commonName, "alice")
+
 
 class FakeChannel:
     def __init__(self) -> None:

@@ -285,3 +285,101 @@ routes = ["nats-route://127.0.0.1:{cluster_port}"]
         self.assertTrue(up.stdout.startswith("healthy: gateway 127.0.0.1:%d" % gateway_port), up.stdout)
         # The health check closes as a client should: no read errors in the log.
         self.assertNotIn("Read Error", server.output())
+
+
+class ChainFileInteropTests(TestCase):
+    """
+    Certificate files holding the certificate and its intermediate CA (chain
+    files), clients trusting the root alone: nats-py verifies eventsvc's
+    service listener (mutual TLS, its own certificate also from the
+    intermediate) and gateway, as it verifies nats-server with the same files.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        from eventsvc.security import certs
+
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        root = certs.make_ca("root CA", path_length=1)
+        intermediate = certs.make_intermediate(root, "intermediate CA")
+        process.write_bytes(self.path("root.crt"), root.cert_pem)
+        for name in ("service", "client"):
+            minted = certs.make_cert(intermediate, name, ["localhost"])
+            process.write_bytes(self.path(name + ".crt"), minted.cert_pem + intermediate.cert_pem)
+            process.write_bytes(self.path(name + ".key"), minted.key_pem)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def context(self, client_certificate: bool = True) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.path("root.crt"))
+        if client_certificate:
+            context.load_cert_chain(self.path("client.crt"), self.path("client.key"))
+        return context
+
+    def round_trip(self, port: int, publisher_port: int = 0, **publisher_options):
+        """
+        One message on habitat.event.chain, published at C{publisher_port}
+        (C{port} if none) and received at C{port} over mutual TLS, as nats-py sees it.
+        """
+        if nats is None:
+            process.require("nats-py")
+
+        async def connect(port, **options):
+            return await nats.connect("tls://127.0.0.1:%d" % port, tls_hostname="localhost", allow_reconnect=False,
+                                      connect_timeout=5, error_cb=_quiet, **options)
+
+        async def scenario():
+            nc = await connect(port, tls=self.context())
+            sub = await nc.subscribe("habitat.event.chain")
+            await nc.flush()
+            publisher = await connect(publisher_port, **publisher_options) if publisher_port else nc
+            await publisher.publish("habitat.event.chain", b"verified")
+            await publisher.flush()
+            got = (await sub.next_msg(5)).data
+            if publisher is not nc:
+                await publisher.close()
+            await nc.close()
+            return got
+
+        return threads.deferToThread(lambda: asyncio.run(asyncio.wait_for(scenario(), 60)))
+
+    @defer.inlineCallbacks
+    def test_eventsvc_and_nats_server_with_chain_files(self):
+        gateway_port = process.free_port()
+        config = process.write_config(self.path("eventsvc.toml"), f"""
+[service]
+host = "127.0.0.1"
+port = 0
+[tls]
+cert_path = "{self.path('service.crt')}"
+key_path = "{self.path('service.key')}"
+root_ca_path = "{self.path('root.crt')}"
+[gateway]
+enabled = true
+host = "127.0.0.1"
+port = {gateway_port}
+tokens = ["{TOKEN}"]
+[[gateway.frontend_tls]]
+server_name = "localhost"
+cert_path = "{self.path('service.crt')}"
+key_path = "{self.path('service.key')}"
+""")
+        server = process.eventsvc(config, expect=("service", "gateway"))
+        service_port = yield process.started(self, server)
+        reference = process.nats_server("-c", process.write_config(self.path("nats.conf"), """
+tls {{
+  cert_file: "{0}/service.crt"
+  key_file: "{0}/service.key"
+  ca_file: "{0}/root.crt"
+  verify: true
+}}
+""".format(self.dir)))
+        reference_port = yield process.started(self, reference)
+        for port in (service_port, reference_port):
+            got = yield self.round_trip(port)
+            self.assertEqual(got, b"verified", port)
+        got = yield self.round_trip(service_port, gateway_port, tls=self.context(client_certificate=False), token=TOKEN)
+        self.assertEqual(got, b"verified")

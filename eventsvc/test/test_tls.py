@@ -627,3 +627,135 @@ class TLSLayerTests(SynchronousTestCase):
         server.write(b"".join(pieces))
         pump.flush()
         self.assertEqual(b"".join(peer.reads), b"".join(pieces))
+
+
+class ChainFileTests(SynchronousTestCase):
+    """
+    A certificate file holding the certificate and then its intermediate CA
+    (a chain file), peers trusting the root alone: every certificate of the
+    file is sent, as nats-server sends its C{cert_file}'s.
+    """
+
+    def setUp(self) -> None:
+        self.pki = PKI(self.mktemp())
+        self.root = certs.make_ca("root CA", path_length=1)
+        self.intermediate = certs.make_intermediate(self.root, "intermediate CA")
+        self.pki.write("root.crt", self.root.cert_pem)
+        for name in ("service", "alice"):
+            minted = self.pki.issue(name, ["localhost"], ca=self.intermediate)
+            self.pki.write(name + "-chain.crt", minted.cert_pem + self.intermediate.cert_pem)
+        self.listener = tls.mutual_tls_server(self.pki.path("service-chain.crt"), self.pki.path("service.key"), self.pki.path("root.crt"))
+
+    def identity(self, name: str) -> tls.Identity:
+        return tls.load_identity(self.pki.path(name + "-chain.crt"), self.pki.path(name + ".key"), "[tls]")
+
+    def connect(self, server_options, client_options) -> UpgradingClient:
+        client = UpgradingClient(client_options)
+        TLSHarness(server_options, tls_verify=True).connect(client)
+        return client
+
+    def sent(self, client: UpgradingClient) -> list:
+        return [c.to_cryptography().subject.rfc4514_string().split(",")[0] for c in client.tls.getHandle().get_peer_cert_chain()]
+
+    def test_intermediate(self) -> None:
+        """make_intermediate's CA chains to the root: a certificate it signs verifies with the root alone trusted."""
+        from OpenSSL import crypto
+
+        store = crypto.X509Store()
+        store.add_cert(crypto.X509.from_cryptography(self.root.certificate))
+        leaf = crypto.X509.from_cryptography(self.pki.issue("leaf", ca=self.intermediate).certificate)
+        with self.assertRaises(crypto.X509StoreContextError):
+            crypto.X509StoreContext(store, leaf).verify_certificate()
+        chain = crypto.X509StoreContext(store, leaf, [crypto.X509.from_cryptography(self.intermediate.certificate)]).get_verified_chain()
+        self.assertEqual([c.get_subject().commonName for c in chain], ["leaf", "intermediate CA", "root CA"])
+
+    def test_listener_sends_its_chain(self) -> None:
+        """
+        A client trusting the root alone verifies the listener (sent its
+        certificate and the intermediate), and the listener, trusting the
+        root alone, takes the client's certificate sent with its chain.
+        """
+        client = self.connect(self.listener, tls.client_options("localhost", self.pki.trust_root(self.root), self.identity("alice")))
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
+
+    def test_client_certificate_without_its_chain_is_refused(self) -> None:
+        """The root alone is trusted: a client certificate from the intermediate, sent alone, does not verify."""
+        client = self.connect(self.listener, ssl.optionsForClientTLS(
+            "localhost", trustRoot=self.pki.trust_root(self.root), clientCertificate=PKI.private(self.pki.issue("bob", ca=self.intermediate))))
+        self.assertNotIn(b"PONG", client.app.data)
+        self.assertIsNotNone(client.lost)
+
+    def test_chain_not_doubled(self) -> None:
+        """With the intermediate also trusted, the file's chain is sent once, as it is, not a built one besides."""
+        self.pki.write("both.crt", self.root.cert_pem + self.intermediate.cert_pem)
+        listener = tls.mutual_tls_server(self.pki.path("service-chain.crt"), self.pki.path("service.key"), self.pki.path("both.crt"))
+        client = self.connect(listener, tls.client_options("localhost", self.pki.trust_root(self.root), self.identity("alice")))
+        self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
+
+    def test_every_ca_of_the_root_file_is_trusted(self) -> None:
+        """root_ca_path may hold several CAs, as nats-server's ca_file: a client from either is taken."""
+        other = certs.make_ca("second root")
+        self.pki.write("roots.crt", self.root.cert_pem + other.cert_pem)
+        listener = tls.mutual_tls_server(self.pki.path("service-chain.crt"), self.pki.path("service.key"), self.pki.path("roots.crt"))
+        for ca in (self.intermediate, other):
+            client = self.connect(listener, ssl.optionsForClientTLS(
+                "localhost", trustRoot=self.pki.trust_root(self.root), clientCertificate=PKI.private(self.pki.issue("carol", ca=ca)),
+                extraCertificateOptions={"extraCertChain": [tls._for_chain(ssl.Certificate.loadPEM(self.intermediate.cert_pem))]} if ca is self.intermediate else None))
+            self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+
+    def test_links_send_their_chains(self) -> None:
+        """Routes, gateways, leaf nodes and gRPC targets (peer_tls) present the chain both ways."""
+        accept, dial = tls.peer_tls(self.pki.path("service-chain.crt"), self.pki.path("service.key"), self.pki.path("root.crt"))
+        client = self.connect(accept, dial("localhost"))
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
+
+    def test_https_handlers_send_their_chain(self) -> None:
+        """The HTTPS handler client (MutualTLSPolicy) presents its chain too, and trusts each CA of root_ca_path."""
+        other = certs.make_ca("second root")
+        self.pki.write("roots.crt", other.cert_pem + self.root.cert_pem)
+        policy = tls.MutualTLSPolicy(tls.load_certificates(self.pki.path("roots.crt"), "[tls] root_ca_path"), self.identity("alice"))
+        client = self.connect(self.listener, policy.creatorForNetloc(b"localhost", 443))
+        self.assertEqual(client.app.data, b"+OK\r\nPONG\r\n")
+        self.assertEqual(self.sent(client), ["CN=service", "CN=intermediate CA"])
+
+    def test_frontend_certificates_send_their_chain(self) -> None:
+        """The gateway's SNI certificates and the WebSocket's (server_options) are sent with their chains."""
+        self.pki.issue("events.example.com", ca=self.intermediate)
+        self.pki.write("events-chain.crt", self.pki_read("events.example.com.crt") + self.intermediate.cert_pem)
+        options = tls.server_options(tls.load_identity(self.pki.path("events-chain.crt"), self.pki.path("events.example.com.key"), "[gateway]"))
+        sni = tls.SNIServerContexts([("events.example.com", options)])
+        client = UpgradingClient(ssl.optionsForClientTLS("events.example.com", trustRoot=self.pki.trust_root(self.root)))
+        TLSHarness(sni).connect(client)
+        self.assertTrue(client.app.handshaken)
+        self.assertEqual(self.sent(client), ["CN=events.example.com", "CN=intermediate CA"])
+
+    def pki_read(self, name: str) -> bytes:
+        with open(self.pki.path(name), "rb") as f:
+            return f.read()
+
+    def test_key_of_another_certificate_in_the_file(self) -> None:
+        """The key must be the file's first certificate's: a chain file in the wrong order is refused, saying so."""
+        self.pki.write("reversed.crt", self.intermediate.cert_pem + self.pki_read("service.crt"))
+        with self.assertRaises(tls.TLSFilesError) as caught:
+            tls.mutual_tls_server(self.pki.path("reversed.crt"), self.pki.path("service.key"), self.pki.path("root.crt"))
+        self.assertIn("service.key ([tls] key_path) is not the key of", str(caught.exception))
+        self.assertIn("reversed.crt (cert_path; the key must be its first certificate's)", str(caught.exception))
+
+    def test_broken_further_certificate(self) -> None:
+        """A block of the chain that is no certificate is named, not passed over."""
+        broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        self.pki.write("broken.crt", self.pki_read("service.crt") + broken)
+        with self.assertRaises(tls.TLSFilesError) as caught:
+            tls.mutual_tls_server(self.pki.path("broken.crt"), self.pki.path("service.key"), self.pki.path("root.crt"))
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("broken.crt ([tls] cert_path): not a PEM certificate (certificate 2 of 2", message)
+
+    def test_text_between_certificates(self) -> None:
+        """Text around the blocks (openssl's subject and issuer lines, say) is passed over, as nats-server does."""
+        self.pki.write("annotated.crt", b"subject=CN = service\n" + self.pki_read("service.crt") + b"issuer=CN = root CA\n" + self.intermediate.cert_pem)
+        identity = tls.load_identity(self.pki.path("annotated.crt"), self.pki.path("service.key"), "[tls]")
+        self.assertEqual(len(identity.chain), 1)
