@@ -529,9 +529,9 @@ class Broker(Delivery):
         bytes), in order: a
         pull request's batch.  Returns each one's count of subscribers
         reached.  Messages without headers whose plan is plain local
-        subscribers alone are framed here, one plan lookup for all that
-        show the same subject; any other goes through L{deliver_as}, and
-        so the rule.
+        subscribers alone go to L{deliver} with one plan lookup for all
+        that show the same subject; any other goes through L{deliver_as},
+        and so the rule.
         """
         bdeliver = deliver_subject.encode("utf-8")
         counts: List[int] = []
@@ -540,12 +540,15 @@ class Broker(Delivery):
                 counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
             return counts
         shown = ""
+        bshown = b""
         targets: Optional[Plan] = None
         local = False
+        src = self._local
         for subject, payload, reply, headers in messages:
             if subject != shown or targets is None:
                 shown = subject
-                targets, crosses = self._deliver_plan((bdeliver, subject.encode("utf-8")))
+                bshown = subject.encode("utf-8")
+                targets, crosses = self._deliver_plan((bdeliver, bshown))
                 local = targets.local and not crosses
             if headers or not local:
                 counts.append(self.deliver_as(deliver_subject, subject, payload, reply, headers, flush=False))
@@ -553,22 +556,7 @@ class Broker(Delivery):
             size = len(payload)
             self.in_msgs += 1
             self.in_bytes += size
-            # deliver()'s loop: "MSG <subject> <sid> <reply> <size>\r\n<payload>\r\n".
-            if reply:
-                frame_tail = b"%s %d\r\n%s\r\n" % (reply, size, payload)
-            else:
-                frame_tail = b"%d\r\n%s\r\n" % (size, payload)
-            for conn, prefix, append in targets.plain:
-                append(prefix)
-                append(frame_tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                if not conn.dirty:
-                    conn.dirty = True
-                    # (self._dirty read again: an in-process subscriber
-                    # given a message above may have flushed, replacing it.)
-                    self._dirty.append(conn)
-            counts.append(len(targets.plain))
+            counts.append(self.deliver(src, bshown, reply or None, size, b"%d\r\n%s\r\n" % (size, payload), targets))
         return counts
 
     def deliver_crossed(
