@@ -7,6 +7,8 @@ when something else shares those subjects, and when nobody takes a batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventsvc.jetstream.consumer import Consumer, check_config
@@ -37,6 +39,19 @@ class PullPathTests(SynchronousTestCase):
         self.addCleanup(consumer.stop)
         return consumer
 
+    def denied_inbox(self) -> Any:
+        """
+        The test's client on C{_INBOX.p.*}, and another client, returned,
+        on C{_INBOX.d.*} but denied C{orders.>} (what the messages show).
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
+        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
+        self.assertEqual(denied.received(), b"PONG\r\n")
+        return denied
+
     def test_acks_beside_a_client_on_all_acks(self) -> None:
         """A client subscribed to C{$JS.ACK.>} sees the acks, and the consumer still counts each, with or without headers."""
         self.client.send(b"SUB _INBOX.p.* 3\r\nSUB $JS.ACK.> 4\r\nPING\r\n")
@@ -62,12 +77,7 @@ class PullPathTests(SynchronousTestCase):
         the messages show (subscribe_deny orders.>): nobody took them, and
         they go to the next request at once, not after ack_wait.
         """
-        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
-        self.client.received()
-        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
-        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
-        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
-        self.assertEqual(denied.received(), b"PONG\r\n")
+        denied = self.denied_inbox()
         consumer = self.consumer(durable_name="P", ack_policy="explicit", ack_wait=30 * 10 ** 9)
         for i in range(2):
             self.stream.publish("orders.new", b"m%d" % i)
@@ -88,12 +98,7 @@ class PullPathTests(SynchronousTestCase):
         request round after round, a delivery counted each time, until
         max_deliver dropped it and the next request got nothing.
         """
-        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
-        self.client.received()
-        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
-        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.>"])))
-        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
-        self.assertEqual(denied.received(), b"PONG\r\n")
+        denied = self.denied_inbox()
         consumer = self.consumer(durable_name="P", ack_policy="explicit", max_deliver=2, ack_wait=30 * 10 ** 9)
         self.stream.publish("orders.new", b"m0")
         consumer.next_request("_INBOX.d.1", b'{"batch": 5, "expires": 10000000000}')
