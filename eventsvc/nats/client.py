@@ -336,16 +336,11 @@ class ClientConnection(Protocol):
         self._teardown()
         if abort:
             self.transport.abortConnection()
-        else:
-            # (Unregistered first: a TLS layer closes only without a producer.)
-            backlogged = self.outbound.backlogged
-            self.outbound.detach()
-            self.transport.loseConnection()
-            if backlogged and not self.lost:
-                # The close waits for a peer that was not reading: it has
-                # write_deadline to take what it is owed, as nats-server's
-                # final flush has, and is cut then.
-                self._overdue = self.clock.callLater(self.settings.write_deadline, self._close_overdue)
+        elif self.outbound.close_transport(self.transport) and not self.lost:
+            # The close waits for a peer that was not reading: it has
+            # write_deadline to take what it is owed, as nats-server's final
+            # flush has, and is cut then.
+            self._overdue = self.clock.callLater(self.settings.write_deadline, self._close_overdue)
 
     def _close_overdue(self) -> None:
         self._overdue = None

@@ -155,22 +155,23 @@ class Outbound:
         transport.registerProducer(self, True)
         send_at_turn_end(transport)
 
-    def detach(self) -> None:
+    def close_transport(self, transport: Any) -> bool:
         """
-        A close we ask for is next: the transport is no longer produced for.
+        Close C{transport} (the connection's: this part may never have been
+        attached to it) after what it was handed, unregistered first:
         Twisted's TLS layer shuts down (its close_notify, then the TCP close)
-        only once no producer is registered with it: a server-side close of
-        a TLS connection (C{-ERR} then close, a timeout, a stale peer) that
-        left us registered never closed the socket, and the peer kept it
-        open, uncounted, for as long as it liked.
+        only once no producer is registered with it, and a server-side close
+        of a TLS connection (C{-ERR} then close, a timeout, a stale peer)
+        that left us registered never closed the socket: the peer kept it
+        open, uncounted, for as long as it liked.  Returns whether the peer
+        was not taking what it was sent (the transport had paused us): the
+        caller then gives it write_deadline before it cuts.
         """
+        backlogged = self.paused
         if self.transport is not None:
             self.transport.unregisterProducer()
-
-    @property
-    def backlogged(self) -> bool:
-        """Whether the peer was not taking what it was sent (the transport paused this producer)."""
-        return self.paused
+        transport.loseConnection()
+        return backlogged
 
     def flush(self) -> bool:
         """

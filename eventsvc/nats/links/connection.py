@@ -208,11 +208,7 @@ class PeerConnection(Protocol):
             return
         self.outbound.write_all(err_line(error) if error else b"")
         self._teardown(why)
-        # (Unregistered first: a TLS layer closes only without a producer.)
-        backlogged = self.outbound.backlogged
-        self.outbound.detach()
-        self.transport.loseConnection()
-        if backlogged and self._overdue is None:
+        if self.outbound.close_transport(self.transport) and self._overdue is None:
             # A peer that was not reading has write_deadline to take what
             # it is owed (write_all hands it what was held), then is cut.
             self._overdue = self.manager.clock.callLater(
