@@ -363,6 +363,41 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+#: How long a port free_port() handed out stays promised to its caller:
+#: no other free_port(), in this process or another (trial -j2's other
+#: worker, another checkout's suite on the same machine), returns it
+#: before.  Long enough for any test to start the server it named it for.
+_PROMISED_FOR = 600.0
+
+
+def _promise(port: int, now: float) -> bool:
+    """
+    Promise C{port} to this caller, unless another caller was promised it
+    less than L{_PROMISED_FOR} ago; say whether it is now ours.
+
+    The promises are files named by port, their times the promise's,
+    under a directory of this user's; one lock (C{flock}) over the
+    directory makes the look and the promise one step across processes.
+    """
+    import fcntl
+    import tempfile
+
+    directory = os.path.join(tempfile.gettempdir(), "eventsvc-test-ports-{}".format(os.getuid()))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, str(port))
+    with open(os.path.join(directory, "lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if now - os.stat(path).st_mtime < _PROMISED_FOR:
+                return False
+        except FileNotFoundError:
+            pass
+        with open(path, "w"):
+            pass
+        os.utime(path, (now, now))
+        return True
+
+
 def free_port() -> int:
     """
     A loopback port free right now, for a configuration that must name
@@ -374,20 +409,25 @@ def free_port() -> int:
     it: the kernel hands ports of that range to every port-0 listener and
     every outgoing connection (a test beside this one under trial -j2 opens
     a thousand at once), so a port it gave out as free was soon another's.
-    Below it, only another free_port() can pick the same port, one chance
-    in thousands.  (Where the range leaves no room below, the kernel's pick.)
+    Below it, only another free_port() could pick the same port, and it
+    will not: each port handed out is promised to its caller for
+    L{_PROMISED_FOR} seconds, across processes (L{_promise}), so two tests
+    running side by side never name the same port between the pick and
+    their server's bind.  (Where the range leaves no room below, the
+    kernel's pick.)
     """
     import random
     import socket
 
     low, high = _NAMED_PORTS[0], min(_NAMED_PORTS[1], _ephemeral_low())
-    for _ in range(100 if high - low >= 1000 else 0):
+    for _ in range(1000 if high - low >= 1000 else 0):
         port = random.randrange(low, high)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if _promise(port, time.time()):
             return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

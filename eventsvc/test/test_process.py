@@ -214,3 +214,44 @@ class FreePortTests(TestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
             s.listen()
+
+    def test_never_twice_while_promised(self) -> None:
+        """
+        A port handed out is promised to its caller for C{_PROMISED_FOR}
+        seconds: not handed out again before, and free to hand out after.
+        """
+        import tempfile
+
+        self.patch(tempfile, "tempdir", os.path.abspath(self.mktemp()))
+        self.assertTrue(process._promise(25000, 1000.0))
+        self.assertFalse(process._promise(25000, 1000.0 + process._PROMISED_FOR - 1))
+        self.assertTrue(process._promise(25001, 1000.0))
+        self.assertTrue(process._promise(25000, 1000.0 + process._PROMISED_FOR))
+
+    def test_not_shared_with_another_process(self) -> None:
+        """
+        Two processes picking ports side by side (trial -j2's workers) are
+        never handed the same one: 300 picks each from about 12,000 ports
+        would share a few by chance.
+        """
+        import subprocess
+        import sys
+
+        low = process._ephemeral_low()
+        if low - process._NAMED_PORTS[0] < 10000:
+            self.skipTest("too little room below the ephemeral range here")
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        import tempfile
+
+        self.patch(tempfile, "tempdir", tmp)
+        other = subprocess.Popen(
+            [sys.executable, "-c", "from eventsvc.test import process\n"
+             "print(' '.join(str(process.free_port()) for _ in range(300)))"],
+            stdout=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=tmp),
+        )
+        ours = {process.free_port() for _ in range(300)}
+        theirs = set(map(int, other.communicate(timeout=60)[0].split()))
+        self.assertEqual(other.returncode, 0)
+        self.assertEqual((len(ours), len(theirs)), (300, 300))
+        self.assertEqual(ours & theirs, set())
