@@ -6,6 +6,7 @@ in-memory transport on a fake clock.
 from __future__ import annotations
 
 import json
+import re
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -334,6 +335,24 @@ class BatchTests(SynchronousTestCase):
             written = got.count(b" 6\r\nhello!\r\n") * 6 + got.count(b" 05\r\nhello\r\n") * 5 + got.count(b" 004\r\nhell\r\n") * 4
             self.assertEqual((m.proto.out_msgs, m.proto.out_bytes), (got.count(b"MSG work 1 "), written))
         self.assertEqual(h.broker.totals()["out_bytes"], 20 * 15)
+
+    def test_one_connections_subscriptions_each_in_order(self) -> None:
+        """
+        One read's messages to a subject that three of a client's
+        subscriptions match: each subscription gets them all, in the order
+        published (what NATS promises, and what clients dispatch by).  (How
+        the three interleave is not promised: here a subscription's batch at
+        a time, in nats-server message by message; docs/compatibility.md.)
+        """
+        h = Harness()
+        sub = h.connect()
+        sub.send(b"SUB a 1\r\nSUB a 2\r\nSUB > 3\r\n")
+        pub = h.connect(b'CONNECT {"verbose":false,"pedantic":false}\r\n')  # (plain: its PUBs in batches)
+        pub.send(b"".join(b"PUB a 2\r\nm%d\r\n" % n for n in range(5)))
+        frames = re.findall(rb"MSG a (\d) 2\r\n(m\d)\r\n", sub.received())
+        self.assertEqual(len(frames), 15)
+        for sid in (b"1", b"2", b"3"):
+            self.assertEqual([m for s, m in frames if s == sid], [b"m%d" % n for n in range(5)])
 
     def test_large_payloads_as_pieces(self) -> None:
         """
