@@ -727,15 +727,23 @@ class Delivery:
                 dirty.append(conn)
         if targets.queues and groups_served(src, ()) is None:
             bits = self._bits
-            # Tails of one length have payloads of one size (a longer size
-            # field needs a larger payload): most batches, whose payloads'
-            # sizes need not be read one by one.
-            first = len(tails[0])
-            each = size // k
-            for tail in tails:
-                if len(tail) != first:
-                    each = -1
-                    break
+            # Tails of one length have payloads of one size, the first's,
+            # when its size has no leading zero and the total is k times it:
+            # most batches, whose payloads' sizes need not be read one by
+            # one.  (A size with leading zeros, which nats-server accepts,
+            # is smaller than its length allows: "05\r\nhello\r\n" is as
+            # long as "6\r\nhello!\r\n"; without, it is the largest, so
+            # the total says whether any tail of the length had them.)
+            head = tails[0]
+            first = len(head)
+            each = _payload_size(head)
+            if each * k != size or head[0] == 48:
+                each = -1
+            else:
+                for tail in tails:
+                    if len(tail) != first:
+                        each = -1
+                        break
             for group in targets.queues:
                 members = group
                 if no_echo:

@@ -256,20 +256,16 @@ class TurnEnd:
 _turn_ends: "WeakKeyDictionary[Any, TurnEnd]" = WeakKeyDictionary()
 
 
-def _turn_end(reactor: Any) -> TurnEnd:
+def turn_end(reactor: Any) -> TurnEnd:
+    """
+    The turn end of C{reactor}, made on first use, for a caller that makes
+    calls at the end of many turns (a file store's flushes) and keeps it:
+    L{TurnEnd.call} is L{at_turn_end} without the look-up.
+    """
     turn = _turn_ends.get(reactor)
     if turn is None:
         turn = _turn_ends[reactor] = TurnEnd(reactor)
     return turn
-
-
-def turn_end(reactor: Any) -> TurnEnd:
-    """
-    The turn end of C{reactor}, for a caller that makes calls at the end of
-    many turns (a file store's flushes) and keeps it: L{TurnEnd.call} is
-    L{at_turn_end} without the look-up.
-    """
-    return _turn_end(reactor)
 
 
 def at_turn_end(reactor: Any, func: Callable[[], None]) -> TurnEndCall:
@@ -279,7 +275,7 @@ def at_turn_end(reactor: Any, func: Callable[[], None]) -> TurnEndCall:
     C{func}, is sent: where a C{callLater(0)} would leave what C{func} writes
     to the turn after.  Calls run in the order they were made.
     """
-    return _turn_end(reactor).call(func)
+    return turn_end(reactor).call(func)
 
 
 class TurnEndWrites:
@@ -531,7 +527,7 @@ def set_up(transport: Any) -> None:
         except OSError:
             pass
         if made is not cls:
-            layer._turn = _turn_end(layer.reactor)
+            layer._turn = turn_end(layer.reactor)
             layer.__class__ = made
         return
     no_delay(transport)
@@ -551,7 +547,7 @@ def send_at_turn_end(transport: Any) -> bool:
         if made is None:
             continue
         if made is not cls:
-            layer._turn = _turn_end(layer.reactor)
+            layer._turn = turn_end(layer.reactor)
             layer.__class__ = made
         return True
     return False

@@ -146,9 +146,7 @@ class TLSLayer(TLSMemoryBIOProtocol):
         socket open for as long as the peer liked, and no longer counted.
         """
         super().loseConnection()
-        if (self.disconnecting and not self._aborted and self._producer is None and not self._appSendBuffer
-                and self.transport is not None):
-            self.transport.loseConnection()
+        close_after_notify(self)
 
     def _write(self, data: bytes) -> None:
         if self._lostTLSConnection:
@@ -225,6 +223,41 @@ _UNUSED_POINTER = _ffi.new("char **")
 
 #: One TLS factory per context (it only keeps the live layers).
 _factories: "WeakKeyDictionary[Any, TLSMemoryBIOFactory]" = WeakKeyDictionary()
+
+
+def close_after_notify(layer: TLSMemoryBIOProtocol) -> None:
+    """
+    After C{layer}'s C{loseConnection} (Twisted's: a close_notify after what
+    was written): close the TCP connection under it too, once that is sent,
+    rather than wait for the peer's close_notify.  Not while a write waits
+    for the handshake or a producer is registered: Twisted shuts the layer
+    down only after those, and waits for the peer then (a producer is let
+    go of by L{eventsvc.nats.outbound.Outbound.close_transport} first).
+    """
+    if (layer.disconnecting and not layer._aborted and layer._producer is None and not layer._appSendBuffer
+            and layer.transport is not None):
+        layer.transport.loseConnection()
+
+
+def start_tls(transport: Any, context: Any) -> None:
+    """
+    Twisted's C{startTLS} on C{transport} (a leaf link's, after its
+    plaintext INFO), and its TLS layer closes as L{TLSLayer} does: the
+    close_notify, then the TCP close (as nats-server's, Go's
+    C{tls.Conn.Close}).  Twisted's layer waited for the peer's close_notify,
+    so a peer that never sent it kept the socket for as long as it liked.
+    """
+    transport.startTLS(context)
+    layer = transport.protocol
+    if not isinstance(layer, TLSMemoryBIOProtocol):
+        return  # (iosim's transports only pretend to start TLS)
+    twisteds = layer.loseConnection
+
+    def loseConnection() -> None:
+        twisteds()
+        close_after_notify(layer)
+
+    layer.loseConnection = loseConnection  # type: ignore[method-assign]
 
 
 def _tls_factory(context_factory: Any) -> TLSMemoryBIOFactory:

@@ -6,6 +6,7 @@ in-memory transport on a fake clock.
 from __future__ import annotations
 
 import json
+import re
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -313,6 +314,45 @@ class BatchTests(SynchronousTestCase):
         self.assertTrue(all(n > 50 for n in counts), counts)
         self.assertEqual(plain.received(), b"MSG work 2 2\r\nhi\r\n" * 300)
         self.assertEqual(sum(m.proto.out_bytes for m in members), 600)
+
+    def test_queue_batch_sizes_with_leading_zeros(self) -> None:
+        """
+        A batch to a queue group whose size tokens have leading zeros
+        (nats-server reads C{05} as 5 and shows the token as sent): lines
+        of one length then carry payloads of different sizes, and each
+        member's C{out_bytes} (what /connz shows) and the server's (/varz)
+        are the payload bytes it was written, not the batch's average.
+        """
+        h = Harness()
+        members = [h.connect() for _ in range(2)]
+        for m in members:
+            m.send(b"SUB work q 1\r\n")
+        pub = h.connect(b'CONNECT {"verbose":false,"pedantic":false}\r\n')  # (plain: its PUBs in batches)
+        # "6\r\nhello!\r\n", "05\r\nhello\r\n" and "004\r\nhell\r\n" are 11 bytes each.
+        pub.send(b"PUB work 6\r\nhello!\r\nPUB work 05\r\nhello\r\nPUB work 004\r\nhell\r\n" * 20)
+        for m in members:
+            got = m.received()
+            written = got.count(b" 6\r\nhello!\r\n") * 6 + got.count(b" 05\r\nhello\r\n") * 5 + got.count(b" 004\r\nhell\r\n") * 4
+            self.assertEqual((m.proto.out_msgs, m.proto.out_bytes), (got.count(b"MSG work 1 "), written))
+        self.assertEqual(h.broker.totals()["out_bytes"], 20 * 15)
+
+    def test_one_connections_subscriptions_each_in_order(self) -> None:
+        """
+        One read's messages to a subject that three of a client's
+        subscriptions match: each subscription gets them all, in the order
+        published (what NATS promises, and what clients dispatch by).  (How
+        the three interleave is not promised: here a subscription's batch at
+        a time, in nats-server message by message; docs/compatibility.md.)
+        """
+        h = Harness()
+        sub = h.connect()
+        sub.send(b"SUB a 1\r\nSUB a 2\r\nSUB > 3\r\n")
+        pub = h.connect(b'CONNECT {"verbose":false,"pedantic":false}\r\n')  # (plain: its PUBs in batches)
+        pub.send(b"".join(b"PUB a 2\r\nm%d\r\n" % n for n in range(5)))
+        frames = re.findall(rb"MSG a (\d) 2\r\n(m\d)\r\n", sub.received())
+        self.assertEqual(len(frames), 15)
+        for sid in (b"1", b"2", b"3"):
+            self.assertEqual([m for s, m in frames if s == sid], [b"m%d" % n for n in range(5)])
 
     def test_large_payloads_as_pieces(self) -> None:
         """

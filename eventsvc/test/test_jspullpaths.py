@@ -7,6 +7,7 @@ when something else shares those subjects, and when nobody takes a batch.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -137,3 +138,42 @@ class PullPathTests(SynchronousTestCase):
         consumer.next_request("_INBOX.p.2", b'{"batch": 1, "no_wait": true}')
         self.harness.clock.advance(0)
         self.assertIn(b"MSG orders.new 3 $JS.ACK.ORDERS.P.1.1.1.", self.client.received())
+
+    def test_a_subscriber_denied_some_of_a_batch(self) -> None:
+        """
+        A request of 10 whose inbox's subscriber may not receive
+        C{orders.secret} (four messages: new, secret, new, secret): it gets
+        the two it may, then a 408 ends the request, and the next request
+        gets the other two at once.  Each of those was sent twice (counted):
+        in the round with the others, and in the next, which reached nobody
+        and so ended the request.  nats-server 2.9 does the same for a
+        message a subscriber may not receive (C{didNotDeliver}: redelivered
+        at once, to the same request while it waits), round after round
+        until the request's batch is used up: on the wire, ten deliveries
+        for these four, and the next request saw delivery count 5.
+        """
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+        denied = self.harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        denied.proto.identity_changed(Identity("d", Permissions(subscribe_deny=["orders.secret"])))
+        denied.send(b"SUB _INBOX.d.* 1\r\nPING\r\n")
+        self.assertEqual(denied.received(), b"PONG\r\n")
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", ack_wait=30 * 10 ** 9)
+        for subject in ("orders.new", "orders.secret", "orders.new", "orders.secret"):
+            self.stream.publish(subject, b"m")
+        consumer.next_request("_INBOX.d.1", b'{"batch": 10, "expires": 10000000000}')
+        self.harness.clock.advance(0)
+        seen = denied.received()
+        self.assertEqual(re.findall(rb"MSG (\S+) 1 \$JS\.ACK\.ORDERS\.P\.(\d+)\.(\d+)\.", seen), [
+            (b"orders.new", b"1", b"1"), (b"orders.new", b"1", b"3"),
+        ])
+        self.assertIn(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 4\r\n", seen)
+        info = consumer.info()
+        self.assertEqual(
+            (info["delivered"]["consumer_seq"], info["num_ack_pending"], info["num_redelivered"], info["num_waiting"]),
+            (6, 4, 2, 0), info,
+        )
+        consumer.next_request("_INBOX.p.2", b'{"batch": 10, "no_wait": true}')
+        self.harness.clock.advance(0)
+        got = re.findall(rb"MSG (\S+) 3 \$JS\.ACK\.ORDERS\.P\.(\d+)\.(\d+)\.", self.client.received())
+        self.assertEqual(got[:2], [(b"orders.secret", b"3", b"2"), (b"orders.secret", b"3", b"4")])

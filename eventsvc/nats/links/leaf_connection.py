@@ -22,6 +22,7 @@ from eventsvc.nats.links.jsdomain import ACK_PREFIX, LeafJetStreamRule, leaf_rul
 from eventsvc.nats.links.manager import DialTarget, host_port
 from eventsvc.nats.parser import AUTHORIZATION_VIOLATION, LeafParser, ProtocolViolation
 from eventsvc.nats.subjects import Subscription, valid_subject
+from eventsvc.nats.upgrade import start_tls
 
 if TYPE_CHECKING:
     from eventsvc.nats.links.leaf import LeafManager
@@ -115,7 +116,7 @@ class LeafConnection(PeerConnection):
             if tls is not None:
                 # INFO in plaintext, then TLS on the same socket (2.9's leaf
                 # links): what the spoke writes next is its handshake.
-                self.transport.startTLS(tls)
+                start_tls(self.transport, tls)
         self.start_handshake_clock()
 
     def warn_unregistered(self) -> bool:
@@ -162,7 +163,7 @@ class LeafConnection(PeerConnection):
                     self.close(None, "hub without TLS")
                     return
                 # The hub's certificate must carry its name (tls_name, or the host dialled).
-                self.transport.startTLS(tls(remote.tls_name or urlsplit(remote.url).hostname or self.host))
+                start_tls(self.transport, tls(remote.tls_name or urlsplit(remote.url).hostname or self.host))
                 secure = True
             else:
                 secure = False
