@@ -1143,7 +1143,9 @@ class Consumer:
                 return 0
             self._batch_to = target
             self._batch_request = request
-        load_next, store_filter = self.stream.store.load_next, self._store_filter
+        store = self.stream.store
+        load, load_next, store_filter = store.load, store.load_next, self._store_filter
+        everything = store_filter is None
         # A filter the store was not given (it named every subject the
         # stream had): the stream's subjects may have changed since, so each
         # message's subject is compared; one that differs is the loop's.
@@ -1155,7 +1157,16 @@ class Consumer:
         seq = self.sseq
         end = first + wanted
         while dseq < end:
-            message = load_next(seq, store_filter)
+            if everything:
+                # (Most often the very next one: read without load_next's
+                # search.  One gone, or damaged and so read as gone with
+                # the store's error, is passed over as load_next passes
+                # over a gap.)
+                message = load(seq)
+                if message is None:
+                    message = load_next(seq + 1, None)
+            else:
+                message = load_next(seq, store_filter)
             if message is None or (only is not None and message.subject != only):
                 break
             seq = message.seq
@@ -1163,7 +1174,7 @@ class Consumer:
                 npc -= 1
             hold((message.subject, message.data, reply_format % (1, seq, dseq, message.ts, npc), message.headers))
             held_seqs.append(seq)
-            # (A first delivery: a sequence at or past sseq is not pending.)
+            # (A first delivery: its entry made afresh, as the loop leaves it.)
             pending[seq] = [dseq, now]
             dseq += 1
             seq += 1
@@ -1424,6 +1435,14 @@ class Consumer:
             dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
         except ValueError:
             return
+        if reply is None and payload == ACK_ACK:
+            # (Most acks: L{_ack_parsed}'s first case, without its call.)
+            max_pending = self.config.get("max_ack_pending", 0)
+            stalled = max_pending > 0 and len(self.pending) >= max_pending
+            self._acked(sseq, dseq)
+            if self._rdq or stalled:
+                self._deliver()
+            return
         try:
             self._ack_parsed(dc, sseq, dseq, None if reply is None else reply.decode("utf-8", "replace"), payload)
         except RecursionError:
@@ -1493,7 +1512,7 @@ class Consumer:
             entry = pending.pop(sseq, None)
             if entry is not None:
                 dseq = entry[0]
-                acked = [sseq]
+                acked = (sseq,)
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
             elif dseq == self.adflr + 1:
@@ -1519,8 +1538,9 @@ class Consumer:
         else:
             return
         self.last_acked = self.now()
+        # (For ack_policy all, the floors say it all.)
         self.store.update_acks(self.adflr, self.asflr, acked if policy == "explicit" else ())
-        if self._retention != "limits":
+        if acked and self._retention != "limits":
             for seq in acked:
                 self.stream.ack_message(seq)
 
