@@ -1512,7 +1512,7 @@ class Consumer:
             entry = pending.pop(sseq, None)
             if entry is not None:
                 dseq = entry[0]
-                acked = (sseq,)
+                acked = [sseq]
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
             elif dseq == self.adflr + 1:
