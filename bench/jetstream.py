@@ -23,7 +23,7 @@ flags its scenes and with its goals (CPython: at least 50% of nats-server's
 rate and at most 2x its CPU per message; PyPy: at least 100% of its rate),
 and the scenes that miss are listed again at the end.  It prints figures;
 it never passes or fails.  Figures from a busy machine say little: run it
-alone.  C{make bench} runs it after bench/run.py; C{make bench-js} alone.
+alone.  "make bench" runs it after bench/run.py, "make bench-js" alone.
 """
 
 from __future__ import annotations
