@@ -8,7 +8,7 @@ PYPY ?= pypy3
 PYPY_VENV ?= .venv-pypy
 ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 
-.PHONY: protos run test install install-test system-deps js-deps go-deps bench clean run-pypy test-pypy install-pypy install-pypy-test
+.PHONY: protos run test install install-test system-deps js-deps go-deps bench bench-js clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
@@ -81,9 +81,17 @@ interop/js/node_modules/.package-lock.json: interop/js/package-lock.json
 	  npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
 
 # Side-by-side benchmark against nats-server, eventsvc on CPython and PyPy (not part of the tests);
-# it flags every scene below issue 30's goals.  BENCH_ARGS="--quick --runs 2" for a short one.
+# it flags every scene below issue 30's goals: bench/run.py's, then JetStream's (bench/jetstream.py,
+# also alone as bench-js).  BENCH_ARGS="--quick --runs 2" for a short run.py, JS_BENCH_ARGS for
+# jetstream.py (e.g. "--messages 200000", as docs/performance.md's JetStream tables ran it).
 bench: install install-pypy system-deps
 	$(ABS_VENV)/bin/python bench/run.py --pypy $(ABS_PYPY_VENV)/bin/python $(BENCH_ARGS)
+	$(JS_BENCH)
+
+bench-js: install install-pypy system-deps
+	$(JS_BENCH)
+
+JS_BENCH = $(ABS_VENV)/bin/python bench/jetstream.py --interpreters $(ABS_VENV)/bin/python $(ABS_PYPY_VENV)/bin/python $(JS_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info interop/js/node_modules interop/go/jsinterop

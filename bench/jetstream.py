@@ -13,10 +13,17 @@ first use from Debian's golang-go and golang-github-nats-io-go-nats-dev):
 Each server is pinned to core 0 (taskset) and the load generator to core 1;
 the server's CPU per message (user + system, from /proc/<pid>/stat) is
 printed beside each rate, and each eventsvc rate as a ratio of
-nats-server's.  A warm-up of a fifth of the messages (on a stream of its
+nats-server's, then nats-server's CPU per message over ours (above 100%:
+we spend less).  A warm-up of a fifth of the messages (on a stream of its
 own) runs first and is not counted (PyPy's JIT).  Interpreters: this one and
-.venv-pypy's when there is one, or those given.  It prints figures; it never
-passes or fails.  Figures from a busy machine say little: run it alone.
+.venv-pypy's when there is one, or those given.
+
+Each ratio that misses issue 30's goal is flagged with "<", as bench/run.py
+flags its scenes and with its goals (CPython: at least 50% of nats-server's
+rate and at most 2x its CPU per message; PyPy: at least 100% of its rate),
+and the scenes that miss are listed again at the end.  It prints figures;
+it never passes or fails.  Figures from a busy machine say little: run it
+alone.  "make bench" runs it after bench/run.py, "make bench-js" alone.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+import run as goals  # noqa: E402  (issue 30's goals, judged as bench/run.py judges its scenes)
 from eventsvc.test import process  # noqa: E402
 # The events bench measures CPU and finds interpreters the same way.
 from events import cpu_seconds, interpreters  # noqa: E402
@@ -127,11 +135,12 @@ def main() -> None:
     for python in interpreters(options.interpreters):
         servers.append(("eventsvc " + ("pypy" if "pypy" in python else "cpython"), python))
     print("JetStream, {} store; servers on core {}, nats.go load on core {}".format(options.storage, SERVER_CORE, LOAD_CORE))
-    print("{:<18} {:<6} {:>9} {:>12} {:>10} {:>14}".format("server", "scene", "messages", "msgs/s", "CPU/msg us", "vs nats-server"))
+    print("{:<18} {:<6} {:>9} {:>12} {:>7} {:>10} {:>7}".format(
+        "server", "scene", "messages", "msgs/s", "rate", "CPU/msg us", "CPU"))
     for mode in options.only or SCENES:
         # Synchronous publishing is one round trip each: fewer of them.
         messages = options.messages // 5 if mode == "sync" else options.messages
-        reference: Optional[float] = None
+        reference: Optional[Dict[str, float]] = None
         for name, python in servers:
             try:
                 r = scene(tool, name, python, mode, messages, options.storage)
@@ -139,10 +148,47 @@ def main() -> None:
                 print("{:<18} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
                 continue
             if python is None:
-                reference = r["rate"]
-            ratio = "" if python is None or not reference else "{:.0%}".format(r["rate"] / reference)
-            print("{:<18} {:<6} {:>9,} {:>12,.0f} {:>10.1f} {:>14}".format(
-                name, mode, int(r["done"]), r["rate"], r["cpu_us"], ratio), flush=True)
+                reference = r
+            print(line(name, mode, python, r, reference), flush=True)
+    summary([name for name, python in servers if python is not None])
+
+
+def line(name: str, mode: str, python: Optional[str], r: Dict[str, float], reference: Optional[Dict[str, float]]) -> str:
+    """
+    One server's line of a scene: its rate and CPU per message and, for
+    eventsvc, its rate over nats-server's and nats-server's CPU per message
+    over its own, each followed by C{<} when it misses its interpreter's goal.
+    """
+    rate_ratio = cpu_ratio = ""
+    if python is not None and reference is not None:
+        ratio = r["rate"] / reference["rate"] if reference["rate"] else float("nan")
+        cpu = reference["cpu_us"] / r["cpu_us"] if r["cpu_us"] and reference["cpu_us"] else None
+        label = "jetstream " + mode
+        # (It keeps what misses, for the summary: goals.BELOW.)
+        missed = goals.below_goal(label, name, python, ratio, cpu, False)
+        rate_ratio = "{:.0%}{}".format(ratio, "<" if "rate" in missed else " ")
+        cpu_ratio = "" if cpu is None else "{:.0%}{}".format(cpu, "<" if "cpu" in missed else " ")
+    return "{:<18} {:<6} {:>9,} {:>12,.0f} {:>7} {:>10.1f} {:>7}".format(
+        name, mode, int(r["done"]), r["rate"], rate_ratio, r["cpu_us"], cpu_ratio)
+
+
+def summary(names: List[str]) -> None:
+    """The scenes below their goal, by server, as bench/run.py lists its own."""
+    print()
+    print("goals (issue 30): CPython at least 50% of nats-server's rate and at most 2x its CPU per message;"
+          " PyPy at least 100% of its rate")
+    if not goals.BELOW:
+        print("every JetStream scene meets its goal")
+        return
+    for name in names:
+        missed: Dict[str, List[str]] = {}
+        for label, server, what in goals.BELOW:
+            if server == name:
+                missed.setdefault(label, []).append(what)
+        if missed:
+            print("below goal, {} ({} lines):".format(name, len(missed)))
+            for label, whats in missed.items():
+                print("  {:<30} {}".format(label, ", ".join(whats)))
 
 
 if __name__ == "__main__":

@@ -1008,6 +1008,11 @@ class Consumer:
         # at that turn's end): its deliveries are then one record of the
         # consumer store's, not one each.
         now = self.now()
+        # A pull request's run of first deliveries in one go (L{_pull_run})
+        # when nothing asks for a look at each message: no headers-only
+        # rewrite, no replay pacing, no wildcard filter to check again here.
+        runs = not push and explicit and not headers_only and not self._replay and not (
+            self._filter_wild and self._store_filter is None)
         while not self.closed and sent < budget:
             if push:
                 if not self.active or (self._maxpb and self._pbytes > self._maxpb):
@@ -1017,6 +1022,11 @@ class Consumer:
             if self._replay_timer is not None:
                 self._send_batch()
                 return sent
+            if runs and len(self.waiting) == 1 and not self._rdq and not self._lss and self._npc is not None:
+                taken_run = self._pull_run(budget - sent, now)
+                if taken_run:
+                    sent += taken_run
+                    continue
             taken = self._take_next()
             if taken is None:
                 break
@@ -1097,6 +1107,92 @@ class Consumer:
             # Caught up with what the stream held at the start: new messages go at once.
             self._replay = False
         return sent
+
+    def _pull_run(self, room: int, now: int) -> int:
+        """
+        L{_deliver_round}'s loop for the first deliveries to the one
+        waiting pull request, when it asks for nothing a message at a time
+        (no max_bytes, not at its end, heard): up to C{room} messages, as
+        many as it still wants and C{max_ack_pending} allows, each taken,
+        recorded pending and held for the request as the loop would, and
+        given to the consumer store as one run.  Returns how many it took;
+        0 leaves the message to the loop, which says why it stops (the
+        408, 409, the stall, the end of the stream).
+        """
+        request = self.waiting[0]
+        if request.b or request.unheard or (request.last and now >= request.last):
+            return 0
+        genid = self.broker.sublist.genid
+        if request.genid != genid:
+            request.interest = self.broker.has_interest(request.reply)
+            request.genid = genid
+        if not (request.interest or self._young(request, now)):
+            return 0
+        pending = self.pending
+        wanted = request.n if request.n < room else room
+        max_pending = self.config.get("max_ack_pending", 0)
+        if max_pending > 0 and max_pending - len(pending) < wanted:
+            wanted = max_pending - len(pending)
+        if wanted <= 0:
+            return 0
+        target = request.reply
+        if target != self._batch_to:
+            self._send_batch()
+            if self._rdq:
+                # (What the last batch's request did not take goes first.)
+                return 0
+            self._batch_to = target
+            self._batch_request = request
+        store = self.stream.store
+        load, load_next, store_filter = store.load, store.load_next, self._store_filter
+        everything = store_filter is None
+        # A filter the store was not given (it named every subject the
+        # stream had): the stream's subjects may have changed since, so each
+        # message's subject is compared; one that differs is the loop's.
+        only = self._filter if store_filter is None else None
+        reply_format = self._reply_format
+        hold, held_seqs = self._batch.append, self._batch_seqs
+        npc = self._npc or 0
+        first = dseq = self.dseq
+        seq = self.sseq
+        end = first + wanted
+        while dseq < end:
+            if everything:
+                # (Most often the very next one: read without load_next's
+                # search.  One gone, or damaged and so read as gone with
+                # the store's error, is passed over as load_next passes
+                # over a gap.)
+                message = load(seq)
+                if message is None:
+                    message = load_next(seq + 1, None)
+            else:
+                message = load_next(seq, store_filter)
+            if message is None or (only is not None and message.subject != only):
+                break
+            seq = message.seq
+            if npc:
+                npc -= 1
+            hold((message.subject, message.data, reply_format % (1, seq, dseq, message.ts, npc), message.headers))
+            held_seqs.append(seq)
+            # (A first delivery: its entry made afresh, as the loop leaves it.)
+            pending[seq] = [dseq, now]
+            dseq += 1
+            seq += 1
+        taken = dseq - first
+        if not taken:
+            return 0
+        self.sseq, self.dseq, self._npc = seq, dseq, npc
+        request.d += taken
+        request.n -= taken
+        if request.n <= 0:
+            self.waiting.popleft()
+        elif request.hb:
+            request.hbt = now + request.hb
+        self.last_delivered = self._waiting_last = now
+        if self._ack_timer is None:
+            self._arm_ack_timer(self.config["ack_wait"])
+        self.store.update_delivered_run(first, held_seqs[-taken:], now)
+        return taken
 
     def _send_batch(self) -> None:
         """
@@ -1339,6 +1435,14 @@ class Consumer:
             dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
         except ValueError:
             return
+        if reply is None and payload == ACK_ACK:
+            # (Most acks: L{_ack_parsed}'s first case, without its call.)
+            max_pending = self.config.get("max_ack_pending", 0)
+            stalled = max_pending > 0 and len(self.pending) >= max_pending
+            self._acked(sseq, dseq)
+            if self._rdq or stalled:
+                self._deliver()
+            return
         try:
             self._ack_parsed(dc, sseq, dseq, None if reply is None else reply.decode("utf-8", "replace"), payload)
         except RecursionError:
@@ -1434,8 +1538,9 @@ class Consumer:
         else:
             return
         self.last_acked = self.now()
+        # (For ack_policy all, the floors say it all.)
         self.store.update_acks(self.adflr, self.asflr, acked if policy == "explicit" else ())
-        if self._retention != "limits":
+        if acked and self._retention != "limits":
             for seq in acked:
                 self.stream.ack_message(seq)
 

@@ -8,7 +8,7 @@ when something else shares those subjects, and when nobody takes a batch.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, List, Tuple, cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -177,3 +177,79 @@ class PullPathTests(SynchronousTestCase):
         self.harness.clock.advance(0)
         got = re.findall(rb"MSG (\S+) 3 \$JS\.ACK\.ORDERS\.P\.(\d+)\.(\d+)\.", self.client.received())
         self.assertEqual(got[:2], [(b"orders.secret", b"3", b"2"), (b"orders.secret", b"3", b"4")])
+
+
+class PullRunTests(SynchronousTestCase):
+    """
+    A pull request's first deliveries taken in one go
+    (L{Consumer._pull_run}): what the client sees and what the consumer
+    store keeps are those of a message at a time.
+    """
+
+    def setUp(self) -> None:
+        PullPathTests.setUp(cast(Any, self))
+        self.client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        self.client.received()
+
+    def consumer(self, **raw: object) -> Consumer:
+        return PullPathTests.consumer(cast(Any, self), **raw)
+
+    def replies(self) -> List[Tuple[int, int, int]]:
+        """(stream seq, consumer seq, pending) of each message's ack reply the client got, in order."""
+        self.harness.clock.advance(0)
+        return [(int(s), int(d), int(p)) for s, d, p in re.findall(
+            rb"MSG orders\.\S+ 3 \$JS\.ACK\.ORDERS\.P\.1\.(\d+)\.(\d+)\.\d+\.(\d+) ", self.client.received())]
+
+    def test_a_run_passes_over_messages_gone(self) -> None:
+        """Messages deleted from the middle of the stream are passed over; the consumer sequences and pending counts go on without a gap."""
+        consumer = self.consumer(durable_name="P", ack_policy="explicit")
+        for i in range(6):
+            self.stream.publish("orders.new", b"m%d" % i)
+        self.stream.store.remove(2)
+        self.stream.store.remove(4)
+        consumer.next_request("_INBOX.p.1", b'{"batch": 10, "expires": 5000000000}')
+        self.assertEqual(self.replies(), [(1, 1, 3), (3, 2, 2), (5, 3, 1), (6, 4, 0)])
+        self.stream.publish("orders.new", b"m6")
+        self.assertEqual(self.replies(), [(7, 5, 0)])
+        self.assertEqual(sorted(consumer.store.load().pending), [1, 3, 5, 6, 7])
+
+    def test_a_run_stops_at_max_ack_pending(self) -> None:
+        """A fetch larger than max_ack_pending gets that many; an ack lets the next one go to the same request."""
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", max_ack_pending=2)
+        for i in range(5):
+            self.stream.publish("orders.new", b"m%d" % i)
+        consumer.next_request("_INBOX.p.1", b'{"batch": 5, "expires": 5000000000}')
+        self.assertEqual(self.replies(), [(1, 1, 4), (2, 2, 3)])
+        self.client.send(b"PUB $JS.ACK.ORDERS.P.1.1.1.%d.4 4\r\n+ACK\r\n" % BASE)
+        self.assertEqual(self.replies(), [(3, 3, 2)])
+        state = consumer.store.load()
+        self.assertEqual((state.delivered_stream, state.ack_floor_stream, sorted(state.pending)), (3, 1, [2, 3]))
+
+    def test_a_run_keeps_to_the_filter_when_the_stream_widens(self) -> None:
+        """
+        A filter naming the stream's only subject (the store is not asked
+        to filter): after the stream takes a second subject, its messages
+        are not delivered.
+        """
+        self.stream.config["subjects"] = ["orders.new"]
+        consumer = self.consumer(durable_name="P", ack_policy="explicit", filter_subject="orders.new")
+        self.stream.config["subjects"] = ["orders.new", "orders.old"]
+        for subject in ("orders.new", "orders.old", "orders.new", "orders.old", "orders.new"):
+            self.stream.publish(subject, b"m")
+        consumer.next_request("_INBOX.p.1", b'{"batch": 5, "expires": 5000000000}')
+        self.assertEqual([seq for seq, _, _ in self.replies()], [1, 3, 5])
+        self.assertEqual(consumer.info()["num_ack_pending"], 3)
+
+    def test_two_waiting_requests_take_turns(self) -> None:
+        """With two requests waiting, messages alternate between them, as nats-server's wait queue rotates."""
+        self.client.send(b"SUB _INBOX.q.a 5\r\nSUB _INBOX.q.b 6\r\nPING\r\n")
+        self.client.received()
+        consumer = self.consumer(durable_name="P", ack_policy="explicit")
+        consumer.next_request("_INBOX.q.a", b'{"batch": 2, "expires": 5000000000}')
+        consumer.next_request("_INBOX.q.b", b'{"batch": 2, "expires": 5000000000}')
+        for i in range(4):
+            self.stream.publish("orders.new", b"m%d" % i)
+        self.harness.clock.advance(0)
+        got = re.findall(rb"MSG orders\.new (\d) \$JS\.ACK\.ORDERS\.P\.1\.(\d)\.", self.client.received())
+        self.assertEqual(got, [(b"5", b"1"), (b"6", b"2"), (b"5", b"3"), (b"6", b"4")])
+        self.assertEqual(len(consumer.waiting), 0)
