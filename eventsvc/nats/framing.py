@@ -136,6 +136,13 @@ class VerbTable:
     def __init__(self, verbs: Sequence[Verb]) -> None:
         self.verbs = tuple(verbs)
         self.longest = max(len(v.name) for v in self.verbs)
+        # The verbs by their first byte, in the table's order: a line is
+        # compared with the two or three that can match, not all ten (a
+        # client's CONNECT and PING went through five and six).
+        by_first: Dict[bytes, List[Verb]] = {}
+        for verb in self.verbs:
+            by_first.setdefault(verb.name[:1], []).append(verb)
+        self._by_first: Dict[bytes, Tuple[Verb, ...]] = {first: tuple(vs) for first, vs in by_first.items()}
 
     def classify(self, head: bytes) -> Optional[Verb]:
         """
@@ -143,7 +150,7 @@ class VerbTable:
         byte, or everything up to the end of the line), or L{None}.
         """
         head = head.upper()
-        for verb in self.verbs:
+        for verb in self._by_first.get(head[:1], ()):
             if head.startswith(verb.name):
                 n = len(verb.name)
                 if not verb.spaced or (len(head) > n and head[n] in _SPACE):
