@@ -35,7 +35,7 @@ from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.frames import err_line, info_line, no_responders
-from eventsvc.nats.greeting import ConnectOptions, client_info, decode_connect, lame_duck_info
+from eventsvc.nats.greeting import DEFAULT_CONNECT, ConnectOptions, client_info, decode_connect, lame_duck_info
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
@@ -128,7 +128,7 @@ class ClientConnection(Protocol):
         self.listener = getattr(settings, "name", "")
         # CONNECT options, nats-server's defaults until CONNECT: attributes
         # of their own, since the broker reads echo and headers per message.
-        self._take(ConnectOptions.DEFAULT)
+        self._take(DEFAULT_CONNECT)
         self.identity: Optional[Identity] = None
         self.login = Login(self, clock, settings.auth_throttle, settings.auth_timeout)
         self.permissions: Any = None
@@ -516,9 +516,8 @@ class ClientConnection(Protocol):
         return True
 
     def _take(self, options: ConnectOptions) -> None:
-        self.verbose, self.pedantic, self.echo = options.verbose, options.pedantic, options.echo
-        self.headers, self.no_responders, self.protocol = options.headers, options.no_responders, options.protocol
-        self.name, self.lang, self.client_version = options.name, options.lang, options.version
+        (self.verbose, self.pedantic, self.echo, self.headers, self.no_responders, self.protocol,
+         self.name, self.lang, self.client_version) = options
 
     def _connect_accepted(self) -> None:
         if not self.rtt:
