@@ -495,20 +495,31 @@ def _after(pieces: List[bytes], sent: int) -> List[bytes]:
     return []
 
 
-_classes: Dict[type, type] = {}
+#: Each transport class met, and what it becomes (L{_turn_end_class}): itself
+#: when it already sends at turn ends, None when it is no TCP transport (a
+#: TLS or WebSocket layer, a test's).
+_classes: Dict[type, Optional[type]] = {}
 
 
 def _turn_end_class(cls: type) -> Optional[type]:
     """C{cls} with L{TurnEndWrites} mixed in (made once per class), or None when it is not Twisted's TCP transport."""
-    made = _classes.get(cls)
-    if made is None:
-        from twisted.internet import tcp
+    try:
+        return _classes[cls]
+    except KeyError:
+        pass
+    from twisted.internet import tcp
 
-        if issubclass(cls, TurnEndWrites):
-            return cls
-        if not issubclass(cls, tcp.Connection):
-            return None
-        made = _classes[cls] = type("TurnEnd" + cls.__name__, (TurnEndWrites, cls), {})
+    made: Optional[type]
+    if issubclass(cls, TurnEndWrites):
+        made = cls
+    elif not issubclass(cls, tcp.Connection):
+        made = None
+    else:
+        made = type("TurnEnd" + cls.__name__, (TurnEndWrites, cls), {})
+        # (Found again at once: a connection's transport is asked twice,
+        # once set up and once its writer attached.)
+        _classes[made] = made
+    _classes[cls] = made
     return made
 
 
