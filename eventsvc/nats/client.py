@@ -35,7 +35,7 @@ from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.frames import err_line, info_line, no_responders
-from eventsvc.nats.greeting import DEFAULT_CONNECT, ConnectOptions, client_info, decode_connect, lame_duck_info
+from eventsvc.nats.greeting import DEFAULT_CONNECT, ConnectOptions, client_info, lame_duck_info, read_connect
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
@@ -494,10 +494,10 @@ class ClientConnection(Protocol):
         asynchronous authenticator answers.
         """
         try:
-            options = decode_connect(arg)
+            options, taken = read_connect(arg)
         except ValueError as e:
             raise ProtocolViolation(None, "bad CONNECT: {}".format(e))
-        self._take(ConnectOptions.read(options))
+        self._take(taken)
         self._update_plain()
         authenticator = self.state.authenticator
         if authenticator is None or not self.login.needed(authenticator, options, self.connect_accepted):

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from eventsvc import wirejson
 from eventsvc.nats.frames import info_line
 
-__all__ = ["ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info"]
+__all__ = ["ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info", "read_connect"]
 
 #: CONNECT fields we read, with the JSON types nats-server accepts for them.
 _INT = (int,)
@@ -134,10 +134,11 @@ def lame_duck_info(info: Dict[str, Any], others: List[str]) -> Dict[str, Any]:
 
 
 #: CONNECT arguments decoded lately, by their bytes, and what they decoded
-#: to (L{decode_connect}): a fleet of one application's clients, and every
-#: reconnect of one client, sends the same CONNECT byte for byte, and
-#: decoding and checking it was a twentieth of a plaintext connection's CPU.
-_DECODED: Dict[bytes, Dict[str, Any]] = {}
+#: to, as options and as L{ConnectOptions} (L{read_connect}): a fleet of one
+#: application's clients, and every reconnect of one client, sends the same
+#: CONNECT byte for byte, and decoding, checking and reading it was about a
+#: tenth of a plaintext connection's CPU.
+_DECODED: Dict[bytes, Tuple[Dict[str, Any], "ConnectOptions"]] = {}
 #: How many it keeps (all forgotten when full), and how long one may be.
 DECODED_MAX = 256
 DECODED_ARG_MAX = 1024
@@ -154,18 +155,29 @@ def decode_connect(arg: bytes) -> Dict[str, Any]:
 
     @raise ValueError: not a JSON object, or a field of the wrong type.
     """
+    return read_connect(arg)[0]
+
+
+def read_connect(arg: bytes) -> Tuple[Dict[str, Any], "ConnectOptions"]:
+    """
+    L{decode_connect}'s options (a dict of its own each call), and
+    L{ConnectOptions.read} of them.
+
+    @raise ValueError: as L{decode_connect}.
+    """
     known = _DECODED.get(arg)
     if known is not None:
-        return dict(known)
+        return dict(known[0]), known[1]
     options = _decode_connect(arg)
+    read = ConnectOptions.read(options)
     if (len(arg) <= DECODED_ARG_MAX and _CREDENTIALS.isdisjoint(options)
             and all(value.__class__ in _SCALARS for value in options.values())):
         # (Only flat ones: a copy of the kept dict then shares nothing that
         # a caller could change for the next client.)
         if len(_DECODED) >= DECODED_MAX:
             _DECODED.clear()
-        _DECODED[arg] = dict(options)
-    return options
+        _DECODED[arg] = (dict(options), read)
+    return options, read
 
 
 def _decode_connect(arg: bytes) -> Dict[str, Any]:

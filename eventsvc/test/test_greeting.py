@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.greeting import ConnectOptions, Greeting, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.greeting import ConnectOptions, Greeting, client_info, decode_connect, info_line, lame_duck_info, read_connect
 from eventsvc.nats.settings import ClientSettings, ListenerState
 
 
@@ -127,6 +127,9 @@ class ConnectTests(SynchronousTestCase):
         second = decode_connect(arg)
         self.assertEqual(second, {"verbose": False, "lang": "go", "version": "1.31.0", "protocol": 1, "headers": True, "no_responders": True})
         self.assertIsNot(second, decode_connect(arg))
+        options, taken = read_connect(arg)
+        self.assertEqual((options, taken), (second, ConnectOptions.read(second)))
+        self.assertEqual(taken, ConnectOptions(verbose=False, headers=True, no_responders=True, protocol=1, lang="go", version="1.31.0"))
 
     def test_connect_with_credentials_or_nesting_is_not_kept(self) -> None:
         from eventsvc.nats import greeting
