@@ -21,13 +21,14 @@ What it must not do: look inside messages, or know what a listener is for.
 from __future__ import annotations
 
 from functools import partial
+from time import time
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -68,6 +69,37 @@ _CLOSED = "client {cid} from {host}:{port} on {listener} closed: {reason}"
 _CLOSED_WITH_DETAIL = "client {cid} from {host}:{port} on {listener} closed: {reason} ({detail})"
 
 
+#: Every level there is.
+_LEVELS = frozenset(LogLevel.iterconstants())
+
+
+class _Logger(Logger):
+    """
+    Twisted's L{Logger}, emitting the same events to the same observers: a
+    client connection writes one line at its close, a fleet one a
+    connection, and Twisted's C{emit} first checks the level against
+    C{LogLevel.iterconstants()}, which sorts every level there is each time
+    (a fifth of the line's cost, the line a third of a close's).
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: object) -> None:
+        if level not in _LEVELS:
+            # (Twisted's own report of a level that is none.)
+            Logger.emit(self, level, format, **kwargs)
+            return
+        kwargs.update(
+            log_logger=self,
+            log_level=level,
+            log_namespace=self.namespace,
+            log_source=self.source,
+            log_format=format,
+            log_time=time(),
+        )
+        if "log_trace" in kwargs:
+            kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
+        self.observer(kwargs)
+
+
 @implementer(IHandshakeListener)
 class ClientConnection(Protocol):
     """
@@ -76,7 +108,7 @@ class ClientConnection(Protocol):
     called with it once it has closed (the listener counts its live ones).
     """
 
-    log = Logger()
+    log = _Logger()
     kind = Kind.CLIENT
     #: A client names no leaf cluster, and its frames are MSG, not a link's.
     cluster_origin = b""
