@@ -50,6 +50,8 @@ MAX_PAYLOAD = "Maximum Payload Violation"
 AUTHORIZATION_VIOLATION = "Authorization Violation"
 
 _SPACE = (32, 9)
+#: Reads shorter than this may be one whole control line (L{Framer._one_line}).
+WHOLE_LINE_MAX = 12
 
 #: Payloads up to this size are parsed in runs (Framer._runs).
 RUN_PAYLOAD = 256
@@ -136,6 +138,17 @@ class VerbTable:
     def __init__(self, verbs: Sequence[Verb]) -> None:
         self.verbs = tuple(verbs)
         self.longest = max(len(v.name) for v in self.verbs)
+        # The verbs by their first byte, in the table's order: a line is
+        # compared with the two or three that can match, not all ten (a
+        # client's CONNECT and PING went through five and six).
+        by_first: Dict[bytes, List[Verb]] = {}
+        for verb in self.verbs:
+            by_first.setdefault(verb.name[:1], []).append(verb)
+        self._by_first: Dict[bytes, Tuple[Verb, ...]] = {first: tuple(vs) for first, vs in by_first.items()}
+        #: A read that is one of these lines and nothing else (C{PING\r\n},
+        #: C{PONG\r\n}: a client's flush, a keepalive) is the verb's alone:
+        #: L{Framer._parse} hands it over without setting up its loop.
+        self.whole_lines: Dict[bytes, Verb] = {v.name + b"\r\n": v for v in self.verbs if not v.spaced}
 
     def classify(self, head: bytes) -> Optional[Verb]:
         """
@@ -143,7 +156,7 @@ class VerbTable:
         byte, or everything up to the end of the line), or L{None}.
         """
         head = head.upper()
-        for verb in self.verbs:
+        for verb in self._by_first.get(head[:1], ()):
             if head.startswith(verb.name):
                 n = len(verb.name)
                 if not verb.spaced or (len(head) > n and head[n] in _SPACE):
@@ -669,6 +682,20 @@ class Framer:
                 return False
         return True
 
+    def _one_line(self, buf: bytes) -> bool:
+        """
+        Whether C{buf} was one whole control line without arguments
+        (L{VerbTable.whole_lines}), handed to its verb here as the loop
+        would (nothing kept, no CONNECT awaited, nothing carried over).
+        """
+        verb = self.verbs.whole_lines.get(buf)
+        if verb is None or self.awaiting_connect or self._carry is not None:
+            return False
+        self.debt = 0.0
+        end = len(verb.name)
+        self._methods[verb](self, buf, 0, end, end, end + 1)
+        return True
+
     def _one_message(self, buf: bytes, handler: Any) -> bool:
         """
         Whether C{buf} was one whole message, handed over here (see
@@ -727,6 +754,8 @@ class Framer:
         #   timing are unchanged.
         handler = self._handler
         n = len(buf)
+        if n < WHOLE_LINE_MAX and not pos and not hold and self._one_line(buf):
+            return
         if self.split_runs and not pos and not hold and self._one_message(buf, handler):
             return
         mcl = self.max_control_line

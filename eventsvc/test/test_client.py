@@ -981,3 +981,43 @@ class JSONBombTests(SynchronousTestCase):
         self.assertEqual(c.received(), b"")
         self.assertTrue(c.closed)
         self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])
+
+
+class ConnectionLoggerTests(SynchronousTestCase):
+    def test_same_events_as_twisteds_logger(self) -> None:
+        """A connection's logger makes the events Twisted's Logger makes, a level that is none included."""
+        from twisted.logger import Logger, LogLevel
+
+        from eventsvc.nats.client import ClientConnection, _Logger
+
+        ours: list = []
+        theirs: list = []
+
+        class Ours:
+            log = _Logger(observer=ours.append)
+
+        class Theirs:
+            log = Logger(observer=theirs.append)
+
+        for who in (Ours(), Theirs()):
+            who.log.info("client {cid} closed: {reason}", cid=7, reason="Client Closed", tls=False)
+            who.log.emit(LogLevel.debug, "plain")
+            who.log.emit("loud", "no such level")  # type: ignore[arg-type]
+
+        def seen(events: list, source: type) -> list:
+            out = []
+            for event in events:
+                event = dict(event)
+                self.assertIsInstance(event.pop("log_logger"), Logger)
+                self.assertIsInstance(event.pop("log_time"), float)
+                self.assertIsInstance(event.pop("log_source"), source)
+                failure = event.pop("log_failure", None)
+                event.pop("logger", None)
+                event["failure"] = None if failure is None else failure.type
+                event["log_namespace"] = event["log_namespace"].rsplit(".", 1)[-1]
+                out.append(event)
+            return out
+
+        self.assertEqual(seen(ours, Ours), [dict(e, log_namespace=e["log_namespace"].replace("Theirs", "Ours")) for e in seen(theirs, Theirs)])
+        self.assertEqual([e["log_level"] for e in ours], [LogLevel.info, LogLevel.debug, LogLevel.critical])
+        self.assertIsInstance(ClientConnection.log, _Logger)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventsvc.nats.greeting import ConnectOptions, Greeting, client_info, decode_connect, info_line, lame_duck_info
+from eventsvc.nats.greeting import ConnectOptions, Greeting, client_info, decode_connect, info_line, lame_duck_info, read_connect
 from eventsvc.nats.settings import ClientSettings, ListenerState
 
 
@@ -116,3 +116,29 @@ class ConnectTests(SynchronousTestCase):
     def test_wrong_types_refused(self) -> None:
         for bad in (b'{"verbose":"yes"}', b'{"protocol":true}', b'{"auth_token":5}', b"[1]", b"{"):
             self.assertRaises(ValueError, decode_connect, bad)
+            self.assertRaises(ValueError, decode_connect, bad)
+
+    def test_same_connect_again_is_a_dict_of_its_own(self) -> None:
+        """A fleet's identical CONNECTs are decoded once, and each client still gets its own options."""
+        arg = b'{"verbose":false,"lang":"go","version":"1.31.0","protocol":1,"headers":true,"no_responders":true}'
+        first = decode_connect(arg)
+        first["lang"] = "changed by the first client"
+        first["extra"] = 1
+        second = decode_connect(arg)
+        self.assertEqual(second, {"verbose": False, "lang": "go", "version": "1.31.0", "protocol": 1, "headers": True, "no_responders": True})
+        self.assertIsNot(second, decode_connect(arg))
+        options, taken = read_connect(arg)
+        self.assertEqual((options, taken), (second, ConnectOptions.read(second)))
+        self.assertEqual(taken, ConnectOptions(verbose=False, headers=True, no_responders=True, protocol=1, lang="go", version="1.31.0"))
+
+    def test_connect_with_credentials_or_nesting_is_not_kept(self) -> None:
+        from eventsvc.nats import greeting
+
+        for arg in (b'{"user":"u","pass":"secret"}', b'{"auth_token":"t"}', b'{"lang":"go","tags":["a"]}', b'{"lang":"' + b"x" * 2000 + b'"}'):
+            options = decode_connect(arg)
+            self.assertNotIn(arg, greeting._DECODED)
+            self.assertEqual(decode_connect(arg), options)
+        self.patch(greeting, "DECODED_MAX", 2)
+        for k in range(5):
+            decode_connect(b'{"name":"c%d"}' % k)
+            self.assertLessEqual(len(greeting._DECODED), 2)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventsvc.nats import framing
 from eventsvc.nats.framing import Framer
 from eventsvc.nats.parser import ClientParser, LeafParser, ProtocolViolation, RouteParser
 from eventsvc.test.helpers import Harness
@@ -643,6 +644,60 @@ class OneMessageReadTests(SynchronousTestCase):
         self.assertEqual(_parse_reads([big], True, max_control_line=32)[-2:],
                          [("violation", "maximum control line exceeded"), ("counted", 0, 0)])
         self.assertEqual(_parse_reads([big], True), [("pub", b"s" * 40, None, 100, big[45:]), ("counted", 1, 100)])
+
+
+def _parse_lines(reads: List[bytes], whole_lines: bool, awaiting_connect: bool) -> List[tuple]:
+    """What a client's parser makes of C{reads}, with or without L{Framer._one_line}."""
+    recorder = Recorder()
+    parser = ClientParser(recorder)
+    parser.awaiting_connect = awaiting_connect
+    saved = framing.WHOLE_LINE_MAX
+    framing.WHOLE_LINE_MAX = framing.WHOLE_LINE_MAX if whole_lines else 0
+    try:
+        for read in reads:
+            parser.feed(read)
+    except ProtocolViolation as v:
+        recorder.ops.append(("violation", v.error))
+    finally:
+        framing.WHOLE_LINE_MAX = saved
+    recorder.ops.append(("kept", b"".join(parser._pending)))
+    return recorder.ops
+
+
+class OneLineReadTests(SynchronousTestCase):
+    """
+    A read that is one whole control line without arguments (a client's
+    PING, a keepalive's PONG) skips the loop; every outcome must be the
+    loop's own, before and after CONNECT, and for reads that only look like one.
+    """
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from([
+        b"PING\r\n",
+        b"PONG\r\n",
+        b"ping\r\n",
+        b"PING\n",
+        b"PING \r\n",
+        b"PIN",
+        b"G\r\n",
+        b"PING\r\nPING\r\n",
+        b"+OK\r\n",
+        b"INFO\r\n",
+        b"CONNECT\r\n",
+        b'CONNECT {"verbose":false}\r\n',
+        b"PUB a 1\r\nx\r\n",
+        b"PUB a 1\r\n",
+        b"x\r\n",
+        b"PINGS\r\n",
+        b"-ERR\r\n",
+    ]), min_size=1, max_size=6), st.booleans())
+    def test_same_as_the_loop(self, reads, awaiting_connect) -> None:
+        self.assertEqual(_parse_lines(reads, True, awaiting_connect), _parse_lines(reads, False, awaiting_connect))
+
+    def test_ping_before_connect_refused(self) -> None:
+        """A server that requires authentication still refuses a PING read on its own before CONNECT."""
+        self.assertEqual(_parse_lines([b"PING\r\n"], True, True), [("violation", "Authorization Violation"), ("kept", b"")])
+        self.assertEqual(_parse_lines([b"PING\r\n"], True, False), [("ping",), ("kept", b"")])
 
 
 # -- a read that completes what the last one left (Framer.feed) -----------------

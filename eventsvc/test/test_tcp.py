@@ -266,6 +266,58 @@ class TurnEndWritesTests(SynchronousTestCase):
             self.assertEqual(watched.fileno(), -1, who)
         self.assertEqual(shutdowns, [])
 
+    def test_peer_half_close(self):
+        """
+        The peer's end of writing closes a connection whose protocol takes
+        no half-close (every NATS connection), and is told to one that does,
+        by its class or by itself alone, which stays open and may still write.
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from twisted.internet.protocol import Protocol
+        from twisted.python.failure import Failure
+        from zope.interface import directlyProvides, implementer
+
+        from eventsvc.nats.tcp import send_at_turn_end
+
+        told = []
+
+        @implementer(IHalfCloseableProtocol)
+        class HalfCloses(Protocol):
+            def readConnectionLost(self):
+                told.append(self)
+                self.transport.write(b"+OK\r\n")
+
+            def writeConnectionLost(self):
+                pass
+
+        class Itself(Protocol):
+            def readConnectionLost(self):
+                told.append(self)
+
+            def writeConnectionLost(self):
+                pass
+
+        itself = Itself()
+        directlyProvides(itself, IHalfCloseableProtocol)
+        for protocol, stays in ((Protocol(), False), (HalfCloses(), True), (Protocol(), False), (HalfCloses(), True),
+                                (itself, True), (Itself(), False)):
+            ours, peer = socket.socketpair()
+            self.addCleanup(peer.close)
+            self.addCleanup(ours.close)
+            server = tcp.Server(ours, protocol, ("127.0.0.1", 5000), _Port(), 1, self.reactor)
+            protocol.makeConnection(server)
+            self.assertTrue(send_at_turn_end(Layer(server)))
+            peer.shutdown(socket.SHUT_WR)
+            server.readConnectionLost(Failure(server.doRead()))
+            self.assertEqual(not server.disconnected, stays, protocol)
+            self.assertEqual(protocol in told, stays, protocol)
+            if isinstance(protocol, HalfCloses):
+                self.reactor.advance(0)
+                self.assertEqual(peer.recv(100), b"+OK\r\n")
+
     def test_nothing_read_once_closing(self):
         """What the peer sends after the close was asked for is not given to the protocol (Twisted stops reading)."""
         got = []
