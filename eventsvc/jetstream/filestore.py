@@ -111,6 +111,8 @@ COMPACT_SIZE = 1024 * 1024
 #: The most deliveries or acks a consumer store keeps in one record.
 SEAL_AT = 1024
 _NO_HEAD = (-1, 0, b"", 0, 0, 0, 0)
+#: What a walk takes for a sequence the index has not (no subject is None).
+_NO_ENTRY = (0, 0, 0, None)
 _new_tuple = tuple.__new__
 _SEGMENT_NAME = re.compile(r"^msgs-(\d{8})\.seg$")
 
@@ -1162,35 +1164,45 @@ class FileStore(_WriteState):
         return _new_tuple(StoredMessage, (entry[3], seq, chunk[p : p + hlen] if hlen else None, chunk[p + hlen : end], ts))
 
     def load_next(self, start: int, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:
-        index = self._index
+        # (A message that cannot be read, damaged or its read failed, reads
+        # as gone, with load's error: the next one after it is the answer, as
+        # after a gap.  None means no message after start, and a consumer
+        # takes it so: never for one it could not read.)
+        index, load = self._index, self.load
         if subject_filter and "*" not in subject_filter and ">" not in subject_filter:
             seqs = self._by_subject.get(subject_filter)
             if not seqs:
                 return None
-            if next(iter(seqs)) >= start:
-                return self.load(next(iter(seqs)))
             if next(reversed(seqs)) < start:
                 return None
-            if len(seqs) < 64:
-                return self.load(next(seq for seq in seqs if seq >= start))
-            # Many messages on it: walking on from start finds the next one
-            # sooner than walking its list from the front.
-            for seq in range(start, self._last + 1):
-                entry = index.get(seq)
-                if entry is not None and entry[3] == subject_filter:
-                    return self.load(seq)
+            if next(iter(seqs)) >= start:
+                candidates: Iterable[int] = seqs
+            elif len(seqs) < 64:
+                candidates = (seq for seq in seqs if seq >= start)
+            else:
+                # Many messages on it: walking on from start finds the next one
+                # sooner than walking its list from the front.
+                candidates = (seq for seq in range(start, self._last + 1) if (index.get(seq) or _NO_ENTRY)[3] == subject_filter)
+            for seq in candidates:
+                message = load(seq)
+                if message is not None:
+                    return message
             return None
         everything = not subject_filter or subject_filter == ">"
         if everything and start >= self._first:
             # (A consumer of everything reads on in order: the next one is
             # most often there.)
-            entry = index.get(start)
-            if entry is not None:
-                return self.load(start)
+            if start in index:
+                message = load(start)
+                if message is not None:
+                    return message
+                start += 1
         for seq in range(max(start, self._first), self._last + 1):
             entry = index.get(seq)
             if entry is not None and (everything or _matches(subject_filter, entry[3])):
-                return self.load(seq)
+                message = load(seq)
+                if message is not None:
+                    return message
         return None
 
     def load_last(self, subject_filter: Optional[str] = None) -> Optional[StoredMessage]:

@@ -282,6 +282,38 @@ class FileStoreTests(Base):
         self.assertIn("damaged", formatEvent(events[0]))
         self.assertEqual(store.load(3).data[:5], b"00002")  # type: ignore[union-attr]
 
+    def test_next_after_a_damaged_message(self) -> None:
+        """
+        A consumer's next message after one damaged under a running store
+        is the one after it, whatever its filter: the damaged one reads as
+        gone, as a gap does, not as the end of the stream (a consumer that
+        took it so skipped every message after it).
+        """
+        store = self.open()
+        self.fill(store, 6)  # orders.0, orders.1, orders.2, orders.0, orders.1, orders.2
+        self.clock.advance(0)
+        name = self.path.child(segments(self.path)[0])
+        data = bytearray(name.getContent())
+        data[data.find(b"00001xxx") + 10] ^= 1
+        name.setContent(bytes(data))
+        with capturedLogs():
+            found = [store.load_next(*case) for case in ((2, None), (2, ">"), (1, "orders.1"), (2, "orders.*"), (2, "orders.1"))]
+        self.assertEqual([m.seq if m else None for m in found], [3, 3, 5, 3, 5])
+
+    def test_next_after_a_damaged_message_among_many(self) -> None:
+        """One subject with many messages (walked from the start, not by its list): the same."""
+        store = self.open()
+        for i in range(100):
+            store.store("orders.1", None, b"%05d" % i + b"x" * 100, 1000 + i)
+        self.clock.advance(0)
+        name = self.path.child(segments(self.path)[0])
+        data = bytearray(name.getContent())
+        data[data.find(b"00079xxx") + 10] ^= 1
+        name.setContent(bytes(data))
+        with capturedLogs():
+            found = store.load_next(80, "orders.1")
+        self.assertEqual(found.seq if found else None, 81)
+
     def test_segments_go_from_the_front(self) -> None:
         """A segment whose every message is gone is deleted; limits keep the folder small."""
         store = self.open(segment_size=2048, limits=StoreLimits(max_msgs=20))
