@@ -456,6 +456,26 @@ class ConfigTests(TestCase):
         with self.assertRaises(ApiError):
             s.purge()
 
+    def test_checks_taken_up_by_an_update(self) -> None:
+        """
+        A stream that has stored plain messages, then is given a
+        max_msg_size and then sealed, refuses what each new config refuses
+        (the checks a plain message passes are worked out per config).
+        """
+        h = Harness()
+        s = h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.ack("s.a", b"12345"), {"stream": "S", "seq": 1})
+        h.js.update_stream(s, self.config(name="S", subjects=["s.>"], max_msg_size=4))
+        self.assertEqual(
+            h.publish("s.a", b"12345"),
+            b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},"stream":"S","seq":0}',
+        )
+        self.assertEqual(h.ack("s.a", b"1234"), {"stream": "S", "seq": 2})
+        h.js.update_stream(s, self.config(name="S", subjects=["s.>"], max_msg_size=4, sealed=True))
+        self.assertEqual(h.publish("s.a", b"1"),
+                         b'{"error":{"code":400,"err_code":10109,"description":"invalid operation on sealed stream"},"stream":"S","seq":0}')
+        self.assertEqual(s.store.state().msgs, 2)
+
     def test_update_resubscribes(self) -> None:
         h = Harness()
         s = h.create(name="S", subjects=["s.a"])
