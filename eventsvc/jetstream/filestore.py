@@ -703,7 +703,7 @@ class FileStore(_WriteState):
         seq = self._last + 1
         # (One copy of each subject for the whole index, not one per message.)
         subject = intern(subject)
-        encoded = subject.encode("utf-8")
+        encoded = subject.encode()  # (UTF-8, without naming it: no argument parsed)
         hlen = len(headers) if headers else 0
         # One body and one CRC call (PyPy's zlib calls cost more than the copy).
         if hlen:

@@ -634,6 +634,8 @@ class Stream:
         self._bytes = 0
         self._unaccounted = 0
         self._pub_ack_prefix = self._ack_prefix()
+        #: A PubAck as a %-format of its sequence (the stream's name may hold a %).
+        self._pub_ack_form = self._pub_ack_prefix.replace(b"%", b"%%") + b"%d}"
         self._republish: Optional[SubjectTransform] = None
         #: The config L{append} last worked out, and whether it needs no checks.
         self._append_config: Optional[Dict[str, Any]] = None
@@ -1299,8 +1301,8 @@ class Stream:
         if group is self._durable_group:
             self._durable_group = None
         # (A reply is in the group only when it is to be answered: L{process}.)
-        prefix = self._pub_ack_prefix
-        answers = [(reply, prefix + str(seq).encode("ascii") + b"}") for seq, reply, _ in group if reply]
+        form = self._pub_ack_form
+        answers = [(reply, form % seq) for seq, reply, _ in group if reply]
         if answers:
             self.engine.answer_many(answers)
 

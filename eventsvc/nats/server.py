@@ -435,18 +435,32 @@ class Broker(Delivery):
         cannot cost the others their messages.
         """
         deliver, plan, plans = self.deliver, self._plan, self._targets
+        match, once_plans = self.sublist.match, self._once_plans
         local = self._local
+        count = size = 0
         for subject, payload in messages:
-            bsubject = subject.encode("utf-8")
+            bsubject = subject.encode()
             if not valid_literal_subject(bsubject):
                 self.log.warn("in-process publish to {subject!r} skipped: not a valid literal subject", subject=subject)
                 continue
-            self.in_msgs += 1
-            self.in_bytes += len(payload)
+            count += 1
+            size += len(payload)
             # Reply inboxes are used once: their plans are not kept, where
             # they would only push out the plans of subjects that are busy.
-            targets = plans.get(bsubject) or plan(bsubject, keep=False)
+            targets = plans.get(bsubject)
+            if targets is None:
+                # (L{_plan} of a used-once subject, its usual case inline:
+                # a PubAck to the inbox of a client whose last inbox had
+                # the same match takes that plan, renamed.)
+                result = match(bsubject, False)
+                once = once_plans.get(id(result))
+                if once is not None and once[0] is result and once[1].callback is None:
+                    targets = once[1].renamed(bsubject)
+                else:
+                    targets = plan(bsubject, keep=False)
             deliver(local, bsubject, None, len(payload), b"%d\r\n%s\r\n" % (len(payload), payload), targets)
+        self.in_msgs += count
+        self.in_bytes += size
         self.flush()
 
     def has_interest(self, subject: str) -> bool:

@@ -476,6 +476,13 @@ class ConfigTests(TestCase):
                          b'{"error":{"code":400,"err_code":10109,"description":"invalid operation on sealed stream"},"stream":"S","seq":0}')
         self.assertEqual(s.store.state().msgs, 2)
 
+    def test_pub_ack_of_a_name_with_a_percent(self) -> None:
+        """A PubAck names its stream as given, a % in the name too (the PubAck is a %-format)."""
+        h = Harness()
+        h.create(name="P%d%s", subjects=["p.>"])
+        self.assertEqual(h.publish("p.a"), b'{"stream":"P%d%s", "seq":1}')
+        self.assertEqual(h.ack("p.b"), {"stream": "P%d%s", "seq": 2})
+
     def test_update_resubscribes(self) -> None:
         h = Harness()
         s = h.create(name="S", subjects=["s.a"])
