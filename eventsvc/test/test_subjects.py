@@ -33,7 +33,7 @@ class ValidationTests(SynchronousTestCase):
     def test_literal(self) -> None:
         self.assertTrue(valid_literal_subject(b"foo.bar"))
         self.assertTrue(valid_literal_subject(b"foo*.b>"))
-        for s in (b"", b"foo.*", b"foo.>", b"*", b"foo..bar", b"foo."):
+        for s in (b"", b".", b".foo", b"foo.*", b"foo.>", b"*", b">", b"a.*.b", b"foo..bar", b"foo."):
             self.assertFalse(valid_literal_subject(s), s)
 
     def test_matches(self) -> None:
