@@ -116,12 +116,15 @@ class LocalSubscriber:
         if callback is None:
             return 0
         try:
-            callback(
-                subject.decode("utf-8", "replace"),
-                None if reply is None else reply.decode("utf-8", "replace"),
-                tail[tail.index(b"\n") + 1 : -2],
-                None,
-            )
+            # (UTF-8 without naming it, which CPython parses for each call;
+            # bytes that are not UTF-8 shown with U+FFFD, as _call shows them.)
+            text = subject.decode()
+            reply_text = None if reply is None else reply.decode()
+        except UnicodeDecodeError:
+            text = subject.decode("utf-8", "replace")
+            reply_text = None if reply is None else reply.decode("utf-8", "replace")
+        try:
+            callback(text, reply_text, tail[tail.index(b"\n") + 1 : -2], None)
         except Exception:
             self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
         self.out_msgs += 1
