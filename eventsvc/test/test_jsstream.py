@@ -478,10 +478,12 @@ class ConfigTests(TestCase):
 
     def test_pub_ack_of_a_name_with_a_percent(self) -> None:
         """A PubAck names its stream as given, a % in the name too (the PubAck is a %-format)."""
-        h = Harness()
-        h.create(name="P%d%s", subjects=["p.>"])
-        self.assertEqual(h.publish("p.a"), b'{"stream":"P%d%s", "seq":1}')
-        self.assertEqual(h.ack("p.b"), {"stream": "P%d%s", "seq": 2})
+        for by_format in (True, False):
+            self.patch(stream_module, "_ACK_BY_FORMAT", by_format)
+            h = Harness()
+            h.create(name="P%d%s", subjects=["p.>"])
+            self.assertEqual(h.publish("p.a"), b'{"stream":"P%d%s", "seq":1}')
+            self.assertEqual(h.ack("p.b"), {"stream": "P%d%s", "seq": 2})
 
     def test_update_resubscribes(self) -> None:
         h = Harness()
