@@ -124,7 +124,9 @@ class LocalSubscriber:
             text = subject.decode("utf-8", "replace")
             reply_text = None if reply is None else reply.decode("utf-8", "replace")
         try:
-            callback(text, reply_text, tail[tail.index(b"\n") + 1 : -2], None)
+            # (The payload is the tail's last size bytes before its CRLF:
+            # a slice, without bytes.index, which CPython parses arguments for.)
+            callback(text, reply_text, tail[-2 - size : -2], None)
         except Exception:
             self.log.failure("in-process subscriber for {subject} failed", subject=sub.subject)
         self.out_msgs += 1
