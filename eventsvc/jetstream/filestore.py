@@ -680,7 +680,8 @@ class FileStore(_WriteState):
             if self._closed:
                 raise StoreUnavailable("store closed: {}".format(self._path))
             raise self._refusal()
-        size = 22 + len(subject) + 4 + len(headers) + len(data) + 8 if headers else 22 + len(subject) + len(data) + 8
+        # (22 + subject + 4 + headers + data + 8, or 22 + subject + data + 8: file_message_size)
+        size = len(subject) + len(headers) + len(data) + 34 if headers else len(subject) + len(data) + 30
         limits = self._limits
         if self._max_store >= 0 and self._bytes + size > self._max_store:
             raise StoreFull("insufficient resources")
@@ -696,16 +697,20 @@ class FileStore(_WriteState):
             ):
                 raise LimitReached("maximum messages per subject exceeded")
         active = self._active
-        if active is None or self._size + len(self._buffer) >= self._segment_size:
+        buffer = self._buffer
+        offset = self._size + len(buffer)
+        if active is None or offset >= self._segment_size:
             try:
                 active = self._begin()
             except OSError as e:
                 self._fail(e)
                 raise self._refusal()
+            buffer = self._buffer
+            offset = self._size + len(buffer)
         seq = self._last + 1
         # (One copy of each subject for the whole index, not one per message.)
         subject = intern(subject)
-        encoded = subject.encode("utf-8")
+        encoded = subject.encode()  # (UTF-8, without naming it: no argument parsed)
         hlen = len(headers) if headers else 0
         # One body and one CRC call (PyPy's zlib calls cost more than the copy).
         if hlen:
@@ -713,8 +718,6 @@ class FileStore(_WriteState):
         else:
             body = _MESSAGE.pack(b"M", seq, ts, len(encoded), 0) + encoded + data
         length = len(body)
-        buffer = self._buffer
-        offset = self._size + len(buffer)
         buffer += _RECORD.pack(length, zlib.crc32(body))
         buffer += body
         self._last = seq

@@ -543,9 +543,12 @@ class Framer:
         run: List[Tuple[bytes, int, bytes]] = []
         # A tab or a bare LF in a control line must go to the loop (it
         # separates, or ends, as nats-server reads it).  A line read before
-        # has neither; a new one is looked at for both, unless the read has
-        # no tab anywhere (one scan of the read instead of a find a line).
+        # has neither; a new one is looked at for each, unless the read has
+        # no tab anywhere (one scan of the read instead of a find a line),
+        # or no LF but those of its CRLFs (two counts, made at the first new
+        # line: every request's line is new, its reply inbox in it).
         tabs = buf.find(b"\t", base) >= 0
+        lfs: Optional[bool] = None
         lines = _MESSAGE_LINES
         # (A call of a local, not a method lookup a message.)
         known_of = _KNOWN_LINE
@@ -590,10 +593,12 @@ class Framer:
                     repeats = 0
                     args = line.split(b" ")
                     n = len(args)
+                    if lfs is None:
+                        lfs = buf.count(b"\n", base) != buf.count(b"\r\n", base)
                     # (line.find, not "in": on CPython 3.11 "b'\t' in line"
                     # costs four times a find.)
                     if (n != 3 and n != 4) or args[0] != verb or b"" in args or len(line) > mcl or (
-                            line.find(b"\n") >= 0 or (tabs and line.find(b"\t") >= 0)) or (
+                            (lfs and line.find(b"\n") >= 0) or (tabs and line.find(b"\t") >= 0)) or (
                             n == 4 and not_replies and args[2] in not_replies):
                         break
                     szb = args[-1]

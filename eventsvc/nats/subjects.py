@@ -23,6 +23,7 @@ is opaque here.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, List, Optional
 
 PWC = b"*"
@@ -142,11 +143,8 @@ def valid_subject(subject: bytes) -> bool:
     return True
 
 
-def valid_literal_subject(subject: bytes) -> bool:
-    """
-    Whether C{subject} may be published to in pedantic mode: non-empty tokens
-    and no wildcard tokens.
-    """
+def _literal_by_scan(subject: bytes) -> bool:
+    """L{valid_literal_subject} by looking for wildcard characters and empty tokens (PyPy's)."""
     if not subject:
         return False
     if b"*" not in subject and b">" not in subject:
@@ -158,6 +156,26 @@ def valid_literal_subject(subject: bytes) -> bool:
         if not token or token == PWC or token == FWC:
             return False
     return True
+
+
+def _literal_by_split(subject: bytes) -> bool:
+    """
+    L{valid_literal_subject} by one split and a set's look at its tokens
+    (CPython's): on CPython 3.11 each C{bytes.find} parses its arguments as
+    a tuple, and each C{in} tries the needle as an integer first, so three
+    of either cost twice this, for each PubAck's inbox.  An empty subject
+    splits into one empty token.
+    """
+    return _NOT_LITERAL.isdisjoint(subject.split(b"."))
+
+
+#: The tokens a subject to publish to may not have.
+_NOT_LITERAL = frozenset((b"", PWC, FWC))
+
+#: Whether C{subject} may be published to in pedantic mode: non-empty tokens
+#: and no wildcard tokens.  (The same answer either way; PyPy's JIT makes
+#: the scan cheaper than the split's new objects, CPython the other way.)
+valid_literal_subject = _literal_by_split if sys.implementation.name == "cpython" else _literal_by_scan
 
 
 def subject_matches(pattern: bytes, subject: bytes) -> bool:

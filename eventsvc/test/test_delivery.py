@@ -532,6 +532,22 @@ class InProcessAloneTests(SynchronousTestCase):
         self.assertEqual(self.got, [("s.1", "_INBOX.a.1", b"hi", None), ("s.2", None, b"", None)])
         self.assertEqual(self.broker._local.out_msgs, 2)
 
+    def test_bytes_not_utf8_are_shown_replaced_by_either_path(self) -> None:
+        """
+        A subject or reply that is not UTF-8 reaches the callback with
+        U+FFFD where the bad bytes were, alone (the straight hand-over)
+        and beside a client (the general path) alike.
+        """
+        client = Conn(Kind.CLIENT)
+        self.broker.deliver(client, b"s.\xff", b"_INBOX.\xfe.1", 2, TAIL)
+        self.broker.deliver(client, b"s.ok", b"_INBOX.\xfe.2", 2, TAIL)
+        interested(self.broker, Conn(Kind.CLIENT), b"s.\xff")
+        self.broker.deliver(client, b"s.\xff", b"r", 2, TAIL)
+        self.assertEqual(self.got, [
+            ("s.\ufffd", "_INBOX.\ufffd.1", b"hi", None), ("s.ok", "_INBOX.\ufffd.2", b"hi", None),
+            ("s.\ufffd", "r", b"hi", None),
+        ])
+
     def test_with_a_client_a_route_or_gateways_every_one_still_gets_it(self) -> None:
         client, route = Conn(Kind.CLIENT), Conn(Kind.ROUTE)
         interested(self.broker, client, b"s.1")

@@ -456,6 +456,35 @@ class ConfigTests(TestCase):
         with self.assertRaises(ApiError):
             s.purge()
 
+    def test_checks_taken_up_by_an_update(self) -> None:
+        """
+        A stream that has stored plain messages, then is given a
+        max_msg_size and then sealed, refuses what each new config refuses
+        (the checks a plain message passes are worked out per config).
+        """
+        h = Harness()
+        s = h.create(name="S", subjects=["s.>"])
+        self.assertEqual(h.ack("s.a", b"12345"), {"stream": "S", "seq": 1})
+        h.js.update_stream(s, self.config(name="S", subjects=["s.>"], max_msg_size=4))
+        self.assertEqual(
+            h.publish("s.a", b"12345"),
+            b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},"stream":"S","seq":0}',
+        )
+        self.assertEqual(h.ack("s.a", b"1234"), {"stream": "S", "seq": 2})
+        h.js.update_stream(s, self.config(name="S", subjects=["s.>"], max_msg_size=4, sealed=True))
+        self.assertEqual(h.publish("s.a", b"1"),
+                         b'{"error":{"code":400,"err_code":10109,"description":"invalid operation on sealed stream"},"stream":"S","seq":0}')
+        self.assertEqual(s.store.state().msgs, 2)
+
+    def test_pub_ack_of_a_name_with_a_percent(self) -> None:
+        """A PubAck names its stream as given, a % in the name too (the PubAck is a %-format)."""
+        for by_format in (True, False):
+            self.patch(stream_module, "_ACK_BY_FORMAT", by_format)
+            h = Harness()
+            h.create(name="P%d%s", subjects=["p.>"])
+            self.assertEqual(h.publish("p.a"), b'{"stream":"P%d%s", "seq":1}')
+            self.assertEqual(h.ack("p.b"), {"stream": "P%d%s", "seq": 2})
+
     def test_update_resubscribes(self) -> None:
         h = Harness()
         s = h.create(name="S", subjects=["s.a"])

@@ -384,6 +384,8 @@ _PLAIN_OPS = st.sampled_from([
     b"PUB foo\t5\r\nhello\r\n",
     b"PUB  foo 1\r\nx\r\n",
     b"PUB foo 1\nx\r\n",
+    b"PUB fo\no 1\r\nx\r\n",
+    b"PUB foo r\nr 1\r\nx\r\n",
     b"PUB foo 3\r\na\tb\r\n",
     b"PUB foo 3\r\na\nb\r\n",
     b"PUB foo\t1\r\n\t\r\n",
@@ -431,6 +433,21 @@ class SplitRunTests(SynchronousTestCase):
         parser.feed(b"c\r\n")
         self.assertEqual(recorder.ops[-1], ("pub", b"s.2", None, 3, b"3\r\nabc\r\n"))
         self.assertEqual(recorder.in_msgs, 32)
+
+    def test_a_bare_lf_in_a_new_line_of_a_run(self) -> None:
+        """
+        A bare LF in a request's line (its subject or its reply), or in a
+        line without a reply, after a run of requests each with an inbox of
+        its own, ends the line where the loop ends it: the same operations
+        and the same violation, with runs and without.
+        """
+        requests = b"".join(b"PUB s.%d _INBOX.a.%d 1\r\nx\r\n" % (i % 7, i) for i in range(300))
+        for bad in (b"PUB s.1 _INBOX.a\n.1 1\r\nx\r\n", b"PUB s\n.1 _INBOX.a.1 1\r\nx\r\n", b"PUB s\n.2 1\r\nx\r\n"):
+            for after in (b"", b"PUB s.3 _INBOX.a.0 1\r\nx\r\n" * 3):
+                data = requests + bad + after
+                ops = _parse_plain(data, [], True)
+                self.assertEqual(ops, _parse_plain(data, [], False))
+                self.assertEqual(ops[-2:], [("violation", None), ("counted", 300, 300)])
 
     def test_lines_read_elsewhere_are_held_to_this_connections_limits(self) -> None:
         """

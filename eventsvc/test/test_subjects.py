@@ -8,6 +8,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventsvc.nats import subjects
 from eventsvc.nats.subjects import (
     Sublist,
     Subscription,
@@ -31,10 +32,13 @@ class ValidationTests(SynchronousTestCase):
             self.assertFalse(valid_subject(s), s)
 
     def test_literal(self) -> None:
-        self.assertTrue(valid_literal_subject(b"foo.bar"))
-        self.assertTrue(valid_literal_subject(b"foo*.b>"))
-        for s in (b"", b"foo.*", b"foo.>", b"*", b"foo..bar", b"foo."):
-            self.assertFalse(valid_literal_subject(s), s)
+        # (CPython's split and PyPy's scan, both.)
+        for valid in (subjects._literal_by_split, subjects._literal_by_scan):
+            self.assertTrue(valid(b"foo.bar"))
+            self.assertTrue(valid(b"foo*.b>"))
+            for s in (b"", b".", b".foo", b"foo.*", b"foo.>", b"*", b">", b"a.*.b", b"foo..bar", b"foo."):
+                self.assertFalse(valid(s), s)
+        self.assertIn(valid_literal_subject, (subjects._literal_by_split, subjects._literal_by_scan))
 
     def test_matches(self) -> None:
         cases = [
