@@ -10,6 +10,7 @@ Nothing here holds state or does I/O: the connection asks, and writes.
 
 from __future__ import annotations
 
+import json
 from json.encoder import encode_basestring_ascii
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -38,6 +39,8 @@ CONNECT_TYPES: Dict[str, tuple] = {
     "nkey": (str,),
     "sig": (str,),
 }
+#: The fields by their names in lower case (L{_field_name}).
+_FIELDS_FOLDED: Dict[str, str] = {name: name for name in CONNECT_TYPES}
 
 
 
@@ -180,10 +183,48 @@ def read_connect(arg: bytes) -> Tuple[Dict[str, Any], "ConnectOptions"]:
     return options, read
 
 
+def _field_name(key: str) -> str:
+    """
+    The CONNECT field Go's encoding/json, and so nats-server, takes C{key}
+    for (a field's name in any case, C{ſ} for C{s}, the Kelvin sign for
+    C{k}: its C{equalFoldRight}), or C{key} when it names none.
+    """
+    return _FIELDS_FOLDED.get(key.lower().replace("\u017f", "s"), key)
+
+
+def _fold_fields(arg: bytes) -> Dict[str, Any]:
+    """
+    CONNECT's options with every key that names a field under the field's
+    own name, the last in the text winning when two spell one field (Go
+    sets the field key by key).  (Decoded again with the keys in their
+    order: a dict keeps the first place of each spelling, not the last.)
+    """
+    top: List[Any] = []
+
+    def pairs(items: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        top[:] = [items]  # (the outermost object comes last)
+        return dict(items)
+
+    json.loads(arg.decode("utf-8", "replace"), object_pairs_hook=pairs)
+    options: Dict[str, Any] = {}
+    for key, value in top[0]:
+        name = _field_name(key)
+        if value is None and name in options and name in CONNECT_TYPES:
+            continue  # (Go: null leaves a string, number or bool field as it was)
+        options[name] = value
+    return options
+
+
 def _decode_connect(arg: bytes) -> Dict[str, Any]:
     options = wirejson.loads(arg)
     if not isinstance(options, dict):
         raise ValueError("CONNECT options are not an object")
+    for key in options:
+        if key not in CONNECT_TYPES and _field_name(key) is not key:
+            # A field in another spelling ("Auth_Token", "Verbose"): what
+            # nats-server reads (credentials among them: never kept).
+            options = _fold_fields(arg)
+            break
     # The fields it has, not every field there is: a client sends a few.
     for key, value in options.items():
         types = CONNECT_TYPES.get(key)

@@ -635,6 +635,17 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(c.received(), b"+OK\r\nPONG\r\n")
         self.assertEqual(c.proto.identity.name, "good")
 
+    def test_token_field_in_another_case(self) -> None:
+        """
+        C{"Auth_Token"} is the token to nats-server (Go's encoding/json
+        matches field names in any case), and C{"Verbose":false} turns +OK
+        off: a client that spells them so logs in as there.
+        """
+        h = Harness(authenticator=TokenAuthenticator())
+        c = h.connect(connect=b'CONNECT {"Auth_Token":"good","Verbose":false}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"PONG\r\n")
+        self.assertEqual(c.proto.identity.name, "good")
+
     def test_wrong_token(self) -> None:
         h = Harness(authenticator=TokenAuthenticator())
         c = h.connect(connect=b'CONNECT {"auth_token":"bad"}\r\nPING\r\n')

@@ -142,3 +142,28 @@ class ConnectTests(SynchronousTestCase):
         for k in range(5):
             decode_connect(b'{"name":"c%d"}' % k)
             self.assertLessEqual(len(greeting._DECODED), 2)
+
+    def test_field_names_in_any_case(self) -> None:
+        """
+        nats-server reads CONNECT with Go's encoding/json, which matches a
+        key to a field in any case (and C{ſ} as C{s}, the Kelvin sign as
+        C{k}): C{"Auth_Token"} is the token, C{"Verbose":false} turns +OK
+        off, and the last of two spellings wins.  Other look-alikes are
+        not the field (C{"paß"} is not C{"pass"}).
+        """
+        self.assertEqual(decode_connect(b'{"Auth_Token":"t","USER":"u","Pa\\u017fs":"p","\\u212aind":1}'),
+                         {"auth_token": "t", "user": "u", "pass": "p", "\u212aind": 1})
+        self.assertEqual(ConnectOptions.read(decode_connect(b'{"Verbose":false,"ECHO":false,"Name":"n"}')),
+                         ConnectOptions(verbose=False, echo=False, name="n"))
+        self.assertEqual(decode_connect(b'{"verbose":false,"Verbose":true,"VERBOSE":false,"Verbose":true}'), {"verbose": True})
+        self.assertEqual(decode_connect(b'{"verbose":false,"Verbose":null}'), {"verbose": False})
+        self.assertEqual(decode_connect(b'{"pa\\u00df":"p","n\\u212aey":"k"}'), {"pa\u00df": "p", "nkey": "k"})
+        self.assertRaises(ValueError, decode_connect, b'{"Verbose":"yes"}')
+
+    def test_credentials_in_any_case_are_not_kept(self) -> None:
+        """A CONNECT whose credentials are spelt in another case is as much a secret (nats-server takes them): never kept."""
+        from eventsvc.nats import greeting
+
+        for arg in (b'{"Pass":"s3cret","USER":"bob","verbose":false}', b'{"AUTH_TOKEN":"t"}', b'{"JWT":"j","Sig":"s"}', b'{"\\u0055ser":"u"}'):
+            decode_connect(arg)
+            self.assertNotIn(arg, greeting._DECODED)

@@ -7,8 +7,10 @@ when something else shares those subjects, and when nobody takes a batch.
 
 from __future__ import annotations
 
+import json
+import random
 import re
-from typing import Any, List, Tuple, cast
+from typing import Any, Dict, List, Tuple, cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +20,7 @@ from eventsvc.jetstream.memstore import MemoryConsumerStore
 from eventsvc.nats.interfaces import Identity
 from eventsvc.security.permissions import Permissions
 from eventsvc.test.helpers import Harness
-from eventsvc.test.test_jsconsumer import BASE, FakeEngine, FakeStream
+from eventsvc.test.test_jsconsumer import BASE, SECOND, FakeEngine, FakeStream
 
 
 class PullPathTests(SynchronousTestCase):
@@ -253,3 +255,107 @@ class PullRunTests(SynchronousTestCase):
         got = re.findall(rb"MSG orders\.new (\d) \$JS\.ACK\.ORDERS\.P\.1\.(\d)\.", self.client.received())
         self.assertEqual(got, [(b"5", b"1"), (b"6", b"2"), (b"5", b"3"), (b"6", b"4")])
         self.assertEqual(len(consumer.waiting), 0)
+
+
+class PullRunAgainstLoopTests(SynchronousTestCase):
+    """
+    L{Consumer._pull_run} against the loop it stands in for: the same
+    random traffic (publishes on two subjects, pull requests with
+    C{no_wait}, C{expires}, heartbeats and C{max_bytes}, every kind of ack
+    with and without a reply, malformed ones among them, messages removed,
+    the stream purged, time passing), once with runs and once without,
+    must show the client the same bytes and leave the consumer and its
+    store in the same state, whatever the consumer's ack policy,
+    C{max_ack_pending}, C{max_deliver} and filter (one the store is not
+    given among them).
+    """
+
+    BODIES = (b"+ACK", b"+ACK", b"", b"-NAK", b"+WPI", b"+TERM", b"+ACK xyz", b'-NAK {"delay":1000000000}', b"+NXT")
+
+    def play(self, seed: int, runs: bool) -> List[Any]:
+        rnd = random.Random(seed)
+        if not runs:
+            self.patch(Consumer, "_pull_run", lambda consumer, room, now: 0)
+        harness = Harness()
+        engine = FakeEngine(harness.broker, harness.clock)
+        engine.ack_router.unsubscribe()
+        engine.settings = JetStreamSettings()
+        engine.answers_api = True
+        stream = FakeStream(engine)
+        client = harness.connect(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        client.send(b"SUB _INBOX.p.* 3\r\nPING\r\n")
+        client.received()
+        raw: Dict[str, Any] = {"durable_name": "P", "ack_policy": rnd.choice(["explicit", "all"]), "ack_wait": rnd.choice([1, 3]) * SECOND}
+        if rnd.random() < 0.5:
+            raw["max_ack_pending"] = rnd.randint(1, 6)
+        if rnd.random() < 0.3:
+            raw["max_deliver"] = rnd.randint(1, 3)
+        if rnd.random() < 0.3:
+            raw["filter_subject"] = rnd.choice(["orders.new", "orders.*"])
+        narrow = raw.get("filter_subject") == "orders.new" and rnd.random() < 0.5
+        if narrow:
+            # (Its filter names the stream's only subject: the store is not
+            # asked to filter, and the stream takes another subject next.)
+            stream.config["subjects"] = ["orders.new"]
+        consumer = Consumer(stream, "P", check_config(stream, dict(raw)), MemoryConsumerStore(), engine.now())
+        stream.config["subjects"] = ["orders.>"]
+        stream.attach(consumer)
+        consumer.start()
+        self.addCleanup(consumer.stop)
+        seen: List[Any] = []
+        replies: List[bytes] = []
+        for step in range(60):
+            op = rnd.random()
+            if op < 0.3:
+                stream.publish(rnd.choice(["orders.new", "orders.old"]), b"m%d" % step)
+            elif op < 0.45:
+                request: Dict[str, Any] = {"batch": rnd.randint(1, 8)}
+                kind = rnd.random()
+                if kind < 0.3:
+                    request["no_wait"] = True
+                elif kind < 0.8:
+                    request["expires"] = rnd.choice([1, 2, 5]) * SECOND
+                if rnd.random() < 0.2:
+                    request["idle_heartbeat"] = SECOND // 2
+                    request.setdefault("expires", 5 * SECOND)
+                if rnd.random() < 0.1:
+                    request["max_bytes"] = rnd.randint(50, 400)
+                consumer.next_request("_INBOX.p.%d" % step, json.dumps(request).encode())
+            elif op < 0.65 and replies:
+                body = rnd.choice(self.BODIES)
+                reply = b" _INBOX.p.ack" if rnd.random() < 0.2 else b""
+                client.send(b"PUB %s%s %d\r\n%s\r\n" % (rnd.choice(replies), reply, len(body), body))
+            elif op < 0.72:
+                state = stream.store.state()
+                if state.last_seq >= state.first_seq:
+                    stream.store.remove(rnd.randint(state.first_seq, state.last_seq))
+            elif op < 0.75:
+                stream.store.purge()
+                consumer.purged(stream.store.state().first_seq)
+            else:
+                harness.clock.advance(rnd.choice([0, 0.3, 1.1]))
+            harness.clock.advance(0)
+            got = client.received()
+            seen.append(got)
+            replies += re.findall(rb"(\$JS\.ACK\.\S+)", got)
+        info = consumer.info()
+        del info["created"]
+        kept = consumer.store.load()
+        seen.append((info, kept.delivered_consumer, kept.delivered_stream, kept.ack_floor_consumer, kept.ack_floor_stream,
+                     sorted(kept.pending.items()), sorted(kept.redelivered.items())))
+        return seen
+
+    def test_same_as_the_loop(self) -> None:
+        taken = []
+        counting = Consumer._pull_run
+
+        def pull_run(consumer: Consumer, room: int, now: int) -> int:
+            taken.append(counting(consumer, room, now))
+            return taken[-1]
+
+        for seed in range(60):
+            self.patch(Consumer, "_pull_run", pull_run)
+            with_runs = self.play(seed, True)
+            self.assertEqual(with_runs, self.play(seed, False), "seed {}".format(seed))
+        # (Runs were taken: the comparison is of something.)
+        self.assertGreater(sum(taken), 200)
