@@ -712,6 +712,28 @@ class TLSLayerTests(SynchronousTestCase):
             self.assertIsNotNone(inner.reason)
             self.assertTrue(inner.reason.check(ConnectionLost), inner.reason)
 
+    def test_openssl_side_freed_at_the_close(self) -> None:
+        """
+        A closed connection's OpenSSL state is freed at its close, not when
+        the collector finds it (on PyPy, thousands of connections later):
+        its memory BIOs are gone, and a stray call on it is pyOpenSSL's
+        clean error, after the connection heard its close.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        server, inner, client, server_transport, pump = self._layer_and_client()
+        client.write(b"hello")
+        pump.flush()
+        connection = server._tlsConnection
+        server_transport.disconnecting = True
+        server.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(b"".join(inner.reads), b"hello")
+        self.assertIsNotNone(inner.reason)
+        self.assertIsNone(connection._into_ssl)
+        self.assertIsNone(connection._from_ssl)
+        self.assertRaises(TypeError, connection.bio_read, 1)
+
 
 class ChainFileTests(SynchronousTestCase):
     """
