@@ -7,7 +7,8 @@ listener's own factory with a memory-BIO pyOpenSSL client, many times.
 
     python bench/tlsinproc.py [--connections N] [--repeat R] [--plain]
     python bench/tlsinproc.py --profile          (cProfile of the server side)
-    python bench/tlsinproc.py --compare OTHER_PYTHON_OR_TREE [--rounds 5]
+    python bench/tlsinproc.py --compare OTHER_PYTHON_OR_TREE [--rounds 5] [--split]
+    python bench/tlsinproc.py --split            (the server's handshake calls apart)
     valgrind --tool=cachegrind python bench/tlsinproc.py --connections N --once
 
 The client's work is timed apart (process time around each client call)
@@ -16,6 +17,11 @@ Python and its share of the handshake's crypto.  The client offers X25519
 only, as nats.go on Go 1.19 (natsbench's) does, and keeps no session:
 natsbench's client does not resume.  C{--resume} gives the client one
 session to offer again (what a client with a session cache does).
+C{--split} also times the server's calls of C{do_handshake} (OpenSSL's
+handshake, C alone: the server's context has no Python callback a
+handshake without ALPN calls), so the rest (the server's Python, its
+other OpenSSL calls, the allocator) is told apart from the handshake's
+crypto, and two runtimes or two OpenSSL builds can be compared on each.
 
 It imports eventsvc from the running interpreter, so C{--compare} runs the
 same loop in another tree's virtual environment, alternately with this
@@ -127,6 +133,27 @@ class World:
         self.count = 0
         self.client_time = 0.0
         self.server_bytes = 0
+        #: The server's CPU in do_handshake (with C{split}).
+        self.handshake_time = 0.0
+
+    def split(self) -> None:
+        """Time the server's C{do_handshake} calls (the client's go on untimed here: its own clock takes them off)."""
+        SSL = self.SSL
+        handshake = SSL.Connection.do_handshake
+        client_context = self.client_context
+        clock = time.process_time
+        world = self
+
+        def timed(connection: Any) -> None:
+            if connection._context is client_context:
+                return handshake(connection)
+            started = clock()
+            try:
+                return handshake(connection)
+            finally:
+                world.handshake_time += clock() - started
+
+        SSL.Connection.do_handshake = timed  # type: ignore[method-assign]
 
     def connection(self) -> None:
         """One connection's life, as natsbench's client lives it."""
@@ -226,15 +253,21 @@ class World:
         proto.connectionLost(Failure(ConnectionDone()))
 
 
-def run(connections: int, repeat: int, plain: bool, resume: bool) -> Tuple[float, float, int]:
-    """Best server CPU seconds per connection of C{repeat} rounds, the client's, and bytes the server wrote per connection."""
+def run(connections: int, repeat: int, plain: bool, resume: bool, split: bool = False) -> Tuple[float, float, int, float]:
+    """
+    Best server CPU seconds per connection of C{repeat} rounds, the
+    client's, bytes the server wrote per connection, and (C{split}) the
+    server's seconds in C{do_handshake} in that round.
+    """
     world = World(plain, resume)
+    if split:
+        world.split()
     for _ in range(min(200, connections)):  # warm up (and the JIT, on PyPy)
         world.connection()
     best = float("inf")
-    client = 0.0
+    client = handshake = 0.0
     for _ in range(repeat):
-        world.client_time = 0.0
+        world.client_time = world.handshake_time = 0.0
         world.server_bytes = 0
         gc.collect()
         started = time.process_time()
@@ -243,9 +276,9 @@ def run(connections: int, repeat: int, plain: bool, resume: bool) -> Tuple[float
         spent = time.process_time() - started
         server = (spent - world.client_time) / connections
         if server < best:
-            best, client = server, world.client_time / connections
+            best, client, handshake = server, world.client_time / connections, world.handshake_time / connections
     assert not world.factory.live and not world.broker.clients if hasattr(world.broker, "clients") else True
-    return best, client, world.server_bytes // connections
+    return best, client, world.server_bytes // connections, handshake
 
 
 def main() -> None:
@@ -254,6 +287,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--plain", action="store_true", help="a plaintext listener (no TLS)")
     parser.add_argument("--resume", action="store_true", help="the client offers its first session again")
+    parser.add_argument("--split", action="store_true", help="time the server's do_handshake calls apart from the rest")
     parser.add_argument("--once", action="store_true", help="one round, no figures (for cachegrind)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round, by internal time")
     parser.add_argument("--compare", metavar="OTHER", help="alternate with another interpreter (another tree's venv), or with another tree's source (a directory holding eventsvc/, on this interpreter)")
@@ -286,30 +320,40 @@ def main() -> None:
         if os.environ.get("CALLEES"):
             stats.sort_stats("cumulative").print_callees(os.environ["CALLEES"])
         return
+    split = options.split and not options.plain
     if options.raw:
-        server, client, written = run(options.connections, options.repeat, options.plain, options.resume)
-        print(server, client, written)
+        server, client, written, handshake = run(options.connections, options.repeat, options.plain, options.resume, split)
+        print(server, client, written, handshake)
         return
     pythons = [sys.executable] + ([options.compare] if options.compare else [])
     if not options.compare:
-        server, client, written = run(options.connections, options.repeat, options.plain, options.resume)
+        server, client, written, handshake = run(options.connections, options.repeat, options.plain, options.resume, split)
         print("{}: server {:.1f} us CPU a connection (client {:.1f} us), {} bytes written".format(
             "plain" if options.plain else "mutual TLS", server * 1e6, client * 1e6, written))
+        if split:
+            print("  of which do_handshake {:.1f} us, the rest {:.1f} us".format(handshake * 1e6, (server - handshake) * 1e6))
         return
     results: List[List[float]] = [[] for _ in pythons]
+    handshakes: List[List[float]] = [[] for _ in pythons]
     for _ in range(options.rounds):
         for i, python in enumerate(pythons):
             args = [python, os.path.abspath(__file__), "--raw", "--connections", str(options.connections), "--repeat", str(options.repeat)]
             args += ["--plain"] if options.plain else []
             args += ["--resume"] if options.resume else []
+            args += ["--split"] if split else []
             env = dict(os.environ)
             if os.path.isdir(python):
                 args[0] = sys.executable
                 env["PYTHONPATH"] = python
             out = subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout.split()
             results[i].append(float(out[0]))
-    for python, spent in zip(pythons, results):
+            handshakes[i].append(float(out[3]))
+    for python, spent, handshake in zip(pythons, results, handshakes):
         print("{:50s} best {:.1f} us  median {:.1f} us".format(python, min(spent) * 1e6, sorted(spent)[len(spent) // 2] * 1e6))
+        if split:
+            rest = sorted(s - h for s, h in zip(spent, handshake))
+            print("{:50s} do_handshake median {:.1f} us, the rest median {:.1f} us (best {:.1f})".format(
+                "", sorted(handshake)[len(handshake) // 2] * 1e6, rest[len(rest) // 2] * 1e6, rest[0] * 1e6))
     print("this / other: best {:.3f}, median {:.3f}".format(
         min(results[0]) / min(results[1]), sorted(results[0])[len(results[0]) // 2] / sorted(results[1])[len(results[1]) // 2]))
 

@@ -628,6 +628,112 @@ class TLSLayerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(b"".join(peer.reads), b"".join(pieces))
 
+    def _layer_and_client(self) -> "tuple":
+        """A server TLS layer with a recording protocol, a client, and the pump between them, handshaken."""
+        from twisted.internet.protocol import Protocol
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+        from twisted.test.iosim import FakeTransport, connect
+
+        from eventsvc.nats.upgrade import TLSLayer
+        from eventsvc.test.tlshelpers import _Unused
+
+        class Recorder(Protocol):
+            def __init__(self) -> None:
+                self.reads: list = []
+                self.reason = None
+
+            def dataReceived(self, data: bytes) -> None:
+                self.reads.append(data)
+
+            def connectionLost(self, reason=None) -> None:  # type: ignore[override]
+                self.reason = reason
+
+        identity = PKI.private(self.pki.issue("layer", ["localhost"]))
+        inner = Recorder()
+        server = TLSLayer(TLSMemoryBIOFactory(tls.server_options(identity), False, _Unused()), inner)
+        client = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(self.client_options, True, _Unused()), Recorder())
+        server_transport = FakeTransport(server, True)
+        pump = connect(server, server_transport, client, FakeTransport(client, False))
+        return server, inner, client, server_transport, pump
+
+    def test_reads_cut_anywhere(self) -> None:
+        """
+        Records that come a byte at a time, or cut across reads anywhere,
+        reach the connection whole and in order (what a read leaves of a
+        record waits in OpenSSL or the BIO for the next).
+        """
+        server, inner, client, server_transport, pump = self._layer_and_client()
+        sent = []
+        for size in (1, 7, 5, 4096, 16385, 3):
+            piece = bytes([97 + len(sent)]) * size
+            sent.append(piece)
+            client.write(piece)
+        wire = client.transport.stream  # what the client wrote, not yet delivered
+        client.transport.stream = []
+        data = b"".join(wire)
+        cuts = [1, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181]
+        at = 0
+        for cut in cuts + [len(data)]:
+            server.dataReceived(data[at:at + cut])
+            at += cut
+        self.assertEqual(b"".join(inner.reads), b"".join(sent))
+
+    def test_a_record_read_in_parts(self) -> None:
+        """
+        A record bigger than what one C{recv} asks for is read in several,
+        in the same read: what OpenSSL holds of an opened record counts as
+        not yet read, though the BIO is empty.
+        """
+        server, inner, client, server_transport, pump = self._layer_and_client()
+        server.record = 1000  # (16 KiB records, read 1,000 bytes a call)
+        client.write(b"z" * 16000)
+        pump.flush()
+        self.assertEqual(b"".join(inner.reads), b"z" * 16000)
+        self.assertEqual(len(inner.reads), 1)
+
+    def test_peer_gone_without_close_notify(self) -> None:
+        """
+        A peer that closes the TCP connection without TLS's close_notify
+        (after data, or after none) is an unclean close, as Twisted's layer
+        says: the connection hears C{ConnectionLost}, not C{ConnectionDone},
+        after the data (OpenSSL's read at the end says the stream was cut).
+        """
+        from twisted.internet.error import ConnectionDone, ConnectionLost
+        from twisted.python.failure import Failure
+
+        for data in (b"", b"last words"):
+            server, inner, client, server_transport, pump = self._layer_and_client()
+            if data:
+                client.write(data)
+                pump.flush()
+            server_transport.disconnecting = True
+            server.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(b"".join(inner.reads), data)
+            self.assertIsNotNone(inner.reason)
+            self.assertTrue(inner.reason.check(ConnectionLost), inner.reason)
+
+    def test_openssl_side_freed_at_the_close(self) -> None:
+        """
+        A closed connection's OpenSSL state is freed at its close, not when
+        the collector finds it (on PyPy, thousands of connections later):
+        its memory BIOs are gone, and a stray call on it is pyOpenSSL's
+        clean error, after the connection heard its close.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        server, inner, client, server_transport, pump = self._layer_and_client()
+        client.write(b"hello")
+        pump.flush()
+        connection = server._tlsConnection
+        server_transport.disconnecting = True
+        server.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(b"".join(inner.reads), b"hello")
+        self.assertIsNotNone(inner.reason)
+        self.assertIsNone(connection._into_ssl)
+        self.assertIsNone(connection._from_ssl)
+        self.assertRaises(TypeError, connection.bio_read, 1)
+
 
 class ChainFileTests(SynchronousTestCase):
     """
