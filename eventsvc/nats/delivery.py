@@ -670,21 +670,22 @@ class Delivery:
                 self.deliver_batch(src, subject, tail, ~size)
                 continue
             targets = planned(subject) or plan(subject)
-            one = targets.one
-            if one is not None:
-                # One local subscriber alone (a subject's, most often): as
-                # below, without the loop and its iterator.
-                conn, prefix, append = one
-                if no_echo and conn is src:
+            if targets.local:
+                one = targets.one
+                if one is not None:
+                    # One local subscriber alone (a subject's, most often): as
+                    # below, without the loop and its iterator.
+                    conn, prefix, append = one
+                    if no_echo and conn is src:
+                        continue
+                    append(prefix)
+                    append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        self._dirty.append(conn)
                     continue
-                append(prefix)
-                append(tail)
-                conn.out_msgs += 1
-                conn.out_bytes += size
-                if not conn.dirty:
-                    conn.dirty = True
-                    self._dirty.append(conn)
-            elif targets.local:
                 # (deliver()'s loop, without a reply: written out here, since
                 # a call a message is what this method saves.)
                 for conn, prefix, append in targets.plain:
