@@ -643,8 +643,6 @@ class Delivery:
         subject: handed over here, a read's messages cost one call in all,
         not one each (on CPython a call is a tenth of a message's cost).
         """
-        # (The plan cache's get, bound once by the cache: a call of a local
-        # a message, not a method lookup, and a shorter loop body.)
         if self.gateways is not None or src.kind.link:
             # Each through deliver() and so the rule (clients alone hand runs
             # over; a link's message, were one here, names its queues).
