@@ -111,7 +111,7 @@ class Plan:
 
     __slots__ = (
         "plain", "plain_subs", "queues", "queue_info", "simple", "route_plain", "route_mixed", "leaf_plain", "local",
-        "local_queues", "queue_last", "callback",
+        "local_queues", "queue_last", "callback", "one",
     )
 
     def __init__(self, plain, plain_subs, queues, simple, route_plain=(), route_mixed=(), queue_info=(), leaf_plain=()):
@@ -133,6 +133,10 @@ class Plan:
         #: Whether the plain subscribers are all there is (simple, and no
         #: route, leaf or queue group takes part): deliver() stops after them.
         self.local: bool = simple and not queues and not route_plain and not route_mixed and not leaf_plain
+        #: The one target of C{plain} when it is all there is (C{local}, one
+        #: subscription: a subject with one subscriber, the most common),
+        #: else None: L{Delivery.deliver_run} frames it without a loop.
+        self.one: Optional[Target] = plain[0] if self.local and len(plain) == 1 else None
         #: Whether local queue groups are all there is (simple, no plain
         #: subscriber, no route or leaf takes part): a client's message
         #: picks one member of each (L{Delivery._to_local_queues}) and
@@ -157,17 +161,19 @@ class Plan:
         plan is handed on as it is), for another C{subject} with the same
         match: what C{Plan(plain, plain_subs, (), True)} makes, without
         working its fields out again (each PubAck to an inbox, each ack).
-        Only the two that name the subject are set (L{_RenamedPlan} holds
+        Only the three that name the subject are set (L{_RenamedPlan} holds
         the rest); one subscriber, the most common, without a loop.
         """
         plan = _new_plan(_RenamedPlan)
         plain_subs = plan.plain_subs = self.plain_subs
         if len(plain_subs) == 1:
             conn, _, append = self.plain[0]
-            plan.plain = [(conn, b"MSG " + subject + b" " + plain_subs[0].sid + b" ", append)]
+            one = plan.one = (conn, b"MSG " + subject + b" " + plain_subs[0].sid + b" ", append)
+            plan.plain = [one]
         else:
             head = msg_head(subject)
             plan.plain = [(conn, head + sub.sid + b" ", append) for (conn, _, append), sub in zip(self.plain, plain_subs)]
+            plan.one = None
         return plan
 
     def plain_remotes(self) -> List[ISubscriber]:
@@ -178,7 +184,7 @@ class Plan:
 class _RenamedPlan(Plan):
     """
     A plan of L{Plan.renamed}: plain local subscribers alone.  Its fields
-    but C{plain} and C{plain_subs} are the same for every such plan, so
+    but C{plain}, C{plain_subs} and C{one} are the same for every such plan, so
     they are the class's, not set on each (a new one for each PubAck to a
     reply inbox).  Nothing sets them on a plan after it is made.
     """
@@ -637,14 +643,20 @@ class Delivery:
         subject: handed over here, a read's messages cost one call in all,
         not one each (on CPython a call is a tenth of a message's cost).
         """
+        if self.gateways is not None or src.kind.link:
+            # Each through deliver() and so the rule (clients alone hand runs
+            # over; a link's message, were one here, names its queues).
+            for subject, size, tail in run:
+                if size < 0:
+                    self.deliver_batch(src, subject, tail, ~size)
+                else:
+                    self.deliver(src, subject, None, size, tail)
+            return
         # (The plan cache's get, bound once by the cache: a call of a local
         # a message, not a method lookup, and a shorter loop body.)
         planned = self._plans.lookup
         plan = self._plan
         no_echo = not src.echo
-        # (Clients alone hand runs over; a link's message, were one here,
-        # would go through deliver() and so the rule, queue names and all.)
-        local = self.gateways is None and not src.kind.link
         to_queues = self._queue_picks
         # (The rest of a run is handed to to_queues with its message.)
         messages = iter(run)
@@ -656,7 +668,22 @@ class Delivery:
                 self.deliver_batch(src, subject, tail, ~size)
                 continue
             targets = planned(subject) or plan(subject)
-            if local and targets.local:
+            if targets.local:
+                one = targets.one
+                if one is not None:
+                    # One local subscriber alone (a subject's, most often): as
+                    # below, without the loop and its iterator.
+                    conn, prefix, append = one
+                    if no_echo and conn is src:
+                        continue
+                    append(prefix)
+                    append(tail)
+                    conn.out_msgs += 1
+                    conn.out_bytes += size
+                    if not conn.dirty:
+                        conn.dirty = True
+                        self._dirty.append(conn)
+                    continue
                 # (deliver()'s loop, without a reply: written out here, since
                 # a call a message is what this method saves.)
                 for conn, prefix, append in targets.plain:
@@ -669,7 +696,7 @@ class Delivery:
                     if not conn.dirty:
                         conn.dirty = True
                         self._dirty.append(conn)
-            elif local and targets.local_queues:
+            elif targets.local_queues:
                 # Queue groups of local clients alone (a work queue over
                 # many subjects): deliver() would only ask the same.  It
                 # serves the run's next messages too while they are the same.

@@ -439,6 +439,37 @@ class BatchTests(SynchronousTestCase):
             self.assertEqual(pub.received(), b"".join(frame(b"9", n) for n in range(700, 1400)) + b"PONG\r\n", split_runs)
             self.assertEqual((pub.proto.in_msgs, sub.proto.out_msgs, pub.proto.out_msgs), (2000, 2000, 700))
 
+    def test_one_subscriber_over_many_subjects(self) -> None:
+        """
+        Subjects whose one subscriber is all there is, their plans kept
+        (each subject seen before), by the loop and by split runs: a
+        maximum set afterwards (UNSUB 4 5) ends the subscription after
+        exactly five more messages; a publisher without echo that is a
+        subject's one subscriber is not sent its own messages, and is sent
+        another's.
+        """
+        message = lambda verb, n: b"PUB %s.%d.state %d\r\n%d\r\n" % (verb, n % 300, len(b"%d" % n), n)
+        frame = lambda verb, sid, n: b"MSG %s.%d.state %s %d\r\n%d\r\n" % (verb, n % 300, sid, len(b"%d" % n), n)
+        for split_runs in (False, True):
+            h = Harness()
+            sub, pub = h.connect(), h.connect()
+            quiet = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+            sub.send(b"SUB dev.*.state 4\r\n")
+            quiet.send(b"SUB own.> 2\r\n")
+            for conn in (pub, quiet):
+                conn.proto.parser.split_runs = split_runs
+            pub.send(b"".join(message(b"dev", n) for n in range(900)))
+            self.assertEqual(sub.received(), b"".join(frame(b"dev", b"4", n) for n in range(900)), split_runs)
+            quiet.send(b"".join(message(b"own", n) for n in range(900)) + b"PING\r\n")
+            self.assertEqual(quiet.received(), b"PONG\r\n", split_runs)
+            pub.send(b"".join(message(b"own", n) for n in range(900, 1200)))
+            self.assertEqual(quiet.received(), b"".join(frame(b"own", b"2", n) for n in range(900, 1200)), split_runs)
+            sub.send(b"UNSUB 4 5\r\n")
+            pub.send(b"".join(message(b"dev", n) for n in range(2000, 2600)))
+            self.assertEqual(sub.received(), b"".join(frame(b"dev", b"4", n) for n in range(2000, 2005)), split_runs)
+            self.assertEqual(h.broker.sublist.count, 1)
+            self.assertEqual((sub.proto.out_msgs, quiet.proto.out_msgs), (905, 300), split_runs)
+
     def test_echo_false_in_batch(self) -> None:
         h = Harness()
         a = h.connect(connect=b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')

@@ -423,9 +423,37 @@ class TurnEndWritesTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
 
     def test_not_bytes(self):
-        """As Twisted's own write: text is refused."""
+        """As Twisted's own write: text is refused, saying so, and what was written before is still sent."""
+        self.tcp.write(b"MSG a 1 2\r\nhi\r\n")
         self.assertRaises(TypeError, self.tcp.write, "text")
-        self.assertRaises(TypeError, self.tcp.writeSequence, [b"a", "text"])
+        error = self.assertRaises(TypeError, self.tcp.writeSequence, [b"a", "text"])
+        self.assertEqual(str(error), "Data must be bytes, not 'str'")
+        self.reactor.advance(0)
+        self.assertEqual(self.received(), b"MSG a 1 2\r\nhi\r\n")
+
+    def test_small_and_large_sequences_in_one_turn(self):
+        """
+        Sequences of small pieces (joined as they are written, on CPython)
+        and of large ones (kept as pieces, for sendmsg), and single writes,
+        in one turn: everything arrives once, in the order written.
+        """
+        small = [b"MSG s %d 5\r\n" % i if i % 2 == 0 else b"hello\r\n" for i in range(3000)]
+        large = [bytes([65 + i % 26]) * 8000 + b"\r\n" for i in range(20)]
+        writes = [small[:1000], [b"PING\r\n"], large, small[1000:], large[:3], [b"PONG\r\n"]]
+        for pieces in writes:
+            if len(pieces) == 1:
+                self.tcp.write(pieces[0])
+            else:
+                self.tcp.writeSequence(pieces)
+        self.tcp.writeSequence([b"", b""])
+        self.reactor.advance(0)
+        got = self.received()
+        for _ in range(10000):
+            if self.tcp not in self.reactor.getWriters():
+                break
+            self.assertIsNone(self.tcp.doWrite())
+            got += self.received()
+        self.assertEqual(got, b"".join(piece for pieces in writes for piece in pieces))
 
     def test_memory_transports_left_alone(self):
         """A transport with no Twisted TCP transport under it (tests' memory ones) is left as it is."""
