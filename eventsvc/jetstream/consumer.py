@@ -1045,6 +1045,9 @@ class Consumer:
                 headers = (headers[:-2] if headers else b"NATS/1.0\r\n") + b"Nats-Msg-Size: %d\r\n\r\n" % len(data)
                 data = b""
             size = len(subject) + len(reply) + len(headers or b"") + len(data)
+            if not subject.isascii():
+                # (nats-server counts its UTF-8 bytes, a Go string's len; the reply is bytes.)
+                size += len(subject.encode()) - len(subject)
             if push:
                 target = deliver_subject
             else:

@@ -125,9 +125,10 @@ def file_message_size(subject: str, headers: Optional[bytes], data: bytes) -> in
     file store: nats-server's C{fileStoreMsgSize} (a record of length,
     sequence, time, subject, headers and payload, and an 8-byte hash).
     """
+    slen = len(subject) if subject.isascii() else len(subject.encode())  # (its UTF-8 bytes, as Go's len)
     if not headers:
-        return 22 + len(subject) + len(data) + 8
-    return 22 + len(subject) + 4 + len(headers) + len(data) + 8
+        return 22 + slen + len(data) + 8
+    return 22 + slen + 4 + len(headers) + len(data) + 8
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?)(ms|s|m|h)$")
@@ -608,10 +609,11 @@ class FileStore(_WriteState):
                     _, seq, ts, slen, hlen = _MESSAGE.unpack_from(data, start + 8)
                     p = start + 8 + _MESSAGE.size
                     subject = intern(data[p : p + slen].decode("utf-8", "replace"))
+                    # (The subject's bytes as written, slen: what file_message_size counts.)
                     if hlen:
-                        size = 22 + len(subject) + 4 + hlen + (end - p - slen - hlen) + 8
+                        size = 22 + slen + 4 + hlen + (end - p - slen - hlen) + 8
                     else:
-                        size = 22 + len(subject) + (end - p - slen) + 8
+                        size = 22 + slen + (end - p - slen) + 8
                     old = index.get(seq)
                     if old is not None:
                         self._segments[old[0]].live -= 1
@@ -680,8 +682,10 @@ class FileStore(_WriteState):
             if self._closed:
                 raise StoreUnavailable("store closed: {}".format(self._path))
             raise self._refusal()
-        # (22 + subject + 4 + headers + data + 8, or 22 + subject + data + 8: file_message_size)
-        size = len(subject) + len(headers) + len(data) + 34 if headers else len(subject) + len(data) + 30
+        encoded = subject.encode()  # (UTF-8, without naming it: no argument parsed)
+        # (22 + subject + 4 + headers + data + 8, or 22 + subject + data + 8:
+        # file_message_size, the subject's UTF-8 bytes counted)
+        size = len(encoded) + len(headers) + len(data) + 34 if headers else len(encoded) + len(data) + 30
         limits = self._limits
         if self._max_store >= 0 and self._bytes + size > self._max_store:
             raise StoreFull("insufficient resources")
@@ -710,7 +714,6 @@ class FileStore(_WriteState):
         seq = self._last + 1
         # (One copy of each subject for the whole index, not one per message.)
         subject = intern(subject)
-        encoded = subject.encode()  # (UTF-8, without naming it: no argument parsed)
         hlen = len(headers) if headers else 0
         # One body and one CRC call (PyPy's zlib calls cost more than the copy).
         if hlen:

@@ -26,9 +26,11 @@ def message_size(subject: str, headers: Optional[bytes], data: bytes) -> int:
     """
     What a message counts against C{max_bytes}: nats-server's
     C{memStoreMsgSize} (subject, headers, payload and 16 bytes of
-    sequence and time).
+    sequence and time).  The subject counts its UTF-8 bytes, as a Go
+    string's length does (isascii() reads a flag on CPython: no encode
+    for nearly every subject).
     """
-    return len(subject) + (len(headers) if headers else 0) + len(data) + 16
+    return (len(subject) if subject.isascii() else len(subject.encode())) + (len(headers) if headers else 0) + len(data) + 16
 
 
 def _matches(subject_filter: Optional[str], subject: str) -> bool:

@@ -471,6 +471,23 @@ class PullTests(ConsumerTestCase):
         # The big one was not lost: the next request gets it.
         self.assertEqual(self.pull(consumer, {"batch": 1}, "_INBOX.2").data(), [b"y" * 500])
 
+    def test_max_bytes_counts_a_subjects_utf8_bytes(self) -> None:
+        """
+        A message's size against a request's max_bytes counts its subject's
+        UTF-8 bytes, as nats-server 2.9 does (len of a Go string): a
+        message on "orders.\u00e9" does not fit a max_bytes one byte short
+        of them.  (Review RV5: the characters were counted, and it fitted.)
+        Consumers D and E, named alike in length, give the message the same
+        size: D's delivery says what it is.
+        """
+        self.stream.publish("orders.\u00e9", b"x" * 10)
+        first = self.pull(self.consumer(durable_name="D", ack_policy="explicit"), {"batch": 1}).take()
+        size = len("orders.\u00e9".encode()) + len(first[0][1] or "") + 10
+        e = self.consumer(durable_name="E", ack_policy="explicit")
+        short = self.pull(e, {"batch": 1, "max_bytes": size - 1, "expires": SECOND}, "_INBOX.2")
+        self.assertEqual(short.statuses(), ["409 Message Size Exceeds MaxBytes"])
+        self.assertEqual(self.pull(e, {"batch": 1, "max_bytes": size, "expires": SECOND}, "_INBOX.3").data(), [b"x" * 10])
+
     def test_no_interest_dropped(self) -> None:
         """A request whose inbox nobody listens to any more gets nothing; the message goes to the next."""
         consumer = self.consumer(durable_name="D", ack_policy="explicit")

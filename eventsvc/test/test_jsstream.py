@@ -620,6 +620,39 @@ class UsageTests(TestCase):
         self.assertEqual(json.loads(h.publish("$JS.API.INFO", b"") or b"{}")["storage"], 0)
 
 
+    def test_a_subject_counts_its_utf8_bytes(self) -> None:
+        """
+        A message on a subject with a character beyond ASCII counts the
+        subject's UTF-8 bytes, as nats-server 2.9 counts them (its
+        memStoreMsgSize and fileStoreMsgSize take a Go string's length):
+        "s.\u00e9" with b"x" is 21 bytes in a memory stream and 35 in a
+        file stream (nats-server -js's STREAM.INFO), the same after a
+        restart, and a stream's max_bytes keeps one such message of two at
+        41 and 69 bytes, as nats-server does.  (Review RV5: the characters
+        were counted, 20 and 34, and both messages were kept.)
+        """
+        folder = self.mktemp()
+        h = Harness(JetStreamSettings(store_dir=folder))
+        m = h.create(name="M", subjects=["m.>"], storage="memory")
+        f = h.create(name="F", subjects=["f.>"])
+        h.publish("m.\u00e9")
+        h.publish("f.\u00e9")
+        h.clock.advance(0)
+        self.assertEqual((m.store.state().bytes, f.store.state().bytes), (21, 35))
+        h.js.account_info()
+        self.assertEqual((h.js.usage("memory"), h.js.usage("file")), (21, 35))
+        h.js.stop()
+        again = Harness(JetStreamSettings(store_dir=folder))
+        self.assertEqual(again.js.streams["F"].store.state().bytes, 35)
+        h = Harness(JetStreamSettings(store_dir=self.mktemp()))
+        kept = [h.create(name="L", subjects=["l.>"], storage="memory", max_bytes=41),
+                h.create(name="G", subjects=["g.>"], max_bytes=69)]
+        for subject in ("l.\u00e9", "l.\u00e9", "g.\u00e9", "g.\u00e9"):
+            h.publish(subject)
+        h.clock.advance(0)
+        self.assertEqual([(s.store.state().msgs, s.store.state().bytes) for s in kept], [(1, 21), (1, 35)])
+
+
 class ServiceTests(TestCase):
     def test_unusable_store_dir_is_one_line(self) -> None:
         from eventsvc.jetstream.engine import JetStreamService
