@@ -132,10 +132,15 @@ def main() -> None:
     options = parser.parse_args()
     tool = jsbench()
     servers: List[tuple] = [("nats-server", None)]
-    for python in interpreters(options.interpreters):
-        servers.append(("eventsvc " + ("pypy" if "pypy" in python else "cpython"), python))
+    given = interpreters(options.interpreters)
+    kinds = ["pypy" if "pypy" in python else "cpython" for python in given]
+    for kind, python in zip(kinds, given):
+        # Two trees of one kind (a release beside this one): each named by
+        # the folder its venv is in, so lines and misses tell them apart.
+        folder = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(python)))))
+        servers.append(("eventsvc " + kind + (" " + folder if kinds.count(kind) > 1 else ""), python))
     print("JetStream, {} store; servers on core {}, nats.go load on core {}".format(options.storage, SERVER_CORE, LOAD_CORE))
-    print("{:<18} {:<6} {:>9} {:>12} {:>7} {:>10} {:>7}".format(
+    print("{:<26} {:<6} {:>9} {:>12} {:>7} {:>10} {:>7}".format(
         "server", "scene", "messages", "msgs/s", "rate", "CPU/msg us", "CPU"))
     for mode in options.only or SCENES:
         # Synchronous publishing is one round trip each: fewer of them.
@@ -145,7 +150,7 @@ def main() -> None:
             try:
                 r = scene(tool, name, python, mode, messages, options.storage)
             except AssertionError as e:  # the server did not start (a release without JetStream)
-                print("{:<18} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
+                print("{:<26} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
                 continue
             if python is None:
                 reference = r
@@ -168,7 +173,7 @@ def line(name: str, mode: str, python: Optional[str], r: Dict[str, float], refer
         missed = goals.below_goal(label, name, python, ratio, cpu, False)
         rate_ratio = "{:.0%}{}".format(ratio, "<" if "rate" in missed else " ")
         cpu_ratio = "" if cpu is None else "{:.0%}{}".format(cpu, "<" if "cpu" in missed else " ")
-    return "{:<18} {:<6} {:>9,} {:>12,.0f} {:>7} {:>10.1f} {:>7}".format(
+    return "{:<26} {:<6} {:>9,} {:>12,.0f} {:>7} {:>10.1f} {:>7}".format(
         name, mode, int(r["done"]), r["rate"], rate_ratio, r["cpu_us"], cpu_ratio)
 
 
