@@ -702,7 +702,14 @@ class Delivery:
                 # serves the run's next messages too while they are the same.
                 to_queues(src, targets, tail, size, messages)
             else:
-                self.deliver(src, subject, None, size, tail, targets)
+                one = targets.callback
+                if one is not None:
+                    # An in-process subscriber alone (a JetStream ack, a
+                    # stream's subject): deliver()'s first case, without
+                    # its call (no gateway: tested above).
+                    cast(Any, one[0]).hand_tail(one[1], subject, None, size, tail)
+                else:
+                    self.deliver(src, subject, None, size, tail, targets)
 
     def deliver_batch(self, src: ISource, subject: bytes, tails: List[bytes], size: int) -> None:
         """

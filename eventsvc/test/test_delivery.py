@@ -584,6 +584,26 @@ class InProcessAloneTests(SynchronousTestCase):
         self.assertEqual(self.got, [])
         self.assertEqual(self.broker.totals()["out_msgs"], 3)
 
+    def test_a_run_hands_an_in_process_subscriber_its_payload(self) -> None:
+        """
+        Messages of a read handed over as a run (L{Delivery.deliver_run})
+        reach an in-process subscription alone with their own payloads,
+        however many digits the size has, empty, or with CRLF and LF
+        inside, and between a client's messages, in order; the totals
+        count the four it was given.
+        """
+        raw: List[tuple] = []
+        self.broker.subscribe_raw("r.*", lambda subject, reply, payload, headers: raw.append((subject, payload)))
+        watcher = Conn(Kind.CLIENT)
+        interested(self.broker, watcher, b"w")
+        payloads = [b"+ACK", b"", b"a\r\nb\nc", b"x" * 1234]
+        run = [(b"r.%d" % i, len(p), b"%d\r\n%s\r\n" % (len(p), p)) for i, p in enumerate(payloads)]
+        run.insert(2, (b"w", 2, TAIL))
+        self.broker.deliver_run(Conn(Kind.CLIENT), run)
+        self.assertEqual(raw, [(b"r.%d" % i, p) for i, p in enumerate(payloads)])
+        self.assertEqual(watcher.sent(), b"MSG w 1 " + TAIL)
+        self.assertEqual(self.broker.totals()["out_msgs"], 4)
+
     def test_acks_share_a_plan_and_each_is_handed_its_own_subject(self) -> None:
         """
         Consecutive acks to one in-process subscription share one plan:
