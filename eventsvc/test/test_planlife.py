@@ -182,12 +182,22 @@ def run(ops: List[Tuple[str, Any]], cold: bool) -> Tuple[Any, ...]:
                 for shown, payload, reply, headers in batch:
                     broker.deliver_as(deliver_subject, shown, payload, flush=False)
             broker.flush()
+    return received(clients, queued, apart=True)
+
+
+def received(clients: List[Any], queued: dict, apart: bool) -> Tuple[List[List[bytes]], List[List[bytes]], list]:
+    """
+    What each client was sent: its MSGs to plain subscriptions in order,
+    its other lines (apart, or in order among the MSGs), and how many times
+    each queue group got each message, over all clients (any member may).
+    """
     plain: List[List[bytes]] = []
     other: List[List[bytes]] = []
     groups: dict = {}
     for i, c in enumerate(clients):
         plain.append([])
         other.append([])
+        lines = other[i] if apart else plain[i]
         data = c.all_received()
         while data:
             line, _, data = data.partition(b"\r\n")
@@ -201,7 +211,7 @@ def run(ops: List[Tuple[str, Any]], cold: bool) -> Tuple[Any, ...]:
                     key = (group, subject, payload)
                     groups[key] = groups.get(key, 0) + 1
             else:
-                other[i].append(line)
+                lines.append(line)
     return plain, other, sorted(groups.items())
 
 
@@ -351,25 +361,8 @@ def run_answers(ops: List[Tuple[str, Any]], cold: bool) -> Tuple[Any, ...]:
     for client, groups_of in gone:
         clients.append(client)
         queued.update({(len(clients) - 1, sid): q for sid, q in groups_of.items()})
-    plain: List[List[bytes]] = []
-    groups: dict = {}
-    for i, c in enumerate(clients):
-        plain.append([])
-        data = c.all_received()
-        while data:
-            line, _, data = data.partition(b"\r\n")
-            if line.startswith(b"MSG "):
-                _, subject, sid, size = line.split(b" ")
-                payload, data = data[: int(size)], data[int(size) + 2 :]
-                group = queued.get((i, sid))
-                if group is None:
-                    plain[i].append(b"%s %s %s" % (sid, subject, payload))
-                else:
-                    key = (group, subject, payload)
-                    groups[key] = groups.get(key, 0) + 1
-            else:
-                plain[i].append(line)
-    return plain, sorted(groups.items()), called, broker.in_msgs
+    plain, _, groups = received(clients, queued, apart=False)
+    return plain, groups, called, broker.in_msgs
 
 
 class OncePlanTests(SynchronousTestCase):
