@@ -23,39 +23,33 @@ from eventsvc.nats.links.leaf_connection import RemoteLeaf
 from eventsvc.test.tlshelpers import PKI
 
 
-class SilentTLSSpoke(Protocol):
+class SilentTLSPeer(Protocol):
     """
-    A spoke that reads INFO, does the TLS handshake with Python's C{ssl}
-    over memory buffers and sends C{first}, and then answers nothing: a
-    close_notify from the hub is noted (C{notified}), never answered.
+    A peer doing TLS with Python's C{ssl} over memory buffers that answers
+    nothing after its first words: a close_notify it gets is noted
+    (C{notified}), never answered.  C{tls} is set by the subclass (at once,
+    or after a plaintext INFO); L{handshaken} and L{heard} are its turns.
     """
 
-    def __init__(self, context: ssl.SSLContext, first: bytes) -> None:
-        self.context = context
-        self.first = first
-        self.plain = b""
+    tls: Optional[ssl.SSLObject] = None
+
+    def __init__(self) -> None:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.tls: Optional[ssl.SSLObject] = None
         self.handshaken = False
         self.data = b""
         self.notified = False
         self.lost: defer.Deferred[None] = defer.Deferred()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.tls is None:
-            self.plain += data
-            if b"\r\n" not in self.plain:
-                return
-            assert json.loads(self.plain[5:self.plain.index(b"\r\n")])["tls_required"]
-            self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
-            data = b""
+    def pump(self, data: bytes) -> None:
+        """C{data} from the socket through TLS: the handshake, then what it decrypts; what TLS has to send is sent."""
+        assert self.tls is not None
         self.incoming.write(data)
         if not self.handshaken:
             try:
                 self.tls.do_handshake()
                 self.handshaken = True
-                self.tls.write(self.first)
+                self.on_handshake()
             except ssl.SSLWantReadError:
                 pass
         if self.handshaken:
@@ -68,65 +62,71 @@ class SilentTLSSpoke(Protocol):
                     # (How SSLObject.read says the close_notify came.)
                     self.notified = True
                     break
+                self.heard(got)
                 self.data += got
-        self._send()
-
-    def _send(self) -> None:
         pending = self.outgoing.read()
         if pending:
             self.transport.write(pending)
+
+    def on_handshake(self) -> None:
+        """The handshake is done."""
+
+    def heard(self, got: bytes) -> None:
+        """C{got} was decrypted (C{data} holds what came before it)."""
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost.callback(None)
 
 
-class SilentTLSHub(Protocol):
+class SilentTLSSpoke(SilentTLSPeer):
     """
-    A hub that sends INFO, does the TLS handshake with Python's C{ssl} over
-    memory buffers, answers the spoke's CONNECT with C{answer}, and then
-    answers nothing: a close_notify from the spoke is noted, never answered.
+    A spoke that reads INFO, does the TLS handshake and sends C{first}, and
+    then answers nothing.
+    """
+
+    def __init__(self, context: ssl.SSLContext, first: bytes) -> None:
+        super().__init__()
+        self.context = context
+        self.first = first
+        self.plain = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tls is None:
+            self.plain += data
+            if b"\r\n" not in self.plain:
+                return
+            assert json.loads(self.plain[5:self.plain.index(b"\r\n")])["tls_required"]
+            self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+            data = b""
+        self.pump(data)
+
+    def on_handshake(self) -> None:
+        assert self.tls is not None
+        self.tls.write(self.first)
+
+
+class SilentTLSHub(SilentTLSPeer):
+    """
+    A hub that sends INFO, does the TLS handshake, answers the spoke's
+    CONNECT with C{answer}, and then answers nothing.
     """
 
     def __init__(self, context: ssl.SSLContext, answer: bytes) -> None:
+        super().__init__()
         self.answer = answer
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.handshaken = False
-        self.data = b""
-        self.notified = False
-        self.lost: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
         info = {"server_id": "NSILENT", "client_id": 1, "leafnode_urls": [], "tls_required": True}
         self.transport.write(b"INFO " + json.dumps(info).encode() + b"\r\n")
 
     def dataReceived(self, data: bytes) -> None:
-        self.incoming.write(data)
-        if not self.handshaken:
-            try:
-                self.tls.do_handshake()
-                self.handshaken = True
-            except ssl.SSLWantReadError:
-                pass
-        if self.handshaken:
-            while True:
-                try:
-                    got = self.tls.read(65536)
-                except ssl.SSLWantReadError:
-                    break
-                if not got:
-                    self.notified = True
-                    break
-                if not self.data:
-                    self.tls.write(self.answer)
-                self.data += got
-        pending = self.outgoing.read()
-        if pending:
-            self.transport.write(pending)
+        self.pump(data)
 
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost.callback(None)
+    def heard(self, got: bytes) -> None:
+        if not self.data:
+            assert self.tls is not None
+            self.tls.write(self.answer)
 
 
 class LeafTLSCloseTests(TestCase):
