@@ -8,6 +8,7 @@ set none of its own, C{[pypy] jit = ""}, unless C{--patch} says otherwise):
     python bench/twistdcurve.py --python .venv-pypy/bin/python \\
         --jit default --jit threshold=300 --scene connections:250 --blocks 24
     python bench/twistdcurve.py ... --scene 1KiB:25000 --scene request-reply:1000 --blocks 16
+    python bench/twistdcurve.py ... --scene fleet:1 --blocks 24   # 201 connections and 200 messages a block
 
 Each round starts every setting's server afresh, in turn (the
 servers pinned to core 0, natsbench to core 1); the median of the rounds,
@@ -36,7 +37,16 @@ SCENES = {
     "pwc-1000": ["-np", "1", "-ns", "1", "-subjects", "1000", "-sub", "pwc", "-n", "{n}"],
     "connections": ["-mode", "connect", "-np", "4", "-n", "{n}"],
     "request-reply": ["-mode", "latency", "-n", "{n}"],
+    # bench/run.py's queue of 10 over 1,000 subjects, and 10,000 subjects at 1 KiB.
+    "queue-1000": ["-np", "4", "-ns", "10", "-queue", "q", "-subjects", "1000", "-sub", "pwc", "-n", "{n}"],
+    "10k-1KiB": ["-np", "1", "-ns", "1", "-subjects", "10000", "-sub", "fwc", "-ms", "1024", "-n", "{n}"],
+    # bench/run.py's slow fleet: 200 publishers at 50 messages a second
+    # over 1,000 subjects, each making its 201 connections anew; N messages
+    # a publisher (a block is 200 N messages).
+    "fleet": ["-np", "200", "-ns", "1", "-subjects", "1000", "-sub", "fwc", "-rate", "50", "-n", "{n}"],
 }
+#: Messages a block of N is, where it is not N.
+PER_BLOCK = {"fleet": 200, "queue-1000": 4}
 
 
 def curve(python: str, jit: str, patch: str, scenes: List[str], block: int, blocks: int) -> List[float]:
@@ -96,7 +106,7 @@ def main() -> None:
         options.block, options.python, options.rounds))
     for k, scene in enumerate(scenes):
         name, _, size = scene.partition(":")
-        block = int(size or options.block)
+        block = int(size or options.block) * PER_BLOCK.get(name, 1)
         print(scene + (" (after the scenes above, on the same server)" if k else ""))
         for jit, runs in got.items():
             at = k * options.blocks
