@@ -165,19 +165,19 @@ def main() -> None:
         results: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in servers}
         failed: Set[str] = set()
         for run in range(options.runs):
-            for name, python in goals.order(servers, run):
+            for name, interpreter in goals.order(servers, run):
                 if name in failed:
                     continue
                 try:
-                    results[name].append(scene(tool, name, python, mode, messages, options.storage))
+                    results[name].append(scene(tool, name, interpreter, mode, messages, options.storage))
                 except AssertionError as e:  # the server did not start (a release without JetStream)
                     print("{:<26} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
                     failed.add(name)
         reference = medians(results["nats-server"])
-        for name, python in servers:
+        for name, interpreter in servers:
             r = medians(results[name])
             if r is not None:
-                print(line(name, mode, python, r, reference), flush=True)
+                print(line(name, mode, interpreter, r, reference), flush=True)
     summary([name for name, python in servers if python is not None])
 
 

@@ -23,7 +23,11 @@ reversed, each pair starting one place further round: with --runs 2 and
 any two servers swap and each server's mean place is the middle; over
 twice as many runs as servers each holds each place twice.  The line
 above the table says which order each run took.  With --runs 1 the order
-is fixed, and a difference between two columns says little.
+is fixed, and a difference between two columns says little.  The order is
+not all: this tree's column runs the source tree, an --old column the
+installed package, and the same code read 2-3% apart that way whatever
+the order (docs/performance.md, "bench/run.py turns the servers' order");
+to compare two trees, give both as --old.
 
 The scenes in "many" are traffic as users send it: messages spread over
 hundreds to thousands of subjects through wildcard subscriptions, publish
@@ -67,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Dict, Generator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -337,13 +341,13 @@ def split_sides(tool: str, reference: Tuple[process.ServerProcess, process.Serve
     publisher's node), C{pairs} eventsvc's (service, gateway) by variant;
     the publisher dials the second with the bench token.
     """
-    subscribe, publish = reference
-    sides: Dict[str, Callable[[List[str]], Sample]] = {
-        "nats-server": lambda args: rate_and_cpu(measure(
-            tool, [subscribe, publish], args + ["-puburl", "nats://127.0.0.1:%d" % publish.port]), "deliver_rate")}
+    def side(subscribe: process.ServerProcess, publish: process.ServerProcess, *token: str) -> Callable[[List[str]], Sample]:
+        return lambda args: rate_and_cpu(measure(
+            tool, [subscribe, publish], args + ["-puburl", "nats://127.0.0.1:%d" % publish.port, *token]), "deliver_rate")
+
+    sides = {"nats-server": side(*reference)}
     for name, (service, gateway) in pairs.items():
-        sides[name] = lambda args, service=service, gateway=gateway: rate_and_cpu(measure(
-            tool, [service, gateway], args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"]), "deliver_rate")
+        sides[name] = side(service, gateway, "-pubtoken", "bench")
     return sides
 
 
@@ -568,7 +572,7 @@ def order(servers: Sequence[S], run: int) -> List[S]:
     return turned[::-1] if run % 2 else turned
 
 
-def turns(servers: Sequence[S], runs: int) -> Iterator[S]:
+def turns(servers: Sequence[S], runs: int) -> Generator[S, None, None]:
     """
     The servers of a scene in the order their runs take place: C{runs}
     runs, each in its L{order}.  With C{--warm}, a server's first turn is
