@@ -25,7 +25,7 @@ twice as many runs as servers each holds each place twice.  The line
 above the table says which order each run took.  With --runs 1 the order
 is fixed, and a difference between two columns says little.  The order is
 not all: this tree's column runs the source tree, an --old column the
-installed package, and the same code read 2-3% apart that way whatever
+installed package, and the same code read 1-3% apart that way whatever
 the order (docs/performance.md, "bench/run.py turns the servers' order");
 to compare two trees, give both as --old.
 
