@@ -8,7 +8,7 @@ PYPY ?= pypy3
 PYPY_VENV ?= .venv-pypy
 ABS_PYPY_VENV := $(abspath $(PYPY_VENV))
 
-.PHONY: protos run test install install-test system-deps js-deps go-deps bench bench-js clean run-pypy test-pypy install-pypy install-pypy-test
+.PHONY: protos run test install install-test system-deps js-deps go-deps bench bench-js bench-test clean run-pypy test-pypy install-pypy install-pypy-test
 
 # Set up and run the service on dev/patch.toml (port 4222).
 run: install
@@ -90,6 +90,11 @@ bench: install install-pypy system-deps
 
 bench-js: install install-pypy system-deps
 	$(JS_BENCH)
+
+# bench/'s own checks, apart from the suite: the order bench/run.py runs a scene's servers in,
+# on fake servers (nothing is started or measured).
+bench-test: install-test
+	cd "$$(mktemp -d)" && $(ABS_VENV)/bin/trial $(CURDIR)/bench/test_run.py
 
 JS_BENCH = $(ABS_VENV)/bin/python bench/jetstream.py --interpreters $(ABS_VENV)/bin/python $(ABS_PYPY_VENV)/bin/python $(JS_BENCH_ARGS)
 

@@ -8,7 +8,7 @@ first use from Debian's golang-go and golang-github-nats-io-go-nats-dev):
   - pull:  a durable pull consumer fetching 100 at a time, acking each
            message (explicit acks); the stream is filled beforehand, unmeasured.
 
-    python bench/jetstream.py [--messages 20000] [--interpreters PYTHON ...] [--storage file|memory]
+    python bench/jetstream.py [--messages 20000] [--runs 1] [--interpreters PYTHON ...] [--storage file|memory]
 
 Each server is pinned to core 0 (taskset) and the load generator to core 1;
 the server's CPU per message (user + system, from /proc/<pid>/stat) is
@@ -17,6 +17,15 @@ nats-server's, then nats-server's CPU per message over ours (above 100%:
 we spend less).  A warm-up of a fifth of the messages (on a stream of its
 own) runs first and is not counted (PyPy's JIT).  Interpreters: this one and
 .venv-pypy's when there is one, or those given.
+
+The servers of a scene run one after another, and where one runs may weigh
+as it does in bench/run.py (a column that ran before another of the same
+tree paid up to ~25% more CPU a message there): with --runs N each scene
+runs N times, the servers' order turning between runs as bench/run.py
+turns it (the second run of a pair the first reversed, each pair one place
+further round), and each line is the median.  The line above the table
+says which order each run took.  One run (the default) keeps one order:
+to compare two trees, give --runs 2 at least.
 
 Each ratio that misses issue 30's goal is flagged with "<", as bench/run.py
 flags its scenes and with its goals (CPython: at least 50% of nats-server's
@@ -33,10 +42,11 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -129,33 +139,53 @@ def main() -> None:
     parser.add_argument("--interpreters", nargs="*", help="interpreters whose twistd runs eventsvc")
     parser.add_argument("--storage", choices=["file", "memory"], default="file")
     parser.add_argument("--only", choices=SCENES, action="append", help="run only these scenes")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of each scene and server, the servers' order turning between runs (above); the median is printed")
     options = parser.parse_args()
     tool = jsbench()
-    servers: List[tuple] = [("nats-server", None)]
+    servers: List[Tuple[str, Optional[str]]] = [("nats-server", None)]
     given = interpreters(options.interpreters)
     kinds = ["pypy" if "pypy" in python else "cpython" for python in given]
     for kind, python in zip(kinds, given):
         # Two trees of one kind (a release beside this one): each named by
         # the folder its venv is in, so lines and misses tell them apart.
         folder = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(python)))))
-        servers.append(("eventsvc " + kind + (" " + folder if kinds.count(kind) > 1 else ""), python))
+        name = "eventsvc " + kind + (" " + folder if kinds.count(kind) > 1 else "")
+        while name in [taken for taken, _ in servers]:
+            name += "'"  # the same tree twice (an order check)
+        servers.append((name, python))
     print("JetStream, {} store; servers on core {}, nats.go load on core {}".format(options.storage, SERVER_CORE, LOAD_CORE))
+    print("servers' order, every scene: {}{}".format(
+        goals.describe_orders([name for name, _ in servers], options.runs), "; medians" if options.runs > 1 else ""))
     print("{:<26} {:<6} {:>9} {:>12} {:>7} {:>10} {:>7}".format(
         "server", "scene", "messages", "msgs/s", "rate", "CPU/msg us", "CPU"))
     for mode in options.only or SCENES:
         # Synchronous publishing is one round trip each: fewer of them.
         messages = options.messages // 5 if mode == "sync" else options.messages
-        reference: Optional[Dict[str, float]] = None
-        for name, python in servers:
-            try:
-                r = scene(tool, name, python, mode, messages, options.storage)
-            except AssertionError as e:  # the server did not start (a release without JetStream)
-                print("{:<26} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
-                continue
-            if python is None:
-                reference = r
-            print(line(name, mode, python, r, reference), flush=True)
+        results: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in servers}
+        failed: Set[str] = set()
+        for run in range(options.runs):
+            for name, interpreter in goals.order(servers, run):
+                if name in failed:
+                    continue
+                try:
+                    results[name].append(scene(tool, name, interpreter, mode, messages, options.storage))
+                except AssertionError as e:  # the server did not start (a release without JetStream)
+                    print("{:<26} {:<6} did not start: {}".format(name, mode, str(e).strip().splitlines()[-1]), flush=True)
+                    failed.add(name)
+        reference = medians(results["nats-server"])
+        for name, interpreter in servers:
+            r = medians(results[name])
+            if r is not None:
+                print(line(name, mode, interpreter, r, reference), flush=True)
     summary([name for name, python in servers if python is not None])
+
+
+def medians(runs: List[Dict[str, float]]) -> Optional[Dict[str, float]]:
+    """A server's runs of a scene as one: the median of each figure (None: it never ran)."""
+    if not runs:
+        return None
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def line(name: str, mode: str, python: Optional[str], r: Dict[str, float], reference: Optional[Dict[str, float]]) -> str:

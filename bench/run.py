@@ -13,6 +13,22 @@ system time of all its threads, over the messages delivered, or published
 where nobody subscribes): on a fixed-rate scene (the slow fleet) that is
 the figure that counts.
 
+The servers of a scene take turns, one run each, then again (interleaved:
+a noisy moment hurts them all), and the order turns between runs, because
+where a server runs weighs: an eventsvc column that ran before another of
+the same tree paid up to ~25% more CPU a message (docs/performance.md,
+"The columns' order weighs").  Runs go in pairs, the second the first
+reversed, each pair starting one place further round: with --runs 2 and
+--old, nats-server, eventsvc, old-x, then old-x, eventsvc, nats-server, so
+any two servers swap and each server's mean place is the middle; over
+twice as many runs as servers each holds each place twice.  The line
+above the table says which order each run took.  With --runs 1 the order
+is fixed, and a difference between two columns says little.  The order is
+not all: this tree's column runs the source tree, an --old column the
+installed package, and the same code read 1-3% apart that way whatever
+the order (docs/performance.md, "bench/run.py turns the servers' order");
+to compare two trees, give both as --old.
+
 The scenes in "many" are traffic as users send it: messages spread over
 hundreds to thousands of subjects through wildcard subscriptions, publish
 only, a fleet of slow publishers (each read carries one PUB), 16
@@ -27,8 +43,9 @@ at least 100% of its rate; a latency mirrored: at most 2x, at most level;
 the slow fleet, whose rate the load fixes, by CPU per message), and the
 scenes that miss are listed again at the end.
 
-With --warm [SECONDS], each scene first runs untimed on every server
-(nats-server too), again and again for SECONDS (5 if not given): a PyPy
+With --warm [SECONDS], every server (nats-server too) first runs each
+scene untimed, again and again for SECONDS (5 if not given), right before
+its own first measured run of it (not while the others warm): a PyPy
 server's JIT compiles a scene's code over its first few
 hundred thousand messages (a 1 KiB message cost a fresh PyPy server 6.9 us
 of CPU, the same server 2.0-2.2 after 600,000; docs/performance.md, "PyPy's
@@ -54,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Generator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -215,9 +232,8 @@ def tls_scenes(tool: str, runs: int, n: int) -> None:
             ("mutual TLS connections/s", lambda server: rate_and_cpu(measure(tool, server, connect, host="localhost"), "conn_rate")),
         ):
             samples: Dict[str, List[Sample]] = {name: [] for name in servers}
-            for _ in rounds(runs):
-                for name, server in servers.items():  # interleaved
-                    samples[name].append(sample(server))
+            for name in turns(list(servers), runs):  # interleaved, the order turning
+                samples[name].append(sample(servers[name]))
             report(label, samples)
     finally:
         for server in servers.values():
@@ -256,16 +272,13 @@ def gateway_scenes(tool: str, runs: int, n: int) -> None:
     everything = [a, b] + [p for pair in pairs.values() for p in pair]
     for server in everything:
         pinned(server).start()
+    sides = split_sides(tool, (b, a), pairs)
     try:
         for label, size, count in (("gateway 1:1 16 B (gw->svc)", "16", n), ("gateway 1:1 1 KiB (gw->svc)", "1024", max(n // 4, 1))):
             args = ["-np", "1", "-ns", "1", "-ms", size, "-n", str(count)]
-            samples: Dict[str, List[Sample]] = {"nats-server": []}
-            samples.update({name: [] for name in pairs})
-            for _ in rounds(runs):
-                samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
-                for name, (service, gateway) in pairs.items():
-                    samples[name].append(rate_and_cpu(measure(
-                        tool, [service, gateway], args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"]), "deliver_rate"))
+            samples: Dict[str, List[Sample]] = {name: [] for name in sides}
+            for name in turns(list(sides), runs):
+                samples[name].append(sides[name](args))
             report(label, samples)
     finally:
         for server in everything:
@@ -309,15 +322,33 @@ def leaf_scenes(tool: str, runs: int, n: int) -> None:
         ):
             args = ["-np", "1", "-ns", "1"] + extra + ["-n", str(count)]
             samples: Dict[str, List[Sample]] = {name: [] for name in pairs}
-            for _ in rounds(runs):
-                for name, (hub, spoke) in pairs.items():
-                    subscriber, publisher = (hub, spoke) if up else (spoke, hub)
-                    samples[name].append(rate_and_cpu(measure(
-                        tool, [subscriber, publisher], args + ["-puburl", "nats://127.0.0.1:%d" % publisher.port]), "deliver_rate"))
+            for name in turns(list(pairs), runs):
+                hub, spoke = pairs[name]
+                subscriber, publisher = (hub, spoke) if up else (spoke, hub)
+                samples[name].append(rate_and_cpu(measure(
+                    tool, [subscriber, publisher], args + ["-puburl", "nats://127.0.0.1:%d" % publisher.port]), "deliver_rate"))
             report(label, samples)
     finally:
         for server in everything:
             server.stop()
+
+
+def split_sides(tool: str, reference: Tuple[process.ServerProcess, process.ServerProcess],
+                pairs: Dict[str, Tuple[process.ServerProcess, process.ServerProcess]]) -> Dict[str, Callable[[List[str]], Sample]]:
+    """
+    Per server, nats-server first, how to run natsbench's C{args} through a
+    split deployment: C{reference} is nats-server's (subscriber's node,
+    publisher's node), C{pairs} eventsvc's (service, gateway) by variant;
+    the publisher dials the second with the bench token.
+    """
+    def side(subscribe: process.ServerProcess, publish: process.ServerProcess, *token: str) -> Callable[[List[str]], Sample]:
+        return lambda args: rate_and_cpu(measure(
+            tool, [subscribe, publish], args + ["-puburl", "nats://127.0.0.1:%d" % publish.port, *token]), "deliver_rate")
+
+    sides = {"nats-server": side(*reference)}
+    for name, (service, gateway) in pairs.items():
+        sides[name] = side(service, gateway, "-pubtoken", "bench")
+    return sides
 
 
 def routed_scenes(tool: str, runs: int, n: int) -> None:
@@ -343,14 +374,11 @@ def routed_scenes(tool: str, runs: int, n: int) -> None:
         pinned(server).start()
     try:
         args = ["-np", "1", "-ns", "1", "-ms", "16", "-n", str(n)]
-        samples: Dict[str, List[Sample]] = {"nats-server": []}
-        samples.update({name: [] for name in pairs})
-        for _ in rounds(runs):
-            # Both servers of a pair on the server core; CPU is theirs together.
-            samples["nats-server"].append(rate_and_cpu(measure(tool, [b, a], args + ["-puburl", "nats://127.0.0.1:%d" % a.port]), "deliver_rate"))
-            for name, (service, gateway) in pairs.items():
-                samples[name].append(rate_and_cpu(measure(
-                    tool, [service, gateway], args + ["-puburl", "nats://127.0.0.1:%d" % gateway.port, "-pubtoken", "bench"]), "deliver_rate"))
+        # Both servers of a pair on the server core; CPU is theirs together.
+        sides = split_sides(tool, (b, a), pairs)
+        samples: Dict[str, List[Sample]] = {name: [] for name in sides}
+        for name in turns(list(sides), runs):
+            samples[name].append(sides[name](args))
         report("routed 1:1 16 B (gw->svc)", samples)
     finally:
         for server in everything:
@@ -514,25 +542,59 @@ def below_goal(label: str, name: str, python: Optional[str], ratio: float, cpu_r
     return missed
 
 
-#: Seconds of untimed traffic before the measured rounds, per scene and
-#: server (--warm); 0: none.
+#: Seconds of untimed traffic before a server's first measured run of a
+#: scene (--warm); 0: none.
 WARM = [0.0]
-#: Whether the round under way is the warming one (L{rounds}, L{measure}).
+#: Whether the turn under way is a warm-up (L{turns}, L{measure}).
 WARMING = [False]
 
+#: A server of a scene, by name or as an object: whatever L{order} is given.
+S = TypeVar("S")
 
-def rounds(runs: int) -> Iterator[int]:
+
+def order(servers: Sequence[S], run: int) -> List[S]:
     """
-    The rounds of a scene: C{runs}, and with C{--warm} one more first, in
-    which L{measure} repeats each run until C{WARM} seconds have passed.
+    The order C{servers} take in run C{run} (0, 1, ...) of a scene.  Runs
+    go in pairs: the second of a pair is the first reversed, and each pair
+    starts one place further round than the pair before.  Where a server
+    runs weighs (the first eventsvc column of a kind paid up to ~25% more
+    CPU a message than a later column of the same tree: docs/performance.md,
+    "The columns' order weighs"), so no server keeps a place: any two swap
+    between the runs of a pair (with C{--runs 2} each of two trees runs
+    before the other once, nats-server first and then last), every
+    server's mean place over a pair is the middle, and over
+    2 x len(servers) runs each server holds each place twice.
     """
-    if WARM[0]:
-        WARMING[0] = True
-        try:
-            yield -1
-        finally:
-            WARMING[0] = False
-    yield from range(runs)
+    if not servers:
+        return []
+    shift = (run // 2) % len(servers)
+    turned = list(servers[shift:]) + list(servers[:shift])
+    return turned[::-1] if run % 2 else turned
+
+
+def turns(servers: Sequence[S], runs: int) -> Generator[S, None, None]:
+    """
+    The servers of a scene in the order their runs take place: C{runs}
+    runs, each in its L{order}.  With C{--warm}, a server's first turn is
+    given twice, the first time with C{WARMING} set (L{measure} then runs
+    the scene again and again for C{WARM} seconds, untimed): each server is
+    warmed right before its own first measured run, not while the others
+    warm, and the warm-up is the first of its samples (L{report} drops it).
+    """
+    for run in range(runs):
+        for server in order(servers, run):
+            if run == 0 and WARM[0]:
+                WARMING[0] = True
+                try:
+                    yield server
+                finally:
+                    WARMING[0] = False
+            yield server
+
+
+def describe_orders(servers: Sequence[str], runs: int) -> str:
+    """The order of each run, for the output: C{"run 1: a, b; run 2: b, a"}."""
+    return "; ".join("run {}: {}".format(run + 1, ", ".join(order(servers, run))) for run in range(runs))
 
 
 def report(label: str, samples: Dict[str, List[Sample]], lower_is_better: bool = False, goals: bool = True, cpu_goal: bool = True) -> None:
@@ -545,7 +607,7 @@ def report(label: str, samples: Dict[str, List[Sample]], lower_is_better: bool =
     listed again at the end (L{summary}).
     """
     if WARM[0] and goals:
-        # (The first round of each server warmed it: L{rounds}.)
+        # (Each server's first sample is its warm-up: L{turns}.)
         samples = {name: figures[1:] for name, figures in samples.items()}
     ref, ref_cpu = _medians(samples["nats-server"])
     line = "{:<30} {:>10,.0f} {:>7}".format(label, ref, _us(ref_cpu))
@@ -591,11 +653,12 @@ def _us(cpu: Optional[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="runs per scene and server (median reported)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs per scene and server (median reported); the servers' order turns between runs (above)")
     parser.add_argument("--quick", action="store_true", help="smaller message counts")
     parser.add_argument("--warm", metavar="SECONDS", type=float, nargs="?", const=5.0, default=0.0,
-                        help="run each scene untimed on every server for SECONDS (default 5) before measuring"
-                             " (PyPy's JIT warms up over its first messages)")
+                        help="run each scene untimed on every server for SECONDS (default 5), right before its first"
+                             " measured run (PyPy's JIT warms up over its first messages)")
     parser.add_argument("--pypy", metavar="PYTHON", help="also run eventsvc under this interpreter (e.g. .venv-pypy/bin/python)")
     parser.add_argument("--old", metavar="PYTHON", action="append",
                         help="also run the eventsvc release installed for this interpreter (a venv's python), as it is, for before/after in one run")
@@ -622,6 +685,9 @@ def main() -> None:
         sys.implementation.name, sys.version.split()[0], " and on " + options.pypy if options.pypy else "",
         subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()))
     print("server pinned to core {}, load to core {}; cpu: server CPU per message (us)".format(SERVER_CORE, LOAD_CORE))
+    print("servers' order, every scene: {}{}".format(
+        describe_orders(["nats-server"] + [name for name, _ in VARIANTS], options.runs),
+        "; each server's first run follows its {:g} s of warm-up".format(WARM[0]) if WARM[0] else ""))
     header = "{:<30} {:>10} {:>7}".format("scene", "nats-server", "cpu")
     for name, _ in VARIANTS:
         header += " {:>10} {:>6} {:>7} {:>6}".format(name[:10], "ratio", "cpu", "ratio")
@@ -653,10 +719,10 @@ def plain_scenes(tool: str, runs: int, counts: Dict[str, int], scenes: list) -> 
             # One run can give several figures (a rate and latencies), each its line.
             lines = [(label, keys)] if isinstance(keys, str) else keys
             runs_of: Dict[str, List[Dict[str, float]]] = {name: [] for name in servers}
-            for _ in rounds(runs):
-                # Interleave, so that a noisy moment hurts both.
-                for name, server in servers.items():
-                    runs_of[name].append(measure(tool, server, args))
+            # Interleave, so that a noisy moment hurts both, the order
+            # turning between runs, so that no server keeps a place.
+            for name in turns(list(servers), runs):
+                runs_of[name].append(measure(tool, servers[name], args))
             for k, (line_label, key) in enumerate(lines):
                 report(line_label, {name: [rate_and_cpu(f, key) for f in figures] for name, figures in runs_of.items()},
                        lower_is_better=key.endswith("_us"), cpu_goal=k == 0)
