@@ -477,6 +477,9 @@ class Broker(Delivery):
         deliver, plan, plans = self.deliver, self._plan, self._targets
         match, once_plans = self.sublist.match, self._once_plans
         local = self._local
+        # (Without gateways a plan of local subscribers is all a message
+        # goes to: deliver()'s own test.)
+        alone = self.gateways is None
         count = size = 0
         for subject, payload in messages:
             bsubject = subject.encode()
@@ -484,7 +487,8 @@ class Broker(Delivery):
                 self.log.warn("in-process publish to {subject!r} skipped: not a valid literal subject", subject=subject)
                 continue
             count += 1
-            size += len(payload)
+            n = len(payload)
+            size += n
             # Reply inboxes are used once: their plans are not kept, where
             # they would only push out the plans of subjects that are busy.
             targets = plans.get(bsubject)
@@ -495,10 +499,26 @@ class Broker(Delivery):
                 result = match(bsubject, False)
                 once = once_plans.get(id(result))
                 if once is not None and once[0] is result and once[1].callback is None:
-                    targets = once[1].renamed(bsubject)
+                    kept = once[1]
+                    one = kept.one
+                    if one is not None and alone:
+                        # One local subscriber alone (the client's inbox
+                        # subscription): what deliver() does with the
+                        # renamed plan, without making it or the call.
+                        # (The process's own source has echo.)
+                        conn, _, append = one
+                        append(b"MSG " + bsubject + b" " + kept.plain_subs[0].sid + b" ")
+                        append(b"%d\r\n%s\r\n" % (n, payload))
+                        conn.out_msgs += 1
+                        conn.out_bytes += n
+                        if not conn.dirty:
+                            conn.dirty = True
+                            self._dirty.append(conn)
+                        continue
+                    targets = kept.renamed(bsubject)
                 else:
                     targets = plan(bsubject, keep=False)
-            deliver(local, bsubject, None, len(payload), b"%d\r\n%s\r\n" % (len(payload), payload), targets)
+            deliver(local, bsubject, None, n, b"%d\r\n%s\r\n" % (n, payload), targets)
         self.in_msgs += count
         self.in_bytes += size
         self.flush()
