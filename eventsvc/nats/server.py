@@ -504,11 +504,13 @@ class Broker(Delivery):
                     if one is not None and alone:
                         # One local subscriber alone (the client's inbox
                         # subscription): what deliver() does with the
-                        # renamed plan, without making it or the call.
-                        # (The process's own source has echo.)
+                        # renamed plan, without making it or the call, in
+                        # one piece: one format costs CPython 3.11 a third
+                        # less than the prefix's three concatenations and
+                        # the tail's format (PyPy level).  (The process's
+                        # own source has echo.)
                         conn, _, append = one
-                        append(b"MSG " + bsubject + b" " + kept.plain_subs[0].sid + b" ")
-                        append(b"%d\r\n%s\r\n" % (n, payload))
+                        append(b"MSG %s %s %d\r\n%s\r\n" % (bsubject, kept.plain_subs[0].sid, n, payload))
                         conn.out_msgs += 1
                         conn.out_bytes += n
                         if not conn.dirty:
