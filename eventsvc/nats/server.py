@@ -28,7 +28,7 @@ from eventsvc.nats.frames import Message
 from eventsvc.nats.interfaces import ISource, ISubscriber
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.links.jsdomain import split_ack_reply
-from eventsvc.nats.subjects import Sublist, Subscription, valid_literal_subject, valid_subject
+from eventsvc.nats.subjects import Sublist, Subscription, literal_tokens, valid_literal_subject, valid_subject
 
 #: nats-server's status message for a request nobody answered.
 NO_RESPONDERS_STATUS = b"NATS/1.0 503\r\n\r\n"
@@ -483,7 +483,10 @@ class Broker(Delivery):
         count = size = 0
         for subject, payload in messages:
             bsubject = subject.encode()
-            if not valid_literal_subject(bsubject):
+            # (Its tokens, if it is a literal subject: the match below
+            # takes them, not a split of its own.)
+            tokens = literal_tokens(bsubject)
+            if tokens is None:
                 self.log.warn("in-process publish to {subject!r} skipped: not a valid literal subject", subject=subject)
                 continue
             count += 1
@@ -496,7 +499,7 @@ class Broker(Delivery):
                 # (L{_plan} of a used-once subject, its usual case inline:
                 # a PubAck to the inbox of a client whose last inbox had
                 # the same match takes that plan, renamed.)
-                result = match(bsubject, False)
+                result = match(bsubject, False, tokens)
                 once = once_plans.get(id(result))
                 if once is not None and once[0] is result and once[1].callback is None:
                     kept = once[1]
