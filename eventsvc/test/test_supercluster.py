@@ -212,6 +212,34 @@ class AcceptedHandshakeTests(SynchronousTestCase):
         proto.dataReceived(CONNECT.replace(b'"name"', b'"user":"gw","pass":"secret","name"') + PEER_INFO)
         self.assertEqual(node.manager.inbound, [proto])
 
+    def test_connect_read_as_nats_server_reads_it(self) -> None:
+        """
+        nats-server reads a gateway's CONNECT with Go's encoding/json, into
+        ClientOpts (the credentials, checked first) and then into its
+        struct: field names in any case, a null leaving a field as it was,
+        a wrong type closing the link without a word.
+        """
+        for connect, answer in (
+            (b'{"USER":"gw","Pass":"secret","GATEWAY":"P","gateway":null}', None),
+            (b'{"user":"gw","pass":"secret","Pass":null,"gateway":"P","Name":"NP"}', None),
+            (b'{"user":"gw","pass":"secret","PASS":"wrong","gateway":"P"}', b"-ERR 'Authorization Violation'\r\n"),
+            (b'{"user":"gw","pass":"wrong","lang":"go"}', b"-ERR 'Authorization Violation'\r\n"),
+            (b'{"user":"gw","pass":"secret","lang":"go"}', b"-ERR 'attempted to connect to gateway port'\r\n"),
+            (b'{"user":"gw","pass":"secret","Gateway":""}', b"-ERR 'attempted to connect to gateway port'\r\n"),
+            (b'{"user":"gw","pass":"secret","gateway":"P","headers":"yes"}', b""),
+            (b'{"user":"gw","pass":"secret","gateway":"P","ACCOUNT":"x"}', b"-ERR 'Authorization Violation'\r\n"),
+            (b'{"user":"gw","pass":"secret","gateway":["P"],"gateway":"P"}', b""),
+        ):
+            node = Node("A", user="gw", password="secret")
+            proto, transport = node.accepted()
+            transport.clear()
+            proto.dataReceived(b"CONNECT " + connect + b"\r\n" + PEER_INFO)
+            if answer is None:
+                self.assertEqual(node.manager.inbound, [proto], connect)
+            else:
+                self.assertTrue(proto.closed, connect)
+                self.assertEqual(transport.value(), answer, connect)
+
     def test_interest_verbs_are_refused_on_an_inbound_connection(self) -> None:
         proto, transport = Node("A").accepted()
         proto.dataReceived(CONNECT + PEER_INFO)
