@@ -328,7 +328,29 @@ class TLSRouteTests(SynchronousTestCase):
             greet=True,
         )
         pump.flush()
+        self.layers = (client, server)
         return pump
+
+    def test_openssl_side_freed_at_the_close(self) -> None:
+        """
+        A route's TLS layers (Twisted's: a listener's and a dial's over
+        TLS) free OpenSSL's side of their connections at the close, not
+        when the collector finds them (on PyPy, thousands of connections
+        later): their memory BIOs are gone, and a stray call is pyOpenSSL's
+        clean error.
+        """
+        pump = self.link("node-a", "node-b", "node-b", acceptor_expects="node-a")
+        connections = [layer._tlsConnection for layer in self.layers]
+        self.assertEqual(set(self.b.manager.routes), {"NA"})
+        self.b.manager.routes["NA"].close(None, "test")
+        pump.flush()
+        self.assertEqual((self.a.manager.routes, self.b.manager.routes), ({}, {}))
+        for connection in connections:
+            self.assertIsNone(connection._into_ssl)
+            self.assertIsNone(connection._from_ssl)
+            self.assertRaises(TypeError, connection.bio_read, 1)
+        for layer in self.layers:
+            self.assertNotIn("connectionLost", vars(layer))  # (Twisted's own again: no cycle through the layer)
 
     def test_good_certificates(self) -> None:
         pump = self.link("node-a", "node-b", "node-b", acceptor_expects="node-a")

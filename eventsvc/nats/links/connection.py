@@ -53,6 +53,7 @@ from eventsvc.nats.parser import ProtocolViolation
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription
 from eventsvc.nats.tcp import no_delay
+from eventsvc.nats.upgrade import free_at_close
 
 #: What a peer past its link's cap is told before the close (nats-server's
 #: words for a client past max_subscriptions).
@@ -165,8 +166,13 @@ class PeerConnection(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        """The link is up: TCP_NODELAY, the clocks, the peer's address, and the output attached."""
+        """
+        The link is up: TCP_NODELAY, OpenSSL's side of a TLS link freed at
+        its close (L{free_at_close}), the clocks, the peer's address, and
+        the output attached.
+        """
         no_delay(self.transport)
+        free_at_close(self.transport)
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
         self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
