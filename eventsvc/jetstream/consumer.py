@@ -598,9 +598,11 @@ class Consumer:
         self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
+        # (A name may hold a "%", as nats-server's may: escaped in the formats.)
+        prefix = self._ack_prefix.replace("%", "%%")
         #: A delivery's ack reply, bytes as it goes out (a str formatted
         #: and encoded cost CPython a third more).
-        self._reply_format = (self._ack_prefix + "%d.%d.%d.%d.%d").encode("utf-8")
+        self._reply_format = (prefix + "%d.%d.%d.%d.%d").encode("utf-8")
         self._retention = stream.config.get("retention", "limits")
         self.sseq = 1
         self.dseq = 1
