@@ -603,6 +603,9 @@ class Consumer:
         #: A delivery's ack reply, bytes as it goes out (a str formatted
         #: and encoded cost CPython a third more).
         self._reply_format = (prefix + "%d.%d.%d.%d.%d").encode("utf-8")
+        #: A first delivery's (L{_pull_run}): its count, 1, written in, a
+        #: number fewer to format (about 570 instructions on CPython 3.11).
+        self._first_reply_format = (prefix + "1.%d.%d.%d.%d").encode("utf-8")
         self._retention = stream.config.get("retention", "limits")
         self.sseq = 1
         self.dseq = 1
@@ -1155,7 +1158,7 @@ class Consumer:
         # stream had): the stream's subjects may have changed since, so each
         # message's subject is compared; one that differs is the loop's.
         only = self._filter if store_filter is None else None
-        reply_format = self._reply_format
+        reply_format = self._first_reply_format
         hold, held_seqs = self._batch.append, self._batch_seqs
         npc = self._npc or 0
         first = dseq = self.dseq
@@ -1177,7 +1180,7 @@ class Consumer:
             seq = message.seq
             if npc:
                 npc -= 1
-            hold((message.subject, message.data, reply_format % (1, seq, dseq, message.ts, npc), message.headers))
+            hold((message.subject, message.data, reply_format % (seq, dseq, message.ts, npc), message.headers))
             held_seqs.append(seq)
             # (A first delivery: its entry made afresh, as the loop leaves it.)
             pending[seq] = [dseq, now]
