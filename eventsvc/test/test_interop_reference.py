@@ -309,7 +309,10 @@ subscribe_allow = ["_INBOX.>"{extra}]
             write(False)
             reference.process.send_signal(signal.SIGHUP)
             ours.process.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
+            # Each logs its reload once it has applied it (nats-server's
+            # applyOptions, our service.reload): no fixed wait.
+            reference.wait_output("Reloaded server configuration")
+            ours.wait_output("configuration reloaded")
             outputs = []
             for kept, moved, gone in sockets:
                 kept.sendall(b"PING\r\n")
