@@ -20,8 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from eventsvc.cli import wire
 from eventsvc.cli.common import EX_FAIL, EX_OK, Failed, load, say
-from eventsvc.events.deadletters import read_dead_letters
-from eventsvc.events.dispatch import REPLAY_PREFIX
+from eventsvc.events.deadletters import REPLAY_PREFIX, read_dead_letters
 from eventsvc.events.spool import owed, read_spool
 from eventsvc.files import write_atomic
 

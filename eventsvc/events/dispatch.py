@@ -28,6 +28,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from eventsvc.events import types
+from eventsvc.events.deadletters import REPLAY_PREFIX
 from eventsvc.events.handlers import Delivery, HandlerService
 from eventsvc.events.spool import Spool, StoreError
 
@@ -35,10 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from eventsvc.events.log import StreamLog
 from eventsvc.nats.listener import ListenError
 from eventsvc.nats.timers import cancel
-
-
-#: Where C{eventsvc dead-letters replay} puts an event back, for one handler.
-REPLAY_PREFIX = "$EVENTSVC.replay."
 
 
 class EventDispatcher(Service):

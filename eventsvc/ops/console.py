@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from eventsvc.events.deadletters import read_dead_letters
-from eventsvc.events.dispatch import REPLAY_PREFIX
+from eventsvc.events.deadletters import REPLAY_PREFIX
 from eventsvc.files import write_atomic
 from eventsvc.nats.timers import cancel
 

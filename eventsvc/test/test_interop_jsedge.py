@@ -509,8 +509,8 @@ class MonitorAgainstNatsServerTests(TestCase):
                     {name: (norm(d.get("mirror")), sources(d), d.get("consumer_detail"), d["state"]["messages"])
                      for name, d in sorted(details.items())})
 
-        for port in ports:
-            yield threads.deferToThread(lambda: asyncio.run(make(port)))
+        # (Both servers at once: each is given its 2.5 s to show the sources' state.)
+        yield defer.gatherResults([threads.deferToThread(lambda port=port: asyncio.run(make(port))) for port in ports], consumeErrors=True)
         theirs, mine = yield threads.deferToThread(lambda: (shown(monitors[0]), shown(monitors[1])))
         self.assertEqual(mine, theirs)
         self.assertEqual(mine[1]["S"][1][0]["error"]["description"], "stream not found")

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
 from twisted.internet import threads
@@ -120,7 +121,9 @@ def converse(port: int, chunks: List[bytes], timeout: float = 5.0) -> Tuple[dict
         for chunk in chunks:
             s.sendall(chunk)
             time.sleep(0.02)
-        expects_pong = chunks[-1].endswith(b"PING\r\n")
+        # (Verbs are read in any case: b"PiNg\r\n" is answered with a PONG
+        # too, and waited for the whole timeout when only PING was looked for.)
+        expects_pong = chunks[-1].upper().endswith(b"PING\r\n")
         out = b""
         deadline = time.monotonic() + timeout
         try:
@@ -156,9 +159,13 @@ class ReferenceConversationTests(TestCase):
     def test_same_bytes(self) -> None:
         def run() -> List[str]:
             differences = []
-            for chunks in CONVERSATIONS:
-                ref_info, ref_out = converse(self.reference.port, chunks)
-                our_info, our_out = converse(self.ours.port, chunks)
+            # The two servers' conversations side by side, each server's
+            # one after another as before (two processes: nothing one is
+            # sent reaches the other).
+            with ThreadPoolExecutor(2) as pool:
+                ref_answers, our_answers = pool.map(lambda port: [converse(port, chunks) for chunks in CONVERSATIONS],
+                                                    (self.reference.port, self.ours.port))
+            for chunks, (ref_info, ref_out), (our_info, our_out) in zip(CONVERSATIONS, ref_answers, our_answers):
                 if ref_out != our_out:
                     differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
                 strip = lambda info: {k: v for k, v in info.items() if k not in _INFO_VARIES}
@@ -320,7 +327,10 @@ subscribe_allow = ["_INBOX.>"{extra}]
             write(False)
             reference.process.send_signal(signal.SIGHUP)
             ours.process.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
+            # Each logs its reload once it has applied it (nats-server's
+            # applyOptions, our service.reload): no fixed wait.
+            reference.wait_output("Reloaded server configuration")
+            ours.wait_output("configuration reloaded")
             outputs = []
             for kept, moved, gone in sockets:
                 kept.sendall(b"PING\r\n")

@@ -277,7 +277,8 @@ class ReloadTests(TestCase):
             assert first.endswith(b"PONG\r\n"), first
             self.write(["new-token", "stays"], '[log]\nlevel = "debug"\n[limits]\nmax_payload = 2048\n')
             proc.process.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
+            # (Logged once every part has taken its change: no fixed wait.)
+            proc.wait_output("configuration reloaded")
             refused = connect("old-token")[1]
             accepted = connect("new-token")[1]
             kept.sendall(b"PING\r\n")
@@ -287,7 +288,7 @@ class ReloadTests(TestCase):
             # A broken file changes nothing.
             process.write_config(self.config, "[service]\nprot = 1\n")
             proc.process.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
+            proc.wait_output("reload refused")
             after_bad = connect("new-token")[1]
             return refused, accepted, still, cut, after_bad
 
