@@ -734,6 +734,25 @@ def same_link_answers(test: TestCase, reference: int, ours: int, table) -> "defe
     return threads.deferToThread(run).addCallback(check)
 
 
+@defer.inlineCallbacks
+def same_answers_on_port(test: TestCase, reference_conf: str, reference_port: str, ours_toml: str,
+                         ours_port: str, table):
+    """
+    nats-server on C{reference_conf} and eventsvc on C{ours_toml}, each
+    started as a user starts it; then L{same_link_answers} between the
+    first's C{reference_port} and the second's C{ours_port}.
+    """
+    directory = os.path.abspath(test.mktemp())
+    os.makedirs(directory)
+    reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), reference_conf),
+                                    expect=(reference_port,))
+    yield process.started(test, reference)
+    ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), ours_toml),
+                            expect=("service", ours_port))
+    yield process.started(test, ours)
+    yield same_link_answers(test, reference.ports[reference_port], ours.ports[ours_port], table)
+
+
 class HandWrittenConnectTests(TestCase):
     """
     A route's CONNECTs sent by hand (field names in other cases, nulls,
@@ -747,15 +766,7 @@ class HandWrittenConnectTests(TestCase):
     def test_same_answers(self):
         from eventsvc.test.test_route import ROUTE_CONNECTS
 
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
-            'cluster { name: c1, listen: "127.0.0.1:-1", authorization { user: ru, password: rp } }\n'
-        )), expect=("route",))
-        yield process.started(self, reference)
-        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+        yield same_answers_on_port(
+            self, 'cluster { name: c1, listen: "127.0.0.1:-1", authorization { user: ru, password: rp } }\n', "route",
             '[service]\nhost = "127.0.0.1"\nport = 0\n[cluster]\nenabled = true\nname = "c1"\nhost = "127.0.0.1"\n'
-            'port = 0\nuser = "ru"\npassword = "rp"\n'
-        )), expect=("service", "routes"))
-        yield process.started(self, ours)
-        yield same_link_answers(self, reference.ports["route"], ours.ports["routes"], ROUTE_CONNECTS)
+            'port = 0\nuser = "ru"\npassword = "rp"\n', "routes", ROUTE_CONNECTS)

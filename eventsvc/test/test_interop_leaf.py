@@ -683,17 +683,10 @@ class HandWrittenConnectTests(TestCase):
 
     @defer.inlineCallbacks
     def test_same_answers(self):
-        from eventsvc.test.test_interop_cluster import same_link_answers
+        from eventsvc.test.test_interop_cluster import same_answers_on_port
         from eventsvc.test.test_leaf import LEAF_CONNECTS
 
-        directory = scratch(self)
-        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
-            'leafnodes { listen: "127.0.0.1:-1", authorization { user: leaf, password: pw } }\n'
-        )), expect=("leafnode",))
-        yield process.started(self, reference)
-        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+        yield same_answers_on_port(
+            self, 'leafnodes { listen: "127.0.0.1:-1", authorization { user: leaf, password: pw } }\n', "leafnode",
             '[service]\nhost = "127.0.0.1"\nport = 0\n'
-            '[leafnodes]\nhost = "127.0.0.1"\nport = 0\nuser = "leaf"\npassword = "pw"\n'
-        )), expect=("service", "leafnodes"))
-        yield process.started(self, ours)
-        yield same_link_answers(self, reference.ports["leafnode"], ours.ports["leafnodes"], LEAF_CONNECTS)
+            '[leafnodes]\nhost = "127.0.0.1"\nport = 0\nuser = "leaf"\npassword = "pw"\n', "leafnodes", LEAF_CONNECTS)

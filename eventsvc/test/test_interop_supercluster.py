@@ -336,18 +336,11 @@ class HandWrittenConnectTests(TestCase):
 
     @defer.inlineCallbacks
     def test_same_answers(self):
-        from eventsvc.test.test_interop_cluster import same_link_answers
+        from eventsvc.test.test_interop_cluster import same_answers_on_port
         from eventsvc.test.test_supercluster import GATEWAY_CONNECTS
 
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
-            'gateway { name: A, listen: "127.0.0.1:-1", authorization { user: gw, password: secret } }\n'
-        )), expect=("gateways",))
-        yield process.started(self, reference)
-        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+        yield same_answers_on_port(
+            self, 'gateway { name: A, listen: "127.0.0.1:-1", authorization { user: gw, password: secret } }\n', "gateways",
             '[service]\nhost = "127.0.0.1"\nport = 0\n'
-            '[supercluster]\nname = "A"\nhost = "127.0.0.1"\nport = 0\nuser = "gw"\npassword = "secret"\n'
-        )), expect=("service", "supercluster"))
-        yield process.started(self, ours)
-        yield same_link_answers(self, reference.ports["gateways"], ours.ports["supercluster"], GATEWAY_CONNECTS)
+            '[supercluster]\nname = "A"\nhost = "127.0.0.1"\nport = 0\nuser = "gw"\npassword = "secret"\n',
+            "supercluster", GATEWAY_CONNECTS)
