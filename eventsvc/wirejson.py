@@ -53,11 +53,22 @@ def depth(text: str) -> int:
     return deepest
 
 
-def loads(data: Union[bytes, str], errors: str = "replace") -> Any:
+def _not_json(name: str) -> Any:
+    raise ValueError("not JSON: {}".format(name))
+
+
+#: Decoders made once (C{json.loads} with an argument makes one a call).
+_PYTHONS = json.JSONDecoder()
+_STANDARD = json.JSONDecoder(parse_constant=_not_json)
+
+
+def loads(data: Union[bytes, str], errors: str = "replace", standard: bool = False) -> Any:
     """
     Parse C{data}; bytes are UTF-8.  C{errors="replace"} turns invalid
     sequences into U+FFFD, as Go's encoding/json (and so nats-server) does
-    inside strings; C{"strict"} refuses them.
+    inside strings; C{"strict"} refuses them.  C{standard}: C{NaN},
+    C{Infinity} and C{-Infinity} are refused, as Go's decoder refuses them
+    (Python's reads them as floats).
 
     @raise ValueError: not UTF-8 (strict), or not JSON; the message is
         plain ASCII with the position, safe to log and to send back.
@@ -67,7 +78,7 @@ def loads(data: Union[bytes, str], errors: str = "replace") -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and depth(text) > MAX_DEPTH:
         raise ValueError("JSON nested deeper than {} levels".format(MAX_DEPTH))
     try:
-        return json.loads(text)
+        return (_STANDARD if standard else _PYTHONS).decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except json.JSONDecodeError as e:

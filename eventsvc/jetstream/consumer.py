@@ -70,6 +70,10 @@ REPLAY_MIN_GAP = MILLISECOND
 #: messages) or a large backlog leaves the reactor to other clients between.
 DELIVER_BUDGET = 1000
 
+#: Ack replies a consumer keeps with the numbers they name, at most
+#: (L{Consumer._replies}): past it they are forgotten, and parsed when heard.
+ACK_REPLIES_KEPT = 2048
+
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
 REPLAY_POLICIES = ("instant", "original")
@@ -598,9 +602,24 @@ class Consumer:
         self._store_filter: Optional[str] = None
         self._set_filter()
         self._ack_prefix = "$JS.ACK.%s.%s." % (stream.name, name)
+        # (A name may hold a "%", as nats-server's may: escaped in the formats.)
+        prefix = self._ack_prefix.replace("%", "%%")
         #: A delivery's ack reply, bytes as it goes out (a str formatted
         #: and encoded cost CPython a third more).
-        self._reply_format = (self._ack_prefix + "%d.%d.%d.%d.%d").encode("utf-8")
+        self._reply_format = (prefix + "%d.%d.%d.%d.%d").encode("utf-8")
+        #: A first delivery's (L{_pull_run}): its count, 1, written in, a
+        #: number fewer to format (about 570 instructions on CPython 3.11).
+        self._first_reply_format = (prefix + "1.%d.%d.%d.%d").encode("utf-8")
+        #: The ack replies sent and not heard yet, each with the numbers it
+        #: names (delivered count, stream and consumer sequences): an ack
+        #: found here is spared its subject's split and three int() calls
+        #: (7,690 instructions on CPython 3.11; the entry's put and pop, some
+        #: 3,100).  A parse done ahead,
+        #: nothing more: one not here (heard before, sent before a restart,
+        #: forgotten at L{ACK_REPLIES_KEPT}) is parsed as it was.  None
+        #: while acks do not come to L{_ack_message} (the engine routes
+        #: them, or there are none).
+        self._replies: Optional[Dict[bytes, Tuple[int, int, int]]] = None
         self._retention = stream.config.get("retention", "limits")
         self.sseq = 1
         self.dseq = 1
@@ -767,6 +786,8 @@ class Consumer:
             # (a hub's whole $JS.ACK.> crossed to each spoke, to be dropped).
             self._subs.append(self.broker.subscribe_raw(
                 "$JS.ACK.%s.%s.*.*.*.*.*" % (self.stream.name, self.name), self._ack_message))
+            if self.config["ack_policy"] != "none":
+                self._replies = {}
         if self.config.get("flow_control"):
             self._subs.append(
                 self.broker.subscribe("$JS.FC.%s.%s.*" % (self.stream.name, self.name), self._flow_control_answer)
@@ -1082,6 +1103,11 @@ class Consumer:
                     self.pending[seq] = [dseq, now]
                 else:
                     entry[0], entry[1] = dseq, now
+                replies = self._replies
+                if replies is not None:
+                    if len(replies) >= ACK_REPLIES_KEPT:
+                        replies.clear()
+                    replies[reply] = (dc, seq, dseq)
                 if self._ack_timer is None:
                     self._arm_ack_timer(self.config["ack_wait"])
                 store.update_delivered(dseq, seq, dc, now)
@@ -1153,8 +1179,11 @@ class Consumer:
         # stream had): the stream's subjects may have changed since, so each
         # message's subject is compared; one that differs is the loop's.
         only = self._filter if store_filter is None else None
-        reply_format = self._reply_format
+        reply_format = self._first_reply_format
         hold, held_seqs = self._batch.append, self._batch_seqs
+        replies = self._replies
+        if replies is not None and len(replies) > ACK_REPLIES_KEPT - wanted:
+            replies.clear()
         npc = self._npc or 0
         first = dseq = self.dseq
         seq = self.sseq
@@ -1175,7 +1204,10 @@ class Consumer:
             seq = message.seq
             if npc:
                 npc -= 1
-            hold((message.subject, message.data, reply_format % (1, seq, dseq, message.ts, npc), message.headers))
+            reply = reply_format % (seq, dseq, message.ts, npc)
+            hold((message.subject, message.data, reply, message.headers))
+            if replies is not None:
+                replies[reply] = (1, seq, dseq)
             held_seqs.append(seq)
             # (A first delivery: its entry made afresh, as the loop leaves it.)
             pending[seq] = [dseq, now]
@@ -1430,14 +1462,19 @@ class Consumer:
         """
         if self.closed or self.fed_in_process:
             return
-        # (Nine tokens, the first two $JS and ACK: the subscription's.)
-        tokens = subject.split(b".")
-        if len(tokens) != 9:
-            return
-        try:
-            dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
-        except ValueError:
-            return
+        replies = self._replies
+        numbers = replies.pop(subject, None) if replies is not None else None
+        if numbers is not None:
+            dc, sseq, dseq = numbers
+        else:
+            # (Nine tokens, the first two $JS and ACK: the subscription's.)
+            tokens = subject.split(b".")
+            if len(tokens) != 9:
+                return
+            try:
+                dc, sseq, dseq = int(tokens[4]), int(tokens[5]), int(tokens[6])
+            except ValueError:
+                return
         if reply is None and payload == ACK_ACK:
             # (Most acks: L{_ack_parsed}'s first case, without its call.)
             max_pending = self.config.get("max_ack_pending", 0)
@@ -1946,6 +1983,7 @@ class Consumer:
         for sub in self._subs:
             sub.unsubscribe()
         self._subs = []
+        self._replies = None
         if self._listener is not None:
             try:
                 self.broker.subscription_listeners.remove(self._listener)

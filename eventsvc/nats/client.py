@@ -36,7 +36,7 @@ from eventsvc import wirejson
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.frames import err_line, info_line, no_responders
-from eventsvc.nats.greeting import DEFAULT_CONNECT, ConnectOptions, client_info, lame_duck_info, read_connect
+from eventsvc.nats.greeting import DEFAULT_CONNECT, ConnectOptions, client_info, lame_duck_info, names_account, read_connect
 from eventsvc.nats.interfaces import IAuthenticator, Identity, PeerInfo
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
@@ -529,6 +529,8 @@ class ClientConnection(Protocol):
             options, taken = read_connect(arg)
         except ValueError as e:
             raise ProtocolViolation(None, "bad CONNECT: {}".format(e))
+        if names_account(options):
+            raise ProtocolViolation(AUTHORIZATION_VIOLATION, "CONNECT names an account")
         self._take(taken)
         self._update_plain()
         authenticator = self.state.authenticator

@@ -524,7 +524,9 @@ class Delivery:
                 # An in-process subscriber alone (it has echo, and no
                 # link or gateway takes part): the general path's Message
                 # and loops would cost a fifth of a JetStream publish.
-                return cast(Any, one[0]).hand_tail(one[1], subject, reply, size, tail)
+                # (The owner is typed Any already: no typing.cast, a
+                # Python function called for each message.)
+                return one[0].hand_tail(one[1], subject, reply, size, tail)
             message = Message(subject, reply, size, tail, -1, b"")
             return self._general(src, targets, message, message, queues)
         plain = targets.plain
@@ -707,7 +709,7 @@ class Delivery:
                     # An in-process subscriber alone (a JetStream ack, a
                     # stream's subject): deliver()'s first case, without
                     # its call (no gateway: tested above).
-                    cast(Any, one[0]).hand_tail(one[1], subject, None, size, tail)
+                    one[0].hand_tail(one[1], subject, None, size, tail)
                 else:
                     self.deliver(src, subject, None, size, tail, targets)
 

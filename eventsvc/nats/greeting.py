@@ -10,38 +10,39 @@ Nothing here holds state or does I/O: the connection asks, and writes.
 
 from __future__ import annotations
 
-import json
 from json.encoder import encode_basestring_ascii
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from eventsvc import wirejson
 from eventsvc.nats.frames import info_line
+from eventsvc.nats.gojson import BOOL, INT, PERMISSION, STRING, GoStruct
 
-__all__ = ["ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info", "read_connect"]
+__all__ = ["CLIENT_OPTS", "ConnectOptions", "Greeting", "client_info", "decode_connect", "info_line", "lame_duck_info", "names_account", "read_connect"]
 
-#: CONNECT fields we read, with the JSON types nats-server accepts for them.
-_INT = (int,)
-CONNECT_TYPES: Dict[str, tuple] = {
-    "verbose": (bool,),
-    "pedantic": (bool,),
-    "echo": (bool,),
-    "headers": (bool,),
-    "no_responders": (bool,),
-    "tls_required": (bool,),
-    "protocol": _INT,
-    "auth_token": (str,),
-    "user": (str,),
-    "pass": (str,),
-    "name": (str,),
-    "lang": (str,),
-    "version": (str,),
-    "jwt": (str,),
-    "nkey": (str,),
-    "sig": (str,),
-}
-#: The fields by their names in lower case (L{_field_name}).
-_FIELDS_FOLDED: Dict[str, str] = {name: name for name in CONNECT_TYPES}
-
+#: nats-server's ClientOpts: the fields it reads from every CONNECT (a
+#: link's too, with the link's own), with their Go types.
+CLIENT_OPTS = GoStruct({
+    "echo": BOOL,
+    "verbose": BOOL,
+    "pedantic": BOOL,
+    "tls_required": BOOL,
+    "nkey": STRING,
+    "jwt": STRING,
+    "sig": STRING,
+    "auth_token": STRING,
+    "user": STRING,
+    "pass": STRING,
+    "name": STRING,
+    "lang": STRING,
+    "version": STRING,
+    "protocol": INT,
+    "account": STRING,
+    "new_account": BOOL,
+    "headers": BOOL,
+    "no_responders": BOOL,
+    # (Routes' and leaf links' permissions; a client may send them too.)
+    "import": PERMISSION,
+    "export": PERMISSION,
+})
 
 
 def client_info(broker: Any, settings: Any, state: Any, cid: int, client_ip: str) -> Dict[str, Any]:
@@ -153,8 +154,9 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def decode_connect(arg: bytes) -> Dict[str, Any]:
     """
-    Decode CONNECT's JSON, checking the type of every field we read.  Each
-    call returns a dict of its own.
+    Decode a client's CONNECT as nats-server does (L{CLIENT_OPTS}, read as
+    Go reads a struct: L{GoStruct.decode}).  Each call returns a dict of
+    its own.
 
     @raise ValueError: not a JSON object, or a field of the wrong type.
     """
@@ -171,7 +173,7 @@ def read_connect(arg: bytes) -> Tuple[Dict[str, Any], "ConnectOptions"]:
     known = _DECODED.get(arg)
     if known is not None:
         return dict(known[0]), known[1]
-    options = _decode_connect(arg)
+    options = CLIENT_OPTS.decode(arg)
     read = ConnectOptions.read(options)
     if (len(arg) <= DECODED_ARG_MAX and _CREDENTIALS.isdisjoint(options)
             and all(value.__class__ in _SCALARS for value in options.values())):
@@ -183,56 +185,15 @@ def read_connect(arg: bytes) -> Tuple[Dict[str, Any], "ConnectOptions"]:
     return options, read
 
 
-def _field_name(key: str) -> str:
+def names_account(options: Dict[str, Any]) -> bool:
     """
-    The CONNECT field Go's encoding/json, and so nats-server, takes C{key}
-    for (a field's name in any case, C{ſ} for C{s}, the Kelvin sign for
-    C{k}: its C{equalFoldRight}), or C{key} when it names none.
+    Whether a CONNECT (L{decode_connect}'s options, any connection's)
+    names an account (C{account}, C{new_account}): nats-server 2.9 refuses
+    it, credentials or none, with C{Authorization Violation} ("we used to
+    have this as an optional feature for dynamic sandbox environments. Now
+    its considered an error": processConnect).
     """
-    return _FIELDS_FOLDED.get(key.lower().replace("\u017f", "s"), key)
-
-
-def _fold_fields(arg: bytes) -> Dict[str, Any]:
-    """
-    CONNECT's options with every key that names a field under the field's
-    own name, the last in the text winning when two spell one field (Go
-    sets the field key by key).  (Decoded again with the keys in their
-    order: a dict keeps the first place of each spelling, not the last.)
-    """
-    top: List[Any] = []
-
-    def pairs(items: List[Tuple[str, Any]]) -> Dict[str, Any]:
-        top[:] = [items]  # (the outermost object comes last)
-        return dict(items)
-
-    json.loads(arg.decode("utf-8", "replace"), object_pairs_hook=pairs)
-    options: Dict[str, Any] = {}
-    for key, value in top[0]:
-        name = _field_name(key)
-        if value is None and name in options and name in CONNECT_TYPES:
-            continue  # (Go: null leaves a string, number or bool field as it was)
-        options[name] = value
-    return options
-
-
-def _decode_connect(arg: bytes) -> Dict[str, Any]:
-    options = wirejson.loads(arg)
-    if not isinstance(options, dict):
-        raise ValueError("CONNECT options are not an object")
-    for key in options:
-        if key not in CONNECT_TYPES and _field_name(key) is not key:
-            # A field in another spelling ("Auth_Token", "Verbose"): what
-            # nats-server reads (credentials among them: never kept).
-            options = _fold_fields(arg)
-            break
-    # The fields it has, not every field there is: a client sends a few.
-    for key, value in options.items():
-        types = CONNECT_TYPES.get(key)
-        if types is None or value is None:
-            continue
-        if not isinstance(value, types) or (types is _INT and value.__class__ is bool):
-            raise ValueError("CONNECT field {} has the wrong type".format(key))
-    return options
+    return bool(options.get("account") or options.get("new_account"))
 
 
 class ConnectOptions(NamedTuple):

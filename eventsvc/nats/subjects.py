@@ -178,6 +178,23 @@ _NOT_LITERAL = frozenset((b"", PWC, FWC))
 valid_literal_subject = _literal_by_split if sys.implementation.name == "cpython" else _literal_by_scan
 
 
+def _literal_tokens_by_split(subject: bytes) -> Optional[List[bytes]]:
+    """L{literal_tokens} by L{_literal_by_split}'s split, kept (CPython's)."""
+    tokens = subject.split(b".")
+    return tokens if _NOT_LITERAL.isdisjoint(tokens) else None
+
+
+def _literal_tokens_by_scan(subject: bytes) -> Optional[List[bytes]]:
+    """L{literal_tokens} by L{_literal_by_scan}, then the split (PyPy's)."""
+    return subject.split(b".") if _literal_by_scan(subject) else None
+
+
+#: The tokens of C{subject} when it may be published to (as
+#: L{valid_literal_subject} says), else None: one split serves the check
+#: and a L{Sublist.match} of the subject (a PubAck's inbox, used once).
+literal_tokens = _literal_tokens_by_split if sys.implementation.name == "cpython" else _literal_tokens_by_scan
+
+
 def subject_matches(pattern: bytes, subject: bytes) -> bool:
     """
     Whether the subscription subject C{pattern} matches the published
@@ -408,12 +425,13 @@ class Sublist:
             self.on_change(pattern)
         return self._cached.forget(pattern)
 
-    def match(self, subject: bytes, keep: bool = True) -> SublistResult:
+    def match(self, subject: bytes, keep: bool = True, tokens: Optional[List[bytes]] = None) -> SublistResult:
         """
         The subscriptions matching the literal C{subject}.  The result is
         shared with the cache: do not mutate it.  C{keep=False}: a subject
         used once (a reply inbox), matched without taking a place in the
-        cache.
+        cache.  C{tokens}: C{subject.split(b".")}, when the caller has it
+        (L{literal_tokens}).
         """
         self.matches += 1
         if keep:
@@ -421,11 +439,13 @@ class Sublist:
             if result is not None:
                 self.cache_hits += 1
                 return result
-            tokens = subject.split(b".")
+            if tokens is None:
+                tokens = subject.split(b".")
         else:
             # (A subject used once is new: not looked up among the kept
             # ones, whose match would be this one's anyway.)
-            tokens = subject.split(b".")
+            if tokens is None:
+                tokens = subject.split(b".")
             if self._once_genid != self.genid:
                 self._once.clear()
                 self._once_depths.clear()

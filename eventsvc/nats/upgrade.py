@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from time import perf_counter
-from typing import Any, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional
 from weakref import WeakKeyDictionary
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
@@ -135,14 +135,11 @@ class TLSLayer(TLSMemoryBIOProtocol):
         As Twisted's, and the producer is let go, as a TCP transport lets
         go of its own: it holds this layer (it writes to it), which would
         keep the two, and the connection, in a cycle for the collector.
-        OpenSSL's side of the connection is freed at once (L{_free_now}).
+        OpenSSL's side of the connection is freed at once (L{lost_and_freed}).
         """
-        connection = self._tlsConnection
         self._ended = True
-        super().connectionLost(reason)
+        lost_and_freed(self, super().connectionLost, reason)
         self._producer = None
-        if connection is not None and self._tlsConnection is None:
-            _free_now(connection)
 
     def loseConnection(self) -> None:
         """
@@ -279,6 +276,50 @@ def _free_now(connection: Any) -> None:
     release(ssl)
 
 
+def lost_and_freed(layer: TLSMemoryBIOProtocol, lost: Callable[[Any], None], reason: Any) -> None:
+    """
+    C{lost(reason)}: Twisted's C{connectionLost} of C{layer}; then, if the
+    layer let go of its connection (its C{_tlsConnection} is None once it
+    has told its protocol), OpenSSL's side of it is freed (L{_free_now}).
+    The close of every TLS layer of ours: L{TLSLayer}'s and, through
+    L{free_at_close}, Twisted's own.
+    """
+    connection = layer._tlsConnection
+    lost(reason)
+    if connection is not None and layer._tlsConnection is None:
+        _free_now(connection)
+
+
+def free_at_close(transport: Any) -> None:
+    """
+    Have the TLS layer under a connection free OpenSSL's side at its close
+    (L{lost_and_freed}), as L{TLSLayer} does for the client listener:
+    C{transport} is Twisted's layer itself (a listener or a dial over TLS:
+    Twisted's C{listenSSL} and C{connectSSL}, a WebSocket listener's
+    wrapping factory), or a TCP transport whose C{startTLS} put one under
+    it (a leaf link's, after its plaintext INFO).  Anything else, and a
+    L{TLSLayer}, is left alone.
+
+    On PyPy, Twisted's layer left it to the next minor collection, which
+    freed thousands of links' and WebSocket clients' OpenSSL state at once
+    (L{_free_now}).  The layer's own C{connectionLost} is replaced, on this
+    one layer (Twisted builds it: there is no class of ours to give it),
+    and the replacement removes itself when called, so the layer is no
+    longer in a cycle with its own method once it is closed.
+    """
+    layer = transport if isinstance(transport, TLSMemoryBIOProtocol) else (
+        getattr(transport, "protocol", None) if getattr(transport, "TLS", False) else None)
+    if not isinstance(layer, TLSMemoryBIOProtocol) or isinstance(layer, TLSLayer) or "connectionLost" in vars(layer):
+        return
+    twisteds = layer.connectionLost
+
+    def connectionLost(reason: Any = None) -> None:
+        del layer.connectionLost  # (Twisted's again, and no cycle)
+        lost_and_freed(layer, twisteds, reason)
+
+    layer.connectionLost = connectionLost  # type: ignore[method-assign]
+
+
 #: One TLS factory per context (it only keeps the live layers).
 _factories: "WeakKeyDictionary[Any, TLSMemoryBIOFactory]" = WeakKeyDictionary()
 
@@ -304,11 +345,13 @@ def start_tls(transport: Any, context: Any) -> None:
     close_notify, then the TCP close (as nats-server's, Go's
     C{tls.Conn.Close}).  Twisted's layer waited for the peer's close_notify,
     so a peer that never sent it kept the socket for as long as it liked.
+    OpenSSL's side is freed at the close (L{free_at_close}).
     """
     transport.startTLS(context)
     layer = transport.protocol
     if not isinstance(layer, TLSMemoryBIOProtocol):
         return  # (iosim's transports only pretend to start TLS)
+    free_at_close(layer)
     twisteds = layer.loseConnection
 
     def loseConnection() -> None:

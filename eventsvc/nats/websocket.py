@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from eventsvc.nats.client import ClientConnection
 from eventsvc.nats.origins import OriginPolicy
 from eventsvc.nats.timers import cancel
+from eventsvc.nats.upgrade import free_at_close
 
 #: Close codes by nats-server's reason (client.go's ClosedState strings),
 #: as its wsEnqueueCloseMessage chooses them.
@@ -195,6 +196,8 @@ class NATSOverWebSocket(WebSocketServerProtocol):
     # -- the upgrade ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Under TLS (wss://): OpenSSL's side freed at the close, as a client's.
+        free_at_close(self.transport)
         super().connectionMade()
         clock, timeout = self.factory.clock, self.factory.handshake_timeout
         if timeout:
@@ -479,7 +482,8 @@ def websocket_wire(
     factory = WebSocketFactory(clients, origins, compression, handshake_timeout, tls is not None, reactor)
     if tls is None:
         return factory
-    wrapped = TLSMemoryBIOFactory(tls, False, factory)
+    # (Its layer joins small writes on the reactor's next turn: this one's.)
+    wrapped = TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
     wrapped.noisy = False
     wrapped.description = factory.description  # type: ignore[attr-defined]
     return wrapped

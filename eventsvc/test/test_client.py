@@ -677,6 +677,20 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(c.received(), b"PONG\r\n")
         self.assertEqual(c.proto.identity.name, "good")
 
+    def test_an_account_is_refused(self) -> None:
+        """
+        A CONNECT that names an account (C{account}, C{new_account}, in any
+        case) is refused as nats-server 2.9 refuses it, credentials or
+        none: C{Authorization Violation}, and the connection closes.
+        """
+        for arg in (b'{"verbose":false,"account":"a"}', b'{"verbose":false,"New_Account":true}'):
+            for h in (Harness(), Harness(authenticator=TokenAuthenticator())):
+                c = h.connect(connect=b"CONNECT " + arg[:-1] + b',"auth_token":"good"}\r\nPING\r\n')
+                self.assertEqual(c.received(), b"-ERR 'Authorization Violation'\r\n")
+                self.assertTrue(c.proto.closed)
+        c = Harness().connect(connect=b'CONNECT {"verbose":false,"account":"","new_account":false}\r\nPING\r\n')
+        self.assertEqual(c.received(), b"PONG\r\n")
+
     def test_wrong_token(self) -> None:
         h = Harness(authenticator=TokenAuthenticator())
         c = h.connect(connect=b'CONNECT {"auth_token":"bad"}\r\nPING\r\n')

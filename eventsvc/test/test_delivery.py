@@ -646,6 +646,44 @@ class InProcessAloneTests(SynchronousTestCase):
         self.broker.publish_many([("_INBOX.id.5", b"e"), ("_INBOX.id.6", b"f")])
         self.assertEqual(picky.sent(), b"MSG _INBOX.id.5 1 1\r\ne\r\n")
 
+    def test_pubacks_to_one_inbox_subscription_are_written_and_counted(self) -> None:
+        """
+        PubAcks to the inboxes of a client's one subscription (the kept
+        plan's one subscriber, framed in L{Broker.publish_many} itself):
+        each frame names its inbox and the subscription's sid, the client
+        is flushed once for each batch, and the broker and the client count
+        each PubAck and its bytes.
+        """
+        client, bystander = Conn(Kind.CLIENT), Conn(Kind.CLIENT)
+        self.broker.add_subscription(Subscription(client, b"_INBOX.id.*", None, b"42"))
+        interested(self.broker, bystander, b"_INBOX.other.*")
+        flushed: List[bytes] = []
+        client.flush = lambda: bool(flushed.append(client.sent()))  # type: ignore[assignment]
+        answers = [("_INBOX.id.%d" % n, b"ack %d" % n if n % 2 else b"") for n in range(1, 5)]
+        self.broker.publish_many(answers)
+        self.broker.publish_many([("_INBOX.id.5", b"x" * 300)])
+        frames = b"".join(b"MSG %s 42 %d\r\n%s\r\n" % (s.encode(), len(p), p) for s, p in answers)
+        self.assertEqual(flushed, [frames, frames + b"MSG _INBOX.id.5 42 300\r\n" + b"x" * 300 + b"\r\n"])
+        self.assertFalse(client.dirty)
+        self.assertEqual(bystander.sent(), b"")
+        self.assertEqual((client.out_msgs, client.out_bytes), (5, 10 + 300))
+        self.assertEqual((self.broker.in_msgs, self.broker.in_bytes), (5, 310))
+
+    def test_pubacks_to_one_inbox_subscription_reach_the_gateways(self) -> None:
+        """
+        With gateways, a PubAck whose inbox has one local subscriber is
+        offered to them too, as every client's message is (deliver()'s
+        rule), the tenth as the first.
+        """
+        gateways = Forwarder()
+        self.broker.gateways = gateways
+        client = Conn(Kind.CLIENT)
+        interested(self.broker, client, b"_INBOX.id.*")
+        answers = [("_INBOX.id.%d" % n, b"a") for n in range(10)]
+        self.broker.publish_many(answers)
+        self.assertEqual(gateways.offered, [s.encode() for s, _ in answers])
+        self.assertEqual(client.sent(), b"".join(b"MSG %s 1 1\r\na\r\n" % s.encode() for s, _ in answers))
+
     def test_a_renamed_plan_is_the_plan_made_afresh(self) -> None:
         """
         A PubAck's plan started from another inbox's (L{Plan.renamed}) is

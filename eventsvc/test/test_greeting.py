@@ -167,3 +167,65 @@ class ConnectTests(SynchronousTestCase):
         for arg in (b'{"Pass":"s3cret","USER":"bob","verbose":false}', b'{"AUTH_TOKEN":"t"}', b'{"JWT":"j","Sig":"s"}', b'{"\\u0055ser":"u"}'):
             decode_connect(arg)
             self.assertNotIn(arg, greeting._DECODED)
+
+    def test_null_as_go_reads_it(self) -> None:
+        """
+        Go's decoder leaves a bool, string or number field as it was on a
+        C{null}, however it is spelt (so the value before it stands, and
+        no value reads as nats-server's default); a slice or a pointer it
+        sets to nil.
+        """
+        self.assertEqual(decode_connect(b'{"verbose":false,"verbose":null}'), {"verbose": False})
+        self.assertEqual(ConnectOptions.read(decode_connect(b'{"verbose":false,"verbose":null}')), ConnectOptions(verbose=False))
+        self.assertEqual(
+            decode_connect(b'{"name":"n","protocol":1,"user":"u","name":null,"PROTOCOL":null,"User":null,"echo":null}'),
+            {"name": "n", "protocol": 1, "user": "u"},
+        )
+        self.assertEqual(ConnectOptions.read(decode_connect(b'{"echo":null,"pedantic":null}')), ConnectOptions())
+        self.assertEqual(decode_connect(b'{"import":{"allow":["a"]},"Import":null}'), {"import": None})
+        self.assertEqual(decode_connect(b'{"export":null}'), {"export": None})
+
+    def test_types_as_go_checks_them(self) -> None:
+        """
+        Every value for a field is checked, one a later key overrides too
+        (Go reads it, fails, and nats-server closes the connection); an int
+        is a 64-bit integer; ClientOpts' C{import} and C{export} are objects
+        of C{allow} and C{deny} lists of strings, their names folded too;
+        and the JSON is Go's (no C{NaN}, which Python reads).
+        """
+        for bad in (b'{"verbose":"x","verbose":true}', b'{"Name":1,"name":"n"}', b'{"protocol":9223372036854775808}',
+                    b'{"protocol":1.0}', b'{"account":1}', b'{"new_account":"x"}', b'{"import":5}',
+                    b'{"export":{"allow":"a"}}', b'{"import":{"deny":[1]}}', b'{"import":[]}', b'{"x":NaN}',
+                    b'{"verbose":false,"n":[-Infinity]}'):
+            self.assertRaises(ValueError, decode_connect, bad)
+        self.assertEqual(decode_connect(b'{"protocol":-9223372036854775808}'), {"protocol": -(1 << 63)})
+        self.assertEqual(
+            decode_connect(b'{"Import":{"ALLOW":["a",null],"deny":null},"import":{"Deny":["d"]},"tags":{"x":1}}'),
+            {"import": {"allow": ["a", ""], "deny": ["d"]}, "tags": {"x": 1}},
+        )
+
+
+class GoJSONTests(SynchronousTestCase):
+    """L{eventsvc.nats.gojson}: a struct's fields read as Go's encoding/json reads them."""
+
+    def test_fields_in_any_case_last_wins(self) -> None:
+        from eventsvc.nats.gojson import BOOL, STRING, STRINGS, GoStruct
+
+        struct = GoStruct({"deny_pub": STRINGS, "is_hub": BOOL, "cluster": STRING})
+        self.assertEqual(struct.decode(b'{"Deny_Pub":["a","b"],"IS_HUB":false,"\\u212aind":1}'),
+                         {"deny_pub": ["a", "b"], "is_hub": False, "\u212aind": 1})
+        # (A null element keeps what the slice had there: Go decodes into the slice it has.)
+        self.assertEqual(struct.decode(b'{"deny_pub":["a","b"],"deny_pub":[null,"c",null]}'), {"deny_pub": ["a", "c", ""]})
+        self.assertEqual(struct.decode(b'{"deny_pub":["a"],"deny_pub":null}'), {"deny_pub": None})
+        self.assertEqual(struct.decode(b'{"cluster":"c","Cluster":null,"is_hub":true,"is_hub":null}'), {"cluster": "c", "is_hub": True})
+        for bad in (b'{"deny_pub":"a"}', b'{"deny_pub":[["a"]]}', b'{"is_hub":1}', b'{"cluster":["c"]}', b"[]", b"{"):
+            self.assertRaises(ValueError, struct.decode, bad)
+        # A colon in a value is no second key.
+        self.assertEqual(struct.decode(b'{"cluster":"a:b","x":"c:"}'), {"cluster": "a:b", "x": "c:"})
+
+    def test_go_quote(self) -> None:
+        """Go's %q, as nats-server words a gateway's name in an error."""
+        from eventsvc.nats.gojson import go_quote
+
+        self.assertEqual(go_quote("B"), '"B"')
+        self.assertEqual(go_quote('a"b\\c\n\x01\x7f\u00e9\u200b\U0001f600'), '"a\\"b\\\\c\\n\\x01\\x7f\u00e9\\u200b\U0001f600"')

@@ -706,3 +706,56 @@ class LeafOriginOverRouteTests(TestCase):
         self.assertEqual(at_mine, [("to.us", b"plain", None), ("to.us", b"with", {"k": "v"})])
         self.assertEqual(reply, b"from the leaf")
         self.assertNotIn("Unknown Protocol", ours.output())
+
+
+def link_answer(port: int, connect: bytes) -> bytes:
+    """
+    What a link port answers C{CONNECT <connect>} and a PING with, as
+    test_route's and test_leaf's tables hold it: its C{-ERR} lines and its
+    PONG, nothing when it closed without a word.
+    """
+    from eventsvc.test.test_interop_reference import converse
+
+    _, out = converse(port, [b"CONNECT " + connect + b"\r\nPING\r\n"])
+    return b"".join(line + b"\r\n" for line in out.split(b"\r\n") if line.startswith(b"-ERR ") or line == b"PONG")
+
+
+def same_link_answers(test: TestCase, reference: int, ours: int, table) -> "defer.Deferred[None]":
+    """Each of C{table}'s CONNECTs to both ports: nats-server's answer is the table's, and ours is too."""
+
+    def run():
+        return [(connect, expected, link_answer(reference, connect), link_answer(ours, connect)) for connect, expected in table]
+
+    def check(rows):
+        differences = ["{!r}:\n  table:       {!r}\n  nats-server: {!r}\n  eventsvc:    {!r}".format(*row)
+                       for row in rows if not row[1] == row[2] == row[3]]
+        test.assertEqual(differences, [], "\n".join(differences))
+
+    return threads.deferToThread(run).addCallback(check)
+
+
+class HandWrittenConnectTests(TestCase):
+    """
+    A route's CONNECTs sent by hand (field names in other cases, nulls,
+    wrong types, credentials) to nats-server's route port and to ours:
+    nats-server's answers byte for byte (test_route's ROUTE_CONNECTS).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_same_answers(self):
+        from eventsvc.test.test_route import ROUTE_CONNECTS
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
+            'cluster { name: c1, listen: "127.0.0.1:-1", authorization { user: ru, password: rp } }\n'
+        )), expect=("route",))
+        yield process.started(self, reference)
+        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n[cluster]\nenabled = true\nname = "c1"\nhost = "127.0.0.1"\n'
+            'port = 0\nuser = "ru"\npassword = "rp"\n'
+        )), expect=("service", "routes"))
+        yield process.started(self, ours)
+        yield same_link_answers(self, reference.ports["route"], ours.ports["routes"], ROUTE_CONNECTS)

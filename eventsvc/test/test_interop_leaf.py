@@ -669,3 +669,31 @@ class LoopTests(TestCase):
         from twisted.internet import threads
 
         self.assertTrue((yield threads.deferToThread(seen)), server.output() + node.output())
+
+
+class HandWrittenConnectTests(TestCase):
+    """
+    A spoke's CONNECTs sent by hand (field names in other cases, "User" and
+    "PASS" among them, nulls, wrong types) to nats-server's leaf node port
+    and to ours: nats-server's answers byte for byte (test_leaf's
+    LEAF_CONNECTS).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_same_answers(self):
+        from eventsvc.test.test_interop_cluster import same_link_answers
+        from eventsvc.test.test_leaf import LEAF_CONNECTS
+
+        directory = scratch(self)
+        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
+            'leafnodes { listen: "127.0.0.1:-1", authorization { user: leaf, password: pw } }\n'
+        )), expect=("leafnode",))
+        yield process.started(self, reference)
+        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[leafnodes]\nhost = "127.0.0.1"\nport = 0\nuser = "leaf"\npassword = "pw"\n'
+        )), expect=("service", "leafnodes"))
+        yield process.started(self, ours)
+        yield same_link_answers(self, reference.ports["leafnode"], ours.ports["leafnodes"], LEAF_CONNECTS)

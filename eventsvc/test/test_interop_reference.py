@@ -48,6 +48,24 @@ CONVERSATIONS: List[List[bytes]] = [
     [b'CONNECT {"verbose":false}\r\nSUB foo 1\r\nSUB foo 1\r\nPUB foo 1\r\na\r\nPING\r\n'],
     [b'CONNECT {"verbose":false,"headers":true}\r\nSUB foo 1\r\nHPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n'],
     [b'CONNECT {"verbose":"x"}\r\nPING\r\n'],
+    # CONNECT as Go's encoding/json reads it: a null leaves a field as it
+    # was, however spelt; every value is checked, one overridden later too;
+    # ClientOpts' other fields (account, new_account, import, export) too.
+    [b'CONNECT {"verbose":false,"verbose":null}\r\nPING\r\n'],
+    [b'CONNECT {"Verbose":false,"ECHO":false,"echo":null,"Pedantic":true,"pedantic":null}\r\nSUB foo.* 1\r\nPUB foo.x 1\r\na\r\nPUB foo.* 0\r\n\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"headers":true,"protocol":1,"HEADERS":null,"Protocol":null,"name":null}\r\nSUB r 1\r\nHPUB r 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n'],
+    [b'CONNECT {"verbose":"x","verbose":false}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"protocol":1.0}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"import":5}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"Export":{"allow":"a"}}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"import":{"Allow":["a",null],"deny":null},"export":null}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"account":1}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"New_Account":"x"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"x":NaN}\r\nPING\r\n'],
+    # An account named (an old sandbox feature): refused, credentials or none.
+    [b'CONNECT {"verbose":false,"account":"x"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"New_Account":true}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"account":"","new_account":false}\r\nPING\r\n'],
     [b'CONNECT {"verbose":false} x\r\nPING\r\n'],
     [b"CONNECT\r\nPING\r\n"],
     [b"INFO {}\r\nPING\r\n"],

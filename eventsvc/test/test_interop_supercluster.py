@@ -322,3 +322,32 @@ class TLSGatewayTests(TestCase):
         yield threads.deferToThread(ours.wait_output, "gateway from 127.0.0.1")
         self.assertIn("failed before it was up", ours.output())
         self.assertNotIn("gateway from stranger", ours.output())
+
+
+class HandWrittenConnectTests(TestCase):
+    """
+    A gateway's CONNECTs sent by hand (field names in other cases, nulls,
+    wrong types, credentials, an account) to nats-server's gateway port
+    and to ours: nats-server's answers byte for byte (test_supercluster's
+    GATEWAY_CONNECTS).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_same_answers(self):
+        from eventsvc.test.test_interop_cluster import same_link_answers
+        from eventsvc.test.test_supercluster import GATEWAY_CONNECTS
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        reference = process.nats_server("-c", process.write_config(os.path.join(directory, "ref.conf"), (
+            'gateway { name: A, listen: "127.0.0.1:-1", authorization { user: gw, password: secret } }\n'
+        )), expect=("gateways",))
+        yield process.started(self, reference)
+        ours = process.eventsvc(process.write_config(os.path.join(directory, "ours.toml"), (
+            '[service]\nhost = "127.0.0.1"\nport = 0\n'
+            '[supercluster]\nname = "A"\nhost = "127.0.0.1"\nport = 0\nuser = "gw"\npassword = "secret"\n'
+        )), expect=("service", "supercluster"))
+        yield process.started(self, ours)
+        yield same_link_answers(self, reference.ports["gateways"], ours.ports["supercluster"], GATEWAY_CONNECTS)

@@ -626,6 +626,31 @@ class PullToClientTests(ConsumerTestCase):
         self.assertEqual(sorted(consumer.pending), [2])
         self.assertFalse(wire.disconnecting)
 
+    def test_names_with_a_percent_sign(self) -> None:
+        """
+        A stream and a consumer whose names hold "%" (nats-server's names
+        may): the ack reply names them as they are, and an ack to it is
+        taken (the reply was a format that raised TypeError).
+        """
+        self.engine.ack_router.unsubscribe()
+        self.engine.settings = JetStreamSettings(per_consumer_acks=True)
+        self.engine.answers_api = True
+        stream = FakeStream(self.engine, name="S%d%%", subjects=("pct.>",))
+        stream.publish("pct.a", b"m1")
+        stream.publish("pct.a", b"m2")
+        wire = self.client(b"SUB _INBOX.w.* 1\r\n")
+        consumer = self.consumer(stream, durable_name="C%s", ack_policy="explicit")
+        for n in (1, 2):
+            consumer.next_request("_INBOX.w.%d" % n, b'{"batch":1}')
+            got = re.findall(rb"MSG pct.a 1 (\S+) 2\r\nm%d\r\n" % n, self.sent(wire))
+            self.assertEqual(len(got), 1)
+            self.assertEqual(got[0].split(b".")[:7], [b"$JS", b"ACK", b"S%d%%", b"C%s", b"1", b"%d" % n, b"%d" % n])
+            self.assertEqual(got[0].split(b".")[7], b"%d" % stream.store.load(n).ts)
+            conn = self.broker.clients[max(self.broker.clients)]
+            conn.dataReceived(b"PUB %s 4\r\n+ACK\r\n" % got[0])
+            self.assertEqual(consumer.pending, {})
+            self.assertEqual(consumer.store.load().ack_floor_stream, n)
+
     def test_a_one_message_subscription(self) -> None:
         """An inbox subscribed with UNSUB 1 (nats-py's request) takes one message; the next goes to the next request."""
         self.publish(2)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Tuple, cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventsvc.jetstream import consumer as consumer_module
 from eventsvc.jetstream.consumer import Consumer, check_config
 from eventsvc.jetstream.engine import JetStreamSettings
 from eventsvc.jetstream.memstore import MemoryConsumerStore
@@ -272,7 +273,7 @@ class PullRunAgainstLoopTests(SynchronousTestCase):
 
     BODIES = (b"+ACK", b"+ACK", b"", b"-NAK", b"+WPI", b"+TERM", b"+ACK xyz", b'-NAK {"delay":1000000000}', b"+NXT")
 
-    def play(self, seed: int, runs: bool) -> List[Any]:
+    def play(self, seed: int, runs: bool, kept_replies: bool = True) -> List[Any]:
         rnd = random.Random(seed)
         if not runs:
             self.patch(Consumer, "_pull_run", lambda consumer, room, now: 0)
@@ -301,8 +302,19 @@ class PullRunAgainstLoopTests(SynchronousTestCase):
         stream.config["subjects"] = ["orders.>"]
         stream.attach(consumer)
         consumer.start()
+        if not kept_replies:
+            # (Every ack's subject parsed: L{Consumer._replies} stands in for that.)
+            consumer._replies = None
         self.addCleanup(consumer.stop)
         seen: List[Any] = []
+
+        def advised(subject: str, reply: Any, payload: bytes, headers: Any) -> None:
+            # (A NAK's or TERM's advisory names the delivery count; its id is random.)
+            body = json.loads(payload)
+            del body["id"]
+            seen.append((subject, body))
+
+        self.addCleanup(harness.broker.subscribe("$JS.EVENT.ADVISORY.>", advised).unsubscribe)
         replies: List[bytes] = []
         for step in range(60):
             op = rnd.random()
@@ -359,3 +371,73 @@ class PullRunAgainstLoopTests(SynchronousTestCase):
             self.assertEqual(with_runs, self.play(seed, False), "seed {}".format(seed))
         # (Runs were taken: the comparison is of something.)
         self.assertGreater(sum(taken), 200)
+
+    def test_same_as_every_ack_parsed(self) -> None:
+        """
+        On random traffic (L{play}: every ack body,
+        malformed subjects, redeliveries, purges), a consumer that keeps
+        its replies, forgetting them at a bound of 5, shows the client the
+        same bytes and keeps the same state as one that parses every ack.
+        """
+        self.patch(consumer_module, "ACK_REPLIES_KEPT", 5)
+        for seed in range(40):
+            self.assertEqual(self.play(seed, True), self.play(seed, True, kept_replies=False), "seed {}".format(seed))
+
+
+class KeptRepliesTests(SynchronousTestCase):
+    """
+    A consumer keeps the ack replies it sent with the numbers each names
+    (L{Consumer._replies}), so that an ack heard is not parsed: at most
+    L{consumer_module.ACK_REPLIES_KEPT} of them, and an ack whose reply was
+    forgotten (or heard before) is parsed and taken as it always was.
+    """
+
+    def setUp(self) -> None:
+        PullRunTests.setUp(cast(Any, self))
+
+    def consumer(self, **raw: object) -> Consumer:
+        return PullPathTests.consumer(cast(Any, self), **raw)
+
+    def fetch(self, consumer: Consumer, inbox: bytes, batch: int) -> List[bytes]:
+        consumer.next_request(inbox.decode(), b'{"batch": %d, "expires": 5000000000}' % batch)
+        self.harness.clock.advance(0)
+        return re.findall(rb"MSG orders\.\S+ 3 (\$JS\.ACK\.\S+) ", self.client.received())
+
+    def test_acks_of_replies_forgotten_are_taken(self) -> None:
+        """
+        Past the bound the replies kept are forgotten; the acks to them are
+        taken all the same, and those heard leave nothing kept behind.
+        """
+        self.patch(consumer_module, "ACK_REPLIES_KEPT", 4)
+        consumer = self.consumer(durable_name="P", ack_policy="explicit")
+        for i in range(7):
+            self.stream.publish("orders.new", b"m%d" % i)
+        first = self.fetch(consumer, b"_INBOX.p.1", 3)
+        second = self.fetch(consumer, b"_INBOX.p.2", 3)
+        replies = consumer._replies
+        assert replies is not None
+        # (The first three forgotten to keep the second's within the bound.)
+        self.assertEqual(sorted(replies), sorted(second))
+        self.assertEqual(replies[second[0]], (1, 4, 4))
+        # A redelivery's reply is kept with its count.
+        self.client.send(b"PUB %s 4\r\n-NAK\r\n" % second[2])
+        third = self.fetch(consumer, b"_INBOX.p.3", 1)
+        self.assertEqual(len(third), 1)
+        self.assertEqual(replies[third[0]], (2, 6, 7))
+        self.client.send(b"".join(b"PUB %s 4\r\n+ACK\r\n" % reply for reply in first + second[:2] + third))
+        self.harness.clock.advance(0)
+        self.assertEqual(replies, {})
+        self.assertEqual(consumer.pending, {})
+        state = consumer.store.load()
+        self.assertEqual((state.ack_floor_stream, state.ack_floor_consumer, state.pending), (6, 7, {}))
+        # An ack heard twice is parsed the second time, and changes nothing.
+        self.client.send(b"PUB %s _INBOX.p.sync 4\r\n+ACK\r\n" % first[0])
+        self.harness.clock.advance(0)
+        self.assertEqual(self.client.received(), b"MSG _INBOX.p.sync 3 0\r\n\r\n")
+
+    def test_no_replies_kept_without_acks(self) -> None:
+        """A consumer with ack_policy none keeps no replies (no ack will come for them)."""
+        consumer = self.consumer(durable_name="P", ack_policy="none", deliver_subject="_INBOX.p.push")
+        self.stream.publish("orders.new", b"m")
+        self.harness.clock.advance(0)
+        self.assertIsNone(consumer._replies)

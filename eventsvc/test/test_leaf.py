@@ -30,6 +30,28 @@ from eventsvc.test.test_route import count_frames, feed_peer
 from eventsvc.test.test_route import link as route_link
 
 
+#: A spoke's CONNECTs to a hub that wants user "leaf" and password "pw",
+#: and what nats-server 2.9 answers each (then a PING) with: b"PONG\r\n"
+#: when it takes it, its error, or nothing when it closes without a word
+#: (test_interop_leaf sends them to nats-server too).
+LEAF_CONNECTS = (
+    (b'{"User":"leaf","PASS":"pw"}', b"PONG\r\n"),
+    (b'{"USER":"leaf","pa\\u017fs":"pw","Pass":null,"Lang":null,"lang":"","Deny_Pub":null}', b"PONG\r\n"),
+    (b'{"user":"leaf","pass":"wrong","Pass":"pw","pass":null}', b"PONG\r\n"),
+    (b'{"user":"leaf","pass":"pw","PASS":"wrong"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"Leaf","pass":"pw"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"leaf","pass":"pw","LANG":"go"}', b"-ERR 'attempted to connect to leaf node port'\r\n"),
+    (b'{"user":"leaf","pass":"wrong","lang":"go"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"leaf","pass":"wrong","is_hub":"x"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"leaf","pass":"pw","is_hub":"x"}', b""),
+    (b'{"user":"leaf","pass":"pw","deny_pub":"x"}', b""),
+    (b'{"user":"leaf","pass":"pw","Import":5}', b""),
+    (b'{"user":"leaf","pass":5,"pass":"pw"}', b""),
+    (b'{"user":"leaf","pass":"pw","New_Account":true}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"leaf","pass":"pw","Gateway":"B"}', b"-ERR 'Rejecting connection from gateway \"B\" on the leafnode port'\r\n"),
+)
+
+
 class Node:
     """A server with leaf nodes (and a cluster, if C{cluster} is named)."""
 
@@ -200,7 +222,7 @@ class HandshakeTests(SynchronousTestCase):
         """A client, a gateway, a spoke of our own cluster, or leaf verbs before CONNECT: each refused with nats-server's words."""
         for data, error in (
             (b'CONNECT {"lang":"python","verbose":false}\r\n', b"-ERR 'attempted to connect to leaf node port'\r\n"),
-            (b'CONNECT {"gateway":"B"}\r\n', b"-ERR 'Rejecting connection from gateway 'B' on the leafnode port'\r\n"),
+            (b'CONNECT {"gateway":"B"}\r\n', b"-ERR 'Rejecting connection from gateway \"B\" on the leafnode port'\r\n"),
             (b'CONNECT {"server_id":"X","cluster":"c1"}\r\n', b"-ERR 'remote leafnode has same cluster name'\r\n"),
             (b"LS+ foo\r\n", b"-ERR 'Authorization Violation'\r\n"),
             (b"LMSG foo 1\r\nx\r\n", b"-ERR 'Authorization Violation'\r\n"),
@@ -210,6 +232,28 @@ class HandshakeTests(SynchronousTestCase):
             proto.dataReceived(data)
             self.assertTrue(proto.closed, data)
             self.assertEqual(transport.value(), error)
+
+    def test_connect_read_as_nats_server_reads_it(self) -> None:
+        """
+        nats-server reads a spoke's CONNECT with Go's encoding/json, first
+        into ClientOpts (and checks the credentials), then into its leaf
+        struct: field names in any case ("User"/"PASS" log in), a null
+        leaves a field as it was, a value of the wrong type closes the link
+        without a word (even one a later key overrides), the credentials
+        before anything else, and a client (a C{lang}) only when it names
+        one.  (The same CONNECTs to nats-server: test_interop_leaf's
+        HandWrittenConnectTests.)
+        """
+        for connect, answer in LEAF_CONNECTS:
+            proto, transport = self.accepted(Node("H", user="leaf", password="pw"))
+            proto.dataReceived(b"CONNECT " + connect + b"\r\nPING\r\n")
+            answered = transport.value()
+            if answer == b"PONG\r\n":
+                self.assertTrue(proto.up, connect)
+                self.assertTrue(answered.startswith(b"INFO ") and answered.endswith(b"PONG\r\n"), (connect, answered))
+            else:
+                self.assertTrue(proto.closed, connect)
+                self.assertEqual(answered, answer, connect)
 
     def test_handshake_timeout(self) -> None:
         hub = Node("H")

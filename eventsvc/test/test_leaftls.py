@@ -201,3 +201,31 @@ class LeafTLSCloseTests(TestCase):
         self.assertTrue(hub.data.startswith(b"CONNECT {"), hub.data)
         self.assertTrue(hub.notified)
         self.assertTrue(uplink.closed)
+
+    @defer.inlineCallbacks
+    def test_openssl_side_freed_at_the_close(self) -> Any:
+        """
+        A leaf link's TLS layer (Twisted's, from the startTLS after its
+        plaintext INFO) frees OpenSSL's side of the connection at the
+        close, as a client listener's does, not when the collector finds it
+        (on PyPy, thousands of connections later): its memory BIOs are
+        gone, and a stray call is pyOpenSSL's clean error.
+        """
+        from eventsvc.nats.links import leaf_connection
+
+        started: List[Any] = []
+        twisteds = leaf_connection.start_tls
+
+        def start_tls(transport: Any, context: Any) -> None:
+            twisteds(transport, context)
+            started.append((transport.protocol, transport.protocol._tlsConnection))
+
+        self.patch(leaf_connection, "start_tls", start_tls)
+        spoke = yield self.spoke(b'CONNECT {"verbose":false,"user":"leaf","pass":"wrong"}\r\n')
+        yield spoke.lost
+        self.assertEqual(self.hub.leafs.leafs, {})
+        ((layer, connection),) = started
+        self.assertIsNone(layer._tlsConnection)
+        self.assertIsNone(connection._into_ssl)
+        self.assertIsNone(connection._from_ssl)
+        self.assertRaises(TypeError, connection.bio_read, 1)

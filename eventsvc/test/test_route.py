@@ -60,6 +60,29 @@ def link(dialer: Node, acceptor: Node, url: str = "nats-route://127.0.0.1:6222")
     return pump, client, server
 
 
+#: A route's CONNECTs to a port that wants user "ru", password "rp" and
+#: cluster "c1", and what nats-server 2.9 answers each (then a PING) with:
+#: b"PONG\r\n" when it takes it, its error, or nothing when it closes
+#: without a word (test_interop_cluster sends them to nats-server too).
+ROUTE_CONNECTS = (
+    (b'{"User":"ru","PASS":"rp","Cluster":"c1"}', b"PONG\r\n"),
+    (b'{"USER":"ru","pa\\u017fs":"rp","cluster":"c1","pass":null,"Lang":null,"lang":""}', b"PONG\r\n"),
+    (b'{"user":"ru","pass":"wrong","Pass":"rp","pass":null,"cluster":"c1"}', b"PONG\r\n"),
+    (b'{"user":"ru","pass":"rp","PASS":"wrong"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"ru","pass":"rp","Lang":"go"}', b"-ERR 'attempted to connect to route port'\r\n"),
+    (b'{"user":"ru","pass":"wrong","lang":"go"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"ru","pass":"wrong","cluster":5}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"ru","pass":"rp","cluster":5}', b""),
+    (b'{"user":"ru","pass":"rp","LNOC":"yes"}', b""),
+    (b'{"user":"ru","pass":5,"pass":"rp"}', b""),
+    (b'{"user":"ru","pass":"rp"}', b"-ERR 'Rejecting connection, cluster name \"\" does not match \"c1\"'\r\n"),
+    (b'{"user":"ru","pass":"rp","Cluster":"other"}', b"-ERR 'Rejecting connection, cluster name \"other\" does not match \"c1\"'\r\n"),
+    (b'{"user":"ru","pass":"rp","cluster":"c1","Account":"x"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"ru","pass":"rp","cluster":"c1","account":"","new_account":false}', b"PONG\r\n"),
+    (b'{"user":"ru","pass":"rp","Gateway":"G\\""}', b"-ERR 'Rejecting connection from gateway \"G\\\"\" on the Route port'\r\n"),
+)
+
+
 class RouteTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.a, self.b = Node("A"), Node("B")
@@ -236,6 +259,31 @@ class RouteTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"-ERR 'attempted to connect to route port'\r\n"))
         self.assertTrue(transport.disconnecting)
 
+    def connect_on_route_port(self, connect: bytes) -> bytes:
+        """What an accepted route answers C{connect} (and a PING) with; b"PONG\\r\\n" once it is taken."""
+        self.b.set(user="ru", password="rp")
+        server = self.b.manager.accepted()
+        transport = StringTransport()
+        server.makeConnection(transport)
+        transport.clear()
+        server.dataReceived(b"CONNECT " + connect + b"\r\nPING\r\n")
+        self.assertEqual(server.closed, not transport.value().endswith(b"PONG\r\n"), transport.value())
+        return transport.value()
+
+    def test_connect_read_as_nats_server_reads_it(self) -> None:
+        """
+        nats-server reads a route's CONNECT with Go's encoding/json, first
+        into ClientOpts (and checks the credentials), then into its route
+        struct: field names in any case, a null leaves a field as it was,
+        a value of the wrong type closes the route without a word (even one
+        a later key overrides), the credentials before anything else, and
+        a client (a C{lang}) only when it names one, an account never, and
+        a cluster name only ours (none is not ours).  (The same CONNECTs
+        to nats-server: test_interop_cluster's HandWrittenConnectTests.)
+        """
+        for connect, answer in ROUTE_CONNECTS:
+            self.assertEqual(self.connect_on_route_port(connect), answer, connect)
+
     def test_other_accounts_ignored(self) -> None:
         pump, dialled, _ = link(self.a, self.b)
         dialled.dataReceived(b"RS+ $SYS $SYS.REQ.SERVER.PING\r\nRMSG $SYS foo 1\r\nx\r\n")
@@ -280,7 +328,29 @@ class TLSRouteTests(SynchronousTestCase):
             greet=True,
         )
         pump.flush()
+        self.layers = (client, server)
         return pump
+
+    def test_openssl_side_freed_at_the_close(self) -> None:
+        """
+        A route's TLS layers (Twisted's: a listener's and a dial's over
+        TLS) free OpenSSL's side of their connections at the close, not
+        when the collector finds them (on PyPy, thousands of connections
+        later): their memory BIOs are gone, and a stray call is pyOpenSSL's
+        clean error.
+        """
+        pump = self.link("node-a", "node-b", "node-b", acceptor_expects="node-a")
+        connections = [layer._tlsConnection for layer in self.layers]
+        self.assertEqual(set(self.b.manager.routes), {"NA"})
+        self.b.manager.routes["NA"].close(None, "test")
+        pump.flush()
+        self.assertEqual((self.a.manager.routes, self.b.manager.routes), ({}, {}))
+        for connection in connections:
+            self.assertIsNone(connection._into_ssl)
+            self.assertIsNone(connection._from_ssl)
+            self.assertRaises(TypeError, connection.bio_read, 1)
+        for layer in self.layers:
+            self.assertNotIn("connectionLost", vars(layer))  # (Twisted's own again: no cycle through the layer)
 
     def test_good_certificates(self) -> None:
         pump = self.link("node-a", "node-b", "node-b", acceptor_expects="node-a")

@@ -40,6 +40,27 @@ class ValidationTests(SynchronousTestCase):
                 self.assertFalse(valid(s), s)
         self.assertIn(valid_literal_subject, (subjects._literal_by_split, subjects._literal_by_scan))
 
+    def test_literal_tokens(self) -> None:
+        """
+        literal_tokens (CPython's split and PyPy's scan, both) gives a
+        subject's tokens exactly when valid_literal_subject takes it, and
+        a used-once match of those tokens is the subject's own match.
+        """
+        subjects_ = (b"foo.bar", b"foo*.b>", b"_INBOX.x.1", b"a", b"", b".", b".foo", b"foo.*", b"foo.>", b"*",
+                     b">", b"a.*.b", b"foo..bar", b"foo.", b"a.>.b")
+        for tokens_of in (subjects._literal_tokens_by_split, subjects._literal_tokens_by_scan):
+            for s in subjects_:
+                tokens = tokens_of(s)
+                self.assertEqual(tokens, s.split(b".") if valid_literal_subject(s) else None, s)
+        self.assertIn(subjects.literal_tokens, (subjects._literal_tokens_by_split, subjects._literal_tokens_by_scan))
+        index = Sublist()
+        for pattern in (b"foo.*", b"_INBOX.x.*", b">", b"foo.bar"):
+            index.insert(Subscription(object(), pattern, None, b"1"))
+        for s in (b"foo.bar", b"_INBOX.x.1", b"_INBOX.x.2", b"a"):
+            expected = {sub.subject for sub in index.match(s, keep=True).plain}
+            got = index.match(s, False, subjects.literal_tokens(s))
+            self.assertEqual({sub.subject for sub in got.plain}, expected, s)
+
     def test_matches(self) -> None:
         cases = [
             (b"foo", b"foo", True),

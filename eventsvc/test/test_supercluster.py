@@ -149,6 +149,23 @@ CONNECT = b'CONNECT {"echo":false,"verbose":false,"pedantic":false,"tls_required
 PEER_INFO = b'INFO {"server_id":"NP","server_name":"P1","version":"2.9.10","headers":true,"gateway":"P","gateway_urls":["127.0.0.1:7999"],"gateway_url":"127.0.0.1:7999","gateway_nrp":true,"gateway_iom":true}\r\n'
 
 
+#: A gateway's CONNECTs to a gateway port that wants user "gw" and password
+#: "secret", and what nats-server 2.9 answers each (then a PING) with:
+#: b"PONG\r\n" when it takes it, its error, or nothing when it closes
+#: without a word (test_interop_supercluster sends them to nats-server too).
+GATEWAY_CONNECTS = (
+    (b'{"USER":"gw","Pass":"secret","GATEWAY":"P","gateway":null}', b"PONG\r\n"),
+    (b'{"user":"gw","pass":"secret","Pass":null,"gateway":"P","Name":"NP"}', b"PONG\r\n"),
+    (b'{"user":"gw","pass":"secret","PASS":"wrong","gateway":"P"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"gw","pass":"wrong","lang":"go"}', b"-ERR 'Authorization Violation'\r\n"),
+    (b'{"user":"gw","pass":"secret","lang":"go"}', b"-ERR 'attempted to connect to gateway port'\r\n"),
+    (b'{"user":"gw","pass":"secret","Gateway":""}', b"-ERR 'attempted to connect to gateway port'\r\n"),
+    (b'{"user":"gw","pass":"secret","gateway":"P","headers":"yes"}', b""),
+    (b'{"user":"gw","pass":"secret","gateway":["P"],"gateway":"P"}', b""),
+    (b'{"user":"gw","pass":"secret","gateway":"P","ACCOUNT":"x"}', b"-ERR 'Authorization Violation'\r\n"),
+)
+
+
 class AcceptedHandshakeTests(SynchronousTestCase):
     def test_greeting_and_switch_to_interest_only(self) -> None:
         """As nats-server 2.9: queue groups, then every account switched at once."""
@@ -211,6 +228,26 @@ class AcceptedHandshakeTests(SynchronousTestCase):
         proto, transport = node.accepted()
         proto.dataReceived(CONNECT.replace(b'"name"', b'"user":"gw","pass":"secret","name"') + PEER_INFO)
         self.assertEqual(node.manager.inbound, [proto])
+
+    def test_connect_read_as_nats_server_reads_it(self) -> None:
+        """
+        nats-server reads a gateway's CONNECT with Go's encoding/json, into
+        ClientOpts (the credentials, checked first) and then into its
+        struct: field names in any case, a null leaving a field as it was,
+        a wrong type closing the link without a word, an account never.
+        (The same CONNECTs to nats-server: test_interop_supercluster's
+        HandWrittenConnectTests.)
+        """
+        for connect, answer in GATEWAY_CONNECTS:
+            node = Node("A", user="gw", password="secret")
+            proto, transport = node.accepted()
+            transport.clear()
+            proto.dataReceived(b"CONNECT " + connect + b"\r\nPING\r\n")
+            self.assertEqual(transport.value(), answer, connect)
+            self.assertEqual(proto.closed, answer != b"PONG\r\n", connect)
+            if not proto.closed:
+                proto.dataReceived(PEER_INFO)
+                self.assertEqual(node.manager.inbound, [proto], connect)
 
     def test_interest_verbs_are_refused_on_an_inbound_connection(self) -> None:
         proto, transport = Node("A").accepted()

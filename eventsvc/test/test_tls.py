@@ -734,6 +734,28 @@ class TLSLayerTests(SynchronousTestCase):
         self.assertIsNone(connection._from_ssl)
         self.assertRaises(TypeError, connection.bio_read, 1)
 
+    def test_free_at_close_finds_twisteds_layers(self) -> None:
+        """
+        L{free_at_close} takes Twisted's layer as a transport, or under a
+        TCP transport that started TLS (its C{protocol}); it leaves a
+        L{TLSLayer} (which frees its own) and a transport without TLS
+        alone, and hooks a layer once.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from eventsvc.nats.upgrade import free_at_close
+
+        server, inner, client, server_transport, pump = self._layer_and_client()
+        free_at_close(server)
+        free_at_close(StringTransport())
+        self.assertNotIn("connectionLost", vars(server))
+        tcp = StringTransport()
+        tcp.TLS, tcp.protocol = True, client  # type: ignore[attr-defined]
+        free_at_close(tcp)
+        hooked = vars(client)["connectionLost"]
+        free_at_close(client)
+        self.assertIs(vars(client)["connectionLost"], hooked)
+
 
 class ChainFileTests(SynchronousTestCase):
     """

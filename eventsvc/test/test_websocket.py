@@ -465,3 +465,63 @@ class OriginTests(Harness):
         self.assertEqual(origin_of("http://a.example:81"), ("http", "a.example", 81))
         for bad in ("a.example", "ftp://a.example", "http://"):
             self.assertRaises(ValueError, origin_of, bad)
+
+
+class WebSocketTLSTests(TestCase):
+    """wss://: the WebSocket listener under TLS (a wrapping factory of Twisted's layer), real TLS in memory."""
+
+    def test_openssl_side_freed_at_the_close(self) -> None:
+        """
+        A WebSocket client's TLS layer frees OpenSSL's side of its
+        connection at the close, as a client listener's does, not when the
+        collector finds it (on PyPy, thousands of connections later).
+        """
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+        from twisted.test.iosim import FakeTransport, connect
+
+        from eventsvc.security import tls
+        from eventsvc.test.tlshelpers import PKI, _Unused
+
+        pki = PKI(self.mktemp())
+        identity = PKI.private(pki.issue("websocket", ["localhost"]))
+        clock = Clock()
+        clients = ClientFactory(Broker(), with_limits(ClientSettings, name="websocket"), clock)
+        wire = websocket_wire(clients, OriginPolicy(), False, 2.0, tls.server_options(identity), clock)
+        server = wire.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+
+        class Browser(Protocol):
+            got = b""
+
+            def connectionMade(self) -> None:
+                self.transport.write(wsframes.upgrade_request(HOST))
+
+            def dataReceived(self, data: bytes) -> None:
+                self.got += data
+
+        browser = Browser()
+        client = TLSMemoryBIOProtocol(
+            TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=pki.trust_root()), True, _Unused()), browser)
+        pump = connect(
+            server, FakeTransport(server, True, peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)),
+            client, FakeTransport(client, False, peerAddress=IPv4Address("TCP", "127.0.0.1", 443)),
+        )
+
+
+        def flush() -> None:
+            # (The server's layer joins small writes on the clock's next turn.)
+            for _ in range(3):
+                pump.flush()
+                clock.advance(0)
+
+        flush()
+        self.assertTrue(browser.got.startswith(b"HTTP/1.1 101 "), browser.got[:40])
+        self.assertEqual(len(clients.live), 1)
+        connection = server._tlsConnection
+        browser.transport.loseConnection()
+        flush()
+        self.assertEqual(len(clients.live), 0)
+        self.assertIsNone(connection._into_ssl)
+        self.assertIsNone(connection._from_ssl)
+        self.assertRaises(TypeError, connection.bio_read, 1)

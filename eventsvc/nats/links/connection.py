@@ -44,6 +44,8 @@ from eventsvc.nats import timers
 from eventsvc.nats.errors import failure_reason
 from eventsvc.nats.framing import ReadTurns
 from eventsvc.nats.frames import err_line
+from eventsvc.nats.gojson import BOOL, STRING, GoStruct
+from eventsvc.nats.greeting import CLIENT_OPTS
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.liveness import PONG, Pinger
 from eventsvc.nats.outbound import Outbound
@@ -51,6 +53,7 @@ from eventsvc.nats.parser import ProtocolViolation
 from eventsvc.nats.server import Broker
 from eventsvc.nats.subjects import Subscription
 from eventsvc.nats.tcp import no_delay
+from eventsvc.nats.upgrade import free_at_close
 
 #: What a peer past its link's cap is told before the close (nats-server's
 #: words for a client past max_subscriptions).
@@ -61,6 +64,23 @@ LET_GO_SLICE = 256
 #: out of the cyclic collector's way (CPython: some 140,000 objects, a walk
 #: of a few tens of milliseconds).
 FREEZE_STEP = 20000
+#: nats-server's connectInfo (route.go; gateway.go reads it too): what it
+#: reads from a route's or a gateway's CONNECT after ClientOpts (a second
+#: decode of the same bytes, L{PeerConnection.read_connect}).
+PEER_CONNECT = GoStruct({
+    "echo": BOOL,
+    "verbose": BOOL,
+    "pedantic": BOOL,
+    "user": STRING,
+    "pass": STRING,
+    "tls_required": BOOL,
+    "headers": BOOL,
+    "name": STRING,
+    "cluster": STRING,
+    "cluster_dynamic": BOOL,
+    "lnoc": BOOL,
+    "gateway": STRING,
+})
 _freeze: Optional[Callable[[], None]] = getattr(gc, "freeze", None)
 _unfreeze: Optional[Callable[[], None]] = getattr(gc, "unfreeze", None)
 
@@ -146,8 +166,13 @@ class PeerConnection(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        """The link is up: TCP_NODELAY, the clocks, the peer's address, and the output attached."""
+        """
+        The link is up: TCP_NODELAY, OpenSSL's side of a TLS link freed at
+        its close (L{free_at_close}), the clocks, the peer's address, and
+        the output attached.
+        """
         no_delay(self.transport)
+        free_at_close(self.transport)
         self.start = self.last_activity = self.manager.clock.seconds()
         peer = self.transport.getPeer()
         self.host, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
@@ -390,6 +415,26 @@ class PeerConnection(Protocol):
         if not isinstance(value, dict):
             raise ProtocolViolation(None, "bad {} on {}".format(verb, self.speaks))
         return value
+
+    def read_connect(self, arg: bytes, struct: GoStruct = CLIENT_OPTS) -> Dict[str, Any]:
+        """
+        The peer's C{CONNECT} as nats-server reads it into C{struct}: with
+        Go's encoding/json (L{GoStruct.decode}: field names in any case, a
+        C{null} leaving a field as it was, types checked).  nats-server
+        reads every CONNECT into ClientOpts first (L{CLIENT_OPTS}: the
+        credentials, C{lang}) and checks the credentials, then reads it
+        again into the link's own struct: a link does the same, in the
+        same order, so a wrong type in a field of the second is found
+        after the credentials, as there.
+
+        @raise ProtocolViolation: not a JSON object, or a field of the
+            wrong type (C{bad CONNECT on <speaks>}): the link closes
+            without a word, as nats-server's.
+        """
+        try:
+            return struct.decode(arg)
+        except ValueError:
+            raise ProtocolViolation(None, "bad CONNECT on {}".format(self.speaks))
 
     def op_ping(self) -> None:
         """C{PING}: answered C{PONG}."""

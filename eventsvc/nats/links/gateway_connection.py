@@ -17,8 +17,9 @@ import base64
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from eventsvc.nats.frames import RMSG, account_line, connect_line, link_message
+from eventsvc.nats.greeting import names_account
 from eventsvc.nats.kinds import Kind
-from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.links.connection import PEER_CONNECT, PeerConnection
 from eventsvc.nats.links.interest_modes import CMD_ALL_SUBS_COMPLETE, CMD_ALL_SUBS_START, CMD_GOSSIP, RemoteInterest
 from eventsvc.nats.links.manager import DialTarget, host_port
 from eventsvc.nats.links.replies import gateway_hash
@@ -105,13 +106,16 @@ class GatewayConnection(PeerConnection):
         """C{CONNECT} on an accepted gateway: it must be a gateway, with our credentials."""
         if self.dialled:
             return  # (nats-server's dialled side ignores one too)
-        options = self.json_object(arg, "CONNECT")
-        if not options.get("gateway") or not isinstance(options.get("gateway"), str):
+        # (nats-server's order: ClientOpts and the credentials, then its own
+        # struct: processConnect, processGatewayConnect.)
+        said = self.read_connect(arg)
+        if not self.manager.check_credentials(said) or names_account(said):
+            self.log.warn("gateway {name} from {host}:{port} refused: wrong credentials", name=said.get("gateway"), host=self.host, port=self.port)
+            raise ProtocolViolation("Authorization Violation", "gateway credentials refused")
+        options = self.read_connect(arg, PEER_CONNECT)
+        if not options.get("gateway"):
             self.log.warn("{host}:{port} dialled the gateway port without being a gateway", host=self.host, port=self.port)
             raise ProtocolViolation("attempted to connect to gateway port", "not a gateway")
-        if not self.manager.check_credentials(options):
-            self.log.warn("gateway {name} from {host}:{port} refused: wrong credentials", name=options["gateway"], host=self.host, port=self.port)
-            raise ProtocolViolation("Authorization Violation", "gateway credentials refused")
         self.connect_seen = True
 
     def op_info(self, arg: bytes) -> None:

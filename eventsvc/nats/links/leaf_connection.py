@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from eventsvc.nats.frames import LMSG, connect_line, info_line, ls_line
+from eventsvc.nats.gojson import BOOL, STRING, STRINGS, GoStruct, go_quote
+from eventsvc.nats.greeting import names_account
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.links.connection import PeerConnection
 from eventsvc.nats.links.jsdomain import ACK_PREFIX, LeafJetStreamRule, leaf_rule
@@ -34,6 +36,26 @@ LDS_PREFIX = b"$LDS."
 LOOP_DELAY = 30.0
 LOOP_ERROR = 'Loop detected for leafnode account="$G". Delaying attempt to reconnect for 30s'
 SAME_CLUSTER_ERROR = "remote leafnode has same cluster name"
+#: nats-server's leafConnectInfo: what it reads from a spoke's CONNECT
+#: after ClientOpts (L{PeerConnection.read_connect}).
+LEAF_CONNECT = GoStruct({
+    "version": STRING,
+    "jwt": STRING,
+    "sig": STRING,
+    "user": STRING,
+    "pass": STRING,
+    "tls_required": BOOL,
+    "compression": BOOL,
+    "server_id": STRING,
+    "domain": STRING,
+    "name": STRING,
+    "is_hub": BOOL,
+    "cluster": STRING,
+    "headers": BOOL,
+    "jetstream": BOOL,
+    "deny_pub": STRINGS,
+    "gateway": STRING,
+})
 DUPLICATE_ERROR = "Duplicate Remote LeafNode Connection"
 
 #: The digits of a nuid (nats-server's unique ids: loop subjects, nonces).
@@ -187,21 +209,25 @@ class LeafConnection(PeerConnection):
         """C{CONNECT} from a spoke: its credentials and cluster checked; the link is up."""
         if self.dialled or self.up:
             return
-        options = self.json_object(arg, "CONNECT")
-        if "lang" in options:
-            self.log.warn("{host}:{port}: a client dialled the leaf node port", host=self.host, port=self.port)
-            raise ProtocolViolation("attempted to connect to leaf node port", "a client dialled the leaf node port")
-        if options.get("gateway"):
-            raise ProtocolViolation(
-                "Rejecting connection from gateway {!r} on the leafnode port".format(options["gateway"]), "a gateway dialled the leaf node port",
-            )
-        if not self.manager.check_credentials(options):
+        # (nats-server's order: ClientOpts and the credentials, lang, then
+        # its own struct: processConnect, processLeafNodeConnect.)
+        said = self.read_connect(arg)
+        if not self.manager.check_credentials(said) or names_account(said):
             self.log.warn("leaf node from {host}:{port} refused: wrong credentials", host=self.host, port=self.port)
             raise ProtocolViolation(AUTHORIZATION_VIOLATION, "leaf node credentials refused")
+        if said.get("lang"):
+            self.log.warn("{host}:{port}: a client dialled the leaf node port", host=self.host, port=self.port)
+            raise ProtocolViolation("attempted to connect to leaf node port", "a client dialled the leaf node port")
+        options = self.read_connect(arg, LEAF_CONNECT)
         cluster = options.get("cluster") or ""
         if cluster and cluster == self.broker.cluster_name:
             self.log.warn("leaf node from {host}:{port} refused: its cluster is ours ({name})", host=self.host, port=self.port, name=cluster)
             raise ProtocolViolation(SAME_CLUSTER_ERROR, "leaf node of our own cluster")
+        if options.get("gateway"):
+            raise ProtocolViolation(
+                "Rejecting connection from gateway {} on the leafnode port".format(go_quote(options["gateway"])),
+                "a gateway dialled the leaf node port",
+            )
         if options.get("is_hub"):
             # (It would make us its spoke: not supported.)
             raise ProtocolViolation(None, "a hub dialled us as its spoke")

@@ -20,9 +20,11 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from eventsvc.nats.limits import PARSE_BUDGET, Limits
 from eventsvc.nats.frames import RMSG, connect_line, info_line, rs_line
+from eventsvc.nats.greeting import names_account
 from eventsvc.nats.kinds import Kind
 from eventsvc.nats.parser import ProtocolViolation, RouteParser
-from eventsvc.nats.links.connection import PeerConnection
+from eventsvc.nats.gojson import go_quote
+from eventsvc.nats.links.connection import PEER_CONNECT, PeerConnection
 from eventsvc.nats.links.jsdomain import ACK_PREFIX
 from eventsvc.nats.links.manager import DialTarget, LinkManager, host_port
 from eventsvc.nats.links.replies import GR_PREFIX as GR
@@ -90,14 +92,27 @@ class RouteConnection(PeerConnection):
 
     def op_connect(self, arg: bytes) -> None:
         """C{CONNECT} from the peer: its credentials checked against the cluster's."""
-        options = self.json_object(arg, "CONNECT")
-        if "lang" in options:
-            raise ProtocolViolation("attempted to connect to route port", "a client dialled the route port")
-        if not self.manager.check_credentials(options):
+        # (nats-server's order: ClientOpts and the credentials, lang, then
+        # its own struct: processConnect, processRouteConnect.)
+        said = self.read_connect(arg)
+        if not self.manager.check_credentials(said) or names_account(said):
             raise ProtocolViolation("Authorization Violation", "route credentials refused")
-        cluster = options.get("cluster")
-        if cluster and cluster != self.manager.settings.cluster_name:
-            raise ProtocolViolation(None, "cluster name {!r} is not ours".format(cluster))
+        if said.get("lang"):
+            raise ProtocolViolation("attempted to connect to route port", "a client dialled the route port")
+        options = self.read_connect(arg, PEER_CONNECT)
+        if options.get("gateway"):
+            raise ProtocolViolation(
+                "Rejecting connection from gateway {} on the Route port".format(go_quote(options["gateway"])),
+                "a gateway dialled the route port",
+            )
+        cluster, ours = options.get("cluster") or "", self.manager.settings.cluster_name
+        if cluster != ours:
+            # (A nameless nats-server, whose name is its own dynamic one,
+            # takes ours from our INFO and comes back with it.)
+            raise ProtocolViolation(
+                "Rejecting connection, cluster name {} does not match {}".format(go_quote(cluster), go_quote(ours)),
+                "cluster name {!r} is not ours".format(cluster),
+            )
 
     def op_info(self, arg: bytes) -> None:
         """C{INFO} from the peer: the first registers the route (or closes a duplicate), later ones update what it advertises."""
