@@ -18,7 +18,9 @@ Nothing here does I/O or holds state: a reader asks, with its struct.
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from eventsvc import wirejson
@@ -40,6 +42,40 @@ _NILLABLE = frozenset((STRINGS, PERMISSION))
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _CLASSES = {BOOL: bool, STRING: str, INT: int}
 _UNKNOWN = object()
+
+
+def _go_replace(error: UnicodeError) -> Tuple[str, int]:
+    """
+    Invalid UTF-8 as Go's decoder reads it in a string: one U+FFFD a byte
+    (its C{utf8.DecodeRune} takes one byte of an invalid sequence at a
+    time), where Python's C{"replace"} puts one for a sequence's longest
+    valid start (C{"\\xe2\\x82"}: two for Go, one for Python).
+    """
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+#: The name of L{_go_replace}, as C{bytes.decode} takes it.
+GO_REPLACE = "eventsvc.gojson.replace"
+codecs.register_error(GO_REPLACE, _go_replace)
+
+#: A surrogate alone, as Python's decoder leaves a C{\\ud800} escape
+#: without its pair (a pair it joins, as Go does): Go reads U+FFFD.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _go_strings(value: Any) -> Any:
+    """C{value} with every lone surrogate in its strings (keys too) as U+FFFD, as Go's decoder reads them."""
+    cls = value.__class__
+    if cls is str:
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if cls is list:
+        return [_go_strings(item) for item in value]
+    if cls is _Object:
+        return _object([(_go_strings(k), _go_strings(v)) for k, v in value.pairs])
+    if cls is dict:
+        return {_go_strings(k): _go_strings(v) for k, v in value.items()}
+    return value
 
 
 def fold(key: str) -> str:
@@ -99,9 +135,12 @@ class GoStruct:
         @raise ValueError: not a JSON object (as Go reads JSON: no C{NaN}),
             or a value of the wrong type for its field.
         """
-        options = wirejson.loads(arg, standard=True)
+        options = wirejson.loads(arg, errors=GO_REPLACE, standard=True)
         if not isinstance(options, dict):
             raise ValueError("not a JSON object")
+        if b"\\u" in arg:
+            # (An escape may be a surrogate alone: Go reads U+FFFD.)
+            options = _go_strings(options)
         # Most objects are read as they were decoded: each key a field's own
         # name or none, no null, and no key twice (a key has its colon: as
         # many colons as keys leaves no room for a second of one).
@@ -185,8 +224,9 @@ def _pairs(arg: bytes) -> List[Tuple[str, Any]]:
         top[:] = [items]  # (the outermost object comes last)
         return _object(items)
 
-    json.loads(arg.decode("utf-8", "replace"), object_pairs_hook=hook)
-    return top[0]
+    json.loads(arg.decode("utf-8", GO_REPLACE), object_pairs_hook=hook)
+    pairs: List[Tuple[str, Any]] = top[0]
+    return [(_go_strings(k), _go_strings(v)) for k, v in pairs] if b"\\u" in arg else pairs
 
 
 #: nats-server's SubjectPermission (ClientOpts' import and export).
