@@ -165,10 +165,18 @@ class GoStruct:
                 raise ValueError("field {} is not a Go {}".format(key, INT))
         return options
 
-    def _assign(self, pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-        """C{pairs} in their order, as Go's decoder sets the struct's fields key by key."""
+    def _assign(self, pairs: List[Tuple[str, Any]], slices: Optional[Dict[str, "_Slice"]] = None) -> Dict[str, Any]:
+        """
+        C{pairs} in their order, as Go's decoder sets the struct's fields
+        key by key.  C{slices}: the Go slice behind each C{[]string} field
+        (L{_Slice}), this struct's and, under C{"."}-joined names, those of
+        the structs in its pointer fields: kept across keys, as Go decodes
+        into the slice and the struct a field already has.
+        """
         out: Dict[str, Any] = {}
         fields = self.fields
+        if slices is None:
+            slices = {}
         for key, value in pairs:
             name = self.field(key)
             if name is None:
@@ -178,14 +186,19 @@ class GoStruct:
             if value is None:
                 if kind in _NILLABLE:
                     out[name] = None
+                    for gone in [k for k in slices if k == name or k.startswith(name + ".")]:
+                        del slices[gone]
                 continue
             if kind is STRINGS:
-                value = _strings(value, out.get(name), name)
+                held = slices[name] = _strings(value, slices.get(name), name)
+                value = held.value()
             elif kind is PERMISSION:
                 if not isinstance(value, _Object):
                     raise ValueError("field {} is not a Go {}".format(name, kind))
                 earlier = out.get(name)
-                value = _SUBJECT_PERMISSION._assign(list(earlier.items()) + value.pairs if earlier else value.pairs)
+                inner = {k[len(name) + 1:]: v for k, v in slices.items() if k.startswith(name + ".")}
+                value = _SUBJECT_PERMISSION._assign(list(earlier.items()) + value.pairs if earlier else value.pairs, inner)
+                slices.update((name + "." + k, v) for k, v in inner.items())
             elif not _fits(kind, value):
                 raise ValueError("field {} is not a Go {}".format(name, kind))
             out[name] = value
@@ -202,23 +215,51 @@ def _fits(kind: str, value: Any) -> bool:
     return cls is int and _INT_MIN <= value <= _INT_MAX
 
 
-def _strings(value: Any, earlier: Any, name: str) -> List[str]:
+class _Slice:
     """
-    C{value} read into a C{[]string}: strings; a C{null} element leaves
-    what was there (Go decodes into the slice it had: an earlier key's
-    element, else the empty string).
+    A Go C{[]string} as its decoder leaves it: the backing array (its
+    length the slice's capacity) and the slice's length.  A later key for
+    the field decodes into it: a C{null} element keeps what the array has
+    there, even past the slice's length but within its capacity (Go grows
+    a full slice by half, at least to 4, copying its length's worth).
+    """
+
+    __slots__ = ("backing", "length")
+
+    def __init__(self, backing: List[str], length: int) -> None:
+        self.backing, self.length = backing, length
+
+    def value(self) -> List[str]:
+        return self.backing[: self.length]
+
+
+def _strings(value: Any, held: Optional[_Slice], name: str) -> _Slice:
+    """
+    C{value} read into a C{[]string} (decode.go's C{array}) that holds
+    C{held} (None: nil): strings; a C{null} element leaves what the
+    array had there (an earlier key's element, else the empty string).
     """
     if not isinstance(value, list):
         raise ValueError("field {} is not a Go {}".format(name, STRINGS))
-    had = earlier if isinstance(earlier, list) else []
-    out = []
-    for i, item in enumerate(value):
-        if item is None:
-            item = had[i] if i < len(had) else ""
-        elif item.__class__ is not str:
-            raise ValueError("field {} is not a Go {}".format(name, STRINGS))
-        out.append(item)
-    return out
+    backing, length = (held.backing, held.length) if held is not None else ([], 0)
+    backing = list(backing)
+    i = 0
+    for item in value:
+        if i >= len(backing):
+            grown = max(len(backing) + len(backing) // 2, 4)
+            backing = backing[:length] + [""] * (grown - length)
+        if i >= length:
+            length = i + 1
+        if item is not None:
+            if item.__class__ is not str:
+                raise ValueError("field {} is not a Go {}".format(name, STRINGS))
+            backing[i] = item
+        i += 1
+    if i < length:
+        length = i
+    if i == 0:
+        backing, length = [], 0
+    return _Slice(backing, length)
 
 
 def _pairs(arg: bytes) -> List[Tuple[str, Any]]:

@@ -223,6 +223,31 @@ class GoJSONTests(SynchronousTestCase):
         # A colon in a value is no second key.
         self.assertEqual(struct.decode(b'{"cluster":"a:b","x":"c:"}'), {"cluster": "a:b", "x": "c:"})
 
+    def test_a_slice_decoded_into_again_keeps_its_array(self) -> None:
+        """
+        A later key for a C{[]string} field decodes into the slice the
+        field has, as Go's decoder does: a C{null} element keeps what the
+        backing array holds there, past an earlier key's shorter length
+        too, within the array's capacity (Go grows a full slice by half,
+        at least to 4, copying only its length).  The answers are Go
+        1.19's encoding/json, run on these texts.
+        """
+        from eventsvc.nats.gojson import PERMISSION, STRINGS, GoStruct
+
+        struct = GoStruct({"deny_pub": STRINGS, "import": PERMISSION})
+        for text, expected in [
+            (b'{"deny_pub":["a","b","c"],"deny_pub":["x"],"deny_pub":[null,null,null]}', {"deny_pub": ["x", "b", "c"]}),
+            (b'{"deny_pub":["a","b","c","d","e","f"],"deny_pub":["x"],"deny_pub":[null,null,null,null,null,null,null]}',
+             {"deny_pub": ["x", "b", "c", "d", "e", "f", ""]}),
+            (b'{"deny_pub":["a","b","c"],"deny_pub":null,"deny_pub":[null]}', {"deny_pub": [""]}),
+            (b'{"deny_pub":["a","b","c"],"deny_pub":[],"deny_pub":[null]}', {"deny_pub": [""]}),
+            (b'{"import":{"allow":["a","b","c"]},"import":{"allow":["x"]},"Import":{"allow":[null,null,null]}}',
+             {"import": {"allow": ["x", "b", "c"]}}),
+            (b'{"import":{"allow":["a","b","c"],"allow":["x"],"allow":[null,null]}}', {"import": {"allow": ["x", "b"]}}),
+            (b'{"import":{"allow":["a","b","c"]},"import":null,"import":{"allow":[null,null]}}', {"import": {"allow": ["", ""]}}),
+        ]:
+            self.assertEqual(struct.decode(text), expected, text)
+
     def test_strings_as_go_reads_them(self) -> None:
         """
         Go's decoder reads a surrogate escape without its pair as U+FFFD (a
