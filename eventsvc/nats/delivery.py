@@ -935,7 +935,8 @@ class Delivery:
             if sub.delivered >= sub.max:
                 conn.remove_subscription(sub)
         if conn.kind is _IN_PROCESS:
-            return cast(Any, conn).hand(sub, message)
+            in_process: Any = conn
+            return in_process.hand(sub, message)
         conn.out.append(message.frame(prefix, conn.headers))
         conn.out_msgs += 1
         conn.out_bytes += message.size
