@@ -1555,6 +1555,11 @@ class Consumer:
                 acked = [sseq]
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
+                if self._replies:
+                    # (Nothing awaits an ack: the replies kept are of
+                    # deliveries acked already, or a redelivered message's
+                    # first: kept, they would stay until the bound.)
+                    self._replies.clear()
             elif dseq == self.adflr + 1:
                 # The floor goes up to just below the oldest still pending
                 # (the first in the dict: first deliveries go in stream order).
@@ -1575,6 +1580,10 @@ class Consumer:
                 self.rdc.pop(seq, None)
                 self._remove_redelivery(seq)
             acked = list(range(gap_from + 1, sseq + 1))
+            if not pending and self._replies:
+                # (The last ack acks every earlier delivery: their replies,
+                # never heard, would stay until the bound.)
+                self._replies.clear()
         else:
             return
         self.last_acked = self.now()

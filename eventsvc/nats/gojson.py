@@ -18,7 +18,9 @@ Nothing here does I/O or holds state: a reader asks, with its struct.
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from eventsvc import wirejson
@@ -40,6 +42,45 @@ _NILLABLE = frozenset((STRINGS, PERMISSION))
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _CLASSES = {BOOL: bool, STRING: str, INT: int}
 _UNKNOWN = object()
+
+
+def _go_replace(error: UnicodeError) -> Tuple[str, int]:
+    """
+    Invalid UTF-8 as Go's decoder reads it in a string: one U+FFFD a byte
+    (its C{utf8.DecodeRune} takes one byte of an invalid sequence at a
+    time), where Python's C{"replace"} puts one for a sequence's longest
+    valid start (C{"\\xe2\\x82"}: two for Go, one for Python).
+    """
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+#: The name of L{_go_replace}, as C{bytes.decode} takes it.
+GO_REPLACE = "eventsvc.gojson.replace"
+codecs.register_error(GO_REPLACE, _go_replace)
+
+#: A surrogate alone, as Python's decoder leaves a C{\\ud800} escape
+#: without its pair (a pair it joins, as Go does): Go reads U+FFFD.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A backslash, as an int: C{in} looks for one byte with memchr, where a
+#: bytes needle is first tried as an int (a TypeError formatted and
+#: dropped: a two-byte needle cost CPython 3.11 some 3,300 instructions a
+#: CONNECT, this one some 400 with the rest of the check).
+_BACKSLASH = 0x5C
+
+
+def _go_strings(value: Any) -> Any:
+    """C{value} with every lone surrogate in its strings (keys too) as U+FFFD, as Go's decoder reads them."""
+    cls = value.__class__
+    if cls is str:
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if cls is list:
+        return [_go_strings(item) for item in value]
+    if cls is _Object:
+        return _object([(_go_strings(k), _go_strings(v)) for k, v in value.pairs])
+    if cls is dict:
+        return {_go_strings(k): _go_strings(v) for k, v in value.items()}
+    return value
 
 
 def fold(key: str) -> str:
@@ -99,9 +140,12 @@ class GoStruct:
         @raise ValueError: not a JSON object (as Go reads JSON: no C{NaN}),
             or a value of the wrong type for its field.
         """
-        options = wirejson.loads(arg, standard=True)
+        options = wirejson.loads(arg, errors=GO_REPLACE, standard=True)
         if not isinstance(options, dict):
             raise ValueError("not a JSON object")
+        if _BACKSLASH in arg:
+            # (An escape may be a surrogate alone: Go reads U+FFFD.)
+            options = _go_strings(options)
         # Most objects are read as they were decoded: each key a field's own
         # name or none, no null, and no key twice (a key has its colon: as
         # many colons as keys leaves no room for a second of one).
@@ -121,10 +165,18 @@ class GoStruct:
                 raise ValueError("field {} is not a Go {}".format(key, INT))
         return options
 
-    def _assign(self, pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-        """C{pairs} in their order, as Go's decoder sets the struct's fields key by key."""
+    def _assign(self, pairs: List[Tuple[str, Any]], slices: Optional[Dict[str, "_Slice"]] = None) -> Dict[str, Any]:
+        """
+        C{pairs} in their order, as Go's decoder sets the struct's fields
+        key by key.  C{slices}: the Go slice behind each C{[]string} field
+        (L{_Slice}), this struct's and, under C{"."}-joined names, those of
+        the structs in its pointer fields: kept across keys, as Go decodes
+        into the slice and the struct a field already has.
+        """
         out: Dict[str, Any] = {}
         fields = self.fields
+        if slices is None:
+            slices = {}
         for key, value in pairs:
             name = self.field(key)
             if name is None:
@@ -134,14 +186,19 @@ class GoStruct:
             if value is None:
                 if kind in _NILLABLE:
                     out[name] = None
+                    for gone in [k for k in slices if k == name or k.startswith(name + ".")]:
+                        del slices[gone]
                 continue
             if kind is STRINGS:
-                value = _strings(value, out.get(name), name)
+                held = slices[name] = _strings(value, slices.get(name), name)
+                value = held.value()
             elif kind is PERMISSION:
                 if not isinstance(value, _Object):
                     raise ValueError("field {} is not a Go {}".format(name, kind))
                 earlier = out.get(name)
-                value = _SUBJECT_PERMISSION._assign(list(earlier.items()) + value.pairs if earlier else value.pairs)
+                inner = {k[len(name) + 1:]: v for k, v in slices.items() if k.startswith(name + ".")}
+                value = _SUBJECT_PERMISSION._assign(list(earlier.items()) + value.pairs if earlier else value.pairs, inner)
+                slices.update((name + "." + k, v) for k, v in inner.items())
             elif not _fits(kind, value):
                 raise ValueError("field {} is not a Go {}".format(name, kind))
             out[name] = value
@@ -158,23 +215,51 @@ def _fits(kind: str, value: Any) -> bool:
     return cls is int and _INT_MIN <= value <= _INT_MAX
 
 
-def _strings(value: Any, earlier: Any, name: str) -> List[str]:
+class _Slice:
     """
-    C{value} read into a C{[]string}: strings; a C{null} element leaves
-    what was there (Go decodes into the slice it had: an earlier key's
-    element, else the empty string).
+    A Go C{[]string} as its decoder leaves it: the backing array (its
+    length the slice's capacity) and the slice's length.  A later key for
+    the field decodes into it: a C{null} element keeps what the array has
+    there, even past the slice's length but within its capacity (Go grows
+    a full slice by half, at least to 4, copying its length's worth).
+    """
+
+    __slots__ = ("backing", "length")
+
+    def __init__(self, backing: List[str], length: int) -> None:
+        self.backing, self.length = backing, length
+
+    def value(self) -> List[str]:
+        return self.backing[: self.length]
+
+
+def _strings(value: Any, held: Optional[_Slice], name: str) -> _Slice:
+    """
+    C{value} read into a C{[]string} (decode.go's C{array}) that holds
+    C{held} (None: nil): strings; a C{null} element leaves what the
+    array had there (an earlier key's element, else the empty string).
     """
     if not isinstance(value, list):
         raise ValueError("field {} is not a Go {}".format(name, STRINGS))
-    had = earlier if isinstance(earlier, list) else []
-    out = []
-    for i, item in enumerate(value):
-        if item is None:
-            item = had[i] if i < len(had) else ""
-        elif item.__class__ is not str:
-            raise ValueError("field {} is not a Go {}".format(name, STRINGS))
-        out.append(item)
-    return out
+    backing, length = (held.backing, held.length) if held is not None else ([], 0)
+    backing = list(backing)
+    i = 0
+    for item in value:
+        if i >= len(backing):
+            grown = max(len(backing) + len(backing) // 2, 4)
+            backing = backing[:length] + [""] * (grown - length)
+        if i >= length:
+            length = i + 1
+        if item is not None:
+            if item.__class__ is not str:
+                raise ValueError("field {} is not a Go {}".format(name, STRINGS))
+            backing[i] = item
+        i += 1
+    if i < length:
+        length = i
+    if i == 0:
+        backing, length = [], 0
+    return _Slice(backing, length)
 
 
 def _pairs(arg: bytes) -> List[Tuple[str, Any]]:
@@ -185,8 +270,9 @@ def _pairs(arg: bytes) -> List[Tuple[str, Any]]:
         top[:] = [items]  # (the outermost object comes last)
         return _object(items)
 
-    json.loads(arg.decode("utf-8", "replace"), object_pairs_hook=hook)
-    return top[0]
+    json.loads(arg.decode("utf-8", GO_REPLACE), object_pairs_hook=hook)
+    pairs: List[Tuple[str, Any]] = top[0]
+    return [(_go_strings(k), _go_strings(v)) for k, v in pairs] if _BACKSLASH in arg else pairs
 
 
 #: nats-server's SubjectPermission (ClientOpts' import and export).

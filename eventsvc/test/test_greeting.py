@@ -223,6 +223,51 @@ class GoJSONTests(SynchronousTestCase):
         # A colon in a value is no second key.
         self.assertEqual(struct.decode(b'{"cluster":"a:b","x":"c:"}'), {"cluster": "a:b", "x": "c:"})
 
+    def test_a_slice_decoded_into_again_keeps_its_array(self) -> None:
+        """
+        A later key for a C{[]string} field decodes into the slice the
+        field has, as Go's decoder does: a C{null} element keeps what the
+        backing array holds there, past an earlier key's shorter length
+        too, within the array's capacity (Go grows a full slice by half,
+        at least to 4, copying only its length).  The answers are Go
+        1.19's encoding/json, run on these texts.
+        """
+        from eventsvc.nats.gojson import PERMISSION, STRINGS, GoStruct
+
+        struct = GoStruct({"deny_pub": STRINGS, "import": PERMISSION})
+        for text, expected in [
+            (b'{"deny_pub":["a","b","c"],"deny_pub":["x"],"deny_pub":[null,null,null]}', {"deny_pub": ["x", "b", "c"]}),
+            (b'{"deny_pub":["a","b","c","d","e","f"],"deny_pub":["x"],"deny_pub":[null,null,null,null,null,null,null]}',
+             {"deny_pub": ["x", "b", "c", "d", "e", "f", ""]}),
+            (b'{"deny_pub":["a","b","c"],"deny_pub":null,"deny_pub":[null]}', {"deny_pub": [""]}),
+            (b'{"deny_pub":["a","b","c"],"deny_pub":[],"deny_pub":[null]}', {"deny_pub": [""]}),
+            (b'{"import":{"allow":["a","b","c"]},"import":{"allow":["x"]},"Import":{"allow":[null,null,null]}}',
+             {"import": {"allow": ["x", "b", "c"]}}),
+            (b'{"import":{"allow":["a","b","c"],"allow":["x"],"allow":[null,null]}}', {"import": {"allow": ["x", "b"]}}),
+            (b'{"import":{"allow":["a","b","c"]},"import":null,"import":{"allow":[null,null]}}', {"import": {"allow": ["", ""]}}),
+        ]:
+            self.assertEqual(struct.decode(text), expected, text)
+
+    def test_strings_as_go_reads_them(self) -> None:
+        """
+        Go's decoder reads a surrogate escape without its pair as U+FFFD (a
+        pair as its character), and invalid UTF-8 as one U+FFFD a byte
+        (Python's own decoders: the surrogate kept, one U+FFFD for a
+        truncated sequence).  A password is compared as Go read it: a
+        client sending C{"\\xe2\\x82"} to a user whose password is
+        U+FFFD is refused by nats-server, and one sending C{"\\ud800"}
+        logs in.  Keys too; a CONNECT without an escape is read as before.
+        """
+        self.assertEqual(decode_connect(b'{"pass":"\\ud800"}'), {"pass": "\ufffd"})
+        self.assertEqual(decode_connect(b'{"pass":"\\udc00\\ud800x\\ud83d\\ude00"}'), {"pass": "\ufffd\ufffdx\U0001f600"})
+        self.assertEqual(decode_connect(b'{"pass":"\xe2\x82"}'), {"pass": "\ufffd\ufffd"})
+        self.assertEqual(decode_connect(b'{"user":"\xf0\x9f\x98","pass":"\xed\xa0\x80","name":"\xc0\xaf"}'),
+                         {"user": "\ufffd" * 3, "pass": "\ufffd" * 3, "name": "\ufffd" * 2})
+        # (The ordered reading too: a key twice, a null, a list, an object.)
+        self.assertEqual(decode_connect(b'{"User":"\\udfff","pass":null,"x\\ud800":["\\ud800"],"import":{"allow":["\\udbff"]}}'),
+                         {"user": "\ufffd", "x\ufffd": ["\ufffd"], "import": {"allow": ["\ufffd"]}})
+        self.assertEqual(decode_connect(b'{"name":"\\u00e9\xe2\x82"}'), {"name": "\u00e9\ufffd\ufffd"})
+
     def test_go_quote(self) -> None:
         """Go's %q, as nats-server words a gateway's name in an error."""
         from eventsvc.nats.gojson import go_quote

@@ -261,6 +261,67 @@ class ReferencePermissionTests(TestCase):
         return d
 
 
+# Passwords of U+FFFD: what Go's decoder reads invalid UTF-8 and a surrogate
+# escape without its pair as (one a byte, one an escape).
+_NATS_REPLACEMENT_USERS = """
+authorization {
+  users = [
+    {user: hab, password: s3cret}
+    {user: rep, password: "\ufffd"}
+    {user: rep2, password: "\ufffd\ufffd"}
+  ]
+}
+"""
+
+_OUR_REPLACEMENT_USERS = _GATEWAY_ON_LOOPBACK + """
+[gateway.users]
+hab = "s3cret"
+rep = "\\uFFFD"
+rep2 = "\\uFFFD\\uFFFD"
+"""
+
+CREDENTIAL_CONVERSATIONS: List[List[bytes]] = [
+    [b'CONNECT {"verbose":false,"user":"rep","pass":"\\ud800"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"user":"rep","pass":"\xe2\x82"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"user":"rep2","pass":"\xe2\x82"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"user":"rep2","pass":"\\udc00\\ud800"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"User":"rep2","pass":"\xed\xa0"}\r\nPING\r\n'],
+    # Names in other cases and escapes: the last key for a field wins.
+    [b'CONNECT {"verbose":false,"user":"hab","pass":"s3cret","USER":"x"}\r\nPING\r\n'],
+    [b'CONNECT {"verbose":false,"User":"x","user":"hab","pa\\u0073s":"s3cret","pass":null}\r\nPING\r\n'],
+]
+
+
+class ReferenceCredentialTests(TestCase):
+    """Credentials read as nats-server's Go reads them give its bytes."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        config = process.write_config(self.mktemp(), _NATS_REPLACEMENT_USERS)
+        self.reference = process.nats_server("-c", config)
+        self.reference.start()
+        self.addCleanup(self.reference.stop)
+        ours = process.write_config(self.mktemp(), _OUR_REPLACEMENT_USERS)
+        self.ours = process.eventsvc(ours, expect=("service", "gateway"))
+        self.ours.start()
+        self.addCleanup(self.ours.stop)
+
+    def test_same_bytes(self) -> None:
+        def run() -> List[str]:
+            differences = []
+            for chunks in CREDENTIAL_CONVERSATIONS:
+                _, ref_out = converse(self.reference.port, chunks)
+                _, our_out = converse(self.ours.ports["gateway"], chunks)
+                if ref_out != our_out:
+                    differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
+            return differences
+
+        d = threads.deferToThread(run)
+        d.addCallback(lambda differences: self.assertEqual(differences, [], "\n".join(differences)))
+        return d
+
+
 class ReferenceReloadTests(TestCase):
     """
     A reload that narrows permissions, changes a password and removes a

@@ -435,6 +435,39 @@ class KeptRepliesTests(SynchronousTestCase):
         self.harness.clock.advance(0)
         self.assertEqual(self.client.received(), b"MSG _INBOX.p.sync 3 0\r\n\r\n")
 
+    def test_replies_go_when_nothing_is_pending(self) -> None:
+        """
+        Once nothing awaits an ack, the replies kept are forgotten: those
+        left are of deliveries acked otherwise (ack_policy all acks every
+        earlier one with the last; an explicit consumer's redelivered
+        message leaves its first reply), and would hold some 230 bytes
+        each until the bound, for as long as the consumer lives (460 KiB a
+        consumer; nats-server holds nothing of the kind).  An ack of one
+        of them is still taken as before.
+        """
+        consumer = self.consumer(durable_name="A", ack_policy="all")
+        for i in range(5):
+            self.stream.publish("orders.new", b"m%d" % i)
+        sent = self.fetch(consumer, b"_INBOX.p.a1", 5)
+        self.assertEqual(len(sent), 5)
+        self.client.send(b"PUB %s 4\r\n+ACK\r\n" % sent[-1])
+        self.harness.clock.advance(0)
+        self.assertEqual(consumer.pending, {})
+        self.assertEqual(consumer._replies, {})
+        self.client.send(b"PUB %s _INBOX.p.async 4\r\n+ACK\r\n" % sent[0])
+        self.harness.clock.advance(0)
+        self.assertEqual(self.client.received(), b"MSG _INBOX.p.async 3 0\r\n\r\n")
+
+        explicit = self.consumer(durable_name="E", ack_policy="explicit")
+        first = self.fetch(explicit, b"_INBOX.p.e1", 2)
+        self.client.send(b"PUB %s 4\r\n-NAK\r\n" % first[1])
+        again = self.fetch(explicit, b"_INBOX.p.e2", 1)
+        self.assertEqual(len(again), 1)
+        self.client.send(b"".join(b"PUB %s 4\r\n+ACK\r\n" % reply for reply in (first[0], again[0])))
+        self.harness.clock.advance(0)
+        self.assertEqual(explicit.pending, {})
+        self.assertEqual(explicit._replies, {})
+
     def test_no_replies_kept_without_acks(self) -> None:
         """A consumer with ack_policy none keeps no replies (no ack will come for them)."""
         consumer = self.consumer(durable_name="P", ack_policy="none", deliver_subject="_INBOX.p.push")
