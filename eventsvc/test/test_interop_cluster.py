@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import time
+import urllib.request
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
@@ -419,14 +420,16 @@ class TLSRouteProcessTests(TestCase):
         directory = os.path.abspath(self.mktemp())
         made = process.cli("certs", "--out", os.path.join(directory, "certs"))
         self.assertEqual(made.returncode, 0, made.stderr)
-        ports = [process.free_port() for _ in range(4)]
+        ports = [process.free_port() for _ in range(6)]
         configs = []
         for i in range(2):
             configs.append(process.write_config(os.path.join(directory, "node%d.toml" % i), (
                 '[service]\nhost = "127.0.0.1"\nport = {client}\n'
                 '[tls]\ncert_path = "certs/service.crt"\nkey_path = "certs/service.key"\nroot_ca_path = "certs/ca.crt"\n'
+                '[monitor]\nport = {monitor}\n'
                 '[cluster]\nenabled = true\nname = "tls"\nhost = "127.0.0.1"\nport = {cluster}\ntls = true\ntls_name = "localhost"\n{routes}'
-            ).format(client=ports[i], cluster=ports[2 + i], routes='routes = ["nats-route://127.0.0.1:%d"]\n' % ports[2] if i else "")))
+            ).format(client=ports[i], cluster=ports[2 + i], monitor=ports[4 + i],
+                     routes='routes = ["nats-route://127.0.0.1:%d"]\n' % ports[2] if i else "")))
         nodes = [process.eventsvc(c, expect=("service",)) for c in configs]
         for node in nodes:
             yield process.started(self, node)
@@ -454,11 +457,25 @@ class TLSRouteProcessTests(TestCase):
             await sub_nc.close()
             return data
 
+        def routez(i: int) -> str:
+            # What each node's routes say they carry: on a failure, which
+            # side lost the interest (or the messages).
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/routez?subs=1" % ports[4 + i], timeout=5) as page:
+                    return page.read().decode("utf-8", "replace")
+            except Exception as e:
+                return repr(e)
+
+        def nodes_said() -> str:
+            return "\n".join("node {}:\n{}\n/routez?subs=1: {}".format(i, nodes[i].output(), routez(i)) for i in range(2))
+
         try:
             data = yield run(scenario)
         except BaseException as e:
-            self.fail("{!r}\nnode 0:\n{}\nnode 1:\n{}".format(e, nodes[0].output(), nodes[1].output()))
-        self.assertEqual(data, b"secret", "node 0:\n{}\nnode 1:\n{}".format(nodes[0].output(), nodes[1].output()))
+            self.fail("{!r}\n{}".format(e, nodes_said()))
+        if data != b"secret":
+            said = yield threads.deferToThread(nodes_said)
+            self.fail("nothing crossed the route in 30 s\n" + said)
         nodes[0].wait_output(" up, ")
 
 
