@@ -1555,11 +1555,6 @@ class Consumer:
                 acked = [sseq]
             if not pending:
                 self.adflr, self.asflr = self.dseq - 1, self.sseq - 1
-                if self._replies:
-                    # (Nothing awaits an ack: the replies kept are of
-                    # deliveries acked already, or a redelivered message's
-                    # first: kept, they would stay until the bound.)
-                    self._replies.clear()
             elif dseq == self.adflr + 1:
                 # The floor goes up to just below the oldest still pending
                 # (the first in the dict: first deliveries go in stream order).
@@ -1580,12 +1575,14 @@ class Consumer:
                 self.rdc.pop(seq, None)
                 self._remove_redelivery(seq)
             acked = list(range(gap_from + 1, sseq + 1))
-            if not pending and self._replies:
-                # (The last ack acks every earlier delivery: their replies,
-                # never heard, would stay until the bound.)
-                self._replies.clear()
         else:
             return
+        if not pending and self._replies:
+            # (Nothing awaits an ack: the replies kept are of deliveries
+            # acked already, otherwise (ack_policy all: the last ack acks
+            # every earlier one) or a redelivered message's first; kept,
+            # they would stay until the bound.)
+            self._replies.clear()
         self.last_acked = self.now()
         # (For ack_policy all, the floors say it all.)
         self.store.update_acks(self.adflr, self.asflr, acked if policy == "explicit" else ())
