@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
 from eventsvc.test import process
@@ -231,34 +231,40 @@ PERMISSION_CONVERSATIONS: List[List[bytes]] = [
 ]
 
 
+def same_gateway_bytes(test: TestCase, nats_config: str, our_config: str,
+                       conversations: List[List[bytes]]) -> "defer.Deferred[None]":
+    """
+    nats-server on C{nats_config} and eventsvc's gateway on C{our_config},
+    each sent every one of C{conversations}: their bytes must be the same.
+    """
+    reference = process.nats_server("-c", process.write_config(test.mktemp(), nats_config))
+    reference.start()
+    test.addCleanup(reference.stop)
+    ours = process.eventsvc(process.write_config(test.mktemp(), our_config), expect=("service", "gateway"))
+    ours.start()
+    test.addCleanup(ours.stop)
+
+    def run() -> List[str]:
+        differences = []
+        for chunks in conversations:
+            _, ref_out = converse(reference.port, chunks)
+            _, our_out = converse(ours.ports["gateway"], chunks)
+            if ref_out != our_out:
+                differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
+        return differences
+
+    d = threads.deferToThread(run)
+    d.addCallback(lambda differences: test.assertEqual(differences, [], "\n".join(differences)))
+    return d
+
+
 class ReferencePermissionTests(TestCase):
     """Permissions on wide subscriptions give nats-server's bytes."""
 
     timeout = 120
 
-    def setUp(self) -> None:
-        config = process.write_config(self.mktemp(), _NATS_PERMISSIONS)
-        self.reference = process.nats_server("-c", config)
-        self.reference.start()
-        self.addCleanup(self.reference.stop)
-        ours = process.write_config(self.mktemp(), _OUR_PERMISSIONS)
-        self.ours = process.eventsvc(ours, expect=("service", "gateway"))
-        self.ours.start()
-        self.addCleanup(self.ours.stop)
-
-    def test_same_bytes(self) -> None:
-        def run() -> List[str]:
-            differences = []
-            for chunks in PERMISSION_CONVERSATIONS:
-                _, ref_out = converse(self.reference.port, chunks)
-                _, our_out = converse(self.ours.ports["gateway"], chunks)
-                if ref_out != our_out:
-                    differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
-            return differences
-
-        d = threads.deferToThread(run)
-        d.addCallback(lambda differences: self.assertEqual(differences, [], "\n".join(differences)))
-        return d
+    def test_same_bytes(self) -> "defer.Deferred[None]":
+        return same_gateway_bytes(self, _NATS_PERMISSIONS, _OUR_PERMISSIONS, PERMISSION_CONVERSATIONS)
 
 
 # Passwords of U+FFFD: what Go's decoder reads invalid UTF-8 and a surrogate
@@ -297,29 +303,8 @@ class ReferenceCredentialTests(TestCase):
 
     timeout = 120
 
-    def setUp(self) -> None:
-        config = process.write_config(self.mktemp(), _NATS_REPLACEMENT_USERS)
-        self.reference = process.nats_server("-c", config)
-        self.reference.start()
-        self.addCleanup(self.reference.stop)
-        ours = process.write_config(self.mktemp(), _OUR_REPLACEMENT_USERS)
-        self.ours = process.eventsvc(ours, expect=("service", "gateway"))
-        self.ours.start()
-        self.addCleanup(self.ours.stop)
-
-    def test_same_bytes(self) -> None:
-        def run() -> List[str]:
-            differences = []
-            for chunks in CREDENTIAL_CONVERSATIONS:
-                _, ref_out = converse(self.reference.port, chunks)
-                _, our_out = converse(self.ours.ports["gateway"], chunks)
-                if ref_out != our_out:
-                    differences.append("{!r}:\n  nats-server: {!r}\n  eventsvc:    {!r}".format(chunks, ref_out, our_out))
-            return differences
-
-        d = threads.deferToThread(run)
-        d.addCallback(lambda differences: self.assertEqual(differences, [], "\n".join(differences)))
-        return d
+    def test_same_bytes(self) -> "defer.Deferred[None]":
+        return same_gateway_bytes(self, _NATS_REPLACEMENT_USERS, _OUR_REPLACEMENT_USERS, CREDENTIAL_CONVERSATIONS)
 
 
 class ReferenceReloadTests(TestCase):
